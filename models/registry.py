@@ -1,0 +1,127 @@
+"""Find a model directory and read its metadata, without importing TensorFlow.
+
+A model lives in a directory holding ``model.keras`` and ``metadata.json``; shipped models sit
+under ``models/<name>/<version>/``. ``MAMMO_MODEL`` is either such a directory or the name of
+a shipped model (its highest version wins, unless ``name/version`` is given).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.enums import CLASSES
+from shared.errors import ModelIntegrityError, ModelNotFoundError
+
+MODELS_ROOT = Path(__file__).resolve().parent
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+REQUIRED_KEYS = ("name", "version", "classes", "input_size", "preprocessing_version", "sha256")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    directory: Path
+    sha256: str
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]
+    preprocessing_version: str
+    metadata: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / MODEL_FILE
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version_key(path: Path) -> tuple[Any, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in path.name.replace("-", ".").split("."))
+
+
+def _candidates(ref: str, root: Path) -> list[Path]:
+    as_path = Path(ref).expanduser()
+    if as_path.is_file() and as_path.name == MODEL_FILE:
+        return [as_path.parent]
+    if as_path.is_dir():
+        return [as_path]
+    shipped = root / ref
+    if (shipped / METADATA_FILE).is_file():
+        return [shipped]
+    if shipped.is_dir():
+        versions = [p for p in shipped.iterdir() if (p / METADATA_FILE).is_file()]
+        return sorted(versions, key=_version_key, reverse=True)[:1]
+    return []
+
+
+def resolve_model(ref: str, *, root: Path = MODELS_ROOT) -> ModelSpec:
+    """Return the spec of the model ``ref`` names, or say clearly how to provide one."""
+    found = _candidates(ref, root)
+    hint = ("Set MAMMO_MODEL to a directory holding model.keras and metadata.json "
+            "(for example one written by `mammo train`), or to the name of a model shipped "
+            f"under {root}.")
+    if not found:
+        raise ModelNotFoundError(f"No model found for MAMMO_MODEL={ref!r}. {hint}")
+    directory = found[0]
+    meta_path = directory / METADATA_FILE
+    if not meta_path.is_file() or not (directory / MODEL_FILE).is_file():
+        raise ModelNotFoundError(
+            f"{directory} does not hold both {MODEL_FILE} and {METADATA_FILE}. {hint}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"{meta_path} is not valid JSON: {exc}") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelIntegrityError(f"{meta_path} lacks required keys: {', '.join(missing)}")
+    classes = tuple(str(c) for c in meta["classes"])
+    if classes != tuple(c.value for c in CLASSES):
+        raise ModelIntegrityError(
+            f"{meta_path} lists classes {list(classes)}; this pipeline needs "
+            f"{[c.value for c in CLASSES]} in that order.")
+    height, width = (int(v) for v in meta["input_size"])
+    return ModelSpec(
+        name=str(meta["name"]), version=str(meta["version"]), directory=directory,
+        sha256=str(meta["sha256"]), classes=classes, input_size=(height, width),
+        preprocessing_version=str(meta["preprocessing_version"]), metadata=meta,
+    )
+
+
+def verify_model(spec: ModelSpec, *, preprocessing_version: str) -> None:
+    """Refuse a model whose bytes or preprocessing differ from what its metadata promises."""
+    actual = file_sha256(spec.model_path)
+    if actual != spec.sha256:
+        raise ModelIntegrityError(
+            f"{spec.model_path} has sha256 {actual[:12]}..., but its metadata records "
+            f"{spec.sha256[:12]}...: the file was changed or corrupted. Re-copy or retrain it.")
+    if spec.preprocessing_version != preprocessing_version:
+        raise ModelIntegrityError(
+            f"Model {spec.name} {spec.version} was trained with preprocessing version "
+            f"{spec.preprocessing_version}, but this code preprocesses with version "
+            f"{preprocessing_version}. Retrain the model, or install the matching release.")
+
+
+def write_model_dir(
+    directory: Path, *, name: str, version: str, input_size: tuple[int, int],
+    preprocessing_version: str, extra: dict[str, Any] | None = None,
+) -> ModelSpec:
+    """Write metadata.json beside an already saved model.keras, sealing it with its sha256."""
+    meta: dict[str, Any] = {
+        "name": name, "version": version, "classes": [c.value for c in CLASSES],
+        "input_size": list(input_size), "preprocessing_version": preprocessing_version,
+        "sha256": file_sha256(directory / MODEL_FILE),
+    }
+    meta.update(extra or {})
+    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return resolve_model(str(directory))

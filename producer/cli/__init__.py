@@ -1,0 +1,5 @@
+"""The ``mammo`` command line."""
+
+from producer.cli.main import main
+
+__all__ = ["main"]

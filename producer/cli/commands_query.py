@@ -1,0 +1,94 @@
+"""``mammo status`` and ``mammo results``: read the database, never the queue's guesses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from producer.cli.context import CliContext, pass_cli
+from producer.cli.options import format_option
+from shared.enums import ImageState, Label
+from shared.formatting import render
+from shared.queries import (
+    ResultFilter,
+    batch_status,
+    list_results,
+    recent_batch_ids,
+    workers_seen,
+)
+from shared.queue import queue_depth
+from shared.timeutil import as_utc
+
+STATUS_COLUMNS = ("batch_id", "name", "total", "queued", "processing", "done", "failed",
+                  "images_per_minute", "eta_s", "created_at", "finished_at")
+RESULT_COLUMNS = ("image_id", "batch_id", "state", "laterality", "view", "label",
+                  "suspicion", "p_normal", "p_benign", "p_malignant", "error_code", "source")
+
+
+@click.command("status")
+@click.argument("batch", type=int, required=False)
+@click.option("--last", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Without BATCH: how many recent batches to show.")
+@format_option
+@pass_cli
+def status_command(cli: CliContext, batch: int | None, last: int, fmt: str) -> None:
+    """Counts per state, throughput and ETA per batch; queue depth and workers seen.
+
+    \b
+    Example:
+        mammo status 42
+        mammo status --format json
+    """
+    with cli.sessions() as session:
+        ids = [batch] if batch is not None else recent_batch_ids(session, last)
+        statuses = [s for s in (batch_status(session, i) for i in ids) if s is not None]
+        workers = workers_seen(session)
+    if batch is not None and not statuses:
+        raise click.BadParameter(f"no batch with id {batch}", param_hint="BATCH")
+    rows = [s.as_row() for s in statuses]
+    if fmt != "table":
+        render(rows, fmt)
+        return
+    render(rows, fmt, columns=STATUS_COLUMNS, title="Batches")
+    depth = None if cli.settings.is_embedded else queue_depth(cli.celery)
+    click.echo(f"broker queue depth: {'n/a (embedded queue)' if cli.settings.is_embedded else depth}")
+    click.echo("workers seen in the last 10 min: "
+               + (", ".join(f"{w['worker']} ({w['predictions']})" for w in workers) or "none"))
+
+
+
+@click.command("results")
+@click.option("--batch", "batch_id", type=int, help="Only this batch.")
+@click.option("--study", "study_uid", help="Only this StudyInstanceUID.")
+@click.option("--state", type=click.Choice([s.value for s in ImageState]))
+@click.option("--label", type=click.Choice([c.value for c in Label]))
+@click.option("--min-score", type=click.IntRange(1, 10), help="Minimum suspicion (1-10).")
+@click.option("--model-version", help="Only predictions of this model version.")
+@click.option("--since", type=click.DateTime(), help="Submitted at or after (UTC).")
+@click.option("--until", type=click.DateTime(), help="Submitted before (UTC).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Page size.")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@format_option
+@pass_cli
+def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None,
+                    state: str | None, label: str | None, min_score: int | None,
+                    model_version: str | None, since: datetime | None, until: datetime | None,
+                    limit: int | None, offset: int, fmt: str) -> None:
+    """Stored results, one row per image (the latest prediction of each).
+
+    \b
+    Example:
+        mammo results --batch 42 --format json
+        mammo results --state failed
+        mammo results --label malignant --min-score 8 --format csv > flagged.csv
+    """
+    flt = ResultFilter(batch_id=batch_id, study_uid=study_uid, state=state, label=label,
+                       min_suspicion=min_score, model_version=model_version,
+                       since=as_utc(since), until=as_utc(until), limit=limit, offset=offset)
+    with cli.sessions() as session:
+        rows = list_results(session, flt)
+    render(rows, fmt, columns=RESULT_COLUMNS, title="Results")
+
+
+COMMANDS = (status_command, results_command)

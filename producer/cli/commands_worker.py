@@ -1,0 +1,76 @@
+"""``mammo worker``: a Celery worker (prefork) that runs the CNN on queued chunks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import click
+
+from models.registry import resolve_model, verify_model
+from producer.cli.commands_submit import require_broker
+from producer.cli.context import CliContext, pass_cli
+from shared.imaging.preprocess import PREPROCESSING_VERSION
+from shared.queue import QUEUE_NAME
+
+
+def visible_gpus() -> int:
+    """Count GPUs without importing TensorFlow in the parent (that would break the fork)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+@click.command("worker")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=None,
+              help="Worker processes, each with its own copy of the model "
+                   "[default: 1 per GPU, else 1: TensorFlow already uses every CPU core].")
+@click.option("--queues", "-Q", default=QUEUE_NAME, show_default=True,
+              help="Comma-separated queues to consume.")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--max-tasks-per-child", type=int, default=0,
+              help="Recycle a child after this many chunks (0: never).")
+@click.option("--hostname", "-n", default=None, help="Worker node name (Celery -n).")
+@pass_cli
+def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglevel: str,
+                   max_tasks_per_child: int, hostname: str | None) -> None:
+    """Start a worker that consumes chunks from the broker until stopped (SIGTERM: warm).
+
+    Run as many as you like, on as many machines: they coordinate through the database.
+    The model is loaded once per process, after the fork.
+
+    \b
+    Example:
+        MAMMO_BROKER_URL=redis://redis:6379/0 \\
+        MAMMO_DATABASE_URL=postgresql+psycopg://mammo@db/mammo \\
+        mammo worker --concurrency 2
+    """
+    require_broker(cli, "worker")
+    spec = resolve_model(cli.settings.model)  # fail in one line now, not in every child
+    verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+    _ = cli.sessions  # migrate before children start racing for it
+    gpus = visible_gpus()
+    processes = concurrency or max(gpus, 1)
+    click.echo(f"mammo worker: model {spec.name} {spec.version}, device "
+               f"{'gpu x%d' % gpus if gpus else 'cpu'}, {processes} process(es)", err=True)
+
+    from worker.runtime import WorkerRuntime  # noqa: PLC0415
+    from worker.tasks import register_tasks  # noqa: PLC0415
+
+    app = cli.celery
+    register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True)
+    argv = ["worker", f"--concurrency={processes}", "--pool=prefork", f"--queues={queues}",
+            f"--loglevel={loglevel}", "--without-mingle", "--without-gossip"]
+    if max_tasks_per_child:
+        argv.append(f"--max-tasks-per-child={max_tasks_per_child}")
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)
+
+
+COMMANDS = (worker_command,)

@@ -1,0 +1,69 @@
+"""The ``mammo`` group: settings, logging, and one-line errors with named exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from producer.cli.context import CliContext
+from producer.cli.exit_codes import ExitCode, exit_code_for
+from shared.config import load_settings
+from shared.errors import UserFacingError
+
+
+class MammoGroup(click.Group):
+    """Turns errors a person can fix into one red line and a named exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserFacingError as exc:
+            click.secho(f"error: {exc}", err=True, fg="red")
+            ctx.exit(exit_code_for(exc))
+        except KeyboardInterrupt:
+            click.secho("interrupted: queued work is kept in the database; run the same "
+                        "command again, or `mammo recover`, to finish it.", err=True, fg="yellow")
+            ctx.exit(ExitCode.INTERRUPTED)
+
+
+@click.group(cls=MammoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=None, help="Override MAMMO_LOG_LEVEL for this command.")
+@click.version_option(package_name="mammo-pipeline", prog_name="mammo")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
+    """Mammogram batch classification: queue, classify, store and report.
+
+    Decision support only: results are probabilities for a radiologist to weigh, never a
+    diagnosis.
+
+    \b
+    Example (no servers needed):
+        mammo demo
+        mammo run /path/to/mammograms/
+    """
+    overrides: dict[str, object] = {"log_level": log_level} if log_level else {}
+    settings = load_settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = CliContext(settings)
+
+
+def _register() -> None:
+    from producer.cli import commands_db, commands_query, commands_run, commands_submit  # noqa: PLC0415
+    from producer.cli import commands_worker  # noqa: PLC0415
+
+    for module in (commands_run, commands_submit, commands_worker, commands_query, commands_db):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="mammo")

@@ -1,0 +1,111 @@
+"""``mammo run``: submit to the in-memory queue and drain it with an in-process worker.
+
+It is the distributed pipeline with both ends in one process: the same registration, the
+same Celery task, the same claims and upserts. Only the transport differs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.registry import resolve_model, verify_model
+from producer.submission import SubmitOutcome, submit
+from shared.config import Settings
+from shared.db.schema import Image
+from shared.enums import ImageState
+from shared.enums import Priority
+from shared.errors import UserFacingError
+from shared.imaging.preprocess import PREPROCESSING_VERSION
+from shared.queue import create_celery_app, enqueue_chunks
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from worker.runtime import WorkerRuntime
+
+Progress = Callable[[int, int], None]  # (finished, total)
+
+
+class EmbeddedWorkerDied(UserFacingError):
+    pass
+
+
+@dataclass
+class RunOutcome:
+    submission: SubmitOutcome
+    seconds: float
+    model_load_seconds: float
+
+
+def _runtime(settings: Settings) -> WorkerRuntime:
+    # Imported here so that `mammo submit` and `mammo status` never pay for the worker side.
+    from worker.runtime import WorkerRuntime  # noqa: PLC0415
+
+    spec = resolve_model(settings.model)
+    verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+    return WorkerRuntime(settings, model_spec=spec)
+
+
+def run_embedded(
+    settings: Settings, sessions: sessionmaker[Session], paths: Sequence[Path], *,
+    name: str | None = None, on_file: Callable[[Path], None] | None = None,
+    progress: Progress | None = None,
+) -> RunOutcome:
+    settings = settings.embedded()
+    runtime = _runtime(settings)  # a missing model fails here, before anything is queued
+    started = time.perf_counter()
+    runtime.classifier.load()
+    load_s = runtime.classifier.load_seconds
+    app = create_celery_app(settings)
+    outcome = submit(settings, sessions, app, paths, name=name, mode="embedded",
+                     requeue_unfinished_duplicates=True, on_file=on_file)
+    drain(app, runtime, sessions, outcome.waiting_on, progress=progress)
+    return RunOutcome(outcome, time.perf_counter() - started, load_s)
+
+
+def process_ids_embedded(settings: Settings, sessions: sessionmaker[Session],
+                         image_ids: Sequence[int], *, progress: Progress | None = None) -> None:
+    """Run already-registered images (``mammo recover`` without a broker)."""
+    settings = settings.embedded()
+    runtime = _runtime(settings)
+    app = create_celery_app(settings)
+    enqueue_chunks(app, image_ids, chunk_size=settings.chunk_size, priority=Priority.ROUTINE)
+    drain(app, runtime, sessions, image_ids, progress=progress)
+
+
+def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
+          image_ids: Sequence[int], *, progress: Progress | None = None, poll_s: float = 0.25) -> None:
+    from worker.embedded import embedded_worker  # noqa: PLC0415
+
+    ids = list(image_ids)
+    if not ids:
+        return
+    with embedded_worker(app, runtime) as handle:
+        while True:
+            finished = _count_terminal(sessions, ids)
+            if progress:
+                progress(finished, len(ids))
+            if finished >= len(ids):
+                return
+            if not handle.alive():
+                raise EmbeddedWorkerDied("the embedded worker stopped unexpectedly; "
+                                         "see the log above, then run `mammo recover`")
+            time.sleep(poll_s)
+
+
+def _count_terminal(sessions: sessionmaker[Session], ids: list[int]) -> int:
+    terminal = [s.value for s in ImageState.terminal()]
+    total = 0
+    with sessions() as session:
+        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+            chunk = ids[start:start + 900]
+            total += session.execute(select(func.count()).select_from(Image).where(
+                Image.id.in_(chunk), Image.state.in_(terminal))).scalar_one()
+    return total

@@ -1,0 +1,62 @@
+"""Submit files: register rows (committed), then send the wake-up messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.discovery import check_paths, iter_files
+from producer.registration import create_batch, register_files
+from shared.config import Settings
+from shared.db import lifecycle
+from shared.enums import Priority
+from shared.queue import enqueue_chunks
+
+
+@dataclass
+class SubmitOutcome:
+    batch_id: int
+    queued: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    duplicates: list[tuple[str, int, str]] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)
+    messages: int = 0
+
+    @property
+    def waiting_on(self) -> list[int]:
+        return self.queued + self.requeued
+
+    @property
+    def files(self) -> int:
+        return len(self.queued) + len(self.rejected) + len(self.duplicates)
+
+
+def submit(
+    settings: Settings, sessions: sessionmaker[Session], app: Celery, paths: Sequence[Path], *,
+    name: str | None = None, priority: Priority = Priority.ROUTINE, mode: str = "distributed",
+    requeue_unfinished_duplicates: bool = False, on_file: Callable[[Path], None] | None = None,
+) -> SubmitOutcome:
+    """Queue every file under ``paths`` as one batch.
+
+    ``requeue_unfinished_duplicates`` is for the embedded queue: it starts empty, so an image
+    a previous interrupted run left ``queued`` has no message anywhere and needs a new one.
+    """
+    check_paths(paths)
+    batch_id = create_batch(sessions, name=name, priority=priority, mode=mode)
+    reg = register_files(sessions, batch_id, iter_files(paths), on_file=on_file)
+    outcome = SubmitOutcome(batch_id, reg.new_ids, reg.rejected_ids, reg.duplicates)
+    if requeue_unfinished_duplicates:
+        outcome.requeued = reg.unfinished_duplicate_ids
+    to_send = outcome.waiting_on
+    # Row first, message second: if sending fails the rows stay queued for `mammo recover`.
+    outcome.messages = enqueue_chunks(app, to_send, chunk_size=settings.chunk_size,
+                                      priority=priority)
+    with sessions() as session:
+        lifecycle.mark_enqueued(session, to_send)
+        lifecycle.finish_batches(session, [batch_id])
+        session.commit()
+    return outcome

@@ -1,0 +1,110 @@
+"""The single settings object, built from ``MAMMO_*`` variables and an optional ``.env``.
+
+Nothing else in the project reads the environment: the CLI builds one ``Settings`` and passes
+it to the factories (database engine, Celery app, classifier).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigurationError
+
+EMBEDDED_BROKER_URL = "memory://"
+DEFAULT_DATABASE_URL = "sqlite:///mammo.db"
+# models/<name>/<version>/ shipped inside the distribution; see models/registry.py.
+DEFAULT_MODEL = "default"
+
+
+class Settings(BaseSettings):
+    """Configuration for every process. Frozen: derive variants with ``model_copy(update=...)``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAMMO_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        frozen=True,
+    )
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL. Default: a SQLite file in the working directory.",
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL (redis://...). Unset: the embedded local queue.",
+    )
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Model directory (holding model.keras and metadata.json), or the name of "
+        "a model shipped under models/.",
+    )
+    chunk_size: int = Field(16, ge=1, le=256, description="Images per task and forward pass.")
+    task_time_limit_s: int = Field(
+        900, ge=30, description="Hard time limit of one chunk task, in seconds.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Claims of one image before it is failed as a poison input.",
+    )
+    max_image_pixels: int = Field(
+        80_000_000, ge=1, description="Images larger than this are rejected as too large.",
+    )
+    report_dir: Path = Field(Path("reports"), description="Where batch reports are written.")
+    sqlite_wal: bool = Field(
+        True, description="Use WAL journaling for SQLite. Turn off on network filesystems.",
+    )
+    tf_intra_op_threads: int = Field(
+        0, ge=0, description="TensorFlow intra-op threads per worker process (0: TF decides).",
+    )
+    tf_inter_op_threads: int = Field(
+        0, ge=0, description="TensorFlow inter-op threads per worker process (0: TF decides).",
+    )
+    worker_max_memory_mb: int = Field(
+        0, ge=0, description="Recycle a worker child above this RSS (0: never).",
+    )
+    log_level: str = Field("INFO", description="Logging level for all processes.")
+    patient_id_key: SecretStr | None = Field(
+        None, description="HMAC key for pseudonymising PatientID. No default, by design.",
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _blank_broker_is_embedded(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or EMBEDDED_BROKER_URL
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        # The Redis visibility clock starts at reservation, not at task start: with prefetch 1
+        # a message waits at most one task before it runs, so 3x the limit covers wait + run.
+        return 3 * self.task_time_limit_s
+
+    @property
+    def claim_lease_s(self) -> int:
+        # Longer than the hard time limit (the original run is dead by then), shorter than the
+        # visibility timeout (a redelivered message can reclaim the rows).
+        return self.task_time_limit_s + 60
+
+    def embedded(self) -> Settings:
+        """The same settings with the embedded local queue, whatever the environment says."""
+        return self.model_copy(update={"broker_url": None})
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and ``.env``), turning errors into one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigurationError(f"Invalid MAMMO_* configuration: {exc}") from exc

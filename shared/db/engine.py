@@ -1,0 +1,127 @@
+"""Engine and session factories, plus schema migration on first use.
+
+Engines are built per process (after fork), never at import: a pooled connection shared
+across a fork corrupts both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.errors import DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Any constant works; it only has to be the same for every process of this project.
+_PG_MIGRATION_LOCK = 7_314_159
+
+
+def create_db_engine(settings: Settings) -> Engine:
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60})
+        _configure_sqlite(engine, wal=settings.sqlite_wal)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        if wal:
+            # WAL lets the producer read while a worker writes; unsafe on network shares.
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def unavailable_as_error(engine: Engine) -> Iterator[None]:
+    """Turn connection failures into a ``DatabaseUnavailableError`` with a readable line."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"Cannot reach the database at {engine.url.render_as_string(hide_password=True)}: "
+            f"{_first_line(exc.orig)}. Check MAMMO_DATABASE_URL and that the server is running."
+        ) from exc
+
+
+def _first_line(exc: object) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision(engine: Engine) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str | None]:
+    """Apply pending migrations; return (revision before, revision after)."""
+    with unavailable_as_error(engine):
+        before = current_revision(engine)
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Many workers start at once on first deploy; only one may migrate.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return before, current_revision(engine)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Migrate on first use; cheap when the schema is already current."""
+    with unavailable_as_error(engine):
+        if current_revision(engine) == head_revision(engine):
+            return
+    before, after = upgrade(engine)
+    log.info("database migrated from %s to %s", before, after)
+
+
+def check_database(engine: Engine) -> None:
+    with unavailable_as_error(engine), engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+__all__ = [
+    "SQLAlchemyError",
+    "check_database",
+    "create_db_engine",
+    "ensure_schema",
+    "make_session_factory",
+    "unavailable_as_error",
+    "upgrade",
+]

@@ -1,0 +1,144 @@
+"""Image state transitions: queued -> processing -> done | failed.
+
+Every transition is one conditional UPDATE, so two workers (or one message delivered twice)
+can never both own an image: the database decides who wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.db.schema import Batch, Image
+from shared.enums import ErrorCode, ImageState
+from shared.timeutil import utcnow
+
+ACTIVE_STATES = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
+
+
+@dataclass(frozen=True)
+class ClaimedImage:
+    id: int
+    batch_id: int
+    source: str
+    attempts: int
+
+
+def claim(
+    session: Session, image_ids: Sequence[int], *, token: str, lease_s: int,
+) -> list[ClaimedImage]:
+    """Take ownership of the images that nobody else holds; return those taken.
+
+    An image is claimable when it is queued, when this same task id held it before (the
+    message was redelivered after its worker died, or retried), or when its previous lease
+    expired. Each claim counts an attempt, so a poison input cannot loop for ever.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=lease_s)
+    processing = Image.state == ImageState.PROCESSING.value
+    stmt = (
+        update(Image)
+        .where(Image.id.in_(list(image_ids)))
+        .where(or_(
+            Image.state == ImageState.QUEUED.value,
+            and_(processing, Image.claim_token == token),
+            and_(processing, Image.claimed_at < stale),
+        ))
+        .values(
+            state=ImageState.PROCESSING.value, attempts=Image.attempts + 1,
+            claim_token=token, claimed_at=now,
+        )
+        .returning(Image.id, Image.batch_id, Image.source, Image.attempts)
+    )
+    rows = session.execute(stmt, execution_options={"synchronize_session": False}).all()
+    session.commit()
+    return sorted((ClaimedImage(*row) for row in rows), key=lambda c: c.id)
+
+
+def mark_done(session: Session, image_ids: Sequence[int]) -> None:
+    if not image_ids:
+        return
+    session.execute(
+        update(Image).where(Image.id.in_(list(image_ids))).values(
+            state=ImageState.DONE.value, error_code=None, error_message=None,
+            finished_at=utcnow(),
+        ),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def mark_failed(session: Session, image_id: int, code: ErrorCode, message: str) -> None:
+    session.execute(
+        update(Image).where(Image.id == image_id).values(
+            state=ImageState.FAILED.value, error_code=code.value,
+            error_message=message[:2000], finished_at=utcnow(),
+        ),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def release(session: Session, image_ids: Sequence[int], token: str, *,
+            refund: bool = True) -> list[int]:
+    """Give images this claim still holds back to the queue; return their ids.
+
+    ``refund`` takes back the attempt the claim counted (nothing went wrong with the image:
+    e.g. the database blipped). Without it the attempt stays counted (e.g. a time-out).
+    """
+    attempts = Image.attempts - 1 if refund else Image.attempts
+    rows = session.execute(
+        update(Image)
+        .where(Image.id.in_(list(image_ids)), Image.claim_token == token,
+               Image.state == ImageState.PROCESSING.value)
+        .values(state=ImageState.QUEUED.value, attempts=attempts, claimed_at=None,
+                claim_token=None, enqueued_at=utcnow())
+        .returning(Image.id),
+        execution_options={"synchronize_session": False},
+    ).scalars().all()
+    session.commit()
+    return sorted(rows)
+
+
+def finish_batches(session: Session, batch_ids: Sequence[int]) -> None:
+    """Stamp ``finished_at`` on batches that have no active image left."""
+    if not batch_ids:
+        return
+    active = exists().where(Image.batch_id == Batch.id, Image.state.in_(ACTIVE_STATES))
+    session.execute(
+        update(Batch)
+        .where(Batch.id.in_(list(set(batch_ids))), Batch.finished_at.is_(None), ~active)
+        .values(finished_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def mark_enqueued(session: Session, image_ids: Sequence[int], when: datetime | None = None) -> None:
+    session.execute(
+        update(Image).where(Image.id.in_(list(image_ids))).values(enqueued_at=when or utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def stale_images(
+    session: Session, *, queued_before: datetime, claimed_before: datetime,
+    batch_id: int | None = None,
+) -> list[int]:
+    """Images whose wake-up message may be lost: queued long ago, or claimed by a dead worker."""
+    stmt = select(Image.id).where(or_(
+        and_(Image.state == ImageState.QUEUED.value,
+             or_(Image.enqueued_at.is_(None), Image.enqueued_at < queued_before)),
+        and_(Image.state == ImageState.PROCESSING.value, Image.claimed_at < claimed_before),
+    ))
+    if batch_id is not None:
+        stmt = stmt.where(Image.batch_id == batch_id)
+    return list(session.execute(stmt.order_by(Image.id)).scalars())
+
+
+def batch_ids_of(session: Session, image_ids: Sequence[int]) -> list[int]:
+    if not image_ids:
+        return []
+    stmt = select(Image.batch_id).where(Image.id.in_(list(image_ids))).distinct()
+    return list(session.execute(stmt).scalars())

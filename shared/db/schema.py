@@ -1,0 +1,158 @@
+"""SQLAlchemy 2 typed models. The database is the source of truth; Redis only wakes workers.
+
+Migrations live in ``shared/db/migrations``; a change here needs a new revision there
+(``tests/unit/test_migrations.py`` fails if the two drift apart).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names let Alembic alter them on SQLite (batch mode) and PostgreSQL alike.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _tz() -> DateTime:
+    return DateTime(timezone=True)
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    priority: Mapped[str] = mapped_column(String(16), default="routine")
+    mode: Mapped[str] = mapped_column(String(16), default="distributed")
+    submitted: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(_tz())
+
+    images: Mapped[list[Image]] = relationship(back_populates="batch")
+
+
+class Study(Base):
+    """One exam, identified by its StudyInstanceUID."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+
+    images: Mapped[list[Image]] = relationship(back_populates="study")
+
+
+class Image(Base):
+    """One file. ``identity`` (SOPInstanceUID or content hash) makes resubmission a no-op."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_batch_state", "batch_id", "state"),
+        Index("ix_images_state_enqueued", "state", "enqueued_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    identity: Mapped[str] = mapped_column(String(128), unique=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    laterality: Mapped[str | None] = mapped_column(String(1))
+    view: Mapped[str | None] = mapped_column(String(8))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    manufacturer_model: Mapped[str | None] = mapped_column(String(64))
+
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    enqueued_at: Mapped[datetime | None] = mapped_column(_tz())
+    claimed_at: Mapped[datetime | None] = mapped_column(_tz())
+    finished_at: Mapped[datetime | None] = mapped_column(_tz())
+
+    batch: Mapped[Batch] = relationship(back_populates="images")
+    study: Mapped[Study | None] = relationship(back_populates="images")
+    predictions: Mapped[list[Prediction]] = relationship(back_populates="image")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version", "sha256", name="uq_model_versions"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(50))
+    sha256: Mapped[str] = mapped_column(String(64))
+    preprocessing_version: Mapped[str] = mapped_column(String(20))
+    classes: Mapped[list[str]] = mapped_column(JSON)
+    input_size: Mapped[list[int]] = mapped_column(JSON)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+
+
+class Prediction(Base):
+    """Exactly one per image per model version, written by upsert."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_version_id", name="uq_predictions_image_model"),
+        Index("ix_predictions_label_suspicion", "label", "suspicion"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    preprocessing_version: Mapped[str] = mapped_column(String(20))
+    label: Mapped[str] = mapped_column(String(16))
+    p_normal: Mapped[float] = mapped_column(Float)
+    p_benign: Mapped[float] = mapped_column(Float)
+    p_malignant: Mapped[float] = mapped_column(Float)
+    suspicion: Mapped[int] = mapped_column(Integer)
+    decode_ms: Mapped[float] = mapped_column(Float)
+    preprocess_ms: Mapped[float] = mapped_column(Float)
+    infer_ms: Mapped[float] = mapped_column(Float)
+    # One id per forward pass: predictions sharing it were computed in one batched call.
+    forward_pass_id: Mapped[str] = mapped_column(String(36))
+    forward_pass_size: Mapped[int] = mapped_column(Integer)
+    heatmap_path: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+
+    image: Mapped[Image] = relationship(back_populates="predictions")
+    model_version: Mapped[ModelVersion] = relationship()

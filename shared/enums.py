@@ -1,0 +1,91 @@
+"""Enumerations converted once, at the edge; the database stores ``.value``."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ImageState(str, Enum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+    @classmethod
+    def terminal(cls) -> tuple[ImageState, ...]:
+        return (cls.DONE, cls.FAILED)
+
+
+class Label(str, Enum):
+    NORMAL = "normal"
+    BENIGN = "benign"
+    MALIGNANT = "malignant"
+
+
+CLASSES: tuple[Label, ...] = (Label.NORMAL, Label.BENIGN, Label.MALIGNANT)
+
+
+class Laterality(str, Enum):
+    LEFT = "L"
+    RIGHT = "R"
+    BOTH = "B"
+
+    @classmethod
+    def parse(cls, value: str | Laterality | None) -> Laterality | None:
+        if value is None or isinstance(value, Laterality):
+            return value
+        text = str(value).strip().upper()
+        aliases = {"L": cls.LEFT, "LEFT": cls.LEFT, "R": cls.RIGHT, "RIGHT": cls.RIGHT,
+                   "B": cls.BOTH, "BOTH": cls.BOTH}
+        return aliases.get(text)
+
+
+class View(str, Enum):
+    CC = "CC"
+    MLO = "MLO"
+    ML = "ML"
+    LM = "LM"
+    LMO = "LMO"
+    XCCL = "XCCL"
+    XCCM = "XCCM"
+    FB = "FB"
+    SIO = "SIO"
+    AT = "AT"
+    OTHER = "OTHER"
+
+    @classmethod
+    def parse(cls, value: str | View | None) -> View | None:
+        if value is None or isinstance(value, View):
+            return value
+        text = str(value).strip().upper().replace(" ", "")
+        if not text:
+            return None
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.OTHER
+
+
+class Priority(str, Enum):
+    ROUTINE = "routine"
+    URGENT = "urgent"
+
+    @property
+    def broker_priority(self) -> int:
+        # Redis priority queues: a lower number is served first.
+        return 0 if self is Priority.URGENT else 5
+
+
+class ErrorCode(str, Enum):
+    """Machine-readable reasons an image ended as ``failed``."""
+
+    UNREADABLE = "unreadable"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    UNSUPPORTED_COMPRESSION = "unsupported_compression"
+    TRUNCATED = "truncated"
+    TOO_LARGE = "too_large"
+    NOT_A_MAMMOGRAM = "not_a_mammogram"
+    FOR_PROCESSING = "for_processing"
+    MISSING_FILE = "missing_file"
+    WORKER_CRASH = "worker_crash"
+    INTERNAL = "internal_error"

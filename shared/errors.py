@@ -1,0 +1,103 @@
+"""The one exception tree of the project.
+
+Two families matter to the pipeline:
+
+* ``TransientError``: the world is briefly unavailable (database, broker). Tasks retry these
+  with backoff; the CLI reports them as "unreachable".
+* ``InputError``: this particular file can never be processed. It is recorded on the image
+  row as ``failed`` with its ``code`` and message, and is never retried.
+
+Everything else a person can fix (no model, bad configuration, missing path) is a
+``UserFacingError`` with a message that says what to do. Messages never contain patient data.
+"""
+
+from __future__ import annotations
+
+from shared.enums import ErrorCode
+
+
+class MammoError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class UserFacingError(MammoError):
+    """A problem the operator can fix; the CLI prints the message as one line."""
+
+
+class ConfigurationError(UserFacingError):
+    """A setting is missing or invalid."""
+
+
+class ModelNotFoundError(UserFacingError):
+    """No usable model at the configured location."""
+
+
+class ModelIntegrityError(UserFacingError):
+    """The model file does not match its recorded sha256 or metadata."""
+
+
+class PathNotFoundError(UserFacingError):
+    """A path given on the command line does not exist."""
+
+
+class TransientError(MammoError):
+    """A dependency is unavailable right now; retrying later may succeed."""
+
+
+class DatabaseUnavailableError(TransientError, UserFacingError):
+    """The database cannot be reached."""
+
+
+class BrokerUnavailableError(TransientError, UserFacingError):
+    """The message broker cannot be reached."""
+
+
+class InputError(MammoError):
+    """This file can never be processed; record it as failed with ``code``.
+
+    ``message`` is a sentence a radiographer or admin understands. It may name DICOM tags
+    and the values found, but never patient identifiers.
+    """
+
+    code: ErrorCode = ErrorCode.UNREADABLE
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code.value
+
+
+class UnreadableImageError(InputError):
+    code = ErrorCode.UNREADABLE
+
+
+class UnsupportedFormatError(InputError):
+    code = ErrorCode.UNSUPPORTED_FORMAT
+
+
+class UnsupportedCompressionError(InputError):
+    code = ErrorCode.UNSUPPORTED_COMPRESSION
+
+
+class TruncatedImageError(InputError):
+    code = ErrorCode.TRUNCATED
+
+
+class ImageTooLargeError(InputError):
+    code = ErrorCode.TOO_LARGE
+
+
+class NotAMammogramError(InputError):
+    code = ErrorCode.NOT_A_MAMMOGRAM
+
+
+class ForProcessingImageError(InputError):
+    code = ErrorCode.FOR_PROCESSING
+
+
+class MissingFileError(InputError):
+    code = ErrorCode.MISSING_FILE

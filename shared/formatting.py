@@ -1,0 +1,60 @@
+"""One renderer for every listing command: ``--format table|csv|json``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+FORMATS = ("table", "csv", "json")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _cell(value: Any) -> str:
+    value = _plain(value)
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def render(
+    rows: Sequence[Mapping[str, Any]], fmt: str, *, columns: Sequence[str] | None = None,
+    title: str | None = None, console: Console | None = None,
+) -> None:
+    """Print ``rows``; JSON and CSV carry every key, the table only ``columns``."""
+    out = console or Console(soft_wrap=True)
+    if fmt == "json":
+        out.print_json(json.dumps([{k: _plain(v) for k, v in r.items()} for r in rows]))
+        return
+    if fmt == "csv":
+        keys = list(rows[0].keys()) if rows else list(columns or [])
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _plain(row.get(k)) for k in keys})
+        out.file.write(buffer.getvalue())
+        return
+    shown = list(columns or (rows[0].keys() if rows else []))
+    table = Table(title=title, show_lines=False)
+    for key in shown:
+        table.add_column(key, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(k)) for k in shown))
+    out.print(table)

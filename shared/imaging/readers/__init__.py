@@ -1,0 +1,48 @@
+"""Image readers: one per family of formats, all with the ``ImageReader`` contract.
+
+``reader_for`` picks a reader from the file's first bytes (never its name: scanners drop
+DICOM files without an extension). Each reader imports its own codec (pydicom, OpenCV) so
+importing this package stays cheap for the producer; TensorFlow is never imported here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.errors import UnreadableImageError, UnsupportedFormatError
+from shared.imaging.readers.base import HEAD_SIZE, ImageReader, read_head
+from shared.imaging.readers.dicom import DICOM
+from shared.imaging.readers.raster import JPEG, PGM, PNG, TIFF
+from shared.imaging.types import DecodedImage, ImageHeader
+
+# DICOM first: a DICOM file's preamble may itself look like a TIFF header (dual-format files).
+READERS: tuple[ImageReader, ...] = (DICOM, PNG, JPEG, TIFF, PGM)
+
+__all__ = ["READERS", "ImageReader", "decode", "read_header", "reader_for"]
+
+
+def reader_for(path: Path) -> ImageReader:
+    """The reader that recognises ``path``'s first bytes; InputError if there is none."""
+    path = Path(path)
+    if path.is_dir():
+        raise UnreadableImageError(f"{path.name} is a folder, not an image file.")
+    head = read_head(path, HEAD_SIZE)  # MissingFileError when it is gone
+    if not head:
+        raise UnreadableImageError(f"{path.name} is empty (0 bytes).")
+    for reader in READERS:
+        if reader.sniff(head):
+            return reader
+    raise UnsupportedFormatError(
+        f"{path.name} is not a DICOM, PNG, JPEG, TIFF or PGM file (its first bytes match none "
+        "of them)."
+    )
+
+
+def read_header(path: Path) -> ImageHeader:
+    """Identity and metadata without decoding pixels: what the producer needs."""
+    return reader_for(path).read_header(Path(path))
+
+
+def decode(path: Path, *, max_pixels: int) -> DecodedImage:
+    """Decoded pixels; raises an ``InputError`` subclass for any file that cannot be used."""
+    return reader_for(path).decode(Path(path), max_pixels=max_pixels)

@@ -1,0 +1,84 @@
+"""The one small contract every image reader follows, plus file helpers they share.
+
+A reader answers three questions, cheapest first: can I read this (``sniff``, from the first
+132 bytes only)? what is it (``read_header``, without decoding pixels, for the producer)? and
+what are its pixels (``decode``, in the worker)?
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from shared.errors import ImageTooLargeError, MissingFileError, UnreadableImageError
+from shared.imaging.types import DecodedImage, ImageHeader
+
+# 128-byte DICOM preamble + "DICM": enough to recognise every format we read.
+HEAD_SIZE = 132
+_CHUNK = 1 << 20
+
+
+@runtime_checkable
+class ImageReader(Protocol):
+    """One family of file formats. Implementations must be stateless and thread-safe."""
+
+    format_name: str
+
+    def sniff(self, head: bytes) -> bool:
+        """True when ``head`` (the first 132 bytes, or fewer for a short file) is ours."""
+        ...
+
+    def read_header(self, path: Path) -> ImageHeader:
+        """Identity and metadata, without decoding the pixels."""
+        ...
+
+    def decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
+        """The pixels; raises an ``InputError`` subclass for any file that cannot be used."""
+        ...
+
+
+def open_error(path: Path, exc: OSError) -> MissingFileError | UnreadableImageError:
+    """Turn an OS error on ``path`` into the InputError the pipeline records."""
+    if isinstance(exc, FileNotFoundError):
+        return MissingFileError(f"{path.name} no longer exists at {path.parent}.")
+    if isinstance(exc, IsADirectoryError):
+        return UnreadableImageError(f"{path.name} is a folder, not an image file.")
+    reason = exc.strerror or type(exc).__name__
+    return UnreadableImageError(f"{path.name} could not be opened: {reason}.")
+
+
+def read_head(path: Path, size: int = HEAD_SIZE) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(size)
+    except OSError as exc:
+        raise open_error(path, exc) from exc
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise open_error(path, exc) from exc
+
+
+def sha256_identity(path: Path) -> str:
+    """``"sha256:<hex>"`` of the file bytes: the identity of files without a DICOM UID."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            # Chunked so a large TIFF never has to sit in memory in the producer.
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise open_error(path, exc) from exc
+    return f"sha256:{digest.hexdigest()}"
+
+
+def check_pixel_count(path: Path, rows: int, columns: int, max_pixels: int) -> None:
+    if rows * columns > max_pixels:
+        raise ImageTooLargeError(
+            f"{path.name} is {columns} x {rows} pixels ({rows * columns:,}); the limit is "
+            f"{max_pixels:,} pixels (setting MAMMO_MAX_IMAGE_PIXELS)."
+        )

@@ -1,0 +1,170 @@
+"""Pure checks on a DICOM header, each raising an InputError that names the tag and value.
+
+Kept apart from ``dicom.py`` so the triage rules (what we refuse, and why) read as one list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from shared.errors import (
+    ForProcessingImageError,
+    NotAMammogramError,
+    TruncatedImageError,
+    UnreadableImageError,
+)
+
+MAMMOGRAPHY_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # ... - For Processing (refused below, but a mammogram)
+})
+# Raw detector data: the model was trained on processed, presentation-ready images.
+FOR_PROCESSING_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray - For Processing
+})
+# Modalities that are never a mammogram. Others (RG, DX, CR, OT, SC, none) are accepted with
+# a note: digitised film and secondary captures of mammograms arrive that way.
+REJECTED_MODALITIES = frozenset({
+    "CT", "MR", "US", "NM", "PT", "XA", "RF", "ES", "OP", "OPT", "SM", "IVUS", "OCT", "PX",
+    "IO", "ECG", "EPS", "HD", "RTIMAGE", "RTDOSE", "RTSTRUCT", "RTPLAN", "SEG", "SR", "PR",
+    "KO", "DOC", "BMD", "XC", "GM",
+})
+_PLUGINS_JPEG = "pylibjpeg with pylibjpeg-libjpeg (GPL-3.0) or python-gdcm"
+_PLUGINS_J2K = "pylibjpeg with pylibjpeg-openjpeg, or python-gdcm"
+_PLUGIN_HINTS = {
+    "1.2.840.10008.1.2.4.50": _PLUGINS_JPEG,  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": _PLUGINS_JPEG,  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": _PLUGINS_JPEG,  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": _PLUGINS_JPEG,  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80": f"pyjpegls, {_PLUGINS_JPEG}",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": f"pyjpegls, {_PLUGINS_JPEG}",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": _PLUGINS_J2K,  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": _PLUGINS_J2K,  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": "pylibjpeg with pylibjpeg-openjpeg",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg with pylibjpeg-openjpeg",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg with pylibjpeg-openjpeg",  # HTJ2K
+}
+
+
+def triage(ds: Dataset, path: Path) -> dict[str, str]:
+    """Refuse what is not a single presentation-ready mammogram; return notes on doubts."""
+    sop_class = str(ds.get("SOPClassUID", "")).strip()
+    if sop_class in FOR_PROCESSING_SOP_CLASSES:
+        raise ForProcessingImageError(
+            f"{path.name} is a For Processing image: (0008,0016) SOP Class UID is "
+            f"{UID(sop_class).name} ({sop_class}). Send the For Presentation image instead."
+        )
+    intent = str(ds.get("PresentationIntentType", "")).strip().upper()
+    if intent == "FOR PROCESSING":
+        raise ForProcessingImageError(
+            f"{path.name} is a For Processing image: (0008,0068) Presentation Intent Type is "
+            f"'{intent}'. Send the For Presentation image instead."
+        )
+    notes = _modality(ds, sop_class, path)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise NotAMammogramError(
+            f"{path.name} is not a grayscale image: (0028,0004) Photometric Interpretation "
+            f"is '{photometric or 'missing'}', expected MONOCHROME1 or MONOCHROME2."
+        )
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise NotAMammogramError(
+            f"{path.name} holds {frames} frames ((0028,0008) Number of Frames); only "
+            "single-frame 2-D mammograms are classified (not tomosynthesis or cine)."
+        )
+    return notes
+
+
+def _modality(ds: Dataset, sop_class: str, path: Path) -> dict[str, str]:
+    modality = str(ds.get("Modality", "")).strip().upper()
+    if modality == "MG" or sop_class in MAMMOGRAPHY_SOP_CLASSES:
+        return {}
+    if modality in REJECTED_MODALITIES:
+        raise NotAMammogramError(
+            f"{path.name} is not a mammogram: (0008,0060) Modality is '{modality}' "
+            f"(SOP Class {UID(sop_class).name if sop_class else 'missing'})."
+        )
+    found = f"'{modality}'" if modality else "missing"
+    return {"modality": f"(0008,0060) Modality is {found}, not MG: classified as a mammogram "
+                        "on trust"}
+
+
+def image_size(ds: Dataset, path: Path) -> tuple[int, int]:
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        raise NotAMammogramError(
+            f"{path.name} contains no image: (0028,0010) Rows or (0028,0011) Columns is "
+            "missing."
+        )
+    return int(rows), int(columns)
+
+
+def transfer_syntax(ds: Dataset, path: Path) -> UID:
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not syntax:
+        raise UnreadableImageError(
+            f"{path.name} has no (0002,0010) Transfer Syntax UID in its file meta header.")
+    return UID(str(syntax))
+
+
+def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
+    """Refuse missing pixel data, and uncompressed pixel data shorter than the header says."""
+    if "PixelData" not in ds:
+        raise NotAMammogramError(f"{path.name} contains no (7FE0,0010) Pixel Data.")
+    if syntax.is_compressed:
+        return  # encapsulated: the decoder notices a damaged stream
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    bits = int(ds.BitsAllocated)
+    expected = (int(ds.Rows) * int(ds.Columns) * samples * frames * bits + 7) // 8
+    found = len(ds.PixelData)
+    if found < expected:
+        raise TruncatedImageError(
+            f"{path.name} is truncated: (7FE0,0010) Pixel Data holds {found:,} bytes, "
+            f"{expected:,} expected for {ds.Columns} x {ds.Rows} at {bits} bits allocated."
+        )
+
+
+def no_decoder_message(syntax: UID, path: Path) -> str:
+    name = syntax.name if syntax.name != str(syntax) else "an unknown transfer syntax"
+    hint = _PLUGIN_HINTS.get(str(syntax), "a pydicom decoding plugin for it")
+    return (f"{path.name} is compressed with {name} ({syntax}), which this installation "
+            f"cannot decode; installing {hint} would let it be read")
+
+
+def voi_kind(ds: Dataset) -> str:
+    """Which VOI transform ``apply_voi_lut(prefer_lut=True)`` applies: lut, window or none."""
+    sequence = ds.get("VOILUTSequence")
+    if sequence and None not in (sequence[0].get("LUTDescriptor"), sequence[0].get("LUTData")):
+        return "lut"
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        return "window"
+    return "none"
+
+
+def output_range(ds: Dataset, voi: str) -> tuple[float, float]:
+    """The (lowest, highest) value the Modality+VOI chain can produce.
+
+    Mirrors pydicom's own choice for windowing, so a full-width window maps onto the range.
+    """
+    if voi == "lut":
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    modality_lut = ds.get("ModalityLUTSequence")
+    if modality_lut:
+        return 0.0, float(2 ** int(modality_lut[0].LUTDescriptor[2]) - 1)
+    stored = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation") or 0) == 0:
+        low, high = 0.0, float(2**stored - 1)
+    else:
+        low, high = float(-(2 ** (stored - 1))), float(2 ** (stored - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return min(low, high), max(low, high)

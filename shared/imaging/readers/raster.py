@@ -1,0 +1,210 @@
+"""PNG, JPEG, TIFF and PGM files, decoded by OpenCV.
+
+One class does the decoding; each format adds only what OpenCV cannot tell us: where the
+image size is in the header (to refuse huge images before decoding) and how to notice a
+truncated file (OpenCV decodes a truncated JPEG into a silently grey-filled image).
+
+``max_value`` is the largest value the dtype holds (255, 65535): a 12-bit image in a
+16-bit PNG therefore looks dark, exactly as it would in any viewer. PGM is the exception: its
+header declares the maximum (``maxval``), so that value is used.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from shared.errors import TruncatedImageError, UnreadableImageError
+from shared.imaging.readers.base import check_pixel_count, read_bytes, read_head, sha256_identity
+from shared.imaging.types import DecodedImage, ImageHeader
+
+_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH
+# A trailer (IEND, EOI) is looked for this close to the end: some writers append padding.
+_TRAILER_WINDOW = 1024
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                       0xCF})
+_PGM_FIELD = re.compile(rb"(?:\s+|#[^\n]*\n)*(\d+)")
+
+
+class RasterReader:
+    """A format OpenCV decodes; subclasses override the cheap size and truncation checks."""
+
+    def __init__(self, format_name: str, magics: tuple[bytes, ...]) -> None:
+        self.format_name = format_name
+        self._magics = magics
+
+    def sniff(self, head: bytes) -> bool:
+        return head.startswith(self._magics)
+
+    def read_header(self, path: Path) -> ImageHeader:
+        # The identity needs every byte anyway; the size comes from the head when cheap.
+        identity = sha256_identity(path)
+        try:
+            size = self.dimensions(read_head(path, 4096), path)
+        except UnreadableImageError:
+            size = None  # e.g. a PGM comment longer than the head; decode() will judge
+        rows, columns = size if size else (None, None)
+        return ImageHeader(format=self.format_name, identity=identity, rows=rows,
+                           columns=columns)
+
+    def decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
+        data = read_bytes(path)
+        size = self.dimensions(data, path)
+        if size:
+            check_pixel_count(path, size[0], size[1], max_pixels)
+        self.check_complete(data, path)
+        image = cv2.imdecode(np.frombuffer(self.prepare(data), dtype=np.uint8), _FLAGS)
+        if image is None:
+            raise UnreadableImageError(
+                f"{path.name} looks like a {self.format_name.upper()} file but could not be "
+                "decoded: it is damaged or uses a variant OpenCV does not read."
+            )
+        pixels, notes = _to_grayscale(image)
+        # Formats without a cheap size check (TIFF) are checked once decoded.
+        check_pixel_count(path, pixels.shape[0], pixels.shape[1], max_pixels)
+        return DecodedImage(pixels=pixels, format=self.format_name,
+                            max_value=self.max_value(data, pixels), notes=notes)
+
+    # Hooks; the defaults suit formats OpenCV checks itself (TIFF).
+    def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
+        """(rows, columns) read from the header bytes, or None if not cheaply known."""
+        return None
+
+    def check_complete(self, data: bytes, path: Path) -> None:
+        """Raise TruncatedImageError when the file visibly ends early."""
+
+    def prepare(self, data: bytes) -> bytes:
+        return data
+
+    def max_value(self, data: bytes, pixels: np.ndarray) -> float:
+        if np.issubdtype(pixels.dtype, np.integer):
+            return float(np.iinfo(pixels.dtype).max)
+        return 1.0  # floating-point TIFF: by convention already in [0, 1]
+
+
+class PngReader(RasterReader):
+    def __init__(self) -> None:
+        super().__init__("png", (b"\x89PNG\r\n\x1a\n",))
+
+    def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        columns, rows = struct.unpack(">II", data[16:24])
+        return rows, columns
+
+    def check_complete(self, data: bytes, path: Path) -> None:
+        if data.rfind(b"IEND", -_TRAILER_WINDOW) < 0:
+            raise TruncatedImageError(
+                f"{path.name} is a truncated PNG: its closing IEND chunk is missing "
+                f"({len(data):,} bytes found)."
+            )
+
+
+class JpegReader(RasterReader):
+    def __init__(self) -> None:
+        super().__init__("jpeg", (b"\xff\xd8\xff",))
+
+    def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
+        pos = 2
+        # Walk the marker segments up to the first start-of-frame (or start-of-scan).
+        while pos + 9 <= len(data) and data[pos] == 0xFF:
+            marker = data[pos + 1]
+            if marker in _JPEG_SOF:
+                rows, columns = struct.unpack(">HH", data[pos + 5:pos + 9])
+                return rows, columns
+            if marker == 0xDA:
+                return None
+            pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        return None
+
+    def check_complete(self, data: bytes, path: Path) -> None:
+        if data.rfind(b"\xff\xd9", -_TRAILER_WINDOW) < 0:
+            raise TruncatedImageError(
+                f"{path.name} is a truncated JPEG: its end-of-image marker (FFD9) is missing "
+                f"({len(data):,} bytes found)."
+            )
+
+
+class PgmReader(RasterReader):
+    """Netpbm grayscale: P5 (binary, 8 or 16-bit big-endian) and P2 (ASCII)."""
+
+    def __init__(self) -> None:
+        super().__init__("pgm", (b"P5", b"P2"))
+
+    def sniff(self, head: bytes) -> bool:
+        return head[:2] in (b"P5", b"P2") and head[2:3].isspace()
+
+    def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
+        columns, rows, _, _ = _pgm_header(data, path)
+        return rows, columns
+
+    def check_complete(self, data: bytes, path: Path) -> None:
+        columns, rows, maxval, end = _pgm_header(data, path)
+        if data[:2] == b"P2":
+            found = len(data[end:].split())
+            if found < rows * columns:
+                raise TruncatedImageError(
+                    f"{path.name} is a truncated PGM: {rows * columns:,} values expected, "
+                    f"{found:,} found."
+                )
+            return
+        expected = rows * columns * (1 if maxval < 256 else 2)
+        found = len(data) - end - 1  # one whitespace byte separates maxval from the pixels
+        if found < expected:
+            raise TruncatedImageError(
+                f"{path.name} is a truncated PGM: {expected:,} bytes of pixels expected, "
+                f"{found:,} found."
+            )
+
+    def prepare(self, data: bytes) -> bytes:
+        # OpenCV's ASCII reader fails on a last value not followed by whitespace.
+        return data + b"\n" if data[:2] == b"P2" else data
+
+    def max_value(self, data: bytes, pixels: np.ndarray) -> float:
+        # OpenCV returns PGM samples unscaled, so the declared maxval is the true maximum.
+        return float(_pgm_header(data, Path(self.format_name))[2])
+
+
+def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
+    """(columns, rows, maxval, offset just past maxval) of a P2/P5 header."""
+    values: list[int] = []
+    pos = 2
+    while len(values) < 3:
+        match = _PGM_FIELD.match(data, pos)
+        if match is None:
+            raise UnreadableImageError(
+                f"{path.name} has a damaged PGM header: width, height and maximum value "
+                "were expected after the P2/P5 signature."
+            )
+        values.append(int(match.group(1)))
+        pos = match.end()
+    columns, rows, maxval = values
+    if columns < 1 or rows < 1 or not 0 < maxval < 65536:
+        raise UnreadableImageError(
+            f"{path.name} has an invalid PGM header: {columns} x {rows}, maximum value {maxval}."
+        )
+    return columns, rows, maxval, pos
+
+
+def _to_grayscale(image: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+    if image.ndim == 2:
+        return image, {}
+    channels = image.shape[2]
+    if channels == 1:
+        return image[:, :, 0], {}
+    if channels == 2:  # grey + alpha
+        return np.ascontiguousarray(image[:, :, 0]), {"alpha": "alpha channel ignored"}
+    code = cv2.COLOR_BGRA2GRAY if channels == 4 else cv2.COLOR_BGR2GRAY
+    return cv2.cvtColor(image, code), {"colour": "converted to grayscale"}
+
+
+TIFF = RasterReader("tiff", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))
+PNG = PngReader()
+JPEG = JpegReader()
+PGM = PgmReader()
+
+__all__ = ["JPEG", "PGM", "PNG", "TIFF", "RasterReader"]

@@ -1,0 +1,163 @@
+"""Read-side queries behind ``mammo status`` and ``mammo results``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from shared.db.schema import Batch, Image, ModelVersion, Prediction, Study
+from shared.enums import ImageState
+from shared.timeutil import as_utc, utcnow
+
+RESULT_KEYS = (
+    "image_id", "batch_id", "source", "state", "error_code", "error_message", "study_uid",
+    "sop_instance_uid", "laterality", "view", "label", "p_normal", "p_benign", "p_malignant",
+    "suspicion", "model_version",
+)
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    batch_id: int | None = None
+    study_uid: str | None = None
+    state: str | None = None
+    label: str | None = None
+    min_suspicion: int | None = None
+    model_version: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int | None = None
+    offset: int = 0
+
+
+def _latest_prediction() -> Any:
+    return (select(Prediction.image_id, func.max(Prediction.id).label("pid"))
+            .group_by(Prediction.image_id).subquery())
+
+
+def results_query(flt: ResultFilter) -> Select[Any]:
+    latest = _latest_prediction()
+    stmt = (
+        select(Image, Study.study_uid, Prediction, ModelVersion)
+        .outerjoin(Study, Study.id == Image.study_id)
+        .outerjoin(latest, latest.c.image_id == Image.id)
+        .outerjoin(Prediction, Prediction.id == latest.c.pid)
+        .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+    )
+    if flt.batch_id is not None:
+        stmt = stmt.where(Image.batch_id == flt.batch_id)
+    if flt.study_uid:
+        stmt = stmt.where(Study.study_uid == flt.study_uid)
+    if flt.state:
+        stmt = stmt.where(Image.state == flt.state)
+    if flt.label:
+        stmt = stmt.where(Prediction.label == flt.label)
+    if flt.min_suspicion is not None:
+        stmt = stmt.where(Prediction.suspicion >= flt.min_suspicion)
+    if flt.model_version:
+        stmt = stmt.where(ModelVersion.version == flt.model_version)
+    if flt.since:
+        stmt = stmt.where(Image.created_at >= flt.since)
+    if flt.until:
+        stmt = stmt.where(Image.created_at < flt.until)
+    stmt = stmt.order_by(Image.id).offset(flt.offset)
+    return stmt.limit(flt.limit) if flt.limit else stmt
+
+
+def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
+    rows = []
+    for image, study_uid, pred, model in session.execute(results_query(flt)):
+        done = image.state == ImageState.DONE.value and pred is not None
+        rows.append({
+            "image_id": image.id, "batch_id": image.batch_id, "source": image.source,
+            "state": image.state, "error_code": image.error_code,
+            "error_message": image.error_message, "study_uid": study_uid,
+            "sop_instance_uid": image.sop_instance_uid, "laterality": image.laterality,
+            "view": image.view,
+            "label": pred.label if done else None,
+            "p_normal": pred.p_normal if done else None,
+            "p_benign": pred.p_benign if done else None,
+            "p_malignant": pred.p_malignant if done else None,
+            "suspicion": pred.suspicion if done else None,
+            "model_version": f"{model.name}:{model.version}" if done and model else None,
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    batch_id: int
+    name: str | None
+    created_at: datetime | None
+    finished_at: datetime | None
+    counts: dict[str, int]
+    images_per_minute: float | None
+    eta_seconds: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def remaining(self) -> int:
+        return self.counts.get("queued", 0) + self.counts.get("processing", 0)
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id, "name": self.name, "total": self.total,
+            **{s.value: self.counts.get(s.value, 0) for s in ImageState},
+            "images_per_minute": None if self.images_per_minute is None
+            else round(self.images_per_minute, 1),
+            "eta_s": None if self.eta_seconds is None else round(self.eta_seconds),
+            "created_at": self.created_at, "finished_at": self.finished_at,
+        }
+
+
+def batch_status(session: Session, batch_id: int, *, window_s: int = 300) -> BatchStatus | None:
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        return None
+    counts = dict(session.execute(
+        select(Image.state, func.count()).where(Image.batch_id == batch_id)
+        .group_by(Image.state)).all())
+    rate = _rate(session, batch_id, window_s)
+    remaining = counts.get("queued", 0) + counts.get("processing", 0)
+    eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
+    return BatchStatus(batch.id, batch.name, as_utc(batch.created_at), as_utc(batch.finished_at),
+                       counts, rate, eta)
+
+
+def _rate(session: Session, batch_id: int, window_s: int) -> float | None:
+    """Images finished per minute over the last ``window_s`` seconds of activity."""
+    last = as_utc(session.execute(
+        select(func.max(Image.finished_at)).where(Image.batch_id == batch_id)).scalar())
+    if last is None:
+        return None
+    since = last - timedelta(seconds=window_s)
+    done, first = session.execute(
+        select(func.count(), func.min(Image.finished_at))
+        .where(Image.batch_id == batch_id, Image.finished_at >= since)).one()
+    first = as_utc(first)
+    span = (last - first).total_seconds() if first else 0.0
+    return done / span * 60 if span > 0 and done > 1 else None
+
+
+def recent_batch_ids(session: Session, limit: int = 10) -> list[int]:
+    return list(session.execute(select(Batch.id).order_by(Batch.id.desc()).limit(limit)).scalars())
+
+
+def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any]]:
+    since = utcnow() - timedelta(seconds=within_s)
+    stmt = (select(Prediction.worker, func.count(), func.max(Prediction.created_at))
+            .where(Prediction.created_at >= since).group_by(Prediction.worker))
+    return [{"worker": w, "predictions": n, "last_seen": as_utc(t)}
+            for w, n, t in session.execute(stmt)]
+
+
+def global_counts(session: Session) -> dict[str, int]:
+    return dict(session.execute(
+        select(Image.state, func.count()).group_by(Image.state)).all())

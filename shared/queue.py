@@ -1,0 +1,117 @@
+"""Celery wiring shared by the producer (which sends) and the worker (which consumes).
+
+Messages carry image ids only (JSON, never pickle, never pixels or patient data). The same
+app configuration serves Redis and the embedded in-memory transport, so ``mammo run`` and a
+fleet of ``mammo worker`` processes execute the same task code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import Settings
+from shared.enums import Priority
+from shared.errors import BrokerUnavailableError
+
+TASK_PROCESS_CHUNK = "mammo.process_chunk"
+QUEUE_NAME = "mammo"
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    app = Celery("mammo", broker=settings.effective_broker_url, set_as_current=False)
+    hard = settings.task_time_limit_s
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=hard,
+        task_soft_time_limit=max(hard - 30, int(hard * 0.9)),
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=3,
+        task_default_queue=QUEUE_NAME,
+        task_queues=(Queue(QUEUE_NAME, routing_key=QUEUE_NAME),),
+        task_create_missing_queues=False,
+        # Loading TensorFlow and the model takes seconds; the 4 s default kills every
+        # recycled child in a loop (see PITFALLS.md).
+        worker_proc_alive_timeout=120,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        enable_utc=True,
+    )
+    if settings.worker_max_memory_mb:
+        app.conf.worker_max_memory_per_child = settings.worker_max_memory_mb * 1024
+    return app
+
+
+def chunked(ids: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(ids), size):
+        yield list(ids[start:start + size])
+
+
+def enqueue_chunks(
+    app: Celery, image_ids: Iterable[int], *, chunk_size: int, priority: Priority,
+) -> int:
+    """Send one task per chunk of ids; return the number of messages sent."""
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for chunk in chunked(list(image_ids), chunk_size):
+                app.send_task(
+                    TASK_PROCESS_CHUNK, args=[chunk], queue=QUEUE_NAME,
+                    priority=priority.broker_priority, producer=producer,
+                    retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5,
+                                              "interval_step": 1.0, "interval_max": 3.0},
+                )
+                sent += 1
+    except (OSError, ConnectionError) as exc:
+        raise BrokerUnavailableError(broker_unreachable_message(app, exc)) from exc
+    except Exception as exc:  # kombu wraps connection errors in its own types
+        if _is_connection_error(app, exc):
+            raise BrokerUnavailableError(broker_unreachable_message(app, exc)) from exc
+        raise
+    return sent
+
+
+def _is_connection_error(app: Celery, exc: Exception) -> bool:
+    with app.connection_for_write() as conn:
+        return isinstance(exc, conn.connection_errors + conn.channel_errors)
+
+
+def broker_unreachable_message(app: Celery, exc: BaseException) -> str:
+    url = app.connection_for_write().as_uri()  # password masked by kombu
+    return (f"Cannot reach the message broker at {url}: {exc}. Check MAMMO_BROKER_URL and "
+            "that Redis is running, or unset MAMMO_BROKER_URL to use `mammo run` (no servers).")
+
+
+def check_broker(app: Celery, timeout_s: float = 3.0) -> None:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+    except Exception as exc:
+        raise BrokerUnavailableError(broker_unreachable_message(app, exc)) from exc
+
+
+def queue_depth(app: Celery) -> int | None:
+    """Messages waiting in the broker, or None when the transport cannot tell."""
+    try:
+        with app.connection_for_write() as conn, conn.channel() as channel:
+            _name, count, _consumers = channel.queue_declare(QUEUE_NAME, passive=True)
+            return int(count)
+    except Exception:
+        return None

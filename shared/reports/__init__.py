@@ -1,0 +1,3 @@
+"""Reports and exports built from stored results."""
+
+__all__: list[str] = []

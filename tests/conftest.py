@@ -1,0 +1,96 @@
+"""Fixtures shared by unit and integration tests.
+
+Real services follow dramatiq's ``check_redis`` habit: on a developer machine a missing
+Redis/PostgreSQL skips the test with a reason; in CI (``CI=true``) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.registry import ModelSpec
+from shared.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message}; .ci/run must start it")
+    pytest.skip(f"{message} (start it, or run `bash .ci/run`)")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small, real Keras model (random weights: for plumbing tests only, never shipped)."""
+    from tests.helpers.tiny_model import build_tiny_model  # noqa: PLC0415
+
+    return build_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_spec(tiny_model_dir: Path) -> ModelSpec:
+    from models.registry import resolve_model  # noqa: PLC0415
+
+    return resolve_model(str(tiny_model_dir))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mammo.db'}"
+
+
+@pytest.fixture
+def settings(sqlite_url: str, tiny_model_dir: Path, tmp_path: Path) -> Settings:
+    return Settings(database_url=sqlite_url, broker_url=None, model=str(tiny_model_dir),
+                    chunk_size=4, report_dir=tmp_path / "reports", _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A private Redis database number per test, flushed before and after."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    import redis  # noqa: PLC0415
+
+    db = 1 + (uuid.uuid4().int % 14)
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    client.flushdb()
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database per test, dropped afterwards."""
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    import psycopg  # noqa: PLC0415
+
+    name = f"mammo_test_{uuid.uuid4().hex[:12]}"
+    admin = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,65 @@
+"""`mammo run`: the embedded default needs no servers at all.
+
+The run happens inside a fresh network namespace (``unshare -n``) where not even loopback
+is up, so any attempt to reach Redis or PostgreSQL would fail the test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from shared.db.schema import Prediction
+from shared.synthetic import make_exam_set, write_truncated_copy
+from tests.helpers.processes import MAMMO, mammo_env, run_mammo
+
+
+def _can_unshare() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
+
+
+def test_run_completes_without_any_server(tmp_path: Path, tiny_model_dir: Path) -> None:
+    folder = tmp_path / "exams"
+    files = make_exam_set(folder, n_exams=3, seed=3)
+    write_truncated_copy(files[0], folder / "broken.dcm")
+    db = tmp_path / "local.db"
+    env = mammo_env(database_url=f"sqlite:///{db}", model=str(tiny_model_dir), chunk_size="5")
+    prefix = ["unshare", "-n"] if _can_unshare() else []
+    if not prefix:
+        pytest.skip("unshare -n is not permitted here; cannot prove the absence of servers")
+    cmd = [*prefix, *MAMMO, "run", str(folder), "--format", "json"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240, check=False)
+    assert done.returncode == 3, done.stderr  # 3: the job ran, one image failed
+    rows = json.loads(done.stdout)
+    assert len(rows) == 13
+    states = sorted(r["state"] for r in rows)
+    assert states == ["done"] * 12 + ["failed"]
+    [bad] = [r for r in rows if r["state"] == "failed"]
+    assert bad["error_code"] == "truncated" and bad["source"].endswith("broken.dcm")
+    assert (tmp_path / "reports").is_dir() and any((tmp_path / "reports").glob("batch-*.csv"))
+
+    # Running the same folder again is a no-op: no second prediction for any image.
+    again = run_mammo(["run", str(folder), "--format", "json"], env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == []
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Prediction)).scalar_one() == 12
+    engine.dispose()
+
+
+def test_run_without_a_model_says_how_to_get_one(tmp_path: Path) -> None:
+    folder = tmp_path / "exams"
+    make_exam_set(folder, n_exams=1, seed=1)
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 'x.db'}", model=str(tmp_path / "nope"))
+    done = run_mammo(["run", str(folder)], env, tmp_path)
+    assert done.returncode == 5
+    assert "MAMMO_MODEL" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,74 @@
+"""Failures a person can fix end in one line and a named exit code, never a traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from producer.cli.exit_codes import ExitCode
+from producer.cli.main import cli
+
+
+def _invoke(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+            **env: str) -> tuple[int, str]:
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("MAMMO_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(f"MAMMO_{key.upper()}", value)
+    result = CliRunner().invoke(cli, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.output
+
+
+def test_missing_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    code, out = _invoke(["run", str(tmp_path / "absent")], monkeypatch, tmp_path,
+                        model=str(tiny_model_dir))
+    assert code == ExitCode.PATH_NOT_FOUND
+    assert "Path does not exist" in out and "Traceback" not in out
+
+
+def test_no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _invoke(["run", str(tmp_path)], monkeypatch, tmp_path, model="no-such-model")
+    assert code == ExitCode.NO_MODEL
+    assert "MAMMO_MODEL" in out
+
+
+def test_submit_needs_a_broker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _invoke(["submit", str(tmp_path)], monkeypatch, tmp_path)
+    assert code == ExitCode.CONFIG
+    assert "MAMMO_BROKER_URL" in out and "mammo run" in out
+
+
+def test_broker_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _invoke(["submit", str(tmp_path)], monkeypatch, tmp_path,
+                        broker_url="redis://127.0.0.1:1/0")
+    assert code == ExitCode.BROKER_UNAVAILABLE
+    assert "Cannot reach the message broker" in out
+
+
+def test_database_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _invoke(["status"], monkeypatch, tmp_path,
+                        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert code == ExitCode.DATABASE_UNAVAILABLE
+    assert "Cannot reach the database" in out
+
+
+def test_invalid_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _invoke(["status"], monkeypatch, tmp_path, chunk_size="-3")
+    assert code == ExitCode.CONFIG
+    assert "MAMMO_" in out
+
+
+@pytest.mark.parametrize("command", [
+    ["run"], ["demo"], ["submit"], ["worker"], ["status"], ["results"], ["recover"],
+    ["db", "upgrade"],
+])
+def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output and "mammo " in result.output

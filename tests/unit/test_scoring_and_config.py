@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.config import EMBEDDED_BROKER_URL, Settings, load_settings
+from shared.enums import Label
+from shared.errors import ConfigurationError
+from shared.scoring import label_of, suspicion
+
+unit = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@given(unit, unit)
+def test_suspicion_is_in_range_and_monotone(p_benign: float, p_malignant: float) -> None:
+    score = suspicion(p_benign, p_malignant)
+    assert 1 <= score <= 10
+    assert suspicion(p_benign, min(1.0, p_malignant + 0.2)) >= score
+
+
+def test_suspicion_extremes() -> None:
+    assert suspicion(0.0, 0.0) == 1
+    assert suspicion(0.0, 1.0) == 10
+
+
+def test_label_is_argmax() -> None:
+    assert label_of(0.1, 0.2, 0.7) is Label.MALIGNANT
+    assert label_of(0.5, 0.3, 0.2) is Label.NORMAL
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMO_BROKER_URL", "redis://example:6379/3")
+    monkeypatch.setenv("MAMMO_CHUNK_SIZE", "8")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.broker_url == "redis://example:6379/3" and s.chunk_size == 8
+    assert not s.is_embedded
+    assert s.embedded().effective_broker_url == EMBEDDED_BROKER_URL
+
+
+def test_visibility_timeout_exceeds_lease_which_exceeds_time_limit() -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.task_time_limit_s < s.claim_lease_s < s.visibility_timeout_s
+
+
+def test_invalid_setting_is_one_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMO_CHUNK_SIZE", "lots")
+    with pytest.raises(ConfigurationError, match="MAMMO_"):
+        load_settings(_env_file=None)
+
+
+def test_patient_key_has_no_default() -> None:
+    assert Settings(_env_file=None).patient_id_key is None  # type: ignore[call-arg]

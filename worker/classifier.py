@@ -1,0 +1,115 @@
+"""The Keras classifier: loaded once per process, one forward pass per chunk.
+
+TensorFlow is imported inside ``load`` only. Building a model in a parent process and then
+forking hangs the child (tensorflow#27074), so this object must be created after the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.registry import ModelSpec, verify_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ForwardPass:
+    probabilities: np.ndarray  # (n, 3), rows sum to 1
+    seconds: float
+
+
+class Classifier:
+    """Batched inference with a fixed batch shape, so the graph is traced once."""
+
+    def __init__(
+        self, spec: ModelSpec, *, batch_size: int, preprocessing_version: str,
+        intra_op_threads: int = 0, inter_op_threads: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.batch_size = batch_size
+        self._preprocessing_version = preprocessing_version
+        self._threads = (intra_op_threads, inter_op_threads)
+        self._model: Any = None
+        self._infer: Any = None
+        self._lock = threading.Lock()
+        self.forward_passes = 0
+        self.load_seconds = 0.0
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.spec.input_size
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        started = time.perf_counter()
+        verify_model(self.spec, preprocessing_version=self._preprocessing_version)
+        import tensorflow as tf  # noqa: PLC0415 - deliberately lazy, see module docstring
+
+        _configure_tensorflow(tf, *self._threads)
+        import keras  # noqa: PLC0415
+
+        keras.utils.set_random_seed(0)
+        model = keras.models.load_model(self.spec.model_path, compile=False)
+        height, width = self.spec.input_size
+        spec = tf.TensorSpec((self.batch_size, height, width, 1), tf.float32)
+
+        @tf.function(input_signature=[spec], reduce_retracing=True)
+        def infer(x: Any) -> Any:
+            return model(x, training=False)
+
+        self._model, self._infer = model, infer
+        self._infer(tf.zeros(spec.shape, tf.float32))  # trace now, not on the first chunk
+        self.load_seconds = time.perf_counter() - started
+        log.info("model %s %s loaded in %.1f s", self.spec.name, self.spec.version,
+                 self.load_seconds)
+
+    def predict(self, batch: np.ndarray) -> ForwardPass:
+        """Class probabilities for ``batch`` of shape (n, h, w, 1), n <= batch_size.
+
+        The batch is zero-padded to ``batch_size`` so every call reuses one traced graph.
+        """
+        self.load()
+        n = int(batch.shape[0])
+        if n == 0 or n > self.batch_size:
+            raise ValueError(f"batch of {n} images; expected 1..{self.batch_size}")
+        padded = np.zeros((self.batch_size, *batch.shape[1:]), dtype=np.float32)
+        padded[:n] = batch
+        with self._lock:
+            started = time.perf_counter()
+            out = np.asarray(self._infer(padded))[:n].astype(np.float64)
+            elapsed = time.perf_counter() - started
+            self.forward_passes += 1
+        if out.shape != (n, 3) or not np.all(np.isfinite(out)):
+            raise RuntimeError(f"model returned {out.shape} / non-finite values; expected ({n}, 3)")
+        out = np.clip(out, 0.0, None)
+        out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
+        return ForwardPass(out, elapsed)
+
+
+def _configure_tensorflow(tf: Any, intra: int, inter: int) -> None:
+    try:
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            # Several worker processes on one GPU would each grab all of its memory.
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        # Already initialised in this process (a second Classifier): settings are fixed.
+        pass
+
+
+def detect_device() -> str:
+    """'gpu' when TensorFlow sees one, else 'cpu'. Imports TensorFlow: call in workers only."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"

@@ -1,0 +1,188 @@
+"""The work of one chunk, as plain functions: claim, decode, preprocess, infer, save.
+
+No Celery here: ``worker.tasks`` wraps ``process_chunk`` in a task, and the tests call it
+directly. One bad image fails alone, with its reason; its neighbours still get predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import OperationalError
+
+from shared.db import lifecycle
+from shared.db.lifecycle import ClaimedImage
+from shared.db.schema import Prediction
+from shared.db.upsert import upsert
+from shared.enums import ErrorCode
+from shared.errors import DatabaseUnavailableError, InputError
+from shared.imaging.preprocess import PREPROCESSING_VERSION, preprocess
+from shared.imaging.readers import decode
+from shared.scoring import label_of, suspicion
+from shared.timeutil import utcnow
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+_PREDICTION_UPDATE = (
+    "preprocessing_version", "label", "p_normal", "p_benign", "p_malignant", "suspicion",
+    "decode_ms", "preprocess_ms", "infer_ms", "forward_pass_id", "forward_pass_size",
+    "worker", "heatmap_path", "created_at",
+)
+
+
+@dataclass
+class ChunkResult:
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    forward_passes: int = 0
+    unfinished: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"claimed": self.claimed, "done": self.done, "failed": self.failed,
+                "forward_passes": self.forward_passes}
+
+
+@dataclass
+class _Prepared:
+    image: ClaimedImage
+    tensor: np.ndarray
+    decode_ms: float
+    preprocess_ms: float
+
+
+@dataclass
+class _Outcome:
+    rows: list[dict[str, object]] = field(default_factory=list)
+    failures: list[tuple[int, ErrorCode, str]] = field(default_factory=list)
+
+
+def process_chunk(image_ids: Sequence[int], *, token: str, runtime: WorkerRuntime) -> ChunkResult:
+    result = ChunkResult()
+    try:
+        with runtime.sessions() as session:
+            claimed = lifecycle.claim(session, image_ids, token=token,
+                                      lease_s=runtime.settings.claim_lease_s)
+    except OperationalError as exc:
+        raise DatabaseUnavailableError(f"database unavailable while claiming: {exc.orig}") from exc
+    result.claimed = len(claimed)
+    poisoned = [c for c in claimed if c.attempts > runtime.settings.max_attempts]
+    live = [c for c in claimed if c.attempts <= runtime.settings.max_attempts]
+    # A redelivered chunk may hold the image that killed the last worker: run it image by
+    # image so the neighbours finish before the culprit can strike again.
+    isolate = any(c.attempts > 1 for c in live)
+    groups = [[c] for c in live] if isolate else ([live] if live else [])
+    outcome = _Outcome(failures=[(c.id, ErrorCode.WORKER_CRASH, _crash_message(c))
+                                 for c in poisoned])
+    if outcome.failures:
+        _save(runtime, outcome, result)
+    remaining = [c.id for c in live]
+    try:
+        for group in groups:
+            outcome = _run_group(group, runtime, result)
+            _save(runtime, outcome, result)
+            done_ids = {g.id for g in group}
+            remaining = [i for i in remaining if i not in done_ids]
+    except SoftTimeLimitExceeded:
+        result.unfinished = remaining
+        raise
+    return result
+
+
+def _crash_message(image: ClaimedImage) -> str:
+    return (f"Processing this image was started {image.attempts - 1} times and never finished: "
+            "the worker most likely crashed on it (out of memory or a decoder fault). It is "
+            "quarantined; check the file, then resubmit it.")
+
+
+def _prepare(image: ClaimedImage, runtime: WorkerRuntime) -> _Prepared:
+    started = time.perf_counter()
+    decoded = decode(Path(image.source), max_pixels=runtime.settings.max_image_pixels)
+    decoded_at = time.perf_counter()
+    tensor = preprocess(decoded, runtime.classifier.input_size)
+    return _Prepared(image, tensor, (decoded_at - started) * 1000,
+                     (time.perf_counter() - decoded_at) * 1000)
+
+
+def _run_group(group: list[ClaimedImage], runtime: WorkerRuntime, result: ChunkResult) -> _Outcome:
+    outcome = _Outcome()
+    prepared: list[_Prepared] = []
+    for image in group:
+        try:
+            prepared.append(_prepare(image, runtime))
+        except SoftTimeLimitExceeded:
+            raise
+        except InputError as exc:
+            outcome.failures.append((image.id, exc.code, exc.message))
+        except Exception as exc:  # a worker never dies of an input
+            log.exception("unexpected error preparing image %s", image.id)
+            outcome.failures.append((image.id, ErrorCode.INTERNAL,
+                                     f"Unexpected error while reading the image: "
+                                     f"{type(exc).__name__}: {exc}"))
+    if prepared:
+        _infer(prepared, runtime, outcome, result)
+    return outcome
+
+
+def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
+           result: ChunkResult) -> None:
+    classifier = runtime.classifier
+    try:
+        forward = classifier.predict(np.stack([p.tensor for p in prepared]))
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        if len(prepared) > 1:  # find the one image the model chokes on
+            log.warning("batched inference failed (%s); retrying image by image", exc)
+            for single in prepared:
+                _infer([single], runtime, outcome, result)
+            return
+        log.exception("inference failed for image %s", prepared[0].image.id)
+        outcome.failures.append((prepared[0].image.id, ErrorCode.INTERNAL,
+                                 f"The model could not score this image: "
+                                 f"{type(exc).__name__}: {exc}"))
+        return
+    result.forward_passes += 1
+    pass_id = str(uuid.uuid4())
+    per_image_ms = forward.seconds * 1000 / len(prepared)
+    model_version_id = runtime.model_version_id
+    for item, probs in zip(prepared, forward.probabilities, strict=True):
+        p_normal, p_benign, p_malignant = (float(p) for p in probs)
+        outcome.rows.append({
+            "image_id": item.image.id, "model_version_id": model_version_id,
+            "preprocessing_version": PREPROCESSING_VERSION,
+            "label": label_of(p_normal, p_benign, p_malignant).value,
+            "p_normal": p_normal, "p_benign": p_benign, "p_malignant": p_malignant,
+            "suspicion": suspicion(p_benign, p_malignant),
+            "decode_ms": item.decode_ms, "preprocess_ms": item.preprocess_ms,
+            "infer_ms": per_image_ms, "forward_pass_id": pass_id,
+            "forward_pass_size": len(prepared), "worker": runtime.worker_name,
+            "heatmap_path": None, "created_at": utcnow(),
+        })
+
+
+def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult) -> None:
+    """Write one group's predictions and failures in a single transaction."""
+    try:
+        with runtime.sessions() as session:
+            upsert(session, Prediction, outcome.rows, conflict=("image_id", "model_version_id"),
+                   update=_PREDICTION_UPDATE)
+            done_ids = [int(str(r["image_id"])) for r in outcome.rows]
+            lifecycle.mark_done(session, done_ids)
+            for image_id, code, message in outcome.failures:
+                lifecycle.mark_failed(session, image_id, code, message)
+            touched = done_ids + [f[0] for f in outcome.failures]
+            lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
+            session.commit()
+    except OperationalError as exc:
+        raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc
+    result.done += len(outcome.rows)
+    result.failed += len(outcome.failures)

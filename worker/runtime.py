@@ -1,0 +1,96 @@
+"""Per-process resources of a worker: database engine, classifier, model version row.
+
+Built lazily and keyed by PID: a prefork child never reuses its parent's connections or
+TensorFlow state, which is what makes fork safe here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.registry import ModelSpec, resolve_model
+from shared.config import Settings
+from shared.db.engine import create_db_engine, make_session_factory
+from shared.db.schema import ModelVersion
+from shared.db.upsert import upsert_returning_id
+from shared.imaging.preprocess import PREPROCESSING_VERSION
+from worker.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, *, model_spec: ModelSpec | None = None) -> None:
+        self.settings = settings
+        self._model_spec = model_spec
+        self._pid: int | None = None
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._classifier: Classifier | None = None
+        self._model_version_id: int | None = None
+
+    def _own_process(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        if self._engine is not None:
+            # Inherited from the parent: drop the pool without closing the parent's sockets.
+            self._engine.dispose(close=False)
+        self._pid, self._engine, self._sessions = pid, None, None
+        self._classifier, self._model_version_id = None, None
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        self._own_process()
+        if self._sessions is None:
+            self._engine = create_db_engine(self.settings)
+            self._sessions = make_session_factory(self._engine)
+        return self._sessions
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        if self._model_spec is None:
+            self._model_spec = resolve_model(self.settings.model)
+        return self._model_spec
+
+    @property
+    def classifier(self) -> Classifier:
+        self._own_process()
+        if self._classifier is None:
+            classifier = Classifier(
+                self.model_spec, batch_size=self.settings.chunk_size,
+                preprocessing_version=PREPROCESSING_VERSION,
+                intra_op_threads=self.settings.tf_intra_op_threads,
+                inter_op_threads=self.settings.tf_inter_op_threads,
+            )
+            classifier.load()
+            self._classifier = classifier
+        return self._classifier
+
+    @property
+    def model_version_id(self) -> int:
+        if self._model_version_id is None:
+            spec = self.classifier.spec
+            with self.sessions() as session:
+                self._model_version_id = upsert_returning_id(session, ModelVersion, {
+                    "name": spec.name, "version": spec.version, "sha256": spec.sha256,
+                    "preprocessing_version": spec.preprocessing_version,
+                    "classes": list(spec.classes), "input_size": list(spec.input_size),
+                    "path": str(spec.directory),
+                }, conflict=("name", "version", "sha256"))
+                session.commit()
+        return self._model_version_id
+
+    @property
+    def worker_name(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def warm_up(self, **_: Any) -> None:
+        """Load everything now (``worker_process_init``), so the first chunk is not slow."""
+        _ = self.model_version_id

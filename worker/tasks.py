@@ -1,0 +1,58 @@
+"""The Celery task: thin wrapper over ``worker.pipeline.process_chunk``.
+
+Tasks are registered on an app passed in (no module-level app), with a runtime that owns the
+per-process resources. Transient failures (database unreachable) retry with backoff far
+below the visibility timeout; input failures are recorded by the pipeline and never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from shared.db import lifecycle
+from shared.enums import Priority
+from shared.errors import TransientError
+from shared.queue import TASK_PROCESS_CHUNK, enqueue_chunks
+from worker.pipeline import process_chunk
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False) -> None:
+    if TASK_PROCESS_CHUNK in app.tasks:
+        return
+
+    @app.task(
+        name=TASK_PROCESS_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True,
+        autoretry_for=(TransientError,), retry_backoff=2, retry_backoff_max=60,
+        retry_jitter=True, max_retries=8,
+    )
+    def process_chunk_task(self: Task, image_ids: list[int]) -> dict[str, int]:
+        token = str(self.request.id)
+        try:
+            return process_chunk(image_ids, token=token, runtime=runtime).as_dict()
+        except SoftTimeLimitExceeded:
+            _requeue_one_by_one(app, runtime, image_ids, token)
+            return {"timed_out": len(image_ids)}
+
+    if warm_up:
+        # Runs in each prefork child after the fork: the only safe place to load TensorFlow.
+        worker_process_init.connect(runtime.warm_up, weak=False)
+
+
+def _requeue_one_by_one(app: Celery, runtime: WorkerRuntime, image_ids: list[int],
+                        token: str) -> None:
+    """A chunk ran out of time: hand its unfinished images back, each as its own task.
+
+    The attempt counter is kept, so an image that times out on its own is quarantined after
+    ``max_attempts`` instead of looping.
+    """
+    with runtime.sessions() as session:
+        mine = lifecycle.release(session, image_ids, token, refund=False)
+    log.warning("chunk %s hit its soft time limit; re-queued %d images singly", token, len(mine))
+    enqueue_chunks(app, mine, chunk_size=1, priority=Priority.ROUTINE)
+
