@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from celery import Celery
 from kombu import Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from shared.config import Settings
 from shared.enums import Priority
@@ -79,18 +80,9 @@ def enqueue_chunks(
                                               "interval_step": 1.0, "interval_max": 3.0},
                 )
                 sent += 1
-    except (OSError, ConnectionError) as exc:
+    except (OSError, KombuOperationalError) as exc:
         raise BrokerUnavailableError(broker_unreachable_message(app, exc)) from exc
-    except Exception as exc:  # kombu wraps connection errors in its own types
-        if _is_connection_error(app, exc):
-            raise BrokerUnavailableError(broker_unreachable_message(app, exc)) from exc
-        raise
     return sent
-
-
-def _is_connection_error(app: Celery, exc: Exception) -> bool:
-    with app.connection_for_write() as conn:
-        return isinstance(exc, conn.connection_errors + conn.channel_errors)
 
 
 def broker_unreachable_message(app: Celery, exc: BaseException) -> str:

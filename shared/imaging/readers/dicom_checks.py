@@ -96,6 +96,9 @@ def _modality(ds: Dataset, sop_class: str, path: Path) -> dict[str, str]:
 
 
 def image_size(ds: Dataset, path: Path) -> tuple[int, int]:
+    """(Rows, Columns); checked first, so a DICOM that holds no image says exactly that."""
+    if len(ds) == 0:
+        raise UnreadableImageError(f"{path.name} has a DICOM signature but no data elements.")
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if not rows or not columns:
         raise NotAMammogramError(

@@ -1,0 +1,102 @@
+"""The chunk pipeline in-process: one forward pass per chunk, bad images fail alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.embedded_run import run_embedded
+from producer.registration import create_batch, register_files
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import Image, Prediction
+from shared.enums import Priority
+from shared.synthetic import make_exam_set, write_truncated_copy
+from worker.pipeline import process_chunk
+from worker.runtime import WorkerRuntime
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> sessionmaker[Session]:
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    return make_session_factory(engine)
+
+
+def _register(sessions: sessionmaker[Session], files: list[Path]) -> list[int]:
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    reg = register_files(sessions, batch, files)
+    return reg.new_ids
+
+
+def test_chunk_is_one_forward_pass_and_a_bad_image_fails_alone(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    files = make_exam_set(tmp_path / "in", n_exams=1, seed=5)
+    write_truncated_copy(files[0], tmp_path / "in" / "bad.dcm")
+    ids = _register(sessions, [*files, tmp_path / "in" / "bad.dcm"])
+    runtime = WorkerRuntime(settings)
+
+    result = process_chunk(ids, token="task-1", runtime=runtime)
+
+    assert (result.claimed, result.done, result.failed) == (5, 4, 1)
+    assert result.forward_passes == 1
+    assert runtime.classifier.forward_passes == 1
+    with sessions() as s:
+        sizes = s.execute(select(Prediction.forward_pass_size).distinct()).scalars().all()
+        bad = s.execute(select(Image).where(Image.source.like("%bad.dcm"))).scalar_one()
+    assert sizes == [4]
+    assert bad.state == "failed" and bad.error_code == "truncated"
+
+    # The same message delivered again finds nothing to do and writes nothing.
+    again = process_chunk(ids, token="task-2", runtime=runtime)
+    assert again.claimed == 0
+    with sessions() as s:
+        assert s.execute(select(func.count()).select_from(Prediction)).scalar_one() == 4
+
+
+def test_redelivered_chunk_runs_image_by_image(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=6))
+    runtime = WorkerRuntime(settings)
+    with sessions() as s:  # a first delivery that died after claiming
+        from shared.db.lifecycle import claim  # noqa: PLC0415
+
+        claim(s, ids, token="task-1", lease_s=600)
+    result = process_chunk(ids, token="task-1", runtime=runtime)
+    assert result.done == 4 and result.forward_passes == 4
+
+
+def test_poison_image_is_quarantined_after_max_attempts(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=7)[:1])
+    runtime = WorkerRuntime(settings)
+    from shared.db.lifecycle import claim  # noqa: PLC0415
+
+    with sessions() as s:
+        for _ in range(settings.max_attempts):
+            claim(s, ids, token="crashing-task", lease_s=600)
+    result = process_chunk(ids, token="crashing-task", runtime=runtime)
+    assert (result.done, result.failed) == (0, 1)
+    with sessions() as s:
+        image = s.get(Image, ids[0])
+    assert image is not None and image.error_code == "worker_crash"
+    assert "crashed" in (image.error_message or "")
+
+
+def test_embedded_run_goes_through_celery(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    files = make_exam_set(tmp_path / "in", n_exams=2, seed=8)
+    outcome = run_embedded(settings, sessions, [tmp_path / "in"], name="embedded")
+    assert len(outcome.submission.queued) == len(files) == 8
+    assert outcome.submission.messages == 2  # chunk_size 4
+    with sessions() as s:
+        passes = s.execute(select(func.count(func.distinct(Prediction.forward_pass_id))))
+        assert passes.scalar_one() == 2
+        assert s.execute(select(func.count()).select_from(Prediction)).scalar_one() == 8

@@ -1,0 +1,97 @@
+"""Preprocessing: pure, deterministic steps from decoded pixels to the model's input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.enums import ErrorCode
+from shared.errors import NotAMammogramError, UnreadableImageError
+from shared.imaging.preprocess import (
+    PREPROCESSING_VERSION,
+    preprocess,
+    resize_with_padding,
+    to_unit_range,
+    validate,
+)
+from shared.imaging.types import DecodedImage
+from shared.synthetic import synth_mammogram
+
+
+def _decoded(pixels: np.ndarray, max_value: float = 4095, invert: bool = False) -> DecodedImage:
+    return DecodedImage(pixels=pixels, format="test", max_value=max_value, invert=invert)
+
+
+def test_unit_range_divides_by_max_and_inverts() -> None:
+    pixels = np.array([[0, 4095], [1000, 5000]], dtype=np.uint16)
+    plain = to_unit_range(_decoded(pixels))
+    assert plain.dtype == np.float32
+    expected = np.array([[0, 1], [1000 / 4095, 1]])  # 5000 is above the maximum: clipped
+    np.testing.assert_allclose(plain, expected, rtol=1e-6)
+    np.testing.assert_allclose(to_unit_range(_decoded(pixels, invert=True)), 1 - plain)
+
+
+def test_unit_range_does_not_touch_its_input() -> None:
+    pixels = np.full((4, 4), 0.5, dtype=np.float32)
+    to_unit_range(_decoded(pixels, max_value=1.0, invert=True))
+    assert (pixels == 0.5).all()
+
+
+@pytest.mark.parametrize("image, error, phrase", [
+    (np.ones((64, 64, 3), np.float32), NotAMammogramError, "2-D"),
+    (np.linspace(0, 1, 63 * 100, dtype=np.float32).reshape(63, 100), NotAMammogramError,
+     "too small"),
+    (np.full((100, 100), 0.3, np.float32), NotAMammogramError, "blank"),
+])
+def test_validate_refuses(image: np.ndarray, error: type[Exception], phrase: str) -> None:
+    with pytest.raises(error, match=phrase) as caught:
+        validate(image)
+    assert getattr(caught.value, "code", None) is ErrorCode.NOT_A_MAMMOGRAM
+
+
+def test_validate_refuses_non_finite_values() -> None:
+    image = np.linspace(0, 1, 100 * 100, dtype=np.float32).reshape(100, 100)
+    image[5, 5] = np.nan
+    with pytest.raises(UnreadableImageError, match="non-finite"):
+        validate(image)
+
+
+def test_resize_keeps_aspect_ratio_top_left() -> None:
+    image = np.ones((200, 100), dtype=np.float32)
+    out = resize_with_padding(image, (100, 100))
+    assert out.shape == (100, 100) and out.dtype == np.float32
+    assert (out[:, :50] == 1).all() and (out[:, 50:] == 0).all()
+    enlarged = resize_with_padding(np.ones((10, 40), np.float32), (80, 80))
+    assert (enlarged[:20] == 1).all() and (enlarged[20:] == 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 300), columns=st.integers(1, 300),
+       height=st.integers(1, 128), width=st.integers(1, 128))
+def test_resize_with_padding_shape_property(rows: int, columns: int, height: int,
+                                            width: int) -> None:
+    image = np.random.default_rng(rows * 1000 + columns).uniform(0.5, 1.0, (rows, columns))
+    out = resize_with_padding(image.astype(np.float32), (height, width))
+    assert out.shape == (height, width) and out.dtype == np.float32
+    content = out > 0
+    used_rows, used_columns = int(content.any(1).sum()), int(content.any(0).sum())
+    # The image fills one dimension completely, and keeps its aspect ratio within rounding.
+    assert used_rows == height or used_columns == width
+    assert abs(used_rows * columns - used_columns * rows) <= rows + columns
+    assert out.max() <= 1.0 + 1e-6 and out[content].min() >= 0.5 - 1e-6
+
+
+def test_preprocess_output_is_model_ready_and_deterministic() -> None:
+    pixels = synth_mammogram(np.random.default_rng(0), size=(512, 416))
+    first = preprocess(_decoded(pixels), (256, 208))
+    assert first.shape == (256, 208, 1) and first.dtype == np.float32
+    assert first.min() >= 0.0 and first.max() <= 1.0 and first.max() > 0.5
+    np.testing.assert_array_equal(first, preprocess(_decoded(pixels), (256, 208)))
+    assert PREPROCESSING_VERSION == "1"
+
+
+def test_preprocess_refuses_blank_images() -> None:
+    with pytest.raises(NotAMammogramError, match="blank"):
+        preprocess(_decoded(np.zeros((300, 200), np.uint16)), (128, 128))

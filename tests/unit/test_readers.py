@@ -1,0 +1,345 @@
+"""Readers: every format we accept, and every way a file can be refused (with its code)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.pixels.decoders.base import get_decoder
+
+from shared.enums import ErrorCode, Laterality, View
+from shared.errors import (
+    ForProcessingImageError,
+    ImageTooLargeError,
+    InputError,
+    MissingFileError,
+    NotAMammogramError,
+    TruncatedImageError,
+    UnreadableImageError,
+    UnsupportedCompressionError,
+    UnsupportedFormatError,
+)
+from shared.imaging.preprocess import to_unit_range
+from shared.imaging.readers import READERS, ImageReader, decode, read_header, reader_for
+from shared.synthetic import synth_mammogram, write_dicom
+
+BIG = 10**8
+SOP_UID = "1.2.826.0.1.3680043.8.498.1"
+SECRET_ID = "SECRET-PATIENT-4711"
+
+
+@pytest.fixture
+def pixels() -> np.ndarray:
+    return synth_mammogram(np.random.default_rng(3), size=(128, 96), lesion=True)
+
+
+@pytest.fixture
+def dicom_file(tmp_path: Path, pixels: np.ndarray) -> Path:
+    return write_dicom(tmp_path / "image.dcm", pixels, study_uid="1.2.826.0.1.3680043.8.498.2",
+                       sop_uid=SOP_UID, laterality=Laterality.RIGHT, view=View.MLO,
+                       patient_id=SECRET_ID, accession="ACC42")
+
+
+def _edit(path: Path, **changes: object) -> Path:
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def _refused(path: Path, error: type[InputError], code: ErrorCode, *phrases: str,
+             max_pixels: int = BIG) -> InputError:
+    with pytest.raises(error) as caught:
+        decode(path, max_pixels=max_pixels)
+    assert caught.value.code is code
+    for phrase in phrases:
+        assert phrase in caught.value.message
+    assert SECRET_ID not in caught.value.message
+    return caught.value
+
+
+# --- DICOM ---------------------------------------------------------------------------------
+
+def test_dicom_round_trip_keeps_pixels_and_header(dicom_file: Path, pixels: np.ndarray) -> None:
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.format == "dicom" and not decoded.invert
+    assert decoded.max_value == 4095
+    # The written full-range window maps every stored value onto itself.
+    np.testing.assert_allclose(decoded.pixels, pixels, atol=1e-3)
+
+    header = read_header(dicom_file)
+    assert header.identity == f"sop:{SOP_UID}"
+    assert (header.laterality, header.view) == (Laterality.RIGHT, View.MLO)
+    assert (header.rows, header.columns) == (128, 96)
+    assert header.accession_number == "ACC42" and header.study_date == "20000101"
+    assert SECRET_ID not in repr(header)
+
+
+@pytest.mark.parametrize("syntax", [
+    pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.DeflatedExplicitVRLittleEndian,
+    pydicom.uid.ExplicitVRBigEndian, pydicom.uid.RLELossless,
+])
+def test_syntaxes_pydicom_decodes_natively(dicom_file: Path, pixels: np.ndarray,
+                                           syntax: pydicom.uid.UID) -> None:
+    ds = pydicom.dcmread(dicom_file)
+    if syntax == pydicom.uid.RLELossless:
+        ds.compress(syntax)
+        ds.save_as(dicom_file)
+    elif syntax == pydicom.uid.ExplicitVRBigEndian:
+        ds.PixelData = pixels.astype(">u2").tobytes()
+        ds.file_meta.TransferSyntaxUID = syntax
+        pydicom.dcmwrite(dicom_file, ds, implicit_vr=False, little_endian=False,
+                         force_encoding=True)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(dicom_file)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["transfer_syntax"] == syntax.name
+    np.testing.assert_allclose(decoded.pixels, pixels, atol=1e-3)
+
+
+def test_voi_lut_is_preferred_over_the_window(dicom_file: Path, pixels: np.ndarray) -> None:
+    ds = pydicom.dcmread(dicom_file)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.add_new("LUTData", "US", [value // 2 for value in range(4096)])  # half brightness
+    ds.VOILUTSequence = [item]
+    ds.RescaleSlope = 1.0  # float rescale output must still index the LUT
+    ds.save_as(dicom_file)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"] == "lut" and decoded.max_value == 4095
+    np.testing.assert_array_equal(decoded.pixels, pixels // 2)
+
+
+def test_dicom_without_extension_is_sniffed(dicom_file: Path) -> None:
+    bare = dicom_file.with_name("IM000001")
+    shutil.copy(dicom_file, bare)
+    assert reader_for(bare).format_name == "dicom"
+    assert decode(bare, max_pixels=BIG).pixels.shape == (128, 96)
+
+
+def test_monochrome1_is_flagged_and_inverts_to_the_same_image(
+    tmp_path: Path, dicom_file: Path, pixels: np.ndarray,
+) -> None:
+    mono1 = write_dicom(tmp_path / "m1.dcm", pixels, study_uid="1.2.3", sop_uid="1.2.3.4",
+                        laterality=Laterality.LEFT, view=View.CC, monochrome1=True)
+    inverted = decode(mono1, max_pixels=BIG)
+    assert inverted.invert
+    np.testing.assert_allclose(to_unit_range(inverted),
+                               to_unit_range(decode(dicom_file, max_pixels=BIG)), atol=1e-6)
+
+
+def test_header_falls_back_to_content_hash_without_sop_uid(dicom_file: Path) -> None:
+    _edit(dicom_file, SOPInstanceUID=None)
+    assert read_header(dicom_file).identity.startswith("sha256:")
+
+
+@pytest.mark.parametrize("changes, phrase", [
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.2.1"}, "(0008,0016)"),
+    ({"PresentationIntentType": "FOR PROCESSING"}, "(0008,0068)"),
+])
+def test_for_processing_is_refused(dicom_file: Path, changes: dict[str, str],
+                                   phrase: str) -> None:
+    _edit(dicom_file, **changes)
+    _refused(dicom_file, ForProcessingImageError, ErrorCode.FOR_PROCESSING, phrase)
+
+
+@pytest.mark.parametrize("changes, phrase", [
+    ({"Modality": "CT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, "(0008,0060)"),
+    ({"NumberOfFrames": 2}, "(0028,0008)"),
+])
+def test_non_mammograms_are_refused(dicom_file: Path, changes: dict[str, object],
+                                    phrase: str) -> None:
+    _edit(dicom_file, **changes)
+    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_A_MAMMOGRAM, phrase)
+
+
+def test_secondary_capture_of_other_modality_is_accepted_with_a_note(dicom_file: Path) -> None:
+    _edit(dicom_file, Modality="RG", SOPClassUID="1.2.840.10008.5.1.4.1.1.7")
+    assert "RG" in decode(dicom_file, max_pixels=BIG).notes["modality"]
+
+
+def test_rgb_dicom_is_refused(dicom_file: Path) -> None:
+    rgb = np.zeros((128, 96, 3), dtype=np.uint8)
+    _edit(dicom_file, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
+          BitsAllocated=8, BitsStored=8, HighBit=7, PixelData=rgb.tobytes())
+    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_A_MAMMOGRAM, "(0028,0004)", "RGB")
+
+
+def test_truncated_pixel_data_is_reported_but_header_still_reads(dicom_file: Path) -> None:
+    data = dicom_file.read_bytes()
+    dicom_file.write_bytes(data[:-5000])
+    error = _refused(dicom_file, TruncatedImageError, ErrorCode.TRUNCATED, "(7FE0,0010)",
+                     f"{128 * 96 * 2:,} expected")
+    assert "bytes" in error.message
+    # The producer's header read never touches the pixels, so it still succeeds.
+    assert read_header(dicom_file).identity == f"sop:{SOP_UID}"
+
+
+def test_too_large_is_refused_before_decoding(dicom_file: Path) -> None:
+    _refused(dicom_file, ImageTooLargeError, ErrorCode.TOO_LARGE, "96 x 128",
+             max_pixels=1000)
+
+
+def test_unsupported_compression_names_syntax_and_plugin(dicom_file: Path) -> None:
+    if get_decoder(pydicom.uid.JPEGLSLossless).is_available:
+        pytest.skip("a JPEG-LS plugin is installed, so the file would be decoded")
+    ds = pydicom.dcmread(dicom_file)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 60 + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(dicom_file)
+    _refused(dicom_file, UnsupportedCompressionError, ErrorCode.UNSUPPORTED_COMPRESSION,
+             "JPEG-LS Lossless", "1.2.840.10008.1.2.4.80", "pyjpegls")
+
+
+@pytest.mark.parametrize("body", [b"", b"\x02\x00\x00\x00UL\x04\x00\x10"])
+def test_damaged_dicom_is_unreadable(tmp_path: Path, body: bytes) -> None:
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + body)
+    _refused(path, UnreadableImageError, ErrorCode.UNREADABLE, "bad.dcm")
+
+
+# --- raster formats -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535)])
+def test_png_8_and_16_bit(tmp_path: Path, dtype: type[np.integer], top: int) -> None:
+    image = np.random.default_rng(1).integers(0, top, (80, 70)).astype(dtype)
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), image)
+    decoded = decode(path, max_pixels=BIG)
+    assert decoded.format == "png" and decoded.max_value == top
+    np.testing.assert_array_equal(decoded.pixels, image)
+    header = read_header(path)
+    assert header.identity.startswith("sha256:") and len(header.identity) == 7 + 64
+    assert (header.rows, header.columns) == (80, 70)
+
+
+def test_colour_png_becomes_grayscale(tmp_path: Path) -> None:
+    path = tmp_path / "c.png"
+    cv2.imwrite(str(path), np.full((70, 80, 3), 100, dtype=np.uint8))
+    decoded = decode(path, max_pixels=BIG)
+    assert decoded.pixels.shape == (70, 80) and int(decoded.pixels[0, 0]) == 100
+
+
+def test_jpeg_and_tiff(tmp_path: Path, pixels: np.ndarray) -> None:
+    jpeg, tiff = tmp_path / "x.jpg", tmp_path / "x.tif"
+    cv2.imwrite(str(jpeg), (pixels >> 4).astype(np.uint8))
+    cv2.imwrite(str(tiff), pixels)
+    decoded_jpeg = decode(jpeg, max_pixels=BIG)
+    assert decoded_jpeg.format == "jpeg" and decoded_jpeg.max_value == 255
+    assert np.abs(decoded_jpeg.pixels.astype(int) - (pixels >> 4)).mean() < 3
+    decoded_tiff = decode(tiff, max_pixels=BIG)
+    assert decoded_tiff.format == "tiff" and decoded_tiff.max_value == 65535
+    np.testing.assert_array_equal(decoded_tiff.pixels, pixels)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_png_and_jpeg(tmp_path: Path, pixels: np.ndarray, suffix: str) -> None:
+    path = tmp_path / f"x{suffix}"
+    cv2.imwrite(str(path), (pixels >> 4).astype(np.uint8))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _refused(path, TruncatedImageError, ErrorCode.TRUNCATED, "truncated")
+
+
+def _pgm(image: np.ndarray, maxval: int, ascii_: bool = False) -> bytes:
+    rows, columns = image.shape
+    if ascii_:
+        body = " ".join(str(v) for v in image.ravel()).encode()
+        return f"P2\n# synthetic\n{columns} {rows}\n{maxval}\n".encode() + body
+    sample = ">u2" if maxval > 255 else "u1"
+    return (f"P5\n# synthetic\n{columns} {rows}\n{maxval}\n".encode()
+            + image.astype(sample).tobytes())
+
+
+@pytest.mark.parametrize("maxval, ascii_", [(255, False), (4095, False), (4095, True)])
+def test_pgm(tmp_path: Path, maxval: int, ascii_: bool) -> None:
+    image = np.random.default_rng(2).integers(0, maxval + 1, (66, 65))
+    path = tmp_path / "x.pgm"
+    path.write_bytes(_pgm(image, maxval, ascii_))
+    decoded = decode(path, max_pixels=BIG)
+    assert decoded.format == "pgm" and decoded.max_value == maxval
+    np.testing.assert_array_equal(decoded.pixels, image)
+    assert (read_header(path).rows, read_header(path).columns) == (66, 65)
+
+
+@pytest.mark.parametrize("ascii_", [False, True])
+def test_truncated_pgm(tmp_path: Path, ascii_: bool) -> None:
+    path = tmp_path / "x.pgm"
+    path.write_bytes(_pgm(np.ones((66, 65), dtype=int) * 7, 4095, ascii_)[:-200])
+    _refused(path, TruncatedImageError, ErrorCode.TRUNCATED, "expected")
+
+
+def test_raster_too_large(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), np.zeros((80, 70), dtype=np.uint8))
+    _refused(path, ImageTooLargeError, ErrorCode.TOO_LARGE, "70 x 80", max_pixels=100)
+
+
+# --- not images at all --------------------------------------------------------------------
+
+def test_text_file_is_unsupported(tmp_path: Path) -> None:
+    path = tmp_path / "notes.dcm"
+    path.write_text("not an image\n")
+    _refused(path, UnsupportedFormatError, ErrorCode.UNSUPPORTED_FORMAT,
+             "not a DICOM, PNG, JPEG, TIFF or PGM file")
+
+
+def test_empty_missing_and_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    _refused(tmp_path / "empty.dcm", UnreadableImageError, ErrorCode.UNREADABLE, "empty")
+    _refused(tmp_path / "gone.dcm", MissingFileError, ErrorCode.MISSING_FILE, "gone.dcm")
+    with pytest.raises(MissingFileError):
+        read_header(tmp_path / "gone.dcm")
+    _refused(tmp_path, UnreadableImageError, ErrorCode.UNREADABLE, "folder")
+
+
+def test_every_reader_follows_the_contract() -> None:
+    assert all(isinstance(reader, ImageReader) for reader in READERS)
+    assert {r.format_name for r in READERS} == {"dicom", "png", "jpeg", "tiff", "pgm"}
+
+
+def test_importing_readers_never_imports_tensorflow() -> None:
+    code = "import sys, shared.imaging.readers; assert 'tensorflow' not in sys.modules"
+    root = Path(__file__).parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+# --- real files (../shared/data, present in CI, absent in a fresh clone) --------------------
+
+DATA = Path(__file__).parents[2].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"reference data absent: {DATA}")
+
+
+@pytest.mark.realdata
+@needs_data
+def test_real_dicom_files() -> None:
+    dicom = DATA / "dicom"
+    decoded = decode(dicom / "MG_Explicit_Little.dcm", max_pixels=BIG)
+    assert decoded.pixels.shape == (512, 512)
+    with pytest.raises(InputError):
+        decode(dicom / "GH1376.dcm", max_pixels=BIG)
+    try:
+        assert decode(dicom / "GH133.dcm", max_pixels=BIG).pixels.shape == (3062, 2394)
+    except UnsupportedCompressionError as error:
+        assert "JPEG Lossless" in error.message
+    assert read_header(dicom / "GH133.dcm").view is View.MLO
+
+
+@pytest.mark.realdata
+@needs_data
+def test_real_mini_mias_pngs() -> None:
+    for path in sorted((DATA / "mini-mias").glob("*.png"))[:3]:
+        decoded = decode(path, max_pixels=BIG)
+        assert decoded.pixels.shape == (1024, 1024) and decoded.max_value == 255
