@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.registry import resolve_model, verify_model
+from models.registry import ModelSpec, resolve_model, verify_model
 from producer.submission import SubmitOutcome, submit
 from shared.config import Settings
 from shared.db.schema import Image
-from shared.enums import ImageState
-from shared.enums import Priority
+from shared.enums import ImageState, Priority
 from shared.errors import UserFacingError
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import create_celery_app, enqueue_chunks
@@ -44,13 +43,18 @@ class RunOutcome:
     model_load_seconds: float
 
 
-def _runtime(settings: Settings) -> WorkerRuntime:
-    # Imported here so that `mammo submit` and `mammo status` never pay for the worker side.
-    from worker.runtime import WorkerRuntime  # noqa: PLC0415
-
+def check_model(settings: Settings) -> ModelSpec:
+    """Find and verify the model without importing TensorFlow: fail before any work."""
     spec = resolve_model(settings.model)
     verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
-    return WorkerRuntime(settings, model_spec=spec)
+    return spec
+
+
+def _runtime(settings: Settings) -> WorkerRuntime:
+    # Imported here so that `mammo submit` and `mammo status` never pay for the worker side.
+    from worker.runtime import WorkerRuntime
+
+    return WorkerRuntime(settings, model_spec=check_model(settings))
 
 
 def run_embedded(
@@ -81,8 +85,9 @@ def process_ids_embedded(settings: Settings, sessions: sessionmaker[Session],
 
 
 def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
-          image_ids: Sequence[int], *, progress: Progress | None = None, poll_s: float = 0.25) -> None:
-    from worker.embedded import embedded_worker  # noqa: PLC0415
+          image_ids: Sequence[int], *, progress: Progress | None = None,
+          poll_s: float = 0.25) -> None:
+    from worker.embedded import embedded_worker
 
     ids = list(image_ids)
     if not ids:

@@ -162,7 +162,8 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
 def _split_repeats(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The same image twice in one block (copied under two names): insert the first only."""
     seen: set[str] = set()
-    kept, repeats = [], []
+    kept: list[dict[str, Any]] = []
+    repeats: list[dict[str, Any]] = []
     for row in rows:
         (repeats if row["identity"] in seen else kept).append(row)
         seen.add(row["identity"])

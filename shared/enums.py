@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ImageState(str, Enum):
+class ImageState(StrEnum):
     QUEUED = "queued"
     PROCESSING = "processing"
     DONE = "done"
@@ -16,7 +16,7 @@ class ImageState(str, Enum):
         return (cls.DONE, cls.FAILED)
 
 
-class Label(str, Enum):
+class Label(StrEnum):
     NORMAL = "normal"
     BENIGN = "benign"
     MALIGNANT = "malignant"
@@ -25,7 +25,7 @@ class Label(str, Enum):
 CLASSES: tuple[Label, ...] = (Label.NORMAL, Label.BENIGN, Label.MALIGNANT)
 
 
-class Laterality(str, Enum):
+class Laterality(StrEnum):
     LEFT = "L"
     RIGHT = "R"
     BOTH = "B"
@@ -40,7 +40,7 @@ class Laterality(str, Enum):
         return aliases.get(text)
 
 
-class View(str, Enum):
+class View(StrEnum):
     CC = "CC"
     MLO = "MLO"
     ML = "ML"
@@ -66,7 +66,7 @@ class View(str, Enum):
             return cls.OTHER
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     ROUTINE = "routine"
     URGENT = "urgent"
 
@@ -76,7 +76,7 @@ class Priority(str, Enum):
         return 0 if self is Priority.URGENT else 5
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """Machine-readable reasons an image ended as ``failed``."""
 
     UNREADABLE = "unreadable"

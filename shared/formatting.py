@@ -33,12 +33,18 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def default_console() -> Console:
+    """Stdout console; when piped, wide enough that tables do not fold every cell."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=240, soft_wrap=True)
+
+
 def render(
     rows: Sequence[Mapping[str, Any]], fmt: str, *, columns: Sequence[str] | None = None,
     title: str | None = None, console: Console | None = None,
 ) -> None:
     """Print ``rows``; JSON and CSV carry every key, the table only ``columns``."""
-    out = console or Console(soft_wrap=True)
+    out = console or default_console()
     if fmt == "json":
         out.print_json(json.dumps([{k: _plain(v) for k, v in r.items()} for r in rows]))
         return

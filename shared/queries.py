@@ -39,7 +39,7 @@ def _latest_prediction() -> Any:
             .group_by(Prediction.image_id).subquery())
 
 
-def results_query(flt: ResultFilter) -> Select[Any]:
+def results_query(flt: ResultFilter) -> Select[Image, str, Prediction, ModelVersion]:
     latest = _latest_prediction()
     stmt = (
         select(Image, Study.study_uid, Prediction, ModelVersion)
@@ -124,26 +124,25 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300) -> Bat
     counts = dict(session.execute(
         select(Image.state, func.count()).where(Image.batch_id == batch_id)
         .group_by(Image.state)).all())
-    rate = _rate(session, batch_id, window_s)
+    rate = _rate(session, batch, window_s)
     remaining = counts.get("queued", 0) + counts.get("processing", 0)
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
     return BatchStatus(batch.id, batch.name, as_utc(batch.created_at), as_utc(batch.finished_at),
                        counts, rate, eta)
 
 
-def _rate(session: Session, batch_id: int, window_s: int) -> float | None:
-    """Images finished per minute over the last ``window_s`` seconds of activity."""
+def _rate(session: Session, batch: Batch, window_s: int) -> float | None:
+    """Images finished per minute over the last ``window_s`` seconds of the batch's life."""
     last = as_utc(session.execute(
-        select(func.max(Image.finished_at)).where(Image.batch_id == batch_id)).scalar())
-    if last is None:
+        select(func.max(Image.finished_at)).where(Image.batch_id == batch.id)).scalar())
+    created = as_utc(batch.created_at)
+    if last is None or created is None:
         return None
-    since = last - timedelta(seconds=window_s)
-    done, first = session.execute(
-        select(func.count(), func.min(Image.finished_at))
-        .where(Image.batch_id == batch_id, Image.finished_at >= since)).one()
-    first = as_utc(first)
-    span = (last - first).total_seconds() if first else 0.0
-    return done / span * 60 if span > 0 and done > 1 else None
+    since = max(last - timedelta(seconds=window_s), created)
+    done = session.execute(select(func.count()).where(
+        Image.batch_id == batch.id, Image.finished_at >= since)).scalar_one()
+    span = (last - since).total_seconds()
+    return done / span * 60 if span > 0 and done else None
 
 
 def recent_batch_ids(session: Session, limit: int = 10) -> list[int]:

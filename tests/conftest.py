@@ -44,14 +44,14 @@ def require_service(name: str, host: str, port: int) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small, real Keras model (random weights: for plumbing tests only, never shipped)."""
-    from tests.helpers.tiny_model import build_tiny_model  # noqa: PLC0415
+    from tests.helpers.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_spec(tiny_model_dir: Path) -> ModelSpec:
-    from models.registry import resolve_model  # noqa: PLC0415
+    from models.registry import resolve_model
 
     return resolve_model(str(tiny_model_dir))
 
@@ -71,7 +71,7 @@ def settings(sqlite_url: str, tiny_model_dir: Path, tmp_path: Path) -> Settings:
 def redis_url() -> Iterator[str]:
     """A private Redis database number per test, flushed before and after."""
     require_service("Redis", REDIS_HOST, REDIS_PORT)
-    import redis  # noqa: PLC0415
+    import redis
 
     db = 1 + (uuid.uuid4().int % 14)
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
@@ -85,7 +85,7 @@ def redis_url() -> Iterator[str]:
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database per test, dropped afterwards."""
     require_service("PostgreSQL", PG_HOST, PG_PORT)
-    import psycopg  # noqa: PLC0415
+    import psycopg
 
     name = f"mammo_test_{uuid.uuid4().hex[:12]}"
     admin = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"

@@ -7,6 +7,7 @@ forking hangs the child (tensorflow#27074), so this object must be created after
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -51,10 +52,11 @@ class Classifier:
             return
         started = time.perf_counter()
         verify_model(self.spec, preprocessing_version=self._preprocessing_version)
-        import tensorflow as tf  # noqa: PLC0415 - deliberately lazy, see module docstring
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads: quiet C++ logs
+        import tensorflow as tf
 
         _configure_tensorflow(tf, *self._threads)
-        import keras  # noqa: PLC0415
+        import keras
 
         keras.utils.set_random_seed(0)
         model = keras.models.load_model(self.spec.model_path, compile=False)
@@ -110,6 +112,6 @@ def _configure_tensorflow(tf: Any, intra: int, inter: int) -> None:
 
 def detect_device() -> str:
     """'gpu' when TensorFlow sees one, else 'cpu'. Imports TensorFlow: call in workers only."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"

@@ -91,6 +91,6 @@ class WorkerRuntime:
     def worker_name(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
-    def warm_up(self, **_: Any) -> None:
+    def warm_up(self, **_signal: Any) -> None:
         """Load everything now (``worker_process_init``), so the first chunk is not slow."""
-        _ = self.model_version_id
+        self.model_version_id  # noqa: B018 - the property loads the model and registers it

@@ -8,6 +8,7 @@ below the visibility timeout; input failures are recorded by the pipeline and ne
 from __future__ import annotations
 
 import logging
+
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init

@@ -66,7 +66,7 @@ def recover_command(cli: CliContext, older_than: int, batch_id: int | None,
         click.echo(f"{len(ids)} image(s) to re-queue{' (dry run)' if dry_run else ''}")
         return
     if cli.settings.is_embedded:
-        from producer.embedded_run import process_ids_embedded  # noqa: PLC0415
+        from producer.embedded_run import process_ids_embedded
 
         with completion_bar("recovering") as progress:
             process_ids_embedded(cli.settings, cli.sessions, ids, progress=progress)

@@ -23,7 +23,8 @@ from shared.timeutil import as_utc
 STATUS_COLUMNS = ("batch_id", "name", "total", "queued", "processing", "done", "failed",
                   "images_per_minute", "eta_s", "created_at", "finished_at")
 RESULT_COLUMNS = ("image_id", "batch_id", "state", "laterality", "view", "label",
-                  "suspicion", "p_normal", "p_benign", "p_malignant", "error_code", "source")
+                  "suspicion", "p_normal", "p_benign", "p_malignant", "error_code", "error_message",
+                  "source")
 
 
 @click.command("status")
@@ -52,7 +53,8 @@ def status_command(cli: CliContext, batch: int | None, last: int, fmt: str) -> N
         return
     render(rows, fmt, columns=STATUS_COLUMNS, title="Batches")
     depth = None if cli.settings.is_embedded else queue_depth(cli.celery)
-    click.echo(f"broker queue depth: {'n/a (embedded queue)' if cli.settings.is_embedded else depth}")
+    shown = "n/a (embedded queue)" if cli.settings.is_embedded else depth
+    click.echo(f"broker queue depth: {shown}")
     click.echo("workers seen in the last 10 min: "
                + (", ".join(f"{w['worker']} ({w['predictions']})" for w in workers) or "none"))
 

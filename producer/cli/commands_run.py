@@ -9,25 +9,27 @@ import click
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import format_option, paths_argument
-from producer.cli.progress import STDERR, completion_bar, file_counter
-from producer.embedded_run import RunOutcome, run_embedded
+from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
+from producer.embedded_run import RunOutcome, check_model, run_embedded
 from shared.formatting import render
 from shared.queries import ResultFilter, list_results
 from shared.reports.exports import DISCLAIMER, write_batch_exports
 
-SUMMARY_COLUMNS = ("image_id", "source", "state", "laterality", "view", "label", "suspicion",
+SUMMARY_COLUMNS = ("image_id", "file", "state", "laterality", "view", "label", "suspicion",
                    "p_malignant", "error_code")
 
 
 def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, fmt: str,
                     report_dir: Path | None) -> RunOutcome:
+    quiet_embedded_logs()
     with file_counter("reading headers") as on_file, completion_bar("classifying") as progress:
         result = run_embedded(cli.settings, cli.sessions, paths, name=name, on_file=on_file,
                               progress=progress)
     sub = result.submission
     with cli.sessions() as session:
         rows = list_results(session, ResultFilter(batch_id=sub.batch_id))
-    render(rows, fmt, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
+    shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
+    render(shown, fmt, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
     written = write_batch_exports(rows, report_dir or cli.settings.report_dir, sub.batch_id)
     rate = len(sub.waiting_on) / result.seconds if result.seconds else 0.0
     STDERR.print(
@@ -58,6 +60,7 @@ def run_command(cli: CliContext, paths: tuple[Path, ...], name: str | None,
     Example:
         mammo run /data/screening/2026-11-24/ --name night-24
     """
+    check_model(cli.settings)
     result = run_and_exit_code(cli, paths, name, fmt, report_dir)
     raise SystemExit(result)
 
@@ -94,8 +97,9 @@ def demo_command(cli: CliContext, directory: Path, exams: int, seed: int, fmt: s
     Example:
         mammo demo --exams 5
     """
-    from shared.synthetic import make_exam_set, write_truncated_copy  # noqa: PLC0415
+    from shared.synthetic import make_exam_set, write_truncated_copy
 
+    check_model(cli.settings)  # before writing anything
     files = make_exam_set(directory, n_exams=exams, seed=seed)
     write_truncated_copy(files[0], directory / "broken-transfer.dcm")
     STDERR.print(f"wrote {len(files) + 1} synthetic files (not real patients) to {directory}")

@@ -57,10 +57,10 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     gpus = visible_gpus()
     processes = concurrency or max(gpus, 1)
     click.echo(f"mammo worker: model {spec.name} {spec.version}, device "
-               f"{'gpu x%d' % gpus if gpus else 'cpu'}, {processes} process(es)", err=True)
+               f"{f'gpu x{gpus}' if gpus else 'cpu'}, {processes} process(es)", err=True)
 
-    from worker.runtime import WorkerRuntime  # noqa: PLC0415
-    from worker.tasks import register_tasks  # noqa: PLC0415
+    from worker.runtime import WorkerRuntime
+    from worker.tasks import register_tasks
 
     app = cli.celery
     register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True)

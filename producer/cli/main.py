@@ -50,12 +50,19 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
         level=settings.log_level, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Migration chatter and TensorFlow's C++ banner are noise on a terminal.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = CliContext(settings)
 
 
 def _register() -> None:
-    from producer.cli import commands_db, commands_query, commands_run, commands_submit  # noqa: PLC0415
-    from producer.cli import commands_worker  # noqa: PLC0415
+    from producer.cli import (
+        commands_db,
+        commands_query,
+        commands_run,
+        commands_submit,
+        commands_worker,
+    )
 
     for module in (commands_run, commands_submit, commands_worker, commands_query, commands_db):
         for command in module.COMMANDS:

@@ -19,7 +19,8 @@ def _insert(session: Session, table: Any) -> Any:
         return postgresql.insert(table)
     if dialect == "sqlite":
         return sqlite.insert(table)
-    raise NotImplementedError(f"Database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    raise NotImplementedError(
+        f"Database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
 
 
 def insert_missing(

@@ -11,7 +11,7 @@ TINY_INPUT = (96, 80)
 
 
 def build_tiny_model(directory: Path, *, seed: int = 7) -> Path:
-    import keras  # noqa: PLC0415
+    import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((*TINY_INPUT, 1))

@@ -22,7 +22,8 @@ from tests.helpers.processes import MAMMO, mammo_env, run_mammo
 def _can_unshare() -> bool:
     if not shutil.which("unshare"):
         return False
-    return subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
 
 
 def test_run_completes_without_any_server(tmp_path: Path, tiny_model_dir: Path) -> None:

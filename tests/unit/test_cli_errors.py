@@ -25,7 +25,8 @@ def _invoke(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     return result.exit_code, result.output
 
 
-def test_missing_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_missing_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                      tiny_model_dir: Path) -> None:
     code, out = _invoke(["run", str(tmp_path / "absent")], monkeypatch, tmp_path,
                         model=str(tiny_model_dir))
     assert code == ExitCode.PATH_NOT_FOUND

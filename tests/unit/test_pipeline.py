@@ -64,7 +64,7 @@ def test_redelivered_chunk_runs_image_by_image(
     ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=6))
     runtime = WorkerRuntime(settings)
     with sessions() as s:  # a first delivery that died after claiming
-        from shared.db.lifecycle import claim  # noqa: PLC0415
+        from shared.db.lifecycle import claim
 
         claim(s, ids, token="task-1", lease_s=600)
     result = process_chunk(ids, token="task-1", runtime=runtime)
@@ -76,7 +76,7 @@ def test_poison_image_is_quarantined_after_max_attempts(
 ) -> None:
     ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=7)[:1])
     runtime = WorkerRuntime(settings)
-    from shared.db.lifecycle import claim  # noqa: PLC0415
+    from shared.db.lifecycle import claim
 
     with sessions() as s:
         for _ in range(settings.max_attempts):
