@@ -77,15 +77,18 @@ class Priority(StrEnum):
 
 
 class ErrorCode(StrEnum):
-    """Machine-readable reasons an image ended as ``failed``."""
+    """Machine-readable reasons an image ended as ``failed``. Stable: other tools read them."""
 
     UNREADABLE = "unreadable"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    UNSUPPORTED_COMPRESSION = "unsupported_compression"
     TRUNCATED = "truncated"
-    TOO_LARGE = "too_large"
-    NOT_A_MAMMOGRAM = "not_a_mammogram"
+    NOT_DICOM_OR_IMAGE = "not_dicom_or_image"
+    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
+    NOT_MAMMOGRAPHY = "not_mammography"
     FOR_PROCESSING = "for_processing"
+    TOO_LARGE = "too_large"
+    EMPTY_IMAGE = "empty_image"
+    UNEXPECTED_CHANNELS = "unexpected_channels"
+    MISSING_PIXEL_DATA = "missing_pixel_data"
     MISSING_FILE = "missing_file"
     WORKER_CRASH = "worker_crash"
     INTERNAL = "internal_error"

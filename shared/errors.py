@@ -76,11 +76,11 @@ class UnreadableImageError(InputError):
 
 
 class UnsupportedFormatError(InputError):
-    code = ErrorCode.UNSUPPORTED_FORMAT
+    code = ErrorCode.NOT_DICOM_OR_IMAGE
 
 
 class UnsupportedCompressionError(InputError):
-    code = ErrorCode.UNSUPPORTED_COMPRESSION
+    code = ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
 
 
 class TruncatedImageError(InputError):
@@ -92,7 +92,7 @@ class ImageTooLargeError(InputError):
 
 
 class NotAMammogramError(InputError):
-    code = ErrorCode.NOT_A_MAMMOGRAM
+    code = ErrorCode.NOT_MAMMOGRAPHY
 
 
 class ForProcessingImageError(InputError):
@@ -101,3 +101,15 @@ class ForProcessingImageError(InputError):
 
 class MissingFileError(InputError):
     code = ErrorCode.MISSING_FILE
+
+
+class EmptyImageError(NotAMammogramError):
+    code = ErrorCode.EMPTY_IMAGE
+
+
+class UnexpectedChannelsError(NotAMammogramError):
+    code = ErrorCode.UNEXPECTED_CHANNELS
+
+
+class MissingPixelDataError(UnreadableImageError):
+    code = ErrorCode.MISSING_PIXEL_DATA

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from shared.errors import NotAMammogramError, UnreadableImageError
+from shared.errors import EmptyImageError, NotAMammogramError, UnreadableImageError
 from shared.imaging.types import DecodedImage
 
 PREPROCESSING_VERSION = "1"
@@ -54,7 +54,7 @@ def validate(image: np.ndarray) -> np.ndarray:
         raise UnreadableImageError("The decoded image contains non-finite (NaN or infinite) "
                                    "values.")
     if float(image.max()) - float(image.min()) < MIN_CONTRAST:
-        raise NotAMammogramError(
+        raise EmptyImageError(
             f"The image is blank: every pixel has (almost) the value {float(image.min()):.3f}."
         )
     return image

@@ -39,16 +39,17 @@ def test_unit_range_does_not_touch_its_input() -> None:
     assert (pixels == 0.5).all()
 
 
-@pytest.mark.parametrize("image, error, phrase", [
-    (np.ones((64, 64, 3), np.float32), NotAMammogramError, "2-D"),
+@pytest.mark.parametrize("image, error, phrase, code", [
+    (np.ones((64, 64, 3), np.float32), NotAMammogramError, "2-D", ErrorCode.NOT_MAMMOGRAPHY),
     (np.linspace(0, 1, 63 * 100, dtype=np.float32).reshape(63, 100), NotAMammogramError,
-     "too small"),
-    (np.full((100, 100), 0.3, np.float32), NotAMammogramError, "blank"),
+     "too small", ErrorCode.NOT_MAMMOGRAPHY),
+    (np.full((100, 100), 0.3, np.float32), NotAMammogramError, "blank", ErrorCode.EMPTY_IMAGE),
 ])
-def test_validate_refuses(image: np.ndarray, error: type[Exception], phrase: str) -> None:
+def test_validate_refuses(image: np.ndarray, error: type[Exception], phrase: str,
+                          code: ErrorCode) -> None:
     with pytest.raises(error, match=phrase) as caught:
         validate(image)
-    assert getattr(caught.value, "code", None) is ErrorCode.NOT_A_MAMMOGRAM
+    assert getattr(caught.value, "code", None) is code
 
 
 def test_validate_refuses_non_finite_values() -> None:

@@ -162,7 +162,7 @@ def test_for_processing_is_refused(dicom_file: Path, changes: dict[str, str],
 def test_non_mammograms_are_refused(dicom_file: Path, changes: dict[str, object],
                                     phrase: str) -> None:
     _edit(dicom_file, **changes)
-    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_A_MAMMOGRAM, phrase)
+    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY, phrase)
 
 
 def test_secondary_capture_of_other_modality_is_accepted_with_a_note(dicom_file: Path) -> None:
@@ -174,7 +174,7 @@ def test_rgb_dicom_is_refused(dicom_file: Path) -> None:
     rgb = np.zeros((128, 96, 3), dtype=np.uint8)
     _edit(dicom_file, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
           BitsAllocated=8, BitsStored=8, HighBit=7, PixelData=rgb.tobytes())
-    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_A_MAMMOGRAM, "(0028,0004)", "RGB")
+    _refused(dicom_file, NotAMammogramError, ErrorCode.UNEXPECTED_CHANNELS, "(0028,0004)", "RGB")
 
 
 def test_truncated_pixel_data_is_reported_but_header_still_reads(dicom_file: Path) -> None:
@@ -200,7 +200,7 @@ def test_unsupported_compression_names_syntax_and_plugin(dicom_file: Path) -> No
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 60 + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     ds.save_as(dicom_file)
-    _refused(dicom_file, UnsupportedCompressionError, ErrorCode.UNSUPPORTED_COMPRESSION,
+    _refused(dicom_file, UnsupportedCompressionError, ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
              "JPEG-LS Lossless", "1.2.840.10008.1.2.4.80", "pyjpegls")
 
 
@@ -292,7 +292,7 @@ def test_raster_too_large(tmp_path: Path) -> None:
 def test_text_file_is_unsupported(tmp_path: Path) -> None:
     path = tmp_path / "notes.dcm"
     path.write_text("not an image\n")
-    _refused(path, UnsupportedFormatError, ErrorCode.UNSUPPORTED_FORMAT,
+    _refused(path, UnsupportedFormatError, ErrorCode.NOT_DICOM_OR_IMAGE,
              "not a DICOM, PNG, JPEG, TIFF or PGM file")
 
 

@@ -12,8 +12,10 @@ from pydicom.uid import UID
 
 from shared.errors import (
     ForProcessingImageError,
+    MissingPixelDataError,
     NotAMammogramError,
     TruncatedImageError,
+    UnexpectedChannelsError,
     UnreadableImageError,
 )
 
@@ -68,7 +70,7 @@ def triage(ds: Dataset, path: Path) -> dict[str, str]:
     notes = _modality(ds, sop_class, path)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise NotAMammogramError(
+        raise UnexpectedChannelsError(
             f"{path.name} is not a grayscale image: (0028,0004) Photometric Interpretation "
             f"is '{photometric or 'missing'}', expected MONOCHROME1 or MONOCHROME2."
         )
@@ -119,7 +121,7 @@ def transfer_syntax(ds: Dataset, path: Path) -> UID:
 def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
     """Refuse missing pixel data, and uncompressed pixel data shorter than the header says."""
     if "PixelData" not in ds:
-        raise NotAMammogramError(f"{path.name} contains no (7FE0,0010) Pixel Data.")
+        raise MissingPixelDataError(f"{path.name} contains no (7FE0,0010) Pixel Data.")
     if syntax.is_compressed:
         return  # encapsulated: the decoder notices a damaged stream
     samples = int(ds.get("SamplesPerPixel") or 1)
