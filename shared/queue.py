@@ -103,7 +103,10 @@ def queue_depth(app: Celery) -> int | None:
     """Messages waiting in the broker, or None when the transport cannot tell."""
     try:
         with app.connection_for_write() as conn, conn.channel() as channel:
-            _name, count, _consumers = channel.queue_declare(QUEUE_NAME, passive=True)
+            try:
+                _name, count, _consumers = channel.queue_declare(QUEUE_NAME, passive=True)
+            except conn.channel_errors:
+                return 0  # Redis drops an empty list: no queue means nothing waiting
             return int(count)
-    except Exception:
+    except Exception:  # broker down: status still reports what the database knows
         return None

@@ -21,7 +21,7 @@ from shared.db import lifecycle
 from shared.db.lifecycle import ClaimedImage
 from shared.db.schema import Prediction
 from shared.db.upsert import upsert
-from shared.enums import ErrorCode
+from shared.enums import ErrorCode, Laterality
 from shared.errors import DatabaseUnavailableError, InputError
 from shared.imaging.preprocess import PREPROCESSING_VERSION, preprocess
 from shared.imaging.readers import decode
@@ -107,7 +107,8 @@ def _prepare(image: ClaimedImage, runtime: WorkerRuntime) -> _Prepared:
     started = time.perf_counter()
     decoded = decode(Path(image.source), max_pixels=runtime.settings.max_image_pixels)
     decoded_at = time.perf_counter()
-    tensor = preprocess(decoded, runtime.classifier.input_size)
+    tensor = preprocess(decoded, runtime.classifier.input_size,
+                        laterality=Laterality.parse(image.laterality))
     return _Prepared(image, tensor, (decoded_at - started) * 1000,
                      (time.perf_counter() - decoded_at) * 1000)
 

@@ -53,7 +53,8 @@ def status_command(cli: CliContext, batch: int | None, last: int, fmt: str) -> N
         return
     render(rows, fmt, columns=STATUS_COLUMNS, title="Batches")
     depth = None if cli.settings.is_embedded else queue_depth(cli.celery)
-    shown = "n/a (embedded queue)" if cli.settings.is_embedded else depth
+    shown = "n/a (embedded queue)" if cli.settings.is_embedded else (
+        "unreachable" if depth is None else depth)
     click.echo(f"broker queue depth: {shown}")
     click.echo("workers seen in the last 10 min: "
                + (", ".join(f"{w['worker']} ({w['predictions']})" for w in workers) or "none"))

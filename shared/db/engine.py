@@ -78,33 +78,38 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revisions(engine: Engine) -> frozenset[str]:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return frozenset(MigrationContext.configure(conn).get_current_heads())
 
 
-def head_revision(engine: Engine) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+def head_revisions(engine: Engine) -> frozenset[str]:
+    # Several heads are allowed: independent features add migrations on parallel branches.
+    return frozenset(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
+
+
+def _describe(revisions: frozenset[str]) -> str | None:
+    return "+".join(sorted(revisions)) or None
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
-    """Apply pending migrations; return (revision before, revision after)."""
+    """Apply pending migrations; return (revisions before, revisions after)."""
     with unavailable_as_error(engine):
-        before = current_revision(engine)
+        before = _describe(current_revisions(engine))
         cfg = alembic_config(engine)
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Many workers start at once on first deploy; only one may migrate.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-        return before, current_revision(engine)
+            command.upgrade(cfg, "heads")
+        return before, _describe(current_revisions(engine))
 
 
 def ensure_schema(engine: Engine) -> None:
     """Migrate on first use; cheap when the schema is already current."""
     with unavailable_as_error(engine):
-        if current_revision(engine) == head_revision(engine):
+        if current_revisions(engine) == head_revisions(engine):
             return
     before, after = upgrade(engine)
     log.info("database migrated from %s to %s", before, after)

@@ -26,6 +26,8 @@ class ClaimedImage:
     batch_id: int
     source: str
     attempts: int
+    laterality: str | None = None
+    view: str | None = None
 
 
 def claim(
@@ -52,7 +54,8 @@ def claim(
             state=ImageState.PROCESSING.value, attempts=Image.attempts + 1,
             claim_token=token, claimed_at=now,
         )
-        .returning(Image.id, Image.batch_id, Image.source, Image.attempts)
+        .returning(Image.id, Image.batch_id, Image.source, Image.attempts, Image.laterality,
+                   Image.view)
     )
     rows = session.execute(stmt, execution_options={"synchronize_session": False}).all()
     session.commit()

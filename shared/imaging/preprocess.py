@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from shared.enums import Laterality
 from shared.errors import EmptyImageError, NotAMammogramError, UnreadableImageError
 from shared.imaging.types import DecodedImage
 
@@ -83,7 +84,13 @@ def resize_with_padding(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return padded
 
 
-def preprocess(decoded: DecodedImage, input_size: tuple[int, int]) -> np.ndarray:
-    """Model input: float32, shape (height, width, 1), values in [0, 1]. Deterministic."""
+def preprocess(decoded: DecodedImage, input_size: tuple[int, int], *,
+               laterality: Laterality | None = None) -> np.ndarray:
+    """Model input: float32, shape (height, width, 1), values in [0, 1]. Deterministic.
+
+    ``laterality`` (from the DICOM header or a manifest) will drive canonical orientation;
+    version 1 does not use it yet.
+    """
+    del laterality
     image = validate(to_unit_range(decoded))
     return resize_with_padding(image, input_size)[:, :, np.newaxis]
