@@ -125,3 +125,14 @@ def write_model_dir(
     meta.update(extra or {})
     (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return resolve_model(str(directory))
+
+
+def shipped_models(root: Path = MODELS_ROOT) -> list[ModelSpec]:
+    """Every ``<name>/<version>/`` under ``root`` with readable metadata, newest first."""
+    found: list[ModelSpec] = []
+    for meta in sorted(root.glob(f"*/*/{METADATA_FILE}")):
+        try:
+            found.append(resolve_model(str(meta.parent), root=root))
+        except (ModelNotFoundError, ModelIntegrityError):
+            continue  # a half-written directory is not a model; `models show` explains it
+    return sorted(found, key=lambda s: (s.name, _version_key(s.directory)), reverse=True)

@@ -7,7 +7,8 @@ same Celery task, the same claims and upserts. Only the transport differs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.activation import model_for
 from models.registry import ModelSpec, resolve_model, verify_model
 from producer.submission import SubmitOutcome, submit
 from shared.config import Settings
@@ -43,33 +45,43 @@ class RunOutcome:
     model_load_seconds: float
 
 
-def check_model(settings: Settings) -> ModelSpec:
-    """Find and verify the model without importing TensorFlow: fail before any work."""
-    spec = resolve_model(settings.model)
+def check_model(settings: Settings,
+                sessions: sessionmaker[Session] | None = None) -> ModelSpec:
+    """Find and verify the model without importing TensorFlow: fail before any work.
+
+    With ``sessions``, a model activated in the database (``mammo models activate``) is used
+    when ``MAMMO_MODEL`` is left at its default.
+    """
+    if sessions is None:
+        spec = resolve_model(settings.model)
+    else:
+        with sessions() as session:
+            spec = model_for(settings, session)
     verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
     return spec
 
 
-def _runtime(settings: Settings) -> WorkerRuntime:
+def _runtime(settings: Settings,
+             sessions: sessionmaker[Session] | None = None) -> WorkerRuntime:
     # Imported here so that `mammo submit` and `mammo status` never pay for the worker side.
     from worker.runtime import WorkerRuntime
 
-    return WorkerRuntime(settings, model_spec=check_model(settings))
+    return WorkerRuntime(settings, model_spec=check_model(settings, sessions))
 
 
 def run_embedded(
     settings: Settings, sessions: sessionmaker[Session], paths: Sequence[Path], *,
     name: str | None = None, on_file: Callable[[Path], None] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, manifest: Path | None = None,
 ) -> RunOutcome:
     settings = settings.embedded()
-    runtime = _runtime(settings)  # a missing model fails here, before anything is queued
+    runtime = _runtime(settings, sessions)  # no model: fails here, before anything is queued
     started = time.perf_counter()
     runtime.classifier.load()
     load_s = runtime.classifier.load_seconds
     app = create_celery_app(settings)
     outcome = submit(settings, sessions, app, paths, name=name, mode="embedded",
-                     requeue_unfinished_duplicates=True, on_file=on_file)
+                     requeue_unfinished_duplicates=True, on_file=on_file, manifest=manifest)
     drain(app, runtime, sessions, outcome.waiting_on, progress=progress)
     return RunOutcome(outcome, time.perf_counter() - started, load_s)
 
@@ -78,10 +90,25 @@ def process_ids_embedded(settings: Settings, sessions: sessionmaker[Session],
                          image_ids: Sequence[int], *, progress: Progress | None = None) -> None:
     """Run already-registered images (``mammo recover`` without a broker)."""
     settings = settings.embedded()
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, sessions)
     app = create_celery_app(settings)
     enqueue_chunks(app, image_ids, chunk_size=settings.chunk_size, priority=Priority.ROUTINE)
     drain(app, runtime, sessions, image_ids, progress=progress)
+
+
+@contextmanager
+def embedded_worker_service(settings: Settings) -> Iterator[tuple[Celery, Callable[[], bool]]]:
+    """A long-running in-process worker (``mammo watch`` without a broker).
+
+    Yields the app to send to and a liveness check; the worker stops when the block ends.
+    """
+    from worker.embedded import embedded_worker
+
+    settings = settings.embedded()
+    runtime = _runtime(settings)  # a missing model fails here, before anything is queued
+    app = create_celery_app(settings)
+    with embedded_worker(app, runtime) as handle:
+        yield app, handle.alive
 
 
 def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],

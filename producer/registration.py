@@ -17,12 +17,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.schema import Batch, Image, Study
+from producer.manifest import FileMetadata, Manifest, apply_metadata, metadata_source
+from shared.config import Settings
+from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_id
-from shared.enums import ImageState, Priority
+from shared.enums import ErrorCode, ImageState, Priority
 from shared.errors import InputError
-from shared.imaging.readers import read_header
+from shared.imaging.readers import Pseudonymize, read_header
 from shared.imaging.types import ImageHeader
+from shared.pseudonym import Pseudonymizer
 from shared.timeutil import utcnow
 
 BLOCK = 500
@@ -61,8 +64,24 @@ def create_batch(sessions: sessionmaker[Session], *, name: str | None, priority:
         return batch.id
 
 
+@dataclass(frozen=True)
+class Ingestion:
+    """How files are read at registration: the PatientID pseudonymizer (None: no key, so
+    patient-identified DICOM is refused) and where metadata for raster files comes from."""
+
+    pseudonymize: Pseudonymize | None = None
+    metadata: Callable[[Path], FileMetadata | None] | None = None
+
+
+def ingestion_for(settings: Settings, manifest: Path | None = None) -> Ingestion:
+    """The configured pseudonymizer, plus the manifest (if any) and filename convention."""
+    pseudonymize = Pseudonymizer.from_settings(settings)
+    rows = Manifest.load(manifest, pseudonymize=pseudonymize) if manifest else None
+    return Ingestion(pseudonymize=pseudonymize, metadata=metadata_source(rows))
+
+
 def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputError | None,
-         study_id: int | None) -> dict[str, Any]:
+         study_id: int | None, label: str | None = None) -> dict[str, Any]:
     now = utcnow()
     row: dict[str, Any] = {
         "batch_id": batch_id, "source": str(path), "study_id": study_id, "attempts": 0,
@@ -77,10 +96,20 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
             view=header.view.value if header.view else None,
             rows=header.rows, columns=header.columns, manufacturer=header.manufacturer,
             manufacturer_model=header.manufacturer_model, state=ImageState.QUEUED.value,
+            spacing_row_mm=header.pixel_spacing_mm[0] if header.pixel_spacing_mm else None,
+            spacing_column_mm=header.pixel_spacing_mm[1] if header.pixel_spacing_mm else None,
+            view_flags=",".join(header.view_flags) or None,
+            burned_in_annotation=header.burned_in_annotation, voi=header.voi,
+            reference_label=label,
         )
     else:
         assert error is not None
-        row.update(identity=content_identity(path), format="unknown",
+        identity = content_identity(path)
+        if error.code is ErrorCode.NO_PSEUDONYM_KEY:
+            # Refused for want of configuration, not for its content: once the key is set,
+            # the same file must register as new, not as a duplicate of this failure.
+            identity = f"{error.code.value}:{identity}"
+        row.update(identity=identity, format="unknown",
                    state=ImageState.FAILED.value, error_code=error.code.value,
                    error_message=error.message, finished_at=now)
     return row
@@ -93,16 +122,22 @@ def _study_id(session: Session, header: ImageHeader, cache: dict[str, int]) -> i
     if uid not in cache:
         cache[uid] = upsert_returning_id(session, Study, {
             "study_uid": uid, "accession_number": header.accession_number,
-            "study_date": header.study_date, "created_at": utcnow(),
+            "study_date": header.study_date, "patient_pseudonym": header.patient_pseudonym,
+            "created_at": utcnow(),
         }, conflict=("study_uid",))
     return cache[uid]
 
 
 def register_files(
     sessions: sessionmaker[Session], batch_id: int, files: Iterable[Path], *,
-    on_file: Callable[[Path], None] | None = None,
+    on_file: Callable[[Path], None] | None = None, ingestion: Ingestion | None = None,
 ) -> Registration:
-    """Insert one row per new file (queued, or failed when its header is unreadable)."""
+    """Insert one row per new file (queued, or failed when its header is unreadable).
+
+    A file already known (same identity) gets no new row: a ``duplicate_submissions`` row
+    records that this batch sent it again, and which image it repeats.
+    """
+    ingestion = ingestion or Ingestion()
     result = Registration(batch_id)
     block: list[Path] = []
     for path in files:
@@ -110,10 +145,10 @@ def register_files(
         if on_file:
             on_file(path)
         if len(block) >= BLOCK:
-            _register_block(sessions, batch_id, block, result)
+            _register_block(sessions, batch_id, block, result, ingestion)
             block = []
     if block:
-        _register_block(sessions, batch_id, block, result)
+        _register_block(sessions, batch_id, block, result, ingestion)
     with sessions() as session:
         batch = session.get(Batch, batch_id)
         assert batch is not None
@@ -123,19 +158,27 @@ def register_files(
     return result
 
 
+def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputError | None,
+                                                     str | None]:
+    """(header with manifest/convention metadata applied, or the error; reference label)."""
+    try:
+        header = read_header(path, pseudonymize=ingestion.pseudonymize)
+    except InputError as exc:
+        return None, exc, None
+    metadata = ingestion.metadata(path) if ingestion.metadata else None
+    label = metadata.label.value if metadata and metadata.label else None
+    return apply_metadata(header, metadata), None, label
+
+
 def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],
-                    result: Registration) -> None:
+                    result: Registration, ingestion: Ingestion) -> None:
     studies: dict[str, int] = {}
     with sessions() as session:
         rows: list[dict[str, Any]] = []
         for path in block:
-            try:
-                header: ImageHeader | None = read_header(path)
-                error: InputError | None = None
-            except InputError as exc:
-                header, error = None, exc
+            header, error, label = _read(path, ingestion)
             study = _study_id(session, header, studies) if header else None
-            rows.append(_row(path, batch_id, header, error, study))
+            rows.append(_row(path, batch_id, header, error, study, label))
         rows, repeats = _split_repeats(rows)
         inserted = set(insert_missing(session, Image, rows, conflict=("identity",),
                                       returning=Image.identity))
@@ -156,6 +199,9 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
             for row in existing:
                 image_id, state = known[row["identity"]]
                 result.duplicates.append((row["source"], image_id, state))
+            session.add_all(DuplicateSubmission(batch_id=batch_id, image_id=known[r["identity"]][0],
+                                                source=r["source"], created_at=utcnow())
+                            for r in existing)
         session.commit()
 
 

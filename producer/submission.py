@@ -10,7 +10,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import check_paths, iter_files
-from producer.registration import create_batch, register_files
+from producer.registration import create_batch, ingestion_for, register_files
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.enums import Priority
@@ -39,15 +39,20 @@ def submit(
     settings: Settings, sessions: sessionmaker[Session], app: Celery, paths: Sequence[Path], *,
     name: str | None = None, priority: Priority = Priority.ROUTINE, mode: str = "distributed",
     requeue_unfinished_duplicates: bool = False, on_file: Callable[[Path], None] | None = None,
+    manifest: Path | None = None,
 ) -> SubmitOutcome:
     """Queue every file under ``paths`` as one batch.
+
+    ``manifest`` is a CSV of metadata for files that carry none (``producer/manifest.py``).
 
     ``requeue_unfinished_duplicates`` is for the embedded queue: it starts empty, so an image
     a previous interrupted run left ``queued`` has no message anywhere and needs a new one.
     """
     check_paths(paths)
+    ingestion = ingestion_for(settings, manifest)  # a bad manifest fails before any batch
     batch_id = create_batch(sessions, name=name, priority=priority, mode=mode)
-    reg = register_files(sessions, batch_id, iter_files(paths), on_file=on_file)
+    reg = register_files(sessions, batch_id, iter_files(paths), on_file=on_file,
+                         ingestion=ingestion)
     outcome = SubmitOutcome(batch_id, reg.new_ids, reg.rejected_ids, reg.duplicates)
     if requeue_unfinished_duplicates:
         outcome.requeued = reg.unfinished_duplicate_ids

@@ -7,6 +7,7 @@ it to the factories (database engine, Celery app, classifier).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,9 +63,53 @@ class Settings(BaseSettings):
     worker_max_memory_mb: int = Field(
         0, ge=0, description="Recycle a worker child above this RSS (0: never).",
     )
+    sweep_interval_s: int = Field(
+        120, ge=0, description="Seconds between sweeps for lost work in each worker (0: off).",
+    )
+    requeue_after_s: int = Field(
+        600, ge=1, description="A queued image older than this, with the broker queue empty, "
+        "is presumed to have lost its message and is re-queued by the sweeper.",
+    )
     log_level: str = Field("INFO", description="Logging level for all processes.")
     patient_id_key: SecretStr | None = Field(
         None, description="HMAC key for pseudonymising PatientID. No default, by design.",
+    )
+    watch_quiet_period_s: float = Field(
+        5.0, ge=0.0, le=3600.0,
+        description="Drop folder: seconds a file's size and mtime must stay unchanged before "
+        "it is read, when no close-write or rename event says it is complete.",
+    )
+    watch_incomplete_grace_s: float = Field(
+        120.0, ge=0.0,
+        description="Drop folder: a stable file that still does not parse completely (e.g. "
+        "a DICOM shorter than its header says) is queued after this many seconds anyway, "
+        "and ends failed with its reason.",
+    )
+    watch_poll_interval_s: float = Field(
+        1.0, gt=0.0, le=300.0,
+        description="Drop folder: PollingObserver interval (--poll) and the pause between "
+        "checks of the database for finished files.",
+    )
+    watch_reconcile_interval_s: float = Field(
+        60.0, gt=0.0,
+        description="Drop folder: seconds between full rescans that catch files whose events "
+        "were lost (inotify queue overflow).",
+    )
+    watch_ignore: str = Field(
+        "*.part,*.tmp,*.partial,*.crdownload,*.swp,~*",
+        description="Drop folder: comma-separated glob patterns of temporary names, ignored "
+        "until renamed. Dotfiles and our .reason.txt sidecars are always ignored.",
+    )
+    watch_after: Literal["leave", "move", "delete"] = Field(
+        "leave",
+        description="Drop folder: what to do with a file once processed: leave it (the state "
+        "is in the database), move it to processed/ or failed/ (with a .reason.txt), or "
+        "delete it.",
+    )
+    exam_timeout_s: float = Field(
+        1800.0, gt=0.0,
+        description="An exam without all 4 standard views gets an exam result flagged "
+        "incomplete once no image of it has arrived for this many seconds.",
     )
 
     @field_validator("broker_url")
@@ -96,6 +141,10 @@ class Settings(BaseSettings):
         # Longer than the hard time limit (the original run is dead by then), shorter than the
         # visibility timeout (a redelivered message can reclaim the rows).
         return self.task_time_limit_s + 60
+
+    @property
+    def watch_ignore_patterns(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.watch_ignore.split(",") if p.strip())
 
     def embedded(self) -> Settings:
         """The same settings with the embedded local queue, whatever the environment says."""

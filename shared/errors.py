@@ -40,6 +40,14 @@ class PathNotFoundError(UserFacingError):
     """A path given on the command line does not exist."""
 
 
+class ManifestError(UserFacingError):
+    """A metadata manifest (CSV) is missing, malformed, or holds an invalid value."""
+
+
+class DatasetError(UserFacingError):
+    """Labelled training or evaluation data is missing, malformed or unusable."""
+
+
 class TransientError(MammoError):
     """A dependency is unavailable right now; retrying later may succeed."""
 
@@ -113,3 +121,9 @@ class UnexpectedChannelsError(NotAMammogramError):
 
 class MissingPixelDataError(UnreadableImageError):
     code = ErrorCode.MISSING_PIXEL_DATA
+
+
+class PseudonymKeyMissingError(InputError):
+    """A DICOM carries a PatientID, and no key is configured to pseudonymise it."""
+
+    code = ErrorCode.NO_PSEUDONYM_KEY

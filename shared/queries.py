@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from shared.db.schema import Batch, Image, ModelVersion, Prediction, Study
-from shared.enums import ImageState
+from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
+from shared.enums import ErrorCode, ImageState
 from shared.timeutil import as_utc, utcnow
 
 RESULT_KEYS = (
@@ -32,6 +32,9 @@ class ResultFilter:
     until: datetime | None = None
     limit: int | None = None
     offset: int = 0
+    # With batch_id (and no other filter): also a row per file the batch sent again, state
+    # and error_code "duplicate", carrying the original image's id and result.
+    include_duplicates: bool = False
 
 
 def _latest_prediction() -> Any:
@@ -69,23 +72,56 @@ def results_query(flt: ResultFilter) -> Select[Image, str, Prediction, ModelVers
 
 
 def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
-    rows = []
-    for image, study_uid, pred, model in session.execute(results_query(flt)):
-        done = image.state == ImageState.DONE.value and pred is not None
-        rows.append({
-            "image_id": image.id, "batch_id": image.batch_id, "source": image.source,
-            "state": image.state, "error_code": image.error_code,
-            "error_message": image.error_message, "study_uid": study_uid,
-            "sop_instance_uid": image.sop_instance_uid, "laterality": image.laterality,
-            "view": image.view,
-            "label": pred.label if done else None,
-            "p_normal": pred.p_normal if done else None,
-            "p_benign": pred.p_benign if done else None,
-            "p_malignant": pred.p_malignant if done else None,
-            "suspicion": pred.suspicion if done else None,
-            "model_version": f"{model.name}:{model.version}" if done and model else None,
-        })
+    rows = [_result_row(*found) for found in session.execute(results_query(flt))]
+    narrowed = (flt.study_uid, flt.state, flt.label, flt.min_suspicion, flt.model_version)
+    if flt.include_duplicates and flt.batch_id is not None and not any(narrowed):
+        rows.extend(duplicate_rows(session, flt.batch_id))
     return rows
+
+
+def duplicate_rows(session: Session, batch_id: int) -> list[dict[str, Any]]:
+    """The files ``batch_id`` sent that were already known: no new image, no new prediction."""
+    latest = _latest_prediction()
+    stmt = (
+        select(DuplicateSubmission, Image, Study.study_uid, Prediction, ModelVersion)
+        .join(Image, Image.id == DuplicateSubmission.image_id)
+        .outerjoin(Study, Study.id == Image.study_id)
+        .outerjoin(latest, latest.c.image_id == Image.id)
+        .outerjoin(Prediction, Prediction.id == latest.c.pid)
+        .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(DuplicateSubmission.batch_id == batch_id)
+        .order_by(DuplicateSubmission.id)
+    )
+    rows = []
+    for duplicate, image, study_uid, pred, model in session.execute(stmt):
+        row = _result_row(image, study_uid, pred, model)
+        row.update(
+            batch_id=batch_id, source=duplicate.source, state=ErrorCode.DUPLICATE.value,
+            error_code=ErrorCode.DUPLICATE.value,
+            error_message=f"Already submitted as image {image.id} (batch {image.batch_id}, "
+                          f"{image.state}); not processed again. The result shown is that "
+                          "image's.",
+        )
+        rows.append(row)
+    return rows
+
+
+def _result_row(image: Image, study_uid: str | None, pred: Prediction | None,
+                model: ModelVersion | None) -> dict[str, Any]:
+    done = image.state == ImageState.DONE.value and pred is not None
+    return {
+        "image_id": image.id, "batch_id": image.batch_id, "source": image.source,
+        "state": image.state, "error_code": image.error_code,
+        "error_message": image.error_message, "study_uid": study_uid,
+        "sop_instance_uid": image.sop_instance_uid, "laterality": image.laterality,
+        "view": image.view,
+        "label": pred.label if done and pred else None,
+        "p_normal": pred.p_normal if done and pred else None,
+        "p_benign": pred.p_benign if done and pred else None,
+        "p_malignant": pred.p_malignant if done and pred else None,
+        "suspicion": pred.suspicion if done and pred else None,
+        "model_version": f"{model.name}:{model.version}" if done and model else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -160,3 +196,20 @@ def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any
 def global_counts(session: Session) -> dict[str, int]:
     return dict(session.execute(
         select(Image.state, func.count()).group_by(Image.state)).all())
+
+
+def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
+    """What an operator checks first in the morning: is anything stuck, is anyone working."""
+    now = utcnow()
+    stale = session.execute(select(func.count()).where(
+        Image.state == ImageState.PROCESSING.value,
+        Image.claimed_at < now - timedelta(seconds=lease_s))).scalar_one()
+    oldest = as_utc(session.execute(select(func.min(Image.enqueued_at)).where(
+        Image.state == ImageState.QUEUED.value)).scalar())
+    workers = workers_seen(session)
+    return {
+        "stale_claims": int(stale),
+        "oldest_queued_age_s": None if oldest is None else round((now - oldest).total_seconds()),
+        "workers_seen_10min": ", ".join(f"{w['worker']} ({w['predictions']})" for w in workers)
+        or "none",
+    }

@@ -26,8 +26,15 @@ _FIXED_DATE, _FIXED_TIME = "20000101", "080000"  # fixed: identical bytes for a 
 
 __all__ = [
     "DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION", "EXAM_VIEWS", "SYNTHETIC_LABEL", "make_exam_set",
-    "synth_mammogram", "write_dicom", "write_png", "write_truncated_copy",
+    "synth_mammogram", "write_compressed", "write_dicom", "write_png", "write_truncated_copy",
 ]
+# The JPEG family, which pydicom cannot encode: GDCM's transfer syntax constants by UID.
+_GDCM_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEGBaselineProcess1",
+    "1.2.840.10008.1.2.4.51": "JPEGExtendedProcess2_4",
+    "1.2.840.10008.1.2.4.57": "JPEGLosslessProcess14",
+    "1.2.840.10008.1.2.4.70": "JPEGLosslessProcess14_1",
+}
 
 
 def synth_mammogram(
@@ -90,13 +97,16 @@ def write_dicom(
     sop_uid: str,
     laterality: Laterality,
     view: View,
-    patient_id: str = "SYNTHETIC",
+    patient_id: str | None = None,
     accession: str = "SYN0001",
     monochrome1: bool = False,
     bits: int = 12,
     comments: str = SYNTHETIC_LABEL,
 ) -> Path:
     """An uncompressed (Explicit VR Little Endian) MG For Presentation Part 10 file.
+
+    An empty (0010,0020) Patient ID unless ``patient_id`` is given: a file carrying one is refused
+    when no pseudonymisation key is configured, and the demo must run without configuration.
 
     With ``monochrome1`` the stored values are inverted (``2**bits - 1 - pixels``), so after
     a reader's MONOCHROME1 inversion the image looks exactly like the MONOCHROME2 one.
@@ -126,7 +136,8 @@ def write_dicom(
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = _FIXED_TIME
     ds.AccessionNumber, ds.Modality = accession, "MG"
     ds.Manufacturer, ds.ManufacturerModelName = "SYNTHETIC", "mammo synthetic generator"
-    ds.PatientName, ds.PatientID = "SYNTHETIC^PATIENT", patient_id
+    # Type 2: present, and empty unless asked for.
+    ds.PatientName, ds.PatientID = "SYNTHETIC^PATIENT", patient_id or ""
     ds.PatientBirthDate, ds.PatientSex = "", "F"
     ds.ImageType = ["DERIVED", "PRIMARY"]
     ds.PresentationIntentType, ds.BurnedInAnnotation = "FOR PRESENTATION", "NO"
@@ -184,7 +195,7 @@ def make_exam_set(
                 stem.with_suffix(".dcm"), pixels, study_uid=study_uid,
                 sop_uid=generate_uid(entropy_srcs=[study_uid, laterality.value, view.value]),
                 laterality=laterality, view=view,
-                patient_id=f"SYNTHETIC-{seed}-{exam:04d}", accession=f"SYN{exam:09d}",
+                accession=f"SYN{exam:09d}",
                 comments=f"{SYNTHETIC_LABEL}; lesion: {'yes' if lesion else 'no'}",
             ))
     return paths
@@ -206,4 +217,49 @@ def write_truncated_copy(source: Path, destination: Path) -> Path:
     data = bytes(ds.PixelData)
     ds.PixelData = data[: len(data) // 4 * 2]  # keep an even length, as DICOM requires
     ds.save_as(destination, enforce_file_format=True)
+    return Path(destination)
+
+
+def write_compressed(source: Path, destination: Path, syntax: str) -> Path:
+    """A copy of the DICOM ``source`` in transfer syntax ``syntax`` (a UID).
+
+    pydicom encodes RLE, JPEG-LS and JPEG 2000 (with pyjpegls / pylibjpeg-openjpeg) and
+    writes deflated or implicit VR files; GDCM encodes the JPEG family (baseline needs
+    8-bit pixels). Raises ``RuntimeError`` when this installation has no encoder for it.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import UID
+
+    uid = UID(syntax)
+    if str(uid) in _GDCM_SYNTAXES:
+        return _gdcm_recompress(source, destination, _GDCM_SYNTAXES[str(uid)])
+    ds = dcmread(source)
+    if uid.is_compressed:
+        ds.compress(uid)  # RuntimeError when no encoder plugin is installed
+    else:
+        ds.file_meta.TransferSyntaxUID = uid
+    ds.save_as(destination, enforce_file_format=True)
+    return Path(destination)
+
+
+def _gdcm_recompress(source: Path, destination: Path, syntax: str) -> Path:
+    try:
+        import gdcm
+    except ImportError as exc:
+        raise RuntimeError(f"Encoding {syntax} needs python-gdcm.") from exc
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    if not reader.Read():
+        raise RuntimeError(f"GDCM could not read {source}.")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(destination))
+    writer.SetFile(reader.GetFile())
+    if not change.Change():
+        raise RuntimeError(f"GDCM could not encode {source} as {syntax}.")
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"GDCM could not write {destination}.")
     return Path(destination)

@@ -2,6 +2,11 @@
 
 TensorFlow is imported inside ``load`` only. Building a model in a parent process and then
 forking hangs the child (tensorflow#27074), so this object must be created after the fork.
+
+Every call also returns a heatmap per image, from the same call: models that output
+``{"probabilities", "heatmap"}`` (the shipped patch model) give their own per-location map;
+any other Keras model gets Grad-CAM on its last convolutional feature map, computed in the
+same traced function as the probabilities.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ log = logging.getLogger(__name__)
 class ForwardPass:
     probabilities: np.ndarray  # (n, 3), rows sum to 1
     seconds: float
+    heatmaps: np.ndarray | None = None  # (n, gh, gw) in [0, 1], model input frame
 
 
 class Classifier:
@@ -58,15 +64,14 @@ class Classifier:
         _configure_tensorflow(tf, *self._threads)
         import keras
 
+        import models.layers  # noqa: F401 - registers the shipped model's custom layers
+
         keras.utils.set_random_seed(0)
         model = keras.models.load_model(self.spec.model_path, compile=False)
         height, width = self.spec.input_size
         spec = tf.TensorSpec((self.batch_size, height, width, 1), tf.float32)
-
-        @tf.function(input_signature=[spec], reduce_retracing=True)
-        def infer(x: Any) -> Any:
-            return model(x, training=False)
-
+        infer = tf.function(_inference_fn(tf, keras, model), input_signature=[spec],
+                            reduce_retracing=True)
         self._model, self._infer = model, infer
         self._infer(tf.zeros(spec.shape, tf.float32))  # trace now, not on the first chunk
         self.load_seconds = time.perf_counter() - started
@@ -86,14 +91,47 @@ class Classifier:
         padded[:n] = batch
         with self._lock:
             started = time.perf_counter()
-            out = np.asarray(self._infer(padded))[:n].astype(np.float64)
+            probabilities, heatmaps = self._infer(padded)
+            out = np.asarray(probabilities)[:n].astype(np.float64)
+            maps = None if heatmaps is None else np.clip(np.asarray(heatmaps)[:n], 0.0, 1.0)
             elapsed = time.perf_counter() - started
             self.forward_passes += 1
         if out.shape != (n, 3) or not np.all(np.isfinite(out)):
             raise RuntimeError(f"model returned {out.shape} / non-finite values; expected ({n}, 3)")
         out = np.clip(out, 0.0, None)
         out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
-        return ForwardPass(out, elapsed)
+        return ForwardPass(out, elapsed, maps)
+
+
+def _inference_fn(tf: Any, keras: Any, model: Any) -> Any:
+    """(probabilities, heatmaps or None) for a batch, in one call of the model."""
+    sample = model.output
+    if isinstance(sample, dict) and {"probabilities", "heatmap"} <= set(sample):
+
+        def with_map(x: Any) -> Any:
+            out = model(x, training=False)
+            return out["probabilities"], out["heatmap"]
+
+        return with_map
+    feature_layer = next((layer for layer in reversed(model.layers)
+                          if len(getattr(layer, "output", np.empty(0)).shape) == 4), None)
+    if feature_layer is None:
+        return lambda x: (model(x, training=False), None)
+    probe = keras.Model(model.inputs, [feature_layer.output, model.output])
+
+    def grad_cam(x: Any) -> Any:
+        # Grad-CAM (Selvaraju et al. 2017) of P(benign) + P(malignant): summing over the
+        # batch keeps each image's gradient its own (no cross-image terms at inference).
+        with tf.GradientTape() as tape:
+            features, probabilities = probe(x, training=False)
+            score = tf.reduce_sum(probabilities[:, 1] + probabilities[:, 2])
+        grads = tape.gradient(score, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+        return probabilities, tf.math.divide_no_nan(cam, peak)
+
+    return grad_cam
 
 
 def _configure_tensorflow(tf: Any, intra: int, inter: int) -> None:

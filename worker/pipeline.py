@@ -17,6 +17,7 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
+from models.heatmaps import encode_png
 from shared.db import lifecycle
 from shared.db.lifecycle import ClaimedImage
 from shared.db.schema import Prediction
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 _PREDICTION_UPDATE = (
     "preprocessing_version", "label", "p_normal", "p_benign", "p_malignant", "suspicion",
     "decode_ms", "preprocess_ms", "infer_ms", "forward_pass_id", "forward_pass_size",
-    "worker", "heatmap_path", "created_at",
+    "worker", "heatmap_path", "heatmap_png", "created_at",
 )
 
 
@@ -80,7 +81,7 @@ def process_chunk(image_ids: Sequence[int], *, token: str, runtime: WorkerRuntim
     # image so the neighbours finish before the culprit can strike again.
     isolate = any(c.attempts > 1 for c in live)
     groups = [[c] for c in live] if isolate else ([live] if live else [])
-    outcome = _Outcome(failures=[(c.id, ErrorCode.WORKER_CRASH, _crash_message(c))
+    outcome = _Outcome(failures=[(c.id, ErrorCode.POISON, _crash_message(c))
                                  for c in poisoned])
     if outcome.failures:
         _save(runtime, outcome, result)
@@ -155,7 +156,8 @@ def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
     pass_id = str(uuid.uuid4())
     per_image_ms = forward.seconds * 1000 / len(prepared)
     model_version_id = runtime.model_version_id
-    for item, probs in zip(prepared, forward.probabilities, strict=True):
+    heatmaps = forward.heatmaps if forward.heatmaps is not None else [None] * len(prepared)
+    for item, probs, heatmap in zip(prepared, forward.probabilities, heatmaps, strict=True):
         p_normal, p_benign, p_malignant = (float(p) for p in probs)
         outcome.rows.append({
             "image_id": item.image.id, "model_version_id": model_version_id,
@@ -167,6 +169,7 @@ def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
             "infer_ms": per_image_ms, "forward_pass_id": pass_id,
             "forward_pass_size": len(prepared), "worker": runtime.worker_name,
             "heatmap_path": None, "created_at": utcnow(),
+            "heatmap_png": None if heatmap is None else encode_png(heatmap),
         })
 
 

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.registry import ModelSpec, resolve_model
+from models.activation import model_for
+from models.registry import ModelSpec
 from shared.config import Settings
 from shared.db.engine import create_db_engine, make_session_factory
 from shared.db.schema import ModelVersion
@@ -56,7 +57,8 @@ class WorkerRuntime:
     @property
     def model_spec(self) -> ModelSpec:
         if self._model_spec is None:
-            self._model_spec = resolve_model(self.settings.model)
+            with self.sessions() as session:
+                self._model_spec = model_for(self.settings, session)
         return self._model_spec
 
     @property

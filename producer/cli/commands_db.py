@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import click
 
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.progress import completion_bar
-from shared.db import lifecycle
 from shared.db.engine import upgrade
-from shared.enums import Priority
-from shared.queue import enqueue_chunks
-from shared.timeutil import utcnow
+from shared.recovery import find_stuck, sweep
 
 
 @click.group("db")
@@ -49,36 +44,35 @@ def recover_command(cli: CliContext, older_than: int, batch_id: int | None,
 
     The database is the truth: images still queued after --older-than seconds, or claimed
     by a worker whose lease ran out, get a new message. Re-queuing is safe: claims and
-    upserts make a second delivery a no-op. Without a broker, the images are processed
-    here with the embedded worker.
+    upserts make a second delivery a no-op. Workers also run this sweep on a timer
+    (MAMMO_SWEEP_INTERVAL_S). Without a broker, the images are processed here with the
+    embedded worker.
 
     \b
     Example:
         mammo recover --older-than 600
     """
-    now = utcnow()
-    with cli.sessions() as session:
-        ids = lifecycle.stale_images(
-            session, queued_before=now - timedelta(seconds=older_than),
-            claimed_before=now - timedelta(seconds=cli.settings.claim_lease_s),
-            batch_id=batch_id)
-    if dry_run or not ids:
-        click.echo(f"{len(ids)} image(s) to re-queue{' (dry run)' if dry_run else ''}")
-        return
     if cli.settings.is_embedded:
-        from producer.embedded_run import process_ids_embedded
+        with cli.sessions() as session:
+            found = find_stuck(session, cli.settings, queued_older_than_s=older_than,
+                               batch_id=batch_id)
+        ids = sorted(found.stale_queued + found.expired_claims)
+        click.echo(f"{len(ids)} image(s) to recover{' (dry run)' if dry_run else ''}")
+        if ids and not dry_run:
+            from producer.embedded_run import process_ids_embedded
 
-        with completion_bar("recovering") as progress:
-            process_ids_embedded(cli.settings, cli.sessions, ids, progress=progress)
-        click.echo(f"processed {len(ids)} recovered image(s) with the embedded worker")
+            with completion_bar("recovering") as progress:
+                process_ids_embedded(cli.settings, cli.sessions, ids, progress=progress)
+            click.echo(f"processed {len(ids)} recovered image(s) with the embedded worker")
         return
     require_broker(cli, "recover")
-    sent = enqueue_chunks(cli.celery, ids, chunk_size=cli.settings.chunk_size,
-                          priority=Priority.ROUTINE)
-    with cli.sessions() as session:
-        lifecycle.mark_enqueued(session, ids)
-        session.commit()
-    click.echo(f"re-queued {len(ids)} image(s) in {sent} message(s)")
+    report = sweep(cli.sessions, cli.celery, cli.settings, queued_older_than_s=older_than,
+                   batch_id=batch_id, force=True, dry_run=dry_run)
+    if dry_run:
+        click.echo(f"dry run: would re-queue {len(report.stale_queued)} queued and "
+                   f"{len(report.expired_claims)} stale-claimed image(s)")
+        return
+    click.echo(report.summary())
 
 
 COMMANDS = (db_group, recover_command)

@@ -15,7 +15,7 @@ from shared.queries import (
     batch_status,
     list_results,
     recent_batch_ids,
-    workers_seen,
+    system_health,
 )
 from shared.queue import queue_depth
 from shared.timeutil import as_utc
@@ -31,20 +31,27 @@ RESULT_COLUMNS = ("image_id", "batch_id", "state", "laterality", "view", "label"
 @click.argument("batch", type=int, required=False)
 @click.option("--last", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="Without BATCH: how many recent batches to show.")
+@click.option("--health", is_flag=True,
+              help="Show system health instead: broker and database reachable, queue depth, "
+                   "stale claims, oldest queued image, workers seen.")
 @format_option
 @pass_cli
-def status_command(cli: CliContext, batch: int | None, last: int, fmt: str) -> None:
-    """Counts per state, throughput and ETA per batch; queue depth and workers seen.
+def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
+                   fmt: str) -> None:
+    """Counts per state, throughput and ETA per batch; then the system's health.
 
     \b
     Example:
         mammo status 42
         mammo status --format json
+        mammo status --health --format json
     """
+    if health:
+        render([_health(cli)], fmt, title="Health")
+        return
     with cli.sessions() as session:
         ids = [batch] if batch is not None else recent_batch_ids(session, last)
         statuses = [s for s in (batch_status(session, i) for i in ids) if s is not None]
-        workers = workers_seen(session)
     if batch is not None and not statuses:
         raise click.BadParameter(f"no batch with id {batch}", param_hint="BATCH")
     rows = [s.as_row() for s in statuses]
@@ -52,12 +59,20 @@ def status_command(cli: CliContext, batch: int | None, last: int, fmt: str) -> N
         render(rows, fmt)
         return
     render(rows, fmt, columns=STATUS_COLUMNS, title="Batches")
-    depth = None if cli.settings.is_embedded else queue_depth(cli.celery)
-    shown = "n/a (embedded queue)" if cli.settings.is_embedded else (
-        "unreachable" if depth is None else depth)
-    click.echo(f"broker queue depth: {shown}")
-    click.echo("workers seen in the last 10 min: "
-               + (", ".join(f"{w['worker']} ({w['predictions']})" for w in workers) or "none"))
+    for key, value in _health(cli).items():
+        click.echo(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
+
+
+def _health(cli: CliContext) -> dict[str, object]:
+    settings = cli.settings
+    with cli.sessions() as session:  # reaching the database is itself the first check
+        info = system_health(session, lease_s=settings.claim_lease_s)
+    if settings.is_embedded:
+        broker, depth = "embedded (no broker)", None
+    else:
+        depth = queue_depth(cli.celery)
+        broker = "reachable" if depth is not None else "UNREACHABLE"
+    return {"database": "reachable", "broker": broker, "queue_depth": depth, **info}
 
 
 
@@ -80,6 +95,9 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
                     limit: int | None, offset: int, fmt: str) -> None:
     """Stored results, one row per image (the latest prediction of each).
 
+    With --batch, each file that batch sent again (already known) is listed too, with state
+    and error_code "duplicate" and the original image's id and result.
+
     \b
     Example:
         mammo results --batch 42 --format json
@@ -88,7 +106,8 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     """
     flt = ResultFilter(batch_id=batch_id, study_uid=study_uid, state=state, label=label,
                        min_suspicion=min_score, model_version=model_version,
-                       since=as_utc(since), until=as_utc(until), limit=limit, offset=offset)
+                       since=as_utc(since), until=as_utc(until), limit=limit, offset=offset,
+                       include_duplicates=batch_id is not None)
     with cli.sessions() as session:
         rows = list_results(session, flt)
     render(rows, fmt, columns=RESULT_COLUMNS, title="Results")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from producer.cli.commands_submit import manifest_option
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import format_option, paths_argument
@@ -20,11 +21,11 @@ SUMMARY_COLUMNS = ("image_id", "file", "state", "laterality", "view", "label", "
 
 
 def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, fmt: str,
-                    report_dir: Path | None) -> RunOutcome:
+                    report_dir: Path | None, manifest: Path | None = None) -> RunOutcome:
     quiet_embedded_logs()
     with file_counter("reading headers") as on_file, completion_bar("classifying") as progress:
         result = run_embedded(cli.settings, cli.sessions, paths, name=name, on_file=on_file,
-                              progress=progress)
+                              progress=progress, manifest=manifest)
     sub = result.submission
     with cli.sessions() as session:
         rows = list_results(session, ResultFilter(batch_id=sub.batch_id))
@@ -46,10 +47,11 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
 @click.option("--name", help="A name for this batch, shown in status and reports.")
 @click.option("--report-dir", type=click.Path(path_type=Path),
               help="Where to write the batch report [default: MAMMO_REPORT_DIR].")
+@manifest_option
 @format_option
 @pass_cli
 def run_command(cli: CliContext, paths: tuple[Path, ...], name: str | None,
-                report_dir: Path | None, fmt: str) -> None:
+                report_dir: Path | None, manifest: Path | None, fmt: str) -> None:
     """Queue PATHS (files or folders) and process them now, in this process.
 
     Uses the configured database (SQLite by default) and a local in-memory queue: no Redis
@@ -60,14 +62,14 @@ def run_command(cli: CliContext, paths: tuple[Path, ...], name: str | None,
     Example:
         mammo run /data/screening/2026-11-24/ --name night-24
     """
-    check_model(cli.settings)
-    result = run_and_exit_code(cli, paths, name, fmt, report_dir)
+    check_model(cli.settings, cli.sessions)
+    result = run_and_exit_code(cli, paths, name, fmt, report_dir, manifest)
     raise SystemExit(result)
 
 
 def run_and_exit_code(cli: CliContext, paths: tuple[Path, ...], name: str | None, fmt: str,
-                      report_dir: Path | None) -> int:
-    result = _run_and_report(cli, paths, name, fmt, report_dir)
+                      report_dir: Path | None, manifest: Path | None = None) -> int:
+    result = _run_and_report(cli, paths, name, fmt, report_dir, manifest)
     sub = result.submission
     return int(ExitCode.IMAGES_FAILED if sub.rejected or _any_failed(cli, sub.batch_id)
                else ExitCode.OK)
@@ -99,7 +101,7 @@ def demo_command(cli: CliContext, directory: Path, exams: int, seed: int, fmt: s
     """
     from shared.synthetic import make_exam_set, write_truncated_copy
 
-    check_model(cli.settings)  # before writing anything
+    check_model(cli.settings, cli.sessions)  # before writing anything
     files = make_exam_set(directory, n_exams=exams, seed=seed)
     write_truncated_copy(files[0], directory / "broken-transfer.dcm")
     STDERR.print(f"wrote {len(files) + 1} synthetic files (not real patients) to {directory}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -10,10 +11,17 @@ import click
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.options import paths_argument
 from producer.cli.progress import STDERR, file_counter
+from producer.manifest import COLUMNS
 from producer.submission import submit
 from shared.enums import Priority
 from shared.errors import ConfigurationError
 from shared.queue import check_broker
+
+manifest_option = click.option(
+    "--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=f"CSV of metadata for files that carry none (PNG, JPEG, TIFF, PGM); columns "
+    f"{','.join(COLUMNS)} (only path is required; paths relative to the CSV). Patient IDs "
+    "need MAMMO_PATIENT_ID_KEY.")
 
 
 def require_broker(cli: CliContext, command: str) -> None:
@@ -30,10 +38,11 @@ def require_broker(cli: CliContext, command: str) -> None:
 @click.option("--priority", type=click.Choice([p.value for p in Priority]),
               default=Priority.ROUTINE.value, show_default=True,
               help="Urgent batches are served before routine ones.")
+@manifest_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
 @pass_cli
 def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, priority: str,
-                   as_json: bool) -> None:
+                   manifest: Path | None, as_json: bool) -> None:
     """Queue PATHS (files or folders) for the workers and print the batch id.
 
     Reads headers only. Files already known (same SOPInstanceUID, or same bytes) are
@@ -47,13 +56,16 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
         mammo submit /data/screening/2026-11-24/ --name night-24
     """
     require_broker(cli, "submit")
+    started = time.perf_counter()
     with file_counter("queueing") as on_file:
         outcome = submit(cli.settings, cli.sessions, cli.celery, paths, name=name,
-                         priority=Priority(priority), on_file=on_file)
-    summary = {
+                         priority=Priority(priority), on_file=on_file, manifest=manifest)
+    seconds = time.perf_counter() - started
+    summary: dict[str, int | float] = {
         "batch_id": outcome.batch_id, "files": outcome.files, "queued": len(outcome.queued),
         "duplicates": len(outcome.duplicates), "rejected": len(outcome.rejected),
-        "messages": outcome.messages,
+        "messages": outcome.messages, "seconds": round(seconds, 3),
+        "files_per_s": round(outcome.files / max(seconds, 1e-6), 1),
     }
     if as_json:
         click.echo(json.dumps(summary))

@@ -7,7 +7,8 @@ import subprocess
 
 import click
 
-from models.registry import resolve_model, verify_model
+from models.activation import model_for
+from models.registry import verify_model
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
 from shared.imaging.preprocess import PREPROCESSING_VERSION
@@ -51,19 +52,24 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
         mammo worker --concurrency 2
     """
     require_broker(cli, "worker")
-    spec = resolve_model(cli.settings.model)  # fail in one line now, not in every child
+    with cli.sessions() as session:  # migrates before children start racing for it
+        spec = model_for(cli.settings, session)  # fail in one line now, not in every child
     verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
-    _ = cli.sessions  # migrate before children start racing for it
+    # Children must not inherit live connections: a child closing its copy at exit would
+    # terminate the parent's session on the server.
+    cli.engine.dispose()
     gpus = visible_gpus()
     processes = concurrency or max(gpus, 1)
     click.echo(f"mammo worker: model {spec.name} {spec.version}, device "
                f"{f'gpu x{gpus}' if gpus else 'cpu'}, {processes} process(es)", err=True)
 
     from worker.runtime import WorkerRuntime
+    from worker.sweeper import install_sweeper
     from worker.tasks import register_tasks
 
     app = cli.celery
     register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True)
+    install_sweeper(app, cli.settings)
     argv = ["worker", f"--concurrency={processes}", "--pool=prefork", f"--queues={queues}",
             f"--loglevel={loglevel}", "--without-mingle", "--without-gossip"]
     if max_tasks_per_child:

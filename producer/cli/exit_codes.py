@@ -28,6 +28,7 @@ def exit_code_for(exc: errors.UserFacingError) -> ExitCode:
         (errors.ModelIntegrityError, ExitCode.NO_MODEL),
         (errors.PathNotFoundError, ExitCode.PATH_NOT_FOUND),
         (errors.ConfigurationError, ExitCode.CONFIG),
+        (errors.DatasetError, ExitCode.USAGE),
     )
     for kind, code in mapping:
         if isinstance(exc, kind):

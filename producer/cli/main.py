@@ -58,13 +58,16 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
 def _register() -> None:
     from producer.cli import (
         commands_db,
+        commands_model,
         commands_query,
         commands_run,
         commands_submit,
+        commands_watch,
         commands_worker,
     )
 
-    for module in (commands_run, commands_submit, commands_worker, commands_query, commands_db):
+    for module in (commands_run, commands_submit, commands_worker, commands_watch,
+                   commands_query, commands_db, commands_model):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -10,15 +10,18 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -94,6 +97,14 @@ class Image(Base):
     columns: Mapped[int | None] = mapped_column(Integer)
     manufacturer: Mapped[str | None] = mapped_column(String(64))
     manufacturer_model: Mapped[str | None] = mapped_column(String(64))
+    # Ingestion metadata (DICOM header or CSV manifest); see shared/imaging/readers.
+    spacing_row_mm: Mapped[float | None] = mapped_column(Float)
+    spacing_column_mm: Mapped[float | None] = mapped_column(Float)
+    view_flags: Mapped[str | None] = mapped_column(String(128))  # "magnification,spot_..."
+    burned_in_annotation: Mapped[bool | None] = mapped_column(Boolean)
+    voi: Mapped[str | None] = mapped_column(String(200))  # which VOI LUT/window was applied
+    # A label given with the file (manifest), for evaluation; never an input to the model.
+    reference_label: Mapped[str | None] = mapped_column(String(16))
 
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -111,6 +122,19 @@ class Image(Base):
     predictions: Mapped[list[Prediction]] = relationship(back_populates="image")
 
 
+class DuplicateSubmission(Base):
+    """A file submitted again (same SOP Instance UID or same bytes): no new image, no new
+    prediction; this row says which batch sent it, from where, and which image it repeats."""
+
+    __tablename__ = "duplicate_submissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     __table_args__ = (UniqueConstraint("name", "version", "sha256", name="uq_model_versions"),)
@@ -123,6 +147,8 @@ class ModelVersion(Base):
     classes: Mapped[list[str]] = mapped_column(JSON)
     input_size: Mapped[list[int]] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(Text)
+    # Set by `mammo models activate`: workers left at MAMMO_MODEL=default run this one.
+    active: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
 
 
@@ -151,8 +177,49 @@ class Prediction(Base):
     forward_pass_id: Mapped[str] = mapped_column(String(36))
     forward_pass_size: Mapped[int] = mapped_column(Integer)
     heatmap_path: Mapped[str | None] = mapped_column(Text)
+    # Where the model looked: P(abnormal) per location as an 8-bit PNG (a few hundred bytes),
+    # in the model's input frame; models.heatmaps.decode_png reads it back.
+    heatmap_png: Mapped[bytes | None] = mapped_column(LargeBinary)
     worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
 
     image: Mapped[Image] = relationship(back_populates="predictions")
     model_version: Mapped[ModelVersion] = relationship()
+
+
+class ExamResult(Base):
+    """One exam-level result per study and version; a late image adds a version.
+
+    The current result has ``superseded_at`` NULL; superseded ones are kept for audit.
+    ``status`` is ``complete`` (4 standard views done) or ``incomplete`` (the exam timeout
+    passed first): incomplete results carry scores for what arrived, and flags saying so.
+    """
+
+    __tablename__ = "exam_results"
+    __table_args__ = (
+        UniqueConstraint("study_id", "version", name="uq_exam_results_study_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str | None] = mapped_column(String(16))
+    p_malignant: Mapped[float | None] = mapped_column(Float)
+    suspicion: Mapped[int | None] = mapped_column(Integer)
+    per_breast: Mapped[dict[str, object]] = mapped_column(JSON)
+    views: Mapped[list[str]] = mapped_column(JSON)
+    missing_views: Mapped[list[str]] = mapped_column(JSON)
+    flags: Mapped[list[str]] = mapped_column(JSON)
+    n_images: Mapped[int] = mapped_column(Integer)
+    n_failed: Mapped[int] = mapped_column(Integer)
+    # sha256 over the (image, prediction, state) triples it was computed from: unchanged
+    # inputs give the same signature, so refreshing again is a no-op.
+    signature: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    superseded_at: Mapped[datetime | None] = mapped_column(_tz())
+
+
+# The drop-folder watcher reconciles each scan against the database by source path.
+Index("ix_images_source", Image.source)

@@ -7,23 +7,34 @@ never sees images prepared differently from the ones it learnt on. Every predict
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
 from shared.enums import Laterality
 from shared.errors import EmptyImageError, NotAMammogramError, UnreadableImageError
+from shared.imaging.segmentation import breast_mask, chest_wall_side, working_copy
 from shared.imaging.types import DecodedImage
 
-PREPROCESSING_VERSION = "1"
+PREPROCESSING_VERSION = "2"
+# Physical pixel size images are brought to when their spacing is known: that of the
+# mini-MIAS film scans the shipped model learns from. Finer images are shrunk, none enlarged.
+TARGET_SPACING_MM = 0.2
 
 MIN_SIDE = 64
 # Less contrast than this (on the unit range, about 4 grey levels at 12 bits) is a blank,
 # over- or under-exposed frame, not an image worth classifying.
 MIN_CONTRAST = 1e-3
+# Margin, in mask pixels (of MASK_SIDE), kept around the breast's bounding box.
+_CROP_MARGIN = 2
+# Contrast stretch: these percentiles of the breast's intensities become 0 and 1.
+_STRETCH_PERCENTILES = (1.0, 99.5)
 
 __all__ = [
-    "MIN_CONTRAST", "MIN_SIDE", "PREPROCESSING_VERSION", "preprocess", "resize_with_padding",
-    "to_unit_range", "validate",
+    "MIN_CONTRAST", "MIN_SIDE", "PREPROCESSING_VERSION", "TARGET_SPACING_MM",
+    "canonical_orientation", "crop_box", "fit_inside", "pad_top_left", "preprocess",
+    "resample_to_spacing", "resize_with_padding", "stretch_range", "to_unit_range", "validate",
 ]
 
 
@@ -61,13 +72,8 @@ def validate(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def resize_with_padding(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Fit ``image`` inside ``size`` = (height, width) keeping its aspect ratio.
-
-    The scaled image sits in the TOP-LEFT corner and the rest is zero (black, like the
-    background of a mammogram): a heatmap maps back to the original by one division by the
-    scale, with no offset to remember.
-    """
+def fit_inside(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` scaled to fit inside ``size`` = (height, width), aspect ratio kept."""
     height, width = size
     if height < 1 or width < 1:
         raise ValueError(f"Target size must be positive, got {size}.")
@@ -78,19 +84,111 @@ def resize_with_padding(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     # INTER_AREA averages when shrinking (no aliasing of fine calcifications into noise);
     # linear when enlarging, since cubic would overshoot outside [0, 1].
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_columns, new_rows), interpolation=interpolation)
-    padded = np.zeros((height, width), dtype=image.dtype)
-    padded[:new_rows, :new_columns] = resized
+    return np.asarray(cv2.resize(image, (new_columns, new_rows), interpolation=interpolation))
+
+
+def pad_top_left(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` in the TOP-LEFT corner of a zero (black, like background) canvas.
+
+    A heatmap maps back to the crop by one division by the scale, with no offset.
+    """
+    padded = np.zeros(size, dtype=image.dtype)
+    padded[:image.shape[0], :image.shape[1]] = image
     return padded
+
+
+def resize_with_padding(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Fit ``image`` inside ``size`` = (height, width) keeping its aspect ratio, top-left."""
+    return pad_top_left(fit_inside(image, size), size)
+
+
+def canonical_orientation(image: np.ndarray, decoded: DecodedImage,
+                          laterality: Laterality | None) -> np.ndarray:
+    """Mirror ``image`` so the chest wall is on the LEFT.
+
+    Evidence, most direct first: the header's Patient Orientation (``decoded.chest_wall_side``),
+    then laterality (stored mammograms show a right breast with its chest wall on the right),
+    then the image itself. Flipping happens before any resampling, so a mirrored input gives
+    bit-identical output.
+    """
+    side = decoded.chest_wall_side
+    if side is None and laterality in (Laterality.LEFT, Laterality.RIGHT):
+        side = "right" if laterality is Laterality.RIGHT else "left"
+    if side is None:
+        work = working_copy(image)
+        side = chest_wall_side(breast_mask(work))
+    return np.ascontiguousarray(image[:, ::-1]) if side == "right" else image
+
+
+def resample_to_spacing(image: np.ndarray,
+                        spacing_mm: tuple[float, float] | None) -> np.ndarray:
+    """Shrink to ``TARGET_SPACING_MM`` pixels (never enlarge); square up non-square pixels.
+
+    Every image then carries about as much detail per millimetre as the training film scans
+    (mini-MIAS: 200 micron) before the final fit, whatever detector it came from.
+    """
+    if spacing_mm is None:
+        return image
+    row_mm, column_mm = spacing_mm
+    if not (row_mm > 0 and column_mm > 0):
+        return image
+    target = max(TARGET_SPACING_MM, row_mm, column_mm)
+    rows, columns = image.shape
+    new_rows, new_columns = round(rows * row_mm / target), round(columns * column_mm / target)
+    if (new_rows, new_columns) == (rows, columns):
+        return image
+    resized = cv2.resize(image, (max(1, new_columns), max(1, new_rows)),
+                         interpolation=cv2.INTER_AREA)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def crop_box(mask: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The mask's bounding box, plus a small margin, in the coordinates of ``shape``."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    columns = np.flatnonzero(mask.any(axis=0))
+    scale_r, scale_c = shape[0] / mask.shape[0], shape[1] / mask.shape[1]
+    top = max(0, int(rows[0]) - _CROP_MARGIN)
+    bottom = min(mask.shape[0], int(rows[-1]) + 1 + _CROP_MARGIN)
+    left = max(0, int(columns[0]) - _CROP_MARGIN)
+    right = min(mask.shape[1], int(columns[-1]) + 1 + _CROP_MARGIN)
+    return (slice(math.floor(top * scale_r), math.ceil(bottom * scale_r)),
+            slice(math.floor(left * scale_c), math.ceil(right * scale_c)))
+
+
+def stretch_range(work: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(low, high) intensity of the breast: percentiles inside the mask, never of the
+    background or the labels, so exposure and film density differences cancel out."""
+    inside = work[mask.astype(bool)]
+    if inside.size == 0:
+        inside = work.ravel()
+    low, high = (float(v) for v in np.percentile(inside, _STRETCH_PERCENTILES))
+    if high - low < MIN_CONTRAST:
+        low, high = float(inside.min()), float(inside.max())
+    return low, max(high, low + MIN_CONTRAST)
 
 
 def preprocess(decoded: DecodedImage, input_size: tuple[int, int], *,
                laterality: Laterality | None = None) -> np.ndarray:
     """Model input: float32, shape (height, width, 1), values in [0, 1]. Deterministic.
 
-    ``laterality`` (from the DICOM header or a manifest) will drive canonical orientation;
-    version 1 does not use it yet.
+    Steps: unit range (MONOCHROME1 inverted) -> validation -> chest wall to the left ->
+    physical pixel size -> breast mask on a small copy -> crop to the breast -> fit inside
+    ``input_size`` (aspect kept, top-left, zero padding) -> contrast stretch inside the
+    breast, background set to 0.
     """
-    del laterality
     image = validate(to_unit_range(decoded))
-    return resize_with_padding(image, input_size)[:, :, np.newaxis]
+    image = canonical_orientation(image, decoded, laterality)
+    image = resample_to_spacing(image, decoded.pixel_spacing_mm)
+    work = working_copy(image)
+    mask = breast_mask(work)
+    low, high = stretch_range(work, mask)
+    rows, columns = crop_box(mask, image.shape)
+    fitted = fit_inside(image[rows, columns], input_size)
+    small_rows, small_columns = crop_box(mask, mask.shape)
+    # The mask is enlarged to exactly the fitted crop; linear interpolation softens its
+    # blocky edge (it was computed at MASK_SIDE) into a smooth skin line.
+    breast = cv2.resize(mask[small_rows, small_columns].astype(np.float32),
+                        (fitted.shape[1], fitted.shape[0]), interpolation=cv2.INTER_LINEAR)
+    stretched = np.clip((fitted - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
+    out = pad_top_left((stretched * breast).astype(np.float32), input_size)
+    return out[:, :, np.newaxis]

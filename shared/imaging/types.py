@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -14,7 +15,9 @@ class ImageHeader:
     """What the producer learns from a file without decoding its pixels.
 
     ``identity`` is the deduplication key: ``"sop:<SOPInstanceUID>"`` for DICOM, or
-    ``"sha256:<hex of the file bytes>"`` for every other format.
+    ``"sha256:<hex of the file bytes>"`` for every other format. ``view_flags`` marks views
+    that are not standard screening views (``spot_compression``, ``magnification``...);
+    ``voi`` says which VOI LUT or window the reader applies when there are several.
     """
 
     format: str
@@ -30,6 +33,12 @@ class ImageHeader:
     columns: int | None = None
     manufacturer: str | None = None
     manufacturer_model: str | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    view_flags: tuple[str, ...] = ()
+    burned_in_annotation: bool | None = None
+    voi: str | None = None
+    # HMAC pseudonym of PatientID (``shared.pseudonym``); the raw ID is never held here.
+    patient_pseudonym: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,9 @@ class DecodedImage:
 
     ``max_value`` is the largest value the stored encoding can hold (e.g. 4095 for 12 bits
     stored). ``invert`` is true for MONOCHROME1, where high values are dark.
+    ``pixel_spacing_mm`` is (row spacing, column spacing) at the detector, when known.
+    ``chest_wall_side`` is where the chest wall lies in the stored pixels when the header
+    says so directly (DICOM Patient Orientation); None leaves it to laterality or the image.
     """
 
     pixels: np.ndarray
@@ -45,3 +57,5 @@ class DecodedImage:
     max_value: float
     invert: bool = False
     notes: dict[str, str] = field(default_factory=dict)
+    pixel_spacing_mm: tuple[float, float] | None = None
+    chest_wall_side: Literal["left", "right"] | None = None

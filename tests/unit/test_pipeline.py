@@ -85,7 +85,7 @@ def test_poison_image_is_quarantined_after_max_attempts(
     assert (result.done, result.failed) == (0, 1)
     with sessions() as s:
         image = s.get(Image, ids[0])
-    assert image is not None and image.error_code == "worker_crash"
+    assert image is not None and image.error_code == "poison"
     assert "crashed" in (image.error_message or "")
 
 

@@ -90,7 +90,7 @@ def test_preprocess_output_is_model_ready_and_deterministic() -> None:
     assert first.shape == (256, 208, 1) and first.dtype == np.float32
     assert first.min() >= 0.0 and first.max() <= 1.0 and first.max() > 0.5
     np.testing.assert_array_equal(first, preprocess(_decoded(pixels), (256, 208)))
-    assert PREPROCESSING_VERSION == "1"
+    assert PREPROCESSING_VERSION == "2"
 
 
 def test_preprocess_refuses_blank_images() -> None:

@@ -11,8 +11,6 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import encapsulate
-from pydicom.pixels.decoders.base import get_decoder
 
 from shared.enums import ErrorCode, Laterality, View
 from shared.errors import (
@@ -23,16 +21,17 @@ from shared.errors import (
     NotAMammogramError,
     TruncatedImageError,
     UnreadableImageError,
-    UnsupportedCompressionError,
     UnsupportedFormatError,
 )
 from shared.imaging.preprocess import to_unit_range
 from shared.imaging.readers import READERS, ImageReader, decode, read_header, reader_for
+from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_dicom
 
 BIG = 10**8
 SOP_UID = "1.2.826.0.1.3680043.8.498.1"
 SECRET_ID = "SECRET-PATIENT-4711"
+PSEUDONYMIZE = Pseudonymizer(b"unit-test-key-not-a-secret")
 
 
 @pytest.fixture
@@ -78,8 +77,9 @@ def test_dicom_round_trip_keeps_pixels_and_header(dicom_file: Path, pixels: np.n
     # The written full-range window maps every stored value onto itself.
     np.testing.assert_allclose(decoded.pixels, pixels, atol=1e-3)
 
-    header = read_header(dicom_file)
+    header = read_header(dicom_file, pseudonymize=PSEUDONYMIZE)
     assert header.identity == f"sop:{SOP_UID}"
+    assert header.patient_pseudonym == PSEUDONYMIZE(SECRET_ID)
     assert (header.laterality, header.view) == (Laterality.RIGHT, View.MLO)
     assert (header.rows, header.columns) == (128, 96)
     assert header.accession_number == "ACC42" and header.study_date == "20000101"
@@ -118,7 +118,7 @@ def test_voi_lut_is_preferred_over_the_window(dicom_file: Path, pixels: np.ndarr
     ds.RescaleSlope = 1.0  # float rescale output must still index the LUT
     ds.save_as(dicom_file)
     decoded = decode(dicom_file, max_pixels=BIG)
-    assert decoded.notes["voi"] == "lut" and decoded.max_value == 4095
+    assert decoded.notes["voi"].startswith("VOI LUT 1 of 1") and decoded.max_value == 4095
     np.testing.assert_array_equal(decoded.pixels, pixels // 2)
 
 
@@ -142,7 +142,7 @@ def test_monochrome1_is_flagged_and_inverts_to_the_same_image(
 
 def test_header_falls_back_to_content_hash_without_sop_uid(dicom_file: Path) -> None:
     _edit(dicom_file, SOPInstanceUID=None)
-    assert read_header(dicom_file).identity.startswith("sha256:")
+    assert read_header(dicom_file, pseudonymize=PSEUDONYMIZE).identity.startswith("sha256:")
 
 
 @pytest.mark.parametrize("changes, phrase", [
@@ -184,24 +184,12 @@ def test_truncated_pixel_data_is_reported_but_header_still_reads(dicom_file: Pat
                      f"{128 * 96 * 2:,} expected")
     assert "bytes" in error.message
     # The producer's header read never touches the pixels, so it still succeeds.
-    assert read_header(dicom_file).identity == f"sop:{SOP_UID}"
+    assert read_header(dicom_file, pseudonymize=PSEUDONYMIZE).identity == f"sop:{SOP_UID}"
 
 
 def test_too_large_is_refused_before_decoding(dicom_file: Path) -> None:
     _refused(dicom_file, ImageTooLargeError, ErrorCode.TOO_LARGE, "96 x 128",
              max_pixels=1000)
-
-
-def test_unsupported_compression_names_syntax_and_plugin(dicom_file: Path) -> None:
-    if get_decoder(pydicom.uid.JPEGLSLossless).is_available:
-        pytest.skip("a JPEG-LS plugin is installed, so the file would be decoded")
-    ds = pydicom.dcmread(dicom_file)
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLSLossless
-    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 60 + b"\xff\xd9"])
-    ds["PixelData"].VR = "OB"
-    ds.save_as(dicom_file)
-    _refused(dicom_file, UnsupportedCompressionError, ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
-             "JPEG-LS Lossless", "1.2.840.10008.1.2.4.80", "pyjpegls")
 
 
 @pytest.mark.parametrize("body", [b"", b"\x02\x00\x00\x00UL\x04\x00\x10"])
@@ -317,29 +305,3 @@ def test_importing_readers_never_imports_tensorflow() -> None:
 
 
 # --- real files (../shared/data, present in CI, absent in a fresh clone) --------------------
-
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"reference data absent: {DATA}")
-
-
-@pytest.mark.realdata
-@needs_data
-def test_real_dicom_files() -> None:
-    dicom = DATA / "dicom"
-    decoded = decode(dicom / "MG_Explicit_Little.dcm", max_pixels=BIG)
-    assert decoded.pixels.shape == (512, 512)
-    with pytest.raises(InputError):
-        decode(dicom / "GH1376.dcm", max_pixels=BIG)
-    try:
-        assert decode(dicom / "GH133.dcm", max_pixels=BIG).pixels.shape == (3062, 2394)
-    except UnsupportedCompressionError as error:
-        assert "JPEG Lossless" in error.message
-    assert read_header(dicom / "GH133.dcm").view is View.MLO
-
-
-@pytest.mark.realdata
-@needs_data
-def test_real_mini_mias_pngs() -> None:
-    for path in sorted((DATA / "mini-mias").glob("*.png"))[:3]:
-        decoded = decode(path, max_pixels=BIG)
-        assert decoded.pixels.shape == (1024, 1024) and decoded.max_value == 255

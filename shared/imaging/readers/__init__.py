@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.errors import UnreadableImageError, UnsupportedFormatError
-from shared.imaging.readers.base import HEAD_SIZE, ImageReader, read_head
+from shared.imaging.readers.base import HEAD_SIZE, ImageReader, Pseudonymize, read_head
 from shared.imaging.readers.dicom import DICOM
 from shared.imaging.readers.raster import JPEG, PGM, PNG, TIFF
 from shared.imaging.types import DecodedImage, ImageHeader
@@ -18,7 +18,7 @@ from shared.imaging.types import DecodedImage, ImageHeader
 # DICOM first: a DICOM file's preamble may itself look like a TIFF header (dual-format files).
 READERS: tuple[ImageReader, ...] = (DICOM, PNG, JPEG, TIFF, PGM)
 
-__all__ = ["READERS", "ImageReader", "decode", "read_header", "reader_for"]
+__all__ = ["READERS", "ImageReader", "Pseudonymize", "decode", "read_header", "reader_for"]
 
 
 def reader_for(path: Path) -> ImageReader:
@@ -38,9 +38,13 @@ def reader_for(path: Path) -> ImageReader:
     )
 
 
-def read_header(path: Path) -> ImageHeader:
-    """Identity and metadata without decoding pixels: what the producer needs."""
-    return reader_for(path).read_header(Path(path))
+def read_header(path: Path, *, pseudonymize: Pseudonymize | None = None) -> ImageHeader:
+    """Identity and metadata without decoding pixels: what the producer needs.
+
+    ``pseudonymize`` turns a DICOM PatientID into its keyed pseudonym; without it, a file
+    that carries a PatientID is refused with ``no_pseudonym_key``.
+    """
+    return reader_for(path).read_header(Path(path), pseudonymize=pseudonymize)
 
 
 def decode(path: Path, *, max_pixels: int) -> DecodedImage:

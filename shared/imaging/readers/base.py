@@ -8,6 +8,7 @@ what are its pixels (``decode``, in the worker)?
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -17,6 +18,9 @@ from shared.imaging.types import DecodedImage, ImageHeader
 # 128-byte DICOM preamble + "DICM": enough to recognise every format we read.
 HEAD_SIZE = 132
 _CHUNK = 1 << 20
+
+# PatientID -> keyed pseudonym (``shared.pseudonym.Pseudonymizer``); None: no key configured.
+Pseudonymize = Callable[[str], str]
 
 
 @runtime_checkable
@@ -29,8 +33,13 @@ class ImageReader(Protocol):
         """True when ``head`` (the first 132 bytes, or fewer for a short file) is ours."""
         ...
 
-    def read_header(self, path: Path) -> ImageHeader:
-        """Identity and metadata, without decoding the pixels."""
+    def read_header(self, path: Path, *, pseudonymize: Pseudonymize | None = None
+                    ) -> ImageHeader:
+        """Identity and metadata, without decoding the pixels.
+
+        A format that carries a patient ID (DICOM) stores only ``pseudonymize(id)``, and
+        refuses the file (``no_pseudonym_key``) when there is an ID and no ``pseudonymize``.
+        """
         ...
 
     def decode(self, path: Path, *, max_pixels: int) -> DecodedImage:

@@ -6,8 +6,15 @@ the width of the VOI output range, not of the stored bits. MONOCHROME1 (high val
 NOT inverted here; ``DecodedImage.invert`` is set and preprocessing inverts it.
 
 Patient-identifying elements are never read into an ``ImageHeader`` and never appear in a
-message; pydicom's own error texts are safe to repeat because we never ask it to convert
-patient elements, which is where such values would surface.
+message: PatientID is read only to be turned into a keyed pseudonym at once (and a file that
+carries one is refused when no key is configured). pydicom's own error texts are safe to
+repeat because we never ask it to convert patient elements.
+
+Decoding plugins are chosen per transfer syntax and passed explicitly (pydicom would try GDCM
+first everywhere): GDCM (BSD) for the JPEG family, pyjpegls (MIT) for JPEG-LS, pylibjpeg with
+pylibjpeg-openjpeg (MIT) for JPEG 2000. pylibjpeg-libjpeg (GPL-3.0) is never preferred; it
+is used only when it is the one decoder installed for a syntax. 12-bit JPEG Extended, which
+no plugin accepts, goes to GDCM's own reader (``gdcm_direct``).
 """
 
 from __future__ import annotations
@@ -23,34 +30,50 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGExtended12Bit
 
-from shared.enums import Laterality, View
+from shared.enums import Laterality
 from shared.errors import (
     InputError,
+    PseudonymKeyMissingError,
     UnreadableImageError,
     UnsupportedCompressionError,
 )
 from shared.imaging.readers import dicom_checks as checks
-from shared.imaging.readers.base import check_pixel_count, open_error, sha256_identity
+from shared.imaging.readers import dicom_meta as meta
+from shared.imaging.readers import gdcm_direct
+from shared.imaging.readers.base import (
+    Pseudonymize,
+    check_pixel_count,
+    open_error,
+    sha256_identity,
+)
 from shared.imaging.types import DecodedImage, ImageHeader
+from shared.pseudonym import KEY_HINT
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-# Only these are parsed for the producer: nothing about the patient, by construction.
+# Only these are parsed for the producer. PatientID is hashed at once, never kept.
 _HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
     "AccessionNumber", "StudyDate", "ImageLaterality", "Laterality", "ViewPosition",
     "ViewCodeSequence", "Rows", "Columns", "Manufacturer", "ManufacturerModelName",
+    "ImagerPixelSpacing", "PixelSpacing", "BurnedInAnnotation", "PaddleDescription",
+    "EstimatedRadiographicMagnificationFactor", "ImageType", "WindowCenter", "WindowWidth",
+    "WindowCenterWidthExplanation", "VOILUTFunction", "VOILUTSequence", "PatientID",
 ]
-# (0054,0220) View Code Sequence values, for files that leave ViewPosition empty.
-_VIEW_CODES = {
-    "R-10242": View.CC, "399162004": View.CC, "R-10226": View.MLO, "399368009": View.MLO,
-    "R-10224": View.ML, "399260004": View.ML, "R-10228": View.LM, "399352003": View.LM,
+_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+         "1.2.840.10008.1.2.4.70")
+_JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+_J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+# Fastest permissive plugin first, per syntax (tests/benchmarks/decode.py measures them).
+PREFERRED_PLUGINS: dict[str, tuple[str, ...]] = {
+    **{uid: ("gdcm", "pillow") for uid in _JPEG},
+    **{uid: ("pyjpegls", "gdcm") for uid in _JPEG_LS},
+    **{uid: ("pylibjpeg", "pillow", "gdcm") for uid in _J2K},
+    "1.2.840.10008.1.2.5": ("pylibjpeg", "gdcm", "pydicom"),  # RLE Lossless
 }
-# With several plugins installed pydicom tries gdcm first even where it is slower.
-_PREFERRED_PLUGINS = ("pyjpegls", "pylibjpeg", "pydicom", "gdcm", "pillow")
 
 
 class DicomReader:
@@ -60,15 +83,16 @@ class DicomReader:
         # Part 10: a 128-byte preamble then "DICM", whatever the file is called.
         return head[128:132] == b"DICM"
 
-    def read_header(self, path: Path) -> ImageHeader:
+    def read_header(self, path: Path, *, pseudonymize: Pseudonymize | None = None
+                    ) -> ImageHeader:
         with _quiet_pydicom():
-            return _guarded(path, self._header, path)
+            return _guarded(path, self._header, path, pseudonymize)
 
     def decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
         with _quiet_pydicom():
             return self._decode(path, max_pixels=max_pixels)
 
-    def _header(self, path: Path) -> ImageHeader:
+    def _header(self, path: Path, pseudonymize: Pseudonymize | None) -> ImageHeader:
         ds = _read(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         sop = _text(ds, "SOPInstanceUID")
         return ImageHeader(
@@ -81,11 +105,16 @@ class DicomReader:
             study_date=_text(ds, "StudyDate"),
             laterality=Laterality.parse(
                 _text(ds, "ImageLaterality") or _text(ds, "Laterality")),
-            view=_view(ds),
+            view=meta.view(ds),
             rows=_optional_int(ds, "Rows"),
             columns=_optional_int(ds, "Columns"),
             manufacturer=_text(ds, "Manufacturer"),
             manufacturer_model=_text(ds, "ManufacturerModelName"),
+            pixel_spacing_mm=meta.pixel_spacing(ds),
+            view_flags=meta.view_flags(ds),
+            burned_in_annotation=meta.burned_in_annotation(ds),
+            voi=meta.voi_description(ds),
+            patient_pseudonym=_pseudonym(ds, path, pseudonymize),
         )
 
     def _decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
@@ -99,10 +128,13 @@ class DicomReader:
         ds = _read(path)
         _guarded(path, checks.pixel_length, ds, syntax, path)
         pixels, max_value, voi = _guarded(path, _display_pixels, ds, syntax, plugin, path)
-        notes.update(transfer_syntax=syntax.name, voi=voi)
+        notes.update(transfer_syntax=syntax.name, voi=meta.voi_description(ds) or voi)
+        if plugin:
+            notes["decoder"] = plugin
         return DecodedImage(
             pixels=pixels, format=self.format_name, max_value=max_value,
             invert=_text(ds, "PhotometricInterpretation") == "MONOCHROME1", notes=notes,
+            pixel_spacing_mm=meta.pixel_spacing(ds), chest_wall_side=meta.chest_wall_side(ds),
         )
 
 
@@ -145,64 +177,92 @@ def _guarded(path: Path, step: Callable[_P, _T], *args: _P.args, **kwargs: _P.kw
 
 
 def _plugin_for(syntax: UID, path: Path) -> str:
-    """The decoding plugin to use ("" for pydicom's choice); refuse syntaxes nobody decodes."""
+    """The decoding plugin to use ("" for pydicom's own); refuse syntaxes nobody decodes."""
+    if syntax == JPEGExtended12Bit and gdcm_direct.available():
+        return "gdcm"  # 8-bit streams go through pydicom's plugin, 12-bit ones direct
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
         raise UnsupportedCompressionError(checks.no_decoder_message(syntax, path)) from None
-    if decoder.is_native:
+    if decoder.is_native and str(syntax) not in PREFERRED_PLUGINS:
         return ""
     available = decoder.available_plugins
     if not available:
         raise UnsupportedCompressionError(checks.no_decoder_message(syntax, path))
-    return next((name for name in _PREFERRED_PLUGINS if name in available), "")
+    preferred = PREFERRED_PLUGINS.get(str(syntax), ())
+    return next((name for name in preferred if name in available), sorted(available)[0])
 
 
-def _display_pixels(ds: Dataset, syntax: UID, plugin: str,
-                    path: Path) -> tuple[np.ndarray, float, str]:
+def _stored_values(ds: Dataset, syntax: UID, plugin: str, path: Path) -> np.ndarray:
+    if syntax == JPEGExtended12Bit and int(ds.get("BitsStored") or 8) > 8:
+        if not gdcm_direct.available():
+            raise UnsupportedCompressionError(
+                f"{checks.no_decoder_message(syntax, path)} (12-bit JPEG Extended: only "
+                "python-gdcm decodes it)")
+        return gdcm_direct.decode_stored_values(path, int(ds.Rows), int(ds.Columns))
     try:
         ds.pixel_array_options(decoding_plugin=plugin)
-        stored = ds.pixel_array
+        return ds.pixel_array
     except (RuntimeError, ValueError, NotImplementedError) as exc:
         text = _summary(exc)
         if syntax.is_compressed and "support" in text:
-            # An installed plugin exists but cannot do this variant (e.g. 12-bit JPEG).
+            # An installed plugin exists but cannot do this variant.
             raise UnsupportedCompressionError(
                 f"{checks.no_decoder_message(syntax, path)} (installed: {text})") from exc
         raise UnreadableImageError(
             f"{path.name}: the (7FE0,0010) Pixel Data could not be decoded: {text}.") from exc
+
+
+def _display_pixels(ds: Dataset, syntax: UID, plugin: str,
+                    path: Path) -> tuple[np.ndarray, float, str]:
+    stored = _stored_values(ds, syntax, plugin, path)
     if stored.ndim != 2:
         raise UnreadableImageError(
             f"{path.name}: decoded pixel data has shape {stored.shape}, not one 2-D image.")
-    values = apply_modality_lut(stored, ds)
     voi = checks.voi_kind(ds)
-    if voi == "lut" and np.issubdtype(values.dtype, np.floating):
-        # A VOI LUT indexes by integer; rescale of X-ray images is integral anyway.
-        values = np.rint(values).astype(np.int64)
-    values = apply_voi_lut(values, ds, prefer_lut=True)
     low, high = checks.output_range(ds, voi)
     if high <= low:
         raise UnreadableImageError(
             f"{path.name}: the rescale/VOI output range is empty ({low} to {high}).")
+    if np.issubdtype(stored.dtype, np.integer) and stored.dtype.itemsize <= 2:
+        # Every stored value maps the same way: transform each distinct value once (at most
+        # 65,536) and look the pixels up, instead of float64 arithmetic on 14 M pixels.
+        first = int(stored.min())
+        domain = np.arange(first, int(stored.max()) + 1, dtype=np.int64)
+        table = _to_display(domain, ds, voi, low, high)
+        unsigned_from_zero = first == 0 and stored.dtype.kind == "u"
+        index = stored if unsigned_from_zero else stored.astype(np.int32) - first
+        return table[index], float(high - low), voi
+    return _to_display(stored, ds, voi, low, high), float(high - low), voi
+
+
+def _to_display(stored: np.ndarray, ds: Dataset, voi: str, low: float,
+                high: float) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window, shifted so the darkest output is 0 (float32)."""
+    values = apply_modality_lut(stored, ds)
+    if voi == "lut" and np.issubdtype(values.dtype, np.floating):
+        # A VOI LUT indexes by integer; rescale of X-ray images is integral anyway.
+        values = np.rint(values).astype(np.int64)
+    values = apply_voi_lut(values, ds, prefer_lut=True)
     # float32 holds every 16-bit value exactly and halves the memory of a 60 MB mammogram.
     shifted = np.asarray(values, dtype=np.float32) - np.float32(low)
     np.clip(shifted, 0.0, high - low, out=shifted)
-    return shifted, float(high - low), voi
+    return shifted
 
 
-def _view(ds: Dataset) -> View | None:
-    view = View.parse(_text(ds, "ViewPosition"))
-    if view is not None:
-        return view
-    codes = ds.get("ViewCodeSequence") or []
-    code = str(codes[0].get("CodeValue", "")) if len(codes) else ""
-    return _VIEW_CODES.get(code)
+def _pseudonym(ds: Dataset, path: Path, pseudonymize: Pseudonymize | None) -> str | None:
+    patient_id = _text(ds, "PatientID")
+    if patient_id is None:
+        return None
+    if pseudonymize is None:
+        raise PseudonymKeyMissingError(
+            f"{path.name} carries a (0010,0020) Patient ID and no key is configured to "
+            f"pseudonymise it; patient IDs are never stored in clear. To accept it, "
+            f"{KEY_HINT}.")
+    return pseudonymize(patient_id)
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    text = str(value).strip() if value is not None else ""
-    return text or None
+_text = meta.text
 
 
 def _optional_int(ds: Dataset, keyword: str) -> int | None:

@@ -121,6 +121,11 @@ def transfer_syntax(ds: Dataset, path: Path) -> UID:
 def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
     """Refuse missing pixel data, and uncompressed pixel data shorter than the header says."""
     if "PixelData" not in ds:
+        if _pixel_data_tag_present(path):
+            # pydicom drops an encapsulated Pixel Data element whose end is missing.
+            raise TruncatedImageError(
+                f"{path.name} is truncated: its (7FE0,0010) Pixel Data element starts but the "
+                f"file ends ({path.stat().st_size:,} bytes) before the element does.")
         raise MissingPixelDataError(f"{path.name} contains no (7FE0,0010) Pixel Data.")
     if syntax.is_compressed:
         return  # encapsulated: the decoder notices a damaged stream
@@ -134,6 +139,15 @@ def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
             f"{path.name} is truncated: (7FE0,0010) Pixel Data holds {found:,} bytes, "
             f"{expected:,} expected for {ds.Columns} x {ds.Rows} at {bits} bits allocated."
         )
+
+
+def _pixel_data_tag_present(path: Path) -> bool:
+    """Whether the (7FE0,0010) tag occurs in the file (little-endian, as in every syntax
+    we decode); only called on the error path, so reading the file is affordable."""
+    try:
+        return b"\xe0\x7f\x10\x00" in path.read_bytes()
+    except OSError:
+        return False
 
 
 def no_decoder_message(syntax: UID, path: Path) -> str:

@@ -18,8 +18,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from shared.errors import TruncatedImageError, UnreadableImageError
-from shared.imaging.readers.base import check_pixel_count, read_bytes, read_head, sha256_identity
+from shared.errors import TruncatedImageError, UnexpectedChannelsError, UnreadableImageError
+from shared.imaging.readers.base import (
+    Pseudonymize,
+    check_pixel_count,
+    read_bytes,
+    read_head,
+    sha256_identity,
+)
 from shared.imaging.types import DecodedImage, ImageHeader
 
 _FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH
@@ -28,6 +34,10 @@ _TRAILER_WINDOW = 1024
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
                        0xCF})
 _PGM_FIELD = re.compile(rb"(?:\s+|#[^\n]*\n)*(\d+)")
+# Grey stored as colour: channels within 6 % of the range of each other on all but 1 % of
+# the pixels (JPEG chroma subsampling blurs colour at edges, not more).
+_GREY_SPREAD = 0.06
+_COLOURED_SHARE = 0.01
 
 
 class RasterReader:
@@ -40,7 +50,9 @@ class RasterReader:
     def sniff(self, head: bytes) -> bool:
         return head.startswith(self._magics)
 
-    def read_header(self, path: Path) -> ImageHeader:
+    def read_header(self, path: Path, *, pseudonymize: Pseudonymize | None = None
+                    ) -> ImageHeader:
+        # Raster formats carry no patient ID (a manifest may: see producer/manifest.py).
         # The identity needs every byte anyway; the size comes from the head when cheap.
         identity = sha256_identity(path)
         try:
@@ -63,7 +75,7 @@ class RasterReader:
                 f"{path.name} looks like a {self.format_name.upper()} file but could not be "
                 "decoded: it is damaged or uses a variant OpenCV does not read."
             )
-        pixels, notes = _to_grayscale(image)
+        pixels, notes = _to_grayscale(image, path)
         # Formats without a cheap size check (TIFF) are checked once decoded.
         check_pixel_count(path, pixels.shape[0], pixels.shape[1], max_pixels)
         return DecodedImage(pixels=pixels, format=self.format_name,
@@ -190,7 +202,12 @@ def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
     return columns, rows, maxval, pos
 
 
-def _to_grayscale(image: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+def _to_grayscale(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
+    """One grey channel. Grey saved as RGB(A) is accepted; a true colour image is refused.
+
+    Scanners and exporters often save grey as three equal channels; lossy JPEG then makes
+    them differ by a few levels, so "grey" allows a small spread between channels.
+    """
     if image.ndim == 2:
         return image, {}
     channels = image.shape[2]
@@ -198,8 +215,17 @@ def _to_grayscale(image: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
         return image[:, :, 0], {}
     if channels == 2:  # grey + alpha
         return np.ascontiguousarray(image[:, :, 0]), {"alpha": "alpha channel ignored"}
+    colour = image[:, :, :3]
+    spread = colour.max(axis=2).astype(np.float32) - colour.min(axis=2)
+    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
+    coloured = float((spread > _GREY_SPREAD * top).mean())
+    if coloured > _COLOURED_SHARE:
+        raise UnexpectedChannelsError(
+            f"{path.name} is a colour image ({channels} channels, {coloured:.0%} of pixels "
+            "clearly coloured); a mammogram is grayscale."
+        )
     code = cv2.COLOR_BGRA2GRAY if channels == 4 else cv2.COLOR_BGR2GRAY
-    return cv2.cvtColor(image, code), {"colour": "converted to grayscale"}
+    return cv2.cvtColor(image, code), {"colour": "grey stored as colour channels, merged"}
 
 
 TIFF = RasterReader("tiff", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))

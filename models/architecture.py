@@ -1,0 +1,90 @@
+"""A small all-convolutional patch classifier, and the whole-image model built from it.
+
+Following Shen et al. (2019, "Deep learning to improve breast cancer detection on screening
+mammography"): the network first learns normal / benign / malignant on small patches cut
+around the annotated circles, where the signal is dense; the same convolutions then slide
+over the whole image (no retraining needed, it is fully convolutional), giving a
+per-location probability map. A tiny head turns the map's strongest evidence into
+calibrated image probabilities, and the map itself is the heatmap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from models.layers import AbnormalityMap, LesionEvidence
+
+STRIDE = 16  # input pixels per output location
+WIDTHS = (16, 32, 64, 96, 128)
+
+
+def build_trunk(name: str, *, widths: Sequence[int] = WIDTHS, dropout: float = 0.2) -> Any:
+    """Conv layers mapping (h, w, 1) to per-location class logits (h/16, w/16, 3)."""
+    import keras
+
+    layers: list[Any] = [keras.Input((None, None, 1)),
+                         keras.layers.Conv2D(widths[0], 3, strides=2, padding="same",
+                                             use_bias=False)]
+    layers += [keras.layers.BatchNormalization(momentum=0.9), keras.layers.ReLU()]
+    for width in widths[1:4]:
+        layers += [keras.layers.MaxPooling2D(2),
+                   keras.layers.Conv2D(width, 3, padding="same", use_bias=False),
+                   keras.layers.BatchNormalization(momentum=0.9), keras.layers.ReLU()]
+    layers += [keras.layers.Conv2D(widths[4], 3, padding="same", use_bias=False),
+               keras.layers.BatchNormalization(momentum=0.9), keras.layers.ReLU(),
+               keras.layers.SpatialDropout2D(dropout),
+               keras.layers.Conv2D(3, 1, kernel_regularizer=keras.regularizers.L2(1e-4))]
+    return keras.Sequential(layers, name=name)
+
+
+def build_patch_model(trunk: Any, patch: int) -> Any:
+    """Trunk + average over the patch's locations + softmax: what patches are trained with."""
+    import keras
+
+    inputs = keras.Input((patch, patch, 1))
+    logits = keras.layers.GlobalAveragePooling2D()(trunk(inputs))
+    return keras.Model(inputs, keras.layers.Softmax()(logits), name="patch_classifier")
+
+
+def build_whole_image_model(
+    trunks: Sequence[Any], *, input_size: tuple[int, int], patch: int,
+    head_weights: np.ndarray, head_bias: np.ndarray, top_k: int = 5,
+) -> Any:
+    """Ensemble of trunks -> per-location probabilities -> evidence -> calibrated softmax.
+
+    Outputs ``{"probabilities": (n, 3), "heatmap": (n, gh, gw)}`` from one forward pass.
+    ``head_weights`` (6, 3) and ``head_bias`` (3,) already include the fitted temperature.
+    """
+    import keras
+
+    inputs = keras.Input((*input_size, 1), name="image")
+    maps = [t(inputs) for t in trunks]
+    logits = maps[0] if len(maps) == 1 else keras.layers.Average()(maps)
+    window = patch // STRIDE
+    # Each location then scores one patch-sized window: exactly what the trunk was trained on.
+    logits = keras.layers.AveragePooling2D(window, strides=1, padding="valid")(logits)
+    probabilities = keras.layers.Softmax(axis=-1)(logits)
+    evidence = LesionEvidence(top_k=top_k)(probabilities)
+    head = keras.layers.Dense(3, name="calibrated_head")
+    image_logits = head(evidence)
+    head.set_weights([np.asarray(head_weights, np.float32), np.asarray(head_bias, np.float32)])
+    outputs = {"probabilities": keras.layers.Softmax(name="probabilities")(image_logits),
+               "heatmap": AbnormalityMap(name="heatmap")(probabilities)}
+    return keras.Model(inputs, outputs, name="mammo_patch_fcn")
+
+
+def build_map_model(trunks: Sequence[Any], *, input_size: tuple[int, int], patch: int,
+                    top_k: int = 5) -> Any:
+    """Trunks -> ``{"evidence": (n, 6), "heatmap": (n, gh, gw)}``: the head's inputs."""
+    import keras
+
+    inputs = keras.Input((*input_size, 1))
+    maps = [t(inputs) for t in trunks]
+    logits = maps[0] if len(maps) == 1 else keras.layers.Average()(maps)
+    logits = keras.layers.AveragePooling2D(patch // STRIDE, strides=1)(logits)
+    probabilities = keras.layers.Softmax(axis=-1)(logits)
+    return keras.Model(inputs, {"evidence": LesionEvidence(top_k=top_k)(probabilities),
+                                "heatmap": AbnormalityMap()(probabilities)})

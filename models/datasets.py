@@ -1,0 +1,124 @@
+"""Labelled images for training and evaluation, from the three layouts PRODUCT.md accepts.
+
+* a MIAS-style folder: ``Info.txt`` plus ``mdbNNN.pgm`` or ``mdbNNN.png`` (see ``models.mias``);
+* a CSV manifest: ``path,label`` with optional ``patient_id,laterality,view``;
+* a folder per class: ``normal/``, ``benign/``, ``malignant/``.
+
+Only the MIAS layout carries lesion circles; the others train with weak (image-level) labels.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.enums import CLASSES, Label, Laterality
+from shared.errors import DatasetError
+
+IMAGE_SUFFIXES = (".png", ".pgm", ".dcm", ".dicom", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A circle enclosing a finding, in original pixel coordinates, origin top-left."""
+
+    x: float
+    y: float
+    radius: float
+    severity: Label
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    id: str
+    path: Path
+    label: Label
+    patient_id: str
+    laterality: Laterality | None = None
+    view: str | None = None
+    rois: tuple[Roi, ...] = field(default=())
+
+    @property
+    def class_index(self) -> int:
+        return CLASSES.index(self.label)
+
+
+def parse_label(value: str, where: str) -> Label:
+    try:
+        return Label(value.strip().lower())
+    except ValueError:
+        raise DatasetError(f"{where}: label {value!r} is not one of "
+                           f"{', '.join(c.value for c in CLASSES)}.") from None
+
+
+def load_dataset(path: Path) -> list[LabelledImage]:
+    """Recognise the layout of ``path`` and return its images, sorted by id."""
+    from models.mias import INFO_FILE, load_mias
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist.")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        images = load_manifest(path)
+    elif (path / INFO_FILE).is_file():
+        images = load_mias(path)
+    elif path.is_dir() and any((path / c.value).is_dir() for c in CLASSES):
+        images = load_class_folders(path)
+    else:
+        raise DatasetError(
+            f"{path} is none of the accepted layouts: a MIAS folder (Info.txt + mdbNNN images), "
+            "a CSV manifest (path,label[,patient_id,laterality,view]) or a folder per class "
+            "(normal/, benign/, malignant/).")
+    if not images:
+        raise DatasetError(f"{path} holds no labelled images.")
+    return sorted(images, key=lambda i: i.id)
+
+
+def load_manifest(path: Path) -> list[LabelledImage]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = {c.strip().lower() for c in reader.fieldnames or ()}
+        if not {"path", "label"} <= columns:
+            raise DatasetError(f"{path.name} needs the columns path,label "
+                               f"(found: {', '.join(sorted(columns)) or 'none'}).")
+        images = []
+        for line, raw in enumerate(reader, start=2):
+            row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+            image_path = Path(row["path"])
+            if not image_path.is_absolute():
+                image_path = path.parent / image_path
+            image_id = image_path.stem
+            images.append(LabelledImage(
+                id=image_id, path=image_path,
+                label=parse_label(row["label"], f"{path.name} line {line}"),
+                patient_id=row.get("patient_id") or image_id,
+                laterality=Laterality.parse(row.get("laterality") or None),
+                view=row.get("view") or None,
+            ))
+    _require_unique_ids(images, path)
+    return images
+
+
+def load_class_folders(path: Path) -> list[LabelledImage]:
+    images = []
+    for label in CLASSES:
+        folder = path / label.value
+        if not folder.is_dir():
+            continue
+        for image_path in sorted(folder.iterdir()):
+            if image_path.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(LabelledImage(id=f"{label.value}/{image_path.stem}",
+                                            path=image_path, label=label,
+                                            patient_id=f"{label.value}/{image_path.stem}"))
+    return images
+
+
+def _require_unique_ids(images: Sequence[LabelledImage], source: Path) -> None:
+    seen: set[str] = set()
+    for image in images:
+        if image.id in seen:
+            raise DatasetError(f"{source.name} lists two images named {image.id!r}; "
+                               "image file names must be unique.")
+        seen.add(image.id)

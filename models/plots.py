@@ -1,0 +1,124 @@
+"""The PNG figures each training run writes (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shared.enums import CLASSES
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(histories: Sequence[dict[str, list[float]]], path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for k, history in enumerate(histories):
+        epochs = np.arange(1, len(history["loss"]) + 1)
+        for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+            ax.plot(epochs, history[key], color=f"C{k}", lw=1, label=f"fold {k + 1} train")
+            ax.plot(epochs, history[f"val_{key}"], color=f"C{k}", lw=1, ls="--",
+                    label=f"fold {k + 1} validation")
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"patch {key}")
+        ax.set_title(f"Patch {key} per epoch (train solid, inner validation dashed)")
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def confusion(matrix: list[list[int]], path: Path, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    data = np.asarray(matrix)
+    ax.imshow(data, cmap="Blues")
+    names = [c.value for c in CLASSES]
+    ax.set_xticks(range(3), names)
+    ax.set_yticks(range(3), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    for (i, j), value in np.ndenumerate(data):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > data.max() / 2 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def roc_curves(truth: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> None:
+    """Abnormal-vs-normal and malignant-vs-rest ROC, one line per model in ``curves``."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    tasks = (("abnormal vs normal", truth > 0, lambda p: p[:, 1] + p[:, 2]),
+             ("malignant vs rest", truth == 2, lambda p: p[:, 2]))
+    for ax, (title, positive, score) in zip(axes, tasks, strict=True):
+        for k, (name, probs) in enumerate(curves.items()):
+            if positive.all() or not positive.any():
+                continue
+            fpr, tpr, _ = roc_curve(positive, score(probs))
+            auc = roc_auc_score(positive, score(probs))
+            ax.plot(fpr, tpr, color=f"C{k}", label=f"{name} (AUC {auc:.2f})")
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+        ax.set_xlabel("1 - specificity")
+        ax.set_ylabel("sensitivity")
+        ax.set_title(title)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def reliability(truth: np.ndarray, probs: np.ndarray, path: Path, bins: int = 10) -> None:
+    plt = _pyplot()
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == truth
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    centres, accuracy, counts = [], [], []
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            centres.append(confidence[members].mean())
+            accuracy.append(correct[members].mean())
+            counts.append(int(members.sum()))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
+    ax.plot(centres, accuracy, marker="o", label="model (validation)")
+    for x, y, n in zip(centres, accuracy, counts, strict=True):
+        ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability diagram (images per bin)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def localisation(ratios: Sequence[float], path: Path) -> None:
+    """Distance from the heatmap peak to the circle's centre, in circle radii."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(np.clip(np.asarray(ratios, dtype=np.float64), 0, 10), bins=20, range=(0, 10))
+    ax.axvline(1.0, color="C3", ls="--", label="circle edge")
+    ax.set_xlabel("peak distance to lesion centre / circle radius (clipped at 10)")
+    ax.set_ylabel("abnormal validation images")
+    ax.set_title("Where the heatmap peaks, relative to the annotated circle", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

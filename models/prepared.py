@@ -1,0 +1,80 @@
+"""Decode and preprocess a labelled set once, through the same code the worker uses.
+
+Lesion circles are carried into the model's input frame by ``models.roi_mapping``, so patch
+labels follow whatever geometry the shared preprocessing applies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.datasets import LabelledImage
+from models.roi_mapping import InputCircle, circles_in_input
+from shared.errors import DatasetError, InputError
+from shared.imaging.preprocess import preprocess
+from shared.imaging.readers import decode
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PreparedSet:
+    images: list[LabelledImage]
+    pixels: np.ndarray  # (n, h, w) float16 in [0, 1]: the model input, minus the channel axis
+    circles: list[list[InputCircle]]
+    skipped: list[tuple[str, str]]
+
+    _tissue: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def tissue(self, index: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) of the pixels brighter than ``threshold`` in image ``index``, cached."""
+        if self._tissue is None:
+            self._tissue = []
+            for p in self.pixels:
+                rows, cols = np.nonzero(p > threshold)
+                self._tissue.append((rows, cols))
+        return self._tissue[index]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([i.class_index for i in self.images], dtype=np.int64)
+
+    @property
+    def patients(self) -> np.ndarray:
+        return np.array([i.patient_id for i in self.images])
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> PreparedSet:
+        idx = [int(i) for i in index]
+        return PreparedSet([self.images[i] for i in idx], self.pixels[idx],
+                           [self.circles[i] for i in idx], [])
+
+
+def prepare(images: Sequence[LabelledImage], input_size: tuple[int, int], *, max_pixels: int,
+            progress: Progress | None = None) -> PreparedSet:
+    kept: list[LabelledImage] = []
+    arrays: list[np.ndarray] = []
+    circles: list[list[InputCircle]] = []
+    skipped: list[tuple[str, str]] = []
+    for n, image in enumerate(images, start=1):
+        try:
+            decoded = decode(image.path, max_pixels=max_pixels)
+            tensor = preprocess(decoded, input_size, laterality=image.laterality)
+        except InputError as exc:  # one unreadable file never stops training
+            skipped.append((image.id, exc.message))
+            continue
+        kept.append(image)
+        arrays.append(tensor[:, :, 0].astype(np.float16))
+        circles.append(circles_in_input(image, decoded, input_size))
+        if progress and (n % 50 == 0 or n == len(images)):
+            progress(f"preprocessed {n}/{len(images)} images")
+    if not kept:
+        raise DatasetError("None of the images could be read; see the messages above.")
+    for image_id, message in skipped:
+        log.warning("skipped %s: %s", image_id, message)
+    return PreparedSet(kept, np.stack(arrays), circles, skipped)

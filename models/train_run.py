@@ -1,0 +1,205 @@
+"""``mammo train``: cross-validate, compare with the baseline, calibrate, and write the model.
+
+1. Preprocess every image once, through the worker's own preprocessing.
+2. K patient-level folds. Per fold, train one patch trunk (early stopping on an inner
+   patient split of the training part), then score the held-out fold's whole images.
+3. Held-out evidence -> image head fitted on the other folds -> held-out probabilities:
+   the validation metrics (bootstrap CIs over patients), the localisation rate, and the
+   same folds for the feature-based baseline.
+4. The shipped model: the K fold trunks as an ensemble, with the head fitted on all
+   held-out evidence; plots, metadata and MODEL_CARD.md beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import metrics, plots
+from models.baseline import cross_validated_probabilities, feature_matrix
+from models.calibration import fit_head
+from models.datasets import LabelledImage, load_dataset
+from models.heatmaps import localisation_rate, peak_distance_ratio
+from models.patches import PatchPlan
+from models.prepared import PreparedSet, prepare
+from models.registry import MODEL_FILE, file_sha256, write_model_dir
+from models.splits import inner_validation, patient_folds
+from models.training import TrainOptions, predict_maps, train_trunk
+from shared.enums import CLASSES
+from shared.imaging.preprocess import PREPROCESSING_VERSION, TARGET_SPACING_MM
+
+Progress = Callable[[str], None]
+PLOTS = {
+    "training_curves": "training_curves.png",
+    "confusion_matrix": "confusion_matrix.png",
+    "roc": "roc.png",
+    "reliability": "reliability.png",
+    "localisation": "localisation.png",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "default"
+    version: str = "1.0.0"
+    input_size: tuple[int, int] = (512, 512)
+    folds: int = 5
+    seed: int = 20261125
+    epochs: int = 30
+    patience: int = 8
+    patch: int = 64
+    bootstrap_rounds: int = 1000
+    max_pixels: int = 80_000_000
+    command: str = "mammo train DATA"  # recorded in the metadata and the model card
+
+
+@dataclass
+class CrossValidation:
+    probabilities: np.ndarray
+    evidence: np.ndarray
+    heatmaps: list[np.ndarray]
+    histories: list[dict[str, list[float]]] = field(default_factory=list)
+    trunks: list[Any] = field(default_factory=list)
+    best_epochs: list[int] = field(default_factory=list)
+
+
+def data_hash(images: list[LabelledImage]) -> str:
+    """sha256 over (id, label, file sha256) of every image: names the exact training data."""
+    digest = hashlib.sha256()
+    for image in sorted(images, key=lambda i: i.id):
+        digest.update(f"{image.id}\t{image.label.value}\t{file_sha256(image.path)}\n".encode())
+    return digest.hexdigest()
+
+
+def cross_validate(data: PreparedSet, config: TrainConfig,
+                   folds: list[tuple[np.ndarray, np.ndarray]], say: Progress) -> CrossValidation:
+    n = len(data.images)
+    labels, patients = data.labels, data.patients
+    options = TrainOptions(epochs=config.epochs, patience=config.patience,
+                           plan=PatchPlan(patch=config.patch))
+    cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 6)), [np.empty(0)] * n)
+    for k, (train, held_out) in enumerate(folds):
+        fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
+                                             seed=config.seed + k)
+        say(f"fold {k + 1}/{len(folds)}: {len(train)} training images "
+            f"({len(stop_idx)} of them for early stopping), {len(held_out)} held out")
+        result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
+                             seed=config.seed + k, name=f"trunk_{k + 1}", progress=say)
+        say(f"fold {k + 1}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
+        maps = predict_maps([result.trunk], data.subset(held_out), config.patch)
+        cv.evidence[held_out] = maps["evidence"]
+        for i, heatmap in zip(held_out, maps["heatmap"], strict=True):
+            cv.heatmaps[int(i)] = heatmap
+        cv.histories.append(result.history)
+        cv.trunks.append(result.trunk)
+        cv.best_epochs.append(result.best_epoch)
+    for k, (train, held_out) in enumerate(folds):
+        head = fit_head(cv.evidence[train], labels[train], patients[train], seed=config.seed + k)
+        cv.probabilities[held_out] = head.probabilities(cv.evidence[held_out])
+    return cv
+
+
+def _report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
+            config: TrainConfig) -> dict[str, Any]:
+    intervals = metrics.bootstrap_intervals(truth, probs, patients,
+                                            rounds=config.bootstrap_rounds, seed=config.seed)
+    return {**metrics.summary(truth, probs),
+            "ci95": {k: list(v) if v else None for k, v in intervals.items()}}
+
+
+def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> Path:
+    """Run the whole training; return the model directory it wrote."""
+    started = time.perf_counter()
+    images = load_dataset(data_path)
+    say(f"{len(images)} labelled images from {data_path}; "
+        f"preprocessing version {PREPROCESSING_VERSION}, input {config.input_size}")
+    data = prepare(images, config.input_size, max_pixels=config.max_pixels, progress=say)
+    labels, patients = data.labels, data.patients
+    folds = patient_folds(labels, patients, n_folds=config.folds, seed=config.seed)
+    cv = cross_validate(data, config, folds, say)
+    validation = _report(labels, cv.probabilities, patients, config)
+    say("baseline: intensity and texture features + logistic regression, same folds")
+    baseline_probs = cross_validated_probabilities(feature_matrix(data.pixels), labels, folds)
+    baseline = _report(labels, baseline_probs, patients, config)
+    rate, scored = localisation_rate(cv.heatmaps, data.circles, config.patch)
+    ratios = [peak_distance_ratio(h, c, config.patch)
+              for h, c in zip(cv.heatmaps, data.circles, strict=True) if c]
+    head = fit_head(cv.evidence, labels, patients, seed=config.seed)
+
+    from models.architecture import build_whole_image_model
+
+    model = build_whole_image_model(cv.trunks, input_size=config.input_size, patch=config.patch,
+                                    head_weights=head.weights, head_bias=head.bias)
+    directory = output / config.name / config.version
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / MODEL_FILE)
+    plots.training_curves(cv.histories, directory / PLOTS["training_curves"])
+    plots.confusion(validation["confusion_matrix"], directory / PLOTS["confusion_matrix"],
+                    "Held-out (cross-validated) predictions")
+    plots.roc_curves(labels, {"CNN (held-out folds)": cv.probabilities,
+                              "feature baseline (same folds)": baseline_probs},
+                     directory / PLOTS["roc"])
+    plots.reliability(labels, cv.probabilities, directory / PLOTS["reliability"])
+    plots.localisation(ratios, directory / PLOTS["localisation"])
+    _write_validation_predictions(directory, data, cv.probabilities)
+    seconds = time.perf_counter() - started
+    counts = {c.value: int((labels == i).sum()) for i, c in enumerate(CLASSES)}
+    extra = {
+        "architecture": "patch-trained all-convolutional ensemble (Shen et al. 2019)",
+        "outputs": ["probabilities", "heatmap"], "patch": config.patch,
+        "heatmap_stride": 16, "ensemble_members": len(cv.trunks),
+        "pixel_size_mm": TARGET_SPACING_MM, "temperature": head.temperature,
+        "seed": config.seed, "training_data": {
+            "source": str(data_path), "sha256": data_hash(data.images), "images": len(labels),
+            "patients": len(set(patients.tolist())), "classes": counts,
+            "skipped": [list(s) for s in data.skipped]},
+        "training": {**asdict(config), "input_size": list(config.input_size),
+                     "best_epochs": cv.best_epochs, "seconds": round(seconds, 1),
+                     "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, no GPU"
+                     if not _has_gpu() else "GPU"},
+        "validation": validation, "baseline": baseline,
+        "localisation": {"peak_inside_circle": rate if scored else None, "images": scored},
+        "plots": PLOTS,
+    }
+    spec = write_model_dir(directory, name=config.name, version=config.version,
+                           input_size=config.input_size,
+                           preprocessing_version=PREPROCESSING_VERSION, extra=extra)
+    from models.model_card import write_model_card
+
+    write_model_card(spec.directory, spec.metadata)
+    say(f"wrote {directory} in {seconds / 60:.1f} min: validation AUC abnormal "
+        f"{_fmt(validation['auc_abnormal'])}, malignant {_fmt(validation['auc_malignant'])}, "
+        f"ECE {validation['ece']:.3f}; heatmap peak in circle {rate:.2f} of {scored}")
+    return directory
+
+
+def _write_validation_predictions(directory: Path, data: PreparedSet, probs: np.ndarray) -> None:
+    rows = [{"id": image.id, "truth": image.label.value,
+             **{f"p_{c.value}": round(float(p), 4) for c, p in zip(CLASSES, row, strict=True)}}
+            for image, row in zip(data.images, probs, strict=True)]
+    (directory / "validation_predictions.json").write_text(json.dumps(rows, indent=1) + "\n",
+                                                           encoding="utf-8")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))

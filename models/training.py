@@ -1,0 +1,112 @@
+"""Train one patch trunk: fresh augmented patches each epoch, early stopping on an inner
+patient-level validation split, best weights restored."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.architecture import WIDTHS, build_map_model, build_patch_model, build_trunk
+from models.heatmaps import hard_negative_points
+from models.patches import PatchPlan, balanced_class_weights, sample_patches
+from models.prepared import PreparedSet
+from shared.enums import Label
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 40
+    patience: int = 8
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    mine_from: int = 4  # hard-negative mining starts after a few epochs of plain sampling
+    mine_every: int = 3
+    widths: tuple[int, ...] = WIDTHS
+    plan: PatchPlan = field(default_factory=PatchPlan)
+
+
+@dataclass
+class TrunkResult:
+    trunk: Any
+    history: dict[str, list[float]]
+    best_epoch: int
+    seconds: float
+
+
+def train_trunk(train: PreparedSet, val: PreparedSet, options: TrainOptions, *, seed: int,
+                name: str, progress: Progress | None = None,
+                on_epoch: Callable[[int, Any], None] | None = None) -> TrunkResult:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    started = time.perf_counter()
+    trunk = build_trunk(name, widths=options.widths)
+    model = build_patch_model(trunk, options.plan.patch)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(seed)
+    val_plan = PatchPlan(**{**options.plan.__dict__, "augment": False})
+    val_x, val_y = sample_patches(val, val_plan, np.random.default_rng(seed + 1))
+    val_w = balanced_class_weights(val_y)
+    val_sw = np.array([val_w[int(c)] for c in val_y], np.float32)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [],
+                                       "val_accuracy": []}
+    best = (np.inf, 0, trunk.get_weights())
+    hard: list[tuple[int, float, float]] = []
+    for epoch in range(1, options.epochs + 1):
+        if epoch >= options.mine_from and (epoch - options.mine_from) % options.mine_every == 0:
+            hard = mine_hard_negatives(trunk, train, options.plan.patch, per_image=3)
+        x, y = sample_patches(train, options.plan, rng, hard)
+        fit = model.fit(x, y, batch_size=options.batch_size, epochs=1, verbose=0, shuffle=True,
+                        class_weight=balanced_class_weights(y))
+        val_loss, val_acc = model.evaluate(val_x, val_y, sample_weight=val_sw,
+                                           batch_size=256, verbose=0)
+        history["loss"].append(float(fit.history["loss"][0]))
+        history["accuracy"].append(float(fit.history["accuracy"][0]))
+        history["val_loss"].append(float(val_loss))
+        history["val_accuracy"].append(float(val_acc))
+        if val_loss < best[0]:
+            best = (float(val_loss), epoch, trunk.get_weights())
+        if progress:
+            progress(f"{name} epoch {epoch}/{options.epochs}: loss {history['loss'][-1]:.3f} "
+                     f"acc {history['accuracy'][-1]:.2f}  val_loss {val_loss:.3f} "
+                     f"val_acc {val_acc:.2f}  ({len(y)} patches)")
+        if on_epoch:
+            on_epoch(epoch, trunk)
+        if epoch - best[1] >= options.patience:
+            break
+    trunk.set_weights(best[2])
+    return TrunkResult(trunk, history, best[1], time.perf_counter() - started)
+
+
+def mine_hard_negatives(trunk: Any, data: PreparedSet, patch: int,
+                        per_image: int) -> list[tuple[int, float, float]]:
+    """Where the current trunk sees abnormality in tissue known to be normal."""
+    maps = predict_maps([trunk], data, patch)
+    points: list[tuple[int, float, float]] = []
+    for i, (image, heatmap) in enumerate(zip(data.images, maps["heatmap"], strict=True)):
+        if image.label is not Label.NORMAL and not data.circles[i]:
+            continue  # abnormal without a circle: nowhere is known to be normal
+        points += [(i, x, y) for x, y in
+                   hard_negative_points(heatmap, data.circles[i], patch, per_image)]
+    return points
+
+
+def predict_maps(trunks: list[Any], data: PreparedSet, patch: int,
+                 batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Evidence (n, 6) and heatmaps (n, gh, gw) of ``data`` under the given trunks."""
+    height, width = data.pixels.shape[1:3]
+    model = build_map_model(trunks, input_size=(height, width), patch=patch)
+    out: dict[str, list[np.ndarray]] = {"evidence": [], "heatmap": []}
+    for start in range(0, len(data.images), batch_size):
+        batch = data.pixels[start:start + batch_size].astype(np.float32)[..., np.newaxis]
+        result = model(batch, training=False)
+        for key, parts in out.items():
+            parts.append(np.asarray(result[key]))
+    return {k: np.concatenate(v) for k, v in out.items()}

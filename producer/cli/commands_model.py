@@ -1,0 +1,232 @@
+"""``mammo train``, ``mammo evaluate`` and ``mammo models list|show|activate``.
+
+TensorFlow is imported only inside the commands that need it (train, evaluate).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from producer.cli.context import CliContext, pass_cli
+from producer.cli.options import format_option
+from shared.errors import ConfigurationError, UserFacingError
+from shared.formatting import render
+
+EVALUATE_COLUMNS = ("id", "truth", "label", "p_normal", "p_benign", "p_malignant")
+SUMMARY_KEYS = ("n", "accuracy", "auc_abnormal", "auc_malignant",
+                "sensitivity_at_90_specificity", "ece")
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in value.lower().split("x")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH (e.g. 512x512)") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 64:
+        raise click.BadParameter(f"{value!r}: give HEIGHTxWIDTH, each at least 64")
+    return parts[0], parts[1]
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
+              show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
+@click.option("--name", default="default", show_default=True)
+@click.option("--version", "version", default="1.0.0", show_default=True)
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
+              help="Patient-level cross-validation folds (= ensemble members).")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True,
+              help="Maximum epochs per fold (early stopping usually ends sooner).")
+@click.option("--patience", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--input-size", "input_size", default="512x512", show_default=True,
+              help="Model input HEIGHTxWIDTH after preprocessing.")
+@click.option("--patch", type=click.Choice(["32", "64", "96", "128"]), default="64",
+              show_default=True, help="Training patch side, in input pixels.")
+@click.option("--seed", type=int, default=20261125, show_default=True)
+@click.option("--bootstrap", type=click.IntRange(10), default=1000, show_default=True,
+              help="Bootstrap rounds for the 95% intervals.")
+@click.option("--weights", type=click.Choice(["none", "imagenet"]), default="none",
+              show_default=True, help="Initial weights. Only 'none' works: nothing is ever "
+              "downloaded.")
+@pass_cli
+def train_command(cli: CliContext, data: Path, output: Path, name: str, version: str,
+                  folds: int, epochs: int, patience: int, input_size: str, patch: str,
+                  seed: int, bootstrap: int, weights: str) -> None:
+    """Train, cross-validate, calibrate and write a model directory with its model card.
+
+    DATA is a MIAS folder (Info.txt + mdbNNN images), a CSV manifest
+    (path,label[,patient_id,laterality,view]) or a folder per class
+    (normal/, benign/, malignant/). Validation is by patient: both breasts of a patient
+    always fall in the same fold.
+
+    \b
+    Example:
+        mammo train ../shared/data/mini-mias --output models --version 1.0.0
+        mammo models activate models/default/1.0.0
+    """
+    if weights != "none":
+        raise ConfigurationError(
+            "Pretrained ImageNet weights are not available: this system never downloads "
+            "weights at run time (offline, reproducible). Train from scratch with "
+            "--weights none.")
+    from models.train_run import TrainConfig, train
+
+    command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else (
+        "mammo train DATA")
+    config = TrainConfig(name=name, version=version, input_size=_size(input_size), folds=folds,
+                         seed=seed, epochs=epochs, patience=patience, patch=int(patch),
+                         bootstrap_rounds=bootstrap, max_pixels=cli.settings.max_image_pixels,
+                         command=command)
+    directory = train(data, output, config, _say)
+    click.echo(str(directory))
+
+
+@click.command("evaluate")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model_ref", default=None,
+              help="Model directory or shipped name (default: the model workers would run).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
+@pass_cli
+def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: str,
+                     batch_size: int) -> None:
+    """Score labelled DATA with a model; print accuracy, AUCs, ECE and every prediction.
+
+    \b
+    Example:
+        mammo evaluate ../shared/data/mini-mias --format json > eval.json
+    """
+    from models.evaluation import evaluate
+
+    spec = _spec(cli, model_ref)
+    result = evaluate(spec, data, max_pixels=cli.settings.max_image_pixels,
+                      batch_size=batch_size, progress=_say)
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    render(result["predictions"], "table", columns=EVALUATE_COLUMNS, title="Predictions")
+    render([{k: result[k] for k in SUMMARY_KEYS}], "table",
+           title=f"{spec.name} {spec.version} on {data}")
+    render([{"truth": t, **{f"pred_{p}": n for p, n in zip(("normal", "benign", "malignant"),
+                                                           row, strict=True)}}
+            for t, row in zip(("normal", "benign", "malignant"), result["confusion_matrix"],
+                              strict=True)], "table", title="Confusion matrix")
+
+
+def _spec(cli: CliContext, ref: str | None) -> Any:
+    from models.activation import model_for
+    from models.registry import resolve_model
+
+    if ref is not None:
+        return resolve_model(ref)
+    with cli.sessions() as session:
+        return model_for(cli.settings, session)
+
+
+@click.group("models")
+def models_group() -> None:
+    """List, inspect and activate model versions."""
+
+
+@models_group.command("list")
+@format_option
+@pass_cli
+def models_list(cli: CliContext, fmt: str) -> None:
+    """Shipped models and the versions registered in the database; marks the active one.
+
+    \b
+    Example:
+        mammo models list --format json
+    """
+    from models.activation import active_version, model_for
+    from models.registry import shipped_models
+    from shared.db.schema import ModelVersion
+
+    with cli.sessions() as session:
+        registered = list(session.query(ModelVersion).order_by(ModelVersion.id))
+        active = active_version(session)
+        try:
+            current: str | None = str(model_for(cli.settings, session).directory.resolve())
+        except UserFacingError:  # no usable model is a valid state for `list`
+            current = None
+    rows: dict[str, dict[str, Any]] = {}
+    for spec in shipped_models():
+        rows[str(spec.directory.resolve())] = {
+            "name": spec.name, "version": spec.version, "sha256": spec.sha256[:12],
+            "preprocessing_version": spec.preprocessing_version, "source": "shipped",
+            "path": str(spec.directory)}
+    for mv in registered:
+        row = rows.setdefault(mv.path, {
+            "name": mv.name, "version": mv.version, "sha256": mv.sha256[:12],
+            "preprocessing_version": mv.preprocessing_version, "path": mv.path})
+        row["source"] = "shipped+registered" if row.get("source") == "shipped" else "registered"
+    for path, row in rows.items():
+        row["active"] = bool(active and active.path == path)
+        row["in_use"] = path == current
+    render(list(rows.values()), fmt, columns=("name", "version", "sha256", "active", "in_use",
+                                              "source", "path"), title="Models")
+
+
+@models_group.command("show")
+@click.argument("ref", required=False)
+@pass_cli
+def models_show(cli: CliContext, ref: str | None) -> None:
+    """Metadata and validation figures of one model (default: the one in use).
+
+    \b
+    Example:
+        mammo models show default
+    """
+    from models.registry import verify_model
+    from shared.imaging.preprocess import PREPROCESSING_VERSION
+
+    spec = _spec(cli, ref)
+    meta = dict(spec.metadata)
+    try:
+        verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+        meta["integrity"] = "ok: sha256 and preprocessing version match"
+    except UserFacingError as exc:  # shown, not raised: `show` is how one inspects a bad model
+        meta["integrity"] = str(exc)
+    meta["directory"] = str(spec.directory)
+    click.echo(json.dumps(meta, indent=2))
+
+
+@models_group.command("activate")
+@click.argument("ref")
+@pass_cli
+def models_activate(cli: CliContext, ref: str) -> None:
+    """Make REF (a model directory or shipped name) the model workers run by default.
+
+    Stored in the database, so every worker sharing it switches at its next start; an
+    explicit MAMMO_MODEL still wins.
+
+    \b
+    Example:
+        mammo models activate trained-models/default/1.1.0
+    """
+    from models.activation import activate
+    from models.registry import resolve_model, verify_model
+    from shared.imaging.preprocess import PREPROCESSING_VERSION
+
+    spec = resolve_model(ref)
+    verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+    with cli.sessions() as session:
+        activate(session, spec)
+        session.commit()
+    click.echo(f"active model: {spec.name} {spec.version} ({spec.directory})")
+
+
+COMMANDS = (train_command, evaluate_command, models_group)

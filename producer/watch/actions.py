@@ -1,0 +1,74 @@
+"""After processing: leave the file, move it to processed/ or failed/, or delete it.
+
+Restart-safe by construction: the database state is the trigger, and the file's presence in
+the drop folder is the "not yet done" marker. If the watcher dies between the database
+saying ``done`` and the move, the next scan finds the file still there, sees the terminal
+state, and moves it then. The sidecar is written before the move, so a failed file is
+never found in failed/ without its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from producer.watch.folder import FAILED, PROCESSED, SIDECAR_SUFFIX, WatchFolder
+from producer.watch.scanner import KnownImage
+from shared.enums import ImageState
+
+LEAVE, MOVE, DELETE = "leave", "move", "delete"
+
+
+class AfterProcessing:
+    def __init__(self, folder: WatchFolder, mode: str, log: logging.Logger) -> None:
+        if mode not in (LEAVE, MOVE, DELETE):
+            raise ValueError(f"unknown after-processing action {mode!r}")
+        self.folder = folder
+        self.mode = mode
+        self.log = log
+
+    def apply(self, path: Path, image: KnownImage) -> Path | None:
+        """Do the configured action for a file whose image reached a terminal state."""
+        if self.mode == LEAVE or not os.path.lexists(path):
+            return None
+        if self.mode == DELETE:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self.log.info("deleted %s (image %d, %s)", self.folder.relative(path),
+                          image.image_id, image.state)
+            return None
+        return self._move(path, image)
+
+    def _move(self, path: Path, image: KnownImage) -> Path | None:
+        failed = image.state == ImageState.FAILED.value
+        target_dir = self.folder.root / (FAILED if failed else PROCESSED)
+        relative = Path(self.folder.relative(path))
+        target = _free_name(target_dir / relative, image.image_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if failed:
+            _write_sidecar(target, image)
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            return None  # moved or deleted by someone else meanwhile
+        self.log.info("moved %s to %s (image %d, %s)", relative,
+                      self.folder.relative(target), image.image_id, image.state)
+        return target
+
+
+def _free_name(target: Path, image_id: int) -> Path:
+    """Never overwrite an earlier file of the same name in processed/ or failed/."""
+    if not os.path.lexists(target):
+        return target
+    return target.with_name(f"{target.stem}.image-{image_id}{target.suffix}")
+
+
+def _write_sidecar(target: Path, image: KnownImage) -> None:
+    sidecar = target.with_name(target.name + SIDECAR_SUFFIX)
+    text = (f"image_id: {image.image_id}\nreason: {image.error_code or 'unknown'}\n"
+            f"message: {image.error_message or ''}\n")
+    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, sidecar)

@@ -1,0 +1,54 @@
+"""What belongs to the watched folder: ignore rules, the symlink boundary, output folders."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+from producer.discovery import is_candidate
+
+SIDECAR_SUFFIX = ".reason.txt"
+PROCESSED, FAILED = "processed", "failed"
+
+
+@dataclass(frozen=True)
+class WatchFolder:
+    """The drop folder. ``root`` is absolute as given; links are judged by its real path.
+
+    With the move action, ``processed/`` and ``failed/`` inside it belong to the watcher and
+    are never scanned.
+    """
+
+    root: Path
+    ignore: tuple[str, ...] = ()
+    reserved: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, root: Path, ignore: tuple[str, ...], *, move: bool) -> WatchFolder:
+        return cls(Path(os.path.abspath(root)), ignore, (PROCESSED, FAILED) if move else ())
+
+    def relative(self, path: Path) -> str:
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def ignored(self, path: Path) -> bool:
+        """Temporary names, dotfiles, our sidecars and output folders: not (yet) images."""
+        try:
+            parts = Path(path).relative_to(self.root).parts
+        except ValueError:
+            return True
+        if not parts or any(p.startswith(".") for p in parts):
+            return True
+        if parts[0] in self.reserved and len(parts) > 1:
+            return True
+        name = parts[-1]
+        return not is_candidate(Path(name)) or any(fnmatch(name, pat) for pat in self.ignore)
+
+    def contains_real(self, path: Path) -> bool:
+        """Does ``path``, with every symlink resolved, stay inside the folder?"""
+        real_root = os.path.realpath(self.root)
+        return os.path.realpath(path).startswith(real_root + os.sep)

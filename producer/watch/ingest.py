@@ -1,0 +1,125 @@
+"""Register ready files and send their wake-up messages: one log line per file.
+
+It reuses the producer's registration (rows committed first, identity makes duplicates a
+no-op) and ``enqueue_chunks``; only the bookkeeping of the watcher's batch is its own.
+
+The batch: one per watched folder per UTC day, named ``watch:<folder>:<YYYY-MM-DD>``, found
+again by name after a restart, so a day's drop-folder work reads as one batch in
+``mammo status`` and the reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.registration import create_batch, ingestion_for, register_files
+from producer.watch.folder import WatchFolder
+from shared.config import Settings
+from shared.db import lifecycle
+from shared.db.schema import Batch, Image
+from shared.enums import Priority
+from shared.queue import enqueue_chunks
+from shared.timeutil import utcnow
+
+
+@dataclass
+class Ingested:
+    queued: dict[int, Path] = field(default_factory=dict)
+    rejected: dict[int, Path] = field(default_factory=dict)
+    duplicates: list[tuple[Path, int, str]] = field(default_factory=list)
+    messages: int = 0
+
+
+def batch_name(folder: WatchFolder, day: str) -> str:
+    name = f"watch:{folder.root}:{day}"
+    return name if len(name) <= 200 else f"watch:...{name[-(200 - 9):]}"
+
+
+class Ingestor:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], app: Celery,
+                 folder: WatchFolder, log: logging.Logger, *, mode: str) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.app = app
+        self.folder = folder
+        self.log = log
+        self.mode = mode
+        # The PatientID pseudonymizer (MAMMO_PATIENT_ID_KEY): as `mammo submit` reads files.
+        self.ingestion = ingestion_for(settings)
+        self._batch: tuple[str, int] | None = None
+
+    def batch_id(self) -> int:
+        name = batch_name(self.folder, utcnow().date().isoformat())
+        if self._batch is None or self._batch[0] != name:
+            with self.sessions() as session:
+                found = session.execute(select(Batch.id).where(Batch.name == name)
+                                        .order_by(Batch.id).limit(1)).scalar_one_or_none()
+            batch_id = found or create_batch(self.sessions, name=name,
+                                             priority=Priority.ROUTINE, mode=self.mode)
+            self._batch = (name, batch_id)
+        return self._batch[1]
+
+    def ingest(self, paths: Sequence[Path]) -> Ingested:
+        """Register ``paths`` (committed), then enqueue the new ones. Logs each file."""
+        out = Ingested()
+        if not paths:
+            return out
+        batch_id = self.batch_id()
+        before = self._counts(batch_id)
+        reg = register_files(self.sessions, batch_id, paths, ingestion=self.ingestion)
+        self._accumulate(batch_id, before)
+        sources = self._sources(reg.new_ids + reg.rejected_ids)
+        out.queued = {i: sources[i][0] for i in reg.new_ids}
+        out.rejected = {i: sources[i][0] for i in reg.rejected_ids}
+        out.duplicates = [(Path(src), image_id, state) for src, image_id, state in reg.duplicates]
+        # Row first, message second: a crash in between leaves rows the next start-up sends.
+        self.send(list(out.queued))
+        out.messages = len(out.queued)
+        for image_id, path in out.queued.items():
+            self.log.info("queued %s (image %d)", self.folder.relative(path), image_id)
+        for image_id, path in out.rejected.items():
+            code, message = sources[image_id][1:]
+            self.log.warning("rejected %s (image %d): %s: %s", self.folder.relative(path),
+                             image_id, code, message)
+        for path, image_id, state in out.duplicates:
+            self.log.info("skipped duplicate %s: same image as image %d (%s)",
+                          self.folder.relative(path), image_id, state)
+        return out
+
+    def send(self, image_ids: list[int]) -> int:
+        if not image_ids:
+            return 0
+        sent = enqueue_chunks(self.app, image_ids, chunk_size=self.settings.chunk_size,
+                              priority=Priority.ROUTINE)
+        with self.sessions() as session:
+            lifecycle.mark_enqueued(session, image_ids)
+            session.commit()
+        return sent
+
+    def _sources(self, ids: list[int]) -> dict[int, tuple[Path, str | None, str | None]]:
+        if not ids:
+            return {}
+        with self.sessions() as session:
+            rows = session.execute(select(Image.id, Image.source, Image.error_code,
+                                          Image.error_message).where(Image.id.in_(ids)))
+            return {i: (Path(src), code, msg) for i, src, code, msg in rows}
+
+    def _counts(self, batch_id: int) -> tuple[int, int]:
+        with self.sessions() as session:
+            batch = session.get(Batch, batch_id)
+            return (batch.submitted, batch.duplicates) if batch else (0, 0)
+
+    def _accumulate(self, batch_id: int, before: tuple[int, int]) -> None:
+        """``register_files`` counts one call; the watcher's batch grows over many calls."""
+        with self.sessions() as session:
+            session.execute(update(Batch).where(Batch.id == batch_id).values(
+                submitted=Batch.submitted + before[0], duplicates=Batch.duplicates + before[1],
+                finished_at=None))
+            session.commit()

@@ -1,0 +1,97 @@
+"""Keep a watchdog observer on the folder, across the folder disappearing and coming back.
+
+A share that is unmounted and remounted leaves inotify watching a dead inode (or nothing);
+the observer thread may even stop. Each tick the loop asks ``check``: it notices a missing
+folder (says so once, then waits for it), a folder that came back or changed identity, and
+an observer that died, and answers ``RESTARTED`` so the loop rescans for what it missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from enum import Enum
+from pathlib import Path
+
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+
+class FolderState(Enum):
+    OK = "ok"
+    MISSING = "missing"
+    RESTARTED = "restarted"
+
+
+def make_observer(*, poll: bool, interval_s: float) -> BaseObserver:
+    if poll:
+        return PollingObserver(timeout=interval_s)
+    from watchdog.observers.inotify import InotifyObserver
+
+    return InotifyObserver(timeout=interval_s)
+
+
+class FolderWatch:
+    def __init__(self, root: Path, handler: FileSystemEventHandler, log: logging.Logger, *,
+                 poll: bool, interval_s: float) -> None:
+        self.root = root
+        self.handler = handler
+        self.log = log
+        self.poll = poll
+        self.interval_s = interval_s
+        self._observer: BaseObserver | None = None
+        self._identity: tuple[int, int] | None = None
+        self._missing_since_reported = False
+
+    def check(self) -> FolderState:
+        try:
+            st = os.stat(self.root)
+            identity = (st.st_dev, st.st_ino) if os.path.isdir(self.root) else None
+        except OSError:
+            identity = None
+        if identity is None:
+            if not self._missing_since_reported:
+                self.log.warning("watched folder %s is gone (unmounted or deleted?); waiting "
+                                 "for it to come back", self.root)
+                self._missing_since_reported = True
+            self.stop()
+            return FolderState.MISSING
+        observer = self._observer
+        if observer is not None and observer.is_alive() and identity == self._identity:
+            return FolderState.OK
+        if self._missing_since_reported:
+            self.log.warning("watched folder %s is back; rescanning it", self.root)
+            self._missing_since_reported = False
+        elif observer is not None:
+            self.log.warning("watcher on %s stopped or the folder was replaced; restarting "
+                             "it and rescanning", self.root)
+        self.stop()
+        self._start()
+        self._identity = identity
+        return FolderState.RESTARTED
+
+    def _start(self) -> None:
+        observer = make_observer(poll=self.poll, interval_s=self.interval_s)
+        observer.schedule(self.handler, str(self.root), recursive=True)
+        try:
+            observer.start()
+        except OSError as exc:
+            if self.poll:
+                raise
+            # ENOSPC: fs.inotify.max_user_watches is exhausted (one watch per folder).
+            self.log.warning("inotify cannot watch %s (%s); falling back to polling. Raise "
+                             "fs.inotify.max_user_watches, or use --poll.", self.root, exc)
+            self.poll = True
+            observer = make_observer(poll=True, interval_s=self.interval_s)
+            observer.schedule(self.handler, str(self.root), recursive=True)
+            observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return
+        observer.stop()
+        if observer.is_alive():
+            observer.join(timeout=10)

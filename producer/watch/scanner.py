@@ -1,0 +1,91 @@
+"""Full scans of the folder (at start-up, periodically, after a remount), and what the
+database already knows about each file found.
+
+Events are lost (nothing fires for files that were there before; inotify drops events when
+its queue overflows), so a scan is the safety net. It never reads file contents: files whose
+``source`` the database already holds are reported as known, with their state, and only the
+others go through the stability check and registration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.watch.folder import WatchFolder
+from shared.db.schema import Image
+
+BLOCK = 500
+
+
+@dataclass(frozen=True)
+class KnownImage:
+    image_id: int
+    state: str
+    enqueued_at: datetime | None
+    study_id: int | None
+    error_code: str | None
+    error_message: str | None
+
+
+def walk(folder: WatchFolder, start: Path | None = None) -> Iterator[Path]:
+    """Files under ``start`` (default: the root), symlinked folders never entered."""
+    stack = [start or folder.root]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # vanished mid-scan, or unreadable: the next scan tries again
+        for entry in entries:
+            path = Path(entry.path)
+            if folder.ignored(path):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(path)
+            elif entry.is_file(follow_symlinks=False) or (
+                    entry.is_symlink() and not entry.is_dir()):
+                yield path  # a linked file: the watcher decides whether it stays inside
+
+
+def known_images(sessions: sessionmaker[Session],
+                 paths: Iterable[Path]) -> Iterator[tuple[Path, KnownImage | None]]:
+    """Each path with the image row registered from it, if any (in blocks of ``BLOCK``)."""
+    block: list[Path] = []
+    for path in paths:
+        block.append(path)
+        if len(block) >= BLOCK:
+            yield from _lookup(sessions, block)
+            block = []
+    if block:
+        yield from _lookup(sessions, block)
+
+
+def lookup_ids(session: Session, image_ids: Iterable[int]) -> dict[int, KnownImage]:
+    ids = list(image_ids)
+    found: dict[int, KnownImage] = {}
+    for start in range(0, len(ids), BLOCK):
+        rows = _rows(session, Image.id.in_(ids[start:start + BLOCK]))
+        found.update((k.image_id, k) for _source, k in rows)
+    return found
+
+
+def _rows(session: Session, where: ColumnElement[bool]) -> Iterator[tuple[str, KnownImage]]:
+    stmt = select(Image.source, Image.id, Image.state, Image.enqueued_at, Image.study_id,
+                  Image.error_code, Image.error_message).where(where)
+    for source, image_id, state, enqueued, study, code, message in session.execute(stmt):
+        yield source, KnownImage(image_id, state, enqueued, study, code, message)
+
+
+def _lookup(sessions: sessionmaker[Session],
+            block: list[Path]) -> Iterator[tuple[Path, KnownImage | None]]:
+    with sessions() as session:
+        known = dict(_rows(session, Image.source.in_([str(p) for p in block])))
+    for path in block:
+        yield path, known.get(str(path))

@@ -1,0 +1,272 @@
+"""The watch loop: events and scans in, complete files registered and queued, results out.
+
+One thread makes every decision; the watchdog observer thread only fills the inbox. Each
+tick (0.2 s): check the folder is there, rescan when due, take the events, queue the files
+that became ready, and (every poll interval) follow queued images to their end.
+
+Shutdown (SIGTERM/SIGINT) sets a flag that is checked between steps, never inside one: a
+block of files is always registered *and* sent, so nothing is left half-queued. After a
+SIGKILL, rows committed but not sent have no ``enqueued_at``; the start-up scan sends them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.watch.actions import MOVE, AfterProcessing
+from producer.watch.events import Change, InboxHandler
+from producer.watch.folder import WatchFolder
+from producer.watch.followup import FollowUp
+from producer.watch.ingest import Ingestor
+from producer.watch.observer import FolderState, FolderWatch
+from producer.watch.scanner import KnownImage, known_images, walk
+from producer.watch.stability import StabilityTracker
+from shared.config import Settings
+from shared.enums import ImageState
+from shared.errors import TransientError, UserFacingError
+from shared.exams import studies_awaiting_result
+from shared.recovery import sweep
+
+log = logging.getLogger("mammo.watch")
+TICK_S = 0.2
+OUTAGE_S = 5.0
+BLOCK = 500
+_TERMINAL = {s.value for s in ImageState.terminal()}
+_UNAVAILABLE = (OperationalError, TransientError, KombuOperationalError)
+
+
+class EmbeddedWorkerStopped(UserFacingError):
+    pass
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    root: Path
+    poll: bool = False
+    mode: str = "distributed"  # or "embedded": the in-process worker drains the queue
+
+
+class Watcher:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], app: Celery,
+                 options: WatchOptions) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.options = options
+        self.folder = WatchFolder.of(options.root, settings.watch_ignore_patterns,
+                                     move=settings.watch_after == MOVE)
+        self.inbox = InboxHandler()
+        self.tracker = StabilityTracker(quiet_s=settings.watch_quiet_period_s,
+                                        grace_s=settings.watch_incomplete_grace_s)
+        self.ingestor = Ingestor(settings, sessions, app, self.folder, log, mode=options.mode)
+        self.followup = FollowUp(sessions, self.folder,
+                                 AfterProcessing(self.folder, settings.watch_after, log), log,
+                                 exam_timeout_s=settings.exam_timeout_s)
+        self.watch = FolderWatch(self.folder.root, self.inbox, log, poll=options.poll,
+                                 interval_s=settings.watch_poll_interval_s)
+        self._reported: set[Path] = set()  # permission denied / link escapes: said once
+        self._duplicates: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns)
+        self._scans = 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, worker_alive: Callable[[], bool] | None = None) -> None:
+        s = self.settings
+        due = {"scan": 0.0, "follow": 0.0, "exams": 0.0, "sweep": time.monotonic()}
+        log.info("watching %s (%s, after processing: %s, quiet period %.1f s)",
+                 self.folder.root, "polling" if self.options.poll else "inotify",
+                 s.watch_after, s.watch_quiet_period_s)
+        try:
+            while not stop.is_set():
+                try:
+                    pause = self.tick(due, stop)
+                except _UNAVAILABLE as exc:
+                    # A database or broker blip must not end the watch: files stay on disk,
+                    # committed rows without a message are re-sent by the next scan.
+                    log.warning("database or broker unavailable (%s: %s); retrying in %.0f s",
+                                type(exc).__name__, str(exc).splitlines()[0][:200], OUTAGE_S)
+                    due["scan"], pause = 0.0, OUTAGE_S
+                if worker_alive is not None and not worker_alive():
+                    raise EmbeddedWorkerStopped(
+                        "the embedded worker stopped unexpectedly; see the log above. Queued "
+                        "files are kept and are sent again when `mammo watch` restarts.")
+                stop.wait(pause)
+        finally:
+            self.watch.stop()
+        log.info("stopped watching %s; %d file(s) not yet complete were left for the next "
+                 "start", self.folder.root, len(self.tracker))
+
+    def tick(self, due: dict[str, float], stop: threading.Event) -> float:
+        """One pass of the loop; returns how long to pause before the next."""
+        s = self.settings
+        state = self.watch.check()
+        if state is FolderState.MISSING:
+            return max(1.0, min(5.0, s.watch_poll_interval_s))
+        now = time.monotonic()
+        if state is FolderState.RESTARTED or now >= due["scan"]:
+            self.scan()
+            due["scan"] = now + s.watch_reconcile_interval_s
+        self.take_events()
+        self.queue_ready(stop)
+        if now >= due["follow"]:
+            self.followup.poll()
+            due["follow"] = now + s.watch_poll_interval_s
+        if now >= due["exams"]:
+            self.exam_timeouts()
+            due["exams"] = now + min(60.0, max(2.0, s.exam_timeout_s / 10))
+        if self.options.mode == "embedded" and s.sweep_interval_s and now >= due["sweep"]:
+            # No `mammo worker` runs here to sweep: after a crash, claims held by the dead
+            # process expire and must be re-sent to this process's own queue.
+            report = sweep(self.sessions, self.ingestor.app, s,
+                           queued_older_than_s=s.requeue_after_s)
+            if report.requeued:
+                log.warning("sweeper: %s", report.summary())
+            due["sweep"] = now + s.sweep_interval_s
+        return TICK_S
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def scan(self) -> None:
+        """Reconcile the folder with the database: new files to check, old ones to finish."""
+        resend: list[int] = []
+        first = self._scans == 0
+        for path, known in known_images(self.sessions, walk(self.folder)):
+            if known is None:
+                self.consider(path, finished=False)
+            elif known.state in _TERMINAL:
+                self.followup.finish(path, known)
+            else:
+                self.followup.track(known.image_id, path)
+                # An embedded queue starts empty, so everything active needs a message; with
+                # Redis only rows committed but never sent (a crash in between) do.
+                if known.enqueued_at is None or (first and self.options.mode == "embedded"):
+                    resend.append(known.image_id)
+        self._scans += 1
+        if resend:
+            self.ingestor.send(resend)
+            log.info("re-sent %d image(s) left queued by an earlier run", len(resend))
+
+    def take_events(self) -> None:
+        for seen in self.inbox.drain():
+            if seen.change is Change.DELETED:
+                self.tracker.forget(seen.path)
+            elif seen.change is Change.NEW_FOLDER:
+                for path in walk(self.folder, seen.path):
+                    self.consider(path, finished=False)
+            else:
+                self.consider(seen.path, finished=seen.change is Change.FINISHED)
+
+    def consider(self, path: Path, *, finished: bool) -> None:
+        if self.folder.ignored(path):
+            return
+        if os.path.islink(path):
+            target = self._link_target(path)
+            if target is None:
+                return
+            path = target
+        if self._is_known_duplicate(path):
+            return
+        self.tracker.note(path, closed=finished)
+
+    def queue_ready(self, stop: threading.Event) -> None:
+        verdicts = self.tracker.poll()
+        for path in verdicts.vanished:
+            log.info("vanished %s: deleted before it was queued", self.folder.relative(path))
+        for path in verdicts.denied:
+            if path not in self._reported:
+                self._reported.add(path)
+                log.warning("cannot read %s: permission denied; retried at the next scan",
+                            self.folder.relative(path))
+        ready = verdicts.ready
+        for start in range(0, len(ready), BLOCK):
+            if stop.is_set():
+                break  # the rest stays on disk, unregistered: the next start-up scan finds it
+            out = self.ingestor.ingest(ready[start:start + BLOCK])
+            for image_id, path in [*out.queued.items(), *out.rejected.items()]:
+                self._reported.discard(path)
+                self.followup.track(image_id, path)
+            for path, image_id, _state in out.duplicates:
+                self._remember_duplicate(path)
+                self.followup.track(image_id, path)
+
+    def exam_timeouts(self) -> None:
+        with self.sessions() as session:
+            waiting = studies_awaiting_result(session)
+        self.followup.refresh_exams(set(waiting))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _link_target(self, link: Path) -> Path | None:
+        """A link inside the folder stands for its target; one leading outside is refused."""
+        if not self.folder.contains_real(link):
+            if link not in self._reported:
+                self._reported.add(link)
+                log.warning("ignored %s: symbolic link to a target outside the watched "
+                            "folder (never followed)", self.folder.relative(link))
+            return None
+        real_root = os.path.realpath(self.folder.root)
+        return self.folder.root / os.path.relpath(os.path.realpath(link), real_root)
+
+    def _remember_duplicate(self, path: Path) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        self._duplicates[path] = (st.st_size, st.st_mtime_ns)
+
+    def _is_known_duplicate(self, path: Path) -> bool:
+        """Rescans must not re-read (and re-log) a copy already found to be a duplicate."""
+        seen = self._duplicates.get(path)
+        if seen is None:
+            return False
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._duplicates.pop(path, None)
+            return True
+        if (st.st_size, st.st_mtime_ns) == seen:
+            return True
+        del self._duplicates[path]  # rewritten under the same name: look at it again
+        return False
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT set the returned event instead of killing the process mid-step."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; finishing the current step, then stopping",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_watch(settings: Settings, sessions: sessionmaker[Session], app: Celery,
+              options: WatchOptions, *, worker_alive: Callable[[], bool] | None = None) -> None:
+    """Watch until SIGTERM/SIGINT."""
+    watcher = Watcher(settings, sessions, app, options)
+    with stop_on_signals() as stop:
+        watcher.run(stop, worker_alive)
+
+
+__all__ = ["KnownImage", "WatchOptions", "Watcher", "run_watch", "stop_on_signals"]

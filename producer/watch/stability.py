@@ -1,0 +1,104 @@
+"""Act on complete files only: close-write/rename events, else a quiet period, then a parse.
+
+A file becomes *ready* when
+- a close-write or rename-into-folder event was seen for it and it parses completely, or
+- its size and mtime have not changed for the quiet period and it parses completely, or
+- it has been stable for the incomplete grace period and still does not parse: it is then
+  queued anyway, and the pipeline records why it cannot be used (e.g. truncated).
+
+Only paths are held here (no file contents), so memory grows with the number of files in
+flight, not with their size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from producer.watch.completeness import is_complete
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class _Candidate:
+    size: int = -1
+    mtime_ns: int = -1
+    stable_since: float = 0.0
+    closed: bool = False
+    next_parse: float = 0.0
+
+
+@dataclass
+class Verdicts:
+    ready: list[Path] = field(default_factory=list)
+    vanished: list[Path] = field(default_factory=list)
+    denied: list[Path] = field(default_factory=list)
+
+
+class StabilityTracker:
+    def __init__(self, *, quiet_s: float, grace_s: float, clock: Clock = time.monotonic,
+                 wall_clock: Clock = time.time) -> None:
+        self.quiet_s = quiet_s
+        self.grace_s = max(grace_s, quiet_s)
+        self._clock = clock
+        self._wall = wall_clock
+        self._files: dict[Path, _Candidate] = {}
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._files
+
+    def note(self, path: Path, *, closed: bool = False) -> None:
+        """A file was seen (event or scan); ``closed``: the writer says it has finished."""
+        candidate = self._files.setdefault(path, _Candidate(stable_since=self._clock()))
+        if closed:
+            candidate.closed = True
+            candidate.next_parse = 0.0
+
+    def forget(self, path: Path) -> None:
+        self._files.pop(path, None)
+
+    def poll(self) -> Verdicts:
+        now = self._clock()
+        verdicts = Verdicts()
+        for path, candidate in list(self._files.items()):
+            try:
+                ready = self._judge(path, candidate, os.stat(path), now)
+                outcome = verdicts.ready if ready else None
+            except FileNotFoundError:
+                outcome = verdicts.vanished
+            except PermissionError:
+                outcome = verdicts.denied
+            if outcome is not None:
+                outcome.append(path)
+                del self._files[path]
+        return verdicts
+
+    def _judge(self, path: Path, c: _Candidate, st: os.stat_result,
+               now: float) -> bool:
+        if (st.st_size, st.st_mtime_ns) != (c.size, c.mtime_ns):
+            first = c.size < 0
+            c.size, c.mtime_ns = st.st_size, st.st_mtime_ns
+            if first:
+                # Noted at ``stable_since``; an old mtime (start-up scan) already proves quiet.
+                age = min(max(0.0, self._wall() - st.st_mtime), self.grace_s)
+                c.stable_since = min(c.stable_since, now - age)
+            else:
+                c.stable_since = now
+            c.next_parse = 0.0
+        quiet = now - c.stable_since
+        if (not c.closed and quiet < self.quiet_s) or now < c.next_parse:
+            return False
+        if is_complete(path) or quiet >= self.grace_s:
+            # Stable but still broken after the grace period: queue it anyway, and the
+            # pipeline records why it cannot be used.
+            return True
+        # Parsing a large file is not free: look again after another quiet period.
+        c.closed, c.next_parse = False, now + max(self.quiet_s, 0.5)
+        return False

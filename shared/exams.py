@@ -1,0 +1,242 @@
+"""Exam grouping: the images of one study (StudyInstanceUID) become one exam-level result.
+
+An exam is *complete* when its 4 standard views (L-CC, R-CC, L-MLO, R-MLO) are done; if the
+exam timeout passes first (no image of the study arrived for ``timeout_s``), it gets a result
+flagged *incomplete*, scored on what arrived, never silently presented as a full exam.
+
+The result per breast and for the exam is the maximum over the views: a lesion is usually
+seen in one view of one breast, so averaging would dilute exactly the finding a reader needs.
+(Nothing better has been measured yet: the synthetic data says nothing about this, and the
+real data sets available hold single views, not exams.)
+
+``refresh_exam_results`` is idempotent and cheap: it recomputes only from the rows, compares
+a signature of its inputs with the current result, and writes a new version only when
+something changed (a late image, a re-run). The superseded version is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.db.schema import ExamResult, Image, Prediction
+from shared.db.upsert import insert_missing
+from shared.enums import ImageState
+from shared.timeutil import as_utc, utcnow
+
+STANDARD_VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+COMPLETE, INCOMPLETE = "complete", "incomplete"
+_ACTIVE = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
+_BLOCK = 400  # studies per query: stays under SQLite's bound-parameter limit
+
+__all__ = [
+    "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "refresh_exam_results",
+    "studies_awaiting_result", "studies_of_images", "summarise",
+]
+
+
+@dataclass(frozen=True)
+class ExamImage:
+    """One image of a study as the aggregation sees it (prediction fields None unless done)."""
+
+    image_id: int
+    laterality: str | None
+    view: str | None
+    state: str
+    arrived_at: datetime
+    prediction_id: int | None = None
+    label: str | None = None
+    p_malignant: float | None = None
+    suspicion: int | None = None
+
+    @property
+    def view_key(self) -> str | None:
+        if self.laterality in ("L", "R") and self.view:
+            return f"{self.laterality}-{self.view}"
+        return None
+
+    @property
+    def scored(self) -> bool:
+        return self.state == ImageState.DONE.value and self.suspicion is not None
+
+
+@dataclass(frozen=True)
+class ExamSummary:
+    status: str
+    reason: str
+    label: str | None
+    p_malignant: float | None
+    suspicion: int | None
+    per_breast: dict[str, Any]
+    views: list[str]
+    missing_views: list[str]
+    flags: list[str]
+    n_images: int
+    n_failed: int
+    signature: str
+
+
+@dataclass(frozen=True)
+class ExamChange:
+    study_id: int
+    version: int
+    status: str
+    superseded: int | None  # the version it replaced
+
+
+def _worst(images: Sequence[ExamImage]) -> ExamImage | None:
+    scored = [i for i in images if i.scored]
+    if not scored:
+        return None
+    return max(scored, key=lambda i: (i.suspicion or 0, i.p_malignant or 0.0, -i.image_id))
+
+
+def _breast(images: Sequence[ExamImage]) -> dict[str, Any] | None:
+    worst = _worst(images)
+    if worst is None:
+        return None
+    return {
+        "label": worst.label, "suspicion": worst.suspicion,
+        "p_malignant": max(i.p_malignant or 0.0 for i in images if i.scored),
+        "views": sorted({i.view_key for i in images if i.scored and i.view_key}),
+        "image_ids": sorted(i.image_id for i in images if i.scored),
+    }
+
+
+def _signature(status: str, images: Sequence[ExamImage]) -> str:
+    parts = [status, *(f"{i.image_id}:{i.prediction_id or 0}:{i.state}"
+                       for i in sorted(images, key=lambda i: i.image_id))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def summarise(images: Sequence[ExamImage], *, timeout_s: float,
+              now: datetime) -> ExamSummary | None:
+    """The exam result for these images, or None while it is not due yet.
+
+    Not due: an image is still queued or processing, or views are missing and the study's
+    last image arrived less than ``timeout_s`` ago.
+    """
+    if not images or any(i.state in _ACTIVE for i in images):
+        return None
+    done_views = {i.view_key for i in images if i.scored and i.view_key}
+    missing = [v for v in STANDARD_VIEWS if v not in done_views]
+    last_arrival = max(i.arrived_at for i in images)
+    if missing and now - last_arrival < timedelta(seconds=timeout_s):
+        return None
+    status, reason = (COMPLETE, "four_views") if not missing else (INCOMPLETE, "timeout")
+    failed = [i for i in images if i.state == ImageState.FAILED.value]
+    flags = []
+    if missing:
+        flags.append(f"incomplete: missing {', '.join(missing)}")
+    if failed:
+        flags.append(f"{len(failed)} image(s) failed and are not scored")
+    unplaced = [i for i in images if i.scored and i.view_key is None]
+    if unplaced:
+        flags.append(f"{len(unplaced)} image(s) without laterality/view: counted in the "
+                     "exam score only")
+    per_breast = {side: b for side in ("L", "R")
+                  if (b := _breast([i for i in images if i.laterality == side])) is not None}
+    worst = _worst(images)
+    return ExamSummary(
+        status=status, reason=reason, label=worst.label if worst else None,
+        p_malignant=max((i.p_malignant or 0.0 for i in images if i.scored), default=None),
+        suspicion=worst.suspicion if worst else None, per_breast=per_breast,
+        views=sorted(done_views), missing_views=missing, flags=flags, n_images=len(images),
+        n_failed=len(failed), signature=_signature(status, images),
+    )
+
+
+def _blocks(ids: Iterable[int]) -> Iterable[list[int]]:
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), _BLOCK):
+        yield ordered[start:start + _BLOCK]
+
+
+def _load_images(session: Session, study_ids: list[int]) -> dict[int, list[ExamImage]]:
+    in_studies = select(Image.id).where(Image.study_id.in_(study_ids))
+    latest = (select(Prediction.image_id, func.max(Prediction.id).label("pid"))
+              .where(Prediction.image_id.in_(in_studies))
+              .group_by(Prediction.image_id).subquery())
+    stmt = (
+        select(Image.study_id, Image.id, Image.laterality, Image.view, Image.state,
+               Image.created_at, Prediction.id, Prediction.label, Prediction.p_malignant,
+               Prediction.suspicion)
+        .where(Image.study_id.in_(study_ids))
+        .outerjoin(latest, latest.c.image_id == Image.id)
+        .outerjoin(Prediction, Prediction.id == latest.c.pid)
+    )
+    grouped: dict[int, list[ExamImage]] = defaultdict(list)
+    for sid, iid, lat, view, state, created, pid, label, p_mal, susp in session.execute(stmt):
+        if sid is None:
+            continue
+        grouped[sid].append(ExamImage(iid, lat, view, state, as_utc(created) or utcnow(),
+                                      pid, label, p_mal, susp))
+    return grouped
+
+
+def _store(session: Session, study_id: int, summary: ExamSummary,
+           current: ExamResult | None, now: datetime) -> ExamChange | None:
+    if current is not None and current.signature == summary.signature:
+        return None
+    version = current.version + 1 if current else 1
+    row = {"study_id": study_id, "version": version, "created_at": now,
+           **{k: getattr(summary, k) for k in (
+               "status", "reason", "label", "p_malignant", "suspicion", "per_breast",
+               "views", "missing_views", "flags", "n_images", "n_failed", "signature")}}
+    # Two refreshers racing (watcher and worker) both try this version: one insert wins.
+    if not insert_missing(session, ExamResult, [row], conflict=("study_id", "version"),
+                          returning=ExamResult.id):
+        return None
+    if current is not None:
+        session.execute(update(ExamResult).where(ExamResult.id == current.id)
+                        .values(superseded_at=now),
+                        execution_options={"synchronize_session": False})
+    return ExamChange(study_id, version, summary.status, current.version if current else None)
+
+
+def refresh_exam_results(session: Session, study_ids: Iterable[int], *, timeout_s: float,
+                         now: datetime | None = None) -> list[ExamChange]:
+    """Compute the exam results that are due or changed; return what was written.
+
+    Flushes but does not commit: the caller owns the transaction.
+    """
+    now = now or utcnow()
+    changes: list[ExamChange] = []
+    for block in _blocks(study_ids):
+        images = _load_images(session, block)
+        current = {r.study_id: r for r in session.execute(
+            select(ExamResult).where(ExamResult.study_id.in_(block),
+                                     ExamResult.superseded_at.is_(None))).scalars()}
+        for study_id in block:
+            summary = summarise(images.get(study_id, []), timeout_s=timeout_s, now=now)
+            if summary is None:
+                continue
+            change = _store(session, study_id, summary, current.get(study_id), now)
+            if change is not None:
+                changes.append(change)
+    session.flush()
+    return changes
+
+
+def studies_of_images(session: Session, image_ids: Iterable[int]) -> set[int]:
+    found: set[int] = set()
+    for block in _blocks(image_ids):
+        found.update(s for s in session.execute(
+            select(Image.study_id).where(Image.id.in_(block), Image.study_id.is_not(None))
+            .distinct()).scalars() if s is not None)
+    return found
+
+
+def studies_awaiting_result(session: Session, *, limit: int = 500) -> list[int]:
+    """Studies that have images but no exam result yet (candidates for the timeout)."""
+    has_result = select(ExamResult.id).where(ExamResult.study_id == Image.study_id).exists()
+    stmt = (select(Image.study_id).where(Image.study_id.is_not(None), ~has_result)
+            .distinct().order_by(Image.study_id).limit(limit))
+    return [s for s in session.execute(stmt).scalars() if s is not None]

@@ -1,0 +1,186 @@
+"""What a mammography DICOM header says about the image, as plain values.
+
+Each function reads a few elements of a pydicom ``Dataset`` (read without pixels) and
+returns an enum, a number or a short text. Kept apart from the triage rules
+(``dicom_checks``) and from decoding (``dicom``): these never refuse a file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydicom.dataset import Dataset
+
+from shared.enums import View
+
+# View for Mammography (DICOM CID 4014), by SNOMED-RT (SRT/SNM3) and SNOMED CT code.
+_VIEW_CODES = {
+    "R-10242": View.CC, "399162004": View.CC,
+    "R-10226": View.MLO, "399368009": View.MLO,
+    "R-10224": View.ML, "399260004": View.ML,
+    "R-10228": View.LM, "399352003": View.LM,
+    "R-10230": View.LMO, "399099002": View.LMO,
+    "R-1024A": View.XCCL, "399192003": View.XCCL,
+    "R-1024B": View.XCCM, "399101009": View.XCCM,
+    "R-10244": View.FB, "399196006": View.FB,
+    "R-102D0": View.SIO, "399188001": View.SIO,
+}
+# The same views by Code Meaning, for files that use another coding scheme.
+_VIEW_MEANINGS = {
+    "cranio-caudal": View.CC, "medio-lateral oblique": View.MLO, "medio-lateral": View.ML,
+    "latero-medial": View.LM, "latero-medial oblique": View.LMO,
+    "cranio-caudal exaggerated laterally": View.XCCL,
+    "cranio-caudal exaggerated medially": View.XCCM,
+    "caudo-cranial (from below)": View.FB,
+    "superolateral to inferomedial oblique": View.SIO,
+}
+# View Modifier (CID 4015) meanings that change what the image shows, as stored flags.
+_MODIFIER_FLAGS = {
+    "spot compression": "spot_compression", "magnification": "magnification",
+    "magnified": "magnification", "implant displaced": "implant_displaced",
+    "rolled laterally": "rolled", "rolled medially": "rolled", "rolled superior": "rolled",
+    "rolled inferior": "rolled", "tangential": "tangential", "cleavage": "cleavage",
+    "axillary tissue": "axillary", "nipple in profile": "nipple_in_profile",
+}
+# A contact mammogram is magnified about 1.1x by geometry; a magnification view 1.5-2x.
+_MAGNIFICATION_FACTOR = 1.3
+
+__all__ = [
+    "burned_in_annotation", "chest_wall_side", "pixel_spacing", "text", "view", "view_flags",
+    "voi_description",
+]
+
+
+def text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    stripped = str(value).strip() if value is not None else ""
+    return stripped or None
+
+
+def view(ds: Dataset) -> View | None:
+    """(0018,5101) View Position, else the first (0054,0220) View Code Sequence item."""
+    parsed = View.parse(text(ds, "ViewPosition"))
+    if parsed is not None:
+        return parsed
+    item = _first(ds, "ViewCodeSequence")
+    if item is None:
+        return None
+    code = str(item.get("CodeValue", "")).strip()
+    meaning = str(item.get("CodeMeaning", "")).strip().lower()
+    return _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning) or View.OTHER
+
+
+def view_flags(ds: Dataset) -> tuple[str, ...]:
+    """Sorted flags for views that are not standard screening views (spot, magnification).
+
+    From the View Modifier Code Sequence (inside the View Code Sequence), the paddle, the
+    estimated magnification factor, and a stereotactic Image Type.
+    """
+    flags: set[str] = set()
+    item = _first(ds, "ViewCodeSequence")
+    for modifier in (item.get("ViewModifierCodeSequence") or []) if item is not None else []:
+        meaning = str(modifier.get("CodeMeaning", "")).strip().lower()
+        flags.add(_MODIFIER_FLAGS.get(meaning, meaning.replace(" ", "_")[:24] or "modifier"))
+    paddle = (text(ds, "PaddleDescription") or "").upper()
+    if "SPOT" in paddle:
+        flags.add("spot_compression")
+    if "MAG" in paddle:
+        flags.add("magnification")
+    factor = ds.get("EstimatedRadiographicMagnificationFactor")
+    if factor is not None and _number(factor) >= _MAGNIFICATION_FACTOR:
+        flags.add("magnification")
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "STEREO" in image_type:
+        flags.add("stereotactic")
+    return tuple(sorted(flags))
+
+
+def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm: Imager Pixel Spacing first, then Pixel Spacing.
+
+    The detector-plane spacing comes first because every vendor fills it the same way;
+    Pixel Spacing (calibrated at the breast) is present on only some and would make images
+    of one detector scale differently by vendor.
+    """
+    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            row, column = (float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if row > 0 and column > 0:
+            return row, column
+    return None
+
+
+def chest_wall_side(ds: Dataset) -> Literal["left", "right"] | None:
+    """Where the chest wall is in the stored pixels, from (0020,0020) Patient Orientation.
+
+    Its first value is the direction of increasing column: towards Anterior (the nipple)
+    puts the chest wall on the left, towards Posterior on the right. Anything else (a CC
+    stored as "R\\P" for a biopsy) says nothing about it.
+    """
+    value = ds.get("PatientOrientation")
+    if not value or isinstance(value, str):
+        return None
+    row_direction = str(value[0]).upper()
+    if "A" in row_direction and "P" not in row_direction:
+        return "left"
+    if "P" in row_direction and "A" not in row_direction:
+        return "right"
+    return None
+
+
+def burned_in_annotation(ds: Dataset) -> bool | None:
+    value = (text(ds, "BurnedInAnnotation") or "").upper()
+    return {"YES": True, "NO": False}.get(value)
+
+
+def voi_description(ds: Dataset) -> str | None:
+    """Which VOI transform the reader applies, and what it passed over (several windows).
+
+    Mirrors ``apply_voi_lut(prefer_lut=True)``: the first VOI LUT Sequence item if any, else
+    the first window centre/width with its VOI LUT Function.
+    """
+    luts = ds.get("VOILUTSequence") or []
+    centres = _values(ds.get("WindowCenter"))
+    widths = _values(ds.get("WindowWidth"))
+    explanations = _values(ds.get("WindowCenterWidthExplanation"))
+    windows = min(len(centres), len(widths))
+    if len(luts):
+        name = str(luts[0].get("LUTExplanation", "")).strip()
+        chosen = f"VOI LUT 1 of {len(luts)}" + (f" ({name})" if name else "")
+        return chosen + (f"; {windows} window(s) not used" if windows else "")
+    if not windows:
+        return None
+    function = text(ds, "VOILUTFunction") or "LINEAR"
+    chosen = (f"window 1 of {windows}: centre {_short(centres[0])}, "
+              f"width {_short(widths[0])}, {function}")
+    return chosen + (f" ({explanations[0]})" if explanations else "")
+
+
+def _first(ds: Dataset, keyword: str) -> Dataset | None:
+    sequence = ds.get(keyword)
+    return sequence[0] if sequence is not None and len(sequence) else None
+
+
+def _values(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return [str(value).strip()]
+    return [str(v).strip() for v in value]
+
+
+def _short(number: str) -> str:
+    try:
+        return f"{float(number):g}"
+    except ValueError:
+        return number
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0

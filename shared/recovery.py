@@ -1,0 +1,85 @@
+"""The sweeper: re-send wake-up messages for work the database says is stuck.
+
+Redis is not trusted to keep messages (restart without persistence, eviction, a worker
+SIGKILLed before its message comes back). The database is: an image ``queued`` for too
+long, or ``processing`` under an expired lease, gets a new message. Re-sending is safe
+because claims and upserts make a second delivery a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.db import lifecycle
+from shared.db.schema import Image
+from shared.enums import ImageState, Priority
+from shared.queue import enqueue_chunks, queue_depth
+from shared.timeutil import utcnow
+
+
+@dataclass
+class SweepReport:
+    stale_queued: list[int] = field(default_factory=list)
+    expired_claims: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)
+    messages: int = 0
+    note: str = ""
+
+    def summary(self) -> str:
+        text = (f"re-queued {len(self.requeued)} image(s) in {self.messages} message(s): "
+                f"{len(self.stale_queued)} queued too long, {len(self.expired_claims)} "
+                "claimed by a worker that stopped")
+        return f"{text} ({self.note})" if self.note else text
+
+
+def find_stuck(
+    session: Session, settings: Settings, *, queued_older_than_s: int, batch_id: int | None = None,
+) -> SweepReport:
+    now = utcnow()
+    ids = lifecycle.stale_images(
+        session, queued_before=now - timedelta(seconds=queued_older_than_s),
+        claimed_before=now - timedelta(seconds=settings.claim_lease_s), batch_id=batch_id)
+    if not ids:
+        return SweepReport()
+    processing = set(session.execute(select(Image.id).where(and_(
+        Image.id.in_(ids), Image.state == ImageState.PROCESSING.value))).scalars())
+    return SweepReport(stale_queued=[i for i in ids if i not in processing],
+                       expired_claims=[i for i in ids if i in processing])
+
+
+def sweep(
+    sessions: sessionmaker[Session], app: Celery, settings: Settings, *,
+    queued_older_than_s: int, batch_id: int | None = None, force: bool = False,
+    dry_run: bool = False,
+) -> SweepReport:
+    """Re-queue stuck images and say what was done.
+
+    Without ``force`` (the automatic sweeper in workers), long-queued images are re-sent
+    only when the broker queue is empty: while messages are still waiting, a long wait is
+    a busy night, not a lost message. Expired claims are always re-sent.
+    """
+    with sessions() as session:
+        report = find_stuck(session, settings, queued_older_than_s=queued_older_than_s,
+                            batch_id=batch_id)
+    targets = list(report.expired_claims)
+    if report.stale_queued:
+        depth = None if force else queue_depth(app)
+        if force or depth == 0:
+            targets += report.stale_queued
+        else:
+            report.note = f"broker still holds {depth} message(s); queued images left alone"
+    if dry_run or not targets:
+        return report
+    report.requeued = sorted(targets)
+    report.messages = enqueue_chunks(app, report.requeued, chunk_size=settings.chunk_size,
+                                     priority=Priority.ROUTINE)
+    with sessions() as session:
+        lifecycle.mark_enqueued(session, report.requeued)
+        session.commit()
+    return report

@@ -1,0 +1,41 @@
+"""Read-only checks on what a pipeline run left in the database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine, func, select
+
+from shared.db.schema import Image, Prediction
+
+
+@dataclass(frozen=True)
+class Tally:
+    images: int
+    done: int
+    failed: int
+    predictions: int
+    max_predictions_per_image: int
+    failures: dict[str, str]  # source -> error_code
+
+    @property
+    def terminal(self) -> int:
+        return self.done + self.failed
+
+
+def tally(url: str) -> Tally:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            states = dict(conn.execute(
+                select(Image.state, func.count()).group_by(Image.state)).all())
+            per_image = conn.execute(select(func.count()).select_from(Prediction)
+                                     .group_by(Prediction.image_id)).scalars().all()
+            failures = dict(conn.execute(select(Image.source, Image.error_code)
+                                         .where(Image.state == "failed")).all())
+    finally:
+        engine.dispose()
+    return Tally(images=sum(states.values()), done=states.get("done", 0),
+                 failed=states.get("failed", 0), predictions=sum(per_image),
+                 max_predictions_per_image=max(per_image, default=0),
+                 failures={str(k): str(v) for k, v in failures.items()})

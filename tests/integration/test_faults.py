@@ -1,0 +1,177 @@
+"""Fault injection with real processes: nothing lost, nothing doubled.
+
+Workers are real `mammo worker` subprocesses (prefork). Each test injects one fault:
+SIGKILLed children, a Redis restart that loses the queue, a PostgreSQL outage, a poison
+image that kills its worker every time, and two producers racing on one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.synthetic import make_exam_set
+from tests.helpers.db import tally
+from tests.helpers.processes import MAMMO, WorkerProcess, mammo_env, run_mammo, wait_for
+from tests.helpers.services import PrivatePostgres, PrivateRedis
+
+pytestmark = pytest.mark.integration
+
+FAST_RECOVERY = {"sweep_interval_s": "2", "requeue_after_s": "5"}
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _submit(folder: Path, env: dict[str, str], cwd: Path) -> int:
+    done = run_mammo(["submit", str(folder), "--json"], env, cwd)
+    assert done.returncode == 0, done.stderr
+    return int(json.loads(done.stdout)["batch_id"])
+
+
+def _assert_exactly_once(url: str, n: int) -> None:
+    t = tally(url)
+    assert t.images == n and t.done == n, t
+    assert t.predictions == n and t.max_predictions_per_image == 1, t
+
+
+def test_sigkilled_children_lose_and_double_nothing(
+    tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+) -> None:
+    files = make_exam_set(tmp_path / "in", n_exams=50, seed=21)
+    assert len(files) == 200
+    env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
+                    chunk_size="8", max_attempts="6", **FAST_RECOVERY)
+    _submit(tmp_path / "in", env, tmp_path)
+    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "2")
+    try:
+        kills = 0
+        deadline = time.monotonic() + 240
+        while kills < 3 and time.monotonic() < deadline:
+            t = tally(postgres_url)
+            children = _children(worker.proc.pid)
+            if t.done > 20 * (kills + 1) and children:
+                os.kill(children[kills % len(children)], signal.SIGKILL)
+                kills += 1
+            time.sleep(0.3)
+        assert kills == 3, worker.log()
+        wait_for(lambda: tally(postgres_url).terminal == 200, timeout=240,
+                 what="200 images after 3 SIGKILLs", on_timeout=worker.log)
+    finally:
+        worker.stop()
+    _assert_exactly_once(postgres_url, 200)
+
+
+def test_redis_restart_without_persistence_loses_nothing(
+    tmp_path: Path, postgres_url: str, tiny_model_dir: Path,
+) -> None:
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    make_exam_set(tmp_path / "in", n_exams=20, seed=22)
+    env = mammo_env(broker_url=redis.url, database_url=postgres_url, model=str(tiny_model_dir),
+                    chunk_size="4", **FAST_RECOVERY)
+    _submit(tmp_path / "in", env, tmp_path)
+    redis.kill()  # every queued message is gone
+    redis.start()
+    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
+    try:
+        wait_for(lambda: tally(postgres_url).terminal == 80, timeout=180,
+                 what="the sweeper to re-queue the lost batch", on_timeout=worker.log)
+        assert "sweeper: re-queued" in worker.log()
+    finally:
+        worker.stop()
+        redis.kill()
+    _assert_exactly_once(postgres_url, 80)
+
+
+def test_postgres_outage_is_waited_out(
+    tmp_path: Path, redis_url: str, tiny_model_dir: Path,
+) -> None:
+    pg = PrivatePostgres(tmp_path / "pg")
+    pg.start()
+    make_exam_set(tmp_path / "in", n_exams=15, seed=23)
+    env = mammo_env(broker_url=redis_url, database_url=pg.url, model=str(tiny_model_dir),
+                    chunk_size="4", **FAST_RECOVERY)
+    worker = None
+    try:
+        _submit(tmp_path / "in", env, tmp_path)
+        pg.stop()  # down before the workers start: every first attempt meets the outage
+        worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
+        time.sleep(20)
+        pg.start()
+        wait_for(lambda: tally(pg.url).terminal == 60, timeout=240,
+                 what="all images after a 20 s database outage", on_timeout=worker.log)
+        assert "Retry" in worker.log() or "retry" in worker.log()
+        _assert_exactly_once(pg.url, 60)
+    finally:
+        if worker:
+            worker.stop()
+        pg.stop()
+
+
+POISON_HOOK = '''
+import os, signal
+import shared.imaging.readers as readers
+_decode = readers.decode
+def decode(path, **kwargs):
+    if "POISON" in str(path):  # simulates a decoder that segfaults on this file
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _decode(path, **kwargs)
+readers.decode = decode
+'''
+
+
+def test_poison_image_is_quarantined_and_its_chunk_mates_finish(
+    tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+) -> None:
+    files = make_exam_set(tmp_path / "in", n_exams=3, seed=24)
+    files[4].rename(files[4].with_name("POISON-" + files[4].name))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(POISON_HOOK)
+    env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
+                    chunk_size="6", max_attempts="2", **FAST_RECOVERY)
+    _submit(tmp_path / "in", env, tmp_path)
+    worker_env = {**env, "PYTHONPATH": str(hook)}
+    worker = WorkerProcess(worker_env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
+    try:
+        wait_for(lambda: tally(postgres_url).terminal == 12, timeout=240,
+                 what="the poison image to be quarantined", on_timeout=worker.log)
+    finally:
+        worker.stop()
+    t = tally(postgres_url)
+    assert t.done == 11 and t.predictions == 11 and t.max_predictions_per_image == 1
+    [(source, code)] = t.failures.items()
+    assert "POISON-" in source and code == "poison"
+
+
+def test_two_producers_racing_on_one_folder(
+    tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+) -> None:
+    make_exam_set(tmp_path / "in", n_exams=10, seed=25)
+    env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
+                    chunk_size="8")
+    run_mammo(["db", "upgrade"], env, tmp_path)
+    cmd = [*MAMMO, "submit",
+           str(tmp_path / "in"), "--json"]
+    racers = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [r.communicate(timeout=120) for r in racers]
+    assert all(r.returncode == 0 for r in racers), outs
+    queued = sum(json.loads(out)["queued"] for out, _ in outs)
+    assert queued == 40  # each file queued by exactly one of the two producers
+    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
+    try:
+        wait_for(lambda: tally(postgres_url).terminal == 40, timeout=180,
+                 what="the raced batch", on_timeout=worker.log)
+    finally:
+        worker.stop()
+    _assert_exactly_once(postgres_url, 40)

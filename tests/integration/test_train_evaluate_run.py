@@ -1,0 +1,106 @@
+"""Train -> evaluate -> activate -> run, through the real CLI, on a tiny synthetic set.
+
+A real (tiny) training run: 2 folds, 2 epochs, 128 px input, seconds. Not a quality test:
+it proves the model `mammo train` writes is the one `mammo evaluate` scores and, once
+activated, the one `mammo run` uses (with a heatmap stored per prediction).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from models.heatmaps import decode_png
+from models.registry import resolve_model
+from shared.db.schema import ModelVersion, Prediction
+from shared.synthetic import make_exam_set
+from tests.conftest import SHARED_DATA
+from tests.helpers.mias_like import write_mias_like
+from tests.helpers.processes import mammo_env, run_mammo
+
+EVALUATE_KEYS = ["n", "accuracy", "confusion_matrix", "auc_abnormal", "auc_malignant",
+                 "sensitivity_at_90_specificity", "ece", "model", "predictions"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    data = write_mias_like(root / "mias", pairs=6)
+    env = mammo_env(database_url=f"sqlite:///{root / 'train.db'}")
+    done = run_mammo(["train", str(data), "--output", str(root / "out"), "--name", "tiny",
+                      "--version", "0.1.0", "--folds", "2", "--epochs", "2",
+                      "--input-size", "128", "--patch", "32", "--bootstrap", "20"], env, root)
+    assert done.returncode == 0, done.stderr
+    assert "fold 2/2" in done.stderr and "epoch 1/2" in done.stderr  # progress is printed
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
+    spec = resolve_model(str(trained))
+    meta = spec.metadata
+    assert (spec.name, spec.version, spec.input_size) == ("tiny", "0.1.0", (128, 128))
+    for plot in meta["plots"].values():
+        assert (trained / plot).stat().st_size > 1000
+    assert meta["training_data"]["images"] == 12 and meta["training_data"]["patients"] == 6
+    assert set(meta["validation"]) >= {"auc_abnormal", "auc_malignant", "ece", "ci95"}
+    card = (trained / "MODEL_CARD.md").read_text()
+    assert "Suckling" in card and "Decision support" in card and "95%" in card
+
+
+def test_evaluate_json_has_exactly_the_contract_keys(trained: Path, tmp_path: Path) -> None:
+    data = write_mias_like(tmp_path / "eval", pairs=3, seed=11)
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 'e.db'}")
+    done = run_mammo(["evaluate", str(data), "--model", str(trained), "--format", "json"],
+                     env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert list(result) == EVALUATE_KEYS
+    assert result["n"] == 6 and len(result["predictions"]) == 6
+    assert result["model"]["sha256"] == resolve_model(str(trained)).sha256
+    first = result["predictions"][0]
+    assert list(first) == ["id", "truth", "label", "p_normal", "p_benign", "p_malignant"]
+    assert abs(first["p_normal"] + first["p_benign"] + first["p_malignant"] - 1) < 1e-6
+    assert sum(map(sum, result["confusion_matrix"])) == 6
+
+
+def test_activated_model_is_the_one_run_uses(trained: Path, tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    env = mammo_env(database_url=f"sqlite:///{db}", chunk_size="4")
+    activated = run_mammo(["models", "activate", str(trained)], env, tmp_path)
+    assert activated.returncode == 0, activated.stderr
+    listed = json.loads(run_mammo(["models", "list", "--format", "json"], env, tmp_path).stdout)
+    [row] = [r for r in listed if r["active"]]
+    assert (row["name"], row["version"], row["in_use"]) == ("tiny", "0.1.0", True)
+
+    folder = tmp_path / "exams"
+    make_exam_set(folder, n_exams=2, seed=5)
+    done = run_mammo(["run", str(folder), "--format", "json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        rows = conn.execute(select(Prediction.heatmap_png, ModelVersion.name)
+                            .join(ModelVersion, Prediction.model_version_id == ModelVersion.id)
+                            ).all()
+    engine.dispose()
+    assert len(rows) == 8 and {r.name for r in rows} == {"tiny"}
+    heatmap = decode_png(rows[0].heatmap_png)
+    assert heatmap.ndim == 2 and 0.0 <= heatmap.min() <= heatmap.max() <= 1.0
+
+
+@pytest.mark.realdata
+def test_shipped_model_scores_real_mammograms(tmp_path: Path) -> None:
+    mias = SHARED_DATA / "mini-mias"
+    if not mias.is_dir():
+        pytest.skip(f"{mias} is absent (real mammograms are not part of the repository)")
+    manifest = tmp_path / "few.csv"
+    rows = ["path,label", f"{mias / 'mdb001.png'},benign", f"{mias / 'mdb003.png'},normal",
+            f"{mias / 'mdb005.png'},benign", f"{mias / 'mdb023.png'},malignant"]
+    manifest.write_text("\n".join(rows) + "\n")
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 'r.db'}")
+    done = run_mammo(["evaluate", str(manifest), "--format", "json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["n"] == 4 and result["model"]["name"] == "default"

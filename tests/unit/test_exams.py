@@ -1,0 +1,126 @@
+"""Exam grouping: complete with 4 views, flagged incomplete after the timeout, recomputed
+(with the old version kept) when a late image arrives."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import Batch, ExamResult, Image, ModelVersion, Prediction, Study
+from shared.exams import (
+    ExamImage,
+    refresh_exam_results,
+    studies_awaiting_result,
+    studies_of_images,
+    summarise,
+)
+from shared.timeutil import utcnow
+
+T0 = datetime(2026, 11, 25, 8, 0, tzinfo=utcnow().tzinfo)
+VIEWS = [("L", "CC"), ("R", "CC"), ("L", "MLO"), ("R", "MLO")]
+
+
+def _img(i: int, lat: str | None, view: str | None, *, state: str = "done",
+         susp: int | None = 2, p_mal: float = 0.1, at: datetime = T0) -> ExamImage:
+    done = state == "done"
+    return ExamImage(i, lat, view, state, at, i if done else None, "normal" if done else None,
+                     p_mal if done else None, susp if done else None)
+
+
+def test_four_views_make_a_complete_exam_scored_by_its_worst_view() -> None:
+    images = [_img(1, "L", "CC"), _img(2, "R", "CC", susp=8, p_mal=0.7),
+              _img(3, "L", "MLO"), _img(4, "R", "MLO", susp=5, p_mal=0.9)]
+    summary = summarise(images, timeout_s=600, now=T0)
+    assert summary is not None
+    assert (summary.status, summary.reason, summary.missing_views) == ("complete", "four_views", [])
+    assert summary.suspicion == 8 and summary.p_malignant == pytest.approx(0.9)
+    assert summary.per_breast["R"]["suspicion"] == 8
+    assert summary.per_breast["R"]["p_malignant"] == pytest.approx(0.9)
+    assert summary.per_breast["L"]["suspicion"] == 2 and summary.flags == []
+
+
+def test_missing_views_wait_for_the_timeout_then_are_flagged_incomplete() -> None:
+    images = [_img(1, "L", "CC"), _img(2, "R", "CC", at=T0 + timedelta(seconds=50))]
+    assert summarise(images, timeout_s=100, now=T0 + timedelta(seconds=120)) is None
+    late = summarise(images, timeout_s=100, now=T0 + timedelta(seconds=151))
+    assert late is not None and late.status == "incomplete" and late.reason == "timeout"
+    assert late.missing_views == ["L-MLO", "R-MLO"]
+    assert any(f.startswith("incomplete: missing L-MLO, R-MLO") for f in late.flags)
+
+
+def test_an_image_still_in_flight_holds_the_exam_back_even_after_the_timeout() -> None:
+    images = [*(_img(i, lat, v) for i, (lat, v) in enumerate(VIEWS, 1)),
+              _img(5, "L", "CC", state="processing")]
+    assert summarise(images, timeout_s=1, now=T0 + timedelta(hours=2)) is None
+
+
+def test_failed_views_count_as_missing_and_are_flagged() -> None:
+    images = [_img(1, "L", "CC"), _img(2, "R", "CC"), _img(3, "L", "MLO"),
+              _img(4, "R", "MLO", state="failed")]
+    summary = summarise(images, timeout_s=10, now=T0 + timedelta(seconds=11))
+    assert summary is not None and summary.status == "incomplete"
+    assert summary.missing_views == ["R-MLO"] and summary.n_failed == 1
+    assert "1 image(s) failed and are not scored" in summary.flags
+
+
+# -- against the database --------------------------------------------------------------------
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> sessionmaker[Session]:
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    return make_session_factory(engine)
+
+
+def _add_image(session: Session, study_id: int, lat: str, view: str, *, n: int,
+               suspicion: int | None, created: datetime) -> int:
+    image = Image(identity=f"sop:1.2.{study_id}.{n}", batch_id=1, study_id=study_id,
+                  source=f"/in/{n}.dcm", format="dicom", laterality=lat, view=view,
+                  state="queued" if suspicion is None else "done", created_at=created)
+    session.add(image)
+    session.flush()
+    if suspicion is not None:
+        _predict(session, image.id, suspicion)
+    return image.id
+
+
+def _predict(session: Session, image_id: int, suspicion: int) -> None:
+    session.add(Prediction(image_id=image_id, model_version_id=1, preprocessing_version="1",
+                           label="normal", p_normal=0.5, p_benign=0.3, p_malignant=0.2,
+                           suspicion=suspicion, decode_ms=1, preprocess_ms=1, infer_ms=1,
+                           forward_pass_id="x", forward_pass_size=1))
+
+
+def test_a_late_fifth_image_supersedes_the_result_and_keeps_the_old_one(
+        sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        session.add_all([Batch(id=1, name="b"), Study(id=1, study_uid="1.2.1"),
+                         ModelVersion(id=1, name="m", version="1", sha256="0" * 64,
+                                      preprocessing_version="1", classes=["a"],
+                                      input_size=[1, 1], path="/m")])
+        session.flush()
+        for n, (lat, view) in enumerate(VIEWS):
+            _add_image(session, 1, lat, view, n=n, suspicion=3, created=T0)
+        now = T0 + timedelta(seconds=5)
+        [first] = refresh_exam_results(session, [1], timeout_s=600, now=now)
+        assert (first.version, first.status, first.superseded) == (1, "complete", None)
+        assert refresh_exam_results(session, [1], timeout_s=600, now=now) == []  # idempotent
+
+        late = _add_image(session, 1, "L", "CC", n=9, suspicion=None, created=now)
+        assert studies_of_images(session, [late]) == {1}
+        assert refresh_exam_results(session, [1], timeout_s=600, now=now) == []  # in flight
+        session.execute(update(Image).where(Image.id == late).values(state="done"))
+        _predict(session, late, 9)
+        [second] = refresh_exam_results(session, [1], timeout_s=600, now=now)
+        assert (second.version, second.status, second.superseded) == (2, "complete", 1)
+        rows = session.execute(select(ExamResult).order_by(ExamResult.version)).scalars().all()
+        assert [r.superseded_at is not None for r in rows] == [True, False]
+        assert (rows[0].suspicion, rows[1].suspicion) == (3, 9)
+        assert rows[1].per_breast["L"]["suspicion"] == 9 and rows[1].n_images == 5
+        assert studies_awaiting_result(session) == []

@@ -1,0 +1,97 @@
+"""CSV manifests and the filename convention: metadata for files that carry none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from producer.manifest import (
+    FileMetadata,
+    Manifest,
+    apply_metadata,
+    filename_convention,
+    metadata_source,
+)
+from shared.enums import Label, Laterality, View
+from shared.errors import ManifestError
+from shared.imaging.types import ImageHeader
+from shared.pseudonym import Pseudonymizer
+
+KEY = Pseudonymizer(b"unit-test-key-not-a-secret")
+
+
+def _manifest(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "manifest.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_rows_are_found_by_resolved_path_and_ids_pseudonymised(tmp_path: Path) -> None:
+    (tmp_path / "scans").mkdir()
+    path = _manifest(tmp_path, (
+        "path,patient_id,laterality,view,study_id,accession,label,pixel_spacing_mm,extra\n"
+        "scans/a.png,P-0001,L,CC,EX1,ACC1,malignant,0.1,ignored\n"
+        f"{tmp_path / 'scans' / 'b.png'},,right,mlo,,,,0.07\\0.08,\n"))
+    manifest = Manifest.load(path, pseudonymize=KEY)
+    a = manifest.lookup(tmp_path / "scans" / ".." / "scans" / "a.png")
+    assert a == FileMetadata(Laterality.LEFT, View.CC, KEY("P-0001"), "EX1", "ACC1",
+                             Label.MALIGNANT, (0.1, 0.1))
+    b = manifest.lookup(tmp_path / "scans" / "b.png")
+    assert b is not None and (b.laterality, b.view) == (Laterality.RIGHT, View.MLO)
+    assert b.patient_pseudonym is None and b.pixel_spacing_mm == (0.07, 0.08)
+    assert manifest.lookup(tmp_path / "scans" / "c.png") is None
+    assert "P-0001" not in repr(manifest.entries)
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("file,laterality\nx.png,L\n", "no 'path' column"),
+    ("path,laterality\nx.png,sideways\n", "'sideways' is not a valid laterality"),
+    ("path,label\nx.png,cancer\n", "line 2: 'cancer' is not a valid label"),
+    ("path,pixel_spacing_mm\nx.png,-1\n", "not a valid pixel_spacing_mm"),
+    ("path,view\n,CC\n", "'path' value is empty"),
+])
+def test_bad_manifests_say_where_and_what(tmp_path: Path, text: str, phrase: str) -> None:
+    with pytest.raises(ManifestError, match=phrase):
+        Manifest.load(_manifest(tmp_path, text), pseudonymize=KEY)
+
+
+def test_patient_ids_without_a_key_refuse_the_manifest(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, "path,patient_id\nx.png,SECRET-77\n")
+    with pytest.raises(ManifestError) as caught:
+        Manifest.load(path, pseudonymize=None)
+    assert "MAMMO_PATIENT_ID_KEY" in str(caught.value) and "SECRET-77" not in str(caught.value)
+    # Without patient IDs no key is needed.
+    Manifest.load(_manifest(tmp_path, "path,laterality\nx.png,L\n"), pseudonymize=None)
+
+
+@pytest.mark.parametrize("name, laterality", [
+    ("mdb001.png", Laterality.RIGHT), ("mdb002.png", Laterality.LEFT),
+    ("MDB322.PGM", Laterality.LEFT), ("mdb1.png", None), ("scan002.png", None),
+])
+def test_mini_mias_filename_convention(name: str, laterality: Laterality | None) -> None:
+    found = filename_convention(Path("/data") / name)
+    if laterality is None:
+        assert found is None
+        return
+    assert found is not None and found.laterality is laterality and found.view is View.MLO
+    assert found.pixel_spacing_mm == (0.2, 0.2)
+
+
+def test_manifest_row_wins_over_convention_and_header_wins_over_both(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, "path,laterality,view,study_id\nmdb001.png,L,CC,EX9\n")
+    lookup = metadata_source(Manifest.load(path, pseudonymize=None))
+    assert lookup(tmp_path / "mdb001.png") is not None
+    assert lookup(tmp_path / "mdb001.png").laterality is Laterality.LEFT  # type: ignore[union-attr]
+    assert lookup(tmp_path / "mdb003.png").laterality is Laterality.RIGHT  # type: ignore[union-attr]
+    assert metadata_source(None)(tmp_path / "x.png") is None
+
+    png = ImageHeader(format="png", identity="sha256:00")
+    filled = apply_metadata(png, lookup(tmp_path / "mdb001.png"))
+    assert (filled.laterality, filled.view) == (Laterality.LEFT, View.CC)
+    assert filled.study_instance_uid == "manifest:EX9"
+    dicom = ImageHeader(format="dicom", identity="sop:1", laterality=Laterality.RIGHT,
+                        view=View.MLO, study_instance_uid="1.2.3")
+    kept = apply_metadata(dicom, lookup(tmp_path / "mdb001.png"))
+    assert (kept.laterality, kept.view, kept.study_instance_uid) == (
+        Laterality.RIGHT, View.MLO, "1.2.3")

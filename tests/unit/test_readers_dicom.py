@@ -1,0 +1,381 @@
+"""DICOM as screening centres send it: compressed syntaxes, VOI LUT forms, header metadata,
+pseudonymised patient IDs, and hostile files. Every DICOM here is generated with pydicom."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+
+from shared.enums import ErrorCode, Laterality, View
+from shared.errors import (
+    ImageTooLargeError,
+    InputError,
+    MissingPixelDataError,
+    NotAMammogramError,
+    PseudonymKeyMissingError,
+    UnexpectedChannelsError,
+    UnsupportedCompressionError,
+    UnsupportedFormatError,
+)
+from shared.imaging.preprocess import preprocess
+from shared.imaging.readers import decode, read_header
+from shared.pseudonym import Pseudonymizer
+from shared.synthetic import synth_mammogram, write_compressed, write_dicom
+
+BIG = 10**8
+PATIENT = "PAT-0042-REAL-LOOKING"
+KEY = Pseudonymizer(b"unit-test-key-not-a-secret")
+
+
+@pytest.fixture
+def pixels() -> np.ndarray:
+    return synth_mammogram(np.random.default_rng(8), size=(160, 128))
+
+
+@pytest.fixture
+def dicom_file(tmp_path: Path, pixels: np.ndarray) -> Path:
+    return write_dicom(tmp_path / "mg.dcm", pixels, study_uid="1.2.826.0.1.3680043.8.498.20",
+                       sop_uid="1.2.826.0.1.3680043.8.498.21", laterality=Laterality.LEFT,
+                       view=View.CC, patient_id=PATIENT)
+
+
+def _rewrite(path: Path, **changes: object) -> Dataset:
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+    return ds
+
+
+def _refused(path: Path, error: type[InputError], code: ErrorCode, *phrases: str) -> str:
+    with pytest.raises(error) as caught:
+        decode(path, max_pixels=BIG)
+    assert caught.value.code is code
+    for phrase in phrases:
+        assert phrase in caught.value.message, caught.value.message
+    assert PATIENT not in caught.value.message
+    return caught.value.message
+
+
+# --- compressed transfer syntaxes, encoded here and decoded through the chosen plugin -----
+
+@pytest.mark.parametrize("syntax, plugin", [
+    (pydicom.uid.RLELossless, None),
+    (pydicom.uid.JPEGLSLossless, "pyjpegls"),
+    (pydicom.uid.JPEG2000Lossless, "pylibjpeg"),
+    (pydicom.uid.DeflatedExplicitVRLittleEndian, None),
+])
+def test_lossless_syntaxes_round_trip(dicom_file: Path, pixels: np.ndarray,
+                                      syntax: pydicom.uid.UID, plugin: str | None) -> None:
+    if syntax.is_compressed and not get_encoder(syntax).is_available:
+        pytest.skip(f"no encoder installed for {syntax.name}")
+    if syntax.is_compressed and not get_decoder(syntax).is_available:
+        pytest.skip(f"no decoder installed for {syntax.name}")
+    ds = pydicom.dcmread(dicom_file)
+    if syntax.is_compressed:
+        ds.compress(syntax)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(dicom_file)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["transfer_syntax"] == syntax.name
+    if plugin and plugin in get_decoder(syntax).available_plugins:
+        assert decoded.notes["decoder"] == plugin  # chosen explicitly, not pydicom's order
+    assert decoded.pixels.dtype == np.float32 and decoded.max_value == 4095
+    np.testing.assert_array_equal(decoded.pixels, pixels.astype(np.float32))
+
+
+@pytest.mark.parametrize("syntax, bits, tolerance", [
+    (pydicom.uid.JPEGLosslessSV1, 12, 0.0),
+    (pydicom.uid.JPEGLossless, 12, 0.0),
+    (pydicom.uid.JPEGExtended12Bit, 12, 8.0),  # lossy: mean error in 12-bit levels
+    (pydicom.uid.JPEGBaseline8Bit, 8, 1.0),
+])
+def test_jpeg_family_round_trip(tmp_path: Path, pixels: np.ndarray, syntax: pydicom.uid.UID,
+                                bits: int, tolerance: float) -> None:
+    stored = pixels >> (12 - bits)
+    source = write_dicom(tmp_path / "src.dcm", stored, study_uid="1.2.5", sop_uid="1.2.5.1",
+                         laterality=Laterality.LEFT, view=View.CC, bits=bits)
+    if bits == 8:  # JPEG baseline holds 8-bit samples in 8-bit words
+        _rewrite(source, BitsAllocated=8, PixelData=stored.astype(np.uint8).tobytes())
+    try:
+        encoded = write_compressed(source, tmp_path / "jpeg.dcm", syntax)
+    except RuntimeError as exc:
+        pytest.skip(f"no encoder: {exc}")
+    decoded = decode(encoded, max_pixels=BIG)
+    assert decoded.notes["transfer_syntax"] == syntax.name
+    assert decoded.max_value == 2**bits - 1
+    error = float(np.abs(decoded.pixels - stored.astype(np.float32)).mean())
+    assert error <= tolerance
+
+
+def test_syntax_nobody_decodes_names_itself(dicom_file: Path) -> None:
+    ds = pydicom.dcmread(dicom_file)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(dicom_file)
+    _refused(dicom_file, UnsupportedCompressionError, ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
+             "MPEG2", "1.2.840.10008.1.2.4.100", "cannot decode")
+
+
+# --- VOI LUT forms ------------------------------------------------------------------------
+
+def _window(dicom_file: Path, centre: object, width: object, function: str | None = None,
+            explanation: object = None) -> Dataset:
+    changes: dict[str, object] = {"WindowCenter": centre, "WindowWidth": width}
+    if function:
+        changes["VOILUTFunction"] = function
+    if explanation:
+        changes["WindowCenterWidthExplanation"] = explanation
+    return _rewrite(dicom_file, **changes)
+
+
+def test_linear_window_clips_outside_and_is_recorded(dicom_file: Path,
+                                                     pixels: np.ndarray) -> None:
+    _window(dicom_file, 1024, 1024)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"].startswith("window 1 of 1: centre 1024, width 1024, LINEAR")
+    dark, bright = pixels <= 400, pixels >= 1600
+    assert (decoded.pixels[dark] == 0).all() and (decoded.pixels[bright] == 4095).all()
+
+
+def test_linear_exact_and_sigmoid_windows(dicom_file: Path, pixels: np.ndarray) -> None:
+    results = {}
+    for function in ("LINEAR_EXACT", "SIGMOID"):
+        _window(dicom_file, 2048, 2048, function)
+        decoded = decode(dicom_file, max_pixels=BIG)
+        assert function in decoded.notes["voi"]
+        assert float(decoded.pixels.min()) >= 0 and float(decoded.pixels.max()) <= 4095
+        results[function] = decoded.pixels
+    # Both are monotonic in the stored value, but SIGMOID never reaches the ends exactly.
+    order = np.argsort(pixels.ravel(), kind="stable")
+    for values in results.values():
+        assert (np.diff(values.ravel()[order]) >= -1e-3).all()
+    assert not np.array_equal(results["LINEAR_EXACT"], results["SIGMOID"])
+
+
+def test_several_windows_the_first_is_applied_and_recorded(tmp_path: Path,
+                                                           dicom_file: Path) -> None:
+    _window(dicom_file, [1024, 3000], [1024, 2000], explanation=["SOFT", "HARD"])
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"] == "window 1 of 2: centre 1024, width 1024, LINEAR (SOFT)"
+    header = read_header(dicom_file, pseudonymize=KEY)
+    assert header.voi == decoded.notes["voi"]
+    only_first = tmp_path / "first.dcm"
+    dicom_file.rename(only_first)
+    _window(only_first, 1024, 1024)
+    np.testing.assert_array_equal(decode(only_first, max_pixels=BIG).pixels, decoded.pixels)
+
+
+def test_voi_lut_sequence_wins_over_windows_and_says_so(dicom_file: Path,
+                                                        pixels: np.ndarray) -> None:
+    ds = pydicom.dcmread(dicom_file)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 10]
+    item.LUTExplanation = "NORMAL"
+    item.add_new("LUTData", "US", [value // 4 for value in range(4096)])
+    ds.VOILUTSequence = [item]
+    ds.save_as(dicom_file)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"] == "VOI LUT 1 of 1 (NORMAL); 1 window(s) not used"
+    assert decoded.max_value == 1023
+    np.testing.assert_array_equal(decoded.pixels, pixels // 4)
+
+
+def test_monochrome1_with_a_window_preprocesses_like_monochrome2(
+        tmp_path: Path, dicom_file: Path, pixels: np.ndarray) -> None:
+    mono1 = write_dicom(tmp_path / "m1.dcm", pixels, study_uid="1.2.3", sop_uid="1.2.3.9",
+                        laterality=Laterality.LEFT, view=View.CC, monochrome1=True)
+    decoded = decode(mono1, max_pixels=BIG)
+    assert decoded.invert
+    expected = preprocess(decode(dicom_file, max_pixels=BIG), (64, 52))
+    np.testing.assert_allclose(preprocess(decoded, (64, 52)), expected, atol=1e-5)
+
+
+# --- refusals -----------------------------------------------------------------------------
+
+def test_ct_is_not_mammography(dicom_file: Path) -> None:
+    _rewrite(dicom_file, Modality="CT", SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
+    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY, "'CT'")
+
+
+def test_no_pixel_data(dicom_file: Path) -> None:
+    _rewrite(dicom_file, PixelData=None)
+    _refused(dicom_file, MissingPixelDataError, ErrorCode.MISSING_PIXEL_DATA, "(7FE0,0010)")
+
+
+def test_huge_rows_and_columns_are_refused_before_allocating(dicom_file: Path) -> None:
+    # 65535 x 65535 x 2 bytes would be 8.6 GB; the header alone condemns it.
+    _rewrite(dicom_file, Rows=65535, Columns=65535)
+    with pytest.raises(ImageTooLargeError) as caught:
+        decode(dicom_file, max_pixels=80_000_000)
+    assert caught.value.code is ErrorCode.TOO_LARGE
+    assert "65535 x 65535" in caught.value.message
+
+
+def test_constant_image_is_empty(tmp_path: Path) -> None:
+    flat = write_dicom(tmp_path / "flat.dcm", np.full((100, 100), 900, np.uint16),
+                       study_uid="1.2.4", sop_uid="1.2.4.1", laterality=Laterality.LEFT,
+                       view=View.CC)
+    with pytest.raises(InputError) as caught:
+        preprocess(decode(flat, max_pixels=BIG), (64, 64))
+    assert caught.value.code is ErrorCode.EMPTY_IMAGE
+
+
+@pytest.mark.parametrize("content, code", [
+    (b"", ErrorCode.UNREADABLE),
+    (os.urandom(5000), ErrorCode.NOT_DICOM_OR_IMAGE),
+    (b"patient list\nname,id\n" * 20, ErrorCode.NOT_DICOM_OR_IMAGE),
+])
+def test_bad_files_named_dcm(tmp_path: Path, content: bytes, code: ErrorCode) -> None:
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(content.replace(b"DICM", b"XXXX"))
+    with pytest.raises(InputError) as caught:
+        decode(path, max_pixels=BIG)
+    assert caught.value.code is code
+    if code is ErrorCode.NOT_DICOM_OR_IMAGE:
+        assert isinstance(caught.value, UnsupportedFormatError)
+
+
+def test_truncated_compressed_dicom(tmp_path: Path, dicom_file: Path) -> None:
+    ds = pydicom.dcmread(dicom_file)
+    ds.compress(pydicom.uid.RLELossless)
+    ds.save_as(dicom_file)
+    data = dicom_file.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError) as caught:
+        decode(cut, max_pixels=BIG)
+    assert caught.value.code is ErrorCode.TRUNCATED
+    assert "cut.dcm is truncated" in caught.value.message
+
+
+def test_rgb_jpeg_grey_is_accepted_colour_is_refused(tmp_path: Path,
+                                                     pixels: np.ndarray) -> None:
+    grey = (pixels >> 4).astype(np.uint8)
+    as_rgb = tmp_path / "grey.jpg"
+    cv2.imwrite(str(as_rgb), cv2.merge([grey, grey, grey]))
+    decoded = decode(as_rgb, max_pixels=BIG)
+    assert decoded.pixels.shape == grey.shape and "colour" in decoded.notes
+    photo = tmp_path / "photo.jpg"
+    cv2.imwrite(str(photo), cv2.merge([grey, np.zeros_like(grey), 255 - grey]))
+    with pytest.raises(UnexpectedChannelsError) as caught:
+        decode(photo, max_pixels=BIG)
+    assert caught.value.code is ErrorCode.UNEXPECTED_CHANNELS
+    assert "colour" in caught.value.message
+
+
+# --- header metadata ----------------------------------------------------------------------
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+@pytest.mark.parametrize("code, expected", [
+    (_code("R-10242", "SRT", "cranio-caudal"), View.CC),
+    (_code("399368009", "SCT", "medio-lateral oblique"), View.MLO),
+    (_code("R-1024A", "SRT", "cranio-caudal exaggerated laterally"), View.XCCL),
+    (_code("X-1", "99LOCAL", "latero-medial"), View.LM),
+    (_code("X-2", "99LOCAL", "something else"), View.OTHER),
+])
+def test_view_falls_back_to_view_code_sequence(dicom_file: Path, code: Dataset,
+                                               expected: View) -> None:
+    _rewrite(dicom_file, ViewPosition=None, ViewCodeSequence=[code])
+    assert read_header(dicom_file, pseudonymize=KEY).view is expected
+
+
+def test_spot_compression_and_magnification_are_flagged(dicom_file: Path) -> None:
+    view = _code("R-10242", "SRT", "cranio-caudal")
+    view.ViewModifierCodeSequence = [_code("R-102D7", "SRT", "spot compression"),
+                                     _code("R-102D6", "SRT", "magnification")]
+    _rewrite(dicom_file, ViewCodeSequence=[view])
+    assert read_header(dicom_file, pseudonymize=KEY).view_flags == (
+        "magnification", "spot_compression")
+    _rewrite(dicom_file, ViewCodeSequence=None, PaddleDescription="SPOT 9CM")
+    assert read_header(dicom_file, pseudonymize=KEY).view_flags == ("spot_compression",)
+    _rewrite(dicom_file, PaddleDescription=None, EstimatedRadiographicMagnificationFactor=1.8)
+    assert read_header(dicom_file, pseudonymize=KEY).view_flags == ("magnification",)
+    _rewrite(dicom_file, EstimatedRadiographicMagnificationFactor=1.08)
+    assert read_header(dicom_file, pseudonymize=KEY).view_flags == ()
+
+
+def test_laterality_falls_back_to_series_laterality(dicom_file: Path) -> None:
+    _rewrite(dicom_file, ImageLaterality=None, Laterality="R")
+    assert read_header(dicom_file, pseudonymize=KEY).laterality is Laterality.RIGHT
+    _rewrite(dicom_file, Laterality=None)
+    assert read_header(dicom_file, pseudonymize=KEY).laterality is None
+
+
+def test_spacing_orientation_burned_in_and_equipment(dicom_file: Path) -> None:
+    _rewrite(dicom_file, ImagerPixelSpacing=[0.07, 0.07], PixelSpacing=[0.065, 0.065],
+             PatientOrientation=["P", "L"], BurnedInAnnotation="YES")
+    header = read_header(dicom_file, pseudonymize=KEY)
+    assert header.pixel_spacing_mm == (0.07, 0.07)  # detector plane first
+    assert header.burned_in_annotation is True
+    assert (header.manufacturer, header.manufacturer_model) == (
+        "SYNTHETIC", "mammo synthetic generator")
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.pixel_spacing_mm == (0.07, 0.07)
+    assert decoded.chest_wall_side == "right"
+    _rewrite(dicom_file, ImagerPixelSpacing=None, PatientOrientation=["A", "R"])
+    assert read_header(dicom_file, pseudonymize=KEY).pixel_spacing_mm == (0.065, 0.065)
+    assert decode(dicom_file, max_pixels=BIG).chest_wall_side == "left"
+
+
+# --- PatientID: a keyed pseudonym, or a refusal --------------------------------------------
+
+def test_patient_id_without_a_key_is_refused_and_says_how_to_fix(dicom_file: Path) -> None:
+    with pytest.raises(PseudonymKeyMissingError) as caught:
+        read_header(dicom_file)
+    assert caught.value.code is ErrorCode.NO_PSEUDONYM_KEY
+    assert "MAMMO_PATIENT_ID_KEY" in caught.value.message
+    assert PATIENT not in caught.value.message
+
+
+def test_pseudonym_is_keyed_stable_and_never_the_id(dicom_file: Path) -> None:
+    first = read_header(dicom_file, pseudonymize=KEY)
+    assert first.patient_pseudonym == read_header(dicom_file, pseudonymize=KEY).patient_pseudonym
+    other = read_header(dicom_file, pseudonymize=Pseudonymizer(b"another-site-key-0001"))
+    assert first.patient_pseudonym and other.patient_pseudonym
+    assert first.patient_pseudonym != other.patient_pseudonym
+    assert PATIENT not in repr(first) and PATIENT not in str(first.patient_pseudonym)
+    assert "hidden" in repr(KEY) and "unit-test-key" not in repr(KEY)
+
+
+def test_empty_patient_id_needs_no_key(dicom_file: Path) -> None:
+    _rewrite(dicom_file, PatientID="")
+    assert read_header(dicom_file).patient_pseudonym is None
+
+
+@pytest.mark.parametrize("changes", [
+    {"WindowCenter": 1500, "WindowWidth": 900, "VOILUTFunction": "SIGMOID"},
+    {"WindowCenter": 700, "WindowWidth": 300, "VOILUTFunction": "LINEAR_EXACT"},
+    {"RescaleSlope": 2, "RescaleIntercept": -100, "WindowCenter": 3000, "WindowWidth": 5000},
+    {"PixelRepresentation": 1, "RescaleIntercept": 0, "WindowCenter": 0, "WindowWidth": 4096},
+])
+def test_display_values_match_pydicom_applied_pixel_by_pixel(dicom_file: Path,
+                                                             changes: dict[str, object]) -> None:
+    """The reader maps each distinct stored value once (a lookup table); that must equal
+    pydicom's Modality LUT + VOI LUT applied to every pixel."""
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+    _rewrite(dicom_file, **changes)
+    ds = pydicom.dcmread(dicom_file)
+    reference = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, prefer_lut=True)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    shift = float(reference.min()) - float(decoded.pixels.min())
+    np.testing.assert_allclose(decoded.pixels + shift, reference, rtol=0, atol=1e-3)

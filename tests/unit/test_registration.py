@@ -1,0 +1,164 @@
+"""Registration: header metadata, pseudonyms, manifests and duplicates land in the database."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.registration import Ingestion, create_batch, ingestion_for, register_files
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import DuplicateSubmission, Image, Study
+from shared.enums import ErrorCode, Laterality, Priority, View
+from shared.queries import ResultFilter, list_results
+from shared.synthetic import synth_mammogram, write_dicom, write_png
+
+PATIENT = "PAT-REAL-LOOKING-991"
+KEY = "0123456789abcdef-test-key"
+
+
+@pytest.fixture
+def sessions(sqlite_url: str) -> sessionmaker[Session]:
+    engine = create_db_engine(_settings(sqlite_url))
+    ensure_schema(engine)
+    return make_session_factory(engine)
+
+
+def _settings(url: str, key: str | None = None) -> Settings:
+    return Settings(database_url=url, broker_url=None, _env_file=None,  # type: ignore[call-arg]
+                    patient_id_key=SecretStr(key) if key else None)
+
+
+def _dicom(folder: Path, name: str, sop: str, patient_id: str | None = PATIENT) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = synth_mammogram(np.random.default_rng(1), size=(96, 80))
+    return write_dicom(folder / name, pixels, study_uid="1.2.826.0.1.3680043.8.498.70",
+                       sop_uid=sop, laterality=Laterality.RIGHT, view=View.MLO,
+                       patient_id=patient_id)
+
+
+def _register(sessions: sessionmaker[Session], files: list[Path],
+              ingestion: Ingestion | None = None) -> int:
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    register_files(sessions, batch, files, ingestion=ingestion)
+    return batch
+
+
+def test_dicom_metadata_and_pseudonym_are_stored(tmp_path: Path, sqlite_url: str,
+                                                 sessions: sessionmaker[Session]) -> None:
+    path = _dicom(tmp_path, "a.dcm", "1.2.826.0.1.3680043.8.498.71")
+    _register(sessions, [path], ingestion_for(_settings(sqlite_url, KEY)))
+    with sessions() as session:
+        image = session.execute(select(Image)).scalar_one()
+        study = session.execute(select(Study)).scalar_one()
+    assert (image.state, image.laterality, image.view) == ("queued", "R", "MLO")
+    assert image.voi is not None and image.voi.startswith("window 1 of 1")
+    assert image.burned_in_annotation is False
+    assert study.patient_pseudonym is not None and study.patient_pseudonym.startswith("p-")
+    assert PATIENT not in repr(vars(image)) + repr(vars(study))
+
+
+def test_no_key_fails_the_file_with_its_reason_then_the_key_lets_it_in(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    path = _dicom(tmp_path, "a.dcm", "1.2.826.0.1.3680043.8.498.72")
+    _register(sessions, [path], ingestion_for(_settings(sqlite_url)))
+    with sessions() as session:
+        failed = session.execute(select(Image)).scalar_one()
+    assert failed.state == "failed" and failed.error_code == ErrorCode.NO_PSEUDONYM_KEY.value
+    assert failed.error_message and "MAMMO_PATIENT_ID_KEY" in failed.error_message
+    assert PATIENT not in failed.error_message
+    # Configured now: the same file is a new, queued image, not a duplicate of the failure.
+    _register(sessions, [path], ingestion_for(_settings(sqlite_url, KEY)))
+    with sessions() as session:
+        states = sorted(session.execute(select(Image.state)).scalars())
+    assert states == ["failed", "queued"]
+
+
+def test_synthetic_files_need_no_key(tmp_path: Path, sqlite_url: str,
+                                     sessions: sessionmaker[Session]) -> None:
+    path = _dicom(tmp_path, "s.dcm", "1.2.826.0.1.3680043.8.498.73", patient_id=None)
+    _register(sessions, [path], ingestion_for(_settings(sqlite_url)))
+    with sessions() as session:
+        assert session.execute(select(Image.state)).scalar_one() == "queued"
+
+
+def test_manifest_metadata_for_png(tmp_path: Path, sqlite_url: str,
+                                   sessions: sessionmaker[Session]) -> None:
+    png = write_png(tmp_path / "scan.png", synth_mammogram(np.random.default_rng(2)) << 4)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,patient_id,laterality,view,study_id,label,pixel_spacing_mm\n"
+                        "scan.png,P1,L,CC,EXAM-7,benign,0.1\n")
+    _register(sessions, [png], ingestion_for(_settings(sqlite_url, KEY), manifest))
+    with sessions() as session:
+        image = session.execute(select(Image)).scalar_one()
+        study = session.execute(select(Study)).scalar_one()
+    assert (image.laterality, image.view, image.reference_label) == ("L", "CC", "benign")
+    assert (image.spacing_row_mm, image.spacing_column_mm) == (0.1, 0.1)
+    assert study.study_uid == "manifest:EXAM-7" and study.patient_pseudonym
+    assert image.study_id == study.id
+
+
+def test_duplicates_are_recorded_and_listed_with_the_original(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    first = _dicom(tmp_path / "one", "a.dcm", "1.2.826.0.1.3680043.8.498.74")
+    batch1 = _register(sessions, [first], ingestion)
+    copy = tmp_path / "two" / "renamed.dcm"
+    copy.parent.mkdir()
+    shutil.copy(first, copy)
+    batch2 = _register(sessions, [copy, first], ingestion)
+    with sessions() as session:
+        original = session.execute(select(Image)).scalar_one()  # still exactly one image
+        duplicates = session.execute(select(DuplicateSubmission)).scalars().all()
+        rows = list_results(session, ResultFilter(batch_id=batch2, include_duplicates=True))
+        plain = list_results(session, ResultFilter(batch_id=batch2))
+        first_rows = list_results(session, ResultFilter(batch_id=batch1,
+                                                        include_duplicates=True))
+    assert original.batch_id == batch1
+    assert [(d.batch_id, d.image_id) for d in duplicates] == [(batch2, original.id)] * 2
+    assert plain == [] and len(first_rows) == 1
+    assert {r["source"] for r in rows} == {str(copy), str(first)}
+    for row in rows:
+        assert (row["state"], row["error_code"], row["image_id"]) == (
+            "duplicate", "duplicate", original.id)
+        assert f"image {original.id}" in row["error_message"]
+
+
+def test_run_with_manifest_then_rerun_lists_duplicates_with_their_result(
+        tmp_path: Path, settings: Settings) -> None:
+    """End to end through the embedded run: metadata from the manifest reaches the results,
+    and a second run of the same files shows each as a duplicate, with one prediction."""
+    from producer.embedded_run import run_embedded
+    from shared.db.schema import Prediction
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for name, laterality in (("a.png", Laterality.LEFT), ("b.png", Laterality.RIGHT)):
+        write_png(folder / name, synth_mammogram(rng, laterality=laterality) << 4)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,laterality,view\npngs/a.png,L,CC\npngs/b.png,R,MLO\n")
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    sessions = make_session_factory(engine)
+
+    first = run_embedded(settings, sessions, [folder], manifest=manifest).submission
+    again = run_embedded(settings, sessions, [folder], manifest=manifest).submission
+    with sessions() as session:
+        done = list_results(session, ResultFilter(batch_id=first.batch_id))
+        repeated = list_results(session, ResultFilter(batch_id=again.batch_id,
+                                                      include_duplicates=True))
+        predictions = session.execute(select(Prediction)).scalars().all()
+    assert {(Path(r["source"]).name, r["laterality"], r["view"], r["state"]) for r in done} == {
+        ("a.png", "L", "CC", "done"), ("b.png", "R", "MLO", "done")}
+    assert len(predictions) == 2
+    assert sorted(r["state"] for r in repeated) == ["duplicate", "duplicate"]
+    by_id = {r["image_id"]: r for r in done}
+    for row in repeated:
+        assert row["label"] == by_id[row["image_id"]]["label"] is not None

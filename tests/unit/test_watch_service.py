@@ -1,0 +1,196 @@
+"""The watcher's steps in-process, on real files and a real SQLite database.
+
+The Celery app is the in-memory transport with no worker attached: these tests are about
+what is registered, sent, skipped and moved, not about classification (the integration
+tests run real `mammo watch` processes end to end).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.watch.folder import WatchFolder
+from producer.watch.scanner import walk
+from producer.watch.service import Watcher, WatchOptions
+from shared.config import Settings
+from shared.db import lifecycle
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import Batch, Image
+from shared.enums import ErrorCode, Laterality, View
+from shared.queue import create_celery_app
+from shared.synthetic import synth_mammogram, write_dicom
+from tests.helpers.processes import wait_for
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> sessionmaker[Session]:
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    return make_session_factory(engine)
+
+
+def _dicom(path: Path, n: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = synth_mammogram(np.random.default_rng(n), size=(96, 80))
+    return write_dicom(path, pixels, study_uid="1.2.9", sop_uid=f"1.2.9.{n}",
+                       laterality=Laterality.LEFT, view=View.CC)
+
+
+def _watcher(settings: Settings, sessions: sessionmaker[Session], root: Path,
+             **changes: object) -> Watcher:
+    key = SecretStr("unit-test-key-0123456789abcdef")  # synthetic files carry a PatientID
+    s = settings.model_copy(update={"watch_quiet_period_s": 0.0, "patient_id_key": key,
+                                    **changes})
+    return Watcher(s, sessions, create_celery_app(s.embedded()), WatchOptions(root))
+
+
+def _step(watcher: Watcher) -> None:
+    watcher.scan()
+    watcher.queue_ready(threading.Event())
+
+
+def test_ignore_rules_and_the_symlink_boundary(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    folder = WatchFolder.of(root, ("*.part", "~*"), move=True)
+    for name in ("a.dcm", "b.dcm.part", "~lock", ".hidden", "x.reason.txt", "sub/c.dcm",
+                 "processed/old.dcm", ".tmp/d.dcm"):
+        assert folder.ignored(root / name) == (name not in ("a.dcm", "sub/c.dcm")), name
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "s.dcm").write_bytes(b"x")
+    root.mkdir()
+    (root / "escape").symlink_to(outside)
+    (root / "escape.dcm").symlink_to(outside / "s.dcm")
+    assert not folder.contains_real(root / "escape.dcm")
+    assert [p.name for p in walk(folder)] == ["escape.dcm"]  # the linked folder is not entered
+
+
+def test_scan_queues_new_files_once_and_skips_copies_temps_and_escapes(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    first = _dicom(root / "one.dcm", 1)
+    _dicom(root / "nested dir/twö.dcm", 2)
+    (root / "zz copy of one.dcm").write_bytes(first.read_bytes())
+    (root / "three.dcm.part").write_bytes(first.read_bytes())
+    outside = _dicom(tmp_path / "elsewhere/out.dcm", 3)
+    (root / "link.dcm").symlink_to(outside)
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher = _watcher(settings, sessions, root)
+    _step(watcher)
+    _step(watcher)  # a second scan finds nothing new and logs nothing new
+    with sessions() as session:
+        rows = session.execute(select(Image.source, Image.state, Image.enqueued_at)).all()
+        batch = session.execute(select(Batch)).scalar_one()
+    assert sorted(Path(r.source).name for r in rows) == ["one.dcm", "twö.dcm"]
+    assert all(r.state == "queued" and r.enqueued_at is not None for r in rows)
+    assert batch.name == f"watch:{root}:{batch.created_at:%Y-%m-%d}"
+    assert batch.submitted == 3 and batch.duplicates == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(line.startswith("queued ") for line in lines) == 2
+    assert [line for line in lines if line.startswith("skipped duplicate")] == [
+        "skipped duplicate zz copy of one.dcm: same image as image 1 (queued)"]
+    assert sum("link.dcm: symbolic link to a target outside" in line for line in lines) == 1
+    assert not any("three" in line for line in lines)
+
+
+def test_rows_committed_but_never_sent_are_sent_by_the_next_start(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    _step(_watcher(settings, sessions, root))
+    with sessions() as session:  # as if killed between the commit and the message
+        session.execute(update(Image).values(enqueued_at=None))
+        session.commit()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    _step(_watcher(settings, sessions, root))
+    with sessions() as session:
+        assert session.execute(select(Image.enqueued_at)).scalar_one() is not None
+        assert session.execute(select(Image.id)).scalars().all() == [1]
+    assert "re-sent 1 image(s) left queued by an earlier run" in caplog.messages
+
+
+@pytest.mark.parametrize("crash_before_move", [False, True])
+def test_move_action_files_results_and_reasons_and_survives_restarts(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        crash_before_move: bool) -> None:
+    root = tmp_path / "in"
+    _dicom(root / "sub/ok.dcm", 1)
+    _dicom(root / "bad.dcm", 2)
+    (root / "failed").mkdir(parents=True)
+    (root / "failed/bad.dcm").write_bytes(b"an older file of the same name")
+    watcher = _watcher(settings, sessions, root, watch_after="move")
+    _step(watcher)
+    with sessions() as session:
+        ids = dict(session.execute(select(Image.source, Image.id)).all())
+        lifecycle.mark_done(session, [ids[str(root / "sub/ok.dcm")]])
+        bad = ids[str(root / "bad.dcm")]
+        lifecycle.mark_failed(session, bad, ErrorCode.TRUNCATED, "bad.dcm is truncated.")
+        session.commit()
+    if crash_before_move:  # the database says done, the watcher died before moving
+        watcher = _watcher(settings, sessions, root, watch_after="move")
+        watcher.scan()
+    else:
+        watcher.followup.poll()
+    assert (root / "processed/sub/ok.dcm").is_file() and not (root / "sub/ok.dcm").exists()
+    moved = root / f"failed/bad.image-{bad}.dcm"  # never overwrites an older namesake
+    assert moved.is_file() and not (root / "bad.dcm").exists()
+    reason = (root / f"failed/bad.image-{bad}.dcm.reason.txt").read_text()
+    assert f"image_id: {bad}" in reason and "reason: truncated" in reason
+    assert (root / "failed/bad.dcm").read_bytes() == b"an older file of the same name"
+    before = sorted(os.listdir(root / "failed"))
+    _step(watcher)  # nothing left to do: no new rows, nothing moved again
+    assert sorted(os.listdir(root / "failed")) == before
+    with sessions() as session:
+        assert len(session.execute(select(Image.id)).all()) == 2
+
+
+def test_delete_action_removes_only_finished_files(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    _dicom(root / "b.dcm", 2)
+    watcher = _watcher(settings, sessions, root, watch_after="delete")
+    _step(watcher)
+    with sessions() as session:
+        lifecycle.mark_done(session, [1])
+        session.commit()
+    watcher.followup.poll()
+    assert sorted(os.listdir(root)) == ["b.dcm"]
+
+
+def test_an_unreachable_broker_pauses_the_watch_and_loses_nothing(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    watcher = _watcher(settings, sessions, root)
+    # Nothing listens on port 9: every send fails after the queue's own retries.
+    watcher.ingestor.app = create_celery_app(
+        watcher.settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"}))
+    stop = threading.Event()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: any("database or broker unavailable" in m for m in caplog.messages),
+                 timeout=60, what="the outage warning")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    with sessions() as session:  # committed, not sent: the next start-up scan sends it
+        assert session.execute(select(Image.enqueued_at)).scalar_one() is None
+    _step(_watcher(settings, sessions, root))
+    with sessions() as session:
+        assert session.execute(select(Image.enqueued_at)).scalar_one() is not None

@@ -1,0 +1,143 @@
+"""Only complete files become ready: events, quiet period, a full parse, and the grace period."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from producer.watch.completeness import is_complete
+from producer.watch.stability import StabilityTracker
+from shared.enums import Laterality, View
+from shared.synthetic import synth_mammogram, write_dicom, write_png
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _dicom(path: Path) -> bytes:
+    pixels = synth_mammogram(np.random.default_rng(1), size=(96, 80))
+    write_dicom(path, pixels, study_uid="1.2.3", sop_uid="1.2.3.4", laterality=Laterality.LEFT,
+                view=View.CC)
+    return path.read_bytes()
+
+
+def _tracker(clock: Clock, *, quiet: float = 2.0, grace: float = 30.0) -> StabilityTracker:
+    # A wall clock far in the past: files written now look brand new, never "already quiet".
+    return StabilityTracker(quiet_s=quiet, grace_s=grace, clock=clock, wall_clock=lambda: 0.0)
+
+
+def test_a_dicom_cut_short_is_incomplete_even_though_pydicom_reads_it(tmp_path: Path) -> None:
+    data = _dicom(tmp_path / "full.dcm")
+    assert is_complete(tmp_path / "full.dcm")
+    for cut in (100, 400, len(data) - 1):
+        (tmp_path / "cut.dcm").write_bytes(data[:cut])
+        assert not is_complete(tmp_path / "cut.dcm"), cut
+
+
+def test_png_and_jpeg_need_their_end_markers(tmp_path: Path) -> None:
+    png = write_png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint16))
+    assert is_complete(png)
+    (tmp_path / "b.png").write_bytes(png.read_bytes()[:-5])
+    assert not is_complete(tmp_path / "b.png")
+
+
+def test_a_closed_event_on_a_half_written_file_is_not_enough(tmp_path: Path) -> None:
+    data = _dicom(tmp_path / "src.dcm")
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(data[: len(data) // 2])
+    clock = Clock()
+    tracker = _tracker(clock)
+    tracker.note(path, closed=True)  # the scanner closed the file between two chunks
+    assert tracker.poll().ready == []
+    clock.now += 5
+    assert tracker.poll().ready == []  # stable for the quiet period, still does not parse
+    with path.open("ab") as handle:
+        handle.write(data[len(data) // 2:])
+    tracker.note(path, closed=True)
+    assert tracker.poll().ready == [path] and len(tracker) == 0
+
+
+def test_without_events_the_quiet_period_decides(tmp_path: Path) -> None:
+    path = tmp_path / "a.dcm"
+    path.write_bytes(_dicom(tmp_path / "src.dcm"))
+    clock = Clock()
+    tracker = _tracker(clock)
+    tracker.note(path)
+    assert tracker.poll().ready == []
+    clock.now += 1.9
+    assert tracker.poll().ready == []
+    clock.now += 0.2
+    assert tracker.poll().ready == [path]
+
+
+def test_a_stable_broken_file_is_queued_after_the_grace_period(tmp_path: Path) -> None:
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(_dicom(tmp_path / "src.dcm")[:300])
+    clock = Clock()
+    tracker = _tracker(clock, quiet=1.0, grace=10.0)
+    tracker.note(path)
+    for _ in range(9):
+        clock.now += 1.0
+        assert tracker.poll().ready == []
+    clock.now += 1.5
+    assert tracker.poll().ready == [path]  # the worker will record why it is unusable
+
+
+def test_files_already_quiet_at_start_up_need_no_wait(tmp_path: Path) -> None:
+    path = tmp_path / "old.dcm"
+    path.write_bytes(_dicom(tmp_path / "src.dcm"))
+    tracker = StabilityTracker(quiet_s=5.0, grace_s=30.0, clock=Clock())  # real wall clock
+    os.utime(path, (1, 1))  # written long ago
+    tracker.note(path)
+    assert tracker.poll().ready == [path]
+
+
+def test_a_file_deleted_before_it_was_queued_is_reported_and_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "gone.dcm"
+    path.write_bytes(b"x")
+    tracker = _tracker(Clock())
+    tracker.note(path)
+    path.unlink()
+    verdicts = tracker.poll()
+    assert verdicts.vanished == [path] and verdicts.ready == [] and len(tracker) == 0
+
+
+def test_a_60_mb_dicom_written_slowly_is_ready_only_at_its_last_byte(tmp_path: Path) -> None:
+    pixels = np.zeros((5500, 5500), dtype=np.uint16)  # 60.5 MB of pixel data
+    source = write_dicom(tmp_path / "big-src.dcm", pixels, study_uid="1.2.3",
+                         sop_uid="1.2.3.60", laterality=Laterality.RIGHT, view=View.MLO)
+    data = source.read_bytes()
+    assert len(data) > 60_000_000
+    path = tmp_path / "big.dcm"
+    clock = Clock()
+    tracker = _tracker(clock, quiet=2.0, grace=600.0)
+    step = len(data) // 8 + 1
+    for start in range(0, len(data), step):
+        with path.open("ab") as handle:  # one chunk, then a pause longer than the quiet period
+            handle.write(data[start:start + step])
+        tracker.note(path, closed=True)
+        done = start + step >= len(data)
+        assert (tracker.poll().ready == [path]) == done, start
+        clock.now += 3.0
+        if not done:
+            assert tracker.poll().ready == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_file_is_reported_and_dropped_until_the_next_scan(tmp_path: Path) -> None:
+    path = tmp_path / "locked.dcm"
+    path.write_bytes(_dicom(tmp_path / "src.dcm"))
+    path.chmod(0)
+    clock = Clock()
+    tracker = _tracker(clock, quiet=0.0)
+    tracker.note(path)
+    verdicts = tracker.poll()
+    assert verdicts.denied == [path] and verdicts.ready == [] and len(tracker) == 0
