@@ -45,7 +45,6 @@ class ChunkResult:
     done: int = 0
     failed: int = 0
     forward_passes: int = 0
-    unfinished: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {"claimed": self.claimed, "done": self.done, "failed": self.failed,
@@ -68,34 +67,36 @@ class _Outcome:
 
 def process_chunk(image_ids: Sequence[int], *, token: str, runtime: WorkerRuntime) -> ChunkResult:
     result = ChunkResult()
+    claimed = _claim(runtime, image_ids, token)
+    result.claimed = len(claimed)
+    if not any(c.attempts > 1 for c in claimed):
+        if claimed:
+            _save(runtime, _run_group(claimed, runtime, result), result)
+        return result
+    # A redelivered chunk may hold the image that killed the last worker. Hand the claims
+    # back, then claim and run one image at a time: only the image actually being worked on
+    # when a crash strikes is charged an attempt, and its neighbours finish first.
+    with runtime.sessions() as session:
+        lifecycle.release(session, [c.id for c in claimed], token, refund=True)
+    for image_id in [c.id for c in claimed]:
+        single = _claim(runtime, [image_id], token)
+        if not single:
+            continue  # someone else took it meanwhile
+        if single[0].attempts > runtime.settings.max_attempts:
+            outcome = _Outcome(failures=[(image_id, ErrorCode.POISON, _crash_message(single[0]))])
+        else:
+            outcome = _run_group(single, runtime, result)
+        _save(runtime, outcome, result)
+    return result
+
+
+def _claim(runtime: WorkerRuntime, image_ids: Sequence[int], token: str) -> list[ClaimedImage]:
     try:
         with runtime.sessions() as session:
-            claimed = lifecycle.claim(session, image_ids, token=token,
-                                      lease_s=runtime.settings.claim_lease_s)
+            return lifecycle.claim(session, image_ids, token=token,
+                                   lease_s=runtime.settings.claim_lease_s)
     except OperationalError as exc:
         raise DatabaseUnavailableError(f"database unavailable while claiming: {exc.orig}") from exc
-    result.claimed = len(claimed)
-    poisoned = [c for c in claimed if c.attempts > runtime.settings.max_attempts]
-    live = [c for c in claimed if c.attempts <= runtime.settings.max_attempts]
-    # A redelivered chunk may hold the image that killed the last worker: run it image by
-    # image so the neighbours finish before the culprit can strike again.
-    isolate = any(c.attempts > 1 for c in live)
-    groups = [[c] for c in live] if isolate else ([live] if live else [])
-    outcome = _Outcome(failures=[(c.id, ErrorCode.POISON, _crash_message(c))
-                                 for c in poisoned])
-    if outcome.failures:
-        _save(runtime, outcome, result)
-    remaining = [c.id for c in live]
-    try:
-        for group in groups:
-            outcome = _run_group(group, runtime, result)
-            _save(runtime, outcome, result)
-            done_ids = {g.id for g in group}
-            remaining = [i for i in remaining if i not in done_ids]
-    except SoftTimeLimitExceeded:
-        result.unfinished = remaining
-        raise
-    return result
 
 
 def _crash_message(image: ClaimedImage) -> str:

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,17 +64,20 @@ class PrivateRedis:
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster owned by the postgres system user."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self) -> None:
         bindir = _pg_bindir()
         if bindir is None:
             pytest.skip("PostgreSQL server binaries are not installed")
         self.bindir, self.port = bindir, free_port()
-        self.datadir = workdir / "pgdata"
-        self.datadir.mkdir(parents=True)
+        # Not under pytest's tmp_path: that is private to root, and the server runs as the
+        # postgres user when we are root (initdb refuses to run as root).
+        self.root = Path(tempfile.mkdtemp(prefix="mammo-pg-"))
+        self.root.chmod(0o755)
+        self.datadir = self.root / "pgdata"
+        self.datadir.mkdir()
         self._as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as_postgres:
             shutil.chown(self.datadir, "postgres", "postgres")
-            shutil.chown(workdir, "postgres", "postgres")
         self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E",
                   "UTF8")
 
@@ -93,6 +97,12 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.datadir), "-w", "-m", "fast", "stop")
+
+    def remove(self) -> None:
+        subprocess.run([*self._as_postgres, str(self.bindir / "pg_ctl"), "-D",
+                        str(self.datadir), "-m", "immediate", "stop"], capture_output=True,
+                       check=False, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _pg_bindir() -> Path | None:

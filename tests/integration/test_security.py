@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class _Exploit:
         self.marker = marker
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.marker), "w"))  # noqa: SIM115 - the side effect is the point
+        return (open, (str(self.marker), "w"))
 
 
 def test_pickle_message_is_refused_and_never_executed(
@@ -53,3 +54,62 @@ def test_pickle_message_is_refused_and_never_executed(
     finally:
         worker.stop()
     assert not marker.exists(), "a pickle payload was deserialised and executed"
+
+
+PATIENT_NAME = "Zeppelin^Ottoline^Quixote"
+PATIENT_ID = "PID-9876-XQZ"
+
+
+def test_no_patient_data_in_broker_messages_or_logs(
+    tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+) -> None:
+    import numpy as np
+    import pydicom
+
+    from shared.enums import Laterality, View
+    from shared.synthetic import synth_mammogram, write_dicom
+    from tests.helpers.db import tally
+    from tests.helpers.processes import run_mammo
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i, (lat, view) in enumerate([(Laterality.LEFT, View.CC), (Laterality.RIGHT, View.MLO)]):
+        path = write_dicom(folder / f"{i}.dcm", synth_mammogram(rng, laterality=lat),
+                           study_uid="1.2.826.0.1.3680043.9.77.1",
+                           sop_uid=f"1.2.826.0.1.3680043.9.77.1.{i}", laterality=lat, view=view,
+                           patient_id=PATIENT_ID)
+        ds = pydicom.dcmread(path)
+        ds.PatientName = PATIENT_NAME
+        ds.PatientBirthDate = "19510101"
+        ds.save_as(path)
+
+    monitor_log = tmp_path / "monitor.txt"
+    host_port = redis_url.split("//")[1].split("/", maxsplit=1)[0]
+    host, port = host_port.split(":")
+    monitor = subprocess.Popen(["redis-cli", "-h", host, "-p", port, "monitor"],
+                               stdout=monitor_log.open("w"), stderr=subprocess.STDOUT)
+    env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
+                    patient_id_key="test-key-not-a-real-secret", log_level="DEBUG")
+    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1",
+                           "--loglevel", "DEBUG")
+    try:
+        submitted = run_mammo(["submit", str(folder)], env, tmp_path)
+        assert submitted.returncode == 0, submitted.stderr
+        wait_for(lambda: tally(postgres_url).done == 2, timeout=120, what="both images",
+                 on_timeout=worker.log)
+        results = run_mammo(["results", "--format", "json"], env, tmp_path)
+    finally:
+        worker.stop()
+        monitor.terminate()
+        monitor.wait(timeout=10)
+    captured = {
+        "broker traffic": monitor_log.read_text(errors="replace"),
+        "worker log": worker.log(),
+        "producer output": submitted.stdout + submitted.stderr,
+        "results": results.stdout,
+    }
+    assert "LPUSH" in captured["broker traffic"] or "lpush" in captured["broker traffic"]
+    for where, text in captured.items():
+        for secret in (PATIENT_ID, "Zeppelin", "Ottoline", "19510101"):
+            assert secret not in text, f"{secret!r} leaked into the {where}"
