@@ -15,10 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from models.layers import AbnormalityMap, LesionEvidence
-
 STRIDE = 16  # input pixels per output location
-WIDTHS = (16, 32, 64, 96, 128)
+WIDTHS = (24, 48, 96, 144, 192)
 
 
 def build_trunk(name: str, *, widths: Sequence[int] = WIDTHS, dropout: float = 0.2) -> Any:
@@ -51,35 +49,46 @@ def build_patch_model(trunk: Any, patch: int) -> Any:
 
 def build_whole_image_model(
     trunks: Sequence[Any], *, input_size: tuple[int, int], patch: int,
+    evidence_stats: Sequence[tuple[np.ndarray, np.ndarray]],
     head_weights: np.ndarray, head_bias: np.ndarray, top_k: int = 5,
 ) -> Any:
-    """Ensemble of trunks -> per-location probabilities -> evidence -> calibrated softmax.
+    """Ensemble of trunks -> per-trunk standardised evidence, averaged -> calibrated softmax.
 
     Outputs ``{"probabilities": (n, 3), "heatmap": (n, gh, gw)}`` from one forward pass.
-    ``head_weights`` (6, 3) and ``head_bias`` (3,) already include the fitted temperature.
+    ``evidence_stats`` holds each trunk's (mean, std) of its evidence on its own training
+    images: trunks from different folds speak on different scales, and the head was fitted
+    on standardised evidence. ``head_weights`` (9, 3) and ``head_bias`` (3,) already include
+    the fitted temperature. The heatmap is the trunks' mean P(abnormal) map.
     """
     import keras
 
+    from models.layers import AbnormalityMap, LesionEvidence
+
     inputs = keras.Input((*input_size, 1), name="image")
-    maps = [t(inputs) for t in trunks]
-    logits = maps[0] if len(maps) == 1 else keras.layers.Average()(maps)
-    window = patch // STRIDE
-    # Each location then scores one patch-sized window: exactly what the trunk was trained on.
-    logits = keras.layers.AveragePooling2D(window, strides=1, padding="valid")(logits)
-    probabilities = keras.layers.Softmax(axis=-1)(logits)
-    evidence = LesionEvidence(top_k=top_k)(probabilities)
+    evidences, heatmaps = [], []
+    for trunk, (mean, std) in zip(trunks, evidence_stats, strict=True):
+        logits = keras.layers.AveragePooling2D(patch // STRIDE, strides=1)(trunk(inputs))
+        probabilities = keras.layers.Softmax(axis=-1)(logits)
+        scale = keras.layers.Normalization(mean=np.asarray(mean, np.float32),
+                                           variance=np.asarray(std, np.float32) ** 2)
+        evidences.append(scale(LesionEvidence(top_k=top_k)(probabilities)))
+        heatmaps.append(AbnormalityMap()(probabilities))
+    evidence = evidences[0] if len(evidences) == 1 else keras.layers.Average()(evidences)
+    heatmap = heatmaps[0] if len(heatmaps) == 1 else keras.layers.Average()(heatmaps)
     head = keras.layers.Dense(3, name="calibrated_head")
     image_logits = head(evidence)
     head.set_weights([np.asarray(head_weights, np.float32), np.asarray(head_bias, np.float32)])
     outputs = {"probabilities": keras.layers.Softmax(name="probabilities")(image_logits),
-               "heatmap": AbnormalityMap(name="heatmap")(probabilities)}
+               "heatmap": keras.layers.Identity(name="heatmap")(heatmap)}
     return keras.Model(inputs, outputs, name="mammo_patch_fcn")
 
 
 def build_map_model(trunks: Sequence[Any], *, input_size: tuple[int, int], patch: int,
                     top_k: int = 5) -> Any:
-    """Trunks -> ``{"evidence": (n, 6), "heatmap": (n, gh, gw)}``: the head's inputs."""
+    """Trunks -> ``{"evidence": (n, 9), "heatmap": (n, gh, gw)}``: the head's inputs."""
     import keras
+
+    from models.layers import AbnormalityMap, LesionEvidence
 
     inputs = keras.Input((*input_size, 1))
     maps = [t(inputs) for t in trunks]

@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 PACKAGE = "mammo"
+FEATURES = 9
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -19,8 +20,9 @@ class LesionEvidence(keras.layers.Layer):
     """Per-image evidence from a per-location probability map (n, gh, gw, 3).
 
     For benign, malignant and abnormal (= benign + malignant): the log-odds of the largest
-    location and of the mean of the ``top_k`` largest, i.e. 6 features. A finding is local,
-    so the strongest few locations carry the image's evidence (Shen et al. 2019 pool by max).
+    location, of the mean of the ``top_k`` largest and of the mean of all, i.e. 9 features.
+    A finding is local, so the strongest few locations carry most of the evidence (Shen et
+    al. 2019 pool by max); the mean says how much of the breast looks suspicious.
     """
 
     def __init__(self, top_k: int = 5, **kwargs: Any) -> None:
@@ -35,12 +37,14 @@ class LesionEvidence(keras.layers.Layer):
         flat = ops.reshape(maps, (-1, 3, locations))
         k = min(self.top_k, locations)
         top = ops.top_k(flat, k=k)[0]  # (n, 3, k), sorted descending
-        stats = ops.concatenate([top[..., 0], ops.mean(top, axis=-1)], axis=-1)  # (n, 6)
+        # Plus the mean over all locations: how much of the breast looks suspicious.
+        stats = ops.concatenate([top[..., 0], ops.mean(top, axis=-1), ops.mean(flat, axis=-1)],
+                                axis=-1)  # (n, 9)
         stats = ops.clip(stats, 1e-6, 1.0 - 1e-6)
         return ops.log(stats) - ops.log(1.0 - stats)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, int]:
-        return (input_shape[0], 6)
+        return (input_shape[0], FEATURES)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "top_k": self.top_k}

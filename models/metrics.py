@@ -15,7 +15,7 @@ import numpy as np
 ECE_BINS = 10
 
 
-def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
+def auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
     if positive.all() or not positive.any():
@@ -24,11 +24,11 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
 
 
 def auc_abnormal(truth: np.ndarray, probs: np.ndarray) -> float | None:
-    return _auc(truth > 0, probs[:, 1] + probs[:, 2])
+    return auc(truth > 0, probs[:, 1] + probs[:, 2])
 
 
 def auc_malignant(truth: np.ndarray, probs: np.ndarray) -> float | None:
-    return _auc(truth == 2, probs[:, 2])
+    return auc(truth == 2, probs[:, 2])
 
 
 def sensitivity_at_specificity(truth: np.ndarray, probs: np.ndarray,

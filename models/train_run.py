@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from models import metrics, plots
+from models.architecture import WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
 from models.calibration import fit_head
 from models.datasets import LabelledImage, load_dataset
@@ -53,9 +54,10 @@ class TrainConfig:
     input_size: tuple[int, int] = (512, 512)
     folds: int = 5
     seed: int = 20261125
-    epochs: int = 30
-    patience: int = 8
+    epochs: int = 36
+    patience: int = 12
     patch: int = 64
+    widths: tuple[int, ...] = WIDTHS
     bootstrap_rounds: int = 1000
     max_pixels: int = 80_000_000
     command: str = "mammo train DATA"  # recorded in the metadata and the model card
@@ -69,6 +71,7 @@ class CrossValidation:
     histories: list[dict[str, list[float]]] = field(default_factory=list)
     trunks: list[Any] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
+    evidence_stats: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 def data_hash(images: list[LabelledImage]) -> str:
@@ -84,8 +87,8 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
     n = len(data.images)
     labels, patients = data.labels, data.patients
     options = TrainOptions(epochs=config.epochs, patience=config.patience,
-                           plan=PatchPlan(patch=config.patch))
-    cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 6)), [np.empty(0)] * n)
+                           plan=PatchPlan(patch=config.patch), widths=config.widths)
+    cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 9)), [np.empty(0)] * n)
     for k, (train, held_out) in enumerate(folds):
         fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
                                              seed=config.seed + k)
@@ -94,8 +97,15 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
         result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
                              seed=config.seed + k, name=f"trunk_{k + 1}", progress=say)
         say(f"fold {k + 1}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
+        own = predict_maps([result.trunk], data.subset(train), config.patch)["evidence"]
+        stats = (own.mean(axis=0), own.std(axis=0) + 1e-3)
         maps = predict_maps([result.trunk], data.subset(held_out), config.patch)
-        cv.evidence[held_out] = maps["evidence"]
+        cv.evidence[held_out] = (maps["evidence"] - stats[0]) / stats[1]
+        cv.evidence_stats.append(stats)
+        fold_truth = labels[held_out]
+        say(f"fold {k + 1}: held-out AUC of the strongest location alone: abnormal "
+            f"{_fmt(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
+            f"{_fmt(metrics.auc(fold_truth == 2, maps['evidence'][:, 1]))}")
         for i, heatmap in zip(held_out, maps["heatmap"], strict=True):
             cv.heatmaps[int(i)] = heatmap
         cv.histories.append(result.history)
@@ -137,6 +147,7 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     from models.architecture import build_whole_image_model
 
     model = build_whole_image_model(cv.trunks, input_size=config.input_size, patch=config.patch,
+                                    evidence_stats=cv.evidence_stats,
                                     head_weights=head.weights, head_bias=head.bias)
     directory = output / config.name / config.version
     directory.mkdir(parents=True, exist_ok=True)

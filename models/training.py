@@ -27,6 +27,7 @@ class TrainOptions:
     learning_rate: float = 1e-3
     mine_from: int = 4  # hard-negative mining starts after a few epochs of plain sampling
     mine_every: int = 3
+    min_epochs: int = 16
     widths: tuple[int, ...] = WIDTHS
     plan: PatchPlan = field(default_factory=PatchPlan)
 
@@ -48,13 +49,15 @@ def train_trunk(train: PreparedSet, val: PreparedSet, options: TrainOptions, *, 
     started = time.perf_counter()
     trunk = build_trunk(name, widths=options.widths)
     model = build_patch_model(trunk, options.plan.patch)
+    # Label smoothing: a patch label is a circle drawn by hand around a finding, not a
+    # certainty about every pixel in the patch; softer targets give steadier maps.
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+                  metrics=["categorical_accuracy"])
     rng = np.random.default_rng(seed)
     val_plan = PatchPlan(**{**options.plan.__dict__, "augment": False})
     val_x, val_y = sample_patches(val, val_plan, np.random.default_rng(seed + 1))
-    val_w = balanced_class_weights(val_y)
-    val_sw = np.array([val_w[int(c)] for c in val_y], np.float32)
+    val_sw = _sample_weights(val_y)
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [],
                                        "val_accuracy": []}
     best = (np.inf, 0, trunk.get_weights())
@@ -63,15 +66,16 @@ def train_trunk(train: PreparedSet, val: PreparedSet, options: TrainOptions, *, 
         if epoch >= options.mine_from and (epoch - options.mine_from) % options.mine_every == 0:
             hard = mine_hard_negatives(trunk, train, options.plan.patch, per_image=3)
         x, y = sample_patches(train, options.plan, rng, hard)
-        fit = model.fit(x, y, batch_size=options.batch_size, epochs=1, verbose=0, shuffle=True,
-                        class_weight=balanced_class_weights(y))
-        val_loss, val_acc = model.evaluate(val_x, val_y, sample_weight=val_sw,
+        fit = model.fit(x, _one_hot(y), sample_weight=_sample_weights(y),
+                        batch_size=options.batch_size, epochs=1, verbose=0, shuffle=True)
+        val_loss, val_acc = model.evaluate(val_x, _one_hot(val_y), sample_weight=val_sw,
                                            batch_size=256, verbose=0)
         history["loss"].append(float(fit.history["loss"][0]))
-        history["accuracy"].append(float(fit.history["accuracy"][0]))
+        history["accuracy"].append(float(fit.history["categorical_accuracy"][0]))
         history["val_loss"].append(float(val_loss))
         history["val_accuracy"].append(float(val_acc))
-        if val_loss < best[0]:
+        # Patch validation on ~30 images is noisy: a "best" epoch 2 is luck, not learning.
+        if val_loss < best[0] or epoch <= options.min_epochs:
             best = (float(val_loss), epoch, trunk.get_weights())
         if progress:
             progress(f"{name} epoch {epoch}/{options.epochs}: loss {history['loss'][-1]:.3f} "
@@ -110,3 +114,14 @@ def predict_maps(trunks: list[Any], data: PreparedSet, patch: int,
         for key, parts in out.items():
             parts.append(np.asarray(result[key]))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(3, dtype=np.float32)[labels]
+
+
+def _sample_weights(labels: np.ndarray) -> np.ndarray:
+    """Balanced class weights per sample: 166 normal / 50 benign / 42 malignant images give
+    far more normal patches, and each class should count the same."""
+    weights = balanced_class_weights(labels)
+    return np.array([weights[int(c)] for c in labels], np.float32)

@@ -97,7 +97,9 @@ def process_ids_embedded(settings: Settings, sessions: sessionmaker[Session],
 
 
 @contextmanager
-def embedded_worker_service(settings: Settings) -> Iterator[tuple[Celery, Callable[[], bool]]]:
+def embedded_worker_service(
+    settings: Settings, sessions: sessionmaker[Session] | None = None,
+) -> Iterator[tuple[Celery, Callable[[], bool]]]:
     """A long-running in-process worker (``mammo watch`` without a broker).
 
     Yields the app to send to and a liveness check; the worker stops when the block ends.
@@ -105,7 +107,7 @@ def embedded_worker_service(settings: Settings) -> Iterator[tuple[Celery, Callab
     from worker.embedded import embedded_worker
 
     settings = settings.embedded()
-    runtime = _runtime(settings)  # a missing model fails here, before anything is queued
+    runtime = _runtime(settings, sessions)  # no model: fails here, before anything is queued
     app = create_celery_app(settings)
     with embedded_worker(app, runtime) as handle:
         yield app, handle.alive

@@ -42,7 +42,13 @@ def embedded_worker(app: Celery, runtime: WorkerRuntime) -> Iterator[EmbeddedHan
         queues=[QUEUE_NAME], without_heartbeat=True, without_mingle=True,
         without_gossip=True, ready_callback=None, loglevel=logging.WARNING,
     )
-    thread = threading.Thread(target=worker.start, name="mammo-embedded-worker", daemon=True)
+
+    def run() -> None:
+        # The solo pool looks tasks up on the thread's *current* app; make it ours.
+        app.set_current()
+        worker.start()
+
+    thread = threading.Thread(target=run, name="mammo-embedded-worker", daemon=True)
     thread.start()
     try:
         yield EmbeddedHandle(worker, thread)

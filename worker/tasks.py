@@ -27,8 +27,11 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
     if TASK_PROCESS_CHUNK in app.tasks:
         return
 
+    # shared=False: Celery would otherwise hand this closure (and its runtime) to every app
+    # created later in the process, e.g. a second `run_embedded` on another database.
     @app.task(
-        name=TASK_PROCESS_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True,
+        name=TASK_PROCESS_CHUNK, bind=True, shared=False, acks_late=True,
+        reject_on_worker_lost=True,
         autoretry_for=(TransientError,), retry_backoff=2, retry_backoff_max=60,
         retry_jitter=True, max_retries=8,
     )

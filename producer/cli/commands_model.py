@@ -35,6 +35,16 @@ def _size(value: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _widths(value: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not 5 comma-separated integers") from None
+    if len(widths) != 5 or min(widths) < 1:
+        raise click.BadParameter(f"{value!r}: give 5 positive channel counts")
+    return widths
+
+
 def _say(message: str) -> None:
     click.echo(message, err=True)
 
@@ -47,13 +57,15 @@ def _say(message: str) -> None:
 @click.option("--version", "version", default="1.0.0", show_default=True)
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-level cross-validation folds (= ensemble members).")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True,
+@click.option("--epochs", type=click.IntRange(1), default=36, show_default=True,
               help="Maximum epochs per fold (early stopping usually ends sooner).")
-@click.option("--patience", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--input-size", "input_size", default="512x512", show_default=True,
               help="Model input HEIGHTxWIDTH after preprocessing.")
 @click.option("--patch", type=click.Choice(["32", "64", "96", "128"]), default="64",
               show_default=True, help="Training patch side, in input pixels.")
+@click.option("--widths", default="24,48,96,144,192", show_default=True,
+              help="Channels of the 5 convolution stages of each trunk.")
 @click.option("--seed", type=int, default=20261125, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(10), default=1000, show_default=True,
               help="Bootstrap rounds for the 95% intervals.")
@@ -63,7 +75,7 @@ def _say(message: str) -> None:
 @pass_cli
 def train_command(cli: CliContext, data: Path, output: Path, name: str, version: str,
                   folds: int, epochs: int, patience: int, input_size: str, patch: str,
-                  seed: int, bootstrap: int, weights: str) -> None:
+                  widths: str, seed: int, bootstrap: int, weights: str) -> None:
     """Train, cross-validate, calibrate and write a model directory with its model card.
 
     DATA is a MIAS folder (Info.txt + mdbNNN images), a CSV manifest
@@ -87,6 +99,7 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
         "mammo train DATA")
     config = TrainConfig(name=name, version=version, input_size=_size(input_size), folds=folds,
                          seed=seed, epochs=epochs, patience=patience, patch=int(patch),
+                         widths=_widths(widths),
                          bootstrap_rounds=bootstrap, max_pixels=cli.settings.max_image_pixels,
                          command=command)
     directory = train(data, output, config, _say)

@@ -51,7 +51,7 @@ def watch_command(cli: CliContext, directory: Path, poll: bool, after: str | Non
     if settings.is_embedded:
         from producer.embedded_run import embedded_worker_service
 
-        with embedded_worker_service(settings) as (app, alive):
+        with embedded_worker_service(settings, cli.sessions) as (app, alive):
             run_watch(settings.embedded(), cli.sessions, app,
                       WatchOptions(directory, poll=poll, mode="embedded"), worker_alive=alive)
         return

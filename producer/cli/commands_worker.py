@@ -70,6 +70,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     app = cli.celery
     register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True)
     install_sweeper(app, cli.settings)
+    app.set_default()  # pool processes resolve tasks through the default app
     argv = ["worker", f"--concurrency={processes}", "--pool=prefork", f"--queues={queues}",
             f"--loglevel={loglevel}", "--without-mingle", "--without-gossip"]
     if max_tasks_per_child:

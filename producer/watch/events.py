@@ -77,7 +77,12 @@ class InboxHandler(FileSystemEventHandler):
             self._put(_path(event.src_path), Change.WRITING)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self._put(_path(event.src_path), Change.DELETED)
+        # With full events, a move from outside the folder has no source and a move out of
+        # it no destination: both ends are optional.
+        if event.src_path:
+            self._put(_path(event.src_path), Change.DELETED)
+        if not event.dest_path:
+            return
         if isinstance(event, DirMovedEvent):
             self._put(_path(event.dest_path), Change.NEW_FOLDER)
         elif isinstance(event, FileMovedEvent):

@@ -74,7 +74,8 @@ class Ingestor:
         batch_id = self.batch_id()
         before = self._counts(batch_id)
         reg = register_files(self.sessions, batch_id, paths, ingestion=self.ingestion)
-        self._accumulate(batch_id, before)
+        files = len(reg.new_ids) + len(reg.rejected_ids) + len(reg.duplicates)
+        self._accumulate(batch_id, before, files, len(reg.duplicates))
         sources = self._sources(reg.new_ids + reg.rejected_ids)
         out.queued = {i: sources[i][0] for i in reg.new_ids}
         out.rejected = {i: sources[i][0] for i in reg.rejected_ids}
@@ -116,10 +117,12 @@ class Ingestor:
             batch = session.get(Batch, batch_id)
             return (batch.submitted, batch.duplicates) if batch else (0, 0)
 
-    def _accumulate(self, batch_id: int, before: tuple[int, int]) -> None:
-        """``register_files`` counts one call; the watcher's batch grows over many calls."""
+    def _accumulate(self, batch_id: int, before: tuple[int, int], files: int,
+                    duplicates: int) -> None:
+        """The watcher's batch grows over many registrations: keep its counts cumulative
+        (set explicitly, whatever ``register_files`` wrote for its own call)."""
         with self.sessions() as session:
             session.execute(update(Batch).where(Batch.id == batch_id).values(
-                submitted=Batch.submitted + before[0], duplicates=Batch.duplicates + before[1],
+                submitted=before[0] + files, duplicates=before[1] + duplicates,
                 finished_at=None))
             session.commit()

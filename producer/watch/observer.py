@@ -29,7 +29,9 @@ def make_observer(*, poll: bool, interval_s: float) -> BaseObserver:
         return PollingObserver(timeout=interval_s)
     from watchdog.observers.inotify import InotifyObserver
 
-    return InotifyObserver(timeout=interval_s)
+    # Full events: a file renamed in from outside the folder (the usual "write elsewhere,
+    # then mv" of PACS routers) arrives as a move, not as a bare create.
+    return InotifyObserver(timeout=interval_s, generate_full_events=True)
 
 
 class FolderWatch:

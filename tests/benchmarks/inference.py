@@ -1,12 +1,15 @@
 """Batched inference speed of a model (default: the shipped one), heatmaps included.
 
     python -m tests.benchmarks.inference [--model REF] [--images 64] [--batch 16] [--real]
+                                         [--record]
 
 Times (a) the classifier's forward passes alone over ready tensors (probabilities AND
 heatmaps: the shipped model returns both from one call), and (b) decode + preprocess +
 forward pass per image, over mini-MIAS PNGs when ``--real`` and ../shared/data is present,
 else over synthetic 1024 x 1024 8-bit PNGs. Single process, whatever threads TensorFlow
-takes on this machine. Figures are printed, never asserted.
+takes on this machine. Figures are printed, never asserted. ``--record`` also writes them
+into the model's metadata.json (key ``benchmark``; the sha256 covers model.keras only) and
+regenerates its MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--real", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     spec = resolve_model(args.model)
     classifier = Classifier(spec, batch_size=args.batch,
@@ -76,6 +80,26 @@ def main() -> None:
     }
     print(json.dumps(figures) if args.json else "\n".join(f"{k}: {v}" for k, v in
                                                            figures.items()))
+    if args.record:
+        _record(spec.directory, figures, args)
+
+
+def _record(directory: Path, figures: dict[str, object], args: argparse.Namespace) -> None:
+    from models.model_card import write_model_card
+    from models.registry import METADATA_FILE
+
+    path = directory / METADATA_FILE
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    command = "python -m tests.benchmarks.inference" + (" --real" if args.real else "")
+    meta["benchmark"] = {
+        "images_per_s": figures["end_to_end_images_per_s"],
+        "forward_images_per_s": figures["forward_images_per_s"],
+        "machine": f"{figures['cpu_cores']} CPU cores, batch {args.batch}, "
+                   f"decode + preprocess + forward pass with heatmaps, {figures['inputs']}",
+        "command": command,
+    }
+    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_model_card(directory, meta)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def _services() -> dict[str, dict[str, object]]:
 
 
 def test_expected_services_exist() -> None:
-    assert {"redis", "postgres", "worker", "worker-gpu", "flower"} <= set(_services())
+    assert {"redis", "postgres", "worker", "worker-gpu", "flower", "watcher"} <= set(_services())
 
 
 def test_redis_persists_and_never_evicts() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -71,11 +72,14 @@ def test_failed_views_count_as_missing_and_are_flagged() -> None:
 # -- against the database --------------------------------------------------------------------
 
 
-@pytest.fixture
-def sessions(settings: Settings) -> sessionmaker[Session]:
-    engine = create_db_engine(settings)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, settings: Settings) -> Iterator[sessionmaker[Session]]:
+    url = settings.database_url if request.param == "sqlite" \
+        else request.getfixturevalue("postgres_url")
+    engine = create_db_engine(settings.model_copy(update={"database_url": url}))
     ensure_schema(engine)
-    return make_session_factory(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 def _add_image(session: Session, study_id: int, lat: str, view: str, *, n: int,
