@@ -6,6 +6,7 @@ directly. One bad image fails alone, with its reason; its neighbours still get p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from models.heatmaps import encode_png
 from shared.db import lifecycle
@@ -24,6 +25,7 @@ from shared.db.schema import Prediction
 from shared.db.upsert import upsert
 from shared.enums import ErrorCode, Laterality
 from shared.errors import DatabaseUnavailableError, InputError
+from shared.exams import refresh_exam_results, studies_of_images
 from shared.imaging.preprocess import PREPROCESSING_VERSION, preprocess
 from shared.imaging.readers import decode
 from shared.scoring import label_of, suspicion
@@ -108,6 +110,8 @@ def _crash_message(image: ClaimedImage) -> str:
 def _prepare(image: ClaimedImage, runtime: WorkerRuntime) -> _Prepared:
     started = time.perf_counter()
     decoded = decode(Path(image.source), max_pixels=runtime.settings.max_image_pixels)
+    if decoded.pixel_spacing_mm is None and image.spacing_mm is not None:
+        decoded = dataclasses.replace(decoded, pixel_spacing_mm=image.spacing_mm)
     decoded_at = time.perf_counter()
     tensor = preprocess(decoded, runtime.classifier.input_size,
                         laterality=Laterality.parse(image.laterality))
@@ -191,3 +195,24 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult) -> Non
         raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc
     result.done += len(outcome.rows)
     result.failed += len(outcome.failures)
+    _refresh_exams(runtime, touched)
+
+
+def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> None:
+    """Recompute exam results touched by this group, in their own transaction.
+
+    Kept apart from the prediction write: losing a race with another worker refreshing the
+    same exam (it wrote the same version first) must never undo saved predictions.
+    """
+    if not image_ids:
+        return
+    try:
+        with runtime.sessions() as session:
+            studies = studies_of_images(session, image_ids)
+            if studies:
+                refresh_exam_results(session, studies, timeout_s=runtime.settings.exam_timeout_s)
+                session.commit()
+    except IntegrityError:
+        log.info("exam results for images %s were refreshed concurrently", image_ids[:3])
+    except OperationalError as exc:
+        raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc

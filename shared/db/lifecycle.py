@@ -28,6 +28,15 @@ class ClaimedImage:
     attempts: int
     laterality: str | None = None
     view: str | None = None
+    spacing_row_mm: float | None = None
+    spacing_column_mm: float | None = None
+
+    @property
+    def spacing_mm(self) -> tuple[float, float] | None:
+        """Spacing recorded at intake (a manifest, for formats that carry none)."""
+        if self.spacing_row_mm and self.spacing_column_mm:
+            return (self.spacing_row_mm, self.spacing_column_mm)
+        return None
 
 
 def claim(
@@ -55,11 +64,11 @@ def claim(
             claim_token=token, claimed_at=now,
         )
         .returning(Image.id, Image.batch_id, Image.source, Image.attempts, Image.laterality,
-                   Image.view)
+                   Image.view, Image.spacing_row_mm, Image.spacing_column_mm)
     )
     rows = session.execute(stmt, execution_options={"synchronize_session": False}).all()
     session.commit()
-    return sorted((ClaimedImage(*row) for row in rows), key=lambda c: c.id)
+    return sorted((ClaimedImage(**row._mapping) for row in rows), key=lambda c: c.id)
 
 
 def mark_done(session: Session, image_ids: Sequence[int]) -> None:

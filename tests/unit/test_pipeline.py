@@ -100,3 +100,22 @@ def test_embedded_run_goes_through_celery(
         passes = s.execute(select(func.count(func.distinct(Prediction.forward_pass_id))))
         assert passes.scalar_one() == 2
         assert s.execute(select(func.count()).select_from(Prediction)).scalar_one() == 8
+
+
+def test_worker_scores_the_exam_once_its_four_views_are_done(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    from shared.db.schema import ExamResult  # noqa: PLC0415
+
+    files = make_exam_set(tmp_path / "in", n_exams=1, seed=9)
+    ids = _register(sessions, files)
+    runtime = WorkerRuntime(settings)
+    process_chunk(ids[:2], token="first-half", runtime=runtime)
+    with sessions() as s:
+        assert s.execute(select(ExamResult)).scalars().all() == []  # 2 of 4 views: not yet
+    process_chunk(ids[2:], token="second-half", runtime=runtime)
+    with sessions() as s:
+        [exam] = s.execute(select(ExamResult)).scalars().all()
+        best = max(s.execute(select(Prediction.suspicion)).scalars())
+    assert exam.status == "complete" and exam.missing_views == []
+    assert exam.suspicion == best  # the exam score is the most suspicious view
