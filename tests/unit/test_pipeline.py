@@ -105,7 +105,7 @@ def test_embedded_run_goes_through_celery(
 def test_worker_scores_the_exam_once_its_four_views_are_done(
     settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
 ) -> None:
-    from shared.db.schema import ExamResult  # noqa: PLC0415
+    from shared.db.schema import ExamResult
 
     files = make_exam_set(tmp_path / "in", n_exams=1, seed=9)
     ids = _register(sessions, files)
