@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -131,13 +135,36 @@ def test_a_60_mb_dicom_written_slowly_is_ready_only_at_its_last_byte(tmp_path: P
             assert tracker.poll().ready == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_an_unreadable_file_is_reported_and_dropped_until_the_next_scan(tmp_path: Path) -> None:
-    path = tmp_path / "locked.dcm"
-    path.write_bytes(_dicom(tmp_path / "src.dcm"))
-    path.chmod(0)
+def _check_unreadable_file_is_denied(folder: Path) -> None:
+    path = folder / "locked.dcm"
     clock = Clock()
     tracker = _tracker(clock, quiet=0.0)
     tracker.note(path)
     verdicts = tracker.poll()
     assert verdicts.denied == [path] and verdicts.ready == [] and len(tracker) == 0
+
+
+def test_an_unreadable_file_is_reported_and_dropped_until_the_next_scan(tmp_path: Path) -> None:
+    # Root reads any file, so as root the check runs in a child stripped of the two
+    # capabilities that bypass file permissions (setpriv).
+    folder = Path(tempfile.mkdtemp(prefix="mammo-perm-"))
+    try:
+        locked = folder / "locked.dcm"
+        locked.write_bytes(_dicom(tmp_path / "src.dcm"))
+        locked.chmod(0)
+        if os.geteuid() != 0:
+            _check_unreadable_file_is_denied(folder)
+            return
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot drop the power to read")
+        code = ("import sys; from pathlib import Path; "
+                "from tests.unit.test_watch_stability import _check_unreadable_file_is_denied;"
+                " _check_unreadable_file_is_denied(Path(sys.argv[1]))")
+        done = subprocess.run(
+            ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable,
+             "-c", code, str(folder)],
+            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+            timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
