@@ -10,13 +10,16 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from models.heatmaps import encode_png
 from shared.db import lifecycle
@@ -201,13 +204,15 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult) -> Non
 def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> None:
     """Recompute exam results touched by this group, in their own transaction.
 
-    Kept apart from the prediction write: losing a race with another worker refreshing the
-    same exam (it wrote the same version first) must never undo saved predictions.
+    Kept apart from the prediction write, and best effort: exam results are derived data
+    that the next chunk of the study, the watcher or `mammo recover` recompute, so losing a
+    race (another process wrote the same version first) or a busy database must neither
+    undo saved predictions nor hold the chunk.
     """
     if not image_ids:
         return
     try:
-        with runtime.sessions() as session:
+        with runtime.sessions() as session, _short_lock_wait(session):
             studies = studies_of_images(session, image_ids)
             if studies:
                 refresh_exam_results(session, studies, timeout_s=runtime.settings.exam_timeout_s)
@@ -215,4 +220,19 @@ def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> None:
     except IntegrityError:
         log.info("exam results for images %s were refreshed concurrently", image_ids[:3])
     except OperationalError as exc:
-        raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc
+        log.warning("exam results not refreshed now (%s); they will be on the next pass",
+                    str(exc.orig).splitlines()[0] if exc.orig else exc)
+
+
+@contextmanager
+def _short_lock_wait(session: Session) -> Iterator[None]:
+    """On SQLite, wait at most 2 s for the write lock (e.g. behind a watcher's burst)."""
+    if session.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    session.execute(text("PRAGMA busy_timeout=2000"))
+    try:
+        yield
+    finally:
+        session.rollback()
+        session.execute(text("PRAGMA busy_timeout=60000"))  # as shared.db.engine sets it

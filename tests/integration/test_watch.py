@@ -172,6 +172,14 @@ def test_exam_completes_and_a_late_image_supersedes_it_in_polling_mode(
     files = make_exam_set(stage, n_exams=1, seed=5)
     watcher = WatchProcess(_env(tmp_path, tiny_model_dir, exam_timeout_s="600"), tmp_path,
                            incoming, "--poll", "--after", "move")
+
+    def exam_versions() -> list[tuple[int, str, bool]]:
+        with db.engine.connect() as conn:
+            rows = conn.execute(select(ExamResult.version, ExamResult.status,
+                                       ExamResult.superseded_at)
+                                .order_by(ExamResult.version)).all()
+        return [(r.version, r.status, r.superseded_at is not None) for r in rows]
+
     try:
         watcher.wait_for_log("(polling, after processing: move")
         for path in files[:3]:
@@ -180,7 +188,10 @@ def test_exam_completes_and_a_late_image_supersedes_it_in_polling_mode(
                  on_timeout=watcher.log)
         assert db.scalar(select(func.count()).select_from(ExamResult)) == 0  # waits for view 4
         shutil.copy(files[3], incoming / files[3].name)
-        watcher.wait_for_log("version 1, complete")
+        # The worker (after its chunk) or the watcher (on its follow-up) scores the exam,
+        # whichever comes first; the database holds the outcome.
+        wait_for(lambda: exam_versions() == [(1, "complete", False)], timeout=120,
+                 what="version 1, complete", on_timeout=watcher.log)
         # A late fifth image of the same study (a repeated L-CC with a new SOP Instance UID).
         from pydicom import dcmread
         from pydicom.uid import generate_uid
@@ -190,7 +201,11 @@ def test_exam_completes_and_a_late_image_supersedes_it_in_polling_mode(
             entropy_srcs=[str(late.SOPInstanceUID), "late"])
         late.save_as(stage / "late.dcm", enforce_file_format=True)
         shutil.copy(stage / "late.dcm", incoming / "late.dcm")
-        watcher.wait_for_log("version 2, complete, supersedes version 1")
+        wait_for(lambda: exam_versions() == [(1, "complete", True), (2, "complete", False)],
+                 timeout=120, what="version 2, complete, superseding version 1",
+                 on_timeout=watcher.log)
+        wait_for((incoming / "processed" / "late.dcm").exists, timeout=60,
+                 what="the late image moved to processed/", on_timeout=watcher.log)
     finally:
         assert watcher.stop() == 0, watcher.log()
     with db.engine.connect() as conn:

@@ -27,6 +27,7 @@ from shared.imaging.preprocess import to_unit_range
 from shared.imaging.readers import READERS, ImageReader, decode, read_header, reader_for
 from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_dicom
+from tests.helpers.dicom_edit import rewrite_dicom
 
 BIG = 10**8
 SOP_UID = "1.2.826.0.1.3680043.8.498.1"
@@ -47,13 +48,7 @@ def dicom_file(tmp_path: Path, pixels: np.ndarray) -> Path:
 
 
 def _edit(path: Path, **changes: object) -> Path:
-    ds = pydicom.dcmread(path)
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.save_as(path)
+    rewrite_dicom(path, **changes)
     return path
 
 

@@ -29,6 +29,7 @@ from shared.imaging.preprocess import preprocess
 from shared.imaging.readers import decode, read_header
 from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_compressed, write_dicom
+from tests.helpers.dicom_edit import rewrite_dicom
 
 BIG = 10**8
 PATIENT = "PAT-0042-REAL-LOOKING"
@@ -47,15 +48,7 @@ def dicom_file(tmp_path: Path, pixels: np.ndarray) -> Path:
                        view=View.CC, patient_id=PATIENT)
 
 
-def _rewrite(path: Path, **changes: object) -> Dataset:
-    ds = pydicom.dcmread(path)
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.save_as(path)
-    return ds
+_rewrite = rewrite_dicom
 
 
 def _refused(path: Path, error: type[InputError], code: ErrorCode, *phrases: str) -> str:
