@@ -179,3 +179,30 @@ def test_two_producers_racing_on_one_folder(
     finally:
         worker.stop()
     _assert_exactly_once(postgres_url, 40)
+
+
+def test_sigterm_during_a_chunk_loses_nothing(
+    tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+) -> None:
+    make_exam_set(tmp_path / "in", n_exams=50, seed=26)
+    env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
+                    chunk_size="8")
+    _submit(tmp_path / "in", env, tmp_path)
+    first = WorkerProcess(env, tmp_path, tmp_path / "first.log", "--concurrency", "1")
+    try:
+        wait_for(lambda: tally(postgres_url).done >= 16, timeout=120, what="work under way",
+                 on_timeout=first.log)
+        first.kill(signal.SIGTERM)  # warm shutdown: the chunk in hand finishes, the rest waits
+        first.proc.wait(timeout=120)
+    finally:
+        first.stop()
+    at_stop = tally(postgres_url)
+    assert at_stop.done < 200, "the batch finished before SIGTERM: nothing was tested"
+    assert "Warm shutdown" in first.log()
+    second = WorkerProcess(env, tmp_path, tmp_path / "second.log", "--concurrency", "1")
+    try:
+        wait_for(lambda: tally(postgres_url).terminal == 200, timeout=240,
+                 what="the rest after a restart", on_timeout=second.log)
+    finally:
+        second.stop()
+    _assert_exactly_once(postgres_url, 200)
