@@ -67,7 +67,8 @@ class Classifier:
         import models.layers  # noqa: F401 - registers the shipped model's custom layers
 
         keras.utils.set_random_seed(0)
-        model = keras.models.load_model(self.spec.model_path, compile=False)
+        # safe_mode refuses Lambda layers carrying pickled Python code.
+        model = keras.models.load_model(self.spec.model_path, compile=False, safe_mode=True)
         height, width = self.spec.input_size
         spec = tf.TensorSpec((self.batch_size, height, width, 1), tf.float32)
         infer = tf.function(_inference_fn(tf, keras, model), input_signature=[spec],
