@@ -7,7 +7,6 @@ a shipped model (its highest version wins, unless ``name/version`` is given).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from shared.enums import CLASSES
 from shared.errors import ModelIntegrityError, ModelNotFoundError
+from shared.filehash import file_sha256
 
 MODELS_ROOT = Path(__file__).resolve().parent
 MODEL_FILE = "model.keras"
@@ -36,14 +36,6 @@ class ModelSpec:
     @property
     def model_path(self) -> Path:
         return self.directory / MODEL_FILE
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _version_key(path: Path) -> tuple[Any, ...]:

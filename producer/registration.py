@@ -8,7 +8,6 @@ makes resubmission a no-op, even when two producers race.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from shared.db.upsert import insert_missing, upsert_returning_id
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.errors import InputError
 from shared.imaging.readers import Pseudonymize, read_header
+from shared.imaging.readers.base import sha256_identity
 from shared.imaging.types import ImageHeader
 from shared.pseudonym import Pseudonymizer
 from shared.timeutil import utcnow
@@ -45,14 +45,11 @@ class Registration:
 
 
 def content_identity(path: Path) -> str:
-    digest = hashlib.sha256()
+    """Identity of a file whose header could not be read: its bytes, else its path."""
     try:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
+        return sha256_identity(path)
+    except InputError:
         return f"path:{path}"
-    return f"sha256:{digest.hexdigest()}"
 
 
 def create_batch(sessions: sessionmaker[Session], *, name: str | None, priority: Priority,

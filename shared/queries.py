@@ -193,10 +193,6 @@ def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any
             for w, n, t in session.execute(stmt)]
 
 
-def global_counts(session: Session) -> dict[str, int]:
-    return dict(session.execute(
-        select(Image.state, func.count()).group_by(Image.state)).all())
-
 
 def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
     """What an operator checks first in the morning: is anything stuck, is anyone working."""

@@ -147,10 +147,3 @@ def _configure_tensorflow(tf: Any, intra: int, inter: int) -> None:
     except RuntimeError:
         # Already initialised in this process (a second Classifier): settings are fixed.
         pass
-
-
-def detect_device() -> str:
-    """'gpu' when TensorFlow sees one, else 'cpu'. Imports TensorFlow: call in workers only."""
-    import tensorflow as tf
-
-    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"

@@ -17,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
@@ -113,19 +113,3 @@ def ensure_schema(engine: Engine) -> None:
             return
     before, after = upgrade(engine)
     log.info("database migrated from %s to %s", before, after)
-
-
-def check_database(engine: Engine) -> None:
-    with unavailable_as_error(engine), engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-
-
-__all__ = [
-    "SQLAlchemyError",
-    "check_database",
-    "create_db_engine",
-    "ensure_schema",
-    "make_session_factory",
-    "unavailable_as_error",
-    "upgrade",
-]

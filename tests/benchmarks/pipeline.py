@@ -42,7 +42,13 @@ from shared.enums import Laterality, Priority, View  # noqa: E402
 from shared.imaging.preprocess import preprocess  # noqa: E402
 from shared.imaging.readers import decode  # noqa: E402
 from shared.synthetic import synth_mammogram, write_dicom  # noqa: E402
-from tests.helpers.processes import MAMMO, WorkerProcess, mammo_env, run_mammo  # noqa: E402
+from tests.helpers.processes import (  # noqa: E402
+    MAMMO,
+    WorkerProcess,
+    child_pids,
+    mammo_env,
+    run_mammo,
+)
 
 
 def make_inputs(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
@@ -151,7 +157,7 @@ def end_to_end(model: str, folder: Path, n: int, workers: int, chunk: int,
                 raise RuntimeError("end-to-end run did not finish in 30 min")
             time.sleep(0.2)
         elapsed = time.perf_counter() - submit_started
-        rss = _peak_rss_mb([worker.proc.pid, *_children(worker.proc.pid)])
+        rss = _peak_rss_mb([worker.proc.pid, *child_pids(worker.proc.pid)])
     finally:
         worker.stop()
         engine.dispose()
@@ -167,11 +173,6 @@ def _wait_ready(worker: WorkerProcess, started: float, expected: int) -> float:
             raise RuntimeError(f"worker did not start:\n{worker.log()}")
         time.sleep(0.1)
     return round(time.perf_counter() - started, 1)
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], check=False, capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 def _peak_rss_mb(pids: list[int]) -> float:

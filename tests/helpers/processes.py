@@ -69,3 +69,9 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str,
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (a prefork worker's pool processes)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]

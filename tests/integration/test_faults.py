@@ -18,7 +18,14 @@ import pytest
 
 from shared.synthetic import make_exam_set
 from tests.helpers.db import tally
-from tests.helpers.processes import MAMMO, WorkerProcess, mammo_env, run_mammo, wait_for
+from tests.helpers.processes import (
+    MAMMO,
+    WorkerProcess,
+    child_pids,
+    mammo_env,
+    run_mammo,
+    wait_for,
+)
 from tests.helpers.services import PrivatePostgres, PrivateRedis
 
 pytestmark = pytest.mark.integration
@@ -26,9 +33,16 @@ pytestmark = pytest.mark.integration
 FAST_RECOVERY = {"sweep_interval_s": "2", "requeue_after_s": "5"}
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return [int(p) for p in out.stdout.split()]
+def _drain(env: dict[str, str], cwd: Path, url: str, n: int, *, what: str,
+           timeout: float = 240, log_name: str = "worker.log") -> str:
+    """Run one `mammo worker` until ``n`` images are terminal; return its log."""
+    worker = WorkerProcess(env, cwd, cwd / log_name, "--concurrency", "1")
+    try:
+        wait_for(lambda: tally(url).terminal == n, timeout=timeout, what=what,
+                 on_timeout=worker.log)
+    finally:
+        worker.stop()
+    return worker.log()
 
 
 def _submit(folder: Path, env: dict[str, str], cwd: Path) -> int:
@@ -57,7 +71,7 @@ def test_sigkilled_children_lose_and_double_nothing(
         deadline = time.monotonic() + 240
         while kills < 3 and time.monotonic() < deadline:
             t = tally(postgres_url)
-            children = _children(worker.proc.pid)
+            children = child_pids(worker.proc.pid)
             if t.done > 20 * (kills + 1) and children:
                 os.kill(children[kills % len(children)], signal.SIGKILL)
                 kills += 1
@@ -81,14 +95,12 @@ def test_redis_restart_without_persistence_loses_nothing(
     _submit(tmp_path / "in", env, tmp_path)
     redis.kill()  # every queued message is gone
     redis.start()
-    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
     try:
-        wait_for(lambda: tally(postgres_url).terminal == 80, timeout=180,
-                 what="the sweeper to re-queue the lost batch", on_timeout=worker.log)
-        assert "sweeper: re-queued" in worker.log()
+        log = _drain(env, tmp_path, postgres_url, 80, timeout=180,
+                     what="the sweeper to re-queue the lost batch")
     finally:
-        worker.stop()
         redis.kill()
+    assert "sweeper: re-queued" in log
     _assert_exactly_once(postgres_url, 80)
 
 
@@ -145,12 +157,7 @@ def test_poison_image_is_quarantined_and_its_chunk_mates_finish(
                     chunk_size="6", max_attempts="2", **FAST_RECOVERY)
     _submit(tmp_path / "in", env, tmp_path)
     worker_env = {**env, "PYTHONPATH": str(hook)}
-    worker = WorkerProcess(worker_env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
-    try:
-        wait_for(lambda: tally(postgres_url).terminal == 12, timeout=240,
-                 what="the poison image to be quarantined", on_timeout=worker.log)
-    finally:
-        worker.stop()
+    _drain(worker_env, tmp_path, postgres_url, 12, what="the poison image to be quarantined")
     t = tally(postgres_url)
     assert t.done == 11 and t.predictions == 11 and t.max_predictions_per_image == 1
     [(source, code)] = t.failures.items()
@@ -172,12 +179,7 @@ def test_two_producers_racing_on_one_folder(
     assert all(r.returncode == 0 for r in racers), outs
     queued = sum(json.loads(out)["queued"] for out, _ in outs)
     assert queued == 40  # each file queued by exactly one of the two producers
-    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
-    try:
-        wait_for(lambda: tally(postgres_url).terminal == 40, timeout=180,
-                 what="the raced batch", on_timeout=worker.log)
-    finally:
-        worker.stop()
+    _drain(env, tmp_path, postgres_url, 40, timeout=180, what="the raced batch")
     _assert_exactly_once(postgres_url, 40)
 
 
@@ -199,10 +201,6 @@ def test_sigterm_during_a_chunk_loses_nothing(
     at_stop = tally(postgres_url)
     assert at_stop.done < 200, "the batch finished before SIGTERM: nothing was tested"
     assert "Warm shutdown" in first.log()
-    second = WorkerProcess(env, tmp_path, tmp_path / "second.log", "--concurrency", "1")
-    try:
-        wait_for(lambda: tally(postgres_url).terminal == 200, timeout=240,
-                 what="the rest after a restart", on_timeout=second.log)
-    finally:
-        second.stop()
+    _drain(env, tmp_path, postgres_url, 200, what="the rest after a restart",
+           log_name="second.log")
     _assert_exactly_once(postgres_url, 200)

@@ -14,7 +14,7 @@ from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, Image, ModelVersion, Prediction
 from shared.db.upsert import insert_missing, upsert, upsert_returning_id
-from shared.enums import ErrorCode, ImageState
+from shared.enums import ErrorCode
 from shared.timeutil import utcnow
 
 
@@ -147,4 +147,3 @@ def test_stale_images_finds_lost_messages(sessions: sessionmaker[Session]) -> No
         stale = lifecycle.stale_images(s, queued_before=now - timedelta(hours=1),
                                        claimed_before=now - timedelta(hours=1))
     assert stale == ids[:2]
-    assert ImageState.QUEUED.value == "queued"

@@ -7,17 +7,16 @@ what are its pixels (``decode``, in the worker)?
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from shared.errors import ImageTooLargeError, MissingFileError, UnreadableImageError
+from shared.filehash import file_sha256
 from shared.imaging.types import DecodedImage, ImageHeader
 
 # 128-byte DICOM preamble + "DICM": enough to recognise every format we read.
 HEAD_SIZE = 132
-_CHUNK = 1 << 20
 
 # PatientID -> keyed pseudonym (``shared.pseudonym.Pseudonymizer``); None: no key configured.
 Pseudonymize = Callable[[str], str]
@@ -74,15 +73,10 @@ def read_bytes(path: Path) -> bytes:
 
 def sha256_identity(path: Path) -> str:
     """``"sha256:<hex>"`` of the file bytes: the identity of files without a DICOM UID."""
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
-            # Chunked so a large TIFF never has to sit in memory in the producer.
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+        return f"sha256:{file_sha256(path)}"
     except OSError as exc:
         raise open_error(path, exc) from exc
-    return f"sha256:{digest.hexdigest()}"
 
 
 def check_pixel_count(path: Path, rows: int, columns: int, max_pixels: int) -> None:
