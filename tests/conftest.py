@@ -7,7 +7,9 @@ Redis/PostgreSQL skips the test with a reason; in CI (``CI=true``) it fails.
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,12 +75,32 @@ def redis_url() -> Iterator[str]:
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     import redis
 
-    db = 1 + (uuid.uuid4().int % 14)
+    # Several test runs may share this Redis (parallel sessions, a stray worker): lease a
+    # database number in db 0 so no two live tests ever consume each other's messages.
+    lease = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    token = uuid.uuid4().hex
+    db = _lease_redis_db(lease, token)
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
     client.flushdb()
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
     client.flushdb()
     client.close()
+    if lease.get(f"mammo-test-db:{db}") == token.encode():
+        lease.delete(f"mammo-test-db:{db}")
+    lease.close()
+
+
+def _lease_redis_db(lease: object, token: str, *, ttl_s: int = 900) -> int:
+    import redis
+
+    assert isinstance(lease, redis.Redis)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for db in random.sample(range(1, 16), 15):
+            if lease.set(f"mammo-test-db:{db}", token, nx=True, ex=ttl_s):
+                return db
+        time.sleep(0.5)
+    pytest.fail("no free Redis database number (1-15) for this test after 120 s")
 
 
 @pytest.fixture
