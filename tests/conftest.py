@@ -19,6 +19,10 @@ import pytest
 from models.registry import ModelSpec
 from shared.config import Settings
 
+# Tests record what they injected and measured; the README reliability section is
+# rendered from it (tests/benchmarks/reliability_report.py).
+pytest_plugins = ("tests.helpers.reliability",)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

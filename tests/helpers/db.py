@@ -16,11 +16,21 @@ class Tally:
     failed: int
     predictions: int
     max_predictions_per_image: int
+    predicted_images: int  # images with at least one prediction
     failures: dict[str, str]  # source -> error_code
 
     @property
     def terminal(self) -> int:
         return self.done + self.failed
+
+    def lost(self, expected: int) -> int:
+        """Submitted images without a final outcome (done, or failed with a reason)."""
+        return max(expected - self.terminal, 0)
+
+    @property
+    def duplicated(self) -> int:
+        """Predictions beyond the first for an image."""
+        return self.predictions - self.predicted_images
 
 
 def tally(url: str) -> Tally:
@@ -38,4 +48,5 @@ def tally(url: str) -> Tally:
     return Tally(images=sum(states.values()), done=states.get("done", 0),
                  failed=states.get("failed", 0), predictions=sum(per_image),
                  max_predictions_per_image=max(per_image, default=0),
+                 predicted_images=len(per_image),
                  failures={str(k): str(v) for k, v in failures.items()})
