@@ -7,10 +7,10 @@ it to the factories (database engine, Celery app, classifier).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigurationError
 
@@ -112,6 +112,54 @@ class Settings(BaseSettings):
         "incomplete once no image of it has arrived for this many seconds.",
     )
 
+    smtp_host: str | None = Field(
+        None, description="Notifications: SMTP server for e-mail. Unset: no e-mail is sent.",
+    )
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 SSL).")
+    smtp_security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls",
+        description="SMTP transport security: starttls, ssl (implicit TLS) or none (a local "
+        "relay only; no login is sent over it). The certificate is always verified.",
+    )
+    smtp_user: str | None = Field(None, description="SMTP login name (unset: no login).")
+    smtp_password: SecretStr | None = Field(
+        None, description="SMTP password. No default, by design.",
+    )
+    smtp_from: str | None = Field(None, description="Sender address of notification e-mails.")
+    smtp_to: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Recipients of notification e-mails, comma-separated.",
+    )
+    smtp_ca_file: Path | None = Field(
+        None, description="PEM file of CA certificates that sign the SMTP server's certificate "
+        "(default: the system's trust store).",
+    )
+    alert_suspicion: int = Field(
+        8, ge=1, le=10,
+        description="Notifications: an exam scored at or above this suspicion (1-10) sends an "
+        "immediate alert.",
+    )
+    webhook_url: str | None = Field(
+        None, description="Notifications: http(s) URL that receives signed JSON POSTs. Unset: "
+        "no webhook.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key that signs webhook bodies. No default, by design.",
+    )
+    notify_timeout_s: float = Field(
+        5.0, gt=0.0, le=60.0, description="Notifications: network timeout of one attempt.",
+    )
+    notify_retries: int = Field(
+        3, ge=0, le=10, description="Notifications: retries after a failed first attempt.",
+    )
+    notify_backoff_s: float = Field(
+        1.0, ge=0.0, le=60.0,
+        description="Notifications: delay before the first retry; it doubles per retry, with "
+        "jitter, up to MAMMO_NOTIFY_BACKOFF_MAX_S.",
+    )
+    notify_backoff_max_s: float = Field(
+        8.0, ge=0.0, le=300.0, description="Notifications: the longest delay between retries.",
+    )
+
     @field_validator("broker_url")
     @classmethod
     def _blank_broker_is_embedded(cls, value: str | None) -> str | None:
@@ -121,6 +169,30 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    @field_validator("smtp_to", mode="before")
+    @classmethod
+    def _split_recipients(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _notifications_complete(self) -> Settings:
+        # Refuse half a configuration at start-up rather than drop notifications at night.
+        if self.smtp_host and not (self.smtp_from and self.smtp_to):
+            raise ValueError("MAMMO_SMTP_HOST is set: also set MAMMO_SMTP_FROM and MAMMO_SMTP_TO")
+        if self.smtp_user and self.smtp_password is None:
+            raise ValueError("MAMMO_SMTP_USER is set: also set MAMMO_SMTP_PASSWORD")
+        if self.smtp_user and self.smtp_security == "none":
+            raise ValueError("MAMMO_SMTP_SECURITY=none would send the SMTP password in clear "
+                             "text: use starttls or ssl")
+        if self.webhook_url and not self.webhook_url.lower().startswith(("https://", "http://")):
+            raise ValueError("MAMMO_WEBHOOK_URL must be an http:// or https:// URL")
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("MAMMO_WEBHOOK_URL is set: also set MAMMO_WEBHOOK_SECRET (webhook "
+                             "bodies are always signed)")
+        return self
 
     @property
     def effective_broker_url(self) -> str:
@@ -155,5 +227,11 @@ def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and ``.env``), turning errors into one line."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        # Without the input values: pydantic echoes them, and they may hold a secret.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False))
+        raise ConfigurationError(f"Invalid MAMMO_* configuration: {problems}") from None
     except ValueError as exc:
         raise ConfigurationError(f"Invalid MAMMO_* configuration: {exc}") from exc

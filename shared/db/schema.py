@@ -221,5 +221,32 @@ class ExamResult(Base):
     superseded_at: Mapped[datetime | None] = mapped_column(_tz())
 
 
+
+class Notification(Base):
+    """One notification per channel, event and subject, claimed by insert-or-nothing.
+
+    The unique key makes delivery exactly-once across worker processes and redelivered
+    messages: only the process whose insert created the row sends. ``status`` is
+    ``pending`` while it sends, then ``sent`` or ``failed`` (with ``last_error``).
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("channel", "event", "subject_key", name="uq_notifications_subject"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))  # email | webhook
+    event: Mapped[str] = mapped_column(String(32))  # batch_complete | exam_alert
+    subject_key: Mapped[str] = mapped_column(String(64))  # "batch:12", "study:7"
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    claimed_at: Mapped[datetime | None] = mapped_column(_tz())
+    sent_at: Mapped[datetime | None] = mapped_column(_tz())
+
 # The drop-folder watcher reconciles each scan against the database by source path.
 Index("ix_images_source", Image.source)
