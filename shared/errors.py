@@ -48,6 +48,10 @@ class DatasetError(UserFacingError):
     """Labelled training or evaluation data is missing, malformed or unusable."""
 
 
+class ReportTargetNotFoundError(UserFacingError):
+    """The batch or exam a report or listing asks for is not in the database."""
+
+
 class TransientError(MammoError):
     """A dependency is unavailable right now; retrying later may succeed."""
 
@@ -127,3 +131,15 @@ class PseudonymKeyMissingError(InputError):
     """A DICOM carries a PatientID, and no key is configured to pseudonymise it."""
 
     code = ErrorCode.NO_PSEUDONYM_KEY
+
+
+class NotificationError(MammoError):
+    """A notification was not delivered this time (server down, timeout, 5xx): retried.
+
+    Never raised past the notification code: a notification failure never fails a batch.
+    Messages name the channel and the server's answer, never a secret or patient data.
+    """
+
+
+class NotificationRejectedError(NotificationError):
+    """The server refused the notification for good (bad login, 4xx): not retried."""

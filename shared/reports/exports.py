@@ -14,16 +14,26 @@ DISCLAIMER = ("Decision support only, not a diagnosis: probabilities from a mach
               "model, to be weighed by a qualified reader.")
 
 
-def write_batch_exports(rows: Sequence[Mapping[str, Any]], directory: Path,
-                        batch_id: int) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    json_path = directory / f"batch-{batch_id}.json"
-    csv_path = directory / f"batch-{batch_id}.csv"
-    json_path.write_text(json.dumps(
-        {"batch_id": batch_id, "disclaimer": DISCLAIMER, "results": list(rows)},
-        indent=2, default=str) + "\n", encoding="utf-8")
-    with csv_path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(RESULT_KEYS), extrasaction="ignore")
+def write_json(data: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path,
+              columns: Sequence[str] = RESULT_KEYS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return [json_path, csv_path]
+    return path
+
+
+def write_batch_exports(rows: Sequence[Mapping[str, Any]], directory: Path,
+                        batch_id: int) -> list[Path]:
+    return [
+        write_json({"batch_id": batch_id, "disclaimer": DISCLAIMER, "results": list(rows)},
+                   directory / f"batch-{batch_id}.json"),
+        write_csv(rows, directory / f"batch-{batch_id}.csv"),
+    ]

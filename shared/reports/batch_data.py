@@ -1,0 +1,121 @@
+"""Everything a batch summary shows, gathered from the database in one place.
+
+The PDF, the HTML page and the JSON export all render this one object, so they can never
+disagree about a number.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.db.schema import Batch, Image, Prediction
+from shared.enums import ImageState, Label
+from shared.errors import ReportTargetNotFoundError
+from shared.queries import ResultFilter, list_results
+from shared.reports.worklist import WorklistFilter, worklist_rows
+from shared.timeutil import as_utc
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Per-image milliseconds, median and mean, over the batch's predictions."""
+
+    stage: str
+    median_ms: float
+    mean_ms: float
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    batch_id: int
+    name: str | None
+    created_at: datetime | None
+    finished_at: datetime | None
+    by_state: dict[str, int]
+    by_class: dict[str, int]
+    suspicion_counts: dict[int, int]  # 1..10 -> images
+    per_day: dict[str, int]  # ISO date of the prediction -> predictions
+    images_per_minute: float | None
+    stage_times: list[StageTimes]
+    failures: list[dict[str, Any]]
+    worklist: list[dict[str, Any]]
+    results: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["total"] = self.total
+        return data
+
+
+def _stage_times(session: Session, batch_id: int) -> list[StageTimes]:
+    stmt = (select(Prediction.decode_ms, Prediction.preprocess_ms, Prediction.infer_ms)
+            .join(Image, Image.id == Prediction.image_id).where(Image.batch_id == batch_id))
+    rows = session.execute(stmt).all()
+    if not rows:
+        return []
+    return [StageTimes(name, round(statistics.median(col), 1), round(statistics.fmean(col), 1))
+            for name, col in zip(("decode", "preprocess", "infer"), zip(*rows, strict=True),
+                                 strict=True)]
+
+
+def _per_day(session: Session, batch_id: int) -> dict[str, int]:
+    day = func.date(Prediction.created_at)
+    stmt = (select(day, func.count()).join(Image, Image.id == Prediction.image_id)
+            .where(Image.batch_id == batch_id).group_by(day).order_by(day))
+    return {str(d): int(n) for d, n in session.execute(stmt)}
+
+
+def _images_per_minute(session: Session, batch: Batch) -> float | None:
+    """Finished images over the wall time from the batch's creation to its last finish."""
+    start = as_utc(batch.created_at)
+    count, last = session.execute(
+        select(func.count(Image.finished_at), func.max(Image.finished_at))
+        .where(Image.batch_id == batch.id)).one()
+    last = as_utc(last)
+    if not count or start is None or last is None or last <= start:
+        return None
+    return round(count / (last - start).total_seconds() * 60, 1)
+
+
+def _failures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"image_id": r["image_id"], "file": Path(r["source"]).name,
+             "error_code": r["error_code"], "error_message": r["error_message"]}
+            for r in results if r["state"] == ImageState.FAILED.value]
+
+
+def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
+                          worklist_limit: int = 50) -> BatchSummary:
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise ReportTargetNotFoundError(f"no batch with id {batch_id}")
+    results = list_results(session, ResultFilter(batch_id=batch_id))
+    done = [r for r in results if r["state"] == ImageState.DONE.value and r["label"]]
+    by_state = Counter(r["state"] for r in results)
+    by_class = Counter(r["label"] for r in done)
+    scores = Counter(int(r["suspicion"]) for r in done if r["suspicion"] is not None)
+    return BatchSummary(
+        batch_id=batch.id, name=batch.name, created_at=as_utc(batch.created_at),
+        finished_at=as_utc(batch.finished_at),
+        by_state={s.value: by_state.get(s.value, 0) for s in ImageState},
+        by_class={c.value: by_class.get(c.value, 0) for c in Label},
+        suspicion_counts={s: scores.get(s, 0) for s in range(1, 11)},
+        per_day=_per_day(session, batch_id),
+        images_per_minute=_images_per_minute(session, batch),
+        stage_times=_stage_times(session, batch_id),
+        failures=_failures(results),
+        worklist=worklist_rows(session, WorklistFilter(batch_id=batch_id, limit=worklist_limit),
+                               report_dir=report_dir),
+        results=results,
+    )

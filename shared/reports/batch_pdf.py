@@ -1,0 +1,58 @@
+"""The batch summary as a PDF: the same content as the HTML page, for print and records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reportlab.lib.units import mm
+from reportlab.platypus import Flowable, Table
+
+from shared.reports.batch_data import BatchSummary
+from shared.reports.charts import batch_charts
+from shared.reports.layout import (
+    FAILURE_COLUMNS,
+    WORKLIST_COLUMNS,
+    batch_title,
+    overview_rows,
+    stage_rows,
+    worklist_table_row,
+)
+from shared.reports.pdf_parts import (
+    HEADING,
+    PAGE_WIDTH,
+    TITLE,
+    build_pdf,
+    disclaimer,
+    para,
+    png_image,
+    table,
+)
+
+
+def _chart_grid(charts: dict[str, bytes]) -> Table:
+    cells = [png_image(png, PAGE_WIDTH / 2 - 4 * mm) for png in charts.values()]
+    return Table([cells[i:i + 2] for i in range(0, len(cells), 2)], hAlign="LEFT")
+
+
+def write_summary_pdf(summary: BatchSummary, path: Path) -> Path:
+    charts = batch_charts(summary.by_state, summary.by_class, summary.suspicion_counts,
+                          summary.per_day)
+    failures = [[f[k] for k in FAILURE_COLUMNS] for f in summary.failures]
+    story: list[Flowable] = [
+        para(batch_title(summary), TITLE), disclaimer(),
+        para("Overview", HEADING), table(("", "value"), overview_rows(summary)),
+        para("Counts", HEADING),
+        table(("state", "images"), summary.by_state.items()),
+        table(("predicted class", "images"), summary.by_class.items()),
+        para("Charts", HEADING), _chart_grid(charts),
+        para("Throughput (per image)", HEADING),
+        table(("stage", "median ms", "mean ms"), stage_rows(summary)),
+        para(f"Failures ({len(failures)})", HEADING),
+        table(FAILURE_COLUMNS, failures, widths=(16 * mm, 40 * mm, 30 * mm, 94 * mm))
+        if failures else para("None."),
+        para("Read first: exams by suspicion", HEADING),
+        table(WORKLIST_COLUMNS, [worklist_table_row(r) for r in summary.worklist],
+              widths=(10 * mm, 38 * mm, 16 * mm, 20 * mm, 20 * mm, 18 * mm, 30 * mm, 28 * mm))
+        if summary.worklist else para("No exam results in this batch."),
+    ]
+    return build_pdf(path, batch_title(summary), story)

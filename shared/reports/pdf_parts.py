@@ -1,0 +1,79 @@
+"""reportlab building blocks shared by the exam and batch PDFs: styles, tables, images, and a
+page footer that repeats the decision-support statement on every page."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import Flowable, Image, Paragraph, SimpleDocTemplate, Table, TableStyle
+
+from shared.reports.exports import DISCLAIMER
+from shared.reports.layout import cell_text
+
+_STYLES = getSampleStyleSheet()
+TITLE = _STYLES["Title"]
+HEADING = _STYLES["Heading2"]
+BODY = _STYLES["BodyText"]
+SMALL = ParagraphStyle("small", parent=BODY, fontSize=7.5, leading=9)
+WARNING = ParagraphStyle("warning", parent=BODY, backColor=colors.HexColor("#fff4d6"),
+                         borderColor=colors.HexColor("#e0b84a"), borderWidth=0.5,
+                         borderPadding=4, fontName="Helvetica-Bold", spaceBefore=4,
+                         spaceAfter=8)
+PAGE_WIDTH = A4[0] - 30 * mm
+
+
+def para(text: Any, style: ParagraphStyle = BODY) -> Paragraph:
+    return Paragraph(escape(cell_text(text)), style)
+
+
+def disclaimer() -> Paragraph:
+    return Paragraph(escape(DISCLAIMER), WARNING)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *,
+          widths: Sequence[float] | None = None) -> Table:
+    """A grid table; cells wrap (each is a small paragraph) so long reasons stay readable."""
+    data = [[para(h, SMALL) for h in header],
+            *[[para(c, SMALL) for c in row] for row in rows]]
+    grid = Table(data, colWidths=list(widths) if widths else None, repeatRows=1, hAlign="LEFT")
+    grid.setStyle(TableStyle([
+        ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#bbbbbb")),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eeeeee")),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+    ]))
+    return grid
+
+
+def png_image(png: bytes, width: float) -> Image:
+    """A PNG scaled to ``width`` points, aspect ratio kept."""
+    picture = Image(io.BytesIO(png))
+    scale = width / picture.imageWidth
+    picture.drawWidth, picture.drawHeight = width, picture.imageHeight * scale
+    return picture
+
+
+def _footer(canvas: Canvas, doc: SimpleDocTemplate) -> None:
+    canvas.saveState()
+    canvas.setFont("Helvetica", 7)
+    canvas.setFillColor(colors.HexColor("#555555"))
+    canvas.drawString(15 * mm, 10 * mm, DISCLAIMER)
+    canvas.drawRightString(A4[0] - 15 * mm, 5 * mm, f"page {doc.page}")
+    canvas.restoreState()
+
+
+def build_pdf(path: Path, title: str, story: list[Flowable]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = SimpleDocTemplate(str(path), pagesize=A4, title=title, author="mammo-pipeline",
+                            leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
+                            bottomMargin=18 * mm)
+    doc.build(story, onFirstPage=_footer, onLaterPages=_footer)
+    return path

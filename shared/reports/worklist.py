@@ -1,0 +1,99 @@
+"""The read-first worklist: current exam results, highest suspicion first.
+
+Exam results are normally written by the worker (after each chunk) or the watcher. An exam
+whose missing views timed out while neither ran would never get one, so the worklist first
+refreshes every study still awaiting a result: the timeout is applied here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Select, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from shared.db.schema import ExamResult, Image, Study
+from shared.exams import refresh_exam_results, studies_awaiting_result
+
+log = logging.getLogger(__name__)
+
+WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
+# More than any night's batch; studies not yet due stay pending and cost one cheap pass.
+_REFRESH_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class WorklistFilter:
+    batch_id: int | None = None
+    since: datetime | None = None  # an image of the exam submitted at or after (UTC)
+    until: datetime | None = None  # ... before (UTC)
+    limit: int | None = None
+
+
+def exam_pdf_path(report_dir: Path, study_uid: str) -> Path:
+    """Where the exam's PDF is written by default (UIDs are digits and dots already)."""
+    return report_dir / "exams" / f"exam-{re.sub(r'[^0-9A-Za-z.-]', '_', study_uid)}.pdf"
+
+
+def refresh_due_exams(session: Session, *, timeout_s: float) -> int:
+    """Give due exams (timed out, no watcher ran) their result; best effort, commits.
+
+    A busy database or a concurrent refresher must not stop a read command: the exams
+    concerned are simply refreshed on the next call.
+    """
+    try:
+        if session.get_bind().dialect.name == "sqlite":
+            session.execute(text("PRAGMA busy_timeout=2000"))
+        studies = studies_awaiting_result(session, limit=_REFRESH_LIMIT)
+        changes = refresh_exam_results(session, studies, timeout_s=timeout_s)
+        session.commit()
+        return len(changes)
+    except (IntegrityError, OperationalError) as exc:
+        session.rollback()
+        log.warning("exam results not refreshed before listing: %s", type(exc).__name__)
+        return 0
+
+
+def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
+    stmt = (select(ExamResult, Study).join(Study, Study.id == ExamResult.study_id)
+            .where(ExamResult.superseded_at.is_(None)))
+    images = select(Image.study_id).where(Image.study_id.is_not(None))
+    narrowed = False
+    if flt.batch_id is not None:
+        images, narrowed = images.where(Image.batch_id == flt.batch_id), True
+    if flt.since is not None:
+        images, narrowed = images.where(Image.created_at >= flt.since), True
+    if flt.until is not None:
+        images, narrowed = images.where(Image.created_at < flt.until), True
+    if narrowed:
+        stmt = stmt.where(ExamResult.study_id.in_(images))
+    # NULL suspicion (nothing scored: every view failed) goes last; ties keep arrival order.
+    stmt = stmt.order_by(ExamResult.suspicion.desc().nulls_last(),
+                         ExamResult.p_malignant.desc().nulls_last(), Study.id)
+    return stmt.limit(flt.limit) if flt.limit else stmt
+
+
+def worklist_rows(session: Session, flt: WorklistFilter, *,
+                  report_dir: Path) -> list[dict[str, Any]]:
+    """One row per exam; ``report_path`` is set when the exam's PDF exists."""
+    rows = []
+    for rank, (result, study) in enumerate(session.execute(_worklist_query(flt)), start=1):
+        pdf = exam_pdf_path(report_dir, study.study_uid)
+        rows.append({
+            "rank": rank, "study_uid": study.study_uid, "suspicion": result.suspicion,
+            "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),
+                                  "p_malignant": b.get("p_malignant")}
+                           for side, b in sorted(result.per_breast.items())
+                           if isinstance(b, dict)},
+            "flags": list(result.flags), "report_path": str(pdf) if pdf.is_file() else None,
+            "label": result.label, "p_malignant": result.p_malignant, "status": result.status,
+            "accession_number": study.accession_number, "study_date": study.study_date,
+            "patient_pseudonym": study.patient_pseudonym,
+        })
+    return rows
