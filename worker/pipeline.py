@@ -6,14 +6,11 @@ directly. One bad image fails alone, with its reason; its neighbours still get p
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -26,13 +23,13 @@ from shared.db import lifecycle
 from shared.db.lifecycle import ClaimedImage
 from shared.db.schema import Prediction
 from shared.db.upsert import upsert
-from shared.enums import ErrorCode, Laterality
-from shared.errors import DatabaseUnavailableError, InputError
+from shared.enums import ErrorCode
+from shared.errors import DatabaseUnavailableError
 from shared.exams import refresh_exam_results, studies_of_images
-from shared.imaging.preprocess import PREPROCESSING_VERSION, preprocess
-from shared.imaging.readers import decode
+from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.scoring import label_of, suspicion
 from shared.timeutil import utcnow
+from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -74,25 +71,40 @@ def process_chunk(image_ids: Sequence[int], *, token: str, runtime: WorkerRuntim
     result = ChunkResult()
     claimed = _claim(runtime, image_ids, token)
     result.claimed = len(claimed)
-    if not any(c.attempts > 1 for c in claimed):
-        if claimed:
-            _save(runtime, _run_group(claimed, runtime, result), result)
+    if not claimed:
         return result
-    # A redelivered chunk may hold the image that killed the last worker. Hand the claims
-    # back, then claim and run one image at a time: only the image actually being worked on
-    # when a crash strikes is charged an attempt, and its neighbours finish first.
+    if not any(c.attempts > 1 for c in claimed):
+        try:
+            _save(runtime, _run_group(claimed, runtime, result), result)
+            return result
+        except DecoderCrashed as exc:
+            log.warning("%s; running chunk %s image by image", exc, token)
+    # A redelivered chunk (or one whose decoder process died) may hold the image that kills
+    # its worker. Hand the claims back, then claim and run one image at a time: only the
+    # image actually being worked on when a crash strikes is charged an attempt, and its
+    # neighbours finish first.
     with runtime.sessions() as session:
         lifecycle.release(session, [c.id for c in claimed], token, refund=True)
     for image_id in [c.id for c in claimed]:
-        single = _claim(runtime, [image_id], token)
-        if not single:
-            continue  # someone else took it meanwhile
+        _run_alone(image_id, token, runtime, result)
+    return result
+
+
+def _run_alone(image_id: int, token: str, runtime: WorkerRuntime, result: ChunkResult) -> None:
+    """Claim and run one image; a decoder crash charges it, until it is quarantined."""
+    while single := _claim(runtime, [image_id], token):  # empty: someone else took it
         if single[0].attempts > runtime.settings.max_attempts:
             outcome = _Outcome(failures=[(image_id, ErrorCode.POISON, _crash_message(single[0]))])
         else:
-            outcome = _run_group(single, runtime, result)
+            try:
+                outcome = _run_group(single, runtime, result)
+            except DecoderCrashed as exc:
+                log.warning("image %s: %s", image_id, exc)
+                with runtime.sessions() as session:  # the attempt stays counted
+                    lifecycle.release(session, [image_id], token, refund=False)
+                continue
         _save(runtime, outcome, result)
-    return result
+        return
 
 
 def _claim(runtime: WorkerRuntime, image_ids: Sequence[int], token: str) -> list[ClaimedImage]:
@@ -110,33 +122,20 @@ def _crash_message(image: ClaimedImage) -> str:
             "quarantined; check the file, then resubmit it.")
 
 
-def _prepare(image: ClaimedImage, runtime: WorkerRuntime) -> _Prepared:
-    started = time.perf_counter()
-    decoded = decode(Path(image.source), max_pixels=runtime.settings.max_image_pixels)
-    if decoded.pixel_spacing_mm is None and image.spacing_mm is not None:
-        decoded = dataclasses.replace(decoded, pixel_spacing_mm=image.spacing_mm)
-    decoded_at = time.perf_counter()
-    tensor = preprocess(decoded, runtime.classifier.input_size,
-                        laterality=Laterality.parse(image.laterality))
-    return _Prepared(image, tensor, (decoded_at - started) * 1000,
-                     (time.perf_counter() - decoded_at) * 1000)
+def _job(image: ClaimedImage, runtime: WorkerRuntime) -> DecodeJob:
+    return DecodeJob(image.id, image.source, image.laterality, image.spacing_mm,
+                     runtime.classifier.input_size, runtime.settings.max_image_pixels)
 
 
 def _run_group(group: list[ClaimedImage], runtime: WorkerRuntime, result: ChunkResult) -> _Outcome:
     outcome = _Outcome()
     prepared: list[_Prepared] = []
-    for image in group:
-        try:
-            prepared.append(_prepare(image, runtime))
-        except SoftTimeLimitExceeded:
-            raise
-        except InputError as exc:
-            outcome.failures.append((image.id, exc.code, exc.message))
-        except Exception as exc:  # a worker never dies of an input
-            log.exception("unexpected error preparing image %s", image.id)
-            outcome.failures.append((image.id, ErrorCode.INTERNAL,
-                                     f"Unexpected error while reading the image: "
-                                     f"{type(exc).__name__}: {exc}"))
+    decoded = runtime.decoder.decode_all([_job(image, runtime) for image in group])
+    for image, item in zip(group, decoded, strict=True):
+        if isinstance(item, DecodeFailure):
+            outcome.failures.append((image.id, item.code, item.message))
+        else:
+            prepared.append(_Prepared(image, item.tensor, item.decode_ms, item.preprocess_ms))
     if prepared:
         _infer(prepared, runtime, outcome, result)
     return outcome
@@ -192,17 +191,21 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult) -> Non
             for image_id, code, message in outcome.failures:
                 lifecycle.mark_failed(session, image_id, code, message)
             touched = done_ids + [f[0] for f in outcome.failures]
-            lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
+            finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
     except OperationalError as exc:
         raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc
     result.done += len(outcome.rows)
     result.failed += len(outcome.failures)
-    _refresh_exams(runtime, touched)
+    changed = _refresh_exams(runtime, touched)
+    # After the commits: notifications never hold or undo results (and never raise).
+    runtime.notifier.exams_changed(changed)
+    runtime.notifier.batches_finished(finished)
 
 
-def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> None:
-    """Recompute exam results touched by this group, in their own transaction.
+def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> set[int]:
+    """Recompute exam results touched by this group, in their own transaction; return the
+    studies whose result changed (candidates for an alert).
 
     Kept apart from the prediction write, and best effort: exam results are derived data
     that the next chunk of the study, the watcher or `mammo recover` recompute, so losing a
@@ -210,18 +213,22 @@ def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> None:
     undo saved predictions nor hold the chunk.
     """
     if not image_ids:
-        return
+        return set()
     try:
         with runtime.sessions() as session, _short_lock_wait(session):
             studies = studies_of_images(session, image_ids)
-            if studies:
-                refresh_exam_results(session, studies, timeout_s=runtime.settings.exam_timeout_s)
-                session.commit()
+            if not studies:
+                return set()
+            changes = refresh_exam_results(session, studies,
+                                           timeout_s=runtime.settings.exam_timeout_s)
+            session.commit()
+            return {change.study_id for change in changes}
     except IntegrityError:
         log.info("exam results for images %s were refreshed concurrently", image_ids[:3])
     except OperationalError as exc:
         log.warning("exam results not refreshed now (%s); they will be on the next pass",
                     str(exc.orig).splitlines()[0] if exc.orig else exc)
+    return set()
 
 
 @contextmanager

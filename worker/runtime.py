@@ -1,4 +1,4 @@
-"""Per-process resources of a worker: database engine, classifier, model version row.
+"""Per-process resources of a worker: database engine, classifier, decoder pool, model row.
 
 Built lazily and keyed by PID: a prefork child never reuses its parent's connections or
 TensorFlow state, which is what makes fork safe here.
@@ -21,7 +21,9 @@ from shared.db.engine import create_db_engine, make_session_factory
 from shared.db.schema import ModelVersion
 from shared.db.upsert import upsert_returning_id
 from shared.imaging.preprocess import PREPROCESSING_VERSION
+from shared.notify import Notifier
 from worker.classifier import Classifier
+from worker.decoding import ChunkDecoder
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,9 @@ class WorkerRuntime:
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._classifier: Classifier | None = None
+        self._decoder: ChunkDecoder | None = None
         self._model_version_id: int | None = None
+        self._notifier: Notifier | None = None
 
     def _own_process(self) -> None:
         pid = os.getpid()
@@ -44,7 +48,8 @@ class WorkerRuntime:
             # Inherited from the parent: drop the pool without closing the parent's sockets.
             self._engine.dispose(close=False)
         self._pid, self._engine, self._sessions = pid, None, None
-        self._classifier, self._model_version_id = None, None
+        self._classifier, self._model_version_id, self._notifier = None, None, None
+        self._decoder = None  # an inherited decoder pool is the parent's: start our own
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -53,6 +58,13 @@ class WorkerRuntime:
             self._engine = create_db_engine(self.settings)
             self._sessions = make_session_factory(self._engine)
         return self._sessions
+
+    @property
+    def notifier(self) -> Notifier:
+        self._own_process()
+        if self._notifier is None:
+            self._notifier = Notifier(self.settings, self.sessions)
+        return self._notifier
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -76,6 +88,13 @@ class WorkerRuntime:
         return self._classifier
 
     @property
+    def decoder(self) -> ChunkDecoder:
+        self._own_process()
+        if self._decoder is None:
+            self._decoder = ChunkDecoder(self.settings.decode_processes)
+        return self._decoder
+
+    @property
     def model_version_id(self) -> int:
         if self._model_version_id is None:
             spec = self.classifier.spec
@@ -94,5 +113,16 @@ class WorkerRuntime:
         return f"{socket.gethostname()}:{os.getpid()}"
 
     def warm_up(self, **_signal: Any) -> None:
-        """Load everything now (``worker_process_init``), so the first chunk is not slow."""
+        """Load everything now (``worker_process_init``), so the first chunk is not slow.
+
+        The decoder processes start first: they come from a fresh forkserver, never from a
+        process that has loaded TensorFlow.
+        """
+        self.decoder.start()
         self.model_version_id  # noqa: B018 - the property loads the model and registers it
+
+    def close(self, **_signal: Any) -> None:
+        """Stop this process's decoder pool (worker child exit, embedded worker stop)."""
+        if self._decoder is not None and self._pid == os.getpid():
+            self._decoder.close()
+        self._decoder = None

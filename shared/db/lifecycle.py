@@ -114,17 +114,23 @@ def release(session: Session, image_ids: Sequence[int], token: str, *,
     return sorted(rows)
 
 
-def finish_batches(session: Session, batch_ids: Sequence[int]) -> None:
-    """Stamp ``finished_at`` on batches that have no active image left."""
+def finish_batches(session: Session, batch_ids: Sequence[int]) -> list[int]:
+    """Stamp ``finished_at`` on batches that have no active image left; return those stamped.
+
+    The conditional UPDATE stamps each batch once, so exactly one caller learns that it
+    finished (and sends its notification).
+    """
     if not batch_ids:
-        return
+        return []
     active = exists().where(Image.batch_id == Batch.id, Image.state.in_(ACTIVE_STATES))
-    session.execute(
+    stamped = session.execute(
         update(Batch)
         .where(Batch.id.in_(list(set(batch_ids))), Batch.finished_at.is_(None), ~active)
-        .values(finished_at=utcnow()),
+        .values(finished_at=utcnow())
+        .returning(Batch.id),
         execution_options={"synchronize_session": False},
-    )
+    ).scalars().all()
+    return sorted(stamped)
 
 
 def mark_enqueued(session: Session, image_ids: Sequence[int], when: datetime | None = None) -> None:

@@ -1,0 +1,130 @@
+"""The words and numbers of each notification, read from the database.
+
+Exam alerts name the exam by study UID, accession number and patient pseudonym, and give the
+scores: nothing else from the DICOM header ever reaches a message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.db.schema import ExamResult, Image, Prediction, Study
+from shared.enums import ImageState
+from shared.notify.message import Attachment, Event, Notice
+from shared.queries import batch_status
+from shared.reports.exports import DISCLAIMER
+
+
+def _class_counts(session: Session, batch_id: int) -> dict[str, int]:
+    latest = (select(Prediction.image_id, func.max(Prediction.id).label("pid"))
+              .group_by(Prediction.image_id).subquery())
+    stmt = (select(Prediction.label, func.count())
+            .join(latest, latest.c.pid == Prediction.id)
+            .join(Image, Image.id == Prediction.image_id)
+            .where(Image.batch_id == batch_id, Image.state == ImageState.DONE.value)
+            .group_by(Prediction.label))
+    return {str(label): int(n) for label, n in session.execute(stmt)}
+
+
+def _failure_reasons(session: Session, batch_id: int) -> dict[str, int]:
+    stmt = (select(Image.error_code, func.count())
+            .where(Image.batch_id == batch_id, Image.state == ImageState.FAILED.value)
+            .group_by(Image.error_code))
+    return {str(code): int(n) for code, n in session.execute(stmt)}
+
+
+def _lines(title: str, counts: dict[str, int]) -> list[str]:
+    if not counts:
+        return [f"{title}: none"]
+    return [f"{title}:", *(f"  {key}: {n}" for key, n in sorted(counts.items()))]
+
+
+def batch_notice(session: Session, batch_id: int, *, html: str | None,
+                 report_path: Path | None) -> Notice | None:
+    status = batch_status(session, batch_id)
+    if status is None:
+        return None
+    by_class = _class_counts(session, batch_id)
+    reasons = _failure_reasons(session, batch_id)
+    failed = sum(reasons.values())
+    name = f" ({status.name})" if status.name else ""
+    text = "\n".join([
+        f"Batch {batch_id}{name} is complete: {status.total} images, "
+        f"{status.counts.get('done', 0)} done, {failed} failed.",
+        "",
+        *_lines("Images by state", status.counts),
+        *_lines("Images by predicted class", by_class),
+        *_lines("Failures by reason", reasons),
+        "",
+        f"Batch report: {report_path}" if report_path else
+        f"Batch report: `mammo report` or `mammo results --batch {batch_id}`",
+        "",
+        DISCLAIMER,
+    ])
+    payload: dict[str, Any] = {
+        "batch_id": batch_id, "batch_name": status.name, "total": status.total,
+        "by_state": status.counts, "by_class": by_class, "failed": failed,
+        "failures_by_reason": reasons,
+        "report_path": str(report_path) if report_path else None,
+        "finished_at": status.finished_at.isoformat() if status.finished_at else None,
+        "disclaimer": DISCLAIMER,
+    }
+    attachments = (Attachment(f"batch-{batch_id}.html", html),) if html else ()
+    return Notice(Event.BATCH_COMPLETE, f"batch:{batch_id}",
+                  f"[mammo] Batch {batch_id}{name} complete: {failed} failed of {status.total}",
+                  text, payload, attachments, batch_id=batch_id)
+
+
+def _breast_lines(per_breast: dict[str, Any]) -> list[str]:
+    lines = []
+    for side, name in (("L", "left"), ("R", "right")):
+        breast = per_breast.get(side)
+        if breast:
+            lines.append(f"  {name} breast: suspicion {breast.get('suspicion')}, "
+                         f"P(malignant) {float(breast.get('p_malignant') or 0):.3f}, "
+                         f"class {breast.get('label')}")
+    return lines or ["  per breast: not available (laterality unknown)"]
+
+
+def current_exam(session: Session, study_id: int) -> ExamResult | None:
+    return session.execute(select(ExamResult).where(
+        ExamResult.study_id == study_id, ExamResult.superseded_at.is_(None))).scalar_one_or_none()
+
+
+def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice | None:
+    """An alert for the study's current exam result, or None when it is below ``threshold``."""
+    exam = current_exam(session, study_id)
+    study = session.get(Study, study_id)
+    if exam is None or study is None or exam.suspicion is None or exam.suspicion < threshold:
+        return None
+    per_breast = {side: {k: b.get(k) for k in ("label", "suspicion", "p_malignant", "views")}
+                  for side, b in (exam.per_breast or {}).items() if isinstance(b, dict)}
+    text = "\n".join([
+        f"An exam was scored at suspicion {exam.suspicion} of 10 (alert threshold "
+        f"{threshold}). Please prioritise its reading.",
+        "",
+        f"Study UID: {study.study_uid}",
+        f"Accession number: {study.accession_number or '-'}",
+        f"Patient pseudonym: {study.patient_pseudonym or '-'}",
+        f"Exam: {exam.status}; predicted class {exam.label}; "
+        f"P(malignant) {float(exam.p_malignant or 0):.3f}",
+        *_breast_lines(per_breast),
+        *(f"Flag: {flag}" for flag in exam.flags or []),
+        "",
+        DISCLAIMER,
+    ])
+    payload: dict[str, Any] = {
+        "study_uid": study.study_uid, "accession_number": study.accession_number,
+        "patient_pseudonym": study.patient_pseudonym, "suspicion": exam.suspicion,
+        "threshold": threshold, "label": exam.label, "p_malignant": exam.p_malignant,
+        "exam_status": exam.status, "per_breast": per_breast, "flags": list(exam.flags or []),
+        "disclaimer": DISCLAIMER,
+    }
+    return Notice(Event.EXAM_ALERT, f"study:{study_id}",
+                  f"[mammo] Suspicion {exam.suspicion}/10 exam to read first "
+                  f"(accession {study.accession_number or '-'})",
+                  text, payload, study_id=study_id)

@@ -1,0 +1,83 @@
+"""Webhook: a JSON POST whose raw body is signed with HMAC-SHA256.
+
+Header ``X-Mammo-Signature: sha256=<hex>`` is the HMAC of the exact body bytes under
+MAMMO_WEBHOOK_SECRET. The body carries ``sent_at`` (Unix seconds) and a ``delivery`` id, both
+covered by the signature, so a receiver can refuse replays: reject a body older than a few
+minutes or a delivery id it has seen (``verify_signature`` below does the first part).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+from shared.config import Settings
+from shared.errors import NotificationError, NotificationRejectedError
+from shared.notify.message import Notice
+
+SIGNATURE_HEADER = "X-Mammo-Signature"
+TIMESTAMP_HEADER = "X-Mammo-Timestamp"
+_RETRYABLE_STATUS = {408, 425, 429}
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: bytes, body: bytes, header: str | None, *,
+                     max_age_s: float = 300.0, now: float | None = None) -> bool:
+    """What a receiver checks: the signature matches and the body is recent."""
+    if not header or not hmac.compare_digest(sign(secret, body), header):
+        return False
+    try:
+        sent_at = float(json.loads(body)["sent_at"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return abs((time.time() if now is None else now) - sent_at) <= max_age_s
+
+
+def encode_body(notice: Notice, delivery: str, sent_at: int) -> bytes:
+    body: dict[str, Any] = {"event": notice.event.value, "delivery": delivery,
+                            "sent_at": sent_at, **notice.payload}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+class WebhookChannel:
+    name = "webhook"
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.webhook_url or settings.webhook_secret is None:
+            raise ValueError("webhook channel needs MAMMO_WEBHOOK_URL and MAMMO_WEBHOOK_SECRET")
+        self.url = settings.webhook_url
+        self.secret = settings.webhook_secret.get_secret_value().encode()
+        self.timeout_s = settings.notify_timeout_s
+
+    def send(self, notice: Notice) -> None:
+        sent_at = int(time.time())
+        body = encode_body(notice, f"{notice.event.value}:{notice.subject_key}", sent_at)
+        request = urllib.request.Request(self.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "User-Agent": "mammo-pipeline",
+            SIGNATURE_HEADER: sign(self.secret, body), TIMESTAMP_HEADER: str(sent_at),
+        })
+        try:
+            # The URL is http(s) only: Settings refuses file:// and other schemes.
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            error = (NotificationError if exc.code >= 500 or exc.code in _RETRYABLE_STATUS
+                     else NotificationRejectedError)
+            raise error(f"webhook {self._where()} answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise NotificationError(f"webhook {self._where()} unreachable: {reason}") from None
+
+    def _where(self) -> str:
+        # Scheme, host and port only: a token in the path or query must not reach the logs.
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"

@@ -1,0 +1,202 @@
+"""Notification transports against real local servers: SMTP (plain, STARTTLS, SSL, login)
+and a webhook receiver that checks the HMAC signature. Retry and backoff included."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from shared.config import Settings, load_settings
+from shared.errors import ConfigurationError, NotificationError
+from shared.notify.mail import EmailChannel
+from shared.notify.message import Attachment, Event, Notice
+from shared.notify.retry import RetryPolicy, deliver_with_retry
+from shared.notify.webhook import WebhookChannel, encode_body, sign, verify_signature
+from tests.helpers.notify_servers import HOST, free_port, smtp_server, webhook_server
+
+PASSWORD = "smtp-pa55word-never-logged"
+SECRET = "webhook-hmac-secret-value"
+
+
+def _notice() -> Notice:
+    return Notice(Event.BATCH_COMPLETE, "batch:1", "[mammo] Batch 1 complete",
+                  "Batch 1 is complete.\nDecision support only, not a diagnosis.",
+                  {"batch_id": 1, "failed": 0},
+                  (Attachment("batch-1.html", "<html><body>summary</body></html>"),),
+                  batch_id=1)
+
+
+def _mail_settings(port: int, **extra: object) -> Settings:
+    return Settings(_env_file=None, smtp_host=HOST, smtp_port=port, smtp_from="mammo@example.org",  # type: ignore[call-arg]
+                    smtp_to="reader@example.org, admin@example.org", **extra)
+
+
+def test_plain_smtp_delivers_subject_body_and_html_attachment(tmp_path: Path) -> None:
+    with smtp_server(tmp_path) as inbox:
+        EmailChannel(_mail_settings(inbox.port, smtp_security="none")).send(_notice())
+    [msg] = inbox.messages
+    assert msg["Subject"] == "[mammo] Batch 1 complete"
+    assert msg["To"] == "reader@example.org, admin@example.org"
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None and "not a diagnosis" in body.get_content()
+    [attachment] = list(msg.iter_attachments())
+    assert attachment.get_filename() == "batch-1.html"
+    assert attachment.get_content_type() == "text/html"
+    assert "summary" in attachment.get_content()
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_with_login_and_a_verified_self_signed_certificate(tmp_path: Path,
+                                                               security: str) -> None:
+    with smtp_server(tmp_path, security=security, user="mammo", password=PASSWORD) as inbox:
+        settings = _mail_settings(inbox.port, smtp_security=security, smtp_user="mammo",
+                                  smtp_password=PASSWORD,
+                                  smtp_ca_file=tmp_path / "smtp-cert.pem")
+        EmailChannel(settings).send(_notice())
+    assert inbox.logins == ["mammo"]
+    assert len(inbox.messages) == 1
+
+
+def test_an_untrusted_certificate_is_refused_not_retried(tmp_path: Path) -> None:
+    with smtp_server(tmp_path, security="starttls", user="mammo", password=PASSWORD) as inbox:
+        settings = _mail_settings(inbox.port, smtp_security="starttls", smtp_user="mammo",
+                                  smtp_password=PASSWORD)  # no CA file: system trust store
+        outcome = deliver_with_retry(lambda: EmailChannel(settings).send(_notice()),
+                                     RetryPolicy(3, 0.01, 0.01))
+    assert not outcome.ok and outcome.attempts == 1
+    assert "MAMMO_SMTP_CA_FILE" in (outcome.error or "")
+    assert inbox.messages == []
+
+
+def test_a_wrong_password_is_refused_without_retry_and_without_echo(tmp_path: Path) -> None:
+    with smtp_server(tmp_path, security="ssl", user="mammo", password=PASSWORD) as inbox:
+        settings = _mail_settings(inbox.port, smtp_security="ssl", smtp_user="mammo",
+                                  smtp_password="wrong-guess-123",
+                                  smtp_ca_file=tmp_path / "smtp-cert.pem")
+        outcome = deliver_with_retry(lambda: EmailChannel(settings).send(_notice()),
+                                     RetryPolicy(3, 0.01, 0.01))
+    assert not outcome.ok and outcome.attempts == 1
+    assert "login refused" in (outcome.error or "")
+    assert "wrong-guess-123" not in (outcome.error or "")
+    assert inbox.messages == []
+
+
+def test_webhook_body_is_signed_and_the_receiver_verifies_it() -> None:
+    with webhook_server(SECRET) as inbox:
+        settings = Settings(_env_file=None, webhook_url=inbox.url, webhook_secret=SECRET)  # type: ignore[call-arg]
+        WebhookChannel(settings).send(_notice())
+    [payload] = inbox.accepted
+    assert payload["event"] == "batch_complete" and payload["batch_id"] == 1
+    assert payload["delivery"] == "batch_complete:batch:1"
+    assert inbox.refused == 0
+
+
+def test_a_webhook_signed_with_another_secret_is_refused_and_not_retried() -> None:
+    with webhook_server(SECRET) as inbox:
+        settings = Settings(_env_file=None, webhook_url=inbox.url, webhook_secret="not-it")  # type: ignore[call-arg]
+        outcome = deliver_with_retry(lambda: WebhookChannel(settings).send(_notice()),
+                                     RetryPolicy(3, 0.01, 0.01))
+    assert inbox.accepted == [] and inbox.refused == 1
+    assert not outcome.ok and outcome.attempts == 1 and "HTTP 401" in (outcome.error or "")
+    assert "t0ken" not in (outcome.error or "")  # the URL's query string stays out
+
+
+def test_signature_covers_the_timestamp_so_old_or_altered_bodies_fail() -> None:
+    body = encode_body(_notice(), "d-1", sent_at=1_000_000)
+    header = sign(SECRET.encode(), body)
+    assert verify_signature(SECRET.encode(), body, header, now=1_000_010)
+    assert not verify_signature(SECRET.encode(), body, header, now=1_000_000 + 3600)  # replay
+    tampered = body.replace(b'"failed":0', b'"failed":9')
+    assert not verify_signature(SECRET.encode(), tampered, header, now=1_000_010)
+
+
+@pytest.mark.parametrize("channel", ["email", "webhook"])
+def test_retries_with_backoff_until_the_server_comes_up(tmp_path: Path, channel: str) -> None:
+    port = free_port()
+    started = threading.Event()
+    holder: dict[str, object] = {}
+
+    def serve_later() -> None:
+        server = (smtp_server(tmp_path, port=port) if channel == "email"
+                  else webhook_server(SECRET, port=port))
+        holder["inbox"] = server.__enter__()
+        holder["server"] = server
+        started.set()
+
+    if channel == "email":
+        sender = EmailChannel(_mail_settings(port, smtp_security="none"))
+    else:
+        url = f"http://{HOST}:{port}/hooks/mammo?token=t0ken"
+        sender = WebhookChannel(Settings(_env_file=None, webhook_url=url,  # type: ignore[call-arg]
+                                         webhook_secret=SECRET))
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 2:  # down for the first two attempts, then up
+            serve_later()
+            assert started.wait(10)
+
+    outcome = deliver_with_retry(lambda: sender.send(_notice()), RetryPolicy(4, 0.2, 0.3),
+                                 sleep=pause, rng=random.Random(1))
+    try:
+        assert outcome.ok and outcome.attempts == 3
+        inbox = holder["inbox"]
+        delivered = getattr(inbox, "messages", None) or getattr(inbox, "accepted", None)
+        assert delivered is not None and len(delivered) == 1
+    finally:
+        holder["server"].__exit__(None, None, None)  # type: ignore[attr-defined]
+    assert 0.1 <= pauses[0] <= 0.2 and 0.2 <= pauses[1] <= 0.3
+
+
+def test_gives_up_after_the_configured_retries() -> None:
+    port = free_port()  # nothing listens there
+    sender = WebhookChannel(Settings(_env_file=None, webhook_url=f"http://{HOST}:{port}/",  # type: ignore[call-arg]
+                                     webhook_secret=SECRET, notify_timeout_s=1))
+    pauses: list[float] = []
+    outcome = deliver_with_retry(lambda: sender.send(_notice()), RetryPolicy(3, 1.0, 2.5),
+                                 sleep=pauses.append, rng=random.Random(2))
+    assert not outcome.ok and outcome.attempts == 4
+    assert "unreachable" in (outcome.error or "")
+    assert len(pauses) == 3 and all(p <= 2.5 for p in pauses)
+    assert 1.0 <= pauses[1] <= 2.0 and pauses[2] >= 1.25  # doubling, jittered, capped
+
+
+def test_backoff_never_exceeds_the_cap() -> None:
+    delays = list(RetryPolicy(10, 1.0, 8.0).delays(random.Random(3)))
+    assert len(delays) == 10 and max(delays) <= 8.0 and min(delays) >= 0.5
+
+
+@pytest.mark.parametrize("settings", [
+    {"smtp_host": "mail", "smtp_to": "a@b"},  # no sender
+    {"smtp_host": "mail", "smtp_from": "a@b"},  # no recipients
+    {"smtp_host": "mail", "smtp_from": "a@b", "smtp_to": "c@d", "smtp_user": "u"},
+    {"smtp_host": "mail", "smtp_from": "a@b", "smtp_to": "c@d", "smtp_user": "u",
+     "smtp_password": PASSWORD, "smtp_security": "none"},
+    {"webhook_url": "https://hooks.example.org/x"},  # unsigned webhooks are refused
+    {"webhook_url": "file:///etc/passwd", "webhook_secret": SECRET},
+])
+def test_half_a_notification_configuration_is_refused_without_echoing_secrets(
+    settings: dict[str, str],
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(_env_file=None, **settings)
+    assert PASSWORD not in str(raised.value) and SECRET not in str(raised.value)
+
+
+def test_secrets_do_not_appear_in_the_settings_repr() -> None:
+    settings = Settings(_env_file=None, smtp_host=HOST, smtp_from="a@b", smtp_to="c@d",  # type: ignore[call-arg]
+                        smtp_user="u", smtp_password=PASSWORD, webhook_url="https://h/x",
+                        webhook_secret=SECRET)
+    assert PASSWORD not in repr(settings) and SECRET not in repr(settings)
+    assert PASSWORD not in str(settings.model_dump()) and SECRET not in str(settings.model_dump())
+
+
+def test_notification_error_is_the_retryable_family() -> None:
+    from shared.errors import MammoError, NotificationRejectedError
+
+    assert issubclass(NotificationRejectedError, NotificationError)
+    assert issubclass(NotificationError, MammoError)
