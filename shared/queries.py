@@ -24,6 +24,7 @@ RESULT_KEYS = (
 class ResultFilter:
     batch_id: int | None = None
     study_uid: str | None = None
+    patient_pseudonym: str | None = None
     state: str | None = None
     label: str | None = None
     min_suspicion: int | None = None
@@ -55,6 +56,8 @@ def results_query(flt: ResultFilter) -> Select[Image, str, Prediction, ModelVers
         stmt = stmt.where(Image.batch_id == flt.batch_id)
     if flt.study_uid:
         stmt = stmt.where(Study.study_uid == flt.study_uid)
+    if flt.patient_pseudonym:
+        stmt = stmt.where(Study.patient_pseudonym == flt.patient_pseudonym)
     if flt.state:
         stmt = stmt.where(Image.state == flt.state)
     if flt.label:
@@ -73,8 +76,11 @@ def results_query(flt: ResultFilter) -> Select[Image, str, Prediction, ModelVers
 
 def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
     rows = [_result_row(*found) for found in session.execute(results_query(flt))]
-    narrowed = (flt.study_uid, flt.state, flt.label, flt.min_suspicion, flt.model_version)
-    if flt.include_duplicates and flt.batch_id is not None and not any(narrowed):
+    narrowed = (flt.study_uid, flt.patient_pseudonym, flt.state, flt.label, flt.min_suspicion,
+                flt.model_version)
+    # Duplicates are not image rows: they cannot be paged with them, so a page has none.
+    paged = flt.limit is not None or flt.offset
+    if flt.include_duplicates and flt.batch_id is not None and not any(narrowed) and not paged:
         rows.extend(duplicate_rows(session, flt.batch_id))
     return rows
 

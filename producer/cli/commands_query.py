@@ -7,7 +7,7 @@ from datetime import datetime
 import click
 
 from producer.cli.context import CliContext, pass_cli
-from producer.cli.options import format_option
+from producer.cli.options import date_range_options, format_option
 from shared.enums import ImageState, Label
 from shared.formatting import render
 from shared.queries import (
@@ -22,6 +22,7 @@ from shared.timeutil import as_utc
 
 STATUS_COLUMNS = ("batch_id", "name", "total", "queued", "processing", "done", "failed",
                   "images_per_minute", "eta_s", "created_at", "finished_at")
+TABLE_PAGE = 1000  # rows a terminal table shows without --limit
 RESULT_COLUMNS = ("image_id", "batch_id", "state", "laterality", "view", "label",
                   "suspicion", "p_normal", "p_benign", "p_malignant", "error_code", "error_message",
                   "source")
@@ -79,38 +80,51 @@ def _health(cli: CliContext) -> dict[str, object]:
 @click.command("results")
 @click.option("--batch", "batch_id", type=int, help="Only this batch.")
 @click.option("--study", "study_uid", help="Only this StudyInstanceUID.")
+@click.option("--patient", "patient_pseudonym",
+              help="Only this patient pseudonym (as shown in reports; never the raw ID).")
 @click.option("--state", type=click.Choice([s.value for s in ImageState]))
 @click.option("--label", type=click.Choice([c.value for c in Label]))
 @click.option("--min-score", type=click.IntRange(1, 10), help="Minimum suspicion (1-10).")
 @click.option("--model-version", help="Only predictions of this model version.")
-@click.option("--since", type=click.DateTime(), help="Submitted at or after (UTC).")
-@click.option("--until", type=click.DateTime(), help="Submitted before (UTC).")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Page size.")
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@date_range_options
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help=f"Page size [default: all rows; the table shows at most {TABLE_PAGE}].")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="Rows to skip (pages are in image id order, so they are stable).")
 @format_option
 @pass_cli
 def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None,
-                    state: str | None, label: str | None, min_score: int | None,
-                    model_version: str | None, since: datetime | None, until: datetime | None,
-                    limit: int | None, offset: int, fmt: str) -> None:
+                    patient_pseudonym: str | None, state: str | None, label: str | None,
+                    min_score: int | None, model_version: str | None, since: datetime | None,
+                    until: datetime | None, limit: int | None, offset: int, fmt: str) -> None:
     """Stored results, one row per image (the latest prediction of each).
 
-    With --batch, each file that batch sent again (already known) is listed too, with state
-    and error_code "duplicate" and the original image's id and result.
+    With --batch (and no other filter, no paging), each file that batch sent again (already
+    known) is listed too, with state and error_code "duplicate" and the original image's id
+    and result.
 
     \b
     Example:
         mammo results --batch 42 --format json
-        mammo results --state failed
+        mammo results --state failed --since 2026-11-24 --until 2026-11-25
         mammo results --label malignant --min-score 8 --format csv > flagged.csv
+        mammo results --limit 500 --offset 1000       # the third page of 500
     """
-    flt = ResultFilter(batch_id=batch_id, study_uid=study_uid, state=state, label=label,
+    page = limit or (TABLE_PAGE if fmt == "table" else None)
+    flt = ResultFilter(batch_id=batch_id, study_uid=study_uid,
+                       patient_pseudonym=patient_pseudonym, state=state, label=label,
                        min_suspicion=min_score, model_version=model_version,
-                       since=as_utc(since), until=as_utc(until), limit=limit, offset=offset,
-                       include_duplicates=batch_id is not None)
+                       since=as_utc(since), until=as_utc(until),
+                       limit=page + 1 if page else None, offset=offset,
+                       include_duplicates=batch_id is not None and limit is None)
     with cli.sessions() as session:
         rows = list_results(session, flt)
-    render(rows, fmt, columns=RESULT_COLUMNS, title="Results")
+    more = page is not None and len(rows) > page
+    render(rows[:page] if more else rows, fmt, columns=RESULT_COLUMNS, title="Results")
+    if more and page is not None:
+        click.echo(f"more rows follow: add --offset {offset + page}"
+                   f"{'' if limit else f' --limit {page}'}, or use --format csv|json",
+                   err=True)
 
 
 COMMANDS = (status_command, results_command)

@@ -14,6 +14,7 @@ from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_em
 from producer.embedded_run import RunOutcome, check_model, run_embedded
 from shared.formatting import render
 from shared.queries import ResultFilter, list_results
+from shared.reports.batch_outputs import write_batch_documents
 from shared.reports.exports import DISCLAIMER, write_batch_exports
 
 SUMMARY_COLUMNS = ("image_id", "file", "state", "laterality", "view", "label", "suspicion",
@@ -31,13 +32,18 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
         rows = list_results(session, ResultFilter(batch_id=sub.batch_id))
     shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
     render(shown, fmt, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
-    written = write_batch_exports(rows, report_dir or cli.settings.report_dir, sub.batch_id)
+    settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
+    written = write_batch_exports(rows, settings.report_dir, sub.batch_id)
+    with cli.sessions() as session:
+        summary, exam_pdfs = write_batch_documents(session, sub.batch_id, settings)
     rate = len(sub.waiting_on) / result.seconds if result.seconds else 0.0
     STDERR.print(
         f"batch {sub.batch_id}: {len(sub.queued)} new, {len(sub.requeued)} resumed, "
         f"{len(sub.duplicates)} already processed (skipped), {len(sub.rejected)} rejected at "
         f"intake; {rate:.1f} images/s (model load {result.model_load_seconds:.1f} s)")
-    STDERR.print(f"reports: {', '.join(str(p) for p in written)}")
+    STDERR.print(f"reports: {summary} (open in a browser), {', '.join(str(p) for p in written)}"
+                 + (f"; {len(exam_pdfs)} exam PDF(s) in {exam_pdfs[0].parent}" if exam_pdfs
+                    else ""))
     STDERR.print(DISCLAIMER, style="italic")
     return result
 

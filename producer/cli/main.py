@@ -60,6 +60,7 @@ def _register() -> None:
         commands_db,
         commands_model,
         commands_query,
+        commands_report,
         commands_run,
         commands_submit,
         commands_watch,
@@ -67,7 +68,7 @@ def _register() -> None:
     )
 
     for module in (commands_run, commands_submit, commands_worker, commands_watch,
-                   commands_query, commands_db, commands_model):
+                   commands_query, commands_report, commands_db, commands_model):
         for command in module.COMMANDS:
             cli.add_command(command)
 

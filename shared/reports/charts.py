@@ -78,9 +78,10 @@ def per_day_chart(per_day: Mapping[str, int]) -> bytes:
         _empty(ax, "no predictions yet")
     else:
         days = list(per_day)
-        ax.bar(days, [per_day[d] for d in days], color="#5577aa")
+        # Positions, not the date strings: matplotlib would guess at strings that parse.
+        ax.bar(range(len(days)), [per_day[d] for d in days], color="#5577aa")
+        ax.set_xticks(range(len(days)), labels=days, rotation=45, ha="right")
         ax.set_ylabel("predictions")
-        ax.tick_params(axis="x", labelrotation=45)
     ax.set_title("Predictions per day (UTC)")
     return _png(fig)
 

@@ -23,6 +23,8 @@ _STYLES = getSampleStyleSheet()
 TITLE = _STYLES["Title"]
 HEADING = _STYLES["Heading2"]
 BODY = _STYLES["BodyText"]
+VIEW_TITLE = ParagraphStyle("view_title", parent=_STYLES["Heading4"], spaceBefore=2,
+                            spaceAfter=2)
 SMALL = ParagraphStyle("small", parent=BODY, fontSize=7.5, leading=9)
 WARNING = ParagraphStyle("warning", parent=BODY, backColor=colors.HexColor("#fff4d6"),
                          borderColor=colors.HexColor("#e0b84a"), borderWidth=0.5,
@@ -39,15 +41,20 @@ def disclaimer() -> Paragraph:
     return Paragraph(escape(DISCLAIMER), WARNING)
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *,
+def table(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], *,
           widths: Sequence[float] | None = None) -> Table:
-    """A grid table; cells wrap (each is a small paragraph) so long reasons stay readable."""
-    data = [[para(h, SMALL) for h in header],
-            *[[para(c, SMALL) for c in row] for row in rows]]
-    grid = Table(data, colWidths=list(widths) if widths else None, repeatRows=1, hAlign="LEFT")
+    """A grid table; cells wrap (each is a small paragraph) so long reasons stay readable.
+
+    Without ``header`` it is a key/value table: the first column is shaded instead.
+    """
+    body = [[para(c, SMALL) for c in row] for row in rows]
+    data = [[para(h, SMALL) for h in header], *body] if header else body
+    grid = Table(data, colWidths=list(widths) if widths else None,
+                 repeatRows=1 if header else 0, hAlign="LEFT")
+    shaded = (0, 0), (-1, 0) if header else (0, -1)
     grid.setStyle(TableStyle([
         ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#bbbbbb")),
-        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eeeeee")),
+        ("BACKGROUND", shaded[0], shaded[1], colors.HexColor("#eeeeee")),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
     ]))
     return grid

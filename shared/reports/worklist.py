@@ -91,9 +91,22 @@ def worklist_rows(session: Session, flt: WorklistFilter, *,
                                   "p_malignant": b.get("p_malignant")}
                            for side, b in sorted(result.per_breast.items())
                            if isinstance(b, dict)},
-            "flags": list(result.flags), "report_path": str(pdf) if pdf.is_file() else None,
+            "flags": list(result.flags),
+            "report_path": str(pdf.resolve()) if pdf.is_file() else None,
             "label": result.label, "p_malignant": result.p_malignant, "status": result.status,
             "accession_number": study.accession_number, "study_date": study.study_date,
             "patient_pseudonym": study.patient_pseudonym,
         })
     return rows
+
+
+def flat_worklist_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A worklist row for a table or CSV: one column per breast, flags joined."""
+    def breast(side: str) -> int | None:
+        found = row["per_breast"].get(side)
+        return found.get("suspicion") if found else None
+
+    return {"rank": row["rank"], "study_uid": row["study_uid"], "suspicion": row["suspicion"],
+            "left": breast("L"), "right": breast("R"), "label": row["label"],
+            "status": row["status"], "accession_number": row["accession_number"],
+            "flags": "; ".join(row["flags"]), "report_path": row["report_path"]}

@@ -1,0 +1,142 @@
+"""``mammo worklist``, ``mammo stats`` and ``mammo report``: what the clinic reads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from producer.cli.context import CliContext, pass_cli
+from producer.cli.options import date_range_options, format_option
+from shared.formatting import render
+from shared.timeutil import as_utc
+
+WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "left", "right", "label", "status",
+                    "flags", "report_path")
+_KINDS = ("exam", "batch", "worklist", "stats")
+_ALL_FORMATS = ("pdf", "html", "csv", "json")
+
+
+@click.command("worklist")
+@click.option("--batch", "batch_id", type=int, help="Only exams with an image in this batch.")
+@date_range_options
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many exams.")
+@click.option("--write-reports", is_flag=True,
+              help="Also write each listed exam's PDF where report_path points.")
+@format_option
+@pass_cli
+def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | None,
+                     until: datetime | None, limit: int | None, write_reports: bool,
+                     fmt: str) -> None:
+    """The read-first list: exams by suspicion, highest first.
+
+    Exams whose missing views timed out get their (incomplete) result first, even when no
+    watcher or worker is running. report_path is the exam's PDF, when it has been written
+    (by `mammo run`, `--write-reports` or `mammo report exam`).
+
+    \b
+    Example:
+        mammo worklist --batch 42
+        mammo worklist --since 2026-11-24 --format json > read-first.json
+    """
+    from shared.reports.exam_reports import write_exam_report
+    from shared.reports.worklist import (
+        WorklistFilter,
+        exam_pdf_path,
+        flat_worklist_row,
+        refresh_due_exams,
+        worklist_rows,
+    )
+
+    settings = cli.settings
+    flt = WorklistFilter(batch_id, as_utc(since), as_utc(until), limit)
+    with cli.sessions() as session:
+        refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
+        if write_reports:
+            for row in worklist_rows(session, flt, report_dir=settings.report_dir):
+                path = exam_pdf_path(settings.report_dir, row["study_uid"])
+                write_exam_report(session, row["study_uid"], path, "pdf", settings)
+        rows = worklist_rows(session, flt, report_dir=settings.report_dir)
+    if fmt == "json":
+        render(rows, fmt)
+        return
+    render([flat_worklist_row(r) for r in rows], fmt, columns=WORKLIST_COLUMNS,
+           title="Read first (decision support: suspicion 1-10, not a diagnosis)")
+
+
+@click.command("stats")
+@click.option("--batch", "batch_id", type=int, help="Only images of this batch.")
+@date_range_options
+@format_option
+@pass_cli
+def stats_command(cli: CliContext, batch_id: int | None, since: datetime | None,
+                  until: datetime | None, fmt: str) -> None:
+    """Totals, class distribution, average confidence, predictions per day, failure rate by
+    reason, and the active model's validation metrics.
+
+    Average confidence is the mean of each image's highest class probability (latest
+    prediction per image); it says how sure the model was, not how often it was right: the
+    validation metrics say that.
+
+    \b
+    Example:
+        mammo stats
+        mammo stats --since 2026-11-01 --format json
+    """
+    from shared.reports.stats import StatsFilter, collect_stats, stats_rows
+
+    with cli.sessions() as session:
+        stats = collect_stats(session, cli.settings,
+                              StatsFilter(batch_id, as_utc(since), as_utc(until)))
+    if fmt == "json":
+        click.echo(_json_text(stats))
+        return
+    render(stats_rows(stats), fmt, columns=("section", "key", "value"), title="Statistics")
+
+
+def _json_text(data: object) -> str:
+    import json
+
+    return json.dumps(data, indent=2, default=str)
+
+
+@click.command("report")
+@click.argument("kind", type=click.Choice(_KINDS))
+@click.argument("target", required=False)
+@click.option("--format", "fmt", type=click.Choice(_ALL_FORMATS), default=None,
+              help="exam: pdf|json; batch: pdf|html|csv|json; worklist, stats: csv|json "
+                   "[default: the first of these].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write [default: under MAMMO_REPORT_DIR].")
+@date_range_options
+@pass_cli
+def report_command(cli: CliContext, kind: str, target: str | None, fmt: str | None,
+                   output: Path | None, since: datetime | None, until: datetime | None) -> None:
+    """Write a report to a file: one exam, one batch, the worklist, or the statistics.
+
+    TARGET is the exam's StudyInstanceUID (exam), the batch number (batch), or an optional
+    batch number that narrows the worklist or statistics. --since/--until narrow the
+    worklist and statistics by submission time.
+
+    \b
+    Example:
+        mammo report exam 1.2.826.0.1.3680043.8.498.123 --format pdf -o exam.pdf
+        mammo report batch 3 --format html -o night-24.html
+        mammo report worklist 3 --format csv -o read-first.csv
+        mammo report stats --format json -o stats.json
+    """
+    from shared.reports.targets import FORMATS_BY_KIND, ReportRequest, write_report
+
+    allowed = FORMATS_BY_KIND[kind]
+    fmt = fmt or allowed[0]
+    if fmt not in allowed:
+        raise click.BadParameter(f"a {kind} report is written as {'|'.join(allowed)}",
+                                 param_hint="--format")
+    request = ReportRequest(kind, fmt, target, as_utc(since), as_utc(until))
+    with cli.sessions() as session:
+        written = write_report(session, request, output, cli.settings)
+    click.echo(str(written))
+
+
+COMMANDS = (worklist_command, stats_command, report_command)

@@ -1,0 +1,131 @@
+"""Everything one exam's report shows, read from the database by StudyInstanceUID."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.registry import METADATA_FILE
+from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
+from shared.errors import ReportTargetNotFoundError
+from shared.exams import STANDARD_VIEWS
+from shared.timeutil import as_utc
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+    preprocessing_version: str
+    input_size: tuple[int, int]
+    patch: int | None  # patch models place their heatmap by window; None: whole frame
+
+
+@dataclass(frozen=True)
+class ViewResult:
+    image_id: int
+    source: str
+    laterality: str | None
+    view: str | None
+    state: str
+    error_code: str | None
+    error_message: str | None
+    spacing_mm: tuple[float, float] | None
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    suspicion: int | None = None
+    predicted_at: datetime | None = None
+    heatmap_png: bytes | None = None
+    model: ModelInfo | None = None
+
+    @property
+    def view_key(self) -> str:
+        if self.laterality and self.view:
+            return f"{self.laterality}-{self.view}"
+        return f"{self.laterality or '?'}-{self.view or '?'}"
+
+
+@dataclass(frozen=True)
+class ExamReport:
+    study_uid: str
+    patient_pseudonym: str | None
+    accession_number: str | None
+    study_date: str | None
+    result: ExamResult | None
+    views: list[ViewResult]
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return sorted({v.model for v in self.views if v.model},
+                      key=lambda m: (m.name, m.version))
+
+
+def _patch(path: str) -> int | None:
+    """The model's patch size from its metadata; None when the directory is gone."""
+    try:
+        meta = json.loads((Path(path) / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    patch = meta.get("patch")
+    return int(patch) if isinstance(patch, int | float) else None
+
+
+def _model(row: ModelVersion, cache: dict[int, ModelInfo]) -> ModelInfo:
+    if row.id not in cache:
+        height, width = row.input_size[:2]
+        cache[row.id] = ModelInfo(row.name, row.version, row.sha256, row.preprocessing_version,
+                                  (int(height), int(width)), _patch(row.path))
+    return cache[row.id]
+
+
+def _view_order(view: ViewResult) -> tuple[int, int]:
+    key = view.view_key
+    return (STANDARD_VIEWS.index(key) if key in STANDARD_VIEWS else len(STANDARD_VIEWS),
+            view.image_id)
+
+
+def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> ViewResult:
+    spacing = ((image.spacing_row_mm, image.spacing_column_mm)
+               if image.spacing_row_mm and image.spacing_column_mm else None)
+    base: dict[str, Any] = {
+        "image_id": image.id, "source": image.source, "laterality": image.laterality,
+        "view": image.view, "state": image.state, "error_code": image.error_code,
+        "error_message": image.error_message, "spacing_mm": spacing,
+        "submitted_at": as_utc(image.created_at), "finished_at": as_utc(image.finished_at),
+    }
+    if pred is None or image.state != "done":
+        return ViewResult(**base)
+    return ViewResult(
+        **base, label=pred.label, suspicion=pred.suspicion,
+        probabilities={"normal": pred.p_normal, "benign": pred.p_benign,
+                       "malignant": pred.p_malignant},
+        predicted_at=as_utc(pred.created_at), heatmap_png=pred.heatmap_png, model=model)
+
+
+def load_exam_report(session: Session, study_uid: str) -> ExamReport:
+    study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+    if study is None:
+        raise ReportTargetNotFoundError(f"no exam with StudyInstanceUID {study_uid}")
+    result = session.scalars(select(ExamResult).where(
+        ExamResult.study_id == study.id, ExamResult.superseded_at.is_(None))).first()
+    latest = (select(Prediction.image_id, func.max(Prediction.id).label("pid"))
+              .join(Image, Image.id == Prediction.image_id)
+              .where(Image.study_id == study.id).group_by(Prediction.image_id).subquery())
+    stmt = (select(Image, Prediction, ModelVersion).where(Image.study_id == study.id)
+            .outerjoin(latest, latest.c.image_id == Image.id)
+            .outerjoin(Prediction, Prediction.id == latest.c.pid)
+            .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id))
+    cache: dict[int, ModelInfo] = {}
+    views = [_view(image, pred, _model(mv, cache) if mv is not None else None)
+             for image, pred, mv in session.execute(stmt)]
+    return ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
+                      study.study_date, result, sorted(views, key=_view_order))

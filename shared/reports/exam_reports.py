@@ -1,0 +1,58 @@
+"""Per-exam reports: one exam to a chosen file, or every exam of a batch to the report dir."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db.schema import Image, Study
+from shared.reports.exam_data import ExamReport, load_exam_report
+from shared.reports.exports import DISCLAIMER, write_json
+from shared.reports.worklist import exam_pdf_path
+
+EXAM_FORMATS = ("pdf", "json")
+_RESULT_FIELDS = ("version", "status", "reason", "label", "p_malignant", "suspicion",
+                  "per_breast", "views", "missing_views", "flags", "n_images", "n_failed",
+                  "created_at")
+
+
+def exam_json(report: ExamReport) -> dict[str, Any]:
+    """The report's content without pixels (heatmaps stay in the database and the PDF)."""
+    result = report.result
+    return {
+        "disclaimer": DISCLAIMER, "study_uid": report.study_uid,
+        "patient_pseudonym": report.patient_pseudonym,
+        "accession_number": report.accession_number, "study_date": report.study_date,
+        "exam": {k: getattr(result, k) for k in _RESULT_FIELDS} if result else None,
+        "views": [{k: v for k, v in asdict(view).items() if k not in ("heatmap_png", "source")}
+                  | {"view_key": view.view_key, "heatmap": view.heatmap_png is not None}
+                  for view in report.views],
+        "models": [asdict(m) for m in report.models],
+    }
+
+
+def write_exam_report(session: Session, study_uid: str, path: Path, fmt: str,
+                      settings: Settings) -> Path:
+    report = load_exam_report(session, study_uid)
+    if fmt == "json":
+        return write_json(exam_json(report), path)
+    if fmt != "pdf":
+        raise ValueError(f"unknown exam report format {fmt!r}; expected one of {EXAM_FORMATS}")
+    from shared.reports.exam_pdf import write_exam_pdf
+
+    return write_exam_pdf(report, path, max_pixels=settings.max_image_pixels)
+
+
+def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings) -> list[Path]:
+    """A PDF per exam with an image in the batch, at the path the worklist points to."""
+    uids = session.scalars(
+        select(Study.study_uid).where(Study.id.in_(
+            select(Image.study_id).where(Image.batch_id == batch_id)))
+        .order_by(Study.id)).all()
+    return [write_exam_report(session, uid, exam_pdf_path(settings.report_dir, uid), "pdf",
+                              settings) for uid in uids]

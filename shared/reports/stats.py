@@ -1,0 +1,130 @@
+"""``mammo stats``: the original system's history summary and admin overview, as numbers.
+
+Class counts and confidence use each image's latest prediction (what ``mammo results``
+shows), so an image re-run with a new model version is counted once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy.orm import Session
+
+from models.activation import model_for
+from shared.config import Settings
+from shared.db.schema import ExamResult, Image, Prediction
+from shared.enums import ImageState, Label
+from shared.errors import ModelNotFoundError
+
+# The validation figures a model's metadata.json records (models/train_run.py writes them).
+METRIC_KEYS = ("n", "accuracy", "auc_abnormal", "auc_malignant",
+               "sensitivity_at_90_specificity", "ece")
+
+
+@dataclass(frozen=True)
+class StatsFilter:
+    batch_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _images(flt: StatsFilter) -> Select[int]:
+    stmt = select(Image.id)
+    if flt.batch_id is not None:
+        stmt = stmt.where(Image.batch_id == flt.batch_id)
+    if flt.since is not None:
+        stmt = stmt.where(Image.created_at >= flt.since)
+    if flt.until is not None:
+        stmt = stmt.where(Image.created_at < flt.until)
+    return stmt
+
+
+def _latest_done(flt: StatsFilter) -> Any:
+    """The latest prediction of every done image in scope, as a subquery."""
+    latest = (select(func.max(Prediction.id).label("pid"))
+              .join(Image, Image.id == Prediction.image_id)
+              .where(Image.state == ImageState.DONE.value, Image.id.in_(_images(flt)))
+              .group_by(Prediction.image_id))
+    return select(Prediction).where(Prediction.id.in_(latest)).subquery()
+
+
+def _confidence(p: Any) -> Any:
+    """max(p_normal, p_benign, p_malignant) in SQL both SQLite and PostgreSQL accept."""
+    return case((and_(p.p_normal >= p.p_benign, p.p_normal >= p.p_malignant), p.p_normal),
+                (p.p_benign >= p.p_malignant, p.p_benign), else_=p.p_malignant)
+
+
+def _predictions(session: Session, flt: StatsFilter) -> dict[str, Any]:
+    p = _latest_done(flt)
+    classes: dict[str, int] = dict(session.execute(
+        select(p.c.label, func.count()).group_by(p.c.label)).all())
+    n, mean_conf = session.execute(select(func.count(), func.avg(_confidence(p.c)))).one()
+    day = func.date(p.c.created_at)
+    per_day = {str(d): int(c) for d, c in session.execute(
+        select(day, func.count()).group_by(day).order_by(day))}
+    return {
+        "predictions": int(n),
+        "class_distribution": {c.value: int(classes.get(c.value, 0)) for c in Label},
+        "average_confidence": None if mean_conf is None else round(float(mean_conf), 4),
+        "per_day": per_day,
+    }
+
+
+def _failures(session: Session, flt: StatsFilter, total: int) -> dict[str, Any]:
+    rows = session.execute(
+        select(Image.error_code, func.count()).where(
+            Image.state == ImageState.FAILED.value, Image.id.in_(_images(flt)))
+        .group_by(Image.error_code).order_by(func.count().desc())).all()
+    return {str(code): {"count": int(n), "rate": round(n / total, 4) if total else None}
+            for code, n in rows}
+
+
+def _model_metrics(session: Session, settings: Settings) -> dict[str, Any] | None:
+    try:
+        spec = model_for(settings, session)
+    except ModelNotFoundError:
+        return None
+    validation = spec.metadata.get("validation") or {}
+    return {
+        "name": spec.name, "version": spec.version, "sha256": spec.sha256,
+        "validation": {k: validation.get(k) for k in METRIC_KEYS if k in validation},
+        "ci95": validation.get("ci95", {}),
+    }
+
+
+def collect_stats(session: Session, settings: Settings, flt: StatsFilter) -> dict[str, Any]:
+    states = dict(session.execute(
+        select(Image.state, func.count()).where(Image.id.in_(_images(flt)))
+        .group_by(Image.state)).all())
+    total = sum(states.values())
+    studies = select(Image.study_id).where(Image.id.in_(_images(flt)))
+    exams = session.execute(select(func.count()).select_from(ExamResult).where(
+        ExamResult.superseded_at.is_(None), ExamResult.study_id.in_(studies))).scalar_one()
+    return {
+        "totals": {"images": total, **{s.value: int(states.get(s.value, 0)) for s in ImageState},
+                   "exam_results": exams},
+        **_predictions(session, flt),
+        "failures_by_reason": _failures(session, flt, total),
+        "failure_rate": round(states.get(ImageState.FAILED.value, 0) / total, 4)
+        if total else None,
+        "active_model": _model_metrics(session, settings),
+    }
+
+
+def stats_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nested stats as (section, key, value) rows for a table or CSV."""
+    rows: list[dict[str, Any]] = []
+
+    def walk(section: str, prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(section, f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            rows.append({"section": section, "key": prefix, "value": value})
+
+    for section, value in stats.items():
+        walk(section, "" if isinstance(value, dict) else section, value)
+    return rows

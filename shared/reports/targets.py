@@ -1,0 +1,99 @@
+"""``mammo report``: one dispatch from (what, format) to the writer, and default file names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.errors import ReportTargetNotFoundError
+from shared.reports.batch_summary import BATCH_FORMATS, batch_report_path, write_batch_report
+from shared.reports.exam_reports import EXAM_FORMATS, write_exam_report
+from shared.reports.exports import DISCLAIMER, write_csv, write_json
+from shared.reports.stats import StatsFilter, collect_stats, stats_rows
+from shared.reports.worklist import (
+    WorklistFilter,
+    exam_pdf_path,
+    flat_worklist_row,
+    refresh_due_exams,
+    worklist_rows,
+)
+
+FORMATS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "exam": EXAM_FORMATS, "batch": BATCH_FORMATS, "worklist": ("csv", "json"),
+    "stats": ("csv", "json"),
+}
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    kind: str  # a key of FORMATS_BY_KIND
+    fmt: str
+    target: str | None = None  # exam: StudyInstanceUID; batch: id; worklist/stats: batch id
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def batch_id(self) -> int | None:
+        if self.target is None:
+            return None
+        try:
+            return int(self.target)
+        except ValueError:
+            raise ReportTargetNotFoundError(
+                f"a batch is named by its number, not {self.target!r}") from None
+
+    def default_path(self, settings: Settings) -> Path:
+        if self.kind == "exam" and self.target:
+            pdf = exam_pdf_path(settings.report_dir, self.target)
+            return pdf.with_suffix(f".{self.fmt}")
+        if self.kind == "batch" and self.target:
+            return batch_report_path(settings, self.batch_id() or 0, self.fmt)
+        scope = f"-batch-{self.target}" if self.target else ""
+        return settings.report_dir / f"{self.kind}{scope}.{self.fmt}"
+
+
+def _exam(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
+    if not req.target:
+        raise ReportTargetNotFoundError("`mammo report exam` needs the exam's StudyInstanceUID")
+    return write_exam_report(session, req.target, path, req.fmt, settings)
+
+
+def _batch(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
+    batch_id = req.batch_id()
+    if batch_id is None:
+        raise ReportTargetNotFoundError("`mammo report batch` needs the batch number")
+    return write_batch_report(session, batch_id, path, req.fmt, settings)
+
+
+def _worklist(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
+    refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
+    rows = worklist_rows(session, WorklistFilter(req.batch_id(), req.since, req.until),
+                         report_dir=settings.report_dir)
+    if req.fmt == "json":
+        return write_json(rows, path)
+    flat = [flat_worklist_row(r) for r in rows]
+    return write_csv(flat, path, columns=list(flat[0]) if flat else ["study_uid"])
+
+
+def _stats(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
+    stats = collect_stats(session, settings, StatsFilter(req.batch_id(), req.since, req.until))
+    if req.fmt == "json":
+        return write_json({"disclaimer": DISCLAIMER, **stats}, path)
+    return write_csv(stats_rows(stats), path, columns=("section", "key", "value"))
+
+
+_WRITERS: dict[str, Callable[[Session, ReportRequest, Path, Settings], Path]] = {
+    "exam": _exam, "batch": _batch, "worklist": _worklist, "stats": _stats,
+}
+
+
+def write_report(session: Session, req: ReportRequest, path: Path | None,
+                 settings: Settings) -> Path:
+    if req.fmt not in FORMATS_BY_KIND[req.kind]:
+        raise ValueError(f"a {req.kind} report is written as "
+                         f"{', '.join(FORMATS_BY_KIND[req.kind])}, not {req.fmt}")
+    return _WRITERS[req.kind](session, req, path or req.default_path(settings), settings)

@@ -1,0 +1,125 @@
+"""Per-view thumbnails for the exam report: the frame the model saw, with its heatmap on top.
+
+The heatmap is stored in the model's input frame, so the image under it must be that frame
+too: the source file is decoded again and run through the same ``preprocess`` the worker
+used (same spacing fallback, same laterality). When the source can no longer be read, the
+heatmap is drawn alone and the caption says the image is not available.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.architecture import STRIDE
+from models.heatmaps import decode_png
+from shared.enums import Laterality
+from shared.errors import InputError
+from shared.imaging.preprocess import preprocess
+from shared.imaging.readers import decode
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 256
+_ALPHA = 0.45  # heatmap opacity where the model's P(abnormal) is highest
+
+
+@dataclass(frozen=True)
+class ViewSource:
+    """What is needed to rebuild one view's model input frame."""
+
+    path: str
+    laterality: str | None
+    spacing_mm: tuple[float, float] | None
+    input_size: tuple[int, int]
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    png: bytes
+    image_available: bool
+    heatmap_available: bool
+
+
+def model_frame(source: ViewSource) -> np.ndarray | None:
+    """The preprocessed image (input_size, values 0-1) or None if the file cannot be read."""
+    try:
+        decoded = decode(Path(source.path), max_pixels=source.max_pixels)
+        if decoded.pixel_spacing_mm is None and source.spacing_mm is not None:
+            decoded = dataclasses.replace(decoded, pixel_spacing_mm=source.spacing_mm)
+        frame = preprocess(decoded, source.input_size,
+                           laterality=Laterality.parse(source.laterality))
+    except (InputError, OSError) as exc:
+        log.info("image %s not available for the report: %s", Path(source.path).name,
+                 type(exc).__name__)
+        return None
+    return np.asarray(frame[:, :, 0], dtype=np.float32)
+
+
+def heatmap_in_frame(blob: bytes, input_size: tuple[int, int], patch: int | None) -> np.ndarray:
+    """The stored map resampled onto the input frame.
+
+    Patch models score the window whose top-left input pixel is (STRIDE*i, STRIDE*j), so a
+    location covers STRIDE pixels around the window's centre; other models' maps (Grad-CAM)
+    span the whole frame evenly.
+    """
+    heatmap = decode_png(blob)
+    height, width = input_size
+    if patch is None:
+        return np.asarray(cv2.resize(heatmap, (width, height), interpolation=cv2.INTER_LINEAR))
+    cells = cv2.resize(heatmap, (heatmap.shape[1] * STRIDE, heatmap.shape[0] * STRIDE),
+                       interpolation=cv2.INTER_LINEAR)
+    placed = np.zeros((height, width), dtype=np.float32)
+    offset = max(0, (patch - STRIDE) // 2)
+    rows, cols = min(height - offset, cells.shape[0]), min(width - offset, cells.shape[1])
+    placed[offset:offset + rows, offset:offset + cols] = cells[:rows, :cols]
+    return placed
+
+
+def overlay(frame: np.ndarray | None, heat: np.ndarray | None) -> np.ndarray:
+    """An RGB uint8 picture: grey image, heatmap as a JET colour blended by its strength."""
+    base = frame if frame is not None else np.zeros_like(heat) if heat is not None else None
+    if base is None:
+        raise ValueError("neither an image nor a heatmap to draw")
+    grey = np.clip(base * 255, 0, 255).astype(np.uint8)
+    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB).astype(np.float32)
+    if heat is not None:
+        if frame is not None:
+            # Only inside the breast: the background and padding carry no tissue to read.
+            heat = np.where(frame > 0, heat, 0.0).astype(np.float32)
+        colour = cv2.cvtColor(cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8),
+                                                cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+        alpha = (_ALPHA * heat)[:, :, np.newaxis]
+        rgb = rgb * (1 - alpha) + colour.astype(np.float32) * alpha
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _crop_to_content(picture: np.ndarray, frame: np.ndarray | None) -> np.ndarray:
+    """Drop the zero padding ``preprocess`` added right and below the fitted breast."""
+    if frame is None or not (frame > 0).any():
+        return picture
+    rows = np.flatnonzero((frame > 0).any(axis=1))
+    cols = np.flatnonzero((frame > 0).any(axis=0))
+    return picture[:rows[-1] + 1, :cols[-1] + 1]
+
+
+def thumbnail(source: ViewSource, heatmap_png: bytes | None, patch: int | None) -> Thumbnail | None:
+    """PNG bytes of the view with its heatmap, or None when there is nothing to draw."""
+    frame = model_frame(source)
+    heat = heatmap_in_frame(heatmap_png, source.input_size, patch) if heatmap_png else None
+    if frame is None and heat is None:
+        return None
+    picture = _crop_to_content(overlay(frame, heat), frame)
+    scale = THUMBNAIL_SIDE / max(picture.shape[:2])
+    small = cv2.resize(picture, (round(picture.shape[1] * scale), round(picture.shape[0] * scale)),
+                       interpolation=cv2.INTER_AREA)
+    ok, buffer = cv2.imencode(".png", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("OpenCV could not encode the thumbnail")
+    return Thumbnail(bytes(buffer), frame is not None, heat is not None)
