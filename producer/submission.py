@@ -14,6 +14,7 @@ from producer.registration import create_batch, ingestion_for, register_files
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.enums import Priority
+from shared.notify import Notifier
 from shared.queue import enqueue_chunks
 
 
@@ -62,6 +63,8 @@ def submit(
                                       priority=priority)
     with sessions() as session:
         lifecycle.mark_enqueued(session, to_send)
-        lifecycle.finish_batches(session, [batch_id])
+        finished = lifecycle.finish_batches(session, [batch_id])
         session.commit()
+    # Stamped here only when nothing was left to process (every file refused at intake).
+    Notifier(settings, sessions).batches_finished(finished)
     return outcome

@@ -46,8 +46,8 @@ def _lines(title: str, counts: dict[str, int]) -> list[str]:
 def batch_notice(session: Session, batch_id: int, *, html: str | None,
                  report_path: Path | None) -> Notice | None:
     status = batch_status(session, batch_id)
-    if status is None:
-        return None
+    if status is None or status.total == 0:
+        return None  # e.g. every file was already known: nothing new to tell
     by_class = _class_counts(session, batch_id)
     reasons = _failure_reasons(session, batch_id)
     failed = sum(reasons.values())
@@ -73,7 +73,8 @@ def batch_notice(session: Session, batch_id: int, *, html: str | None,
         "finished_at": status.finished_at.isoformat() if status.finished_at else None,
         "disclaimer": DISCLAIMER,
     }
-    attachments = (Attachment(f"batch-{batch_id}.html", html),) if html else ()
+    attachments = (Attachment(report_path.name if report_path else f"batch-{batch_id}.html",
+                              html),) if html else ()
     return Notice(Event.BATCH_COMPLETE, f"batch:{batch_id}",
                   f"[mammo] Batch {batch_id}{name} complete: {failed} failed of {status.total}",
                   text, payload, attachments, batch_id=batch_id)

@@ -26,13 +26,20 @@ from shared.notify.webhook import WebhookChannel
 
 log = logging.getLogger(__name__)
 
-# Renders the self-contained batch summary HTML (shared/reports), or None when unavailable.
+# Renders the self-contained batch summary HTML, or None when there is none to attach.
 BatchHtml = Callable[[Session, int], str | None]
 
 
-def no_batch_html(session: Session, batch_id: int) -> str | None:
-    """Until the batch summary renderer is wired in: no attachment, the text says how."""
-    return None
+def summary_html(settings: Settings) -> BatchHtml:
+    """The batch summary page of shared/reports (charts embedded: it opens offline)."""
+    def render(session: Session, batch_id: int) -> str | None:
+        # Imported on use: matplotlib is the reports extra, and a producer-only install
+        # (which also stamps batches that end at intake) may lack it.
+        from shared.reports.batch_summary import render_batch_html
+
+        return render_batch_html(session, batch_id, settings=settings)
+
+    return render
 
 
 class Channel(Protocol):
@@ -52,11 +59,11 @@ def channels_for(settings: Settings) -> list[Channel]:
 
 class Notifier:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], *,
-                 batch_html: BatchHtml = no_batch_html,
+                 batch_html: BatchHtml | None = None,
                  channels: Sequence[Channel] | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.batch_html = batch_html
+        self.batch_html = batch_html or summary_html(settings)
         self.channels = list(channels_for(settings) if channels is None else channels)
         self.policy = RetryPolicy.from_settings(settings)
 
@@ -71,13 +78,27 @@ class Notifier:
                                                        threshold=threshold))
 
     def _batch(self, session: Session, batch_id: int) -> Notice | None:
-        html = self.batch_html(session, batch_id)
-        report_path: Path | None = None
-        if html:
-            report_path = self.settings.report_dir / f"batch-{batch_id}.html"
-            report_path.parent.mkdir(parents=True, exist_ok=True)
-            report_path.write_text(html, encoding="utf-8")
+        html, report_path = self._summary_page(session, batch_id)
         return batch_notice(session, batch_id, html=html, report_path=report_path)
+
+    def _summary_page(self, session: Session, batch_id: int) -> tuple[str | None, Path | None]:
+        """The HTML summary, also written beside the batch's exports; (None, None) if it
+        cannot be made: the e-mail then goes without it rather than not at all."""
+        try:
+            from shared.reports.batch_summary import batch_report_path
+
+            html = self.batch_html(session, batch_id)
+            if not html:
+                return None, None
+            path = batch_report_path(self.settings, batch_id, "html")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(html, encoding="utf-8")
+            return html, path
+        except Exception as exc:
+            session.rollback()
+            log.warning("batch %d summary not attached: %s: %s", batch_id, type(exc).__name__,
+                        (str(exc).splitlines() or [""])[0][:300])
+            return None, None
 
     def _guarded(self, what: str, build: Callable[[Session], Notice | None]) -> None:
         try:

@@ -1,0 +1,172 @@
+"""Notifications fired by the worker pipeline, delivered to real local servers, recorded in
+the database exactly once; a dead mail server or webhook never fails the batch."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.embedded_run import run_embedded
+from producer.registration import create_batch, register_files
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import Batch, ExamResult, Image, Notification, Study
+from shared.enums import Priority
+from shared.notify import Notifier
+from shared.synthetic import make_exam_set
+from tests.helpers.notify_servers import HOST, SmtpInbox, free_port, smtp_server, webhook_server
+from worker.pipeline import process_chunk
+from worker.runtime import WorkerRuntime
+
+SECRET = "pipeline-webhook-secret"
+PASSWORD = "pipeline-smtp-password"
+
+
+def _with_notifications(settings: Settings, smtp_port: int, webhook_url: str,
+                        **extra: object) -> Settings:
+    # Built anew, not model_copy: the notification settings must pass validation.
+    return Settings(_env_file=None, **{  # type: ignore[call-arg]
+        **settings.model_dump(),
+        "smtp_host": HOST, "smtp_port": smtp_port, "smtp_security": "none",
+        "smtp_from": "mammo@example.org", "smtp_to": ["reader@example.org"],
+        "webhook_url": webhook_url, "webhook_secret": SECRET, "alert_suspicion": 1,
+        "notify_timeout_s": 2.0, **extra,
+    })
+
+
+def _sessions(settings: Settings) -> sessionmaker[Session]:
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    return make_session_factory(engine)
+
+
+def _by_subject(inbox: SmtpInbox) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for msg in inbox.messages:
+        kind = "batch" if "Batch" in msg["Subject"] else "alert"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def test_one_batch_email_and_one_alert_per_exam_even_when_the_hook_fires_again(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        settings = _with_notifications(settings, mail.port, hook.url)
+        sessions = _sessions(settings)
+        batch = create_batch(sessions, name="night", priority=Priority.ROUTINE, mode="test")
+        ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=3)).new_ids
+        runtime = WorkerRuntime(settings)
+        process_chunk(ids[:2], token="t1", runtime=runtime)
+        assert mail.messages == []  # neither the exam nor the batch is complete yet
+        process_chunk(ids[2:], token="t2", runtime=runtime)
+
+        # The hook fires again: same process, a second "process", a redelivered chunk.
+        with sessions() as s:
+            study = s.execute(select(Study.id)).scalar_one()
+        runtime.notifier.batches_finished([batch])
+        runtime.notifier.exams_changed([study])
+        Notifier(settings, _sessions(settings)).batches_finished([batch])
+        process_chunk(ids[2:], token="t2", runtime=runtime)
+
+    assert _by_subject(mail) == {"batch": 1, "alert": 1}
+    assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
+    assert hook.refused == 0
+    with sessions() as s:
+        rows = s.execute(select(Notification)).scalars().all()
+        finished = s.get(Batch, batch)
+    assert finished is not None and finished.finished_at is not None
+    assert sorted((r.channel, r.event, r.status, r.attempts) for r in rows) == [
+        ("email", "batch_complete", "sent", 1), ("email", "exam_alert", "sent", 1),
+        ("webhook", "batch_complete", "sent", 1), ("webhook", "exam_alert", "sent", 1)]
+
+    batch_mail = next(m for m in mail.messages if "Batch" in m["Subject"])
+    text = batch_mail.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "4 images, 4 done, 0 failed" in text and "not a diagnosis" in text
+    assert "Images by predicted class:" in text
+    [page] = list(batch_mail.iter_attachments())
+    html = page.get_content()
+    assert page.get_content_type() == "text/html" and "data:image/png;base64," in html
+    written = (settings.report_dir / page.get_filename()).read_text(encoding="utf-8")
+    assert written == html.replace("\r\n", "\n")  # SMTP carries text with CRLF
+    alert = next(m for m in mail.messages if "Suspicion" in m["Subject"])
+    alert_text = alert.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Accession number: SYN000000000" in alert_text and "not a diagnosis" in alert_text
+    assert "left breast: suspicion" in alert_text and "right breast: suspicion" in alert_text
+
+
+def test_below_the_threshold_no_alert_is_sent(settings: Settings, tmp_path: Path) -> None:
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        settings = _with_notifications(settings, mail.port, hook.url, alert_suspicion=10)
+        sessions = _sessions(settings)
+        batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
+        ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=4)).new_ids
+        process_chunk(ids, token="t", runtime=WorkerRuntime(settings))
+    with sessions() as s:  # the premise (tiny random model): the exam scored below 10
+        [exam] = s.execute(select(ExamResult)).scalars().all()
+    assert exam.suspicion is not None and exam.suspicion < 10
+    assert _by_subject(mail) == {"batch": 1}
+    assert [p["event"] for p in hook.accepted] == ["batch_complete"]
+
+
+def test_two_notifiers_racing_on_postgresql_send_once(
+    settings: Settings, postgres_url: str, tmp_path: Path,
+) -> None:
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        settings = _with_notifications(settings, mail.port, hook.url, database_url=postgres_url)
+        sessions = _sessions(settings)
+        batch = create_batch(sessions, name="race", priority=Priority.ROUTINE, mode="test")
+        ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=5)).new_ids
+        with sessions() as s:  # finished, without notifying: the race is what we test
+            s.execute(Image.__table__.update().where(Image.id.in_(ids)).values(state="failed",
+                                                                                error_code="x"))
+            s.execute(Batch.__table__.update().values(finished_at=Batch.created_at))
+            s.commit()
+        notifiers = [Notifier(settings, _sessions(settings)) for _ in range(4)]
+        start = threading.Barrier(len(notifiers))
+
+        def fire(notifier: Notifier) -> None:
+            start.wait()
+            notifier.batches_finished([batch])
+
+        threads = [threading.Thread(target=fire, args=(n,)) for n in notifiers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert len(mail.messages) == 1 and len(hook.accepted) == 1
+
+
+def test_dead_servers_never_fail_the_batch_and_are_recorded_failed(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed = free_port()  # nothing listens: connection refused at once
+    settings = _with_notifications(
+        settings, closed, f"http://{HOST}:{closed}/hook", smtp_security="starttls",
+        smtp_user="mammo", smtp_password=PASSWORD, notify_retries=2, notify_backoff_s=0.05,
+        notify_backoff_max_s=0.1)
+    sessions = _sessions(settings)
+    make_exam_set(tmp_path / "in", 1, seed=6)
+    caplog.set_level(logging.INFO)
+    outcome = run_embedded(settings, sessions, [tmp_path / "in"], name="offline")
+
+    with sessions() as s:
+        states = s.execute(select(Image.state)).scalars().all()
+        batch = s.get(Batch, outcome.submission.batch_id)
+        rows = s.execute(select(Notification)).scalars().all()
+    assert states == ["done"] * 4
+    assert batch is not None and batch.finished_at is not None
+    assert sorted((r.channel, r.event) for r in rows) == [
+        ("email", "batch_complete"), ("email", "exam_alert"),
+        ("webhook", "batch_complete"), ("webhook", "exam_alert")]
+    assert all(r.status == "failed" and r.attempts == 3 and r.last_error for r in rows)
+    assert all("unreachable" in (r.last_error or "") for r in rows)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("FAILED after 3 attempt(s)" in w for w in warnings) == 4
+    logged = caplog.text
+    assert PASSWORD not in logged and SECRET not in logged
