@@ -17,6 +17,9 @@ import numpy as np
 
 STRIDE = 16  # input pixels per output location
 WIDTHS = (24, 48, 96, 144, 192)
+# Test-time augmentation of the shipped model: the image and its left-right mirror
+# (axes of a (n, h, w, 1) batch; () = as is). Chosen by measurement, see MODEL_CARD.md.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,))
 
 
 def build_trunk(name: str, *, widths: Sequence[int] = WIDTHS, dropout: float = 0.2) -> Any:
@@ -47,27 +50,41 @@ def build_patch_model(trunk: Any, patch: int) -> Any:
     return keras.Model(inputs, keras.layers.Softmax()(logits), name="patch_classifier")
 
 
+def trunk_logits(trunk: Any, inputs: Any, flips: Sequence[Sequence[int]] = ((),)) -> Any:
+    """The trunk's per-location logits, averaged over ``flips`` of the input (test-time
+    augmentation): each flipped copy's map is flipped back so locations line up. A lesion
+    has no orientation, and the maps of mirrored copies disagree mostly where they are
+    noise. Empty axes = the image itself."""
+    import keras
+
+    from models.layers import Flip
+
+    maps = [Flip(axes)(trunk(Flip(axes)(inputs))) if axes else trunk(inputs) for axes in flips]
+    return maps[0] if len(maps) == 1 else keras.layers.Average()(maps)
+
+
 def build_whole_image_model(
     trunks: Sequence[Any], *, input_size: tuple[int, int], patch: int,
-    evidence_stats: Sequence[tuple[np.ndarray, np.ndarray]],
-    head_weights: np.ndarray, head_bias: np.ndarray, top_k: int = 5,
+    evidence_stats: Sequence[tuple[np.ndarray, np.ndarray]], head: dict[str, Any],
+    flips: Sequence[Sequence[int]] = TTA_FLIPS, top_k: int = 5,
 ) -> Any:
-    """Ensemble of trunks -> per-trunk standardised evidence, averaged -> calibrated softmax.
+    """Ensemble of trunks (each with flip TTA) -> per-trunk standardised evidence, averaged
+    -> ``RankedProbabilities`` (``head`` is its config, see ``models.calibration``).
 
     Outputs ``{"probabilities": (n, 3), "heatmap": (n, gh, gw)}`` from one forward pass.
     ``evidence_stats`` holds each trunk's (mean, std) of its evidence on its own training
     images: trunks from different folds speak on different scales, and the head was fitted
-    on standardised evidence. ``head_weights`` (9, 3) and ``head_bias`` (3,) already include
-    the fitted temperature. The heatmap is the trunks' mean P(abnormal) map.
+    on standardised evidence. The heatmap is the trunks' mean P(abnormal) map.
     """
     import keras
 
-    from models.layers import AbnormalityMap, LesionEvidence
+    from models.layers import AbnormalityMap, LesionEvidence, RankedProbabilities
 
     inputs = keras.Input((*input_size, 1), name="image")
     evidences, heatmaps = [], []
     for trunk, (mean, std) in zip(trunks, evidence_stats, strict=True):
-        logits = keras.layers.AveragePooling2D(patch // STRIDE, strides=1)(trunk(inputs))
+        logits = keras.layers.AveragePooling2D(patch // STRIDE, strides=1)(
+            trunk_logits(trunk, inputs, flips))
         probabilities = keras.layers.Softmax(axis=-1)(logits)
         scale = keras.layers.Normalization(mean=np.asarray(mean, np.float32),
                                            variance=np.asarray(std, np.float32) ** 2)
@@ -75,23 +92,20 @@ def build_whole_image_model(
         heatmaps.append(AbnormalityMap()(probabilities))
     evidence = evidences[0] if len(evidences) == 1 else keras.layers.Average()(evidences)
     heatmap = heatmaps[0] if len(heatmaps) == 1 else keras.layers.Average()(heatmaps)
-    head = keras.layers.Dense(3, name="calibrated_head")
-    image_logits = head(evidence)
-    head.set_weights([np.asarray(head_weights, np.float32), np.asarray(head_bias, np.float32)])
-    outputs = {"probabilities": keras.layers.Softmax(name="probabilities")(image_logits),
+    outputs = {"probabilities": RankedProbabilities(**head, name="probabilities")(evidence),
                "heatmap": keras.layers.Identity(name="heatmap")(heatmap)}
     return keras.Model(inputs, outputs, name="mammo_patch_fcn")
 
 
 def build_map_model(trunks: Sequence[Any], *, input_size: tuple[int, int], patch: int,
-                    top_k: int = 5) -> Any:
+                    flips: Sequence[Sequence[int]] = ((),), top_k: int = 5) -> Any:
     """Trunks -> ``{"evidence": (n, 9), "heatmap": (n, gh, gw)}``: the head's inputs."""
     import keras
 
     from models.layers import AbnormalityMap, LesionEvidence
 
     inputs = keras.Input((*input_size, 1))
-    maps = [t(inputs) for t in trunks]
+    maps = [trunk_logits(t, inputs, flips) for t in trunks]
     logits = maps[0] if len(maps) == 1 else keras.layers.Average()(maps)
     logits = keras.layers.AveragePooling2D(patch // STRIDE, strides=1)(logits)
     probabilities = keras.layers.Softmax(axis=-1)(logits)

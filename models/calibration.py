@@ -1,8 +1,12 @@
-"""The image-level head: multinomial logistic regression on the lesion evidence, then
-temperature scaling, folded into one affine map so the Keras model stays a plain Dense layer.
+"""The image-level head: two Platt-scaled scores read off the lesion evidence.
 
-The temperature is fitted on predictions the regression made for patients it did not see
-(grouped cross-validation), so it corrects the over-confidence that held-out data shows.
+P(abnormal) and P(malignant) each come from one fixed read-out of the evidence (by default
+the mean log-odds of the strongest locations) through a sigmoid whose slope and intercept
+are fitted on held-out evidence (patients the trunks never trained on). Platt scaling is
+monotone, so the heads keep the ranking of the max-evidence scores, which is what the AUCs
+measure; the multinomial head it replaces (1.0.0) collapsed towards "normal" and ranked
+worse than its own strongest input. ``models.layers.RankedProbabilities`` turns the two
+scores into three class probabilities, in the model and here alike.
 """
 
 from __future__ import annotations
@@ -11,70 +15,69 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.splits import patient_folds
+# Evidence columns (models.layers.LesionEvidence): max, top-k mean, mean over all
+# locations, each for benign, malignant, abnormal.
+EVIDENCE_NAMES = ("max_benign", "max_malignant", "max_abnormal",
+                  "topk_benign", "topk_malignant", "topk_abnormal",
+                  "mean_benign", "mean_malignant", "mean_abnormal")
+ABNORMAL_SCORE = "topk_abnormal"
+MALIGNANT_SCORE = "topk_malignant"
 
 
 @dataclass(frozen=True)
-class Head:
-    weights: np.ndarray  # (features, 3), temperature included
-    bias: np.ndarray  # (3,)
-    temperature: float
+class Platt:
+    weights: np.ndarray  # (features,): the read-out with the fitted slope folded in
+    bias: float
 
-    def logits(self, evidence: np.ndarray) -> np.ndarray:
-        return np.asarray(evidence, np.float64) @ self.weights + self.bias
+
+@dataclass(frozen=True)
+class RankingHead:
+    abnormal: Platt
+    malignant: Platt
+    scores: tuple[str, str] = (ABNORMAL_SCORE, MALIGNANT_SCORE)
+
+    def layer_config(self) -> dict[str, object]:
+        return {"abnormal": self.abnormal.weights.tolist(), "abnormal_bias": self.abnormal.bias,
+                "malignant": self.malignant.weights.tolist(),
+                "malignant_bias": self.malignant.bias}
 
     def probabilities(self, evidence: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(evidence))
+        from models.layers import RankedProbabilities
+
+        layer = RankedProbabilities(**self.layer_config())  # type: ignore[arg-type]
+        return np.asarray(layer(np.asarray(evidence, np.float32)), np.float64)
+
+    def describe(self) -> dict[str, object]:
+        return {"abnormal_score": self.scores[0], "malignant_score": self.scores[1],
+                **self.layer_config()}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
+def readout(name: str) -> np.ndarray:
+    vector = np.zeros(len(EVIDENCE_NAMES))
+    vector[EVIDENCE_NAMES.index(name)] = 1.0
+    return vector
 
 
-def _regression(evidence: np.ndarray, labels: np.ndarray,
-                c: float) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised multinomial logistic regression, returned as raw-feature (W, b)."""
+def fit_platt(score: np.ndarray, positive: np.ndarray, direction: np.ndarray) -> Platt:
+    """P(positive | score) = sigmoid(a * score + b), with ``score = evidence @ direction``.
+
+    A class absent from ``positive`` (tiny sets) gives a constant at its prevalence.
+    """
     from sklearn.linear_model import LogisticRegression
 
-    mean, std = evidence.mean(axis=0), evidence.std(axis=0) + 1e-6
-    present = np.unique(labels)
-    if present.size == 1:  # a tiny set with one class: predict it, nothing to regress
-        bias = np.full(3, -30.0)
-        bias[int(present[0])] = 0.0
-        return np.zeros((evidence.shape[1], 3)), bias
-    model = LogisticRegression(C=c, max_iter=2000)
-    model.fit((evidence - mean) / std, labels)
-    coef = np.zeros((3, evidence.shape[1]))
-    intercept = np.full(3, -30.0)  # a class absent from training gets ~zero probability
-    for row, cls in enumerate(model.classes_):
-        coef[int(cls)] = model.coef_[row] if len(model.classes_) > 2 else (
-            model.coef_[0] * (1 if row else -1) / 2)
-        intercept[int(cls)] = model.intercept_[row] if len(model.classes_) > 2 else (
-            model.intercept_[0] * (1 if row else -1) / 2)
-    weights = (coef / std).T
-    bias = intercept - (coef * mean / std).sum(axis=1)
-    return weights, bias
+    positive = np.asarray(positive, bool)
+    if positive.all() or not positive.any():
+        rate = float(np.clip(positive.mean(), 1e-3, 1 - 1e-3))
+        return Platt(np.zeros_like(direction), float(np.log(rate / (1 - rate))))
+    model = LogisticRegression(C=10.0, max_iter=1000)
+    model.fit(np.asarray(score, np.float64).reshape(-1, 1), positive)
+    slope = max(float(model.coef_[0, 0]), 0.0)  # more evidence never lowers the probability
+    return Platt(direction * slope, float(model.intercept_[0]))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        p = softmax(logits / np.exp(log_t))
-        return float(-np.log(p[np.arange(len(labels)), labels] + 1e-12).mean())
-
-    result = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
-    return float(np.exp(result.x))
-
-
-def fit_head(evidence: np.ndarray, labels: np.ndarray, patients: np.ndarray, *,
-             seed: int, c: float = 0.3) -> Head:
-    held_out = np.zeros((len(labels), 3))
-    for train, test in patient_folds(labels, patients, n_folds=5, seed=seed):
-        w, b = _regression(evidence[train], labels[train], c)
-        held_out[test] = evidence[test] @ w + b
-    temperature = fit_temperature(held_out, labels)
-    weights, bias = _regression(evidence, labels, c)
-    return Head(weights / temperature, bias / temperature, temperature)
+def fit_head(evidence: np.ndarray, labels: np.ndarray, *,
+             scores: tuple[str, str] = (ABNORMAL_SCORE, MALIGNANT_SCORE)) -> RankingHead:
+    """Fit both scores on (held-out) evidence with image labels 0/1/2."""
+    abnormal, malignant = readout(scores[0]), readout(scores[1])
+    return RankingHead(fit_platt(evidence @ abnormal, labels > 0, abnormal),
+                       fit_platt(evidence @ malignant, labels == 2, malignant), scores)

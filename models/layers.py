@@ -1,4 +1,4 @@
-"""The two custom layers of the whole-image model, registered so ``load_model`` finds them.
+"""The custom layers of the whole-image model, registered so ``load_model`` finds them.
 
 Import this module before ``keras.models.load_model`` (``worker.classifier`` does): no
 Lambda layers, so models load in Keras' safe mode.
@@ -6,6 +6,7 @@ Lambda layers, so models load in Keras' safe mode.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -59,3 +60,63 @@ class AbnormalityMap(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return tuple(input_shape[:-1])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Flip(keras.layers.Layer):
+    """Mirror a (n, h, w, c) tensor along ``axes`` (1 = rows, 2 = columns): test-time
+    augmentation runs the trunk on a flipped image and flips its map back."""
+
+    def __init__(self, axes: Sequence[int] = (2,), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axes = tuple(int(a) for a in axes)
+
+    def call(self, x: Any) -> Any:
+        for axis in self.axes:
+            x = ops.flip(x, axis=axis)
+        return x
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axes": list(self.axes)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RankedProbabilities(keras.layers.Layer):
+    """Evidence (n, 9) -> (n, 3) normal / benign / malignant probabilities.
+
+    Two calibrated scores, each a fixed linear read-out of the evidence through a sigmoid
+    (Platt scaling fitted on held-out evidence): q_a = P(abnormal), q_m = P(malignant).
+    Then P(normal) = 1 - q_a, P(malignant) = min(q_m, q_a), P(benign) = the rest. So the
+    abnormal score ranks images exactly as its evidence does (a multinomial head over all
+    nine features let the many normal images pull every prediction to "normal" and lost
+    that ranking), and P(malignant) keeps its own evidence's ranking unless it would exceed
+    P(abnormal).
+    """
+
+    def __init__(self, abnormal: Sequence[float], abnormal_bias: float,
+                 malignant: Sequence[float], malignant_bias: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.abnormal = [float(v) for v in abnormal]
+        self.malignant = [float(v) for v in malignant]
+        self.abnormal_bias = float(abnormal_bias)
+        self.malignant_bias = float(malignant_bias)
+
+    def call(self, evidence: Any) -> Any:
+        evidence = ops.cast(evidence, "float32")
+        q_a = ops.sigmoid(ops.matmul(evidence, ops.convert_to_tensor(self.abnormal))
+                          + self.abnormal_bias)
+        q_m = ops.sigmoid(ops.matmul(evidence, ops.convert_to_tensor(self.malignant))
+                          + self.malignant_bias)
+        p_m = ops.minimum(q_m, q_a)
+        return ops.stack([1.0 - q_a, q_a - p_m, p_m], axis=-1)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, int]:
+        return (input_shape[0], 3)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "abnormal": self.abnormal,
+                "abnormal_bias": self.abnormal_bias, "malignant": self.malignant,
+                "malignant_bias": self.malignant_bias}

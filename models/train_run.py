@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from models import metrics, plots
-from models.architecture import WIDTHS
+from models.ablation import compare
+from models.architecture import TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
 from models.calibration import fit_head
 from models.datasets import LabelledImage, load_dataset
@@ -50,7 +51,7 @@ PLOTS = {
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "default"
-    version: str = "1.0.0"
+    version: str = "1.1.0"
     input_size: tuple[int, int] = (512, 512)
     folds: int = 5
     seed: int = 20261125
@@ -60,6 +61,7 @@ class TrainConfig:
     widths: tuple[int, ...] = WIDTHS
     bootstrap_rounds: int = 1000
     max_pixels: int = 80_000_000
+    tta_flips: tuple[tuple[int, ...], ...] = TTA_FLIPS
     command: str = "mammo train DATA"  # recorded in the metadata and the model card
 
 
@@ -72,6 +74,7 @@ class CrossValidation:
     trunks: list[Any] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
     evidence_stats: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    plain_evidence: np.ndarray | None = None  # without test-time flips: for the ablation
 
 
 def data_hash(images: list[LabelledImage]) -> str:
@@ -88,7 +91,8 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
     labels, patients = data.labels, data.patients
     options = TrainOptions(epochs=config.epochs, patience=config.patience,
                            plan=PatchPlan(patch=config.patch), widths=config.widths)
-    cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 9)), [np.empty(0)] * n)
+    cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 9)), [np.empty(0)] * n,
+                         plain_evidence=np.zeros((n, 9)))
     for k, (train, held_out) in enumerate(folds):
         fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
                                              seed=config.seed + k)
@@ -97,11 +101,14 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
         result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
                              seed=config.seed + k, name=f"trunk_{k + 1}", progress=say)
         say(f"fold {k + 1}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
-        own = predict_maps([result.trunk], data.subset(train), config.patch)["evidence"]
+        own = predict_maps([result.trunk], data.subset(train), config.patch,
+                           flips=config.tta_flips)["evidence"]
         stats = (own.mean(axis=0), own.std(axis=0) + 1e-3)
-        maps = predict_maps([result.trunk], data.subset(held_out), config.patch)
+        maps = predict_maps([result.trunk], data.subset(held_out), config.patch,
+                            flips=config.tta_flips)
         cv.evidence[held_out] = (maps["evidence"] - stats[0]) / stats[1]
         cv.evidence_stats.append(stats)
+        _plain_evidence(cv, result.trunk, data, (train, held_out), config.patch)
         fold_truth = labels[held_out]
         say(f"fold {k + 1}: held-out AUC of the strongest location alone: abnormal "
             f"{_fmt(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
@@ -111,10 +118,20 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
         cv.histories.append(result.history)
         cv.trunks.append(result.trunk)
         cv.best_epochs.append(result.best_epoch)
-    for k, (train, held_out) in enumerate(folds):
-        head = fit_head(cv.evidence[train], labels[train], patients[train], seed=config.seed + k)
+    for train, held_out in folds:  # each fold's head is fitted on the other folds' evidence
+        head = fit_head(cv.evidence[train], labels[train])
         cv.probabilities[held_out] = head.probabilities(cv.evidence[held_out])
     return cv
+
+
+def _plain_evidence(cv: CrossValidation, trunk: Any, data: PreparedSet,
+                    fold: tuple[np.ndarray, np.ndarray], patch: int) -> None:
+    """The held-out evidence without test-time flips, standardised the same way."""
+    train, held_out = fold
+    own = predict_maps([trunk], data.subset(train), patch)["evidence"]
+    plain = predict_maps([trunk], data.subset(held_out), patch)["evidence"]
+    assert cv.plain_evidence is not None
+    cv.plain_evidence[held_out] = (plain - own.mean(axis=0)) / (own.std(axis=0) + 1e-3)
 
 
 def _report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
@@ -142,13 +159,17 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     rate, scored = localisation_rate(cv.heatmaps, data.circles, config.patch)
     ratios = [peak_distance_ratio(h, c, config.patch)
               for h, c in zip(cv.heatmaps, data.circles, strict=True) if c]
-    head = fit_head(cv.evidence, labels, patients, seed=config.seed)
+    head = fit_head(cv.evidence, labels)
+    say("ablation: other heads and no test-time flips on the same held-out evidence")
+    assert cv.plain_evidence is not None
+    ablation = compare({"none": cv.plain_evidence, _flip_names(config.tta_flips): cv.evidence},
+                       labels, folds)
 
     from models.architecture import build_whole_image_model
 
     model = build_whole_image_model(cv.trunks, input_size=config.input_size, patch=config.patch,
                                     evidence_stats=cv.evidence_stats,
-                                    head_weights=head.weights, head_bias=head.bias)
+                                    head=head.layer_config(), flips=config.tta_flips)
     directory = output / config.name / config.version
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / MODEL_FILE)
@@ -167,16 +188,18 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
         "architecture": "patch-trained all-convolutional ensemble (Shen et al. 2019)",
         "outputs": ["probabilities", "heatmap"], "patch": config.patch,
         "heatmap_stride": 16, "ensemble_members": len(cv.trunks),
-        "pixel_size_mm": TARGET_SPACING_MM, "temperature": head.temperature,
+        "pixel_size_mm": TARGET_SPACING_MM, "head": head.describe(),
+        "tta_flips": [list(f) for f in config.tta_flips],
         "seed": config.seed, "training_data": {
             "source": str(data_path), "sha256": data_hash(data.images), "images": len(labels),
             "patients": len(set(patients.tolist())), "classes": counts,
             "skipped": [list(s) for s in data.skipped]},
         "training": {**asdict(config), "input_size": list(config.input_size),
+                     "tta_flips": [list(f) for f in config.tta_flips],
                      "best_epochs": cv.best_epochs, "seconds": round(seconds, 1),
                      "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, no GPU"
                      if not _has_gpu() else "GPU"},
-        "validation": validation, "baseline": baseline,
+        "validation": validation, "baseline": baseline, "ablation": ablation,
         "localisation": {"peak_inside_circle": rate if scored else None, "images": scored},
         "plots": PLOTS,
     }
@@ -198,6 +221,11 @@ def _write_validation_predictions(directory: Path, data: PreparedSet, probs: np.
             for image, row in zip(data.images, probs, strict=True)]
     (directory / "validation_predictions.json").write_text(json.dumps(rows, indent=1) + "\n",
                                                            encoding="utf-8")
+
+
+def _flip_names(flips: tuple[tuple[int, ...], ...]) -> str:
+    names = {(): "image", (1,): "up-down", (2,): "left-right", (1, 2): "both"}
+    return " + ".join(names.get(tuple(f), str(f)) for f in flips)
 
 
 def _fmt(value: float | None) -> str:

@@ -4,7 +4,7 @@ patient-level validation split, best weights restored."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,11 +102,12 @@ def mine_hard_negatives(trunk: Any, data: PreparedSet, patch: int,
     return points
 
 
-def predict_maps(trunks: list[Any], data: PreparedSet, patch: int,
-                 batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Evidence (n, 6) and heatmaps (n, gh, gw) of ``data`` under the given trunks."""
+def predict_maps(trunks: list[Any], data: PreparedSet, patch: int, batch_size: int = 8,
+                 flips: Sequence[Sequence[int]] = ((),)) -> dict[str, np.ndarray]:
+    """Evidence (n, 9) and heatmaps (n, gh, gw) of ``data`` under the given trunks, with
+    ``flips`` test-time augmentation (hard-negative mining uses the plain image)."""
     height, width = data.pixels.shape[1:3]
-    model = build_map_model(trunks, input_size=(height, width), patch=patch)
+    model = build_map_model(trunks, input_size=(height, width), patch=patch, flips=flips)
     out: dict[str, list[np.ndarray]] = {"evidence": [], "heatmap": []}
     for start in range(0, len(data.images), batch_size):
         batch = data.pixels[start:start + batch_size].astype(np.float32)[..., np.newaxis]

@@ -54,7 +54,7 @@ def _say(message: str) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
 @click.option("--name", default="default", show_default=True)
-@click.option("--version", "version", default="1.0.0", show_default=True)
+@click.option("--version", "version", default="1.1.0", show_default=True)
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-level cross-validation folds (= ensemble members).")
 @click.option("--epochs", type=click.IntRange(1), default=36, show_default=True,
@@ -85,8 +85,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output models --version 1.0.0
-        mammo models activate models/default/1.0.0
+        mammo train ../shared/data/mini-mias --output models --version 1.1.0
+        mammo models activate models/default/1.1.0
     """
     if weights != "none":
         raise ConfigurationError(

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from models import metrics
-from models.calibration import fit_temperature, softmax
 
 # 4 images: truth normal, normal, benign, malignant.
 TRUTH = np.array([0, 0, 1, 2])
@@ -72,14 +71,3 @@ def test_bootstrap_resamples_patients_not_images() -> None:
     assert low < point < high and high - low < 0.5
     assert intervals["auc_malignant"] is None  # no malignant image: no interval
 
-
-def test_temperature_scaling_softens_overconfident_logits() -> None:
-    rng = np.random.default_rng(2)
-    labels = rng.integers(0, 3, 300)
-    logits = rng.normal(0, 1, (300, 3))
-    logits[np.arange(300), labels] += 1.0  # some signal ...
-    temperature = fit_temperature(logits * 5.0, labels)  # ... shown 5x too confident
-    assert 3.0 < temperature < 8.0
-    calibrated = softmax(logits * 5.0 / temperature)
-    before = metrics.expected_calibration_error(labels, softmax(logits * 5.0))
-    assert metrics.expected_calibration_error(labels, calibrated) < before
