@@ -47,6 +47,7 @@ from tests.helpers.processes import (  # noqa: E402
     WorkerProcess,
     child_pids,
     mammo_env,
+    peak_rss_mb,
     run_mammo,
 )
 
@@ -138,7 +139,7 @@ def end_to_end(model: str, folder: Path, n: int, workers: int, chunk: int,
         # fork+exec, so sample the producer's VmHWM while it runs instead.
         producer_rss = 0.0
         while producer.poll() is None:
-            producer_rss = max(producer_rss, _peak_rss_mb([producer.pid]))
+            producer_rss = max(producer_rss, peak_rss_mb([producer.pid]))
             time.sleep(0.05)
         if producer.returncode:
             raise RuntimeError(f"mammo submit failed with {producer.returncode}")
@@ -157,7 +158,7 @@ def end_to_end(model: str, folder: Path, n: int, workers: int, chunk: int,
                 raise RuntimeError("end-to-end run did not finish in 30 min")
             time.sleep(0.2)
         elapsed = time.perf_counter() - submit_started
-        rss = _peak_rss_mb([worker.proc.pid, *child_pids(worker.proc.pid)])
+        rss = peak_rss_mb([worker.proc.pid, *child_pids(worker.proc.pid)])
     finally:
         worker.stop()
         engine.dispose()
@@ -173,19 +174,6 @@ def _wait_ready(worker: WorkerProcess, started: float, expected: int) -> float:
             raise RuntimeError(f"worker did not start:\n{worker.log()}")
         time.sleep(0.1)
     return round(time.perf_counter() - started, 1)
-
-
-def _peak_rss_mb(pids: list[int]) -> float:
-    """Largest VmHWM among ``pids`` (each worker child holds its own model)."""
-    peak = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except OSError:
-            continue
-    return round(peak / 1024, 1)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 MAMMO = [sys.executable, "-m", "producer"]
@@ -33,11 +33,13 @@ def run_mammo(args: list[str], env: Mapping[str, str], cwd: Path,
 class WorkerProcess:
     """``mammo worker`` in its own session; stop() kills the whole process group."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path, log: Path, *extra: str) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: Path, log: Path, *extra: str,
+                 wrapper: Sequence[str] = ()) -> None:
+        """``wrapper`` prefixes the command (e.g. ``setpriv ...`` to drop capabilities)."""
         self.log_path = log
         self._log = log.open("w")
         self.proc = subprocess.Popen(
-            [*MAMMO, "worker", "--loglevel", "INFO", *extra], env=dict(env), cwd=cwd,
+            [*wrapper, *MAMMO, "worker", "--loglevel", "INFO", *extra], env=dict(env), cwd=cwd,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -75,3 +77,37 @@ def child_pids(pid: int) -> list[int]:
     """Direct children of ``pid`` (a prefork worker's pool processes)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in out.stdout.split()]
+
+
+def status_mb(pid: int, field: str) -> float:
+    """A memory line of /proc/PID/status in MB (``VmRSS`` now, ``VmHWM`` peak); 0 if gone.
+
+    Sampled rather than ru_maxrss: a child forked from the test process (TensorFlow-sized)
+    would report the parent's peak carried across fork+exec.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    """Largest VmHWM among ``pids`` (each worker child holds its own model)."""
+    return max((status_mb(p, "VmHWM") for p in pids), default=0.0)
+
+
+def without_file_permission_bypass() -> list[str]:
+    """A command prefix that drops root's power to read any file (CAP_DAC_*), so a file
+    with mode 000 is unreadable as it would be for a service account; [] when not root."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    import pytest
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot drop the power to read")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
