@@ -1,0 +1,163 @@
+"""Notifications end to end: `mammo run` (embedded) and a real `mammo worker` over Redis,
+delivering to a real SMTP server (TLS + login) and a signature-checking webhook receiver.
+
+The exam carries a known PatientName and PatientID: neither may appear in any e-mail,
+webhook body, report or log line; the pseudonym and accession number are what identify it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from shared.db.schema import Notification, Study
+from shared.synthetic import make_exam_set
+from tests.helpers.dicom_edit import rewrite_dicom
+from tests.helpers.notify_servers import (
+    HOST,
+    SmtpInbox,
+    WebhookInbox,
+    smtp_server,
+    webhook_server,
+)
+from tests.helpers.processes import WorkerProcess, mammo_env, run_mammo, wait_for
+
+pytestmark = pytest.mark.integration
+
+PATIENT_NAME = "Quillfeather^Marigold^Ysolde"
+PATIENT_ID = "NHS-4711-QZX-0815"
+PSEUDONYM_KEY = "e2e-pseudonym-key-not-real"
+SMTP_PASSWORD = "e2e-smtp-password-not-real"
+WEBHOOK_SECRET = "e2e-webhook-secret-not-real"
+SECRETS = (SMTP_PASSWORD, WEBHOOK_SECRET, PSEUDONYM_KEY)
+
+
+def _exam_with_patient_data(folder: Path) -> list[Path]:
+    files = make_exam_set(folder, n_exams=1, seed=41)
+    for path in files:
+        rewrite_dicom(path, PatientName=PATIENT_NAME, PatientID=PATIENT_ID,
+                      PatientBirthDate="19480229")
+    return files
+
+
+@pytest.fixture
+def receivers(tmp_path: Path) -> Iterator[tuple[SmtpInbox, WebhookInbox]]:
+    with smtp_server(tmp_path, security="starttls", user="mammo",
+                     password=SMTP_PASSWORD) as mail, webhook_server(WEBHOOK_SECRET) as hook:
+        yield mail, hook
+
+
+def _notification_env(tmp_path: Path, mail: SmtpInbox, hook: WebhookInbox,
+                      **settings: str) -> dict[str, str]:
+    return mammo_env(
+        smtp_host=HOST, smtp_port=str(mail.port), smtp_security="starttls", smtp_user="mammo",
+        smtp_password=SMTP_PASSWORD, smtp_ca_file=str(tmp_path / "smtp-cert.pem"),
+        smtp_from="mammo@example.org", smtp_to="reader@example.org,lead@example.org",
+        webhook_url=hook.url, webhook_secret=WEBHOOK_SECRET, alert_suspicion="1",
+        patient_id_key=PSEUDONYM_KEY, log_level="DEBUG", report_dir=str(tmp_path / "reports"),
+        **settings,
+    )
+
+
+def _pseudonym(url: str) -> str:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        value = conn.execute(select(Study.patient_pseudonym)).scalar_one()
+    engine.dispose()
+    assert value
+    return str(value)
+
+
+def _statuses(url: str) -> list[tuple[str, str, str, int]]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Notification.channel, Notification.event,
+                                   Notification.status, Notification.attempts)).all()
+    engine.dispose()
+    return sorted((c, e, s, a) for c, e, s, a in rows)
+
+
+def _check_deliveries(mail: SmtpInbox, hook: WebhookInbox, pseudonym: str,
+                      logs: dict[str, str]) -> None:
+    subjects = sorted(m["Subject"] for m in mail.messages)
+    assert len(subjects) == 2 and sum("Batch" in s for s in subjects) == 1, subjects
+    assert set(mail.logins) == {"mammo"}
+    assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
+    assert hook.refused == 0
+    alert_mail = next(m for m in mail.messages if "Suspicion" in m["Subject"])
+    alert_text = alert_mail.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert f"Patient pseudonym: {pseudonym}" in alert_text
+    assert "Accession number: SYN000000000" in alert_text and "not a diagnosis" in alert_text
+    alert_hook = next(p for p in hook.accepted if p["event"] == "exam_alert")
+    assert alert_hook["patient_pseudonym"] == pseudonym
+    assert alert_hook["accession_number"] == "SYN000000000"
+    assert 1 <= alert_hook["suspicion"] <= 10 and set(alert_hook["per_breast"]) == {"L", "R"}
+    batch_mail = next(m for m in mail.messages if "Batch" in m["Subject"])
+    assert [a.get_content_type() for a in batch_mail.iter_attachments()] == ["text/html"]
+
+    captured = {
+        **{f"e-mail {i}": raw.decode(errors="replace") for i, raw in enumerate(mail.raw)},
+        **{f"webhook {i}": body.decode() for i, body in enumerate(hook.bodies)},
+        **logs,
+    }
+    for where, text in captured.items():
+        for phi in (PATIENT_ID, "Quillfeather", "Marigold", "Ysolde", "19480229"):
+            assert phi not in text, f"{phi!r} leaked into the {where}"
+    for where, text in logs.items():
+        for secret in SECRETS:
+            assert secret not in text, f"a secret leaked into the {where}"
+
+
+def test_mammo_run_sends_one_summary_and_one_alert_without_patient_data(
+    tmp_path: Path, tiny_model_dir: Path, receivers: tuple[SmtpInbox, WebhookInbox],
+) -> None:
+    mail, hook = receivers
+    _exam_with_patient_data(tmp_path / "in")
+    url = f"sqlite:///{tmp_path / 'mammo.db'}"
+    env = _notification_env(tmp_path, mail, hook, database_url=url, model=str(tiny_model_dir))
+    done = run_mammo(["run", str(tmp_path / "in"), "--format", "json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    assert _statuses(url) == [
+        ("email", "batch_complete", "sent", 1), ("email", "exam_alert", "sent", 1),
+        ("webhook", "batch_complete", "sent", 1), ("webhook", "exam_alert", "sent", 1)]
+    reports = {p.name: p.read_text(errors="replace") for p in (tmp_path / "reports").rglob("*")
+               if p.suffix in (".html", ".csv", ".json")}
+    assert any(name.endswith(".html") for name in reports)
+    _check_deliveries(mail, hook, _pseudonym(url), {
+        "run output": done.stdout + done.stderr,
+        **{f"report {name}": text for name, text in reports.items()},
+    })
+
+    # Running the same folder again: nothing new, so nothing is sent again.
+    again = run_mammo(["run", str(tmp_path / "in"), "--format", "json"], env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(mail.messages) == 2 and len(hook.accepted) == 2
+
+
+def test_worker_processes_over_redis_notify_exactly_once(
+    tmp_path: Path, tiny_model_dir: Path, redis_url: str, postgres_url: str,
+    receivers: tuple[SmtpInbox, WebhookInbox],
+) -> None:
+    mail, hook = receivers
+    _exam_with_patient_data(tmp_path / "in")
+    # Two chunks of two images, two worker processes: both may finish "last".
+    env = _notification_env(tmp_path, mail, hook, database_url=postgres_url,
+                            broker_url=redis_url, model=str(tiny_model_dir), chunk_size="2")
+    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "2",
+                           "--loglevel", "DEBUG")
+    try:
+        submitted = run_mammo(["submit", str(tmp_path / "in"), "--json"], env, tmp_path)
+        assert submitted.returncode == 0, submitted.stderr
+        wait_for(lambda: len(_statuses(postgres_url)) == 4
+                 and all(s == "sent" for _, _, s, _ in _statuses(postgres_url)),
+                 timeout=240, what="4 notifications sent", on_timeout=worker.log)
+    finally:
+        worker.stop()
+    assert [a for *_, a in _statuses(postgres_url)] == [1, 1, 1, 1]
+    _check_deliveries(mail, hook, _pseudonym(postgres_url), {
+        "worker log": worker.log(), "submit output": submitted.stdout + submitted.stderr,
+    })
