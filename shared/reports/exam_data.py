@@ -87,9 +87,11 @@ def _model(row: ModelVersion, cache: dict[int, ModelInfo]) -> ModelInfo:
     return cache[row.id]
 
 
-def _view_order(view: ViewResult) -> tuple[int, int]:
+def _view_order(view: ViewResult) -> tuple[bool, int, int]:
+    """Scored views first in the standard order; failed or pending ones after them."""
     key = view.view_key
-    return (STANDARD_VIEWS.index(key) if key in STANDARD_VIEWS else len(STANDARD_VIEWS),
+    return (view.state != "done",
+            STANDARD_VIEWS.index(key) if key in STANDARD_VIEWS else len(STANDARD_VIEWS),
             view.image_id)
 
 

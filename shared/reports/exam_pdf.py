@@ -100,7 +100,7 @@ def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
     probs = view.probabilities
     cell.append(para("class probabilities", SMALL))
     cell.append(table(list(probs), [list(probs.values())],
-                      widths=[_THUMB / len(probs)] * len(probs)))
+                      widths=[22 * mm] * len(probs)))
     cell.append(para(f"suspicion {view.suspicion} / 10; most probable class: {view.label}",
                      SMALL))
     return cell

@@ -1,0 +1,59 @@
+"""Heatmap overlays land where the model looked, in the frame the model saw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models.architecture import STRIDE
+from models.heatmaps import encode_png
+from shared.reports.view_images import (
+    ViewSource,
+    heatmap_in_frame,
+    model_frame,
+    overlay,
+    thumbnail,
+)
+from shared.synthetic import make_exam_set
+
+SIZE = (256, 256)
+
+
+def test_a_patch_location_is_placed_at_its_window_centre() -> None:
+    grid = np.zeros((13, 13), dtype=np.float32)
+    grid[2, 5] = 1.0  # window top-left at (row 32, col 80); patch 64 -> centre (64, 112)
+    placed = heatmap_in_frame(encode_png(grid), SIZE, patch=64)
+    rows, cols = np.nonzero(placed >= 0.9 * placed.max())
+    assert placed.shape == SIZE
+    assert abs(rows.mean() - (2 * STRIDE + 32)) <= STRIDE / 2
+    assert abs(cols.mean() - (5 * STRIDE + 32)) <= STRIDE / 2
+
+
+def test_a_whole_frame_map_is_stretched_over_the_input() -> None:
+    grid = np.zeros((4, 4), dtype=np.float32)
+    grid[3, 0] = 1.0  # bottom-left quarter
+    placed = heatmap_in_frame(encode_png(grid), SIZE, patch=None)
+    assert placed[240, 10] > 0.9 and placed[10, 240] < 0.1
+
+
+def test_overlay_colours_only_the_breast(tmp_path: Path) -> None:
+    path = make_exam_set(tmp_path, n_exams=1, seed=4)[0]
+    source = ViewSource(str(path), "L", None, SIZE, 10**8)
+    frame = model_frame(source)
+    assert frame is not None and frame.shape == SIZE
+    picture = overlay(frame, np.ones(SIZE, dtype=np.float32))
+    background = frame == 0
+    assert background.any()
+    # Outside the breast stays grey (R == G == B); inside, the heatmap tints it.
+    assert (picture[background][:, 0] == picture[background][:, 2]).all()
+    inside = picture[frame > 0.5]
+    assert (inside[:, 0] != inside[:, 2]).mean() > 0.9
+
+
+def test_a_missing_source_still_shows_the_heatmap(tmp_path: Path) -> None:
+    source = ViewSource(str(tmp_path / "gone.dcm"), "L", None, SIZE, 10**8)
+    heat = encode_png(np.full((8, 8), 0.5, dtype=np.float32))
+    thumb = thumbnail(source, heat, patch=None)
+    assert thumb is not None and not thumb.image_available and thumb.heatmap_available
+    assert thumbnail(source, None, patch=None) is None
