@@ -170,6 +170,15 @@ class Settings(BaseSettings):
     def _upper(cls, value: str) -> str:
         return value.upper()
 
+    @field_validator("smtp_host", "smtp_user", "smtp_password", "smtp_from", "smtp_ca_file",
+                     "webhook_url", "webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # docker-compose passes `${VAR:-}` as an empty string: that means "not configured".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("smtp_to", mode="before")
     @classmethod
     def _split_recipients(cls, value: object) -> object:
