@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     tf_inter_op_threads: int = Field(
         0, ge=0, description="TensorFlow inter-op threads per worker process (0: TF decides).",
     )
+    decode_processes: int = Field(
+        2, ge=0, le=64,
+        description="Processes per worker process that decode and preprocess a chunk's "
+        "images side by side (0: decode in the worker process itself, one at a time).",
+    )
     worker_max_memory_mb: int = Field(
         0, ge=0, description="Recycle a worker child above this RSS (0: never).",
     )

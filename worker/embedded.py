@@ -57,3 +57,4 @@ def embedded_worker(app: Celery, runtime: WorkerRuntime) -> Iterator[EmbeddedHan
         thread.join(timeout=30)
         if thread.is_alive():
             log.warning("embedded worker did not stop within 30 s")
+        runtime.close()

@@ -11,7 +11,7 @@ import logging
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from shared.db import lifecycle
 from shared.enums import Priority
@@ -46,6 +46,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
     if warm_up:
         # Runs in each prefork child after the fork: the only safe place to load TensorFlow.
         worker_process_init.connect(runtime.warm_up, weak=False)
+        worker_process_shutdown.connect(runtime.close, weak=False)
 
 
 def _requeue_one_by_one(app: Celery, runtime: WorkerRuntime, image_ids: list[int],

@@ -1,0 +1,191 @@
+"""Decode and preprocess a chunk's images in a small pool of processes.
+
+Why processes: decoding holds the GIL (JPEG 2000 costs ~1 s of CPU per full-field image) and
+one image at a time leaves the second core idle while TensorFlow waits for the batch. A pool
+of ``decode_processes`` decodes the chunk's images side by side; only the small preprocessed
+tensor (the model's input size, float32) comes back.
+
+Safety:
+- The pool is started from a *forkserver*, a fresh interpreter that never imported
+  TensorFlow, so no decoder process is ever forked from a process that holds TF threads.
+- Memory stays bounded: the pool holds at most one image per process in flight.
+- A decoder process that dies (a codec segfault, the OOM killer) breaks the pool: the
+  caller gets ``DecoderCrashed`` and retries image by image, so only the image that kills
+  a decoder is charged an attempt (see ``worker.pipeline``). A fresh pool is started.
+- Each decoder process dies with its parent (Linux ``PR_SET_PDEATHSIG``), so a SIGKILLed
+  worker leaves no orphan decoders.
+
+``decode_processes = 0`` decodes in the calling thread (the plain serial loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing.process import AuthenticationString
+from pathlib import Path
+
+import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared.enums import ErrorCode, Laterality
+from shared.errors import InputError
+from shared.imaging.preprocess import preprocess
+from shared.imaging.readers import decode
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """Everything a decoder process needs: plain, picklable values, no database rows."""
+
+    image_id: int
+    source: str
+    laterality: str | None
+    spacing_mm: tuple[float, float] | None
+    input_size: tuple[int, int]
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image_id: int
+    tensor: np.ndarray
+    decode_ms: float
+    preprocess_ms: float
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    image_id: int
+    code: ErrorCode
+    message: str
+
+
+DecodeResult = Decoded | DecodeFailure
+
+
+class DecoderCrashed(RuntimeError):
+    """A decoder process died while this group's images were being decoded."""
+
+
+def run_job(job: DecodeJob) -> DecodeResult:
+    """Decode + preprocess one image; an unusable input becomes a failure with its reason."""
+    try:
+        return _prepare(job)
+    except SoftTimeLimitExceeded:
+        raise
+    except InputError as exc:
+        return DecodeFailure(job.image_id, exc.code, exc.message)
+    except Exception as exc:  # a worker never dies of an input
+        log.exception("unexpected error preparing image %s", job.image_id)
+        return DecodeFailure(job.image_id, ErrorCode.INTERNAL,
+                             f"Unexpected error while reading the image: "
+                             f"{type(exc).__name__}: {exc}")
+
+
+def _prepare(job: DecodeJob) -> Decoded:
+    started = time.perf_counter()
+    decoded = decode(Path(job.source), max_pixels=job.max_pixels)
+    if decoded.pixel_spacing_mm is None and job.spacing_mm is not None:
+        decoded = dataclasses.replace(decoded, pixel_spacing_mm=job.spacing_mm)
+    decoded_at = time.perf_counter()
+    tensor = preprocess(decoded, job.input_size, laterality=Laterality.parse(job.laterality))
+    return Decoded(job.image_id, tensor, (decoded_at - started) * 1000,
+                   (time.perf_counter() - decoded_at) * 1000)
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: SIGKILL this decoder when the process that forked it exits."""
+    if sys.platform.startswith("linux"):
+        # Elsewhere only close() stops the decoders; a SIGKILLed parent would leave them.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _noop() -> None:
+    return None
+
+
+class ChunkDecoder:
+    """Decodes the images of a group, in order; in-process or through the pool."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the decoder processes now (e.g. while the model loads), not on first use."""
+        if self.processes:
+            pool = self._ensure_pool()
+            with _may_have_children():
+                for _ in range(self.processes):
+                    pool.submit(_noop)  # each submit starts one more process, up to the limit
+
+    def decode_all(self, jobs: Sequence[DecodeJob]) -> list[DecodeResult]:
+        if not self.processes:
+            return [run_job(job) for job in jobs]
+        pool = self._ensure_pool()
+        with _may_have_children():
+            futures = [pool.submit(run_job, job) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BrokenProcessPool as exc:
+            self.close()
+            raise DecoderCrashed(f"a decoder process died: {exc}") from exc
+        finally:
+            _cancel(futures)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")
+            # The forkserver imports the codecs once; each decoder is then a cheap fork.
+            context.set_forkserver_preload([__name__])
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=context,
+                                             initializer=_die_with_parent)
+        return self._pool
+
+
+@contextlib.contextmanager
+def _may_have_children() -> Iterator[None]:
+    """Let a Celery prefork child start decoder processes through stdlib multiprocessing.
+
+    A billiard child is *daemonic*, which multiprocessing refuses children to so that none
+    outlive it (ours cannot: ``_die_with_parent``, and ``close`` on shutdown), and carries
+    billiard's authkey type, which stdlib pickling refuses to send to a new process.
+    """
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    saved = {key: config[key] for key in ("daemon", "authkey") if key in config}
+    config.pop("daemon", None)
+    if "authkey" in saved:
+        config["authkey"] = AuthenticationString(bytes(saved["authkey"]))
+    try:
+        yield
+    finally:
+        config.pop("daemon", None)
+        config.update(saved)
+
+
+def _cancel(futures: list[Future[DecodeResult]]) -> None:
+    """Drop what has not started (a soft time limit, a crash): nothing waits on it now."""
+    for future in futures:
+        future.cancel()
