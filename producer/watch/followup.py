@@ -18,14 +18,17 @@ from producer.watch.folder import WatchFolder
 from producer.watch.scanner import KnownImage, lookup_ids
 from shared.enums import ImageState
 from shared.exams import refresh_exam_results
+from shared.notify import Notifier
 
 _TERMINAL = {s.value for s in ImageState.terminal()}
 
 
 class FollowUp:
     def __init__(self, sessions: sessionmaker[Session], folder: WatchFolder,
-                 actions: AfterProcessing, log: logging.Logger, *, exam_timeout_s: float) -> None:
+                 actions: AfterProcessing, log: logging.Logger, *, exam_timeout_s: float,
+                 notifier: Notifier | None = None) -> None:
         self.sessions = sessions
+        self.notifier = notifier
         self.folder = folder
         self.actions = actions
         self.log = log
@@ -69,3 +72,5 @@ class FollowUp:
             replaced = f", supersedes version {change.superseded}" if change.superseded else ""
             self.log.info("exam result for study %d: version %d, %s%s", change.study_id,
                           change.version, change.status, replaced)
+        if self.notifier is not None:  # e.g. an exam scored here when its views timed out
+            self.notifier.exams_changed({change.study_id for change in changes})

@@ -39,6 +39,7 @@ from shared.config import Settings
 from shared.enums import ImageState
 from shared.errors import TransientError, UserFacingError
 from shared.exams import studies_awaiting_result
+from shared.notify import Notifier
 from shared.recovery import sweep
 
 log = logging.getLogger("mammo.watch")
@@ -74,7 +75,8 @@ class Watcher:
         self.ingestor = Ingestor(settings, sessions, app, self.folder, log, mode=options.mode)
         self.followup = FollowUp(sessions, self.folder,
                                  AfterProcessing(self.folder, settings.watch_after, log), log,
-                                 exam_timeout_s=settings.exam_timeout_s)
+                                 exam_timeout_s=settings.exam_timeout_s,
+                                 notifier=Notifier(settings, sessions))
         self.watch = FolderWatch(self.folder.root, self.inbox, log, poll=options.poll,
                                  interval_s=settings.watch_poll_interval_s)
         self._reported: set[Path] = set()  # permission denied / link escapes: said once

@@ -170,3 +170,33 @@ def test_dead_servers_never_fail_the_batch_and_are_recorded_failed(
     assert sum("FAILED after 3 attempt(s)" in w for w in warnings) == 4
     logged = caplog.text
     assert PASSWORD not in logged and SECRET not in logged
+
+
+def test_the_watcher_alerts_for_an_exam_it_scores_after_the_timeout(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    from producer.watch.actions import AfterProcessing
+    from producer.watch.folder import WatchFolder
+    from producer.watch.followup import FollowUp
+
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        settings = _with_notifications(settings, mail.port, hook.url, exam_timeout_s=3600)
+        sessions = _sessions(settings)
+        batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
+        files = make_exam_set(tmp_path / "in", 1, seed=7)[:2]  # 2 of 4 views: incomplete
+        ids = register_files(sessions, batch, files).new_ids
+        process_chunk(ids, token="t", runtime=WorkerRuntime(settings))
+        assert _by_subject(mail) == {"batch": 1}  # no exam result yet: views may still come
+        folder = WatchFolder.of(tmp_path / "in", (), move=False)
+        log = logging.getLogger("test.watch")
+        followup = FollowUp(sessions, folder, AfterProcessing(folder, "leave", log), log,
+                            exam_timeout_s=0.0, notifier=Notifier(settings, sessions))
+        with sessions() as s:
+            study = s.execute(select(Study.id)).scalar_one()
+        followup.refresh_exams({study})
+        followup.refresh_exams({study})  # nothing changed: no second alert
+    assert _by_subject(mail) == {"batch": 1, "alert": 1}
+    alert = next(m for m in mail.messages if "Suspicion" in m["Subject"])
+    text = alert.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Exam: incomplete" in text and "missing" in text
+    assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
