@@ -140,9 +140,10 @@ class ChunkDecoder:
         if not self.processes:
             return [run_job(job) for job in jobs]
         pool = self._ensure_pool()
-        with _may_have_children():
-            futures = [pool.submit(run_job, job) for job in jobs]
+        futures: list[Future[DecodeResult]] = []
         try:
+            with _may_have_children():
+                futures.extend(pool.submit(run_job, job) for job in jobs)
             return [future.result() for future in futures]
         except BrokenProcessPool as exc:
             self.close()
