@@ -63,6 +63,46 @@ class WorkerProcess:
         self._log.close()
 
 
+class WatchProcess:
+    """``mammo watch`` in its own session, logging to a file."""
+
+    def __init__(self, env: Mapping[str, str], cwd: Path, folder: Path, *extra: str) -> None:
+        self.log_path = cwd / f"watch-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen([*MAMMO, "watch", str(folder), *extra], env=dict(env),
+                                     cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 120) -> None:
+        def seen() -> bool:
+            assert self.proc.poll() is None or text in self.log(), self.log()
+            return text in self.log()
+
+        wait_for(seen, timeout=timeout, what=repr(text), on_timeout=self.log)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; return the exit status."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return self.proc.returncode
+
+
 def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str,
              on_timeout: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,50 +17,16 @@ from sqlalchemy.exc import OperationalError
 from shared.db.schema import ExamResult, Image, Prediction
 from shared.enums import Laterality, View
 from shared.synthetic import make_exam_set, synth_mammogram, write_dicom
-from tests.helpers.processes import MAMMO, WorkerProcess, mammo_env, run_mammo, wait_for
+from tests.helpers.processes import (
+    WatchProcess,
+    WorkerProcess,
+    mammo_env,
+    run_mammo,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 KEY = "integration-test-key-0123456789abcdef"  # synthetic files carry a PatientID
-
-
-class WatchProcess:
-    """``mammo watch`` in its own session, logging to a file."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, folder: Path, *extra: str) -> None:
-        self.log_path = cwd / f"watch-{time.monotonic_ns()}.log"
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([*MAMMO, "watch", str(folder), *extra], env=env, cwd=cwd,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 120) -> None:
-        def seen() -> bool:
-            assert self.proc.poll() is None or text in self.log(), self.log()
-            return text in self.log()
-
-        wait_for(seen, timeout=timeout, what=repr(text), on_timeout=self.log)
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._log.close()
-
-    def stop(self) -> int:
-        """SIGTERM, as a service manager would; return the exit status."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
-        return self.proc.returncode
 
 
 class Db:
