@@ -74,7 +74,10 @@ def _first_line(exc: object) -> str:
 def alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # The options are ConfigParser values: a literal "%" (URL-encoded query values such as
+    # sslrootcert=%2Fetc%2F..., or a password) must be doubled or interpolation fails.
+    url = engine.url.render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
