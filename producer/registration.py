@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from producer.manifest import FileMetadata, Manifest, apply_metadata, metadata_source
 from shared.config import Settings
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
-from shared.db.upsert import insert_missing, upsert_returning_id
+from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.errors import InputError
 from shared.imaging.readers import Pseudonymize, read_header
@@ -112,17 +112,18 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
     return row
 
 
-def _study_id(session: Session, header: ImageHeader, cache: dict[str, int]) -> int | None:
-    uid = header.study_instance_uid
-    if not uid:
-        return None
-    if uid not in cache:
-        cache[uid] = upsert_returning_id(session, Study, {
-            "study_uid": uid, "accession_number": header.accession_number,
-            "study_date": header.study_date, "patient_pseudonym": header.patient_pseudonym,
-            "created_at": utcnow(),
-        }, conflict=("study_uid",))
-    return cache[uid]
+def _study_ids(session: Session, headers: Iterable[ImageHeader | None]) -> dict[str, int]:
+    """Create or find the studies of a block's headers, in one round-trip: {uid: id}."""
+    rows: dict[str, dict[str, Any]] = {}
+    for header in headers:
+        uid = header.study_instance_uid if header else None
+        if header and uid and uid not in rows:
+            rows[uid] = {
+                "study_uid": uid, "accession_number": header.accession_number,
+                "study_date": header.study_date, "patient_pseudonym": header.patient_pseudonym,
+                "created_at": utcnow(),
+            }
+    return upsert_returning_ids(session, Study, list(rows.values()), conflict="study_uid")
 
 
 def register_files(
@@ -169,13 +170,13 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
 
 def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],
                     result: Registration, ingestion: Ingestion) -> None:
-    studies: dict[str, int] = {}
+    # Headers first, outside any transaction; then one round-trip per kind of row.
+    read = [(path, *_read(path, ingestion)) for path in block]
     with sessions() as session:
-        rows: list[dict[str, Any]] = []
-        for path in block:
-            header, error, label = _read(path, ingestion)
-            study = _study_id(session, header, studies) if header else None
-            rows.append(_row(path, batch_id, header, error, study, label))
+        studies = _study_ids(session, (header for _, header, _, _ in read))
+        rows = [_row(path, batch_id, header, error,
+                     studies.get(header.study_instance_uid or "") if header else None, label)
+                for path, header, error, label in read]
         rows, repeats = _split_repeats(rows)
         inserted = set(insert_missing(session, Image, rows, conflict=("identity",),
                                       returning=Image.identity))
