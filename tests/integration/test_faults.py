@@ -20,12 +20,14 @@ from shared.synthetic import make_exam_set
 from tests.helpers.db import tally
 from tests.helpers.processes import (
     MAMMO,
+    WatchProcess,
     WorkerProcess,
     child_pids,
     mammo_env,
     run_mammo,
     wait_for,
 )
+from tests.helpers.reliability import Evidence
 from tests.helpers.services import PrivatePostgres, PrivateRedis
 
 pytestmark = pytest.mark.integration
@@ -59,6 +61,7 @@ def _assert_exactly_once(url: str, n: int) -> None:
 
 def test_sigkilled_children_lose_and_double_nothing(
     tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
 ) -> None:
     files = make_exam_set(tmp_path / "in", n_exams=50, seed=21)
     assert len(files) == 200
@@ -82,10 +85,13 @@ def test_sigkilled_children_lose_and_double_nothing(
     finally:
         worker.stop()
     _assert_exactly_once(postgres_url, 200)
+    reliability.fault("3 worker children SIGKILLed mid-chunk in a 200-image batch",
+                      expected=200, tally=tally(postgres_url))
 
 
 def test_redis_restart_without_persistence_loses_nothing(
     tmp_path: Path, postgres_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
 ) -> None:
     redis = PrivateRedis(tmp_path)
     redis.start()
@@ -102,10 +108,13 @@ def test_redis_restart_without_persistence_loses_nothing(
         redis.kill()
     assert "sweeper: re-queued" in log
     _assert_exactly_once(postgres_url, 80)
+    reliability.fault("Redis restarted without persistence after submit (queue lost)",
+                      expected=80, tally=tally(postgres_url))
 
 
 def test_postgres_outage_is_waited_out(
     tmp_path: Path, redis_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
 ) -> None:
     pg = PrivatePostgres()
     pg.start()
@@ -127,6 +136,8 @@ def test_postgres_outage_is_waited_out(
         log = worker.log()
         assert "retry" in log.lower(), "the outage was never noticed: not a mid-batch fault"
         _assert_exactly_once(pg.url, n)
+        reliability.fault("PostgreSQL stopped for 20 s mid-batch", expected=n,
+                          tally=tally(pg.url))
     finally:
         if worker:
             worker.stop()
@@ -147,6 +158,7 @@ readers.decode = decode
 
 def test_poison_image_is_quarantined_and_its_chunk_mates_finish(
     tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
 ) -> None:
     files = make_exam_set(tmp_path / "in", n_exams=3, seed=24)
     files[4].rename(files[4].with_name("POISON-" + files[4].name))
@@ -162,29 +174,45 @@ def test_poison_image_is_quarantined_and_its_chunk_mates_finish(
     assert t.done == 11 and t.predictions == 11 and t.max_predictions_per_image == 1
     [(source, code)] = t.failures.items()
     assert "POISON-" in source and code == "poison"
+    reliability.fault("an image that SIGKILLs its worker on every attempt (ends `poison`)",
+                      expected=12, tally=t)
 
 
-def test_two_producers_racing_on_one_folder(
+def test_two_producers_and_the_watcher_racing_on_one_folder(
     tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
 ) -> None:
     make_exam_set(tmp_path / "in", n_exams=10, seed=25)
     env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
-                    chunk_size="8")
+                    chunk_size="8", watch_quiet_period_s="0.5", watch_poll_interval_s="0.5")
     run_mammo(["db", "upgrade"], env, tmp_path)
-    cmd = [*MAMMO, "submit",
-           str(tmp_path / "in"), "--json"]
+    cmd = [*MAMMO, "submit", str(tmp_path / "in"), "--json"]
+    # All three start together; the watcher's start-up scan meets the producers' inserts.
+    watcher = WatchProcess(env, tmp_path, tmp_path / "in")
     racers = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [r.communicate(timeout=120) for r in racers]
-    assert all(r.returncode == 0 for r in racers), outs
-    queued = sum(json.loads(out)["queued"] for out, _ in outs)
-    assert queued == 40  # each file queued by exactly one of the two producers
-    _drain(env, tmp_path, postgres_url, 40, timeout=180, what="the raced batch")
+    try:
+        outs = [r.communicate(timeout=120) for r in racers]
+        assert all(r.returncode == 0 for r in racers), outs
+        by_producers = sum(json.loads(out)["queued"] for out, _ in outs)
+        _drain(env, tmp_path, postgres_url, 40, timeout=180, what="the raced batch")
+        # Every file is registered by now (40 terminal rows); let the watcher report its own.
+        wait_for(lambda: watcher.log().count(" queued ") == watcher.log().count(" done "),
+                 timeout=60, what="the watcher to see its images done", on_timeout=watcher.log)
+        time.sleep(2)  # a late second registration by the watcher would show up here
+    finally:
+        assert watcher.stop() == 0, watcher.log()
+    by_watcher = watcher.log().count(" queued ")
+    assert by_producers + by_watcher == 40, (by_producers, watcher.log())  # each file once
+    t = tally(postgres_url)
     _assert_exactly_once(postgres_url, 40)
+    reliability.fault("two `mammo submit` and a `mammo watch` on one folder at once",
+                      expected=40, tally=t)
 
 
 def test_sigterm_during_a_chunk_loses_nothing(
     tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
 ) -> None:
     make_exam_set(tmp_path / "in", n_exams=50, seed=26)
     env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
@@ -204,3 +232,5 @@ def test_sigterm_during_a_chunk_loses_nothing(
     _drain(env, tmp_path, postgres_url, 200, what="the rest after a restart",
            log_name="second.log")
     _assert_exactly_once(postgres_url, 200)
+    reliability.fault("SIGTERM to a worker mid-chunk, then a new worker", expected=200,
+                      tally=tally(postgres_url))

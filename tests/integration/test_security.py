@@ -13,6 +13,7 @@ from kombu import Exchange, Producer, Queue
 from shared.config import Settings
 from shared.queue import QUEUE_NAME, TASK_PROCESS_CHUNK, create_celery_app
 from tests.helpers.processes import WorkerProcess, mammo_env, wait_for
+from tests.helpers.reliability import Evidence
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +30,7 @@ class _Exploit:
 
 def test_pickle_message_is_refused_and_never_executed(
     tmp_path: Path, redis_url: str, sqlite_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
 ) -> None:
     marker = tmp_path / "pwned"
     env = mammo_env(broker_url=redis_url, database_url=sqlite_url, model=str(tiny_model_dir))
@@ -54,6 +56,7 @@ def test_pickle_message_is_refused_and_never_executed(
     finally:
         worker.stop()
     assert not marker.exists(), "a pickle payload was deserialised and executed"
+    reliability.check("a pickle-serialised task message is refused; its payload never runs")
 
 
 PATIENT_NAME = "Zeppelin^Ottoline^Quixote"
@@ -62,6 +65,7 @@ PATIENT_ID = "PID-9876-XQZ"
 
 def test_no_patient_data_in_broker_messages_or_logs(
     tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
 ) -> None:
     import numpy as np
     import pydicom
@@ -113,3 +117,5 @@ def test_no_patient_data_in_broker_messages_or_logs(
     for where, text in captured.items():
         for secret in (PATIENT_ID, "Zeppelin", "Ottoline", "19510101"):
             assert secret not in text, f"{secret!r} leaked into the {where}"
+    reliability.check("a known patient name, ID and birth date appear in no broker message, "
+                      "log, producer output or result", outputs=sorted(captured))
