@@ -3,6 +3,7 @@ and a webhook receiver that checks the HMAC signature. Retry and backoff include
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from pathlib import Path
@@ -200,3 +201,28 @@ def test_notification_error_is_the_retryable_family() -> None:
 
     assert issubclass(NotificationRejectedError, NotificationError)
     assert issubclass(NotificationError, MammoError)
+
+
+def test_notification_secrets_never_reach_help_or_error_output(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from producer.cli.main import cli
+
+    for key in [k for k in os.environ if k.startswith("MAMMO_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAMMO_SMTP_PASSWORD", PASSWORD)
+    monkeypatch.setenv("MAMMO_WEBHOOK_SECRET", SECRET)
+    runner = CliRunner()
+    texts = [runner.invoke(cli, [*cmd, "--help"]).output
+             for cmd in ([], ["run"], ["submit"], ["worker"], ["status"], ["watch"])]
+    # An invalid combination, so that the settings error path prints too.
+    monkeypatch.setenv("MAMMO_SMTP_USER", "mammo")
+    monkeypatch.setenv("MAMMO_SMTP_SECURITY", "none")
+    failed = runner.invoke(cli, ["status", "--format", "json"])
+    assert failed.exit_code == 4, failed.output  # invalid configuration
+    assert "MAMMO_SMTP_SECURITY=none" in failed.output
+    for text in [*texts, failed.output]:
+        assert PASSWORD not in text and SECRET not in text
