@@ -118,7 +118,7 @@ def _print(report: dict[str, Any]) -> None:
           f"predictions (seeded in {report['seed_s']} s; first exam refresh "
           f"{report['first_exam_refresh_s']} s for {report['exams_refreshed']} exams)")
     for name, figure in report["queries_ms"].items():
-        print(f"  {figure['best_ms']:9.1f} ms  {figure['rows']:>7} rows  {name}")
+        print(f"  {figure['best_ms']:9.1f} ms  {figure['rows']:>7} rows  {name}", flush=True)
 
 
 def main() -> None:
@@ -128,16 +128,18 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="also on 127.0.0.1:5432")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    reports = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        reports = [bench(f"sqlite:///{tmp / 'bench.db'}", args.images, tmp)]
+        runs = [lambda: bench(f"sqlite:///{tmp / 'bench.db'}", args.images, tmp)]
         if args.postgres:
-            reports.append(_postgres(args.images, tmp))
+            runs.append(lambda: _postgres(args.images, tmp))
+        for run in runs:
+            reports.append(run())
+            if not args.json:
+                _print(reports[-1])
     if args.json:
         print(json.dumps({"machine": platform.machine(), "reports": reports}, indent=2))
-        return
-    for report in reports:
-        _print(report)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, insert
 
 from producer.cli.main import cli
 from shared.config import Settings
 from shared.db.engine import ensure_schema, make_session_factory
+from shared.db.schema import Prediction
 from shared.queries import ResultFilter, list_results
 from shared.reports.stats import StatsFilter, collect_stats
 from shared.reports.worklist import WorklistFilter, refresh_due_exams, worklist_rows
@@ -83,6 +84,25 @@ def test_each_results_filter_matches_the_seeded_truth(
     assert expected, f"the seed gives filter {name} nothing to find"
     assert len(expected) < N_IMAGES
     assert _ids(engine, flt) == expected
+
+
+def test_results_show_each_image_once_with_its_latest_prediction(
+        seeded: tuple[Engine, Seeded]) -> None:
+    engine, data = seeded
+    rerun = [i for i, p in data.predictions.items() if p["model_version_id"] == 1][:5]
+    with engine.begin() as conn:  # a later model version re-ran five images
+        conn.execute(insert(Prediction), [
+            {**data.predictions[i], "id": 10_000 + i, "model_version_id": 2, "label": "malignant",
+             "suspicion": 10} for i in rerun])
+    with make_session_factory(engine)() as session:
+        rows = list_results(session, ResultFilter())
+    assert [r["image_id"] for r in rows] == [im["id"] for im in data.images]
+    latest = [r for r in rows if r["image_id"] in rerun]
+    assert [(r["label"], r["suspicion"], r["model_version"]) for r in latest] == \
+        [("malignant", 10, "default:1.1.0")] * 5
+    assert _ids(engine, ResultFilter(model_version="1.0.0", min_suspicion=10)) == [
+        i for i in _expected(data, lambda im, p, s: p is not None and p["suspicion"] >= 10
+                             and p["model_version_id"] == 1) if i not in rerun]
 
 
 def test_pages_are_stable_and_cover_everything_once(seeded: tuple[Engine, Seeded]) -> None:
