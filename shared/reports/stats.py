@@ -6,11 +6,12 @@ shows), so an image re-run with a new model version is counted once.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from models.activation import model_for
@@ -31,24 +32,16 @@ class StatsFilter:
     until: datetime | None = None
 
 
-def _images(flt: StatsFilter) -> Select[int]:
-    stmt = select(Image.id)
+def _scope(flt: StatsFilter) -> list[ColumnElement[bool]]:
+    """Conditions on ``images`` (none without a filter: no IN over every image id)."""
+    conditions = []
     if flt.batch_id is not None:
-        stmt = stmt.where(Image.batch_id == flt.batch_id)
+        conditions.append(Image.batch_id == flt.batch_id)
     if flt.since is not None:
-        stmt = stmt.where(Image.created_at >= flt.since)
+        conditions.append(Image.created_at >= flt.since)
     if flt.until is not None:
-        stmt = stmt.where(Image.created_at < flt.until)
-    return stmt
-
-
-def _latest_done(flt: StatsFilter) -> Any:
-    """The latest prediction of every done image in scope, as a subquery."""
-    latest = (select(func.max(Prediction.id).label("pid"))
-              .join(Image, Image.id == Prediction.image_id)
-              .where(Image.state == ImageState.DONE.value, Image.id.in_(_images(flt)))
-              .group_by(Prediction.image_id))
-    return select(Prediction).where(Prediction.id.in_(latest)).subquery()
+        conditions.append(Image.created_at < flt.until)
+    return conditions
 
 
 def _confidence(p: Any) -> Any:
@@ -58,25 +51,37 @@ def _confidence(p: Any) -> Any:
 
 
 def _predictions(session: Session, flt: StatsFilter) -> dict[str, Any]:
-    p = _latest_done(flt)
-    classes: dict[str, int] = dict(session.execute(
-        select(p.c.label, func.count()).group_by(p.c.label)).all())
-    n, mean_conf = session.execute(select(func.count(), func.avg(_confidence(p.c)))).one()
-    day = func.date(p.c.created_at)
-    per_day = {str(d): int(c) for d, c in session.execute(
-        select(day, func.count()).group_by(day).order_by(day))}
+    """Class counts, mean confidence and per-day counts from ONE pass over the latest
+    prediction of every done image in scope (grouped by class and day)."""
+    latest = (select(func.max(Prediction.id))
+              .join(Image, Image.id == Prediction.image_id)
+              .where(Image.state == ImageState.DONE.value, *_scope(flt))
+              .group_by(Prediction.image_id))
+    p = Prediction.__table__.c
+    day = func.date(p.created_at)
+    groups = session.execute(
+        select(p.label, day, func.count(), func.sum(_confidence(p)))
+        .where(p.id.in_(latest)).group_by(p.label, day)).all()
+    classes: Counter[str] = Counter()
+    per_day: Counter[str] = Counter()
+    confidence = 0.0
+    for label, when, n, total in groups:
+        classes[str(label)] += int(n)
+        per_day[str(when)] += int(n)
+        confidence += float(total or 0.0)
+    n_all = sum(classes.values())
     return {
-        "predictions": int(n),
-        "class_distribution": {c.value: int(classes.get(c.value, 0)) for c in Label},
-        "average_confidence": None if mean_conf is None else round(float(mean_conf), 4),
-        "per_day": per_day,
+        "predictions": n_all,
+        "class_distribution": {c.value: classes.get(c.value, 0) for c in Label},
+        "average_confidence": round(confidence / n_all, 4) if n_all else None,
+        "per_day": dict(sorted(per_day.items())),
     }
 
 
 def _failures(session: Session, flt: StatsFilter, total: int) -> dict[str, Any]:
     rows = session.execute(
         select(Image.error_code, func.count()).where(
-            Image.state == ImageState.FAILED.value, Image.id.in_(_images(flt)))
+            Image.state == ImageState.FAILED.value, *_scope(flt))
         .group_by(Image.error_code).order_by(func.count().desc())).all()
     return {str(code): {"count": int(n), "rate": round(n / total, 4) if total else None}
             for code, n in rows}
@@ -97,12 +102,13 @@ def _model_metrics(session: Session, settings: Settings) -> dict[str, Any] | Non
 
 def collect_stats(session: Session, settings: Settings, flt: StatsFilter) -> dict[str, Any]:
     states = dict(session.execute(
-        select(Image.state, func.count()).where(Image.id.in_(_images(flt)))
-        .group_by(Image.state)).all())
+        select(Image.state, func.count()).where(*_scope(flt)).group_by(Image.state)).all())
     total = sum(states.values())
-    studies = select(Image.study_id).where(Image.id.in_(_images(flt)))
-    exams = session.execute(select(func.count()).select_from(ExamResult).where(
-        ExamResult.superseded_at.is_(None), ExamResult.study_id.in_(studies))).scalar_one()
+    current = [ExamResult.superseded_at.is_(None)]
+    if _scope(flt):
+        current.append(ExamResult.study_id.in_(select(Image.study_id).where(*_scope(flt))))
+    exams = session.execute(select(func.count()).select_from(ExamResult)
+                            .where(*current)).scalar_one()
     return {
         "totals": {"images": total, **{s.value: int(states.get(s.value, 0)) for s in ImageState},
                    "exam_results": exams},
