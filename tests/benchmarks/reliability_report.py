@@ -78,14 +78,17 @@ def _load(data: dict[str, Any]) -> list[str]:
         mb = ", ".join(f"{v:,.0f}" for v in e["worker_child_peak_rss_mb"])
         early = ", ".join(f"{v:,.0f}" for v in e["worker_rss_at_2000_mb"])
         late = ", ".join(f"{v:,.0f}" for v in e["worker_rss_at_10000_mb"])
+        busy = f", load average {stamp['load_average']}" if "load_average" in stamp else ""
         lines += ["### Memory under load", "",
                   f"{e['images']:,} images of {e['image_size'][0]} x {e['image_size'][1]} "
                   f"pixels, chunks of {e['chunk_size']}, {e['workers']} `mammo worker` "
                   f"processes, Redis and PostgreSQL, tiny test model ({_short(test)}, "
-                  f"{stamp['machine']}):", "",
+                  f"{stamp['machine']}{busy}):", "",
                   f"- producer (`mammo submit`) peak RSS: {e['producer_peak_rss_mb']:,.0f} MB",
                   f"- worker pool process peak RSS: {mb} MB (parents: "
-                  + ", ".join(f"{v:,.0f}" for v in e["worker_parent_peak_rss_mb"]) + " MB)",
+                  + ", ".join(f"{v:,.0f}" for v in e["worker_parent_peak_rss_mb"]) + " MB"
+                  + (f"; decoder processes: {e['decoder_peak_rss_mb']:,.0f} MB at most"
+                     if "decoder_peak_rss_mb" in e else "") + ")",
                   f"- worker RSS after 2,000 images: {early} MB; after all: {late} MB; "
                   f"largest growth {e['max_growth_mb']:,.1f} MB (bound "
                   f"{e['growth_bound_mb']:,.0f} MB): flat, not growing with the batch",

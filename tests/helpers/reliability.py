@@ -93,7 +93,9 @@ def record_path() -> Path:
 def merge_records(path: Path, passed: dict[str, list[dict[str, Any]]]) -> None:
     data = load_records(path)
     stamp = {"at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
-             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+             # Wall times depend on what else ran: say how busy the machine was.
+             "load_average": round(os.getloadavg()[0], 1)}
     for test, entries in passed.items():
         data["tests"][test] = {**stamp, "entries": entries}
     path.parent.mkdir(parents=True, exist_ok=True)
