@@ -38,9 +38,9 @@ class Evidence:
     test: str
     entries: list[dict[str, Any]] = field(default_factory=list)
 
-    def fault(self, fault: str, *, expected: int, tally: Tally) -> None:
+    def fault(self, fault: str, *, expected: int, tally: Tally, **details: Any) -> None:
         """A fault injected and the outcome counted in the database afterwards."""
-        self.entries.append({
+        self.entries.append({**details,
             "type": "fault", "fault": fault, "images": expected,
             "done": tally.done, "failed": tally.failed,
             "lost": tally.lost(expected), "duplicated": tally.duplicated,

@@ -188,9 +188,9 @@ def test_two_producers_and_the_watcher_racing_on_one_folder(
     run_mammo(["db", "upgrade"], env, tmp_path)
     cmd = [*MAMMO, "submit", str(tmp_path / "in"), "--json"]
     # All three start together; the watcher's start-up scan meets the producers' inserts.
-    watcher = WatchProcess(env, tmp_path, tmp_path / "in")
     racers = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    watcher = WatchProcess(env, tmp_path, tmp_path / "in")
     try:
         outs = [r.communicate(timeout=120) for r in racers]
         assert all(r.returncode == 0 for r in racers), outs
@@ -206,8 +206,11 @@ def test_two_producers_and_the_watcher_racing_on_one_folder(
     assert by_producers + by_watcher == 40, (by_producers, watcher.log())  # each file once
     t = tally(postgres_url)
     _assert_exactly_once(postgres_url, 40)
+    # Who wins is up to the scheduler (on the 2-core box the watcher usually registers
+    # every file first, and both producers then meet ON CONFLICT on every row).
     reliability.fault("two `mammo submit` and a `mammo watch` on one folder at once",
-                      expected=40, tally=t)
+                      expected=40, tally=t, queued_by_producers=by_producers,
+                      queued_by_watcher=by_watcher)
 
 
 def test_sigterm_during_a_chunk_loses_nothing(
