@@ -4,7 +4,8 @@ Every kind in ``tests.helpers.bad_inputs.LEGEND`` is written over a file that wa
 queued (a valid image at submit time), so the worker's decoder, not the producer's header
 check, meets it, interleaved with good images in the same chunks. Afterwards each bad file
 is ``failed`` with the reason code the legend gives, every good image is ``done`` with one
-prediction, and the worker's pool processes are the ones it started with (none died).
+prediction, and the worker's pool processes are the ones it started with (none died, and
+no decoder process under them crashed).
 """
 
 from __future__ import annotations
@@ -73,5 +74,6 @@ def test_every_bad_input_kind_fails_with_its_reason_and_harms_nothing(
     assert t.predictions == len(LEGEND) and t.max_predictions_per_image == 1, t
     assert pool_after == pool, f"pool processes changed: {pool} -> {pool_after}\n{log}"
     assert "WorkerLostError" not in log and "internal_error" not in log, log
+    assert "decoder process died" not in log, log  # nor did any of their decoder processes
     reliability.inputs(kinds, good=len(LEGEND), good_done=t.done,
                        workers_died=len(set(pool) - set(pool_after)))
