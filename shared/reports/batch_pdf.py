@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reportlab.lib.units import mm
-from reportlab.platypus import Flowable, Table
+from reportlab.platypus import Flowable, KeepTogether, Table
 
 from shared.reports.batch_data import BatchSummary
 from shared.reports.charts import batch_charts
@@ -40,13 +40,14 @@ def write_summary_pdf(summary: BatchSummary, path: Path) -> Path:
     failures = [[f[k] for k in FAILURE_COLUMNS] for f in summary.failures]
     story: list[Flowable] = [
         para(batch_title(summary), TITLE), disclaimer(),
-        para("Overview", HEADING), table(("", "value"), overview_rows(summary)),
+        para("Overview", HEADING), table(None, overview_rows(summary)),
         para("Counts", HEADING),
         table(("state", "images"), summary.by_state.items()),
         table(("predicted class", "images"), summary.by_class.items()),
         para("Charts", HEADING), _chart_grid(charts),
-        para("Throughput (per image)", HEADING),
-        table(("stage", "median ms", "mean ms"), stage_rows(summary)),
+        # A heading never ends a page alone.
+        KeepTogether([para("Throughput (per image)", HEADING),
+                      table(("stage", "median ms", "mean ms"), stage_rows(summary))]),
         para(f"Failures ({len(failures)})", HEADING),
         table(FAILURE_COLUMNS, failures, widths=(16 * mm, 40 * mm, 30 * mm, 94 * mm))
         if failures else para("None."),
