@@ -22,26 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import logging
 import multiprocessing
 import signal
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]
-from pathlib import Path
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.enums import ErrorCode, Laterality
+from shared.enums import ErrorCode
 from shared.errors import InputError
-from shared.imaging.preprocess import preprocess
-from shared.imaging.readers import decode
+from shared.imaging.model_input import ModelInputSource, load_model_input
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +49,7 @@ class DecodeJob:
     """Everything a decoder process needs: plain, picklable values, no database rows."""
 
     image_id: int
-    source: str
-    laterality: str | None
-    spacing_mm: tuple[float, float] | None
-    input_size: tuple[int, int]
-    max_pixels: int
+    source: ModelInputSource
 
 
 @dataclass(frozen=True)
@@ -98,14 +90,8 @@ def run_job(job: DecodeJob) -> DecodeResult:
 
 
 def _prepare(job: DecodeJob) -> Decoded:
-    started = time.perf_counter()
-    decoded = decode(Path(job.source), max_pixels=job.max_pixels)
-    if decoded.pixel_spacing_mm is None and job.spacing_mm is not None:
-        decoded = dataclasses.replace(decoded, pixel_spacing_mm=job.spacing_mm)
-    decoded_at = time.perf_counter()
-    tensor = preprocess(decoded, job.input_size, laterality=Laterality.parse(job.laterality))
-    return Decoded(job.image_id, tensor, (decoded_at - started) * 1000,
-                   (time.perf_counter() - decoded_at) * 1000)
+    ready = load_model_input(job.source)
+    return Decoded(job.image_id, ready.tensor, ready.decode_ms, ready.preprocess_ms)
 
 
 def _die_with_parent() -> None:

@@ -26,6 +26,7 @@ from shared.db.upsert import upsert
 from shared.enums import ErrorCode
 from shared.errors import DatabaseUnavailableError
 from shared.exams import refresh_exam_results, studies_of_images
+from shared.imaging.model_input import ModelInputSource
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.scoring import label_of, suspicion
 from shared.timeutil import utcnow
@@ -123,8 +124,9 @@ def _crash_message(image: ClaimedImage) -> str:
 
 
 def _job(image: ClaimedImage, runtime: WorkerRuntime) -> DecodeJob:
-    return DecodeJob(image.id, image.source, image.laterality, image.spacing_mm,
-                     runtime.classifier.input_size, runtime.settings.max_image_pixels)
+    return DecodeJob(image.id, ModelInputSource(
+        image.source, image.laterality, image.spacing_mm, runtime.classifier.input_size,
+        runtime.settings.max_image_pixels))
 
 
 def _run_group(group: list[ClaimedImage], runtime: WorkerRuntime, result: ChunkResult) -> _Outcome:

@@ -9,6 +9,7 @@ from typing import Any
 from reportlab.lib.units import mm
 from reportlab.platypus import Flowable, KeepTogether, Spacer, Table, TableStyle
 
+from shared.imaging.model_input import ModelInputSource
 from shared.reports.exam_data import ExamReport, ViewResult
 from shared.reports.pdf_parts import (
     BODY,
@@ -23,7 +24,7 @@ from shared.reports.pdf_parts import (
     png_image,
     table,
 )
-from shared.reports.view_images import ViewSource, thumbnail
+from shared.reports.view_images import thumbnail
 
 _CELL = PAGE_WIDTH / 2 - 4 * mm
 _THUMB = 46 * mm  # four views (a standard exam) fit on one page
@@ -85,7 +86,7 @@ def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
     if view.state != "done" or view.model is None or view.probabilities is None:
         reason = f"{view.error_code}: {view.error_message}" if view.error_code else "no result yet"
         return [*cell, para(f"{view.state}: {reason}")]
-    source = ViewSource(view.source, view.laterality, view.spacing_mm, view.model.input_size,
+    source = ModelInputSource(view.source, view.laterality, view.spacing_mm, view.model.input_size,
                         max_pixels)
     thumb = thumbnail(source, view.heatmap_png, view.model.patch)
     if thumb is None:

@@ -8,7 +8,6 @@ heatmap is drawn alone and the caption says the image is not available.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,26 +17,13 @@ import numpy as np
 
 from models.architecture import STRIDE
 from models.heatmaps import decode_png
-from shared.enums import Laterality
 from shared.errors import InputError
-from shared.imaging.preprocess import preprocess
-from shared.imaging.readers import decode
+from shared.imaging.model_input import ModelInputSource, load_model_input
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 256
 _ALPHA = 0.45  # heatmap opacity where the model's P(abnormal) is highest
-
-
-@dataclass(frozen=True)
-class ViewSource:
-    """What is needed to rebuild one view's model input frame."""
-
-    path: str
-    laterality: str | None
-    spacing_mm: tuple[float, float] | None
-    input_size: tuple[int, int]
-    max_pixels: int
 
 
 @dataclass(frozen=True)
@@ -47,14 +33,10 @@ class Thumbnail:
     heatmap_available: bool
 
 
-def model_frame(source: ViewSource) -> np.ndarray | None:
+def model_frame(source: ModelInputSource) -> np.ndarray | None:
     """The preprocessed image (input_size, values 0-1) or None if the file cannot be read."""
     try:
-        decoded = decode(Path(source.path), max_pixels=source.max_pixels)
-        if decoded.pixel_spacing_mm is None and source.spacing_mm is not None:
-            decoded = dataclasses.replace(decoded, pixel_spacing_mm=source.spacing_mm)
-        frame = preprocess(decoded, source.input_size,
-                           laterality=Laterality.parse(source.laterality))
+        frame = load_model_input(source).tensor
     except (InputError, OSError) as exc:
         log.info("image %s not available for the report: %s", Path(source.path).name,
                  type(exc).__name__)
@@ -109,7 +91,8 @@ def _crop_to_content(picture: np.ndarray, frame: np.ndarray | None) -> np.ndarra
     return picture[:rows[-1] + 1, :cols[-1] + 1]
 
 
-def thumbnail(source: ViewSource, heatmap_png: bytes | None, patch: int | None) -> Thumbnail | None:
+def thumbnail(source: ModelInputSource, heatmap_png: bytes | None,
+              patch: int | None) -> Thumbnail | None:
     """PNG bytes of the view with its heatmap, or None when there is nothing to draw."""
     frame = model_frame(source)
     heat = heatmap_in_frame(heatmap_png, source.input_size, patch) if heatmap_png else None

@@ -15,6 +15,7 @@ from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import Priority
+from shared.imaging.model_input import ModelInputSource
 from shared.synthetic import make_exam_set, write_truncated_copy
 from worker.decoding import ChunkDecoder, Decoded, DecodeFailure, DecodeJob, DecoderCrashed
 from worker.pipeline import process_chunk
@@ -22,7 +23,8 @@ from worker.runtime import WorkerRuntime
 
 
 def _jobs(paths: list[Path]) -> list[DecodeJob]:
-    return [DecodeJob(i, str(p), "L", None, (64, 64), 80_000_000) for i, p in enumerate(paths)]
+    return [DecodeJob(i, ModelInputSource(str(p), "L", None, (64, 64), 80_000_000))
+            for i, p in enumerate(paths)]
 
 
 @pytest.fixture

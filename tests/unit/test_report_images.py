@@ -8,8 +8,8 @@ import numpy as np
 
 from models.architecture import STRIDE
 from models.heatmaps import encode_png
+from shared.imaging.model_input import ModelInputSource
 from shared.reports.view_images import (
-    ViewSource,
     heatmap_in_frame,
     model_frame,
     overlay,
@@ -39,7 +39,7 @@ def test_a_whole_frame_map_is_stretched_over_the_input() -> None:
 
 def test_overlay_colours_only_the_breast(tmp_path: Path) -> None:
     path = make_exam_set(tmp_path, n_exams=1, seed=4)[0]
-    source = ViewSource(str(path), "L", None, SIZE, 10**8)
+    source = ModelInputSource(str(path), "L", None, SIZE, 10**8)
     frame = model_frame(source)
     assert frame is not None and frame.shape == SIZE
     picture = overlay(frame, np.ones(SIZE, dtype=np.float32))
@@ -52,7 +52,7 @@ def test_overlay_colours_only_the_breast(tmp_path: Path) -> None:
 
 
 def test_a_missing_source_still_shows_the_heatmap(tmp_path: Path) -> None:
-    source = ViewSource(str(tmp_path / "gone.dcm"), "L", None, SIZE, 10**8)
+    source = ModelInputSource(str(tmp_path / "gone.dcm"), "L", None, SIZE, 10**8)
     heat = encode_png(np.full((8, 8), 0.5, dtype=np.float32))
     thumb = thumbnail(source, heat, patch=None)
     assert thumb is not None and not thumb.image_available and thumb.heatmap_available

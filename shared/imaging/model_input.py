@@ -1,0 +1,52 @@
+"""From a stored image row to the tensor the model sees: decode, then preprocess.
+
+One sequence for every consumer (the worker's decoder processes, the exam report's
+thumbnails), so the frame a report draws a heatmap on is exactly the frame that was scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.enums import Laterality
+from shared.imaging.preprocess import preprocess
+from shared.imaging.readers import decode
+
+__all__ = ["ModelInput", "ModelInputSource", "load_model_input"]
+
+
+@dataclass(frozen=True)
+class ModelInputSource:
+    """Plain, picklable values: what is needed to rebuild one image's model input."""
+
+    path: str
+    laterality: str | None
+    # From the manifest or header at intake; used when the file itself states no spacing.
+    spacing_mm: tuple[float, float] | None
+    input_size: tuple[int, int]
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    tensor: np.ndarray
+    decode_ms: float
+    preprocess_ms: float
+
+
+def load_model_input(source: ModelInputSource) -> ModelInput:
+    """Decode and preprocess one image; an unusable input raises ``InputError``."""
+    started = time.perf_counter()
+    decoded = decode(Path(source.path), max_pixels=source.max_pixels)
+    if decoded.pixel_spacing_mm is None and source.spacing_mm is not None:
+        decoded = dataclasses.replace(decoded, pixel_spacing_mm=source.spacing_mm)
+    decoded_at = time.perf_counter()
+    tensor = preprocess(decoded, source.input_size,
+                        laterality=Laterality.parse(source.laterality))
+    return ModelInput(tensor, (decoded_at - started) * 1000,
+                      (time.perf_counter() - decoded_at) * 1000)
