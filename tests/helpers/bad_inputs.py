@@ -26,6 +26,7 @@ from pydicom.uid import MPEG2MPML
 
 from shared.enums import ErrorCode, Laterality, View
 from shared.synthetic import synth_mammogram, write_dicom, write_truncated_copy
+from tests.helpers.dicom_edit import rewrite_dicom
 
 SIZE = (96, 80)
 # The worker under test runs with this pixel limit, so "too large" costs kilobytes, not GB.
@@ -68,13 +69,7 @@ def good_png(path: Path, seed: int) -> Path:
 def _dicom_with(**changes: object) -> Callable[[Path, int], None]:
     """A valid DICOM with header elements set (or deleted, for None)."""
     def write(path: Path, seed: int) -> None:
-        ds = pydicom.dcmread(good_dicom(path, seed))
-        for keyword, value in changes.items():
-            if value is None:
-                delattr(ds, keyword)
-            else:
-                setattr(ds, keyword, value)
-        ds.save_as(path)
+        rewrite_dicom(good_dicom(path, seed), **changes)
     return write
 
 
