@@ -170,9 +170,10 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "",
         f"- `{training.get('command', 'mammo train DATA')}`: {training['seconds'] / 60:.1f} min "
         f"on {training['machine']} (best epochs per fold: {training['best_epochs']}).",
-        "- Seeds are fixed (Python, NumPy, TensorFlow); re-running the command reproduces "
-        "these metrics within noise (TensorFlow's CPU kernels are not bit-exact across "
-        "thread counts).",
+        "- Seeds are fixed (Python, NumPy, TensorFlow), but TensorFlow's CPU kernels are not "
+        "bit-exact across thread counts and load, and early stopping can then pick another "
+        "epoch: a re-run agrees within noise at best. Compare a re-run's `metadata.json` "
+        "metrics with these before relying on that.",
         f"- Inference speed: {speed}.",
         "",
         "## Limitations",
