@@ -78,13 +78,12 @@ def _drop(url: str) -> None:
 
 
 def raw_model(settings: Settings, paths: list[Path]) -> float:
-    from worker.decoding import ChunkDecoder, Decoded, DecodeJob
+    from shared.imaging.model_input import ModelInputSource, load_model_input
     from worker.runtime import WorkerRuntime
 
     clf = WorkerRuntime(settings).classifier
-    [first] = ChunkDecoder(0).decode_all([DecodeJob(0, str(paths[0]), None, None,
-                                                    clf.input_size, settings.max_image_pixels)])
-    assert isinstance(first, Decoded)
+    first = load_model_input(ModelInputSource(str(paths[0]), None, None, clf.input_size,
+                                              settings.max_image_pixels))
     batch = np.stack([first.tensor] * settings.chunk_size)
     clf.predict(batch)
     rounds = max(3, len(paths) // settings.chunk_size)
