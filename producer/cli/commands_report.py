@@ -53,11 +53,12 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
     flt = WorklistFilter(batch_id, as_utc(since), as_utc(until), limit)
     with cli.sessions() as session:
         refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
+        rows = worklist_rows(session, flt, report_dir=settings.report_dir)
         if write_reports:
-            for row in worklist_rows(session, flt, report_dir=settings.report_dir):
+            for row in rows:
                 path = exam_pdf_path(settings.report_dir, row["study_uid"])
                 write_exam_report(session, row["study_uid"], path, "pdf", settings)
-        rows = worklist_rows(session, flt, report_dir=settings.report_dir)
+                row["report_path"] = str(path.resolve())
     if fmt == "json":
         render(rows, fmt)
         return
