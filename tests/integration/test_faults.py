@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -196,8 +197,9 @@ def test_two_producers_and_the_watcher_racing_on_one_folder(
         assert all(r.returncode == 0 for r in racers), outs
         by_producers = sum(json.loads(out)["queued"] for out, _ in outs)
         _drain(env, tmp_path, postgres_url, 40, timeout=180, what="the raced batch")
-        # Every file is registered by now (40 terminal rows); let the watcher report its own.
-        wait_for(lambda: watcher.log().count(" queued ") == watcher.log().count(" done "),
+        # Every file is registered by now (40 terminal rows). The watcher also follows, and
+        # logs "done" for, files a producer queued first, so wait per file for its own.
+        wait_for(lambda: _watcher_files(watcher, "queued") <= _watcher_files(watcher, "done"),
                  timeout=60, what="the watcher to see its images done", on_timeout=watcher.log)
         time.sleep(2)  # a late second registration by the watcher would show up here
     finally:
@@ -211,6 +213,10 @@ def test_two_producers_and_the_watcher_racing_on_one_folder(
     reliability.fault("two `mammo submit` and a `mammo watch` on one folder at once",
                       expected=40, tally=t, queued_by_producers=by_producers,
                       queued_by_watcher=by_watcher)
+
+
+def _watcher_files(watcher: WatchProcess, verb: str) -> set[str]:
+    return set(re.findall(rf" {verb} (\S+) \(image \d+\)", watcher.log()))
 
 
 def test_sigterm_during_a_chunk_loses_nothing(
