@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     tf_inter_op_threads: int = Field(
         0, ge=0, description="TensorFlow inter-op threads per worker process (0: TF decides).",
     )
+    micro_batch: int = Field(
+        4, ge=0, le=256,
+        description="Images per sequential step inside one forward pass: bounds a worker "
+        "process's activation memory at no cost in speed on a CPU (0: the whole chunk at "
+        "once, for a GPU worker).",
+    )
     decode_processes: int = Field(
         2, ge=0, le=64,
         description="Processes per worker process that decode and preprocess a chunk's "

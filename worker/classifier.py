@@ -33,14 +33,22 @@ class ForwardPass:
 
 
 class Classifier:
-    """Batched inference with a fixed batch shape, so the graph is traced once."""
+    """Batched inference with a fixed batch shape, so the graph is traced once.
+
+    ``micro_batch`` > 0 runs each batch as sequential steps of that many images inside the
+    one traced call: TensorFlow otherwise runs the ensemble's trunks side by side over the
+    whole batch and holds all their activations at once (a worker's peak RSS), while the
+    steps cost no speed on a CPU. ``batch_size`` is rounded up to a multiple of it.
+    """
 
     def __init__(
         self, spec: ModelSpec, *, batch_size: int, preprocessing_version: str,
-        intra_op_threads: int = 0, inter_op_threads: int = 0,
+        intra_op_threads: int = 0, inter_op_threads: int = 0, micro_batch: int = 0,
     ) -> None:
         self.spec = spec
-        self.batch_size = batch_size
+        self.micro_batch = micro_batch if 0 < micro_batch < batch_size else 0
+        step = self.micro_batch or batch_size
+        self.batch_size = -(-batch_size // step) * step
         self._preprocessing_version = preprocessing_version
         self._threads = (intra_op_threads, inter_op_threads)
         self._model: Any = None
@@ -71,8 +79,9 @@ class Classifier:
         model = keras.models.load_model(self.spec.model_path, compile=False, safe_mode=True)
         height, width = self.spec.input_size
         spec = tf.TensorSpec((self.batch_size, height, width, 1), tf.float32)
-        infer = tf.function(_inference_fn(tf, keras, model), input_signature=[spec],
-                            reduce_retracing=True)
+        fn, has_map = _inference_fn(tf, keras, model)
+        infer = tf.function(_in_steps(tf, fn, has_map, self.micro_batch),
+                            input_signature=[spec], reduce_retracing=True)
         self._model, self._infer = model, infer
         self._infer(tf.zeros(spec.shape, tf.float32))  # trace now, not on the first chunk
         self.load_seconds = time.perf_counter() - started
@@ -104,8 +113,9 @@ class Classifier:
         return ForwardPass(out, elapsed, maps)
 
 
-def _inference_fn(tf: Any, keras: Any, model: Any) -> Any:
-    """(probabilities, heatmaps or None) for a batch, in one call of the model."""
+def _inference_fn(tf: Any, keras: Any, model: Any) -> tuple[Any, bool]:
+    """A function giving (probabilities, heatmaps or None) for a batch in one call of the
+    model, and whether it gives heatmaps."""
     sample = model.output
     if isinstance(sample, dict) and {"probabilities", "heatmap"} <= set(sample):
 
@@ -113,11 +123,11 @@ def _inference_fn(tf: Any, keras: Any, model: Any) -> Any:
             out = model(x, training=False)
             return out["probabilities"], out["heatmap"]
 
-        return with_map
+        return with_map, True
     feature_layer = next((layer for layer in reversed(model.layers)
                           if len(getattr(layer, "output", np.empty(0)).shape) == 4), None)
     if feature_layer is None:
-        return lambda x: (model(x, training=False), None)
+        return (lambda x: (model(x, training=False), None)), False
     probe = keras.Model(model.inputs, [feature_layer.output, model.output])
 
     def grad_cam(x: Any) -> Any:
@@ -132,7 +142,32 @@ def _inference_fn(tf: Any, keras: Any, model: Any) -> Any:
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         return probabilities, tf.math.divide_no_nan(cam, peak)
 
-    return grad_cam
+    return grad_cam, True
+
+
+def _in_steps(tf: Any, fn: Any, has_map: bool, step: int) -> Any:
+    """``fn`` over sequential slices of ``step`` images (0: the whole batch in one go)."""
+    if not step:
+        return fn
+
+    def stepped(x: Any) -> Any:
+        steps = tf.reshape(x, (-1, step, *x.shape[1:]))
+
+        def one(images: Any) -> Any:
+            probabilities, heatmaps = fn(images)
+            probabilities = tf.cast(probabilities, tf.float32)
+            return (probabilities, tf.cast(heatmaps, tf.float32)) if has_map else probabilities
+
+        kinds = (tf.float32, tf.float32) if has_map else tf.float32
+        # parallel_iterations=1: one step's activations alive at a time is the point.
+        out = tf.map_fn(one, steps, parallel_iterations=1, fn_output_signature=kinds)
+        if not has_map:
+            return tf.reshape(out, (-1, out.shape[-1])), None
+        probabilities, heatmaps = out
+        return (tf.reshape(probabilities, (-1, probabilities.shape[-1])),
+                tf.reshape(heatmaps, (-1, *heatmaps.shape[2:])))
+
+    return stepped
 
 
 def _configure_tensorflow(tf: Any, intra: int, inter: int) -> None:

@@ -82,6 +82,7 @@ class WorkerRuntime:
                 preprocessing_version=PREPROCESSING_VERSION,
                 intra_op_threads=self.settings.tf_intra_op_threads,
                 inter_op_threads=self.settings.tf_inter_op_threads,
+                micro_batch=self.settings.micro_batch,
             )
             classifier.load()
             self._classifier = classifier

@@ -58,7 +58,7 @@ from tests.helpers.processes import (  # noqa: E402
 
 KEY = "benchmark-key-0123456789abcdef"  # real files may carry a PatientID
 REDIS_DB = 13  # leased in db 0 (as tests/conftest.py does) for the whole run
-WORKER_SETTINGS: dict[str, str] = {}  # --decode-processes / --tf-threads, for every worker
+WORKER_SETTINGS: dict[str, Any] = {}  # --decode-processes / --tf-threads / --micro-batch
 
 
 def _pg_url() -> str:
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mammo-bench-") as name:
         tmp = Path(name)
         settings = Settings(model=str(spec.directory), chunk_size=args.chunk,
-                            patient_id_key=KEY, _env_file=None)  # type: ignore[call-arg]
+                            patient_id_key=KEY, _env_file=None, **WORKER_SETTINGS)  # type: ignore[call-arg]
         sets: dict[str, list[Path]] = {}
         for kind in args.kinds:
             n = args.images if kind == "uncompressed" else args.compressed_images
@@ -324,12 +324,14 @@ def _summary(args: argparse.Namespace, spec: Any, raw: float, kinds: dict[str, A
                    f"{len(os.sched_getaffinity(0))} cpu, load {os.getloadavg()[0]:.1f}",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": f"{spec.name}:{spec.version}", "size": args.size, "chunk": args.chunk,
+        "micro_batch": Settings(_env_file=None, **WORKER_SETTINGS).micro_batch,  # type: ignore[call-arg]
     }
 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{result['date']}  {result['machine']}  model {result['model']}  "
-          f"chunk {result['chunk']}  size {result['size']}")
+          f"chunk {result['chunk']} (micro-batch {result['micro_batch']})  "
+          f"size {result['size']}")
     print(f"(a) raw model {result['raw_ips']} img/s; cold start {result['cold_start_s']} s; "
           f"enqueue {result['enqueue_fps']} files/s "
           f"({result['enqueue']['enqueue_fps_incl_startup']} incl. process start-up); "
@@ -379,8 +381,12 @@ def main() -> None:
                         help="MAMMO_DECODE_PROCESSES for the workers [default: the setting's]")
     parser.add_argument("--tf-threads", default=None, metavar="INTRA,INTER",
                         help="MAMMO_TF_INTRA_OP_THREADS,MAMMO_TF_INTER_OP_THREADS for workers")
+    parser.add_argument("--micro-batch", default=None,
+                        help="MAMMO_MICRO_BATCH for (a), (b) and the workers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.micro_batch is not None:
+        WORKER_SETTINGS["micro_batch"] = args.micro_batch
     if args.decode_processes is not None:
         WORKER_SETTINGS["decode_processes"] = args.decode_processes
     if args.tf_threads:
