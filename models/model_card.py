@@ -24,9 +24,38 @@ def _value(block: dict[str, Any], key: str) -> str:
     return f"{value:.3f}{ci}"
 
 
-def _flips(meta: dict[str, Any]) -> str:
-    return ", ".join("none" if not f else "axes " + "+".join(map(str, f))
-                     for f in meta.get("tta_flips", [[]]))
+def _tta(meta: dict[str, Any]) -> str:
+    flips = meta.get("tta_flips", [[]])
+    if all(not f for f in flips):
+        return ("No test-time augmentation: each trunk reads the image once (the ablation "
+                "below measures the mirrored read as the alternative).")
+    named = ", ".join("none" if not f else "axes " + "+".join(map(str, f)) for f in flips)
+    return (f"Test-time augmentation: each trunk also reads the mirrored image (flips "
+            f"{named}), maps flipped back and averaged.")
+
+
+def _reproducibility(meta: dict[str, Any]) -> list[str]:
+    record = meta.get("reproducibility")
+    if not record:
+        return ["- No same-seed re-run has been recorded for this version: its "
+                "reproducibility is not verified (`mammo models compare THIS RERUN --record` "
+                "records one)."]
+    rows = [f"| {r['metric']} | {_num(r['this'])} | {_num(r['rerun'])} | "
+            f"{_num(r['difference'])} |" for r in record["rows"]]
+    return [
+        f"- Same-seed re-run ({record['rerun']}, {record['date']}; {record['rerun_minutes']:.1f} "
+        f"min, best epochs {record['rerun_best_epochs']}): largest AUC difference "
+        f"{record['max_auc_difference']:.3f}, against bootstrap 95% interval half-widths of "
+        f"about {record['ci_half_width']:.2f} here. {record['verdict']}",
+        "",
+        "| metric | this model | re-run | difference |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _head(meta: dict[str, Any]) -> str:
@@ -40,9 +69,6 @@ def _ablation(meta: dict[str, Any]) -> list[str]:
     if not rows:
         return []
 
-    def cell(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
     return [
         "## What the choices buy (same run, same folds)",
         "",
@@ -51,9 +77,9 @@ def _ablation(meta: dict[str, Any]) -> list[str]:
         "",
         "| test-time flips | head | AUC abnormal | AUC malignant | ECE | fold-mean AUCs |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['flips']} | {r['head']} | {cell(r['auc_abnormal'])} | "
-          f"{cell(r['auc_malignant'])} | {r['ece']:.3f} | "
-          f"{cell(r['fold_mean'][0])} / {cell(r['fold_mean'][1])} |" for r in rows],
+        *[f"| {r['flips']} | {r['head']} | {_num(r['auc_abnormal'])} | "
+          f"{_num(r['auc_malignant'])} | {r['ece']:.3f} | "
+          f"{_num(r['fold_mean'][0])} / {_num(r['fold_mean'][1])} |" for r in rows],
         "",
     ]
 
@@ -111,9 +137,8 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "smoothing 0.1, class-balanced weights, flips, rotations, scale and intensity "
         "jitter), then "
         "run fully convolutionally over the whole image. The per-location probability map is "
-        "the heatmap. Test-time augmentation: each trunk also reads the mirrored image "
-        f"(flips {_flips(meta)}), maps flipped back and averaged. Head: P(abnormal) and "
-        "P(malignant) are Platt-scaled (monotone) read-outs of the mean log-odds of the 5 "
+        f"the heatmap. {_tta(meta)} Head: P(abnormal) and P(malignant) are Platt-scaled "
+        "(monotone) read-outs of the mean log-odds of the 5 "
         f"strongest locations ({_head(meta)}), fitted on held-out evidence; P(benign) is "
         "the rest, so the probabilities keep the ranking of the strongest evidence.",
         f"- Input {meta['input_size'][0]} x {meta['input_size'][1]} px after shared "
@@ -172,8 +197,8 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         f"on {training['machine']} (best epochs per fold: {training['best_epochs']}).",
         "- Seeds are fixed (Python, NumPy, TensorFlow), but TensorFlow's CPU kernels are not "
         "bit-exact across thread counts and load, and early stopping can then pick another "
-        "epoch: a re-run agrees within noise at best. Compare a re-run's `metadata.json` "
-        "metrics with these before relying on that.",
+        "epoch: a re-run agrees within noise at best.",
+        *_reproducibility(meta),
         f"- Inference speed: {speed}.",
         "",
         "## Limitations",
@@ -191,11 +216,11 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "- The settings (trunk widths, epochs, learning rate, hard-negative mining) were "
         "chosen during development by looking at held-out AUCs of two folds of this same "
         "cross-validation, and the head (top-5 read-outs instead of a multinomial "
-        "regression) and the mirror TTA were chosen after an analysis of the previous "
-        "model's held-out evidence on these folds, so these figures are mildly optimistic; "
-        "the 64 withheld images were never used.",
-        "- One 5-fold split trains the trunks (about an hour of CPU); repeating the split "
-        "with other seeds would give a steadier estimate than the per-fold spread shown.",
+        "regression) and the test-time flips were chosen from earlier models' held-out "
+        "evidence on these folds, so these figures are mildly optimistic; the 64 withheld "
+        "images were never used.",
+        f"- One {training['folds']}-fold split trains the trunks; repeating the split with "
+        "other seeds would give a steadier estimate than the per-fold spread shown.",
         "",
         "## Failure cases (held-out predictions)",
         "",

@@ -25,7 +25,7 @@ import numpy as np
 
 from models import metrics, plots
 from models.ablation import compare
-from models.architecture import TTA_FLIPS, WIDTHS
+from models.architecture import MIRROR_TTA, TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
 from models.calibration import fit_head
 from models.datasets import LabelledImage, load_dataset
@@ -51,7 +51,7 @@ PLOTS = {
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "default"
-    version: str = "1.1.0"
+    version: str = "1.2.0"
     input_size: tuple[int, int] = (512, 512)
     folds: int = 5
     seed: int = 20261125
@@ -74,7 +74,8 @@ class CrossValidation:
     trunks: list[Any] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
     evidence_stats: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    plain_evidence: np.ndarray | None = None  # without test-time flips: for the ablation
+    # With the other test-time flips (mirror if the shipped model has none): the ablation.
+    alternative_evidence: np.ndarray | None = None
 
 
 def data_hash(images: list[LabelledImage]) -> str:
@@ -92,7 +93,7 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
     options = TrainOptions(epochs=config.epochs, patience=config.patience,
                            plan=PatchPlan(patch=config.patch), widths=config.widths)
     cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 9)), [np.empty(0)] * n,
-                         plain_evidence=np.zeros((n, 9)))
+                         alternative_evidence=np.zeros((n, 9)))
     for k, (train, held_out) in enumerate(folds):
         fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
                                              seed=config.seed + k)
@@ -108,7 +109,7 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
                             flips=config.tta_flips)
         cv.evidence[held_out] = (maps["evidence"] - stats[0]) / stats[1]
         cv.evidence_stats.append(stats)
-        _plain_evidence(cv, result.trunk, data, (train, held_out), config.patch)
+        _alternative_evidence(cv, result.trunk, data, (train, held_out), config)
         fold_truth = labels[held_out]
         say(f"fold {k + 1}: held-out AUC of the strongest location alone: abnormal "
             f"{_fmt(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
@@ -124,14 +125,20 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
     return cv
 
 
-def _plain_evidence(cv: CrossValidation, trunk: Any, data: PreparedSet,
-                    fold: tuple[np.ndarray, np.ndarray], patch: int) -> None:
-    """The held-out evidence without test-time flips, standardised the same way."""
+def alternative_flips(flips: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+    """What the ablation sets against the shipped flips: none, or else the mirror."""
+    return MIRROR_TTA if tuple(map(tuple, flips)) == ((),) else ((),)
+
+
+def _alternative_evidence(cv: CrossValidation, trunk: Any, data: PreparedSet,
+                          fold: tuple[np.ndarray, np.ndarray], config: TrainConfig) -> None:
+    """The held-out evidence with the alternative flips, standardised the same way."""
     train, held_out = fold
-    own = predict_maps([trunk], data.subset(train), patch)["evidence"]
-    plain = predict_maps([trunk], data.subset(held_out), patch)["evidence"]
-    assert cv.plain_evidence is not None
-    cv.plain_evidence[held_out] = (plain - own.mean(axis=0)) / (own.std(axis=0) + 1e-3)
+    flips = alternative_flips(config.tta_flips)
+    own = predict_maps([trunk], data.subset(train), config.patch, flips=flips)["evidence"]
+    other = predict_maps([trunk], data.subset(held_out), config.patch, flips=flips)["evidence"]
+    assert cv.alternative_evidence is not None
+    cv.alternative_evidence[held_out] = (other - own.mean(axis=0)) / (own.std(axis=0) + 1e-3)
 
 
 def _report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
@@ -160,10 +167,12 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     ratios = [peak_distance_ratio(h, c, config.patch)
               for h, c in zip(cv.heatmaps, data.circles, strict=True) if c]
     head = fit_head(cv.evidence, labels)
-    say("ablation: other heads and no test-time flips on the same held-out evidence")
-    assert cv.plain_evidence is not None
-    ablation = compare({"none": cv.plain_evidence, _flip_names(config.tta_flips): cv.evidence},
-                       labels, folds)
+    alternative = alternative_flips(config.tta_flips)
+    say(f"ablation: other heads, and test-time flips {flip_names(alternative)}, on the same "
+        "held-out evidence")
+    assert cv.alternative_evidence is not None
+    ablation = compare({flip_names(config.tta_flips): cv.evidence,
+                        flip_names(alternative): cv.alternative_evidence}, labels, folds)
 
     from models.architecture import build_whole_image_model
 
@@ -223,7 +232,10 @@ def _write_validation_predictions(directory: Path, data: PreparedSet, probs: np.
                                                            encoding="utf-8")
 
 
-def _flip_names(flips: tuple[tuple[int, ...], ...]) -> str:
+def flip_names(flips: tuple[tuple[int, ...], ...]) -> str:
+    """How the ablation table names a set of test-time flips ("none": the image once)."""
+    if tuple(map(tuple, flips)) == ((),):
+        return "none"
     names = {(): "image", (1,): "up-down", (2,): "left-right", (1, 2): "both"}
     return " + ".join(names.get(tuple(f), str(f)) for f in flips)
 

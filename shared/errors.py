@@ -36,6 +36,10 @@ class ModelIntegrityError(UserFacingError):
     """The model file does not match its recorded sha256 or metadata."""
 
 
+class ModelComparisonError(UserFacingError):
+    """Two models cannot be compared as a run and its same-seed re-run."""
+
+
 class PathNotFoundError(UserFacingError):
     """A path given on the command line does not exist."""
 

@@ -1,4 +1,4 @@
-"""``mammo train``, ``mammo evaluate`` and ``mammo models list|show|activate``.
+"""``mammo train``, ``mammo evaluate`` and ``mammo models list|show|activate|compare``.
 
 TensorFlow is imported only inside the commands that need it (train, evaluate).
 """
@@ -15,7 +15,7 @@ import click
 
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.options import format_option
-from shared.errors import ConfigurationError, UserFacingError
+from shared.errors import ConfigurationError, ModelComparisonError, UserFacingError
 from shared.formatting import render
 
 EVALUATE_COLUMNS = ("id", "truth", "label", "p_normal", "p_benign", "p_malignant")
@@ -54,7 +54,7 @@ def _say(message: str) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
 @click.option("--name", default="default", show_default=True)
-@click.option("--version", "version", default="1.1.0", show_default=True)
+@click.option("--version", "version", default="1.2.0", show_default=True)
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-level cross-validation folds (= ensemble members).")
 @click.option("--epochs", type=click.IntRange(1), default=36, show_default=True,
@@ -85,8 +85,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output models --version 1.1.0
-        mammo models activate models/default/1.1.0
+        mammo train ../shared/data/mini-mias --output models --version 1.2.0
+        mammo models activate models/default/1.2.0
     """
     if weights != "none":
         raise ConfigurationError(
@@ -228,7 +228,7 @@ def models_activate(cli: CliContext, ref: str) -> None:
 
     \b
     Example:
-        mammo models activate trained-models/default/1.1.0
+        mammo models activate trained-models/default/1.2.0
     """
     from models.activation import activate
     from models.registry import resolve_model, verify_model
@@ -240,6 +240,49 @@ def models_activate(cli: CliContext, ref: str) -> None:
         activate(session, spec)
         session.commit()
     click.echo(f"active model: {spec.name} {spec.version} ({spec.directory})")
+
+
+@models_group.command("compare")
+@click.argument("ref")
+@click.argument("rerun")
+@click.option("--record", is_flag=True,
+              help="Write the comparison into REF's metadata.json and regenerate its "
+              "MODEL_CARD.md.")
+@format_option
+def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
+    """Compare REF with a same-seed re-run of its training command (RERUN).
+
+    Validation figures and ablation rows side by side; the re-run reproduces REF when every
+    AUC stays inside REF's own bootstrap 95% interval half-width.
+
+    \b
+    Example:
+        mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.2.0
+        mammo models compare default /tmp/rerun/default/1.2.0 --record
+    """
+    from models.model_card import write_model_card
+    from models.registry import METADATA_FILE, resolve_model
+    from models.reproducibility import compare_runs
+
+    this, other = resolve_model(ref), resolve_model(rerun)
+    try:
+        result = compare_runs(this.metadata, other.metadata)
+    except (KeyError, ValueError) as exc:
+        raise ModelComparisonError(
+            f"cannot compare {this.directory} with {other.directory}: {exc}. Both must be "
+            "`mammo train` outputs of the same seed and data.") from exc
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+    else:
+        render(result["rows"], fmt, columns=("metric", "this", "rerun", "difference"),
+               title=f"{this.name} {this.version} against {result['rerun']}")
+        click.echo(result["verdict"])
+    if record:
+        meta = {**this.metadata, "reproducibility": result}
+        path = this.directory / METADATA_FILE
+        path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_model_card(this.directory, meta)
+        click.echo(f"recorded in {path} and {this.directory / 'MODEL_CARD.md'}")
 
 
 COMMANDS = (train_command, evaluate_command, models_group)

@@ -8,6 +8,7 @@ activated, the one `mammo run` uses (with a heatmap stored per prediction).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,37 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert set(meta["validation"]) >= {"auc_abnormal", "auc_malignant", "ece", "ci95"}
     card = (trained / "MODEL_CARD.md").read_text()
     assert "Suckling" in card and "Decision support" in card and "95%" in card
+
+
+def test_ablation_measures_the_other_test_time_flips(trained: Path) -> None:
+    meta = resolve_model(str(trained)).metadata
+    assert meta["tta_flips"] == [[]]  # shipped: the image once
+    rows = {(r["flips"], r["head"]) for r in meta["ablation"]}
+    assert {flips for flips, _ in rows} == {"none", "image + left-right"}
+    assert len(rows) == 2 * len({head for _, head in rows})
+
+
+def test_models_compare_records_a_rerun_in_the_card(trained: Path, tmp_path: Path) -> None:
+    ref, rerun = tmp_path / "ref", tmp_path / "rerun"
+    shutil.copytree(trained, ref)
+    shutil.copytree(trained, rerun)
+    meta = json.loads((rerun / "metadata.json").read_text())
+    meta["validation"]["auc_abnormal"] = (meta["validation"]["auc_abnormal"] or 0.5) + 0.01
+    (rerun / "metadata.json").write_text(json.dumps(meta))
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 'c.db'}")
+    done = run_mammo(["models", "compare", str(ref), str(rerun), "--format", "json",
+                      "--record"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout[:done.stdout.rindex("}") + 1])
+    [row] = [r for r in result["rows"] if r["metric"] == "AUC abnormal"]
+    assert row["difference"] == pytest.approx(0.01)
+    recorded = resolve_model(str(ref)).metadata["reproducibility"]
+    assert recorded["rows"] == result["rows"]
+    assert "Same-seed re-run" in (ref / "MODEL_CARD.md").read_text()
+    meta["seed"] += 1
+    (rerun / "metadata.json").write_text(json.dumps(meta))
+    refused = run_mammo(["models", "compare", str(ref), str(rerun)], env, tmp_path)
+    assert refused.returncode == 2 and "seeds differ" in refused.stderr
 
 
 def test_evaluate_json_has_exactly_the_contract_keys(trained: Path, tmp_path: Path) -> None:
