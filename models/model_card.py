@@ -44,7 +44,7 @@ def _reproducibility(meta: dict[str, Any]) -> list[str]:
             f"{_num(r['difference'])} |" for r in record["rows"]]
     return [
         f"- Same-seed re-run ({record['rerun']}, {record['date']}; {record['rerun_minutes']:.1f} "
-        f"min, best epochs {record['rerun_best_epochs']}): largest AUC difference "
+        f"min, best epochs {record['rerun_best_epochs']}): largest validation AUC difference "
         f"{record['max_auc_difference']:.3f}, against bootstrap 95% interval half-widths of "
         f"about {record['ci_half_width']:.2f} here. {record['verdict']}",
         "",

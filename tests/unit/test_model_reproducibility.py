@@ -46,6 +46,15 @@ def test_rerun_beyond_the_half_width_is_reported_as_not_reproduced() -> None:
     assert result["reproduced"] is False and result["verdict"].startswith("NOT within noise")
 
 
+def test_ablation_rows_inform_but_do_not_decide() -> None:
+    rerun = _meta()
+    rerun["ablation"][0]["auc_abnormal"] = 0.70  # another head moved by 0.10
+    result = compare_runs(_meta(), rerun)
+    assert result["reproduced"] is True and result["max_auc_difference"] == 0.0
+    assert result["max_ablation_difference"] == pytest.approx(0.10)
+    assert "ablation rows moved by up to 0.100" in result["verdict"]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"seed": 8}, "seeds differ"),
     ({"training_data": {"sha256": "ef" * 32}}, "different data"),
