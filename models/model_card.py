@@ -54,6 +54,15 @@ def _reproducibility(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ece_interval_note(validation: dict[str, Any]) -> list[str]:
+    low = ((validation.get("ci95") or {}).get("ece") or [None])[0]
+    if low is None or validation["ece"] >= low:
+        return []
+    return ["The ECE interval lies above its own estimate: binned ECE is biased upward on "
+            "resamples (each bin holds fewer, duplicated images), so read the interval as "
+            "an upper range, not as a contradiction.", ""]
+
+
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -168,6 +177,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "|---|---|---|",
         *[f"| {label} | {_value(val, key)} | {_value(base, key)} |" for label, key in ROWS],
         "",
+        *_ece_interval_note(val),
         f"Confusion matrix (rows truth normal/benign/malignant, columns predicted): {cm}.",
         "",
         "The baseline: intensity moments and percentiles, gradient and local-contrast "

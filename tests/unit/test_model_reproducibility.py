@@ -81,6 +81,9 @@ def test_card_states_whether_a_rerun_was_recorded(tmp_path: Any) -> None:
     meta["training"].update(folds=2, bootstrap_rounds=20, machine="x86_64, 2 CPU cores")
     card = render(meta, tmp_path)
     assert "reproducibility is not verified" in card and "No test-time augmentation" in card
+    assert "ECE interval lies above" not in card
+    meta["validation"]["ci95"]["ece"] = [0.06, 0.10]  # above the 0.05 estimate
+    assert "ECE interval lies above its own estimate" in render(meta, tmp_path)
     meta["reproducibility"] = compare_runs(meta, _meta(auc_abnormal=0.62))
     card = render(meta, tmp_path)
     assert "Same-seed re-run" in card and "| AUC abnormal | 0.600 | 0.620 | 0.020 |" in card
