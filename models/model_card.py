@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from models.registry import METADATA_FILE
+
 CITATION = ('Suckling J et al (1994) "The Mammographic Image Analysis Society Digital '
             'Mammogram Database", Excerpta Medica, International Congress Series 1069, '
             "pp 375-378.")
@@ -244,3 +246,15 @@ def write_model_card(directory: Path, meta: dict[str, Any]) -> Path:
     path = directory / "MODEL_CARD.md"
     path.write_text(render(meta, directory), encoding="utf-8")
     return path
+
+
+def record_in_metadata(directory: Path, key: str, value: Any) -> Path:
+    """Set ``key`` in the model's metadata.json and regenerate its card (the sha256 covers
+    model.keras only, so later records such as benchmarks and re-runs keep it valid)."""
+    path = directory / METADATA_FILE
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta[key] = value
+    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_model_card(directory, meta)
+    return path
+

@@ -252,16 +252,16 @@ def models_activate(cli: CliContext, ref: str) -> None:
 def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
     """Compare REF with a same-seed re-run of its training command (RERUN).
 
-    Validation figures and ablation rows side by side; the re-run reproduces REF when every
-    AUC stays inside REF's own bootstrap 95% interval half-width.
+    Validation figures and ablation rows side by side; the re-run reproduces REF when both
+    validation AUCs stay inside REF's own bootstrap 95% interval half-width.
 
     \b
     Example:
         mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.2.0
         mammo models compare default /tmp/rerun/default/1.2.0 --record
     """
-    from models.model_card import write_model_card
-    from models.registry import METADATA_FILE, resolve_model
+    from models.model_card import record_in_metadata
+    from models.registry import resolve_model
     from models.reproducibility import compare_runs
 
     this, other = resolve_model(ref), resolve_model(rerun)
@@ -278,10 +278,7 @@ def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
                title=f"{this.name} {this.version} against {result['rerun']}")
         click.echo(result["verdict"])
     if record:
-        meta = {**this.metadata, "reproducibility": result}
-        path = this.directory / METADATA_FILE
-        path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        write_model_card(this.directory, meta)
+        path = record_in_metadata(this.directory, "reproducibility", result)
         click.echo(f"recorded in {path} and {this.directory / 'MODEL_CARD.md'}")
 
 

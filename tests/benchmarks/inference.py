@@ -124,22 +124,16 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _record(directory: Path, figures: dict[str, object], args: argparse.Namespace) -> None:
-    from models.model_card import write_model_card
-    from models.registry import METADATA_FILE
+    from models.model_card import record_in_metadata
 
-    path = directory / METADATA_FILE
-    meta = json.loads(path.read_text(encoding="utf-8"))
     command = "python -m tests.benchmarks.inference" + (" --real" if args.real else "")
-    meta["benchmark"] = {
+    record_in_metadata(directory, "benchmark", {
         "images_per_s": figures["end_to_end_images_per_s"],
         "forward_images_per_s": figures["forward_images_per_s"],
         "machine": f"{figures['cpu_cores']} CPU cores, batch {args.batch}, "
                    f"decode + preprocess + forward pass with heatmaps, {figures['inputs']}",
         "command": command,
-    }
-    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    write_model_card(directory, meta)
-
+    })
 
 if __name__ == "__main__":
     main()
