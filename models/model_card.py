@@ -257,4 +257,3 @@ def record_in_metadata(directory: Path, key: str, value: Any) -> Path:
     path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     write_model_card(directory, meta)
     return path
-

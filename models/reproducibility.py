@@ -51,17 +51,17 @@ def compare_runs(this: Mapping[str, Any], rerun: Mapping[str, Any]) -> dict[str,
     rows.append(_row("heatmap peak inside circle", this["localisation"]["peak_inside_circle"],
                      rerun["localisation"]["peak_inside_circle"]))
     theirs = {(r["flips"], r["head"]): r for r in rerun.get("ablation") or []}
-    for row in this.get("ablation") or []:
-        other = theirs.get((row["flips"], row["head"]))
-        if other is not None:
-            for key, label in (("auc_abnormal", "AUC abnormal"),
-                               ("auc_malignant", "AUC malignant")):
-                rows.append(_row(f"{label}, flips {row['flips']}, {row['head']}",
-                                 row[key], other[key]))
+    ablation_rows = [
+        _row(f"{label}, flips {row['flips']}, {row['head']}", row[key], other[key])
+        for row in this.get("ablation") or []
+        if (other := theirs.get((row["flips"], row["head"]))) is not None
+        for key, label in (("auc_abnormal", "AUC abnormal"), ("auc_malignant", "AUC malignant"))
+    ]
     largest = max((abs(r["difference"]) for r in rows[:2] if r["difference"] is not None),
-                  default=0.0)
-    ablation = max((abs(r["difference"]) for r in rows[len(_VALIDATION) + 1:]
+                  default=0.0)  # rows[:2]: the two validation AUCs
+    ablation = max((abs(r["difference"]) for r in ablation_rows
                     if r["difference"] is not None), default=None)
+    rows += ablation_rows
     half_width = _half_width(this)
     verdict = ("Within noise: both re-run validation AUCs lie inside this model's 95% "
                "interval half-width." if largest <= half_width else

@@ -301,10 +301,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         kinds = {kind: measure_kind(args, settings, paths, tmp) for kind, paths in sets.items()}
         cold = cold_start(str(spec.directory), args.chunk, sets[args.kinds[0]][0], tmp)
         enqueue = enqueue_rate(str(spec.directory), args.chunk, args.enqueue_files, tmp)
-    return _summary(args, spec, raw, kinds, cold, enqueue)
+    return _summary(args, spec, settings.micro_batch, raw, kinds, cold, enqueue)
 
 
-def _summary(args: argparse.Namespace, spec: Any, raw: float, kinds: dict[str, Any],
+def _summary(args: argparse.Namespace, spec: Any, micro_batch: int, raw: float,
+             kinds: dict[str, Any],
              cold: float, enqueue: dict[str, Any]) -> dict[str, Any]:
     for row in kinds.values():
         row["e2e_over_raw"] = round(row["e2e_ips"] / raw, 3)
@@ -324,7 +325,7 @@ def _summary(args: argparse.Namespace, spec: Any, raw: float, kinds: dict[str, A
                    f"{len(os.sched_getaffinity(0))} cpu, load {os.getloadavg()[0]:.1f}",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": f"{spec.name}:{spec.version}", "size": args.size, "chunk": args.chunk,
-        "micro_batch": Settings(_env_file=None, **WORKER_SETTINGS).micro_batch,  # type: ignore[call-arg]
+        "micro_batch": micro_batch,
     }
 
 
