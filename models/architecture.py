@@ -23,6 +23,9 @@ WIDTHS = (24, 48, 96, 144, 192)
 # and every training run measures the mirror as the alternative (MODEL_CARD.md).
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((),)
 MIRROR_TTA: tuple[tuple[int, ...], ...] = ((), (2,))
+# The trunks read each pixel against the breast around it (models.layers.LocalContrast,
+# Gaussian sigma in input pixels; None = the preprocessed image as it is). From 1.3.0.
+LOCAL_CONTRAST_SIGMA: float | None = 24.0
 
 
 def build_trunk(name: str, *, widths: Sequence[int] = WIDTHS, dropout: float = 0.2) -> Any:
@@ -70,6 +73,7 @@ def build_whole_image_model(
     trunks: Sequence[Any], *, input_size: tuple[int, int], patch: int,
     evidence_stats: Sequence[tuple[np.ndarray, np.ndarray]], head: dict[str, Any],
     flips: Sequence[Sequence[int]] = TTA_FLIPS, top_k: int = 5,
+    local_contrast: float | None = None,
 ) -> Any:
     """Ensemble of trunks (each with flip TTA) -> per-trunk standardised evidence, averaged
     -> ``RankedProbabilities`` (``head`` is its config, see ``models.calibration``).
@@ -78,16 +82,18 @@ def build_whole_image_model(
     ``evidence_stats`` holds each trunk's (mean, std) of its evidence on its own training
     images: trunks from different folds speak on different scales, and the head was fitted
     on standardised evidence. The heatmap is the trunks' mean P(abnormal) map.
+    ``local_contrast`` (a sigma) puts the trunks behind ``LocalContrast``, as they trained.
     """
     import keras
 
-    from models.layers import AbnormalityMap, LesionEvidence, RankedProbabilities
+    from models.layers import AbnormalityMap, LesionEvidence, LocalContrast, RankedProbabilities
 
     inputs = keras.Input((*input_size, 1), name="image")
+    seen = inputs if local_contrast is None else LocalContrast(local_contrast)(inputs)
     evidences, heatmaps = [], []
     for trunk, (mean, std) in zip(trunks, evidence_stats, strict=True):
         logits = keras.layers.AveragePooling2D(patch // STRIDE, strides=1)(
-            trunk_logits(trunk, inputs, flips))
+            trunk_logits(trunk, seen, flips))
         probabilities = keras.layers.Softmax(axis=-1)(logits)
         scale = keras.layers.Normalization(mean=np.asarray(mean, np.float32),
                                            variance=np.asarray(std, np.float32) ** 2)

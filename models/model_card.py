@@ -56,6 +56,22 @@ def _reproducibility(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def _per_fold(meta: dict[str, Any]) -> str:
+    members = int(meta.get("training", {}).get("members", 1))
+    if members == 1:
+        return "one per cross-validation fold"
+    return f"{members} per cross-validation fold, each with its own seed and early-stopping split"
+
+
+def _local_contrast(meta: dict[str, Any]) -> str:
+    sigma = meta.get("training", {}).get("local_contrast_sigma")
+    if sigma is None:
+        return ""
+    return (f"Inside the model, the trunks see each breast pixel against a Gaussian "
+            f"(sigma {sigma:g} px) mean of the breast around it (`LocalContrast`), so a "
+            "finding counts by how much it stands out, not by how dense the breast is. ")
+
+
 def _ece_interval_note(validation: dict[str, Any]) -> list[str]:
     low = ((validation.get("ci95") or {}).get("ece") or [None])[0]
     if low is None or validation["ece"] >= low:
@@ -143,7 +159,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "## Model",
         "",
         f"- {meta['architecture']}: {meta['ensemble_members']} small convolutional trunks "
-        f"(one per cross-validation fold) trained on {meta['patch']} px patches around the "
+        f"({_per_fold(meta)}) trained on {meta['patch']} px patches around the "
         "annotated lesion circles and on normal tissue (hard-negative mining, label "
         "smoothing 0.1, class-balanced weights, flips, rotations, scale and intensity "
         "jitter), then "
@@ -154,8 +170,9 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "the rest, so the probabilities keep the ranking of the strongest evidence.",
         f"- Input {meta['input_size'][0]} x {meta['input_size'][1]} px after shared "
         f"preprocessing version {meta['preprocessing_version']} (chest wall to the left, "
-        f"{meta['pixel_size_mm']} mm pixels, breast crop, contrast stretch). No pretrained "
-        "weights: everything was learnt from the data below.",
+        f"{meta['pixel_size_mm']} mm pixels, breast crop, contrast stretch). "
+        f"{_local_contrast(meta)}No pretrained weights: everything was learnt from the data "
+        "below.",
         f"- File `model.keras`, sha256 `{meta['sha256']}`; seed {meta['seed']}.",
         "",
         "## Data",
@@ -206,7 +223,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "## Training cost and reproducibility",
         "",
         f"- `{training.get('command', 'mammo train DATA')}`: {training['seconds'] / 60:.1f} min "
-        f"on {training['machine']} (best epochs per fold: {training['best_epochs']}).",
+        f"on {training['machine']} (best epoch of each trunk: {training['best_epochs']}).",
         "- Seeds are fixed (Python, NumPy, TensorFlow), but TensorFlow's CPU kernels are not "
         "bit-exact across thread counts and load, and early stopping can then pick another "
         "epoch: a re-run agrees within noise at best.",

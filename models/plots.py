@@ -19,15 +19,17 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def training_curves(histories: Sequence[dict[str, list[float]]], path: Path) -> None:
+def training_curves(histories: Sequence[dict[str, list[float]]], names: Sequence[str],
+                    path: Path) -> None:
+    """One colour per trunk (``names``), train solid, inner validation dashed."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for k, history in enumerate(histories):
+    for k, (history, name) in enumerate(zip(histories, names, strict=True)):
         epochs = np.arange(1, len(history["loss"]) + 1)
         for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-            ax.plot(epochs, history[key], color=f"C{k}", lw=1, label=f"fold {k + 1} train")
+            ax.plot(epochs, history[key], color=f"C{k}", lw=1, label=f"{name} train")
             ax.plot(epochs, history[f"val_{key}"], color=f"C{k}", lw=1, ls="--",
-                    label=f"fold {k + 1} validation")
+                    label=f"{name} validation")
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"patch {key}")

@@ -49,10 +49,23 @@ class PreparedSet:
     def patients(self) -> np.ndarray:
         return np.array([i.patient_id for i in self.images])
 
+    def with_pixels(self, pixels: np.ndarray, threshold: float) -> PreparedSet:
+        """The same images seen through a pixel transform: patches are cut from ``pixels``,
+        while tissue (where patches may be drawn) is still judged on the original."""
+        if pixels.shape != self.pixels.shape:
+            raise ValueError(f"pixels {pixels.shape} do not match the set's {self.pixels.shape}")
+        tissue = [self.tissue(i, threshold) for i in range(len(self.images))]
+        seen = PreparedSet(self.images, pixels, self.circles, self.skipped)
+        seen._tissue = tissue
+        return seen
+
     def subset(self, index: Sequence[int] | np.ndarray) -> PreparedSet:
         idx = [int(i) for i in index]
-        return PreparedSet([self.images[i] for i in idx], self.pixels[idx],
+        part = PreparedSet([self.images[i] for i in idx], self.pixels[idx],
                            [self.circles[i] for i in idx], [])
+        if self._tissue is not None:  # judged on the original pixels (``with_pixels``)
+            part._tissue = [self._tissue[i] for i in idx]
+        return part
 
 
 def prepare(images: Sequence[LabelledImage], input_size: tuple[int, int], *, max_pixels: int,

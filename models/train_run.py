@@ -25,7 +25,7 @@ import numpy as np
 
 from models import metrics, plots
 from models.ablation import compare
-from models.architecture import MIRROR_TTA, TTA_FLIPS, WIDTHS
+from models.architecture import LOCAL_CONTRAST_SIGMA, MIRROR_TTA, TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
 from models.calibration import fit_head
 from models.datasets import LabelledImage, load_dataset
@@ -34,11 +34,12 @@ from models.patches import PatchPlan
 from models.prepared import PreparedSet, prepare
 from models.registry import MODEL_FILE, file_sha256, write_model_dir
 from models.splits import inner_validation, patient_folds
-from models.training import TrainOptions, predict_maps, train_trunk
+from models.training import TrainOptions, predict_maps, seen_by_trunks, train_trunk
 from shared.enums import CLASSES
 from shared.imaging.preprocess import PREPROCESSING_VERSION, TARGET_SPACING_MM
 
 Progress = Callable[[str], None]
+MEMBER_SEED_STEP = 100  # member m of fold k trains with seed + k + 100 m
 PLOTS = {
     "training_curves": "training_curves.png",
     "confusion_matrix": "confusion_matrix.png",
@@ -51,7 +52,7 @@ PLOTS = {
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "default"
-    version: str = "1.2.0"
+    version: str = "1.3.0"
     input_size: tuple[int, int] = (512, 512)
     folds: int = 5
     seed: int = 20261125
@@ -62,6 +63,8 @@ class TrainConfig:
     bootstrap_rounds: int = 1000
     max_pixels: int = 80_000_000
     tta_flips: tuple[tuple[int, ...], ...] = TTA_FLIPS
+    local_contrast_sigma: float | None = LOCAL_CONTRAST_SIGMA
+    members: int = 2  # trunks per fold, each with its own seed: the ensemble is folds x members
     command: str = "mammo train DATA"  # recorded in the metadata and the model card
 
 
@@ -88,57 +91,81 @@ def data_hash(images: list[LabelledImage]) -> str:
 
 def cross_validate(data: PreparedSet, config: TrainConfig,
                    folds: list[tuple[np.ndarray, np.ndarray]], say: Progress) -> CrossValidation:
+    """Per fold, ``config.members`` trunks (own seeds and early-stopping splits); an image's
+    held-out evidence and heatmap are the means over its fold's members, as the shipped
+    ensemble averages all trunks."""
     n = len(data.images)
-    labels, patients = data.labels, data.patients
-    options = TrainOptions(epochs=config.epochs, patience=config.patience,
-                           plan=PatchPlan(patch=config.patch), widths=config.widths)
+    labels = data.labels
     cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 9)), [np.empty(0)] * n,
                          alternative_evidence=np.zeros((n, 9)))
+    heatmaps: dict[int, list[np.ndarray]] = {}
     for k, (train, held_out) in enumerate(folds):
-        fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
-                                             seed=config.seed + k)
-        say(f"fold {k + 1}/{len(folds)}: {len(train)} training images "
-            f"({len(stop_idx)} of them for early stopping), {len(held_out)} held out")
-        result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
-                             seed=config.seed + k, name=f"trunk_{k + 1}", progress=say)
-        say(f"fold {k + 1}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
-        own = predict_maps([result.trunk], data.subset(train), config.patch,
-                           flips=config.tta_flips)["evidence"]
-        stats = (own.mean(axis=0), own.std(axis=0) + 1e-3)
-        maps = predict_maps([result.trunk], data.subset(held_out), config.patch,
-                            flips=config.tta_flips)
-        cv.evidence[held_out] = (maps["evidence"] - stats[0]) / stats[1]
-        cv.evidence_stats.append(stats)
-        _alternative_evidence(cv, result.trunk, data, (train, held_out), config)
-        fold_truth = labels[held_out]
-        say(f"fold {k + 1}: held-out AUC of the strongest location alone: abnormal "
-            f"{_fmt(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
-            f"{_fmt(metrics.auc(fold_truth == 2, maps['evidence'][:, 1]))}")
-        for i, heatmap in zip(held_out, maps["heatmap"], strict=True):
-            cv.heatmaps[int(i)] = heatmap
-        cv.histories.append(result.history)
-        cv.trunks.append(result.trunk)
-        cv.best_epochs.append(result.best_epoch)
+        say(f"fold {k + 1}/{len(folds)}: {len(train)} training images, {len(held_out)} held "
+            f"out, {config.members} trunk(s)")
+        for member in range(config.members):
+            seed = config.seed + k + MEMBER_SEED_STEP * member
+            name = f"trunk_{k + 1}" + (f"_{member + 1}" if config.members > 1 else "")
+            evidence, alternative, maps = _train_member(data, config, (train, held_out),
+                                                        seed, name, cv, say)
+            cv.evidence[held_out] += evidence / config.members
+            assert cv.alternative_evidence is not None
+            cv.alternative_evidence[held_out] += alternative / config.members
+            for i, heatmap in zip(held_out, maps, strict=True):
+                heatmaps.setdefault(int(i), []).append(heatmap)
+    cv.heatmaps = [np.mean(heatmaps[i], axis=0) for i in range(n)]
     for train, held_out in folds:  # each fold's head is fitted on the other folds' evidence
         head = fit_head(cv.evidence[train], labels[train])
         cv.probabilities[held_out] = head.probabilities(cv.evidence[held_out])
     return cv
 
 
+def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray, np.ndarray],
+                  seed: int, name: str, cv: CrossValidation,
+                  say: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train one trunk on ``fold``'s training part and append it (with its history and
+    evidence scale) to ``cv``; return its standardised held-out evidence, the same with the
+    alternative flips, and its held-out heatmaps."""
+    train, held_out = fold
+    labels, patients = data.labels, data.patients
+    options = TrainOptions(epochs=config.epochs, patience=config.patience,
+                           plan=PatchPlan(patch=config.patch), widths=config.widths)
+    fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
+                                         seed=seed)
+    say(f"{name}: {len(stop_idx)} of the training images kept apart for early stopping")
+    result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
+                         seed=seed, name=name, progress=say)
+    say(f"{name}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
+    evidence, stats, maps = _held_out_evidence(result.trunk, data, fold, config.patch,
+                                               config.tta_flips)
+    alternative = _held_out_evidence(result.trunk, data, fold, config.patch,
+                                     alternative_flips(config.tta_flips))[0]
+    fold_truth = labels[held_out]
+    say(f"{name}: held-out AUC of the strongest location alone: abnormal "
+        f"{_fmt(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
+        f"{_fmt(metrics.auc(fold_truth == 2, maps['evidence'][:, 1]))}")
+    cv.evidence_stats.append(stats)
+    cv.histories.append(result.history)
+    cv.trunks.append(result.trunk)
+    cv.best_epochs.append(result.best_epoch)
+    return evidence, alternative, maps["heatmap"]
+
+
+def _held_out_evidence(
+    trunk: Any, data: PreparedSet, fold: tuple[np.ndarray, np.ndarray], patch: int,
+    flips: tuple[tuple[int, ...], ...],
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
+    """(held-out evidence standardised by the trunk's evidence on its own training images,
+    that (mean, std), the held-out maps): fold trunks speak on different scales."""
+    train, held_out = fold
+    own = predict_maps([trunk], data.subset(train), patch, flips=flips)["evidence"]
+    stats = (own.mean(axis=0), own.std(axis=0) + 1e-3)
+    maps = predict_maps([trunk], data.subset(held_out), patch, flips=flips)
+    return (maps["evidence"] - stats[0]) / stats[1], stats, maps
+
+
 def alternative_flips(flips: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
     """What the ablation sets against the shipped flips: none, or else the mirror."""
     return MIRROR_TTA if tuple(map(tuple, flips)) == ((),) else ((),)
-
-
-def _alternative_evidence(cv: CrossValidation, trunk: Any, data: PreparedSet,
-                          fold: tuple[np.ndarray, np.ndarray], config: TrainConfig) -> None:
-    """The held-out evidence with the alternative flips, standardised the same way."""
-    train, held_out = fold
-    flips = alternative_flips(config.tta_flips)
-    own = predict_maps([trunk], data.subset(train), config.patch, flips=flips)["evidence"]
-    other = predict_maps([trunk], data.subset(held_out), config.patch, flips=flips)["evidence"]
-    assert cv.alternative_evidence is not None
-    cv.alternative_evidence[held_out] = (other - own.mean(axis=0)) / (own.std(axis=0) + 1e-3)
 
 
 def _report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
@@ -158,7 +185,7 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     data = prepare(images, config.input_size, max_pixels=config.max_pixels, progress=say)
     labels, patients = data.labels, data.patients
     folds = patient_folds(labels, patients, n_folds=config.folds, seed=config.seed)
-    cv = cross_validate(data, config, folds, say)
+    cv = cross_validate(seen_by_trunks(data, config.local_contrast_sigma), config, folds, say)
     validation = _report(labels, cv.probabilities, patients, config)
     say("baseline: intensity and texture features + logistic regression, same folds")
     baseline_probs = cross_validated_probabilities(feature_matrix(data.pixels), labels, folds)
@@ -178,11 +205,13 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
 
     model = build_whole_image_model(cv.trunks, input_size=config.input_size, patch=config.patch,
                                     evidence_stats=cv.evidence_stats,
-                                    head=head.layer_config(), flips=config.tta_flips)
+                                    head=head.layer_config(), flips=config.tta_flips,
+                                    local_contrast=config.local_contrast_sigma)
     directory = output / config.name / config.version
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / MODEL_FILE)
-    plots.training_curves(cv.histories, directory / PLOTS["training_curves"])
+    plots.training_curves(cv.histories, [t.name for t in cv.trunks],
+                          directory / PLOTS["training_curves"])
     plots.confusion(validation["confusion_matrix"], directory / PLOTS["confusion_matrix"],
                     "Held-out (cross-validated) predictions")
     plots.roc_curves(labels, {"CNN (held-out folds)": cv.probabilities,

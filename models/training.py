@@ -12,7 +12,7 @@ import numpy as np
 
 from models.architecture import WIDTHS, build_map_model, build_patch_model, build_trunk
 from models.heatmaps import hard_negative_points
-from models.patches import PatchPlan, balanced_class_weights, sample_patches
+from models.patches import BREAST_THRESHOLD, PatchPlan, balanced_class_weights, sample_patches
 from models.prepared import PreparedSet
 from shared.enums import Label
 
@@ -100,6 +100,23 @@ def mine_hard_negatives(trunk: Any, data: PreparedSet, patch: int,
         points += [(i, x, y) for x, y in
                    hard_negative_points(heatmap, data.circles[i], patch, per_image)]
     return points
+
+
+def seen_by_trunks(data: PreparedSet, local_contrast: float | None,
+                   batch_size: int = 16) -> PreparedSet:
+    """``data`` as the trunks see it inside the shipped model: through ``LocalContrast``
+    (the same layer) when the model has one. Computed once, before any patch is cut, so a
+    patch's local mean comes from the whole breast around it, as at inference."""
+    if local_contrast is None:
+        return data
+    from models.layers import LocalContrast
+
+    layer = LocalContrast(local_contrast)
+    seen = np.empty_like(data.pixels)
+    for start in range(0, len(data.images), batch_size):
+        batch = data.pixels[start:start + batch_size].astype(np.float32)[..., np.newaxis]
+        seen[start:start + batch_size] = np.asarray(layer(batch))[..., 0]
+    return data.with_pixels(seen, BREAST_THRESHOLD)
 
 
 def predict_maps(trunks: list[Any], data: PreparedSet, patch: int, batch_size: int = 8,

@@ -54,9 +54,12 @@ def _say(message: str) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
 @click.option("--name", default="default", show_default=True)
-@click.option("--version", "version", default="1.2.0", show_default=True)
+@click.option("--version", "version", default="1.3.0", show_default=True)
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
-              help="Patient-level cross-validation folds (= ensemble members).")
+              help="Patient-level cross-validation folds.")
+@click.option("--members", type=click.IntRange(1, 5), default=2, show_default=True,
+              help="Trunks trained per fold, each with its own seed; the shipped ensemble "
+              "holds FOLDS x MEMBERS trunks.")
 @click.option("--epochs", type=click.IntRange(1), default=36, show_default=True,
               help="Maximum epochs per fold (early stopping usually ends sooner).")
 @click.option("--patience", type=click.IntRange(1), default=12, show_default=True)
@@ -74,7 +77,7 @@ def _say(message: str) -> None:
               "downloaded.")
 @pass_cli
 def train_command(cli: CliContext, data: Path, output: Path, name: str, version: str,
-                  folds: int, epochs: int, patience: int, input_size: str, patch: str,
+                  folds: int, members: int, epochs: int, patience: int, input_size: str, patch: str,
                   widths: str, seed: int, bootstrap: int, weights: str) -> None:
     """Train, cross-validate, calibrate and write a model directory with its model card.
 
@@ -85,8 +88,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output models --version 1.2.0
-        mammo models activate models/default/1.2.0
+        mammo train ../shared/data/mini-mias --output models --version 1.3.0
+        mammo models activate models/default/1.3.0
     """
     if weights != "none":
         raise ConfigurationError(
@@ -98,8 +101,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
     command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else (
         "mammo train DATA")
     config = TrainConfig(name=name, version=version, input_size=_size(input_size), folds=folds,
-                         seed=seed, epochs=epochs, patience=patience, patch=int(patch),
-                         widths=_widths(widths),
+                         members=members, seed=seed, epochs=epochs, patience=patience,
+                         patch=int(patch), widths=_widths(widths),
                          bootstrap_rounds=bootstrap, max_pixels=cli.settings.max_image_pixels,
                          command=command)
     directory = train(data, output, config, _say)
@@ -228,7 +231,7 @@ def models_activate(cli: CliContext, ref: str) -> None:
 
     \b
     Example:
-        mammo models activate trained-models/default/1.2.0
+        mammo models activate trained-models/default/1.3.0
     """
     from models.activation import activate
     from models.registry import resolve_model, verify_model
@@ -257,8 +260,8 @@ def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.2.0
-        mammo models compare default /tmp/rerun/default/1.2.0 --record
+        mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.3.0
+        mammo models compare default /tmp/rerun/default/1.3.0 --record
     """
     from models.model_card import record_in_metadata
     from models.registry import resolve_model

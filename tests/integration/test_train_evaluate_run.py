@@ -32,7 +32,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = write_mias_like(root / "mias", pairs=6)
     env = mammo_env(database_url=f"sqlite:///{root / 'train.db'}")
     done = run_mammo(["train", str(data), "--output", str(root / "out"), "--name", "tiny",
-                      "--version", "0.1.0", "--folds", "2", "--epochs", "2",
+                      "--version", "0.1.0", "--folds", "2", "--members", "2", "--epochs", "2",
                       "--input-size", "128", "--patch", "32", "--bootstrap", "20"], env, root)
     assert done.returncode == 0, done.stderr
     assert "fold 2/2" in done.stderr and "epoch 1/2" in done.stderr  # progress is printed
@@ -46,6 +46,16 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     for plot in meta["plots"].values():
         assert (trained / plot).stat().st_size > 1000
     assert meta["training_data"]["images"] == 12 and meta["training_data"]["patients"] == 6
+    # 2 folds x 2 seeded trunks each, all behind the local-contrast layer they trained with.
+    assert meta["ensemble_members"] == 4 and len(meta["training"]["best_epochs"]) == 4
+    assert meta["training"]["local_contrast_sigma"] == 24.0
+    import keras
+
+    import models.layers  # noqa: F401  (registers the custom layers)
+
+    model = keras.models.load_model(trained / "model.keras", compile=False, safe_mode=True)
+    assert [layer.sigma for layer in model.layers if type(layer).__name__ == "LocalContrast"] \
+        == [24.0]
     assert set(meta["validation"]) >= {"auc_abnormal", "auc_malignant", "ece", "ci95"}
     card = (trained / "MODEL_CARD.md").read_text()
     assert "Suckling" in card and "Decision support" in card and "95%" in card
