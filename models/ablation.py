@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from models import metrics
-from models.calibration import fit_head
+from models.calibration import ABNORMAL_SCORE, MALIGNANT_SCORE, fit_head
 
 Folds = Sequence[tuple[np.ndarray, np.ndarray]]
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -45,14 +45,17 @@ def _ranking(scores: tuple[str, str]) -> Fitter:
     return fit
 
 
+shipped_head = _ranking((ABNORMAL_SCORE, MALIGNANT_SCORE))
 HEADS: dict[str, Fitter] = {
-    "top-5 mean, Platt (shipped head)": _ranking(("topk_abnormal", "topk_malignant")),
+    "top-5 mean, Platt (shipped head)": shipped_head,
     "strongest location, Platt": _ranking(("max_abnormal", "max_malignant")),
     "multinomial logistic on 9 features (1.0.0 head)": _multinomial,
 }
 
 
-def held_out(evidence: np.ndarray, labels: np.ndarray, folds: Folds, fit: Fitter) -> np.ndarray:
+def held_out_predictions(evidence: np.ndarray, labels: np.ndarray, folds: Folds,
+                         fit: Fitter) -> np.ndarray:
+    """Each fold's probabilities from a head fitted on the other folds' held-out evidence."""
     probs = np.zeros((len(labels), 3))
     for train, test in folds:
         probs[test] = fit(evidence[train], labels[train])(evidence[test])
@@ -65,7 +68,7 @@ def compare(evidence_by_tta: dict[str, np.ndarray], labels: np.ndarray,
     rows = []
     for tta, evidence in evidence_by_tta.items():
         for head, fit in HEADS.items():
-            probs = held_out(evidence, labels, folds, fit)
+            probs = held_out_predictions(evidence, labels, folds, fit)
             per_fold = [(metrics.auc_abnormal(labels[t], probs[t]),
                          metrics.auc_malignant(labels[t], probs[t])) for _, t in folds]
             rows.append({"flips": tta, "head": head,

@@ -23,9 +23,10 @@ WIDTHS = (24, 48, 96, 144, 192)
 # and every training run measures the mirror as the alternative (MODEL_CARD.md).
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((),)
 MIRROR_TTA: tuple[tuple[int, ...], ...] = ((), (2,))
-# The trunks read each pixel against the breast around it (models.layers.LocalContrast,
-# Gaussian sigma in input pixels; None = the preprocessed image as it is). From 1.3.0.
-LOCAL_CONTRAST_SIGMA: float | None = 24.0
+# ``mammo train --local-contrast``: the trunks read each pixel against the breast around it
+# (models.layers.LocalContrast, Gaussian sigma in input pixels). Measured against the plain
+# image with tests/benchmarks/model_variants.py and not better within noise, so off by default.
+LOCAL_CONTRAST_SIGMA = 24.0
 
 
 def build_trunk(name: str, *, widths: Sequence[int] = WIDTHS, dropout: float = 0.2) -> Any:

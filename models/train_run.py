@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from models import metrics, plots
-from models.ablation import compare
-from models.architecture import LOCAL_CONTRAST_SIGMA, MIRROR_TTA, TTA_FLIPS, WIDTHS
+from models.ablation import compare, held_out_predictions, shipped_head
+from models.architecture import MIRROR_TTA, TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
 from models.calibration import fit_head
 from models.datasets import LabelledImage, load_dataset
@@ -52,7 +52,7 @@ PLOTS = {
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "default"
-    version: str = "1.3.0"
+    version: str = "1.2.0"
     input_size: tuple[int, int] = (512, 512)
     folds: int = 5
     seed: int = 20261125
@@ -63,8 +63,8 @@ class TrainConfig:
     bootstrap_rounds: int = 1000
     max_pixels: int = 80_000_000
     tta_flips: tuple[tuple[int, ...], ...] = TTA_FLIPS
-    local_contrast_sigma: float | None = LOCAL_CONTRAST_SIGMA
-    members: int = 2  # trunks per fold, each with its own seed: the ensemble is folds x members
+    local_contrast_sigma: float | None = None  # trunks behind LocalContrast(sigma) if set
+    members: int = 1  # trunks per fold, each with its own seed: the ensemble is folds x members
     command: str = "mammo train DATA"  # recorded in the metadata and the model card
 
 
@@ -113,9 +113,8 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
             for i, heatmap in zip(held_out, maps, strict=True):
                 heatmaps.setdefault(int(i), []).append(heatmap)
     cv.heatmaps = [np.mean(heatmaps[i], axis=0) for i in range(n)]
-    for train, held_out in folds:  # each fold's head is fitted on the other folds' evidence
-        head = fit_head(cv.evidence[train], labels[train])
-        cv.probabilities[held_out] = head.probabilities(cv.evidence[held_out])
+    # Each fold's head is fitted on the other folds' held-out evidence.
+    cv.probabilities = held_out_predictions(cv.evidence, labels, folds, shipped_head)
     return cv
 
 
