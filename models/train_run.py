@@ -1,12 +1,14 @@
 """``mammo train``: cross-validate, compare with the baseline, calibrate, and write the model.
 
-1. Preprocess every image once, through the worker's own preprocessing.
-2. K patient-level folds. Per fold, train one patch trunk (early stopping on an inner
-   patient split of the training part), then score the held-out fold's whole images.
+1. Preprocess every image once, through the worker's own preprocessing (and, with
+   ``--local-contrast``, through the model's own ``LocalContrast`` layer).
+2. K patient-level folds. Per fold, train ``--members`` patch trunks (default one; each with
+   its own seed and early stopping on an inner patient split of the training part), then
+   score the held-out fold's whole images.
 3. Held-out evidence -> image head fitted on the other folds -> held-out probabilities:
    the validation metrics (bootstrap CIs over patients), the localisation rate, and the
    same folds for the feature-based baseline.
-4. The shipped model: the K fold trunks as an ensemble, with the head fitted on all
+4. The shipped model: all the fold trunks as an ensemble, with the head fitted on all
    held-out evidence; plots, metadata and MODEL_CARD.md beside it.
 """
 
