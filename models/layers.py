@@ -24,8 +24,10 @@ class LocalContrast(keras.layers.Layer):
     The local mean is a Gaussian average (``sigma`` pixels) over breast pixels only
     (normalised convolution: background and the image's edges never darken it), so a mass
     stands out by how much denser it is than its surroundings, not by how dense the breast
-    is. Without it the trunks learnt "bright = suspicious" and ranked dense normal breasts
-    above abnormal ones (MODEL_CARD.md of 1.3.0). Background (0) stays 0.
+    is. Background (0) stays 0. The motive: the plain model's top false alarms are dense
+    normal breasts. On mini-MIAS it did not beat run-to-run noise (README, measured with
+    tests/benchmarks/model_variants.py), so ``mammo train`` adds it only when asked
+    (``--local-contrast``).
     """
 
     def __init__(self, sigma: float = 24.0, gain: float = 2.0, **kwargs: Any) -> None:
