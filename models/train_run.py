@@ -74,13 +74,13 @@ class TrainConfig:
 class CrossValidation:
     probabilities: np.ndarray
     evidence: np.ndarray
-    heatmaps: list[np.ndarray]
+    # With the other test-time flips (mirror if the shipped model has none): the ablation.
+    alternative_evidence: np.ndarray
+    heatmaps: list[np.ndarray] = field(default_factory=list)
     histories: list[dict[str, list[float]]] = field(default_factory=list)
     trunks: list[Any] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
     evidence_stats: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    # With the other test-time flips (mirror if the shipped model has none): the ablation.
-    alternative_evidence: np.ndarray | None = None
 
 
 def data_hash(images: list[LabelledImage]) -> str:
@@ -98,8 +98,7 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
     ensemble averages all trunks."""
     n = len(data.images)
     labels = data.labels
-    cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 9)), [np.empty(0)] * n,
-                         alternative_evidence=np.zeros((n, 9)))
+    cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 9)), np.zeros((n, 9)))
     heatmaps: dict[int, list[np.ndarray]] = {}
     for k, (train, held_out) in enumerate(folds):
         say(f"fold {k + 1}/{len(folds)}: {len(train)} training images, {len(held_out)} held "
@@ -110,7 +109,6 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
             evidence, alternative, maps = _train_member(data, config, (train, held_out),
                                                         seed, name, cv, say)
             cv.evidence[held_out] += evidence / config.members
-            assert cv.alternative_evidence is not None
             cv.alternative_evidence[held_out] += alternative / config.members
             for i, heatmap in zip(held_out, maps, strict=True):
                 heatmaps.setdefault(int(i), []).append(heatmap)
@@ -198,7 +196,6 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     alternative = alternative_flips(config.tta_flips)
     say(f"ablation: other heads, and test-time flips {flip_names(alternative)}, on the same "
         "held-out evidence")
-    assert cv.alternative_evidence is not None
     ablation = compare({flip_names(config.tta_flips): cv.evidence,
                         flip_names(alternative): cv.alternative_evidence}, labels, folds)
 

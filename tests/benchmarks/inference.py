@@ -135,5 +135,6 @@ def _record(directory: Path, figures: dict[str, object], args: argparse.Namespac
         "command": command,
     })
 
+
 if __name__ == "__main__":
     main()

@@ -33,6 +33,7 @@ from models.training import seen_by_trunks
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mini-mias"
 VARIANTS: dict[str, float | None] = {"plain": None, "contrast": LOCAL_CONTRAST_SIGMA}
+DEFAULTS = TrainConfig()
 
 
 def _row(name: str, data: PreparedSet, folds: list[tuple[np.ndarray, np.ndarray]],
@@ -41,7 +42,7 @@ def _row(name: str, data: PreparedSet, folds: list[tuple[np.ndarray, np.ndarray]
     probs = held_out_predictions(evidence, labels, folds, shipped_head)
     per_fold = [(metrics.auc_abnormal(labels[t], probs[t]),
                  metrics.auc_malignant(labels[t], probs[t])) for _, t in folds]
-    rate, scored = localisation_rate(heatmaps, data.circles, TrainConfig().patch)
+    rate, scored = localisation_rate(heatmaps, data.circles, DEFAULTS.patch)
     return {"variant": name, "auc_abnormal": metrics.auc_abnormal(labels, probs),
             "auc_malignant": metrics.auc_malignant(labels, probs),
             "fold_mean": [float(np.mean([a for a, _ in per_fold if a is not None])),
@@ -51,9 +52,8 @@ def _row(name: str, data: PreparedSet, folds: list[tuple[np.ndarray, np.ndarray]
 
 def run(data_path: Path, variants: list[str], seeds: list[int],
         epochs: int) -> list[dict[str, Any]]:
-    data = prepare(load_dataset(data_path), TrainConfig().input_size,
-                   max_pixels=TrainConfig().max_pixels)
-    folds = patient_folds(data.labels, data.patients, n_folds=TrainConfig().folds, seed=seeds[0])
+    data = prepare(load_dataset(data_path), DEFAULTS.input_size, max_pixels=DEFAULTS.max_pixels)
+    folds = patient_folds(data.labels, data.patients, n_folds=DEFAULTS.folds, seed=seeds[0])
     rows = []
     for variant in variants:
         sigma = VARIANTS[variant]
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--variants", default="plain,contrast")
     parser.add_argument("--seeds", default="20261125,20261225")
-    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs,
+    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
                         help="maximum epochs per trunk (1 for a quick smoke run)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

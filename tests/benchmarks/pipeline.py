@@ -305,8 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _summary(args: argparse.Namespace, spec: Any, micro_batch: int, raw: float,
-             kinds: dict[str, Any],
-             cold: float, enqueue: dict[str, Any]) -> dict[str, Any]:
+             kinds: dict[str, Any], cold: float, enqueue: dict[str, Any]) -> dict[str, Any]:
     for row in kinds.values():
         row["e2e_over_raw"] = round(row["e2e_ips"] / raw, 3)
     main = kinds[args.kinds[0]]
