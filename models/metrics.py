@@ -58,6 +58,11 @@ def expected_calibration_error(truth: np.ndarray, probs: np.ndarray,
     return float(ece)
 
 
+def format_metric(value: float | None) -> str:
+    """Three decimals, or "n/a" where a metric is undefined (one class only)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def confusion(truth: np.ndarray, probs: np.ndarray) -> list[list[int]]:
     from sklearn.metrics import confusion_matrix
 

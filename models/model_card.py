@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from models.metrics import format_metric
 from models.registry import METADATA_FILE
 
 CITATION = ('Suckling J et al (1994) "The Mammographic Image Analysis Society Digital '
@@ -42,8 +43,8 @@ def _reproducibility(meta: dict[str, Any]) -> list[str]:
         return ["- No same-seed re-run has been recorded for this version: its "
                 "reproducibility is not verified (`mammo models compare THIS RERUN --record` "
                 "records one)."]
-    rows = [f"| {r['metric']} | {_num(r['this'])} | {_num(r['rerun'])} | "
-            f"{_num(r['difference'])} |" for r in record["rows"]]
+    rows = [f"| {r['metric']} | {format_metric(r['this'])} | {format_metric(r['rerun'])} | "
+            f"{format_metric(r['difference'])} |" for r in record["rows"]]
     return [
         f"- Same-seed re-run ({record['rerun']}, {record['date']}; {record['rerun_minutes']:.1f} "
         f"min, best epochs {record['rerun_best_epochs']}): largest validation AUC difference "
@@ -54,6 +55,60 @@ def _reproducibility(meta: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
         *rows,
     ]
+
+
+def _repeated_splits(meta: dict[str, Any]) -> list[str]:
+    record = meta.get("repeated_splits")
+    if not record:
+        return []
+    rows, spread = record["rows"], record["spread"]
+    keys = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ece",
+            "localisation", "baseline_auc_abnormal", "baseline_auc_malignant")
+
+    def cell(key: str) -> str:
+        value = spread.get(key)
+        return "n/a" if value is None else (
+            f"{value['mean']:.3f} (sd {value['sd']:.3f}; {value['min']:.3f}-{value['max']:.3f})")
+
+    beaten = sum(all((r[k] or 0) > (r[f"baseline_{k}"] or 0)
+                     for k in ("auc_abnormal", "auc_malignant")) for r in rows)
+    return [
+        "## Repeated patient splits",
+        "",
+        f"The same recipe cross-validated on {len(rows)} different {record['folds']}-fold "
+        "patient splits (`mammo train --seed S`: each seed draws its own folds and trunk "
+        "initialisations; recorded "
+        f"{record['date']} by `mammo models repeat-cv`). The first row is this model's own "
+        "split; the spread is what one split's figures can move by on this data.",
+        "",
+        "| seed | source | AUC abnormal | AUC malignant | sens. at 90% spec. | ECE | "
+        "peak in circle | baseline AUC abnormal | baseline AUC malignant |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[f"| {r['seed']} | {r['source']} | "
+          + " | ".join(format_metric(r[k]) for k in keys) + " |" for r in rows],
+        "",
+        *[f"- {label}: mean {cell(key)}" for label, key in (
+            ("AUC abnormal", "auc_abnormal"), ("AUC malignant", "auc_malignant"),
+            ("ECE", "ece"), ("heatmap peak inside circle", "localisation"),
+            ("baseline AUC abnormal", "baseline_auc_abnormal"),
+            ("baseline AUC malignant", "baseline_auc_malignant"))],
+        f"- The CNN beat the baseline on both AUCs on {beaten} of {len(rows)} splits.",
+        "",
+    ]
+
+
+def _split_limitation(meta: dict[str, Any], folds: int) -> str:
+    record = meta.get("repeated_splits")
+    if not record:
+        return (f"- One {folds}-fold split trains the trunks; repeating the split with "
+                "other seeds would give a steadier estimate than the per-fold spread shown "
+                "(`mammo models repeat-cv` records that).")
+    spread = record["spread"]
+    return (f"- The validation figures above come from one of {len(record['rows'])} patient "
+            "splits measured (see Repeated patient splits): over all of them AUC abnormal "
+            f"averaged {spread['auc_abnormal']['mean']:.2f} and AUC malignant "
+            f"{spread['auc_malignant']['mean']:.2f}. Expect new data to look like the mean, "
+            "not like the best split.")
 
 
 def _per_fold(meta: dict[str, Any]) -> str:
@@ -81,10 +136,6 @@ def _ece_interval_note(validation: dict[str, Any]) -> list[str]:
             "an upper range, not as a contradiction.", ""]
 
 
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def _head(meta: dict[str, Any]) -> str:
     head = meta.get("head") or {}
     return (f"`{head.get('abnormal_score', '?')}` and `{head.get('malignant_score', '?')}` of "
@@ -104,9 +155,10 @@ def _ablation(meta: dict[str, Any]) -> list[str]:
         "",
         "| test-time flips | head | AUC abnormal | AUC malignant | ECE | fold-mean AUCs |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['flips']} | {r['head']} | {_num(r['auc_abnormal'])} | "
-          f"{_num(r['auc_malignant'])} | {r['ece']:.3f} | "
-          f"{_num(r['fold_mean'][0])} / {_num(r['fold_mean'][1])} |" for r in rows],
+        *[f"| {r['flips']} | {r['head']} | {format_metric(r['auc_abnormal'])} | "
+          f"{format_metric(r['auc_malignant'])} | {r['ece']:.3f} | "
+          f"{format_metric(r['fold_mean'][0])} / {format_metric(r['fold_mean'][1])} |"
+          for r in rows],
         "",
     ]
 
@@ -207,6 +259,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         *[f"| {k} | {'yes' if v else 'no'} |" for k, v in met.items()],
         "",
         *_ablation(meta),
+        *_repeated_splits(meta),
         "## Localisation",
         "",
         f"The heatmap's peak lies inside the annotated circle for "
@@ -248,8 +301,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "regression) and the test-time flips were chosen from earlier models' held-out "
         "evidence on these folds, so these figures are mildly optimistic; the 64 withheld "
         "images were never used.",
-        f"- One {training['folds']}-fold split trains the trunks; repeating the split with "
-        "other seeds would give a steadier estimate than the per-fold spread shown.",
+        _split_limitation(meta, training["folds"]),
         "",
         "## Failure cases (held-out predictions)",
         "",

@@ -32,6 +32,7 @@ from models.baseline import cross_validated_probabilities, feature_matrix
 from models.calibration import fit_head
 from models.datasets import LabelledImage, load_dataset
 from models.heatmaps import localisation_rate, peak_distance_ratio
+from models.metrics import format_metric
 from models.patches import PatchPlan
 from models.prepared import PreparedSet, prepare
 from models.registry import MODEL_FILE, file_sha256, write_model_dir
@@ -140,8 +141,8 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
                                      alternative_flips(config.tta_flips))[0]
     fold_truth = labels[held_out]
     say(f"{name}: held-out AUC of the strongest location alone: abnormal "
-        f"{_fmt(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
-        f"{_fmt(metrics.auc(fold_truth == 2, maps['evidence'][:, 1]))}")
+        f"{format_metric(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
+        f"{format_metric(metrics.auc(fold_truth == 2, maps['evidence'][:, 1]))}")
     cv.evidence_stats.append(stats)
     cv.histories.append(result.history)
     cv.trunks.append(result.trunk)
@@ -246,7 +247,8 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
 
     write_model_card(spec.directory, spec.metadata)
     say(f"wrote {directory} in {seconds / 60:.1f} min: validation AUC abnormal "
-        f"{_fmt(validation['auc_abnormal'])}, malignant {_fmt(validation['auc_malignant'])}, "
+        f"{format_metric(validation['auc_abnormal'])}, malignant "
+        f"{format_metric(validation['auc_malignant'])}, "
         f"ECE {validation['ece']:.3f}; heatmap peak in circle {rate:.2f} of {scored}")
     return directory
 
@@ -265,10 +267,6 @@ def flip_names(flips: tuple[tuple[int, ...], ...]) -> str:
         return "none"
     names = {(): "image", (1,): "up-down", (2,): "left-right", (1, 2): "both"}
     return " + ".join(names.get(tuple(f), str(f)) for f in flips)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _cpu_count() -> int:

@@ -93,6 +93,36 @@ def test_models_compare_records_a_rerun_in_the_card(trained: Path, tmp_path: Pat
     assert refused.returncode == 2 and "seeds differ" in refused.stderr
 
 
+def test_repeat_cv_reruns_the_recipe_on_another_split(trained: Path, tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    shutil.copytree(trained, ref)
+    data = trained.parents[2] / "mias"  # what the fixture trained on
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 'r.db'}")
+    done = run_mammo(["models", "repeat-cv", str(ref), str(data), "--seeds", "5",
+                      "--format", "json", "--record"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "split 1/1: seed 5" in done.stderr and "fold 2/2" in done.stderr
+    result = json.loads(done.stdout[:done.stdout.rindex("}") + 1])
+    own, other = result["rows"]
+    meta = resolve_model(str(ref)).metadata
+    assert (own["seed"], own["source"], own["auc_abnormal"]) == (
+        meta["seed"], "this model", meta["validation"]["auc_abnormal"])
+    assert (other["seed"], other["source"]) == (5, "re-run")
+    assert 0.0 <= other["ece"] <= 1.0 and 0.0 <= other["baseline_auc_abnormal"] <= 1.0
+    values = [r["ece"] for r in result["rows"]]
+    assert result["spread"]["ece"]["mean"] == pytest.approx(sum(values) / 2)
+    assert meta["repeated_splits"] == result
+    assert "## Repeated patient splits" in (ref / "MODEL_CARD.md").read_text()
+    # The recipe's own seed, and data it never trained on, are refused with a reason.
+    own_seed = run_mammo(["models", "repeat-cv", str(ref), str(data), "--seeds",
+                          str(meta["seed"])], env, tmp_path)
+    assert own_seed.returncode == 2 and "the model's own split" in own_seed.stderr
+    other_data = write_mias_like(tmp_path / "other", pairs=3, seed=11)
+    refused = run_mammo(["models", "repeat-cv", str(ref), str(other_data), "--seeds", "5"],
+                        env, tmp_path)
+    assert refused.returncode == 2 and "not the data this model trained on" in refused.stderr
+
+
 def test_evaluate_json_has_exactly_the_contract_keys(trained: Path, tmp_path: Path) -> None:
     data = write_mias_like(tmp_path / "eval", pairs=3, seed=11)
     env = mammo_env(database_url=f"sqlite:///{tmp_path / 'e.db'}")

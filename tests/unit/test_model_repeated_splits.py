@@ -1,0 +1,78 @@
+"""The repeated-split record: the recorded recipe, the spread, and how the card shows it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from models.model_card import render
+from models.repeated_splits import recipe, spread
+from models.train_run import TrainConfig
+from tests.unit.test_model_reproducibility import _meta
+
+
+def _row(seed: int, abnormal: float, malignant: float, baseline: float) -> dict[str, Any]:
+    return {"seed": seed, "source": "re-run", "auc_abnormal": abnormal,
+            "auc_malignant": malignant, "sensitivity_at_90_specificity": None, "ece": 0.05,
+            "localisation": 0.3, "baseline_auc_abnormal": baseline,
+            "baseline_auc_malignant": baseline}
+
+
+def test_recipe_is_the_recorded_training_config_with_tuples_back() -> None:
+    # A model trained before --members and --local-contrast existed records neither.
+    training = {"name": "default", "version": "1.2.0", "input_size": [512, 512], "folds": 5,
+                "seed": 7, "epochs": 36, "patience": 12, "patch": 64,
+                "widths": [24, 48, 96, 144, 192], "bootstrap_rounds": 1000,
+                "max_pixels": 80_000_000, "tta_flips": [[]], "command": "mammo train X",
+                "best_epochs": [1, 2], "seconds": 60.0, "machine": "x86_64"}
+    config = recipe({"training": training})
+    assert config == TrainConfig(name="default", version="1.2.0", input_size=(512, 512),
+                                 folds=5, seed=7, epochs=36, patience=12, patch=64,
+                                 widths=(24, 48, 96, 144, 192), bootstrap_rounds=1000,
+                                 max_pixels=80_000_000, tta_flips=((),), members=1,
+                                 local_contrast_sigma=None, command="mammo train X")
+    later = recipe({"training": {**training, "members": 2, "local_contrast_sigma": 24.0,
+                                 "tta_flips": [[], [2]]}})
+    assert (later.members, later.local_contrast_sigma, later.tta_flips) == (2, 24.0,
+                                                                             ((), (2,)))
+
+
+def test_spread_is_mean_sample_sd_and_range_over_splits() -> None:
+    rows = [_row(1, 0.60, 0.70, 0.55), _row(2, 0.50, 0.60, 0.50), _row(3, 0.70, 0.50, 0.60)]
+    result = spread(rows)
+    assert result["auc_abnormal"] == pytest.approx(
+        {"mean": 0.60, "sd": 0.10, "min": 0.50, "max": 0.70})
+    assert result["auc_malignant"]["mean"] == pytest.approx(0.60)
+    assert result["sensitivity_at_90_specificity"] is None  # undefined everywhere
+    assert spread(rows[:1])["ece"] == {"mean": 0.05, "sd": 0.0, "min": 0.05, "max": 0.05}
+
+
+def _card_meta() -> dict[str, Any]:
+    meta = {**_meta(), "classes": ["normal", "benign", "malignant"], "input_size": [512, 512],
+            "preprocessing_version": "2", "architecture": "a", "ensemble_members": 2,
+            "patch": 64, "pixel_size_mm": 0.2, "tta_flips": [[]], "head": {}}
+    meta["validation"].update(n=10, confusion_matrix=[[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    meta["baseline"] = copy.deepcopy(meta["validation"])
+    meta["training_data"].update(images=10, patients=5, classes={"normal": 10})
+    meta["training"].update(folds=2, bootstrap_rounds=20, machine="x86_64, 2 CPU cores")
+    return meta
+
+
+def test_card_shows_the_splits_and_tempers_its_headline(tmp_path: Any) -> None:
+    meta = _card_meta()
+    card = render(meta, tmp_path)
+    assert "## Repeated patient splits" not in card
+    assert "`mammo models repeat-cv` records that" in card
+    rows = [{**_row(7, 0.60, 0.70, 0.55), "source": "this model"},
+            _row(8, 0.50, 0.60, 0.58), _row(9, 0.55, 0.65, 0.50)]
+    meta["repeated_splits"] = {"date": "2026-12-01", "folds": 2, "rows": rows,
+                               "spread": spread(rows)}
+    card = render(meta, tmp_path)
+    assert "## Repeated patient splits" in card
+    assert "| 7 | this model | 0.600 | 0.700 | n/a | 0.050 | 0.300 | 0.550 | 0.550 |" in card
+    assert "- AUC abnormal: mean 0.550 (sd 0.050; 0.500-0.600)" in card
+    # Seed 8's CNN loses to the baseline on abnormal-vs-normal.
+    assert "beat the baseline on both AUCs on 2 of 3 splits" in card
+    assert "one of 3 patient splits measured" in card and "averaged 0.55" in card
