@@ -146,6 +146,12 @@ def _tiff_garbage(seed: int) -> bytes:
     return b"II*\x00" + struct.pack("<I", 1 << 30) + os.urandom(200 + seed % 7)
 
 
+def _tiff_two_views(path: Path, seed: int) -> None:
+    """Two full-size 16-bit views in one TIFF: OpenCV alone would decode only the first."""
+    views = [(_pixels(seed) << 4).astype(np.uint16), (_pixels(seed + 1) << 4).astype(np.uint16)]
+    assert cv2.imwritemulti(str(path), views)
+
+
 def _png_without_idat(seed: int) -> bytes:
     """A PNG signature and header, then IEND: an image with no pixel data at all."""
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -232,6 +238,8 @@ LEGEND: tuple[BadKind, ...] = (
     BadKind("tiff_truncated", ErrorCode.UNREADABLE, "a 16-bit TIFF cut in half",
             _bytes(lambda s: _raster(".tiff", lambda t: (_pixels(t) << 4).astype(np.uint16))(s)
                    [:8000])),
+    BadKind("tiff_multipage", ErrorCode.NOT_MAMMOGRAPHY, "a TIFF holding two full-size views",
+            _tiff_two_views),
     BadKind("pgm_truncated", ErrorCode.TRUNCATED, "a binary PGM missing half its pixels",
             _bytes(lambda s: b"P5\n80 96\n4095\n" + _pixels(s).astype(">u2").tobytes()[:7000])),
     BadKind("dangling_symlink", ErrorCode.MISSING_FILE, "a symbolic link to a file never written",

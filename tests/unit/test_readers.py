@@ -228,6 +228,27 @@ def test_jpeg_and_tiff(tmp_path: Path, pixels: np.ndarray) -> None:
     np.testing.assert_array_equal(decoded_tiff.pixels, pixels)
 
 
+def test_tiff_with_a_preview_page_reads_the_full_size_image(tmp_path: Path,
+                                                              pixels: np.ndarray) -> None:
+    path = tmp_path / "x.tif"
+    preview = cv2.resize(pixels, (pixels.shape[1] // 4, pixels.shape[0] // 4))
+    assert cv2.imwritemulti(str(path), [pixels, preview])
+    decoded = decode(path, max_pixels=BIG)
+    np.testing.assert_array_equal(decoded.pixels, pixels)
+    assert decoded.notes["pages"] == "1 reduced-resolution TIFF page(s) ignored"
+
+
+def test_tiff_holding_several_images_is_refused_not_truncated_to_one(
+        tmp_path: Path, pixels: np.ndarray) -> None:
+    path = tmp_path / "stack.tif"
+    preview = cv2.resize(pixels, (pixels.shape[1] // 4, pixels.shape[0] // 4))
+    # A preview first, then a second full-size view: the second view is what matters.
+    assert cv2.imwritemulti(str(path), [pixels, preview, np.flipud(pixels).copy()])
+    with pytest.raises(NotAMammogramError, match="page 3 of 3 is 96 x 128 px") as refused:
+        decode(path, max_pixels=BIG)
+    assert refused.value.code == ErrorCode.NOT_MAMMOGRAPHY
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_truncated_png_and_jpeg(tmp_path: Path, pixels: np.ndarray, suffix: str) -> None:
     path = tmp_path / f"x{suffix}"

@@ -11,6 +11,7 @@ header declares the maximum (``maxval``), so that value is used.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from pathlib import Path
@@ -18,7 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from shared.errors import TruncatedImageError, UnexpectedChannelsError, UnreadableImageError
+from shared.errors import (
+    NotAMammogramError,
+    TruncatedImageError,
+    UnexpectedChannelsError,
+    UnreadableImageError,
+)
 from shared.imaging.readers.base import (
     Pseudonymize,
     check_pixel_count,
@@ -38,6 +44,9 @@ _PGM_FIELD = re.compile(rb"(?:\s+|#[^\n]*\n)*(\d+)")
 # the pixels (JPEG chroma subsampling blurs colour at edges, not more).
 _GREY_SPREAD = 0.06
 _COLOURED_SHARE = 0.01
+# A later TIFF page smaller than this share of the first in either dimension is a preview
+# (thumbnail, pyramid level: at most half size); a larger one is another image.
+_PREVIEW_SHARE = 0.6
 
 
 class RasterReader:
@@ -181,6 +190,38 @@ class PgmReader(RasterReader):
         return float(_pgm_header(data, Path(self.format_name))[2])
 
 
+class TiffReader(RasterReader):
+    """TIFF may hold several pages, and OpenCV decodes only the first. Reduced-resolution
+    pages (thumbnails, pyramid levels) are ignored; a second full-size page means the file
+    holds several images (views, a tomosynthesis stack), and scoring only the first would
+    silently drop the rest, so the file is refused, like a multi-frame DICOM."""
+
+    def __init__(self) -> None:
+        super().__init__("tiff", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))
+
+    def decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
+        image = super().decode(path, max_pixels=max_pixels)
+        pages = cv2.imcount(str(path))
+        if pages <= 1:
+            return image
+        rows, columns = image.pixels.shape
+        for index in range(1, pages):  # decoded one at a time: previews are small
+            ok, page = cv2.imreadmulti(str(path), start=index, count=1, flags=_FLAGS)
+            if not ok or not page:
+                raise UnreadableImageError(
+                    f"{path.name} is a TIFF of {pages} pages whose page {index + 1} cannot be "
+                    "decoded: the file is damaged.")
+            if (page[0].shape[0] >= _PREVIEW_SHARE * rows
+                    and page[0].shape[1] >= _PREVIEW_SHARE * columns):
+                raise NotAMammogramError(
+                    f"{path.name} is a TIFF holding several full-size images (page "
+                    f"{index + 1} of {pages} is {page[0].shape[1]} x {page[0].shape[0]} px "
+                    f"like the first, {columns} x {rows}); only single 2-D mammograms are "
+                    "classified: save each view as its own file.")
+        notes = {**image.notes, "pages": f"{pages - 1} reduced-resolution TIFF page(s) ignored"}
+        return dataclasses.replace(image, notes=notes)
+
+
 def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
     """(columns, rows, maxval, offset just past maxval) of a P2/P5 header."""
     values: list[int] = []
@@ -228,9 +269,9 @@ def _to_grayscale(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, 
     return cv2.cvtColor(image, code), {"colour": "grey stored as colour channels, merged"}
 
 
-TIFF = RasterReader("tiff", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))
+TIFF = TiffReader()
 PNG = PngReader()
 JPEG = JpegReader()
 PGM = PgmReader()
 
-__all__ = ["JPEG", "PGM", "PNG", "TIFF", "RasterReader"]
+__all__ = ["JPEG", "PGM", "PNG", "TIFF", "RasterReader", "TiffReader"]
