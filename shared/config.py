@@ -170,6 +170,16 @@ class Settings(BaseSettings):
     notify_backoff_max_s: float = Field(
         8.0, ge=0.0, le=300.0, description="Notifications: the longest delay between retries.",
     )
+    notify_resend_after_s: int = Field(
+        600, ge=0,
+        description="Notifications: the sweeper tries a failed delivery again once it has "
+        "failed this long ago (0: never).",
+    )
+    notify_give_up_after_s: int = Field(
+        86_400, ge=60,
+        description="Notifications: events older than this are no longer sent or retried "
+        "by the sweeper (an alert a day late is for the worklist, not the inbox).",
+    )
 
     @field_validator("broker_url")
     @classmethod

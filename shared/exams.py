@@ -17,13 +17,15 @@ something changed (a late image, a re-run). The superseded version is kept.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared.db.schema import ExamResult, Image, Prediction
@@ -31,13 +33,18 @@ from shared.db.upsert import insert_missing
 from shared.enums import ImageState
 from shared.timeutil import as_utc, utcnow
 
+log = logging.getLogger(__name__)
+
 STANDARD_VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+# More than any night's batch; studies not yet due stay pending and cost one cheap pass.
+_REFRESH_LIMIT = 100_000
 COMPLETE, INCOMPLETE = "complete", "incomplete"
 _ACTIVE = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
 _BLOCK = 400  # studies per query: stays under SQLite's bound-parameter limit
 
 __all__ = [
-    "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "refresh_exam_results",
+    "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "refresh_due_exams",
+    "refresh_exam_results",
     "studies_awaiting_result", "studies_of_images", "summarise",
 ]
 
@@ -240,3 +247,24 @@ def studies_awaiting_result(session: Session, *, limit: int = 500) -> list[int]:
     stmt = (select(Image.study_id).where(Image.study_id.is_not(None), ~has_result)
             .distinct().order_by(Image.study_id).limit(limit))
     return [s for s in session.execute(stmt).scalars() if s is not None]
+
+
+def refresh_due_exams(session: Session, *, timeout_s: float) -> list[ExamChange]:
+    """Give due exams (timed out while no watcher ran) their result; best effort, commits.
+
+    Read commands call this before listing, and the workers' sweeper on its timer (so that
+    an incomplete exam's alert does not wait for someone to open the worklist). A busy
+    database or a concurrent refresher must not stop either: the exams concerned are simply
+    refreshed on the next call.
+    """
+    try:
+        if session.get_bind().dialect.name == "sqlite":
+            session.execute(text("PRAGMA busy_timeout=2000"))
+        studies = studies_awaiting_result(session, limit=_REFRESH_LIMIT)
+        changes = refresh_exam_results(session, studies, timeout_s=timeout_s)
+        session.commit()
+        return changes
+    except (IntegrityError, OperationalError) as exc:
+        session.rollback()
+        log.warning("due exam results not refreshed: %s", type(exc).__name__)
+        return []

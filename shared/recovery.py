@@ -1,9 +1,13 @@
-"""The sweeper: re-send wake-up messages for work the database says is stuck.
+"""The sweeper: re-send wake-up messages for work the database says is stuck, and follow up.
 
 Redis is not trusted to keep messages (restart without persistence, eviction, a worker
 SIGKILLed before its message comes back). The database is: an image ``queued`` for too
 long, or ``processing`` under an expired lease, gets a new message. Re-sending is safe
 because claims and upserts make a second delivery a no-op.
+
+The follow-up does the same for what happens after the images: exams whose missing views
+timed out get their (incomplete) result, and notifications owed or failed are delivered
+(``Notifier.follow_up``), so that neither waits for someone to open a report.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.schema import Image
 from shared.enums import ImageState, Priority
+from shared.exams import refresh_due_exams
+from shared.notify import FollowUpReport, Notifier
 from shared.queue import enqueue_chunks, queue_depth
 from shared.timeutil import utcnow
 
@@ -83,3 +89,24 @@ def sweep(
         lifecycle.mark_enqueued(session, report.requeued)
         session.commit()
     return report
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    exams: int  # exam results written because their missing views timed out
+    notifications: FollowUpReport
+
+    def summary(self) -> str:
+        return (f"{self.exams} timed-out exam(s) given their result; "
+                f"{self.notifications.summary()}")
+
+    def __bool__(self) -> bool:
+        return bool(self.exams or self.notifications)
+
+
+def follow_up(sessions: sessionmaker[Session], settings: Settings,
+              notifier: Notifier) -> FollowUp:
+    """Due exam results first, so an incomplete exam's alert goes out in the same pass."""
+    with sessions() as session:
+        changes = refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
+    return FollowUp(len(changes), notifier.follow_up())

@@ -8,7 +8,8 @@ from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.progress import completion_bar
 from shared.db.engine import upgrade
-from shared.recovery import find_stuck, sweep
+from shared.notify import Notifier
+from shared.recovery import find_stuck, follow_up, sweep
 
 
 @click.group("db")
@@ -44,9 +45,11 @@ def recover_command(cli: CliContext, older_than: int, batch_id: int | None,
 
     The database is the truth: images still queued after --older-than seconds, or claimed
     by a worker whose lease ran out, get a new message. Re-queuing is safe: claims and
-    upserts make a second delivery a no-op. Workers also run this sweep on a timer
-    (MAMMO_SWEEP_INTERVAL_S). Without a broker, the images are processed here with the
-    embedded worker.
+    upserts make a second delivery a no-op. Without a broker, the images are processed here
+    with the embedded worker. Then the follow-up: exams whose missing views timed out get
+    their result, and notifications owed (never claimed) or failed more than
+    MAMMO_NOTIFY_RESEND_AFTER_S ago are delivered. Workers also run all this on a timer
+    (MAMMO_SWEEP_INTERVAL_S).
 
     \b
     Example:
@@ -64,15 +67,18 @@ def recover_command(cli: CliContext, older_than: int, batch_id: int | None,
             with completion_bar("recovering") as progress:
                 process_ids_embedded(cli.settings, cli.sessions, ids, progress=progress)
             click.echo(f"processed {len(ids)} recovered image(s) with the embedded worker")
-        return
-    require_broker(cli, "recover")
-    report = sweep(cli.sessions, cli.celery, cli.settings, queued_older_than_s=older_than,
-                   batch_id=batch_id, force=True, dry_run=dry_run)
-    if dry_run:
-        click.echo(f"dry run: would re-queue {len(report.stale_queued)} queued and "
-                   f"{len(report.expired_claims)} stale-claimed image(s)")
-        return
-    click.echo(report.summary())
+    else:
+        require_broker(cli, "recover")
+        report = sweep(cli.sessions, cli.celery, cli.settings, queued_older_than_s=older_than,
+                       batch_id=batch_id, force=True, dry_run=dry_run)
+        if dry_run:
+            click.echo(f"dry run: would re-queue {len(report.stale_queued)} queued and "
+                       f"{len(report.expired_claims)} stale-claimed image(s)")
+        else:
+            click.echo(report.summary())
+    if not dry_run:
+        followed = follow_up(cli.sessions, cli.settings, Notifier(cli.settings, cli.sessions))
+        click.echo(followed.summary())
 
 
 COMMANDS = (db_group, recover_command)

@@ -40,12 +40,12 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         mammo worklist --batch 42
         mammo worklist --since 2026-11-24 --format json > read-first.json
     """
+    from shared.exams import refresh_due_exams
     from shared.reports.exam_reports import write_exam_report
     from shared.reports.worklist import (
         WorklistFilter,
         exam_pdf_path,
         flat_worklist_row,
-        refresh_due_exams,
         worklist_rows,
     )
 

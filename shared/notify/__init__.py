@@ -2,6 +2,6 @@
 scored at or above the alert threshold. Exactly once per channel, event and subject (the
 ``notifications`` table decides); a failed delivery is recorded and never fails a batch."""
 
-from shared.notify.dispatch import BatchHtml, Notifier
+from shared.notify.dispatch import BatchHtml, FollowUpReport, Notifier
 
-__all__ = ["BatchHtml", "Notifier"]
+__all__ = ["BatchHtml", "FollowUpReport", "Notifier"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -20,9 +22,10 @@ from shared.config import Settings
 from shared.notify import records
 from shared.notify.content import batch_notice, exam_alert_notice
 from shared.notify.mail import EmailChannel
-from shared.notify.message import Notice
+from shared.notify.message import Event, Notice
 from shared.notify.retry import RetryPolicy, deliver_with_retry
 from shared.notify.webhook import WebhookChannel
+from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,23 @@ def channels_for(settings: Settings) -> list[Channel]:
     return found
 
 
+@dataclass
+class FollowUpReport:
+    owed_batches: int = 0  # finished batches no notification recorded, now sent
+    owed_alerts: int = 0  # exams at or above the threshold no alert recorded, now sent
+    retried: int = 0  # failed (or abandoned) deliveries taken back
+    delivered: int = 0  # ... of which now delivered
+    obsolete: int = 0  # ... of which no longer called for
+
+    def summary(self) -> str:
+        return (f"notifications: {self.owed_batches} batch summary(ies) and {self.owed_alerts} "
+                f"alert(s) were owed; {self.retried} failed delivery(ies) retried, "
+                f"{self.delivered} delivered, {self.obsolete} no longer called for")
+
+    def __bool__(self) -> bool:
+        return bool(self.owed_batches or self.owed_alerts or self.retried)
+
+
 class Notifier:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], *,
                  batch_html: BatchHtml | None = None,
@@ -76,6 +96,61 @@ class Notifier:
         for study_id in sorted(set(study_ids)) if self.channels else ():
             self._guarded(f"study {study_id}", partial(exam_alert_notice, study_id=study_id,
                                                        threshold=threshold))
+
+    def follow_up(self) -> FollowUpReport:
+        """What the sweeper calls: deliver what is owed within MAMMO_NOTIFY_GIVE_UP_AFTER_S.
+
+        Events no row records (a process died between committing a result and claiming its
+        notification; an exam result written on timeout by a report command) are sent now,
+        and failed deliveries older than MAMMO_NOTIFY_RESEND_AFTER_S are tried again. A
+        failed alert of a malignant-looking exam must not stay failed because the mail
+        server was down for a minute. Never raises.
+        """
+        report = FollowUpReport()
+        if not self.channels:
+            return report
+        since = utcnow() - timedelta(seconds=self.settings.notify_give_up_after_s)
+        try:
+            with self.sessions() as session:
+                owed = [records.owed(session, c.name, since=since,
+                                     alert_threshold=self.settings.alert_suspicion)
+                        for c in self.channels]
+            batches = sorted({b for found, _ in owed for b in found})
+            studies = sorted({s for _, found in owed for s in found})
+            report.owed_batches, report.owed_alerts = len(batches), len(studies)
+            self.batches_finished(batches)
+            self.exams_changed(studies)
+            if self.settings.notify_resend_after_s > 0:
+                self._retry_failed(since, report)
+        except Exception as exc:  # the sweeper goes on; the next sweep tries again
+            log.warning("notification follow-up stopped: %s: %s", type(exc).__name__,
+                        (str(exc).splitlines() or [""])[0][:300])
+        return report
+
+    def _retry_failed(self, since: datetime, report: FollowUpReport) -> None:
+        by_name = {channel.name: channel for channel in self.channels}
+        with self.sessions() as session:
+            taken = records.take_failed(
+                session, list(by_name), since=since,
+                retry_after=timedelta(seconds=self.settings.notify_resend_after_s))
+            session.commit()
+        report.retried = len(taken)
+        for row in taken:
+            with self.sessions() as session:
+                notice = (self._batch(session, row.batch_id)
+                          if row.event is Event.BATCH_COMPLETE and row.batch_id is not None
+                          else exam_alert_notice(session, row.study_id,
+                                                 self.settings.alert_suspicion)
+                          if row.event is Event.EXAM_ALERT and row.study_id is not None
+                          else None)
+                if notice is None:
+                    records.mark_obsolete(session, row.id, "no longer called for when "
+                                          "retried (e.g. the exam was re-scored below the "
+                                          "alert threshold)")
+                    session.commit()
+                    report.obsolete += 1
+                    continue
+            report.delivered += self._deliver(by_name[row.channel], notice, row.id)
 
     def _batch(self, session: Session, batch_id: int) -> Notice | None:
         html, report_path = self._summary_page(session, batch_id)
@@ -118,6 +193,10 @@ class Notifier:
             session.commit()
         if notification_id is None:
             return  # another process (or an earlier run) owns this one
+        self._deliver(channel, notice, notification_id)
+
+    def _deliver(self, channel: Channel, notice: Notice, notification_id: int) -> bool:
+        """Send a claimed notification (with retries) and record the outcome."""
         delivery = deliver_with_retry(lambda: channel.send(notice), self.policy)
         with self.sessions() as session:
             records.record(session, notification_id, attempts=delivery.attempts,
@@ -130,3 +209,4 @@ class Notifier:
             log.warning("%s notification %s for %s FAILED after %d attempt(s): %s",
                         channel.name, notice.event.value, notice.subject_key,
                         delivery.attempts, delivery.error)
+        return delivery.ok

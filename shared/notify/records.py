@@ -3,21 +3,30 @@
 Whoever inserts the (channel, event, subject) row sends; everyone else (another worker, a
 redelivered message, a second run of the hook) finds it taken and does nothing. A claim left
 ``pending`` by a process that died mid-send may be taken over after ``STALE_AFTER``.
+
+The follow-up (``take_failed``, ``owed``) runs later, from the sweeper: ``failed`` rows are
+taken back for another delivery, and events the database shows but no row records (a
+process that died between its commit and its claim, an exam result written by a report
+command) are found, both within a give-up window.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, update
+from sqlalchemy import ColumnElement, Exists, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.db.schema import Notification
+from shared.db.schema import Batch, ExamResult, Notification
 from shared.db.upsert import insert_missing
-from shared.notify.message import Notice
+from shared.notify.message import Event, Notice
 from shared.timeutil import utcnow
 
-PENDING, SENT, FAILED = "pending", "sent", "failed"
+# obsolete: the event no longer calls for this notification (the exam was re-scored below
+# the alert threshold before a re-send); never sent again.
+PENDING, SENT, FAILED, OBSOLETE = "pending", "sent", "failed", "obsolete"
 # Far longer than one delivery can take (timeouts x attempts + backoff), so a live sender is
 # never overtaken.
 STALE_AFTER = timedelta(minutes=15)
@@ -55,3 +64,67 @@ def record(session: Session, notification_id: int, *, attempts: int, error: str 
         ),
         execution_options={"synchronize_session": False},
     )
+
+
+@dataclass(frozen=True)
+class Retake:
+    """A notification row taken back (now ``pending``, claimed by the caller) to re-send."""
+
+    id: int
+    channel: str
+    event: Event
+    batch_id: int | None
+    study_id: int | None
+
+
+def take_failed(session: Session, channels: Sequence[str], *, retry_after: timedelta,
+                since: datetime) -> list[Retake]:
+    """Claim the rows of ``channels`` created after ``since`` that failed more than
+    ``retry_after`` ago, or were left ``pending`` by a process that died mid-send.
+
+    One conditional UPDATE: of several sweepers, each row goes to exactly one.
+    """
+    now = utcnow()
+    rows = session.execute(
+        update(Notification)
+        .where(Notification.channel.in_(list(channels)), Notification.created_at >= since,
+               or_(and_(Notification.status == FAILED,
+                        Notification.claimed_at < now - retry_after),
+                   and_(Notification.status == PENDING,
+                        Notification.claimed_at < now - STALE_AFTER)))
+        .values(status=PENDING, claimed_at=now)
+        .returning(Notification.id, Notification.channel, Notification.event,
+                   Notification.batch_id, Notification.study_id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return [Retake(int(i), str(c), Event(e), b, s) for i, c, e, b, s in rows]
+
+
+def mark_obsolete(session: Session, notification_id: int, reason: str) -> None:
+    session.execute(
+        update(Notification).where(Notification.id == notification_id)
+        .values(status=OBSOLETE, last_error=reason[:2000]),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def owed(session: Session, channel: str, *, since: datetime,
+         alert_threshold: int) -> tuple[list[int], list[int]]:
+    """(batches, studies) that finished / were scored at or above the alert threshold after
+    ``since`` with no notification row on ``channel``: events nobody claimed."""
+    def recorded(event: Event, subject: ColumnElement[bool]) -> Exists:
+        return (select(Notification.id)
+                .where(Notification.channel == channel, Notification.event == event.value,
+                       subject).exists())
+
+    batches = session.execute(
+        select(Batch.id).where(Batch.finished_at >= since,
+                               ~recorded(Event.BATCH_COMPLETE, Notification.batch_id == Batch.id))
+        .order_by(Batch.id)).scalars().all()
+    studies = session.execute(
+        select(ExamResult.study_id).where(
+            ExamResult.superseded_at.is_(None), ExamResult.created_at >= since,
+            ExamResult.suspicion >= alert_threshold,
+            ~recorded(Event.EXAM_ALERT, Notification.study_id == ExamResult.study_id))
+        .order_by(ExamResult.study_id)).scalars().all()
+    return list(batches), list(studies)

@@ -7,9 +7,9 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from shared.exams import refresh_due_exams
 from shared.reports.batch_summary import batch_report_path, write_batch_report
 from shared.reports.exam_reports import write_batch_exam_pdfs
-from shared.reports.worklist import refresh_due_exams
 
 
 def write_batch_documents(session: Session, batch_id: int,

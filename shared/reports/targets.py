@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.errors import ReportTargetNotFoundError
+from shared.exams import refresh_due_exams
 from shared.reports.batch_summary import BATCH_FORMATS, batch_report_path, write_batch_report
 from shared.reports.exam_reports import EXAM_FORMATS, write_exam_report
 from shared.reports.exports import DISCLAIMER, write_csv, write_json
@@ -19,7 +20,6 @@ from shared.reports.worklist import (
     WorklistFilter,
     exam_pdf_path,
     flat_worklist_row,
-    refresh_due_exams,
     worklist_rows,
 )
 

@@ -7,25 +7,18 @@ refreshes every study still awaiting a result: the timeout is applied here too.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from shared.db.schema import ExamResult, Image, Study
-from shared.exams import refresh_exam_results, studies_awaiting_result
-
-log = logging.getLogger(__name__)
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
-# More than any night's batch; studies not yet due stay pending and cost one cheap pass.
-_REFRESH_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -39,25 +32,6 @@ class WorklistFilter:
 def exam_pdf_path(report_dir: Path, study_uid: str) -> Path:
     """Where the exam's PDF is written by default (UIDs are digits and dots already)."""
     return report_dir / "exams" / f"exam-{re.sub(r'[^0-9A-Za-z.-]', '_', study_uid)}.pdf"
-
-
-def refresh_due_exams(session: Session, *, timeout_s: float) -> int:
-    """Give due exams (timed out, no watcher ran) their result; best effort, commits.
-
-    A busy database or a concurrent refresher must not stop a read command: the exams
-    concerned are simply refreshed on the next call.
-    """
-    try:
-        if session.get_bind().dialect.name == "sqlite":
-            session.execute(text("PRAGMA busy_timeout=2000"))
-        studies = studies_awaiting_result(session, limit=_REFRESH_LIMIT)
-        changes = refresh_exam_results(session, studies, timeout_s=timeout_s)
-        session.commit()
-        return len(changes)
-    except (IntegrityError, OperationalError) as exc:
-        session.rollback()
-        log.warning("exam results not refreshed before listing: %s", type(exc).__name__)
-        return 0
 
 
 def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:

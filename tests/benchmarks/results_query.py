@@ -31,9 +31,10 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from shared.config import Settings  # noqa: E402
 from shared.db.engine import ensure_schema, make_session_factory  # noqa: E402
+from shared.exams import refresh_due_exams  # noqa: E402
 from shared.queries import ResultFilter, list_results  # noqa: E402
 from shared.reports.stats import StatsFilter, collect_stats  # noqa: E402
-from shared.reports.worklist import WorklistFilter, refresh_due_exams, worklist_rows  # noqa: E402
+from shared.reports.worklist import WorklistFilter, worklist_rows  # noqa: E402
 from tests.helpers.seed_results import START, seed_results  # noqa: E402
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -89,7 +90,7 @@ def bench(url: str, n_images: int, tmp: Path) -> dict[str, Any]:
                         _env_file=None)  # type: ignore[call-arg]
     with make_session_factory(engine)() as session:
         started = time.perf_counter()
-        refreshed = refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
+        refreshed = len(refresh_due_exams(session, timeout_s=settings.exam_timeout_s))
         refresh_s = time.perf_counter() - started
     figures = {name: _best_ms(engine, q) for name, q in _queries(settings, tmp).items()}
     engine.dispose()

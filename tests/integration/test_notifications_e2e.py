@@ -7,6 +7,7 @@ webhook body, report or log line; the pseudonym and accession number are what id
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.helpers.notify_servers import (
     HOST,
     SmtpInbox,
     WebhookInbox,
+    free_port,
     smtp_server,
     webhook_server,
 )
@@ -161,3 +163,36 @@ def test_worker_processes_over_redis_notify_exactly_once(
     _check_deliveries(mail, hook, _pseudonym(postgres_url), {
         "worker log": worker.log(), "submit output": submitted.stdout + submitted.stderr,
     })
+
+
+def test_worker_sweeper_alerts_on_exam_timeout_and_redelivers_once_the_hook_is_back(
+    tmp_path: Path, tiny_model_dir: Path, redis_url: str, postgres_url: str,
+) -> None:
+    files = make_exam_set(tmp_path / "in", n_exams=1, seed=43)
+    for extra in files[2:]:  # 2 of 4 views: the exam result waits for the timeout
+        extra.unlink()
+    port = free_port()  # nothing listens yet: every delivery fails at once
+    env = mammo_env(database_url=postgres_url, broker_url=redis_url, model=str(tiny_model_dir),
+                    webhook_url=f"http://{HOST}:{port}/hooks/mammo?token=t0ken",
+                    webhook_secret=WEBHOOK_SECRET, alert_suspicion="1", exam_timeout_s="2",
+                    sweep_interval_s="1", notify_resend_after_s="1", notify_retries="0")
+    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log")
+    try:
+        submitted = run_mammo(["submit", str(tmp_path / "in"), "--json"], env, tmp_path)
+        assert submitted.returncode == 0, submitted.stderr
+        # The batch finishes in the worker; the exam only when its views time out, in the
+        # sweeper's follow-up, with no watcher and no report command.
+        wait_for(lambda: {(e, s) for _, e, s, _ in _statuses(postgres_url)} >= {
+                 ("batch_complete", "failed"), ("exam_alert", "failed")},
+                 timeout=240, what="both notifications failed", on_timeout=worker.log)
+        with webhook_server(WEBHOOK_SECRET, port=port) as hook:
+            wait_for(lambda: [s for _, _, s, _ in _statuses(postgres_url)] == ["sent", "sent"],
+                     timeout=120, what="both re-delivered", on_timeout=worker.log)
+            time.sleep(3)  # further sweeps: nothing is sent twice
+    finally:
+        worker.stop()
+    assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
+    alert = next(p for p in hook.accepted if p["event"] == "exam_alert")
+    assert alert["exam_status"] == "incomplete"
+    assert all(attempts >= 2 for *_, attempts in _statuses(postgres_url))
+    assert "sweeper: " in worker.log() and "failed delivery(ies) retried" in worker.log()

@@ -17,9 +17,10 @@ from producer.cli.main import cli
 from shared.config import Settings
 from shared.db.engine import ensure_schema, make_session_factory
 from shared.db.schema import Prediction
+from shared.exams import refresh_due_exams
 from shared.queries import ResultFilter, list_results
 from shared.reports.stats import StatsFilter, collect_stats
-from shared.reports.worklist import WorklistFilter, refresh_due_exams, worklist_rows
+from shared.reports.worklist import WorklistFilter, worklist_rows
 from tests.helpers.seed_results import START, Seeded, seed_results
 
 N_IMAGES = 400
@@ -121,7 +122,7 @@ def test_worklist_refreshes_timed_out_exams_and_sorts_by_suspicion(
     with sessions() as session:
         assert worklist_rows(session, WorklistFilter(), report_dir=tmp_path) == []
         # No watcher or worker ever refreshed these exams: the listing itself must.
-        written = refresh_due_exams(session, timeout_s=60)
+        written = len(refresh_due_exams(session, timeout_s=60))
         rows = worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
         in_batch = worklist_rows(session, WorklistFilter(batch_id=3), report_dir=tmp_path)
     by_study = Counter(im["study_id"] for im in data.images if im["state"] == "queued")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,116 @@ def test_the_watcher_alerts_for_an_exam_it_scores_after_the_timeout(
     text = alert.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "Exam: incomplete" in text and "missing" in text
     assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
+
+
+def _age_notifications(sessions: sessionmaker[Session], **ago: timedelta) -> None:
+    """Move claimed_at / created_at of every notification row into the past."""
+    now = datetime.now(UTC)
+    with sessions() as s:
+        s.execute(Notification.__table__.update().values(
+            **{column: now - delta for column, delta in ago.items()}))
+        s.commit()
+
+
+def _failed_run(settings: Settings, tmp_path: Path, seed: int) -> sessionmaker[Session]:
+    """A `mammo run` of one exam while neither the mail server nor the webhook answers."""
+    closed = free_port()
+    dead = _with_notifications(settings, closed, f"http://{HOST}:{closed}/hook",
+                               notify_retries=0)
+    sessions = _sessions(dead)
+    make_exam_set(tmp_path / "in", 1, seed=seed)
+    run_embedded(dead, sessions, [tmp_path / "in"], name="offline")
+    with sessions() as s:
+        assert {r.status for r in s.execute(select(Notification)).scalars()} == {"failed"}
+    return sessions
+
+
+def test_the_follow_up_delivers_failed_notifications_once_the_servers_are_back(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    sessions = _failed_run(settings, tmp_path, seed=8)
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        back = _with_notifications(settings, mail.port, hook.url)
+        notifier = Notifier(back, sessions)
+        early = notifier.follow_up()  # failed just now: not yet due for another try
+        assert (early.retried, mail.messages) == (0, [])
+        _age_notifications(sessions, claimed_at=timedelta(seconds=back.notify_resend_after_s + 1))
+        report = notifier.follow_up()
+        again = notifier.follow_up()
+    assert (report.retried, report.delivered, report.obsolete) == (4, 4, 0)
+    assert (report.owed_batches, report.owed_alerts) == (0, 0)  # recorded, only failed
+    assert not again  # nothing left to do
+    assert _by_subject(mail) == {"batch": 1, "alert": 1}
+    assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
+    with sessions() as s:
+        rows = s.execute(select(Notification)).scalars().all()
+    assert {(r.status, r.attempts) for r in rows} == {("sent", 2)}
+
+
+def test_a_failed_alert_no_longer_called_for_is_not_sent(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    sessions = _failed_run(settings, tmp_path, seed=9)
+    _age_notifications(sessions, claimed_at=timedelta(hours=1))
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        # The threshold was raised above the exam's score since the alert failed.
+        report = Notifier(_with_notifications(settings, mail.port, hook.url,
+                                              alert_suspicion=10), sessions).follow_up()
+    with sessions() as s:
+        [exam] = s.execute(select(ExamResult)).scalars().all()
+        statuses = sorted((r.event, r.status) for r in s.execute(select(Notification)).scalars())
+    assert exam.suspicion is not None and exam.suspicion < 10  # the premise (tiny model)
+    assert (report.retried, report.delivered, report.obsolete) == (4, 2, 2)
+    assert statuses == [("batch_complete", "sent"), ("batch_complete", "sent"),
+                        ("exam_alert", "obsolete"), ("exam_alert", "obsolete")]
+    assert _by_subject(mail) == {"batch": 1} and len(hook.accepted) == 1
+
+
+def test_failures_older_than_the_give_up_window_are_left_alone(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    sessions = _failed_run(settings, tmp_path, seed=10)
+    _age_notifications(sessions, claimed_at=timedelta(days=2), created_at=timedelta(days=2))
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        report = Notifier(_with_notifications(settings, mail.port, hook.url),
+                          sessions).follow_up()
+    assert not report and mail.messages == [] and hook.accepted == []
+
+
+def test_the_follow_up_alerts_for_an_exam_that_timed_out_with_no_watcher(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    from shared.recovery import follow_up
+
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        live = _with_notifications(settings, mail.port, hook.url, exam_timeout_s=3600)
+        sessions = _sessions(live)
+        batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
+        files = make_exam_set(tmp_path / "in", 1, seed=11)[:2]  # 2 of 4 views: incomplete
+        process_chunk(register_files(sessions, batch, files).new_ids, token="t",
+                      runtime=WorkerRuntime(live))
+        assert _by_subject(mail) == {"batch": 1}  # the views may still come
+        notifier = Notifier(live, sessions)
+        assert not follow_up(sessions, live, notifier)  # not due yet: nothing to do
+        due = live.model_copy(update={"exam_timeout_s": 0.0})
+        followed = follow_up(sessions, due, notifier)
+        assert not follow_up(sessions, due, notifier)
+    assert followed.exams == 1 and followed.notifications.owed_alerts == 1
+    assert _by_subject(mail) == {"batch": 1, "alert": 1}
+    assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
+
+
+def test_an_event_nobody_claimed_is_owed_and_sent_once(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    # Results committed by a process that died before claiming its notifications.
+    sessions = _sessions(settings)
+    make_exam_set(tmp_path / "in", 1, seed=12)
+    run_embedded(settings, sessions, [tmp_path / "in"], name="no channels configured")
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        live = _with_notifications(settings, mail.port, hook.url)
+        notifiers = [Notifier(live, sessions) for _ in range(2)]
+        reports = [n.follow_up() for n in notifiers]
+    assert (reports[0].owed_batches, reports[0].owed_alerts) == (1, 1)
+    assert not reports[1]
+    assert _by_subject(mail) == {"batch": 1, "alert": 1} and len(hook.accepted) == 2
