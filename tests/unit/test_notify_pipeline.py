@@ -314,3 +314,23 @@ def test_an_event_nobody_claimed_is_owed_and_sent_once(
     assert (reports[0].owed_batches, reports[0].owed_alerts) == (1, 1)
     assert not reports[1]
     assert _by_subject(mail) == {"batch": 1, "alert": 1} and len(hook.accepted) == 2
+
+
+def test_mammo_recover_follows_up_by_hand(settings: Settings, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from producer.cli.main import cli
+
+    sessions = _sessions(settings)
+    batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
+    files = make_exam_set(tmp_path / "in", 1, seed=13)[:2]
+    process_chunk(register_files(sessions, batch, files).new_ids, token="t",
+                  runtime=WorkerRuntime(settings))
+    env = {"MAMMO_DATABASE_URL": settings.database_url, "MAMMO_MODEL": str(settings.model),
+           "MAMMO_EXAM_TIMEOUT_S": "0.001"}
+    result = CliRunner().invoke(cli, ["recover"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "0 image(s) to recover" in result.output
+    assert "1 timed-out exam(s) given their result" in result.output
+    with sessions() as s:
+        assert [e.status for e in s.execute(select(ExamResult)).scalars()] == ["incomplete"]
