@@ -17,13 +17,17 @@ from shared.db import lifecycle
 from shared.enums import Priority
 from shared.errors import TransientError
 from shared.queue import TASK_PROCESS_CHUNK, enqueue_chunks
+from worker.devices import pin_child_to_gpu
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 
-def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False) -> None:
+def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False,
+                   gpus: int = 0) -> None:
+    """Register the task; with ``warm_up``, each prefork child also takes its own GPU (of
+    ``gpus``) and loads the model as soon as it starts."""
     if TASK_PROCESS_CHUNK in app.tasks:
         return
 
@@ -45,6 +49,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
 
     if warm_up:
         # Runs in each prefork child after the fork: the only safe place to load TensorFlow.
+        worker_process_init.connect(pin_child_to_gpu(gpus), weak=False)
         worker_process_init.connect(runtime.warm_up, weak=False)
         worker_process_shutdown.connect(runtime.close, weak=False)
 

@@ -68,7 +68,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     from worker.tasks import register_tasks
 
     app = cli.celery
-    register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True)
+    register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True, gpus=gpus)
     install_sweeper(app, cli.settings)
     app.set_default()  # pool processes resolve tasks through the default app
     argv = ["worker", f"--concurrency={processes}", "--pool=prefork", f"--queues={queues}",

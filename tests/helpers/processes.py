@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 MAMMO = [sys.executable, "-m", "producer"]
 
@@ -30,7 +31,27 @@ def run_mammo(args: list[str], env: Mapping[str, str], cwd: Path,
                           text=True, timeout=timeout, check=False)
 
 
-class WorkerProcess:
+class _LoggedProcess:
+    """A subprocess whose output goes to ``log_path``; subclasses start ``proc``."""
+
+    log_path: Path
+    _log: IO[str]
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 120) -> None:
+        def seen() -> bool:
+            assert self.proc.poll() is None or text in self.log(), self.log()
+            return text in self.log()
+
+        wait_for(seen, timeout=timeout, what=repr(text), on_timeout=self.log)
+
+
+class WorkerProcess(_LoggedProcess):
     """``mammo worker`` in its own session; stop() kills the whole process group."""
 
     def __init__(self, env: Mapping[str, str], cwd: Path, log: Path, *extra: str,
@@ -42,11 +63,6 @@ class WorkerProcess:
             [*wrapper, *MAMMO, "worker", "--loglevel", "INFO", *extra], env=dict(env), cwd=cwd,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -63,7 +79,7 @@ class WorkerProcess:
         self._log.close()
 
 
-class WatchProcess:
+class WatchProcess(_LoggedProcess):
     """``mammo watch`` in its own session, logging to a file."""
 
     def __init__(self, env: Mapping[str, str], cwd: Path, folder: Path, *extra: str) -> None:
@@ -72,18 +88,6 @@ class WatchProcess:
         self.proc = subprocess.Popen([*MAMMO, "watch", str(folder), *extra], env=dict(env),
                                      cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 120) -> None:
-        def seen() -> bool:
-            assert self.proc.poll() is None or text in self.log(), self.log()
-            return text in self.log()
-
-        wait_for(seen, timeout=timeout, what=repr(text), on_timeout=self.log)
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
