@@ -12,6 +12,8 @@ timed out get their (incomplete) result, and notifications owed or failed are de
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -110,3 +112,37 @@ def follow_up(sessions: sessionmaker[Session], settings: Settings,
     with sessions() as session:
         changes = refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
     return FollowUp(len(changes), notifier.follow_up())
+
+
+class BackgroundFollowUp:
+    """``follow_up`` in a thread, one at a time, for loops that must not wait on it.
+
+    A hanging mail server can hold a delivery for half a minute per retry; a worker's timer
+    (which feeds its pool) or the watcher's loop would stall that long. A pass still
+    running when the next is due is not stacked on: the next due one picks up the rest.
+    """
+
+    def __init__(self, settings: Settings, notifier: Notifier, log: logging.Logger) -> None:
+        self.settings = settings
+        self.notifier = notifier
+        self.log = log
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self.run, name="mammo-follow-up", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        try:
+            followed = follow_up(self.notifier.sessions, self.settings, self.notifier)
+        except Exception as exc:  # the loop that kicked it goes on; the next pass retries
+            self.log.warning("follow-up: %s: %s", type(exc).__name__, exc)
+            return
+        if followed:
+            self.log.warning("follow-up: %s", followed.summary())
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)

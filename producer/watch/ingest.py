@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producer.registration import create_batch, ingestion_for, register_files
 from producer.watch.folder import WatchFolder
+from shared.batches import watch_batch_name
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.schema import Batch, Image
@@ -37,11 +38,6 @@ class Ingested:
     messages: int = 0
 
 
-def batch_name(folder: WatchFolder, day: str) -> str:
-    name = f"watch:{folder.root}:{day}"
-    return name if len(name) <= 200 else f"watch:...{name[-(200 - 9):]}"
-
-
 class Ingestor:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], app: Celery,
                  folder: WatchFolder, log: logging.Logger, *, mode: str) -> None:
@@ -56,7 +52,7 @@ class Ingestor:
         self._batch: tuple[str, int] | None = None
 
     def batch_id(self) -> int:
-        name = batch_name(self.folder, utcnow().date().isoformat())
+        name = watch_batch_name(self.folder.root, utcnow().date())
         if self._batch is None or self._batch[0] != name:
             with self.sessions() as session:
                 found = session.execute(select(Batch.id).where(Batch.name == name)

@@ -40,7 +40,7 @@ from shared.enums import ImageState
 from shared.errors import TransientError, UserFacingError
 from shared.exams import studies_awaiting_result
 from shared.notify import Notifier
-from shared.recovery import sweep
+from shared.recovery import BackgroundFollowUp, sweep
 
 log = logging.getLogger("mammo.watch")
 TICK_S = 0.2
@@ -73,10 +73,12 @@ class Watcher:
         self.tracker = StabilityTracker(quiet_s=settings.watch_quiet_period_s,
                                         grace_s=settings.watch_incomplete_grace_s)
         self.ingestor = Ingestor(settings, sessions, app, self.folder, log, mode=options.mode)
+        notifier = Notifier(settings, sessions)
         self.followup = FollowUp(sessions, self.folder,
                                  AfterProcessing(self.folder, settings.watch_after, log), log,
-                                 exam_timeout_s=settings.exam_timeout_s,
-                                 notifier=Notifier(settings, sessions))
+                                 exam_timeout_s=settings.exam_timeout_s, notifier=notifier)
+        # Embedded mode has no `mammo worker` whose sweeper would follow up.
+        self.notifications = BackgroundFollowUp(settings, notifier, log)
         self.watch = FolderWatch(self.folder.root, self.inbox, log, poll=options.poll,
                                  interval_s=settings.watch_poll_interval_s)
         self._reported: set[Path] = set()  # permission denied / link escapes: said once
@@ -136,6 +138,7 @@ class Watcher:
                            queued_older_than_s=s.requeue_after_s)
             if report.requeued:
                 log.warning("sweeper: %s", report.summary())
+            self.notifications.kick()
             due["sweep"] = now + s.sweep_interval_s
         return TICK_S
 

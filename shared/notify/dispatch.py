@@ -18,7 +18,9 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.batches import summary_due_at
 from shared.config import Settings
+from shared.db.schema import Batch
 from shared.notify import records
 from shared.notify.content import batch_notice, exam_alert_notice
 from shared.notify.mail import EmailChannel
@@ -153,6 +155,10 @@ class Notifier:
             report.delivered += self._deliver(by_name[row.channel], notice, row.id)
 
     def _batch(self, session: Session, batch_id: int) -> Notice | None:
+        batch = session.get(Batch, batch_id)
+        due = summary_due_at(batch.name, batch.finished_at) if batch else None
+        if due is None or due > utcnow():
+            return None  # e.g. today's drop-folder batch: summarised once the day is over
         html, report_path = self._summary_page(session, batch_id)
         return batch_notice(session, batch_id, html=html, report_path=report_path)
 

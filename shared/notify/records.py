@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, Exists, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared.batches import summary_due_at
 from shared.db.schema import Batch, ExamResult, Notification
 from shared.db.upsert import insert_missing
 from shared.notify.message import Event, Notice
@@ -110,21 +111,27 @@ def mark_obsolete(session: Session, notification_id: int, reason: str) -> None:
 
 def owed(session: Session, channel: str, *, since: datetime,
          alert_threshold: int) -> tuple[list[int], list[int]]:
-    """(batches, studies) that finished / were scored at or above the alert threshold after
-    ``since`` with no notification row on ``channel``: events nobody claimed."""
+    """(batches, studies) whose summary fell due / that were scored at or above the alert
+    threshold after ``since``, with no notification row on ``channel``: events nobody
+    claimed. A drop-folder day batch falls due at the end of its day, up to a day after it
+    last finished (``shared.batches``)."""
     def recorded(event: Event, subject: ColumnElement[bool]) -> Exists:
         return (select(Notification.id)
                 .where(Notification.channel == channel, Notification.event == event.value,
                        subject).exists())
 
-    batches = session.execute(
-        select(Batch.id).where(Batch.finished_at >= since,
-                               ~recorded(Event.BATCH_COMPLETE, Notification.batch_id == Batch.id))
-        .order_by(Batch.id)).scalars().all()
+    now = utcnow()
+    finished = session.execute(
+        select(Batch.id, Batch.name, Batch.finished_at).where(
+            Batch.finished_at >= since - timedelta(days=1),
+            ~recorded(Event.BATCH_COMPLETE, Notification.batch_id == Batch.id))
+        .order_by(Batch.id)).all()
+    batches = [batch_id for batch_id, name, at in finished
+               if (due := summary_due_at(name, at)) is not None and since <= due <= now]
     studies = session.execute(
         select(ExamResult.study_id).where(
             ExamResult.superseded_at.is_(None), ExamResult.created_at >= since,
             ExamResult.suspicion >= alert_threshold,
             ~recorded(Event.EXAM_ALERT, Notification.study_id == ExamResult.study_id))
         .order_by(ExamResult.study_id)).scalars().all()
-    return list(batches), list(studies)
+    return batches, list(studies)

@@ -195,4 +195,4 @@ def test_worker_sweeper_alerts_on_exam_timeout_and_redelivers_once_the_hook_is_b
     alert = next(p for p in hook.accepted if p["event"] == "exam_alert")
     assert alert["exam_status"] == "incomplete"
     assert all(attempts >= 2 for *_, attempts in _statuses(postgres_url))
-    assert "sweeper: " in worker.log() and "failed delivery(ies) retried" in worker.log()
+    assert "follow-up: " in worker.log() and "failed delivery(ies) retried" in worker.log()

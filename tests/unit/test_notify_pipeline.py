@@ -334,3 +334,29 @@ def test_mammo_recover_follows_up_by_hand(settings: Settings, tmp_path: Path) ->
     assert "1 timed-out exam(s) given their result" in result.output
     with sessions() as s:
         assert [e.status for e in s.execute(select(ExamResult)).scalars()] == ["incomplete"]
+
+
+def test_a_drop_folder_day_batch_is_summarised_once_its_day_is_over(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    from shared.batches import watch_batch_name
+
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        live = _with_notifications(settings, mail.port, hook.url, alert_suspicion=10)
+        sessions = _sessions(live)
+        today = datetime.now(UTC).date()
+        batch = create_batch(sessions, name=watch_batch_name(tmp_path / "in", today),
+                             priority=Priority.ROUTINE, mode="test")
+        ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=14)).new_ids
+        process_chunk(ids, token="t", runtime=WorkerRuntime(live))
+        notifier = Notifier(live, sessions)
+        assert not notifier.follow_up()  # drained, but more files may come today
+        assert mail.messages == [] and hook.accepted == []
+        with sessions() as s:  # ... until the day is over
+            s.execute(Batch.__table__.update().values(
+                name=watch_batch_name(tmp_path / "in", today - timedelta(days=1))))
+            s.commit()
+        report = notifier.follow_up()
+        assert not notifier.follow_up()
+    assert report.owed_batches == 1
+    assert _by_subject(mail) == {"batch": 1} and len(hook.accepted) == 1

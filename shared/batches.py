@@ -1,0 +1,45 @@
+"""Batches a drop folder fills: one per watched folder and UTC day, named after both.
+
+A submitted batch is summarised as soon as it finishes. A drop folder's day batch
+"finishes" every time the queue drains, at the first file of the morning as much as at the
+last of the night, so its summary is due only once its day is over: one e-mail per folder
+and day, covering all of it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+from shared.timeutil import as_utc
+
+WATCH_PREFIX = "watch:"
+_NAME_LIMIT = 200  # Batch.name's column width
+
+
+def watch_batch_name(root: Path, day: date) -> str:
+    """``watch:<folder>:<YYYY-MM-DD>``, the folder shortened from the left if too long."""
+    name = f"{WATCH_PREFIX}{root}:{day.isoformat()}"
+    return name if len(name) <= _NAME_LIMIT else f"{WATCH_PREFIX}...{name[-(_NAME_LIMIT - 9):]}"
+
+
+def watch_batch_day(name: str | None) -> date | None:
+    """The day of a drop-folder batch, None for any other batch."""
+    if not name or not name.startswith(WATCH_PREFIX):
+        return None
+    try:
+        return date.fromisoformat(name[-10:])
+    except ValueError:
+        return None
+
+
+def summary_due_at(name: str | None, finished_at: datetime | None) -> datetime | None:
+    """When a batch's summary is due: when it finished or, for a drop folder's day batch,
+    once it has finished and its day is over. None while it has not finished."""
+    finished = as_utc(finished_at)
+    if finished is None:
+        return None
+    day = watch_batch_day(name)
+    if day is None:
+        return finished
+    return max(finished, datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC))
