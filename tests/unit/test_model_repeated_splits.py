@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from models.model_card import render
 from models.repeated_splits import recipe, spread
 from models.train_run import TrainConfig
-from tests.unit.test_model_reproducibility import _meta
+from tests.helpers.model_meta import card_meta
 
 
 def _row(seed: int, abnormal: float, malignant: float, baseline: float) -> dict[str, Any]:
@@ -49,19 +48,8 @@ def test_spread_is_mean_sample_sd_and_range_over_splits() -> None:
     assert spread(rows[:1])["ece"] == {"mean": 0.05, "sd": 0.0, "min": 0.05, "max": 0.05}
 
 
-def _card_meta() -> dict[str, Any]:
-    meta = {**_meta(), "classes": ["normal", "benign", "malignant"], "input_size": [512, 512],
-            "preprocessing_version": "2", "architecture": "a", "ensemble_members": 2,
-            "patch": 64, "pixel_size_mm": 0.2, "tta_flips": [[]], "head": {}}
-    meta["validation"].update(n=10, confusion_matrix=[[1, 0, 0], [0, 1, 0], [0, 0, 1]])
-    meta["baseline"] = copy.deepcopy(meta["validation"])
-    meta["training_data"].update(images=10, patients=5, classes={"normal": 10})
-    meta["training"].update(folds=2, bootstrap_rounds=20, machine="x86_64, 2 CPU cores")
-    return meta
-
-
 def test_card_shows_the_splits_and_tempers_its_headline(tmp_path: Any) -> None:
-    meta = _card_meta()
+    meta = card_meta()
     card = render(meta, tmp_path)
     assert "## Repeated patient splits" not in card
     assert "`mammo models repeat-cv` records that" in card

@@ -46,6 +46,16 @@ def _sessions(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(engine)
 
 
+def _incomplete_exam(settings: Settings, tmp_path: Path, seed: int) -> sessionmaker[Session]:
+    """2 of an exam's 4 views processed by a worker: its result waits for the timeout."""
+    sessions = _sessions(settings)
+    batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
+    files = make_exam_set(tmp_path / "in", 1, seed=seed)[:2]
+    process_chunk(register_files(sessions, batch, files).new_ids, token="t",
+                  runtime=WorkerRuntime(settings))
+    return sessions
+
+
 def _by_subject(inbox: SmtpInbox) -> dict[str, int]:
     counts: dict[str, int] = {}
     for msg in inbox.messages:
@@ -182,11 +192,7 @@ def test_the_watcher_alerts_for_an_exam_it_scores_after_the_timeout(
 
     with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
         settings = _with_notifications(settings, mail.port, hook.url, exam_timeout_s=3600)
-        sessions = _sessions(settings)
-        batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
-        files = make_exam_set(tmp_path / "in", 1, seed=7)[:2]  # 2 of 4 views: incomplete
-        ids = register_files(sessions, batch, files).new_ids
-        process_chunk(ids, token="t", runtime=WorkerRuntime(settings))
+        sessions = _incomplete_exam(settings, tmp_path, seed=7)
         assert _by_subject(mail) == {"batch": 1}  # no exam result yet: views may still come
         folder = WatchFolder.of(tmp_path / "in", (), move=False)
         log = logging.getLogger("test.watch")
@@ -284,11 +290,7 @@ def test_the_follow_up_alerts_for_an_exam_that_timed_out_with_no_watcher(
 
     with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
         live = _with_notifications(settings, mail.port, hook.url, exam_timeout_s=3600)
-        sessions = _sessions(live)
-        batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
-        files = make_exam_set(tmp_path / "in", 1, seed=11)[:2]  # 2 of 4 views: incomplete
-        process_chunk(register_files(sessions, batch, files).new_ids, token="t",
-                      runtime=WorkerRuntime(live))
+        sessions = _incomplete_exam(live, tmp_path, seed=11)
         assert _by_subject(mail) == {"batch": 1}  # the views may still come
         notifier = Notifier(live, sessions)
         assert not follow_up(sessions, live, notifier)  # not due yet: nothing to do
@@ -321,11 +323,7 @@ def test_mammo_recover_follows_up_by_hand(settings: Settings, tmp_path: Path) ->
 
     from producer.cli.main import cli
 
-    sessions = _sessions(settings)
-    batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
-    files = make_exam_set(tmp_path / "in", 1, seed=13)[:2]
-    process_chunk(register_files(sessions, batch, files).new_ids, token="t",
-                  runtime=WorkerRuntime(settings))
+    sessions = _incomplete_exam(settings, tmp_path, seed=13)
     env = {"MAMMO_DATABASE_URL": settings.database_url, "MAMMO_MODEL": str(settings.model),
            "MAMMO_EXAM_TIMEOUT_S": "0.001"}
     result = CliRunner().invoke(cli, ["recover"], env=env)
