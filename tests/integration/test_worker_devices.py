@@ -8,14 +8,16 @@ itself to, through the real prefork pool and its process indexes.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import WorkerProcess, mammo_env
+from tests.helpers.processes import WorkerProcess, mammo_env, wait_for
 from worker.devices import device_for_child
 
 pytestmark = pytest.mark.integration
+PINNED = re.compile(r"worker process (\d+) \(pid \d+\) uses GPU (\S+)")
 
 
 @pytest.mark.parametrize(("index", "visible", "gpus", "expected"), [
@@ -42,10 +44,13 @@ def test_two_gpus_two_processes_one_gpu_each(tmp_path: Path, redis_url: str,
     env.pop("CUDA_VISIBLE_DEVICES", None)
     worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log")
     try:
-        worker.wait_for_log("uses GPU 0", timeout=120)
-        worker.wait_for_log("uses GPU 1", timeout=60)
+        # Stopped only once both children are warm: a child killed while it starts is
+        # replaced by the pool (same index, so the same GPU), which would blur the count.
+        wait_for(lambda: worker.log().count("loaded in") >= 2, timeout=180,
+                 what="both children warm", on_timeout=worker.log)
     finally:
         worker.stop()
     log = worker.log()
     assert "device gpu x2, 2 process(es)" in log
-    assert log.count("uses GPU ") == 2
+    pinned = [(int(m[1]), m[2]) for m in PINNED.finditer(log)]
+    assert sorted(pinned) == [(0, "0"), (1, "1")], log
