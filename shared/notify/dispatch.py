@@ -139,12 +139,7 @@ class Notifier:
         report.retried = len(taken)
         for row in taken:
             with self.sessions() as session:
-                notice = (self._batch(session, row.batch_id)
-                          if row.event is Event.BATCH_COMPLETE and row.batch_id is not None
-                          else exam_alert_notice(session, row.study_id,
-                                                 self.settings.alert_suspicion)
-                          if row.event is Event.EXAM_ALERT and row.study_id is not None
-                          else None)
+                notice = self._notice_again(session, row)
                 if notice is None:
                     records.mark_obsolete(session, row.id, "no longer called for when "
                                           "retried (e.g. the exam was re-scored below the "
@@ -153,6 +148,14 @@ class Notifier:
                     report.obsolete += 1
                     continue
             report.delivered += self._deliver(by_name[row.channel], notice, row.id)
+
+    def _notice_again(self, session: Session, row: records.Retake) -> Notice | None:
+        """The notice a taken-back row stands for, as the database reads now."""
+        if row.event is Event.BATCH_COMPLETE and row.batch_id is not None:
+            return self._batch(session, row.batch_id)
+        if row.event is Event.EXAM_ALERT and row.study_id is not None:
+            return exam_alert_notice(session, row.study_id, self.settings.alert_suspicion)
+        return None
 
     def _batch(self, session: Session, batch_id: int) -> Notice | None:
         batch = session.get(Batch, batch_id)
