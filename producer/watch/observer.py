@@ -47,18 +47,9 @@ class FolderWatch:
         self._missing_since_reported = False
 
     def check(self) -> FolderState:
-        try:
-            st = os.stat(self.root)
-            identity = (st.st_dev, st.st_ino) if os.path.isdir(self.root) else None
-        except OSError:
-            identity = None
+        identity = self._folder_identity()
         if identity is None:
-            if not self._missing_since_reported:
-                self.log.warning("watched folder %s is gone (unmounted or deleted?); waiting "
-                                 "for it to come back", self.root)
-                self._missing_since_reported = True
-            self.stop()
-            return FolderState.MISSING
+            return self._gone()
         observer = self._observer
         if observer is not None and observer.is_alive() and identity == self._identity:
             return FolderState.OK
@@ -69,9 +60,29 @@ class FolderWatch:
             self.log.warning("watcher on %s stopped or the folder was replaced; restarting "
                              "it and rescanning", self.root)
         self.stop()
-        self._start()
+        try:
+            self._start()
+        except OSError:
+            if self._folder_identity() is not None:
+                raise
+            return self._gone()  # unmounted between the stat above and the start
         self._identity = identity
         return FolderState.RESTARTED
+
+    def _folder_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if os.path.isdir(self.root) else None
+
+    def _gone(self) -> FolderState:
+        if not self._missing_since_reported:
+            self.log.warning("watched folder %s is gone (unmounted or deleted?); waiting "
+                             "for it to come back", self.root)
+            self._missing_since_reported = True
+        self.stop()
+        return FolderState.MISSING
 
     def _start(self) -> None:
         observer = make_observer(poll=self.poll, interval_s=self.interval_s)
@@ -79,8 +90,8 @@ class FolderWatch:
         try:
             observer.start()
         except OSError as exc:
-            if self.poll:
-                raise
+            if self.poll or self._folder_identity() is None:
+                raise  # a vanished folder is not an inotify limit: check() reports it
             # ENOSPC: fs.inotify.max_user_watches is exhausted (one watch per folder).
             self.log.warning("inotify cannot watch %s (%s); falling back to polling. Raise "
                              "fs.inotify.max_user_watches, or use --poll.", self.root, exc)

@@ -68,3 +68,34 @@ def test_a_folder_moved_in_is_announced_for_a_scan(inbox: InboxHandler,
     (batch / "c.dcm").write_bytes(b"x")
     os.rename(batch, tmp_path / "in" / "batch")
     _collect(inbox, Seen(tmp_path / "in" / "batch", Change.NEW_FOLDER))
+
+
+def test_a_folder_unmounted_while_its_observer_starts_is_reported_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from producer.watch import observer as module
+    from producer.watch.observer import FolderState, FolderWatch
+
+    root = tmp_path / "in"
+    root.mkdir()
+    real = module.make_observer
+
+    def unmount_first(*, poll: bool, interval_s: float) -> object:
+        root.rmdir()  # between check()'s stat and the observer's start
+        return real(poll=poll, interval_s=interval_s)
+
+    monkeypatch.setattr(module, "make_observer", unmount_first)
+    watch = FolderWatch(root, InboxHandler(), logging.getLogger("test.watch"), poll=False,
+                        interval_s=0.1)
+    with caplog.at_level(logging.WARNING):
+        assert watch.check() is FolderState.MISSING  # not a crash, not a polling fallback
+    assert "is gone" in caplog.text and "falling back to polling" not in caplog.text
+    assert watch.poll is False
+    monkeypatch.setattr(module, "make_observer", real)
+    root.mkdir()
+    try:
+        assert watch.check() is FolderState.RESTARTED and "is back" in caplog.text
+    finally:
+        watch.stop()
