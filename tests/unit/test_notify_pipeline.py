@@ -358,3 +358,22 @@ def test_a_drop_folder_day_batch_is_summarised_once_its_day_is_over(
         assert not notifier.follow_up()
     assert report.owed_batches == 1
     assert _by_subject(mail) == {"batch": 1} and len(hook.accepted) == 1
+
+
+def test_the_background_follow_up_delivers_from_its_own_thread(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from shared.recovery import BackgroundFollowUp
+
+    sessions = _failed_run(settings, tmp_path, seed=15)  # SQLite, as `mammo watch` embedded
+    _age_notifications(sessions, claimed_at=timedelta(hours=1))
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        back = _with_notifications(settings, mail.port, hook.url)
+        background = BackgroundFollowUp(back, Notifier(back, sessions),
+                                        logging.getLogger("test.follow-up"))
+        with caplog.at_level(logging.WARNING):
+            background.kick()
+            background.join(60)
+    assert _by_subject(mail) == {"batch": 1, "alert": 1} and len(hook.accepted) == 2
+    [line] = [r.getMessage() for r in caplog.records if r.name == "test.follow-up"]
+    assert "4 failed delivery(ies) retried, 4 delivered" in line
