@@ -62,8 +62,7 @@ def _repeated_splits(meta: dict[str, Any]) -> list[str]:
     if not record:
         return []
     rows, spread = record["rows"], record["spread"]
-    keys = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ece",
-            "localisation", "baseline_auc_abnormal", "baseline_auc_malignant")
+    keys = tuple(spread)  # every figure of a row, in the record's order
 
     def cell(key: str) -> str:
         value = spread.get(key)

@@ -71,6 +71,15 @@ def spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float] | No
     return result
 
 
+def check_seeds(own: int, seeds: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``seeds`` are distinct new splits."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{list(seeds)} repeats a seed")
+    if own in seeds:
+        raise ValueError(f"seed {own} is the model's own split; its figures are already in "
+                         "the record")
+
+
 def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: Progress, *,
            max_pixels: int | None = None) -> dict[str, Any]:
     """The repeated-split record of the model whose metadata is ``meta``.
@@ -80,9 +89,7 @@ def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: 
     included).
     """
     config = recipe(meta)
-    if config.seed in seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and differ from the model's own "
-                         f"({config.seed}); got {list(seeds)}")
+    check_seeds(config.seed, seeds)
     if max_pixels is not None:
         config = dataclasses.replace(config, max_pixels=max_pixels)
     data = prepare(load_dataset(data_path), config.input_size, max_pixels=config.max_pixels,
@@ -111,8 +118,9 @@ def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: 
                      "minutes": round((time.perf_counter() - started) / 60, 1),
                      **_figures(metrics.summary(labels, cv.probabilities),
                                 metrics.summary(labels, baseline), rate if scored else None)})
-        say(f"seed {seed}: AUC abnormal / malignant " + " / ".join(
-            metrics.format_metric(rows[-1][k]) for k in FIGURES[:2]) + ", baseline " +
-            " / ".join(metrics.format_metric(rows[-1][k]) for k in FIGURES[5:]))
+        row = {k: metrics.format_metric(v) for k, v in rows[-1].items() if k in FIGURES}
+        say(f"seed {seed}: AUC abnormal / malignant {row['auc_abnormal']} / "
+            f"{row['auc_malignant']}, baseline {row['baseline_auc_abnormal']} / "
+            f"{row['baseline_auc_malignant']}")
     return {"date": dt.date.today().isoformat(), "folds": config.folds, "rows": rows,
             "spread": spread(rows)}

@@ -296,8 +296,6 @@ def _seeds(value: str) -> tuple[int, ...]:
         seeds = tuple(int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not comma-separated integers") from None
-    if len(set(seeds)) != len(seeds):
-        raise click.BadParameter(f"{value!r} repeats a seed")
     return seeds
 
 
@@ -327,13 +325,14 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
     """
     from models.model_card import record_in_metadata
     from models.registry import resolve_model
-    from models.repeated_splits import FIGURES, repeat
+    from models.repeated_splits import FIGURES, check_seeds, repeat
 
     spec = resolve_model(ref)
     seeds = _seeds(seed_list)
-    if spec.metadata.get("seed") in seeds:
-        raise click.BadParameter(f"seed {spec.metadata['seed']} is the model's own split; "
-                                 "its figures are already in the record", param_hint="--seeds")
+    try:
+        check_seeds(spec.metadata.get("seed", 0), seeds)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--seeds") from None
     try:
         result = repeat(spec.metadata, data, seeds, _say,
                         max_pixels=cli.settings.max_image_pixels)
