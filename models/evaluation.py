@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from models import metrics
+from models.bilateral import apply_partners, bilateral_head, pair_keys, partners
 from models.datasets import LabelledImage, load_dataset
 from models.registry import ModelSpec
 from shared.enums import CLASSES
@@ -25,8 +26,12 @@ Progress = Callable[[str], None]
 
 
 def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: int = 8,
-             progress: Progress | None = None) -> dict[str, Any]:
-    """The ``mammo evaluate --format json`` object (PRODUCT.md keys, in that order)."""
+             progress: Progress | None = None, bilateral: bool = True) -> dict[str, Any]:
+    """The ``mammo evaluate --format json`` object (PRODUCT.md keys, in that order).
+
+    With ``bilateral`` and a model that has a bilateral head, each image whose partner (the
+    patient's other breast, same view) is in the set is read against it, as the exam
+    results of the pipeline are."""
     from worker.classifier import Classifier
 
     images = load_dataset(data_path)
@@ -61,6 +66,8 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
     if not kept:
         raise DatasetError(f"None of the images in {data_path} could be read.")
     probs = np.asarray(rows, dtype=np.float64)
+    if bilateral:
+        probs = _read_pairs(spec, kept, probs, progress)
     truth_arr = np.asarray(truth, dtype=np.int64)
     return {
         **metrics.summary(truth_arr, probs),
@@ -70,3 +77,15 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
              "p_normal": float(p[0]), "p_benign": float(p[1]), "p_malignant": float(p[2])}
             for image, p in zip(kept, probs, strict=True)],
     }
+
+
+def _read_pairs(spec: ModelSpec, images: list[LabelledImage], probs: np.ndarray,
+                progress: Progress | None) -> np.ndarray:
+    head = bilateral_head(spec.metadata)
+    if head is None:
+        return probs
+    partner = partners(pair_keys(images))
+    if progress:
+        progress(f"{int((partner >= 0).sum())} of {len(images)} images read against the "
+                 f"other breast ({', '.join(head.scores)})")
+    return apply_partners(probs, partner, head)

@@ -18,6 +18,16 @@ ROWS = (("AUC abnormal vs normal", "auc_abnormal"), ("AUC malignant vs rest", "a
         ("accuracy (3 classes)", "accuracy"), ("ECE (10 bins)", "ece"))
 
 
+SPLIT_COLUMNS = {
+    "auc_abnormal": "AUC abnormal", "auc_malignant": "AUC malignant",
+    "sensitivity_at_90_specificity": "sens. at 90% spec.", "ece": "ECE",
+    "localisation": "peak in circle", "baseline_auc_abnormal": "baseline AUC abnormal",
+    "baseline_auc_malignant": "baseline AUC malignant",
+    "bilateral_auc_abnormal": "with other breast: AUC abnormal",
+    "bilateral_auc_malignant": "with other breast: AUC malignant",
+}
+
+
 def _value(block: dict[str, Any], key: str) -> str:
     value = block.get(key)
     if value is None:
@@ -80,17 +90,19 @@ def _repeated_splits(meta: dict[str, Any]) -> list[str]:
         f"{record['date']} by `mammo models repeat-cv`). The first row is this model's own "
         "split; the spread is what one split's figures can move by on this data.",
         "",
-        "| seed | source | AUC abnormal | AUC malignant | sens. at 90% spec. | ECE | "
-        "peak in circle | baseline AUC abnormal | baseline AUC malignant |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| seed | source | " + " | ".join(SPLIT_COLUMNS.get(k, k) for k in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
         *[f"| {r['seed']} | {r['source']} | "
-          + " | ".join(format_metric(r[k]) for k in keys) + " |" for r in rows],
+          + " | ".join(format_metric(r.get(k)) for k in keys) + " |" for r in rows],
         "",
         *[f"- {label}: mean {cell(key)}" for label, key in (
             ("AUC abnormal", "auc_abnormal"), ("AUC malignant", "auc_malignant"),
             ("ECE", "ece"), ("heatmap peak inside circle", "localisation"),
             ("baseline AUC abnormal", "baseline_auc_abnormal"),
-            ("baseline AUC malignant", "baseline_auc_malignant"))],
+            ("baseline AUC malignant", "baseline_auc_malignant"),
+            ("read with the other breast: AUC abnormal", "bilateral_auc_abnormal"),
+            ("read with the other breast: AUC malignant", "bilateral_auc_malignant"))
+          if key in spread],
         f"- The CNN beat the baseline on both AUCs on {beaten} of {len(rows)} splits.",
         "",
     ]
@@ -176,8 +188,39 @@ def _failures(directory: Path, limit: int = 5) -> list[str]:
     return lines
 
 
-def render(meta: dict[str, Any], directory: Path) -> str:
+def _bilateral(meta: dict[str, Any]) -> str:
+    record = meta.get("bilateral")
+    if not record:
+        return ""
+    return (f"Bilateral reading: where the patient's other breast (same view) is scored "
+            f"too, {' and '.join(f'P({s})' for s in record['scores'])} is read against it "
+            "(logistic regression on the two breasts' logits, fitted on held-out "
+            "predictions; `models/bilateral.py`): what one breast shares with the other "
+            "(density, exposure) stops counting as evidence. Exam results and "
+            "`mammo evaluate` use it; a breast without its partner keeps its own score. ")
+
+
+def _validation_table(meta: dict[str, Any]) -> list[str]:
     val, base = meta["validation"], meta["baseline"]
+    paired = (meta.get("bilateral") or {}).get("validation")
+    if paired is None:
+        return ["| metric | CNN | feature baseline (same folds) |", "|---|---|---|",
+                *[f"| {label} | {_value(val, key)} | {_value(base, key)} |"
+                  for label, key in ROWS]]
+    return ["| metric | CNN, each image alone | CNN, read with the other breast | feature "
+            "baseline (same folds) |", "|---|---|---|---|",
+            *[f"| {label} | {_value(val, key)} | {_value(paired, key)} | "
+              f"{_value(base, key)} |" for label, key in ROWS],
+            "",
+            f"The bilateral column: each fold's bilateral head fitted on the other folds' "
+            f"held-out predictions ({meta['bilateral']['images_paired']} images had their "
+            "partner). It is what the model outputs for a patient with both breasts; the "
+            "targets below are checked on it."]
+
+
+def render(meta: dict[str, Any], directory: Path) -> str:
+    base = meta["baseline"]
+    val = (meta.get("bilateral") or {}).get("validation") or meta["validation"]
     data, training = meta["training_data"], meta["training"]
     loc = meta["localisation"]
     cm = val["confusion_matrix"]
@@ -218,7 +261,8 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         f"the heatmap. {_tta(meta)} Head: P(abnormal) and P(malignant) are Platt-scaled "
         "(monotone) read-outs of the mean log-odds of the 5 "
         f"strongest locations ({_head(meta)}), fitted on held-out evidence; P(benign) is "
-        "the rest, so the probabilities keep the ranking of the strongest evidence.",
+        "the rest, so the probabilities keep the ranking of the strongest evidence. "
+        f"{_bilateral(meta)}".rstrip(),
         f"- Input {meta['input_size'][0]} x {meta['input_size'][1]} px after shared "
         f"preprocessing version {meta['preprocessing_version']} (chest wall to the left, "
         f"{meta['pixel_size_mm']} mm pixels, breast crop, contrast stretch). "
@@ -288,7 +332,10 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "test set has a 95% interval of roughly +/-0.15 AUC.",
         "- Digitised film from one source in the early 1990s, MLO only: digital (DICOM) "
         "mammograms from modern detectors look different; validate locally before use.",
-        "- Each image is scored alone; the other breast and prior exams are not compared.",
+        "- Prior exams are not compared; " + (
+            "the other breast is, where it is present (an image sent alone is scored alone)."
+            if meta.get("bilateral") else "nor is the other breast: each image is scored "
+            "alone."),
         "- The shipped ensemble averages the fold trunks, while its head was fitted on single "
         "trunks' held-out evidence: averaged maps are smoother, so probabilities may be "
         "slightly less extreme than validated.",

@@ -26,16 +26,17 @@ from models.datasets import load_dataset
 from models.heatmaps import localisation_rate
 from models.prepared import prepare
 from models.splits import patient_folds
-from models.train_run import TrainConfig, cross_validate, data_hash
+from models.train_run import TrainConfig, bilateral_validation, cross_validate, data_hash
 from models.training import seen_by_trunks
 from shared.errors import DatasetError
 
 Progress = Callable[[str], None]
 FIGURES = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ece",
-           "localisation", "baseline_auc_abnormal", "baseline_auc_malignant")
+           "localisation", "baseline_auc_abnormal", "baseline_auc_malignant",
+           "bilateral_auc_abnormal", "bilateral_auc_malignant")
 # Recipe options added after some models were trained: absent from their metadata, and
 # absent meant this.
-_BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None}
+_BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": ()}
 
 
 def recipe(meta: Mapping[str, Any]) -> TrainConfig:
@@ -46,24 +47,29 @@ def recipe(meta: Mapping[str, Any]) -> TrainConfig:
     values["input_size"] = tuple(values["input_size"])
     values["widths"] = tuple(values["widths"])
     values["tta_flips"] = tuple(tuple(f) for f in values["tta_flips"])
+    values["bilateral"] = tuple(values["bilateral"])
     return TrainConfig(**values)
 
 
 def _figures(validation: Mapping[str, Any], baseline: Mapping[str, Any],
-             localisation: float | None) -> dict[str, float | None]:
+             localisation: float | None,
+             bilateral: Mapping[str, Any] | None) -> dict[str, float | None]:
     return {"auc_abnormal": validation["auc_abnormal"],
             "auc_malignant": validation["auc_malignant"],
             "sensitivity_at_90_specificity": validation["sensitivity_at_90_specificity"],
             "ece": validation["ece"], "localisation": localisation,
             "baseline_auc_abnormal": baseline["auc_abnormal"],
-            "baseline_auc_malignant": baseline["auc_malignant"]}
+            "baseline_auc_malignant": baseline["auc_malignant"],
+            "bilateral_auc_abnormal": bilateral["auc_abnormal"] if bilateral else None,
+            "bilateral_auc_malignant": bilateral["auc_malignant"] if bilateral else None}
 
 
 def spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float] | None]:
     """Mean, sample standard deviation, min and max of each figure over the splits."""
     result: dict[str, dict[str, float] | None] = {}
     for key in FIGURES:
-        values = np.array([r[key] for r in rows if r[key] is not None], np.float64)
+        # .get: records made before a figure existed lack its key
+        values = np.array([r[key] for r in rows if r.get(key) is not None], np.float64)
         result[key] = None if values.size == 0 else {
             "mean": float(values.mean()),
             "sd": float(values.std(ddof=1)) if values.size > 1 else 0.0,
@@ -104,8 +110,10 @@ def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: 
     seen = seen_by_trunks(data, config.local_contrast_sigma)
     features = feature_matrix(data.pixels)
     own = meta["localisation"]["peak_inside_circle"]
+    paired = (meta.get("bilateral") or {}).get("validation")
     rows: list[dict[str, Any]] = [{"seed": config.seed, "source": "this model",
-                                   **_figures(meta["validation"], meta["baseline"], own)}]
+                                   **_figures(meta["validation"], meta["baseline"], own,
+                                              paired)}]
     for n, seed in enumerate(seeds, start=1):
         say(f"split {n}/{len(seeds)}: seed {seed}")
         started = time.perf_counter()
@@ -114,10 +122,12 @@ def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: 
         cv = cross_validate(seen, split, folds, say)
         baseline = cross_validated_probabilities(features, labels, folds)
         rate, scored = localisation_rate(cv.heatmaps, data.circles, split.patch)
+        bilateral = bilateral_validation(data, cv.probabilities, folds, config.bilateral)
         rows.append({"seed": seed, "source": "re-run",
                      "minutes": round((time.perf_counter() - started) / 60, 1),
                      **_figures(metrics.summary(labels, cv.probabilities),
-                                metrics.summary(labels, baseline), rate if scored else None)})
+                                metrics.summary(labels, baseline), rate if scored else None,
+                                metrics.summary(labels, bilateral[1]) if bilateral else None)})
         row = {k: metrics.format_metric(v) for k, v in rows[-1].items() if k in FIGURES}
         say(f"seed {seed}: AUC abnormal / malignant {row['auc_abnormal']} / "
             f"{row['auc_malignant']}, baseline {row['baseline_auc_abnormal']} / "

@@ -29,6 +29,7 @@ from models import metrics, plots
 from models.ablation import compare, held_out_predictions, shipped_head
 from models.architecture import MIRROR_TTA, TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
+from models.bilateral import SCORES, fit_bilateral, held_out_bilateral, pair_keys, partners
 from models.calibration import fit_head
 from models.datasets import LabelledImage, load_dataset
 from models.heatmaps import localisation_rate, peak_distance_ratio
@@ -68,6 +69,8 @@ class TrainConfig:
     tta_flips: tuple[tuple[int, ...], ...] = TTA_FLIPS
     local_contrast_sigma: float | None = None  # trunks behind LocalContrast(sigma) if set
     members: int = 1  # trunks per fold, each with its own seed: the ensemble is folds x members
+    # Scores read against the patient's other breast where it is present (models.bilateral).
+    bilateral: tuple[str, ...] = SCORES
     command: str = "mammo train DATA"  # recorded in the metadata and the model card
 
 
@@ -168,6 +171,21 @@ def alternative_flips(flips: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ..
     return MIRROR_TTA if tuple(map(tuple, flips)) == ((),) else ((),)
 
 
+def bilateral_validation(data: PreparedSet, probs: np.ndarray,
+                         folds: list[tuple[np.ndarray, np.ndarray]], scores: tuple[str, ...],
+                         ) -> tuple[dict[str, Any], np.ndarray] | None:
+    """The head reading ``scores`` against the other breast, fitted on all held-out
+    probabilities (shipped), and each fold's bilateral probabilities from a head fitted on
+    the other folds (validated); None without scores or patient pairs."""
+    partner = partners(pair_keys(data.images))
+    if not scores or not (partner >= 0).any():
+        return None
+    head = fit_bilateral(probs, data.labels, partner, scores)
+    held_out = held_out_bilateral(probs, data.labels, partner, folds, scores)
+    return {"scores": list(head.scores), "head": head.to_config(),
+            "images_paired": int((partner >= 0).sum())}, held_out
+
+
 def _report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
             config: TrainConfig) -> dict[str, Any]:
     intervals = metrics.bootstrap_intervals(truth, probs, patients,
@@ -187,6 +205,9 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     folds = patient_folds(labels, patients, n_folds=config.folds, seed=config.seed)
     cv = cross_validate(seen_by_trunks(data, config.local_contrast_sigma), config, folds, say)
     validation = _report(labels, cv.probabilities, patients, config)
+    bilateral = bilateral_validation(data, cv.probabilities, folds, config.bilateral)
+    if bilateral is not None:
+        bilateral[0]["validation"] = _report(labels, bilateral[1], patients, config)
     say("baseline: intensity and texture features + logistic regression, same folds")
     baseline_probs = cross_validated_probabilities(feature_matrix(data.pixels), labels, folds)
     baseline = _report(labels, baseline_probs, patients, config)
@@ -213,9 +234,11 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
                           directory / PLOTS["training_curves"])
     plots.confusion(validation["confusion_matrix"], directory / PLOTS["confusion_matrix"],
                     "Held-out (cross-validated) predictions")
-    plots.roc_curves(labels, {"CNN (held-out folds)": cv.probabilities,
-                              "feature baseline (same folds)": baseline_probs},
-                     directory / PLOTS["roc"])
+    curves = {"CNN (held-out folds)": cv.probabilities,
+              "feature baseline (same folds)": baseline_probs}
+    if bilateral is not None:
+        curves["CNN read with the other breast"] = bilateral[1]
+    plots.roc_curves(labels, curves, directory / PLOTS["roc"])
     plots.reliability(labels, cv.probabilities, directory / PLOTS["reliability"])
     plots.localisation(ratios, directory / PLOTS["localisation"])
     _write_validation_predictions(directory, data, cv.probabilities)
@@ -237,6 +260,7 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
                      "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, no GPU"
                      if not _has_gpu() else "GPU"},
         "validation": validation, "baseline": baseline, "ablation": ablation,
+        "bilateral": None if bilateral is None else bilateral[0],
         "localisation": {"peak_inside_circle": rate if scored else None, "images": scored},
         "plots": PLOTS,
     }
@@ -250,6 +274,11 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
         f"{format_metric(validation['auc_abnormal'])}, malignant "
         f"{format_metric(validation['auc_malignant'])}, "
         f"ECE {validation['ece']:.3f}; heatmap peak in circle {rate:.2f} of {scored}")
+    if bilateral is not None:
+        paired = bilateral[0]["validation"]
+        say(f"read with the other breast ({', '.join(bilateral[0]['scores'])}): AUC abnormal "
+            f"{format_metric(paired['auc_abnormal'])}, malignant "
+            f"{format_metric(paired['auc_malignant'])}, ECE {paired['ece']:.3f}")
     return directory
 
 

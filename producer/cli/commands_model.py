@@ -64,6 +64,9 @@ def _say(message: str) -> None:
               default=None, help="Let the trunks see each pixel against a Gaussian mean "
               "(this sigma, in input pixels; 24 was measured) of the breast around it. Off "
               "by default: not better within noise on mini-MIAS (README).")
+@click.option("--bilateral", default="abnormal,malignant", show_default=True,
+              help="Scores read against the same patient's other breast (same view) where "
+              "it is present: abnormal, malignant, both (comma-separated) or none.")
 @click.option("--epochs", type=click.IntRange(1), default=36, show_default=True,
               help="Maximum epochs per fold (early stopping usually ends sooner).")
 @click.option("--patience", type=click.IntRange(1), default=12, show_default=True)
@@ -81,7 +84,8 @@ def _say(message: str) -> None:
               "downloaded.")
 @pass_cli
 def train_command(cli: CliContext, data: Path, output: Path, name: str, version: str,
-                  folds: int, members: int, local_contrast: float | None, epochs: int,
+                  folds: int, members: int, local_contrast: float | None, bilateral: str,
+                  epochs: int,
                   patience: int, input_size: str, patch: str, widths: str, seed: int,
                   bootstrap: int, weights: str) -> None:
     """Train, cross-validate, calibrate and write a model directory with its model card.
@@ -110,9 +114,22 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
                          epochs=epochs, patience=patience, patch=int(patch),
                          widths=_widths(widths),
                          bootstrap_rounds=bootstrap, max_pixels=cli.settings.max_image_pixels,
-                         command=command)
+                         bilateral=_bilateral_scores(bilateral), command=command)
     directory = train(data, output, config, _say)
     click.echo(str(directory))
+
+
+def _bilateral_scores(value: str) -> tuple[str, ...]:
+    from models.bilateral import SCORES
+
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in SCORES]
+    if unknown or not names:
+        raise click.BadParameter(f"{value!r}: give abnormal, malignant, both separated by a "
+                                 "comma, or none", param_hint="--bilateral")
+    return tuple(s for s in SCORES if s in names)
 
 
 @click.command("evaluate")
@@ -122,10 +139,16 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--single-image", is_flag=True,
+              help="Score every image alone, even where the model reads a breast against "
+              "the patient's other breast.")
 @pass_cli
 def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: str,
-                     batch_size: int) -> None:
+                     batch_size: int, single_image: bool) -> None:
     """Score labelled DATA with a model; print accuracy, AUCs, ECE and every prediction.
+
+    Where the model has a bilateral head and DATA pairs a patient's two breasts (same
+    view), each breast is read against the other, as exam results are.
 
     \b
     Example:
@@ -135,7 +158,7 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
 
     spec = _spec(cli, model_ref)
     result = evaluate(spec, data, max_pixels=cli.settings.max_image_pixels,
-                      batch_size=batch_size, progress=_say)
+                      batch_size=batch_size, progress=_say, bilateral=not single_image)
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
