@@ -20,10 +20,12 @@ from shared.db.upsert import upsert_returning_id
 
 
 def register(session: Session, spec: ModelSpec) -> int:
+    """The model version's row id, inserting the row on first use. Caller commits."""
     return upsert_returning_id(session, ModelVersion, {
         "name": spec.name, "version": spec.version, "sha256": spec.sha256,
         "preprocessing_version": spec.preprocessing_version, "classes": list(spec.classes),
         "input_size": list(spec.input_size), "path": str(spec.directory.resolve()),
+        "bilateral": (spec.metadata.get("bilateral") or {}).get("head"),
     }, conflict=("name", "version", "sha256"))
 
 

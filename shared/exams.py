@@ -4,10 +4,13 @@ An exam is *complete* when its 4 standard views (L-CC, R-CC, L-MLO, R-MLO) are d
 exam timeout passes first (no image of the study arrived for ``timeout_s``), it gets a result
 flagged *incomplete*, scored on what arrived, never silently presented as a full exam.
 
-The result per breast and for the exam is the maximum over the views: a lesion is usually
-seen in one view of one breast, so averaging would dilute exactly the finding a reader needs.
-(Nothing better has been measured yet: the synthetic data says nothing about this, and the
-real data sets available hold single views, not exams.)
+Where the model version has a bilateral head (``models.bilateral``) and a view was scored on
+both sides, each breast's image is first read against the other side's (the image's own
+prediction row stays as the model gave it; the exam result says ``bilateral`` per breast).
+Then the result per breast and for the exam is the maximum over the views: a lesion is
+usually seen in one view of one breast, so averaging would dilute exactly the finding a
+reader needs. (Nothing better has been measured for the maximum: the real data sets
+available hold single views, not four-view exams.)
 
 ``refresh_exam_results`` is idempotent and cheap: it recomputes only from the rows, compares
 a signature of its inputs with the current result, and writes a new version only when
@@ -19,18 +22,21 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from shared.db.schema import ExamResult, Image, Prediction
+from models.bilateral import BilateralHead, partners
+from shared.db.schema import ExamResult, Image, ModelVersion, Prediction
 from shared.db.upsert import insert_missing
 from shared.enums import ImageState
+from shared.scoring import label_of, suspicion
 from shared.timeutil import as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -43,8 +49,8 @@ _ACTIVE = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
 _BLOCK = 400  # studies per query: stays under SQLite's bound-parameter limit
 
 __all__ = [
-    "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "refresh_due_exams",
-    "refresh_exam_results",
+    "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "read_against_other_breast",
+    "refresh_due_exams", "refresh_exam_results",
     "studies_awaiting_result", "studies_of_images", "summarise",
 ]
 
@@ -62,6 +68,11 @@ class ExamImage:
     label: str | None = None
     p_malignant: float | None = None
     suspicion: int | None = None
+    p_normal: float | None = None
+    p_benign: float | None = None
+    model_version_id: int | None = None
+    bilateral: Mapping[str, object] | None = None  # the model version's head, if it has one
+    read_with_other_breast: bool = False
 
     @property
     def view_key(self) -> str | None:
@@ -98,6 +109,27 @@ class ExamChange:
     superseded: int | None  # the version it replaced
 
 
+def read_against_other_breast(images: Sequence[ExamImage]) -> list[ExamImage]:
+    """``images`` with each scored image that has a partner (same view, other side, same
+    model version with a bilateral head) re-read against it."""
+    ready = [i for i in images if i.scored and i.bilateral and i.p_normal is not None
+             and i.p_benign is not None and i.p_malignant is not None]
+    partner = partners([(i.model_version_id, i.laterality, i.view) for i in ready])
+    reread: dict[int, ExamImage] = {}
+    for image, other in ((ready[k], ready[p]) for k, p in enumerate(partner) if p >= 0):
+        head = BilateralHead.from_config(dict(image.bilateral or {}))
+        p_n, p_b, p_m = (float(v) for v in head.apply(_probs(image), _probs(other))[0])
+        reread[image.image_id] = replace(
+            image, label=label_of(p_n, p_b, p_m).value, p_malignant=p_m,
+            suspicion=suspicion(p_b, p_m), p_normal=p_n, p_benign=p_b,
+            read_with_other_breast=True)
+    return [reread.get(i.image_id, i) for i in images]
+
+
+def _probs(image: ExamImage) -> np.ndarray:
+    return np.array([[image.p_normal, image.p_benign, image.p_malignant]], np.float64)
+
+
 def _worst(images: Sequence[ExamImage]) -> ExamImage | None:
     scored = [i for i in images if i.scored]
     if not scored:
@@ -114,6 +146,7 @@ def _breast(images: Sequence[ExamImage]) -> dict[str, Any] | None:
         "p_malignant": max(i.p_malignant or 0.0 for i in images if i.scored),
         "views": sorted({i.view_key for i in images if i.scored and i.view_key}),
         "image_ids": sorted(i.image_id for i in images if i.scored),
+        "bilateral": any(i.read_with_other_breast for i in images),
     }
 
 
@@ -132,6 +165,7 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     """
     if not images or any(i.state in _ACTIVE for i in images):
         return None
+    images = read_against_other_breast(images)
     done_views = {i.view_key for i in images if i.scored and i.view_key}
     missing = [v for v in STANDARD_VIEWS if v not in done_views]
     last_arrival = max(i.arrived_at for i in images)
@@ -174,17 +208,20 @@ def _load_images(session: Session, study_ids: list[int]) -> dict[int, list[ExamI
     stmt = (
         select(Image.study_id, Image.id, Image.laterality, Image.view, Image.state,
                Image.created_at, Prediction.id, Prediction.label, Prediction.p_malignant,
-               Prediction.suspicion)
+               Prediction.suspicion, Prediction.p_normal, Prediction.p_benign,
+               Prediction.model_version_id, ModelVersion.bilateral)
         .where(Image.study_id.in_(study_ids))
         .outerjoin(latest, latest.c.image_id == Image.id)
         .outerjoin(Prediction, Prediction.id == latest.c.pid)
+        .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
     )
     grouped: dict[int, list[ExamImage]] = defaultdict(list)
-    for sid, iid, lat, view, state, created, pid, label, p_mal, susp in session.execute(stmt):
+    for row in session.execute(stmt):
+        sid, iid, lat, view, state, created, *prediction = row
         if sid is None:
             continue
         grouped[sid].append(ExamImage(iid, lat, view, state, as_utc(created) or utcnow(),
-                                      pid, label, p_mal, susp))
+                                      *prediction))
     return grouped
 
 

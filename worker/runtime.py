@@ -14,12 +14,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.activation import model_for
+from models.activation import model_for, register
 from models.registry import ModelSpec
 from shared.config import Settings
 from shared.db.engine import create_db_engine, make_session_factory
-from shared.db.schema import ModelVersion
-from shared.db.upsert import upsert_returning_id
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.notify import Notifier
 from worker.classifier import Classifier
@@ -98,14 +96,8 @@ class WorkerRuntime:
     @property
     def model_version_id(self) -> int:
         if self._model_version_id is None:
-            spec = self.classifier.spec
             with self.sessions() as session:
-                self._model_version_id = upsert_returning_id(session, ModelVersion, {
-                    "name": spec.name, "version": spec.version, "sha256": spec.sha256,
-                    "preprocessing_version": spec.preprocessing_version,
-                    "classes": list(spec.classes), "input_size": list(spec.input_size),
-                    "path": str(spec.directory),
-                }, conflict=("name", "version", "sha256"))
+                self._model_version_id = register(session, self.classifier.spec)
                 session.commit()
         return self._model_version_id
 

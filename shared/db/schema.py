@@ -7,6 +7,7 @@ Migrations live in ``shared/db/migrations``; a change here needs a new revision 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -147,6 +148,9 @@ class ModelVersion(Base):
     classes: Mapped[list[str]] = mapped_column(JSON)
     input_size: Mapped[list[int]] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(Text)
+    # The model's bilateral head (metadata "bilateral.head"; models.bilateral), or NULL: exam
+    # results read each breast against the other with it, wherever the results are refreshed.
+    bilateral: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Set by `mammo models activate`: workers left at MAMMO_MODEL=default run this one.
     active: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())

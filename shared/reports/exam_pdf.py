@@ -64,11 +64,17 @@ def _exam_result(report: ExamReport) -> list[Flowable]:
                          breast.get("p_malignant"), ", ".join(breast.get("views", []))))
         else:
             rows.append((name, None, "no scored view", None, ""))
+    paired = [name for side, name in (("L", "left"), ("R", "right"))
+              if isinstance(b := result.per_breast.get(side), dict) and b.get("bilateral")]
+    notes = [para(f"The {' and '.join(paired)} breast's views were read against the other "
+                  "breast's same view, so the breast and exam scores can differ from the "
+                  "per-view scores below.")] if paired else []
     return [
         para(f"Status: {result.status} (version {result.version}, computed "
              f"{result.created_at:%Y-%m-%d %H:%M} UTC)"),
         table(("", "suspicion (1-10)", "most suspicious view's class", "max P(malignant)",
                "views scored"), rows),
+        *notes,
     ]
 
 

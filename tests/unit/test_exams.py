@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,11 +16,13 @@ from shared.db.engine import create_db_engine, ensure_schema, make_session_facto
 from shared.db.schema import Batch, ExamResult, Image, ModelVersion, Prediction, Study
 from shared.exams import (
     ExamImage,
+    read_against_other_breast,
     refresh_exam_results,
     studies_awaiting_result,
     studies_of_images,
     summarise,
 )
+from shared.scoring import suspicion as suspicion_of
 from shared.timeutil import utcnow
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=utcnow().tzinfo)
@@ -69,6 +72,53 @@ def test_failed_views_count_as_missing_and_are_flagged() -> None:
     assert "1 image(s) failed and are not scored" in summary.flags
 
 
+HEAD = {"abnormal": {"own": 1.2, "partner": -0.9, "bias": -0.4},
+        "malignant": {"own": 1.0, "partner": -0.3, "bias": -0.5}}
+
+
+def _scored(i: int, lat: str, view: str, probs: tuple[float, float, float], *,
+            model: int = 1, head: dict[str, object] | None = HEAD) -> ExamImage:
+    return ExamImage(i, lat, view, "done", T0, i, "normal", probs[2],
+                     suspicion_of(probs[1], probs[2]), probs[0], probs[1], model, head)
+
+
+def _expected(own: tuple[float, ...], other: tuple[float, ...]) -> tuple[float, float, float]:
+    from models.bilateral import BilateralHead
+
+    p = BilateralHead.from_config(HEAD).apply(np.array([own]), np.array([other]))[0]
+    return float(p[0]), float(p[1]), float(p[2])
+
+
+def test_each_breast_is_read_against_the_other_sides_same_view() -> None:
+    suspicious, calm = (0.2, 0.3, 0.5), (0.6, 0.3, 0.1)
+    images = [_scored(1, "L", "CC", suspicious), _scored(2, "R", "CC", calm),
+              _scored(3, "L", "MLO", calm),                        # its R-MLO failed
+              _img(4, "R", "MLO", state="failed")]
+    summary = summarise(images, timeout_s=10, now=T0 + timedelta(seconds=11))
+    assert summary is not None
+    left, right = _expected(suspicious, calm), _expected(calm, suspicious)
+    assert summary.per_breast["L"]["bilateral"] and summary.per_breast["R"]["bilateral"]
+    assert summary.per_breast["R"]["suspicion"] == suspicion_of(right[1], right[2])
+    assert summary.per_breast["R"]["p_malignant"] == pytest.approx(right[2])
+    # The left breast's worst view is its CC, re-read; its MLO had no partner and kept its own.
+    assert summary.per_breast["L"]["suspicion"] == suspicion_of(left[1], left[2])
+    assert summary.p_malignant == pytest.approx(max(left[2], calm[2]))
+    reread = {i.image_id: i for i in read_against_other_breast(images)}
+    assert [reread[k].read_with_other_breast for k in (1, 2, 3)] == [True, True, False]
+    assert reread[3] == images[2]
+
+
+def test_no_bilateral_reading_without_a_head_or_across_model_versions() -> None:
+    images = [_scored(1, "L", "CC", (0.2, 0.3, 0.5), head=None),
+              _scored(2, "R", "CC", (0.6, 0.3, 0.1), head=None),
+              _scored(3, "L", "MLO", (0.2, 0.3, 0.5), model=1),
+              _scored(4, "R", "MLO", (0.6, 0.3, 0.1), model=2)]
+    assert read_against_other_breast(images) == images
+    summary = summarise(images, timeout_s=10, now=T0)
+    assert summary is not None
+    assert not summary.per_breast["L"]["bilateral"] and not summary.per_breast["R"]["bilateral"]
+
+
 # -- against the database --------------------------------------------------------------------
 
 
@@ -94,20 +144,26 @@ def _add_image(session: Session, study_id: int, lat: str, view: str, *, n: int,
     return image.id
 
 
-def _predict(session: Session, image_id: int, suspicion: int) -> None:
+def _predict(session: Session, image_id: int, suspicion: int,
+             probs: tuple[float, float, float] = (0.5, 0.3, 0.2)) -> None:
     session.add(Prediction(image_id=image_id, model_version_id=1, preprocessing_version="1",
-                           label="normal", p_normal=0.5, p_benign=0.3, p_malignant=0.2,
-                           suspicion=suspicion, decode_ms=1, preprocess_ms=1, infer_ms=1,
-                           forward_pass_id="x", forward_pass_size=1))
+                           label="normal", p_normal=probs[0], p_benign=probs[1],
+                           p_malignant=probs[2], suspicion=suspicion, decode_ms=1,
+                           preprocess_ms=1, infer_ms=1, forward_pass_id="x",
+                           forward_pass_size=1))
+
+
+def _model_version(bilateral: dict[str, object] | None = None) -> ModelVersion:
+    return ModelVersion(id=1, name="m", version="1", sha256="0" * 64,
+                        preprocessing_version="1", classes=["a"], input_size=[1, 1],
+                        path="/m", bilateral=bilateral)
 
 
 def test_a_late_fifth_image_supersedes_the_result_and_keeps_the_old_one(
         sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
         session.add_all([Batch(id=1, name="b"), Study(id=1, study_uid="1.2.1"),
-                         ModelVersion(id=1, name="m", version="1", sha256="0" * 64,
-                                      preprocessing_version="1", classes=["a"],
-                                      input_size=[1, 1], path="/m")])
+                         _model_version()])
         session.flush()
         for n, (lat, view) in enumerate(VIEWS):
             _add_image(session, 1, lat, view, n=n, suspicion=3, created=T0)
@@ -128,3 +184,26 @@ def test_a_late_fifth_image_supersedes_the_result_and_keeps_the_old_one(
         assert (rows[0].suspicion, rows[1].suspicion) == (3, 9)
         assert rows[1].per_breast["L"]["suspicion"] == 9 and rows[1].n_images == 5
         assert studies_awaiting_result(session) == []
+
+
+def test_the_stored_exam_result_reads_breasts_with_the_model_versions_head(
+        sessions: sessionmaker[Session]) -> None:
+    suspicious, calm = (0.2, 0.3, 0.5), (0.6, 0.3, 0.1)
+    with sessions() as session:
+        session.add_all([Batch(id=1, name="b"), Study(id=1, study_uid="1.2.1"),
+                         _model_version(HEAD)])
+        session.flush()
+        for n, (lat, view) in enumerate(VIEWS):
+            image = _add_image(session, 1, lat, view, n=n, suspicion=None, created=T0)
+            session.execute(update(Image).where(Image.id == image).values(state="done"))
+            probs = suspicious if (lat, view) == ("L", "CC") else calm
+            _predict(session, image, suspicion_of(probs[1], probs[2]), probs)
+        assert len(refresh_exam_results(session, [1], timeout_s=600, now=T0)) == 1
+        result = session.execute(select(ExamResult)).scalar_one()
+        left = _expected(suspicious, calm)
+        assert result.per_breast["L"]["bilateral"] and result.per_breast["R"]["bilateral"]
+        assert result.suspicion == suspicion_of(left[1], left[2])
+        assert result.p_malignant == pytest.approx(left[2])
+        # The per-image prediction rows stay as the model gave them.
+        stored = session.execute(select(Prediction.p_malignant)).scalars().all()
+        assert sorted(stored) == sorted([0.5, 0.1, 0.1, 0.1])
