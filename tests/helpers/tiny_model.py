@@ -10,6 +10,12 @@ from shared.imaging.preprocess import PREPROCESSING_VERSION
 TINY_INPUT = (96, 80)
 
 
+# A bilateral head like a trained one's (models.bilateral), so that exam results in the
+# pipeline tests go through the bilateral reading.
+TINY_BILATERAL = {"abnormal": {"own": 1.2, "partner": -0.9, "bias": -0.4},
+                  "malignant": {"own": 1.0, "partner": -0.3, "bias": -0.5}}
+
+
 def build_tiny_model(directory: Path, *, seed: int = 7) -> Path:
     import keras
 
@@ -23,5 +29,7 @@ def build_tiny_model(directory: Path, *, seed: int = 7) -> Path:
     model.save(directory / MODEL_FILE)
     write_model_dir(directory, name="tiny-test-model", version="0.0.1", input_size=TINY_INPUT,
                     preprocessing_version=PREPROCESSING_VERSION,
-                    extra={"note": "random weights; tests only"})
+                    extra={"note": "random weights; tests only",
+                           "bilateral": {"scores": ["abnormal", "malignant"],
+                                         "head": TINY_BILATERAL, "images_paired": 0}})
     return directory

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from shared.db.schema import Image, Prediction
+from shared.db.schema import ExamResult, Image, Prediction
 from shared.synthetic import make_exam_set, write_truncated_copy
 from tests.helpers.processes import WorkerProcess, mammo_env, run_mammo, wait_for
 
@@ -92,6 +92,8 @@ def test_fifty_images_through_redis_and_a_worker_process(
             "GROUP BY forward_pass_id")).all()
         failed = conn.execute(select(Image.source, Image.error_code, Image.error_message)
                               .where(Image.state == "failed")).all()
+        exams = conn.execute(select(ExamResult.status, ExamResult.per_breast)
+                             .where(ExamResult.superseded_at.is_(None))).all()
     engine.dispose()
     assert len(per_image) == n_files - 1 and all(n == 1 for _, n in per_image)
     # One forward pass per chunk: 5 chunks of 10, one of which lost its truncated image.
@@ -100,6 +102,11 @@ def test_fifty_images_through_redis_and_a_worker_process(
     [(source, code, message)] = failed
     assert source.endswith("cut-short.dcm") and code == "truncated"
     assert "(7FE0,0010)" in message
+    # The worker registered the model's bilateral head: complete exams read each breast
+    # against the other.
+    complete = [breasts for status, breasts in exams if status == "complete"]
+    assert len(complete) == 12
+    assert all(b["L"]["bilateral"] and b["R"]["bilateral"] for b in complete)
 
     results = run_mammo(["results", "--batch", str(batch), "--format", "json"], env, tmp_path)
     assert results.returncode == 0, results.stderr
