@@ -287,9 +287,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "stopping used an inner patient split of each training part. Brackets: 95% bootstrap "
         f"intervals resampling patients ({training['bootstrap_rounds']} rounds).",
         "",
-        "| metric | CNN | feature baseline (same folds) |",
-        "|---|---|---|",
-        *[f"| {label} | {_value(val, key)} | {_value(base, key)} |" for label, key in ROWS],
+        *_validation_table(meta),
         "",
         *_ece_interval_note(val),
         f"Confusion matrix (rows truth normal/benign/malignant, columns predicted): {cm}.",

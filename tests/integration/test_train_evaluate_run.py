@@ -11,9 +11,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import create_engine, select
 
+from models.bilateral import bilateral_head
 from models.heatmaps import decode_png
 from models.registry import resolve_model
 from shared.db.schema import ModelVersion, Prediction
@@ -60,6 +62,12 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert set(meta["validation"]) >= {"auc_abnormal", "auc_malignant", "ece", "ci95"}
     card = (trained / "MODEL_CARD.md").read_text()
     assert "Suckling" in card and "Decision support" in card and "95%" in card
+    # Both scores read against the other breast, validated with heads fitted on other folds.
+    bilateral = meta["bilateral"]
+    assert bilateral["scores"] == ["abnormal", "malignant"] and bilateral["images_paired"] == 12
+    assert set(bilateral["head"]) == {"abnormal", "malignant"}
+    assert set(bilateral["validation"]) >= {"auc_abnormal", "auc_malignant", "ece", "ci95"}
+    assert "CNN, read with the other breast" in card and "Bilateral reading" in card
 
 
 def test_ablation_measures_the_other_test_time_flips(trained: Path) -> None:
@@ -109,6 +117,8 @@ def test_repeat_cv_reruns_the_recipe_on_another_split(trained: Path, tmp_path: P
         meta["seed"], "this model", meta["validation"]["auc_abnormal"])
     assert (other["seed"], other["source"]) == (5, "re-run")
     assert 0.0 <= other["ece"] <= 1.0 and 0.0 <= other["baseline_auc_abnormal"] <= 1.0
+    assert 0.0 <= other["bilateral_auc_abnormal"] <= 1.0  # the recipe reads both breasts
+    assert own["bilateral_auc_abnormal"] == meta["bilateral"]["validation"]["auc_abnormal"]
     values = [r["ece"] for r in result["rows"]]
     assert result["spread"]["ece"]["mean"] == pytest.approx(sum(values) / 2)
     assert meta["repeated_splits"] == result
@@ -137,6 +147,24 @@ def test_evaluate_json_has_exactly_the_contract_keys(trained: Path, tmp_path: Pa
     assert list(first) == ["id", "truth", "label", "p_normal", "p_benign", "p_malignant"]
     assert abs(first["p_normal"] + first["p_benign"] + first["p_malignant"] - 1) < 1e-6
     assert sum(map(sum, result["confusion_matrix"])) == 6
+    assert "6 of 6 images read against the other breast" in done.stderr
+
+    # --single-image gives each image's own reading; the default is that reading put
+    # through the model's bilateral head with the patient's other breast.
+    alone = run_mammo(["evaluate", str(data), "--model", str(trained), "--format", "json",
+                       "--single-image"], env, tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert "read against the other breast" not in alone.stderr
+    single = {p["id"]: [p["p_normal"], p["p_benign"], p["p_malignant"]]
+              for p in json.loads(alone.stdout)["predictions"]}
+    head = bilateral_head(resolve_model(str(trained)).metadata)
+    assert head is not None
+    for row in result["predictions"]:
+        n = int(row["id"][3:])
+        partner = f"mdb{n + 1 if n % 2 else n - 1:03d}"
+        expected = head.apply(np.array([single[row["id"]]]), np.array([single[partner]]))[0]
+        assert [row["p_normal"], row["p_benign"], row["p_malignant"]] == pytest.approx(
+            expected.tolist(), abs=1e-6)
 
 
 def test_activated_model_is_the_one_run_uses(trained: Path, tmp_path: Path) -> None:
