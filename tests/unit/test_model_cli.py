@@ -33,3 +33,14 @@ def test_models_show_reports_integrity(tmp_path: Path, tiny_model_dir: Path) -> 
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert shown["name"] == "tiny-test-model" and shown["integrity"].startswith("ok")
+
+
+def test_bilateral_scores_are_named_or_none(tmp_path: Path) -> None:
+    from producer.cli.commands_model import _bilateral_scores
+
+    assert _bilateral_scores("malignant, abnormal") == ("abnormal", "malignant")
+    assert _bilateral_scores("abnormal") == ("abnormal",)
+    assert _bilateral_scores("none") == ()
+    result = CliRunner().invoke(cli, ["train", str(tmp_path), "--bilateral", "benign"],
+                                env=_env(tmp_path, "default"))
+    assert result.exit_code == 2 and "give abnormal, malignant" in result.output
