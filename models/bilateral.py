@@ -10,9 +10,9 @@ partner. ``BilateralHead`` reads each score against the partner's (same view, ot
 
 and the same for P(malignant), with (a, b, c) fitted by logistic regression on held-out
 predictions (patients the trunks never trained on), like the single-image Platt heads. An
-image whose partner is absent keeps the single-image probabilities, so the head only ever
-adds information. ``MODEL-NOTES.md`` found the same direction with hand-made features
-(+0.05 AUC); the training run measures it on the CNN (``mammo train``, model card).
+image whose partner is absent keeps its single-image probabilities. ``MODEL-NOTES.md``
+found the same direction with hand-made features (+0.05 AUC); the training run measures it
+on the CNN (``mammo train``, model card).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from models.ablation import Folds
 from models.datasets import LabelledImage
 
-Folds = Sequence[tuple[np.ndarray, np.ndarray]]
 # (who, laterality "L"/"R" or None, view or None): "who" is a patient in training data, a
 # study read by one model version in the pipeline.
 PairKey = tuple[object, str | None, str | None]
