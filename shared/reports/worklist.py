@@ -62,7 +62,8 @@ def worklist_rows(session: Session, flt: WorklistFilter, *,
         rows.append({
             "rank": rank, "study_uid": study.study_uid, "suspicion": result.suspicion,
             "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),
-                                  "p_malignant": b.get("p_malignant")}
+                                  "p_malignant": b.get("p_malignant"),
+                                  "bilateral": bool(b.get("bilateral"))}
                            for side, b in sorted(result.per_breast.items())
                            if isinstance(b, dict)},
             "flags": list(result.flags),

@@ -108,6 +108,9 @@ def test_exam_pdf_holds_the_key_fields_and_the_disclaimer(run_dir: Path,
         assert meta["sha256"] in text and meta["version"] in text
         assert "Processing times" in text and "normal benign malignant" in text
         assert re.search(r"suspicion \d+ / 10", text)
+        # The tiny model has a bilateral head: the exam's breasts were read side by side.
+        assert row["per_breast"]["L"]["bilateral"] and row["per_breast"]["R"]["bilateral"]
+        assert "read against the other breast's same view" in " ".join(text.split())
     identified = next(r for r in rows if r["patient_pseudonym"])
     assert identified["patient_pseudonym"] in pdf_text(Path(identified["report_path"]))
     flagged = next(r for r in rows if r["flags"])
