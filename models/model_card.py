@@ -67,6 +67,16 @@ def _reproducibility(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def _derived(meta: dict[str, Any]) -> list[str]:
+    origin = meta.get("derived_from")
+    if not origin:
+        return []
+    return [f"- This version is version {origin['version']}'s `model.keras` (same sha256, same "
+            f"trunks) with a bilateral head fitted on its held-out predictions: "
+            f"`{origin['command']}`. Training time and re-runs here are version "
+            f"{origin['version']}'s."]
+
+
 def _repeated_splits(meta: dict[str, Any]) -> list[str]:
     record = meta.get("repeated_splits")
     if not record:
@@ -321,6 +331,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "- Seeds are fixed (Python, NumPy, TensorFlow), but TensorFlow's CPU kernels are not "
         "bit-exact across thread counts and load, and early stopping can then pick another "
         "epoch: a re-run agrees within noise at best.",
+        *_derived(meta),
         *_reproducibility(meta),
         f"- Inference speed: {speed}.",
         "",

@@ -122,7 +122,8 @@ def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: 
         cv = cross_validate(seen, split, folds, say)
         baseline = cross_validated_probabilities(features, labels, folds)
         rate, scored = localisation_rate(cv.heatmaps, data.circles, split.patch)
-        bilateral = bilateral_validation(data, cv.probabilities, folds, config.bilateral)
+        bilateral = bilateral_validation(data.images, cv.probabilities, folds,
+                                         config.bilateral)
         rows.append({"seed": seed, "source": "re-run",
                      "minutes": round((time.perf_counter() - started) / 60, 1),
                      **_figures(metrics.summary(labels, cv.probabilities),

@@ -171,23 +171,25 @@ def alternative_flips(flips: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ..
     return MIRROR_TTA if tuple(map(tuple, flips)) == ((),) else ((),)
 
 
-def bilateral_validation(data: PreparedSet, probs: np.ndarray,
+def bilateral_validation(images: list[LabelledImage], probs: np.ndarray,
                          folds: list[tuple[np.ndarray, np.ndarray]], scores: tuple[str, ...],
                          ) -> tuple[dict[str, Any], np.ndarray] | None:
     """The head reading ``scores`` against the other breast, fitted on all held-out
     probabilities (shipped), and each fold's bilateral probabilities from a head fitted on
     the other folds (validated); None without scores or patient pairs."""
-    partner = partners(pair_keys(data.images))
+    partner = partners(pair_keys(images))
     if not scores or not (partner >= 0).any():
         return None
-    head = fit_bilateral(probs, data.labels, partner, scores)
-    held_out = held_out_bilateral(probs, data.labels, partner, folds, scores)
+    labels = np.array([i.class_index for i in images], dtype=np.int64)
+    head = fit_bilateral(probs, labels, partner, scores)
+    held_out = held_out_bilateral(probs, labels, partner, folds, scores)
     return {"scores": list(head.scores), "head": head.to_config(),
             "images_paired": int((partner >= 0).sum())}, held_out
 
 
-def _report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
-            config: TrainConfig) -> dict[str, Any]:
+def validation_report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
+                      config: TrainConfig) -> dict[str, Any]:
+    """Held-out figures with 95% bootstrap intervals resampling patients."""
     intervals = metrics.bootstrap_intervals(truth, probs, patients,
                                             rounds=config.bootstrap_rounds, seed=config.seed)
     return {**metrics.summary(truth, probs),
@@ -204,13 +206,14 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     labels, patients = data.labels, data.patients
     folds = patient_folds(labels, patients, n_folds=config.folds, seed=config.seed)
     cv = cross_validate(seen_by_trunks(data, config.local_contrast_sigma), config, folds, say)
-    validation = _report(labels, cv.probabilities, patients, config)
-    bilateral = bilateral_validation(data, cv.probabilities, folds, config.bilateral)
+    validation = validation_report(labels, cv.probabilities, patients, config)
+    bilateral = bilateral_validation(data.images, cv.probabilities, folds, config.bilateral)
     if bilateral is not None:
-        bilateral[0]["validation"] = _report(labels, bilateral[1], patients, config)
+        bilateral[0]["validation"] = validation_report(labels, bilateral[1], patients,
+                                                       config)
     say("baseline: intensity and texture features + logistic regression, same folds")
     baseline_probs = cross_validated_probabilities(feature_matrix(data.pixels), labels, folds)
-    baseline = _report(labels, baseline_probs, patients, config)
+    baseline = validation_report(labels, baseline_probs, patients, config)
     rate, scored = localisation_rate(cv.heatmaps, data.circles, config.patch)
     ratios = [peak_distance_ratio(h, c, config.patch)
               for h, c in zip(cv.heatmaps, data.circles, strict=True) if c]

@@ -119,7 +119,7 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
     click.echo(str(directory))
 
 
-def _bilateral_scores(value: str) -> tuple[str, ...]:
+def _bilateral_scores(value: str, option: str = "--bilateral") -> tuple[str, ...]:
     from models.bilateral import SCORES
 
     names = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -128,7 +128,7 @@ def _bilateral_scores(value: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in SCORES]
     if unknown or not names:
         raise click.BadParameter(f"{value!r}: give abnormal, malignant, both separated by a "
-                                 "comma, or none", param_hint="--bilateral")
+                                 "comma, or none", param_hint=option)
     return tuple(s for s in SCORES if s in names)
 
 
@@ -373,6 +373,36 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
     if record:
         path = record_in_metadata(spec.directory, "repeated_splits", result)
         click.echo(f"recorded in {path} and {spec.directory / 'MODEL_CARD.md'}")
+
+
+@models_group.command("bilateral")
+@click.argument("ref")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--version", required=True, help="Version of the new model directory.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("models"),
+              show_default=True, help="Root the new <name>/<version>/ directory goes under.")
+@click.option("--scores", "score_list", default="abnormal,malignant", show_default=True,
+              help="Scores read against the other breast (as `mammo train --bilateral`).")
+def models_bilateral(ref: str, data: Path, version: str, output: Path,
+                     score_list: str) -> None:
+    """Write a new version of REF that reads each breast against the other breast.
+
+    The head is fitted on REF's held-out predictions (validation_predictions.json) over its
+    training DATA, validated fold by fold on the same patient folds; the trunks are not
+    retrained, so model.keras and its sha256 stay the same. Prints the new directory.
+
+    \b
+    Example:
+        mammo models bilateral default ../shared/data/mini-mias --version 1.3.0
+    """
+    from models.bilateral_version import derive
+    from models.registry import resolve_model
+
+    scores = _bilateral_scores(score_list, "--scores")
+    if not scores:
+        raise click.BadParameter("name at least one score", param_hint="--scores")
+    command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    click.echo(str(derive(resolve_model(ref), data, output, version, scores, command, _say)))
 
 
 COMMANDS = (train_command, evaluate_command, models_group)

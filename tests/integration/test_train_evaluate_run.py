@@ -133,6 +133,42 @@ def test_repeat_cv_reruns_the_recipe_on_another_split(trained: Path, tmp_path: P
     assert refused.returncode == 2 and "not the data this model trained on" in refused.stderr
 
 
+def test_models_bilateral_gives_an_older_model_the_head_its_training_would_have_fitted(
+        trained: Path, tmp_path: Path) -> None:
+    older = tmp_path / "older" / "tiny" / "0.1.0"
+    shutil.copytree(trained, older)
+    meta = json.loads((older / "metadata.json").read_text())
+    own = meta.pop("bilateral")  # as a model trained before bilateral heads records it
+    (older / "metadata.json").write_text(json.dumps(meta))
+    data = trained.parents[2] / "mias"
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 'b.db'}")
+    args = ["models", "bilateral", str(older), str(data), "--version", "0.2.0",
+            "--output", str(tmp_path / "out")]
+    done = run_mammo(args, env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    derived = resolve_model(done.stdout.strip().splitlines()[-1])
+    assert (derived.version, derived.sha256) == ("0.2.0", meta["sha256"])
+    # Same held-out predictions, same folds: the head the training run itself fitted
+    # (up to the 4 decimals the predictions file keeps).
+    for score in ("abnormal", "malignant"):
+        assert derived.metadata["bilateral"]["head"][score] == pytest.approx(
+            own["head"][score], abs=0.02)
+    assert derived.metadata["bilateral"]["validation"]["auc_abnormal"] == pytest.approx(
+        own["validation"]["auc_abnormal"], abs=0.02)
+    assert derived.metadata["derived_from"]["version"] == "0.1.0"
+    assert "version 0.1.0's `model.keras`" in (derived.directory / "MODEL_CARD.md").read_text()
+    # Refused, with a reason: again (the version exists), a model that already has a head,
+    # and data the model did not train on.
+    again = run_mammo(args, env, tmp_path)
+    assert again.returncode != 0 and "exists" in again.stderr
+    paired = run_mammo([*args[:2], str(trained), *args[3:5], "0.3.0", *args[6:]], env,
+                       tmp_path)
+    assert paired.returncode != 0 and "already reads breasts in pairs" in paired.stderr
+    other = write_mias_like(tmp_path / "other", pairs=3, seed=11)
+    wrong = run_mammo([*args[:3], str(other), "--version", "0.4.0", *args[6:]], env, tmp_path)
+    assert wrong.returncode != 0 and "is not the data" in wrong.stderr
+
+
 def test_evaluate_json_has_exactly_the_contract_keys(trained: Path, tmp_path: Path) -> None:
     data = write_mias_like(tmp_path / "eval", pairs=3, seed=11)
     env = mammo_env(database_url=f"sqlite:///{tmp_path / 'e.db'}")
