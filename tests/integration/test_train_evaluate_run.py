@@ -35,7 +35,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = mammo_env(database_url=f"sqlite:///{root / 'train.db'}")
     done = run_mammo(["train", str(data), "--output", str(root / "out"), "--name", "tiny",
                       "--version", "0.1.0", "--folds", "2", "--members", "2",
-                      "--local-contrast", "24", "--epochs", "2",
+                      "--local-contrast", "24", "--bilateral", "abnormal,malignant",
+                      "--epochs", "2",
                       "--input-size", "128", "--patch", "32", "--bootstrap", "20"], env, root)
     assert done.returncode == 0, done.stderr
     assert "fold 2/2" in done.stderr and "epoch 1/2" in done.stderr  # progress is printed
