@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.bilateral import BilateralHead
 from producer.embedded_run import run_embedded
 from producer.registration import create_batch, register_files
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image, Prediction
 from shared.enums import Priority
+from shared.scoring import suspicion
 from shared.synthetic import make_exam_set, write_truncated_copy
+from tests.helpers.tiny_model import TINY_BILATERAL
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
 
@@ -116,6 +120,15 @@ def test_worker_scores_the_exam_once_its_four_views_are_done(
     process_chunk(ids[2:], token="second-half", runtime=runtime)
     with sessions() as s:
         [exam] = s.execute(select(ExamResult)).scalars().all()
-        best = max(s.execute(select(Prediction.suspicion)).scalars())
+        views = {(lat, view): np.array([[p_n, p_b, p_m]]) for lat, view, p_n, p_b, p_m in
+                 s.execute(select(Image.laterality, Image.view, Prediction.p_normal,
+                                  Prediction.p_benign, Prediction.p_malignant)
+                           .join(Prediction, Prediction.image_id == Image.id))}
     assert exam.status == "complete" and exam.missing_views == []
-    assert exam.suspicion == best  # the exam score is the most suspicious view
+    # The exam score is the most suspicious view, each read against the other breast's
+    # same view with the model's bilateral head.
+    head = BilateralHead.from_config(TINY_BILATERAL)
+    paired = [head.apply(probs, views[("R" if lat == "L" else "L", view)])[0]
+              for (lat, view), probs in views.items()]
+    assert len(paired) == 4
+    assert exam.suspicion == max(suspicion(p[1], p[2]) for p in paired)
