@@ -202,8 +202,10 @@ def _bilateral(meta: dict[str, Any]) -> str:
     record = meta.get("bilateral")
     if not record:
         return ""
+    scores = record["scores"]
     return (f"Bilateral reading: where the patient's other breast (same view) is scored "
-            f"too, {' and '.join(f'P({s})' for s in record['scores'])} is read against it "
+            f"too, {' and '.join(f'P({s})' for s in scores)} "
+            f"{'is' if len(scores) == 1 else 'are'} read against it "
             "(logistic regression on the two breasts' logits, fitted on held-out "
             "predictions; `models/bilateral.py`): what one breast shares with the other "
             "(density, exposure) stops counting as evidence. Exam results and "
