@@ -144,7 +144,7 @@ def test_models_bilateral_gives_an_older_model_the_head_its_training_would_have_
     data = trained.parents[2] / "mias"
     env = mammo_env(database_url=f"sqlite:///{tmp_path / 'b.db'}")
     args = ["models", "bilateral", str(older), str(data), "--version", "0.2.0",
-            "--output", str(tmp_path / "out")]
+            "--output", str(tmp_path / "out"), "--scores", "abnormal,malignant"]
     done = run_mammo(args, env, tmp_path)
     assert done.returncode == 0, done.stderr
     derived = resolve_model(done.stdout.strip().splitlines()[-1])
