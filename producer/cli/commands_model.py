@@ -66,7 +66,7 @@ def _say(message: str) -> None:
               "by default: not better within noise on mini-MIAS (README).")
 @click.option("--bilateral", default="abnormal", show_default=True,
               help="Scores read against the same patient's other breast (same view) where "
-              "it is present: abnormal, malignant, both (comma-separated) or none. Reading "
+              "it is present: abnormal, malignant, abnormal,malignant (or both) or none. Reading "
               "malignant in pairs lost AUC on every split measured (README).")
 @click.option("--epochs", type=click.IntRange(1), default=36, show_default=True,
               help="Maximum epochs per fold (early stopping usually ends sooner).")
@@ -126,10 +126,12 @@ def _bilateral_scores(value: str, option: str = "--bilateral") -> tuple[str, ...
     names = tuple(v.strip() for v in value.split(",") if v.strip())
     if names == ("none",):
         return ()
+    if names == ("both",):
+        return SCORES
     unknown = [n for n in names if n not in SCORES]
     if unknown or not names:
-        raise click.BadParameter(f"{value!r}: give abnormal, malignant, both separated by a "
-                                 "comma, or none", param_hint=option)
+        raise click.BadParameter(f"{value!r}: give abnormal, malignant, both (or the two "
+                                 "separated by a comma), or none", param_hint=option)
     return tuple(s for s in SCORES if s in names)
 
 

@@ -40,6 +40,7 @@ def test_bilateral_scores_are_named_or_none(tmp_path: Path) -> None:
 
     assert _bilateral_scores("malignant, abnormal") == ("abnormal", "malignant")
     assert _bilateral_scores("abnormal") == ("abnormal",)
+    assert _bilateral_scores("both") == ("abnormal", "malignant")
     assert _bilateral_scores("none") == ()
     result = CliRunner().invoke(cli, ["train", str(tmp_path), "--bilateral", "benign"],
                                 env=_env(tmp_path, "default"))
