@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from models.bilateral import bilateral_head
 from models.registry import ModelSpec, resolve_model
 from shared.config import DEFAULT_MODEL, Settings
 from shared.db.schema import ModelVersion
@@ -25,7 +26,8 @@ def register(session: Session, spec: ModelSpec) -> int:
         "name": spec.name, "version": spec.version, "sha256": spec.sha256,
         "preprocessing_version": spec.preprocessing_version, "classes": list(spec.classes),
         "input_size": list(spec.input_size), "path": str(spec.directory.resolve()),
-        "bilateral": (spec.metadata.get("bilateral") or {}).get("head"),
+        "bilateral": None if (head := bilateral_head(spec.metadata)) is None
+        else head.to_config(),
     }, conflict=("name", "version", "sha256"))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,12 @@ def _held_out(spec: ModelSpec, data_path: Path) -> tuple[list[LabelledImage], np
             f"({len(missing)} of its {len(rows)} images missing, or other labels or files): "
             "the head must be fitted on the predictions of the images the model was "
             "validated on.")
-    probs = np.array([[r[f"p_{c.value}"] for c in CLASSES] for r in rows], np.float64)
-    return images, probs
+    return images, held_out_probabilities(rows)
+
+
+def held_out_probabilities(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """(n, 3) normal/benign/malignant of ``validation_predictions.json``-style rows."""
+    return np.array([[r[f"p_{c.value}"] for c in CLASSES] for r in rows], np.float64)
 
 
 def derive(spec: ModelSpec, data_path: Path, output: Path, version: str,

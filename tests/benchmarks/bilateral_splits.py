@@ -27,7 +27,7 @@ import numpy as np
 
 from models import metrics
 from models.bilateral import held_out_bilateral, pair_keys, partners
-from models.bilateral_version import PREDICTIONS_FILE
+from models.bilateral_version import PREDICTIONS_FILE, held_out_probabilities
 from models.datasets import LabelledImage, load_dataset
 from models.prepared import prepare
 from models.registry import resolve_model
@@ -44,7 +44,7 @@ READINGS: dict[str, tuple[str, ...]] = {
 
 
 def _rows_to_probs(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {r["id"]: np.array([r[f"p_{c.value}"] for c in CLASSES]) for r in rows}
+    return dict(zip((r["id"] for r in rows), held_out_probabilities(rows), strict=True))
 
 
 def _held_out(config: TrainConfig, images: list[LabelledImage], seed: int,
