@@ -139,6 +139,16 @@ def _per_fold(meta: dict[str, Any]) -> str:
     return f"{members} per cross-validation fold, each with its own seed and early-stopping split"
 
 
+def _finetune(meta: dict[str, Any]) -> str:
+    epochs = int(meta.get("training", {}).get("finetune_epochs") or 0)
+    if not epochs:
+        return ""
+    return (f"fine-tuned for {epochs} epoch{'s' if epochs > 1 else ''} on the whole "
+            "training images of their fold "
+            "with image labels, through the top-5 read-out of the head (Shen et al.'s "
+            "second step), ")
+
+
 def _local_contrast(meta: dict[str, Any]) -> str:
     sigma = meta.get("training", {}).get("local_contrast_sigma")
     if sigma is None:
@@ -269,7 +279,8 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "annotated lesion circles and on normal tissue (hard-negative mining, label "
         "smoothing 0.1, class-balanced weights, flips, rotations, scale and intensity "
         "jitter), then "
-        "run fully convolutionally over the whole image. The per-location probability map is "
+        f"{_finetune(meta)}run fully convolutionally over the whole image. The per-location "
+        "probability map is "
         f"the heatmap. {_tta(meta)} Head: P(abnormal) and P(malignant) are Platt-scaled "
         "(monotone) read-outs of the mean log-odds of the 5 "
         f"strongest locations ({_head(meta)}), fitted on held-out evidence; P(benign) is "

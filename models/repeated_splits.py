@@ -36,7 +36,8 @@ FIGURES = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ec
            "bilateral_auc_abnormal", "bilateral_auc_malignant")
 # Recipe options added after some models were trained: absent from their metadata, and
 # absent meant this.
-_BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": ()}
+_BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": (),
+                   "finetune_epochs": 0}
 
 
 def recipe(meta: Mapping[str, Any]) -> TrainConfig:

@@ -32,6 +32,7 @@ from models.baseline import cross_validated_probabilities, feature_matrix
 from models.bilateral import fit_bilateral, held_out_bilateral, pair_keys, partners
 from models.calibration import fit_head
 from models.datasets import LabelledImage, load_dataset
+from models.finetune import FinetuneOptions, finetune_on_images
 from models.heatmaps import localisation_rate, peak_distance_ratio
 from models.metrics import format_metric
 from models.patches import PatchPlan
@@ -69,6 +70,8 @@ class TrainConfig:
     tta_flips: tuple[tuple[int, ...], ...] = TTA_FLIPS
     local_contrast_sigma: float | None = None  # trunks behind LocalContrast(sigma) if set
     members: int = 1  # trunks per fold, each with its own seed: the ensemble is folds x members
+    # Whole-image epochs after patch training (models.finetune); 0 = off, see its docstring.
+    finetune_epochs: int = 0
     # Scores read against the patient's other breast where it is present (models.bilateral).
     # Abnormal only: over 4 patient splits it gained abnormal-vs-normal AUC on every split
     # while reading P(malignant) in pairs lost malignant-vs-rest AUC on every split (README).
@@ -140,9 +143,12 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
                          seed=seed, name=name, progress=say)
     say(f"{name}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
-    evidence, stats, maps = _held_out_evidence(result.trunk, data, fold, config.patch,
+    finetune_on_images(result.trunk, data.subset(train),
+                       FinetuneOptions(epochs=config.finetune_epochs), patch=config.patch,
+                       seed=seed, name=name, progress=say)
+    evidence, stats, maps = held_out_evidence(result.trunk, data, fold, config.patch,
                                                config.tta_flips)
-    alternative = _held_out_evidence(result.trunk, data, fold, config.patch,
+    alternative = held_out_evidence(result.trunk, data, fold, config.patch,
                                      alternative_flips(config.tta_flips))[0]
     fold_truth = labels[held_out]
     say(f"{name}: held-out AUC of the strongest location alone: abnormal "
@@ -155,7 +161,7 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     return evidence, alternative, maps["heatmap"]
 
 
-def _held_out_evidence(
+def held_out_evidence(
     trunk: Any, data: PreparedSet, fold: tuple[np.ndarray, np.ndarray], patch: int,
     flips: tuple[tuple[int, ...], ...],
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
