@@ -89,6 +89,7 @@ class CrossValidation:
     histories: list[dict[str, list[float]]] = field(default_factory=list)
     trunks: list[Any] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
+    finetune_losses: list[list[float]] = field(default_factory=list)  # per trunk, per epoch
     evidence_stats: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
@@ -143,13 +144,13 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
                          seed=seed, name=name, progress=say)
     say(f"{name}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
-    finetune_on_images(result.trunk, data.subset(train),
-                       FinetuneOptions(epochs=config.finetune_epochs), patch=config.patch,
-                       seed=seed, name=name, progress=say)
+    cv.finetune_losses.append(finetune_on_images(
+        result.trunk, data.subset(train), FinetuneOptions(epochs=config.finetune_epochs),
+        patch=config.patch, seed=seed, name=name, progress=say))
     evidence, stats, maps = held_out_evidence(result.trunk, data, fold, config.patch,
-                                               config.tta_flips)
+                                              config.tta_flips)
     alternative = held_out_evidence(result.trunk, data, fold, config.patch,
-                                     alternative_flips(config.tta_flips))[0]
+                                    alternative_flips(config.tta_flips))[0]
     fold_truth = labels[held_out]
     say(f"{name}: held-out AUC of the strongest location alone: abnormal "
         f"{format_metric(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
@@ -268,6 +269,8 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
         "training": {**asdict(config), "input_size": list(config.input_size),
                      "tta_flips": [list(f) for f in config.tta_flips],
                      "best_epochs": cv.best_epochs, "seconds": round(seconds, 1),
+                     "finetune_losses": [[round(v, 4) for v in losses]
+                                         for losses in cv.finetune_losses],
                      "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, no GPU"
                      if not _has_gpu() else "GPU"},
         "validation": validation, "baseline": baseline, "ablation": ablation,

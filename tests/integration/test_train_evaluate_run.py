@@ -55,6 +55,7 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert meta["ensemble_members"] == 4 and len(meta["training"]["best_epochs"]) == 4
     assert meta["training"]["local_contrast_sigma"] == 24.0
     assert meta["training"]["finetune_epochs"] == 1
+    assert [len(losses) for losses in meta["training"]["finetune_losses"]] == [1, 1, 1, 1]
     import keras
 
     import models.layers  # noqa: F401  (registers the custom layers)
