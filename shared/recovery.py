@@ -97,21 +97,27 @@ def sweep(
 class FollowUp:
     exams: int  # exam results written because their missing views timed out
     notifications: FollowUpReport
+    batches: int = 0  # finished batches nobody had stamped (a process died in between)
 
     def summary(self) -> str:
-        return (f"{self.exams} timed-out exam(s) given their result; "
+        stamped = f"{self.batches} finished batch(es) stamped late; " if self.batches else ""
+        return (f"{self.exams} timed-out exam(s) given their result; {stamped}"
                 f"{self.notifications.summary()}")
 
     def __bool__(self) -> bool:
-        return bool(self.exams or self.notifications)
+        return bool(self.exams or self.notifications or self.batches)
 
 
 def follow_up(sessions: sessionmaker[Session], settings: Settings,
               notifier: Notifier) -> FollowUp:
-    """Due exam results first, so an incomplete exam's alert goes out in the same pass."""
+    """Due exam results first, so an incomplete exam's alert goes out in the same pass;
+    batches left open with nothing active are stamped, so their summary is owed too."""
     with sessions() as session:
         changes = refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
-    return FollowUp(len(changes), notifier.follow_up())
+    with sessions() as session:
+        stamped = lifecycle.finish_open_batches(session)
+        session.commit()
+    return FollowUp(len(changes), notifier.follow_up(), len(stamped))
 
 
 class BackgroundFollowUp:

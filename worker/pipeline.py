@@ -193,6 +193,8 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult) -> Non
             for image_id, code, message in outcome.failures:
                 lifecycle.mark_failed(session, image_id, code, message)
             touched = done_ids + [f[0] for f in outcome.failures]
+            session.commit()
+        with runtime.sessions() as session:  # after that commit: see finish_batches
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
     except OperationalError as exc:

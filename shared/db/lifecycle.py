@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.schema import Batch, Image
@@ -118,14 +118,28 @@ def finish_batches(session: Session, batch_ids: Sequence[int]) -> list[int]:
     """Stamp ``finished_at`` on batches that have no active image left; return those stamped.
 
     The conditional UPDATE stamps each batch once, so exactly one caller learns that it
-    finished (and sends its notification).
+    finished (and sends its notification). Call it in a transaction of its own, after the
+    images' states were committed: inside the transaction that marks them, two workers
+    finishing a batch's last images at once each still see the other's images as active
+    (write skew under READ COMMITTED), and neither would stamp the batch.
     """
     if not batch_ids:
         return []
+    return _stamp_finished(session, Batch.id.in_(list(set(batch_ids))))
+
+
+def finish_open_batches(session: Session) -> list[int]:
+    """Stamp every open batch whose images are all done or failed: the sweeper's safety net
+    for a process that died between saving a batch's last images and stamping the batch."""
+    has_images = exists().where(Image.batch_id == Batch.id)
+    return _stamp_finished(session, has_images)
+
+
+def _stamp_finished(session: Session, which: ColumnElement[bool]) -> list[int]:
     active = exists().where(Image.batch_id == Batch.id, Image.state.in_(ACTIVE_STATES))
     stamped = session.execute(
         update(Batch)
-        .where(Batch.id.in_(list(set(batch_ids))), Batch.finished_at.is_(None), ~active)
+        .where(which, Batch.finished_at.is_(None), ~active)
         .values(finished_at=utcnow())
         .returning(Batch.id),
         execution_options={"synchronize_session": False},

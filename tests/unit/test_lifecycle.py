@@ -109,6 +109,55 @@ def test_batch_finishes_only_when_no_image_is_active(sessions: sessionmaker[Sess
         assert s.get(Batch, batch_id).finished_at is not None  # type: ignore[union-attr]
 
 
+def test_two_workers_finishing_a_batch_at_once_stamp_it_exactly_once(postgres_url: str) -> None:
+    """The worker's protocol: mark its images and commit, then stamp in a new transaction.
+
+    Worker A commits first and stamps while B's last image is still active in B's open
+    transaction; B stamps after its commit and is the one that finds the batch finished.
+    (Stamping inside the marking transaction lost the batch: each saw the other's image
+    still active.) PostgreSQL only: SQLite lets one writer at a time, so it cannot race.
+    """
+    sessions = _sessions(postgres_url)
+    ids = _images(sessions, 2)
+    with sessions() as a, sessions() as b:
+        batch_id = a.get(Image, ids[0]).batch_id  # type: ignore[union-attr]
+        lifecycle.mark_done(a, ids[:1])
+        a.commit()
+        lifecycle.mark_done(b, ids[1:])
+        with sessions() as stamp_a:
+            assert lifecycle.finish_batches(stamp_a, [batch_id]) == []
+            stamp_a.commit()
+        b.commit()
+        with sessions() as stamp_b:
+            assert lifecycle.finish_batches(stamp_b, [batch_id]) == [batch_id]
+            stamp_b.commit()
+    with sessions() as s:
+        assert lifecycle.finish_batches(s, [batch_id]) == []  # once only
+    sessions.kw["bind"].dispose()
+
+
+def test_sweeper_stamps_batches_left_open_with_nothing_active(
+    sessions: sessionmaker[Session],
+) -> None:
+    settled, busy = _images(sessions, 2), _images(sessions, 2)
+    with sessions() as s:
+        empty = Batch(name="being submitted")
+        s.add(empty)
+        s.flush()
+        lifecycle.mark_done(s, settled[:1])
+        lifecycle.mark_failed(s, settled[1], ErrorCode.UNREADABLE, "unreadable")
+        lifecycle.mark_done(s, busy[:1])
+        s.commit()  # as a worker that died before stamping leaves them
+        settled_batch = s.get(Image, settled[0]).batch_id  # type: ignore[union-attr]
+        stamped = lifecycle.finish_open_batches(s)
+        s.commit()
+        assert stamped == [settled_batch]
+        s.expire_all()
+        assert s.get(Batch, settled_batch).finished_at is not None  # type: ignore[union-attr]
+        assert s.get(Batch, empty.id).finished_at is None  # type: ignore[union-attr]
+        assert lifecycle.finish_open_batches(s) == []
+
+
 def test_prediction_upsert_keeps_one_row_per_image_and_model(
     sessions: sessionmaker[Session],
 ) -> None:

@@ -302,6 +302,30 @@ def test_the_follow_up_alerts_for_an_exam_that_timed_out_with_no_watcher(
     assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
 
 
+def test_the_follow_up_stamps_a_batch_a_dead_worker_left_open_and_sends_its_summary(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    from shared.recovery import follow_up
+
+    sessions = _sessions(settings)
+    make_exam_set(tmp_path / "in", 1, seed=13)
+    run_embedded(settings, sessions, [tmp_path / "in"], name="no channels configured")
+    with sessions() as session:  # as if the worker died between saving and stamping
+        batch = session.execute(select(Batch)).scalar_one()
+        batch.finished_at = None
+        session.commit()
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        live = _with_notifications(settings, mail.port, hook.url)
+        followed = follow_up(sessions, live, Notifier(live, sessions))
+        again = follow_up(sessions, live, Notifier(live, sessions))
+    assert followed.batches == 1 and followed.notifications.owed_batches == 1
+    assert "1 finished batch(es) stamped late" in followed.summary()
+    assert not again
+    assert _by_subject(mail)["batch"] == 1
+    with sessions() as session:
+        assert session.execute(select(Batch)).scalar_one().finished_at is not None
+
+
 def test_an_event_nobody_claimed_is_owed_and_sent_once(
     settings: Settings, tmp_path: Path,
 ) -> None:
