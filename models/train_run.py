@@ -57,7 +57,7 @@ PLOTS = {
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "default"
-    version: str = "1.3.0"
+    version: str = "1.4.0"
     input_size: tuple[int, int] = (512, 512)
     folds: int = 5
     seed: int = 20261125
@@ -70,8 +70,9 @@ class TrainConfig:
     tta_flips: tuple[tuple[int, ...], ...] = TTA_FLIPS
     local_contrast_sigma: float | None = None  # trunks behind LocalContrast(sigma) if set
     members: int = 1  # trunks per fold, each with its own seed: the ensemble is folds x members
-    # Whole-image epochs after patch training (models.finetune); 0 = off, see its docstring.
-    finetune_epochs: int = 0
+    # Whole-image epochs after patch training (models.finetune; 0 = off). On the same trunks
+    # and folds of 2 patient splits, 8 epochs raised both AUCs and the localisation (README).
+    finetune_epochs: int = 8
     # Scores read against the patient's other breast where it is present (models.bilateral).
     # Abnormal only: over 4 patient splits it gained abnormal-vs-normal AUC on every split
     # while reading P(malignant) in pairs lost malignant-vs-rest AUC on every split (README).
