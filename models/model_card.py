@@ -146,7 +146,7 @@ def _finetune(meta: dict[str, Any]) -> str:
     return (f"fine-tuned for {epochs} epoch{'s' if epochs > 1 else ''} on the whole "
             "training images of their fold "
             "with image labels, through the top-5 read-out of the head (Shen et al.'s "
-            "second step), ")
+            "second step), and ")
 
 
 def _local_contrast(meta: dict[str, Any]) -> str:
