@@ -56,6 +56,15 @@ def _incomplete_exam(settings: Settings, tmp_path: Path, seed: int) -> sessionma
     return sessions
 
 
+def _processed_without_channels(settings: Settings, tmp_path: Path,
+                                seed: int) -> sessionmaker[Session]:
+    """One exam processed with no notification channel configured: nothing claimed."""
+    sessions = _sessions(settings)
+    make_exam_set(tmp_path / "in", 1, seed=seed)
+    run_embedded(settings, sessions, [tmp_path / "in"], name="no channels configured")
+    return sessions
+
+
 def _by_subject(inbox: SmtpInbox) -> dict[str, int]:
     counts: dict[str, int] = {}
     for msg in inbox.messages:
@@ -307,9 +316,7 @@ def test_the_follow_up_stamps_a_batch_a_dead_worker_left_open_and_sends_its_summ
 ) -> None:
     from shared.recovery import follow_up
 
-    sessions = _sessions(settings)
-    make_exam_set(tmp_path / "in", 1, seed=13)
-    run_embedded(settings, sessions, [tmp_path / "in"], name="no channels configured")
+    sessions = _processed_without_channels(settings, tmp_path, seed=13)
     with sessions() as session:  # as if the worker died between saving and stamping
         batch = session.execute(select(Batch)).scalar_one()
         batch.finished_at = None
@@ -330,9 +337,7 @@ def test_an_event_nobody_claimed_is_owed_and_sent_once(
     settings: Settings, tmp_path: Path,
 ) -> None:
     # Results committed by a process that died before claiming its notifications.
-    sessions = _sessions(settings)
-    make_exam_set(tmp_path / "in", 1, seed=12)
-    run_embedded(settings, sessions, [tmp_path / "in"], name="no channels configured")
+    sessions = _processed_without_channels(settings, tmp_path, seed=12)
     with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
         live = _with_notifications(settings, mail.port, hook.url)
         notifiers = [Notifier(live, sessions) for _ in range(2)]
