@@ -31,7 +31,7 @@ from models.prepared import PreparedSet, prepare
 from models.registry import resolve_model
 from models.repeated_splits import recipe
 from models.splits import patient_folds
-from models.train_run import data_hash, held_out_evidence
+from models.train_run import TrainConfig, data_hash, held_out_evidence
 from models.training import seen_by_trunks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "models" / "default" / "1.2.0"))
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=TrainConfig().finetune_epochs)
     parser.add_argument("--learning-rate", type=float, default=FinetuneOptions.learning_rate)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -71,6 +71,9 @@ def main() -> None:
     if config.members != 1:
         raise SystemExit("this benchmark pairs one trunk per fold; the model has "
                          f"{config.members}")
+    if config.finetune_epochs:
+        raise SystemExit(f"{spec.name} {spec.version} is already fine-tuned: give a model "
+                         "trained with --finetune-epochs 0")
     images = load_dataset(args.data)
     if data_hash(images) != spec.metadata["training_data"]["sha256"]:
         raise SystemExit(f"{args.data} is not the data {spec.name} {spec.version} trained on")
