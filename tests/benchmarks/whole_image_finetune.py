@@ -38,16 +38,24 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "mini-mias"
 
 
-def _score(name: str, trunks: list[Any], data: PreparedSet,
-           folds: list[tuple[np.ndarray, np.ndarray]], patch: int) -> dict[str, Any]:
-    n, labels = len(data.images), data.labels
+def held_out(trunks: list[Any], data: PreparedSet, folds: list[tuple[np.ndarray, np.ndarray]],
+             patch: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each image's single-image probabilities and heatmap from the trunk that never saw it
+    (trunk k scores fold k), through the shipped head fitted on the other folds."""
+    n = len(data.images)
     evidence, heatmaps = np.zeros((n, 9)), [np.zeros(0)] * n
     for trunk, fold in zip(trunks, folds, strict=True):
         standardised, _, maps = held_out_evidence(trunk, data, fold, patch, ((),))
         evidence[fold[1]] = standardised
         for i, heatmap in zip(fold[1], maps["heatmap"], strict=True):
             heatmaps[int(i)] = heatmap
-    probs = held_out_predictions(evidence, labels, folds, shipped_head)
+    return held_out_predictions(evidence, data.labels, folds, shipped_head), heatmaps
+
+
+def _score(name: str, trunks: list[Any], data: PreparedSet,
+           folds: list[tuple[np.ndarray, np.ndarray]], patch: int) -> dict[str, Any]:
+    labels = data.labels
+    probs, heatmaps = held_out(trunks, data, folds, patch)
     return {"trunks": name, "auc_abnormal": metrics.auc_abnormal(labels, probs),
             "auc_malignant": metrics.auc_malignant(labels, probs),
             "ece": metrics.expected_calibration_error(labels, probs),
