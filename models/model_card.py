@@ -96,13 +96,13 @@ def _repeated_splits(meta: dict[str, Any]) -> list[str]:
         "",
         f"The same recipe cross-validated on {len(rows)} different {record['folds']}-fold "
         "patient splits (`mammo train --seed S`: each seed draws its own folds and trunk "
-        "initialisations; recorded "
-        f"{record['date']} by `mammo models repeat-cv`). The first row is this model's own "
+        "initialisations; recorded by `mammo models repeat-cv`, last on "
+        f"{record['date']}). The first row is this model's own "
         "split; the spread is what one split's figures can move by on this data.",
         "",
         "| seed | source | " + " | ".join(SPLIT_COLUMNS.get(k, k) for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
-        *[f"| {r['seed']} | {r['source']} | "
+        *[f"| {r['seed']} | {r['source']}{', ' + r['date'] if r.get('date') else ''} | "
           + " | ".join(format_metric(r.get(k)) for k in keys) + " |" for r in rows],
         "",
         *[f"- {label}: mean {cell(key)}" for label, key in (

@@ -78,6 +78,20 @@ def spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float] | No
     return result
 
 
+def merge(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` (this model's own row first) with every re-run row of ``previous`` whose seed
+    ``new`` did not run again, so a record can grow split by split across sessions; each
+    re-run row keeps the date it was measured, and the spread covers all of them."""
+    if not previous:
+        return dict(new)
+    again = {r["seed"] for r in new["rows"]}
+    kept = [{**r, "date": r.get("date", previous["date"])} for r in previous["rows"]
+            if r["source"] == "re-run" and r["seed"] not in again]
+    own, *runs = new["rows"]
+    rows = [own, *kept, *runs]
+    return {**new, "rows": rows, "spread": spread(rows)}
+
+
 def check_seeds(own: int, seeds: Sequence[int]) -> None:
     """Raise ``ValueError`` unless ``seeds`` are distinct new splits."""
     if len(set(seeds)) != len(seeds):
@@ -125,7 +139,7 @@ def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: 
         rate, scored = localisation_rate(cv.heatmaps, data.circles, split.patch)
         bilateral = bilateral_validation(data.images, cv.probabilities, folds,
                                          config.bilateral)
-        rows.append({"seed": seed, "source": "re-run",
+        rows.append({"seed": seed, "source": "re-run", "date": dt.date.today().isoformat(),
                      "minutes": round((time.perf_counter() - started) / 60, 1),
                      **_figures(metrics.summary(labels, cv.probabilities),
                                 metrics.summary(labels, baseline), rate if scored else None,

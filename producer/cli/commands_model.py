@@ -340,8 +340,8 @@ def _seeds(value: str) -> tuple[int, ...]:
               help="Comma-separated seeds, each one more patient split (about 7 minutes "
               "each for the default recipe on 2 CPU cores).")
 @click.option("--record", is_flag=True,
-              help="Write the record into REF's metadata.json and regenerate its "
-              "MODEL_CARD.md.")
+              help="Add these splits to the record in REF's metadata.json (a seed run "
+              "again replaces its row) and regenerate its MODEL_CARD.md.")
 @format_option
 @pass_cli
 def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, record: bool,
@@ -359,7 +359,7 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
     """
     from models.model_card import record_in_metadata
     from models.registry import resolve_model
-    from models.repeated_splits import FIGURES, check_seeds, repeat
+    from models.repeated_splits import FIGURES, check_seeds, merge, repeat
 
     spec = resolve_model(ref)
     seeds = _seeds(seed_list)
@@ -382,7 +382,8 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
         render([{"figure": k, **v} for k, v in result["spread"].items() if v], fmt,
                columns=("figure", "mean", "sd", "min", "max"), title="Spread over the splits")
     if record:
-        path = record_in_metadata(spec.directory, "repeated_splits", result)
+        path = record_in_metadata(spec.directory, "repeated_splits",
+                                  merge(spec.metadata.get("repeated_splits"), result))
         click.echo(f"recorded in {path} and {spec.directory / 'MODEL_CARD.md'}")
 
 

@@ -128,6 +128,17 @@ def test_repeat_cv_reruns_the_recipe_on_another_split(trained: Path, tmp_path: P
     assert result["spread"]["ece"]["mean"] == pytest.approx(sum(values) / 2)
     assert meta["repeated_splits"] == result
     assert "## Repeated patient splits" in (ref / "MODEL_CARD.md").read_text()
+    # A later --record adds its split to the record instead of replacing it.
+    added = run_mammo(["models", "repeat-cv", str(ref), str(data), "--seeds", "6",
+                       "--format", "json", "--record"], env, tmp_path)
+    assert added.returncode == 0, added.stderr
+    grown = resolve_model(str(ref)).metadata["repeated_splits"]
+    assert [(r["seed"], r["source"]) for r in grown["rows"]] == [
+        (meta["seed"], "this model"), (5, "re-run"), (6, "re-run")]
+    assert grown["rows"][1]["auc_abnormal"] == other["auc_abnormal"]
+    assert grown["spread"]["ece"]["mean"] == pytest.approx(
+        sum(r["ece"] for r in grown["rows"]) / 3)
+    assert "on 3 different" in (ref / "MODEL_CARD.md").read_text()
     # The recipe's own seed, and data it never trained on, are refused with a reason.
     own_seed = run_mammo(["models", "repeat-cv", str(ref), str(data), "--seeds",
                           str(meta["seed"])], env, tmp_path)

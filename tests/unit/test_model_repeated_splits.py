@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from models.model_card import render
-from models.repeated_splits import recipe, spread
+from models.repeated_splits import merge, recipe, spread
 from models.train_run import TrainConfig
 from tests.helpers.model_meta import card_meta
 
@@ -66,3 +66,33 @@ def test_card_shows_the_splits_and_tempers_its_headline(tmp_path: Any) -> None:
     # Seed 8's CNN loses to the baseline on abnormal-vs-normal.
     assert "beat the baseline on both AUCs on 2 of 3 splits" in card
     assert "one of 3 patient splits measured" in card and "averaged 0.55" in card
+
+
+def test_merge_grows_the_record_split_by_split_and_a_seed_run_again_replaces_its_row() -> None:
+    own = {**_row(7, 0.60, 0.70, 0.55), "source": "this model"}
+    first = {"date": "2026-12-01", "folds": 5,
+             "rows": [own, _row(8, 0.50, 0.60, 0.50), _row(9, 0.70, 0.50, 0.60)]}
+    first["spread"] = spread(first["rows"])
+    assert merge(None, first) == first
+    later = [own, {**_row(9, 0.40, 0.40, 0.40), "date": "2026-12-02"},
+             {**_row(10, 0.80, 0.80, 0.40), "date": "2026-12-02"}]
+    merged = merge(first, {"date": "2026-12-02", "folds": 5, "rows": later,
+                           "spread": spread(later)})
+    # The own row stays first; seed 8 is kept with the date it was measured; seed 9's new
+    # figures replace the old; the spread covers all four splits.
+    assert [(r["seed"], r.get("date")) for r in merged["rows"]] == [
+        (7, None), (8, "2026-12-01"), (9, "2026-12-02"), (10, "2026-12-02")]
+    assert merged["rows"][2]["auc_abnormal"] == 0.40
+    assert merged["date"] == "2026-12-02"
+    assert merged["spread"]["auc_abnormal"]["mean"] == pytest.approx((0.6 + 0.5 + 0.4 + 0.8) / 4)
+
+
+def test_card_dates_each_re_run_split(tmp_path: Any) -> None:
+    meta = card_meta()
+    rows = [{**_row(7, 0.60, 0.70, 0.55), "source": "this model"},
+            {**_row(8, 0.50, 0.60, 0.58), "date": "2026-12-02"}]
+    meta["repeated_splits"] = {"date": "2026-12-02", "folds": 2, "rows": rows,
+                               "spread": spread(rows)}
+    card = render(meta, tmp_path)
+    assert "| 8 | re-run, 2026-12-02 | 0.500 |" in card and "| 7 | this model | 0.600 |" in card
+    assert "last on 2026-12-02" in card
