@@ -337,8 +337,8 @@ def _seeds(value: str) -> tuple[int, ...]:
 @click.argument("ref")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--seeds", "seed_list", default="20261325,20261425,20261525", show_default=True,
-              help="Comma-separated seeds, each one more patient split (about 7 minutes "
-              "each for the default recipe on 2 CPU cores).")
+              help="Comma-separated seeds, each one more patient split (about 25 minutes "
+              "each for the default recipe, fine-tuning included, on 2 CPU cores).")
 @click.option("--record", is_flag=True,
               help="Add these splits to the record in REF's metadata.json (a seed run "
               "again replaces its row) and regenerate its MODEL_CARD.md.")
