@@ -140,15 +140,6 @@ def localisation(maps: list[np.ndarray], data: PreparedSet) -> float:
     return float(np.mean(hits))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-def _z(v: np.ndarray) -> np.ndarray:
-    return (v - v.mean()) / (v.std() + 1e-9)
-
-
 def finding_kinds(data: PreparedSet, data_dir: Path) -> np.ndarray | None:
     """mini-MIAS's class of abnormality (CALC, CIRC, ...) per image, from Info.txt."""
     info = data_dir / "Info.txt"
@@ -183,9 +174,13 @@ def main() -> None:
     trunks = [model.get_layer(f"trunk_{k + 1}") for k in range(len(folds))]
     probs, heatmaps = held_out(trunks, seen_by_trunks(raw, config.local_contrast_sigma),
                                folds, config.patch)
-    trunk_scores = np.stack([_logit(probs[:, 1] + probs[:, 2]), _logit(probs[:, 2])], axis=1)
+    from scipy.special import logit
+    from scipy.stats import zscore
+
+    trunk_scores = logit(np.clip(np.stack([probs[:, 1] + probs[:, 2], probs[:, 2]], axis=1),
+                                 1e-6, 1 - 1e-6))
     probe_scores, probe_maps = probe(vgg_features(raw.pixels), raw, folds, args.c, config.seed)
-    both = (np.apply_along_axis(_z, 0, trunk_scores) + np.apply_along_axis(_z, 0, probe_scores))
+    both = zscore(trunk_scores, axis=0) + zscore(probe_scores, axis=0)
     labels = raw.labels
     kinds = finding_kinds(raw, args.data)
     rows: list[dict[str, Any]] = []
