@@ -149,6 +149,15 @@ def _finetune(meta: dict[str, Any]) -> str:
             "second step), and ")
 
 
+def _pretrain(meta: dict[str, Any]) -> str:
+    epochs = int(meta.get("training", {}).get("pretrain_epochs") or 0)
+    if not epochs:
+        return ""
+    return (f"Each trunk first learnt for {epochs} epoch{'s' if epochs > 1 else ''} without "
+            "labels, contrastively (SimCLR), from pairs of augmented views of its fold's "
+            "training breasts, then from the labelled patches. ")
+
+
 def _local_contrast(meta: dict[str, Any]) -> str:
     sigma = meta.get("training", {}).get("local_contrast_sigma")
     if sigma is None:
@@ -289,8 +298,8 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         f"- Input {meta['input_size'][0]} x {meta['input_size'][1]} px after shared "
         f"preprocessing version {meta['preprocessing_version']} (chest wall to the left, "
         f"{meta['pixel_size_mm']} mm pixels, breast crop, contrast stretch). "
-        f"{_local_contrast(meta)}No pretrained weights: everything was learnt from the data "
-        "below.",
+        f"{_local_contrast(meta)}{_pretrain(meta)}No pretrained weights from elsewhere: "
+        "everything was learnt from the data below.",
         f"- File `model.keras`, sha256 `{meta['sha256']}`; seed {meta['seed']}.",
         "",
         "## Data",

@@ -28,8 +28,9 @@ class PatchPlan:
     intensity_jitter: float = 1.0
 
 
-def _tissue_points(data: PreparedSet, index: int, rng: np.random.Generator,
-                   n: int) -> np.ndarray:
+def tissue_points(data: PreparedSet, index: int, rng: np.random.Generator,
+                  n: int) -> np.ndarray:
+    """``n`` random (x, y) inside the breast of image ``index`` (anywhere if none is seen)."""
     rows, cols = data.tissue(index, BREAST_THRESHOLD)
     if rows.size == 0:
         height, width = data.pixels.shape[1:3]
@@ -65,9 +66,7 @@ def _augment(patch: np.ndarray, rng: np.random.Generator, strength: float) -> np
 
 
 def _scaled_crop(pixels: np.ndarray, x: float, y: float, size: int,
-                 rng: np.random.Generator | None) -> np.ndarray:
-    if rng is None:
-        return _crop(pixels, x, y, size)
+                 rng: np.random.Generator) -> np.ndarray:
     grab = max(8, round(size * rng.uniform(0.85, 1.18)))  # small scale jitter
     crop = _crop(pixels, x, y, grab)
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -93,7 +92,7 @@ def sample_patches(
                 centres.append((i, circle.x + dist * np.cos(angle),
                                 circle.y + dist * np.sin(angle), CLASSES.index(circle.severity)))
         if not circles:
-            for x, y in _tissue_points(data, i, rng, plan.weak_per_image):
+            for x, y in tissue_points(data, i, rng, plan.weak_per_image):
                 centres.append((i, x, y, image.class_index))
     n_negative = max(8, int(len(centres) * plan.negatives_ratio))
     normal_idx = [i for i, im in enumerate(data.images) if im.label is Label.NORMAL]
@@ -104,17 +103,23 @@ def sample_patches(
         if n % 4 == 3:  # anywhere, background and film labels included
             x, y = rng.uniform(0, data.pixels.shape[2]), rng.uniform(0, data.pixels.shape[1])
         else:
-            x, y = _tissue_points(data, int(i), rng, 1)[0]
+            x, y = tissue_points(data, int(i), rng, 1)[0]
         centres.append((int(i), x, y, 0))
     patches = np.empty((len(centres), plan.patch, plan.patch, 1), np.float32)
     labels = np.empty(len(centres), np.int64)
     for n, (i, x, y, cls) in enumerate(centres):
-        aug_rng = rng if plan.augment else None
-        patch = _scaled_crop(data.pixels[i], x, y, plan.patch, aug_rng)
-        patches[n, :, :, 0] = (_augment(patch, rng, plan.intensity_jitter) if plan.augment
-                              else patch)
+        patches[n, :, :, 0] = (
+            augmented_crop(data.pixels[i], x, y, plan.patch, rng, plan.intensity_jitter)
+            if plan.augment else _crop(data.pixels[i], x, y, plan.patch))
         labels[n] = cls
     return patches, labels
+
+
+def augmented_crop(pixels: np.ndarray, x: float, y: float, size: int, rng: np.random.Generator,
+                   strength: float) -> np.ndarray:
+    """The ``size`` patch centred on (x, y) with scale, orientation and intensity jitter."""
+    return _augment(_scaled_crop(pixels, x, y, size, rng), rng, strength)
+
 
 
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:

@@ -37,7 +37,7 @@ FIGURES = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ec
 # Recipe options added after some models were trained: absent from their metadata, and
 # absent meant this.
 _BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": (),
-                   "finetune_epochs": 0}
+                   "finetune_epochs": 0, "pretrain_epochs": 0}
 
 
 def recipe(meta: Mapping[str, Any]) -> TrainConfig:

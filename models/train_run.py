@@ -37,6 +37,7 @@ from models.heatmaps import localisation_rate, peak_distance_ratio
 from models.metrics import format_metric
 from models.patches import PatchPlan
 from models.prepared import PreparedSet, prepare
+from models.pretraining import PretrainOptions, pretrained_trunk
 from models.registry import MODEL_FILE, file_sha256, write_model_dir
 from models.splits import inner_validation, patient_folds
 from models.training import TrainOptions, predict_maps, seen_by_trunks, train_trunk
@@ -73,6 +74,9 @@ class TrainConfig:
     # Whole-image epochs after patch training (models.finetune; 0 = off). On the same trunks
     # and folds of 2 patient splits, 8 epochs raised both AUCs and the localisation (README).
     finetune_epochs: int = 8
+    # Contrastive epochs on the fold's unlabelled training tissue before patch training
+    # (models.pretraining; 0 = random initial weights).
+    pretrain_epochs: int = 0
     # Scores read against the patient's other breast where it is present (models.bilateral).
     # Abnormal only: over 4 patient splits it gained abnormal-vs-normal AUC on every split
     # while reading P(malignant) in pairs lost malignant-vs-rest AUC on every split (README).
@@ -91,6 +95,7 @@ class CrossValidation:
     trunks: list[Any] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
     finetune_losses: list[list[float]] = field(default_factory=list)  # per trunk, per epoch
+    pretrain_losses: list[list[float]] = field(default_factory=list)  # per trunk, per epoch
     evidence_stats: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
@@ -142,8 +147,15 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
                                          seed=seed)
     say(f"{name}: {len(stop_idx)} of the training images kept apart for early stopping")
+    initial = None
+    if config.pretrain_epochs:
+        initial, losses = pretrained_trunk(
+            name, config.widths, data.subset(train),
+            PretrainOptions(epochs=config.pretrain_epochs), patch=config.patch, seed=seed,
+            progress=say)
+        cv.pretrain_losses.append(losses)
     result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
-                         seed=seed, name=name, progress=say)
+                         seed=seed, name=name, progress=say, trunk=initial)
     say(f"{name}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
     cv.finetune_losses.append(finetune_on_images(
         result.trunk, data.subset(train), FinetuneOptions(epochs=config.finetune_epochs),
@@ -272,6 +284,8 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
                      "best_epochs": cv.best_epochs, "seconds": round(seconds, 1),
                      "finetune_losses": [[round(v, 4) for v in losses]
                                          for losses in cv.finetune_losses],
+                     "pretrain_losses": [[round(v, 4) for v in losses]
+                                         for losses in cv.pretrain_losses],
                      "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, no GPU"
                      if not _has_gpu() else "GPU"},
         "validation": validation, "baseline": baseline, "ablation": ablation,

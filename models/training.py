@@ -42,12 +42,15 @@ class TrunkResult:
 
 def train_trunk(train: PreparedSet, val: PreparedSet, options: TrainOptions, *, seed: int,
                 name: str, progress: Progress | None = None,
-                on_epoch: Callable[[int, Any], None] | None = None) -> TrunkResult:
+                on_epoch: Callable[[int, Any], None] | None = None,
+                trunk: Any | None = None) -> TrunkResult:
+    """``trunk``: start from these weights (``models.pretraining``) instead of random ones."""
     import keras
 
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
-    trunk = build_trunk(name, widths=options.widths)
+    if trunk is None:
+        trunk = build_trunk(name, widths=options.widths)
     model = build_patch_model(trunk, options.plan.patch)
     # Label smoothing: a patch label is a circle drawn by hand around a finding, not a
     # certainty about every pixel in the patch; softer targets give steadier maps.
