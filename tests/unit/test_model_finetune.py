@@ -7,32 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.spot_images import spot_images
+
 pytest.importorskip("keras")
-
-SIZE = 128
-
-
-def _images(n: int, seed: int, tmp_path: Path) -> object:
-    """Half-disc breasts with textured tissue; every other one carries a bright spot at a
-    random place (abnormal, benign or malignant), the others none (normal)."""
-    from models.datasets import LabelledImage
-    from models.prepared import PreparedSet
-    from shared.enums import Label
-
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
-    pixels, images = [], []
-    for k in range(n):
-        image = np.zeros((SIZE, SIZE), np.float32)
-        breast = (rows - SIZE / 2) ** 2 + cols**2 < (0.45 * SIZE) ** 2
-        image[breast] = 0.4 + 0.1 * rng.random(int(breast.sum()))
-        label = Label.NORMAL if k % 2 == 0 else (Label.BENIGN, Label.MALIGNANT)[k // 2 % 2]
-        if label is not Label.NORMAL:
-            y, x = rng.integers(30, 98), rng.integers(8, 40)
-            image[(rows - y) ** 2 + (cols - x) ** 2 < 36] = 0.95
-        pixels.append(image)
-        images.append(LabelledImage(f"i{k}", tmp_path / f"i{k}.png", label, f"p{k}"))
-    return PreparedSet(images, np.stack(pixels).astype(np.float16), [[] for _ in images], [])
 
 
 def _abnormal_auc(trunk: object, data: object) -> float:
@@ -54,7 +31,7 @@ def test_finetuning_learns_image_labels_and_keeps_patch_statistics(tmp_path: Pat
     from models.finetune import FinetuneOptions, finetune_on_images
 
     keras.utils.set_random_seed(5)
-    train, test = _images(32, 1, tmp_path), _images(16, 2, tmp_path)
+    train, test = spot_images(32, 1, tmp_path), spot_images(16, 2, tmp_path)
     trunk = build_trunk("trunk_1", widths=(8, 16, 16, 16, 16))
     for _ in range(30):  # batch statistics of these images, as patch training leaves some
         trunk(train.pixels.astype(np.float32)[..., np.newaxis], training=True)  # type: ignore[attr-defined]
@@ -83,7 +60,7 @@ def test_zero_epochs_leave_the_trunk_as_it_was(tmp_path: Path) -> None:
 
     trunk = build_trunk("trunk_1", widths=(8, 8, 8, 8, 8))
     weights = [np.array(w) for w in trunk.get_weights()]
-    assert finetune_on_images(trunk, _images(4, 3, tmp_path), FinetuneOptions(epochs=0),
+    assert finetune_on_images(trunk, spot_images(4, 3, tmp_path), FinetuneOptions(epochs=0),
                               patch=32, seed=1) == []  # type: ignore[arg-type]
     for old, new in zip(weights, trunk.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
