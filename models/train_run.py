@@ -58,7 +58,7 @@ PLOTS = {
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "default"
-    version: str = "1.4.0"
+    version: str = "1.5.0"
     input_size: tuple[int, int] = (512, 512)
     folds: int = 5
     seed: int = 20261125
@@ -75,8 +75,9 @@ class TrainConfig:
     # and folds of 2 patient splits, 8 epochs raised both AUCs and the localisation (README).
     finetune_epochs: int = 8
     # Contrastive epochs on the fold's unlabelled training tissue before patch training
-    # (models.pretraining; 0 = random initial weights).
-    pretrain_epochs: int = 0
+    # (models.pretraining; 0 = random initial weights). On 2 patient splits, 20 epochs
+    # raised the mean of the two AUCs by +0.04 and +0.05 over the same recipe without (README).
+    pretrain_epochs: int = 20
     # Scores read against the patient's other breast where it is present (models.bilateral).
     # Abnormal only: over 4 patient splits it gained abnormal-vs-normal AUC on every split
     # while reading P(malignant) in pairs lost malignant-vs-rest AUC on every split (README).

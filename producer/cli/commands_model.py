@@ -54,7 +54,7 @@ def _say(message: str) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
 @click.option("--name", default="default", show_default=True)
-@click.option("--version", "version", default="1.4.0", show_default=True)
+@click.option("--version", "version", default="1.5.0", show_default=True)
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-level cross-validation folds.")
 @click.option("--members", type=click.IntRange(1, 5), default=1, show_default=True,
@@ -70,11 +70,12 @@ def _say(message: str) -> None:
               "second step); 0 turns it off. On the same trunks and folds of 2 patient "
               "splits it raised both AUCs and moved the heatmap peak into the circle about "
               "10 points more often (README).")
-@click.option("--pretrain-epochs", "pretrain_epochs", type=click.IntRange(0, 200), default=0,
+@click.option("--pretrain-epochs", "pretrain_epochs", type=click.IntRange(0, 200), default=20,
               show_default=True, help="Before patch training, train each trunk this many "
               "epochs without labels, contrastively (SimCLR), on patches of its fold's "
               "training images; 0 starts from random weights. About 13 s an epoch per "
-              "trunk on 2 CPU cores.")
+              "trunk on 2 CPU cores; on 2 patient splits it raised the mean of the two AUCs "
+              "by about 0.04 (README).")
 @click.option("--bilateral", default="abnormal", show_default=True,
               help="Scores read against the same patient's other breast (same view) where "
               "it is present: abnormal, malignant, abnormal,malignant (or both) or none. Reading "
@@ -110,8 +111,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output models --version 1.4.0
-        mammo models activate models/default/1.4.0
+        mammo train ../shared/data/mini-mias --output models --version 1.5.0
+        mammo models activate models/default/1.5.0
     """
     if weights != "none":
         raise ConfigurationError(
