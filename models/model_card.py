@@ -380,7 +380,9 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "images were never used."
         + (" Whole-image fine-tuning was adopted after measuring it on the folds of seed "
            "20261125 (the default) and of seed 20261325 (README)."
-           if training.get("finetune_epochs") else ""),
+           if training.get("finetune_epochs") else "")
+        + (" Contrastive pretraining was adopted after measuring it (without fine-tuning) "
+           "on the same two splits (README)." if training.get("pretrain_epochs") else ""),
         _split_limitation(meta, training["folds"]),
         "",
         "## Failure cases (held-out predictions)",
