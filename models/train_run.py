@@ -71,13 +71,14 @@ class TrainConfig:
     tta_flips: tuple[tuple[int, ...], ...] = TTA_FLIPS
     local_contrast_sigma: float | None = None  # trunks behind LocalContrast(sigma) if set
     members: int = 1  # trunks per fold, each with its own seed: the ensemble is folds x members
-    # Whole-image epochs after patch training (models.finetune; 0 = off). On the same trunks
-    # and folds of 2 patient splits, 8 epochs raised both AUCs and the localisation (README).
-    finetune_epochs: int = 8
     # Contrastive epochs on the fold's unlabelled training tissue before patch training
     # (models.pretraining; 0 = random initial weights). On 2 patient splits, 20 epochs
     # raised the mean of the two AUCs by +0.04 and +0.05 over the same recipe without (README).
     pretrain_epochs: int = 20
+    # Whole-image epochs after patch training (models.finetune; 0 = off). On randomly
+    # initialised trunks 8 epochs raised both AUCs and the localisation (1.4.0), on the
+    # pretrained trunks of 1.5.0 they lowered both AUCs by 0.02-0.05 (README): off.
+    finetune_epochs: int = 0
     # Scores read against the patient's other breast where it is present (models.bilateral).
     # Abnormal only: over 4 patient splits it gained abnormal-vs-normal AUC on every split
     # while reading P(malignant) in pairs lost malignant-vs-rest AUC on every split (README).
