@@ -139,23 +139,28 @@ def _per_fold(meta: dict[str, Any]) -> str:
     return f"{members} per cross-validation fold, each with its own seed and early-stopping split"
 
 
+def _epochs(meta: dict[str, Any], key: str) -> str:
+    """"N epoch(s)" of a training step the metadata records, "" if the step did not run."""
+    n = int(meta.get("training", {}).get(key) or 0)
+    return f"{n} epoch{'s' if n > 1 else ''}" if n else ""
+
+
 def _finetune(meta: dict[str, Any]) -> str:
-    epochs = int(meta.get("training", {}).get("finetune_epochs") or 0)
+    epochs = _epochs(meta, "finetune_epochs")
     if not epochs:
         return ""
-    return (f"fine-tuned for {epochs} epoch{'s' if epochs > 1 else ''} on the whole "
-            "training images of their fold "
+    return (f"fine-tuned for {epochs} on the whole training images of their fold "
             "with image labels, through the top-5 read-out of the head (Shen et al.'s "
             "second step), and ")
 
 
 def _pretrain(meta: dict[str, Any]) -> str:
-    epochs = int(meta.get("training", {}).get("pretrain_epochs") or 0)
+    epochs = _epochs(meta, "pretrain_epochs")
     if not epochs:
         return ""
-    return (f"Each trunk first learnt for {epochs} epoch{'s' if epochs > 1 else ''} without "
-            "labels, contrastively (SimCLR), from pairs of augmented views of its fold's "
-            "training breasts, then from the labelled patches. ")
+    return (f"Each trunk first learnt for {epochs} without labels, contrastively (SimCLR), "
+            "from pairs of augmented views of its fold's training breasts, then from the "
+            "labelled patches. ")
 
 
 def _local_contrast(meta: dict[str, Any]) -> str:
