@@ -1,9 +1,10 @@
 """Training recipes side by side: `mammo train`'s own ("plain"), with local contrast, without
-contrastive pretraining ("scratch"), without fine-tuning; one trunk per fold or a seed
+contrastive pretraining ("scratch"), with 8 epochs of whole-image fine-tuning ("finetune"),
+or 1.4.0's recipe (no pretraining, fine-tuned: "1.4.0"); one trunk per fold or a seed
 ensemble.
 
     python -m tests.benchmarks.model_variants [--data ../shared/data/mini-mias]
-        [--variants plain,contrast,scratch,no-finetune] [--seeds 20261125,20261225]
+        [--variants plain,scratch,1.4.0] [--seeds 20261125,20261225]
         [--epochs 36] [--json]
 
 Every variant is cross-validated on the SAME patient folds (those of the first seed), with
@@ -39,7 +40,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "
 # Each variant: what it changes in mammo train's default recipe.
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {}, "contrast": {"local_contrast_sigma": LOCAL_CONTRAST_SIGMA},
-    "scratch": {"pretrain_epochs": 0}, "no-finetune": {"finetune_epochs": 0}}
+    "scratch": {"pretrain_epochs": 0}, "finetune": {"finetune_epochs": 8},
+    "1.4.0": {"pretrain_epochs": 0, "finetune_epochs": 8}}
 DEFAULTS = TrainConfig()
 
 
