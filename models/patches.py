@@ -121,7 +121,6 @@ def augmented_crop(pixels: np.ndarray, x: float, y: float, size: int, rng: np.ra
     return _augment(_scaled_crop(pixels, x, y, size, rng), rng, strength)
 
 
-
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
     counts = np.bincount(labels, minlength=3).astype(np.float64)
     present = counts > 0

@@ -72,8 +72,9 @@ class TrainConfig:
     local_contrast_sigma: float | None = None  # trunks behind LocalContrast(sigma) if set
     members: int = 1  # trunks per fold, each with its own seed: the ensemble is folds x members
     # Contrastive epochs on the fold's unlabelled training tissue before patch training
-    # (models.pretraining; 0 = random initial weights). On 2 patient splits, 20 epochs
-    # raised the mean of the two AUCs by +0.04 and +0.05 over the same recipe without (README).
+    # (models.pretraining; 0 = random initial weights). Adopted when 2 patient splits gained
+    # +0.04 on the mean of the two AUCs; a same-seed re-run of one split then lost that and
+    # more, so the gain is not established (README).
     pretrain_epochs: int = 20
     # Whole-image epochs after patch training (models.finetune; 0 = off). On randomly
     # initialised trunks 8 epochs raised both AUCs and the localisation (1.4.0), on the

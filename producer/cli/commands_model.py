@@ -74,8 +74,8 @@ def _say(message: str) -> None:
               show_default=True, help="Before patch training, train each trunk this many "
               "epochs without labels, contrastively (SimCLR), on patches of its fold's "
               "training images; 0 starts from random weights. About 13 s an epoch per "
-              "trunk on 2 CPU cores; on 2 patient splits it raised the mean of the two AUCs "
-              "by about 0.04 (README).")
+              "trunk on 2 CPU cores. Its measured gain (about 0.04 AUC on 2 patient splits) "
+              "did not survive a same-seed re-run (README).")
 @click.option("--bilateral", default="abnormal", show_default=True,
               help="Scores read against the same patient's other breast (same view) where "
               "it is present: abnormal, malignant, abnormal,malignant (or both) or none. Reading "
