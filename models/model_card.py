@@ -77,6 +77,41 @@ def _derived(meta: dict[str, Any]) -> list[str]:
             f"{origin['version']}'s."]
 
 
+def _recipe_words(source: dict[str, Any]) -> str:
+    steps = [f"{n} {what}" for n, what in (
+        (source.get("pretrain_epochs") or 0, "contrastive pretraining epochs"),
+        (source.get("finetune_epochs") or 0, "whole-image fine-tuning epochs")) if n]
+    return ", ".join(steps) if steps else "patch training only"
+
+
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.0%}"
+
+
+def _merged(meta: dict[str, Any]) -> list[str]:
+    sources = meta.get("merged_from")
+    if not sources:
+        return []
+    described = "; ".join(
+        f"version {s['version']} ({s['members']} per fold; {_recipe_words(s)}; held-out AUC "
+        f"{format_metric(s['validation']['auc_abnormal'])} / "
+        f"{format_metric(s['validation']['auc_malignant'])}, peak in circle "
+        f"{_percent(s['localisation'])}; `{s['command']}`, {s['minutes']:.1f} min)"
+        for s in sources)
+    return [f"- Merged ensemble (`models/merge.py`): the trunks of {described}, all trained "
+            "on the same patient folds, pooled fold by fold, so each held-out image below is "
+            "scored by every trunk that never saw it, and the head and calibration are "
+            "fitted afresh on the pooled evidence. Nothing was retrained."]
+
+
+def _figures(meta: dict[str, Any]) -> str:
+    curves = ("`training_curves.png` (patch loss and accuracy per epoch, train and inner "
+              "validation), " if "training_curves" in meta.get("plots", {}) else
+              "training curves: in each source model's directory, ")
+    return (f"{curves}`confusion_matrix.png`, `roc.png` (CNN vs baseline, both tasks), "
+            "`reliability.png`, `localisation.png`.")
+
+
 def _repeated_splits(meta: dict[str, Any]) -> list[str]:
     record = meta.get("repeated_splits")
     if not record:
@@ -300,6 +335,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         f"strongest locations ({_head(meta)}), fitted on held-out evidence; P(benign) is "
         "the rest, so the probabilities keep the ranking of the strongest evidence. "
         f"{_bilateral(meta)}".rstrip(),
+        *_merged(meta),
         f"- Input {meta['input_size'][0]} x {meta['input_size'][1]} px after shared "
         f"preprocessing version {meta['preprocessing_version']} (chest wall to the left, "
         f"{meta['pixel_size_mm']} mm pixels, breast crop, contrast stretch). "
@@ -347,9 +383,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "",
         "## Figures",
         "",
-        "`training_curves.png` (patch loss and accuracy per epoch, train and inner "
-        "validation), `confusion_matrix.png`, `roc.png` (CNN vs baseline, both tasks), "
-        "`reliability.png`, `localisation.png`.",
+        _figures(meta),
         "",
         "## Training cost and reproducibility",
         "",

@@ -28,7 +28,7 @@ from models.prepared import prepare
 from models.splits import patient_folds
 from models.train_run import TrainConfig, bilateral_validation, cross_validate, data_hash
 from models.training import seen_by_trunks
-from shared.errors import DatasetError
+from shared.errors import ConfigurationError, DatasetError
 
 Progress = Callable[[str], None]
 FIGURES = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ece",
@@ -41,7 +41,13 @@ _BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": (),
 
 
 def recipe(meta: Mapping[str, Any]) -> TrainConfig:
-    """The TrainConfig a model's metadata records (lists back to tuples)."""
+    """The TrainConfig a model's metadata records (lists back to tuples); a merged model
+    (``models.merge``) has no single recipe: ``ConfigurationError``."""
+    if meta.get("merged_from"):
+        raise ConfigurationError(
+            f"{meta['name']} {meta['version']} merges the trunks of versions "
+            f"{', '.join(s['version'] for s in meta['merged_from'])}, trained with different "
+            "recipes: re-run or re-split each source model instead.")
     recorded = {**_BEFORE_OPTIONS, **meta["training"]}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in recorded.items() if k in fields}

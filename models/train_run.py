@@ -18,7 +18,7 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,11 @@ class CrossValidation:
     finetune_losses: list[list[float]] = field(default_factory=list)  # per trunk, per epoch
     pretrain_losses: list[list[float]] = field(default_factory=list)  # per trunk, per epoch
     evidence_stats: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    member_heatmaps: dict[int, list[np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int) -> CrossValidation:
+        return cls(np.zeros((n, 3)), np.zeros((n, 9)), np.zeros((n, 9)))
 
 
 def data_hash(images: list[LabelledImage]) -> str:
@@ -115,35 +120,62 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
     """Per fold, ``config.members`` trunks (own seeds and early-stopping splits); an image's
     held-out evidence and heatmap are the means over its fold's members, as the shipped
     ensemble averages all trunks."""
-    n = len(data.images)
-    labels = data.labels
-    cv = CrossValidation(np.zeros((n, 3)), np.zeros((n, 9)), np.zeros((n, 9)))
-    heatmaps: dict[int, list[np.ndarray]] = {}
+    cv = CrossValidation.empty(len(data.images))
     for k, (train, held_out) in enumerate(folds):
         say(f"fold {k + 1}/{len(folds)}: {len(train)} training images, {len(held_out)} held "
             f"out, {config.members} trunk(s)")
         for member in range(config.members):
             seed = config.seed + k + MEMBER_SEED_STEP * member
-            name = f"trunk_{k + 1}" + (f"_{member + 1}" if config.members > 1 else "")
-            evidence, alternative, maps = _train_member(data, config, (train, held_out),
-                                                        seed, name, cv, say)
-            cv.evidence[held_out] += evidence / config.members
-            cv.alternative_evidence[held_out] += alternative / config.members
-            for i, heatmap in zip(held_out, maps, strict=True):
-                heatmaps.setdefault(int(i), []).append(heatmap)
-    cv.heatmaps = [np.mean(heatmaps[i], axis=0) for i in range(n)]
-    # Each fold's head is fitted on the other folds' held-out evidence.
-    cv.probabilities = held_out_predictions(cv.evidence, labels, folds, shipped_head)
+            trunk = _train_member(data, config, (train, held_out), seed,
+                                  trunk_name(k, member, config.members), cv, say)
+            add_held_out(cv, trunk, data, (train, held_out), config, weight=1 / config.members,
+                         say=say)
+    return finish_held_out(cv, data, folds)
+
+
+def add_held_out(cv: CrossValidation, trunk: Any, data: PreparedSet,
+                 fold: tuple[np.ndarray, np.ndarray], config: TrainConfig, *, weight: float,
+                 say: Progress) -> None:
+    """Append ``trunk`` (trained on ``fold``'s training part) to ``cv`` with its evidence
+    scale, and add ``weight`` times its standardised held-out evidence (shipped and
+    alternative flips) and its held-out heatmaps to the fold's."""
+    held_out = fold[1]
+    evidence, stats, maps = held_out_evidence(trunk, data, fold, config.patch,
+                                              config.tta_flips)
+    alternative = held_out_evidence(trunk, data, fold, config.patch,
+                                    alternative_flips(config.tta_flips))[0]
+    truth = data.labels[held_out]
+    say(f"{trunk.name}: held-out AUC of the strongest location alone: abnormal "
+        f"{format_metric(metrics.auc(truth > 0, maps['evidence'][:, 2]))}, malignant "
+        f"{format_metric(metrics.auc(truth == 2, maps['evidence'][:, 1]))}")
+    cv.trunks.append(trunk)
+    cv.evidence_stats.append(stats)
+    cv.evidence[held_out] += weight * evidence
+    cv.alternative_evidence[held_out] += weight * alternative
+    for i, heatmap in zip(held_out, maps["heatmap"], strict=True):
+        cv.member_heatmaps.setdefault(int(i), []).append(heatmap)
+
+
+def finish_held_out(cv: CrossValidation, data: PreparedSet,
+                    folds: list[tuple[np.ndarray, np.ndarray]]) -> CrossValidation:
+    """Average each image's member heatmaps and turn the held-out evidence into held-out
+    probabilities, each fold's head fitted on the other folds' evidence."""
+    cv.heatmaps = [np.mean(cv.member_heatmaps[i], axis=0) for i in range(len(data.images))]
+    cv.probabilities = held_out_predictions(cv.evidence, data.labels, folds, shipped_head)
     return cv
 
 
+def trunk_name(fold: int, member: int, members: int) -> str:
+    """The layer name of member ``member`` of fold ``fold``'s trunks (both from 0) in a
+    model with ``members`` trunks per fold."""
+    return f"trunk_{fold + 1}" + (f"_{member + 1}" if members > 1 else "")
+
+
 def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray, np.ndarray],
-                  seed: int, name: str, cv: CrossValidation,
-                  say: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train one trunk on ``fold``'s training part and append it (with its history and
-    evidence scale) to ``cv``; return its standardised held-out evidence, the same with the
-    alternative flips, and its held-out heatmaps."""
-    train, held_out = fold
+                  seed: int, name: str, cv: CrossValidation, say: Progress) -> Any:
+    """Train one trunk on ``fold``'s training part (its losses, history and best epoch
+    recorded in ``cv``) and return it."""
+    train = fold[0]
     labels, patients = data.labels, data.patients
     options = TrainOptions(epochs=config.epochs, patience=config.patience,
                            plan=PatchPlan(patch=config.patch), widths=config.widths)
@@ -163,19 +195,9 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     cv.finetune_losses.append(finetune_on_images(
         result.trunk, data.subset(train), FinetuneOptions(epochs=config.finetune_epochs),
         patch=config.patch, seed=seed, name=name, progress=say))
-    evidence, stats, maps = held_out_evidence(result.trunk, data, fold, config.patch,
-                                              config.tta_flips)
-    alternative = held_out_evidence(result.trunk, data, fold, config.patch,
-                                    alternative_flips(config.tta_flips))[0]
-    fold_truth = labels[held_out]
-    say(f"{name}: held-out AUC of the strongest location alone: abnormal "
-        f"{format_metric(metrics.auc(fold_truth > 0, maps['evidence'][:, 2]))}, malignant "
-        f"{format_metric(metrics.auc(fold_truth == 2, maps['evidence'][:, 1]))}")
-    cv.evidence_stats.append(stats)
     cv.histories.append(result.history)
-    cv.trunks.append(result.trunk)
     cv.best_epochs.append(result.best_epoch)
-    return evidence, alternative, maps["heatmap"]
+    return result.trunk
 
 
 def held_out_evidence(
@@ -228,9 +250,28 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     say(f"{len(images)} labelled images from {data_path}; "
         f"preprocessing version {PREPROCESSING_VERSION}, input {config.input_size}")
     data = prepare(images, config.input_size, max_pixels=config.max_pixels, progress=say)
-    labels, patients = data.labels, data.patients
-    folds = patient_folds(labels, patients, n_folds=config.folds, seed=config.seed)
+    folds = patient_folds(data.labels, data.patients, n_folds=config.folds, seed=config.seed)
     cv = cross_validate(seen_by_trunks(data, config.local_contrast_sigma), config, folds, say)
+    training = {"best_epochs": cv.best_epochs,
+                "finetune_losses": [[round(v, 4) for v in losses]
+                                    for losses in cv.finetune_losses],
+                "pretrain_losses": [[round(v, 4) for v in losses]
+                                    for losses in cv.pretrain_losses]}
+    return write_model(data_path, output, data, folds, cv, config, say, started=started,
+                       training=training)
+
+
+def write_model(data_path: Path, output: Path, data: PreparedSet,
+                folds: list[tuple[np.ndarray, np.ndarray]], cv: CrossValidation,
+                config: TrainConfig, say: Progress, *, started: float,
+                training: dict[str, Any], extra: dict[str, Any] | None = None,
+                drop: Sequence[str] = ()) -> Path:
+    """Validate ``cv``'s held-out results (bootstrap intervals, baseline on the same folds,
+    bilateral head, localisation, ablation) and write the model directory: the ensemble of
+    ``cv.trunks`` with the head fitted on all held-out evidence, plots, metadata (``training``
+    and ``extra`` added to what every model records, ``config``'s ``drop`` fields left out)
+    and MODEL_CARD.md."""
+    labels, patients = data.labels, data.patients
     validation = validation_report(labels, cv.probabilities, patients, config)
     bilateral = bilateral_validation(data.images, cv.probabilities, folds, config.bilateral)
     if bilateral is not None:
@@ -258,8 +299,12 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     directory = output / config.name / config.version
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / MODEL_FILE)
-    plots.training_curves(cv.histories, [t.name for t in cv.trunks],
-                          directory / PLOTS["training_curves"])
+    figures = dict(PLOTS)
+    if cv.histories:
+        plots.training_curves(cv.histories, [t.name for t in cv.trunks],
+                              directory / PLOTS["training_curves"])
+    else:  # trunks trained elsewhere (models.merge): their curves are in their own models
+        del figures["training_curves"]
     plots.confusion(validation["confusion_matrix"], directory / PLOTS["confusion_matrix"],
                     "Held-out (cross-validated) predictions")
     curves = {"CNN (held-out folds)": cv.probabilities,
@@ -282,19 +327,16 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
             "source": str(data_path), "sha256": data_hash(data.images), "images": len(labels),
             "patients": len(set(patients.tolist())), "classes": counts,
             "skipped": [list(s) for s in data.skipped]},
-        "training": {**asdict(config), "input_size": list(config.input_size),
+        "training": {**{k: v for k, v in asdict(config).items() if k not in drop},
+                     "input_size": list(config.input_size),
                      "tta_flips": [list(f) for f in config.tta_flips],
-                     "best_epochs": cv.best_epochs, "seconds": round(seconds, 1),
-                     "finetune_losses": [[round(v, 4) for v in losses]
-                                         for losses in cv.finetune_losses],
-                     "pretrain_losses": [[round(v, 4) for v in losses]
-                                         for losses in cv.pretrain_losses],
+                     **training, "seconds": round(seconds, 1),
                      "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, no GPU"
                      if not _has_gpu() else "GPU"},
         "validation": validation, "baseline": baseline, "ablation": ablation,
         "bilateral": None if bilateral is None else bilateral[0],
         "localisation": {"peak_inside_circle": rate if scored else None, "images": scored},
-        "plots": PLOTS,
+        "plots": figures, **(extra or {}),
     }
     spec = write_model_dir(directory, name=config.name, version=config.version,
                            input_size=config.input_size,

@@ -425,4 +425,32 @@ def models_bilateral(ref: str, data: Path, version: str, output: Path,
     click.echo(str(derive(resolve_model(ref), data, output, version, scores, command, _say)))
 
 
+@models_group.command("merge")
+@click.argument("refs", nargs=-1, required=True)
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--version", required=True, help="Version of the new model directory.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("models"),
+              show_default=True, help="Root the new <name>/<version>/ directory goes under.")
+def models_merge(refs: tuple[str, ...], data: Path, version: str, output: Path) -> None:
+    """Write one ensemble of the trunks of REFS (two or more models), pooled fold by fold.
+
+    The models must come from `mammo train` on the same DATA with the same seed (so the same
+    patient folds) and the same input; their recipes may differ. Every image is validated
+    on the trunks that never saw it, and the head, the bilateral head and the calibration
+    are fitted afresh on that pooled held-out evidence, as a training run does. Nothing is
+    retrained (a few minutes on 2 CPU cores). Prints the new directory.
+
+    \b
+    Example:
+        mammo models merge models/default/1.4.0 models/default/1.5.0 \\
+            ../shared/data/mini-mias --version 1.6.0
+    """
+    from models.merge import merge
+    from models.registry import resolve_model
+
+    specs = [resolve_model(ref) for ref in refs]
+    command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    click.echo(str(merge(specs, data, output, version, command, _say)))
+
+
 COMMANDS = (train_command, evaluate_command, models_group)

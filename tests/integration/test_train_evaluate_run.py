@@ -189,6 +189,79 @@ def test_models_bilateral_gives_an_older_model_the_head_its_training_would_have_
     assert wrong.returncode != 0 and "is not the data" in wrong.stderr
 
 
+def test_models_merge_pools_two_recipes_trunks_fold_by_fold(trained: Path,
+                                                            tmp_path: Path) -> None:
+    data = trained.parents[2] / "mias"
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 'm.db'}")
+    # Another recipe on the same folds: one trunk per fold, no pretraining or fine-tuning.
+    other = run_mammo(["train", str(data), "--output", str(tmp_path / "other"), "--name",
+                       "tiny", "--version", "0.2.0", "--folds", "2", "--local-contrast", "24",
+                       "--epochs", "1", "--finetune-epochs", "0", "--pretrain-epochs", "0",
+                       "--input-size", "128", "--patch", "32", "--bootstrap", "20"],
+                      env, tmp_path)
+    assert other.returncode == 0, other.stderr
+    other_dir = Path(other.stdout.strip().splitlines()[-1])
+    out = tmp_path / "merged"
+    done = run_mammo(["models", "merge", str(trained), str(other_dir), str(data), "--version",
+                      "0.3.0", "--output", str(out)], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    merged = resolve_model(done.stdout.strip().splitlines()[-1])
+    meta = merged.metadata
+    assert meta["ensemble_members"] == 6 and meta["training"]["members"] == 3
+    assert [s["version"] for s in meta["merged_from"]] == ["0.1.0", "0.2.0"]
+    # The recipes differ here, so no single value claims to be the merged recipe.
+    assert "pretrain_epochs" not in meta["training"] and "epochs" not in meta["training"]
+    assert meta["training"]["local_contrast_sigma"] == 24.0
+    own = resolve_model(str(trained)).metadata["training"]["best_epochs"]
+    theirs = resolve_model(str(other_dir)).metadata["training"]["best_epochs"]
+    assert meta["training"]["best_epochs"] == [*own[:2], theirs[0], *own[2:], theirs[1]]
+    assert 0.0 <= meta["validation"]["ece"] <= 1.0 and meta["bilateral"]["images_paired"] == 12
+    card = (merged.directory / "MODEL_CARD.md").read_text()
+    assert "Merged ensemble" in card and "version 0.2.0 (1 per fold; patch training only" in card
+    import keras
+
+    import models.layers  # noqa: F401  (registers the custom layers)
+
+    model = keras.models.load_model(merged.model_path, compile=False, safe_mode=True)
+    assert sorted(layer.name for layer in model.layers if layer.name.startswith("trunk_")) == [
+        f"trunk_{k}_{m}" for k in (1, 2) for m in (1, 2, 3)]
+    # A merged model has no single recipe to re-split, and is scored like any model.
+    resplit = run_mammo(["models", "repeat-cv", str(merged.directory), str(data), "--seeds",
+                         "5"], env, tmp_path)
+    assert resplit.returncode == 4 and "re-split each source model" in resplit.stderr
+    scored = run_mammo(["evaluate", str(data), "--model", str(merged.directory), "--format",
+                        "json"], env, tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout[:scored.stdout.rindex("}") + 1])["n"] == 12
+
+
+def test_merging_a_model_with_its_copy_reproduces_its_validation(trained: Path,
+                                                                 tmp_path: Path) -> None:
+    # Identical trunks averaged give the same evidence: if folds, trunk order or evidence
+    # scales were misaligned anywhere, the held-out figures would move.
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    data = trained.parents[2] / "mias"
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 'c.db'}")
+    done = run_mammo(["models", "merge", str(trained), str(copy), str(data), "--version",
+                      "0.4.0", "--output", str(tmp_path / "out")], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    merged = resolve_model(done.stdout.strip().splitlines()[-1]).metadata
+    own = resolve_model(str(trained)).metadata
+    for block in ("validation", "baseline"):
+        for key in ("auc_abnormal", "auc_malignant", "ece", "accuracy"):
+            assert merged[block][key] == pytest.approx(own[block][key], abs=1e-6)
+    assert merged["localisation"] == own["localisation"]
+    # Models from other folds cannot be pooled honestly: refused with the reason.
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["seed"] += 1
+    meta["training"]["seed"] += 1
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    refused = run_mammo(["models", "merge", str(trained), str(copy), str(data), "--version",
+                         "0.5.0", "--output", str(tmp_path / "out")], env, tmp_path)
+    assert refused.returncode == 4 and "differ in seed" in refused.stderr
+
+
 def test_evaluate_json_has_exactly_the_contract_keys(trained: Path, tmp_path: Path) -> None:
     data = write_mias_like(tmp_path / "eval", pairs=3, seed=11)
     env = mammo_env(database_url=f"sqlite:///{tmp_path / 'e.db'}")
