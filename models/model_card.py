@@ -169,6 +169,9 @@ def _split_limitation(meta: dict[str, Any], folds: int) -> str:
 
 def _per_fold(meta: dict[str, Any]) -> str:
     members = int(meta.get("training", {}).get("members", 1))
+    if meta.get("merged_from"):
+        return (f"{members} per cross-validation fold, from the "
+                f"{len(meta['merged_from'])} merged versions below")
     if members == 1:
         return "one per cross-validation fold"
     return f"{members} per cross-validation fold, each with its own seed and early-stopping split"
