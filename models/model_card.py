@@ -155,6 +155,10 @@ def _repeated_splits(meta: dict[str, Any]) -> list[str]:
 
 def _split_limitation(meta: dict[str, Any], folds: int) -> str:
     record = meta.get("repeated_splits")
+    if not record and meta.get("merged_from"):
+        return (f"- One {folds}-fold split trains the trunks, and a merged model cannot be "
+                "re-split as one recipe: re-split its sources (`mammo models repeat-cv`), "
+                "or train them again with another `--seed` and merge those (README).")
     if not record:
         return (f"- One {folds}-fold split trains the trunks; repeating the split with "
                 "other seeds would give a steadier estimate than the per-fold spread shown "
@@ -424,7 +428,10 @@ def render(meta: dict[str, Any], directory: Path) -> str:
            "20261125 (the default) and of seed 20261325 (README)."
            if training.get("finetune_epochs") else "")
         + (" Contrastive pretraining was adopted after measuring it (without fine-tuning) "
-           "on the same two splits (README)." if training.get("pretrain_epochs") else ""),
+           "on the same two splits (README)." if training.get("pretrain_epochs") else "")
+        + (" Pooling the sources' trunks was adopted after measuring it on this split and "
+           "on one more, where both recipes were trained again (README)."
+           if meta.get("merged_from") else ""),
         _split_limitation(meta, training["folds"]),
         "",
         "## Failure cases (held-out predictions)",
