@@ -1,18 +1,18 @@
-"""Training recipes side by side: `mammo train`'s own ("plain"), with local contrast, without
-contrastive pretraining ("scratch"), with 8 epochs of whole-image fine-tuning ("finetune"),
-or 1.4.0's recipe (no pretraining, fine-tuned: "1.4.0"); one trunk per fold or a seed
-ensemble.
+"""Training recipes side by side: `mammo train`'s own ("plain", 1.4.0's recipe: patch
+training, then 8 epochs of whole-image fine-tuning), with local contrast, without the
+fine-tuning ("scratch", 1.2.0's recipe) or 1.5.0's recipe (20 epochs of contrastive
+pretraining, no fine-tuning: "pretrained"); one trunk per fold or a seed ensemble.
 
     python -m tests.benchmarks.model_variants [--data ../shared/data/mini-mias]
-        [--variants plain,scratch,1.4.0] [--seeds 20261125,20261225]
+        [--variants plain,scratch,pretrained] [--seeds 20261125,20261225]
         [--epochs 36] [--json]
 
 Every variant is cross-validated on the SAME patient folds (those of the first seed), with
 one trunk per fold for each seed; then each variant's seeds are averaged into a seed
 ensemble, exactly as ``mammo train --members N`` averages a fold's trunks. It prints pooled
 held-out AUCs, the mean of the per-fold AUCs and the localisation rate; nothing is
-asserted. Slow: about 35 minutes per (variant, seed) on 2 CPU cores with pretraining and
-fine-tuning, 15 without pretraining. Training run-to-run
+asserted. Slow: about 15 minutes per (variant, seed) on 2 CPU cores, 25 with
+pretraining. Training run-to-run
 noise on this data is a few hundredths of AUC, so read differences against it.
 """
 
@@ -40,8 +40,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "
 # Each variant: what it changes in mammo train's default recipe.
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {}, "contrast": {"local_contrast_sigma": LOCAL_CONTRAST_SIGMA},
-    "scratch": {"pretrain_epochs": 0}, "finetune": {"finetune_epochs": 8},
-    "1.4.0": {"pretrain_epochs": 0, "finetune_epochs": 8}}
+    "scratch": {"finetune_epochs": 0},
+    "pretrained": {"pretrain_epochs": 20, "finetune_epochs": 0}}
 DEFAULTS = TrainConfig()
 
 
