@@ -429,9 +429,9 @@ def render(meta: dict[str, Any], directory: Path) -> str:
            if training.get("finetune_epochs") else "")
         + (" Contrastive pretraining was adopted after measuring it (without fine-tuning) "
            "on the same two splits (README)." if training.get("pretrain_epochs") else "")
-        + (" Pooling the sources' trunks was adopted after measuring it on this split and "
-           "on one more, where both recipes were trained again (README)."
-           if meta.get("merged_from") else ""),
+        + (" Pooling the sources' trunks was tried after seeing their figures on this "
+           "split, so its gain here is optimistic: the README gives the other splits where "
+           "both recipes were trained again and pooled." if meta.get("merged_from") else ""),
         _split_limitation(meta, training["folds"]),
         "",
         "## Failure cases (held-out predictions)",

@@ -1,8 +1,10 @@
 """Find a model directory and read its metadata, without importing TensorFlow.
 
 A model lives in a directory holding ``model.keras`` and ``metadata.json``; shipped models sit
-under ``models/<name>/<version>/``. ``MAMMO_MODEL`` is either such a directory or the name of
-a shipped model (its highest version wins, unless ``name/version`` is given).
+under ``models/<name>/<version>/``, and shipped alternatives, which the name ``default``
+never picks, under ``models/alternatives/<version>/``. ``MAMMO_MODEL`` is either such a
+directory or the name of a shipped model (its highest version wins, unless
+``name/version`` is given).
 """
 
 from __future__ import annotations

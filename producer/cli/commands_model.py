@@ -114,8 +114,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output models --version 1.5.0
-        mammo models activate models/default/1.5.0
+        mammo train ../shared/data/mini-mias --output trained-models
+        mammo models activate trained-models/default/1.4.0
     """
     if weights != "none":
         raise ConfigurationError(
@@ -432,8 +432,9 @@ def models_bilateral(ref: str, data: Path, version: str, output: Path,
 @click.argument("refs", nargs=-1, required=True)
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--version", required=True, help="Version of the new model directory.")
-@click.option("--output", type=click.Path(path_type=Path), default=Path("models"),
-              show_default=True, help="Root the new <name>/<version>/ directory goes under.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
+              show_default=True, help="Root the new <name>/<version>/ directory goes under "
+              "(models/ would make it the default model: a deliberate step).")
 def models_merge(refs: tuple[str, ...], data: Path, version: str, output: Path) -> None:
     """Write one ensemble of the trunks of REFS (two or more models), pooled fold by fold.
 
@@ -445,7 +446,7 @@ def models_merge(refs: tuple[str, ...], data: Path, version: str, output: Path) 
 
     \b
     Example:
-        mammo models merge models/default/1.4.0 models/default/1.5.0 \\
+        mammo models merge models/default/1.4.0 models/alternatives/1.5.0 \\
             ../shared/data/mini-mias --version 1.6.0
     """
     from models.merge import merge
