@@ -131,7 +131,8 @@ def _repeated_splits(meta: dict[str, Any]) -> list[str]:
         "",
         f"The same recipe cross-validated on {len(rows)} different {record['folds']}-fold "
         "patient splits (`mammo train --seed S`: each seed draws its own folds and trunk "
-        "initialisations; recorded by `mammo models repeat-cv`, last on "
+        "initialisations; recorded by `mammo models repeat-cv`, or from separate training "
+        "runs by `mammo models record-splits`, last on "
         f"{record['date']}). The first row is this model's own "
         "split; the spread is what one split's figures can move by on this data.",
         "",

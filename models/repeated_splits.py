@@ -34,6 +34,8 @@ Progress = Callable[[str], None]
 FIGURES = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ece",
            "localisation", "baseline_auc_abnormal", "baseline_auc_malignant",
            "bilateral_auc_abnormal", "bilateral_auc_malignant")
+OWN = "this model"
+TRAINING_RUN = "training run"  # a separate `mammo train --seed S` of the same recipe
 # Recipe options added after some models were trained: absent from their metadata, and
 # absent meant this.
 _BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": (),
@@ -71,6 +73,41 @@ def _figures(validation: Mapping[str, Any], baseline: Mapping[str, Any],
             "bilateral_auc_malignant": bilateral["auc_malignant"] if bilateral else None}
 
 
+def _own_row(meta: Mapping[str, Any], source: str = OWN) -> dict[str, Any]:
+    """A model's own split as a record row, from the figures its training run wrote."""
+    paired = (meta.get("bilateral") or {}).get("validation")
+    return {"seed": meta["seed"], "source": source,
+            **_figures(meta["validation"], meta["baseline"],
+                       meta["localisation"]["peak_inside_circle"], paired)}
+
+
+def from_runs(meta: Mapping[str, Any], runs: Sequence[Mapping[str, Any]],
+              dates: Sequence[str]) -> dict[str, Any]:
+    """The repeated-split record of the model whose metadata is ``meta``, from other
+    ``mammo train --seed S`` runs of exactly its recipe (``runs``: their metadata; ``dates``:
+    when each was trained): the same figures a ``repeat`` would compute, read from what
+    those runs wrote. Raises ``ValueError`` when a run differs in recipe or training data,
+    or repeats a seed."""
+    config = recipe(meta)
+    check_seeds(config.seed, [int(r["seed"]) for r in runs])
+    ignore = {"name", "version", "seed", "command"}
+    for run in runs:
+        other = recipe(run)
+        differ = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ignore
+                  and getattr(other, f.name) != getattr(config, f.name)]
+        if run["training_data"]["sha256"] != meta["training_data"]["sha256"]:
+            differ.insert(0, "training data")
+        if differ:
+            raise ValueError(f"the run of seed {run['seed']} differs from this model in "
+                             f"{', '.join(differ)}: only runs of exactly its recipe on its "
+                             "data are splits of it")
+    rows = [_own_row(meta), *[
+        {**_own_row(run, TRAINING_RUN), "date": date,
+         "minutes": round(run["training"]["seconds"] / 60, 1)}
+        for run, date in zip(runs, dates, strict=True)]]
+    return {"date": max(dates), "folds": config.folds, "rows": rows, "spread": spread(rows)}
+
+
 def spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float] | None]:
     """Mean, sample standard deviation, min and max of each figure over the splits."""
     result: dict[str, dict[str, float] | None] = {}
@@ -92,7 +129,7 @@ def merge(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[st
         return dict(new)
     again = {r["seed"] for r in new["rows"]}
     kept = [{**r, "date": r.get("date", previous["date"])} for r in previous["rows"]
-            if r["source"] == "re-run" and r["seed"] not in again]
+            if r["source"] != OWN and r["seed"] not in again]
     own, *runs = new["rows"]
     rows = [own, *kept, *runs]
     return {**new, "rows": rows, "spread": spread(rows)}
@@ -130,11 +167,7 @@ def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: 
     labels, patients = data.labels, data.patients
     seen = seen_by_trunks(data, config.local_contrast_sigma)
     features = feature_matrix(data.pixels)
-    own = meta["localisation"]["peak_inside_circle"]
-    paired = (meta.get("bilateral") or {}).get("validation")
-    rows: list[dict[str, Any]] = [{"seed": config.seed, "source": "this model",
-                                   **_figures(meta["validation"], meta["baseline"], own,
-                                              paired)}]
+    rows = [_own_row(meta)]
     for n, seed in enumerate(seeds, start=1):
         say(f"split {n}/{len(seeds)}: seed {seed}")
         started = time.perf_counter()

@@ -397,6 +397,43 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
         click.echo(f"recorded in {path} and {spec.directory / 'MODEL_CARD.md'}")
 
 
+@models_group.command("record-splits")
+@click.argument("ref")
+@click.argument("runs", nargs=-1, required=True)
+@format_option
+def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
+    """Add RUNS, other `mammo train --seed S` runs of REF's exact recipe, to REF's record.
+
+    What `mammo models repeat-cv --record` would train again, taken from runs already
+    trained (for example for `mammo models merge`): each run's held-out figures become one
+    more patient split in REF's metadata.json and MODEL_CARD.md. A run with another recipe,
+    other training data or a seed already counted is refused.
+
+    \b
+    Example:
+        mammo models record-splits default trained-models/default/1.4.0
+    """
+    import datetime as dt
+
+    from models.model_card import record_in_metadata
+    from models.registry import METADATA_FILE, resolve_model
+    from models.repeated_splits import FIGURES, from_runs, merge
+
+    spec = resolve_model(ref)
+    found = [resolve_model(run) for run in runs]
+    dates = [dt.datetime.fromtimestamp((r.directory / METADATA_FILE).stat().st_mtime,
+                                       tz=dt.UTC).date().isoformat() for r in found]
+    try:
+        result = from_runs(spec.metadata, [r.metadata for r in found], dates)
+    except (KeyError, ValueError) as exc:
+        raise ModelComparisonError(f"{spec.name} {spec.version}: {exc}") from exc
+    recorded = merge(spec.metadata.get("repeated_splits"), result)
+    render(recorded["rows"], fmt, columns=("seed", "source", *FIGURES),
+           title=f"{spec.name} {spec.version} on {len(recorded['rows'])} patient splits")
+    path = record_in_metadata(spec.directory, "repeated_splits", recorded)
+    click.echo(f"recorded in {path} and {spec.directory / 'MODEL_CARD.md'}")
+
+
 @models_group.command("bilateral")
 @click.argument("ref")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))

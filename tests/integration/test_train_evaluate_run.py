@@ -153,6 +153,31 @@ def test_repeat_cv_reruns_the_recipe_on_another_split(trained: Path, tmp_path: P
     assert refused.returncode == 2 and "not the data this model trained on" in refused.stderr
 
 
+def test_record_splits_adds_separately_trained_runs_of_the_recipe(trained: Path,
+                                                                  tmp_path: Path) -> None:
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    shutil.copytree(trained, ref)
+    shutil.copytree(trained, run)
+    meta = json.loads((run / "metadata.json").read_text())
+    meta["seed"] = meta["training"]["seed"] = 99  # as `mammo train --seed 99` records it
+    meta["validation"]["auc_abnormal"] = 0.25
+    (run / "metadata.json").write_text(json.dumps(meta))
+    env = mammo_env(database_url=f"sqlite:///{tmp_path / 's.db'}")
+    done = run_mammo(["models", "record-splits", str(ref), str(run)], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = resolve_model(str(ref)).metadata["repeated_splits"]
+    assert [(r["seed"], r["source"]) for r in record["rows"]] == [
+        (resolve_model(str(trained)).metadata["seed"], "this model"), (99, "training run")]
+    assert record["rows"][1]["auc_abnormal"] == 0.25
+    assert "| 99 | training run, " in (ref / "MODEL_CARD.md").read_text()
+    # Another recipe is not a split of this one: refused with the difference named.
+    meta["seed"] = meta["training"]["seed"] = 98
+    meta["training"]["epochs"] += 1
+    (run / "metadata.json").write_text(json.dumps(meta))
+    refused = run_mammo(["models", "record-splits", str(ref), str(run)], env, tmp_path)
+    assert refused.returncode == 2 and "differs from this model in epochs" in refused.stderr
+
+
 def test_models_bilateral_gives_an_older_model_the_head_its_training_would_have_fitted(
         trained: Path, tmp_path: Path) -> None:
     older = tmp_path / "older" / "tiny" / "0.1.0"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from models.model_card import render
-from models.repeated_splits import merge, recipe, spread
+from models.repeated_splits import from_runs, merge, recipe, spread
 from models.train_run import TrainConfig
 from tests.helpers.model_meta import card_meta
 
@@ -96,3 +96,44 @@ def test_card_dates_each_re_run_split(tmp_path: Any) -> None:
     card = render(meta, tmp_path)
     assert "| 8 | re-run, 2026-12-02 | 0.500 |" in card and "| 7 | this model | 0.600 |" in card
     assert "last on 2026-12-02" in card
+
+
+def _model(seed: int, abnormal: float, **training: Any) -> dict[str, Any]:
+    config = {"name": "default", "version": "1.4.0", "input_size": [512, 512], "folds": 5,
+              "seed": seed, "epochs": 36, "patience": 12, "patch": 64,
+              "widths": [24, 48, 96, 144, 192], "bootstrap_rounds": 1000,
+              "max_pixels": 80_000_000, "tta_flips": [[]], "finetune_epochs": 8,
+              "command": f"mammo train X --seed {seed}", "seconds": 930.0, **training}
+    figures = {"auc_abnormal": abnormal, "auc_malignant": 0.6,
+               "sensitivity_at_90_specificity": 0.2, "ece": 0.04}
+    return {"seed": seed, "training": config, "training_data": {"sha256": "d" * 64},
+            "validation": figures, "baseline": {**figures, "auc_abnormal": 0.5},
+            "localisation": {"peak_inside_circle": 0.4}}
+
+
+def test_runs_of_the_same_recipe_become_splits_and_stay_when_the_record_grows() -> None:
+    own = _model(7, 0.60)
+    result = from_runs(own, [_model(8, 0.50), _model(9, 0.70)], ["2026-12-01", "2026-12-02"])
+    assert [(r["seed"], r["source"], r.get("date"), r.get("minutes")) for r in result["rows"]] \
+        == [(7, "this model", None, None), (8, "training run", "2026-12-01", 15.5),
+            (9, "training run", "2026-12-02", 15.5)]
+    assert result["spread"]["auc_abnormal"]["mean"] == pytest.approx(0.60)
+    assert result["rows"][1]["baseline_auc_abnormal"] == 0.5
+    # A later repeat-cv keeps them, as it keeps its own re-run rows.
+    later = [result["rows"][0], {**_row(10, 0.8, 0.8, 0.4), "date": "2026-12-03"}]
+    grown = merge(result, {"date": "2026-12-03", "folds": 5, "rows": later,
+                           "spread": spread(later)})
+    assert [r["seed"] for r in grown["rows"]] == [7, 8, 9, 10]
+
+
+def test_runs_of_another_recipe_or_data_or_seed_are_refused() -> None:
+    own = _model(7, 0.60)
+    with pytest.raises(ValueError, match="differs from this model in finetune_epochs"):
+        from_runs(own, [_model(8, 0.5, finetune_epochs=0)], ["2026-12-01"])
+    other_data = {**_model(8, 0.5), "training_data": {"sha256": "e" * 64}}
+    with pytest.raises(ValueError, match="differs from this model in training data"):
+        from_runs(own, [other_data], ["2026-12-01"])
+    with pytest.raises(ValueError, match="own split"):
+        from_runs(own, [_model(7, 0.5)], ["2026-12-01"])
+    with pytest.raises(ValueError, match="repeats a seed"):
+        from_runs(own, [_model(8, 0.5), _model(8, 0.6)], ["2026-12-01", "2026-12-01"])
