@@ -406,8 +406,9 @@ def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
 
     What `mammo models repeat-cv --record` would train again, taken from runs already
     trained (for example for `mammo models merge`): each run's held-out figures become one
-    more patient split in REF's metadata.json and MODEL_CARD.md. A run with another recipe,
-    other training data or a seed already counted is refused.
+    more patient split in REF's metadata.json and MODEL_CARD.md (a seed already in the
+    record gets its row replaced). A run with another recipe, other training data or REF's
+    own seed is refused.
 
     \b
     Example:
