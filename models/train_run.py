@@ -74,8 +74,8 @@ class TrainConfig:
     # Contrastive epochs on the fold's unlabelled training tissue before patch training
     # (models.pretraining; 0 = random initial weights). Over 4 patient splits the pretrained
     # recipe (1.5.0's: 20 epochs, no fine-tuning) matched this default recipe on average
-    # (0.596 against 0.599 on the two AUCs) at 1.6 times the training time, so off; its
-    # trunks do help when pooled with this recipe's (models.merge, README).
+    # (0.596 against 0.599 on the two AUCs) at 1.6 times the training time, so off; pooled
+    # with this recipe's trunks (models.merge) they helped on 2 of 3 splits (README).
     pretrain_epochs: int = 0
     # Whole-image epochs after patch training (models.finetune; 0 = off). On randomly
     # initialised trunks 8 epochs raised the abnormal AUC and the localisation on 3 of 3

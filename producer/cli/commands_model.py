@@ -76,9 +76,9 @@ def _say(message: str) -> None:
               show_default=True, help="Before patch training, train each trunk this many "
               "epochs without labels, contrastively (SimCLR), on patches of its fold's "
               "training images (1.5.0 used 20, with --finetune-epochs 0). About 13 s an "
-              "epoch per trunk on 2 CPU cores. Alone not better over 4 patient splits; "
-              "pooled with the default recipe's trunks (`mammo models merge`) it helped "
-              "(README).")
+              "epoch per trunk on 2 CPU cores. Alone worse on average over 5 patient "
+              "splits; pooled with the default recipe's trunks (`mammo models merge`) it "
+              "helped on 2 of 3 splits (README).")
 @click.option("--bilateral", default="abnormal", show_default=True,
               help="Scores read against the same patient's other breast (same view) where "
               "it is present: abnormal, malignant, abnormal,malignant (or both) or none. Reading "
