@@ -27,13 +27,13 @@ from models.train_run import (
     CrossValidation,
     TrainConfig,
     add_held_out,
-    data_hash,
     finish_held_out,
+    require_training_data,
     trunk_name,
     write_model,
 )
 from models.training import seen_by_trunks
-from shared.errors import ConfigurationError, DatasetError
+from shared.errors import ConfigurationError
 
 Progress = Callable[[str], None]
 # What must agree for trunks to be pooled: the same folds (data, seed, fold count) and the
@@ -106,12 +106,9 @@ def merge(specs: Sequence[ModelSpec], data_path: Path, output: Path, version: st
     target = output / first.name / version
     if target.exists():
         raise ConfigurationError(f"{target} exists: choose another --version or --output.")
-    images = load_dataset(data_path)
-    if data_hash(images) != specs[0].metadata["training_data"]["sha256"]:
-        raise DatasetError(f"{data_path} is not the data the models trained on (its sha256 "
-                           "differs): the merged validation must score the images the "
-                           "trunks were cross-validated on.")
-    data = prepare(images, first.input_size, max_pixels=first.max_pixels, progress=say)
+    data = prepare(load_dataset(data_path), first.input_size, max_pixels=first.max_pixels,
+                   progress=say)
+    require_training_data(data, specs[0].metadata, data_path)
     folds = patient_folds(data.labels, data.patients, n_folds=first.folds, seed=first.seed)
     members = sum(c.members for c in configs)
     config = dataclasses.replace(first, version=version, members=members, command=command)
@@ -119,12 +116,12 @@ def merge(specs: Sequence[ModelSpec], data_path: Path, output: Path, version: st
               for s in specs]
     seen = seen_by_trunks(data, first.local_contrast_sigma)
     cv = CrossValidation.empty(len(data.images))
+    widths = [c.widths for c in configs for _ in range(c.members)]  # per trunk of a fold
     for k, fold in enumerate(folds):
         say(f"fold {k + 1}/{len(folds)}: {members} trunks from "
             f"{', '.join(s.version for s in specs)}")
         trunks = [trunk for model, c in zip(loaded, configs, strict=True)
                   for trunk in _fold_trunks(model, k, c.members)]
-        widths = [c.widths for c in configs for _ in range(c.members)]
         for m, (trunk, width) in enumerate(zip(trunks, widths, strict=True)):
             add_held_out(cv, _renamed(trunk, trunk_name(k, m, members), width), seen, fold,
                          config, weight=1 / members, say=say)

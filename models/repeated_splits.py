@@ -26,9 +26,14 @@ from models.datasets import load_dataset
 from models.heatmaps import localisation_rate
 from models.prepared import prepare
 from models.splits import patient_folds
-from models.train_run import TrainConfig, bilateral_validation, cross_validate, data_hash
+from models.train_run import (
+    TrainConfig,
+    bilateral_validation,
+    cross_validate,
+    require_training_data,
+)
 from models.training import seen_by_trunks
-from shared.errors import ConfigurationError, DatasetError
+from shared.errors import ConfigurationError
 
 Progress = Callable[[str], None]
 FIGURES = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ece",
@@ -158,12 +163,7 @@ def repeat(meta: Mapping[str, Any], data_path: Path, seeds: Sequence[int], say: 
         config = dataclasses.replace(config, max_pixels=max_pixels)
     data = prepare(load_dataset(data_path), config.input_size, max_pixels=config.max_pixels,
                    progress=say)
-    recorded = meta["training_data"]["sha256"]
-    if data_hash(data.images) != recorded:
-        raise DatasetError(
-            f"{data_path} is not the data this model trained on (training data sha256 "
-            f"{data_hash(data.images)[:12]}, the model's {recorded[:12]}): give the same "
-            "labelled images, or the figures would not describe this model's recipe.")
+    require_training_data(data, meta, data_path)
     labels, patients = data.labels, data.patients
     seen = seen_by_trunks(data, config.local_contrast_sigma)
     features = feature_matrix(data.pixels)

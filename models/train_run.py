@@ -18,7 +18,7 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from models.registry import MODEL_FILE, file_sha256, write_model_dir
 from models.splits import inner_validation, patient_folds
 from models.training import TrainOptions, predict_maps, seen_by_trunks, train_trunk
 from shared.enums import CLASSES
+from shared.errors import DatasetError
 from shared.imaging.preprocess import PREPROCESSING_VERSION, TARGET_SPACING_MM
 
 Progress = Callable[[str], None]
@@ -114,6 +115,17 @@ def data_hash(images: list[LabelledImage]) -> str:
     for image in sorted(images, key=lambda i: i.id):
         digest.update(f"{image.id}\t{image.label.value}\t{file_sha256(image.path)}\n".encode())
     return digest.hexdigest()
+
+
+def require_training_data(data: PreparedSet, meta: Mapping[str, Any], data_path: Path) -> None:
+    """Raise ``DatasetError`` unless ``data`` (as prepared, skipped images left out, the way
+    a training run hashes it) is the data the model of ``meta`` trained on."""
+    found, recorded = data_hash(data.images), meta["training_data"]["sha256"]
+    if found != recorded:
+        raise DatasetError(
+            f"{data_path} is not the data this model trained on (training data sha256 "
+            f"{found[:12]}, the model's {recorded[:12]}): give the same labelled images, or "
+            "the figures would not describe this model's recipe.")
 
 
 def cross_validate(data: PreparedSet, config: TrainConfig,
