@@ -42,7 +42,8 @@ SHARED = ("seed", "folds", "input_size", "patch", "tta_flips", "local_contrast_s
           "max_pixels")
 # Recipe options a merge may mix: where the sources differ, the merged metadata keeps them
 # per source only (``merged_from``), so no single value claims to be the recipe.
-MIXABLE = ("pretrain_epochs", "finetune_epochs", "epochs", "patience", "widths")
+MIXABLE = ("pretrain_epochs", "finetune_epochs", "average_from", "epochs", "patience",
+           "widths")
 PER_SOURCE = (*MIXABLE, "members", "command")
 
 

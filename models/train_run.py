@@ -40,7 +40,13 @@ from models.prepared import PreparedSet, prepare
 from models.pretraining import PretrainOptions, pretrained_trunk
 from models.registry import MODEL_FILE, file_sha256, write_model_dir
 from models.splits import inner_validation, patient_folds
-from models.training import TrainOptions, predict_maps, seen_by_trunks, train_trunk
+from models.training import (
+    TrainOptions,
+    TrunkResult,
+    predict_maps,
+    seen_by_trunks,
+    train_trunk,
+)
 from shared.enums import CLASSES
 from shared.errors import DatasetError
 from shared.imaging.preprocess import PREPROCESSING_VERSION, TARGET_SPACING_MM
@@ -82,6 +88,9 @@ class TrainConfig:
     # initialised trunks 8 epochs raised the abnormal AUC and the localisation on 3 of 3
     # splits (1.4.0); on pretrained trunks they lowered both AUCs (README).
     finetune_epochs: int = 8
+    # Patch-training epoch from which the trunk's weights are averaged (stochastic weight
+    # averaging, models.training); 0 = the epoch with the lowest patch validation loss.
+    average_from: int = 0
     # Scores read against the patient's other breast where it is present (models.bilateral).
     # Abnormal only: over 4 patient splits it gained abnormal-vs-normal AUC on every split
     # while reading P(malignant) in pairs lost malignant-vs-rest AUC on every split (README).
@@ -188,10 +197,26 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
                   seed: int, name: str, cv: CrossValidation, say: Progress) -> Any:
     """Train one trunk on ``fold``'s training part (its losses, history and best epoch
     recorded in ``cv``) and return it."""
+    result = patch_trained(data, config, fold, seed, name, say, cv)
+    cv.finetune_losses.append(finetune_on_images(
+        result.trunk, data.subset(fold[0]), FinetuneOptions(epochs=config.finetune_epochs),
+        patch=config.patch, seed=seed, name=name, progress=say))
+    cv.histories.append(result.history)
+    cv.best_epochs.append(result.best_epoch)
+    return result.trunk
+
+
+def patch_trained(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray, np.ndarray],
+                  seed: int, name: str, say: Progress,
+                  cv: CrossValidation | None = None) -> TrunkResult:
+    """The trunk of ``fold`` after ``config``'s pretraining (its losses recorded in ``cv``)
+    and patch training, early-stopped on a patient-level part of the fold's training images;
+    whole-image fine-tuning comes after."""
     train = fold[0]
     labels, patients = data.labels, data.patients
     options = TrainOptions(epochs=config.epochs, patience=config.patience,
-                           plan=PatchPlan(patch=config.patch), widths=config.widths)
+                           plan=PatchPlan(patch=config.patch), widths=config.widths,
+                           average_from=config.average_from)
     fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
                                          seed=seed)
     say(f"{name}: {len(stop_idx)} of the training images kept apart for early stopping")
@@ -201,16 +226,12 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
             name, config.widths, data.subset(train),
             PretrainOptions(epochs=config.pretrain_epochs), patch=config.patch, seed=seed,
             progress=say)
-        cv.pretrain_losses.append(losses)
+        if cv is not None:
+            cv.pretrain_losses.append(losses)
     result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,
                          seed=seed, name=name, progress=say, trunk=initial)
     say(f"{name}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
-    cv.finetune_losses.append(finetune_on_images(
-        result.trunk, data.subset(train), FinetuneOptions(epochs=config.finetune_epochs),
-        patch=config.patch, seed=seed, name=name, progress=say))
-    cv.histories.append(result.history)
-    cv.best_epochs.append(result.best_epoch)
-    return result.trunk
+    return result
 
 
 def held_out_evidence(

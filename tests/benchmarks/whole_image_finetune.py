@@ -53,7 +53,7 @@ def held_out(trunks: list[Any], data: PreparedSet, folds: list[tuple[np.ndarray,
     return held_out_predictions(evidence, data.labels, folds, shipped_head), heatmaps
 
 
-def _score(name: str, trunks: list[Any], data: PreparedSet,
+def score(name: str, trunks: list[Any], data: PreparedSet,
            folds: list[tuple[np.ndarray, np.ndarray]], patch: int) -> dict[str, Any]:
     labels = data.labels
     probs, heatmaps = held_out(trunks, data, folds, patch)
@@ -91,7 +91,7 @@ def main() -> None:
     folds = patient_folds(data.labels, data.patients, n_folds=config.folds, seed=config.seed)
     model = keras.models.load_model(spec.model_path, compile=False, safe_mode=True)
     trunks = [model.get_layer(f"trunk_{k + 1}") for k in range(len(folds))]
-    rows = [_score(f"{spec.version} as trained", trunks, data, folds, config.patch)]
+    rows = [score(f"{spec.version} as trained", trunks, data, folds, config.patch)]
     started = time.perf_counter()
     options = FinetuneOptions(epochs=args.epochs, learning_rate=args.learning_rate)
     tuned = []
@@ -103,7 +103,7 @@ def main() -> None:
                            progress=lambda m: print(m, flush=True))
         tuned.append(copy)
     minutes = (time.perf_counter() - started) / 60
-    rows.append(_score(f"fine-tuned {args.epochs} epochs, lr {args.learning_rate:g} "
+    rows.append(score(f"fine-tuned {args.epochs} epochs, lr {args.learning_rate:g} "
                        f"({minutes:.1f} min)", tuned, data, folds, config.patch))
     if args.json:
         print(json.dumps(rows, indent=2))
