@@ -197,6 +197,15 @@ def _finetune(meta: dict[str, Any]) -> str:
             "second step), and ")
 
 
+def _averaged(meta: dict[str, Any]) -> str:
+    start = int(meta.get("training", {}).get("average_from") or 0)
+    if not start:
+        return ""
+    return (f", each ending with the mean of its weights from patch epoch {start} to its "
+            "early stop (stochastic weight averaging, batch-norm statistics re-estimated) "
+            "instead of the epoch with the lowest patch validation loss")
+
+
 def _pretrain(meta: dict[str, Any]) -> str:
     epochs = _epochs(meta, "pretrain_epochs")
     if not epochs:
@@ -335,7 +344,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         f"({_per_fold(meta)}) trained on {meta['patch']} px patches around the "
         "annotated lesion circles and on normal tissue (hard-negative mining, label "
         "smoothing 0.1, class-balanced weights, flips, rotations, scale and intensity "
-        "jitter), then "
+        f"jitter){_averaged(meta)}, then "
         f"{_finetune(meta)}run fully convolutionally over the whole image. The per-location "
         "probability map is "
         f"the heatmap. {_tta(meta)} Head: P(abnormal) and P(malignant) are Platt-scaled "

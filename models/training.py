@@ -135,12 +135,32 @@ class WeightAverage:
 
 
 def refresh_batch_statistics(model: Any, patches: np.ndarray, batch_size: int) -> None:
-    """Re-estimate batch normalisation's moving statistics for the current weights:
-    averaged weights never produced the averaged statistics (SWA's "bn_update"). Forward
-    passes in training mode update them; no weight changes."""
+    """Re-estimate batch normalisation's moving statistics for the current weights: averaged
+    weights never produced the averaged statistics. As SWA's ``bn_update``: forward passes in
+    training mode over ``patches``, each layer's momentum set so that its statistics end as
+    the plain mean over the batches; no weight changes."""
+    import keras
+
+    norms = [layer for layer in _layers(model)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
     order = np.random.default_rng(0).permutation(len(patches))
-    for start in range(0, len(order), batch_size):
-        model(patches[order[start:start + batch_size]], training=True)
+    try:
+        for t, start in enumerate(range(0, len(order), batch_size), start=1):
+            for layer in norms:
+                layer.momentum = 1.0 - 1.0 / t  # the t-th batch weighs 1/t: a running mean
+            model(patches[order[start:start + batch_size]], training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+
+
+def _layers(model: Any) -> list[Any]:
+    """Every layer inside ``model``, nested models' included."""
+    found = []
+    for layer in model.layers:
+        found += [layer, *(_layers(layer) if hasattr(layer, "layers") else [])]
+    return found
 
 
 def mine_hard_negatives(trunk: Any, data: PreparedSet, patch: int,

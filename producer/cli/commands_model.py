@@ -79,6 +79,11 @@ def _say(message: str) -> None:
               "epoch per trunk on 2 CPU cores. Alone worse on average over 5 patient "
               "splits; pooled with the default recipe's trunks (`mammo models merge`) it "
               "helped on 2 of 3 splits (README).")
+@click.option("--average-from", "average_from", type=click.IntRange(0), default=0,
+              show_default=True, help="End each trunk's patch training with the mean of its "
+              "weights from this epoch to the early stop (stochastic weight averaging) "
+              "instead of the epoch with the lowest patch validation loss. 0 turns it off "
+              "(tests/benchmarks/weight_averaging.py compares the two).")
 @click.option("--bilateral", default="abnormal", show_default=True,
               help="Scores read against the same patient's other breast (same view) where "
               "it is present: abnormal, malignant, abnormal,malignant (or both) or none. Reading "
@@ -101,8 +106,8 @@ def _say(message: str) -> None:
 @pass_cli
 def train_command(cli: CliContext, data: Path, output: Path, name: str, version: str,
                   folds: int, members: int, local_contrast: float | None,
-                  finetune_epochs: int, pretrain_epochs: int, bilateral: str,
-                  epochs: int,
+                  finetune_epochs: int, pretrain_epochs: int, average_from: int,
+                  bilateral: str, epochs: int,
                   patience: int, input_size: str, patch: str, widths: str, seed: int,
                   bootstrap: int, weights: str) -> None:
     """Train, cross-validate, calibrate and write a model directory with its model card.
@@ -129,7 +134,7 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
     config = TrainConfig(name=name, version=version, input_size=_size(input_size), folds=folds,
                          members=members, local_contrast_sigma=local_contrast,
                          finetune_epochs=finetune_epochs, pretrain_epochs=pretrain_epochs,
-                         seed=seed,
+                         average_from=average_from, seed=seed,
                          epochs=epochs, patience=patience, patch=int(patch),
                          widths=_widths(widths),
                          bootstrap_rounds=bootstrap, max_pixels=cli.settings.max_image_pixels,

@@ -37,11 +37,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "--version", "0.1.0", "--folds", "2", "--members", "2",
                       "--local-contrast", "24", "--bilateral", "abnormal,malignant",
                       "--epochs", "2", "--finetune-epochs", "1", "--pretrain-epochs", "1",
-                      "--input-size", "128", "--patch", "32", "--bootstrap", "20"], env, root)
+                      "--average-from", "1", "--input-size", "128", "--patch", "32",
+                      "--bootstrap", "20"], env, root)
     assert done.returncode == 0, done.stderr
     assert "fold 2/2" in done.stderr and "epoch 1/2" in done.stderr  # progress is printed
     assert "whole-image epoch 1/1" in done.stderr
     assert "contrastive epoch 1/1" in done.stderr
+    assert "weights of epochs 1-2 averaged" in done.stderr
     return Path(done.stdout.strip().splitlines()[-1])
 
 
@@ -59,6 +61,7 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert [len(losses) for losses in meta["training"]["finetune_losses"]] == [1, 1, 1, 1]
     assert meta["training"]["pretrain_epochs"] == 1
     assert [len(losses) for losses in meta["training"]["pretrain_losses"]] == [1, 1, 1, 1]
+    assert meta["training"]["average_from"] == 1
     import keras
 
     import models.layers  # noqa: F401  (registers the custom layers)
@@ -71,6 +74,7 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert "Suckling" in card and "Decision support" in card and "95%" in card
     assert "fine-tuned for 1 epoch on the whole training images" in card
     assert "first learnt for 1 epoch without labels, contrastively" in card
+    assert "mean of its weights from patch epoch 1 to its early stop" in card
     # Both scores read against the other breast, validated with heads fitted on other folds.
     bilateral = meta["bilateral"]
     assert bilateral["scores"] == ["abnormal", "malignant"] and bilateral["images_paired"] == 12
