@@ -1,7 +1,8 @@
 """Training recipes side by side: `mammo train`'s own ("plain", 1.4.0's recipe: patch
 training, then 8 epochs of whole-image fine-tuning), with local contrast, without the
-fine-tuning ("scratch", 1.2.0's recipe) or 1.5.0's recipe (20 epochs of contrastive
-pretraining, no fine-tuning: "pretrained"); one trunk per fold or a seed ensemble.
+fine-tuning ("scratch", 1.2.0's recipe), 1.5.0's recipe (20 epochs of contrastive
+pretraining, no fine-tuning: "pretrained") or with the patch weights averaged from epoch 16
+("averaged"); one trunk per fold or a seed ensemble.
 
     python -m tests.benchmarks.model_variants [--data ../shared/data/mini-mias]
         [--variants plain,scratch,pretrained] [--seeds 20261125,20261225]
@@ -41,7 +42,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {}, "contrast": {"local_contrast_sigma": LOCAL_CONTRAST_SIGMA},
     "scratch": {"finetune_epochs": 0},
-    "pretrained": {"pretrain_epochs": 20, "finetune_epochs": 0}}
+    "pretrained": {"pretrain_epochs": 20, "finetune_epochs": 0},
+    "averaged": {"average_from": 16}}
 DEFAULTS = TrainConfig()
 
 
