@@ -291,6 +291,23 @@ def test_view_falls_back_to_view_code_sequence(dicom_file: Path, code: Dataset,
     assert read_header(dicom_file, pseudonymize=KEY).view is expected
 
 
+@pytest.mark.parametrize("orientation, expected, chest_wall", [
+    ("CC", View.CC, None), ("MLO", View.MLO, None), (["A", "R"], None, "left"),
+    ("AR", None, None), ("", None, None)])
+def test_view_named_in_patient_orientation_is_read_as_a_last_resort(
+        dicom_file: Path, orientation: object, expected: View | None,
+        chest_wall: str | None) -> None:
+    """CBIS-DDSM's convention (its files carry no View Position)."""
+    _rewrite(dicom_file, ViewPosition=None, PatientOrientation=orientation)
+    assert read_header(dicom_file, pseudonymize=KEY).view is expected
+    assert decode(dicom_file, max_pixels=BIG).chest_wall_side == chest_wall
+
+
+def test_view_position_wins_over_a_view_in_patient_orientation(dicom_file: Path) -> None:
+    _rewrite(dicom_file, PatientOrientation="MLO")
+    assert read_header(dicom_file, pseudonymize=KEY).view is View.CC
+
+
 def test_spot_compression_and_magnification_are_flagged(dicom_file: Path) -> None:
     view = _code("R-10242", "SRT", "cranio-caudal")
     view.ViewModifierCodeSequence = [_code("R-102D7", "SRT", "spot compression"),

@@ -58,10 +58,11 @@ _T = TypeVar("_T")
 _HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
     "AccessionNumber", "StudyDate", "ImageLaterality", "Laterality", "ViewPosition",
-    "ViewCodeSequence", "Rows", "Columns", "Manufacturer", "ManufacturerModelName",
-    "ImagerPixelSpacing", "PixelSpacing", "BurnedInAnnotation", "PaddleDescription",
-    "EstimatedRadiographicMagnificationFactor", "ImageType", "WindowCenter", "WindowWidth",
-    "WindowCenterWidthExplanation", "VOILUTFunction", "VOILUTSequence", "PatientID",
+    "ViewCodeSequence", "PatientOrientation", "Rows", "Columns", "Manufacturer",
+    "ManufacturerModelName", "ImagerPixelSpacing", "PixelSpacing", "BurnedInAnnotation",
+    "PaddleDescription", "EstimatedRadiographicMagnificationFactor", "ImageType",
+    "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTFunction",
+    "VOILUTSequence", "PatientID",
 ]
 _JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
          "1.2.840.10008.1.2.4.70")

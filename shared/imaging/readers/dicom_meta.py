@@ -58,16 +58,28 @@ def text(ds: Dataset, keyword: str) -> str | None:
 
 
 def view(ds: Dataset) -> View | None:
-    """(0018,5101) View Position, else the first (0054,0220) View Code Sequence item."""
+    """(0018,5101) View Position, else the first (0054,0220) View Code Sequence item, else a
+    view name misfiled as the only value of (0020,0020) Patient Orientation."""
     parsed = View.parse(text(ds, "ViewPosition"))
     if parsed is not None:
         return parsed
     item = _first(ds, "ViewCodeSequence")
     if item is None:
-        return None
+        return _view_in_orientation(ds)
     code = str(item.get("CodeValue", "")).strip()
     meaning = str(item.get("CodeMeaning", "")).strip().lower()
     return _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning) or View.OTHER
+
+
+def _view_in_orientation(ds: Dataset) -> View | None:
+    """CBIS-DDSM, the most used public mammography set, and some film digitisers store the
+    view ("CC", "MLO") as a single Patient Orientation value. A real orientation has two
+    values built from A, P, R, L, H and F, so a single value naming a view cannot be one."""
+    value = ds.get("PatientOrientation")
+    if not isinstance(value, str):
+        return None
+    parsed = View.parse(value)
+    return None if parsed is View.OTHER else parsed
 
 
 def view_flags(ds: Dataset) -> tuple[str, ...]:
