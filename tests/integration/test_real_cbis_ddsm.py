@@ -56,7 +56,7 @@ def test_header_decoding_and_preprocessing(name: str, path: Path) -> None:
 
 
 def test_run_reads_both_exams_with_the_shipped_model(tmp_path: Path) -> None:
-    folder = Path(CASES[0][1]).parents[1]
+    folder = CASES[0][1].parents[1]
     env = mammo_env(database_url=f"sqlite:///{tmp_path / 'ddsm.db'}", patient_id_key=KEY)
     done = run_mammo(["run", str(folder), "--format", "json"], env, tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
