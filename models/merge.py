@@ -43,7 +43,7 @@ SHARED = ("seed", "folds", "input_size", "patch", "tta_flips", "local_contrast_s
 # Recipe options a merge may mix: where the sources differ, the merged metadata keeps them
 # per source only (``merged_from``), so no single value claims to be the recipe.
 MIXABLE = ("pretrain_epochs", "finetune_epochs", "average_from", "epochs", "patience",
-           "widths")
+           "widths", "negatives_ratio", "hard_negatives")
 PER_SOURCE = (*MIXABLE, "members", "command")
 
 

@@ -206,6 +206,14 @@ def _averaged(meta: dict[str, Any]) -> str:
             "instead of the epoch with the lowest patch validation loss")
 
 
+def _negatives(meta: dict[str, Any]) -> str:
+    training = meta.get("training", {})
+    ratio = float(training.get("negatives_ratio", 2.0))
+    mined = int(training.get("hard_negatives", 3))
+    return (f"{ratio:g} normal patches per lesion patch, {mined} hard negative"
+            f"{'s' if mined != 1 else ''} mined per training image every 3 epochs")
+
+
 def _pretrain(meta: dict[str, Any]) -> str:
     epochs = _epochs(meta, "pretrain_epochs")
     if not epochs:
@@ -342,7 +350,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "",
         f"- {meta['architecture']}: {meta['ensemble_members']} small convolutional trunks "
         f"({_per_fold(meta)}) trained on {meta['patch']} px patches around the "
-        "annotated lesion circles and on normal tissue (hard-negative mining, label "
+        f"annotated lesion circles and on normal tissue ({_negatives(meta)}, label "
         "smoothing 0.1, class-balanced weights, flips, rotations, scale and intensity "
         f"jitter){_averaged(meta)}, then "
         f"{_finetune(meta)}run fully convolutionally over the whole image. The per-location "

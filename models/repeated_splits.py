@@ -44,7 +44,8 @@ TRAINING_RUN = "training run"  # a separate `mammo train --seed S` of the same r
 # Recipe options added after some models were trained: absent from their metadata, and
 # absent meant this.
 _BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": (),
-                   "finetune_epochs": 0, "pretrain_epochs": 0, "average_from": 0}
+                   "finetune_epochs": 0, "pretrain_epochs": 0, "average_from": 0,
+                   "negatives_ratio": 2.0, "hard_negatives": 3}
 
 
 def recipe(meta: Mapping[str, Any]) -> TrainConfig:

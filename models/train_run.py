@@ -91,6 +91,11 @@ class TrainConfig:
     # Patch-training epoch from which the trunk's weights are averaged (stochastic weight
     # averaging, models.training); 0 = the epoch with the lowest patch validation loss.
     average_from: int = 0
+    # Normal patches drawn per lesion patch, and normal locations the trunk scored highest
+    # mined per training image every few epochs (they replace up to half the normal
+    # patches). 5 and 8 were measured against these defaults on one split: no gain (README).
+    negatives_ratio: float = 2.0
+    hard_negatives: int = 3
     # Scores read against the patient's other breast where it is present (models.bilateral).
     # Abnormal only: over 4 patient splits it gained abnormal-vs-normal AUC on every split
     # while reading P(malignant) in pairs lost malignant-vs-rest AUC on every split (README).
@@ -215,7 +220,9 @@ def patch_trained(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     train = fold[0]
     labels, patients = data.labels, data.patients
     options = TrainOptions(epochs=config.epochs, patience=config.patience,
-                           plan=PatchPlan(patch=config.patch), widths=config.widths,
+                           plan=PatchPlan(patch=config.patch,
+                                          negatives_ratio=config.negatives_ratio),
+                           hard_negatives=config.hard_negatives, widths=config.widths,
                            average_from=config.average_from)
     fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
                                          seed=seed)

@@ -27,6 +27,7 @@ class TrainOptions:
     learning_rate: float = 1e-3
     mine_from: int = 4  # hard-negative mining starts after a few epochs of plain sampling
     mine_every: int = 3
+    hard_negatives: int = 3  # mined per training image each time
     min_epochs: int = 16
     # From this epoch on, the weights of every epoch are averaged (stochastic weight
     # averaging, Izmailov et al. 2018) and the trunk ends with the average instead of the
@@ -76,7 +77,8 @@ def train_trunk(train: PreparedSet, val: PreparedSet, options: TrainOptions, *, 
     hard: list[tuple[int, float, float]] = []
     for epoch in range(1, options.epochs + 1):
         if epoch >= options.mine_from and (epoch - options.mine_from) % options.mine_every == 0:
-            hard = mine_hard_negatives(trunk, train, options.plan.patch, per_image=3)
+            hard = mine_hard_negatives(trunk, train, options.plan.patch,
+                                       per_image=options.hard_negatives)
         x, y = sample_patches(train, options.plan, rng, hard)
         fit = model.fit(x, _one_hot(y), sample_weight=_sample_weights(y),
                         batch_size=options.batch_size, epochs=1, verbose=0, shuffle=True)

@@ -84,6 +84,14 @@ def _say(message: str) -> None:
               "weights from this epoch to the early stop (stochastic weight averaging) "
               "instead of the epoch with the lowest patch validation loss. 0 turns it off "
               "(tests/benchmarks/weight_averaging.py compares the two).")
+@click.option("--negatives-ratio", "negatives_ratio", type=click.FloatRange(0.5, 20.0),
+              default=2.0, show_default=True, help="Normal-tissue patches drawn per lesion "
+              "patch in each patch-training epoch.")
+@click.option("--hard-negatives", "hard_negatives", type=click.IntRange(0, 64), default=3,
+              show_default=True, help="Normal locations the trunk currently scores highest, "
+              "mined per training image every 3 epochs and trained on as normal (up to half "
+              "the normal patches). 5 and 8 with --negatives-ratio 5 were measured on one "
+              "split: no gain (README).")
 @click.option("--bilateral", default="abnormal", show_default=True,
               help="Scores read against the same patient's other breast (same view) where "
               "it is present: abnormal, malignant, abnormal,malignant (or both) or none. Reading "
@@ -107,7 +115,7 @@ def _say(message: str) -> None:
 def train_command(cli: CliContext, data: Path, output: Path, name: str, version: str,
                   folds: int, members: int, local_contrast: float | None,
                   finetune_epochs: int, pretrain_epochs: int, average_from: int,
-                  bilateral: str, epochs: int,
+                  negatives_ratio: float, hard_negatives: int, bilateral: str, epochs: int,
                   patience: int, input_size: str, patch: str, widths: str, seed: int,
                   bootstrap: int, weights: str) -> None:
     """Train, cross-validate, calibrate and write a model directory with its model card.
@@ -134,7 +142,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
     config = TrainConfig(name=name, version=version, input_size=_size(input_size), folds=folds,
                          members=members, local_contrast_sigma=local_contrast,
                          finetune_epochs=finetune_epochs, pretrain_epochs=pretrain_epochs,
-                         average_from=average_from, seed=seed,
+                         average_from=average_from, negatives_ratio=negatives_ratio,
+                         hard_negatives=hard_negatives, seed=seed,
                          epochs=epochs, patience=patience, patch=int(patch),
                          widths=_widths(widths),
                          bootstrap_rounds=bootstrap, max_pixels=cli.settings.max_image_pixels,

@@ -43,7 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {}, "contrast": {"local_contrast_sigma": LOCAL_CONTRAST_SIGMA},
     "scratch": {"finetune_epochs": 0},
     "pretrained": {"pretrain_epochs": 20, "finetune_epochs": 0},
-    "averaged": {"average_from": 16}}
+    "averaged": {"average_from": 16},
+    "negatives": {"negatives_ratio": 5.0, "hard_negatives": 8}}
 DEFAULTS = TrainConfig()
 
 

@@ -37,7 +37,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "--version", "0.1.0", "--folds", "2", "--members", "2",
                       "--local-contrast", "24", "--bilateral", "abnormal,malignant",
                       "--epochs", "2", "--finetune-epochs", "1", "--pretrain-epochs", "1",
-                      "--average-from", "1", "--input-size", "128", "--patch", "32",
+                      "--average-from", "1", "--negatives-ratio", "3", "--hard-negatives", "4",
+                      "--input-size", "128", "--patch", "32",
                       "--bootstrap", "20"], env, root)
     assert done.returncode == 0, done.stderr
     assert "fold 2/2" in done.stderr and "epoch 1/2" in done.stderr  # progress is printed
@@ -62,6 +63,7 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert meta["training"]["pretrain_epochs"] == 1
     assert [len(losses) for losses in meta["training"]["pretrain_losses"]] == [1, 1, 1, 1]
     assert meta["training"]["average_from"] == 1
+    assert (meta["training"]["negatives_ratio"], meta["training"]["hard_negatives"]) == (3.0, 4)
     import keras
 
     import models.layers  # noqa: F401  (registers the custom layers)
@@ -75,6 +77,7 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert "fine-tuned for 1 epoch on the whole training images" in card
     assert "first learnt for 1 epoch without labels, contrastively" in card
     assert "mean of its weights from patch epoch 1 to its early stop" in card
+    assert "3 normal patches per lesion patch, 4 hard negatives mined per training image" in card
     # Both scores read against the other breast, validated with heads fitted on other folds.
     bilateral = meta["bilateral"]
     assert bilateral["scores"] == ["abnormal", "malignant"] and bilateral["images_paired"] == 12
