@@ -211,7 +211,7 @@ def _negatives(meta: dict[str, Any]) -> str:
     ratio = float(training.get("negatives_ratio", 2.0))
     mined = int(training.get("hard_negatives", 3))
     return (f"{ratio:g} normal patches per lesion patch, {mined} hard negative"
-            f"{'s' if mined != 1 else ''} mined per training image every 3 epochs")
+            f"{'s' if mined != 1 else ''} mined per training image in each mining round")
 
 
 def _pretrain(meta: dict[str, Any]) -> str:
