@@ -93,7 +93,7 @@ class TrainConfig:
     average_from: int = 0
     # Normal patches drawn per lesion patch, and normal locations the trunk scored highest
     # mined per training image every few epochs (they replace up to half the normal
-    # patches). 5 and 8 were measured against these defaults on one split: no gain (README).
+    # patches). 5 and 8 were measured against these defaults on 3 splits: no gain (README).
     negatives_ratio: float = 2.0
     hard_negatives: int = 3
     # Scores read against the patient's other breast where it is present (models.bilateral).

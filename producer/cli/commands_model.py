@@ -90,8 +90,8 @@ def _say(message: str) -> None:
 @click.option("--hard-negatives", "hard_negatives", type=click.IntRange(0, 64), default=3,
               show_default=True, help="Normal locations the trunk currently scores highest, "
               "mined per training image in each mining round and trained on as normal (up "
-              "to half the normal patches). 5 and 8 with --negatives-ratio 5 were measured on one "
-              "split: no gain (README).")
+              "to half the normal patches). 8, with --negatives-ratio 5, was measured on 3 "
+              "patient splits: no gain (README).")
 @click.option("--bilateral", default="abnormal", show_default=True,
               help="Scores read against the same patient's other breast (same view) where "
               "it is present: abnormal, malignant, abnormal,malignant (or both) or none. Reading "
