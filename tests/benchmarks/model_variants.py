@@ -1,8 +1,9 @@
 """Training recipes side by side: `mammo train`'s own ("plain", 1.4.0's recipe: patch
 training, then 8 epochs of whole-image fine-tuning), with local contrast, without the
 fine-tuning ("scratch", 1.2.0's recipe), 1.5.0's recipe (20 epochs of contrastive
-pretraining, no fine-tuning: "pretrained") or with the patch weights averaged from epoch 16
-("averaged"); one trunk per fold or a seed ensemble.
+pretraining, no fine-tuning: "pretrained"), with the patch weights averaged from epoch 16
+("averaged") or with 5 normal patches per lesion patch and 8 hard negatives mined per image
+("negatives"); one trunk per fold or a seed ensemble.
 
     python -m tests.benchmarks.model_variants [--data ../shared/data/mini-mias]
         [--variants plain,scratch,pretrained] [--seeds 20261125,20261225]
