@@ -94,8 +94,8 @@ class TrainConfig:
     # Normal patches drawn per lesion patch, and normal locations the trunk scored highest
     # mined per training image every few epochs (they replace up to half the normal
     # patches). 5 and 8 were measured against these defaults on 3 splits: no gain (README).
-    negatives_ratio: float = 2.0
-    hard_negatives: int = 3
+    negatives_ratio: float = PatchPlan.negatives_ratio
+    hard_negatives: int = TrainOptions.hard_negatives
     # Scores read against the patient's other breast where it is present (models.bilateral).
     # Abnormal only: over 4 patient splits it gained abnormal-vs-normal AUC on every split
     # while reading P(malignant) in pairs lost malignant-vs-rest AUC on every split (README).
