@@ -42,8 +42,8 @@ SHARED = ("seed", "folds", "input_size", "patch", "tta_flips", "local_contrast_s
           "max_pixels")
 # Recipe options a merge may mix: where the sources differ, the merged metadata keeps them
 # per source only (``merged_from``), so no single value claims to be the recipe.
-MIXABLE = ("pretrain_epochs", "finetune_epochs", "average_from", "epochs", "patience",
-           "widths", "negatives_ratio", "hard_negatives")
+MIXABLE = ("pretrain_epochs", "finetune_epochs", "finetune_location_weight", "average_from",
+           "epochs", "patience", "widths", "negatives_ratio", "hard_negatives")
 PER_SOURCE = (*MIXABLE, "members", "command")
 
 

@@ -192,8 +192,13 @@ def _finetune(meta: dict[str, Any]) -> str:
     epochs = _epochs(meta, "finetune_epochs")
     if not epochs:
         return ""
+    weight = float(meta.get("training", {}).get("finetune_location_weight") or 0.0)
+    labels = ("with image labels" if not weight else
+              "with image labels and, at weight "
+              f"{weight:g}, every map location's label from the lesion circles (normal "
+              "outside them)")
     return (f"fine-tuned for {epochs} on the whole training images of their fold "
-            "with image labels, through the top-5 read-out of the head (Shen et al.'s "
+            f"{labels}, through the top-5 read-out of the head (Shen et al.'s "
             "second step), and ")
 
 

@@ -45,7 +45,8 @@ TRAINING_RUN = "training run"  # a separate `mammo train --seed S` of the same r
 # absent meant this.
 _BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": (),
                    "finetune_epochs": 0, "pretrain_epochs": 0, "average_from": 0,
-                   "negatives_ratio": 2.0, "hard_negatives": 3}
+                   "negatives_ratio": 2.0, "hard_negatives": 3,
+                   "finetune_location_weight": 0.0}
 
 
 def recipe(meta: Mapping[str, Any]) -> TrainConfig:

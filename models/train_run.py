@@ -88,6 +88,9 @@ class TrainConfig:
     # initialised trunks 8 epochs raised the abnormal AUC and the localisation on 3 of 3
     # splits (1.4.0); on pretrained trunks they lowered both AUCs (README).
     finetune_epochs: int = 8
+    # Weight of the per-location loss in fine-tuning (models.finetune; 0 = image labels
+    # only): every location of every training image learns what the circles say of it.
+    finetune_location_weight: float = FinetuneOptions.location_weight
     # Patch-training epoch from which the trunk's weights are averaged (stochastic weight
     # averaging, models.training); 0 = the epoch with the lowest patch validation loss.
     average_from: int = 0
@@ -204,7 +207,8 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     recorded in ``cv``) and return it."""
     result = patch_trained(data, config, fold, seed, name, say, cv)
     cv.finetune_losses.append(finetune_on_images(
-        result.trunk, data.subset(fold[0]), FinetuneOptions(epochs=config.finetune_epochs),
+        result.trunk, data.subset(fold[0]), FinetuneOptions(
+            epochs=config.finetune_epochs, location_weight=config.finetune_location_weight),
         patch=config.patch, seed=seed, name=name, progress=say))
     cv.histories.append(result.history)
     cv.best_epochs.append(result.best_epoch)

@@ -72,6 +72,11 @@ def _say(message: str) -> None:
               "second step). It moves the heatmap peak into the circle more often and "
               "raised the abnormal AUC of randomly initialised trunks on 3 of 3 splits; it "
               "lowered both AUCs of pretrained ones (README). 0 turns it off.")
+@click.option("--finetune-locations", "finetune_locations", type=click.FloatRange(0.0, 10.0),
+              default=0.0, show_default=True, help="Fine-tune with location labels too: "
+              "this weight on a loss over every map location of every training image "
+              "(normal outside the lesion circles, the circle's class inside). 0 trains on "
+              "image labels only.")
 @click.option("--pretrain-epochs", "pretrain_epochs", type=click.IntRange(0, 200), default=0,
               show_default=True, help="Before patch training, train each trunk this many "
               "epochs without labels, contrastively (SimCLR), on patches of its fold's "
@@ -114,7 +119,8 @@ def _say(message: str) -> None:
 @pass_cli
 def train_command(cli: CliContext, data: Path, output: Path, name: str, version: str,
                   folds: int, members: int, local_contrast: float | None,
-                  finetune_epochs: int, pretrain_epochs: int, average_from: int,
+                  finetune_epochs: int, finetune_locations: float, pretrain_epochs: int,
+                  average_from: int,
                   negatives_ratio: float, hard_negatives: int, bilateral: str, epochs: int,
                   patience: int, input_size: str, patch: str, widths: str, seed: int,
                   bootstrap: int, weights: str) -> None:
@@ -141,7 +147,9 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
         "mammo train DATA")
     config = TrainConfig(name=name, version=version, input_size=_size(input_size), folds=folds,
                          members=members, local_contrast_sigma=local_contrast,
-                         finetune_epochs=finetune_epochs, pretrain_epochs=pretrain_epochs,
+                         finetune_epochs=finetune_epochs,
+                         finetune_location_weight=finetune_locations,
+                         pretrain_epochs=pretrain_epochs,
                          average_from=average_from, negatives_ratio=negatives_ratio,
                          hard_negatives=hard_negatives, seed=seed,
                          epochs=epochs, patience=patience, patch=int(patch),

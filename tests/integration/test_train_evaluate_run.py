@@ -36,7 +36,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = run_mammo(["train", str(data), "--output", str(root / "out"), "--name", "tiny",
                       "--version", "0.1.0", "--folds", "2", "--members", "2",
                       "--local-contrast", "24", "--bilateral", "abnormal,malignant",
-                      "--epochs", "2", "--finetune-epochs", "1", "--pretrain-epochs", "1",
+                      "--epochs", "2", "--finetune-epochs", "1", "--finetune-locations", "1",
+                      "--pretrain-epochs", "1",
                       "--average-from", "1", "--negatives-ratio", "3", "--hard-negatives", "4",
                       "--input-size", "128", "--patch", "32",
                       "--bootstrap", "20"], env, root)
@@ -59,6 +60,7 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert meta["ensemble_members"] == 4 and len(meta["training"]["best_epochs"]) == 4
     assert meta["training"]["local_contrast_sigma"] == 24.0
     assert meta["training"]["finetune_epochs"] == 1
+    assert meta["training"]["finetune_location_weight"] == 1.0
     assert [len(losses) for losses in meta["training"]["finetune_losses"]] == [1, 1, 1, 1]
     assert meta["training"]["pretrain_epochs"] == 1
     assert [len(losses) for losses in meta["training"]["pretrain_losses"]] == [1, 1, 1, 1]
@@ -74,7 +76,8 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert set(meta["validation"]) >= {"auc_abnormal", "auc_malignant", "ece", "ci95"}
     card = (trained / "MODEL_CARD.md").read_text()
     assert "Suckling" in card and "Decision support" in card and "95%" in card
-    assert "fine-tuned for 1 epoch on the whole training images" in card
+    assert ("fine-tuned for 1 epoch on the whole training images of their fold with image "
+            "labels and, at weight 1, every map location's label") in card
     assert "first learnt for 1 epoch without labels, contrastively" in card
     assert "mean of its weights from patch epoch 1 to its early stop" in card
     assert "3 normal patches per lesion patch, 4 hard negatives mined per training image" in card
