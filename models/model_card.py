@@ -450,6 +450,10 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         + (" Whole-image fine-tuning was adopted after measuring it on the folds of seed "
            "20261125 (the default) and of seed 20261325 (README)."
            if training.get("finetune_epochs") else "")
+        + (" Location labels in fine-tuning were adopted after a paired measurement on the "
+           "folds of seeds 20261125 (the default), 20261525 and 20261625 (README)."
+           if training.get("finetune_epochs") and training.get("finetune_location_weight")
+           else "")
         + (" Contrastive pretraining was adopted after measuring it (without fine-tuning) "
            "on the same two splits (README)." if training.get("pretrain_epochs") else "")
         + (" Pooling the sources' trunks was tried after seeing their figures on this "

@@ -65,7 +65,7 @@ PLOTS = {
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "default"
-    version: str = "1.4.0"
+    version: str = "1.7.0"
     input_size: tuple[int, int] = (512, 512)
     folds: int = 5
     seed: int = 20261125
@@ -89,8 +89,10 @@ class TrainConfig:
     # splits (1.4.0); on pretrained trunks they lowered both AUCs (README).
     finetune_epochs: int = 8
     # Weight of the per-location loss in fine-tuning (models.finetune; 0 = image labels
-    # only): every location of every training image learns what the circles say of it.
-    finetune_location_weight: float = FinetuneOptions.location_weight
+    # only, 1.4.0's recipe): every location of every training image learns what the
+    # circles say of it. Paired on 3 patient splits, weight 1 raised the mean of the two
+    # AUCs by +0.046, +0.016 and +0.039, the abnormal AUC on every split (1.7.0, README).
+    finetune_location_weight: float = 1.0
     # Patch-training epoch from which the trunk's weights are averaged (stochastic weight
     # averaging, models.training); 0 = the epoch with the lowest patch validation loss.
     average_from: int = 0

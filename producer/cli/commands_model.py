@@ -54,9 +54,9 @@ def _say(message: str) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
 @click.option("--name", default="default", show_default=True)
-@click.option("--version", "version", default="1.4.0", show_default=True,
+@click.option("--version", "version", default="1.7.0", show_default=True,
               help="Names the output directory (the default names the default recipe's "
-              "model, 1.4.0).")
+              "model, 1.7.0).")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-level cross-validation folds.")
 @click.option("--members", type=click.IntRange(1, 5), default=1, show_default=True,
@@ -73,10 +73,11 @@ def _say(message: str) -> None:
               "raised the abnormal AUC of randomly initialised trunks on 3 of 3 splits; it "
               "lowered both AUCs of pretrained ones (README). 0 turns it off.")
 @click.option("--finetune-locations", "finetune_locations", type=click.FloatRange(0.0, 10.0),
-              default=0.0, show_default=True, help="Fine-tune with location labels too: "
+              default=1.0, show_default=True, help="Fine-tune with location labels too: "
               "this weight on a loss over every map location of every training image "
-              "(normal outside the lesion circles, the circle's class inside). 0 trains on "
-              "image labels only.")
+              "(normal outside the lesion circles, the circle's class inside). Paired on 3 "
+              "patient splits it raised the mean of the two AUCs by +0.034 on average "
+              "(1.7.0, README). 0 trains on image labels only (1.4.0's recipe).")
 @click.option("--pretrain-epochs", "pretrain_epochs", type=click.IntRange(0, 200), default=0,
               show_default=True, help="Before patch training, train each trunk this many "
               "epochs without labels, contrastively (SimCLR), on patches of its fold's "
