@@ -29,6 +29,7 @@ from models.prepared import prepare
 from models.splits import patient_folds
 from models.train_run import TrainConfig, patch_trained
 from models.training import seen_by_trunks
+from tests.benchmarks.paired import print_paired
 from tests.benchmarks.whole_image_finetune import SHARED_DATA, score
 
 CHOICES = ("best epoch", "averaged")
@@ -83,19 +84,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| split (seed) | weights | AUC abnormal | AUC malignant | ECE | peak in circle |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['seed']} | {r['trunks']} | {r['auc_abnormal']:.3f} | "
-              f"{r['auc_malignant']:.3f} | {r['ece']:.3f} | {r['localisation']:.0%} |")
-    for seed in args.seeds:
-        best, averaged = (r for r in rows if r["seed"] == seed)
-        gain = ((averaged["auc_abnormal"] + averaged["auc_malignant"])
-                - (best["auc_abnormal"] + best["auc_malignant"])) / 2
-        print(f"seed {seed}: averaging moved the mean of the two AUCs by {gain:+.3f} and the "
-              f"localisation by {100 * (averaged['localisation'] - best['localisation']):+.0f}"
-              f" points (epochs averaged per fold: {averaged['averaged_epochs']}; "
-              f"{averaged['minutes']} min)")
+    print_paired(rows, args.seeds, "weights", "averaging", detail="averaged_epochs")
 
 
 if __name__ == "__main__":
