@@ -135,7 +135,7 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
     \b
     Example:
         mammo train ../shared/data/mini-mias --output trained-models
-        mammo models activate trained-models/default/1.4.0
+        mammo models activate trained-models/default/1.7.0
     """
     if weights != "none":
         raise ConfigurationError(
@@ -304,7 +304,7 @@ def models_activate(cli: CliContext, ref: str) -> None:
 
     \b
     Example:
-        mammo models activate trained-models/default/1.4.0
+        mammo models activate trained-models/default/1.7.0
     """
     from models.activation import activate
     from models.registry import resolve_model, verify_model
@@ -333,8 +333,8 @@ def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.4.0
-        mammo models compare default /tmp/rerun/default/1.4.0 --record
+        mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.7.0
+        mammo models compare default /tmp/rerun/default/1.7.0 --record
     """
     from models.model_card import record_in_metadata
     from models.registry import resolve_model
@@ -435,7 +435,7 @@ def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
 
     \b
     Example:
-        mammo models record-splits default trained-models/default/1.4.0
+        mammo models record-splits default trained-models/default/1.7.0
     """
     import datetime as dt
 
