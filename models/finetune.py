@@ -81,10 +81,10 @@ def finetune_on_images(trunk: Any, train: PreparedSet, options: FinetuneOptions,
             [labels > 0, labels == 2], axis=1).astype(np.float32)}
         losses_by_output = {"image_scores": _balanced_bce(targets["image_scores"])}
         weights = {"image_scores": 1.0}
-        if options.location_weight > 0:
-            targets["locations"] = location_targets(train, grid, patch)
-            losses_by_output["locations"] = _location_loss(targets["locations"],
-                                                           options.label_smoothing)
+        located = location_targets(train, grid, patch)
+        if options.location_weight > 0 and located[..., -1].any():
+            targets["locations"] = located
+            losses_by_output["locations"] = _location_loss(located, options.label_smoothing)
             weights["locations"] = options.location_weight
         model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
                       loss=losses_by_output, loss_weights=weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,23 @@ def test_location_labels_teach_where_the_finding_is(tmp_path: Path) -> None:
         assert scored == 8
     assert rates[1.0] >= 0.75 and rates[1.0] > rates[0.0]
     assert _abnormal_auc(trunk, test) >= 0.85
+
+
+def test_location_weight_without_any_labelled_location_trains_on_image_labels(
+        tmp_path: Path) -> None:
+    """Abnormal images without circles and no normal image: nothing to learn per location,
+    so fine-tuning runs on the image labels alone instead of a loss over nothing."""
+    from models.architecture import build_trunk
+    from models.finetune import FinetuneOptions, finetune_on_images
+    from models.prepared import PreparedSet
+
+    spots = spot_images(8, 3, tmp_path)
+    abnormal = [i for i, image in enumerate(spots.images) if image.class_index > 0]
+    only_abnormal = PreparedSet([spots.images[i] for i in abnormal], spots.pixels[abnormal],
+                                [[] for _ in abnormal], [])
+    trunk = build_trunk("trunk_1", widths=(8, 8, 8, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no class weights from no locations
+        losses = finetune_on_images(trunk, only_abnormal, FinetuneOptions(
+            epochs=2, location_weight=1.0), patch=32, seed=1)
+    assert len(losses) == 2 and all(np.isfinite(losses))
