@@ -20,8 +20,8 @@ def _row(seed: int, abnormal: float, malignant: float, baseline: float) -> dict[
 
 
 def test_recipe_is_the_recorded_training_config_with_tuples_back() -> None:
-    # A model trained before --members, --local-contrast, --bilateral, --finetune-epochs and
-    # --pretrain-epochs existed records none of them.
+    # A model trained before --members, --local-contrast, --bilateral, --finetune-epochs,
+    # --pretrain-epochs and --finetune-locations existed records none of them.
     training = {"name": "default", "version": "1.2.0", "input_size": [512, 512], "folds": 5,
                 "seed": 7, "epochs": 36, "patience": 12, "patch": 64,
                 "widths": [24, 48, 96, 144, 192], "bootstrap_rounds": 1000,
@@ -33,7 +33,8 @@ def test_recipe_is_the_recorded_training_config_with_tuples_back() -> None:
                                  widths=(24, 48, 96, 144, 192), bootstrap_rounds=1000,
                                  max_pixels=80_000_000, tta_flips=((),), members=1,
                                  local_contrast_sigma=None, bilateral=(), finetune_epochs=0,
-                                 pretrain_epochs=0, command="mammo train X")
+                                 pretrain_epochs=0, finetune_location_weight=0.0,
+                                 command="mammo train X")
     later = recipe({"training": {**training, "members": 2, "local_contrast_sigma": 24.0,
                                  "tta_flips": [[], [2]], "bilateral": ["abnormal"]}})
     assert (later.members, later.local_contrast_sigma, later.tta_flips, later.bilateral) == (
