@@ -1,10 +1,10 @@
-"""Training recipes side by side: `mammo train`'s own ("plain", 1.4.0's recipe: patch
-training, then 8 epochs of whole-image fine-tuning), with local contrast, without the
-fine-tuning ("scratch", 1.2.0's recipe), 1.5.0's recipe (20 epochs of contrastive
+"""Training recipes side by side: `mammo train`'s own ("plain", 1.7.0's recipe: patch
+training, then 8 epochs of whole-image fine-tuning with image and location labels), with
+local contrast, fine-tuned with image labels only ("image-labels", 1.4.0's recipe), without
+the fine-tuning ("scratch", 1.2.0's recipe), 1.5.0's recipe (20 epochs of contrastive
 pretraining, no fine-tuning: "pretrained"), with the patch weights averaged from epoch 16
-("averaged"), with 5 normal patches per lesion patch and 8 hard negatives mined per image
-("negatives") or fine-tuned with location labels as well as image labels ("locations");
-one trunk per fold or a seed ensemble.
+("averaged") or with 5 normal patches per lesion patch and 8 hard negatives mined per image
+("negatives"); one trunk per fold or a seed ensemble.
 
     python -m tests.benchmarks.model_variants [--data ../shared/data/mini-mias]
         [--variants plain,scratch,pretrained] [--seeds 20261125,20261225]
@@ -47,7 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pretrained": {"pretrain_epochs": 20, "finetune_epochs": 0},
     "averaged": {"average_from": 16},
     "negatives": {"negatives_ratio": 5.0, "hard_negatives": 8},
-    "locations": {"finetune_location_weight": 1.0}}
+    "image-labels": {"finetune_location_weight": 0.0}}
 DEFAULTS = TrainConfig()
 
 
