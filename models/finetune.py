@@ -81,8 +81,9 @@ def finetune_on_images(trunk: Any, train: PreparedSet, options: FinetuneOptions,
             [labels > 0, labels == 2], axis=1).astype(np.float32)}
         losses_by_output = {"image_scores": _balanced_bce(targets["image_scores"])}
         weights = {"image_scores": 1.0}
-        located = location_targets(train, grid, patch)
-        if options.location_weight > 0 and located[..., -1].any():
+        located = (location_targets(train, grid, patch) if options.location_weight > 0
+                   else np.zeros((0, 1), np.float32))
+        if located[..., -1].any():
             targets["locations"] = located
             losses_by_output["locations"] = _location_loss(located, options.label_smoothing)
             weights["locations"] = options.location_weight
