@@ -84,7 +84,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print_paired(rows, args.seeds, "weights", "averaging", detail="averaged_epochs")
+    print_paired(rows, args.seeds, "weights", detail="averaged_epochs")
 
 
 if __name__ == "__main__":
