@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,13 @@ def main() -> None:
         parser.error("give at least two different arms")
     import models.layers  # noqa: F401  (registers the custom layers)
 
-    rows = [row for seed in args.seeds for row in compare(
-        args.data, TrainConfig(seed=seed, epochs=args.epochs), arms)]
+    rows = []
+    for seed in args.seeds:
+        rows += compare(args.data, TrainConfig(seed=seed, epochs=args.epochs), arms)
+        for r in rows[-len(arms):]:  # as each split ends: a sweep runs for hours
+            print(f"seed {seed}, {r['trunks']}: AUC {r['auc_abnormal']:.3f} / "
+                  f"{r['auc_malignant']:.3f}, ECE {r['ece']:.3f}, peak in circle "
+                  f"{r['localisation']:.0%}", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
