@@ -11,8 +11,8 @@ For each seed (each its own patient split), every fold's trunk is patch-trained 
 fine-tuning epochs (default ``--finetune-epochs``). Every copy is scored on the held-out fold,
 so the arms differ only in the fine-tuning. Prints pooled held-out AUCs (the shipped head
 fitted on the other folds), ECE and the heatmap localisation rate, and each arm's gain over
-the first; nothing is asserted. About 15 minutes per seed on 2 CPU cores for patch training,
-plus about 2.5 minutes per arm and 8 fine-tuning epochs.
+the first; nothing is asserted. About 16 minutes per seed on 2 CPU cores for patch training,
+plus about 8.5 minutes per arm and 8 fine-tuning epochs (session 15).
 """
 
 from __future__ import annotations
