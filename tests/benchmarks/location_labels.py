@@ -30,7 +30,7 @@ from models.finetune import FinetuneOptions, finetune_on_images
 from models.prepared import prepare
 from models.splits import patient_folds
 from models.train_run import TrainConfig, patch_trained
-from tests.benchmarks.paired import print_paired
+from tests.benchmarks.paired import print_paired, table_row
 from tests.benchmarks.whole_image_finetune import SHARED_DATA, score
 
 
@@ -108,9 +108,7 @@ def main() -> None:
     for seed in args.seeds:
         rows += compare(args.data, TrainConfig(seed=seed, epochs=args.epochs), arms)
         for r in rows[-len(arms):]:  # as each split ends: a sweep runs for hours
-            print(f"seed {seed}, {r['trunks']}: AUC {r['auc_abnormal']:.3f} / "
-                  f"{r['auc_malignant']:.3f}, ECE {r['ece']:.3f}, peak in circle "
-                  f"{r['localisation']:.0%}", file=sys.stderr, flush=True)
+            print(table_row(r), file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return

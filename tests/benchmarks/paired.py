@@ -16,8 +16,7 @@ def print_paired(rows: Sequence[dict[str, Any]], seeds: Sequence[int], column: s
     print(f"| split (seed) | {column} | AUC abnormal | AUC malignant | ECE | peak in circle |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seed']} | {r['trunks']} | {r['auc_abnormal']:.3f} | "
-              f"{r['auc_malignant']:.3f} | {r['ece']:.3f} | {r['localisation']:.0%} |")
+        print(table_row(r))
     gains: dict[str, list[tuple[float, float]]] = {}
     for seed in seeds:
         first, *others = (r for r in rows if r["seed"] == seed)
@@ -35,3 +34,9 @@ def print_paired(rows: Sequence[dict[str, Any]], seeds: Sequence[int], column: s
               f"{sum(g for g, _ in pairs) / len(pairs):+.3f} (worst split "
               f"{min(g for g, _ in pairs):+.3f}), localisation "
               f"{sum(m for _, m in pairs) / len(pairs):+.1f} points")
+
+
+def table_row(r: dict[str, Any]) -> str:
+    """One (split, arm) row of ``print_paired``'s table."""
+    return (f"| {r['seed']} | {r['trunks']} | {r['auc_abnormal']:.3f} | "
+            f"{r['auc_malignant']:.3f} | {r['ece']:.3f} | {r['localisation']:.0%} |")
