@@ -29,21 +29,25 @@ MIRROR_TTA: tuple[tuple[int, ...], ...] = ((), (2,))
 LOCAL_CONTRAST_SIGMA = 24.0
 
 
-def build_trunk(name: str, *, widths: Sequence[int] = WIDTHS, dropout: float = 0.2) -> Any:
-    """Conv layers mapping (h, w, 1) to per-location class logits (h/16, w/16, 3)."""
+def build_trunk(name: str, *, widths: Sequence[int] = WIDTHS, stage_convs: int = 1,
+                dropout: float = 0.2) -> Any:
+    """Conv layers mapping (h, w, 1) to per-location class logits (h/16, w/16, 3).
+
+    ``stage_convs``: 3 x 3 convolutions in each of the three stages after a pooling (VGG's
+    stacking: more non-linearity and a wider receptive field at the same resolution).
+    """
     import keras
 
-    layers: list[Any] = [keras.Input((None, None, 1)),
-                         keras.layers.Conv2D(widths[0], 3, strides=2, padding="same",
-                                             use_bias=False)]
-    layers += [keras.layers.BatchNormalization(momentum=0.9), keras.layers.ReLU()]
+    def conv(width: int, **kw: Any) -> list[Any]:
+        return [keras.layers.Conv2D(width, 3, padding="same", use_bias=False, **kw),
+                keras.layers.BatchNormalization(momentum=0.9), keras.layers.ReLU()]
+
+    layers: list[Any] = [keras.Input((None, None, 1)), *conv(widths[0], strides=2)]
     for width in widths[1:4]:
-        layers += [keras.layers.MaxPooling2D(2),
-                   keras.layers.Conv2D(width, 3, padding="same", use_bias=False),
-                   keras.layers.BatchNormalization(momentum=0.9), keras.layers.ReLU()]
-    layers += [keras.layers.Conv2D(widths[4], 3, padding="same", use_bias=False),
-               keras.layers.BatchNormalization(momentum=0.9), keras.layers.ReLU(),
-               keras.layers.SpatialDropout2D(dropout),
+        layers += [keras.layers.MaxPooling2D(2)]
+        for _ in range(stage_convs):
+            layers += conv(width)
+    layers += [*conv(widths[4]), keras.layers.SpatialDropout2D(dropout),
                keras.layers.Conv2D(3, 1, kernel_regularizer=keras.regularizers.L2(1e-4))]
     return keras.Sequential(layers, name=name)
 

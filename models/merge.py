@@ -43,7 +43,7 @@ SHARED = ("seed", "folds", "input_size", "patch", "tta_flips", "local_contrast_s
 # Recipe options a merge may mix: where the sources differ, the merged metadata keeps them
 # per source only (``merged_from``), so no single value claims to be the recipe.
 MIXABLE = ("pretrain_epochs", "finetune_epochs", "finetune_location_weight", "average_from",
-           "epochs", "patience", "widths", "negatives_ratio", "hard_negatives")
+           "epochs", "patience", "widths", "stage_convs", "negatives_ratio", "hard_negatives")
 PER_SOURCE = (*MIXABLE, "members", "command")
 
 
@@ -84,12 +84,12 @@ def _fold_trunks(model: Any, fold: int, members: int) -> list[Any]:
     return [model.get_layer(trunk_name(fold, m, members)) for m in range(members)]
 
 
-def _renamed(trunk: Any, name: str, widths: Sequence[int]) -> Any:
+def _renamed(trunk: Any, name: str, config: TrainConfig) -> Any:
     """``trunk``'s weights in a trunk called ``name``: layer names must be unique in the
     merged model, and every source calls its fold trunks trunk_1 ... trunk_K."""
     from models.architecture import build_trunk
 
-    copy = build_trunk(name, widths=widths)
+    copy = build_trunk(name, widths=config.widths, stage_convs=config.stage_convs)
     copy.set_weights(trunk.get_weights())
     return copy
 
@@ -117,14 +117,14 @@ def merge(specs: Sequence[ModelSpec], data_path: Path, output: Path, version: st
               for s in specs]
     seen = seen_by_trunks(data, first.local_contrast_sigma)
     cv = CrossValidation.empty(len(data.images))
-    widths = [c.widths for c in configs for _ in range(c.members)]  # per trunk of a fold
+    architectures = [c for c in configs for _ in range(c.members)]  # per trunk of a fold
     for k, fold in enumerate(folds):
         say(f"fold {k + 1}/{len(folds)}: {members} trunks from "
             f"{', '.join(s.version for s in specs)}")
         trunks = [trunk for model, c in zip(loaded, configs, strict=True)
                   for trunk in _fold_trunks(model, k, c.members)]
-        for m, (trunk, width) in enumerate(zip(trunks, widths, strict=True)):
-            add_held_out(cv, _renamed(trunk, trunk_name(k, m, members), width), seen, fold,
+        for m, (trunk, source) in enumerate(zip(trunks, architectures, strict=True)):
+            add_held_out(cv, _renamed(trunk, trunk_name(k, m, members), source), seen, fold,
                          config, weight=1 / members, say=say)
     finish_held_out(cv, seen, folds)
     sources = [{"version": s.version, "sha256": s.sha256,

@@ -177,9 +177,12 @@ def _per_fold(meta: dict[str, Any]) -> str:
     if meta.get("merged_from"):
         return (f"{members} per cross-validation fold, from the "
                 f"{len(meta['merged_from'])} merged versions below")
+    convs = int(meta.get("training", {}).get("stage_convs", 1))
+    depth = f"; {convs} convolutions in each pooled stage" if convs > 1 else ""
     if members == 1:
-        return "one per cross-validation fold"
-    return f"{members} per cross-validation fold, each with its own seed and early-stopping split"
+        return f"one per cross-validation fold{depth}"
+    return (f"{members} per cross-validation fold, each with its own seed and early-stopping "
+            f"split{depth}")
 
 
 def _epochs(meta: dict[str, Any], key: str) -> str:

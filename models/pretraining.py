@@ -40,13 +40,13 @@ class PretrainOptions:
 
 
 def pretrained_trunk(name: str, widths: Sequence[int], data: PreparedSet,
-                     options: PretrainOptions, *, patch: int, seed: int,
+                     options: PretrainOptions, *, patch: int, seed: int, stage_convs: int = 1,
                      progress: Progress | None = None) -> tuple[Any, list[float]]:
     """A new trunk (seeded), pretrained on ``data``; with its loss per epoch."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    trunk = build_trunk(name, widths=widths)
+    trunk = build_trunk(name, widths=widths, stage_convs=stage_convs)
     return trunk, pretrain_contrastive(trunk, data, options, patch=patch, seed=seed,
                                        name=name, progress=progress)
 

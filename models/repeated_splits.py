@@ -46,7 +46,7 @@ TRAINING_RUN = "training run"  # a separate `mammo train --seed S` of the same r
 _BEFORE_OPTIONS = {"members": 1, "local_contrast_sigma": None, "bilateral": (),
                    "finetune_epochs": 0, "pretrain_epochs": 0, "average_from": 0,
                    "negatives_ratio": 2.0, "hard_negatives": 3,
-                   "finetune_location_weight": 0.0}
+                   "finetune_location_weight": 0.0, "stage_convs": 1}
 
 
 def recipe(meta: Mapping[str, Any]) -> TrainConfig:

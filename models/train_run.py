@@ -73,6 +73,8 @@ class TrainConfig:
     patience: int = 12
     patch: int = 64
     widths: tuple[int, ...] = WIDTHS
+    # 3 x 3 convolutions per pooled stage of each trunk (models.architecture.build_trunk).
+    stage_convs: int = 1
     bootstrap_rounds: int = 1000
     max_pixels: int = 80_000_000
     tta_flips: tuple[tuple[int, ...], ...] = TTA_FLIPS
@@ -230,7 +232,7 @@ def patch_trained(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
                            plan=PatchPlan(patch=config.patch,
                                           negatives_ratio=config.negatives_ratio),
                            hard_negatives=config.hard_negatives, widths=config.widths,
-                           average_from=config.average_from)
+                           stage_convs=config.stage_convs, average_from=config.average_from)
     fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
                                          seed=seed)
     say(f"{name}: {len(stop_idx)} of the training images kept apart for early stopping")
@@ -239,7 +241,7 @@ def patch_trained(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
         initial, losses = pretrained_trunk(
             name, config.widths, data.subset(train),
             PretrainOptions(epochs=config.pretrain_epochs), patch=config.patch, seed=seed,
-            progress=say)
+            stage_convs=config.stage_convs, progress=say)
         if cv is not None:
             cv.pretrain_losses.append(losses)
     result = train_trunk(data.subset(train[fit_idx]), data.subset(train[stop_idx]), options,

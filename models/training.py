@@ -34,6 +34,7 @@ class TrainOptions:
     # epoch with the lowest patch validation loss, a choice ~30 images make noisy. 0 = off.
     average_from: int = 0
     widths: tuple[int, ...] = WIDTHS
+    stage_convs: int = 1
     plan: PatchPlan = field(default_factory=PatchPlan)
 
 
@@ -59,7 +60,7 @@ def train_trunk(train: PreparedSet, val: PreparedSet, options: TrainOptions, *, 
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
     if trunk is None:
-        trunk = build_trunk(name, widths=options.widths)
+        trunk = build_trunk(name, widths=options.widths, stage_convs=options.stage_convs)
     model = build_patch_model(trunk, options.plan.patch)
     # Label smoothing: a patch label is a circle drawn by hand around a finding, not a
     # certainty about every pixel in the patch; softer targets give steadier maps.

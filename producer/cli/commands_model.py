@@ -111,6 +111,9 @@ def _say(message: str) -> None:
               show_default=True, help="Training patch side, in input pixels.")
 @click.option("--widths", default="24,48,96,144,192", show_default=True,
               help="Channels of the 5 convolution stages of each trunk.")
+@click.option("--stage-convs", "stage_convs", type=click.IntRange(1, 4), default=1,
+              show_default=True, help="3 x 3 convolutions in each of the 3 stages after a "
+              "pooling (2 roughly doubles training and inference time).")
 @click.option("--seed", type=int, default=20261125, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(10), default=1000, show_default=True,
               help="Bootstrap rounds for the 95% intervals.")
@@ -123,8 +126,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
                   finetune_epochs: int, finetune_locations: float, pretrain_epochs: int,
                   average_from: int,
                   negatives_ratio: float, hard_negatives: int, bilateral: str, epochs: int,
-                  patience: int, input_size: str, patch: str, widths: str, seed: int,
-                  bootstrap: int, weights: str) -> None:
+                  patience: int, input_size: str, patch: str, widths: str, stage_convs: int,
+                  seed: int, bootstrap: int, weights: str) -> None:
     """Train, cross-validate, calibrate and write a model directory with its model card.
 
     DATA is a MIAS folder (Info.txt + mdbNNN images), a CSV manifest
@@ -154,7 +157,7 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
                          average_from=average_from, negatives_ratio=negatives_ratio,
                          hard_negatives=hard_negatives, seed=seed,
                          epochs=epochs, patience=patience, patch=int(patch),
-                         widths=_widths(widths),
+                         widths=_widths(widths), stage_convs=stage_convs,
                          bootstrap_rounds=bootstrap, max_pixels=cli.settings.max_image_pixels,
                          bilateral=_bilateral_scores(bilateral), command=command)
     directory = train(data, output, config, _say)

@@ -3,8 +3,9 @@ training, then 8 epochs of whole-image fine-tuning with image and location label
 local contrast, fine-tuned with image labels only ("image-labels", 1.4.0's recipe), without
 the fine-tuning ("scratch", 1.2.0's recipe), 1.5.0's recipe (20 epochs of contrastive
 pretraining, no fine-tuning: "pretrained"), with the patch weights averaged from epoch 16
-("averaged") or with 5 normal patches per lesion patch and 8 hard negatives mined per image
-("negatives"); one trunk per fold or a seed ensemble.
+("averaged"), with 5 normal patches per lesion patch and 8 hard negatives mined per image
+("negatives") or with two convolutions per pooled stage of the trunk ("deep"); one trunk
+per fold or a seed ensemble.
 
     python -m tests.benchmarks.model_variants [--data ../shared/data/mini-mias]
         [--variants plain,scratch,pretrained] [--seeds 20261125,20261225]
@@ -47,7 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pretrained": {"pretrain_epochs": 20, "finetune_epochs": 0},
     "averaged": {"average_from": 16},
     "negatives": {"negatives_ratio": 5.0, "hard_negatives": 8},
-    "image-labels": {"finetune_location_weight": 0.0}}
+    "image-labels": {"finetune_location_weight": 0.0}, "deep": {"stage_convs": 2}}
 DEFAULTS = TrainConfig()
 
 

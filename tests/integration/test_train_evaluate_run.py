@@ -39,7 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "--epochs", "2", "--finetune-epochs", "1", "--finetune-locations", "1",
                       "--pretrain-epochs", "1",
                       "--average-from", "1", "--negatives-ratio", "3", "--hard-negatives", "4",
-                      "--input-size", "128", "--patch", "32",
+                      "--input-size", "128", "--patch", "32", "--stage-convs", "2",
                       "--bootstrap", "20"], env, root)
     assert done.returncode == 0, done.stderr
     assert "fold 2/2" in done.stderr and "epoch 1/2" in done.stderr  # progress is printed
@@ -58,6 +58,7 @@ def test_train_writes_a_sealed_model_with_plots_and_card(trained: Path) -> None:
     assert meta["training_data"]["images"] == 12 and meta["training_data"]["patients"] == 6
     # 2 folds x 2 seeded trunks each, all behind the local-contrast layer they trained with.
     assert meta["ensemble_members"] == 4 and len(meta["training"]["best_epochs"]) == 4
+    assert meta["training"]["stage_convs"] == 2
     assert meta["training"]["local_contrast_sigma"] == 24.0
     assert meta["training"]["finetune_epochs"] == 1
     assert meta["training"]["finetune_location_weight"] == 1.0

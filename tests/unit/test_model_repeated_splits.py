@@ -36,9 +36,10 @@ def test_recipe_is_the_recorded_training_config_with_tuples_back() -> None:
                                  pretrain_epochs=0, finetune_location_weight=0.0,
                                  command="mammo train X")
     later = recipe({"training": {**training, "members": 2, "local_contrast_sigma": 24.0,
-                                 "tta_flips": [[], [2]], "bilateral": ["abnormal"]}})
-    assert (later.members, later.local_contrast_sigma, later.tta_flips, later.bilateral) == (
-        2, 24.0, ((), (2,)), ("abnormal",))
+                                 "tta_flips": [[], [2]], "bilateral": ["abnormal"],
+                                 "stage_convs": 2}})
+    assert (later.members, later.local_contrast_sigma, later.tta_flips, later.bilateral,
+            later.stage_convs) == (2, 24.0, ((), (2,)), ("abnormal",), 2)
 
 
 def test_spread_is_mean_sample_sd_and_range_over_splits() -> None:
