@@ -373,7 +373,7 @@ def _seeds(value: str) -> tuple[int, ...]:
 @click.argument("ref")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--seeds", "seed_list", default="20261325,20261425,20261525", show_default=True,
-              help="Comma-separated seeds, each one more patient split (about 25 minutes "
+              help="Comma-separated seeds, each one more patient split (about 27 minutes "
               "each for the default recipe, fine-tuning included, on 2 CPU cores).")
 @click.option("--record", is_flag=True,
               help="Add these splits to the record in REF's metadata.json (a seed run "
