@@ -111,7 +111,12 @@ def test_mirrored_images_take_mirrored_location_targets() -> None:
 
 def test_location_labels_teach_where_the_finding_is(tmp_path: Path) -> None:
     """Same start, same epochs: image labels alone leave the peak off the spot more often
-    than image and location labels together."""
+    than image and location labels together.
+
+    Sized for a margin CPU kernels cannot flip: with 32 training and 8 scored test images
+    location labels put 7 of 8 peaks on the spot on one VM and 5 of 8 on another (3 of 8
+    without). With these sizes: 16 of 16 against 0 of 16 (2026-12-03).
+    """
     import keras
 
     from models.architecture import build_trunk
@@ -119,8 +124,8 @@ def test_location_labels_teach_where_the_finding_is(tmp_path: Path) -> None:
     from models.heatmaps import localisation_rate
     from models.training import predict_maps
 
-    train = spot_images(32, 1, tmp_path, circles=True)
-    test = spot_images(16, 2, tmp_path, circles=True)
+    train = spot_images(64, 1, tmp_path, circles=True)
+    test = spot_images(32, 2, tmp_path, circles=True)
     rates = {}
     for weight in (0.0, 1.0):
         keras.utils.set_random_seed(5)
@@ -132,8 +137,8 @@ def test_location_labels_teach_where_the_finding_is(tmp_path: Path) -> None:
         assert len(losses) == 30 and losses[-1] < losses[0]
         rates[weight], scored = localisation_rate(
             predict_maps([trunk], test, 32)["heatmap"], test.circles, 32)
-        assert scored == 8
-    assert rates[1.0] >= 0.75 and rates[1.0] > rates[0.0]
+        assert scored == 16
+    assert rates[1.0] >= 0.75 and rates[1.0] - rates[0.0] >= 0.4
     assert _abnormal_auc(trunk, test) >= 0.85
 
 
