@@ -84,12 +84,13 @@ def _fold_trunks(model: Any, fold: int, members: int) -> list[Any]:
     return [model.get_layer(trunk_name(fold, m, members)) for m in range(members)]
 
 
-def _renamed(trunk: Any, name: str, config: TrainConfig) -> Any:
-    """``trunk``'s weights in a trunk called ``name``: layer names must be unique in the
-    merged model, and every source calls its fold trunks trunk_1 ... trunk_K."""
-    from models.architecture import build_trunk
-
-    copy = build_trunk(name, widths=config.widths, stage_convs=config.stage_convs)
+def _renamed(trunk: Any, name: str) -> Any:
+    """``trunk`` (architecture and weights) as a trunk called ``name``: layer names must be
+    unique in the merged model, and every source calls its fold trunks trunk_1 ... trunk_K.
+    Rebuilt from the trunk's own saved config, so merge needs no knowledge of the
+    architecture options a source was trained with. Names of the layers inside a trunk need
+    only be unique within it."""
+    copy = type(trunk).from_config({**trunk.get_config(), "name": name})
     copy.set_weights(trunk.get_weights())
     return copy
 
@@ -117,15 +118,14 @@ def merge(specs: Sequence[ModelSpec], data_path: Path, output: Path, version: st
               for s in specs]
     seen = seen_by_trunks(data, first.local_contrast_sigma)
     cv = CrossValidation.empty(len(data.images))
-    architectures = [c for c in configs for _ in range(c.members)]  # per trunk of a fold
     for k, fold in enumerate(folds):
         say(f"fold {k + 1}/{len(folds)}: {members} trunks from "
             f"{', '.join(s.version for s in specs)}")
         trunks = [trunk for model, c in zip(loaded, configs, strict=True)
                   for trunk in _fold_trunks(model, k, c.members)]
-        for m, (trunk, source) in enumerate(zip(trunks, architectures, strict=True)):
-            add_held_out(cv, _renamed(trunk, trunk_name(k, m, members), source), seen, fold,
-                         config, weight=1 / members, say=say)
+        for m, trunk in enumerate(trunks):
+            add_held_out(cv, _renamed(trunk, trunk_name(k, m, members)), seen, fold, config,
+                         weight=1 / members, say=say)
     finish_held_out(cv, seen, folds)
     sources = [{"version": s.version, "sha256": s.sha256,
                 **{k: s.metadata["training"].get(k) for k in PER_SOURCE},

@@ -55,3 +55,26 @@ def test_other_data_a_repeat_a_single_model_and_a_merge_are_refused(tmp_path: Pa
     merged.metadata["merged_from"] = [{"version": "1.4.0"}, {"version": "1.5.0"}]
     with pytest.raises(ConfigurationError, match=r"itself a merge: merge its sources \(1.4.0"):
         check_compatible([a, merged])
+
+
+def test_a_renamed_trunk_keeps_its_architecture_weights_and_outputs(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from models.architecture import build_trunk
+    from models.merge import _renamed
+
+    keras.utils.set_random_seed(3)
+    source = build_trunk("trunk_1", widths=(4, 4, 8, 8, 8), stage_convs=2)
+    # Two copies of one trunk: identical inner layer names side by side in one model, as
+    # when two sources' trunks are pooled.
+    copies = [_renamed(source, "trunk_2"), _renamed(source, "trunk_3")]
+    assert [c.name for c in copies] == ["trunk_2", "trunk_3"]
+    assert len(copies[0].layers) == len(source.layers)
+    image = np.random.default_rng(0).random((1, 64, 64, 1)).astype("float32")
+    inputs = keras.Input((64, 64, 1))
+    pooled = keras.Model(inputs, keras.layers.Average()([c(inputs) for c in copies]))
+    pooled.save(tmp_path / "pooled.keras")
+    reloaded = keras.models.load_model(tmp_path / "pooled.keras", compile=False)
+    expected = source.predict(image, verbose=0)
+    np.testing.assert_allclose(reloaded.predict(image, verbose=0), expected, atol=1e-5)
