@@ -113,9 +113,9 @@ def _say(message: str) -> None:
               help="Channels of the 5 convolution stages of each trunk.")
 @click.option("--stage-convs", "stage_convs", type=click.IntRange(1, 4), default=1,
               show_default=True, help="3 x 3 convolutions in each of the 3 stages after a "
-              "pooling. 2 is 2.2 times the trunk's multiply-adds; over four patient splits "
-              "it beat 1.7.0's recipe by +0.036 in the mean of the two AUCs "
-              "(models/EXPERIMENTS.md) and is the next default's recipe.")
+              "pooling. 2 is 2.2 times the trunk's multiply-adds; a benchmark over four "
+              "patient splits put it +0.036 above 1.7.0's recipe in the mean of the two "
+              "AUCs (caveats in models/EXPERIMENTS.md): the next default's recipe.")
 @click.option("--seed", type=int, default=20261125, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(10), default=1000, show_default=True,
               help="Bootstrap rounds for the 95% intervals.")
