@@ -54,9 +54,9 @@ def _say(message: str) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
 @click.option("--name", default="default", show_default=True)
-@click.option("--version", "version", default="1.7.0", show_default=True,
+@click.option("--version", "version", default="1.8.0", show_default=True,
               help="Names the output directory (the default names the default recipe's "
-              "model, 1.7.0).")
+              "model, 1.8.0).")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-level cross-validation folds.")
 @click.option("--members", type=click.IntRange(1, 5), default=1, show_default=True,
@@ -111,11 +111,11 @@ def _say(message: str) -> None:
               show_default=True, help="Training patch side, in input pixels.")
 @click.option("--widths", default="24,48,96,144,192", show_default=True,
               help="Channels of the 5 convolution stages of each trunk.")
-@click.option("--stage-convs", "stage_convs", type=click.IntRange(1, 4), default=1,
+@click.option("--stage-convs", "stage_convs", type=click.IntRange(1, 4), default=2,
               show_default=True, help="3 x 3 convolutions in each of the 3 stages after a "
-              "pooling. 2 is 2.2 times the trunk's multiply-adds; a benchmark over four "
-              "patient splits put it +0.036 above 1.7.0's recipe in the mean of the two "
-              "AUCs (caveats in models/EXPERIMENTS.md): the next default's recipe.")
+              "pooling. 2 (1.8.0) is 2.2 times the multiply-adds of 1 (1.7.0's trunk); "
+              "over four patient splits it put the mean of the two AUCs +0.036 above 1 "
+              "(models/EXPERIMENTS.md).")
 @click.option("--seed", type=int, default=20261125, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(10), default=1000, show_default=True,
               help="Bootstrap rounds for the 95% intervals.")
@@ -140,7 +140,7 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
     \b
     Example:
         mammo train ../shared/data/mini-mias --output trained-models
-        mammo models activate trained-models/default/1.7.0
+        mammo models activate trained-models/default/1.8.0
     """
     if weights != "none":
         raise ConfigurationError(
@@ -309,7 +309,7 @@ def models_activate(cli: CliContext, ref: str) -> None:
 
     \b
     Example:
-        mammo models activate trained-models/default/1.7.0
+        mammo models activate trained-models/default/1.8.0
     """
     from models.activation import activate
     from models.registry import resolve_model, verify_model
@@ -338,8 +338,8 @@ def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.7.0
-        mammo models compare default /tmp/rerun/default/1.7.0 --record
+        mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.8.0
+        mammo models compare default /tmp/rerun/default/1.8.0 --record
     """
     from models.model_card import record_in_metadata
     from models.registry import resolve_model
@@ -375,8 +375,8 @@ def _seeds(value: str) -> tuple[int, ...]:
 @click.argument("ref")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option("--seeds", "seed_list", default="20261325,20261425,20261525", show_default=True,
-              help="Comma-separated seeds, each one more patient split (about 27 minutes "
-              "each for the default recipe, fine-tuning included, on 2 CPU cores).")
+              help="Comma-separated seeds, each one more patient split (about 40 minutes "
+              "each for the default recipe, 1.8.0's, on 2 CPU cores; 27 for 1.7.0's).")
 @click.option("--record", is_flag=True,
               help="Add these splits to the record in REF's metadata.json (a seed run "
               "again replaces its row) and regenerate its MODEL_CARD.md.")
@@ -440,7 +440,7 @@ def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
 
     \b
     Example:
-        mammo models record-splits default trained-models/default/1.7.0
+        mammo models record-splits default trained-models/default/1.8.0
     """
     import datetime as dt
 

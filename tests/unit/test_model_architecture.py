@@ -19,7 +19,8 @@ def _convs(trunk: object) -> list[tuple[int, int]]:
 def test_deeper_trunk_stacks_convolutions_and_keeps_the_map_geometry() -> None:
     widths = (4, 6, 8, 10, 12)
     plain, deep = build_trunk("a", widths=widths), build_trunk("b", widths=widths, stage_convs=2)
-    # 1.7.0's trunk, layer for layer: what every shipped model holds.
+    # One convolution per stage is 1.7.0's trunk layer for layer (and that of every model
+    # before it): --stage-convs 1 must keep reproducing it.
     assert _convs(plain) == [(3, 4), (3, 6), (3, 8), (3, 10), (3, 12), (1, 3)]
     assert _convs(deep) == [(3, 4), (3, 6), (3, 6), (3, 8), (3, 8), (3, 10), (3, 10), (3, 12),
                             (1, 3)]
@@ -29,8 +30,9 @@ def test_deeper_trunk_stacks_convolutions_and_keeps_the_map_geometry() -> None:
     assert deep.count_params() > plain.count_params()
 
 
-def test_card_names_the_depth_only_when_it_is_not_the_default(tmp_path: Path) -> None:
+def test_card_names_the_depth_only_beyond_one_convolution_per_stage(tmp_path: Path) -> None:
     meta = card_meta()
+    meta["training"]["stage_convs"] = 1
     assert "convolutions in each pooled stage" not in render(meta, tmp_path)
     meta["training"]["stage_convs"] = 2
     assert "one per cross-validation fold; 2 convolutions in each pooled stage" in render(

@@ -45,3 +45,27 @@ def test_bilateral_scores_are_named_or_none(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", str(tmp_path), "--bilateral", "benign"],
                                 env=_env(tmp_path, "default"))
     assert result.exit_code == 2 and "give abnormal, malignant" in result.output
+
+
+def test_train_defaults_are_the_shipped_default_models_recipe() -> None:
+    # `mammo train DATA` with no options must re-train the model `mammo run` uses: the
+    # card's reproducibility claim and `mammo models compare` rest on it.
+    import dataclasses
+
+    from models.registry import resolve_model
+    from models.repeated_splits import recipe
+    from models.train_run import TrainConfig
+    from producer.cli.commands_model import _bilateral_scores, _size, _widths, train_command
+
+    defaults = TrainConfig()
+    shipped = recipe(resolve_model("default").metadata)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"command"}
+    differing = [k for k in fields if getattr(shipped, k) != getattr(defaults, k)]
+    assert differing == []
+    # The options given as text go through the command's own parsers.
+    parse = {"widths": _widths, "input_size": _size, "bilateral": _bilateral_scores,
+             "patch": int}
+    options = {p.name: parse.get(str(p.name), lambda v: v)(p.default)
+               for p in train_command.params if p.name in fields}
+    assert {"version", "stage_convs", "seed", "widths", "patch"} <= set(options)
+    assert {k: getattr(defaults, k) for k in options} == options
