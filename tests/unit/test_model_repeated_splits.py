@@ -21,7 +21,7 @@ def _row(seed: int, abnormal: float, malignant: float, baseline: float) -> dict[
 
 def test_recipe_is_the_recorded_training_config_with_tuples_back() -> None:
     # A model trained before --members, --local-contrast, --bilateral, --finetune-epochs,
-    # --pretrain-epochs and --finetune-locations existed records none of them.
+    # --pretrain-epochs, --finetune-locations and --stage-convs existed records none of them.
     training = {"name": "default", "version": "1.2.0", "input_size": [512, 512], "folds": 5,
                 "seed": 7, "epochs": 36, "patience": 12, "patch": 64,
                 "widths": [24, 48, 96, 144, 192], "bootstrap_rounds": 1000,
@@ -34,7 +34,7 @@ def test_recipe_is_the_recorded_training_config_with_tuples_back() -> None:
                                  max_pixels=80_000_000, tta_flips=((),), members=1,
                                  local_contrast_sigma=None, bilateral=(), finetune_epochs=0,
                                  pretrain_epochs=0, finetune_location_weight=0.0,
-                                 command="mammo train X")
+                                 stage_convs=1, command="mammo train X")
     later = recipe({"training": {**training, "members": 2, "local_contrast_sigma": 24.0,
                                  "tta_flips": [[], [2]], "bilateral": ["abnormal"],
                                  "stage_convs": 2}})
