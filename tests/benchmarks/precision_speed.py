@@ -76,5 +76,6 @@ def main() -> None:
               f"{base['train_s'] / med['train_s']:.2f}x / "
               f"{base['infer_s'] / med['infer_s']:.2f}x |")
 
+
 if __name__ == "__main__":
     main()
