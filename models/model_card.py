@@ -64,6 +64,7 @@ def _reproducibility(meta: dict[str, Any]) -> list[str]:
         "| metric | this model | re-run | difference |",
         "|---|---|---|---|",
         *rows,
+        "",  # ends the table: the bullets that follow are not rows of it
     ]
 
 
