@@ -44,13 +44,14 @@ def test_two_gpus_two_processes_one_gpu_each(tmp_path: Path, redis_url: str,
     env.pop("CUDA_VISIBLE_DEVICES", None)
     worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log")
     try:
-        # Stopped only once both children are warm: a child killed while it starts is
-        # replaced by the pool (same index, so the same GPU), which would blur the count.
         wait_for(lambda: worker.log().count("loaded in") >= 2, timeout=180,
                  what="both children warm", on_timeout=worker.log)
     finally:
         worker.stop()
     log = worker.log()
     assert "device gpu x2, 2 process(es)" in log
-    pinned = [(int(m[1]), m[2]) for m in PINNED.finditer(log)]
-    assert sorted(pinned) == [(0, "0"), (1, "1")], log
+    # stop() signals the whole process group, so the pool may replace a child before the
+    # parent's warm shutdown ends (CI saw it once). A replacement keeps its index, so it
+    # must keep its GPU too: the pairs, not their count, are what is pinned.
+    pinned = {(int(m[1]), m[2]) for m in PINNED.finditer(log)}
+    assert pinned == {(0, "0"), (1, "1")}, log
