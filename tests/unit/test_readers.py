@@ -216,6 +216,22 @@ def test_colour_png_becomes_grayscale(tmp_path: Path) -> None:
     assert decoded.pixels.shape == (70, 80) and int(decoded.pixels[0, 0]) == 100
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint32, np.float64])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_grey_tiff_stored_as_colour_in_any_depth_is_merged(
+        tmp_path: Path, pixels: np.ndarray, dtype: type[np.number], channels: int) -> None:
+    # OpenCV's colour conversion takes only 8-bit, 16-bit unsigned and 32-bit float; a grey
+    # exported as signed 16-bit or 32-bit RGB(A) TIFF used to fail as an internal error.
+    grey = (pixels.astype(np.float64) / 4096).astype(dtype) if dtype is np.float64 \
+        else pixels.astype(dtype)
+    path = tmp_path / "grey.tif"
+    assert cv2.imwrite(str(path), np.dstack([grey] * channels))
+    decoded = decode(path, max_pixels=BIG)
+    assert decoded.pixels.dtype == np.dtype(dtype) and decoded.pixels.shape == pixels.shape
+    np.testing.assert_allclose(decoded.pixels, grey, rtol=1e-12, atol=1)
+    assert decoded.notes == {"colour": "grey stored as colour channels, merged"}
+
+
 def test_jpeg_and_tiff(tmp_path: Path, pixels: np.ndarray) -> None:
     jpeg, tiff = tmp_path / "x.jpg", tmp_path / "x.tif"
     cv2.imwrite(str(jpeg), (pixels >> 4).astype(np.uint8))

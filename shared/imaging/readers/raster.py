@@ -265,8 +265,19 @@ def _to_grayscale(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, 
             f"{path.name} is a colour image ({channels} channels, {coloured:.0%} of pixels "
             "clearly coloured); a mammogram is grayscale."
         )
-    code = cv2.COLOR_BGRA2GRAY if channels == 4 else cv2.COLOR_BGR2GRAY
-    return cv2.cvtColor(image, code), {"colour": "grey stored as colour channels, merged"}
+    return _merge_grey_channels(colour), {"colour": "grey stored as colour channels, merged"}
+
+
+def _merge_grey_channels(colour: np.ndarray) -> np.ndarray:
+    """OpenCV's luma weights (B, G, R order), in the image's own dtype."""
+    if colour.dtype in (np.uint8, np.uint16, np.float32):
+        return cv2.cvtColor(np.ascontiguousarray(colour), cv2.COLOR_BGR2GRAY)
+    # cvtColor refuses other depths (a signed 16-bit or 32-bit TIFF from some exporters).
+    grey = colour.astype(np.float64) @ np.array([0.114, 0.587, 0.299])
+    if np.issubdtype(colour.dtype, np.integer):
+        info = np.iinfo(colour.dtype)
+        grey = np.clip(np.rint(grey), info.min, info.max)
+    return grey.astype(colour.dtype)
 
 
 TIFF = TiffReader()
