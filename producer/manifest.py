@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ COLUMNS = ("path", "patient_id", "laterality", "view", "study_id", "accession", 
            "pixel_spacing_mm")
 _MINI_MIAS = re.compile(r"^mdb(\d{3})\.(png|pgm)$", re.IGNORECASE)
 _MINI_MIAS_SPACING_MM = 0.2
+# Where csv.DictReader puts the values of a row longer than the header (not a column name).
+_EXTRA = "\x00extra"
 _T = TypeVar("_T")
 
 __all__ = [
@@ -70,8 +73,9 @@ class Manifest:
     def load(cls, path: Path, *, pseudonymize: Pseudonymize | None) -> Manifest:
         try:
             with path.open(newline="", encoding="utf-8-sig") as handle:
-                rows = list(csv.DictReader(handle))
-                fields = [name.strip().lower() for name in (rows[0].keys() if rows else [])]
+                reader = csv.DictReader(handle, restkey=_EXTRA)
+                rows = [(reader.line_num, raw) for raw in reader]
+                fields = [name.strip().lower() for name in reader.fieldnames or []]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise ManifestError(f"The manifest {path} could not be read: {exc}.") from exc
         if rows and "path" not in fields:
@@ -79,12 +83,21 @@ class Manifest:
                 f"The manifest {path} has no 'path' column (columns found: "
                 f"{', '.join(fields) or 'none'}; expected {', '.join(COLUMNS)}).")
         entries: dict[Path, FileMetadata] = {}
-        for line, raw in enumerate(rows, start=2):
+        for line, raw in rows:
+            where = f"{path}, line {line}"
+            if _EXTRA in raw:
+                raise ManifestError(
+                    f"{where}: {len(raw[_EXTRA])} more value(s) than the header row has "
+                    "columns; a value holding a comma must be in double quotes.")
             row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
             if not row.get("path"):
-                raise ManifestError(f"{path}, line {line}: the 'path' value is empty.")
-            file = (path.parent / row["path"]).resolve()
-            entries[file] = _entry(row, path, line, pseudonymize)
+                raise ManifestError(f"{where}: the 'path' value is empty.")
+            try:
+                file = (path.parent / row["path"]).resolve()
+            except (OSError, ValueError) as exc:  # a NUL byte, a name too long
+                raise ManifestError(
+                    f"{where}: {row['path']!r} is not a usable file path ({exc}).") from exc
+            entries[file] = _entry(row, where, pseudonymize)
         return cls(entries, path)
 
     def lookup(self, file: Path) -> FileMetadata | None:
@@ -127,9 +140,8 @@ def apply_metadata(header: ImageHeader, metadata: FileMetadata | None) -> ImageH
     )
 
 
-def _entry(row: dict[str, str], path: Path, line: int,
+def _entry(row: dict[str, str], where: str,
            pseudonymize: Pseudonymize | None) -> FileMetadata:
-    where = f"{path}, line {line}"
     patient_id = row.get("patient_id") or None
     if patient_id and pseudonymize is None:
         raise ManifestError(
@@ -171,6 +183,6 @@ def _spacing(text: str) -> tuple[float, float] | None:
         return None
     if len(values) == 1:
         values *= 2
-    if len(values) != 2 or min(values) <= 0:
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
         return None
     return values[0], values[1]

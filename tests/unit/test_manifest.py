@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from producer.manifest import (
     FileMetadata,
@@ -50,6 +52,10 @@ def test_rows_are_found_by_resolved_path_and_ids_pseudonymised(tmp_path: Path) -
     ("path,label\nx.png,cancer\n", "line 2: 'cancer' is not a valid label"),
     ("path,pixel_spacing_mm\nx.png,-1\n", "not a valid pixel_spacing_mm"),
     ("path,view\n,CC\n", "'path' value is empty"),
+    ("path,pixel_spacing_mm\nx.png,nan\n", "'nan' is not a valid pixel_spacing_mm"),
+    ("path,pixel_spacing_mm\nx.png,0.1 inf\n", "not a valid pixel_spacing_mm"),
+    ("path,view\nx.png,CC\ny.png,MLO,0.1\n", "line 3: 1 more value"),
+    ("path,view\nx\x00y.png,CC\n", "not a usable file path"),
 ])
 def test_bad_manifests_say_where_and_what(tmp_path: Path, text: str, phrase: str) -> None:
     with pytest.raises(ManifestError, match=phrase):
@@ -95,3 +101,28 @@ def test_manifest_row_wins_over_convention_and_header_wins_over_both(tmp_path: P
     kept = apply_metadata(dicom, lookup(tmp_path / "mdb001.png"))
     assert (kept.laterality, kept.view, kept.study_instance_uid) == (
         Laterality.RIGHT, View.MLO, "1.2.3")
+
+
+_CELLS = st.one_of(
+    st.sampled_from(["path", "view", "laterality", "label", "pixel_spacing_mm", "patient_id",
+                     "x.png", "L", "CC", "nan", "-0", "1e999", "0.1\\0.1", "malignant", ""]),
+    st.text(max_size=8))
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(_CELLS, max_size=5), max_size=5),
+       st.sampled_from([",", ";", "\t"]), st.sampled_from(["\n", "\r\n", "\r"]))
+def test_any_csv_is_read_or_refused_with_a_reason(tmp_path: Path, cells: list[list[str]],
+                                                  comma: str, newline: str) -> None:
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(newline.join(comma.join(row) for row in cells)
+                     .encode("utf-8", "surrogatepass"))
+    try:
+        manifest = Manifest.load(path, pseudonymize=KEY)
+    except ManifestError as exc:
+        assert str(path) in str(exc)
+        return
+    for metadata in manifest.entries.values():
+        spacing = metadata.pixel_spacing_mm
+        assert spacing is None or all(0 < v < float("inf") for v in spacing)
