@@ -118,7 +118,7 @@ def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
           poll_s: float = 0.25) -> None:
     from worker.embedded import embedded_worker
 
-    ids = list(image_ids)
+    ids = list(dict.fromkeys(image_ids))  # counted once each: the query counts distinct rows
     if not ids:
         return
     with embedded_worker(app, runtime) as handle:

@@ -8,6 +8,7 @@ makes resubmission a no-op, even when two producers race.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from shared.config import Settings
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
-from shared.errors import InputError
+from shared.errors import BadFileNameError, InputError
 from shared.imaging.readers import Pseudonymize, read_header
 from shared.imaging.readers.base import sha256_identity
 from shared.imaging.types import ImageHeader
@@ -40,8 +41,25 @@ class Registration:
 
     @property
     def unfinished_duplicate_ids(self) -> list[int]:
+        """Images submitted earlier and not finished yet, each once.
+
+        A copy of a file new in this same batch (one image under two names) is not one of
+        them: its image is already in ``new_ids``, and counting it again would make a caller
+        wait for more finished images than there are.
+        """
         active = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
-        return [image_id for _, image_id, state in self.duplicates if state in active]
+        new = set(self.new_ids)
+        return list(dict.fromkeys(image_id for _, image_id, state in self.duplicates
+                                  if state in active and image_id not in new))
+
+
+def source_text(path: Path) -> str:
+    """``path`` as the database stores it: undecodable name bytes written as ``\\xNN``.
+
+    Linux names are bytes; one written by a Latin-1 system ("caf\\xe9.png") is not UTF-8,
+    and neither PostgreSQL nor SQLite takes the surrogates Python decodes it to.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def content_identity(path: Path) -> str:
@@ -81,7 +99,7 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
          study_id: int | None, label: str | None = None) -> dict[str, Any]:
     now = utcnow()
     row: dict[str, Any] = {
-        "batch_id": batch_id, "source": str(path), "study_id": study_id, "attempts": 0,
+        "batch_id": batch_id, "source": source_text(path), "study_id": study_id, "attempts": 0,
         "created_at": now,
     }
     if header is not None:
@@ -102,9 +120,10 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
     else:
         assert error is not None
         identity = content_identity(path)
-        if error.code is ErrorCode.NO_PSEUDONYM_KEY:
-            # Refused for want of configuration, not for its content: once the key is set,
-            # the same file must register as new, not as a duplicate of this failure.
+        if error.code in (ErrorCode.NO_PSEUDONYM_KEY, ErrorCode.BAD_FILE_NAME):
+            # Refused for want of configuration or for its name, not for its content: once
+            # the key is set or the file renamed, the same file must register as new, not
+            # as a duplicate of this failure.
             identity = f"{error.code.value}:{identity}"
         row.update(identity=identity, format="unknown",
                    state=ImageState.FAILED.value, error_code=error.code.value,
@@ -159,6 +178,12 @@ def register_files(
 def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputError | None,
                                                      str | None]:
     """(header with manifest/convention metadata applied, or the error; reference label)."""
+    if source_text(path) != str(path):
+        return None, BadFileNameError(
+            f"The file name '{source_text(Path(path.name))}' is not valid UTF-8 "
+            "(probably written by a system using another character set), so its result "
+            "could not be traced back to it. Rename it in UTF-8 (e.g. `convmv -f latin1 -t "
+            "utf8 --notest FILE`) and submit it again."), None
     try:
         header = read_header(path, pseudonymize=ingestion.pseudonymize)
     except InputError as exc:

@@ -90,6 +90,7 @@ class ErrorCode(StrEnum):
     UNEXPECTED_CHANNELS = "unexpected_channels"
     MISSING_PIXEL_DATA = "missing_pixel_data"
     MISSING_FILE = "missing_file"
+    BAD_FILE_NAME = "bad_file_name"  # not valid UTF-8: the database cannot hold it
     NO_PSEUDONYM_KEY = "no_pseudonym_key"  # patient-identified DICOM, no MAMMO_PATIENT_ID_KEY
     DUPLICATE = "duplicate"  # the same image (SOP Instance UID or bytes) was already submitted
     POISON = "poison"  # killed its worker or timed out on every attempt

@@ -119,6 +119,12 @@ class MissingFileError(InputError):
     code = ErrorCode.MISSING_FILE
 
 
+class BadFileNameError(InputError):
+    """The file's name cannot be stored (not valid UTF-8), so the file cannot be tracked."""
+
+    code = ErrorCode.BAD_FILE_NAME
+
+
 class EmptyImageError(NotAMammogramError):
     code = ErrorCode.EMPTY_IMAGE
 

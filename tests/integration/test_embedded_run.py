@@ -7,6 +7,7 @@ is up, so any attempt to reach Redis or PostgreSQL would fail the test.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,6 +31,10 @@ def test_run_completes_without_any_server(tmp_path: Path, tiny_model_dir: Path) 
     folder = tmp_path / "exams"
     files = make_exam_set(folder, n_exams=3, seed=3)
     write_truncated_copy(files[0], folder / "broken.dcm")
+    # One image under two names (it ran forever once: the run waited for the copy too), and
+    # a file named by a Latin-1 system, which the database cannot store as it is.
+    shutil.copy(files[1], folder / "copy-of-one.dcm")
+    shutil.copy(files[2], folder / os.fsdecode(b"caf\xe9.dcm"))
     db = tmp_path / "local.db"
     env = mammo_env(database_url=f"sqlite:///{db}", model=str(tiny_model_dir), chunk_size="5")
     prefix = ["unshare", "-n"] if _can_unshare() else []
@@ -38,13 +43,14 @@ def test_run_completes_without_any_server(tmp_path: Path, tiny_model_dir: Path) 
     cmd = [*prefix, *MAMMO, "run", str(folder), "--format", "json"]
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=240, check=False)
-    assert done.returncode == 3, done.stderr  # 3: the job ran, one image failed
+    assert done.returncode == 3, done.stderr  # 3: the job ran, some images failed
     rows = json.loads(done.stdout)
-    assert len(rows) == 13
+    assert len(rows) == 14  # the copy is listed with its original only as a duplicate
     states = sorted(r["state"] for r in rows)
-    assert states == ["done"] * 12 + ["failed"]
-    [bad] = [r for r in rows if r["state"] == "failed"]
-    assert bad["error_code"] == "truncated" and bad["source"].endswith("broken.dcm")
+    assert states == ["done"] * 12 + ["failed"] * 2
+    failed = {r["error_code"]: r["source"] for r in rows if r["state"] == "failed"}
+    assert failed["truncated"].endswith("broken.dcm")
+    assert failed["bad_file_name"].endswith("caf\\xe9.dcm")
     assert (tmp_path / "reports").is_dir() and any((tmp_path / "reports").glob("batch-*.csv"))
 
     # Running the same folder again is a no-op: no second prediction for any image.

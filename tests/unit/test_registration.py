@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,44 @@ def test_duplicates_are_recorded_and_listed_with_the_original(
         assert (row["state"], row["error_code"], row["image_id"]) == (
             "duplicate", "duplicate", original.id)
         assert f"image {original.id}" in row["error_message"]
+
+
+def test_copies_are_waited_on_once_and_not_at_all_when_new_in_the_batch(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    first = _dicom(tmp_path / "one", "a.dcm", "1.2.826.0.1.3680043.8.498.75")
+    copies = [tmp_path / "one" / f"copy-{i}.dcm" for i in range(2)]
+    for copy in copies:
+        shutil.copy(first, copy)
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    same_batch = register_files(sessions, batch, [first, *copies], ingestion=ingestion)
+    assert len(same_batch.new_ids) == 1 and len(same_batch.duplicates) == 2
+    # The image is new here: whoever waits for the batch waits for it once, as new.
+    assert same_batch.unfinished_duplicate_ids == []
+    # Sent again (twice) while still queued: one image to wait on, once.
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    later = register_files(sessions, batch, copies, ingestion=ingestion)
+    assert later.new_ids == [] and later.unfinished_duplicate_ids == same_batch.new_ids
+
+
+def test_a_file_name_that_is_not_utf8_fails_clearly_and_can_be_renamed(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    source = _dicom(tmp_path, "a.dcm", "1.2.826.0.1.3680043.8.498.76")
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.dcm")  # as a Latin-1 system names it
+    source.rename(latin1)
+    _register(sessions, [latin1], ingestion)
+    _register(sessions, [latin1], ingestion)  # the same badly named file again: no new row
+    with sessions() as session:
+        [image] = session.execute(select(Image)).scalars().all()
+    assert (image.state, image.error_code) == ("failed", ErrorCode.BAD_FILE_NAME.value)
+    assert image.source == f"{tmp_path}/caf\\xe9.dcm"
+    assert "caf\\xe9.dcm" in image.error_message and "Rename" in image.error_message
+    renamed = latin1.rename(tmp_path / "cafe.dcm")
+    _register(sessions, [renamed], ingestion)
+    with sessions() as session:
+        states = sorted(session.execute(select(Image.state)).scalars().all())
+    assert states == ["failed", "queued"]  # renamed, it is a new image, not a duplicate
 
 
 def test_run_with_manifest_then_rerun_lists_duplicates_with_their_result(
