@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer.registration import source_text
 from producer.watch.folder import WatchFolder
 from shared.db.schema import Image
 
@@ -86,6 +87,6 @@ def _rows(session: Session, where: ColumnElement[bool]) -> Iterator[tuple[str, K
 def _lookup(sessions: sessionmaker[Session],
             block: list[Path]) -> Iterator[tuple[Path, KnownImage | None]]:
     with sessions() as session:
-        known = dict(_rows(session, Image.source.in_([str(p) for p in block])))
+        known = dict(_rows(session, Image.source.in_([source_text(p) for p in block])))
     for path in block:
-        yield path, known.get(str(path))
+        yield path, known.get(source_text(path))

@@ -103,6 +103,24 @@ def test_scan_queues_new_files_once_and_skips_copies_temps_and_escapes(
     assert not any("three" in line for line in lines)
 
 
+def test_a_name_that_is_not_utf8_is_refused_once_and_filed_with_its_reason(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    latin1 = _dicom(root / os.fsdecode(b"caf\xe9.dcm"), 1)  # from a Latin-1 system's share
+    watcher = _watcher(settings, sessions, root, watch_after="move")
+    _step(watcher)
+    _step(watcher)  # the second scan knows the file: no second registration
+    watcher.followup.poll()
+    with sessions() as session:
+        [row] = session.execute(select(Image.source, Image.state, Image.error_code)).all()
+        batch = session.execute(select(Batch)).scalar_one()
+    assert tuple(row) == (f"{root}/caf\\xe9.dcm", "failed", "bad_file_name")
+    assert batch.submitted == 1 and batch.duplicates == 0
+    assert not latin1.exists()
+    [reason] = (root / "failed").glob("*.reason.txt")
+    assert "reason: bad_file_name" in reason.read_text()
+
+
 def test_rows_committed_but_never_sent_are_sent_by_the_next_start(
         settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
