@@ -181,9 +181,9 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
     if source_text(path) != str(path):
         return None, BadFileNameError(
             f"The file name '{source_text(Path(path.name))}' is not valid UTF-8 "
-            "(probably written by a system using another character set), so its result "
-            "could not be traced back to it. Rename it in UTF-8 (e.g. `convmv -f latin1 -t "
-            "utf8 --notest FILE`) and submit it again."), None
+            "(probably written by a system using another character set), and the database "
+            "cannot record a result under it. Rename it in UTF-8 (e.g. `convmv -f latin1 "
+            "-t utf8 --notest FILE`) and submit it again."), None
     try:
         header = read_header(path, pseudonymize=ingestion.pseudonymize)
     except InputError as exc:
