@@ -33,12 +33,12 @@ SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _ends_well(path: Path, laterality: str | None = None) -> None:
+def _ends_well(path: Path) -> None:
     """The property: a tensor in [0, 1] of the model's shape, or a reasoned InputError."""
     try:
         header = read_header(path, pseudonymize=KEY)
         tensor = load_model_input(ModelInputSource(
-            str(path), laterality or (header.laterality.value if header.laterality else None),
+            str(path), header.laterality.value if header.laterality else None,
             None, SIZE, 10**8)).tensor
     except InputError as exc:
         assert exc.code is not ErrorCode.INTERNAL and exc.message.strip(), exc
