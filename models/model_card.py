@@ -79,9 +79,9 @@ def _derived(meta: dict[str, Any]) -> list[str]:
 
 
 def _recipe_words(source: dict[str, Any]) -> str:
-    steps = [f"{n} {what}" for n, what in (
-        (source.get("pretrain_epochs") or 0, "contrastive pretraining epochs"),
-        (source.get("finetune_epochs") or 0, "whole-image fine-tuning epochs")) if n]
+    steps = [f"{n} {what} epoch{'' if n == 1 else 's'}" for n, what in (
+        (source.get("pretrain_epochs") or 0, "contrastive pretraining"),
+        (source.get("finetune_epochs") or 0, "whole-image fine-tuning")) if n]
     return ", ".join(steps) if steps else "patch training only"
 
 
