@@ -39,8 +39,9 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
     rate = len(sub.waiting_on) / result.seconds if result.seconds else 0.0
     STDERR.print(
         f"batch {sub.batch_id}: {len(sub.queued)} new, {len(sub.requeued)} resumed, "
-        f"{len(sub.duplicates)} already processed (skipped), {len(sub.rejected)} rejected at "
-        f"intake; {rate:.1f} images/s (model load {result.model_load_seconds:.1f} s)")
+        f"{len(sub.duplicates)} skipped as copies of images already submitted, "
+        f"{len(sub.rejected)} rejected at intake; {rate:.1f} images/s (model load "
+        f"{result.model_load_seconds:.1f} s)")
     STDERR.print(f"reports: {summary} (open in a browser), {', '.join(str(p) for p in written)}"
                  + (f"; {len(exam_pdfs)} exam PDF(s) in {exam_pdfs[0].parent}" if exam_pdfs
                     else ""))

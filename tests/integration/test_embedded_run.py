@@ -52,11 +52,13 @@ def test_run_completes_without_any_server(tmp_path: Path, tiny_model_dir: Path) 
     assert failed["truncated"].endswith("broken.dcm")
     assert failed["bad_file_name"].endswith("caf\\xe9.dcm")
     assert (tmp_path / "reports").is_dir() and any((tmp_path / "reports").glob("batch-*.csv"))
+    assert "1 skipped as copies of images already submitted" in done.stderr
 
     # Running the same folder again is a no-op: no second prediction for any image.
     again = run_mammo(["run", str(folder), "--format", "json"], env, tmp_path)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == []
+    assert "0 new, 0 resumed, 15 skipped as copies" in again.stderr
     engine = create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Prediction)).scalar_one() == 12
