@@ -17,6 +17,15 @@ def is_candidate(path: Path) -> bool:
     return not name.startswith(".") and not name.lower().endswith(IGNORED_SUFFIXES)
 
 
+def source_text(path: Path) -> str:
+    """``path`` as the database stores it: undecodable name bytes written as ``\\xNN``.
+
+    Linux names are bytes; one written by a Latin-1 system ("caf\\xe9.png") is not UTF-8,
+    and neither PostgreSQL nor SQLite takes the surrogates Python decodes it to.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def check_paths(paths: Iterable[Path]) -> list[Path]:
     resolved = []
     for path in paths:

@@ -8,7 +8,6 @@ makes resubmission a no-op, even when two producers race.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer.discovery import source_text
 from producer.manifest import FileMetadata, Manifest, apply_metadata, metadata_source
 from shared.config import Settings
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
@@ -51,15 +51,6 @@ class Registration:
         new = set(self.new_ids)
         return list(dict.fromkeys(image_id for _, image_id, state in self.duplicates
                                   if state in active and image_id not in new))
-
-
-def source_text(path: Path) -> str:
-    """``path`` as the database stores it: undecodable name bytes written as ``\\xNN``.
-
-    Linux names are bytes; one written by a Latin-1 system ("caf\\xe9.png") is not UTF-8,
-    and neither PostgreSQL nor SQLite takes the surrogates Python decodes it to.
-    """
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def content_identity(path: Path) -> str:

@@ -44,8 +44,7 @@ class AfterProcessing:
     def _move(self, path: Path, image: KnownImage) -> Path | None:
         failed = image.state == ImageState.FAILED.value
         target_dir = self.folder.root / (FAILED if failed else PROCESSED)
-        relative = Path(self.folder.relative(path))
-        target = _free_name(target_dir / relative, image.image_id)
+        target = _free_name(target_dir / self.folder.relative_path(path), image.image_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         if failed:
             _write_sidecar(target, image)
@@ -53,7 +52,7 @@ class AfterProcessing:
             os.replace(path, target)
         except FileNotFoundError:
             return None  # moved or deleted by someone else meanwhile
-        self.log.info("moved %s to %s (image %d, %s)", relative,
+        self.log.info("moved %s to %s (image %d, %s)", self.folder.relative(path),
                       self.folder.relative(target), image.image_id, image.state)
         return target
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from producer.discovery import is_candidate
+from producer.discovery import is_candidate, source_text
 
 SIDECAR_SUFFIX = ".reason.txt"
 PROCESSED, FAILED = "processed", "failed"
@@ -29,11 +29,16 @@ class WatchFolder:
     def of(cls, root: Path, ignore: tuple[str, ...], *, move: bool) -> WatchFolder:
         return cls(Path(os.path.abspath(root)), ignore, (PROCESSED, FAILED) if move else ())
 
-    def relative(self, path: Path) -> str:
+    def relative_path(self, path: Path) -> Path:
         try:
-            return str(Path(path).relative_to(self.root))
+            return Path(path).relative_to(self.root)
         except ValueError:
-            return str(path)
+            return Path(path)
+
+    def relative(self, path: Path) -> str:
+        """``path`` below the folder, for logs: as the database stores it, so that a name
+        that is not UTF-8 reads ``caf\\xe9.dcm`` there too."""
+        return source_text(self.relative_path(path))
 
     def ignored(self, path: Path) -> bool:
         """Temporary names, dotfiles, our sidecars and output folders: not (yet) images."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.registration import source_text
+from producer.discovery import source_text
 from producer.watch.folder import WatchFolder
 from shared.db.schema import Image
 

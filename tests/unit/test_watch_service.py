@@ -104,9 +104,11 @@ def test_scan_queues_new_files_once_and_skips_copies_temps_and_escapes(
 
 
 def test_a_name_that_is_not_utf8_is_refused_once_and_filed_with_its_reason(
-        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "in"
     latin1 = _dicom(root / os.fsdecode(b"caf\xe9.dcm"), 1)  # from a Latin-1 system's share
+    caplog.set_level(logging.INFO, logger="mammo.watch")
     watcher = _watcher(settings, sessions, root, watch_after="move")
     _step(watcher)
     _step(watcher)  # the second scan knows the file: no second registration
@@ -119,6 +121,9 @@ def test_a_name_that_is_not_utf8_is_refused_once_and_filed_with_its_reason(
     assert not latin1.exists()
     [reason] = (root / "failed").glob("*.reason.txt")
     assert "reason: bad_file_name" in reason.read_text()
+    assert os.fsencode(reason.name) == b"caf\xe9.dcm.reason.txt"  # the file keeps its name
+    # The log names it as the database does, never with a lone surrogate.
+    assert "moved caf\\xe9.dcm to failed/caf\\xe9.dcm (image 1, failed)" in caplog.messages
 
 
 def test_rows_committed_but_never_sent_are_sent_by_the_next_start(
