@@ -40,6 +40,11 @@ class ModelComparisonError(UserFacingError):
     """Two models cannot be compared as a run and its same-seed re-run."""
 
 
+class ReportWriteError(ConfigurationError):
+    """A report file cannot be written where it was asked for (not a folder, read-only,
+    full disk). The results it would show stay in the database."""
+
+
 class PathNotFoundError(UserFacingError):
     """A path given on the command line does not exist."""
 

@@ -7,10 +7,12 @@ import sys
 from typing import Any
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from producer.cli.context import CliContext
 from producer.cli.exit_codes import ExitCode, exit_code_for
 from shared.config import load_settings
+from shared.db.engine import refused_as_error
 from shared.errors import UserFacingError
 
 
@@ -21,12 +23,19 @@ class MammoGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserFacingError as exc:
-            click.secho(f"error: {exc}", err=True, fg="red")
-            ctx.exit(exit_code_for(exc))
+            self._fail(ctx, exc)
+        except OperationalError as exc:
+            # Reached, then refused mid-command: no code path can go on, and none is a bug.
+            self._fail(ctx, refused_as_error(ctx.obj.settings.database_url, exc))
         except KeyboardInterrupt:
             click.secho("interrupted: queued work is kept in the database; run the same "
                         "command again, or `mammo recover`, to finish it.", err=True, fg="yellow")
             ctx.exit(ExitCode.INTERRUPTED)
+
+    @staticmethod
+    def _fail(ctx: click.Context, exc: UserFacingError) -> None:
+        click.secho(f"error: {exc}", err=True, fg="red")
+        ctx.exit(exit_code_for(exc))
 
 
 @click.group(cls=MammoGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,6 +65,16 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
             f"Cannot reach the database at {engine.url.render_as_string(hide_password=True)}: "
             f"{_first_line(exc.orig)}. Check MAMMO_DATABASE_URL and that the server is running."
         ) from exc
+
+
+def refused_as_error(url: str, exc: OperationalError) -> DatabaseUnavailableError:
+    """The error for a database that was reached and then refused the work (a read-only
+    SQLite file, a full disk, a server gone mid-command): one line, password hidden."""
+    shown = make_url(url).render_as_string(hide_password=True)
+    return DatabaseUnavailableError(
+        f"The database at {shown} refused the operation: {_first_line(exc.orig)}. Check "
+        f"MAMMO_DATABASE_URL, that the server is running and that this user may write to "
+        f"it (and, for SQLite, its folder); work already stored is kept.")
 
 
 def _first_line(exc: object) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.reports.batch_data import BatchSummary, collect_batch_summary
 from shared.reports.exports import DISCLAIMER, write_csv, write_json
+from shared.reports.output import report_file
 
 BATCH_FORMATS = ("pdf", "html", "csv", "json")
 
@@ -39,8 +40,9 @@ def _write_pdf(summary: BatchSummary, path: Path) -> Path:
 def _write_html(summary: BatchSummary, path: Path) -> Path:
     from shared.reports.batch_html import render_summary_html
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_summary_html(summary), encoding="utf-8")
+    html = render_summary_html(summary)
+    with report_file(path):
+        path.write_text(html, encoding="utf-8")
     return path
 
 

@@ -9,21 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from shared.queries import RESULT_KEYS
+from shared.reports.output import report_file
 
 DISCLAIMER = ("Decision support only, not a diagnosis: probabilities from a machine-learning "
               "model, to be weighed by a qualified reader.")
 
 
 def write_json(data: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    with report_file(path):
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path,
               columns: Sequence[str] = RESULT_KEYS) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with report_file(path), path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

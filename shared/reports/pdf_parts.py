@@ -18,6 +18,7 @@ from reportlab.platypus import Flowable, Image, Paragraph, SimpleDocTemplate, Ta
 
 from shared.reports.exports import DISCLAIMER
 from shared.reports.layout import cell_text
+from shared.reports.output import report_file
 
 _STYLES = getSampleStyleSheet()
 TITLE = _STYLES["Title"]
@@ -78,9 +79,9 @@ def _footer(canvas: Canvas, doc: SimpleDocTemplate) -> None:
 
 
 def build_pdf(path: Path, title: str, story: list[Flowable]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = SimpleDocTemplate(str(path), pagesize=A4, title=title, author="mammo-pipeline",
                             leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
                             bottomMargin=18 * mm)
-    doc.build(story, onFirstPage=_footer, onLaterPages=_footer)
+    with report_file(path):
+        doc.build(story, onFirstPage=_footer, onLaterPages=_footer)
     return path

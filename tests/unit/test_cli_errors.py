@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from producer.cli.exit_codes import ExitCode
 from producer.cli.main import cli
+from shared.synthetic import make_exam_set
 
 
 def _invoke(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -73,3 +75,35 @@ def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0
     assert "Example" in result.output and "mammo " in result.output
+
+
+def test_a_read_only_database_is_one_line_and_exit_7(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path, tiny_model_dir: Path) -> None:
+    db = tmp_path / "results.db"
+    code, out = _invoke(["status"], monkeypatch, tmp_path, database_url=f"sqlite:///{db}")
+    assert code == ExitCode.OK, out  # created and migrated; now opened read-only
+    make_exam_set(tmp_path / "exams", n_exams=1, seed=2)
+    code, out = _invoke(["run", str(tmp_path / "exams")], monkeypatch, tmp_path,
+                        database_url=f"sqlite:///file:{db}?mode=ro&uri=true",
+                        model=str(tiny_model_dir))
+    assert code == ExitCode.DATABASE_UNAVAILABLE
+    assert "refused the operation: attempt to write a readonly database" in out
+    assert "Traceback" not in out
+
+
+def test_a_report_folder_that_is_a_file_is_one_line_and_keeps_the_results(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    blocker = tmp_path / "reports"
+    blocker.write_text("not a folder")
+    make_exam_set(tmp_path / "exams", n_exams=1, seed=2)
+    env = {"database_url": f"sqlite:///{tmp_path / 'results.db'}", "model": str(tiny_model_dir)}
+    code, out = _invoke(["run", str(tmp_path / "exams"), "--report-dir", str(blocker)],
+                        monkeypatch, tmp_path, **env)
+    assert code == ExitCode.CONFIG
+    assert f"{blocker} is a file, not a folder" in out and "Traceback" not in out
+    code, out = _invoke(["results", "--state", "done", "--format", "json"], monkeypatch,
+                        tmp_path, **env)
+    assert code == ExitCode.OK and len(json.loads(out)) == 4  # every image was stored
+    code, out = _invoke(["report", "batch", "1", "--format", "csv", "-o",
+                         str(blocker / "batch.csv")], monkeypatch, tmp_path, **env)
+    assert code == ExitCode.CONFIG and "is a file, not a folder" in out

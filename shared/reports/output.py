@@ -1,0 +1,27 @@
+"""Where report files go: their folder is made on demand, and a place that cannot be
+written is one line naming it and its reason, never a traceback after a night's batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shared.errors import ReportWriteError
+
+
+@contextmanager
+def report_file(path: Path) -> Iterator[Path]:
+    """``path``, its folder made; an ``OSError`` while writing it becomes a
+    ``ReportWriteError`` that says what to change."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield path
+    except OSError as exc:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or exc
+        raise ReportWriteError(
+            f"Cannot write the report {path}: {reason}. Give an --output, "
+            f"--report-dir or MAMMO_REPORT_DIR this user can write to; the results stay in "
+            f"the database, and `mammo report` writes them again."
+        ) from exc
