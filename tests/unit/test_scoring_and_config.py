@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.config import EMBEDDED_BROKER_URL, Settings, load_settings
@@ -12,6 +12,7 @@ from shared.scoring import label_of, suspicion
 unit = st.floats(0.0, 1.0, allow_nan=False)
 
 
+@settings(deadline=None)  # a pause on a loaded CI host is not a failure
 @given(unit, unit)
 def test_suspicion_is_in_range_and_monotone(p_benign: float, p_malignant: float) -> None:
     score = suspicion(p_benign, p_malignant)
