@@ -22,7 +22,7 @@ from producer.submission import SubmitOutcome, submit
 from shared.config import Settings
 from shared.db.schema import Image
 from shared.enums import ImageState, Priority
-from shared.errors import UserFacingError
+from shared.errors import DatabaseUnavailableError, UserFacingError
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import create_celery_app, enqueue_chunks
 
@@ -128,10 +128,22 @@ def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
                 progress(finished, len(ids))
             if finished >= len(ids):
                 return
+            if handle.failures:
+                raise _unfinished(len(ids) - finished, handle.failures[0])
             if not handle.alive():
                 raise EmbeddedWorkerDied("the embedded worker stopped unexpectedly; "
                                          "see the log above, then run `mammo recover`")
             time.sleep(poll_s)
+
+
+def _unfinished(count: int, cause: BaseException) -> UserFacingError:
+    """Waiting on would never end: say why, and that nothing is lost."""
+    message = (f"{count} image(s) cannot be finished in this run: {cause}. They stay queued "
+               f"in the database; once the cause is fixed, run the same command again or "
+               f"`mammo recover`.")
+    if isinstance(cause, DatabaseUnavailableError):
+        return DatabaseUnavailableError(message)
+    return EmbeddedWorkerDied(message)
 
 
 def _count_terminal(sessions: sessionmaker[Session], ids: list[int]) -> int:

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from celery.signals import task_failure
 
-from shared.queue import QUEUE_NAME
+from shared.queue import QUEUE_NAME, TASK_PROCESS_CHUNK
 from worker.runtime import WorkerRuntime
 from worker.tasks import register_tasks
 
@@ -27,6 +28,9 @@ class EmbeddedHandle:
     def __init__(self, worker: Any, thread: threading.Thread) -> None:
         self.worker = worker
         self.thread = thread
+        # Chunks that failed for good (retries spent on a database that refuses writes, or a
+        # bug): their images will never finish here, so whoever waits on them must stop.
+        self.failures: list[BaseException] = []
 
     def alive(self) -> bool:
         return self.thread.is_alive()
@@ -49,10 +53,18 @@ def embedded_worker(app: Celery, runtime: WorkerRuntime) -> Iterator[EmbeddedHan
         worker.start()
 
     thread = threading.Thread(target=run, name="mammo-embedded-worker", daemon=True)
+    handle = EmbeddedHandle(worker, thread)
+
+    def on_failure(exception: BaseException | None = None, **_: Any) -> None:
+        handle.failures.append(exception or RuntimeError("a chunk task failed"))
+
+    task = app.tasks[TASK_PROCESS_CHUNK]
+    task_failure.connect(on_failure, sender=task, weak=False)
     thread.start()
     try:
-        yield EmbeddedHandle(worker, thread)
+        yield handle
     finally:
+        task_failure.disconnect(on_failure, sender=task)
         worker.stop(in_sighandler=False)
         thread.join(timeout=30)
         if thread.is_alive():

@@ -23,6 +23,10 @@ from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
+# Up to about 4 minutes of backoff (2, 4, 8, ... s, at most 60, jittered) before a chunk fails
+# for good; the sweeper re-queues its images later, and an embedded run stops and says why.
+TRANSIENT_RETRIES = 8
+
 
 def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False,
                    gpus: int = 0) -> None:
@@ -37,7 +41,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
         name=TASK_PROCESS_CHUNK, bind=True, shared=False, acks_late=True,
         reject_on_worker_lost=True,
         autoretry_for=(TransientError,), retry_backoff=2, retry_backoff_max=60,
-        retry_jitter=True, max_retries=8,
+        retry_jitter=True, max_retries=TRANSIENT_RETRIES,
     )
     def process_chunk_task(self: Task, image_ids: list[int]) -> dict[str, int]:
         token = str(self.request.id)

@@ -10,12 +10,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.bilateral import BilateralHead
-from producer.embedded_run import run_embedded
+from producer.embedded_run import EmbeddedWorkerDied, run_embedded
 from producer.registration import create_batch, register_files
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image, Prediction
 from shared.enums import Priority
+from shared.errors import DatabaseUnavailableError
 from shared.scoring import suspicion
 from shared.synthetic import make_exam_set, write_truncated_copy
 from tests.helpers.tiny_model import TINY_BILATERAL
@@ -132,3 +133,29 @@ def test_worker_scores_the_exam_once_its_four_views_are_done(
               for (lat, view), probs in views.items()]
     assert len(paired) == 4
     assert exam.suspicion == max(suspicion(p[1], p[2]) for p in paired)
+
+
+@pytest.mark.parametrize("cause", [RuntimeError("a bug in the chunk code"),
+                                   DatabaseUnavailableError("disk full")])
+def test_an_embedded_run_stops_with_the_reason_when_a_chunk_fails_for_good(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, cause: Exception,
+) -> None:
+    """A chunk whose task failed (its retries spent) never finishes: the run must say so
+    and stop, not wait forever, and its images must stay queued for the next run."""
+    import worker.tasks
+
+    def fails(image_ids: list[int], **_: object) -> None:
+        raise cause
+
+    monkeypatch.setattr(worker.tasks, "process_chunk", fails)
+    monkeypatch.setattr(worker.tasks, "TRANSIENT_RETRIES", 0)  # spent at once
+    make_exam_set(tmp_path / "in", n_exams=1, seed=8)
+    with pytest.raises(type(cause) if isinstance(cause, DatabaseUnavailableError)
+                       else EmbeddedWorkerDied) as raised:
+        run_embedded(settings, sessions, [tmp_path / "in"], name="doomed")
+    assert str(raised.value).startswith("4 image(s) cannot be finished in this run: ")
+    assert str(cause) in str(raised.value) and "mammo recover" in str(raised.value)
+    with sessions() as s:
+        states = s.execute(select(Image.state)).scalars().all()
+    assert sorted(states) == ["queued"] * 4  # nothing lost, nothing half-done
