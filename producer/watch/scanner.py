@@ -86,7 +86,8 @@ def _rows(session: Session, where: ColumnElement[bool]) -> Iterator[tuple[str, K
 
 def _lookup(sessions: sessionmaker[Session],
             block: list[Path]) -> Iterator[tuple[Path, KnownImage | None]]:
+    sources = [source_text(p) for p in block]
     with sessions() as session:
-        known = dict(_rows(session, Image.source.in_([source_text(p) for p in block])))
-    for path in block:
-        yield path, known.get(source_text(path))
+        known = dict(_rows(session, Image.source.in_(sources)))
+    for path, source in zip(block, sources, strict=True):
+        yield path, known.get(source)
