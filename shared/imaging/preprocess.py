@@ -40,12 +40,16 @@ __all__ = [
 
 def to_unit_range(decoded: DecodedImage) -> np.ndarray:
     """float32 in [0, 1], 1 = bright (dense tissue); MONOCHROME1 images are inverted here."""
-    if decoded.max_value <= 0:
+    span = decoded.max_value - decoded.min_value
+    if not span > 0:
         raise UnreadableImageError(
-            f"The decoded {decoded.format} image declares a maximum value of "
-            f"{decoded.max_value}; nothing can be scaled from it."
+            f"The decoded {decoded.format} image declares a value range of "
+            f"{decoded.min_value} to {decoded.max_value}; nothing can be scaled from it."
         )
-    image = decoded.pixels.astype(np.float32) / np.float32(decoded.max_value)
+    image = decoded.pixels.astype(np.float32)
+    if decoded.min_value:
+        image -= np.float32(decoded.min_value)
+    image /= np.float32(span)
     np.clip(image, 0.0, 1.0, out=image)  # NaN passes through for validate() to report
     if decoded.invert:
         image = np.float32(1.0) - image
@@ -130,13 +134,24 @@ def resample_to_spacing(image: np.ndarray,
     if spacing_mm is None:
         return image
     row_mm, column_mm = spacing_mm
-    if not (row_mm > 0 and column_mm > 0):
+    # A spacing that is not a positive finite number is a header error, not a size: ignored.
+    if not (0 < row_mm < math.inf and 0 < column_mm < math.inf):
         return image
     target = max(TARGET_SPACING_MM, row_mm, column_mm)
     rows, columns = image.shape
     new_rows, new_columns = round(rows * row_mm / target), round(columns * column_mm / target)
     if (new_rows, new_columns) == (rows, columns):
         return image
+    if min(new_rows, new_columns) < MIN_SIDE:
+        # A plausible spacing never shrinks a mammogram this far: either the spacing is
+        # wrong (a header written in cm or inches, a manifest typo) or the image is not a
+        # breast. Scoring a few dozen pixels would invent a result.
+        raise NotAMammogramError(
+            f"At its recorded pixel spacing ({row_mm:g} x {column_mm:g} mm) the image covers "
+            f"only {rows * row_mm:.1f} x {columns * column_mm:.1f} mm, {new_columns} x "
+            f"{new_rows} pixels at {TARGET_SPACING_MM} mm: too small for a mammogram. Check "
+            "the pixel spacing in the DICOM header or the manifest."
+        )
     resized = cv2.resize(image, (max(1, new_columns), max(1, new_rows)),
                          interpolation=cv2.INTER_AREA)
     return np.asarray(resized, dtype=np.float32)

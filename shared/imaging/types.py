@@ -46,7 +46,9 @@ class DecodedImage:
     """Pixels as stored (2-D, native dtype) plus what preprocessing needs to interpret them.
 
     ``max_value`` is the largest value the stored encoding can hold (e.g. 4095 for 12 bits
-    stored). ``invert`` is true for MONOCHROME1, where high values are dark.
+    stored), ``min_value`` the smallest (0 but for encodings that declare no range, such as
+    a float TIFF, whose range is then the data's own). ``invert`` is true for MONOCHROME1,
+    where high values are dark.
     ``pixel_spacing_mm`` is (row spacing, column spacing) at the detector, when known.
     ``chest_wall_side`` is where the chest wall lies in the stored pixels when the header
     says so directly (DICOM Patient Orientation); None leaves it to laterality or the image.
@@ -56,6 +58,7 @@ class DecodedImage:
     format: str
     max_value: float
     invert: bool = False
+    min_value: float = 0.0
     notes: dict[str, str] = field(default_factory=dict)
     pixel_spacing_mm: tuple[float, float] | None = None
     chest_wall_side: Literal["left", "right"] | None = None

@@ -7,12 +7,15 @@ digitised film) is checked when ``../shared/data`` is present.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.enums import Laterality
+from shared.enums import ErrorCode, Laterality
+from shared.errors import NotAMammogramError
 from shared.imaging.preprocess import preprocess, resample_to_spacing, to_unit_range
 from shared.imaging.readers import decode
 from shared.imaging.segmentation import breast_mask, chest_wall_side, working_copy
@@ -54,7 +57,7 @@ def test_output_shape_range_and_determinism(seed: int, rows: int, columns: int, 
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), rows=st.integers(64, 400), columns=st.integers(64, 400),
+@given(seed=st.integers(0, 10_000), rows=st.integers(256, 480), columns=st.integers(256, 480),
        laterality=st.sampled_from([Laterality.LEFT, Laterality.RIGHT]),
        spacing=st.sampled_from([None, (0.07, 0.07), (0.1, 0.05)]))
 def test_mirrored_input_with_mirrored_laterality_gives_identical_output(
@@ -150,6 +153,25 @@ def test_resample_to_spacing_shrinks_fine_and_squares_pixels_but_never_enlarges(
     assert resample_to_spacing(image, None) is image
     assert resample_to_spacing(image, (0.1, 0.05)).shape == (500, 200)
     assert resample_to_spacing(image, (0.4, 0.2)).shape == (1000, 400)
+
+
+@pytest.mark.parametrize("spacing", [(math.inf, math.inf), (math.nan, 0.1), (-0.1, 0.1),
+                                     (0.0, 0.0)])
+def test_a_spacing_that_is_not_a_positive_number_is_ignored(
+        spacing: tuple[float, float]) -> None:
+    image = np.ones((1000, 800), np.float32)
+    assert resample_to_spacing(image, spacing) is image
+
+
+@pytest.mark.parametrize("spacing", [(0.01, 0.01), (1e-300, 1e-300), (0.005, 0.1)])
+def test_a_spacing_that_would_shrink_the_image_to_a_few_pixels_is_refused(
+        spacing: tuple[float, float]) -> None:
+    # 1024 x 832 pixels of 10 micron would be a breast 1 cm across: the header is wrong,
+    # and scoring the ~50 pixels left after resampling would invent a result.
+    pixels = _breast(3, size=(1024, 832))
+    with pytest.raises(NotAMammogramError, match="pixel spacing") as raised:
+        preprocess(_decoded(pixels, pixel_spacing_mm=spacing), SIZE)
+    assert raised.value.code is ErrorCode.NOT_MAMMOGRAPHY
 
 
 @pytest.mark.skipif(not MINI_MIAS.is_dir(), reason=f"{MINI_MIAS} (real film scans) is absent")

@@ -229,7 +229,69 @@ def test_grey_tiff_stored_as_colour_in_any_depth_is_merged(
     decoded = decode(path, max_pixels=BIG)
     assert decoded.pixels.dtype == np.dtype(dtype) and decoded.pixels.shape == pixels.shape
     np.testing.assert_allclose(decoded.pixels, grey, rtol=1e-12, atol=1)
-    assert decoded.notes == {"colour": "grey stored as colour channels, merged"}
+    assert decoded.notes["colour"] == "grey stored as colour channels, merged"
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1.0), (np.float32, 1 / 4095),
+                                          (np.int32, 1.0), (np.uint32, 16.0),
+                                          (np.int16, 1.0)])
+def test_tiff_without_a_conventional_range_is_read_over_its_own(
+        tmp_path: Path, pixels: np.ndarray, dtype: type[np.number], scale: float) -> None:
+    # Raw counts in a float or 32-bit TIFF used to be clipped to [0, 1] (almost binary) or
+    # divided by 2**31 (refused as blank); a float image in 0-1 keeps that convention.
+    stored = (pixels.astype(np.float64) * scale).astype(dtype)
+    if dtype is np.int16:
+        stored = (stored - 2048).astype(dtype)  # a signed offset, half the values negative
+    path = tmp_path / "raw.tif"
+    assert cv2.imwrite(str(path), stored)
+    decoded = decode(path, max_pixels=BIG)
+    unit = to_unit_range(decoded)
+    in_unit_range = dtype is np.float32 and scale < 1
+    expected = stored if in_unit_range else \
+        (stored - stored.min()) / float(stored.max() - stored.min())
+    np.testing.assert_allclose(unit, expected, atol=1e-5)
+    assert ("range" in decoded.notes) is not in_unit_range
+
+
+def _tiff_directories(data: bytes) -> list[int]:
+    """Offsets of a little-endian classic TIFF's image file directories."""
+    offsets, offset = [], int.from_bytes(data[4:8], "little")
+    while offset:
+        offsets.append(offset)
+        count = int.from_bytes(data[offset:offset + 2], "little")
+        offset = int.from_bytes(data[offset + 2 + 12 * count:offset + 6 + 12 * count], "little")
+    return offsets
+
+
+def _claim_size(data: bytearray, directory: int, rows: int, columns: int) -> None:
+    for entry in range(int.from_bytes(data[directory:directory + 2], "little")):
+        at = directory + 2 + 12 * entry
+        tag = int.from_bytes(data[at:at + 2], "little")
+        if tag in (256, 257):
+            data[at + 2:at + 4] = (4).to_bytes(2, "little")  # LONG
+            data[at + 8:at + 12] = (columns if tag == 256 else rows).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("page", [0, 1])
+def test_tiff_page_too_large_is_refused_from_its_directory(
+        tmp_path: Path, pixels: np.ndarray, page: int) -> None:
+    # Any page, not only the first: OpenCV would allocate it before its own cap applies.
+    path = tmp_path / "bomb.tif"
+    assert cv2.imwritemulti(str(path), [pixels, pixels[::4, ::4].copy()])
+    data = bytearray(path.read_bytes())
+    _claim_size(data, _tiff_directories(bytes(data))[page], 60_000, 60_000)
+    path.write_bytes(bytes(data))
+    _refused(path, ImageTooLargeError, ErrorCode.TOO_LARGE, "60000 x 60000")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_padding_after_the_end_marker_is_not_truncation(
+        tmp_path: Path, pixels: np.ndarray, suffix: str) -> None:
+    path = tmp_path / f"padded{suffix}"
+    cv2.imwrite(str(path), (pixels >> 4).astype(np.uint8))
+    path.write_bytes(path.read_bytes() + bytes(5000))
+    decoded = decode(path, max_pixels=BIG)
+    assert decoded.pixels.shape == pixels.shape
 
 
 def test_jpeg_and_tiff(tmp_path: Path, pixels: np.ndarray) -> None:

@@ -4,9 +4,11 @@ One class does the decoding; each format adds only what OpenCV cannot tell us: w
 image size is in the header (to refuse huge images before decoding) and how to notice a
 truncated file (OpenCV decodes a truncated JPEG into a silently grey-filled image).
 
-``max_value`` is the largest value the dtype holds (255, 65535): a 12-bit image in a
-16-bit PNG therefore looks dark, exactly as it would in any viewer. PGM is the exception: its
-header declares the maximum (``maxval``), so that value is used.
+The value range of 8- and 16-bit unsigned pixels is the dtype's (255, 65535): a 12-bit
+image in a 16-bit PNG therefore looks dark, exactly as it would in any viewer. PGM declares
+its maximum (``maxval``), so that value is used. Float, signed and 32-bit TIFFs follow no
+convention (exporters write 0-1, raw detector counts, or signed offsets), so their range is
+the data's own, unless a float image already lies in 0-1.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from shared.imaging.readers.base import (
 from shared.imaging.types import DecodedImage, ImageHeader
 
 _FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH
-# A trailer (IEND, EOI) is looked for this close to the end: some writers append padding.
-_TRAILER_WINDOW = 1024
+# At most this many TIFF pages are walked for their sizes (a loop of IFD offsets ends too).
+_MAX_TIFF_PAGES = 1024
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
                        0xCF})
 _PGM_FIELD = re.compile(rb"(?:\s+|#[^\n]*\n)*(\d+)")
@@ -74,26 +76,39 @@ class RasterReader:
 
     def decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
         data = read_bytes(path)
-        size = self.dimensions(data, path)
-        if size:
-            check_pixel_count(path, size[0], size[1], max_pixels)
+        for rows, columns in self.page_sizes(data, path):
+            check_pixel_count(path, rows, columns, max_pixels)
         self.check_complete(data, path)
-        image = cv2.imdecode(np.frombuffer(self.prepare(data), dtype=np.uint8), _FLAGS)
+        try:
+            image = cv2.imdecode(np.frombuffer(self.prepare(data), dtype=np.uint8), _FLAGS)
+        except cv2.error as exc:  # e.g. OpenCV's own pixel cap, a header lying about size
+            raise self._undecodable(path) from exc
         if image is None:
-            raise UnreadableImageError(
-                f"{path.name} looks like a {self.format_name.upper()} file but could not be "
-                "decoded: it is damaged or uses a variant OpenCV does not read."
-            )
+            raise self._undecodable(path)
         pixels, notes = _to_grayscale(image, path)
-        # Formats without a cheap size check (TIFF) are checked once decoded.
+        # A header the cheap size check could not parse is caught once decoded.
         check_pixel_count(path, pixels.shape[0], pixels.shape[1], max_pixels)
-        return DecodedImage(pixels=pixels, format=self.format_name,
-                            max_value=self.max_value(data, pixels), notes=notes)
+        low, high, from_pixels = self.value_range(data, pixels)
+        if from_pixels:
+            notes["range"] = f"value range taken from the pixels: {low:g} to {high:g}"
+        return DecodedImage(pixels=pixels, format=self.format_name, max_value=high,
+                            min_value=low, notes=notes)
+
+    def _undecodable(self, path: Path) -> UnreadableImageError:
+        return UnreadableImageError(
+            f"{path.name} looks like a {self.format_name.upper()} file but could not be "
+            "decoded: it is damaged or uses a variant OpenCV does not read."
+        )
 
     # Hooks; the defaults suit formats OpenCV checks itself (TIFF).
     def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
         """(rows, columns) read from the header bytes, or None if not cheaply known."""
         return None
+
+    def page_sizes(self, data: bytes, path: Path) -> list[tuple[int, int]]:
+        """(rows, columns) of every image the file holds, as far as the header tells."""
+        size = self.dimensions(data, path)
+        return [size] if size else []
 
     def check_complete(self, data: bytes, path: Path) -> None:
         """Raise TruncatedImageError when the file visibly ends early."""
@@ -101,10 +116,17 @@ class RasterReader:
     def prepare(self, data: bytes) -> bytes:
         return data
 
-    def max_value(self, data: bytes, pixels: np.ndarray) -> float:
-        if np.issubdtype(pixels.dtype, np.integer):
-            return float(np.iinfo(pixels.dtype).max)
-        return 1.0  # floating-point TIFF: by convention already in [0, 1]
+    def value_range(self, data: bytes, pixels: np.ndarray) -> tuple[float, float, bool]:
+        """(darkest, brightest, whether taken from the pixels rather than the encoding)."""
+        if pixels.dtype in (np.uint8, np.uint16):
+            return 0.0, float(np.iinfo(pixels.dtype).max), False
+        finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == "f" else pixels
+        if finite.size == 0:
+            return 0.0, 1.0, False  # nothing usable: validation calls it non-finite
+        low, high = float(finite.min()), float(finite.max())
+        if pixels.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+            return 0.0, 1.0, False
+        return low, max(high, low + 1.0), True  # one value throughout: validation: blank
 
 
 class PngReader(RasterReader):
@@ -118,7 +140,8 @@ class PngReader(RasterReader):
         return rows, columns
 
     def check_complete(self, data: bytes, path: Path) -> None:
-        if data.rfind(b"IEND", -_TRAILER_WINDOW) < 0:
+        # Anywhere, not only at the end: some writers append padding after IEND.
+        if data.rfind(b"IEND") < 0:
             raise TruncatedImageError(
                 f"{path.name} is a truncated PNG: its closing IEND chunk is missing "
                 f"({len(data):,} bytes found)."
@@ -143,7 +166,10 @@ class JpegReader(RasterReader):
         return None
 
     def check_complete(self, data: bytes, path: Path) -> None:
-        if data.rfind(b"\xff\xd9", -_TRAILER_WINDOW) < 0:
+        # The end-of-image marker must follow the last start-of-scan: an EXIF thumbnail has
+        # its own earlier one, and entropy-coded data never holds FFDA (FF is byte-stuffed).
+        # Padding written after the marker is harmless.
+        if data.find(b"\xff\xd9", max(0, data.rfind(b"\xff\xda"))) < 0:
             raise TruncatedImageError(
                 f"{path.name} is a truncated JPEG: its end-of-image marker (FFD9) is missing "
                 f"({len(data):,} bytes found)."
@@ -185,9 +211,9 @@ class PgmReader(RasterReader):
         # OpenCV's ASCII reader fails on a last value not followed by whitespace.
         return data + b"\n" if data[:2] == b"P2" else data
 
-    def max_value(self, data: bytes, pixels: np.ndarray) -> float:
+    def value_range(self, data: bytes, pixels: np.ndarray) -> tuple[float, float, bool]:
         # OpenCV returns PGM samples unscaled, so the declared maxval is the true maximum.
-        return float(_pgm_header(data, Path(self.format_name))[2])
+        return 0.0, float(_pgm_header(data, Path(self.format_name))[2]), False
 
 
 class TiffReader(RasterReader):
@@ -199,6 +225,15 @@ class TiffReader(RasterReader):
     def __init__(self) -> None:
         super().__init__("tiff", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))
 
+    def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
+        pages = _tiff_page_sizes(data)
+        return pages[0] if pages else None
+
+    def page_sizes(self, data: bytes, path: Path) -> list[tuple[int, int]]:
+        # Every page, not only the first: OpenCV allocates a page in full before its own
+        # cap applies, and a 1 MB deflated TIFF page can inflate to gigabytes.
+        return _tiff_page_sizes(data)
+
     def decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
         image = super().decode(path, max_pixels=max_pixels)
         pages = cv2.imcount(str(path))
@@ -206,7 +241,10 @@ class TiffReader(RasterReader):
             return image
         rows, columns = image.pixels.shape
         for index in range(1, pages):  # decoded one at a time: previews are small
-            ok, page = cv2.imreadmulti(str(path), start=index, count=1, flags=_FLAGS)
+            try:
+                ok, page = cv2.imreadmulti(str(path), start=index, count=1, flags=_FLAGS)
+            except cv2.error:
+                ok, page = False, []
             if not ok or not page:
                 raise UnreadableImageError(
                     f"{path.name} is a TIFF of {pages} pages whose page {index + 1} cannot be "
@@ -220,6 +258,42 @@ class TiffReader(RasterReader):
                     "classified: save each view as its own file.")
         notes = {**image.notes, "pages": f"{pages - 1} reduced-resolution TIFF page(s) ignored"}
         return dataclasses.replace(image, notes=notes)
+
+
+def _tiff_page_sizes(data: bytes) -> list[tuple[int, int]]:
+    """(rows, columns) of each page, from the image file directories (classic or BigTIFF).
+
+    Stops quietly where the bytes end or stop making sense: OpenCV then judges the file.
+    """
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    count_format, entry_size, offset_format = ("Q", 20, "Q") if big else ("H", 12, "I")
+    value_at = 12 if big else 8
+    sizes: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    try:
+        offset = struct.unpack_from(order + offset_format, data, 8 if big else 4)[0]
+        while offset and offset not in seen and len(sizes) < _MAX_TIFF_PAGES:
+            seen.add(offset)
+            count = struct.unpack_from(order + count_format, data, offset)[0]
+            start = offset + struct.calcsize(count_format)
+            tags: dict[int, int] = {}
+            for entry in range(min(count, 4096)):
+                at = start + entry * entry_size
+                tag, kind = struct.unpack_from(order + "HH", data, at)
+                if tag in (256, 257):  # ImageWidth, ImageLength: SHORT, LONG or LONG8
+                    value_format = {3: "H", 4: "I", 16: "Q"}.get(kind)
+                    if value_format:
+                        tags[tag] = struct.unpack_from(order + value_format, data,
+                                                       at + value_at)[0]
+            if 256 not in tags or 257 not in tags:
+                break
+            sizes.append((tags[257], tags[256]))
+            offset = struct.unpack_from(order + offset_format, data,
+                                        start + count * entry_size)[0]
+    except struct.error:
+        pass  # the directory runs past the bytes we have (e.g. only the head was read)
+    return sizes
 
 
 def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
