@@ -30,6 +30,8 @@ from shared.pseudonym import Pseudonymizer
 from shared.timeutil import utcnow
 
 BLOCK = 500
+_NOT_FOR_ITS_CONTENT = (ErrorCode.NO_PSEUDONYM_KEY, ErrorCode.BAD_FILE_NAME,
+                        ErrorCode.UID_CONFLICT)
 
 
 @dataclass
@@ -111,10 +113,11 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
     else:
         assert error is not None
         identity = content_identity(path)
-        if error.code in (ErrorCode.NO_PSEUDONYM_KEY, ErrorCode.BAD_FILE_NAME):
-            # Refused for want of configuration or for its name, not for its content: once
-            # the key is set or the file renamed, the same file must register as new, not
-            # as a duplicate of this failure.
+        if error.code in _NOT_FOR_ITS_CONTENT:
+            # Refused for want of configuration, for its name or for another file's UID,
+            # not for its own bytes: once the key is set, the file renamed or the UID
+            # conflict cleared, the same file must register as new, not as a duplicate of
+            # this failure (and never as the image whose UID it collided with).
             identity = f"{error.code.value}:{identity}"
         row.update(identity=identity, format="unknown",
                    state=ImageState.FAILED.value, error_code=error.code.value,
@@ -193,30 +196,78 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
         rows = [_row(path, batch_id, header, error,
                      studies.get(header.study_instance_uid or "") if header else None, label)
                 for path, header, error, label in read]
-        rows, repeats = _split_repeats(rows)
-        inserted = set(insert_missing(session, Image, rows, conflict=("identity",),
-                                      returning=Image.identity))
-        new = [r["identity"] for r in rows if r["identity"] in inserted]
-        ids = dict(session.execute(
-            select(Image.identity, Image.id).where(Image.identity.in_(new))).all())
-        for row in rows:
-            identity = row["identity"]
-            if identity in inserted:
-                target = result.new_ids if row["state"] == ImageState.QUEUED.value \
-                    else result.rejected_ids
-                target.append(ids[identity])
-        existing = [r for r in rows if r["identity"] not in inserted] + repeats
-        if existing:
-            known = {i: (image_id, state) for i, image_id, state in session.execute(
-                select(Image.identity, Image.id, Image.state)
-                .where(Image.identity.in_([r["identity"] for r in existing])))}
-            for row in existing:
-                image_id, state = known[row["identity"]]
-                result.duplicates.append((row["source"], image_id, state))
-            session.add_all(DuplicateSubmission(batch_id=batch_id, image_id=known[r["identity"]][0],
-                                                source=r["source"], created_at=utcnow())
-                            for r in existing)
+        paths = {row["source"]: path for row, (path, *_) in zip(rows, read, strict=True)}
+        existing = _insert_new(session, rows, result)
+        known = _known(session, existing)
+        clashes = [row for row in existing if _uid_clash(row, known[row["identity"]])]
+        if clashes:
+            refused = [_row(paths[row["source"]], batch_id, None,
+                            _clash_error(row, known[row["identity"]]), None)
+                       for row in clashes]
+            existing = ([row for row in existing if row not in clashes]
+                        + _insert_new(session, refused, result))
+            known = _known(session, existing)
+        for row in existing:
+            result.duplicates.append((row["source"], known[row["identity"]].id,
+                                      known[row["identity"]].state))
+        session.add_all(DuplicateSubmission(batch_id=batch_id, image_id=known[r["identity"]].id,
+                                            source=r["source"], created_at=utcnow())
+                        for r in existing)
         session.commit()
+
+
+def _insert_new(session: Session, rows: list[dict[str, Any]],
+                result: Registration) -> list[dict[str, Any]]:
+    """Insert the rows whose identity is new; return the others (already known)."""
+    rows, repeats = _split_repeats(rows)
+    inserted = set(insert_missing(session, Image, rows, conflict=("identity",),
+                                  returning=Image.identity))
+    ids = dict(session.execute(
+        select(Image.identity, Image.id).where(Image.identity.in_(inserted))).all())
+    for row in rows:
+        if row["identity"] in inserted:
+            target = result.new_ids if row["state"] == ImageState.QUEUED.value \
+                else result.rejected_ids
+            target.append(ids[row["identity"]])
+    return [r for r in rows if r["identity"] not in inserted] + repeats
+
+
+def _known(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """{identity: the stored image's id, state and geometry} for ``rows``' identities."""
+    if not rows:
+        return {}
+    return {found.identity: found for found in session.execute(
+        select(Image.identity, Image.id, Image.state, Image.rows, Image.columns,
+               Image.laterality, Image.view)
+        .where(Image.identity.in_({r["identity"] for r in rows})))}
+
+
+# What a re-sent copy of an image cannot change: a corrected header may fill in laterality
+# or view, never contradict them, and never alter the pixel matrix.
+_INTRINSIC = ("rows", "columns", "laterality", "view")
+
+
+def _uid_clash(row: dict[str, Any], stored: Any) -> bool:
+    """Same SOP Instance UID, different image: a sender reused a UID (DICOM forbids it)."""
+    if not row["identity"].startswith("sop:"):
+        return False  # a content hash cannot clash
+    return any(row.get(name) is not None and getattr(stored, name) is not None
+               and row[name] != getattr(stored, name) for name in _INTRINSIC)
+
+
+def _clash_error(row: dict[str, Any], stored: Any) -> InputError:
+    def described(rows: int | None, columns: int | None, *side: str | None) -> str:
+        words = " ".join(v for v in side if v)
+        return f"{columns} x {rows} px" + (f", {words}" if words else "")
+
+    theirs = described(stored.rows, stored.columns, stored.laterality, stored.view)
+    ours = described(row["rows"], row["columns"], row["laterality"], row["view"])
+    return InputError(
+        f"Its SOP Instance UID {row['sop_instance_uid']} already names image {stored.id} "
+        f"({theirs}), a different image from this one ({ours}). A UID must name one image "
+        "only, so the sending system reused it. Neither image takes the other's result: "
+        "have the modality or PACS resend this one with a new UID.",
+        code=ErrorCode.UID_CONFLICT)
 
 
 def _split_repeats(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -201,3 +201,42 @@ def test_run_with_manifest_then_rerun_lists_duplicates_with_their_result(
     by_id = {r["image_id"]: r for r in done}
     for row in repeated:
         assert row["label"] == by_id[row["image_id"]]["label"] is not None
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+def test_a_reused_sop_uid_on_a_different_image_fails_as_a_conflict(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session],
+        same_batch: bool) -> None:
+    # DICOM forbids two images under one SOP Instance UID, yet misconfigured senders do it;
+    # taking the second for a copy of the first would show it the first image's result.
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    sop = "1.2.826.0.1.3680043.8.498.90"
+    first = _dicom(tmp_path / "a", "first.dcm", sop)
+    other = write_dicom(tmp_path / "other.dcm",
+                        synth_mammogram(np.random.default_rng(5), size=(120, 90)),
+                        study_uid="1.2.826.0.1.3680043.8.498.91", sop_uid=sop,
+                        laterality=Laterality.LEFT, view=View.CC, patient_id=PATIENT)
+    if same_batch:
+        batch = _register(sessions, [first, other], ingestion)
+    else:
+        _register(sessions, [first], ingestion)
+        batch = _register(sessions, [other], ingestion)
+    resent = tmp_path / "b" / "resent.dcm"  # the genuine image again, under another name
+    resent.parent.mkdir()
+    shutil.copy(first, resent)
+    again = _register(sessions, [other, resent], ingestion)
+    with sessions() as session:
+        images = session.execute(select(Image).order_by(Image.id)).scalars().all()
+        duplicates = session.execute(
+            select(DuplicateSubmission).where(DuplicateSubmission.batch_id == again)
+        ).scalars().all()
+    assert len(images) == 2
+    original, clash = images
+    assert (original.state, original.source) == ("queued", str(first))
+    assert (clash.state, clash.error_code, clash.batch_id) == ("failed", "uid_conflict", batch)
+    assert clash.source == str(other)
+    assert f"{sop} already names image {original.id} (80 x 96 px, R MLO)" in clash.error_message
+    assert "(90 x 120 px, L CC)" in clash.error_message
+    # Sent again, each file repeats its own row: the clash its failure, the copy the image.
+    assert sorted((d.source, d.image_id) for d in duplicates) == sorted(
+        [(str(other), clash.id), (str(resent), original.id)])
