@@ -11,13 +11,18 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from shared.errors import ConfigurationError
+from shared.urls import redact_url
 
 EMBEDDED_BROKER_URL = "memory://"
 DEFAULT_DATABASE_URL = "sqlite:///mammo.db"
 # models/<name>/<version>/ shipped inside the distribution; see models/registry.py.
 DEFAULT_MODEL = "default"
+# The names logging accepts; also the choices of `mammo --log-level`.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -188,8 +193,24 @@ class Settings(BaseSettings):
 
     @field_validator("log_level")
     @classmethod
-    def _upper(cls, value: str) -> str:
-        return value.upper()
+    def _known_level(cls, value: str) -> str:
+        # logging.basicConfig would raise on an unknown name, as a traceback, after parsing.
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"MAMMO_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _parsable_database_url(cls, value: str) -> str:
+        # Parsed here, not at first use, so a typo is one line naming the setting.
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                f"MAMMO_DATABASE_URL {redact_url(value)!r} is not a database URL; expected "
+                "e.g. sqlite:///mammo.db or postgresql+psycopg://user@host/db") from None
+        return value
 
     @field_validator("smtp_host", "smtp_user", "smtp_password", "smtp_from", "smtp_ca_file",
                      "webhook_url", "webhook_secret", mode="before")
@@ -260,7 +281,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         # Without the input values: pydantic echoes them, and they may hold a secret.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors(include_url=False, include_input=False))
         raise ConfigurationError(f"Invalid MAMMO_* configuration: {problems}") from None
     except ValueError as exc:

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from celery import Celery
-from kombu import Queue
+from kombu import Connection, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from shared.config import Settings
 from shared.enums import Priority
-from shared.errors import BrokerUnavailableError
+from shared.errors import BrokerUnavailableError, ConfigurationError
+from shared.urls import redact_url
 
 TASK_PROCESS_CHUNK = "mammo.process_chunk"
 QUEUE_NAME = "mammo"
@@ -70,6 +71,7 @@ def enqueue_chunks(
 ) -> int:
     """Send one task per chunk of ids; return the number of messages sent."""
     sent = 0
+    broker_connection(app).release()  # a URL kombu cannot parse is a setting to fix, not a retry
     try:
         with app.producer_or_acquire() as producer:
             for chunk in chunked(list(image_ids), chunk_size):
@@ -85,15 +87,33 @@ def enqueue_chunks(
     return sent
 
 
+def broker_connection(app: Celery) -> Connection:
+    """A (not yet connected) connection to the broker, or a ``ConfigurationError``.
+
+    kombu parses the URL here and turns its query into connection arguments, so a query
+    key it also takes from the URL itself (``?password=`` is the common one) fails with a
+    KeyError, which no retry and no running broker can fix.
+    """
+    try:
+        return app.connection_for_write()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"MAMMO_BROKER_URL {redact_url(app.conf.broker_url)} cannot be used ("
+            f"{type(exc).__name__}: {exc}). A password goes in the URL itself "
+            "(redis://:PASSWORD@host:6379/0), not in its query string.") from None
+
+
 def broker_unreachable_message(app: Celery, exc: BaseException) -> str:
-    url = app.connection_for_write().as_uri()  # password masked by kombu
-    return (f"Cannot reach the message broker at {url}: {exc}. Check MAMMO_BROKER_URL and "
-            "that Redis is running, or unset MAMMO_BROKER_URL to use `mammo run` (no servers).")
+    reason = str(exc).strip().rstrip(".") or type(exc).__name__
+    return (f"Cannot reach the message broker at {redact_url(app.conf.broker_url)}: {reason}. "
+            "Check MAMMO_BROKER_URL and that Redis is running, or unset MAMMO_BROKER_URL to "
+            "use `mammo run` (no servers).")
 
 
 def check_broker(app: Celery, timeout_s: float = 3.0) -> None:
+    connection = broker_connection(app)
     try:
-        with app.connection_for_write() as conn:
+        with connection as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout_s)
     except Exception as exc:
         raise BrokerUnavailableError(broker_unreachable_message(app, exc)) from exc

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from producer.cli.context import CliContext
 from producer.cli.exit_codes import ExitCode, exit_code_for
-from shared.config import load_settings
+from shared.config import LOG_LEVELS, load_settings
 from shared.db.engine import refused_as_error
 from shared.errors import UserFacingError
 
@@ -39,7 +39,8 @@ class MammoGroup(click.Group):
 
 
 @click.group(cls=MammoGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default=None, help="Override MAMMO_LOG_LEVEL for this command.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
+              help="Override MAMMO_LOG_LEVEL for this command.")
 @click.version_option(package_name="mammo-pipeline", prog_name="mammo")
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None) -> None:

@@ -17,11 +17,18 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.errors import DatabaseUnavailableError
+from shared.errors import ConfigurationError, DatabaseUnavailableError
+from shared.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +39,21 @@ _PG_MIGRATION_LOCK = 7_314_159
 
 def create_db_engine(settings: Settings) -> Engine:
     url = settings.database_url
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60})
-        _configure_sqlite(engine, wal=settings.sqlite_wal)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 60})
+            _configure_sqlite(engine, wal=settings.sqlite_wal)
+            return engine
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    except (ImportError, NoSuchModuleError) as exc:
+        # SQLAlchemy imports the dialect's driver here (mysql:// wants MySQLdb, say).
+        raise ConfigurationError(
+            f"MAMMO_DATABASE_URL {redact_url(url)} needs a database driver that is not "
+            f"installed ({_first_line(exc)}). Supported: sqlite:///FILE and "
+            f"postgresql+psycopg://user@host/db (pip install '.[postgres]').") from None
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            f"MAMMO_DATABASE_URL {redact_url(url)} is not usable: {_first_line(exc)}") from None
 
 
 def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
@@ -55,6 +72,10 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def _shown(engine: Engine) -> str:
+    return redact_url(engine.url.render_as_string(hide_password=True))
+
+
 @contextmanager
 def unavailable_as_error(engine: Engine) -> Iterator[None]:
     """Turn connection failures into a ``DatabaseUnavailableError`` with a readable line."""
@@ -62,15 +83,30 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
         yield
     except OperationalError as exc:
         raise DatabaseUnavailableError(
-            f"Cannot reach the database at {engine.url.render_as_string(hide_password=True)}: "
+            f"Cannot reach the database at {_shown(engine)}: "
             f"{_first_line(exc.orig)}. Check MAMMO_DATABASE_URL and that the server is running."
         ) from exc
+
+
+def check_connection_options(engine: Engine) -> None:
+    """Open one connection, turning a driver's refusal of the URL's options into a
+    ``ConfigurationError``.
+
+    psycopg rejects an unknown ``?option=`` only when connecting, as a ProgrammingError: no
+    retry can fix that, unlike an unreachable server (OperationalError, left to the caller).
+    """
+    try:
+        engine.connect().close()
+    except (ProgrammingError, InterfaceError) as exc:
+        raise ConfigurationError(
+            f"The database driver refused MAMMO_DATABASE_URL {_shown(engine)}: "
+            f"{_first_line(exc.orig)}. Fix the URL's options.") from None
 
 
 def refused_as_error(url: str, exc: OperationalError) -> DatabaseUnavailableError:
     """The error for a database that was reached and then refused the work (a read-only
     SQLite file, a full disk, a server gone mid-command): one line, password hidden."""
-    shown = make_url(url).render_as_string(hide_password=True)
+    shown = redact_url(make_url(url).render_as_string(hide_password=True))
     return DatabaseUnavailableError(
         f"The database at {shown} refused the operation: {_first_line(exc.orig)}. Check "
         f"MAMMO_DATABASE_URL, that the server is running and that this user may write to "
@@ -122,6 +158,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
 def ensure_schema(engine: Engine) -> None:
     """Migrate on first use; cheap when the schema is already current."""
     with unavailable_as_error(engine):
+        check_connection_options(engine)
         if current_revisions(engine) == head_revisions(engine):
             return
     before, after = upgrade(engine)

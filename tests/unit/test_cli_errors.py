@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,57 +11,45 @@ from click.testing import CliRunner
 from producer.cli.exit_codes import ExitCode
 from producer.cli.main import cli
 from shared.synthetic import make_exam_set
-
-
-def _invoke(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-            **env: str) -> tuple[int, str]:
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith("MAMMO_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(f"MAMMO_{key.upper()}", value)
-    result = CliRunner().invoke(cli, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result.exit_code, result.output
+from tests.helpers.cli import invoke_cli
 
 
 def test_missing_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                       tiny_model_dir: Path) -> None:
-    code, out = _invoke(["run", str(tmp_path / "absent")], monkeypatch, tmp_path,
-                        model=str(tiny_model_dir))
+    code, out = invoke_cli(["run", str(tmp_path / "absent")], monkeypatch, tmp_path,
+                            model=str(tiny_model_dir))
     assert code == ExitCode.PATH_NOT_FOUND
     assert "Path does not exist" in out and "Traceback" not in out
 
 
 def test_no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    code, out = _invoke(["run", str(tmp_path)], monkeypatch, tmp_path, model="no-such-model")
+    code, out = invoke_cli(["run", str(tmp_path)], monkeypatch, tmp_path, model="no-such-model")
     assert code == ExitCode.NO_MODEL
     assert "MAMMO_MODEL" in out
 
 
 def test_submit_needs_a_broker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    code, out = _invoke(["submit", str(tmp_path)], monkeypatch, tmp_path)
+    code, out = invoke_cli(["submit", str(tmp_path)], monkeypatch, tmp_path)
     assert code == ExitCode.CONFIG
     assert "MAMMO_BROKER_URL" in out and "mammo run" in out
 
 
 def test_broker_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    code, out = _invoke(["submit", str(tmp_path)], monkeypatch, tmp_path,
-                        broker_url="redis://127.0.0.1:1/0")
+    code, out = invoke_cli(["submit", str(tmp_path)], monkeypatch, tmp_path,
+                            broker_url="redis://127.0.0.1:1/0")
     assert code == ExitCode.BROKER_UNAVAILABLE
     assert "Cannot reach the message broker" in out
 
 
 def test_database_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    code, out = _invoke(["status"], monkeypatch, tmp_path,
-                        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path,
+                            database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert code == ExitCode.DATABASE_UNAVAILABLE
     assert "Cannot reach the database" in out
 
 
 def test_invalid_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    code, out = _invoke(["status"], monkeypatch, tmp_path, chunk_size="-3")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path, chunk_size="-3")
     assert code == ExitCode.CONFIG
     assert "MAMMO_" in out
 
@@ -80,12 +67,12 @@ def test_every_command_has_help_with_an_example(command: list[str]) -> None:
 def test_a_read_only_database_is_one_line_and_exit_7(monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path, tiny_model_dir: Path) -> None:
     db = tmp_path / "results.db"
-    code, out = _invoke(["status"], monkeypatch, tmp_path, database_url=f"sqlite:///{db}")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path, database_url=f"sqlite:///{db}")
     assert code == ExitCode.OK, out  # created and migrated; now opened read-only
     make_exam_set(tmp_path / "exams", n_exams=1, seed=2)
-    code, out = _invoke(["run", str(tmp_path / "exams")], monkeypatch, tmp_path,
-                        database_url=f"sqlite:///file:{db}?mode=ro&uri=true",
-                        model=str(tiny_model_dir))
+    code, out = invoke_cli(["run", str(tmp_path / "exams")], monkeypatch, tmp_path,
+                            database_url=f"sqlite:///file:{db}?mode=ro&uri=true",
+                            model=str(tiny_model_dir))
     assert code == ExitCode.DATABASE_UNAVAILABLE
     assert "refused the operation: attempt to write a readonly database" in out
     assert "Traceback" not in out
@@ -97,13 +84,13 @@ def test_a_report_folder_that_is_a_file_is_one_line_and_keeps_the_results(
     blocker.write_text("not a folder")
     make_exam_set(tmp_path / "exams", n_exams=1, seed=2)
     env = {"database_url": f"sqlite:///{tmp_path / 'results.db'}", "model": str(tiny_model_dir)}
-    code, out = _invoke(["run", str(tmp_path / "exams"), "--report-dir", str(blocker)],
-                        monkeypatch, tmp_path, **env)
+    code, out = invoke_cli(["run", str(tmp_path / "exams"), "--report-dir", str(blocker)],
+                            monkeypatch, tmp_path, **env)
     assert code == ExitCode.CONFIG
     assert f"{blocker} is a file, not a folder" in out and "Traceback" not in out
-    code, out = _invoke(["results", "--state", "done", "--format", "json"], monkeypatch,
-                        tmp_path, **env)
+    code, out = invoke_cli(["results", "--state", "done", "--format", "json"], monkeypatch,
+                            tmp_path, **env)
     assert code == ExitCode.OK and len(json.loads(out)) == 4  # every image was stored
-    code, out = _invoke(["report", "batch", "1", "--format", "csv", "-o",
-                         str(blocker / "batch.csv")], monkeypatch, tmp_path, **env)
+    code, out = invoke_cli(["report", "batch", "1", "--format", "csv", "-o",
+                             str(blocker / "batch.csv")], monkeypatch, tmp_path, **env)
     assert code == ExitCode.CONFIG and "is a file, not a folder" in out

@@ -1,0 +1,28 @@
+"""Run the ``mammo`` CLI in-process with a clean ``MAMMO_*`` environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from producer.cli.main import cli
+
+
+def invoke_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+               **env: str) -> tuple[int, str]:
+    """Exit code and output (stdout and stderr) of ``mammo ARGS`` run in ``tmp_path``,
+    with only the given settings (``database_url="..."`` sets ``MAMMO_DATABASE_URL``).
+
+    A traceback (an exception other than the exit) fails the calling test."""
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("MAMMO_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(f"MAMMO_{key.upper()}", value)
+    result = CliRunner().invoke(cli, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.output
