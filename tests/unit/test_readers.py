@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from shared.enums import ErrorCode, Laterality, View
 from shared.errors import (
@@ -153,6 +155,11 @@ def test_for_processing_is_refused(dicom_file: Path, changes: dict[str, str],
 @pytest.mark.parametrize("changes, phrase", [
     ({"Modality": "CT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, "(0008,0060)"),
     ({"NumberOfFrames": 2}, "(0028,0008)"),
+    # The Modality and the SOP class must both allow a mammogram: a contradiction refuses.
+    ({"Modality": "CT"}, "Modality is 'CT' (SOP Class Digital Mammography"),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, "CT Image Storage"),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.88.50"}, "Mammography CAD SR Storage"),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.104.1"}, "Encapsulated PDF Storage"),
 ])
 def test_non_mammograms_are_refused(dicom_file: Path, changes: dict[str, object],
                                     phrase: str) -> None:
@@ -163,6 +170,41 @@ def test_non_mammograms_are_refused(dicom_file: Path, changes: dict[str, object]
 def test_secondary_capture_of_other_modality_is_accepted_with_a_note(dicom_file: Path) -> None:
     _edit(dicom_file, Modality="RG", SOPClassUID="1.2.840.10008.5.1.4.1.1.7")
     assert "RG" in decode(dicom_file, max_pixels=BIG).notes["modality"]
+
+
+def test_private_sop_class_is_judged_by_its_modality(dicom_file: Path) -> None:
+    _edit(dicom_file, SOPClassUID="1.2.826.0.1.3680043.8.498.777")  # not in the standard
+    assert decode(dicom_file, max_pixels=BIG).pixels.shape == (128, 96)
+
+
+def test_float_pixel_data_is_named_not_called_missing(dicom_file: Path) -> None:
+    ds = pydicom.dcmread(dicom_file)
+    del ds.PixelData
+    ds.FloatPixelData = np.zeros(128 * 96, np.float32).tobytes()
+    ds.BitsAllocated = 32
+    ds.save_as(dicom_file)
+    _refused(dicom_file, UnreadableImageError, ErrorCode.UNREADABLE, "floating-point",
+             "(7FE0,0008)")
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_dataset_without_preamble_or_meta_header_is_read(
+        tmp_path: Path, dicom_file: Path, pixels: np.ndarray, implicit: bool) -> None:
+    # Older PACS exports write the bare dataset: no 128-byte preamble, no "DICM", no group
+    # 0002, so no declared transfer syntax; pydicom finds the encoding from the elements.
+    ds = pydicom.dcmread(dicom_file)
+    raw = DicomBytesIO()
+    raw.is_little_endian, raw.is_implicit_VR = True, implicit
+    write_dataset(raw, ds)
+    path = tmp_path / "bare"
+    path.write_bytes(raw.getvalue())
+    header = read_header(path, pseudonymize=PSEUDONYMIZE)
+    assert header.format == "dicom" and header.identity == f"sop:{SOP_UID}"
+    assert (header.laterality, header.view) == (Laterality.RIGHT, View.MLO)
+    decoded = decode(path, max_pixels=BIG)
+    np.testing.assert_array_equal(decoded.pixels, decode(dicom_file, max_pixels=BIG).pixels)
+    expected = "Implicit VR Little Endian" if implicit else "Explicit VR Little Endian"
+    assert decoded.notes["transfer_syntax"] == expected
 
 
 def test_rgb_dicom_is_refused(dicom_file: Path) -> None:

@@ -82,7 +82,7 @@ class DicomReader:
 
     def sniff(self, head: bytes) -> bool:
         # Part 10: a 128-byte preamble then "DICM", whatever the file is called.
-        return head[128:132] == b"DICM"
+        return head[128:132] == b"DICM" or _raw_dataset(head)
 
     def read_header(self, path: Path, *, pseudonymize: Pseudonymize | None = None
                     ) -> ImageHeader:
@@ -153,9 +153,20 @@ def _quiet_pydicom() -> Iterator[None]:
         yield
 
 
+def _raw_dataset(head: bytes) -> bool:
+    """A dataset written without preamble and meta header (older PACS exports, network
+    dumps): it opens with a little-endian group 0002 or 0008 element, then either a VR
+    (explicit) or a 4-byte length (implicit). No other format we read starts this way."""
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00") or head[3] != 0:
+        return False
+    vr = head[4:6]
+    return (vr.isalpha() and vr.isupper()) or int.from_bytes(head[4:8], "little") < 1 << 16
+
+
 def _read(path: Path, **options: Any) -> Dataset:
     try:
-        return dcmread(path, **options)
+        # force: a dataset without a Part 10 header (see _raw_dataset) reads as well.
+        ds = dcmread(path, force=True, **options)
     except OSError as exc:
         raise open_error(path, exc) from exc
     except Exception as exc:  # pydicom raises many types for a damaged file; all mean this
@@ -163,6 +174,10 @@ def _read(path: Path, **options: Any) -> Dataset:
             f"{path.name} is not a readable DICOM file ({type(exc).__name__}: "
             f"{_summary(exc)})."
         ) from exc
+    if "TransferSyntaxUID" not in ds.file_meta and "PixelData" in ds:
+        # pydicom decodes only with a declared syntax; a raw dataset's is how it was read.
+        ds.file_meta.TransferSyntaxUID = checks.transfer_syntax(ds, path)
+    return ds
 
 
 def _guarded(path: Path, step: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:

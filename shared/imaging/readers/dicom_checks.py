@@ -8,7 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from shared.errors import (
     ForProcessingImageError,
@@ -28,7 +33,19 @@ FOR_PROCESSING_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray - For Processing
     "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray - For Processing
     "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray - For Processing
+    "1.2.840.10008.5.1.4.1.1.13.1.5",  # Breast Projection X-Ray - For Processing
 })
+# Standard SOP classes a 2-D mammogram may arrive as. Any other standard class (CT, a
+# structured report, an encapsulated PDF, a presentation state) is not one, whatever its
+# Modality says; a private or unknown class is judged by its Modality alone.
+IMAGE_SOP_CLASSES = MAMMOGRAPHY_SOP_CLASSES | {
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography (digitised film, CR plates)
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray - For Presentation
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray - For Presentation
+}
 # Modalities that are never a mammogram. Others (RG, DX, CR, OT, SC, none) are accepted with
 # a note: digitised film and secondary captures of mammograms arrive that way.
 REJECTED_MODALITIES = frozenset({
@@ -85,13 +102,19 @@ def triage(ds: Dataset, path: Path) -> dict[str, str]:
 
 def _modality(ds: Dataset, sop_class: str, path: Path) -> dict[str, str]:
     modality = str(ds.get("Modality", "")).strip().upper()
-    if modality == "MG" or sop_class in MAMMOGRAPHY_SOP_CLASSES:
-        return {}
-    if modality in REJECTED_MODALITIES:
+    if modality in REJECTED_MODALITIES:  # a mammography SOP class does not overrule it
         raise NotAMammogramError(
             f"{path.name} is not a mammogram: (0008,0060) Modality is '{modality}' "
             f"(SOP Class {UID(sop_class).name if sop_class else 'missing'})."
         )
+    if sop_class and UID(sop_class).type == "SOP Class" and sop_class not in IMAGE_SOP_CLASSES:
+        raise NotAMammogramError(
+            f"{path.name} is not a mammogram: (0008,0016) SOP Class UID is "
+            f"{UID(sop_class).name} ({sop_class}), which is not a 2-D X-ray image, although "
+            f"(0008,0060) Modality is '{modality or 'missing'}'."
+        )
+    if modality == "MG" or sop_class in MAMMOGRAPHY_SOP_CLASSES:
+        return {}
     found = f"'{modality}'" if modality else "missing"
     return {"modality": f"(0008,0060) Modality is {found}, not MG: classified as a mammogram "
                         "on trust"}
@@ -111,11 +134,18 @@ def image_size(ds: Dataset, path: Path) -> tuple[int, int]:
 
 
 def transfer_syntax(ds: Dataset, path: Path) -> UID:
+    """The file meta's Transfer Syntax UID; for a dataset stored without one (no Part 10
+    meta header), the native encoding pydicom found the elements in."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if not syntax:
+    if syntax:
+        return UID(str(syntax))
+    implicit, little = ds.original_encoding
+    if implicit is None:
         raise UnreadableImageError(
             f"{path.name} has no (0002,0010) Transfer Syntax UID in its file meta header.")
-    return UID(str(syntax))
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
 def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
@@ -126,6 +156,12 @@ def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
             raise TruncatedImageError(
                 f"{path.name} is truncated: its (7FE0,0010) Pixel Data element starts but the "
                 f"file ends ({path.stat().st_size:,} bytes) before the element does.")
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnreadableImageError(
+                f"{path.name} stores its pixels as floating-point values ((7FE0,0008) Float "
+                "or (7FE0,0009) Double Float Pixel Data), which X-ray images never use and "
+                "this pipeline does not read; export the image with integer (7FE0,0010) "
+                "Pixel Data.")
         raise MissingPixelDataError(f"{path.name} contains no (7FE0,0010) Pixel Data.")
     if syntax.is_compressed:
         return  # encapsulated: the decoder notices a damaged stream
