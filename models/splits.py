@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
+
+from shared.enums import CLASSES
+from shared.errors import DatasetError
+
+# The part of a fold's training images kept apart (by patient) for early stopping.
+EARLY_STOPPING_FRACTION = 0.15
 
 
 def patient_folds(labels: np.ndarray, patients: np.ndarray, *, n_folds: int,
@@ -20,12 +27,59 @@ def patient_folds(labels: np.ndarray, patients: np.ndarray, *, n_folds: int,
         # best effort, which is all sklearn's warning says.
         warnings.filterwarnings("ignore", message="The least populated class",
                                 category=UserWarning)
-        return [(np.asarray(a), np.asarray(b))
-                for a, b in splitter.split(np.zeros(len(labels)), labels, patients)]
+        try:
+            return [(np.asarray(a), np.asarray(b))
+                    for a, b in splitter.split(np.zeros(len(labels)), labels, patients)]
+        except ValueError as exc:
+            # sklearn refuses when every class has fewer images than there are folds.
+            if "n_splits" not in str(exc):
+                raise
+            raise DatasetError(
+                f"Too few labelled images to split by patient into {folds} folds: found "
+                f"{class_counts(labels, patients)}; at least one class needs {folds} images "
+                "(add images or give fewer --folds).") from None
 
 
 def inner_validation(labels: np.ndarray, patients: np.ndarray, *, fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split a training set again, for early stopping that never sees the held-out fold."""
-    folds = patient_folds(labels, patients, n_folds=max(2, round(1 / fraction)), seed=seed)
+    folds = patient_folds(labels, patients, n_folds=inner_parts(fraction), seed=seed)
     return folds[0]
+
+
+def inner_parts(fraction: float) -> int:
+    return max(2, round(1 / fraction))
+
+
+def require_inner_splits(labels: np.ndarray, patients: np.ndarray,
+                         folds: list[tuple[np.ndarray, np.ndarray]], *,
+                         fraction: float = EARLY_STOPPING_FRACTION) -> None:
+    """Raise ``DatasetError`` now, before any training, if some fold's training part cannot
+    be split again for early stopping (it would fail only when that fold's turn came).
+
+    Whether a split is possible depends on the class counts, not on the seed, so one try
+    per fold stands for every member's seed.
+    """
+    for train, _held_out in folds:
+        try:
+            inner_validation(labels[train], patients[train], fraction=fraction, seed=0)
+        except DatasetError:
+            parts = inner_parts(fraction)
+            # Balanced classes: each needs `parts` images in a training part of
+            # (k - 1) / k of the data.
+            need = math.ceil(parts * len(folds) / (len(folds) - 1))
+            raise DatasetError(
+                f"Too few labelled images for {len(folds)}-fold cross-validation with early "
+                f"stopping: found {class_counts(labels, patients)}. Each fold's training "
+                f"images are split again by patient into {parts} parts, which needs about "
+                f"{need} images, from as many patients, per class.") from None
+
+
+def class_counts(labels: np.ndarray, patients: np.ndarray) -> str:
+    """'normal 3 images from 3 patients, benign ...' for messages."""
+    parts = []
+    for index, label in enumerate(CLASSES):
+        mask = labels == index
+        parts.append(f"{label.value} {int(mask.sum())} images from "
+                     f"{len(set(patients[mask].tolist()))} patients")
+    return ", ".join(parts)

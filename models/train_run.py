@@ -39,7 +39,12 @@ from models.patches import PatchPlan
 from models.prepared import PreparedSet, prepare
 from models.pretraining import PretrainOptions, pretrained_trunk
 from models.registry import MODEL_FILE, file_sha256, write_model_dir
-from models.splits import inner_validation, patient_folds
+from models.splits import (
+    EARLY_STOPPING_FRACTION,
+    inner_validation,
+    patient_folds,
+    require_inner_splits,
+)
 from models.training import (
     TrainOptions,
     TrunkResult,
@@ -157,6 +162,7 @@ def cross_validate(data: PreparedSet, config: TrainConfig,
     """Per fold, ``config.members`` trunks (own seeds and early-stopping splits); an image's
     held-out evidence and heatmap are the means over its fold's members, as the shipped
     ensemble averages all trunks."""
+    require_inner_splits(data.labels, data.patients, folds)
     cv = CrossValidation.empty(len(data.images))
     for k, (train, held_out) in enumerate(folds):
         say(f"fold {k + 1}/{len(folds)}: {len(train)} training images, {len(held_out)} held "
@@ -235,8 +241,8 @@ def patch_trained(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
                                           negatives_ratio=config.negatives_ratio),
                            hard_negatives=config.hard_negatives, widths=config.widths,
                            stage_convs=config.stage_convs, average_from=config.average_from)
-    fit_idx, stop_idx = inner_validation(labels[train], patients[train], fraction=0.15,
-                                         seed=seed)
+    fit_idx, stop_idx = inner_validation(labels[train], patients[train],
+                                         fraction=EARLY_STOPPING_FRACTION, seed=seed)
     say(f"{name}: {len(stop_idx)} of the training images kept apart for early stopping")
     initial = None
     if config.pretrain_epochs:
