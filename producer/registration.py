@@ -173,11 +173,14 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
                                                      str | None]:
     """(header with manifest/convention metadata applied, or the error; reference label)."""
     if source_text(path) != str(path):
+        # Name the part that is not UTF-8: a good file name in a badly named folder too.
+        bad = next(part for part in reversed(path.parts) if source_text(Path(part)) != part)
+        what = "file" if bad == path.name else "folder"
         return None, BadFileNameError(
-            f"The file name '{source_text(Path(path.name))}' is not valid UTF-8 "
-            "(probably written by a system using another character set), and the database "
-            "cannot record a result under it. Rename it in UTF-8 (e.g. `convmv -f latin1 "
-            "-t utf8 --notest FILE`) and submit it again."), None
+            f"The {what} name '{source_text(Path(bad))}' is not valid UTF-8 (probably "
+            "written by a system using another character set), and the database cannot "
+            f"record a result under it. Rename the {what} in UTF-8 (e.g. `convmv -f latin1 "
+            f"-t utf8 --notest NAME`) and submit it again."), None
     try:
         header = read_header(path, pseudonymize=ingestion.pseudonymize)
     except InputError as exc:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
@@ -170,6 +171,27 @@ def test_non_mammograms_are_refused(dicom_file: Path, changes: dict[str, object]
 def test_secondary_capture_of_other_modality_is_accepted_with_a_note(dicom_file: Path) -> None:
     _edit(dicom_file, Modality="RG", SOPClassUID="1.2.840.10008.5.1.4.1.1.7")
     assert "RG" in decode(dicom_file, max_pixels=BIG).notes["modality"]
+
+
+def test_compressed_syntax_over_raw_pixel_data_names_the_mismatch(dicom_file: Path) -> None:
+    # pydicom will not write such a file, so the declared syntax is patched in place (the
+    # two UIDs have the same length).
+    data = dicom_file.read_bytes()
+    explicit, rle = (str(uid).encode() for uid in (pydicom.uid.ExplicitVRLittleEndian,
+                                                   pydicom.uid.RLELossless))
+    assert data.count(explicit + b"\0") == 1
+    dicom_file.write_bytes(data.replace(explicit + b"\0", rle + b"\0"))
+    _refused(dicom_file, UnreadableImageError, ErrorCode.UNREADABLE,
+             "RLE Lossless", "holds raw values", "wrong transfer syntax")
+
+
+def test_video_transfer_syntax_is_not_a_mammogram(dicom_file: Path) -> None:
+    ds = pydicom.dcmread(dicom_file)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
+    ds.PixelData = encapsulate([bytes(64)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(dicom_file, enforce_file_format=True)
+    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY, "is a video", "MPEG2")
 
 
 def test_private_sop_class_is_judged_by_its_modality(dicom_file: Path) -> None:

@@ -169,6 +169,18 @@ def test_a_file_name_that_is_not_utf8_fails_clearly_and_can_be_renamed(
     assert states == ["failed", "queued"]  # renamed, it is a new image, not a duplicate
 
 
+def test_a_folder_name_that_is_not_utf8_is_named_not_the_file(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    path = _dicom(folder, "good_name.dcm", "1.2.826.0.1.3680043.8.498.77")
+    _register(sessions, [path], ingestion_for(_settings(sqlite_url, KEY)))
+    with sessions() as session:
+        [image] = session.execute(select(Image)).scalars().all()
+    assert image.error_code == ErrorCode.BAD_FILE_NAME.value
+    assert "The folder name 'caf\\xe9' is not valid UTF-8" in image.error_message
+    assert "good_name" not in image.error_message
+
+
 def test_run_with_manifest_then_rerun_lists_duplicates_with_their_result(
         tmp_path: Path, settings: Settings) -> None:
     """End to end through the embedded run: metadata from the manifest reaches the results,

@@ -125,6 +125,7 @@ class DicomReader:
         notes = _guarded(path, checks.triage, header, path)
         check_pixel_count(path, rows, columns, max_pixels)
         syntax = checks.transfer_syntax(header, path)
+        checks.video(syntax, path)
         plugin = _plugin_for(syntax, path)
         ds = _read(path)
         _guarded(path, checks.pixel_length, ds, syntax, path)

@@ -53,6 +53,8 @@ REJECTED_MODALITIES = frozenset({
     "IO", "ECG", "EPS", "HD", "RTIMAGE", "RTDOSE", "RTSTRUCT", "RTPLAN", "SEG", "SR", "PR",
     "KO", "DOC", "BMD", "XC", "GM",
 })
+# An encapsulated Pixel Data value opens with an Item tag (FFFE,E000), little-endian.
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
 _PLUGINS_JPEG = "pylibjpeg with pylibjpeg-libjpeg (GPL-3.0) or python-gdcm"
 _PLUGINS_J2K = "pylibjpeg with pylibjpeg-openjpeg, or python-gdcm"
 _PLUGIN_HINTS = {
@@ -164,6 +166,11 @@ def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
                 "Pixel Data.")
         raise MissingPixelDataError(f"{path.name} contains no (7FE0,0010) Pixel Data.")
     if syntax.is_compressed:
+        if not ds.PixelData.startswith(_ITEM_TAG):
+            raise UnreadableImageError(
+                f"{path.name} declares compressed pixel data ((0002,0010) Transfer Syntax "
+                f"UID {syntax.name}), but its (7FE0,0010) Pixel Data holds raw values: the "
+                "sending system wrote the wrong transfer syntax. Export it again.")
         return  # encapsulated: the decoder notices a damaged stream
     samples = int(ds.get("SamplesPerPixel") or 1)
     frames = int(ds.get("NumberOfFrames") or 1)
@@ -175,6 +182,15 @@ def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
             f"{path.name} is truncated: (7FE0,0010) Pixel Data holds {found:,} bytes, "
             f"{expected:,} expected for {ds.Columns} x {ds.Rows} at {bits} bits allocated."
         )
+
+
+def video(syntax: UID, path: Path) -> None:
+    """Refuse the MPEG and HEVC syntaxes: a video (an endoscopy, a cine loop), never a
+    mammogram; installing a decoder would not change that."""
+    if any(word in syntax.name for word in ("MPEG", "HEVC")):
+        raise NotAMammogramError(
+            f"{path.name} is a video ((0002,0010) Transfer Syntax UID {syntax.name}); only "
+            "single 2-D mammograms are classified.")
 
 
 def _pixel_data_tag_present(path: Path) -> bool:

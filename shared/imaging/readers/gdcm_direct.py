@@ -44,8 +44,13 @@ def decode_stored_values(path: Path, rows: int, columns: int) -> np.ndarray:
         raise UnreadableImageError(
             f"{path.name}: GDCM decoded an unexpected pixel type "
             f"({image.GetPixelFormat().GetScalarTypeAsString()}).")
-    # GDCM's Python binding returns the buffer as a str holding the raw bytes.
-    raw = image.GetBuffer().encode("utf-8", "surrogateescape")
+    # GDCM's Python binding returns the buffer as a str holding the raw bytes, or None
+    # when the compressed stream is damaged.
+    buffer = image.GetBuffer()
+    if buffer is None:
+        raise UnreadableImageError(
+            f"{path.name}: its 12-bit JPEG pixel data is damaged; GDCM could not decode it.")
+    raw = buffer.encode("utf-8", "surrogateescape")
     values = np.frombuffer(raw, dtype=np.dtype(dtypes[scalar]).newbyteorder("<"))
     if values.size != rows * columns:
         raise UnreadableImageError(
