@@ -39,6 +39,8 @@ Progress = Callable[[str], None]
 FIGURES = ("auc_abnormal", "auc_malignant", "sensitivity_at_90_specificity", "ece",
            "localisation", "baseline_auc_abnormal", "baseline_auc_malignant",
            "bilateral_auc_abnormal", "bilateral_auc_malignant")
+# Every key a record row may carry (a model's own row has no date or minutes): the CSV header.
+SPLIT_ROW_KEYS = ("seed", "source", "date", "minutes", *FIGURES)
 OWN = "this model"
 TRAINING_RUN = "training run"  # a separate `mammo train --seed S` of the same recipe
 # Recipe options added after some models were trained: absent from their metadata, and

@@ -40,24 +40,26 @@ def default_console() -> Console:
 
 
 def render(
-    rows: Sequence[Mapping[str, Any]], fmt: str, *, columns: Sequence[str] | None = None,
-    title: str | None = None, console: Console | None = None,
+    rows: Sequence[Mapping[str, Any]], fmt: str, *, keys: Sequence[str],
+    columns: Sequence[str] | None = None, title: str | None = None,
+    console: Console | None = None,
 ) -> None:
-    """Print ``rows``; JSON and CSV carry every key, the table only ``columns``."""
+    """Print ``rows``: JSON carries every key of each row; CSV exactly ``keys`` (the same
+    header with no rows: a script reading an empty export must see the same columns); the
+    table ``columns`` (default: ``keys``)."""
     out = console or default_console()
     if fmt == "json":
         out.print_json(json.dumps([{k: _plain(v) for k, v in r.items()} for r in rows]))
         return
     if fmt == "csv":
-        keys = list(rows[0].keys()) if rows else list(columns or [])
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=list(keys), lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _plain(row.get(k)) for k in keys})
         out.file.write(buffer.getvalue())
         return
-    shown = list(columns or (rows[0].keys() if rows else []))
+    shown = list(columns or keys)
     table = Table(title=title, show_lines=False)
     for key in shown:
         table.add_column(key, overflow="fold")

@@ -136,6 +136,12 @@ def _result_row(found: RowMapping) -> dict[str, Any]:
     return {key: row[key] for key in RESULT_KEYS}
 
 
+# The keys of ``BatchStatus.as_row``: `mammo status --format csv` prints them as its header
+# even when there is no batch yet.
+BATCH_STATUS_KEYS = ("batch_id", "name", "total", *(s.value for s in ImageState),
+                     "images_per_minute", "eta_s", "created_at", "finished_at")
+
+
 @dataclass(frozen=True)
 class BatchStatus:
     batch_id: int

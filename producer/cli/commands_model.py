@@ -21,6 +21,12 @@ from shared.formatting import render
 EVALUATE_COLUMNS = ("id", "truth", "label", "p_normal", "p_benign", "p_malignant")
 SUMMARY_KEYS = ("n", "accuracy", "auc_abnormal", "auc_malignant",
                 "sensitivity_at_90_specificity", "ece")
+CONFUSION_KEYS = ("truth", "pred_normal", "pred_benign", "pred_malignant")
+MODEL_LIST_KEYS = ("name", "version", "sha256", "preprocessing_version", "source", "path",
+                   "active", "in_use")
+MODEL_LIST_COLUMNS = ("name", "version", "sha256", "active", "in_use", "source", "path")
+COMPARE_KEYS = ("metric", "this", "rerun", "difference")
+SPREAD_KEYS = ("figure", "mean", "sd", "min", "max")
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -211,13 +217,14 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
-    render(result["predictions"], "table", columns=EVALUATE_COLUMNS, title="Predictions")
-    render([{k: result[k] for k in SUMMARY_KEYS}], "table",
+    render(result["predictions"], "table", keys=EVALUATE_COLUMNS, title="Predictions")
+    render([{k: result[k] for k in SUMMARY_KEYS}], "table", keys=SUMMARY_KEYS,
            title=f"{spec.name} {spec.version} on {data}")
     render([{"truth": t, **{f"pred_{p}": n for p, n in zip(("normal", "benign", "malignant"),
                                                            row, strict=True)}}
             for t, row in zip(("normal", "benign", "malignant"), result["confusion_matrix"],
-                              strict=True)], "table", title="Confusion matrix")
+                              strict=True)], "table", keys=CONFUSION_KEYS,
+           title="Confusion matrix")
 
 
 def _spec(cli: CliContext, ref: str | None) -> Any:
@@ -270,8 +277,8 @@ def models_list(cli: CliContext, fmt: str) -> None:
     for path, row in rows.items():
         row["active"] = bool(active and active.path == path)
         row["in_use"] = path == current
-    render(list(rows.values()), fmt, columns=("name", "version", "sha256", "active", "in_use",
-                                              "source", "path"), title="Models")
+    render(list(rows.values()), fmt, keys=MODEL_LIST_KEYS, columns=MODEL_LIST_COLUMNS,
+           title="Models")
 
 
 @models_group.command("show")
@@ -355,7 +362,7 @@ def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
     else:
-        render(result["rows"], fmt, columns=("metric", "this", "rerun", "difference"),
+        render(result["rows"], fmt, keys=COMPARE_KEYS,
                title=f"{this.name} {this.version} against {result['rerun']}")
         click.echo(result["verdict"])
     if record:
@@ -397,7 +404,7 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
     """
     from models.model_card import record_in_metadata
     from models.registry import resolve_model
-    from models.repeated_splits import FIGURES, check_seeds, merge, repeat
+    from models.repeated_splits import FIGURES, SPLIT_ROW_KEYS, check_seeds, merge, repeat
 
     spec = resolve_model(ref)
     seeds = _seeds(seed_list)
@@ -415,10 +422,11 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
     else:
-        render(result["rows"], fmt, columns=("seed", "source", *FIGURES),
+        render(result["rows"], fmt, keys=SPLIT_ROW_KEYS,
+               columns=("seed", "source", *FIGURES),
                title=f"{spec.name} {spec.version} on {len(result['rows'])} patient splits")
         render([{"figure": k, **v} for k, v in result["spread"].items() if v], fmt,
-               columns=("figure", "mean", "sd", "min", "max"), title="Spread over the splits")
+               keys=SPREAD_KEYS, title="Spread over the splits")
     if record:
         path = record_in_metadata(spec.directory, "repeated_splits",
                                   merge(spec.metadata.get("repeated_splits"), result))
@@ -446,7 +454,7 @@ def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
 
     from models.model_card import record_in_metadata
     from models.registry import METADATA_FILE, resolve_model
-    from models.repeated_splits import FIGURES, from_runs, merge
+    from models.repeated_splits import FIGURES, SPLIT_ROW_KEYS, from_runs, merge
 
     spec = resolve_model(ref)
     found = [resolve_model(run) for run in runs]
@@ -457,7 +465,8 @@ def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
     except (KeyError, ValueError) as exc:
         raise ModelComparisonError(f"{spec.name} {spec.version}: {exc}") from exc
     recorded = merge(spec.metadata.get("repeated_splits"), result)
-    render(recorded["rows"], fmt, columns=("seed", "source", *FIGURES),
+    render(recorded["rows"], fmt, keys=SPLIT_ROW_KEYS,
+           columns=("seed", "source", *FIGURES),
            title=f"{spec.name} {spec.version} on {len(recorded['rows'])} patient splits")
     path = record_in_metadata(spec.directory, "repeated_splits", recorded)
     click.echo(f"recorded in {path} and {spec.directory / 'MODEL_CARD.md'}")

@@ -11,6 +11,8 @@ from producer.cli.options import date_range_options, format_option
 from shared.enums import ImageState, Label
 from shared.formatting import render
 from shared.queries import (
+    BATCH_STATUS_KEYS,
+    RESULT_KEYS,
     ResultFilter,
     batch_status,
     list_results,
@@ -20,8 +22,6 @@ from shared.queries import (
 from shared.queue import queue_depth
 from shared.timeutil import as_utc
 
-STATUS_COLUMNS = ("batch_id", "name", "total", "queued", "processing", "done", "failed",
-                  "images_per_minute", "eta_s", "created_at", "finished_at")
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
 RESULT_COLUMNS = ("image_id", "batch_id", "state", "laterality", "view", "label",
                   "suspicion", "p_normal", "p_benign", "p_malignant", "error_code", "error_message",
@@ -48,7 +48,8 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         mammo status --health --format json
     """
     if health:
-        render([_health(cli)], fmt, title="Health")
+        health_row = _health(cli)
+        render([health_row], fmt, keys=tuple(health_row), title="Health")
         return
     with cli.sessions() as session:
         ids = [batch] if batch is not None else recent_batch_ids(session, last)
@@ -56,10 +57,9 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     if batch is not None and not statuses:
         raise click.BadParameter(f"no batch with id {batch}", param_hint="BATCH")
     rows = [s.as_row() for s in statuses]
+    render(rows, fmt, keys=BATCH_STATUS_KEYS, title="Batches")
     if fmt != "table":
-        render(rows, fmt)
         return
-    render(rows, fmt, columns=STATUS_COLUMNS, title="Batches")
     for key, value in _health(cli).items():
         click.echo(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
 
@@ -120,7 +120,8 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     with cli.sessions() as session:
         rows = list_results(session, flt)
     more = page is not None and len(rows) > page
-    render(rows[:page] if more else rows, fmt, columns=RESULT_COLUMNS, title="Results")
+    render(rows[:page] if more else rows, fmt, keys=RESULT_KEYS, columns=RESULT_COLUMNS,
+           title="Results")
     if more and page is not None:
         click.echo(f"more rows follow: add --offset {offset + page}"
                    f"{'' if limit else f' --limit {page}'}, or use --format csv|json",

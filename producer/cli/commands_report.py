@@ -43,6 +43,7 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
     from shared.exams import refresh_due_exams
     from shared.reports.exam_reports import write_exam_report
     from shared.reports.worklist import (
+        FLAT_WORKLIST_KEYS,
         WorklistFilter,
         exam_pdf_path,
         flat_worklist_row,
@@ -59,10 +60,8 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
                 path = exam_pdf_path(settings.report_dir, row["study_uid"])
                 write_exam_report(session, row["study_uid"], path, "pdf", settings)
                 row["report_path"] = str(path.resolve())
-    if fmt == "json":
-        render(rows, fmt)
-        return
-    render([flat_worklist_row(r) for r in rows], fmt, columns=WORKLIST_COLUMNS,
+    shown = rows if fmt == "json" else [flat_worklist_row(r) for r in rows]
+    render(shown, fmt, keys=FLAT_WORKLIST_KEYS, columns=WORKLIST_COLUMNS,
            title="Read first (decision support: suspicion 1-10, not a diagnosis)")
 
 
@@ -93,7 +92,7 @@ def stats_command(cli: CliContext, batch_id: int | None, since: datetime | None,
     if fmt == "json":
         click.echo(_json_text(stats))
         return
-    render(stats_rows(stats), fmt, columns=("section", "key", "value"), title="Statistics")
+    render(stats_rows(stats), fmt, keys=("section", "key", "value"), title="Statistics")
 
 
 def _json_text(data: object) -> str:

@@ -13,7 +13,7 @@ from producer.cli.options import format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.embedded_run import RunOutcome, check_model, run_embedded
 from shared.formatting import render
-from shared.queries import ResultFilter, list_results
+from shared.queries import RESULT_KEYS, ResultFilter, list_results
 from shared.reports.batch_outputs import write_batch_documents
 from shared.reports.exports import DISCLAIMER, write_batch_exports
 
@@ -31,7 +31,7 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
     with cli.sessions() as session:
         rows = list_results(session, ResultFilter(batch_id=sub.batch_id))
     shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
-    render(shown, fmt, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
+    render(shown, fmt, keys=RESULT_KEYS, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
     settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
     written = write_batch_exports(rows, settings.report_dir, sub.batch_id)
     with cli.sessions() as session:

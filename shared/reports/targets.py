@@ -17,6 +17,7 @@ from shared.reports.exam_reports import EXAM_FORMATS, write_exam_report
 from shared.reports.exports import DISCLAIMER, write_csv, write_json
 from shared.reports.stats import StatsFilter, collect_stats, stats_rows
 from shared.reports.worklist import (
+    FLAT_WORKLIST_KEYS,
     WorklistFilter,
     exam_pdf_path,
     flat_worklist_row,
@@ -75,8 +76,7 @@ def _worklist(session: Session, req: ReportRequest, path: Path, settings: Settin
                          report_dir=settings.report_dir)
     if req.fmt == "json":
         return write_json(rows, path)
-    flat = [flat_worklist_row(r) for r in rows]
-    return write_csv(flat, path, columns=list(flat[0]) if flat else ["study_uid"])
+    return write_csv([flat_worklist_row(r) for r in rows], path, columns=FLAT_WORKLIST_KEYS)
 
 
 def _stats(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:

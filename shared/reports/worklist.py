@@ -19,6 +19,9 @@ from sqlalchemy.orm import Session
 from shared.db.schema import ExamResult, Image, Study
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
+# A worklist row for a table or CSV (flat_worklist_row): one column per breast.
+FLAT_WORKLIST_KEYS = ("rank", "study_uid", "suspicion", "left", "right", "label", "status",
+                      "accession_number", "flags", "report_path")
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,5 @@ def flat_worklist_row(row: dict[str, Any]) -> dict[str, Any]:
         found = row["per_breast"].get(side)
         return found.get("suspicion") if found else None
 
-    return {"rank": row["rank"], "study_uid": row["study_uid"], "suspicion": row["suspicion"],
-            "left": breast("L"), "right": breast("R"), "label": row["label"],
-            "status": row["status"], "accession_number": row["accession_number"],
-            "flags": "; ".join(row["flags"]), "report_path": row["report_path"]}
+    flat = {**row, "left": breast("L"), "right": breast("R"), "flags": "; ".join(row["flags"])}
+    return {key: flat[key] for key in FLAT_WORKLIST_KEYS}
