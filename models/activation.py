@@ -47,5 +47,5 @@ def model_for(settings: Settings, session: Session) -> ModelSpec:
     if settings.model == DEFAULT_MODEL:
         active = active_version(session)
         if active is not None and Path(active.path).is_dir():
-            return resolve_model(active.path)
+            return resolve_model(active.path, named_by="the model activated in the database")
     return resolve_model(settings.model)

@@ -4,7 +4,7 @@ A model lives in a directory holding ``model.keras`` and ``metadata.json``; ship
 under ``models/<name>/<version>/``, and shipped alternatives, which the name ``default``
 never picks, under ``models/alternatives/<version>/``. ``MAMMO_MODEL`` is either such a
 directory or the name of a shipped model (its highest version wins, unless
-``name/version`` is given).
+``name/version``, or ``name:version`` as results print it, is given).
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def _candidates(ref: str, root: Path) -> list[Path]:
         return [as_path.parent]
     if as_path.is_dir():
         return [as_path]
+    if ":" in ref and "/" not in ref:
+        ref = ref.replace(":", "/", 1)  # NAME:VERSION, the form results print
     shipped = root / ref
     if (shipped / METADATA_FILE).is_file():
         return [shipped]
@@ -59,14 +61,18 @@ def _candidates(ref: str, root: Path) -> list[Path]:
     return []
 
 
-def resolve_model(ref: str, *, root: Path = MODELS_ROOT) -> ModelSpec:
-    """Return the spec of the model ``ref`` names, or say clearly how to provide one."""
+def resolve_model(ref: str, *, root: Path = MODELS_ROOT,
+                  named_by: str = "MAMMO_MODEL") -> ModelSpec:
+    """Return the spec of the model ``ref`` names, or say clearly how to provide one.
+
+    ``named_by`` is where ``ref`` came from (the setting, an argument, a flag), so that a
+    message blames what the person actually typed."""
     found = _candidates(ref, root)
-    hint = ("Set MAMMO_MODEL to a directory holding model.keras and metadata.json "
-            "(for example one written by `mammo train`), or to the name of a model shipped "
-            f"under {root}.")
+    hint = (f"Give {named_by} a directory holding model.keras and metadata.json (for example "
+            "one written by `mammo train`), or the name of a model shipped under "
+            f"{root} (NAME, NAME/VERSION or NAME:VERSION).")
     if not found:
-        raise ModelNotFoundError(f"No model found for MAMMO_MODEL={ref!r}. {hint}")
+        raise ModelNotFoundError(f"No model found for {named_by}={ref!r}. {hint}")
     directory = found[0]
     meta_path = directory / METADATA_FILE
     if not meta_path.is_file() or not (directory / MODEL_FILE).is_file():

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import RowMapping, Select, exists, func, select
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
@@ -81,13 +81,21 @@ def results_query(flt: ResultFilter) -> Select[*tuple[Any, ...]]:
         (bool(flt.state), lambda: Image.state == flt.state),
         (bool(flt.label), lambda: Prediction.label == flt.label),
         (flt.min_suspicion is not None, lambda: Prediction.suspicion >= flt.min_suspicion),
-        (bool(flt.model_version), lambda: ModelVersion.version == flt.model_version),
+        (bool(flt.model_version), lambda: _model_version_is(flt.model_version or "")),
         (flt.since is not None, lambda: Image.created_at >= flt.since),
         (flt.until is not None, lambda: Image.created_at < flt.until),
     ]
     stmt = stmt.where(*(make() for wanted, make in conditions if wanted))
     stmt = stmt.order_by(Image.id).offset(flt.offset)
     return stmt.limit(flt.limit) if flt.limit else stmt
+
+
+def _model_version_is(wanted: str) -> ColumnElement[bool]:
+    """``VERSION``, or ``NAME:VERSION`` as result rows print ``model_version``."""
+    name, colon, version = wanted.partition(":")
+    if not colon:
+        return ModelVersion.version == wanted
+    return and_(ModelVersion.name == name, ModelVersion.version == version)
 
 
 def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:

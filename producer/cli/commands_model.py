@@ -211,7 +211,7 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
     """
     from models.evaluation import evaluate
 
-    spec = _spec(cli, model_ref)
+    spec = _spec(cli, model_ref, "--model")
     result = evaluate(spec, data, max_pixels=cli.settings.max_image_pixels,
                       batch_size=batch_size, progress=_say, bilateral=not single_image)
     if fmt == "json":
@@ -227,12 +227,12 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
            title="Confusion matrix")
 
 
-def _spec(cli: CliContext, ref: str | None) -> Any:
+def _spec(cli: CliContext, ref: str | None, named_by: str) -> Any:
     from models.activation import model_for
     from models.registry import resolve_model
 
     if ref is not None:
-        return resolve_model(ref)
+        return resolve_model(ref, named_by=named_by)
     with cli.sessions() as session:
         return model_for(cli.settings, session)
 
@@ -266,19 +266,20 @@ def models_list(cli: CliContext, fmt: str) -> None:
     rows: dict[str, dict[str, Any]] = {}
     for spec in shipped_models():
         rows[str(spec.directory.resolve())] = {
-            "name": spec.name, "version": spec.version, "sha256": spec.sha256[:12],
+            "name": spec.name, "version": spec.version, "sha256": spec.sha256,
             "preprocessing_version": spec.preprocessing_version, "source": "shipped",
             "path": str(spec.directory)}
     for mv in registered:
         row = rows.setdefault(mv.path, {
-            "name": mv.name, "version": mv.version, "sha256": mv.sha256[:12],
+            "name": mv.name, "version": mv.version, "sha256": mv.sha256,
             "preprocessing_version": mv.preprocessing_version, "path": mv.path})
         row["source"] = "shipped+registered" if row.get("source") == "shipped" else "registered"
     for path, row in rows.items():
         row["active"] = bool(active and active.path == path)
         row["in_use"] = path == current
-    render(list(rows.values()), fmt, keys=MODEL_LIST_KEYS, columns=MODEL_LIST_COLUMNS,
-           title="Models")
+    # Machine formats carry the whole sha256 (scripts compare it); a table needs only a prefix.
+    shown = [{**r, "sha256": r["sha256"][:12]} if fmt == "table" else r for r in rows.values()]
+    render(shown, fmt, keys=MODEL_LIST_KEYS, columns=MODEL_LIST_COLUMNS, title="Models")
 
 
 @models_group.command("show")
@@ -294,7 +295,7 @@ def models_show(cli: CliContext, ref: str | None) -> None:
     from models.registry import verify_model
     from shared.imaging.preprocess import PREPROCESSING_VERSION
 
-    spec = _spec(cli, ref)
+    spec = _spec(cli, ref, "REF")
     meta = dict(spec.metadata)
     try:
         verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
@@ -322,7 +323,7 @@ def models_activate(cli: CliContext, ref: str) -> None:
     from models.registry import resolve_model, verify_model
     from shared.imaging.preprocess import PREPROCESSING_VERSION
 
-    spec = resolve_model(ref)
+    spec = resolve_model(ref, named_by="REF")
     verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
     with cli.sessions() as session:
         activate(session, spec)
@@ -352,7 +353,7 @@ def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
     from models.registry import resolve_model
     from models.reproducibility import compare_runs
 
-    this, other = resolve_model(ref), resolve_model(rerun)
+    this, other = resolve_model(ref, named_by="REF"), resolve_model(rerun, named_by="RERUN")
     try:
         result = compare_runs(this.metadata, other.metadata)
     except (KeyError, ValueError) as exc:
@@ -406,7 +407,7 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
     from models.registry import resolve_model
     from models.repeated_splits import FIGURES, SPLIT_ROW_KEYS, check_seeds, merge, repeat
 
-    spec = resolve_model(ref)
+    spec = resolve_model(ref, named_by="REF")
     seeds = _seeds(seed_list)
     try:
         check_seeds(spec.metadata.get("seed", 0), seeds)
@@ -456,8 +457,8 @@ def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
     from models.registry import METADATA_FILE, resolve_model
     from models.repeated_splits import FIGURES, SPLIT_ROW_KEYS, from_runs, merge
 
-    spec = resolve_model(ref)
-    found = [resolve_model(run) for run in runs]
+    spec = resolve_model(ref, named_by="REF")
+    found = [resolve_model(run, named_by="RUNS") for run in runs]
     dates = [dt.datetime.fromtimestamp((r.directory / METADATA_FILE).stat().st_mtime,
                                        tz=dt.UTC).date().isoformat() for r in found]
     try:
@@ -500,7 +501,8 @@ def models_bilateral(ref: str, data: Path, version: str, output: Path,
     if not scores:
         raise click.BadParameter("name at least one score", param_hint="--scores")
     command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    click.echo(str(derive(resolve_model(ref), data, output, version, scores, command, _say)))
+    spec = resolve_model(ref, named_by="REF")
+    click.echo(str(derive(spec, data, output, version, scores, command, _say)))
 
 
 @models_group.command("merge")
@@ -527,7 +529,7 @@ def models_merge(refs: tuple[str, ...], data: Path, version: str, output: Path) 
     from models.merge import merge
     from models.registry import resolve_model
 
-    specs = [resolve_model(ref) for ref in refs]
+    specs = [resolve_model(ref, named_by="REFS") for ref in refs]
     command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     click.echo(str(merge(specs, data, output, version, command, _say)))
 

@@ -85,7 +85,9 @@ def _health(cli: CliContext) -> dict[str, object]:
 @click.option("--state", type=click.Choice([s.value for s in ImageState]))
 @click.option("--label", type=click.Choice([c.value for c in Label]))
 @click.option("--min-score", type=click.IntRange(1, 10), help="Minimum suspicion (1-10).")
-@click.option("--model-version", help="Only predictions of this model version.")
+@click.option("--model-version",
+              help="Only predictions of this model version: VERSION, or NAME:VERSION as "
+                   "results print it.")
 @date_range_options
 @click.option("--limit", type=click.IntRange(1), default=None,
               help=f"Page size [default: all rows; the table shows at most {TABLE_PAGE}].")
