@@ -10,13 +10,13 @@ from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, se
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
-from shared.enums import ErrorCode, ImageState
+from shared.enums import ImageState
 from shared.timeutil import as_utc, utcnow
 
 RESULT_KEYS = (
     "image_id", "batch_id", "source", "state", "error_code", "error_message", "study_uid",
     "sop_instance_uid", "laterality", "view", "label", "p_normal", "p_benign", "p_malignant",
-    "suspicion", "model_version",
+    "suspicion", "model_version", "duplicate_of",
 )
 
 
@@ -33,8 +33,9 @@ class ResultFilter:
     until: datetime | None = None
     limit: int | None = None
     offset: int = 0
-    # With batch_id (and no other filter): also a row per file the batch sent again, state
-    # and error_code "duplicate", carrying the original image's id and result.
+    # With batch_id (and no other filter): also a row per file the batch sent again (already
+    # known), carrying its own source and the original image's state and result, with
+    # duplicate_of set to that image's id.
     include_duplicates: bool = False
 
 
@@ -110,7 +111,10 @@ def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
 
 
 def duplicate_rows(session: Session, batch_id: int) -> list[dict[str, Any]]:
-    """The files ``batch_id`` sent that were already known: no new image, no new prediction."""
+    """The files ``batch_id`` sent that were already known: no new image, no new prediction.
+
+    Each row is the original image's (state, error, result: the results contract holds
+    for it) under the copy's own source, with ``duplicate_of`` naming the original."""
     stmt = (
         _with_latest_prediction(
             select(DuplicateSubmission.source.label("duplicate_source"), *_RESULT_COLUMNS)
@@ -122,13 +126,8 @@ def duplicate_rows(session: Session, batch_id: int) -> list[dict[str, Any]]:
     rows = []
     for found in session.execute(stmt):
         row = _result_row(found._mapping)
-        original = f"image {row['image_id']} (batch {row['batch_id']}, {row['state']})"
-        row.update(
-            batch_id=batch_id, source=found.duplicate_source, state=ErrorCode.DUPLICATE.value,
-            error_code=ErrorCode.DUPLICATE.value,
-            error_message=f"Already submitted as {original}; not processed again. The result "
-                          "shown is that image's.",
-        )
+        row.update(batch_id=batch_id, source=found.duplicate_source,
+                   duplicate_of=row["image_id"])
         rows.append(row)
     return rows
 
@@ -137,7 +136,8 @@ def _result_row(found: RowMapping) -> dict[str, Any]:
     """One ``RESULT_KEYS`` row; prediction fields only for a done image."""
     done = found["state"] == ImageState.DONE.value and found["label"] is not None
     row = {key: found[key] for key in RESULT_KEYS
-           if key not in _PREDICTED and key != "model_version"}
+           if key not in _PREDICTED and key not in ("model_version", "duplicate_of")}
+    row["duplicate_of"] = None
     row.update({key: found[key] if done else None for key in _PREDICTED})
     row["model_version"] = (f"{found['model_name']}:{found['model_version']}"
                             if done and found["model_name"] else None)

@@ -23,7 +23,7 @@ from shared.queue import queue_depth
 from shared.timeutil import as_utc
 
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
-RESULT_COLUMNS = ("image_id", "batch_id", "state", "laterality", "view", "label",
+RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality", "view", "label",
                   "suspicion", "p_normal", "p_benign", "p_malignant", "error_code", "error_message",
                   "source")
 
@@ -102,8 +102,8 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     """Stored results, one row per image (the latest prediction of each).
 
     With --batch (and no other filter, no paging), each file that batch sent again (already
-    known) is listed too, with state and error_code "duplicate" and the original image's id
-    and result.
+    known) is listed too, under its own source, with the original image's id, state and
+    result, and duplicate_of set to that id (null on every other row).
 
     \b
     Example:

@@ -17,8 +17,8 @@ from shared.queries import RESULT_KEYS, ResultFilter, list_results
 from shared.reports.batch_outputs import write_batch_documents
 from shared.reports.exports import DISCLAIMER, write_batch_exports
 
-SUMMARY_COLUMNS = ("image_id", "file", "state", "laterality", "view", "label", "suspicion",
-                   "p_malignant", "error_code")
+SUMMARY_COLUMNS = ("image_id", "file", "state", "duplicate_of", "laterality", "view", "label",
+                   "suspicion", "p_malignant", "error_code")
 
 
 def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, fmt: str,
@@ -29,7 +29,10 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
                               progress=progress, manifest=manifest)
     sub = result.submission
     with cli.sessions() as session:
-        rows = list_results(session, ResultFilter(batch_id=sub.batch_id))
+        # Copies of images already submitted are listed too, with their original's result:
+        # a re-run of a folder shows what is known about every file it was given.
+        rows = list_results(session, ResultFilter(batch_id=sub.batch_id,
+                                                  include_duplicates=True))
     shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
     render(shown, fmt, keys=RESULT_KEYS, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
     settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})

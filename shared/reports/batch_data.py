@@ -100,9 +100,12 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
     batch = session.get(Batch, batch_id)
     if batch is None:
         raise ReportTargetNotFoundError(f"no batch with id {batch_id}")
-    results = list_results(session, ResultFilter(batch_id=batch_id))
-    done = [r for r in results if r["state"] == ImageState.DONE.value and r["label"]]
-    by_state = Counter(r["state"] for r in results)
+    results = list_results(session, ResultFilter(batch_id=batch_id, include_duplicates=True))
+    # Counts and failures are the batch's own images; copies are listed (with their
+    # original's result) but not counted twice.
+    own = [r for r in results if r["duplicate_of"] is None]
+    done = [r for r in own if r["state"] == ImageState.DONE.value and r["label"]]
+    by_state = Counter(r["state"] for r in own)
     by_class = Counter(r["label"] for r in done)
     scores = Counter(int(r["suspicion"]) for r in done if r["suspicion"] is not None)
     return BatchSummary(
@@ -114,7 +117,7 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
         per_day=_per_day(session, batch_id),
         images_per_minute=_images_per_minute(session, batch),
         stage_times=_stage_times(session, batch_id),
-        failures=_failures(results),
+        failures=_failures(own),
         worklist=worklist_rows(session, WorklistFilter(batch_id=batch_id, limit=worklist_limit),
                                report_dir=report_dir),
         results=results,

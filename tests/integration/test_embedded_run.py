@@ -45,19 +45,26 @@ def test_run_completes_without_any_server(tmp_path: Path, tiny_model_dir: Path) 
                           timeout=240, check=False)
     assert done.returncode == 3, done.stderr  # 3: the job ran, some images failed
     rows = json.loads(done.stdout)
-    assert len(rows) == 14  # the copy is listed with its original only as a duplicate
+    assert len(rows) == 15  # the copy is listed too, carrying its original's result
     states = sorted(r["state"] for r in rows)
-    assert states == ["done"] * 12 + ["failed"] * 2
+    assert states == ["done"] * 13 + ["failed"] * 2
+    [copy] = [r for r in rows if r["duplicate_of"] is not None]
+    # Whichever of the two names was read first is the image; the other is its copy.
+    assert Path(copy["source"]).name in {"copy-of-one.dcm", files[1].name}
+    assert copy["state"] == "done"
     failed = {r["error_code"]: r["source"] for r in rows if r["state"] == "failed"}
     assert failed["truncated"].endswith("broken.dcm")
     assert failed["bad_file_name"].endswith("caf\\xe9.dcm")
     assert (tmp_path / "reports").is_dir() and any((tmp_path / "reports").glob("batch-*.csv"))
     assert "1 skipped as copies of images already submitted" in done.stderr
 
-    # Running the same folder again is a no-op: no second prediction for any image.
+    # Running the same folder again processes nothing (no second prediction for any image)
+    # and lists every file with the result already known.
     again = run_mammo(["run", str(folder), "--format", "json"], env, tmp_path)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout) == []
+    repeated = json.loads(again.stdout)
+    assert len(repeated) == 15 and all(r["duplicate_of"] is not None for r in repeated)
+    assert sorted(r["state"] for r in repeated) == states
     assert "0 new, 0 resumed, 15 skipped as copies" in again.stderr
     engine = create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:

@@ -125,10 +125,12 @@ def test_duplicates_are_recorded_and_listed_with_the_original(
     assert [(d.batch_id, d.image_id) for d in duplicates] == [(batch2, original.id)] * 2
     assert plain == [] and len(first_rows) == 1
     assert {r["source"] for r in rows} == {str(copy), str(first)}
-    for row in rows:
-        assert (row["state"], row["error_code"], row["image_id"]) == (
-            "duplicate", "duplicate", original.id)
-        assert f"image {original.id}" in row["error_message"]
+    assert first_rows[0]["duplicate_of"] is None
+    for row in rows:  # the original's state and result, which obey the results contract
+        assert (row["state"], row["error_code"], row["error_message"]) == (
+            original.state, None, None)
+        assert row["image_id"] == row["duplicate_of"] == original.id
+        assert row["batch_id"] == batch2
 
 
 def test_copies_are_waited_on_once_and_not_at_all_when_new_in_the_batch(
@@ -187,6 +189,7 @@ def test_run_with_manifest_then_rerun_lists_duplicates_with_their_result(
     and a second run of the same files shows each as a duplicate, with one prediction."""
     from producer.embedded_run import run_embedded
     from shared.db.schema import Prediction
+    from shared.reports.batch_data import collect_batch_summary
 
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -206,13 +209,20 @@ def test_run_with_manifest_then_rerun_lists_duplicates_with_their_result(
         repeated = list_results(session, ResultFilter(batch_id=again.batch_id,
                                                       include_duplicates=True))
         predictions = session.execute(select(Prediction)).scalars().all()
+        summary = collect_batch_summary(session, again.batch_id, report_dir=tmp_path)
+    # The re-run's report lists its copies with their results, and counts no image twice.
+    assert sorted(r["source"] for r in summary.results) == sorted(r["source"] for r in done)
+    assert sum(summary.by_state.values()) == 0
     assert {(Path(r["source"]).name, r["laterality"], r["view"], r["state"]) for r in done} == {
         ("a.png", "L", "CC", "done"), ("b.png", "R", "MLO", "done")}
     assert len(predictions) == 2
-    assert sorted(r["state"] for r in repeated) == ["duplicate", "duplicate"]
+    assert sorted(r["state"] for r in repeated) == ["done", "done"]
     by_id = {r["image_id"]: r for r in done}
     for row in repeated:
-        assert row["label"] == by_id[row["image_id"]]["label"] is not None
+        original = by_id[row["duplicate_of"]]
+        assert row["label"] == original["label"] is not None
+        assert {k: v for k, v in row.items() if k not in ("batch_id", "duplicate_of")} == {
+            k: v for k, v in original.items() if k not in ("batch_id", "duplicate_of")}
 
 
 @pytest.mark.parametrize("same_batch", [True, False])
