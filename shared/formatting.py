@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 FORMATS = ("table", "csv", "json")
@@ -30,7 +31,9 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value)
+    # Cells are data (file names, error messages), never Rich markup: "[red]x.png" must
+    # show as typed.
+    return escape(str(value))
 
 
 def default_console() -> Console:

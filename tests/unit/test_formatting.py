@@ -60,3 +60,10 @@ def test_an_empty_worklist_report_csv_has_the_full_header(monkeypatch: pytest.Mo
                            monkeypatch, tmp_path)
     assert code == ExitCode.OK, out
     assert _header((tmp_path / "w.csv").read_text()) == list(FLAT_WORKLIST_KEYS)
+
+
+def test_table_cells_are_text_not_markup() -> None:
+    buffer = io.StringIO()
+    rows = [{"file": "[bold]x.png"}, {"file": "[red]bad.png"}]
+    render(rows, "table", keys=("file",), console=Console(file=buffer, width=80))
+    assert "[bold]x.png" in buffer.getvalue() and "[red]bad.png" in buffer.getvalue()
