@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.activation import model_for
 from models.registry import ModelSpec, resolve_model, verify_model
+from producer.registration import ingestion_for
 from producer.submission import SubmitOutcome, submit
 from shared.config import Settings
 from shared.db.schema import Image
@@ -75,6 +76,9 @@ def run_embedded(
     progress: Progress | None = None, manifest: Path | None = None,
 ) -> RunOutcome:
     settings = settings.embedded()
+    if manifest is not None:
+        # Read once here only to refuse a bad one now, not after the model's seconds of load.
+        ingestion_for(settings, manifest)
     runtime = _runtime(settings, sessions)  # no model: fails here, before anything is queued
     started = time.perf_counter()
     runtime.classifier.load()

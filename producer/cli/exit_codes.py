@@ -29,6 +29,7 @@ def exit_code_for(exc: errors.UserFacingError) -> ExitCode:
         (errors.PathNotFoundError, ExitCode.PATH_NOT_FOUND),
         (errors.ConfigurationError, ExitCode.CONFIG),
         (errors.DatasetError, ExitCode.USAGE),
+        (errors.ManifestError, ExitCode.USAGE),  # bad input named on the command line
         (errors.ModelComparisonError, ExitCode.USAGE),
         (errors.ReportTargetNotFoundError, ExitCode.USAGE),
     )

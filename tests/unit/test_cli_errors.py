@@ -94,3 +94,21 @@ def test_a_report_folder_that_is_a_file_is_one_line_and_keeps_the_results(
     code, out = invoke_cli(["report", "batch", "1", "--format", "csv", "-o",
                              str(blocker / "batch.csv")], monkeypatch, tmp_path, **env)
     assert code == ExitCode.CONFIG and "is a file, not a folder" in out
+
+
+def test_a_bad_manifest_exits_2_before_the_model_loads(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path,
+                                                       tiny_model_dir: Path) -> None:
+    from worker.classifier import Classifier
+
+    def no_load(self: Classifier) -> None:
+        raise AssertionError("the model was loaded before the manifest was checked")
+
+    monkeypatch.setattr(Classifier, "load", no_load)
+    (tmp_path / "files").mkdir()
+    manifest = tmp_path / "bad.csv"
+    manifest.write_text("path,pixel_spacing_mm\nfiles/a.png,inf\n")
+    code, out = invoke_cli(["run", str(tmp_path / "files"), "--manifest", str(manifest)],
+                           monkeypatch, tmp_path, model=str(tiny_model_dir))
+    assert code == ExitCode.USAGE, out
+    assert "pixel_spacing_mm" in out and "Traceback" not in out
