@@ -53,9 +53,15 @@ class BatchSummary:
     def total(self) -> int:
         return sum(self.by_state.values())
 
+    @property
+    def models(self) -> list[str]:
+        """Every model (NAME:VERSION) that produced one of the results, oldest name first."""
+        return sorted({r["model_version"] for r in self.results if r.get("model_version")})
+
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["total"] = self.total
+        data["models"] = self.models
         return data
 
 

@@ -31,6 +31,8 @@ def batch_title(summary: BatchSummary) -> str:
 def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
     return [
         ("images", summary.total),
+        # Every report names the model behind its probabilities (PRODUCT.md).
+        ("model", ", ".join(summary.models) or "none yet"),
         ("created", summary.created_at),
         ("finished", summary.finished_at),
         ("throughput (images / minute, creation to last finish)", summary.images_per_minute),

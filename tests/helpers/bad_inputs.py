@@ -22,13 +22,14 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.encaps import encapsulate
-from pydicom.uid import MPEG2MPML
 
 from shared.enums import ErrorCode, Laterality, View
 from shared.synthetic import synth_mammogram, write_dicom, write_truncated_copy
 from tests.helpers.dicom_edit import rewrite_dicom
 
 SIZE = (96, 80)
+# A transfer syntax no installed decoder knows, as a vendor's private compression.
+PRIVATE_SYNTAX = "1.2.826.0.1.3680043.8.498.999"
 # The worker under test runs with this pixel limit, so "too large" costs kilobytes, not GB.
 MAX_PIXELS = 200_000
 
@@ -108,7 +109,7 @@ def _truncated_dicom(path: Path, seed: int) -> None:
 
 def _unsupported_syntax(path: Path, seed: int) -> None:
     ds = pydicom.dcmread(good_dicom(path, seed))
-    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.file_meta.TransferSyntaxUID = PRIVATE_SYNTAX
     ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
     ds["PixelData"].VR = "OB"
     ds.save_as(path)
@@ -208,7 +209,7 @@ LEGEND: tuple[BadKind, ...] = (
             "Rows/Columns 65535 x 65535 (8.6 GB if allocated)",
             _dicom_with(Rows=65535, Columns=65535)),
     BadKind("dicom_unsupported_syntax", ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
-            "MPEG-2 transfer syntax", _unsupported_syntax),
+            "a vendor's private compression (transfer syntax UID)", _unsupported_syntax),
     BadKind("dicom_rgb", ErrorCode.UNEXPECTED_CHANNELS, "Photometric Interpretation RGB",
             _rgb_dicom),
     BadKind("dicom_palette", ErrorCode.UNEXPECTED_CHANNELS, "PALETTE COLOR photometric",

@@ -151,7 +151,12 @@ def test_report_writes_every_kind_to_the_chosen_path(
         render_first_page(out, run_dir / f"chosen-{kind}")
         assert " ".join(DISCLAIMER.split()) in pdf_text(out)
     elif fmt == "json":
-        json.loads(out.read_text())
+        data = json.loads(out.read_text())
+        if kind == "batch":
+            assert data["models"] == ["tiny-test-model:0.0.1"]
+    if kind == "batch" and fmt in ("pdf", "html"):  # every report names its model
+        text = pdf_text(out) if fmt == "pdf" else out.read_text(encoding="utf-8")
+        assert "tiny-test-model:0.0.1" in text
 
 
 def test_wrong_format_for_a_kind_is_a_usage_error(run_dir: Path, tiny_model_dir: Path) -> None:
