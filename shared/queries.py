@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, aliased
 
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
+from shared.errors import ReportTargetNotFoundError
 from shared.timeutil import as_utc, utcnow
 
 RESULT_KEYS = (
@@ -205,6 +206,16 @@ def _rate(session: Session, batch: Batch, window_s: int) -> float | None:
         Image.batch_id == batch.id, Image.finished_at >= since)).scalar_one()
     span = (last - since).total_seconds()
     return done / span * 60 if span > 0 and done else None
+
+
+def require_batch(session: Session, batch_id: int) -> Batch:
+    """The batch, or the error every command gives for a batch number that does not exist
+    (an empty answer would read as "nothing there yet")."""
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise ReportTargetNotFoundError(
+            f"no batch with id {batch_id}; `mammo status` lists the recent batches")
+    return batch
 
 
 def recent_batch_ids(session: Session, limit: int = 10) -> list[int]:

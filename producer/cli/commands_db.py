@@ -9,6 +9,7 @@ from producer.cli.context import CliContext, pass_cli
 from producer.cli.progress import completion_bar
 from shared.db.engine import upgrade
 from shared.notify import Notifier
+from shared.queries import require_batch
 from shared.recovery import find_stuck, follow_up, sweep
 
 
@@ -55,6 +56,9 @@ def recover_command(cli: CliContext, older_than: int, batch_id: int | None,
     Example:
         mammo recover --older-than 600
     """
+    if batch_id is not None:
+        with cli.sessions() as session:
+            require_batch(session, batch_id)
     if cli.settings.is_embedded:
         with cli.sessions() as session:
             found = find_stuck(session, cli.settings, queued_older_than_s=older_than,

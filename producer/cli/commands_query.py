@@ -17,6 +17,7 @@ from shared.queries import (
     batch_status,
     list_results,
     recent_batch_ids,
+    require_batch,
     system_health,
 )
 from shared.queue import queue_depth
@@ -52,10 +53,10 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         render([health_row], fmt, keys=tuple(health_row), title="Health")
         return
     with cli.sessions() as session:
+        if batch is not None:
+            require_batch(session, batch)
         ids = [batch] if batch is not None else recent_batch_ids(session, last)
         statuses = [s for s in (batch_status(session, i) for i in ids) if s is not None]
-    if batch is not None and not statuses:
-        raise click.BadParameter(f"no batch with id {batch}", param_hint="BATCH")
     rows = [s.as_row() for s in statuses]
     render(rows, fmt, keys=BATCH_STATUS_KEYS, title="Batches")
     if fmt != "table":
@@ -120,6 +121,8 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
                        limit=page + 1 if page else None, offset=offset,
                        include_duplicates=batch_id is not None and limit is None)
     with cli.sessions() as session:
+        if batch_id is not None:
+            require_batch(session, batch_id)
         rows = list_results(session, flt)
     more = page is not None and len(rows) > page
     render(rows[:page] if more else rows, fmt, keys=RESULT_KEYS, columns=RESULT_COLUMNS,

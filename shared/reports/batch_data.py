@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.schema import Batch, Image, Prediction
 from shared.enums import ImageState, Label
-from shared.errors import ReportTargetNotFoundError
-from shared.queries import ResultFilter, list_results
+from shared.queries import ResultFilter, list_results, require_batch
 from shared.reports.worklist import WorklistFilter, worklist_rows
 from shared.timeutil import as_utc
 
@@ -103,9 +102,7 @@ def _failures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
                           worklist_limit: int = 50) -> BatchSummary:
-    batch = session.get(Batch, batch_id)
-    if batch is None:
-        raise ReportTargetNotFoundError(f"no batch with id {batch_id}")
+    batch = require_batch(session, batch_id)
     results = list_results(session, ResultFilter(batch_id=batch_id, include_duplicates=True))
     # Counts and failures are the batch's own images; copies are listed (with their
     # original's result) but not counted twice.

@@ -112,3 +112,15 @@ def test_a_bad_manifest_exits_2_before_the_model_loads(monkeypatch: pytest.Monke
                            monkeypatch, tmp_path, model=str(tiny_model_dir))
     assert code == ExitCode.USAGE, out
     assert "pixel_spacing_mm" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("args", [["results", "--batch", "99"], ["status", "99"],
+                                  ["recover", "--batch", "99", "--dry-run"],
+                                  ["report", "batch", "99"]])
+def test_a_batch_that_does_not_exist_is_named_by_every_command(
+        args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # An empty answer would read as "nothing there yet"; every command says it the same way.
+    code, out = invoke_cli(args, monkeypatch, tmp_path,
+                           database_url=f"sqlite:///{tmp_path / 'm.db'}")
+    assert code == 2, out
+    assert "no batch with id 99; `mammo status` lists the recent batches" in out
