@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import source_text
@@ -27,18 +28,33 @@ from shared.imaging.readers import Pseudonymize, read_header
 from shared.imaging.readers.base import sha256_identity
 from shared.imaging.types import ImageHeader
 from shared.pseudonym import Pseudonymizer
-from shared.timeutil import utcnow
+from shared.timeutil import as_utc, utcnow
 
 BLOCK = 500
 _NOT_FOR_ITS_CONTENT = (ErrorCode.NO_PSEUDONYM_KEY, ErrorCode.BAD_FILE_NAME,
                         ErrorCode.UID_CONFLICT)
+# Failures a second attempt can fix. Submitting the file again retries its image; any
+# other failure is its content's, and the new submission is recorded as a copy of it.
+# - The file's state: still being written (a DICOM keeps its SOPInstanceUID, so the complete
+#   file has the failed image's identity), or gone. Retried when the file submitted is not
+#   the one that failed: another path, or written to since the failure.
+RETRIED_WHEN_THE_FILE_CHANGED = frozenset({
+    ErrorCode.TRUNCATED, ErrorCode.MISSING_FILE, ErrorCode.UNREADABLE,
+})
+# - The installation's: a worker crashed on it, a decoder was missing, the size limit was
+#   lower. Retried whenever submitted again (the poison message asks for just that).
+RETRIED_ALWAYS = frozenset({
+    ErrorCode.POISON, ErrorCode.INTERNAL, ErrorCode.TOO_LARGE,
+    ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
+})
 
 
 @dataclass
 class Registration:
     batch_id: int
-    new_ids: list[int] = field(default_factory=list)
+    new_ids: list[int] = field(default_factory=list)  # retried failed images included
     rejected_ids: list[int] = field(default_factory=list)
+    retried: dict[int, str] = field(default_factory=dict)  # image id -> its earlier error
     duplicates: list[tuple[str, int, str]] = field(default_factory=list)  # source, id, state
 
     @property
@@ -210,6 +226,9 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
             existing = ([row for row in existing if row not in clashes]
                         + _insert_new(session, refused, result))
             known = _known(session, existing)
+        existing = [row for row in existing
+                    if not _retry(session, batch_id, row, paths[row["source"]],
+                                  known[row["identity"]], result)]
         for row in existing:
             result.duplicates.append((row["source"], known[row["identity"]].id,
                                       known[row["identity"]].state))
@@ -240,9 +259,46 @@ def _known(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {}
     return {found.identity: found for found in session.execute(
-        select(Image.identity, Image.id, Image.state, Image.rows, Image.columns,
-               Image.laterality, Image.view)
+        select(Image.identity, Image.id, Image.state, Image.error_code, Image.source,
+               Image.finished_at, Image.rows, Image.columns, Image.laterality, Image.view)
         .where(Image.identity.in_({r["identity"] for r in rows})))}
+
+
+def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, stored: Any,
+           result: Registration) -> bool:
+    """Queue a failed image again, in this batch, under this file's path, when this
+    submission read cleanly and the earlier failure was one a new attempt can fix."""
+    if (row["state"] != ImageState.QUEUED.value or stored.state != ImageState.FAILED.value
+            or stored.id in result.retried):  # the same file twice in one block
+        return False
+    if stored.error_code not in RETRIED_ALWAYS and not (
+            stored.error_code in RETRIED_WHEN_THE_FILE_CHANGED
+            and _changed_since(path, row["source"], stored)):
+        return False
+    # Guarded on the state: of two producers re-sending it at once, one retries it.
+    taken = session.execute(
+        update(Image).where(Image.id == stored.id, Image.state == ImageState.FAILED.value)
+        .values(state=ImageState.QUEUED.value, attempts=0, claim_token=None,
+                error_code=None, error_message=None, claimed_at=None, finished_at=None,
+                enqueued_at=None, source=row["source"], batch_id=batch_id)
+        .returning(Image.id).execution_options(synchronize_session=False)).scalar_one_or_none()
+    if taken is None:
+        return False
+    result.new_ids.append(stored.id)
+    result.retried[stored.id] = stored.error_code
+    return True
+
+
+def _changed_since(path: Path, source: str, stored: Any) -> bool:
+    """Whether ``path`` is not the file that failed: another path, or written since."""
+    failed_at = as_utc(stored.finished_at)
+    if source != stored.source or failed_at is None:
+        return True
+    try:
+        written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return False  # gone again: the worker would only fail it as missing
+    return written > failed_at
 
 
 # What a re-sent copy of an image cannot change: a corrected header may fill in laterality

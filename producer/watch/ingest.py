@@ -80,7 +80,11 @@ class Ingestor:
         self.send(list(out.queued))
         out.messages = len(out.queued)
         for image_id, path in out.queued.items():
-            self.log.info("queued %s (image %d)", self.folder.relative(path), image_id)
+            if image_id in reg.retried:
+                self.log.info("queued %s (image %d) again: it had failed (%s)",
+                              self.folder.relative(path), image_id, reg.retried[image_id])
+            else:
+                self.log.info("queued %s (image %d)", self.folder.relative(path), image_id)
         for image_id, path in out.rejected.items():
             code, message = sources[image_id][1:]
             self.log.warning("rejected %s (image %d): %s: %s", self.folder.relative(path),

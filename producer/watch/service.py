@@ -71,7 +71,8 @@ class Watcher:
                                      move=settings.watch_after == MOVE)
         self.inbox = InboxHandler()
         self.tracker = StabilityTracker(quiet_s=settings.watch_quiet_period_s,
-                                        grace_s=settings.watch_incomplete_grace_s)
+                                        grace_s=settings.watch_incomplete_grace_s,
+                                        close_events=not options.poll)
         self.ingestor = Ingestor(settings, sessions, app, self.folder, log, mode=options.mode)
         notifier = Notifier(settings, sessions)
         self.followup = FollowUp(sessions, self.folder,
@@ -172,9 +173,10 @@ class Watcher:
                 for path in walk(self.folder, seen.path):
                     self.consider(path, finished=False)
             else:
-                self.consider(seen.path, finished=seen.change is Change.FINISHED)
+                self.consider(seen.path, finished=seen.change is Change.FINISHED,
+                              writing=seen.change is Change.WRITING)
 
-    def consider(self, path: Path, *, finished: bool) -> None:
+    def consider(self, path: Path, *, finished: bool, writing: bool = False) -> None:
         if self.folder.ignored(path):
             return
         if os.path.islink(path):
@@ -184,7 +186,7 @@ class Watcher:
             path = target
         if self._is_known_duplicate(path):
             return
-        self.tracker.note(path, closed=finished)
+        self.tracker.note(path, closed=finished, writing=writing)
 
     def queue_ready(self, stop: threading.Event) -> None:
         verdicts = self.tracker.poll()

@@ -6,6 +6,11 @@ A file becomes *ready* when
 - it has been stable for the incomplete grace period and still does not parse: it is then
   queued anyway, and the pipeline records why it cannot be used (e.g. truncated).
 
+Where the observer reports closes (inotify), a file written to since its last close is
+still open for writing, and the quiet period alone does not make it ready: copy tools that
+set the final size first (Windows, SMB) leave a file that parses as complete, its tail still
+zeros, while the writer pauses. It waits for its close, or for the grace period.
+
 Only paths are held here (no file contents), so memory grows with the number of files in
 flight, not with their size.
 """
@@ -29,6 +34,7 @@ class _Candidate:
     mtime_ns: int = -1
     stable_since: float = 0.0
     closed: bool = False
+    writing: bool = False  # written to since its last close (close events only)
     next_parse: float = 0.0
 
 
@@ -41,8 +47,9 @@ class Verdicts:
 
 class StabilityTracker:
     def __init__(self, *, quiet_s: float, grace_s: float, clock: Clock = time.monotonic,
-                 wall_clock: Clock = time.time) -> None:
+                 wall_clock: Clock = time.time, close_events: bool = False) -> None:
         self.quiet_s = quiet_s
+        self.close_events = close_events
         self.grace_s = max(grace_s, quiet_s)
         self._clock = clock
         self._wall = wall_clock
@@ -54,12 +61,15 @@ class StabilityTracker:
     def __contains__(self, path: object) -> bool:
         return path in self._files
 
-    def note(self, path: Path, *, closed: bool = False) -> None:
-        """A file was seen (event or scan); ``closed``: the writer says it has finished."""
+    def note(self, path: Path, *, closed: bool = False, writing: bool = False) -> None:
+        """A file was seen (event or scan); ``closed``: the writer says it has finished;
+        ``writing``: a create or modify event, so a writer has it open."""
         candidate = self._files.setdefault(path, _Candidate(stable_since=self._clock()))
         if closed:
-            candidate.closed = True
+            candidate.closed, candidate.writing = True, False
             candidate.next_parse = 0.0
+        elif writing and self.close_events:
+            candidate.writing = True
 
     def forget(self, path: Path) -> None:
         self._files.pop(path, None)
@@ -95,6 +105,8 @@ class StabilityTracker:
         quiet = now - c.stable_since
         if (not c.closed and quiet < self.quiet_s) or now < c.next_parse:
             return False
+        if c.writing and quiet < self.grace_s:
+            return False  # still open for writing: its close event decides
         if is_complete(path) or quiet >= self.grace_s:
             # Stable but still broken after the grace period: queue it anyway, and the
             # pipeline records why it cannot be used.

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producer.registration import Ingestion, create_batch, ingestion_for, register_files
 from shared.config import Settings
+from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import DuplicateSubmission, Image, Study
 from shared.enums import ErrorCode, Laterality, Priority, View
@@ -262,3 +263,57 @@ def test_a_reused_sop_uid_on_a_different_image_fails_as_a_conflict(
     # Sent again, each file repeats its own row: the clash its failure, the copy the image.
     assert sorted((d.source, d.image_id) for d in duplicates) == sorted(
         [(str(other), clash.id), (str(resent), original.id)])
+
+
+@pytest.mark.parametrize("code, retried", [(ErrorCode.TRUNCATED, True),
+                                           (ErrorCode.POISON, True),
+                                           (ErrorCode.NOT_MAMMOGRAPHY, False)])
+def test_a_failed_image_submitted_again_is_retried_when_a_new_attempt_can_help(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session], code: ErrorCode,
+        retried: bool) -> None:
+    # A DICOM whose transfer stalled failed as truncated under its SOPInstanceUID; the
+    # complete file has the same identity and must not be a mere copy of that failure.
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    first = _dicom(tmp_path / "a", "scan.dcm", "1.2.826.0.1.3680043.8.498.95")
+    batch1 = _register(sessions, [first], ingestion)
+    with sessions() as session:
+        image_id = session.execute(select(Image.id)).scalar_one()
+        lifecycle.mark_failed(session, image_id, code, "it failed")
+        session.commit()
+    again = tmp_path / "b" / "scan.dcm"
+    again.parent.mkdir()
+    shutil.copy(first, again)
+    batch2 = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    reg = register_files(sessions, batch2, [again, again], ingestion=ingestion)
+    with sessions() as session:
+        image = session.execute(select(Image)).scalar_one()  # still one image
+    if retried:
+        assert reg.new_ids == [image_id] and reg.retried == {image_id: code.value}
+        assert (image.state, image.error_code, image.attempts) == ("queued", None, 0)
+        assert (image.batch_id, image.source) == (batch2, str(again))
+        assert [d[1] for d in reg.duplicates] == [image_id]  # the path listed twice
+    else:
+        assert reg.new_ids == [] and reg.retried == {}
+        assert (image.state, image.error_code, image.batch_id) == ("failed", code.value, batch1)
+        assert [(d[1], d[2]) for d in reg.duplicates] == [(image_id, "failed")] * 2
+
+
+def test_a_truncated_file_submitted_again_unchanged_stays_a_copy_of_its_failure(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    # Re-running a folder must not re-decode its broken files each time; the transfer
+    # completing (the file written to after the failure) is what makes a retry worthwhile.
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    path = _dicom(tmp_path, "scan.dcm", "1.2.826.0.1.3680043.8.498.96")
+    _register(sessions, [path], ingestion)
+    with sessions() as session:
+        image_id = session.execute(select(Image.id)).scalar_one()
+        lifecycle.mark_failed(session, image_id, ErrorCode.TRUNCATED, "cut short")
+        session.commit()
+    os.utime(path, (1_000_000_000, 1_000_000_000))  # written long before it failed
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    unchanged = register_files(sessions, batch, [path], ingestion=ingestion)
+    assert unchanged.new_ids == [] and unchanged.duplicates == [(str(path), image_id, "failed")]
+    path.touch()  # the writer finished it after the failure
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    completed = register_files(sessions, batch, [path], ingestion=ingestion)
+    assert completed.new_ids == [image_id] and completed.duplicates == []

@@ -69,6 +69,39 @@ def test_a_closed_event_on_a_half_written_file_is_not_enough(tmp_path: Path) -> 
     assert tracker.poll().ready == [path] and len(tracker) == 0
 
 
+@pytest.mark.parametrize("close_events", [True, False])
+def test_a_preallocated_file_open_for_writing_waits_for_its_close(
+        tmp_path: Path, close_events: bool) -> None:
+    # Windows and SMB copy tools set the final size first, then fill it in: during a pause
+    # the half-written file has its full size, stays quiet, and parses as complete.
+    data = _dicom(tmp_path / "src.dcm")
+    path = tmp_path / "copy.dcm"
+    with path.open("wb") as handle:
+        handle.truncate(len(data))
+        handle.write(data[: len(data) // 2])
+    assert is_complete(path)  # the tail is zeros, but every byte is there
+    clock = Clock()
+    tracker = StabilityTracker(quiet_s=2.0, grace_s=30.0, clock=clock, wall_clock=lambda: 0.0,
+                               close_events=close_events)
+    tracker.note(path, writing=True)  # create and modify events
+    clock.now += 10
+    if not close_events:  # polling sees no closes: the quiet period decides, as before
+        assert tracker.poll().ready == [path]
+        return
+    assert tracker.poll().ready == []
+    with path.open("r+b") as handle:
+        handle.seek(len(data) // 2)
+        handle.write(data[len(data) // 2:])
+    tracker.note(path, closed=True)
+    assert tracker.poll().ready == [path]
+    # A writer that never closes it is not waited on past the grace period.
+    tracker.note(path, writing=True)
+    clock.now += 29
+    assert tracker.poll().ready == []
+    clock.now += 2
+    assert tracker.poll().ready == [path]
+
+
 def test_without_events_the_quiet_period_decides(tmp_path: Path) -> None:
     path = tmp_path / "a.dcm"
     path.write_bytes(_dicom(tmp_path / "src.dcm"))
