@@ -36,7 +36,9 @@ def db_upgrade(cli: CliContext) -> None:
 
 @click.command("recover")
 @click.option("--older-than", type=click.IntRange(0), default=1800, show_default=True,
-              help="Seconds a queued image may wait before its message is presumed lost.")
+              help="Seconds a queued image may wait before its message is presumed lost. "
+              "After Redis restarted without its data, use 0: every queued message is gone, "
+              "and a second message for an image is harmless.")
 @click.option("--batch", "batch_id", type=int, help="Only this batch.")
 @click.option("--dry-run", is_flag=True, help="Report what would be re-queued; change nothing.")
 @pass_cli

@@ -68,6 +68,10 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     from worker.tasks import register_tasks
 
     app = cli.celery
+    # A producer gives up on the broker after a few tries (exit 8, nothing queued); a
+    # worker must outlive a Redis restart or failover, however long: after 3 tries Celery
+    # stops the worker with exit 0, and a site would be left without workers.
+    app.conf.broker_connection_max_retries = None
     register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True, gpus=gpus)
     install_sweeper(app, cli.settings)
     app.set_default()  # pool processes resolve tasks through the default app

@@ -113,6 +113,33 @@ def test_redis_restart_without_persistence_loses_nothing(
                       expected=80, tally=tally(postgres_url))
 
 
+def test_a_worker_outlives_a_long_redis_outage(
+    tmp_path: Path, postgres_url: str, tiny_model_dir: Path,
+) -> None:
+    # Celery's default of 3 reconnection tries (2 + 4 + 6 s) once ended the worker with
+    # exit 0 when Redis was down for longer: a site left silently without workers.
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    make_exam_set(tmp_path / "in", n_exams=2, seed=23)
+    env = mammo_env(broker_url=redis.url, database_url=postgres_url, model=str(tiny_model_dir),
+                    chunk_size="4")
+    worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
+    try:
+        wait_for(lambda: " ready." in worker.log(), timeout=120, what="the worker to start",
+                 on_timeout=worker.log)
+        redis.kill()
+        time.sleep(20)
+        assert worker.proc.poll() is None, worker.log()
+        redis.start()
+        _submit(tmp_path / "in", env, tmp_path)
+        wait_for(lambda: tally(postgres_url).terminal == 8, timeout=120,
+                 what="the batch after Redis came back", on_timeout=worker.log)
+    finally:
+        worker.stop()
+        redis.kill()
+    _assert_exactly_once(postgres_url, 8)
+
+
 def test_postgres_outage_is_waited_out(
     tmp_path: Path, redis_url: str, tiny_model_dir: Path,
     reliability: Evidence,
