@@ -12,8 +12,9 @@ Safety:
 - A decoder process that dies (a codec segfault, the OOM killer) breaks the pool: the
   caller gets ``DecoderCrashed`` and retries image by image, so only the image that kills
   a decoder is charged an attempt (see ``worker.pipeline``). A fresh pool is started.
-- Each decoder process dies with its parent (Linux ``PR_SET_PDEATHSIG``), so a SIGKILLed
-  worker leaves no orphan decoders.
+- Each decoder process dies with its parent, the forkserver, and the forkserver with the
+  process that started it (Linux ``PR_SET_PDEATHSIG``), so a SIGKILLed worker leaves no
+  orphan decoders.
 
 ``decode_processes = 0`` decodes in the calling thread (the plain serial loop).
 """
@@ -21,11 +22,8 @@ Safety:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
-import signal
-import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -38,10 +36,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared.enums import ErrorCode
 from shared.errors import InputError
 from shared.imaging.model_input import ModelInputSource, load_model_input
+from worker.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -94,15 +92,6 @@ def _prepare(job: DecodeJob) -> Decoded:
     return Decoded(job.image_id, ready.tensor, ready.decode_ms, ready.preprocess_ms)
 
 
-def _die_with_parent() -> None:
-    """Pool initializer: SIGKILL this decoder when the process that forked it exits."""
-    if sys.platform.startswith("linux"):
-        # Elsewhere only close() stops the decoders; a SIGKILLed parent would leave them.
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
 def _noop() -> None:
     return None
 
@@ -146,9 +135,11 @@ class ChunkDecoder:
         if self._pool is None:
             context = multiprocessing.get_context("forkserver")
             # The forkserver imports the codecs once; each decoder is then a cheap fork.
-            context.set_forkserver_preload([__name__])
+            # It dies with this process too (decoder_guard): otherwise a SIGKILLed pool
+            # child would leave it, and the decoders it forked, running for ever.
+            context.set_forkserver_preload(["worker.decoder_guard", __name__])
             self._pool = ProcessPoolExecutor(self.processes, mp_context=context,
-                                             initializer=_die_with_parent)
+                                             initializer=die_with_parent)
         return self._pool
 
 
@@ -157,7 +148,7 @@ def _may_have_children() -> Iterator[None]:
     """Let a Celery prefork child start decoder processes through stdlib multiprocessing.
 
     A billiard child is *daemonic*, which multiprocessing refuses children to so that none
-    outlive it (ours cannot: ``_die_with_parent``, and ``close`` on shutdown), and carries
+    outlive it (ours cannot: ``die_with_parent``, and ``close`` on shutdown), and carries
     billiard's authkey type, which stdlib pickling refuses to send to a new process.
     """
     config = multiprocessing.current_process()._config  # type: ignore[attr-defined]

@@ -117,6 +117,24 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
 
 
+def forkservers_of(marker: str) -> list[int]:
+    """Live multiprocessing forkservers, and the decoders they forked (same command line),
+    whose environment holds ``marker`` (``KEY=VALUE``, set for one test's workers): per pool
+    child one forkserver plus MAMMO_DECODE_PROCESSES, none left by a dead one."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if (b"multiprocessing.forkserver" in cmdline and state != "Z"
+                and marker.encode() in environ):
+            found.append(int(proc.name))
+    return found
+
+
 def child_pids(pid: int) -> list[int]:
     """Direct children of ``pid`` (a prefork worker's pool processes)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)

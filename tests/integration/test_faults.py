@@ -24,6 +24,7 @@ from tests.helpers.processes import (
     WatchProcess,
     WorkerProcess,
     child_pids,
+    forkservers_of,
     mammo_env,
     run_mammo,
     wait_for,
@@ -48,6 +49,11 @@ def _drain(env: dict[str, str], cwd: Path, url: str, n: int, *, what: str,
     return worker.log()
 
 
+def _process_table(pids: list[int]) -> str:
+    return subprocess.run(["ps", "-o", "pid,ppid,stat,rss,args", "-p", ",".join(map(str, pids))],
+                          capture_output=True, text=True, check=False).stdout
+
+
 def _submit(folder: Path, env: dict[str, str], cwd: Path) -> int:
     done = run_mammo(["submit", str(folder), "--json"], env, cwd)
     assert done.returncode == 0, done.stderr
@@ -68,6 +74,8 @@ def test_sigkilled_children_lose_and_double_nothing(
     assert len(files) == 200
     env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
                     chunk_size="8", max_attempts="6", **FAST_RECOVERY)
+    marker = f"FAULT_TEST={tmp_path}"  # tells this test's processes from any other's
+    env["FAULT_TEST"] = str(tmp_path)
     _submit(tmp_path / "in", env, tmp_path)
     worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "2")
     try:
@@ -83,6 +91,11 @@ def test_sigkilled_children_lose_and_double_nothing(
         assert kills == 3, worker.log()
         wait_for(lambda: tally(postgres_url).terminal == 200, timeout=240,
                  what="200 images after 3 SIGKILLs", on_timeout=worker.log)
+        # A killed child's decoders (its forkserver and the 2 processes it forked) die with
+        # it: only the two live children's remain.
+        wait_for(lambda: len(forkservers_of(marker)) <= 2 * 3, timeout=20,
+                 what="the killed children's forkservers to exit",
+                 on_timeout=lambda: _process_table(forkservers_of(marker)))
     finally:
         worker.stop()
     _assert_exactly_once(postgres_url, 200)
