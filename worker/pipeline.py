@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,7 +76,7 @@ def process_chunk(image_ids: Sequence[int], *, token: str, runtime: WorkerRuntim
         return result
     if not any(c.attempts > 1 for c in claimed):
         try:
-            _save(runtime, _run_group(claimed, runtime, result), result)
+            _save(runtime, _run_group(claimed, runtime, result), result, token)
             return result
         except DecoderCrashed as exc:
             log.warning("%s; running chunk %s image by image", exc, token)
@@ -104,7 +104,7 @@ def _run_alone(image_id: int, token: str, runtime: WorkerRuntime, result: ChunkR
                 with runtime.sessions() as session:  # the attempt stays counted
                     lifecycle.release(session, [image_id], token, refund=False)
                 continue
-        _save(runtime, outcome, result)
+        _save(runtime, outcome, result, token)
         return
 
 
@@ -182,8 +182,14 @@ def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
         })
 
 
-def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult) -> None:
-    """Write one group's predictions and failures in a single transaction."""
+def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token: str) -> None:
+    """Write one group's predictions and failures in a single transaction.
+
+    When the database refuses the write, the group's claims are handed back with their
+    attempts refunded before the task retries: the images were not what failed, and each
+    retry's claim would otherwise count one more attempt, turning healthy images into
+    ``poison`` within a minute of a database that accepts claims but not results.
+    """
     try:
         with runtime.sessions() as session:
             upsert(session, Prediction, outcome.rows, conflict=("image_id", "model_version_id"),
@@ -198,6 +204,8 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult) -> Non
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
     except OperationalError as exc:
+        _refund(runtime, [int(str(r["image_id"])) for r in outcome.rows]
+                + [f[0] for f in outcome.failures], token)
         raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc
     result.done += len(outcome.rows)
     result.failed += len(outcome.failures)
@@ -205,6 +213,16 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult) -> Non
     # After the commits: notifications never hold or undo results (and never raise).
     runtime.notifier.exams_changed(changed)
     runtime.notifier.batches_finished(finished)
+
+
+def _refund(runtime: WorkerRuntime, image_ids: list[int], token: str) -> None:
+    """Best effort: a database that refuses every write keeps the attempts counted, but
+    then it refused the claims too, which count them."""
+    with suppress(OperationalError), runtime.sessions() as session:
+        released = lifecycle.release(session, image_ids, token, refund=True)
+        if released:
+            log.warning("saving failed; %d image(s) handed back, attempts refunded",
+                        len(released))
 
 
 def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> set[int]:

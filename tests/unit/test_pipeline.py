@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.bilateral import BilateralHead
@@ -20,6 +21,7 @@ from shared.errors import DatabaseUnavailableError
 from shared.scoring import suspicion
 from shared.synthetic import make_exam_set, write_truncated_copy
 from tests.helpers.tiny_model import TINY_BILATERAL
+from worker import pipeline
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
 
@@ -159,3 +161,28 @@ def test_an_embedded_run_stops_with_the_reason_when_a_chunk_fails_for_good(
     with sessions() as s:
         states = s.execute(select(Image.state)).scalars().all()
     assert sorted(states) == ["queued"] * 4  # nothing lost, nothing half-done
+
+
+def test_a_refused_save_refunds_the_attempts_so_retries_never_make_poison(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A database that accepts claims but refuses results (a trigger, a full tablespace for
+    # one table): each retry's claim counted an attempt, and healthy images became poison.
+    ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=8))
+    runtime = WorkerRuntime(settings)
+    real_upsert = pipeline.upsert
+
+    def refusing(*args: object, **kwargs: object) -> None:
+        raise OperationalError("INSERT INTO predictions", {}, Exception("disk full"))
+
+    monkeypatch.setattr(pipeline, "upsert", refusing)
+    for _ in range(settings.max_attempts + 2):  # more retries than attempts allowed
+        with pytest.raises(DatabaseUnavailableError, match="disk full"):
+            process_chunk(ids, token="task-1", runtime=runtime)
+        with sessions() as s:
+            states = s.execute(select(Image.state, Image.attempts)).all()
+        assert sorted(states) == [("queued", 0)] * 4
+    monkeypatch.setattr(pipeline, "upsert", real_upsert)
+    result = process_chunk(ids, token="task-1", runtime=runtime)
+    assert (result.done, result.failed, result.forward_passes) == (4, 0, 1)
