@@ -23,7 +23,7 @@ import numpy as np
 
 from models.datasets import LabelledImage, load_dataset
 from models.model_card import write_model_card
-from models.registry import METADATA_FILE, ModelSpec
+from models.registry import METADATA_FILE, ModelSpec, new_model_dir
 from models.repeated_splits import recipe
 from models.splits import patient_folds
 from models.train_run import bilateral_validation, data_hash, validation_report
@@ -65,9 +65,7 @@ def derive(spec: ModelSpec, data_path: Path, output: Path, version: str,
     if spec.metadata.get("bilateral"):
         raise ConfigurationError(f"{spec.name} {spec.version} already reads breasts in pairs "
                                  "(its metadata has a bilateral head).")
-    target = output / spec.name / version
-    if target.exists():
-        raise ConfigurationError(f"{target} exists: choose another --version or --output.")
+    target = new_model_dir(output, spec.name, version)
     config = dataclasses.replace(recipe(spec.metadata), bilateral=tuple(scores))
     images, probs = _held_out(spec, data_path)
     labels = np.array([i.class_index for i in images], dtype=np.int64)

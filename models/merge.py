@@ -20,7 +20,7 @@ from typing import Any
 
 from models.datasets import load_dataset
 from models.prepared import prepare
-from models.registry import ModelSpec
+from models.registry import ModelSpec, new_model_dir
 from models.repeated_splits import recipe
 from models.splits import patient_folds
 from models.train_run import (
@@ -105,9 +105,7 @@ def merge(specs: Sequence[ModelSpec], data_path: Path, output: Path, version: st
     started = time.perf_counter()
     configs = check_compatible(specs)
     first = configs[0]
-    target = output / first.name / version
-    if target.exists():
-        raise ConfigurationError(f"{target} exists: choose another --version or --output.")
+    new_model_dir(output, first.name, version)  # not after minutes of work
     data = prepare(load_dataset(data_path), first.input_size, max_pixels=first.max_pixels,
                    progress=say)
     require_training_data(data, specs[0].metadata, data_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.enums import CLASSES
-from shared.errors import ModelIntegrityError, ModelNotFoundError
+from shared.errors import ConfigurationError, ModelIntegrityError, ModelNotFoundError
 from shared.filehash import file_sha256
 
 MODELS_ROOT = Path(__file__).resolve().parent
@@ -110,6 +110,15 @@ def verify_model(spec: ModelSpec, *, preprocessing_version: str) -> None:
             f"Model {spec.name} {spec.version} was trained with preprocessing version "
             f"{spec.preprocessing_version}, but this code preprocesses with version "
             f"{preprocessing_version}. Retrain the model, or install the matching release.")
+
+
+def new_model_dir(output: Path, name: str, version: str) -> Path:
+    """``output/<name>/<version>``, which must not exist yet: a run never overwrites a model
+    (under models/ it may be the one every worker uses). Checked before any work starts."""
+    target = output / name / version
+    if target.exists():
+        raise ConfigurationError(f"{target} exists: choose another --version or --output.")
+    return target
 
 
 def write_model_dir(

@@ -38,7 +38,7 @@ from models.metrics import format_metric
 from models.patches import PatchPlan
 from models.prepared import PreparedSet, prepare
 from models.pretraining import PretrainOptions, pretrained_trunk
-from models.registry import MODEL_FILE, file_sha256, write_model_dir
+from models.registry import MODEL_FILE, file_sha256, new_model_dir, write_model_dir
 from models.splits import (
     EARLY_STOPPING_FRACTION,
     inner_validation,
@@ -303,6 +303,7 @@ def validation_report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray
 
 def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> Path:
     """Run the whole training; return the model directory it wrote."""
+    new_model_dir(output, config.name, config.version)  # not after an hour of training
     started = time.perf_counter()
     images = load_dataset(data_path)
     say(f"{len(images)} labelled images from {data_path}; "

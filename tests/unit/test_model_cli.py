@@ -27,6 +27,19 @@ def test_bad_input_size_is_a_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "at least 64" in result.output
 
 
+def test_train_never_overwrites_a_model_and_says_so_before_training(tmp_path: Path) -> None:
+    existing = tmp_path / "out" / "default" / "9.9.9"
+    existing.mkdir(parents=True)
+    (existing / "model.keras").write_bytes(b"a model someone relies on")
+    data = tmp_path / "data"
+    data.mkdir()  # empty: had training started, it would fail on the data instead
+    result = CliRunner().invoke(cli, ["train", str(data), "--output", str(tmp_path / "out"),
+                                      "--version", "9.9.9"], env=_env(tmp_path, "default"))
+    assert result.exit_code == 4, result.output
+    assert f"{existing} exists: choose another --version or --output" in result.output
+    assert (existing / "model.keras").read_bytes() == b"a model someone relies on"
+
+
 def test_models_show_reports_integrity(tmp_path: Path, tiny_model_dir: Path) -> None:
     result = CliRunner().invoke(cli, ["models", "show", str(tiny_model_dir)],
                                 env=_env(tmp_path, str(tiny_model_dir)))
