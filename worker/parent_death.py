@@ -2,6 +2,11 @@
 
 Kept free of heavy imports: the decoders' forkserver imports it first, so the window in
 which its parent can die unnoticed is the interpreter's start-up, not the codecs' imports.
+
+The kernel ties the signal to the *thread* that started the process. The forkserver is
+started by the first decode of a process (a prefork child's main thread, or an embedded
+run's worker thread, which lives as long as the run's decoder pool); when that thread ends
+first, the forkserver ends with it and multiprocessing starts a fresh one on next use.
 """
 
 from __future__ import annotations
