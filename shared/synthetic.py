@@ -18,6 +18,8 @@ from shared.enums import Laterality, View
 
 DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 SYNTHETIC_LABEL = "SYNTHETIC - NOT A REAL PATIENT"
+# The Manufacturer every synthetic DICOM carries: how reports recognise a synthetic exam.
+SYNTHETIC_MANUFACTURER = "SYNTHETIC"
 EXAM_VIEWS: tuple[tuple[Laterality, View], ...] = (
     (Laterality.LEFT, View.CC), (Laterality.RIGHT, View.CC),
     (Laterality.LEFT, View.MLO), (Laterality.RIGHT, View.MLO),
@@ -135,7 +137,7 @@ def write_dicom(
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = _FIXED_DATE
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = _FIXED_TIME
     ds.AccessionNumber, ds.Modality = accession, "MG"
-    ds.Manufacturer, ds.ManufacturerModelName = "SYNTHETIC", "mammo synthetic generator"
+    ds.Manufacturer, ds.ManufacturerModelName = SYNTHETIC_MANUFACTURER, "mammo synthetic generator"
     # Type 2: present, and empty unless asked for.
     ds.PatientName, ds.PatientID = "SYNTHETIC^PATIENT", patient_id or ""
     ds.PatientBirthDate, ds.PatientSex = "", "F"

@@ -109,13 +109,13 @@ def demo_command(cli: CliContext, directory: Path, exams: int, seed: int, fmt: s
     Example:
         mammo demo --exams 5
     """
-    from shared.synthetic import make_exam_set, write_truncated_copy
+    from shared.synthetic import SYNTHETIC_LABEL, make_exam_set, write_truncated_copy
 
     check_model(cli.settings, cli.sessions)  # before writing anything
     files = make_exam_set(directory, n_exams=exams, seed=seed)
     write_truncated_copy(files[0], directory / "broken-transfer.dcm")
     STDERR.print(f"wrote {len(files) + 1} synthetic files (not real patients) to {directory}")
-    _run_and_report(cli, (directory,), f"demo-{seed}", fmt, None)
+    _run_and_report(cli, (directory,), f"demo-{seed}, {SYNTHETIC_LABEL}", fmt, None)
 
 
 COMMANDS = (run_command, demo_command)

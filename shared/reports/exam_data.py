@@ -15,6 +15,7 @@ from models.registry import METADATA_FILE
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.errors import ReportTargetNotFoundError
 from shared.exams import STANDARD_VIEWS
+from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
 
 
@@ -62,6 +63,7 @@ class ExamReport:
     study_date: str | None
     result: ExamResult | None
     views: list[ViewResult]
+    synthetic: bool = False  # made by `mammo demo` / shared.synthetic: not a patient
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -127,7 +129,9 @@ def load_exam_report(session: Session, study_uid: str) -> ExamReport:
             .outerjoin(Prediction, Prediction.id == latest.c.pid)
             .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id))
     cache: dict[int, ModelInfo] = {}
+    rows = session.execute(stmt).all()
     views = [_view(image, pred, _model(mv, cache) if mv is not None else None)
-             for image, pred, mv in session.execute(stmt)]
+             for image, pred, mv in rows]
+    synthetic = any(image.manufacturer == SYNTHETIC_MANUFACTURER for image, _, _ in rows)
     return ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
-                      study.study_date, result, sorted(views, key=_view_order))
+                      study.study_date, result, sorted(views, key=_view_order), synthetic)

@@ -107,6 +107,9 @@ def test_exam_pdf_holds_the_key_fields_and_the_disclaimer(run_dir: Path,
             assert view in text
         assert meta["sha256"] in text and meta["version"] in text
         assert "Processing times" in text and "normal benign malignant" in text
+        # Synthetic exams say so on the report itself, not only in their DICOM headers.
+        assert "SYNTHETIC - NOT A REAL PATIENT: these images were generated" in " ".join(
+            text.split())
         assert re.search(r"suspicion \d+ / 10", text)
         # The tiny model has a bilateral head: the exam's breasts were read side by side.
         assert row["per_breast"]["L"]["bilateral"] and row["per_breast"]["R"]["bilateral"]

@@ -124,3 +124,17 @@ def test_a_batch_that_does_not_exist_is_named_by_every_command(
                            database_url=f"sqlite:///{tmp_path / 'm.db'}")
     assert code == 2, out
     assert "no batch with id 99; `mammo status` lists the recent batches" in out
+
+
+def test_demo_runs_the_pipeline_and_labels_everything_synthetic(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The README's first command on a fresh machine: its reports must never read as a
+    # real patient's.
+    code, out = invoke_cli(["demo", "--exams", "1", "--format", "json"], monkeypatch, tmp_path,
+                           model=str(tiny_model_dir), report_dir=str(tmp_path / "reports"))
+    assert code == ExitCode.OK, out  # its truncated transfer fails on purpose, as a showcase
+    summary = (tmp_path / "reports" / "batch-1-summary.html").read_text(encoding="utf-8")
+    assert "SYNTHETIC - NOT A REAL PATIENT" in summary
+    batch = json.loads((tmp_path / "reports" / "batch-1.json").read_text())
+    assert sorted(r["state"] for r in batch["results"]) == ["done"] * 4 + ["failed"]
+    assert len(list((tmp_path / "reports" / "exams").glob("*.pdf"))) == 1
