@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     worker_max_memory_mb: int = Field(
         0, ge=0, description="Recycle a worker child above this RSS (0: never).",
     )
+    claim_heartbeat_s: int = Field(
+        30, ge=1, le=600, description="A worker renews the claims of the chunk it is working "
+        "on this often; claims not renewed for 4 heartbeats belong to a dead worker, and "
+        "the sweeper re-sends their images.",
+    )
     sweep_interval_s: int = Field(
         120, ge=0, description="Seconds between sweeps for lost work in each worker (0: off).",
     )
@@ -261,9 +266,11 @@ class Settings(BaseSettings):
 
     @property
     def claim_lease_s(self) -> int:
-        # Longer than the hard time limit (the original run is dead by then), shorter than the
-        # visibility timeout (a redelivered message can reclaim the rows).
-        return self.task_time_limit_s + 60
+        # A live worker renews its claims every heartbeat (worker.pipeline), so a claim
+        # older than a few heartbeats is a dead worker's: its images are re-sent within
+        # minutes, not after the chunk's whole time limit. Shorter than the visibility
+        # timeout, so a redelivered message can reclaim the rows.
+        return 4 * self.claim_heartbeat_s
 
     @property
     def watch_ignore_patterns(self) -> tuple[str, ...]:

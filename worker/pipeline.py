@@ -7,6 +7,7 @@ directly. One bad image fails alone, with its reason; its neighbours still get p
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -69,6 +70,36 @@ class _Outcome:
 
 
 def process_chunk(image_ids: Sequence[int], *, token: str, runtime: WorkerRuntime) -> ChunkResult:
+    with _claims_kept(runtime, token):
+        return _process_chunk(image_ids, token, runtime)
+
+
+@contextmanager
+def _claims_kept(runtime: WorkerRuntime, token: str) -> Iterator[None]:
+    """Renew this chunk's claims every ``claim_heartbeat_s`` while it runs.
+
+    A live worker's images then never look abandoned, however long the chunk takes, and a
+    worker killed outright (SIGKILL, a host crash) has its images re-sent by the sweeper
+    once four heartbeats pass without renewal, instead of after the chunk's whole time
+    limit. Best effort: a database that is briefly away delays a beat, nothing else.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(runtime.settings.claim_heartbeat_s):
+            with suppress(OperationalError), runtime.sessions() as session:
+                lifecycle.renew(session, token)
+
+    heart = threading.Thread(target=beat, name=f"claims-{token[:8]}", daemon=True)
+    heart.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heart.join(timeout=10)
+
+
+def _process_chunk(image_ids: Sequence[int], token: str, runtime: WorkerRuntime) -> ChunkResult:
     result = ChunkResult()
     claimed = _claim(runtime, image_ids, token)
     result.claimed = len(claimed)

@@ -71,6 +71,19 @@ def claim(
     return sorted((ClaimedImage(**row._mapping) for row in rows), key=lambda c: c.id)
 
 
+def renew(session: Session, token: str) -> int:
+    """Stamp the claims ``token`` still holds as fresh (the worker's heartbeat); return how
+    many it holds."""
+    renewed = session.execute(
+        update(Image).where(Image.claim_token == token,
+                            Image.state == ImageState.PROCESSING.value)
+        .values(claimed_at=utcnow()).returning(Image.id),
+        execution_options={"synchronize_session": False},
+    ).scalars().all()
+    session.commit()
+    return len(renewed)
+
+
 def mark_done(session: Session, image_ids: Sequence[int]) -> None:
     if not image_ids:
         return

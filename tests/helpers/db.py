@@ -14,6 +14,7 @@ class Tally:
     images: int
     done: int
     failed: int
+    processing: int  # claimed by a worker, not finished
     predictions: int
     max_predictions_per_image: int
     predicted_images: int  # images with at least one prediction
@@ -46,7 +47,8 @@ def tally(url: str) -> Tally:
     finally:
         engine.dispose()
     return Tally(images=sum(states.values()), done=states.get("done", 0),
-                 failed=states.get("failed", 0), predictions=sum(per_image),
+                 failed=states.get("failed", 0), processing=states.get("processing", 0),
+                 predictions=sum(per_image),
                  max_predictions_per_image=max(per_image, default=0),
                  predicted_images=len(per_image),
                  failures={str(k): str(v) for k, v in failures.items()})

@@ -126,6 +126,37 @@ def test_redis_restart_without_persistence_loses_nothing(
                       expected=80, tally=tally(postgres_url))
 
 
+def test_a_whole_worker_killed_mid_chunk_is_recovered_within_a_lease(
+    tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path,
+    reliability: Evidence,
+) -> None:
+    # SIGKILL to the whole worker (the OOM killer taking the parent, a host crash): nobody
+    # hands its chunk back. Its claims stop being renewed, and the other worker's sweeper
+    # re-sends the images once the lease (4 heartbeats) has passed, not after the chunk's
+    # whole time limit (16 minutes by default, before heartbeats).
+    make_exam_set(tmp_path / "in", n_exams=20, seed=24)
+    env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
+                    chunk_size="40", claim_heartbeat_s="2", **FAST_RECOVERY)
+    _submit(tmp_path / "in", env, tmp_path)
+    first = WorkerProcess(env, tmp_path, tmp_path / "first.log", "--concurrency", "1")
+    try:
+        deadline = time.monotonic() + 120
+        while tally(postgres_url).processing == 0:  # a chunk lasts about a second: look often
+            assert time.monotonic() < deadline, first.log()
+            time.sleep(0.05)
+        first.kill()
+        first.proc.wait(timeout=30)
+        assert tally(postgres_url).processing > 0  # held by a worker that no longer exists
+    finally:
+        first.stop()
+    log = _drain(env, tmp_path, postgres_url, 80, timeout=90, log_name="second.log",
+                 what="the dead worker's chunk to be re-sent after its lease")
+    assert "claimed by a worker that stopped" in log
+    _assert_exactly_once(postgres_url, 80)
+    reliability.fault("a whole worker SIGKILLed mid-chunk (claims re-sent after the lease)",
+                      expected=80, tally=tally(postgres_url))
+
+
 def test_a_worker_outlives_a_long_redis_outage(
     tmp_path: Path, postgres_url: str, tiny_model_dir: Path,
 ) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from models.bilateral import BilateralHead
 from producer.embedded_run import EmbeddedWorkerDied, run_embedded
 from producer.registration import create_batch, register_files
 from shared.config import Settings
+from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image, Prediction
 from shared.enums import Priority
@@ -186,3 +189,26 @@ def test_a_refused_save_refunds_the_attempts_so_retries_never_make_poison(
     monkeypatch.setattr(pipeline, "upsert", real_upsert)
     result = process_chunk(ids, token="task-1", runtime=runtime)
     assert (result.done, result.failed, result.forward_passes) == (4, 0, 1)
+
+
+def test_a_live_chunk_renews_its_claims_so_no_one_takes_them(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The lease is only four heartbeats: a chunk slower than that must keep its images.
+    settings = settings.model_copy(update={"claim_heartbeat_s": 1})
+    ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=9))
+    runtime = WorkerRuntime(settings)
+    real_run_group = pipeline._run_group
+    stolen: list[int] = []
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(settings.claim_lease_s + 1.5)  # longer than a lease without renewal
+        with sessions() as s:
+            stolen.extend(c.id for c in lifecycle.claim(s, ids, token="another-task",
+                                                        lease_s=settings.claim_lease_s))
+        return real_run_group(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_run_group", slow)
+    result = process_chunk(ids, token="task-1", runtime=runtime)
+    assert stolen == [] and result.done == 4

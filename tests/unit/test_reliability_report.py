@@ -10,7 +10,8 @@ from tests.helpers.reliability import Evidence, load_records, merge_records
 
 
 def _tally(done: int, failed: int, predictions: int, predicted: int) -> Tally:
-    return Tally(images=done + failed, done=done, failed=failed, predictions=predictions,
+    return Tally(images=done + failed, done=done, failed=failed, processing=0,
+                 predictions=predictions,
                  max_predictions_per_image=2 if predictions > predicted else 1,
                  predicted_images=predicted, failures={})
 

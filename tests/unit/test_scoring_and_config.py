@@ -39,9 +39,12 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.embedded().effective_broker_url == EMBEDDED_BROKER_URL
 
 
-def test_visibility_timeout_exceeds_lease_which_exceeds_time_limit() -> None:
+def test_a_dead_workers_claims_expire_long_before_its_time_limit_and_redelivery() -> None:
+    # Live workers renew their claims every heartbeat: the lease need only outlast a few
+    # missed beats, and a redelivered message must still find the rows reclaimable.
     s = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert s.task_time_limit_s < s.claim_lease_s < s.visibility_timeout_s
+    assert s.claim_lease_s == 4 * s.claim_heartbeat_s
+    assert s.claim_lease_s < s.task_time_limit_s < s.visibility_timeout_s
 
 
 def test_invalid_setting_is_one_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
