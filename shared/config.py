@@ -17,7 +17,8 @@ from sqlalchemy.exc import ArgumentError
 from shared.errors import ConfigurationError
 from shared.urls import redact_url
 
-EMBEDDED_BROKER_URL = "memory://"
+# A host named, or kombu warns "No hostname was supplied" on every embedded run.
+EMBEDDED_BROKER_URL = "memory://localhost/"
 DEFAULT_DATABASE_URL = "sqlite:///mammo.db"
 # models/<name>/<version>/ shipped inside the distribution; see models/registry.py.
 DEFAULT_MODEL = "default"

@@ -11,6 +11,7 @@ from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
+from producer.discovery import iter_files
 from producer.embedded_run import RunOutcome, check_model, run_embedded
 from shared.formatting import render
 from shared.queries import RESULT_KEYS, ResultFilter, list_results
@@ -72,6 +73,14 @@ def run_command(cli: CliContext, paths: tuple[Path, ...], name: str | None,
     Example:
         mammo run /data/screening/2026-11-24/ --name night-24
     """
+    if next(iter_files(paths), None) is None:
+        # A night with no exams is not an error; an empty batch and a model load are waste.
+        STDERR.print("nothing to do: no image files under "
+                      f"{', '.join(str(p) for p in paths)} (hidden files and folders, and "
+                      "temporary names, are skipped)")
+        if fmt != "table":  # a script still reads a well-formed, empty listing
+            render([], fmt, keys=RESULT_KEYS)
+        raise SystemExit(ExitCode.OK)
     check_model(cli.settings, cli.sessions)
     result = run_and_exit_code(cli, paths, name, fmt, report_dir, manifest)
     raise SystemExit(result)

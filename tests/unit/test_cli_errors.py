@@ -23,6 +23,7 @@ def test_missing_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 
 
 def test_no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "scan.png").write_bytes(b"not looked at before the model is found")
     code, out = invoke_cli(["run", str(tmp_path)], monkeypatch, tmp_path, model="no-such-model")
     assert code == ExitCode.NO_MODEL
     assert "MAMMO_MODEL" in out
@@ -106,6 +107,7 @@ def test_a_bad_manifest_exits_2_before_the_model_loads(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(Classifier, "load", no_load)
     (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.png").write_bytes(b"never read: the manifest fails first")
     manifest = tmp_path / "bad.csv"
     manifest.write_text("path,pixel_spacing_mm\nfiles/a.png,inf\n")
     code, out = invoke_cli(["run", str(tmp_path / "files"), "--manifest", str(manifest)],
@@ -138,3 +140,16 @@ def test_demo_runs_the_pipeline_and_labels_everything_synthetic(
     batch = json.loads((tmp_path / "reports" / "batch-1.json").read_text())
     assert sorted(r["state"] for r in batch["results"]) == ["done"] * 4 + ["failed"]
     assert len(list((tmp_path / "reports" / "exams").glob("*.pdf"))) == 1
+
+
+def test_a_run_with_no_image_files_says_so_and_loads_nothing(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    empty = tmp_path / "night"
+    empty.mkdir()
+    (empty / ".hidden.dcm").write_bytes(b"x")
+    (empty / "notes.txt").write_text("not an image")
+    env = {"database_url": f"sqlite:///{tmp_path / 'm.db'}", "model": "no-such-model"}
+    code, out = invoke_cli(["run", str(empty)], monkeypatch, tmp_path, **env)
+    assert code == ExitCode.OK and "nothing to do: no image files under" in out
+    code, out = invoke_cli(["status", "--format", "json"], monkeypatch, tmp_path, **env)
+    assert code == ExitCode.OK and json.loads(out) == []  # no empty batch was created
