@@ -23,6 +23,9 @@ PREPROCESSING_VERSION = "2"
 TARGET_SPACING_MM = 0.2
 
 MIN_SIDE = 64
+# Detector formats are about 4:3 (18 x 24, 24 x 30 cm), digitised film up to about 2:1; an
+# image four times longer than wide is a strip, a scout or a stitched panel, not one view.
+MAX_ASPECT = 4.0
 # Less contrast than this (on the unit range, about 4 grey levels at 12 bits) is a blank,
 # over- or under-exposed frame, not an image worth classifying.
 MIN_CONTRAST = 1e-3
@@ -32,7 +35,7 @@ _CROP_MARGIN = 2
 _STRETCH_PERCENTILES = (1.0, 99.5)
 
 __all__ = [
-    "MIN_CONTRAST", "MIN_SIDE", "PREPROCESSING_VERSION", "TARGET_SPACING_MM",
+    "MAX_ASPECT", "MIN_CONTRAST", "MIN_SIDE", "PREPROCESSING_VERSION", "TARGET_SPACING_MM",
     "canonical_orientation", "crop_box", "fit_inside", "pad_top_left", "preprocess",
     "resample_to_spacing", "resize_with_padding", "stretch_range", "to_unit_range", "validate",
 ]
@@ -65,6 +68,12 @@ def validate(image: np.ndarray) -> np.ndarray:
         raise NotAMammogramError(
             f"The image is too small to be a mammogram: {columns} x {rows} pixels (each side "
             f"must be at least {MIN_SIDE})."
+        )
+    if max(rows, columns) > MAX_ASPECT * min(rows, columns):
+        raise NotAMammogramError(
+            f"The image is {columns} x {rows} pixels, {max(rows, columns) / min(rows, columns):.1f}"
+            f" times longer than wide: a mammogram is at most about 2:1 (the limit here is "
+            f"{MAX_ASPECT:g}:1), so this is a strip or a panel of several images."
         )
     if not np.isfinite(image).all():
         raise UnreadableImageError("The decoded image contains non-finite (NaN or infinite) "

@@ -44,12 +44,23 @@ def test_unit_range_does_not_touch_its_input() -> None:
     (np.linspace(0, 1, 63 * 100, dtype=np.float32).reshape(63, 100), NotAMammogramError,
      "too small", ErrorCode.NOT_MAMMOGRAPHY),
     (np.full((100, 100), 0.3, np.float32), NotAMammogramError, "blank", ErrorCode.EMPTY_IMAGE),
+    # A 64 x 5000 strip (or a stitched panel) has enough pixels but is no single view.
+    (np.linspace(0, 1, 64 * 5000, dtype=np.float32).reshape(5000, 64), NotAMammogramError,
+     "78.1 times longer than wide", ErrorCode.NOT_MAMMOGRAPHY),
 ])
 def test_validate_refuses(image: np.ndarray, error: type[Exception], phrase: str,
                           code: ErrorCode) -> None:
     with pytest.raises(error, match=phrase) as caught:
         validate(image)
     assert getattr(caught.value, "code", None) is code
+
+
+def test_validate_keeps_every_real_mammogram_shape() -> None:
+    # Detector formats (4:3), digitised film and CBIS-DDSM scans (up to about 2:1), and a
+    # square MIAS frame all pass.
+    for rows, columns in ((3062, 2394), (4664, 3064), (1318, 788), (1024, 1024), (400, 100)):
+        image = np.linspace(0, 1, rows * columns, dtype=np.float32).reshape(rows, columns)
+        assert validate(image) is image
 
 
 def test_validate_refuses_non_finite_values() -> None:
