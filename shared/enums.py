@@ -93,6 +93,5 @@ class ErrorCode(StrEnum):
     BAD_FILE_NAME = "bad_file_name"  # not valid UTF-8: the database cannot hold it
     NO_PSEUDONYM_KEY = "no_pseudonym_key"  # patient-identified DICOM, no MAMMO_PATIENT_ID_KEY
     UID_CONFLICT = "uid_conflict"  # its SOPInstanceUID names a different stored image
-    DUPLICATE = "duplicate"  # the same image (SOP Instance UID or bytes) was already submitted
     POISON = "poison"  # killed its worker or timed out on every attempt
     INTERNAL = "internal_error"

@@ -221,22 +221,21 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
     retry's claim would otherwise count one more attempt, turning healthy images into
     ``poison`` within a minute of a database that accepts claims but not results.
     """
+    done_ids = [int(str(r["image_id"])) for r in outcome.rows]
+    touched = done_ids + [f[0] for f in outcome.failures]
     try:
         with runtime.sessions() as session:
             upsert(session, Prediction, outcome.rows, conflict=("image_id", "model_version_id"),
                    update=_PREDICTION_UPDATE)
-            done_ids = [int(str(r["image_id"])) for r in outcome.rows]
             lifecycle.mark_done(session, done_ids)
             for image_id, code, message in outcome.failures:
                 lifecycle.mark_failed(session, image_id, code, message)
-            touched = done_ids + [f[0] for f in outcome.failures]
             session.commit()
         with runtime.sessions() as session:  # after that commit: see finish_batches
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
     except OperationalError as exc:
-        _refund(runtime, [int(str(r["image_id"])) for r in outcome.rows]
-                + [f[0] for f in outcome.failures], token)
+        _refund(runtime, touched, token)
         raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc
     result.done += len(outcome.rows)
     result.failed += len(outcome.failures)

@@ -54,7 +54,7 @@ class BatchSummary:
 
     @property
     def models(self) -> list[str]:
-        """Every model (NAME:VERSION) that produced one of the results, oldest name first."""
+        """Every model (NAME:VERSION) that produced one of the results, in name order."""
         return sorted({r["model_version"] for r in self.results if r.get("model_version")})
 
     def as_json(self) -> dict[str, Any]:
