@@ -142,6 +142,12 @@ def _jpeg_without_frame(data: bytes) -> bytes:
     return data[:4 + app0_length] + b"\xff\xd9"
 
 
+def _drop_a_block(data: bytes) -> bytes:
+    """An eighth cut out half-way through: every marker intact, the scan data short."""
+    at = len(data) // 2
+    return data[:at] + data[at + len(data) // 8:]
+
+
 def _tiff_garbage(seed: int) -> bytes:
     """A little-endian TIFF signature whose first IFD offset points past the end."""
     return b"II*\x00" + struct.pack("<I", 1 << 30) + os.urandom(200 + seed % 7)
@@ -234,6 +240,8 @@ LEGEND: tuple[BadKind, ...] = (
             _bytes(lambda s: _raster(".jpg", _grey8)(s)[:1200])),
     BadKind("jpeg_no_frame", ErrorCode.UNREADABLE, "a JPEG with SOI, JFIF and EOI only",
             _bytes(lambda s: _jpeg_without_frame(_raster(".jpg", _grey8)(s)))),
+    BadKind("jpeg_lost_block", ErrorCode.UNREADABLE, "a JPEG missing a block of scan data",
+            _bytes(lambda s: _drop_a_block(_raster(".jpg", _grey8)(s)))),
     BadKind("tiff_garbage", ErrorCode.UNREADABLE, "TIFF signature, IFD offset past the end",
             _bytes(_tiff_garbage)),
     BadKind("tiff_truncated", ErrorCode.UNREADABLE, "a 16-bit TIFF cut in half",

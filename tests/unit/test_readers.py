@@ -399,6 +399,22 @@ def test_truncated_png_and_jpeg(tmp_path: Path, pixels: np.ndarray, suffix: str)
     _refused(path, TruncatedImageError, ErrorCode.TRUNCATED, "truncated")
 
 
+@pytest.mark.parametrize("colour", [False, True])
+def test_jpeg_with_corrupt_scan_data_is_refused_not_scored(
+        tmp_path: Path, pixels: np.ndarray, colour: bool) -> None:
+    # Its markers are all intact (EOI included), so only the decoder can tell: OpenCV
+    # returns the image with grey blocks and prints libjpeg's warning.
+    grey = (pixels >> 4).astype(np.uint8)
+    path = tmp_path / "x.jpg"
+    cv2.imwrite(str(path), np.dstack([grey] * 3) if colour else grey)
+    data = path.read_bytes()
+    data = data[:len(data) // 2] + data[len(data) // 2 + len(data) // 8:]  # a lost block
+    path.write_bytes(data)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    _refused(path, UnreadableImageError, ErrorCode.UNREADABLE,
+             "damaged JPEG: its compressed image data is corrupt")
+
+
 def _pgm(image: np.ndarray, maxval: int, ascii_: bool = False) -> bytes:
     rows, columns = image.shape
     if ascii_:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from shared.errors import (
     NotAMammogramError,
@@ -79,10 +80,7 @@ class RasterReader:
         for rows, columns in self.page_sizes(data, path):
             check_pixel_count(path, rows, columns, max_pixels)
         self.check_complete(data, path)
-        try:
-            image = cv2.imdecode(np.frombuffer(self.prepare(data), dtype=np.uint8), _FLAGS)
-        except cv2.error as exc:  # e.g. OpenCV's own pixel cap, a header lying about size
-            raise self._undecodable(path) from exc
+        image = self.decode_pixels(data, path)
         if image is None:
             raise self._undecodable(path)
         pixels, notes = _to_grayscale(image, path)
@@ -101,6 +99,15 @@ class RasterReader:
         )
 
     # Hooks; the defaults suit formats OpenCV checks itself (TIFF).
+    def decode_pixels(self, data: bytes, path: Path) -> np.ndarray | None:
+        """The decoded array (OpenCV's layout: rows x columns [x BGR(A)]), or None."""
+        try:
+            decoded: np.ndarray | None = cv2.imdecode(
+                np.frombuffer(self.prepare(data), dtype=np.uint8), _FLAGS)
+        except cv2.error as exc:  # e.g. OpenCV's own pixel cap, a header lying about size
+            raise self._undecodable(path) from exc
+        return decoded
+
     def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
         """(rows, columns) read from the header bytes, or None if not cheaply known."""
         return None
@@ -174,6 +181,33 @@ class JpegReader(RasterReader):
                 f"{path.name} is a truncated JPEG: its end-of-image marker (FFD9) is missing "
                 f"({len(data):,} bytes found)."
             )
+
+
+    def decode_pixels(self, data: bytes, path: Path) -> np.ndarray | None:
+        # libjpeg only warns about corrupt entropy-coded data and fills what it lost with
+        # grey; OpenCV prints the warning and returns the image. simplejpeg (the same
+        # libjpeg-turbo) raises on warnings in strict mode, so a damaged scan is refused
+        # instead of scored.
+        try:
+            colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        except ValueError:
+            colorspace = None
+        if colorspace not in ("Gray", "YCbCr", "RGB"):  # CMYK, or a header it cannot read
+            return super().decode_pixels(data, path)
+        target = "GRAY" if colorspace == "Gray" else "BGR"
+        try:
+            pixels: np.ndarray = simplejpeg.decode_jpeg(data, colorspace=target)
+            return pixels
+        except ValueError as strict:
+            try:
+                simplejpeg.decode_jpeg(data, colorspace=target, strict=False)
+            except ValueError:  # not a warning but a failure: OpenCV judges the variant
+                return super().decode_pixels(data, path)
+            raise UnreadableImageError(
+                f"{path.name} is a damaged JPEG: its compressed image data is corrupt "
+                f"(libjpeg: {str(strict).rstrip('.')}), so part of the image would be "
+                "filled with grey or garbled blocks. Export or copy it again from the source."
+            ) from strict
 
 
 class PgmReader(RasterReader):
