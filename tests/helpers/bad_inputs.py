@@ -234,6 +234,9 @@ LEGEND: tuple[BadKind, ...] = (
     BadKind("png_colour", ErrorCode.UNEXPECTED_CHANNELS, "a PNG with real colour",
             _bytes(_raster(".png", lambda s: np.random.default_rng(s).integers(
                 0, 255, (*SIZE, 3), dtype=np.uint8)))),
+    BadKind("png_random_noise", ErrorCode.NOT_MAMMOGRAPHY, "a 16-bit PNG of random noise",
+            _bytes(_raster(".png", lambda s: np.random.default_rng(s).integers(
+                0, 65536, SIZE, dtype=np.uint16)))),
     BadKind("png_too_large", ErrorCode.TOO_LARGE, f"a PNG above {MAX_PIXELS:,} pixels",
             _bytes(_raster(".png", lambda s: np.full((600, 400), s % 200, np.uint8)))),
     BadKind("jpeg_truncated", ErrorCode.TRUNCATED, "a JPEG cut in half (no EOI)",

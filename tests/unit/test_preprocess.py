@@ -104,6 +104,31 @@ def test_preprocess_output_is_model_ready_and_deterministic() -> None:
     assert PREPROCESSING_VERSION == "2"
 
 
+_NOISE = {
+    "uniform noise": np.random.default_rng(4).integers(0, 4096, (600, 480)),
+    "one-pixel checkerboard": np.indices((600, 480)).sum(axis=0) % 2 * 4095,
+    "two-pixel columns": np.tile(np.arange(480) // 2 % 2, (600, 1)) * 4095,
+    "three-pixel rows": np.tile((np.arange(600) // 3 % 2)[:, None], (1, 480)) * 4095,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NOISE))
+def test_preprocess_refuses_noise_and_fine_test_patterns(name: str) -> None:
+    with pytest.raises(NotAMammogramError, match="neighbouring pixels are almost unrelated"
+                       ) as refused:
+        preprocess(_decoded(_NOISE[name].astype(np.uint16)), (128, 128))
+    assert refused.value.code is ErrorCode.NOT_MAMMOGRAPHY
+
+
+def test_detector_noise_on_a_breast_is_not_mistaken_for_noise() -> None:
+    # Quantum noise of 3 % of the range at full resolution, far more than real detectors
+    # show, averages out in the working copy the check reads.
+    pixels = synth_mammogram(np.random.default_rng(5), size=(2048, 1664)).astype(np.float64)
+    noisy = pixels + np.random.default_rng(6).normal(0, 0.03 * 4095, pixels.shape)
+    out = preprocess(_decoded(np.clip(noisy, 0, 4095).astype(np.uint16)), (256, 208))
+    assert out.shape == (256, 208, 1) and float(out.max()) > 0.5
+
+
 def test_preprocess_refuses_blank_images() -> None:
     with pytest.raises(NotAMammogramError, match="blank"):
         preprocess(_decoded(np.zeros((300, 200), np.uint16)), (128, 128))

@@ -19,6 +19,7 @@ from shared.errors import NotAMammogramError
 from shared.imaging.preprocess import (
     MAX_ASPECT,
     preprocess,
+    refuse_noise,
     resample_to_spacing,
     to_unit_range,
 )
@@ -178,6 +179,15 @@ def test_a_spacing_that_would_shrink_the_image_to_a_few_pixels_is_refused(
     with pytest.raises(NotAMammogramError, match="pixel spacing") as raised:
         preprocess(_decoded(pixels, pixel_spacing_mm=spacing), SIZE)
     assert raised.value.code is ErrorCode.NOT_MAMMOGRAPHY
+
+
+@pytest.mark.skipif(not MINI_MIAS.is_dir(), reason=f"{MINI_MIAS} (real film scans) is absent")
+def test_no_mini_mias_film_scan_is_taken_for_noise() -> None:
+    images = sorted(MINI_MIAS.glob("mdb*.png"))
+    assert len(images) >= 200, f"expected the 258 mini-MIAS scans in {MINI_MIAS}"
+    for path in images:
+        decoded = decode(path, max_pixels=10**8)
+        refuse_noise(working_copy(to_unit_range(decoded)))
 
 
 @pytest.mark.skipif(not MINI_MIAS.is_dir(), reason=f"{MINI_MIAS} (real film scans) is absent")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shared.enums import ErrorCode, Laterality, View
-from shared.errors import InputError
+from shared.errors import InputError, NotAMammogramError
 from shared.imaging.preprocess import preprocess, to_unit_range
 from shared.imaging.readers import decode, gdcm_direct, read_header
 from shared.pseudonym import Pseudonymizer
@@ -35,6 +35,9 @@ EXPECTED: dict[str, tuple[tuple[int, int], Laterality, View, str | None, tuple[s
     "MG_Explicit_Little.dcm": ((512, 512), Laterality.RIGHT, View.CC, "right",
                                ("magnification",)),
 }
+
+# MG headers over a synthetic test pattern (the data README): refused, never scored.
+TEST_PATTERNS = {"MG_Explicit_Little.dcm"}
 
 
 def _path(name: str) -> Path:
@@ -69,6 +72,10 @@ def test_real_file_decodes_to_its_range_and_preprocesses(name: str) -> None:
     assert float(decoded.pixels.min()) >= 0 and float(decoded.pixels.max()) <= decoded.max_value
     assert float(decoded.pixels.max()) - float(decoded.pixels.min()) > 0.5 * decoded.max_value
     assert decoded.chest_wall_side == chest_wall
+    if name in TEST_PATTERNS:
+        with pytest.raises(NotAMammogramError, match="almost unrelated"):
+            preprocess(decoded, (256, 208), laterality=laterality)
+        return
     out = preprocess(decoded, (256, 208), laterality=laterality)
     assert out.shape == (256, 208, 1) and float(out.min()) >= 0 and float(out.max()) <= 1
 
