@@ -1,8 +1,9 @@
 """Exam grouping: the images of one study (StudyInstanceUID) become one exam-level result.
 
-An exam is *complete* when its 4 standard views (L-CC, R-CC, L-MLO, R-MLO) are done; if the
-exam timeout passes first (no image of the study arrived for ``timeout_s``), it gets a result
-flagged *incomplete*, scored on what arrived, never silently presented as a full exam.
+An exam is *complete* when its 4 standard views (L-CC, R-CC, L-MLO, R-MLO) are done. It is
+*incomplete*, scored on what was scored and flagged, never silently presented as a full
+exam, as soon as every standard view has arrived but one failed, or when the exam timeout
+passes first (no image of the study arrived for ``timeout_s``) with views still missing.
 
 Where the model version has a bilateral head (``models.bilateral``) and a view was scored on
 both sides, each breast's image is first read against the other side's (the image's own
@@ -160,22 +161,32 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
               now: datetime) -> ExamSummary | None:
     """The exam result for these images, or None while it is not due yet.
 
-    Not due: an image is still queued or processing, or views are missing and the study's
-    last image arrived less than ``timeout_s`` ago.
+    Not due: an image is still queued or processing, or a standard view has not arrived and
+    the study's last image arrived less than ``timeout_s`` ago. A view that arrived and
+    failed is not awaited: nothing more will come for it, and the exam's other views must
+    reach the read-first list now, not after the timeout.
     """
     if not images or any(i.state in _ACTIVE for i in images):
         return None
     images = read_against_other_breast(images)
     done_views = {i.view_key for i in images if i.scored and i.view_key}
-    missing = [v for v in STANDARD_VIEWS if v not in done_views]
+    arrived_views = {i.view_key for i in images if i.view_key}
+    missing = [v for v in STANDARD_VIEWS if v not in done_views]  # no scored image
+    awaited = [v for v in missing if v not in arrived_views]
+    failed_views = [v for v in missing if v in arrived_views]
     last_arrival = max(i.arrived_at for i in images)
-    if missing and now - last_arrival < timedelta(seconds=timeout_s):
+    if awaited and now - last_arrival < timedelta(seconds=timeout_s):
         return None
-    status, reason = (COMPLETE, "four_views") if not missing else (INCOMPLETE, "timeout")
+    if not missing:
+        status, reason = COMPLETE, "four_views"
+    else:
+        status, reason = INCOMPLETE, "timeout" if awaited else "failed_views"
     failed = [i for i in images if i.state == ImageState.FAILED.value]
     flags = []
-    if missing:
-        flags.append(f"incomplete: missing {', '.join(missing)}")
+    if awaited:
+        flags.append(f"incomplete: missing {', '.join(awaited)}")
+    if failed_views:
+        flags.append(f"incomplete: {', '.join(failed_views)} failed, not scored")
     if failed:
         flags.append(f"{len(failed)} image(s) failed and are not scored")
     unplaced = [i for i in images if i.scored and i.view_key is None]

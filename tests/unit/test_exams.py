@@ -63,13 +63,33 @@ def test_an_image_still_in_flight_holds_the_exam_back_even_after_the_timeout() -
     assert summarise(images, timeout_s=1, now=T0 + timedelta(hours=2)) is None
 
 
-def test_failed_views_count_as_missing_and_are_flagged() -> None:
-    images = [_img(1, "L", "CC"), _img(2, "R", "CC"), _img(3, "L", "MLO"),
+def test_a_failed_view_is_not_awaited_the_exam_is_due_at_once_and_flagged() -> None:
+    # The other three views must reach the read-first list now, not after the timeout.
+    images = [_img(1, "L", "CC", susp=9, p_mal=0.7), _img(2, "R", "CC"), _img(3, "L", "MLO"),
               _img(4, "R", "MLO", state="failed")]
-    summary = summarise(images, timeout_s=10, now=T0 + timedelta(seconds=11))
+    summary = summarise(images, timeout_s=1800, now=T0)
     assert summary is not None and summary.status == "incomplete"
+    assert summary.reason == "failed_views" and summary.suspicion == 9
     assert summary.missing_views == ["R-MLO"] and summary.n_failed == 1
+    assert "incomplete: R-MLO failed, not scored" in summary.flags
     assert "1 image(s) failed and are not scored" in summary.flags
+    assert not any(f.startswith("incomplete: missing") for f in summary.flags)
+
+
+def test_a_failed_view_and_an_awaited_one_still_wait_for_the_timeout() -> None:
+    images = [_img(1, "L", "CC"), _img(2, "R", "CC"), _img(3, "L", "MLO", state="failed")]
+    assert summarise(images, timeout_s=10, now=T0 + timedelta(seconds=5)) is None
+    late = summarise(images, timeout_s=10, now=T0 + timedelta(seconds=11))
+    assert late is not None and late.reason == "timeout"
+    assert late.missing_views == ["L-MLO", "R-MLO"]
+    assert {"incomplete: missing R-MLO", "incomplete: L-MLO failed, not scored"} <= set(late.flags)
+
+
+def test_an_exam_whose_four_views_all_failed_is_listed_at_once_unscored() -> None:
+    images = [_img(i, lat, v, state="failed") for i, (lat, v) in enumerate(VIEWS, 1)]
+    summary = summarise(images, timeout_s=1800, now=T0)
+    assert summary is not None and summary.suspicion is None and summary.n_failed == 4
+    assert summary.reason == "failed_views"
 
 
 HEAD = {"abnormal": {"own": 1.2, "partner": -0.9, "bias": -0.4},
