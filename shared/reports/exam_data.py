@@ -33,6 +33,7 @@ class ModelInfo:
 class ViewResult:
     image_id: int
     source: str
+    identity: str
     laterality: str | None
     view: str | None
     state: str
@@ -101,7 +102,8 @@ def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> Vie
     spacing = ((image.spacing_row_mm, image.spacing_column_mm)
                if image.spacing_row_mm and image.spacing_column_mm else None)
     base: dict[str, Any] = {
-        "image_id": image.id, "source": image.source, "laterality": image.laterality,
+        "image_id": image.id, "source": image.source, "identity": image.identity,
+        "laterality": image.laterality,
         "view": image.view, "state": image.state, "error_code": image.error_code,
         "error_message": image.error_message, "spacing_mm": spacing,
         "submitted_at": as_utc(image.created_at), "finished_at": as_utc(image.finished_at),

@@ -96,14 +96,13 @@ def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
         return [*cell, para(f"{view.state}: {reason}")]
     source = ModelInputSource(view.source, view.laterality, view.spacing_mm, view.model.input_size,
                         max_pixels)
-    thumb = thumbnail(source, view.heatmap_png, view.model.patch)
+    thumb = thumbnail(source, view.heatmap_png, view.model.patch, view.identity)
     if thumb is None:
         cell.append(para("image not available; no heatmap stored"))
     else:
         cell.append(png_image(thumb.png, _THUMB))
-        if not thumb.image_available:
-            cell.append(para("image not available (source file unreadable): heatmap only",
-                             SMALL))
+        if thumb.image_missing is not None:
+            cell.append(para(f"image not shown ({thumb.image_missing}): heatmap only", SMALL))
         if not thumb.heatmap_available:
             cell.append(para("no heatmap stored for this prediction", SMALL))
     probs = view.probabilities

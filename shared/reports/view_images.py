@@ -2,8 +2,10 @@
 
 The heatmap is stored in the model's input frame, so the image under it must be that frame
 too: the source file is decoded again and run through the same ``preprocess`` the worker
-used (same spacing fallback, same laterality). When the source can no longer be read, the
-heatmap is drawn alone and the caption says the image is not available.
+used (same spacing fallback, same laterality). When the source can no longer be read, or
+the file now at its path is not the image that was scored (scanners reuse file names; a
+watched folder keeps the original path), the heatmap is drawn alone and the caption says
+why the image is not shown.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from models.architecture import STRIDE
 from models.heatmaps import decode_png
 from shared.errors import InputError
 from shared.imaging.model_input import ModelInputSource, load_model_input
+from shared.imaging.readers import read_header
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +29,43 @@ THUMBNAIL_SIDE = 256
 _ALPHA = 0.45  # heatmap opacity where the model's P(abnormal) is highest
 
 
+UNREADABLE = "source file unreadable"
+REPLACED = "the file at its path is no longer the image that was scored"
+
+
 @dataclass(frozen=True)
 class Thumbnail:
     png: bytes
-    image_available: bool
+    image_missing: str | None  # why the image is not drawn (None: it is)
     heatmap_available: bool
 
+    @property
+    def image_available(self) -> bool:
+        return self.image_missing is None
 
-def model_frame(source: ModelInputSource) -> np.ndarray | None:
-    """The preprocessed image (input_size, values 0-1) or None if the file cannot be read."""
+
+@dataclass(frozen=True)
+class Frame:
+    pixels: np.ndarray | None  # the preprocessed image (input_size, values 0-1)
+    missing: str | None = None  # why ``pixels`` is None
+
+
+def model_frame(source: ModelInputSource, identity: str | None = None) -> Frame:
+    """The frame the model saw, rebuilt from the source file.
+
+    ``identity`` is the image's stored identity (SOP Instance UID or file sha256): when the
+    file now at the path has another, it is not drawn.
+    """
+    name = Path(source.path).name
     try:
+        if identity is not None and read_header(Path(source.path)).identity != identity:
+            log.warning("image %s not drawn in the report: %s", name, REPLACED)
+            return Frame(None, REPLACED)
         frame = load_model_input(source).tensor
     except (InputError, OSError) as exc:
-        log.info("image %s not available for the report: %s", Path(source.path).name,
-                 type(exc).__name__)
-        return None
-    return np.asarray(frame[:, :, 0], dtype=np.float32)
+        log.info("image %s not available for the report: %s", name, type(exc).__name__)
+        return Frame(None, UNREADABLE)
+    return Frame(np.asarray(frame[:, :, 0], dtype=np.float32))
 
 
 def heatmap_in_frame(blob: bytes, input_size: tuple[int, int], patch: int | None) -> np.ndarray:
@@ -91,10 +115,11 @@ def _crop_to_content(picture: np.ndarray, frame: np.ndarray | None) -> np.ndarra
     return picture[:rows[-1] + 1, :cols[-1] + 1]
 
 
-def thumbnail(source: ModelInputSource, heatmap_png: bytes | None,
-              patch: int | None) -> Thumbnail | None:
+def thumbnail(source: ModelInputSource, heatmap_png: bytes | None, patch: int | None,
+              identity: str | None = None) -> Thumbnail | None:
     """PNG bytes of the view with its heatmap, or None when there is nothing to draw."""
-    frame = model_frame(source)
+    rebuilt = model_frame(source, identity)
+    frame = rebuilt.pixels
     heat = heatmap_in_frame(heatmap_png, source.input_size, patch) if heatmap_png else None
     if frame is None and heat is None:
         return None
@@ -105,4 +130,4 @@ def thumbnail(source: ModelInputSource, heatmap_png: bytes | None,
     ok, buffer = cv2.imencode(".png", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("OpenCV could not encode the thumbnail")
-    return Thumbnail(bytes(buffer), frame is not None, heat is not None)
+    return Thumbnail(bytes(buffer), rebuilt.missing, heat is not None)

@@ -9,7 +9,10 @@ import numpy as np
 from models.architecture import STRIDE
 from models.heatmaps import encode_png
 from shared.imaging.model_input import ModelInputSource
+from shared.imaging.readers import read_header
 from shared.reports.view_images import (
+    REPLACED,
+    UNREADABLE,
     heatmap_in_frame,
     model_frame,
     overlay,
@@ -40,7 +43,7 @@ def test_a_whole_frame_map_is_stretched_over_the_input() -> None:
 def test_overlay_colours_only_the_breast(tmp_path: Path) -> None:
     path = make_exam_set(tmp_path, n_exams=1, seed=4)[0]
     source = ModelInputSource(str(path), "L", None, SIZE, 10**8)
-    frame = model_frame(source)
+    frame = model_frame(source).pixels
     assert frame is not None and frame.shape == SIZE
     picture = overlay(frame, np.ones(SIZE, dtype=np.float32))
     background = frame == 0
@@ -56,4 +59,19 @@ def test_a_missing_source_still_shows_the_heatmap(tmp_path: Path) -> None:
     heat = encode_png(np.full((8, 8), 0.5, dtype=np.float32))
     thumb = thumbnail(source, heat, patch=None)
     assert thumb is not None and not thumb.image_available and thumb.heatmap_available
+    assert thumb.image_missing == UNREADABLE
     assert thumbnail(source, None, patch=None) is None
+
+
+def test_another_image_now_at_the_path_is_not_drawn_under_this_heatmap(tmp_path: Path) -> None:
+    # Scanners reuse file names: the path may now hold another patient's image.
+    first, second = make_exam_set(tmp_path, n_exams=1, seed=4)[:2]
+    identity = read_header(first).identity
+    source = ModelInputSource(str(first), "L", None, SIZE, 10**8)
+    heat = encode_png(np.full((8, 8), 0.5, dtype=np.float32))
+    same = thumbnail(source, heat, patch=None, identity=identity)
+    assert same is not None and same.image_available
+    first.write_bytes(second.read_bytes())
+    replaced = thumbnail(source, heat, patch=None, identity=identity)
+    assert replaced is not None and replaced.image_missing == REPLACED
+    assert replaced.heatmap_available
