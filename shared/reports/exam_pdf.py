@@ -102,7 +102,8 @@ def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
     else:
         cell.append(png_image(thumb.png, _THUMB))
         if thumb.image_missing is not None:
-            cell.append(para(f"image not shown ({thumb.image_missing}): heatmap only", SMALL))
+            cell.append(para(f"image not available ({thumb.image_missing}): heatmap only",
+                             SMALL))
         if not thumb.heatmap_available:
             cell.append(para("no heatmap stored for this prediction", SMALL))
     probs = view.probabilities
