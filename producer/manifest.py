@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import math
 import re
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from shared.pseudonym import KEY_HINT
 
 COLUMNS = ("path", "patient_id", "laterality", "view", "study_id", "accession", "label",
            "pixel_spacing_mm")
+_UID_LENGTH = 64  # studies.study_uid, as DICOM UIDs
 _MINI_MIAS = re.compile(r"^mdb(\d{3})\.(png|pgm)$", re.IGNORECASE)
 _MINI_MIAS_SPACING_MM = 0.2
 # Where csv.DictReader puts the values of a row longer than the header (not a column name).
@@ -123,12 +125,25 @@ def metadata_source(manifest: Manifest | None) -> Callable[[Path], FileMetadata 
     return lookup
 
 
+def manifest_study_uid(study_id: str) -> str:
+    """The exam key of a manifest's study ID, within the 64 characters a UID may have.
+
+    A longer ID keeps its start and gets a digest of the whole, so two long IDs that share
+    their first 55 characters stay two exams instead of being merged into one.
+    """
+    uid = f"manifest:{study_id}"
+    if len(uid) <= _UID_LENGTH:
+        return uid
+    digest = hashlib.sha256(study_id.encode()).hexdigest()[:16]
+    return f"{uid[:_UID_LENGTH - len(digest) - 1]}~{digest}"
+
+
 def apply_metadata(header: ImageHeader, metadata: FileMetadata | None) -> ImageHeader:
     """Fill what the file's own header leaves unknown; a DICOM header always wins."""
     if metadata is None:
         return header
     study_uid = header.study_instance_uid or (
-        f"manifest:{metadata.study_id}"[:64] if metadata.study_id else None)
+        manifest_study_uid(metadata.study_id) if metadata.study_id else None)
     return dataclasses.replace(
         header,
         laterality=header.laterality or metadata.laterality,

@@ -7,6 +7,7 @@ refreshes every study still awaiting a result: the timeout is applied here too.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,8 +34,16 @@ class WorklistFilter:
 
 
 def exam_pdf_path(report_dir: Path, study_uid: str) -> Path:
-    """Where the exam's PDF is written by default (UIDs are digits and dots already)."""
-    return report_dir / "exams" / f"exam-{re.sub(r'[^0-9A-Za-z.-]', '_', study_uid)}.pdf"
+    """Where the exam's PDF is written by default, one file per exam.
+
+    A DICOM UID (digits and dots) is the name as it is. Any other study ID (a manifest's
+    free text) is made safe for a file name, which can map two IDs to one name ("study A",
+    "study_A"), so a digest of the exact ID is added to keep each exam's PDF its own.
+    """
+    safe = re.sub(r"[^0-9A-Za-z.-]", "_", study_uid)
+    if safe != study_uid:
+        safe = f"{safe[:80]}-{hashlib.sha256(study_uid.encode()).hexdigest()[:12]}"
+    return report_dir / "exams" / f"exam-{safe}.pdf"
 
 
 def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:

@@ -13,6 +13,7 @@ from producer.manifest import (
     Manifest,
     apply_metadata,
     filename_convention,
+    manifest_study_uid,
     metadata_source,
 )
 from shared.enums import Label, Laterality, View
@@ -126,3 +127,11 @@ def test_any_csv_is_read_or_refused_with_a_reason(tmp_path: Path, cells: list[li
     for metadata in manifest.entries.values():
         spacing = metadata.pixel_spacing_mm
         assert spacing is None or all(0 < v < float("inf") for v in spacing)
+
+
+def test_long_study_ids_stay_distinct_exams_within_a_uid_length() -> None:
+    first, second = "S" * 70 + "-left-visit", "S" * 70 + "-right-visit"
+    uids = {manifest_study_uid(first), manifest_study_uid(second)}
+    assert len(uids) == 2 and all(len(uid) <= 64 for uid in uids)
+    assert all(uid.startswith("manifest:SSSS") for uid in uids)
+    assert manifest_study_uid("EX9") == "manifest:EX9"
