@@ -23,7 +23,7 @@ import numpy as np
 
 from models.datasets import LabelledImage, load_dataset
 from models.model_card import write_model_card
-from models.registry import METADATA_FILE, ModelSpec, new_model_dir
+from models.registry import METADATA_FILE, ModelSpec, new_model_dir, sealed
 from models.repeated_splits import recipe
 from models.splits import patient_folds
 from models.train_run import bilateral_validation, data_hash, validation_report
@@ -90,6 +90,7 @@ def derive(spec: ModelSpec, data_path: Path, output: Path, version: str,
                          "note": "same model.keras; bilateral head fitted on its held-out "
                                  "predictions"},
     }
+    meta = sealed(meta)  # a new head, so a new seal
     (target / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     write_model_card(target, meta)
     return target

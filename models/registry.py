@@ -5,11 +5,20 @@ under ``models/<name>/<version>/``, and shipped alternatives, which the name ``d
 never picks, under ``models/alternatives/<version>/``. ``MAMMO_MODEL`` is either such a
 directory or the name of a shipped model (its highest version wins, unless
 ``name/version``, or ``name:version`` as results print it, is given).
+
+``metadata.json`` is sealed as ``model.keras`` is: ``sha256`` names the weights, and
+``metadata_seal`` is a sha256 over the metadata that changes what the model outputs or how
+its results are labelled (``SEALED_KEYS``, and the bilateral head), written when the model
+is written. Figures recorded later (benchmarks, re-runs, the card) are left out of it, so
+recording them keeps it valid. A model written before seals existed (or by another tool)
+has none: it is accepted, and ``mammo models show`` says its metadata is unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +31,16 @@ MODELS_ROOT = Path(__file__).resolve().parent
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 REQUIRED_KEYS = ("name", "version", "classes", "input_size", "preprocessing_version", "sha256")
+SEAL_KEY = "metadata_seal"
+# What inference, exam results or the results' labelling read from metadata.json (the
+# bilateral head's scores and weights are added by ``metadata_seal``).
+SEALED_KEYS = ("name", "version", "classes", "input_size", "preprocessing_version", "sha256",
+               "outputs", "patch", "heatmap_stride", "pixel_size_mm", "tta_flips", "head")
+SEAL_PREFIX = "sha256-v1:"
+UNSEALED = ("metadata not sealed (written before seals, or by another tool): its head, "
+            "input size and other settings are not checked")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,13 +117,57 @@ def resolve_model(ref: str, *, root: Path = MODELS_ROOT,
     )
 
 
+def metadata_seal(meta: dict[str, Any]) -> str:
+    """The seal of ``meta``: a sha256 over its ``SEALED_KEYS`` and its bilateral head, as
+    JSON (so a value reads the same in memory and back from the file)."""
+    sealed = {k: meta.get(k) for k in SEALED_KEYS}
+    bilateral = meta.get("bilateral")
+    sealed["bilateral"] = ({"scores": bilateral.get("scores"), "head": bilateral.get("head")}
+                           if isinstance(bilateral, dict) else bilateral)
+    text = json.dumps(json.loads(json.dumps(sealed)), sort_keys=True, separators=(",", ":"))
+    return SEAL_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+
+
+def sealed(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its seal, placed right after ``sha256`` (replacing any earlier one)."""
+    seal = metadata_seal(meta)
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if key != SEAL_KEY:
+            out[key] = value
+        if key == "sha256":
+            out[SEAL_KEY] = seal
+    out.setdefault(SEAL_KEY, seal)
+    return out
+
+
+def is_sealed(spec: ModelSpec) -> bool:
+    return SEAL_KEY in spec.metadata
+
+
 def verify_model(spec: ModelSpec, *, preprocessing_version: str) -> None:
-    """Refuse a model whose bytes or preprocessing differ from what its metadata promises."""
+    """Refuse a model whose bytes, sealed metadata or preprocessing differ from what its
+    metadata promises. A model without a seal is accepted (see the module docstring)."""
     actual = file_sha256(spec.model_path)
     if actual != spec.sha256:
         raise ModelIntegrityError(
             f"{spec.model_path} has sha256 {actual[:12]}..., but its metadata records "
             f"{spec.sha256[:12]}...: the file was changed or corrupted. Re-copy or retrain it.")
+    seal = metadata_seal(spec.metadata)
+    recorded, whose = {spec.metadata.get(SEAL_KEY)}, SEAL_KEY
+    if spec.metadata.get(SEAL_KEY) is None:
+        # Shipped models are all sealed: an unsealed copy of one of their model.keras files
+        # must carry one of their metadata, so stripping the seal does not pass an edit.
+        whose = "that of the shipped models with these weights"
+        recorded = {s.metadata[SEAL_KEY] for s in shipped_models()
+                    if s.sha256 == spec.sha256 and SEAL_KEY in s.metadata}
+        if not recorded:
+            log.warning("%s: %s", spec.directory / METADATA_FILE, UNSEALED)
+    if recorded and seal not in recorded:
+        raise ModelIntegrityError(
+            f"{spec.directory / METADATA_FILE} does not match its seal ({whose}): a "
+            "setting that changes the model's outputs (input size, head, bilateral head, "
+            "name, version...) was changed or corrupted. Re-copy or retrain it.")
     if spec.preprocessing_version != preprocessing_version:
         raise ModelIntegrityError(
             f"Model {spec.name} {spec.version} was trained with preprocessing version "
@@ -125,14 +188,16 @@ def write_model_dir(
     directory: Path, *, name: str, version: str, input_size: tuple[int, int],
     preprocessing_version: str, extra: dict[str, Any] | None = None,
 ) -> ModelSpec:
-    """Write metadata.json beside an already saved model.keras, sealing it with its sha256."""
+    """Write metadata.json beside an already saved model.keras, sealing it with its sha256
+    and the metadata with its seal."""
     meta: dict[str, Any] = {
         "name": name, "version": version, "classes": [c.value for c in CLASSES],
         "input_size": list(input_size), "preprocessing_version": preprocessing_version,
         "sha256": file_sha256(directory / MODEL_FILE),
     }
     meta.update(extra or {})
-    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (directory / METADATA_FILE).write_text(json.dumps(sealed(meta), indent=2) + "\n",
+                                           encoding="utf-8")
     return resolve_model(str(directory))
 
 

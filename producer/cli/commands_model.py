@@ -292,14 +292,16 @@ def models_show(cli: CliContext, ref: str | None) -> None:
     Example:
         mammo models show default
     """
-    from models.registry import verify_model
+    from models.registry import UNSEALED, is_sealed, verify_model
     from shared.imaging.preprocess import PREPROCESSING_VERSION
 
     spec = _spec(cli, ref, "REF")
     meta = dict(spec.metadata)
     try:
         verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
-        meta["integrity"] = "ok: sha256 and preprocessing version match"
+        meta["integrity"] = ("ok: sha256, metadata seal and preprocessing version match"
+                             if is_sealed(spec) else
+                             f"ok: sha256 and preprocessing version match; warning: {UNSEALED}")
     except UserFacingError as exc:  # shown, not raised: `show` is how one inspects a bad model
         meta["integrity"] = str(exc)
     meta["directory"] = str(spec.directory)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from models.registry import resolve_model, verify_model
+from models.registry import resolve_model, sealed, verify_model
 from producer.cli.main import cli
 from shared.errors import ModelIntegrityError
 from shared.imaging.preprocess import PREPROCESSING_VERSION
@@ -30,8 +30,8 @@ def test_a_model_for_other_preprocessing_is_refused(tiny_model_dir: Path, tmp_pa
     copy = tmp_path / "model"
     shutil.copytree(tiny_model_dir, copy)
     meta = json.loads((copy / "metadata.json").read_text())
-    meta["preprocessing_version"] = "0"
-    (copy / "metadata.json").write_text(json.dumps(meta))
+    meta["preprocessing_version"] = "0"  # a genuine (sealed) model of another release
+    (copy / "metadata.json").write_text(json.dumps(sealed(meta)))
     with pytest.raises(ModelIntegrityError, match="preprocessing version"):
         verify_model(resolve_model(str(copy)), preprocessing_version=PREPROCESSING_VERSION)
 
