@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.formatting import write_csv_rows
 from shared.queries import RESULT_KEYS
 from shared.reports.output import report_file
 
@@ -24,9 +24,7 @@ def write_json(data: Any, path: Path) -> Path:
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path,
               columns: Sequence[str] = RESULT_KEYS) -> Path:
     with report_file(path), path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+        write_csv_rows(fh, rows, columns)
     return path
 
 

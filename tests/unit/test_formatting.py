@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from producer.cli.exit_codes import ExitCode
-from shared.formatting import render
+from shared.formatting import csv_cell, render
 from shared.queries import BATCH_STATUS_KEYS, RESULT_KEYS
+from shared.reports.exports import write_csv
 from shared.reports.worklist import FLAT_WORKLIST_KEYS
 from tests.helpers.cli import invoke_cli
 
@@ -67,3 +70,47 @@ def test_table_cells_are_text_not_markup() -> None:
     rows = [{"file": "[bold]x.png"}, {"file": "[red]bad.png"}]
     render(rows, "table", keys=("file",), console=Console(file=buffer, width=80))
     assert "[bold]x.png" in buffer.getvalue() and "[red]bad.png" in buffer.getvalue()
+
+
+FORMULAS = ("=1+2", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "=HYPERLINK(\"http://x\")")
+
+
+@pytest.mark.parametrize("text", FORMULAS)
+def test_text_a_spreadsheet_would_run_is_written_as_text(text: str) -> None:
+    assert csv_cell(text) == "'" + text
+    assert csv_cell("a=1") == "a=1" and csv_cell("") == "" and csv_cell(None) is None
+
+
+def test_numbers_stay_numbers_in_csv() -> None:
+    # Only text is neutralised: a negative number must stay a number a spreadsheet sums.
+    assert csv_cell(-0.25) == -0.25 and csv_cell(-3) == -3 and csv_cell(0) == 0
+    rows = [{"a": -0.25, "b": -3, "c": "=1+2"}]
+    assert _csv(rows, ("a", "b", "c")) == [["a", "b", "c"], ["-0.25", "-3", "'=1+2"]]
+
+
+def test_every_csv_writer_neutralises_formulas(tmp_path: Path) -> None:
+    rows = [{"image_id": 1, "source": "=HYPERLINK(\"http://x\",\"y\").png",
+             "error_message": "@cmd", "p_normal": -0.5}]
+    listed = _csv(rows, RESULT_KEYS)
+    written = list(csv.reader(write_csv(rows, tmp_path / "r.csv").open(encoding="utf-8")))
+    for table in (listed, written):
+        row = dict(zip(table[0], table[1], strict=True))
+        assert row["source"] == "'=HYPERLINK(\"http://x\",\"y\").png"
+        assert row["error_message"] == "'@cmd" and row["p_normal"] == "-0.5"
+        assert row["image_id"] == "1"
+
+
+def test_json_is_plain_json_of_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rich's print_json re-parses and highlights: 19 s for 20,000 rows against 0.2 s.
+    def slow(*_: object, **__: object) -> None:
+        raise AssertionError("JSON went through Rich's renderer")
+
+    monkeypatch.setattr(Console, "print_json", slow)
+    monkeypatch.setattr(Console, "print", slow)
+    rows = [{"id": 1, "name": "Müller 中 [red]x", "p": -0.5, "none": None,
+             "nested": {"flags": ["a", "=b"]}, "at": datetime(2026, 11, 24, 3, 4, 5)}]
+    buffer = io.StringIO()
+    render(rows, "json", keys=("id",), console=Console(file=buffer, width=20))
+    text = buffer.getvalue()
+    assert "Müller 中" in text  # readable, not \\u escapes
+    assert json.loads(text) == [{**rows[0], "at": "2026-11-24T03:04:05+00:00"}]
