@@ -1,9 +1,11 @@
 """Which model workers run when ``MAMMO_MODEL`` is left at its default: the database says.
 
 ``mammo models activate`` registers a model version (name, version, sha256, path) and marks
-it active; every worker sharing the database then loads it, provided the path exists on
-that machine (like the images' paths, model paths must be shared). An explicit
-``MAMMO_MODEL`` always wins, and without an activation the shipped default is used.
+it active; every worker sharing the database then loads exactly that directory (like the
+images' paths, model paths must be shared). Where that directory is missing, or no longer
+holds the activated model, every process refuses (exit 5) rather than score with another
+model. An explicit ``MAMMO_MODEL`` always wins, and without an activation the shipped
+default is used.
 """
 
 from __future__ import annotations
@@ -17,22 +19,36 @@ from models.bilateral import bilateral_head
 from models.registry import ModelSpec, resolve_model
 from shared.config import DEFAULT_MODEL, Settings
 from shared.db.schema import ModelVersion
-from shared.db.upsert import upsert_returning_id
+from shared.db.upsert import upsert, upsert_returning_id
+from shared.errors import ModelIntegrityError, ModelNotFoundError
+
+IDENTITY = ("name", "version", "sha256")
+# What activation takes from the directory it names, even when the identity is registered.
+FROM_DIRECTORY = ("path", "preprocessing_version", "classes", "input_size", "bilateral")
 
 
-def register(session: Session, spec: ModelSpec) -> int:
-    """The model version's row id, inserting the row on first use. Caller commits."""
-    return upsert_returning_id(session, ModelVersion, {
+def _row(spec: ModelSpec) -> dict[str, object]:
+    return {
         "name": spec.name, "version": spec.version, "sha256": spec.sha256,
         "preprocessing_version": spec.preprocessing_version, "classes": list(spec.classes),
         "input_size": list(spec.input_size), "path": str(spec.directory.resolve()),
         "bilateral": None if (head := bilateral_head(spec.metadata)) is None
         else head.to_config(),
-    }, conflict=("name", "version", "sha256"))
+    }
+
+
+def register(session: Session, spec: ModelSpec) -> int:
+    """The model version's row id, inserting the row on first use (a worker running a copy
+    elsewhere finds the same row and leaves its path alone). Caller commits."""
+    return upsert_returning_id(session, ModelVersion, _row(spec), conflict=IDENTITY)
 
 
 def activate(session: Session, spec: ModelSpec) -> int:
-    """Make ``spec`` the one active model version; returns its row id. Caller commits."""
+    """Make ``spec``'s directory the one active model; returns its row id. Caller commits.
+
+    The row of an identity registered before (from another directory, a copy) is pointed
+    at this directory: activation names exactly the directory it was given."""
+    upsert(session, ModelVersion, [_row(spec)], conflict=IDENTITY, update=FROM_DIRECTORY)
     row_id = register(session, spec)
     session.execute(update(ModelVersion).values(active=ModelVersion.id == row_id))
     return row_id
@@ -46,6 +62,23 @@ def model_for(settings: Settings, session: Session) -> ModelSpec:
     """The model a process with ``settings`` must run."""
     if settings.model == DEFAULT_MODEL:
         active = active_version(session)
-        if active is not None and Path(active.path).is_dir():
-            return resolve_model(active.path, named_by="the model activated in the database")
+        if active is not None:
+            return _activated(active)
     return resolve_model(settings.model)
+
+
+def _activated(active: ModelVersion) -> ModelSpec:
+    """The activated model's spec, refused when its directory is gone or holds another."""
+    named = f"{active.name} {active.version} (sha256 {active.sha256[:12]})"
+    fix = ("`mammo models activate` another model (`mammo models activate default`: the "
+           "shipped one) or restore it")
+    if not Path(active.path).is_dir():
+        raise ModelNotFoundError(
+            f"The activated model {named} is missing: {active.path} is not a directory on "
+            f"this machine. {fix}; no other model is used in its place.")
+    spec = resolve_model(active.path, named_by="the model activated in the database")
+    if (spec.name, spec.version, spec.sha256) != (active.name, active.version, active.sha256):
+        raise ModelIntegrityError(
+            f"{active.path} no longer holds the activated model {named}: it holds "
+            f"{spec.name} {spec.version} (sha256 {spec.sha256[:12]}). {fix}.")
+    return spec

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from models.activation import activate, active_version, model_for
-from models.registry import resolve_model, shipped_models
+import pytest
+
+from models.activation import activate, active_version, model_for, register
+from models.registry import resolve_model, sealed, shipped_models
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.errors import ModelNotFoundError
+from shared.errors import ModelIntegrityError, ModelNotFoundError
 
 
 def _copy_as(src: Path, root: Path, name: str, version: str) -> Path:
@@ -18,7 +21,7 @@ def _copy_as(src: Path, root: Path, name: str, version: str) -> Path:
     shutil.copytree(src, target)
     meta = json.loads((target / "metadata.json").read_text())
     meta.update(name=name, version=version)
-    (target / "metadata.json").write_text(json.dumps(meta))
+    (target / "metadata.json").write_text(json.dumps(sealed(meta)))
     return target
 
 
@@ -46,19 +49,67 @@ def test_activation_switches_the_default_and_explicit_setting_wins(
     engine.dispose()
 
 
-def test_an_activated_model_whose_directory_is_gone_is_not_used(
-        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
-    gone = _copy_as(tiny_model_dir, tmp_path, "m", "2.0.0")
+def _sessions(sqlite_url: str) -> tuple[Settings, Any, Any]:
     settings = Settings(database_url=sqlite_url, _env_file=None)  # type: ignore[call-arg]
     engine = create_db_engine(settings)
     ensure_schema(engine)
-    with make_session_factory(engine)() as session:
+    return settings, engine, make_session_factory(engine)
+
+
+def test_an_activated_model_whose_directory_is_gone_is_refused_not_replaced(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
+    gone = _copy_as(tiny_model_dir, tmp_path, "m", "2.0.0")
+    settings, engine, sessions = _sessions(sqlite_url)
+    with sessions() as session:
         activate(session, resolve_model(str(gone)))
         session.commit()
         assert model_for(settings, session).directory == gone
         shutil.rmtree(gone)
-        try:  # the shipped default, when this checkout has one
-            assert model_for(settings, session).directory != gone
-        except ModelNotFoundError as exc:
-            assert "MAMMO_MODEL" in str(exc)
+        # Never silently the shipped default: one line naming the folder and the way out.
+        with pytest.raises(ModelNotFoundError) as refused:
+            model_for(settings, session)
+        message = str(refused.value)
+        assert str(gone.resolve()) in message and "m 2.0.0" in message
+        assert "mammo models activate" in message and "restore it" in message
+        assert "\n" not in message
+        # An explicit MAMMO_MODEL still wins.
+        explicit = settings.model_copy(update={"model": str(tiny_model_dir)})
+        assert model_for(explicit, session).directory == tiny_model_dir
+    engine.dispose()
+
+
+def test_an_activated_directory_that_now_holds_another_model_is_refused(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
+    place = _copy_as(tiny_model_dir, tmp_path, "m", "3.0.0")
+    settings, engine, sessions = _sessions(sqlite_url)
+    with sessions() as session:
+        activate(session, resolve_model(str(place)))
+        session.commit()
+        shutil.rmtree(place)
+        _copy_as(tiny_model_dir, tmp_path, "m", "3.0.0")
+        meta = json.loads((place / "metadata.json").read_text())
+        meta["sha256"] = "0" * 64  # another model.keras copied over it
+        (place / "metadata.json").write_text(json.dumps(meta))
+        with pytest.raises(ModelIntegrityError, match="no longer holds the activated model"):
+            model_for(settings, session)
+    engine.dispose()
+
+
+def test_activating_the_genuine_directory_after_a_copy_makes_it_the_active_one(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
+    genuine = _copy_as(tiny_model_dir, tmp_path / "genuine", "m", "4.0.0")
+    copy = _copy_as(tiny_model_dir, tmp_path / "copy", "m", "4.0.0")  # same identity
+    settings, engine, sessions = _sessions(sqlite_url)
+    with sessions() as session:
+        first = activate(session, resolve_model(str(copy)))
+        second = activate(session, resolve_model(str(genuine)))
+        session.commit()
+        assert first == second  # one identity, one row
+        active = active_version(session)
+        assert active is not None and active.path == str(genuine.resolve())
+        assert model_for(settings, session).directory == genuine.resolve()
+        # A worker running the copy registers the same row without moving the activation.
+        register(session, resolve_model(str(copy)))
+        session.commit()
+        assert model_for(settings, session).directory == genuine.resolve()
     engine.dispose()
