@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.bilateral import BilateralHead, partners
+from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction
 from shared.db.upsert import insert_missing
 from shared.enums import ImageState
@@ -46,12 +47,11 @@ STANDARD_VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
 # More than any night's batch; studies not yet due stay pending and cost one cheap pass.
 _REFRESH_LIMIT = 100_000
 COMPLETE, INCOMPLETE = "complete", "incomplete"
-_ACTIVE = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
 _BLOCK = 400  # studies per query: stays under SQLite's bound-parameter limit
 
 __all__ = [
-    "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "read_against_other_breast",
-    "refresh_due_exams", "refresh_exam_results",
+    "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "in_blocks",
+    "read_against_other_breast", "refresh_due_exams", "refresh_exam_results",
     "studies_awaiting_result", "studies_of_images", "summarise",
 ]
 
@@ -166,7 +166,7 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     failed is not awaited: nothing more will come for it, and the exam's other views must
     reach the read-first list now, not after the timeout.
     """
-    if not images or any(i.state in _ACTIVE for i in images):
+    if not images or any(i.state in ACTIVE_STATES for i in images):
         return None
     images = read_against_other_breast(images)
     done_views = {i.view_key for i in images if i.scored and i.view_key}
@@ -205,7 +205,7 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     )
 
 
-def _blocks(ids: Iterable[int]) -> Iterable[list[int]]:
+def in_blocks(ids: Iterable[int]) -> Iterable[list[int]]:
     ordered = sorted(set(ids))
     for start in range(0, len(ordered), _BLOCK):
         yield ordered[start:start + _BLOCK]
@@ -264,7 +264,7 @@ def refresh_exam_results(session: Session, study_ids: Iterable[int], *, timeout_
     """
     now = now or utcnow()
     changes: list[ExamChange] = []
-    for block in _blocks(study_ids):
+    for block in in_blocks(study_ids):
         images = _load_images(session, block)
         current = {r.study_id: r for r in session.execute(
             select(ExamResult).where(ExamResult.study_id.in_(block),
@@ -282,7 +282,7 @@ def refresh_exam_results(session: Session, study_ids: Iterable[int], *, timeout_
 
 def studies_of_images(session: Session, image_ids: Iterable[int]) -> set[int]:
     found: set[int] = set()
-    for block in _blocks(image_ids):
+    for block in in_blocks(image_ids):
         found.update(s for s in session.execute(
             select(Image.study_id).where(Image.id.in_(block), Image.study_id.is_not(None))
             .distinct()).scalars() if s is not None)

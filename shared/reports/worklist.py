@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, Study
+from shared.exams import in_blocks
+from shared.timeutil import as_utc
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
 # A worklist row for a table or CSV (flat_worklist_row): one column per breast.
@@ -65,12 +68,49 @@ def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
     return stmt.limit(flt.limit) if flt.limit else stmt
 
 
+def _active_images(session: Session, study_ids: list[int]) -> dict[int, int]:
+    """Images still queued or processing, per study: a late view the result does not hold."""
+    counts: dict[int, int] = {}
+    for block in in_blocks(study_ids):
+        for study_id, count in session.execute(
+                select(Image.study_id, func.count()).where(
+                    Image.study_id.in_(block), Image.state.in_(ACTIVE_STATES))
+                .group_by(Image.study_id)):
+            if study_id is not None:
+                counts[study_id] = int(count)
+    return counts
+
+
+def _pdf_is_older(pdf: Path, result: ExamResult) -> bool:
+    written = datetime.fromtimestamp(pdf.stat().st_mtime, tz=UTC)
+    computed = as_utc(result.created_at)
+    return computed is not None and written < computed
+
+
+def _row_flags(result: ExamResult, active: int, stale_pdf: bool) -> list[str]:
+    flags = list(result.flags)
+    if active:
+        flags.append(f"{active} image(s) still being processed: this result may change")
+    if stale_pdf:
+        flags.append(f"the exam PDF predates this result (version {result.version}): "
+                     "write it again with mammo report exam")
+    return flags
+
+
 def worklist_rows(session: Session, flt: WorklistFilter, *,
                   report_dir: Path) -> list[dict[str, Any]]:
-    """One row per exam; ``report_path`` is set when the exam's PDF exists."""
+    """One row per exam; ``report_path`` is set when the exam's PDF exists.
+
+    Two flags are added to the stored ones, because they change after the result was
+    computed: images of the exam still in flight, and a PDF older than the result.
+    """
+    listed = [(result, study) for result, study in session.execute(_worklist_query(flt))]
+    active = _active_images(session, [study.id for _, study in listed])
     rows = []
-    for rank, (result, study) in enumerate(session.execute(_worklist_query(flt)), start=1):
+    for rank, (result, study) in enumerate(listed, start=1):
         pdf = exam_pdf_path(report_dir, study.study_uid)
+        has_pdf = pdf.is_file()
+        flags = _row_flags(result, active.get(study.id, 0), has_pdf and _pdf_is_older(pdf, result))
         rows.append({
             "rank": rank, "study_uid": study.study_uid, "suspicion": result.suspicion,
             "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),
@@ -78,8 +118,8 @@ def worklist_rows(session: Session, flt: WorklistFilter, *,
                                   "bilateral": bool(b.get("bilateral"))}
                            for side, b in sorted(result.per_breast.items())
                            if isinstance(b, dict)},
-            "flags": list(result.flags),
-            "report_path": str(pdf.resolve()) if pdf.is_file() else None,
+            "flags": flags,
+            "report_path": str(pdf.resolve()) if has_pdf else None,
             "label": result.label, "p_malignant": result.p_malignant, "status": result.status,
             "accession_number": study.accession_number, "study_date": study.study_date,
             "patient_pseudonym": study.patient_pseudonym,

@@ -11,16 +11,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, insert
+from sqlalchemy import Engine, create_engine, insert, select
 
 from producer.cli.main import cli
 from shared.config import Settings
 from shared.db.engine import ensure_schema, make_session_factory
-from shared.db.schema import Prediction
+from shared.db.schema import ExamResult, Image, Prediction, Study
 from shared.exams import refresh_due_exams
 from shared.queries import ResultFilter, list_results
 from shared.reports.stats import StatsFilter, collect_stats
-from shared.reports.worklist import WorklistFilter, worklist_rows
+from shared.reports.worklist import WorklistFilter, exam_pdf_path, worklist_rows
+from shared.timeutil import as_utc
 from tests.helpers.seed_results import START, Seeded, seed_results
 
 N_IMAGES = 400
@@ -132,10 +133,46 @@ def test_worklist_refreshes_timed_out_exams_and_sorts_by_suspicion(
     assert keys == sorted(keys, reverse=True)
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     incomplete = [r for r in rows if r["status"] == "incomplete"]
-    assert incomplete and all(any(f.startswith("incomplete: missing") for f in r["flags"])
+    # Each says why: views missing (timed out) or views that arrived and failed.
+    assert incomplete and all(any(f.startswith("incomplete: ") for f in r["flags"])
                               for r in incomplete)
     batch3 = {f"1.2.3.{im['study_id']}" for im in data.images if im["batch_id"] == 3}
     assert in_batch and {r["study_uid"] for r in in_batch} == batch3 & due
+
+
+def test_worklist_flags_images_in_flight_and_a_pdf_older_than_the_result(
+        seeded: tuple[Engine, Seeded], tmp_path: Any) -> None:
+    engine, _ = seeded
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        refresh_due_exams(session, timeout_s=60)
+        top = worklist_rows(session, WorklistFilter(), report_dir=tmp_path)[0]
+        study = session.scalars(select(Study).where(Study.study_uid == top["study_uid"])).one()
+        result = session.scalars(select(ExamResult).where(
+            ExamResult.study_id == study.id, ExamResult.superseded_at.is_(None))).one()
+        assert not any("still being processed" in f or "PDF" in f for f in top["flags"])
+        # A late view of the exam is queued: its result may still change.
+        late = session.scalars(select(Image).where(Image.study_id == study.id)).first()
+        assert late is not None
+        late.state = "queued"
+        session.commit()
+        pdf = exam_pdf_path(tmp_path, study.study_uid)
+        pdf.parent.mkdir(parents=True)
+        pdf.write_bytes(b"%PDF-1.4 written before the result")
+        computed = as_utc(result.created_at)
+        assert computed is not None
+        before = (computed - timedelta(minutes=5)).timestamp()
+        os.utime(pdf, (before, before))
+        row = next(r for r in worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
+                   if r["study_uid"] == study.study_uid)
+        assert "1 image(s) still being processed: this result may change" in row["flags"]
+        assert any(f.startswith("the exam PDF predates this result") for f in row["flags"])
+        assert row["report_path"] == str(pdf.resolve())
+        after = (computed + timedelta(minutes=5)).timestamp()
+        os.utime(pdf, (after, after))
+        row = next(r for r in worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
+                   if r["study_uid"] == study.study_uid)
+        assert not any(f.startswith("the exam PDF predates") for f in row["flags"])
 
 
 def test_stats_match_the_seeded_rows(seeded: tuple[Engine, Seeded], tmp_path: Any) -> None:
