@@ -34,9 +34,10 @@ class ResultFilter:
     until: datetime | None = None
     limit: int | None = None
     offset: int = 0
-    # With batch_id (and no other filter): also a row per file the batch sent again (already
-    # known), carrying its own source and the original image's state and result, with
-    # duplicate_of set to that image's id.
+    # With batch_id (and no other filter, no offset): also a row per file the batch sent
+    # again (already known), after the image rows and within the limit, carrying its own
+    # source and the original image's state and result, with duplicate_of set to that
+    # image's id.
     include_duplicates: bool = False
 
 
@@ -104,14 +105,19 @@ def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
     rows = [_result_row(found._mapping) for found in session.execute(results_query(flt))]
     narrowed = (flt.study_uid, flt.patient_pseudonym, flt.state, flt.label, flt.min_suspicion,
                 flt.model_version)
-    # Duplicates are not image rows: they cannot be paged with them, so a page has none.
-    paged = flt.limit is not None or flt.offset
-    if flt.include_duplicates and flt.batch_id is not None and not any(narrowed) and not paged:
-        rows.extend(duplicate_rows(session, flt.batch_id))
+    # Duplicates follow the batch's image rows. An offset counts image rows only, so a page
+    # past the first has none; a limit caps the two together (the table's page of
+    # `mammo results --batch N` shows what CSV and JSON show, up to its size).
+    if (flt.include_duplicates and flt.batch_id is not None and not any(narrowed)
+            and not flt.offset):
+        room = None if flt.limit is None else flt.limit - len(rows)
+        if room is None or room > 0:
+            rows.extend(duplicate_rows(session, flt.batch_id, limit=room))
     return rows
 
 
-def duplicate_rows(session: Session, batch_id: int) -> list[dict[str, Any]]:
+def duplicate_rows(session: Session, batch_id: int, *,
+                   limit: int | None = None) -> list[dict[str, Any]]:
     """The files ``batch_id`` sent that were already known: no new image, no new prediction.
 
     Each row is the original image's (state, error, result: the results contract holds
@@ -124,6 +130,8 @@ def duplicate_rows(session: Session, batch_id: int) -> list[dict[str, Any]]:
         .where(DuplicateSubmission.batch_id == batch_id)
         .order_by(DuplicateSubmission.id)
     )
+    if limit is not None:
+        stmt = stmt.limit(limit)
     rows = []
     for found in session.execute(stmt):
         row = _result_row(found._mapping)

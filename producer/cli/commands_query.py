@@ -128,9 +128,18 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     render(rows[:page] if more else rows, fmt, keys=RESULT_KEYS, columns=RESULT_COLUMNS,
            title="Results")
     if more and page is not None:
-        click.echo(f"more rows follow: add --offset {offset + page}"
-                   f"{'' if limit else f' --limit {page}'}, or use --format csv|json",
-                   err=True)
+        click.echo(_more_rows_note(rows[page], page, offset, limit), err=True)
+
+
+def _more_rows_note(first_left_out: dict[str, object], page: int, offset: int,
+                    limit: int | None) -> str:
+    if first_left_out["duplicate_of"] is not None:
+        # Every image row is shown: the rest are the batch's repeated files, which an
+        # --offset page does not list.
+        return ("more rows follow (files this batch sent again, already known): use "
+                "--format csv|json")
+    return (f"more rows follow: add --offset {offset + page}"
+            f"{'' if limit else f' --limit {page}'}, or use --format csv|json")
 
 
 COMMANDS = (status_command, results_command)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, insert, update
+from sqlalchemy.orm import Session
 
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema
-from shared.db.schema import Image, Study
+from shared.db.schema import DuplicateSubmission, Image, Study
+from shared.queries import ResultFilter, list_results
 from tests.helpers.cli import invoke_cli
 from tests.helpers.seed_results import seed_results
 
@@ -67,3 +71,51 @@ def test_formulas_in_the_data_are_text_in_every_csv(seeded: str, monkeypatch: py
         assert code == ExitCode.OK, out
         written = _csv_rows((tmp_path / "x.csv").read_text(encoding="utf-8"))
         assert any(r[key].startswith(expected) for r in written), written
+
+
+def _add_duplicates(url: str, batch_id: int, image_ids: list[int]) -> list[str]:
+    engine = _engine(url)
+    sources = [f"/again/copy-{i}.dcm" for i in image_ids]
+    with engine.begin() as conn:
+        conn.execute(insert(DuplicateSubmission), [
+            {"batch_id": batch_id, "image_id": i, "source": s}
+            for i, s in zip(image_ids, sources, strict=True)])
+    engine.dispose()
+    return sources
+
+
+def test_the_results_table_lists_the_batch_s_repeated_files_like_csv_and_json(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sources = _add_duplicates(seeded, 1, [5, 6, 7])
+    code, out = _mammo(["results", "--batch", "1", "--format", "json"], monkeypatch, tmp_path,
+                       seeded)
+    assert code == ExitCode.OK, out
+    listed = json.loads(out)
+    assert [r["source"] for r in listed if r["duplicate_of"]] == sources and len(listed) == 11
+    code, out = _mammo(["results", "--batch", "1"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert all(s in out for s in sources) and "more rows follow" not in out
+    # A table page ending inside the repeated files says where the rest are.
+    monkeypatch.setattr("producer.cli.commands_query.TABLE_PAGE", 9)
+    code, out = _mammo(["results", "--batch", "1"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert sources[0] in out and sources[1] not in out
+    assert "more rows follow (files this batch sent again" in out and "--offset" not in out
+    monkeypatch.setattr("producer.cli.commands_query.TABLE_PAGE", 5)
+    code, out = _mammo(["results", "--batch", "1"], monkeypatch, tmp_path, seeded)
+    assert sources[0] not in out and "add --offset 5 --limit 5" in out
+
+
+def test_a_limit_caps_image_rows_and_repeated_files_together(seeded: str) -> None:
+    _add_duplicates(seeded, 1, [5, 6, 7])
+    engine = _engine(seeded)
+    with Session(engine) as session:
+        def ids(**kw: Any) -> list[tuple[int, int | None]]:
+            flt = ResultFilter(batch_id=1, include_duplicates=True, **kw)
+            return [(r["image_id"], r["duplicate_of"]) for r in list_results(session, flt)]
+
+        everything = ids()
+        assert ids(limit=10) == everything[:10] and len(everything) == 11
+        assert ids(limit=8) == everything[:8] and ids(limit=20) == everything
+        assert ids(offset=1) == [r for r in everything[1:] if r[1] is None]
+    engine.dispose()
