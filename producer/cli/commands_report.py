@@ -10,6 +10,7 @@ import click
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.options import date_range_options, format_option
 from shared.formatting import render
+from shared.queries import require_batch
 from shared.timeutil import as_utc
 
 WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "left", "right", "label", "status",
@@ -53,6 +54,8 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
     settings = cli.settings
     flt = WorklistFilter(batch_id, as_utc(since), as_utc(until), limit)
     with cli.sessions() as session:
+        if batch_id is not None:
+            require_batch(session, batch_id)
         refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
         rows = worklist_rows(session, flt, report_dir=settings.report_dir)
         if write_reports:
@@ -87,6 +90,8 @@ def stats_command(cli: CliContext, batch_id: int | None, since: datetime | None,
     from shared.reports.stats import StatsFilter, collect_stats, stats_rows
 
     with cli.sessions() as session:
+        if batch_id is not None:
+            require_batch(session, batch_id)
         stats = collect_stats(session, cli.settings,
                               StatsFilter(batch_id, as_utc(since), as_utc(until)))
     if fmt == "json":

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.errors import ReportTargetNotFoundError
 from shared.exams import refresh_due_exams
+from shared.queries import require_batch
 from shared.reports.batch_summary import BATCH_FORMATS, batch_report_path, write_batch_report
 from shared.reports.exam_reports import EXAM_FORMATS, write_exam_report
 from shared.reports.exports import DISCLAIMER, write_csv, write_json
@@ -37,6 +38,14 @@ class ReportRequest:
     target: str | None = None  # exam: StudyInstanceUID; batch: id; worklist/stats: batch id
     since: datetime | None = None
     until: datetime | None = None
+
+    def existing_batch_id(self, session: Session) -> int | None:
+        """The batch number that narrows a worklist or statistics, after checking it exists
+        (an empty report would read as "nothing there yet")."""
+        batch_id = self.batch_id()
+        if batch_id is not None:
+            require_batch(session, batch_id)
+        return batch_id
 
     def batch_id(self) -> int | None:
         if self.target is None:
@@ -71,8 +80,9 @@ def _batch(session: Session, req: ReportRequest, path: Path, settings: Settings)
 
 
 def _worklist(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
+    batch_id = req.existing_batch_id(session)
     refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
-    rows = worklist_rows(session, WorklistFilter(req.batch_id(), req.since, req.until),
+    rows = worklist_rows(session, WorklistFilter(batch_id, req.since, req.until),
                          report_dir=settings.report_dir)
     if req.fmt == "json":
         return write_json(rows, path)
@@ -80,7 +90,8 @@ def _worklist(session: Session, req: ReportRequest, path: Path, settings: Settin
 
 
 def _stats(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
-    stats = collect_stats(session, settings, StatsFilter(req.batch_id(), req.since, req.until))
+    stats = collect_stats(session, settings,
+                          StatsFilter(req.existing_batch_id(session), req.since, req.until))
     if req.fmt == "json":
         return write_json({"disclaimer": DISCLAIMER, **stats}, path)
     return write_csv(stats_rows(stats), path, columns=("section", "key", "value"))

@@ -118,7 +118,11 @@ def test_a_bad_manifest_exits_2_before_the_model_loads(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("args", [["results", "--batch", "99"], ["status", "99"],
                                   ["recover", "--batch", "99", "--dry-run"],
-                                  ["report", "batch", "99"]])
+                                  ["report", "batch", "99"],
+                                  ["worklist", "--batch", "99", "--format", "json"],
+                                  ["stats", "--batch", "99", "--format", "json"],
+                                  ["report", "worklist", "99", "--format", "json"],
+                                  ["report", "stats", "99", "--format", "csv"]])
 def test_a_batch_that_does_not_exist_is_named_by_every_command(
         args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # An empty answer would read as "nothing there yet"; every command says it the same way.

@@ -37,7 +37,7 @@ def _header(out: str) -> list[str]:
 
 @pytest.mark.parametrize(("args", "keys"), [
     (["results", "--state", "failed", "--format", "csv"], RESULT_KEYS),
-    (["worklist", "--batch", "99", "--format", "csv"], FLAT_WORKLIST_KEYS),
+    (["worklist", "--format", "csv"], FLAT_WORKLIST_KEYS),
     (["status", "--format", "csv"], BATCH_STATUS_KEYS),
 ])
 def test_empty_listings_print_the_full_csv_header(args: list[str], keys: tuple[str, ...],
@@ -59,7 +59,7 @@ def test_an_empty_run_prints_the_result_keys_as_csv_header(
 
 def test_an_empty_worklist_report_csv_has_the_full_header(monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
-    code, out = invoke_cli(["report", "worklist", "99", "--format", "csv", "-o", "w.csv"],
+    code, out = invoke_cli(["report", "worklist", "--format", "csv", "-o", "w.csv"],
                            monkeypatch, tmp_path)
     assert code == ExitCode.OK, out
     assert _header((tmp_path / "w.csv").read_text()) == list(FLAT_WORKLIST_KEYS)
