@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,11 +169,51 @@ def verify_model(spec: ModelSpec, *, preprocessing_version: str) -> None:
             f"{spec.directory / METADATA_FILE} does not match its seal ({whose}): a "
             "setting that changes the model's outputs (input size, head, bilateral head, "
             "name, version...) was changed or corrupted. Re-copy or retrain it.")
+    check_model_file(spec)
     if spec.preprocessing_version != preprocessing_version:
         raise ModelIntegrityError(
             f"Model {spec.name} {spec.version} was trained with preprocessing version "
             f"{spec.preprocessing_version}, but this code preprocesses with version "
             f"{preprocessing_version}. Retrain the model, or install the matching release.")
+
+
+def _input_shapes(config: Any) -> list[list[Any]]:
+    """The batch shapes of the InputLayers in a Keras ``config.json`` (any nesting)."""
+    found: list[list[Any]] = []
+    if isinstance(config, dict):
+        if config.get("class_name") == "InputLayer":
+            inner = config.get("config") or {}
+            shape = inner.get("batch_shape") or inner.get("batch_input_shape")
+            if isinstance(shape, list):
+                found.append(shape)
+        for value in config.values():
+            found.extend(_input_shapes(value))
+    elif isinstance(config, list):
+        for value in config:
+            found.extend(_input_shapes(value))
+    return found
+
+
+def check_model_file(spec: ModelSpec) -> None:
+    """Refuse, without TensorFlow, a model.keras that Keras could not load as this model:
+    not a .keras (zip) file, no config.json in it, or an input other than ``input_size``."""
+    path = spec.model_path
+    fix = "Re-copy or retrain it."
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        reason = ("not a Keras .keras file (a zip archive)"
+                  if isinstance(exc, zipfile.BadZipFile) else f"unreadable as a Keras model "
+                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        raise ModelIntegrityError(f"{path} is {reason}. {fix}") from exc
+    height, width = spec.input_size
+    for shape in _input_shapes(config):
+        if len(shape) == 4 and (shape[1], shape[2]) != (height, width) and None not in shape[1:3]:
+            raise ModelIntegrityError(
+                f"{path} takes {shape[1]}x{shape[2]} images, but {METADATA_FILE} gives "
+                f"input_size {height}x{width}: the metadata does not describe this model. "
+                f"{fix}")
 
 
 def new_model_dir(output: Path, name: str, version: str) -> Path:

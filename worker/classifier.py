@@ -15,12 +15,14 @@ import logging
 import os
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from models.registry import ModelSpec, verify_model
+from shared.errors import ModelIntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +77,31 @@ class Classifier:
         import models.layers  # noqa: F401 - registers the shipped model's custom layers
 
         keras.utils.set_random_seed(0)
-        # safe_mode refuses Lambda layers carrying pickled Python code.
-        model = keras.models.load_model(self.spec.model_path, compile=False, safe_mode=True)
         height, width = self.spec.input_size
         spec = tf.TensorSpec((self.batch_size, height, width, 1), tf.float32)
+        # A model file Keras cannot load, or one that cannot take the metadata's input, is
+        # the product's model error (exit 5, one line), never a traceback.
+        unusable = (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile,
+                    tf.errors.OpError)
+        try:
+            # safe_mode refuses Lambda layers carrying pickled Python code.
+            model = keras.models.load_model(self.spec.model_path, compile=False,
+                                            safe_mode=True)
+        except unusable as exc:
+            raise ModelIntegrityError(
+                f"{self.spec.model_path} cannot be loaded by Keras ({_first_line(exc)}). "
+                "Re-copy or retrain it.") from exc
+        _require_input(model, self.spec)
         fn, has_map = _inference_fn(tf, keras, model)
         infer = tf.function(_in_steps(tf, fn, has_map, self.micro_batch),
                             input_signature=[spec], reduce_retracing=True)
+        try:
+            infer(tf.zeros(spec.shape, tf.float32))  # trace now, not on the first chunk
+        except unusable as exc:
+            raise ModelIntegrityError(
+                f"{self.spec.model_path} cannot score {height}x{width} images, the input_size "
+                f"its metadata gives ({_first_line(exc)}). Re-copy or retrain it.") from exc
         self._model, self._infer = model, infer
-        self._infer(tf.zeros(spec.shape, tf.float32))  # trace now, not on the first chunk
         self.load_seconds = time.perf_counter() - started
         log.info("model %s %s loaded in %.1f s", self.spec.name, self.spec.version,
                  self.load_seconds)
@@ -111,6 +129,25 @@ class Classifier:
         out = np.clip(out, 0.0, None)
         out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
         return ForwardPass(out, elapsed, maps)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"[:300]
+
+
+def _require_input(model: Any, spec: ModelSpec) -> None:
+    """Refuse a model whose single-channel image input is not the metadata's input_size."""
+    shapes = [tuple(getattr(i, "shape", ())) for i in getattr(model, "inputs", None) or ()]
+    height, width = spec.input_size
+    for shape in shapes:
+        if len(shape) != 4 or None in shape[1:3]:
+            continue
+        if (shape[1], shape[2], shape[3]) != (height, width, 1):
+            raise ModelIntegrityError(
+                f"{spec.model_path} takes {shape[1]}x{shape[2]}x{shape[3]} images, but its "
+                f"metadata gives input_size {height}x{width} (one channel): the metadata does "
+                "not describe this model. Re-copy or retrain it.")
 
 
 def _inference_fn(tf: Any, keras: Any, model: Any) -> tuple[Any, bool]:

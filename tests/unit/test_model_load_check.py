@@ -1,0 +1,93 @@
+"""A model.keras that cannot load, or cannot take the metadata's input, is a model error
+(exit 5, one line) at activation and at load, never a traceback mid-run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from models.registry import resolve_model, sealed, verify_model
+from producer.cli.main import cli
+from shared.errors import ModelIntegrityError
+from shared.filehash import file_sha256
+from shared.imaging.preprocess import PREPROCESSING_VERSION
+from worker.classifier import Classifier
+
+
+def _copy(src: Path, target: Path, **changes: object) -> Path:
+    """A copy whose metadata is changed AND re-sealed with the file's sha256 (as a genuine
+    but broken model would be), so only the load check can catch it."""
+    shutil.copytree(src, target)
+    meta = json.loads((target / "metadata.json").read_text())
+    meta.update(changes)
+    meta["sha256"] = file_sha256(target / "model.keras")
+    (target / "metadata.json").write_text(json.dumps(sealed(meta)))
+    return target
+
+
+def _reseal(directory: Path) -> None:
+    meta = json.loads((directory / "metadata.json").read_text())
+    meta["sha256"] = file_sha256(directory / "model.keras")
+    (directory / "metadata.json").write_text(json.dumps(sealed(meta)))
+
+
+def _activate(tmp_path: Path, directory: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["models", "activate", str(directory)], env={
+        "MAMMO_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}", "MAMMO_MODEL": "default"})
+    return result.exit_code, result.output
+
+
+def test_a_model_file_that_is_not_a_keras_zip_is_refused_at_activation(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    broken = _copy(tiny_model_dir, tmp_path / "broken")
+    (broken / "model.keras").write_bytes(b"not a zip at all")
+    _reseal(broken)
+    with pytest.raises(ModelIntegrityError, match=r"not a Keras \.keras file"):
+        verify_model(resolve_model(str(broken)), preprocessing_version=PREPROCESSING_VERSION)
+    code, out = _activate(tmp_path, broken)
+    assert code == 5 and "not a Keras .keras file" in out and "Traceback" not in out
+
+
+def test_an_input_size_other_than_the_models_is_refused_at_activation(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    wrong = _copy(tiny_model_dir, tmp_path / "wrong", input_size=[64, 64])
+    code, out = _activate(tmp_path, wrong)
+    assert code == 5 and "takes 96x80 images" in out and "input_size 64x64" in out
+
+
+def test_classifier_load_turns_a_keras_failure_into_a_model_error(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    # A real .keras zip with its config intact but its weights destroyed: the checks
+    # without TensorFlow pass, Keras fails.
+    broken = _copy(tiny_model_dir, tmp_path / "broken")
+    with zipfile.ZipFile(tiny_model_dir / "model.keras") as src, \
+            zipfile.ZipFile(broken / "model.keras", "w") as dst:
+        for item in src.namelist():
+            dst.writestr(item, b"garbage" if item.endswith(".h5") else src.read(item))
+    _reseal(broken)
+    spec = resolve_model(str(broken))
+    verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+    classifier = Classifier(spec, batch_size=2, preprocessing_version=PREPROCESSING_VERSION)
+    with pytest.raises(ModelIntegrityError, match="cannot be loaded by Keras") as refused:
+        classifier.load()
+    assert "\n" not in str(refused.value)
+
+
+def test_classifier_load_refuses_an_input_shape_other_than_the_metadata(
+        tiny_model_spec: object) -> None:
+    import dataclasses
+
+    import keras
+
+    from worker.classifier import _require_input
+
+    model = keras.models.load_model(tiny_model_spec.model_path, compile=False)  # type: ignore[attr-defined]
+    _require_input(model, tiny_model_spec)  # type: ignore[arg-type]
+    other = dataclasses.replace(tiny_model_spec, input_size=(256, 256))  # type: ignore[type-var]
+    with pytest.raises(ModelIntegrityError, match="takes 96x80x1 images"):
+        _require_input(model, other)
