@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +52,7 @@ _RESULT_COLUMNS = (
     ModelVersion.version.label("model_version"),
 )
 _PREDICTED = ("label", "p_normal", "p_benign", "p_malignant", "suspicion")
+_UID_BLOCK = 500  # UIDs per IN list: well under every database's bound-parameter limit
 
 
 def _with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
@@ -114,6 +116,21 @@ def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
         if room is None or room > 0:
             rows.extend(duplicate_rows(session, flt.batch_id, limit=room))
     return rows
+
+
+def models_of_exams(session: Session, study_uids: Sequence[str]) -> list[str]:
+    """Every model (NAME:VERSION, as result rows print it) behind the current results of
+    these exams: the latest prediction of each of their done images, in name order."""
+    found: set[str] = set()
+    for start in range(0, len(study_uids), _UID_BLOCK):
+        stmt = (_with_latest_prediction(
+                    select(ModelVersion.name, ModelVersion.version).select_from(Image),
+                    inner_study=True)
+                .where(Study.study_uid.in_(study_uids[start:start + _UID_BLOCK]),
+                       Image.state == ImageState.DONE.value, ModelVersion.id.is_not(None))
+                .distinct())
+        found.update(f"{name}:{version}" for name, version in session.execute(stmt))
+    return sorted(found)
 
 
 def duplicate_rows(session: Session, batch_id: int, *,

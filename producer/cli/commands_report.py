@@ -9,8 +9,10 @@ import click
 
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.options import date_range_options, format_option
-from shared.formatting import render
+from producer.cli.progress import STDERR
+from shared.formatting import json_text, render
 from shared.queries import require_batch
+from shared.reports.exports import DISCLAIMER
 from shared.timeutil import as_utc
 
 WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "left", "right", "label", "status",
@@ -88,6 +90,7 @@ def stats_command(cli: CliContext, batch_id: int | None, since: datetime | None,
         mammo stats --since 2026-11-01 --format json
     """
     from shared.reports.stats import StatsFilter, collect_stats, stats_rows
+    from shared.reports.targets import stats_json
 
     with cli.sessions() as session:
         if batch_id is not None:
@@ -95,15 +98,9 @@ def stats_command(cli: CliContext, batch_id: int | None, since: datetime | None,
         stats = collect_stats(session, cli.settings,
                               StatsFilter(batch_id, as_utc(since), as_utc(until)))
     if fmt == "json":
-        click.echo(_json_text(stats))
+        click.echo(json_text(stats_json(stats)))
         return
     render(stats_rows(stats), fmt, keys=("section", "key", "value"), title="Statistics")
-
-
-def _json_text(data: object) -> str:
-    import json
-
-    return json.dumps(data, indent=2, default=str)
 
 
 @click.command("report")
@@ -142,6 +139,9 @@ def report_command(cli: CliContext, kind: str, target: str | None, fmt: str | No
     with cli.sessions() as session:
         written = write_report(session, request, output, cli.settings)
     click.echo(str(written))
+    # On stderr, as `mammo run` does: stdout stays the path alone, for scripts. The CSV
+    # files cannot carry the statement (a comment line is not CSV); the others carry it too.
+    STDERR.print(DISCLAIMER, style="italic", soft_wrap=True)
 
 
 COMMANDS = (worklist_command, stats_command, report_command)

@@ -6,13 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.errors import ReportTargetNotFoundError
 from shared.exams import refresh_due_exams
-from shared.queries import require_batch
+from shared.queries import models_of_exams, require_batch
 from shared.reports.batch_summary import BATCH_FORMATS, batch_report_path, write_batch_report
 from shared.reports.exam_reports import EXAM_FORMATS, write_exam_report
 from shared.reports.exports import DISCLAIMER, write_csv, write_json
@@ -85,15 +86,26 @@ def _worklist(session: Session, req: ReportRequest, path: Path, settings: Settin
     rows = worklist_rows(session, WorklistFilter(batch_id, req.since, req.until),
                          report_dir=settings.report_dir)
     if req.fmt == "json":
-        return write_json(rows, path)
+        # A file, not the array `mammo worklist --format json` prints: an object, like the
+        # exam and batch JSON reports, so it carries the statement and its models.
+        models = models_of_exams(session, [r["study_uid"] for r in rows])
+        return write_json({"disclaimer": DISCLAIMER, "models": models, "worklist": rows}, path)
+    # CSV files carry data rows only (as the batch CSV export); `mammo report` prints the
+    # statement when it writes them.
     return write_csv([flat_worklist_row(r) for r in rows], path, columns=FLAT_WORKLIST_KEYS)
+
+
+def stats_json(stats: dict[str, Any]) -> dict[str, Any]:
+    """The statistics as `mammo stats --format json` prints and `mammo report stats` writes
+    them: the decision-support statement first."""
+    return {"disclaimer": DISCLAIMER, **stats}
 
 
 def _stats(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
     stats = collect_stats(session, settings,
                           StatsFilter(req.existing_batch_id(session), req.since, req.until))
     if req.fmt == "json":
-        return write_json({"disclaimer": DISCLAIMER, **stats}, path)
+        return write_json(stats_json(stats), path)
     return write_csv(stats_rows(stats), path, columns=("section", "key", "value"))
 
 

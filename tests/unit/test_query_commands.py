@@ -17,6 +17,7 @@ from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema
 from shared.db.schema import DuplicateSubmission, Image, Study
 from shared.queries import ResultFilter, list_results
+from shared.reports.exports import DISCLAIMER
 from tests.helpers.cli import invoke_cli
 from tests.helpers.seed_results import seed_results
 
@@ -119,3 +120,32 @@ def test_a_limit_caps_image_rows_and_repeated_files_together(seeded: str) -> Non
         assert ids(limit=8) == everything[:8] and ids(limit=20) == everything
         assert ids(offset=1) == [r for r in everything[1:] if r[1] is None]
     engine.dispose()
+
+
+def test_every_report_file_or_its_command_carries_the_statement(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _mammo(["worklist", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    listed = json.loads(out)  # the listing stays the stable array
+    assert isinstance(listed, list) and len(listed) == 4
+    written = tmp_path / "w.json"
+    code, out = _mammo(["report", "worklist", "--format", "json", "-o", str(written)],
+                       monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    document = json.loads(written.read_text(encoding="utf-8"))
+    assert document["disclaimer"] == DISCLAIMER
+    assert document["models"] == ["default:1.0.0", "default:1.1.0"]  # seeded: both versions
+    assert document["worklist"] == listed
+    code, out = _mammo(["stats", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    printed = json.loads(out)
+    assert printed["disclaimer"] == DISCLAIMER
+    code, out = _mammo(["report", "stats", "--format", "json", "-o", str(tmp_path / "s.json")],
+                       monkeypatch, tmp_path, seeded)
+    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8")) == printed
+    # A CSV file holds data rows only; the command says it when it writes one.
+    for kind in ("worklist", "stats"):
+        code, out = _mammo(["report", kind, "--format", "csv", "-o", str(tmp_path / "x.csv")],
+                           monkeypatch, tmp_path, seeded)
+        assert code == ExitCode.OK and DISCLAIMER in out, out
+        assert DISCLAIMER not in (tmp_path / "x.csv").read_text(encoding="utf-8")
