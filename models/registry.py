@@ -102,20 +102,56 @@ def resolve_model(ref: str, *, root: Path = MODELS_ROOT,
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelIntegrityError(f"{meta_path} is not valid JSON: {exc}") from exc
+    fields = _validated(meta, meta_path)
+    return ModelSpec(directory=directory, metadata=meta, **fields)
+
+
+def _text(meta: dict[str, Any], key: str, where: Path) -> str:
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        raise ModelIntegrityError(f"{where}: {key} must be a non-empty string "
+                                  f"(found {value!r}).")
+    return str(value)
+
+
+def _validated(meta: Any, where: Path) -> dict[str, Any]:
+    """ModelSpec's fields from ``meta``, or a ``ModelIntegrityError`` naming the bad value."""
+    if not isinstance(meta, dict):
+        raise ModelIntegrityError(f"{where} must hold a JSON object, not a "
+                                  f"{type(meta).__name__}.")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
-        raise ModelIntegrityError(f"{meta_path} lacks required keys: {', '.join(missing)}")
-    classes = tuple(str(c) for c in meta["classes"])
+        raise ModelIntegrityError(f"{where} lacks required keys: {', '.join(missing)}")
+    raw_classes = meta["classes"]
+    classes = (tuple(str(c) for c in raw_classes) if isinstance(raw_classes, list)
+               else (str(raw_classes),))
     if classes != tuple(c.value for c in CLASSES):
         raise ModelIntegrityError(
-            f"{meta_path} lists classes {list(classes)}; this pipeline needs "
+            f"{where} lists classes {raw_classes!r}; this pipeline needs "
             f"{[c.value for c in CLASSES]} in that order.")
-    height, width = (int(v) for v in meta["input_size"])
-    return ModelSpec(
-        name=str(meta["name"]), version=str(meta["version"]), directory=directory,
-        sha256=str(meta["sha256"]), classes=classes, input_size=(height, width),
-        preprocessing_version=str(meta["preprocessing_version"]), metadata=meta,
-    )
+    size = meta["input_size"]
+    if (not isinstance(size, list) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ModelIntegrityError(f"{where}: input_size must be [HEIGHT, WIDTH], two positive "
+                                  f"integers (found {size!r}).")
+    sha = meta["sha256"]
+    if not isinstance(sha, str) or len(sha) != 64 or any(
+            c not in "0123456789abcdef" for c in sha.lower()):
+        raise ModelIntegrityError(f"{where}: sha256 must be 64 hexadecimal digits "
+                                  f"(found {sha!r}).")
+    bilateral = meta.get("bilateral")
+    if bilateral:
+        from models.bilateral import bilateral_head
+
+        try:
+            bilateral_head(meta)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ModelIntegrityError(
+                f"{where}: bilateral must be null or {{\"scores\": [...], \"head\": {{...}}}} "
+                f"as `mammo train` writes it ({type(exc).__name__}: {exc}).") from exc
+    return {"name": _text(meta, "name", where), "version": _text(meta, "version", where),
+            "sha256": sha.lower(), "classes": classes, "input_size": (size[0], size[1]),
+            "preprocessing_version": _text(meta, "preprocessing_version", where)}
 
 
 def metadata_seal(meta: dict[str, Any]) -> str:

@@ -23,8 +23,9 @@ SUMMARY_KEYS = ("n", "accuracy", "auc_abnormal", "auc_malignant",
                 "sensitivity_at_90_specificity", "ece")
 CONFUSION_KEYS = ("truth", "pred_normal", "pred_benign", "pred_malignant")
 MODEL_LIST_KEYS = ("name", "version", "sha256", "preprocessing_version", "source", "path",
-                   "active", "in_use")
-MODEL_LIST_COLUMNS = ("name", "version", "sha256", "active", "in_use", "source", "path")
+                   "active", "in_use", "problem")
+MODEL_LIST_COLUMNS = ("name", "version", "sha256", "active", "in_use", "source", "path",
+                      "problem")
 COMPARE_KEYS = ("metric", "this", "rerun", "difference")
 SPREAD_KEYS = ("figure", "mean", "sd", "min", "max")
 
@@ -268,11 +269,12 @@ def models_list(cli: CliContext, fmt: str) -> None:
         rows[str(spec.directory.resolve())] = {
             "name": spec.name, "version": spec.version, "sha256": spec.sha256,
             "preprocessing_version": spec.preprocessing_version, "source": "shipped",
-            "path": str(spec.directory)}
+            "path": str(spec.directory), "problem": None}
     for mv in registered:
         row = rows.setdefault(mv.path, {
             "name": mv.name, "version": mv.version, "sha256": mv.sha256,
-            "preprocessing_version": mv.preprocessing_version, "path": mv.path})
+            "preprocessing_version": mv.preprocessing_version, "path": mv.path,
+            "problem": _registered_problem(mv)})
         row["source"] = "shipped+registered" if row.get("source") == "shipped" else "registered"
     for path, row in rows.items():
         row["active"] = bool(active and active.path == path)
@@ -280,6 +282,22 @@ def models_list(cli: CliContext, fmt: str) -> None:
     # Machine formats carry the whole sha256 (scripts compare it); a table needs only a prefix.
     shown = [{**r, "sha256": r["sha256"][:12]} if fmt == "table" else r for r in rows.values()]
     render(shown, fmt, keys=MODEL_LIST_KEYS, columns=MODEL_LIST_COLUMNS, title="Models")
+
+
+def _registered_problem(row: Any) -> str | None:
+    """Why a registered model's directory is unusable now (one line), or None: `list`
+    shows a broken row as broken instead of failing."""
+    from models.registry import resolve_model
+
+    if not Path(row.path).is_dir():
+        return "broken: directory missing"
+    try:
+        spec = resolve_model(row.path, named_by="the registered path")
+    except UserFacingError as exc:
+        return f"broken: {exc}"
+    if (spec.name, spec.version, spec.sha256) != (row.name, row.version, row.sha256):
+        return (f"broken: now holds {spec.name} {spec.version} (sha256 {spec.sha256[:12]})")
+    return None
 
 
 @models_group.command("show")
