@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from shared.db.schema import Batch, Image, Prediction
 from shared.enums import ImageState, Label
 from shared.queries import ResultFilter, list_results, require_batch
-from shared.reports.worklist import WorklistFilter, worklist_rows
+from shared.reports.worklist import WorklistFilter, count_worklist, worklist_rows
+from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
 
 
@@ -45,7 +46,10 @@ class BatchSummary:
     images_per_minute: float | None
     stage_times: list[StageTimes]
     failures: list[dict[str, Any]]
-    worklist: list[dict[str, Any]]
+    worklist: list[dict[str, Any]]  # the first exams of the read-first list
+    exams: int  # every exam of the batch with a result (the worklist may show fewer)
+    duplicates: int  # files that were copies of images already known: not counted above
+    synthetic_images: int  # from the synthetic generator (mammo demo): not patients
     results: list[dict[str, Any]] = field(repr=False)
 
     @property
@@ -100,6 +104,11 @@ def _failures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for r in results if r["state"] == ImageState.FAILED.value]
 
 
+def _synthetic_images(session: Session, batch_id: int) -> int:
+    return int(session.scalar(select(func.count()).where(
+        Image.batch_id == batch_id, Image.manufacturer == SYNTHETIC_MANUFACTURER)) or 0)
+
+
 def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
                           worklist_limit: int = 50) -> BatchSummary:
     batch = require_batch(session, batch_id)
@@ -123,5 +132,8 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
         failures=_failures(own),
         worklist=worklist_rows(session, WorklistFilter(batch_id=batch_id, limit=worklist_limit),
                                report_dir=report_dir),
+        exams=count_worklist(session, WorklistFilter(batch_id=batch_id)),
+        duplicates=len(results) - len(own),
+        synthetic_images=_synthetic_images(session, batch_id),
         results=results,
     )

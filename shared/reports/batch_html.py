@@ -13,11 +13,14 @@ from shared.reports.charts import batch_charts
 from shared.reports.exports import DISCLAIMER
 from shared.reports.layout import (
     FAILURE_COLUMNS,
+    NO_STAGE_TIMES,
     WORKLIST_COLUMNS,
     batch_title,
     cell_text,
+    no_worklist_text,
     overview_rows,
     stage_rows,
+    worklist_heading,
     worklist_table_row,
 )
 
@@ -63,12 +66,13 @@ def render_summary_html(summary: BatchSummary) -> str:
         _table(("class", "images"), summary.by_class.items()),
         f'<h2>Charts</h2><div class="charts">{_figures(charts)}</div>',
         "<h2>Throughput</h2>", _table(("stage", "median ms / image", "mean ms / image"),
-                                      stage_rows(summary)),
+                                      stage_rows(summary))
+        if summary.stage_times else f"<p>{NO_STAGE_TIMES}</p>",
         f"<h2>Failures ({len(failures)})</h2>",
         _table(FAILURE_COLUMNS, failures) if failures else "<p>None.</p>",
-        "<h2>Read first: exams by suspicion</h2>",
+        f"<h2>{escape(worklist_heading(summary))}</h2>",
         _table(WORKLIST_COLUMNS, [worklist_table_row(r) for r in summary.worklist])
-        if summary.worklist else "<p>No exam results in this batch.</p>",
+        if summary.worklist else f"<p>{escape(no_worklist_text(summary))}</p>",
         f'<p class="disclaimer">{escape(DISCLAIMER)}</p>',
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -11,10 +11,13 @@ from shared.reports.batch_data import BatchSummary
 from shared.reports.charts import batch_charts
 from shared.reports.layout import (
     FAILURE_COLUMNS,
+    NO_STAGE_TIMES,
     WORKLIST_COLUMNS,
     batch_title,
+    no_worklist_text,
     overview_rows,
     stage_rows,
+    worklist_heading,
     worklist_table_row,
 )
 from shared.reports.pdf_parts import (
@@ -47,13 +50,14 @@ def write_summary_pdf(summary: BatchSummary, path: Path) -> Path:
         para("Charts", HEADING), _chart_grid(charts),
         # A heading never ends a page alone.
         KeepTogether([para("Throughput (per image)", HEADING),
-                      table(("stage", "median ms", "mean ms"), stage_rows(summary))]),
+                      table(("stage", "median ms", "mean ms"), stage_rows(summary))
+                      if summary.stage_times else para(NO_STAGE_TIMES)]),
         para(f"Failures ({len(failures)})", HEADING),
         table(FAILURE_COLUMNS, failures, widths=(16 * mm, 40 * mm, 30 * mm, 94 * mm))
         if failures else para("None."),
-        para("Read first: exams by suspicion", HEADING),
+        para(worklist_heading(summary), HEADING),
         table(WORKLIST_COLUMNS, [worklist_table_row(r) for r in summary.worklist],
               widths=(10 * mm, 38 * mm, 16 * mm, 20 * mm, 20 * mm, 18 * mm, 30 * mm, 28 * mm))
-        if summary.worklist else para("No exam results in this batch."),
+        if summary.worklist else para(no_worklist_text(summary)),
     ]
     return build_pdf(path, batch_title(summary), story)

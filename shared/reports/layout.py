@@ -8,6 +8,7 @@ from typing import Any
 from shared.reports.batch_data import BatchSummary
 
 FAILURE_COLUMNS = ("image_id", "file", "error_code", "error_message")
+NO_STAGE_TIMES = "No image was scored, so there are no stage times."
 WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "left", "right", "status", "flags",
                     "report")
 
@@ -25,20 +26,41 @@ def cell_text(value: Any) -> str:
 
 def batch_title(summary: BatchSummary) -> str:
     name = f" ({summary.name})" if summary.name else ""
-    return f"Batch {summary.batch_id}{name}: summary"
+    synthetic = " - SYNTHETIC TEST DATA, not patients" if summary.synthetic_images else ""
+    return f"Batch {summary.batch_id}{name}: summary{synthetic}"
 
 
 def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
-    return [
+    rows: list[tuple[str, Any]] = [
         ("images", summary.total),
         # Every report names the model behind its probabilities (PRODUCT.md).
         ("model", ", ".join(summary.models) or "none yet"),
         ("created", summary.created_at),
         ("finished", summary.finished_at),
         ("throughput (images / minute, creation to last finish)", summary.images_per_minute),
-        ("exams with a result", len(summary.worklist)),
+        ("exams with a result", summary.exams),
         ("failed images", len(summary.failures)),
     ]
+    if summary.duplicates:
+        rows.append(("copies of images already known (their results are the originals')",
+                     summary.duplicates))
+    if summary.synthetic_images:
+        rows.append(("synthetic images (generated test data, not patients)",
+                     summary.synthetic_images))
+    return rows
+
+
+def worklist_heading(summary: BatchSummary) -> str:
+    shown = len(summary.worklist)
+    more = f" (the first {shown} of {summary.exams})" if shown < summary.exams else ""
+    return f"Read first: exams by suspicion{more}"
+
+
+def no_worklist_text(summary: BatchSummary) -> str:
+    if summary.duplicates and not summary.total:
+        return (f"No exam results in this batch: its {summary.duplicates} file(s) were copies "
+                "of images already known (mammo results --batch shows their originals).")
+    return "No exam results in this batch."
 
 
 def stage_rows(summary: BatchSummary) -> list[tuple[str, float, float]]:

@@ -68,6 +68,12 @@ def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
     return stmt.limit(flt.limit) if flt.limit else stmt
 
 
+def count_worklist(session: Session, flt: WorklistFilter) -> int:
+    """How many exams the list holds without ``flt.limit``."""
+    unlimited = _worklist_query(WorklistFilter(flt.batch_id, flt.since, flt.until))
+    return int(session.scalar(select(func.count()).select_from(unlimited.subquery())) or 0)
+
+
 def _active_images(session: Session, study_ids: list[int]) -> dict[int, int]:
     """Images still queued or processing, per study: a late view the result does not hold."""
     counts: dict[int, int] = {}

@@ -16,9 +16,11 @@ from sqlalchemy import Engine, create_engine, insert, select
 from producer.cli.main import cli
 from shared.config import Settings
 from shared.db.engine import ensure_schema, make_session_factory
-from shared.db.schema import ExamResult, Image, Prediction, Study
+from shared.db.schema import Batch, DuplicateSubmission, ExamResult, Image, Prediction, Study
 from shared.exams import refresh_due_exams
 from shared.queries import ResultFilter, list_results
+from shared.reports.batch_data import collect_batch_summary
+from shared.reports.layout import no_worklist_text, overview_rows, worklist_heading
 from shared.reports.stats import StatsFilter, collect_stats
 from shared.reports.worklist import WorklistFilter, exam_pdf_path, worklist_rows
 from shared.timeutil import as_utc
@@ -173,6 +175,34 @@ def test_worklist_flags_images_in_flight_and_a_pdf_older_than_the_result(
         row = next(r for r in worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
                    if r["study_uid"] == study.study_uid)
         assert not any(f.startswith("the exam PDF predates") for f in row["flags"])
+
+
+def test_batch_summary_says_how_many_exams_it_lists_and_counts_copies(
+        seeded: tuple[Engine, Seeded], tmp_path: Any) -> None:
+    engine, data = seeded
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        refresh_due_exams(session, timeout_s=60)
+        summary = collect_batch_summary(session, 2, report_dir=tmp_path, worklist_limit=3)
+        exams = len(worklist_rows(session, WorklistFilter(batch_id=2), report_dir=tmp_path))
+        assert exams > 3 and summary.exams == exams and len(summary.worklist) == 3
+        assert worklist_heading(summary) == (
+            f"Read first: exams by suspicion (the first 3 of {exams})")
+        assert ("exams with a result", exams) in overview_rows(summary)
+        # A batch whose every file was a copy of a known image still says what it held.
+        copies = Batch(name="copies only")
+        session.add(copies)
+        session.flush()
+        session.add_all(DuplicateSubmission(batch_id=copies.id, image_id=im["id"],
+                                            source=f"/again/{im['id']}.dcm")
+                        for im in data.images[:4])
+        session.commit()
+        only_copies = collect_batch_summary(session, copies.id, report_dir=tmp_path)
+    assert only_copies.total == 0 and only_copies.duplicates == 4
+    assert only_copies.synthetic_images == 0 and summary.synthetic_images == 0
+    assert "4 file(s) were copies of images already known" in no_worklist_text(only_copies)
+    assert any(label.startswith("copies of images already known") and value == 4
+               for label, value in overview_rows(only_copies))
 
 
 def test_stats_match_the_seeded_rows(seeded: tuple[Engine, Seeded], tmp_path: Any) -> None:

@@ -132,6 +132,9 @@ def test_batch_html_is_self_contained_with_embedded_charts(run_dir: Path) -> Non
     for heading in ("Counts by state", "Throughput", "Failures (1)", "Read first"):
         assert heading in page
     assert "truncated" in page and DISCLAIMER in page
+    # Generated exams are labelled on the batch summary too, not only in each exam's PDF.
+    assert "SYNTHETIC TEST DATA, not patients" in page
+    assert "synthetic images (generated test data, not patients)" in page
 
 
 @pytest.mark.parametrize(("kind", "fmt"), [("batch", "pdf"), ("batch", "html"),
