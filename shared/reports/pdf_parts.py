@@ -13,6 +13,9 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.pdfmetrics import registerFontFamily
+from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, Paragraph, SimpleDocTemplate, Table, TableStyle
 
@@ -20,16 +23,45 @@ from shared.reports.exports import DISCLAIMER
 from shared.reports.layout import cell_text
 from shared.reports.output import report_file
 
+
+def _unicode_fonts() -> tuple[str, str]:
+    """(regular, bold) font names covering Latin, Greek and Cyrillic text.
+
+    The PDF base fonts (Helvetica) only hold Windows-1252, so names, study IDs and file
+    names in other scripts printed as black boxes. DejaVu Sans ships with matplotlib (the
+    charts' library, installed with reportlab), so nothing is downloaded; it is embedded as
+    a subset. Without it the base fonts are used. (No bundled font covers CJK.)
+    """
+    try:
+        import matplotlib
+
+        folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+        pdfmetrics.registerFont(TTFont("DejaVuSans", str(folder / "DejaVuSans.ttf")))
+        pdfmetrics.registerFont(TTFont("DejaVuSans-Bold", str(folder / "DejaVuSans-Bold.ttf")))
+    except (ImportError, OSError, TTFError):
+        return "Helvetica", "Helvetica-Bold"
+    registerFontFamily("DejaVuSans", normal="DejaVuSans", bold="DejaVuSans-Bold",
+                       italic="DejaVuSans", boldItalic="DejaVuSans-Bold")
+    return "DejaVuSans", "DejaVuSans-Bold"
+
+
+FONT, BOLD_FONT = _unicode_fonts()
+
+
+def _style(base: ParagraphStyle, name: str, **changes: Any) -> ParagraphStyle:
+    bold = "Bold" in base.fontName
+    return ParagraphStyle(name, parent=base, fontName=BOLD_FONT if bold else FONT, **changes)
+
+
 _STYLES = getSampleStyleSheet()
-TITLE = _STYLES["Title"]
-HEADING = _STYLES["Heading2"]
-BODY = _STYLES["BodyText"]
-VIEW_TITLE = ParagraphStyle("view_title", parent=_STYLES["Heading4"], spaceBefore=2,
-                            spaceAfter=2)
-SMALL = ParagraphStyle("small", parent=BODY, fontSize=7.5, leading=9)
+TITLE = _style(_STYLES["Title"], "mammo_title")
+HEADING = _style(_STYLES["Heading2"], "mammo_heading")
+BODY = _style(_STYLES["BodyText"], "mammo_body")
+VIEW_TITLE = _style(_STYLES["Heading4"], "view_title", spaceBefore=2, spaceAfter=2)
+SMALL = _style(BODY, "small", fontSize=7.5, leading=9)
 WARNING = ParagraphStyle("warning", parent=BODY, backColor=colors.HexColor("#fff4d6"),
                          borderColor=colors.HexColor("#e0b84a"), borderWidth=0.5,
-                         borderPadding=4, fontName="Helvetica-Bold", spaceBefore=4,
+                         borderPadding=4, fontName=BOLD_FONT, spaceBefore=4,
                          spaceAfter=8)
 PAGE_WIDTH = A4[0] - 30 * mm
 
@@ -71,7 +103,7 @@ def png_image(png: bytes, width: float) -> Image:
 
 def _footer(canvas: Canvas, doc: SimpleDocTemplate) -> None:
     canvas.saveState()
-    canvas.setFont("Helvetica", 7)
+    canvas.setFont(FONT, 7)
     canvas.setFillColor(colors.HexColor("#555555"))
     canvas.drawString(15 * mm, 10 * mm, DISCLAIMER)
     canvas.drawRightString(A4[0] - 15 * mm, 5 * mm, f"page {doc.page}")
