@@ -7,7 +7,7 @@ from datetime import datetime
 import click
 
 from producer.cli.context import CliContext, pass_cli
-from producer.cli.options import date_range_options, format_option
+from producer.cli.options import date_range_options, format_option, utc_range
 from shared.enums import ImageState, Label
 from shared.formatting import render
 from shared.queries import (
@@ -21,7 +21,6 @@ from shared.queries import (
     system_health,
 )
 from shared.queue import queue_depth
-from shared.timeutil import as_utc
 
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
 RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality", "view", "label",
@@ -114,10 +113,11 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
         mammo results --limit 500 --offset 1000       # the third page of 500
     """
     page = limit or (TABLE_PAGE if fmt == "table" else None)
+    since, until = utc_range(since, until)
     flt = ResultFilter(batch_id=batch_id, study_uid=study_uid,
                        patient_pseudonym=patient_pseudonym, state=state, label=label,
                        min_suspicion=min_score, model_version=model_version,
-                       since=as_utc(since), until=as_utc(until),
+                       since=since, until=until,
                        limit=page + 1 if page else None, offset=offset,
                        include_duplicates=batch_id is not None and limit is None)
     with cli.sessions() as session:

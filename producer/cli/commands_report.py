@@ -8,12 +8,11 @@ from pathlib import Path
 import click
 
 from producer.cli.context import CliContext, pass_cli
-from producer.cli.options import date_range_options, format_option
+from producer.cli.options import date_range_options, format_option, utc_range
 from producer.cli.progress import STDERR
 from shared.formatting import json_text, render
 from shared.queries import require_batch
 from shared.reports.exports import DISCLAIMER
-from shared.timeutil import as_utc
 
 WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "left", "right", "label", "status",
                     "flags", "report_path")
@@ -54,7 +53,7 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
     )
 
     settings = cli.settings
-    flt = WorklistFilter(batch_id, as_utc(since), as_utc(until), limit)
+    flt = WorklistFilter(batch_id, *utc_range(since, until), limit)
     with cli.sessions() as session:
         if batch_id is not None:
             require_batch(session, batch_id)
@@ -96,7 +95,7 @@ def stats_command(cli: CliContext, batch_id: int | None, since: datetime | None,
         if batch_id is not None:
             require_batch(session, batch_id)
         stats = collect_stats(session, cli.settings,
-                              StatsFilter(batch_id, as_utc(since), as_utc(until)))
+                              StatsFilter(batch_id, *utc_range(since, until)))
     if fmt == "json":
         click.echo(json_text(stats_json(stats)))
         return
@@ -119,7 +118,7 @@ def report_command(cli: CliContext, kind: str, target: str | None, fmt: str | No
 
     TARGET is the exam's StudyInstanceUID (exam), the batch number (batch), or an optional
     batch number that narrows the worklist or statistics. --since/--until narrow the
-    worklist and statistics by submission time.
+    worklist and statistics by submission time (an exam or batch report is always whole).
 
     \b
     Example:
@@ -128,14 +127,25 @@ def report_command(cli: CliContext, kind: str, target: str | None, fmt: str | No
         mammo report worklist 3 --format csv -o read-first.csv
         mammo report stats --format json -o stats.json
     """
-    from shared.reports.targets import FORMATS_BY_KIND, ReportRequest, write_report
+    from shared.reports.targets import (
+        FORMATS_BY_KIND,
+        RANGED_KINDS,
+        ReportRequest,
+        formats_of,
+        report_name,
+        write_report,
+    )
 
     allowed = FORMATS_BY_KIND[kind]
     fmt = fmt or allowed[0]
     if fmt not in allowed:
-        raise click.BadParameter(f"a {kind} report is written as {'|'.join(allowed)}",
-                                 param_hint="--format")
-    request = ReportRequest(kind, fmt, target, as_utc(since), as_utc(until))
+        raise click.BadParameter(formats_of(kind), param_hint="--format")
+    if (since or until) and kind not in RANGED_KINDS:
+        raise click.BadParameter(
+            f"--since/--until narrow the {' and '.join(RANGED_KINDS)} reports only; "
+            f"{report_name(kind)} covers the whole {kind}",
+            param_hint="'--since' / '--until'")
+    request = ReportRequest(kind, fmt, target, *utc_range(since, until))
     with cli.sessions() as session:
         written = write_report(session, request, output, cli.settings)
     click.echo(str(written))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from shared.formatting import FORMATS
+from shared.timeutil import as_utc
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,3 +33,16 @@ def date_range_options(func: F) -> F:
                         help="Submitted before this time (UTC), e.g. 2026-11-25.")(func)
     return click.option("--since", type=click.DateTime(),
                         help="Submitted at or after this time (UTC), e.g. 2026-11-24.")(func)
+
+
+def utc_range(since: datetime | None,
+              until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """``--since``/``--until`` as UTC times. A range with nothing in it is a usage error:
+    an empty answer would read as "nothing was submitted then"."""
+    start, end = as_utc(since), as_utc(until)
+    if start is not None and end is not None and start >= end:
+        raise click.BadParameter(
+            f"--since {start:%Y-%m-%d %H:%M:%S} is not before --until {end:%Y-%m-%d %H:%M:%S}: "
+            "the range is empty (--until is the first time left out)",
+            param_hint="'--since' / '--until'")
+    return start, end

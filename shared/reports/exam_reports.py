@@ -14,6 +14,7 @@ from shared.db.schema import Image, Study
 from shared.reports.exam_data import ExamReport, load_exam_report
 from shared.reports.exports import DISCLAIMER, write_json
 from shared.reports.worklist import exam_pdf_path
+from shared.timeutil import as_utc
 
 EXAM_FORMATS = ("pdf", "json")
 _RESULT_FIELDS = ("version", "status", "reason", "label", "p_malignant", "suspicion",
@@ -28,7 +29,9 @@ def exam_json(report: ExamReport) -> dict[str, Any]:
         "disclaimer": DISCLAIMER, "study_uid": report.study_uid,
         "patient_pseudonym": report.patient_pseudonym,
         "accession_number": report.accession_number, "study_date": report.study_date,
-        "exam": {k: getattr(result, k) for k in _RESULT_FIELDS} if result else None,
+        # SQLite hands created_at back naive; it is UTC, like every stored time.
+        "exam": ({k: getattr(result, k) for k in _RESULT_FIELDS}
+                 | {"created_at": as_utc(result.created_at)}) if result else None,
         "views": [{k: v for k, v in asdict(view).items() if k not in ("heatmap_png", "source")}
                   | {"view_key": view.view_key, "heatmap": view.heatmap_png is not None}
                   for view in report.views],

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.formatting import write_csv_rows
+from shared.formatting import json_text, write_csv_rows
 from shared.queries import RESULT_KEYS
 from shared.reports.output import report_file
 
@@ -17,7 +16,8 @@ DISCLAIMER = ("Decision support only, not a diagnosis: probabilities from a mach
 
 def write_json(data: Any, path: Path) -> Path:
     with report_file(path):
-        path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        # Times as ISO 8601 with +00:00, like every listing's JSON.
+        path.write_text(json_text(data) + "\n", encoding="utf-8")
     return path
 
 

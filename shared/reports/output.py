@@ -21,7 +21,7 @@ def report_file(path: Path) -> Iterator[Path]:
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or exc
         raise ReportWriteError(
-            f"Cannot write the report {path}: {reason}. Give an --output, "
-            f"--report-dir or MAMMO_REPORT_DIR this user can write to; the results stay in "
-            f"the database, and `mammo report` writes them again."
+            f"Cannot write the report {path}: {reason}. Choose a place this user can "
+            f"write to (MAMMO_REPORT_DIR, `mammo report -o FILE`, `mammo run --report-dir "
+            f"DIR`); the results stay in the database, and `mammo report` writes them again."
         ) from exc

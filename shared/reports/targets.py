@@ -30,6 +30,16 @@ FORMATS_BY_KIND: dict[str, tuple[str, ...]] = {
     "exam": EXAM_FORMATS, "batch": BATCH_FORMATS, "worklist": ("csv", "json"),
     "stats": ("csv", "json"),
 }
+RANGED_KINDS = ("worklist", "stats")  # what --since/--until narrow; an exam or batch is whole
+
+
+def report_name(kind: str) -> str:
+    """"an exam report", "a batch report": the kind as messages name it."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} report"
+
+
+def formats_of(kind: str) -> str:
+    return f"{report_name(kind)} is written as {'|'.join(FORMATS_BY_KIND[kind])}"
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,7 @@ class ReportRequest:
     kind: str  # a key of FORMATS_BY_KIND
     fmt: str
     target: str | None = None  # exam: StudyInstanceUID; batch: id; worklist/stats: batch id
-    since: datetime | None = None
+    since: datetime | None = None  # RANGED_KINDS only
     until: datetime | None = None
 
     def existing_batch_id(self, session: Session) -> int | None:
@@ -117,6 +127,5 @@ _WRITERS: dict[str, Callable[[Session, ReportRequest, Path, Settings], Path]] = 
 def write_report(session: Session, req: ReportRequest, path: Path | None,
                  settings: Settings) -> Path:
     if req.fmt not in FORMATS_BY_KIND[req.kind]:
-        raise ValueError(f"a {req.kind} report is written as "
-                         f"{', '.join(FORMATS_BY_KIND[req.kind])}, not {req.fmt}")
+        raise ValueError(f"{formats_of(req.kind)}, not {req.fmt}")
     return _WRITERS[req.kind](session, req, path or req.default_path(settings), settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,59 @@ def test_every_report_file_or_its_command_carries_the_statement(
                            monkeypatch, tmp_path, seeded)
         assert code == ExitCode.OK and DISCLAIMER in out, out
         assert DISCLAIMER not in (tmp_path / "x.csv").read_text(encoding="utf-8")
+
+
+def test_report_messages_name_the_kind_and_the_right_option(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _mammo(["report", "exam", "1.2.3.1", "--format", "csv"], monkeypatch, tmp_path,
+                       seeded)
+    assert code == ExitCode.USAGE and "an exam report is written as pdf|json" in out, out
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    code, out = _mammo(["report", "stats", "--format", "csv", "-o", str(blocker / "s.csv")],
+                       monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.CONFIG and "is a file, not a folder" in out, out
+    assert "`mammo report -o FILE`" in out and "MAMMO_REPORT_DIR" in out
+    assert "Give an --output, --report-dir" not in out
+
+
+@pytest.mark.parametrize("args", [["report", "batch", "1", "--since", "2026-11-01"],
+                                  ["report", "exam", "1.2.3.1", "--until", "2026-11-01"]])
+def test_a_whole_report_refuses_a_time_range(args: list[str], seeded: str,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    code, out = _mammo(args, monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.USAGE, out
+    assert "--since/--until narrow the worklist and stats reports only" in out
+    assert not (tmp_path / "reports").exists()  # nothing written
+
+
+@pytest.mark.parametrize("args", [["results"], ["worklist"], ["stats"],
+                                  ["report", "worklist"], ["report", "stats"]])
+@pytest.mark.parametrize(("since", "until"), [("2026-11-20", "2026-11-10"),
+                                              ("2026-11-10", "2026-11-10")])
+def test_an_empty_time_range_is_a_usage_error(args: list[str], since: str, until: str,
+                                              seeded: str, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    code, out = _mammo([*args, "--since", since, "--until", until], monkeypatch, tmp_path,
+                       seeded)
+    assert code == ExitCode.USAGE, out
+    assert f"--since {since} 00:00:00 is not before --until {until} 00:00:00" in out
+
+
+def test_every_time_in_the_exam_json_is_iso_8601_utc(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _mammo(["worklist", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out  # computes the exam results
+    written = tmp_path / "exam.json"
+    code, out = _mammo(["report", "exam", "1.2.3.1", "--format", "json", "-o", str(written)],
+                       monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    report = json.loads(written.read_text(encoding="utf-8"))
+    times = [report["exam"]["created_at"]] + [
+        view[key] for view in report["views"]
+        for key in ("submitted_at", "finished_at", "predicted_at")]
+    assert len(times) == 13
+    for text in times:
+        assert text.endswith("+00:00") and "T" in text, text
+        assert datetime.fromisoformat(text).utcoffset() == timedelta(0)
