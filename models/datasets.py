@@ -10,12 +10,14 @@ Only the MIAS layout carries lesion circles; the others train with weak (image-l
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.enums import CLASSES, Label, Laterality
 from shared.errors import DatasetError
+from shared.filehash import file_sha256
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".dcm", ".dicom", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -43,6 +45,14 @@ class LabelledImage:
     @property
     def class_index(self) -> int:
         return CLASSES.index(self.label)
+
+
+def data_hash(images: Sequence[LabelledImage]) -> str:
+    """sha256 over (id, label, file sha256) of every image: names the exact training data."""
+    digest = hashlib.sha256()
+    for image in sorted(images, key=lambda i: i.id):
+        digest.update(f"{image.id}\t{image.label.value}\t{file_sha256(image.path)}\n".encode())
+    return digest.hexdigest()
 
 
 def parse_label(value: str, where: str) -> Label:

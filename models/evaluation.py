@@ -7,7 +7,8 @@ production would output.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from models import metrics
 from models.bilateral import apply_partners, bilateral_head, pair_keys, partners
-from models.datasets import LabelledImage, load_dataset
+from models.datasets import LabelledImage, data_hash, load_dataset
 from models.registry import ModelSpec
 from shared.enums import CLASSES
 from shared.errors import DatasetError, InputError
@@ -26,12 +27,14 @@ Progress = Callable[[str], None]
 
 
 def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: int = 8,
-             progress: Progress | None = None, bilateral: bool = True) -> dict[str, Any]:
+             progress: Progress | None = None, bilateral: bool = True,
+             warnings: list[str] | None = None) -> dict[str, Any]:
     """The ``mammo evaluate --format json`` object (PRODUCT.md keys, in that order).
 
     With ``bilateral`` and a model that has a bilateral head, each image whose partner (the
     patient's other breast, same view) is in the set is read against it, as the exam
-    results of the pipeline are."""
+    results of the pipeline are. What the figures do not mean (the data is, or overlaps, the
+    model's training data) is appended to ``warnings``: the JSON keys are fixed."""
     from worker.classifier import Classifier
 
     images = load_dataset(data_path)
@@ -65,6 +68,7 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
     flush()
     if not kept:
         raise DatasetError(f"None of the images in {data_path} could be read.")
+    _note(warnings, training_overlap, spec, kept)
     probs = np.asarray(rows, dtype=np.float64)
     if bilateral:
         probs = _read_pairs(spec, kept, probs, progress)
@@ -79,6 +83,12 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
     }
 
 
+def _note(warnings: list[str] | None, check: Callable[..., str | None], *args: Any) -> None:
+    """Append ``check(*args)``'s warning to ``warnings``, if it is asked for and there is one."""
+    if warnings is not None and (warning := check(*args)) is not None:
+        warnings.append(warning)
+
+
 def _read_pairs(spec: ModelSpec, images: list[LabelledImage], probs: np.ndarray,
                 progress: Progress | None) -> np.ndarray:
     head = bilateral_head(spec.metadata)
@@ -89,3 +99,30 @@ def _read_pairs(spec: ModelSpec, images: list[LabelledImage], probs: np.ndarray,
         progress(f"{int((partner >= 0).sum())} of {len(images)} images read against the "
                  f"other breast ({', '.join(head.scores)})")
     return apply_partners(probs, partner, head)
+
+
+VALIDATION_PREDICTIONS = "validation_predictions.json"
+
+
+def training_overlap(spec: ModelSpec, images: Sequence[LabelledImage]) -> str | None:
+    """Why figures on ``images`` are not held-out figures of ``spec``, or None.
+
+    The same data (``training_data.sha256``, hashed as a training run hashes it) is certain;
+    otherwise an image with the id and label of one the model's held-out predictions were
+    made for (its training images, ``validation_predictions.json``) is a likely overlap."""
+    recorded = (spec.metadata.get("training_data") or {}).get("sha256")
+    if recorded and data_hash(images) == recorded:
+        return (f"these {len(images)} images are the data {spec.name} {spec.version} was "
+                "trained on (its training_data sha256): the figures describe how it fits its "
+                "own training data, not how it does on new images")
+    try:
+        rows = json.loads((spec.directory / VALIDATION_PREDICTIONS).read_text(encoding="utf-8"))
+        trained = {(str(r["id"]), str(r["truth"])) for r in rows}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    shared = sum((image.id, image.label.value) in trained for image in images)
+    if not shared:
+        return None
+    return (f"{shared} of {len(images)} images have the id and label of one of "
+            f"{spec.name} {spec.version}'s training images ({VALIDATION_PREDICTIONS}): "
+            "figures on them are not held-out figures")

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -31,14 +30,14 @@ from models.architecture import MIRROR_TTA, TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
 from models.bilateral import fit_bilateral, held_out_bilateral, pair_keys, partners
 from models.calibration import fit_head
-from models.datasets import LabelledImage, load_dataset
+from models.datasets import LabelledImage, data_hash, load_dataset
 from models.finetune import FinetuneOptions, finetune_on_images
 from models.heatmaps import localisation_rate, peak_distance_ratio
 from models.metrics import format_metric
 from models.patches import PatchPlan
 from models.prepared import PreparedSet, prepare
 from models.pretraining import PretrainOptions, pretrained_trunk
-from models.registry import MODEL_FILE, file_sha256, new_model_dir, write_model_dir
+from models.registry import MODEL_FILE, new_model_dir, write_model_dir
 from models.splits import (
     EARLY_STOPPING_FRACTION,
     inner_validation,
@@ -136,14 +135,6 @@ class CrossValidation:
     @classmethod
     def empty(cls, n: int) -> CrossValidation:
         return cls(np.zeros((n, 3)), np.zeros((n, 9)), np.zeros((n, 9)))
-
-
-def data_hash(images: list[LabelledImage]) -> str:
-    """sha256 over (id, label, file sha256) of every image: names the exact training data."""
-    digest = hashlib.sha256()
-    for image in sorted(images, key=lambda i: i.id):
-        digest.update(f"{image.id}\t{image.label.value}\t{file_sha256(image.path)}\n".encode())
-    return digest.hexdigest()
 
 
 def require_training_data(data: PreparedSet, meta: Mapping[str, Any], data_path: Path) -> None:

@@ -213,13 +213,18 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
     from models.evaluation import evaluate
 
     spec = _spec(cli, model_ref, "--model")
+    warnings: list[str] = []
     result = evaluate(spec, data, max_pixels=cli.settings.max_image_pixels,
-                      batch_size=batch_size, progress=_say, bilateral=not single_image)
+                      batch_size=batch_size, progress=_say, bilateral=not single_image,
+                      warnings=warnings)
+    for warning in warnings:  # stderr: the JSON keys are fixed (PRODUCT.md)
+        _say(f"warning: {warning}")
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
     render(result["predictions"], "table", keys=EVALUATE_COLUMNS, title="Predictions")
-    render([{k: result[k] for k in SUMMARY_KEYS}], "table", keys=SUMMARY_KEYS,
+    render([{**{k: result[k] for k in SUMMARY_KEYS},
+             "warning": "; ".join(warnings) or None}], "table", keys=(*SUMMARY_KEYS, "warning"),
            title=f"{spec.name} {spec.version} on {data}")
     render([{"truth": t, **{f"pred_{p}": n for p, n in zip(("normal", "benign", "malignant"),
                                                            row, strict=True)}}
