@@ -205,32 +205,44 @@ class BatchStatus:
         }
 
 
-def batch_status(session: Session, batch_id: int, *, window_s: int = 300) -> BatchStatus | None:
+def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
+                 now: datetime | None = None) -> BatchStatus | None:
+    """Counts, pace and ETA of one batch. A batch with images left and nothing finished in
+    the last ``window_s`` seconds (no worker running, or all stuck) has pace 0 and no ETA:
+    an estimate from its last burst of work would promise what is not happening."""
     batch = session.get(Batch, batch_id)
     if batch is None:
         return None
     counts = dict(session.execute(
         select(Image.state, func.count()).where(Image.batch_id == batch_id)
         .group_by(Image.state)).all())
-    rate = _rate(session, batch, window_s)
     remaining = counts.get("queued", 0) + counts.get("processing", 0)
+    # While images remain the batch's life runs up to now; once none remain, it ended at
+    # its last finish, and the pace it kept then stays what status shows.
+    rate = _rate(session, batch, window_s, until=(now or utcnow()) if remaining else None)
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
     return BatchStatus(batch.id, batch.name, as_utc(batch.created_at), as_utc(batch.finished_at),
                        counts, rate, eta)
 
 
-def _rate(session: Session, batch: Batch, window_s: int) -> float | None:
-    """Images finished per minute over the last ``window_s`` seconds of the batch's life."""
-    last = as_utc(session.execute(
-        select(func.max(Image.finished_at)).where(Image.batch_id == batch.id)).scalar())
+def _rate(session: Session, batch: Batch, window_s: int, *,
+          until: datetime | None) -> float | None:
+    """Images finished per minute over the last ``window_s`` seconds of the batch's life,
+    which ends at ``until``, or (None) at its last finished image. None when that span is
+    empty (nothing finished yet, or created just now)."""
     created = as_utc(batch.created_at)
-    if last is None or created is None:
+    end = until or as_utc(session.execute(
+        select(func.max(Image.finished_at)).where(Image.batch_id == batch.id)).scalar())
+    if end is None or created is None:
         return None
-    since = max(last - timedelta(seconds=window_s), created)
+    since = max(end - timedelta(seconds=window_s), created)
+    span = (end - since).total_seconds()
+    if span <= 0:
+        return None
     done = session.execute(select(func.count()).where(
-        Image.batch_id == batch.id, Image.finished_at >= since)).scalar_one()
-    span = (last - since).total_seconds()
-    return done / span * 60 if span > 0 and done else None
+        Image.batch_id == batch.id, Image.finished_at >= since,
+        Image.finished_at <= end)).scalar_one()
+    return done / span * 60
 
 
 def require_batch(session: Session, batch_id: int) -> Batch:

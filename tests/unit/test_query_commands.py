@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema
-from shared.db.schema import DuplicateSubmission, Image, Study
-from shared.queries import ResultFilter, list_results
+from shared.db.schema import Batch, DuplicateSubmission, Image, Study
+from shared.queries import BATCH_STATUS_KEYS, ResultFilter, batch_status, list_results
 from shared.reports.exports import DISCLAIMER
 from tests.helpers.cli import invoke_cli
 from tests.helpers.seed_results import seed_results
@@ -206,3 +206,55 @@ def test_every_time_in_the_exam_json_is_iso_8601_utc(
     for text in times:
         assert text.endswith("+00:00") and "T" in text, text
         assert datetime.fromisoformat(text).utcoffset() == timedelta(0)
+
+
+def _batch_with_pace(url: str, created: datetime) -> None:
+    """Batch 1: 10 images finished 1 to 3 minutes after ``created``, 5 still queued."""
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(Batch), [{"id": 1, "name": "night", "created_at": created}])
+        conn.execute(insert(Image), [
+            {"identity": f"pace-{i}", "batch_id": 1, "source": f"/in/{i}.png", "format": "png",
+             "state": "done" if i < 10 else "queued", "attempts": 1 if i < 10 else 0,
+             "created_at": created,
+             "finished_at": created + timedelta(seconds=60 + 12 * i) if i < 10 else None}
+            for i in range(15)])
+    engine.dispose()
+
+
+def test_a_stalled_batch_has_no_pace_and_no_eta(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'pace.db'}"
+    created = datetime.now(UTC) - timedelta(minutes=15)  # last finish: 12 minutes ago
+    _batch_with_pace(url, created)
+    code, out = _mammo(["status", "1", "--format", "json"], monkeypatch, tmp_path, url)
+    assert code == ExitCode.OK, out
+    [row] = json.loads(out)
+    assert set(row) == set(BATCH_STATUS_KEYS)
+    assert (row["queued"], row["images_per_minute"], row["eta_s"]) == (5, 0.0, None)
+    engine = _engine(url)
+    with Session(engine) as session:
+        # While it was working, 3.5 minutes in: 10 images in 3.5 minutes, 5 left.
+        working = batch_status(session, 1, now=created + timedelta(minutes=3.5))
+        done_later = batch_status(session, 1, now=created + timedelta(minutes=15))
+    engine.dispose()
+    assert working is not None and done_later is not None
+    assert working.as_row()["images_per_minute"] == pytest.approx(2.9)
+    assert working.as_row()["eta_s"] == 105
+    assert (done_later.images_per_minute, done_later.eta_seconds) == (0.0, None)
+
+
+def test_a_finished_batch_keeps_the_pace_it_ended_at(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pace.db'}"
+    created = datetime.now(UTC) - timedelta(days=1)
+    _batch_with_pace(url, created)
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(Image).where(Image.state == "queued").values(
+            state="failed", error_code="unreadable", finished_at=created + timedelta(minutes=4)))
+    with Session(engine) as session:
+        status = batch_status(session, 1)
+    engine.dispose()
+    # The last 5 minutes of its life (created .. last finish, 4 minutes): 15 images.
+    assert status is not None and status.eta_seconds == 0.0
+    assert status.images_per_minute == pytest.approx(15 / 4)
