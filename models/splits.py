@@ -12,6 +12,30 @@ from shared.errors import DatasetError
 
 # The part of a fold's training images kept apart (by patient) for early stopping.
 EARLY_STOPPING_FRACTION = 0.15
+# Patients each class needs: one held out, at least one in that fold's training part, so
+# every fold's trunk learns every class.
+MIN_PATIENTS_PER_CLASS = 2
+
+
+def require_every_class(labels: np.ndarray, patients: np.ndarray, n_folds: int) -> str | None:
+    """Raise ``DatasetError`` now, before any training, unless every class has images from
+    ``MIN_PATIENTS_PER_CLASS`` patients; return a warning when a class has fewer patients
+    than there are folds (some folds then hold none of it out)."""
+    found = {label.value: len(set(patients[labels == i].tolist()))
+             for i, label in enumerate(CLASSES)}
+    short = [name for name, n in found.items() if n < MIN_PATIENTS_PER_CLASS]
+    if short:
+        raise DatasetError(
+            f"Cannot train on {class_counts(labels, patients)}: each of "
+            f"{', '.join(found)} needs images from at least {MIN_PATIENTS_PER_CLASS} patients, "
+            "so that every cross-validation fold trains on it and holds some out (a class "
+            "missing from training gives a head that never learnt it). Add "
+            f"{' and '.join(short)} images.")
+    few = [f"{name} ({n})" for name, n in found.items() if n < n_folds]
+    if not few:
+        return None
+    return (f"fewer patients than the {n_folds} folds in {', '.join(few)}: some folds hold "
+            "none of them out, and the validation figures for them rest on few patients")
 
 
 def patient_folds(labels: np.ndarray, patients: np.ndarray, *, n_folds: int,

@@ -42,6 +42,7 @@ from models.splits import (
     EARLY_STOPPING_FRACTION,
     inner_validation,
     patient_folds,
+    require_every_class,
     require_inner_splits,
 )
 from models.training import (
@@ -297,9 +298,14 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     new_model_dir(output, config.name, config.version)  # not after an hour of training
     started = time.perf_counter()
     images = load_dataset(data_path)
+    require_every_class(np.array([i.class_index for i in images], dtype=np.int64),
+                        np.array([i.patient_id for i in images]), config.folds)
     say(f"{len(images)} labelled images from {data_path}; "
         f"preprocessing version {PREPROCESSING_VERSION}, input {config.input_size}")
     data = prepare(images, config.input_size, max_pixels=config.max_pixels, progress=say)
+    # Again on what could be read; the warning (few patients per fold) once.
+    if (few := require_every_class(data.labels, data.patients, config.folds)) is not None:
+        say(f"warning: {few}")
     folds = patient_folds(data.labels, data.patients, n_folds=config.folds, seed=config.seed)
     cv = cross_validate(seen_by_trunks(data, config.local_contrast_sigma), config, folds, say)
     training = {"best_epochs": cv.best_epochs,
