@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,11 +254,24 @@ def check_model_file(spec: ModelSpec) -> None:
 
 
 def new_model_dir(output: Path, name: str, version: str) -> Path:
-    """``output/<name>/<version>``, which must not exist yet: a run never overwrites a model
-    (under models/ it may be the one every worker uses). Checked before any work starts."""
+    """``output/<name>/<version>``, which must not exist yet (a run never overwrites a model:
+    under models/ it may be the one every worker uses) and must be creatable: the folders
+    on its way that exist are folders, and the deepest of them takes a new folder. Checked
+    before any work starts; nothing is left behind."""
     target = output / name / version
     if target.exists():
         raise ConfigurationError(f"{target} exists: choose another --version or --output.")
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigurationError(f"{existing} is a file, not a folder: choose another --output "
+                                 "(the model is written to OUTPUT/NAME/VERSION/).")
+    try:
+        Path(tempfile.mkdtemp(prefix=".mammo-write-check-", dir=existing)).rmdir()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write the model under {existing} ({exc.strerror}): "
+                                 "choose another --output.") from exc
     return target
 
 

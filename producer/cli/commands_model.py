@@ -156,9 +156,15 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
             "--weights none.")
     from models.train_run import TrainConfig, train
 
+    size = _size(input_size)
+    if int(patch) > min(size):
+        raise click.BadParameter(
+            f"{patch} px patches do not fit in a {size[0]}x{size[1]} input: patches are cut "
+            f"from the input image and the whole-image model pools over one patch. Give a "
+            f"--patch of at most {min(size)} or a larger --input-size.", param_hint="--patch")
     command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else (
         "mammo train DATA")
-    config = TrainConfig(name=name, version=version, input_size=_size(input_size), folds=folds,
+    config = TrainConfig(name=name, version=version, input_size=size, folds=folds,
                          members=members, local_contrast_sigma=local_contrast,
                          finetune_epochs=finetune_epochs,
                          finetune_location_weight=finetune_locations,
