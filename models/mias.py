@@ -21,10 +21,45 @@ from shared.imaging.readers import read_header
 
 INFO_FILE = "Info.txt"
 MIAS_HEIGHT = 1024  # every mini-MIAS image is 1024 x 1024 (Info.txt note 2); the fallback
+# A truth row starts with the image's reference; the header and notes never do.
+_REF = re.compile(r"^mdb\d+(\s|$)", re.IGNORECASE)
 # "*NOTE 3*" marks widely distributed calcifications: a label without a circle.
-_ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)(?:\s+([BM]))?"
-                  r"(?:\s+(\d+)\s+(\d+)\s+(\d+))?(?:\s+\*NOTE\s*\d\*)?\s*$")
+_ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)(?:\s+([A-Z]+))?"
+                  r"(?:\s+(\d+)\s+(\d+)\s+(\d+))?(?:\s+\*NOTE\s*\d\*)?\s*$", re.IGNORECASE)
+ABNORMAL = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM")  # the database's classes
+SEVERITIES = ("B", "M")
 _SUFFIXES = (".pgm", ".png")
+
+Finding = tuple[str, str | None, tuple[int, int, int] | None]
+
+
+def parse_row(line: str, where: str) -> tuple[str, Finding] | None:
+    """(reference, (class, severity, circle)) of one Info.txt line; None for header and
+    notes. A truth row it cannot interpret is refused, naming ``where`` (file and line):
+    dropping or relabelling it would change the training labels silently."""
+    text = line.strip()
+    if not _REF.match(text):
+        return None
+    match = _ROW.match(text)
+    if not match:
+        raise DatasetError(
+            f"{where}: {text!r} is not a truth row (mdbNNN, tissue F/G/D, class, then for "
+            "an abnormality its severity B/M and optionally x y radius).")
+    ref, _tissue, kind, severity, x, y, r = match.groups()
+    kind, severity = kind.upper(), severity.upper() if severity else None
+    coords = (int(x), int(y), int(r)) if x is not None else None
+    if kind == "NORM":
+        if severity or coords:
+            raise DatasetError(f"{where}: {text!r} is NORM but gives a severity or circle.")
+    elif kind not in ABNORMAL:
+        raise DatasetError(f"{where}: class {kind!r} is not NORM or one of "
+                           f"{', '.join(ABNORMAL)}.")
+    elif severity is None:
+        raise DatasetError(f"{where}: {kind} has no severity (B or M): its label is unknown.")
+    elif severity not in SEVERITIES:
+        raise DatasetError(f"{where}: severity {severity!r} is not B (benign) or M "
+                           "(malignant).")
+    return ref.lower(), (kind, severity, coords)
 
 
 def _number(image_id: str) -> int:
@@ -42,14 +77,12 @@ def laterality_of(image_id: str) -> Laterality:
 
 
 def load_mias(folder: Path) -> list[LabelledImage]:
-    rows: dict[str, list[tuple[str, str | None, tuple[int, int, int] | None]]] = {}
-    for line in (folder / INFO_FILE).read_text(encoding="latin-1").splitlines():
-        match = _ROW.match(line.strip())
-        if not match:
-            continue
-        ref, _tissue, kind, severity, x, y, r = match.groups()
-        coords = (int(x), int(y), int(r)) if x is not None else None
-        rows.setdefault(ref, []).append((kind, severity, coords))
+    rows: dict[str, list[Finding]] = {}
+    text = (folder / INFO_FILE).read_text(encoding="latin-1")
+    for number, line in enumerate(text.splitlines(), start=1):
+        parsed = parse_row(line, f"{folder / INFO_FILE} line {number}")
+        if parsed is not None:
+            rows.setdefault(parsed[0], []).append(parsed[1])
     if not rows:
         raise DatasetError(f"{folder / INFO_FILE} has no truth-table rows (mdbNNN ...).")
     images = []
