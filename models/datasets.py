@@ -74,7 +74,7 @@ def load_dataset(path: Path) -> list[LabelledImage]:
         images = load_manifest(path)
     elif (path / INFO_FILE).is_file():
         images = load_mias(path)
-    elif path.is_dir() and any((path / c.value).is_dir() for c in CLASSES):
+    elif path.is_dir() and class_folders(path):
         images = load_class_folders(path)
     else:
         raise DatasetError(
@@ -111,17 +111,37 @@ def load_manifest(path: Path) -> list[LabelledImage]:
     return images
 
 
+def class_folders(path: Path) -> list[tuple[Label, Path]]:
+    """The class folders directly under ``path`` (``normal/``, ``Benign/``...: any case)."""
+    by_name = {c.value: c for c in CLASSES}
+    return sorted(((by_name[child.name.lower()], child) for child in path.iterdir()
+                   if child.is_dir() and child.name.lower() in by_name),
+                  key=lambda found: (found[0].value, found[1].name))
+
+
 def load_class_folders(path: Path) -> list[LabelledImage]:
+    """Every image under each class folder, subfolders included; an image's id is its
+    class and its path inside the class folder, without the suffix (``benign/a/mdb001``)."""
     images = []
-    for label in CLASSES:
-        folder = path / label.value
-        if not folder.is_dir():
-            continue
-        for image_path in sorted(folder.iterdir()):
-            if image_path.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(LabelledImage(id=f"{label.value}/{image_path.stem}",
-                                            path=image_path, label=label,
-                                            patient_id=f"{label.value}/{image_path.stem}"))
+    others: list[Path] = []
+    folders = class_folders(path)
+    for label, folder in folders:
+        for image_path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if image_path.suffix.lower() not in IMAGE_SUFFIXES:
+                others.append(image_path)
+                continue
+            inside = image_path.relative_to(folder).with_suffix("").as_posix()
+            image_id = f"{label.value}/{inside}"
+            images.append(LabelledImage(id=image_id, path=image_path, label=label,
+                                        patient_id=image_id))
+    if not images:
+        named = ", ".join(f"{f.name}/" for _, f in folders)
+        found = (f"{len(others)} other files (for example {others[0].relative_to(path)})"
+                 if others else "no files")
+        raise DatasetError(
+            f"{path}: the class folders {named} hold no images ({', '.join(IMAGE_SUFFIXES)}); "
+            f"found {found}.")
+    _require_unique_ids(images, path)
     return images
 
 
