@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared.enums import CLASSES, Label, Laterality
 from shared.errors import DatasetError
@@ -87,28 +88,56 @@ def load_dataset(path: Path) -> list[LabelledImage]:
 
 
 def load_manifest(path: Path) -> list[LabelledImage]:
-    with path.open(newline="", encoding="utf-8") as fh:
+    """The images a CSV manifest lists. An image's id is its file's stem, as for the other
+    layouts; where two listed files share a stem, their paths (as the manifest gives them,
+    without the suffix) tell them apart."""
+    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+    # (as `mammo submit --manifest` reads it).
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = {c.strip().lower() for c in reader.fieldnames or ()}
         if not {"path", "label"} <= columns:
             raise DatasetError(f"{path.name} needs the columns path,label "
                                f"(found: {', '.join(sorted(columns)) or 'none'}).")
-        images = []
-        for line, raw in enumerate(reader, start=2):
-            row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
-            image_path = Path(row["path"])
-            if not image_path.is_absolute():
-                image_path = path.parent / image_path
-            image_id = image_path.stem
-            images.append(LabelledImage(
-                id=image_id, path=image_path,
-                label=parse_label(row["label"], f"{path.name} line {line}"),
-                patient_id=row.get("patient_id") or image_id,
-                laterality=Laterality.parse(row.get("laterality") or None),
-                view=row.get("view") or None,
-            ))
+        rows = [(line, _manifest_row(raw, f"{path.name} line {line}", path.parent))
+                for line, raw in enumerate(reader, start=2)]
+    stems: dict[str, int] = {}
+    for _, (_, image_path, _) in rows:
+        stems[image_path.stem] = stems.get(image_path.stem, 0) + 1
+    images: list[LabelledImage] = []
+    seen: dict[Path, int] = {}
+    for line, (cell, image_path, fields) in rows:
+        if image_path.resolve() in seen:
+            raise DatasetError(f"{path.name} line {line}: {cell} is already listed on line "
+                               f"{seen[image_path.resolve()]}.")
+        seen[image_path.resolve()] = line
+        image_id = (image_path.stem if stems[image_path.stem] == 1
+                    else Path(cell).with_suffix("").as_posix())
+        images.append(LabelledImage(id=image_id, path=image_path,
+                                    patient_id=fields.pop("patient_id") or image_id, **fields))
     _require_unique_ids(images, path)
     return images
+
+
+def _manifest_row(raw: dict[str | None, str | None], where: str,
+                  folder: Path) -> tuple[str, Path, dict[str, Any]]:
+    """(the path cell, the image's path, its other fields) of one manifest row."""
+    row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+    cell = row["path"]
+    if not cell:
+        raise DatasetError(f"{where}: the path is empty.")
+    image_path = Path(cell)
+    if not image_path.is_absolute():
+        image_path = folder / image_path
+    laterality = None
+    if row.get("laterality"):
+        laterality = Laterality.parse(row["laterality"])
+        if laterality is None:
+            raise DatasetError(f"{where}: laterality {row['laterality']!r} is not L, R, B "
+                               "(or left, right, both), or empty.")
+    return cell, image_path, {
+        "label": parse_label(row["label"], where), "patient_id": row.get("patient_id") or "",
+        "laterality": laterality, "view": row.get("view") or None}
 
 
 def class_folders(path: Path) -> list[tuple[Label, Path]]:
