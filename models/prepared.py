@@ -86,8 +86,10 @@ def prepare(images: Sequence[LabelledImage], input_size: tuple[int, int], *, max
         circles.append(circles_in_input(image, decoded, input_size))
         if progress and (n % 50 == 0 or n == len(images)):
             progress(f"preprocessed {n}/{len(images)} images")
-    if not kept:
-        raise DatasetError("None of the images could be read; see the messages above.")
-    for image_id, message in skipped:
+    for image_id, message in skipped:  # before any refusal that points at them
         log.warning("skipped %s: %s", image_id, message)
+    if not kept:
+        first = f" (the first, {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise DatasetError(f"None of the {len(images)} images could be read{first}; every "
+                           "reason is in the warnings above.")
     return PreparedSet(kept, np.stack(arrays), circles, skipped)
