@@ -403,7 +403,8 @@ def write_model(data_path: Path, output: Path, data: PreparedSet,
     say(f"wrote {directory} in {seconds / 60:.1f} min: validation AUC abnormal "
         f"{format_metric(validation['auc_abnormal'])}, malignant "
         f"{format_metric(validation['auc_malignant'])}, "
-        f"ECE {validation['ece']:.3f}; heatmap peak in circle {rate:.2f} of {scored}")
+        f"ECE {validation['ece']:.3f}; " + (f"heatmap peak in circle {rate:.2f} of {scored}"
+                                            if scored else "no annotated circles"))
     if bilateral is not None:
         paired = bilateral[0]["validation"]
         say(f"read with the other breast ({', '.join(bilateral[0]['scores'])}): AUC abnormal "
