@@ -1,11 +1,11 @@
-"""Which model workers run when ``MAMMO_MODEL`` is left at its default: the database says.
+"""Which model workers run when ``MAMMO_MODEL`` is not set: the database says.
 
 ``mammo models activate`` registers a model version (name, version, sha256, path) and marks
 it active; every worker sharing the database then loads exactly that directory (like the
 images' paths, model paths must be shared). Where that directory is missing, or no longer
 holds the activated model, every process refuses (exit 5) rather than score with another
-model. An explicit ``MAMMO_MODEL`` always wins, and without an activation the shipped
-default is used.
+model. An explicit ``MAMMO_MODEL`` always wins, even ``MAMMO_MODEL=default`` (the shipped
+default, as ``--model default`` is), and without an activation the shipped default is used.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from models.bilateral import bilateral_head
 from models.registry import ModelSpec, resolve_model
-from shared.config import DEFAULT_MODEL, Settings
+from shared.config import Settings
 from shared.db.schema import ModelVersion
 from shared.db.upsert import upsert, upsert_returning_id
 from shared.errors import ModelIntegrityError, ModelNotFoundError
@@ -59,8 +59,10 @@ def active_version(session: Session) -> ModelVersion | None:
 
 
 def model_for(settings: Settings, session: Session) -> ModelSpec:
-    """The model a process with ``settings`` must run."""
-    if settings.model == DEFAULT_MODEL:
+    """The model a process with ``settings`` must run: ``MAMMO_MODEL`` when it is set (in
+    the environment, ``.env`` or by the caller, even to ``default``, which then names the
+    shipped model), else the activated model, else the shipped default."""
+    if "model" not in settings.model_fields_set:
         active = active_version(session)
         if active is not None:
             return _activated(active)

@@ -2,9 +2,11 @@
 
 A model lives in a directory holding ``model.keras`` and ``metadata.json``; shipped models sit
 under ``models/<name>/<version>/``, and shipped alternatives, which the name ``default``
-never picks, under ``models/alternatives/<version>/``. ``MAMMO_MODEL`` is either such a
-directory or the name of a shipped model (its highest version wins, unless
-``name/version``, or ``name:version`` as results print it, is given).
+never picks, under ``models/alternatives/<version>/``. ``MAMMO_MODEL`` (or ``--model``, or a
+command's REF) is either such a directory or the name of a shipped model (its highest
+version wins, unless ``name/version``, or ``name:version`` as results print it, is given).
+A name has no path separator and is looked up under ``models/`` only: a folder of the same
+name in the working directory is reached as a path (``./default``), never by the bare name.
 
 ``metadata.json`` is sealed as ``model.keras`` is: ``sha256`` names the weights, and
 ``metadata_seal`` is a sha256 over the metadata that changes what the model outputs or how
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -65,21 +68,53 @@ def _version_key(path: Path) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in path.name.replace("-", ".").split("."))
 
 
-def _candidates(ref: str, root: Path) -> list[Path]:
-    as_path = Path(ref).expanduser()
-    if as_path.is_file() and as_path.name == MODEL_FILE:
-        return [as_path.parent]
-    if as_path.is_dir():
-        return [as_path]
-    if ":" in ref and "/" not in ref:
-        ref = ref.replace(":", "/", 1)  # NAME:VERSION, the form results print
-    shipped = root / ref
+def is_path(ref: str) -> bool:
+    """Whether ``ref`` is a path rather than a model's name: it holds a path separator or
+    starts with ``~`` (``./default`` is the folder ``default``; ``default`` is the model)."""
+    return ref.startswith("~") or ref in (".", "..") or any(
+        sep in ref for sep in {"/", os.sep, os.altsep or "/"})
+
+
+def name_version(ref: str) -> tuple[str, str] | None:
+    """(NAME, VERSION) when ``ref`` is written NAME:VERSION (as results print it) or
+    NAME/VERSION, else None."""
+    for sep in (":", "/"):
+        name, found, version = ref.partition(sep)
+        parts = (name, version)
+        if found and all(p and p not in (".", "..") and not is_path(p) and ":" not in p
+                         and not p.startswith("~") for p in parts):
+            return name, version
+    return None
+
+
+def _shipped(root: Path, *parts: str) -> list[Path]:
+    """The shipped model NAME (its highest version) or NAME/VERSION under ``root``."""
+    shipped = root.joinpath(*parts)
     if (shipped / METADATA_FILE).is_file():
         return [shipped]
     if shipped.is_dir():
         versions = [p for p in shipped.iterdir() if (p / METADATA_FILE).is_file()]
         return sorted(versions, key=_version_key, reverse=True)[:1]
     return []
+
+
+def _candidates(ref: str, root: Path) -> list[Path]:
+    """Where ``ref`` points. A name (no path separator: NAME, or NAME:VERSION) is looked up
+    under ``root`` only, never in the working directory, so a folder that happens to share
+    a shipped model's name cannot shadow it. A path is that path; NAME/VERSION, which reads
+    like a relative path, is the shipped model when no such path exists (``./NAME/VERSION``
+    is only ever the path)."""
+    named = name_version(ref)
+    if not is_path(ref):
+        if ":" in ref:
+            return _shipped(root, *named) if named else []
+        return _shipped(root, ref) if ref.strip() else []
+    as_path = Path(ref).expanduser()
+    if as_path.is_file() and as_path.name == MODEL_FILE:
+        return [as_path.parent]
+    if as_path.is_dir():
+        return [as_path]
+    return _shipped(root, *named) if named else []
 
 
 def resolve_model(ref: str, *, root: Path = MODELS_ROOT,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from producer.cli.main import cli
@@ -82,3 +83,22 @@ def test_train_defaults_are_the_shipped_default_models_recipe() -> None:
                for p in train_command.params if p.name in fields}
     assert {"version", "stage_convs", "seed", "widths", "patch"} <= set(options)
     assert {k: getattr(defaults, k) for k in options} == options
+
+
+def test_models_show_names_the_same_model_whatever_the_folder(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.registry import resolve_model
+
+    (tmp_path / "default" / "junk").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    env = {"MAMMO_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}", "MAMMO_MODEL": None}
+    shipped = resolve_model("default")
+    activated = CliRunner().invoke(cli, ["models", "activate", str(tiny_model_dir)], env=env)
+    assert activated.exit_code == 0, activated.output
+    for extra, expected in (({}, tiny_model_dir), ({"MAMMO_MODEL": "default"}, None)):
+        shown = CliRunner().invoke(cli, ["models", "show"], env={**env, **extra})
+        assert shown.exit_code == 0, shown.output
+        directory = json.loads(shown.output)["directory"]
+        assert directory == str(expected or shipped.directory)
+    named = CliRunner().invoke(cli, ["models", "show", "default"], env=env)
+    assert json.loads(named.output)["directory"] == str(shipped.directory)

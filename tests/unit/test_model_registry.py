@@ -113,3 +113,45 @@ def test_activating_the_genuine_directory_after_a_copy_makes_it_the_active_one(
         session.commit()
         assert model_for(settings, session).directory == genuine.resolve()
     engine.dispose()
+
+
+def test_a_bare_name_is_never_a_folder_of_the_working_directory(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "models"
+    shipped = _copy_as(tiny_model_dir, root, "default", "1.0.0")
+    work = tmp_path / "work"
+    (work / "default" / "junk").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert resolve_model("default", root=root).directory == shipped
+    assert resolve_model("default:1.0.0", root=root).directory == shipped
+    # The folder is reached only as a path, and then it is that folder.
+    with pytest.raises(ModelNotFoundError, match="does not hold both"):
+        resolve_model("./default", root=root)
+    with pytest.raises(ModelNotFoundError, match="No model found"):
+        resolve_model("./default/1.0.0", root=root)
+    # A model folder of the working directory given by a path still works.
+    _copy_as(tiny_model_dir, work, "mine", "2.0.0")
+    assert resolve_model("mine/2.0.0", root=root).version == "2.0.0"
+    with pytest.raises(ModelNotFoundError, match="No model found"):
+        resolve_model("mine", root=root)
+
+
+def test_an_explicit_default_setting_wins_over_the_activation(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    activated = _copy_as(tiny_model_dir, tmp_path, "m", "5.0.0")
+    unset, engine, sessions = _sessions(sqlite_url)
+    monkeypatch.setenv("MAMMO_MODEL", "default")
+    from_env = Settings(database_url=sqlite_url, _env_file=None)  # type: ignore[call-arg]
+    monkeypatch.delenv("MAMMO_MODEL")
+    given = Settings(database_url=sqlite_url, model="default", _env_file=None)  # type: ignore[call-arg]
+    (tmp_path / "default" / "junk").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # a same-named folder changes nothing
+    shipped = resolve_model("default").directory
+    with sessions() as session:
+        activate(session, resolve_model(str(activated)))
+        session.commit()
+        assert model_for(unset, session).directory == activated
+        assert model_for(from_env, session).directory == shipped
+        assert model_for(given, session).directory == shipped
+    engine.dispose()
