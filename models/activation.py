@@ -10,13 +10,15 @@ default, as ``--model default`` is), and without an activation the shipped defau
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models.bilateral import bilateral_head
-from models.registry import ModelSpec, resolve_model
+from models.registry import ModelSpec, locate, name_version, resolve_model
 from shared.config import Settings
 from shared.db.schema import ModelVersion
 from shared.db.upsert import upsert, upsert_returning_id
@@ -66,7 +68,66 @@ def model_for(settings: Settings, session: Session) -> ModelSpec:
         active = active_version(session)
         if active is not None:
             return _activated(active)
-    return resolve_model(settings.model)
+    return resolve_ref(settings.model, lambda: nullcontext(session))
+
+
+def resolve_ref(ref: str, sessions: Callable[[], AbstractContextManager[Session]], *,
+                named_by: str = "MAMMO_MODEL") -> ModelSpec:
+    """The model ``ref`` names: a path or a shipped model (``resolve_model``), else, for
+    NAME:VERSION (or NAME/VERSION) that names neither, the version registered in the
+    database, as `mammo models list` shows it. A session is opened only then."""
+    try:
+        return resolve_model(ref, named_by=named_by)
+    except ModelNotFoundError:
+        named = name_version(ref)
+        if named is None or locate(ref) is not None:
+            raise  # not NAME:VERSION, or a directory was found and is not a model
+        with sessions() as session:
+            rows = list(session.scalars(select(ModelVersion).where(
+                ModelVersion.name == named[0], ModelVersion.version == named[1])
+                .order_by(ModelVersion.id)))
+            if not rows:
+                raise
+            return _registered(ref, rows, named_by)
+
+
+def _registered(ref: str, rows: list[ModelVersion], named_by: str) -> ModelSpec:
+    """The model of the registered ``rows`` (one name and version): its stored path, checked
+    to hold exactly that identity. The active row wins; two usable rows of different
+    weights are refused as ambiguous rather than one picked."""
+    usable: list[tuple[ModelVersion, ModelSpec]] = []
+    problems: list[str] = []
+    for row in sorted(rows, key=lambda r: not r.active):
+        try:
+            spec = _registered_spec(row)
+        except (ModelNotFoundError, ModelIntegrityError) as exc:
+            problems.append(str(exc))
+            continue
+        if row.active:
+            return spec
+        usable.append((row, spec))
+    if len({spec.sha256 for _, spec in usable}) == 1:
+        return usable[0][1]
+    if usable:
+        raise ModelNotFoundError(
+            f"{named_by}={ref!r} names {len(usable)} registered models with different "
+            f"weights: {', '.join(f'{r.path} (sha256 {r.sha256[:12]})' for r, _ in usable)}. "
+            f"Give {named_by} the directory of the one you mean.")
+    raise ModelNotFoundError(f"{named_by}={ref!r} is registered in the database, but no "
+                             f"registered copy is usable: {' '.join(problems)}")
+
+
+def _registered_spec(row: ModelVersion) -> ModelSpec:
+    named = f"{row.name} {row.version} (sha256 {row.sha256[:12]})"
+    if not Path(row.path).is_dir():
+        raise ModelNotFoundError(f"the registered {named}: {row.path} is not a directory on "
+                                 "this machine.")
+    spec = resolve_model(row.path, named_by="the registered path")
+    if (spec.name, spec.version, spec.sha256) != (row.name, row.version, row.sha256):
+        raise ModelIntegrityError(
+            f"{row.path} no longer holds the registered {named}: it holds {spec.name} "
+            f"{spec.version} (sha256 {spec.sha256[:12]}).")
+    return spec
 
 
 def _activated(active: ModelVersion) -> ModelSpec:

@@ -7,6 +7,8 @@ command's REF) is either such a directory or the name of a shipped model (its hi
 version wins, unless ``name/version``, or ``name:version`` as results print it, is given).
 A name has no path separator and is looked up under ``models/`` only: a folder of the same
 name in the working directory is reached as a path (``./default``), never by the bare name.
+NAME:VERSION also finds a shipped alternative whose metadata names it, and (through
+``models.activation.resolve_ref``, which has the database) a version registered there.
 
 ``metadata.json`` is sealed as ``model.keras`` is: ``sha256`` names the weights, and
 ``metadata_seal`` is a sha256 over the metadata that changes what the model outputs or how
@@ -107,14 +109,28 @@ def _candidates(ref: str, root: Path) -> list[Path]:
     named = name_version(ref)
     if not is_path(ref):
         if ":" in ref:
-            return _shipped(root, *named) if named else []
+            return _shipped_version(root, *named) if named else []
         return _shipped(root, ref) if ref.strip() else []
     as_path = Path(ref).expanduser()
     if as_path.is_file() and as_path.name == MODEL_FILE:
         return [as_path.parent]
     if as_path.is_dir():
         return [as_path]
-    return _shipped(root, *named) if named else []
+    return _shipped_version(root, *named) if named else []
+
+
+def _shipped_version(root: Path, name: str, version: str) -> list[Path]:
+    """NAME VERSION under ``root``: ``root/NAME/VERSION``, else the shipped directory whose
+    metadata names it (an alternative under ``root/alternatives/``), as `models list` shows
+    it."""
+    return _shipped(root, name, version) or [
+        s.directory for s in shipped_models(root) if (s.name, s.version) == (name, version)][:1]
+
+
+def locate(ref: str, root: Path = MODELS_ROOT) -> Path | None:
+    """The directory ``ref`` names among paths and shipped models, or None."""
+    found = _candidates(ref, root)
+    return found[0] if found else None
 
 
 def resolve_model(ref: str, *, root: Path = MODELS_ROOT,
@@ -126,7 +142,8 @@ def resolve_model(ref: str, *, root: Path = MODELS_ROOT,
     found = _candidates(ref, root)
     hint = (f"Give {named_by} a directory holding model.keras and metadata.json (for example "
             "one written by `mammo train`), or the name of a model shipped under "
-            f"{root} (NAME, NAME/VERSION or NAME:VERSION).")
+            f"{root} (NAME, NAME/VERSION or NAME:VERSION; NAME:VERSION also names a version "
+            "`mammo models list` shows as registered).")
     if not found:
         raise ModelNotFoundError(f"No model found for {named_by}={ref!r}. {hint}")
     directory = found[0]

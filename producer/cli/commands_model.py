@@ -241,12 +241,21 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
 
 def _spec(cli: CliContext, ref: str | None, named_by: str) -> Any:
     from models.activation import model_for
-    from models.registry import resolve_model
 
     if ref is not None:
-        return resolve_model(ref, named_by=named_by)
+        return _resolve(cli, ref, named_by)
     with cli.sessions() as session:
         return model_for(cli.settings, session)
+
+
+def _resolve(cli: CliContext, ref: str, named_by: str) -> Any:
+    """The model REF names: a path, a shipped model, or NAME:VERSION as `models list` shows
+    it (shipped, an alternative, or registered in the database: its stored path, checked)."""
+    from models.activation import resolve_ref
+
+    # Lazily (`sessions` is a property that migrates): a path or a shipped name needs no
+    # database.
+    return resolve_ref(ref, lambda: cli.sessions(), named_by=named_by)  # noqa: PLW0108
 
 
 @click.group("models")
@@ -351,10 +360,10 @@ def models_activate(cli: CliContext, ref: str) -> None:
         mammo models activate trained-models/default/1.8.0
     """
     from models.activation import activate
-    from models.registry import resolve_model, verify_model
+    from models.registry import verify_model
     from shared.imaging.preprocess import PREPROCESSING_VERSION
 
-    spec = resolve_model(ref, named_by="REF")
+    spec = _resolve(cli, ref, "REF")
     verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
     with cli.sessions() as session:
         activate(session, spec)
@@ -369,7 +378,8 @@ def models_activate(cli: CliContext, ref: str) -> None:
               help="Write the comparison into REF's metadata.json and regenerate its "
               "MODEL_CARD.md.")
 @format_option
-def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
+@pass_cli
+def models_compare(cli: CliContext, ref: str, rerun: str, record: bool, fmt: str) -> None:
     """Compare REF with a same-seed re-run of its training command (RERUN).
 
     Validation figures and ablation rows side by side; the re-run reproduces REF when both
@@ -381,10 +391,9 @@ def models_compare(ref: str, rerun: str, record: bool, fmt: str) -> None:
         mammo models compare default /tmp/rerun/default/1.8.0 --record
     """
     from models.model_card import record_in_metadata
-    from models.registry import resolve_model
     from models.reproducibility import compare_runs
 
-    this, other = resolve_model(ref, named_by="REF"), resolve_model(rerun, named_by="RERUN")
+    this, other = _resolve(cli, ref, "REF"), _resolve(cli, rerun, "RERUN")
     try:
         result = compare_runs(this.metadata, other.metadata)
     except (KeyError, ValueError) as exc:
@@ -435,10 +444,9 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
         mammo models repeat-cv default ../shared/data/mini-mias --record
     """
     from models.model_card import record_in_metadata
-    from models.registry import resolve_model
     from models.repeated_splits import FIGURES, SPLIT_ROW_KEYS, check_seeds, merge, repeat
 
-    spec = resolve_model(ref, named_by="REF")
+    spec = _resolve(cli, ref, "REF")
     seeds = _seeds(seed_list)
     try:
         check_seeds(spec.metadata.get("seed", 0), seeds)
@@ -469,7 +477,8 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
 @click.argument("ref")
 @click.argument("runs", nargs=-1, required=True)
 @format_option
-def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
+@pass_cli
+def models_record_splits(cli: CliContext, ref: str, runs: tuple[str, ...], fmt: str) -> None:
     """Add RUNS, other `mammo train --seed S` runs of REF's exact recipe, to REF's record.
 
     What `mammo models repeat-cv --record` would train again, taken from runs already
@@ -485,11 +494,11 @@ def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
     import datetime as dt
 
     from models.model_card import record_in_metadata
-    from models.registry import METADATA_FILE, resolve_model
+    from models.registry import METADATA_FILE
     from models.repeated_splits import FIGURES, SPLIT_ROW_KEYS, from_runs, merge
 
-    spec = resolve_model(ref, named_by="REF")
-    found = [resolve_model(run, named_by="RUNS") for run in runs]
+    spec = _resolve(cli, ref, "REF")
+    found = [_resolve(cli, run, "RUNS") for run in runs]
     dates = [dt.datetime.fromtimestamp((r.directory / METADATA_FILE).stat().st_mtime,
                                        tz=dt.UTC).date().isoformat() for r in found]
     try:
@@ -512,7 +521,8 @@ def models_record_splits(ref: str, runs: tuple[str, ...], fmt: str) -> None:
               show_default=True, help="Root the new <name>/<version>/ directory goes under.")
 @click.option("--scores", "score_list", default="abnormal", show_default=True,
               help="Scores read against the other breast (as `mammo train --bilateral`).")
-def models_bilateral(ref: str, data: Path, version: str, output: Path,
+@pass_cli
+def models_bilateral(cli: CliContext, ref: str, data: Path, version: str, output: Path,
                      score_list: str) -> None:
     """Write a new version of REF that reads each breast against the other breast.
 
@@ -526,13 +536,12 @@ def models_bilateral(ref: str, data: Path, version: str, output: Path,
             --version 1.3.0
     """
     from models.bilateral_version import derive
-    from models.registry import resolve_model
 
     scores = _bilateral_scores(score_list, "--scores")
     if not scores:
         raise click.BadParameter("name at least one score", param_hint="--scores")
     command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    spec = resolve_model(ref, named_by="REF")
+    spec = _resolve(cli, ref, "REF")
     click.echo(str(derive(spec, data, output, version, scores, command, _say)))
 
 
@@ -543,7 +552,9 @@ def models_bilateral(ref: str, data: Path, version: str, output: Path,
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="Root the new <name>/<version>/ directory goes under "
               "(models/ would make it the default model: a deliberate step).")
-def models_merge(refs: tuple[str, ...], data: Path, version: str, output: Path) -> None:
+@pass_cli
+def models_merge(cli: CliContext, refs: tuple[str, ...], data: Path, version: str,
+                 output: Path) -> None:
     """Write one ensemble of the trunks of REFS (two or more models), pooled fold by fold.
 
     The models must come from `mammo train` on the same DATA with the same seed (so the same
@@ -558,9 +569,8 @@ def models_merge(refs: tuple[str, ...], data: Path, version: str, output: Path) 
             ../shared/data/mini-mias --version 1.6.0
     """
     from models.merge import merge
-    from models.registry import resolve_model
 
-    specs = [resolve_model(ref, named_by="REFS") for ref in refs]
+    specs = [_resolve(cli, ref, "REFS") for ref in refs]
     command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     click.echo(str(merge(specs, data, output, version, command, _say)))
 

@@ -102,3 +102,30 @@ def test_models_show_names_the_same_model_whatever_the_folder(
         assert directory == str(expected or shipped.directory)
     named = CliRunner().invoke(cli, ["models", "show", "default"], env=env)
     assert json.loads(named.output)["directory"] == str(shipped.directory)
+
+
+def test_models_show_and_activate_take_name_version_as_models_list_shows_it(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    import shutil
+
+    from models.registry import sealed
+
+    elsewhere = tmp_path / "elsewhere" / "tiny" / "0.1.0"
+    shutil.copytree(tiny_model_dir, elsewhere)
+    meta = json.loads((elsewhere / "metadata.json").read_text())
+    (elsewhere / "metadata.json").write_text(json.dumps(sealed(
+        {**meta, "name": "tiny", "version": "0.1.0"})))
+    env = {"MAMMO_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}", "MAMMO_MODEL": None}
+    runner = CliRunner()
+    assert runner.invoke(cli, ["models", "activate", str(elsewhere)], env=env).exit_code == 0
+    assert runner.invoke(cli, ["models", "activate", "default"], env=env).exit_code == 0
+    listed = json.loads(runner.invoke(cli, ["models", "list", "--format", "json"],
+                                      env=env).output)
+    for row in listed:
+        shown = runner.invoke(cli, ["models", "show", f"{row['name']}:{row['version']}"],
+                              env=env)
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output)["sha256"] == row["sha256"]
+    activated = runner.invoke(cli, ["models", "activate", "tiny:0.1.0"], env=env)
+    assert activated.exit_code == 0, activated.output
+    assert f"active model: tiny 0.1.0 ({elsewhere})" in activated.output

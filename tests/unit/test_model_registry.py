@@ -9,15 +9,16 @@ from typing import Any
 
 import pytest
 
-from models.activation import activate, active_version, model_for, register
+from models.activation import activate, active_version, model_for, register, resolve_ref
 from models.registry import resolve_model, sealed, shipped_models
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.errors import ModelIntegrityError, ModelNotFoundError
 
 
-def _copy_as(src: Path, root: Path, name: str, version: str) -> Path:
-    target = root / name / version
+def _copy_as(src: Path, root: Path, name: str, version: str,
+             folder: str | None = None) -> Path:
+    target = root / (folder or name) / version
     shutil.copytree(src, target)
     meta = json.loads((target / "metadata.json").read_text())
     meta.update(name=name, version=version)
@@ -154,4 +155,32 @@ def test_an_explicit_default_setting_wins_over_the_activation(
         assert model_for(unset, session).directory == activated
         assert model_for(from_env, session).directory == shipped
         assert model_for(given, session).directory == shipped
+    engine.dispose()
+
+
+def test_name_version_finds_shipped_alternatives_and_registered_versions(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
+    # What `models list` shows: an alternative under models/alternatives/, and a version
+    # registered in the database from a directory elsewhere.
+    root = tmp_path / "models"
+    _copy_as(tiny_model_dir, root, "default", "1.8.0")
+    alternative = _copy_as(tiny_model_dir, root, "default", "1.6.0", folder="alternatives")
+    assert resolve_model("default:1.6.0", root=root).directory == alternative
+    assert resolve_model("default", root=root).version == "1.8.0"  # never an alternative
+    elsewhere = _copy_as(tiny_model_dir, tmp_path / "elsewhere", "tiny", "0.1.0")
+    _, engine, sessions = _sessions(sqlite_url)
+    with sessions() as session:
+        register(session, resolve_model(str(elsewhere)))
+        session.commit()
+    with pytest.raises(ModelNotFoundError, match="registered"):
+        resolve_model("tiny:0.1.0")  # no database: the hint says where else to look
+    assert resolve_ref("tiny:0.1.0", sessions).directory == elsewhere
+    assert resolve_ref("tiny/0.1.0", sessions).directory == elsewhere
+    # The stored path is verified as an activation's is: another model there is refused.
+    meta = json.loads((elsewhere / "metadata.json").read_text())
+    (elsewhere / "metadata.json").write_text(json.dumps(sealed({**meta, "version": "0.2.0"})))
+    with pytest.raises(ModelNotFoundError, match=r"no longer holds the registered tiny 0\.1\.0"):
+        resolve_ref("tiny:0.1.0", sessions, named_by="REF")
+    with pytest.raises(ModelNotFoundError, match="No model found for REF='tiny:9'"):
+        resolve_ref("tiny:9", sessions, named_by="REF")
     engine.dispose()
