@@ -7,7 +7,7 @@ fleet of ``mammo worker`` processes execute the same task code.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from celery import Celery
 from kombu import Connection, Queue
@@ -84,6 +84,20 @@ def enqueue_chunks(
                 sent += 1
     except (OSError, KombuOperationalError) as exc:
         raise BrokerUnavailableError(broker_unreachable_message(app, exc)) from exc
+    return sent
+
+
+def enqueue_by_priority(
+    app: Celery, groups: Mapping[Priority, Sequence[int]], *, chunk_size: int,
+) -> int:
+    """Send each priority's ids at that priority, most urgent first; return the messages
+    sent. A chunk never mixes priorities: an urgent image is never held to routine pace by
+    the chunk it shares, nor a routine one served early."""
+    sent = 0
+    for priority in sorted(groups, key=lambda p: p.broker_priority):
+        if groups[priority]:
+            sent += enqueue_chunks(app, groups[priority], chunk_size=chunk_size,
+                                   priority=priority)
     return sent
 
 

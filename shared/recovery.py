@@ -2,8 +2,9 @@
 
 Redis is not trusted to keep messages (restart without persistence, eviction, a worker
 SIGKILLed before its message comes back). The database is: an image ``queued`` for too
-long, or ``processing`` under an expired lease, gets a new message. Re-sending is safe
-because claims and upserts make a second delivery a no-op.
+long, or ``processing`` under an expired lease, gets a new message, at the priority of its
+batch (raised by an urgent batch that sent a copy of it). Re-sending is safe because claims
+and upserts make a second delivery a no-op.
 
 The follow-up does the same for what happens after the images: exams whose missing views
 timed out get their (incomplete) result, and notifications owed or failed are delivered
@@ -24,10 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.schema import Image
-from shared.enums import ImageState, Priority
+from shared.enums import ImageState
 from shared.exams import refresh_due_exams
 from shared.notify import FollowUpReport, Notifier
-from shared.queue import enqueue_chunks, queue_depth
+from shared.queue import enqueue_by_priority, queue_depth
 from shared.timeutil import utcnow
 
 
@@ -85,12 +86,24 @@ def sweep(
     if dry_run or not targets:
         return report
     report.requeued = sorted(targets)
-    report.messages = enqueue_chunks(app, report.requeued, chunk_size=settings.chunk_size,
-                                     priority=Priority.ROUTINE)
-    with sessions() as session:
-        lifecycle.mark_enqueued(session, report.requeued)
-        session.commit()
+    report.messages = requeue(sessions, app, settings, report.requeued)
     return report
+
+
+def requeue(sessions: sessionmaker[Session], app: Celery, settings: Settings,
+            image_ids: list[int], *, chunk_size: int | None = None) -> int:
+    """Send ``image_ids`` again, each at its own priority (``lifecycle.priorities_of``: an
+    urgent batch's images are never re-sent as routine), and stamp them enqueued; return
+    the messages sent."""
+    if not image_ids:
+        return 0
+    with sessions() as session:
+        groups = lifecycle.by_priority(session, image_ids)
+    sent = enqueue_by_priority(app, groups, chunk_size=chunk_size or settings.chunk_size)
+    with sessions() as session:
+        lifecycle.mark_enqueued(session, image_ids)
+        session.commit()
+    return sent
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,19 @@ can never both own an image: the database decides who wins.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.db.schema import Batch, Image
-from shared.enums import ErrorCode, ImageState
+from shared.db.schema import Batch, DuplicateSubmission, Image
+from shared.enums import ErrorCode, ImageState, Priority
 from shared.timeutil import utcnow
 
 ACTIVE_STATES = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
+_ID_BLOCK = 500  # ids per IN list: well under every database's bound-parameter limit
 
 
 @dataclass(frozen=True)
@@ -187,3 +188,43 @@ def batch_ids_of(session: Session, image_ids: Sequence[int]) -> list[int]:
         return []
     stmt = select(Image.batch_id).where(Image.id.in_(list(image_ids))).distinct()
     return list(session.execute(stmt).scalars())
+
+
+def _priority(value: str | None) -> Priority:
+    try:
+        return Priority(value or Priority.ROUTINE.value)
+    except ValueError:
+        return Priority.ROUTINE
+
+
+def _more_urgent(a: Priority, b: Priority) -> Priority:
+    return a if a.broker_priority <= b.broker_priority else b
+
+
+def priorities_of(session: Session, image_ids: Sequence[int]) -> dict[int, Priority]:
+    """Each image's priority: its batch's, raised by any batch that sent a copy of it.
+
+    A file resubmitted as urgent while its image still waits in a routine batch makes that
+    image urgent (``producer.submission``); a re-sent message (the sweeper, ``mammo
+    recover``) keeps it so. An id without a row is routine.
+    """
+    found: dict[int, Priority] = {}
+    for start in range(0, len(image_ids), _ID_BLOCK):
+        block = list(image_ids[start:start + _ID_BLOCK])
+        own = (select(Image.id, Batch.priority).join(Batch, Batch.id == Image.batch_id)
+               .where(Image.id.in_(block)))
+        copies = (select(DuplicateSubmission.image_id, Batch.priority)
+                  .join(Batch, Batch.id == DuplicateSubmission.batch_id)
+                  .where(DuplicateSubmission.image_id.in_(block)))
+        for image_id, value in [*session.execute(own), *session.execute(copies)]:
+            wanted = _priority(value)
+            found[image_id] = _more_urgent(found.get(image_id, wanted), wanted)
+    return {image_id: found.get(image_id, Priority.ROUTINE) for image_id in image_ids}
+
+
+def by_priority(session: Session, image_ids: Iterable[int]) -> dict[Priority, list[int]]:
+    """``image_ids`` grouped by ``priorities_of``, each group in id order."""
+    groups: dict[Priority, list[int]] = {}
+    for image_id, priority in priorities_of(session, sorted(set(image_ids))).items():
+        groups.setdefault(priority, []).append(image_id)
+    return groups

@@ -1,0 +1,97 @@
+"""Re-sent work keeps its priority, through real Redis priority queues.
+
+`mammo recover` and the workers' sweeper re-send the messages Redis lost. An urgent batch's
+images must come back urgent, in chunks of their own, and leave the broker before any routine
+chunk; a routine image that an urgent batch sent again (a duplicate) is urgent too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.registration import create_batch
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import DuplicateSubmission, Image
+from shared.db.upsert import insert_missing
+from shared.enums import Priority
+from shared.queue import QUEUE_NAME, create_celery_app
+from shared.recovery import sweep
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def wiring(tmp_path: Path, redis_url: str) -> Iterator[tuple[Settings, sessionmaker[Session],
+                                                             Celery]]:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'q.db'}", broker_url=redis_url,
+                        chunk_size=4, _env_file=None)  # type: ignore[call-arg]
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    app = create_celery_app(settings)
+    yield settings, make_session_factory(engine), app
+    app.close()
+    engine.dispose()
+
+
+def _batch(sessions: sessionmaker[Session], name: str, priority: Priority, n: int) -> list[int]:
+    """A batch of ``n`` queued images whose messages were never seen (Redis lost them)."""
+    batch_id = create_batch(sessions, name=name, priority=priority, mode="distributed")
+    with sessions() as session:
+        rows = [{"identity": f"sha256:{name}-{i}", "batch_id": batch_id, "attempts": 0,
+                 "source": f"/in/{name}/{i}.png", "format": "png", "state": "queued"}
+                for i in range(n)]
+        ids = insert_missing(session, Image, rows, conflict=("identity",), returning=Image.id)
+        session.commit()
+    return sorted(ids)
+
+
+def _drain(app: Celery) -> list[list[int]]:
+    """Every chunk in the broker, in the order a worker would receive them."""
+    chunks = []
+    with app.connection_for_read() as conn, conn.channel() as channel:
+        while (message := channel.basic_get(QUEUE_NAME, no_ack=True)) is not None:
+            args, _kwargs, _embed = message.decode()  # Celery's message protocol 2
+            chunks.append(list(args[0]))
+    return chunks
+
+
+def test_recover_sends_urgent_work_first_in_chunks_of_its_own(
+    wiring: tuple[Settings, sessionmaker[Session], Celery],
+) -> None:
+    settings, sessions, app = wiring
+    routine = _batch(sessions, "R", Priority.ROUTINE, 10)
+    urgent = _batch(sessions, "U", Priority.URGENT, 3)
+
+    report = sweep(sessions, app, settings, queued_older_than_s=0, force=True)
+
+    assert sorted(report.requeued) == sorted(routine + urgent)
+    chunks = _drain(app)
+    assert report.messages == len(chunks) == 1 + 3  # 3 urgent ids; 10 routine in 4s
+    # The urgent chunk leaves the broker first, and no chunk mixes the two batches.
+    assert chunks[0] == urgent
+    assert sorted(i for chunk in chunks[1:] for i in chunk) == routine
+    assert all(set(chunk) <= set(routine) for chunk in chunks[1:])
+
+
+def test_an_image_an_urgent_batch_sent_again_is_re_sent_as_urgent(
+    wiring: tuple[Settings, sessionmaker[Session], Celery],
+) -> None:
+    settings, sessions, app = wiring
+    routine = _batch(sessions, "R", Priority.ROUTINE, 8)
+    copies = create_batch(sessions, name="U", priority=Priority.URGENT, mode="distributed")
+    with sessions() as session:
+        session.add_all(DuplicateSubmission(batch_id=copies, image_id=i, source=f"/u/{i}.png")
+                        for i in routine[5:])
+        session.commit()
+
+    sweep(sessions, app, settings, queued_older_than_s=0, force=True)
+
+    chunks = _drain(app)
+    assert chunks[0] == routine[5:]
+    assert sorted(i for chunk in chunks[1:] for i in chunk) == routine[:5]
