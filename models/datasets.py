@@ -64,24 +64,37 @@ def parse_label(value: str, where: str) -> Label:
                            f"{', '.join(c.value for c in CLASSES)}.") from None
 
 
-def load_dataset(path: Path) -> list[LabelledImage]:
-    """Recognise the layout of ``path`` and return its images, sorted by id."""
-    from models.mias import INFO_FILE, load_mias
+# The layouts, as metadata.json's training_data.layout records them.
+LAYOUTS = {"mias": "a MIAS folder", "csv": "a CSV manifest", "class_folders": "a folder per class"}
+
+
+def layout_of(path: Path) -> str:
+    """Which of ``LAYOUTS`` ``path`` is, or ``DatasetError`` naming the accepted ones."""
+    from models.mias import INFO_FILE
 
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path} does not exist.")
     if path.is_file() and path.suffix.lower() == ".csv":
-        images = load_manifest(path)
-    elif (path / INFO_FILE).is_file():
-        images = load_mias(path)
-    elif path.is_dir() and class_folders(path):
-        images = load_class_folders(path)
-    else:
-        raise DatasetError(
-            f"{path} is none of the accepted layouts: a MIAS folder (Info.txt + mdbNNN images), "
-            "a CSV manifest (path,label[,patient_id,laterality,view]) or a folder per class "
-            "(normal/, benign/, malignant/).")
+        return "csv"
+    if (path / INFO_FILE).is_file():
+        return "mias"
+    if path.is_dir() and class_folders(path):
+        return "class_folders"
+    raise DatasetError(
+        f"{path} is none of the accepted layouts: a MIAS folder (Info.txt + mdbNNN images), "
+        "a CSV manifest (path,label[,patient_id,laterality,view]) or a folder per class "
+        "(normal/, benign/, malignant/).")
+
+
+def load_dataset(path: Path) -> list[LabelledImage]:
+    """Recognise the layout of ``path`` and return its images, sorted by id."""
+    from models.mias import load_mias
+
+    path = Path(path)
+    loader = {"csv": load_manifest, "mias": load_mias,
+              "class_folders": load_class_folders}[layout_of(path)]
+    images = loader(path)
     if not images:
         raise DatasetError(f"{path} holds no labelled images.")
     return sorted(images, key=lambda i: i.id)

@@ -12,6 +12,13 @@ from models.registry import METADATA_FILE
 CITATION = ('Suckling J et al (1994) "The Mammographic Image Analysis Society Digital '
             'Mammogram Database", Excerpta Medica, International Congress Series 1069, '
             "pp 375-378.")
+# The mini-MIAS database: 322 images of 161 patients (both breasts, MLO). The project's copy
+# (../shared/data/mini-mias), on which the recipe's settings were chosen, holds 258 of them;
+# the other 64 (32 patients) are withheld for independent evaluation. A model trained on
+# exactly those 258 images (this training data sha256) is described as such.
+MIAS_IMAGES, MIAS_PATIENTS = 322, 161
+DEVELOPMENT_DATA_SHA256 = "1059917356d0dddd3f1ebc4923cb7be2538fe1c5606c37524698eeda57975444"
+LAYOUT_WORDS = {"csv": "a CSV manifest", "class_folders": "class folders"}
 TARGETS = {"auc_abnormal": 0.85, "auc_malignant": 0.85, "ece": 0.10, "localisation": 0.50}
 ROWS = (("AUC abnormal vs normal", "auc_abnormal"), ("AUC malignant vs rest", "auc_malignant"),
         ("sensitivity at 90% specificity", "sensitivity_at_90_specificity"),
@@ -200,7 +207,9 @@ def _finetune(meta: dict[str, Any]) -> str:
     labels = ("with image labels" if not weight else
               "with image labels and, at weight "
               f"{weight:g}, every map location's label from the lesion circles (normal "
-              "outside them)")
+              "outside them)" if _has_circles(meta) else
+              f"with image labels and, at weight {weight:g}, the normal images' map "
+              "locations as normal (no lesion circles in this data)")
     return (f"fine-tuned for {epochs} on the whole training images of their fold "
             f"{labels}, through the top-5 read-out of the head (Shen et al.'s "
             "second step), and ")
@@ -323,10 +332,143 @@ def _validation_table(meta: dict[str, Any]) -> list[str]:
             "targets below are checked on it."]
 
 
+def _layout(meta: dict[str, Any]) -> str | None:
+    """The training data's layout as recorded; for metadata written before it was recorded,
+    MIAS where lesion circles were scored (only that layout has them), else unknown."""
+    data = meta["training_data"]
+    if "layout" in data:
+        return str(data["layout"])
+    return "mias" if (meta.get("localisation") or {}).get("images") else None
+
+
+def _has_circles(meta: dict[str, Any]) -> bool:
+    data = meta["training_data"]
+    if "images_with_circles" in data:
+        return bool(data["images_with_circles"])
+    return bool((meta.get("localisation") or {}).get("images"))
+
+
+def _development_data(meta: dict[str, Any]) -> bool:
+    """Whether the model trained on the images its recipe was developed on."""
+    return meta["training_data"].get("sha256") == DEVELOPMENT_DATA_SHA256
+
+
+def _data_lines(meta: dict[str, Any]) -> list[str]:
+    data = meta["training_data"]
+    layout = _layout(meta)
+    classes = ", ".join(f"{k} {v}" for k, v in data["classes"].items())
+    sha = f"Training data sha256 `{data['sha256'][:16]}...`."
+    if layout != "mias":
+        where = (f"{LAYOUT_WORDS[layout]} (`{data.get('source')}`)" if layout in LAYOUT_WORDS
+                 else f"`{data.get('source')}`")
+        return [f"- {data['images']} images of {data['patients']} patients from {where} "
+                f"({classes}). {sha}",
+                "- Where these images come from (database or site, devices, film or digital, "
+                "views, pixel size) is not recorded with the model: state it before relying "
+                "on these figures."]
+    lines = [f"- {data['images']} images of {data['patients']} patients from the mini-MIAS "
+             f"database ({classes}); digitised film, MLO views, 200 micron pixels. {sha}",
+             f"- Citation (required by the data licence, research use only): {CITATION}"]
+    missing = (MIAS_IMAGES - data["images"], MIAS_PATIENTS - data["patients"])
+    if _development_data(meta):
+        lines.append(f"- {missing[0]} further images ({missing[1]} patients) of the database "
+                     "are withheld for independent evaluation; nothing here was tuned on them.")
+    elif missing[0] > 0:
+        lines.append(f"- {missing[0]} further images of the database are not in this "
+                     "training data.")
+    return lines
+
+
+def _patches(meta: dict[str, Any]) -> str:
+    if _has_circles(meta):
+        return f"{meta['patch']} px patches around the annotated lesion circles"
+    return (f"{meta['patch']} px patches of breast tissue labelled with their image's class "
+            "(this data has no lesion circles: image-level labels only)")
+
+
+def _per_fold_count(meta: dict[str, Any]) -> tuple[str, int]:
+    """("about 50" or "47-56", the largest count) held-out images per fold."""
+    counts = meta["training_data"].get("held_out_per_fold")
+    if counts:
+        low, high = min(counts), max(counts)
+        return (str(low) if low == high else f"{low}-{high}"), high
+    mean = meta["training_data"]["images"] / meta["training"]["folds"]
+    return f"about {round(mean, -1) if mean >= 20 else round(mean):.0f}", round(mean)
+
+
+def _data_limitations(meta: dict[str, Any]) -> list[str]:
+    per_fold, largest = _per_fold_count(meta)
+    small = "Small data: " if largest < 200 else ""
+    lines = [f"- {small}{per_fold} held-out images per fold; intervals are "
+             f"{'wide' if small else 'given above'}, and a 64-image test set has a 95% "
+             "interval of roughly +/-0.15 AUC."]
+    if _layout(meta) == "mias":
+        lines.append("- Digitised film from one source in the early 1990s, MLO only: digital "
+                     "(DICOM) mammograms from modern detectors look different; validate "
+                     "locally before use.")
+    else:
+        lines.append("- The model is only as good as the match between these training images "
+                     "and the exams it scores (devices, views, population): validate locally "
+                     "before use.")
+    return lines
+
+
+def _circle_limitation(meta: dict[str, Any]) -> str:
+    if not _has_circles(meta):
+        return ("- No lesion circles in this data: lesions were learnt from image labels "
+                "only, so nothing taught the heatmap where a lesion is, and its peak was not "
+                "measured against one.")
+    if _layout(meta) == "mias":
+        return ("- Widely distributed calcifications have no circle and were learnt only at "
+                "image level; calcifications at 200 micron are near the resolution limit.")
+    return ("- Abnormal images without a circle were learnt only at image level.")
+
+
+def _tuning_limitation(meta: dict[str, Any]) -> str:
+    training = meta["training"]
+    if not _development_data(meta):
+        overlap = (" These are mini-MIAS images, some perhaps among those, so the figures may "
+                   "be mildly optimistic." if _layout(meta) == "mias" else "")
+        return ("- The settings (trunk widths, epochs, learning rate, hard-negative mining, "
+                "the head and the test-time flips) were chosen during development on "
+                f"mini-MIAS images (README), not on this data: they may not suit it.{overlap}")
+    return (
+        "- The settings (trunk widths, epochs, learning rate, hard-negative mining) were "
+        "chosen during development by looking at held-out AUCs of two folds of this same "
+        "cross-validation, and the head (top-5 read-outs instead of a multinomial "
+        "regression) and the test-time flips were chosen from earlier models' held-out "
+        "evidence on these folds, so these figures are mildly optimistic; the 64 withheld "
+        "images were never used."
+        + (" Whole-image fine-tuning was adopted after measuring it on the folds of seed "
+           "20261125 (the default) and of seed 20261325 (README)."
+           if training.get("finetune_epochs") else "")
+        + (" Location labels in fine-tuning were adopted after a paired measurement on the "
+           "folds of seeds 20261125 (the default), 20261525 and 20261625 (README)."
+           if training.get("finetune_epochs") and training.get("finetune_location_weight")
+           else "")
+        + (" Contrastive pretraining was adopted after measuring it (without fine-tuning) "
+           "on the same two splits (README)." if training.get("pretrain_epochs") else "")
+        + (" Pooling the sources' trunks was tried after seeing their figures on this "
+           "split, so its gain here is optimistic: the README gives the other splits where "
+           "both recipes were trained again and pooled." if meta.get("merged_from") else ""))
+
+
+def _localisation(meta: dict[str, Any]) -> str:
+    loc = meta["localisation"]
+    rate = loc["peak_inside_circle"]
+    if not loc["images"]:
+        return ("No held-out abnormal image has an annotated circle, so where the heatmap "
+                "peaks was not measured against one.")
+    return (f"The heatmap's peak lies inside the annotated circle for "
+            f"**{'n/a' if rate is None else f'{rate:.0%}'}** of the "
+            f"{loc['images']} abnormal held-out images that have coordinates "
+            "(`localisation.png`: peak distance in circle radii).")
+
+
 def render(meta: dict[str, Any], directory: Path) -> str:
     base = meta["baseline"]
     val = (meta.get("bilateral") or {}).get("validation") or meta["validation"]
-    data, training = meta["training_data"], meta["training"]
+    training = meta["training"]
     loc = meta["localisation"]
     cm = val["confusion_matrix"]
     rate = loc["peak_inside_circle"]
@@ -358,8 +500,8 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "## Model",
         "",
         f"- {meta['architecture']}: {meta['ensemble_members']} small convolutional trunks "
-        f"({_per_fold(meta)}) trained on {meta['patch']} px patches around the "
-        f"annotated lesion circles and on normal tissue ({_negatives(meta)}, label "
+        f"({_per_fold(meta)}) trained on {_patches(meta)} and on normal tissue "
+        f"({_negatives(meta)}, label "
         "smoothing 0.1, class-balanced weights, flips, rotations, scale and intensity "
         f"jitter){_averaged(meta)}, then "
         f"{_finetune(meta)}run fully convolutionally over the whole image. The per-location "
@@ -379,13 +521,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "",
         "## Data",
         "",
-        f"- {data['images']} images of {data['patients']} patients from the mini-MIAS "
-        f"database ({', '.join(f'{k} {v}' for k, v in data['classes'].items())}); digitised "
-        "film, MLO views, 200 micron pixels. Training data sha256 "
-        f"`{data['sha256'][:16]}...`.",
-        f"- Citation (required by the data licence, research use only): {CITATION}",
-        "- 64 further images (32 patients) of the database are withheld for independent "
-        "evaluation; nothing here was tuned on them.",
+        *_data_lines(meta),
         "",
         "## Validation (patient-level cross-validation)",
         "",
@@ -410,10 +546,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         *_repeated_splits(meta),
         "## Localisation",
         "",
-        f"The heatmap's peak lies inside the annotated circle for "
-        f"**{'n/a' if rate is None else f'{rate:.0%}'}** of the "
-        f"{loc['images']} abnormal held-out images that have coordinates "
-        "(`localisation.png`: peak distance in circle radii).",
+        _localisation(meta),
         "",
         "## Figures",
         "",
@@ -432,10 +565,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "",
         "## Limitations",
         "",
-        "- Small data: about 50 held-out images per fold; intervals are wide, and a 64-image "
-        "test set has a 95% interval of roughly +/-0.15 AUC.",
-        "- Digitised film from one source in the early 1990s, MLO only: digital (DICOM) "
-        "mammograms from modern detectors look different; validate locally before use.",
+        *_data_limitations(meta),
         "- Prior exams are not compared; " + (
             "the other breast is, where it is present (an image sent alone is scored alone)."
             if meta.get("bilateral") else "nor is the other breast: each image is scored "
@@ -443,26 +573,8 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "- The shipped ensemble averages the fold trunks, while its head was fitted on single "
         "trunks' held-out evidence: averaged maps are smoother, so probabilities may be "
         "slightly less extreme than validated.",
-        "- Widely distributed calcifications have no circle and were learnt only at image "
-        "level; calcifications at 200 micron are near the resolution limit.",
-        "- The settings (trunk widths, epochs, learning rate, hard-negative mining) were "
-        "chosen during development by looking at held-out AUCs of two folds of this same "
-        "cross-validation, and the head (top-5 read-outs instead of a multinomial "
-        "regression) and the test-time flips were chosen from earlier models' held-out "
-        "evidence on these folds, so these figures are mildly optimistic; the 64 withheld "
-        "images were never used."
-        + (" Whole-image fine-tuning was adopted after measuring it on the folds of seed "
-           "20261125 (the default) and of seed 20261325 (README)."
-           if training.get("finetune_epochs") else "")
-        + (" Location labels in fine-tuning were adopted after a paired measurement on the "
-           "folds of seeds 20261125 (the default), 20261525 and 20261625 (README)."
-           if training.get("finetune_epochs") and training.get("finetune_location_weight")
-           else "")
-        + (" Contrastive pretraining was adopted after measuring it (without fine-tuning) "
-           "on the same two splits (README)." if training.get("pretrain_epochs") else "")
-        + (" Pooling the sources' trunks was tried after seeing their figures on this "
-           "split, so its gain here is optimistic: the README gives the other splits where "
-           "both recipes were trained again and pooled." if meta.get("merged_from") else ""),
+        _circle_limitation(meta),
+        _tuning_limitation(meta),
         _split_limitation(meta, training["folds"]),
         "",
         "## Failure cases (held-out predictions)",

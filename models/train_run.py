@@ -30,7 +30,7 @@ from models.architecture import MIRROR_TTA, TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
 from models.bilateral import fit_bilateral, held_out_bilateral, pair_keys, partners
 from models.calibration import fit_head
-from models.datasets import LabelledImage, data_hash, load_dataset
+from models.datasets import LabelledImage, data_hash, layout_of, load_dataset
 from models.finetune import FinetuneOptions, finetune_on_images
 from models.heatmaps import localisation_rate, peak_distance_ratio
 from models.metrics import format_metric
@@ -382,7 +382,11 @@ def write_model(data_path: Path, output: Path, data: PreparedSet,
         "seed": config.seed, "training_data": {
             "source": str(data_path), "sha256": data_hash(data.images), "images": len(labels),
             "patients": len(set(patients.tolist())), "classes": counts,
-            "skipped": [list(s) for s in data.skipped]},
+            "skipped": [list(s) for s in data.skipped],
+            # What the model card says about the data rests on these, not on assumptions.
+            "layout": layout_of(data_path),
+            "images_with_circles": sum(1 for c in data.circles if c),
+            "held_out_per_fold": [len(held_out) for _, held_out in folds]},
         "training": {**{k: v for k, v in asdict(config).items() if k not in drop},
                      "input_size": list(config.input_size),
                      "tta_flips": [list(f) for f in config.tta_flips],
