@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from producer.watch.folder import FAILED, PROCESSED, SIDECAR_SUFFIX, WatchFolder
+from producer.watch.identity import RegisteredFiles
 from producer.watch.scanner import KnownImage
 from shared.enums import ImageState
 
@@ -22,16 +23,24 @@ LEAVE, MOVE, DELETE = "leave", "move", "delete"
 
 
 class AfterProcessing:
-    def __init__(self, folder: WatchFolder, mode: str, log: logging.Logger) -> None:
+    def __init__(self, folder: WatchFolder, mode: str, log: logging.Logger,
+                 registered: RegisteredFiles) -> None:
         if mode not in (LEAVE, MOVE, DELETE):
             raise ValueError(f"unknown after-processing action {mode!r}")
         self.folder = folder
         self.mode = mode
         self.log = log
+        self.registered = registered
 
     def apply(self, path: Path, image: KnownImage) -> Path | None:
         """Do the configured action for a file whose image reached a terminal state."""
         if self.mode == LEAVE or not os.path.lexists(path):
+            return None
+        if self.registered.holds(path, image) is False:
+            # Another file now has this name: it is registered on its own, never moved or
+            # deleted as this image's.
+            self.log.info("left %s in place: it is no longer the file of image %d",
+                          self.folder.relative(path), image.image_id)
             return None
         if self.mode == DELETE:
             with contextlib.suppress(FileNotFoundError):
@@ -59,9 +68,12 @@ class AfterProcessing:
 
 def _free_name(target: Path, image_id: int) -> Path:
     """Never overwrite an earlier file of the same name in processed/ or failed/."""
-    if not os.path.lexists(target):
-        return target
-    return target.with_name(f"{target.stem}.image-{image_id}{target.suffix}")
+    candidate, n = target, 1
+    while os.path.lexists(candidate):
+        again = f".{n}" if n > 1 else ""
+        candidate = target.with_name(f"{target.stem}.image-{image_id}{again}{target.suffix}")
+        n += 1
+    return candidate
 
 
 def _write_sidecar(target: Path, image: KnownImage) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from producer.discovery import source_text
 from producer.watch.folder import WatchFolder
 from shared.db.schema import Image
+from shared.timeutil import as_utc
 
 BLOCK = 500
 
@@ -33,6 +34,8 @@ class KnownImage:
     study_id: int | None
     error_code: str | None
     error_message: str | None
+    identity: str = ""  # as registered: "sop:<UID>", "sha256:<hex>", ...
+    registered_at: datetime | None = None
 
 
 def walk(folder: WatchFolder, start: Path | None = None) -> Iterator[Path]:
@@ -78,10 +81,15 @@ def lookup_ids(session: Session, image_ids: Iterable[int]) -> dict[int, KnownIma
 
 
 def _rows(session: Session, where: ColumnElement[bool]) -> Iterator[tuple[str, KnownImage]]:
-    stmt = select(Image.source, Image.id, Image.state, Image.enqueued_at, Image.study_id,
-                  Image.error_code, Image.error_message).where(where)
-    for source, image_id, state, enqueued, study, code, message in session.execute(stmt):
-        yield source, KnownImage(image_id, state, enqueued, study, code, message)
+    # In id order: where a path was registered more than once (a name reused for another
+    # image), the newest row is the one a path lookup keeps.
+    stmt = (select(Image.source, Image.id, Image.state, Image.enqueued_at, Image.study_id,
+                   Image.error_code, Image.error_message, Image.identity, Image.created_at)
+            .where(where).order_by(Image.id))
+    for source, image_id, state, enqueued, study, code, message, identity, created in (
+            session.execute(stmt)):
+        yield source, KnownImage(image_id, state, enqueued, study, code, message, identity,
+                                 as_utc(created))
 
 
 def _lookup(sessions: sessionmaker[Session],

@@ -31,6 +31,7 @@ from producer.watch.actions import MOVE, AfterProcessing
 from producer.watch.events import Change, InboxHandler
 from producer.watch.folder import WatchFolder
 from producer.watch.followup import FollowUp
+from producer.watch.identity import RegisteredFiles
 from producer.watch.ingest import Ingestor
 from producer.watch.observer import FolderState, FolderWatch
 from producer.watch.scanner import KnownImage, known_images, walk
@@ -75,8 +76,10 @@ class Watcher:
                                         close_events=not options.poll)
         self.ingestor = Ingestor(settings, sessions, app, self.folder, log, mode=options.mode)
         notifier = Notifier(settings, sessions)
+        self.registered = RegisteredFiles()
         self.followup = FollowUp(sessions, self.folder,
-                                 AfterProcessing(self.folder, settings.watch_after, log), log,
+                                 AfterProcessing(self.folder, settings.watch_after, log,
+                                                 self.registered), log,
                                  exam_timeout_s=settings.exam_timeout_s, notifier=notifier)
         # Embedded mode has no `mammo worker` whose sweeper would follow up.
         self.notifications = BackgroundFollowUp(settings, notifier, log)
@@ -84,6 +87,7 @@ class Watcher:
                                  interval_s=settings.watch_poll_interval_s)
         self._reported: set[Path] = set()  # permission denied / link escapes: said once
         self._duplicates: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns)
+        self._replaced: set[Path] = set()  # names found reused: said once
         self._scans = 0
 
     # -- the loop ---------------------------------------------------------------------------
@@ -152,7 +156,18 @@ class Watcher:
         for path, known in known_images(self.sessions, walk(self.folder)):
             if known is None:
                 self.consider(path, finished=False)
-            elif known.state in _TERMINAL:
+                continue
+            if self.registered.holds(path, known) is False:
+                # The name was reused for another file (a scanner's counter, a resend): the
+                # new file is registered on its own; the known image keeps its own result.
+                if path not in self._replaced:
+                    self._replaced.add(path)
+                    log.info("%s now holds another file than image %d: looking at it as a "
+                             "new file", self.folder.relative(path), known.image_id)
+                self.consider(path, finished=False)
+                if known.state in _TERMINAL:
+                    continue
+            if known.state in _TERMINAL:
                 self.followup.finish(path, known)
             else:
                 self.followup.track(known.image_id, path)

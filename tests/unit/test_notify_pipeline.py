@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producer.embedded_run import run_embedded
 from producer.registration import create_batch, register_files
+from producer.watch.identity import RegisteredFiles
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, ExamResult, Image, Notification, Study
@@ -205,7 +206,8 @@ def test_the_watcher_alerts_for_an_exam_it_scores_after_the_timeout(
         assert _by_subject(mail) == {"batch": 1}  # no exam result yet: views may still come
         folder = WatchFolder.of(tmp_path / "in", (), move=False)
         log = logging.getLogger("test.watch")
-        followup = FollowUp(sessions, folder, AfterProcessing(folder, "leave", log), log,
+        actions = AfterProcessing(folder, "leave", log, RegisteredFiles())
+        followup = FollowUp(sessions, folder, actions, log,
                             exam_timeout_s=0.0, notifier=Notifier(settings, sessions))
         with sessions() as s:
             study = s.execute(select(Study.id)).scalar_one()

@@ -178,6 +178,56 @@ def test_move_action_files_results_and_reasons_and_survives_restarts(
         assert len(session.execute(select(Image.id)).all()) == 2
 
 
+@pytest.mark.parametrize("after", ["leave", "move", "delete"])
+def test_a_reused_file_name_is_a_new_image_and_nothing_is_overwritten(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        after: str) -> None:
+    # Scanners and routers reuse names: Y.dcm is one image today, another tomorrow.
+    root = tmp_path / "in"
+    _dicom(root / "Y.dcm", 1)
+    watcher = _watcher(settings, sessions, root, watch_after=after)
+    _step(watcher)
+    with sessions() as session:
+        lifecycle.mark_done(session, [1])
+        session.commit()
+    watcher.followup.poll()
+    if after == "move":  # an earlier Y.dcm already filed: never overwritten either
+        assert (root / "processed/Y.dcm").read_bytes() == _sop_file(tmp_path, 1).read_bytes()
+    for n in (2, 3):  # a restart in between, then a live one
+        watcher = _watcher(settings, sessions, root, watch_after=after) if n == 2 else watcher
+        _dicom(root / "Y.dcm", n)
+        _step(watcher)
+        with sessions() as session:
+            rows = session.execute(select(Image.id, Image.sop_instance_uid, Image.state)
+                                   .order_by(Image.id)).all()
+        assert [r.sop_instance_uid for r in rows] == [f"1.2.9.{k}" for k in range(1, n + 1)]
+        assert rows[-1].state == "queued"
+        if after != "leave":
+            assert (root / "Y.dcm").is_file()  # not moved or deleted as image 1's file
+        with sessions() as session:
+            lifecycle.mark_done(session, [rows[-1].id])
+            session.commit()
+        watcher.followup.poll()
+        _step(watcher)
+    with sessions() as session:
+        assert len(session.execute(select(Image.id)).all()) == 3
+    if after == "move":
+        filed = sorted(p.name for p in (root / "processed").iterdir())
+        assert filed == ["Y.dcm", "Y.image-2.dcm", "Y.image-3.dcm"]
+        sops = {_sop(root / "processed" / name) for name in filed}
+        assert sops == {"1.2.9.1", "1.2.9.2", "1.2.9.3"}
+
+
+def _sop_file(tmp_path: Path, n: int) -> Path:
+    return _dicom(tmp_path / f"expected/{n}.dcm", n)
+
+
+def _sop(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
 def test_delete_action_removes_only_finished_files(
         settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
     root = tmp_path / "in"
