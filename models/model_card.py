@@ -112,12 +112,27 @@ def _merged(meta: dict[str, Any]) -> list[str]:
             "fitted afresh on the pooled evidence. Nothing was retrained."]
 
 
+def _confusion_lines(meta: dict[str, Any]) -> list[str]:
+    """Both confusion matrices, each named by its reading and its figure: the targets are
+    checked on the bilateral reading, while ``confusion_matrix.png`` plots each image alone."""
+    layout = "rows truth normal/benign/malignant, columns predicted"
+    alone = meta["validation"]["confusion_matrix"]
+    paired = ((meta.get("bilateral") or {}).get("validation") or {}).get("confusion_matrix")
+    lines = [f"Confusion matrix, each image alone ({layout}; the figure "
+             f"`confusion_matrix.png`): {alone}."]
+    if paired is not None:
+        lines += ["", f"Confusion matrix, read with the other breast ({layout}; the reading "
+                  f"the targets below are checked on, not plotted): {paired}."]
+    return lines
+
+
 def _figures(meta: dict[str, Any]) -> str:
     curves = ("`training_curves.png` (patch loss and accuracy per epoch, train and inner "
               "validation), " if "training_curves" in meta.get("plots", {}) else
               "training curves: in each source model's directory, ")
-    return (f"{curves}`confusion_matrix.png`, `roc.png` (CNN vs baseline, both tasks), "
-            "`reliability.png`, `localisation.png`.")
+    return (f"{curves}`confusion_matrix.png` (held-out predictions, each image alone), "
+            "`roc.png` (CNN vs baseline, both tasks), "
+            "`reliability.png` (each image alone), `localisation.png`.")
 
 
 def _repeated_splits(meta: dict[str, Any]) -> list[str]:
@@ -470,7 +485,6 @@ def render(meta: dict[str, Any], directory: Path) -> str:
     val = (meta.get("bilateral") or {}).get("validation") or meta["validation"]
     training = meta["training"]
     loc = meta["localisation"]
-    cm = val["confusion_matrix"]
     rate = loc["peak_inside_circle"]
     met = {
         "AUC abnormal >= 0.85": (val["auc_abnormal"] or 0) >= TARGETS["auc_abnormal"],
@@ -533,7 +547,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         *_validation_table(meta),
         "",
         *_ece_interval_note(val),
-        f"Confusion matrix (rows truth normal/benign/malignant, columns predicted): {cm}.",
+        *_confusion_lines(meta),
         "",
         "The baseline: intensity moments and percentiles, gradient and local-contrast "
         "statistics and GLCM texture of the breast, with logistic regression.",

@@ -362,7 +362,7 @@ def write_model(data_path: Path, output: Path, data: PreparedSet,
     else:  # trunks trained elsewhere (models.merge): their curves are in their own models
         del figures["training_curves"]
     plots.confusion(validation["confusion_matrix"], directory / PLOTS["confusion_matrix"],
-                    "Held-out (cross-validated) predictions")
+                    "Held-out (cross-validated) predictions, each image alone")
     curves = {"CNN (held-out folds)": cv.probabilities,
               "feature baseline (same folds)": baseline_probs}
     if bilateral is not None:

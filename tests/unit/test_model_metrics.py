@@ -71,3 +71,40 @@ def test_bootstrap_resamples_patients_not_images() -> None:
     assert low < point < high and high - low < 0.5
     assert intervals["auc_malignant"] is None  # no malignant image: no interval
 
+
+
+def test_the_ece_interval_contains_its_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Perfectly calibrated in each of its three bins (15 of 20 right at confidence 0.75, 19
+    # of 20 at 0.95, 9 of 10 at 0.9): ECE 0, while nearly every resample's ECE is above 0,
+    # so a percentile interval misses the estimate.
+    truth = np.array([0] * 15 + [1] * 5 + [0] * 19 + [1] + [0] * 9 + [1])
+    probs = np.array([[0.75, 0.15, 0.10]] * 20 + [[0.95, 0.03, 0.02]] * 20
+                     + [[0.9, 0.05, 0.05]] * 10)
+    patients = np.random.default_rng(0).permutation(50) // 2
+    estimate = metrics.expected_calibration_error(truth, probs)
+    assert estimate == pytest.approx(0.0)
+    low, high = metrics.bootstrap_intervals(truth, probs, patients, rounds=200, seed=3)["ece"]
+    assert low <= estimate <= high and high > 0.02
+    # The plain percentile interval (what ECE had) lies above it; the other metrics keep it.
+    fixed = metrics.bootstrap_intervals(truth, probs, patients, rounds=200, seed=3)
+    monkeypatch.setattr(metrics, "BIASED_UNDER_RESAMPLING", frozenset())
+    plain = metrics.bootstrap_intervals(truth, probs, patients, rounds=200, seed=3)
+    assert plain["ece"] is not None and plain["ece"][0] > estimate
+    assert {k: v for k, v in plain.items() if k != "ece"} == {
+        k: v for k, v in fixed.items() if k != "ece"}
+
+
+def test_the_card_names_each_confusion_matrix_by_its_reading_and_figure() -> None:
+    from models.model_card import render
+    from models.registry import resolve_model
+
+    spec = resolve_model("default:1.8.0")
+    card = render(spec.metadata, spec.directory)
+    alone = spec.metadata["validation"]["confusion_matrix"]
+    paired = spec.metadata["bilateral"]["validation"]["confusion_matrix"]
+    assert alone != paired
+    assert (f"Confusion matrix, each image alone (rows truth normal/benign/malignant, columns "
+            f"predicted; the figure `confusion_matrix.png`): {alone}.") in card
+    assert "Confusion matrix, read with the other breast (" in card
+    assert f"the reading the targets below are checked on, not plotted): {paired}." in card
+    assert "`confusion_matrix.png` (held-out predictions, each image alone)" in card
