@@ -15,9 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from producer.watch.scanner import KnownImage
-from shared.errors import InputError
-from shared.imaging.readers import read_header
-from shared.imaging.readers.base import sha256_identity
+from shared.imaging.identity import file_has_identity
 
 # Registration stats the file before stamping the row, so an untouched file's inode change
 # time precedes it; the margin covers coarse file-system timestamps.
@@ -44,24 +42,9 @@ class RegisteredFiles:
         cached = self._checked.get(path)
         if cached is not None and cached[:2] == (version, image.identity):
             return cached[2]
-        same = _same_identity(path, image.identity)
+        same = file_has_identity(path, image.identity)
         self._checked[path] = (version, image.identity, same)
         return same
-
-    def forget(self, path: Path) -> None:
-        self._checked.pop(path, None)
-
-
-def _same_identity(path: Path, identity: str) -> bool:
-    try:
-        if identity.startswith("sop:"):
-            # The PatientID is only passed through here, never kept: the UID is compared.
-            return read_header(path, pseudonymize=str).identity == identity
-        if "sha256:" in identity:  # possibly after a failure's code prefix
-            return identity.endswith(sha256_identity(path))
-    except InputError:
-        return False
-    return True  # "path:" identities (unreadable at registration): nothing to compare by
 
 
 __all__ = ["RegisteredFiles"]

@@ -20,8 +20,8 @@ import numpy as np
 from models.architecture import STRIDE
 from models.heatmaps import decode_png
 from shared.errors import InputError
+from shared.imaging.identity import file_has_identity
 from shared.imaging.model_input import ModelInputSource, load_model_input
-from shared.imaging.readers import read_header
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def model_frame(source: ModelInputSource, identity: str | None = None) -> Frame:
     """
     name = Path(source.path).name
     try:
-        if identity is not None and read_header(Path(source.path)).identity != identity:
+        if identity is not None and not file_has_identity(Path(source.path), identity):
             log.warning("image %s not drawn in the report: %s", name, REPLACED)
             return Frame(None, REPLACED)
         frame = load_model_input(source).tensor

@@ -8,6 +8,7 @@ import numpy as np
 
 from models.architecture import STRIDE
 from models.heatmaps import encode_png
+from shared.imaging.identity import file_has_identity
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.readers import read_header
 from shared.reports.view_images import (
@@ -19,6 +20,7 @@ from shared.reports.view_images import (
     thumbnail,
 )
 from shared.synthetic import make_exam_set
+from tests.helpers.dicom_edit import rewrite_dicom
 
 SIZE = (256, 256)
 
@@ -75,3 +77,14 @@ def test_another_image_now_at_the_path_is_not_drawn_under_this_heatmap(tmp_path:
     replaced = thumbnail(source, heat, patch=None, identity=identity)
     assert replaced is not None and replaced.image_missing == REPLACED
     assert replaced.heatmap_available
+
+
+def test_a_patient_identified_file_is_still_recognised_as_itself(tmp_path: Path) -> None:
+    # Its PatientID needs no pseudonym key here: only the SOP Instance UID is compared.
+    path = make_exam_set(tmp_path, n_exams=1, seed=5)[0]
+    rewrite_dicom(path, PatientName="Doe^Jane", PatientID="PID-42")
+    identity = read_header(path, pseudonymize=lambda pid: "p-test").identity
+    assert file_has_identity(path, identity)
+    source = ModelInputSource(str(path), "L", None, SIZE, 10**8)
+    thumb = thumbnail(source, None, patch=None, identity=identity)
+    assert thumb is not None and thumb.image_available

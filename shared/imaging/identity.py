@@ -1,0 +1,31 @@
+"""Is the file at a path still the image registered from it?
+
+An image row keeps the identity registration read: ``sop:<SOPInstanceUID>`` for a DICOM,
+``sha256:<hex>`` of the bytes otherwise (after a failure's code where registration refused
+it). Scanners and routers reuse file names, so whoever reads a file again by its stored path
+(the worker, the exam report, the watcher before moving it) checks this first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.errors import InputError
+from shared.imaging.readers import read_header
+from shared.imaging.readers.base import sha256_identity
+
+
+def file_has_identity(path: Path, identity: str) -> bool:
+    """Whether ``path`` holds the file registered as ``identity`` (False if unreadable)."""
+    try:
+        if identity.startswith("sop:"):
+            # The PatientID is passed through unchanged and dropped: only the UID counts.
+            return read_header(path, pseudonymize=str).identity == identity
+        if "sha256:" in identity:  # possibly after a failure's code prefix
+            return identity.endswith(sha256_identity(path))
+    except InputError:
+        return False
+    return True  # "path:" identities (unreadable at registration): nothing to compare by
+
+
+__all__ = ["file_has_identity"]
