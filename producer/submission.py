@@ -57,6 +57,12 @@ def submit(
     outcome = SubmitOutcome(batch_id, reg.new_ids, reg.rejected_ids, reg.duplicates)
     if requeue_unfinished_duplicates:
         outcome.requeued = reg.unfinished_duplicate_ids
+    else:
+        # A copy of a still-queued image, sent at a higher priority than the image's own
+        # batch (a routine night batch, resubmitted as urgent): send it again at this one.
+        with sessions() as session:
+            outcome.requeued = lifecycle.outranked(
+                session, [image_id for _, image_id, _ in reg.duplicates], priority)
     to_send = outcome.waiting_on
     # Row first, message second: if sending fails the rows stay queued for `mammo recover`.
     outcome.messages = enqueue_chunks(app, to_send, chunk_size=settings.chunk_size,
@@ -65,6 +71,7 @@ def submit(
         lifecycle.mark_enqueued(session, to_send)
         finished = lifecycle.finish_batches(session, [batch_id])
         session.commit()
-    # Stamped here only when nothing was left to process (every file refused at intake).
+    # Stamped here only when nothing was left to process (every file refused at intake, or
+    # copies of images already finished): a copy's original still queued keeps it open.
     Notifier(settings, sessions).batches_finished(finished)
     return outcome

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
@@ -178,6 +178,11 @@ BATCH_STATUS_KEYS = ("batch_id", "name", "total", *(s.value for s in ImageState)
 
 @dataclass(frozen=True)
 class BatchStatus:
+    """``counts``: the batch's own images by state. ``copies``: the files it sent again
+    (already known) by their original image's state, as ``mammo results --batch`` lists
+    them. The status row counts both: a batch that resubmitted a queued image is not done
+    before that image is."""
+
     batch_id: int
     name: str | None
     created_at: datetime | None
@@ -185,19 +190,24 @@ class BatchStatus:
     counts: dict[str, int]
     images_per_minute: float | None
     eta_seconds: float | None
+    copies: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
+        """The batch's own images (new work), copies not included."""
         return sum(self.counts.values())
 
     @property
     def remaining(self) -> int:
-        return self.counts.get("queued", 0) + self.counts.get("processing", 0)
+        return sum(self.counts.get(s, 0) + self.copies.get(s, 0)
+                   for s in (ImageState.QUEUED.value, ImageState.PROCESSING.value))
 
     def as_row(self) -> dict[str, Any]:
+        states = {s.value: self.counts.get(s.value, 0) + self.copies.get(s.value, 0)
+                  for s in ImageState}
         return {
-            "batch_id": self.batch_id, "name": self.name, "total": self.total,
-            **{s.value: self.counts.get(s.value, 0) for s in ImageState},
+            "batch_id": self.batch_id, "name": self.name, "total": sum(states.values()),
+            **states,
             "images_per_minute": None if self.images_per_minute is None
             else round(self.images_per_minute, 1),
             "eta_s": None if self.eta_seconds is None else round(self.eta_seconds),
@@ -216,23 +226,35 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
     counts = dict(session.execute(
         select(Image.state, func.count()).where(Image.batch_id == batch_id)
         .group_by(Image.state)).all())
-    remaining = counts.get("queued", 0) + counts.get("processing", 0)
+    copies = dict(session.execute(
+        select(Image.state, func.count()).select_from(DuplicateSubmission)
+        .join(Image, Image.id == DuplicateSubmission.image_id)
+        .where(DuplicateSubmission.batch_id == batch_id).group_by(Image.state)).all())
+    status = BatchStatus(batch.id, batch.name, as_utc(batch.created_at),
+                         as_utc(batch.finished_at), counts, None, None, copies)
+    remaining = status.remaining
     # While images remain the batch's life runs up to now; once none remain, it ended at
     # its last finish, and the pace it kept then stays what status shows.
     rate = _rate(session, batch, window_s, until=(now or utcnow()) if remaining else None)
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
-    return BatchStatus(batch.id, batch.name, as_utc(batch.created_at), as_utc(batch.finished_at),
-                       counts, rate, eta)
+    return replace(status, images_per_minute=rate, eta_seconds=eta)
+
+
+def _members(batch_id: int) -> ColumnElement[bool]:
+    """An image of the batch, or the original of a file the batch sent again."""
+    return or_(Image.batch_id == batch_id, Image.id.in_(
+        select(DuplicateSubmission.image_id).where(DuplicateSubmission.batch_id == batch_id)))
 
 
 def _rate(session: Session, batch: Batch, window_s: int, *,
           until: datetime | None) -> float | None:
-    """Images finished per minute over the last ``window_s`` seconds of the batch's life,
-    which ends at ``until``, or (None) at its last finished image. None when that span is
-    empty (nothing finished yet, or created just now)."""
+    """Images (the batch's own and its copies' originals) finished per minute over the last
+    ``window_s`` seconds of the batch's life, which ends at ``until``, or (None) at its last
+    finished image. None when that span is empty (nothing finished yet, or created just
+    now)."""
     created = as_utc(batch.created_at)
     end = until or as_utc(session.execute(
-        select(func.max(Image.finished_at)).where(Image.batch_id == batch.id)).scalar())
+        select(func.max(Image.finished_at)).where(_members(batch.id))).scalar())
     if end is None or created is None:
         return None
     since = max(end - timedelta(seconds=window_s), created)
@@ -240,7 +262,7 @@ def _rate(session: Session, batch: Batch, window_s: int, *,
     if span <= 0:
         return None
     done = session.execute(select(func.count()).where(
-        Image.batch_id == batch.id, Image.finished_at >= since,
+        _members(batch.id), Image.finished_at >= since,
         Image.finished_at <= end)).scalar_one()
     return done / span * 60
 

@@ -131,6 +131,9 @@ def release(session: Session, image_ids: Sequence[int], token: str, *,
 def finish_batches(session: Session, batch_ids: Sequence[int]) -> list[int]:
     """Stamp ``finished_at`` on batches that have no active image left; return those stamped.
 
+    A batch's images include the originals of the files it sent again (duplicates): a batch
+    that resubmitted a still-queued image is not finished before that image is.
+
     The conditional UPDATE stamps each batch once, so exactly one caller learns that it
     finished (and sends its notification). Call it in a transaction of its own, after the
     images' states were committed: inside the transaction that marks them, two workers
@@ -145,12 +148,18 @@ def finish_batches(session: Session, batch_ids: Sequence[int]) -> list[int]:
 def finish_open_batches(session: Session) -> list[int]:
     """Stamp every open batch whose images are all done or failed: the sweeper's safety net
     for a process that died between saving a batch's last images and stamping the batch."""
-    has_images = exists().where(Image.batch_id == Batch.id)
+    has_images = or_(exists().where(Image.batch_id == Batch.id),
+                     exists().where(DuplicateSubmission.batch_id == Batch.id))
     return _stamp_finished(session, has_images)
 
 
 def _stamp_finished(session: Session, which: ColumnElement[bool]) -> list[int]:
-    active = exists().where(Image.batch_id == Batch.id, Image.state.in_(ACTIVE_STATES))
+    active = or_(
+        exists().where(Image.batch_id == Batch.id, Image.state.in_(ACTIVE_STATES)),
+        exists().where(DuplicateSubmission.batch_id == Batch.id,
+                       DuplicateSubmission.image_id == Image.id,
+                       Image.state.in_(ACTIVE_STATES)),
+    )
     stamped = session.execute(
         update(Batch)
         .where(which, Batch.finished_at.is_(None), ~active)
@@ -184,10 +193,15 @@ def stale_images(
 
 
 def batch_ids_of(session: Session, image_ids: Sequence[int]) -> list[int]:
+    """The batches ``image_ids`` belong to, and those that sent any of them again (each
+    waits for its duplicates' originals: ``finish_batches``)."""
     if not image_ids:
         return []
-    stmt = select(Image.batch_id).where(Image.id.in_(list(image_ids))).distinct()
-    return list(session.execute(stmt).scalars())
+    ids = list(image_ids)
+    stmt = (select(Image.batch_id).where(Image.id.in_(ids))
+            .union(select(DuplicateSubmission.batch_id)
+                   .where(DuplicateSubmission.image_id.in_(ids))))
+    return sorted(session.execute(stmt).scalars())
 
 
 def _priority(value: str | None) -> Priority:
@@ -228,3 +242,21 @@ def by_priority(session: Session, image_ids: Iterable[int]) -> dict[Priority, li
     for image_id, priority in priorities_of(session, sorted(set(image_ids))).items():
         groups.setdefault(priority, []).append(image_id)
     return groups
+
+
+def outranked(session: Session, image_ids: Sequence[int], priority: Priority) -> list[int]:
+    """The still-queued images among ``image_ids`` whose own batch is less urgent than
+    ``priority``: a duplicate submitted at ``priority`` re-sends them at it. A second message
+    is harmless: ``claim`` takes an image only while it is queued (or under its own or an
+    expired claim), so whichever message comes first processes it and the other finds
+    nothing to claim."""
+    found: list[int] = []
+    ids = list(dict.fromkeys(image_ids))
+    for start in range(0, len(ids), _ID_BLOCK):
+        rows = session.execute(
+            select(Image.id, Batch.priority).join(Batch, Batch.id == Image.batch_id)
+            .where(Image.id.in_(ids[start:start + _ID_BLOCK]),
+                   Image.state == ImageState.QUEUED.value))
+        found += [image_id for image_id, value in rows
+                  if priority.broker_priority < _priority(value).broker_priority]
+    return sorted(found)

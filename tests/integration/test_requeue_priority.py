@@ -2,26 +2,33 @@
 
 `mammo recover` and the workers' sweeper re-send the messages Redis lost. An urgent batch's
 images must come back urgent, in chunks of their own, and leave the broker before any routine
-chunk; a routine image that an urgent batch sent again (a duplicate) is urgent too.
+chunk; a routine image that an urgent batch sent again (a duplicate) is urgent too, and
+`mammo submit --priority urgent` of copies of still-queued files sends them again at once.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.registration import create_batch
+from producer.submission import submit
 from shared.config import Settings
+from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.db.schema import DuplicateSubmission, Image
+from shared.db.schema import Batch, DuplicateSubmission, Image
 from shared.db.upsert import insert_missing
 from shared.enums import Priority
+from shared.queries import batch_status
 from shared.queue import QUEUE_NAME, create_celery_app
 from shared.recovery import sweep
+from shared.synthetic import synth_mammogram, write_png
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +102,57 @@ def test_an_image_an_urgent_batch_sent_again_is_re_sent_as_urgent(
     chunks = _drain(app)
     assert chunks[0] == routine[5:]
     assert sorted(i for chunk in chunks[1:] for i in chunk) == routine[:5]
+
+
+def test_resubmitting_queued_files_as_urgent_sends_them_again_as_urgent(
+    wiring: tuple[Settings, sessionmaker[Session], Celery], tmp_path: Path,
+) -> None:
+    settings, sessions, app = wiring
+    night, again = tmp_path / "R2", tmp_path / "R2urgent"
+    night.mkdir()
+    again.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        write_png(night / f"{i}.png", synth_mammogram(rng, size=(96, 80)))
+    for i in (1, 5):  # the same bytes under other names: duplicates of queued images
+        shutil.copy(night / f"{i}.png", again / f"copy-{i}.png")
+    routine = submit(settings, sessions, app, [night], name="R2")
+    urgent = submit(settings, sessions, app, [again], name="R2urgent",
+                    priority=Priority.URGENT)
+
+    assert (len(urgent.queued), len(urgent.duplicates), urgent.messages) == (0, 2, 1)
+    originals = sorted(image_id for _, image_id, _ in urgent.duplicates)
+    assert urgent.requeued == originals
+    chunks = _drain(app)
+    assert chunks[0] == originals  # served before the routine chunks that also hold them
+    assert sorted(i for chunk in chunks[1:] for i in chunk) == sorted(routine.queued)
+
+    with sessions() as session:
+        # Not finished while its copies' originals wait; status shows them waiting.
+        batch = session.get(Batch, urgent.batch_id)
+        assert batch is not None and batch.finished_at is None
+        status = batch_status(session, urgent.batch_id)
+        assert status is not None
+        assert (status.as_row()["total"], status.as_row()["queued"]) == (2, 2)
+        # Two messages for one queued image process it once: the first claim wins.
+        taken = lifecycle.claim(session, originals, token="urgent-chunk", lease_s=600)
+        assert [c.id for c in taken] == originals
+        assert lifecycle.claim(session, originals, token="routine-chunk", lease_s=600) == []
+        lifecycle.mark_done(session, originals)
+        session.commit()
+        assert lifecycle.finish_batches(
+            session, lifecycle.batch_ids_of(session, originals)) == [urgent.batch_id]
+        session.commit()
+
+
+def test_resubmitting_queued_files_at_the_same_priority_sends_nothing(
+    wiring: tuple[Settings, sessionmaker[Session], Celery], tmp_path: Path,
+) -> None:
+    settings, sessions, app = wiring
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "a.png", synth_mammogram(np.random.default_rng(4), size=(96, 80)))
+    submit(settings, sessions, app, [folder])
+    _drain(app)
+    again = submit(settings, sessions, app, [folder], name="again")
+    assert (again.messages, again.requeued, _drain(app)) == (0, [], [])

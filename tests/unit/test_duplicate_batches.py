@@ -1,0 +1,130 @@
+"""A batch that sent already-known files again waits for, and shows, those files' originals.
+
+A copy creates no image: it is a ``duplicate_submissions`` row naming the original. While the
+original is still queued or processing, the batch that sent the copy is not finished, and
+``mammo status`` counts the copy under its original's state (as ``mammo results --batch``
+lists it), so a batch made only of copies no longer reads "finished, total 0" at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.registration import create_batch
+from shared.config import Settings
+from shared.db import lifecycle
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import Batch, DuplicateSubmission, Image
+from shared.db.upsert import insert_missing
+from shared.enums import Priority
+from shared.queries import batch_status
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[sessionmaker[Session]]:
+    url = sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = create_db_engine(Settings(database_url=url, _env_file=None))  # type: ignore[call-arg]
+    ensure_schema(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _batch(sessions: sessionmaker[Session], name: str, n: int,
+           priority: Priority = Priority.ROUTINE) -> tuple[int, list[int]]:
+    batch_id = create_batch(sessions, name=name, priority=priority, mode="distributed")
+    with sessions() as session:
+        rows = [{"identity": f"sha256:{name}-{i}", "batch_id": batch_id, "attempts": 0,
+                 "source": f"/in/{name}/{i}.png", "format": "png", "state": "queued"}
+                for i in range(n)]
+        ids = insert_missing(session, Image, rows, conflict=("identity",), returning=Image.id)
+        session.commit()
+    return batch_id, sorted(ids)
+
+
+def _copies(sessions: sessionmaker[Session], image_ids: list[int],
+            priority: Priority = Priority.URGENT) -> int:
+    """A batch made only of copies of ``image_ids`` (as registration records them)."""
+    batch_id = create_batch(sessions, name="copies", priority=priority, mode="distributed")
+    with sessions() as session:
+        session.add_all(DuplicateSubmission(batch_id=batch_id, image_id=i, source=f"/u/{i}.png")
+                        for i in image_ids)
+        session.commit()
+    return batch_id
+
+
+def _finish(sessions: sessionmaker[Session], image_ids: list[int]) -> list[int]:
+    """What a worker does: mark the images done, then stamp the batches they finish."""
+    with sessions() as session:
+        lifecycle.mark_done(session, image_ids)
+        session.commit()
+    with sessions() as session:
+        stamped = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, image_ids))
+        session.commit()
+    return stamped
+
+
+def _finished_at(sessions: sessionmaker[Session], batch_id: int) -> object:
+    with sessions() as session:
+        batch = session.get(Batch, batch_id)
+        assert batch is not None
+        return batch.finished_at
+
+
+def test_a_batch_of_copies_finishes_with_their_originals_not_before(
+    sessions: sessionmaker[Session],
+) -> None:
+    routine, images = _batch(sessions, "R2", 8)
+    copies = _copies(sessions, images[:4])
+    with sessions() as session:
+        # What `mammo submit` does once the copies are registered: nothing to stamp yet.
+        assert lifecycle.finish_batches(session, [copies]) == []
+        assert lifecycle.finish_open_batches(session) == []
+        session.commit()
+        assert lifecycle.batch_ids_of(session, images[:1]) == sorted([routine, copies])
+    assert _finished_at(sessions, copies) is None
+
+    assert _finish(sessions, images[:3]) == []  # one original still queued
+    assert _finish(sessions, images[3:4]) == [copies]  # the worker finishing it stamps it
+    assert _finished_at(sessions, copies) is not None
+    assert _finished_at(sessions, routine) is None
+    assert _finish(sessions, images[4:]) == [routine]
+
+
+def test_the_sweeper_stamps_a_batch_of_copies_left_open_once_its_originals_are_done(
+    sessions: sessionmaker[Session],
+) -> None:
+    _, images = _batch(sessions, "R", 2)
+    copies = _copies(sessions, images)
+    with sessions() as session:
+        lifecycle.mark_done(session, images)
+        session.commit()  # a worker that died before stamping leaves it so
+        assert copies in lifecycle.finish_open_batches(session)
+        session.commit()
+
+
+def test_status_counts_copies_under_their_originals_states(
+    sessions: sessionmaker[Session],
+) -> None:
+    _, images = _batch(sessions, "R2", 8)
+    own, mine = _batch(sessions, "mixed", 2)
+    with sessions() as session:
+        session.add_all(DuplicateSubmission(batch_id=own, image_id=i, source=f"/m/{i}.png")
+                        for i in images[:3])
+        session.commit()
+    with sessions() as session:
+        lifecycle.mark_done(session, images[:1])
+        session.commit()
+    copies = _copies(sessions, images[:4])
+    with sessions() as session:
+        only_copies = batch_status(session, copies)
+        mixed = batch_status(session, own)
+    assert only_copies is not None and mixed is not None
+    row = only_copies.as_row()
+    assert (row["total"], row["queued"], row["done"], row["finished_at"]) == (4, 3, 1, None)
+    assert only_copies.remaining == 3 and row["eta_s"] != 0
+    row = mixed.as_row()
+    assert (row["total"], row["queued"], row["done"]) == (5, 4, 1)
+    assert mixed.total == len(mine)  # the batch's own (new) images, as notifications count
