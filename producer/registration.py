@@ -162,7 +162,12 @@ def register_files(
     """Insert one row per new file (queued, or failed when its header is unreadable).
 
     A file already known (same identity) gets no new row: a ``duplicate_submissions`` row
-    records that this batch sent it again, and which image it repeats.
+    records that this batch sent it again, and which image it repeats. The file this batch
+    already registered under the same path (two watchers on one folder, a path given twice)
+    is no copy of anything: it is neither recorded nor counted again.
+
+    The batch's ``submitted`` and ``duplicates`` grow by this call's files, in one atomic
+    UPDATE: a watcher's batch takes many calls, from more than one process at times.
     """
     ingestion = ingestion or Ingestion()
     result = Registration(batch_id)
@@ -176,11 +181,12 @@ def register_files(
             block = []
     if block:
         _register_block(sessions, batch_id, block, result, ingestion)
+    count = len(result.new_ids) + len(result.rejected_ids) + len(result.duplicates)
     with sessions() as session:
-        batch = session.get(Batch, batch_id)
-        assert batch is not None
-        batch.submitted = len(result.new_ids) + len(result.rejected_ids) + len(result.duplicates)
-        batch.duplicates = len(result.duplicates)
+        session.execute(update(Batch).where(Batch.id == batch_id).values(
+            submitted=Batch.submitted + count,
+            duplicates=Batch.duplicates + len(result.duplicates)),
+            execution_options={"synchronize_session": False})
         session.commit()
     return result
 
@@ -228,7 +234,8 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
             known = _known(session, existing)
         existing = [row for row in existing
                     if not _retry(session, batch_id, row, paths[row["source"]],
-                                  known[row["identity"]], result)]
+                                  known[row["identity"]], result)
+                    and not _registered_here(row, known[row["identity"]], batch_id)]
         for row in existing:
             result.duplicates.append((row["source"], known[row["identity"]].id,
                                       known[row["identity"]].state))
@@ -259,9 +266,15 @@ def _known(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {}
     return {found.identity: found for found in session.execute(
-        select(Image.identity, Image.id, Image.state, Image.error_code, Image.source,
-               Image.finished_at, Image.rows, Image.columns, Image.laterality, Image.view)
+        select(Image.identity, Image.id, Image.batch_id, Image.state, Image.error_code,
+               Image.source, Image.finished_at, Image.rows, Image.columns, Image.laterality,
+               Image.view)
         .where(Image.identity.in_({r["identity"] for r in rows})))}
+
+
+def _registered_here(row: dict[str, Any], stored: Any, batch_id: int) -> bool:
+    """This very file (same path) is already this batch's image: not a copy of it."""
+    return bool(stored.batch_id == batch_id and stored.source == row["source"])
 
 
 def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, stored: Any,

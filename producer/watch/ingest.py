@@ -68,10 +68,10 @@ class Ingestor:
         if not paths:
             return out
         batch_id = self.batch_id()
-        before = self._counts(batch_id)
+        # register_files adds this call's files to the batch's counts (an atomic increment:
+        # a second watcher on the folder may be adding its own at the same moment).
         reg = register_files(self.sessions, batch_id, paths, ingestion=self.ingestion)
-        files = len(reg.new_ids) + len(reg.rejected_ids) + len(reg.duplicates)
-        self._accumulate(batch_id, before, files, len(reg.duplicates))
+        self._reopen(batch_id)
         sources = self._sources(reg.new_ids + reg.rejected_ids)
         out.queued = {i: sources[i][0] for i in reg.new_ids}
         out.rejected = {i: sources[i][0] for i in reg.rejected_ids}
@@ -112,17 +112,8 @@ class Ingestor:
                                           Image.error_message).where(Image.id.in_(ids)))
             return {i: (Path(src), code, msg) for i, src, code, msg in rows}
 
-    def _counts(self, batch_id: int) -> tuple[int, int]:
+    def _reopen(self, batch_id: int) -> None:
+        """The day's batch grows over many registrations: new files make it open again."""
         with self.sessions() as session:
-            batch = session.get(Batch, batch_id)
-            return (batch.submitted, batch.duplicates) if batch else (0, 0)
-
-    def _accumulate(self, batch_id: int, before: tuple[int, int], files: int,
-                    duplicates: int) -> None:
-        """The watcher's batch grows over many registrations: keep its counts cumulative
-        (set explicitly, whatever ``register_files`` wrote for its own call)."""
-        with self.sessions() as session:
-            session.execute(update(Batch).where(Batch.id == batch_id).values(
-                submitted=before[0] + files, duplicates=before[1] + duplicates,
-                finished_at=None))
+            session.execute(update(Batch).where(Batch.id == batch_id).values(finished_at=None))
             session.commit()
