@@ -157,7 +157,7 @@ def _crash_message(image: ClaimedImage) -> str:
 def _job(image: ClaimedImage, runtime: WorkerRuntime) -> DecodeJob:
     return DecodeJob(image.id, ModelInputSource(
         image.source, image.laterality, image.spacing_mm, runtime.classifier.input_size,
-        runtime.settings.max_image_pixels))
+        runtime.settings.max_image_pixels, image.identity))
 
 
 def _run_group(group: list[ClaimedImage], runtime: WorkerRuntime, result: ChunkResult) -> _Outcome:

@@ -31,6 +31,7 @@ class ClaimedImage:
     view: str | None = None
     spacing_row_mm: float | None = None
     spacing_column_mm: float | None = None
+    identity: str | None = None  # as registered: the file at ``source`` must still have it
 
     @property
     def spacing_mm(self) -> tuple[float, float] | None:
@@ -65,7 +66,7 @@ def claim(
             claim_token=token, claimed_at=now,
         )
         .returning(Image.id, Image.batch_id, Image.source, Image.attempts, Image.laterality,
-                   Image.view, Image.spacing_row_mm, Image.spacing_column_mm)
+                   Image.view, Image.spacing_row_mm, Image.spacing_column_mm, Image.identity)
     )
     rows = session.execute(stmt, execution_options={"synchronize_session": False}).all()
     session.commit()

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.enums import Laterality
+from shared.errors import MissingFileError
+from shared.imaging.identity import file_has_identity
 from shared.imaging.preprocess import preprocess
 from shared.imaging.readers import decode
 
@@ -30,6 +32,9 @@ class ModelInputSource:
     spacing_mm: tuple[float, float] | None
     input_size: tuple[int, int]
     max_pixels: int
+    # The identity registered for ``path`` ("sop:..." or "sha256:..."); when given, a file
+    # now at the path with another identity is refused instead of scored as this image.
+    identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,15 @@ class ModelInput:
 def load_model_input(source: ModelInputSource) -> ModelInput:
     """Decode and preprocess one image; an unusable input raises ``InputError``."""
     started = time.perf_counter()
-    decoded = decode(Path(source.path), max_pixels=source.max_pixels)
+    path = Path(source.path)
+    if source.identity is not None and path.exists() and not file_has_identity(
+            path, source.identity):
+        raise MissingFileError(
+            f"{path.name} was replaced by another file after it was queued: the file now at "
+            "this path is not the image that was registered (its SOP Instance UID or bytes "
+            "differ). The new file is processed as its own image once submitted (a watched "
+            "folder does this itself).")
+    decoded = decode(path, max_pixels=source.max_pixels)
     if decoded.pixel_spacing_mm is None and source.spacing_mm is not None:
         decoded = dataclasses.replace(decoded, pixel_spacing_mm=source.spacing_mm)
     decoded_at = time.perf_counter()

@@ -101,3 +101,25 @@ def test_a_decoder_crash_charges_only_the_image_that_causes_it(
     # Its neighbours were charged nothing for the crash: one claim each, then done.
     assert all(rows[i].state == "done" and rows[i].attempts == 1 for i in ids if i != culprit)
     engine.dispose()
+
+
+def test_a_file_replaced_after_it_was_queued_is_refused_not_scored_as_the_image(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    # A scanner reused the name: the path now holds another exam's image.
+    settings = settings.model_copy(update={"decode_processes": 0})
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    sessions = make_session_factory(engine)
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    queued = make_exam_set(tmp_path / "in", n_exams=1, seed=12)
+    other = make_exam_set(tmp_path / "other", n_exams=1, seed=13)
+    ids = register_files(sessions, batch, queued).new_ids
+    queued[1].write_bytes(other[1].read_bytes())
+    result = process_chunk(ids, token="task-1", runtime=WorkerRuntime(settings))
+    assert (result.done, result.failed) == (len(ids) - 1, 1)
+    with sessions() as s:
+        replaced = s.execute(select(Image).where(Image.id == ids[1])).scalar_one()
+    assert replaced.state == "failed" and replaced.error_code == "missing_file"
+    assert "was replaced by another file after it was queued" in (replaced.error_message or "")
+    engine.dispose()
