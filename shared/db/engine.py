@@ -16,9 +16,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DBAPIError,
     InterfaceError,
     NoSuchModuleError,
     OperationalError,
@@ -27,14 +28,17 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.errors import ConfigurationError, DatabaseUnavailableError
+from shared.db.migration_connection import foreign_key_violations, migration_connection
+from shared.errors import ConfigurationError, DatabaseUnavailableError, UserFacingError
 from shared.urls import redact_url
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-# Any constant works; it only has to be the same for every process of this project.
-_PG_MIGRATION_LOCK = 7_314_159
+
+
+class MigrationError(UserFacingError):
+    """A schema migration failed; the database was rolled back to the revision it had."""
 
 
 def create_db_engine(settings: Settings) -> Engine:
@@ -142,17 +146,47 @@ def _describe(revisions: frozenset[str]) -> str | None:
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
-    """Apply pending migrations; return (revisions before, revisions after)."""
+    """Apply pending migrations; return (revisions before, revisions after).
+
+    Runs in one transaction (see ``migration_connection``): a failure leaves the database
+    as it was.
+    """
+    cfg = alembic_config(engine)
     with unavailable_as_error(engine):
-        before = _describe(current_revisions(engine))
-        cfg = alembic_config(engine)
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Many workers start at once on first deploy; only one may migrate.
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-            cfg.attributes["connection"] = conn
+        before = current_revisions(engine)
+    with unavailable_as_error(engine), migration_connection(engine) as conn:
+        broken_before = foreign_key_violations(conn)
+        cfg.attributes["connection"] = conn
+        try:
             command.upgrade(cfg, "heads")
-        return before, _describe(current_revisions(engine))
+        except DBAPIError as exc:
+            if exc.connection_invalidated:  # the server went away: unreachable, not broken
+                raise
+            raise _migration_failed(engine, before, _statement_error(exc)) from exc
+        broken = foreign_key_violations(conn) - broken_before
+        if broken:
+            table, rowid, parent = min(broken, key=str)
+            raise _migration_failed(engine, before, (
+                f"{len(broken)} row(s) would point at missing rows (first: {table} row "
+                f"{rowid} -> {parent})"))
+        return _describe(before), _describe(_revisions_on(conn))
+
+
+def _revisions_on(conn: Connection) -> frozenset[str]:
+    return frozenset(MigrationContext.configure(conn).get_current_heads())
+
+
+def _statement_error(exc: DBAPIError) -> str:
+    statement = " ".join((exc.statement or "").split())
+    shown = statement if len(statement) <= 120 else statement[:117] + "..."
+    return f"{_first_line(exc.orig)} in `{shown}`" if shown else _first_line(exc.orig)
+
+
+def _migration_failed(engine: Engine, before: frozenset[str], reason: str) -> MigrationError:
+    return MigrationError(
+        f"Migrating the database at {_shown(engine)} from revision {_describe(before) or 'empty'} "
+        f"to {_describe(head_revisions(engine))} failed: {reason}. Nothing was changed (the "
+        f"migration runs in one transaction); report this message to the maintainers.")
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -162,4 +196,5 @@ def ensure_schema(engine: Engine) -> None:
         if current_revisions(engine) == head_revisions(engine):
             return
     before, after = upgrade(engine)
-    log.info("database migrated from %s to %s", before, after)
+    if before != after:
+        log.info("database migrated from %s to %s", before or "empty", after)
