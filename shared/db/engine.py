@@ -148,13 +148,15 @@ def _describe(revisions: frozenset[str]) -> str | None:
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     """Apply pending migrations; return (revisions before, revisions after).
 
-    Runs in one transaction (see ``migration_connection``): a failure leaves the database
-    as it was.
+    Runs under the migration lock and in one transaction (see ``migration_connection``): the
+    revision is read after taking the lock, so a process that waited for another one's
+    migration returns (heads, heads); a failure leaves the database as it was.
     """
     cfg = alembic_config(engine)
-    with unavailable_as_error(engine):
-        before = current_revisions(engine)
     with unavailable_as_error(engine), migration_connection(engine) as conn:
+        before = _revisions_on(conn)
+        if before == head_revisions(engine):
+            return _describe(before), _describe(before)
         broken_before = foreign_key_violations(conn)
         cfg.attributes["connection"] = conn
         try:

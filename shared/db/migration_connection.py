@@ -1,12 +1,16 @@
-"""The connection migrations run on: everything in one transaction.
+"""The connection migrations run on: one migrator at a time, everything in one transaction.
 
-* PostgreSQL: DDL is transactional; an advisory lock lets one process migrate at a time.
-* SQLite file: a dedicated connection that opens its transaction itself (the driver's own
-  transaction handling would commit each CREATE TABLE on its own, so a failed migration
+Processes that start together on a new database (``mammo run``, ``mammo watch``, workers)
+all try to migrate it. Each takes the migration lock first and reads the revision after it,
+so one migrates and the others find the schema current.
+
+* PostgreSQL: a transaction-scoped advisory lock; DDL is transactional.
+* SQLite file: a dedicated connection that opens ``BEGIN EXCLUSIVE`` itself (the driver's
+  own transaction handling would commit each CREATE TABLE on its own, so a failed migration
   left a half-built table behind). Foreign keys are off while migrating, as Alembic's batch
   mode needs: it rebuilds a table (copy, drop, rename) that other tables' rows reference.
   They are checked before the commit instead.
-* In-memory SQLite: the engine's own connection (a new one would be another database).
+* In-memory SQLite: one process only; no lock.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same for every process of this project.
 PG_MIGRATION_LOCK = 7_314_159
+# How long a SQLite migrator waits for another one (or for a long write) to finish.
+SQLITE_LOCK_WAIT_S = 600
 # What Alembic's batch mode names the copy of a table it rebuilds.
 _BATCH_TMP_PREFIX = "_alembic_tmp_"
 
@@ -31,7 +37,7 @@ ForeignKeyRow = tuple[str, int | None, str]  # (table, rowid, referenced table)
 
 @contextmanager
 def migration_connection(engine: Engine) -> Iterator[Connection]:
-    """A connection inside the transaction that migrates.
+    """A connection holding the migration lock, inside the transaction that migrates.
 
     Leaving the block normally commits; an exception rolls everything back.
     """
@@ -52,7 +58,8 @@ def _is_in_memory(engine: Engine) -> bool:
 
 @contextmanager
 def _sqlite_migration_connection(engine: Engine) -> Iterator[Connection]:
-    migrator = create_engine(engine.url, poolclass=NullPool, connect_args={"timeout": 60})
+    migrator = create_engine(engine.url, poolclass=NullPool,
+                             connect_args={"timeout": SQLITE_LOCK_WAIT_S})
 
     @event.listens_for(migrator, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -63,7 +70,8 @@ def _sqlite_migration_connection(engine: Engine) -> Iterator[Connection]:
 
     @event.listens_for(migrator, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # Exclusive: a second migrator waits here, then reads the revision this one wrote.
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")
 
     try:
         with migrator.begin() as conn:
