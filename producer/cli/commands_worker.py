@@ -6,11 +6,13 @@ import shutil
 import subprocess
 
 import click
+from celery import Celery
 
 from models.activation import model_for
 from models.registry import verify_model
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
+from producer.cli.exit_codes import ExitCode
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import QUEUE_NAME
 
@@ -25,6 +27,22 @@ def visible_gpus() -> int:
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def checked_queues(app: Celery, given: str) -> str:
+    """``given`` (comma-separated) as Celery's ``--queues``, or a one-line usage error (exit
+    2) naming the configured queues: Celery itself would stop with a traceback."""
+    configured = [queue.name for queue in app.conf.task_queues or ()]
+    wanted = list(dict.fromkeys(name.strip() for name in given.split(",") if name.strip()))
+    unknown = [name for name in wanted if name not in configured]
+    if wanted and not unknown:
+        return ",".join(wanted)
+    what = (f"unknown queue {', '.join(repr(n) for n in unknown)}" if unknown
+            else "no queue named")
+    click.secho(f"error: -Q/--queues: {what}; the configured queue"
+                f"{'s are' if len(configured) > 1 else ' is'}: {', '.join(configured)}",
+                err=True, fg="red")
+    raise click.exceptions.Exit(ExitCode.USAGE)
 
 
 @click.command("worker")
@@ -51,6 +69,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
         MAMMO_DATABASE_URL=postgresql+psycopg://mammo@db/mammo \\
         mammo worker --concurrency 2
     """
+    queues = checked_queues(cli.celery, queues)
     require_broker(cli, "worker")
     with cli.sessions() as session:  # migrates before children start racing for it
         spec = model_for(cli.settings, session)  # fail in one line now, not in every child
