@@ -10,15 +10,18 @@ Only the MIAS layout carries lesion circles; the others train with weak (image-l
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shared.enums import CLASSES, Label, Laterality
-from shared.errors import DatasetError
+from shared.errors import DatasetError, InputError
 from shared.filehash import file_sha256
+from shared.imaging.readers import read_header
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".dcm", ".dicom", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -92,12 +95,69 @@ def load_dataset(path: Path) -> list[LabelledImage]:
     from models.mias import load_mias
 
     path = Path(path)
-    loader = {"csv": load_manifest, "mias": load_mias,
-              "class_folders": load_class_folders}[layout_of(path)]
-    images = loader(path)
+    layout = layout_of(path)
+    loader = {"csv": load_manifest, "mias": load_mias, "class_folders": load_class_folders}
+    images = loader[layout](path)
     if not images:
         raise DatasetError(f"{path} holds no labelled images.")
+    if layout != "mias":  # Info.txt's pairs name the patients
+        images = _identified_from_headers(images)
     return sorted(images, key=lambda i: i.id)
+
+
+def without_patient(images: Sequence[LabelledImage]) -> int:
+    """How many images have no known patient: each is then its own group in the splits."""
+    return sum(1 for image in images if image.patient_id == image.id)
+
+
+def unknown_patients_warning(images: Sequence[LabelledImage]) -> str | None:
+    unknown = without_patient(images)
+    if not unknown:
+        return None
+    return (f"{unknown} of {len(images)} images have no patient identity (no patient_id "
+            "column, no DICOM PatientID): each counts as its own patient, so splits and "
+            "confidence intervals go by image (one patient's two breasts can fall on both "
+            "sides of a split, making figures optimistic) and no breast is read against the "
+            "other. Add a patient_id column to the manifest.")
+
+
+# Grouping DICOMs by patient needs only equality, not the PatientID: a hash salted afresh
+# in each process groups them and can never be linked to a patient (nor across runs).
+_SALT = os.urandom(16)
+
+
+def _grouping_key(patient_id: str) -> str:
+    return "h-" + hashlib.sha256(_SALT + patient_id.encode()).hexdigest()[:16]
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _identified_from_headers(images: Sequence[LabelledImage]) -> list[LabelledImage]:
+    """Where a layout named no patient, laterality or view, a DICOM's header does."""
+    out = []
+    for image in images:
+        if (image.patient_id != image.id and image.laterality and image.view) or not _is_dicom(
+                image.path):
+            out.append(image)
+            continue
+        try:
+            header = read_header(image.path, pseudonymize=_grouping_key)
+        except (InputError, OSError):
+            out.append(image)  # unreadable: prepare() says why, with the other skips
+            continue
+        out.append(dataclasses.replace(
+            image,
+            patient_id=(header.patient_pseudonym if image.patient_id == image.id
+                        and header.patient_pseudonym else image.patient_id),
+            laterality=image.laterality or header.laterality,
+            view=image.view or (header.view.value if header.view else None)))
+    return out
 
 
 def load_manifest(path: Path) -> list[LabelledImage]:

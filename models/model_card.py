@@ -376,11 +376,17 @@ def _data_lines(meta: dict[str, Any]) -> list[str]:
     if layout != "mias":
         where = (f"{LAYOUT_WORDS[layout]} (`{data.get('source')}`)" if layout in LAYOUT_WORDS
                  else f"`{data.get('source')}`")
-        return [f"- {data['images']} images of {data['patients']} patients from {where} "
-                f"({classes}). {sha}",
-                "- Where these images come from (database or site, devices, film or digital, "
-                "views, pixel size) is not recorded with the model: state it before relying "
-                "on these figures."]
+        lines = [f"- {data['images']} images of {data['patients']} patients from {where} "
+                 f"({classes}). {sha}",
+                 "- Where these images come from (database or site, devices, film or digital, "
+                 "views, pixel size) is not recorded with the model: state it before relying "
+                 "on these figures."]
+        if unknown := data.get("images_without_patient"):
+            lines.append(f"- {unknown} of these images had no patient identity (no "
+                         "patient_id column, no DICOM PatientID) and were split by image, "
+                         "not by patient: a patient's two breasts may be on both sides of a "
+                         "split, so the validation figures may be optimistic.")
+        return lines
     lines = [f"- {data['images']} images of {data['patients']} patients from the mini-MIAS "
              f"database ({classes}); digitised film, MLO views, 200 micron pixels. {sha}",
              f"- Citation (required by the data licence, research use only): {CITATION}"]

@@ -30,7 +30,14 @@ from models.architecture import MIRROR_TTA, TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
 from models.bilateral import fit_bilateral, held_out_bilateral, pair_keys, partners
 from models.calibration import fit_head
-from models.datasets import LabelledImage, data_hash, layout_of, load_dataset
+from models.datasets import (
+    LabelledImage,
+    data_hash,
+    layout_of,
+    load_dataset,
+    unknown_patients_warning,
+    without_patient,
+)
 from models.finetune import FinetuneOptions, finetune_on_images
 from models.heatmaps import localisation_rate, peak_distance_ratio
 from models.metrics import format_metric
@@ -302,6 +309,8 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
                         np.array([i.patient_id for i in images]), config.folds)
     say(f"{len(images)} labelled images from {data_path}; "
         f"preprocessing version {PREPROCESSING_VERSION}, input {config.input_size}")
+    if (unknown := unknown_patients_warning(images)) is not None:
+        say(f"warning: {unknown}")
     data = prepare(images, config.input_size, max_pixels=config.max_pixels, progress=say)
     # Again on what could be read; the warning (few patients per fold) once.
     if (few := require_every_class(data.labels, data.patients, config.folds)) is not None:
@@ -386,7 +395,8 @@ def write_model(data_path: Path, output: Path, data: PreparedSet,
             # What the model card says about the data rests on these, not on assumptions.
             "layout": layout_of(data_path),
             "images_with_circles": sum(1 for c in data.circles if c),
-            "held_out_per_fold": [len(held_out) for _, held_out in folds]},
+            "held_out_per_fold": [len(held_out) for _, held_out in folds],
+            "images_without_patient": without_patient(data.images)},
         "training": {**{k: v for k, v in asdict(config).items() if k not in drop},
                      "input_size": list(config.input_size),
                      "tta_flips": [list(f) for f in config.tta_flips],
