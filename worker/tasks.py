@@ -14,9 +14,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from shared.db import lifecycle
-from shared.enums import Priority
 from shared.errors import TransientError
-from shared.queue import TASK_PROCESS_CHUNK, enqueue_chunks
+from shared.queue import TASK_PROCESS_CHUNK
+from shared.recovery import requeue
 from worker.devices import pin_child_to_gpu
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
@@ -68,5 +68,6 @@ def _requeue_one_by_one(app: Celery, runtime: WorkerRuntime, image_ids: list[int
     with runtime.sessions() as session:
         mine = lifecycle.release(session, image_ids, token, refund=False)
     log.warning("chunk %s hit its soft time limit; re-queued %d images singly", token, len(mine))
-    enqueue_chunks(app, mine, chunk_size=1, priority=Priority.ROUTINE)
+    # Each at its batch's priority: an urgent chunk that timed out stays urgent.
+    requeue(runtime.sessions, app, runtime.settings, mine, chunk_size=1)
 

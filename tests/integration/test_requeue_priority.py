@@ -26,7 +26,7 @@ from shared.db.schema import Batch, DuplicateSubmission, Image
 from shared.db.upsert import insert_missing
 from shared.enums import Priority
 from shared.queries import batch_status
-from shared.queue import QUEUE_NAME, create_celery_app
+from shared.queue import QUEUE_NAME, create_celery_app, enqueue_by_priority
 from shared.recovery import sweep
 from shared.synthetic import synth_mammogram, write_png
 
@@ -156,3 +156,19 @@ def test_resubmitting_queued_files_at_the_same_priority_sends_nothing(
     _drain(app)
     again = submit(settings, sessions, app, [folder], name="again")
     assert (again.messages, again.requeued, _drain(app)) == (0, [], [])
+
+
+def test_a_timed_out_urgent_chunk_comes_back_urgent_one_image_per_message(
+    wiring: tuple[Settings, sessionmaker[Session], Celery],
+) -> None:
+    from worker.runtime import WorkerRuntime
+    from worker.tasks import _requeue_one_by_one
+
+    settings, sessions, app = wiring
+    routine = _batch(sessions, "R", Priority.ROUTINE, 4)
+    urgent = _batch(sessions, "U", Priority.URGENT, 2)
+    with sessions() as session:  # the routine chunk is in the broker before
+        lifecycle.claim(session, urgent, token="chunk-1", lease_s=600)
+    enqueue_by_priority(app, {Priority.ROUTINE: routine}, chunk_size=4)
+    _requeue_one_by_one(app, WorkerRuntime(settings), urgent, "chunk-1")
+    assert _drain(app) == [[urgent[0]], [urgent[1]], routine]
