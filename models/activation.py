@@ -118,30 +118,26 @@ def _registered(ref: str, rows: list[ModelVersion], named_by: str) -> ModelSpec:
 
 
 def _registered_spec(row: ModelVersion) -> ModelSpec:
-    named = f"{row.name} {row.version} (sha256 {row.sha256[:12]})"
-    if not Path(row.path).is_dir():
-        raise ModelNotFoundError(f"the registered {named}: {row.path} is not a directory on "
-                                 "this machine.")
-    spec = resolve_model(row.path, named_by="the registered path")
-    if (spec.name, spec.version, spec.sha256) != (row.name, row.version, row.sha256):
-        raise ModelIntegrityError(
-            f"{row.path} no longer holds the registered {named}: it holds {spec.name} "
-            f"{spec.version} (sha256 {spec.sha256[:12]}).")
-    return spec
+    return _spec_of_row(row, "the registered", named_by="the registered path")
 
 
 def _activated(active: ModelVersion) -> ModelSpec:
     """The activated model's spec, refused when its directory is gone or holds another."""
-    named = f"{active.name} {active.version} (sha256 {active.sha256[:12]})"
-    fix = ("`mammo models activate` another model (`mammo models activate default`: the "
-           "shipped one) or restore it")
-    if not Path(active.path).is_dir():
-        raise ModelNotFoundError(
-            f"The activated model {named} is missing: {active.path} is not a directory on "
-            f"this machine. {fix}; no other model is used in its place.")
-    spec = resolve_model(active.path, named_by="the model activated in the database")
-    if (spec.name, spec.version, spec.sha256) != (active.name, active.version, active.sha256):
+    fix = (" `mammo models activate` another model (`mammo models activate default`: the "
+           "shipped one) or restore it; no other model is used in its place.")
+    return _spec_of_row(active, "the activated model", fix=fix,
+                        named_by="the model activated in the database")
+
+
+def _spec_of_row(row: ModelVersion, what: str, *, named_by: str, fix: str = "") -> ModelSpec:
+    """The model at a registered row's stored path, refused unless it is that very model."""
+    named = f"{what} {row.name} {row.version} (sha256 {row.sha256[:12]})"
+    if not Path(row.path).is_dir():
+        raise ModelNotFoundError(f"{named} is missing: {row.path} is not a directory on this "
+                                 f"machine.{fix}")
+    spec = resolve_model(row.path, named_by=named_by)
+    if (spec.name, spec.version, spec.sha256) != (row.name, row.version, row.sha256):
         raise ModelIntegrityError(
-            f"{active.path} no longer holds the activated model {named}: it holds "
-            f"{spec.name} {spec.version} (sha256 {spec.sha256[:12]}). {fix}.")
+            f"{row.path} no longer holds {named}: it holds {spec.name} {spec.version} "
+            f"(sha256 {spec.sha256[:12]}).{fix}")
     return spec

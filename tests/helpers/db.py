@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from producer.registration import create_batch
 from shared.db.schema import Image, Prediction
+from shared.db.upsert import insert_missing
+from shared.enums import Priority
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,17 @@ def tally(url: str) -> Tally:
                  max_predictions_per_image=max(per_image, default=0),
                  predicted_images=len(per_image),
                  failures={str(k): str(v) for k, v in failures.items()})
+
+
+def queued_batch(sessions: sessionmaker[Session], name: str, n: int,
+                 priority: Priority = Priority.ROUTINE) -> tuple[int, list[int]]:
+    """(batch id, image ids) of a batch of ``n`` queued images whose messages were never
+    seen (no files behind them): for queue, priority and status tests."""
+    batch_id = create_batch(sessions, name=name, priority=priority, mode="distributed")
+    with sessions() as session:
+        rows = [{"identity": f"sha256:{name}-{i}", "batch_id": batch_id, "attempts": 0,
+                 "source": f"/in/{name}/{i}.png", "format": "png", "state": "queued"}
+                for i in range(n)]
+        ids = insert_missing(session, Image, rows, conflict=("identity",), returning=Image.id)
+        session.commit()
+    return batch_id, sorted(ids)

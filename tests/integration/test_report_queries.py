@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, insert, select
+from sqlalchemy.orm import Session
 
 from producer.cli.main import cli
 from shared.config import Settings
@@ -142,62 +143,65 @@ def test_worklist_refreshes_timed_out_exams_and_sorts_by_suspicion(
     assert in_batch and {r["study_uid"] for r in in_batch} == batch3 & due
 
 
-def test_worklist_flags_images_in_flight_and_a_pdf_older_than_the_result(
-        seeded: tuple[Engine, Seeded], tmp_path: Any) -> None:
-    engine, _ = seeded
-    sessions = make_session_factory(engine)
-    with sessions() as session:
+@pytest.fixture
+def refreshed(seeded: tuple[Engine, Seeded]) -> Iterator[tuple[Session, Seeded]]:
+    """A session on the seeded database, its due exams given their results."""
+    engine, data = seeded
+    with make_session_factory(engine)() as session:
         refresh_due_exams(session, timeout_s=60)
-        top = worklist_rows(session, WorklistFilter(), report_dir=tmp_path)[0]
-        study = session.scalars(select(Study).where(Study.study_uid == top["study_uid"])).one()
-        result = session.scalars(select(ExamResult).where(
-            ExamResult.study_id == study.id, ExamResult.superseded_at.is_(None))).one()
-        assert not any("still being processed" in f or "PDF" in f for f in top["flags"])
-        # A late view of the exam is queued: its result may still change.
-        late = session.scalars(select(Image).where(Image.study_id == study.id)).first()
-        assert late is not None
-        late.state = "queued"
-        session.commit()
-        pdf = exam_pdf_path(tmp_path, study.study_uid)
-        pdf.parent.mkdir(parents=True)
-        pdf.write_bytes(b"%PDF-1.4 written before the result")
-        computed = as_utc(result.created_at)
-        assert computed is not None
-        before = (computed - timedelta(minutes=5)).timestamp()
-        os.utime(pdf, (before, before))
-        row = next(r for r in worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
-                   if r["study_uid"] == study.study_uid)
-        assert "1 image(s) still being processed: this result may change" in row["flags"]
-        assert any(f.startswith("the exam PDF predates this result") for f in row["flags"])
-        assert row["report_path"] == str(pdf.resolve())
-        after = (computed + timedelta(minutes=5)).timestamp()
-        os.utime(pdf, (after, after))
-        row = next(r for r in worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
-                   if r["study_uid"] == study.study_uid)
-        assert not any(f.startswith("the exam PDF predates") for f in row["flags"])
+        yield session, data
+
+
+def test_worklist_flags_images_in_flight_and_a_pdf_older_than_the_result(
+        refreshed: tuple[Session, Seeded], tmp_path: Any) -> None:
+    session, _ = refreshed
+    top = worklist_rows(session, WorklistFilter(), report_dir=tmp_path)[0]
+    study = session.scalars(select(Study).where(Study.study_uid == top["study_uid"])).one()
+    result = session.scalars(select(ExamResult).where(
+        ExamResult.study_id == study.id, ExamResult.superseded_at.is_(None))).one()
+    assert not any("still being processed" in f or "PDF" in f for f in top["flags"])
+    # A late view of the exam is queued: its result may still change.
+    late = session.scalars(select(Image).where(Image.study_id == study.id)).first()
+    assert late is not None
+    late.state = "queued"
+    session.commit()
+    pdf = exam_pdf_path(tmp_path, study.study_uid)
+    pdf.parent.mkdir(parents=True)
+    pdf.write_bytes(b"%PDF-1.4 written before the result")
+    computed = as_utc(result.created_at)
+    assert computed is not None
+    before = (computed - timedelta(minutes=5)).timestamp()
+    os.utime(pdf, (before, before))
+    row = next(r for r in worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
+               if r["study_uid"] == study.study_uid)
+    assert "1 image(s) still being processed: this result may change" in row["flags"]
+    assert any(f.startswith("the exam PDF predates this result") for f in row["flags"])
+    assert row["report_path"] == str(pdf.resolve())
+    after = (computed + timedelta(minutes=5)).timestamp()
+    os.utime(pdf, (after, after))
+    row = next(r for r in worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
+               if r["study_uid"] == study.study_uid)
+    assert not any(f.startswith("the exam PDF predates") for f in row["flags"])
 
 
 def test_batch_summary_says_how_many_exams_it_lists_and_counts_copies(
-        seeded: tuple[Engine, Seeded], tmp_path: Any) -> None:
-    engine, data = seeded
-    sessions = make_session_factory(engine)
-    with sessions() as session:
-        refresh_due_exams(session, timeout_s=60)
-        summary = collect_batch_summary(session, 2, report_dir=tmp_path, worklist_limit=3)
-        exams = len(worklist_rows(session, WorklistFilter(batch_id=2), report_dir=tmp_path))
-        assert exams > 3 and summary.exams == exams and len(summary.worklist) == 3
-        assert worklist_heading(summary) == (
-            f"Read first: exams by suspicion (the first 3 of {exams})")
-        assert ("exams with a result", exams) in overview_rows(summary)
-        # A batch whose every file was a copy of a known image still says what it held.
-        copies = Batch(name="copies only")
-        session.add(copies)
-        session.flush()
-        session.add_all(DuplicateSubmission(batch_id=copies.id, image_id=im["id"],
-                                            source=f"/again/{im['id']}.dcm")
-                        for im in data.images[:4])
-        session.commit()
-        only_copies = collect_batch_summary(session, copies.id, report_dir=tmp_path)
+        refreshed: tuple[Session, Seeded], tmp_path: Any) -> None:
+    session, data = refreshed
+    summary = collect_batch_summary(session, 2, report_dir=tmp_path, worklist_limit=3)
+    exams = len(worklist_rows(session, WorklistFilter(batch_id=2), report_dir=tmp_path))
+    assert exams > 3 and summary.exams == exams and len(summary.worklist) == 3
+    assert worklist_heading(summary) == (
+        f"Read first: exams by suspicion (the first 3 of {exams})")
+    assert ("exams with a result", exams) in overview_rows(summary)
+    # A batch whose every file was a copy of a known image still says what it held.
+    copies = Batch(name="copies only")
+    session.add(copies)
+    session.flush()
+    session.add_all(DuplicateSubmission(batch_id=copies.id, image_id=im["id"],
+                                        source=f"/again/{im['id']}.dcm")
+                    for im in data.images[:4])
+    session.commit()
+    only_copies = collect_batch_summary(session, copies.id, report_dir=tmp_path)
     assert only_copies.total == 0 and only_copies.duplicates == 4
     assert only_copies.synthetic_images == 0 and summary.synthetic_images == 0
     assert "4 file(s) were copies of images already known" in no_worklist_text(only_copies)

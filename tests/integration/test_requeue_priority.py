@@ -22,13 +22,13 @@ from producer.submission import submit
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.db.schema import Batch, DuplicateSubmission, Image
-from shared.db.upsert import insert_missing
+from shared.db.schema import Batch, DuplicateSubmission
 from shared.enums import Priority
 from shared.queries import batch_status
 from shared.queue import QUEUE_NAME, create_celery_app, enqueue_by_priority
 from shared.recovery import sweep
 from shared.synthetic import synth_mammogram, write_png
+from tests.helpers.db import queued_batch
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +48,7 @@ def wiring(tmp_path: Path, redis_url: str) -> Iterator[tuple[Settings, sessionma
 
 def _batch(sessions: sessionmaker[Session], name: str, priority: Priority, n: int) -> list[int]:
     """A batch of ``n`` queued images whose messages were never seen (Redis lost them)."""
-    batch_id = create_batch(sessions, name=name, priority=priority, mode="distributed")
-    with sessions() as session:
-        rows = [{"identity": f"sha256:{name}-{i}", "batch_id": batch_id, "attempts": 0,
-                 "source": f"/in/{name}/{i}.png", "format": "png", "state": "queued"}
-                for i in range(n)]
-        ids = insert_missing(session, Image, rows, conflict=("identity",), returning=Image.id)
-        session.commit()
-    return sorted(ids)
+    return queued_batch(sessions, name, n, priority)[1]
 
 
 def _drain(app: Celery) -> list[list[int]]:

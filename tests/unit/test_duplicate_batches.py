@@ -17,10 +17,10 @@ from producer.registration import create_batch
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.db.schema import Batch, DuplicateSubmission, Image
-from shared.db.upsert import insert_missing
+from shared.db.schema import Batch, DuplicateSubmission
 from shared.enums import Priority
 from shared.queries import batch_status
+from tests.helpers.db import queued_batch
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -30,18 +30,6 @@ def sessions(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[sessio
     ensure_schema(engine)
     yield make_session_factory(engine)
     engine.dispose()
-
-
-def _batch(sessions: sessionmaker[Session], name: str, n: int,
-           priority: Priority = Priority.ROUTINE) -> tuple[int, list[int]]:
-    batch_id = create_batch(sessions, name=name, priority=priority, mode="distributed")
-    with sessions() as session:
-        rows = [{"identity": f"sha256:{name}-{i}", "batch_id": batch_id, "attempts": 0,
-                 "source": f"/in/{name}/{i}.png", "format": "png", "state": "queued"}
-                for i in range(n)]
-        ids = insert_missing(session, Image, rows, conflict=("identity",), returning=Image.id)
-        session.commit()
-    return batch_id, sorted(ids)
 
 
 def _copies(sessions: sessionmaker[Session], image_ids: list[int],
@@ -76,7 +64,7 @@ def _finished_at(sessions: sessionmaker[Session], batch_id: int) -> object:
 def test_a_batch_of_copies_finishes_with_their_originals_not_before(
     sessions: sessionmaker[Session],
 ) -> None:
-    routine, images = _batch(sessions, "R2", 8)
+    routine, images = queued_batch(sessions, "R2", 8)
     copies = _copies(sessions, images[:4])
     with sessions() as session:
         # What `mammo submit` does once the copies are registered: nothing to stamp yet.
@@ -96,7 +84,7 @@ def test_a_batch_of_copies_finishes_with_their_originals_not_before(
 def test_the_sweeper_stamps_a_batch_of_copies_left_open_once_its_originals_are_done(
     sessions: sessionmaker[Session],
 ) -> None:
-    _, images = _batch(sessions, "R", 2)
+    _, images = queued_batch(sessions, "R", 2)
     copies = _copies(sessions, images)
     with sessions() as session:
         lifecycle.mark_done(session, images)
@@ -108,8 +96,8 @@ def test_the_sweeper_stamps_a_batch_of_copies_left_open_once_its_originals_are_d
 def test_status_counts_copies_under_their_originals_states(
     sessions: sessionmaker[Session],
 ) -> None:
-    _, images = _batch(sessions, "R2", 8)
-    own, mine = _batch(sessions, "mixed", 2)
+    _, images = queued_batch(sessions, "R2", 8)
+    own, mine = queued_batch(sessions, "mixed", 2)
     with sessions() as session:
         session.add_all(DuplicateSubmission(batch_id=own, image_id=i, source=f"/m/{i}.png")
                         for i in images[:3])
