@@ -48,18 +48,19 @@ def load_model_input(source: ModelInputSource) -> ModelInput:
     """Decode and preprocess one image; an unusable input raises ``InputError``."""
     started = time.perf_counter()
     path = Path(source.path)
-    if source.identity is not None and path.exists() and not file_has_identity(
-            path, source.identity):
-        raise MissingFileError(
-            f"{path.name} was replaced by another file after it was queued: the file now at "
-            "this path is not the image that was registered (its SOP Instance UID or bytes "
-            "differ). The new file is processed as its own image once submitted (a watched "
-            "folder does this itself).")
     decoded = decode(path, max_pixels=source.max_pixels)
     if decoded.pixel_spacing_mm is None and source.spacing_mm is not None:
         decoded = dataclasses.replace(decoded, pixel_spacing_mm=source.spacing_mm)
     decoded_at = time.perf_counter()
     tensor = preprocess(decoded, source.input_size,
                         laterality=Laterality.parse(source.laterality))
+    # Last: a file that is unusable now fails with what is wrong with it; only an image
+    # that would be scored, and is not the registered one, is refused as a replacement.
+    if source.identity is not None and not file_has_identity(path, source.identity):
+        raise MissingFileError(
+            f"{path.name} was replaced by another file after it was queued: the file now at "
+            "this path is not the image that was registered (its SOP Instance UID or bytes "
+            "differ). The new file is processed as its own image once submitted (a watched "
+            "folder does this itself).")
     return ModelInput(tensor, (decoded_at - started) * 1000,
                       (time.perf_counter() - decoded_at) * 1000)
