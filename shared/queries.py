@@ -249,15 +249,21 @@ def _members(batch_id: int) -> ColumnElement[bool]:
 def _rate(session: Session, batch: Batch, window_s: int, *,
           until: datetime | None) -> float | None:
     """Images (the batch's own and its copies' originals) finished per minute over the last
-    ``window_s`` seconds of the batch's life, which ends at ``until``, or (None) at its last
+    ``window_s`` seconds of the batch's work, which ends at ``until``, or (None) at its last
     finished image. None when that span is empty (nothing finished yet, or created just
-    now)."""
+    now).
+
+    The work starts at the first claim, not at the batch's creation: a batch queued behind
+    others waited, and counting the wait as slow processing overstated its ETA.
+    """
     created = as_utc(batch.created_at)
-    end = until or as_utc(session.execute(
-        select(func.max(Image.finished_at)).where(_members(batch.id))).scalar())
+    first_claim, last_finish = session.execute(
+        select(func.min(Image.claimed_at), func.max(Image.finished_at))
+        .where(_members(batch.id))).one()
+    end = until or as_utc(last_finish)
     if end is None or created is None:
         return None
-    since = max(end - timedelta(seconds=window_s), created)
+    since = max(end - timedelta(seconds=window_s), as_utc(first_claim) or created)
     span = (end - since).total_seconds()
     if span <= 0:
         return None

@@ -244,6 +244,26 @@ def test_a_stalled_batch_has_no_pace_and_no_eta(tmp_path: Path,
     assert (done_later.images_per_minute, done_later.eta_seconds) == (0.0, None)
 
 
+def test_time_a_batch_waited_behind_others_is_not_counted_as_slow_work(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pace.db'}"
+    created = datetime.now(UTC) - timedelta(minutes=20)
+    _batch_with_pace(url, created)  # 10 done, 5 queued
+    started = created + timedelta(minutes=18)  # it waited 18 minutes for a worker
+    engine = _engine(url)
+    with engine.begin() as conn:
+        for i in range(1, 11):
+            conn.execute(update(Image).where(Image.identity == f"pace-{i - 1}").values(
+                claimed_at=started, finished_at=started + timedelta(seconds=12 * i)))
+    with Session(engine) as session:
+        status = batch_status(session, 1, now=started + timedelta(minutes=2))
+    engine.dispose()
+    # 10 images in the 2 minutes since its first claim: 5 a minute, so 60 s for the last 5
+    # (counting from creation's side of the window, 2 a minute and 150 s).
+    assert status is not None and status.images_per_minute == pytest.approx(5.0)
+    assert status.eta_seconds == pytest.approx(60)
+
+
 def test_a_finished_batch_keeps_the_pace_it_ended_at(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'pace.db'}"
     created = datetime.now(UTC) - timedelta(days=1)
