@@ -147,9 +147,11 @@ def write_exam_pdf(report: ExamReport, path: Path, *, max_pixels: int) -> Path:
         para("Views", HEADING), para(_HEATMAP_NOTE, SMALL), Spacer(1, 2 * mm),
         _views(report, max_pixels),
         KeepTogether([para("Model", HEADING), _models(report)]),
-        para("Processing times (UTC)", HEADING), _timestamps(report),
-        Spacer(1, 4 * mm), para("Probabilities, not verdicts: the scores above rank exams "
-                                "for reading order and must not replace a reader.", BODY),
-        disclaimer(),
+        # The closing statement stays with the table above it, never alone on a last page.
+        KeepTogether([
+            para("Processing times (UTC)", HEADING), _timestamps(report),
+            Spacer(1, 4 * mm), para("Probabilities, not verdicts: the scores above rank exams "
+                                    "for reading order and must not replace a reader.", BODY),
+            disclaimer()]),
     ]
     return build_pdf(path, f"Exam report {report.study_uid}", story)
