@@ -61,6 +61,10 @@ class ReportTargetNotFoundError(UserFacingError):
     """The batch or exam a report or listing asks for is not in the database."""
 
 
+class MigrationError(UserFacingError):
+    """A schema migration failed; the database was rolled back to the revision it had."""
+
+
 class TransientError(MammoError):
     """A dependency is unavailable right now; retrying later may succeed."""
 

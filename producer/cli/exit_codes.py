@@ -17,12 +17,14 @@ class ExitCode(IntEnum):
     PATH_NOT_FOUND = 6
     DATABASE_UNAVAILABLE = 7
     BROKER_UNAVAILABLE = 8
+    MIGRATION_FAILED = 9     # the schema migration failed and was rolled back
     INTERRUPTED = 130
 
 
 def exit_code_for(exc: errors.UserFacingError) -> ExitCode:
     mapping: tuple[tuple[type[errors.UserFacingError], ExitCode], ...] = (
         (errors.DatabaseUnavailableError, ExitCode.DATABASE_UNAVAILABLE),
+        (errors.MigrationError, ExitCode.MIGRATION_FAILED),
         (errors.BrokerUnavailableError, ExitCode.BROKER_UNAVAILABLE),
         (errors.ModelNotFoundError, ExitCode.NO_MODEL),
         (errors.ModelIntegrityError, ExitCode.NO_MODEL),

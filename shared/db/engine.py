@@ -29,16 +29,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db.migration_connection import foreign_key_violations, migration_connection
-from shared.errors import ConfigurationError, DatabaseUnavailableError, UserFacingError
+from shared.errors import ConfigurationError, DatabaseUnavailableError, MigrationError
 from shared.urls import redact_url
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-
-
-class MigrationError(UserFacingError):
-    """A schema migration failed; the database was rolled back to the revision it had."""
 
 
 def create_db_engine(settings: Settings) -> Engine:

@@ -91,7 +91,7 @@ def test_failed_migration_changes_nothing_and_says_so(
     code, out = invoke_cli(["db", "upgrade"], monkeypatch, tmp_path,
                            database_url=f"sqlite:///{db}")
 
-    assert code == ExitCode.FAILURE, out  # not DATABASE_UNAVAILABLE: it was reached
+    assert code == ExitCode.MIGRATION_FAILED, out  # not DATABASE_UNAVAILABLE: it was reached
     assert "Cannot reach" not in out
     assert "Migrating the database" in out and "from revision 0002+0004+0006" in out
     assert "duplicate column name: bilateral" in out and "Nothing was changed" in out
