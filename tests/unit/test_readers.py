@@ -415,6 +415,21 @@ def test_jpeg_with_corrupt_scan_data_is_refused_not_scored(
              "damaged JPEG: its compressed image data is corrupt")
 
 
+def test_a_harmless_libjpeg_warning_keeps_the_image(tmp_path: Path, pixels: np.ndarray) -> None:
+    # Some converters write a baseline scan header ending at coefficient 0 instead of 63:
+    # libjpeg warns ("Invalid SOS parameters for sequential JPEG") and decodes it whole.
+    grey = (pixels >> 4).astype(np.uint8)
+    path = tmp_path / "odd-sos.jpg"
+    cv2.imwrite(str(path), grey)
+    data = bytearray(path.read_bytes())
+    sos = data.index(b"\xff\xda")
+    components = data[sos + 4]
+    data[sos + 5 + 2 * components + 1] = 0  # Se: 63 -> 0
+    path.write_bytes(bytes(data))
+    expected = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decode(path, max_pixels=BIG).pixels, expected)
+
+
 def _pgm(image: np.ndarray, maxval: int, ascii_: bool = False) -> bytes:
     rows, columns = image.shape
     if ascii_:

@@ -42,6 +42,9 @@ _FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH
 _MAX_TIFF_PAGES = 1024
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
                        0xCF})
+# The libjpeg warnings (jerror.h) that mean image data was lost or garbled: corrupt or
+# premature entropy-coded data, a bad Huffman or arithmetic code, a lost restart marker.
+_JPEG_DATA_LOST = ("Corrupt JPEG data", "Premature end of JPEG file")
 _PGM_FIELD = re.compile(rb"(?:\s+|#[^\n]*\n)*(\d+)")
 # Grey stored as colour: channels within 6 % of the range of each other on all but 1 % of
 # the pixels (JPEG chroma subsampling blurs colour at edges, not more).
@@ -186,10 +189,11 @@ class JpegReader(RasterReader):
     def decode_pixels(self, data: bytes, path: Path) -> np.ndarray | None:
         # libjpeg only warns about corrupt entropy-coded data and fills what it lost with
         # grey; OpenCV prints the warning and returns the image. simplejpeg (the same
-        # libjpeg-turbo) raises on warnings in strict mode, so a damaged scan is refused
-        # instead of scored.
+        # libjpeg-turbo) raises on warnings in strict mode: the warnings that mean lost or
+        # garbled data refuse the file; the others (odd but harmless headers, such as
+        # non-standard scan parameters or a newer JFIF version) keep the decoded pixels.
         try:
-            colorspace = simplejpeg.decode_jpeg_header(data)[2]
+            colorspace = simplejpeg.decode_jpeg_header(data, strict=False)[2]
         except ValueError:
             colorspace = None
         if colorspace not in ("Gray", "YCbCr", "RGB"):  # CMYK, or a header it cannot read
@@ -199,15 +203,17 @@ class JpegReader(RasterReader):
             pixels: np.ndarray = simplejpeg.decode_jpeg(data, colorspace=target)
             return pixels
         except ValueError as strict:
-            try:
-                simplejpeg.decode_jpeg(data, colorspace=target, strict=False)
-            except ValueError:  # not a warning but a failure: OpenCV judges the variant
-                return super().decode_pixels(data, path)
+            warning = str(strict)
+        try:
+            pixels = simplejpeg.decode_jpeg(data, colorspace=target, strict=False)
+        except ValueError:  # not a warning but a failure: OpenCV judges the variant
+            return super().decode_pixels(data, path)
+        if warning.startswith(_JPEG_DATA_LOST):
             raise UnreadableImageError(
                 f"{path.name} is a damaged JPEG: its compressed image data is corrupt "
-                f"(libjpeg: {str(strict).rstrip('.')}), so part of the image would be "
-                "filled with grey or garbled blocks. Export or copy it again from the source."
-            ) from strict
+                f"(libjpeg: {warning.rstrip('.')}), so part of the image would be filled "
+                "with grey or garbled blocks. Export or copy it again from the source.")
+        return pixels
 
 
 class PgmReader(RasterReader):
