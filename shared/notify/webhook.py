@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from shared.config import Settings
 from shared.errors import NotificationError, NotificationRejectedError
@@ -24,6 +24,17 @@ from shared.notify.message import Notice
 SIGNATURE_HEADER = "X-Mammo-Signature"
 TIMESTAMP_HEADER = "X-Mammo-Timestamp"
 _RETRYABLE_STATUS = {408, 425, 429}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would repeat a POST as a GET without its body, so the
+    receiver would never get the payload while the delivery looked sent."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -67,9 +78,14 @@ class WebhookChannel:
         })
         try:
             # The URL is http(s) only: Settings refuses file:// and other schemes.
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with _OPENER.open(request, timeout=self.timeout_s) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                location = self._where(exc.headers.get("Location") or "?")
+                raise NotificationRejectedError(
+                    f"webhook at {self._where()} redirected to {location} (HTTP {exc.code}): "
+                    "set MAMMO_WEBHOOK_URL to the final URL") from None
             error = (NotificationError if exc.code >= 500 or exc.code in _RETRYABLE_STATUS
                      else NotificationRejectedError)
             raise error(f"webhook {self._where()} answered HTTP {exc.code}") from None
@@ -77,7 +93,9 @@ class WebhookChannel:
             reason = getattr(exc, "reason", exc)
             raise NotificationError(f"webhook {self._where()} unreachable: {reason}") from None
 
-    def _where(self) -> str:
-        # Scheme, host and port only: a token in the path or query must not reach the logs.
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+    def _where(self, url: str | None = None) -> str:
+        # Scheme, host and port (and, for a redirect target, the path) only: a token in the
+        # query or the user info must not reach the logs.
+        parts = urlsplit(urljoin(self.url, url) if url else self.url)
+        path = parts.path if url else ""
+        return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{path}"

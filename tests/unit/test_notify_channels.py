@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -226,3 +230,68 @@ def test_notification_secrets_never_reach_help_or_error_output(
     assert "MAMMO_SMTP_SECURITY=none" in failed.output
     for text in [*texts, failed.output]:
         assert PASSWORD not in text and SECRET not in text
+
+
+@contextmanager
+def _odd_receiver(mode: str) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """A receiver that misbehaves: ``redirect`` answers a POST with 302 (and takes anything
+    at the new place); ``trickle`` sends 200 headers, then its body one byte a second."""
+    seen: list[tuple[str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def do_GET(self) -> None:
+            seen.append(("GET " + self.path, b""))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            seen.append(("POST " + self.path, self._body()))
+            if mode == "redirect" and self.path.startswith("/hooks"):
+                self.send_response(302)
+                self.send_header("Location", "/elsewhere?token=t0ken")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if mode == "trickle":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
+                for _ in range(30):
+                    try:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(1)
+                return
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer((HOST, 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}/hooks/mammo?token=t0ken", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirecting_webhook_is_refused_not_followed_and_not_retried() -> None:
+    # urllib followed a 302 as a GET without the body: the receiver never got the payload,
+    # yet the delivery was recorded sent.
+    with _odd_receiver("redirect") as (url, seen):
+        settings = Settings(_env_file=None, webhook_url=url, webhook_secret=SECRET)  # type: ignore[call-arg]
+        outcome = deliver_with_retry(lambda: WebhookChannel(settings).send(_notice()),
+                                     RetryPolicy(3, 0.01, 0.01))
+    assert [what for what, _ in seen] == ["POST /hooks/mammo?token=t0ken"]
+    assert not outcome.ok and outcome.attempts == 1
+    assert f"redirected to http://{HOST}:" in (outcome.error or "")
+    assert "/elsewhere" in (outcome.error or "") and "MAMMO_WEBHOOK_URL" in (outcome.error or "")
+    assert "t0ken" not in (outcome.error or "")
