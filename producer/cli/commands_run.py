@@ -13,6 +13,7 @@ from producer.cli.options import format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.discovery import iter_files
 from producer.embedded_run import RunOutcome, check_model, run_embedded
+from shared.errors import ConfigurationError
 from shared.formatting import render
 from shared.queries import RESULT_KEYS, ResultFilter, list_results
 from shared.reports.batch_outputs import write_batch_documents
@@ -121,10 +122,17 @@ def demo_command(cli: CliContext, directory: Path, exams: int, seed: int, fmt: s
     from shared.synthetic import SYNTHETIC_LABEL, make_exam_set, write_truncated_copy
 
     check_model(cli.settings, cli.sessions)  # before writing anything
-    files = make_exam_set(directory, n_exams=exams, seed=seed)
-    write_truncated_copy(files[0], directory / "broken-transfer.dcm")
-    STDERR.print(f"wrote {len(files) + 1} synthetic files (not real patients) to {directory}")
-    _run_and_report(cli, (directory,), f"demo-{seed}, {SYNTHETIC_LABEL}", fmt, None)
+    try:
+        files = make_exam_set(directory, n_exams=exams, seed=seed)
+        files.append(write_truncated_copy(files[0], directory / "broken-transfer.dcm"))
+    except OSError as exc:  # a read-only folder, a full disk
+        raise ConfigurationError(
+            f"Cannot write the synthetic demo files to {directory.resolve()}: "
+            f"{exc.strerror or exc}. Choose a writable folder with --dir.") from exc
+    STDERR.print(f"wrote {len(files)} synthetic files (not real patients) to {directory}")
+    # Exactly the files written: anything else in the folder (a real mammogram dropped
+    # there) must never be classified under a batch labelled synthetic.
+    _run_and_report(cli, tuple(files), f"demo-{seed}, {SYNTHETIC_LABEL}", fmt, None)
 
 
 COMMANDS = (run_command, demo_command)

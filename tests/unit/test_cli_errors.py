@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from producer.cli.exit_codes import ExitCode
 from producer.cli.main import cli
-from shared.synthetic import make_exam_set
+from shared.synthetic import make_exam_set, synth_mammogram, write_png
 from tests.helpers.cli import invoke_cli
 
 
@@ -144,6 +145,31 @@ def test_demo_runs_the_pipeline_and_labels_everything_synthetic(
     batch = json.loads((tmp_path / "reports" / "batch-1.json").read_text())
     assert sorted(r["state"] for r in batch["results"]) == ["done"] * 4 + ["failed"]
     assert len(list((tmp_path / "reports" / "exams").glob("*.pdf"))) == 1
+
+
+def test_demo_classifies_only_the_files_it_wrote(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # A real image in the demo folder must never be scored under a batch labelled synthetic.
+    folder = tmp_path / "demo-data"
+    folder.mkdir()
+    write_png(folder / "real-patient.png", synth_mammogram(np.random.default_rng(1)))
+    code, out = invoke_cli(["demo", "--exams", "1", "--dir", str(folder), "--format", "json"],
+                           monkeypatch, tmp_path, model=str(tiny_model_dir),
+                           report_dir=str(tmp_path / "reports"))
+    assert code == ExitCode.OK, out
+    batch = json.loads((tmp_path / "reports" / "batch-1.json").read_text())
+    assert len(batch["results"]) == 5
+    assert not any("real-patient" in r["source"] for r in batch["results"])
+
+
+def test_demo_into_a_folder_it_cannot_write_says_so(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    folder = tmp_path / "a-file" / "demo"  # as unwritable as a full disk, even for root
+    code, out = invoke_cli(["demo", "--exams", "1", "--dir", str(folder)],
+                           monkeypatch, tmp_path, model=str(tiny_model_dir))
+    assert code == ExitCode.CONFIG, out
+    assert "Cannot write the synthetic demo files to" in out and "Traceback" not in out
 
 
 def test_a_run_with_no_image_files_says_so_and_loads_nothing(
