@@ -12,12 +12,15 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
 from celery.signals import task_failure
 
+from shared.notify import records
 from shared.queue import QUEUE_NAME, TASK_PROCESS_CHUNK
+from shared.timeutil import utcnow
 from worker.runtime import WorkerRuntime
 from worker.tasks import register_tasks
 
@@ -60,6 +63,7 @@ def embedded_worker(app: Celery, runtime: WorkerRuntime) -> Iterator[EmbeddedHan
 
     task = app.tasks[TASK_PROCESS_CHUNK]
     task_failure.connect(on_failure, sender=task, weak=False)
+    started = utcnow()
     thread.start()
     try:
         yield handle
@@ -69,4 +73,22 @@ def embedded_worker(app: Celery, runtime: WorkerRuntime) -> Iterator[EmbeddedHan
         thread.join(timeout=30)
         if thread.is_alive():
             log.warning("embedded worker did not stop within 30 s")
+        _report_unsent_notifications(runtime, since=started)
         runtime.close()
+
+
+def _report_unsent_notifications(runtime: WorkerRuntime, *, since: datetime) -> None:
+    """One line when this run leaves notifications owed (failed, or pending because the
+    worker was stopped mid-send): they are not lost, but someone has to send them."""
+    if not runtime.notifier.channels:
+        return
+    try:
+        with runtime.sessions() as session:
+            unsent = records.unsent_since(session, since)
+    except Exception as exc:  # the run's outcome stands; this is advice only
+        log.warning("could not check this run's notifications: %s", type(exc).__name__)
+        return
+    if unsent:
+        log.warning("%d notification(s) of this run not delivered (failed or still pending): "
+                    "`mammo recover` sends them (the sweeper of a `mammo worker` also does)",
+                    unsent)

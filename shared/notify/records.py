@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Exists, and_, or_, select, update
+from sqlalchemy import ColumnElement, Exists, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.batches import summary_due_at
@@ -135,3 +135,12 @@ def owed(session: Session, channel: str, *, since: datetime,
             ~recorded(Event.EXAM_ALERT, Notification.study_id == ExamResult.study_id))
         .order_by(ExamResult.study_id)).scalars().all()
     return batches, list(studies)
+
+
+def unsent_since(session: Session, since: datetime) -> int:
+    """How many notifications claimed at or after ``since`` are not delivered: ``failed``,
+    or still ``pending`` (a sender cut short, e.g. when ``mammo run`` stopped waiting)."""
+    return int(session.execute(
+        select(func.count()).select_from(Notification).where(
+            Notification.claimed_at >= since,
+            Notification.status.in_([PENDING, FAILED]))).scalar_one())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ from shared.notify.message import Notice
 SIGNATURE_HEADER = "X-Mammo-Signature"
 TIMESTAMP_HEADER = "X-Mammo-Timestamp"
 _RETRYABLE_STATUS = {408, 425, 429}
+_READ_CHUNK = 1024
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -77,9 +79,7 @@ class WebhookChannel:
             SIGNATURE_HEADER: sign(self.secret, body), TIMESTAMP_HEADER: str(sent_at),
         })
         try:
-            # The URL is http(s) only: Settings refuses file:// and other schemes.
-            with _OPENER.open(request, timeout=self.timeout_s) as response:
-                response.read()
+            self._post(request)
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:
                 location = self._where(exc.headers.get("Location") or "?")
@@ -92,6 +92,37 @@ class WebhookChannel:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NotificationError(f"webhook {self._where()} unreachable: {reason}") from None
+
+    def _post(self, request: urllib.request.Request) -> None:
+        """The request with an overall deadline of MAMMO_NOTIFY_TIMEOUT_S.
+
+        urlopen's ``timeout`` bounds each socket operation, not the request: a receiver that
+        trickles its answer a byte at a time held the sender for minutes. The request runs in
+        a helper thread that stops reading once the deadline has passed (each of its reads
+        still times out on its own), and the caller waits for it at most until the deadline.
+        """
+        late = threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                # The URL is http(s) only: Settings refuses file:// and other schemes.
+                with _OPENER.open(request, timeout=self.timeout_s) as response:
+                    while not late.is_set() and response.read(_READ_CHUNK):
+                        pass
+                outcome.append(None)
+            except BaseException as exc:  # handed to the caller below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run, name="mammo-webhook-post", daemon=True)
+        thread.start()
+        thread.join(self.timeout_s)
+        late.set()
+        if not outcome:
+            raise NotificationError(f"webhook {self._where()} did not answer within "
+                                    f"{self.timeout_s:g} s (MAMMO_NOTIFY_TIMEOUT_S)")
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def _where(self, url: str | None = None) -> str:
         # Scheme, host and port (and, for a redirect target, the path) only: a token in the

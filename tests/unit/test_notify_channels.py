@@ -295,3 +295,18 @@ def test_a_redirecting_webhook_is_refused_not_followed_and_not_retried() -> None
     assert f"redirected to http://{HOST}:" in (outcome.error or "")
     assert "/elsewhere" in (outcome.error or "") and "MAMMO_WEBHOOK_URL" in (outcome.error or "")
     assert "t0ken" not in (outcome.error or "")
+
+
+def test_a_trickling_webhook_is_cut_at_the_timeout_per_attempt_not_per_read() -> None:
+    # urlopen's timeout limits each socket read: one byte a second held the sender for the
+    # whole 30 s body, so "at most timeout x attempts + backoff" did not hold.
+    with _odd_receiver("trickle") as (url, seen):
+        settings = Settings(_env_file=None, webhook_url=url, webhook_secret=SECRET,  # type: ignore[call-arg]
+                            notify_timeout_s=1.5)
+        started = time.monotonic()
+        outcome = deliver_with_retry(lambda: WebhookChannel(settings).send(_notice()),
+                                     RetryPolicy(1, 0.01, 0.01))
+        elapsed = time.monotonic() - started
+    assert len(seen) == 2 and not outcome.ok and outcome.attempts == 2
+    assert "did not answer within 1.5 s" in (outcome.error or "")
+    assert elapsed < 2 * 1.5 + 1.0

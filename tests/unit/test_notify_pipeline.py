@@ -189,6 +189,9 @@ def test_dead_servers_never_fail_the_batch_and_are_recorded_failed(
     assert all("unreachable" in (r.last_error or "") for r in rows)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("FAILED after 3 attempt(s)" in w for w in warnings) == 4
+    # The run ends saying what it leaves owed and how to send it.
+    [owed] = [w for w in warnings if "notification(s) of this run" in w]
+    assert owed.startswith("4 notification(s)") and "`mammo recover`" in owed
     logged = caplog.text
     assert PASSWORD not in logged and SECRET not in logged
 
