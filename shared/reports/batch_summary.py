@@ -41,8 +41,8 @@ def _write_html(summary: BatchSummary, path: Path) -> Path:
     from shared.reports.batch_html import render_summary_html
 
     html = render_summary_html(summary)
-    with report_file(path):
-        path.write_text(html, encoding="utf-8")
+    with report_file(path) as temporary:
+        temporary.write_text(html, encoding="utf-8")
     return path
 
 

@@ -15,15 +15,16 @@ DISCLAIMER = ("Decision support only, not a diagnosis: probabilities from a mach
 
 
 def write_json(data: Any, path: Path) -> Path:
-    with report_file(path):
+    with report_file(path) as temporary:
         # Times as ISO 8601 with +00:00, like every listing's JSON.
-        path.write_text(json_text(data) + "\n", encoding="utf-8")
+        temporary.write_text(json_text(data) + "\n", encoding="utf-8")
     return path
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path,
               columns: Sequence[str] = RESULT_KEYS) -> Path:
-    with report_file(path), path.open("w", newline="", encoding="utf-8") as fh:
+    with report_file(path) as temporary, temporary.open("w", newline="",
+                                                        encoding="utf-8") as fh:
         write_csv_rows(fh, rows, columns)
     return path
 

@@ -3,8 +3,9 @@ written is one line naming it and its reason, never a traceback after a night's 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from shared.errors import ReportWriteError
@@ -12,11 +13,16 @@ from shared.errors import ReportWriteError
 
 @contextmanager
 def report_file(path: Path) -> Iterator[Path]:
-    """``path``, its folder made; an ``OSError`` while writing it becomes a
-    ``ReportWriteError`` that says what to change."""
+    """A temporary path beside ``path`` to write to, its folder made; renamed to ``path``
+    once the block ends, so a report is whole or absent, never cut short by a full disk
+    (a reader, or the worklist's ``report_path``, would take a truncated PDF for a report).
+    An ``OSError`` while writing becomes a ``ReportWriteError`` that says what to change.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        yield path
+        yield temporary
+        os.replace(temporary, path)
     except OSError as exc:
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or exc
@@ -25,3 +31,6 @@ def report_file(path: Path) -> Iterator[Path]:
             f"write to (MAMMO_REPORT_DIR, `mammo report -o FILE`, `mammo run --report-dir "
             f"DIR`); the results stay in the database, and `mammo report` writes them again."
         ) from exc
+    finally:
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)

@@ -111,9 +111,9 @@ def _footer(canvas: Canvas, doc: SimpleDocTemplate) -> None:
 
 
 def build_pdf(path: Path, title: str, story: list[Flowable]) -> Path:
-    doc = SimpleDocTemplate(str(path), pagesize=A4, title=title, author="mammo-pipeline",
-                            leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
-                            bottomMargin=18 * mm)
-    with report_file(path):
+    with report_file(path) as temporary:
+        doc = SimpleDocTemplate(str(temporary), pagesize=A4, title=title,
+                                author="mammo-pipeline", leftMargin=15 * mm,
+                                rightMargin=15 * mm, topMargin=15 * mm, bottomMargin=18 * mm)
         doc.build(story, onFirstPage=_footer, onLaterPages=_footer)
     return path
