@@ -17,6 +17,10 @@ from shared.enums import ImageState
 from shared.notify.message import Attachment, Event, Notice
 from shared.queries import batch_status
 from shared.reports.exports import DISCLAIMER
+from shared.synthetic import SYNTHETIC_MANUFACTURER
+
+# Said in the subject and first in the text of an alert for a `mammo demo` exam.
+SYNTHETIC_NOTE = "SYNTHETIC TEST DATA - not a patient"
 
 
 def _class_counts(session: Session, batch_id: int) -> dict[str, int]:
@@ -96,6 +100,13 @@ def current_exam(session: Session, study_id: int) -> ExamResult | None:
         ExamResult.study_id == study_id, ExamResult.superseded_at.is_(None))).scalar_one_or_none()
 
 
+def _synthetic(session: Session, study_id: int) -> bool:
+    """Made by `mammo demo` / shared.synthetic (the same test as the exam report's)."""
+    return session.execute(select(Image.id).where(
+        Image.study_id == study_id, Image.manufacturer == SYNTHETIC_MANUFACTURER).limit(1)
+    ).first() is not None
+
+
 def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice | None:
     """An alert for the study's current exam result, or None when it is below ``threshold``."""
     exam = current_exam(session, study_id)
@@ -104,7 +115,9 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
         return None
     per_breast = {side: {k: b.get(k) for k in ("label", "suspicion", "p_malignant", "views")}
                   for side, b in (exam.per_breast or {}).items() if isinstance(b, dict)}
+    synthetic = _synthetic(session, study_id)
     text = "\n".join([
+        *([SYNTHETIC_NOTE, ""] if synthetic else []),
         f"An exam was scored at suspicion {exam.suspicion} of 10 (alert threshold "
         f"{threshold}). Please prioritise its reading.",
         "",
@@ -123,9 +136,10 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
         "patient_pseudonym": study.patient_pseudonym, "suspicion": exam.suspicion,
         "threshold": threshold, "label": exam.label, "p_malignant": exam.p_malignant,
         "exam_status": exam.status, "per_breast": per_breast, "flags": list(exam.flags or []),
-        "disclaimer": DISCLAIMER,
+        "synthetic": synthetic, "disclaimer": DISCLAIMER,
     }
     return Notice(Event.EXAM_ALERT, f"study:{study_id}",
-                  f"[mammo] Suspicion {exam.suspicion}/10 exam to read first "
+                  f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
+                  f"Suspicion {exam.suspicion}/10 exam to read first "
                   f"(accession {study.accession_number or '-'})",
                   text, payload, study_id=study_id)

@@ -119,6 +119,11 @@ def test_one_batch_email_and_one_alert_per_exam_even_when_the_hook_fires_again(
     alert_text = alert.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "Accession number: SYN000000000" in alert_text and "not a diagnosis" in alert_text
     assert "left breast: suspicion" in alert_text and "right breast: suspicion" in alert_text
+    # A `mammo demo` exam says so wherever the alert goes.
+    assert "SYNTHETIC TEST DATA - not a patient" in alert["Subject"]
+    assert alert_text.startswith("SYNTHETIC TEST DATA - not a patient")
+    [alert_payload] = [p for p in hook.accepted if p["event"] == "exam_alert"]
+    assert alert_payload["synthetic"] is True
 
 
 def test_below_the_threshold_no_alert_is_sent(settings: Settings, tmp_path: Path) -> None:
