@@ -84,8 +84,18 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
     except OperationalError as exc:
         raise DatabaseUnavailableError(
             f"Cannot reach the database at {_shown(engine)}: "
-            f"{_first_line(exc.orig)}. Check MAMMO_DATABASE_URL and that the server is running."
-        ) from exc
+            f"{_first_line(exc.orig)}. {_remedy(engine)}") from exc
+
+
+def _remedy(engine: Engine) -> str:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return "Check MAMMO_DATABASE_URL and that the server is running."
+    # A SQLite file has no server: what fails is its folder (missing, read-only).
+    folder = Path(database).resolve().parent
+    return (f"The SQLite file {Path(database).resolve()} needs a folder this user can write "
+            f"({folder}{' does not exist' if not folder.is_dir() else ''}): run from a "
+            "writable folder, or set MAMMO_DATABASE_URL.")
 
 
 def check_connection_options(engine: Engine) -> None:

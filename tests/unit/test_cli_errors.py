@@ -50,6 +50,16 @@ def test_database_unreachable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert "Cannot reach the database" in out
 
 
+def test_a_sqlite_file_in_a_folder_that_does_not_exist_names_the_folder(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # There is no server to check: what is wrong is the file's folder.
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path,
+                           database_url=f"sqlite:///{tmp_path / 'gone' / 'm.db'}")
+    assert code == ExitCode.DATABASE_UNAVAILABLE, out
+    assert f"needs a folder this user can write ({tmp_path / 'gone'} does not exist)" in out
+    assert "server" not in out
+
+
 def test_invalid_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     code, out = invoke_cli(["status"], monkeypatch, tmp_path, chunk_size="-3")
     assert code == ExitCode.CONFIG
