@@ -15,7 +15,12 @@ from shared.recovery import find_stuck, follow_up, sweep
 
 @click.group("db")
 def db_group() -> None:
-    """Database maintenance."""
+    """Database maintenance.
+
+    \b
+    Example:
+        mammo db upgrade
+    """
 
 
 @db_group.command("upgrade")

@@ -260,7 +260,13 @@ def _resolve(cli: CliContext, ref: str, named_by: str) -> Any:
 
 @click.group("models")
 def models_group() -> None:
-    """List, inspect and activate model versions."""
+    """List, inspect and activate model versions.
+
+    \b
+    Example:
+        mammo models list
+        mammo models activate default:1.8.0
+    """
 
 
 @models_group.command("list")

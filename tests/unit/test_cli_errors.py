@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -66,10 +67,17 @@ def test_invalid_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert "MAMMO_" in out
 
 
-@pytest.mark.parametrize("command", [
-    ["run"], ["demo"], ["submit"], ["worker"], ["status"], ["results"], ["recover"],
-    ["db", "upgrade"],
-])
+def _every_command(group: click.Group, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and group under ``group``, as the words that name it."""
+    found: list[list[str]] = []
+    for name, command in sorted(group.commands.items()):
+        found.append([*prefix, name])
+        if isinstance(command, click.Group):
+            found += _every_command(command, (*prefix, name))
+    return found
+
+
+@pytest.mark.parametrize("command", _every_command(cli), ids=" ".join)
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0
