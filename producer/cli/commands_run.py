@@ -9,7 +9,7 @@ import click
 from producer.cli.commands_submit import manifest_option
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
-from producer.cli.options import format_option, paths_argument
+from producer.cli.options import batch_name_option, format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.discovery import iter_files
 from producer.embedded_run import RunOutcome, check_model, run_embedded
@@ -56,7 +56,7 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
 
 @click.command("run")
 @paths_argument
-@click.option("--name", help="A name for this batch, shown in status and reports.")
+@batch_name_option
 @click.option("--report-dir", type=click.Path(path_type=Path),
               help="Where to write the batch report [default: MAMMO_REPORT_DIR].")
 @manifest_option

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from producer.cli.context import CliContext, pass_cli
-from producer.cli.options import paths_argument
+from producer.cli.options import batch_name_option, paths_argument
 from producer.cli.progress import STDERR, file_counter
 from producer.manifest import COLUMNS
 from producer.submission import submit
@@ -34,7 +34,7 @@ def require_broker(cli: CliContext, command: str) -> None:
 
 @click.command("submit")
 @paths_argument
-@click.option("--name", help="A name for this batch, shown in status and reports.")
+@batch_name_option
 @click.option("--priority", type=click.Choice([p.value for p in Priority]),
               default=Priority.ROUTINE.value, show_default=True,
               help="Urgent batches are served before routine ones.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,22 @@ def format_option(func: F) -> F:
         "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
         help="Output format.",
     )(func)
+
+
+def _batch_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # A line break in a name ends up in e-mail headers and one-line logs: refuse control
+    # characters (CR, LF, tab, NUL...) here, before anything is registered.
+    if value is not None and any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise click.BadParameter(
+            f"{value!r} contains a control character (line break, tab...): use a name on "
+            "one line of printable characters")
+    return value
+
+
+def batch_name_option(func: F) -> F:
+    """``--name`` of a new batch (``mammo run``, ``mammo submit``)."""
+    return click.option("--name", callback=_batch_name,
+                        help="A name for this batch, shown in status and reports.")(func)
 
 
 paths_argument = click.argument(

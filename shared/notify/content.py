@@ -55,7 +55,9 @@ def batch_notice(session: Session, batch_id: int, *, html: str | None,
     by_class = _class_counts(session, batch_id)
     reasons = _failure_reasons(session, batch_id)
     failed = sum(reasons.values())
-    name = f" ({status.name})" if status.name else ""
+    # One line: a name registered before `--name` refused control characters (or through
+    # another door) must not break the e-mail's Subject header.
+    name = f" ({' '.join(status.name.split())})" if status.name else ""
     text = "\n".join([
         f"Batch {batch_id}{name} is complete: {status.total} images, "
         f"{status.counts.get('done', 0)} done, {failed} failed.",

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.batches import summary_due_at
 from shared.config import Settings
 from shared.db.schema import Batch
+from shared.errors import NotificationError, NotificationRejectedError
 from shared.notify import records
 from shared.notify.content import batch_notice, exam_alert_notice
 from shared.notify.mail import EmailChannel
@@ -45,6 +46,10 @@ def summary_html(settings: Settings) -> BatchHtml:
         return render_batch_html(session, batch_id, settings=settings)
 
     return render
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:300]
 
 
 class Channel(Protocol):
@@ -188,13 +193,18 @@ class Notifier:
         try:
             with self.sessions() as session:
                 notice = build(session)
-            if notice is not None:
-                for channel in self.channels:
-                    self._send_once(channel, notice)
         except Exception as exc:  # a notification never fails the batch
-            first_line = (str(exc).splitlines() or [""])[0][:300]
             log.warning("notifications for %s skipped after an error: %s: %s", what,
-                        type(exc).__name__, first_line)
+                        type(exc).__name__, _first_line(exc))
+            return
+        if notice is None:
+            return
+        for channel in self.channels:
+            try:  # one channel's error never keeps the others from sending
+                self._send_once(channel, notice)
+            except Exception as exc:
+                log.warning("%s notification for %s skipped after an error: %s: %s",
+                            channel.name, what, type(exc).__name__, _first_line(exc))
 
     def _send_once(self, channel: Channel, notice: Notice) -> None:
         with self.sessions() as session:
@@ -206,7 +216,7 @@ class Notifier:
 
     def _deliver(self, channel: Channel, notice: Notice, notification_id: int) -> bool:
         """Send a claimed notification (with retries) and record the outcome."""
-        delivery = deliver_with_retry(lambda: channel.send(notice), self.policy)
+        delivery = deliver_with_retry(partial(_send, channel, notice), self.policy)
         with self.sessions() as session:
             records.record(session, notification_id, attempts=delivery.attempts,
                            error=delivery.error)
@@ -219,3 +229,15 @@ class Notifier:
                         channel.name, notice.event.value, notice.subject_key,
                         delivery.attempts, delivery.error)
         return delivery.ok
+
+
+def _send(channel: Channel, notice: Notice) -> None:
+    """One attempt. An error that is not a delivery error (a message that cannot be built,
+    a bug) is not retried but recorded as this row's failure, not left ``pending``."""
+    try:
+        channel.send(notice)
+    except NotificationError:
+        raise
+    except Exception as exc:
+        raise NotificationRejectedError(
+            f"{channel.name} could not send: {type(exc).__name__}: {_first_line(exc)}") from None

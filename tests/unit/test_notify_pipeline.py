@@ -416,3 +416,46 @@ def test_the_background_follow_up_delivers_from_its_own_thread(
     assert _by_subject(mail) == {"batch": 1, "alert": 1} and len(hook.accepted) == 2
     [line] = [r.getMessage() for r in caplog.records if r.name == "test.follow-up"]
     assert "4 failed delivery(ies) retried, 4 delivered" in line
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_batch_name_with_a_line_break_is_a_usage_error(
+    command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    from tests.helpers.cli import invoke_cli
+
+    (tmp_path / "in").mkdir()
+    code, out = invoke_cli([command, str(tmp_path / "in"), "--name", "a\r\nBcc: x"],
+                           monkeypatch, tmp_path)
+    assert code == 2 and "control character" in out and "--name" in out
+
+
+class _BrokenChannel:
+    name = "broken"
+
+    def send(self, notice: object) -> None:
+        raise ValueError("Header values may not contain linefeed or carriage return characters")
+
+
+def test_one_channel_error_never_blocks_the_others(settings: Settings, tmp_path: Path) -> None:
+    # A batch name with CR/LF (registered before the CLI refused it) broke the e-mail's
+    # Subject; the ValueError escaped and the webhook was skipped too.
+    from shared.notify.mail import EmailChannel
+    from shared.notify.webhook import WebhookChannel
+
+    sessions = _sessions(settings)
+    batch = create_batch(sessions, name="a\r\nBcc: x", priority=Priority.ROUTINE, mode="test")
+    ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=8)).new_ids
+    process_chunk(ids, token="t", runtime=WorkerRuntime(settings))  # no channels configured
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET) as hook:
+        notify = _with_notifications(settings, mail.port, hook.url)
+        Notifier(notify, sessions, channels=[_BrokenChannel(), EmailChannel(notify),
+                                             WebhookChannel(notify)]).batches_finished([batch])
+    [message] = mail.messages
+    assert "(a Bcc: x)" in message["Subject"] and message["Bcc"] is None
+    assert [p["event"] for p in hook.accepted] == ["batch_complete"]
+    with sessions() as s:
+        rows = {r.channel: r for r in s.execute(select(Notification)).scalars()}
+    assert rows["email"].status == rows["webhook"].status == "sent"
+    assert rows["broken"].status == "failed" and rows["broken"].attempts == 1
+    assert "ValueError" in (rows["broken"].last_error or "")
