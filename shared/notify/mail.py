@@ -11,6 +11,11 @@ from shared.config import Settings
 from shared.errors import NotificationError, NotificationRejectedError
 from shared.notify.message import Notice
 
+# What an OpenSSL client reports when the other side does not answer with TLS (a plain
+# port, plain HTTP) or answers TLS where plain text was expected: a setting, not an outage.
+TLS_MISMATCH = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST",
+                          "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
+
 
 def build_email(settings: Settings, notice: Notice) -> EmailMessage:
     msg = EmailMessage()
@@ -60,6 +65,14 @@ class EmailChannel:
             raise NotificationRejectedError(
                 f"TLS certificate of {self._where()} not trusted ({exc.verify_message}): set "
                 "MAMMO_SMTP_CA_FILE to the CA that signed it") from None
+        except ssl.SSLError as exc:
+            if exc.reason not in TLS_MISMATCH:
+                raise NotificationError(
+                    f"SMTP server {self._where()} unreachable: TLS error: {exc}") from None
+            raise NotificationRejectedError(
+                f"SMTP server {self._where()} does not speak TLS the way the settings ask "
+                f"({exc.reason}): check MAMMO_SMTP_SECURITY ({self.settings.smtp_security}) "
+                "and MAMMO_SMTP_PORT (ssl: 465, starttls: 587)") from None
         except smtplib.SMTPResponseException as exc:
             error = NotificationRejectedError if 500 <= exc.smtp_code < 600 else NotificationError
             raise error(f"SMTP server {self._where()} answered {exc.smtp_code}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 import urllib.error
@@ -20,6 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 from shared.config import Settings
 from shared.errors import NotificationError, NotificationRejectedError
+from shared.notify.mail import TLS_MISMATCH
 from shared.notify.message import Notice
 
 SIGNATURE_HEADER = "X-Mammo-Signature"
@@ -91,6 +93,11 @@ class WebhookChannel:
             raise error(f"webhook {self._where()} answered HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLError) and reason.reason in TLS_MISMATCH:
+                raise NotificationRejectedError(
+                    f"webhook {self._where()} does not speak TLS the way the URL asks "
+                    f"({reason.reason}): check the URL scheme (https/http) and port of "
+                    "MAMMO_WEBHOOK_URL") from None
             raise NotificationError(f"webhook {self._where()} unreachable: {reason}") from None
 
     def _post(self, request: urllib.request.Request) -> None:

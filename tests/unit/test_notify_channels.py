@@ -310,3 +310,27 @@ def test_a_trickling_webhook_is_cut_at_the_timeout_per_attempt_not_per_read() ->
     assert len(seen) == 2 and not outcome.ok and outcome.attempts == 2
     assert "did not answer within 1.5 s" in (outcome.error or "")
     assert elapsed < 2 * 1.5 + 1.0
+
+
+def test_tls_to_a_plain_smtp_port_names_the_security_setting_not_unreachable(
+    tmp_path: Path,
+) -> None:
+    with smtp_server(tmp_path) as inbox:  # plain SMTP
+        settings = _mail_settings(inbox.port, smtp_security="ssl")
+        outcome = deliver_with_retry(lambda: EmailChannel(settings).send(_notice()),
+                                     RetryPolicy(3, 0.01, 0.01))
+    assert not outcome.ok and outcome.attempts == 1  # a setting: asking again will not help
+    assert "WRONG_VERSION_NUMBER" in (outcome.error or "")
+    assert "MAMMO_SMTP_SECURITY" in (outcome.error or "")
+    assert "unreachable" not in (outcome.error or "")
+
+
+def test_https_to_a_plain_http_webhook_names_the_url_scheme_not_unreachable() -> None:
+    with webhook_server(SECRET) as inbox:
+        url = inbox.url.replace("http://", "https://")
+        settings = Settings(_env_file=None, webhook_url=url, webhook_secret=SECRET)  # type: ignore[call-arg]
+        outcome = deliver_with_retry(lambda: WebhookChannel(settings).send(_notice()),
+                                     RetryPolicy(3, 0.01, 0.01))
+    assert not outcome.ok and outcome.attempts == 1
+    assert "URL scheme" in (outcome.error or "") and "unreachable" not in (outcome.error or "")
+    assert "t0ken" not in (outcome.error or "")
