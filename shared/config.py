@@ -244,6 +244,9 @@ class Settings(BaseSettings):
         if self.smtp_user and self.smtp_security == "none":
             raise ValueError("MAMMO_SMTP_SECURITY=none would send the SMTP password in clear "
                              "text: use starttls or ssl")
+        if self.smtp_ca_file is not None and not self.smtp_ca_file.is_file():
+            raise ValueError(f"MAMMO_SMTP_CA_FILE={self.smtp_ca_file} is not a file: give the "
+                             "PEM file of the CA that signs the SMTP server's certificate")
         if self.webhook_url and not self.webhook_url.lower().startswith(("https://", "http://")):
             raise ValueError("MAMMO_WEBHOOK_URL must be an http:// or https:// URL")
         if self.webhook_url and self.webhook_secret is None:

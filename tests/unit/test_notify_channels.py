@@ -192,6 +192,13 @@ def test_half_a_notification_configuration_is_refused_without_echoing_secrets(
     assert PASSWORD not in str(raised.value) and SECRET not in str(raised.value)
 
 
+def test_a_missing_smtp_ca_file_is_refused_at_start_naming_the_setting(tmp_path: Path) -> None:
+    # Not at night, as "unreachable: FileNotFoundError", four times over.
+    with pytest.raises(ConfigurationError, match=r"MAMMO_SMTP_CA_FILE=.*nope\.pem is not a file"):
+        load_settings(_env_file=None, smtp_host="mail", smtp_from="a@b", smtp_to="c@d",
+                      smtp_ca_file=str(tmp_path / "nope.pem"))
+
+
 def test_secrets_do_not_appear_in_the_settings_repr() -> None:
     settings = Settings(_env_file=None, smtp_host=HOST, smtp_from="a@b", smtp_to="c@d",  # type: ignore[call-arg]
                         smtp_user="u", smtp_password=PASSWORD, webhook_url="https://h/x",
