@@ -16,6 +16,12 @@ from __future__ import annotations
 from shared.enums import ErrorCode
 
 
+def first_line(exc: object) -> str:
+    """The first non-blank line of an exception's message ("" if it has none): what a log
+    line or a one-line error quotes of it."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
 class MammoError(Exception):
     """Root of every error this project raises on purpose."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from models.registry import ModelSpec, verify_model
-from shared.errors import ModelIntegrityError
+from shared.errors import ModelIntegrityError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ class Classifier:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"[:300]
+    return f"{type(exc).__name__}: {first_line(exc) or 'no message'}"[:300]
 
 
 def _require_input(model: Any, spec: ModelSpec) -> None:

@@ -157,7 +157,8 @@ class Watcher:
             if known is None:
                 self.consider(path, finished=False)
                 continue
-            if self.registered.holds(path, known) is False:
+            replaced = self.registered.holds(path, known) is False
+            if replaced:
                 # The name was reused for another file (a scanner's counter, a resend): the
                 # new file is registered on its own; the known image keeps its own result.
                 if path not in self._replaced:
@@ -165,10 +166,9 @@ class Watcher:
                     log.info("%s now holds another file than image %d: looking at it as a "
                              "new file", self.folder.relative(path), known.image_id)
                 self.consider(path, finished=False)
-                if known.state in _TERMINAL:
-                    continue
             if known.state in _TERMINAL:
-                self.followup.finish(path, known)
+                if not replaced:
+                    self.followup.finish(path, known)
             else:
                 self.followup.track(known.image_id, path)
                 # An embedded queue starts empty, so everything active needs a message; with

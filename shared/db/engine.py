@@ -29,7 +29,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db.migration_connection import foreign_key_violations, migration_connection
-from shared.errors import ConfigurationError, DatabaseUnavailableError, MigrationError
+from shared.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    MigrationError,
+    first_line,
+)
 from shared.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -124,7 +129,7 @@ def refused_as_error(url: str, exc: OperationalError) -> DatabaseUnavailableErro
 
 
 def _first_line(exc: object) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first_line(exc) or type(exc).__name__
 
 
 def alembic_config(engine: Engine) -> Config:

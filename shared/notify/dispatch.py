@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.batches import summary_due_at
 from shared.config import Settings
 from shared.db.schema import Batch
-from shared.errors import NotificationError, NotificationRejectedError
+from shared.errors import NotificationError, NotificationRejectedError, first_line
 from shared.notify import records
 from shared.notify.content import batch_notice, exam_alert_notice
 from shared.notify.mail import EmailChannel
@@ -49,7 +49,7 @@ def summary_html(settings: Settings) -> BatchHtml:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [""])[0][:300]
+    return first_line(exc)[:300]
 
 
 class Channel(Protocol):
@@ -131,7 +131,7 @@ class Notifier:
                 self._retry_failed(since, report)
         except Exception as exc:  # the sweeper goes on; the next sweep tries again
             log.warning("notification follow-up stopped: %s: %s", type(exc).__name__,
-                        (str(exc).splitlines() or [""])[0][:300])
+                        _first_line(exc))
         return report
 
     def _retry_failed(self, since: datetime, report: FollowUpReport) -> None:
@@ -186,7 +186,7 @@ class Notifier:
         except Exception as exc:
             session.rollback()
             log.warning("batch %d summary not attached: %s: %s", batch_id, type(exc).__name__,
-                        (str(exc).splitlines() or [""])[0][:300])
+                        _first_line(exc))
             return None, None
 
     def _guarded(self, what: str, build: Callable[[Session], Notice | None]) -> None:

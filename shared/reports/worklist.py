@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
 
 def count_worklist(session: Session, flt: WorklistFilter) -> int:
     """How many exams the list holds without ``flt.limit``."""
-    unlimited = _worklist_query(WorklistFilter(flt.batch_id, flt.since, flt.until))
+    unlimited = _worklist_query(replace(flt, limit=None))
     return int(session.scalar(select(func.count()).select_from(unlimited.subquery())) or 0)
 
 
