@@ -48,7 +48,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pretrained": {"pretrain_epochs": 20, "finetune_epochs": 0},
     "averaged": {"average_from": 16},
     "negatives": {"negatives_ratio": 5.0, "hard_negatives": 8},
-    "image-labels": {"finetune_location_weight": 0.0}, "deep": {"stage_convs": 2}}
+    "image-labels": {"finetune_location_weight": 0.0}, "deep": {"stage_convs": 2},
+    "deeper": {"stage_convs": 3}}
 DEFAULTS = TrainConfig()
 
 
