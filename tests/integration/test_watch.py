@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import OperationalError
 
 from shared.db.schema import ExamResult, Image, Prediction
-from shared.enums import Laterality, View
+from shared.enums import ImageState, Laterality, View
 from shared.synthetic import make_exam_set, synth_mammogram, write_dicom
 from tests.helpers.processes import (
     WatchProcess,
@@ -52,6 +52,15 @@ class Db:
     def sources(self) -> dict[str, str]:
         with self.engine.connect() as conn:
             return {Path(s).name: st for s, st in conn.execute(select(Image.source, Image.state))}
+
+
+def _stalled(db: Db, watcher: WatchProcess, worker: WorkerProcess) -> str:
+    """What a stalled burst leaves to read: the images per state, and both processes' ends
+    (one CI run once saw 0 of 2,000 done with only the watcher's log to go on)."""
+    states = {state.value: db.count(state.value) for state in ImageState}
+    exits = f"watcher exit {watcher.proc.poll()}, worker exit {worker.proc.poll()}"
+    return (f"images by state: {states} ({exits})\n--- watcher ---\n{watcher.log()[-3000:]}"
+            f"\n--- worker ---\n{worker.log()[-3000:]}")
 
 
 @pytest.fixture
@@ -204,7 +213,7 @@ def test_kill_and_restart_mid_burst_processes_every_file_exactly_once(
             (incoming / f"img{n:04d}.dcm").write_bytes(_one_dicom(incoming / "x", 1000 + n))
         watcher = WatchProcess(env, tmp_path, incoming)
         wait_for(lambda: db.count("done") == total, timeout=240, what="all files done",
-                 on_timeout=lambda: f"{db.count('done')} done\n{watcher.log()[-3000:]}")
+                 on_timeout=lambda: _stalled(db, watcher, worker))
     finally:
         status = watcher.stop()
         worker.stop()
@@ -231,7 +240,7 @@ def test_a_burst_of_2000_files_is_processed_exactly_once(
         for path in sorted(stage.iterdir()):
             os.rename(path, incoming / path.name)  # all at once, complete (rename events)
         wait_for(lambda: db.count("done") == total, timeout=240, what="all 2,000 done",
-                 on_timeout=lambda: f"{db.count('done')} done\n{watcher.log()[-3000:]}")
+                 on_timeout=lambda: _stalled(db, watcher, worker))
     finally:
         status = watcher.stop()
         worker.stop()
