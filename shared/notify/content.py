@@ -16,6 +16,7 @@ from shared.db.schema import ExamResult, Image, Prediction, Study
 from shared.enums import ImageState
 from shared.notify.message import Attachment, Event, Notice
 from shared.queries import batch_status
+from shared.reports.batch_data import synthetic_images
 from shared.reports.exports import DISCLAIMER
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 
@@ -58,7 +59,13 @@ def batch_notice(session: Session, batch_id: int, *, html: str | None,
     # One line: a name registered before `--name` refused control characters (or through
     # another door) must not break the e-mail's Subject header.
     name = f" ({' '.join(status.name.split())})" if status.name else ""
+    synthetic = synthetic_images(session, batch_id)
+    # The report path as the recipient must look for it: the writer's working directory
+    # means nothing in an inbox.
+    report_path = report_path.resolve() if report_path else None
     text = "\n".join([
+        *([f"{SYNTHETIC_NOTE} ({synthetic} of {status.total} images)", ""] if synthetic
+          else []),
         f"Batch {batch_id}{name} is complete: {status.total} images, "
         f"{status.counts.get('done', 0)} done, {failed} failed.",
         "",
@@ -77,12 +84,13 @@ def batch_notice(session: Session, batch_id: int, *, html: str | None,
         "failures_by_reason": reasons,
         "report_path": str(report_path) if report_path else None,
         "finished_at": status.finished_at.isoformat() if status.finished_at else None,
-        "disclaimer": DISCLAIMER,
+        "synthetic_images": synthetic, "disclaimer": DISCLAIMER,
     }
     attachments = (Attachment(report_path.name if report_path else f"batch-{batch_id}.html",
                               html),) if html else ()
     return Notice(Event.BATCH_COMPLETE, f"batch:{batch_id}",
-                  f"[mammo] Batch {batch_id}{name} complete: {failed} failed of {status.total}",
+                  f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
+                  f"Batch {batch_id}{name} complete: {failed} failed of {status.total}",
                   text, payload, attachments, batch_id=batch_id)
 
 

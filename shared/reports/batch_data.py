@@ -104,7 +104,8 @@ def _failures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for r in results if r["state"] == ImageState.FAILED.value]
 
 
-def _synthetic_images(session: Session, batch_id: int) -> int:
+def synthetic_images(session: Session, batch_id: int) -> int:
+    """Images of the batch made by the synthetic generator (`mammo demo`): not patients."""
     return int(session.scalar(select(func.count()).where(
         Image.batch_id == batch_id, Image.manufacturer == SYNTHETIC_MANUFACTURER)) or 0)
 
@@ -134,6 +135,6 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
                                report_dir=report_dir),
         exams=count_worklist(session, WorklistFilter(batch_id=batch_id)),
         duplicates=len(results) - len(own),
-        synthetic_images=_synthetic_images(session, batch_id),
+        synthetic_images=synthetic_images(session, batch_id),
         results=results,
     )

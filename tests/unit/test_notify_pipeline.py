@@ -20,6 +20,7 @@ from shared.db.engine import create_db_engine, ensure_schema, make_session_facto
 from shared.db.schema import Batch, ExamResult, Image, Notification, Study
 from shared.enums import Priority
 from shared.notify import Notifier
+from shared.notify.content import batch_notice
 from shared.synthetic import make_exam_set
 from tests.helpers.notify_servers import HOST, SmtpInbox, free_port, smtp_server, webhook_server
 from worker.pipeline import process_chunk
@@ -109,6 +110,11 @@ def test_one_batch_email_and_one_alert_per_exam_even_when_the_hook_fires_again(
     batch_mail = next(m for m in mail.messages if "Batch" in m["Subject"])
     text = batch_mail.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "4 images, 4 done, 0 failed" in text and "not a diagnosis" in text
+    # A `mammo demo` batch says so in its subject and first line too, not only its alerts.
+    assert batch_mail["Subject"].startswith("[mammo] SYNTHETIC TEST DATA - not a patient: ")
+    assert text.startswith("SYNTHETIC TEST DATA - not a patient (4 of 4 images)")
+    [batch_payload] = [p for p in hook.accepted if p["event"] == "batch_complete"]
+    assert batch_payload["synthetic_images"] == 4
     assert "Images by predicted class:" in text
     [page] = list(batch_mail.iter_attachments())
     html = page.get_content()
@@ -459,3 +465,19 @@ def test_one_channel_error_never_blocks_the_others(settings: Settings, tmp_path:
     assert rows["email"].status == rows["webhook"].status == "sent"
     assert rows["broken"].status == "failed" and rows["broken"].attempts == 1
     assert "ValueError" in (rows["broken"].last_error or "")
+
+
+def test_the_batch_notice_names_its_report_by_absolute_path(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker writing to a relative MAMMO_REPORT_DIR: the recipient gets a path that
+    means something outside the worker's working directory."""
+    sessions = _processed_without_channels(settings, tmp_path, seed=8)
+    monkeypatch.chdir(tmp_path)
+    with sessions() as session:
+        batch_id = session.execute(select(Batch.id)).scalar_one()
+        notice = batch_notice(session, batch_id, html=None,
+                              report_path=Path("reports") / "batch-1.html")
+    assert notice is not None
+    where = str(tmp_path.resolve() / "reports" / "batch-1.html")
+    assert f"Batch report: {where}\n" in notice.text
+    assert notice.payload["report_path"] == where
