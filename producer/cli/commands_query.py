@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import click
 
@@ -10,6 +10,7 @@ from producer.cli.context import CliContext, pass_cli
 from producer.cli.options import date_range_options, format_option, utc_range
 from shared.enums import ImageState, Label
 from shared.formatting import render
+from shared.notify import records as notify_records
 from shared.queries import (
     BATCH_STATUS_KEYS,
     RESULT_KEYS,
@@ -60,14 +61,21 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     render(rows, fmt, keys=BATCH_STATUS_KEYS, title="Batches")
     if fmt != "table":
         return
-    for key, value in _health(cli).items():
+    health_row = _health(cli)
+    for key, value in health_row.items():
         click.echo(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
+    if health_row["notifications_undelivered"]:
+        click.echo("  (`mammo recover` or a worker's sweeper sends them again once they failed "
+                   "MAMMO_NOTIFY_RESEND_AFTER_S ago; the worker's log says why they failed)")
 
 
 def _health(cli: CliContext) -> dict[str, object]:
     settings = cli.settings
     with cli.sessions() as session:  # reaching the database is itself the first check
         info = system_health(session, lease_s=settings.claim_lease_s)
+        # A batch e-mail or alert that never left is otherwise seen only in a worker's log.
+        info["notifications_undelivered"] = notify_records.undelivered(
+            session, give_up_after=timedelta(seconds=settings.notify_give_up_after_s))
     if settings.is_embedded:
         broker, depth = "embedded (no broker)", None
     else:

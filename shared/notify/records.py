@@ -144,3 +144,16 @@ def unsent_since(session: Session, since: datetime) -> int:
         select(func.count()).select_from(Notification).where(
             Notification.claimed_at >= since,
             Notification.status.in_([PENDING, FAILED]))).scalar_one())
+
+
+def undelivered(session: Session, *, give_up_after: timedelta) -> int:
+    """Notifications still owed: ``failed``, or left ``pending`` by a sender that died
+    mid-send, within the give-up window (older ones are never sent). One being sent right
+    now is not counted."""
+    now = utcnow()
+    return int(session.execute(
+        select(func.count()).select_from(Notification).where(
+            Notification.created_at >= now - give_up_after,
+            or_(Notification.status == FAILED,
+                and_(Notification.status == PENDING,
+                     Notification.claimed_at < now - STALE_AFTER)))).scalar_one())

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema
-from shared.db.schema import Batch, DuplicateSubmission, Image, Study
+from shared.db.schema import Batch, DuplicateSubmission, Image, Notification, Study
 from shared.queries import BATCH_STATUS_KEYS, ResultFilter, batch_status, list_results
 from shared.reports.exports import DISCLAIMER
 from tests.helpers.cli import invoke_cli
@@ -278,3 +278,30 @@ def test_a_finished_batch_keeps_the_pace_it_ended_at(tmp_path: Path) -> None:
     # The last 5 minutes of its life (created .. last finish, 4 minutes): 15 images.
     assert status is not None and status.eta_seconds == 0.0
     assert status.images_per_minute == pytest.approx(15 / 4)
+
+
+def test_status_counts_notifications_still_owed(seeded: str, monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """A batch e-mail that failed shows in `status`, not only in a worker's log; one being
+    sent now, and one past the give-up window (never sent again), are not owed."""
+    now = datetime.now(UTC)
+    engine = _engine(seeded)
+    with engine.begin() as conn:
+        conn.execute(insert(Notification), [
+            {"channel": "email", "event": "batch_complete", "subject_key": "batch:1",
+             "batch_id": 1, "status": "failed", "attempts": 3, "created_at": now,
+             "claimed_at": now, "last_error": "ConnectionRefusedError"},
+            {"channel": "webhook", "event": "batch_complete", "subject_key": "batch:1",
+             "batch_id": 1, "status": "pending", "attempts": 0, "created_at": now,
+             "claimed_at": now, "last_error": None},
+            {"channel": "email", "event": "batch_complete", "subject_key": "batch:2",
+             "batch_id": 2, "status": "failed", "attempts": 3,
+             "created_at": now - timedelta(days=2), "claimed_at": now - timedelta(days=2),
+             "last_error": "ConnectionRefusedError"}])
+    engine.dispose()
+    code, out = _mammo(["status", "--health", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert json.loads(out)[0]["notifications_undelivered"] == 1
+    code, out = _mammo(["status"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert "notifications undelivered: 1\n" in out and "`mammo recover`" in out
