@@ -133,6 +133,20 @@ def check_broker(app: Celery, timeout_s: float = 3.0) -> None:
         raise BrokerUnavailableError(broker_unreachable_message(app, exc)) from exc
 
 
+def broker_uptime_s(app: Celery) -> float | None:
+    """Seconds since the Redis broker last started, or None when the transport cannot tell
+    (not Redis, or unreachable). Messages sent before then are gone unless Redis kept them
+    in an append-only file."""
+    try:
+        with app.connection_for_write() as conn, conn.channel() as channel:
+            client = getattr(channel, "client", None)
+            if client is None:
+                return None
+            return float(client.info("server")["uptime_in_seconds"])
+    except Exception:  # a sweep falls back to its plain waiting time
+        return None
+
+
 def queue_depth(app: Celery) -> int | None:
     """Messages waiting in the broker, or None when the transport cannot tell."""
     try:

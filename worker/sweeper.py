@@ -16,7 +16,8 @@ from celery import Celery, bootsteps
 from shared.config import Settings
 from shared.db.engine import create_db_engine, make_session_factory
 from shared.notify import Notifier
-from shared.recovery import BackgroundFollowUp, sweep
+from shared.queue import broker_uptime_s
+from shared.recovery import BackgroundFollowUp, lost_message_age_s, sweep
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,16 @@ class SweepLoop:
                 sessions = make_session_factory(create_db_engine(self.settings))
                 self.follow_up = BackgroundFollowUp(
                     self.settings, Notifier(self.settings, sessions), log)
+            after = lost_message_age_s(self.settings.requeue_after_s,
+                                       broker_uptime_s(self.app))
             report = sweep(self.follow_up.notifier.sessions, self.app, self.settings,
-                           queued_older_than_s=self.settings.requeue_after_s)
+                           queued_older_than_s=after)
             if report.requeued or report.note:
-                log.warning("sweeper: %s", report.summary())
+                restarted = (f" (the broker started {after} s ago: images "
+                             "queued before that lost their message)"
+                             if after < self.settings.requeue_after_s and report.stale_queued
+                             else "")
+                log.warning("sweeper: %s%s", report.summary(), restarted)
         except Exception as exc:  # a sweep must never take the worker down
             log.warning("sweeper: %s: %s", type(exc).__name__, exc)
             return

@@ -10,7 +10,12 @@ from producer.cli.progress import completion_bar
 from shared.db.engine import upgrade
 from shared.notify import Notifier
 from shared.queries import require_batch
-from shared.recovery import find_stuck, follow_up, sweep
+from shared.queue import broker_uptime_s
+from shared.recovery import find_stuck, follow_up, lost_message_age_s, sweep
+
+# A queued image this old is presumed to have lost its message (a busy night's queue is
+# shorter: MAMMO_REQUEUE_AFTER_S, the workers' own wait, is 600 s).
+RECOVER_AFTER_S = 1800
 
 
 @click.group("db")
@@ -40,14 +45,15 @@ def db_upgrade(cli: CliContext) -> None:
 
 
 @click.command("recover")
-@click.option("--older-than", type=click.IntRange(0), default=1800, show_default=True,
-              help="Seconds a queued image may wait before its message is presumed lost. "
-              "After Redis restarted without its data, use 0: every queued message is gone, "
-              "and a second message for an image is harmless.")
+@click.option("--older-than", type=click.IntRange(0), default=None,
+              help="Seconds a queued image may wait before its message is presumed lost "
+              "[default: 1800, or the time since the Redis broker last started if shorter: "
+              "a message sent before a restart is gone unless Redis kept it]. Use 0 to "
+              "re-send every queued image: a second message for an image is harmless.")
 @click.option("--batch", "batch_id", type=int, help="Only this batch.")
 @click.option("--dry-run", is_flag=True, help="Report what would be re-queued; change nothing.")
 @pass_cli
-def recover_command(cli: CliContext, older_than: int, batch_id: int | None,
+def recover_command(cli: CliContext, older_than: int | None, batch_id: int | None,
                     dry_run: bool) -> None:
     """Re-queue images whose wake-up message was lost (Redis restarted, worker killed).
 
@@ -68,7 +74,9 @@ def recover_command(cli: CliContext, older_than: int, batch_id: int | None,
             require_batch(session, batch_id)
     if cli.settings.is_embedded:
         with cli.sessions() as session:
-            found = find_stuck(session, cli.settings, queued_older_than_s=older_than,
+            found = find_stuck(session, cli.settings,
+                               queued_older_than_s=RECOVER_AFTER_S if older_than is None
+                               else older_than,
                                batch_id=batch_id)
         ids = sorted(found.stale_queued + found.expired_claims)
         click.echo(f"{len(ids)} image(s) to recover{' (dry run)' if dry_run else ''}")
@@ -80,6 +88,8 @@ def recover_command(cli: CliContext, older_than: int, batch_id: int | None,
             click.echo(f"processed {len(ids)} recovered image(s) with the embedded worker")
     else:
         require_broker(cli, "recover")
+        if older_than is None:
+            older_than = lost_message_age_s(RECOVER_AFTER_S, broker_uptime_s(cli.celery))
         report = sweep(cli.sessions, cli.celery, cli.settings, queued_older_than_s=older_than,
                        batch_id=batch_id, force=True, dry_run=dry_run)
         if dry_run:
