@@ -74,12 +74,20 @@ class ExamImage:
     model_version_id: int | None = None
     bilateral: Mapping[str, object] | None = None  # the model version's head, if it has one
     read_with_other_breast: bool = False
+    view_flags: str | None = None  # "magnification,spot_compression": a supplementary view
 
     @property
     def view_key(self) -> str | None:
         if self.laterality in ("L", "R") and self.view:
             return f"{self.laterality}-{self.view}"
         return None
+
+    @property
+    def screening_key(self) -> str | None:
+        """The standard view this image stands for; None for a supplementary view (spot,
+        magnification, stereotactic, rolled, implant-displaced...): it is scored, but it
+        neither completes the exam nor is read against the other breast's view."""
+        return None if self.view_flags else self.view_key
 
     @property
     def scored(self) -> bool:
@@ -113,8 +121,8 @@ class ExamChange:
 def read_against_other_breast(images: Sequence[ExamImage]) -> list[ExamImage]:
     """``images`` with each scored image that has a partner (same view, other side, same
     model version with a bilateral head) re-read against it."""
-    ready = [i for i in images if i.scored and i.bilateral and i.p_normal is not None
-             and i.p_benign is not None and i.p_malignant is not None]
+    ready = [i for i in images if i.scored and i.bilateral and not i.view_flags
+             and i.p_normal is not None and i.p_benign is not None and i.p_malignant is not None]
     partner = partners([(i.model_version_id, i.laterality, i.view) for i in ready])
     reread: dict[int, ExamImage] = {}
     for image, other in ((ready[k], ready[p]) for k, p in enumerate(partner) if p >= 0):
@@ -145,7 +153,7 @@ def _breast(images: Sequence[ExamImage]) -> dict[str, Any] | None:
     return {
         "label": worst.label, "suspicion": worst.suspicion,
         "p_malignant": max(i.p_malignant or 0.0 for i in images if i.scored),
-        "views": sorted({i.view_key for i in images if i.scored and i.view_key}),
+        "views": sorted({i.screening_key for i in images if i.scored and i.screening_key}),
         "image_ids": sorted(i.image_id for i in images if i.scored),
         "bilateral": any(i.read_with_other_breast for i in images),
     }
@@ -169,8 +177,8 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     if not images or any(i.state in ACTIVE_STATES for i in images):
         return None
     images = read_against_other_breast(images)
-    done_views = {i.view_key for i in images if i.scored and i.view_key}
-    arrived_views = {i.view_key for i in images if i.view_key}
+    done_views = {i.screening_key for i in images if i.scored and i.screening_key}
+    arrived_views = {i.screening_key for i in images if i.screening_key}
     missing = [v for v in STANDARD_VIEWS if v not in done_views]  # no scored image
     awaited = [v for v in missing if v not in arrived_views]
     failed_views = [v for v in missing if v in arrived_views]
@@ -193,6 +201,9 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     if unplaced:
         flags.append(f"{len(unplaced)} image(s) without laterality/view: counted in the "
                      "exam score only")
+    flags += [f"{i.view_key or 'unplaced view'} is a supplementary view "
+              f"({(i.view_flags or '').replace(',', ', ').replace('_', ' ')}): counted in the "
+              "exam score, not as a screening view" for i in images if i.scored and i.view_flags]
     per_breast = {side: b for side in ("L", "R")
                   if (b := _breast([i for i in images if i.laterality == side])) is not None}
     worst = _worst(images)
@@ -220,7 +231,7 @@ def _load_images(session: Session, study_ids: list[int]) -> dict[int, list[ExamI
         select(Image.study_id, Image.id, Image.laterality, Image.view, Image.state,
                Image.created_at, Prediction.id, Prediction.label, Prediction.p_malignant,
                Prediction.suspicion, Prediction.p_normal, Prediction.p_benign,
-               Prediction.model_version_id, ModelVersion.bilateral)
+               Prediction.model_version_id, ModelVersion.bilateral, Image.view_flags)
         .where(Image.study_id.in_(study_ids))
         .outerjoin(latest, latest.c.image_id == Image.id)
         .outerjoin(Prediction, Prediction.id == latest.c.pid)
@@ -228,11 +239,13 @@ def _load_images(session: Session, study_ids: list[int]) -> dict[int, list[ExamI
     )
     grouped: dict[int, list[ExamImage]] = defaultdict(list)
     for row in session.execute(stmt):
-        sid, iid, lat, view, state, created, *prediction = row
+        sid, iid, lat, view, state, created, pid, label, p_mal, susp, p_n, p_b, mv, head, \
+            flags = row
         if sid is None:
             continue
         grouped[sid].append(ExamImage(iid, lat, view, state, as_utc(created) or utcnow(),
-                                      *prediction))
+                                      pid, label, p_mal, susp, p_n, p_b, mv, head,
+                                      view_flags=flags))
     return grouped
 
 

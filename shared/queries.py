@@ -17,8 +17,8 @@ from shared.timeutil import as_utc, utcnow
 
 RESULT_KEYS = (
     "image_id", "batch_id", "source", "state", "error_code", "error_message", "study_uid",
-    "sop_instance_uid", "laterality", "view", "label", "p_normal", "p_benign", "p_malignant",
-    "suspicion", "model_version", "duplicate_of",
+    "sop_instance_uid", "laterality", "view", "view_flags", "label", "p_normal", "p_benign",
+    "p_malignant", "suspicion", "model_version", "duplicate_of",
 )
 
 
@@ -47,8 +47,8 @@ class ResultFilter:
 _RESULT_COLUMNS = (
     Image.id.label("image_id"), Image.batch_id, Image.source, Image.state, Image.error_code,
     Image.error_message, Study.study_uid, Image.sop_instance_uid, Image.laterality, Image.view,
-    Prediction.label, Prediction.p_normal, Prediction.p_benign, Prediction.p_malignant,
-    Prediction.suspicion, ModelVersion.name.label("model_name"),
+    Image.view_flags, Prediction.label, Prediction.p_normal, Prediction.p_benign,
+    Prediction.p_malignant, Prediction.suspicion, ModelVersion.name.label("model_name"),
     ModelVersion.version.label("model_version"),
 )
 _PREDICTED = ("label", "p_normal", "p_benign", "p_malignant", "suspicion")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -92,6 +93,29 @@ def test_an_exam_whose_four_views_all_failed_is_listed_at_once_unscored() -> Non
     assert summary.reason == "failed_views"
 
 
+def test_a_supplementary_view_is_scored_but_neither_completes_the_exam_nor_hides() -> None:
+    """A spot-compression magnification view stands in for no screening view: an exam
+    whose L-CC is one waits for (then misses) the L-CC, and the view is named in the flags;
+    its score still counts, so a finding seen only on it reaches the read-first list."""
+    spot = replace(_img(1, "L", "CC", susp=8, p_mal=0.6),
+                   view_flags="magnification,spot_compression")
+    others = [_img(i, lat, v) for i, (lat, v) in enumerate(VIEWS[1:], 2)]
+    assert summarise([spot, *others], timeout_s=100, now=T0 + timedelta(seconds=50)) is None
+    late = summarise([spot, *others], timeout_s=100, now=T0 + timedelta(seconds=101))
+    assert late is not None and late.status == "incomplete" and late.missing_views == ["L-CC"]
+    assert late.suspicion == 8 and "L-CC" not in late.views
+    assert ("L-CC is a supplementary view (magnification, spot compression): counted in the "
+            "exam score, not as a screening view") in late.flags
+    assert late.per_breast["L"]["views"] == ["L-MLO"] and late.per_breast["L"]["suspicion"] == 8
+
+    # Beside the four screening views it adds a flag, not a fifth view or a changed status.
+    full = summarise([*(_img(i, lat, v) for i, (lat, v) in enumerate(VIEWS, 1)),
+                      replace(spot, image_id=5)], timeout_s=100, now=T0)
+    assert full is not None and full.status == "complete" and full.suspicion == 8
+    assert full.views == sorted(f"{lat}-{v}" for lat, v in VIEWS)
+    assert any("supplementary view" in f for f in full.flags)
+
+
 HEAD = {"abnormal": {"own": 1.2, "partner": -0.9, "bias": -0.4},
         "malignant": {"own": 1.0, "partner": -0.3, "bias": -0.5}}
 
@@ -126,6 +150,16 @@ def test_each_breast_is_read_against_the_other_sides_same_view() -> None:
     reread = {i.image_id: i for i in read_against_other_breast(images)}
     assert [reread[k].read_with_other_breast for k in (1, 2, 3)] == [True, True, False]
     assert reread[3] == images[2]
+
+
+def test_a_supplementary_view_is_not_read_against_the_other_breast() -> None:
+    # Its partner would be a full-field view at another scale; and the standard L-CC
+    # beside it keeps its own pair (two left CCs would otherwise make the pair ambiguous).
+    suspicious, calm = (0.2, 0.3, 0.5), (0.6, 0.3, 0.1)
+    images = [_scored(1, "L", "CC", suspicious), _scored(2, "R", "CC", calm),
+              replace(_scored(3, "L", "CC", suspicious), view_flags="spot_compression")]
+    reread = {i.image_id: i for i in read_against_other_breast(images)}
+    assert [reread[k].read_with_other_breast for k in (1, 2, 3)] == [True, True, False]
 
 
 def test_no_bilateral_reading_without_a_head_or_across_model_versions() -> None:
@@ -204,6 +238,25 @@ def test_a_late_fifth_image_supersedes_the_result_and_keeps_the_old_one(
         assert (rows[0].suspicion, rows[1].suspicion) == (3, 9)
         assert rows[1].per_breast["L"]["suspicion"] == 9 and rows[1].n_images == 5
         assert studies_awaiting_result(session) == []
+
+
+def test_the_stored_exam_result_knows_a_supplementary_view_from_the_database(
+        sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        session.add_all([Batch(id=1, name="b"), Study(id=1, study_uid="1.2.1"),
+                         _model_version()])
+        session.flush()
+        for n, (lat, view) in enumerate(VIEWS):
+            image = _add_image(session, 1, lat, view, n=n, suspicion=3, created=T0)
+            if (lat, view) == ("R", "MLO"):
+                session.execute(update(Image).where(Image.id == image)
+                                .values(view_flags="stereotactic"))
+        [change] = refresh_exam_results(session, [1], timeout_s=600,
+                                        now=T0 + timedelta(seconds=601))
+        result = session.execute(select(ExamResult)).scalar_one()
+    assert change.status == "incomplete" and result.missing_views == ["R-MLO"]
+    assert any(f.startswith("R-MLO is a supplementary view (stereotactic)")
+               for f in result.flags)
 
 
 def test_the_stored_exam_result_reads_breasts_with_the_model_versions_head(
