@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.fileset import FileSet
+from pydicom.uid import ExplicitVRLittleEndian
 
 from shared.enums import ErrorCode, Laterality, View
 from shared.synthetic import synth_mammogram, write_dicom, write_truncated_copy
@@ -130,6 +134,30 @@ def _constant_dicom(path: Path, seed: int) -> None:
                 laterality=Laterality.LEFT, view=View.CC)
 
 
+def _non_image(sop_class: str, modality: str) -> Callable[[Path, int], None]:
+    """A Part 10 file of a non-image class (a report, a presentation state): no pixels."""
+    def write(path: Path, seed: int) -> None:
+        ds = FileDataset(str(path), {}, file_meta=FileMetaDataset(), preamble=b"\0" * 128)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7797.{seed}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.Modality, ds.PatientID = modality, ""
+        ds.save_as(path, enforce_file_format=True)
+    return write
+
+
+def _dicomdir(path: Path, seed: int) -> None:
+    """The DICOMDIR of a CD holding one good image: the media index, not the image."""
+    with tempfile.TemporaryDirectory() as folder:
+        image = pydicom.dcmread(good_dicom(Path(folder) / "image.dcm", seed))
+        image.PatientID, image.StudyID = f"ANON-{seed}", "1"  # the index needs both
+        media = FileSet()
+        media.add(image)
+        media.write(Path(folder) / "media")
+        path.write_bytes((Path(folder) / "media" / "DICOMDIR").read_bytes())
+
+
 def _png_bad_crc(data: bytes) -> bytes:
     """Flip bytes inside the first IDAT chunk: the zlib stream no longer inflates."""
     at = data.index(b"IDAT") + 4 + 20
@@ -209,6 +237,15 @@ LEGEND: tuple[BadKind, ...] = (
             "Number of Frames 2 (tomosynthesis-like)", _dicom_with(NumberOfFrames=2)),
     BadKind("dicom_no_rows", ErrorCode.NOT_MAMMOGRAPHY, "Rows and Columns missing",
             _dicom_with(Rows=None, Columns=None)),
+    BadKind("dicom_dicomdir", ErrorCode.NOT_MAMMOGRAPHY, "a DICOMDIR (media index) named .dcm",
+            _dicomdir),
+    BadKind("dicom_cad_report", ErrorCode.NOT_MAMMOGRAPHY, "a Mammography CAD SR (no pixels)",
+            _non_image("1.2.840.10008.5.1.4.1.1.88.50", "SR")),
+    BadKind("dicom_presentation_state", ErrorCode.NOT_MAMMOGRAPHY,
+            "a Grayscale Softcopy Presentation State", _non_image("1.2.840.10008.5.1.4.1.1.11.1",
+                                                                  "PR")),
+    BadKind("dicom_key_objects", ErrorCode.NOT_MAMMOGRAPHY, "a Key Object Selection document",
+            _non_image("1.2.840.10008.5.1.4.1.1.88.59", "KO")),
     BadKind("dicom_no_pixel_data", ErrorCode.MISSING_PIXEL_DATA, "Pixel Data element removed",
             _dicom_with(PixelData=None)),
     BadKind("dicom_huge_rows_columns", ErrorCode.TOO_LARGE,

@@ -30,6 +30,7 @@ from shared.imaging.preprocess import to_unit_range
 from shared.imaging.readers import READERS, ImageReader, decode, read_header, reader_for
 from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_dicom
+from tests.helpers.bad_inputs import LEGEND, write_kind
 from tests.helpers.dicom_edit import rewrite_dicom
 
 BIG = 10**8
@@ -166,6 +167,19 @@ def test_non_mammograms_are_refused(dicom_file: Path, changes: dict[str, object]
                                     phrase: str) -> None:
     _edit(dicom_file, **changes)
     _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY, phrase)
+
+
+@pytest.mark.parametrize("kind, phrase", [
+    ("dicom_dicomdir", "is a DICOMDIR (a media index), not an image ((0002,0002)"),
+    ("dicom_cad_report", "is a Structured Report (Mammography CAD SR), not an image"),
+    ("dicom_presentation_state", "is a Presentation State (Grayscale Softcopy"),
+    ("dicom_key_objects", "is a Key Object Selection document"),
+])
+def test_a_non_image_object_is_named_not_called_an_image_without_rows(
+        tmp_path: Path, kind: str, phrase: str) -> None:
+    path = write_kind(next(k for k in LEGEND if k.name == kind), tmp_path / "object.dcm", 7)
+    message = _refused(path, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY, phrase).message
+    assert "Rows" not in message
 
 
 def test_secondary_capture_of_other_modality_is_accepted_with_a_note(dicom_file: Path) -> None:

@@ -46,6 +46,8 @@ IMAGE_SOP_CLASSES = MAMMOGRAPHY_SOP_CLASSES | {
     "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture
     "1.2.840.10008.5.1.4.1.1.13.1.4",  # Breast Projection X-Ray - For Presentation
 }
+# A DICOMDIR (media index): no image, its SOP class only in the file meta header.
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 # Modalities that are never a mammogram. Others (RG, DX, CR, OT, SC, none) are accepted with
 # a note: digitised film and secondary captures of mammograms arrive that way.
 REJECTED_MODALITIES = frozenset({
@@ -128,11 +130,38 @@ def image_size(ds: Dataset, path: Path) -> tuple[int, int]:
         raise UnreadableImageError(f"{path.name} has a DICOM signature but no data elements.")
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if not rows or not columns:
-        raise NotAMammogramError(
-            f"{path.name} contains no image: (0028,0010) Rows or (0028,0011) Columns is "
-            "missing."
-        )
+        raise NotAMammogramError(_no_image_message(ds, path))
     return int(rows), int(columns)
+
+
+def _no_image_message(ds: Dataset, path: Path) -> str:
+    """Name the object a DICOM without Rows/Columns is, when its SOP class says: whoever sent
+    a DICOMDIR or a CAD report needs that name, not "Rows is missing"."""
+    sop_class = str(ds.get("SOPClassUID") or "").strip()
+    tag = "(0008,0016) SOP Class UID"
+    if not sop_class:  # a DICOMDIR has no (0008,0016); its class is in the file meta header
+        sop_class = str(_file_meta(ds).get("MediaStorageSOPClassUID") or "").strip()
+        tag = "(0002,0002) Media Storage SOP Class UID"
+    name = UID(sop_class).name.removesuffix(" Storage") if sop_class else ""
+    advice = "only 2-D mammograms are classified"
+    if sop_class == MEDIA_DIRECTORY_SOP_CLASS:
+        kind, advice = "a DICOMDIR (a media index)", "submit the image files it lists instead"
+    elif "SR" in name.split():
+        kind = f"a Structured Report ({name})"
+    elif "Presentation State" in name:
+        kind = f"a Presentation State ({name}: display settings for images sent separately)"
+    elif "Key Object Selection" in name:
+        kind = "a Key Object Selection document (a list of images flagged in a study)"
+    elif sop_class and UID(sop_class).type == "SOP Class":
+        kind = f"a DICOM object of the class {name}"
+    else:
+        return (f"{path.name} contains no image: (0028,0010) Rows or (0028,0011) Columns is "
+                "missing.")
+    return f"{path.name} is {kind}, not an image ({tag} {sop_class}); {advice}."
+
+
+def _file_meta(ds: Dataset) -> Dataset:
+    return getattr(ds, "file_meta", None) or Dataset()
 
 
 def transfer_syntax(ds: Dataset, path: Path) -> UID:
