@@ -187,6 +187,27 @@ def test_secondary_capture_of_other_modality_is_accepted_with_a_note(dicom_file:
     assert "RG" in decode(dicom_file, max_pixels=BIG).notes["modality"]
 
 
+@pytest.mark.parametrize("modality, sop_class", [
+    ("DX", "1.2.840.10008.5.1.4.1.1.1.1"), ("CR", "1.2.840.10008.5.1.4.1.1.1"),
+    ("OT", "1.2.840.10008.5.1.4.1.1.7"),
+])
+@pytest.mark.parametrize("body_part", ["CHEST", "HAND"])
+def test_radiograph_of_another_body_part_is_not_taken_on_trust(
+        dicom_file: Path, modality: str, sop_class: str, body_part: str) -> None:
+    _edit(dicom_file, Modality=modality, SOPClassUID=sop_class, BodyPartExamined=body_part)
+    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY,
+             f"(0018,0015) Body Part Examined is '{body_part}', not BREAST")
+
+
+@pytest.mark.parametrize("body_part", [None, "", "BREAST", "MAMMO"])
+def test_radiograph_of_the_breast_or_of_no_stated_part_is_taken_on_trust(
+        dicom_file: Path, body_part: str | None) -> None:
+    _edit(dicom_file, Modality="DX", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1")
+    if body_part is not None:
+        _edit(dicom_file, BodyPartExamined=body_part)
+    assert "on trust" in decode(dicom_file, max_pixels=BIG).notes["modality"]
+
+
 def test_compressed_syntax_over_raw_pixel_data_names_the_mismatch(dicom_file: Path) -> None:
     # pydicom will not write such a file, so the declared syntax is patched in place (the
     # two UIDs have the same length).

@@ -48,6 +48,9 @@ IMAGE_SOP_CLASSES = MAMMOGRAPHY_SOP_CLASSES | {
 }
 # A DICOMDIR (media index): no image, its SOP class only in the file meta header.
 MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+# Body Part Examined values that name the breast: the DICOM term, and words vendors and
+# digitisers write in its place ("MAMMO", "MAMMA").
+BREAST_BODY_PARTS = ("BREAST", "MAMM")
 # Modalities that are never a mammogram. Others (RG, DX, CR, OT, SC, none) are accepted with
 # a note: digitised film and secondary captures of mammograms arrive that way.
 REJECTED_MODALITIES = frozenset({
@@ -119,9 +122,22 @@ def _modality(ds: Dataset, sop_class: str, path: Path) -> dict[str, str]:
         )
     if modality == "MG" or sop_class in MAMMOGRAPHY_SOP_CLASSES:
         return {}
+    _body_part(ds, path)
     found = f"'{modality}'" if modality else "missing"
     return {"modality": f"(0008,0060) Modality is {found}, not MG: classified as a mammogram "
                         "on trust"}
+
+
+def _body_part(ds: Dataset, path: Path) -> None:
+    """An image taken on trust (DX, CR, a secondary capture) must not name another body part:
+    a chest or hand radiograph would otherwise be scored as a mammogram. Missing or empty
+    stays accepted, as many digitisers leave it blank."""
+    body_part = str(ds.get("BodyPartExamined") or "").strip().upper()
+    if body_part and not any(word in body_part for word in BREAST_BODY_PARTS):
+        raise NotAMammogramError(
+            f"{path.name} is not a mammogram: (0018,0015) Body Part Examined is "
+            f"'{body_part}', not BREAST."
+        )
 
 
 def image_size(ds: Dataset, path: Path) -> tuple[int, int]:
