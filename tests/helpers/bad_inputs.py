@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.fileset import FileSet
 from pydicom.uid import ExplicitVRLittleEndian
@@ -76,6 +76,12 @@ def _dicom_with(**changes: object) -> Callable[[Path, int], None]:
     def write(path: Path, seed: int) -> None:
         rewrite_dicom(good_dicom(path, seed), **changes)
     return write
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
 
 
 def _bytes(make: Callable[[int], bytes]) -> Callable[[Path, int], None]:
@@ -237,6 +243,10 @@ LEGEND: tuple[BadKind, ...] = (
             "Modality DX, Body Part Examined CHEST (a chest radiograph)",
             _dicom_with(Modality="DX", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1",
                         BodyPartExamined="CHEST")),
+    BadKind("dicom_specimen", ErrorCode.NOT_MAMMOGRAPHY,
+            "View Code Sequence: tissue specimen from breast (a specimen radiograph)",
+            _dicom_with(ViewPosition=None, ViewCodeSequence=[_code(
+                "127457009", "SCT", "tissue specimen from breast")])),
     BadKind("dicom_multiframe", ErrorCode.NOT_MAMMOGRAPHY,
             "Number of Frames 2 (tomosynthesis-like)", _dicom_with(NumberOfFrames=2)),
     BadKind("dicom_no_rows", ErrorCode.NOT_MAMMOGRAPHY, "Rows and Columns missing",

@@ -292,6 +292,19 @@ def test_view_falls_back_to_view_code_sequence(dicom_file: Path, code: Dataset,
     assert read_header(dicom_file, pseudonymize=KEY).view is expected
 
 
+@pytest.mark.parametrize("code", [
+    _code("127457009", "SCT", "tissue specimen from breast"),
+    _code("G-8310", "SRT", "tissue specimen from breast"),
+    _code("X-3", "99LOCAL", "Specimen"),
+])
+def test_specimen_radiograph_is_not_a_screening_mammogram(dicom_file: Path,
+                                                          code: Dataset) -> None:
+    _rewrite(dicom_file, ViewPosition=None, ViewCodeSequence=[code])
+    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY,
+             "a specimen radiograph, not a screening mammogram", "(0054,0220)",
+             str(code.CodeValue))
+
+
 @pytest.mark.parametrize("orientation, expected, chest_wall", [
     ("CC", View.CC, None), ("MLO", View.MLO, None), (["A", "R"], None, "left"),
     ("AR", None, None), ("", None, None)])

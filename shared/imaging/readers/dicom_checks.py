@@ -23,6 +23,7 @@ from shared.errors import (
     UnexpectedChannelsError,
     UnreadableImageError,
 )
+from shared.imaging.readers.dicom_meta import specimen_view
 
 MAMMOGRAPHY_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image - For Presentation
@@ -92,6 +93,12 @@ def triage(ds: Dataset, path: Path) -> dict[str, str]:
             f"'{intent}'. Send the For Presentation image instead."
         )
     notes = _modality(ds, sop_class, path)
+    specimen = specimen_view(ds)
+    if specimen:
+        raise NotAMammogramError(
+            f"{path.name} is a specimen radiograph, not a screening mammogram: (0054,0220) "
+            f"View Code Sequence is {specimen}."
+        )
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise UnexpectedChannelsError(

@@ -25,6 +25,9 @@ _VIEW_CODES = {
     "R-10244": View.FB, "399196006": View.FB,
     "R-102D0": View.SIO, "399188001": View.SIO,
 }
+# CID 4014's "tissue specimen from breast" (SNOMED CT, SNOMED-RT): an excised specimen
+# radiographed to check its margins, not a breast; matched by meaning too ("specimen").
+_SPECIMEN_CODES = frozenset({"127457009", "G-8310"})
 # The same views by Code Meaning, for files that use another coding scheme.
 _VIEW_MEANINGS = {
     "cranio-caudal": View.CC, "medio-lateral oblique": View.MLO, "medio-lateral": View.ML,
@@ -46,8 +49,8 @@ _MODIFIER_FLAGS = {
 _MAGNIFICATION_FACTOR = 1.3
 
 __all__ = [
-    "burned_in_annotation", "chest_wall_side", "pixel_spacing", "text", "view", "view_flags",
-    "voi_description",
+    "burned_in_annotation", "chest_wall_side", "pixel_spacing", "specimen_view", "text", "view",
+    "view_flags", "voi_description",
 ]
 
 
@@ -69,6 +72,18 @@ def view(ds: Dataset) -> View | None:
     code = str(item.get("CodeValue", "")).strip()
     meaning = str(item.get("CodeMeaning", "")).strip().lower()
     return _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning) or View.OTHER
+
+
+def specimen_view(ds: Dataset) -> str | None:
+    """The first View Code Sequence item, quoted, when it says the image is of a specimen."""
+    item = _first(ds, "ViewCodeSequence")
+    if item is None:
+        return None
+    code = str(item.get("CodeValue", "")).strip()
+    meaning = str(item.get("CodeMeaning", "")).strip()
+    if code in _SPECIMEN_CODES or "specimen" in meaning.lower():
+        return f"'{meaning or code}' ({code or 'no code value'})"
+    return None
 
 
 def _view_in_orientation(ds: Dataset) -> View | None:
