@@ -201,6 +201,10 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     if unplaced:
         flags.append(f"{len(unplaced)} image(s) without laterality/view: counted in the "
                      "exam score only")
+    models = {i.model_version_id for i in images if i.scored}
+    if len(models) > 1:  # e.g. a model activated between the exam's two batches
+        flags.append(f"views scored by {len(models)} different model versions (see each "
+                     "view's model): not read against each other")
     flags += [f"{i.view_key or 'unplaced view'} is a supplementary view "
               f"({(i.view_flags or '').replace(',', ', ').replace('_', ' ')}): counted in the "
               "exam score, not as a screening view" for i in images if i.scored and i.view_flags]

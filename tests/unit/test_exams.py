@@ -162,6 +162,21 @@ def test_a_supplementary_view_is_not_read_against_the_other_breast() -> None:
     assert [reread[k].read_with_other_breast for k in (1, 2, 3)] == [True, True, False]
 
 
+def test_an_exam_scored_by_two_model_versions_says_so() -> None:
+    # A model activated between the exam's left and right views: its breasts cannot be
+    # read against each other, and the reader must know the scores are not of one model.
+    images = [_scored(1, "L", "CC", (0.2, 0.3, 0.5), model=1),
+              _scored(2, "R", "CC", (0.6, 0.3, 0.1), model=2),
+              _scored(3, "L", "MLO", (0.6, 0.3, 0.1), model=1),
+              _scored(4, "R", "MLO", (0.6, 0.3, 0.1), model=2)]
+    summary = summarise(images, timeout_s=10, now=T0)
+    assert summary is not None and summary.status == "complete"
+    assert ("views scored by 2 different model versions (see each view's model): not read "
+            "against each other") in summary.flags
+    same = summarise([replace(i, model_version_id=1) for i in images], timeout_s=10, now=T0)
+    assert same is not None and not any("model versions" in f for f in same.flags)
+
+
 def test_no_bilateral_reading_without_a_head_or_across_model_versions() -> None:
     images = [_scored(1, "L", "CC", (0.2, 0.3, 0.5), head=None),
               _scored(2, "R", "CC", (0.6, 0.3, 0.1), head=None),
