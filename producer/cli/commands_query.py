@@ -24,9 +24,10 @@ from shared.queries import (
 from shared.queue import queue_depth
 
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
+# model_version: after an activation, old and new scores sit side by side in one listing.
 RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality", "view", "label",
-                  "suspicion", "p_normal", "p_benign", "p_malignant", "error_code", "error_message",
-                  "source")
+                  "suspicion", "p_normal", "p_benign", "p_malignant", "model_version",
+                  "error_code", "error_message", "source")
 
 
 @click.command("status")

@@ -305,3 +305,12 @@ def test_status_counts_notifications_still_owed(seeded: str, monkeypatch: pytest
     code, out = _mammo(["status"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.OK, out
     assert "notifications undelivered: 1\n" in out and "`mammo recover`" in out
+
+
+def test_the_results_table_names_each_rows_model(seeded: str, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """After an activation, old and new scores sit in one listing: the default table must
+    say which model gave each, not only CSV and JSON."""
+    code, out = _mammo(["results", "--limit", "16"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert "model_version" in out and "default:" in out
