@@ -344,6 +344,42 @@ def test_laterality_falls_back_to_series_laterality(dicom_file: Path) -> None:
     assert read_header(dicom_file, pseudonymize=KEY).laterality is None
 
 
+def _functional_groups(**groups: Dataset) -> list[Dataset]:
+    """One functional-groups item holding each ``group`` macro as a one-item sequence."""
+    item = Dataset()
+    for keyword, macro in groups.items():
+        setattr(item, keyword, [macro])
+    return [item]
+
+
+@pytest.mark.parametrize("where", ["SharedFunctionalGroupsSequence",
+                                   "PerFrameFunctionalGroupsSequence"])
+def test_breast_projection_laterality_and_spacing_come_from_functional_groups(
+        dicom_file: Path, where: str) -> None:
+    """Breast Projection X-Ray For Presentation keeps them there, not at the top level."""
+    anatomy, measures = Dataset(), Dataset()
+    anatomy.FrameLaterality, measures.PixelSpacing = "R", [0.1, 0.1]
+    _rewrite(dicom_file, SOPClassUID="1.2.840.10008.5.1.4.1.1.13.1.4", ImageLaterality=None,
+             **{where: _functional_groups(
+                 FrameAnatomySequence=anatomy, PixelMeasuresSequence=measures)})
+    header = read_header(dicom_file, pseudonymize=KEY)
+    assert (header.laterality, header.pixel_spacing_mm) == (Laterality.RIGHT, (0.1, 0.1))
+    assert decode(dicom_file, max_pixels=BIG).pixel_spacing_mm == (0.1, 0.1)
+    # The top-level attributes, when present, win.
+    _rewrite(dicom_file, ImageLaterality="L", ImagerPixelSpacing=[0.07, 0.07])
+    header = read_header(dicom_file, pseudonymize=KEY)
+    assert (header.laterality, header.pixel_spacing_mm) == (Laterality.LEFT, (0.07, 0.07))
+
+
+def test_shared_functional_groups_win_over_the_first_frame(dicom_file: Path) -> None:
+    shared, first = Dataset(), Dataset()
+    shared.FrameLaterality, first.FrameLaterality = "L", "R"
+    _rewrite(dicom_file, ImageLaterality=None,
+             SharedFunctionalGroupsSequence=_functional_groups(FrameAnatomySequence=shared),
+             PerFrameFunctionalGroupsSequence=_functional_groups(FrameAnatomySequence=first))
+    assert read_header(dicom_file, pseudonymize=KEY).laterality is Laterality.LEFT
+
+
 def test_spacing_orientation_burned_in_and_equipment(dicom_file: Path) -> None:
     _rewrite(dicom_file, ImagerPixelSpacing=[0.07, 0.07], PixelSpacing=[0.065, 0.065],
              PatientOrientation=["P", "L"], BurnedInAnnotation="YES")

@@ -32,7 +32,6 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, JPEGExtended12Bit
 
-from shared.enums import Laterality
 from shared.errors import (
     InputError,
     PseudonymKeyMissingError,
@@ -63,6 +62,8 @@ _HEADER_TAGS = [
     "PaddleDescription", "EstimatedRadiographicMagnificationFactor", "ImageType",
     "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTFunction",
     "VOILUTSequence", "PatientID",
+    # Enhanced and breast projection X-ray objects: laterality and spacing may be only here.
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
 ]
 _JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
          "1.2.840.10008.1.2.4.70")
@@ -104,8 +105,7 @@ class DicomReader:
             series_instance_uid=_text(ds, "SeriesInstanceUID"),
             accession_number=_text(ds, "AccessionNumber"),
             study_date=_text(ds, "StudyDate"),
-            laterality=Laterality.parse(
-                _text(ds, "ImageLaterality") or _text(ds, "Laterality")),
+            laterality=meta.laterality(ds),
             view=meta.view(ds),
             rows=_optional_int(ds, "Rows"),
             columns=_optional_int(ds, "Columns"),

@@ -7,11 +7,11 @@ returns an enum, a number or a short text. Kept apart from the triage rules
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 
-from shared.enums import View
+from shared.enums import Laterality, View
 
 # View for Mammography (DICOM CID 4014), by SNOMED-RT (SRT/SNM3) and SNOMED CT code.
 _VIEW_CODES = {
@@ -49,15 +49,27 @@ _MODIFIER_FLAGS = {
 _MAGNIFICATION_FACTOR = 1.3
 
 __all__ = [
-    "burned_in_annotation", "chest_wall_side", "pixel_spacing", "specimen_view", "text", "view",
-    "view_flags", "voi_description",
+    "burned_in_annotation", "chest_wall_side", "laterality", "pixel_spacing", "specimen_view",
+    "text", "view", "view_flags", "voi_description",
 ]
 
 
 def text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
+    return _stripped(ds.get(keyword))
+
+
+def _stripped(value: object) -> str | None:
     stripped = str(value).strip() if value is not None else ""
     return stripped or None
+
+
+def laterality(ds: Dataset) -> Laterality | None:
+    """(0020,0062) Image Laterality, else the series' (0020,0060) Laterality, else the
+    (0020,9072) Frame Laterality of the functional groups, where enhanced and breast
+    projection X-ray objects keep it instead of the top-level attributes."""
+    return Laterality.parse(
+        text(ds, "ImageLaterality") or text(ds, "Laterality")
+        or _stripped(_in_groups(ds, "FrameAnatomySequence", "FrameLaterality")))
 
 
 def view(ds: Dataset) -> View | None:
@@ -123,14 +135,16 @@ def view_flags(ds: Dataset) -> tuple[str, ...]:
 
 
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    """(row, column) spacing in mm: Imager Pixel Spacing first, then Pixel Spacing.
+    """(row, column) spacing in mm: Imager Pixel Spacing first, then Pixel Spacing, then the
+    Pixel Spacing of the functional groups' Pixel Measures (enhanced and breast projection
+    X-ray objects).
 
     The detector-plane spacing comes first because every vendor fills it the same way;
     Pixel Spacing (calibrated at the breast) is present on only some and would make images
     of one detector scale differently by vendor.
     """
-    for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = ds.get(keyword)
+    for value in (ds.get("ImagerPixelSpacing"), ds.get("PixelSpacing"),
+                  _in_groups(ds, "PixelMeasuresSequence", "PixelSpacing")):
         try:
             row, column = (float(v) for v in value)
         except (TypeError, ValueError):
@@ -189,6 +203,18 @@ def voi_description(ds: Dataset) -> str | None:
 def _first(ds: Dataset, keyword: str) -> Dataset | None:
     sequence = ds.get(keyword)
     return sequence[0] if sequence is not None and len(sequence) else None
+
+
+def _in_groups(ds: Dataset, group: str, keyword: str) -> Any:  # a pydicom value
+    """``keyword`` inside the ``group`` macro of the functional groups: the shared groups
+    first (they hold what every frame has in common), then the first frame's."""
+    for functional_groups in ("SharedFunctionalGroupsSequence",
+                              "PerFrameFunctionalGroupsSequence"):
+        frame = _first(ds, functional_groups)
+        item = _first(frame, group) if frame is not None else None
+        if item is not None and item.get(keyword) is not None:
+            return item.get(keyword)
+    return None
 
 
 def _values(value: object) -> list[str]:
