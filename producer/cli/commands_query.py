@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import click
 
 from producer.cli.context import CliContext, pass_cli
+from producer.cli.exit_codes import ExitCode
 from producer.cli.options import date_range_options, format_option, utc_range
 from shared.enums import ImageState, Label
 from shared.formatting import render
@@ -24,6 +25,7 @@ from shared.queries import (
 from shared.queue import queue_depth
 
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
+BROKER_DOWN = "UNREACHABLE"
 # model_version: after an activation, old and new scores sit side by side in one listing.
 RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality", "view", "label",
                   "suspicion", "p_normal", "p_benign", "p_malignant", "model_version",
@@ -36,7 +38,8 @@ RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality",
               help="Without BATCH: how many recent batches to show.")
 @click.option("--health", is_flag=True,
               help="Show system health instead: broker and database reachable, queue depth, "
-                   "stale claims, oldest queued image, workers seen.")
+                   "stale claims, oldest queued image, workers seen, notifications owed. "
+                   "Exits 7 when the database, 8 when the broker is unreachable.")
 @format_option
 @pass_cli
 def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
@@ -52,6 +55,8 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     if health:
         health_row = _health(cli)
         render([health_row], fmt, keys=tuple(health_row), title="Health")
+        if health_row["broker"] == BROKER_DOWN:  # a cron job or probe reads the exit code
+            raise SystemExit(int(ExitCode.BROKER_UNAVAILABLE))
         return
     with cli.sessions() as session:
         if batch is not None:
@@ -81,7 +86,7 @@ def _health(cli: CliContext) -> dict[str, object]:
         broker, depth = "embedded (no broker)", None
     else:
         depth = queue_depth(cli.celery)
-        broker = "reachable" if depth is not None else "UNREACHABLE"
+        broker = "reachable" if depth is not None else BROKER_DOWN
     return {"database": "reachable", "broker": broker, "queue_depth": depth, **info}
 
 

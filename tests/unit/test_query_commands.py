@@ -314,3 +314,14 @@ def test_the_results_table_names_each_rows_model(seeded: str, monkeypatch: pytes
     code, out = _mammo(["results", "--limit", "16"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.OK, out
     assert "model_version" in out and "default:" in out
+
+
+def test_status_health_exits_8_when_the_broker_is_unreachable(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A monitoring job reads the exit code; the row is still printed for the person."""
+    code, out = invoke_cli(["status", "--health", "--format", "json"], monkeypatch, tmp_path,
+                           database_url=seeded, broker_url="redis://127.0.0.1:1/0")
+    assert code == ExitCode.BROKER_UNAVAILABLE, out
+    assert json.loads(out)[0]["broker"] == "UNREACHABLE"
+    code, out = _mammo(["status", "--health", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK and json.loads(out)[0]["broker"] == "embedded (no broker)"
