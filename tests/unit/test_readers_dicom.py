@@ -317,6 +317,33 @@ def test_view_named_in_patient_orientation_is_read_as_a_last_resort(
     assert decode(dicom_file, max_pixels=BIG).chest_wall_side == chest_wall
 
 
+@pytest.mark.parametrize("position, laterality, expected, flags", [
+    ("RMLO", "R", View.MLO, ()), ("LCC", "L", View.CC, ()), ("LCC", None, View.CC, ()),
+    ("LM", "R", View.LM, ()), ("RLMO", "R", View.LMO, ()),
+    ("CCID", "L", View.CC, ("implant_displaced",)),
+    ("LMLOID", "L", View.MLO, ("implant_displaced",)),
+    # A letter that contradicts the image laterality: the View Code Sequence decides.
+    ("RCC", "L", View.XCCL, ()),
+    ("SPOT", "L", View.XCCL, ()),
+])
+def test_a_view_position_naming_no_known_view_defers_to_the_view_code_sequence(
+        dicom_file: Path, position: str, laterality: str | None, expected: View,
+        flags: tuple[str, ...]) -> None:
+    _rewrite(dicom_file, ViewPosition=position, ImageLaterality=laterality,
+             ViewCodeSequence=[_code("R-1024A", "SRT", "cranio-caudal exaggerated laterally")])
+    header = read_header(dicom_file, pseudonymize=KEY)
+    assert (header.view, header.view_flags) == (expected, flags)
+
+
+def test_a_known_view_position_wins_and_an_unknown_one_alone_is_other(
+        dicom_file: Path) -> None:
+    _rewrite(dicom_file, ViewPosition="MLO",
+             ViewCodeSequence=[_code("R-10242", "SRT", "cranio-caudal")])
+    assert read_header(dicom_file, pseudonymize=KEY).view is View.MLO
+    _rewrite(dicom_file, ViewPosition="SPOT", ViewCodeSequence=None, PatientOrientation="CC")
+    assert read_header(dicom_file, pseudonymize=KEY).view is View.OTHER
+
+
 def test_view_position_wins_over_a_view_in_patient_orientation(dicom_file: Path) -> None:
     _rewrite(dicom_file, PatientOrientation="MLO")
     assert read_header(dicom_file, pseudonymize=KEY).view is View.CC

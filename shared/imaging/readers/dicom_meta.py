@@ -73,17 +73,41 @@ def laterality(ds: Dataset) -> Laterality | None:
 
 
 def view(ds: Dataset) -> View | None:
-    """(0018,5101) View Position, else the first (0054,0220) View Code Sequence item, else a
-    view name misfiled as the only value of (0020,0020) Patient Orientation."""
-    parsed = View.parse(text(ds, "ViewPosition"))
-    if parsed is not None:
-        return parsed
+    """(0018,5101) View Position when it names a known view, else the first (0054,0220) View
+    Code Sequence item, else OTHER for a View Position that names none, else a view name
+    misfiled as the only value of (0020,0020) Patient Orientation."""
+    position, _implant_displaced = _view_position(ds)
+    if position is not None:
+        return position
     item = _first(ds, "ViewCodeSequence")
-    if item is None:
-        return _view_in_orientation(ds)
-    code = str(item.get("CodeValue", "")).strip()
-    meaning = str(item.get("CodeMeaning", "")).strip().lower()
-    return _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning) or View.OTHER
+    if item is not None:
+        code = str(item.get("CodeValue", "")).strip()
+        meaning = str(item.get("CodeMeaning", "")).strip().lower()
+        return _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning) or View.OTHER
+    if text(ds, "ViewPosition"):
+        return View.OTHER
+    return _view_in_orientation(ds)
+
+
+def _view_position(ds: Dataset) -> tuple[View | None, bool]:
+    """(view, implant displaced) from (0018,5101) View Position, read as ACR MQCM labels are
+    written: a view, optionally prefixed by the breast's letter ("RMLO", "LCC") and suffixed
+    by ID for implant displaced ("CCID"). A letter that contradicts the image laterality
+    makes the value unusable; an image without laterality takes the letter as it stands.
+    (None, False) when the value names no known view."""
+    value = (text(ds, "ViewPosition") or "").upper().replace(" ", "")
+    side = laterality(ds)
+    readings = [value]  # a plain view first, so "LM" stays latero-medial
+    if value[:1] in ("L", "R") and side in (None, Laterality.parse(value[0])):
+        readings.append(value[1:])
+    for name in readings:
+        for implant_displaced in (False, True):
+            if implant_displaced and not name.endswith("ID"):
+                continue
+            parsed = View.parse(name.removesuffix("ID") if implant_displaced else name)
+            if parsed not in (None, View.OTHER):
+                return parsed, implant_displaced
+    return None, False
 
 
 def specimen_view(ds: Dataset) -> str | None:
@@ -112,10 +136,13 @@ def _view_in_orientation(ds: Dataset) -> View | None:
 def view_flags(ds: Dataset) -> tuple[str, ...]:
     """Sorted flags for views that are not standard screening views (spot, magnification).
 
-    From the View Modifier Code Sequence (inside the View Code Sequence), the paddle, the
-    estimated magnification factor, and a stereotactic Image Type.
+    From the View Modifier Code Sequence (inside the View Code Sequence), an ID suffix on the
+    View Position ("CCID"), the paddle, the estimated magnification factor, and a
+    stereotactic Image Type.
     """
     flags: set[str] = set()
+    if _view_position(ds)[1]:
+        flags.add("implant_displaced")
     item = _first(ds, "ViewCodeSequence")
     for modifier in (item.get("ViewModifierCodeSequence") or []) if item is not None else []:
         meaning = str(modifier.get("CodeMeaning", "")).strip().lower()
