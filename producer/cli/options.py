@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,12 +44,32 @@ paths_argument = click.argument(
 )
 
 
+class IsoTime(click.ParamType):
+    """An ISO 8601 date or time. Without an offset it is UTC; with one (``+01:00``, ``Z``)
+    it is converted to UTC, so a local time copied from another system means what it says."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date or time (e.g. 2026-11-24, "
+                      "2026-11-24T22:00, 2026-11-24T23:00+01:00)", param, ctx)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def date_range_options(func: F) -> F:
     """``--since``/``--until``: a half-open range of submission times, in UTC."""
-    func = click.option("--until", type=click.DateTime(),
-                        help="Submitted before this time (UTC), e.g. 2026-11-25.")(func)
-    return click.option("--since", type=click.DateTime(),
-                        help="Submitted at or after this time (UTC), e.g. 2026-11-24.")(func)
+    func = click.option("--until", type=IsoTime(),
+                        help="Submitted before this time (UTC unless it has an offset), "
+                             "e.g. 2026-11-25.")(func)
+    return click.option("--since", type=IsoTime(),
+                        help="Submitted at or after this time (UTC unless it has an offset), "
+                             "e.g. 2026-11-24 or 2026-11-24T23:00+01:00.")(func)
 
 
 def utc_range(since: datetime | None,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from producer.cli.exit_codes import ExitCode
@@ -325,3 +325,25 @@ def test_status_health_exits_8_when_the_broker_is_unreachable(
     assert json.loads(out)[0]["broker"] == "UNREACHABLE"
     code, out = _mammo(["status", "--health", "--format", "json"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.OK and json.loads(out)[0]["broker"] == "embedded (no broker)"
+
+
+def test_times_with_an_offset_are_converted_to_utc(seeded: str, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    def ids(since: str) -> list[int]:
+        code, out = _mammo(["results", "--since", since, "--format", "json"], monkeypatch,
+                           tmp_path, seeded)
+        assert code == ExitCode.OK, out
+        return [r["image_id"] for r in json.loads(out)]
+
+    engine = _engine(seeded)
+    with engine.connect() as conn:
+        times = sorted(conn.execute(select(Image.created_at)).scalars())
+    engine.dispose()
+    middle = times[len(times) // 2].replace(tzinfo=None, microsecond=0)
+    later = ids(middle.isoformat())
+    assert 0 < len(later) < len(ids("2000-01-01"))
+    # The same instant with Z, and as a local time with its offset, selects the same rows.
+    plus_one = (middle + timedelta(hours=1)).isoformat() + "+01:00"
+    assert ids(middle.isoformat() + "Z") == later and ids(plus_one) == later
+    code, out = _mammo(["results", "--since", "yesterday"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.USAGE and "is not an ISO 8601 date or time" in out
