@@ -6,6 +6,7 @@ it to the factories (database engine, Celery app, classifier).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,6 +25,7 @@ DEFAULT_DATABASE_URL = "sqlite:///mammo.db"
 DEFAULT_MODEL = "default"
 # The names logging accepts; also the choices of `mammo --log-level`.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_URL_WITH_SCHEME = re.compile(r"^[A-Za-z][\w+.\-]*://")
 
 
 class Settings(BaseSettings):
@@ -194,8 +196,16 @@ class Settings(BaseSettings):
 
     @field_validator("broker_url")
     @classmethod
-    def _blank_broker_is_embedded(cls, value: str | None) -> str | None:
-        return value or None
+    def _broker_url_or_embedded(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None  # blank: the embedded queue
+        # kombu reads a bare word as an AMQP host name, so a typo surfaced as "broker
+        # unreachable" (exit 8), as if a server were down. Not echoed: without a scheme,
+        # redact_url cannot tell a password from a host.
+        if not _URL_WITH_SCHEME.match(value):
+            raise ValueError("MAMMO_BROKER_URL is not a URL (no scheme://); expected e.g. "
+                             "redis://host:6379/0, or unset it for the embedded queue")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -78,3 +78,13 @@ def test_an_unreachable_broker_message_is_masked_and_ends_once(
 ])
 def test_redact_url_masks_userinfo_and_query_passwords(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("url", ["notaurl", "redis-host:6379", f":{SECRET}@redis-host"])
+def test_a_broker_url_without_a_scheme_is_a_configuration_error(
+        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # kombu would take it for an AMQP host name: "unreachable" (exit 8) for a typo.
+    code, out = invoke_cli(["submit", str(tmp_path)], monkeypatch, tmp_path, broker_url=url)
+    assert code == ExitCode.CONFIG, out
+    assert "MAMMO_BROKER_URL is not a URL" in out and SECRET not in out
+    assert len(out.strip().splitlines()) == 1
