@@ -288,11 +288,24 @@ def recent_batch_ids(session: Session, limit: int = 10) -> list[int]:
 
 
 def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any]]:
+    """Workers that wrote predictions lately, with the model versions they used: after
+    `mammo models activate` a running worker keeps its model until it restarts, and this is
+    where an operator sees which workers still run the old one."""
     since = utcnow() - timedelta(seconds=within_s)
-    stmt = (select(Prediction.worker, func.count(), func.max(Prediction.created_at))
-            .where(Prediction.created_at >= since).group_by(Prediction.worker))
-    return [{"worker": w, "predictions": n, "last_seen": as_utc(t)}
-            for w, n, t in session.execute(stmt)]
+    stmt = (select(Prediction.worker, ModelVersion.name, ModelVersion.version, func.count(),
+                   func.max(Prediction.created_at))
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.created_at >= since)
+            .group_by(Prediction.worker, ModelVersion.name, ModelVersion.version)
+            .order_by(Prediction.worker, ModelVersion.name, ModelVersion.version))
+    seen: dict[str | None, dict[str, Any]] = {}
+    for worker, name, version, n, last in session.execute(stmt):
+        row = seen.setdefault(worker, {"worker": worker, "predictions": 0, "models": [],
+                                       "last_seen": None})
+        row["predictions"] += n
+        row["models"].append(f"{name}:{version}")
+        row["last_seen"] = max(filter(None, (row["last_seen"], as_utc(last))), default=None)
+    return list(seen.values())
 
 
 
@@ -308,6 +321,7 @@ def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
     return {
         "stale_claims": int(stale),
         "oldest_queued_age_s": None if oldest is None else round((now - oldest).total_seconds()),
-        "workers_seen_10min": ", ".join(f"{w['worker']} ({w['predictions']})" for w in workers)
+        "workers_seen_10min": ", ".join(
+            f"{w['worker']} ({w['predictions']}, {' + '.join(w['models'])})" for w in workers)
         or "none",
     }

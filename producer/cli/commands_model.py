@@ -275,6 +275,10 @@ def models_group() -> None:
 def models_list(cli: CliContext, fmt: str) -> None:
     """Shipped models and the versions registered in the database; marks the active one.
 
+    ``in_use``: what a process started now with this configuration would load (MAMMO_MODEL,
+    else the activation). Workers already running keep the model they started with:
+    `mammo status` lists the model versions each worker scored with lately.
+
     \b
     Example:
         mammo models list --format json
@@ -375,6 +379,8 @@ def models_activate(cli: CliContext, ref: str) -> None:
         activate(session, spec)
         session.commit()
     click.echo(f"active model: {spec.name} {spec.version} ({spec.directory})")
+    click.echo("running workers keep their model until they restart; `mammo status` shows "
+               "the model versions each worker scored with lately")
 
 
 @models_group.command("compare")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema
-from shared.db.schema import Batch, DuplicateSubmission, Image, Notification, Study
+from shared.db.schema import Batch, DuplicateSubmission, Image, Notification, Prediction, Study
 from shared.queries import BATCH_STATUS_KEYS, ResultFilter, batch_status, list_results
 from shared.reports.exports import DISCLAIMER
 from tests.helpers.cli import invoke_cli
@@ -347,3 +347,19 @@ def test_times_with_an_offset_are_converted_to_utc(seeded: str, monkeypatch: pyt
     assert ids(middle.isoformat() + "Z") == later and ids(plus_one) == later
     code, out = _mammo(["results", "--since", "yesterday"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.USAGE and "is not an ISO 8601 date or time" in out
+
+
+def test_status_names_the_models_each_worker_scored_with(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """After an activation, running workers keep their old model: status must show it."""
+    engine = _engine(seeded)
+    with engine.begin() as conn:
+        conn.execute(update(Prediction).values(created_at=datetime.now(UTC), worker="celery@a"))
+        conn.execute(update(Prediction).where(Prediction.model_version_id == 2)
+                     .where(Prediction.image_id > 8).values(worker="celery@b"))
+    engine.dispose()
+    code, out = _mammo(["status", "--health", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    seen = json.loads(out)[0]["workers_seen_10min"]
+    assert "celery@a (" in seen and ", default:1.0.0 + default:1.1.0)" in seen, seen
+    assert seen.endswith(", default:1.1.0)") and "celery@b (" in seen, seen
