@@ -198,6 +198,40 @@ def test_monochrome1_with_a_window_preprocesses_like_monochrome2(
     np.testing.assert_allclose(preprocess(decoded, (64, 52)), expected, atol=1e-5)
 
 
+def _presentation_lut(descending: bool, vr: str = "US") -> Dataset:
+    table = Dataset()
+    table.LUTDescriptor = [4096, 0, 12]
+    entries = np.arange(4096, dtype="<u2")[::-1 if descending else 1]
+    table.add_new(0x00283006, vr, entries.tobytes() if vr == "OW" else entries.tolist())
+    return table
+
+
+@pytest.mark.parametrize("photometric, presentation, invert", [
+    ("MONOCHROME2", {"PresentationLUTShape": "INVERSE"}, True),
+    ("MONOCHROME2", {"PresentationLUTShape": "IDENTITY"}, False),
+    ("MONOCHROME2", {"PresentationLUTSequence": [_presentation_lut(descending=True)]}, True),
+    ("MONOCHROME2", {"PresentationLUTSequence": [_presentation_lut(descending=False)]}, False),
+    ("MONOCHROME2", {"PresentationLUTSequence": [_presentation_lut(True, vr="OW")]}, True),
+    # INVERSE is MONOCHROME1's normal encoding in DX and MG: never a second inversion.
+    ("MONOCHROME1", {"PresentationLUTShape": "INVERSE"}, True),
+    ("MONOCHROME1", {"PresentationLUTShape": "IDENTITY"}, True),
+    ("MONOCHROME1", {}, True),
+])
+def test_presentation_lut_inverts_monochrome2_and_never_monochrome1_twice(
+        tmp_path: Path, dicom_file: Path, pixels: np.ndarray, photometric: str,
+        presentation: dict[str, object], invert: bool) -> None:
+    """Stored values are written so that the image displays as ``dicom_file`` exactly when
+    the reader's inversion rule is right."""
+    stored = write_dicom(tmp_path / "p.dcm", pixels, study_uid="1.2.3", sop_uid="1.2.3.8",
+                         laterality=Laterality.LEFT, view=View.CC, monochrome1=invert)
+    _rewrite(stored, PhotometricInterpretation=photometric, PresentationLUTShape=None)
+    _rewrite(stored, **presentation)
+    decoded = decode(stored, max_pixels=BIG)
+    assert decoded.invert is invert
+    expected = preprocess(decode(dicom_file, max_pixels=BIG), (64, 52))
+    np.testing.assert_allclose(preprocess(decoded, (64, 52)), expected, atol=1e-5)
+
+
 # --- refusals -----------------------------------------------------------------------------
 
 def test_ct_is_not_mammography(dicom_file: Path) -> None:

@@ -3,7 +3,8 @@
 Pixels come out after the Modality LUT (rescale) and the VOI LUT or window, i.e. as a
 radiologist would see them, shifted so the darkest possible output is 0: ``max_value`` is
 the width of the VOI output range, not of the stored bits. MONOCHROME1 (high values dark) is
-NOT inverted here; ``DecodedImage.invert`` is set and preprocessing inverts it.
+NOT inverted here; ``DecodedImage.invert`` is set and preprocessing inverts it (as for
+MONOCHROME2 under an INVERSE Presentation LUT: ``dicom_meta.inverted``).
 
 Patient-identifying elements are never read into an ``ImageHeader`` and never appear in a
 message: PatientID is read only to be turned into a keyed pseudonym at once (and a file that
@@ -135,7 +136,7 @@ class DicomReader:
             notes["decoder"] = plugin
         return DecodedImage(
             pixels=pixels, format=self.format_name, max_value=max_value,
-            invert=_text(ds, "PhotometricInterpretation") == "MONOCHROME1", notes=notes,
+            invert=meta.inverted(ds), notes=notes,
             pixel_spacing_mm=meta.pixel_spacing(ds), chest_wall_side=meta.chest_wall_side(ds),
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from shared.enums import Laterality, View
@@ -49,8 +50,8 @@ _MODIFIER_FLAGS = {
 _MAGNIFICATION_FACTOR = 1.3
 
 __all__ = [
-    "burned_in_annotation", "chest_wall_side", "laterality", "pixel_spacing", "specimen_view",
-    "text", "view", "view_flags", "voi_description",
+    "burned_in_annotation", "chest_wall_side", "inverted", "laterality", "pixel_spacing",
+    "specimen_view", "text", "view", "view_flags", "voi_description",
 ]
 
 
@@ -197,6 +198,29 @@ def chest_wall_side(ds: Dataset) -> Literal["left", "right"] | None:
     if "P" in row_direction and "A" not in row_direction:
         return "right"
     return None
+
+
+def inverted(ds: Dataset) -> bool:
+    """Whether the display shows high values dark, by the DICOM grayscale pipeline.
+
+    MONOCHROME1 always is; its (2050,0020) Presentation LUT Shape INVERSE is how DX and MG
+    images state that, not a second inversion. MONOCHROME2 is under INVERSE, or under a
+    (2050,0010) Presentation LUT Sequence whose table descends (only its direction is
+    applied: such tables are near-linear, and our contrast stretch redoes the curve).
+    """
+    if text(ds, "PhotometricInterpretation") == "MONOCHROME1":
+        return True
+    shape = (text(ds, "PresentationLUTShape") or "").upper()
+    if shape:
+        return shape == "INVERSE"
+    table = _first(ds, "PresentationLUTSequence")
+    data = table.get("LUTData") if table is not None else None
+    if data is None:
+        return False
+    if isinstance(data, bytes):  # OW: 16-bit entries, little-endian as we decode
+        data = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2")
+    values = np.asarray(data, dtype=np.int64).ravel()
+    return values.size > 1 and int(values[0]) > int(values[-1])
 
 
 def burned_in_annotation(ds: Dataset) -> bool | None:
