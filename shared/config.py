@@ -6,10 +6,15 @@ it to the factories (database engine, Celery app, classifier).
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Iterable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import make_url
@@ -26,13 +31,17 @@ DEFAULT_MODEL = "default"
 # The names logging accepts; also the choices of `mammo --log-level`.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _URL_WITH_SCHEME = re.compile(r"^[A-Za-z][\w+.\-]*://")
+ENV_PREFIX = "MAMMO_"
+# MAMMO_* names that are not settings yet must not stop a command: the test suite's own
+# plumbing reads this one (tests/helpers/reliability.py), and CI exports it for a whole run.
+NOT_SETTINGS = frozenset({"MAMMO_RELIABILITY_RECORD"})
 
 
 class Settings(BaseSettings):
     """Configuration for every process. Frozen: derive variants with ``model_copy(update=...)``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MAMMO_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore",
         frozen=True,
     )
 
@@ -295,8 +304,60 @@ class Settings(BaseSettings):
         return self.model_copy(update={"broker_url": None})
 
 
+@cache
+def setting_names() -> frozenset[str]:
+    """Every ``MAMMO_*`` name a setting is read from."""
+    return frozenset(f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields)
+
+
+def _env_files(choice: object) -> list[Path]:
+    """The ``.env`` files pydantic-settings reads for this ``_env_file`` (None: none)."""
+    if choice is None:
+        return []
+    chosen = choice if isinstance(choice, list | tuple) else [choice]
+    return [Path(str(name)).expanduser() for name in chosen]
+
+
+def _env_file_names(path: Path) -> Iterator[str]:
+    """The names a ``.env`` file sets (none when there is no such file)."""
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8") as stream:
+        for binding in parse_stream(stream):
+            if binding.key:
+                yield binding.key
+
+
+def _unknown_setting(name: str, where: str) -> str | None:
+    """Why ``name`` (from ``where``) is a mistake, or None when it is a setting or no
+    ``MAMMO_*`` name at all."""
+    upper = name.upper()  # pydantic-settings matches names case-insensitively
+    if not upper.startswith(ENV_PREFIX) or upper in setting_names() | NOT_SETTINGS:
+        return None
+    # Compared without the shared prefix, which would make every name look close.
+    stems = {known.removeprefix(ENV_PREFIX): known for known in setting_names()}
+    close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), stems, n=1)
+    hint = f" (did you mean {stems[close[0]]}?)" if close else ""
+    return f"{name}{where} is not a setting{hint}"
+
+
+def _refuse_unknown_names(env_files: Iterable[Path]) -> None:
+    """A misspelt name is otherwise ignored, and its setting silently left at its default
+    (a worker on a fresh ./mammo.db instead of the real database)."""
+    problems = [p for p in (_unknown_setting(name, "") for name in os.environ) if p]
+    for path in env_files:
+        problems += [p for p in (_unknown_setting(name, f" in {path}")
+                                 for name in _env_file_names(path)) if p]
+    if problems:
+        raise ConfigurationError(
+            f"Invalid MAMMO_* configuration: {'; '.join(problems)}. Fix or remove each: the "
+            "settings are listed in the README's Configuration section")
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and ``.env``), turning errors into one line."""
+    _refuse_unknown_names(_env_files(overrides.get("_env_file",
+                                                   Settings.model_config.get("env_file"))))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

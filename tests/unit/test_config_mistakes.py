@@ -1,0 +1,48 @@
+"""Configuration mistakes that used to be ignored are one line and exit 4 (invalid
+configuration): a misspelt MAMMO_* name would leave its setting at the default, e.g. a
+worker on a fresh ./mammo.db consuming the real batch's messages as no-ops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from producer.cli.exit_codes import ExitCode
+from tests.helpers.cli import invoke_cli
+
+
+@pytest.mark.parametrize(("name", "meant"), [
+    ("databse_url", "MAMMO_DATABASE_URL"),
+    ("chunksize", "MAMMO_CHUNK_SIZE"),
+])
+def test_a_misspelt_variable_is_named_with_the_setting_it_meant(
+        name: str, meant: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path, **{name: "5"})
+    assert code == ExitCode.CONFIG, out
+    assert f"MAMMO_{name.upper()} is not a setting (did you mean {meant}?)" in out
+    assert len(out.strip().splitlines()) == 1
+    assert not (tmp_path / "mammo.db").exists()  # nothing ran on the defaults
+
+
+def test_an_unknown_name_far_from_any_setting_is_named_without_a_guess(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path, xyzzy="1")
+    assert code == ExitCode.CONFIG and "MAMMO_XYZZY is not a setting." in out
+
+
+def test_a_misspelt_key_in_the_env_file_is_named_with_the_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=x\nexport MAMMO_CHUNKSIZE=5\n")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path)
+    assert code == ExitCode.CONFIG, out
+    assert "MAMMO_CHUNKSIZE in .env is not a setting (did you mean MAMMO_CHUNK_SIZE?)" in out
+
+
+def test_settings_and_the_test_suites_own_variable_are_accepted(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Non-MAMMO_ names (compose's POSTGRES_PASSWORD) are not ours to judge.
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=x\nMAMMO_CHUNK_SIZE=8\n")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path, reliability_record="x.json",
+                           database_url=f"sqlite:///{tmp_path / 'm.db'}")
+    assert code == ExitCode.OK, out
