@@ -7,9 +7,10 @@ it to the factories (database engine, Celery app, classifier).
 from __future__ import annotations
 
 import difflib
+import io
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -318,14 +319,31 @@ def _env_files(choice: object) -> list[Path]:
     return [Path(str(name)).expanduser() for name in chosen]
 
 
-def _env_file_names(path: Path) -> Iterator[str]:
-    """The names a ``.env`` file sets (none when there is no such file)."""
-    if not path.is_file():
-        return
-    with path.open(encoding="utf-8") as stream:
-        for binding in parse_stream(stream):
-            if binding.key:
-                yield binding.key
+def _env_file_names(path: Path) -> list[str]:
+    """The names a ``.env`` file sets (none when there is no such file).
+
+    Stricter than pydantic-settings: python-dotenv only warns about a line it cannot parse,
+    and skips a ``.env`` that is a directory, so the command ran on defaults (a fresh
+    ./mammo.db) when the file meant another database.
+    """
+    if not os.path.lexists(path):
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"Settings file {path} is not UTF-8 text: save it as "
+                                 "UTF-8, or remove it") from None
+    except OSError as exc:
+        raise ConfigurationError(f"Settings file {path} cannot be read "
+                                 f"({exc.strerror or type(exc).__name__}): make it a readable "
+                                 "file, or remove it") from None
+    bindings = list(parse_stream(io.StringIO(text)))
+    if bad := [str(b.original.line) for b in bindings if b.error]:
+        # Not quoted: the line may hold a password.
+        raise ConfigurationError(
+            f"Settings file {path}, line {', '.join(bad)}: not a NAME=value line (an "
+            "unterminated quote?): fix it, or remove it")
+    return [b.key for b in bindings if b.key]
 
 
 def _unknown_setting(name: str, where: str) -> str | None:
@@ -342,8 +360,9 @@ def _unknown_setting(name: str, where: str) -> str | None:
 
 
 def _refuse_unknown_names(env_files: Iterable[Path]) -> None:
-    """A misspelt name is otherwise ignored, and its setting silently left at its default
-    (a worker on a fresh ./mammo.db instead of the real database)."""
+    """Refuse MAMMO_* names that are not settings, and ``.env`` files that cannot be read
+    whole. Either is otherwise ignored, and its setting silently left at its default (a
+    worker on a fresh ./mammo.db instead of the real database)."""
     problems = [p for p in (_unknown_setting(name, "") for name in os.environ) if p]
     for path in env_files:
         problems += [p for p in (_unknown_setting(name, f" in {path}")

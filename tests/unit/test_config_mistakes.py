@@ -46,3 +46,26 @@ def test_settings_and_the_test_suites_own_variable_are_accepted(
     code, out = invoke_cli(["status"], monkeypatch, tmp_path, reliability_record="x.json",
                            database_url=f"sqlite:///{tmp_path / 'm.db'}")
     assert code == ExitCode.OK, out
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'MAMMO_CHUNK_SIZE=8\nMAMMO_DATABASE_URL="sqlite:////elsewhere.db\n',
+     "Settings file .env, line 2: not a NAME=value line"),
+    (b"MAMMO_CHUNK_SIZE=8\xff\n", "Settings file .env is not UTF-8 text"),
+])
+def test_an_env_file_that_cannot_be_parsed_is_named_with_its_line(
+        content: bytes, expected: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(content)
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path)
+    assert code == ExitCode.CONFIG, out
+    assert expected in out and "elsewhere" not in out  # the line may hold a password
+    assert not (tmp_path / "mammo.db").exists()
+
+
+def test_an_env_path_that_is_not_a_file_is_a_configuration_error(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").mkdir()
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path)
+    assert code == ExitCode.CONFIG, out
+    assert "Settings file .env cannot be read" in out
+    assert not (tmp_path / "mammo.db").exists()
