@@ -232,6 +232,52 @@ def test_presentation_lut_inverts_monochrome2_and_never_monochrome1_twice(
     np.testing.assert_allclose(preprocess(decoded, (64, 52)), expected, atol=1e-5)
 
 
+def _padded(tmp_path: Path, pixels: np.ndarray, name: str, fill: int, *,
+            monochrome1: bool = False, **padding: int) -> Path:
+    """``pixels`` with its background (stored below 30 once displayed) written as ``fill``
+    (a stored value), and the Pixel Padding attributes given."""
+    shown = pixels.copy()
+    shown[pixels < 30] = 0
+    path = write_dicom(tmp_path / name, shown, study_uid="1.2.3", sop_uid=f"1.2.3.{len(name)}",
+                       laterality=Laterality.LEFT, view=View.CC, monochrome1=monochrome1)
+    ds = pydicom.dcmread(path)
+    stored = ds.pixel_array.copy()
+    stored[pixels < 30] = fill
+    ds.PixelData = stored.astype("<u2").tobytes()
+    for keyword, value in padding.items():  # US: pydicom cannot write "US or SS" itself
+        ds.add_new(pydicom.datadict.tag_for_keyword(keyword), "US", value)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("fill, monochrome1, padding", [
+    (4095, False, {"PixelPaddingValue": 4095}),  # MONOCHROME2 padded white
+    (0, True, {"PixelPaddingValue": 0}),  # MONOCHROME1: stored 0 displays white
+    (4000, False, {"PixelPaddingValue": 4095, "PixelPaddingRangeLimit": 3990}),
+    (20, True, {"PixelPaddingValue": 0, "PixelPaddingRangeLimit": 30}),
+])
+def test_pixel_padding_that_displays_bright_is_made_background(
+        tmp_path: Path, pixels: np.ndarray, fill: int, monochrome1: bool,
+        padding: dict[str, int]) -> None:
+    """The breast mask would otherwise take the bright padding for the breast."""
+    expected = preprocess(decode(_padded(tmp_path, pixels, "dark.dcm", 0), max_pixels=BIG),
+                          (64, 52))
+    padded = _padded(tmp_path, pixels, "bright.dcm", fill, monochrome1=monochrome1, **padding)
+    np.testing.assert_allclose(preprocess(decode(padded, max_pixels=BIG), (64, 52)), expected,
+                               atol=1e-5)
+
+
+def test_pixel_padding_already_darkest_leaves_the_model_input_unchanged(
+        tmp_path: Path, pixels: np.ndarray) -> None:
+    """GE writes MONOCHROME2 with padding 0 to 30; with or without the attributes, and
+    before this rule existed (no attribute: nothing to apply), the same model input."""
+    plain = _padded(tmp_path, pixels, "plain.dcm", 0)
+    declared = _padded(tmp_path, pixels, "declared.dcm", 0, PixelPaddingValue=0,
+                       PixelPaddingRangeLimit=29)
+    np.testing.assert_array_equal(preprocess(decode(declared, max_pixels=BIG), (64, 52)),
+                                  preprocess(decode(plain, max_pixels=BIG), (64, 52)))
+
+
 # --- refusals -----------------------------------------------------------------------------
 
 def test_ct_is_not_mammography(dicom_file: Path) -> None:

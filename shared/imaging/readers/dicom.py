@@ -130,13 +130,15 @@ class DicomReader:
         plugin = _plugin_for(syntax, path)
         ds = _read(path)
         _guarded(path, checks.pixel_length, ds, syntax, path)
-        pixels, max_value, voi = _guarded(path, _display_pixels, ds, syntax, plugin, path)
+        invert = meta.inverted(ds)
+        pixels, max_value, voi = _guarded(path, _display_pixels, ds, syntax, plugin, path,
+                                          invert)
         notes.update(transfer_syntax=syntax.name, voi=meta.voi_description(ds) or voi)
         if plugin:
             notes["decoder"] = plugin
         return DecodedImage(
             pixels=pixels, format=self.format_name, max_value=max_value,
-            invert=meta.inverted(ds), notes=notes,
+            invert=invert, notes=notes,
             pixel_spacing_mm=meta.pixel_spacing(ds), chest_wall_side=meta.chest_wall_side(ds),
         )
 
@@ -231,9 +233,34 @@ def _stored_values(ds: Dataset, syntax: UID, plugin: str, path: Path) -> np.ndar
             f"{path.name}: the (7FE0,0010) Pixel Data could not be decoded: {text}.") from exc
 
 
-def _display_pixels(ds: Dataset, syntax: UID, plugin: str,
-                    path: Path) -> tuple[np.ndarray, float, str]:
+def _display_pixels(ds: Dataset, syntax: UID, plugin: str, path: Path,
+                    invert: bool) -> tuple[np.ndarray, float, str]:
+    """Display values (see ``_to_display``), padding set to the darkest one."""
     stored = _stored_values(ds, syntax, plugin, path)
+    pixels, max_value, voi = _displayed(stored, ds, path)
+    padding = _padding(ds, stored)
+    if padding is not None:
+        # Padding is no part of the image, whatever value it was written with (stored 0 in
+        # a MONOCHROME1 image displays white): as background, the breast mask and the
+        # contrast stretch never see it. The darkest value is the top one when inverted.
+        pixels[padding] = np.float32(max_value if invert else 0.0)
+    return pixels, max_value, voi
+
+
+def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Where the stored values are (0028,0120) Pixel Padding Value, or between it and
+    (0028,0121) Pixel Padding Range Limit inclusive; None when there is no padding."""
+    value = _optional_int(ds, "PixelPaddingValue")
+    if value is None:
+        return None
+    limit = _optional_int(ds, "PixelPaddingRangeLimit")
+    low, high = sorted((value, value if limit is None else limit))
+    mask = (stored >= low) & (stored <= high)
+    return mask if mask.any() else None
+
+
+def _displayed(stored: np.ndarray, ds: Dataset, path: Path) -> tuple[np.ndarray, float, str]:
+    """(display values, their range's width, the VOI kind applied)."""
     if stored.ndim != 2:
         raise UnreadableImageError(
             f"{path.name}: decoded pixel data has shape {stored.shape}, not one 2-D image.")
