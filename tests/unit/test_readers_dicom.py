@@ -363,6 +363,7 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     (_code("R-10242", "SRT", "cranio-caudal"), View.CC),
     (_code("399368009", "SCT", "medio-lateral oblique"), View.MLO),
     (_code("R-1024A", "SRT", "cranio-caudal exaggerated laterally"), View.XCCL),
+    (_code("399192008", "SCT", "XCCL"), View.XCCL),  # by code alone (CID 4014)
     (_code("X-1", "99LOCAL", "latero-medial"), View.LM),
     (_code("X-2", "99LOCAL", "something else"), View.OTHER),
 ])

@@ -21,7 +21,7 @@ _VIEW_CODES = {
     "R-10224": View.ML, "399260004": View.ML,
     "R-10228": View.LM, "399352003": View.LM,
     "R-10230": View.LMO, "399099002": View.LMO,
-    "R-1024A": View.XCCL, "399192003": View.XCCL,
+    "R-1024A": View.XCCL, "399192008": View.XCCL,
     "R-1024B": View.XCCM, "399101009": View.XCCM,
     "R-10244": View.FB, "399196006": View.FB,
     "R-102D0": View.SIO, "399188001": View.SIO,
