@@ -14,9 +14,14 @@ import logging
 import os
 from pathlib import Path
 
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
 from producer.watch.folder import FAILED, PROCESSED, SIDECAR_SUFFIX, WatchFolder
 from producer.watch.identity import RegisteredFiles
 from producer.watch.scanner import KnownImage
+from shared.db.schema import Image
 from shared.enums import ImageState
 
 LEAVE, MOVE, DELETE = "leave", "move", "delete"
@@ -24,13 +29,17 @@ LEAVE, MOVE, DELETE = "leave", "move", "delete"
 
 class AfterProcessing:
     def __init__(self, folder: WatchFolder, mode: str, log: logging.Logger,
-                 registered: RegisteredFiles) -> None:
+                 registered: RegisteredFiles,
+                 sessions: sessionmaker[Session] | None = None) -> None:
+        """``sessions``: where a moved file's new path is recorded (``archived_path``), so
+        that reports still find the image; None records nothing."""
         if mode not in (LEAVE, MOVE, DELETE):
             raise ValueError(f"unknown after-processing action {mode!r}")
         self.folder = folder
         self.mode = mode
         self.log = log
         self.registered = registered
+        self.sessions = sessions
 
     def apply(self, path: Path, image: KnownImage) -> Path | None:
         """Do the configured action for a file whose image reached a terminal state."""
@@ -63,7 +72,29 @@ class AfterProcessing:
             return None  # moved or deleted by someone else meanwhile
         self.log.info("moved %s to %s (image %d, %s)", self.folder.relative(path),
                       self.folder.relative(target), image.image_id, image.state)
+        self._record(image.image_id, target)
         return target
+
+    def _record(self, image_id: int, target: Path) -> None:
+        where = str(target.resolve())
+        if self.sessions is None or not _is_text(where):
+            return  # a name that is not UTF-8: a database text column cannot hold it
+        try:
+            with self.sessions() as session:
+                session.execute(update(Image).where(Image.id == image_id)
+                                .values(archived_path=where))
+                session.commit()
+        except SQLAlchemyError as exc:  # the file is safe; only the report's lookup suffers
+            self.log.warning("moved image %d, but could not record where: %s", image_id,
+                             type(exc).__name__)
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as lone surrogates
+        return False
+    return True
 
 
 def _free_name(target: Path, image_id: int) -> Path:

@@ -79,7 +79,7 @@ class Watcher:
         self.registered = RegisteredFiles()
         self.followup = FollowUp(sessions, self.folder,
                                  AfterProcessing(self.folder, settings.watch_after, log,
-                                                 self.registered), log,
+                                                 self.registered, sessions), log,
                                  exam_timeout_s=settings.exam_timeout_s, notifier=notifier)
         # Embedded mode has no `mammo worker` whose sweeper would follow up.
         self.notifications = BackgroundFollowUp(settings, notifier, log)

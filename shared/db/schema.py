@@ -89,6 +89,9 @@ class Image(Base):
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
     source: Mapped[str] = mapped_column(Text)
+    # Where `mammo watch --after move` put the file once finished (processed/ or failed/):
+    # the exam report draws the view from there.
+    archived_path: Mapped[str | None] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(16))
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     series_instance_uid: Mapped[str | None] = mapped_column(String(64))

@@ -48,6 +48,7 @@ class ViewResult:
     predicted_at: datetime | None = None
     heatmap_png: bytes | None = None
     model: ModelInfo | None = None
+    archived_path: str | None = None  # where the watcher moved the file, if it did
 
     @property
     def view_key(self) -> str:
@@ -103,7 +104,7 @@ def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> Vie
                if image.spacing_row_mm and image.spacing_column_mm else None)
     base: dict[str, Any] = {
         "image_id": image.id, "source": image.source, "identity": image.identity,
-        "laterality": image.laterality,
+        "archived_path": image.archived_path, "laterality": image.laterality,
         "view": image.view, "state": image.state, "error_code": image.error_code,
         "error_message": image.error_message, "spacing_mm": spacing,
         "submitted_at": as_utc(image.created_at), "finished_at": as_utc(image.finished_at),

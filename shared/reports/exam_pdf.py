@@ -25,7 +25,7 @@ from shared.reports.pdf_parts import (
     png_image,
     table,
 )
-from shared.reports.view_images import thumbnail
+from shared.reports.view_images import current_location, thumbnail
 from shared.synthetic import SYNTHETIC_LABEL
 
 _CELL = PAGE_WIDTH / 2 - 4 * mm
@@ -94,8 +94,9 @@ def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
     if view.state != "done" or view.model is None or view.probabilities is None:
         reason = f"{view.error_code}: {view.error_message}" if view.error_code else "no result yet"
         return [*cell, para(f"{view.state}: {reason}")]
-    source = ModelInputSource(view.source, view.laterality, view.spacing_mm, view.model.input_size,
-                        max_pixels)
+    source = ModelInputSource(current_location(view.source, view.archived_path),
+                              view.laterality, view.spacing_mm, view.model.input_size,
+                              max_pixels)
     thumb = thumbnail(source, view.heatmap_png, view.model.patch, view.identity)
     if thumb is None:
         cell.append(para("image not available; no heatmap stored"))

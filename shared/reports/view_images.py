@@ -31,6 +31,16 @@ _ALPHA = 0.45  # heatmap opacity where the model's P(abnormal) is highest
 
 UNREADABLE = "source file unreadable"
 REPLACED = "the file at its path is no longer the image that was scored"
+GONE = "the file is no longer at its path (moved or deleted)"
+
+
+def current_location(source: str, archived_path: str | None) -> str:
+    """Where the scored file is now: the watcher's processed/ or failed/ copy when it moved
+    it there (the path it came in under may hold a newer file of the same name), else
+    the path it was submitted from. Either is checked against the stored identity."""
+    if archived_path and Path(archived_path).exists():
+        return archived_path
+    return source
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,9 @@ def model_frame(source: ModelInputSource, identity: str | None = None) -> Frame:
     file now at the path has another, it is not drawn.
     """
     name = Path(source.path).name
+    if not Path(source.path).exists():
+        log.warning("image %s not drawn in the report: %s", name, GONE)
+        return Frame(None, GONE)
     try:
         if identity is not None and not file_has_identity(Path(source.path), identity):
             log.warning("image %s not drawn in the report: %s", name, REPLACED)

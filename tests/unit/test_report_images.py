@@ -12,8 +12,10 @@ from shared.imaging.identity import file_has_identity
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.readers import read_header
 from shared.reports.view_images import (
+    GONE,
     REPLACED,
     UNREADABLE,
+    current_location,
     heatmap_in_frame,
     model_frame,
     overlay,
@@ -61,8 +63,32 @@ def test_a_missing_source_still_shows_the_heatmap(tmp_path: Path) -> None:
     heat = encode_png(np.full((8, 8), 0.5, dtype=np.float32))
     thumb = thumbnail(source, heat, patch=None)
     assert thumb is not None and not thumb.image_available and thumb.heatmap_available
-    assert thumb.image_missing == UNREADABLE
+    assert thumb.image_missing == GONE  # moved or deleted, not "replaced by another image"
     assert thumbnail(source, None, patch=None) is None
+    unreadable = tmp_path / "empty.dcm"
+    unreadable.write_bytes(b"")
+    thumb = thumbnail(ModelInputSource(str(unreadable), "L", None, SIZE, 10**8), heat,
+                      patch=None)
+    assert thumb is not None and thumb.image_missing == UNREADABLE
+
+
+def test_a_file_the_watcher_moved_is_drawn_from_where_it_went(tmp_path: Path) -> None:
+    """`mammo watch --after move` leaves the submitted path empty, or holding a newer file
+    of the same name; the report reads the recorded processed/ copy instead."""
+    first, second = make_exam_set(tmp_path / "in", n_exams=1, seed=4)[:2]
+    identity = read_header(first).identity
+    archived = tmp_path / "in" / "processed" / first.name
+    archived.parent.mkdir()
+    first.rename(archived)
+    assert current_location(str(first), str(archived)) == str(archived)
+    assert current_location(str(first), None) == str(first)
+    first.write_bytes(second.read_bytes())  # the scanner reused the name meanwhile
+    source = ModelInputSource(current_location(str(first), str(archived)), "L", None, SIZE,
+                              10**8)
+    thumb = thumbnail(source, None, patch=None, identity=identity)
+    assert thumb is not None and thumb.image_available
+    archived.unlink()  # deleted from processed/ too: back to the path it came in under
+    assert current_location(str(first), str(archived)) == str(first)
 
 
 def test_another_image_now_at_the_path_is_not_drawn_under_this_heatmap(tmp_path: Path) -> None:

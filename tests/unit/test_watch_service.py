@@ -176,6 +176,10 @@ def test_move_action_files_results_and_reasons_and_survives_restarts(
     assert sorted(os.listdir(root / "failed")) == before
     with sessions() as session:
         assert len(session.execute(select(Image.id)).all()) == 2
+        # Where each file went is recorded: the exam report draws the view from there.
+        archived = dict(session.execute(select(Image.id, Image.archived_path)).all())
+    assert archived == {ids[str(root / "sub/ok.dcm")]: str(root / "processed/sub/ok.dcm"),
+                        bad: str(moved)}
 
 
 @pytest.mark.parametrize("after", ["leave", "move", "delete"])
