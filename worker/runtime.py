@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.activation import model_for, register
@@ -20,6 +21,7 @@ from shared.config import Settings
 from shared.db.engine import create_db_engine, make_session_factory
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.notify import Notifier
+from shared.urls import redact_url
 from worker.classifier import Classifier
 from worker.decoding import ChunkDecoder
 
@@ -101,6 +103,13 @@ class WorkerRuntime:
                 session.commit()
         return self._model_version_id
 
+    def describe(self) -> str:
+        """The database (password masked) and model this worker uses: a worker on the wrong
+        database consumes the real batch's messages as no-ops, so its first lines say which."""
+        spec = self.model_spec
+        return (f"database {_shown_database(self.settings.database_url)} (MAMMO_DATABASE_URL), "
+                f"model {spec.name} {spec.version} ({spec.directory})")
+
     @property
     def worker_name(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
@@ -119,3 +128,12 @@ class WorkerRuntime:
         if self._decoder is not None and self._pid == os.getpid():
             self._decoder.close()
         self._decoder = None
+
+
+def _shown_database(url: str) -> str:
+    shown, parsed = redact_url(url), make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
+        # A relative SQLite path depends on the working directory: show where it lands.
+        shown += f" = {Path(database).resolve()}"
+    return shown

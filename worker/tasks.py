@@ -30,8 +30,9 @@ TRANSIENT_RETRIES = 8
 
 def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False,
                    gpus: int = 0) -> None:
-    """Register the task; with ``warm_up``, each prefork child also takes its own GPU (of
-    ``gpus``) and loads the model as soon as it starts."""
+    """Register the task; with ``warm_up`` (``mammo worker``), log which database and model
+    it works on, and each prefork child also takes its own GPU (of ``gpus``) and loads the
+    model as soon as it starts."""
     if TASK_PROCESS_CHUNK in app.tasks:
         return
 
@@ -52,6 +53,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
             return {"timed_out": len(image_ids)}
 
     if warm_up:
+        log.info("mammo worker: %s", runtime.describe())
         # Runs in each prefork child after the fork: the only safe place to load TensorFlow.
         worker_process_init.connect(pin_child_to_gpu(gpus), weak=False)
         worker_process_init.connect(runtime.warm_up, weak=False)

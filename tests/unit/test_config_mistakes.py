@@ -4,12 +4,21 @@ worker on a fresh ./mammo.db consuming the real batch's messages as no-ops."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from unittest.mock import Mock
 
 import pytest
+from celery import Celery
 
+from models.registry import ModelSpec
 from producer.cli.exit_codes import ExitCode
+from shared.config import Settings
 from tests.helpers.cli import invoke_cli
+from worker.runtime import WorkerRuntime
+from worker.tasks import register_tasks
+
+SECRET = "S3cretPW"
 
 
 @pytest.mark.parametrize(("name", "meant"), [
@@ -69,3 +78,29 @@ def test_an_env_path_that_is_not_a_file_is_a_configuration_error(
     assert code == ExitCode.CONFIG, out
     assert "Settings file .env cannot be read" in out
     assert not (tmp_path / "mammo.db").exists()
+
+
+def _spec(directory: Path) -> ModelSpec:
+    return ModelSpec("default", "1.2.0", directory, "0" * 64, ("normal", "benign", "malignant"),
+                     (64, 64), "2", {})
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (f"postgresql+psycopg://mammo:{SECRET}@db-host/mammo",
+     "database postgresql+psycopg://mammo:***@db-host/mammo (MAMMO_DATABASE_URL)"),
+    ("sqlite:///mammo.db", "database sqlite:///mammo.db = {cwd}/mammo.db (MAMMO_DATABASE_URL)"),
+])
+def test_a_starting_worker_logs_its_database_masked_and_its_model(
+        url: str, shown: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A worker on the wrong database finishes nothing: its first lines must say which one.
+    monkeypatch.chdir(tmp_path)
+    for signal in ("worker_process_init", "worker_process_shutdown"):
+        monkeypatch.setattr(f"worker.tasks.{signal}", Mock())  # no prefork child here
+    settings = Settings(database_url=url, _env_file=None)  # type: ignore[call-arg]
+    runtime = WorkerRuntime(settings, model_spec=_spec(tmp_path / "model"))
+    with caplog.at_level(logging.INFO, logger="worker.tasks"):
+        register_tasks(Celery("t", broker="memory://localhost/"), runtime, warm_up=True)
+    [line] = [r.getMessage() for r in caplog.records if "database" in r.getMessage()]
+    assert shown.format(cwd=tmp_path.resolve()) in line and SECRET not in line
+    assert f"model default 1.2.0 ({tmp_path / 'model'})" in line
