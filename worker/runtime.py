@@ -107,8 +107,13 @@ class WorkerRuntime:
         """The database (password masked) and model this worker uses: a worker on the wrong
         database consumes the real batch's messages as no-ops, so its first lines say which."""
         spec = self.model_spec
-        return (f"database {_shown_database(self.settings.database_url)} (MAMMO_DATABASE_URL), "
+        return (f"database {self.shown_database} (MAMMO_DATABASE_URL), "
                 f"model {spec.name} {spec.version} ({spec.directory})")
+
+    @property
+    def shown_database(self) -> str:
+        """The database URL as a person may see it: password masked, SQLite resolved."""
+        return _shown_database(self.settings.database_url)
 
     @property
     def worker_name(self) -> str:

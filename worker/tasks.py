@@ -12,8 +12,11 @@ import logging
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db import lifecycle
+from shared.db.schema import Image
 from shared.errors import TransientError
 from shared.queue import TASK_PROCESS_CHUNK
 from shared.recovery import requeue
@@ -47,10 +50,13 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
     def process_chunk_task(self: Task, image_ids: list[int]) -> dict[str, int]:
         token = str(self.request.id)
         try:
-            return process_chunk(image_ids, token=token, runtime=runtime).as_dict()
+            result = process_chunk(image_ids, token=token, runtime=runtime)
         except SoftTimeLimitExceeded:
             _requeue_one_by_one(app, runtime, image_ids, token)
             return {"timed_out": len(image_ids)}
+        if result.claimed < len(image_ids):
+            _warn_unknown_ids(runtime, image_ids, token)
+        return result.as_dict()
 
     if warm_up:
         log.info("mammo worker: %s", runtime.describe())
@@ -73,3 +79,25 @@ def _requeue_one_by_one(app: Celery, runtime: WorkerRuntime, image_ids: list[int
     # Each at its batch's priority: an urgent chunk that timed out stays urgent.
     requeue(runtime.sessions, app, runtime.settings, mine, chunk_size=1)
 
+
+def _warn_unknown_ids(runtime: WorkerRuntime, image_ids: list[int], token: str) -> None:
+    """Say so when a chunk names images this database does not hold.
+
+    Unclaimed images are normally another worker's or already done (a duplicate message);
+    images that do not exist at all mean the producer queued them in another database, and
+    this worker is consuming that batch's messages as no-ops. The message stays a no-op:
+    claiming nothing is what keeps a chunk idempotent.
+    """
+    try:
+        with runtime.sessions() as session:
+            found = session.scalar(
+                select(func.count()).select_from(Image).where(Image.id.in_(image_ids)))
+    except SQLAlchemyError as exc:  # advice only: the chunk's outcome stands
+        log.debug("chunk %s: could not count its images: %s", token, type(exc).__name__)
+        return
+    missing = len(set(image_ids)) - (found or 0)
+    if missing:
+        log.warning("chunk %s: %d of its %d image id(s) are not in this worker's database %s: "
+                    "is the worker on the wrong database (MAMMO_DATABASE_URL)? The producer "
+                    "that queued them must share it; the message is dropped as a no-op",
+                    token, missing, len(set(image_ids)), runtime.shown_database)

@@ -14,6 +14,9 @@ from celery import Celery
 from models.registry import ModelSpec
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import Batch, Image
+from shared.queue import TASK_PROCESS_CHUNK
 from tests.helpers.cli import invoke_cli
 from worker.runtime import WorkerRuntime
 from worker.tasks import register_tasks
@@ -104,3 +107,43 @@ def test_a_starting_worker_logs_its_database_masked_and_its_model(
     [line] = [r.getMessage() for r in caplog.records if "database" in r.getMessage()]
     assert shown.format(cwd=tmp_path.resolve()) in line and SECRET not in line
     assert f"model default 1.2.0 ({tmp_path / 'model'})" in line
+
+
+def _done_image(settings: Settings) -> int:
+    """One image already processed, in a migrated database of its own."""
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    with make_session_factory(engine)() as session:
+        batch = Batch(name="t")
+        session.add(batch)
+        session.flush()
+        image = Image(identity="sha256:1", batch_id=batch.id, source="/x/1.png", format="png",
+                      state="done", attempts=1)
+        session.add(image)
+        session.commit()
+        return image.id
+
+
+@pytest.mark.parametrize(("unknown", "warned"), [
+    ([7777, 7778], "2 of its 3 image id(s)"),
+    ([], None),  # a duplicate message for finished work: nothing to say
+])
+def test_a_chunk_of_ids_this_database_lacks_is_a_warned_no_op(
+        unknown: list[int], warned: str | None, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The producer queued them in another database: claiming nothing looked like a duplicate.
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'other.db'}",  # type: ignore[call-arg]
+                        _env_file=None)
+    done = _done_image(settings)
+    app = Celery("t", broker="memory://localhost/")
+    register_tasks(app, WorkerRuntime(settings, model_spec=_spec(tmp_path / "model")))
+    with caplog.at_level(logging.WARNING, logger="worker.tasks"):
+        result = app.tasks[TASK_PROCESS_CHUNK].apply(args=([done, *unknown],)).get()
+    assert result["claimed"] == 0 and result["done"] == 0  # still a no-op: idempotent
+    lines = [r.getMessage() for r in caplog.records
+             if "not in this worker's database" in r.getMessage()]
+    if warned is None:
+        assert lines == []
+        return
+    [line] = lines
+    assert warned in line and "MAMMO_DATABASE_URL" in line and str(tmp_path / "other.db") in line
