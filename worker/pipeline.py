@@ -222,23 +222,31 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
     ``poison`` within a minute of a database that accepts claims but not results.
     """
     done_ids = [int(str(r["image_id"])) for r in outcome.rows]
-    touched = done_ids + [f[0] for f in outcome.failures]
+    attempted = done_ids + [f[0] for f in outcome.failures]
     try:
         with runtime.sessions() as session:
-            upsert(session, Prediction, outcome.rows, conflict=("image_id", "model_version_id"),
+            # The images first, fenced by this claim (their row locks also order a racing
+            # writer behind this one); then the predictions of those it still held.
+            kept = set(lifecycle.mark_done(session, done_ids, token=token))
+            rows = [r for r in outcome.rows if int(str(r["image_id"])) in kept]
+            upsert(session, Prediction, rows, conflict=("image_id", "model_version_id"),
                    update=_PREDICTION_UPDATE)
-            lifecycle.mark_done(session, done_ids)
-            for image_id, code, message in outcome.failures:
-                lifecycle.mark_failed(session, image_id, code, message)
+            failed = [image_id for image_id, code, message in outcome.failures
+                      if lifecycle.mark_failed(session, image_id, code, message, token=token)]
             session.commit()
+        touched = sorted(kept) + failed
         with runtime.sessions() as session:  # after that commit: see finish_batches
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
     except OperationalError as exc:
-        _refund(runtime, touched, token)
+        _refund(runtime, attempted, token)
         raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc
-    result.done += len(outcome.rows)
-    result.failed += len(outcome.failures)
+    if len(touched) < len(attempted):
+        log.warning("%d image(s) of this chunk were taken over by another worker while this "
+                    "one was held up (its claim had expired): results discarded here",
+                    len(attempted) - len(touched))
+    result.done += len(rows)
+    result.failed += len(failed)
     changed = _refresh_exams(runtime, touched)
     # After the commits: notifications never hold or undo results (and never raise).
     runtime.notifier.exams_changed(changed)

@@ -86,26 +86,42 @@ def renew(session: Session, token: str) -> int:
     return len(renewed)
 
 
-def mark_done(session: Session, image_ids: Sequence[int]) -> None:
+def _held_by(token: str | None) -> list[ColumnElement[bool]]:
+    """The fence on a worker's write: the image is still processing under its claim. A
+    worker whose lease expired while it was stalled (and whose images another worker took
+    over) must not overwrite the other's result or flip done to failed."""
+    if token is None:
+        return []
+    return [Image.claim_token == token, Image.state == ImageState.PROCESSING.value]
+
+
+def mark_done(session: Session, image_ids: Sequence[int], *,
+              token: str | None = None) -> list[int]:
+    """Mark images done; with ``token``, only those its claim still holds. Returns the ids
+    marked."""
     if not image_ids:
-        return
-    session.execute(
-        update(Image).where(Image.id.in_(list(image_ids))).values(
+        return []
+    rows = session.execute(
+        update(Image).where(Image.id.in_(list(image_ids)), *_held_by(token)).values(
             state=ImageState.DONE.value, error_code=None, error_message=None,
             finished_at=utcnow(),
-        ),
+        ).returning(Image.id),
         execution_options={"synchronize_session": False},
-    )
+    ).scalars().all()
+    return sorted(rows)
 
 
-def mark_failed(session: Session, image_id: int, code: ErrorCode, message: str) -> None:
-    session.execute(
-        update(Image).where(Image.id == image_id).values(
+def mark_failed(session: Session, image_id: int, code: ErrorCode, message: str, *,
+                token: str | None = None) -> bool:
+    """Mark an image failed; with ``token``, only if its claim still holds it."""
+    row = session.execute(
+        update(Image).where(Image.id == image_id, *_held_by(token)).values(
             state=ImageState.FAILED.value, error_code=code.value,
             error_message=message[:2000], finished_at=utcnow(),
-        ),
+        ).returning(Image.id),
         execution_options={"synchronize_session": False},
-    )
+    ).first()
+    return row is not None
 
 
 def release(session: Session, image_ids: Sequence[int], token: str, *,

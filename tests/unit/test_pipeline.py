@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -212,3 +212,32 @@ def test_a_live_chunk_renews_its_claims_so_no_one_takes_them(
     monkeypatch.setattr(pipeline, "_run_group", slow)
     result = process_chunk(ids, token="task-1", runtime=runtime)
     assert stolen == [] and result.done == 4
+
+
+def test_a_worker_whose_images_were_taken_over_writes_nothing(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker stalled past its lease (its database link hung) comes back after another
+    worker took its images over: it must neither overwrite that worker's result nor flip
+    its state; the images stay the other claim's."""
+    ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=10))
+    runtime = WorkerRuntime(settings)
+    real_run_group = pipeline._run_group
+
+    def taken_over(*args: Any, **kwargs: Any) -> Any:
+        outcome = real_run_group(*args, **kwargs)
+        with sessions() as s:  # what a sweeper's re-sent message lets another worker do
+            s.execute(update(Image).where(Image.id.in_(ids[:3]))
+                      .values(claim_token="another-task"))
+            s.commit()
+        return outcome
+
+    monkeypatch.setattr(pipeline, "_run_group", taken_over)
+    result = process_chunk(ids, token="task-1", runtime=runtime)
+    assert (result.claimed, result.done, result.failed) == (4, 1, 0)
+    with sessions() as s:
+        states = dict(s.execute(select(Image.id, Image.state)).all())
+        predicted = s.execute(select(Prediction.image_id)).scalars().all()
+    assert [states[i] for i in ids] == ["processing"] * 3 + ["done"]
+    assert predicted == [ids[3]]
