@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -35,6 +36,8 @@ from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+REFUND_PATIENCE_S = 60  # how long a refund waits for the database after a failed save
 
 _PREDICTION_UPDATE = (
     "preprocessing_version", "label", "p_normal", "p_benign", "p_malignant", "suspicion",
@@ -254,13 +257,31 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
 
 
 def _refund(runtime: WorkerRuntime, image_ids: list[int], token: str) -> None:
-    """Best effort: a database that refuses every write keeps the attempts counted, but
-    then it refused the claims too, which count them."""
-    with suppress(OperationalError), runtime.sessions() as session:
-        released = lifecycle.release(session, image_ids, token, refund=True)
+    """Hand the claims back with their attempts refunded, retrying while the database is
+    away for up to ``REFUND_PATIENCE_S``: a save cut by an outage would otherwise leave
+    each image charged an attempt per retry, and healthy images quarantined as poison
+    after a flapping connection (probe: 8 of 8 at MAMMO_MAX_ATTEMPTS=1 after a 6 s cut).
+    A longer outage leaves one attempt counted; the worker waits here meanwhile, having
+    nothing it could save anyway."""
+    deadline = time.monotonic() + REFUND_PATIENCE_S
+    delay = 0.5
+    while True:
+        try:
+            with runtime.sessions() as session:
+                released = lifecycle.release(session, image_ids, token, refund=True)
+        except OperationalError:
+            if time.monotonic() + delay > deadline:
+                log.warning("saving failed, and the database stayed away for %d s: the "
+                            "attempt stays counted for %d image(s)", REFUND_PATIENCE_S,
+                            len(image_ids))
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+            continue
         if released:
             log.warning("saving failed; %d image(s) handed back, attempts refunded",
                         len(released))
+        return
 
 
 def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> set[int]:

@@ -241,3 +241,36 @@ def test_a_worker_whose_images_were_taken_over_writes_nothing(
         predicted = s.execute(select(Prediction.image_id)).scalars().all()
     assert [states[i] for i in ids] == ["processing"] * 3 + ["done"]
     assert predicted == [ids[3]]
+
+
+def test_a_save_cut_by_an_outage_still_refunds_once_the_database_is_back(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The refund itself met the outage: it waits for the database instead of leaving the
+    attempt counted, so a flapping link never quarantines healthy images."""
+    settings = settings.model_copy(update={"max_attempts": 1})
+    ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=11))
+    runtime = WorkerRuntime(settings)
+    real_upsert, real_release = pipeline.upsert, lifecycle.release
+    refusals = {"release": 2}
+
+    def refusing(*args: object, **kwargs: object) -> None:
+        raise OperationalError("INSERT INTO predictions", {}, Exception("connection reset"))
+
+    def flapping(*args: Any, **kwargs: Any) -> list[int]:
+        if refusals["release"]:
+            refusals["release"] -= 1
+            raise OperationalError("UPDATE images", {}, Exception("connection refused"))
+        return real_release(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "upsert", refusing)
+    monkeypatch.setattr(lifecycle, "release", flapping)
+    with pytest.raises(DatabaseUnavailableError, match="connection reset"):
+        process_chunk(ids, token="task-1", runtime=runtime)
+    assert refusals["release"] == 0
+    with sessions() as s:
+        assert sorted(s.execute(select(Image.state, Image.attempts)).all()) == [("queued", 0)] * 4
+    monkeypatch.setattr(pipeline, "upsert", real_upsert)
+    result = process_chunk(ids, token="task-1", runtime=runtime)
+    assert (result.done, result.failed) == (4, 0)  # not poison at MAMMO_MAX_ATTEMPTS=1
