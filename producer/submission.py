@@ -14,6 +14,7 @@ from producer.registration import create_batch, ingestion_for, register_files
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.enums import Priority
+from shared.errors import BrokerUnavailableError
 from shared.notify import Notifier
 from shared.queue import enqueue_chunks
 
@@ -60,13 +61,21 @@ def submit(
     else:
         # A copy of a still-queued image, sent at a higher priority than the image's own
         # batch (a routine night batch, resubmitted as urgent): send it again at this one.
+        # And a copy of an image a broken-off submit registered but never sent.
+        known = [image_id for _, image_id, _ in reg.duplicates]
         with sessions() as session:
-            outcome.requeued = lifecycle.outranked(
-                session, [image_id for _, image_id, _ in reg.duplicates], priority)
+            outcome.requeued = sorted(set(lifecycle.outranked(session, known, priority))
+                                      | set(lifecycle.never_sent(session, known)))
     to_send = outcome.waiting_on
     # Row first, message second: if sending fails the rows stay queued for `mammo recover`.
-    outcome.messages = enqueue_chunks(app, to_send, chunk_size=settings.chunk_size,
-                                      priority=priority)
+    try:
+        outcome.messages = enqueue_chunks(app, to_send, chunk_size=settings.chunk_size,
+                                          priority=priority)
+    except BrokerUnavailableError as exc:
+        raise BrokerUnavailableError(
+            f"{exc} Batch {batch_id} is registered: its {len(to_send)} image(s) wait in the "
+            "database, and a worker's sweeper sends them once the broker is back; so do "
+            f"`mammo recover --batch {batch_id}` and submitting the same files again.") from exc
     with sessions() as session:
         lifecycle.mark_enqueued(session, to_send)
         finished = lifecycle.finish_batches(session, [batch_id])

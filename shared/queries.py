@@ -315,7 +315,10 @@ def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
     stale = session.execute(select(func.count()).where(
         Image.state == ImageState.PROCESSING.value,
         Image.claimed_at < now - timedelta(seconds=lease_s))).scalar_one()
-    oldest = as_utc(session.execute(select(func.min(Image.enqueued_at)).where(
+    # An image whose message was never sent (the broker failed mid-submit) has no
+    # enqueued_at: it has waited since it was registered.
+    oldest = as_utc(session.execute(select(
+        func.min(func.coalesce(Image.enqueued_at, Image.created_at))).where(
         Image.state == ImageState.QUEUED.value)).scalar())
     workers = workers_seen(session)
     return {

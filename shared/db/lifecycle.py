@@ -277,3 +277,16 @@ def outranked(session: Session, image_ids: Sequence[int], priority: Priority) ->
         found += [image_id for image_id, value in rows
                   if priority.broker_priority < _priority(value).broker_priority]
     return sorted(found)
+
+
+def never_sent(session: Session, image_ids: Sequence[int]) -> list[int]:
+    """The still-queued images among ``image_ids`` whose message was never sent: rows are
+    committed before messages, so a broker lost mid-submit leaves them so. A resubmission
+    of the same files sends them (a second message is harmless, see ``outranked``)."""
+    found: list[int] = []
+    ids = list(dict.fromkeys(image_ids))
+    for start in range(0, len(ids), _ID_BLOCK):
+        found += session.execute(select(Image.id).where(
+            Image.id.in_(ids[start:start + _ID_BLOCK]), Image.state == ImageState.QUEUED.value,
+            Image.enqueued_at.is_(None))).scalars().all()
+    return sorted(found)
