@@ -110,6 +110,21 @@ class WorkerRuntime:
         return (f"database {self.shown_database} (MAMMO_DATABASE_URL), "
                 f"model {spec.name} {spec.version} ({spec.directory})")
 
+    def model_mismatch(self) -> str | None:
+        """Why this worker's model differs from the activated one (an explicit MAMMO_MODEL),
+        or None. Workers on one queue with different models score the views of one exam
+        with different models; the exam is flagged, but an operator should know at start."""
+        from models.activation import active_version
+
+        spec = self.model_spec
+        with self.sessions() as session:
+            active = active_version(session)
+            if active is None or active.sha256 == spec.sha256:
+                return None
+            return (f"MAMMO_MODEL makes this worker run {spec.name} {spec.version}, while the "
+                    f"activated model is {active.name} {active.version}: exams whose views "
+                    "reach workers of both get scores of two models (and are flagged so)")
+
     @property
     def shown_database(self) -> str:
         """The database URL as a person may see it: password masked, SQLite resolved."""

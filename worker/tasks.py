@@ -60,6 +60,8 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
 
     if warm_up:
         log.info("mammo worker: %s", runtime.describe())
+        if (mismatch := runtime.model_mismatch()) is not None:
+            log.warning("mammo worker: %s", mismatch)
         # Runs in each prefork child after the fork: the only safe place to load TensorFlow.
         worker_process_init.connect(pin_child_to_gpu(gpus), weak=False)
         worker_process_init.connect(runtime.warm_up, weak=False)

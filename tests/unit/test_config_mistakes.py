@@ -147,3 +147,29 @@ def test_a_chunk_of_ids_this_database_lacks_is_a_warned_no_op(
         return
     [line] = lines
     assert warned in line and "MAMMO_DATABASE_URL" in line and str(tmp_path / "other.db") in line
+
+
+def test_a_worker_whose_model_is_not_the_activated_one_says_so(settings: Settings) -> None:
+    """Two workers on one queue, one with an explicit MAMMO_MODEL: exams then mix models."""
+    from models.activation import activate
+    from models.registry import resolve_model
+
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    sessions = make_session_factory(engine)
+    runtime = WorkerRuntime(settings)  # MAMMO_MODEL: the tiny test model
+    assert runtime.model_mismatch() is None  # nothing activated
+    with sessions() as session:
+        activate(session, resolve_model("default"))
+        session.commit()
+    shipped = resolve_model("default")
+    assert runtime.model_mismatch() == (
+        f"MAMMO_MODEL makes this worker run {runtime.model_spec.name} "
+        f"{runtime.model_spec.version}, while the activated model is {shipped.name} "
+        f"{shipped.version}: exams whose views reach workers of both get scores of two models "
+        "(and are flagged so)")
+    with sessions() as session:
+        activate(session, runtime.model_spec)
+        session.commit()
+    assert runtime.model_mismatch() is None
+    engine.dispose()
