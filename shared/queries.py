@@ -312,17 +312,26 @@ def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any
 def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
     """What an operator checks first in the morning: is anything stuck, is anyone working."""
     now = utcnow()
+    processing = Image.state == ImageState.PROCESSING.value
     stale = session.execute(select(func.count()).where(
-        Image.state == ImageState.PROCESSING.value,
-        Image.claimed_at < now - timedelta(seconds=lease_s))).scalar_one()
+        processing, Image.claimed_at < now - timedelta(seconds=lease_s))).scalar_one()
+    # Live workers renew every lease_s / 4: a claim two beats old is probably a dead
+    # worker's, and waits for its lease to end before the sweeper re-sends it.
+    unrenewed, expires = session.execute(select(func.count(), func.min(Image.claimed_at)).where(
+        processing, Image.claimed_at < now - timedelta(seconds=lease_s / 2),
+        Image.claimed_at >= now - timedelta(seconds=lease_s))).one()
     # An image whose message was never sent (the broker failed mid-submit) has no
     # enqueued_at: it has waited since it was registered.
     oldest = as_utc(session.execute(select(
         func.min(func.coalesce(Image.enqueued_at, Image.created_at))).where(
         Image.state == ImageState.QUEUED.value)).scalar())
     workers = workers_seen(session)
+    first_expiry = as_utc(expires)
     return {
         "stale_claims": int(stale),
+        "unrenewed_claims": int(unrenewed),  # not yet stale: the worker may be gone
+        "unrenewed_resent_from": (first_expiry + timedelta(seconds=lease_s)).isoformat()
+        if unrenewed and first_expiry else None,
         "oldest_queued_age_s": None if oldest is None else round((now - oldest).total_seconds()),
         "workers_seen_10min": ", ".join(
             f"{w['worker']} ({w['predictions']}, {' + '.join(w['models'])})" for w in workers)

@@ -363,3 +363,23 @@ def test_status_names_the_models_each_worker_scored_with(
     seen = json.loads(out)[0]["workers_seen_10min"]
     assert "celery@a (" in seen and ", default:1.0.0 + default:1.1.0)" in seen, seen
     assert seen.endswith(", default:1.1.0)") and "celery@b (" in seen, seen
+
+
+def test_status_shows_claims_a_dead_worker_left_before_their_lease_ends(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Right after a whole worker is killed its images sit `processing`, not yet stale:
+    status says so, and from when the sweeper re-sends them."""
+    claimed = datetime.now(UTC) - timedelta(seconds=80)  # heartbeat 30 s, lease 120 s
+    engine = _engine(seeded)
+    with engine.begin() as conn:
+        conn.execute(update(Image).where(Image.id.in_([1, 2])).values(
+            state="processing", claim_token="dead-worker", claimed_at=claimed))
+        conn.execute(update(Image).where(Image.id == 3).values(
+            state="processing", claim_token="live-worker", claimed_at=datetime.now(UTC)))
+    engine.dispose()
+    code, out = _mammo(["status", "--health", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    health = json.loads(out)[0]
+    assert (health["stale_claims"], health["unrenewed_claims"]) == (0, 2)
+    resent = datetime.fromisoformat(health["unrenewed_resent_from"])
+    assert abs((resent - (claimed + timedelta(seconds=120))).total_seconds()) < 1
