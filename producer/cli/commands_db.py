@@ -1,17 +1,22 @@
-"""``mammo db upgrade`` and ``mammo recover``."""
+"""``mammo db upgrade``, ``mammo recover`` and ``mammo rescore``: putting work (back) in the
+queue from what the database says."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import click
 
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
+from producer.cli.options import date_range_options, utc_range
 from producer.cli.progress import completion_bar
+from shared.db import lifecycle
 from shared.db.engine import upgrade
 from shared.notify import Notifier
 from shared.queries import require_batch
 from shared.queue import broker_uptime_s
-from shared.recovery import find_stuck, follow_up, lost_message_age_s, sweep
+from shared.recovery import find_stuck, follow_up, lost_message_age_s, requeue, sweep
 
 # A queued image this old is presumed to have lost its message (a busy night's queue is
 # shorter: MAMMO_REQUEUE_AFTER_S, the workers' own wait, is 600 s).
@@ -81,11 +86,7 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
         ids = sorted(found.stale_queued + found.expired_claims)
         click.echo(f"{len(ids)} image(s) to recover{' (dry run)' if dry_run else ''}")
         if ids and not dry_run:
-            from producer.embedded_run import process_ids_embedded
-
-            with completion_bar("recovering") as progress:
-                process_ids_embedded(cli.settings, cli.sessions, ids, progress=progress)
-            click.echo(f"processed {len(ids)} recovered image(s) with the embedded worker")
+            _run_embedded(cli, ids, "recovered")
     else:
         require_broker(cli, "recover")
         if older_than is None:
@@ -102,4 +103,59 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
         click.echo(followed.summary())
 
 
-COMMANDS = (db_group, recover_command)
+def _run_embedded(cli: CliContext, ids: list[int], what: str) -> None:
+    from producer.embedded_run import process_ids_embedded
+
+    with completion_bar(f"{what} images") as progress:
+        process_ids_embedded(cli.settings, cli.sessions, ids, progress=progress)
+    click.echo(f"processed {len(ids)} {what} image(s) with the embedded worker")
+
+
+@click.command("rescore")
+@click.option("--batch", "batch_id", type=int, help="Only this batch's images.")
+@click.option("--study", "study_uid", help="Only this StudyInstanceUID's images.")
+@date_range_options
+@click.option("--dry-run", is_flag=True, help="Count what would be re-scored; change nothing.")
+@pass_cli
+def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None,
+                    since: datetime | None, until: datetime | None, dry_run: bool) -> None:
+    """Score done images again with the model now in use (after `mammo models activate`).
+
+    Re-queues the done images in the filter that this model has not scored (submitting the
+    same files again only finds them known). Their earlier predictions are kept, one per
+    image per model version; reports and the worklist read the newest, and exam results are
+    recomputed. Workers score them with their own model: restart running workers after an
+    activation first. Without a broker they are scored here.
+
+    \b
+    Example:
+        mammo models activate default:1.7.0 && mammo rescore --batch 42
+    """
+    from producer.embedded_run import check_model
+    from shared.rescoring import RescoreFilter, not_scored_by
+
+    flt = RescoreFilter(batch_id, study_uid, *utc_range(since, until))
+    if not flt.narrowed:
+        raise click.UsageError("name what to re-score: --batch, --study, --since or --until")
+    spec = check_model(cli.settings, cli.sessions)
+    with cli.sessions() as session:
+        if batch_id is not None:
+            require_batch(session, batch_id)
+        ids = not_scored_by(session, spec.sha256, flt)
+    click.echo(f"{len(ids)} done image(s) not scored by {spec.name} {spec.version}"
+               f"{' (dry run)' if dry_run or not ids else ''}")
+    if dry_run or not ids:
+        return
+    if not cli.settings.is_embedded:
+        require_broker(cli, "rescore")
+    with cli.sessions() as session:
+        ids = lifecycle.reopen(session, ids)
+        session.commit()
+    if cli.settings.is_embedded:
+        _run_embedded(cli, ids, "re-scored")
+    else:
+        sent = requeue(cli.sessions, cli.celery, cli.settings, ids)
+        click.echo(f"re-queued {len(ids)} image(s) in {sent} message(s) for the workers")
+
+
+COMMANDS = (db_group, recover_command, rescore_command)

@@ -290,3 +290,20 @@ def never_sent(session: Session, image_ids: Sequence[int]) -> list[int]:
             Image.id.in_(ids[start:start + _ID_BLOCK]), Image.state == ImageState.QUEUED.value,
             Image.enqueued_at.is_(None))).scalars().all()
     return sorted(found)
+
+
+def reopen(session: Session, image_ids: Sequence[int]) -> list[int]:
+    """Put done images back in the queue to be scored by another model version (``mammo
+    rescore``); return those reopened. Their earlier predictions stay: predictions are one
+    per image per model version, and the newest is the one reports read."""
+    reopened: list[int] = []
+    ids = list(dict.fromkeys(image_ids))
+    for start in range(0, len(ids), _ID_BLOCK):
+        reopened += session.execute(
+            update(Image).where(Image.id.in_(ids[start:start + _ID_BLOCK]),
+                                Image.state == ImageState.DONE.value)
+            .values(state=ImageState.QUEUED.value, attempts=0, claim_token=None,
+                    claimed_at=None, enqueued_at=None, finished_at=None)
+            .returning(Image.id),
+            execution_options={"synchronize_session": False}).scalars().all()
+    return sorted(reopened)
