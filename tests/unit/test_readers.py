@@ -362,13 +362,20 @@ def _tiff_directories(data: bytes) -> list[int]:
     return offsets
 
 
-def _claim_size(data: bytearray, directory: int, rows: int, columns: int) -> None:
+def _set_tag(data: bytearray, directory: int, tag: int, value: int) -> None:
+    """Overwrite an existing integer tag of a little-endian directory with a LONG ``value``."""
     for entry in range(int.from_bytes(data[directory:directory + 2], "little")):
         at = directory + 2 + 12 * entry
-        tag = int.from_bytes(data[at:at + 2], "little")
-        if tag in (256, 257):
+        if int.from_bytes(data[at:at + 2], "little") == tag:
             data[at + 2:at + 4] = (4).to_bytes(2, "little")  # LONG
-            data[at + 8:at + 12] = (columns if tag == 256 else rows).to_bytes(4, "little")
+            data[at + 8:at + 12] = value.to_bytes(4, "little")
+            return
+    raise AssertionError(f"tag {tag} not in the directory at {directory}")
+
+
+def _claim_size(data: bytearray, directory: int, rows: int, columns: int) -> None:
+    _set_tag(data, directory, 256, columns)
+    _set_tag(data, directory, 257, rows)
 
 
 @pytest.mark.parametrize("page", [0, 1])
@@ -424,6 +431,22 @@ def test_tiff_holding_several_images_is_refused_not_truncated_to_one(
     with pytest.raises(NotAMammogramError, match="page 3 of 3 is 96 x 128 px") as refused:
         decode(path, max_pixels=BIG)
     assert refused.value.code == ErrorCode.NOT_MAMMOGRAPHY
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_min_is_white_tiff_is_inverted_exactly_once(tmp_path: Path, pixels: np.ndarray,
+                                                    dtype: type[np.number]) -> None:
+    # PhotometricInterpretation 0: OpenCV inverts 8-bit pages itself, never 16-bit or
+    # float ones, which were scored as negatives.
+    top = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[dtype]
+    stored = (pixels.astype(np.float64) / 4095 * top).astype(dtype)
+    path = tmp_path / "white_is_zero.tif"
+    assert cv2.imwrite(str(path), stored, [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    data = bytearray(path.read_bytes())
+    _set_tag(data, _tiff_directories(bytes(data))[0], 262, 0)
+    path.write_bytes(bytes(data))
+    unit = to_unit_range(decode(path, max_pixels=BIG))
+    np.testing.assert_allclose(unit, 1 - stored.astype(np.float64) / top, atol=1e-6)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])

@@ -53,6 +53,8 @@ _COLOURED_SHARE = 0.01
 # A later TIFF page smaller than this share of the first in either dimension is a preview
 # (thumbnail, pyramid level: at most half size); a larger one is another image.
 _PREVIEW_SHARE = 0.6
+# ImageWidth, ImageLength, PhotometricInterpretation.
+_TIFF_TAGS_READ = frozenset({256, 257, 262})
 
 
 class RasterReader:
@@ -92,8 +94,12 @@ class RasterReader:
         low, high, from_pixels = self.value_range(data, pixels)
         if from_pixels:
             notes["range"] = f"value range taken from the pixels: {low:g} to {high:g}"
-        return DecodedImage(pixels=pixels, format=self.format_name, max_value=high,
-                            min_value=low, notes=notes)
+        invert = self.inverted(data, pixels)
+        if invert:
+            notes["photometric"] = "stored white-is-zero (MinIsWhite): inverted"
+        return self.check_decoded(data, path, DecodedImage(
+            pixels=pixels, format=self.format_name, max_value=high, min_value=low,
+            invert=invert, notes=notes))
 
     def _undecodable(self, path: Path) -> UnreadableImageError:
         return UnreadableImageError(
@@ -125,6 +131,14 @@ class RasterReader:
 
     def prepare(self, data: bytes) -> bytes:
         return data
+
+    def inverted(self, data: bytes, pixels: np.ndarray) -> bool:
+        """True when high values of the decoded pixels are dark (white-is-zero)."""
+        return False
+
+    def check_decoded(self, data: bytes, path: Path, image: DecodedImage) -> DecodedImage:
+        """Last look at the whole file once decoded; may refuse it or add notes."""
+        return image
 
     def value_range(self, data: bytes, pixels: np.ndarray) -> tuple[float, float, bool]:
         """(darkest, brightest, whether taken from the pixels rather than the encoding)."""
@@ -266,42 +280,74 @@ class TiffReader(RasterReader):
         super().__init__("tiff", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))
 
     def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
-        pages = _tiff_page_sizes(data)
-        return pages[0] if pages else None
+        pages = _tiff_pages(data)
+        return (pages[0].rows, pages[0].columns) if pages else None
 
     def page_sizes(self, data: bytes, path: Path) -> list[tuple[int, int]]:
         # Every page, not only the first: OpenCV allocates a page in full before its own
         # cap applies, and a 1 MB deflated TIFF page can inflate to gigabytes.
-        return _tiff_page_sizes(data)
+        return [(page.rows, page.columns) for page in _tiff_pages(data)]
 
-    def decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
-        image = super().decode(path, max_pixels=max_pixels)
+    def inverted(self, data: bytes, pixels: np.ndarray) -> bool:
+        # PhotometricInterpretation 0 (MinIsWhite): OpenCV inverts it only on its 8-bit path
+        # (libtiff's RGBA reader, which also takes 1-4 bit images); 16-bit, 32-bit and float
+        # pages come back as stored, dark where the film is clear.
+        pages = _tiff_pages(data)
+        page = pages[0] if pages else None
+        return page is not None and page.photometric == 0 and pixels.dtype != np.uint8
+
+    def check_decoded(self, data: bytes, path: Path, image: DecodedImage) -> DecodedImage:
         pages = cv2.imcount(str(path))
         if pages <= 1:
             return image
+        main = 0  # the page OpenCV decodes
         rows, columns = image.pixels.shape
-        for index in range(1, pages):  # decoded one at a time: previews are small
-            try:
-                ok, page = cv2.imreadmulti(str(path), start=index, count=1, flags=_FLAGS)
-            except cv2.error:
-                ok, page = False, []
-            if not ok or not page:
+        for index in range(pages):  # decoded one at a time: previews are small
+            if index == main:
+                continue
+            page = _read_page(path, index)
+            if page is None:
                 raise UnreadableImageError(
                     f"{path.name} is a TIFF of {pages} pages whose page {index + 1} cannot be "
                     "decoded: the file is damaged.")
-            if (page[0].shape[0] >= _PREVIEW_SHARE * rows
-                    and page[0].shape[1] >= _PREVIEW_SHARE * columns):
+            if page.shape[0] >= _PREVIEW_SHARE * rows and page.shape[1] >= _PREVIEW_SHARE * columns:
                 raise NotAMammogramError(
                     f"{path.name} is a TIFF holding several full-size images (page "
-                    f"{index + 1} of {pages} is {page[0].shape[1]} x {page[0].shape[0]} px "
-                    f"like the first, {columns} x {rows}); only single 2-D mammograms are "
-                    "classified: save each view as its own file.")
+                    f"{index + 1} of {pages} is {page.shape[1]} x {page.shape[0]} px, about "
+                    f"as large as the image on page {main + 1}, {columns} x {rows}); only "
+                    "single 2-D mammograms are classified: save each view as its own file.")
         notes = {**image.notes, "pages": f"{pages - 1} reduced-resolution TIFF page(s) ignored"}
         return dataclasses.replace(image, notes=notes)
 
 
-def _tiff_page_sizes(data: bytes) -> list[tuple[int, int]]:
-    """(rows, columns) of each page, from the image file directories (classic or BigTIFF).
+@dataclasses.dataclass(frozen=True)
+class _TiffPage:
+    rows: int
+    columns: int
+    photometric: int | None  # PhotometricInterpretation (262); 0 = MinIsWhite
+
+
+def _tiff_pages(data: bytes) -> list[_TiffPage]:
+    """Each page's size and photometric, from its image file directory."""
+    pages: list[_TiffPage] = []
+    for tags in _tiff_directories(data, _MAX_TIFF_PAGES):
+        if 256 not in tags or 257 not in tags:  # ImageWidth, ImageLength
+            break
+        pages.append(_TiffPage(tags[257], tags[256], tags.get(262)))
+    return pages
+
+
+def _read_page(path: Path, index: int) -> np.ndarray | None:
+    try:
+        ok, page = cv2.imreadmulti(str(path), start=index, count=1, flags=_FLAGS)
+    except cv2.error:
+        return None
+    return page[0] if ok and page else None
+
+
+def _tiff_directories(data: bytes, limit: int) -> list[dict[int, int]]:
+    """The integer tags (SHORT, LONG or LONG8) of each image file directory of a TIFF
+    file, classic or BigTIFF.
 
     Stops quietly where the bytes end or stop making sense: OpenCV then judges the file.
     """
@@ -309,11 +355,11 @@ def _tiff_page_sizes(data: bytes) -> list[tuple[int, int]]:
     big = data[2:4] in (b"+\x00", b"\x00+")
     count_format, entry_size, offset_format = ("Q", 20, "Q") if big else ("H", 12, "I")
     value_at = 12 if big else 8
-    sizes: list[tuple[int, int]] = []
+    directories: list[dict[int, int]] = []
     seen: set[int] = set()
     try:
         offset = struct.unpack_from(order + offset_format, data, 8 if big else 4)[0]
-        while offset and offset not in seen and len(sizes) < _MAX_TIFF_PAGES:
+        while offset and offset not in seen and len(directories) < limit:
             seen.add(offset)
             count = struct.unpack_from(order + count_format, data, offset)[0]
             start = offset + struct.calcsize(count_format)
@@ -321,19 +367,17 @@ def _tiff_page_sizes(data: bytes) -> list[tuple[int, int]]:
             for entry in range(min(count, 4096)):
                 at = start + entry * entry_size
                 tag, kind = struct.unpack_from(order + "HH", data, at)
-                if tag in (256, 257):  # ImageWidth, ImageLength: SHORT, LONG or LONG8
+                if tag in _TIFF_TAGS_READ:
                     value_format = {3: "H", 4: "I", 16: "Q"}.get(kind)
                     if value_format:
                         tags[tag] = struct.unpack_from(order + value_format, data,
                                                        at + value_at)[0]
-            if 256 not in tags or 257 not in tags:
-                break
-            sizes.append((tags[257], tags[256]))
+            directories.append(tags)
             offset = struct.unpack_from(order + offset_format, data,
                                         start + count * entry_size)[0]
     except struct.error:
         pass  # the directory runs past the bytes we have (e.g. only the head was read)
-    return sizes
+    return directories
 
 
 def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
