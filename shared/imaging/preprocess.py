@@ -14,7 +14,7 @@ import numpy as np
 
 from shared.enums import Laterality
 from shared.errors import EmptyImageError, NotAMammogramError, UnreadableImageError
-from shared.imaging.segmentation import breast_mask, chest_wall_side, working_copy
+from shared.imaging.segmentation import MASK_SIDE, breast_mask, chest_wall_side, working_copy
 from shared.imaging.types import DecodedImage
 
 PREPROCESSING_VERSION = "2"
@@ -35,17 +35,22 @@ MIN_CONTRAST = 1e-3
 # is near 0 and a fine test pattern below 0.5 (the MG test-pattern DICOM in ../shared/data:
 # 0.46). Below this, the image is refused rather than given a meaningless score.
 MIN_NEIGHBOUR_CORRELATION = 0.75
+# Distinct grey levels on a sample of about MASK_SIDE pixels a side, taken without averaging
+# (an averaged copy invents levels along every edge of a mask): the mammograms in
+# ../shared/data and the CBIS-DDSM test films have 195 (8-bit mini-MIAS scans) to 3,164;
+# a segmentation or ROI mask, a 1-bit scan or a drawing has 2 to a few.
+MIN_GREY_LEVELS = 24
 # Margin, in mask pixels (of MASK_SIDE), kept around the breast's bounding box.
 _CROP_MARGIN = 2
 # Contrast stretch: these percentiles of the breast's intensities become 0 and 1.
 _STRETCH_PERCENTILES = (1.0, 99.5)
 
 __all__ = [
-    "MAX_ASPECT", "MIN_CONTRAST", "MIN_NEIGHBOUR_CORRELATION", "MIN_SIDE",
+    "MAX_ASPECT", "MIN_CONTRAST", "MIN_GREY_LEVELS", "MIN_NEIGHBOUR_CORRELATION", "MIN_SIDE",
     "PREPROCESSING_VERSION", "TARGET_SPACING_MM",
     "canonical_orientation", "crop_box", "fit_inside", "pad_top_left", "preprocess",
-    "refuse_noise", "resample_to_spacing", "resize_with_padding", "stretch_range",
-    "to_unit_range", "validate",
+    "refuse_few_grey_levels", "refuse_noise", "resample_to_spacing", "resize_with_padding",
+    "stretch_range", "to_unit_range", "validate",
 ]
 
 
@@ -108,6 +113,17 @@ def refuse_noise(work: np.ndarray) -> None:
             f"unrelated (correlation {correlation:.2f}; mammograms are above 0.9), as in "
             "random noise or a fine test pattern. It is not scored."
         )
+
+
+def refuse_few_grey_levels(image: np.ndarray) -> None:
+    """Refuse a binary or posterised picture: a radiograph has hundreds of grey levels."""
+    step = max(1, math.ceil(max(image.shape) / MASK_SIDE))
+    levels = int(np.unique(image[::step, ::step]).size)
+    if levels < MIN_GREY_LEVELS:
+        raise NotAMammogramError(
+            f"The image has only {levels} grey level(s) (a mammogram has hundreds): it is a "
+            "segmentation or ROI mask, a 1-bit scan or a drawing, not a radiograph. It is "
+            "not scored; send the mammogram itself.")
 
 
 def _neighbour_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -238,6 +254,7 @@ def preprocess(decoded: DecodedImage, input_size: tuple[int, int], *,
     image = resample_to_spacing(image, decoded.pixel_spacing_mm)
     work = working_copy(image)
     refuse_noise(work)
+    refuse_few_grey_levels(image)
     mask = breast_mask(work)
     low, high = stretch_range(work, mask)
     rows, columns = crop_box(mask, image.shape)

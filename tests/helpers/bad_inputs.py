@@ -11,6 +11,7 @@ permissions: run the reader without CAP_DAC_OVERRIDE (``setpriv``) when testing 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.fileset import FileSet
@@ -193,6 +195,19 @@ def _tiff_two_views(path: Path, seed: int) -> None:
     assert cv2.imwritemulti(str(path), views)
 
 
+def _disc_mask(seed: int) -> np.ndarray:
+    """A white disc on black, as a segmentation or ROI mask is drawn: smooth, breast-shaped."""
+    rows, columns = np.indices(SIZE)
+    inside = (rows - SIZE[0] // 2) ** 2 + (columns - SIZE[1] // 3) ** 2 < (25 + seed % 5) ** 2
+    return inside.astype(np.uint8) * 255
+
+
+def _tiff_1bit_mask(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_disc_mask(seed)).convert("1").save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
 def _png_without_idat(seed: int) -> bytes:
     """A PNG signature and header, then IEND: an image with no pixel data at all."""
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -288,6 +303,8 @@ LEGEND: tuple[BadKind, ...] = (
     BadKind("png_random_noise", ErrorCode.NOT_MAMMOGRAPHY, "a 16-bit PNG of random noise",
             _bytes(_raster(".png", lambda s: np.random.default_rng(s).integers(
                 0, 65536, SIZE, dtype=np.uint16)))),
+    BadKind("png_mask", ErrorCode.NOT_MAMMOGRAPHY, "an 8-bit PNG of a white disc on black (a mask)",
+            _bytes(_raster(".png", _disc_mask))),
     BadKind("png_too_large", ErrorCode.TOO_LARGE, f"a PNG above {MAX_PIXELS:,} pixels",
             _bytes(_raster(".png", lambda s: np.full((600, 400), s % 200, np.uint8)))),
     BadKind("jpeg_truncated", ErrorCode.TRUNCATED, "a JPEG cut in half (no EOI)",
@@ -303,6 +320,8 @@ LEGEND: tuple[BadKind, ...] = (
                    [:8000])),
     BadKind("tiff_multipage", ErrorCode.NOT_MAMMOGRAPHY, "a TIFF holding two full-size views",
             _tiff_two_views),
+    BadKind("tiff_1bit_mask", ErrorCode.NOT_MAMMOGRAPHY, "a 1-bit TIFF of a white disc (a mask)",
+            _bytes(_tiff_1bit_mask)),
     BadKind("pgm_truncated", ErrorCode.TRUNCATED, "a binary PGM missing half its pixels",
             _bytes(lambda s: b"P5\n80 96\n4095\n" + _pixels(s).astype(">u2").tobytes()[:7000])),
     BadKind("dangling_symlink", ErrorCode.MISSING_FILE, "a symbolic link to a file never written",

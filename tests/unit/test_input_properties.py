@@ -15,6 +15,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ from shared.imaging.model_input import ModelInputSource, load_model_input
 from shared.imaging.readers import read_header
 from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_dicom
+from tests.helpers.bad_inputs import LEGEND, MAX_PIXELS, BadKind, write_kind
 from tests.helpers.dicom_edit import rewrite_dicom
 
 SIZE = (64, 64)
@@ -137,3 +139,19 @@ def test_any_header_change_ends_as_an_input_or_a_reason(tmp_path: Path,
     except Exception:  # pydicom refused to store the value: nothing to read
         return
     _ends_well(path)
+
+
+# --- the hand-picked raster files of the bad-input corpus ----------------------------------
+
+RASTER_KINDS = [k for k in LEGEND if k.suffix != ".dcm"]
+
+
+@pytest.mark.parametrize("kind", RASTER_KINDS, ids=[k.name for k in RASTER_KINDS])
+def test_every_bad_raster_kind_fails_with_its_reason(tmp_path: Path, kind: BadKind) -> None:
+    """The worker's step, without a worker: what tests/integration/test_bad_inputs.py expects
+    of each PNG, JPEG, TIFF and PGM kind, checked in a second."""
+    path = write_kind(kind, tmp_path / f"{kind.name}{kind.suffix}", 7)
+    with pytest.raises(InputError) as refused:
+        read_header(path, pseudonymize=KEY)
+        load_model_input(ModelInputSource(str(path), None, None, SIZE, MAX_PIXELS))
+    assert refused.value.code is kind.expected, refused.value.message

@@ -132,3 +132,28 @@ def test_detector_noise_on_a_breast_is_not_mistaken_for_noise() -> None:
 def test_preprocess_refuses_blank_images() -> None:
     with pytest.raises(NotAMammogramError, match="blank"):
         preprocess(_decoded(np.zeros((300, 200), np.uint16)), (128, 128))
+
+
+def _disc(dtype: type[np.integer], top: int) -> np.ndarray:
+    """A white disc on black, as a segmentation or ROI mask is drawn."""
+    rows, columns = np.indices((1024, 1024))
+    return (((rows - 512) ** 2 + (columns - 400) ** 2 < 300**2) * top).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535), (np.uint8, 1)])
+def test_preprocess_refuses_a_binary_mask(dtype: type[np.integer], top: int) -> None:
+    # Smooth, so the noise check passed it, and a disc looks like a breast to the mask:
+    # it was scored as a mammogram.
+    decoded = DecodedImage(pixels=_disc(dtype, top), format="png", max_value=top)
+    with pytest.raises(NotAMammogramError, match="only 2 grey level") as refused:
+        preprocess(decoded, (128, 128))
+    assert refused.value.code is ErrorCode.NOT_MAMMOGRAPHY
+    assert "mask" in refused.value.message
+
+
+def test_a_mammogram_with_few_grey_levels_in_8_bits_is_not_taken_for_a_mask() -> None:
+    # 8-bit film scans have 195 levels at the fewest (mini-MIAS); a quarter of that is kept.
+    pixels = synth_mammogram(np.random.default_rng(8), size=(600, 480))
+    coarse = (np.rint(pixels / 4095 * 50) * 5).astype(np.uint8)  # 51 levels
+    out = preprocess(DecodedImage(pixels=coarse, format="png", max_value=255), (128, 128))
+    assert float(out.max()) > 0.5
