@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image, ImageOps
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -447,6 +448,24 @@ def test_min_is_white_tiff_is_inverted_exactly_once(tmp_path: Path, pixels: np.n
     path.write_bytes(bytes(data))
     unit = to_unit_range(decode(path, max_pixels=BIG))
     np.testing.assert_allclose(unit, 1 - stored.astype(np.float64) / top, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_show_it(
+        tmp_path: Path, pixels: np.ndarray, fmt: str, orientation: int) -> None:
+    # libjpeg and OpenCV's unchanged read ignore EXIF Orientation; a phone or viewer export
+    # rotated 90 degrees was scored lying on its side (TIFF's is applied by OpenCV).
+    path = tmp_path / f"turned.{fmt.lower()}"
+    exif = Image.Exif()
+    exif[274] = orientation
+    Image.fromarray((pixels >> 4).astype(np.uint8)).save(path, format=fmt,
+                                                         exif=exif.tobytes(), quality=100)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path))).astype(int)
+    decoded = decode(path, max_pixels=BIG)
+    assert decoded.pixels.shape == upright.shape
+    assert np.abs(decoded.pixels.astype(int) - upright).mean() < 1
+    assert ("orientation" in decoded.notes) is (orientation != 1)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])

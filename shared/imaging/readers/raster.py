@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -53,8 +54,19 @@ _COLOURED_SHARE = 0.01
 # A later TIFF page smaller than this share of the first in either dimension is a preview
 # (thumbnail, pyramid level: at most half size); a larger one is another image.
 _PREVIEW_SHARE = 0.6
-# ImageWidth, ImageLength, PhotometricInterpretation.
-_TIFF_TAGS_READ = frozenset({256, 257, 262})
+# EXIF Orientation: how to turn the stored pixels so they look as viewers show them.
+_ORIENTATIONS: dict[int, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    1: (lambda a: a, "none"),
+    2: (lambda a: a[:, ::-1], "mirrored left-right"),
+    3: (lambda a: a[::-1, ::-1], "rotated 180 degrees"),
+    4: (lambda a: a[::-1], "mirrored top-bottom"),
+    5: (lambda a: a.T, "transposed"),
+    6: (lambda a: np.rot90(a, -1), "rotated 90 degrees clockwise"),
+    7: (lambda a: a[::-1, ::-1].T, "transversed"),
+    8: (lambda a: np.rot90(a, 1), "rotated 90 degrees anticlockwise"),
+}
+# ImageWidth, ImageLength, PhotometricInterpretation, Orientation.
+_TIFF_TAGS_READ = frozenset({256, 257, 262, 274})
 
 
 class RasterReader:
@@ -91,6 +103,7 @@ class RasterReader:
         pixels, notes = _to_grayscale(image, path)
         # A header the cheap size check could not parse is caught once decoded.
         check_pixel_count(path, pixels.shape[0], pixels.shape[1], max_pixels)
+        pixels = _upright(pixels, self.orientation(data), notes)
         low, high, from_pixels = self.value_range(data, pixels)
         if from_pixels:
             notes["range"] = f"value range taken from the pixels: {low:g} to {high:g}"
@@ -132,6 +145,10 @@ class RasterReader:
     def prepare(self, data: bytes) -> bytes:
         return data
 
+    def orientation(self, data: bytes) -> int | None:
+        """The EXIF Orientation (274) the decoder left unapplied, if the file has one."""
+        return None
+
     def inverted(self, data: bytes, pixels: np.ndarray) -> bool:
         """True when high values of the decoded pixels are dark (white-is-zero)."""
         return False
@@ -172,21 +189,36 @@ class PngReader(RasterReader):
             )
 
 
+    def orientation(self, data: bytes) -> int | None:
+        # The eXIf chunk (PNG 1.5) holds a bare TIFF structure; OpenCV ignores it.
+        pos = 8
+        while pos + 8 <= len(data):
+            length = struct.unpack_from(">I", data, pos)[0]
+            kind = data[pos + 4:pos + 8]
+            if kind == b"eXIf":
+                return _exif_orientation(data[pos + 8:pos + 8 + length])
+            if kind == b"IEND":
+                break
+            pos += 12 + length
+        return None
+
+
 class JpegReader(RasterReader):
     def __init__(self) -> None:
         super().__init__("jpeg", (b"\xff\xd8\xff",))
 
     def dimensions(self, data: bytes, path: Path) -> tuple[int, int] | None:
-        pos = 2
-        # Walk the marker segments up to the first start-of-frame (or start-of-scan).
-        while pos + 9 <= len(data) and data[pos] == 0xFF:
-            marker = data[pos + 1]
-            if marker in _JPEG_SOF:
-                rows, columns = struct.unpack(">HH", data[pos + 5:pos + 9])
+        for marker, body in _jpeg_segments(data):
+            if marker in _JPEG_SOF and len(body) >= 5:
+                rows, columns = struct.unpack(">HH", body[1:5])
                 return rows, columns
-            if marker == 0xDA:
-                return None
-            pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        return None
+
+    def orientation(self, data: bytes) -> int | None:
+        # Neither simplejpeg nor OpenCV (with IMREAD_UNCHANGED) applies EXIF Orientation.
+        for marker, body in _jpeg_segments(data):
+            if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+                return _exif_orientation(body[6:])
         return None
 
     def check_complete(self, data: bytes, path: Path) -> None:
@@ -347,7 +379,7 @@ def _read_page(path: Path, index: int) -> np.ndarray | None:
 
 def _tiff_directories(data: bytes, limit: int) -> list[dict[int, int]]:
     """The integer tags (SHORT, LONG or LONG8) of each image file directory of a TIFF
-    file, classic or BigTIFF.
+    structure, classic or BigTIFF: a TIFF file, or the EXIF block of a JPEG or PNG.
 
     Stops quietly where the bytes end or stop making sense: OpenCV then judges the file.
     """
@@ -378,6 +410,35 @@ def _tiff_directories(data: bytes, limit: int) -> list[dict[int, int]]:
     except struct.error:
         pass  # the directory runs past the bytes we have (e.g. only the head was read)
     return directories
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(marker, body) of each marker segment from SOI up to the first start-of-scan."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xDA:
+            return
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        yield marker, data[pos + 4:pos + 2 + length]
+        pos += 2 + length
+
+
+def _exif_orientation(exif: bytes) -> int | None:
+    """Orientation (274) from the first directory of an EXIF block; None if absent or odd."""
+    directories = _tiff_directories(exif, 1) if exif[:2] in (b"II", b"MM") else []
+    value = directories[0].get(274) if directories else None
+    return value if value in _ORIENTATIONS else None
+
+
+def _upright(pixels: np.ndarray, orientation: int | None, notes: dict[str, str]
+             ) -> np.ndarray:
+    """``pixels`` turned as the EXIF Orientation says viewers show them (1: as stored)."""
+    if orientation is None or orientation == 1:
+        return pixels
+    turn, words = _ORIENTATIONS[orientation]
+    notes["orientation"] = f"EXIF Orientation {orientation} applied: {words}"
+    return np.ascontiguousarray(turn(pixels))
 
 
 def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
