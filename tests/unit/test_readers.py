@@ -434,6 +434,18 @@ def test_tiff_holding_several_images_is_refused_not_truncated_to_one(
     assert refused.value.code == ErrorCode.NOT_MAMMOGRAPHY
 
 
+def test_tiff_with_a_thumbnail_first_reads_the_full_size_page(tmp_path: Path,
+                                                             pixels: np.ndarray) -> None:
+    # Scanners write the thumbnail as page 1; refusing it said "page 2 is ... like the
+    # first", of a first page four times smaller.
+    path = tmp_path / "x.tif"
+    preview = cv2.resize(pixels, (pixels.shape[1] // 4, pixels.shape[0] // 4))
+    assert cv2.imwritemulti(str(path), [preview, pixels])
+    decoded = decode(path, max_pixels=BIG)
+    np.testing.assert_array_equal(decoded.pixels, pixels)
+    assert decoded.notes["pages"] == "1 reduced-resolution TIFF page(s) ignored"
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 def test_min_is_white_tiff_is_inverted_exactly_once(tmp_path: Path, pixels: np.ndarray,
                                                     dtype: type[np.number]) -> None:

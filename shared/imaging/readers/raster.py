@@ -303,10 +303,11 @@ class PgmReader(RasterReader):
 
 
 class TiffReader(RasterReader):
-    """TIFF may hold several pages, and OpenCV decodes only the first. Reduced-resolution
-    pages (thumbnails, pyramid levels) are ignored; a second full-size page means the file
-    holds several images (views, a tomosynthesis stack), and scoring only the first would
-    silently drop the rest, so the file is refused, like a multi-frame DICOM."""
+    """TIFF may hold several pages, and OpenCV decodes only the first. The largest page is
+    the image; reduced-resolution pages (thumbnails, pyramid levels), before or after it,
+    are ignored; a second full-size page means the file holds several images (views, a
+    tomosynthesis stack), and scoring only one would silently drop the rest, so the file is
+    refused, like a multi-frame DICOM."""
 
     def __init__(self) -> None:
         super().__init__("tiff", (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"))
@@ -320,19 +321,23 @@ class TiffReader(RasterReader):
         # cap applies, and a 1 MB deflated TIFF page can inflate to gigabytes.
         return [(page.rows, page.columns) for page in _tiff_pages(data)]
 
+    def decode_pixels(self, data: bytes, path: Path) -> np.ndarray | None:
+        main = _main_page(_tiff_pages(data))
+        return super().decode_pixels(data, path) if main == 0 else _read_page(path, main)
+
     def inverted(self, data: bytes, pixels: np.ndarray) -> bool:
         # PhotometricInterpretation 0 (MinIsWhite): OpenCV inverts it only on its 8-bit path
         # (libtiff's RGBA reader, which also takes 1-4 bit images); 16-bit, 32-bit and float
         # pages come back as stored, dark where the film is clear.
         pages = _tiff_pages(data)
-        page = pages[0] if pages else None
+        page = pages[_main_page(pages)] if pages else None
         return page is not None and page.photometric == 0 and pixels.dtype != np.uint8
 
     def check_decoded(self, data: bytes, path: Path, image: DecodedImage) -> DecodedImage:
         pages = cv2.imcount(str(path))
         if pages <= 1:
             return image
-        main = 0  # the page OpenCV decodes
+        main = _main_page(_tiff_pages(data))
         rows, columns = image.pixels.shape
         for index in range(pages):  # decoded one at a time: previews are small
             if index == main:
@@ -367,6 +372,14 @@ def _tiff_pages(data: bytes) -> list[_TiffPage]:
             break
         pages.append(_TiffPage(tags[257], tags[256], tags.get(262)))
     return pages
+
+
+def _main_page(pages: list[_TiffPage]) -> int:
+    """The index of the largest page (the first of equals): previews may come first."""
+    if not pages:
+        return 0
+    areas = [page.rows * page.columns for page in pages]
+    return areas.index(max(areas))
 
 
 def _read_page(path: Path, index: int) -> np.ndarray | None:
