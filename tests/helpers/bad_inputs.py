@@ -320,6 +320,8 @@ LEGEND: tuple[BadKind, ...] = (
                    [:8000])),
     BadKind("tiff_multipage", ErrorCode.NOT_MAMMOGRAPHY, "a TIFF holding two full-size views",
             _tiff_two_views),
+    BadKind("tiff_all_nan", ErrorCode.UNREADABLE, "a float TIFF whose every pixel is NaN",
+            _bytes(_raster(".tiff", lambda _s: np.full(SIZE, np.nan, np.float32)))),
     BadKind("tiff_1bit_mask", ErrorCode.NOT_MAMMOGRAPHY, "a 1-bit TIFF of a white disc (a mask)",
             _bytes(_tiff_1bit_mask)),
     BadKind("pgm_truncated", ErrorCode.TRUNCATED, "a binary PGM missing half its pixels",

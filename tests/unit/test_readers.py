@@ -480,6 +480,23 @@ def test_exif_orientation_is_applied_as_viewers_show_it(
     assert ("orientation" in decoded.notes) is (orientation != 1)
 
 
+def test_float_tiff_with_nan_background_reads_it_as_the_darkest_value(
+        tmp_path: Path, pixels: np.ndarray) -> None:
+    stored = pixels.astype(np.float32)
+    stored[:, :20] = np.nan  # "no data" outside the scanned film
+    stored[0, 30] = np.inf
+    path = tmp_path / "nan.tif"
+    assert cv2.imwrite(str(path), stored)
+    decoded = decode(path, max_pixels=BIG)
+    assert np.isfinite(decoded.pixels).all()
+    finite = pixels[:, 20:].astype(np.float32)
+    assert float(decoded.pixels[0, 0]) == decoded.min_value == float(finite.min())
+    assert decoded.notes["non_finite"].startswith(f"{128 * 20 + 1:,} NaN or infinite")
+    assert cv2.imwrite(str(path), np.full_like(stored, np.nan))
+    _refused(path, UnreadableImageError, ErrorCode.UNREADABLE, "nan.tif", "every value is NaN",
+             "Export the image again")
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_truncated_png_and_jpeg(tmp_path: Path, pixels: np.ndarray, suffix: str) -> None:
     path = tmp_path / f"x{suffix}"

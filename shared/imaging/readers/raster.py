@@ -107,6 +107,7 @@ class RasterReader:
         low, high, from_pixels = self.value_range(data, pixels)
         if from_pixels:
             notes["range"] = f"value range taken from the pixels: {low:g} to {high:g}"
+        pixels = _non_finite_as_background(pixels, low, path, notes)
         invert = self.inverted(data, pixels)
         if invert:
             notes["photometric"] = "stored white-is-zero (MinIsWhite): inverted"
@@ -452,6 +453,23 @@ def _upright(pixels: np.ndarray, orientation: int | None, notes: dict[str, str]
     turn, words = _ORIENTATIONS[orientation]
     notes["orientation"] = f"EXIF Orientation {orientation} applied: {words}"
     return np.ascontiguousarray(turn(pixels))
+
+
+def _non_finite_as_background(pixels: np.ndarray, low: float, path: Path,
+                              notes: dict[str, str]) -> np.ndarray:
+    """NaN or infinite pixels (float exports mark "no data" so) set to the darkest value."""
+    if pixels.dtype.kind != "f":
+        return pixels
+    finite = np.isfinite(pixels)
+    if finite.all():
+        return pixels
+    if not finite.any():
+        raise UnreadableImageError(
+            f"{path.name} holds no usable pixel: every value is NaN or infinite. Export the "
+            "image again from its source, with numbers for its pixels.")
+    notes["non_finite"] = (f"{int(finite.size - finite.sum()):,} NaN or infinite pixel(s) "
+                           "taken as background")
+    return np.where(finite, pixels, pixels.dtype.type(low))
 
 
 def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
