@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.enums import Laterality
-from shared.errors import MissingFileError
+from shared.errors import InputError, MissingFileError
 from shared.imaging.identity import file_has_identity
 from shared.imaging.preprocess import preprocess
 from shared.imaging.readers import decode
@@ -52,8 +52,15 @@ def load_model_input(source: ModelInputSource) -> ModelInput:
     if decoded.pixel_spacing_mm is None and source.spacing_mm is not None:
         decoded = dataclasses.replace(decoded, pixel_spacing_mm=source.spacing_mm)
     decoded_at = time.perf_counter()
-    tensor = preprocess(decoded, source.input_size,
-                        laterality=Laterality.parse(source.laterality))
+    try:
+        tensor = preprocess(decoded, source.input_size,
+                            laterality=Laterality.parse(source.laterality))
+    except InputError as exc:
+        # Preprocessing sees pixels, not paths: its refusals ("The image is too small...")
+        # get the file's name here, like every reader's.
+        if path.name in exc.message:
+            raise
+        raise type(exc)(f"{path.name}: {exc.message}", code=exc.code) from exc
     # Last: a file that is unusable now fails with what is wrong with it; only an image
     # that would be scored, and is not the registered one, is refused as a replacement.
     if source.identity is not None and not file_has_identity(path, source.identity):

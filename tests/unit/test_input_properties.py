@@ -155,3 +155,4 @@ def test_every_bad_raster_kind_fails_with_its_reason(tmp_path: Path, kind: BadKi
         read_header(path, pseudonymize=KEY)
         load_model_input(ModelInputSource(str(path), None, None, SIZE, MAX_PIXELS))
     assert refused.value.code is kind.expected, refused.value.message
+    assert path.name in refused.value.message

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +12,7 @@ from hypothesis import strategies as st
 
 from shared.enums import ErrorCode
 from shared.errors import NotAMammogramError, UnreadableImageError
+from shared.imaging.model_input import ModelInputSource, load_model_input
 from shared.imaging.preprocess import (
     PREPROCESSING_VERSION,
     preprocess,
@@ -157,3 +161,14 @@ def test_a_mammogram_with_few_grey_levels_in_8_bits_is_not_taken_for_a_mask() ->
     coarse = (np.rint(pixels / 4095 * 50) * 5).astype(np.uint8)  # 51 levels
     out = preprocess(DecodedImage(pixels=coarse, format="png", max_value=255), (128, 128))
     assert float(out.max()) > 0.5
+
+
+def test_a_refusal_in_preprocessing_names_the_file(tmp_path: Path) -> None:
+    # Every reader's refusal starts with the file; validation's did not ("The image is
+    # too small to be a mammogram: 32 x 32 pixels").
+    path = tmp_path / "tiny.png"
+    assert cv2.imwrite(str(path), np.indices((32, 32)).sum(axis=0).astype(np.uint8))
+    with pytest.raises(NotAMammogramError) as refused:
+        load_model_input(ModelInputSource(str(path), None, None, (128, 128), 10**8))
+    assert refused.value.message.startswith("tiny.png: The image is too small")
+    assert refused.value.code is ErrorCode.NOT_MAMMOGRAPHY
