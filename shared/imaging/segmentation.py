@@ -9,7 +9,9 @@ The mask must survive what real files carry besides the breast:
 * burned-in labels and markers in the corners: they are separate blobs, and only the largest
   connected component is kept;
 * bright film edges of digitised film: thin strips are erased by a morphological opening
-  wider than they are, and a full-width band at the top or bottom is dropped.
+  wider than they are, and a full-width band at the top or bottom is dropped;
+* a film scanned with clear (white) film all round it: edge rows and columns that are near
+  white almost throughout are background, and the mask is computed inside them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ _OPEN_KERNEL = 9
 # A mask row this full, this close to the top or bottom, is a film edge, not tissue.
 _BAND_FILL = 0.97
 _BAND_DEPTH = 0.06
+# An edge row or column of the working copy with this share of its pixels within
+# _FRAME_LEVEL of the image's maximum is a clear-film frame: on every real mammogram in
+# ../shared/data and the CBIS-DDSM test films no outermost line has more than 18 %.
+_FRAME_FILL = 0.9
+_FRAME_LEVEL = 0.05
 
 __all__ = ["MASK_SIDE", "breast_mask", "chest_wall_side", "working_copy"]
 
@@ -43,9 +50,19 @@ def working_copy(image: np.ndarray) -> np.ndarray:
 def breast_mask(work: np.ndarray) -> np.ndarray:
     """uint8 mask (1 = breast) of the largest bright region of ``work``, holes filled.
 
-    Falls back to the whole frame when nothing stands out, so a strange image is still
-    classified rather than refused here (validation has already refused blank ones).
+    A clear-film frame around the image is background, never breast. Falls back to the
+    whole image inside it when nothing stands out, so a strange image is still classified
+    rather than refused here (validation has already refused blank ones).
     """
+    rows, columns = _inside_bright_frame(work)
+    if (rows, columns) == (slice(0, work.shape[0]), slice(0, work.shape[1])):
+        return _mask_of(work)
+    mask = np.zeros(work.shape, np.uint8)
+    mask[rows, columns] = _mask_of(work[rows, columns])
+    return mask
+
+
+def _mask_of(work: np.ndarray) -> np.ndarray:
     grey = np.rint(np.clip(work, 0.0, 1.0) * 255).astype(np.uint8)
     otsu, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     below = grey[grey <= otsu]
@@ -77,6 +94,30 @@ def chest_wall_side(mask: np.ndarray) -> Literal["left", "right"]:
     half = (last - first) // 2
     left, right = int(area[:half].sum()), int(area[last - first - half:].sum())
     return "right" if right > left else "left"
+
+
+def _inside_bright_frame(work: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns inside a frame of near-white edge lines (all of ``work`` if none).
+
+    Peeled one line at a time from each side, so a frame on some sides only, or of unequal
+    width, is found; a breast against the edge stops the peeling (it is never near white
+    along most of a line). At least a quarter of each side is kept.
+    """
+    bright = work >= float(work.max()) - _FRAME_LEVEL
+    top, bottom, left, right = 0, work.shape[0], 0, work.shape[1]
+    min_rows, min_columns = max(1, bottom // 4), max(1, right // 4)
+    peeled = True
+    while peeled:
+        peeled = False
+        if bottom - top > min_rows and bright[top, left:right].mean() >= _FRAME_FILL:
+            top, peeled = top + 1, True
+        if bottom - top > min_rows and bright[bottom - 1, left:right].mean() >= _FRAME_FILL:
+            bottom, peeled = bottom - 1, True
+        if right - left > min_columns and bright[top:bottom, left].mean() >= _FRAME_FILL:
+            left, peeled = left + 1, True
+        if right - left > min_columns and bright[top:bottom, right - 1].mean() >= _FRAME_FILL:
+            right, peeled = right - 1, True
+    return slice(top, bottom), slice(left, right)
 
 
 def _drop_film_bands(mask: np.ndarray) -> None:

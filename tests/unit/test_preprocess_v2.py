@@ -136,6 +136,23 @@ def test_bright_film_edges_are_ignored() -> None:
     assert _mean_difference(out, clean) < 0.02
 
 
+@pytest.mark.parametrize("sides, level", [((40, 30, 24, 36), 4095), ((40, 0, 24, 36), 4095),
+                                          ((0, 30, 0, 50), 3990)])
+def test_a_clear_film_frame_around_the_image_is_background(
+        sides: tuple[int, int, int, int], level: int) -> None:
+    # A film scanned with white (clear film) all round: the frame was the largest bright
+    # region, so the whole picture, frame included, was taken for the breast.
+    pixels = _breast(5)
+    top, bottom, left, right = sides
+    framed = np.full((pixels.shape[0] + top + bottom, pixels.shape[1] + left + right), level,
+                     np.uint16)
+    framed[top:top + pixels.shape[0], left:left + pixels.shape[1]] = pixels
+    clean = preprocess(_decoded(pixels), SIZE)
+    # The crop's margin takes in 2 mask pixels of (blacked) frame: a slight shift, no more
+    # (the frame taken for breast: 0.26).
+    assert _mean_difference(preprocess(_decoded(framed), SIZE), clean) < 0.04
+
+
 def test_breast_is_cropped_to_fill_the_input() -> None:
     pixels = np.zeros((800, 800), np.uint16)
     pixels[100:612, 50:466] = _breast(2)  # a small breast in a big empty frame
