@@ -228,12 +228,17 @@ def _model_version(bilateral: dict[str, object] | None = None) -> ModelVersion:
                         path="/m", bilateral=bilateral)
 
 
+def _one_study(session: Session, bilateral: dict[str, object] | None = None) -> None:
+    """Batch 1, study 1 and model version 1 (with ``bilateral`` as its head)."""
+    session.add_all([Batch(id=1, name="b"), Study(id=1, study_uid="1.2.1"),
+                     _model_version(bilateral)])
+    session.flush()
+
+
 def test_a_late_fifth_image_supersedes_the_result_and_keeps_the_old_one(
         sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
-        session.add_all([Batch(id=1, name="b"), Study(id=1, study_uid="1.2.1"),
-                         _model_version()])
-        session.flush()
+        _one_study(session)
         for n, (lat, view) in enumerate(VIEWS):
             _add_image(session, 1, lat, view, n=n, suspicion=3, created=T0)
         now = T0 + timedelta(seconds=5)
@@ -258,9 +263,7 @@ def test_a_late_fifth_image_supersedes_the_result_and_keeps_the_old_one(
 def test_the_stored_exam_result_knows_a_supplementary_view_from_the_database(
         sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
-        session.add_all([Batch(id=1, name="b"), Study(id=1, study_uid="1.2.1"),
-                         _model_version()])
-        session.flush()
+        _one_study(session)
         for n, (lat, view) in enumerate(VIEWS):
             image = _add_image(session, 1, lat, view, n=n, suspicion=3, created=T0)
             if (lat, view) == ("R", "MLO"):
@@ -278,9 +281,7 @@ def test_the_stored_exam_result_reads_breasts_with_the_model_versions_head(
         sessions: sessionmaker[Session]) -> None:
     suspicious, calm = (0.2, 0.3, 0.5), (0.6, 0.3, 0.1)
     with sessions() as session:
-        session.add_all([Batch(id=1, name="b"), Study(id=1, study_uid="1.2.1"),
-                         _model_version(HEAD)])
-        session.flush()
+        _one_study(session, HEAD)
         for n, (lat, view) in enumerate(VIEWS):
             image = _add_image(session, 1, lat, view, n=n, suspicion=None, created=T0)
             session.execute(update(Image).where(Image.id == image).values(state="done"))
