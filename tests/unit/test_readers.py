@@ -192,15 +192,17 @@ def test_secondary_capture_of_other_modality_is_accepted_with_a_note(dicom_file:
     ("DX", "1.2.840.10008.5.1.4.1.1.1.1"), ("CR", "1.2.840.10008.5.1.4.1.1.1"),
     ("OT", "1.2.840.10008.5.1.4.1.1.7"),
 ])
-@pytest.mark.parametrize("body_part", ["CHEST", "HAND"])
+@pytest.mark.parametrize("body_part", ["CHEST", "HAND", "L SPINE", "CHEST_ABDOMEN"])
 def test_radiograph_of_another_body_part_is_not_taken_on_trust(
         dicom_file: Path, modality: str, sop_class: str, body_part: str) -> None:
     _edit(dicom_file, Modality=modality, SOPClassUID=sop_class, BodyPartExamined=body_part)
     _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY,
-             f"(0018,0015) Body Part Examined is '{body_part}', not BREAST")
+             f"(0018,0015) Body Part Examined is '{body_part.upper()}', not BREAST")
 
 
-@pytest.mark.parametrize("body_part", [None, "", "BREAST", "MAMMO"])
+# The breast in the words sites write: Spanish/Portuguese, Italian, French, German, Dutch.
+@pytest.mark.parametrize("body_part", [None, "", "BREAST", "MAMMO", "LBREAST", "MAMA", "SENO",
+                                       "SEIN", "BRUST", "BORST", "BRST"])
 def test_radiograph_of_the_breast_or_of_no_stated_part_is_taken_on_trust(
         dicom_file: Path, body_part: str | None) -> None:
     _edit(dicom_file, Modality="DX", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1")

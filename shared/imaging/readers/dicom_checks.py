@@ -5,6 +5,7 @@ Kept apart from ``dicom.py`` so the triage rules (what we refuse, and why) read 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -49,9 +50,19 @@ IMAGE_SOP_CLASSES = MAMMOGRAPHY_SOP_CLASSES | {
 }
 # A DICOMDIR (media index): no image, its SOP class only in the file meta header.
 MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
-# Body Part Examined values that name the breast: the DICOM term, and words vendors and
-# digitisers write in its place ("MAMMO", "MAMMA").
-BREAST_BODY_PARTS = ("BREAST", "MAMM")
+# Body Part Examined values (DICOM PS3.16 Annex L defined terms, and their common
+# compounds) that name a part other than the breast. Only these refuse an image taken on
+# trust: sites write the breast in their own language ("MAMA", "SENO", "SEIN", "BRUST"),
+# which a list of accepted words would refuse.
+OTHER_BODY_PARTS = frozenset({
+    "ABDOMEN", "ANKLE", "ARM", "BRAIN", "CALCANEUS", "CHEST", "CLAVICLE", "COCCYX", "CSPINE",
+    "ELBOW", "EXTREMITY", "FACE", "FEMUR", "FIBULA", "FINGER", "FOOT", "FOREARM", "HAND",
+    "HEAD", "HEART", "HIP", "HUMERUS", "JAW", "KIDNEY", "KNEE", "LEG", "LIVER", "LSPINE",
+    "MANDIBLE", "NECK", "ORBIT", "PATELLA", "PELVIS", "RIB", "RIBS", "SACRUM", "SCAPULA",
+    "SHOULDER", "SINUS", "SKULL", "SPINE", "STERNUM", "TIBIA", "TOE", "TSPINE", "ULNA",
+    "WHOLEBODY", "WRIST", "ZYGOMA", "CHESTABDOMEN", "CHESTABDPELVIS", "ABDOMENPELVIS",
+    "HEADNECK", "TLSPINE", "CTSPINE", "LSSPINE", "THORAX",
+})
 # Modalities that are never a mammogram. Others (RG, DX, CR, OT, SC, none) are accepted with
 # a note: digitised film and secondary captures of mammograms arrive that way.
 REJECTED_MODALITIES = frozenset({
@@ -140,7 +151,8 @@ def _body_part(ds: Dataset, path: Path) -> None:
     a chest or hand radiograph would otherwise be scored as a mammogram. Missing or empty
     stays accepted, as many digitisers leave it blank."""
     body_part = str(ds.get("BodyPartExamined") or "").strip().upper()
-    if body_part and not any(word in body_part for word in BREAST_BODY_PARTS):
+    words = set(re.split(r"[^A-Z]+", body_part)) | {re.sub(r"[^A-Z]", "", body_part)}
+    if words & OTHER_BODY_PARTS:
         raise NotAMammogramError(
             f"{path.name} is not a mammogram: (0018,0015) Body Part Examined is "
             f"'{body_part}', not BREAST."
