@@ -48,7 +48,8 @@ _STRETCH_PERCENTILES = (1.0, 99.5)
 __all__ = [
     "MAX_ASPECT", "MIN_CONTRAST", "MIN_GREY_LEVELS", "MIN_NEIGHBOUR_CORRELATION", "MIN_SIDE",
     "PREPROCESSING_VERSION", "TARGET_SPACING_MM",
-    "canonical_orientation", "crop_box", "fit_inside", "pad_top_left", "preprocess",
+    "canonical_orientation", "crop_box", "fit_inside", "grey_levels", "pad_top_left",
+    "preprocess",
     "refuse_few_grey_levels", "refuse_noise", "resample_to_spacing", "resize_with_padding",
     "stretch_range", "to_unit_range", "validate",
 ]
@@ -115,10 +116,16 @@ def refuse_noise(work: np.ndarray) -> None:
         )
 
 
-def refuse_few_grey_levels(image: np.ndarray) -> None:
-    """Refuse a binary or posterised picture: a radiograph has hundreds of grey levels."""
+def grey_levels(image: np.ndarray) -> int:
+    """Distinct values on a sample of about MASK_SIDE pixels a side, taken without averaging.
+    Count them before any resampling: interpolation invents levels along every edge, and a
+    mask with a detector's pixel spacing came out of it with hundreds."""
     step = max(1, math.ceil(max(image.shape) / MASK_SIDE))
-    levels = int(np.unique(image[::step, ::step]).size)
+    return int(np.unique(image[::step, ::step]).size)
+
+
+def refuse_few_grey_levels(levels: int) -> None:
+    """Refuse a binary or posterised picture: a radiograph has hundreds of grey levels."""
     if levels < MIN_GREY_LEVELS:
         raise NotAMammogramError(
             f"The image has only {levels} grey level(s) (a mammogram has hundreds): it is a "
@@ -251,10 +258,11 @@ def preprocess(decoded: DecodedImage, input_size: tuple[int, int], *,
     """
     image = validate(to_unit_range(decoded))
     image = canonical_orientation(image, decoded, laterality)
+    levels = grey_levels(image)
     image = resample_to_spacing(image, decoded.pixel_spacing_mm)
     work = working_copy(image)
     refuse_noise(work)
-    refuse_few_grey_levels(image)
+    refuse_few_grey_levels(levels)
     mask = breast_mask(work)
     low, high = stretch_range(work, mask)
     rows, columns = crop_box(mask, image.shape)

@@ -155,6 +155,17 @@ def test_preprocess_refuses_a_binary_mask(dtype: type[np.integer], top: int) -> 
     assert "mask" in refused.value.message
 
 
+@pytest.mark.parametrize("spacing", [(0.07, 0.07), (0.1, 0.1)])
+def test_a_mask_with_a_detectors_pixel_spacing_is_still_refused(
+        spacing: tuple[float, float]) -> None:
+    # Resampling to the model's pixel size averaged new levels into every edge, so a mask
+    # said to come from a 0.07 mm detector reached the model with hundreds of levels.
+    decoded = DecodedImage(pixels=_disc(np.uint16, 4095), format="dicom", max_value=4095,
+                           pixel_spacing_mm=spacing)
+    with pytest.raises(NotAMammogramError, match="only 2 grey level"):
+        preprocess(decoded, (128, 128))
+
+
 def test_a_mammogram_with_few_grey_levels_in_8_bits_is_not_taken_for_a_mask() -> None:
     # 8-bit film scans have 195 levels at the fewest (mini-MIAS); a quarter of that is kept.
     pixels = synth_mammogram(np.random.default_rng(8), size=(600, 480))

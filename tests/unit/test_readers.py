@@ -499,6 +499,23 @@ def test_float_tiff_with_nan_background_reads_it_as_the_darkest_value(
              "Export the image again")
 
 
+def test_nan_pixels_of_a_min_is_white_tiff_are_dark_as_displayed(
+        tmp_path: Path, pixels: np.ndarray) -> None:
+    # Stored white-is-zero, the darkest value is the top one: NaN set to the stored minimum
+    # became white after the inversion (a black background turned white, specks inside
+    # the breast looked like calcifications).
+    stored = (1 - pixels.astype(np.float32) / 4095).astype(np.float32)
+    stored[:, :20] = np.nan
+    path = tmp_path / "white_is_zero_nan.tif"
+    assert cv2.imwrite(str(path), stored, [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    data = bytearray(path.read_bytes())
+    _set_tag(data, _tiff_directories(bytes(data))[0], 262, 0)
+    path.write_bytes(bytes(data))
+    unit = to_unit_range(decode(path, max_pixels=BIG))
+    assert float(unit[:, :20].max()) == 0.0
+    assert float(unit[:, 20:].max()) > 0.5
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_truncated_png_and_jpeg(tmp_path: Path, pixels: np.ndarray, suffix: str) -> None:
     path = tmp_path / f"x{suffix}"

@@ -107,10 +107,11 @@ class RasterReader:
         low, high, from_pixels = self.value_range(data, pixels)
         if from_pixels:
             notes["range"] = f"value range taken from the pixels: {low:g} to {high:g}"
-        pixels = _non_finite_as_background(pixels, low, path, notes)
         invert = self.inverted(data, pixels)
         if invert:
             notes["photometric"] = "stored white-is-zero (MinIsWhite): inverted"
+        # The darkest value as displayed: the top of the range when the picture is inverted.
+        pixels = _non_finite_as_background(pixels, high if invert else low, path, notes)
         return self.check_decoded(data, path, DecodedImage(
             pixels=pixels, format=self.format_name, max_value=high, min_value=low,
             invert=invert, notes=notes))
@@ -455,9 +456,10 @@ def _upright(pixels: np.ndarray, orientation: int | None, notes: dict[str, str]
     return np.ascontiguousarray(turn(pixels))
 
 
-def _non_finite_as_background(pixels: np.ndarray, low: float, path: Path,
+def _non_finite_as_background(pixels: np.ndarray, darkest: float, path: Path,
                               notes: dict[str, str]) -> np.ndarray:
-    """NaN or infinite pixels (float exports mark "no data" so) set to the darkest value."""
+    """NaN or infinite pixels (float exports mark "no data" so) set to ``darkest``, the
+    stored value that displays darkest."""
     if pixels.dtype.kind != "f":
         return pixels
     finite = np.isfinite(pixels)
@@ -469,7 +471,7 @@ def _non_finite_as_background(pixels: np.ndarray, low: float, path: Path,
             "image again from its source, with numbers for its pixels.")
     notes["non_finite"] = (f"{int(finite.size - finite.sum()):,} NaN or infinite pixel(s) "
                            "taken as background")
-    return np.where(finite, pixels, pixels.dtype.type(low))
+    return np.where(finite, pixels, pixels.dtype.type(darkest))
 
 
 def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
