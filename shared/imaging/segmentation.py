@@ -33,6 +33,7 @@ _BAND_DEPTH = 0.06
 # ../shared/data and the CBIS-DDSM test films no outermost line has more than 18 %.
 _FRAME_FILL = 0.9
 _FRAME_LEVEL = 0.05
+_FRAME_SIDES = 2  # outermost lines that must be such for a frame (see _inside_bright_frame)
 
 __all__ = ["MASK_SIDE", "breast_mask", "chest_wall_side", "working_copy"]
 
@@ -99,11 +100,16 @@ def chest_wall_side(mask: np.ndarray) -> Literal["left", "right"]:
 def _inside_bright_frame(work: np.ndarray) -> tuple[slice, slice]:
     """The rows and columns inside a frame of near-white edge lines (all of ``work`` if none).
 
-    Peeled one line at a time from each side, so a frame on some sides only, or of unequal
-    width, is found; a breast against the edge stops the peeling (it is never near white
-    along most of a line). At least a quarter of each side is kept.
+    A frame runs along at least two sides: two of the four outermost lines must be near
+    white. A breast against the chest-wall edge, saturated by a narrow window, makes one
+    such line (it narrows towards the nipple, so never a second), and was peeled away as a
+    frame. Then peeled one line at a time from each side, so a frame of unequal width is
+    found. At least a quarter of each side is kept.
     """
     bright = work >= float(work.max()) - _FRAME_LEVEL
+    edges = (bright[0], bright[-1], bright[:, 0], bright[:, -1])
+    if sum(bool(edge.mean() >= _FRAME_FILL) for edge in edges) < _FRAME_SIDES:
+        return slice(0, work.shape[0]), slice(0, work.shape[1])
     top, bottom, left, right = 0, work.shape[0], 0, work.shape[1]
     min_rows, min_columns = max(1, bottom // 4), max(1, right // 4)
     peeled = True

@@ -227,3 +227,16 @@ def test_mini_mias_film_scans_load_and_preprocess() -> None:
         expected = Laterality.LEFT if number % 2 == 0 else Laterality.RIGHT
         agree += out.tobytes() == preprocess(decoded, SIZE, laterality=expected).tobytes()
     assert agree >= 0.9 * len(images)
+
+
+def test_a_breast_saturated_along_the_chest_wall_is_not_taken_for_a_film_frame() -> None:
+    # FFDM crops the breast at the chest wall; a narrow window saturates the dense tissue
+    # there, so the whole edge column is near white. It was peeled away as a "frame",
+    # taking chest-wall tissue out of the picture the model sees.
+    pixels = _breast(6).astype(np.float64)
+    rows = np.flatnonzero(pixels[:, 8] > 600)
+    pixels = pixels[rows[0]:rows[-1] + 1, 8:]  # cropped: breast along the whole left edge
+    windowed = np.clip((pixels - 600) * 3, 0, 4095).astype(np.float32) / 4095
+    assert (windowed[:, 0] >= 0.95).mean() >= 0.9  # a near-white edge line
+    mask = breast_mask(working_copy(windowed))
+    assert mask[:, :2].any(axis=0).all()  # the chest-wall columns are breast (13 were cut)
