@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,7 @@ from shared.db.upsert import upsert
 from shared.enums import ErrorCode
 from shared.errors import DatabaseUnavailableError
 from shared.exams import refresh_exam_results, studies_of_images
+from shared.imaging.identity import current_location
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.scoring import label_of, suspicion
@@ -159,8 +160,9 @@ def _crash_message(image: ClaimedImage) -> str:
 
 def _job(image: ClaimedImage, runtime: WorkerRuntime) -> DecodeJob:
     return DecodeJob(image.id, ModelInputSource(
-        image.source, image.laterality, image.spacing_mm, runtime.classifier.input_size,
-        runtime.settings.max_image_pixels, image.identity))
+        current_location(image.source, image.archived_path), image.laterality,
+        image.spacing_mm, runtime.classifier.input_size, runtime.settings.max_image_pixels,
+        image.identity))
 
 
 def _run_group(group: list[ClaimedImage], runtime: WorkerRuntime, result: ChunkResult) -> _Outcome:
@@ -234,10 +236,19 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             rows = [r for r in outcome.rows if int(str(r["image_id"])) in kept]
             upsert(session, Prediction, rows, conflict=("image_id", "model_version_id"),
                    update=_PREDICTION_UPDATE)
+            # A re-score (`mammo rescore`) that finds the file gone keeps the image's earlier
+            # result rather than failing an image that was read and scored.
+            gone = _scored_before(session, [i for i, code, _ in outcome.failures
+                                            if code is ErrorCode.MISSING_FILE])
+            kept_earlier = lifecycle.mark_done(session, gone, token=token)
             failed = [image_id for image_id, code, message in outcome.failures
-                      if lifecycle.mark_failed(session, image_id, code, message, token=token)]
+                      if image_id not in gone
+                      and lifecycle.mark_failed(session, image_id, code, message, token=token)]
             session.commit()
-        touched = sorted(kept) + failed
+        if kept_earlier:
+            log.warning("%d image(s) could not be scored again: the file is no longer at its "
+                        "path; their earlier prediction stands", len(kept_earlier))
+        touched = sorted(kept) + kept_earlier + failed
         with runtime.sessions() as session:  # after that commit: see finish_batches
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
@@ -254,6 +265,14 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
     # After the commits: notifications never hold or undo results (and never raise).
     runtime.notifier.exams_changed(changed)
     runtime.notifier.batches_finished(finished)
+
+
+def _scored_before(session: Session, image_ids: list[int]) -> list[int]:
+    """Those of ``image_ids`` that already have a prediction (of any model version)."""
+    if not image_ids:
+        return []
+    return sorted(set(session.execute(select(Prediction.image_id).where(
+        Prediction.image_id.in_(image_ids))).scalars()))
 
 
 def _refund(runtime: WorkerRuntime, image_ids: list[int], token: str) -> None:

@@ -32,6 +32,7 @@ class ClaimedImage:
     spacing_row_mm: float | None = None
     spacing_column_mm: float | None = None
     identity: str | None = None  # as registered: the file at ``source`` must still have it
+    archived_path: str | None = None  # where the watcher moved it, once done (a re-score)
 
     @property
     def spacing_mm(self) -> tuple[float, float] | None:
@@ -66,7 +67,8 @@ def claim(
             claim_token=token, claimed_at=now,
         )
         .returning(Image.id, Image.batch_id, Image.source, Image.attempts, Image.laterality,
-                   Image.view, Image.spacing_row_mm, Image.spacing_column_mm, Image.identity)
+                   Image.view, Image.spacing_row_mm, Image.spacing_column_mm, Image.identity,
+                   Image.archived_path)
     )
     rows = session.execute(stmt, execution_options={"synchronize_session": False}).all()
     session.commit()

@@ -28,4 +28,13 @@ def file_has_identity(path: Path, identity: str) -> bool:
     return True  # "path:" identities (unreadable at registration): nothing to compare by
 
 
-__all__ = ["file_has_identity"]
+def current_location(source: str, archived_path: str | None) -> str:
+    """Where a registered file is now: the watcher's processed/ or failed/ copy when it moved
+    it there (the path it came in under may hold a newer file of the same name), else the
+    path it was submitted from. Either is then checked against the stored identity."""
+    if archived_path and Path(archived_path).exists():
+        return archived_path
+    return source
+
+
+__all__ = ["current_location", "file_has_identity"]

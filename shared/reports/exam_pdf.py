@@ -9,6 +9,7 @@ from typing import Any
 from reportlab.lib.units import mm
 from reportlab.platypus import Flowable, KeepTogether, Spacer, Table, TableStyle
 
+from shared.imaging.identity import current_location
 from shared.imaging.model_input import ModelInputSource
 from shared.reports.exam_data import ExamReport, ViewResult
 from shared.reports.pdf_parts import (
@@ -25,7 +26,7 @@ from shared.reports.pdf_parts import (
     png_image,
     table,
 )
-from shared.reports.view_images import current_location, thumbnail
+from shared.reports.view_images import thumbnail
 from shared.synthetic import SYNTHETIC_LABEL
 
 _CELL = PAGE_WIDTH / 2 - 4 * mm

@@ -34,15 +34,6 @@ REPLACED = "the file at its path is no longer the image that was scored"
 GONE = "the file is no longer at its path (moved or deleted)"
 
 
-def current_location(source: str, archived_path: str | None) -> str:
-    """Where the scored file is now: the watcher's processed/ or failed/ copy when it moved
-    it there (the path it came in under may hold a newer file of the same name), else
-    the path it was submitted from. Either is checked against the stored identity."""
-    if archived_path and Path(archived_path).exists():
-        return archived_path
-    return source
-
-
 @dataclass(frozen=True)
 class Thumbnail:
     png: bytes

@@ -8,14 +8,13 @@ import numpy as np
 
 from models.architecture import STRIDE
 from models.heatmaps import encode_png
-from shared.imaging.identity import file_has_identity
+from shared.imaging.identity import current_location, file_has_identity
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.readers import read_header
 from shared.reports.view_images import (
     GONE,
     REPLACED,
     UNREADABLE,
-    current_location,
     heatmap_in_frame,
     model_frame,
     overlay,

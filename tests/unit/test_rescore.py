@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, update
 
 from producer.cli.exit_codes import ExitCode
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
@@ -100,3 +100,42 @@ def test_rescore_sends_the_images_to_the_workers_through_redis(
     engine.dispose()
     client = redis.Redis.from_url(redis_url)
     assert sum(client.llen(k) for k in client.keys(f"{QUEUE_NAME}*")) == 2
+
+
+def test_rescore_reads_a_moved_file_and_keeps_the_result_of_one_that_is_gone(
+        tmp_path: Path, tiny_model_dir: Path, second_model: Path,
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `mammo watch --after move` the files live in processed/; once deleted, the
+    images must keep their earlier result, not turn `failed` (the worklist lost the exam)."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_exam_set(tmp_path / "in", n_exams=1, seed=15)
+
+    def mammo(args: list[str], model: Path) -> tuple[int, str]:
+        return invoke_cli(args, monkeypatch, tmp_path, database_url=url, model=str(model),
+                          patient_id_key=KEY, report_dir=str(tmp_path / "reports"))
+
+    assert mammo(["run", str(tmp_path / "in")], tiny_model_dir)[0] == ExitCode.OK
+    engine = create_engine(url)
+    processed = tmp_path / "in" / "processed"
+    processed.mkdir()
+    with engine.begin() as conn:  # what the watcher's move does
+        for image_id, source in conn.execute(select(Image.id, Image.source)).all():
+            moved = processed / Path(source).name
+            Path(source).rename(moved)
+            conn.execute(update(Image).where(Image.id == image_id)
+                         .values(archived_path=str(moved)))
+    code, out = mammo(["rescore", "--batch", "1"], second_model)
+    assert code == ExitCode.OK and "processed 4 re-scored image(s)" in out, out
+    assert len(_scored(url)) == 8
+
+    for moved in processed.iterdir():
+        moved.unlink()
+    third = build_tiny_model(tmp_path_factory.mktemp("third"), seed=9)
+    code, out = mammo(["rescore", "--batch", "1"], third)
+    assert code == ExitCode.OK, out
+    with engine.connect() as conn:
+        states = conn.execute(select(Image.state).distinct()).scalars().all()
+    engine.dispose()
+    assert states == ["done"] and len(_scored(url)) == 8  # the second model's result stands
+    code, out = mammo(["worklist", "--format", "json"], third)
+    assert json.loads(out)[0]["suspicion"] is not None
