@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     """Configuration for every process. Frozen: derive variants with ``model_copy(update=...)``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        # utf-8-sig: Windows Notepad starts a UTF-8 file with a byte-order mark, which read
+        # as plain UTF-8 glues itself to the first name and silently drops that setting.
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8-sig", extra="ignore",
         frozen=True,
     )
 
@@ -329,7 +331,7 @@ def _env_file_names(path: Path) -> list[str]:
     if not os.path.lexists(path):
         return []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigurationError(f"Settings file {path} is not UTF-8 text: save it as "
                                  "UTF-8, or remove it") from None

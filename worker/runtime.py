@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.activation import model_for, register
@@ -117,13 +118,16 @@ class WorkerRuntime:
         from models.activation import active_version
 
         spec = self.model_spec
-        with self.sessions() as session:
-            active = active_version(session)
-            if active is None or active.sha256 == spec.sha256:
-                return None
-            return (f"MAMMO_MODEL makes this worker run {spec.name} {spec.version}, while the "
-                    f"activated model is {active.name} {active.version}: exams whose views "
-                    "reach workers of both get scores of two models (and are flagged so)")
+        try:
+            with self.sessions() as session:
+                active = active_version(session)
+        except SQLAlchemyError:  # advice only: not reachable or not migrated yet
+            return None
+        if active is None or active.sha256 == spec.sha256:
+            return None
+        return (f"MAMMO_MODEL makes this worker run {spec.name} {spec.version}, while the "
+                f"activated model is {active.name} {active.version}: exams whose views "
+                "reach workers of both get scores of two models (and are flagged so)")
 
     @property
     def shown_database(self) -> str:

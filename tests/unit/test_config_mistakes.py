@@ -74,6 +74,21 @@ def test_an_env_file_that_cannot_be_parsed_is_named_with_its_line(
     assert not (tmp_path / "mammo.db").exists()
 
 
+def test_an_env_file_saved_with_a_byte_order_mark_is_read_whole(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Windows Notepad's UTF-8: the mark glued itself to the first name, whose setting was
+    # dropped, and the command ran on a fresh ./mammo.db.
+    wanted = tmp_path / "wanted.db"
+    (tmp_path / ".env").write_bytes(
+        b"\xef\xbb\xbfMAMMO_DATABASE_URL=sqlite:///" + str(wanted).encode() + b"\n")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path)
+    assert code == ExitCode.OK, out
+    assert wanted.exists() and not (tmp_path / "mammo.db").exists()
+    (tmp_path / ".env").write_bytes(b"\xef\xbb\xbfMAMMO_DATABSE_URL=sqlite:///x.db\n")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path)
+    assert code == ExitCode.CONFIG and "MAMMO_DATABSE_URL" in out, out
+
+
 def test_an_env_path_that_is_not_a_file_is_a_configuration_error(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / ".env").mkdir()
