@@ -292,18 +292,20 @@ def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any
     `mammo models activate` a running worker keeps its model until it restarts, and this is
     where an operator sees which workers still run the old one."""
     since = utcnow() - timedelta(seconds=within_s)
-    stmt = (select(Prediction.worker, ModelVersion.name, ModelVersion.version, func.count(),
-                   func.max(Prediction.created_at))
+    stmt = (select(Prediction.worker, ModelVersion.name, ModelVersion.version,
+                   ModelVersion.sha256, func.count(), func.max(Prediction.created_at))
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Prediction.created_at >= since)
-            .group_by(Prediction.worker, ModelVersion.name, ModelVersion.version)
+            .group_by(Prediction.worker, ModelVersion.name, ModelVersion.version,
+                      ModelVersion.sha256)
             .order_by(Prediction.worker, ModelVersion.name, ModelVersion.version))
     seen: dict[str | None, dict[str, Any]] = {}
-    for worker, name, version, n, last in session.execute(stmt):
+    for worker, name, version, sha256, n, last in session.execute(stmt):
         row = seen.setdefault(worker, {"worker": worker, "predictions": 0, "models": [],
-                                       "last_seen": None})
+                                       "sha256": set(), "last_seen": None})
         row["predictions"] += n
         row["models"].append(f"{name}:{version}")
+        row["sha256"].add(sha256)
         row["last_seen"] = max(filter(None, (row["last_seen"], as_utc(last))), default=None)
     return list(seen.values())
 

@@ -4,6 +4,7 @@ queue from what the database says."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from shared.notify import Notifier
 from shared.queries import require_batch
 from shared.queue import broker_uptime_s
 from shared.recovery import find_stuck, follow_up, lost_message_age_s, requeue, sweep
+
+if TYPE_CHECKING:
+    from models.registry import ModelSpec
 
 # A queued image this old is presumed to have lost its message (a busy night's queue is
 # shorter: MAMMO_REQUEUE_AFTER_S, the workers' own wait, is 600 s).
@@ -143,11 +147,12 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
             require_batch(session, batch_id)
         ids = not_scored_by(session, spec.sha256, flt)
     click.echo(f"{len(ids)} done image(s) not scored by {spec.name} {spec.version}"
-               f"{' (dry run)' if dry_run or not ids else ''}")
+               f"{' (dry run)' if dry_run else ''}")
     if dry_run or not ids:
         return
     if not cli.settings.is_embedded:
         require_broker(cli, "rescore")
+        _warn_of_other_models(cli, spec)
     with cli.sessions() as session:
         ids = lifecycle.reopen(session, ids)
         session.commit()
@@ -156,6 +161,20 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     else:
         sent = requeue(cli.sessions, cli.celery, cli.settings, ids)
         click.echo(f"re-queued {len(ids)} image(s) in {sent} message(s) for the workers")
+
+
+def _warn_of_other_models(cli: CliContext, spec: ModelSpec) -> None:
+    """Workers keep the model they started with: re-queued images reaching one still on
+    the old model are scored by it again, and the re-score does nothing."""
+    from shared.queries import workers_seen
+
+    with cli.sessions() as session:
+        stale = [w for w in workers_seen(session) if spec.sha256 not in w["sha256"]]
+    if stale:
+        names = ", ".join(f"{w['worker']} ({' + '.join(w['models'])})" for w in stale)
+        click.secho(f"warning: workers seen in the last 10 minutes scored with another model: "
+                    f"{names}. Restart them so they load {spec.name} {spec.version}, or these "
+                    "images are scored again by the old model.", err=True, fg="yellow")
 
 
 COMMANDS = (db_group, recover_command, rescore_command)

@@ -72,6 +72,7 @@ def test_rescore_adds_the_new_models_prediction_and_recomputes_the_exam(
     assert states == [("done", 4)]
     code, out = mammo(["rescore", "--batch", "1"], second_model)  # nothing left to do
     assert code == ExitCode.OK and "0 done image(s)" in out and len(_scored(url)) == 8
+    assert "dry run" not in out
 
 
 def test_rescore_sends_the_images_to_the_workers_through_redis(
@@ -95,6 +96,8 @@ def test_rescore_sends_the_images_to_the_workers_through_redis(
                            database_url=url, model=str(second_model), broker_url=redis_url,
                            patient_id_key=KEY, chunk_size="2")
     assert code == ExitCode.OK and "re-queued 4 image(s) in 2 message(s)" in out, out
+    # The embedded worker that scored them a moment ago ran the first model.
+    assert "warning: workers seen in the last 10 minutes scored with another model" in out
     with engine.connect() as conn:
         assert conn.execute(select(Image.state).distinct()).scalars().all() == ["queued"]
     engine.dispose()
