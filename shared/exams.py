@@ -52,7 +52,7 @@ _BLOCK = 400  # studies per query: stays under SQLite's bound-parameter limit
 __all__ = [
     "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "in_blocks",
     "read_against_other_breast", "refresh_due_exams", "refresh_exam_results",
-    "studies_awaiting_result", "studies_of_images", "summarise",
+    "studies_awaiting_result", "studies_of_images", "summarise", "view_flags_text",
 ]
 
 
@@ -116,6 +116,11 @@ class ExamChange:
     version: int
     status: str
     superseded: int | None  # the version it replaced
+
+
+def view_flags_text(view_flags: str | None) -> str:
+    """Stored view flags as a reader reads them: "magnification, spot compression"."""
+    return (view_flags or "").replace(",", ", ").replace("_", " ")
 
 
 def read_against_other_breast(images: Sequence[ExamImage]) -> list[ExamImage]:
@@ -205,9 +210,9 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     if len(models) > 1:  # e.g. a model activated between the exam's two batches
         flags.append(f"views scored by {len(models)} different model versions (see each "
                      "view's model): not read against each other")
-    flags += [f"{i.view_key or 'unplaced view'} is a supplementary view "
-              f"({(i.view_flags or '').replace(',', ', ').replace('_', ' ')}): counted in the "
-              "exam score, not as a screening view" for i in images if i.scored and i.view_flags]
+    flags += [f"{i.view_key or 'unplaced view'} (image {i.image_id}) is a supplementary view "
+              f"({view_flags_text(i.view_flags)}): counted in the exam score, not as a "
+              "screening view" for i in images if i.scored and i.view_flags]
     per_breast = {side: b for side in ("L", "R")
                   if (b := _breast([i for i in images if i.laterality == side])) is not None}
     worst = _worst(images)

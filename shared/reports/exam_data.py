@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from models.registry import METADATA_FILE
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.errors import ReportTargetNotFoundError
-from shared.exams import STANDARD_VIEWS
+from shared.exams import STANDARD_VIEWS, view_flags_text
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
 
@@ -49,12 +49,19 @@ class ViewResult:
     heatmap_png: bytes | None = None
     model: ModelInfo | None = None
     archived_path: str | None = None  # where the watcher moved the file, if it did
+    view_flags: str | None = None  # "magnification,spot_compression": a supplementary view
 
     @property
     def view_key(self) -> str:
         if self.laterality and self.view:
             return f"{self.laterality}-{self.view}"
         return f"{self.laterality or '?'}-{self.view or '?'}"
+
+    @property
+    def title(self) -> str:
+        """The view as a reader names it: a spot view is not the plain L-CC beside it."""
+        flags = view_flags_text(self.view_flags)
+        return f"{self.view_key} ({flags})" if flags else self.view_key
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,8 @@ def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> Vie
                if image.spacing_row_mm and image.spacing_column_mm else None)
     base: dict[str, Any] = {
         "image_id": image.id, "source": image.source, "identity": image.identity,
-        "archived_path": image.archived_path, "laterality": image.laterality,
+        "archived_path": image.archived_path, "view_flags": image.view_flags,
+        "laterality": image.laterality,
         "view": image.view, "state": image.state, "error_code": image.error_code,
         "error_message": image.error_message, "spacing_mm": spacing,
         "submitted_at": as_utc(image.created_at), "finished_at": as_utc(image.finished_at),

@@ -91,7 +91,7 @@ def _flags(report: ExamReport) -> list[Flowable]:
 
 
 def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
-    cell: list[Flowable] = [para(f"{view.view_key}  (image {view.image_id})", VIEW_TITLE)]
+    cell: list[Flowable] = [para(f"{view.title}  (image {view.image_id})", VIEW_TITLE)]
     if view.state != "done" or view.model is None or view.probabilities is None:
         reason = f"{view.error_code}: {view.error_message}" if view.error_code else "no result yet"
         return [*cell, para(f"{view.state}: {reason}")]

@@ -32,7 +32,9 @@ def exam_json(report: ExamReport) -> dict[str, Any]:
         # SQLite hands created_at back naive; it is UTC, like every stored time.
         "exam": ({k: getattr(result, k) for k in _RESULT_FIELDS}
                  | {"created_at": as_utc(result.created_at)}) if result else None,
-        "views": [{k: v for k, v in asdict(view).items() if k not in ("heatmap_png", "source")}
+        # File paths stay out, as in every export: scanners put patient names in them.
+        "views": [{k: v for k, v in asdict(view).items()
+                   if k not in ("heatmap_png", "source", "archived_path")}
                   | {"view_key": view.view_key, "heatmap": view.heatmap_png is not None}
                   for view in report.views],
         "models": [asdict(m) for m in report.models],

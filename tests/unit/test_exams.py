@@ -104,8 +104,8 @@ def test_a_supplementary_view_is_scored_but_neither_completes_the_exam_nor_hides
     late = summarise([spot, *others], timeout_s=100, now=T0 + timedelta(seconds=101))
     assert late is not None and late.status == "incomplete" and late.missing_views == ["L-CC"]
     assert late.suspicion == 8 and "L-CC" not in late.views
-    assert ("L-CC is a supplementary view (magnification, spot compression): counted in the "
-            "exam score, not as a screening view") in late.flags
+    assert ("L-CC (image 1) is a supplementary view (magnification, spot compression): counted "
+            "in the exam score, not as a screening view") in late.flags
     assert late.per_breast["L"]["views"] == ["L-MLO"] and late.per_breast["L"]["suspicion"] == 8
 
     # Beside the four screening views it adds a flag, not a fifth view or a changed status.
@@ -273,7 +273,7 @@ def test_the_stored_exam_result_knows_a_supplementary_view_from_the_database(
                                         now=T0 + timedelta(seconds=601))
         result = session.execute(select(ExamResult)).scalar_one()
     assert change.status == "incomplete" and result.missing_views == ["R-MLO"]
-    assert any(f.startswith("R-MLO is a supplementary view (stereotactic)")
+    assert any(f.startswith("R-MLO (image 4) is a supplementary view (stereotactic)")
                for f in result.flags)
 
 

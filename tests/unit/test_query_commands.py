@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -383,3 +385,44 @@ def test_status_shows_claims_a_dead_worker_left_before_their_lease_ends(
     assert (health["stale_claims"], health["unrenewed_claims"]) == (0, 2)
     resent = datetime.fromisoformat(health["unrenewed_resent_from"])
     assert abs((resent - (claimed + timedelta(seconds=120))).total_seconds()) < 1
+
+
+def _spot_view(url: str) -> int:
+    """Study 1.2.3.1's first image made a spot-compression view the watcher moved."""
+    engine = _engine(url)
+    with engine.begin() as conn:
+        image_id = conn.execute(select(Image.id).join(Study, Study.id == Image.study_id)
+                                .where(Study.study_uid == "1.2.3.1")
+                                .order_by(Image.id)).scalars().first()
+        conn.execute(update(Image).where(Image.id == image_id).values(
+            view_flags="spot_compression", archived_path="/in/processed/Doe_Jane_LCC.dcm"))
+    engine.dispose()
+    assert image_id is not None
+    return int(image_id)
+
+
+def test_the_exam_json_tells_a_spot_view_and_keeps_file_paths_out(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    spot = _spot_view(seeded)
+    written = tmp_path / "exam.json"
+    code, out = _mammo(["report", "exam", "1.2.3.1", "--format", "json", "-o", str(written)],
+                       monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    text = written.read_text(encoding="utf-8")
+    views = {v["image_id"]: v for v in json.loads(text)["views"]}
+    assert views[spot]["view_flags"] == "spot_compression"
+    assert "Doe_Jane" not in text and "archived_path" not in text
+
+
+@pytest.mark.skipif(not shutil.which("pdftotext"),
+                    reason="poppler-utils (pdftotext) is not installed")
+def test_the_exam_pdf_titles_a_spot_view_as_such(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    spot = _spot_view(seeded)
+    written = tmp_path / "exam.pdf"
+    code, out = _mammo(["report", "exam", "1.2.3.1", "--format", "pdf", "-o", str(written)],
+                       monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    text = subprocess.run(["pdftotext", str(written), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert f"(spot compression) (image {spot})" in " ".join(text.split()), text
