@@ -129,7 +129,9 @@ def _views(report: ExamReport, max_pixels: int) -> Table:
 def _models(report: ExamReport) -> Table:
     return table(("model", "version", "sha256", "preprocessing"),
                  [(m.name, m.version, m.sha256, m.preprocessing_version) for m in report.models],
-                 widths=(25 * mm, 20 * mm, 110 * mm, 25 * mm))
+                 # 64 hex digits at 7.5 pt take up to 108 mm plus the cell's padding: at 110
+                 # mm a digit-heavy hash wrapped its last character onto a second line.
+                 widths=(24 * mm, 14 * mm, 118 * mm, 24 * mm))
 
 
 def _timestamps(report: ExamReport) -> Table:

@@ -426,3 +426,5 @@ def test_the_exam_pdf_titles_a_spot_view_as_such(
     text = subprocess.run(["pdftotext", str(written), "-"], capture_output=True, text=True,
                           check=True).stdout
     assert f"(spot compression) (image {spot})" in " ".join(text.split()), text
+    # The seeded hashes are all digits, the widest a sha256 can print: still on one line.
+    assert f"{0:064d}" in text.split() or f"{1:064d}" in text.split(), text
