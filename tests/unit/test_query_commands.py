@@ -401,14 +401,19 @@ def _spot_view(url: str) -> int:
     return int(image_id)
 
 
+def _exam_report(fmt: str, seeded: str, monkeypatch: pytest.MonkeyPatch,
+                 tmp_path: Path) -> Path:
+    written = tmp_path / f"exam.{fmt}"
+    code, out = _mammo(["report", "exam", "1.2.3.1", "--format", fmt, "-o", str(written)],
+                       monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    return written
+
+
 def test_the_exam_json_tells_a_spot_view_and_keeps_file_paths_out(
         seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     spot = _spot_view(seeded)
-    written = tmp_path / "exam.json"
-    code, out = _mammo(["report", "exam", "1.2.3.1", "--format", "json", "-o", str(written)],
-                       monkeypatch, tmp_path, seeded)
-    assert code == ExitCode.OK, out
-    text = written.read_text(encoding="utf-8")
+    text = _exam_report("json", seeded, monkeypatch, tmp_path).read_text(encoding="utf-8")
     views = {v["image_id"]: v for v in json.loads(text)["views"]}
     assert views[spot]["view_flags"] == "spot_compression"
     assert "Doe_Jane" not in text and "archived_path" not in text
@@ -419,10 +424,7 @@ def test_the_exam_json_tells_a_spot_view_and_keeps_file_paths_out(
 def test_the_exam_pdf_titles_a_spot_view_as_such(
         seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     spot = _spot_view(seeded)
-    written = tmp_path / "exam.pdf"
-    code, out = _mammo(["report", "exam", "1.2.3.1", "--format", "pdf", "-o", str(written)],
-                       monkeypatch, tmp_path, seeded)
-    assert code == ExitCode.OK, out
+    written = _exam_report("pdf", seeded, monkeypatch, tmp_path)
     text = subprocess.run(["pdftotext", str(written), "-"], capture_output=True, text=True,
                           check=True).stdout
     assert f"(spot compression) (image {spot})" in " ".join(text.split()), text

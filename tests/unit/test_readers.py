@@ -415,11 +415,15 @@ def test_jpeg_and_tiff(tmp_path: Path, pixels: np.ndarray) -> None:
     np.testing.assert_array_equal(decoded_tiff.pixels, pixels)
 
 
-def test_tiff_with_a_preview_page_reads_the_full_size_image(tmp_path: Path,
-                                                              pixels: np.ndarray) -> None:
+@pytest.mark.parametrize("preview_first", [False, True])
+def test_tiff_with_a_preview_page_reads_the_full_size_image(
+        tmp_path: Path, pixels: np.ndarray, preview_first: bool) -> None:
+    # Scanners also write the thumbnail as page 1; refusing that said "page 2 is ... like
+    # the first", of a first page four times smaller.
     path = tmp_path / "x.tif"
     preview = cv2.resize(pixels, (pixels.shape[1] // 4, pixels.shape[0] // 4))
-    assert cv2.imwritemulti(str(path), [pixels, preview])
+    pages = [preview, pixels] if preview_first else [pixels, preview]
+    assert cv2.imwritemulti(str(path), pages)
     decoded = decode(path, max_pixels=BIG)
     np.testing.assert_array_equal(decoded.pixels, pixels)
     assert decoded.notes["pages"] == "1 reduced-resolution TIFF page(s) ignored"
@@ -434,18 +438,6 @@ def test_tiff_holding_several_images_is_refused_not_truncated_to_one(
     with pytest.raises(NotAMammogramError, match="page 3 of 3 is 96 x 128 px") as refused:
         decode(path, max_pixels=BIG)
     assert refused.value.code == ErrorCode.NOT_MAMMOGRAPHY
-
-
-def test_tiff_with_a_thumbnail_first_reads_the_full_size_page(tmp_path: Path,
-                                                             pixels: np.ndarray) -> None:
-    # Scanners write the thumbnail as page 1; refusing it said "page 2 is ... like the
-    # first", of a first page four times smaller.
-    path = tmp_path / "x.tif"
-    preview = cv2.resize(pixels, (pixels.shape[1] // 4, pixels.shape[0] // 4))
-    assert cv2.imwritemulti(str(path), [preview, pixels])
-    decoded = decode(path, max_pixels=BIG)
-    np.testing.assert_array_equal(decoded.pixels, pixels)
-    assert decoded.notes["pages"] == "1 reduced-resolution TIFF page(s) ignored"
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
