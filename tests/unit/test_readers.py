@@ -440,6 +440,16 @@ def test_tiff_holding_several_images_is_refused_not_truncated_to_one(
     assert refused.value.code == ErrorCode.NOT_MAMMOGRAPHY
 
 
+def _min_is_white_tiff(path: Path, stored: np.ndarray) -> Path:
+    """``stored`` as an uncompressed TIFF whose PhotometricInterpretation says MinIsWhite
+    (OpenCV writes MinIsBlack; the tag is patched in place)."""
+    assert cv2.imwrite(str(path), stored, [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    data = bytearray(path.read_bytes())
+    _set_tag(data, _tiff_directories(bytes(data))[0], 262, 0)
+    path.write_bytes(bytes(data))
+    return path
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 def test_min_is_white_tiff_is_inverted_exactly_once(tmp_path: Path, pixels: np.ndarray,
                                                     dtype: type[np.number]) -> None:
@@ -447,11 +457,7 @@ def test_min_is_white_tiff_is_inverted_exactly_once(tmp_path: Path, pixels: np.n
     # float ones, which were scored as negatives.
     top = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[dtype]
     stored = (pixels.astype(np.float64) / 4095 * top).astype(dtype)
-    path = tmp_path / "white_is_zero.tif"
-    assert cv2.imwrite(str(path), stored, [cv2.IMWRITE_TIFF_COMPRESSION, 1])
-    data = bytearray(path.read_bytes())
-    _set_tag(data, _tiff_directories(bytes(data))[0], 262, 0)
-    path.write_bytes(bytes(data))
+    path = _min_is_white_tiff(tmp_path / "white_is_zero.tif", stored)
     unit = to_unit_range(decode(path, max_pixels=BIG))
     np.testing.assert_allclose(unit, 1 - stored.astype(np.float64) / top, atol=1e-6)
 
@@ -498,11 +504,7 @@ def test_nan_pixels_of_a_min_is_white_tiff_are_dark_as_displayed(
     # the breast looked like calcifications).
     stored = (1 - pixels.astype(np.float32) / 4095).astype(np.float32)
     stored[:, :20] = np.nan
-    path = tmp_path / "white_is_zero_nan.tif"
-    assert cv2.imwrite(str(path), stored, [cv2.IMWRITE_TIFF_COMPRESSION, 1])
-    data = bytearray(path.read_bytes())
-    _set_tag(data, _tiff_directories(bytes(data))[0], 262, 0)
-    path.write_bytes(bytes(data))
+    path = _min_is_white_tiff(tmp_path / "white_is_zero_nan.tif", stored)
     unit = to_unit_range(decode(path, max_pixels=BIG))
     assert float(unit[:, :20].max()) == 0.0
     assert float(unit[:, 20:].max()) > 0.5
