@@ -4,8 +4,9 @@ local contrast, fine-tuned with image labels only ("image-labels", 1.4.0's recip
 the fine-tuning ("scratch", 1.2.0's recipe), 1.5.0's recipe (20 epochs of contrastive
 pretraining, no fine-tuning: "pretrained"), with the patch weights averaged from epoch 16
 ("averaged"), with 5 normal patches per lesion patch and 8 hard negatives mined per image
-("negatives") or with two convolutions per pooled stage of the trunk ("deep"); one trunk
-per fold or a seed ensemble.
+("negatives"), with two or three convolutions per pooled stage of the trunk ("deep",
+"deeper") or with 7/6 times the trunk's channels ("wide"); one trunk per fold or a seed
+ensemble.
 
     python -m tests.benchmarks.model_variants [--data ../shared/data/mini-mias]
         [--variants plain,scratch,pretrained] [--seeds 20261125,20261225]
@@ -49,7 +50,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "averaged": {"average_from": 16},
     "negatives": {"negatives_ratio": 5.0, "hard_negatives": 8},
     "image-labels": {"finetune_location_weight": 0.0}, "deep": {"stage_convs": 2},
-    "deeper": {"stage_convs": 3}}
+    "deeper": {"stage_convs": 3},
+    # 7/6 of WIDTHS: 1.36 times the weights and multiply-adds, the widest trunk whose five
+    # folds stay under the 25 MB model budget (19.6 MB of float32 weights).
+    "wide": {"widths": (28, 56, 112, 168, 224)}}
 DEFAULTS = TrainConfig()
 
 
