@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
@@ -235,41 +235,73 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
     remaining = status.remaining
     # While images remain the batch's life runs up to now; once none remain, it ended at
     # its last finish, and the pace it kept then stays what status shows.
-    rate = _rate(session, batch, window_s, until=(now or utcnow()) if remaining else None)
+    rate = scoring_rate(session, batch.id, window_s=window_s,
+                        until=(now or utcnow()) if remaining else None)
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
     return replace(status, images_per_minute=rate, eta_seconds=eta)
 
 
-def _members(batch_id: int) -> ColumnElement[bool]:
-    """An image of the batch, or the original of a file the batch sent again."""
-    return or_(Image.batch_id == batch_id, Image.id.in_(
-        select(DuplicateSubmission.image_id).where(DuplicateSubmission.batch_id == batch_id)))
+@dataclass(frozen=True)
+class ScoringWork:
+    """The images a batch scored itself, as its workers stamped them: each of its own images'
+    first prediction. ``started``: when the first of them began (its prediction time less
+    its decode, preprocess and forward-pass time); ``last``: the last prediction's time."""
+
+    started: datetime | None
+    last: datetime | None
 
 
-def _rate(session: Session, batch: Batch, window_s: int, *,
-          until: datetime | None) -> float | None:
-    """Images (the batch's own and its copies' originals) finished per minute over the last
-    ``window_s`` seconds of the batch's work, which ends at ``until``, or (None) at its last
-    finished image. None when that span is empty (nothing finished yet, or created just
-    now).
+def _first_predictions(batch_id: int) -> Any:
+    """Each of the batch's own images' first prediction (by id): the batch's own work.
 
-    The work starts at the first claim, not at the batch's creation: a batch queued behind
-    others waited, and counting the wait as slow processing overstated its ETA.
+    Copies of earlier images are not its work (their originals were scored by another
+    batch), a file refused at intake was never scored, and a later ``mammo rescore`` adds a
+    newer prediction and rewrites the image's claim and finish times, but leaves this one
+    as it was: so the batch's pace is the pace it kept, whatever happened after."""
+    return (select(func.min(Prediction.id).label("pid"))
+            .join(Image, Image.id == Prediction.image_id)
+            .where(Image.batch_id == batch_id).group_by(Prediction.image_id))
+
+
+def scoring_work(session: Session, batch_id: int) -> ScoringWork:
+    first = (select(Prediction.created_at,
+                    Prediction.decode_ms + Prediction.preprocess_ms
+                    + Prediction.infer_ms * Prediction.forward_pass_size)
+             .where(Prediction.id.in_(_first_predictions(batch_id)))
+             .order_by(Prediction.created_at, Prediction.id).limit(1))
+    found = session.execute(first).first()
+    if found is None:
+        return ScoringWork(None, None)
+    last = session.execute(select(func.max(Prediction.created_at)).where(
+        Prediction.id.in_(_first_predictions(batch_id)))).scalar_one()
+    first_at = as_utc(found[0])
+    started = None if first_at is None else first_at - timedelta(milliseconds=found[1] or 0)
+    return ScoringWork(started, as_utc(last))
+
+
+def scoring_rate(session: Session, batch_id: int, *, window_s: int | None = None,
+                 until: datetime | None = None) -> float | None:
+    """Images the batch scored itself, per minute of that work: from its first image's start
+    to ``until`` (default: its last scored image), or over the last ``window_s`` seconds of
+    that span. None when it scored nothing (all copies, all refused at intake, nothing
+    done yet) or the span is empty.
+
+    The span starts at the work, not at the batch's creation: a batch queued behind others
+    waited, and counting the wait as slow processing overstated its ETA. `mammo status`
+    and the batch summary both show this figure.
     """
-    created = as_utc(batch.created_at)
-    first_claim, last_finish = session.execute(
-        select(func.min(Image.claimed_at), func.max(Image.finished_at))
-        .where(_members(batch.id))).one()
-    end = until or as_utc(last_finish)
-    if end is None or created is None:
+    work = scoring_work(session, batch_id)
+    end = until or work.last
+    if work.started is None or end is None:
         return None
-    since = max(end - timedelta(seconds=window_s), as_utc(first_claim) or created)
+    since = work.started if window_s is None else max(end - timedelta(seconds=window_s),
+                                                       work.started)
     span = (end - since).total_seconds()
     if span <= 0:
         return None
     done = session.execute(select(func.count()).where(
-        _members(batch.id), Image.finished_at >= since,
-        Image.finished_at <= end)).scalar_one()
+        Prediction.id.in_(_first_predictions(batch_id)), Prediction.created_at >= since,
+        Prediction.created_at <= end)).scalar_one()
     return done / span * 60
 
 

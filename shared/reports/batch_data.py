@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.schema import Batch, Image, Prediction
 from shared.enums import ImageState, Label
-from shared.queries import ResultFilter, list_results, require_batch
+from shared.queries import ResultFilter, list_results, require_batch, scoring_rate
 from shared.reports.worklist import WorklistFilter, count_worklist, worklist_rows
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
@@ -87,15 +87,10 @@ def _per_day(session: Session, batch_id: int) -> dict[str, int]:
 
 
 def _images_per_minute(session: Session, batch: Batch) -> float | None:
-    """Finished images over the wall time from the batch's creation to its last finish."""
-    start = as_utc(batch.created_at)
-    count, last = session.execute(
-        select(func.count(Image.finished_at), func.max(Image.finished_at))
-        .where(Image.batch_id == batch.id)).one()
-    last = as_utc(last)
-    if not count or start is None or last is None or last <= start:
-        return None
-    return round(count / (last - start).total_seconds() * 60, 1)
+    """The images the batch scored itself per minute of that work (``scoring_rate``, as
+    `mammo status` shows it)."""
+    rate = scoring_rate(session, batch.id)
+    return None if rate is None else round(rate, 1)
 
 
 def _failures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

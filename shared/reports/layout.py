@@ -37,7 +37,7 @@ def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
         ("model", ", ".join(summary.models) or "none yet"),
         ("created", summary.created_at),
         ("finished", summary.finished_at),
-        ("throughput (images / minute, creation to last finish)", summary.images_per_minute),
+        ("throughput (images it scored / minute of that work)", summary.images_per_minute),
         ("exams with a result", summary.exams),
         ("failed images", len(summary.failures)),
     ]

@@ -18,8 +18,17 @@ from sqlalchemy.orm import Session
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema
-from shared.db.schema import Batch, DuplicateSubmission, Image, Notification, Prediction, Study
+from shared.db.schema import (
+    Batch,
+    DuplicateSubmission,
+    Image,
+    ModelVersion,
+    Notification,
+    Prediction,
+    Study,
+)
 from shared.queries import BATCH_STATUS_KEYS, ResultFilter, batch_status, list_results
+from shared.reports.batch_data import collect_batch_summary
 from shared.reports.exports import DISCLAIMER
 from tests.helpers.cli import invoke_cli
 from tests.helpers.seed_results import seed_results
@@ -210,17 +219,39 @@ def test_every_time_in_the_exam_json_is_iso_8601_utc(
         assert datetime.fromisoformat(text).utcoffset() == timedelta(0)
 
 
+_MODEL = {"id": 1, "name": "default", "version": "1.0.0", "sha256": "0" * 64,
+          "preprocessing_version": "2", "classes": ["normal", "benign", "malignant"],
+          "input_size": [512, 512], "path": "/models/default/1.0.0"}
+_STAGE_S = 2.0  # each seeded prediction's decode + preprocess + forward-pass time
+
+
+def _scored(conn: Any, batch_id: int, finished: list[datetime], *, start: int = 0) -> None:
+    """Images of ``batch_id`` scored at ``finished``, each with its worker's prediction."""
+    ids = conn.execute(insert(Image).returning(Image.id), [
+        {"identity": f"pace-{batch_id}-{start + i}", "batch_id": batch_id,
+         "source": f"/in/{batch_id}/{start + i}.png", "format": "png", "state": "done",
+         "attempts": 1, "created_at": at - timedelta(minutes=1),
+         "claimed_at": at - timedelta(seconds=_STAGE_S), "finished_at": at}
+        for i, at in enumerate(finished)]).scalars().all()
+    conn.execute(insert(Prediction), [
+        {"image_id": image_id, "model_version_id": 1, "preprocessing_version": "2",
+         "label": "normal", "p_normal": 0.9, "p_benign": 0.05, "p_malignant": 0.05,
+         "suspicion": 1, "decode_ms": 1000.0, "preprocess_ms": 500.0, "infer_ms": 500.0,
+         "forward_pass_id": f"fp-{image_id}", "forward_pass_size": 1, "created_at": at}
+        for image_id, at in zip(ids, finished, strict=True)])
+
+
 def _batch_with_pace(url: str, created: datetime) -> None:
-    """Batch 1: 10 images finished 1 to 3 minutes after ``created``, 5 still queued."""
+    """Batch 1: 10 images scored 1 to 3 minutes after ``created``, 5 still queued."""
     engine = _engine(url)
     with engine.begin() as conn:
+        conn.execute(insert(ModelVersion), [_MODEL])
         conn.execute(insert(Batch), [{"id": 1, "name": "night", "created_at": created}])
+        _scored(conn, 1, [created + timedelta(seconds=60 + 12 * i) for i in range(10)])
         conn.execute(insert(Image), [
-            {"identity": f"pace-{i}", "batch_id": 1, "source": f"/in/{i}.png", "format": "png",
-             "state": "done" if i < 10 else "queued", "attempts": 1 if i < 10 else 0,
-             "created_at": created,
-             "finished_at": created + timedelta(seconds=60 + 12 * i) if i < 10 else None}
-            for i in range(15)])
+            {"identity": f"pace-queued-{i}", "batch_id": 1, "source": f"/in/q{i}.png",
+             "format": "png", "state": "queued", "attempts": 0, "created_at": created}
+            for i in range(5)])
     engine.dispose()
 
 
@@ -236,13 +267,14 @@ def test_a_stalled_batch_has_no_pace_and_no_eta(tmp_path: Path,
     assert (row["queued"], row["images_per_minute"], row["eta_s"]) == (5, 0.0, None)
     engine = _engine(url)
     with Session(engine) as session:
-        # While it was working, 3.5 minutes in: 10 images in 3.5 minutes, 5 left.
+        # While it was working, 3.5 minutes in: 10 images since its first image began
+        # (58 s in), 5 left.
         working = batch_status(session, 1, now=created + timedelta(minutes=3.5))
         done_later = batch_status(session, 1, now=created + timedelta(minutes=15))
     engine.dispose()
     assert working is not None and done_later is not None
-    assert working.as_row()["images_per_minute"] == pytest.approx(2.9)
-    assert working.as_row()["eta_s"] == 105
+    assert working.images_per_minute == pytest.approx(10 / 152 * 60)
+    assert working.as_row()["eta_s"] == round(5 / (10 / 152 * 60) * 60)
     assert (done_later.images_per_minute, done_later.eta_seconds) == (0.0, None)
 
 
@@ -250,18 +282,20 @@ def test_time_a_batch_waited_behind_others_is_not_counted_as_slow_work(
         tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'pace.db'}"
     created = datetime.now(UTC) - timedelta(minutes=20)
-    _batch_with_pace(url, created)  # 10 done, 5 queued
     started = created + timedelta(minutes=18)  # it waited 18 minutes for a worker
     engine = _engine(url)
     with engine.begin() as conn:
-        for i in range(1, 11):
-            conn.execute(update(Image).where(Image.identity == f"pace-{i - 1}").values(
-                claimed_at=started, finished_at=started + timedelta(seconds=12 * i)))
+        conn.execute(insert(ModelVersion), [_MODEL])
+        conn.execute(insert(Batch), [{"id": 1, "name": "night", "created_at": created}])
+        _scored(conn, 1, [started + timedelta(seconds=_STAGE_S + 12 * i) for i in range(10)])
+        conn.execute(insert(Image), [
+            {"identity": f"q{i}", "batch_id": 1, "source": f"/in/q{i}.png", "format": "png",
+             "state": "queued", "attempts": 0, "created_at": created} for i in range(5)])
     with Session(engine) as session:
         status = batch_status(session, 1, now=started + timedelta(minutes=2))
     engine.dispose()
-    # 10 images in the 2 minutes since its first claim: 5 a minute, so 60 s for the last 5
-    # (counting from creation's side of the window, 2 a minute and 150 s).
+    # 10 images in the 2 minutes since its first image began: 5 a minute, so 60 s for the
+    # last 5 (counting from creation's side of the window, 2 a minute and 150 s).
     assert status is not None and status.images_per_minute == pytest.approx(5.0)
     assert status.eta_seconds == pytest.approx(60)
 
@@ -277,9 +311,77 @@ def test_a_finished_batch_keeps_the_pace_it_ended_at(tmp_path: Path) -> None:
     with Session(engine) as session:
         status = batch_status(session, 1)
     engine.dispose()
-    # The last 5 minutes of its life (created .. last finish, 4 minutes): 15 images.
+    # From its first image's start (58 s) to its last scored image (168 s): 10 images. The
+    # 5 refused later were never scored: they are no part of its pace.
     assert status is not None and status.eta_seconds == 0.0
-    assert status.images_per_minute == pytest.approx(15 / 4)
+    assert status.images_per_minute == pytest.approx(10 / 110 * 60)
+
+
+def _paces(url: str, batch_id: int, tmp_path: Path) -> tuple[float | None, float | None]:
+    """(`mammo status`'s images/minute, the batch summary's) for a finished batch."""
+    engine = _engine(url)
+    with Session(engine) as session:
+        status = batch_status(session, batch_id)
+        summary = collect_batch_summary(session, batch_id, report_dir=tmp_path)
+    engine.dispose()
+    assert status is not None
+    return status.images_per_minute, summary.images_per_minute
+
+
+def test_a_batch_s_pace_counts_only_what_it_scored_itself_and_survives_a_rescore(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pace.db'}"
+    old = datetime(2026, 11, 1, tzinfo=UTC)
+    later = old + timedelta(days=1)
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(ModelVersion), [_MODEL, {**_MODEL, "id": 2, "version": "1.7.0",
+                                                     "sha256": "7" * 64}])
+        conn.execute(insert(Batch), [{"id": 1, "created_at": old},
+                                     {"id": 2, "created_at": later}])
+        _scored(conn, 1, [old + timedelta(seconds=10)])
+        # Batch 2 scores 2 images in 4 s (2 s each, one after the other) and sends a copy
+        # of batch 1's image, scored a day before.
+        _scored(conn, 2, [later + timedelta(seconds=s) for s in (2, 4)], start=1)
+        conn.execute(insert(DuplicateSubmission), [
+            {"batch_id": 2, "image_id": 1, "source": "/again/copy.png"}])
+    assert _paces(url, 2, tmp_path) == (pytest.approx(30.0), 30.0)
+    # `mammo rescore --batch 2` a week later: its images are scored again by 1.7.0, and
+    # their claim and finish times rewritten.
+    rescored = later + timedelta(days=7)
+    with engine.begin() as conn:
+        conn.execute(update(Image).where(Image.batch_id == 2).values(
+            claimed_at=rescored, finished_at=rescored + timedelta(seconds=1)))
+        first = conn.execute(select(Prediction.__table__).join(
+            Image, Image.id == Prediction.image_id).where(Image.batch_id == 2)).mappings().all()
+        conn.execute(insert(Prediction), [
+            {**{k: v for k, v in row.items() if k != "id"}, "model_version_id": 2,
+             "created_at": rescored + timedelta(seconds=1)} for row in first])
+    engine.dispose()
+    assert _paces(url, 2, tmp_path) == (pytest.approx(30.0), 30.0)
+
+
+@pytest.mark.parametrize("kind", ["refused at intake", "copies only"])
+def test_a_batch_that_scored_nothing_has_no_pace(kind: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pace.db'}"
+    old = datetime(2026, 11, 1, tzinfo=UTC)
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(ModelVersion), [_MODEL])
+        conn.execute(insert(Batch), [{"id": 1, "created_at": old},
+                                     {"id": 2, "created_at": old + timedelta(days=1)}])
+        _scored(conn, 1, [old + timedelta(seconds=s) for s in (10, 12)])
+        if kind == "copies only":
+            conn.execute(insert(DuplicateSubmission), [
+                {"batch_id": 2, "image_id": i, "source": f"/again/{i}.png"} for i in (1, 2)])
+        else:  # intake stamps a refused file finished at once, a millisecond after creation
+            conn.execute(insert(Image), [
+                {"identity": "refused", "batch_id": 2, "source": "/in/bad.png",
+                 "format": "png", "state": "failed", "error_code": "unreadable",
+                 "attempts": 0, "created_at": old + timedelta(days=1),
+                 "finished_at": old + timedelta(days=1, milliseconds=1)}])
+    engine.dispose()
+    assert _paces(url, 2, tmp_path) == (None, None)
 
 
 def test_status_counts_notifications_still_owed(seeded: str, monkeypatch: pytest.MonkeyPatch,
