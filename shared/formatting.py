@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from enum import Enum
@@ -20,6 +21,9 @@ FORMATS = ("table", "csv", "json")
 # A spreadsheet runs a cell that starts with one of these as a formula ("CSV injection",
 # OWASP): a file name or accession number "=HYPERLINK(...)" in an export must stay text.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# C0 and C1 control characters (ESC, BEL, CSI ...) and DEL, but not the newline: a file name
+# or DICOM text printed raw could retitle the terminal, recolour it or rewrite what was shown.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
 def _plain(value: Any) -> Any:
@@ -72,8 +76,13 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     # Cells are data (file names, error messages), never Rich markup: "[red]x.png" must
-    # show as typed.
-    return escape(str(value))
+    # show as typed; and never terminal control: ESC shows as \x1b. (CSV and JSON keep the
+    # data as it is.)
+    return escape(_CONTROL.sub(_visible, str(value)))
+
+
+def _visible(found: re.Match[str]) -> str:
+    return f"\\x{ord(found.group()):02x}"
 
 
 def default_console() -> Console:

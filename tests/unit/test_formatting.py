@@ -72,6 +72,19 @@ def test_table_cells_are_text_not_markup() -> None:
     assert "[bold]x.png" in buffer.getvalue() and "[red]bad.png" in buffer.getvalue()
 
 
+def test_table_cells_show_terminal_control_characters_instead_of_sending_them() -> None:
+    name = "x\x1b]0;PWNED\x07\x1b[31mRED\x9b2J.dcm"
+    buffer = io.StringIO()
+    render([{"file": name}], "table", keys=("file",),
+           console=Console(file=buffer, width=120, force_terminal=False))
+    out = buffer.getvalue()
+    assert not any(c in out for c in "\x1b\x07\x9b"), repr(out)
+    assert "x\\x1b]0;PWNED\\x07\\x1b[31mRED\\x9b2J.dcm" in out
+    buffer = io.StringIO()
+    render([{"file": name}], "csv", keys=("file",), console=Console(file=buffer))
+    assert name in buffer.getvalue()  # the data as it is, for a script
+
+
 FORMULAS = ("=1+2", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "=HYPERLINK(\"http://x\")")
 
 
