@@ -63,7 +63,9 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
             for row in rows:
                 path = exam_pdf_path(settings.report_dir, row["study_uid"])
                 write_exam_report(session, row["study_uid"], path, "pdf", settings)
-                row["report_path"] = str(path.resolve())
+            # Listed again: the rows' report paths and flags ("the exam PDF predates this
+            # result") must describe the PDFs just written, not the ones they replaced.
+            rows = worklist_rows(session, flt, report_dir=settings.report_dir)
     shown = rows if fmt == "json" else [flat_worklist_row(r) for r in rows]
     render(shown, fmt, keys=FLAT_WORKLIST_KEYS, columns=WORKLIST_COLUMNS,
            title="Read first (decision support: suspicion 1-10, not a diagnosis)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -161,6 +162,23 @@ def test_every_report_file_or_its_command_carries_the_statement(
                            monkeypatch, tmp_path, seeded)
         assert code == ExitCode.OK and DISCLAIMER in out, out
         assert DISCLAIMER not in (tmp_path / "x.csv").read_text(encoding="utf-8")
+
+
+def test_write_reports_lists_the_pdfs_it_wrote_as_current(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _mammo(["worklist", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    uid = json.loads(out)[0]["study_uid"]
+    old_pdf = tmp_path / "reports" / "exams" / f"exam-{uid}.pdf"
+    old_pdf.parent.mkdir(parents=True)
+    old_pdf.write_bytes(b"%PDF- an earlier result's report")
+    os.utime(old_pdf, (0, 0))
+    code, out = _mammo(["worklist", "--write-reports", "--format", "json"], monkeypatch,
+                       tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    rows = json.loads(out)
+    assert all(r["report_path"] for r in rows)
+    assert not [f for r in rows for f in r["flags"] if "predates" in f], rows
 
 
 def test_report_messages_name_the_kind_and_the_right_option(
