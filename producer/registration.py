@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import source_text
@@ -222,6 +223,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
                      studies.get(header.study_instance_uid or "") if header else None, label)
                 for path, header, error, label in read]
         paths = {row["source"]: path for row, (path, *_) in zip(rows, read, strict=True)}
+        rows = _adopt_refused(session, rows, paths, result)
         existing = _insert_new(session, rows, result)
         known = _known(session, existing)
         clashes = [row for row in existing if _uid_clash(row, known[row["identity"]])]
@@ -300,6 +302,49 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
     result.new_ids.append(stored.id)
     result.retried[stored.id] = stored.error_code
     return True
+
+
+def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str, Path],
+                   result: Registration) -> list[dict[str, Any]]:
+    """Queue the image refused for want of a pseudonym key, now that the same file (same
+    path, same bytes) reads cleanly; return the rows still to insert.
+
+    The refusal's identity is its content hash, not the DICOM UID the file now registers
+    under, so without this the resubmission would be a second image and the refusal would
+    stay among the failures for good, though the README's remedy (set the key, resubmit)
+    was followed. The failed row takes the file's header and joins this batch, as a retried
+    failure does.
+    """
+    code = ErrorCode.NO_PSEUDONYM_KEY.value
+    readable = {row["source"]: row for row in rows if row["state"] == ImageState.QUEUED.value}
+    if not readable:
+        return rows
+    refused = session.execute(select(Image.id, Image.identity, Image.source).where(
+        Image.source.in_(readable), Image.state == ImageState.FAILED.value,
+        Image.error_code == code)).all()
+    adopted: set[str] = set()
+    for stored in refused:
+        row = readable[stored.source]
+        if (stored.identity != f"{code}:{content_identity(paths[stored.source])}"
+                or session.scalar(select(Image.id).where(Image.identity == row["identity"]))):
+            continue  # another file now, or its image registered since under another path
+        values = {key: value for key, value in row.items() if key != "created_at"}
+        try:
+            with session.begin_nested():  # a racing producer may insert the identity first
+                taken = session.execute(
+                    update(Image).where(Image.id == stored.id,
+                                        Image.state == ImageState.FAILED.value)
+                    .values(**values, claim_token=None, error_code=None, error_message=None,
+                            claimed_at=None, finished_at=None, enqueued_at=None)
+                    .returning(Image.id).execution_options(synchronize_session=False)
+                ).scalar_one_or_none()
+        except IntegrityError:
+            continue
+        if taken is not None:
+            result.new_ids.append(stored.id)
+            result.retried[stored.id] = code
+            adopted.add(stored.source)
+    return [row for row in rows if row["source"] not in adopted]
 
 
 def _changed_since(path: Path, source: str, stored: Any) -> bool:

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.registry import ModelSpec
 from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 
 # Tests record what they injected and measured; the README reliability section is
 # rendered from it (tests/benchmarks/reliability_report.py).
@@ -105,6 +107,17 @@ def _lease_redis_db(lease: object, token: str, *, ttl_s: int = 900) -> int:
                 return db
         time.sleep(0.5)
     pytest.fail("no free Redis database number (1-15) for this test after 120 s")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def each_backend_sessions(request: pytest.FixtureRequest,
+                          sqlite_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a migrated SQLite file, then on a fresh PostgreSQL database."""
+    url = sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = create_db_engine(Settings(database_url=url, _env_file=None))  # type: ignore[call-arg]
+    ensure_schema(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture

@@ -8,28 +8,20 @@ lists it), so a batch made only of copies no longer reads "finished, total 0" at
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.registration import create_batch
-from shared.config import Settings
 from shared.db import lifecycle
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, DuplicateSubmission
 from shared.enums import Priority
 from shared.queries import batch_status
 from tests.helpers.db import queued_batch
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[sessionmaker[Session]]:
-    url = sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    engine = create_db_engine(Settings(database_url=url, _env_file=None))  # type: ignore[call-arg]
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+@pytest.fixture
+def sessions(each_backend_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    return each_backend_sessions
 
 
 def _copies(sessions: sessionmaker[Session], image_ids: list[int],

@@ -67,7 +67,8 @@ def test_dicom_metadata_and_pseudonym_are_stored(tmp_path: Path, sqlite_url: str
 
 
 def test_no_key_fails_the_file_with_its_reason_then_the_key_lets_it_in(
-        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+        tmp_path: Path, sqlite_url: str, each_backend_sessions: sessionmaker[Session]) -> None:
+    sessions = each_backend_sessions
     path = _dicom(tmp_path, "a.dcm", "1.2.826.0.1.3680043.8.498.72")
     _register(sessions, [path], ingestion_for(_settings(sqlite_url)))
     with sessions() as session:
@@ -75,11 +76,27 @@ def test_no_key_fails_the_file_with_its_reason_then_the_key_lets_it_in(
     assert failed.state == "failed" and failed.error_code == ErrorCode.NO_PSEUDONYM_KEY.value
     assert failed.error_message and "MAMMO_PATIENT_ID_KEY" in failed.error_message
     assert PATIENT not in failed.error_message
-    # Configured now: the same file is a new, queued image, not a duplicate of the failure.
+    # Configured now: the refused image itself is queued again, in the new batch and under
+    # its DICOM UID, so the refusal no longer counts among the failures.
+    batch = _register(sessions, [path], ingestion_for(_settings(sqlite_url, KEY)))
+    with sessions() as session:
+        image = session.execute(select(Image)).scalar_one()
+        study = session.execute(select(Study)).scalar_one()
+    assert (image.id, image.state, image.batch_id) == (failed.id, "queued", batch)
+    assert (image.error_code, image.error_message, image.finished_at) == (None, None, None)
+    assert image.identity.startswith("sop:") and image.study_id == study.id
+    assert study.patient_pseudonym and (image.laterality, image.view) == ("R", "MLO")
+
+
+def test_a_refused_path_holding_another_file_now_is_a_new_image(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    path = _dicom(tmp_path, "a.dcm", "1.2.826.0.1.3680043.8.498.75")
+    _register(sessions, [path], ingestion_for(_settings(sqlite_url)))
+    _dicom(tmp_path, "a.dcm", "1.2.826.0.1.3680043.8.498.76")  # the router reused the name
     _register(sessions, [path], ingestion_for(_settings(sqlite_url, KEY)))
     with sessions() as session:
-        states = sorted(session.execute(select(Image.state)).scalars())
-    assert states == ["failed", "queued"]
+        rows = sorted(session.execute(select(Image.state, Image.error_code)).all())
+    assert rows == [("failed", ErrorCode.NO_PSEUDONYM_KEY.value), ("queued", None)]
 
 
 def test_synthetic_files_need_no_key(tmp_path: Path, sqlite_url: str,
