@@ -110,7 +110,22 @@ def without_patient(images: Sequence[LabelledImage]) -> int:
     return sum(1 for image in images if image.patient_id == image.id)
 
 
-def unknown_patients_warning(images: Sequence[LabelledImage]) -> str | None:
+# How each layout names patients, and how to name them where it does not: the advice
+# must fit the layout the person gave (a folder per class has no manifest to add a column to).
+_PATIENT_ADVICE = {
+    "csv": "Add a patient_id column to the manifest.",
+    "class_folders": "A folder per class names no patients (only a DICOM's PatientID does): "
+                     "to give them, list the images in a CSV manifest "
+                     "(path,label,patient_id) and train or evaluate on it.",
+    "mias": "A MIAS folder's patients are inferred from Info.txt's numbering (mdb001 and "
+            "mdb002 are one patient): to give them otherwise, list the images in a CSV "
+            "manifest (path,label,patient_id) and train or evaluate on it.",
+}
+
+
+def unknown_patients_warning(images: Sequence[LabelledImage], layout: str) -> str | None:
+    """The warning for ``images`` (read from a ``layout`` of ``LAYOUTS``) that some have
+    no patient, with the advice that fits that layout; None when all have one."""
     unknown = without_patient(images)
     if not unknown:
         return None
@@ -118,7 +133,7 @@ def unknown_patients_warning(images: Sequence[LabelledImage]) -> str | None:
             "column, no DICOM PatientID): each counts as its own patient, so splits and "
             "confidence intervals go by image (one patient's two breasts can fall on both "
             "sides of a split, making figures optimistic) and no breast is read against the "
-            "other. Add a patient_id column to the manifest.")
+            f"other. {_PATIENT_ADVICE[layout]}")
 
 
 # Grouping DICOMs by patient needs only equality, not the PatientID: a hash salted afresh

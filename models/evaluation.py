@@ -16,7 +16,13 @@ import numpy as np
 
 from models import metrics
 from models.bilateral import apply_partners, bilateral_head, pair_keys, partners
-from models.datasets import LabelledImage, data_hash, load_dataset, unknown_patients_warning
+from models.datasets import (
+    LabelledImage,
+    data_hash,
+    layout_of,
+    load_dataset,
+    unknown_patients_warning,
+)
 from models.registry import ModelSpec
 from shared.enums import CLASSES
 from shared.errors import DatasetError, InputError
@@ -38,7 +44,7 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
     from worker.classifier import Classifier
 
     images = load_dataset(data_path)
-    _note(warnings, unknown_patients_warning, images)
+    _note(warnings, unknown_patients_warning, images, layout_of(data_path))
     classifier = Classifier(spec, batch_size=batch_size,
                             preprocessing_version=PREPROCESSING_VERSION)
     classifier.load()

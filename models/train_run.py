@@ -309,7 +309,7 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
                         np.array([i.patient_id for i in images]), config.folds)
     say(f"{len(images)} labelled images from {data_path}; "
         f"preprocessing version {PREPROCESSING_VERSION}, input {config.input_size}")
-    if (unknown := unknown_patients_warning(images)) is not None:
+    if (unknown := unknown_patients_warning(images, layout_of(data_path))) is not None:
         say(f"warning: {unknown}")
     data = prepare(images, config.input_size, max_pixels=config.max_pixels, progress=say)
     # Again on what could be read; the warning (few patients per fold) once.
