@@ -14,8 +14,8 @@ from shared.formatting import json_text, render
 from shared.queries import require_batch
 from shared.reports.exports import DISCLAIMER
 
-WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "left", "right", "label", "status",
-                    "flags", "report_path")
+WORKLIST_COLUMNS = ("rank", "study_uid", "patient_pseudonym", "study_date", "suspicion",
+                    "left", "right", "label", "p_malignant", "status", "flags", "report_path")
 _KINDS = ("exam", "batch", "worklist", "stats")
 _ALL_FORMATS = ("pdf", "html", "csv", "json")
 

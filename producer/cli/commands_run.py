@@ -17,7 +17,7 @@ from shared.errors import ConfigurationError
 from shared.formatting import render
 from shared.queries import RESULT_KEYS, ResultFilter, list_results
 from shared.reports.batch_outputs import write_batch_documents
-from shared.reports.exports import DISCLAIMER, write_batch_exports
+from shared.reports.exports import DISCLAIMER
 
 SUMMARY_COLUMNS = ("image_id", "file", "state", "duplicate_of", "laterality", "view", "label",
                    "suspicion", "p_malignant", "error_code")
@@ -38,16 +38,17 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
     shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
     render(shown, fmt, keys=RESULT_KEYS, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
     settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
-    written = write_batch_exports(rows, settings.report_dir, sub.batch_id)
     with cli.sessions() as session:
-        summary, exam_pdfs = write_batch_documents(session, sub.batch_id, settings)
+        documents = write_batch_documents(session, sub.batch_id, settings)
     rate = len(sub.waiting_on) / result.seconds if result.seconds else 0.0
     STDERR.print(
         f"batch {sub.batch_id}: {len(sub.queued)} new, {len(sub.requeued)} resumed, "
         f"{len(sub.duplicates)} skipped as copies of images already submitted, "
         f"{len(sub.rejected)} rejected at intake; {rate:.1f} images/s (model load "
         f"{result.model_load_seconds:.1f} s)")
-    STDERR.print(f"reports: {summary} (open in a browser), {', '.join(str(p) for p in written)}"
+    exam_pdfs = documents.exams
+    STDERR.print(f"reports: {documents.summary} (open in a browser), "
+                 f"{', '.join(str(p) for p in documents.exports)}"
                  + (f"; {len(exam_pdfs)} exam PDF(s) in {exam_pdfs[0].parent}" if exam_pdfs
                     else ""))
     STDERR.print(DISCLAIMER, style="italic")

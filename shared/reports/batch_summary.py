@@ -18,7 +18,8 @@ from shared.reports.output import report_file
 
 BATCH_FORMATS = ("pdf", "html", "csv", "json")
 
-__all__ = ["BATCH_FORMATS", "batch_report_path", "render_batch_html", "write_batch_report"]
+__all__ = ["BATCH_FORMATS", "batch_report_path", "render_batch_html", "write_batch_report",
+           "write_summary"]
 
 
 def _summary(session: Session, batch_id: int, settings: Settings) -> BatchSummary:
@@ -65,9 +66,15 @@ def batch_report_path(settings: Settings, batch_id: int, fmt: str) -> Path:
     return settings.report_dir / f"batch-{batch_id}{suffix}.{fmt}"
 
 
+def write_summary(summary: BatchSummary, path: Path, fmt: str) -> Path:
+    """Write ``summary`` to ``path`` as ``fmt`` (one of BATCH_FORMATS): the one writer of
+    every batch file, so `mammo run`'s batch-N.json is what `mammo report batch` writes."""
+    if fmt not in _WRITERS:
+        raise ValueError(f"unknown batch report format {fmt!r}; expected one of {BATCH_FORMATS}")
+    return _WRITERS[fmt](summary, path)
+
+
 def write_batch_report(session: Session, batch_id: int, path: Path, fmt: str,
                        settings: Settings) -> Path:
     """Write batch ``batch_id``'s summary to ``path`` as ``fmt`` (one of BATCH_FORMATS)."""
-    if fmt not in _WRITERS:
-        raise ValueError(f"unknown batch report format {fmt!r}; expected one of {BATCH_FORMATS}")
-    return _WRITERS[fmt](_summary(session, batch_id, settings), path)
+    return write_summary(_summary(session, batch_id, settings), path, fmt)

@@ -28,11 +28,3 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path,
         write_csv_rows(fh, rows, columns)
     return path
 
-
-def write_batch_exports(rows: Sequence[Mapping[str, Any]], directory: Path,
-                        batch_id: int) -> list[Path]:
-    return [
-        write_json({"batch_id": batch_id, "disclaimer": DISCLAIMER, "results": list(rows)},
-                   directory / f"batch-{batch_id}.json"),
-        write_csv(rows, directory / f"batch-{batch_id}.csv"),
-    ]

@@ -24,8 +24,10 @@ from shared.timeutil import as_utc
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
 # A worklist row for a table or CSV (flat_worklist_row): one column per breast.
-FLAT_WORKLIST_KEYS = ("rank", "study_uid", "suspicion", "left", "right", "label", "status",
-                      "accession_number", "flags", "report_path")
+# Every field of the JSON row but the per-breast details, so a CSV names the patient too.
+FLAT_WORKLIST_KEYS = ("rank", "study_uid", "patient_pseudonym", "study_date", "suspicion",
+                      "left", "right", "label", "p_malignant", "status", "accession_number",
+                      "flags", "report_path")
 
 
 @dataclass(frozen=True)

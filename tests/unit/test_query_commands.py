@@ -30,6 +30,7 @@ from shared.db.schema import (
 )
 from shared.queries import BATCH_STATUS_KEYS, ResultFilter, batch_status, list_results
 from shared.reports.batch_data import collect_batch_summary
+from shared.reports.batch_outputs import write_batch_documents
 from shared.reports.exports import DISCLAIMER
 from tests.helpers.cli import invoke_cli
 from tests.helpers.seed_results import seed_results
@@ -179,6 +180,37 @@ def test_write_reports_lists_the_pdfs_it_wrote_as_current(
     rows = json.loads(out)
     assert all(r["report_path"] for r in rows)
     assert not [f for r in rows for f in r["flags"] if "predates" in f], rows
+
+
+def test_the_worklist_csv_and_table_carry_the_patient_date_and_probability(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = _mammo(["worklist", "--format", "json"], monkeypatch, tmp_path, seeded)
+    listed = json.loads(out)
+    code, out = _mammo(["worklist", "--format", "csv"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    rows = _csv_rows(out)
+    for key in ("patient_pseudonym", "study_date", "p_malignant"):
+        assert [r[key] for r in rows] == [str(j[key]) for j in listed], key
+    code, out = _mammo(["worklist"], monkeypatch, tmp_path, seeded)
+    assert listed[0]["patient_pseudonym"] in out and "p_malignant" in out
+
+
+def test_run_s_batch_json_is_the_batch_report_s_json(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = Settings(database_url=seeded, broker_url=None,  # type: ignore[call-arg]
+                        report_dir=tmp_path / "reports", _env_file=None)
+    engine = _engine(seeded)
+    with Session(engine) as session:
+        written = write_batch_documents(session, 1, settings).exports
+    engine.dispose()
+    assert [p.name for p in written] == ["batch-1.json", "batch-1.csv"]
+    from_run = json.loads(written[0].read_text(encoding="utf-8"))
+    assert next(iter(from_run)) == "disclaimer" and from_run["disclaimer"] == DISCLAIMER
+    code, out = _mammo(["report", "batch", "1", "--format", "json", "-o",
+                        str(tmp_path / "b.json")], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert from_run == json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))
+    assert from_run["models"] == ["default:1.0.0", "default:1.1.0"]
 
 
 def test_report_messages_name_the_kind_and_the_right_option(
