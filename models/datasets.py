@@ -199,6 +199,10 @@ def load_manifest(path: Path) -> list[LabelledImage]:
             raise DatasetError(f"{path.name} line {line}: {cell} is already listed on line "
                                f"{seen[image_path.resolve()]}.")
         seen[image_path.resolve()] = line
+        if not image_path.is_file():  # refused, not skipped: a subset would train silently
+            raise DatasetError(f"{path.name} line {line}: {cell} not found ({image_path} is "
+                               "not a file; relative paths are read from the manifest's "
+                               "folder).")
         image_id = (image_path.stem if stems[image_path.stem] == 1
                     else Path(cell).with_suffix("").as_posix())
         images.append(LabelledImage(id=image_id, path=image_path,

@@ -1,4 +1,5 @@
-"""The CSV manifest layout: a byte-order mark, empty paths, bad laterality, equal stems."""
+"""The CSV manifest layout: a byte-order mark, empty paths, bad laterality, missing files,
+equal stems."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from shared.errors import DatasetError
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """The manifest ``text`` at ``path``, with the files its rows name (where a name is
+    given), as stand-ins: the rows are judged before any image is read."""
     path.write_text(text, encoding=encoding)
+    for line in text.splitlines()[1:]:
+        cell = line.split(",")[0]
+        if cell and not cell.startswith("missing"):
+            (path.parent / cell).parent.mkdir(parents=True, exist_ok=True)
+            (path.parent / cell).write_bytes(b"")
     return path
 
 
@@ -27,6 +35,8 @@ def test_a_byte_order_mark_does_not_break_the_header(tmp_path: Path) -> None:
     (",normal,L", "set.csv line 3: the path is empty"),
     ("b.png,normal,Q", "set.csv line 3: laterality 'Q' is not L, R, B"),
     ("a.png,benign,L", "set.csv line 3: a.png is already listed on line 2"),
+    # Refused, not skipped: training or evaluating on a silent subset is not what was asked.
+    ("missing/mdb999.png,benign,L", "set.csv line 3: missing/mdb999.png not found"),
 ])
 def test_a_bad_row_names_its_line(tmp_path: Path, row: str, said: str) -> None:
     manifest = _write(tmp_path / "set.csv", f"path,label,laterality\na.png,normal,L\n{row}\n")
