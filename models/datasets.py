@@ -246,6 +246,7 @@ def load_class_folders(path: Path) -> list[LabelledImage]:
     images = []
     others: list[Path] = []
     folders = class_folders(path)
+    _require_only_class_folders(path)
     for label, folder in folders:
         for image_path in sorted(p for p in folder.rglob("*") if p.is_file()):
             if image_path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -263,7 +264,40 @@ def load_class_folders(path: Path) -> list[LabelledImage]:
             f"{path}: the class folders {named} hold no images ({', '.join(IMAGE_SUFFIXES)}); "
             f"found {found}.")
     _require_unique_ids(images, path)
+    _require_one_class_per_image(images, path)
     return images
+
+
+def _require_only_class_folders(path: Path) -> None:
+    """Refuse a folder beside the class folders (a misspelt ``malignat/``): its images would
+    be left out without a word, leaving their class short or empty. Hidden folders
+    (``.git``...) are not data."""
+    names = [c.value for c in CLASSES]
+    for child in sorted(path.iterdir()):
+        if child.is_dir() and not child.name.startswith(".") and child.name.lower() not in names:
+            raise DatasetError(
+                f"{child}/ is not a class folder: a folder per class holds only "
+                f"{', '.join(f'{n}/' for n in names)} (any case); rename or move it.")
+
+
+def _require_one_class_per_image(images: Sequence[LabelledImage], source: Path) -> None:
+    """Refuse one image (identical bytes) filed under two classes: it would count twice,
+    with opposite truths. Only files of equal size are hashed."""
+    by_size: dict[int, list[LabelledImage]] = {}
+    for image in images:
+        by_size.setdefault(image.path.stat().st_size, []).append(image)
+    for same_size in by_size.values():
+        if len({image.label for image in same_size}) < 2:
+            continue
+        first: dict[str, LabelledImage] = {}
+        for image in same_size:
+            other = first.setdefault(file_sha256(image.path), image)
+            if other.label != image.label:
+                raise DatasetError(
+                    f"{other.path.relative_to(source)} and {image.path.relative_to(source)} "
+                    f"are the same image (identical content) under two classes, "
+                    f"{other.label.value} and {image.label.value}: keep it in the one class "
+                    f"it belongs to.")
 
 
 def _require_unique_ids(images: Sequence[LabelledImage], source: Path) -> None:

@@ -70,9 +70,9 @@ def test_manifest_with_a_bad_label_names_the_line(tmp_path: Path) -> None:
 
 
 def test_folder_per_class(tmp_path: Path) -> None:
-    for label in ("normal", "malignant"):
+    for rows, label in enumerate(("normal", "malignant"), start=300):
         (tmp_path / label).mkdir()
-        _image(tmp_path / label / "x.png")
+        _image(tmp_path / label / "x.png", rows)  # two images: one file twice is refused
     (tmp_path / "normal" / "notes.txt").write_text("ignored")
     images = load_dataset(tmp_path)
     assert [(i.id, i.label) for i in images] == [
