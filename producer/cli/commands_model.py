@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -28,6 +29,7 @@ MODEL_LIST_COLUMNS = ("name", "version", "sha256", "active", "in_use", "source",
                       "problem")
 COMPARE_KEYS = ("metric", "this", "rerun", "difference")
 SPREAD_KEYS = ("figure", "mean", "sd", "min", "max")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -56,8 +58,20 @@ def _say(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _existing(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    # README's "path not found" (exit 6, as `mammo run` says it), not a usage error.
+    from producer.discovery import check_paths
+
+    return check_paths([value])[0]
+
+
+def _data_argument(func: F) -> F:
+    """DATA, the labelled set (a MIAS folder, a CSV manifest or a folder per class)."""
+    return click.argument("data", type=click.Path(path_type=Path), callback=_existing)(func)
+
+
 @click.command("train")
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@_data_argument
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
 @click.option("--name", default="default", show_default=True)
@@ -195,7 +209,7 @@ def _bilateral_scores(value: str, option: str = "--bilateral") -> tuple[str, ...
 
 
 @click.command("evaluate")
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@_data_argument
 @click.option("--model", "model_ref", default=None,
               help="Model directory or shipped name (default: the model workers would run).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
@@ -433,7 +447,7 @@ def _seeds(value: str) -> tuple[int, ...]:
 
 @models_group.command("repeat-cv")
 @click.argument("ref")
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@_data_argument
 @click.option("--seeds", "seed_list", default="20261325,20261425,20261525", show_default=True,
               help="Comma-separated seeds, each one more patient split (about 40 minutes "
               "each for the default recipe, 1.8.0's, on 2 CPU cores; 27 for 1.7.0's).")
@@ -527,7 +541,7 @@ def models_record_splits(cli: CliContext, ref: str, runs: tuple[str, ...], fmt: 
 
 @models_group.command("bilateral")
 @click.argument("ref")
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@_data_argument
 @click.option("--version", required=True, help="Version of the new model directory.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("models"),
               show_default=True, help="Root the new <name>/<version>/ directory goes under.")
@@ -559,7 +573,7 @@ def models_bilateral(cli: CliContext, ref: str, data: Path, version: str, output
 
 @models_group.command("merge")
 @click.argument("refs", nargs=-1, required=True)
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@_data_argument
 @click.option("--version", required=True, help="Version of the new model directory.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="Root the new <name>/<version>/ directory goes under "

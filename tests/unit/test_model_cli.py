@@ -129,3 +129,14 @@ def test_models_show_and_activate_take_name_version_as_models_list_shows_it(
     activated = runner.invoke(cli, ["models", "activate", "tiny:0.1.0"], env=env)
     assert activated.exit_code == 0, activated.output
     assert f"active model: tiny 0.1.0 ({elsewhere})" in activated.output
+
+
+@pytest.mark.parametrize("command", [
+    ["train"], ["evaluate"], ["models", "merge", "a", "b", "--version", "2.0.0"],
+])
+def test_missing_data_is_path_not_found_as_for_run(tmp_path: Path, command: list[str]) -> None:
+    # README: exit 6 is "path not found", whichever command was given the path.
+    missing = tmp_path / "no-such-data"
+    result = CliRunner().invoke(cli, [*command, str(missing)], env=_env(tmp_path, "default"))
+    assert result.exit_code == 6, result.output
+    assert f"Path does not exist: {missing}" in result.output
