@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -305,11 +306,28 @@ def check_model_file(spec: ModelSpec) -> None:
                 f"{fix}")
 
 
+# A model's name and version are folder names (OUTPUT/NAME/VERSION) and are printed as
+# NAME:VERSION: one path component each, from a set no shell, path or reference parses.
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def folder_name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a model's name or version, or None."""
+    if FOLDER_NAME.fullmatch(value) and ".." not in value:
+        return None
+    return (f"{value!r} must be one folder name: 1 to 64 letters, digits, '.', '_', '-' or "
+            "'+', starting with a letter or digit, without '..' (for example default or 1.8.1).")
+
+
 def new_model_dir(output: Path, name: str, version: str) -> Path:
     """``output/<name>/<version>``, which must not exist yet (a run never overwrites a model:
     under models/ it may be the one every worker uses) and must be creatable: the folders
     on its way that exist are folders, and the deepest of them takes a new folder. Checked
-    before any work starts; nothing is left behind."""
+    before any work starts; nothing is left behind. ``name`` and ``version`` must be folder
+    names (``folder_name_problem``), so the model lands under ``output``."""
+    for value, what in ((name, "the name"), (version, "the version")):
+        if (problem := folder_name_problem(value)) is not None:
+            raise ConfigurationError(f"{what} {problem}")
     target = output / name / version
     if target.exists():
         raise ConfigurationError(f"{target} exists: choose another --version or --output.")

@@ -70,12 +70,21 @@ def _data_argument(func: F) -> F:
     return click.argument("data", type=click.Path(path_type=Path), callback=_existing)(func)
 
 
+def _folder_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A --name or --version: it names a folder under --output, so it stays one folder."""
+    from models.registry import folder_name_problem
+
+    if (problem := folder_name_problem(value)) is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
 @click.command("train")
 @_data_argument
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
-@click.option("--name", default="default", show_default=True)
-@click.option("--version", "version", default="1.8.0", show_default=True,
+@click.option("--name", default="default", show_default=True, callback=_folder_name)
+@click.option("--version", "version", default="1.8.0", show_default=True, callback=_folder_name,
               help="Names the output directory (the default names the default recipe's "
               "model, 1.8.0).")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
@@ -542,7 +551,8 @@ def models_record_splits(cli: CliContext, ref: str, runs: tuple[str, ...], fmt: 
 @models_group.command("bilateral")
 @click.argument("ref")
 @_data_argument
-@click.option("--version", required=True, help="Version of the new model directory.")
+@click.option("--version", required=True, callback=_folder_name,
+              help="Version of the new model directory.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("models"),
               show_default=True, help="Root the new <name>/<version>/ directory goes under.")
 @click.option("--scores", "score_list", default="abnormal", show_default=True,
@@ -574,7 +584,8 @@ def models_bilateral(cli: CliContext, ref: str, data: Path, version: str, output
 @models_group.command("merge")
 @click.argument("refs", nargs=-1, required=True)
 @_data_argument
-@click.option("--version", required=True, help="Version of the new model directory.")
+@click.option("--version", required=True, callback=_folder_name,
+              help="Version of the new model directory.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
               show_default=True, help="Root the new <name>/<version>/ directory goes under "
               "(models/ would make it the default model: a deliberate step).")

@@ -140,3 +140,31 @@ def test_missing_data_is_path_not_found_as_for_run(tmp_path: Path, command: list
     result = CliRunner().invoke(cli, [*command, str(missing)], env=_env(tmp_path, "default"))
     assert result.exit_code == 6, result.output
     assert f"Path does not exist: {missing}" in result.output
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--version", "../../escape"), ("--version", "1.0/2"), ("--name", ".."),
+    ("--name", "a b"), ("--version", ""),
+])
+def test_a_name_or_version_that_is_not_one_folder_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, option: str, value: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["train", str(data), "--output", "out", option, value],
+                                env=_env(tmp_path, "default"))
+    assert result.exit_code == 2, result.output
+    assert f"{value!r} must be one folder name" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing written
+
+
+def test_a_model_folder_is_only_ever_under_the_output(tmp_path: Path) -> None:
+    from models.registry import new_model_dir
+    from shared.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"the version '\.\./x' must be one folder"):
+        new_model_dir(tmp_path / "out", "default", "../x")
+    with pytest.raises(ConfigurationError, match="the name 'a/b' must be one folder"):
+        new_model_dir(tmp_path / "out", "a/b", "1.0.0")
+    assert new_model_dir(tmp_path / "out", "default", "1.8.1-rc.2+cpu") == (
+        tmp_path / "out" / "default" / "1.8.1-rc.2+cpu")
