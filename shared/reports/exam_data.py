@@ -50,6 +50,7 @@ class ViewResult:
     model: ModelInfo | None = None
     archived_path: str | None = None  # where the watcher moved the file, if it did
     view_flags: str | None = None  # "magnification,spot_compression": a supplementary view
+    synthetic: bool = False  # made by `mammo demo` / shared.synthetic: not a patient
 
     @property
     def view_key(self) -> str:
@@ -72,7 +73,15 @@ class ExamReport:
     study_date: str | None
     result: ExamResult | None
     views: list[ViewResult]
-    synthetic: bool = False  # made by `mammo demo` / shared.synthetic: not a patient
+
+    @property
+    def synthetic_views(self) -> int:
+        return sum(v.synthetic for v in self.views)
+
+    @property
+    def synthetic(self) -> bool:
+        """Every image is synthetic: only then is the whole exam test data, not a patient."""
+        return bool(self.views) and self.synthetic_views == len(self.views)
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -112,6 +121,7 @@ def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> Vie
     base: dict[str, Any] = {
         "image_id": image.id, "source": image.source, "identity": image.identity,
         "archived_path": image.archived_path, "view_flags": image.view_flags,
+        "synthetic": image.manufacturer == SYNTHETIC_MANUFACTURER,
         "laterality": image.laterality,
         "view": image.view, "state": image.state, "error_code": image.error_code,
         "error_message": image.error_message, "spacing_mm": spacing,
@@ -143,6 +153,5 @@ def load_exam_report(session: Session, study_uid: str) -> ExamReport:
     rows = session.execute(stmt).all()
     views = [_view(image, pred, _model(mv, cache) if mv is not None else None)
              for image, pred, mv in rows]
-    synthetic = any(image.manufacturer == SYNTHETIC_MANUFACTURER for image, _, _ in rows)
     return ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
-                      study.study_date, result, sorted(views, key=_view_order), synthetic)
+                      study.study_date, result, sorted(views, key=_view_order))

@@ -24,10 +24,20 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
+def synthetic_note(synthetic: int, total: int) -> str | None:
+    """What a report says of its synthetic (generated) images: that it describes no patient
+    only when every image is synthetic; a real image beside them is a patient's."""
+    if not synthetic:
+        return None
+    if synthetic >= total:
+        return "SYNTHETIC TEST DATA, not patients"
+    return f"{synthetic} of {total} images are synthetic test data"
+
+
 def batch_title(summary: BatchSummary) -> str:
     name = f" ({summary.name})" if summary.name else ""
-    synthetic = " - SYNTHETIC TEST DATA, not patients" if summary.synthetic_images else ""
-    return f"Batch {summary.batch_id}{name}: summary{synthetic}"
+    note = synthetic_note(summary.synthetic_images, summary.total)
+    return f"Batch {summary.batch_id}{name}: summary{f' - {note}' if note else ''}"
 
 
 def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:

@@ -1,0 +1,120 @@
+"""What the exam PDF and the batch summary say: the model behind each view, and which images
+are synthetic test data (read from the PDF's story, as reportlab lays it out)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reportlab.platypus import Flowable, KeepTogether, Paragraph, Table
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema
+from shared.db.schema import Image
+from shared.reports import exam_pdf
+from shared.reports.batch_data import collect_batch_summary
+from shared.reports.exam_reports import write_exam_report
+from shared.reports.layout import batch_title
+from shared.synthetic import SYNTHETIC_LABEL, SYNTHETIC_MANUFACTURER
+from tests.helpers.seed_results import seed_results
+
+STUDY = "1.2.3.1"  # seeded: images 1-4, all done; odd ids by default:1.1.0, even by 1.0.0
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'seeded.db'}",  # type: ignore[call-arg]
+                        broker_url=None, report_dir=tmp_path / "reports", _env_file=None)
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    seed_results(engine, 16, n_batches=2, seed=3)
+    engine.dispose()
+    yield settings
+
+
+def _synthetic(settings: Settings, image_ids: list[int]) -> None:
+    engine = create_db_engine(settings)
+    with engine.begin() as conn:
+        conn.execute(update(Image).where(Image.id.in_(image_ids)).values(
+            manufacturer=SYNTHETIC_MANUFACTURER))
+    engine.dispose()
+
+
+def _texts(item: Any) -> Iterator[str]:
+    if isinstance(item, Paragraph):
+        yield item.text
+    elif isinstance(item, Table):
+        for row in item._cellvalues:
+            yield from _texts(row)
+    elif isinstance(item, KeepTogether):
+        yield from _texts(item._content)
+    elif isinstance(item, list | tuple):
+        for part in item:
+            yield from _texts(part)
+    elif isinstance(item, str):
+        yield item
+
+
+def _view_panels(story: list[Flowable]) -> dict[int, str]:
+    """{image id: the text of its view panel} from the exam PDF's grid of views."""
+    panels: dict[int, str] = {}
+    for grid in (f for f in story if isinstance(f, Table)):
+        cells = (c for row in grid._cellvalues for c in row)
+        for cell in (c for c in cells if isinstance(c, list | tuple) and c):
+            title = next(_texts(cell[0]), "")
+            if "(image " in title:
+                panels[int(title.rsplit("(image ", 1)[1].rstrip(")"))] = " | ".join(_texts(cell))
+    return panels
+
+
+def _exam_story(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> list[Flowable]:
+    built: list[list[Flowable]] = []
+    real = exam_pdf.build_pdf
+
+    def keep(path: Path, title: str, story: list[Flowable]) -> Path:
+        built.append(list(story))  # building consumes the list
+        return real(path, title, story)
+
+    monkeypatch.setattr(exam_pdf, "build_pdf", keep)
+    engine = create_db_engine(settings)
+    with Session(engine) as session:
+        write_exam_report(session, STUDY, settings.report_dir / "exam.pdf", "pdf", settings)
+    engine.dispose()
+    [story] = built
+    return story
+
+
+def test_an_exam_with_one_synthetic_image_is_not_labelled_synthetic_as_a_whole(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _synthetic(settings, [2])
+    story = _exam_story(settings, monkeypatch)
+    warnings = [t for f in story[:4] for t in _texts(f)]
+    assert not any("the results describe no one" in t for t in warnings), warnings
+    assert any("1 of 4 images are synthetic test data" in t for t in warnings), warnings
+    panels = _view_panels(story)
+    assert [i for i, text in panels.items() if SYNTHETIC_LABEL in text] == [2]
+
+
+def test_an_all_synthetic_exam_says_it_describes_no_one(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _synthetic(settings, [1, 2, 3, 4])
+    texts = list(_texts(_exam_story(settings, monkeypatch)))
+    assert any("the results describe no one" in t for t in texts), texts
+
+
+def test_a_batch_is_labelled_synthetic_only_when_every_image_is(settings: Settings) -> None:
+    engine = create_db_engine(settings)
+    with Session(engine) as session:
+        batch_images = [i for i in range(1, 17) if (i - 1) // 4 % 2 == 0]  # batch 1
+        _synthetic(settings, batch_images[:1])
+        partly = batch_title(collect_batch_summary(session, 1, report_dir=settings.report_dir))
+        _synthetic(settings, batch_images)
+        wholly = batch_title(collect_batch_summary(session, 1, report_dir=settings.report_dir))
+    engine.dispose()
+    assert partly.endswith(f"1 of {len(batch_images)} images are synthetic test data")
+    assert "not patients" not in partly
+    assert wholly.endswith("SYNTHETIC TEST DATA, not patients")
