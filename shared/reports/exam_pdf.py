@@ -128,6 +128,9 @@ def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
                       widths=[22 * mm] * len(probs)))
     cell.append(para(f"suspicion {view.suspicion} / 10; most probable class: {view.label}",
                      SMALL))
+    # Every number names its model: an exam can mix versions (one activated between its
+    # batches, or a partial rescore), and the Model table alone cannot say which view is whose.
+    cell.append(para(f"model {view.model.name}:{view.model.version}", SMALL))
     return cell
 
 

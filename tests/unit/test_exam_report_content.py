@@ -88,6 +88,15 @@ def _exam_story(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> list[Flo
     return story
 
 
+def test_each_view_panel_names_the_model_that_scored_it(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    panels = _view_panels(_exam_story(settings, monkeypatch))
+    assert sorted(panels) == [1, 2, 3, 4]
+    for image_id, text in panels.items():
+        expected = "default:1.1.0" if image_id % 2 else "default:1.0.0"
+        assert f"model {expected}" in text, text
+
+
 def test_an_exam_with_one_synthetic_image_is_not_labelled_synthetic_as_a_whole(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     _synthetic(settings, [2])
