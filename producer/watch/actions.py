@@ -40,6 +40,7 @@ class AfterProcessing:
         self.log = log
         self.registered = registered
         self.sessions = sessions
+        self._warned: set[Path] = set()  # files that could not be moved or deleted
 
     def apply(self, path: Path, image: KnownImage) -> Path | None:
         """Do the configured action for a file whose image reached a terminal state."""
@@ -51,13 +52,20 @@ class AfterProcessing:
             self.log.info("left %s in place: it is no longer the file of image %d",
                           self.folder.relative(path), image.image_id)
             return None
-        if self.mode == DELETE:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            self.log.info("deleted %s (image %d, %s)", self.folder.relative(path),
-                          image.image_id, image.state)
+        try:
+            if self.mode == DELETE:
+                self._delete(path, image)
+                return None
+            return self._move(path, image)
+        except OSError as exc:  # a read-only share, a name too long once numbered...
+            self._refused(path, image, exc)
             return None
-        return self._move(path, image)
+
+    def _delete(self, path: Path, image: KnownImage) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.log.info("deleted %s (image %d, %s)", self.folder.relative(path),
+                      image.image_id, image.state)
 
     def _move(self, path: Path, image: KnownImage) -> Path | None:
         failed = image.state == ImageState.FAILED.value
@@ -75,8 +83,17 @@ class AfterProcessing:
         self._record(image.image_id, target)
         return target
 
+    def _refused(self, path: Path, image: KnownImage, exc: OSError) -> None:
+        """The file stays where it is (the next scan tries again); said once per file."""
+        if path in self._warned:
+            return
+        self._warned.add(path)
+        self.log.warning("could not %s %s (image %d, %s): %s; it stays in place and is tried "
+                         "again at the next scan", self.mode, self.folder.relative(path),
+                         image.image_id, image.state, exc.strerror or type(exc).__name__)
+
     def _record(self, image_id: int, target: Path) -> None:
-        where = str(target.resolve())
+        where = os.path.realpath(target)  # never raises, even on a link loop
         if self.sessions is None or not _is_text(where):
             return  # a name that is not UTF-8: a database text column cannot hold it
         try:

@@ -45,17 +45,34 @@ def walk(folder: WatchFolder, start: Path | None = None) -> Iterator[Path]:
         current = stack.pop()
         try:
             entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue  # vanished mid-scan, or unreadable: the next scan tries again
+        except OSError:
+            continue  # vanished mid-scan, unreadable, I/O error: the next scan tries again
         for entry in entries:
             path = Path(entry.path)
             if folder.ignored(path):
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            kind = _kind(entry)
+            if kind == "folder":
                 stack.append(path)
-            elif entry.is_file(follow_symlinks=False) or (
-                    entry.is_symlink() and not entry.is_dir()):
+            elif kind == "file":
                 yield path  # a linked file: the watcher decides whether it stays inside
+
+
+def _kind(entry: os.DirEntry[str]) -> str | None:
+    """"folder" to enter, "file" (or a link to one, or to nothing) to look at, else None."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return "folder"
+        if entry.is_file(follow_symlinks=False):
+            return "file"
+        if not entry.is_symlink():
+            return None  # a pipe, socket or device: never an image
+    except OSError:
+        return None  # gone between the listing and the look
+    try:
+        return None if entry.is_dir() else "file"
+    except OSError:  # a link loop: the watcher says why it is ignored
+        return "file"
 
 
 def known_images(sessions: sessionmaker[Session],

@@ -208,10 +208,10 @@ class Watcher:
         for path in verdicts.vanished:
             log.info("vanished %s: deleted before it was queued", self.folder.relative(path))
         for path in verdicts.denied:
-            if path not in self._reported:
-                self._reported.add(path)
-                log.warning("cannot read %s: permission denied; retried at the next scan",
-                            self.folder.relative(path))
+            self._warn_once(path, "cannot read %s: permission denied; retried at the next scan")
+        for path, reason in verdicts.unreadable.items():
+            self._warn_once(path, "ignored %s: the system cannot read it (%s); retried at the "
+                            "next scan", reason)
         ready = verdicts.ready
         for start in range(0, len(ready), BLOCK):
             if stop.is_set():
@@ -232,15 +232,21 @@ class Watcher:
     # -- helpers ----------------------------------------------------------------------------
 
     def _link_target(self, link: Path) -> Path | None:
-        """A link inside the folder stands for its target; one leading outside is refused."""
-        if not self.folder.contains_real(link):
-            if link not in self._reported:
-                self._reported.add(link)
-                log.warning("ignored %s: symbolic link to a target outside the watched "
-                            "folder (never followed)", self.folder.relative(link))
+        """A link inside the folder stands for its target; one leading outside, to nothing
+        or round a loop is ignored (said once)."""
+        problem = _unfollowable(link)
+        if problem is None and not self.folder.contains_real(link):
+            problem = "symbolic link to a target outside the watched folder (never followed)"
+        if problem is not None:
+            self._warn_once(link, "ignored %s: %s", problem)
             return None
         real_root = os.path.realpath(self.folder.root)
         return self.folder.root / os.path.relpath(os.path.realpath(link), real_root)
+
+    def _warn_once(self, path: Path, message: str, *args: object) -> None:
+        if path not in self._reported:
+            self._reported.add(path)
+            log.warning(message, self.folder.relative(path), *args)
 
     def _remember_duplicate(self, path: Path) -> None:
         try:
@@ -263,6 +269,17 @@ class Watcher:
             return True
         del self._duplicates[path]  # rewritten under the same name: look at it again
         return False
+
+
+def _unfollowable(link: Path) -> str | None:
+    """Why ``link`` leads to no file (None when it does)."""
+    try:
+        os.stat(link)
+    except FileNotFoundError:
+        return "symbolic link to a missing file"
+    except OSError as exc:  # ELOOP: links pointing at each other
+        return f"symbolic link that cannot be followed ({exc.strerror or type(exc).__name__})"
+    return None
 
 
 @contextmanager

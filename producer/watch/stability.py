@@ -12,7 +12,9 @@ set the final size first (Windows, SMB) leave a file that parses as complete, it
 zeros, while the writer pauses. It waits for its close, or for the grace period.
 
 Only paths are held here (no file contents), so memory grows with the number of files in
-flight, not with their size.
+flight, not with their size. A file the system cannot stat or open (a symlink loop, a name
+too long, an I/O error) is handed back with its reason: a filesystem oddity never ends the
+watch.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Verdicts:
     ready: list[Path] = field(default_factory=list)
     vanished: list[Path] = field(default_factory=list)
     denied: list[Path] = field(default_factory=list)
+    unreadable: dict[Path, str] = field(default_factory=dict)  # path -> what the OS said
 
 
 class StabilityTracker:
@@ -79,15 +82,16 @@ class StabilityTracker:
         verdicts = Verdicts()
         for path, candidate in list(self._files.items()):
             try:
-                ready = self._judge(path, candidate, os.stat(path), now)
-                outcome = verdicts.ready if ready else None
+                if not self._judge(path, candidate, os.stat(path), now):
+                    continue
+                verdicts.ready.append(path)
             except FileNotFoundError:
-                outcome = verdicts.vanished
+                verdicts.vanished.append(path)
             except PermissionError:
-                outcome = verdicts.denied
-            if outcome is not None:
-                outcome.append(path)
-                del self._files[path]
+                verdicts.denied.append(path)
+            except OSError as exc:  # ELOOP, ENAMETOOLONG, EIO...: this file's, not ours
+                verdicts.unreadable[path] = exc.strerror or type(exc).__name__
+            del self._files[path]
         return verdicts
 
     def _judge(self, path: Path, c: _Candidate, st: os.stat_result,

@@ -271,3 +271,52 @@ def test_an_unreachable_broker_pauses_the_watch_and_loses_nothing(
     _step(_watcher(settings, sessions, root))
     with sessions() as session:
         assert session.execute(select(Image.enqueued_at)).scalar_one() is not None
+
+
+def test_link_loops_and_dangling_links_are_ignored_and_named_once(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A symlink loop once ended the watch with ELOOP, again at every restart; a dangling
+    # link was logged as its target "vanished" at every rescan.
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    (root / "l1.dcm").symlink_to("l2.dcm")
+    (root / "l2.dcm").symlink_to("l1.dcm")
+    (root / "d.dcm").symlink_to("nonexist.dcm")
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher = _watcher(settings, sessions, root)
+    for _ in range(2):  # a rescan says nothing new
+        _step(watcher)
+        for name in ("l1.dcm", "d.dcm"):  # as inotify reports them
+            watcher.consider(root / name, finished=True)
+        watcher.queue_ready(threading.Event())
+    with sessions() as session:
+        assert session.execute(select(Image.source)).scalars().all() == [str(root / "a.dcm")]
+    loop = "symbolic link that cannot be followed (Too many levels of symbolic links)"
+    assert sorted(m for m in caplog.messages if m.startswith("ignored")) == [
+        "ignored d.dcm: symbolic link to a missing file",
+        f"ignored l1.dcm: {loop}", f"ignored l2.dcm: {loop}"]
+    assert not any("vanished" in m or "nonexist" in m for m in caplog.messages)
+
+
+def test_a_file_that_cannot_be_moved_stays_in_place_and_is_said_once(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A long name that is already filed: numbering it (.image-1) passes the 255-byte limit.
+    root = tmp_path / "in"
+    name = "a" * 246 + ".dcm"
+    _dicom(root / name, 1)
+    (root / "processed").mkdir()
+    (root / "processed" / name).write_bytes(b"an older file of the same name")
+    watcher = _watcher(settings, sessions, root, watch_after="move")
+    _step(watcher)
+    with sessions() as session:
+        lifecycle.mark_done(session, [1])
+        session.commit()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher.followup.poll()
+    _step(watcher)  # the rescan tries again, and says nothing new
+    assert (root / name).is_file()
+    [warning] = [m for m in caplog.messages if m.startswith("could not")]
+    assert warning == (f"could not move {name} (image 1, done): File name too long; it stays "
+                       "in place and is tried again at the next scan")

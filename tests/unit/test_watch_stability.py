@@ -201,3 +201,16 @@ def test_an_unreadable_file_is_reported_and_dropped_until_the_next_scan(tmp_path
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_path_the_system_cannot_stat_is_reported_with_its_reason(tmp_path: Path) -> None:
+    (tmp_path / "l1.dcm").symlink_to("l2.dcm")
+    (tmp_path / "l2.dcm").symlink_to("l1.dcm")
+    too_long = tmp_path / ("x" * 300 + ".dcm")
+    tracker = _tracker(Clock(), quiet=0.0)
+    for path in (tmp_path / "l1.dcm", too_long):
+        tracker.note(path)
+    verdicts = tracker.poll()
+    assert verdicts.unreadable == {tmp_path / "l1.dcm": "Too many levels of symbolic links",
+                                   too_long: "File name too long"}
+    assert verdicts.ready == verdicts.vanished == verdicts.denied == [] and len(tracker) == 0
