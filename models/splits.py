@@ -75,28 +75,46 @@ def inner_parts(fraction: float) -> int:
     return max(2, round(1 / fraction))
 
 
+def inner_split_need(labels: np.ndarray, patients: np.ndarray, *,
+                     fraction: float = EARLY_STOPPING_FRACTION) -> int | None:
+    """The images of one class a training part (``labels``, ``patients``) needs for its
+    early-stopping split, when it has fewer; None when it can be split.
+
+    The split is ``patient_folds`` into as many parts as the part has patients, at most
+    ``inner_parts(fraction)`` and at least 2, and sklearn's stratified split refuses only
+    when every class has fewer images than there are parts (or there are fewer patients
+    than parts): so ONE class with that many images suffices.
+    """
+    n_patients = len(set(patients.tolist()))
+    parts = max(2, min(inner_parts(fraction), n_patients))
+    largest = int(np.bincount(labels).max()) if len(labels) else 0
+    return None if n_patients >= parts and largest >= parts else parts
+
+
 def require_inner_splits(labels: np.ndarray, patients: np.ndarray,
                          folds: list[tuple[np.ndarray, np.ndarray]], *,
                          fraction: float = EARLY_STOPPING_FRACTION) -> None:
     """Raise ``DatasetError`` now, before any training, if some fold's training part cannot
     be split again for early stopping (it would fail only when that fold's turn came).
 
-    Whether a split is possible depends on the class counts, not on the seed, so one try
-    per fold stands for every member's seed.
+    Whether a split is possible depends on the class counts, not on the seed, so one rule
+    (``inner_split_need``) stands for every member's seed.
     """
-    for train, _held_out in folds:
-        try:
-            inner_validation(labels[train], patients[train], fraction=fraction, seed=0)
-        except DatasetError:
-            parts = inner_parts(fraction)
-            # Balanced classes: each needs `parts` images in a training part of
-            # (k - 1) / k of the data.
-            need = math.ceil(parts * len(folds) / (len(folds) - 1))
-            raise DatasetError(
-                f"Too few labelled images for {len(folds)}-fold cross-validation with early "
-                f"stopping: found {class_counts(labels, patients)}. Each fold's training "
-                f"images are split again by patient into {parts} parts, which needs about "
-                f"{need} images, from as many patients, per class.") from None
+    for k, (train, _held_out) in enumerate(folds, start=1):
+        need = inner_split_need(labels[train], patients[train], fraction=fraction)
+        if need is None:
+            continue
+        most, folds_n = inner_parts(fraction), len(folds)
+        patients_too = " from 2 patients" if len(set(patients[train].tolist())) < 2 else ""
+        raise DatasetError(
+            f"Too few labelled images for {folds_n}-fold cross-validation with early "
+            f"stopping: found {class_counts(labels, patients)}. Early stopping splits each "
+            "fold's training images again by patient, one part per patient (at least 2, at "
+            f"most {most}), and needs one class with as many images as parts: fold {k} trains "
+            f"on {class_counts(labels[train], patients[train])}, so it needs {need} images of "
+            f"one class{patients_too}. Add images of one class ({most} in each fold's training "
+            f"part always suffice: about {math.ceil(most * folds_n / (folds_n - 1))} in all "
+            f"with {folds_n} folds).")
 
 
 def class_counts(labels: np.ndarray, patients: np.ndarray) -> str:
