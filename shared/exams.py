@@ -33,7 +33,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from models.bilateral import BilateralHead, partners
+from models.bilateral import BilateralHead
 from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction
 from shared.db.upsert import insert_missing
@@ -124,13 +124,12 @@ def view_flags_text(view_flags: str | None) -> str:
 
 
 def read_against_other_breast(images: Sequence[ExamImage]) -> list[ExamImage]:
-    """``images`` with each scored image that has a partner (same view, other side, same
-    model version with a bilateral head) re-read against it."""
+    """``images`` with each scored image re-read against its counterpart (same view, other
+    side, same model version with a bilateral head), when it has one."""
     ready = [i for i in images if i.scored and i.bilateral and not i.view_flags
              and i.p_normal is not None and i.p_benign is not None and i.p_malignant is not None]
-    partner = partners([(i.model_version_id, i.laterality, i.view) for i in ready])
     reread: dict[int, ExamImage] = {}
-    for image, other in ((ready[k], ready[p]) for k, p in enumerate(partner) if p >= 0):
+    for image, other in _counterparts(ready):
         head = BilateralHead.from_config(dict(image.bilateral or {}))
         p_n, p_b, p_m = (float(v) for v in head.apply(_probs(image), _probs(other))[0])
         reread[image.image_id] = replace(
@@ -138,6 +137,38 @@ def read_against_other_breast(images: Sequence[ExamImage]) -> list[ExamImage]:
             suspicion=suspicion(p_b, p_m), p_normal=p_n, p_benign=p_b,
             read_with_other_breast=True)
     return [reread.get(i.image_id, i) for i in images]
+
+
+def _counterparts(ready: Sequence[ExamImage]) -> list[tuple[ExamImage, ExamImage]]:
+    """(image, the other breast's image it is read against) for every image of a view
+    scored on both sides by one model version.
+
+    A retake (two L-CCs) leaves no image unread: each of them is read against the other
+    side's view, and that side is read against its own first image (lowest id) of the
+    view, so a retake adds its own evidence and changes no other image's reading.
+    (``models.bilateral.partners``, for training, pairs only one image per side.)"""
+    by_view: dict[tuple[int | None, str | None], dict[str, list[ExamImage]]] = {}
+    for image in ready:
+        if image.laterality in ("L", "R"):
+            by_view.setdefault((image.model_version_id, image.view), {}).setdefault(
+                image.laterality, []).append(image)
+    pairs = []
+    for sides in (s for s in by_view.values() if len(s) == 2):
+        for side, other in (("L", "R"), ("R", "L")):
+            first = min(sides[other], key=lambda i: i.image_id)
+            pairs += [(image, first) for image in sides[side]]
+    return pairs
+
+
+def _repeated_views(images: Sequence[ExamImage]) -> list[str]:
+    """A flag per standard view taken more than once (a retake, or a file sent twice under
+    new UIDs): the reader should know which images the breast's score is over."""
+    by_view: dict[str, list[int]] = defaultdict(list)
+    for image in images:
+        if image.screening_key:
+            by_view[image.screening_key].append(image.image_id)
+    return [f"{len(ids)} {key} images (retake?): images {', '.join(map(str, sorted(ids)))}"
+            for key in STANDARD_VIEWS if len(ids := by_view.get(key, [])) > 1]
 
 
 def _probs(image: ExamImage) -> np.ndarray:
@@ -210,6 +241,7 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     if len(models) > 1:  # e.g. a model activated between the exam's two batches
         flags.append(f"views scored by {len(models)} different model versions (see each "
                      "view's model): not read against each other")
+    flags += _repeated_views(images)
     flags += [f"{i.view_key or 'unplaced view'} (image {i.image_id}) is a supplementary view "
               f"({view_flags_text(i.view_flags)}): counted in the exam score, not as a "
               "screening view" for i in images if i.scored and i.view_flags]

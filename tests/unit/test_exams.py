@@ -162,6 +162,27 @@ def test_a_supplementary_view_is_not_read_against_the_other_breast() -> None:
     assert [reread[k].read_with_other_breast for k in (1, 2, 3)] == [True, True, False]
 
 
+def test_a_retake_is_flagged_and_read_against_the_other_breast_like_the_first() -> None:
+    # A second L-CC (a retake; here the same exposure again): it must neither escape the
+    # bilateral reading nor move the breast's score on its own, and the reader is told.
+    suspicious, calm = (0.2, 0.3, 0.5), (0.6, 0.3, 0.1)
+    exam = [_scored(1, "L", "CC", suspicious), _scored(2, "R", "CC", calm),
+            _scored(3, "L", "MLO", calm), _scored(4, "R", "MLO", calm)]
+    retake = replace(exam[0], image_id=5, prediction_id=5)
+    before = summarise(exam, timeout_s=10, now=T0)
+    after = summarise([*exam, retake], timeout_s=10, now=T0)
+    assert before is not None and after is not None
+    reread = {i.image_id: i for i in read_against_other_breast([*exam, retake])}
+    assert all(i.read_with_other_breast for i in reread.values())
+    assert reread[5].p_malignant == pytest.approx(reread[1].p_malignant)
+    for side in ("L", "R"):
+        assert (after.per_breast[side]["suspicion"], after.per_breast[side]["p_malignant"]) \
+            == (before.per_breast[side]["suspicion"], before.per_breast[side]["p_malignant"])
+    assert after.per_breast["L"]["image_ids"] == [1, 3, 5]
+    assert "2 L-CC images (retake?): images 1, 5" in after.flags
+    assert not any("retake" in f for f in before.flags)
+
+
 def test_an_exam_scored_by_two_model_versions_says_so() -> None:
     # A model activated between the exam's left and right views: its breasts cannot be
     # read against each other, and the reader must know the scores are not of one model.
