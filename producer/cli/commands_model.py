@@ -322,7 +322,7 @@ def models_list(cli: CliContext, fmt: str) -> None:
         rows[str(spec.directory.resolve())] = {
             "name": spec.name, "version": spec.version, "sha256": spec.sha256,
             "preprocessing_version": spec.preprocessing_version, "source": "shipped",
-            "path": str(spec.directory), "problem": None}
+            "path": str(spec.directory), "problem": _integrity_problem(spec)}
     for mv in registered:
         row = rows.setdefault(mv.path, {
             "name": mv.name, "version": mv.version, "sha256": mv.sha256,
@@ -350,6 +350,19 @@ def _registered_problem(row: Any) -> str | None:
         return f"broken: {exc}"
     if (spec.name, spec.version, spec.sha256) != (row.name, row.version, row.sha256):
         return (f"broken: now holds {spec.name} {spec.version} (sha256 {spec.sha256[:12]})")
+    return _integrity_problem(spec)
+
+
+def _integrity_problem(spec: Any) -> str | None:
+    """Why a listed model would be refused at load (its file's sha256, its seal, its
+    preprocessing version: hashing, no TensorFlow), or None."""
+    from models.registry import verify_model
+    from shared.imaging.preprocess import PREPROCESSING_VERSION
+
+    try:
+        verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+    except UserFacingError as exc:
+        return f"broken: {exc}"
     return None
 
 
@@ -393,11 +406,14 @@ def models_activate(cli: CliContext, ref: str) -> None:
         mammo models activate trained-models/default/1.8.0
     """
     from models.activation import activate
-    from models.registry import verify_model
     from shared.imaging.preprocess import PREPROCESSING_VERSION
+    from worker.classifier import Classifier
 
     spec = _resolve(cli, ref, "REF")
-    verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+    # Loaded exactly as a worker loads it (checks without TensorFlow, then Keras and one
+    # traced call): weights that only Keras finds broken would otherwise be activated and
+    # stop every worker at its next start.
+    Classifier(spec, batch_size=1, preprocessing_version=PREPROCESSING_VERSION).load()
     with cli.sessions() as session:
         activate(session, spec)
         session.commit()

@@ -60,16 +60,22 @@ def test_an_input_size_other_than_the_models_is_refused_at_activation(
     assert code == 5 and "takes 96x80 images" in out and "input_size 64x64" in out
 
 
+def _destroyed_weights(src: Path, target: Path) -> Path:
+    """A copy of ``src`` whose model.keras is a real zip with its config intact but its
+    weights truncated, re-sealed: the checks without TensorFlow pass, Keras fails."""
+    broken = _copy(src, target)
+    with zipfile.ZipFile(src / "model.keras") as old, \
+            zipfile.ZipFile(broken / "model.keras", "w") as new:
+        for item in old.namelist():
+            data = old.read(item)
+            new.writestr(item, data[: len(data) // 3] if item.endswith(".h5") else data)
+    _reseal(broken)
+    return broken
+
+
 def test_classifier_load_turns_a_keras_failure_into_a_model_error(
         tmp_path: Path, tiny_model_dir: Path) -> None:
-    # A real .keras zip with its config intact but its weights destroyed: the checks
-    # without TensorFlow pass, Keras fails.
-    broken = _copy(tiny_model_dir, tmp_path / "broken")
-    with zipfile.ZipFile(tiny_model_dir / "model.keras") as src, \
-            zipfile.ZipFile(broken / "model.keras", "w") as dst:
-        for item in src.namelist():
-            dst.writestr(item, b"garbage" if item.endswith(".h5") else src.read(item))
-    _reseal(broken)
+    broken = _destroyed_weights(tiny_model_dir, tmp_path / "broken")
     spec = resolve_model(str(broken))
     verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
     classifier = Classifier(spec, batch_size=2, preprocessing_version=PREPROCESSING_VERSION)
@@ -91,3 +97,38 @@ def test_classifier_load_refuses_an_input_shape_other_than_the_metadata(
     other = dataclasses.replace(tiny_model_spec, input_size=(256, 256))  # type: ignore[type-var]
     with pytest.raises(ModelIntegrityError, match="takes 96x80x1 images"):
         _require_input(model, other)
+
+
+def _models(tmp_path: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["models", *args], env={
+        "MAMMO_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}", "MAMMO_MODEL": None})
+    return result.exit_code, result.output
+
+
+def test_weights_keras_cannot_load_are_refused_at_activation(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Activated, they would stop every worker at its next start.
+    good = _copy(tiny_model_dir, tmp_path / "good")
+    assert _models(tmp_path, "activate", str(good))[0] == 0
+    broken = _destroyed_weights(tiny_model_dir, tmp_path / "broken")
+    code, out = _models(tmp_path, "activate", str(broken))
+    assert code == 5, out
+    assert "cannot be loaded by Keras" in out and "Traceback" not in out
+    code, out = _models(tmp_path, "list", "--format", "json")
+    active = [row["path"] for row in json.loads(out) if row["active"]]
+    assert active == [str(good.resolve())]  # the earlier activation stands
+
+
+def test_models_list_shows_an_activated_model_whose_file_changed(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    copy = _copy(tiny_model_dir, tmp_path / "copy")
+    assert _models(tmp_path, "activate", str(copy))[0] == 0
+    with (copy / "model.keras").open("ab") as fh:
+        fh.write(b"changed after activation")
+    code, out = _models(tmp_path, "list", "--format", "json")
+    assert code == 0, out
+    [row] = [r for r in json.loads(out) if r["path"] == str(copy.resolve())]
+    assert row["active"] and row["problem"].startswith("broken: ")
+    assert "the file was changed or corrupted" in row["problem"]
+    shipped = [r for r in json.loads(out) if r["source"] == "shipped"]
+    assert shipped and all(r["problem"] is None for r in shipped)
