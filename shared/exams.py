@@ -161,11 +161,12 @@ def _counterparts(ready: Sequence[ExamImage]) -> list[tuple[ExamImage, ExamImage
 
 
 def _repeated_views(images: Sequence[ExamImage]) -> list[str]:
-    """A flag per standard view taken more than once (a retake, or a file sent twice under
-    new UIDs): the reader should know which images the breast's score is over."""
+    """A flag per standard view scored more than once (a retake, or a file sent twice under
+    new UIDs): the reader should know which images the breast's score is over. (A failed
+    copy is not counted: it is flagged as failed, and scores nothing.)"""
     by_view: dict[str, list[int]] = defaultdict(list)
     for image in images:
-        if image.screening_key:
+        if image.scored and image.screening_key:
             by_view[image.screening_key].append(image.image_id)
     return [f"{len(ids)} {key} images (retake?): images {', '.join(map(str, sorted(ids)))}"
             for key in STANDARD_VIEWS if len(ids := by_view.get(key, [])) > 1]

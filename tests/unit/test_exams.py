@@ -181,6 +181,9 @@ def test_a_retake_is_flagged_and_read_against_the_other_breast_like_the_first() 
     assert after.per_breast["L"]["image_ids"] == [1, 3, 5]
     assert "2 L-CC images (retake?): images 1, 5" in after.flags
     assert not any("retake" in f for f in before.flags)
+    # A failed copy of a view (a broken transfer) scores nothing: flagged as failed only.
+    failed = summarise([*exam, _img(6, "L", "CC", state="failed")], timeout_s=10, now=T0)
+    assert failed is not None and not any("retake" in f for f in failed.flags)
 
 
 def test_an_exam_scored_by_two_model_versions_says_so() -> None:
