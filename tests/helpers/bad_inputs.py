@@ -18,6 +18,7 @@ import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -26,6 +27,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
 from pydicom.fileset import FileSet
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -134,6 +136,57 @@ def _rgb_dicom(path: Path, seed: int) -> None:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = rgb.tobytes()
     ds.save_as(path)
+
+
+def deflated_dicom(path: Path, seed: int, *, pixel_bytes: int | None = None,
+                   private_bytes: int = 0) -> Path:
+    """A good DICOM stored as Deflated Explicit VR Little Endian, its dataset deflated as a
+    stream: by default with its true pixels; with ``pixel_bytes``, a Pixel Data element of
+    that many zero bytes instead, and ``private_bytes`` zeros in a private element before
+    it. Zeros deflate about 1000:1, so a small file inflates to whatever is asked."""
+    ds = pydicom.dcmread(good_dicom(path, seed))
+    pixels = ds.PixelData
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate, PS3.5 A.5
+    parts = [deflater.compress(_explicit_little(ds, pydicom.filewriter.write_dataset))]
+    if private_bytes:
+        parts.append(deflater.compress(struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 8)
+                                       + b"BOMBTEST"))  # the private creator of (0009,10xx)
+        parts += _long_element(deflater, 0x0009, 0x1000, b"OB", private_bytes)
+    parts += _long_element(deflater, 0x7FE0, 0x0010, b"OW",
+                           len(pixels) if pixel_bytes is None else pixel_bytes,
+                           pixels if pixel_bytes is None else b"")
+    parts.append(deflater.flush())
+    meta = _explicit_little(ds.file_meta, partial(pydicom.filewriter.write_file_meta_info,
+                                                  enforce_standard=True))
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta + b"".join(parts))
+    return path
+
+
+def _explicit_little(ds: Dataset, write: Callable[[DicomBytesIO, Dataset], object]) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write(buffer, ds)
+    return buffer.getvalue()
+
+
+def _long_element(deflater: zlib._Compress, group: int, element: int, vr: bytes, length: int,
+                  value: bytes = b"") -> list[bytes]:
+    """An element with a 4-byte length, deflated; its value, or ``length`` zeros, written a
+    block at a time so a gigabyte of zeros never exists uncompressed."""
+    parts = [deflater.compress(struct.pack("<HH2sHI", group, element, vr, 0, length))]
+    if value:
+        return [*parts, deflater.compress(value)]
+    zeros = bytes(min(length, 16 << 20))
+    for start in range(0, length, len(zeros) or 1):
+        parts.append(deflater.compress(zeros[:length - start]))
+    return parts
+
+
+def _deflate_bomb(path: Path, seed: int) -> None:
+    # Twice the reader's default allowance for elements besides the pixels (64 MiB).
+    deflated_dicom(path, seed, pixel_bytes=128 << 20)
 
 
 def _constant_dicom(path: Path, seed: int) -> None:
@@ -280,6 +333,9 @@ LEGEND: tuple[BadKind, ...] = (
     BadKind("dicom_huge_rows_columns", ErrorCode.TOO_LARGE,
             "Rows/Columns 65535 x 65535 (8.6 GB if allocated)",
             _dicom_with(Rows=65535, Columns=65535)),
+    BadKind("dicom_deflate_bomb", ErrorCode.TOO_LARGE,
+            "a 130 kB deflated DICOM declaring 96 x 80 whose Pixel Data inflates to 128 MiB",
+            _deflate_bomb),
     BadKind("dicom_unsupported_syntax", ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
             "a vendor's private compression (transfer syntax UID)", _unsupported_syntax),
     BadKind("dicom_rgb", ErrorCode.UNEXPECTED_CHANNELS, "Photometric Interpretation RGB",

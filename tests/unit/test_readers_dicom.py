@@ -4,6 +4,8 @@ pseudonymised patient IDs, and hostile files. Every DICOM here is generated with
 from __future__ import annotations
 
 import os
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -22,13 +24,17 @@ from shared.errors import (
     NotAMammogramError,
     PseudonymKeyMissingError,
     UnexpectedChannelsError,
+    UnreadableImageError,
     UnsupportedCompressionError,
     UnsupportedFormatError,
 )
 from shared.imaging.preprocess import preprocess
 from shared.imaging.readers import decode, read_header
+from shared.imaging.readers.dicom import DicomReader
+from shared.imaging.types import ImageHeader
 from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_compressed, write_dicom
+from tests.helpers.bad_inputs import deflated_dicom, good_dicom
 from tests.helpers.dicom_edit import rewrite_dicom
 
 BIG = 10**8
@@ -297,6 +303,74 @@ def test_huge_rows_and_columns_are_refused_before_allocating(dicom_file: Path) -
         decode(dicom_file, max_pixels=80_000_000)
     assert caught.value.code is ErrorCode.TOO_LARGE
     assert "65535 x 65535" in caught.value.message
+
+
+# --- deflated datasets: inflated only as far as read, and never past what the header allows
+
+MiB = 1 << 20
+
+
+def _peak_allocation(step: Callable[[], object]) -> tuple[object, int]:
+    """``step``'s result (or the InputError it raised) and the most memory it held at once."""
+    tracemalloc.start()
+    try:
+        try:
+            result: object = step()
+        except InputError as exc:
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_deflate_bomb_is_refused_before_its_pixels_inflate(tmp_path: Path) -> None:
+    # A 30 kB file whose Pixel Data inflates to 32 MiB for a declared 80 x 96 image.
+    bomb = deflated_dicom(tmp_path / "bomb.dcm", 1, pixel_bytes=32 * MiB)
+    reader = DicomReader(header_inflate_limit=MiB)
+    header, peak = _peak_allocation(lambda: reader.read_header(bomb))
+    assert isinstance(header, ImageHeader) and (header.rows, header.columns) == (96, 80)
+    assert peak < MiB, f"the header read held {peak:,} bytes"  # the pixels stayed deflated
+    refusal, peak = _peak_allocation(lambda: reader.decode(bomb, max_pixels=BIG))
+    assert isinstance(refusal, ImageTooLargeError), refusal
+    assert refusal.code is ErrorCode.TOO_LARGE
+    for phrase in ("bomb.dcm", "Deflated Explicit VR Little Endian", "inflates past",
+                   "15,360 bytes of pixel data its header declares (80 x 96"):
+        assert phrase in refusal.message, refusal.message
+    assert peak < 4 * MiB, f"the decode held {peak:,} bytes"  # the cap, not 32 MiB
+
+
+def test_deflated_header_elements_past_the_allowance_are_refused_by_the_header_read(
+        tmp_path: Path) -> None:
+    bomb = deflated_dicom(tmp_path / "bomb.dcm", 2, private_bytes=8 * MiB)
+    reader = DicomReader(header_inflate_limit=MiB)
+    for step in (lambda: reader.read_header(bomb), lambda: reader.decode(bomb, max_pixels=BIG)):
+        refusal, peak = _peak_allocation(step)
+        assert isinstance(refusal, ImageTooLargeError), refusal
+        assert "inflates past 1,048,576 bytes" in refusal.message, refusal.message
+        assert peak < 4 * MiB, peak
+
+
+def test_a_deflated_dicom_reads_like_the_same_image_uncompressed(tmp_path: Path) -> None:
+    deflated = deflated_dicom(tmp_path / "deflated.dcm", 3)
+    plain = good_dicom(tmp_path / "plain.dcm", 3)
+    assert read_header(deflated) == read_header(plain)
+    image = decode(deflated, max_pixels=BIG)
+    assert image.notes["transfer_syntax"] == "Deflated Explicit VR Little Endian"
+    np.testing.assert_array_equal(image.pixels, decode(plain, max_pixels=BIG).pixels)
+
+
+@pytest.mark.parametrize("deflated", [False, True])
+def test_pixel_data_a_whole_image_longer_than_declared_is_refused_clearly(
+        tmp_path: Path, deflated: bool) -> None:
+    # pydicom would return three frames, and the refusal would only give their shape.
+    path = tmp_path / "long.dcm"
+    if deflated:
+        deflated_dicom(path, 4, pixel_bytes=3 * 96 * 80 * 2)
+    else:
+        rewrite_dicom(good_dicom(path, 4), PixelData=bytes(3 * 96 * 80 * 2))
+    _refused(path, UnreadableImageError, ErrorCode.UNREADABLE, "long.dcm",
+             "46,080 bytes, 3 times the 15,360 its header declares",
+             "the header does not describe the pixels")
 
 
 def test_constant_image_is_empty(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,15 +32,17 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
-from pydicom.uid import UID, JPEGExtended12Bit
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 
 from shared.errors import (
+    ImageTooLargeError,
     InputError,
     PseudonymKeyMissingError,
     UnreadableImageError,
     UnsupportedCompressionError,
 )
 from shared.imaging.readers import dicom_checks as checks
+from shared.imaging.readers import dicom_deflate as deflate
 from shared.imaging.readers import dicom_meta as meta
 from shared.imaging.readers import gdcm_direct
 from shared.imaging.readers.base import (
@@ -77,10 +80,31 @@ PREFERRED_PLUGINS: dict[str, tuple[str, ...]] = {
     **{uid: ("pylibjpeg", "pillow", "gdcm") for uid in _J2K},
     "1.2.840.10008.1.2.5": ("pylibjpeg", "gdcm", "pydicom"),  # RLE Lossless
 }
+# A deflated dataset may inflate to this much beside its pixel data (its header elements,
+# and anything after the pixels). Generous: vendors keep overlays, ICC profiles and private
+# previews there, megabytes at most; a decompression bomb is stopped here at the latest.
+HEADER_INFLATE_LIMIT = 64 << 20
+# The widest pixel pydicom decodes (one 64-bit sample): a header declaring more cannot raise
+# the inflation cap past what the pixel limit allows.
+_WIDEST_PIXEL_BYTES = 8
+
+
+@dataclass(frozen=True)
+class _InflateCap:
+    """How many bytes a deflated dataset may inflate to, and why, for the refusal."""
+
+    size: int
+    allows: str  # "more than ...": what the cap is made of
+
+
+_BESIDES_PIXELS = "more than its elements besides the pixels may take"
 
 
 class DicomReader:
     format_name = "dicom"
+
+    def __init__(self, *, header_inflate_limit: int = HEADER_INFLATE_LIMIT) -> None:
+        self.header_cap = _InflateCap(header_inflate_limit, _BESIDES_PIXELS)
 
     def sniff(self, head: bytes) -> bool:
         # Part 10: a 128-byte preamble then "DICM", whatever the file is called.
@@ -96,7 +120,7 @@ class DicomReader:
             return self._decode(path, max_pixels=max_pixels)
 
     def _header(self, path: Path, pseudonymize: Pseudonymize | None) -> ImageHeader:
-        ds = _read(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        ds = _read(path, self.header_cap, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         sop = _text(ds, "SOPInstanceUID")
         return ImageHeader(
             format=self.format_name,
@@ -121,14 +145,14 @@ class DicomReader:
 
     def _decode(self, path: Path, *, max_pixels: int) -> DecodedImage:
         # Triage on the header first: a rejected or oversized file is never fully read.
-        header = _read(path, stop_before_pixels=True)
+        header = _read(path, self.header_cap, stop_before_pixels=True)
         rows, columns = _guarded(path, checks.image_size, header, path)
         notes = _guarded(path, checks.triage, header, path)
         check_pixel_count(path, rows, columns, max_pixels)
         syntax = checks.transfer_syntax(header, path)
         checks.video(syntax, path)
         plugin = _plugin_for(syntax, path)
-        ds = _read(path)
+        ds = _read(path, _guarded(path, self._full_cap, header, rows, columns))
         _guarded(path, checks.pixel_length, ds, syntax, path)
         invert = meta.inverted(ds)
         pixels, max_value, voi = _guarded(path, _display_pixels, ds, syntax, plugin, path,
@@ -141,6 +165,18 @@ class DicomReader:
             invert=invert, notes=notes,
             pixel_spacing_mm=meta.pixel_spacing(ds), chest_wall_side=meta.chest_wall_side(ds),
         )
+
+    def _full_cap(self, header: Dataset, rows: int, columns: int) -> _InflateCap:
+        """The header allowance plus the pixel data the header declares (one frame: triage
+        refuses more), so a dataset whose pixels inflate far past it stops there."""
+        samples = int(header.get("SamplesPerPixel") or 1)
+        bits = int(header.get("BitsAllocated") or 16)
+        pixel_bytes = rows * columns * min((samples * bits + 7) // 8, _WIDEST_PIXEL_BYTES)
+        return _InflateCap(
+            self.header_cap.size + pixel_bytes,
+            f"{_BESIDES_PIXELS} ({self.header_cap.size:,} bytes) plus the {pixel_bytes:,} "
+            f"bytes of pixel data its header declares ({columns} x {rows}, {samples} "
+            f"sample(s) of {bits} bits allocated)")
 
 
 @contextmanager
@@ -167,12 +203,24 @@ def _raw_dataset(head: bytes) -> bool:
     return (vr.isalpha() and vr.isupper()) or int.from_bytes(head[4:8], "little") < 1 << 16
 
 
-def _read(path: Path, **options: Any) -> Dataset:
+def _read(path: Path, cap: _InflateCap, **options: Any) -> Dataset:
+    """The dataset, as ``dcmread`` reads it; a deflated one inflates to at most ``cap``."""
     try:
-        # force: a dataset without a Part 10 header (see _raw_dataset) reads as well.
-        ds = dcmread(path, force=True, **options)
+        with path.open("rb") as handle:
+            deflated = deflate.deflated_meta(handle)
+            if deflated is not None:
+                ds = deflate.read_deflated(path, handle, deflated, limit=cap.size, **options)
+            else:
+                # force: a dataset without a Part 10 header (see _raw_dataset) reads as well.
+                ds = dcmread(path, force=True, **options)
     except OSError as exc:
         raise open_error(path, exc) from exc
+    except deflate.InflateLimitError as exc:
+        raise ImageTooLargeError(
+            f"{path.name} is compressed with {DeflatedExplicitVRLittleEndian.name}, and its "
+            f"dataset inflates past {exc.limit:,} bytes, {cap.allows}; it was "
+            "refused before inflating further. The file is damaged or built to exhaust "
+            "memory: export the image again.") from exc
     except Exception as exc:  # pydicom raises many types for a damaged file; all mean this
         raise UnreadableImageError(
             f"{path.name} is not a readable DICOM file ({type(exc).__name__}: "

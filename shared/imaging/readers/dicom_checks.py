@@ -215,7 +215,8 @@ def transfer_syntax(ds: Dataset, path: Path) -> UID:
 
 
 def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
-    """Refuse missing pixel data, and uncompressed pixel data shorter than the header says."""
+    """Refuse missing pixel data, and uncompressed pixel data shorter than the header says
+    or holding a whole frame more."""
     if "PixelData" not in ds:
         if _pixel_data_tag_present(path):
             # pydicom drops an encapsulated Pixel Data element whose end is missing.
@@ -245,6 +246,14 @@ def pixel_length(ds: Dataset, syntax: UID, path: Path) -> None:
         raise TruncatedImageError(
             f"{path.name} is truncated: (7FE0,0010) Pixel Data holds {found:,} bytes, "
             f"{expected:,} expected for {ds.Columns} x {ds.Rows} at {bits} bits allocated."
+        )
+    if 0 < expected <= found - expected:
+        # pydicom would read the excess as further frames, which the header never declared.
+        raise UnreadableImageError(
+            f"{path.name}: (7FE0,0010) Pixel Data holds {found:,} bytes, {found // expected} "
+            f"times the {expected:,} its header declares ({ds.Columns} x {ds.Rows} at {bits} "
+            f"bits allocated, {frames} frame(s)): the header does not describe the pixels. "
+            "Export the image again."
         )
 
 
