@@ -71,6 +71,12 @@ class MigrationError(UserFacingError):
     """A schema migration failed; the database was rolled back to the revision it had."""
 
 
+class DatabaseUnusableError(UserFacingError):
+    """The database was reached, and this release cannot use it: a file that is not SQLite
+    or is corrupted, another application's database, or a schema from a newer release.
+    Not transient: no retry fixes it, a person must point the pipeline at its database."""
+
+
 class TransientError(MammoError):
     """A dependency is unavailable right now; retrying later may succeed."""
 

@@ -15,7 +15,7 @@ class ExitCode(IntEnum):
     CONFIG = 4               # invalid configuration
     NO_MODEL = 5             # no usable model
     PATH_NOT_FOUND = 6
-    DATABASE_UNAVAILABLE = 7
+    DATABASE_UNAVAILABLE = 7  # unreachable, refusing writes, or unusable (corrupted, not ours)
     BROKER_UNAVAILABLE = 8
     MIGRATION_FAILED = 9     # the schema migration failed and was rolled back
     INTERRUPTED = 130
@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
 def exit_code_for(exc: errors.UserFacingError) -> ExitCode:
     mapping: tuple[tuple[type[errors.UserFacingError], ExitCode], ...] = (
         (errors.DatabaseUnavailableError, ExitCode.DATABASE_UNAVAILABLE),
+        (errors.DatabaseUnusableError, ExitCode.DATABASE_UNAVAILABLE),
         (errors.MigrationError, ExitCode.MIGRATION_FAILED),
         (errors.BrokerUnavailableError, ExitCode.BROKER_UNAVAILABLE),
         (errors.ModelNotFoundError, ExitCode.NO_MODEL),

@@ -7,12 +7,12 @@ import sys
 from typing import Any
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError
 
 from producer.cli.context import CliContext
 from producer.cli.exit_codes import ExitCode, exit_code_for
 from shared.config import LOG_LEVELS, load_settings
-from shared.db.engine import refused_as_error
+from shared.db.engine import failed_command_as_error
 from shared.errors import UserFacingError
 
 
@@ -24,9 +24,13 @@ class MammoGroup(click.Group):
             return super().invoke(ctx)
         except UserFacingError as exc:
             self._fail(ctx, exc)
-        except OperationalError as exc:
-            # Reached, then refused mid-command: no code path can go on, and none is a bug.
-            self._fail(ctx, refused_as_error(ctx.obj.settings.database_url, exc))
+        except DatabaseError as exc:
+            # Reached, then refused or found corrupted mid-command: no code path can go on,
+            # and none is a bug (an IntegrityError is, and keeps its traceback).
+            error = failed_command_as_error(ctx.obj.settings.database_url, exc)
+            if error is None:
+                raise
+            self._fail(ctx, error)
         except KeyboardInterrupt:
             click.secho("interrupted: queued work is kept in the database; run the same "
                         "command again, or `mammo recover`, to finish it.", err=True, fg="yellow")

@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DatabaseError,
     DBAPIError,
     InterfaceError,
     NoSuchModuleError,
@@ -29,10 +30,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db.migration_connection import foreign_key_violations, migration_connection
+from shared.db.unusable import corruption_as_error, is_corruption
 from shared.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     MigrationError,
+    UserFacingError,
     first_line,
 )
 from shared.urls import redact_url
@@ -83,10 +86,17 @@ def _shown(engine: Engine) -> str:
 
 @contextmanager
 def unavailable_as_error(engine: Engine) -> Iterator[None]:
-    """Turn connection failures into a ``DatabaseUnavailableError`` with a readable line."""
+    """Turn connection failures into a ``DatabaseUnavailableError``, and a SQLite file that
+    is not a database into a ``DatabaseUnusableError``, each with a readable line."""
     try:
         yield
-    except OperationalError as exc:
+    except DatabaseError as exc:
+        # sqlite3 reports a damaged file as a DatabaseError, not an OperationalError.
+        unusable = corruption_as_error(engine.url, exc)
+        if unusable is not None:
+            raise unusable from exc
+        if not isinstance(exc, OperationalError):
+            raise
         raise DatabaseUnavailableError(
             f"Cannot reach the database at {_shown(engine)}: "
             f"{_first_line(exc.orig)}. {_remedy(engine)}") from exc
@@ -118,9 +128,13 @@ def check_connection_options(engine: Engine) -> None:
             f"{_first_line(exc.orig)}. Fix the URL's options.") from None
 
 
-def refused_as_error(url: str, exc: OperationalError) -> DatabaseUnavailableError:
+def failed_command_as_error(url: str, exc: DatabaseError) -> UserFacingError | None:
     """The error for a database that was reached and then refused the work (a read-only
-    SQLite file, a full disk, a server gone mid-command): one line, password hidden."""
+    SQLite file, a full disk, a server gone mid-command) or turned out corrupted: one line,
+    password hidden. None for anything else (an IntegrityError, say): a bug."""
+    unusable = corruption_as_error(make_url(url), exc)
+    if unusable is not None or not isinstance(exc, OperationalError):
+        return unusable
     shown = redact_url(make_url(url).render_as_string(hide_password=True))
     return DatabaseUnavailableError(
         f"The database at {shown} refused the operation: {_first_line(exc.orig)}. Check "
@@ -173,7 +187,9 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
         try:
             command.upgrade(cfg, "heads")
         except DBAPIError as exc:
-            if exc.connection_invalidated:  # the server went away: unreachable, not broken
+            # The server went away (unreachable) or the file is damaged: the migration is not
+            # what broke, and unavailable_as_error says what did.
+            if exc.connection_invalidated or is_corruption(exc):
                 raise
             raise _migration_failed(engine, before, _statement_error(exc)) from exc
         broken = foreign_key_violations(conn) - broken_before
