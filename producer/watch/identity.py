@@ -11,6 +11,7 @@ sha256 of other bytes), once per version of the file.
 from __future__ import annotations
 
 import os
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class RegisteredFiles:
             st = os.stat(path)
         except OSError:
             return None
+        if not stat.S_ISREG(st.st_mode):
+            return False  # a pipe or socket now bears the name; opening it would block
         registered = image.registered_at
         changed = datetime.fromtimestamp(st.st_ctime, tz=UTC)
         if registered is not None and changed < registered - _MARGIN:

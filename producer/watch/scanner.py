@@ -59,19 +59,18 @@ def walk(folder: WatchFolder, start: Path | None = None) -> Iterator[Path]:
 
 
 def _kind(entry: os.DirEntry[str]) -> str | None:
-    """"folder" to enter, "file" (or a link to one, or to nothing) to look at, else None."""
+    """"folder" to enter, else "file" to look at (the watcher says why it ignores a pipe, a
+    link to nothing or a link loop), or None for a linked folder, never entered."""
     try:
         if entry.is_dir(follow_symlinks=False):
             return "folder"
-        if entry.is_file(follow_symlinks=False):
-            return "file"
         if not entry.is_symlink():
-            return None  # a pipe, socket or device: never an image
+            return "file"
     except OSError:
         return None  # gone between the listing and the look
     try:
         return None if entry.is_dir() else "file"
-    except OSError:  # a link loop: the watcher says why it is ignored
+    except OSError:  # a link loop
         return "file"
 
 

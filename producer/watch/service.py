@@ -212,6 +212,8 @@ class Watcher:
         for path, reason in verdicts.unreadable.items():
             self._warn_once(path, "ignored %s: the system cannot read it (%s); retried at the "
                             "next scan", reason)
+        for path, kind in verdicts.not_files.items():
+            self._warn_once(path, "ignored %s: a %s, not a regular file", kind)
         ready = verdicts.ready
         for start in range(0, len(ready), BLOCK):
             if stop.is_set():

@@ -20,6 +20,7 @@ watch.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class Verdicts:
     vanished: list[Path] = field(default_factory=list)
     denied: list[Path] = field(default_factory=list)
     unreadable: dict[Path, str] = field(default_factory=dict)  # path -> what the OS said
+    not_files: dict[Path, str] = field(default_factory=dict)  # path -> "named pipe", ...
 
 
 class StabilityTracker:
@@ -82,9 +84,14 @@ class StabilityTracker:
         verdicts = Verdicts()
         for path, candidate in list(self._files.items()):
             try:
-                if not self._judge(path, candidate, os.stat(path), now):
+                st = os.stat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    # Opening a named pipe blocks until someone writes to it: never try.
+                    verdicts.not_files[path] = _kind(st.st_mode)
+                elif self._judge(path, candidate, st, now):
+                    verdicts.ready.append(path)
+                else:
                     continue
-                verdicts.ready.append(path)
             except FileNotFoundError:
                 verdicts.vanished.append(path)
             except PermissionError:
@@ -118,3 +125,11 @@ class StabilityTracker:
         # Parsing a large file is not free: look again after another quiet period.
         c.closed, c.next_parse = False, now + max(self.quiet_s, 0.5)
         return False
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "folder" if stat.S_ISDIR(mode) else "device"

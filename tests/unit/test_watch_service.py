@@ -320,3 +320,29 @@ def test_a_file_that_cannot_be_moved_stays_in_place_and_is_said_once(
     [warning] = [m for m in caplog.messages if m.startswith("could not")]
     assert warning == (f"could not move {name} (image 1, done): File name too long; it stays "
                        "in place and is tried again at the next scan")
+
+
+@pytest.mark.timeout(60)
+def test_named_pipes_are_ignored_never_opened(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Opening a FIFO blocks until someone writes to it: the watcher hung on one, then died.
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    os.mkfifo(root / "p.dcm")
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher = _watcher(settings, sessions, root, watch_after="move")
+    _step(watcher)
+    watcher.consider(root / "p.dcm", finished=False, writing=True)  # inotify's create event
+    watcher.queue_ready(threading.Event())
+    with sessions() as session:  # a registered file replaced by a pipe: not taken for it
+        lifecycle.mark_done(session, [1])
+        session.commit()
+    (root / "a.dcm").unlink()
+    os.mkfifo(root / "a.dcm")
+    watcher.followup.poll()
+    _step(watcher)
+    assert [m for m in caplog.messages if "pipe" in m] == [
+        "ignored p.dcm: a named pipe, not a regular file",
+        "ignored a.dcm: a named pipe, not a regular file"]
+    assert not (root / "processed").exists()

@@ -214,3 +214,13 @@ def test_a_path_the_system_cannot_stat_is_reported_with_its_reason(tmp_path: Pat
     assert verdicts.unreadable == {tmp_path / "l1.dcm": "Too many levels of symbolic links",
                                    too_long: "File name too long"}
     assert verdicts.ready == verdicts.vanished == verdicts.denied == [] and len(tracker) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_named_pipe_is_never_opened(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "p.dcm")
+    tracker = _tracker(Clock(), quiet=0.0)
+    tracker.note(tmp_path / "p.dcm", closed=True)
+    verdicts = tracker.poll()  # opening it would block until a writer came
+    assert verdicts.not_files == {tmp_path / "p.dcm": "named pipe"}
+    assert verdicts.ready == [] and len(tracker) == 0
