@@ -132,9 +132,10 @@ class Settings(BaseSettings):
         "were lost (inotify queue overflow).",
     )
     watch_ignore: str = Field(
-        "*.part,*.tmp,*.partial,*.crdownload,*.swp,~*",
+        "*.part,*.filepart,*.tmp,*.partial,*.crdownload,*.swp,*~,~*",
         description="Drop folder: comma-separated glob patterns of temporary names, ignored "
-        "until renamed. Dotfiles and our .reason.txt sidecars are always ignored.",
+        "until renamed (WinSCP's .filepart, browsers' .part and .crdownload, backup copies' "
+        "name~). Dotfiles and our .reason.txt sidecars are always ignored.",
     )
     watch_after: Literal["leave", "move", "delete"] = Field(
         "leave",

@@ -346,3 +346,13 @@ def test_named_pipes_are_ignored_never_opened(
         "ignored p.dcm: a named pipe, not a regular file",
         "ignored a.dcm: a named pipe, not a regular file"]
     assert not (root / "processed").exists()
+
+
+def test_common_upload_temporary_names_are_ignored_by_default(tmp_path: Path) -> None:
+    # WinSCP writes X.filepart, closes it, renames it: the temp name was queued, then the
+    # real file was a "duplicate" of an image whose file had vanished.
+    folder = WatchFolder.of(tmp_path, Settings().watch_ignore_patterns, move=False)
+    for name in ("w.dcm.filepart", "w.dcm~", "w.dcm.part", "w.dcm.crdownload", "w.dcm.tmp",
+                 "~w.dcm"):
+        assert folder.ignored(tmp_path / name), name
+    assert not folder.ignored(tmp_path / "w.dcm")
