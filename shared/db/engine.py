@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db.migration_connection import foreign_key_violations, migration_connection
-from shared.db.unusable import corruption_as_error, is_corruption
+from shared.db.unusable import corruption_as_error, is_corruption, require_ours
 from shared.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -163,7 +163,11 @@ def current_revisions(engine: Engine) -> frozenset[str]:
 
 def head_revisions(engine: Engine) -> frozenset[str]:
     # Several heads are allowed: independent features add migrations on parallel branches.
-    return frozenset(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
+    return frozenset(_scripts(engine).get_heads())
+
+
+def _scripts(engine: Engine) -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(engine))
 
 
 def _describe(revisions: frozenset[str]) -> str | None:
@@ -182,6 +186,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
         before = _revisions_on(conn)
         if before == head_revisions(engine):
             return _describe(before), _describe(before)
+        require_ours(conn, before, _scripts(engine), shown=_shown(engine))
         broken_before = foreign_key_violations(conn)
         cfg.attributes["connection"] = conn
         try:

@@ -7,15 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
-from shared.db.engine import create_db_engine, ensure_schema
+from shared.db.engine import create_db_engine, ensure_schema, head_revisions
 from tests.helpers.cli import invoke_cli
 
 _REMEDY = ("point MAMMO_DATABASE_URL at the pipeline's database or restore it from a "
            "backup.")
+
+
+def _url(backend: str, request: pytest.FixtureRequest, sqlite_url: str) -> str:
+    return sqlite_url if backend == "sqlite" else str(request.getfixturevalue("postgres_url"))
 
 
 def _pipeline_database(url: str) -> None:
@@ -29,6 +33,32 @@ def _execute(url: str, sql: str) -> None:
     with engine.begin() as conn:
         conn.execute(text(sql))
     engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        names = set(inspect(conn).get_table_names())
+    engine.dispose()
+    return names
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("command", [["results"], ["db", "upgrade"]], ids=" ".join)
+def test_a_schema_from_a_newer_release_names_both_revisions(
+        backend: str, command: list[str], request: pytest.FixtureRequest, sqlite_url: str,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # What a rollback of the software meets: the newer release moved one head on.
+    url = _url(backend, request, sqlite_url)
+    _pipeline_database(url)
+    heads = sorted(head_revisions(create_engine(url)))
+    _execute(url, f"UPDATE alembic_version SET version_num = '0099' "
+                  f"WHERE version_num = '{heads[-1]}'")
+    code, out = invoke_cli(command, monkeypatch, tmp_path, database_url=url)
+    assert code == ExitCode.DATABASE_UNAVAILABLE, out
+    assert (f"is at schema revision 0099, newer than this release knows (latest "
+            f"{'+'.join(heads)}); run the release that wrote it, or restore a backup.") in out
+    assert "report this message" not in out
 
 
 @pytest.mark.parametrize("wal", ["true", "false"])
@@ -67,3 +97,29 @@ def test_a_page_found_damaged_mid_command_says_so(monkeypatch: pytest.MonkeyPatc
     code, out = invoke_cli(["results"], monkeypatch, tmp_path, database_url=f"sqlite:///{db}")
     assert code == ExitCode.DATABASE_UNAVAILABLE, out
     assert "is corrupted: database disk image is malformed" in out and _REMEDY in out
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_another_applications_tables_name_the_clash_and_stay_alone(
+        backend: str, request: pytest.FixtureRequest, sqlite_url: str,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url = _url(backend, request, sqlite_url)
+    _execute(url, "CREATE TABLE images (x INTEGER)")
+    _execute(url, "CREATE TABLE invoices (x INTEGER)")
+    code, out = invoke_cli(["results"], monkeypatch, tmp_path, database_url=url)
+    assert code == ExitCode.DATABASE_UNAVAILABLE, out
+    assert "is not a mammo pipeline database: it already has table(s) images that the " \
+           "pipeline would create" in out
+    assert "Point MAMMO_DATABASE_URL at the pipeline's database" in out
+    assert _tables(url) == {"images", "invoices"}
+
+
+def test_another_applications_alembic_revision_is_not_called_newer(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str) -> None:
+    _execute(sqlite_url, "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    _execute(sqlite_url, "INSERT INTO alembic_version VALUES ('ae1027a6acf')")
+    code, out = invoke_cli(["results"], monkeypatch, tmp_path, database_url=sqlite_url)
+    assert code == ExitCode.DATABASE_UNAVAILABLE, out
+    assert ("not a mammo pipeline database: it is at schema revision ae1027a6acf, unknown "
+            "to the pipeline, and has none of the pipeline's tables") in out
+    assert "newer" not in out
