@@ -11,9 +11,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from pydicom import dcmread
-
 from shared.errors import InputError
+from shared.imaging.readers.dicom import DICOM
 from shared.imaging.readers.dicom_checks import pixel_length, transfer_syntax
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -23,8 +22,7 @@ def is_complete(path: Path) -> bool:
     with Path(path).open("rb") as handle:
         head = handle.read(132)
         if len(head) >= 132 and head[128:132] == b"DICM":
-            handle.seek(0)
-            return _dicom_complete(handle, Path(path))
+            return _dicom_complete(Path(path))
         handle.seek(0, 2)
         size = handle.tell()
         handle.seek(max(0, size - 64))
@@ -38,12 +36,12 @@ def is_complete(path: Path) -> bool:
     return len(head) >= 132
 
 
-def _dicom_complete(handle: object, path: Path) -> bool:
+def _dicom_complete(path: Path) -> bool:
     with warnings.catch_warnings():
         # A half-written file makes pydicom warn about short values; that is the answer.
         warnings.simplefilter("ignore")
         try:
-            ds = dcmread(handle)  # type: ignore[arg-type]
+            ds = DICOM.dataset(path)  # a deflate bomb inflates no further than its header allows
             pixel_length(ds, transfer_syntax(ds, path), path)
             return True
         except InputError:

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 
+from producer.watch.completeness import is_complete
 from shared.enums import ErrorCode, Laterality, View
 from shared.errors import (
     ImageTooLargeError,
@@ -30,7 +31,7 @@ from shared.errors import (
 )
 from shared.imaging.preprocess import preprocess
 from shared.imaging.readers import decode, read_header
-from shared.imaging.readers.dicom import DicomReader
+from shared.imaging.readers.dicom import HEADER_INFLATE_LIMIT, DicomReader
 from shared.imaging.types import ImageHeader
 from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_compressed, write_dicom
@@ -348,6 +349,15 @@ def test_deflated_header_elements_past_the_allowance_are_refused_by_the_header_r
         assert isinstance(refusal, ImageTooLargeError), refusal
         assert "inflates past 1,048,576 bytes" in refusal.message, refusal.message
         assert peak < 4 * MiB, peak
+
+
+def test_the_drop_folder_completeness_check_inflates_no_further_than_the_header_allows(
+        tmp_path: Path) -> None:
+    bomb = deflated_dicom(tmp_path / "bomb.dcm", 5, pixel_bytes=96 * MiB)
+    complete, peak = _peak_allocation(lambda: is_complete(bomb))
+    assert complete is False  # refused as too large; queued after the grace period, then
+    assert peak < HEADER_INFLATE_LIMIT + 8 * MiB, f"held {peak:,} bytes"  # failed too_large
+    assert is_complete(deflated_dicom(tmp_path / "good.dcm", 5)) is True
 
 
 def test_a_deflated_dicom_reads_like_the_same_image_uncompressed(tmp_path: Path) -> None:

@@ -119,6 +119,14 @@ class DicomReader:
         with _quiet_pydicom():
             return self._decode(path, max_pixels=max_pixels)
 
+    def dataset(self, path: Path) -> Dataset:
+        """The whole dataset, pixels undecoded, a deflated one inflated no further than its
+        header allows: for checks of a file's structure (is a dropped file complete?)."""
+        with _quiet_pydicom():
+            header = _read(path, self.header_cap, stop_before_pixels=True)
+            rows, columns = (_optional_int(header, key) or 0 for key in ("Rows", "Columns"))
+            return _read(path, _guarded(path, self._full_cap, header, rows, columns))
+
     def _header(self, path: Path, pseudonymize: Pseudonymize | None) -> ImageHeader:
         ds = _read(path, self.header_cap, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         sop = _text(ds, "SOPInstanceUID")
