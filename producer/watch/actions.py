@@ -80,7 +80,8 @@ class AfterProcessing:
             return None  # moved or deleted by someone else meanwhile
         self.log.info("moved %s to %s (image %d, %s)", self.folder.relative(path),
                       self.folder.relative(target), image.image_id, image.state)
-        self._record(image.image_id, target)
+        if image.came_from(path):  # a copy's new place is not where the image's file is
+            self._record(image.image_id, target)
         return target
 
     def _refused(self, path: Path, image: KnownImage, exc: OSError) -> None:

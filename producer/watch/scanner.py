@@ -36,6 +36,13 @@ class KnownImage:
     error_message: str | None
     identity: str = ""  # as registered: "sop:<UID>", "sha256:<hex>", ...
     registered_at: datetime | None = None
+    source: str = ""  # the path it was registered from, as the database stores it
+    finished_at: datetime | None = None
+
+    def came_from(self, path: Path) -> bool:
+        """Is ``path`` the file this image was registered from (not a copy under another
+        name, which waits on the same image)? Unknown sources count as its own."""
+        return not self.source or self.source == source_text(path)
 
 
 def walk(folder: WatchFolder, start: Path | None = None) -> Iterator[Path]:
@@ -100,12 +107,14 @@ def _rows(session: Session, where: ColumnElement[bool]) -> Iterator[tuple[str, K
     # In id order: where a path was registered more than once (a name reused for another
     # image), the newest row is the one a path lookup keeps.
     stmt = (select(Image.source, Image.id, Image.state, Image.enqueued_at, Image.study_id,
-                   Image.error_code, Image.error_message, Image.identity, Image.created_at)
+                   Image.error_code, Image.error_message, Image.identity, Image.created_at,
+                   Image.finished_at)
             .where(where).order_by(Image.id))
-    for source, image_id, state, enqueued, study, code, message, identity, created in (
-            session.execute(stmt)):
-        yield source, KnownImage(image_id, state, enqueued, study, code, message, identity,
-                                 as_utc(created))
+    for row in session.execute(stmt):
+        yield row.source, KnownImage(row.id, row.state, row.enqueued_at, row.study_id,
+                                     row.error_code, row.error_message, row.identity,
+                                     as_utc(row.created_at), row.source,
+                                     as_utc(row.finished_at))
 
 
 def _lookup(sessions: sessionmaker[Session],

@@ -356,3 +356,20 @@ def test_common_upload_temporary_names_are_ignored_by_default(tmp_path: Path) ->
                  "~w.dcm"):
         assert folder.ignored(tmp_path / name), name
     assert not folder.ignored(tmp_path / "w.dcm")
+
+
+def test_a_copy_moved_away_does_not_become_the_images_archived_path(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    first = _dicom(root / "a.dcm", 1)
+    (root / "b.dcm").write_bytes(first.read_bytes())  # the same image under a second name
+    watcher = _watcher(settings, sessions, root, watch_after="move")
+    _step(watcher)
+    with sessions() as session:
+        lifecycle.mark_done(session, [1])
+        session.commit()
+    watcher.followup.poll()
+    assert sorted(os.listdir(root / "processed")) == ["a.dcm", "b.dcm"]
+    with sessions() as session:
+        assert session.execute(select(Image.archived_path)).scalar_one() == str(
+            root / "processed/a.dcm")
