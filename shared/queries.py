@@ -173,7 +173,7 @@ def _result_row(found: RowMapping) -> dict[str, Any]:
 # The keys of ``BatchStatus.as_row``: `mammo status --format csv` prints them as its header
 # even when there is no batch yet.
 BATCH_STATUS_KEYS = ("batch_id", "name", "total", *(s.value for s in ImageState),
-                     "images_per_minute", "eta_s", "created_at", "finished_at")
+                     "images_per_minute", "eta_s", "created_at", "finished_at", "models")
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,9 @@ class BatchStatus:
     images_per_minute: float | None
     eta_seconds: float | None
     copies: dict[str, int] = field(default_factory=dict)
+    # Its done images by the model (NAME:VERSION) behind their current result. More than
+    # one when workers ran with different models: their scores are not comparable.
+    models: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -212,7 +215,25 @@ class BatchStatus:
             else round(self.images_per_minute, 1),
             "eta_s": None if self.eta_seconds is None else round(self.eta_seconds),
             "created_at": self.created_at, "finished_at": self.finished_at,
+            "models": models_text(self.models),
         }
+
+    @property
+    def mixed_models_warning(self) -> str | None:
+        if len(self.models) < 2:
+            return None
+        return (f"batch {self.batch_id} was scored by {len(self.models)} model versions "
+                f"({models_text(self.models)}): workers ran with different models, and "
+                "scores of different models are not comparable. Restart the odd workers "
+                f"with the model in use, then `mammo rescore --batch {self.batch_id}` scores "
+                "the rest with it.")
+
+
+def models_text(models: dict[str, int]) -> str | None:
+    """"default:1.8.0" for one model; "default:1.7.0 x 7, default:1.8.0 x 9" for a mix."""
+    if len(models) < 2:
+        return next(iter(models), None)
+    return ", ".join(f"{model} x {count}" for model, count in sorted(models.items()))
 
 
 def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
@@ -238,7 +259,19 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
     rate = scoring_rate(session, batch.id, window_s=window_s,
                         until=(now or utcnow()) if remaining else None)
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
-    return replace(status, images_per_minute=rate, eta_seconds=eta)
+    return replace(status, images_per_minute=rate, eta_seconds=eta,
+                   models=models_of_batch(session, batch.id))
+
+
+def models_of_batch(session: Session, batch_id: int) -> dict[str, int]:
+    """{NAME:VERSION: images} behind the current results of the batch's own done images."""
+    stmt = (_with_latest_prediction(
+                select(ModelVersion.name, ModelVersion.version, func.count())
+                .select_from(Image))
+            .where(Image.batch_id == batch_id, Image.state == ImageState.DONE.value,
+                   ModelVersion.id.is_not(None))
+            .group_by(ModelVersion.name, ModelVersion.version))
+    return {f"{name}:{version}": count for name, version, count in session.execute(stmt)}
 
 
 @dataclass(frozen=True)

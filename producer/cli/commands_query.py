@@ -65,6 +65,9 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         statuses = [s for s in (batch_status(session, i) for i in ids) if s is not None]
     rows = [s.as_row() for s in statuses]
     render(rows, fmt, keys=BATCH_STATUS_KEYS, title="Batches")
+    for warning in filter(None, (s.mixed_models_warning for s in statuses)):
+        # On stderr: the csv/json on stdout stay machine-readable.
+        click.secho(f"warning: {warning}", err=True, fg="yellow")
     if fmt != "table":
         return
     health_row = _health(cli)

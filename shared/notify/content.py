@@ -18,6 +18,7 @@ from shared.notify.message import Attachment, Event, Notice
 from shared.queries import batch_status
 from shared.reports.batch_data import synthetic_images
 from shared.reports.exports import DISCLAIMER
+from shared.reports.layout import synthetic_note
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 
 # Said in the subject and first in the text of an alert for a `mammo demo` exam.
@@ -63,11 +64,14 @@ def batch_notice(session: Session, batch_id: int, *, html: str | None,
     # The report path as the recipient must look for it: the writer's working directory
     # means nothing in an inbox.
     report_path = report_path.resolve() if report_path else None
+    # The subject says "synthetic" only when no image is a patient's (synthetic_note).
+    all_synthetic = bool(synthetic) and synthetic >= status.total
+    note = synthetic_note(synthetic, status.total)
     text = "\n".join([
-        *([f"{SYNTHETIC_NOTE} ({synthetic} of {status.total} images)", ""] if synthetic
-          else []),
+        *([note, ""] if note else []),
         f"Batch {batch_id}{name} is complete: {status.total} images, "
         f"{status.counts.get('done', 0)} done, {failed} failed.",
+        *([f"Warning: {status.mixed_models_warning}"] if status.mixed_models_warning else []),
         "",
         *_lines("Images by state", status.counts),
         *_lines("Images by predicted class", by_class),
@@ -84,12 +88,12 @@ def batch_notice(session: Session, batch_id: int, *, html: str | None,
         "failures_by_reason": reasons,
         "report_path": str(report_path) if report_path else None,
         "finished_at": status.finished_at.isoformat() if status.finished_at else None,
-        "synthetic_images": synthetic, "disclaimer": DISCLAIMER,
+        "synthetic_images": synthetic, "models": status.models, "disclaimer": DISCLAIMER,
     }
     attachments = (Attachment(report_path.name if report_path else f"batch-{batch_id}.html",
                               html),) if html else ()
     return Notice(Event.BATCH_COMPLETE, f"batch:{batch_id}",
-                  f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
+                  f"[mammo] {SYNTHETIC_NOTE + ': ' if all_synthetic else ''}"
                   f"Batch {batch_id}{name} complete: {failed} failed of {status.total}",
                   text, payload, attachments, batch_id=batch_id)
 
@@ -111,10 +115,12 @@ def current_exam(session: Session, study_id: int) -> ExamResult | None:
 
 
 def _synthetic(session: Session, study_id: int) -> bool:
-    """Made by `mammo demo` / shared.synthetic (the same test as the exam report's)."""
-    return session.execute(select(Image.id).where(
-        Image.study_id == study_id, Image.manufacturer == SYNTHETIC_MANUFACTURER).limit(1)
-    ).first() is not None
+    """Every image made by `mammo demo` / shared.synthetic (the exam report's test): one
+    patient's image among them makes the exam a patient's."""
+    kinds = set(session.execute(select(
+        Image.manufacturer.is_not(None) & (Image.manufacturer == SYNTHETIC_MANUFACTURER))
+        .where(Image.study_id == study_id).distinct()).scalars())
+    return kinds == {True}
 
 
 def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice | None:

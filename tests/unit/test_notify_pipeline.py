@@ -8,8 +8,9 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.embedded_run import run_embedded
@@ -17,11 +18,19 @@ from producer.registration import create_batch, register_files
 from producer.watch.identity import RegisteredFiles
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.db.schema import Batch, ExamResult, Image, Notification, Study
+from shared.db.schema import (
+    Batch,
+    ExamResult,
+    Image,
+    ModelVersion,
+    Notification,
+    Prediction,
+    Study,
+)
 from shared.enums import Priority
 from shared.notify import Notifier
 from shared.notify.content import batch_notice
-from shared.synthetic import make_exam_set
+from shared.synthetic import make_exam_set, synth_mammogram, write_png
 from tests.helpers.notify_servers import HOST, SmtpInbox, free_port, smtp_server, webhook_server
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
@@ -112,7 +121,7 @@ def test_one_batch_email_and_one_alert_per_exam_even_when_the_hook_fires_again(
     assert "4 images, 4 done, 0 failed" in text and "not a diagnosis" in text
     # A `mammo demo` batch says so in its subject and first line too, not only its alerts.
     assert batch_mail["Subject"].startswith("[mammo] SYNTHETIC TEST DATA - not a patient: ")
-    assert text.startswith("SYNTHETIC TEST DATA - not a patient (4 of 4 images)")
+    assert text.startswith("SYNTHETIC TEST DATA, not patients")
     [batch_payload] = [p for p in hook.accepted if p["event"] == "batch_complete"]
     assert batch_payload["synthetic_images"] == 4
     assert "Images by predicted class:" in text
@@ -481,3 +490,30 @@ def test_the_batch_notice_names_its_report_by_absolute_path(
     where = str(tmp_path.resolve() / "reports" / "batch-1.html")
     assert f"Batch report: {where}\n" in notice.text
     assert notice.payload["report_path"] == where
+
+
+def test_a_batch_mixing_a_patient_image_and_two_models_says_both(
+        settings: Settings, tmp_path: Path) -> None:
+    sessions = _sessions(settings)
+    batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
+    files = [*make_exam_set(tmp_path / "in", 1, seed=9),
+             write_png(tmp_path / "patient.png", synth_mammogram(np.random.default_rng(9)))]
+    ids = register_files(sessions, batch, files).new_ids
+    process_chunk(ids, token="t", runtime=WorkerRuntime(settings))  # no channels configured
+    with sessions() as session:
+        # A second worker ran another model: one image's prediction is that model's.
+        other = ModelVersion(name="default", version="0.9.0", sha256="9" * 64,
+                             preprocessing_version="2", classes=["normal", "benign", "malignant"],
+                             input_size=[512, 512], path="/models/default/0.9.0")
+        session.add(other)
+        session.flush()
+        session.execute(update(Prediction).where(Prediction.image_id == ids[0])
+                        .values(model_version_id=other.id))
+        session.commit()
+        notice = batch_notice(session, batch, html=None, report_path=None)
+    assert notice is not None
+    # The PNG is a patient's (no synthetic maker): the batch is not called test data.
+    assert "SYNTHETIC" not in notice.subject
+    assert notice.text.startswith("4 of 5 images are synthetic test data")
+    assert "Warning: batch 1 was scored by 2 model versions" in notice.text
+    assert sorted(notice.payload["models"].values()) == [1, 4]

@@ -275,7 +275,8 @@ _MODEL = {"id": 1, "name": "default", "version": "1.0.0", "sha256": "0" * 64,
 _STAGE_S = 2.0  # each seeded prediction's decode + preprocess + forward-pass time
 
 
-def _scored(conn: Any, batch_id: int, finished: list[datetime], *, start: int = 0) -> None:
+def _scored(conn: Any, batch_id: int, finished: list[datetime], *, start: int = 0,
+            model_id: int = 1) -> None:
     """Images of ``batch_id`` scored at ``finished``, each with its worker's prediction."""
     ids = conn.execute(insert(Image).returning(Image.id), [
         {"identity": f"pace-{batch_id}-{start + i}", "batch_id": batch_id,
@@ -284,7 +285,7 @@ def _scored(conn: Any, batch_id: int, finished: list[datetime], *, start: int = 
          "claimed_at": at - timedelta(seconds=_STAGE_S), "finished_at": at}
         for i, at in enumerate(finished)]).scalars().all()
     conn.execute(insert(Prediction), [
-        {"image_id": image_id, "model_version_id": 1, "preprocessing_version": "2",
+        {"image_id": image_id, "model_version_id": model_id, "preprocessing_version": "2",
          "label": "normal", "p_normal": 0.9, "p_benign": 0.05, "p_malignant": 0.05,
          "suspicion": 1, "decode_ms": 1000.0, "preprocess_ms": 500.0, "infer_ms": 500.0,
          "forward_pass_id": f"fp-{image_id}", "forward_pass_size": 1, "created_at": at}
@@ -409,6 +410,32 @@ def test_a_batch_s_pace_counts_only_what_it_scored_itself_and_survives_a_rescore
              "created_at": rescored + timedelta(seconds=1)} for row in first])
     engine.dispose()
     assert _paces(url, 2, tmp_path) == (pytest.approx(30.0), 30.0)
+
+
+def test_a_batch_scored_by_two_models_is_flagged_by_status(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(ModelVersion), [_MODEL, {**_MODEL, "id": 2, "version": "1.7.0",
+                                                     "sha256": "7" * 64}])
+        conn.execute(insert(Batch), [{"id": 1, "created_at": at}, {"id": 2, "created_at": at}])
+        # Two workers with different MAMMO_MODEL shared batch 1; batch 2 had one model.
+        _scored(conn, 1, [at + timedelta(seconds=s) for s in (2, 4)])
+        _scored(conn, 1, [at + timedelta(seconds=6)], start=2, model_id=2)
+        _scored(conn, 2, [at + timedelta(seconds=8)])
+    with Session(engine) as session:
+        mixed, single = batch_status(session, 1), batch_status(session, 2)
+    engine.dispose()
+    assert mixed is not None and mixed.models == {"default:1.0.0": 2, "default:1.7.0": 1}
+    assert mixed.as_row()["models"] == "default:1.0.0 x 2, default:1.7.0 x 1"
+    assert single is not None and single.as_row()["models"] == "default:1.0.0"
+    assert single.mixed_models_warning is None
+    code, out = _mammo(["status", "1"], monkeypatch, tmp_path, url)
+    assert code == 0
+    assert "batch 1 was scored by 2 model versions" in " ".join(out.split())
+    assert "mammo rescore --batch 1" in " ".join(out.split())
 
 
 @pytest.mark.parametrize("kind", ["refused at intake", "copies only"])
