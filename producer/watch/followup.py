@@ -2,19 +2,24 @@
 
 Workers may run on other machines, so the database is the only place that knows when an
 image is finished. The watcher remembers which paths wait on which image (a file copied
-under a second name waits on the first one's image) and asks in blocks.
+under a second name waits on the first one's image) and asks in blocks. A failure that a
+new attempt may fix is not acted on at once (``pending``): the file is left in place a while,
+or handed back to be registered again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.watch.actions import AfterProcessing
 from producer.watch.folder import WatchFolder
+from producer.watch.pending import Pending, pending
 from producer.watch.scanner import KnownImage, lookup_ids
 from shared.enums import ImageState
 from shared.exams import refresh_exam_results
@@ -26,14 +31,21 @@ _TERMINAL = {s.value for s in ImageState.terminal()}
 class FollowUp:
     def __init__(self, sessions: sessionmaker[Session], folder: WatchFolder,
                  actions: AfterProcessing, log: logging.Logger, *, exam_timeout_s: float,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, settle_s: float = 0.0,
+                 register_again: Callable[[Path], None] | None = None) -> None:
+        """``settle_s``: how long a file failed for its state (e.g. truncated) must stay
+        unchanged before it is moved or deleted; ``register_again``: hands a file back to
+        be registered (None: its own events or the next scan's will)."""
         self.sessions = sessions
         self.notifier = notifier
         self.folder = folder
         self.actions = actions
         self.log = log
         self.exam_timeout_s = exam_timeout_s
+        self.settle_s = settle_s
+        self.register_again = register_again
         self._waiting: dict[int, set[Path]] = defaultdict(set)
+        self._kept: set[Path] = set()  # left in place after a failure: said once
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -43,7 +55,8 @@ class FollowUp:
 
     def finish(self, path: Path, image: KnownImage) -> None:
         """A file whose image is already terminal (found by a scan, or just rejected)."""
-        self.actions.apply(path, image)
+        if self._settled(path, image):
+            self.actions.apply(path, image)
 
     def poll(self) -> int:
         """Act on every tracked image that reached done/failed; return how many did."""
@@ -54,6 +67,8 @@ class FollowUp:
         finished = {i: k for i, k in states.items() if k.state in _TERMINAL}
         for image_id, image in finished.items():
             for path in sorted(self._waiting.pop(image_id)):
+                if not self._settled(path, image):
+                    continue
                 self.log.info("%s %s (image %d)%s", image.state, self.folder.relative(path),
                               image_id, f": {image.error_code}" if image.error_code else "")
                 self.actions.apply(path, image)
@@ -61,6 +76,31 @@ class FollowUp:
             self._waiting.pop(image_id)  # row deleted by an admin: nothing left to follow
         self.refresh_exams({k.study_id for k in finished.values() if k.study_id is not None})
         return len(finished)
+
+    def _settled(self, path: Path, image: KnownImage) -> bool:
+        """Whether the action may be done now; if not, the file is followed further."""
+        why = pending(path, image, settle_s=self.settle_s, now=time.time())
+        if why is None:
+            self._kept.discard(path)
+            return True
+        if why is Pending.WAIT:
+            self.track(image.image_id, path)  # looked at again at the next poll
+            if path not in self._kept:
+                self._kept.add(path)
+                self.log.info("kept %s in place: image %d failed (%s), and its writer may not "
+                              "have finished; filed if it stays unchanged for %.0f s",
+                              self.folder.relative(path), image.image_id, image.error_code,
+                              self.settle_s)
+            return False
+        self.log.info("looking at %s again: image %d failed (%s) %s",
+                      self.folder.relative(path), image.image_id, image.error_code,
+                      "and this file changed since" if why is Pending.CHANGED
+                      else "with its own file gone, and this copy is here")
+        # Registration decides: it retries the image under this file, and the watcher
+        # follows whatever image the file then belongs to.
+        if self.register_again is not None:
+            self.register_again(path)
+        return False
 
     def refresh_exams(self, study_ids: set[int]) -> None:
         if not study_ids:

@@ -80,7 +80,9 @@ class Watcher:
         self.followup = FollowUp(sessions, self.folder,
                                  AfterProcessing(self.folder, settings.watch_after, log,
                                                  self.registered, sessions), log,
-                                 exam_timeout_s=settings.exam_timeout_s, notifier=notifier)
+                                 exam_timeout_s=settings.exam_timeout_s, notifier=notifier,
+                                 settle_s=settings.watch_incomplete_grace_s,
+                                 register_again=self._register_again)
         # Embedded mode has no `mammo worker` whose sweeper would follow up.
         self.notifications = BackgroundFollowUp(settings, notifier, log)
         self.watch = FolderWatch(self.folder.root, self.inbox, log, poll=options.poll,
@@ -249,6 +251,12 @@ class Watcher:
         if path not in self._reported:
             self._reported.add(path)
             log.warning(message, self.folder.relative(path), *args)
+
+    def _register_again(self, path: Path) -> None:
+        """A file that may undo its image's failure: through the stability check again,
+        even if it was found a copy before."""
+        self._duplicates.pop(path, None)
+        self.tracker.note(path)
 
     def _remember_duplicate(self, path: Path) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,8 @@ def test_move_action_files_results_and_reasons_and_survives_restarts(
         ids = dict(session.execute(select(Image.source, Image.id)).all())
         lifecycle.mark_done(session, [ids[str(root / "sub/ok.dcm")]])
         bad = ids[str(root / "bad.dcm")]
-        lifecycle.mark_failed(session, bad, ErrorCode.TRUNCATED, "bad.dcm is truncated.")
+        # A failure of the content: filed at once (a truncated file waits; see below).
+        lifecycle.mark_failed(session, bad, ErrorCode.NOT_MAMMOGRAPHY, "bad.dcm is a chest CT.")
         session.commit()
     if crash_before_move:  # the database says done, the watcher died before moving
         watcher = _watcher(settings, sessions, root, watch_after="move")
@@ -169,7 +171,7 @@ def test_move_action_files_results_and_reasons_and_survives_restarts(
     moved = root / f"failed/bad.image-{bad}.dcm"  # never overwrites an older namesake
     assert moved.is_file() and not (root / "bad.dcm").exists()
     reason = (root / f"failed/bad.image-{bad}.dcm.reason.txt").read_text()
-    assert f"image_id: {bad}" in reason and "reason: truncated" in reason
+    assert f"image_id: {bad}" in reason and "reason: not_mammography" in reason
     assert (root / "failed/bad.dcm").read_bytes() == b"an older file of the same name"
     before = sorted(os.listdir(root / "failed"))
     _step(watcher)  # nothing left to do: no new rows, nothing moved again
@@ -356,6 +358,98 @@ def test_common_upload_temporary_names_are_ignored_by_default(tmp_path: Path) ->
                  "~w.dcm"):
         assert folder.ignored(tmp_path / name), name
     assert not folder.ignored(tmp_path / "w.dcm")
+
+
+def _written_long_ago(path: Path) -> Path:
+    """Quiet for longer than any grace period: the tracker queues it at the next step."""
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime - 7200))
+    return path
+
+
+@pytest.mark.parametrize("after", ["move", "delete"])
+def test_a_stalled_writer_keeps_its_file_and_the_completed_file_is_queued_again(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path, after: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The writer paused past the grace period: its half file was queued, failed truncated
+    # and filed away while still open; the completed file never came back.
+    root = tmp_path / "in"
+    data = _dicom(tmp_path / "src.dcm", 1).read_bytes()
+    path = root / "s.dcm"
+    root.mkdir()
+    path.write_bytes(data[:8000])
+    watcher = _watcher(settings, sessions, root, watch_after=after,
+                       watch_incomplete_grace_s=60.0)
+    _written_long_ago(path)
+    _step(watcher)
+    with sessions() as session:
+        lifecycle.mark_failed(session, 1, ErrorCode.TRUNCATED, "s.dcm is truncated.")
+        session.commit()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher.followup.poll()
+    _step(watcher)
+    assert path.read_bytes() == data[:8000]  # left where its writer has it
+    assert ("kept s.dcm in place: image 1 failed (truncated), and its writer may not have "
+            "finished; filed if it stays unchanged for 60 s") in caplog.messages
+    with path.open("ab") as handle:  # the writer resumes and finishes
+        handle.write(data[8000:])
+    watcher.followup.poll()
+    watcher.queue_ready(threading.Event())
+    assert "queued s.dcm (image 1) again: it had failed (truncated)" in caplog.messages
+    with sessions() as session:
+        assert session.execute(select(Image.state)).scalars().all() == ["queued"]
+        lifecycle.mark_done(session, [1])
+        session.commit()
+    watcher.followup.poll()
+    assert not path.exists() and not (root / "failed").exists()
+    assert (root / "processed/s.dcm").is_file() == (after == "move")
+
+
+def test_a_truncated_file_left_unchanged_is_filed_after_the_grace_period(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    path = root / "s.dcm"
+    path.write_bytes(_dicom(tmp_path / "src.dcm", 1).read_bytes()[:8000])
+    watcher = _watcher(settings, sessions, root, watch_after="move",
+                       watch_incomplete_grace_s=60.0)
+    _written_long_ago(path)
+    _step(watcher)
+    with sessions() as session:
+        lifecycle.mark_failed(session, 1, ErrorCode.TRUNCATED, "s.dcm is truncated.")
+        failed_at = session.execute(select(Image.finished_at)).scalar_one()
+        session.execute(update(Image).values(  # an hour ago, and nothing written since
+            finished_at=failed_at - timedelta(hours=1)))
+        session.commit()
+    watcher.followup.poll()
+    assert not path.exists()
+    assert "reason: truncated" in (root / "failed/s.dcm.reason.txt").read_text()
+
+
+def test_a_renamed_file_does_not_inherit_the_failure_of_its_vanished_temporary_name(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # An upload tool's temporary name that the ignore patterns do not know: queued, then
+    # renamed; the worker fails it missing_file, and the complete file was filed with it.
+    root = tmp_path / "in"
+    temporary = _written_long_ago(_dicom(root / "w.dcm.upload", 1))
+    watcher = _watcher(settings, sessions, root, watch_after="move")
+    _step(watcher)
+    temporary.rename(root / "w.dcm")
+    _step(watcher)  # a copy of image 1, still queued
+    with sessions() as session:
+        lifecycle.mark_failed(session, 1, ErrorCode.MISSING_FILE, "w.dcm.upload is gone.")
+        session.commit()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher.followup.poll()
+    watcher.queue_ready(threading.Event())
+    assert "queued w.dcm (image 1) again: it had failed (missing_file)" in caplog.messages
+    with sessions() as session:
+        assert session.execute(select(Image.source, Image.state)).one() == (
+            str(root / "w.dcm"), "queued")
+        lifecycle.mark_done(session, [1])
+        session.commit()
+    watcher.followup.poll()
+    assert (root / "processed/w.dcm").is_file() and not (root / "failed").exists()
 
 
 def test_a_copy_moved_away_does_not_become_the_images_archived_path(
