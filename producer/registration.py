@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -319,15 +319,19 @@ def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str
     readable = {row["source"]: row for row in rows if row["state"] == ImageState.QUEUED.value}
     if not readable:
         return rows
-    refused = session.execute(select(Image.id, Image.identity, Image.source).where(
-        Image.source.in_(readable), Image.state == ImageState.FAILED.value,
-        Image.error_code == code)).all()
+    refused = session.execute(select(Image.id, Image.identity, Image.source, Image.batch_id)
+                              .where(Image.source.in_(readable),
+                                     Image.state == ImageState.FAILED.value,
+                                     Image.error_code == code)).all()
     adopted: set[str] = set()
     for stored in refused:
         row = readable[stored.source]
-        if (stored.identity != f"{code}:{content_identity(paths[stored.source])}"
-                or session.scalar(select(Image.id).where(Image.identity == row["identity"]))):
-            continue  # another file now, or its image registered since under another path
+        if stored.identity != f"{code}:{content_identity(paths[stored.source])}":
+            continue  # another file at that path now: the refusal stays its own
+        registered = session.scalar(select(Image.id).where(Image.identity == row["identity"]))
+        if registered is not None:  # its image was registered since, from another path
+            _retire_refusal(session, stored, registered)
+            continue  # and this submission is a copy of that image, like any other
         values = {key: value for key, value in row.items() if key != "created_at"}
         try:
             with session.begin_nested():  # a racing producer may insert the identity first
@@ -345,6 +349,23 @@ def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str
             result.retried[stored.id] = code
             adopted.add(stored.source)
     return [row for row in rows if row["source"] not in adopted]
+
+
+def _retire_refusal(session: Session, refused: Any, image_id: int) -> None:
+    """The refused file is a copy of ``image_id``, registered since under another path:
+    its batch records it as such (as registration would have, had the key been set), the
+    copies recorded of the refusal point at that image, and the refusal is gone."""
+    session.execute(update(DuplicateSubmission)
+                    .where(DuplicateSubmission.image_id == refused.id)
+                    .values(image_id=image_id).execution_options(synchronize_session=False))
+    session.add(DuplicateSubmission(batch_id=refused.batch_id, image_id=image_id,
+                                    source=refused.source, created_at=utcnow()))
+    session.execute(update(Batch).where(Batch.id == refused.batch_id)
+                    .values(duplicates=Batch.duplicates + 1)
+                    .execution_options(synchronize_session=False))
+    session.execute(delete(Image).where(Image.id == refused.id,
+                                        Image.state == ImageState.FAILED.value)
+                    .execution_options(synchronize_session=False))
 
 
 def _changed_since(path: Path, source: str, stored: Any) -> bool:

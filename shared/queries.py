@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -264,14 +265,22 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
 
 
 def models_of_batch(session: Session, batch_id: int) -> dict[str, int]:
-    """{NAME:VERSION: images} behind the current results of the batch's own done images."""
+    """{NAME:VERSION: images} behind the current results of the batch's own done images.
+
+    Models are told apart by their file (sha256), as the model registry does: a model
+    retrained under the shipped one's NAME:VERSION (`mammo train`'s defaults) is another
+    model, named with its sha256's first 12 digits wherever two share a NAME:VERSION."""
     stmt = (_with_latest_prediction(
-                select(ModelVersion.name, ModelVersion.version, func.count())
-                .select_from(Image))
+                select(ModelVersion.name, ModelVersion.version, ModelVersion.sha256,
+                       func.count()).select_from(Image))
             .where(Image.batch_id == batch_id, Image.state == ImageState.DONE.value,
                    ModelVersion.id.is_not(None))
-            .group_by(ModelVersion.name, ModelVersion.version))
-    return {f"{name}:{version}": count for name, version, count in session.execute(stmt)}
+            .group_by(ModelVersion.name, ModelVersion.version, ModelVersion.sha256))
+    found = [(f"{name}:{version}", sha256, count)
+             for name, version, sha256, count in session.execute(stmt)]
+    shared = Counter(label for label, _, _ in found)
+    return {f"{label} (sha256 {sha256[:12]})" if shared[label] > 1 else label: count
+            for label, sha256, count in found}
 
 
 @dataclass(frozen=True)

@@ -438,6 +438,24 @@ def test_a_batch_scored_by_two_models_is_flagged_by_status(
     assert "mammo rescore --batch 1" in " ".join(out.split())
 
 
+def test_two_models_under_one_name_and_version_are_told_apart(tmp_path: Path) -> None:
+    """`mammo train`'s defaults name a retrained model like the shipped one."""
+    url = f"sqlite:///{tmp_path / 'retrained.db'}"
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(ModelVersion), [_MODEL, {**_MODEL, "id": 2, "sha256": "f" * 64}])
+        conn.execute(insert(Batch), [{"id": 1, "created_at": at}])
+        _scored(conn, 1, [at + timedelta(seconds=2)])
+        _scored(conn, 1, [at + timedelta(seconds=4)], start=1, model_id=2)
+    with Session(engine) as session:
+        status = batch_status(session, 1)
+    engine.dispose()
+    assert status is not None and status.models == {
+        "default:1.0.0 (sha256 000000000000)": 1, "default:1.0.0 (sha256 ffffffffffff)": 1}
+    assert status.mixed_models_warning is not None
+
+
 @pytest.mark.parametrize("kind", ["refused at intake", "copies only"])
 def test_a_batch_that_scored_nothing_has_no_pace(kind: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'pace.db'}"

@@ -16,7 +16,7 @@ from producer.registration import Ingestion, create_batch, ingestion_for, regist
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.db.schema import DuplicateSubmission, Image, Study
+from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.enums import ErrorCode, Laterality, Priority, View
 from shared.queries import ResultFilter, list_results
 from shared.synthetic import synth_mammogram, write_dicom, write_png
@@ -86,6 +86,32 @@ def test_no_key_fails_the_file_with_its_reason_then_the_key_lets_it_in(
     assert (image.error_code, image.error_message, image.finished_at) == (None, None, None)
     assert image.identity.startswith("sop:") and image.study_id == study.id
     assert study.patient_pseudonym and (image.laterality, image.view) == ("R", "MLO")
+
+
+def test_a_refused_file_whose_image_came_in_under_another_path_becomes_its_copy(
+        tmp_path: Path, sqlite_url: str, each_backend_sessions: sessionmaker[Session]) -> None:
+    sessions = each_backend_sessions
+    first = _dicom(tmp_path / "pk", "A.dcm", "1.2.826.0.1.3680043.8.498.77")
+    second = tmp_path / "other" / "B.dcm"
+    second.parent.mkdir()
+    shutil.copyfile(first, second)
+    without, keyed = ingestion_for(_settings(sqlite_url)), ingestion_for(_settings(sqlite_url, KEY))
+    refused_in = _register(sessions, [first], without)
+    _register(sessions, [second], without)  # a copy of the refusal
+    _register(sessions, [second], keyed)  # the image comes in under B's path
+    _register(sessions, [first], keyed)  # the README's remedy: A is resubmitted
+    with sessions() as session:
+        images = session.execute(select(Image.source, Image.state)).all()
+        copies = session.execute(select(DuplicateSubmission.batch_id, DuplicateSubmission.source,
+                                        DuplicateSubmission.image_id)).all()
+        batch = session.get(Batch, refused_in)
+    [(source, state)] = images  # the refusal is retired: one image, no failure left
+    assert (source, state) == (str(second), "queued")
+    with sessions() as session:
+        image_id = session.execute(select(Image.id)).scalar_one()
+    assert {c.image_id for c in copies} == {image_id}
+    assert (refused_in, str(first), image_id) in copies and len(copies) == 3
+    assert batch is not None and batch.duplicates == 1
 
 
 def test_a_refused_path_holding_another_file_now_is_a_new_image(
