@@ -410,11 +410,12 @@ def models_activate(cli: CliContext, ref: str) -> None:
     from worker.classifier import Classifier
 
     spec = _resolve(cli, ref, "REF")
-    # Loaded exactly as a worker loads it (checks without TensorFlow, then Keras and one
-    # traced call): weights that only Keras finds broken would otherwise be activated and
-    # stop every worker at its next start.
-    Classifier(spec, batch_size=1, preprocessing_version=PREPROCESSING_VERSION).load()
     with cli.sessions() as session:
+        session.connection()  # an unusable database is said before seconds of model loading
+        # Loaded exactly as a worker loads it (checks without TensorFlow, then Keras and one
+        # traced call): weights that only Keras finds broken would otherwise be activated
+        # and stop every worker at its next start.
+        Classifier(spec, batch_size=1, preprocessing_version=PREPROCESSING_VERSION).load()
         activate(session, spec)
         session.commit()
     click.echo(f"active model: {spec.name} {spec.version} ({spec.directory})")

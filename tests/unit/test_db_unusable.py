@@ -4,6 +4,9 @@ traceback, and is left as it was."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,18 @@ def test_another_applications_alembic_revision_is_not_called_newer(
     assert ("not a mammo pipeline database: it is at schema revision ae1027a6acf, unknown "
             "to the pipeline, and has none of the pipeline's tables") in out
     assert "newer" not in out
+
+
+def test_activate_says_so_before_loading_the_model(tmp_path: Path) -> None:
+    """Seconds of TensorFlow loading, then the database error, told the operator nothing
+    they could not have been told at once."""
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 200)
+    probe = ("import sys\nfrom producer.cli.main import cli\n"
+             "try:\n    cli(['models', 'activate', 'default'])\n"
+             "except SystemExit as e:\n    print(e.code, 'tensorflow' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAMMO_")}
+    env["MAMMO_DATABASE_URL"] = f"sqlite:///{tmp_path / 'junk.db'}"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.stdout.split() == [str(int(ExitCode.DATABASE_UNAVAILABLE)), "False"], done
