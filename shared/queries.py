@@ -306,18 +306,26 @@ def _first_predictions(batch_id: int) -> Any:
 
 
 def scoring_work(session: Session, batch_id: int) -> ScoringWork:
-    first = (select(Prediction.created_at,
-                    Prediction.decode_ms + Prediction.preprocess_ms
-                    + Prediction.infer_ms * Prediction.forward_pass_size)
+    first = (select(Prediction.created_at, Prediction.forward_pass_id,
+                    Prediction.infer_ms * Prediction.forward_pass_size)
              .where(Prediction.id.in_(_first_predictions(batch_id)))
              .order_by(Prediction.created_at, Prediction.id).limit(1))
     found = session.execute(first).first()
     if found is None:
         return ScoringWork(None, None)
+    first_at, forward_pass, infer_ms = found
+    # Every image of the first forward pass was decoded and preprocessed before it ran: a
+    # batch of one chunk would otherwise seem to take one image's preparation, not the
+    # chunk's (taken one after the other: with parallel decoding, a little early).
+    prepared_ms = session.execute(
+        select(func.sum(Prediction.decode_ms + Prediction.preprocess_ms))
+        .where(Prediction.id.in_(_first_predictions(batch_id)),
+               Prediction.forward_pass_id == forward_pass)).scalar_one()
     last = session.execute(select(func.max(Prediction.created_at)).where(
         Prediction.id.in_(_first_predictions(batch_id)))).scalar_one()
-    first_at = as_utc(found[0])
-    started = None if first_at is None else first_at - timedelta(milliseconds=found[1] or 0)
+    first_at = as_utc(first_at)
+    started = None if first_at is None else first_at - timedelta(
+        milliseconds=(prepared_ms or 0) + (infer_ms or 0))
     return ScoringWork(started, as_utc(last))
 
 

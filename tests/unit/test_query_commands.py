@@ -412,6 +412,22 @@ def test_a_batch_s_pace_counts_only_what_it_scored_itself_and_survives_a_rescore
     assert _paces(url, 2, tmp_path) == (pytest.approx(30.0), 30.0)
 
 
+def test_a_batch_of_one_forward_pass_counts_every_image_s_preparation(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'one-pass.db'}"
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(ModelVersion), [_MODEL])
+        conn.execute(insert(Batch), [{"id": 1, "created_at": at}])
+        _scored(conn, 1, [at] * 4)
+        # One chunk: 4 images decoded and preprocessed (1.5 s each), then one forward pass
+        # of 4 (0.5 s per image): 8 s of work for the 4 predictions written together.
+        conn.execute(update(Prediction).values(forward_pass_id="fp-chunk", forward_pass_size=4))
+    engine.dispose()
+    assert _paces(url, 1, tmp_path) == (pytest.approx(30.0), 30.0)
+
+
 def test_a_batch_scored_by_two_models_is_flagged_by_status(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'mixed.db'}"
