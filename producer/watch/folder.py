@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from fnmatch import fnmatch
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from producer.discovery import is_candidate, source_text
@@ -51,9 +51,17 @@ class WatchFolder:
         if parts[0] in self.reserved and len(parts) > 1:
             return True
         name = parts[-1]
-        return not is_candidate(Path(name)) or any(fnmatch(name, pat) for pat in self.ignore)
+        return not is_candidate(Path(name)) or _matches_any(name, self.ignore)
 
     def contains_real(self, path: Path) -> bool:
         """Does ``path``, with every symlink resolved, stay inside the folder?"""
         real_root = os.path.realpath(self.root)
         return os.path.realpath(path).startswith(real_root + os.sep)
+
+
+def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
+    """Case-insensitive, as upload tools are: Windows ones write ``IM1.DCM.TMP`` or
+    ``a.dcm.FILEPART`` where the pattern says ``*.tmp`` (``fnmatch`` alone is case-sensitive
+    on POSIX)."""
+    folded = name.casefold()
+    return any(fnmatchcase(folded, pattern.casefold()) for pattern in patterns)

@@ -360,6 +360,14 @@ def test_common_upload_temporary_names_are_ignored_by_default(tmp_path: Path) ->
     assert not folder.ignored(tmp_path / "w.dcm")
 
 
+def test_temporary_name_patterns_ignore_letter_case(tmp_path: Path) -> None:
+    # Windows upload tools write the suffix in capitals: these were queued as images.
+    folder = WatchFolder.of(tmp_path, Settings().watch_ignore_patterns, move=False)
+    for name in ("IM1.DCM.TMP", "a.dcm.PART", "a.dcm.FILEPART", "b.dcm.Crdownload"):
+        assert folder.ignored(tmp_path / name), name
+    assert not folder.ignored(tmp_path / "IM1.DCM")
+
+
 def _written_long_ago(path: Path) -> Path:
     """Quiet for longer than any grace period: the tracker queues it at the next step."""
     os.utime(path, (path.stat().st_atime, path.stat().st_mtime - 7200))
