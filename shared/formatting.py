@@ -24,6 +24,8 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # C0 and C1 control characters (ESC, BEL, CSI ...) and DEL, but not the newline: a file name
 # or DICOM text printed raw could retitle the terminal, recolour it or rewrite what was shown.
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# The same and the newline, for text that must stay on one line (a log line's file name).
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _plain(value: Any) -> Any:
@@ -78,7 +80,13 @@ def _cell(value: Any) -> str:
     # Cells are data (file names, error messages), never Rich markup: "[red]x.png" must
     # show as typed; and never terminal control: ESC shows as \x1b. (CSV and JSON keep the
     # data as it is.)
-    return escape(_CONTROL.sub(_visible, str(value)))
+    return escape(without_control(str(value)))
+
+
+def without_control(text: str, *, one_line: bool = False) -> str:
+    """``text`` with terminal control characters shown as ``\\xNN`` (ESC as ``\\x1b``);
+    ``one_line``: the newline too, so that a file name cannot start a forged log line."""
+    return (_CONTROL_OR_NEWLINE if one_line else _CONTROL).sub(_visible, text)
 
 
 def _visible(found: re.Match[str]) -> str:

@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from producer.discovery import is_candidate, source_text
+from shared.formatting import without_control
 
 SIDECAR_SUFFIX = ".reason.txt"
 PROCESSED, FAILED = "processed", "failed"
@@ -37,8 +38,10 @@ class WatchFolder:
 
     def relative(self, path: Path) -> str:
         """``path`` below the folder, for logs: as the database stores it, so that a name
-        that is not UTF-8 reads ``caf\\xe9.dcm`` there too."""
-        return source_text(self.relative_path(path))
+        that is not UTF-8 reads ``caf\\xe9.dcm`` there too, and with control characters
+        shown as ``\\x1b`` (a name must not retitle the terminal tailing the log, nor
+        start a forged log line with a newline)."""
+        return without_control(source_text(self.relative_path(path)), one_line=True)
 
     def ignored(self, path: Path) -> bool:
         """Temporary names, dotfiles, our sidecars and output folders: not (yet) images."""

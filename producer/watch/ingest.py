@@ -26,6 +26,7 @@ from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.schema import Batch, Image
 from shared.enums import Priority
+from shared.formatting import without_control
 from shared.queue import enqueue_chunks
 from shared.timeutil import utcnow
 
@@ -88,7 +89,7 @@ class Ingestor:
         for image_id, path in out.rejected.items():
             code, message = sources[image_id][1:]
             self.log.warning("rejected %s (image %d): %s: %s", self.folder.relative(path),
-                             image_id, code, message)
+                             image_id, code, without_control(str(message), one_line=True))
         for path, image_id, state in out.duplicates:
             self.log.info("skipped duplicate %s: same image as image %d (%s)",
                           self.folder.relative(path), image_id, state)

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from producer.cli.exit_codes import ExitCode
-from shared.formatting import csv_cell, render
+from shared.formatting import csv_cell, render, without_control
 from shared.queries import BATCH_STATUS_KEYS, RESULT_KEYS
 from shared.reports.exports import write_csv
 from shared.reports.worklist import FLAT_WORKLIST_KEYS
@@ -83,6 +83,11 @@ def test_table_cells_show_terminal_control_characters_instead_of_sending_them() 
     buffer = io.StringIO()
     render([{"file": name}], "csv", keys=("file",), console=Console(file=buffer))
     assert name in buffer.getvalue()  # the data as it is, for a script
+
+
+def test_one_line_text_shows_the_newline_too() -> None:
+    assert without_control("a\nb\x1b") == "a\nb\\x1b"  # a table cell may wrap
+    assert without_control("a\nb\x1b", one_line=True) == "a\\x0ab\\x1b"  # a log line not
 
 
 FORMULAS = ("=1+2", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "=HYPERLINK(\"http://x\")")

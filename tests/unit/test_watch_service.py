@@ -368,6 +368,24 @@ def test_temporary_name_patterns_ignore_letter_case(tmp_path: Path) -> None:
     assert not folder.ignored(tmp_path / "IM1.DCM")
 
 
+def test_log_lines_show_control_characters_in_file_names_escaped(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Raw, ESC ] 0 ; retitled the terminal tailing the log and ESC [ 2 J cleared it; a
+    # newline started a line of the name's own making.
+    root = tmp_path / "in"
+    _dicom(root / "x\x1b]0;PWNED\x07\x1b[2J.dcm", 1)
+    _dicom(root / "a\nERROR forged.dcm", 2)
+    (root / "j\x1b[31m.dcm").write_bytes(b"\x1b[31m not an image " * 20)
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    _step(_watcher(settings, sessions, root))
+    logged = "\n".join(caplog.messages)
+    assert "queued x\\x1b]0;PWNED\\x07\\x1b[2J.dcm (image " in logged
+    assert "queued a\\x0aERROR forged.dcm (image " in logged
+    assert "rejected j\\x1b[31m.dcm (image " in logged
+    assert not any(c in logged.replace("\n", "") for c in "\x1b\x07"), logged
+
+
 def _written_long_ago(path: Path) -> Path:
     """Quiet for longer than any grace period: the tracker queues it at the next step."""
     os.utime(path, (path.stat().st_atime, path.stat().st_mtime - 7200))
