@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,6 +15,7 @@ from producer.cli.options import batch_name_option, format_option, paths_argumen
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.discovery import iter_files
 from producer.embedded_run import RunOutcome, check_model, run_embedded
+from shared.enums import ImageState
 from shared.errors import ConfigurationError
 from shared.formatting import render
 from shared.queries import RESULT_KEYS, ResultFilter, list_results
@@ -23,8 +26,20 @@ SUMMARY_COLUMNS = ("image_id", "file", "state", "duplicate_of", "laterality", "v
                    "suspicion", "p_malignant", "error_code")
 
 
+@dataclass(frozen=True)
+class RunListing:
+    outcome: RunOutcome
+    rows: list[dict[str, Any]]  # one per file given, copies with their original's result
+
+    @property
+    def any_failed(self) -> bool:
+        """A failed file in the listing, a copy of an earlier failure included: the exit
+        code says what the table shows."""
+        return any(row["state"] == ImageState.FAILED.value for row in self.rows)
+
+
 def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, fmt: str,
-                    report_dir: Path | None, manifest: Path | None = None) -> RunOutcome:
+                    report_dir: Path | None, manifest: Path | None = None) -> RunListing:
     quiet_embedded_logs()
     with file_counter("reading headers") as on_file, completion_bar("classifying") as progress:
         result = run_embedded(cli.settings, cli.sessions, paths, name=name, on_file=on_file,
@@ -52,7 +67,7 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
                  + (f"; {len(exam_pdfs)} exam PDF(s) in {exam_pdfs[0].parent}" if exam_pdfs
                     else ""))
     STDERR.print(DISCLAIMER, style="italic")
-    return result
+    return RunListing(result, rows)
 
 
 @click.command("run")
@@ -90,16 +105,9 @@ def run_command(cli: CliContext, paths: tuple[Path, ...], name: str | None,
 
 def run_and_exit_code(cli: CliContext, paths: tuple[Path, ...], name: str | None, fmt: str,
                       report_dir: Path | None, manifest: Path | None = None) -> int:
-    result = _run_and_report(cli, paths, name, fmt, report_dir, manifest)
-    sub = result.submission
-    return int(ExitCode.IMAGES_FAILED if sub.rejected or _any_failed(cli, sub.batch_id)
-               else ExitCode.OK)
-
-
-def _any_failed(cli: CliContext, batch_id: int) -> bool:
-    with cli.sessions() as session:
-        rows = list_results(session, ResultFilter(batch_id=batch_id, state="failed", limit=1))
-    return bool(rows)
+    listing = _run_and_report(cli, paths, name, fmt, report_dir, manifest)
+    failed = listing.outcome.submission.rejected or listing.any_failed
+    return int(ExitCode.IMAGES_FAILED if failed else ExitCode.OK)
 
 
 @click.command("demo")
