@@ -10,6 +10,7 @@ or handed back to be registered again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producer.watch.actions import AfterProcessing
 from producer.watch.folder import WatchFolder
-from producer.watch.pending import Pending, pending
+from producer.watch.pending import Clock, Pending, PendingFiles
 from producer.watch.scanner import KnownImage, lookup_ids
 from shared.enums import ImageState
 from shared.exams import refresh_exam_results
@@ -32,10 +33,12 @@ class FollowUp:
     def __init__(self, sessions: sessionmaker[Session], folder: WatchFolder,
                  actions: AfterProcessing, log: logging.Logger, *, exam_timeout_s: float,
                  notifier: Notifier | None = None, settle_s: float = 0.0,
-                 register_again: Callable[[Path], None] | None = None) -> None:
+                 register_again: Callable[[Path], None] | None = None,
+                 clock: Clock = time.monotonic) -> None:
         """``settle_s``: how long a file failed for its state (e.g. truncated) must stay
         unchanged before it is moved or deleted; ``register_again``: hands a file back to
-        be registered (None: its own events or the next scan's will)."""
+        be registered (None: its own events or the next scan's will); ``clock``: monotonic
+        seconds, for that wait."""
         self.sessions = sessions
         self.notifier = notifier
         self.folder = folder
@@ -43,6 +46,7 @@ class FollowUp:
         self.log = log
         self.exam_timeout_s = exam_timeout_s
         self.settle_s = settle_s
+        self.files = PendingFiles(settle_s=settle_s, clock=clock)
         self.register_again = register_again
         self._waiting: dict[int, set[Path]] = defaultdict(set)
         self._kept: set[Path] = set()  # left in place after a failure: said once
@@ -52,11 +56,12 @@ class FollowUp:
 
     def track(self, image_id: int, path: Path) -> None:
         self._waiting[image_id].add(path)
+        self.files.follow(path)
 
     def finish(self, path: Path, image: KnownImage) -> None:
         """A file whose image is already terminal (found by a scan, or just rejected)."""
         if self._settled(path, image):
-            self.actions.apply(path, image)
+            self._act(path, image)
 
     def poll(self) -> int:
         """Act on every tracked image that reached done/failed; return how many did."""
@@ -71,15 +76,22 @@ class FollowUp:
                     continue
                 self.log.info("%s %s (image %d)%s", image.state, self.folder.relative(path),
                               image_id, f": {image.error_code}" if image.error_code else "")
-                self.actions.apply(path, image)
+                self._act(path, image)
         for image_id in set(self._waiting) - set(states):
-            self._waiting.pop(image_id)  # row deleted by an admin: nothing left to follow
+            # Row deleted by an admin: nothing left to follow.
+            for path in self._waiting.pop(image_id):
+                self.files.forget(path)
         self.refresh_exams({k.study_id for k in finished.values() if k.study_id is not None})
         return len(finished)
 
+    def _act(self, path: Path, image: KnownImage) -> None:
+        self.actions.apply(path, image)
+        if not os.path.lexists(path):  # filed away: nothing left to judge (left: kept known)
+            self.files.forget(path)
+
     def _settled(self, path: Path, image: KnownImage) -> bool:
         """Whether the action may be done now; if not, the file is followed further."""
-        why = pending(path, image, settle_s=self.settle_s, now=time.time())
+        why = self.files.pending(path, image)
         if why is None:
             self._kept.discard(path)
             return True
@@ -92,9 +104,10 @@ class FollowUp:
                               self.folder.relative(path), image.image_id, image.error_code,
                               self.settle_s)
             return False
+        self._kept.discard(path)  # a new failure of it is said again
         self.log.info("looking at %s again: image %d failed (%s) %s",
                       self.folder.relative(path), image.image_id, image.error_code,
-                      "and this file changed since" if why is Pending.CHANGED
+                      "and this file changed since it was queued" if why is Pending.CHANGED
                       else "with its own file gone, and this copy is here")
         # Registration decides: it retries the image under this file, and the watcher
         # follows whatever image the file then belongs to.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from producer.watch.folder import WatchFolder
 from producer.watch.scanner import walk
 from producer.watch.service import Watcher, WatchOptions
+from producer.watch.stability import StabilityTracker
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
@@ -430,25 +430,47 @@ def test_a_stalled_writer_keeps_its_file_and_the_completed_file_is_queued_again(
     assert (root / "processed/s.dcm").is_file() == (after == "move")
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("mtime_ahead_s", [0, 3600])
 def test_a_truncated_file_left_unchanged_is_filed_after_the_grace_period(
-        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        mtime_ahead_s: int, caplog: pytest.LogCaptureFixture) -> None:
+    # An mtime ahead of the failure (copied with `cp -p` from a machine whose clock runs
+    # ahead, or a file server's clock) made the file look written since: it was queued,
+    # failed and queued again every few seconds, forever.
     root = tmp_path / "in"
     root.mkdir()
     path = root / "s.dcm"
     path.write_bytes(_dicom(tmp_path / "src.dcm", 1).read_bytes()[:8000])
+    ahead = path.stat().st_mtime + mtime_ahead_s
+    os.utime(path, (ahead, ahead))
     watcher = _watcher(settings, sessions, root, watch_after="move",
                        watch_incomplete_grace_s=60.0)
-    _written_long_ago(path)
+    # Queued at once (the tracker's own grace period is not what this is about).
+    watcher.tracker = StabilityTracker(quiet_s=0.0, grace_s=0.0)
+    clock = watcher.followup.files.clock = _Clock()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
     _step(watcher)
     with sessions() as session:
         lifecycle.mark_failed(session, 1, ErrorCode.TRUNCATED, "s.dcm is truncated.")
-        failed_at = session.execute(select(Image.finished_at)).scalar_one()
-        session.execute(update(Image).values(  # an hour ago, and nothing written since
-            finished_at=failed_at - timedelta(hours=1)))
         session.commit()
+    for _ in range(3):
+        watcher.followup.poll()
+        _step(watcher)
+        clock.now += 20
+    assert path.exists() and not [m for m in caplog.messages if "again" in m]
+    clock.now += 1
     watcher.followup.poll()
     assert not path.exists()
     assert "reason: truncated" in (root / "failed/s.dcm.reason.txt").read_text()
+    assert not [m for m in caplog.messages if "again" in m]
 
 
 def test_a_renamed_file_does_not_inherit_the_failure_of_its_vanished_temporary_name(
