@@ -15,6 +15,7 @@ from producer.cli.options import batch_name_option, format_option, paths_argumen
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.discovery import iter_files
 from producer.embedded_run import RunOutcome, check_model, run_embedded
+from producer.submission import SubmitOutcome
 from shared.enums import ImageState
 from shared.errors import ConfigurationError
 from shared.formatting import render
@@ -56,11 +57,8 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
     with cli.sessions() as session:
         documents = write_batch_documents(session, sub.batch_id, settings)
     rate = len(sub.waiting_on) / result.seconds if result.seconds else 0.0
-    STDERR.print(
-        f"batch {sub.batch_id}: {len(sub.queued)} new, {len(sub.requeued)} resumed, "
-        f"{len(sub.duplicates)} skipped as copies of images already submitted, "
-        f"{len(sub.rejected)} rejected at intake; {rate:.1f} images/s (model load "
-        f"{result.model_load_seconds:.1f} s)")
+    STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {rate:.1f} images/s (model "
+                 f"load {result.model_load_seconds:.1f} s)")
     exam_pdfs = documents.exams
     STDERR.print(f"reports: {documents.summary} (open in a browser), "
                  f"{', '.join(str(p) for p in documents.exports)}"
@@ -68,6 +66,15 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
                     else ""))
     STDERR.print(DISCLAIMER, style="italic")
     return RunListing(result, rows)
+
+
+def _file_counts(sub: SubmitOutcome) -> str:
+    """The files given, counted once each: the images resumed here (an interrupted run's)
+    are among the copies, so they are a part of that count, not added to it."""
+    resumed = (f" ({len(sub.requeued)} of them unfinished, finished in this run)"
+               if sub.requeued else "")
+    return (f"{sub.files} file(s): {len(sub.queued)} new, {len(sub.duplicates)} already "
+            f"submitted{resumed}, {len(sub.rejected)} rejected at intake")
 
 
 @click.command("run")

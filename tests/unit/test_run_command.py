@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from producer.cli.exit_codes import ExitCode
+from producer.registration import create_batch, register_files
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.enums import Priority
 from shared.synthetic import make_exam_set, write_truncated_copy
 from tests.helpers.cli import invoke_cli
+from worker.pipeline import process_chunk
+from worker.runtime import WorkerRuntime
 
 
 def _env(tmp_path: Path, model: Path) -> dict[str, str]:
@@ -30,3 +36,30 @@ def test_a_second_run_of_a_folder_with_a_failed_file_still_exits_3(
         assert code == ExitCode.IMAGES_FAILED, out
     rows = json.loads(out[out.index("["):out.rindex("]") + 1])
     assert [r["state"] for r in rows if r["source"].endswith("broken.dcm")] == ["failed"]
+
+
+def _interrupted_run(tmp_path: Path, model: Path, folder: Path) -> list[int]:
+    """What `mammo run FOLDER` stopped after its first chunk leaves: a batch whose first
+    four images are done and the rest queued. Returns the image ids."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", broker_url=None,
+                        model=str(model), chunk_size=4, _env_file=None)  # type: ignore[call-arg]
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    sessions = make_session_factory(engine)
+    batch = create_batch(sessions, name="night", priority=Priority.ROUTINE, mode="embedded")
+    ids = register_files(sessions, batch, sorted(folder.iterdir())).new_ids
+    process_chunk(ids[:4], token="the-interrupted-run", runtime=WorkerRuntime(settings))
+    engine.dispose()
+    return ids
+
+
+def test_a_resumed_run_counts_each_file_once(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    make_exam_set(tmp_path / "night", n_exams=2, seed=4)
+    _interrupted_run(tmp_path, tiny_model_dir, tmp_path / "night")
+    code, out = invoke_cli(["run", str(tmp_path / "night")], monkeypatch, tmp_path,
+                           **_env(tmp_path, tiny_model_dir))
+    assert code == ExitCode.OK, out
+    said = " ".join(out.split())
+    assert ("batch 2: 8 file(s): 0 new, 8 already submitted (4 of them unfinished, finished "
+            "in this run), 0 rejected at intake") in said
