@@ -11,6 +11,7 @@ import click
 from producer.cli.commands_submit import manifest_option
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
+from producer.cli.interrupts import sigterm_as_ctrl_c
 from producer.cli.options import batch_name_option, format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.discovery import iter_files
@@ -106,7 +107,8 @@ def run_command(cli: CliContext, paths: tuple[Path, ...], name: str | None,
             render([], fmt, keys=RESULT_KEYS)
         raise SystemExit(ExitCode.OK)
     check_model(cli.settings, cli.sessions)
-    result = run_and_exit_code(cli, paths, name, fmt, report_dir, manifest)
+    with sigterm_as_ctrl_c():  # a scheduler's stop ends the run as Ctrl-C does
+        result = run_and_exit_code(cli, paths, name, fmt, report_dir, manifest)
     raise SystemExit(result)
 
 
@@ -148,7 +150,8 @@ def demo_command(cli: CliContext, directory: Path, exams: int, seed: int, fmt: s
     STDERR.print(f"wrote {len(files)} synthetic files (not real patients) to {directory}")
     # Exactly the files written: anything else in the folder (a real mammogram dropped
     # there) must never be classified under a batch labelled synthetic.
-    _run_and_report(cli, tuple(files), f"demo-{seed}, {SYNTHETIC_LABEL}", fmt, None)
+    with sigterm_as_ctrl_c():
+        _run_and_report(cli, tuple(files), f"demo-{seed}, {SYNTHETIC_LABEL}", fmt, None)
 
 
 COMMANDS = (run_command, demo_command)
