@@ -270,11 +270,16 @@ def models_of_batch(session: Session, batch_id: int) -> dict[str, int]:
     Models are told apart by their file (sha256), as the model registry does: a model
     retrained under the shipped one's NAME:VERSION (`mammo train`'s defaults) is another
     model, named with its sha256's first 12 digits wherever two share a NAME:VERSION."""
-    stmt = (_with_latest_prediction(
-                select(ModelVersion.name, ModelVersion.version, ModelVersion.sha256,
-                       func.count()).select_from(Image))
-            .where(Image.batch_id == batch_id, Image.state == ImageState.DONE.value,
-                   ModelVersion.id.is_not(None))
+    # A grouped max over the batch's own images, not _with_latest_prediction's anti-join:
+    # bounded by the batch (ix_images_batch_state), where PostgreSQL without statistics ran
+    # the anti-join as batch x all predictions (8.5 s per batch on 50,000 images).
+    latest = (select(func.max(Prediction.id)).join(Image, Image.id == Prediction.image_id)
+              .where(Image.batch_id == batch_id, Image.state == ImageState.DONE.value)
+              .group_by(Prediction.image_id))
+    stmt = (select(ModelVersion.name, ModelVersion.version, ModelVersion.sha256, func.count())
+            .select_from(Prediction)
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.id.in_(latest))
             .group_by(ModelVersion.name, ModelVersion.version, ModelVersion.sha256))
     found = [(f"{name}:{version}", sha256, count)
              for name, version, sha256, count in session.execute(stmt)]
@@ -323,8 +328,8 @@ def scoring_work(session: Session, batch_id: int) -> ScoringWork:
                Prediction.forward_pass_id == forward_pass)).scalar_one()
     last = session.execute(select(func.max(Prediction.created_at)).where(
         Prediction.id.in_(_first_predictions(batch_id)))).scalar_one()
-    first_at = as_utc(first_at)
-    started = None if first_at is None else first_at - timedelta(
+    began = as_utc(first_at)
+    started = None if began is None else began - timedelta(
         milliseconds=(prepared_ms or 0) + (infer_ms or 0))
     return ScoringWork(started, as_utc(last))
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db.engine import ensure_schema, make_session_factory  # noqa: E402
 from shared.exams import refresh_due_exams  # noqa: E402
-from shared.queries import ResultFilter, list_results  # noqa: E402
+from shared.queries import ResultFilter, batch_status, list_results  # noqa: E402
 from shared.reports.stats import StatsFilter, collect_stats  # noqa: E402
 from shared.reports.worklist import WorklistFilter, worklist_rows  # noqa: E402
 from tests.helpers.seed_results import START, seed_results  # noqa: E402
@@ -62,6 +62,8 @@ def _queries(settings: Settings, report_dir: Path) -> dict[str, Callable[[Sessio
             s, WorklistFilter(limit=100), report_dir=report_dir)),
         "worklist --batch 3": lambda s: len(worklist_rows(
             s, WorklistFilter(batch_id=3), report_dir=report_dir)),
+        # Counts, pace and the models behind a batch's results (`mammo status 3`).
+        "status 3": lambda s: getattr(batch_status(s, 3), "total", 0),
         "stats": lambda s: len(collect_stats(s, settings, StatsFilter())),
         "stats --batch 3": lambda s: len(collect_stats(s, settings, StatsFilter(batch_id=3))),
     }
