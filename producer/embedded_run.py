@@ -6,6 +6,7 @@ same Celery task, the same claims and upserts. Only the transport differs.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,11 +27,14 @@ from shared.enums import ImageState, Priority
 from shared.errors import DatabaseUnavailableError, UserFacingError
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import create_celery_app, enqueue_chunks
+from shared.recovery import held_claims, take_over_expired
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (finished, total)
 
@@ -119,12 +123,20 @@ def embedded_worker_service(
 
 def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
           image_ids: Sequence[int], *, progress: Progress | None = None,
-          poll_s: float = 0.25) -> None:
+          poll_s: float = 0.25, takeover_every_s: float = 5.0) -> None:
+    """Run the in-process worker until every one of ``image_ids`` is done or failed.
+
+    Images another process holds (an earlier run killed mid-chunk, or one still going) are
+    waited for, and said so; once their claim's lease passes they are re-sent here, as the
+    sweeper of a distributed worker would: nothing else in this process would send them.
+    """
     from worker.embedded import embedded_worker
 
     ids = list(dict.fromkeys(image_ids))  # counted once each: the query counts distinct rows
     if not ids:
         return
+    _say_held_claims(runtime.settings, sessions, ids)  # before our own worker claims any
+    next_takeover = time.monotonic() + takeover_every_s
     with embedded_worker(app, runtime) as handle:
         while True:
             finished = _count_terminal(sessions, ids)
@@ -137,7 +149,29 @@ def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
             if not handle.alive():
                 raise EmbeddedWorkerDied("the embedded worker stopped unexpectedly; "
                                          "see the log above, then run `mammo recover`")
+            if time.monotonic() >= next_takeover:
+                _take_over_expired(app, runtime.settings, sessions, ids)
+                next_takeover = time.monotonic() + takeover_every_s
             time.sleep(poll_s)
+
+
+def _say_held_claims(settings: Settings, sessions: sessionmaker[Session],
+                     ids: list[int]) -> None:
+    with sessions() as session:
+        held = held_claims(session, settings, ids)
+    if held.count and held.lease_ends is not None:
+        log.warning("waiting for %d image(s) claimed by another process (a run or worker "
+                    "still busy with them, or one stopped mid-chunk) until their lease ends "
+                    "at %s; then this run takes them over", held.count,
+                    held.lease_ends.astimezone().strftime("%H:%M:%S"))
+
+
+def _take_over_expired(app: Celery, settings: Settings, sessions: sessionmaker[Session],
+                       ids: list[int]) -> None:
+    taken = take_over_expired(sessions, app, settings, ids)
+    if taken:
+        log.warning("took over %d image(s) whose claim's lease ended (the process holding "
+                    "them stopped)", len(taken))
 
 
 def _unfinished(count: int, cause: BaseException) -> UserFacingError:

@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import and_, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.schema import Image
 from shared.enums import ImageState
-from shared.exams import refresh_due_exams
+from shared.exams import in_blocks, refresh_due_exams
 from shared.notify import FollowUpReport, Notifier
 from shared.queue import enqueue_by_priority, queue_depth
-from shared.timeutil import utcnow
+from shared.timeutil import as_utc, utcnow
 
 
 def lost_message_age_s(requeue_after_s: int, broker_uptime: float | None) -> int:
@@ -119,6 +120,47 @@ def requeue(sessions: sessionmaker[Session], app: Celery, settings: Settings,
         lifecycle.mark_enqueued(session, image_ids)
         session.commit()
     return sent
+
+
+@dataclass(frozen=True)
+class HeldClaims:
+    """Images among those a process waits on that another process holds under a live claim."""
+
+    count: int
+    lease_ends: datetime | None  # the latest: when the last of them may be taken over
+
+
+def _processing_among(block: list[int]) -> ColumnElement[bool]:
+    return and_(Image.id.in_(block), Image.state == ImageState.PROCESSING.value)
+
+
+def held_claims(session: Session, settings: Settings, image_ids: Sequence[int]) -> HeldClaims:
+    """What a waiting run says while another process's claims keep it from ``image_ids``."""
+    count, stamps = 0, []
+    for block in in_blocks(image_ids):
+        found, newest = session.execute(select(func.count(), func.max(Image.claimed_at))
+                                        .where(_processing_among(block))).one()
+        count += int(found)
+        stamps += [stamp] if (stamp := as_utc(newest)) else []
+    lease = timedelta(seconds=settings.claim_lease_s)
+    return HeldClaims(count, max(stamps) + lease if stamps else None)
+
+
+def take_over_expired(sessions: sessionmaker[Session], app: Celery, settings: Settings,
+                      image_ids: Sequence[int]) -> list[int]:
+    """Re-send the images among ``image_ids`` whose claim's lease has passed (their holder
+    stopped without finishing them: a killed run or worker); return their ids.
+
+    The sweeper's rule for one process's own wait: the next message claims them, since an
+    expired claim is claimable (``lifecycle.claim``)."""
+    cutoff = utcnow() - timedelta(seconds=settings.claim_lease_s)
+    expired: list[int] = []
+    with sessions() as session:
+        for block in in_blocks(image_ids):
+            expired += session.execute(select(Image.id).where(
+                _processing_among(block), Image.claimed_at < cutoff)).scalars()
+    requeue(sessions, app, settings, sorted(expired))
+    return sorted(expired)
 
 
 @dataclass(frozen=True)
