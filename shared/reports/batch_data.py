@@ -23,6 +23,10 @@ from shared.reports.worklist import WorklistFilter, count_worklist, worklist_row
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
 
+# Rows of a long list that a batch summary (PDF, HTML, the batch e-mail's attachment) shows:
+# the first exams to read, the first failed images. The CSV/JSON exports hold every row.
+REPORT_ROWS = 50
+
 
 @dataclass(frozen=True)
 class StageTimes:
@@ -31,6 +35,16 @@ class StageTimes:
     stage: str
     median_ms: float
     mean_ms: float
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    """The batch's failed images with one error code, and one of their messages: a night
+    where every image failed for one reason reads as one line, not thousands."""
+
+    error_code: str | None
+    images: int
+    example: str | None  # the message of the first image that failed so
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,8 @@ class BatchSummary:
     per_day: dict[str, int]  # ISO date of the prediction -> predictions
     images_per_minute: float | None
     stage_times: list[StageTimes]
-    failures: list[dict[str, Any]]
+    failures: list[dict[str, Any]]  # every failed image of its own, in image id order
+    failure_reasons: list[FailureReason]  # most images first
     worklist: list[dict[str, Any]]  # the first exams of the read-first list
     exams: int  # every exam of the batch with a result (the worklist may show fewer)
     duplicates: int  # files that were copies of images already known: not counted above
@@ -99,6 +114,15 @@ def _failures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for r in results if r["state"] == ImageState.FAILED.value]
 
 
+def _failure_reasons(failures: list[dict[str, Any]]) -> list[FailureReason]:
+    counts = Counter(f["error_code"] for f in failures)
+    examples: dict[str | None, str | None] = {}
+    for f in failures:
+        examples.setdefault(f["error_code"], f["error_message"])
+    # most_common keeps first-seen order among equal counts: the order is stable.
+    return [FailureReason(code, n, examples[code]) for code, n in counts.most_common()]
+
+
 def synthetic_images(session: Session, batch_id: int) -> int:
     """Images of the batch made by the synthetic generator (`mammo demo`): not patients."""
     return int(session.scalar(select(func.count()).where(
@@ -106,7 +130,7 @@ def synthetic_images(session: Session, batch_id: int) -> int:
 
 
 def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
-                          worklist_limit: int = 50) -> BatchSummary:
+                          worklist_limit: int = REPORT_ROWS) -> BatchSummary:
     batch = require_batch(session, batch_id)
     results = list_results(session, ResultFilter(batch_id=batch_id, include_duplicates=True))
     # Counts and failures are the batch's own images; copies are listed (with their
@@ -116,6 +140,7 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
     by_state = Counter(r["state"] for r in own)
     by_class = Counter(r["label"] for r in done)
     scores = Counter(int(r["suspicion"]) for r in done if r["suspicion"] is not None)
+    failures = _failures(own)
     return BatchSummary(
         batch_id=batch.id, name=batch.name, created_at=as_utc(batch.created_at),
         finished_at=as_utc(batch.finished_at),
@@ -125,7 +150,8 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
         per_day=_per_day(session, batch_id),
         images_per_minute=_images_per_minute(session, batch),
         stage_times=_stage_times(session, batch_id),
-        failures=_failures(own),
+        failures=failures,
+        failure_reasons=_failure_reasons(failures),
         worklist=worklist_rows(session, WorklistFilter(batch_id=batch_id, limit=worklist_limit),
                                report_dir=report_dir),
         exams=count_worklist(session, WorklistFilter(batch_id=batch_id)),

@@ -13,10 +13,15 @@ from shared.reports.charts import batch_charts
 from shared.reports.exports import DISCLAIMER
 from shared.reports.layout import (
     FAILURE_COLUMNS,
+    FAILURE_REASON_COLUMNS,
     NO_STAGE_TIMES,
     WORKLIST_COLUMNS,
     batch_title,
     cell_text,
+    failure_reason_rows,
+    failure_rows,
+    failures_heading,
+    failures_note,
     no_worklist_text,
     overview_rows,
     stage_rows,
@@ -52,11 +57,19 @@ def _figures(charts: Mapping[str, bytes]) -> str:
         f"<figcaption>{escape(title)}</figcaption></figure>" for title, png in charts.items())
 
 
+def _failures(summary: BatchSummary) -> str:
+    if not summary.failures:
+        return "<p>None.</p>"
+    note = failures_note(summary)
+    return (_table(FAILURE_REASON_COLUMNS, failure_reason_rows(summary))
+            + _table(FAILURE_COLUMNS, failure_rows(summary))
+            + (f"<p>{escape(note)}</p>" if note else ""))
+
+
 def render_summary_html(summary: BatchSummary) -> str:
     charts = batch_charts(summary.by_state, summary.by_class, summary.suspicion_counts,
                           summary.per_day)
     title = batch_title(summary)
-    failures = [[f[k] for k in FAILURE_COLUMNS] for f in summary.failures]
     sections = [
         f"<h1>{escape(title)}</h1>",
         f'<p class="disclaimer">{escape(DISCLAIMER)}</p>',
@@ -68,8 +81,7 @@ def render_summary_html(summary: BatchSummary) -> str:
         "<h2>Throughput</h2>", _table(("stage", "median ms / image", "mean ms / image"),
                                       stage_rows(summary))
         if summary.stage_times else f"<p>{NO_STAGE_TIMES}</p>",
-        f"<h2>Failures ({len(failures)})</h2>",
-        _table(FAILURE_COLUMNS, failures) if failures else "<p>None.</p>",
+        f"<h2>{escape(failures_heading(summary))}</h2>", _failures(summary),
         f"<h2>{escape(worklist_heading(summary))}</h2>",
         _table(WORKLIST_COLUMNS, [worklist_table_row(r) for r in summary.worklist])
         if summary.worklist else f"<p>{escape(no_worklist_text(summary))}</p>",

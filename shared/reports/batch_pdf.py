@@ -11,9 +11,14 @@ from shared.reports.batch_data import BatchSummary
 from shared.reports.charts import batch_charts
 from shared.reports.layout import (
     FAILURE_COLUMNS,
+    FAILURE_REASON_COLUMNS,
     NO_STAGE_TIMES,
     WORKLIST_COLUMNS,
     batch_title,
+    failure_reason_rows,
+    failure_rows,
+    failures_heading,
+    failures_note,
     no_worklist_text,
     overview_rows,
     stage_rows,
@@ -37,10 +42,20 @@ def _chart_grid(charts: dict[str, bytes]) -> Table:
     return Table([cells[i:i + 2] for i in range(0, len(cells), 2)], hAlign="LEFT")
 
 
+def _failures(summary: BatchSummary) -> list[Flowable]:
+    if not summary.failures:
+        return [para("None.")]
+    note = failures_note(summary)
+    return [table(FAILURE_REASON_COLUMNS, failure_reason_rows(summary),
+                  widths=(30 * mm, 16 * mm, 134 * mm)),
+            table(FAILURE_COLUMNS, failure_rows(summary),
+                  widths=(16 * mm, 40 * mm, 30 * mm, 94 * mm)),
+            *([para(note)] if note else [])]
+
+
 def write_summary_pdf(summary: BatchSummary, path: Path) -> Path:
     charts = batch_charts(summary.by_state, summary.by_class, summary.suspicion_counts,
                           summary.per_day)
-    failures = [[f[k] for k in FAILURE_COLUMNS] for f in summary.failures]
     story: list[Flowable] = [
         para(batch_title(summary), TITLE), disclaimer(),
         para("Overview", HEADING), table(None, overview_rows(summary)),
@@ -52,9 +67,7 @@ def write_summary_pdf(summary: BatchSummary, path: Path) -> Path:
         KeepTogether([para("Throughput (per image)", HEADING),
                       table(("stage", "median ms", "mean ms"), stage_rows(summary))
                       if summary.stage_times else para(NO_STAGE_TIMES)]),
-        para(f"Failures ({len(failures)})", HEADING),
-        table(FAILURE_COLUMNS, failures, widths=(16 * mm, 40 * mm, 30 * mm, 94 * mm))
-        if failures else para("None."),
+        para(failures_heading(summary), HEADING), *_failures(summary),
         para(worklist_heading(summary), HEADING),
         table(WORKLIST_COLUMNS, [worklist_table_row(r) for r in summary.worklist],
               widths=(10 * mm, 38 * mm, 16 * mm, 20 * mm, 20 * mm, 18 * mm, 30 * mm, 28 * mm))

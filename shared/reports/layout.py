@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.reports.batch_data import BatchSummary
+from shared.reports.batch_data import REPORT_ROWS, BatchSummary
 
 FAILURE_COLUMNS = ("image_id", "file", "error_code", "error_message")
+FAILURE_REASON_COLUMNS = ("error_code", "images", "example message")
 NO_STAGE_TIMES = "No image was scored, so there are no stage times."
 WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "left", "right", "status", "flags",
                     "report")
@@ -58,6 +59,29 @@ def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
         rows.append(("synthetic images (generated test data, not patients)",
                      summary.synthetic_images))
     return rows
+
+
+def failures_heading(summary: BatchSummary) -> str:
+    return f"Failures ({len(summary.failures)})"
+
+
+def failure_reason_rows(summary: BatchSummary) -> list[tuple[Any, ...]]:
+    return [(r.error_code, r.images, r.example) for r in summary.failure_reasons]
+
+
+def failure_rows(summary: BatchSummary) -> list[list[Any]]:
+    """The first REPORT_ROWS failed images: the reasons above count them all, and a night
+    where thousands failed must not print one line per image (failures_note says where the
+    rest are)."""
+    return [[f[k] for k in FAILURE_COLUMNS] for f in summary.failures[:REPORT_ROWS]]
+
+
+def failures_note(summary: BatchSummary) -> str | None:
+    total = len(summary.failures)
+    if total <= REPORT_ROWS:
+        return None
+    return (f"The first {REPORT_ROWS} of {total} failed images; "
+            f"`mammo results --batch {summary.batch_id} --state failed` lists all.")
 
 
 def worklist_heading(summary: BatchSummary) -> str:

@@ -1,0 +1,83 @@
+"""The batch summary and the worklist at the size of a real night: what they show stays
+readable however many images failed or exams there are, and says where the rest are."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, insert
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema
+from shared.db.schema import Batch, Image
+from shared.reports.batch_data import collect_batch_summary
+from shared.reports.batch_summary import write_summary
+
+REPORT_ROWS = 50  # failed images a summary lists: as many as its read-first exams
+_NO_KEY = "no_pseudonym_key"
+_NO_KEY_MESSAGE = "PatientID present but MAMMO_PSEUDONYM_KEY is not set: set it and resubmit"
+
+
+def _engine(url: str) -> Engine:
+    engine = create_db_engine(Settings(database_url=url, broker_url=None,  # type: ignore[call-arg]
+                                       _env_file=None))
+    ensure_schema(engine)
+    return engine
+
+
+def _failed_night(engine: Engine, failed: int, unreadable: int) -> None:
+    """Batch 1: ``failed`` images refused for want of the pseudonym key, ``unreadable`` more
+    that could not be decoded."""
+    at = datetime(2026, 11, 24, 22, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(insert(Batch), [{"id": 1, "name": "night", "created_at": at}])
+        if failed + unreadable == 0:
+            return
+        conn.execute(insert(Image), [
+            {"identity": f"night-{i}", "batch_id": 1, "source": f"/in/night/{i}.dcm",
+             "format": "dicom", "state": "failed", "attempts": 1,
+             "error_code": _NO_KEY if i < failed else "unreadable",
+             "error_message": _NO_KEY_MESSAGE if i < failed else f"file {i}: not a DICOM file",
+             "created_at": at, "finished_at": at + timedelta(seconds=1)}
+            for i in range(failed + unreadable)])
+
+
+def test_a_night_of_failures_is_counted_by_reason_not_listed_in_full(tmp_path: Path) -> None:
+    engine = _engine(f"sqlite:///{tmp_path / 'night.db'}")
+    _failed_night(engine, 300, 2)
+    with Session(engine) as session:
+        summary = collect_batch_summary(session, 1, report_dir=tmp_path)
+    engine.dispose()
+    html = write_summary(summary, tmp_path / "night.html", "html").read_text(encoding="utf-8")
+    # One line per reason, with its count and one example...
+    assert "<td>no_pseudonym_key</td><td>300</td>" in html
+    assert "<td>unreadable</td><td>2</td><td>file 300: not a DICOM file</td>" in html
+    # ...and the first failed images, not all of them: the rest are one command away.
+    assert html.count(_NO_KEY_MESSAGE) == REPORT_ROWS + 1
+    assert (f"The first {REPORT_ROWS} of 302 failed images; "
+            "`mammo results --batch 1 --state failed` lists all.") in html
+    assert "<h2>Failures (302)</h2>" in html
+    pdf = write_summary(summary, tmp_path / "night.pdf", "pdf").read_bytes()
+    assert pdf.count(b"/Type /Page\n") <= 4, "the PDF lists every failed image again"
+    # The exports are data: every failed image stays in them.
+    exported = json.loads(write_summary(summary, tmp_path / "night.json", "json").read_text())
+    assert len(exported["failures"]) == len(exported["results"]) == 302
+    assert exported["failure_reasons"][0] == {"error_code": _NO_KEY, "images": 300,
+                                              "example": _NO_KEY_MESSAGE}
+
+
+@pytest.mark.parametrize("failed", [0, 3])
+def test_a_short_list_of_failures_is_shown_whole(failed: int, tmp_path: Path) -> None:
+    engine = _engine(f"sqlite:///{tmp_path / 'night.db'}")
+    _failed_night(engine, failed, 0)
+    with Session(engine) as session:
+        summary = collect_batch_summary(session, 1, report_dir=tmp_path)
+    engine.dispose()
+    html = write_summary(summary, tmp_path / "night.html", "html").read_text(encoding="utf-8")
+    assert html.count(_NO_KEY_MESSAGE) == (failed + 1 if failed else 0)
+    assert "lists all" not in html
+    assert ("<p>None.</p>" in html) == (not failed)
