@@ -57,8 +57,9 @@ def db_upgrade(cli: CliContext) -> None:
 @click.option("--older-than", type=click.IntRange(0), default=None,
               help="Seconds a queued image may wait before its message is presumed lost "
               "[default: 1800, or the time since the Redis broker last started if shorter: "
-              "a message sent before a restart is gone unless Redis kept it]. Use 0 to "
-              "re-send every queued image: a second message for an image is harmless.")
+              "a message sent before a restart is gone unless Redis kept it; without a "
+              "broker, 0]. Use 0 to re-send every queued image: a second message for an "
+              "image is harmless.")
 @click.option("--batch", "batch_id", type=int, help="Only this batch.")
 @click.option("--dry-run", is_flag=True, help="Report what would be re-queued; change nothing.")
 @pass_cli
@@ -68,11 +69,11 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
 
     The database is the truth: images still queued after --older-than seconds, or claimed
     by a worker whose lease ran out, get a new message. Re-queuing is safe: claims and
-    upserts make a second delivery a no-op. Without a broker, the images are processed here
-    with the embedded worker. Then the follow-up: exams whose missing views timed out get
-    their result, and notifications owed (never claimed) or failed more than
-    MAMMO_NOTIFY_RESEND_AFTER_S ago are delivered. Workers also run all this on a timer
-    (MAMMO_SWEEP_INTERVAL_S).
+    upserts make a second delivery a no-op. Without a broker, every queued image (an
+    interrupted `mammo run` left it so) is processed here with the embedded worker. Then
+    the follow-up: exams whose missing views timed out get their result, and notifications
+    owed (never claimed) or failed more than MAMMO_NOTIFY_RESEND_AFTER_S ago are delivered.
+    Workers also run all this on a timer (MAMMO_SWEEP_INTERVAL_S).
 
     \b
     Example:
@@ -82,10 +83,11 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
         with cli.sessions() as session:
             require_batch(session, batch_id)
     if cli.settings.is_embedded:
+        # No broker: a queued image's message, if it ever had one, was in the memory of a
+        # run that ended (an interrupted `mammo run`), so none is waiting anywhere.
         with cli.sessions() as session:
             found = find_stuck(session, cli.settings,
-                               queued_older_than_s=RECOVER_AFTER_S if older_than is None
-                               else older_than,
+                               queued_older_than_s=0 if older_than is None else older_than,
                                batch_id=batch_id)
         ids = sorted(found.stale_queued + found.expired_claims)
         click.echo(f"{len(ids)} image(s) to recover{' (dry run)' if dry_run else ''}")

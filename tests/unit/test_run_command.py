@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, select
 from producer.cli.exit_codes import ExitCode
 from producer.registration import create_batch, register_files
 from shared.config import Settings
+from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import Priority
@@ -54,6 +55,9 @@ def _interrupted_run(tmp_path: Path, model: Path, folder: Path) -> list[int]:
     sessions = make_session_factory(engine)
     batch = create_batch(sessions, name="night", priority=Priority.ROUTINE, mode="embedded")
     ids = register_files(sessions, batch, sorted(folder.iterdir())).new_ids
+    with sessions() as session:  # its messages were sent, into the run's memory
+        lifecycle.mark_enqueued(session, ids)
+        session.commit()
     process_chunk(ids[:4], token="the-interrupted-run", runtime=WorkerRuntime(settings))
     engine.dispose()
     return ids
@@ -103,3 +107,18 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path: Path, tiny_model_dir: Path
     engine.dispose()
     # The chunk in hand was finished, not left claimed for a lease to run out.
     assert states["processing"] == 0 and states["done"] >= 4, states
+
+
+def test_recover_without_a_broker_finishes_what_an_interrupted_run_left(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The interrupt message offers `mammo recover`: its queued images have no message
+    # anywhere (the run's queue was in its memory), so waiting 30 minutes helps nothing.
+    make_exam_set(tmp_path / "night", n_exams=2, seed=7)
+    _interrupted_run(tmp_path, tiny_model_dir, tmp_path / "night")
+    code, out = invoke_cli(["recover"], monkeypatch, tmp_path, **_env(tmp_path, tiny_model_dir))
+    assert code == ExitCode.OK, out
+    assert "4 image(s) to recover" in out
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    with engine.connect() as conn:
+        assert set(conn.execute(select(Image.state)).scalars()) == {"done"}
+    engine.dispose()
