@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.db.schema import Batch, Image, Prediction
+from shared.db.schema import Image, Prediction
 from shared.enums import ImageState, Label
-from shared.queries import ResultFilter, list_results, require_batch, scoring_rate
+from shared.queries import ResultFilter, batch_status, list_results, require_batch
 from shared.reports.worklist import WorklistFilter, count_worklist, worklist_rows
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
@@ -101,11 +101,12 @@ def _per_day(session: Session, batch_id: int) -> dict[str, int]:
     return {str(d): int(n) for d, n in session.execute(stmt)}
 
 
-def _images_per_minute(session: Session, batch: Batch) -> float | None:
-    """The images the batch scored itself per minute of that work (``scoring_rate``, as
-    `mammo status` shows it)."""
-    rate = scoring_rate(session, batch.id)
-    return None if rate is None else round(rate, 1)
+def _images_per_minute(session: Session, batch_id: int) -> float | None:
+    """`mammo status`'s pace for the batch, taken from it so the two never disagree: the
+    images it scored itself per minute over the last 5 minutes of its work, up to now while
+    images remain (a stalled batch: 0, not the pace of its last burst)."""
+    status = batch_status(session, batch_id)
+    return None if status is None else status.as_row()["images_per_minute"]
 
 
 def _failures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -148,7 +149,7 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
         by_class={c.value: by_class.get(c.value, 0) for c in Label},
         suspicion_counts={s: scores.get(s, 0) for s in range(1, 11)},
         per_day=_per_day(session, batch_id),
-        images_per_minute=_images_per_minute(session, batch),
+        images_per_minute=_images_per_minute(session, batch_id),
         stage_times=_stage_times(session, batch_id),
         failures=failures,
         failure_reasons=_failure_reasons(failures),

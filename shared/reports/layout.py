@@ -48,7 +48,9 @@ def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
         ("model", ", ".join(summary.models) or "none yet"),
         ("created", summary.created_at),
         ("finished", summary.finished_at),
-        ("throughput (images it scored / minute of that work)", summary.images_per_minute),
+        # The pace `mammo status` shows: 0 when nothing was scored in its last 5 minutes.
+        ("images scored / minute (its last 5 minutes of work, as mammo status)",
+         summary.images_per_minute),
         ("exams with a result", summary.exams),
         ("failed images", len(summary.failures)),
     ]

@@ -13,12 +13,16 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema
-from shared.db.schema import Batch, Image
+from shared.db.schema import Batch, Image, ModelVersion, Prediction
 from shared.reports.batch_data import collect_batch_summary
 from shared.reports.batch_summary import write_summary
+from tests.helpers.cli import invoke_cli
 
 REPORT_ROWS = 50  # failed images a summary lists: as many as its read-first exams
 _NO_KEY = "no_pseudonym_key"
+_MODEL = {"id": 1, "name": "default", "version": "1.0.0", "sha256": "0" * 64,
+          "preprocessing_version": "2", "classes": ["normal", "benign", "malignant"],
+          "input_size": [512, 512], "path": "/models/default/1.0.0"}
 _NO_KEY_MESSAGE = "PatientID present but MAMMO_PSEUDONYM_KEY is not set: set it and resubmit"
 
 
@@ -81,3 +85,65 @@ def test_a_short_list_of_failures_is_shown_whole(failed: int, tmp_path: Path) ->
     assert html.count(_NO_KEY_MESSAGE) == (failed + 1 if failed else 0)
     assert "lists all" not in html
     assert ("<p>None.</p>" in html) == (not failed)
+
+
+def _scored_then_queued(engine: Engine, created: datetime, finished: list[datetime],
+                        queued: int) -> None:
+    """Batch 1: an image scored (2 s of work) at each of ``finished``, ``queued`` waiting."""
+    with engine.begin() as conn:
+        conn.execute(insert(ModelVersion), [_MODEL])
+        conn.execute(insert(Batch), [{"id": 1, "name": "night", "created_at": created}])
+        conn.execute(insert(Image), [
+            {"identity": f"done-{i}", "batch_id": 1, "source": f"/in/{i}.png", "format": "png",
+             "state": "done", "attempts": 1, "created_at": created,
+             "claimed_at": at - timedelta(seconds=2), "finished_at": at}
+            for i, at in enumerate(finished)])
+        conn.execute(insert(Prediction), [
+            {"image_id": i + 1, "model_version_id": 1, "preprocessing_version": "2",
+             "label": "normal", "p_normal": 0.9, "p_benign": 0.05, "p_malignant": 0.05,
+             "suspicion": 1, "decode_ms": 1000.0, "preprocess_ms": 500.0, "infer_ms": 500.0,
+             "forward_pass_id": f"fp-{i}", "forward_pass_size": 1, "created_at": at}
+            for i, at in enumerate(finished)])
+        if queued:
+            conn.execute(insert(Image), [
+                {"identity": f"queued-{i}", "batch_id": 1, "source": f"/in/q{i}.png",
+                 "format": "png", "state": "queued", "attempts": 0, "created_at": created}
+                for i in range(queued)])
+
+
+def _status_and_report_pace(url: str, monkeypatch: pytest.MonkeyPatch,
+                            tmp_path: Path) -> tuple[float | None, float | None]:
+    code, out = invoke_cli(["status", "1", "--format", "json"], monkeypatch, tmp_path,
+                           database_url=url, report_dir=str(tmp_path / "reports"))
+    assert code == 0, out
+    engine = _engine(url)
+    with Session(engine) as session:
+        summary = collect_batch_summary(session, 1, report_dir=tmp_path)
+    engine.dispose()
+    return json.loads(out)[0]["images_per_minute"], summary.images_per_minute
+
+
+def test_the_report_shows_the_pace_status_shows_for_a_stalled_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'stalled.db'}"
+    created = datetime.now(UTC) - timedelta(minutes=15)
+    # 10 images scored in its first 3 minutes, nothing in the 12 since, 5 still queued.
+    engine = _engine(url)
+    _scored_then_queued(engine, created,
+                        [created + timedelta(seconds=60 + 12 * i) for i in range(10)], 5)
+    engine.dispose()
+    assert _status_and_report_pace(url, monkeypatch, tmp_path) == (0.0, 0.0)
+
+
+def test_the_report_shows_the_pace_status_shows_for_a_long_finished_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    created = datetime(2026, 11, 24, 22, tzinfo=UTC)
+    # An hour at one image a minute, then a faster last stretch: 30 images in 5 minutes.
+    slow = [created + timedelta(minutes=1 + i) for i in range(60)]
+    fast = [slow[-1] + timedelta(seconds=10 * (i + 1)) for i in range(30)]
+    engine = _engine(url)
+    _scored_then_queued(engine, created, slow + fast, 0)
+    engine.dispose()
+    status, report = _status_and_report_pace(url, monkeypatch, tmp_path)
+    assert status is not None and status == report
