@@ -370,6 +370,16 @@ def require_batch(session: Session, batch_id: int) -> Batch:
     return batch
 
 
+def finished_batches_copied_from(session: Session, batch_id: int) -> list[Batch]:
+    """The other batches whose images ``batch_id`` sent again (its copies' originals'),
+    finished, in id order: an interrupted `mammo run`'s batch, which its re-run completes."""
+    originals = (select(Image.batch_id).join(DuplicateSubmission,
+                                             DuplicateSubmission.image_id == Image.id)
+                 .where(DuplicateSubmission.batch_id == batch_id, Image.batch_id != batch_id))
+    return list(session.scalars(select(Batch).where(
+        Batch.id.in_(originals), Batch.finished_at.is_not(None)).order_by(Batch.id)))
+
+
 def recent_batch_ids(session: Session, limit: int = 10) -> list[int]:
     return list(session.execute(select(Batch.id).order_by(Batch.id.desc()).limit(limit)).scalars())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,21 @@ from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_em
 from producer.discovery import iter_files
 from producer.embedded_run import RunOutcome, check_model, run_embedded
 from producer.submission import SubmitOutcome
+from shared.config import Settings
+from shared.db.schema import Batch
 from shared.enums import ImageState
 from shared.errors import ConfigurationError
 from shared.formatting import render
-from shared.queries import RESULT_KEYS, ResultFilter, list_results
-from shared.reports.batch_outputs import write_batch_documents
+from shared.queries import (
+    RESULT_KEYS,
+    ResultFilter,
+    finished_batches_copied_from,
+    list_results,
+)
+from shared.reports.batch_outputs import BatchDocuments, write_batch_documents
+from shared.reports.batch_summary import batch_report_path
 from shared.reports.exports import DISCLAIMER
+from shared.timeutil import as_utc
 
 SUMMARY_COLUMNS = ("image_id", "file", "state", "duplicate_of", "laterality", "view", "label",
                    "suspicion", "p_malignant", "error_code")
@@ -54,19 +64,44 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
                                                   include_duplicates=True))
     shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
     render(shown, fmt, keys=RESULT_KEYS, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
-    settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
-    with cli.sessions() as session:
-        documents = write_batch_documents(session, sub.batch_id, settings)
     rate = len(sub.waiting_on) / result.seconds if result.seconds else 0.0
     STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {rate:.1f} images/s (model "
                  f"load {result.model_load_seconds:.1f} s)")
+    settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
+    with cli.sessions() as session:
+        _say_documents("reports", write_batch_documents(session, sub.batch_id, settings))
+    _report_earlier_batches(cli, sub.batch_id, settings)
+    STDERR.print(DISCLAIMER, style="italic")
+    return RunListing(result, rows)
+
+
+def _report_earlier_batches(cli: CliContext, batch_id: int, settings: Settings) -> None:
+    """The reports of the earlier batches these files were first given to, once finished,
+    when theirs are missing or predate the finish: an interrupted run's batch never wrote
+    them, and a re-run's own batch (its copies) holds no result of its own to summarise."""
+    with cli.sessions() as session:
+        due = [b.id for b in finished_batches_copied_from(session, batch_id)
+               if not _summary_is_current(settings, b)]
+    for earlier in due:
+        with cli.sessions() as session:
+            documents = write_batch_documents(session, earlier, settings)
+        _say_documents(f"batch {earlier} (these files' first run) is finished; its reports",
+                       documents)
+
+
+def _summary_is_current(settings: Settings, batch: Batch) -> bool:
+    summary = batch_report_path(settings, batch.id, "html")
+    finished = as_utc(batch.finished_at)
+    return (summary.is_file() and finished is not None
+            and datetime.fromtimestamp(summary.stat().st_mtime, tz=UTC) >= finished)
+
+
+def _say_documents(what: str, documents: BatchDocuments) -> None:
     exam_pdfs = documents.exams
-    STDERR.print(f"reports: {documents.summary} (open in a browser), "
+    STDERR.print(f"{what}: {documents.summary} (open in a browser), "
                  f"{', '.join(str(p) for p in documents.exports)}"
                  + (f"; {len(exam_pdfs)} exam PDF(s) in {exam_pdfs[0].parent}" if exam_pdfs
                     else ""))
-    STDERR.print(DISCLAIMER, style="italic")
-    return RunListing(result, rows)
 
 
 def _file_counts(sub: SubmitOutcome) -> str:

@@ -6,14 +6,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select, union
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from shared.db.schema import Image, Study
+from shared.db.schema import DuplicateSubmission, ExamResult, Image, Study
 from shared.reports.exam_data import ExamReport, load_exam_report
 from shared.reports.exports import DISCLAIMER, write_json
-from shared.reports.worklist import exam_pdf_path
+from shared.reports.worklist import _pdf_is_older, exam_pdf_path
 from shared.timeutil import as_utc
 
 EXAM_FORMATS = ("pdf", "json")
@@ -54,10 +54,31 @@ def write_exam_report(session: Session, study_uid: str, path: Path, fmt: str,
 
 
 def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings) -> list[Path]:
-    """A PDF per exam with an image in the batch, at the path the worklist points to."""
-    uids = session.scalars(
-        select(Study.study_uid).where(Study.id.in_(
-            select(Image.study_id).where(Image.batch_id == batch_id)))
-        .order_by(Study.id)).all()
-    return [write_exam_report(session, uid, exam_pdf_path(settings.report_dir, uid), "pdf",
-                              settings) for uid in uids]
+    """A PDF per exam of the batch, at the path the worklist points to; returns every path.
+
+    The batch's exams include those of the files it sent again (copies): a run resumed
+    after an interruption is all copies, and its exams are still the ones it was given. A
+    PDF already written since the exam's current result is kept: a re-run completes the
+    PDFs an interrupted one left unwritten without decoding every image again.
+    """
+    own = select(Image.study_id).where(Image.batch_id == batch_id)
+    copied = (select(Image.study_id).join(DuplicateSubmission,
+                                          DuplicateSubmission.image_id == Image.id)
+              .where(DuplicateSubmission.batch_id == batch_id))
+    current = and_(ExamResult.study_id == Study.id, ExamResult.superseded_at.is_(None))
+    exams = session.execute(
+        select(Study.study_uid, ExamResult).outerjoin(ExamResult, current)
+        .where(Study.id.in_(union(own, copied))).order_by(Study.id)).all()
+    paths = []
+    for uid, result in exams:
+        path = exam_pdf_path(settings.report_dir, uid)
+        if not _is_current(path, result):
+            write_exam_report(session, uid, path, "pdf", settings)
+        paths.append(path)
+    return paths
+
+
+def _is_current(pdf: Path, result: ExamResult | None) -> bool:
+    """Written since the exam's current result (an exam with none is always written): the
+    worklist's own test, so the PDFs kept are exactly those it does not flag as stale."""
+    return result is not None and pdf.is_file() and not _pdf_is_older(pdf, result)

@@ -122,3 +122,40 @@ def test_recover_without_a_broker_finishes_what_an_interrupted_run_left(
     with engine.connect() as conn:
         assert set(conn.execute(select(Image.state)).scalars()) == {"done"}
     engine.dispose()
+
+
+def test_the_run_resumed_after_an_interruption_writes_the_nights_reports(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # "Run the same command again" must end with the night's report: the interrupted
+    # batch's summary and exports (it holds the images), and a PDF per exam.
+    make_exam_set(tmp_path / "night", n_exams=2, seed=4)
+    _interrupted_run(tmp_path, tiny_model_dir, tmp_path / "night")
+    code, out = invoke_cli(["run", str(tmp_path / "night")], monkeypatch, tmp_path,
+                           **_env(tmp_path, tiny_model_dir))
+    assert code == ExitCode.OK, out
+    reports = tmp_path / "reports"
+    first = json.loads((reports / "batch-1.json").read_text())
+    assert [r["state"] for r in first["results"]] == ["done"] * 8
+    assert (reports / "batch-1-summary.html").is_file()
+    assert "batch 1 (these files' first run) is finished; its reports:" in " ".join(out.split())
+    assert len(list((reports / "exams").glob("exam-*.pdf"))) == 2
+    code, out = invoke_cli(["worklist", "--format", "json"], monkeypatch, tmp_path,
+                           **_env(tmp_path, tiny_model_dir))
+    assert [row["report_path"] is not None for row in json.loads(out)] == [True, True]
+
+
+def test_a_rerun_completes_reports_an_interruption_cut_off_and_keeps_the_rest(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    make_exam_set(tmp_path / "night", n_exams=2, seed=4)
+    env = _env(tmp_path, tiny_model_dir)
+    code, out = invoke_cli(["run", str(tmp_path / "night")], monkeypatch, tmp_path, **env)
+    assert code == ExitCode.OK, out
+    reports = tmp_path / "reports"
+    kept, cut = sorted((reports / "exams").glob("exam-*.pdf"))
+    cut.unlink()  # interrupted while writing the reports: one PDF and the summary missing
+    (reports / "batch-1-summary.html").unlink()
+    written = kept.stat().st_mtime_ns
+    code, out = invoke_cli(["run", str(tmp_path / "night")], monkeypatch, tmp_path, **env)
+    assert code == ExitCode.OK, out
+    assert cut.is_file() and (reports / "batch-1-summary.html").is_file()
+    assert kept.stat().st_mtime_ns == written  # current already: not decoded and drawn again
