@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from producer.cli.commands_query import TABLE_PAGE
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.options import date_range_options, format_option, utc_range
 from producer.cli.progress import STDERR
@@ -23,9 +24,12 @@ _ALL_FORMATS = ("pdf", "html", "csv", "json")
 @click.command("worklist")
 @click.option("--batch", "batch_id", type=int, help="Only exams with an image in this batch.")
 @date_range_options
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many exams.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help=f"At most this many exams [default: all; the table shows at most "
+                   f"{TABLE_PAGE}].")
 @click.option("--write-reports", is_flag=True,
-              help="Also write each listed exam's PDF where report_path points.")
+              help="Also write each listed exam's PDF where report_path points (the "
+                   "exams shown: a table's page, --limit's, or all as csv|json).")
 @format_option
 @pass_cli
 def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | None,
@@ -47,18 +51,23 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
     from shared.reports.worklist import (
         FLAT_WORKLIST_KEYS,
         WorklistFilter,
+        count_worklist,
         exam_pdf_path,
         flat_worklist_row,
         worklist_rows,
     )
 
     settings = cli.settings
-    flt = WorklistFilter(batch_id, *utc_range(since, until), limit)
+    # A terminal table of every exam ever stored took 15 s to print and could not be read.
+    page = limit or (TABLE_PAGE if fmt == "table" else None)
+    flt = WorklistFilter(batch_id, *utc_range(since, until), page)
     with cli.sessions() as session:
         if batch_id is not None:
             require_batch(session, batch_id)
         refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
         rows = worklist_rows(session, flt, report_dir=settings.report_dir)
+        total = count_worklist(session, flt) if page and len(rows) == page else len(rows)
+        notes = [_more_exams_note(len(rows), total, limit)]
         if write_reports:
             for row in rows:
                 path = exam_pdf_path(settings.report_dir, row["study_uid"])
@@ -69,6 +78,18 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
     shown = rows if fmt == "json" else [flat_worklist_row(r) for r in rows]
     render(shown, fmt, keys=FLAT_WORKLIST_KEYS, columns=WORKLIST_COLUMNS,
            title="Read first (decision support: suspicion 1-10, not a diagnosis)")
+    for note in filter(None, notes):
+        # Under the table; on stderr for csv/json, whose stdout stays the rows alone.
+        click.echo(note, err=fmt != "table")
+
+
+def _more_exams_note(shown: int, total: int, limit: int | None) -> str | None:
+    if shown >= total:
+        return None
+    if limit:
+        return f"the first {shown} of {total} exams (--limit {limit})"
+    return (f"the first {shown} of {total} exams: --limit N shows more, --format csv|json "
+            "lists them all, and --batch or --since/--until narrow the list")
 
 
 @click.command("stats")

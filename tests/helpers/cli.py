@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from producer.cli.main import cli
 
@@ -17,6 +17,13 @@ def invoke_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     with only the given settings (``database_url="..."`` sets ``MAMMO_DATABASE_URL``).
 
     A traceback (an exception other than the exit) fails the calling test."""
+    result = run_cli(args, monkeypatch, tmp_path, **env)
+    return result.exit_code, result.output
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+            **env: str) -> Result:
+    """``invoke_cli``'s run, whole: ``.stdout`` and ``.stderr`` apart as well."""
     monkeypatch.chdir(tmp_path)
     for key in list(os.environ):
         if key.startswith("MAMMO_"):
@@ -25,4 +32,4 @@ def invoke_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         monkeypatch.setenv(f"MAMMO_{key.upper()}", value)
     result = CliRunner().invoke(cli, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result.exit_code, result.output
+    return result

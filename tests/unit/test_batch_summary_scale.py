@@ -4,10 +4,12 @@ readable however many images failed or exams there are, and says where the rest 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session
 
@@ -16,7 +18,8 @@ from shared.db.engine import create_db_engine, ensure_schema
 from shared.db.schema import Batch, Image, ModelVersion, Prediction
 from shared.reports.batch_data import collect_batch_summary
 from shared.reports.batch_summary import write_summary
-from tests.helpers.cli import invoke_cli
+from tests.helpers.cli import invoke_cli, run_cli
+from tests.helpers.seed_results import Seeded, seed_results
 
 REPORT_ROWS = 50  # failed images a summary lists: as many as its read-first exams
 _NO_KEY = "no_pseudonym_key"
@@ -147,3 +150,41 @@ def test_the_report_shows_the_pace_status_shows_for_a_long_finished_batch(
     engine.dispose()
     status, report = _status_and_report_pace(url, monkeypatch, tmp_path)
     assert status is not None and status == report
+
+
+@pytest.fixture
+def night_of_exams(tmp_path: Path) -> tuple[str, Seeded]:
+    """400 seeded images, 100 exams; about 3% of the images still queued."""
+    url = f"sqlite:///{tmp_path / 'exams.db'}"
+    engine = _engine(url)
+    data = seed_results(engine, 400, n_batches=2, seed=11)
+    engine.dispose()
+    return url, data
+
+
+def _worklist(args: list[str], url: str, monkeypatch: pytest.MonkeyPatch,
+              tmp_path: Path) -> Result:
+    """`mammo worklist ARGS`, its stdout and stderr apart (invoke_cli joins them)."""
+    result = run_cli(["worklist", *args], monkeypatch, tmp_path, database_url=url,
+                     report_dir=str(tmp_path / "reports"))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_the_worklist_table_shows_a_page_and_says_how_to_see_the_rest(
+        night_of_exams: tuple[str, Seeded], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    url, _ = night_of_exams
+    monkeypatch.setattr("producer.cli.commands_report.TABLE_PAGE", 20)
+    every = json.loads(_worklist(["--format", "json"], url, monkeypatch, tmp_path).stdout)
+    assert len(every) > 20
+    table = _worklist([], url, monkeypatch, tmp_path).stdout
+    assert len(set(re.findall(r"1\.2\.3\.\d+", table))) == 20
+    assert (f"the first 20 of {len(every)} exams: --limit N shows more, --format csv|json "
+            "lists them all") in " ".join(table.split())
+    assert len(_worklist(["--format", "csv"], url, monkeypatch, tmp_path)
+               .stdout.splitlines()) == len(every) + 1
+    limited = _worklist(["--limit", "30"], url, monkeypatch, tmp_path).stdout
+    assert len(set(re.findall(r"1\.2\.3\.\d+", limited))) == 30
+    assert f"the first 30 of {len(every)} exams (--limit 30)" in limited
+
