@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,11 @@ from producer.cli.progress import STDERR
 from shared.formatting import json_text, render
 from shared.queries import require_batch
 from shared.reports.exports import DISCLAIMER
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from shared.reports.targets import ReportRequest
 
 WORKLIST_COLUMNS = ("rank", "study_uid", "patient_pseudonym", "study_date", "suspicion",
                     "left", "right", "label", "p_malignant", "status", "flags", "report_path")
@@ -39,7 +45,9 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
 
     Exams whose missing views timed out get their (incomplete) result first, even when no
     watcher or worker is running. report_path is the exam's PDF, when it has been written
-    (by `mammo run`, `--write-reports` or `mammo report exam`).
+    (by `mammo run`, `--write-reports` or `mammo report exam`). The list ends by saying how
+    many exams it leaves out because a view is still queued or processing (on stderr for
+    csv/json, whose rows stay data).
 
     \b
     Example:
@@ -54,6 +62,7 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         count_worklist,
         exam_pdf_path,
         flat_worklist_row,
+        unlisted_exams,
         worklist_rows,
     )
 
@@ -67,7 +76,7 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
         rows = worklist_rows(session, flt, report_dir=settings.report_dir)
         total = count_worklist(session, flt) if page and len(rows) == page else len(rows)
-        notes = [_more_exams_note(len(rows), total, limit)]
+        notes = [_more_exams_note(len(rows), total, limit), unlisted_exams(session, flt).note()]
         if write_reports:
             for row in rows:
                 path = exam_pdf_path(settings.report_dir, row["study_uid"])
@@ -171,10 +180,21 @@ def report_command(cli: CliContext, kind: str, target: str | None, fmt: str | No
     request = ReportRequest(kind, fmt, target, *utc_range(since, until))
     with cli.sessions() as session:
         written = write_report(session, request, output, cli.settings)
+        unlisted = _unlisted_note(session, request) if kind == "worklist" else None
     click.echo(str(written))
     # On stderr, as `mammo run` does: stdout stays the path alone, for scripts. The CSV
     # files cannot carry the statement (a comment line is not CSV); the others carry it too.
     STDERR.print(DISCLAIMER, style="italic", soft_wrap=True)
+    if unlisted:
+        click.echo(unlisted, err=True)
+
+
+def _unlisted_note(session: Session, request: ReportRequest) -> str | None:
+    """What `mammo worklist` says of the exams it cannot list yet, for the worklist file."""
+    from shared.reports.worklist import WorklistFilter, unlisted_exams
+
+    flt = WorklistFilter(request.batch_id(), request.since, request.until)
+    return unlisted_exams(session, flt).note()
 
 
 COMMANDS = (worklist_command, stats_command, report_command)

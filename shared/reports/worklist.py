@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, Study
@@ -51,19 +51,47 @@ def exam_pdf_path(report_dir: Path, study_uid: str) -> Path:
     return report_dir / "exams" / f"exam-{safe}.pdf"
 
 
+@dataclass(frozen=True)
+class UnlistedExams:
+    """Exams the worklist cannot list yet: no result, because a view is still queued or
+    processing (``shared.exams.summarise`` waits for it), however long ago it was sent."""
+
+    exams: int
+    oldest: datetime | None  # when the oldest of those views was submitted (UTC)
+
+    def note(self) -> str | None:
+        """The line a listing ends with, so that the exams left out are not silently lost."""
+        if not self.exams:
+            return None
+        since = f" (the oldest since {self.oldest:%Y-%m-%d %H:%M} UTC)" if self.oldest else ""
+        return (f"{self.exams} exam(s) not listed: a view is still queued or processing"
+                f"{since}; `mammo status` shows the queue, `mammo recover` sends stuck "
+                "images again")
+
+
+def _studies_in_scope(flt: WorklistFilter) -> Select[int | None] | None:
+    """The studies with an image the filter matches; None when it matches every study.
+
+    Over an alias of images, so a query over images can use it without it being
+    correlated to that query's own image."""
+    image = aliased(Image)
+    studies = select(image.study_id).where(image.study_id.is_not(None))
+    narrowed = False
+    if flt.batch_id is not None:
+        studies, narrowed = studies.where(image.batch_id == flt.batch_id), True
+    if flt.since is not None:
+        studies, narrowed = studies.where(image.created_at >= flt.since), True
+    if flt.until is not None:
+        studies, narrowed = studies.where(image.created_at < flt.until), True
+    return studies if narrowed else None
+
+
 def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
     stmt = (select(ExamResult, Study).join(Study, Study.id == ExamResult.study_id)
             .where(ExamResult.superseded_at.is_(None)))
-    images = select(Image.study_id).where(Image.study_id.is_not(None))
-    narrowed = False
-    if flt.batch_id is not None:
-        images, narrowed = images.where(Image.batch_id == flt.batch_id), True
-    if flt.since is not None:
-        images, narrowed = images.where(Image.created_at >= flt.since), True
-    if flt.until is not None:
-        images, narrowed = images.where(Image.created_at < flt.until), True
-    if narrowed:
-        stmt = stmt.where(ExamResult.study_id.in_(images))
+    studies = _studies_in_scope(flt)
+    if studies is not None:
+        stmt = stmt.where(ExamResult.study_id.in_(studies))
     # NULL suspicion (nothing scored: every view failed) goes last; ties keep arrival order.
     stmt = stmt.order_by(ExamResult.suspicion.desc().nulls_last(),
                          ExamResult.p_malignant.desc().nulls_last(), Study.id)
@@ -74,6 +102,19 @@ def count_worklist(session: Session, flt: WorklistFilter) -> int:
     """How many exams the list holds without ``flt.limit``."""
     unlimited = _worklist_query(replace(flt, limit=None))
     return int(session.scalar(select(func.count()).select_from(unlimited.subquery())) or 0)
+
+
+def unlisted_exams(session: Session, flt: WorklistFilter) -> UnlistedExams:
+    """The exams in ``flt``'s scope with a view still active and no result: one query."""
+    has_result = (select(ExamResult.id).where(ExamResult.study_id == Image.study_id,
+                                              ExamResult.superseded_at.is_(None)).exists())
+    stmt = select(func.count(func.distinct(Image.study_id)), func.min(Image.created_at)).where(
+        Image.state.in_(ACTIVE_STATES), Image.study_id.is_not(None), ~has_result)
+    studies = _studies_in_scope(flt)
+    if studies is not None:
+        stmt = stmt.where(Image.study_id.in_(studies))
+    exams, oldest = session.execute(stmt).one()
+    return UnlistedExams(int(exams or 0), as_utc(oldest))
 
 
 def _active_images(session: Session, study_ids: list[int]) -> dict[int, int]:

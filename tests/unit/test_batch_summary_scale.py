@@ -171,6 +171,12 @@ def _worklist(args: list[str], url: str, monkeypatch: pytest.MonkeyPatch,
     return result
 
 
+def _unlisted(data: Seeded) -> tuple[int, datetime]:
+    """The exams with a view still queued (so no result yet), and the oldest such view."""
+    queued = [im for im in data.images if im["state"] == "queued"]
+    return len({im["study_id"] for im in queued}), min(im["created_at"] for im in queued)
+
+
 def test_the_worklist_table_shows_a_page_and_says_how_to_see_the_rest(
         night_of_exams: tuple[str, Seeded], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
@@ -188,3 +194,28 @@ def test_the_worklist_table_shows_a_page_and_says_how_to_see_the_rest(
     assert len(set(re.findall(r"1\.2\.3\.\d+", limited))) == 30
     assert f"the first 30 of {len(every)} exams (--limit 30)" in limited
 
+
+def test_the_worklist_says_how_many_exams_wait_for_a_view_in_flight(
+        night_of_exams: tuple[str, Seeded], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    url, data = night_of_exams
+    exams, oldest = _unlisted(data)
+    assert exams
+    note = (f"{exams} exam(s) not listed: a view is still queued or processing (the oldest "
+            f"since {oldest:%Y-%m-%d %H:%M} UTC); `mammo status` shows the queue, "
+            "`mammo recover` sends stuck images again")
+    table = _worklist([], url, monkeypatch, tmp_path)
+    assert note in " ".join(table.stdout.split())
+    # The JSON stays an array of exams: the note goes to stderr.
+    listed = _worklist(["--format", "json"], url, monkeypatch, tmp_path)
+    assert isinstance(json.loads(listed.stdout), list) and note in listed.stderr
+    assert len(json.loads(listed.stdout)) + exams == len(data.studies)
+    # Narrowed to a batch: only that batch's exams waiting are counted.
+    in_batch = {im["study_id"] for im in data.images
+                if im["state"] == "queued" and im["batch_id"] == 2}
+    batch = _worklist(["--batch", "2", "--format", "csv"], url, monkeypatch, tmp_path)
+    assert f"{len(in_batch)} exam(s) not listed" in batch.stderr
+    code, out = invoke_cli(["report", "worklist", "--format", "json", "-o",
+                            str(tmp_path / "w.json")], monkeypatch, tmp_path,
+                           database_url=url, report_dir=str(tmp_path / "reports"))
+    assert code == 0 and note in " ".join(out.split())
