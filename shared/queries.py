@@ -255,10 +255,11 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
     status = BatchStatus(batch.id, batch.name, as_utc(batch.created_at),
                          as_utc(batch.finished_at), counts, None, None, copies)
     remaining = status.remaining
-    # While images remain the batch's life runs up to now; once none remain, it ended at
-    # its last finish, and the pace it kept then stays what status shows.
-    rate = scoring_rate(session, batch.id, window_s=window_s,
-                        until=(now or utcnow()) if remaining else None)
+    # While images remain: the pace of the last ``window_s`` up to now, what the ETA needs
+    # (0 when stalled). Once none remain: its throughput over all its work, what a night's
+    # report quotes, and what status shows from then on.
+    rate = (scoring_rate(session, batch.id, window_s=window_s, until=now or utcnow())
+            if remaining else scoring_rate(session, batch.id))
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
     return replace(status, images_per_minute=rate, eta_seconds=eta,
                    models=models_of_batch(session, batch.id))

@@ -103,8 +103,8 @@ def _per_day(session: Session, batch_id: int) -> dict[str, int]:
 
 def _images_per_minute(session: Session, batch_id: int) -> float | None:
     """`mammo status`'s pace for the batch, taken from it so the two never disagree: the
-    images it scored itself per minute over the last 5 minutes of its work, up to now while
-    images remain (a stalled batch: 0, not the pace of its last burst)."""
+    images it scored itself per minute of all its work once finished; while images remain,
+    over its last 5 minutes up to now (a stalled batch: 0, not the pace of its last burst)."""
     status = batch_status(session, batch_id)
     return None if status is None else status.as_row()["images_per_minute"]
 

@@ -13,7 +13,7 @@ from shared.config import Settings
 from shared.db.schema import DuplicateSubmission, ExamResult, Image, Study
 from shared.reports.exam_data import ExamReport, load_exam_report
 from shared.reports.exports import DISCLAIMER, write_json
-from shared.reports.worklist import _pdf_is_older, exam_pdf_path
+from shared.reports.worklist import exam_pdf_path, pdf_is_older
 from shared.timeutil import as_utc
 
 EXAM_FORMATS = ("pdf", "json")
@@ -81,4 +81,4 @@ def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings) -
 def _is_current(pdf: Path, result: ExamResult | None) -> bool:
     """Written since the exam's current result (an exam with none is always written): the
     worklist's own test, so the PDFs kept are exactly those it does not flag as stale."""
-    return result is not None and pdf.is_file() and not _pdf_is_older(pdf, result)
+    return result is not None and pdf.is_file() and not pdf_is_older(pdf, result)

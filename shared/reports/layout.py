@@ -48,9 +48,10 @@ def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
         ("model", ", ".join(summary.models) or "none yet"),
         ("created", summary.created_at),
         ("finished", summary.finished_at),
-        # The pace `mammo status` shows: 0 when nothing was scored in its last 5 minutes.
-        ("images scored / minute (its last 5 minutes of work, as mammo status)",
-         summary.images_per_minute),
+        # `mammo status`'s figure: over all its work once finished; while images remain,
+        # over its last 5 minutes (0 when nothing was scored in them).
+        ("images scored / minute (as mammo status: all its work once finished, "
+         "its last 5 minutes before)", summary.images_per_minute),
         ("exams with a result", summary.exams),
         ("failed images", len(summary.failures)),
     ]

@@ -130,7 +130,7 @@ def _active_images(session: Session, study_ids: list[int]) -> dict[int, int]:
     return counts
 
 
-def _pdf_is_older(pdf: Path, result: ExamResult) -> bool:
+def pdf_is_older(pdf: Path, result: ExamResult) -> bool:
     written = datetime.fromtimestamp(pdf.stat().st_mtime, tz=UTC)
     computed = as_utc(result.created_at)
     return computed is not None and written < computed
@@ -159,7 +159,7 @@ def worklist_rows(session: Session, flt: WorklistFilter, *,
     for rank, (result, study) in enumerate(listed, start=1):
         pdf = exam_pdf_path(report_dir, study.study_uid)
         has_pdf = pdf.is_file()
-        flags = _row_flags(result, active.get(study.id, 0), has_pdf and _pdf_is_older(pdf, result))
+        flags = _row_flags(result, active.get(study.id, 0), has_pdf and pdf_is_older(pdf, result))
         rows.append({
             "rank": rank, "study_uid": study.study_uid, "suspicion": result.suspicion,
             "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),
