@@ -63,14 +63,21 @@ def _interrupted_run(tmp_path: Path, model: Path, folder: Path) -> list[int]:
     return ids
 
 
-def test_a_resumed_run_counts_each_file_once(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+def _resumed_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                 tiny_model_dir: Path) -> str:
+    """`mammo run` of a 2-exam folder whose first run was interrupted after 4 images: what
+    it printed, on one line (it must succeed)."""
     make_exam_set(tmp_path / "night", n_exams=2, seed=4)
     _interrupted_run(tmp_path, tiny_model_dir, tmp_path / "night")
     code, out = invoke_cli(["run", str(tmp_path / "night")], monkeypatch, tmp_path,
                            **_env(tmp_path, tiny_model_dir))
     assert code == ExitCode.OK, out
-    said = " ".join(out.split())
+    return " ".join(out.split())
+
+
+def test_a_resumed_run_counts_each_file_once(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    said = _resumed_run(monkeypatch, tmp_path, tiny_model_dir)
     assert ("batch 2: 8 file(s): 0 new, 8 already submitted (4 of them unfinished, finished "
             "in this run), 0 rejected at intake") in said
 
@@ -128,18 +135,14 @@ def test_the_run_resumed_after_an_interruption_writes_the_nights_reports(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
     # "Run the same command again" must end with the night's report: the interrupted
     # batch's summary and exports (it holds the images), and a PDF per exam.
-    make_exam_set(tmp_path / "night", n_exams=2, seed=4)
-    _interrupted_run(tmp_path, tiny_model_dir, tmp_path / "night")
-    code, out = invoke_cli(["run", str(tmp_path / "night")], monkeypatch, tmp_path,
-                           **_env(tmp_path, tiny_model_dir))
-    assert code == ExitCode.OK, out
+    said = _resumed_run(monkeypatch, tmp_path, tiny_model_dir)
     reports = tmp_path / "reports"
     first = json.loads((reports / "batch-1.json").read_text())
     assert [r["state"] for r in first["results"]] == ["done"] * 8
     assert (reports / "batch-1-summary.html").is_file()
-    assert "batch 1 (these files' first run) is finished; its reports:" in " ".join(out.split())
+    assert "batch 1 (these files' first run) is finished; its reports:" in said
     assert len(list((reports / "exams").glob("exam-*.pdf"))) == 2
-    code, out = invoke_cli(["worklist", "--format", "json"], monkeypatch, tmp_path,
+    _, out = invoke_cli(["worklist", "--format", "json"], monkeypatch, tmp_path,
                            **_env(tmp_path, tiny_model_dir))
     assert [row["report_path"] is not None for row in json.loads(out)] == [True, True]
 

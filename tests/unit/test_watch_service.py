@@ -59,6 +59,13 @@ def _step(watcher: Watcher) -> None:
     watcher.queue_ready(threading.Event())
 
 
+def _done(sessions: sessionmaker[Session], *image_ids: int) -> None:
+    """Images finished by a worker, as the watcher's follow-up will find them."""
+    with sessions() as session:
+        lifecycle.mark_done(session, list(image_ids))
+        session.commit()
+
+
 def test_ignore_rules_and_the_symlink_boundary(tmp_path: Path) -> None:
     root = tmp_path / "in"
     folder = WatchFolder.of(root, ("*.part", "~*"), move=True)
@@ -193,9 +200,7 @@ def test_a_reused_file_name_is_a_new_image_and_nothing_is_overwritten(
     _dicom(root / "Y.dcm", 1)
     watcher = _watcher(settings, sessions, root, watch_after=after)
     _step(watcher)
-    with sessions() as session:
-        lifecycle.mark_done(session, [1])
-        session.commit()
+    _done(sessions, 1)
     watcher.followup.poll()
     if after == "move":  # an earlier Y.dcm already filed: never overwritten either
         assert (root / "processed/Y.dcm").read_bytes() == _sop_file(tmp_path, 1).read_bytes()
@@ -241,9 +246,7 @@ def test_delete_action_removes_only_finished_files(
     _dicom(root / "b.dcm", 2)
     watcher = _watcher(settings, sessions, root, watch_after="delete")
     _step(watcher)
-    with sessions() as session:
-        lifecycle.mark_done(session, [1])
-        session.commit()
+    _done(sessions, 1)
     watcher.followup.poll()
     assert sorted(os.listdir(root)) == ["b.dcm"]
 
@@ -312,9 +315,7 @@ def test_a_file_that_cannot_be_moved_stays_in_place_and_is_said_once(
     (root / "processed" / name).write_bytes(b"an older file of the same name")
     watcher = _watcher(settings, sessions, root, watch_after="move")
     _step(watcher)
-    with sessions() as session:
-        lifecycle.mark_done(session, [1])
-        session.commit()
+    _done(sessions, 1)
     caplog.set_level(logging.INFO, logger="mammo.watch")
     watcher.followup.poll()
     _step(watcher)  # the rescan tries again, and says nothing new
@@ -507,9 +508,7 @@ def test_a_copy_moved_away_does_not_become_the_images_archived_path(
     (root / "b.dcm").write_bytes(first.read_bytes())  # the same image under a second name
     watcher = _watcher(settings, sessions, root, watch_after="move")
     _step(watcher)
-    with sessions() as session:
-        lifecycle.mark_done(session, [1])
-        session.commit()
+    _done(sessions, 1)
     watcher.followup.poll()
     assert sorted(os.listdir(root / "processed")) == ["a.dcm", "b.dcm"]
     with sessions() as session:
