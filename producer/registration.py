@@ -96,6 +96,10 @@ class Ingestion:
 
     pseudonymize: Pseudonymize | None = None
     metadata: Callable[[Path], FileMetadata | None] | None = None
+    # Files the caller saw written to since their image failed (the drop folder watches
+    # them): retried as changed whatever their mtime says against the failure's time,
+    # which a file server's clock running behind the database's would deny.
+    changed: frozenset[Path] = frozenset()
 
 
 def ingestion_for(settings: Settings, manifest: Path | None = None) -> Ingestion:
@@ -236,7 +240,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
             known = _known(session, existing)
         existing = [row for row in existing
                     if not _retry(session, batch_id, row, paths[row["source"]],
-                                  known[row["identity"]], result)
+                                  known[row["identity"]], result, ingestion.changed)
                     and not _registered_here(row, known[row["identity"]], batch_id)]
         for row in existing:
             result.duplicates.append((row["source"], known[row["identity"]].id,
@@ -280,7 +284,7 @@ def _registered_here(row: dict[str, Any], stored: Any, batch_id: int) -> bool:
 
 
 def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, stored: Any,
-           result: Registration) -> bool:
+           result: Registration, seen_changed: frozenset[Path]) -> bool:
     """Queue a failed image again, in this batch, under this file's path, when this
     submission read cleanly and the earlier failure was one a new attempt can fix."""
     if (row["state"] != ImageState.QUEUED.value or stored.state != ImageState.FAILED.value
@@ -288,7 +292,7 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
         return False
     if stored.error_code not in RETRIED_ALWAYS and not (
             stored.error_code in RETRIED_WHEN_THE_FILE_CHANGED
-            and _changed_since(path, row["source"], stored)):
+            and (path in seen_changed or _changed_since(path, row["source"], stored))):
         return False
     # Guarded on the state: of two producers re-sending it at once, one retries it.
     taken = session.execute(

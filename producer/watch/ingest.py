@@ -11,8 +11,8 @@ again by name after a restart, so a day's drop-folder work reads as one batch in
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence, Set
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from celery import Celery
@@ -63,15 +63,18 @@ class Ingestor:
             self._batch = (name, batch_id)
         return self._batch[1]
 
-    def ingest(self, paths: Sequence[Path]) -> Ingested:
-        """Register ``paths`` (committed), then enqueue the new ones. Logs each file."""
+    def ingest(self, paths: Sequence[Path], *, changed: Set[Path] = frozenset()) -> Ingested:
+        """Register ``paths`` (committed), then enqueue the new ones. Logs each file.
+
+        ``changed``: those of them seen written to since their image failed."""
         out = Ingested()
         if not paths:
             return out
         batch_id = self.batch_id()
         # register_files adds this call's files to the batch's counts (an atomic increment:
         # a second watcher on the folder may be adding its own at the same moment).
-        reg = register_files(self.sessions, batch_id, paths, ingestion=self.ingestion)
+        ingestion = replace(self.ingestion, changed=frozenset(changed & set(paths)))
+        reg = register_files(self.sessions, batch_id, paths, ingestion=ingestion)
         self._reopen(batch_id)
         sources = self._sources(reg.new_ids + reg.rejected_ids)
         out.queued = {i: sources[i][0] for i in reg.new_ids}

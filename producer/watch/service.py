@@ -89,6 +89,8 @@ class Watcher:
                                  interval_s=settings.watch_poll_interval_s)
         self._reported: set[Path] = set()  # permission denied / link escapes: said once
         self._duplicates: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns)
+        # Files handed back by the follow-up as changed since their image failed.
+        self._changed: set[Path] = set()
         self._replaced: set[Path] = set()  # names found reused: said once
         self._scans = 0
 
@@ -220,7 +222,9 @@ class Watcher:
         for start in range(0, len(ready), BLOCK):
             if stop.is_set():
                 break  # the rest stays on disk, unregistered: the next start-up scan finds it
-            out = self.ingestor.ingest(ready[start:start + BLOCK])
+            block = ready[start:start + BLOCK]
+            out = self.ingestor.ingest(block, changed=self._changed)
+            self._changed.difference_update(block)
             for image_id, path in [*out.queued.items(), *out.rejected.items()]:
                 self._reported.discard(path)
                 self.followup.track(image_id, path)
@@ -256,6 +260,7 @@ class Watcher:
         """A file that may undo its image's failure: through the stability check again,
         even if it was found a copy before."""
         self._duplicates.pop(path, None)
+        self._changed.add(path)  # seen changed here: registration need not trust its mtime
         self.tracker.note(path)
 
     def _remember_duplicate(self, path: Path) -> None:

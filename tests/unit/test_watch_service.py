@@ -394,9 +394,10 @@ def _written_long_ago(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("after", ["move", "delete"])
+@pytest.mark.parametrize("clock_behind", [False, True])
 def test_a_stalled_writer_keeps_its_file_and_the_completed_file_is_queued_again(
         settings: Settings, sessions: sessionmaker[Session], tmp_path: Path, after: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+        clock_behind: bool, caplog: pytest.LogCaptureFixture) -> None:
     # The writer paused past the grace period: its half file was queued, failed truncated
     # and filed away while still open; the completed file never came back.
     root = tmp_path / "in"
@@ -419,6 +420,8 @@ def test_a_stalled_writer_keeps_its_file_and_the_completed_file_is_queued_again(
             "finished; filed if it stays unchanged for 60 s") in caplog.messages
     with path.open("ab") as handle:  # the writer resumes and finishes
         handle.write(data[8000:])
+    if clock_behind:  # a file server whose clock runs an hour behind the database's
+        _written_long_ago(path)
     watcher.followup.poll()
     watcher.queue_ready(threading.Event())
     assert "queued s.dcm (image 1) again: it had failed (truncated)" in caplog.messages
