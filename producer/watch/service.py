@@ -34,6 +34,7 @@ from producer.watch.followup import FollowUp
 from producer.watch.identity import RegisteredFiles
 from producer.watch.ingest import Ingestor
 from producer.watch.observer import FolderState, FolderWatch
+from producer.watch.pending import Version
 from producer.watch.scanner import KnownImage, known_images, walk
 from producer.watch.stability import StabilityTracker
 from shared.config import Settings
@@ -88,7 +89,7 @@ class Watcher:
         self.watch = FolderWatch(self.folder.root, self.inbox, log, poll=options.poll,
                                  interval_s=settings.watch_poll_interval_s)
         self._reported: set[Path] = set()  # permission denied / link escapes: said once
-        self._duplicates: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns)
+        self._duplicates: dict[Path, Version] = {}  # each copy as it was found
         # Files handed back by the follow-up as changed since their image failed.
         self._changed: set[Path] = set()
         self._replaced: set[Path] = set()  # names found reused: said once
@@ -264,23 +265,19 @@ class Watcher:
         self.tracker.note(path)
 
     def _remember_duplicate(self, path: Path) -> None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
-        self._duplicates[path] = (st.st_size, st.st_mtime_ns)
+        if (version := Version.of(path)) is not None:
+            self._duplicates[path] = version
 
     def _is_known_duplicate(self, path: Path) -> bool:
         """Rescans must not re-read (and re-log) a copy already found to be a duplicate."""
         seen = self._duplicates.get(path)
         if seen is None:
             return False
-        try:
-            st = os.stat(path)
-        except OSError:
+        version = Version.of(path)
+        if version is None:
             self._duplicates.pop(path, None)
             return True
-        if (st.st_size, st.st_mtime_ns) == seen:
+        if version == seen:
             return True
         del self._duplicates[path]  # rewritten under the same name: look at it again
         return False
