@@ -113,6 +113,8 @@ class TrainConfig:
     # Patch-training epoch from which the trunk's weights are averaged (stochastic weight
     # averaging, models.training); 0 = the epoch with the lowest patch validation loss.
     average_from: int = 0
+    # MixUp's Beta alpha in patch training (models.training.mix_up); 0 = off.
+    mixup: float = 0.0
     # Normal patches drawn per lesion patch, and normal locations the trunk scored highest
     # mined per training image every few epochs (they replace up to half the normal
     # patches). 5 and 8 were measured against these defaults on 3 splits: no gain (README).
@@ -239,7 +241,8 @@ def patch_trained(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
                            plan=PatchPlan(patch=config.patch,
                                           negatives_ratio=config.negatives_ratio),
                            hard_negatives=config.hard_negatives, widths=config.widths,
-                           stage_convs=config.stage_convs, average_from=config.average_from)
+                           stage_convs=config.stage_convs, average_from=config.average_from,
+                           mixup=config.mixup)
     fit_idx, stop_idx = inner_validation(labels[train], patients[train],
                                          fraction=EARLY_STOPPING_FRACTION, seed=seed)
     say(f"{name}: {len(stop_idx)} of the training images kept apart for early stopping")

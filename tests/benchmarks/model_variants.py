@@ -53,7 +53,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "deeper": {"stage_convs": 3},
     # 7/6 of WIDTHS: 1.36 times the weights and multiply-adds, the widest trunk whose five
     # folds stay under the 25 MB model budget (19.6 MB of float32 weights).
-    "wide": {"widths": (28, 56, 112, 168, 224)}}
+    "wide": {"widths": (28, 56, 112, 168, 224)},
+    # MixUp on the training patches, alpha 0.2 (the paper's ImageNet setting).
+    "mixup": {"mixup": 0.2}}
 DEFAULTS = TrainConfig()
 
 
