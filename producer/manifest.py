@@ -46,7 +46,7 @@ _EXTRA = "\x00extra"
 _T = TypeVar("_T")
 
 __all__ = [
-    "COLUMNS", "FileMetadata", "Manifest", "apply_metadata", "filename_convention",
+    "COLUMNS", "FileMetadata", "Manifest", "apply_metadata", "exam_key", "filename_convention",
     "metadata_source",
 ]
 
@@ -126,15 +126,21 @@ def metadata_source(manifest: Manifest | None) -> Callable[[Path], FileMetadata 
 
 
 def manifest_study_uid(study_id: str) -> str:
-    """The exam key of a manifest's study ID, within the 64 characters a UID may have.
+    """The exam key of a manifest's study ID."""
+    return exam_key("manifest", study_id)
 
-    A longer ID keeps its start and gets a digest of the whole, so two long IDs that share
-    their first 55 characters stay two exams instead of being merged into one.
+
+def exam_key(kind: str, value: str) -> str:
+    """``kind:value``, the key of an exam without a StudyInstanceUID, within the 64
+    characters a UID may have.
+
+    A longer value keeps its start and gets a digest of the whole, so two long values that
+    share their first 55 characters stay two exams instead of being merged into one.
     """
-    uid = f"manifest:{study_id}"
+    uid = f"{kind}:{value}"
     if len(uid) <= _UID_LENGTH:
         return uid
-    digest = hashlib.sha256(study_id.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
     return f"{uid[:_UID_LENGTH - len(digest) - 1]}~{digest}"
 
 

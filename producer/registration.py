@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import source_text
-from producer.manifest import FileMetadata, Manifest, apply_metadata, metadata_source
+from producer.manifest import FileMetadata, Manifest, apply_metadata, exam_key, metadata_source
 from shared.config import Settings
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
@@ -146,11 +146,30 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
     return row
 
 
+def study_key(header: ImageHeader) -> str | None:
+    """The key of the exam an image belongs to, or None when nothing in it says.
+
+    Its StudyInstanceUID (or the manifest's study ID); else, as some senders leave the UID
+    out, the exam's accession number, with the patient's pseudonym when there is one (two
+    sites' numbers may coincide, a patient's never do); else the patient and the study
+    date. The key is stored as the study's UID, so the exam's other images, and the same
+    files sent again, find the same study. A date alone would merge every patient of a day.
+    """
+    if header.study_instance_uid:
+        return header.study_instance_uid
+    patient = header.patient_pseudonym or ""
+    if header.accession_number:
+        return exam_key("accession", f"{patient}:{header.accession_number}")
+    if patient and header.study_date:
+        return exam_key("date", f"{patient}:{header.study_date}")
+    return None
+
+
 def _study_ids(session: Session, headers: Iterable[ImageHeader | None]) -> dict[str, int]:
-    """Create or find the studies of a block's headers, in one round-trip: {uid: id}."""
+    """Create or find the studies of a block's headers, in one round-trip: {key: id}."""
     rows: dict[str, dict[str, Any]] = {}
     for header in headers:
-        uid = header.study_instance_uid if header else None
+        uid = study_key(header) if header else None
         if header and uid and uid not in rows:
             rows[uid] = {
                 "study_uid": uid, "accession_number": header.accession_number,
@@ -224,7 +243,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
     with sessions() as session:
         studies = _study_ids(session, (header for _, header, _, _ in read))
         rows = [_row(path, batch_id, header, error,
-                     studies.get(header.study_instance_uid or "") if header else None, label)
+                     studies.get(study_key(header) or "") if header else None, label)
                 for path, header, error, label in read]
         paths = {row["source"]: path for row, (path, *_) in zip(rows, read, strict=True)}
         rows = _adopt_refused(session, rows, paths, result)

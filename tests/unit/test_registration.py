@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +20,9 @@ from shared.db.engine import create_db_engine, ensure_schema, make_session_facto
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.enums import ErrorCode, Laterality, Priority, View
 from shared.queries import ResultFilter, list_results
-from shared.synthetic import synth_mammogram, write_dicom, write_png
+from shared.synthetic import make_exam_set, synth_mammogram, write_dicom, write_png
+from tests.helpers.cli import run_cli
+from tests.helpers.dicom_edit import rewrite_dicom
 
 PATIENT = "PAT-REAL-LOOKING-991"
 KEY = "0123456789abcdef-test-key"
@@ -360,3 +363,60 @@ def test_a_truncated_file_submitted_again_unchanged_stays_a_copy_of_its_failure(
     batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
     completed = register_files(sessions, batch, [path], ingestion=ingestion)
     assert completed.new_ids == [image_id] and completed.duplicates == []
+
+
+def _without_study_uid(path: Path, **changes: object) -> Path:
+    rewrite_dicom(path, StudyInstanceUID=None, **changes)
+    return path
+
+
+def test_an_exam_without_study_uid_is_grouped_by_accession_else_by_patient_and_date(
+        tmp_path: Path, sqlite_url: str, each_backend_sessions: sessionmaker[Session]) -> None:
+    # Some senders leave (0020,000D) out; an image without a study is scored but never
+    # reaches the worklist or an exam report.
+    sessions = each_backend_sessions
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+
+    def views(folder: str, first: int, count: int, **changes: object) -> list[Path]:
+        return [_without_study_uid(_dicom(tmp_path / folder, f"{n}.dcm",
+                                          f"1.2.826.0.1.3680043.8.498.{n}"), **changes)
+                for n in range(first, first + count)]
+
+    by_accession = views("acc", 100, 2, AccessionNumber="ACC42")
+    by_date = views("date", 200, 2, AccessionNumber=None)
+    # A date without a patient would merge every patient of that day: no exam.
+    nothing = views("none", 300, 1, AccessionNumber=None, PatientID=None)
+    _register(sessions, [*by_accession, *by_date, *nothing], ingestion)
+    # Later views of the same exams, in another batch, join the same studies.
+    later = views("acc", 102, 1, AccessionNumber="ACC42") + views("date", 202, 1,
+                                                                 AccessionNumber=None)
+    _register(sessions, later, ingestion)
+    with sessions() as session:
+        study_of = dict(session.execute(select(Image.source, Image.study_id)).all())
+        studies = {s.id: s for s in session.execute(select(Study)).scalars()}
+    [exam_id] = {study_of[str(p)] for p in [*by_accession, later[0]]}
+    [day_id] = {study_of[str(p)] for p in [*by_date, later[1]]}
+    assert exam_id != day_id and study_of[str(nothing[0])] is None and len(studies) == 2
+    exam, day = studies[exam_id], studies[day_id]
+    assert exam.patient_pseudonym and day.patient_pseudonym and day.study_date
+    assert exam.study_uid == f"accession:{exam.patient_pseudonym}:ACC42"
+    assert day.study_uid == f"date:{day.patient_pseudonym}:{day.study_date}"
+    assert PATIENT not in exam.study_uid + day.study_uid
+
+
+def test_exams_without_study_uid_reach_the_worklist_with_their_report(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    folder = tmp_path / "night"
+    files = make_exam_set(folder, n_exams=2, seed=5)
+    for path in files[:4]:  # the first exam keeps its accession number
+        _without_study_uid(path)
+    for path in files[4:]:  # the second has only its patient and date
+        _without_study_uid(path, AccessionNumber=None, PatientID="PAT-2")
+    env = {"database_url": f"sqlite:///{tmp_path / 'm.db'}", "model": str(tiny_model_dir),
+           "report_dir": str(tmp_path / "reports"), "patient_id_key": KEY}
+    assert run_cli(["run", str(folder)], monkeypatch, tmp_path, **env).exit_code == 0
+    listed = run_cli(["worklist", "--format", "json"], monkeypatch, tmp_path, **env)
+    assert listed.exit_code == 0, listed.output
+    exams = json.loads(listed.stdout)
+    assert sorted(e["study_uid"].split(":")[0] for e in exams) == ["accession", "date"]
+    assert all(e["status"] == "complete" and e["report_path"] for e in exams), exams
