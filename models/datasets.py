@@ -136,6 +136,18 @@ def unknown_patients_warning(images: Sequence[LabelledImage], layout: str) -> st
             f"other. {_PATIENT_ADVICE[layout]}")
 
 
+def left_out_warning(images: Sequence[LabelledImage], path: Path) -> str | None:
+    """The warning that the data set at ``path`` lists images that are not among ``images``
+    (those it loaded), naming them; None when there are none. Only a MIAS folder can: its
+    Info.txt describes the whole database, of which a folder may hold part, while a
+    manifest row without its file is refused."""
+    if layout_of(path) != "mias":
+        return None
+    from models.mias import rows_without_image
+
+    return rows_without_image(Path(path), images)
+
+
 # Grouping DICOMs by patient needs only equality, not the PatientID: a hash salted afresh
 # in each process groups them and can never be linked to a patient (nor across runs).
 _SALT = os.urandom(16)

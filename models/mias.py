@@ -11,10 +11,12 @@ Facts taken from the database's own notes, not invented here:
 
 from __future__ import annotations
 
+import codecs
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
-from models.datasets import LabelledImage, Roi
+from models.datasets import IMAGE_SUFFIXES, LabelledImage, Roi
 from shared.enums import Label, Laterality
 from shared.errors import DatasetError, InputError
 from shared.imaging.readers import read_header
@@ -76,21 +78,48 @@ def laterality_of(image_id: str) -> Laterality:
     return Laterality.LEFT if _number(image_id) % 2 == 0 else Laterality.RIGHT
 
 
-def load_mias(folder: Path) -> list[LabelledImage]:
+def truth_rows(folder: Path) -> dict[str, list[Finding]]:
+    """Info.txt's findings by image reference (lower case), in the file's order."""
+    raw = (folder / INFO_FILE).read_bytes()
+    # latin-1 reads any byte; a byte-order mark an editor saved is not part of the first row.
+    text = raw.removeprefix(codecs.BOM_UTF8).decode("latin-1")
     rows: dict[str, list[Finding]] = {}
-    text = (folder / INFO_FILE).read_text(encoding="latin-1")
     for number, line in enumerate(text.splitlines(), start=1):
         parsed = parse_row(line, f"{folder / INFO_FILE} line {number}")
         if parsed is not None:
             rows.setdefault(parsed[0], []).append(parsed[1])
     if not rows:
         raise DatasetError(f"{folder / INFO_FILE} has no truth-table rows (mdbNNN ...).")
+    return rows
+
+
+def _image_files(folder: Path) -> dict[str, list[Path]]:
+    """The image files directly in ``folder`` by lower-case name (MDB004.PNG is mdb004.png;
+    a case-sensitive file system can hold both)."""
+    files: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if (path.is_file() and not path.name.startswith(".")
+                and path.suffix.lower() in IMAGE_SUFFIXES):
+            files.setdefault(path.name.lower(), []).append(path)
+    return files
+
+
+def load_mias(folder: Path) -> list[LabelledImage]:
+    """The images of a MIAS folder with their truth. An image file without a truth row is
+    refused (its label is unknown, and leaving it out would train on part of the data
+    without a word); a row without an image is not (Info.txt describes the whole database,
+    a split holds part of it): ``rows_without_image`` names those."""
+    rows = truth_rows(folder)
+    files = _image_files(folder)
     images = []
     for ref, findings in rows.items():
-        path = next((folder / f"{ref}{s}" for s in _SUFFIXES if (folder / f"{ref}{s}").is_file()),
-                    None)
-        if path is None:
-            continue  # Info.txt describes the full database; a split holds part of it
+        found = [p for s in _SUFFIXES for p in files.pop(f"{ref}{s}", [])]
+        if not found:
+            continue
+        if len(found) > 1:
+            raise DatasetError(f"{' and '.join(p.name for p in found)} in {folder} are each "
+                               f"image {ref}: keep one of them.")
+        path = found[0]
         severities = {s for _, s, _ in findings if s}
         label = (Label.MALIGNANT if "M" in severities else
                  Label.BENIGN if "B" in severities else Label.NORMAL)
@@ -101,7 +130,30 @@ def load_mias(folder: Path) -> list[LabelledImage]:
             for _, s, c in findings if c is not None and s)
         images.append(LabelledImage(id=ref, path=path, label=label, patient_id=patient_of(ref),
                                     laterality=laterality_of(ref), view="MLO", rois=rois))
+    if unlisted := sorted(p.name for paths in files.values() for p in paths):
+        raise DatasetError(
+            f"{folder / INFO_FILE} has no truth row for {len(unlisted)} image file(s) in the "
+            f"folder ({_some(unlisted)}), so their labels are unknown: add a row for each (a "
+            "MIAS image is mdbNNN.pgm or mdbNNN.png), or move them out of the folder.")
     return images
+
+
+def rows_without_image(folder: Path, images: Sequence[LabelledImage]) -> str | None:
+    """The warning that ``folder``'s Info.txt lists images that are not among ``images``
+    (its loaded ones), naming them; None when every row has its image."""
+    loaded = {image.id for image in images}
+    missing = [ref for ref in truth_rows(folder) if ref not in loaded]
+    if not missing:
+        return None
+    return (f"{folder / INFO_FILE} lists {len(missing)} image(s) that are not in the folder "
+            f"({_some(missing)}): they are left out of this data. If they belong in it, put "
+            f"their files (mdbNNN.pgm or mdbNNN.png) in {folder}.")
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    """'a, b, c' or 'a, b, c, d, e and 7 more' for messages."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _height(path: Path) -> int:

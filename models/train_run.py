@@ -34,6 +34,7 @@ from models.datasets import (
     LabelledImage,
     data_hash,
     layout_of,
+    left_out_warning,
     load_dataset,
     unknown_patients_warning,
     without_patient,
@@ -312,8 +313,10 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
                         np.array([i.patient_id for i in images]), config.folds)
     say(f"{len(images)} labelled images from {data_path}; "
         f"preprocessing version {PREPROCESSING_VERSION}, input {config.input_size}")
-    if (unknown := unknown_patients_warning(images, layout_of(data_path))) is not None:
-        say(f"warning: {unknown}")
+    for warning in (unknown_patients_warning(images, layout_of(data_path)),
+                    left_out_warning(images, data_path)):
+        if warning is not None:
+            say(f"warning: {warning}")
     data = prepare(images, config.input_size, max_pixels=config.max_pixels, progress=say)
     # Again on what could be read; the warning (few patients per fold) once.
     if (few := require_every_class(data.labels, data.patients, config.folds)) is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.datasets import load_dataset
+from models.datasets import left_out_warning, load_dataset
 from shared.enums import Label
 from shared.errors import DatasetError
 from shared.synthetic import synth_mammogram, write_png
@@ -42,3 +42,53 @@ def test_a_row_it_cannot_interpret_is_refused_with_its_line(tmp_path: Path, row:
     data = _mias(tmp_path / "m", f"mdb001 G NORM\nmdb002 G NORM\n{row}\nmdb004 G NORM\n")
     with pytest.raises(DatasetError, match="Info.txt " + said.replace("(", r"\(")):
         load_dataset(data)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
+    data = _mias(tmp_path / "m", "")
+    (data / "Info.txt").write_bytes(b"\xef\xbb\xbfmdb001 G NORM\r\nmdb002 G NORM\r\n"
+                                    b"mdb003 G CIRC B 50 40 10\r\nmdb004 G CIRC M 50 40 10\r\n")
+    assert [i.id for i in load_dataset(data)] == ["mdb001", "mdb002", "mdb003", "mdb004"]
+
+
+def test_file_names_match_their_rows_in_any_case(tmp_path: Path) -> None:
+    data = _mias(tmp_path / "m", "mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n"
+                 "mdb004 G CIRC M 50 40 10\n")
+    (data / "mdb004.png").rename(data / "MDB004.PNG")
+    (data / "mdb001.png").rename(data / "Mdb001.png")
+    loaded = {i.id: i for i in load_dataset(data)}
+    assert sorted(loaded) == ["mdb001", "mdb002", "mdb003", "mdb004"]
+    assert loaded["mdb004"].path.name == "MDB004.PNG"
+    assert loaded["mdb004"].label is Label.MALIGNANT
+
+
+def test_an_image_without_a_truth_row_is_refused_by_name(tmp_path: Path) -> None:
+    data = _mias(tmp_path / "m", "mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n")
+    (data / "MDB004.PNG").write_bytes((data / "mdb004.png").read_bytes())
+    (data / "mdb004.png").unlink()
+    (data / "notes.txt").write_text("not an image", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"no truth row for 1 image file\(s\) in the folder "
+                       r"\(MDB004.PNG\), so their labels are unknown"):
+        load_dataset(data)
+
+
+def test_two_files_of_one_image_are_refused(tmp_path: Path) -> None:
+    data = _mias(tmp_path / "m", "mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n"
+                 "mdb004 G NORM\n")
+    (data / "mdb004.pgm").write_bytes(b"P5\n2 2\n255\n\x00\x01\x02\x03")
+    with pytest.raises(DatasetError, match="mdb004.pgm and mdb004.png in .* are each image "
+                       "mdb004: keep one of them"):
+        load_dataset(data)
+
+
+def test_rows_without_their_image_are_named_not_refused(tmp_path: Path) -> None:
+    data = _mias(tmp_path / "m", "mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n"
+                 "mdb004 G NORM\nmdb005 G CIRC B 50 40 10\nmdb006 G NORM\n")
+    images = load_dataset(data)
+    assert len(images) == 4
+    said = left_out_warning(images, data)
+    assert said is not None
+    assert "lists 2 image(s) that are not in the folder (mdb005, mdb006)" in said
+    (data / "Info.txt").write_text("mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n"
+                                   "mdb004 G NORM\n", encoding="latin-1")
+    assert left_out_warning(load_dataset(data), data) is None
