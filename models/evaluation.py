@@ -20,6 +20,7 @@ from models.datasets import (
     LabelledImage,
     data_hash,
     layout_of,
+    left_out_warning,
     load_dataset,
     unknown_patients_warning,
 )
@@ -34,17 +35,19 @@ Progress = Callable[[str], None]
 
 def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: int = 8,
              progress: Progress | None = None, bilateral: bool = True,
-             warnings: list[str] | None = None) -> dict[str, Any]:
+             warnings: list[str] | None = None,
+             unread: list[tuple[Path, str]] | None = None) -> dict[str, Any]:
     """The ``mammo evaluate --format json`` object (PRODUCT.md keys, in that order).
 
     With ``bilateral`` and a model that has a bilateral head, each image whose partner (the
     patient's other breast, same view) is in the set is read against it, as the exam
     results of the pipeline are. What the figures do not mean (the data is, or overlaps, the
-    model's training data) is appended to ``warnings``: the JSON keys are fixed."""
+    model's training data) is appended to ``warnings``, and each image that could not be
+    read (so is not in the figures) to ``unread`` with the reason: the JSON keys are fixed."""
     from worker.classifier import Classifier
 
     images = load_dataset(data_path)
-    _note(warnings, unknown_patients_warning, images, layout_of(data_path))
+    _note(warnings, left_out_warning, images, data_path)
     classifier = Classifier(spec, batch_size=batch_size,
                             preprocessing_version=PREPROCESSING_VERSION)
     classifier.load()
@@ -63,8 +66,7 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
             decoded = decode(image.path, max_pixels=max_pixels)
             batch.append(preprocess(decoded, spec.input_size, laterality=image.laterality))
         except InputError as exc:
-            if progress:
-                progress(f"skipped {image.id}: {exc.message}")
+            _skipped(image, exc.message, progress, unread)
             continue
         kept.append(image)
         truth.append(image.class_index)
@@ -75,6 +77,8 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
     flush()
     if not kept:
         raise DatasetError(f"None of the images in {data_path} could be read.")
+    # On the images scored: the figures are theirs.
+    _note(warnings, unknown_patients_warning, kept, layout_of(data_path))
     _note(warnings, training_overlap, spec, kept)
     probs = np.asarray(rows, dtype=np.float64)
     if bilateral:
@@ -88,6 +92,24 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
              "p_normal": float(p[0]), "p_benign": float(p[1]), "p_malignant": float(p[2])}
             for image, p in zip(kept, probs, strict=True)],
     }
+
+
+def _skipped(image: LabelledImage, reason: str, progress: Progress | None,
+             unread: list[tuple[Path, str]] | None) -> None:
+    if progress:
+        progress(f"skipped {image.id}: {reason}")
+    if unread is not None:
+        unread.append((image.path, reason))
+
+
+def unread_summary(unread: Sequence[tuple[Path, str]], scored: int, shown: int = 10) -> str:
+    """The closing line of an evaluation that could not read ``unread`` (path, reason) of
+    its images, ``scored`` others being in the figures."""
+    named = "; ".join(f"{path} ({reason.rstrip('.')})" for path, reason in unread[:shown])
+    more = f"; and {len(unread) - shown} more, each named above" if len(unread) > shown else ""
+    return (f"{len(unread)} of {len(unread) + scored} images could not be read and are not in "
+            f"these metrics: {named}{more}. Replace or remove them and evaluate again for "
+            "figures on the whole set.")
 
 
 def _note(warnings: list[str] | None, check: Callable[..., str | None], *args: Any) -> None:

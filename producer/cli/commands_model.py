@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from producer.cli.context import CliContext, pass_cli
+from producer.cli.exit_codes import ExitCode
 from producer.cli.options import format_option
 from shared.errors import ConfigurationError, ModelComparisonError, UserFacingError
 from shared.formatting import render
@@ -233,7 +234,8 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
     """Score labelled DATA with a model; print accuracy, AUCs, ECE and every prediction.
 
     Where the model has a bilateral head and DATA pairs a patient's two breasts (same
-    view), each breast is read against the other, as exam results are.
+    view), each breast is read against the other, as exam results are. Exits 3 when some
+    images could not be read: the figures are printed, of the others only.
 
     \b
     Example:
@@ -243,9 +245,20 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
 
     spec = _spec(cli, model_ref, "--model")
     warnings: list[str] = []
+    unread: list[tuple[Path, str]] = []
     result = evaluate(spec, data, max_pixels=cli.settings.max_image_pixels,
                       batch_size=batch_size, progress=_say, bilateral=not single_image,
-                      warnings=warnings)
+                      warnings=warnings, unread=unread)
+    _print_evaluation(result, fmt, warnings, f"{spec.name} {spec.version} on {data}")
+    if unread:  # after the figures, as the last line: they are of part of DATA only
+        from models.evaluation import unread_summary
+
+        _say(unread_summary(unread, result["n"]))
+        raise SystemExit(ExitCode.IMAGES_FAILED)
+
+
+def _print_evaluation(result: dict[str, Any], fmt: str, warnings: list[str],
+                      title: str) -> None:
     for warning in warnings:  # stderr: the JSON keys are fixed (PRODUCT.md)
         _say(f"warning: {warning}")
     if fmt == "json":
@@ -254,7 +267,7 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
     render(result["predictions"], "table", keys=EVALUATE_COLUMNS, title="Predictions")
     render([{**{k: result[k] for k in SUMMARY_KEYS},
              "warning": "; ".join(warnings) or None}], "table", keys=(*SUMMARY_KEYS, "warning"),
-           title=f"{spec.name} {spec.version} on {data}")
+           title=title)
     render([{"truth": t, **{f"pred_{p}": n for p, n in zip(("normal", "benign", "malignant"),
                                                            row, strict=True)}}
             for t, row in zip(("normal", "benign", "malignant"), result["confusion_matrix"],
