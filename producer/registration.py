@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -240,21 +240,27 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
                     result: Registration, ingestion: Ingestion) -> None:
     # Headers first, outside any transaction; then one round-trip per kind of row.
     read = [(path, *_read(path, ingestion)) for path in block]
+    owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
+              for _, header, _, _ in read]
     with sessions() as session:
         studies = _study_ids(session, (header for _, header, _, _ in read))
         rows = [_row(path, batch_id, header, error,
-                     studies.get(study_key(header) or "") if header else None, label)
-                for path, header, error, label in read]
+                     studies.get(owner.study_uid or "") if header else None, label)
+                for owner, (path, header, error, label) in zip(owners, read, strict=True)]
         paths = {row["source"]: path for row, (path, *_) in zip(rows, read, strict=True)}
+        owner_of = {row["source"]: owner for row, owner in zip(rows, owners, strict=True)}
         rows = _adopt_refused(session, rows, paths, result)
         existing = _insert_new(session, rows, result)
         known = _known(session, existing)
-        clashes = [row for row in existing if _uid_clash(row, known[row["identity"]])]
+        clashes = {row["source"]: found for row in existing
+                   if (found := _uid_clash(row, owner_of[row["source"]],
+                                           known[row["identity"]]))}
         if clashes:
             refused = [_row(paths[row["source"]], batch_id, None,
-                            _clash_error(row, known[row["identity"]]), None)
-                       for row in clashes]
-            existing = ([row for row in existing if row not in clashes]
+                            _clash_error(row, known[row["identity"]], clashes[row["source"]]),
+                            None)
+                       for row in existing if row["source"] in clashes]
+            existing = ([row for row in existing if row["source"] not in clashes]
                         + _insert_new(session, refused, result))
             known = _known(session, existing)
         existing = [row for row in existing
@@ -293,7 +299,8 @@ def _known(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {found.identity: found for found in session.execute(
         select(Image.identity, Image.id, Image.batch_id, Image.state, Image.error_code,
                Image.source, Image.finished_at, Image.rows, Image.columns, Image.laterality,
-               Image.view)
+               Image.view, Image.study_id, Study.study_uid, Study.patient_pseudonym)
+        .outerjoin(Study, Image.study_id == Study.id)
         .where(Image.identity.in_({r["identity"] for r in rows})))}
 
 
@@ -403,20 +410,44 @@ def _changed_since(path: Path, source: str, stored: Any) -> bool:
     return written > failed_at
 
 
+class _Owner(NamedTuple):
+    """The exam (its study key) and the patient (pseudonym) a file's header names."""
+
+    study_uid: str | None = None
+    patient: str | None = None
+
+
 # What a re-sent copy of an image cannot change: a corrected header may fill in laterality
 # or view, never contradict them, and never alter the pixel matrix.
-_INTRINSIC = ("rows", "columns", "laterality", "view")
+_INTRINSIC = {"pixel size": ("rows", "columns"), "laterality": ("laterality",),
+              "view": ("view",)}
 
 
-def _uid_clash(row: dict[str, Any], stored: Any) -> bool:
-    """Same SOP Instance UID, different image: a sender reused a UID (DICOM forbids it)."""
+def _uid_clash(row: dict[str, Any], owner: _Owner, stored: Any) -> list[str]:
+    """What tells the file apart from the image its SOP Instance UID already names: a
+    sender reused the UID (DICOM forbids it). Empty for a copy of that image.
+
+    Another exam or another patient is another image however alike the two look: taken
+    for a copy, the file would show that exam's result, and its own exam would miss a view.
+    """
     if not row["identity"].startswith("sop:"):
-        return False  # a content hash cannot clash
-    return any(row.get(name) is not None and getattr(stored, name) is not None
-               and row[name] != getattr(stored, name) for name in _INTRINSIC)
+        return []  # a content hash cannot clash
+
+    def differ(ours: Any, theirs: Any) -> bool:
+        return ours is not None and theirs is not None and ours != theirs
+
+    found = [what for what, names in _INTRINSIC.items()
+             if any(differ(row.get(name), getattr(stored, name)) for name in names)]
+    if differ(row["study_id"], stored.study_id):
+        found.append(f"exam (image {stored.id}'s {stored.study_uid}; this file's "
+                     f"{owner.study_uid})")
+    if differ(owner.patient, stored.patient_pseudonym):
+        found.append(f"patient (image {stored.id}'s {stored.patient_pseudonym}; this file's "
+                     f"{owner.patient})")
+    return found
 
 
-def _clash_error(row: dict[str, Any], stored: Any) -> InputError:
+def _clash_error(row: dict[str, Any], stored: Any, differences: list[str]) -> InputError:
     def described(rows: int | None, columns: int | None, *side: str | None) -> str:
         words = " ".join(v for v in side if v)
         return f"{columns} x {rows} px" + (f", {words}" if words else "")
@@ -425,9 +456,10 @@ def _clash_error(row: dict[str, Any], stored: Any) -> InputError:
     ours = described(row["rows"], row["columns"], row["laterality"], row["view"])
     return InputError(
         f"Its SOP Instance UID {row['sop_instance_uid']} already names image {stored.id} "
-        f"({theirs}), a different image from this one ({ours}). A UID must name one image "
-        "only, so the sending system reused it. Neither image takes the other's result: "
-        "have the modality or PACS resend this one with a new UID.",
+        f"({theirs}), a different image from this one ({ours}): they differ in "
+        f"{', '.join(differences)}. A UID must name one image only, so the sending system "
+        "reused it. Neither image takes the other's result: have the modality or PACS "
+        "resend this one with a new UID.",
         code=ErrorCode.UID_CONFLICT)
 
 

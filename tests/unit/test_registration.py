@@ -40,10 +40,11 @@ def _settings(url: str, key: str | None = None) -> Settings:
                     patient_id_key=SecretStr(key) if key else None)
 
 
-def _dicom(folder: Path, name: str, sop: str, patient_id: str | None = PATIENT) -> Path:
+def _dicom(folder: Path, name: str, sop: str, patient_id: str | None = PATIENT,
+           study_uid: str = "1.2.826.0.1.3680043.8.498.70") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     pixels = synth_mammogram(np.random.default_rng(1), size=(96, 80))
-    return write_dicom(folder / name, pixels, study_uid="1.2.826.0.1.3680043.8.498.70",
+    return write_dicom(folder / name, pixels, study_uid=study_uid,
                        sop_uid=sop, laterality=Laterality.RIGHT, view=View.MLO,
                        patient_id=patient_id)
 
@@ -309,6 +310,34 @@ def test_a_reused_sop_uid_on_a_different_image_fails_as_a_conflict(
     # Sent again, each file repeats its own row: the clash its failure, the copy the image.
     assert sorted((d.source, d.image_id) for d in duplicates) == sorted(
         [(str(other), clash.id), (str(resent), original.id)])
+
+
+@pytest.mark.parametrize("other", ["exam", "patient"])
+def test_a_reused_sop_uid_in_another_exam_or_of_another_patient_is_a_conflict(
+        tmp_path: Path, sqlite_url: str, each_backend_sessions: sessionmaker[Session],
+        other: str) -> None:
+    # The same view, alike in size, of a new exam: taken for a copy, the new exam would show
+    # the earlier exam's result and be listed as missing that view.
+    sessions = each_backend_sessions
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    sop = "1.2.826.0.1.3680043.8.498.92"
+    first = _dicom(tmp_path / "a", "first.dcm", sop)
+    changed = ({"study_uid": "1.2.826.0.1.3680043.8.498.93"} if other == "exam"
+               else {"patient_id": "PAT-ANOTHER-775"})
+    reused = _dicom(tmp_path / "b", "reused.dcm", sop, **changed)  # type: ignore[arg-type]
+    _register(sessions, [first], ingestion)
+    batch = _register(sessions, [reused], ingestion)
+    with sessions() as session:
+        original, clash = session.execute(select(Image).order_by(Image.id)).scalars().all()
+        study = session.get(Study, original.study_id)
+        copies = session.execute(select(DuplicateSubmission)).scalars().all()
+    assert copies == [] and clash.batch_id == batch and clash.source == str(reused)
+    assert (clash.state, clash.error_code) == ("failed", "uid_conflict")
+    assert clash.error_message and study
+    theirs = study.study_uid if other == "exam" else study.patient_pseudonym
+    assert f"they differ in {other} (image {original.id}'s {theirs}; this file's " \
+        in clash.error_message
+    assert PATIENT not in clash.error_message and "PAT-ANOTHER" not in clash.error_message
 
 
 @pytest.mark.parametrize("code, retried", [(ErrorCode.TRUNCATED, True),
