@@ -112,9 +112,10 @@ def require_inner_splits(labels: np.ndarray, patients: np.ndarray,
             "fold's training images again by patient, one part per patient (at least 2, at "
             f"most {most}), and needs one class with as many images as parts: fold {k} trains "
             f"on {class_counts(labels[train], patients[train])}, so it needs {need} images of "
-            f"one class{patients_too}. Add images of one class ({most} in each fold's training "
-            f"part always suffice: about {math.ceil(most * folds_n / (folds_n - 1))} in all "
-            f"with {folds_n} folds).")
+            f"one class{patients_too}. Add images to one class: {most} of it in each fold's "
+            f"training part always suffice, which takes about "
+            f"{math.ceil(most * folds_n / (folds_n - 1))} images of that one class in all with "
+            f"{folds_n} folds.")
 
 
 def class_counts(labels: np.ndarray, patients: np.ndarray) -> str:

@@ -39,7 +39,8 @@ def test_too_few_for_early_stopping_splits_names_counts_and_need() -> None:
     assert ("fold 1 trains on normal 2 images from 2 patients, benign 1 images from 1 "
             "patients, malignant 1 images from 1 patients, so it needs 4 images of one "
             "class") in message
-    assert "7 in each fold's training part always suffice: about 14 in all" in message
+    assert ("Add images to one class: 7 of it in each fold's training part always suffice, "
+            "which takes about 14 images of that one class in all with 2 folds") in message
 
 
 def test_the_stated_need_is_enough() -> None:
