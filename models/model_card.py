@@ -15,10 +15,13 @@ CITATION = ('Suckling J et al (1994) "The Mammographic Image Analysis Society Di
 # The mini-MIAS database: 322 images of 161 patients (both breasts, MLO). The project's copy
 # (../shared/data/mini-mias), on which the recipe's settings were chosen, holds 258 of them;
 # the other 64 (32 patients) are withheld for independent evaluation. A model trained on
-# exactly those 258 images (this training data sha256) is described as such.
+# exactly those 258 images (this training data sha256) is described as such. Only those are
+# known to be mini-MIAS: other data in the MIAS layout (Info.txt + mdbNNN images) may be
+# mini-MIAS, a subset, a conversion, or anything named so, and the card does not say which.
 MIAS_IMAGES, MIAS_PATIENTS = 322, 161
 DEVELOPMENT_DATA_SHA256 = "1059917356d0dddd3f1ebc4923cb7be2538fe1c5606c37524698eeda57975444"
-LAYOUT_WORDS = {"csv": "a CSV manifest", "class_folders": "class folders"}
+LAYOUT_WORDS = {"csv": "a CSV manifest", "class_folders": "class folders",
+                "mias": "a folder in the MIAS layout (Info.txt + mdbNNN images)"}
 TARGETS = {"auc_abnormal": 0.85, "auc_malignant": 0.85, "ece": 0.10, "localisation": 0.50}
 ROWS = (("AUC abnormal vs normal", "auc_abnormal"), ("AUC malignant vs rest", "auc_malignant"),
         ("sensitivity at 90% specificity", "sensitivity_at_90_specificity"),
@@ -373,7 +376,7 @@ def _data_lines(meta: dict[str, Any]) -> list[str]:
     layout = _layout(meta)
     classes = ", ".join(f"{k} {v}" for k, v in data["classes"].items())
     sha = f"Training data sha256 `{data['sha256'][:16]}...`."
-    if layout != "mias":
+    if not _development_data(meta):
         where = (f"{LAYOUT_WORDS[layout]} (`{data.get('source')}`)" if layout in LAYOUT_WORDS
                  else f"`{data.get('source')}`")
         lines = [f"- {data['images']} images of {data['patients']} patients from {where} "
@@ -381,23 +384,22 @@ def _data_lines(meta: dict[str, Any]) -> list[str]:
                  "- Where these images come from (database or site, devices, film or digital, "
                  "views, pixel size) is not recorded with the model: state it before relying "
                  "on these figures."]
+        if layout == "mias":
+            lines.append("- They are not the project's mini-MIAS copy (another training data "
+                         "sha256), so that they are mini-MIAS images was not verified. If they "
+                         f"are, cite (required by the data licence): {CITATION}")
         if unknown := data.get("images_without_patient"):
             lines.append(f"- {unknown} of these images had no patient identity (no "
                          "patient_id column, no DICOM PatientID) and were split by image, "
                          "not by patient: a patient's two breasts may be on both sides of a "
                          "split, so the validation figures may be optimistic.")
         return lines
-    lines = [f"- {data['images']} images of {data['patients']} patients from the mini-MIAS "
-             f"database ({classes}); digitised film, MLO views, 200 micron pixels. {sha}",
-             f"- Citation (required by the data licence, research use only): {CITATION}"]
     missing = (MIAS_IMAGES - data["images"], MIAS_PATIENTS - data["patients"])
-    if _development_data(meta):
-        lines.append(f"- {missing[0]} further images ({missing[1]} patients) of the database "
-                     "are withheld for independent evaluation; nothing here was tuned on them.")
-    elif missing[0] > 0:
-        lines.append(f"- {missing[0]} further images of the database are not in this "
-                     "training data.")
-    return lines
+    return [f"- {data['images']} images of {data['patients']} patients from the mini-MIAS "
+            f"database ({classes}); digitised film, MLO views, 200 micron pixels. {sha}",
+            f"- Citation (required by the data licence, research use only): {CITATION}",
+            f"- {missing[0]} further images ({missing[1]} patients) of the database are "
+            "withheld for independent evaluation; nothing here was tuned on them."]
 
 
 def _patches(meta: dict[str, Any]) -> str:
@@ -413,17 +415,35 @@ def _per_fold_count(meta: dict[str, Any]) -> tuple[str, int]:
     if counts:
         low, high = min(counts), max(counts)
         return (str(low) if low == high else f"{low}-{high}"), high
-    mean = meta["training_data"]["images"] / meta["training"]["folds"]
+    mean = meta["training_data"]["images"] / _folds(meta)
     return f"about {round(mean, -1) if mean >= 20 else round(mean):.0f}", round(mean)
+
+
+def _folds(meta: dict[str, Any]) -> int:
+    """The cross-validation folds that ran (fewer than asked where there were fewer
+    patients, before that was refused); as asked for metadata that did not record them."""
+    held_out = meta["training_data"].get("held_out_per_fold")
+    return len(held_out) if held_out else int(meta["training"]["folds"])
+
+
+def _interval(meta: dict[str, Any]) -> str:
+    """What the width of the AUC intervals means for this data."""
+    if _development_data(meta):  # its withheld evaluation set has 64 images
+        return ", and a 64-image test set has a 95% interval of roughly +/-0.15 AUC"
+    interval = (meta["validation"].get("ci95") or {}).get("auc_abnormal")
+    if not interval:
+        return ""
+    low, high = interval
+    return (f": with these {meta['training_data']['images']} images, AUC abnormal's 95% "
+            f"interval is {low:.2f}-{high:.2f} (+/-{(high - low) / 2:.2f})")
 
 
 def _data_limitations(meta: dict[str, Any]) -> list[str]:
     per_fold, largest = _per_fold_count(meta)
     small = "Small data: " if largest < 200 else ""
     lines = [f"- {small}{per_fold} held-out images per fold; intervals are "
-             f"{'wide' if small else 'given above'}, and a 64-image test set has a 95% "
-             "interval of roughly +/-0.15 AUC."]
-    if _layout(meta) == "mias":
+             f"{'wide' if small else 'given above'}{_interval(meta)}."]
+    if _development_data(meta):
         lines.append("- Digitised film from one source in the early 1990s, MLO only: digital "
                      "(DICOM) mammograms from modern detectors look different; validate "
                      "locally before use.")
@@ -439,7 +459,7 @@ def _circle_limitation(meta: dict[str, Any]) -> str:
         return ("- No lesion circles in this data: lesions were learnt from image labels "
                 "only, so nothing taught the heatmap where a lesion is, and its peak was not "
                 "measured against one.")
-    if _layout(meta) == "mias":
+    if _development_data(meta):
         return ("- Widely distributed calcifications have no circle and were learnt only at "
                 "image level; calcifications at 200 micron are near the resolution limit.")
     return ("- Abnormal images without a circle were learnt only at image level.")
@@ -448,8 +468,8 @@ def _circle_limitation(meta: dict[str, Any]) -> str:
 def _tuning_limitation(meta: dict[str, Any]) -> str:
     training = meta["training"]
     if not _development_data(meta):
-        overlap = (" These are mini-MIAS images, some perhaps among those, so the figures may "
-                   "be mildly optimistic." if _layout(meta) == "mias" else "")
+        overlap = (" If these are mini-MIAS images, some may be among those, so the figures "
+                   "may be mildly optimistic." if _layout(meta) == "mias" else "")
         return ("- The settings (trunk widths, epochs, learning rate, hard-negative mining, "
                 "the head and the test-time flips) were chosen during development on "
                 f"mini-MIAS images (README), not on this data: they may not suit it.{overlap}")
@@ -545,7 +565,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "",
         "## Validation (patient-level cross-validation)",
         "",
-        f"{training['folds']}-fold cross-validation by patient (both breasts of a patient in "
+        f"{_folds(meta)}-fold cross-validation by patient (both breasts of a patient in "
         "one fold), every figure from images the scoring model never trained on; early "
         "stopping used an inner patient split of each training part. Brackets: 95% bootstrap "
         f"intervals resampling patients ({training['bootstrap_rounds']} rounds).",
@@ -595,7 +615,7 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "slightly less extreme than validated.",
         _circle_limitation(meta),
         _tuning_limitation(meta),
-        _split_limitation(meta, training["folds"]),
+        _split_limitation(meta, _folds(meta)),
         "",
         "## Failure cases (held-out predictions)",
         "",

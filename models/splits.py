@@ -19,8 +19,9 @@ MIN_PATIENTS_PER_CLASS = 2
 
 def require_every_class(labels: np.ndarray, patients: np.ndarray, n_folds: int) -> str | None:
     """Raise ``DatasetError`` now, before any training, unless every class has images from
-    ``MIN_PATIENTS_PER_CLASS`` patients; return a warning when a class has fewer patients
-    than there are folds (some folds then hold none of it out)."""
+    ``MIN_PATIENTS_PER_CLASS`` patients and there are at least ``n_folds`` patients; return a
+    warning when a class has fewer patients than there are folds (some folds then hold none
+    of it out)."""
     found = {label.value: len(set(patients[labels == i].tolist()))
              for i, label in enumerate(CLASSES)}
     short = [name for name, n in found.items() if n < MIN_PATIENTS_PER_CLASS]
@@ -31,6 +32,13 @@ def require_every_class(labels: np.ndarray, patients: np.ndarray, n_folds: int) 
             "so that every cross-validation fold trains on it and holds some out (a class "
             "missing from training gives a head that never learnt it). Add "
             f"{' and '.join(short)} images.")
+    if n_folds > (n_patients := len(set(patients.tolist()))):
+        # Each fold holds out at least one patient: more folds cannot run, and fewer
+        # running than asked would be recorded as asked.
+        raise DatasetError(
+            f"{n_folds}-fold cross-validation needs at least {n_folds} patients, and this "
+            f"data has {n_patients} ({class_counts(labels, patients)}): give --folds "
+            f"{n_patients} or fewer, or add patients.")
     few = [f"{name} ({n})" for name, n in found.items() if n < n_folds]
     if not few:
         return None

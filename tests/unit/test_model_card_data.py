@@ -51,15 +51,25 @@ def test_a_csv_trained_model_is_not_described_as_mini_mias(tmp_path: Path) -> No
     assert "chosen during development on mini-MIAS images (README), not on this data" in card
 
 
-def test_a_mias_subset_names_what_it_lacks_without_claiming_a_withheld_set(
-        tmp_path: Path) -> None:
-    meta = _meta(layout="mias", sha256="cd" * 32, images=300, patients=150,
-                 images_with_circles=100, held_out_per_fold=[60] * 5)
+def test_data_in_the_mias_layout_is_not_claimed_to_be_mini_mias(tmp_path: Path) -> None:
+    # Synthetic PNGs named mdbNNN with an Info.txt, 20 folds asked of 16 patients: 16 ran.
+    meta = _meta(layout="mias", source="/tmp/synthetic", sha256="cd" * 32, images=32,
+                 patients=16, images_with_circles=8, held_out_per_fold=[2] * 16)
+    meta["training"]["folds"] = 20
+    meta.pop("repeated_splits", None)  # this model's one split only
+    meta["validation"]["ci95"]["auc_abnormal"] = [0.41, 0.83]
     card = render(meta, tmp_path)
-    assert "from the mini-MIAS database" in card and "Suckling" in card
-    assert "22 further images of the database are not in this training data" in card
-    assert "withheld" not in card
-    assert "60 held-out images per fold" in card
+    for claim in ("mini-MIAS database", "digitised film", "200 micron", "withheld",
+                  "further images", "These are mini-MIAS images", "64-image test set",
+                  "early 1990s", "20-fold"):
+        assert claim not in card, claim
+    assert ("32 images of 16 patients from a folder in the MIAS layout (Info.txt + mdbNNN "
+            "images) (`/tmp/synthetic`)") in card
+    assert "that they are mini-MIAS images was not verified" in card
+    assert "If they are, cite" in card and "Suckling" in card
+    assert "with these 32 images, AUC abnormal's 95% interval is 0.41-0.83 (+/-0.21)" in card
+    assert "16-fold cross-validation by patient" in card
+    assert "One 16-fold split trains the trunks" in card
     assert "patches around the annotated lesion circles" in card
 
 

@@ -97,3 +97,17 @@ def test_a_patch_larger_than_the_input_is_a_usage_error(monkeypatch: pytest.Monk
     code, out = invoke_cli(["train", str(tmp_path), "--input-size", size, "--patch", patch],
                            monkeypatch, tmp_path)
     assert code == ExitCode.USAGE and "--patch" in out and "do not fit" in out
+
+
+def test_more_folds_than_patients_is_refused_before_training(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    data = _folders(tmp_path / "data", {"normal": 3, "benign": 2, "malignant": 2})
+    code, out = invoke_cli(["train", str(data), "--output", str(tmp_path / "out"), *TINY,
+                            "--folds", "8"],  # the last --folds counts: 8, of 7 patients
+                           monkeypatch, tmp_path)
+    assert code == ExitCode.USAGE, out
+    assert "8-fold cross-validation needs at least 8 patients, and this data has 7" in out
+    assert "give --folds 7 or fewer" in out
+    assert "preprocessed" not in out and not (tmp_path / "out").exists()
+    labels, patients = np.array([0, 0, 1, 1, 2, 2, 2]), np.array(list("abcdefg"))
+    assert require_every_class(labels, patients, 7) is not None  # 7 folds of 7 can run
