@@ -23,21 +23,37 @@ def training_curves(histories: Sequence[dict[str, list[float]]], names: Sequence
                     path: Path) -> None:
     """One colour per trunk (``names``), train solid, inner validation dashed."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _curves_figure(plt, histories, names)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _curves_figure(plt, histories: Sequence[dict[str, list[float]]],  # type: ignore[no-untyped-def]
+                   names: Sequence[str]):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    longest = max((len(h["loss"]) for h in histories), default=1)
+    # A run of one epoch is one point, which a line alone never draws; over many epochs
+    # the markers would hide the lines.
+    size = 4 if longest <= 20 else 0
     for k, (history, name) in enumerate(zip(histories, names, strict=True)):
         epochs = np.arange(1, len(history["loss"]) + 1)
         for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-            ax.plot(epochs, history[key], color=f"C{k}", lw=1, label=f"{name} train")
-            ax.plot(epochs, history[f"val_{key}"], color=f"C{k}", lw=1, ls="--",
-                    label=f"{name} validation")
+            ax.plot(epochs, history[key], color=f"C{k}", lw=1, marker="o", ms=size,
+                    label=f"{name} train")
+            ax.plot(epochs, history[f"val_{key}"], color=f"C{k}", lw=1, ls="--", marker="s",
+                    ms=size, mfc="none", label=f"{name} validation")
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"patch {key}")
-        ax.set_title(f"Patch {key} per epoch (train solid, inner validation dashed)")
+        ax.set_title(f"Patch {key} per epoch", fontsize=10)
+        ax.set_xlim(0.5, longest + 0.5)  # epochs are whole: no 0.98 ... 1.02 ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    fig.suptitle("Train solid, inner validation dashed", fontsize=9)
     axes[0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def confusion(matrix: list[list[int]], path: Path, title: str) -> None:
