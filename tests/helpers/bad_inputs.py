@@ -131,7 +131,8 @@ def _unsupported_syntax(path: Path, seed: int) -> None:
 
 def _rgb_dicom(path: Path, seed: int) -> None:
     ds = pydicom.dcmread(good_dicom(path, seed))
-    rgb = np.repeat(_grey8(seed)[..., None], 3, axis=2)
+    grey = _grey8(seed)  # in colour: grey stored as RGB is merged, not refused
+    rgb = np.stack([grey, 255 - grey, grey // 2], axis=2)
     ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = "RGB", 3, 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = rgb.tobytes()
@@ -338,7 +339,7 @@ LEGEND: tuple[BadKind, ...] = (
             _deflate_bomb),
     BadKind("dicom_unsupported_syntax", ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
             "a vendor's private compression (transfer syntax UID)", _unsupported_syntax),
-    BadKind("dicom_rgb", ErrorCode.UNEXPECTED_CHANNELS, "Photometric Interpretation RGB",
+    BadKind("dicom_rgb", ErrorCode.UNEXPECTED_CHANNELS, "Photometric Interpretation RGB, in colour",
             _rgb_dicom),
     BadKind("dicom_palette", ErrorCode.UNEXPECTED_CHANNELS, "PALETTE COLOR photometric",
             _dicom_with(PhotometricInterpretation="PALETTE COLOR")),

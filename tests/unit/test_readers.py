@@ -267,11 +267,12 @@ def test_dataset_without_preamble_or_meta_header_is_read(
     assert decoded.notes["transfer_syntax"] == expected
 
 
-def test_rgb_dicom_is_refused(dicom_file: Path) -> None:
+def test_colour_rgb_dicom_is_refused(dicom_file: Path) -> None:
     rgb = np.zeros((128, 96, 3), dtype=np.uint8)
+    rgb[..., 0] = 200  # red: grey stored as RGB would be merged (test_readers_dicom.py)
     _edit(dicom_file, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
           BitsAllocated=8, BitsStored=8, HighBit=7, PixelData=rgb.tobytes())
-    _refused(dicom_file, NotAMammogramError, ErrorCode.UNEXPECTED_CHANNELS, "(0028,0004)", "RGB")
+    _refused(dicom_file, NotAMammogramError, ErrorCode.UNEXPECTED_CHANNELS, "colour image")
 
 
 def test_truncated_pixel_data_is_reported_but_header_still_reads(dicom_file: Path) -> None:

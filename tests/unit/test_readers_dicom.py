@@ -195,6 +195,85 @@ def test_voi_lut_sequence_wins_over_windows_and_says_so(dicom_file: Path,
     np.testing.assert_array_equal(decoded.pixels, pixels // 4)
 
 
+def _written_as(path: Path, placeholder: str, written: str) -> None:
+    """Replace a value pydicom wrote with bytes it would refuse to write (same length)."""
+    data = path.read_bytes()
+    assert len(placeholder) == len(written) and data.count(placeholder.encode()) == 1
+    path.write_bytes(data.replace(placeholder.encode(), written.encode()))
+
+
+@pytest.mark.parametrize("centre, width, written, read", [
+    ("1024.0", "1024", "1024,0", "(0028,1050) Window Center '1024,0' read as 1024"),
+    ("1024", "1024.00", "1024,00", "(0028,1051) Window Width '1024,00' read as 1024"),
+])
+def test_a_window_written_with_a_decimal_comma_is_read_and_noted(
+        tmp_path: Path, dicom_file: Path, centre: str, width: str, written: str,
+        read: str) -> None:
+    """European-locale software writes "1024,0"; pydicom leaves it a string."""
+    reference = tmp_path / "reference.dcm"
+    reference.write_bytes(dicom_file.read_bytes())
+    _window(reference, 1024, 1024)
+    _window(dicom_file, centre, width)
+    _written_as(dicom_file, written.replace(",", "."), written)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"] == (f"window 1 of 1: centre 1024, width 1024, LINEAR; {read} "
+                                    "(decimal comma)")
+    assert read_header(dicom_file, pseudonymize=KEY).voi == decoded.notes["voi"]
+    np.testing.assert_array_equal(decoded.pixels, decode(reference, max_pixels=BIG).pixels)
+
+
+def test_a_window_that_is_no_number_gives_way_to_the_next_or_the_full_range(
+        dicom_file: Path, pixels: np.ndarray) -> None:
+    _window(dicom_file, ["1111.5", "2048"], [1024, 4096])
+    _written_as(dicom_file, "1111.5", "2,048 ")  # a thousands separator, or 2.048?
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"] == ("window 2 of 2: centre 2048, width 4096, LINEAR; window 1 "
+                                    "not used: (0028,1050) Window Center '2,048' is not a number")
+    _window(dicom_file, "1111.5", 1024)
+    _written_as(dicom_file, "1111.5", "n/a   ")
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"].startswith("full range; window 1 not used: (0028,1050) Window")
+    np.testing.assert_array_equal(decoded.pixels, pixels.astype(np.float32))
+
+
+def test_an_unknown_voi_lut_function_is_applied_as_linear(tmp_path: Path,
+                                                          dicom_file: Path) -> None:
+    linear = tmp_path / "linear.dcm"
+    linear.write_bytes(dicom_file.read_bytes())
+    _window(linear, 1024, 1024, "LINEAR")
+    _window(dicom_file, 1024, 1024, "BOGUS")
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"] == (
+        "window 1 of 1: centre 1024, width 1024, LINEAR; (0028,1056) VOI LUT Function 'BOGUS' "
+        "is no defined term: LINEAR applied, the standard's default")
+    np.testing.assert_array_equal(decoded.pixels, decode(linear, max_pixels=BIG).pixels)
+
+
+def test_a_voi_lut_shorter_than_its_descriptor_gives_way_to_the_window(
+        tmp_path: Path, dicom_file: Path) -> None:
+    window_only = tmp_path / "window.dcm"
+    _window(dicom_file, 1024, 1024)
+    window_only.write_bytes(dicom_file.read_bytes())
+    ds = pydicom.dcmread(dicom_file)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new("LUTData", "OW", np.arange(100, dtype="<u2").tobytes())
+    ds.VOILUTSequence = [item]
+    ds.save_as(dicom_file)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["voi"] == (
+        "window 1 of 1: centre 1024, width 1024, LINEAR; VOI LUT 1 not used: (0028,3006) LUT "
+        "Data holds 100 entries, 4,096 declared by (0028,3002) LUT Descriptor")
+    np.testing.assert_array_equal(decoded.pixels, decode(window_only, max_pixels=BIG).pixels)
+
+
+def test_a_window_width_below_one_is_refused_naming_it(dicom_file: Path) -> None:
+    _window(dicom_file, 2048, -5)
+    _refused(dicom_file, UnreadableImageError, ErrorCode.UNREADABLE,
+             "mg.dcm has an unusable window: (0028,1051) Window Width is -5",
+             "a LINEAR window needs a width of at least 1")
+
+
 def test_monochrome1_with_a_window_preprocesses_like_monochrome2(
         tmp_path: Path, dicom_file: Path, pixels: np.ndarray) -> None:
     mono1 = write_dicom(tmp_path / "m1.dcm", pixels, study_uid="1.2.3", sop_uid="1.2.3.9",
@@ -435,6 +514,61 @@ def test_rgb_jpeg_grey_is_accepted_colour_is_refused(tmp_path: Path,
     assert "colour" in caught.value.message
 
 
+def _as_colour(path: Path, photometric: str, channels: list[np.ndarray]) -> Path:
+    return _rewrite(path, PhotometricInterpretation=photometric, SamplesPerPixel=3,
+                    PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7,
+                    WindowCenter=None, WindowWidth=None,
+                    PixelData=np.stack(channels, axis=-1).astype(np.uint8).tobytes()).filename
+
+
+@pytest.mark.parametrize("photometric, chroma", [("RGB", None), ("YBR_FULL", 128)])
+def test_grey_stored_as_rgb_or_ybr_dicom_is_merged_like_a_raster_image(
+        dicom_file: Path, pixels: np.ndarray, photometric: str, chroma: int | None) -> None:
+    grey = (pixels >> 4).astype(np.uint8)
+    others = [grey, grey] if chroma is None else [np.full_like(grey, chroma)] * 2
+    _as_colour(dicom_file, photometric, [grey, *others])
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["colour"] == "grey stored as colour channels, merged"
+    assert decoded.max_value == 255
+    np.testing.assert_allclose(decoded.pixels, grey.astype(np.float32), atol=1)
+
+
+def test_colour_rgb_dicom_is_still_refused(dicom_file: Path, pixels: np.ndarray) -> None:
+    grey = (pixels >> 4).astype(np.uint8)
+    _as_colour(dicom_file, "RGB", [grey, 255 - grey, grey // 2])
+    _refused(dicom_file, UnexpectedChannelsError, ErrorCode.UNEXPECTED_CHANNELS,
+             "mg.dcm is a colour image")
+
+
+# --- image size and damaged headers ---------------------------------------------------------
+
+def test_rows_zero_is_named_not_called_a_non_image(dicom_file: Path) -> None:
+    _rewrite(dicom_file, Rows=0)
+    message = _refused(dicom_file, UnreadableImageError, ErrorCode.UNREADABLE,
+                       "mg.dcm declares an image of no size: (0028,0010) Rows is 0")
+    assert "not an image" not in message
+
+
+def test_a_mammogram_without_rows_is_not_called_another_kind_of_object(
+        dicom_file: Path) -> None:
+    _rewrite(dicom_file, Columns=None)
+    message = _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY,
+                       "mg.dcm contains no image: (0028,0011) Columns is missing")
+    assert "class" not in message
+
+
+def test_a_header_cut_short_by_a_corrupt_length_is_damaged_not_a_non_image(
+        dicom_file: Path) -> None:
+    _rewrite(dicom_file, StudyDescription="MAMMO SCREEN")
+    data = dicom_file.read_bytes()
+    at = data.index(b"MAMMO SCREEN") - 2  # explicit VR LO: a 2-byte length before the value
+    dicom_file.write_bytes(data[:at] + (0xFFF0).to_bytes(2, "little") + data[at + 2:])
+    message = _refused(dicom_file, UnreadableImageError, ErrorCode.UNREADABLE,
+                       "mg.dcm has a damaged header: its (0008,1030) Study Description element "
+                       "declares 65,520 bytes", "(0028,0010) Rows")
+    assert "not an image" not in message
+
+
 # --- header metadata ----------------------------------------------------------------------
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -586,6 +720,35 @@ def test_spacing_orientation_burned_in_and_equipment(dicom_file: Path) -> None:
     _rewrite(dicom_file, ImagerPixelSpacing=None, PatientOrientation=["A", "R"])
     assert read_header(dicom_file, pseudonymize=KEY).pixel_spacing_mm == (0.065, 0.065)
     assert decode(dicom_file, max_pixels=BIG).chest_wall_side == "left"
+
+
+@pytest.mark.parametrize("written, spacing, note", [
+    ("0,085\\0,085", (0.085, 0.085), "'0,085\\0,085' read with a decimal comma"),
+    ("0.1000", (0.1, 0.1), "holds one value: taken as square pixels"),
+    ("0\\0   ", None, "'0\\0' is not two positive numbers: not used"),
+    ("NaN\\NaN", None, "'NaN\\NaN' is not two positive numbers: not used"),
+    ("-.1\\0.1", None, "'-.1\\0.1' is not two positive numbers: not used"),
+])
+def test_imager_pixel_spacing_as_written_is_read_or_noted_as_unknown(
+        dicom_file: Path, written: str, spacing: tuple[float, float] | None, note: str) -> None:
+    _rewrite(dicom_file, ImagerPixelSpacing="9" * len(written))
+    _written_as(dicom_file, "9" * len(written), written)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.pixel_spacing_mm == spacing
+    assert read_header(dicom_file, pseudonymize=KEY).pixel_spacing_mm == spacing
+    assert decoded.notes["pixel_spacing"] == f"(0018,1164) Imager Pixel Spacing {note}"
+    if spacing is None:  # Pixel Spacing, when there is one, is used instead
+        _rewrite(dicom_file, PixelSpacing=[0.07, 0.07])
+        assert decode(dicom_file, max_pixels=BIG).pixel_spacing_mm == (0.07, 0.07)
+
+
+def test_a_pixel_spacing_no_mammography_system_has_is_refused(dicom_file: Path) -> None:
+    _rewrite(dicom_file, ImagerPixelSpacing=[50, 50])  # 50 um written as mm
+    _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY,
+             "mg.dcm states a pixel spacing of 50 x 50 mm ((0018,1164) Imager Pixel Spacing)",
+             "Check the pixel spacing in the DICOM header")
+    _rewrite(dicom_file, ImagerPixelSpacing=[0.5, 0.5])  # digitised film, coarsely
+    assert decode(dicom_file, max_pixels=BIG).pixel_spacing_mm == (0.5, 0.5)
 
 
 # --- PatientID: a keyed pseudonym, or a refusal --------------------------------------------

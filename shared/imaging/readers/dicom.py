@@ -31,7 +31,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 
 from shared.errors import (
@@ -44,6 +44,7 @@ from shared.errors import (
 from shared.imaging.readers import dicom_checks as checks
 from shared.imaging.readers import dicom_deflate as deflate
 from shared.imaging.readers import dicom_meta as meta
+from shared.imaging.readers import dicom_voi as voi
 from shared.imaging.readers import gdcm_direct
 from shared.imaging.readers.base import (
     Pseudonymize,
@@ -51,6 +52,7 @@ from shared.imaging.readers.base import (
     open_error,
     sha256_identity,
 )
+from shared.imaging.readers.raster import _to_grayscale
 from shared.imaging.types import DecodedImage, ImageHeader
 from shared.pseudonym import KEY_HINT
 
@@ -147,7 +149,7 @@ class DicomReader:
             pixel_spacing_mm=meta.pixel_spacing(ds),
             view_flags=meta.view_flags(ds),
             burned_in_annotation=meta.burned_in_annotation(ds),
-            voi=meta.voi_description(ds),
+            voi=voi.describe(voi.choose(ds)),
             patient_pseudonym=_pseudonym(ds, path, pseudonymize),
         )
 
@@ -162,16 +164,22 @@ class DicomReader:
         plugin = _plugin_for(syntax, path)
         ds = _read(path, _guarded(path, self._full_cap, header, rows, columns))
         _guarded(path, checks.pixel_length, ds, syntax, path)
+        spacing = meta.spacing_reading(ds)
+        checks.plausible_spacing(spacing, path)
         invert = meta.inverted(ds)
-        pixels, max_value, voi = _guarded(path, _display_pixels, ds, syntax, plugin, path,
-                                          invert)
-        notes.update(transfer_syntax=syntax.name, voi=meta.voi_description(ds) or voi)
+        choice = _guarded(path, voi.choose, ds)
+        voi.refuse_unusable(choice, path)
+        pixels, max_value = _guarded(path, _display_pixels, ds, syntax, plugin, path, invert,
+                                     choice, notes)
+        notes.update(transfer_syntax=syntax.name, voi=voi.describe(choice) or choice.kind)
+        if spacing.notes:
+            notes["pixel_spacing"] = "; ".join(spacing.notes)
         if plugin:
             notes["decoder"] = plugin
         return DecodedImage(
             pixels=pixels, format=self.format_name, max_value=max_value,
             invert=invert, notes=notes,
-            pixel_spacing_mm=meta.pixel_spacing(ds), chest_wall_side=meta.chest_wall_side(ds),
+            pixel_spacing_mm=spacing.mm, chest_wall_side=meta.chest_wall_side(ds),
         )
 
     def _full_cap(self, header: Dataset, rows: int, columns: int) -> _InflateCap:
@@ -289,18 +297,30 @@ def _stored_values(ds: Dataset, syntax: UID, plugin: str, path: Path) -> np.ndar
             f"{path.name}: the (7FE0,0010) Pixel Data could not be decoded: {text}.") from exc
 
 
-def _display_pixels(ds: Dataset, syntax: UID, plugin: str, path: Path,
-                    invert: bool) -> tuple[np.ndarray, float, str]:
+def _display_pixels(ds: Dataset, syntax: UID, plugin: str, path: Path, invert: bool,
+                    choice: voi.VoiChoice, notes: dict[str, str]) -> tuple[np.ndarray, float]:
     """Display values (see ``_to_display``), padding set to the darkest one."""
-    stored = _stored_values(ds, syntax, plugin, path)
-    pixels, max_value, voi = _displayed(stored, ds, path)
+    stored = _grey(_stored_values(ds, syntax, plugin, path), ds, path, notes)
+    pixels, max_value = _displayed(stored, ds, path, choice)
     padding = _padding(ds, stored)
     if padding is not None:
         # Padding is no part of the image, whatever value it was written with (stored 0 in
         # a MONOCHROME1 image displays white): as background, the breast mask and the
         # contrast stretch never see it. The darkest value is the top one when inverted.
         pixels[padding] = np.float32(max_value if invert else 0.0)
-    return pixels, max_value, voi
+    return pixels, max_value
+
+
+def _grey(stored: np.ndarray, ds: Dataset, path: Path, notes: dict[str, str]) -> np.ndarray:
+    """One grey channel: grey stored as RGB or YBR (decoded to RGB) is merged as the raster
+    readers merge it, true colour refused; the dataset then describes a grey image, so the
+    VOI window applies to it."""
+    if stored.ndim != 3:
+        return stored
+    grey, merged = _to_grayscale(np.ascontiguousarray(stored[..., ::-1]), path)  # as BGR
+    notes.update(merged)
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
+    return grey
 
 
 def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
@@ -315,13 +335,13 @@ def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def _displayed(stored: np.ndarray, ds: Dataset, path: Path) -> tuple[np.ndarray, float, str]:
-    """(display values, their range's width, the VOI kind applied)."""
+def _displayed(stored: np.ndarray, ds: Dataset, path: Path,
+               choice: voi.VoiChoice) -> tuple[np.ndarray, float]:
+    """(display values, their range's width)."""
     if stored.ndim != 2:
         raise UnreadableImageError(
             f"{path.name}: decoded pixel data has shape {stored.shape}, not one 2-D image.")
-    voi = checks.voi_kind(ds)
-    low, high = checks.output_range(ds, voi)
+    low, high = voi.output_range(ds, choice)
     if high <= low:
         raise UnreadableImageError(
             f"{path.name}: the rescale/VOI output range is empty ({low} to {high}).")
@@ -330,21 +350,21 @@ def _displayed(stored: np.ndarray, ds: Dataset, path: Path) -> tuple[np.ndarray,
         # 65,536) and look the pixels up, instead of float64 arithmetic on 14 M pixels.
         first = int(stored.min())
         domain = np.arange(first, int(stored.max()) + 1, dtype=np.int64)
-        table = _to_display(domain, ds, voi, low, high)
+        table = _to_display(domain, ds, choice, low, high)
         unsigned_from_zero = first == 0 and stored.dtype.kind == "u"
         index = stored if unsigned_from_zero else stored.astype(np.int32) - first
-        return table[index], float(high - low), voi
-    return _to_display(stored, ds, voi, low, high), float(high - low), voi
+        return table[index], float(high - low)
+    return _to_display(stored, ds, choice, low, high), float(high - low)
 
 
-def _to_display(stored: np.ndarray, ds: Dataset, voi: str, low: float,
+def _to_display(stored: np.ndarray, ds: Dataset, choice: voi.VoiChoice, low: float,
                 high: float) -> np.ndarray:
     """Modality LUT, then VOI LUT or window, shifted so the darkest output is 0 (float32)."""
     values = apply_modality_lut(stored, ds)
-    if voi == "lut" and np.issubdtype(values.dtype, np.floating):
+    if choice.kind == "lut" and np.issubdtype(values.dtype, np.floating):
         # A VOI LUT indexes by integer; rescale of X-ray images is integral anyway.
         values = np.rint(values).astype(np.int64)
-    values = apply_voi_lut(values, ds, prefer_lut=True)
+    values = voi.apply(values, ds, choice)
     # float32 holds every 16-bit value exactly and halves the memory of a 60 MB mammogram.
     shifted = np.asarray(values, dtype=np.float32) - np.float32(low)
     np.clip(shifted, 0.0, high - low, out=shifted)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pydicom.datadict import dictionary_description
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -24,7 +26,7 @@ from shared.errors import (
     UnexpectedChannelsError,
     UnreadableImageError,
 )
-from shared.imaging.readers.dicom_meta import specimen_view
+from shared.imaging.readers.dicom_meta import SpacingReading, specimen_view
 
 MAMMOGRAPHY_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image - For Presentation
@@ -70,6 +72,15 @@ REJECTED_MODALITIES = frozenset({
     "IO", "ECG", "EPS", "HD", "RTIMAGE", "RTDOSE", "RTSTRUCT", "RTPLAN", "SEG", "SR", "PR",
     "KO", "DOC", "BMD", "XC", "GM",
 })
+# Grey is sometimes stored in these colour encodings (R = G = B, or Cb = Cr = 128); the reader
+# merges such an image to one channel and refuses true colour, as for PNG and JPEG. pydicom
+# decodes the YBR ones to RGB.
+GREY_AS_COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422"})
+# Detector pixels of mammography systems are 0.05-0.2 mm, digitised film 0.5 mm at the
+# coarsest; at 1 mm a 24 cm detector would be 240 pixels wide. A larger value is a unit
+# error (micrometres written as millimetres: 50 for 50 um), which would let a picture of any
+# size pass for a breast, as a far too small one does (preprocess.resample_to_spacing).
+MAX_SPACING_MM = 1.0
 # An encapsulated Pixel Data value opens with an Item tag (FFFE,E000), little-endian.
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _PLUGINS_JPEG = "pylibjpeg with pylibjpeg-libjpeg (GPL-3.0) or python-gdcm"
@@ -111,10 +122,12 @@ def triage(ds: Dataset, path: Path) -> dict[str, str]:
             f"View Code Sequence is {specimen}."
         )
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    grey_as_colour = photometric in GREY_AS_COLOUR and int(ds.get("SamplesPerPixel") or 1) == 3
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") and not grey_as_colour:
         raise UnexpectedChannelsError(
             f"{path.name} is not a grayscale image: (0028,0004) Photometric Interpretation "
-            f"is '{photometric or 'missing'}', expected MONOCHROME1 or MONOCHROME2."
+            f"is '{photometric or 'missing'}', expected MONOCHROME1 or MONOCHROME2 (or grey "
+            "stored as RGB or YBR_FULL with 3 samples per pixel)."
         )
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
@@ -164,9 +177,37 @@ def image_size(ds: Dataset, path: Path) -> tuple[int, int]:
     if len(ds) == 0:
         raise UnreadableImageError(f"{path.name} has a DICOM signature but no data elements.")
     rows, columns = ds.get("Rows"), ds.get("Columns")
-    if not rows or not columns:
+    if rows is None or columns is None:
+        cut = _cut_short(ds, path)
+        if cut:
+            raise UnreadableImageError(cut)
         raise NotAMammogramError(_no_image_message(ds, path))
+    for element, value in (("(0028,0010) Rows", rows), ("(0028,0011) Columns", columns)):
+        if not value:
+            raise UnreadableImageError(
+                f"{path.name} declares an image of no size: {element} is {value!r} "
+                f"({columns or 0} x {rows or 0} pixels). Its header is damaged: export the "
+                "image again.")
     return int(rows), int(columns)
+
+
+def _cut_short(ds: Dataset, path: Path) -> str | None:
+    """Why the header stopped early, when its last element ran past the end of the file (a
+    corrupt value length, or a file cut in its header): the elements after it, Rows among
+    them, were never read, so the file says nothing of what it is. None otherwise."""
+    tag = Tag(list(ds.keys())[-1])
+    raw = ds.get_item(tag)
+    declared, value = getattr(raw, "length", None), getattr(raw, "value", None)
+    if not isinstance(value, bytes) or declared in (None, 0xFFFFFFFF) or len(value) >= declared:
+        return None
+    try:
+        name = f"{tag} {dictionary_description(tag)}"
+    except KeyError:  # a private element
+        name = str(tag)
+    return (f"{path.name} has a damaged header: its {name} element declares {declared:,} "
+            f"bytes but the file ends {len(value):,} bytes into it, so (0028,0010) Rows and "
+            "the elements after it could not be read. The file was cut short or damaged: "
+            "export it again.")
 
 
 def _no_image_message(ds: Dataset, path: Path) -> str:
@@ -187,16 +228,33 @@ def _no_image_message(ds: Dataset, path: Path) -> str:
         kind = f"a Presentation State ({name}: display settings for images sent separately)"
     elif "Key Object Selection" in name:
         kind = "a Key Object Selection document (a list of images flagged in a study)"
-    elif sop_class and UID(sop_class).type == "SOP Class":
+    elif (sop_class and UID(sop_class).type == "SOP Class"
+          and sop_class not in IMAGE_SOP_CLASSES):
         kind = f"a DICOM object of the class {name}"
-    else:
-        return (f"{path.name} contains no image: (0028,0010) Rows or (0028,0011) Columns is "
-                "missing.")
+    else:  # an image class (or none) that states no size
+        missing = [element for element, keyword in (
+            ("(0028,0010) Rows", "Rows"), ("(0028,0011) Columns", "Columns"))
+            if keyword not in ds]
+        verb = "are" if len(missing) > 1 else "is"
+        return f"{path.name} contains no image: {' and '.join(missing)} {verb} missing."
     return f"{path.name} is {kind}, not an image ({tag} {sop_class}); {advice}."
 
 
 def _file_meta(ds: Dataset) -> Dataset:
     return getattr(ds, "file_meta", None) or Dataset()
+
+
+def plausible_spacing(spacing: SpacingReading, path: Path) -> None:
+    """Refuse a pixel spacing no mammography detector or film digitiser has (see
+    ``MAX_SPACING_MM``); one too small is refused in preprocessing, by the area it covers."""
+    if spacing.mm is None or max(spacing.mm) <= MAX_SPACING_MM:
+        return
+    row, column = spacing.mm
+    raise NotAMammogramError(
+        f"{path.name} states a pixel spacing of {row:g} x {column:g} mm ({spacing.element}): "
+        f"no mammography detector or film digitiser has pixels over {MAX_SPACING_MM:g} mm. "
+        "Check the pixel spacing in the DICOM header (a value in micrometres written as "
+        "millimetres?).")
 
 
 def transfer_syntax(ds: Dataset, path: Path) -> UID:
@@ -280,35 +338,3 @@ def no_decoder_message(syntax: UID, path: Path) -> str:
     hint = _PLUGIN_HINTS.get(str(syntax), "a pydicom decoding plugin for it")
     return (f"{path.name} is compressed with {name} ({syntax}), which this installation "
             f"cannot decode; installing {hint} would let it be read")
-
-
-def voi_kind(ds: Dataset) -> str:
-    """Which VOI transform ``apply_voi_lut(prefer_lut=True)`` applies: lut, window or none."""
-    sequence = ds.get("VOILUTSequence")
-    if sequence and None not in (sequence[0].get("LUTDescriptor"), sequence[0].get("LUTData")):
-        return "lut"
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        return "window"
-    return "none"
-
-
-def output_range(ds: Dataset, voi: str) -> tuple[float, float]:
-    """The (lowest, highest) value the Modality+VOI chain can produce.
-
-    Mirrors pydicom's own choice for windowing, so a full-width window maps onto the range.
-    """
-    if voi == "lut":
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2**bits - 1)
-    modality_lut = ds.get("ModalityLUTSequence")
-    if modality_lut:
-        return 0.0, float(2 ** int(modality_lut[0].LUTDescriptor[2]) - 1)
-    stored = int(ds.BitsStored)
-    if int(ds.get("PixelRepresentation") or 0) == 0:
-        low, high = 0.0, float(2**stored - 1)
-    else:
-        low, high = float(-(2 ** (stored - 1))), float(2 ** (stored - 1) - 1)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
-    return min(low, high), max(low, high)

@@ -7,6 +7,9 @@ returns an enum, a number or a short text. Kept apart from the triage rules
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -48,10 +51,15 @@ _MODIFIER_FLAGS = {
 }
 # A contact mammogram is magnified about 1.1x by geometry; a magnification view 1.5-2x.
 _MAGNIFICATION_FACTOR = 1.3
+# A comma that may be a thousands separator ("2,048") rather than a decimal comma.
+_GROUPED_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2},\d{3}")
+# Header values are quoted in notes at most this long (the notes go to a 200-character column).
+_QUOTE_LIMIT = 20
 
 __all__ = [
-    "burned_in_annotation", "chest_wall_side", "inverted", "laterality", "pixel_spacing",
-    "specimen_view", "text", "view", "view_flags", "voi_description",
+    "SpacingReading", "burned_in_annotation", "chest_wall_side", "decimal", "inverted",
+    "laterality", "pixel_spacing", "quoted", "spacing_reading", "specimen_view", "text",
+    "values", "view", "view_flags",
 ]
 
 
@@ -162,24 +170,77 @@ def view_flags(ds: Dataset) -> tuple[str, ...]:
     return tuple(sorted(flags))
 
 
+@dataclass(frozen=True)
+class SpacingReading:
+    """The pixel spacing a header states, where it was read, and what was passed over."""
+
+    mm: tuple[float, float] | None = None  # (row, column)
+    element: str = ""  # the element it was read from, tag and name
+    notes: tuple[str, ...] = ()
+
+
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    return spacing_reading(ds).mm
+
+
+def spacing_reading(ds: Dataset) -> SpacingReading:
     """(row, column) spacing in mm: Imager Pixel Spacing first, then Pixel Spacing, then the
     Pixel Spacing of the functional groups' Pixel Measures (enhanced and breast projection
     X-ray objects).
 
     The detector-plane spacing comes first because every vendor fills it the same way;
     Pixel Spacing (calibrated at the breast) is present on only some and would make images
-    of one detector scale differently by vendor.
+    of one detector scale differently by vendor. A value that is not two positive numbers
+    (zero, negative, NaN, text) states no spacing: the next element is tried, with a note.
+    One value is taken as square pixels, as a manifest's is.
     """
-    for value in (ds.get("ImagerPixelSpacing"), ds.get("PixelSpacing"),
-                  _in_groups(ds, "PixelMeasuresSequence", "PixelSpacing")):
-        try:
-            row, column = (float(v) for v in value)
-        except (TypeError, ValueError):
+    notes: list[str] = []
+    for element, value in (
+            ("(0018,1164) Imager Pixel Spacing", ds.get("ImagerPixelSpacing")),
+            ("(0028,0030) Pixel Spacing", ds.get("PixelSpacing")),
+            ("(0028,0030) Pixel Spacing of the Pixel Measures",
+             _in_groups(ds, "PixelMeasuresSequence", "PixelSpacing"))):
+        written = values(value)
+        if not written:
             continue
-        if row > 0 and column > 0:
-            return row, column
-    return None
+        numbers = [decimal(v) for v in written]
+        sizes = [number for number, _ in numbers if number is not None]
+        shown = quoted("\\".join(written))
+        if len(written) > 2 or len(sizes) < len(written) or not all(
+                0 < size < math.inf for size in sizes):
+            notes.append(f"{element} {shown} is not two positive numbers: not used")
+            continue
+        if any(comma for _, comma in numbers):
+            notes.append(f"{element} {shown} read with a decimal comma")
+        if len(sizes) == 1:
+            notes.append(f"{element} holds one value: taken as square pixels")
+        return SpacingReading((sizes[0], sizes[-1]), element, tuple(notes))
+    return SpacingReading(notes=tuple(notes))
+
+
+def decimal(value: object) -> tuple[float | None, bool]:
+    """A decimal string (DS) value as a number, and whether it was written with a decimal
+    comma ("2048,0", "0,070": software formatting numbers in a European locale). None when
+    it is no number, or when its comma may separate thousands ("2,048") instead."""
+    if isinstance(value, int | float):
+        return float(value), False
+    written = str(value).strip()
+    try:
+        return float(written), False
+    except ValueError:
+        pass
+    if written.count(",") != 1 or "." in written or _GROUPED_THOUSANDS.fullmatch(written):
+        return None, False
+    try:
+        return float(written.replace(",", ".")), True
+    except ValueError:
+        return None, False
+
+
+def quoted(value: object) -> str:
+    """A header value for a note or message, quoted and cut short."""
+    written = str(value).strip()
+    return f"'{written}'" if len(written) <= _QUOTE_LIMIT else f"'{written[:_QUOTE_LIMIT]}...'"
 
 
 def chest_wall_side(ds: Dataset) -> Literal["left", "right"] | None:
@@ -228,29 +289,6 @@ def burned_in_annotation(ds: Dataset) -> bool | None:
     return {"YES": True, "NO": False}.get(value)
 
 
-def voi_description(ds: Dataset) -> str | None:
-    """Which VOI transform the reader applies, and what it passed over (several windows).
-
-    Mirrors ``apply_voi_lut(prefer_lut=True)``: the first VOI LUT Sequence item if any, else
-    the first window centre/width with its VOI LUT Function.
-    """
-    luts = ds.get("VOILUTSequence") or []
-    centres = _values(ds.get("WindowCenter"))
-    widths = _values(ds.get("WindowWidth"))
-    explanations = _values(ds.get("WindowCenterWidthExplanation"))
-    windows = min(len(centres), len(widths))
-    if len(luts):
-        name = str(luts[0].get("LUTExplanation", "")).strip()
-        chosen = f"VOI LUT 1 of {len(luts)}" + (f" ({name})" if name else "")
-        return chosen + (f"; {windows} window(s) not used" if windows else "")
-    if not windows:
-        return None
-    function = text(ds, "VOILUTFunction") or "LINEAR"
-    chosen = (f"window 1 of {windows}: centre {_short(centres[0])}, "
-              f"width {_short(widths[0])}, {function}")
-    return chosen + (f" ({explanations[0]})" if explanations else "")
-
-
 def _first(ds: Dataset, keyword: str) -> Dataset | None:
     sequence = ds.get(keyword)
     return sequence[0] if sequence is not None and len(sequence) else None
@@ -268,19 +306,13 @@ def _in_groups(ds: Dataset, group: str, keyword: str) -> Any:  # a pydicom value
     return None
 
 
-def _values(value: object) -> list[str]:
+def values(value: object) -> list[str]:
+    """A (possibly multi-valued) element's values as stripped strings; [] when empty."""
     if value is None or value == "":
         return []
     if isinstance(value, str) or not hasattr(value, "__iter__"):
         return [str(value).strip()]
     return [str(v).strip() for v in value]
-
-
-def _short(number: str) -> str:
-    try:
-        return f"{float(number):g}"
-    except ValueError:
-        return number
 
 
 def _number(value: object) -> float:

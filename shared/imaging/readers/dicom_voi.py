@@ -1,0 +1,181 @@
+"""Which VOI transform of a DICOM header the reader applies, and how it is described.
+
+Mirrors ``apply_voi_lut(prefer_lut=True)``: a VOI LUT Sequence item if any, else a window
+centre/width with its VOI LUT Function. What pydicom would stumble on is settled here, not
+left to fail as a Python error: a window written with a decimal comma ("2048,0") is read as
+the number it means, a VOI LUT whose LUT Data is shorter than its descriptor says or a window
+that is no number is passed over for the next one (or the full range), and an unknown
+function is taken as LINEAR, the standard's default. Each is said in the description, which
+the producer stores (``images.voi``). A window that parses but is unusable (width below 1)
+is refused by ``refuse_unusable``, naming the element and its value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_voi, apply_windowing
+
+from shared.errors import UnreadableImageError
+from shared.imaging.readers.dicom_meta import decimal, quoted, text, values
+
+# (0028,1056) VOI LUT Function's defined terms (PS3.3 C.11.2.1.3).
+_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
+# Bits per LUT entry pydicom applies (PS3.3 C.11.2.1.1: 8, or 10 to 16).
+_LUT_BITS = frozenset({8, *range(10, 17)})
+# The images.voi column holds 200 characters.
+_DESCRIPTION_LIMIT = 200
+
+__all__ = ["VoiChoice", "apply", "choose", "describe", "output_range", "refuse_unusable"]
+
+
+@dataclass(frozen=True)
+class VoiChoice:
+    """The VOI transform chosen: a LUT item, a window, or none (the full output range)."""
+
+    kind: Literal["lut", "window", "none"]
+    index: int = 0  # of the LUT item or window applied
+    luts: int = 0  # items in the VOI LUT Sequence
+    windows: int = 0  # centre/width pairs
+    centre: float = 0.0
+    width: float = 0.0
+    function: str = "LINEAR"
+    label: str = ""  # the LUT Explanation or Window Center & Width Explanation
+    notes: tuple[str, ...] = ()  # what was read leniently or passed over, and why
+
+
+def choose(ds: Dataset) -> VoiChoice:
+    """The first usable VOI LUT item, else the first usable window, else none."""
+    luts = ds.get("VOILUTSequence") or []
+    centres, widths = values(ds.get("WindowCenter")), values(ds.get("WindowWidth"))
+    windows = min(len(centres), len(widths))
+    notes: list[str] = []
+    for index, item in enumerate(luts):
+        problem = _lut_problem(item)
+        if problem is None:
+            label = text(item, "LUTExplanation") or ""
+            return VoiChoice("lut", index, len(luts), windows, label=label, notes=tuple(notes))
+        notes.append(f"VOI LUT {index + 1} not used: {problem}")
+    base = VoiChoice("none", luts=len(luts), windows=windows)
+    for index in range(windows):
+        window = _window(ds, index, centres[index], widths[index], base, notes)
+        if window is not None:
+            return window
+    return replace(base, notes=tuple(notes))
+
+
+def _window(ds: Dataset, index: int, centre_text: str, width_text: str, base: VoiChoice,
+            notes: list[str]) -> VoiChoice | None:
+    """Window ``index`` as a choice, or None (with a note) when a value is no number."""
+    read: list[float] = []
+    for element, written in (("(0028,1050) Window Center", centre_text),
+                             ("(0028,1051) Window Width", width_text)):
+        number, comma = decimal(written)
+        if number is None or not math.isfinite(number):
+            notes.append(f"window {index + 1} not used: {element} {quoted(written)} is not a "
+                         "number")
+            return None
+        if comma:
+            notes.append(f"{element} {quoted(written)} read as {number:g} (decimal comma)")
+        read.append(number)
+    function = (text(ds, "VOILUTFunction") or "LINEAR").upper()
+    if function not in _FUNCTIONS:
+        notes.append(f"(0028,1056) VOI LUT Function {quoted(function)} is no defined term: "
+                     "LINEAR applied, the standard's default")
+        function = "LINEAR"
+    explanations = values(ds.get("WindowCenterWidthExplanation"))
+    return replace(base, kind="window", index=index, centre=read[0], width=read[1],
+                   function=function,
+                   label=explanations[index] if index < len(explanations) else "",
+                   notes=tuple(notes))
+
+
+def _lut_problem(item: Dataset) -> str | None:
+    """Why pydicom could not apply this VOI LUT item as written; None when it can."""
+    descriptor, data = item.get("LUTDescriptor"), item.get("LUTData")
+    if descriptor is None or data is None:
+        missing = "(0028,3002) LUT Descriptor" if descriptor is None else "(0028,3006) LUT Data"
+        return f"it has no {missing}"
+    numbers = values(descriptor)
+    if len(numbers) != 3 or not all(n.lstrip("-").isdigit() for n in numbers):
+        written = quoted("\\".join(numbers))
+        return f"(0028,3002) LUT Descriptor {written} is not 3 numbers"
+    entries, bits = int(numbers[0]) or 1 << 16, int(numbers[2])
+    if bits not in _LUT_BITS:
+        return (f"(0028,3002) LUT Descriptor declares {bits} bits per entry; 8 or 10 to 16 "
+                "are defined")
+    # OW data is unpacked as 16-bit words whatever the bits (as pydicom does).
+    found = len(data) // 2 if isinstance(data, bytes) else len(values(data))
+    if found < entries:
+        return (f"(0028,3006) LUT Data holds {found:,} entries, {entries:,} declared by "
+                "(0028,3002) LUT Descriptor")
+    return None
+
+
+def refuse_unusable(choice: VoiChoice, path: Path) -> None:
+    """Refuse a window whose width is no width, naming it (PS3.3 C.11.2.1.2)."""
+    linear = choice.function == "LINEAR"
+    usable = choice.width >= 1 if linear else choice.width > 0
+    if choice.kind == "window" and not usable:
+        rule = "of at least 1" if linear else "above 0"
+        raise UnreadableImageError(
+            f"{path.name} has an unusable window: (0028,1051) Window Width is "
+            f"{choice.width:g}, and a {choice.function} window needs a width {rule} "
+            "(PS3.3 C.11.2.1.2). Export the image again with a valid window.")
+
+
+def describe(choice: VoiChoice) -> str | None:
+    """What ``images.voi`` says: the transform applied, then what was passed over."""
+    if choice.kind == "lut":
+        chosen = f"VOI LUT {choice.index + 1} of {choice.luts}"
+        chosen += f" ({choice.label})" if choice.label else ""
+        if choice.windows:
+            chosen += f"; {choice.windows} window(s) not used"
+    elif choice.kind == "window":
+        chosen = (f"window {choice.index + 1} of {choice.windows}: centre {choice.centre:g}, "
+                  f"width {choice.width:g}, {choice.function}")
+        chosen += f" ({choice.label})" if choice.label else ""
+    elif choice.notes:
+        chosen = "full range"
+    else:
+        return None
+    return "; ".join((chosen, *choice.notes))[:_DESCRIPTION_LIMIT]
+
+
+def apply(pixels: np.ndarray, ds: Dataset, choice: VoiChoice) -> np.ndarray:
+    """``choice`` applied to Modality LUT output values, as pydicom applies it."""
+    if choice.kind == "lut":
+        return apply_voi(pixels, ds, index=choice.index)
+    if choice.kind == "none":
+        return pixels
+    # pydicom reads the window from the dataset: give it the values as read here.
+    ds.WindowCenter, ds.WindowWidth = choice.centre, choice.width
+    ds.VOILUTFunction = choice.function
+    return apply_windowing(pixels, ds)
+
+
+def output_range(ds: Dataset, choice: VoiChoice) -> tuple[float, float]:
+    """The (lowest, highest) value the Modality+VOI chain can produce.
+
+    Mirrors pydicom's own choice for windowing, so a full-width window maps onto the range.
+    """
+    if choice.kind == "lut":
+        bits = int(ds.VOILUTSequence[choice.index].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    modality_lut = ds.get("ModalityLUTSequence")
+    if modality_lut:
+        return 0.0, float(2 ** int(modality_lut[0].LUTDescriptor[2]) - 1)
+    stored = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation") or 0) == 0:
+        low, high = 0.0, float(2**stored - 1)
+    else:
+        low, high = float(-(2 ** (stored - 1))), float(2 ** (stored - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return min(low, high), max(low, high)
