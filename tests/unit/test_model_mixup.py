@@ -23,7 +23,7 @@ def test_mix_up_blends_pixels_targets_and_weights_by_the_same_share() -> None:
     np.testing.assert_allclose(mt.sum(axis=1), 1.0, rtol=1e-6)  # still a distribution
     # Pixel i holds s*i + (1-s)*j: the weight, which is i+1 blended alike, tells the same s.
     np.testing.assert_allclose(mx[:, 0, 0, 0] + 1, mw, rtol=1e-5)
-    assert 0 < np.mean((mt > 0) & (mt < 1)) and not np.array_equal(mx, x)
+    assert np.mean((mt > 0) & (mt < 1)) > 0 and not np.array_equal(mx, x)
 
 
 def test_patch_training_with_mixup_runs_and_is_reproducible(tmp_path: Path) -> None:
