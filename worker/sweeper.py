@@ -45,7 +45,10 @@ class SweepLoop:
                              "queued before that lost their message)"
                              if after < self.settings.requeue_after_s and report.stale_queued
                              else "")
-                log.warning("sweeper: %s%s", report.summary(), restarted)
+                # Re-sent work is worth an operator's eye; a sweep that found long-queued
+                # images but left them to a broker still holding messages changed nothing.
+                log.log(logging.WARNING if report.requeued else logging.INFO,
+                        "sweeper: %s%s", report.summary(), restarted)
         except Exception as exc:  # a sweep must never take the worker down
             log.warning("sweeper: %s: %s", type(exc).__name__, exc)
             return
