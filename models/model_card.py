@@ -21,7 +21,7 @@ CITATION = ('Suckling J et al (1994) "The Mammographic Image Analysis Society Di
 MIAS_IMAGES, MIAS_PATIENTS = 322, 161
 DEVELOPMENT_DATA_SHA256 = "1059917356d0dddd3f1ebc4923cb7be2538fe1c5606c37524698eeda57975444"
 LAYOUT_WORDS = {"csv": "a CSV manifest", "class_folders": "class folders",
-                "mias": "a folder in the MIAS layout (Info.txt + mdbNNN images)"}
+                "mias": "a MIAS-layout folder"}
 TARGETS = {"auc_abnormal": 0.85, "auc_malignant": 0.85, "ece": 0.10, "localisation": 0.50}
 ROWS = (("AUC abnormal vs normal", "auc_abnormal"), ("AUC malignant vs rest", "auc_malignant"),
         ("sensitivity at 90% specificity", "sensitivity_at_90_specificity"),

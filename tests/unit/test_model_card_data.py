@@ -63,8 +63,7 @@ def test_data_in_the_mias_layout_is_not_claimed_to_be_mini_mias(tmp_path: Path) 
                   "further images", "These are mini-MIAS images", "64-image test set",
                   "early 1990s", "20-fold"):
         assert claim not in card, claim
-    assert ("32 images of 16 patients from a folder in the MIAS layout (Info.txt + mdbNNN "
-            "images) (`/tmp/synthetic`)") in card
+    assert "32 images of 16 patients from a MIAS-layout folder (`/tmp/synthetic`)" in card
     assert "that they are mini-MIAS images was not verified" in card
     assert "If they are, cite" in card and "Suckling" in card
     assert "with these 32 images, AUC abnormal's 95% interval is 0.41-0.83 (+/-0.21)" in card
