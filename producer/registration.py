@@ -8,6 +8,8 @@ makes resubmission a no-op, even when two producers race.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,12 +26,14 @@ from shared.config import Settings
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
-from shared.errors import BadFileNameError, InputError
+from shared.errors import BadFileNameError, InputError, first_line
 from shared.imaging.readers import Pseudonymize, read_header
 from shared.imaging.readers.base import sha256_identity
 from shared.imaging.types import ImageHeader
 from shared.pseudonym import Pseudonymizer
 from shared.timeutil import as_utc, utcnow
+
+log = logging.getLogger(__name__)
 
 BLOCK = 500
 _NOT_FOR_ITS_CONTENT = (ErrorCode.NO_PSEUDONYM_KEY, ErrorCode.BAD_FILE_NAME,
@@ -231,6 +235,12 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
         header = read_header(path, pseudonymize=ingestion.pseudonymize)
     except InputError as exc:
         return None, exc, None
+    except Exception as exc:  # a fault of this software: readers let it through
+        log.exception("reading the header of %s failed", path.name)
+        return None, InputError(
+            f"{path.name} was not read because of a fault in this software, not in the file "
+            f"({type(exc).__name__}: {first_line(exc)}); the traceback is in the log. Submit "
+            "the file again once the software is fixed.", code=ErrorCode.INTERNAL), None
     metadata = ingestion.metadata(path) if ingestion.metadata else None
     label = metadata.label.value if metadata and metadata.label else None
     return apply_metadata(header, metadata), None, label
@@ -239,7 +249,12 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
 def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],
                     result: Registration, ingestion: Ingestion) -> None:
     # Headers first, outside any transaction; then one round-trip per kind of row.
-    read = [(path, *_read(path, ingestion)) for path in block]
+    normal = [_normalised(path) for path in block]
+    read = [(path, *_read(path, ingestion)) for path in normal]
+    # Sources as given, where they differ: how rows registered before sources were
+    # normalised name these files.
+    given = {source_text(path): source_text(seen)
+             for path, seen in zip(block, normal, strict=True) if path != seen}
     owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
               for _, header, _, _ in read]
     with sessions() as session:
@@ -249,7 +264,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
                 for owner, (path, header, error, label) in zip(owners, read, strict=True)]
         paths = {row["source"]: path for row, (path, *_) in zip(rows, read, strict=True)}
         owner_of = {row["source"]: owner for row, owner in zip(rows, owners, strict=True)}
-        rows = _adopt_refused(session, rows, paths, result)
+        rows = _adopt_refused(session, rows, paths, result, given)
         existing = _insert_new(session, rows, result)
         known = _known(session, existing)
         clashes = {row["source"]: found for row in existing
@@ -306,7 +321,30 @@ def _known(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _registered_here(row: dict[str, Any], stored: Any, batch_id: int) -> bool:
     """This very file (same path) is already this batch's image: not a copy of it."""
-    return bool(stored.batch_id == batch_id and stored.source == row["source"])
+    return bool(stored.batch_id == batch_id and _same_source(stored.source, row["source"]))
+
+
+def _normalised(path: Path) -> Path:
+    """``path`` absolute, with ``.`` and ``..`` collapsed, as the database stores it.
+
+    Symlinks are kept, not resolved: the drop folder knows its files by the paths it sees.
+    Where a ``..`` follows a symlinked folder, collapsing it would name another file (the
+    link's parent, not its target's), and the path stays as given.
+    """
+    path = path.absolute()
+    normal = Path(os.path.abspath(path))
+    if normal == path:
+        return path
+    try:
+        return normal if os.path.samefile(normal, path) else path
+    except OSError:  # missing: registration records it under the path it was given
+        return path
+
+
+def _same_source(stored: str, source: str) -> bool:
+    """Whether two stored sources name one path; rows registered before sources were
+    normalised may hold a ``..`` or ``.``."""
+    return stored == source or os.path.abspath(stored) == os.path.abspath(source)
 
 
 def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, stored: Any,
@@ -335,7 +373,7 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
 
 
 def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str, Path],
-                   result: Registration) -> list[dict[str, Any]]:
+                   result: Registration, given: dict[str, str]) -> list[dict[str, Any]]:
     """Queue the image refused for want of a pseudonym key, now that the same file (same
     path, same bytes) reads cleanly; return the rows still to insert.
 
@@ -349,14 +387,16 @@ def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str
     readable = {row["source"]: row for row in rows if row["state"] == ImageState.QUEUED.value}
     if not readable:
         return rows
+    # A refusal recorded before sources were normalised holds the path as it was given.
+    former = {old: new for old, new in given.items() if new in readable}
     refused = session.execute(select(Image.id, Image.identity, Image.source, Image.batch_id)
-                              .where(Image.source.in_(readable),
+                              .where(Image.source.in_([*readable, *former]),
                                      Image.state == ImageState.FAILED.value,
                                      Image.error_code == code)).all()
     adopted: set[str] = set()
     for stored in refused:
-        row = readable[stored.source]
-        if stored.identity != f"{code}:{content_identity(paths[stored.source])}":
+        row = readable[former.get(stored.source, stored.source)]
+        if stored.identity != f"{code}:{content_identity(paths[row['source']])}":
             continue  # another file at that path now: the refusal stays its own
         registered = session.scalar(select(Image.id).where(Image.identity == row["identity"]))
         if registered is not None:  # its image was registered since, from another path
@@ -377,7 +417,7 @@ def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str
         if taken is not None:
             result.new_ids.append(stored.id)
             result.retried[stored.id] = code
-            adopted.add(stored.source)
+            adopted.add(row["source"])
     return [row for row in rows if row["source"] not in adopted]
 
 
@@ -401,7 +441,7 @@ def _retire_refusal(session: Session, refused: Any, image_id: int) -> None:
 def _changed_since(path: Path, source: str, stored: Any) -> bool:
     """Whether ``path`` is not the file that failed: another path, or written since."""
     failed_at = as_utc(stored.finished_at)
-    if source != stored.source or failed_at is None:
+    if not _same_source(stored.source, source) or failed_at is None:
         return True
     try:
         written = datetime.fromtimestamp(path.stat().st_mtime, UTC)

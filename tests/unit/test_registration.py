@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.registration import Ingestion, create_batch, ingestion_for, register_files
@@ -449,3 +449,59 @@ def test_exams_without_study_uid_reach_the_worklist_with_their_report(
     exams = json.loads(listed.stdout)
     assert sorted(e["study_uid"].split(":")[0] for e in exams) == ["accession", "date"]
     assert all(e["status"] == "complete" and e["report_path"] for e in exams), exams
+
+
+def test_a_source_is_stored_absolute_with_dot_dot_collapsed_and_symlinks_kept(
+        tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+    # `mammo run ../scans` from another folder stored "/.../run1/../scans/a.dcm".
+    first = _dicom(tmp_path / "scans", "a.dcm", "1.2.826.0.1.3680043.8.498.110",
+                   patient_id=None)
+    (tmp_path / "run1").mkdir()
+    # The drop folder knows files by the paths it sees: a symlinked folder stays a link.
+    (tmp_path / "link").symlink_to(tmp_path / "scans")
+    _dicom(tmp_path / "scans", "b.dcm", "1.2.826.0.1.3680043.8.498.111",
+           patient_id=None)
+    # Past a symlinked folder, ".." is its target's parent: collapsing it would name
+    # another file (here one that exists, and one that does not).
+    (tmp_path / "scans" / "deep").mkdir()
+    (tmp_path / "deep").symlink_to(tmp_path / "scans" / "deep")
+    beyond = _dicom(tmp_path / "scans", "c.dcm", "1.2.826.0.1.3680043.8.498.112",
+                    patient_id=None)
+    _dicom(tmp_path, "c.dcm", "1.2.826.0.1.3680043.8.498.113", patient_id=None)
+    missing = _dicom(tmp_path / "scans", "d.dcm", "1.2.826.0.1.3680043.8.498.114",
+                     patient_id=None)
+    given = [tmp_path / "run1" / ".." / "scans" / "a.dcm", tmp_path / "link" / "b.dcm",
+             tmp_path / "deep" / ".." / "c.dcm", tmp_path / "deep" / ".." / "d.dcm"]
+    _register(sessions, given)
+    with sessions() as session:
+        stored = dict(session.execute(select(Image.sop_instance_uid, Image.source)).all())
+    assert stored["1.2.826.0.1.3680043.8.498.110"] == str(first)
+    assert stored["1.2.826.0.1.3680043.8.498.111"] == str(tmp_path / "link" / "b.dcm")
+    assert os.path.samefile(stored["1.2.826.0.1.3680043.8.498.112"], beyond)
+    assert os.path.samefile(stored["1.2.826.0.1.3680043.8.498.114"], missing)
+
+
+def test_rows_stored_before_sources_were_normalised_still_name_their_files(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    given = tmp_path / "run1" / ".." / "scans" / "a.dcm"
+    (tmp_path / "run1").mkdir()
+    path = _dicom(tmp_path / "scans", "a.dcm", "1.2.826.0.1.3680043.8.498.120")
+    refused_in = _register(sessions, [given], ingestion_for(_settings(sqlite_url)))
+    with sessions() as session:  # as an earlier version stored it
+        session.execute(update(Image).values(source=str(given)))
+        session.commit()
+    # The key set, the same command again: the refusal is adopted, not left beside a new image.
+    keyed = ingestion_for(_settings(sqlite_url, KEY))
+    _register(sessions, [given], keyed)
+    with sessions() as session:
+        image = session.execute(select(Image)).scalar_one()
+        assert (image.state, image.source) == ("queued", str(path))
+        assert image.batch_id != refused_in
+        lifecycle.mark_failed(session, image.id, ErrorCode.TRUNCATED, "cut short")
+        session.execute(update(Image).values(source=str(given)))
+        session.commit()
+    # An unchanged truncated file given again is a copy of its failure, not "another path".
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    again = register_files(sessions, batch, [given], ingestion=keyed)
+    assert again.new_ids == [] and again.duplicates == [(str(path), image.id, "failed")]
