@@ -250,6 +250,17 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_model_is_unset(cls, data: object) -> object:
+        # `export MAMMO_MODEL=` (a service file, `${VAR:-}`) means "not chosen": the key is
+        # dropped, not defaulted, so the model stays out of model_fields_set and the
+        # activation still applies (models.activation.model_for).
+        if isinstance(data, dict) and isinstance(data.get("model"), str) \
+                and not data["model"].strip():
+            return {k: v for k, v in data.items() if k != "model"}
+        return data
+
     @field_validator("smtp_to", mode="before")
     @classmethod
     def _split_recipients(cls, value: object) -> object:

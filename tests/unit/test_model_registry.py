@@ -184,3 +184,26 @@ def test_name_version_finds_shipped_alternatives_and_registered_versions(
     with pytest.raises(ModelNotFoundError, match="No model found for REF='tiny:9'"):
         resolve_ref("tiny:9", sessions, named_by="REF")
     engine.dispose()
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_model_setting_leaves_the_model_to_the_activation(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str, blank: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `export MAMMO_MODEL=` in a service file, or `MAMMO_MODEL=` in .env: not chosen, as a
+    # blank MAMMO_SMTP_HOST is not configured.
+    activated = _copy_as(tiny_model_dir, tmp_path, "m", "5.0.0")
+    _, engine, sessions = _sessions(sqlite_url)
+    monkeypatch.setenv("MAMMO_MODEL", blank)
+    from_env = Settings(database_url=sqlite_url, _env_file=None)  # type: ignore[call-arg]
+    monkeypatch.delenv("MAMMO_MODEL")
+    (tmp_path / ".env").write_text(f"MAMMO_MODEL={blank}\n")
+    from_file = Settings(database_url=sqlite_url, _env_file=tmp_path / ".env")  # type: ignore[call-arg]
+    with sessions() as session:
+        assert model_for(from_env, session).directory == resolve_model("default").directory
+        activate(session, resolve_model(str(activated)))
+        session.commit()
+        assert model_for(from_env, session).directory == activated
+        assert model_for(from_file, session).directory == activated
+    engine.dispose()
+
