@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -89,6 +90,9 @@ HEADER_INFLATE_LIMIT = 64 << 20
 # The widest pixel pydicom decodes (one 64-bit sample): a header declaring more cannot raise
 # the inflation cap past what the pixel limit allows.
 _WIDEST_PIXEL_BYTES = 8
+# This project's top-level packages: an attribute missing from their classes and objects is
+# a fault of this code (see _software_fault).
+_OWN_PACKAGES = frozenset({"shared", "worker", "producer", "models"})
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,8 @@ def _read(path: Path, cap: _InflateCap, **options: Any) -> Dataset:
             "refused before inflating further. The file is damaged or built to exhaust "
             "memory: export the image again.") from exc
     except Exception as exc:  # pydicom raises many types for a damaged file; all mean this
+        if _software_fault(exc):
+            raise
         raise UnreadableImageError(
             f"{path.name} is not a readable DICOM file ({type(exc).__name__}: "
             f"{_summary(exc)})."
@@ -249,15 +255,49 @@ def _read(path: Path, cap: _InflateCap, **options: Any) -> Dataset:
 
 
 def _guarded(path: Path, step: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run ``step``; a pydicom or numpy error on this file becomes an UnreadableImageError."""
+    """Run ``step``; a pydicom or numpy error on this file becomes an UnreadableImageError.
+
+    A fault of this software propagates as raised: ``unreadable`` would blame the file, and
+    is not retried when the same file is submitted again. The worker records it as
+    ``internal_error`` (logged with its traceback), which is retried.
+    """
     try:
         return step(*args, **kwargs)
     except InputError:
         raise
     except Exception as exc:
+        if _software_fault(exc):
+            raise
         raise UnreadableImageError(
             f"{path.name} could not be interpreted: {_summary(exc)}."
         ) from exc
+
+
+def _software_fault(exc: Exception) -> bool:
+    """Whether ``exc`` is a fault of this software or its installation, not of the file.
+
+    pydicom and numpy raise nearly any type on a damaged file (TypeError, ValueError,
+    KeyError, IndexError, struct.error, RecursionError on nested sequences, AttributeError on
+    their own objects), so only what no file content can cause counts:
+
+    - NameError (UnboundLocalError too), ImportError (ModuleNotFoundError too), SyntaxError:
+      code that does not run as written (a source file mid-edit, a broken install);
+    - an AttributeError whose ``obj`` is a module, or a class or object of this project: a
+      helper or field that does not exist. One on a pydicom Dataset (a missing element), on
+      None or on a value read from the file stays the file's.
+
+    Where it was raised does not tell them apart: our own ``int()`` of a header value fails
+    in our frame on a damaged file, and a helper missing from a module fails in ours too.
+    """
+    if isinstance(exc, NameError | ImportError | SyntaxError):
+        return True
+    if not isinstance(exc, AttributeError):
+        return False
+    owner = exc.obj
+    if isinstance(owner, ModuleType):
+        return True
+    module = getattr(owner if isinstance(owner, type) else type(owner), "__module__", "")
+    return str(module).partition(".")[0] in _OWN_PACKAGES
 
 
 def _plugin_for(syntax: UID, path: Path) -> str:
