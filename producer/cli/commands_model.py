@@ -17,7 +17,7 @@ import click
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import format_option
-from shared.errors import ConfigurationError, ModelComparisonError, UserFacingError
+from shared.errors import ModelComparisonError, UserFacingError
 from shared.formatting import render
 
 EVALUATE_COLUMNS = ("id", "truth", "label", "p_normal", "p_benign", "p_malignant")
@@ -77,6 +77,15 @@ def _folder_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
     if (problem := folder_name_problem(value)) is not None:
         raise click.BadParameter(problem)
+    return value
+
+
+def _offline_weights(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # A value no configuration can make work offline: a bad argument (exit 2), not exit 4.
+    if value != "none":
+        raise click.BadParameter(
+            f"{value} weights are never available: this system never downloads weights at "
+            "run time (offline, reproducible). Train from scratch with --weights none.")
     return value
 
 
@@ -151,8 +160,8 @@ def _folder_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--bootstrap", type=click.IntRange(10), default=1000, show_default=True,
               help="Bootstrap rounds for the 95% intervals.")
 @click.option("--weights", type=click.Choice(["none", "imagenet"]), default="none",
-              show_default=True, help="Initial weights. Only 'none' works: nothing is ever "
-              "downloaded.")
+              show_default=True, callback=_offline_weights, help="Initial weights. Only "
+              "'none' works: nothing is ever downloaded.")
 @pass_cli
 def train_command(cli: CliContext, data: Path, output: Path, name: str, version: str,
                   folds: int, members: int, local_contrast: float | None,
@@ -173,11 +182,6 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
         mammo train ../shared/data/mini-mias --output trained-models
         mammo models activate trained-models/default/1.8.0
     """
-    if weights != "none":
-        raise ConfigurationError(
-            "Pretrained ImageNet weights are not available: this system never downloads "
-            "weights at run time (offline, reproducible). Train from scratch with "
-            "--weights none.")
     from models.train_run import TrainConfig, train
 
     size = _size(input_size)

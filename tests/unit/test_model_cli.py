@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from producer.cli.exit_codes import ExitCode
 from producer.cli.main import cli
 
 
@@ -15,10 +16,12 @@ def _env(tmp_path: Path, model: str) -> dict[str, str]:
     return {"MAMMO_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}", "MAMMO_MODEL": model}
 
 
-def test_imagenet_weights_fail_clearly_offline(tmp_path: Path) -> None:
+def test_imagenet_weights_are_a_bad_argument_said_clearly(tmp_path: Path) -> None:
+    # No configuration makes them work offline: README's exit 2 (bad arguments), not 4.
     result = CliRunner().invoke(cli, ["train", str(tmp_path), "--weights", "imagenet"],
                                 env=_env(tmp_path, "default"))
-    assert result.exit_code == 4
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "'--weights'" in result.output
     assert "never downloads" in result.output and "--weights none" in result.output
 
 
