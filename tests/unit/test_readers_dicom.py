@@ -747,8 +747,11 @@ def test_a_pixel_spacing_no_mammography_system_has_is_refused(dicom_file: Path) 
     _refused(dicom_file, NotAMammogramError, ErrorCode.NOT_MAMMOGRAPHY,
              "mg.dcm states a pixel spacing of 50 x 50 mm ((0018,1164) Imager Pixel Spacing)",
              "Check the pixel spacing in the DICOM header")
+    # Registration stores no such spacing (the worker then refuses the image, naming it).
+    assert read_header(dicom_file, pseudonymize=KEY).pixel_spacing_mm is None
     _rewrite(dicom_file, ImagerPixelSpacing=[0.5, 0.5])  # digitised film, coarsely
     assert decode(dicom_file, max_pixels=BIG).pixel_spacing_mm == (0.5, 0.5)
+    assert read_header(dicom_file, pseudonymize=KEY).pixel_spacing_mm == (0.5, 0.5)
 
 
 # --- PatientID: a keyed pseudonym, or a refusal --------------------------------------------

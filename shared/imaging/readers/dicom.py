@@ -136,6 +136,7 @@ class DicomReader:
     def _header(self, path: Path, pseudonymize: Pseudonymize | None) -> ImageHeader:
         ds = _read(path, self.header_cap, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         sop = _text(ds, "SOPInstanceUID")
+        spacing = meta.spacing_reading(ds)
         return ImageHeader(
             format=self.format_name,
             identity=f"sop:{sop}" if sop else sha256_identity(path),
@@ -150,7 +151,8 @@ class DicomReader:
             columns=_optional_int(ds, "Columns"),
             manufacturer=_text(ds, "Manufacturer"),
             manufacturer_model=_text(ds, "ManufacturerModelName"),
-            pixel_spacing_mm=meta.pixel_spacing(ds),
+            # Not stored when decoding refuses it: the worker fails the image, naming it.
+            pixel_spacing_mm=None if checks.implausible_spacing(spacing) else spacing.mm,
             view_flags=meta.view_flags(ds),
             burned_in_annotation=meta.burned_in_annotation(ds),
             voi=voi.describe(voi.choose(ds)),

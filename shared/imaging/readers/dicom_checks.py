@@ -244,10 +244,15 @@ def _file_meta(ds: Dataset) -> Dataset:
     return getattr(ds, "file_meta", None) or Dataset()
 
 
-def plausible_spacing(spacing: SpacingReading, path: Path) -> None:
-    """Refuse a pixel spacing no mammography detector or film digitiser has (see
+def implausible_spacing(spacing: SpacingReading) -> bool:
+    """Whether ``spacing`` is one no mammography detector or film digitiser has (see
     ``MAX_SPACING_MM``); one too small is refused in preprocessing, by the area it covers."""
-    if spacing.mm is None or max(spacing.mm) <= MAX_SPACING_MM:
+    return spacing.mm is not None and max(spacing.mm) > MAX_SPACING_MM
+
+
+def plausible_spacing(spacing: SpacingReading, path: Path) -> None:
+    """Refuse an implausible pixel spacing (``implausible_spacing``), naming it."""
+    if spacing.mm is None or not implausible_spacing(spacing):
         return
     row, column = spacing.mm
     raise NotAMammogramError(

@@ -58,7 +58,7 @@ _QUOTE_LIMIT = 20
 
 __all__ = [
     "SpacingReading", "burned_in_annotation", "chest_wall_side", "decimal", "inverted",
-    "laterality", "pixel_spacing", "quoted", "spacing_reading", "specimen_view", "text",
+    "laterality", "quoted", "spacing_reading", "specimen_view", "text",
     "values", "view", "view_flags",
 ]
 
@@ -177,10 +177,6 @@ class SpacingReading:
     mm: tuple[float, float] | None = None  # (row, column)
     element: str = ""  # the element it was read from, tag and name
     notes: tuple[str, ...] = ()
-
-
-def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    return spacing_reading(ds).mm
 
 
 def spacing_reading(ds: Dataset) -> SpacingReading:
