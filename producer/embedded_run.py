@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,13 +95,16 @@ def run_embedded(
 
 
 def process_ids_embedded(settings: Settings, sessions: sessionmaker[Session],
-                         image_ids: Sequence[int], *, progress: Progress | None = None) -> None:
-    """Run already-registered images (``mammo recover`` without a broker)."""
+                         image_ids: Sequence[int], *, claimed: Sequence[int] = (),
+                         progress: Progress | None = None) -> None:
+    """Run already-registered images (``mammo recover`` without a broker): ``image_ids``
+    are sent now; ``claimed`` (another process's claims) are waited for and taken over once
+    their lease has passed, as ``mammo run`` does."""
     settings = settings.embedded()
     runtime = _runtime(settings, sessions)
     app = create_celery_app(settings)
     enqueue_chunks(app, image_ids, chunk_size=settings.chunk_size, priority=Priority.ROUTINE)
-    drain(app, runtime, sessions, image_ids, progress=progress)
+    drain(app, runtime, sessions, [*image_ids, *claimed], progress=progress)
 
 
 @contextmanager
@@ -136,7 +139,7 @@ def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
     if not ids:
         return
     _say_held_claims(runtime.settings, sessions, ids)  # before our own worker claims any
-    next_takeover = time.monotonic() + takeover_every_s
+    next_takeover = time.monotonic()  # a lease already passed is not waited for
     with embedded_worker(app, runtime) as handle:
         while True:
             finished = _count_terminal(sessions, ids)
@@ -159,11 +162,8 @@ def _say_held_claims(settings: Settings, sessions: sessionmaker[Session],
                      ids: list[int]) -> None:
     with sessions() as session:
         held = held_claims(session, settings, ids)
-    if held.count and held.lease_ends is not None:
-        log.warning("waiting for %d image(s) claimed by another process (a run or worker "
-                    "still busy with them, or one stopped mid-chunk) until their lease ends "
-                    "at %s; then this run takes them over", held.count,
-                    held.lease_ends.astimezone().strftime("%H:%M:%S"))
+    if held.count:
+        log.warning("waiting for %s; then this run takes them over", held.describe())
 
 
 def _take_over_expired(app: Celery, settings: Settings, sessions: sessionmaker[Session],
@@ -185,11 +185,21 @@ def _unfinished(count: int, cause: BaseException) -> UserFacingError:
 
 
 def _count_terminal(sessions: sessionmaker[Session], ids: list[int]) -> int:
-    terminal = [s.value for s in ImageState.terminal()]
+    return _count_in(sessions, ids, ImageState.terminal())
+
+
+def count_failed(sessions: sessionmaker[Session], ids: Sequence[int]) -> int:
+    """How many of ``ids`` ended failed: a run's exit status says so."""
+    return _count_in(sessions, ids, [ImageState.FAILED])
+
+
+def _count_in(sessions: sessionmaker[Session], ids: Sequence[int],
+              states: Iterable[ImageState]) -> int:
+    wanted = [s.value for s in states]
     total = 0
     with sessions() as session:
         for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
-            chunk = ids[start:start + 900]
+            chunk = list(ids[start:start + 900])
             total += session.execute(select(func.count()).select_from(Image).where(
-                Image.id.in_(chunk), Image.state.in_(terminal))).scalar_one()
+                Image.id.in_(chunk), Image.state.in_(wanted))).scalar_one()
     return total

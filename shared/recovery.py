@@ -129,17 +129,35 @@ class HeldClaims:
     count: int
     lease_ends: datetime | None  # the latest: when the last of them may be taken over
 
+    def describe(self) -> str:
+        until = ("" if self.lease_ends is None else
+                 f" until their lease ends at {self.lease_ends.astimezone():%H:%M:%S}")
+        return (f"{self.count} image(s) claimed by another process (a run or worker still "
+                f"busy with them, or one stopped mid-chunk){until}")
+
 
 def _processing_among(block: list[int]) -> ColumnElement[bool]:
     return and_(Image.id.in_(block), Image.state == ImageState.PROCESSING.value)
 
 
+def claimed_images(session: Session, batch_id: int | None = None) -> list[int]:
+    """Every image under a claim, live or expired (of ``batch_id`` only, when given)."""
+    stmt = select(Image.id).where(Image.state == ImageState.PROCESSING.value)
+    if batch_id is not None:
+        stmt = stmt.where(Image.batch_id == batch_id)
+    return sorted(session.scalars(stmt))
+
+
 def held_claims(session: Session, settings: Settings, image_ids: Sequence[int]) -> HeldClaims:
-    """What a waiting run says while another process's claims keep it from ``image_ids``."""
+    """What a waiting run says while another process's claims keep it from ``image_ids``.
+
+    Only live claims count: one whose lease has passed is taken over at once, and its
+    lease's end is no time to wait for."""
+    live = Image.claimed_at >= utcnow() - timedelta(seconds=settings.claim_lease_s)
     count, stamps = 0, []
     for block in in_blocks(image_ids):
         found, newest = session.execute(select(func.count(), func.max(Image.claimed_at))
-                                        .where(_processing_among(block))).one()
+                                        .where(_processing_among(block), live)).one()
         count += int(found)
         stamps += [stamp] if (stamp := as_utc(newest)) else []
     lease = timedelta(seconds=settings.claim_lease_s)

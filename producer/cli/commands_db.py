@@ -10,6 +10,7 @@ import click
 
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
+from producer.cli.exit_codes import ExitCode
 from producer.cli.options import date_range_options, utc_range
 from producer.cli.progress import completion_bar
 from shared.db import lifecycle
@@ -17,7 +18,15 @@ from shared.db.engine import upgrade
 from shared.notify import Notifier
 from shared.queries import require_batch
 from shared.queue import broker_uptime_s
-from shared.recovery import find_stuck, follow_up, lost_message_age_s, requeue, sweep
+from shared.recovery import (
+    claimed_images,
+    find_stuck,
+    follow_up,
+    held_claims,
+    lost_message_age_s,
+    requeue,
+    sweep,
+)
 
 if TYPE_CHECKING:
     from models.registry import ModelSpec
@@ -70,7 +79,9 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
     The database is the truth: images still queued after --older-than seconds, or claimed
     by a worker whose lease ran out, get a new message. Re-queuing is safe: claims and
     upserts make a second delivery a no-op. Without a broker, every queued image (an
-    interrupted `mammo run` left it so) is processed here with the embedded worker. Then
+    interrupted `mammo run` left it so) is processed here with the embedded worker, and
+    images another process still claims are waited for until their lease ends (a killed
+    run's: 4 heartbeats), then processed too; it exits 3 when some of them failed. Then
     the follow-up: exams whose missing views timed out get their result, and notifications
     owed (never claimed) or failed more than MAMMO_NOTIFY_RESEND_AFTER_S ago are delivered.
     Workers also run all this on a timer (MAMMO_SWEEP_INTERVAL_S).
@@ -82,17 +93,9 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
     if batch_id is not None:
         with cli.sessions() as session:
             require_batch(session, batch_id)
+    failed = False
     if cli.settings.is_embedded:
-        # No broker: a queued image's message, if it ever had one, was in the memory of a
-        # run that ended (an interrupted `mammo run`), so none is waiting anywhere.
-        with cli.sessions() as session:
-            found = find_stuck(session, cli.settings,
-                               queued_older_than_s=0 if older_than is None else older_than,
-                               batch_id=batch_id)
-        ids = sorted(found.stale_queued + found.expired_claims)
-        click.echo(f"{len(ids)} image(s) to recover{' (dry run)' if dry_run else ''}")
-        if ids and not dry_run:
-            _run_embedded(cli, ids, "recovered")
+        failed = _recover_embedded(cli, older_than, batch_id, dry_run)
     else:
         require_broker(cli, "recover")
         if older_than is None:
@@ -104,17 +107,59 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
                        f"{len(report.expired_claims)} stale-claimed image(s)")
         else:
             click.echo(report.summary())
+        with cli.sessions() as session:
+            held = held_claims(session, cli.settings, claimed_images(session, batch_id))
+        if held.count:
+            click.echo(f"{held.describe()}: a live worker finishes them; if it stopped, a "
+                       "worker's sweeper or `mammo recover` re-sends them after that")
     if not dry_run:
         followed = follow_up(cli.sessions, cli.settings, Notifier(cli.settings, cli.sessions))
         click.echo(followed.summary())
+    if failed:
+        raise SystemExit(int(ExitCode.IMAGES_FAILED))
 
 
-def _run_embedded(cli: CliContext, ids: list[int], what: str) -> None:
-    from producer.embedded_run import process_ids_embedded
+def _recover_embedded(cli: CliContext, older_than: int | None, batch_id: int | None,
+                      dry_run: bool) -> bool:
+    """Process the queued images and wait for the claimed ones; True when some failed.
 
+    No broker: a queued image's message, if it ever had one, was in the memory of a run
+    that ended (an interrupted `mammo run`), so none is waiting anywhere. A claimed image's
+    holder may still be alive, or killed before its lease ends: leaving those out (and
+    saying all was recovered) left them for a second recover the user had no reason to run.
+    """
+    with cli.sessions() as session:
+        found = find_stuck(session, cli.settings,
+                           queued_older_than_s=0 if older_than is None else older_than,
+                           batch_id=batch_id)
+        claimed = claimed_images(session, batch_id)
+        held = held_claims(session, cli.settings, claimed)
+    queued = sorted(found.stale_queued)
+    click.echo(f"{len(queued) + len(claimed)} image(s) to recover ({len(queued)} queued, "
+               f"{len(claimed)} claimed){' (dry run)' if dry_run else ''}")
+    if dry_run:
+        if held.count:
+            click.echo(f"{held.describe()}: recover waits for them, then takes them over")
+        return False
+    if not queued and not claimed:
+        return False
+    return _run_embedded(cli, queued, "recovered", claimed=claimed)
+
+
+def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
+                  claimed: list[int] | None = None) -> bool:
+    """Process ``ids`` (and wait for ``claimed``) here; True when some of them failed."""
+    from producer.embedded_run import count_failed, process_ids_embedded
+
+    everything = [*ids, *(claimed or [])]
     with completion_bar(f"{what} images") as progress:
-        process_ids_embedded(cli.settings, cli.sessions, ids, progress=progress)
-    click.echo(f"processed {len(ids)} {what} image(s) with the embedded worker")
+        process_ids_embedded(cli.settings, cli.sessions, ids, claimed=claimed or [],
+                             progress=progress)
+    failed = count_failed(cli.sessions, everything)
+    click.echo(f"processed {len(everything)} {what} image(s) with the embedded worker"
+               + (f"; {failed} failed: `mammo results --state failed` says why" if failed
+                  else ""))
+    return failed > 0
 
 
 @click.command("rescore")

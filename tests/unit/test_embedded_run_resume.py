@@ -4,12 +4,14 @@ them over once their lease has passed (a killed run never gives them back)."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer.cli.exit_codes import ExitCode
 from producer.embedded_run import run_embedded
 from producer.registration import create_batch, register_files
 from shared.config import Settings
@@ -17,7 +19,10 @@ from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import Priority
+from shared.recovery import held_claims
 from shared.synthetic import make_exam_set
+from shared.timeutil import utcnow
+from tests.helpers.cli import invoke_cli
 
 
 @pytest.fixture
@@ -47,3 +52,68 @@ def test_a_run_takes_over_the_images_a_killed_run_left_claimed(
     assert "waiting for 4 image(s) claimed by another process" in said
     assert "until their lease ends at " in said
     assert "took over 4 image(s) whose claim's lease ended" in said
+
+
+def _claimed_night(sessions: sessionmaker[Session], tmp_path: Path, *,
+                   claimed_s_ago: float) -> list[int]:
+    """8 queued images, the first 4 claimed ``claimed_s_ago`` by a run that was killed."""
+    files = make_exam_set(tmp_path / "night", n_exams=2, seed=6, fmt="png")
+    batch = create_batch(sessions, name="killed", priority=Priority.ROUTINE, mode="embedded")
+    ids = register_files(sessions, batch, files).new_ids
+    with sessions() as session:
+        lifecycle.claim(session, ids[:4], token="a-killed-run", lease_s=4)
+        session.execute(update(Image).where(Image.id.in_(ids[:4])).values(
+            claimed_at=utcnow() - timedelta(seconds=claimed_s_ago)))
+        session.commit()
+    return ids
+
+
+def _recover(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: Settings,
+             *args: str) -> tuple[int, str]:
+    return invoke_cli(["recover", *args], monkeypatch, tmp_path,
+                      database_url=settings.database_url, model=settings.model,
+                      claim_heartbeat_s="1", chunk_size="4")  # a lease of 4 s
+
+
+def _states(sessions: sessionmaker[Session]) -> set[str]:
+    with sessions() as session:
+        return set(session.scalars(select(Image.state)))
+
+
+@pytest.mark.timeout(120)
+def test_recover_waits_for_images_a_killed_run_still_holds_under_its_lease(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    _claimed_night(sessions, tmp_path, claimed_s_ago=0)
+    code, out = _recover(monkeypatch, tmp_path, settings, "--dry-run")
+    assert code == ExitCode.OK, out
+    assert "8 image(s) to recover (4 queued, 4 claimed) (dry run)" in out
+    assert "4 image(s) claimed by another process" in out and "until their lease ends" in out
+    with caplog.at_level(logging.WARNING, logger="producer.embedded_run"):
+        code, out = _recover(monkeypatch, tmp_path, settings)
+    assert code == ExitCode.OK, out
+    assert "processed 8 recovered image(s)" in out
+    assert _states(sessions) == {"done"}  # none left for a second recover to find
+    assert "waiting for 4 image(s) claimed by another process" in caplog.text
+    assert "took over 4 image(s) whose claim's lease ended" in caplog.text
+
+
+@pytest.mark.timeout(120)
+def test_recover_takes_over_expired_claims_at_once_and_names_no_past_lease(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    ids = _claimed_night(sessions, tmp_path, claimed_s_ago=60)
+    with sessions() as session:
+        assert held_claims(session, settings.model_copy(
+            update={"claim_heartbeat_s": 1}), ids).count == 0
+    (tmp_path / "night" / "exam0001_RCC.png").write_bytes(b"not a png any more")
+    with caplog.at_level(logging.INFO, logger="producer.embedded_run"):
+        code, out = _recover(monkeypatch, tmp_path, settings)
+    assert "waiting for" not in caplog.text and "until their lease ends" not in out
+    assert "took over 4 image(s) whose claim's lease ended" in caplog.text
+    # The job ran, but an image failed: not the exit status of "all is well".
+    assert code == ExitCode.IMAGES_FAILED, out
+    assert "processed 8 recovered image(s) with the embedded worker; 1 failed" in out
+    assert _states(sessions) == {"done", "failed"}

@@ -3,11 +3,19 @@ ordinary MAMMO_REQUEUE_AFTER_S, cut short when the Redis broker started since.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import redis
 
+from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
+from shared.db import lifecycle
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.queue import broker_uptime_s, create_celery_app
 from shared.recovery import lost_message_age_s
+from tests.helpers.cli import invoke_cli
+from tests.helpers.db import queued_batch
 
 
 def test_the_wait_is_the_time_since_the_broker_started_when_that_is_shorter() -> None:
@@ -31,3 +39,22 @@ def test_an_unreachable_broker_has_no_uptime(settings: Settings) -> None:
         update={"broker_url": "redis://127.0.0.1:1/0"}))
     app.conf.broker_connection_max_retries = 0
     assert broker_uptime_s(app) is None
+
+
+def test_recover_names_the_claims_it_leaves_to_their_holder_until_their_lease_ends(
+        redis_url: str, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    sessions = make_session_factory(engine)
+    _, ids = queued_batch(sessions, "night", 4)
+    with sessions() as session:  # a worker's chunk in hand (alive, or killed a moment ago)
+        lifecycle.claim(session, ids[:2], token="a-worker", lease_s=settings.claim_lease_s)
+    engine.dispose()
+    code, out = invoke_cli(["recover"], monkeypatch, tmp_path,
+                           database_url=settings.database_url, broker_url=redis_url)
+    assert code == ExitCode.OK, out
+    assert "0 claimed by a worker that stopped" in out
+    assert ("2 image(s) claimed by another process (a run or worker still busy with them, or "
+            "one stopped mid-chunk) until their lease ends at ") in out
+    assert "re-sends them after that" in out
