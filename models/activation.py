@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models.bilateral import bilateral_head
-from models.registry import ModelSpec, locate, name_version, resolve_model
+from models.registry import ModelSpec, locate, name_version, resolve_model, shipped_models
 from shared.config import Settings
 from shared.db.schema import ModelVersion
 from shared.db.upsert import upsert, upsert_returning_id
@@ -54,6 +54,43 @@ def activate(session: Session, spec: ModelSpec) -> int:
     row_id = register(session, spec)
     session.execute(update(ModelVersion).values(active=ModelVersion.id == row_id))
     return row_id
+
+
+def namesakes(session: Session | None, name: str, version: str) -> dict[str, str]:
+    """The models called ``name`` ``version``, shipped ones and (with ``session``) versions
+    registered in the database: each sha256 with where that model is, for a message."""
+    found = {spec.sha256: f"the shipped {spec.directory} (sha256 {spec.sha256[:12]})"
+             for spec in shipped_models() if (spec.name, spec.version) == (name, version)}
+    if session is not None:
+        for row in session.scalars(select(ModelVersion).where(
+                ModelVersion.name == name, ModelVersion.version == version)
+                .order_by(ModelVersion.id)):
+            found.setdefault(row.sha256, f"the registered {row.path} (sha256 {row.sha256[:12]})")
+    return found
+
+
+def identity_clash(session: Session, spec: ModelSpec) -> str | None:
+    """Why activating ``spec`` would give two models with different weights one name and
+    version (results, reports and `mammo rescore` name a model by NAME VERSION), or None.
+
+    A model already shipped or registered with its own weights adds no ambiguity, so the
+    shipped default, or a model activated before, can always be activated (rolled back to)."""
+    found = namesakes(session, spec.name, spec.version)
+    if spec.sha256 in found or not found:
+        return None
+    retrain = (spec.metadata.get("training") or {}).get("command") or "mammo train DATA"
+    return (f"{spec.directory} holds {spec.name} {spec.version} (sha256 {spec.sha256[:12]}), "
+            f"but {' and '.join(found.values())} already has that name and version with "
+            "other weights, and results could not tell the two apart. Train it again under "
+            f"another version (`{retrain} --version NEW`) and activate that: a renamed copy "
+            "is refused, as the name and version are sealed in its metadata.json.")
+
+
+def describe(session: Session, spec: ModelSpec) -> str:
+    """``NAME VERSION`` as results print it, with the sha256 prefix where another model
+    shares that name and version."""
+    shared = set(namesakes(session, spec.name, spec.version)) - {spec.sha256}
+    return f"{spec.name} {spec.version}" + (f" (sha256 {spec.sha256[:12]})" if shared else "")
 
 
 def active_version(session: Session) -> ModelVersion | None:

@@ -182,6 +182,7 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     Example:
         mammo models activate default:1.7.0 && mammo rescore --batch 42
     """
+    from models.activation import describe
     from producer.embedded_run import check_model
     from shared.rescoring import RescoreFilter, not_scored_by
 
@@ -193,7 +194,8 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
         if batch_id is not None:
             require_batch(session, batch_id)
         ids = not_scored_by(session, spec.sha256, flt)
-    click.echo(f"{len(ids)} done image(s) not scored by {spec.name} {spec.version}"
+        model = describe(session, spec)  # with its sha256 where another shares its name
+    click.echo(f"{len(ids)} done image(s) not scored by {model}"
                f"{' (dry run)' if dry_run else ''}")
     if dry_run or not ids:
         return

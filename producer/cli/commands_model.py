@@ -179,8 +179,8 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
 
     \b
     Example:
-        mammo train ../shared/data/mini-mias --output trained-models
-        mammo models activate trained-models/default/1.8.0
+        mammo train ../shared/data/mini-mias --output trained-models --version 1.8.0-local
+        mammo models activate trained-models/default/1.8.0-local
     """
     from models.train_run import TrainConfig, train
 
@@ -190,6 +190,7 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
             f"{patch} px patches do not fit in a {size[0]}x{size[1]} input: patches are cut "
             f"from the input image and the whole-image model pools over one patch. Give a "
             f"--patch of at most {min(size)} or a larger --input-size.", param_hint="--patch")
+    _warn_of_namesakes(cli, name, version)
     command = "mammo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else (
         "mammo train DATA")
     config = TrainConfig(name=name, version=version, input_size=size, folds=folds,
@@ -205,6 +206,30 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
                          bilateral=_bilateral_scores(bilateral), command=command)
     directory = train(data, output, config, _say)
     click.echo(str(directory))
+
+
+def _warn_of_namesakes(cli: CliContext, name: str, version: str) -> None:
+    """Say before training when NAME VERSION is taken: the new weights will differ, so the
+    result can be compared with that model (a same-seed re-run) but not activated."""
+    from sqlalchemy.exc import DatabaseError
+
+    from models.activation import namesakes
+
+    database = cli.engine.url.database
+    try:
+        if cli.engine.dialect.name == "sqlite" and not (database and Path(database).is_file()):
+            found = namesakes(None, name, version)  # no database file: nothing registered
+        else:
+            with cli.sessions() as session:
+                found = namesakes(session, name, version)
+    except (UserFacingError, DatabaseError):  # training needs no database
+        found = namesakes(None, name, version)
+    if found:
+        click.secho(f"warning: {name} {version} is already the name and version of "
+                    f"{' and '.join(found.values())}. This run can be compared with it "
+                    "(`mammo models compare`), but `mammo models activate` will refuse it: "
+                    "give --version (or --name) to train a model to activate.",
+                    err=True, fg="yellow")
 
 
 def _bilateral_scores(value: str, option: str = "--bilateral") -> tuple[str, ...]:
@@ -416,19 +441,22 @@ def models_activate(cli: CliContext, ref: str) -> None:
     """Make REF (a model directory or shipped name) the model workers run by default.
 
     Stored in the database, so every worker sharing it switches at its next start; an
-    explicit MAMMO_MODEL still wins.
+    explicit MAMMO_MODEL still wins. Refused when a shipped or registered model with other
+    weights already has REF's name and version: results could not tell the two apart.
 
     \b
     Example:
-        mammo models activate trained-models/default/1.8.0
+        mammo models activate trained-models/default/1.8.0-local
     """
-    from models.activation import activate
+    from models.activation import activate, identity_clash
     from shared.imaging.preprocess import PREPROCESSING_VERSION
     from worker.classifier import Classifier
 
     spec = _resolve(cli, ref, "REF")
     with cli.sessions() as session:
         session.connection()  # an unusable database is said before seconds of model loading
+        if (clash := identity_clash(session, spec)) is not None:
+            raise click.BadParameter(clash, param_hint="REF")
         # Loaded exactly as a worker loads it (checks without TensorFlow, then Keras and one
         # traced call): weights that only Keras finds broken would otherwise be activated
         # and stop every worker at its next start.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -23,6 +25,71 @@ def test_imagenet_weights_are_a_bad_argument_said_clearly(tmp_path: Path) -> Non
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "'--weights'" in result.output
     assert "never downloads" in result.output and "--weights none" in result.output
+
+
+def _renamed(src: Path, target: Path, name: str, version: str) -> Path:
+    from models.registry import sealed
+
+    shutil.copytree(src, target)
+    meta = json.loads((target / "metadata.json").read_text())
+    (target / "metadata.json").write_text(json.dumps(sealed(
+        {**meta, "name": name, "version": version})))
+    return target
+
+
+def test_activate_refuses_other_weights_under_a_shipped_name_and_version(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    # What a plain `mammo train DATA` writes: default 1.8.0, the shipped model's name and
+    # version with other weights; results could not tell the two apart.
+    from models.registry import resolve_model
+
+    shipped = resolve_model("default")
+    namesake = _renamed(tiny_model_dir, tmp_path / "tm" / "default" / shipped.version,
+                        "default", shipped.version)
+    env = {"MAMMO_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}", "MAMMO_MODEL": None}
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["models", "activate", str(namesake)], env=env)
+    assert refused.exit_code == ExitCode.USAGE, refused.output
+    assert f"the shipped {shipped.directory} (sha256 {shipped.sha256[:12]})" in refused.output
+    assert "--version NEW" in refused.output
+    listed = json.loads(runner.invoke(cli, ["models", "list", "--format", "json"],
+                                      env=env).output)
+    assert not any(r["active"] for r in listed)
+    assert [r["path"] for r in listed if r["sha256"] != shipped.sha256
+            and (r["name"], r["version"]) == ("default", shipped.version)] == []
+    assert runner.invoke(cli, ["models", "activate", "default"], env=env).exit_code == 0
+
+
+def test_train_warns_before_training_when_its_name_and_version_are_taken(
+        tmp_path: Path, tiny_model_spec: Any) -> None:
+    from models.activation import register
+    from models.registry import resolve_model
+    from shared.config import Settings
+    from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+
+    env = _env(tmp_path, "default")
+    data = tmp_path / "data"
+    data.mkdir()  # empty: refused right after the warning, before any training
+    engine = create_db_engine(Settings(database_url=env["MAMMO_DATABASE_URL"], _env_file=None))  # type: ignore[call-arg]
+    ensure_schema(engine)
+    with make_session_factory(engine)() as session:
+        register(session, tiny_model_spec)
+        session.commit()
+    engine.dispose()
+    shipped = resolve_model("default")
+    cases = (([], f"default {shipped.version} is already the name and version of the "
+              f"shipped {shipped.directory}"),
+             (["--name", tiny_model_spec.name, "--version", tiny_model_spec.version],
+              f"the registered {tiny_model_spec.directory.resolve()}"),
+             (["--version", "0.0.0-mine"], None))
+    for options, warning in cases:
+        result = CliRunner().invoke(cli, ["train", str(data), "--output",
+                                          str(tmp_path / "out"), *options], env=env)
+        assert result.exit_code == ExitCode.USAGE, result.output  # the empty DATA
+        if warning is None:
+            assert "warning" not in result.output
+        else:
+            assert warning in result.output and "give --version" in result.output
 
 
 def test_bad_input_size_is_a_usage_error(tmp_path: Path) -> None:

@@ -60,10 +60,10 @@ def test_an_input_size_other_than_the_models_is_refused_at_activation(
     assert code == 5 and "takes 96x80 images" in out and "input_size 64x64" in out
 
 
-def _destroyed_weights(src: Path, target: Path) -> Path:
+def _destroyed_weights(src: Path, target: Path, **changes: object) -> Path:
     """A copy of ``src`` whose model.keras is a real zip with its config intact but its
     weights truncated, re-sealed: the checks without TensorFlow pass, Keras fails."""
-    broken = _copy(src, target)
+    broken = _copy(src, target, **changes)
     with zipfile.ZipFile(src / "model.keras") as old, \
             zipfile.ZipFile(broken / "model.keras", "w") as new:
         for item in old.namelist():
@@ -110,7 +110,9 @@ def test_weights_keras_cannot_load_are_refused_at_activation(
     # Activated, they would stop every worker at its next start.
     good = _copy(tiny_model_dir, tmp_path / "good")
     assert _models(tmp_path, "activate", str(good))[0] == 0
-    broken = _destroyed_weights(tiny_model_dir, tmp_path / "broken")
+    # Another version: other weights under good's name and version are refused before
+    # any loading (test_model_cli), and this is about the load.
+    broken = _destroyed_weights(tiny_model_dir, tmp_path / "broken", version="0.0.2")
     code, out = _models(tmp_path, "activate", str(broken))
     assert code == 5, out
     assert "cannot be loaded by Keras" in out and "Traceback" not in out

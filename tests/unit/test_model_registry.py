@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from models.activation import activate, active_version, model_for, register, resolve_ref
+from models.activation import (
+    activate,
+    active_version,
+    describe,
+    identity_clash,
+    model_for,
+    register,
+    resolve_ref,
+)
 from models.registry import resolve_model, sealed, shipped_models
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
@@ -207,3 +216,28 @@ def test_a_blank_model_setting_leaves_the_model_to_the_activation(
         assert model_for(from_file, session).directory == activated
     engine.dispose()
 
+
+def test_an_identity_clash_is_new_weights_under_a_taken_name_and_version(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
+    mine = resolve_model(str(_copy_as(tiny_model_dir, tmp_path, "mine", "1.0.0")))
+    other_weights = dataclasses.replace(mine, sha256="ab" * 32, directory=tmp_path / "other")
+    shipped = resolve_model("default")
+    as_shipped = resolve_model(str(_copy_as(tiny_model_dir, tmp_path / "s", "default",
+                                            shipped.version)))
+    _, engine, sessions = _sessions(sqlite_url)
+    with sessions() as session:
+        assert identity_clash(session, mine) is None  # a name and version nobody holds
+        assert describe(session, mine) == "mine 1.0.0"
+        register(session, other_weights)
+        clash = identity_clash(session, mine)
+        assert clash is not None and f"the registered {tmp_path / 'other'}" in clash
+        assert f"(sha256 {'ab' * 6})" in clash and "--version NEW" in clash
+        assert describe(session, mine) == f"mine 1.0.0 (sha256 {mine.sha256[:12]})"
+        clash = identity_clash(session, as_shipped)
+        assert clash is not None and f"the shipped {shipped.directory}" in clash
+        # Already registered or shipped with its own weights: no new ambiguity, so a
+        # rollback (`mammo models activate default`, or to the model active before) works.
+        register(session, mine)
+        assert identity_clash(session, mine) is None
+        assert identity_clash(session, shipped) is None
+    engine.dispose()

@@ -10,6 +10,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select, update
 
+from models.registry import resolve_model
 from producer.cli.exit_codes import ExitCode
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.queue import QUEUE_NAME
@@ -52,7 +53,11 @@ def test_rescore_adds_the_new_models_prediction_and_recomputes_the_exam(
     code, out = mammo(["rescore"], second_model)
     assert code == ExitCode.USAGE and "name what to re-score" in out
     code, out = mammo(["rescore", "--batch", "1", "--dry-run"], second_model)
-    assert code == ExitCode.OK and "4 done image(s) not scored by" in out, out
+    # Both tiny models are tiny-test-model 0.0.1: only the sha256 tells which one is meant.
+    second = resolve_model(str(second_model))
+    assert code == ExitCode.OK, out
+    assert (f"4 done image(s) not scored by {second.name} {second.version} (sha256 "
+            f"{second.sha256[:12]}) (dry run)") in out, out
     assert _scored(url) == first
 
     code, out = mammo(["rescore", "--batch", "1"], second_model)
