@@ -222,6 +222,36 @@ def test_a_window_written_with_a_decimal_comma_is_read_and_noted(
     np.testing.assert_array_equal(decoded.pixels, decode(reference, max_pixels=BIG).pixels)
 
 
+@pytest.mark.parametrize("slope, intercept, written, note", [
+    ("1.5", "-10.5", "-10,5", "(0028,1052) Rescale Intercept '-10,5' read as -10.5"),
+    ("0.5", "100", "0,5", "(0028,1053) Rescale Slope '0,5' read as 0.5"),
+])
+def test_a_rescale_written_with_a_decimal_comma_is_read_and_noted(
+        tmp_path: Path, dicom_file: Path, slope: str, intercept: str, written: str,
+        note: str) -> None:
+    """Read as a window written so is, where pydicom's Modality LUT would fail on it."""
+    reference = tmp_path / "reference.dcm"
+    reference.write_bytes(dicom_file.read_bytes())
+    _rewrite(reference, RescaleSlope=slope, RescaleIntercept=intercept)
+    _rewrite(dicom_file, RescaleSlope=slope, RescaleIntercept=intercept)
+    _written_as(dicom_file, written.replace(",", "."), written)
+    decoded = decode(dicom_file, max_pixels=BIG)
+    assert decoded.notes["rescale"] == f"{note} (decimal comma)"
+    expected = decode(reference, max_pixels=BIG)
+    assert decoded.max_value == expected.max_value
+    np.testing.assert_array_equal(decoded.pixels, expected.pixels)
+
+
+@pytest.mark.parametrize("written, found", [("abc", "'abc'"), ("1\\2", "'1\\2'")])
+def test_a_rescale_that_is_no_number_is_refused_naming_it(
+        dicom_file: Path, written: str, found: str) -> None:
+    _rewrite(dicom_file, RescaleSlope="9" * len(written), RescaleIntercept="0")
+    _written_as(dicom_file, "9" * len(written), written)
+    _refused(dicom_file, UnreadableImageError, ErrorCode.UNREADABLE,
+             f"mg.dcm has an unusable rescale: (0028,1053) Rescale Slope is {found}, not one "
+             "number", "Export the image again")
+
+
 def test_a_window_that_is_no_number_gives_way_to_the_next_or_the_full_range(
         dicom_file: Path, pixels: np.ndarray) -> None:
     _window(dicom_file, ["1111.5", "2048"], [1024, 4096])

@@ -175,11 +175,14 @@ class DicomReader:
         invert = meta.inverted(ds)
         choice = _guarded(path, voi.choose, ds)
         voi.refuse_unusable(choice, path)
+        rescale = _guarded(path, voi.read_rescale, ds, path)
         pixels, max_value = _guarded(path, _display_pixels, ds, syntax, plugin, path, invert,
                                      choice, notes)
         notes.update(transfer_syntax=syntax.name, voi=voi.describe(choice) or choice.kind)
         if spacing.notes:
             notes["pixel_spacing"] = "; ".join(spacing.notes)
+        if rescale:
+            notes["rescale"] = "; ".join(rescale)
         if plugin:
             notes["decoder"] = plugin
         return DecodedImage(

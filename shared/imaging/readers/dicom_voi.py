@@ -30,8 +30,12 @@ _FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
 _LUT_BITS = frozenset({8, *range(10, 17)})
 # The images.voi column holds 200 characters.
 _DESCRIPTION_LIMIT = 200
+# The Modality LUT's linear form, applied by pydicom when both are present.
+_RESCALE = (("RescaleSlope", "(0028,1053) Rescale Slope"),
+            ("RescaleIntercept", "(0028,1052) Rescale Intercept"))
 
-__all__ = ["VoiChoice", "apply", "choose", "describe", "output_range", "refuse_unusable"]
+__all__ = ["VoiChoice", "apply", "choose", "describe", "output_range", "read_rescale",
+           "refuse_unusable"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,32 @@ def apply(pixels: np.ndarray, ds: Dataset, choice: VoiChoice) -> np.ndarray:
     ds.WindowCenter, ds.WindowWidth = choice.centre, choice.width
     ds.VOILUTFunction = choice.function
     return apply_windowing(pixels, ds)
+
+
+def read_rescale(ds: Dataset, path: Path) -> tuple[str, ...]:
+    """Settle the rescale slope and intercept as numbers in ``ds``, where pydicom's Modality
+    LUT and ``output_range`` read them; return notes on what was read leniently.
+
+    Read as a window is: a decimal comma ("0,5") is the number it means. A value that is no
+    number is refused, naming it: guessing it would change every displayed value. Nothing is
+    read where pydicom applies no rescale (a Modality LUT Sequence, or either one absent).
+    """
+    if "ModalityLUTSequence" in ds or not all(keyword in ds for keyword, _ in _RESCALE):
+        return ()
+    notes: list[str] = []
+    for keyword, element in _RESCALE:
+        written = values(ds.get(keyword))
+        number, comma = decimal(written[0]) if len(written) == 1 else (None, False)
+        if number is None or not math.isfinite(number):
+            found = quoted("\\".join(written)) if written else "empty"
+            raise UnreadableImageError(
+                f"{path.name} has an unusable rescale: {element} is {found}, not one number, "
+                "so the stored values cannot be converted to display values. Export the "
+                "image again.")
+        if comma:
+            notes.append(f"{element} {quoted(written[0])} read as {number:g} (decimal comma)")
+        setattr(ds, keyword, number)
+    return tuple(notes)
 
 
 def output_range(ds: Dataset, choice: VoiChoice) -> tuple[float, float]:
