@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +19,8 @@ from shared.timeutil import as_utc, utcnow
 RESULT_KEYS = (
     "image_id", "batch_id", "source", "state", "error_code", "error_message", "study_uid",
     "sop_instance_uid", "laterality", "view", "view_flags", "label", "p_normal", "p_benign",
-    "p_malignant", "suspicion", "model_version", "duplicate_of",
+    "p_malignant", "suspicion", "model_version", "duplicate_of", "model_sha256",
+    "burned_in_annotation",
 )
 
 
@@ -48,9 +49,10 @@ class ResultFilter:
 _RESULT_COLUMNS = (
     Image.id.label("image_id"), Image.batch_id, Image.source, Image.state, Image.error_code,
     Image.error_message, Study.study_uid, Image.sop_instance_uid, Image.laterality, Image.view,
-    Image.view_flags, Prediction.label, Prediction.p_normal, Prediction.p_benign,
-    Prediction.p_malignant, Prediction.suspicion, ModelVersion.name.label("model_name"),
-    ModelVersion.version.label("model_version"),
+    Image.view_flags, Image.burned_in_annotation, Prediction.label, Prediction.p_normal,
+    Prediction.p_benign, Prediction.p_malignant, Prediction.suspicion,
+    ModelVersion.name.label("model_name"), ModelVersion.version.label("model_version"),
+    ModelVersion.sha256.label("model_sha256"),
 )
 _PREDICTED = ("label", "p_normal", "p_benign", "p_malignant", "suspicion")
 _UID_BLOCK = 500  # UIDs per IN list: well under every database's bound-parameter limit
@@ -120,18 +122,20 @@ def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
 
 
 def models_of_exams(session: Session, study_uids: Sequence[str]) -> list[str]:
-    """Every model (NAME:VERSION, as result rows print it) behind the current results of
-    these exams: the latest prediction of each of their done images, in name order."""
-    found: set[str] = set()
+    """Every model (NAME:VERSION, as result rows print it, with its sha256's first digits
+    where two share one) behind the current results of these exams: the latest prediction
+    of each of their done images, in name order."""
+    found: set[tuple[str, str]] = set()
     for start in range(0, len(study_uids), _UID_BLOCK):
         stmt = (_with_latest_prediction(
-                    select(ModelVersion.name, ModelVersion.version).select_from(Image),
-                    inner_study=True)
+                    select(ModelVersion.name, ModelVersion.version, ModelVersion.sha256)
+                    .select_from(Image), inner_study=True)
                 .where(Study.study_uid.in_(study_uids[start:start + _UID_BLOCK]),
                        Image.state == ImageState.DONE.value, ModelVersion.id.is_not(None))
                 .distinct())
-        found.update(f"{name}:{version}" for name, version in session.execute(stmt))
-    return sorted(found)
+        found.update((f"{name}:{version}", sha256)
+                     for name, version, sha256 in session.execute(stmt))
+    return sorted(model_labels(found).values())
 
 
 def duplicate_rows(session: Session, batch_id: int, *,
@@ -168,6 +172,8 @@ def _result_row(found: RowMapping) -> dict[str, Any]:
     row.update({key: found[key] if done else None for key in _PREDICTED})
     row["model_version"] = (f"{found['model_name']}:{found['model_version']}"
                             if done and found["model_name"] else None)
+    # The model's file, as the registry tells models apart: two can share a NAME:VERSION.
+    row["model_sha256"] = found["model_sha256"] if row["model_version"] else None
     return {key: row[key] for key in RESULT_KEYS}
 
 
@@ -282,11 +288,19 @@ def models_of_batch(session: Session, batch_id: int) -> dict[str, int]:
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Prediction.id.in_(latest))
             .group_by(ModelVersion.name, ModelVersion.version, ModelVersion.sha256))
-    found = [(f"{name}:{version}", sha256, count)
-             for name, version, sha256, count in session.execute(stmt)]
-    shared = Counter(label for label, _, _ in found)
-    return {f"{label} (sha256 {sha256[:12]})" if shared[label] > 1 else label: count
-            for label, sha256, count in found}
+    found = {(f"{name}:{version}", sha256): count
+             for name, version, sha256, count in session.execute(stmt)}
+    labels = model_labels(found)
+    return {labels[model]: count for model, count in found.items()}
+
+
+def model_labels(models: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """How every listing names each (NAME:VERSION, sha256) of ``models``: NAME:VERSION, with
+    "(sha256 " and the sha256's first 12 digits ")" added where two of them share one."""
+    distinct = set(models)
+    shared = Counter(label for label, _ in distinct)
+    return {(label, sha256): f"{label} (sha256 {sha256[:12]})" if shared[label] > 1 else label
+            for label, sha256 in distinct}
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,9 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
     Exams whose missing views timed out get their (incomplete) result first, even when no
     watcher or worker is running. report_path is the exam's PDF, when it has been written
     (by `mammo run`, `--write-reports` or `mammo report exam`). The list ends by saying how
-    many exams it leaves out because a view is still queued or processing (on stderr for
-    csv/json, whose rows stay data).
+    many exams it leaves out because a view is still queued or processing, or because they
+    wait for missing views until the exam timeout (on stderr for csv/json, whose rows stay
+    data).
 
     \b
     Example:
@@ -76,7 +77,8 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
         rows = worklist_rows(session, flt, report_dir=settings.report_dir)
         total = count_worklist(session, flt) if page and len(rows) == page else len(rows)
-        notes = [_more_exams_note(len(rows), total, limit), unlisted_exams(session, flt).note()]
+        unlisted = unlisted_exams(session, flt, timeout_s=settings.exam_timeout_s)
+        notes = [_more_exams_note(len(rows), total, limit), unlisted.note()]
         if write_reports:
             for row in rows:
                 path = exam_pdf_path(settings.report_dir, row["study_uid"])
@@ -180,7 +182,8 @@ def report_command(cli: CliContext, kind: str, target: str | None, fmt: str | No
     request = ReportRequest(kind, fmt, target, *utc_range(since, until))
     with cli.sessions() as session:
         written = write_report(session, request, output, cli.settings)
-        unlisted = _unlisted_note(session, request) if kind == "worklist" else None
+        unlisted = (_unlisted_note(session, request, cli.settings.exam_timeout_s)
+                    if kind == "worklist" else None)
     click.echo(str(written))
     # On stderr, as `mammo run` does: stdout stays the path alone, for scripts. The CSV
     # files cannot carry the statement (a comment line is not CSV); the others carry it too.
@@ -189,12 +192,12 @@ def report_command(cli: CliContext, kind: str, target: str | None, fmt: str | No
         click.echo(unlisted, err=True)
 
 
-def _unlisted_note(session: Session, request: ReportRequest) -> str | None:
+def _unlisted_note(session: Session, request: ReportRequest, timeout_s: float) -> str | None:
     """What `mammo worklist` says of the exams it cannot list yet, for the worklist file."""
     from shared.reports.worklist import WorklistFilter, unlisted_exams
 
     flt = WorklistFilter(request.batch_id(), request.since, request.until)
-    return unlisted_exams(session, flt).note()
+    return unlisted_exams(session, flt, timeout_s=timeout_s).note()
 
 
 COMMANDS = (worklist_command, stats_command, report_command)

@@ -18,7 +18,13 @@ from sqlalchemy.orm import Session
 
 from shared.db.schema import Image, Prediction
 from shared.enums import ImageState, Label
-from shared.queries import ResultFilter, batch_status, list_results, require_batch
+from shared.queries import (
+    ResultFilter,
+    batch_status,
+    list_results,
+    model_labels,
+    require_batch,
+)
 from shared.reports.worklist import WorklistFilter, count_worklist, worklist_rows
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
@@ -56,7 +62,7 @@ class BatchSummary:
     by_state: dict[str, int]
     by_class: dict[str, int]
     suspicion_counts: dict[int, int]  # 1..10 -> images
-    per_day: dict[str, int]  # ISO date of the prediction -> predictions
+    per_day: dict[str, int]  # ISO date of its done images' latest prediction -> images
     images_per_minute: float | None
     stage_times: list[StageTimes]
     failures: list[dict[str, Any]]  # every failed image of its own, in image id order
@@ -73,8 +79,10 @@ class BatchSummary:
 
     @property
     def models(self) -> list[str]:
-        """Every model (NAME:VERSION) that produced one of the results, in name order."""
-        return sorted({r["model_version"] for r in self.results if r.get("model_version")})
+        """Every model (NAME:VERSION, with its sha256's first digits where two share one)
+        that produced one of the results, in name order."""
+        return sorted(model_labels((r["model_version"], r["model_sha256"])
+                                   for r in self.results if r.get("model_version")).values())
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,9 +103,15 @@ def _stage_times(session: Session, batch_id: int) -> list[StageTimes]:
 
 
 def _per_day(session: Session, batch_id: int) -> dict[str, int]:
+    """The batch's done images by the day of their current (latest) prediction: what the
+    class counts count, and `mammo stats --batch` too; a rescore moves an image, it does not
+    count it twice."""
+    latest = (select(func.max(Prediction.id)).join(Image, Image.id == Prediction.image_id)
+              .where(Image.batch_id == batch_id, Image.state == ImageState.DONE.value)
+              .group_by(Prediction.image_id))
     day = func.date(Prediction.created_at)
-    stmt = (select(day, func.count()).join(Image, Image.id == Prediction.image_id)
-            .where(Image.batch_id == batch_id).group_by(day).order_by(day))
+    stmt = (select(day, func.count()).where(Prediction.id.in_(latest))
+            .group_by(day).order_by(day))
     return {str(d): int(n) for d, n in session.execute(stmt)}
 
 

@@ -81,8 +81,9 @@ def per_day_chart(per_day: Mapping[str, int]) -> bytes:
         # Positions, not the date strings: matplotlib would guess at strings that parse.
         ax.bar(range(len(days)), [per_day[d] for d in days], color="#5577aa")
         ax.set_xticks(range(len(days)), labels=days, rotation=45, ha="right")
-        ax.set_ylabel("predictions")
-    ax.set_title("Predictions per day (UTC)")
+        ax.set_ylabel("images")
+    # Each image once, on its current result's day: a rescore is not a second image.
+    ax.set_title("Images scored per day (latest result, UTC)")
     return _png(fig)
 
 
@@ -93,5 +94,5 @@ def batch_charts(by_state: Mapping[str, int], by_class: Mapping[str, int],
         "Class distribution": class_bar_chart(by_class),
         "Results": result_pie_chart(by_state, by_class),
         "Suspicion histogram": suspicion_histogram(suspicion),
-        "Predictions per day": per_day_chart(per_day),
+        "Images scored per day (latest result)": per_day_chart(per_day),
     }

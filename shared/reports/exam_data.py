@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.registry import METADATA_FILE
+from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.errors import ReportTargetNotFoundError
 from shared.exams import STANDARD_VIEWS, view_flags_text
+from shared.queries import model_labels
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
 
@@ -51,6 +53,7 @@ class ViewResult:
     archived_path: str | None = None  # where the watcher moved the file, if it did
     view_flags: str | None = None  # "magnification,spot_compression": a supplementary view
     synthetic: bool = False  # made by `mammo demo` / shared.synthetic: not a patient
+    burned_in_annotation: bool | None = None  # BurnedInAnnotation: text in the pixels
 
     @property
     def view_key(self) -> str:
@@ -73,6 +76,9 @@ class ExamReport:
     study_date: str | None
     result: ExamResult | None
     views: list[ViewResult]
+    # Without a result and nothing in flight: when the exam stops waiting for its missing
+    # views (MAMMO_EXAM_TIMEOUT_S after its last image) and is scored, incomplete.
+    due_at: datetime | None = None
 
     @property
     def synthetic_views(self) -> int:
@@ -87,6 +93,17 @@ class ExamReport:
     def models(self) -> list[ModelInfo]:
         return sorted({v.model for v in self.views if v.model},
                       key=lambda m: (m.name, m.version))
+
+    def model_label(self, model: ModelInfo) -> str:
+        """NAME:VERSION, with its sha256's first digits where two of the exam's share one."""
+        labels = model_labels((f"{m.name}:{m.version}", m.sha256) for m in self.models)
+        return labels[(f"{model.name}:{model.version}", model.sha256)]
+
+    @property
+    def awaited_views(self) -> list[str]:
+        """The standard views no image of the exam stands for (a spot view is not one)."""
+        arrived = {v.view_key for v in self.views if not v.view_flags}
+        return [view for view in STANDARD_VIEWS if view not in arrived]
 
 
 def _patch(path: str) -> int | None:
@@ -122,6 +139,7 @@ def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> Vie
         "image_id": image.id, "source": image.source, "identity": image.identity,
         "archived_path": image.archived_path, "view_flags": image.view_flags,
         "synthetic": image.manufacturer == SYNTHETIC_MANUFACTURER,
+        "burned_in_annotation": image.burned_in_annotation,
         "laterality": image.laterality,
         "view": image.view, "state": image.state, "error_code": image.error_code,
         "error_message": image.error_message, "spacing_mm": spacing,
@@ -136,7 +154,10 @@ def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> Vie
         predicted_at=as_utc(pred.created_at), heatmap_png=pred.heatmap_png, model=model)
 
 
-def load_exam_report(session: Session, study_uid: str) -> ExamReport:
+def load_exam_report(session: Session, study_uid: str, *,
+                     timeout_s: float | None = None) -> ExamReport:
+    """``timeout_s``: MAMMO_EXAM_TIMEOUT_S, to say until when an exam without a result
+    waits for its missing views."""
     study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
     if study is None:
         raise ReportTargetNotFoundError(f"no exam with StudyInstanceUID {study_uid}")
@@ -153,5 +174,10 @@ def load_exam_report(session: Session, study_uid: str) -> ExamReport:
     rows = session.execute(stmt).all()
     views = [_view(image, pred, _model(mv, cache) if mv is not None else None)
              for image, pred, mv in rows]
-    return ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
-                      study.study_date, result, sorted(views, key=_view_order))
+    report = ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
+                        study.study_date, result, sorted(views, key=_view_order))
+    arrivals = [v.submitted_at for v in views if v.submitted_at]
+    if (result is None and timeout_s is not None and arrivals and report.awaited_views
+            and not any(v.state in ACTIVE_STATES for v in views)):
+        return replace(report, due_at=max(arrivals) + timedelta(seconds=timeout_s))
+    return report

@@ -28,6 +28,7 @@ from shared.reports.pdf_parts import (
     table,
 )
 from shared.reports.view_images import thumbnail
+from shared.reports.worklist import burned_in_flag
 from shared.synthetic import SYNTHETIC_LABEL
 
 _CELL = PAGE_WIDTH / 2 - 4 * mm
@@ -67,6 +68,14 @@ def _identification(report: ExamReport) -> Table:
 
 def _exam_result(report: ExamReport) -> list[Flowable]:
     result = report.result
+    if result is None and report.due_at is not None:
+        # Written now, this PDF is out of date once the wait ends: say when, and what then.
+        return [para(f"No exam result yet: {', '.join(report.awaited_views)} not received. "
+                     f"The exam waits for them until {report.due_at:%Y-%m-%d %H:%M} UTC "
+                     "(MAMMO_EXAM_TIMEOUT_S after its last image), then is scored as "
+                     "incomplete; this PDF does not show that result: `mammo worklist "
+                     "--write-reports` or `mammo report exam` writes it again. Per-view "
+                     "results are below.")]
     if result is None:
         return [para("No exam result yet: views are still being processed, or missing views "
                      "are awaited until the exam timeout. Per-view results are below.")]
@@ -99,10 +108,12 @@ def _flags(report: ExamReport) -> list[Flowable]:
               for v in report.views if v.state == "failed"]
     flags += [f"{v.view_key} (image {v.image_id}) is still {v.state}"
               for v in report.views if v.state in ("queued", "processing")]
+    flags += filter(None, [burned_in_flag([v.image_id for v in report.views
+                                           if v.burned_in_annotation])])
     return [para(f"- {f}") for f in flags] or [para("None.")]
 
 
-def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
+def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int) -> list[Flowable]:
     cell: list[Flowable] = [para(f"{view.title}  (image {view.image_id})", VIEW_TITLE)]
     if view.synthetic:
         cell.append(para(SYNTHETIC_LABEL, WARNING))
@@ -130,12 +141,12 @@ def _view_cell(view: ViewResult, *, max_pixels: int) -> list[Flowable]:
                      SMALL))
     # Every number names its model: an exam can mix versions (one activated between its
     # batches, or a partial rescore), and the Model table alone cannot say which view is whose.
-    cell.append(para(f"model {view.model.name}:{view.model.version}", SMALL))
+    cell.append(para(f"model {report.model_label(view.model)}", SMALL))
     return cell
 
 
 def _views(report: ExamReport, max_pixels: int) -> Table:
-    cells = [_view_cell(v, max_pixels=max_pixels) for v in report.views]
+    cells = [_view_cell(v, report, max_pixels=max_pixels) for v in report.views]
     rows = [cells[i:i + 2] + [[]] * (2 - len(cells[i:i + 2])) for i in range(0, len(cells), 2)]
     grid = Table(rows or [[para("No images.")]], colWidths=[_CELL + 4 * mm] * 2 if rows else None,
                  hAlign="LEFT")

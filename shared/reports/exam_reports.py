@@ -38,12 +38,14 @@ def exam_json(report: ExamReport) -> dict[str, Any]:
                   | {"view_key": view.view_key, "heatmap": view.heatmap_png is not None}
                   for view in report.views],
         "models": [asdict(m) for m in report.models],
+        # No result yet, nothing in flight: when the exam stops waiting for missing views.
+        "awaits_missing_views_until": report.due_at,
     }
 
 
 def write_exam_report(session: Session, study_uid: str, path: Path, fmt: str,
                       settings: Settings) -> Path:
-    report = load_exam_report(session, study_uid)
+    report = load_exam_report(session, study_uid, timeout_s=settings.exam_timeout_s)
     if fmt == "json":
         return write_json(exam_json(report), path)
     if fmt != "pdf":

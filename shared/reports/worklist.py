@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.lifecycle import ACTIVE_STATES
@@ -53,20 +53,37 @@ def exam_pdf_path(report_dir: Path, study_uid: str) -> Path:
 
 @dataclass(frozen=True)
 class UnlistedExams:
-    """Exams the worklist cannot list yet: no result, because a view is still queued or
-    processing (``shared.exams.summarise`` waits for it), however long ago it was sent."""
+    """Exams the worklist cannot list yet, having no result (``shared.exams.summarise``):
+    ``exams`` because a view is still queued or processing, however long ago it was sent;
+    ``waiting`` because a standard view never arrived, until ``timeout_s`` after the exam's
+    last image (then it is listed, incomplete)."""
 
     exams: int
     oldest: datetime | None  # when the oldest of those views was submitted (UTC)
+    waiting: int = 0
+    first_due: datetime | None = None  # when the first waiting exam is listed (UTC)
+    last_due: datetime | None = None  # ... and the last
+    timeout_s: float = 0.0
 
     def note(self) -> str | None:
-        """The line a listing ends with, so that the exams left out are not silently lost."""
-        if not self.exams:
-            return None
-        since = f" (the oldest since {self.oldest:%Y-%m-%d %H:%M} UTC)" if self.oldest else ""
-        return (f"{self.exams} exam(s) not listed: a view is still queued or processing"
-                f"{since}; `mammo status` shows the queue, `mammo recover` sends stuck "
-                "images again")
+        """The lines a listing ends with, so that the exams left out are not silently lost."""
+        lines = []
+        if self.exams:
+            since = (f" (the oldest since {self.oldest:%Y-%m-%d %H:%M} UTC)" if self.oldest
+                     else "")
+            lines.append(f"{self.exams} exam(s) not listed: a view is still queued or "
+                         f"processing{since}; `mammo status` shows the queue, `mammo recover` "
+                         "sends stuck images again")
+        if self.waiting and self.first_due and self.last_due:
+            until = f"{self.first_due:%Y-%m-%d %H:%M} UTC"
+            if f"{self.last_due:%Y-%m-%d %H:%M}" != f"{self.first_due:%Y-%m-%d %H:%M}":
+                until += f" (the last until {self.last_due:%Y-%m-%d %H:%M} UTC)"
+            lines.append(f"{self.waiting} exam(s) wait for missing views until {until}: "
+                         f"MAMMO_EXAM_TIMEOUT_S ({self.timeout_s:g} s) after an exam's last "
+                         "image, it is listed as incomplete (an exam PDF written before "
+                         "then is flagged, and `mammo worklist --write-reports` writes it "
+                         "again)")
+        return "\n".join(lines) or None
 
 
 def _studies_in_scope(flt: WorklistFilter) -> Select[int | None] | None:
@@ -104,30 +121,63 @@ def count_worklist(session: Session, flt: WorklistFilter) -> int:
     return int(session.scalar(select(func.count()).select_from(unlimited.subquery())) or 0)
 
 
-def unlisted_exams(session: Session, flt: WorklistFilter) -> UnlistedExams:
-    """The exams in ``flt``'s scope with a view still active and no result: one query."""
+def unlisted_exams(session: Session, flt: WorklistFilter, *,
+                   timeout_s: float) -> UnlistedExams:
+    """The exams in ``flt``'s scope without a result: with a view still active, or
+    (none active) waiting ``timeout_s`` after their last image for a missing view. Two
+    queries. Call it after ``refresh_due_exams``, which lists the exams whose wait is over."""
     has_result = (select(ExamResult.id).where(ExamResult.study_id == Image.study_id,
                                               ExamResult.superseded_at.is_(None)).exists())
-    stmt = select(func.count(func.distinct(Image.study_id)), func.min(Image.created_at)).where(
-        Image.state.in_(ACTIVE_STATES), Image.study_id.is_not(None), ~has_result)
+    unlisted = [Image.study_id.is_not(None), ~has_result]
     studies = _studies_in_scope(flt)
     if studies is not None:
-        stmt = stmt.where(Image.study_id.in_(studies))
-    exams, oldest = session.execute(stmt).one()
-    return UnlistedExams(int(exams or 0), as_utc(oldest))
+        unlisted.append(Image.study_id.in_(studies))
+    exams, oldest = session.execute(
+        select(func.count(func.distinct(Image.study_id)), func.min(Image.created_at))
+        .where(Image.state.in_(ACTIVE_STATES), *unlisted)).one()
+    active = func.sum(case((Image.state.in_(ACTIVE_STATES), 1), else_=0))
+    idle = (select(func.max(Image.created_at).label("last")).where(*unlisted)
+            .group_by(Image.study_id).having(active == 0).subquery())
+    waiting, first, last = session.execute(
+        select(func.count(), func.min(idle.c.last), func.max(idle.c.last))).one()
+    due = timedelta(seconds=timeout_s)
+    first, last = as_utc(first), as_utc(last)
+    return UnlistedExams(int(exams or 0), as_utc(oldest), int(waiting or 0),
+                         first and first + due, last and last + due, timeout_s)
 
 
-def _active_images(session: Session, study_ids: list[int]) -> dict[int, int]:
-    """Images still queued or processing, per study: a late view the result does not hold."""
-    counts: dict[int, int] = {}
+@dataclass
+class _ImagesToFlag:
+    """What the exam's images say that its stored result does not."""
+
+    active: int = 0  # still queued or processing: a late view the result does not hold
+    burned_in: list[int] = field(default_factory=list)  # ids, BurnedInAnnotation YES
+
+
+def _images_to_flag(session: Session, study_ids: list[int]) -> dict[int, _ImagesToFlag]:
+    found: dict[int, _ImagesToFlag] = {}
     for block in in_blocks(study_ids):
-        for study_id, count in session.execute(
-                select(Image.study_id, func.count()).where(
-                    Image.study_id.in_(block), Image.state.in_(ACTIVE_STATES))
-                .group_by(Image.study_id)):
-            if study_id is not None:
-                counts[study_id] = int(count)
-    return counts
+        for study_id, image_id, state, burned_in in session.execute(
+                select(Image.study_id, Image.id, Image.state, Image.burned_in_annotation)
+                .where(Image.study_id.in_(block),
+                       or_(Image.state.in_(ACTIVE_STATES), Image.burned_in_annotation.is_(True)))
+                .order_by(Image.id)):
+            if study_id is None:
+                continue
+            images = found.setdefault(study_id, _ImagesToFlag())
+            images.active += state in ACTIVE_STATES
+            if burned_in:
+                images.burned_in.append(image_id)
+    return found
+
+
+def burned_in_flag(image_ids: list[int]) -> str | None:
+    """The flag of an exam with images whose pixels carry text (BurnedInAnnotation YES)."""
+    if not image_ids:
+        return None
+    return (f"burned-in annotation in image(s) {', '.join(map(str, image_ids))} "
+            "(BurnedInAnnotation YES): text in the pixels may name the patient (check the "
+            "images before sharing them) and may mislead the model")
 
 
 def pdf_is_older(pdf: Path, result: ExamResult) -> bool:
@@ -136,13 +186,17 @@ def pdf_is_older(pdf: Path, result: ExamResult) -> bool:
     return computed is not None and written < computed
 
 
-def _row_flags(result: ExamResult, active: int, stale_pdf: bool) -> list[str]:
+def _row_flags(result: ExamResult, images: _ImagesToFlag, stale_pdf: bool) -> list[str]:
     flags = list(result.flags)
-    if active:
-        flags.append(f"{active} image(s) still being processed: this result may change")
+    if images.active:
+        flags.append(f"{images.active} image(s) still being processed: this result may change")
+    flags += filter(None, [burned_in_flag(images.burned_in)])
     if stale_pdf:
+        # Every exam whose missing views timed out after `mammo run` wrote its PDF: one
+        # command writes them all again.
         flags.append(f"the exam PDF predates this result (version {result.version}): "
-                     "write it again with mammo report exam")
+                     "write it again with mammo report exam, or every listed exam's with "
+                     "mammo worklist --write-reports")
     return flags
 
 
@@ -150,16 +204,17 @@ def worklist_rows(session: Session, flt: WorklistFilter, *,
                   report_dir: Path) -> list[dict[str, Any]]:
     """One row per exam; ``report_path`` is set when the exam's PDF exists.
 
-    Two flags are added to the stored ones, because they change after the result was
-    computed: images of the exam still in flight, and a PDF older than the result.
+    Flags are added to the stored ones for what the result does not hold: images of the
+    exam still in flight, a PDF older than the result, and images with burned-in text.
     """
     listed = [(result, study) for result, study in session.execute(_worklist_query(flt))]
-    active = _active_images(session, [study.id for _, study in listed])
+    to_flag = _images_to_flag(session, [study.id for _, study in listed])
     rows = []
     for rank, (result, study) in enumerate(listed, start=1):
         pdf = exam_pdf_path(report_dir, study.study_uid)
         has_pdf = pdf.is_file()
-        flags = _row_flags(result, active.get(study.id, 0), has_pdf and pdf_is_older(pdf, result))
+        flags = _row_flags(result, to_flag.get(study.id, _ImagesToFlag()),
+                           has_pdf and pdf_is_older(pdf, result))
         rows.append({
             "rank": rank, "study_uid": study.study_uid, "suspicion": result.suspicion,
             "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),

@@ -4,6 +4,7 @@ are synthetic test data (read from the PDF's story, as reportlab lays it out).""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema
-from shared.db.schema import Image
+from shared.db.schema import Image, ModelVersion
 from shared.reports import exam_pdf
 from shared.reports.batch_data import collect_batch_summary
 from shared.reports.exam_reports import write_exam_report
@@ -127,3 +128,40 @@ def test_a_batch_is_labelled_synthetic_only_when_every_image_is(settings: Settin
     assert partly.endswith(f"1 of {len(batch_images)} images are synthetic test data")
     assert "not patients" not in partly
     assert wholly.endswith("SYNTHETIC TEST DATA, not patients")
+
+
+def _update(settings: Settings, table: Any, where: Any, **values: Any) -> None:
+    engine = create_db_engine(settings)
+    with engine.begin() as conn:
+        conn.execute(update(table).where(where).values(**values))
+    engine.dispose()
+
+
+def test_a_view_panel_tells_two_models_of_one_name_and_version_apart(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model retrained under the shipped one's NAME:VERSION scored the odd images."""
+    _update(settings, ModelVersion, ModelVersion.id == 2, version="1.0.0", sha256="f" * 64)
+    panels = _view_panels(_exam_story(settings, monkeypatch))
+    for image_id, text in panels.items():
+        digits = "ffffffffffff" if image_id % 2 else "000000000000"
+        assert f"model default:1.0.0 (sha256 {digits})" in text, text
+
+
+def test_the_exam_pdf_flags_burned_in_annotation(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _update(settings, Image, Image.id == 3, burned_in_annotation=True)
+    texts = list(_texts(_exam_story(settings, monkeypatch)))
+    flags = [t for t in texts if "burned-in annotation" in t]
+    assert len(flags) == 1 and "image(s) 3 (BurnedInAnnotation YES)" in flags[0], texts
+
+
+def test_an_exam_pdf_without_a_result_says_until_when_its_views_are_awaited(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = datetime.now(UTC) - timedelta(minutes=5)
+    _update(settings, Image, Image.id.in_([1, 2, 3]), created_at=sent)
+    _update(settings, Image, Image.id == 4, study_id=None)  # its R-MLO never came
+    due = sent + timedelta(seconds=settings.exam_timeout_s)
+    texts = " ".join(_texts(_exam_story(settings, monkeypatch)))
+    assert (f"No exam result yet: R-MLO not received. The exam waits for them until "
+            f"{due:%Y-%m-%d %H:%M} UTC") in texts, texts
+    assert "`mammo worklist --write-reports`" in texts
