@@ -97,11 +97,17 @@ def active_version(session: Session) -> ModelVersion | None:
     return session.scalars(select(ModelVersion).where(ModelVersion.active.is_(True))).first()
 
 
+def follows_activation(settings: Settings) -> bool:
+    """Whether ``settings`` leave the model to the activation: ``MAMMO_MODEL`` not set (a
+    blank one is unset, see ``Settings``)."""
+    return "model" not in settings.model_fields_set
+
+
 def model_for(settings: Settings, session: Session) -> ModelSpec:
     """The model a process with ``settings`` must run: ``MAMMO_MODEL`` when it is set (in
     the environment, ``.env`` or by the caller, even to ``default``, which then names the
     shipped model), else the activated model, else the shipped default."""
-    if "model" not in settings.model_fields_set:
+    if follows_activation(settings):
         active = active_version(session)
         if active is not None:
             return _activated(active)

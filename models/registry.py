@@ -32,7 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from shared.enums import CLASSES
-from shared.errors import ConfigurationError, ModelIntegrityError, ModelNotFoundError
+from shared.errors import (
+    ConfigurationError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    UserFacingError,
+)
 from shared.filehash import file_sha256
 
 MODELS_ROOT = Path(__file__).resolve().parent
@@ -265,6 +270,19 @@ def verify_model(spec: ModelSpec, *, preprocessing_version: str) -> None:
             f"Model {spec.name} {spec.version} was trained with preprocessing version "
             f"{spec.preprocessing_version}, but this code preprocesses with version "
             f"{preprocessing_version}. Retrain the model, or install the matching release.")
+
+
+def integrity_problem(spec: ModelSpec) -> str | None:
+    """Why ``spec`` would be refused at load (``verify_model``: its file's sha256, its seal,
+    its preprocessing version; hashing, no TensorFlow) as one ``broken: ...`` line, or None.
+    For listings, which show a broken model instead of failing."""
+    from shared.imaging.preprocess import PREPROCESSING_VERSION
+
+    try:
+        verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+    except UserFacingError as exc:
+        return f"broken: {exc}"
+    return None
 
 
 def _input_shapes(config: Any) -> list[list[Any]]:

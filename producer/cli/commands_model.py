@@ -349,7 +349,7 @@ def models_list(cli: CliContext, fmt: str) -> None:
         mammo models list --format json
     """
     from models.activation import active_version, model_for
-    from models.registry import shipped_models
+    from models.registry import integrity_problem, shipped_models
     from shared.db.schema import ModelVersion
 
     with cli.sessions() as session:
@@ -364,7 +364,7 @@ def models_list(cli: CliContext, fmt: str) -> None:
         rows[str(spec.directory.resolve())] = {
             "name": spec.name, "version": spec.version, "sha256": spec.sha256,
             "preprocessing_version": spec.preprocessing_version, "source": "shipped",
-            "path": str(spec.directory), "problem": _integrity_problem(spec)}
+            "path": str(spec.directory), "problem": integrity_problem(spec)}
     for mv in registered:
         row = rows.setdefault(mv.path, {
             "name": mv.name, "version": mv.version, "sha256": mv.sha256,
@@ -382,7 +382,7 @@ def models_list(cli: CliContext, fmt: str) -> None:
 def _registered_problem(row: Any) -> str | None:
     """Why a registered model's directory is unusable now (one line), or None: `list`
     shows a broken row as broken instead of failing."""
-    from models.registry import resolve_model
+    from models.registry import integrity_problem, resolve_model
 
     if not Path(row.path).is_dir():
         return "broken: directory missing"
@@ -392,20 +392,7 @@ def _registered_problem(row: Any) -> str | None:
         return f"broken: {exc}"
     if (spec.name, spec.version, spec.sha256) != (row.name, row.version, row.sha256):
         return (f"broken: now holds {spec.name} {spec.version} (sha256 {spec.sha256[:12]})")
-    return _integrity_problem(spec)
-
-
-def _integrity_problem(spec: Any) -> str | None:
-    """Why a listed model would be refused at load (its file's sha256, its seal, its
-    preprocessing version: hashing, no TensorFlow), or None."""
-    from models.registry import verify_model
-    from shared.imaging.preprocess import PREPROCESSING_VERSION
-
-    try:
-        verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
-    except UserFacingError as exc:
-        return f"broken: {exc}"
-    return None
+    return integrity_problem(spec)
 
 
 @models_group.command("show")

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
-from models.activation import model_for
+from models.activation import active_version, follows_activation, model_for
+from models.registry import integrity_problem
 from shared.config import Settings
-from shared.db.schema import ExamResult, Image, Prediction
+from shared.db.schema import ExamResult, Image, ModelVersion, Prediction
 from shared.enums import ImageState, Label
-from shared.errors import ModelNotFoundError
+from shared.errors import ModelIntegrityError, ModelNotFoundError
 
 # The validation figures a model's metadata.json records (models/train_run.py writes them).
 METRIC_KEYS = ("n", "accuracy", "auc_abnormal", "auc_malignant",
@@ -50,13 +51,18 @@ def _confidence(p: Any) -> Any:
                 (p.p_benign >= p.p_malignant, p.p_benign), else_=p.p_malignant)
 
 
+def _latest(flt: StatsFilter) -> Select[Any]:
+    """The ids of the counted predictions: the latest of every done image in scope."""
+    return (select(func.max(Prediction.id))
+            .join(Image, Image.id == Prediction.image_id)
+            .where(Image.state == ImageState.DONE.value, *_scope(flt))
+            .group_by(Prediction.image_id))
+
+
 def _predictions(session: Session, flt: StatsFilter) -> dict[str, Any]:
     """Class counts, mean confidence and per-day counts from ONE pass over the latest
     prediction of every done image in scope (grouped by class and day)."""
-    latest = (select(func.max(Prediction.id))
-              .join(Image, Image.id == Prediction.image_id)
-              .where(Image.state == ImageState.DONE.value, *_scope(flt))
-              .group_by(Prediction.image_id))
+    latest = _latest(flt)
     p = Prediction.__table__.c
     day = func.date(p.created_at)
     groups = session.execute(
@@ -87,14 +93,38 @@ def _failures(session: Session, flt: StatsFilter, total: int) -> dict[str, Any]:
             for code, n in rows}
 
 
-def _model_metrics(session: Session, settings: Settings) -> dict[str, Any] | None:
+def _model_metrics(session: Session, settings: Settings, flt: StatsFilter,
+                   counted: int) -> dict[str, Any] | None:
+    """The model in use and its validation figures, with what makes those figures a poor
+    guide to the counted predictions: a model that will not load (``problem``, the check
+    `mammo models list` makes), or none of the ``counted`` predictions made by it."""
+    problem: str | None
     try:
         spec = model_for(settings, session)
-    except ModelNotFoundError:
-        return None
-    validation = spec.metadata.get("validation") or {}
+    except (ModelNotFoundError, ModelIntegrityError) as exc:
+        active = active_version(session)
+        if active is None or not follows_activation(settings):
+            return None  # MAMMO_MODEL names no model: nothing to show figures of
+        # The activated directory is gone or holds another model: no figures to show.
+        name, version, sha256, problem = (active.name, active.version, active.sha256,
+                                          f"broken: {exc}")
+        metadata: dict[str, Any] = {}
+    else:
+        name, version, sha256, problem = (spec.name, spec.version, spec.sha256,
+                                          integrity_problem(spec))
+        metadata = spec.metadata
+    validation = metadata.get("validation") or {}
+    by_it = session.execute(
+        select(func.count()).select_from(Prediction)
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.id.in_(_latest(flt)), ModelVersion.sha256 == sha256)
+    ).scalar_one()
     return {
-        "name": spec.name, "version": spec.version, "sha256": spec.sha256,
+        "name": name, "version": version, "sha256": sha256, "problem": problem,
+        "counted_predictions_by_it": int(by_it),
+        "note": None if by_it or not counted else (
+            f"none of the {counted} counted predictions was made by this model: its "
+            "validation figures do not describe them"),
         "validation": {k: validation.get(k) for k in METRIC_KEYS if k in validation},
         "ci95": validation.get("ci95", {}),
     }
@@ -109,14 +139,15 @@ def collect_stats(session: Session, settings: Settings, flt: StatsFilter) -> dic
         current.append(ExamResult.study_id.in_(select(Image.study_id).where(*_scope(flt))))
     exams = session.execute(select(func.count()).select_from(ExamResult)
                             .where(*current)).scalar_one()
+    predictions = _predictions(session, flt)
     return {
         "totals": {"images": total, **{s.value: int(states.get(s.value, 0)) for s in ImageState},
                    "exam_results": exams},
-        **_predictions(session, flt),
+        **predictions,
         "failures_by_reason": _failures(session, flt, total),
         "failure_rate": round(states.get(ImageState.FAILED.value, 0) / total, 4)
         if total else None,
-        "active_model": _model_metrics(session, settings),
+        "active_model": _model_metrics(session, settings, flt, predictions["predictions"]),
     }
 
 
