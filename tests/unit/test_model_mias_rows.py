@@ -76,8 +76,8 @@ def test_two_files_of_one_image_are_refused(tmp_path: Path) -> None:
     data = _mias(tmp_path / "m", "mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n"
                  "mdb004 G NORM\n")
     (data / "mdb004.pgm").write_bytes(b"P5\n2 2\n255\n\x00\x01\x02\x03")
-    with pytest.raises(DatasetError, match="mdb004.pgm and mdb004.png in .* are each image "
-                       "mdb004: keep one of them"):
+    with pytest.raises(DatasetError, match=r"mdb004\.pgm and mdb004\.png in .* are each "
+                       "image mdb004: keep one of them"):
         load_dataset(data)
 
 
