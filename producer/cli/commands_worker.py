@@ -13,6 +13,7 @@ from models.registry import verify_model
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
+from shared.config import LOG_LEVELS
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import QUEUE_NAME
 
@@ -51,12 +52,14 @@ def checked_queues(app: Celery, given: str) -> str:
                    "[default: 1 per GPU, else 1: TensorFlow already uses every CPU core].")
 @click.option("--queues", "-Q", default=QUEUE_NAME, show_default=True,
               help="Comma-separated queues to consume.")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--loglevel", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
+              help="Celery's log level [default: MAMMO_LOG_LEVEL, as `mammo --log-level` "
+                   "sets it].")
 @click.option("--max-tasks-per-child", type=int, default=0,
               help="Recycle a child after this many chunks (0: never).")
 @click.option("--hostname", "-n", default=None, help="Worker node name (Celery -n).")
 @pass_cli
-def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglevel: str,
+def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglevel: str | None,
                    max_tasks_per_child: int, hostname: str | None) -> None:
     """Start a worker that consumes chunks from the broker until stopped (SIGTERM: warm).
 
@@ -95,7 +98,8 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     install_sweeper(app, cli.settings)
     app.set_default()  # pool processes resolve tasks through the default app
     argv = ["worker", f"--concurrency={processes}", "--pool=prefork", f"--queues={queues}",
-            f"--loglevel={loglevel}", "--without-mingle", "--without-gossip"]
+            f"--loglevel={loglevel or cli.settings.log_level}", "--without-mingle",
+            "--without-gossip"]
     if max_tasks_per_child:
         argv.append(f"--max-tasks-per-child={max_tasks_per_child}")
     if hostname:
