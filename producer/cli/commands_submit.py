@@ -9,11 +9,12 @@ from pathlib import Path
 import click
 
 from producer.cli.context import CliContext, pass_cli
+from producer.cli.exit_codes import ExitCode
 from producer.cli.options import batch_name_option, paths_argument
 from producer.cli.progress import STDERR, file_counter
 from producer.manifest import COLUMNS
 from producer.submission import submit
-from shared.enums import Priority
+from shared.enums import ImageState, Priority
 from shared.errors import ConfigurationError
 from shared.queue import check_broker
 
@@ -47,7 +48,8 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
 
     Reads headers only. Files already known (same SOPInstanceUID, or same bytes) are
     reported as duplicates and create no new work. Files that cannot be read are recorded
-    as failed with their reason.
+    as failed with their reason: the command then exits 3 (after queueing the others), as
+    it does for copies of images that failed before, like `mammo run`.
 
     \b
     Example:
@@ -61,20 +63,28 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
         outcome = submit(cli.settings, cli.sessions, cli.celery, paths, name=name,
                          priority=Priority(priority), on_file=on_file, manifest=manifest)
     seconds = time.perf_counter() - started
+    failed_copies = sum(state == ImageState.FAILED.value for *_, state in outcome.duplicates)
     summary: dict[str, int | float] = {
         "batch_id": outcome.batch_id, "files": outcome.files, "queued": len(outcome.queued),
-        "duplicates": len(outcome.duplicates), "rejected": len(outcome.rejected),
+        "duplicates": len(outcome.duplicates), "duplicates_failed": failed_copies,
+        "rejected": len(outcome.rejected),
         "messages": outcome.messages, "seconds": round(seconds, 3),
         "files_per_s": round(outcome.files / max(seconds, 1e-6), 1),
     }
+    failed = bool(outcome.rejected or failed_copies)
     if as_json:
         click.echo(json.dumps(summary))
-        return
-    click.echo(outcome.batch_id)
-    STDERR.print(
-        f"batch {outcome.batch_id}: {summary['queued']} queued in {outcome.messages} tasks, "
-        f"{summary['duplicates']} duplicates skipped, {summary['rejected']} rejected at "
-        f"intake. Follow it with `mammo status {outcome.batch_id}`.")
+    else:
+        click.echo(outcome.batch_id)
+        earlier = f" ({failed_copies} of them failed before)" if failed_copies else ""
+        reasons = "; `mammo results --state failed` lists the reasons" if failed else ""
+        STDERR.print(
+            f"batch {outcome.batch_id}: {summary['queued']} queued in {outcome.messages} "
+            f"tasks, {summary['duplicates']} duplicates skipped{earlier}, "
+            f"{summary['rejected']} rejected at intake. Follow it with `mammo status "
+            f"{outcome.batch_id}`{reasons}.")
+    # A script that checks only the exit code must learn that files failed, as from `run`.
+    raise SystemExit(ExitCode.IMAGES_FAILED if failed else ExitCode.OK)
 
 
 COMMANDS = (submit_command,)
