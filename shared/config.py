@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import difflib
 import io
+import logging
 import os
 import re
-from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
 from shared.errors import ConfigurationError
 from shared.urls import redact_url
+
+log = logging.getLogger(__name__)
 
 # A host named, or kombu warns "No hostname was supplied" on every embedded run.
 EMBEDDED_BROKER_URL = "memory://localhost/"
@@ -36,6 +39,25 @@ ENV_PREFIX = "MAMMO_"
 # MAMMO_* names that are not settings yet must not stop a command: the test suite's own
 # plumbing reads this one (tests/helpers/reliability.py), and CI exports it for a whole run.
 NOT_SETTINGS = frozenset({"MAMMO_RELIABILITY_RECORD"})
+# How close a name's head must be to MAMMO_ (difflib ratio) to be taken for it misspelt:
+# MAMO_, MAMMMO_, MAMMO-, MAMMA_ are; GAMMA_, MAMA_ and no head at all (DATABASE_URL) are not.
+_PREFIX_LIKENESS = 0.8
+# An HMAC key shorter than this is guessable by brute force: every pseudonym is then reversible.
+PATIENT_ID_KEY_MIN_BYTES = 16
+KEY_HINT = ("set MAMMO_PATIENT_ID_KEY (in the environment or .env) to a long random secret, "
+            "e.g. the output of: python -c \"import secrets; print(secrets.token_hex(32))\"")
+# SQLAlchemy reads postgresql:// as psycopg2, and postgres:// (Heroku's, many tools') not at
+# all; psycopg (3) is the PostgreSQL driver this project installs, so both mean it.
+_POSTGRES_SCHEME = re.compile(r"^(?:postgres|postgresql)(?=://)", re.IGNORECASE)
+POSTGRES_DRIVER = "postgresql+psycopg"
+
+
+def short_patient_id_key(key: bytes) -> str | None:
+    """Why ``key`` cannot be the pseudonymisation key, or None when it can."""
+    if len(key) >= PATIENT_ID_KEY_MIN_BYTES:
+        return None
+    return (f"MAMMO_PATIENT_ID_KEY is too short to protect patient IDs (at least "
+            f"{PATIENT_ID_KEY_MIN_BYTES} characters); {KEY_HINT}.")
 
 
 class Settings(BaseSettings):
@@ -218,6 +240,14 @@ class Settings(BaseSettings):
         if not _URL_WITH_SCHEME.match(value):
             raise ValueError("MAMMO_BROKER_URL is not a URL (no scheme://); expected e.g. "
                              "redis://host:6379/0, or unset it for the embedded queue")
+        # kombu's KeyError for an http:// URL surfaced as advice about passwords.
+        from kombu.transport import TRANSPORT_ALIASES  # celery's, and slow: only when set
+
+        scheme = value.split("://", 1)[0]
+        if scheme.lower() not in {alias.lower() for alias in TRANSPORT_ALIASES}:
+            raise ValueError(f"MAMMO_BROKER_URL starts with {scheme}://, which is not a message "
+                             "broker's scheme: use redis://host:6379/0 (rediss:// for TLS), or "
+                             "unset it for the embedded queue")
         return value
 
     @field_validator("log_level")
@@ -238,7 +268,18 @@ class Settings(BaseSettings):
         except ArgumentError:
             raise ValueError(
                 f"MAMMO_DATABASE_URL {redact_url(value)!r} is not a database URL; expected "
-                "e.g. sqlite:///mammo.db or postgresql+psycopg://user@host/db") from None
+                f"e.g. sqlite:///mammo.db or {POSTGRES_DRIVER}://user@host/db") from None
+        # Rewritten as text, not through make_url: the rest (password, query) stays as given.
+        return _POSTGRES_SCHEME.sub(POSTGRES_DRIVER, value, count=1)
+
+    @field_validator("patient_id_key")
+    @classmethod
+    def _long_enough_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here, not at the first DICOM with a PatientID: a watcher passed its health
+        # check and stopped on the first patient's file, after the model had loaded.
+        key = value.get_secret_value().encode("utf-8") if value is not None else b""
+        if key and (problem := short_patient_id_key(key)):
+            raise ValueError(problem)
         return value
 
     @field_validator("smtp_host", "smtp_user", "smtp_password", "smtp_from", "smtp_ca_file",
@@ -362,10 +403,13 @@ def _env_file_names(path: Path) -> list[str]:
 
 def _unknown_setting(name: str, where: str) -> str | None:
     """Why ``name`` (from ``where``) is a mistake, or None when it is a setting or no
-    ``MAMMO_*`` name at all."""
+    ``MAMMO_*`` name at all, nor one with a misspelt prefix."""
     upper = name.upper()  # pydantic-settings matches names case-insensitively
-    if not upper.startswith(ENV_PREFIX) or upper in setting_names() | NOT_SETTINGS:
+    if upper in setting_names() | NOT_SETTINGS:
         return None
+    if not upper.startswith(ENV_PREFIX):
+        meant = _misspelt_prefix(upper)
+        return f"{name}{where} is not a setting (did you mean {meant}?)" if meant else None
     # Compared without the shared prefix, which would make every name look close.
     stems = {known.removeprefix(ENV_PREFIX): known for known in setting_names()}
     close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), stems, n=1)
@@ -373,31 +417,81 @@ def _unknown_setting(name: str, where: str) -> str | None:
     return f"{name}{where} is not a setting{hint}"
 
 
-def _refuse_unknown_names(env_files: Iterable[Path]) -> None:
-    """Refuse MAMMO_* names that are not settings, and ``.env`` files that cannot be read
-    whole. Either is otherwise ignored, and its setting silently left at its default (a
-    worker on a fresh ./mammo.db instead of the real database)."""
-    problems = [p for p in (_unknown_setting(name, "") for name in os.environ) if p]
-    for path in env_files:
-        problems += [p for p in (_unknown_setting(name, f" in {path}")
-                                 for name in _env_file_names(path)) if p]
+def _misspelt_prefix(upper: str) -> str | None:
+    """The setting that ``upper`` names with a misspelt prefix (MAMO_DATABASE_URL,
+    MAMMO-DATABASE_URL, MAMMODATABASE_URL), or None.
+
+    Only the prefix may differ, and only a little: other programs' names (DATABASE_URL,
+    GAMMA_LOG_LEVEL) share setting names' endings.
+    """
+    for known in sorted(setting_names(), key=len, reverse=True):  # the shortest head
+        head = upper.removesuffix(known.removeprefix(ENV_PREFIX))
+        if head not in (upper, ENV_PREFIX) and difflib.SequenceMatcher(
+                None, head, ENV_PREFIX).ratio() >= _PREFIX_LIKENESS:
+            return known
+    return None
+
+
+def _refuse_unknown_names(env_files: dict[Path, list[str]]) -> None:
+    """Refuse MAMMO_* names that are not settings, in the environment or a ``.env`` file
+    (``env_files``: each file's names), and names in a ``.env`` whose MAMMO_ prefix is
+    misspelt. Any of them is otherwise ignored, and its setting silently left at its default
+    (a worker on a fresh ./mammo.db instead of the real database).
+
+    A misspelt prefix in the environment is only a warning: the environment is shared with
+    every other program, whose names may happen to look like ours.
+    """
+    problems: list[str] = []
+    for name in os.environ:
+        if (problem := _unknown_setting(name, "")) is None:
+            continue
+        if name.upper().startswith(ENV_PREFIX):
+            problems.append(problem)
+        else:
+            log.warning("%s: it is ignored; rename it if it is meant for mammo", problem)
+    for path, names in env_files.items():
+        problems += [p for p in (_unknown_setting(name, f" in {path}") for name in names) if p]
     if problems:
         raise ConfigurationError(
             f"Invalid MAMMO_* configuration: {'; '.join(problems)}. Fix or remove each: the "
             "settings are listed in the README's Configuration section")
 
 
+def _value_source(variable: str, env_files: dict[Path, list[str]]) -> str:
+    """Where pydantic-settings took ``variable`` from, as words to follow its name: the
+    environment wins over ``.env`` files, and a later file over an earlier one."""
+    if variable in {name.upper() for name in os.environ}:
+        return " in the environment"
+    for path, names in reversed(env_files.items()):
+        if variable in {name.upper() for name in names}:
+            return f" in {path}"
+    return ""  # a command-line option's value
+
+
+def _validation_problem(error: ErrorDetails, env_files: dict[Path, list[str]]) -> str:
+    """One pydantic error as the variable a person set and where, not the field's name."""
+    message = error["msg"].removeprefix("Value error, ")
+    field = error["loc"][0] if error["loc"] else None
+    if not isinstance(field, str) or field not in Settings.model_fields:
+        return message  # a check across settings: its message names them
+    variable = f"{ENV_PREFIX}{field.upper()}"
+    where = _value_source(variable, env_files)
+    if message.startswith(variable):  # our validators' messages name it already
+        return f"{variable}{where}{message.removeprefix(variable)}"
+    return f"{variable}{where}: {message}"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and ``.env``), turning errors into one line."""
-    _refuse_unknown_names(_env_files(overrides.get("_env_file",
-                                                   Settings.model_config.get("env_file"))))
+    chosen = overrides.get("_env_file", Settings.model_config.get("env_file"))
+    env_files = {path: _env_file_names(path) for path in _env_files(chosen)}
+    _refuse_unknown_names(env_files)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         # Without the input values: pydantic echoes them, and they may hold a secret.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
-            f"{err['msg'].removeprefix('Value error, ')}"
+            _validation_problem(err, env_files)
             for err in exc.errors(include_url=False, include_input=False))
         raise ConfigurationError(f"Invalid MAMMO_* configuration: {problems}") from None
     except ValueError as exc:

@@ -13,14 +13,12 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from shared.config import Settings
+from shared.config import KEY_HINT, Settings, short_patient_id_key
 from shared.errors import ConfigurationError
 
 # Hex characters kept: 128 bits, far beyond any collision risk within one site's patients,
 # and short enough for the 64-character column and for reports.
 _LENGTH = 32
-KEY_HINT = ("set MAMMO_PATIENT_ID_KEY (in the environment or .env) to a long random secret, "
-            "e.g. the output of: python -c \"import secrets; print(secrets.token_hex(32))\"")
 
 __all__ = ["KEY_HINT", "Pseudonymizer"]
 
@@ -32,10 +30,8 @@ class Pseudonymizer:
     key: bytes
 
     def __post_init__(self) -> None:
-        if len(self.key) < 16:
-            raise ConfigurationError(
-                f"MAMMO_PATIENT_ID_KEY is too short to protect patient IDs (at least 16 "
-                f"characters); {KEY_HINT}.")
+        if problem := short_patient_id_key(self.key):
+            raise ConfigurationError(problem)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pseudonymizer | None:

@@ -7,6 +7,8 @@ across a fork corrupts both sides.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DatabaseError,
@@ -28,9 +30,14 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import Settings
+from shared.config import POSTGRES_DRIVER, Settings
 from shared.db.migration_connection import foreign_key_violations, migration_connection
-from shared.db.unusable import corruption_as_error, is_corruption, require_ours
+from shared.db.unusable import (
+    corruption_as_error,
+    is_corruption,
+    require_ours,
+    sqlite_result_code,
+)
 from shared.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -43,6 +50,11 @@ from shared.urls import redact_url
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# SQLite grows its file and journal (or WAL) by pages: with less free than this, a write can
+# fail for want of space, reported as "disk I/O error" as often as "database or disk is full".
+LOW_FREE_BYTES = 1 << 20
+_SQLITE_FULL = 13  # the primary result code of "database or disk is full"
+_SUPPORTED_URLS = f"Supported: sqlite:///FILE and {POSTGRES_DRIVER}://user@host/db"
 
 
 def create_db_engine(settings: Settings) -> Engine:
@@ -53,12 +65,18 @@ def create_db_engine(settings: Settings) -> Engine:
             _configure_sqlite(engine, wal=settings.sqlite_wal)
             return engine
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-    except (ImportError, NoSuchModuleError) as exc:
+    except NoSuchModuleError:
+        # No such dialect at all (postgress://): no install would bring one.
+        raise ConfigurationError(
+            f"MAMMO_DATABASE_URL {redact_url(url)} names an unknown database type "
+            f"({make_url(url).drivername}://). {_SUPPORTED_URLS} (postgres:// and "
+            "postgresql:// are read as the latter).") from None
+    except ImportError as exc:
         # SQLAlchemy imports the dialect's driver here (mysql:// wants MySQLdb, say).
         raise ConfigurationError(
             f"MAMMO_DATABASE_URL {redact_url(url)} needs a database driver that is not "
-            f"installed ({_first_line(exc)}). Supported: sqlite:///FILE and "
-            f"postgresql+psycopg://user@host/db (pip install '.[postgres]').") from None
+            f"installed ({_first_line(exc)}). {_SUPPORTED_URLS}; the PostgreSQL driver "
+            "comes with pip install '.[postgres]'.") from None
     except ArgumentError as exc:
         raise ConfigurationError(
             f"MAMMO_DATABASE_URL {redact_url(url)} is not usable: {_first_line(exc)}") from None
@@ -97,20 +115,56 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
             raise unusable from exc
         if not isinstance(exc, OperationalError):
             raise
+        remedy = (_sqlite_remedy(engine.url, exc)
+                  or "Check MAMMO_DATABASE_URL and that the server is running.")
         raise DatabaseUnavailableError(
-            f"Cannot reach the database at {_shown(engine)}: "
-            f"{_first_line(exc.orig)}. {_remedy(engine)}") from exc
+            f"Cannot reach the database at {_shown(engine)}: {_first_line(exc.orig)}. "
+            f"{remedy}") from exc
 
 
-def _remedy(engine: Engine) -> str:
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        return "Check MAMMO_DATABASE_URL and that the server is running."
-    # A SQLite file has no server: what fails is its folder (missing, read-only).
-    folder = Path(database).resolve().parent
-    return (f"The SQLite file {Path(database).resolve()} needs a folder this user can write "
-            f"({folder}{' does not exist' if not folder.is_dir() else ''}): run from a "
-            "writable folder, or set MAMMO_DATABASE_URL.")
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL (``sqlite:///file:PATH?uri=true`` too); None for another
+    database or an in-memory one."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if url.query.get("uri") == "true":
+        database = database.removeprefix("file:")
+    return Path(database).resolve()
+
+
+def _sqlite_remedy(url: URL, exc: DBAPIError) -> str | None:
+    """What to do when a SQLite file failed, by what is wrong with it: its folder missing,
+    its disk full, or this user not allowed to write; None for another database.
+
+    A SQLite file has no server: what fails is its folder or its disk, and SQLite's own
+    reason ("disk I/O error", "unable to open database file") does not say which.
+    """
+    path = _sqlite_file(url)
+    if path is None:
+        return None
+    folder = path.parent
+    if not folder.is_dir():
+        return (f"The SQLite file {path} needs a folder this user can write ({folder} does "
+                "not exist): run from a writable folder, or set MAMMO_DATABASE_URL.")
+    if path.is_dir():
+        return (f"{path} is a folder, not a SQLite file: set MAMMO_DATABASE_URL to a file "
+                f"in it, e.g. sqlite:///{path / 'mammo.db'}.")
+    free = shutil.disk_usage(folder).free
+    if free < LOW_FREE_BYTES or sqlite_result_code(exc) == _SQLITE_FULL:
+        return (f"The disk holding {path} is full ({_amount(free)} free): free space on it, or "
+                "set MAMMO_DATABASE_URL to a database on another disk.")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return (f"This user cannot write the SQLite file {path} or its folder {folder} (its "
+                "disk is not full): give it write permission, run from a writable folder, or "
+                "set MAMMO_DATABASE_URL.")
+    return (f"The SQLite file {path} needs a folder this user can write ({folder}; its disk "
+            f"is not full, {_amount(free)} free): run from a writable folder, or set "
+            "MAMMO_DATABASE_URL.")
+
+
+def _amount(size: int) -> str:
+    return f"{size >> 10} KiB" if size < 1 << 20 else f"{size >> 20:,} MiB"
 
 
 def check_connection_options(engine: Engine) -> None:
@@ -135,11 +189,14 @@ def failed_command_as_error(url: str, exc: DatabaseError) -> UserFacingError | N
     unusable = corruption_as_error(make_url(url), exc)
     if unusable is not None or not isinstance(exc, OperationalError):
         return unusable
-    shown = redact_url(make_url(url).render_as_string(hide_password=True))
+    parsed = make_url(url)
+    shown = redact_url(parsed.render_as_string(hide_password=True))
+    remedy = _sqlite_remedy(parsed, exc) or (
+        "Check MAMMO_DATABASE_URL, that the server is running and that this user may write "
+        "to it.")
     return DatabaseUnavailableError(
-        f"The database at {shown} refused the operation: {_first_line(exc.orig)}. Check "
-        f"MAMMO_DATABASE_URL, that the server is running and that this user may write to "
-        f"it (and, for SQLite, its folder); work already stored is kept.")
+        f"The database at {shown} refused the operation: {_first_line(exc.orig)}. "
+        f"{remedy.removesuffix('.')}; work already stored is kept.")
 
 
 def _first_line(exc: object) -> str:

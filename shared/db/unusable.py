@@ -21,11 +21,17 @@ _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
 
+def sqlite_result_code(exc: DBAPIError) -> int | None:
+    """SQLite's primary result code of ``exc`` (the low byte of its extended code); None for
+    another database's error."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 def is_corruption(exc: DBAPIError) -> bool:
     """SQLite found the file is not a database, or a damaged page in it ("file is not a
     database", "database disk image is malformed"), at connect or mid-command."""
-    code = getattr(exc.orig, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return sqlite_result_code(exc) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 def corruption_as_error(url: URL, exc: DBAPIError) -> DatabaseUnusableError | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from producer.cli.exit_codes import ExitCode
+from shared.config import Settings
 from shared.urls import redact_url
 from tests.helpers.cli import invoke_cli
 
@@ -28,10 +29,41 @@ def test_an_unusable_database_url_is_a_configuration_error(
     assert len(out.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "POSTGRES"])
+def test_a_plain_postgres_url_uses_the_installed_driver(
+        scheme: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # postgres:// was "a database driver that is not installed" (SQLAlchemy has no such
+    # dialect; postgresql:// means psycopg2), though psycopg, the one supported, was.
+    given = f"{scheme}://u:p%40{SECRET}@127.0.0.1:1/m?sslmode=disable"
+    assert Settings(database_url=given, _env_file=None).database_url == (  # type: ignore[call-arg]
+        f"postgresql+psycopg://u:p%40{SECRET}@127.0.0.1:1/m?sslmode=disable")
+    code, out = invoke_cli(["results"], monkeypatch, tmp_path, database_url=given)
+    assert code == ExitCode.DATABASE_UNAVAILABLE, out  # the server, reached for: none there
+    assert "Cannot reach the database at postgresql+psycopg://u:***@127.0.0.1:1/m" in out
+
+
+def test_an_unknown_database_type_is_not_called_a_missing_driver(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, out = invoke_cli(["results"], monkeypatch, tmp_path, database_url="postgress://h/db")
+    assert code == ExitCode.CONFIG, out
+    assert "names an unknown database type (postgress://)" in out and "installed" not in out
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "reddis://127.0.0.1:6379/0"])
+def test_a_broker_url_that_is_no_broker_gets_a_scheme_hint(
+        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # kombu's "No such transport" was answered with advice about passwords.
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path, broker_url=url)
+    assert code == ExitCode.CONFIG, out
+    scheme = url.split(":", 1)[0]
+    assert f"MAMMO_BROKER_URL in the environment starts with {scheme}://" in out
+    assert "redis://host:6379/0" in out and "password" not in out.lower()
+
+
 def test_an_unknown_log_level_in_the_environment_is_a_configuration_error(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     code, out = invoke_cli(["results"], monkeypatch, tmp_path, log_level="LOUD")
-    assert code == ExitCode.CONFIG and "MAMMO_LOG_LEVEL must be one of" in out
+    assert code == ExitCode.CONFIG and "MAMMO_LOG_LEVEL in the environment must be one of" in out
 
 
 def test_an_unknown_log_level_flag_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
@@ -86,5 +118,5 @@ def test_a_broker_url_without_a_scheme_is_a_configuration_error(
     # kombu would take it for an AMQP host name: "unreachable" (exit 8) for a typo.
     code, out = invoke_cli(["submit", str(tmp_path)], monkeypatch, tmp_path, broker_url=url)
     assert code == ExitCode.CONFIG, out
-    assert "MAMMO_BROKER_URL is not a URL" in out and SECRET not in out
+    assert "MAMMO_BROKER_URL in the environment is not a URL" in out and SECRET not in out
     assert len(out.strip().splitlines()) == 1

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.exc import OperationalError
 
 from producer.cli.exit_codes import ExitCode
 from producer.cli.main import cli
+from shared.config import Settings
+from shared.db.engine import create_db_engine, failed_command_as_error, unavailable_as_error
+from shared.errors import DatabaseUnavailableError
 from shared.synthetic import make_exam_set, synth_mammogram, write_png
 from tests.helpers.cli import invoke_cli
 
@@ -59,6 +65,35 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_names_the_folder(
     assert code == ExitCode.DATABASE_UNAVAILABLE, out
     assert f"needs a folder this user can write ({tmp_path / 'gone'} does not exist)" in out
     assert "server" not in out
+
+
+def _sqlite_error(message: str, code: int | None = None) -> OperationalError:
+    orig = sqlite3.OperationalError(message)
+    if code is not None:
+        orig.sqlite_errorcode = code
+    return OperationalError("INSERT INTO batches ...", {}, orig)
+
+
+@pytest.mark.parametrize(("free", "error", "expected"), [
+    # SQLite says "disk I/O error" as often as "disk is full" when it runs out of space.
+    (64 << 10, _sqlite_error("disk I/O error", 10), "The disk holding {db} is full (64 KiB free)"),
+    (8 << 30, _sqlite_error("database or disk is full", 13), "The disk holding {db} is full"),
+    (8 << 30, _sqlite_error("disk I/O error", 10), "its disk is not full, 8,192 MiB free"),
+])
+def test_a_failing_sqlite_file_says_whether_its_disk_is_full(
+        free: int, error: OperationalError, expected: str, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    # A full disk was reported as a folder this user cannot write.
+    db = tmp_path / "m.db"
+    monkeypatch.setattr("shared.db.engine.shutil.disk_usage",
+                        lambda _folder: SimpleNamespace(total=16 << 30, used=0, free=free))
+    engine = create_db_engine(Settings(database_url=f"sqlite:///{db}", _env_file=None))  # type: ignore[call-arg]
+    with pytest.raises(DatabaseUnavailableError) as at_start, unavailable_as_error(engine):
+        raise error
+    mid_command = failed_command_as_error(f"sqlite:///{db}", error)
+    for message in (str(at_start.value), str(mid_command)):
+        assert expected.format(db=db) in message, message
+        assert ("needs a folder this user can write" in message) == ("not full" in message)
 
 
 def test_invalid_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

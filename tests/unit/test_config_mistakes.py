@@ -98,6 +98,71 @@ def test_an_env_path_that_is_not_a_file_is_a_configuration_error(
     assert not (tmp_path / "mammo.db").exists()
 
 
+@pytest.mark.parametrize("name", ["MAMO_DATABASE_URL", "MAMMMO_DATABASE_URL",
+                                  "MAMMO-DATABASE_URL", "mammodatabase_url"])
+def test_a_misspelt_prefix_in_the_env_file_is_refused_with_the_setting_it_meant(
+        name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Only names starting exactly with MAMMO_ were checked: this one was ignored, and the
+    # command ran on a fresh ./mammo.db.
+    (tmp_path / ".env").write_text(f"{name}=sqlite:///{tmp_path / 'x.db'}\n")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path)
+    assert code == ExitCode.CONFIG, out
+    assert f"{name} in .env is not a setting (did you mean MAMMO_DATABASE_URL?)" in out
+    assert not (tmp_path / "mammo.db").exists()
+
+
+def test_other_programs_names_in_the_env_file_are_not_taken_for_misspelt_settings(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A compose .env holds other services' settings, some ending like ours.
+    (tmp_path / ".env").write_text("DATABASE_URL=postgres://x\nGAMMA_LOG_LEVEL=1\n"
+                                   "MAMA_MODEL=x\nREDIS_BROKER_URL=redis://r\n")
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path)
+    assert code == ExitCode.OK, out
+
+
+def test_a_misspelt_prefix_in_the_environment_is_a_warning(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The environment is every program's: a look-alike there is named, not refused.
+    monkeypatch.setenv("MAMO_CHUNK_SIZE", "4")
+    monkeypatch.setenv("GAMMA_LOG_LEVEL", "1")
+    with caplog.at_level(logging.WARNING, logger="shared.config"):
+        code, out = invoke_cli(["status"], monkeypatch, tmp_path,
+                               database_url=f"sqlite:///{tmp_path / 'm.db'}")
+    assert code == ExitCode.OK, out
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "shared.config"]
+    assert "MAMO_CHUNK_SIZE is not a setting (did you mean MAMMO_CHUNK_SIZE?)" in warning
+    assert "ignored" in warning
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ("env", "MAMMO_CHUNK_SIZE in the environment: Input should be a valid integer"),
+    (".env", "MAMMO_CHUNK_SIZE in .env: Input should be a valid integer"),
+])
+def test_an_invalid_value_names_its_variable_and_where_it_was_set(
+        where: str, expected: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # It named pydantic's field ("chunk_size: ..."), which is set nowhere under that name.
+    if where == ".env":
+        (tmp_path / ".env").write_text("MAMMO_CHUNK_SIZE=lots\n")
+        code, out = invoke_cli(["status"], monkeypatch, tmp_path)
+    else:
+        code, out = invoke_cli(["status"], monkeypatch, tmp_path, chunk_size="lots")
+    assert code == ExitCode.CONFIG, out
+    assert expected in out and "chunk_size" not in out
+
+
+def test_a_short_patient_id_key_is_refused_when_the_settings_load(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # It was refused only at the first DICOM with a PatientID, after the model had loaded:
+    # `mammo watch` passed its health check and stopped on the first patient's file.
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path, patient_id_key="s3cr3t")
+    assert code == ExitCode.CONFIG, out
+    assert "MAMMO_PATIENT_ID_KEY in the environment is too short" in out and "s3cr3t" not in out
+    assert not (tmp_path / "mammo.db").exists()
+    code, out = invoke_cli(["status"], monkeypatch, tmp_path, patient_id_key="k" * 16,
+                           database_url=f"sqlite:///{tmp_path / 'm.db'}")
+    assert code == ExitCode.OK, out
+
+
 def _spec(directory: Path) -> ModelSpec:
     return ModelSpec("default", "1.2.0", directory, "0" * 64, ("normal", "benign", "malignant"),
                      (64, 64), "2", {})
