@@ -2,7 +2,9 @@
 
 ``mammo run`` uses it so that a laptop needs no servers, yet the task code, acks, claims and
 upserts are exactly those of the distributed workers. The solo pool runs tasks in the worker
-thread; TensorFlow is loaded there on first use.
+thread, except a retry scheduled for later (a chunk that met a database outage): the
+in-memory transport has no event loop, so Celery runs it from its timer thread when it is due,
+beside the chunk the worker thread may be running (the classifier takes one batch at a time).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from celery.app.trace import setup_worker_optimizations
 from celery.signals import task_failure
 
 from shared.notify import records
@@ -44,18 +47,21 @@ def embedded_worker(app: Celery, runtime: WorkerRuntime) -> Iterator[EmbeddedHan
     if not app.conf.broker_url.startswith("memory://"):
         raise ValueError("the embedded worker runs on the in-memory transport only")
     register_tasks(app, runtime)
+    hostname = f"embedded@{socket.gethostname()}"
+    # What `celery worker` does first and a bare WorkController does not: make this app the
+    # process's current and default one. A task runs in whichever thread delivers it, and a
+    # thread without an app of its own (Celery's timer thread, which runs a retry when it is
+    # due) looked the task up on Celery's empty default app: every retried chunk was dropped
+    # as "never registered" and the run waited for it forever. One embedded worker per
+    # process, as one app per `celery worker`.
+    setup_worker_optimizations(app, hostname)
     worker = app.WorkController(
-        pool="solo", concurrency=1, hostname=f"embedded@{socket.gethostname()}",
+        pool="solo", concurrency=1, hostname=hostname,
         queues=[QUEUE_NAME], without_heartbeat=True, without_mingle=True,
         without_gossip=True, ready_callback=None, loglevel=logging.WARNING,
     )
 
-    def run() -> None:
-        # The solo pool looks tasks up on the thread's *current* app; make it ours.
-        app.set_current()
-        worker.start()
-
-    thread = threading.Thread(target=run, name="mammo-embedded-worker", daemon=True)
+    thread = threading.Thread(target=worker.start, name="mammo-embedded-worker", daemon=True)
     handle = EmbeddedHandle(worker, thread)
 
     def on_failure(exception: BaseException | None = None, **_: Any) -> None:
