@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import math
 import re
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import TypeVar
 
 from shared.enums import Label, Laterality, View
 from shared.errors import ManifestError
+from shared.imaging.header_bounds import fitted_key
 from shared.imaging.readers import Pseudonymize
 from shared.imaging.types import ImageHeader
 from shared.pseudonym import KEY_HINT
@@ -137,11 +137,7 @@ def exam_key(kind: str, value: str) -> str:
     A longer value keeps its start and gets a digest of the whole, so two long values that
     share their first 55 characters stay two exams instead of being merged into one.
     """
-    uid = f"{kind}:{value}"
-    if len(uid) <= _UID_LENGTH:
-        return uid
-    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-    return f"{uid[:_UID_LENGTH - len(digest) - 1]}~{digest}"
+    return fitted_key(f"{kind}:{value}", _UID_LENGTH, digest_of=value)
 
 
 def apply_metadata(header: ImageHeader, metadata: FileMetadata | None) -> ImageHeader:

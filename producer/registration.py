@@ -27,6 +27,7 @@ from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.errors import BadFileNameError, InputError, first_line
+from shared.imaging.header_bounds import bounded
 from shared.imaging.readers import Pseudonymize, read_header
 from shared.imaging.readers.base import sha256_identity
 from shared.imaging.types import ImageHeader
@@ -243,7 +244,7 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
             "the file again once the software is fixed.", code=ErrorCode.INTERNAL), None
     metadata = ingestion.metadata(path) if ingestion.metadata else None
     label = metadata.label.value if metadata and metadata.label else None
-    return apply_metadata(header, metadata), None, label
+    return bounded(apply_metadata(header, metadata)), None, label
 
 
 def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],

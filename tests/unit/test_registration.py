@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -505,3 +506,39 @@ def test_rows_stored_before_sources_were_normalised_still_name_their_files(
     batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
     again = register_files(sessions, batch, [given], ingestion=keyed)
     assert again.new_ids == [] and again.duplicates == [(str(path), image.id, "failed")]
+
+
+def test_header_values_longer_than_the_database_holds_are_fitted_not_a_failed_block(
+        tmp_path: Path, sqlite_url: str, each_backend_sessions: sessionmaker[Session]) -> None:
+    # PostgreSQL refuses a value longer than its column: one sender's 100-character UID or
+    # dashed date aborted the registration of every file in the block.
+    from shared.imaging.identity import file_has_identity
+
+    sessions = each_backend_sessions
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    long_root = "1.2." + "3" * 100
+    with warnings.catch_warnings():  # pydicom warns of what this sender does wrong
+        warnings.simplefilter("ignore", UserWarning)
+        files = [_dicom(tmp_path, f"{n}.dcm", f"{long_root}.{n}",
+                        study_uid="1.2." + "4" * 100) for n in (1, 2)]
+        rewrite_dicom(files[0], StudyDate="2024-01-31", AccessionNumber="A" * 80,
+                      Manufacturer="M" * 100, SeriesInstanceUID="1.2." + "5" * 100)
+        rewrite_dicom(files[1], StudyDate="31/01/2024")
+    good = _dicom(tmp_path, "good.dcm", "1.2.826.0.1.3680043.8.498.7")
+    _register(sessions, [*files, good], ingestion)
+
+    with sessions() as session:
+        images = {Path(i.source).name: i for i in session.execute(select(Image)).scalars()}
+        studies = list(session.execute(select(Study)).scalars())
+    assert {i.state for i in images.values()} == {"queued"}
+    first, second = images["1.dcm"], images["2.dcm"]
+    # Two UIDs that share their first 100 characters stay two images.
+    assert first.identity != second.identity
+    assert all(len(i.sop_instance_uid or "") <= 64 for i in images.values())
+    assert first.manufacturer == "M" * 64 and len(first.series_instance_uid or "") == 64
+    long_study = next(s for s in studies if s.study_uid.startswith("1.2.444"))
+    assert len(long_study.study_uid) == 64 and first.study_id == second.study_id
+    assert long_study.study_date in {"20240131", None}  # 2nd file's date is unreadable
+    # The worker's "is this still the registered file?" check reads the same identity.
+    assert file_has_identity(files[0], first.identity)
+    assert file_has_identity(files[1], second.identity)

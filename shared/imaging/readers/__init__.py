@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.errors import UnreadableImageError, UnsupportedFormatError
+from shared.imaging.header_bounds import bounded
 from shared.imaging.readers.base import HEAD_SIZE, ImageReader, Pseudonymize, read_head
 from shared.imaging.readers.dicom import DICOM
 from shared.imaging.readers.raster import JPEG, PGM, PNG, TIFF
@@ -42,9 +43,12 @@ def read_header(path: Path, *, pseudonymize: Pseudonymize | None = None) -> Imag
     """Identity and metadata without decoding pixels: what the producer needs.
 
     ``pseudonymize`` turns a DICOM PatientID into its keyed pseudonym; without it, a file
-    that carries a PatientID is refused with ``no_pseudonym_key``.
+    that carries a PatientID is refused with ``no_pseudonym_key``. Values longer than the
+    database holds are fitted to it (``shared.imaging.header_bounds``), here, so that every
+    caller, registration and the later "is it still the same file?" checks alike, sees the
+    same identity.
     """
-    return reader_for(path).read_header(Path(path), pseudonymize=pseudonymize)
+    return bounded(reader_for(path).read_header(Path(path), pseudonymize=pseudonymize))
 
 
 def decode(path: Path, *, max_pixels: int) -> DecodedImage:
