@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from producer.cli.exit_codes import ExitCode
 from shared.db.schema import ExamResult, Image, Prediction
 from shared.synthetic import make_exam_set, write_truncated_copy
 from tests.helpers.processes import WorkerProcess, mammo_env, run_mammo, wait_for
@@ -75,10 +76,12 @@ def test_fifty_images_through_redis_and_a_worker_process(
         assert (row["done"], row["failed"], row["queued"]) == (n_files - 1, 1, 0)
         assert row["finished_at"] is not None
 
-        # Submitting the same folder again creates no new work.
+        # Submitting the same folder again creates no new work; the copy of the failed
+        # image still says so in the exit code, as `mammo run` does.
         again = run_mammo(["submit", str(folder), "--json"], env, tmp_path)
-        assert again.returncode == 0, again.stderr
+        assert again.returncode == ExitCode.IMAGES_FAILED, again.stderr
         assert json.loads(again.stdout)["duplicates"] == n_files
+        assert json.loads(again.stdout)["duplicates_failed"] == 1
         assert json.loads(again.stdout)["queued"] == 0
     finally:
         worker.stop()
