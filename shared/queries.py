@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
@@ -179,7 +179,7 @@ def _result_row(found: RowMapping) -> dict[str, Any]:
 
 # The keys of ``BatchStatus.as_row``: `mammo status --format csv` prints them as its header
 # even when there is no batch yet.
-BATCH_STATUS_KEYS = ("batch_id", "name", "total", *(s.value for s in ImageState),
+BATCH_STATUS_KEYS = ("batch_id", "name", "total", "copies", *(s.value for s in ImageState),
                      "images_per_minute", "eta_s", "created_at", "finished_at", "models")
 
 
@@ -187,8 +187,10 @@ BATCH_STATUS_KEYS = ("batch_id", "name", "total", *(s.value for s in ImageState)
 class BatchStatus:
     """``counts``: the batch's own images by state. ``copies``: the files it sent again
     (already known) by their original image's state, as ``mammo results --batch`` lists
-    them. The status row counts both: a batch that resubmitted a queued image is not done
-    before that image is."""
+    them. The status row's state columns count both: a batch that resubmitted a queued
+    image is not done before that image is. Its ``total`` is its own images, as its report
+    counts them, and ``copies`` how many it sent again: a batch of copies only has total 0
+    and its copies' states, not a total its report contradicts."""
 
     batch_id: int
     name: str | None
@@ -216,8 +218,8 @@ class BatchStatus:
         states = {s.value: self.counts.get(s.value, 0) + self.copies.get(s.value, 0)
                   for s in ImageState}
         return {
-            "batch_id": self.batch_id, "name": self.name, "total": sum(states.values()),
-            **states,
+            "batch_id": self.batch_id, "name": self.name, "total": self.total,
+            "copies": sum(self.copies.values()), **states,
             "images_per_minute": None if self.images_per_minute is None
             else round(self.images_per_minute, 1),
             "eta_s": None if self.eta_seconds is None else round(self.eta_seconds),
@@ -244,10 +246,13 @@ def models_text(models: dict[str, int]) -> str | None:
 
 
 def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
-                 now: datetime | None = None) -> BatchStatus | None:
+                 now: datetime | None = None, lease_s: int | None = None) -> BatchStatus | None:
     """Counts, pace and ETA of one batch. A batch with images left and nothing finished in
     the last ``window_s`` seconds (no worker running, or all stuck) has pace 0 and no ETA:
-    an estimate from its last burst of work would promise what is not happening."""
+    an estimate from its last burst of work would promise what is not happening. With
+    ``lease_s`` (claims' lease), nor has one that nothing works on now (``_in_progress``):
+    a run killed mid-batch left a pace of minutes ago, and an ETA from it while nobody
+    holds the work."""
     batch = session.get(Batch, batch_id)
     if batch is None:
         return None
@@ -267,8 +272,25 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
     rate = (scoring_rate(session, batch.id, window_s=window_s, until=now or utcnow())
             if remaining else scoring_rate(session, batch.id))
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
+    if eta and lease_s is not None and not _in_progress(session, batch.id, now or utcnow(),
+                                                        lease_s):
+        eta = None
     return replace(status, images_per_minute=rate, eta_seconds=eta,
                    models=models_of_batch(session, batch.id))
+
+
+def _in_progress(session: Session, batch_id: int, now: datetime, lease_s: int) -> bool:
+    """Whether someone works on the batch (its own images or its copies' originals): one
+    of them is under a claim renewed within two heartbeats (live workers renew every
+    ``lease_s / 4``), or finished within that time (between two chunks). A holder killed
+    a moment ago still looks alive until then: nothing in the database can tell sooner."""
+    recent = now - timedelta(seconds=lease_s / 2)
+    copied = select(DuplicateSubmission.image_id).where(DuplicateSubmission.batch_id == batch_id)
+    working = session.execute(select(Image.id).where(
+        or_(Image.batch_id == batch_id, Image.id.in_(copied)),
+        or_(and_(Image.state == ImageState.PROCESSING.value, Image.claimed_at >= recent),
+            Image.finished_at >= recent)).limit(1)).first()
+    return working is not None
 
 
 def models_of_batch(session: Session, batch_id: int) -> dict[str, int]:
@@ -400,7 +422,8 @@ def recent_batch_ids(session: Session, limit: int = 10) -> list[int]:
 
 
 def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any]]:
-    """Workers that wrote predictions lately, with the model versions they used: after
+    """Workers that wrote predictions lately (not those started since, nor idle; a killed
+    one stays listed), with the model versions they used: after
     `mammo models activate` a running worker keeps its model until it restarts, and this is
     where an operator sees which workers still run the old one."""
     since = utcnow() - timedelta(seconds=within_s)
@@ -447,7 +470,7 @@ def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
         "unrenewed_resent_from": (first_expiry + timedelta(seconds=lease_s)).isoformat()
         if unrenewed and first_expiry else None,
         "oldest_queued_age_s": None if oldest is None else round((now - oldest).total_seconds()),
-        "workers_seen_10min": ", ".join(
+        "workers_scored_10min": ", ".join(
             f"{w['worker']} ({w['predictions']}, {' + '.join(w['models'])})" for w in workers)
         or "none",
     }

@@ -164,6 +164,17 @@ def broker_uptime_s(app: Celery) -> float | None:
         return None
 
 
+def live_workers(app: Celery, timeout_s: float = 1.0) -> list[str] | None:
+    """The workers that answer a ping within ``timeout_s`` (their node names), or None
+    when the broker cannot be asked. Only for a broker already known to be reachable: a
+    status must not wait on connection retries."""
+    try:
+        replies = app.control.ping(timeout=timeout_s) or []
+    except Exception:  # status still reports what the database knows
+        return None
+    return sorted(name for reply in replies for name in reply)
+
+
 def queue_depth(app: Celery) -> int | None:
     """Messages waiting in the broker, or None when the transport cannot tell."""
     try:

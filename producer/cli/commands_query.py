@@ -22,7 +22,8 @@ from shared.queries import (
     require_batch,
     system_health,
 )
-from shared.queue import queue_depth
+from shared.queue import broker_uptime_s, live_workers, queue_depth
+from shared.recovery import find_stuck, lost_message_age_s
 
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
 BROKER_DOWN = "UNREACHABLE"
@@ -38,7 +39,9 @@ RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality",
               help="Without BATCH: how many recent batches to show.")
 @click.option("--health", is_flag=True,
               help="Show system health instead: broker and database reachable, queue depth, "
-                   "stale claims, oldest queued image, workers seen, notifications owed. "
+                   "workers answering now, stale claims, oldest queued image, images whose "
+                   "message was probably lost, workers that scored lately, notifications "
+                   "owed. "
                    "Exits 7 when the database, 8 when the broker is unreachable.")
 @format_option
 @pass_cli
@@ -62,7 +65,8 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         if batch is not None:
             require_batch(session, batch)
         ids = [batch] if batch is not None else recent_batch_ids(session, last)
-        statuses = [s for s in (batch_status(session, i) for i in ids) if s is not None]
+        statuses = [s for s in (batch_status(session, i, lease_s=cli.settings.claim_lease_s)
+                                for i in ids) if s is not None]
     rows = [s.as_row() for s in statuses]
     render(rows, fmt, keys=BATCH_STATUS_KEYS, title="Batches")
     for warning in filter(None, (s.mixed_models_warning for s in statuses)):
@@ -70,12 +74,22 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         click.secho(f"warning: {warning}", err=True, fg="yellow")
     if fmt != "table":
         return
+    if any(row["copies"] for row in rows):
+        click.echo("copies: files a batch sent again that were already known (its report's "
+                   "duplicates): not in its total; the state columns count each under its "
+                   "original image's state, and the batch finishes when they are done")
     health_row = _health(cli)
     for key, value in health_row.items():
         click.echo(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
     if health_row["notifications_undelivered"]:
         click.echo("  (`mammo recover` or a worker's sweeper sends them again once they failed "
                    "MAMMO_NOTIFY_RESEND_AFTER_S ago; the worker's log says why they failed)")
+    if health_row["messages_lost"]:
+        click.secho(f"warning: {health_row['messages_lost']} image(s) queued for over "
+                    f"{health_row['lost_after_s']} s while the broker queue is empty: their "
+                    "messages were probably lost (Redis restarted without its data?); run "
+                    "`mammo recover` (a worker's sweeper also re-sends them, every "
+                    "MAMMO_SWEEP_INTERVAL_S)", err=True, fg="yellow")
 
 
 def _health(cli: CliContext) -> dict[str, object]:
@@ -85,12 +99,28 @@ def _health(cli: CliContext) -> dict[str, object]:
         # A batch e-mail or alert that never left is otherwise seen only in a worker's log.
         info["notifications_undelivered"] = notify_records.undelivered(
             session, give_up_after=timedelta(seconds=settings.notify_give_up_after_s))
-    if settings.is_embedded:
-        broker, depth = "embedded (no broker)", None
-    else:
+    # Without a broker (embedded) or with it down, none of these can be known.
+    broker, depth, live, lost, after = "embedded (no broker)", None, None, None, None
+    if not settings.is_embedded:
         depth = queue_depth(cli.celery)
         broker = "reachable" if depth is not None else BROKER_DOWN
-    return {"database": "reachable", "broker": broker, "queue_depth": depth, **info}
+    if depth is not None:
+        answered = live_workers(cli.celery)
+        live = None if answered is None else ", ".join(answered) or "none"
+        lost, after = _lost_messages(cli, depth)
+    return {"database": "reachable", "broker": broker, "queue_depth": depth,
+            "workers_live": live, **info, "messages_lost": lost, "lost_after_s": after}
+
+
+def _lost_messages(cli: CliContext, depth: int) -> tuple[int, int]:
+    """Images queued longer than the sweeper's wait (shortened by a broker restart) while
+    the broker holds no message: the sweeper's own rule for a lost message."""
+    after = lost_message_age_s(cli.settings.requeue_after_s, broker_uptime_s(cli.celery))
+    if depth:
+        return 0, after
+    with cli.sessions() as session:
+        stuck = find_stuck(session, cli.settings, queued_older_than_s=after)
+    return len(stuck.stale_queued), after
 
 
 

@@ -103,11 +103,13 @@ def test_status_counts_copies_under_their_originals_states(
         mixed = batch_status(session, own)
     assert only_copies is not None and mixed is not None
     row = only_copies.as_row()
-    assert (row["total"], row["queued"], row["done"], row["finished_at"]) == (4, 3, 1, None)
+    # Its total is its own images (none), as its report counts them; the copies apart.
+    assert (row["total"], row["copies"], row["queued"], row["done"], row["finished_at"]) == (
+        0, 4, 3, 1, None)
     # Not finished: no ETA of 0 for the 3 left (unrounded: on SQLite, whose creation time
     # has whole seconds, the first finish can come a fraction of a second after it, and a
     # rounded ETA of 0.2 s read as 0).
     assert only_copies.remaining == 3 and only_copies.eta_seconds != 0
     row = mixed.as_row()
-    assert (row["total"], row["queued"], row["done"]) == (5, 4, 1)
+    assert (row["total"], row["copies"], row["queued"], row["done"]) == (2, 3, 4, 1)
     assert mixed.total == len(mine)  # the batch's own (new) images, as notifications count

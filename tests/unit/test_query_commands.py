@@ -575,7 +575,7 @@ def test_status_names_the_models_each_worker_scored_with(
     engine.dispose()
     code, out = _mammo(["status", "--health", "--format", "json"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.OK, out
-    seen = json.loads(out)[0]["workers_seen_10min"]
+    seen = json.loads(out)[0]["workers_scored_10min"]
     assert "celery@a (" in seen and ", default:1.0.0 + default:1.1.0)" in seen, seen
     assert seen.endswith(", default:1.1.0)") and "celery@b (" in seen, seen
 
@@ -643,3 +643,43 @@ def test_the_exam_pdf_titles_a_spot_view_as_such(
     assert f"(spot compression) (image {spot})" in " ".join(text.split()), text
     # The seeded hashes are all digits, the widest a sha256 can print: still on one line.
     assert f"{0:064d}" in text.split() or f"{1:064d}" in text.split(), text
+
+
+def test_no_eta_for_a_batch_whose_work_nobody_holds_now(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed mid-batch left a pace of a minute ago: no ETA from it once no claim of
+    the batch is renewed (two heartbeats: 60 s) and nothing finished since."""
+    url = f"sqlite:///{tmp_path / 'pace.db'}"
+    created = datetime.now(UTC) - timedelta(minutes=4)  # last finish: 72 s ago
+    _batch_with_pace(url, created)
+    code, out = _mammo(["status", "1", "--format", "json"], monkeypatch, tmp_path, url)
+    assert code == ExitCode.OK, out
+    [row] = json.loads(out)
+    assert row["images_per_minute"] > 0  # the pace it kept over the last 5 minutes
+    assert (row["queued"], row["eta_s"]) == (5, None)
+    engine = _engine(url)
+    with engine.begin() as conn:  # a live worker's claim on one of the 5
+        conn.execute(update(Image).where(Image.state == "queued").where(
+            Image.identity == "pace-queued-0").values(
+            state="processing", claim_token="live", claimed_at=datetime.now(UTC)))
+    engine.dispose()
+    code, out = _mammo(["status", "1", "--format", "json"], monkeypatch, tmp_path, url)
+    [row] = json.loads(out)
+    assert row["eta_s"] is not None and row["eta_s"] > 0
+
+
+def test_status_counts_a_batch_of_copies_as_its_report_does_and_says_so(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    engine = _engine(seeded)
+    with engine.begin() as conn:
+        conn.execute(insert(Batch), [{"id": 3, "name": "again"}])
+        conn.execute(insert(DuplicateSubmission), [
+            {"batch_id": 3, "image_id": i, "source": f"/again/{i}.png"} for i in range(1, 5)])
+    engine.dispose()
+    code, out = _mammo(["status", "3", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    [row] = json.loads(out)
+    assert (row["total"], row["copies"], row["done"]) == (0, 4, 4)
+    code, out = _mammo(["status", "3"], monkeypatch, tmp_path, seeded)
+    assert "copies: files a batch sent again that were already known" in out
+    assert "not in its total" in out
