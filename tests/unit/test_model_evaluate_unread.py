@@ -12,15 +12,11 @@ import pytest
 from producer.cli.exit_codes import ExitCode
 from shared.synthetic import synth_mammogram, write_png
 from tests.helpers.cli import run_cli
-from tests.unit.test_model_evaluate_overlap import CONTRACT
+from tests.unit.test_model_evaluate_overlap import CONTRACT, _class_folders
 
 
 def _with_unreadable(root: Path) -> Path:
-    rng = np.random.default_rng(5)
-    for label in ("normal", "benign", "malignant"):
-        (root / label).mkdir(parents=True)
-        for n in range(2):
-            write_png(root / label / f"{label}{n}.png", synth_mammogram(rng, (200, 160)))
+    _class_folders(root)
     truncated = root / "benign" / "benign1.png"
     truncated.write_bytes(truncated.read_bytes()[:200])
     (root / "malignant" / "malignant1.png").write_text("not an image", encoding="utf-8")

@@ -306,14 +306,20 @@ def _batch_with_pace(url: str, created: datetime) -> None:
     engine.dispose()
 
 
+def _status_of_batch_1(url: str, monkeypatch: pytest.MonkeyPatch,
+                       tmp_path: Path) -> dict[str, Any]:
+    code, out = _mammo(["status", "1", "--format", "json"], monkeypatch, tmp_path, url)
+    assert code == ExitCode.OK, out
+    [row] = json.loads(out)
+    return dict(row)
+
+
 def test_a_stalled_batch_has_no_pace_and_no_eta(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'pace.db'}"
     created = datetime.now(UTC) - timedelta(minutes=15)  # last finish: 12 minutes ago
     _batch_with_pace(url, created)
-    code, out = _mammo(["status", "1", "--format", "json"], monkeypatch, tmp_path, url)
-    assert code == ExitCode.OK, out
-    [row] = json.loads(out)
+    row = _status_of_batch_1(url, monkeypatch, tmp_path)
     assert set(row) == set(BATCH_STATUS_KEYS)
     assert (row["queued"], row["images_per_minute"], row["eta_s"]) == (5, 0.0, None)
     engine = _engine(url)
@@ -652,9 +658,7 @@ def test_no_eta_for_a_batch_whose_work_nobody_holds_now(
     url = f"sqlite:///{tmp_path / 'pace.db'}"
     created = datetime.now(UTC) - timedelta(minutes=4)  # last finish: 72 s ago
     _batch_with_pace(url, created)
-    code, out = _mammo(["status", "1", "--format", "json"], monkeypatch, tmp_path, url)
-    assert code == ExitCode.OK, out
-    [row] = json.loads(out)
+    row = _status_of_batch_1(url, monkeypatch, tmp_path)
     assert row["images_per_minute"] > 0  # the pace it kept over the last 5 minutes
     assert (row["queued"], row["eta_s"]) == (5, None)
     engine = _engine(url)
@@ -663,8 +667,7 @@ def test_no_eta_for_a_batch_whose_work_nobody_holds_now(
             Image.identity == "pace-queued-0").values(
             state="processing", claim_token="live", claimed_at=datetime.now(UTC)))
     engine.dispose()
-    code, out = _mammo(["status", "1", "--format", "json"], monkeypatch, tmp_path, url)
-    [row] = json.loads(out)
+    row = _status_of_batch_1(url, monkeypatch, tmp_path)
     assert row["eta_s"] is not None and row["eta_s"] > 0
 
 
