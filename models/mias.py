@@ -81,6 +81,11 @@ def laterality_of(image_id: str) -> Laterality:
 def truth_rows(folder: Path) -> dict[str, list[Finding]]:
     """Info.txt's findings by image reference (lower case), in the file's order."""
     raw = (folder / INFO_FILE).read_bytes()
+    if (encoding := _wide_encoding(raw)) is not None:
+        # Read as latin-1, every character would be followed by a NUL and no row would match.
+        raise DatasetError(f"{folder / INFO_FILE} is saved as {encoding}, not as plain text: "
+                           "save it as UTF-8 or ASCII text (in most editors: Save As, "
+                           "Encoding UTF-8) and run the command again.")
     # latin-1 reads any byte; a byte-order mark an editor saved is not part of the first row.
     text = raw.removeprefix(codecs.BOM_UTF8).decode("latin-1")
     rows: dict[str, list[Finding]] = {}
@@ -91,6 +96,16 @@ def truth_rows(folder: Path) -> dict[str, list[Finding]]:
     if not rows:
         raise DatasetError(f"{folder / INFO_FILE} has no truth-table rows (mdbNNN ...).")
     return rows
+
+
+def _wide_encoding(raw: bytes) -> str | None:
+    """The encoding of a text file saved with more than one byte per character (its
+    byte-order mark, or NUL bytes, which no ASCII or UTF-8 text holds), else None."""
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if raw.startswith(bom):
+            return name
+    return "UTF-16 or another encoding with NUL bytes" if b"\0" in raw else None
 
 
 def _image_files(folder: Path) -> dict[str, list[Path]]:
@@ -111,6 +126,14 @@ def load_mias(folder: Path) -> list[LabelledImage]:
     a split holds part of it): ``rows_without_image`` names those."""
     rows = truth_rows(folder)
     files = _image_files(folder)
+    # Another image format would otherwise be reported as lacking a truth row.
+    if foreign := sorted(p.name for paths in files.values() for p in paths
+                         if p.suffix.lower() not in _SUFFIXES):
+        raise DatasetError(
+            f"{len(foreign)} image file(s) in {folder} ({_some(foreign)}) are not in a format "
+            f"a MIAS folder holds: its images are mdbNNN{' or mdbNNN'.join(_SUFFIXES)} "
+            "files. Convert them to PNG (keeping the mdbNNN name), or move them out of the "
+            "folder.")
     images = []
     for ref, findings in rows.items():
         found = [p for s in _SUFFIXES for p in files.pop(f"{ref}{s}", [])]

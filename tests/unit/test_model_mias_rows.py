@@ -92,3 +92,27 @@ def test_rows_without_their_image_are_named_not_refused(tmp_path: Path) -> None:
     (data / "Info.txt").write_text("mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n"
                                    "mdb004 G NORM\n", encoding="latin-1")
     assert left_out_warning(load_dataset(data), data) is None
+
+
+def test_an_image_in_a_format_mias_does_not_hold_is_named_as_such(tmp_path: Path) -> None:
+    # mdb001 has its row: the file's format, not a missing row, is why it cannot be read.
+    data = _mias(tmp_path / "m", "mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n"
+                 "mdb004 G NORM\n")
+    (data / "mdb001.png").rename(data / "mdb001.jpg")
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(data)
+    said = str(refused.value)
+    assert "(mdb001.jpg) are not in a format a MIAS folder holds" in said
+    assert "mdbNNN.pgm or mdbNNN.png" in said and "no truth row" not in said
+
+
+@pytest.mark.parametrize(("encoding", "said"), [
+    ("utf-16", "saved as UTF-16,"), ("utf-16-le", "saved as UTF-16 or another encoding"),
+    ("utf-32", "saved as UTF-32,")])
+def test_an_info_txt_saved_as_utf16_is_told_to_be_saved_as_utf8(
+        tmp_path: Path, encoding: str, said: str) -> None:
+    data = _mias(tmp_path / "m", "")
+    (data / "Info.txt").write_text("mdb001 G NORM\nmdb002 G NORM\nmdb003 G NORM\n"
+                                   "mdb004 G NORM\n", encoding=encoding)
+    with pytest.raises(DatasetError, match=f"Info.txt is {said}.* save it as UTF-8 or ASCII"):
+        load_dataset(data)
