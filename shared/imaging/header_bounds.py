@@ -4,7 +4,8 @@ Senders break the standard's value lengths: a 100-character UID, an 80-character
 number, a study date written 2024-01-01. PostgreSQL refuses a value longer than its column,
 and that refusal would abort the whole block of files being registered, good ones included.
 So identifiers keep their start and get a digest of the whole (two long UIDs sharing their
-first characters stay two images, two exams), free text is cut, and a date is kept only as the
+first characters stay two images, two exams; so does an accession number, which keys an
+exam without a StudyInstanceUID), free text is cut, and a date is kept only as the
 eight digits of a DICOM date.
 """
 
@@ -50,7 +51,8 @@ def bounded(header: ImageHeader) -> ImageHeader:
         header, identity=identity, sop_instance_uid=sop,
         study_instance_uid=_key(header.study_instance_uid, Study.study_uid),
         series_instance_uid=_key(header.series_instance_uid, Image.series_instance_uid),
-        accession_number=_cut(header.accession_number, Study.accession_number),
+        # An accession number keys an exam without a StudyInstanceUID: a digest, not a cut.
+        accession_number=_key(header.accession_number, Study.accession_number),
         study_date=study_date(header.study_date),
         manufacturer=_cut(header.manufacturer, Image.manufacturer),
         manufacturer_model=_cut(header.manufacturer_model, Image.manufacturer_model),

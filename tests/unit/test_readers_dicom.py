@@ -827,3 +827,18 @@ def test_display_values_match_pydicom_applied_pixel_by_pixel(dicom_file: Path,
     decoded = decode(dicom_file, max_pixels=BIG)
     shift = float(reference.min()) - float(decoded.pixels.min())
     np.testing.assert_allclose(decoded.pixels + shift, reference, rtol=0, atol=1e-3)
+
+
+def test_pydicom_logs_no_header_value_while_reading(
+        dicom_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # pydicom logs its value-validation warnings besides warning them, quoting the value:
+    # a patient's date or name would land in the worker's log.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        rewrite_dicom(dicom_file, StudyDate="1961-03-02", Manufacturer="M" * 80)
+    with caplog.at_level("DEBUG"):
+        read_header(dicom_file, pseudonymize=KEY)
+        decode(dicom_file, max_pixels=BIG)
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]

@@ -536,9 +536,31 @@ def test_header_values_longer_than_the_database_holds_are_fitted_not_a_failed_bl
     assert first.identity != second.identity
     assert all(len(i.sop_instance_uid or "") <= 64 for i in images.values())
     assert first.manufacturer == "M" * 64 and len(first.series_instance_uid or "") == 64
+    assert len(studies) == 2  # the long UID's exam, and the good file's
     long_study = next(s for s in studies if s.study_uid.startswith("1.2.444"))
     assert len(long_study.study_uid) == 64 and first.study_id == second.study_id
     assert long_study.study_date in {"20240131", None}  # 2nd file's date is unreadable
     # The worker's "is this still the registered file?" check reads the same identity.
     assert file_has_identity(files[0], first.identity)
     assert file_has_identity(files[1], second.identity)
+
+
+def test_long_accession_numbers_that_share_their_start_stay_two_exams(
+        tmp_path: Path, sqlite_url: str, each_backend_sessions: sessionmaker[Session]) -> None:
+    # An exam without a StudyInstanceUID is keyed by its accession number: cut to the
+    # column, two numbers differing after 64 characters merged two patients' exams.
+    sessions = each_backend_sessions
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    with warnings.catch_warnings():  # pydicom warns of what this sender does wrong
+        warnings.simplefilter("ignore", UserWarning)
+        files = [_without_study_uid(_dicom(tmp_path / end, "1.dcm",
+                                           f"1.2.826.0.1.3680043.8.{n}"),
+                                    AccessionNumber="X" * 64 + end)
+                 for n, end in enumerate("AB")]
+    _register(sessions, files, ingestion)
+    with sessions() as session:
+        images = list(session.execute(select(Image)).scalars())
+        accessions = set(session.execute(select(Study.accession_number)).scalars())
+    assert {i.state for i in images} == {"queued"} and len(images) == 2
+    assert len({i.study_id for i in images}) == 2
+    assert len(accessions) == 2 and all(len(a or "") <= 64 for a in accessions)

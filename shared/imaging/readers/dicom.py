@@ -20,6 +20,7 @@ no plugin accepts, goes to GDCM's own reader (``gdcm_direct``).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +57,12 @@ from shared.imaging.readers.base import (
 from shared.imaging.readers.raster import _to_grayscale
 from shared.imaging.types import DecodedImage, ImageHeader
 from shared.pseudonym import KEY_HINT
+
+# pydicom logs each value-validation warning as well as warning it (misc.warn_and_log), and
+# the log line can quote the element's value ("Invalid value for VR DA: '1961-03-02'"): a
+# date or a name from a patient's header in our logs, about nothing we act on. The warnings
+# themselves are silenced while reading (_quiet_pydicom); pydicom's errors still log.
+logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
