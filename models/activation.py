@@ -10,6 +10,7 @@ default, as ``--model default`` is), and without an activation the shipped defau
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -78,12 +79,33 @@ def identity_clash(session: Session, spec: ModelSpec) -> str | None:
     found = namesakes(session, spec.name, spec.version)
     if spec.sha256 in found or not found:
         return None
-    retrain = (spec.metadata.get("training") or {}).get("command") or "mammo train DATA"
+    retrain = _without_version(
+        str((spec.metadata.get("training") or {}).get("command") or "mammo train DATA"))
     return (f"{spec.directory} holds {spec.name} {spec.version} (sha256 {spec.sha256[:12]}), "
             f"but {' and '.join(found.values())} already has that name and version with "
             "other weights, and results could not tell the two apart. Train it again under "
             f"another version (`{retrain} --version NEW`) and activate that: a renamed copy "
             "is refused, as the name and version are sealed in its metadata.json.")
+
+
+def _without_version(command: str) -> str:
+    """``command`` (as `mammo train` records it, shell-quoted) without its own
+    ``--version X`` / ``--version=X``, so that the ``--version NEW`` a message appends is
+    the only one."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command  # not quoted as `mammo train` records it: shown as it is
+    kept: list[str] = []
+    words_iter = iter(words)
+    for word in words_iter:
+        if word == "--":  # the rest are arguments, never options
+            kept += [word, *words_iter]
+        elif word == "--version":
+            next(words_iter, None)
+        elif not word.startswith("--version="):
+            kept.append(word)
+    return shlex.join(kept)
 
 
 def describe(session: Session, spec: ModelSpec) -> str:

@@ -241,3 +241,20 @@ def test_an_identity_clash_is_new_weights_under_a_taken_name_and_version(
         assert identity_clash(session, mine) is None
         assert identity_clash(session, shipped) is None
     engine.dispose()
+
+
+@pytest.mark.parametrize("own", ["--version 1.8.0", "--version=1.8.0"])
+def test_the_retrain_hint_gives_only_the_new_version(tmp_path: Path, own: str,
+                                                    sqlite_url: str) -> None:
+    shipped = resolve_model("default")
+    recorded = f"mammo train ../shared/data/mini-mias --output 'my models' {own} --stage-convs 2"
+    namesake = dataclasses.replace(
+        shipped, sha256="cd" * 32, directory=tmp_path / "tm",
+        metadata={**shipped.metadata, "training": {"command": recorded}})
+    _, engine, sessions = _sessions(sqlite_url)
+    with sessions() as session:
+        clash = identity_clash(session, namesake)
+    engine.dispose()
+    assert clash is not None, "the shipped model holds that name and version"
+    assert ("(`mammo train ../shared/data/mini-mias --output 'my models' --stage-convs 2 "
+            "--version NEW`)") in clash
