@@ -31,7 +31,13 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import POSTGRES_DRIVER, Settings
-from shared.db.migration_connection import foreign_key_violations, migration_connection
+from shared.db.migration_connection import (
+    MIGRATION_LOCK_WAIT_S,
+    MigrationBlocked,
+    foreign_key_violations,
+    migration_connection,
+    retried_while_blocked,
+)
 from shared.db.unusable import (
     corruption_as_error,
     is_corruption,
@@ -231,15 +237,18 @@ def _describe(revisions: frozenset[str]) -> str | None:
     return "+".join(sorted(revisions)) or None
 
 
-def upgrade(engine: Engine) -> tuple[str | None, str | None]:
+def upgrade(engine: Engine, *,
+            lock_wait_s: float = MIGRATION_LOCK_WAIT_S) -> tuple[str | None, str | None]:
     """Apply pending migrations; return (revisions before, revisions after).
 
     Runs under the migration lock and in one transaction (see ``migration_connection``): the
     revision is read after taking the lock, so a process that waited for another one's
-    migration returns (heads, heads); a failure leaves the database as it was.
+    migration returns (heads, heads); a failure leaves the database as it was. Gives up
+    after waiting ``lock_wait_s`` for locks that other processes hold.
     """
     cfg = alembic_config(engine)
-    with unavailable_as_error(engine), migration_connection(engine) as conn:
+    with (unavailable_as_error(engine),
+          migration_connection(engine, lock_wait_s=lock_wait_s) as conn):
         before = _revisions_on(conn)
         if before == head_revisions(engine):
             return _describe(before), _describe(before)
@@ -247,7 +256,14 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
         broken_before = foreign_key_violations(conn)
         cfg.attributes["connection"] = conn
         try:
-            command.upgrade(cfg, "heads")
+            retried_while_blocked(conn, lambda: command.upgrade(cfg, "heads"),
+                                  lock_wait_s=lock_wait_s)
+        except MigrationBlocked as blocked:
+            raise _migration_failed(
+                engine, before,
+                f"it waited {blocked.waited_s:.0f} s for a lock held by {blocked.holder}",
+                remedy="stop that process, or wait for it to finish, and run the command "
+                       "(or `mammo db upgrade`) again") from None
         except DBAPIError as exc:
             # The server went away (unreachable) or the file is damaged: the migration is not
             # what broke, and unavailable_as_error says what did.
@@ -273,11 +289,13 @@ def _statement_error(exc: DBAPIError) -> str:
     return f"{_first_line(exc.orig)} in `{shown}`" if shown else _first_line(exc.orig)
 
 
-def _migration_failed(engine: Engine, before: frozenset[str], reason: str) -> MigrationError:
+def _migration_failed(engine: Engine, before: frozenset[str], reason: str, *,
+                      remedy: str = "report this message to the maintainers",
+                      ) -> MigrationError:
     return MigrationError(
         f"Migrating the database at {_shown(engine)} from revision {_describe(before) or 'empty'} "
         f"to {_describe(head_revisions(engine))} failed: {reason}. Nothing was changed (the "
-        f"migration runs in one transaction); report this message to the maintainers.")
+        f"migration runs in one transaction); {remedy}.")
 
 
 def ensure_schema(engine: Engine) -> None:
