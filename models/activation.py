@@ -6,6 +6,8 @@ images' paths, model paths must be shared). Where that directory is missing, or 
 holds the activated model, every process refuses (exit 5) rather than score with another
 model. An explicit ``MAMMO_MODEL`` always wins, even ``MAMMO_MODEL=default`` (the shipped
 default, as ``--model default`` is), and without an activation the shipped default is used.
+Either way, a model whose name and version another model's weights hold (``identity_clash``)
+is refused for scoring as for activation: results name a model by its name and version.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from shared.errors import ModelIntegrityError, ModelNotFoundError
 IDENTITY = ("name", "version", "sha256")
 # What activation takes from the directory it names, even when the identity is registered.
 FROM_DIRECTORY = ("path", "preprocessing_version", "classes", "input_size", "bilateral")
+# What a process whose activated model is refused says to do.
+ACTIVATE_ANOTHER = (" `mammo models activate` another model (`mammo models activate default`: "
+                    "the shipped one)")
 
 
 def _row(spec: ModelSpec) -> dict[str, object]:
@@ -42,7 +47,9 @@ def _row(spec: ModelSpec) -> dict[str, object]:
 
 def register(session: Session, spec: ModelSpec) -> int:
     """The model version's row id, inserting the row on first use (a worker running a copy
-    elsewhere finds the same row and leaves its path alone). Caller commits."""
+    elsewhere finds the same row and leaves its path alone). A model whose name and version
+    another model's weights hold is refused (``identity_clash``). Caller commits."""
+    _own_identity(session, spec, named_by="this model")
     return upsert_returning_id(session, ModelVersion, _row(spec), conflict=IDENTITY)
 
 
@@ -57,11 +64,15 @@ def activate(session: Session, spec: ModelSpec) -> int:
     return row_id
 
 
+def _shipped_namesakes(name: str, version: str) -> dict[str, str]:
+    return {spec.sha256: f"the shipped {spec.directory} (sha256 {spec.sha256[:12]})"
+            for spec in shipped_models() if (spec.name, spec.version) == (name, version)}
+
+
 def namesakes(session: Session | None, name: str, version: str) -> dict[str, str]:
     """The models called ``name`` ``version``, shipped ones and (with ``session``) versions
     registered in the database: each sha256 with where that model is, for a message."""
-    found = {spec.sha256: f"the shipped {spec.directory} (sha256 {spec.sha256[:12]})"
-             for spec in shipped_models() if (spec.name, spec.version) == (name, version)}
+    found = _shipped_namesakes(name, version)
     if session is not None:
         for row in session.scalars(select(ModelVersion).where(
                 ModelVersion.name == name, ModelVersion.version == version)
@@ -71,21 +82,36 @@ def namesakes(session: Session | None, name: str, version: str) -> dict[str, str
 
 
 def identity_clash(session: Session, spec: ModelSpec) -> str | None:
-    """Why activating ``spec`` would give two models with different weights one name and
-    version (results, reports and `mammo rescore` name a model by NAME VERSION), or None.
+    """Why activating or scoring with ``spec`` would give two models with different weights
+    one name and version (results, reports and `mammo rescore` name a model by NAME
+    VERSION), or None.
 
-    A model already shipped or registered with its own weights adds no ambiguity, so the
-    shipped default, or a model activated before, can always be activated (rolled back to)."""
-    found = namesakes(session, spec.name, spec.version)
-    if spec.sha256 in found or not found:
+    The shipped model itself, or the only model registered under its name and version, adds
+    no ambiguity, so the shipped default, or a model activated before, can always be
+    activated (rolled back to). Being registered is not enough: a database from before
+    scoring refused namesakes may hold two models under one name and version."""
+    if spec.sha256 in _shipped_namesakes(spec.name, spec.version):
+        return None
+    others = [where for sha256, where in namesakes(session, spec.name, spec.version).items()
+              if sha256 != spec.sha256]
+    if not others:
         return None
     retrain = _without_version(
         str((spec.metadata.get("training") or {}).get("command") or "mammo train DATA"))
     return (f"{spec.directory} holds {spec.name} {spec.version} (sha256 {spec.sha256[:12]}), "
-            f"but {' and '.join(found.values())} already has that name and version with "
+            f"but {' and '.join(others)} already has that name and version with "
             "other weights, and results could not tell the two apart. Train it again under "
-            f"another version (`{retrain} --version NEW`) and activate that: a renamed copy "
+            f"another version (`{retrain} --version NEW`) and use that one: a renamed copy "
             "is refused, as the name and version are sealed in its metadata.json.")
+
+
+def _own_identity(session: Session, spec: ModelSpec, *, named_by: str,
+                  fix: str = "") -> ModelSpec:
+    """``spec``, refused (no usable model) when scoring with it would give two models one
+    name and version (``identity_clash``), before it is loaded, let alone registered."""
+    if (clash := identity_clash(session, spec)) is not None:
+        raise ModelNotFoundError(f"{named_by} is refused: {clash}{fix}")
+    return spec
 
 
 def _without_version(command: str) -> str:
@@ -132,8 +158,11 @@ def model_for(settings: Settings, session: Session) -> ModelSpec:
     if follows_activation(settings):
         active = active_version(session)
         if active is not None:
-            return _activated(active)
-    return resolve_ref(settings.model, lambda: nullcontext(session))
+            return _own_identity(
+                session, _activated(active), named_by="the model activated in the database",
+                fix=f" Until then,{ACTIVATE_ANOTHER}.")
+    return _own_identity(session, resolve_ref(settings.model, lambda: nullcontext(session)),
+                         named_by="MAMMO_MODEL")
 
 
 def resolve_ref(ref: str, sessions: Callable[[], AbstractContextManager[Session]], *,
@@ -188,8 +217,7 @@ def _registered_spec(row: ModelVersion) -> ModelSpec:
 
 def _activated(active: ModelVersion) -> ModelSpec:
     """The activated model's spec, refused when its directory is gone or holds another."""
-    fix = (" `mammo models activate` another model (`mammo models activate default`: the "
-           "shipped one) or restore it; no other model is used in its place.")
+    fix = f"{ACTIVATE_ANOTHER} or restore it; no other model is used in its place."
     return _spec_of_row(active, "the activated model", fix=fix,
                         named_by="the model activated in the database")
 

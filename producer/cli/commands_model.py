@@ -435,7 +435,7 @@ def models_activate(cli: CliContext, ref: str) -> None:
     Example:
         mammo models activate trained-models/default/1.8.0-local
     """
-    from models.activation import activate, identity_clash
+    from models.activation import activate, describe, identity_clash
     from shared.imaging.preprocess import PREPROCESSING_VERSION
     from worker.classifier import Classifier
 
@@ -450,7 +450,8 @@ def models_activate(cli: CliContext, ref: str) -> None:
         Classifier(spec, batch_size=1, preprocessing_version=PREPROCESSING_VERSION).load()
         activate(session, spec)
         session.commit()
-    click.echo(f"active model: {spec.name} {spec.version} ({spec.directory})")
+        shown = describe(session, spec)  # with its sha256 where a namesake is registered
+    click.echo(f"active model: {shown} ({spec.directory})")
     click.echo("running workers keep their model until they restart; `mammo status` shows "
                "the model versions each worker scored with lately")
 

@@ -16,7 +16,7 @@ TINY_BILATERAL = {"abnormal": {"own": 1.2, "partner": -0.9, "bias": -0.4},
                   "malignant": {"own": 1.0, "partner": -0.3, "bias": -0.5}}
 
 
-def build_tiny_model(directory: Path, *, seed: int = 7) -> Path:
+def build_tiny_model(directory: Path, *, seed: int = 7, version: str = "0.0.1") -> Path:
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -27,7 +27,7 @@ def build_tiny_model(directory: Path, *, seed: int = 7) -> Path:
     model = keras.Model(inputs, outputs)
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / MODEL_FILE)
-    write_model_dir(directory, name="tiny-test-model", version="0.0.1", input_size=TINY_INPUT,
+    write_model_dir(directory, name="tiny-test-model", version=version, input_size=TINY_INPUT,
                     preprocessing_version=PREPROCESSING_VERSION,
                     extra={"note": "random weights; tests only",
                            "bilateral": {"scores": ["abnormal", "malignant"],

@@ -60,6 +60,58 @@ def test_activate_refuses_other_weights_under_a_shipped_name_and_version(
     assert runner.invoke(cli, ["models", "activate", "default"], env=env).exit_code == 0
 
 
+def test_a_namesake_given_as_mammo_model_is_refused_not_registered(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scoring with it used to register it, and activation then took it as known.
+    from models.registry import resolve_model
+    from shared.synthetic import make_exam_set
+    from tests.helpers.cli import invoke_cli
+
+    shipped = resolve_model("default")
+    namesake = _renamed(tiny_model_dir, tmp_path / "tm" / "default" / shipped.version,
+                        "default", shipped.version)
+    make_exam_set(tmp_path / "four", n_exams=1, seed=3)
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    code, out = invoke_cli(["run", "four"], monkeypatch, tmp_path, database_url=url,
+                           model=str(namesake))
+    assert code == ExitCode.NO_MODEL, out
+    assert "MAMMO_MODEL is refused" in out and "--version NEW" in out
+    assert f"(sha256 {resolve_model(str(namesake)).sha256[:12]})" in out
+    assert f"(sha256 {shipped.sha256[:12]})" in out
+    code, out = invoke_cli(["models", "list", "--format", "json"], monkeypatch, tmp_path,
+                           database_url=url)
+    assert [r["path"] for r in json.loads(out) if "registered" in r["source"]] == [], out
+    code, out = invoke_cli(["models", "activate", str(namesake)], monkeypatch, tmp_path,
+                           database_url=url)
+    assert code == ExitCode.USAGE, out
+
+
+def test_activating_beside_a_registered_namesake_shows_the_sha256(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.activation import _row
+    from models.registry import resolve_model
+    from shared.config import Settings
+    from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+    from shared.db.schema import ModelVersion
+    from tests.helpers.cli import invoke_cli
+
+    shipped = resolve_model("default")
+    namesake = resolve_model(str(_renamed(tiny_model_dir, tmp_path / "tm", "default",
+                                          shipped.version)))
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = create_db_engine(Settings(database_url=url, _env_file=None))  # type: ignore[call-arg]
+    ensure_schema(engine)
+    with make_session_factory(engine)() as session:  # registered before it was refused
+        session.add(ModelVersion(**_row(namesake)))
+        session.commit()
+    engine.dispose()
+    code, out = invoke_cli(["models", "activate", "default"], monkeypatch, tmp_path,
+                           database_url=url)
+    assert code == ExitCode.OK, out
+    assert (f"active model: default {shipped.version} (sha256 {shipped.sha256[:12]}) "
+            f"({shipped.directory})") in out
+
+
 def test_train_warns_before_training_when_its_name_and_version_are_taken(
         tmp_path: Path, tiny_model_spec: Any) -> None:
     from models.activation import register

@@ -235,12 +235,84 @@ def test_an_identity_clash_is_new_weights_under_a_taken_name_and_version(
         assert describe(session, mine) == f"mine 1.0.0 (sha256 {mine.sha256[:12]})"
         clash = identity_clash(session, as_shipped)
         assert clash is not None and f"the shipped {shipped.directory}" in clash
-        # Already registered or shipped with its own weights: no new ambiguity, so a
-        # rollback (`mammo models activate default`, or to the model active before) works.
-        register(session, mine)
-        assert identity_clash(session, mine) is None
+        with pytest.raises(ModelNotFoundError, match=r"this model is refused: .* the registered"):
+            register(session, mine)  # never registered: it would be a second mine 1.0.0
         assert identity_clash(session, shipped) is None
     engine.dispose()
+
+
+def _legacy_rows(session: Any, *specs: Any) -> None:
+    """What a database from before scoring refused namesakes may hold: ``specs`` registered
+    as they are, two of one name and version among them."""
+    from models.activation import _row
+    from shared.db.schema import ModelVersion
+
+    session.add_all(ModelVersion(**_row(spec)) for spec in specs)
+    session.flush()
+
+
+def test_a_registered_model_is_activatable_only_as_the_one_of_its_name_and_version(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
+    mine = resolve_model(str(_copy_as(tiny_model_dir, tmp_path, "mine", "1.0.0")))
+    settings, engine, sessions = _sessions(sqlite_url)
+    with sessions() as session:
+        # Rollback: the only model registered as mine 1.0.0 is activated again after another.
+        activate(session, mine)
+        activate(session, resolve_model("default"))
+        assert identity_clash(session, mine) is None
+        activate(session, mine)
+        assert active_version(session).sha256 == mine.sha256  # type: ignore[union-attr]
+        # A second mine 1.0.0 with other weights, registered before this was refused: both
+        # are now namesakes, neither is the one model of that name and version.
+        other = dataclasses.replace(mine, sha256="ab" * 32, directory=tmp_path / "other")
+        _legacy_rows(session, other)
+        for spec, named in ((mine, tmp_path / "other"), (other, mine.directory.resolve())):
+            clash = identity_clash(session, spec)
+            assert clash is not None and f"the registered {named}" in clash
+        # ... and the activated one is refused for scoring, rather than used.
+        with pytest.raises(ModelNotFoundError, match=(
+                r"the model activated in the database is refused: .* Until then, `mammo "
+                "models activate` another model")):
+            model_for(settings, session)
+    engine.dispose()
+
+
+def test_the_shipped_model_stays_activatable_beside_a_registered_namesake(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
+    shipped = resolve_model("default")
+    as_shipped = resolve_model(str(_copy_as(tiny_model_dir, tmp_path, "default",
+                                            shipped.version)))
+    settings, engine, sessions = _sessions(sqlite_url)
+    with sessions() as session:
+        _legacy_rows(session, as_shipped)
+        assert identity_clash(session, shipped) is None
+        activate(session, shipped)
+        assert model_for(settings, session).sha256 == shipped.sha256
+    engine.dispose()
+
+
+def test_scoring_refuses_a_namesake_before_registering_it(
+        tmp_path: Path, tiny_model_dir: Path, sqlite_url: str) -> None:
+    # `mammo run`/`worker`/`recover` with MAMMO_MODEL naming a copy of the shipped model's
+    # name and version with other weights: refused like its activation, never registered.
+    from sqlalchemy import func, select
+
+    from shared.db.schema import ModelVersion
+
+    shipped = resolve_model("default")
+    namesake = _copy_as(tiny_model_dir, tmp_path, "default", shipped.version)
+    settings, engine, sessions = _sessions(sqlite_url)
+    explicit = settings.model_copy(update={"model": str(namesake)})
+    with sessions() as session:
+        with pytest.raises(ModelNotFoundError) as refused:
+            model_for(explicit, session)
+        assert session.scalar(select(func.count()).select_from(ModelVersion)) == 0
+    engine.dispose()
+    said = str(refused.value)
+    assert said.startswith("MAMMO_MODEL is refused: ")
+    assert f"(sha256 {resolve_model(str(namesake)).sha256[:12]})" in said
+    assert f"the shipped {shipped.directory} (sha256 {shipped.sha256[:12]})" in said
+    assert "--version NEW" in said
 
 
 @pytest.mark.parametrize("own", ["--version 1.8.0", "--version=1.8.0"])

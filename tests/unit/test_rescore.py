@@ -4,13 +4,14 @@ of) their earlier predictions; through the embedded worker, and onto a real Redi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import create_engine, func, select, update
 
-from models.registry import resolve_model
+from models.registry import resolve_model, sealed
 from producer.cli.exit_codes import ExitCode
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.queue import QUEUE_NAME
@@ -23,7 +24,8 @@ KEY = "rescore-test-key-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("second"), seed=8)
+    # Another version: other weights under the first model's name and version are refused.
+    return build_tiny_model(tmp_path_factory.mktemp("second"), seed=8, version="0.0.2")
 
 
 def _scored(url: str) -> list[tuple[int, str]]:
@@ -52,12 +54,19 @@ def test_rescore_adds_the_new_models_prediction_and_recomputes_the_exam(
     assert len(first) == 4
     code, out = mammo(["rescore"], second_model)
     assert code == ExitCode.USAGE and "name what to re-score" in out
+    # The second model's weights as tiny-test-model 0.0.1, the first model's name and
+    # version: its predictions could not be told from the first model's.
+    namesake = tmp_path / "namesake"
+    shutil.copytree(second_model, namesake)
+    meta = json.loads((namesake / "metadata.json").read_text())
+    (namesake / "metadata.json").write_text(json.dumps(sealed({**meta, "version": "0.0.1"})))
+    code, out = mammo(["rescore", "--batch", "1", "--dry-run"], namesake)
+    assert code == ExitCode.NO_MODEL and "--version NEW" in out, out
     code, out = mammo(["rescore", "--batch", "1", "--dry-run"], second_model)
-    # Both tiny models are tiny-test-model 0.0.1: only the sha256 tells which one is meant.
     second = resolve_model(str(second_model))
     assert code == ExitCode.OK, out
-    assert (f"4 done image(s) not scored by {second.name} {second.version} (sha256 "
-            f"{second.sha256[:12]}) (dry run)") in out, out
+    assert (f"4 done image(s) not scored by {second.name} {second.version} "
+            "(dry run)") in out, out
     assert _scored(url) == first
 
     code, out = mammo(["rescore", "--batch", "1"], second_model)
@@ -138,7 +147,7 @@ def test_rescore_reads_a_moved_file_and_keeps_the_result_of_one_that_is_gone(
 
     for moved in processed.iterdir():
         moved.unlink()
-    third = build_tiny_model(tmp_path_factory.mktemp("third"), seed=9)
+    third = build_tiny_model(tmp_path_factory.mktemp("third"), seed=9, version="0.0.3")
     code, out = mammo(["rescore", "--batch", "1"], third)
     assert code == ExitCode.OK, out
     with engine.connect() as conn:
