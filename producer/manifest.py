@@ -4,12 +4,20 @@ documented filename convention. Without either, laterality and view stay unknown
 Manifest: a CSV file with a header row. ``path`` is required (absolute, or relative to the
 manifest's folder); the other columns are optional and may be empty:
 
-    path,patient_id,laterality,view,study_id,accession,label,pixel_spacing_mm
-    scans/0001_L_CC.png,P0001,L,CC,EXAM-0001,ACC0001,normal,0.1
+    path,patient_id,laterality,view,study_id,accession,study_date,label,pixel_spacing_mm
+    scans/0001_L_CC.png,P0001,L,CC,EXAM-0001,ACC0001,20240131,normal,0.1
 
 ``patient_id`` is pseudonymised (HMAC, ``MAMMO_PATIENT_ID_KEY``) while the manifest is read;
-a manifest holding patient IDs is refused when no key is configured. ``label`` (normal,
-benign, malignant) is stored for evaluation only. Unknown columns are ignored.
+a manifest holding patient IDs is refused when no key is configured. The pseudonym is stored
+with the image's exam, so a row with a patient ID must say which exam: ``study_id``,
+``accession`` or ``study_date`` (the patient's exam of that day, as for a DICOM without a
+StudyInstanceUID); one without is refused rather than the patient silently dropped.
+``label`` (normal, benign, malignant) is stored for evaluation only.
+
+A manifest is checked whole before any file is registered, and refused with the line and
+what is wrong: a column that is none of ``COLUMNS`` (a misspelt one would drop its data), a
+value no DICOM file could carry either, two rows for one file that disagree, a quote left
+open. Rows that match no submitted file are only warned about (``unmatched_warning``).
 
 Filename convention (used when a file has no manifest row): mini-MIAS ``mdbNNN.png|.pgm``.
 The data set pairs consecutive numbers as the two breasts of one patient, even = left,
@@ -22,27 +30,30 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from shared.enums import Label, Laterality, View
 from shared.errors import ManifestError
-from shared.imaging.header_bounds import fitted_key
+from shared.imaging.header_bounds import fitted_key, study_date
 from shared.imaging.readers import Pseudonymize
 from shared.imaging.types import ImageHeader
 from shared.pseudonym import KEY_HINT
 
-COLUMNS = ("path", "patient_id", "laterality", "view", "study_id", "accession", "label",
-           "pixel_spacing_mm")
+COLUMNS = ("path", "patient_id", "laterality", "view", "study_id", "accession", "study_date",
+           "label", "pixel_spacing_mm")
+# The columns that put an image in an exam, which is where its patient's pseudonym is kept.
+_EXAM_COLUMNS = ("study_id", "accession", "study_date")
+_UNMATCHED_SHOWN = 3
 _UID_LENGTH = 64  # studies.study_uid, as DICOM UIDs
 _MINI_MIAS = re.compile(r"^mdb(\d{3})\.(png|pgm)$", re.IGNORECASE)
 _MINI_MIAS_SPACING_MM = 0.2
-# Where csv.DictReader puts the values of a row longer than the header (not a column name).
-_EXTRA = "\x00extra"
 _T = TypeVar("_T")
 
 __all__ = [
@@ -62,36 +73,39 @@ class FileMetadata:
     accession: str | None = None
     label: Label | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
+    study_date: str | None = None  # YYYYMMDD
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int  # where the row starts (a quoted value may span lines)
+    path: str  # as written
+    metadata: FileMetadata
 
 
 class Manifest:
     """Rows of a manifest CSV, looked up by the resolved path of each submitted file."""
 
-    def __init__(self, entries: dict[Path, FileMetadata], source: Path) -> None:
+    def __init__(self, entries: dict[Path, FileMetadata], source: Path,
+                 written: dict[Path, tuple[int, str]] | None = None) -> None:
         self.entries = entries
         self.source = source
+        self._written = written or {}  # file -> (line, path as written), for warnings
+        self._matched: set[Path] = set()
 
     @classmethod
     def load(cls, path: Path, *, pseudonymize: Pseudonymize | None) -> Manifest:
-        try:
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle, restkey=_EXTRA)
-                rows = [(reader.line_num, raw) for raw in reader]
-                fields = [name.strip().lower() for name in reader.fieldnames or []]
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise ManifestError(f"The manifest {path} could not be read: {exc}.") from exc
+        fields, rows = _read_rows(path)
         if rows and "path" not in fields:
             raise ManifestError(
                 f"The manifest {path} has no 'path' column (columns found: "
                 f"{', '.join(fields) or 'none'}; expected {', '.join(COLUMNS)}).")
-        entries: dict[Path, FileMetadata] = {}
-        for line, raw in rows:
+        _check_columns(path, fields, rows)
+        seen: dict[Path, _Row] = {}
+        for line, values in rows:
             where = f"{path}, line {line}"
-            if _EXTRA in raw:
-                raise ManifestError(
-                    f"{where}: {len(raw[_EXTRA])} more value(s) than the header row has "
-                    "columns; a value holding a comma must be in double quotes.")
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+            row = {name: value.strip() for name, value in zip(fields, values, strict=False)
+                   if name}
             if not row.get("path"):
                 raise ManifestError(f"{where}: the 'path' value is empty.")
             try:
@@ -99,11 +113,35 @@ class Manifest:
             except (OSError, ValueError) as exc:  # a NUL byte, a name too long
                 raise ManifestError(
                     f"{where}: {row['path']!r} is not a usable file path ({exc}).") from exc
-            entries[file] = _entry(row, where, pseudonymize)
-        return cls(entries, path)
+            entry = _Row(line, row["path"], _entry(row, where, pseudonymize))
+            if (first := seen.setdefault(file, entry)) is not entry:
+                _check_repeat(where, first, entry)
+        return cls({file: row.metadata for file, row in seen.items()}, path,
+                   {file: (row.line, row.path) for file, row in seen.items()})
 
     def lookup(self, file: Path) -> FileMetadata | None:
-        return self.entries.get(Path(file).resolve())
+        resolved = Path(file).resolve()
+        entry = self.entries.get(resolved)
+        if entry is not None:
+            self._matched.add(resolved)
+        return entry
+
+    def unmatched_warning(self) -> str | None:
+        """What to tell about rows no file looked up so far matched, or None when all did.
+
+        Such a row is harmless (a path outside the folders submitted is never read through
+        a manifest) but usually a mistake: a typo in the path, or the wrong folder given.
+        """
+        unmatched = [self._written.get(file, (0, str(file))) for file in self.entries
+                     if file not in self._matched]
+        if not unmatched:
+            return None
+        shown = ", ".join(f"line {line} '{text}'" for line, text in
+                          sorted(unmatched)[:_UNMATCHED_SHOWN])
+        more = ", ..." if len(unmatched) > _UNMATCHED_SHOWN else ""
+        return (f"{len(unmatched)} row(s) of the manifest {self.source} matched no submitted "
+                f"file, so their metadata was not used ({shown}{more}): check that those "
+                "paths, relative to the manifest's folder, name files under the paths given.")
 
 
 def filename_convention(file: Path) -> FileMetadata | None:
@@ -153,8 +191,84 @@ def apply_metadata(header: ImageHeader, metadata: FileMetadata | None) -> ImageH
         patient_pseudonym=header.patient_pseudonym or metadata.patient_pseudonym,
         study_instance_uid=study_uid,
         accession_number=header.accession_number or metadata.accession,
+        study_date=header.study_date or metadata.study_date,
         pixel_spacing_mm=header.pixel_spacing_mm or metadata.pixel_spacing_mm,
     )
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(lower-cased column names, [(line the row is on, its values)]), blank lines skipped.
+
+    Strict: Python's csv otherwise reads an unclosed quote as a value running to the end of
+    the file, taking every later row with it.
+    """
+    rows: list[tuple[int, list[str]]] = []
+    start = 1
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, strict=True)
+            for values in reader:
+                if values:
+                    _check_one_line(path, start, reader.line_num, values, rows)
+                    rows.append((start, values))
+                start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ManifestError(
+            f"{path}, line {start}: not valid CSV ({exc}): a double quote opened on this "
+            "line is not closed, or a closing quote is followed by more text. Put double "
+            "quotes around a whole value only, and write a quote inside one twice.") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"The manifest {path} could not be read: {exc}.") from exc
+    header = rows[0][1] if rows else []
+    return [name.strip().lower() for name in header], rows[1:]
+
+
+def _check_one_line(path: Path, start: int, end: int, values: list[str],
+                    rows: list[tuple[int, list[str]]]) -> None:
+    where = f"{path}, line {start}"
+    if end > start:  # no manifest value holds a line break: a quote closed lines later
+        raise ManifestError(
+            f"{where}: a double quote opened on this line is closed only on line {end}, "
+            "making one value of the lines between; close the quote on its own line.")
+    if rows and len(values) > len(rows[0][1]):
+        raise ManifestError(
+            f"{where}: {len(values) - len(rows[0][1])} more value(s) than the header row "
+            "has columns; a value holding a comma must be in double quotes.")
+
+
+def _check_columns(path: Path, fields: list[str], rows: list[tuple[int, list[str]]]) -> None:
+    """Refuse a column that is not a manifest column (its values would be dropped without
+    a word), or one named twice (only one would be read)."""
+    for index, name in enumerate(fields):
+        if not name:
+            # A nameless column left empty is what spreadsheets export after a stray cell.
+            if any(index < len(values) and values[index].strip() for _, values in rows):
+                raise ManifestError(
+                    f"{path}: column {index + 1} has values but no name in the header row: "
+                    f"name it (one of {', '.join(COLUMNS)}) or delete it.")
+            continue
+        if name not in COLUMNS:
+            close = difflib.get_close_matches(name, COLUMNS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ManifestError(
+                f"{path}: the column '{name}' is not a manifest column{hint}, and its "
+                f"values would be ignored: rename it to one of {', '.join(COLUMNS)}, or "
+                "delete it.")
+        if fields.count(name) > 1:
+            raise ManifestError(
+                f"{path}: the column '{name}' is in the header row twice: keep one.")
+
+
+def _check_repeat(where: str, first: _Row, again: _Row) -> None:
+    """Two rows for one file may repeat each other, not disagree."""
+    if again.metadata == first.metadata:
+        return
+    differ = [field.name for field in dataclasses.fields(FileMetadata)
+              if getattr(first.metadata, field.name) != getattr(again.metadata, field.name)]
+    names = ", ".join("patient_id" if name == "patient_pseudonym" else name for name in differ)
+    raise ManifestError(
+        f"{where}: '{again.path}' names the same file as line {first.line} with another "
+        f"{names}: keep one row per file, with the right values.")
 
 
 def _entry(row: dict[str, str], where: str,
@@ -164,26 +278,51 @@ def _entry(row: dict[str, str], where: str,
         raise ManifestError(
             f"{where}: the manifest holds patient IDs and no key is configured to "
             f"pseudonymise them; patient IDs are never stored in clear. {KEY_HINT}.")
+    if patient_id and not any(row.get(column) for column in _EXAM_COLUMNS):
+        raise ManifestError(
+            f"{where}: a patient_id without {', '.join(_EXAM_COLUMNS[:-1])} or "
+            f"{_EXAM_COLUMNS[-1]}: the patient is recorded with the image's exam, and "
+            "nothing says which exam this is. Fill one of them (study_date as YYYYMMDD "
+            "groups the patient's images of that day), or leave patient_id empty.")
     return FileMetadata(
-        laterality=_parse(row, "laterality", Laterality.parse, where),
-        view=_parse(row, "view", View.parse, where),
+        laterality=_parse(row, "laterality", Laterality.parse, where,
+                          "L, R or B (left, right, both)"),
+        view=_parse(row, "view", _view, where, ", ".join(View)),
         patient_pseudonym=pseudonymize(patient_id) if patient_id and pseudonymize else None,
         study_id=row.get("study_id") or None,
         accession=row.get("accession") or None,
-        label=_parse(row, "label", _label, where),
-        pixel_spacing_mm=_parse(row, "pixel_spacing_mm", _spacing, where),
+        label=_parse(row, "label", _label, where, ", ".join(Label)),
+        pixel_spacing_mm=_parse(row, "pixel_spacing_mm", _spacing, where,
+                                "millimetres per pixel above 0, e.g. 0.1 or 0.1\\0.12"),
+        study_date=_parse(row, "study_date", _date, where, "YYYYMMDD or YYYY-MM-DD"),
     )
 
 
 def _parse(row: dict[str, str], column: str, parser: Callable[[str], _T | None],
-           where: str) -> _T | None:
+           where: str, accepted: str) -> _T | None:
     text = row.get(column) or ""
     if not text:
         return None
     value = parser(text)
     if value is None:
-        raise ManifestError(f"{where}: '{text}' is not a valid {column}.")
+        raise ManifestError(f"{where}: '{text}' is not a valid {column} (accepted: "
+                            f"{accepted}).")
     return value
+
+
+def _view(text: str) -> View | None:
+    """The view names a DICOM View Position may hold; OTHER only when written as such,
+    not for a name nobody knows (a typo would otherwise be stored as OTHER)."""
+    view = View.parse(text)
+    return view if view is not View.OTHER or text.strip().upper() == View.OTHER else None
+
+
+def _date(text: str) -> str | None:
+    value = study_date(text)
+    try:
+        return value if value and datetime.strptime(value, "%Y%m%d") else None
+    except ValueError:  # 20241301
+        return None
 
 
 def _label(text: str) -> Label | None:

@@ -101,6 +101,7 @@ class Ingestion:
 
     pseudonymize: Pseudonymize | None = None
     metadata: Callable[[Path], FileMetadata | None] | None = None
+    manifest: Manifest | None = None  # also in ``metadata``: kept to warn of unused rows
     # Files the caller saw written to since their image failed (the drop folder watches
     # them): retried as changed whatever their mtime says against the failure's time,
     # which a file server's clock running behind the database's would deny.
@@ -111,7 +112,7 @@ def ingestion_for(settings: Settings, manifest: Path | None = None) -> Ingestion
     """The configured pseudonymizer, plus the manifest (if any) and filename convention."""
     pseudonymize = Pseudonymizer.from_settings(settings)
     rows = Manifest.load(manifest, pseudonymize=pseudonymize) if manifest else None
-    return Ingestion(pseudonymize=pseudonymize, metadata=metadata_source(rows))
+    return Ingestion(pseudonymize=pseudonymize, metadata=metadata_source(rows), manifest=rows)
 
 
 def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputError | None,
@@ -197,6 +198,7 @@ def register_files(
 
     The batch's ``submitted`` and ``duplicates`` grow by this call's files, in one atomic
     UPDATE: a watcher's batch takes many calls, from more than one process at times.
+    Manifest rows no file of the call matched are logged as a warning.
     """
     ingestion = ingestion or Ingestion()
     result = Registration(batch_id)
@@ -210,6 +212,8 @@ def register_files(
             block = []
     if block:
         _register_block(sessions, batch_id, block, result, ingestion)
+    if ingestion.manifest and (unmatched := ingestion.manifest.unmatched_warning()):
+        log.warning("%s", unmatched)
     count = len(result.new_ids) + len(result.rejected_ids) + len(result.duplicates)
     with sessions() as session:
         session.execute(update(Batch).where(Batch.id == batch_id).values(
@@ -232,6 +236,8 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
             "written by a system using another character set), and the database cannot "
             f"record a result under it. Rename the {what} in UTF-8 (e.g. `convmv -f latin1 "
             f"-t utf8 --notest NAME`) and submit it again."), None
+    # Looked up first: a manifest row for a file refused as unreadable matched a file.
+    metadata = ingestion.metadata(path) if ingestion.metadata else None
     try:
         header = read_header(path, pseudonymize=ingestion.pseudonymize)
     except InputError as exc:
@@ -242,7 +248,6 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
             f"{path.name} was not read because of a fault in this software, not in the file "
             f"({type(exc).__name__}: {first_line(exc)}); the traceback is in the log. Submit "
             "the file again once the software is fixed.", code=ErrorCode.INTERNAL), None
-    metadata = ingestion.metadata(path) if ingestion.metadata else None
     label = metadata.label.value if metadata and metadata.label else None
     return bounded(apply_metadata(header, metadata)), None, label
 

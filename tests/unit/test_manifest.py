@@ -33,9 +33,9 @@ def _manifest(tmp_path: Path, text: str) -> Path:
 def test_rows_are_found_by_resolved_path_and_ids_pseudonymised(tmp_path: Path) -> None:
     (tmp_path / "scans").mkdir()
     path = _manifest(tmp_path, (
-        "path,patient_id,laterality,view,study_id,accession,label,pixel_spacing_mm,extra\n"
-        "scans/a.png,P-0001,L,CC,EX1,ACC1,malignant,0.1,ignored\n"
-        f"{tmp_path / 'scans' / 'b.png'},,right,mlo,,,,0.07\\0.08,\n"))
+        "path,patient_id,laterality,view,study_id,accession,label,pixel_spacing_mm\n"
+        "scans/a.png,P-0001,L,CC,EX1,ACC1,malignant,0.1\n"
+        f"{tmp_path / 'scans' / 'b.png'},,right,mlo,,,,0.07\\0.08\n"))
     manifest = Manifest.load(path, pseudonymize=KEY)
     a = manifest.lookup(tmp_path / "scans" / ".." / "scans" / "a.png")
     assert a == FileMetadata(Laterality.LEFT, View.CC, KEY("P-0001"), "EX1", "ACC1",
@@ -57,10 +57,65 @@ def test_rows_are_found_by_resolved_path_and_ids_pseudonymised(tmp_path: Path) -
     ("path,pixel_spacing_mm\nx.png,0.1 inf\n", "not a valid pixel_spacing_mm"),
     ("path,view\nx.png,CC\ny.png,MLO,0.1\n", "line 3: 1 more value"),
     ("path,view\nx\x00y.png,CC\n", "not a usable file path"),
+    # A view no DICOM View Position names was stored as OTHER without a word.
+    ("path,laterality,view\nx.png,L,ZZVIEW\n",
+     r"line 2: 'ZZVIEW' is not a valid view \(accepted: CC, MLO, ML, LM, LMO, XCCL"),
+    ("path,laterality\nx.png,X\n", r"'X' is not a valid laterality \(accepted: L, R or B"),
+    # Columns that are none of the manifest's: their values were dropped without a word.
+    ("path,lateralty\nx.png,L\n", "column 'lateralty' is not a manifest column "
+                                    r"\(did you mean 'laterality'\?\)"),
+    ("path,patient_id,bogus\nx.png,,1\n", r"'bogus' is not a manifest column, and its"),
+    ("path,view,View\nx.png,CC,MLO\n", "column 'view' is in the header row twice"),
+    ("path,view,\nx.png,CC,MLO\n", "column 3 has values but no name"),
+    # An unclosed quote swallowed the rest of the file into one value.
+    ('path,patient_id,laterality\nimg_LCC.png,"ZZMPID8,L\n', "line 2: not valid CSV"),
+    ('path,patient_id,laterality,study_id\na.png,"P1,L\nb.png,P2",R,E1\n',
+     "line 2: a double quote opened on this line is closed only on line 3"),
+    ("path,patient_id\nx.png,P1\n", "line 2: a patient_id without study_id, accession or "
+                                     "study_date"),
+    ("path,study_date\nx.png,20241301\n", "'20241301' is not a valid study_date"),
+    # Two rows for one file that disagree: which one was kept depended on their order.
+    ("path,patient_id,laterality,study_id\nx.png,P1,L,E1\n./x.png,P2,L,E1\n",
+     "line 3: './x.png' names the same file as line 2 with another patient_id: keep one"),
 ])
 def test_bad_manifests_say_where_and_what(tmp_path: Path, text: str, phrase: str) -> None:
     with pytest.raises(ManifestError, match=phrase):
         Manifest.load(_manifest(tmp_path, text), pseudonymize=KEY)
+
+
+def test_messages_never_quote_a_patient_id(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, "path,patient_id,study_id\nx.png,SECRET-1,E\nx.png,SECRET-2,E\n")
+    with pytest.raises(ManifestError, match="another patient_id") as caught:
+        Manifest.load(path, pseudonymize=KEY)
+    assert "SECRET" not in str(caught.value)
+
+
+def test_harmless_repeats_and_empty_columns_are_read(tmp_path: Path) -> None:
+    """What spreadsheets write is read: a row given twice alike, a nameless empty column
+    after a stray cell, blank lines; OTHER and dates with dashes as written."""
+    path = _manifest(tmp_path, (
+        "path,view,laterality,study_date,,\n\n"
+        "a.png,other,L,2024-01-31,,\n"
+        "a.png,OTHER,left,20240131,,\n\n"
+        "b.png,XCCL,R,,,\n"))
+    manifest = Manifest.load(path, pseudonymize=KEY)
+    a, b = manifest.lookup(tmp_path / "a.png"), manifest.lookup(tmp_path / "b.png")
+    assert a == FileMetadata(Laterality.LEFT, View.OTHER, study_date="20240131")
+    assert b is not None and b.view is View.XCCL
+
+
+def test_rows_no_file_looked_up_are_named_in_a_warning(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, (
+        "path,view\n"
+        "a.png,CC\n../../etc/passwd,CC\n/etc/hostname,MLO\nb.png,CC\nc.png,CC\n"))
+    manifest = Manifest.load(path, pseudonymize=None)
+    assert manifest.lookup(tmp_path / "a.png") is not None
+    warning = manifest.unmatched_warning()
+    assert warning is not None and warning.startswith(f"4 row(s) of the manifest {path}")
+    assert "line 3 '../../etc/passwd', line 4 '/etc/hostname', line 5 'b.png', ..." in warning
+    for name in ("b.png", "c.png", "../../etc/passwd", "/etc/hostname"):
+        manifest.lookup(tmp_path / name)
+    assert manifest.unmatched_warning() is None
 
 
 def test_patient_ids_without_a_key_refuse_the_manifest(tmp_path: Path) -> None:

@@ -154,6 +154,45 @@ def test_manifest_metadata_for_png(tmp_path: Path, sqlite_url: str,
     assert image.study_id == study.id
 
 
+def test_a_manifest_patient_with_a_study_date_reaches_the_exam(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    """A patient_id with only a date was dropped: no study, no pseudonym. Grouped now as a
+    DICOM without a StudyInstanceUID is, by patient and date."""
+    rng = np.random.default_rng(3)
+    for name in ("l.png", "r.png", "later.png"):
+        write_png(tmp_path / name, synth_mammogram(rng) << 4)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,patient_id,laterality,study_date\n"
+                        "l.png,P1,L,2024-03-01\nr.png,P1,R,20240301\nlater.png,P1,L,20250301\n")
+    _register(sessions, sorted(tmp_path.glob("*.png")),
+              ingestion_for(_settings(sqlite_url, KEY), manifest))
+    with sessions() as session:
+        studies = session.execute(select(Study).order_by(Study.study_date)).scalars().all()
+        by_name = {Path(source).name: study for source, study in session.execute(
+            select(Image.source, Image.study_id))}
+    assert [s.study_date for s in studies] == ["20240301", "20250301"]
+    assert studies[0].patient_pseudonym == studies[1].patient_pseudonym is not None
+    assert by_name["l.png"] == by_name["r.png"] == studies[0].id != by_name["later.png"]
+
+
+def test_manifest_rows_matching_no_file_are_warned_about(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session],
+        caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "a.png", synth_mammogram(np.random.default_rng(5)) << 4)
+    (folder / "broken.png").write_bytes(b"not a PNG")  # submitted: its row was used
+    manifest = folder / "m.csv"
+    manifest.write_text("path,view\na.png,CC\nbroken.png,MLO\n../../etc/passwd,CC\n"
+                        "/etc/hostname,MLO\n")
+    with caplog.at_level("WARNING", logger="producer.registration"):
+        _register(sessions, [folder / "a.png", folder / "broken.png"],
+                  ingestion_for(_settings(sqlite_url), manifest))
+    [warning] = [r.getMessage() for r in caplog.records if "manifest" in r.getMessage()]
+    assert warning.startswith(f"2 row(s) of the manifest {manifest} matched no submitted file")
+    assert "line 4 '../../etc/passwd', line 5 '/etc/hostname')" in warning
+
+
 def test_duplicates_are_recorded_and_listed_with_the_original(
         tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
     ingestion = ingestion_for(_settings(sqlite_url, KEY))
