@@ -3,7 +3,6 @@ conversions every CSV and JSON file the product writes goes through."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -21,6 +20,15 @@ FORMATS = ("table", "csv", "json")
 # A spreadsheet runs a cell that starts with one of these as a formula ("CSV injection",
 # OWASP): a file name or accession number "=HYPERLINK(...)" in an export must stay text.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Cells written quoted: besides those with a comma, a quote or a line end, those with a ";"
+# (the list separator German, French or Dutch Excel splits a line at) or a tab, so a reader
+# that honours the quotes keeps the cell whole.
+_NEEDS_QUOTES = re.compile('[",;\t\r\n]')
+# A formula start right after ";", a tab or a line end: quotes count only where a field
+# starts, and a spreadsheet splitting a comma-separated line at ";" starts its fields
+# elsewhere ('15,9,"/in/a' | '=2+5' | '.png",failed'), so such a formula start gets its own
+# single quote too.
+_FORMULA_AFTER_SPLIT = re.compile(f"(?<=[;\t\r\n])(?=[{re.escape(''.join(_FORMULA_START))}])")
 # C0 and C1 control characters (ESC, BEL, CSI ...) and DEL, but not the newline: a file name
 # or DICOM text printed raw could retitle the terminal, recolour it or rewrite what was shown.
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
@@ -41,23 +49,41 @@ def _plain(value: Any) -> Any:
 
 
 def csv_cell(value: Any) -> Any:
-    """``value`` for a CSV cell: text a spreadsheet would run as a formula gets a leading
-    single quote, so it shows as typed; numbers (negative ones too) and None stay as they
-    are, so a spreadsheet still reads them as numbers."""
+    """``value`` for a CSV cell: terminal control characters shown as ``\\xNN`` (as the
+    table shows them: a CSV is printed, or ``cat`` later, as often as it is opened), and
+    text a spreadsheet would run as a formula, at the cell's start or after a separator it
+    may split the cell at, gets a single quote before it, so it shows as typed; numbers
+    (negative ones too) and None stay as they are, so a spreadsheet still sums them."""
     value = _plain(value)
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+    if not isinstance(value, str):
+        return value
+    value = _FORMULA_AFTER_SPLIT.sub("'", without_control(value))
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _csv_field(value: Any) -> str:
+    """One written cell: quoted (a quote doubled) when it holds a quote or any separator a
+    spreadsheet may split at, so every spreadsheet keeps it whole (Excel honours the
+    double-quote text qualifier whatever its list separator)."""
+    text = "" if value is None else str(value)
+    return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text
 
 
 def write_csv_rows(fh: TextIO, rows: Sequence[Mapping[str, Any]],
                    columns: Sequence[str], *, lineterminator: str = "\r\n") -> None:
     """A header of exactly ``columns`` (also with no rows: a script reading an empty export
-    must see the same columns), then one line per row, every cell through ``csv_cell``."""
-    writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator=lineterminator)
-    writer.writeheader()
+    must see the same columns), then one line per row, every cell through ``csv_cell``.
+    Written here, not by ``csv.writer``: its minimal quoting cannot be told to quote ``;``
+    (Python 3.11 has no per-cell quoting), and quoting every cell would change every line;
+    Python's ``csv`` module reads the result back as the same values."""
+    _write_csv_line(fh, columns, lineterminator)
     for row in rows:
-        writer.writerow({k: csv_cell(row.get(k)) for k in columns})
+        _write_csv_line(fh, [csv_cell(row.get(k)) for k in columns], lineterminator)
+
+
+def _write_csv_line(fh: TextIO, cells: Sequence[Any], lineterminator: str) -> None:
+    # A line of one empty cell is quoted, as csv.writer does: a blank line is no row.
+    fh.write((",".join(map(_csv_field, cells)) or '""') + lineterminator)
 
 
 def _json_default(value: Any) -> Any:
@@ -78,8 +104,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     # Cells are data (file names, error messages), never Rich markup: "[red]x.png" must
-    # show as typed; and never terminal control: ESC shows as \x1b. (CSV and JSON keep the
-    # data as it is.)
+    # show as typed; and never terminal control: ESC shows as \x1b (CSV cells too; JSON
+    # keeps the data as it is, its own escapes included).
     return escape(without_control(str(value)))
 
 

@@ -72,17 +72,25 @@ def test_table_cells_are_text_not_markup() -> None:
     assert "[bold]x.png" in buffer.getvalue() and "[red]bad.png" in buffer.getvalue()
 
 
-def test_table_cells_show_terminal_control_characters_instead_of_sending_them() -> None:
-    name = "x\x1b]0;PWNED\x07\x1b[31mRED\x9b2J.dcm"
+@pytest.mark.parametrize("fmt", ["table", "csv"])
+def test_listings_show_terminal_control_characters_instead_of_sending_them(fmt: str) -> None:
+    name = "x\x1b]0;PWNED\x07\x1b[31mRED\x9b2J\r.dcm"
     buffer = io.StringIO()
-    render([{"file": name}], "table", keys=("file",),
+    render([{"file": name}], fmt, keys=("file",),
            console=Console(file=buffer, width=120, force_terminal=False))
     out = buffer.getvalue()
-    assert not any(c in out for c in "\x1b\x07\x9b"), repr(out)
-    assert "x\\x1b]0;PWNED\\x07\\x1b[31mRED\\x9b2J.dcm" in out
-    buffer = io.StringIO()
-    render([{"file": name}], "csv", keys=("file",), console=Console(file=buffer))
-    assert name in buffer.getvalue()  # the data as it is, for a script
+    assert not any(c in out for c in "\x1b\x07\x9b\r"), repr(out)
+    assert "x\\x1b]0;PWNED\\x07\\x1b[31mRED\\x9b2J\\x0d.dcm" in out
+
+
+def test_csv_files_show_control_characters_as_the_listing_does(tmp_path: Path) -> None:
+    # A batch-N.csv is `cat`-ed as often as a listing is printed: the same text in both.
+    rows = [{"source": "/in/\x1b[31mred\tx.png", "error_message": "line\nbreak"}]
+    listed = _csv(rows, ("source", "error_message"))
+    written = list(csv.reader(write_csv(rows, tmp_path / "r.csv", columns=(
+        "source", "error_message")).open(encoding="utf-8", newline="")))
+    assert listed == written == [["source", "error_message"],
+                                 ["/in/\\x1b[31mred\\x09x.png", "line\nbreak"]]
 
 
 def test_one_line_text_shows_the_newline_too() -> None:
@@ -90,13 +98,37 @@ def test_one_line_text_shows_the_newline_too() -> None:
     assert without_control("a\nb\x1b", one_line=True) == "a\\x0ab\\x1b"  # a log line not
 
 
-FORMULAS = ("=1+2", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "=HYPERLINK(\"http://x\")")
+FORMULAS = ("=1+2", "+1", "-2+3", "@SUM(A1)", "=HYPERLINK(\"http://x\")")
 
 
 @pytest.mark.parametrize("text", FORMULAS)
 def test_text_a_spreadsheet_would_run_is_written_as_text(text: str) -> None:
     assert csv_cell(text) == "'" + text
     assert csv_cell("a=1") == "a=1" and csv_cell("") == "" and csv_cell(None) is None
+    # After a separator a spreadsheet may split the cell at, the same guard.
+    for separator in ";\n":
+        assert csv_cell("/in/a" + separator + text) == "/in/a" + separator + "'" + text
+    assert csv_cell("/in/a," + text) == "/in/a," + text  # quoted, in one comma field
+    # A leading tab or carriage return is shown as \x09 / \x0d: no longer a formula start.
+    assert csv_cell("\t" + text) == "\\x09" + text
+
+
+@pytest.mark.parametrize("separator", [";", "\n"])
+def test_a_cell_a_spreadsheet_could_split_stays_text(separator: str, tmp_path: Path) -> None:
+    value = f"/in/a{separator}=2+5{separator}.png"
+    rows = [{"source": value, "image_id": 9, "state": "failed"}]
+    keys = ("image_id", "source", "state")
+    buffer = io.StringIO()
+    render(rows, "csv", keys=keys, console=Console(file=buffer))
+    for text in (buffer.getvalue(),
+                 write_csv(rows, tmp_path / "r.csv", columns=keys).read_text(encoding="utf-8")):
+        guarded = f"/in/a{separator}'=2+5{separator}.png"
+        # Quoted as a whole, and read back by Python's csv as the guarded value.
+        assert f'9,"{guarded}",failed' in text, text
+        assert next(csv.DictReader(io.StringIO(text)))["source"] == guarded
+        # Excel with ";" as its list separator: quotes count only at a field's start.
+        for line in text.splitlines():
+            assert not any(c.startswith("=") for c in line.split(";")), line
 
 
 def test_numbers_stay_numbers_in_csv() -> None:

@@ -71,6 +71,10 @@ def test_formulas_in_the_data_are_text_in_every_csv(seeded: str, monkeypatch: py
         conn.execute(update(Image).where(Image.id == 1).values(
             state="failed", error_code="unreadable",
             error_message='=HYPERLINK("http://x","y").dcm is not readable'))
+        # Split at ";" by Excel in a German, French or Dutch locale; ESC would recolour a
+        # terminal the CSV is printed to.
+        conn.execute(update(Image).where(Image.id == 2).values(
+            source="/in/\x1b[31ma;=2+5;.png"))
     engine.dispose()
     code, out = _mammo(["worklist", "--format", "csv"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.OK, out
@@ -78,9 +82,11 @@ def test_formulas_in_the_data_are_text_in_every_csv(seeded: str, monkeypatch: py
     code, out = _mammo(["results", "--format", "csv"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.OK, out
     assert _csv_rows(out)[0]["error_message"].startswith("'=HYPERLINK(")
+    assert _csv_rows(out)[1]["source"] == "/in/\\x1b[31ma;'=2+5;.png" and "\x1b" not in out
     for args, key, expected in (
             (["report", "worklist", "--format", "csv"], "accession_number", "'=1+2"),
-            (["report", "batch", "1", "--format", "csv"], "error_message", "'=HYPERLINK(")):
+            (["report", "batch", "1", "--format", "csv"], "error_message", "'=HYPERLINK("),
+            (["report", "batch", "1", "--format", "csv"], "source", "/in/\\x1b[31ma;'=2+5")):
         code, out = _mammo([*args, "-o", str(tmp_path / "x.csv")], monkeypatch, tmp_path,
                            seeded)
         assert code == ExitCode.OK, out
