@@ -156,19 +156,26 @@ def duplicate_rows(session: Session, batch_id: int, *,
         stmt = stmt.limit(limit)
     rows = []
     for found in session.execute(stmt):
-        row = _result_row(found._mapping)
-        row.update(batch_id=batch_id, source=found.duplicate_source,
-                   duplicate_of=row["image_id"])
+        row = _result_row(found._mapping, copy_source=found.duplicate_source)
+        row["batch_id"] = batch_id
         rows.append(row)
     return rows
 
 
-def _result_row(found: RowMapping) -> dict[str, Any]:
-    """One ``RESULT_KEYS`` row; prediction fields only for a done image."""
+def _result_row(found: RowMapping, *, copy_source: str | None = None) -> dict[str, Any]:
+    """One ``RESULT_KEYS`` row; prediction fields only for a done image. ``copy_source``: the
+    row of a file sent again, under that path, ``duplicate_of`` the image found."""
     done = found["state"] == ImageState.DONE.value and found["label"] is not None
     row = {key: found[key] for key in RESULT_KEYS
            if key not in _PREDICTED and key not in ("model_version", "duplicate_of")}
     row["duplicate_of"] = None
+    if copy_source is not None:
+        row.update(source=copy_source, duplicate_of=found["image_id"])
+        # The image's reason names the image's file (most messages start with its name,
+        # not all): under another path, the row says whose reason it is.
+        if row["error_message"] and copy_source != found["source"]:
+            row["error_message"] = (f"Already submitted as image {found['image_id']} "
+                                    f"({found['source']}): {row['error_message']}")
     row.update({key: found[key] if done else None for key in _PREDICTED})
     row["model_version"] = (f"{found['model_name']}:{found['model_version']}"
                             if done and found["model_name"] else None)

@@ -127,6 +127,33 @@ def test_the_results_table_lists_the_batch_s_repeated_files_like_csv_and_json(
     assert sources[0] not in out and "add --offset 5 --limit 5" in out
 
 
+def test_a_copy_s_row_says_whose_failure_it_carries(seeded: str,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    reason = "scan-5.png is not a DICOM, PNG, JPEG, TIFF or PGM file."
+    engine = _engine(seeded)
+    with engine.begin() as conn:
+        conn.execute(update(Image).where(Image.id == 5).values(
+            source="/in/scan-5.png", state="failed", error_code="not_dicom_or_image",
+            error_message=reason))
+        # Batch 1 sends image 5's bytes again: under another name, and under its own path.
+        conn.execute(insert(DuplicateSubmission), [
+            {"batch_id": 1, "image_id": 5, "source": s}
+            for s in ("/again/renamed.png", "/in/scan-5.png")])
+    engine.dispose()
+    code, out = _mammo(["report", "batch", "1", "--format", "csv", "-o",
+                        str(tmp_path / "b.csv")], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    code, out = _mammo(["results", "--batch", "1", "--format", "json"], monkeypatch, tmp_path,
+                       seeded)
+    assert code == ExitCode.OK, out
+    for rows in (_csv_rows((tmp_path / "b.csv").read_text(encoding="utf-8")), json.loads(out)):
+        messages = {r["source"]: r["error_message"] for r in rows if r["duplicate_of"]}
+        assert messages == {
+            "/again/renamed.png": f"Already submitted as image 5 (/in/scan-5.png): {reason}",
+            "/in/scan-5.png": reason}  # it names the row's own file already
+
+
 def test_a_limit_caps_image_rows_and_repeated_files_together(seeded: str) -> None:
     _add_duplicates(seeded, 1, [5, 6, 7])
     engine = _engine(seeded)
