@@ -9,7 +9,7 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.discovery import check_paths, iter_files
+from producer.discovery import OwnFiles, check_paths, iter_files
 from producer.registration import create_batch, ingestion_for, register_files
 from shared.config import Settings
 from shared.db import lifecycle
@@ -27,6 +27,8 @@ class SubmitOutcome:
     duplicates: list[tuple[str, int, str]] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
     messages: int = 0
+    # Found in a folder but not read: (path, why), e.g. a link out of the folder.
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def waiting_on(self) -> list[int]:
@@ -53,9 +55,12 @@ def submit(
     check_paths(paths)
     ingestion = ingestion_for(settings, manifest)  # a bad manifest fails before any batch
     batch_id = create_batch(sessions, name=name, priority=priority, mode=mode)
-    reg = register_files(sessions, batch_id, iter_files(paths), on_file=on_file,
-                         ingestion=ingestion)
-    outcome = SubmitOutcome(batch_id, reg.new_ids, reg.rejected_ids, reg.duplicates)
+    skipped: list[tuple[Path, str]] = []
+    files = iter_files(paths, own=OwnFiles.of(settings),
+                       on_skip=lambda path, why: skipped.append((path, why)))
+    reg = register_files(sessions, batch_id, files, on_file=on_file, ingestion=ingestion)
+    outcome = SubmitOutcome(batch_id, reg.new_ids, reg.rejected_ids, reg.duplicates,
+                            skipped=skipped)
     if requeue_unfinished_duplicates:
         outcome.requeued = reg.unfinished_duplicate_ids
     else:

@@ -9,13 +9,13 @@ from typing import Any
 
 import click
 
-from producer.cli.commands_submit import manifest_option
+from producer.cli.commands_submit import manifest_option, say_skipped
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.interrupts import sigterm_as_ctrl_c
 from producer.cli.options import batch_name_option, format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
-from producer.discovery import iter_files
+from producer.discovery import OwnFiles, iter_files
 from producer.embedded_run import RunOutcome, check_model, run_embedded
 from producer.submission import SubmitOutcome
 from shared.config import Settings
@@ -67,6 +67,7 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
     rate = len(sub.waiting_on) / result.seconds if result.seconds else 0.0
     STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {rate:.1f} images/s (model "
                  f"load {result.model_load_seconds:.1f} s)")
+    say_skipped(sub.skipped)
     settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
     with cli.sessions() as session:
         _say_documents("reports", write_batch_documents(session, sub.batch_id, settings))
@@ -110,7 +111,8 @@ def _file_counts(sub: SubmitOutcome) -> str:
     resumed = (f" ({len(sub.requeued)} of them unfinished, finished in this run)"
                if sub.requeued else "")
     return (f"{sub.files} file(s): {len(sub.queued)} new, {len(sub.duplicates)} already "
-            f"submitted{resumed}, {len(sub.rejected)} rejected at intake")
+            f"submitted{resumed}, {len(sub.rejected)} rejected at intake"
+            + (f", {len(sub.skipped)} skipped (not read)" if sub.skipped else ""))
 
 
 @click.command("run")
@@ -133,11 +135,15 @@ def run_command(cli: CliContext, paths: tuple[Path, ...], name: str | None,
     Example:
         mammo run /data/screening/2026-11-24/ --name night-24
     """
-    if next(iter_files(paths), None) is None:
+    skipped: list[tuple[Path, str]] = []
+    found = iter_files(paths, own=OwnFiles.of(cli.settings),
+                       on_skip=lambda path, why: skipped.append((path, why)))
+    if next(found, None) is None:
         # A night with no exams is not an error; an empty batch and a model load are waste.
         STDERR.print("nothing to do: no image files under "
                       f"{', '.join(str(p) for p in paths)} (hidden files and folders, and "
                       "temporary names, are skipped)")
+        say_skipped(skipped)
         if fmt != "table":  # a script still reads a well-formed, empty listing
             render([], fmt, keys=RESULT_KEYS)
         raise SystemExit(ExitCode.OK)

@@ -12,10 +12,12 @@ from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import batch_name_option, paths_argument
 from producer.cli.progress import STDERR, file_counter
+from producer.discovery import source_text
 from producer.manifest import COLUMNS
 from producer.submission import submit
 from shared.enums import ImageState, Priority
 from shared.errors import ConfigurationError
+from shared.formatting import without_control
 from shared.queue import check_broker
 
 manifest_option = click.option(
@@ -23,6 +25,23 @@ manifest_option = click.option(
     help=f"CSV of metadata for files that carry none (PNG, JPEG, TIFF, PGM); columns "
     f"{','.join(COLUMNS)} (only path is required; paths relative to the CSV). Patient IDs "
     "need MAMMO_PATIENT_ID_KEY.")
+
+
+# A folder of ten thousand named pipes must not flood the terminal: the first few tell why.
+SKIPPED_SHOWN = 10
+
+
+def say_skipped(skipped: list[tuple[Path, str]]) -> None:
+    """One warning naming the files found in the folders given that were not read, and why:
+    a file that silently is not in the batch looks like a file lost."""
+    if not skipped:
+        return
+    named = "; ".join(f"{without_control(source_text(path), one_line=True)} ({why})"
+                      for path, why in skipped[:SKIPPED_SHOWN])
+    more = f"; and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+    STDERR.print(f"warning: skipped {len(skipped)} file(s) found in the folders given, not "
+                 f"read: {named}{more}. To classify a linked file from elsewhere, name it on "
+                 "the command line.", style="yellow", markup=False, highlight=False)
 
 
 def require_broker(cli: CliContext, command: str) -> None:
@@ -67,7 +86,7 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
     summary: dict[str, int | float] = {
         "batch_id": outcome.batch_id, "files": outcome.files, "queued": len(outcome.queued),
         "duplicates": len(outcome.duplicates), "duplicates_failed": failed_copies,
-        "rejected": len(outcome.rejected),
+        "rejected": len(outcome.rejected), "skipped": len(outcome.skipped),
         "messages": outcome.messages, "seconds": round(seconds, 3),
         "files_per_s": round(outcome.files / max(seconds, 1e-6), 1),
     }
@@ -81,8 +100,9 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
         STDERR.print(
             f"batch {outcome.batch_id}: {summary['queued']} queued in {outcome.messages} "
             f"tasks, {summary['duplicates']} duplicates skipped{earlier}, "
-            f"{summary['rejected']} rejected at intake. Follow it with `mammo status "
-            f"{outcome.batch_id}`{reasons}.")
+            f"{summary['rejected']} rejected at intake, {summary['skipped']} skipped. Follow "
+            f"it with `mammo status {outcome.batch_id}`{reasons}.")
+    say_skipped(outcome.skipped)
     # A script that checks only the exit code must learn that files failed, as from `run`.
     raise SystemExit(ExitCode.IMAGES_FAILED if failed else ExitCode.OK)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from producer.discovery import is_candidate, source_text
+from producer.discovery import is_candidate, is_inside, source_text
 from shared.formatting import without_control
 
 SIDECAR_SUFFIX = ".reason.txt"
@@ -58,8 +58,7 @@ class WatchFolder:
 
     def contains_real(self, path: Path) -> bool:
         """Does ``path``, with every symlink resolved, stay inside the folder?"""
-        real_root = os.path.realpath(self.root)
-        return os.path.realpath(path).startswith(real_root + os.sep)
+        return is_inside(path, self.root)
 
 
 def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:

@@ -27,6 +27,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer.discovery import link_problem
 from producer.watch.actions import MOVE, AfterProcessing
 from producer.watch.events import Change, InboxHandler
 from producer.watch.folder import WatchFolder
@@ -243,9 +244,7 @@ class Watcher:
     def _link_target(self, link: Path) -> Path | None:
         """A link inside the folder stands for its target; one leading outside, to nothing
         or round a loop is ignored (said once)."""
-        problem = _unfollowable(link)
-        if problem is None and not self.folder.contains_real(link):
-            problem = "symbolic link to a target outside the watched folder (never followed)"
+        problem = link_problem(link, self.folder.root, folder="the watched folder")
         if problem is not None:
             self._warn_once(link, "ignored %s: %s", problem)
             return None
@@ -281,17 +280,6 @@ class Watcher:
             return True
         del self._duplicates[path]  # rewritten under the same name: look at it again
         return False
-
-
-def _unfollowable(link: Path) -> str | None:
-    """Why ``link`` leads to no file (None when it does)."""
-    try:
-        os.stat(link)
-    except FileNotFoundError:
-        return "symbolic link to a missing file"
-    except OSError as exc:  # ELOOP: links pointing at each other
-        return f"symbolic link that cannot be followed ({exc.strerror or type(exc).__name__})"
-    return None
 
 
 @contextmanager

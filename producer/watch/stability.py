@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from producer.discovery import kind_of
 from producer.watch.completeness import is_complete
 
 Clock = Callable[[], float]
@@ -87,7 +88,7 @@ class StabilityTracker:
                 st = os.stat(path)
                 if not stat.S_ISREG(st.st_mode):
                     # Opening a named pipe blocks until someone writes to it: never try.
-                    verdicts.not_files[path] = _kind(st.st_mode)
+                    verdicts.not_files[path] = kind_of(st.st_mode)
                 elif self._judge(path, candidate, st, now):
                     verdicts.ready.append(path)
                 else:
@@ -125,11 +126,3 @@ class StabilityTracker:
         # Parsing a large file is not free: look again after another quiet period.
         c.closed, c.next_parse = False, now + max(self.quiet_s, 0.5)
         return False
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "named pipe"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "folder" if stat.S_ISDIR(mode) else "device"

@@ -128,7 +128,7 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
             f"{remedy}") from exc
 
 
-def _sqlite_file(url: URL) -> Path | None:
+def sqlite_file(url: URL) -> Path | None:
     """The file of a SQLite URL (``sqlite:///file:PATH?uri=true`` too); None for another
     database or an in-memory one."""
     database = url.database
@@ -146,7 +146,7 @@ def _sqlite_remedy(url: URL, exc: DBAPIError) -> str | None:
     A SQLite file has no server: what fails is its folder or its disk, and SQLite's own
     reason ("disk I/O error", "unable to open database file") does not say which.
     """
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is None:
         return None
     folder = path.parent
