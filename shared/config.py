@@ -11,9 +11,10 @@ import io
 import logging
 import os
 import re
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -50,6 +51,8 @@ KEY_HINT = ("set MAMMO_PATIENT_ID_KEY (in the environment or .env) to a long ran
 # all; psycopg (3) is the PostgreSQL driver this project installs, so both mean it.
 _POSTGRES_SCHEME = re.compile(r"^(?:postgres|postgresql)(?=://)", re.IGNORECASE)
 POSTGRES_DRIVER = "postgresql+psycopg"
+# Settings whose value is a URL that may carry a password (userinfo or ?password=).
+_URL_FIELDS = frozenset({"database_url", "broker_url", "webhook_url"})
 
 
 def short_patient_id_key(key: bytes) -> str | None:
@@ -228,6 +231,13 @@ class Settings(BaseSettings):
         description="Notifications: events older than this are no longer sent or retried "
         "by the sweeper (an alert a day late is for the worklist, not the inbox).",
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() of the settings end up in logs and tracebacks: the URLs' passwords
+        # are masked there as everywhere else (the secrets are SecretStr already).
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name in _URL_FIELDS and isinstance(value, str)
+                         else value)
 
     @field_validator("broker_url")
     @classmethod

@@ -49,6 +49,16 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(f"{message} (start it, or run `bash .ci/run`)")
 
 
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """`mammo` tightens its process umask (producer/cli/main.py): run in-process, by
+    CliRunner, it must not change the files of the tests that follow."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small, real Keras model (random weights: for plumbing tests only, never shipped)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -14,6 +15,18 @@ from producer.cli.exit_codes import ExitCode, exit_code_for
 from shared.config import LOG_LEVELS, load_settings
 from shared.db.engine import failed_command_as_error
 from shared.errors import UserFacingError
+
+# Reports, exports and the SQLite database hold accession numbers, pseudonyms, results and
+# source paths (PACS exports often build these from patient names): no file we write is
+# readable by other users. Group read is left, so that a group (the reading room's) can be
+# granted the reports (README, "Who can read the reports").
+PRIVATE_UMASK = 0o027
+
+
+def keep_files_private() -> None:
+    """Tighten the process umask to at least ``PRIVATE_UMASK``, never loosening a stricter
+    one. Every command, the workers' pool processes and the embedded run inherit it."""
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
 
 
 class MammoGroup(click.Group):
@@ -58,6 +71,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
         mammo demo
         mammo run /path/to/mammograms/
     """
+    keep_files_private()
     overrides: dict[str, object] = {"log_level": log_level} if log_level else {}
     settings = load_settings(**overrides)
     logging.basicConfig(
