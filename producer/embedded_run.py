@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.activation import model_for
@@ -22,9 +23,10 @@ from models.registry import ModelSpec, resolve_model, verify_model
 from producer.registration import ingestion_for
 from producer.submission import SubmitOutcome, submit
 from shared.config import Settings
+from shared.db.engine import failed_command_as_error
 from shared.db.schema import Image
 from shared.enums import ImageState, Priority
-from shared.errors import DatabaseUnavailableError, UserFacingError
+from shared.errors import DatabaseUnavailableError, UserFacingError, first_line
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import create_celery_app, enqueue_chunks
 from shared.recovery import held_claims, take_over_expired
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (finished, total)
+_T = TypeVar("_T")
 
 
 class EmbeddedWorkerDied(UserFacingError):
@@ -132,28 +135,36 @@ def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
     Images another process holds (an earlier run killed mid-chunk, or one still going) are
     waited for, and said so; once their claim's lease passes they are re-sent here, as the
     sweeper of a distributed worker would: nothing else in this process would send them.
+    A database outage is waited out as long as the chunks retry it (about 4 min): the chunk
+    that met it finishes once it is over, and this loop must still be there to see that.
     """
     from worker.embedded import embedded_worker
+    from worker.tasks import transient_budget_s
 
     ids = list(dict.fromkeys(image_ids))  # counted once each: the query counts distinct rows
     if not ids:
         return
     _say_held_claims(runtime.settings, sessions, ids)  # before our own worker claims any
     next_takeover = time.monotonic()  # a lease already passed is not waited for
+    outage = _Outage(runtime.settings.database_url, budget_s=transient_budget_s())
+    finished = 0
     with embedded_worker(app, runtime) as handle:
         while True:
-            finished = _count_terminal(sessions, ids)
-            if progress:
-                progress(finished, len(ids))
-            if finished >= len(ids):
-                return
-            if handle.failures:
-                raise _unfinished(len(ids) - finished, handle.failures[0])
+            counted = outage.attempt(lambda: _count_terminal(sessions, ids))
+            if counted is not None:
+                finished = counted
+                if progress:
+                    progress(finished, len(ids))
+                if finished >= len(ids):
+                    return
+            cause = handle.failures[0] if handle.failures else outage.given_up()
+            if cause is not None:
+                raise _unfinished(len(ids) - finished, cause)
             if not handle.alive():
                 raise EmbeddedWorkerDied("the embedded worker stopped unexpectedly; "
                                          "see the log above, then run `mammo recover`")
-            if time.monotonic() >= next_takeover:
-                _take_over_expired(app, runtime.settings, sessions, ids)
+            if counted is not None and time.monotonic() >= next_takeover:
+                outage.attempt(lambda: _take_over_expired(app, runtime.settings, sessions, ids))
                 next_takeover = time.monotonic() + takeover_every_s
             time.sleep(poll_s)
 
@@ -172,6 +183,51 @@ def _take_over_expired(app: Celery, settings: Settings, sessions: sessionmaker[S
     if taken:
         log.warning("took over %d image(s) whose claim's lease ended (the process holding "
                     "them stopped)", len(taken))
+
+
+class _Outage:
+    """The polling loop's database outage: waited out for ``budget_s``, said once when it
+    starts and once when it ends; anything but an unreachable database is raised at once."""
+
+    def __init__(self, database_url: str, *, budget_s: float) -> None:
+        self._database_url = database_url
+        self._budget_s = budget_s
+        self._since: float | None = None
+        self._error: DatabaseUnavailableError | None = None
+
+    def attempt(self, read: Callable[[], _T]) -> _T | None:
+        """``read()``, or None while the database is unreachable."""
+        try:
+            value = read()
+        except DatabaseError as exc:
+            self._met(exc)
+            return None
+        if self._since is not None:
+            log.warning("the database is back after %.0f s; this run goes on",
+                        time.monotonic() - self._since)
+            self._since = self._error = None
+        return value
+
+    def _met(self, exc: DatabaseError) -> None:
+        error = failed_command_as_error(self._database_url, exc)
+        if not isinstance(error, DatabaseUnavailableError):
+            raise exc  # reached and found corrupted, or a bug: no wait mends it
+        self._error = error
+        if self._since is None:
+            self._since = time.monotonic()
+            log.warning("cannot reach the database (%s): this run waits for the database up "
+                        "to %.0f min, as its chunks retry, then stops and keeps the queued "
+                        "work", first_line(exc.orig or exc), self._budget_s / 60)
+
+    def given_up(self) -> DatabaseUnavailableError | None:
+        """Why the run must stop, once the outage has outlasted the chunks' retries."""
+        if self._since is None or self._error is None:
+            return None
+        waited = time.monotonic() - self._since
+        if waited < self._budget_s:
+            return None
+        return DatabaseUnavailableError(f"the database stayed unreachable for {waited:.0f} s "
+                                        f"({self._error})")
 
 
 def _unfinished(count: int, cause: BaseException) -> UserFacingError:

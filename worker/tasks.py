@@ -41,8 +41,17 @@ def transient_backoff_s(retries: int) -> float:
     only by a fifth: Celery's ``retry_jitter`` draws each wait anywhere from 0 to its
     nominal value, which halved the budget (often 2 minutes, not 4) and made it vary.
     """
-    nominal = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** retries)
-    return nominal * random.uniform(1 - _BACKOFF_JITTER, 1 + _BACKOFF_JITTER)
+    return _nominal_backoff_s(retries) * random.uniform(1 - _BACKOFF_JITTER, 1 + _BACKOFF_JITTER)
+
+
+def transient_budget_s() -> float:
+    """How long a chunk retries a transient failure in all, jitter aside (about 4 min):
+    whoever waits on the chunks (an embedded run's polling loop) waits as long, no longer."""
+    return float(sum(_nominal_backoff_s(retries) for retries in range(TRANSIENT_RETRIES)))
+
+
+def _nominal_backoff_s(retries: int) -> int:
+    return min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** retries)
 
 
 def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False,
