@@ -56,12 +56,17 @@ def claim(session: Session, channel: str, notice: Notice) -> int | None:
 
 
 def record(session: Session, notification_id: int, *, attempts: int, error: str | None) -> None:
+    now = utcnow()
+    # A failed row's claimed_at becomes the end of its last attempt: the re-send wait
+    # (MAMMO_NOTIFY_RESEND_AFTER_S) counts from the failure, not from a claim made a whole
+    # retry policy (about 27 s) earlier.
+    failed = {} if error is None else {"claimed_at": now}
     session.execute(
         update(Notification).where(Notification.id == notification_id).values(
             status=SENT if error is None else FAILED,
             attempts=Notification.attempts + attempts,
             last_error=None if error is None else error[:2000],
-            sent_at=utcnow() if error is None else None,
+            sent_at=now if error is None else None, **failed,
         ),
         execution_options={"synchronize_session": False},
     )

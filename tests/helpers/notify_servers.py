@@ -128,8 +128,10 @@ class WebhookInbox:
 
 
 @contextmanager
-def webhook_server(secret: str, *, port: int | None = None) -> Iterator[WebhookInbox]:
-    """An HTTP receiver that answers 204 only to a correctly signed, recent body (else 401)."""
+def webhook_server(secret: str, *, port: int | None = None,
+                   hold: threading.Event | None = None) -> Iterator[WebhookInbox]:
+    """An HTTP receiver that answers 204 only to a correctly signed, recent body (else 401);
+    with ``hold``, a hanging one: it reads each request, then answers once ``hold`` is set."""
     port = port or free_port()
     inbox = WebhookInbox(f"http://{HOST}:{port}/hooks/mammo?token=t0ken", secret.encode())
 
@@ -137,6 +139,8 @@ def webhook_server(secret: str, *, port: int | None = None) -> Iterator[WebhookI
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             inbox.bodies.append(body)
+            if hold is not None:
+                hold.wait(120)
             if verify_signature(inbox.secret, body, self.headers.get(SIGNATURE_HEADER)):
                 inbox.accepted.append(json.loads(body))
                 self.send_response(204)

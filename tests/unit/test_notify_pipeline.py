@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -517,3 +518,39 @@ def test_a_batch_mixing_a_patient_image_and_two_models_says_both(
     assert notice.text.startswith("4 of 5 images are synthetic test data")
     assert "Warning: batch 1 was scored by 2 model versions" in notice.text
     assert sorted(notice.payload["models"].values()) == [1, 4]
+
+
+def _status_of(sessions: sessionmaker[Session], event: str) -> str:
+    with sessions() as s:
+        return s.execute(select(Notification.status).where(
+            Notification.event == event)).scalar_one()
+
+
+def test_a_failed_delivery_is_retried_counting_from_its_last_attempt(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    """With MAMMO_NOTIFY_RESEND_AFTER_S=1 and a delivery whose attempts took 2 s, the
+    sweeper re-sent it at once: the wait was counted from the claim, before the attempts."""
+    from shared.notify.webhook import WebhookChannel
+
+    sessions = _processed_without_channels(settings, tmp_path, seed=19)
+    with sessions() as s:
+        batch = s.execute(select(Batch.id)).scalar_one()
+        [exam] = s.execute(select(ExamResult)).scalars().all()
+    assert exam.suspicion is not None and exam.suspicion < 10  # no alert: the batch alone
+    answer = threading.Event()
+    with webhook_server(SECRET, hold=answer) as hook:
+        live = _with_notifications(settings, free_port(), hook.url, notify_timeout_s=1.0,
+                                   notify_retries=1, notify_backoff_s=0.0,
+                                   notify_resend_after_s=1, alert_suspicion=10)
+        notifier = Notifier(live, sessions, channels=[WebhookChannel(live)])
+        try:
+            notifier.batches_finished([batch])  # two attempts of 1 s each: both time out
+            assert _status_of(sessions, "batch_complete") == "failed"
+            early = notifier.follow_up()  # failed a moment ago: not due before 1 s
+            time.sleep(1.2)
+            answer.set()
+            due = notifier.follow_up()
+        finally:
+            answer.set()
+    assert (early.retried, due.retried, due.delivered) == (0, 1, 1)
