@@ -79,8 +79,8 @@ def embedded_worker(app: Celery, runtime: WorkerRuntime) -> Iterator[EmbeddedHan
         thread.join(timeout=30)
         if thread.is_alive():
             log.warning("embedded worker did not stop within 30 s")
+        runtime.close()  # first: its notification senders finish what they can
         _report_unsent_notifications(runtime, since=started)
-        runtime.close()
 
 
 def _report_unsent_notifications(runtime: WorkerRuntime, *, since: datetime) -> None:

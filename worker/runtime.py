@@ -64,7 +64,8 @@ class WorkerRuntime:
     def notifier(self) -> Notifier:
         self._own_process()
         if self._notifier is None:
-            self._notifier = Notifier(self.settings, self.sessions)
+            # Sends from a thread per channel: a hanging receiver never holds a chunk.
+            self._notifier = Notifier(self.settings, self.sessions, background=True)
         return self._notifier
 
     @property
@@ -148,10 +149,14 @@ class WorkerRuntime:
         self.model_version_id  # noqa: B018 - the property loads the model and registers it
 
     def close(self, **_signal: Any) -> None:
-        """Stop this process's decoder pool (worker child exit, embedded worker stop)."""
+        """Stop this process's decoder pool and notification senders (worker child exit,
+        embedded worker stop)."""
         if self._decoder is not None and self._pid == os.getpid():
             self._decoder.close()
         self._decoder = None
+        if self._notifier is not None and self._pid == os.getpid():
+            self._notifier.close()  # waits for deliveries in hand, says what it leaves
+        self._notifier = None
 
 
 def _shown_database(url: str) -> str:

@@ -74,5 +74,7 @@ def install_sweeper(app: Celery, settings: Settings) -> None:
         def stop(self, parent: Any) -> None:
             if self._timer_ref is not None:
                 self._timer_ref.cancel()
+            if loop.follow_up is not None:  # a re-send in progress: wait or say so
+                loop.follow_up.notifier.close()
 
     app.steps["worker"].add(Sweeper)

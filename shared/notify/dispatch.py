@@ -1,14 +1,19 @@
 """Send the notifications an event calls for, once, and never let a failure escape.
 
-Delivery runs in the process that saw the event (the worker that finished the batch or
-scored the exam), right after its transaction committed. The predictions are already safe by
-then, so a slow or dead mail server can only delay the task's acknowledgement, bounded by
-MAMMO_NOTIFY_TIMEOUT_S x attempts plus the capped backoff; nothing is ever raised.
+Delivery starts in the process that saw the event (the worker that finished the batch or
+scored the exam), right after its transaction committed: the notice is read and its row
+claimed there. A worker's notifier (``background=True``) then hands the send to a thread per
+channel (``handoff``), so a slow or hanging receiver never holds the task and its scoring;
+other callers (``mammo submit``, the watcher, the sweeper's follow-up, already in a thread of
+its own) send in-line, bounded by MAMMO_NOTIFY_TIMEOUT_S x attempts plus the capped backoff.
+Nothing is ever raised.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +29,7 @@ from shared.db.schema import Batch
 from shared.errors import NotificationError, NotificationRejectedError, first_line
 from shared.notify import records
 from shared.notify.content import batch_notice, exam_alert_notice
+from shared.notify.handoff import HandOff, Job
 from shared.notify.mail import EmailChannel
 from shared.notify.message import Event, Notice
 from shared.notify.retry import RetryPolicy, deliver_with_retry
@@ -31,6 +37,14 @@ from shared.notify.webhook import WebhookChannel
 from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
+
+# Deliveries a worker process holds per channel, waiting for a slow receiver; more are
+# recorded failed at once and re-sent by the sweeper.
+QUEUE_CAPACITY = 64
+# A handed-off row is still ``pending`` under this process's claim: it must be sent well
+# before another process may take it over (records.STALE_AFTER), a whole delivery included.
+MAX_QUEUE_WAIT = records.STALE_AFTER / 3
+_RESENT = "a worker's sweeper or `mammo recover` re-sends it after MAMMO_NOTIFY_RESEND_AFTER_S"
 
 # Renders the self-contained batch summary HTML, or None when there is none to attach.
 BatchHtml = Callable[[Session, int], str | None]
@@ -87,12 +101,18 @@ class FollowUpReport:
 class Notifier:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], *,
                  batch_html: BatchHtml | None = None,
-                 channels: Sequence[Channel] | None = None) -> None:
+                 channels: Sequence[Channel] | None = None, background: bool = False) -> None:
         self.settings = settings
         self.sessions = sessions
         self.batch_html = batch_html or summary_html(settings)
         self.channels = list(channels_for(settings) if channels is None else channels)
         self.policy = RetryPolicy.from_settings(settings)
+        self._handoff = HandOff(capacity=QUEUE_CAPACITY) if background else None
+        # Rows this process claimed and has not recorded yet: what a stop leaves unsent.
+        self._owned: set[int] = set()
+        self._owned_lock = threading.Lock()
+        self._delivered_at = time.monotonic()
+        self._closing = False
 
     def batches_finished(self, batch_ids: Iterable[int]) -> None:
         for batch_id in sorted(set(batch_ids)) if self.channels else ():
@@ -142,7 +162,12 @@ class Notifier:
                 retry_after=timedelta(seconds=self.settings.notify_resend_after_s))
             session.commit()
         report.retried = len(taken)
-        for row in taken:
+        self._own(row.id for row in taken)
+        for n, row in enumerate(taken):
+            if self._closing:  # the process stops: leave the rest to the next sweeper
+                self._release([r.id for r in taken[n:]], "not re-sent: the worker stopped "
+                              f"first; {_RESENT}")
+                return
             with self.sessions() as session:
                 notice = self._notice_again(session, row)
                 if notice is None:
@@ -150,6 +175,7 @@ class Notifier:
                                           "retried (e.g. the exam was re-scored below the "
                                           "alert threshold)")
                     session.commit()
+                    self._disown(row.id)
                     report.obsolete += 1
                     continue
             report.delivered += self._deliver(by_name[row.channel], notice, row.id)
@@ -212,7 +238,26 @@ class Notifier:
             session.commit()
         if notification_id is None:
             return  # another process (or an earlier run) owns this one
-        self._deliver(channel, notice, notification_id)
+        self._own([notification_id])
+        if self._handoff is None:
+            self._deliver(channel, notice, notification_id)
+            return
+        job = Job(notification_id, partial(self._deliver_handed_off, channel, notice,
+                                           notification_id, queued_at=time.monotonic()))
+        if not self._handoff.submit(channel.name, job):
+            self._release([notification_id], f"not sent: {QUEUE_CAPACITY} {channel.name} "
+                          "deliveries already waited in this worker (the receiver is slow or "
+                          f"down); {_RESENT}")
+
+    def _deliver_handed_off(self, channel: Channel, notice: Notice, notification_id: int, *,
+                            queued_at: float) -> bool:
+        waited = time.monotonic() - queued_at
+        if waited > MAX_QUEUE_WAIT.total_seconds():
+            self._release([notification_id], f"not sent: it waited {waited:.0f} s in this "
+                          f"worker behind earlier {channel.name} deliveries (the receiver is "
+                          f"slow or down); {_RESENT}")
+            return False
+        return self._deliver(channel, notice, notification_id)
 
     def _deliver(self, channel: Channel, notice: Notice, notification_id: int) -> bool:
         """Send a claimed notification (with retries) and record the outcome."""
@@ -221,7 +266,9 @@ class Notifier:
             records.record(session, notification_id, attempts=delivery.attempts,
                            error=delivery.error)
             session.commit()
+        self._disown(notification_id)
         if delivery.ok:
+            self._delivered_at = time.monotonic()
             log.info("%s notification %s for %s sent (%d attempt(s))", channel.name,
                      notice.event.value, notice.subject_key, delivery.attempts)
         else:
@@ -229,6 +276,60 @@ class Notifier:
                         channel.name, notice.event.value, notice.subject_key,
                         delivery.attempts, delivery.error)
         return delivery.ok
+
+    def close(self) -> None:
+        """What a stopping process calls: deliveries in hand may finish while they succeed
+        (up to one worst-case delivery without a success); those never started are recorded
+        failed for the sweeper, and one line says what is left owed. Never raises."""
+        self._closing = True
+        patience = self.policy.longest_s(self.settings.notify_timeout_s)
+        try:
+            if self._handoff is not None:
+                left = self._handoff.close(patience)
+                released = self._release(left.never_started, "not sent: the worker stopped "
+                                         f"before its turn; {_RESENT}", quiet=True)
+            else:  # in-line senders in other threads (the sweeper's follow-up)
+                released = 0
+                self._wait_for_owned(patience)
+        except Exception as exc:  # the process is stopping; a sweeper finds what is owed
+            log.warning("notifications: could not record what this process leaves unsent: "
+                        "%s: %s", type(exc).__name__, _first_line(exc))
+            return
+        with self._owned_lock:
+            in_progress = len(self._owned)
+        if released or in_progress:
+            log.warning("notifications: this process stops with %d delivery(ies) unsent: %d "
+                        "recorded failed (a worker's sweeper or `mammo recover` re-sends them "
+                        "after MAMMO_NOTIFY_RESEND_AFTER_S), %d cut off mid-send and left "
+                        "pending (taken over after %d min)", released + in_progress, released,
+                        in_progress, records.STALE_AFTER.seconds // 60)
+
+    def _wait_for_owned(self, patience_s: float) -> None:
+        since = time.monotonic()
+        while self._owned and time.monotonic() - max(since, self._delivered_at) <= patience_s:
+            time.sleep(0.05)
+
+    def _own(self, notification_ids: Iterable[int]) -> None:
+        with self._owned_lock:
+            self._owned.update(notification_ids)
+
+    def _disown(self, notification_id: int) -> None:
+        with self._owned_lock:
+            self._owned.discard(notification_id)
+
+    def _release(self, notification_ids: Sequence[int], reason: str, *,
+                 quiet: bool = False) -> int:
+        """Record claimed rows this process gives up on as failed, for the sweeper."""
+        if not notification_ids:
+            return 0
+        with self.sessions() as session:
+            released = records.release(session, notification_ids, reason)
+            session.commit()
+        with self._owned_lock:
+            self._owned.difference_update(notification_ids)
+        if not quiet:
+            log.warning("%d notification(s) %s", len(notification_ids), reason)
+        return released
 
 
 def _send(channel: Channel, notice: Notice) -> None:

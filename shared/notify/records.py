@@ -28,8 +28,8 @@ from shared.timeutil import utcnow
 # obsolete: the event no longer calls for this notification (the exam was re-scored below
 # the alert threshold before a re-send); never sent again.
 PENDING, SENT, FAILED, OBSOLETE = "pending", "sent", "failed", "obsolete"
-# Far longer than one delivery can take (timeouts x attempts + backoff), so a live sender is
-# never overtaken.
+# Far longer than one delivery can take (timeouts x attempts + backoff) after its wait in a
+# worker's hand-off queue (dispatch.MAX_QUEUE_WAIT), so a live sender is never overtaken.
 STALE_AFTER = timedelta(minutes=15)
 
 
@@ -70,6 +70,22 @@ def record(session: Session, notification_id: int, *, attempts: int, error: str 
         ),
         execution_options={"synchronize_session": False},
     )
+
+
+def release(session: Session, notification_ids: Sequence[int], reason: str) -> int:
+    """Record claimed rows this process will not send (it stops, or its queue is full) as
+    ``failed`` with no attempt, so the sweeper re-sends them after
+    MAMMO_NOTIFY_RESEND_AFTER_S instead of finding them ``pending`` for ``STALE_AFTER``."""
+    if not notification_ids:
+        return 0
+    released = session.execute(
+        update(Notification)
+        .where(Notification.id.in_(list(notification_ids)), Notification.status == PENDING)
+        .values(status=FAILED, last_error=reason[:2000], claimed_at=utcnow())
+        .returning(Notification.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return len(released)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,11 @@ class RetryPolicy:
         return cls(settings.notify_retries, settings.notify_backoff_s,
                    settings.notify_backoff_max_s)
 
+    def longest_s(self, attempt_timeout_s: float) -> float:
+        """The longest one delivery can take: every attempt timing out, full backoff."""
+        backoff = sum(min(self.cap_s, self.base_s * 2 ** n) for n in range(self.retries))
+        return attempt_timeout_s * (self.retries + 1) + backoff
+
     def delays(self, rng: random.Random) -> Iterator[float]:
         """The pause before each retry: base, 2x base, 4x base... capped, times [0.5, 1)."""
         for n in range(self.retries):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -58,13 +59,20 @@ def _sessions(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(engine)
 
 
+def _worker_scores(settings: Settings, ids: list[int]) -> None:
+    """One chunk as a worker process scores it, then the process's stop: its notification
+    threads deliver what the chunk handed them before a test reads the inboxes."""
+    runtime = WorkerRuntime(settings)
+    process_chunk(ids, token="t", runtime=runtime)
+    runtime.close()
+
+
 def _incomplete_exam(settings: Settings, tmp_path: Path, seed: int) -> sessionmaker[Session]:
     """2 of an exam's 4 views processed by a worker: its result waits for the timeout."""
     sessions = _sessions(settings)
     batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
     files = make_exam_set(tmp_path / "in", 1, seed=seed)[:2]
-    process_chunk(register_files(sessions, batch, files).new_ids, token="t",
-                  runtime=WorkerRuntime(settings))
+    _worker_scores(settings, register_files(sessions, batch, files).new_ids)
     return sessions
 
 
@@ -95,6 +103,7 @@ def test_one_batch_email_and_one_alert_per_exam_even_when_the_hook_fires_again(
         ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=3)).new_ids
         runtime = WorkerRuntime(settings)
         process_chunk(ids[:2], token="t1", runtime=runtime)
+        runtime.close()
         assert mail.messages == []  # neither the exam nor the batch is complete yet
         process_chunk(ids[2:], token="t2", runtime=runtime)
 
@@ -105,6 +114,7 @@ def test_one_batch_email_and_one_alert_per_exam_even_when_the_hook_fires_again(
         runtime.notifier.exams_changed([study])
         Notifier(settings, _sessions(settings)).batches_finished([batch])
         process_chunk(ids[2:], token="t2", runtime=runtime)
+        runtime.close()
 
     assert _by_subject(mail) == {"batch": 1, "alert": 1}
     assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
@@ -148,7 +158,7 @@ def test_below_the_threshold_no_alert_is_sent(settings: Settings, tmp_path: Path
         sessions = _sessions(settings)
         batch = create_batch(sessions, name=None, priority=Priority.ROUTINE, mode="test")
         ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=4)).new_ids
-        process_chunk(ids, token="t", runtime=WorkerRuntime(settings))
+        _worker_scores(settings, ids)
     with sessions() as s:  # the premise (tiny random model): the exam scored below 10
         [exam] = s.execute(select(ExamResult)).scalars().all()
     assert exam.suspicion is not None and exam.suspicion < 10
@@ -401,7 +411,7 @@ def test_a_drop_folder_day_batch_is_summarised_once_its_day_is_over(
         batch = create_batch(sessions, name=watch_batch_name(tmp_path / "in", today),
                              priority=Priority.ROUTINE, mode="test")
         ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=14)).new_ids
-        process_chunk(ids, token="t", runtime=WorkerRuntime(live))
+        _worker_scores(live, ids)
         notifier = Notifier(live, sessions)
         assert not notifier.follow_up()  # drained, but more files may come today
         assert mail.messages == [] and hook.accepted == []
@@ -518,6 +528,90 @@ def test_a_batch_mixing_a_patient_image_and_two_models_says_both(
     assert notice.text.startswith("4 of 5 images are synthetic test data")
     assert "Warning: batch 1 was scored by 2 model versions" in notice.text
     assert sorted(notice.payload["models"].values()) == [1, 4]
+
+
+def test_a_hanging_webhook_holds_neither_the_chunk_nor_the_emails(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    """A receiver that does not answer (here: until the test lets it) held the task for
+    the whole retry policy, about 27 s per notification, and so the worker's scoring. The
+    chunk now returns with its deliveries handed to the worker's threads; the e-mails go
+    out meanwhile, and the webhook's answer, when it comes, is recorded as sent."""
+    answer = threading.Event()
+    with smtp_server(tmp_path) as mail, webhook_server(SECRET, hold=answer) as hook:
+        live = _with_notifications(settings, mail.port, hook.url, notify_timeout_s=60.0,
+                                   notify_retries=0)
+        sessions = _sessions(live)
+        batch = create_batch(sessions, name="slow hook", priority=Priority.ROUTINE, mode="test")
+        ids = register_files(sessions, batch, make_exam_set(tmp_path / "in", 1, seed=17)).new_ids
+        runtime = WorkerRuntime(live)
+        chunk = threading.Thread(target=process_chunk, args=(ids,),
+                                 kwargs={"token": "t", "runtime": runtime})
+        try:
+            chunk.start()
+            chunk.join(30)
+            assert not chunk.is_alive(), "the chunk waited for the webhook's answer"
+            assert _wait_for(lambda: bool(hook.bodies))  # the receiver holds the first one
+            assert not hook.accepted
+            assert _wait_for(lambda: _by_subject(mail) == {"batch": 1, "alert": 1})
+        finally:
+            answer.set()
+            chunk.join(90)
+        runtime.close()  # the worker stops: its threads finish what they hold
+    assert sorted(p["event"] for p in hook.accepted) == ["batch_complete", "exam_alert"]
+    with sessions() as s:
+        rows = s.execute(select(Notification)).scalars().all()
+    assert {(r.status, r.attempts) for r in rows} == {("sent", 1)} and len(rows) == 4
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class _HeldChannel:
+    """A receiver that takes a delivery and answers only when let go."""
+
+    name = "webhook"
+
+    def __init__(self) -> None:
+        self.let_go = threading.Event()
+
+    def send(self, notice: object) -> None:
+        self.let_go.wait(60)
+
+
+def test_a_stopping_worker_says_what_it_leaves_unsent_and_records_what_it_never_started(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker stopped while its receiver hangs left its deliveries ``pending`` for 15
+    minutes, and nothing said so: `mammo status` did not count them, the log was silent."""
+    sessions = _processed_without_channels(settings, tmp_path, seed=18)
+    with sessions() as s:
+        batch, study = s.execute(select(Batch.id)).scalar_one(), s.execute(
+            select(Study.id)).scalar_one()
+    held = _HeldChannel()
+    live = settings.model_copy(update={"alert_suspicion": 1, "notify_timeout_s": 0.5,
+                                       "notify_retries": 0})
+    notifier = Notifier(live, sessions, channels=[held], background=True)
+    notifier.exams_changed([study])  # taken by the channel's thread, which hangs on it
+    notifier.batches_finished([batch])  # queued behind it
+    with caplog.at_level(logging.WARNING):
+        notifier.close()  # gives up after one worst-case delivery (0.5 s) without a success
+    with sessions() as s:
+        rows = {r.event: r for r in s.execute(select(Notification)).scalars()}
+    assert rows["exam_alert"].status == "pending"  # its sender may still finish it
+    left = rows["batch_complete"]
+    assert (left.status, left.attempts) == ("failed", 0)
+    assert "the worker stopped before its turn" in (left.last_error or "")
+    [line] = [r.getMessage() for r in caplog.records if "this process stops" in r.getMessage()]
+    assert "2 delivery(ies) unsent: 1 recorded failed" in line and "1 cut off mid-send" in line
+    held.let_go.set()
+    assert _wait_for(lambda: _status_of(sessions, "exam_alert") == "sent")
 
 
 def _status_of(sessions: sessionmaker[Session], event: str) -> str:
