@@ -81,9 +81,7 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     health_row = _health(cli)
     for key, value in health_row.items():
         click.echo(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
-    if health_row["notifications_undelivered"]:
-        click.echo("  (`mammo recover` or a worker's sweeper sends them again once they failed "
-                   "MAMMO_NOTIFY_RESEND_AFTER_S ago; the worker's log says why they failed)")
+    _explain_notifications(health_row)
     if health_row["messages_lost"]:
         click.secho(f"warning: {health_row['messages_lost']} image(s) queued for over "
                     f"{health_row['lost_after_s']} s while the broker queue is empty: their "
@@ -92,13 +90,24 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
                     "MAMMO_SWEEP_INTERVAL_S)", err=True, fg="yellow")
 
 
+def _explain_notifications(health_row: dict[str, object]) -> None:
+    if health_row["notifications_undelivered"]:
+        click.echo("  (`mammo recover` or a worker's sweeper sends them again once they failed "
+                   "MAMMO_NOTIFY_RESEND_AFTER_S ago; the worker's log says why they failed)")
+    if health_row["notifications_pending"]:
+        click.echo("  (pending: being sent now, or left by a worker stopped mid-send: a "
+                   "worker's sweeper or `mammo recover` sends those again "
+                   f"{notify_records.STALE_AFTER.seconds // 60} min after their claim)")
+
+
 def _health(cli: CliContext) -> dict[str, object]:
     settings = cli.settings
     with cli.sessions() as session:  # reaching the database is itself the first check
         info = system_health(session, lease_s=settings.claim_lease_s)
         # A batch e-mail or alert that never left is otherwise seen only in a worker's log.
-        info["notifications_undelivered"] = notify_records.undelivered(
+        owed = notify_records.undelivered(
             session, give_up_after=timedelta(seconds=settings.notify_give_up_after_s))
+        info["notifications_undelivered"], info["notifications_pending"] = owed.failed, owed.pending
     # Without a broker (embedded) or with it down, none of these can be known.
     broker, depth, live, lost, after = "embedded (no broker)", None, None, None, None
     if not settings.is_embedded:

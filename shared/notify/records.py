@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Exists, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Exists, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.batches import summary_due_at
@@ -167,14 +167,19 @@ def unsent_since(session: Session, since: datetime) -> int:
             Notification.status.in_([PENDING, FAILED]))).scalar_one())
 
 
-def undelivered(session: Session, *, give_up_after: timedelta) -> int:
-    """Notifications still owed: ``failed``, or left ``pending`` by a sender that died
-    mid-send, within the give-up window (older ones are never sent). One being sent right
-    now is not counted."""
+@dataclass(frozen=True)
+class Undelivered:
+    """Notifications still owed within the give-up window (older ones are never sent)."""
+
+    failed: int  # failed, or left ``pending`` past STALE_AFTER: nobody is sending them
+    pending: int  # being sent now, or left by a worker stopped mid-send (not knowable apart)
+
+
+def undelivered(session: Session, *, give_up_after: timedelta) -> Undelivered:
     now = utcnow()
-    return int(session.execute(
-        select(func.count()).select_from(Notification).where(
-            Notification.created_at >= now - give_up_after,
-            or_(Notification.status == FAILED,
-                and_(Notification.status == PENDING,
-                     Notification.claimed_at < now - STALE_AFTER)))).scalar_one())
+    abandoned = or_(Notification.status == FAILED, Notification.claimed_at < now - STALE_AFTER)
+    owed, failed = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((abandoned, 1), else_=0)), 0))
+        .select_from(Notification).where(Notification.created_at >= now - give_up_after,
+                                         Notification.status.in_([PENDING, FAILED]))).one()
+    return Undelivered(failed=int(failed), pending=int(owed) - int(failed))
