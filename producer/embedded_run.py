@@ -7,13 +7,15 @@ same Celery task, the same claims and upserts. Only the transport differs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from celery.signals import task_success
 from sqlalchemy import func, select
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
@@ -99,15 +101,16 @@ def run_embedded(
 
 def process_ids_embedded(settings: Settings, sessions: sessionmaker[Session],
                          image_ids: Sequence[int], *, claimed: Sequence[int] = (),
-                         progress: Progress | None = None) -> None:
+                         progress: Progress | None = None) -> int:
     """Run already-registered images (``mammo recover`` without a broker): ``image_ids``
     are sent now; ``claimed`` (another process's claims) are waited for and taken over once
-    their lease has passed, as ``mammo run`` does."""
+    their lease has passed, as ``mammo run`` does. Returns how many this process finished:
+    a live run beside it may finish some."""
     settings = settings.embedded()
     runtime = _runtime(settings, sessions)
     app = create_celery_app(settings)
     enqueue_chunks(app, image_ids, chunk_size=settings.chunk_size, priority=Priority.ROUTINE)
-    drain(app, runtime, sessions, [*image_ids, *claimed], progress=progress)
+    return drain(app, runtime, sessions, [*image_ids, *claimed], progress=progress)
 
 
 @contextmanager
@@ -129,8 +132,9 @@ def embedded_worker_service(
 
 def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
           image_ids: Sequence[int], *, progress: Progress | None = None,
-          poll_s: float = 0.25, takeover_every_s: float = 5.0) -> None:
-    """Run the in-process worker until every one of ``image_ids`` is done or failed.
+          poll_s: float = 0.25, takeover_every_s: float = 5.0) -> int:
+    """Run the in-process worker until every one of ``image_ids`` is done or failed; return
+    how many of them this process finished (the others, another process did).
 
     Images another process holds (an earlier run killed mid-chunk, or one still going) are
     waited for, and said so; once their claim's lease passes they are re-sent here, as the
@@ -143,12 +147,12 @@ def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
 
     ids = list(dict.fromkeys(image_ids))  # counted once each: the query counts distinct rows
     if not ids:
-        return
+        return 0
     _say_held_claims(runtime.settings, sessions, ids)  # before our own worker claims any
     next_takeover = time.monotonic()  # a lease already passed is not waited for
     outage = _Outage(runtime.settings.database_url, budget_s=transient_budget_s())
     finished = 0
-    with embedded_worker(app, runtime) as handle:
+    with _finished_here(app) as here, embedded_worker(app, runtime) as handle:
         while True:
             counted = outage.attempt(lambda: _count_terminal(sessions, ids))
             if counted is not None:
@@ -156,7 +160,7 @@ def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
                 if progress:
                     progress(finished, len(ids))
                 if finished >= len(ids):
-                    return
+                    break
             cause = handle.failures[0] if handle.failures else outage.given_up()
             if cause is not None:
                 raise _unfinished(len(ids) - finished, cause)
@@ -167,6 +171,9 @@ def drain(app: Celery, runtime: WorkerRuntime, sessions: sessionmaker[Session],
                 outage.attempt(lambda: _take_over_expired(app, runtime.settings, sessions, ids))
                 next_takeover = time.monotonic() + takeover_every_s
             time.sleep(poll_s)
+    # Read once the worker has stopped: a chunk's result comes just after its images show
+    # finished.
+    return min(here.count, len(ids))
 
 
 def _say_held_claims(settings: Settings, sessions: sessionmaker[Session],
@@ -228,6 +235,34 @@ class _Outage:
             return None
         return DatabaseUnavailableError(f"the database stayed unreachable for {waited:.0f} s "
                                         f"({self._error})")
+
+
+@contextmanager
+def _finished_here(app: Celery) -> Iterator[_Tally]:
+    """Counts the images this process's chunks finished (done or failed), from each
+    chunk's result: an image that another process finished meanwhile is not among them."""
+    tally = _Tally()
+
+    def on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app and isinstance(result, dict):
+            tally.add(int(result.get("done", 0)) + int(result.get("failed", 0)))
+
+    task_success.connect(on_success, weak=False)
+    try:
+        yield tally
+    finally:
+        task_success.disconnect(on_success)
+
+
+class _Tally:
+    # A retried chunk runs in Celery's timer thread, beside the worker thread's chunk.
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, images: int) -> None:
+        with self._lock:
+            self.count += images
 
 
 def _unfinished(count: int, cause: BaseException) -> UserFacingError:

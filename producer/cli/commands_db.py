@@ -12,7 +12,7 @@ from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import date_range_options, utc_range
-from producer.cli.progress import completion_bar
+from producer.cli.progress import completion_bar, quiet_embedded_logs
 from shared.db import lifecycle
 from shared.db.engine import upgrade
 from shared.notify import Notifier
@@ -152,11 +152,16 @@ def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
     from producer.embedded_run import count_failed, process_ids_embedded
 
     everything = [*ids, *(claimed or [])]
+    quiet_embedded_logs()
     with completion_bar(f"{what} images") as progress:
-        process_ids_embedded(cli.settings, cli.sessions, ids, claimed=claimed or [],
-                             progress=progress)
+        here = process_ids_embedded(cli.settings, cli.sessions, ids, claimed=claimed or [],
+                                    progress=progress)
     failed = count_failed(cli.sessions, everything)
-    click.echo(f"processed {len(everything)} {what} image(s) with the embedded worker"
+    # A live `mammo run` (or worker) beside this one may have finished some of them.
+    elsewhere = len(set(everything)) - here
+    click.echo(f"processed {here} {what} image(s) with the embedded worker"
+               + (f"; {elsewhere} more finished by another process meanwhile" if elsewhere
+                  else "")
                + (f"; {failed} failed: `mammo results --state failed` says why" if failed
                   else ""))
     return failed > 0

@@ -4,11 +4,13 @@ them over once their lease has passed (a killed run never gives them back)."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.cli.exit_codes import ExitCode
@@ -117,3 +119,54 @@ def test_recover_takes_over_expired_claims_at_once_and_names_no_past_lease(
     assert code == ExitCode.IMAGES_FAILED, out
     assert "processed 8 recovered image(s) with the embedded worker; 1 failed" in out
     assert _states(sessions) == {"done", "failed"}
+
+
+def _live_run_holding(sessions: sessionmaker[Session], held: list[int],
+                      others: list[int]) -> threading.Thread:
+    """A live run beside recover: it keeps its claim on ``held`` renewed and finishes them
+    once recover has finished ``others`` (so recover must have waited for them)."""
+
+    def live() -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with sessions() as session:
+                lifecycle.renew(session, "a-live-run")
+                session.commit()
+                left = session.scalar(select(func.count()).select_from(Image).where(
+                    Image.id.in_(others), Image.state.not_in(["done", "failed"])))
+            if left == 0:
+                with sessions() as session:
+                    lifecycle.mark_done(session, held, token="a-live-run")
+                    session.commit()
+                return
+            time.sleep(0.2)
+
+    return threading.Thread(target=live, daemon=True)
+
+
+@pytest.mark.timeout(120)
+def test_recover_beside_a_live_run_counts_what_it_finished_and_keeps_celery_quiet(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    files = make_exam_set(tmp_path / "night", n_exams=2, seed=6, fmt="png")
+    batch = create_batch(sessions, name="live", priority=Priority.ROUTINE, mode="embedded")
+    ids = register_files(sessions, batch, files).new_ids
+    with sessions() as session:  # the live run's chunk in hand
+        lifecycle.claim(session, ids[:4], token="a-live-run", lease_s=4)
+    live = _live_run_holding(sessions, ids[:4], ids[4:])
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="celery")  # as at `mammo --log-level INFO`
+    live.start()
+    code, out = _recover(monkeypatch, tmp_path, settings)
+    live.join(timeout=10)
+    assert code == ExitCode.OK, out
+    assert _states(sessions) == {"done"}
+    # Recover ran 4; the live run finished its 4 while recover waited for them.
+    assert ("processed 4 recovered image(s) with the embedded worker; 4 more finished by "
+            "another process meanwhile") in out
+    # `mammo run` keeps the worker's INFO chatter (task received, succeeded) off the
+    # terminal: recover's embedded worker shares it just the same.
+    chatter = [r.getMessage() for r in caplog.records
+               if r.name.startswith(("celery", "kombu")) and r.levelno < logging.WARNING]
+    assert chatter == []
