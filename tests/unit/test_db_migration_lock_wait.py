@@ -14,15 +14,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alembic import command
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from producer.cli import commands_db
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db import migration_connection
-from shared.db.engine import alembic_config, create_db_engine, head_revisions, upgrade
+from shared.db.engine import create_db_engine, head_revisions, upgrade
 from tests.helpers.cli import invoke_cli
+from tests.helpers.old_schema import migrated_to
 
 # All but 0008, which adds images.archived_path: what is left to migrate needs `images`.
 ONE_BEHIND = ("0002", "0004", "0006", "0007")
@@ -30,13 +30,7 @@ HOLDER_APP = "nightly-report"
 
 
 def _one_migration_behind(url: str) -> None:
-    engine = create_engine(url)
-    cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        for revision in ONE_BEHIND:
-            command.upgrade(cfg, revision)
-    engine.dispose()
+    migrated_to(url, ONE_BEHIND)
 
 
 @contextmanager

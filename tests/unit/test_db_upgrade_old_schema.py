@@ -6,16 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
-from shared.db.engine import alembic_config, create_db_engine, head_revisions, upgrade
+from shared.db.engine import create_db_engine, head_revisions, upgrade
 from shared.db.schema import Base
 from tests.helpers.cli import invoke_cli
+from tests.helpers.old_schema import migrated_to
 
 # Every head but 0003 (model_versions.active, predictions.heatmap_png): 0003 rebuilds
 # model_versions on SQLite, the table predictions' rows point at. 0007 follows 0003.
@@ -39,15 +39,7 @@ ROWS = (
 def _old_database(url: str, *extra_sql: str) -> None:
     """The schema at OLD_REVISIONS, migrated by plain Alembic as the older release did, with
     one prediction in it."""
-    engine = create_engine(url)
-    cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        for revision in OLD_REVISIONS:
-            command.upgrade(cfg, revision)
-        for sql in (*ROWS, *extra_sql):
-            conn.execute(text(sql))
-    engine.dispose()
+    migrated_to(url, OLD_REVISIONS, *ROWS, *extra_sql)
 
 
 def _settings(url: str) -> Settings:
