@@ -45,9 +45,13 @@ def transient_backoff_s(retries: int) -> float:
 
 
 def transient_budget_s() -> float:
-    """How long a chunk retries a transient failure in all, jitter aside (about 4 min):
-    whoever waits on the chunks (an embedded run's polling loop) waits as long, no longer."""
-    return float(sum(_nominal_backoff_s(retries) for retries in range(TRANSIENT_RETRIES)))
+    """How long a chunk may still retry a transient failure, its waits at their longest
+    (about 5 min 50 s): whoever waits on the chunks (an embedded run's polling loop) waits
+    at least this long, so it never gives up on a chunk whose retry is still to come."""
+    nominal = sum(_nominal_backoff_s(retries) for retries in range(TRANSIENT_RETRIES))
+    # Plus a minute for the tries themselves: each decodes and scores its chunk again, and
+    # meets the outage only when it saves (a connect timeout more).
+    return float(nominal * (1 + _BACKOFF_JITTER)) + 60.0
 
 
 def _nominal_backoff_s(retries: int) -> int:
