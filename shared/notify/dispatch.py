@@ -44,6 +44,15 @@ QUEUE_CAPACITY = 64
 # A handed-off row is still ``pending`` under this process's claim: it must be sent well
 # before another process may take it over (records.STALE_AFTER), a whole delivery included.
 MAX_QUEUE_WAIT = records.STALE_AFTER / 3
+
+
+def queue_wait_limit_s(policy: RetryPolicy, attempt_timeout_s: float) -> float:
+    """How long a handed-off delivery may wait and still finish, its every retry included,
+    before another process may take its row over as abandoned: the settings allow a
+    delivery of an hour (60 s x 10 attempts + backoff), far past STALE_AFTER, and a row
+    taken over while its sender lives is sent twice. Never negative: 0 sends nothing late."""
+    finish_by = records.STALE_AFTER.total_seconds() - policy.longest_s(attempt_timeout_s)
+    return max(0.0, min(MAX_QUEUE_WAIT.total_seconds(), finish_by))
 _RESENT = "a worker's sweeper or `mammo recover` re-sends it after MAMMO_NOTIFY_RESEND_AFTER_S"
 
 # Renders the self-contained batch summary HTML, or None when there is none to attach.
@@ -252,7 +261,7 @@ class Notifier:
     def _deliver_handed_off(self, channel: Channel, notice: Notice, notification_id: int, *,
                             queued_at: float) -> bool:
         waited = time.monotonic() - queued_at
-        if waited > MAX_QUEUE_WAIT.total_seconds():
+        if waited > queue_wait_limit_s(self.policy, self.settings.notify_timeout_s):
             self._release([notification_id], f"not sent: it waited {waited:.0f} s in this "
                           f"worker behind earlier {channel.name} deliveries (the receiver is "
                           f"slow or down); {_RESENT}")

@@ -341,3 +341,18 @@ def test_https_to_a_plain_http_webhook_names_the_url_scheme_not_unreachable() ->
     assert not outcome.ok and outcome.attempts == 1
     assert "URL scheme" in (outcome.error or "") and "unreachable" not in (outcome.error or "")
     assert "t0ken" not in (outcome.error or "")
+
+
+def test_a_handed_off_delivery_starts_only_if_it_can_end_before_a_takeover() -> None:
+    # The settings allow one delivery to last an hour; a row still pending under a live
+    # sender's claim after STALE_AFTER is taken over by another process and sent twice.
+    from shared.notify.dispatch import MAX_QUEUE_WAIT, queue_wait_limit_s
+    from shared.notify.records import STALE_AFTER
+
+    default = RetryPolicy(retries=3, base_s=1.0, cap_s=60.0)
+    assert queue_wait_limit_s(default, 5.0) == MAX_QUEUE_WAIT.total_seconds()
+    slow = RetryPolicy(retries=8, base_s=1.0, cap_s=300.0)  # 795 s a delivery at worst
+    limit = queue_wait_limit_s(slow, 60.0)
+    assert 0 < limit < MAX_QUEUE_WAIT.total_seconds()
+    assert limit + slow.longest_s(60.0) <= STALE_AFTER.total_seconds()
+    assert queue_wait_limit_s(RetryPolicy(retries=10, base_s=60.0, cap_s=300.0), 60.0) == 0.0
