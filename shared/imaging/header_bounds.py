@@ -69,3 +69,12 @@ def _key(value: str | None, column: Any) -> str | None:
 
 def _cut(value: str | None, column: Any) -> str | None:
     return value[:_length(column)] if value else value
+
+
+def fitted_identity(identity: str) -> str:
+    """A stored identity as ``bounded`` makes it today: a SQLite database, which never
+    enforced column lengths, may hold ``sop:`` and a UID of over 64 characters in full."""
+    if identity.startswith("sop:"):
+        uid = _key(identity[len("sop:"):], Image.sop_instance_uid)
+        return f"sop:{uid}"
+    return identity

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.errors import InputError
+from shared.imaging.header_bounds import fitted_identity
 from shared.imaging.readers import read_header
 from shared.imaging.readers.base import sha256_identity
 
@@ -20,7 +21,7 @@ def file_has_identity(path: Path, identity: str) -> bool:
     try:
         if identity.startswith("sop:"):
             # The PatientID is passed through unchanged and dropped: only the UID counts.
-            return read_header(path, pseudonymize=str).identity == identity
+            return read_header(path, pseudonymize=str).identity == fitted_identity(identity)
         if "sha256:" in identity:  # possibly after a failure's code prefix
             return identity.endswith(sha256_identity(path))
     except InputError:

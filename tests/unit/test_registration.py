@@ -582,6 +582,9 @@ def test_header_values_longer_than_the_database_holds_are_fitted_not_a_failed_bl
     # The worker's "is this still the registered file?" check reads the same identity.
     assert file_has_identity(files[0], first.identity)
     assert file_has_identity(files[1], second.identity)
+    # ...and an identity stored whole before (SQLite never enforced the column's length).
+    assert file_has_identity(files[0], f"sop:{long_root}.1")
+    assert not file_has_identity(files[0], f"sop:{long_root}.2")
 
 
 def test_long_accession_numbers_that_share_their_start_stay_two_exams(
