@@ -99,7 +99,9 @@ class Manifest:
         if rows and "path" not in fields:
             raise ManifestError(
                 f"The manifest {path} has no 'path' column (columns found: "
-                f"{', '.join(fields) or 'none'}; expected {', '.join(COLUMNS)}).")
+                f"{', '.join(fields) or 'none'}; expected {', '.join(COLUMNS)})"
+                + ("; its values are separated by ';': save it as CSV with commas (in Excel, "
+                   "'CSV UTF-8 (comma delimited)')." if any(";" in f for f in fields) else "."))
         _check_columns(path, fields, rows)
         seen: dict[Path, _Row] = {}
         for line, values in rows:
@@ -208,7 +210,9 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle, strict=True)
             for values in reader:
-                if values:
+                # A row of empty values (",,,,") is what spreadsheets export for a
+                # formatted blank row: a blank line, as is nothing at all.
+                if any(value.strip() for value in values):
                     _check_one_line(path, start, reader.line_num, values, rows)
                     rows.append((start, values))
                 start = reader.line_num + 1
@@ -217,7 +221,11 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             f"{path}, line {start}: not valid CSV ({exc}): a double quote opened on this "
             "line is not closed, or a closing quote is followed by more text. Put double "
             "quotes around a whole value only, and write a quote inside one twice.") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"The manifest {path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save "
+            "it as UTF-8 (in Excel, 'CSV UTF-8 (comma delimited)').") from exc
+    except OSError as exc:
         raise ManifestError(f"The manifest {path} could not be read: {exc}.") from exc
     header = rows[0][1] if rows else []
     return [name.strip().lower() for name in header], rows[1:]
@@ -230,10 +238,11 @@ def _check_one_line(path: Path, start: int, end: int, values: list[str],
         raise ManifestError(
             f"{where}: a double quote opened on this line is closed only on line {end}, "
             "making one value of the lines between; close the quote on its own line.")
-    if rows and len(values) > len(rows[0][1]):
+    extra = values[len(rows[0][1]):] if rows else []
+    if any(value.strip() for value in extra):  # trailing empty ones: a spreadsheet's commas
         raise ManifestError(
-            f"{where}: {len(values) - len(rows[0][1])} more value(s) than the header row "
-            "has columns; a value holding a comma must be in double quotes.")
+            f"{where}: {len(extra)} more value(s) than the header row has columns; a value "
+            "holding a comma must be in double quotes.")
 
 
 def _check_columns(path: Path, fields: list[str], rows: list[tuple[int, list[str]]]) -> None:

@@ -190,3 +190,23 @@ def test_long_study_ids_stay_distinct_exams_within_a_uid_length() -> None:
     assert len(uids) == 2 and all(len(uid) <= 64 for uid in uids)
     assert all(uid.startswith("manifest:SSSS") for uid in uids)
     assert manifest_study_uid("EX9") == "manifest:EX9"
+
+
+def test_spreadsheet_blank_rows_and_trailing_commas_are_read(tmp_path: Path) -> None:
+    """Excel writes a formatted empty row as ",,,," and may end rows with empty cells."""
+    path = _manifest(tmp_path, "path,view\na.png,CC,\n,,\n,\nb.png,MLO,,\n")
+    manifest = Manifest.load(path, pseudonymize=KEY)
+    a, b = manifest.lookup(tmp_path / "a.png"), manifest.lookup(tmp_path / "b.png")
+    assert a is not None and a.view is View.CC and b is not None and b.view is View.MLO
+
+
+@pytest.mark.parametrize("content, phrase", [
+    (b"path;view\na.png;CC\n", "separated by ';': save it as CSV with commas"),
+    ("path,view\ncaf\u00e9.png,CC\n".encode("cp1252"), "is not UTF-8 text .*save it as UTF-8"),
+])
+def test_excel_saves_in_another_format_are_told_how_to_save(
+        tmp_path: Path, content: bytes, phrase: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_bytes(content)
+    with pytest.raises(ManifestError, match=phrase):
+        Manifest.load(path, pseudonymize=KEY)
