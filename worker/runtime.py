@@ -40,6 +40,9 @@ class WorkerRuntime:
         self._decoder: ChunkDecoder | None = None
         self._model_version_id: int | None = None
         self._notifier: Notifier | None = None
+        # Set by close(): a chunk still running after the stop (an embedded worker's thread
+        # outlives its join) sends in-line, not through senders nobody would close.
+        self._closed = False
 
     def _own_process(self) -> None:
         pid = os.getpid()
@@ -50,6 +53,7 @@ class WorkerRuntime:
             self._engine.dispose(close=False)
         self._pid, self._engine, self._sessions = pid, None, None
         self._classifier, self._model_version_id, self._notifier = None, None, None
+        self._closed = False
         self._decoder = None  # an inherited decoder pool is the parent's: start our own
 
     @property
@@ -65,7 +69,7 @@ class WorkerRuntime:
         self._own_process()
         if self._notifier is None:
             # Sends from a thread per channel: a hanging receiver never holds a chunk.
-            self._notifier = Notifier(self.settings, self.sessions, background=True)
+            self._notifier = Notifier(self.settings, self.sessions, background=not self._closed)
         return self._notifier
 
     @property
@@ -157,6 +161,7 @@ class WorkerRuntime:
         if self._notifier is not None and self._pid == os.getpid():
             self._notifier.close()  # waits for deliveries in hand, says what it leaves
         self._notifier = None
+        self._closed = True
 
 
 def _shown_database(url: str) -> str:

@@ -648,3 +648,13 @@ def test_a_failed_delivery_is_retried_counting_from_its_last_attempt(
         finally:
             answer.set()
     assert (early.retried, due.retried, due.delivered) == (0, 1, 1)
+
+
+def test_a_chunk_still_running_after_the_stop_sends_in_line(settings: Settings) -> None:
+    """An embedded worker's thread can outlive its stop; a notifier it made afterwards
+    would start sender threads that nobody closes, leaving its deliveries pending."""
+    runtime = WorkerRuntime(settings)
+    assert runtime.notifier._handoff is not None  # a worker's notifier sends from threads
+    runtime.close()
+    assert runtime.notifier._handoff is None  # after the stop: in-line, nothing to close
+    runtime.close()
