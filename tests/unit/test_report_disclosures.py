@@ -19,7 +19,6 @@ from shared.db.schema import Batch, Image, ModelVersion, Prediction, Study
 from shared.reports.worklist import exam_pdf_path
 from tests.helpers.cli import run_cli
 
-NOW = datetime.now(UTC)
 TIMEOUT_S = 1800.0  # MAMMO_EXAM_TIMEOUT_S's default
 # A model retrained under the shipped one's NAME:VERSION: an old database can hold both.
 _MODEL = {"name": "default", "version": "1.8.0", "preprocessing_version": "2",
@@ -29,14 +28,21 @@ MODELS = [{**_MODEL, "id": 1, "sha256": "a" * 64, "path": "/models/shipped"},
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
+def now() -> datetime:
+    """Taken as the test starts, not at collection: the suite runs for many minutes before
+    a test, and an exam's wait for its missing views (30 min) is measured from this."""
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def url(tmp_path: Path, now: datetime) -> str:
     url = f"sqlite:///{tmp_path / 'mammo.db'}"
     engine = create_db_engine(Settings(database_url=url, broker_url=None,  # type: ignore[call-arg]
                                        _env_file=None))
     ensure_schema(engine)
     with engine.begin() as conn:
         conn.execute(insert(ModelVersion), MODELS)
-        conn.execute(insert(Batch), [{"id": 1, "name": "night", "created_at": NOW}])
+        conn.execute(insert(Batch), [{"id": 1, "name": "night", "created_at": now}])
     engine.dispose()
     return url
 
@@ -84,8 +90,9 @@ def _due(sent: datetime) -> str:
 
 
 def test_exams_waiting_for_missing_views_are_counted_with_when_they_are_listed(
-        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    first, last = NOW - timedelta(minutes=10), NOW - timedelta(minutes=4)
+        url: str, now: datetime, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    first, last = now - timedelta(minutes=10), now - timedelta(minutes=4)
     _exam(url, "1.2.9.1", ["L-CC", "R-CC"], sent=first)
     _exam(url, "1.2.9.2", ["L-CC", "R-CC", "L-MLO"], sent=last)
     note = (f"2 exam(s) wait for missing views until {_due(first)} (the last until "
@@ -107,8 +114,9 @@ def test_exams_waiting_for_missing_views_are_counted_with_when_they_are_listed(
 
 
 def test_an_exam_pdf_written_while_views_were_awaited_is_flagged_with_what_rewrites_it(
-        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    sent = NOW - timedelta(minutes=10)
+        url: str, now: datetime, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    sent = now - timedelta(minutes=10)
     _exam(url, "1.2.9.1", ["L-CC", "R-CC"], sent=sent)
     exam = tmp_path / "exam.json"
     _mammo(["report", "exam", "1.2.9.1", "--format", "json", "-o", str(exam)], url,
@@ -126,10 +134,11 @@ def test_an_exam_pdf_written_while_views_were_awaited_is_flagged_with_what_rewri
 
 
 def test_burned_in_annotation_shows_in_results_the_worklist_and_the_exam_json(
-        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    ids = _exam(url, "1.2.9.1", ["L-CC", "R-CC", "L-MLO", "R-MLO"], sent=NOW,
+        url: str, now: datetime, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    ids = _exam(url, "1.2.9.1", ["L-CC", "R-CC", "L-MLO", "R-MLO"], sent=now,
                 burned_in=("R-CC",))
-    _exam(url, "1.2.9.2", ["L-CC", "R-CC", "L-MLO", "R-MLO"], sent=NOW)
+    _exam(url, "1.2.9.2", ["L-CC", "R-CC", "L-MLO", "R-MLO"], sent=now)
     rows = json.loads(_mammo(["results", "--format", "json"], url, monkeypatch,
                              tmp_path).stdout)
     assert [r["image_id"] for r in rows if r["burned_in_annotation"]] == [ids[1]]
@@ -148,9 +157,10 @@ def test_burned_in_annotation_shows_in_results_the_worklist_and_the_exam_json(
 
 
 def test_two_models_under_one_name_and_version_are_told_apart_in_exports(
-        url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    shipped = _exam(url, "1.2.9.1", ["L-CC", "R-CC"], sent=NOW - timedelta(hours=1))
-    retrained = _exam(url, "1.2.9.2", ["L-CC", "R-CC"], sent=NOW - timedelta(hours=1),
+        url: str, now: datetime, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    shipped = _exam(url, "1.2.9.1", ["L-CC", "R-CC"], sent=now - timedelta(hours=1))
+    retrained = _exam(url, "1.2.9.2", ["L-CC", "R-CC"], sent=now - timedelta(hours=1),
                       model_id=2)
     rows = json.loads(_mammo(["results", "--format", "json"], url, monkeypatch,
                              tmp_path).stdout)
