@@ -19,16 +19,17 @@ FORMATS = ("table", "csv", "json")
 
 # A spreadsheet runs a cell that starts with one of these as a formula ("CSV injection",
 # OWASP): a file name or accession number "=HYPERLINK(...)" in an export must stay text.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# (A leading tab or carriage return, OWASP's other two, is shown as \x09 / \x0d first.)
+_FORMULA_START = ("=", "+", "-", "@")
 # Cells written quoted: besides those with a comma, a quote or a line end, those with a ";"
 # (the list separator German, French or Dutch Excel splits a line at) or a tab, so a reader
 # that honours the quotes keeps the cell whole.
 _NEEDS_QUOTES = re.compile('[",;\t\r\n]')
-# A formula start right after ";", a tab or a line end: quotes count only where a field
-# starts, and a spreadsheet splitting a comma-separated line at ";" starts its fields
-# elsewhere ('15,9,"/in/a' | '=2+5' | '.png",failed'), so such a formula start gets its own
-# single quote too.
-_FORMULA_AFTER_SPLIT = re.compile(f"(?<=[;\t\r\n])(?=[{re.escape(''.join(_FORMULA_START))}])")
+# A formula start right after ";" or a line break (control characters are escaped first):
+# quotes count only where a field starts, and a spreadsheet splitting a comma-separated line
+# at ";" starts its fields elsewhere ('15,9,"/in/a' | '=2+5' | '.png",failed'), so such a
+# formula start gets its own single quote too.
+_FORMULA_AFTER_SPLIT = re.compile(f"(?<=[;\n])(?=[{re.escape(''.join(_FORMULA_START))}])")
 # C0 and C1 control characters (ESC, BEL, CSI ...) and DEL, but not the newline: a file name
 # or DICOM text printed raw could retitle the terminal, recolour it or rewrite what was shown.
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
