@@ -54,7 +54,7 @@ from shared.imaging.readers.base import (
     open_error,
     sha256_identity,
 )
-from shared.imaging.readers.raster import _to_grayscale
+from shared.imaging.readers.raster import to_grayscale
 from shared.imaging.types import DecodedImage, ImageHeader
 from shared.pseudonym import KEY_HINT
 
@@ -369,7 +369,7 @@ def _grey(stored: np.ndarray, ds: Dataset, path: Path, notes: dict[str, str]) ->
     VOI window applies to it."""
     if stored.ndim != 3:
         return stored
-    grey, merged = _to_grayscale(np.ascontiguousarray(stored[..., ::-1]), path)  # as BGR
+    grey, merged = to_grayscale(np.ascontiguousarray(stored[..., ::-1]), path)  # as BGR
     notes.update(merged)
     ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
     return grey

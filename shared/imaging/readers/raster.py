@@ -100,7 +100,7 @@ class RasterReader:
         image = self.decode_pixels(data, path)
         if image is None:
             raise self._undecodable(path)
-        pixels, notes = _to_grayscale(image, path)
+        pixels, notes = to_grayscale(image, path)
         # A header the cheap size check could not parse is caught once decoded.
         check_pixel_count(path, pixels.shape[0], pixels.shape[1], max_pixels)
         pixels = _upright(pixels, self.orientation(data), notes)
@@ -495,7 +495,7 @@ def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
     return columns, rows, maxval, pos
 
 
-def _to_grayscale(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
+def to_grayscale(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
     """One grey channel. Grey saved as RGB(A) is accepted; a true colour image is refused.
 
     Scanners and exporters often save grey as three equal channels; lossy JPEG then makes
