@@ -164,3 +164,15 @@ def test_json_is_plain_json_of_the_rows(monkeypatch: pytest.MonkeyPatch) -> None
     text = buffer.getvalue()
     assert "Müller 中" in text  # readable, not \\u escapes
     assert json.loads(text) == [{**rows[0], "at": "2026-11-24T03:04:05+00:00"}]
+
+
+def test_json_escapes_the_terminal_controls_json_dumps_leaves_raw() -> None:
+    # json.dumps escapes C0 (ESC as \u001b) but writes DEL and C1 raw: CSI (\x9b) would
+    # reach the admin's terminal from a DICOM header printed with --format json.
+    rows = [{"name": "a\x9b2Jb\x7fc\x85d\x1be", "ok": "Ω é"}]
+    buffer = io.StringIO()
+    render(rows, "json", keys=("name",), console=Console(file=buffer))
+    text = buffer.getvalue()
+    assert not any(0x7F <= ord(ch) <= 0x9F or (ord(ch) < 0x20 and ch != "\n") for ch in text)
+    assert "\\u009b" in text and "Ω é" in text
+    assert json.loads(text) == rows
