@@ -24,7 +24,7 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
 from shared.errors import ConfigurationError
-from shared.urls import redact_url
+from shared.urls import redact_endpoint, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ KEY_HINT = ("set MAMMO_PATIENT_ID_KEY (in the environment or .env) to a long ran
 _POSTGRES_SCHEME = re.compile(r"^(?:postgres|postgresql)(?=://)", re.IGNORECASE)
 POSTGRES_DRIVER = "postgresql+psycopg"
 # Settings whose value is a URL that may carry a password (userinfo or ?password=).
-_URL_FIELDS = frozenset({"database_url", "broker_url", "webhook_url"})
+_URL_FIELDS = frozenset({"database_url", "broker_url"})
 
 
 def short_patient_id_key(key: bytes) -> str | None:
@@ -235,9 +235,14 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # repr() and str() of the settings end up in logs and tracebacks: the URLs' passwords
         # are masked there as everywhere else (the secrets are SecretStr already).
+        # The webhook's path is often its token, so only its host is shown.
         for name, value in super().__repr_args__():
-            yield name, (redact_url(value) if name in _URL_FIELDS and isinstance(value, str)
-                         else value)
+            shown = value
+            if isinstance(value, str) and name in _URL_FIELDS:
+                shown = redact_url(value)
+            elif isinstance(value, str) and name == "webhook_url":
+                shown = redact_endpoint(value)
+            yield name, shown
 
     @field_validator("broker_url")
     @classmethod

@@ -9,6 +9,7 @@ first, so every URL this project shows goes through :func:`redact_url`.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 MASK = "***"
 
@@ -25,3 +26,12 @@ def redact_url(url: str) -> str:
     """``url`` with the userinfo password and any password-like query values masked."""
     shown = _USERINFO_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", url, count=1)
     return _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", shown)
+
+
+def redact_endpoint(url: str) -> str:
+    """``url`` as scheme, host and port only, for a URL whose path is itself a credential:
+    Slack, Teams and Discord webhooks carry their token in the path, not as a password."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    rest = parts.path.strip("/") or parts.query
+    return f"{parts.scheme}://{host}" + (f"/{MASK}" if rest else "")

@@ -104,3 +104,15 @@ def test_the_settings_repr_masks_the_passwords_of_urls() -> None:
         assert "postgresql+psycopg://mammo:***@db/mammo" in shown, shown
         assert "redis://:***@redis:6379/0" in shown, shown
     assert settings.database_url.endswith(":db-pass-1@db/mammo")  # the value itself is whole
+
+
+def test_the_settings_repr_shows_only_the_webhooks_host_since_its_path_is_a_token() -> None:
+    # Slack, Teams and Discord put the webhook's credential in the path itself.
+    settings = Settings(webhook_url="https://hooks.slack.com/services/T01/B02/s3cr3tT0ken",
+                        webhook_secret="hook-secret", _env_file=None)  # type: ignore[call-arg]
+    for shown in (repr(settings), str(settings)):
+        assert "s3cr3tT0ken" not in shown and "B02" not in shown, shown
+        assert "https://hooks.slack.com/***" in shown, shown
+    bare = Settings(webhook_url="http://receiver:8080", webhook_secret="s",  # type: ignore[call-arg]
+                    _env_file=None)
+    assert "'http://receiver:8080'" in repr(bare)
