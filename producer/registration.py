@@ -94,6 +94,21 @@ def create_batch(sessions: sessionmaker[Session], *, name: str | None, priority:
         return batch.id
 
 
+def discard_if_empty(sessions: sessionmaker[Session], batch_id: int) -> bool:
+    """Delete batch ``batch_id`` when no file was registered to it (a start that failed
+    before its first block: a full disk, a database gone), so that no empty batch stays
+    listed as open for ever. A batch with any image or copy row is kept."""
+    with sessions() as session:
+        used = session.scalar(select(Image.id).where(Image.batch_id == batch_id).limit(1))
+        used = used or session.scalar(select(DuplicateSubmission.id).where(
+            DuplicateSubmission.batch_id == batch_id).limit(1))
+        if used is not None:
+            return False
+        session.execute(delete(Batch).where(Batch.id == batch_id))
+        session.commit()
+        return True
+
+
 @dataclass(frozen=True)
 class Ingestion:
     """How files are read at registration: the PatientID pseudonymizer (None: no key, so

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from celery import Celery
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import OwnFiles, check_paths, iter_files
-from producer.registration import create_batch, ingestion_for, register_files
+from producer.registration import (
+    create_batch,
+    discard_if_empty,
+    ingestion_for,
+    register_files,
+)
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.enums import Priority
 from shared.errors import BrokerUnavailableError
 from shared.notify import Notifier
 from shared.queue import enqueue_chunks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,7 +67,11 @@ def submit(
     skipped: list[tuple[Path, str]] = []
     files = iter_files(paths, own=OwnFiles.of(settings),
                        on_skip=lambda path, why: skipped.append((path, why)))
-    reg = register_files(sessions, batch_id, files, on_file=on_file, ingestion=ingestion)
+    try:
+        reg = register_files(sessions, batch_id, files, on_file=on_file, ingestion=ingestion)
+    except BaseException:
+        _discard_quietly(sessions, batch_id)
+        raise
     outcome = SubmitOutcome(batch_id, reg.new_ids, reg.rejected_ids, reg.duplicates,
                             skipped=skipped)
     if requeue_unfinished_duplicates:
@@ -89,3 +102,12 @@ def submit(
     # copies of images already finished): a copy's original still queued keeps it open.
     Notifier(settings, sessions).batches_finished(finished)
     return outcome
+
+
+def _discard_quietly(sessions: sessionmaker[Session], batch_id: int) -> None:
+    # The registration's own error is what the person must read; the database that just
+    # failed may refuse this clean-up too, which then only leaves the empty batch behind.
+    try:
+        discard_if_empty(sessions, batch_id)
+    except (SQLAlchemyError, OSError) as exc:
+        log.debug("empty batch %s not removed: %s", batch_id, exc)
