@@ -116,6 +116,9 @@ class TrainConfig:
     average_from: int = 0
     # MixUp's Beta alpha in patch training (models.training.mix_up); 0 = off.
     mixup: float = 0.0
+    # Focal loss's gamma in patch training (models.training.patch_loss); 0 = off, plain
+    # cross-entropy.
+    focal_gamma: float = 0.0
     # Normal patches drawn per lesion patch, and normal locations the trunk scored highest
     # mined per training image every few epochs (they replace up to half the normal
     # patches). 5 and 8 were measured against these defaults on 3 splits: no gain (README).
@@ -230,6 +233,15 @@ def _train_member(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     return result.trunk
 
 
+def patch_options(config: TrainConfig) -> TrainOptions:
+    """What of ``config`` patch training (``models.training.train_trunk``) uses."""
+    return TrainOptions(epochs=config.epochs, patience=config.patience,
+                        plan=PatchPlan(patch=config.patch, negatives_ratio=config.negatives_ratio),
+                        hard_negatives=config.hard_negatives, widths=config.widths,
+                        stage_convs=config.stage_convs, average_from=config.average_from,
+                        mixup=config.mixup, focal_gamma=config.focal_gamma)
+
+
 def patch_trained(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray, np.ndarray],
                   seed: int, name: str, say: Progress,
                   cv: CrossValidation | None = None) -> TrunkResult:
@@ -238,12 +250,7 @@ def patch_trained(data: PreparedSet, config: TrainConfig, fold: tuple[np.ndarray
     whole-image fine-tuning comes after."""
     train = fold[0]
     labels, patients = data.labels, data.patients
-    options = TrainOptions(epochs=config.epochs, patience=config.patience,
-                           plan=PatchPlan(patch=config.patch,
-                                          negatives_ratio=config.negatives_ratio),
-                           hard_negatives=config.hard_negatives, widths=config.widths,
-                           stage_convs=config.stage_convs, average_from=config.average_from,
-                           mixup=config.mixup)
+    options = patch_options(config)
     fit_idx, stop_idx = inner_validation(labels[train], patients[train],
                                          fraction=EARLY_STOPPING_FRACTION, seed=seed)
     say(f"{name}: {len(stop_idx)} of the training images kept apart for early stopping")

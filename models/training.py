@@ -39,6 +39,9 @@ class TrainOptions:
     # class weights alike, by a Beta(alpha, alpha) share; a regulariser for small data
     # sets. 0 = off.
     mixup: float = 0.0
+    # Focal loss's gamma (Lin et al. 2017): each patch's loss scaled by (1 - p)^gamma, so
+    # patches the trunk already gets right count less and the hard ones more. 0 = off.
+    focal_gamma: float = 0.0
     plan: PatchPlan = field(default_factory=PatchPlan)
 
 
@@ -66,11 +69,8 @@ def train_trunk(train: PreparedSet, val: PreparedSet, options: TrainOptions, *, 
     if trunk is None:
         trunk = build_trunk(name, widths=options.widths, stage_convs=options.stage_convs)
     model = build_patch_model(trunk, options.plan.patch)
-    # Label smoothing: a patch label is a circle drawn by hand around a finding, not a
-    # certainty about every pixel in the patch; softer targets give steadier maps.
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-                  metrics=["categorical_accuracy"])
+                  loss=patch_loss(options.focal_gamma), metrics=["categorical_accuracy"])
     rng = np.random.default_rng(seed)
     val_plan = PatchPlan(**{**options.plan.__dict__, "augment": False})
     val_x, val_y = sample_patches(val, val_plan, np.random.default_rng(seed + 1))
@@ -116,6 +116,20 @@ def train_trunk(train: PreparedSet, val: PreparedSet, options: TrainOptions, *, 
         progress(f"{name}: weights of epochs {average.first}-{average.last} averaged")
     return TrunkResult(trunk, history, best[1], time.perf_counter() - started,
                        (average.first, average.last), best[2])
+
+
+def patch_loss(focal_gamma: float) -> Any:
+    """Patch training's loss: cross-entropy, or focal cross-entropy with ``focal_gamma``."""
+    import keras
+
+    # Label smoothing: a patch label is a circle drawn by hand around a finding, not a
+    # certainty about every pixel in the patch; softer targets give steadier maps.
+    if not focal_gamma:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    # alpha 1: Keras multiplies every class's term by a scalar alpha alike, and the balanced
+    # sample weights already even out the classes, so no second (0.25) scaling.
+    return keras.losses.CategoricalFocalCrossentropy(gamma=focal_gamma, alpha=1.0,
+                                                     label_smoothing=0.1)
 
 
 class WeightAverage:

@@ -1,11 +1,12 @@
-"""Training recipes side by side: `mammo train`'s own ("plain", 1.7.0's recipe: patch
+"""Training recipes side by side: `mammo train`'s own ("plain", 1.8.0's recipe: patch
 training, then 8 epochs of whole-image fine-tuning with image and location labels), with
 local contrast, fine-tuned with image labels only ("image-labels", 1.4.0's recipe), without
 the fine-tuning ("scratch", 1.2.0's recipe), 1.5.0's recipe (20 epochs of contrastive
 pretraining, no fine-tuning: "pretrained"), with the patch weights averaged from epoch 16
 ("averaged"), with 5 normal patches per lesion patch and 8 hard negatives mined per image
 ("negatives"), with two or three convolutions per pooled stage of the trunk ("deep",
-"deeper") or with 7/6 times the trunk's channels ("wide"); one trunk per fold or a seed
+"deeper"), with 7/6 times the trunk's channels ("wide"), with MixUp on the training patches
+("mixup") or with focal loss in patch training ("focal"); one trunk per fold or a seed
 ensemble.
 
     python -m tests.benchmarks.model_variants [--data ../shared/data/mini-mias]
@@ -55,7 +56,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # folds stay under the 25 MB model budget (19.6 MB of float32 weights).
     "wide": {"widths": (28, 56, 112, 168, 224)},
     # MixUp on the training patches, alpha 0.2 (the paper's ImageNet setting).
-    "mixup": {"mixup": 0.2}}
+    "mixup": {"mixup": 0.2},
+    # Focal loss in patch training, gamma 2 (the paper's best setting).
+    "focal": {"focal_gamma": 2.0}}
 DEFAULTS = TrainConfig()
 
 
