@@ -200,10 +200,15 @@ def stale_images(
     session: Session, *, queued_before: datetime, claimed_before: datetime,
     batch_id: int | None = None,
 ) -> list[int]:
-    """Images whose wake-up message may be lost: queued long ago, or claimed by a dead worker."""
+    """Images whose wake-up message may be lost: queued long ago, or claimed by a dead worker.
+
+    A row not yet stamped as sent counts from its registration: a producer between its
+    commit and its send (a watcher's block, a long submit) has not lost anything yet, and a
+    worker's sweep in that gap re-sent the images with a warning that they were lost."""
     stmt = select(Image.id).where(or_(
         and_(Image.state == ImageState.QUEUED.value,
-             or_(Image.enqueued_at.is_(None), Image.enqueued_at < queued_before)),
+             or_(and_(Image.enqueued_at.is_(None), Image.created_at < queued_before),
+                 Image.enqueued_at < queued_before)),
         and_(Image.state == ImageState.PROCESSING.value, Image.claimed_at < claimed_before),
     ))
     if batch_id is not None:

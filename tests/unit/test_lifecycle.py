@@ -196,3 +196,18 @@ def test_stale_images_finds_lost_messages(sessions: sessionmaker[Session]) -> No
         stale = lifecycle.stale_images(s, queued_before=now - timedelta(hours=1),
                                        claimed_before=now - timedelta(hours=1))
     assert stale == ids[:2]
+
+
+def test_stale_images_counts_an_unsent_row_from_its_registration(
+        sessions: sessionmaker[Session]) -> None:
+    # A watcher between its block's commit and its send: a sweep in that gap re-sent the
+    # images and warned that their messages were lost.
+    _fresh, old = _images(sessions, 2)
+    now = utcnow()
+    with sessions() as s:
+        s.execute(update(Image).where(Image.id == old).values(
+            created_at=now - timedelta(hours=2)))
+        s.commit()
+        stale = lifecycle.stale_images(s, queued_before=now - timedelta(minutes=10),
+                                       claimed_before=now - timedelta(minutes=10))
+    assert stale == [old]  # a producer killed before sending is still found, in time
