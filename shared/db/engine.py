@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +62,10 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # fail for want of space, reported as "disk I/O error" as often as "database or disk is full".
 LOW_FREE_BYTES = 1 << 20
 _SQLITE_FULL = 13  # the primary result code of "database or disk is full"
+_SQLITE_BUSY_CODES = (5, 6)  # "database is locked" (another connection), "table is locked"
+# How long a connection waits for another one's lock (SQLite's busy handler), and so how
+# long the switch to WAL is retried where that handler does not apply.
+SQLITE_BUSY_TIMEOUT_S = 60
 _SUPPORTED_URLS = f"Supported: sqlite:///FILE and {POSTGRES_DRIVER}://user@host/db"
 
 
@@ -67,7 +73,7 @@ def create_db_engine(settings: Settings) -> Engine:
     url = settings.database_url
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"timeout": 60})
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
             _configure_sqlite(engine, wal=settings.sqlite_wal)
             return engine
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
@@ -92,12 +98,35 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         if wal:
             # WAL lets the producer read while a worker writes; unsafe on network shares.
-            cur.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
         cur.close()
+
+
+def switch_to_wal(cursor: Any, *, wait_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the file.
+
+    Switching a file still in rollback-journal mode (as ``mammo db upgrade`` may leave it)
+    takes its write lock, and SQLite answers "database is locked" at once, without its busy
+    handler, to a connection that already holds a read lock: a worker and a watcher started
+    together raced for the switch, and the loser exited 7 within 30 ms.
+    """
+    deadline = time.monotonic() + wait_s
+    pause = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _SQLITE_BUSY_CODES:
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -121,7 +150,7 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
             raise unusable from exc
         if not isinstance(exc, OperationalError):
             raise
-        remedy = (_sqlite_remedy(engine.url, exc)
+        remedy = (_sqlite_busy_remedy(engine.url, exc) or _sqlite_remedy(engine.url, exc)
                   or "Check MAMMO_DATABASE_URL and that the server is running.")
         raise DatabaseUnavailableError(
             f"Cannot reach the database at {_shown(engine)}: {_first_line(exc.orig)}. "
@@ -167,6 +196,16 @@ def _sqlite_remedy(url: URL, exc: DBAPIError) -> str | None:
     return (f"The SQLite file {path} needs a folder this user can write ({folder}; its disk "
             f"is not full, {_amount(free)} free): run from a writable folder, or set "
             "MAMMO_DATABASE_URL.")
+
+
+def _sqlite_busy_remedy(url: URL, exc: DBAPIError) -> str | None:
+    # A lock is no fault of the file's folder or disk, which _sqlite_remedy would blame.
+    path = sqlite_file(url)
+    if path is None or sqlite_result_code(exc) not in _SQLITE_BUSY_CODES:
+        return None
+    return (f"Another process held the SQLite file {path} locked for over "
+            f"{SQLITE_BUSY_TIMEOUT_S} s: try again once it is done; where several "
+            "workers write at once, use PostgreSQL (MAMMO_DATABASE_URL).")
 
 
 def _amount(size: int) -> str:
@@ -247,6 +286,11 @@ def upgrade(engine: Engine, *,
     after waiting ``lock_wait_s`` for locks that other processes hold.
     """
     cfg = alembic_config(engine)
+    with unavailable_as_error(engine):
+        # One of the engine's own connections first: it switches a new SQLite file to WAL
+        # (the migrator's does not), so that processes started after `mammo db upgrade`
+        # find it switched and never race for it.
+        check_connection_options(engine)
     with (unavailable_as_error(engine),
           migration_connection(engine, lock_wait_s=lock_wait_s) as conn):
         before = _revisions_on(conn)
