@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from producer.discovery import is_candidate, is_inside, source_text
+from producer.discovery import OwnFiles, is_candidate, is_inside, source_text
 from shared.formatting import without_control
 
 SIDECAR_SUFFIX = ".reason.txt"
@@ -19,16 +19,27 @@ class WatchFolder:
     """The drop folder. ``root`` is absolute as given; links are judged by its real path.
 
     With the move action, ``processed/`` and ``failed/`` inside it belong to the watcher and
-    are never scanned.
+    are never scanned. ``own_files`` and ``own_folders`` are this installation's own files
+    that lie inside it (the SQLite database with its companions, the report folder), as
+    paths below the root: never images, whatever their names.
     """
 
     root: Path
     ignore: tuple[str, ...] = ()
     reserved: tuple[str, ...] = ()
+    own_files: frozenset[tuple[str, ...]] = frozenset()
+    own_folders: frozenset[tuple[str, ...]] = frozenset()
 
     @classmethod
-    def of(cls, root: Path, ignore: tuple[str, ...], *, move: bool) -> WatchFolder:
-        return cls(Path(os.path.abspath(root)), ignore, (PROCESSED, FAILED) if move else ())
+    def of(cls, root: Path, ignore: tuple[str, ...], *, move: bool,
+           own: OwnFiles | None = None) -> WatchFolder:
+        own = own or OwnFiles()
+        absolute = Path(os.path.abspath(root))
+        # Own paths are real paths; compared below the root's real path once here, so that
+        # judging an event or a walked entry costs no system call.
+        real_root = Path(os.path.realpath(absolute))
+        return cls(absolute, ignore, (PROCESSED, FAILED) if move else (),
+                   _parts_below(real_root, own.files), _parts_below(real_root, own.folders))
 
     def relative_path(self, path: Path) -> Path:
         try:
@@ -44,7 +55,8 @@ class WatchFolder:
         return without_control(source_text(self.relative_path(path)), one_line=True)
 
     def ignored(self, path: Path) -> bool:
-        """Temporary names, dotfiles, our sidecars and output folders: not (yet) images."""
+        """Temporary names, dotfiles, our sidecars, output folders and own files: not (yet)
+        images."""
         try:
             parts = Path(path).relative_to(self.root).parts
         except ValueError:
@@ -53,12 +65,22 @@ class WatchFolder:
             return True
         if parts[0] in self.reserved and len(parts) > 1:
             return True
+        if parts in self.own_files or any(parts[:len(f)] == f for f in self.own_folders):
+            return True
         name = parts[-1]
         return not is_candidate(Path(name)) or _matches_any(name, self.ignore)
 
     def contains_real(self, path: Path) -> bool:
         """Does ``path``, with every symlink resolved, stay inside the folder?"""
         return is_inside(path, self.root)
+
+
+def _parts_below(real_root: Path, paths: frozenset[str]) -> frozenset[tuple[str, ...]]:
+    """Those of ``paths`` strictly inside ``real_root``, as their parts below it. The root
+    itself is left out: a report folder that *is* the watched folder cannot be skipped
+    whole (the watcher warns about it instead)."""
+    return frozenset(Path(p).relative_to(real_root).parts for p in paths
+                     if Path(p).is_relative_to(real_root) and Path(p) != real_root)
 
 
 def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:

@@ -11,7 +11,7 @@ again by name after a restart, so a day's drop-folder work reads as one batch in
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -97,6 +97,12 @@ class Ingestor:
             self.log.info("skipped duplicate %s: same image as image %d (%s)",
                           self.folder.relative(path), image_id, state)
         return out
+
+    def resend(self, images: Mapping[int, tuple[Path, str]]) -> None:
+        """Send images registered earlier (``image id -> (path, why)``) and log each one."""
+        self.send(list(images))
+        for image_id, (path, why) in images.items():
+            self.log.info("queued %s (image %d): %s", self.folder.relative(path), image_id, why)
 
     def send(self, image_ids: list[int]) -> int:
         if not image_ids:

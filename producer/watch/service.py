@@ -27,7 +27,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.discovery import link_problem
+from producer.discovery import OwnFiles, link_problem
 from producer.watch.actions import MOVE, AfterProcessing
 from producer.watch.events import Change, InboxHandler
 from producer.watch.folder import WatchFolder
@@ -70,8 +70,12 @@ class Watcher:
         self.settings = settings
         self.sessions = sessions
         self.options = options
+        # The database and the report folder may lie inside the drop folder (the defaults,
+        # relative to the working directory, do when the watcher runs from there): never
+        # images, and moving the database away would lose every result.
+        self.own = OwnFiles.of(settings)
         self.folder = WatchFolder.of(options.root, settings.watch_ignore_patterns,
-                                     move=settings.watch_after == MOVE)
+                                     move=settings.watch_after == MOVE, own=self.own)
         self.inbox = InboxHandler()
         self.tracker = StabilityTracker(quiet_s=settings.watch_quiet_period_s,
                                         grace_s=settings.watch_incomplete_grace_s,
@@ -104,6 +108,7 @@ class Watcher:
         log.info("watching %s (%s, after processing: %s, quiet period %.1f s)",
                  self.folder.root, "polling" if self.options.poll else "inotify",
                  s.watch_after, s.watch_quiet_period_s)
+        self._warn_own_files_inside()
         try:
             while not stop.is_set():
                 try:
@@ -157,7 +162,7 @@ class Watcher:
 
     def scan(self) -> None:
         """Reconcile the folder with the database: new files to check, old ones to finish."""
-        resend: list[int] = []
+        resend: dict[int, tuple[Path, str]] = {}
         first = self._scans == 0
         for path, known in known_images(self.sessions, walk(self.folder)):
             if known is None:
@@ -180,11 +185,12 @@ class Watcher:
                 # An embedded queue starts empty, so everything active needs a message; with
                 # Redis only rows committed but never sent (a crash in between) do.
                 if known.enqueued_at is None or (first and self.options.mode == "embedded"):
-                    resend.append(known.image_id)
+                    resend[known.image_id] = (path, _why_resent(known, first=first))
         self._scans += 1
         if resend:
-            self.ingestor.send(resend)
-            log.info("re-sent %d image(s) left queued by an earlier run", len(resend))
+            self.ingestor.resend(resend)
+            log.info("re-sent %d image(s) registered earlier whose message was never sent "
+                     "or was lost with an earlier run", len(resend))
 
     def take_events(self) -> None:
         for seen in self.inbox.drain():
@@ -203,6 +209,8 @@ class Watcher:
         if os.path.islink(path):
             target = self._link_target(path)
             if target is None:
+                return
+            if self.folder.ignored(target):  # a link to the database, to processed/...
                 return
             path = target
         if self._is_known_duplicate(path):
@@ -251,6 +259,19 @@ class Watcher:
         real_root = os.path.realpath(self.folder.root)
         return self.folder.root / os.path.relpath(os.path.realpath(link), real_root)
 
+    def _warn_own_files_inside(self) -> None:
+        """Said once at start: what the watcher leaves alone, or cannot, in its folder."""
+        if self.folder.own_files:
+            database = min(self.own.files, key=len)  # the database file, not a companion
+            log.warning("the SQLite database %s lies inside the watched folder: the watcher "
+                        "leaves it and its -wal, -shm and -journal files alone, but whoever "
+                        "clears the folder may not; keep it elsewhere (MAMMO_DATABASE_URL)",
+                        database)
+        if os.path.realpath(self.settings.report_dir) == os.path.realpath(self.folder.root):
+            log.warning("reports are written into the watched folder itself (MAMMO_REPORT_DIR"
+                        "=%s), where they would be read as dropped files: give them a folder "
+                        "of their own, for example a sub-folder of it", self.settings.report_dir)
+
     def _warn_once(self, path: Path, message: str, *args: object) -> None:
         if path not in self._reported:
             self._reported.add(path)
@@ -280,6 +301,15 @@ class Watcher:
             return True
         del self._duplicates[path]  # rewritten under the same name: look at it again
         return False
+
+
+def _why_resent(known: KnownImage, *, first: bool) -> str:
+    """Why an active image found by a scan is sent again, for its ``queued`` line."""
+    if known.enqueued_at is not None:  # embedded: the queue it was in ended with its process
+        return "sent again: left queued by an earlier run"
+    if first:
+        return "registered by an earlier run that stopped before sending it"
+    return "registered earlier, but its message could not be sent then"
 
 
 @contextmanager

@@ -148,7 +148,27 @@ def test_rows_committed_but_never_sent_are_sent_by_the_next_start(
     with sessions() as session:
         assert session.execute(select(Image.enqueued_at)).scalar_one() is not None
         assert session.execute(select(Image.id)).scalars().all() == [1]
-    assert "re-sent 1 image(s) left queued by an earlier run" in caplog.messages
+    # One `queued PATH (image N)` line per file, as for any file queued, saying why.
+    assert caplog.messages == [
+        "queued a.dcm (image 1): registered by an earlier run that stopped before sending it",
+        "re-sent 1 image(s) registered earlier whose message was never sent or was lost with "
+        "an earlier run"]
+
+
+def test_an_embedded_restart_names_each_file_it_queues_again(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    _dicom(root / "sub/b.dcm", 2)
+    _step(_watcher(settings, sessions, root))
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher = _watcher(settings, sessions, root)
+    watcher.options = WatchOptions(root, mode="embedded")  # its in-process queue is gone
+    _step(watcher)
+    assert sorted(m for m in caplog.messages if m.startswith("queued ")) == [
+        "queued a.dcm (image 1): sent again: left queued by an earlier run",
+        "queued sub/b.dcm (image 2): sent again: left queued by an earlier run"]
 
 
 @pytest.mark.parametrize("crash_before_move", [False, True])
@@ -276,6 +296,84 @@ def test_an_unreachable_broker_pauses_the_watch_and_loses_nothing(
     _step(_watcher(settings, sessions, root))
     with sessions() as session:
         assert session.execute(select(Image.enqueued_at)).scalar_one() is not None
+
+
+@pytest.mark.parametrize("name", ["mammo.sqlite3", "mammo.db"])
+def test_the_database_and_the_reports_inside_the_folder_are_never_images(
+        settings: Settings, tmp_path: Path, name: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The defaults (`mammo.db`, `reports/`) are relative to the working directory: run
+    from the drop folder, both lie inside it. Moving the database to failed/ lost every
+    result; its -wal and -shm files became a new failed image at each scan."""
+    root = tmp_path / "in"
+    root.mkdir()
+    s = settings.model_copy(update={"database_url": f"sqlite:///{root / name}",
+                                    "report_dir": root / "reports"})
+    engine = create_db_engine(s)
+    ensure_schema(engine)
+    sessions = make_session_factory(engine)
+    _dicom(root / "a.dcm", 1)
+    for report in ("reports/batch-1.html", "reports/exams/exam-1.2.9.pdf"):
+        (root / report).parent.mkdir(parents=True, exist_ok=True)
+        (root / report).write_bytes(b"%PDF-1.4 a report, not an image")
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher = _watcher(s, sessions, root, watch_after="move")
+    watcher.run(_stopped())  # its start-up says where the database is
+    with engine.connect():  # a connection open: SQLite's WAL files are there
+        assert (root / f"{name}-wal").exists() and (root / f"{name}-shm").exists()
+        _step(watcher)
+        # What inotify reports while the database and the reports are written.
+        for path in (root / name, *(root / f"{name}{c}" for c in ("-wal", "-shm", "-journal")),
+                     root / "reports", root / "reports/batch-1.html",
+                     root / "reports/exams/exam-1.2.9.pdf"):
+            watcher.consider(path, finished=True)
+        watcher.queue_ready(threading.Event())
+        _step(watcher)
+    with sessions() as session:
+        assert session.execute(select(Image.source)).scalars().all() == [str(root / "a.dcm")]
+    _done(sessions, 1)
+    watcher.followup.poll()
+    _step(watcher)
+    assert (root / name).is_file() and not (root / "failed").exists()
+    assert (root / "reports/exams/exam-1.2.9.pdf").is_file()
+    assert (root / "processed/a.dcm").is_file()
+    assert any(m.startswith(f"the SQLite database {root / name} lies inside the watched "
+                            "folder") for m in caplog.messages)
+
+
+def test_a_report_folder_that_is_the_watched_folder_is_warned_about(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    _watcher(settings, sessions, root, report_dir=root).run(_stopped())
+    assert any(m.startswith("reports are written into the watched folder itself")
+               for m in caplog.messages)
+    assert not any("SQLite database" in m for m in caplog.messages)  # it lies elsewhere
+
+
+def test_a_link_to_the_database_is_not_followed_into_it(
+        settings: Settings, tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    s = settings.model_copy(update={"database_url": f"sqlite:///{root / 'mammo.sqlite3'}"})
+    engine = create_db_engine(s)
+    ensure_schema(engine)
+    sessions = make_session_factory(engine)
+    (root / "scan.dcm").symlink_to(root / "mammo.sqlite3")
+    watcher = _watcher(s, sessions, root)
+    _step(watcher)
+    assert len(watcher.tracker) == 0
+    with sessions() as session:
+        assert session.execute(select(Image.id)).first() is None
+
+
+def _stopped() -> threading.Event:
+    """A stop already asked for: `Watcher.run` says its start-up lines and returns."""
+    stop = threading.Event()
+    stop.set()
+    return stop
 
 
 def test_link_loops_and_dangling_links_are_ignored_and_named_once(
