@@ -119,6 +119,14 @@ class Settings(BaseSettings):
     worker_max_memory_mb: int = Field(
         0, ge=0, description="Recycle a worker child above this RSS (0: never).",
     )
+    worker_start_timeout_s: int = Field(
+        600, ge=10, le=86_400,
+        description="Seconds a worker's pool child may take to start (load TensorFlow and "
+        "the model) before Celery kills it as hung. A replacement child (after an OOM kill, "
+        "a poison image, MAMMO_WORKER_MAX_MEMORY_MB) that needs longer is killed, and so is "
+        "its replacement, for ever: the worker stops working while it still answers pings. "
+        "Keep it well above the load time each child logs (a loaded host, a slow GPU start).",
+    )
     claim_heartbeat_s: int = Field(
         30, ge=1, le=600, description="A worker renews the claims of the chunk it is working "
         "on this often; claims not renewed for 4 heartbeats belong to a dead worker, and "

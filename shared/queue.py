@@ -49,9 +49,10 @@ def create_celery_app(settings: Settings) -> Celery:
         task_default_queue=QUEUE_NAME,
         task_queues=(Queue(QUEUE_NAME, routing_key=QUEUE_NAME),),
         task_create_missing_queues=False,
-        # Loading TensorFlow and the model takes seconds; the 4 s default kills every
-        # recycled child in a loop (see PITFALLS.md).
-        worker_proc_alive_timeout=120,
+        # A child loads TensorFlow and the model before it reports up; the 4 s default
+        # kills every recycled child in a loop (see PITFALLS.md), and so did a fixed 120 s
+        # on a loaded host whose loads took 161-168 s.
+        worker_proc_alive_timeout=settings.worker_start_timeout_s,
         worker_send_task_events=True,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,

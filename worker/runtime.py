@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,10 @@ class WorkerRuntime:
         The decoder processes start first: they come from a fresh forkserver, never from a
         process that has loaded TensorFlow.
         """
+        started = time.monotonic()
         self.decoder.start()
         self.model_version_id  # noqa: B018 - the property loads the model and registers it
+        log_start_time(time.monotonic() - started, self.settings.worker_start_timeout_s)
 
     def close(self, **_signal: Any) -> None:
         """Stop this process's decoder pool and notification senders (worker child exit,
@@ -162,6 +165,21 @@ class WorkerRuntime:
             self._notifier.close()  # waits for deliveries in hand, says what it leaves
         self._notifier = None
         self._closed = True
+
+
+def log_start_time(seconds: float, limit_s: int) -> None:
+    """Say how long this child took to start, against the limit Celery kills it at.
+
+    Celery's own message comes only once it has killed the child ("Timed out waiting for
+    UP message"), and then again for every replacement: a start over half the limit is
+    the warning before that happens.
+    """
+    close = seconds > limit_s / 2
+    log.log(logging.WARNING if close else logging.INFO,
+            "worker child %d started (decoders and model loaded) in %.0f s; "
+            "MAMMO_WORKER_START_TIMEOUT_S is %d s%s", os.getpid(), seconds, limit_s,
+            ": raise it, or a replacement child that loads slower is killed in a loop"
+            if close else "")
 
 
 def _shown_database(url: str) -> str:
