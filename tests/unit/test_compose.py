@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
 
 from producer.cli.main import cli
-from shared.config import Settings
+from shared.config import Settings, load_settings
+from shared.queue import create_celery_app
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 yaml = pytest.importorskip("yaml", reason="PyYAML parses docker-compose.yml")
@@ -79,7 +85,25 @@ def test_no_secret_has_a_default() -> None:
         for name in ("MAMMO_SMTP_PASSWORD", "MAMMO_WEBHOOK_SECRET", "MAMMO_PATIENT_ID_KEY"):
             if name in _env(service):
                 assert _env(service)[name] == f"${{{name}:-}}", f"service {service}: {name}"
-    assert _env("watcher")["MAMMO_PATIENT_ID_KEY"] == "${MAMMO_PATIENT_ID_KEY:-}"
+
+
+
+def test_every_mammo_service_can_pseudonymise_patient_ids() -> None:
+    # `docker compose run worker mammo submit ...` registers files too: without the key
+    # it refused every DICOM that carries a PatientID.
+    for name in (*MAMMO_SERVICES, "migrate"):
+        assert _env(name)["MAMMO_PATIENT_ID_KEY"] == "${MAMMO_PATIENT_ID_KEY:-}", name
+
+
+def test_header_names_a_submit_path_that_reaches_the_backends() -> None:
+    services = _services()
+    header = COMPOSE.read_text().split("x-mammo-env:")[0]
+    assert "docker compose exec watcher mammo submit /data/" in header
+    # A bare host-side `mammo submit` would need published ports; none are.
+    for backend in ("redis", "postgres"):
+        assert "ports" not in services[backend], backend
+    assert services["watcher"]["command"][0] == "mammo"  # type: ignore[index]
+    assert "/data:/data" in services["watcher"]["volumes"]  # type: ignore[operator]
 
 
 def test_flower_is_local_authenticated_and_optional() -> None:
@@ -88,7 +112,9 @@ def test_flower_is_local_authenticated_and_optional() -> None:
     assert flower["profiles"] == ["monitoring"]
     command = " ".join(str(w) for w in flower["command"])  # type: ignore[attr-defined]
     assert '--basic-auth="$${FLOWER_BASIC_AUTH:?' in command
-    assert '--broker="$$MAMMO_BROKER_URL"' in command and "redis://" not in command
+    # mammo's app (its transport options), not a bare --broker (see worker/celery_app.py).
+    assert "exec celery -A worker.celery_app flower" in command
+    assert "--broker" not in command and "redis://" not in command
     assert _env("flower")["MAMMO_BROKER_URL"] == _env("worker")["MAMMO_BROKER_URL"]
 
 
@@ -142,7 +168,8 @@ def test_mammo_services_have_healthchecks() -> None:
         test = services[name]["healthcheck"]["test"]  # type: ignore[index]
         assert test[0] == "CMD-SHELL", name
     worker_test = services["worker"]["healthcheck"]["test"][1]  # type: ignore[index]
-    assert "inspect ping" in worker_test and '--destination="celery@$$HOSTNAME"' in worker_test
+    assert worker_test.startswith("celery -A worker.celery_app inspect ping ")
+    assert '--destination="celery@$$HOSTNAME"' in worker_test and "--broker" not in worker_test
     assert services["worker-gpu"]["healthcheck"] == services["worker"]["healthcheck"]
     watcher_test = services["watcher"]["healthcheck"]["test"][1]  # type: ignore[index]
     # Its exit code is the check (7: database, 8: broker unreachable), not a grep of it.
@@ -150,3 +177,81 @@ def test_mammo_services_have_healthchecks() -> None:
     status = cli.get_command(click.Context(cli), "status")
     assert status is not None
     status.make_context("status", ["--health", "--format", "json"])  # the options exist
+
+
+def test_celery_command_line_app_is_the_workers_app(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """`celery -A worker.celery_app` (healthcheck, Flower) gets the options `mammo worker`
+    uses; the Redis key separator above all, or the worker cannot reply to it."""
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    monkeypatch.setenv("MAMMO_BROKER_URL", "redis://redis:6379/0")
+    monkeypatch.delitem(sys.modules, "worker.celery_app", raising=False)
+    cli_app = importlib.import_module("worker.celery_app").app
+    expected = create_celery_app(load_settings())
+    assert cli_app.conf.broker_url == "redis://redis:6379/0"
+    assert cli_app.conf.broker_transport_options == expected.conf.broker_transport_options
+    assert cli_app.conf.broker_transport_options["sep"] == ":"
+    assert cli_app.main == expected.main
+
+
+def test_celery_command_line_app_never_imports_tensorflow(tmp_path: Path) -> None:
+    """A healthcheck every minute must not load TensorFlow (seconds, and GPU memory)."""
+    probe = ("import sys, worker.celery_app; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('tensorflow', 'keras', 'reportlab', 'matplotlib')))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAMMO_")}
+    env["MAMMO_BROKER_URL"] = "redis://redis:6379/0"
+    env["PYTHONPATH"] = str(COMPOSE.parent)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_workers_stop_grace_outlasts_the_chunk_time_limit() -> None:
+    services = _services()
+    limit = Settings.model_fields["task_time_limit_s"].default
+    for name in ("worker", "worker-gpu"):
+        env = _env(name)
+        limit = int(str(env.get("MAMMO_TASK_TIME_LIMIT_S", limit)))
+        grace = _seconds(str(services[name]["stop_grace_period"]))
+        assert grace >= limit + 60, f"service {name}: {grace} s grace, {limit} s chunk limit"
+
+
+def _seconds(duration: str) -> int:
+    """A compose duration such as '16m' or '90s' (or '1m30s') in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+)([hms])", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def _docker_ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: a pattern matches the whole path from the context root ('*' within
+    one folder, '**/' any folders), one that matches a folder excludes all under it, the
+    last matching pattern wins and '!' re-includes."""
+    ignored = False
+    prefixes = [path.rsplit("/", n)[0] for n in range(path.count("/"), -1, -1)]
+    for pattern in patterns:
+        glob = pattern.removeprefix("!").rstrip("/")
+        regex = re.escape(glob).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*")
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            ignored = not pattern.startswith("!")
+    return ignored
+
+
+def test_build_context_leaves_out_secrets_but_not_what_the_image_installs() -> None:
+    root = COMPOSE.parent
+    patterns = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for secret in (".env", ".env.local", ".git/config", "mammo.db", ".venv/bin/python",
+                   "mammo_pipeline.egg-info/PKG-INFO", "build/lib/worker/tasks.py",
+                   "worker/__pycache__/tasks.cpython-311.pyc", "reports/batch-1.pdf"):
+        assert _docker_ignored(secret, patterns), secret
+    assert not _docker_ignored(".env.example", patterns)
+    copied = re.findall(r"^COPY (.+) \S+$", (root / "Dockerfile").read_text(), re.MULTILINE)
+    sources = [source for line in copied for source in line.split()]
+    assert {"pyproject.toml", "README.md", "producer", "worker", "shared", "models"} <= set(sources)
+    tracked = subprocess.run(["git", "ls-files", "--", *sources], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert any(path.startswith("models/") for path in tracked)
+    assert [path for path in tracked if _docker_ignored(path, patterns)] == []
