@@ -116,18 +116,21 @@ def _process_chunk(image_ids: Sequence[int], token: str, runtime: WorkerRuntime)
         except DecoderCrashed as exc:
             log.warning("%s; running chunk %s image by image", exc, token)
     # A redelivered chunk (or one whose decoder process died) may hold the image that kills
-    # its worker. Hand the claims back, then claim and run one image at a time: only the
-    # image actually being worked on when a crash strikes is charged an attempt, and its
-    # neighbours finish first.
+    # its worker. Take back the attempt its claims counted, then claim and run one image at
+    # a time: only the image actually being worked on when a crash strikes is charged an
+    # attempt, and its neighbours finish first. The claims are kept meanwhile (not handed
+    # back to the queue): if this worker dies too, the images still waiting lie under a
+    # lease that expires and the sweeper re-sends them, not queued with no message at all.
     with runtime.sessions() as session:
-        lifecycle.release(session, [c.id for c in claimed], token, refund=True)
+        lifecycle.refund(session, [c.id for c in claimed], token)
     for image_id in [c.id for c in claimed]:
         _run_alone(image_id, token, runtime, result)
     return result
 
 
 def _run_alone(image_id: int, token: str, runtime: WorkerRuntime, result: ChunkResult) -> None:
-    """Claim and run one image; a decoder crash charges it, until it is quarantined."""
+    """Claim and run one image (held already by ``token``, its attempt refunded, or
+    queued); a decoder crash charges it, until it is quarantined."""
     while single := _claim(runtime, [image_id], token):  # empty: someone else took it
         if single[0].attempts > runtime.settings.max_attempts:
             outcome = _Outcome(failures=[(image_id, ErrorCode.POISON, _crash_message(single[0]))])
@@ -135,9 +138,9 @@ def _run_alone(image_id: int, token: str, runtime: WorkerRuntime, result: ChunkR
             try:
                 outcome = _run_group(single, runtime, result)
             except DecoderCrashed as exc:
+                # The attempt stays counted, and the claim is kept: the next claim under
+                # this token charges the image again, until it is quarantined.
                 log.warning("image %s: %s", image_id, exc)
-                with runtime.sessions() as session:  # the attempt stays counted
-                    lifecycle.release(session, [image_id], token, refund=False)
                 continue
         _save(runtime, outcome, result, token)
         return

@@ -147,6 +147,25 @@ def release(session: Session, image_ids: Sequence[int], token: str, *,
     return sorted(rows)
 
 
+def refund(session: Session, image_ids: Sequence[int], token: str) -> list[int]:
+    """Take back the attempt the claims ``token`` holds counted, keeping the claims; return
+    the ids refunded.
+
+    For a chunk about to run its images one at a time (each claimed again, and charged
+    again, by the same token): unlike ``release``, the images stay claimed, renewed by the
+    chunk's heartbeat. A worker killed during that pass leaves them under a lease that
+    expires, which the sweeper re-sends within minutes; queued, they had no message (it
+    sat unacknowledged with the dead worker) until the long-queued rule caught them.
+    """
+    rows = session.execute(
+        update(Image).where(Image.id.in_(list(image_ids)), *_held_by(token))
+        .values(attempts=Image.attempts - 1).returning(Image.id),
+        execution_options={"synchronize_session": False},
+    ).scalars().all()
+    session.commit()
+    return sorted(rows)
+
+
 def finish_batches(session: Session, batch_ids: Sequence[int]) -> list[int]:
     """Stamp ``finished_at`` on batches that have no active image left; return those stamped.
 

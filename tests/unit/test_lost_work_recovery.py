@@ -1,0 +1,116 @@
+"""Work a killed worker leaves behind comes back once, promptly, and says so.
+
+A worker killed mid-way through a redelivered chunk's image-by-image pass leaves its
+waiting images under a lease the sweeper re-sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.registration import create_batch, register_files
+from shared.config import Settings
+from shared.db import lifecycle
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import Image
+from shared.enums import Priority
+from shared.queue import create_celery_app
+from shared.recovery import find_stuck
+from shared.synthetic import make_exam_set
+from shared.timeutil import utcnow
+from worker import pipeline
+from worker.pipeline import process_chunk
+from worker.runtime import WorkerRuntime
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def broker(settings: Settings, redis_url: str) -> Iterator[tuple[Settings, Celery]]:
+    wired = settings.model_copy(update={"broker_url": redis_url})
+    app = create_celery_app(wired)
+    yield wired, app
+    app.close()
+
+
+def _expire_claims(sessions: sessionmaker[Session], ids: list[int]) -> None:
+    """As if their holder stopped renewing them an hour ago."""
+    with sessions() as session:
+        session.execute(update(Image).where(Image.id.in_(ids))
+                        .values(claimed_at=utcnow() - timedelta(hours=1)))
+        session.commit()
+
+
+def _rows(sessions: sessionmaker[Session],
+          ids: list[int]) -> dict[int, tuple[str, int, str | None]]:
+    """Each image's (state, attempts, claim token)."""
+    with sessions() as session:
+        return {row.id: (row.state, row.attempts, row.claim_token) for row in session.execute(
+            select(Image.id, Image.state, Image.attempts, Image.claim_token)
+            .where(Image.id.in_(ids)))}
+
+
+# -- a worker killed during a redelivered chunk's image-by-image pass -------------------
+
+
+def _exam(sessions: sessionmaker[Session], tmp_path: Path, *, seed: int) -> list[int]:
+    """The ids of one registered exam of 4 real image files."""
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    files = make_exam_set(tmp_path / "in", n_exams=1, seed=seed)
+    return register_files(sessions, batch, files).new_ids
+
+
+class _WorkerKilled(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler sees it."""
+
+
+def test_a_worker_killed_mid_pass_leaves_its_waiting_images_to_the_sweeper(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = _exam(sessions, tmp_path, seed=9)
+    with sessions() as session:  # a first delivery whose worker died after claiming
+        lifecycle.claim(session, ids, token="task-1", lease_s=settings.claim_lease_s)
+    run_group = pipeline._run_group
+
+    def killed_on_the_second(group: list[lifecycle.ClaimedImage], *args: object) -> object:
+        if group[0].id == ids[1]:
+            raise _WorkerKilled
+        return run_group(group, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "_run_group", killed_on_the_second)
+    with pytest.raises(_WorkerKilled):
+        process_chunk(ids, token="task-1", runtime=WorkerRuntime(settings))
+
+    rows = _rows(sessions, ids)
+    assert rows[ids[0]] == ("done", 2, "task-1")  # charged once per run, as ever
+    assert rows[ids[1]] == ("processing", 2, "task-1")  # the one at work: charged
+    # Those still waiting: claimed, not queued with their message lost with the worker,
+    # and not charged for a run they never had.
+    assert all(rows[i] == ("processing", 1, "task-1") for i in ids[2:])
+    _expire_claims(sessions, ids)
+    with sessions() as session:
+        stuck = find_stuck(session, settings, queued_older_than_s=settings.requeue_after_s)
+    assert stuck.expired_claims == ids[1:] and stuck.stale_queued == []
+
+
+def test_a_redelivered_chunk_still_charges_one_attempt_per_image_run(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    ids = _exam(sessions, tmp_path, seed=10)
+    with sessions() as session:
+        lifecycle.claim(session, ids, token="task-1", lease_s=settings.claim_lease_s)
+    result = process_chunk(ids, token="task-1", runtime=WorkerRuntime(settings))
+    assert (result.done, result.forward_passes) == (4, 4)
+    assert {attempts for _, attempts, _ in _rows(sessions, ids).values()} == {2}
