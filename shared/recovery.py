@@ -87,11 +87,14 @@ def sweep(
 
     Without ``force`` (the automatic sweeper in workers), long-queued images are re-sent
     only when the broker queue is empty: while messages are still waiting, a long wait is
-    a busy night, not a lost message. Expired claims are always re-sent.
+    a busy night, not a lost message. Expired claims are always re-sent, and queued again
+    first: the next sweep finds them waiting for that message, not expired again.
     """
     with sessions() as session:
         report = find_stuck(session, settings, queued_older_than_s=queued_older_than_s,
                             batch_id=batch_id)
+    if not dry_run:  # the claims a live worker renewed meanwhile are its own again
+        report.expired_claims = _release_expired(sessions, settings, report.expired_claims)
     targets = list(report.expired_claims)
     if report.stale_queued:
         depth = None if force else queue_depth(app)
@@ -171,14 +174,24 @@ def take_over_expired(sessions: sessionmaker[Session], app: Celery, settings: Se
 
     The sweeper's rule for one process's own wait: the next message claims them, since an
     expired claim is claimable (``lifecycle.claim``)."""
+    expired = _release_expired(sessions, settings, image_ids)
+    requeue(sessions, app, settings, expired)
+    return expired
+
+
+def _release_expired(sessions: sessionmaker[Session], settings: Settings,
+                     image_ids: Sequence[int]) -> list[int]:
+    """Queue again the images among ``image_ids`` whose claim's lease has passed, before
+    their new message is sent; return those queued (``lifecycle.release_expired``).
+
+    Their old send time stays until ``requeue`` stamps the new one: a send that fails (the
+    broker away) leaves them queued since then, for the long-queued rule of a later sweep,
+    not stamped as sent with no message anywhere."""
+    if not image_ids:
+        return []
     cutoff = utcnow() - timedelta(seconds=settings.claim_lease_s)
-    expired: list[int] = []
     with sessions() as session:
-        for block in in_blocks(image_ids):
-            expired += session.execute(select(Image.id).where(
-                _processing_among(block), Image.claimed_at < cutoff)).scalars()
-    requeue(sessions, app, settings, sorted(expired))
-    return sorted(expired)
+        return lifecycle.release_expired(session, image_ids, claimed_before=cutoff)
 
 
 @dataclass(frozen=True)

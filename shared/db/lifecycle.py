@@ -166,6 +166,33 @@ def refund(session: Session, image_ids: Sequence[int], token: str) -> list[int]:
     return sorted(rows)
 
 
+def release_expired(session: Session, image_ids: Sequence[int], *,
+                    claimed_before: datetime) -> list[int]:
+    """Give back to the queue the images among ``image_ids`` whose claim is older than
+    ``claimed_before`` (their holder stopped: a killed worker or run); return their ids.
+
+    For whoever re-sends them (the sweeper): a dead claim left in place was found, and
+    re-sent, by every sweep until a worker took it, each a message more in the broker.
+    Queued, the images follow the queued rules from the new message on. The attempts stay
+    counted: a poison image that kills whole workers still reaches its quarantine. The
+    condition is checked in the same UPDATE, so a claim taken or renewed since (a live
+    worker) is left alone; a holder that was only held up finds its claim gone, and its
+    saves write nothing (``_held_by``).
+    """
+    released: list[int] = []
+    ids = sorted(set(image_ids))
+    for start in range(0, len(ids), _ID_BLOCK):
+        released += session.execute(
+            update(Image).where(Image.id.in_(ids[start:start + _ID_BLOCK]),
+                                Image.state == ImageState.PROCESSING.value,
+                                Image.claimed_at < claimed_before)
+            .values(state=ImageState.QUEUED.value, claim_token=None, claimed_at=None)
+            .returning(Image.id),
+            execution_options={"synchronize_session": False}).scalars().all()
+    session.commit()
+    return sorted(released)
+
+
 def finish_batches(session: Session, batch_ids: Sequence[int]) -> list[int]:
     """Stamp ``finished_at`` on batches that have no active image left; return those stamped.
 

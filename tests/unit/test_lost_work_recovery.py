@@ -1,7 +1,8 @@
 """Work a killed worker leaves behind comes back once, promptly, and says so.
 
 A worker killed mid-way through a redelivered chunk's image-by-image pass leaves its
-waiting images under a lease the sweeper re-sends.
+waiting images under a lease the sweeper re-sends; a re-sent expired claim is queued
+again, so the next sweep does not send it again.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import Priority
-from shared.queue import create_celery_app
-from shared.recovery import find_stuck
+from shared.queue import create_celery_app, queue_depth
+from shared.recovery import find_stuck, sweep
 from shared.synthetic import make_exam_set
 from shared.timeutil import utcnow
+from tests.helpers.db import queued_batch
 from worker import pipeline
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
@@ -114,3 +116,44 @@ def test_a_redelivered_chunk_still_charges_one_attempt_per_image_run(
     result = process_chunk(ids, token="task-1", runtime=WorkerRuntime(settings))
     assert (result.done, result.forward_passes) == (4, 4)
     assert {attempts for _, attempts, _ in _rows(sessions, ids).values()} == {2}
+
+
+# -- the sweeper re-sends an expired claim once -----------------------------------------
+
+
+def test_an_expired_claim_is_re_sent_once_and_queued_again(
+        broker: tuple[Settings, Celery], sessions: sessionmaker[Session]) -> None:
+    settings, app = broker
+    _, ids = queued_batch(sessions, "night", 3)
+    with sessions() as session:  # a whole worker killed mid-chunk, its poison charged
+        lifecycle.claim(session, ids, token="dead-worker", lease_s=settings.claim_lease_s)
+    _expire_claims(sessions, ids)
+
+    first = sweep(sessions, app, settings, queued_older_than_s=settings.requeue_after_s)
+    again = sweep(sessions, app, settings, queued_older_than_s=settings.requeue_after_s)
+
+    assert (first.requeued, first.expired_claims, first.messages) == (ids, ids, 1)
+    assert (again.requeued, again.messages) == ([], 0)
+    assert queue_depth(app) == 1  # one message for the lost chunk, not one per sweep
+    assert all(row == ("queued", 1, None) for row in _rows(sessions, ids).values())
+    with sessions() as session:
+        # The dead claim's holder, if it was only held up, writes nothing for them now.
+        assert lifecycle.mark_done(session, ids, token="dead-worker") == []
+        # The new message's worker claims them, and charges them: a poison that kills
+        # whole workers still reaches its quarantine.
+        taken = lifecycle.claim(session, ids, token="new-worker", lease_s=settings.claim_lease_s)
+    assert [c.attempts for c in taken] == [2, 2, 2]
+
+
+def test_a_claim_taken_or_renewed_since_it_was_found_is_not_released(
+        settings: Settings, sessions: sessionmaker[Session]) -> None:
+    _, ids = queued_batch(sessions, "night", 2)
+    with sessions() as session:
+        lifecycle.claim(session, ids, token="dead-worker", lease_s=settings.claim_lease_s)
+    _expire_claims(sessions, ids)
+    cutoff = utcnow() - timedelta(seconds=settings.claim_lease_s)
+    with sessions() as session:  # between the sweep's look and its release, a worker...
+        lifecycle.claim(session, ids[:1], token="live-worker", lease_s=settings.claim_lease_s)
+        released = lifecycle.release_expired(session, ids, claimed_before=cutoff)
+    assert released == ids[1:]
+    assert _rows(sessions, ids)[ids[0]] == ("processing", 2, "live-worker")
