@@ -3,7 +3,7 @@ queue from what the database says."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
@@ -27,6 +27,7 @@ from shared.recovery import (
     requeue,
     sweep,
 )
+from shared.timeutil import utcnow
 
 if TYPE_CHECKING:
     from models.registry import ModelSpec
@@ -100,6 +101,7 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
         require_broker(cli, "recover")
         if older_than is None:
             older_than = lost_message_age_s(RECOVER_AFTER_S, broker_uptime_s(cli.celery))
+        young = _queued_younger(cli, older_than, batch_id)  # before the sweep stamps its own
         report = sweep(cli.sessions, cli.celery, cli.settings, queued_older_than_s=older_than,
                        batch_id=batch_id, force=True, dry_run=dry_run)
         if dry_run:
@@ -107,6 +109,7 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
                        f"{len(report.expired_claims)} stale-claimed image(s)")
         else:
             click.echo(report.summary())
+        _say_left_alone(young, older_than, "re-sends")
         with cli.sessions() as session:
             held = held_claims(session, cli.settings, claimed_images(session, batch_id))
         if held.count:
@@ -128,15 +131,17 @@ def _recover_embedded(cli: CliContext, older_than: int | None, batch_id: int | N
     holder may still be alive, or killed before its lease ends: leaving those out (and
     saying all was recovered) left them for a second recover the user had no reason to run.
     """
+    older_than = 0 if older_than is None else older_than
+    young = _queued_younger(cli, older_than, batch_id)
     with cli.sessions() as session:
-        found = find_stuck(session, cli.settings,
-                           queued_older_than_s=0 if older_than is None else older_than,
+        found = find_stuck(session, cli.settings, queued_older_than_s=older_than,
                            batch_id=batch_id)
         claimed = claimed_images(session, batch_id)
         held = held_claims(session, cli.settings, claimed)
     queued = sorted(found.stale_queued)
     click.echo(f"{len(queued) + len(claimed)} image(s) to recover ({len(queued)} queued, "
                f"{len(claimed)} claimed){' (dry run)' if dry_run else ''}")
+    _say_left_alone(young, older_than, "processes")
     if dry_run:
         if held.count:
             click.echo(f"{held.describe()}: recover waits for them, then takes them over")
@@ -144,6 +149,24 @@ def _recover_embedded(cli: CliContext, older_than: int | None, batch_id: int | N
     if not queued and not claimed:
         return False
     return _run_embedded(cli, queued, "recovered", claimed=claimed)
+
+
+def _queued_younger(cli: CliContext, older_than: int, batch_id: int | None) -> int:
+    """Queued images that ``--older-than`` keeps out of this recover."""
+    if older_than <= 0:
+        return 0
+    since = utcnow() - timedelta(seconds=older_than)
+    with cli.sessions() as session:
+        return lifecycle.queued_since(session, since, batch_id=batch_id)
+
+
+def _say_left_alone(count: int, older_than: int, verb: str) -> None:
+    """Name the queued images a recover left alone: their message may be on its way, or
+    gone with no restart to tell (a FLUSHDB, an eviction), and the summary's '0 queued too
+    long' read as if none were waiting."""
+    if count:
+        click.echo(f"{count} queued image(s) younger than {older_than} s were left alone; "
+                   f"`mammo recover --older-than 0` {verb} them")
 
 
 def _run_embedded(cli: CliContext, ids: list[int], what: str, *,

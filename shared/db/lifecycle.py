@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.schema import Batch, DuplicateSubmission, Image
@@ -260,6 +260,18 @@ def stale_images(
     if batch_id is not None:
         stmt = stmt.where(Image.batch_id == batch_id)
     return list(session.execute(stmt.order_by(Image.id)).scalars())
+
+
+def queued_since(session: Session, since: datetime, *, batch_id: int | None = None) -> int:
+    """How many images have been queued only since ``since`` (sent then, or registered
+    then and not sent yet): those ``stale_images`` with ``queued_before=since`` leaves
+    alone."""
+    stmt = select(func.count()).select_from(Image).where(
+        Image.state == ImageState.QUEUED.value,
+        func.coalesce(Image.enqueued_at, Image.created_at) >= since)
+    if batch_id is not None:
+        stmt = stmt.where(Image.batch_id == batch_id)
+    return int(session.scalar(stmt) or 0)
 
 
 def batch_ids_of(session: Session, image_ids: Sequence[int]) -> list[int]:

@@ -2,7 +2,8 @@
 
 A worker killed mid-way through a redelivered chunk's image-by-image pass leaves its
 waiting images under a lease the sweeper re-sends; a re-sent expired claim is queued
-again, so the next sweep does not send it again.
+again, so the next sweep does not send it again; `mammo recover` names the queued images
+its wait leaves alone.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer.cli.exit_codes import ExitCode
 from producer.registration import create_batch, register_files
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import Priority
-from shared.queue import create_celery_app, queue_depth
+from shared.queue import QUEUE_NAME, create_celery_app, queue_depth
 from shared.recovery import find_stuck, sweep
 from shared.synthetic import make_exam_set
 from shared.timeutil import utcnow
+from tests.helpers.cli import invoke_cli
 from tests.helpers.db import queued_batch
 from worker import pipeline
 from worker.pipeline import process_chunk
@@ -157,3 +160,32 @@ def test_a_claim_taken_or_renewed_since_it_was_found_is_not_released(
         released = lifecycle.release_expired(session, ids, claimed_before=cutoff)
     assert released == ids[1:]
     assert _rows(sessions, ids)[ids[0]] == ("processing", 2, "live-worker")
+
+
+# -- mammo recover names what its wait leaves alone -------------------------------------
+
+
+def test_recover_names_the_younger_queued_images_it_left_alone(
+        broker: tuple[Settings, Celery], sessions: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Messages lost with no Redis restart (FLUSHDB, an eviction): the images queued a few
+    minutes ago are within the wait, and the summary alone said '0 queued too long'."""
+    settings, app = broker
+    _, old = queued_batch(sessions, "old", 2)
+    _, young = queued_batch(sessions, "young", 3)
+    with sessions() as session:
+        lifecycle.mark_enqueued(session, old, utcnow() - timedelta(hours=1))
+        lifecycle.mark_enqueued(session, young, utcnow() - timedelta(minutes=4))
+        session.commit()
+
+    code, out = invoke_cli(["recover", "--older-than", "600"], monkeypatch, tmp_path,
+                           database_url=settings.database_url,
+                           broker_url=str(settings.broker_url))
+
+    assert code == ExitCode.OK, out
+    assert "re-queued 2 image(s) in 1 message(s): 2 queued too long" in out
+    assert ("3 queued image(s) younger than 600 s were left alone; "
+            "`mammo recover --older-than 0` re-sends them") in out
+    with app.connection_for_read() as conn, conn.channel() as channel:
+        message = channel.basic_get(QUEUE_NAME, no_ack=True)
+        assert message is not None and sorted(message.decode()[0][0]) == old
