@@ -11,7 +11,9 @@ The mask must survive what real files carry besides the breast:
 * bright film edges of digitised film: thin strips are erased by a morphological opening
   wider than they are, and a full-width band at the top or bottom is dropped;
 * a film scanned with clear (white) film all round it: edge rows and columns that are near
-  white almost throughout are background, and the mask is computed inside them.
+  white almost throughout are background, and the mask is computed inside them;
+* data using a small part of their container (10-bit values in a 16-bit PNG or TIFF): the
+  mask is computed on the working copy stretched to its own range.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ _BAND_DEPTH = 0.06
 _FRAME_FILL = 0.9
 _FRAME_LEVEL = 0.05
 _FRAME_SIDES = 2  # outermost lines that must be such for a frame (see _inside_bright_frame)
+# A working copy spanning less of the unit range than this is stretched to its own range
+# before the mask is computed. Below it every pixel lies within _FRAME_LEVEL of the maximum
+# (a frame on all four sides, peeled to the central quarter) and the 8-bit levels Otsu
+# sees are a handful: 10-bit data in a 16-bit container span 0.016, 11-bit 0.031. 12-bit
+# data (up to 0.0625) and every real image in ../shared/data span more and keep the mask,
+# and so the model input, they had when the shipped model was trained.
+_FAINT_SPAN = _FRAME_LEVEL
 
 __all__ = ["MASK_SIDE", "breast_mask", "chest_wall_side", "working_copy"]
 
@@ -55,12 +64,21 @@ def breast_mask(work: np.ndarray) -> np.ndarray:
     whole image inside it when nothing stands out, so a strange image is still classified
     rather than refused here (validation has already refused blank ones).
     """
+    work = _stretched_if_faint(work)
     rows, columns = _inside_bright_frame(work)
     if (rows, columns) == (slice(0, work.shape[0]), slice(0, work.shape[1])):
         return _mask_of(work)
     mask = np.zeros(work.shape, np.uint8)
     mask[rows, columns] = _mask_of(work[rows, columns])
     return mask
+
+
+def _stretched_if_faint(work: np.ndarray) -> np.ndarray:
+    """``work`` stretched to [0, 1] when it spans less than ``_FAINT_SPAN``, else itself."""
+    low, high = float(work.min()), float(work.max())
+    if not 0 < high - low < _FAINT_SPAN:  # a blank copy has nothing to stretch
+        return work
+    return np.asarray(cv2.normalize(work, None, 0.0, 1.0, cv2.NORM_MINMAX, dtype=cv2.CV_32F))
 
 
 def _mask_of(work: np.ndarray) -> np.ndarray:
