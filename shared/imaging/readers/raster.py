@@ -47,6 +47,9 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 # premature entropy-coded data, a bad Huffman or arithmetic code, a lost restart marker.
 _JPEG_DATA_LOST = ("Corrupt JPEG data", "Premature end of JPEG file")
 _PGM_FIELD = re.compile(rb"(?:\s+|#[^\n]*\n)*(\d+)")
+_PGM_COMMENT = re.compile(rb"#[^\n]*")
+# What a plain (P2) PGM's pixel values are written with: decimal digits and whitespace.
+_PGM_PLAIN_CHARACTERS = b"0123456789 \t\n\v\f\r"
 # Grey stored as colour: channels within 6 % of the range of each other on all but 1 % of
 # the pixels (JPEG chroma subsampling blurs colour at edges, not more).
 _GREY_SPREAD = 0.06
@@ -278,15 +281,9 @@ class PgmReader(RasterReader):
         return rows, columns
 
     def check_complete(self, data: bytes, path: Path) -> None:
-        columns, rows, maxval, end = _pgm_header(data, path)
         if data[:2] == b"P2":
-            found = len(data[end:].split())
-            if found < rows * columns:
-                raise TruncatedImageError(
-                    f"{path.name} is a truncated PGM: {rows * columns:,} values expected, "
-                    f"{found:,} found."
-                )
-            return
+            return  # its values are counted as they are parsed (decode_pixels)
+        columns, rows, maxval, end = _pgm_header(data, path)
         expected = rows * columns * (1 if maxval < 256 else 2)
         found = len(data) - end - 1  # one whitespace byte separates maxval from the pixels
         if found < expected:
@@ -295,12 +292,13 @@ class PgmReader(RasterReader):
                 f"{found:,} found."
             )
 
-    def prepare(self, data: bytes) -> bytes:
-        # OpenCV's ASCII reader fails on a last value not followed by whitespace.
-        return data + b"\n" if data[:2] == b"P2" else data
+    def decode_pixels(self, data: bytes, path: Path) -> np.ndarray | None:
+        return _plain_pgm_pixels(data, path) if data[:2] == b"P2" else super().decode_pixels(
+            data, path)
 
     def value_range(self, data: bytes, pixels: np.ndarray) -> tuple[float, float, bool]:
-        # OpenCV returns PGM samples unscaled, so the declared maxval is the true maximum.
+        # P5 samples come back from OpenCV unscaled, P2 ones from _plain_pgm_pixels: the
+        # declared maxval is the true maximum.
         return 0.0, float(_pgm_header(data, Path(self.format_name))[2]), False
 
 
@@ -493,6 +491,33 @@ def _pgm_header(data: bytes, path: Path) -> tuple[int, int, int, int]:
             f"{path.name} has an invalid PGM header: {columns} x {rows}, maximum value {maxval}."
         )
     return columns, rows, maxval, pos
+
+
+def _plain_pgm_pixels(data: bytes, path: Path) -> np.ndarray:
+    """The exact pixels of a plain (P2, ASCII) PGM, parsed by numpy in one pass.
+
+    Not by OpenCV: its ASCII reader rescales a maxval below 255 to 0-255 (maxval 63 comes
+    back as 0-255), which the declared maxval then saturates; nor token by token in Python,
+    one bytes object per pixel (600 MB for a 13.6 Mpx image).
+    """
+    columns, rows, maxval, end = _pgm_header(data, path)
+    body = data[end:]
+    if b"#" in body:  # a comment among the values, as OpenCV and netpbm allow
+        body = _PGM_COMMENT.sub(b" ", body)
+    stray = body.translate(None, _PGM_PLAIN_CHARACTERS)
+    if stray:
+        raise UnreadableImageError(
+            f"{path.name} is a damaged plain (P2) PGM: its pixel values contain "
+            f"{stray[:8]!r}, where only decimal numbers separated by spaces may stand.")
+    values = np.fromstring(body, dtype=np.int64, sep=" ")
+    if values.size < rows * columns:
+        raise TruncatedImageError(
+            f"{path.name} is a truncated PGM: {rows * columns:,} values expected, "
+            f"{values.size:,} found."
+        )
+    pixels = values[:rows * columns]
+    np.minimum(pixels, maxval, out=pixels)  # above maxval is maxval, as OpenCV and netpbm read it
+    return pixels.astype(np.uint8 if maxval < 256 else np.uint16).reshape(rows, columns)
 
 
 def to_grayscale(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
