@@ -404,10 +404,15 @@ def scoring_rate(session: Session, batch_id: int, *, window_s: int | None = None
     return done / span * 60
 
 
+_MAX_ID = 2**31 - 1  # the ids are INTEGER: PostgreSQL's is 32-bit
+
+
 def require_batch(session: Session, batch_id: int) -> Batch:
     """The batch, or the error every command gives for a batch number that does not exist
     (an empty answer would read as "nothing there yet")."""
-    batch = session.get(Batch, batch_id)
+    # A number past the id column's range (a paste, a typo) is no batch either: the driver
+    # would refuse to bind it, with a traceback (SQLite's 64-bit, PostgreSQL's 32-bit INTEGER).
+    batch = session.get(Batch, batch_id) if 0 < batch_id <= _MAX_ID else None
     if batch is None:
         raise ReportTargetNotFoundError(
             f"no batch with id {batch_id}; `mammo status` lists the recent batches")

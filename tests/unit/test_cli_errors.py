@@ -186,6 +186,25 @@ def test_a_batch_that_does_not_exist_is_named_by_every_command(
     assert "no batch with id 99; `mammo status` lists the recent batches" in out
 
 
+@pytest.mark.parametrize("args", [["results", "--batch", "{n}"], ["status", "{n}"],
+                                  ["recover", "--batch", "{n}", "--dry-run"],
+                                  ["report", "batch", "{n}"],
+                                  ["worklist", "--batch", "{n}", "--format", "json"]])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_batch_number_past_the_id_column_is_no_batch_not_a_traceback(
+        args: list[str], backend: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A pasted number: the driver refused to bind it (SQLite's 64-bit, PostgreSQL's 32-bit
+    # INTEGER) and the command died with an OverflowError or NumericValueOutOfRange.
+    url = (f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    number = "99999999999999999999999" if backend == "sqlite" else "3000000000"
+    code, out = invoke_cli([a.format(n=number) for a in args], monkeypatch, tmp_path,
+                           database_url=url)
+    assert code == 2, out
+    assert f"no batch with id {number};" in out and "Traceback" not in out
+
+
 def test_demo_runs_the_pipeline_and_labels_everything_synthetic(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
     # The README's first command on a fresh machine: its reports must never read as a
