@@ -2,16 +2,20 @@
 
 ``mammo models activate`` registers a model version (name, version, sha256, path) and marks
 it active; every worker sharing the database then loads exactly that directory (like the
-images' paths, model paths must be shared). Where that directory is missing, or no longer
-holds the activated model, every process refuses (exit 5) rather than score with another
-model. An explicit ``MAMMO_MODEL`` always wins, even ``MAMMO_MODEL=default`` (the shipped
-default, as ``--model default`` is), and without an activation the shipped default is used.
+images' paths, model paths must be shared). A machine that lacks that directory but ships
+the very same model (name, version, and a model.keras whose bytes hash to the registered
+sha256: another host, a container with the package in site-packages) loads its own copy,
+and logs which. Where the directory is missing with no such copy, or no longer holds the
+activated model, every process refuses (exit 5) rather than score with another model.
+An explicit ``MAMMO_MODEL`` always wins, even ``MAMMO_MODEL=default`` (the shipped default,
+as ``--model default`` is), and without an activation the shipped default is used.
 Either way, a model whose name and version another model's weights hold (``identity_clash``)
 is refused for scoring as for activation: results name a model by its name and version.
 """
 
 from __future__ import annotations
 
+import logging
 import shlex
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -26,6 +30,9 @@ from shared.config import Settings
 from shared.db.schema import ModelVersion
 from shared.db.upsert import upsert, upsert_returning_id
 from shared.errors import ModelIntegrityError, ModelNotFoundError
+from shared.filehash import file_sha256
+
+log = logging.getLogger(__name__)
 
 IDENTITY = ("name", "version", "sha256")
 # What activation takes from the directory it names, even when the identity is registered.
@@ -226,11 +233,32 @@ def _spec_of_row(row: ModelVersion, what: str, *, named_by: str, fix: str = "") 
     """The model at a registered row's stored path, refused unless it is that very model."""
     named = f"{what} {row.name} {row.version} (sha256 {row.sha256[:12]})"
     if not Path(row.path).is_dir():
-        raise ModelNotFoundError(f"{named} is missing: {row.path} is not a directory on this "
-                                 f"machine.{fix}")
+        copy = _shipped_copy(row)
+        if copy is None:
+            raise ModelNotFoundError(
+                f"{named} is missing: {row.path} is not a directory on this machine, and no "
+                f"model shipped here has that name, version and sha256.{fix}")
+        log.info("%s is registered at %s, which this machine lacks; using the identical "
+                 "shipped copy %s (sha256 of its weights checked)", named, row.path,
+                 copy.directory)
+        return copy
     spec = resolve_model(row.path, named_by=named_by)
     if (spec.name, spec.version, spec.sha256) != (row.name, row.version, row.sha256):
         raise ModelIntegrityError(
             f"{row.path} no longer holds {named}: it holds {spec.name} {spec.version} "
             f"(sha256 {spec.sha256[:12]}).{fix}")
     return spec
+
+
+def _shipped_copy(row: ModelVersion) -> ModelSpec | None:
+    """The model shipped on this machine that is ``row``'s very model, or None.
+
+    The path stored at activation is the activating machine's; a worker installed elsewhere
+    ships the same model at another path. Its metadata must name the row's name, version
+    and sha256, and its model.keras must hash to that sha256 (metadata alone could sit
+    beside other weights), so it is the same model, not a namesake."""
+    for spec in shipped_models():
+        if ((spec.name, spec.version, spec.sha256) == (row.name, row.version, row.sha256)
+                and spec.model_path.is_file() and file_sha256(spec.model_path) == row.sha256):
+            return spec
+    return None
