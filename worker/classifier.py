@@ -23,6 +23,7 @@ import numpy as np
 
 from models.registry import ModelSpec, verify_model
 from shared.errors import ModelIntegrityError, first_line
+from shared.extras import WORKER, installed
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,13 @@ class Classifier:
         started = time.perf_counter()
         verify_model(self.spec, preprocessing_version=self._preprocessing_version)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads: quiet C++ logs
-        import tensorflow as tf
+        with installed(WORKER, needed_for="Classifying images"):
+            import tensorflow as tf
 
-        _configure_tensorflow(tf, *self._threads)
-        import keras
+            _configure_tensorflow(tf, *self._threads)
+            import keras
 
-        import models.layers  # noqa: F401 - registers the shipped model's custom layers
+            import models.layers  # noqa: F401 - registers the shipped model's custom layers
 
         keras.utils.set_random_seed(0)
         height, width = self.spec.input_size

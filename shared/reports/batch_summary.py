@@ -12,11 +12,13 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from shared.extras import REPORTS, installed
 from shared.reports.batch_data import BatchSummary, collect_batch_summary
 from shared.reports.exports import DISCLAIMER, write_csv, write_json
 from shared.reports.output import report_file
 
 BATCH_FORMATS = ("pdf", "html", "csv", "json")
+HTML_NEEDS = "An HTML report (its charts)"
 
 __all__ = ["BATCH_FORMATS", "batch_report_path", "render_batch_html", "write_batch_report",
            "write_summary"]
@@ -27,19 +29,22 @@ def _summary(session: Session, batch_id: int, settings: Settings) -> BatchSummar
 
 
 def render_batch_html(session: Session, batch_id: int, *, settings: Settings) -> str:
-    from shared.reports.batch_html import render_summary_html
+    with installed(REPORTS, needed_for=HTML_NEEDS):
+        from shared.reports.batch_html import render_summary_html
 
     return render_summary_html(_summary(session, batch_id, settings))
 
 
 def _write_pdf(summary: BatchSummary, path: Path) -> Path:
-    from shared.reports.batch_pdf import write_summary_pdf
+    with installed(REPORTS, needed_for="A PDF report"):
+        from shared.reports.batch_pdf import write_summary_pdf
 
     return write_summary_pdf(summary, path)
 
 
 def _write_html(summary: BatchSummary, path: Path) -> Path:
-    from shared.reports.batch_html import render_summary_html
+    with installed(REPORTS, needed_for=HTML_NEEDS):
+        from shared.reports.batch_html import render_summary_html
 
     html = render_summary_html(summary)
     with report_file(path) as temporary:

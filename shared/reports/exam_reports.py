@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db.schema import DuplicateSubmission, ExamResult, Image, Study
+from shared.extras import REPORTS, installed
 from shared.reports.exam_data import ExamReport, load_exam_report
 from shared.reports.exports import DISCLAIMER, write_json
 from shared.reports.worklist import exam_pdf_path, pdf_is_older
@@ -50,13 +52,17 @@ def write_exam_report(session: Session, study_uid: str, path: Path, fmt: str,
         return write_json(exam_json(report), path)
     if fmt != "pdf":
         raise ValueError(f"unknown exam report format {fmt!r}; expected one of {EXAM_FORMATS}")
-    from shared.reports.exam_pdf import write_exam_pdf
+    with installed(REPORTS, needed_for="A PDF report"):
+        from shared.reports.exam_pdf import write_exam_pdf
 
     return write_exam_pdf(report, path, max_pixels=settings.max_image_pixels)
 
 
-def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings) -> list[Path]:
+def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings, *,
+                          progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """A PDF per exam of the batch, at the path the worklist points to; returns every path.
+    ``progress(written, exams)`` is called before the first and after each exam: a night's
+    PDFs take minutes, one after another.
 
     The batch's exams include those of the files it sent again (copies): a run resumed
     after an interruption is all copies, and its exams are still the ones it was given. A
@@ -71,12 +77,16 @@ def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings) -
     exams = session.execute(
         select(Study.study_uid, ExamResult).outerjoin(ExamResult, current)
         .where(Study.id.in_(union(own, copied))).order_by(Study.id)).all()
-    paths = []
+    paths: list[Path] = []
     for uid, result in exams:
+        if progress:
+            progress(len(paths), len(exams))
         path = exam_pdf_path(settings.report_dir, uid)
         if not _is_current(path, result):
             write_exam_report(session, uid, path, "pdf", settings)
         paths.append(path)
+    if progress:
+        progress(len(paths), len(exams))
     return paths
 
 
