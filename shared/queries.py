@@ -14,14 +14,25 @@ from sqlalchemy.orm import Session, aliased
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
 from shared.errors import ReportTargetNotFoundError
+from shared.formatting import csv_cell
 from shared.timeutil import as_utc, utcnow
 
 RESULT_KEYS = (
     "image_id", "batch_id", "source", "state", "error_code", "error_message", "study_uid",
     "sop_instance_uid", "laterality", "view", "view_flags", "label", "p_normal", "p_benign",
     "p_malignant", "suspicion", "model_version", "duplicate_of", "model_sha256",
-    "burned_in_annotation",
+    "burned_in_annotation", "input_notes",
 )
+
+
+class InputNotes(dict[str, str]):
+    """A result row's ``input_notes``: how the worker read the file, {kind: sentence}.
+
+    JSON writes it as that object; a CSV cell or a table (``str``) as the sentences, which
+    say what they are without their kinds, through the CSV cell guard as any text."""
+
+    def __str__(self) -> str:
+        return str(csv_cell("; ".join(self.values())))
 
 
 @dataclass(frozen=True)
@@ -50,11 +61,11 @@ _RESULT_COLUMNS = (
     Image.id.label("image_id"), Image.batch_id, Image.source, Image.state, Image.error_code,
     Image.error_message, Study.study_uid, Image.sop_instance_uid, Image.laterality, Image.view,
     Image.view_flags, Image.burned_in_annotation, Prediction.label, Prediction.p_normal,
-    Prediction.p_benign, Prediction.p_malignant, Prediction.suspicion,
+    Prediction.p_benign, Prediction.p_malignant, Prediction.suspicion, Prediction.input_notes,
     ModelVersion.name.label("model_name"), ModelVersion.version.label("model_version"),
     ModelVersion.sha256.label("model_sha256"),
 )
-_PREDICTED = ("label", "p_normal", "p_benign", "p_malignant", "suspicion")
+_PREDICTED = ("label", "p_normal", "p_benign", "p_malignant", "suspicion", "input_notes")
 _UID_BLOCK = 500  # UIDs per IN list: well under every database's bound-parameter limit
 
 
@@ -177,6 +188,8 @@ def _result_row(found: RowMapping, *, copy_source: str | None = None) -> dict[st
             row["error_message"] = (f"Already submitted as image {found['image_id']} "
                                     f"({found['source']}): {row['error_message']}")
     row.update({key: found[key] if done else None for key in _PREDICTED})
+    if row["input_notes"] is not None:
+        row["input_notes"] = InputNotes(row["input_notes"])
     row["model_version"] = (f"{found['model_name']}:{found['model_version']}"
                             if done and found["model_name"] else None)
     # The model's file, as the registry tells models apart: two can share a NAME:VERSION.

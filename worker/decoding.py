@@ -24,10 +24,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]
 
 import numpy as np
@@ -35,11 +35,35 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.enums import ErrorCode
 from shared.errors import InputError
+from shared.formatting import without_control
 from shared.imaging.model_input import ModelInputSource, load_model_input
 from worker.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
 
+# Reader notes that say nothing about how this image differs from a plain reading: the
+# DICOM transfer syntax and decoder plugin are the same for every file of a kind, and the
+# VOI transform is stored at intake (images.voi). What stays is what a reader should
+# know: an inversion, an EXIF rotation, a range taken from the pixels, NaN pixels, pages,
+# merged channels, a modality taken on trust, lenient header readings.
+ROUTINE_NOTES = frozenset({"transfer_syntax", "decoder", "voi"})
+# Bounds on what a prediction row stores (the notes quote header values, cut short).
+NOTE_LIMIT = 200
+KEY_LIMIT = 32
+NOTES_PER_IMAGE = 12
+
+
+def input_notes(notes: Mapping[str, str]) -> dict[str, str]:
+    """The reader's notes worth a reader's eye, each on one line and bounded in length."""
+    kept = [(key, text) for key, text in notes.items() if key not in ROUTINE_NOTES]
+    return {without_control(key, one_line=True)[:KEY_LIMIT]: _bounded(text)
+            for key, text in kept[:NOTES_PER_IMAGE]}
+
+
+def _bounded(text: str) -> str:
+    # A header value quoted raw may hold a line break or a terminal control character.
+    line = without_control(str(text), one_line=True)
+    return line if len(line) <= NOTE_LIMIT else line[:NOTE_LIMIT - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -56,6 +80,8 @@ class Decoded:
     tensor: np.ndarray
     decode_ms: float
     preprocess_ms: float
+    # input_notes of the reader's notes: a few short sentences, cheap to send back.
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ REFUND_PATIENCE_S = 60  # how long a refund waits for the database after a faile
 _PREDICTION_UPDATE = (
     "preprocessing_version", "label", "p_normal", "p_benign", "p_malignant", "suspicion",
     "decode_ms", "preprocess_ms", "infer_ms", "forward_pass_id", "forward_pass_size",
-    "worker", "heatmap_path", "heatmap_png", "created_at",
+    "worker", "heatmap_path", "heatmap_png", "input_notes", "created_at",
 )
 
 
@@ -65,6 +65,7 @@ class _Prepared:
     tensor: np.ndarray
     decode_ms: float
     preprocess_ms: float
+    notes: dict[str, str]
 
 
 @dataclass
@@ -176,7 +177,8 @@ def _run_group(group: list[ClaimedImage], runtime: WorkerRuntime, result: ChunkR
         if isinstance(item, DecodeFailure):
             outcome.failures.append((image.id, item.code, item.message))
         else:
-            prepared.append(_Prepared(image, item.tensor, item.decode_ms, item.preprocess_ms))
+            prepared.append(_Prepared(image, item.tensor, item.decode_ms, item.preprocess_ms,
+                                      item.notes))
     if prepared:
         _infer(prepared, runtime, outcome, result)
     return outcome
@@ -218,6 +220,8 @@ def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
             "forward_pass_size": len(prepared), "worker": runtime.worker_name,
             "heatmap_path": None, "created_at": utcnow(),
             "heatmap_png": None if heatmap is None else encode_png(heatmap),
+            # How the file was read, where it matters (rotated, inverted...): {} if plainly.
+            "input_notes": item.notes,
         })
 
 

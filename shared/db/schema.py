@@ -187,6 +187,10 @@ class Prediction(Base):
     # Where the model looked: P(abnormal) per location as an 8-bit PNG (a few hundred bytes),
     # in the model's input frame; models.heatmaps.decode_png reads it back.
     heatmap_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # How the file was read where a reader should know it (inverted, EXIF-rotated, value
+    # range taken from the pixels, NaN pixels...): {kind: sentence}, worker.decoding's
+    # input_notes; {} for a plain reading, NULL when scored before they were kept.
+    input_notes: Mapped[dict[str, str] | None] = mapped_column(JSON)
     worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
 

@@ -54,6 +54,9 @@ class ViewResult:
     view_flags: str | None = None  # "magnification,spot_compression": a supplementary view
     synthetic: bool = False  # made by `mammo demo` / shared.synthetic: not a patient
     burned_in_annotation: bool | None = None  # BurnedInAnnotation: text in the pixels
+    # How the scored file was read, where a reader should know (inverted, EXIF-rotated...):
+    # {kind: sentence}; {} for a plain reading, None unless scored or scored before kept.
+    input_notes: dict[str, str] | None = None
 
     @property
     def view_key(self) -> str:
@@ -98,6 +101,13 @@ class ExamReport:
         """NAME:VERSION, with its sha256's first digits where two of the exam's share one."""
         labels = model_labels((f"{m.name}:{m.version}", m.sha256) for m in self.models)
         return labels[(f"{model.name}:{model.version}", model.sha256)]
+
+    @property
+    def input_note_flags(self) -> list[str]:
+        """A flag per view whose file was not read plainly: what a reader sees may differ
+        from the stored file (an inversion, a rotation, a range taken from the pixels)."""
+        return [f"{v.view_key} (image {v.image_id}) read with notes: "
+                f"{'; '.join(v.input_notes.values())}" for v in self.views if v.input_notes]
 
     @property
     def awaited_views(self) -> list[str]:
@@ -151,7 +161,8 @@ def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> Vie
         **base, label=pred.label, suspicion=pred.suspicion,
         probabilities={"normal": pred.p_normal, "benign": pred.p_benign,
                        "malignant": pred.p_malignant},
-        predicted_at=as_utc(pred.created_at), heatmap_png=pred.heatmap_png, model=model)
+        predicted_at=as_utc(pred.created_at), heatmap_png=pred.heatmap_png, model=model,
+        input_notes=pred.input_notes)
 
 
 def load_exam_report(session: Session, study_uid: str, *,
