@@ -9,6 +9,7 @@ problem) instead of a ModuleNotFoundError traceback.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +46,28 @@ def installed(extra: Extra, *, needed_for: str) -> Iterator[None]:
     try:
         yield
     except ModuleNotFoundError as exc:
-        top = (exc.name or "").partition(".")[0]
-        if top not in extra.modules:
+        error = missing_extra_error(exc, needed_for, extras=(extra,))
+        if error is None:
             raise
-        raise ConfigurationError(missing_extra_message(extra, top, needed_for)) from exc
+        raise error from exc
+
+
+def missing_extra_error(exc: ModuleNotFoundError, needed_for: str, *,
+                        extras: tuple[Extra, ...] = (REPORTS, WORKER),
+                        ) -> ConfigurationError | None:
+    """The error naming the extra whose module ``exc`` did not find; None for a module of
+    no extra (a bug of the install or the code, which must keep its traceback)."""
+    top = (exc.name or "").partition(".")[0]
+    for extra in extras:
+        if top in extra.modules:
+            return ConfigurationError(missing_extra_message(extra, top, needed_for))
+    return None
+
+
+def require(extra: Extra, *, needed_for: str) -> None:
+    """Fail now, in one line, when ``extra`` is not installed, without importing it: a
+    worker's parent must not import TensorFlow before it forks (PITFALLS), yet each pool
+    child would otherwise die on the import, one after another."""
+    for module in extra.modules:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigurationError(missing_extra_message(extra, module, needed_for))

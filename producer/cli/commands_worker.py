@@ -14,6 +14,7 @@ from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from shared.config import LOG_LEVELS
+from shared.extras import WORKER, require
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import QUEUE_NAME
 
@@ -72,6 +73,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
         MAMMO_DATABASE_URL=postgresql+psycopg://mammo@db/mammo \\
         mammo worker --concurrency 2
     """
+    require(WORKER, needed_for="`mammo worker`")
     queues = checked_queues(cli.celery, queues)
     require_broker(cli, "worker")
     with cli.sessions() as session:  # migrates before children start racing for it

@@ -15,6 +15,7 @@ from producer.cli.exit_codes import ExitCode, exit_code_for
 from shared.config import LOG_LEVELS, load_settings
 from shared.db.engine import failed_command_as_error
 from shared.errors import UserFacingError
+from shared.extras import missing_extra_error
 
 # Reports, exports and the SQLite database hold accession numbers, pseudonyms, results and
 # source paths (PACS exports often build these from patient names): no file we write is
@@ -44,6 +45,13 @@ class MammoGroup(click.Group):
             if error is None:
                 raise
             self._fail(ctx, error)
+        except ModuleNotFoundError as exc:
+            # The commands import their heavy parts when first used: one of an extra that
+            # this install lacks (`mammo train` without `.[worker]`) is a setup step, not a bug.
+            missing = missing_extra_error(exc, f"`mammo {ctx.invoked_subcommand}`")
+            if missing is None:
+                raise
+            self._fail(ctx, missing)
         except KeyboardInterrupt:
             click.secho("interrupted: queued work is kept in the database; run the same "
                         "command again, or `mammo recover`, to finish it.", err=True, fg="yellow")

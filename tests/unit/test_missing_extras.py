@@ -94,3 +94,31 @@ def test_only_the_extras_own_modules_are_translated() -> None:
           installed(REPORTS, needed_for="A PDF report")):
         raise ModuleNotFoundError("No module named 'shared.gone'", name="shared.gone")
     assert unrelated.value.name == "shared.gone"
+
+
+def test_a_worker_without_the_worker_extra_names_it_before_forking(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its parent never imports TensorFlow (fork safety): each pool child died on the import.
+    _uninstall(monkeypatch, "tensorflow")
+    code, out = invoke_cli(["worker"], monkeypatch, tmp_path,
+                           database_url=f"sqlite:///{tmp_path / 'w.db'}",
+                           broker_url="redis://127.0.0.1:1/0", model=str(tiny_model_dir))
+    _one_line_refusal(code, out, "worker", "tensorflow")
+
+
+def test_training_without_the_worker_extra_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `mammo train` imports Keras when it starts: a ModuleNotFoundError traceback before.
+    _uninstall(monkeypatch, "keras")
+    for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+        monkeypatch.delitem(sys.modules, name)
+    # Enough images for its checks to pass: Keras is imported once training starts.
+    images = make_exam_set(tmp_path / "exams", n_exams=5, seed=3, fmt="png")
+    for index, image in enumerate(images):
+        folder = tmp_path / "data" / ("benign", "malignant", *["normal"] * 8)[index % 10]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.rename(folder / image.name)
+    args = ["train", str(tmp_path / "data"), "--version", "0.0.1-t", "--folds", "2"]
+    code, out = invoke_cli(args, monkeypatch, tmp_path,
+                           database_url=f"sqlite:///{tmp_path / 't.db'}")
+    _one_line_refusal(code, out, "worker", "keras")
