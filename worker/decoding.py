@@ -115,7 +115,8 @@ def run_job(job: DecodeJob) -> DecodeResult:
 
 def _prepare(job: DecodeJob) -> Decoded:
     ready = load_model_input(job.source)
-    return Decoded(job.image_id, ready.tensor, ready.decode_ms, ready.preprocess_ms)
+    return Decoded(job.image_id, ready.tensor, ready.decode_ms, ready.preprocess_ms,
+                   input_notes(ready.notes))
 
 
 def _noop() -> None:

@@ -42,6 +42,8 @@ class ModelInput:
     tensor: np.ndarray
     decode_ms: float
     preprocess_ms: float
+    # The reader's notes on how it read the file (DecodedImage.notes).
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def load_model_input(source: ModelInputSource) -> ModelInput:
@@ -70,4 +72,4 @@ def load_model_input(source: ModelInputSource) -> ModelInput:
             "differ). The new file is processed as its own image once submitted (a watched "
             "folder does this itself).")
     return ModelInput(tensor, (decoded_at - started) * 1000,
-                      (time.perf_counter() - decoded_at) * 1000)
+                      (time.perf_counter() - decoded_at) * 1000, decoded.notes)

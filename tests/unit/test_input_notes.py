@@ -5,10 +5,8 @@ modality taken on trust...) is kept with its prediction and shown where its scor
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +23,11 @@ from shared.db.engine import create_db_engine, ensure_schema, head_revisions, ma
 from shared.db.engine import upgrade as upgrade_db
 from shared.db.schema import Prediction
 from shared.enums import Priority
-from shared.imaging.readers import decode
 from shared.reports.exam_data import load_exam_report
 from shared.synthetic import make_exam_set, synth_mammogram
 from tests.helpers.cli import invoke_cli
 from tests.helpers.old_schema import migrated_to
-from worker.decoding import (
-    NOTE_LIMIT,
-    ChunkDecoder,
-    Decoded,
-    DecodeJob,
-    DecodeResult,
-    input_notes,
-)
+from worker.decoding import NOTE_LIMIT, input_notes
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
 
@@ -79,16 +69,6 @@ def _taken_on_trust(path: Path) -> Path:
     return path
 
 
-class _ReaderNotesDecoder(ChunkDecoder):
-    """The in-process decoder, its results given the reader's notes of each file."""
-
-    def decode_all(self, jobs: Sequence[DecodeJob]) -> list[DecodeResult]:
-        return [dataclasses.replace(item, notes=input_notes(
-                    decode(Path(job.source.path), max_pixels=job.source.max_pixels).notes))
-                if isinstance(item, Decoded) else item
-                for job, item in zip(jobs, super().decode_all(jobs), strict=True)]
-
-
 @pytest.fixture
 def sessions(settings: Settings) -> sessionmaker[Session]:
     engine = create_db_engine(settings)
@@ -104,8 +84,6 @@ def test_notes_of_a_rotated_jpeg_and_a_dx_image_reach_results_and_the_exam_repor
     turned = _turned_jpeg(tmp_path / "in" / "turned.jpg")
     batch = create_batch(sessions, name="notes", priority=Priority.ROUTINE, mode="test")
     ids = register_files(sessions, batch, [*exam, turned]).new_ids
-    decoder = _ReaderNotesDecoder(0)
-    monkeypatch.setattr(WorkerRuntime, "decoder", property(lambda _: decoder))
     runtime = WorkerRuntime(settings)
 
     done = [process_chunk(ids[:4], token="notes-1", runtime=runtime).done,
