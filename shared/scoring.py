@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from shared.enums import CLASSES, Label
+from shared.enums import Label
+
+# A view reads "normal" only while the model holds it more likely normal than not: the
+# model's heads read out P(abnormal) and P(malignant), and P(normal) = 1 - P(abnormal).
+NORMAL_AT_LEAST = 0.5
 
 
 def label_of(p_normal: float, p_benign: float, p_malignant: float) -> Label:
-    probs = (p_normal, p_benign, p_malignant)
-    return CLASSES[max(range(3), key=probs.__getitem__)]
+    """"normal" only when P(normal) >= 0.5, i.e. P(abnormal) <= 0.5; otherwise the more
+    probable of benign and malignant (a tie reads malignant, the graver).
+
+    Not the top of the three classes: (0.37, 0.33, 0.30) is abnormal with probability
+    0.63, and a "normal" label on it reads like a clearance in the worklist and the report.
+    """
+    if p_normal >= NORMAL_AT_LEAST:
+        return Label.NORMAL
+    return Label.BENIGN if p_benign > p_malignant else Label.MALIGNANT
 
 
 def suspicion(p_benign: float, p_malignant: float) -> int:

@@ -25,9 +25,35 @@ def test_suspicion_extremes() -> None:
     assert suspicion(0.0, 1.0) == 10
 
 
-def test_label_is_argmax() -> None:
+def test_label_is_the_top_class_when_one_holds_most_of_the_probability() -> None:
     assert label_of(0.1, 0.2, 0.7) is Label.MALIGNANT
-    assert label_of(0.5, 0.3, 0.2) is Label.NORMAL
+    assert label_of(0.2, 0.7, 0.1) is Label.BENIGN
+    assert label_of(0.9, 0.05, 0.05) is Label.NORMAL
+
+
+def test_a_view_more_likely_abnormal_than_not_is_never_labelled_normal() -> None:
+    # The probe's case: normal is the top class, but P(abnormal) = 0.63.
+    assert label_of(0.37, 0.33, 0.30) is Label.BENIGN
+    assert label_of(0.37, 0.30, 0.33) is Label.MALIGNANT
+    assert label_of(0.49, 0.02, 0.49) is Label.MALIGNANT
+
+
+def test_label_boundary_at_even_odds_of_abnormal() -> None:
+    assert label_of(0.5, 0.3, 0.2) is Label.NORMAL  # P(abnormal) = 0.5: not more likely
+    assert label_of(0.5, 0.0, 0.5) is Label.NORMAL
+    assert label_of(0.4999, 0.3001, 0.2) is Label.BENIGN
+    # A benign/malignant tie reads as the graver class.
+    assert label_of(0.4, 0.3, 0.3) is Label.MALIGNANT
+
+
+@settings(deadline=None)
+@given(unit, unit)
+def test_label_is_normal_exactly_when_p_abnormal_is_at_most_half(q_a: float, q_m: float
+                                                                  ) -> None:
+    # Probabilities as the model's head builds them from P(abnormal) and P(malignant).
+    p_m = min(q_m, q_a)
+    label = label_of(1.0 - q_a, q_a - p_m, p_m)
+    assert (label is Label.NORMAL) == (1.0 - q_a >= 0.5)
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
