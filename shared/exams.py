@@ -13,6 +13,13 @@ usually seen in one view of one breast, so averaging would dilute exactly the fi
 reader needs. (Nothing better has been measured for the maximum: the real data sets
 available hold single views, not four-view exams.)
 
+The bilateral head lowers a breast's score when the other breast scores high: it was fitted
+on data whose findings are nearly always one-sided, so a cancer in each breast lowers both.
+The scores stay as validated, but each breast also keeps its own-view score
+(``own_suspicion``, ``own_p_malignant``), and a breast whose own views called a finding
+(``FINDING_ALONE`` or more) and was lowered by the other breast is flagged, so the reader
+reads both (and the worklist ranks the exam by the own-view score).
+
 ``refresh_exam_results`` is idempotent and cheap: it recomputes only from the rows, compares
 a signature of its inputs with the current result, and writes a new version only when
 something changed (a late image, a re-run). The superseded version is kept.
@@ -47,12 +54,22 @@ STANDARD_VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
 # More than any night's batch; studies not yet due stay pending and cost one cheap pass.
 _REFRESH_LIMIT = 100_000
 COMPLETE, INCOMPLETE = "complete", "incomplete"
+# The screening views: an image of any other view (ML, XCCL, a ViewPosition the reader did
+# not know, stored as OTHER) is scored but stands in for none and is paired with nothing.
+SCREENING_VIEWS = ("CC", "MLO")
+# An own-view suspicion from which a lowering by the other breast is flagged: from 5 the
+# image's own p_malignant + p_benign / 2 is 0.4 or more, a finding about as likely as not.
+# Below it the own views call no finding, so lowering them hides none. Any lowering from
+# it counts: the head lowers a breast only when the other one scores high, which is the
+# both-breasts case its training data (one-sided findings) never taught it.
+FINDING_ALONE = 5
 _BLOCK = 400  # studies per query: stays under SQLite's bound-parameter limit
 
 __all__ = [
-    "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "in_blocks",
-    "read_against_other_breast", "refresh_due_exams", "refresh_exam_results",
-    "studies_awaiting_result", "studies_of_images", "summarise", "view_flags_text",
+    "FINDING_ALONE", "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "in_blocks",
+    "lowered_by_other_breast", "read_against_other_breast", "refresh_due_exams",
+    "refresh_exam_results", "studies_awaiting_result", "studies_of_images", "summarise",
+    "view_flags_text",
 ]
 
 
@@ -75,6 +92,9 @@ class ExamImage:
     bilateral: Mapping[str, object] | None = None  # the model version's head, if it has one
     read_with_other_breast: bool = False
     view_flags: str | None = None  # "magnification,spot_compression": a supplementary view
+    # The image's own scores where reading it against the other breast replaced them.
+    own_suspicion: int | None = None
+    own_p_malignant: float | None = None
 
     @property
     def view_key(self) -> str | None:
@@ -85,9 +105,21 @@ class ExamImage:
     @property
     def screening_key(self) -> str | None:
         """The standard view this image stands for; None for a supplementary view (spot,
-        magnification, stereotactic, rolled, implant-displaced...): it is scored, but it
-        neither completes the exam nor is read against the other breast's view."""
-        return None if self.view_flags else self.view_key
+        magnification, stereotactic, rolled, implant-displaced...) or a view other than CC
+        and MLO: it is scored, but it neither completes the exam nor is read against the
+        other breast's view."""
+        if self.view_flags or self.view not in SCREENING_VIEWS:
+            return None
+        return self.view_key
+
+    @property
+    def suspicion_alone(self) -> int | None:
+        """The suspicion of this image's own view, before any bilateral reading."""
+        return self.own_suspicion if self.read_with_other_breast else self.suspicion
+
+    @property
+    def p_malignant_alone(self) -> float | None:
+        return self.own_p_malignant if self.read_with_other_breast else self.p_malignant
 
     @property
     def scored(self) -> bool:
@@ -126,7 +158,7 @@ def view_flags_text(view_flags: str | None) -> str:
 def read_against_other_breast(images: Sequence[ExamImage]) -> list[ExamImage]:
     """``images`` with each scored image re-read against its counterpart (same view, other
     side, same model version with a bilateral head), when it has one."""
-    ready = [i for i in images if i.scored and i.bilateral and not i.view_flags
+    ready = [i for i in images if i.scored and i.bilateral and i.screening_key
              and i.p_normal is not None and i.p_benign is not None and i.p_malignant is not None]
     reread: dict[int, ExamImage] = {}
     for image, other in _counterparts(ready):
@@ -135,7 +167,8 @@ def read_against_other_breast(images: Sequence[ExamImage]) -> list[ExamImage]:
         reread[image.image_id] = replace(
             image, label=label_of(p_n, p_b, p_m).value, p_malignant=p_m,
             suspicion=suspicion(p_b, p_m), p_normal=p_n, p_benign=p_b,
-            read_with_other_breast=True)
+            read_with_other_breast=True, own_suspicion=image.suspicion,
+            own_p_malignant=image.p_malignant)
     return [reread.get(i.image_id, i) for i in images]
 
 
@@ -187,13 +220,59 @@ def _breast(images: Sequence[ExamImage]) -> dict[str, Any] | None:
     worst = _worst(images)
     if worst is None:
         return None
+    scored = [i for i in images if i.scored]
     return {
         "label": worst.label, "suspicion": worst.suspicion,
-        "p_malignant": max(i.p_malignant or 0.0 for i in images if i.scored),
-        "views": sorted({i.screening_key for i in images if i.scored and i.screening_key}),
-        "image_ids": sorted(i.image_id for i in images if i.scored),
+        "p_malignant": max(i.p_malignant or 0.0 for i in scored),
+        "views": sorted({i.screening_key for i in scored if i.screening_key}),
+        "image_ids": sorted(i.image_id for i in scored),
         "bilateral": any(i.read_with_other_breast for i in images),
+        # Its views' own scores, unread against the other breast (the same when unread).
+        "own_suspicion": max(i.suspicion_alone or 0 for i in scored),
+        "own_p_malignant": max(i.p_malignant_alone or 0.0 for i in scored),
     }
+
+
+def lowered_by_other_breast(own: object, reread: object) -> bool:
+    """Whether the bilateral reading lowered (to ``reread``) a breast whose own views
+    called a finding (``own``); False where either is unknown (a result stored before
+    own-view scores were kept)."""
+    return (isinstance(own, int) and isinstance(reread, int)
+            and own >= FINDING_ALONE and reread < own)
+
+
+def _lowered_flags(per_breast: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A flag per breast whose finding the other breast's score lowered (see the module)."""
+    names = {"L": "left", "R": "right"}
+    return [f"{side} breast: suspicion {b['own_suspicion']} alone, {b['suspicion']} read "
+            f"against the {names[other]} breast (a finding in the other breast lowers this "
+            "one's score): read both"
+            for side, other in (("L", "R"), ("R", "L"))
+            if (b := per_breast.get(side)) is not None
+            and lowered_by_other_breast(b["own_suspicion"], b["suspicion"])]
+
+
+def _off_screening_flags(images: Sequence[ExamImage]) -> list[str]:
+    """Flags for scored images that stand for no screening view, each saying where its
+    score counts: in its breast's (laterality known) and the exam's, or the exam's only."""
+    scored = [i for i in images if i.scored]
+    sideless = [i for i in scored if i.laterality not in ("L", "R")]
+    flags = [f"{len(sideless)} image(s) without laterality: counted in the exam score only"
+             ] if sideless else []
+    for image in scored:
+        if image.laterality not in ("L", "R") or image.screening_key:
+            continue
+        breast = "left" if image.laterality == "L" else "right"
+        if image.view_flags:
+            what = f"a supplementary view ({view_flags_text(image.view_flags)})"
+        elif image.view:
+            what = "not a screening view (CC or MLO)"
+        else:
+            what = "without a view"
+        flags.append(f"{image.view_key or image.laterality} (image {image.image_id}) is "
+                     f"{what}: counted in the {breast} breast's and the exam score, not as a "
+                     "screening view")
+    return flags
 
 
 def _signature(status: str, images: Sequence[ExamImage]) -> str:
@@ -234,20 +313,15 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
         flags.append(f"incomplete: {', '.join(failed_views)} failed, not scored")
     if failed:
         flags.append(f"{len(failed)} image(s) failed and are not scored")
-    unplaced = [i for i in images if i.scored and i.view_key is None]
-    if unplaced:
-        flags.append(f"{len(unplaced)} image(s) without laterality/view: counted in the "
-                     "exam score only")
+    flags += _off_screening_flags(images)
     models = {i.model_version_id for i in images if i.scored}
     if len(models) > 1:  # e.g. a model activated between the exam's two batches
         flags.append(f"views scored by {len(models)} different model versions (see each "
                      "view's model): not read against each other")
     flags += _repeated_views(images)
-    flags += [f"{i.view_key or 'unplaced view'} (image {i.image_id}) is a supplementary view "
-              f"({view_flags_text(i.view_flags)}): counted in the exam score, not as a "
-              "screening view" for i in images if i.scored and i.view_flags]
     per_breast = {side: b for side in ("L", "R")
                   if (b := _breast([i for i in images if i.laterality == side])) is not None}
+    flags += _lowered_flags(per_breast)
     worst = _worst(images)
     return ExamSummary(
         status=status, reason=reason, label=worst.label if worst else None,

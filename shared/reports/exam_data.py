@@ -15,7 +15,7 @@ from models.registry import METADATA_FILE
 from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.errors import ReportTargetNotFoundError
-from shared.exams import STANDARD_VIEWS, view_flags_text
+from shared.exams import STANDARD_VIEWS, lowered_by_other_breast, view_flags_text
 from shared.queries import model_labels
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
@@ -72,6 +72,36 @@ class ViewResult:
 
 
 @dataclass(frozen=True)
+class BreastResult:
+    """One breast's part of the exam result. Its score is over its views read against the
+    other breast (``bilateral``); ``own_suspicion`` and ``own_p_malignant`` are its views'
+    own scores before that reading (None in a result stored before they were kept)."""
+
+    suspicion: int | None
+    label: str | None
+    p_malignant: float | None
+    views: list[str]
+    bilateral: bool
+    own_suspicion: int | None = None
+    own_p_malignant: float | None = None
+
+    @property
+    def lowered_by_other_breast(self) -> bool:
+        """The other breast's score lowered a finding of this one's own views: the report
+        shows both scores, and the exam is flagged to read both breasts."""
+        return lowered_by_other_breast(self.own_suspicion, self.suspicion)
+
+    @classmethod
+    def of(cls, stored: object) -> BreastResult | None:
+        """From ``exam_results.per_breast[side]``; None for a breast with no scored view."""
+        if not isinstance(stored, dict):
+            return None
+        return cls(stored.get("suspicion"), stored.get("label"), stored.get("p_malignant"),
+                   list(stored.get("views") or []), bool(stored.get("bilateral")),
+                   stored.get("own_suspicion"), stored.get("own_p_malignant"))
+
+
+@dataclass(frozen=True)
 class ExamReport:
     study_uid: str
     patient_pseudonym: str | None
@@ -82,6 +112,11 @@ class ExamReport:
     # Without a result and nothing in flight: when the exam stops waiting for its missing
     # views (MAMMO_EXAM_TIMEOUT_S after its last image) and is scored, incomplete.
     due_at: datetime | None = None
+
+    def breast(self, side: str) -> BreastResult | None:
+        """The exam result's breast ``side`` ("L", "R"); None without a result or a scored
+        view of that breast."""
+        return BreastResult.of(self.result.per_breast.get(side)) if self.result else None
 
     @property
     def synthetic_views(self) -> int:

@@ -16,6 +16,8 @@ from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, ExamResult, Image, ModelVersion, Prediction, Study
 from shared.exams import (
+    FINDING_ALONE,
+    STANDARD_VIEWS,
     ExamImage,
     read_against_other_breast,
     refresh_exam_results,
@@ -105,7 +107,7 @@ def test_a_supplementary_view_is_scored_but_neither_completes_the_exam_nor_hides
     assert late is not None and late.status == "incomplete" and late.missing_views == ["L-CC"]
     assert late.suspicion == 8 and "L-CC" not in late.views
     assert ("L-CC (image 1) is a supplementary view (magnification, spot compression): counted "
-            "in the exam score, not as a screening view") in late.flags
+            "in the left breast's and the exam score, not as a screening view") in late.flags
     assert late.per_breast["L"]["views"] == ["L-MLO"] and late.per_breast["L"]["suspicion"] == 8
 
     # Beside the four screening views it adds a flag, not a fifth view or a changed status.
@@ -114,6 +116,32 @@ def test_a_supplementary_view_is_scored_but_neither_completes_the_exam_nor_hides
     assert full is not None and full.status == "complete" and full.suspicion == 8
     assert full.views == sorted(f"{lat}-{v}" for lat, v in VIEWS)
     assert any("supplementary view" in f for f in full.flags)
+
+
+def test_a_view_other_than_cc_or_mlo_is_flagged_and_counted_where_the_flag_says() -> None:
+    """A ViewPosition the reader does not know (SPOT) is stored as OTHER; an image may know
+    its side but not its view. Both count in their breast's score, so their flag says so,
+    and neither stands for (or completes) a screening view."""
+    spot = _img(5, "L", "OTHER", susp=9, p_mal=0.8)
+    no_view = _img(6, "R", None, susp=7, p_mal=0.6)
+    no_side = _img(7, None, "CC", susp=3)
+    four = [_img(i, lat, v) for i, (lat, v) in enumerate(VIEWS, 1)]
+    summary = summarise([*four, spot, no_view, no_side], timeout_s=10, now=T0)
+    assert summary is not None and summary.status == "complete"
+    assert summary.views == sorted(f"{lat}-{v}" for lat, v in VIEWS)
+    assert (summary.per_breast["L"]["suspicion"], summary.per_breast["R"]["suspicion"]) == (9, 7)
+    assert 5 in summary.per_breast["L"]["image_ids"] and 6 in summary.per_breast["R"]["image_ids"]
+    assert all(7 not in b["image_ids"] for b in summary.per_breast.values())
+    assert ("L-OTHER (image 5) is not a screening view (CC or MLO): counted in the left "
+            "breast's and the exam score, not as a screening view") in summary.flags
+    assert ("R (image 6) is without a view: counted in the right breast's and the exam "
+            "score, not as a screening view") in summary.flags
+    assert "1 image(s) without laterality: counted in the exam score only" in summary.flags
+    assert not any("laterality/view" in f for f in summary.flags)
+    # An OTHER view on each side is no screening pair: it stands in for no L-CC either.
+    alone = summarise([spot, replace(spot, image_id=8, laterality="R")], timeout_s=10,
+                      now=T0 + timedelta(seconds=11))
+    assert alone is not None and alone.missing_views == list(STANDARD_VIEWS)
 
 
 HEAD = {"abnormal": {"own": 1.2, "partner": -0.9, "bias": -0.4},
@@ -210,6 +238,57 @@ def test_no_bilateral_reading_without_a_head_or_across_model_versions() -> None:
     summary = summarise(images, timeout_s=10, now=T0)
     assert summary is not None
     assert not summary.per_breast["L"]["bilateral"] and not summary.per_breast["R"]["bilateral"]
+
+
+# 1.8.0's head (models/default/1.8.0/metadata.json): fitted on mini-MIAS, whose findings are
+# nearly all one-sided, it lowers a breast's P(abnormal) when the other breast's is high.
+HEAD_1_8_0 = {"abnormal": {"own": 1.0317311001875396, "partner": -0.6919775201924726,
+                           "bias": -0.4438632742612656}, "malignant": None}
+MALIGNANT, NORMAL = (0.05, 0.05, 0.9), (0.9, 0.08, 0.02)
+
+
+def test_a_finding_in_each_breast_lowered_by_the_other_is_flagged_with_its_own_score() -> None:
+    """A cancer in each breast: each is read against the other's and scored lower (the
+    validated scores stay), but each breast keeps its own-view score and is flagged."""
+    exam = [_scored(1, "L", "CC", MALIGNANT, head=HEAD_1_8_0),
+            _scored(2, "R", "CC", MALIGNANT, head=HEAD_1_8_0)]
+    summary = summarise(exam, timeout_s=10, now=T0 + timedelta(seconds=11))
+    assert summary is not None
+    own = suspicion_of(MALIGNANT[1], MALIGNANT[2])
+    for side, other in (("L", "right"), ("R", "left")):
+        breast = summary.per_breast[side]
+        assert breast["bilateral"] and breast["suspicion"] < own == breast["own_suspicion"] == 10
+        assert breast["own_p_malignant"] == pytest.approx(0.9)
+        assert breast["p_malignant"] < 0.9
+        assert (f"{side} breast: suspicion 10 alone, {breast['suspicion']} read against the "
+                f"{other} breast (a finding in the other breast lowers this one's score): "
+                "read both") in summary.flags
+    assert summary.suspicion == summary.per_breast["L"]["suspicion"] < 10  # kept as validated
+    reread = {i.image_id: i for i in read_against_other_breast(exam)}
+    assert (reread[1].own_suspicion, reread[1].suspicion_alone) == (10, 10)
+    assert reread[1].p_malignant_alone == pytest.approx(0.9)
+
+
+def test_a_breast_raised_or_lowered_below_a_finding_by_the_other_is_not_flagged() -> None:
+    # One-sided: the normal other breast raises the finding, and the normal breast's own
+    # views called nothing (suspicion under FINDING_ALONE), so lowering it hides nothing.
+    exam = [_scored(1, "L", "CC", MALIGNANT, head=HEAD_1_8_0),
+            _scored(2, "R", "CC", NORMAL, head=HEAD_1_8_0)]
+    summary = summarise(exam, timeout_s=10, now=T0 + timedelta(seconds=11))
+    assert summary is not None
+    assert summary.per_breast["L"]["suspicion"] >= summary.per_breast["L"]["own_suspicion"]
+    assert summary.per_breast["R"]["own_suspicion"] < FINDING_ALONE
+    assert not any("read both" in f for f in summary.flags)
+    # Without a bilateral reading the own-view score is the breast's score.
+    plain = summarise([replace(i, bilateral=None) for i in exam], timeout_s=10,
+                      now=T0 + timedelta(seconds=11))
+    assert plain is not None
+    assert all(b["own_suspicion"] == b["suspicion"] for b in plain.per_breast.values())
+
+
+def test_views_other_than_cc_and_mlo_are_not_read_against_each_other() -> None:
+    exam = [_scored(1, "L", "OTHER", MALIGNANT), _scored(2, "R", "OTHER", NORMAL)]
+    assert read_against_other_breast(exam) == exam
 
 
 # -- against the database --------------------------------------------------------------------

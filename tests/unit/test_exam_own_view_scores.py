@@ -1,0 +1,72 @@
+"""A breast's own-view score beside its bilateral one, stored, in the exam report's data and
+in the worklist's order: a cancer in each breast must not rank below a one-sided one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.schema import Batch, Image, ModelVersion, Prediction, Study
+from shared.exams import refresh_exam_results
+from shared.reports.exam_data import load_exam_report
+from shared.reports.worklist import WorklistFilter, worklist_rows
+from shared.scoring import label_of, suspicion
+from shared.timeutil import utcnow
+
+# 1.8.0's head (models/default/1.8.0/metadata.json): a negative weight on the other breast.
+HEAD_1_8_0 = {"abnormal": {"own": 1.0317311001875396, "partner": -0.6919775201924726,
+                           "bias": -0.4438632742612656}, "malignant": None}
+MALIGNANT, NORMAL = (0.05, 0.05, 0.9), (0.9, 0.08, 0.02)
+NINE = (0.1, 0.1, 0.78)  # suspicion 9 alone
+Probs = tuple[float, float, float]
+
+
+def _exam(session: Session, study_id: int, views: dict[str, Probs]) -> None:
+    """Study ``study_id`` with one scored CC per side in ``views`` ({"L": probs, ...})."""
+    session.add(Study(id=study_id, study_uid=f"1.2.9.{study_id}"))
+    session.flush()
+    for side, probs in views.items():
+        image = Image(identity=f"sop:1.2.9.{study_id}.{side}", batch_id=1, study_id=study_id,
+                      source=f"/in/{study_id}{side}.dcm", format="dicom", laterality=side,
+                      view="CC", state="done", created_at=utcnow())
+        session.add(image)
+        session.flush()
+        session.add(Prediction(
+            image_id=image.id, model_version_id=1, preprocessing_version="1",
+            label=label_of(*probs).value, p_normal=probs[0], p_benign=probs[1],
+            p_malignant=probs[2], suspicion=suspicion(probs[1], probs[2]), decode_ms=1,
+            preprocess_ms=1, infer_ms=1, forward_pass_id="x", forward_pass_size=1))
+    session.flush()
+
+
+def test_a_cancer_in_each_breast_shows_both_scores_and_ranks_by_its_own_views(
+        each_backend_sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    with each_backend_sessions() as session:
+        session.add_all([Batch(id=1, name="b"), ModelVersion(
+            id=1, name="m", version="1", sha256="0" * 64, preprocessing_version="1",
+            classes=["a"], input_size=[1, 1], path="/m", bilateral=HEAD_1_8_0)])
+        session.flush()
+        _exam(session, 1, {"L": NINE})                            # one view, no partner
+        _exam(session, 2, {"L": MALIGNANT, "R": MALIGNANT})       # a cancer in each breast
+        _exam(session, 3, {"L": MALIGNANT, "R": NORMAL})          # one-sided
+        assert len(refresh_exam_results(session, [1, 2, 3], timeout_s=0)) == 3
+        session.commit()
+        rows = worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
+        report = load_exam_report(session, "1.2.9.2")
+
+    by_uid = {row["study_uid"]: row for row in rows}
+    both, one_sided = by_uid["1.2.9.2"], by_uid["1.2.9.3"]
+    # The validated scores stay: read against each other, both breasts score under 9 ...
+    assert both["suspicion"] < 9 and both["per_breast"]["L"]["own_suspicion"] == 10
+    assert any(f.startswith("R breast: suspicion 10 alone,") for f in both["flags"])
+    # ... but the exam ranks by its own views' 10: beside the one-sided cancer, above the 9.
+    assert one_sided["suspicion"] == 10
+    assert [row["study_uid"] for row in rows] == ["1.2.9.3", "1.2.9.2", "1.2.9.1"]
+
+    right = report.breast("R")
+    assert right is not None and right.bilateral and right.lowered_by_other_breast
+    assert (right.own_suspicion, right.suspicion) == (10, both["per_breast"]["R"]["suspicion"])
+    assert right.own_p_malignant is not None and right.p_malignant is not None
+    assert right.own_p_malignant > right.p_malignant
+    assert report.breast("X") is None
