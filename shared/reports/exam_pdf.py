@@ -24,7 +24,7 @@ from shared.reports.pdf_parts import (
     build_pdf,
     disclaimer,
     para,
-    png_image,
+    scaled_image,
     table,
 )
 from shared.reports.view_images import thumbnail
@@ -127,7 +127,7 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int) -> list
     if thumb is None:
         cell.append(para("image not available; no heatmap stored"))
     else:
-        cell.append(png_image(thumb.png, _THUMB))
+        cell.append(scaled_image(thumb.jpeg, _THUMB))
         if thumb.image_missing is not None:
             cell.append(para(f"image not available ({thumb.image_missing}): heatmap only",
                              SMALL))

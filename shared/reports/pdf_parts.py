@@ -93,12 +93,16 @@ def table(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], *,
     return grid
 
 
-def png_image(png: bytes, width: float) -> Image:
-    """A PNG scaled to ``width`` points, aspect ratio kept."""
-    picture = Image(io.BytesIO(png))
+def scaled_image(data: bytes, width: float) -> Image:
+    """A PNG or JPEG scaled to ``width`` points, aspect ratio kept (a JPEG is embedded as
+    it is, a PNG's pixels are deflated again)."""
+    picture = Image(io.BytesIO(data))
     scale = width / picture.imageWidth
     picture.drawWidth, picture.drawHeight = width, picture.imageHeight * scale
     return picture
+
+
+png_image = scaled_image  # the batch PDF's charts (PNG) still import it under this name
 
 
 def _footer(canvas: Canvas, doc: SimpleDocTemplate) -> None:

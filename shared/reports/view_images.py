@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 256
 _ALPHA = 0.45  # heatmap opacity where the model's P(abnormal) is highest
+# JPEG, not PNG: reportlab stores a PNG's pixels re-deflated and ASCII85-encoded in pure
+# Python (0.2 s and 130 KB a view), a JPEG's bytes as they are. Quality 90 with full-size
+# colour (4:4:4, no chroma halving) keeps the heatmap's colour edges where they were drawn.
+_JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 90,
+                cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 
 
 UNREADABLE = "source file unreadable"
@@ -36,7 +41,7 @@ GONE = "the file is no longer at its path (moved or deleted)"
 
 @dataclass(frozen=True)
 class Thumbnail:
-    png: bytes
+    jpeg: bytes
     image_missing: str | None  # why the image is not drawn (None: it is)
     heatmap_available: bool
 
@@ -119,19 +124,29 @@ def _crop_to_content(picture: np.ndarray, frame: np.ndarray | None) -> np.ndarra
     return picture[:rows[-1] + 1, :cols[-1] + 1]
 
 
+def _to_side(plane: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    """``plane`` resized to ``size`` (width, height), averaging what it drops."""
+    if plane is None:
+        return None
+    return np.asarray(cv2.resize(plane, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
+
+
 def thumbnail(source: ModelInputSource, heatmap_png: bytes | None, patch: int | None,
               identity: str | None = None) -> Thumbnail | None:
-    """PNG bytes of the view with its heatmap, or None when there is nothing to draw."""
+    """JPEG bytes of the view with its heatmap, or None when there is nothing to draw."""
     rebuilt = model_frame(source, identity)
     frame = rebuilt.pixels
     heat = heatmap_in_frame(heatmap_png, source.input_size, patch) if heatmap_png else None
     if frame is None and heat is None:
         return None
-    picture = _crop_to_content(overlay(frame, heat), frame)
-    scale = THUMBNAIL_SIDE / max(picture.shape[:2])
-    small = cv2.resize(picture, (round(picture.shape[1] * scale), round(picture.shape[0] * scale)),
-                       interpolation=cv2.INTER_AREA)
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    shown = [None if plane is None else _crop_to_content(plane, frame) for plane in (frame, heat)]
+    height, width = next(p for p in shown if p is not None).shape[:2]
+    scale = THUMBNAIL_SIDE / max(height, width)
+    size = (round(width * scale), round(height * scale))
+    # Shrunk first, blended after: the colouring costs a thumbnail's pixels, not the input
+    # frame's (a 0.06 s per view saved on every exam PDF of a night).
+    small = overlay(_to_side(shown[0], size), _to_side(shown[1], size))
+    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), _JPEG_PARAMS)
     if not ok:
         raise ValueError("OpenCV could not encode the thumbnail")
     return Thumbnail(bytes(buffer), rebuilt.missing, heat is not None)
