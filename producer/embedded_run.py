@@ -51,8 +51,14 @@ class EmbeddedWorkerDied(UserFacingError):
 @dataclass
 class RunOutcome:
     submission: SubmitOutcome
-    seconds: float
+    seconds: float  # from the end of the model's load to the last image finished
     model_load_seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        """The images this run waited on per second of processing, its load left out: a
+        202 s load beside 300 images read as 0.3 images/s."""
+        return len(self.submission.waiting_on) / self.seconds if self.seconds else 0.0
 
 
 def check_model(settings: Settings,
@@ -79,24 +85,47 @@ def _runtime(settings: Settings,
     return WorkerRuntime(settings, model_spec=check_model(settings, sessions))
 
 
-def run_embedded(
-    settings: Settings, sessions: sessionmaker[Session], paths: Sequence[Path], *,
-    name: str | None = None, on_file: Callable[[Path], None] | None = None,
-    progress: Progress | None = None, manifest: Path | None = None,
-) -> RunOutcome:
+@dataclass(frozen=True)
+class LoadedRun:
+    """``mammo run`` with its model loaded: ``load_run`` takes the long first step on its
+    own, so a caller can say it is loading before it shows files and images counting."""
+
+    settings: Settings  # embedded
+    sessions: sessionmaker[Session]
+    runtime: WorkerRuntime
+    manifest: Path | None
+
+    def run(self, paths: Sequence[Path], *, name: str | None = None,
+            on_file: Callable[[Path], None] | None = None,
+            progress: Progress | None = None) -> RunOutcome:
+        started = time.perf_counter()
+        app = create_celery_app(self.settings)
+        outcome = submit(self.settings, self.sessions, app, paths, name=name,
+                         mode="embedded", requeue_unfinished_duplicates=True, on_file=on_file,
+                         manifest=self.manifest)
+        drain(app, self.runtime, self.sessions, outcome.waiting_on, progress=progress)
+        return RunOutcome(outcome, time.perf_counter() - started,
+                          self.runtime.classifier.load_seconds)
+
+
+def load_run(settings: Settings, sessions: sessionmaker[Session], *,
+             manifest: Path | None = None) -> LoadedRun:
     settings = settings.embedded()
     if manifest is not None:
         # Read once here only to refuse a bad one now, not after the model's seconds of load.
         ingestion_for(settings, manifest)
     runtime = _runtime(settings, sessions)  # no model: fails here, before anything is queued
-    started = time.perf_counter()
     runtime.classifier.load()
-    load_s = runtime.classifier.load_seconds
-    app = create_celery_app(settings)
-    outcome = submit(settings, sessions, app, paths, name=name, mode="embedded",
-                     requeue_unfinished_duplicates=True, on_file=on_file, manifest=manifest)
-    drain(app, runtime, sessions, outcome.waiting_on, progress=progress)
-    return RunOutcome(outcome, time.perf_counter() - started, load_s)
+    return LoadedRun(settings, sessions, runtime, manifest)
+
+
+def run_embedded(
+    settings: Settings, sessions: sessionmaker[Session], paths: Sequence[Path], *,
+    name: str | None = None, on_file: Callable[[Path], None] | None = None,
+    progress: Progress | None = None, manifest: Path | None = None,
+) -> RunOutcome:
+    return load_run(settings, sessions, manifest=manifest).run(
+        paths, name=name, on_file=on_file, progress=progress)
 
 
 def process_ids_embedded(settings: Settings, sessions: sessionmaker[Session],

@@ -16,7 +16,7 @@ from producer.cli.interrupts import sigterm_as_ctrl_c
 from producer.cli.options import batch_name_option, format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.discovery import OwnFiles, iter_files
-from producer.embedded_run import RunOutcome, check_model, run_embedded
+from producer.embedded_run import RunOutcome, check_model, load_run
 from producer.submission import SubmitOutcome
 from shared.config import Settings
 from shared.db.schema import Batch
@@ -53,9 +53,11 @@ class RunListing:
 def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, fmt: str,
                     report_dir: Path | None, manifest: Path | None = None) -> RunListing:
     quiet_embedded_logs()
+    # Loaded before the counters open: they would stand at "0 files", "0/?" for its minutes.
+    with STDERR.status("loading the model"):
+        loaded = load_run(cli.settings, cli.sessions, manifest=manifest)
     with file_counter("reading headers") as on_file, completion_bar("classifying") as progress:
-        result = run_embedded(cli.settings, cli.sessions, paths, name=name, on_file=on_file,
-                              progress=progress, manifest=manifest)
+        result = loaded.run(paths, name=name, on_file=on_file, progress=progress)
     sub = result.submission
     with cli.sessions() as session:
         # Copies of images already submitted are listed too, with their original's result:
@@ -64,16 +66,20 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
                                                   include_duplicates=True))
     shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
     render(shown, fmt, keys=RESULT_KEYS, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
-    rate = len(sub.waiting_on) / result.seconds if result.seconds else 0.0
-    STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {rate:.1f} images/s (model "
-                 f"load {result.model_load_seconds:.1f} s)")
+    STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {result.images_per_s:.1f} "
+                 f"images/s after a model load of {result.model_load_seconds:.1f} s")
     say_skipped(sub.skipped)
     settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
-    with cli.sessions() as session:
-        _say_documents("reports", write_batch_documents(session, sub.batch_id, settings))
+    _say_documents("reports", _write_documents(cli, sub.batch_id, settings))
     _report_earlier_batches(cli, sub.batch_id, settings)
     STDERR.print(DISCLAIMER, style="italic")
     return RunListing(result, rows)
+
+
+def _write_documents(cli: CliContext, batch_id: int, settings: Settings) -> BatchDocuments:
+    """The batch's reports, with a bar over its exam PDFs: a night's take minutes."""
+    with cli.sessions() as session, completion_bar("writing exam PDFs") as progress:
+        return write_batch_documents(session, batch_id, settings, progress=progress)
 
 
 def _report_earlier_batches(cli: CliContext, batch_id: int, settings: Settings) -> None:
@@ -84,8 +90,7 @@ def _report_earlier_batches(cli: CliContext, batch_id: int, settings: Settings) 
         due = [b.id for b in finished_batches_copied_from(session, batch_id)
                if not _summary_is_current(settings, b)]
     for earlier in due:
-        with cli.sessions() as session:
-            documents = write_batch_documents(session, earlier, settings)
+        documents = _write_documents(cli, earlier, settings)
         _say_documents(f"batch {earlier} (these files' first run) is finished; its reports",
                        documents)
 

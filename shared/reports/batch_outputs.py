@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,15 +24,17 @@ class BatchDocuments:
     exams: list[Path]  # one PDF per exam
 
 
-def write_batch_documents(session: Session, batch_id: int,
-                          settings: Settings) -> BatchDocuments:
+def write_batch_documents(session: Session, batch_id: int, settings: Settings, *,
+                          progress: Callable[[int, int], None] | None = None,
+                          ) -> BatchDocuments:
     """The batch's HTML summary, its JSON and CSV exports, and one PDF per exam, under
     ``settings.report_dir``; all three batch files from one summary, so they agree.
 
-    Exam PDFs come first so that the summary's worklist can point at them.
+    Exam PDFs come first so that the summary's worklist can point at them; ``progress``
+    follows them (written, exams), the long part.
     """
     refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
-    exams = write_batch_exam_pdfs(session, batch_id, settings)
+    exams = write_batch_exam_pdfs(session, batch_id, settings, progress=progress)
     summary = collect_batch_summary(session, batch_id, report_dir=settings.report_dir)
     html = write_summary(summary, batch_report_path(settings, batch_id, "html"), "html")
     exports = [write_summary(summary, settings.report_dir / f"batch-{batch_id}.{fmt}", fmt)

@@ -1,0 +1,117 @@
+"""What `mammo run` shows while it works: the model's load said as such before any counter
+opens, a rate of images that leaves the load out, and a bar over the closing exam PDFs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.cli import commands_run
+from producer.cli.exit_codes import ExitCode
+from producer.embedded_run import run_embedded
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.reports.batch_outputs import write_batch_documents
+from shared.synthetic import make_exam_set
+from tests.helpers.cli import invoke_cli
+from worker.classifier import Classifier
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> sessionmaker[Session]:
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    return make_session_factory(engine)
+
+
+def _recording_load(monkeypatch: pytest.MonkeyPatch, events: list[str],
+                    loaded_at: list[float] | None = None) -> None:
+    real = Classifier.load
+
+    def load(self: Classifier) -> None:
+        real(self)
+        events.append("model loaded")
+        if loaded_at is not None:
+            loaded_at.append(time.perf_counter())
+
+    monkeypatch.setattr(Classifier, "load", load)
+
+
+def _recording_bar(events: list[str],
+                   real: Callable[[str], AbstractContextManager[Any]],
+                   ) -> Callable[[str], AbstractContextManager[Any]]:
+    @contextmanager
+    def bar(label: str) -> Iterator[Any]:
+        events.append(f"{label} shown")
+        with real(label) as update:
+            yield update
+
+    return bar
+
+
+def test_the_counters_open_only_once_the_model_is_loaded(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Opened before the load, they stood at "reading headers 0 files" and "classifying 0/?"
+    # for the whole of it (202 s on a loaded host).
+    make_exam_set(tmp_path / "night", n_exams=1, seed=2)
+    events: list[str] = []
+    _recording_load(monkeypatch, events)
+    monkeypatch.setattr(commands_run, "file_counter",
+                        _recording_bar(events, commands_run.file_counter))
+    monkeypatch.setattr(commands_run, "completion_bar",
+                        _recording_bar(events, commands_run.completion_bar))
+    code, out = invoke_cli(["run", str(tmp_path / "night")], monkeypatch, tmp_path,
+                           database_url=f"sqlite:///{tmp_path / 'm.db'}",
+                           model=str(tiny_model_dir), report_dir=str(tmp_path / "reports"))
+    assert code == ExitCode.OK, out
+    # (load() is called again by the worker's thread, finding the model there.)
+    assert events.index("model loaded") < events.index("reading headers shown")
+    assert events.index("model loaded") < events.index("classifying shown")
+    assert " ".join(out.split()).count("images/s after a model load of ") == 1
+
+
+def test_the_run_s_seconds_start_when_the_model_is_loaded(
+        monkeypatch: pytest.MonkeyPatch, settings: Settings, sessions: sessionmaker[Session],
+        tmp_path: Path) -> None:
+    # The images/s printed beside "(model load 202.5 s)" divided by the load as well:
+    # 300 images read as 0.3 images/s.
+    make_exam_set(tmp_path / "in", n_exams=1, seed=3)
+    loaded_at: list[float] = []
+    _recording_load(monkeypatch, [], loaded_at)
+    outcome = run_embedded(settings, sessions, [tmp_path / "in"], name="rate")
+    ended = time.perf_counter()
+    assert loaded_at  # the first is the load; the worker's thread finds it done later
+    assert outcome.seconds <= ended - loaded_at[0]
+    assert outcome.images_per_s == pytest.approx(4 / outcome.seconds)
+
+
+def test_the_exam_pdfs_are_counted_as_they_are_written(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    make_exam_set(tmp_path / "in", n_exams=2, seed=4)
+    run_embedded(settings, sessions, [tmp_path / "in"], name="pdfs")
+    seen: list[tuple[int, int]] = []
+    with sessions() as session:
+        documents = write_batch_documents(session, 1, settings,
+                                          progress=lambda done, total: seen.append((done, total)))
+    assert len(documents.exams) == 2
+    assert seen == [(0, 2), (1, 2), (2, 2)]
+
+
+def test_mammo_run_shows_its_exam_pdfs_being_written(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The closing phase ran minutes with nothing on the terminal but the batch line.
+    make_exam_set(tmp_path / "night", n_exams=2, seed=5)
+    code, out = invoke_cli(["run", str(tmp_path / "night"), "--format", "json"],
+                           monkeypatch, tmp_path,
+                           database_url=f"sqlite:///{tmp_path / 'm.db'}",
+                           model=str(tiny_model_dir), report_dir=str(tmp_path / "reports"))
+    assert code == ExitCode.OK, out
+    bar = next(line for line in out.splitlines() if line.startswith("writing exam PDFs"))
+    assert "2/2" in bar
+    assert out.index("writing exam PDFs") < out.index("reports: ")
