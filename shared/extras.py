@@ -58,6 +58,8 @@ def missing_extra_error(exc: ModuleNotFoundError, needed_for: str, *,
     """The error naming the extra whose module ``exc`` did not find; None for a module of
     no extra (a bug of the install or the code, which must keep its traceback)."""
     top = (exc.name or "").partition(".")[0]
+    if not top or importlib.util.find_spec(top) is not None:
+        return None  # installed, but broken or moved inside: not what a pip line fixes
     for extra in extras:
         if top in extra.modules:
             return ConfigurationError(missing_extra_message(extra, top, needed_for))

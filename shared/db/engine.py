@@ -150,8 +150,8 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
             raise unusable from exc
         if not isinstance(exc, OperationalError):
             raise
-        remedy = (_sqlite_busy_remedy(engine.url, exc) or _sqlite_remedy(engine.url, exc)
-                  or "Check MAMMO_DATABASE_URL and that the server is running.")
+        remedy = _remedy(engine.url, exc,
+                         "Check MAMMO_DATABASE_URL and that the server is running.")
         raise DatabaseUnavailableError(
             f"Cannot reach the database at {_shown(engine)}: {_first_line(exc.orig)}. "
             f"{remedy}") from exc
@@ -198,6 +198,11 @@ def _sqlite_remedy(url: URL, exc: DBAPIError) -> str | None:
             "MAMMO_DATABASE_URL.")
 
 
+def _remedy(url: URL, exc: DBAPIError, otherwise: str) -> str:
+    """What to do about ``exc``: a SQLite file's lock, folder or disk, else ``otherwise``."""
+    return _sqlite_busy_remedy(url, exc) or _sqlite_remedy(url, exc) or otherwise
+
+
 def _sqlite_busy_remedy(url: URL, exc: DBAPIError) -> str | None:
     # A lock is no fault of the file's folder or disk, which _sqlite_remedy would blame.
     path = sqlite_file(url)
@@ -236,9 +241,8 @@ def failed_command_as_error(url: str, exc: DatabaseError) -> UserFacingError | N
         return unusable
     parsed = make_url(url)
     shown = redact_url(parsed.render_as_string(hide_password=True))
-    remedy = _sqlite_remedy(parsed, exc) or (
-        "Check MAMMO_DATABASE_URL, that the server is running and that this user may write "
-        "to it.")
+    remedy = _remedy(parsed, exc, "Check MAMMO_DATABASE_URL, that the server is running and "
+                     "that this user may write to it.")
     return DatabaseUnavailableError(
         f"The database at {shown} refused the operation: {_first_line(exc.orig)}. "
         f"{remedy.removesuffix('.')}; work already stored is kept.")

@@ -85,7 +85,14 @@ def test_run_without_the_worker_extra_names_it_and_queues_nothing(
     assert code == ExitCode.OK and out.strip() == "[]", out
 
 
-def test_only_the_extras_own_modules_are_translated() -> None:
+def test_only_the_extras_own_modules_are_translated(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Installed, but a module inside it missing (a broken install, a path moved between
+    # versions): a pip line would not fix it, so the traceback stays.
+    with (pytest.raises(ModuleNotFoundError) as broken,
+          installed(WORKER, needed_for="Classifying images")):
+        raise ModuleNotFoundError("No module named 'keras.src.gone'", name="keras.src.gone")
+    assert broken.value.name == "keras.src.gone"
+    _uninstall(monkeypatch, "keras")
     with (pytest.raises(ConfigurationError, match=r"'worker' extra.*named 'keras'"),
           installed(WORKER, needed_for="Classifying images")):
         raise ModuleNotFoundError("No module named 'keras.src'", name="keras.src")

@@ -15,7 +15,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from shared.config import Settings
-from shared.db.engine import create_db_engine, unavailable_as_error, upgrade
+from shared.db.engine import (
+    create_db_engine,
+    failed_command_as_error,
+    unavailable_as_error,
+    upgrade,
+)
 from shared.errors import DatabaseUnavailableError
 
 
@@ -70,3 +75,8 @@ def test_a_lock_held_past_the_wait_is_named_as_such(tmp_path: Path) -> None:
     assert "Another process held the SQLite file" in str(caught.value)
     assert "folder this user can write" not in str(caught.value)
     engine.dispose()
+    # The same lock met mid-command (a report, a run's save) is named the same way.
+    mid_command = failed_command_as_error(
+        f"sqlite:///{path}", OperationalError("UPDATE images", {}, busy))
+    assert mid_command is not None and "Another process held" in str(mid_command)
+    assert "folder this user can write" not in str(mid_command)
