@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 # know: an inversion, an EXIF rotation, a range taken from the pixels, NaN pixels, pages,
 # merged channels, a modality taken on trust, lenient header readings.
 ROUTINE_NOTES = frozenset({"transfer_syntax", "decoder", "voi"})
+# Notes that question the score itself (a breast lying against its stated laterality, two
+# lateralities in one header, an implant): kept first, so the per-image bound never drops them.
+SCORE_NOTES = ("laterality", "laterality_conflict", "implant")
 # Bounds on what a prediction row stores (the notes quote header values, cut short).
 NOTE_LIMIT = 200
 KEY_LIMIT = 32
@@ -55,7 +58,8 @@ NOTES_PER_IMAGE = 12
 
 def input_notes(notes: Mapping[str, str]) -> dict[str, str]:
     """The reader's notes worth a reader's eye, each on one line and bounded in length."""
-    kept = [(key, text) for key, text in notes.items() if key not in ROUTINE_NOTES]
+    kept = sorted(((key, text) for key, text in notes.items() if key not in ROUTINE_NOTES),
+                  key=lambda note: note[0] not in SCORE_NOTES)  # stable: else as read
     return {without_control(key, one_line=True)[:KEY_LIMIT]: _bounded(text)
             for key, text in kept[:NOTES_PER_IMAGE]}
 

@@ -16,7 +16,7 @@ import numpy as np
 from shared.enums import Laterality
 from shared.errors import InputError, MissingFileError
 from shared.imaging.identity import file_has_identity
-from shared.imaging.preprocess import preprocess
+from shared.imaging.preprocess import preprocess_with_notes
 from shared.imaging.readers import decode
 
 __all__ = ["ModelInput", "ModelInputSource", "load_model_input"]
@@ -42,7 +42,8 @@ class ModelInput:
     tensor: np.ndarray
     decode_ms: float
     preprocess_ms: float
-    # The reader's notes on how it read the file (DecodedImage.notes).
+    # What preprocessing noticed (a breast lying against its stated laterality), then the
+    # reader's notes on how it read the file (DecodedImage.notes).
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -55,8 +56,8 @@ def load_model_input(source: ModelInputSource) -> ModelInput:
         decoded = dataclasses.replace(decoded, pixel_spacing_mm=source.spacing_mm)
     decoded_at = time.perf_counter()
     try:
-        tensor = preprocess(decoded, source.input_size,
-                            laterality=Laterality.parse(source.laterality))
+        prepared = preprocess_with_notes(decoded, source.input_size,
+                                         laterality=Laterality.parse(source.laterality))
     except InputError as exc:
         # Preprocessing sees pixels, not paths: its refusals ("The image is too small...")
         # get the file's name here, like every reader's.
@@ -71,5 +72,6 @@ def load_model_input(source: ModelInputSource) -> ModelInput:
             "this path is not the image that was registered (its SOP Instance UID or bytes "
             "differ). The new file is processed as its own image once submitted (a watched "
             "folder does this itself).")
-    return ModelInput(tensor, (decoded_at - started) * 1000,
-                      (time.perf_counter() - decoded_at) * 1000, decoded.notes)
+    return ModelInput(prepared.tensor, (decoded_at - started) * 1000,
+                      (time.perf_counter() - decoded_at) * 1000,
+                      {**prepared.notes, **decoded.notes})

@@ -8,6 +8,8 @@ never sees images prepared differently from the ones it learnt on. Every predict
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -44,14 +46,26 @@ MIN_GREY_LEVELS = 24
 _CROP_MARGIN = 2
 # Contrast stretch: these percentiles of the breast's intensities become 0 and 1.
 _STRETCH_PERCENTILES = (1.0, 99.5)
+# Share of the breast's area in the half of its bounding box away from where the header put
+# the chest wall. The breast is widest at the chest wall, so correctly oriented images have
+# 0.30-0.46 (every mini-MIAS scan and vendor DICOM in ../shared/data; a synthetic half
+# ellipse 0.39), and the two mini-MIAS films stored mirrored against the data set's own
+# convention 0.51 and 0.53. From this share on, the image contradicts its header for
+# certain; between, the image is too unclear to call a header wrong.
+MIRRORED_SHARE = 0.55
+
+ChestWallSide = Literal["left", "right"]
+# Where stored mammograms have the chest wall: a right breast's on the right.
+_STORED_SIDE: dict[Laterality, ChestWallSide] = {Laterality.LEFT: "left",
+                                                 Laterality.RIGHT: "right"}
 
 __all__ = [
     "MAX_ASPECT", "MIN_CONTRAST", "MIN_GREY_LEVELS", "MIN_NEIGHBOUR_CORRELATION", "MIN_SIDE",
-    "PREPROCESSING_VERSION", "TARGET_SPACING_MM",
-    "canonical_orientation", "crop_box", "fit_inside", "grey_levels", "pad_top_left",
-    "preprocess",
+    "MIRRORED_SHARE", "PREPROCESSING_VERSION", "TARGET_SPACING_MM",
+    "Prepared", "canonical_orientation", "crop_box", "fit_inside", "grey_levels",
+    "orientation_notes", "pad_top_left", "preprocess", "preprocess_with_notes",
     "refuse_few_grey_levels", "refuse_noise", "resample_to_spacing", "resize_with_padding",
-    "stretch_range", "to_unit_range", "validate",
+    "stated_chest_wall_side", "stretch_range", "to_unit_range", "validate",
 ]
 
 
@@ -171,22 +185,60 @@ def resize_with_padding(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return pad_top_left(fit_inside(image, size), size)
 
 
+def stated_chest_wall_side(decoded: DecodedImage,
+                           laterality: Laterality | None) -> ChestWallSide | None:
+    """Where the header puts the chest wall in the stored pixels: its Patient Orientation
+    (``decoded.chest_wall_side``), else laterality (stored mammograms show a right breast
+    with its chest wall on the right); None when neither says."""
+    if decoded.chest_wall_side is not None:
+        return decoded.chest_wall_side
+    return _STORED_SIDE.get(laterality) if laterality is not None else None
+
+
 def canonical_orientation(image: np.ndarray, decoded: DecodedImage,
                           laterality: Laterality | None) -> np.ndarray:
     """Mirror ``image`` so the chest wall is on the LEFT.
 
-    Evidence, most direct first: the header's Patient Orientation (``decoded.chest_wall_side``),
-    then laterality (stored mammograms show a right breast with its chest wall on the right),
-    then the image itself. Flipping happens before any resampling, so a mirrored input gives
-    bit-identical output.
+    Evidence, most direct first: the header (``stated_chest_wall_side``), then the image
+    itself. Flipping happens before any resampling, so a mirrored input gives bit-identical
+    output. The header is followed even where the image disagrees (``orientation_notes``
+    says so): the image's own evidence is not sure enough to overrule it.
     """
-    side = decoded.chest_wall_side
-    if side is None and laterality in (Laterality.LEFT, Laterality.RIGHT):
-        side = "right" if laterality is Laterality.RIGHT else "left"
+    side = stated_chest_wall_side(decoded, laterality)
     if side is None:
         work = working_copy(image)
         side = chest_wall_side(breast_mask(work))
     return np.ascontiguousarray(image[:, ::-1]) if side == "right" else image
+
+
+def _share_away_from_left(mask: np.ndarray) -> float:
+    """Share of the mask's area in the right half of its bounding box (0.5 when empty)."""
+    columns = np.flatnonzero(mask.any(axis=0))
+    if columns.size == 0:
+        return 0.5
+    area = mask[:, columns[0]:columns[-1] + 1].sum(axis=0, dtype=np.int64)
+    half = area.size // 2
+    left, right = int(area[:half].sum()), int(area[area.size - half:].sum())
+    return right / (left + right) if left + right else 0.5
+
+
+def orientation_notes(decoded: DecodedImage, laterality: Laterality | None,
+                      oriented_mask: np.ndarray) -> dict[str, str]:
+    """A "laterality" note when the breast, turned as its header says (``oriented_mask``:
+    its mask after ``canonical_orientation``, chest wall meant on the left), clearly lies
+    the other way round: a left breast labelled R, or a wrong Patient Orientation. The
+    image is still scored as the header says; the note asks a person to check."""
+    stated = stated_chest_wall_side(decoded, laterality)
+    if stated is None or _share_away_from_left(oriented_mask) < MIRRORED_SHARE:
+        return {}
+    if laterality is not None and _STORED_SIDE.get(laterality) == stated:
+        other = Laterality.RIGHT if laterality is Laterality.LEFT else Laterality.LEFT
+        return {"laterality": f"header says {laterality}, but the breast lies as in an "
+                              f"{other} image: check the laterality; scored as {laterality}"}
+    found = "left" if stated == "right" else "right"
+    return {"laterality": f"(0020,0020) Patient Orientation puts the chest wall on the "
+                          f"{stated}, but the breast lies with it on the {found}: check the "
+                          "header; scored as the header has it"}
 
 
 def resample_to_spacing(image: np.ndarray,
@@ -247,9 +299,26 @@ def stretch_range(work: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return low, max(high, low + MIN_CONTRAST)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The model input and what preprocessing noticed on the way (kind -> sentence)."""
+
+    tensor: np.ndarray
+    notes: dict[str, str] = field(default_factory=dict)
+
+
 def preprocess(decoded: DecodedImage, input_size: tuple[int, int], *,
                laterality: Laterality | None = None) -> np.ndarray:
     """Model input: float32, shape (height, width, 1), values in [0, 1]. Deterministic.
+
+    See ``preprocess_with_notes``; training and evaluation need only the tensor."""
+    return preprocess_with_notes(decoded, input_size, laterality=laterality).tensor
+
+
+def preprocess_with_notes(decoded: DecodedImage, input_size: tuple[int, int], *,
+                          laterality: Laterality | None = None) -> Prepared:
+    """Model input (float32, shape (height, width, 1), values in [0, 1], deterministic)
+    and notes on it (``orientation_notes``).
 
     Steps: unit range (MONOCHROME1 inverted) -> validation -> chest wall to the left ->
     physical pixel size -> breast mask on a small copy -> crop to the breast -> fit inside
@@ -274,4 +343,4 @@ def preprocess(decoded: DecodedImage, input_size: tuple[int, int], *,
                         (fitted.shape[1], fitted.shape[0]), interpolation=cv2.INTER_LINEAR)
     stretched = np.clip((fitted - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
     out = pad_top_left((stretched * breast).astype(np.float32), input_size)
-    return out[:, :, np.newaxis]
+    return Prepared(out[:, :, np.newaxis], orientation_notes(decoded, laterality, mask))

@@ -27,7 +27,7 @@ from shared.reports.exam_data import load_exam_report
 from shared.synthetic import make_exam_set, synth_mammogram
 from tests.helpers.cli import invoke_cli
 from tests.helpers.old_schema import migrated_to
-from worker.decoding import NOTE_LIMIT, input_notes
+from worker.decoding import NOTE_LIMIT, NOTES_PER_IMAGE, input_notes
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
 
@@ -48,6 +48,16 @@ def test_routine_notes_are_left_out_and_the_rest_kept_on_one_bounded_line() -> N
     assert notes["orientation"] == "EXIF Orientation 6 applied: rotated 90 degrees clockwise"
     assert len(notes["modality"]) == NOTE_LIMIT and notes["modality"].endswith("...")
     assert notes["modality"].startswith("(0008,0060) Modality is '\\x1b[2J\\x0aDX")
+
+
+def test_notes_that_question_the_score_come_first_and_are_never_cut() -> None:
+    # More reader notes than a prediction keeps, then the ones a reader must not miss.
+    many = {f"reading_{n}": f"lenient reading {n}" for n in range(NOTES_PER_IMAGE + 3)}
+    notes = input_notes({**many, "implant": "BreastImplantPresent is YES",
+                         "laterality": "header says L, but the breast lies as in an R image"})
+
+    assert len(notes) == NOTES_PER_IMAGE
+    assert list(notes)[:3] == ["implant", "laterality", "reading_0"]
 
 
 def _turned_jpeg(path: Path) -> Path:
