@@ -32,13 +32,13 @@ from shared.reports.pdf_parts import (
     build_pdf,
     disclaimer,
     para,
-    png_image,
+    scaled_image,
     table,
 )
 
 
 def _chart_grid(charts: dict[str, bytes]) -> Table:
-    cells = [png_image(png, PAGE_WIDTH / 2 - 4 * mm) for png in charts.values()]
+    cells = [scaled_image(png, PAGE_WIDTH / 2 - 4 * mm) for png in charts.values()]
     return Table([cells[i:i + 2] for i in range(0, len(cells), 2)], hAlign="LEFT")
 
 

@@ -110,6 +110,7 @@ def _flags(report: ExamReport) -> list[Flowable]:
               for v in report.views if v.state in ("queued", "processing")]
     flags += filter(None, [burned_in_flag([v.image_id for v in report.views
                                            if v.burned_in_annotation])])
+    flags += report.input_note_flags  # how a view's file was read, when not plainly
     return [para(f"- {f}") for f in flags] or [para("None.")]
 
 

@@ -102,7 +102,6 @@ def scaled_image(data: bytes, width: float) -> Image:
     return picture
 
 
-png_image = scaled_image  # the batch PDF's charts (PNG) still import it under this name
 
 
 def _footer(canvas: Canvas, doc: SimpleDocTemplate) -> None:
