@@ -11,7 +11,9 @@ manifest's folder); the other columns are optional and may be empty:
 a manifest holding patient IDs is refused when no key is configured. The pseudonym is stored
 with the image's exam, so a row with a patient ID must say which exam: ``study_id``,
 ``accession`` or ``study_date`` (the patient's exam of that day, as for a DICOM without a
-StudyInstanceUID); one without is refused rather than the patient silently dropped.
+StudyInstanceUID); one without is refused rather than the patient silently dropped. The
+exam's key holds the pseudonym with the study ID (``manifest_study_uid``): sites and nights
+reuse exam numbers, and two patients' images must never make one exam.
 ``label`` (normal, benign, malignant) is stored for evaluation only.
 
 A manifest is checked whole before any file is registered, and refused with the line and
@@ -165,8 +167,13 @@ def metadata_source(manifest: Manifest | None) -> Callable[[Path], FileMetadata 
     return lookup
 
 
-def manifest_study_uid(study_id: str) -> str:
-    """The exam key of a manifest's study ID."""
+def manifest_study_uid(study_id: str, patient_pseudonym: str | None = None) -> str:
+    """The exam key of a manifest's study ID, with its patient's pseudonym when the row
+    names one: sites (or nights) reuse exam numbers, and two patients' images under one
+    key would be one exam, each breast read against another woman's. Without a patient
+    the key is the study ID's alone, as it always was."""
+    if patient_pseudonym:
+        return exam_key("manifest", f"{patient_pseudonym}:{study_id}")
     return exam_key("manifest", study_id)
 
 
@@ -184,13 +191,14 @@ def apply_metadata(header: ImageHeader, metadata: FileMetadata | None) -> ImageH
     """Fill what the file's own header leaves unknown; a DICOM header always wins."""
     if metadata is None:
         return header
+    patient = header.patient_pseudonym or metadata.patient_pseudonym
     study_uid = header.study_instance_uid or (
-        manifest_study_uid(metadata.study_id) if metadata.study_id else None)
+        manifest_study_uid(metadata.study_id, patient) if metadata.study_id else None)
     return dataclasses.replace(
         header,
         laterality=header.laterality or metadata.laterality,
         view=header.view or metadata.view,
-        patient_pseudonym=header.patient_pseudonym or metadata.patient_pseudonym,
+        patient_pseudonym=patient,
         study_instance_uid=study_uid,
         accession_number=header.accession_number or metadata.accession,
         study_date=header.study_date or metadata.study_date,

@@ -170,7 +170,8 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
 def study_key(header: ImageHeader) -> str | None:
     """The key of the exam an image belongs to, or None when nothing in it says.
 
-    Its StudyInstanceUID (or the manifest's study ID); else, as some senders leave the UID
+    Its StudyInstanceUID (or the manifest's study ID with the patient's pseudonym); else,
+    as some senders leave the UID
     out, the exam's accession number, with the patient's pseudonym when there is one (two
     sites' numbers may coincide, a patient's never do); else the patient and the study
     date. The key is stored as the study's UID, so the exam's other images, and the same
@@ -267,6 +268,49 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
     return bounded(apply_metadata(header, metadata)), None, label
 
 
+_Read = tuple[Path, ImageHeader | None, InputError | None, str | None]
+
+
+def _refuse_other_patients(session: Session, read: list[_Read]) -> list[_Read]:
+    """``read`` with each file whose exam (study key) belongs to another patient refused as
+    a ``uid_conflict``: read against that patient's other breast, its score would mix two
+    women's images, and the exam would be listed under the first patient alone.
+
+    The exam's patient is its stored pseudonym, or else the first one this block gives it.
+    Only a StudyInstanceUID can clash: every other study key holds the patient. A file
+    whose identity is stored already is left to ``_uid_clash``, which names what differs
+    from that image (a reused SOP Instance UID), or takes it as the copy it is."""
+    headers = [header for _, header, _, _ in read if header]
+    stored = set(session.scalars(select(Image.identity).where(
+        Image.identity.in_({header.identity for header in headers})))) if headers else set()
+    keys = {key for header in headers if (key := study_key(header))}
+    patient_of: dict[str, str | None] = {
+        uid: patient for uid, patient in session.execute(
+            select(Study.study_uid, Study.patient_pseudonym).where(Study.study_uid.in_(keys)))
+    } if keys else {}
+    checked: list[_Read] = []
+    for path, header, error, label in read:
+        key = study_key(header) if header else None
+        ours = header.patient_pseudonym if header else None
+        if key is None or ours is None or header is None or header.identity in stored:
+            checked.append((path, header, error, label))
+            continue
+        theirs = patient_of.get(key)
+        if theirs is None:  # a new exam, or one whose files named no patient so far
+            patient_of[key] = theirs = ours
+        if theirs == ours:
+            checked.append((path, header, error, label))
+            continue
+        checked.append((path, None, InputError(
+            f"Its StudyInstanceUID {key} already names an exam of patient {theirs}, and this "
+            f"file's patient is {ours}: one exam holds one patient's images, so the sending "
+            "system reused the UID or filed the image under the wrong patient. It is not "
+            "scored in that exam nor read against its images: check which patient it is, "
+            "and have the modality or PACS resend it with its own StudyInstanceUID (or the "
+            "right PatientID).", code=ErrorCode.UID_CONFLICT), None))
+    return checked
+
+
 def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],
                     result: Registration, ingestion: Ingestion) -> None:
     # Headers first, outside any transaction; then one round-trip per kind of row.
@@ -276,10 +320,11 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
     # normalised name these files.
     given = {source_text(path): source_text(seen)
              for path, seen in zip(block, normal, strict=True) if path != seen}
-    owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
-              for _, header, _, _ in read]
     with sessions() as session:
         studies = _study_ids(session, (header for _, header, _, _ in read))
+        read = _refuse_other_patients(session, read)
+        owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
+                  for _, header, _, _ in read]
         rows = [_row(path, batch_id, header, error,
                      studies.get(owner.study_uid or "") if header else None, label)
                 for owner, (path, header, error, label) in zip(owners, read, strict=True)]

@@ -192,6 +192,19 @@ def test_long_study_ids_stay_distinct_exams_within_a_uid_length() -> None:
     assert manifest_study_uid("EX9") == "manifest:EX9"
 
 
+def test_a_manifest_exam_key_holds_its_patient() -> None:
+    """Two patients' rows with one study ID (a reused exam number) are two exams."""
+    png = ImageHeader(format="png", identity="sha256:00")
+    keys = [apply_metadata(png, FileMetadata(study_id="EXAM-0001", patient_pseudonym=p))
+            .study_instance_uid for p in ("p-aaa", "p-bbb", "p-aaa", None)]
+    assert keys == ["manifest:p-aaa:EXAM-0001", "manifest:p-bbb:EXAM-0001",
+                    "manifest:p-aaa:EXAM-0001", "manifest:EXAM-0001"]
+    # A DICOM header's patient is the one the key holds.
+    dicom = ImageHeader(format="dicom", identity="sop:1", patient_pseudonym="p-ccc")
+    assert apply_metadata(dicom, FileMetadata(study_id="E", patient_pseudonym="p-aaa")) \
+        .study_instance_uid == "manifest:p-ccc:E"
+
+
 def test_spreadsheet_blank_rows_and_trailing_commas_are_read(tmp_path: Path) -> None:
     """Excel writes a formatted empty row as ",,,," and may end rows with empty cells."""
     path = _manifest(tmp_path, "path,view\na.png,CC,\n,,\n,\nb.png,MLO,,\n")

@@ -150,7 +150,8 @@ def test_manifest_metadata_for_png(tmp_path: Path, sqlite_url: str,
         study = session.execute(select(Study)).scalar_one()
     assert (image.laterality, image.view, image.reference_label) == ("L", "CC", "benign")
     assert (image.spacing_row_mm, image.spacing_column_mm) == (0.1, 0.1)
-    assert study.study_uid == "manifest:EXAM-7" and study.patient_pseudonym
+    assert study.patient_pseudonym
+    assert study.study_uid == f"manifest:{study.patient_pseudonym}:EXAM-7"
     assert image.study_id == study.id
 
 
@@ -173,6 +174,68 @@ def test_a_manifest_patient_with_a_study_date_reaches_the_exam(
     assert [s.study_date for s in studies] == ["20240301", "20250301"]
     assert studies[0].patient_pseudonym == studies[1].patient_pseudonym is not None
     assert by_name["l.png"] == by_name["r.png"] == studies[0].id != by_name["later.png"]
+
+
+def test_manifest_patients_sharing_a_study_id_are_each_their_own_exam(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    """Sites and nights reuse exam numbers: three patients' EXAM-0001 were one exam under
+    the first patient, each breast read against another woman's."""
+    rng = np.random.default_rng(4)
+    for name in ("a_l.png", "a_r.png", "b_r.png", "c_l.png"):
+        write_png(tmp_path / name, synth_mammogram(rng) << 4)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,patient_id,laterality,view,study_id\n"
+                        "a_l.png,PAT-A,L,MLO,EXAM-0001\na_r.png,PAT-A,R,MLO,EXAM-0001\n"
+                        "b_r.png,PAT-B,R,MLO,EXAM-0001\nc_l.png,PAT-C,L,MLO,EXAM-0001\n")
+    _register(sessions, sorted(tmp_path.glob("*.png")),
+              ingestion_for(_settings(sqlite_url, KEY), manifest))
+    with sessions() as session:
+        studies = session.execute(select(Study)).scalars().all()
+        study_of = {Path(source).name: study for source, study in session.execute(
+            select(Image.source, Image.study_id))}
+    assert len(studies) == 3 and len({s.patient_pseudonym for s in studies}) == 3
+    assert all(s.study_uid == f"manifest:{s.patient_pseudonym}:EXAM-0001" for s in studies)
+    assert study_of["a_l.png"] == study_of["a_r.png"]
+    assert len({study_of["a_l.png"], study_of["b_r.png"], study_of["c_l.png"]}) == 3
+
+
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_a_study_uid_of_another_patient_fails_as_a_conflict(
+        tmp_path: Path, sqlite_url: str, each_backend_sessions: sessionmaker[Session],
+        one_batch: bool) -> None:
+    """Left views of one patient and right views of another under one StudyInstanceUID
+    made one 'complete' exam under the first patient, read against each other."""
+    sessions = each_backend_sessions
+    ingestion = ingestion_for(_settings(sqlite_url, KEY))
+    study_uid = "1.2.826.0.1.3680043.8.498.94"
+    first = _dicom(tmp_path / "a", "first.dcm", "1.2.826.0.1.3680043.8.498.95",
+                   study_uid=study_uid)
+    other = _dicom(tmp_path / "b", "other.dcm", "1.2.826.0.1.3680043.8.498.96",
+                   patient_id="PAT-ANOTHER-776", study_uid=study_uid)
+    same = _dicom(tmp_path / "c", "same.dcm", "1.2.826.0.1.3680043.8.498.97",
+                  study_uid=study_uid)
+    if one_batch:
+        _register(sessions, [first, other, same], ingestion)
+    else:
+        _register(sessions, [first], ingestion)
+        _register(sessions, [other, same], ingestion)
+    with sessions() as session:
+        study = session.execute(select(Study)).scalar_one()
+        images = {Path(i.source).name: i for i in session.execute(select(Image)).scalars()}
+    assert images["first.dcm"].study_id == images["same.dcm"].study_id == study.id
+    clash = images["other.dcm"]
+    assert (clash.state, clash.error_code, clash.study_id) == ("failed", "uid_conflict", None)
+    assert clash.error_message and clash.error_message.startswith(
+        f"Its StudyInstanceUID {study_uid} already names an exam of patient "
+        f"{study.patient_pseudonym}, and this file's patient is p-")
+    assert PATIENT not in clash.error_message and "PAT-ANOTHER" not in clash.error_message
+    # Sent again unchanged, it is a copy of its refusal, not an image of that exam.
+    _register(sessions, [other], ingestion)
+    with sessions() as session:
+        [copy] = session.execute(select(DuplicateSubmission)).scalars().all()
+        refused = session.execute(select(Image.id).where(
+            Image.error_code == "uid_conflict")).scalars().all()
+    assert copy.image_id == clash.id and refused == [clash.id]
 
 
 def test_manifest_rows_matching_no_file_are_warned_about(
