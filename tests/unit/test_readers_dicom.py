@@ -37,6 +37,7 @@ from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_compressed, write_dicom
 from tests.helpers.bad_inputs import deflated_dicom, good_dicom
 from tests.helpers.dicom_edit import rewrite_dicom
+from worker.decoding import input_notes
 
 BIG = 10**8
 PATIENT = "PAT-0042-REAL-LOOKING"
@@ -698,6 +699,58 @@ def test_laterality_falls_back_to_series_laterality(dicom_file: Path) -> None:
     assert read_header(dicom_file, pseudonymize=KEY).laterality is Laterality.RIGHT
     _rewrite(dicom_file, Laterality=None)
     assert read_header(dicom_file, pseudonymize=KEY).laterality is None
+
+
+def test_lateralities_that_disagree_are_noted_with_the_one_scored(dicom_file: Path) -> None:
+    _rewrite(dicom_file, ImageLaterality="R", Laterality="L")
+
+    notes = decode(dicom_file, max_pixels=BIG).notes
+
+    assert read_header(dicom_file, pseudonymize=KEY).laterality is Laterality.RIGHT
+    assert notes["laterality_conflict"] == (
+        "(0020,0062) Image Laterality says R, but (0020,0060) Laterality says L: check the "
+        "laterality; scored as R")
+    # Through the worker's selection, to the prediction's input_notes.
+    assert "laterality_conflict" in input_notes(notes)
+
+
+def test_a_frame_laterality_against_the_series_is_noted(dicom_file: Path) -> None:
+    anatomy = Dataset()
+    anatomy.FrameLaterality = "L"
+    _rewrite(dicom_file, ImageLaterality=None, Laterality="R",
+             SharedFunctionalGroupsSequence=_functional_groups(FrameAnatomySequence=anatomy))
+    assert decode(dicom_file, max_pixels=BIG).notes["laterality_conflict"] == (
+        "(0020,0060) Laterality says R, but (0020,9072) Frame Laterality says L: check the "
+        "laterality; scored as R")
+
+
+@pytest.mark.parametrize("series", [None, "L", "U"])
+def test_lateralities_that_agree_or_say_nothing_have_no_note(dicom_file: Path,
+                                                             series: str | None) -> None:
+    if series is not None:
+        _rewrite(dicom_file, Laterality=series)
+    assert "laterality_conflict" not in decode(dicom_file, max_pixels=BIG).notes
+
+
+IMPLANT = ("(0028,1300) Breast Implant Present is YES: the model was not trained on breasts "
+           "with implants (mini-MIAS has none); read this view without relying on its score")
+
+
+def test_a_breast_with_an_implant_is_noted_for_a_reader(dicom_file: Path) -> None:
+    plain = decode(dicom_file, max_pixels=BIG)
+    _rewrite(dicom_file, BreastImplantPresent="YES")
+
+    decoded = decode(dicom_file, max_pixels=BIG)
+
+    assert decoded.notes["implant"] == IMPLANT
+    assert input_notes(decoded.notes)["implant"] == IMPLANT
+    np.testing.assert_array_equal(decoded.pixels, plain.pixels)  # noted, read the same
+
+
+@pytest.mark.parametrize("value", ["NO", ""])
+def test_no_implant_note_without_a_yes(dicom_file: Path, value: str) -> None:
+    _rewrite(dicom_file, BreastImplantPresent=value)
+    assert "implant" not in decode(dicom_file, max_pixels=BIG).notes
 
 
 def _functional_groups(**groups: Dataset) -> list[Dataset]:

@@ -170,7 +170,10 @@ class DicomReader:
         # Triage on the header first: a rejected or oversized file is never fully read.
         header = _read(path, self.header_cap, stop_before_pixels=True)
         rows, columns = _guarded(path, checks.image_size, header, path)
-        notes = _guarded(path, checks.triage, header, path)
+        # What questions the score itself first (an implant, two lateralities), then how
+        # the file was read.
+        notes = {**_guarded(path, meta.score_notes, header),
+                 **_guarded(path, checks.triage, header, path)}
         check_pixel_count(path, rows, columns, max_pixels)
         syntax = checks.transfer_syntax(header, path)
         checks.video(syntax, path)

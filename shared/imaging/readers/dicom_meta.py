@@ -57,9 +57,9 @@ _GROUPED_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2},\d{3}")
 _QUOTE_LIMIT = 20
 
 __all__ = [
-    "SpacingReading", "burned_in_annotation", "chest_wall_side", "decimal", "inverted",
-    "laterality", "quoted", "spacing_reading", "specimen_view", "text",
-    "values", "view", "view_flags",
+    "SpacingReading", "burned_in_annotation", "chest_wall_side", "decimal", "implant_present",
+    "inverted", "laterality", "quoted", "score_notes", "spacing_reading", "specimen_view",
+    "text", "values", "view", "view_flags",
 ]
 
 
@@ -79,6 +79,47 @@ def laterality(ds: Dataset) -> Laterality | None:
     return Laterality.parse(
         text(ds, "ImageLaterality") or text(ds, "Laterality")
         or _stripped(_in_groups(ds, "FrameAnatomySequence", "FrameLaterality")))
+
+
+def _stated_lateralities(ds: Dataset) -> list[tuple[str, Laterality]]:
+    """(element, laterality) for each laterality element that names one, in the order
+    ``laterality`` prefers them."""
+    written = (("(0020,0062) Image Laterality", text(ds, "ImageLaterality")),
+               ("(0020,0060) Laterality", text(ds, "Laterality")),
+               ("(0020,9072) Frame Laterality",
+                _stripped(_in_groups(ds, "FrameAnatomySequence", "FrameLaterality"))))
+    return [(element, side) for element, value in written
+            if (side := Laterality.parse(value)) is not None]
+
+
+def laterality_conflict(ds: Dataset) -> str | None:
+    """A note when the header's laterality elements disagree: the first is used (see
+    ``laterality``), and a reader should know the other said otherwise."""
+    stated = _stated_lateralities(ds)
+    if len({side for _, side in stated}) < 2:
+        return None
+    (used_element, used), *others = stated
+    against = ", ".join(f"{element} says {side}" for element, side in others if side != used)
+    return (f"{used_element} says {used}, but {against}: check the laterality; scored as "
+            f"{used}")
+
+
+def implant_present(ds: Dataset) -> bool | None:
+    """(0028,1300) Breast Implant Present: YES, NO, or None when absent or another value."""
+    return _yes_no(ds, "BreastImplantPresent")
+
+
+def score_notes(ds: Dataset) -> dict[str, str]:
+    """Notes on what the header says that puts the score itself in doubt, by kind."""
+    notes: dict[str, str] = {}
+    if implant_present(ds):
+        notes["implant"] = (
+            "(0028,1300) Breast Implant Present is YES: the model was not trained on breasts "
+            "with implants (mini-MIAS has none); read this view without relying on its score")
+    conflict = laterality_conflict(ds)
+    if conflict is not None:
+        notes["laterality_conflict"] = conflict
+    return notes
 
 
 def view(ds: Dataset) -> View | None:
@@ -281,7 +322,11 @@ def inverted(ds: Dataset) -> bool:
 
 
 def burned_in_annotation(ds: Dataset) -> bool | None:
-    value = (text(ds, "BurnedInAnnotation") or "").upper()
+    return _yes_no(ds, "BurnedInAnnotation")
+
+
+def _yes_no(ds: Dataset, keyword: str) -> bool | None:
+    value = (text(ds, keyword) or "").upper()
     return {"YES": True, "NO": False}.get(value)
 
 
