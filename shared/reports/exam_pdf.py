@@ -81,18 +81,30 @@ def _exam_result(report: ExamReport) -> list[Flowable]:
                      "are awaited until the exam timeout. Per-view results are below.")]
     rows: list[tuple[Any, ...]] = [
         ("exam", result.suspicion, result.label, result.p_malignant, ", ".join(result.views))]
+    lowered = []
     for side, name in (("L", "left breast"), ("R", "right breast")):
-        breast = result.per_breast.get(side)
-        if isinstance(breast, dict):
-            rows.append((name, breast.get("suspicion"), breast.get("label"),
-                         breast.get("p_malignant"), ", ".join(breast.get("views", []))))
-        else:
+        breast = report.breast(side)
+        if breast is None:
             rows.append((name, None, "no scored view", None, ""))
+            continue
+        score: Any = breast.suspicion
+        if breast.lowered_by_other_breast:
+            # The bilateral head, fitted on one-sided findings, lowers a finding in each
+            # breast: the breast's own score must stay in sight.
+            score = f"{breast.suspicion} ({breast.own_suspicion} alone)"
+            own_p = "-" if breast.own_p_malignant is None else f"{breast.own_p_malignant:.3f}"
+            lowered.append(para(
+                f"The {name}'s own views score {breast.own_suspicion} (max P(malignant) "
+                f"{own_p}); read against the other breast, "
+                f"{breast.suspicion}: a finding in the other breast lowers this one's score. "
+                "Read both breasts."))
+        rows.append((name, score, breast.label, breast.p_malignant, ", ".join(breast.views)))
     paired = [name for side, name in (("L", "left"), ("R", "right"))
-              if isinstance(b := result.per_breast.get(side), dict) and b.get("bilateral")]
+              if (b := report.breast(side)) is not None and b.bilateral]
     notes = [para(f"The {' and '.join(paired)} breast's views were read against the other "
                   "breast's same view, so the breast and exam scores can differ from the "
                   "per-view scores below.")] if paired else []
+    notes += lowered
     return [
         para(f"Status: {result.status} (version {result.version}, computed "
              f"{result.created_at:%Y-%m-%d %H:%M} UTC)"),

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.schema import Batch, Image, ModelVersion, Prediction, Study
 from shared.exams import refresh_exam_results
 from shared.reports.exam_data import load_exam_report
+from shared.reports.exam_pdf import _exam_result
 from shared.reports.worklist import WorklistFilter, worklist_rows
 from shared.scoring import label_of, suspicion
 from shared.timeutil import utcnow
@@ -70,3 +71,18 @@ def test_a_cancer_in_each_breast_shows_both_scores_and_ranks_by_its_own_views(
     assert right.own_p_malignant is not None and right.p_malignant is not None
     assert right.own_p_malignant > right.p_malignant
     assert report.breast("X") is None
+
+    # The exam PDF's result table shows both scores of each lowered breast, and says why.
+    shown = " ".join(_pdf_text(f) for f in _exam_result(report))
+    assert f"{right.suspicion} (10 alone)" in shown
+    assert ("The right breast's own views score 10 (max P(malignant) "
+            f"{right.own_p_malignant:.3f}); read against the other breast, "
+            f"{right.suspicion}") in shown and "Read both breasts." in shown
+
+
+def _pdf_text(flowable: object) -> str:
+    """A paragraph's text, or a table's cells' texts."""
+    if hasattr(flowable, "getPlainText"):
+        return str(flowable.getPlainText())
+    cells = getattr(flowable, "_cellvalues", [])
+    return " ".join(str(cell) for row in cells for cell in row)
