@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, case, func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -239,6 +239,30 @@ def lowered_by_other_breast(own: object, reread: object) -> bool:
     own-view scores were kept)."""
     return (isinstance(own, int) and isinstance(reread, int)
             and own >= FINDING_ALONE and reread < own)
+
+
+def read_first_suspicion(exam: ExamResult) -> int | None:
+    """The score an exam is ranked and alerted by: its suspicion, raised to a breast's
+    own-view suspicion of a finding that the other breast's score lowered. A cancer in each
+    breast must neither rank below a one-sided one nor miss the alert threshold."""
+    ranks = [exam.suspicion, *(b.get("own_suspicion") for b in (exam.per_breast or {}).values()
+                               if isinstance(b, dict)
+                               and lowered_by_other_breast(b.get("own_suspicion"),
+                                                           b.get("suspicion")))]
+    known = [r for r in ranks if isinstance(r, int)]
+    return max(known) if known else None
+
+
+def read_first_suspicion_sql() -> ColumnElement[int | None]:
+    """``read_first_suspicion`` in SQL, for the worklist's order and the alerts' query.
+    Results stored before own-view scores were kept rank by their suspicion."""
+    rank: ColumnElement[int | None] = ExamResult.suspicion.expression
+    for side in ("L", "R"):
+        own = ExamResult.per_breast[(side, "own_suspicion")].as_integer()
+        # NULL counts as none (SQLite's max() of a NULL is NULL).
+        raised = case((own >= FINDING_ALONE, own))
+        rank = case((raised > rank, raised), else_=rank)
+    return rank
 
 
 def _lowered_flags(per_breast: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.schema import ExamResult, Image, Prediction, Study
 from shared.enums import ImageState
+from shared.exams import read_first_suspicion
 from shared.notify.message import Attachment, Event, Notice
 from shared.queries import batch_status
 from shared.reports.batch_data import synthetic_images
@@ -127,15 +128,18 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
     """An alert for the study's current exam result, or None when it is below ``threshold``."""
     exam = current_exam(session, study_id)
     study = session.get(Study, study_id)
-    if exam is None or study is None or exam.suspicion is None or exam.suspicion < threshold:
+    rank = read_first_suspicion(exam) if exam is not None else None
+    if exam is None or study is None or rank is None or rank < threshold:
         return None
     per_breast = {side: {k: b.get(k) for k in ("label", "suspicion", "p_malignant", "views")}
                   for side, b in (exam.per_breast or {}).items() if isinstance(b, dict)}
     synthetic = _synthetic(session, study_id)
     text = "\n".join([
         *([SYNTHETIC_NOTE, ""] if synthetic else []),
-        f"An exam was scored at suspicion {exam.suspicion} of 10 (alert threshold "
-        f"{threshold}). Please prioritise its reading.",
+        f"An exam was scored at suspicion {exam.suspicion} of 10"
+        + (f" ({rank} by a breast's own views, lowered by the other breast's)"
+           if rank != exam.suspicion else "")
+        + f" (alert threshold {threshold}). Please prioritise its reading.",
         "",
         f"Study UID: {study.study_uid}",
         f"Accession number: {study.accession_number or '-'}",

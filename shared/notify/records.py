@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from shared.batches import summary_due_at
 from shared.db.schema import Batch, ExamResult, Notification
 from shared.db.upsert import insert_missing
+from shared.exams import read_first_suspicion_sql
 from shared.notify.message import Event, Notice
 from shared.timeutil import utcnow
 
@@ -152,7 +153,7 @@ def owed(session: Session, channel: str, *, since: datetime,
     studies = session.execute(
         select(ExamResult.study_id).where(
             ExamResult.superseded_at.is_(None), ExamResult.created_at >= since,
-            ExamResult.suspicion >= alert_threshold,
+            read_first_suspicion_sql() >= alert_threshold,
             ~recorded(Event.EXAM_ALERT, Notification.study_id == ExamResult.study_id))
         .order_by(ExamResult.study_id)).scalars().all()
     return batches, list(studies)

@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, or_, select
+from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, Study
-from shared.exams import FINDING_ALONE, in_blocks
+from shared.exams import in_blocks, read_first_suspicion_sql
 from shared.timeutil import as_utc
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
@@ -109,23 +109,6 @@ def _studies_in_scope(flt: WorklistFilter) -> Select[int | None] | None:
     return studies if narrowed else None
 
 
-def _higher(a: ColumnElement[int | None],
-            b: ColumnElement[int | None]) -> ColumnElement[int | None]:
-    """The higher of two scores, NULL counting as none (SQLite's max() would give NULL)."""
-    return case((b > a, b), else_=a)
-
-
-def _rank_suspicion() -> ColumnElement[int | None]:
-    """The exam's suspicion, raised to a breast's own-view suspicion of a finding
-    (``FINDING_ALONE`` or more) that the other breast's score lowered. Results stored
-    before own-view scores were kept rank by their suspicion."""
-    rank: ColumnElement[int | None] = ExamResult.suspicion.expression
-    for side in ("L", "R"):
-        own = ExamResult.per_breast[(side, "own_suspicion")].as_integer()
-        rank = _higher(rank, case((own >= FINDING_ALONE, own)))
-    return rank
-
-
 def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
     stmt = (select(ExamResult, Study).join(Study, Study.id == ExamResult.study_id)
             .where(ExamResult.superseded_at.is_(None)))
@@ -133,7 +116,7 @@ def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
     if studies is not None:
         stmt = stmt.where(ExamResult.study_id.in_(studies))
     # NULL suspicion (nothing scored: every view failed) goes last; ties keep arrival order.
-    stmt = stmt.order_by(_rank_suspicion().desc().nulls_last(),
+    stmt = stmt.order_by(read_first_suspicion_sql().desc().nulls_last(),
                          ExamResult.p_malignant.desc().nulls_last(), Study.id)
     return stmt.limit(flt.limit) if flt.limit else stmt
 

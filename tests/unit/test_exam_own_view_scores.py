@@ -3,12 +3,15 @@ in the worklist's order: a cancer in each breast must not rank below a one-sided
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.schema import Batch, Image, ModelVersion, Prediction, Study
 from shared.exams import refresh_exam_results
+from shared.notify.content import exam_alert_notice
+from shared.notify.records import owed
 from shared.reports.exam_data import load_exam_report
 from shared.reports.exam_pdf import _exam_result
 from shared.reports.worklist import WorklistFilter, worklist_rows
@@ -86,3 +89,26 @@ def _pdf_text(flowable: object) -> str:
         return str(flowable.getPlainText())
     cells = getattr(flowable, "_cellvalues", [])
     return " ".join(str(cell) for row in cells for cell in row)
+
+
+def test_a_cancer_in_each_breast_is_alerted_by_its_own_views_score(
+        each_backend_sessions: sessionmaker[Session]) -> None:
+    # Read against each other, both breasts fell under the alert threshold: no alert went
+    # out for the exam the worklist puts first.
+    with each_backend_sessions() as session:
+        session.add_all([Batch(id=1, name="b"), ModelVersion(
+            id=1, name="m", version="1", sha256="0" * 64, preprocessing_version="1",
+            classes=["a"], input_size=[1, 1], path="/m", bilateral=HEAD_1_8_0)])
+        session.flush()
+        _exam(session, 2, {"L": MALIGNANT, "R": MALIGNANT})
+        _exam(session, 4, {"L": NORMAL, "R": NORMAL})
+        refresh_exam_results(session, [2, 4], timeout_s=0)
+        session.commit()
+        reread = load_exam_report(session, "1.2.9.2").result
+        assert reread is not None and reread.suspicion is not None and reread.suspicion < 10
+        notice = exam_alert_notice(session, 2, threshold=10)
+        _, alerted = owed(session, "email", since=utcnow() - timedelta(hours=1),
+                          alert_threshold=10)
+    assert notice is not None and notice.payload["suspicion"] == reread.suspicion
+    assert f"suspicion {reread.suspicion} of 10 (10 by a breast's own views" in notice.text
+    assert alerted == [2]
