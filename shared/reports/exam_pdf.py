@@ -108,7 +108,7 @@ def _exam_result(report: ExamReport) -> list[Flowable]:
     return [
         para(f"Status: {result.status} (version {result.version}, computed "
              f"{result.created_at:%Y-%m-%d %H:%M} UTC)"),
-        table(("", "suspicion (1-10)", "most suspicious view's class", "max P(malignant)",
+        table(("", "suspicion (1-10)", "most suspicious view's label", "max P(malignant)",
                "views scored"), rows),
         *notes,
     ]
@@ -150,7 +150,7 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int) -> list
     cell.append(para("class probabilities", SMALL))
     cell.append(table(list(probs), [list(probs.values())],
                       widths=[22 * mm] * len(probs)))
-    cell.append(para(f"suspicion {view.suspicion} / 10; most probable class: {view.label}",
+    cell.append(para(f"suspicion {view.suspicion} / 10; label: {view.label}",
                      SMALL))
     # Every number names its model: an exam can mix versions (one activated between its
     # batches, or a partial rescore), and the Model table alone cannot say which view is whose.
