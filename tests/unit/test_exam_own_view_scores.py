@@ -90,7 +90,8 @@ def _pdf_text(flowable: object) -> str:
     if hasattr(flowable, "getPlainText"):
         return str(flowable.getPlainText())
     cells = getattr(flowable, "_cellvalues", [])
-    return " ".join(str(cell) for row in cells for cell in row)
+    return " ".join(_pdf_text(cell) if hasattr(cell, "getPlainText") else str(cell)
+                    for row in cells for cell in row)
 
 
 def test_a_cancer_in_each_breast_is_alerted_by_its_own_views_score(
