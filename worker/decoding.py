@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 ROUTINE_NOTES = frozenset({"transfer_syntax", "decoder", "voi"})
 # Notes that question the score itself (a breast lying against its stated laterality, two
 # lateralities in one header, an implant): kept first, so the per-image bound never drops them.
-SCORE_NOTES = ("laterality", "laterality_conflict", "implant")
+SCORE_NOTES = ("laterality", "laterality_conflict", "implant", "low_resolution")
 # Bounds on what a prediction row stores (the notes quote header values, cut short).
 NOTE_LIMIT = 200
 KEY_LIMIT = 32

@@ -25,6 +25,10 @@ PREPROCESSING_VERSION = "2"
 TARGET_SPACING_MM = 0.2
 
 MIN_SIDE = 64
+# Below this short side, an image with no pixel spacing is more likely a PACS preview or
+# icon than a mammogram (the training scans are 1024 px; detectors give thousands): scored,
+# with a note, since a legitimately small scan cannot be told apart from its pixels.
+PREVIEW_SIDE = 256
 # Detector formats are about 4:3 (18 x 24, 24 x 30 cm), digitised film up to about 2:1; an
 # image four times longer than wide is a strip, a scout or a stitched panel, not one view.
 MAX_ASPECT = 4.0
@@ -61,11 +65,11 @@ _STORED_SIDE: dict[Laterality, ChestWallSide] = {Laterality.LEFT: "left",
 
 __all__ = [
     "MAX_ASPECT", "MIN_CONTRAST", "MIN_GREY_LEVELS", "MIN_NEIGHBOUR_CORRELATION", "MIN_SIDE",
-    "MIRRORED_SHARE", "PREPROCESSING_VERSION", "TARGET_SPACING_MM",
+    "MIRRORED_SHARE", "PREPROCESSING_VERSION", "PREVIEW_SIDE", "TARGET_SPACING_MM",
     "Prepared", "canonical_orientation", "crop_box", "fit_inside", "grey_levels",
     "orientation_notes", "pad_top_left", "preprocess", "preprocess_with_notes",
     "refuse_few_grey_levels", "refuse_noise", "resample_to_spacing", "resize_with_padding",
-    "stated_chest_wall_side", "stretch_range", "to_unit_range", "validate",
+    "resolution_notes", "stated_chest_wall_side", "stretch_range", "to_unit_range", "validate",
 ]
 
 
@@ -241,6 +245,17 @@ def orientation_notes(decoded: DecodedImage, laterality: Laterality | None,
                           "header; scored as the header has it"}
 
 
+def resolution_notes(decoded: DecodedImage) -> dict[str, str]:
+    """A "low_resolution" note for a small image without a pixel spacing (see
+    ``PREVIEW_SIDE``); an image with one is judged by its millimetres instead."""
+    rows, columns = decoded.pixels.shape[:2]
+    if decoded.pixel_spacing_mm is not None or min(rows, columns) >= PREVIEW_SIDE:
+        return {}
+    return {"low_resolution": f"only {columns} x {rows} pixels and no pixel spacing: a preview "
+                              "or icon rather than the full mammogram? The model enlarges it; "
+                              "score the full-resolution image"}
+
+
 def resample_to_spacing(image: np.ndarray,
                         spacing_mm: tuple[float, float] | None) -> np.ndarray:
     """Shrink to ``TARGET_SPACING_MM`` pixels (never enlarge); square up non-square pixels.
@@ -343,4 +358,5 @@ def preprocess_with_notes(decoded: DecodedImage, input_size: tuple[int, int], *,
                         (fitted.shape[1], fitted.shape[0]), interpolation=cv2.INTER_LINEAR)
     stretched = np.clip((fitted - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
     out = pad_top_left((stretched * breast).astype(np.float32), input_size)
-    return Prepared(out[:, :, np.newaxis], orientation_notes(decoded, laterality, mask))
+    return Prepared(out[:, :, np.newaxis], {**orientation_notes(decoded, laterality, mask),
+                                            **resolution_notes(decoded)})

@@ -122,3 +122,21 @@ def test_a_dicom_with_swapped_labels_carries_the_note_to_the_prediction(
     # The swapped file's pixels, relabelled as they lie, are read without the note.
     relabelled = dataclasses.replace(source, laterality="L")
     assert "laterality" not in load_model_input(relabelled).notes
+
+
+@pytest.mark.parametrize(("size", "spacing", "noted"), [
+    ((64, 64), None, True), ((255, 300), None, True), ((256, 300), None, False),
+    ((128, 128), (0.2, 0.2), False)])
+def test_a_small_image_without_a_spacing_is_noted_as_a_likely_preview(
+        size: tuple[int, int], spacing: tuple[float, float] | None, noted: bool) -> None:
+    # A PACS icon enlarged 8x was scored malignant/6 where its full image gave normal/5.
+    pixels = synth_mammogram(np.random.default_rng(4), size=size, laterality=Laterality.LEFT)
+    decoded = _decoded(pixels, pixel_spacing_mm=spacing)
+    prepared = preprocess_with_notes(decoded, SIZE, laterality=Laterality.LEFT)
+    note = prepared.notes.get("low_resolution")
+    assert (note is not None) == noted
+    if note is not None:
+        assert note.startswith(f"only {size[1]} x {size[0]} pixels and no pixel spacing")
+    # Only a note: the model input is what it was.
+    np.testing.assert_array_equal(prepared.tensor,
+                                  preprocess(decoded, SIZE, laterality=Laterality.LEFT))
