@@ -177,6 +177,16 @@ def manifest_study_uid(study_id: str, patient_pseudonym: str | None = None) -> s
     return exam_key("manifest", study_id)
 
 
+def legacy_manifest_key(key: str, patient_pseudonym: str | None) -> str | None:
+    """The key ``manifest_study_uid`` gave the same row before it held the patient
+    (``manifest:STUDY``), for a key of today's form (``manifest:PSEUDONYM:STUDY``); None for
+    another key, or one cut to fit (its study ID can no longer be read back)."""
+    prefix = f"manifest:{patient_pseudonym}:"
+    if not patient_pseudonym or not key.startswith(prefix) or len(key) >= _UID_LENGTH:
+        return None
+    return exam_key("manifest", key.removeprefix(prefix))
+
+
 def exam_key(kind: str, value: str) -> str:
     """``kind:value``, the key of an exam without a StudyInstanceUID, within the 64
     characters a UID may have.

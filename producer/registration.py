@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import source_text
-from producer.manifest import FileMetadata, Manifest, apply_metadata, exam_key, metadata_source
+from producer.manifest import (
+    FileMetadata,
+    Manifest,
+    apply_metadata,
+    exam_key,
+    legacy_manifest_key,
+    metadata_source,
+)
 from shared.config import Settings
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
@@ -198,7 +205,31 @@ def _study_ids(session: Session, headers: Iterable[ImageHeader | None]) -> dict[
                 "study_date": header.study_date, "patient_pseudonym": header.patient_pseudonym,
                 "created_at": utcnow(),
             }
-    return upsert_returning_ids(session, Study, list(rows.values()), conflict="study_uid")
+    adopted = _legacy_manifest_studies(session, rows)
+    for uid in adopted:
+        del rows[uid]
+    return {**upsert_returning_ids(session, Study, list(rows.values()), conflict="study_uid"),
+            **adopted}
+
+
+def _legacy_manifest_studies(session: Session,
+                             rows: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """{key: id} of the manifest exams registered before keys held the patient
+    (``manifest:STUDY``) that a new key continues: same study ID, same patient, and no exam
+    under the new key yet. A late image then joins its exam instead of starting a second
+    one beside it."""
+    legacy = {uid: old for uid, row in rows.items()
+              if (old := legacy_manifest_key(uid, row["patient_pseudonym"]))}
+    if not legacy:
+        return {}
+    current = set(session.execute(select(Study.study_uid).where(
+        Study.study_uid.in_(list(legacy)))).scalars())
+    earlier = {uid: (study_id, patient) for study_id, uid, patient in session.execute(
+        select(Study.id, Study.study_uid, Study.patient_pseudonym).where(
+            Study.study_uid.in_(list(legacy.values()))))}
+    return {uid: earlier[old][0] for uid, old in legacy.items()
+            if uid not in current and old in earlier
+            and earlier[old][1] == rows[uid]["patient_pseudonym"]}
 
 
 def register_files(

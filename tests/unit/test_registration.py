@@ -199,6 +199,34 @@ def test_manifest_patients_sharing_a_study_id_are_each_their_own_exam(
     assert len({study_of["a_l.png"], study_of["b_r.png"], study_of["c_l.png"]}) == 3
 
 
+def test_a_late_image_joins_its_manifest_exam_registered_before_keys_held_the_patient(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    """An exam registered as manifest:EXAM-7 before an upgrade: its late view started a
+    second exam, manifest:PSEUDONYM:EXAM-7, beside it; another patient's EXAM-7 does not
+    join it."""
+    rng = np.random.default_rng(5)
+    for name in ("first.png", "late.png", "other.png"):
+        write_png(tmp_path / name, synth_mammogram(rng) << 4)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,patient_id,laterality,view,study_id\n"
+                        "first.png,PAT-A,L,MLO,EXAM-7\nlate.png,PAT-A,R,MLO,EXAM-7\n"
+                        "other.png,PAT-B,R,MLO,EXAM-7\n")
+    ingestion = ingestion_for(_settings(sqlite_url, KEY), manifest)
+    _register(sessions, [tmp_path / "first.png"], ingestion)
+    with sessions() as session:  # as the release before this one keyed it
+        session.execute(update(Study).values(study_uid="manifest:EXAM-7"))
+        session.commit()
+    _register(sessions, [tmp_path / "late.png", tmp_path / "other.png"], ingestion)
+    with sessions() as session:
+        study_of = {Path(source).name: study for source, study in session.execute(
+            select(Image.source, Image.study_id))}
+        uids = {s.id: s.study_uid for s in session.execute(select(Study)).scalars()}
+    assert study_of["late.png"] == study_of["first.png"]
+    assert uids[study_of["first.png"]] == "manifest:EXAM-7"
+    assert study_of["other.png"] != study_of["first.png"]
+    assert uids[study_of["other.png"]].endswith(":EXAM-7")
+
+
 @pytest.mark.parametrize("one_batch", [True, False])
 def test_a_study_uid_of_another_patient_fails_as_a_conflict(
         tmp_path: Path, sqlite_url: str, each_backend_sessions: sessionmaker[Session],
