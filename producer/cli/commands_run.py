@@ -66,7 +66,7 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
                                                   include_duplicates=True))
     shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
     render(shown, fmt, keys=RESULT_KEYS, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
-    STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {result.images_per_s:.1f} "
+    STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {rate_text(result.images_per_s)} "
                  f"images/s after a model load of {result.model_load_seconds:.1f} s")
     say_skipped(sub.skipped)
     settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
@@ -201,3 +201,8 @@ def demo_command(cli: CliContext, directory: Path, exams: int, seed: int, fmt: s
 
 
 COMMANDS = (run_command, demo_command)
+
+
+def rate_text(per_s: float) -> str:
+    """A rate with its leading digits kept: a slow machine's 0.04 images/s printed "0.0"."""
+    return f"{per_s:.1f}" if per_s >= 1 else f"{per_s:.2g}"

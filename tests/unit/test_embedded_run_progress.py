@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.cli import commands_run
+from producer.cli.commands_run import rate_text
 from producer.cli.exit_codes import ExitCode
 from producer.embedded_run import run_embedded
 from shared.config import Settings
@@ -115,3 +116,7 @@ def test_mammo_run_shows_its_exam_pdfs_being_written(
     bar = next(line for line in out.splitlines() if line.startswith("writing exam PDFs"))
     assert "2/2" in bar
     assert out.index("writing exam PDFs") < out.index("reports: ")
+
+
+def test_a_slow_rate_keeps_its_leading_digits() -> None:
+    assert [rate_text(r) for r in (0.0413, 0.5, 3.14159, 0.0)] == ["0.041", "0.5", "3.1", "0"]
