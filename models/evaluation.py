@@ -29,6 +29,7 @@ from shared.enums import CLASSES
 from shared.errors import DatasetError, InputError
 from shared.imaging.preprocess import PREPROCESSING_VERSION, preprocess
 from shared.imaging.readers import decode
+from shared.scoring import label_indices
 
 Progress = Callable[[str], None]
 
@@ -84,13 +85,16 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
     if bilateral:
         probs = _read_pairs(spec, kept, probs, progress)
     truth_arr = np.asarray(truth, dtype=np.int64)
+    # The label the pipeline stores for the same probabilities, which accuracy and the
+    # confusion matrix count too.
+    labels = label_indices(probs)
     return {
         **metrics.summary(truth_arr, probs),
         "model": {"name": spec.name, "version": spec.version, "sha256": spec.sha256},
         "predictions": [
-            {"id": image.id, "truth": image.label.value, "label": CLASSES[int(p.argmax())].value,
+            {"id": image.id, "truth": image.label.value, "label": CLASSES[int(k)].value,
              "p_normal": float(p[0]), "p_benign": float(p[1]), "p_malignant": float(p[2])}
-            for image, p in zip(kept, probs, strict=True)],
+            for image, p, k in zip(kept, probs, labels, strict=True)],
     }
 
 

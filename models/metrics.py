@@ -3,6 +3,8 @@
 Conventions (PRODUCT.md): abnormal-vs-normal is scored by P(benign) + P(malignant);
 malignant-vs-rest by P(malignant); sensitivity at 90% specificity is abnormal-vs-normal;
 ECE is the top-label expected calibration error over 10 equal-width confidence bins.
+Accuracy and the confusion matrix count the label the product stores and shows
+(``shared.scoring.label_indices``: normal only at P(normal) >= 0.5), not the top class.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from shared.scoring import label_indices
 
 ECE_BINS = 10
 
@@ -43,13 +47,31 @@ def sensitivity_at_specificity(truth: np.ndarray, probs: np.ndarray,
     return float(tpr[allowed].max())
 
 
+def top_label(truth: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's top-class probability and whether that class is the truth: the pair
+    top-label calibration (ECE, the reliability diagram) compares.
+
+    Deliberately not the product's label (``label_indices``). Calibration asks whether a
+    probability the model states comes true that often, so the probability and the class
+    it is right or wrong about must be the same one. With (0.40, 0.35, 0.25) the label is
+    benign but 0.40 is P(normal): pairing them would measure neither the probabilities nor
+    the label. This is the standard definition, which keeps ECE comparable with the ECEs
+    recorded in earlier models' metadata and with its target (<= 0.10)."""
+    return probs.max(axis=1), probs.argmax(axis=1) == truth
+
+
+def confidence_bins(confidence: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """Bin i of ``bins`` equal-width bins holds confidences in (i/bins, (i+1)/bins]; the
+    first also holds 0."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+
+
 def expected_calibration_error(truth: np.ndarray, probs: np.ndarray,
                                bins: int = ECE_BINS) -> float:
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == truth).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # Bin i holds confidences in (edges[i], edges[i+1]]; the first bin also holds 0.
-    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    confidence, hit = top_label(truth, probs)
+    correct = hit.astype(np.float64)
+    index = confidence_bins(confidence, bins)
     ece = 0.0
     for b in range(bins):
         members = index == b
@@ -63,10 +85,16 @@ def format_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def accuracy(truth: np.ndarray, probs: np.ndarray) -> float | None:
+    """The share of images whose label (``label_indices``) is the truth; None without any."""
+    return float((label_indices(probs) == truth).mean()) if truth.size else None
+
+
 def confusion(truth: np.ndarray, probs: np.ndarray) -> list[list[int]]:
+    """Rows truth, columns the label (``label_indices``), both normal/benign/malignant."""
     from sklearn.metrics import confusion_matrix
 
-    return confusion_matrix(truth, probs.argmax(axis=1), labels=[0, 1, 2]).tolist()
+    return confusion_matrix(truth, label_indices(probs), labels=[0, 1, 2]).tolist()
 
 
 def summary(truth: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -75,7 +103,7 @@ def summary(truth: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     probs = np.asarray(probs, dtype=np.float64)
     return {
         "n": int(truth.size),
-        "accuracy": float((probs.argmax(axis=1) == truth).mean()) if truth.size else None,
+        "accuracy": accuracy(truth, probs),
         "confusion_matrix": confusion(truth, probs),
         "auc_abnormal": auc_abnormal(truth, probs),
         "auc_malignant": auc_malignant(truth, probs),
@@ -90,7 +118,7 @@ INTERVAL_METRICS: dict[str, Metric] = {
     "auc_malignant": auc_malignant,
     "sensitivity_at_90_specificity": sensitivity_at_specificity,
     "ece": expected_calibration_error,
-    "accuracy": lambda t, p: float((p.argmax(axis=1) == t).mean()),
+    "accuracy": accuracy,
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from models.metrics import format_metric
 from models.registry import METADATA_FILE
+from shared.scoring import LABEL_RULE
 
 CITATION = ('Suckling J et al (1994) "The Mammographic Image Analysis Society Digital '
             'Mammogram Database", Excerpta Medica, International Congress Series 1069, '
@@ -115,18 +116,44 @@ def _merged(meta: dict[str, Any]) -> list[str]:
             "fitted afresh on the pooled evidence. Nothing was retrained."]
 
 
+def _columns(block: dict[str, Any]) -> str:
+    """What a confusion matrix's columns count: figures recorded with a ``label_rule``
+    count the label readers see; older models' figures counted the top of the three
+    classes, and their card must not claim otherwise."""
+    return "columns the label" if block.get("label_rule") else "columns the most probable class"
+
+
+def _counting_note(meta: dict[str, Any]) -> list[str]:
+    """Which decision accuracy and the confusion matrices count, block by block (a derived
+    version records its bilateral figures after its source's figures were recorded)."""
+    paired = (meta.get("bilateral") or {}).get("validation")
+    blocks = {"each image alone": meta["validation"], "the feature baseline": meta["baseline"],
+              **({"read with the other breast": paired} if paired is not None else {})}
+    rules = {str(b["label_rule"]) for b in blocks.values() if b.get("label_rule")}
+    older = [name for name, b in blocks.items() if not b.get("label_rule")]
+    if not older:
+        return [f"Accuracy and the confusion matrices count the label readers see: "
+                f"{'; '.join(sorted(rules))}.", ""]
+    which = ("" if len(older) == len(blocks) else f" ({', '.join(older)})")
+    return [f"This version's accuracy and confusion matrices{which} were recorded counting "
+            "the most probable of the three classes, not the label readers see, which "
+            f"`mammo evaluate` counts: {LABEL_RULE}. The two can differ on the same images; "
+            "the AUCs, sensitivity and ECE do not depend on which.", ""]
+
+
 def _confusion_lines(meta: dict[str, Any]) -> list[str]:
     """Both confusion matrices, each named by its reading and its figure: the targets are
     checked on the bilateral reading, while ``confusion_matrix.png`` plots each image alone."""
-    layout = "rows truth normal/benign/malignant, columns predicted"
-    alone = meta["validation"]["confusion_matrix"]
-    paired = ((meta.get("bilateral") or {}).get("validation") or {}).get("confusion_matrix")
-    lines = [f"Confusion matrix, each image alone ({layout}; the figure "
-             f"`confusion_matrix.png`): {alone}."]
+    rows = "rows truth normal/benign/malignant"
+    alone = meta["validation"]
+    paired = (meta.get("bilateral") or {}).get("validation")
+    lines = [f"Confusion matrix, each image alone ({rows}, {_columns(alone)}; the figure "
+             f"`confusion_matrix.png`): {alone['confusion_matrix']}."]
     if paired is not None:
-        lines += ["", f"Confusion matrix, read with the other breast ({layout}; the reading "
-                  f"the targets below are checked on, not plotted): {paired}."]
-    return lines
+        lines += ["", f"Confusion matrix, read with the other breast ({rows}, "
+                  f"{_columns(paired)}; the reading the targets below are checked on, not "
+                  f"plotted): {paired['confusion_matrix']}."]
+    return [*lines, "", *_counting_note(meta)]
 
 
 def _figures(meta: dict[str, Any]) -> str:
@@ -574,7 +601,6 @@ def render(meta: dict[str, Any], directory: Path) -> str:
         "",
         *_ece_interval_note(val),
         *_confusion_lines(meta),
-        "",
         "The baseline: intensity moments and percentiles, gradient and local-contrast "
         "statistics and GLCM texture of the breast, with logistic regression.",
         "",

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models import metrics
 from shared.enums import CLASSES
+from shared.scoring import NORMAL_AT_LEAST
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -64,7 +66,7 @@ def confusion(matrix: list[list[int]], path: Path, title: str) -> None:
     names = [c.value for c in CLASSES]
     ax.set_xticks(range(3), names)
     ax.set_yticks(range(3), names)
-    ax.set_xlabel("predicted")
+    ax.set_xlabel(f"label (normal only at P(normal) >= {NORMAL_AT_LEAST})")
     ax.set_ylabel("truth")
     for (i, j), value in np.ndenumerate(data):
         ax.text(j, i, str(value), ha="center", va="center",
@@ -102,10 +104,9 @@ def roc_curves(truth: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> 
 
 def reliability(truth: np.ndarray, probs: np.ndarray, path: Path, bins: int = 10) -> None:
     plt = _pyplot()
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == truth
-    edges = np.linspace(0, 1, bins + 1)
-    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    # ECE's own pairing and bins: the top class, not the label (``metrics.top_label``).
+    confidence, correct = metrics.top_label(truth, probs)
+    index = metrics.confidence_bins(confidence, bins)
     centres, accuracy, counts = [], [], []
     for b in range(bins):
         members = index == b
@@ -119,7 +120,7 @@ def reliability(truth: np.ndarray, probs: np.ndarray, path: Path, bins: int = 10
     for x, y, n in zip(centres, accuracy, counts, strict=True):
         ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax.set_xlabel("confidence (top-class probability)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("share whose top class is right")
     ax.set_title("Reliability diagram (images per bin)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

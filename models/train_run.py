@@ -63,6 +63,7 @@ from models.training import (
 from shared.enums import CLASSES
 from shared.errors import DatasetError
 from shared.imaging.preprocess import PREPROCESSING_VERSION, TARGET_SPACING_MM
+from shared.scoring import LABEL_RULE
 
 Progress = Callable[[str], None]
 MEMBER_SEED_STEP = 100  # member m of fold k trains with seed + k + 100 m
@@ -304,11 +305,14 @@ def bilateral_validation(images: list[LabelledImage], probs: np.ndarray,
 
 def validation_report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
                       config: TrainConfig) -> dict[str, Any]:
-    """Held-out figures with 95% bootstrap intervals resampling patients."""
+    """Held-out figures with 95% bootstrap intervals resampling patients, and the label
+    rule their accuracy and confusion matrix count (the card names it; older models'
+    figures, recorded without it, counted the top class)."""
     intervals = metrics.bootstrap_intervals(truth, probs, patients,
                                             rounds=config.bootstrap_rounds, seed=config.seed)
     return {**metrics.summary(truth, probs),
-            "ci95": {k: list(v) if v else None for k, v in intervals.items()}}
+            "ci95": {k: list(v) if v else None for k, v in intervals.items()},
+            "label_rule": LABEL_RULE}
 
 
 def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> Path:
