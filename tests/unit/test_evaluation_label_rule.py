@@ -146,17 +146,22 @@ def test_the_card_says_which_decision_its_confusion_matrices_count() -> None:
     from models.model_card import render
     from models.registry import resolve_model
 
-    spec = resolve_model("default:1.8.0")  # figures recorded before the rule was recorded
-    old = render(spec.metadata, spec.directory)
+    spec = resolve_model("default:1.8.0")
+    meta = json.loads(json.dumps(spec.metadata))
+    blocks = (meta["validation"], meta["baseline"], meta["bilateral"]["validation"])
+    for block in blocks:  # figures recorded before the rule was recorded with them
+        block.pop("label_rule", None)
+    old = render(meta, spec.directory)
     assert "columns the most probable class" in old and "columns the label" not in old
     assert "recorded counting the most probable of the three classes" in old
     assert LABEL_RULE in old
-    meta = json.loads(json.dumps(spec.metadata))
-    for block in (meta["validation"], meta["baseline"], meta["bilateral"]["validation"]):
-        block["label_rule"] = LABEL_RULE
+    blocks[0]["label_rule"] = blocks[2]["label_rule"] = LABEL_RULE
+    mixed = render(meta, spec.directory)  # the baseline's figures still counted the top class
+    assert mixed.count("columns the label;") == 2
+    assert "confusion matrices (the feature baseline) were recorded counting the most" in mixed
+    blocks[1]["label_rule"] = LABEL_RULE
     new = render(meta, spec.directory)
-    assert "columns the most probable class" not in new
-    assert new.count("columns the label;") == 2
+    assert "columns the most probable class" not in new and "recorded counting" not in new
     assert f"Accuracy and the confusion matrices count the label readers see: {LABEL_RULE}." \
         in new
 

@@ -103,8 +103,11 @@ def test_the_card_names_each_confusion_matrix_by_its_reading_and_figure() -> Non
     alone = spec.metadata["validation"]["confusion_matrix"]
     paired = spec.metadata["bilateral"]["validation"]["confusion_matrix"]
     assert alone != paired
+    # Columns: the label where the figures record the rule they count, else the top class.
+    columns = ("the label" if spec.metadata["validation"].get("label_rule")
+               else "the most probable class")
     assert (f"Confusion matrix, each image alone (rows truth normal/benign/malignant, columns "
-            f"the most probable class; the figure `confusion_matrix.png`): {alone}.") in card
+            f"{columns}; the figure `confusion_matrix.png`): {alone}.") in card
     assert "Confusion matrix, read with the other breast (" in card
     assert f"the reading the targets below are checked on, not plotted): {paired}." in card
     assert "`confusion_matrix.png` (held-out predictions, each image alone)" in card
