@@ -134,8 +134,9 @@ def _counting_note(meta: dict[str, Any]) -> list[str]:
     if not older:
         return [f"Accuracy and the confusion matrices count the label readers see: "
                 f"{'; '.join(sorted(rules))}.", ""]
-    which = ("" if len(older) == len(blocks) else f" ({', '.join(older)})")
-    return [f"This version's accuracy and confusion matrices{which} were recorded counting "
+    which = ("This version's accuracy and confusion matrices were" if len(older) == len(blocks)
+             else f"Of this version's figures, those of {' and '.join(older)} were")
+    return [f"{which} recorded counting "
             "the most probable of the three classes, not the label readers see, which "
             f"`mammo evaluate` counts: {LABEL_RULE}. The two can differ on the same images; "
             "the AUCs, sensitivity and ECE do not depend on which.", ""]

@@ -158,7 +158,7 @@ def test_the_card_says_which_decision_its_confusion_matrices_count() -> None:
     blocks[0]["label_rule"] = blocks[2]["label_rule"] = LABEL_RULE
     mixed = render(meta, spec.directory)  # the baseline's figures still counted the top class
     assert mixed.count("columns the label;") == 2
-    assert "confusion matrices (the feature baseline) were recorded counting the most" in mixed
+    assert "those of the feature baseline were recorded counting the most probable" in mixed
     blocks[1]["label_rule"] = LABEL_RULE
     new = render(meta, spec.directory)
     assert "columns the most probable class" not in new and "recorded counting" not in new
