@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
 from shared.errors import ReportTargetNotFoundError
@@ -473,7 +474,7 @@ def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any
 
 def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
     """What an operator checks first in the morning: is anything stuck, is anyone working."""
-    now = utcnow()
+    now = database_now(session)  # claims are stamped and judged on it (``lifecycle.claim``)
     processing = Image.state == ImageState.PROCESSING.value
     stale = session.execute(select(func.count()).where(
         processing, Image.claimed_at < now - timedelta(seconds=lease_s))).scalar_one()

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import lifecycle
+from shared.db.clock import database_now
 from shared.db.schema import Image
 from shared.enums import ImageState
 from shared.exams import in_blocks, refresh_due_exams
@@ -40,8 +41,9 @@ def lost_message_age_s(requeue_after_s: int, broker_uptime: float | None) -> int
     image queued before the broker last started had its message in a broker that stopped;
     with the queue empty (which ``sweep`` still requires) it is lost, so it is re-sent at
     the next sweep rather than ``requeue_after_s`` later (11 min 40 s measured before).
-    An image stamped within a clock difference of the restart may fall on either side: at
-    worst it waits the ordinary time, or gets a harmless second message.
+    Send times are stamped on the database's clock and judged on it (``find_stuck``); an
+    image stamped within a moment of the restart may fall on either side: at worst it
+    waits the ordinary time, or gets a harmless second message.
     """
     if broker_uptime is None:
         return requeue_after_s
@@ -66,7 +68,7 @@ class SweepReport:
 def find_stuck(
     session: Session, settings: Settings, *, queued_older_than_s: int, batch_id: int | None = None,
 ) -> SweepReport:
-    now = utcnow()
+    now = database_now(session)  # what the claims and send times were stamped on
     ids = lifecycle.stale_images(
         session, queued_before=now - timedelta(seconds=queued_older_than_s),
         claimed_before=now - timedelta(seconds=settings.claim_lease_s), batch_id=batch_id)
@@ -130,7 +132,8 @@ class HeldClaims:
     """Images among those a process waits on that another process holds under a live claim."""
 
     count: int
-    lease_ends: datetime | None  # the latest: when the last of them may be taken over
+    # The latest, on this host's clock: when the last of them may be taken over.
+    lease_ends: datetime | None
 
     def describe(self) -> str:
         until = ("" if self.lease_ends is None else
@@ -155,16 +158,19 @@ def held_claims(session: Session, settings: Settings, image_ids: Sequence[int]) 
     """What a waiting run says while another process's claims keep it from ``image_ids``.
 
     Only live claims count: one whose lease has passed is taken over at once, and its
-    lease's end is no time to wait for."""
-    live = Image.claimed_at >= utcnow() - timedelta(seconds=settings.claim_lease_s)
+    lease's end is no time to wait for. Leases are judged on the database's clock; their
+    end is told on this host's, which is the one the reader has in front of them."""
+    now = database_now(session)
+    here_ahead_by = utcnow() - now
+    lease = timedelta(seconds=settings.claim_lease_s)
+    live = Image.claimed_at >= now - lease
     count, stamps = 0, []
     for block in in_blocks(image_ids):
         found, newest = session.execute(select(func.count(), func.max(Image.claimed_at))
                                         .where(_processing_among(block), live)).one()
         count += int(found)
         stamps += [stamp] if (stamp := as_utc(newest)) else []
-    lease = timedelta(seconds=settings.claim_lease_s)
-    return HeldClaims(count, max(stamps) + lease if stamps else None)
+    return HeldClaims(count, max(stamps) + lease + here_ahead_by if stamps else None)
 
 
 def take_over_expired(sessions: sessionmaker[Session], app: Celery, settings: Settings,
@@ -189,8 +195,8 @@ def _release_expired(sessions: sessionmaker[Session], settings: Settings,
     not stamped as sent with no message anywhere."""
     if not image_ids:
         return []
-    cutoff = utcnow() - timedelta(seconds=settings.claim_lease_s)
     with sessions() as session:
+        cutoff = database_now(session) - timedelta(seconds=settings.claim_lease_s)
         return lifecycle.release_expired(session, image_ids, claimed_before=cutoff)
 
 

@@ -14,6 +14,7 @@ from producer.cli.exit_codes import ExitCode
 from producer.cli.options import date_range_options, utc_range
 from producer.cli.progress import completion_bar, quiet_embedded_logs
 from shared.db import lifecycle
+from shared.db.clock import database_now
 from shared.db.engine import upgrade
 from shared.notify import Notifier
 from shared.queries import require_batch
@@ -27,7 +28,6 @@ from shared.recovery import (
     requeue,
     sweep,
 )
-from shared.timeutil import utcnow
 
 if TYPE_CHECKING:
     from models.registry import ModelSpec
@@ -155,8 +155,8 @@ def _queued_younger(cli: CliContext, older_than: int, batch_id: int | None) -> i
     """Queued images that ``--older-than`` keeps out of this recover."""
     if older_than <= 0:
         return 0
-    since = utcnow() - timedelta(seconds=older_than)
-    with cli.sessions() as session:
+    with cli.sessions() as session:  # the clock the sweep's cutoff is read on
+        since = database_now(session) - timedelta(seconds=older_than)
         return lifecycle.queued_since(session, since, batch_id=batch_id)
 
 

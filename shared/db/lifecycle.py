@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.timeutil import utcnow
@@ -49,9 +50,10 @@ def claim(
 
     An image is claimable when it is queued, when this same task id held it before (the
     message was redelivered after its worker died, or retried), or when its previous lease
-    expired. Each claim counts an attempt, so a poison input cannot loop for ever.
+    expired. Each claim counts an attempt, so a poison input cannot loop for ever. The
+    lease is stamped and judged on the database's clock (``database_now``).
     """
-    now = utcnow()
+    now = database_now(session)
     stale = now - timedelta(seconds=lease_s)
     processing = Image.state == ImageState.PROCESSING.value
     stmt = (
@@ -77,11 +79,12 @@ def claim(
 
 def renew(session: Session, token: str) -> int:
     """Stamp the claims ``token`` still holds as fresh (the worker's heartbeat); return how
-    many it holds."""
+    many it holds. Stamped on the database's clock, the one every judge of the lease reads."""
+    now = database_now(session)
     renewed = session.execute(
         update(Image).where(Image.claim_token == token,
                             Image.state == ImageState.PROCESSING.value)
-        .values(claimed_at=utcnow()).returning(Image.id),
+        .values(claimed_at=now).returning(Image.id),
         execution_options={"synchronize_session": False},
     ).scalars().all()
     session.commit()
@@ -134,12 +137,13 @@ def release(session: Session, image_ids: Sequence[int], token: str, *,
     e.g. the database blipped). Without it the attempt stays counted (e.g. a time-out).
     """
     attempts = Image.attempts - 1 if refund else Image.attempts
+    now = database_now(session)  # the long-queued rule judges the send time on it
     rows = session.execute(
         update(Image)
         .where(Image.id.in_(list(image_ids)), Image.claim_token == token,
                Image.state == ImageState.PROCESSING.value)
         .values(state=ImageState.QUEUED.value, attempts=attempts, claimed_at=None,
-                claim_token=None, enqueued_at=utcnow())
+                claim_token=None, enqueued_at=now)
         .returning(Image.id),
         execution_options={"synchronize_session": False},
     ).scalars().all()
@@ -170,6 +174,8 @@ def release_expired(session: Session, image_ids: Sequence[int], *,
                     claimed_before: datetime) -> list[int]:
     """Give back to the queue the images among ``image_ids`` whose claim is older than
     ``claimed_before`` (their holder stopped: a killed worker or run); return their ids.
+    ``claimed_before`` is a time on the database's clock (``database_now``), which claims
+    are stamped on.
 
     For whoever re-sends them (the sweeper): a dead claim left in place was found, and
     re-sent, by every sweep until a worker took it, each a message more in the broker.
@@ -236,8 +242,13 @@ def _stamp_finished(session: Session, which: ColumnElement[bool]) -> list[int]:
 
 
 def mark_enqueued(session: Session, image_ids: Sequence[int], when: datetime | None = None) -> None:
+    """Stamp the images sent, by default now on the database's clock: the sweeper that
+    judges them long queued may run on another host (``stale_images``)."""
+    if not image_ids:
+        return
     session.execute(
-        update(Image).where(Image.id.in_(list(image_ids))).values(enqueued_at=when or utcnow()),
+        update(Image).where(Image.id.in_(list(image_ids)))
+        .values(enqueued_at=when or database_now(session)),
         execution_options={"synchronize_session": False},
     )
 
@@ -250,7 +261,10 @@ def stale_images(
 
     A row not yet stamped as sent counts from its registration: a producer between its
     commit and its send (a watcher's block, a long submit) has not lost anything yet, and a
-    worker's sweep in that gap re-sent the images with a warning that they were lost."""
+    worker's sweep in that gap re-sent the images with a warning that they were lost.
+
+    Both cutoffs are times on the database's clock (``database_now``): claims, send times
+    and registrations are stamped on it."""
     stmt = select(Image.id).where(or_(
         and_(Image.state == ImageState.QUEUED.value,
              or_(and_(Image.enqueued_at.is_(None), Image.created_at < queued_before),

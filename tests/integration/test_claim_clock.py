@@ -1,0 +1,159 @@
+"""Claims' leases are stamped and judged on the database's clock, not each host's.
+
+Workers, sweepers and `mammo recover` run on several hosts: a host whose clock ran ahead
+by more than a lease took over images a live worker still held, and one running behind
+kept a dead worker's claims (and stamped its own renewals as already expired). Here a
+process's clock is set 10 minutes off (every ``utcnow`` the claim code reads) against a
+real PostgreSQL server, whose clock is the one all of them share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import queries, recovery
+from shared.config import Settings
+from shared.db import clock, lifecycle
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import Image
+from shared.queue import create_celery_app, queue_depth
+from shared.timeutil import as_utc
+from tests.helpers.db import queued_batch
+
+SKEW = timedelta(minutes=10)
+
+
+@pytest.fixture
+def settings(postgres_url: str, redis_url: str) -> Settings:
+    return Settings(database_url=postgres_url, broker_url=redis_url,  # type: ignore[call-arg]
+                    _env_file=None)
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Celery]:
+    app = create_celery_app(settings)
+    yield app
+    app.close()
+
+
+def _host_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
+    """This process's clock, as every module that judges claims reads it, is ``offset``
+    away from the database server's."""
+    def skewed() -> datetime:
+        return datetime.now(UTC) + offset
+
+    for module in (lifecycle, recovery, queries, clock):
+        monkeypatch.setattr(module, "utcnow", skewed)
+
+
+def _server_now(sessions: sessionmaker[Session]) -> datetime:
+    with sessions() as session:
+        stamp = as_utc(session.execute(select(func.now())).scalar_one())
+    assert stamp is not None
+    return stamp
+
+
+def _claims(sessions: sessionmaker[Session],
+            ids: list[int]) -> dict[int, tuple[str, str | None, int, datetime | None]]:
+    """Each image's (state, claim token, attempts, claimed_at)."""
+    with sessions() as session:
+        return {row.id: (row.state, row.claim_token, row.attempts, as_utc(row.claimed_at))
+                for row in session.execute(
+                    select(Image.id, Image.state, Image.claim_token, Image.attempts,
+                           Image.claimed_at).where(Image.id.in_(ids)))}
+
+
+def _claimed_seconds_ago(sessions: sessionmaker[Session], ids: list[int], seconds: int) -> None:
+    """As if the holder last renewed ``seconds`` ago, by the database server's clock."""
+    with sessions() as session:
+        session.execute(update(Image).where(Image.id.in_(ids))
+                        .values(claimed_at=func.now() - timedelta(seconds=seconds)))
+        session.commit()
+
+
+def test_database_now_is_the_servers_time_whatever_this_hosts_clock_says(
+        sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    _host_clock_off_by(monkeypatch, SKEW)
+    with sessions() as session:
+        now = clock.database_now(session)
+    assert now.tzinfo is not None and now.utcoffset() == timedelta(0)
+    assert abs(now - _server_now(sessions)) < timedelta(seconds=30)
+
+
+def test_a_host_running_ahead_leaves_a_live_claim_to_its_worker(
+        settings: Settings, sessions: sessionmaker[Session], app: Celery,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lease_s = settings.claim_lease_s
+    assert timedelta(seconds=lease_s) < SKEW  # ahead by more than a whole lease
+    _, ids = queued_batch(sessions, "night", 4)
+    held, fresh = ids[:2], ids[2:]
+    with sessions() as session:  # a live worker on a host with the server's time
+        assert len(lifecycle.claim(session, held, token="live-worker", lease_s=lease_s)) == 2
+
+    _host_clock_off_by(monkeypatch, SKEW)
+    with sessions() as session:  # another worker's message for the same images
+        assert lifecycle.claim(session, held, token="ahead-worker", lease_s=lease_s) == []
+    report = recovery.sweep(sessions, app, settings, queued_older_than_s=600, force=True)
+    assert (report.expired_claims, report.requeued) == ([], [])
+    assert queue_depth(app) == 0
+    with sessions() as session:
+        assert recovery.held_claims(session, settings, held).count == 2
+        health = queries.system_health(session, lease_s=lease_s)
+    assert (health["stale_claims"], health["unrenewed_claims"]) == (0, 0)
+    assert {image_id: row[:3] for image_id, row in _claims(sessions, held).items()} == {
+        image_id: ("processing", "live-worker", 1) for image_id in held}
+
+    # Its own claims are stamped on the server's clock too: not 10 minutes into the
+    # future, where a dead worker's claim would outlive its lease by as much.
+    with sessions() as session:
+        assert len(lifecycle.claim(session, fresh, token="ahead-worker", lease_s=lease_s)) == 2
+    server_now = _server_now(sessions)
+    for _state, _token, _attempts, claimed_at in _claims(sessions, fresh).values():
+        assert claimed_at is not None
+        assert abs(claimed_at - server_now) < timedelta(seconds=30)
+
+
+def test_a_host_running_behind_takes_over_expired_claims_and_renews_on_the_servers_clock(
+        settings: Settings, sessions: sessionmaker[Session], app: Celery,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lease_s = settings.claim_lease_s
+    swept_batch, swept = queued_batch(sessions, "swept", 2)
+    _, taken = queued_batch(sessions, "taken", 2)
+    with sessions() as session:  # a worker that died: its lease ended 30 s ago
+        lifecycle.claim(session, swept + taken, token="dead-worker", lease_s=lease_s)
+    _claimed_seconds_ago(sessions, swept + taken, lease_s + 30)
+
+    _host_clock_off_by(monkeypatch, -SKEW)
+    report = recovery.sweep(sessions, app, settings, queued_older_than_s=600,
+                            batch_id=swept_batch, force=True)
+    assert (report.expired_claims, report.requeued) == (swept, swept)
+    assert queue_depth(app) == 1
+    with sessions() as session:
+        assert len(lifecycle.claim(session, taken, token="behind-worker",
+                                   lease_s=lease_s)) == 2
+        assert lifecycle.renew(session, "behind-worker") == 2
+    rows = _claims(sessions, taken)
+    assert {row[:3] for row in rows.values()} == {("processing", "behind-worker", 2)}
+    server_now = _server_now(sessions)
+    assert all(row[3] is not None and abs(row[3] - server_now) < timedelta(seconds=30)
+               for row in rows.values())
+
+    # Its renewal keeps the claims live for a judge with the server's time.
+    _host_clock_off_by(monkeypatch, timedelta(0))
+    with sessions() as session:
+        assert lifecycle.claim(session, taken, token="other-worker", lease_s=lease_s) == []
+        assert recovery.held_claims(session, settings, taken).count == 2
