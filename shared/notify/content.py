@@ -136,9 +136,10 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
     synthetic = _synthetic(session, study_id)
     text = "\n".join([
         *([SYNTHETIC_NOTE, ""] if synthetic else []),
-        f"An exam was scored at suspicion {exam.suspicion} of 10"
-        + (f" ({rank} by a breast's own views, lowered by the other breast's)"
-           if rank != exam.suspicion else "")
+        # The worklist's score (it ranks and prints the exam by it), then the exam's own.
+        f"An exam was scored at suspicion {rank} of 10"
+        + (f" by a breast's own views ({exam.suspicion} with the other breast's, which "
+           "lowered it: read both)" if rank != exam.suspicion else "")
         + f" (alert threshold {threshold}). Please prioritise its reading.",
         "",
         f"Study UID: {study.study_uid}",
@@ -153,13 +154,14 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
     ])
     payload: dict[str, Any] = {
         "study_uid": study.study_uid, "accession_number": study.accession_number,
-        "patient_pseudonym": study.patient_pseudonym, "suspicion": exam.suspicion,
-        "threshold": threshold, "label": exam.label, "p_malignant": exam.p_malignant,
+        "patient_pseudonym": study.patient_pseudonym, "suspicion": rank,
+        "exam_suspicion": exam.suspicion, "threshold": threshold, "label": exam.label,
+        "p_malignant": exam.p_malignant,
         "exam_status": exam.status, "per_breast": per_breast, "flags": list(exam.flags or []),
         "synthetic": synthetic, "disclaimer": DISCLAIMER,
     }
     return Notice(Event.EXAM_ALERT, f"study:{study_id}",
                   f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
-                  f"Suspicion {exam.suspicion}/10 exam to read first "
+                  f"Suspicion {rank}/10 exam to read first "
                   f"(accession {study.accession_number or '-'})",
                   text, payload, study_id=study_id)

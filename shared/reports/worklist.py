@@ -3,8 +3,10 @@
 An exam is ranked by its suspicion, or by a breast's own-view suspicion where reading it
 against the other breast lowered a finding (``shared.exams.lowered_by_other_breast``): the
 bilateral head marks down a breast when the other breast scores high, so a cancer in each
-breast would otherwise rank below a one-sided one. The row's scores stay the validated ones;
-its flag says why it ranks higher.
+breast would otherwise rank below a one-sided one. A row's ``suspicion`` is that score, the
+one it is ranked (and alerted) by: a reader or a tool that picks the exams at 8 and above
+must not skip one listed among them. The exam's validated score stays beside it
+(``exam_suspicion``), the per-breast ones in ``per_breast``, and its flag says why they differ.
 
 Exam results are normally written by the worker (after each chunk) or the watcher. An exam
 whose missing views timed out while neither ran would never get one, so the worklist first
@@ -25,15 +27,15 @@ from sqlalchemy.orm import Session, aliased
 
 from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, Study
-from shared.exams import in_blocks, read_first_suspicion_sql
+from shared.exams import in_blocks, read_first_suspicion, read_first_suspicion_sql
 from shared.timeutil import as_utc
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
 # A worklist row for a table or CSV (flat_worklist_row): one column per breast.
 # Every field of the JSON row but the per-breast details, so a CSV names the patient too.
 FLAT_WORKLIST_KEYS = ("rank", "study_uid", "patient_pseudonym", "study_date", "suspicion",
-                      "left", "right", "label", "p_malignant", "status", "accession_number",
-                      "flags", "report_path")
+                      "exam_suspicion", "left", "right", "label", "p_malignant", "status",
+                      "accession_number", "flags", "report_path")
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,9 @@ def worklist_rows(session: Session, flt: WorklistFilter, *,
         flags = _row_flags(result, to_flag.get(study.id, _ImagesToFlag()),
                            has_pdf and pdf_is_older(pdf, result))
         rows.append({
-            "rank": rank, "study_uid": study.study_uid, "suspicion": result.suspicion,
+            # Ranked by it, so printed as it (_worklist_query orders by its SQL twin).
+            "rank": rank, "study_uid": study.study_uid,
+            "suspicion": read_first_suspicion(result), "exam_suspicion": result.suspicion,
             "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),
                                   "p_malignant": b.get("p_malignant"),
                                   "bilateral": bool(b.get("bilateral")),

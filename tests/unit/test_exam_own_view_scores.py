@@ -62,10 +62,11 @@ def test_a_cancer_in_each_breast_shows_both_scores_and_ranks_by_its_own_views(
     by_uid = {row["study_uid"]: row for row in rows}
     both, one_sided = by_uid["1.2.9.2"], by_uid["1.2.9.3"]
     # The validated scores stay: read against each other, both breasts score under 9 ...
-    assert both["suspicion"] < 9 and both["per_breast"]["L"]["own_suspicion"] == 10
+    assert both["exam_suspicion"] < 9 and both["per_breast"]["L"]["own_suspicion"] == 10
     assert any(f.startswith("R breast: suspicion 10 alone,") for f in both["flags"])
-    # ... but the exam ranks by its own views' 10: beside the one-sided cancer, above the 9.
-    assert one_sided["suspicion"] == 10
+    # ... but the exam ranks, and is listed, by its own views' 10: beside the one-sided
+    # cancer, above the 9.
+    assert one_sided["suspicion"] == both["suspicion"] == 10
     assert [row["study_uid"] for row in rows] == ["1.2.9.3", "1.2.9.2", "1.2.9.1"]
 
     right = report.breast("R")
@@ -112,6 +113,7 @@ def test_a_cancer_in_each_breast_is_alerted_by_its_own_views_score(
         notice = exam_alert_notice(session, 2, threshold=10)
         _, alerted = owed(session, "email", since=utcnow() - timedelta(hours=1),
                           alert_threshold=10)
-    assert notice is not None and notice.payload["suspicion"] == reread.suspicion
-    assert f"suspicion {reread.suspicion} of 10 (10 by a breast's own views" in notice.text
+    assert notice is not None and notice.payload["exam_suspicion"] == reread.suspicion
+    assert notice.payload["suspicion"] == 10  # the worklist's score
+    assert f"suspicion 10 of 10 by a breast's own views ({reread.suspicion} with" in notice.text
     assert alerted == [2]
