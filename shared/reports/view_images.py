@@ -56,23 +56,26 @@ class Frame:
     missing: str | None = None  # why ``pixels`` is None
 
 
-def model_frame(source: ModelInputSource, identity: str | None = None) -> Frame:
+def model_frame(source: ModelInputSource, identity: str | None = None, *,
+                image_id: int | None = None) -> Frame:
     """The frame the model saw, rebuilt from the source file.
 
     ``identity`` is the image's stored identity (SOP Instance UID or file sha256): when the
-    file now at the path has another, it is not drawn.
+    file now at the path has another, it is not drawn. ``image_id`` names the image in the
+    log: never its file name, which can hold the patient's name (no PHI in log lines) or a
+    line break that forges a log line.
     """
-    name = Path(source.path).name
+    image = f"image {image_id}" if image_id is not None else "an image"
     if not Path(source.path).exists():
-        log.warning("image %s not drawn in the report: %s", name, GONE)
+        log.warning("%s not drawn in the report: %s", image, GONE)
         return Frame(None, GONE)
     try:
         if identity is not None and not file_has_identity(Path(source.path), identity):
-            log.warning("image %s not drawn in the report: %s", name, REPLACED)
+            log.warning("%s not drawn in the report: %s", image, REPLACED)
             return Frame(None, REPLACED)
         frame = load_model_input(source).tensor
     except (InputError, OSError) as exc:
-        log.info("image %s not available for the report: %s", name, type(exc).__name__)
+        log.info("%s not available for the report: %s", image, type(exc).__name__)
         return Frame(None, UNREADABLE)
     return Frame(np.asarray(frame[:, :, 0], dtype=np.float32))
 
@@ -132,9 +135,9 @@ def _to_side(plane: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | No
 
 
 def thumbnail(source: ModelInputSource, heatmap_png: bytes | None, patch: int | None,
-              identity: str | None = None) -> Thumbnail | None:
+              identity: str | None = None, *, image_id: int | None = None) -> Thumbnail | None:
     """JPEG bytes of the view with its heatmap, or None when there is nothing to draw."""
-    rebuilt = model_frame(source, identity)
+    rebuilt = model_frame(source, identity, image_id=image_id)
     frame = rebuilt.pixels
     heat = heatmap_in_frame(heatmap_png, source.input_size, patch) if heatmap_png else None
     if frame is None and heat is None:
