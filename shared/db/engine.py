@@ -76,7 +76,9 @@ def create_db_engine(settings: Settings) -> Engine:
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
             _configure_sqlite(engine, wal=settings.sqlite_wal)
             return engine
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        _pin_session_time_zone(engine)
+        return engine
     except NoSuchModuleError:
         # No such dialect at all (postgress://): no install would bring one.
         raise ConfigurationError(
@@ -104,6 +106,25 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
             switch_to_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+
+def _pin_session_time_zone(engine: Engine) -> None:
+    """Every server connection works in UTC, whatever zone the server or database defaults
+    to (a distribution's PostgreSQL takes the machine's): times come back as UTC and SQL's
+    date() takes the UTC day, as every stored time and every --since/--until is UTC.
+
+    Set once per new connection, in autocommit: a SET inside the first transaction would be
+    undone by the rollback that ends it, and a pooled connection keeps the setting.
+    """
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        autocommit = dbapi_conn.autocommit
+        dbapi_conn.autocommit = True
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+        finally:
+            dbapi_conn.autocommit = autocommit
 
 
 def switch_to_wal(cursor: Any, *, wait_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.db.schema import Image, Prediction
+from shared.db.utc_day import utc_day
 from shared.enums import ImageState, Label
 from shared.queries import (
     ResultFilter,
@@ -109,7 +110,7 @@ def _per_day(session: Session, batch_id: int) -> dict[str, int]:
     latest = (select(func.max(Prediction.id)).join(Image, Image.id == Prediction.image_id)
               .where(Image.batch_id == batch_id, Image.state == ImageState.DONE.value)
               .group_by(Prediction.image_id))
-    day = func.date(Prediction.created_at)
+    day = utc_day(Prediction.created_at)
     stmt = (select(day, func.count()).where(Prediction.id.in_(latest))
             .group_by(day).order_by(day))
     return {str(d): int(n) for d, n in session.execute(stmt)}

@@ -30,6 +30,7 @@ from shared.reports.pdf_parts import (
 from shared.reports.view_images import thumbnail
 from shared.reports.worklist import burned_in_flag
 from shared.synthetic import SYNTHETIC_LABEL
+from shared.timeutil import utc_text
 
 _CELL = PAGE_WIDTH / 2 - 4 * mm
 _THUMB = 46 * mm  # four views (a standard exam) fit on one page
@@ -71,7 +72,7 @@ def _exam_result(report: ExamReport) -> list[Flowable]:
     if result is None and report.due_at is not None:
         # Written now, this PDF is out of date once the wait ends: say when, and what then.
         return [para(f"No exam result yet: {', '.join(report.awaited_views)} not received. "
-                     f"The exam waits for them until {report.due_at:%Y-%m-%d %H:%M} UTC "
+                     f"The exam waits for them until {utc_text(report.due_at, seconds=False)} "
                      "(MAMMO_EXAM_TIMEOUT_S after its last image), then is scored as "
                      "incomplete; this PDF does not show that result: `mammo worklist "
                      "--write-reports` or `mammo report exam` writes it again. Per-view "
@@ -107,7 +108,7 @@ def _exam_result(report: ExamReport) -> list[Flowable]:
     notes += lowered
     return [
         para(f"Status: {result.status} (version {result.version}, computed "
-             f"{result.created_at:%Y-%m-%d %H:%M} UTC)"),
+             f"{utc_text(result.created_at, seconds=False)})"),
         table(("", "suspicion (1-10)", "most suspicious view's label", "max P(malignant)",
                "views scored"), rows),
         *notes,

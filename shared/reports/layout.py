@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.reports.batch_data import REPORT_ROWS, BatchSummary
+from shared.timeutil import utc_text
 
 FAILURE_COLUMNS = ("image_id", "file", "error_code", "error_message")
 FAILURE_REASON_COLUMNS = ("error_code", "images", "example message")
@@ -21,7 +22,7 @@ def cell_text(value: Any) -> str:
         # Probabilities keep three decimals; times and rates need no more than one.
         return f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+        return utc_text(value)
     return str(value)
 
 

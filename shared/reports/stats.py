@@ -18,6 +18,7 @@ from models.activation import active_version, follows_activation, model_for
 from models.registry import integrity_problem
 from shared.config import Settings
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction
+from shared.db.utc_day import utc_day
 from shared.enums import ImageState, Label
 from shared.errors import ModelIntegrityError, ModelNotFoundError
 
@@ -64,7 +65,7 @@ def _predictions(session: Session, flt: StatsFilter) -> dict[str, Any]:
     prediction of every done image in scope (grouped by class and day)."""
     latest = _latest(flt)
     p = Prediction.__table__.c
-    day = func.date(p.created_at)
+    day = utc_day(p.created_at)  # UTC days, as --since/--until are UTC
     groups = session.execute(
         select(p.label, day, func.count(), func.sum(_confidence(p)))
         .where(p.id.in_(latest)).group_by(p.label, day)).all()
