@@ -137,7 +137,8 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int) -> list
     source = ModelInputSource(current_location(view.source, view.archived_path),
                               view.laterality, view.spacing_mm, view.model.input_size,
                               max_pixels)
-    thumb = thumbnail(source, view.heatmap_png, view.model.patch, view.identity)
+    thumb = thumbnail(source, view.heatmap_png, view.model.patch, view.identity,
+                      image_id=view.image_id)
     if thumb is None:
         cell.append(para("image not available; no heatmap stored"))
     else:
