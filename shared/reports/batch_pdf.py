@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from reportlab.lib.units import mm
 from reportlab.platypus import Flowable, KeepTogether, Table
@@ -36,6 +37,33 @@ from shared.reports.pdf_parts import (
     table,
 )
 
+# Each column is wide enough for its longest word that must not break ("rank", "suspicion",
+# "incomplete", "image_id", the longest error code) at the tables' 7.5 pt, plus a cell's
+# padding (reportlab's 6 pt a side); free text (flags, paths, messages) takes the rest.
+FAILURE_WIDTHS = (17 * mm, 38 * mm, 43 * mm, 82 * mm)
+FAILURE_REASON_WIDTHS = (43 * mm, 16 * mm, 121 * mm)
+# The read-first table without its study_uid column: each exam's UID has a line of its own.
+EXAM_COLUMNS = tuple(c for c in WORKLIST_COLUMNS if c != "study_uid")
+EXAM_WIDTHS = (11 * mm, 17 * mm, 24 * mm, 24 * mm, 20 * mm, 46 * mm, 38 * mm)
+
+
+def worklist_table(summary: BatchSummary) -> Flowable:
+    """The read-first exams, each on two lines: its scores, then its study UID across the
+    page. In a column of its own a UID broke inside a number ("...8.4" over "98.777"): it
+    read as another UID and was copied wrong; a 64-character UID fits the page's width."""
+    if not summary.worklist:
+        return para(no_worklist_text(summary))
+    uid_at = WORKLIST_COLUMNS.index("study_uid")
+    rows: list[list[Any]] = []
+    style: list[tuple[Any, ...]] = []
+    for row in summary.worklist:
+        cells = worklist_table_row(row)
+        uid = cells.pop(uid_at)
+        rows += [cells, [f"study_uid: {uid}"] + [""] * (len(cells) - 1)]
+        at = len(rows)  # the UID's line (the header is line 0)
+        style += [("SPAN", (0, at), (-1, at)), ("NOSPLIT", (0, at - 1), (-1, at))]
+    return table(EXAM_COLUMNS, rows, widths=EXAM_WIDTHS, style=style)
+
 
 def _chart_grid(charts: dict[str, bytes]) -> Table:
     cells = [scaled_image(png, PAGE_WIDTH / 2 - 4 * mm) for png in charts.values()]
@@ -47,9 +75,8 @@ def _failures(summary: BatchSummary) -> list[Flowable]:
         return [para("None.")]
     note = failures_note(summary)
     return [table(FAILURE_REASON_COLUMNS, failure_reason_rows(summary),
-                  widths=(30 * mm, 16 * mm, 134 * mm)),
-            table(FAILURE_COLUMNS, failure_rows(summary),
-                  widths=(16 * mm, 40 * mm, 30 * mm, 94 * mm)),
+                  widths=FAILURE_REASON_WIDTHS),
+            table(FAILURE_COLUMNS, failure_rows(summary), widths=FAILURE_WIDTHS),
             *([para(note)] if note else [])]
 
 
@@ -68,9 +95,6 @@ def write_summary_pdf(summary: BatchSummary, path: Path) -> Path:
                       table(("stage", "median ms", "mean ms"), stage_rows(summary))
                       if summary.stage_times else para(NO_STAGE_TIMES)]),
         para(failures_heading(summary), HEADING), *_failures(summary),
-        para(worklist_heading(summary), HEADING),
-        table(WORKLIST_COLUMNS, [worklist_table_row(r) for r in summary.worklist],
-              widths=(10 * mm, 38 * mm, 16 * mm, 20 * mm, 20 * mm, 18 * mm, 30 * mm, 28 * mm))
-        if summary.worklist else para(no_worklist_text(summary)),
+        para(worklist_heading(summary), HEADING), worklist_table(summary),
     ]
     return build_pdf(path, batch_title(summary), story)

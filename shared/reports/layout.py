@@ -46,7 +46,8 @@ def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("images", summary.total),
         # Every report names the model behind its probabilities (PRODUCT.md).
-        ("model", ", ".join(summary.models) or "none yet"),
+        ("model", ", ".join(summary.models)
+         or ("none (no image scored)" if summary.finished_at else "none yet")),
         ("created", summary.created_at),
         ("finished", summary.finished_at),
         # `mammo status`'s figure: over all its work once finished; while images remain,

@@ -75,10 +75,12 @@ def disclaimer() -> Paragraph:
 
 
 def table(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], *,
-          widths: Sequence[float] | None = None) -> Table:
+          widths: Sequence[float] | None = None,
+          style: Sequence[tuple[Any, ...]] = ()) -> Table:
     """A grid table; cells wrap (each is a small paragraph) so long reasons stay readable.
 
     Without ``header`` it is a key/value table: the first column is shaded instead.
+    ``style``: reportlab table commands added to the grid's (spans, rows kept together).
     """
     body = [[para(c, SMALL) for c in row] for row in rows]
     data = [[para(h, SMALL) for h in header], *body] if header else body
@@ -89,6 +91,7 @@ def table(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], *,
         ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#bbbbbb")),
         ("BACKGROUND", shaded[0], shaded[1], colors.HexColor("#eeeeee")),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        *style,
     ]))
     return grid
 
