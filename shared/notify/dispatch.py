@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import summary_due_at
 from shared.config import Settings
+from shared.db.clock import database_now
 from shared.db.schema import Batch
 from shared.errors import NotificationError, NotificationRejectedError, first_line
 from shared.notify import records
@@ -34,7 +35,6 @@ from shared.notify.mail import EmailChannel
 from shared.notify.message import Event, Notice
 from shared.notify.retry import RetryPolicy, deliver_with_retry
 from shared.notify.webhook import WebhookChannel
-from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,12 @@ class Notifier:
         report = FollowUpReport()
         if not self.channels:
             return report
-        since = utcnow() - timedelta(seconds=self.settings.notify_give_up_after_s)
         try:
             with self.sessions() as session:
-                owed = [records.owed(session, c.name, since=since,
+                # Rows are created and claimed on it, whatever this host's clock says.
+                now = database_now(session)
+                since = now - timedelta(seconds=self.settings.notify_give_up_after_s)
+                owed = [records.owed(session, c.name, since=since, now=now,
                                      alert_threshold=self.settings.alert_suspicion)
                         for c in self.channels]
             batches = sorted({b for found, _ in owed for b in found})
@@ -200,7 +202,7 @@ class Notifier:
     def _batch(self, session: Session, batch_id: int) -> Notice | None:
         batch = session.get(Batch, batch_id)
         due = summary_due_at(batch.name, batch.finished_at) if batch else None
-        if due is None or due > utcnow():
+        if due is None or due > database_now(session):  # the clock ``owed`` judges it on
             return None  # e.g. today's drop-folder batch: summarised once the day is over
         html, report_path = self._summary_page(session, batch_id)
         return batch_notice(session, batch_id, html=html, report_path=report_path)

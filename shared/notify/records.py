@@ -8,6 +8,12 @@ The follow-up (``take_failed``, ``owed``) runs later, from the sweeper: ``failed
 taken back for another delivery, and events the database shows but no row records (a
 process that died between its commit and its claim, an exam result written by a report
 command) are found, both within a give-up window.
+
+Claims, failures and the windows that judge them are read on the database's clock
+(``database_now``), as image claims are: notifiers on several hosts share no other. Judged on
+its own clock, a host running STALE_AFTER ahead took over a row another process was still
+sending (a second e-mail or webhook of the same alert), and one running behind held back
+re-sends and took dead senders' rows over late.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from sqlalchemy import ColumnElement, Exists, and_, case, func, or_, select, upd
 from sqlalchemy.orm import Session
 
 from shared.batches import summary_due_at
+from shared.db.clock import database_now
 from shared.db.schema import Batch, ExamResult, Notification
 from shared.db.upsert import insert_missing
 from shared.exams import read_first_suspicion_sql
@@ -36,7 +43,7 @@ STALE_AFTER = timedelta(minutes=15)
 
 def claim(session: Session, channel: str, notice: Notice) -> int | None:
     """The id of the row this caller now owns, or None when it is someone else's."""
-    now = utcnow()
+    now = database_now(session)
     ids = insert_missing(session, Notification, [{
         "channel": channel, "event": notice.event.value, "subject_key": notice.subject_key,
         "batch_id": notice.batch_id, "study_id": notice.study_id, "status": PENDING,
@@ -57,7 +64,7 @@ def claim(session: Session, channel: str, notice: Notice) -> int | None:
 
 
 def record(session: Session, notification_id: int, *, attempts: int, error: str | None) -> None:
-    now = utcnow()
+    now = database_now(session)
     # A failed row's claimed_at becomes the end of its last attempt: the re-send wait
     # (MAMMO_NOTIFY_RESEND_AFTER_S) counts from the failure, not from a claim made a whole
     # retry policy (about 27 s) earlier.
@@ -79,10 +86,11 @@ def release(session: Session, notification_ids: Sequence[int], reason: str) -> i
     MAMMO_NOTIFY_RESEND_AFTER_S instead of finding them ``pending`` for ``STALE_AFTER``."""
     if not notification_ids:
         return 0
+    now = database_now(session)  # the re-send wait counts from it (``take_failed``)
     released = session.execute(
         update(Notification)
         .where(Notification.id.in_(list(notification_ids)), Notification.status == PENDING)
-        .values(status=FAILED, last_error=reason[:2000], claimed_at=utcnow())
+        .values(status=FAILED, last_error=reason[:2000], claimed_at=now)
         .returning(Notification.id),
         execution_options={"synchronize_session": False},
     ).all()
@@ -103,11 +111,12 @@ class Retake:
 def take_failed(session: Session, channels: Sequence[str], *, retry_after: timedelta,
                 since: datetime) -> list[Retake]:
     """Claim the rows of ``channels`` created after ``since`` that failed more than
-    ``retry_after`` ago, or were left ``pending`` by a process that died mid-send.
+    ``retry_after`` ago, or were left ``pending`` by a process that died mid-send. ``since``
+    is a time on the database's clock (``database_now``), which rows are stamped on.
 
     One conditional UPDATE: of several sweepers, each row goes to exactly one.
     """
-    now = utcnow()
+    now = database_now(session)
     rows = session.execute(
         update(Notification)
         .where(Notification.channel.in_(list(channels)), Notification.created_at >= since,
@@ -131,18 +140,18 @@ def mark_obsolete(session: Session, notification_id: int, reason: str) -> None:
     )
 
 
-def owed(session: Session, channel: str, *, since: datetime,
+def owed(session: Session, channel: str, *, since: datetime, now: datetime,
          alert_threshold: int) -> tuple[list[int], list[int]]:
     """(batches, studies) whose summary fell due / that were scored at or above the alert
     threshold after ``since``, with no notification row on ``channel``: events nobody
     claimed. A drop-folder day batch falls due at the end of its day, up to a day after it
-    last finished (``shared.batches``)."""
+    last finished (``shared.batches``). ``since`` and ``now`` are times on the database's
+    clock (``database_now``), read once by the caller for all its channels."""
     def recorded(event: Event, subject: ColumnElement[bool]) -> Exists:
         return (select(Notification.id)
                 .where(Notification.channel == channel, Notification.event == event.value,
                        subject).exists())
 
-    now = utcnow()
     finished = session.execute(
         select(Batch.id, Batch.name, Batch.finished_at).where(
             Batch.finished_at >= since - timedelta(days=1),
@@ -159,9 +168,16 @@ def owed(session: Session, channel: str, *, since: datetime,
     return batches, list(studies)
 
 
-def unsent_since(session: Session, since: datetime) -> int:
-    """How many notifications claimed at or after ``since`` are not delivered: ``failed``,
-    or still ``pending`` (a sender cut short, e.g. when ``mammo run`` stopped waiting)."""
+def unsent_since(session: Session, since_here: datetime) -> int:
+    """How many notifications claimed at or after ``since_here`` are not delivered:
+    ``failed``, or still ``pending`` (a sender cut short, e.g. when ``mammo run`` stopped
+    waiting).
+
+    ``since_here`` is a time on this process's clock (when its run started), and claims are
+    stamped on the database's: it is moved by the two clocks' difference now, so that a
+    database whose clock is off this host's neither hides this run's rows nor counts older
+    ones."""
+    since = since_here + (database_now(session) - utcnow())
     return int(session.execute(
         select(func.count()).select_from(Notification).where(
             Notification.claimed_at >= since,
@@ -177,7 +193,7 @@ class Undelivered:
 
 
 def undelivered(session: Session, *, give_up_after: timedelta) -> Undelivered:
-    now = utcnow()
+    now = database_now(session)  # rows are created and claimed on it
     abandoned = or_(Notification.status == FAILED, Notification.claimed_at < now - STALE_AFTER)
     owed, failed = session.execute(
         select(func.count(), func.coalesce(func.sum(case((abandoned, 1), else_=0)), 0))
