@@ -32,10 +32,18 @@ def file_has_identity(path: Path, identity: str) -> bool:
 def current_location(source: str, archived_path: str | None) -> str:
     """Where a registered file is now: the watcher's processed/ or failed/ copy when it moved
     it there (the path it came in under may hold a newer file of the same name), else the
-    path it was submitted from. Either is then checked against the stored identity."""
-    if archived_path and Path(archived_path).exists():
+    path it was submitted from. Either is then checked against the stored identity.
+
+    An archived copy that cannot even be looked at (EACCES on its folder, ESTALE or EIO on
+    a share: ``Path.exists`` raises these) is still where the file is: reading it then
+    fails for this image alone, with that reason, rather than the error escaping whoever
+    asked (a worker's whole chunk) or the source path's newer file being read instead."""
+    if not archived_path:
+        return source
+    try:
+        return archived_path if Path(archived_path).exists() else source
+    except OSError:
         return archived_path
-    return source
 
 
 __all__ = ["current_location", "file_has_identity"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shared.errors import UnreadableImageError, UnsupportedFormatError
 from shared.imaging.header_bounds import bounded
-from shared.imaging.readers.base import HEAD_SIZE, ImageReader, Pseudonymize, read_head
+from shared.imaging.readers.base import HEAD_SIZE, ImageReader, Pseudonymize, open_error, read_head
 from shared.imaging.readers.dicom import DICOM
 from shared.imaging.readers.raster import JPEG, PGM, PNG, TIFF
 from shared.imaging.types import DecodedImage, ImageHeader
@@ -25,7 +25,11 @@ __all__ = ["READERS", "ImageReader", "Pseudonymize", "decode", "read_header", "r
 def reader_for(path: Path) -> ImageReader:
     """The reader that recognises ``path``'s first bytes; InputError if there is none."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        folder = path.is_dir()
+    except OSError as exc:  # EACCES on its folder, ESTALE or EIO on a share: not just False
+        raise open_error(path, exc) from exc
+    if folder:
         raise UnreadableImageError(f"{path.name} is a folder, not an image file.")
     head = read_head(path, HEAD_SIZE)  # MissingFileError when it is gone
     if not head:
