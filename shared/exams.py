@@ -23,6 +23,10 @@ reads both (and the worklist ranks the exam by the own-view score).
 ``refresh_exam_results`` is idempotent and cheap: it recomputes only from the rows, compares
 a signature of its inputs with the current result, and writes a new version only when
 something changed (a late image, a re-run). The superseded version is kept.
+
+A save that changes an image records, in its own transaction, that its exam's result is owed
+a refresh (``owe_exam_refresh``); a refresh that computes the result settles it. What a
+skipped or interrupted refresh leaves owed, ``refresh_due_exams`` (the follow-up) redoes.
 """
 
 from __future__ import annotations
@@ -36,13 +40,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, case, func, select, text, update
+from sqlalchemy import ColumnElement, case, func, select, text, union, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.bilateral import BilateralHead
 from shared.db.lifecycle import ACTIVE_STATES
-from shared.db.schema import ExamResult, Image, ModelVersion, Prediction
+from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.db.upsert import insert_missing
 from shared.enums import ImageState
 from shared.scoring import label_of, suspicion
@@ -67,9 +71,9 @@ _BLOCK = 400  # studies per query: stays under SQLite's bound-parameter limit
 
 __all__ = [
     "FINDING_ALONE", "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "in_blocks",
-    "lowered_by_other_breast", "read_against_other_breast", "refresh_due_exams",
-    "refresh_exam_results", "studies_awaiting_result", "studies_of_images", "summarise",
-    "view_flags_text",
+    "lowered_by_other_breast", "owe_exam_refresh", "read_against_other_breast",
+    "refresh_due_exams", "refresh_exam_results", "studies_awaiting_result",
+    "studies_of_images", "summarise", "view_flags_text",
 ]
 
 
@@ -413,24 +417,59 @@ def refresh_exam_results(session: Session, study_ids: Iterable[int], *, timeout_
                          now: datetime | None = None) -> list[ExamChange]:
     """Compute the exam results that are due or changed; return what was written.
 
-    Flushes but does not commit: the caller owns the transaction.
+    A study whose result is now computed from its current images has its owed refresh
+    settled (``owe_exam_refresh``); one not due yet, or whose new version another refresher
+    wrote first, stays owed. Flushes but does not commit: the caller owns the transaction.
     """
     now = now or utcnow()
     changes: list[ExamChange] = []
     for block in in_blocks(study_ids):
+        # Read before the images: a save committed after this read stays owed, whatever
+        # this refresh then sees of it.
+        owed = {sid: (inputs, done) for sid, inputs, done in session.execute(
+            select(Study.id, Study.exam_inputs_seq, Study.exam_result_seq)
+            .where(Study.id.in_(block)))}
         images = _load_images(session, block)
         current = {r.study_id: r for r in session.execute(
             select(ExamResult).where(ExamResult.study_id.in_(block),
                                      ExamResult.superseded_at.is_(None))).scalars()}
-        for study_id in block:
+        for study_id in block:  # in id order, as every writer of these rows locks them
             summary = summarise(images.get(study_id, []), timeout_s=timeout_s, now=now)
             if summary is None:
                 continue
-            change = _store(session, study_id, summary, current.get(study_id), now)
+            existing = current.get(study_id)
+            change = _store(session, study_id, summary, existing, now)
             if change is not None:
                 changes.append(change)
+            if change is not None or (existing is not None
+                                      and existing.signature == summary.signature):
+                _settle(session, study_id, *owed.get(study_id, (0, 0)))
     session.flush()
     return changes
+
+
+def owe_exam_refresh(session: Session, image_ids: Iterable[int]) -> None:
+    """Record that the exams of these images owe a refresh, in the caller's transaction:
+    the one that saves what changed them, so that neither a refresh skipped afterwards (a
+    busy database) nor a worker killed before it leaves an exam result missing a view."""
+    for block in in_blocks(studies_of_images(session, image_ids)):
+        # Row locks taken in id order: two savers of the same exams never wait in a circle.
+        session.execute(select(Study.id).where(Study.id.in_(block)).order_by(Study.id)
+                        .with_for_update())
+        session.execute(update(Study).where(Study.id.in_(block))
+                        .values(exam_inputs_seq=Study.exam_inputs_seq + 1),
+                        execution_options={"synchronize_session": False})
+
+
+def _settle(session: Session, study_id: int, inputs_seq: int, result_seq: int) -> None:
+    """The result now stands for the saves counted up to ``inputs_seq`` (read before the
+    images): later ones stay owed."""
+    if inputs_seq <= result_seq:
+        return
+    session.execute(update(Study).where(Study.id == study_id,
+                                        Study.exam_result_seq < inputs_seq)
+                    .values(exam_result_seq=inputs_seq),
+                    execution_options={"synchronize_session": False})
 
 
 def studies_of_images(session: Session, image_ids: Iterable[int]) -> set[int]:
@@ -443,15 +482,21 @@ def studies_of_images(session: Session, image_ids: Iterable[int]) -> set[int]:
 
 
 def studies_awaiting_result(session: Session, *, limit: int = 500) -> list[int]:
-    """Studies that have images but no exam result yet (candidates for the timeout)."""
+    """Studies that have images but no exam result yet (candidates for the timeout), and
+    studies owed a refresh that no refresh has done yet (``owe_exam_refresh``)."""
     has_result = select(ExamResult.id).where(ExamResult.study_id == Image.study_id).exists()
-    stmt = (select(Image.study_id).where(Image.study_id.is_not(None), ~has_result)
-            .distinct().order_by(Image.study_id).limit(limit))
+    no_result = select(Image.study_id.label("study_id")).where(Image.study_id.is_not(None),
+                                                               ~has_result)
+    owed = select(Study.id.label("study_id")).where(
+        Study.exam_inputs_seq > Study.exam_result_seq)
+    either = union(no_result, owed).subquery()
+    stmt = select(either.c.study_id).order_by(either.c.study_id).limit(limit)
     return [s for s in session.execute(stmt).scalars() if s is not None]
 
 
 def refresh_due_exams(session: Session, *, timeout_s: float) -> list[ExamChange]:
-    """Give due exams (timed out while no watcher ran) their result; best effort, commits.
+    """Give due exams their result: those timed out while no watcher ran, and those whose
+    refresh after a save was skipped or cut off (still owed). Best effort, commits.
 
     Read commands call this before listing, and the workers' sweeper on its timer (so that
     an incomplete exam's alert does not wait for someone to open the worklist). A busy

@@ -27,7 +27,7 @@ from shared.db.schema import Prediction
 from shared.db.upsert import upsert
 from shared.enums import ErrorCode
 from shared.errors import DatabaseUnavailableError
-from shared.exams import refresh_exam_results, studies_of_images
+from shared.exams import owe_exam_refresh, refresh_exam_results, studies_of_images
 from shared.imaging.identity import current_location
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.preprocess import PREPROCESSING_VERSION
@@ -251,11 +251,14 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             failed = [image_id for image_id, code, message in outcome.failures
                       if image_id not in gone
                       and lifecycle.mark_failed(session, image_id, code, message, token=token)]
+            touched = sorted(kept) + kept_earlier + failed
+            # Committed with the results: the refresh below may be skipped (a busy
+            # database) or never run (this worker killed), and the follow-up then redoes it.
+            owe_exam_refresh(session, touched)
             session.commit()
         if kept_earlier:
             log.warning("%d image(s) could not be scored again: the file is no longer at its "
                         "path; their earlier prediction stands", len(kept_earlier))
-        touched = sorted(kept) + kept_earlier + failed
         with runtime.sessions() as session:  # after that commit: see finish_batches
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
@@ -314,10 +317,11 @@ def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> set[int]:
     """Recompute exam results touched by this group, in their own transaction; return the
     studies whose result changed (candidates for an alert).
 
-    Kept apart from the prediction write, and best effort: exam results are derived data
-    that the next chunk of the study, the watcher or `mammo recover` recompute, so losing a
-    race (another process wrote the same version first) or a busy database must neither
-    undo saved predictions nor hold the chunk.
+    Kept apart from the prediction write, and best effort: the save recorded the refresh
+    as owed (``owe_exam_refresh``), and whatever this one leaves owed the next follow-up
+    recomputes (each worker's sweeper, the watcher, `mammo recover`, a report command), so
+    losing a race (another process wrote the same version first) or a busy database must
+    neither undo saved predictions nor hold the chunk.
     """
     if not image_ids:
         return set()
@@ -333,7 +337,9 @@ def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> set[int]:
     except IntegrityError:
         log.info("exam results for images %s were refreshed concurrently", image_ids[:3])
     except OperationalError as exc:
-        log.warning("exam results not refreshed now (%s); they will be on the next pass",
+        log.warning("exam results not refreshed now (%s); they stay owed, and the next "
+                    "follow-up recomputes them (a worker's sweeper, every "
+                    "MAMMO_SWEEP_INTERVAL_S; the watcher; `mammo recover`; a report command)",
                     str(exc.orig).splitlines()[0] if exc.orig else exc)
     return set()
 

@@ -71,6 +71,15 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    # The exam refresh a save owes, recorded in the save's own transaction: each save that
+    # changes one of the study's images adds 1 to ``exam_inputs_seq``; a refresh that
+    # computes the exam's result sets ``exam_result_seq`` to the count it read before the
+    # images. While the first is larger, the stored result may lack a view (its refresh
+    # failed, or the worker died before it) and the follow-up recomputes it
+    # (``shared.exams.studies_awaiting_result``). Two counters, never reset, so a refresh
+    # that read older images can never clear a mark made after its read.
+    exam_inputs_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    exam_result_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     images: Mapped[list[Image]] = relationship(back_populates="study")
 
