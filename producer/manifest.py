@@ -43,7 +43,7 @@ from typing import TypeVar
 
 from shared.enums import Label, Laterality, View
 from shared.errors import ManifestError
-from shared.imaging.header_bounds import fitted_key, study_date
+from shared.imaging.header_bounds import fitted_key, storable, study_date
 from shared.imaging.readers import Pseudonymize
 from shared.imaging.types import ImageHeader
 from shared.pseudonym import KEY_HINT
@@ -316,8 +316,10 @@ def _entry(row: dict[str, str], where: str,
                           "L, R or B (left, right, both)"),
         view=_parse(row, "view", _view, where, ", ".join(View)),
         patient_pseudonym=pseudonymize(patient_id) if patient_id and pseudonymize else None,
-        study_id=row.get("study_id") or None,
-        accession=row.get("accession") or None,
+        # A NUL in them written as the text \x00 the database can hold (``storable``),
+        # before the exam's key is made from them.
+        study_id=storable(row["study_id"]) if row.get("study_id") else None,
+        accession=storable(row["accession"]) if row.get("accession") else None,
         label=_parse(row, "label", _label, where, ", ".join(Label)),
         pixel_spacing_mm=_parse(row, "pixel_spacing_mm", _spacing, where,
                                 "millimetres per pixel above 0, e.g. 0.1 or 0.1\\0.12"),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import source_text
@@ -34,7 +34,8 @@ from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.errors import BadFileNameError, InputError, first_line
-from shared.imaging.header_bounds import bounded
+from shared.formatting import without_control
+from shared.imaging.header_bounds import bounded, storable
 from shared.imaging.readers import Pseudonymize, read_header
 from shared.imaging.readers.base import sha256_identity
 from shared.imaging.types import ImageHeader
@@ -44,6 +45,10 @@ from shared.timeutil import as_utc, utcnow
 log = logging.getLogger(__name__)
 
 BLOCK = 500
+# What the database raises for a value it will not store (a NUL PostgreSQL refuses, a
+# constraint): a fault of this software, since every value read from a file is meant to
+# fit, and the fault of one file, not of the block it came in (``_register_isolating``).
+_REFUSED_VALUE = (DataError, IntegrityError)
 _NOT_FOR_ITS_CONTENT = (ErrorCode.NO_PSEUDONYM_KEY, ErrorCode.BAD_FILE_NAME,
                         ErrorCode.UID_CONFLICT)
 # Failures a second attempt can fix. Submitting the file again retries its image; any
@@ -69,6 +74,13 @@ class Registration:
     rejected_ids: list[int] = field(default_factory=list)
     retried: dict[int, str] = field(default_factory=dict)  # image id -> its earlier error
     duplicates: list[tuple[str, int, str]] = field(default_factory=list)  # source, id, state
+
+    def absorb(self, other: Registration) -> None:
+        """Add what ``other``, a block of the same batch, registered."""
+        self.new_ids += other.new_ids
+        self.rejected_ids += other.rejected_ids
+        self.retried.update(other.retried)
+        self.duplicates += other.duplicates
 
     @property
     def unfinished_duplicate_ids(self) -> list[int]:
@@ -168,9 +180,10 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
             # conflict cleared, the same file must register as new, not as a duplicate of
             # this failure (and never as the image whose UID it collided with).
             identity = f"{error.code.value}:{identity}"
+        # The message may quote a header value, and a NUL in it (storable).
         row.update(identity=identity, format="unknown",
                    state=ImageState.FAILED.value, error_code=error.code.value,
-                   error_message=error.message, finished_at=now)
+                   error_message=storable(error.message), finished_at=now)
     return row
 
 
@@ -245,30 +258,82 @@ def register_files(
 
     The batch's ``submitted`` and ``duplicates`` grow by this call's files, in one atomic
     UPDATE: a watcher's batch takes many calls, from more than one process at times.
-    Manifest rows no file of the call matched are logged as a warning.
+    Manifest rows no file of the call matched are logged as a warning. A file with a value
+    the database refuses is recorded failed (``internal_error``) with the database's
+    reason, and the others of its block register (``_register_isolating``).
     """
     ingestion = ingestion or Ingestion()
     result = Registration(batch_id)
     block: list[Path] = []
-    for path in files:
-        block.append(path)
-        if on_file:
-            on_file(path)
-        if len(block) >= BLOCK:
-            _register_block(sessions, batch_id, block, result, ingestion)
-            block = []
-    if block:
-        _register_block(sessions, batch_id, block, result, ingestion)
+    try:
+        for path in files:
+            block.append(path)
+            if on_file:
+                on_file(path)
+            if len(block) >= BLOCK:
+                _register_isolating(sessions, batch_id, block, result, ingestion)
+                block = []
+        if block:
+            _register_isolating(sessions, batch_id, block, result, ingestion)
+    finally:
+        # Also when a later block failed: the blocks committed before it are the batch's.
+        _count_submitted(sessions, result)
     if ingestion.manifest and (unmatched := ingestion.manifest.unmatched_warning()):
         log.warning("%s", unmatched)
+    return result
+
+
+def _count_submitted(sessions: sessionmaker[Session], result: Registration) -> None:
     count = len(result.new_ids) + len(result.rejected_ids) + len(result.duplicates)
+    if not count:
+        return
     with sessions() as session:
-        session.execute(update(Batch).where(Batch.id == batch_id).values(
+        session.execute(update(Batch).where(Batch.id == result.batch_id).values(
             submitted=Batch.submitted + count,
             duplicates=Batch.duplicates + len(result.duplicates)),
             execution_options={"synchronize_session": False})
         session.commit()
-    return result
+
+
+def _register_isolating(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],
+                        result: Registration, ingestion: Ingestion) -> None:
+    """Register ``block`` in one transaction; where the database refuses a value of it
+    (``_REFUSED_VALUE``), its files one by one, the file refused recorded failed with the
+    database's reason. One file's value failed the whole block: with a NUL in a header
+    (since escaped), `mammo submit` ended in a traceback and `mammo watch` stopped, at the
+    same file again at each restart, its good files never registered.
+
+    ``result`` takes a block's ids only once it is committed: a refused block's rolled back.
+    """
+    part = Registration(batch_id)
+    try:
+        _register_block(sessions, batch_id, block, part, ingestion)
+    except _REFUSED_VALUE as exc:
+        reason = f"{type(exc).__name__}: {first_line(exc.orig or exc)}"
+        if len(block) > 1:
+            log.warning("the database refused to register a block of %d files (%s); "
+                        "registering them one by one", len(block),
+                        without_control(reason, one_line=True))
+            for path in block:
+                _register_isolating(sessions, batch_id, [path], result, ingestion)
+            return
+        # A failure records the file's path and content hash, none of its header's values;
+        # should the database refuse that too, the error is the caller's.
+        part = Registration(batch_id)
+        _register_block(sessions, batch_id, block, part, ingestion,
+                        failure=_refused_by_database(block[0], reason))
+    result.absorb(part)
+
+
+def _refused_by_database(path: Path, reason: str) -> InputError:
+    log.error("the database refused to register %s (%s): recorded as failed (%s); this is a "
+              "fault of this software, not of the file", without_control(str(path), one_line=True),
+              without_control(reason, one_line=True), ErrorCode.INTERNAL.value)
+    return InputError(
+        f"{path.name} was not registered because the database refused a value read from it "
+        f"({reason[:300]}): a fault of this software, not of the file. Report it with this "
+        "message, and submit the file again once the software is fixed.",
+        code=ErrorCode.INTERNAL)
 
 
 def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputError | None,
@@ -343,10 +408,13 @@ def _refuse_other_patients(session: Session, read: list[_Read]) -> list[_Read]:
 
 
 def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],
-                    result: Registration, ingestion: Ingestion) -> None:
+                    result: Registration, ingestion: Ingestion, *,
+                    failure: InputError | None = None) -> None:
+    """``failure``: the error every file of the block is recorded failed with, unread."""
     # Headers first, outside any transaction; then one round-trip per kind of row.
     normal = [_normalised(path) for path in block]
-    read = [(path, *_read(path, ingestion)) for path in normal]
+    read = [(path, *(_read(path, ingestion) if failure is None else (None, failure, None)))
+            for path in normal]
     # Sources as given, where they differ: how rows registered before sources were
     # normalised name these files.
     given = {source_text(path): source_text(seen)

@@ -24,7 +24,7 @@ from types import FrameType
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import OwnFiles, link_problem
@@ -33,14 +33,14 @@ from producer.watch.events import Change, InboxHandler
 from producer.watch.folder import WatchFolder
 from producer.watch.followup import FollowUp
 from producer.watch.identity import RegisteredFiles
-from producer.watch.ingest import Ingestor
+from producer.watch.ingest import Ingested, Ingestor
 from producer.watch.observer import FolderState, FolderWatch
 from producer.watch.pending import Version
 from producer.watch.scanner import KnownImage, known_images, walk
 from producer.watch.stability import StabilityTracker
 from shared.config import Settings
 from shared.enums import ImageState
-from shared.errors import TransientError, UserFacingError
+from shared.errors import TransientError, UserFacingError, first_line
 from shared.exams import studies_awaiting_result
 from shared.notify import Notifier
 from shared.recovery import BackgroundFollowUp, sweep
@@ -51,6 +51,7 @@ OUTAGE_S = 5.0
 BLOCK = 500
 _TERMINAL = {s.value for s in ImageState.terminal()}
 _UNAVAILABLE = (OperationalError, TransientError, KombuOperationalError)
+_NAMED = 3  # files named in the line that sets a block aside
 
 
 class EmbeddedWorkerStopped(UserFacingError):
@@ -98,6 +99,8 @@ class Watcher:
         # Files handed back by the follow-up as changed since their image failed.
         self._changed: set[Path] = set()
         self._replaced: set[Path] = set()  # names found reused: said once
+        # Files whose block the database refused, each as it was then (``_refused``).
+        self._set_aside: dict[Path, Version] = {}
         self._scans = 0
 
     # -- the loop ---------------------------------------------------------------------------
@@ -213,7 +216,7 @@ class Watcher:
             if self.folder.ignored(target):  # a link to the database, to processed/...
                 return
             path = target
-        if self._is_known_duplicate(path):
+        if self._is_known_duplicate(path) or _unchanged(self._set_aside, path):
             return
         self.tracker.note(path, closed=finished, writing=writing)
 
@@ -233,7 +236,9 @@ class Watcher:
             if stop.is_set():
                 break  # the rest stays on disk, unregistered: the next start-up scan finds it
             block = ready[start:start + BLOCK]
-            out = self.ingestor.ingest(block, changed=self._changed)
+            out = self._ingest(block)
+            if out is None:
+                continue
             self._changed.difference_update(block)
             for image_id, path in [*out.queued.items(), *out.rejected.items()]:
                 self._reported.discard(path)
@@ -284,23 +289,58 @@ class Watcher:
         self._changed.add(path)  # seen changed here: registration need not trust its mtime
         self.tracker.note(path)
 
+    def _ingest(self, block: list[Path]) -> Ingested | None:
+        """``block`` registered and sent; None when the database refused it (``_refused``)."""
+        try:
+            return self.ingestor.ingest(block, changed=self._changed)
+        except StatementError as exc:
+            if isinstance(exc, OperationalError) or (
+                    isinstance(exc, DBAPIError) and exc.connection_invalidated):
+                raise  # unavailable: the loop waits, then rescans
+            self._refused(block, exc)
+            return None
+
+    def _refused(self, block: list[Path], exc: StatementError) -> None:
+        """A block the database would not register, for a reason that is neither an outage
+        nor one file's value (registration records such a file as failed and registers the
+        rest): not the watcher's end. It ended it before, and at each restart again, at the
+        same files; now they are set aside, each until it changes or the watcher restarts,
+        so that no scan reads and refuses them again."""
+        for path in block:
+            if (version := Version.of(path)) is not None:
+                self._set_aside[path] = version
+        named = ", ".join(str(self.folder.relative(path)) for path in block[:_NAMED])
+        more = f" and {len(block) - _NAMED} more" if len(block) > _NAMED else ""
+        log.error("the database refused to register %d file(s) (%s%s): %s: %s. They stay "
+                  "where they are, unregistered, and are tried again when they change or "
+                  "when `mammo watch` restarts. This is a fault of this software or of the "
+                  "database, not of the files: check the database (`mammo db upgrade`), and "
+                  "report this line if it persists", len(block), named, more,
+                  type(exc).__name__, first_line(exc.orig or exc)[:300])
+
     def _remember_duplicate(self, path: Path) -> None:
         if (version := Version.of(path)) is not None:
             self._duplicates[path] = version
 
     def _is_known_duplicate(self, path: Path) -> bool:
         """Rescans must not re-read (and re-log) a copy already found to be a duplicate."""
-        seen = self._duplicates.get(path)
-        if seen is None:
-            return False
-        version = Version.of(path)
-        if version is None:
-            self._duplicates.pop(path, None)
-            return True
-        if version == seen:
-            return True
-        del self._duplicates[path]  # rewritten under the same name: look at it again
+        return _unchanged(self._duplicates, path)
+
+
+def _unchanged(seen: dict[Path, Version], path: Path) -> bool:
+    """Whether ``path`` is still the version ``seen`` holds of it (gone counts, as there is
+    nothing to look at); a version rewritten under the same name leaves ``seen``."""
+    version_seen = seen.get(path)
+    if version_seen is None:
         return False
+    version = Version.of(path)
+    if version is None:
+        seen.pop(path, None)
+        return True
+    if version == version_seen:
+        return True
+    del seen[path]  # rewritten under the same name: look at it again
+    return False
 
 
 def _why_resent(known: KnownImage, *, first: bool) -> str:

@@ -7,13 +7,17 @@ So identifiers keep their start and get a digest of the whole (two long UIDs sha
 first characters stay two images, two exams; so does an accession number, which keys an
 exam without a StudyInstanceUID), free text is cut, and a date is kept only as the
 eight digits of a DICOM date.
+
+A NUL byte inside a value (pydicom drops the NULs that pad a value, not one within it:
+Manufacturer "GE\\x00Med") is refused by PostgreSQL in any text value, which failed the
+whole block too; ``storable`` writes it as text first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from shared.db.schema import Image, Study
@@ -21,6 +25,21 @@ from shared.imaging.types import ImageHeader
 
 _DIGEST = 16
 _SEPARATED_DATE = re.compile(r"(\d{4})[-./](\d{2})[-./](\d{2})")
+_NUL = "\x00"
+
+
+def storable(text: str) -> str:
+    """``text`` as any database column takes it: each NUL written as the four characters
+    ``\\x00``.
+
+    PostgreSQL refuses a NUL in a text value (SQLite does not), and the refusal fails the
+    whole statement: every file of the block, or the message of a failure. Escaped rather
+    than dropped, so that UIDs differing by it ("1.2\\x003", "1.23") stay two images, and
+    written as the ``\\xNN`` the product shows other control characters and undecodable
+    file name bytes as (``without_control``, ``source_text``), not as U+FFFD, which a
+    reader takes for a byte that was not valid text.
+    """
+    return text.replace(_NUL, "\\x00") if _NUL in text else text
 
 
 def fitted_key(text: str, length: int, *, digest_of: str | None = None) -> str:
@@ -44,7 +63,8 @@ def study_date(value: str | None) -> str | None:
 
 
 def bounded(header: ImageHeader) -> ImageHeader:
-    """``header`` with every value that goes into a column fitted to it."""
+    """``header`` with every value that goes into a column storable and fitted to it."""
+    header = _storable(header)
     sop = _key(header.sop_instance_uid, Image.sop_instance_uid)
     identity = f"sop:{sop}" if header.identity.startswith("sop:") and sop else header.identity
     return replace(
@@ -57,6 +77,14 @@ def bounded(header: ImageHeader) -> ImageHeader:
         manufacturer=_cut(header.manufacturer, Image.manufacturer),
         manufacturer_model=_cut(header.manufacturer_model, Image.manufacturer_model),
         voi=_cut(header.voi, Image.voi))
+
+
+def _storable(header: ImageHeader) -> ImageHeader:
+    """Every text value of ``header`` through ``storable``: escaped before any is fitted, so
+    the fitted value is the one stored (and a long UID's digest is of what is stored)."""
+    texts: dict[str, Any] = {field.name: storable(value) for field in fields(header)
+             if isinstance(value := getattr(header, field.name), str)}
+    return replace(header, **texts, view_flags=tuple(map(storable, header.view_flags)))
 
 
 def _length(column: Any) -> int:
@@ -73,8 +101,9 @@ def _cut(value: str | None, column: Any) -> str | None:
 
 def fitted_identity(identity: str) -> str:
     """A stored identity as ``bounded`` makes it today: a SQLite database, which never
-    enforced column lengths, may hold ``sop:`` and a UID of over 64 characters in full."""
+    enforced column lengths nor refused a NUL, may hold ``sop:`` and a UID of over 64
+    characters in full, or one with a NUL in it."""
     if identity.startswith("sop:"):
-        uid = _key(identity[len("sop:"):], Image.sop_instance_uid)
+        uid = _key(storable(identity[len("sop:"):]), Image.sop_instance_uid)
         return f"sop:{uid}"
     return identity
