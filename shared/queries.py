@@ -433,6 +433,35 @@ def require_batch(session: Session, batch_id: int) -> Batch:
     return batch
 
 
+def require_study(session: Session, study_uid: str) -> None:
+    """The error for a study UID the database holds no exam of, as ``require_batch``'s: a
+    mistyped UID must not read as "not processed yet"."""
+    if session.scalar(select(Study.id).where(Study.study_uid == study_uid).limit(1)) is None:
+        raise ReportTargetNotFoundError(
+            f"no exam with StudyInstanceUID {study_uid}; `mammo worklist` lists each exam's "
+            "study_uid")
+
+
+def require_patient(session: Session, patient_pseudonym: str) -> None:
+    """The error for a patient pseudonym no exam carries (see ``require_study``)."""
+    if session.scalar(select(Study.id).where(Study.patient_pseudonym == patient_pseudonym)
+                      .limit(1)) is None:
+        raise ReportTargetNotFoundError(
+            f"no exam of patient pseudonym {patient_pseudonym}; give it as the reports and "
+            "`mammo worklist` print it (p-..., never the raw PatientID)")
+
+
+def require_targets(session: Session, flt: ResultFilter) -> None:
+    """The not-found error for the batch, study or patient ``flt`` names and the database
+    does not hold (an empty listing would read as "nothing there yet")."""
+    if flt.batch_id is not None:
+        require_batch(session, flt.batch_id)
+    if flt.study_uid:
+        require_study(session, flt.study_uid)
+    if flt.patient_pseudonym:
+        require_patient(session, flt.patient_pseudonym)
+
+
 def finished_batches_copied_from(session: Session, batch_id: int) -> list[Batch]:
     """The other batches whose images ``batch_id`` sent again (its copies' originals'),
     finished, in id order: an interrupted `mammo run`'s batch, which its re-run completes."""

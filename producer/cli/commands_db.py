@@ -17,7 +17,7 @@ from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.engine import upgrade
 from shared.notify import Notifier
-from shared.queries import require_batch
+from shared.queries import require_batch, require_study
 from shared.queue import broker_uptime_s
 from shared.recovery import (
     claimed_images,
@@ -221,6 +221,8 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     with cli.sessions() as session:
         if batch_id is not None:
             require_batch(session, batch_id)
+        if study_uid:
+            require_study(session, study_uid)
         ids = not_scored_by(session, spec.sha256, flt)
         model = describe(session, spec)  # with its sha256 where another shares its name
     click.echo(f"{len(ids)} done image(s) not scored by {model}"

@@ -20,6 +20,7 @@ from shared.queries import (
     list_results,
     recent_batch_ids,
     require_batch,
+    require_targets,
     system_health,
 )
 from shared.queue import broker_uptime_s, live_workers, queue_depth
@@ -177,8 +178,7 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
                        limit=page + 1 if page else None, offset=offset,
                        include_duplicates=batch_id is not None and limit is None)
     with cli.sessions() as session:
-        if batch_id is not None:
-            require_batch(session, batch_id)
+        require_targets(session, flt)
         rows = list_results(session, flt)
     more = page is not None and len(rows) > page
     render(rows[:page] if more else rows, fmt, keys=RESULT_KEYS, columns=RESULT_COLUMNS,

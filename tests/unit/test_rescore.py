@@ -101,8 +101,8 @@ def test_rescore_sends_the_images_to_the_workers_through_redis(
     code, out = invoke_cli(["rescore", "--study", "1.2.3.no.such.study"],
                            monkeypatch, tmp_path, database_url=url, model=str(second_model),
                            broker_url=redis_url, patient_id_key=KEY, chunk_size="2")
-    assert code == ExitCode.OK, out
-    assert "0 done image(s)" in out  # no such study: nothing sent
+    assert code == ExitCode.USAGE, out  # no such study: named, nothing sent
+    assert "no exam with StudyInstanceUID 1.2.3.no.such.study" in out
     engine = create_engine(url)
     with engine.connect() as conn:
         uid = conn.execute(select(Study.study_uid)).scalar_one()
