@@ -94,7 +94,11 @@ def _with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
 def results_query(flt: ResultFilter) -> Select[*tuple[Any, ...]]:
     stmt = _with_latest_prediction(select(*_RESULT_COLUMNS).select_from(Image),
                                    inner_study=bool(flt.study_uid or flt.patient_pseudonym))
+    # A row shows a prediction only for a done image (_result_row): one queued to be scored
+    # again, or failed since, must not match by the prediction it no longer shows.
+    by_prediction = bool(flt.label or flt.model_version) or flt.min_suspicion is not None
     conditions = [
+        (by_prediction, lambda: Image.state == ImageState.DONE.value),
         (flt.batch_id is not None, lambda: Image.batch_id == flt.batch_id),
         (bool(flt.study_uid), lambda: Study.study_uid == flt.study_uid),
         (bool(flt.patient_pseudonym), lambda: Study.patient_pseudonym == flt.patient_pseudonym),
