@@ -526,9 +526,7 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
     # Guarded on the state: of two producers re-sending it at once, one retries it.
     taken = session.execute(
         update(Image).where(Image.id == stored.id, Image.state == ImageState.FAILED.value)
-        .values(state=ImageState.QUEUED.value, attempts=0, claim_token=None,
-                error_code=None, error_message=None, claimed_at=None, finished_at=None,
-                enqueued_at=None, source=row["source"], batch_id=batch_id)
+        .values(**_queued_again(), source=row["source"], batch_id=batch_id)
         .returning(Image.id).execution_options(synchronize_session=False)).scalar_one_or_none()
     if taken is None:
         return False
@@ -567,14 +565,12 @@ def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str
         if registered is not None:  # its image was registered since, from another path
             _retire_refusal(session, stored, registered)
             continue  # and this submission is a copy of that image, like any other
-        values = {key: value for key, value in row.items() if key != "created_at"}
         try:
             with session.begin_nested():  # a racing producer may insert the identity first
                 taken = session.execute(
                     update(Image).where(Image.id == stored.id,
                                         Image.state == ImageState.FAILED.value)
-                    .values(**values, claim_token=None, error_code=None, error_message=None,
-                            claimed_at=None, finished_at=None, enqueued_at=None)
+                    .values(**{**row, **_queued_again()})
                     .returning(Image.id).execution_options(synchronize_session=False)
                 ).scalar_one_or_none()
         except IntegrityError:
@@ -584,6 +580,23 @@ def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str
             result.retried[stored.id] = code
             adopted.add(row["source"])
     return [row for row in rows if row["source"] not in adopted]
+
+
+def _queued_again() -> dict[str, Any]:
+    """What a failed image queued again (retried, or its refusal adopted) is set to: the
+    image of a file registered now, not yet sent, never claimed, nowhere else.
+
+    ``archived_path`` goes: it is where the watcher filed the failed file (failed/x.dcm), and
+    readers prefer it to the source (``current_location``), so the worker read the old half
+    file again, not the complete one re-sent under its name, and failed it as truncated.
+    ``created_at`` is now: a row not yet sent counts as queued from it (``stale_images``,
+    the oldest queued age of `mammo status`), and the failure's made a sweep between the
+    commit and the send re-send the image with a warning that its message was lost.
+    """
+    return {"state": ImageState.QUEUED.value, "attempts": 0, "claim_token": None,
+            "claimed_at": None, "error_code": None, "error_message": None,
+            "finished_at": None, "enqueued_at": None, "archived_path": None,
+            "created_at": utcnow()}
 
 
 def _retire_refusal(session: Session, refused: Any, image_id: int) -> None:

@@ -1,33 +1,43 @@
-"""Values the database would refuse.
+"""Values the database would refuse, and failed images queued again.
 
 A NUL inside a header value (pydicom keeps one within a value, not the padding ones) or a
 manifest value made PostgreSQL refuse the whole registration block, good files included;
-a value the database still refuses fails that one file.
+a value the database still refuses fails that one file; and a failed image queued again is
+a new file's: not read from where the watcher filed the failed one, and queued from now.
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from sqlalchemy import select
+from pydantic import SecretStr
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer import registration
 from producer.manifest import Manifest
-from producer.registration import create_batch, ingestion_for, register_files
+from producer.registration import Ingestion, create_batch, ingestion_for, register_files
 from shared.config import Settings
+from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, Image, Study
-from shared.enums import ErrorCode, Laterality, Priority
+from shared.enums import ErrorCode, Laterality, Priority, View
 from shared.errors import InputError
 from shared.imaging import readers
-from shared.imaging.identity import file_has_identity
+from shared.imaging.identity import current_location, file_has_identity
 from shared.imaging.types import ImageHeader
+from shared.synthetic import synth_mammogram, write_dicom
+from shared.timeutil import as_utc, utcnow
 from tests.helpers.bad_inputs import good_dicom, good_png
 from tests.helpers.dicom_edit import rewrite_dicom
+
+KEY = "0123456789abcdef-test-key"
 
 
 @pytest.fixture
@@ -35,6 +45,11 @@ def sessions(sqlite_url: str) -> sessionmaker[Session]:
     engine = create_db_engine(Settings(database_url=sqlite_url, _env_file=None))  # type: ignore[call-arg]
     ensure_schema(engine)
     return make_session_factory(engine)
+
+
+def _keyed(url: str) -> Ingestion:
+    return ingestion_for(Settings(database_url=url, _env_file=None,  # type: ignore[call-arg]
+                                  patient_id_key=SecretStr(KEY)))
 
 
 def _batch(sessions: sessionmaker[Session]) -> int:
@@ -184,3 +199,72 @@ def test_a_nul_postgresql_refuses_fails_that_file_alone(
     assert len(reg.new_ids) == 1 and len(reg.rejected_ids) == 1
     assert rows[str(good)] is None
     assert "NUL" in rows[str(bad)] and "DataError" in rows[str(bad)]
+
+
+def _dicom(path: Path, patient_id: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_dicom(path, synth_mammogram(np.random.default_rng(3), size=(96, 80)),
+                       study_uid="1.2.826.0.1.3680043.8.498.300",
+                       sop_uid="1.2.826.0.1.3680043.8.498.301", laterality=Laterality.LEFT,
+                       view=View.CC, patient_id=patient_id)
+
+
+def _filed_away(sessions: sessionmaker[Session], image_id: int, copy: Path) -> None:
+    """The watcher filed the failed file (``archived_path``) a while ago."""
+    with sessions() as session:
+        session.execute(update(Image).where(Image.id == image_id).values(
+            archived_path=str(copy), created_at=utcnow() - timedelta(hours=2)))
+        session.commit()
+
+
+def _assert_queued_as_a_new_file(sessions: sessionmaker[Session], image_id: int,
+                                 path: Path) -> None:
+    with sessions() as session:
+        image = session.get(Image, image_id)
+        assert image is not None
+        # A sweep between the retry's commit and its send: the image is not long queued.
+        now = utcnow()
+        stale = lifecycle.stale_images(session, queued_before=now - timedelta(minutes=10),
+                                       claimed_before=now - timedelta(minutes=10))
+    assert (image.state, image.source, image.archived_path) == ("queued", str(path), None)
+    assert current_location(image.source, image.archived_path) == str(path)
+    created = as_utc(image.created_at)
+    assert created is not None and created > utcnow() - timedelta(minutes=1)
+    assert image_id not in stale
+
+
+def test_a_retried_image_is_read_from_its_new_file_and_queued_from_now(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    # The half file failed truncated and was filed to failed/x.dcm; the modality re-sent
+    # the complete file under the same name. The worker read failed/x.dcm again (and
+    # failed it truncated again), and a sweep before the send re-sent it as 'lost'.
+    path = _dicom(tmp_path / "in" / "x.dcm")
+    reg = register_files(sessions, _batch(sessions), [path])
+    (image_id,) = reg.new_ids
+    with sessions() as session:
+        lifecycle.mark_failed(session, image_id, ErrorCode.TRUNCATED, "cut short")
+        session.commit()
+    filed = tmp_path / "in" / "failed" / "x.dcm"
+    filed.parent.mkdir()
+    shutil.copy(path, filed)
+    _filed_away(sessions, image_id, filed)
+    again = register_files(sessions, _batch(sessions), [path],
+                           ingestion=Ingestion(changed=frozenset({path})))
+    assert again.retried == {image_id: ErrorCode.TRUNCATED.value}
+    _assert_queued_as_a_new_file(sessions, image_id, path)
+
+
+def test_an_adopted_refusal_is_read_from_its_file_and_queued_from_now(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    # Refused for want of a key, filed to failed/ by the watcher, resubmitted once the key
+    # is set: the refused image itself is queued, and must not keep the refusal's traces.
+    path = _dicom(tmp_path / "in" / "x.dcm", patient_id="PAT-1")
+    reg = register_files(sessions, _batch(sessions), [path])
+    (image_id,) = reg.rejected_ids
+    filed = tmp_path / "in" / "failed" / "x.dcm"
+    filed.parent.mkdir()
+    shutil.copy(path, filed)
+    _filed_away(sessions, image_id, filed)
+    again = register_files(sessions, _batch(sessions), [path], ingestion=_keyed(sqlite_url))
+    assert again.retried == {image_id: ErrorCode.NO_PSEUDONYM_KEY.value}
+    _assert_queued_as_a_new_file(sessions, image_id, path)
