@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.bilateral import BilateralHead
+from shared.db.clock import database_now
 from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.db.upsert import insert_missing
@@ -421,7 +422,8 @@ def refresh_exam_results(session: Session, study_ids: Iterable[int], *, timeout_
     settled (``owe_exam_refresh``); one not due yet, or whose new version another refresher
     wrote first, stays owed. Flushes but does not commit: the caller owns the transaction.
     """
-    now = now or utcnow()
+    # Image times are the database's (created_at's server default): judge them on its clock.
+    now = now or database_now(session)
     changes: list[ExamChange] = []
     for block in in_blocks(study_ids):
         # Read before the images: a save committed after this read stays owed, whatever
