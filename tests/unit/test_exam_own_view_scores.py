@@ -112,7 +112,7 @@ def test_a_cancer_in_each_breast_is_alerted_by_its_own_views_score(
         assert reread is not None and reread.suspicion is not None and reread.suspicion < 10
         notice = exam_alert_notice(session, 2, threshold=10)
         _, alerted = owed(session, "email", since=utcnow() - timedelta(hours=1),
-                          alert_threshold=10)
+                          now=utcnow(), alert_threshold=10)
     assert notice is not None and notice.payload["exam_suspicion"] == reread.suspicion
     assert notice.payload["suspicion"] == 10  # the worklist's score
     assert f"suspicion 10 of 10 by a breast's own views ({reread.suspicion} with" in notice.text
