@@ -66,10 +66,12 @@ def model_frame(source: ModelInputSource, identity: str | None = None, *,
     line break that forges a log line.
     """
     image = f"image {image_id}" if image_id is not None else "an image"
-    if not Path(source.path).exists():
-        log.warning("%s not drawn in the report: %s", image, GONE)
-        return Frame(None, GONE)
     try:
+        # Inside the try: on Python 3.11 exists() raises for a copy it cannot stat (EACCES
+        # on its folder, ESTALE or EIO on a share), and that one view failed the whole report.
+        if not Path(source.path).exists():
+            log.warning("%s not drawn in the report: %s", image, GONE)
+            return Frame(None, GONE)
         if identity is not None and not file_has_identity(Path(source.path), identity):
             log.warning("%s not drawn in the report: %s", image, REPLACED)
             return Frame(None, REPLACED)
