@@ -30,6 +30,7 @@ from producer.manifest import (
     metadata_source,
 )
 from shared.config import Settings
+from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
@@ -150,8 +151,8 @@ def ingestion_for(settings: Settings, manifest: Path | None = None) -> Ingestion
 
 
 def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputError | None,
-         study_id: int | None, label: str | None = None) -> dict[str, Any]:
-    now = utcnow()
+         study_id: int | None, label: str | None = None, *, now: datetime) -> dict[str, Any]:
+    """``now``: the database's time (``_register_block``), which the row is stamped with."""
     row: dict[str, Any] = {
         "batch_id": batch_id, "source": source_text(path), "study_id": study_id, "attempts": 0,
         "created_at": now,
@@ -173,18 +174,23 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
         )
     else:
         assert error is not None
-        identity = content_identity(path)
-        if error.code in _NOT_FOR_ITS_CONTENT:
-            # Refused for want of configuration, for its name or for another file's UID,
-            # not for its own bytes: once the key is set, the file renamed or the UID
-            # conflict cleared, the same file must register as new, not as a duplicate of
-            # this failure (and never as the image whose UID it collided with).
-            identity = f"{error.code.value}:{identity}"
         # The message may quote a header value, and a NUL in it (storable).
-        row.update(identity=identity, format="unknown",
+        row.update(identity=_refusal_identity(error.code, path), format="unknown",
                    state=ImageState.FAILED.value, error_code=error.code.value,
                    error_message=storable(error.message), finished_at=now)
     return row
+
+
+def _refusal_identity(code: ErrorCode, path: Path) -> str:
+    """The identity a file refused unread (no header) is recorded under: its content's."""
+    identity = content_identity(path)
+    if code in _NOT_FOR_ITS_CONTENT:
+        # Refused for want of configuration, for its name or for another file's UID, not
+        # for its own bytes: once the key is set, the file renamed or the UID conflict
+        # cleared, the same file must register as new, not as a duplicate of this failure
+        # (and never as the image whose UID it collided with).
+        return f"{code.value}:{identity}"
+    return identity
 
 
 def study_key(header: ImageHeader) -> str | None:
@@ -207,8 +213,10 @@ def study_key(header: ImageHeader) -> str | None:
     return None
 
 
-def _study_ids(session: Session, headers: Iterable[ImageHeader | None]) -> dict[str, int]:
-    """Create or find the studies of a block's headers, in one round-trip: {key: id}."""
+def _study_ids(session: Session, headers: Iterable[ImageHeader | None],
+               now: datetime) -> dict[str, int]:
+    """Create or find the studies of a block's headers, in one round-trip: {key: id}.
+    ``now``: the database's time, which new studies are stamped with."""
     rows: dict[str, dict[str, Any]] = {}
     for header in headers:
         uid = study_key(header) if header else None
@@ -216,7 +224,7 @@ def _study_ids(session: Session, headers: Iterable[ImageHeader | None]) -> dict[
             rows[uid] = {
                 "study_uid": uid, "accession_number": header.accession_number,
                 "study_date": header.study_date, "patient_pseudonym": header.patient_pseudonym,
-                "created_at": utcnow(),
+                "created_at": now,
             }
     adopted = _legacy_manifest_studies(session, rows)
     for uid in adopted:
@@ -420,16 +428,22 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
     given = {source_text(path): source_text(seen)
              for path, seen in zip(block, normal, strict=True) if path != seen}
     with sessions() as session:
-        studies = _study_ids(session, (header for _, header, _, _ in read))
+        # Every time stamped here is the database's, the clock they are judged on: an image's
+        # created_at starts its exam's time-out (``exams``) and, until its message is sent,
+        # its queued age (``lifecycle.stale_images``). Stamped on a producer's clock 40
+        # minutes behind the server, a fresh exam closed as incomplete at once and a row
+        # committed but not yet sent was re-sent as lost.
+        now = database_now(session)
+        studies = _study_ids(session, (header for _, header, _, _ in read), now)
         read = _refuse_other_patients(session, read)
         owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
                   for _, header, _, _ in read]
         rows = [_row(path, batch_id, header, error,
-                     studies.get(owner.study_uid or "") if header else None, label)
+                     studies.get(owner.study_uid or "") if header else None, label, now=now)
                 for owner, (path, header, error, label) in zip(owners, read, strict=True)]
         paths = {row["source"]: path for row, (path, *_) in zip(rows, read, strict=True)}
         owner_of = {row["source"]: owner for row, owner in zip(rows, owners, strict=True)}
-        rows = _adopt_refused(session, rows, paths, result, given)
+        rows = _adopt_refused(session, rows, paths, result, given, now)
         existing = _insert_new(session, rows, result)
         known = _known(session, existing)
         clashes = {row["source"]: found for row in existing
@@ -438,20 +452,20 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
         if clashes:
             refused = [_row(paths[row["source"]], batch_id, None,
                             _clash_error(row, known[row["identity"]], clashes[row["source"]]),
-                            None)
+                            None, now=now)
                        for row in existing if row["source"] in clashes]
             existing = ([row for row in existing if row["source"] not in clashes]
                         + _insert_new(session, refused, result))
             known = _known(session, existing)
         existing = [row for row in existing
                     if not _retry(session, batch_id, row, paths[row["source"]],
-                                  known[row["identity"]], result, ingestion.changed)
+                                  known[row["identity"]], result, ingestion.changed, now)
                     and not _registered_here(row, known[row["identity"]], batch_id)]
         for row in existing:
             result.duplicates.append((row["source"], known[row["identity"]].id,
                                       known[row["identity"]].state))
         session.add_all(DuplicateSubmission(batch_id=batch_id, image_id=known[r["identity"]].id,
-                                            source=r["source"], created_at=utcnow())
+                                            source=r["source"], created_at=now)
                         for r in existing)
         session.commit()
 
@@ -513,7 +527,7 @@ def _same_source(stored: str, source: str) -> bool:
 
 
 def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, stored: Any,
-           result: Registration, seen_changed: frozenset[Path]) -> bool:
+           result: Registration, seen_changed: frozenset[Path], now: datetime) -> bool:
     """Queue a failed image again, in this batch, under this file's path, when this
     submission read cleanly and the earlier failure was one a new attempt can fix."""
     if (row["state"] != ImageState.QUEUED.value or stored.state != ImageState.FAILED.value
@@ -521,12 +535,12 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
         return False
     if stored.error_code not in RETRIED_ALWAYS and not (
             stored.error_code in RETRIED_WHEN_THE_FILE_CHANGED
-            and (path in seen_changed or _changed_since(path, row["source"], stored))):
+            and (path in seen_changed or _changed_since(path, row["source"], stored, now))):
         return False
     # Guarded on the state: of two producers re-sending it at once, one retries it.
     taken = session.execute(
         update(Image).where(Image.id == stored.id, Image.state == ImageState.FAILED.value)
-        .values(**_queued_again(), source=row["source"], batch_id=batch_id)
+        .values(**_queued_again(now), source=row["source"], batch_id=batch_id)
         .returning(Image.id).execution_options(synchronize_session=False)).scalar_one_or_none()
     if taken is None:
         return False
@@ -535,71 +549,83 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
     return True
 
 
+# Refusals recorded unread, under the file's content (``_refusal_identity``), that the same
+# file reads cleanly after: a key set, or this software fixed (a reader's fault, a value the
+# database refused). Its header identity (a DICOM's UID) is not the refusal's.
+_ADOPTED_REFUSALS = (ErrorCode.NO_PSEUDONYM_KEY.value, ErrorCode.INTERNAL.value)
+
+
 def _adopt_refused(session: Session, rows: list[dict[str, Any]], paths: dict[str, Path],
-                   result: Registration, given: dict[str, str]) -> list[dict[str, Any]]:
-    """Queue the image refused for want of a pseudonym key, now that the same file (same
+                   result: Registration, given: dict[str, str],
+                   now: datetime) -> list[dict[str, Any]]:
+    """Queue the image refused unread (``_ADOPTED_REFUSALS``), now that the same file (same
     path, same bytes) reads cleanly; return the rows still to insert.
 
     The refusal's identity is its content hash, not the DICOM UID the file now registers
     under, so without this the resubmission would be a second image and the refusal would
-    stay among the failures for good, though the README's remedy (set the key, resubmit)
-    was followed. The failed row takes the file's header and joins this batch, as a retried
-    failure does.
+    stay among the failures for good, though the remedy its message gives (set the key, or
+    submit the file again once the software is fixed) was followed. The failed row takes
+    the file's header and joins this batch, as a retried failure does.
     """
-    code = ErrorCode.NO_PSEUDONYM_KEY.value
     readable = {row["source"]: row for row in rows if row["state"] == ImageState.QUEUED.value}
     if not readable:
         return rows
     # A refusal recorded before sources were normalised holds the path as it was given.
     former = {old: new for old, new in given.items() if new in readable}
-    refused = session.execute(select(Image.id, Image.identity, Image.source, Image.batch_id)
+    refused = session.execute(select(Image.id, Image.identity, Image.source, Image.batch_id,
+                                     Image.error_code)
                               .where(Image.source.in_([*readable, *former]),
                                      Image.state == ImageState.FAILED.value,
-                                     Image.error_code == code)).all()
+                                     Image.error_code.in_(_ADOPTED_REFUSALS))
+                              .order_by(Image.id)).all()
     adopted: set[str] = set()
     for stored in refused:
         row = readable[former.get(stored.source, stored.source)]
-        if stored.identity != f"{code}:{content_identity(paths[row['source']])}":
+        if stored.identity == row["identity"]:
+            continue  # a file known by its content (no UID): found as itself, retried (_retry)
+        path = paths[row["source"]]
+        if stored.identity != _refusal_identity(ErrorCode(stored.error_code), path):
             continue  # another file at that path now: the refusal stays its own
         registered = session.scalar(select(Image.id).where(Image.identity == row["identity"]))
         if registered is not None:  # its image was registered since, from another path
-            _retire_refusal(session, stored, registered)
+            _retire_refusal(session, stored, registered, now)
             continue  # and this submission is a copy of that image, like any other
         try:
             with session.begin_nested():  # a racing producer may insert the identity first
                 taken = session.execute(
                     update(Image).where(Image.id == stored.id,
                                         Image.state == ImageState.FAILED.value)
-                    .values(**{**row, **_queued_again()})
+                    .values(**{**row, **_queued_again(now)})
                     .returning(Image.id).execution_options(synchronize_session=False)
                 ).scalar_one_or_none()
         except IntegrityError:
             continue
         if taken is not None:
             result.new_ids.append(stored.id)
-            result.retried[stored.id] = code
+            result.retried[stored.id] = stored.error_code
             adopted.add(row["source"])
     return [row for row in rows if row["source"] not in adopted]
 
 
-def _queued_again() -> dict[str, Any]:
+def _queued_again(now: datetime) -> dict[str, Any]:
     """What a failed image queued again (retried, or its refusal adopted) is set to: the
     image of a file registered now, not yet sent, never claimed, nowhere else.
 
     ``archived_path`` goes: it is where the watcher filed the failed file (failed/x.dcm), and
     readers prefer it to the source (``current_location``), so the worker read the old half
     file again, not the complete one re-sent under its name, and failed it as truncated.
-    ``created_at`` is now: a row not yet sent counts as queued from it (``stale_images``,
-    the oldest queued age of `mammo status`), and the failure's made a sweep between the
-    commit and the send re-send the image with a warning that its message was lost.
+    ``created_at`` is ``now``, the database's time: a row not yet sent counts as queued from
+    it (``stale_images``, the oldest queued age of `mammo status`), and the failure's made a
+    sweep between the commit and the send re-send the image with a warning that its message
+    was lost.
     """
     return {"state": ImageState.QUEUED.value, "attempts": 0, "claim_token": None,
             "claimed_at": None, "error_code": None, "error_message": None,
             "finished_at": None, "enqueued_at": None, "archived_path": None,
-            "created_at": utcnow()}
+            "created_at": now}
 
 
-def _retire_refusal(session: Session, refused: Any, image_id: int) -> None:
+def _retire_refusal(session: Session, refused: Any, image_id: int, now: datetime) -> None:
     """The refused file is a copy of ``image_id``, registered since under another path:
     its batch records it as such (as registration would have, had the key been set), the
     copies recorded of the refusal point at that image, and the refusal is gone."""
@@ -607,7 +633,7 @@ def _retire_refusal(session: Session, refused: Any, image_id: int) -> None:
                     .where(DuplicateSubmission.image_id == refused.id)
                     .values(image_id=image_id).execution_options(synchronize_session=False))
     session.add(DuplicateSubmission(batch_id=refused.batch_id, image_id=image_id,
-                                    source=refused.source, created_at=utcnow()))
+                                    source=refused.source, created_at=now))
     session.execute(update(Batch).where(Batch.id == refused.batch_id)
                     .values(duplicates=Batch.duplicates + 1)
                     .execution_options(synchronize_session=False))
@@ -616,8 +642,13 @@ def _retire_refusal(session: Session, refused: Any, image_id: int) -> None:
                     .execution_options(synchronize_session=False))
 
 
-def _changed_since(path: Path, source: str, stored: Any) -> bool:
-    """Whether ``path`` is not the file that failed: another path, or written since."""
+def _changed_since(path: Path, source: str, stored: Any, now: datetime) -> bool:
+    """Whether ``path`` is not the file that failed: another path, or written since.
+
+    The failure's time is the database's (``now``, read with this block) and the file's the
+    one this host's file system stamped: the failure is moved by the two clocks' difference,
+    or a file completed after a failure would read as written before it on a host behind
+    the server, and would not be retried."""
     failed_at = as_utc(stored.finished_at)
     if not _same_source(stored.source, source) or failed_at is None:
         return True
@@ -625,7 +656,7 @@ def _changed_since(path: Path, source: str, stored: Any) -> bool:
         written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     except OSError:
         return False  # gone again: the worker would only fail it as missing
-    return written > failed_at
+    return written > failed_at + (utcnow() - now)
 
 
 class _Owner(NamedTuple):

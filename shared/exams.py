@@ -422,7 +422,8 @@ def refresh_exam_results(session: Session, study_ids: Iterable[int], *, timeout_
     settled (``owe_exam_refresh``); one not due yet, or whose new version another refresher
     wrote first, stays owed. Flushes but does not commit: the caller owns the transaction.
     """
-    # Image times are the database's (created_at's server default): judge them on its clock.
+    # Image times are the database's (registration stamps created_at with database_now):
+    # judge them on its clock.
     now = now or database_now(session)
     changes: list[ExamChange] = []
     for block in in_blocks(study_ids):

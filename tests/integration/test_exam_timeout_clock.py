@@ -1,6 +1,7 @@
 """An exam's time-out is counted on the database's clock, the clock its images' times come
 from: a follow-up on a host running ahead must not close an exam as incomplete before its
-missing view had the time the setting gives it."""
+missing view had the time the setting gives it, nor a producer running behind register
+views already past it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer import registration
 from producer.registration import create_batch, register_files
 from shared import exams
 from shared.config import Settings
@@ -56,13 +58,14 @@ def _refresh(sessions: sessionmaker[Session], ids: list[int]) -> int:
 def test_the_exam_time_out_runs_on_the_database_clock(
         sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         offset_min: int) -> None:
-    ids = _three_views_of_four_done(sessions, tmp_path)
-
     def skewed() -> datetime:
         return datetime.now(UTC) + timedelta(minutes=offset_min)
 
-    for module in (exams, clock):
+    # One host's clock, the producer's that registered the views included: their times
+    # are stamped on the database's clock, the one the time-out is counted on.
+    for module in (exams, clock, registration):
         monkeypatch.setattr(module, "utcnow", skewed)
+    ids = _three_views_of_four_done(sessions, tmp_path)
     # Registered a moment ago by the server's clock: the fourth view still has 30 minutes,
     # whatever this host's clock says.
     assert _refresh(sessions, ids) == 0
