@@ -294,11 +294,15 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
     # While images remain: the pace of the last ``window_s`` up to now, what the ETA needs
     # (0 when stalled). Once none remain: its throughput over all its work, what a night's
     # report quotes, and what status shows from then on.
+    # Predictions are stamped on their worker's clock (``worker.pipeline``): the window
+    # ends on this host's, the worker's own where they share a host.
     rate = (scoring_rate(session, batch.id, window_s=window_s, until=now or utcnow())
             if remaining else scoring_rate(session, batch.id))
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
-    if eta and lease_s is not None and not _in_progress(session, batch.id, now or utcnow(),
-                                                        lease_s):
+    # Claims and finishes are stamped on the database's clock (``lifecycle``): judged on it,
+    # or a `mammo status` on a host half a lease ahead dropped a worked-on batch's ETA.
+    if eta and lease_s is not None and not _in_progress(
+            session, batch.id, now or database_now(session), lease_s):
         eta = None
     return replace(status, images_per_minute=rate, eta_seconds=eta,
                    models=models_of_batch(session, batch.id))
@@ -485,6 +489,7 @@ def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any
     one stays listed), with the model versions they used: after
     `mammo models activate` a running worker keeps its model until it restarts, and this is
     where an operator sees which workers still run the old one."""
+    # Predictions are stamped on their worker's clock: this host's, where they share one.
     since = utcnow() - timedelta(seconds=within_s)
     stmt = (select(Prediction.worker, ModelVersion.name, ModelVersion.version,
                    ModelVersion.sha256, func.count(), func.max(Prediction.created_at))

@@ -21,7 +21,7 @@ from shared import queries, recovery
 from shared.config import Settings
 from shared.db import clock, lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.db.schema import Image
+from shared.db.schema import Image, ModelVersion, Prediction
 from shared.queue import create_celery_app, queue_depth
 from shared.timeutil import as_utc
 from tests.helpers.db import queued_batch
@@ -157,3 +157,43 @@ def test_a_host_running_behind_takes_over_expired_claims_and_renews_on_the_serve
     with sessions() as session:
         assert lifecycle.claim(session, taken, token="other-worker", lease_s=lease_s) == []
         assert recovery.held_claims(session, settings, taken).count == 2
+
+
+def _scored_here(sessions: sessionmaker[Session], batch_id: int, n: int) -> None:
+    """``n`` images of the batch scored in the last minute by a worker on this host: their
+    predictions carry this host's clock (the worker's), their finishes the server's."""
+    with sessions() as session:
+        session.add(ModelVersion(id=1, name="m", version="1", sha256="0" * 64,
+                                 preprocessing_version="1", classes=["a"],
+                                 input_size=[64, 64], path="/m"))
+        for i in range(n):
+            image = Image(identity=f"sha256:done-{i}", batch_id=batch_id, attempts=1,
+                          source=f"/in/done/{i}.png", format="png", state="done",
+                          finished_at=func.now() - timedelta(seconds=50 - 5 * i))
+            session.add(image)
+            session.flush()
+            session.add(Prediction(
+                image_id=image.id, model_version_id=1, preprocessing_version="1",
+                label="normal", p_normal=0.9, p_benign=0.05, p_malignant=0.05, suspicion=1,
+                decode_ms=100.0, preprocess_ms=100.0, infer_ms=100.0,
+                forward_pass_id=f"fp-{i}", forward_pass_size=1,
+                created_at=queries.utcnow() - timedelta(seconds=50 - 5 * i)))
+        session.commit()
+
+
+def test_status_on_a_host_running_ahead_keeps_the_eta_of_a_batch_being_worked_on(
+        settings: Settings, sessions: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `mammo status` and the worker on one host, 10 minutes ahead of the server: the
+    # worker's claims (renewed a moment ago, on the server's clock) must read as live, or
+    # the batch shows no ETA while it is being scored.
+    lease_s = settings.claim_lease_s
+    _host_clock_off_by(monkeypatch, SKEW)
+    batch_id, ids = queued_batch(sessions, "night", 4)
+    _scored_here(sessions, batch_id, 4)
+    with sessions() as session:
+        assert len(lifecycle.claim(session, ids[:2], token="worker", lease_s=lease_s)) == 2
+        session.commit()
+        status = queries.batch_status(session, batch_id, lease_s=lease_s)
+    assert status is not None and status.images_per_minute
+    assert status.eta_seconds is not None and status.eta_seconds > 0
