@@ -2,9 +2,10 @@
 
 Redis is not trusted to keep messages (restart without persistence, eviction, a worker
 SIGKILLed before its message comes back). The database is: an image ``queued`` for too
-long, or ``processing`` under an expired lease, gets a new message, at the priority of its
-batch (raised by an urgent batch that sent a copy of it). Re-sending is safe because claims
-and upserts make a second delivery a no-op.
+long, owed a message no one sent (a send that failed), or ``processing`` under an expired
+lease, gets a new message, at the priority of its batch (raised by an urgent batch that
+sent a copy of it). Re-sending is safe because claims and upserts make a second delivery a
+no-op.
 
 The follow-up does the same for what happens after the images: exams whose missing views
 timed out get their (incomplete) result, and notifications owed or failed are delivered
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
@@ -32,6 +34,8 @@ from shared.exams import in_blocks, refresh_due_exams
 from shared.notify import FollowUpReport, Notifier
 from shared.queue import enqueue_by_priority, queue_depth
 from shared.timeutil import as_utc, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def lost_message_age_s(requeue_after_s: int, broker_uptime: float | None) -> int:
@@ -52,15 +56,26 @@ def lost_message_age_s(requeue_after_s: int, broker_uptime: float | None) -> int
 
 @dataclass
 class SweepReport:
-    stale_queued: list[int] = field(default_factory=list)
+    stale_queued: list[int] = field(default_factory=list)  # the owed ones included
     expired_claims: list[int] = field(default_factory=list)
+    # Of ``stale_queued``, those with no message sent since they were queued (a send that
+    # failed, a producer stopped before its send): re-sent whatever the broker holds.
+    owed: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
     messages: int = 0
     note: str = ""
 
+    @property
+    def sent_before(self) -> list[int]:
+        """Of ``stale_queued``, those whose message was sent: lost, or still waiting in a
+        busy queue."""
+        owed = set(self.owed)
+        return [i for i in self.stale_queued if i not in owed]
+
     def summary(self) -> str:
+        owed = f" ({len(self.owed)} with no message sent)" if self.owed else ""
         text = (f"re-queued {len(self.requeued)} image(s) in {self.messages} message(s): "
-                f"{len(self.stale_queued)} queued too long, {len(self.expired_claims)} "
+                f"{len(self.stale_queued)} queued too long{owed}, {len(self.expired_claims)} "
                 "claimed by a worker that stopped")
         return f"{text} ({self.note})" if self.note else text
 
@@ -76,8 +91,9 @@ def find_stuck(
         return SweepReport()
     processing = set(session.execute(select(Image.id).where(and_(
         Image.id.in_(ids), Image.state == ImageState.PROCESSING.value))).scalars())
-    return SweepReport(stale_queued=[i for i in ids if i not in processing],
-                       expired_claims=[i for i in ids if i in processing])
+    queued = [i for i in ids if i not in processing]
+    return SweepReport(stale_queued=queued, expired_claims=[i for i in ids if i in processing],
+                       owed=lifecycle.never_sent(session, queued))
 
 
 def sweep(
@@ -87,23 +103,26 @@ def sweep(
 ) -> SweepReport:
     """Re-queue stuck images and say what was done.
 
-    Without ``force`` (the automatic sweeper in workers), long-queued images are re-sent
-    only when the broker queue is empty: while messages are still waiting, a long wait is
-    a busy night, not a lost message. Expired claims are always re-sent, and queued again
-    first: the next sweep finds them waiting for that message, not expired again.
+    Without ``force`` (the automatic sweeper in workers), long-queued images whose message
+    was sent are re-sent only when the broker queue is empty: while messages are still
+    waiting, a long wait is a busy night, not a lost message. Expired claims are always
+    re-sent, and queued again first: the next sweep finds them waiting for that message,
+    not expired again. Images owed a message (its send failed: ``requeue``) are always
+    sent: none waits for them in the broker, however full it is.
     """
     with sessions() as session:
         report = find_stuck(session, settings, queued_older_than_s=queued_older_than_s,
                             batch_id=batch_id)
     if not dry_run:  # the claims a live worker renewed meanwhile are its own again
         report.expired_claims = _release_expired(sessions, settings, report.expired_claims)
-    targets = list(report.expired_claims)
-    if report.stale_queued:
+    targets = report.expired_claims + report.owed
+    if sent_before := report.sent_before:
         depth = None if force else queue_depth(app)
         if force or depth == 0:
-            targets += report.stale_queued
+            targets += sent_before
         else:
-            report.note = f"broker still holds {depth} message(s); queued images left alone"
+            report.note = (f"broker still holds {depth} message(s); {len(sent_before)} "
+                           "queued image(s) whose message was sent left alone")
     if dry_run or not targets:
         return report
     report.requeued = sorted(targets)
@@ -115,16 +134,42 @@ def requeue(sessions: sessionmaker[Session], app: Celery, settings: Settings,
             image_ids: list[int], *, chunk_size: int | None = None) -> int:
     """Send ``image_ids`` again, each at its own priority (``lifecycle.priorities_of``: an
     urgent batch's images are never re-sent as routine), and stamp them enqueued; return
-    the messages sent."""
+    the messages sent.
+
+    A send that fails (the broker away) leaves those still queued owed a message, for
+    the next sweep to send whatever the broker holds (``leave_to_sweeper``), and
+    raises: a broker that stays away costs one failed send per sweep, no more.
+    """
     if not image_ids:
         return 0
     with sessions() as session:
         groups = lifecycle.by_priority(session, image_ids)
-    sent = enqueue_by_priority(app, groups, chunk_size=chunk_size or settings.chunk_size)
+    try:
+        sent = enqueue_by_priority(app, groups, chunk_size=chunk_size or settings.chunk_size)
+    except Exception:
+        leave_to_sweeper(sessions, image_ids)
+        raise
     with sessions() as session:
         lifecycle.mark_enqueued(session, image_ids)
         session.commit()
     return sent
+
+
+def leave_to_sweeper(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> None:
+    """Record that no message for ``image_ids`` is on its way (a send that failed, a chunk
+    that gave up its retries): the next sweep sends those still queued, whatever the broker
+    holds (``lifecycle.owe_message``).
+
+    Best effort: the failure that brought the caller here is the error to report. With the
+    database away too, the images keep their stamps, and a sweep sends them after its
+    usual wait (or, sent before, once the broker queue is empty)."""
+    try:
+        with sessions() as session:
+            lifecycle.owe_message(session, image_ids)
+            session.commit()
+    except SQLAlchemyError as exc:
+        log.warning("could not record %d image(s) as owed a message: %s: %s",
+                    len(image_ids), type(exc).__name__, exc)
 
 
 @dataclass(frozen=True)
@@ -190,9 +235,9 @@ def _release_expired(sessions: sessionmaker[Session], settings: Settings,
     """Queue again the images among ``image_ids`` whose claim's lease has passed, before
     their new message is sent; return those queued (``lifecycle.release_expired``).
 
-    Their old send time stays until ``requeue`` stamps the new one: a send that fails (the
-    broker away) leaves them queued since then, for the long-queued rule of a later sweep,
-    not stamped as sent with no message anywhere."""
+    They are owed that message until ``requeue`` stamps it sent: a send that fails (the
+    broker away) leaves them owed one, for the next sweep to send whatever the broker
+    holds, not waiting for an empty queue as if a message of theirs were in it."""
     if not image_ids:
         return []
     with sessions() as session:

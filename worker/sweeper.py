@@ -43,7 +43,7 @@ class SweepLoop:
             if report.requeued or report.note:
                 restarted = (f" (the broker started {after} s ago: images "
                              "queued before that lost their message)"
-                             if after < self.settings.requeue_after_s and report.stale_queued
+                             if after < self.settings.requeue_after_s and report.sent_before
                              else "")
                 # Re-sent work is worth an operator's eye; a sweep that found long-queued
                 # images but left them to a broker still holding messages changed nothing.

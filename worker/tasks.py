@@ -11,7 +11,7 @@ import logging
 import random
 
 from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,7 +20,7 @@ from shared.db import lifecycle
 from shared.db.schema import Image
 from shared.errors import TransientError
 from shared.queue import TASK_PROCESS_CHUNK
-from shared.recovery import requeue
+from shared.recovery import leave_to_sweeper, requeue
 from worker.devices import pin_child_to_gpu
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
@@ -80,8 +80,18 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
             _requeue_one_by_one(app, runtime, image_ids, token)
             return {"timed_out": len(image_ids)}
         except TransientError as exc:
-            # Retries spent, Celery raises ``exc`` itself: the task fails with its reason.
-            raise self.retry(exc=exc, countdown=transient_backoff_s(self.request.retries)) from exc
+            try:
+                # Retries spent, Celery raises ``exc`` itself: the task fails with its reason.
+                raise self.retry(exc=exc, countdown=transient_backoff_s(self.request.retries)
+                                 ) from exc
+            except Retry:
+                _retry_sent(runtime, image_ids)
+                raise
+            except Exception:
+                # No retry is coming (spent, or its message not sent: Reject): the images
+                # handed back, or never claimed, wait for no message in the broker.
+                leave_to_sweeper(runtime.sessions, image_ids)
+                raise
         if result.claimed < len(image_ids):
             _warn_unknown_ids(runtime, image_ids, token)
         return result.as_dict()
@@ -96,12 +106,27 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
         worker_process_shutdown.connect(runtime.close, weak=False)
 
 
+def _retry_sent(runtime: WorkerRuntime, image_ids: list[int]) -> None:
+    """The retry's message is sent: the images the chunk handed back (``lifecycle.release``)
+    are no longer owed one, which a watcher's scan or, after its wait, a sweep would send.
+
+    Best effort: the database may be what the chunk is retrying. Left owed, they get at
+    worst a second message, a no-op."""
+    try:
+        with runtime.sessions() as session:
+            lifecycle.mark_enqueued(session, image_ids, owed_only=True)
+            session.commit()
+    except SQLAlchemyError as exc:
+        log.debug("chunk retry: could not stamp its images sent: %s", type(exc).__name__)
+
+
 def _requeue_one_by_one(app: Celery, runtime: WorkerRuntime, image_ids: list[int],
                         token: str) -> None:
     """A chunk ran out of time: hand its unfinished images back, each as its own task.
 
     The attempt counter is kept, so an image that times out on its own is quarantined after
-    ``max_attempts`` instead of looping.
+    ``max_attempts`` instead of looping. They are owed their messages until ``requeue``
+    sends them: one that fails leaves them to the next sweep, whatever the broker holds.
     """
     with runtime.sessions() as session:
         mine = lifecycle.release(session, image_ids, token, refund=False)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.clock import database_now
@@ -131,19 +132,19 @@ def mark_failed(session: Session, image_id: int, code: ErrorCode, message: str, 
 
 def release(session: Session, image_ids: Sequence[int], token: str, *,
             refund: bool = True) -> list[int]:
-    """Give images this claim still holds back to the queue; return their ids.
+    """Give images this claim still holds back to the queue, owed a message; return their ids.
 
     ``refund`` takes back the attempt the claim counted (nothing went wrong with the image:
     e.g. the database blipped). Without it the attempt stays counted (e.g. a time-out).
+    The caller sends their message (``requeue``, or the chunk's retry): until then they are
+    owed one (``back_in_queue``).
     """
     attempts = Image.attempts - 1 if refund else Image.attempts
-    now = database_now(session)  # the long-queued rule judges the send time on it
     rows = session.execute(
         update(Image)
         .where(Image.id.in_(list(image_ids)), Image.claim_token == token,
                Image.state == ImageState.PROCESSING.value)
-        .values(state=ImageState.QUEUED.value, attempts=attempts, claimed_at=None,
-                claim_token=None, enqueued_at=now)
+        .values(attempts=attempts, **back_in_queue(session))
         .returning(Image.id),
         execution_options={"synchronize_session": False},
     ).scalars().all()
@@ -179,7 +180,8 @@ def release_expired(session: Session, image_ids: Sequence[int], *,
 
     For whoever re-sends them (the sweeper): a dead claim left in place was found, and
     re-sent, by every sweep until a worker took it, each a message more in the broker.
-    Queued, the images follow the queued rules from the new message on. The attempts stay
+    Queued, they are owed a message until it is sent (``back_in_queue``), then follow the
+    queued rules from it on. The attempts stay
     counted: a poison image that kills whole workers still reaches its quarantine. The
     condition is checked in the same UPDATE, so a claim taken or renewed since (a live
     worker) is left alone; a holder that was only held up finds its claim gone, and its
@@ -187,12 +189,13 @@ def release_expired(session: Session, image_ids: Sequence[int], *,
     """
     released: list[int] = []
     ids = sorted(set(image_ids))
+    queued = back_in_queue(session)
     for start in range(0, len(ids), _ID_BLOCK):
         released += session.execute(
             update(Image).where(Image.id.in_(ids[start:start + _ID_BLOCK]),
                                 Image.state == ImageState.PROCESSING.value,
                                 Image.claimed_at < claimed_before)
-            .values(state=ImageState.QUEUED.value, claim_token=None, claimed_at=None)
+            .values(**queued)
             .returning(Image.id),
             execution_options={"synchronize_session": False}).scalars().all()
     session.commit()
@@ -241,16 +244,62 @@ def _stamp_finished(session: Session, which: ColumnElement[bool]) -> list[int]:
     return sorted(stamped)
 
 
-def mark_enqueued(session: Session, image_ids: Sequence[int], when: datetime | None = None) -> None:
+def back_in_queue(session: Session) -> dict[str, Any]:
+    """The values that put an image back in the queue, owed a message that its caller sends.
+
+    No send time until the message is sent (``mark_enqueued``): a send that fails leaves
+    the image owed one, which the sweeper sends whatever the broker holds (a send time
+    stamped first made it look sent, and it waited for an empty queue behind a night's
+    routine work). ``requeued_at`` (the database's clock, which ``stale_images`` judges on)
+    holds the sweeper off while its caller is about to send, as ``created_at`` does after
+    a registration.
+    """
+    return {"state": ImageState.QUEUED.value, "claim_token": None, "claimed_at": None,
+            "enqueued_at": None, "requeued_at": database_now(session)}
+
+
+def owe_message(session: Session, image_ids: Sequence[int]) -> list[int]:
+    """Record that no process is about to send the still-queued images among ``image_ids``
+    their message (a send that failed, a chunk that gave up its retries); return their ids.
+
+    They are owed a message, counted from their registration: the next sweep sends it,
+    whatever the broker holds, once that is as old as its wait (a re-sent or re-scored
+    image's nearly always is), rather than leave them to a sender that has given up.
+    """
+    owed: list[int] = []
+    ids = sorted(set(image_ids))
+    for start in range(0, len(ids), _ID_BLOCK):
+        owed += session.execute(
+            update(Image).where(Image.id.in_(ids[start:start + _ID_BLOCK]),
+                                Image.state == ImageState.QUEUED.value)
+            .values(enqueued_at=None, requeued_at=None).returning(Image.id),
+            execution_options={"synchronize_session": False}).scalars().all()
+    return sorted(owed)
+
+
+def mark_enqueued(session: Session, image_ids: Sequence[int], when: datetime | None = None,
+                  *, owed_only: bool = False) -> None:
     """Stamp the images sent, by default now on the database's clock: the sweeper that
-    judges them long queued may run on another host (``stale_images``)."""
+    judges them long queued may run on another host (``stale_images``). With
+    ``owed_only``, only those owed a message (a chunk's retry: its images handed back)."""
     if not image_ids:
         return
+    owed = [Image.enqueued_at.is_(None)] if owed_only else []
     session.execute(
-        update(Image).where(Image.id.in_(list(image_ids)))
+        update(Image).where(Image.id.in_(list(image_ids)), *owed)
         .values(enqueued_at=when or database_now(session)),
         execution_options={"synchronize_session": False},
     )
+
+
+def waiting_since() -> ColumnElement[datetime]:
+    """Since when a queued image has waited: its message's send time, or, while it is owed
+    one (no send time), since it was last put back in the queue (``back_in_queue``) or
+    registered, whichever came later (a retried failure is registered anew: its
+    ``created_at`` is reset, and a ``requeued_at`` of an earlier hand-back stays)."""
+    queued = case((Image.requeued_at > Image.created_at, Image.requeued_at),
+                  else_=Image.created_at)  # a NULL requeued_at compares as unknown
+    return func.coalesce(Image.enqueued_at, queued)
 
 
 def stale_images(
@@ -259,16 +308,15 @@ def stale_images(
 ) -> list[int]:
     """Images whose wake-up message may be lost: queued long ago, or claimed by a dead worker.
 
-    A row not yet stamped as sent counts from its registration: a producer between its
-    commit and its send (a watcher's block, a long submit) has not lost anything yet, and a
-    worker's sweep in that gap re-sent the images with a warning that they were lost.
+    A row owed a message counts from when it was queued (``waiting_since``): a producer
+    between its commit and its send (a watcher's block, a long submit, a re-score, a
+    chunk's retry) has not lost anything yet, and a worker's sweep in that gap re-sent the
+    images with a warning that they were lost.
 
     Both cutoffs are times on the database's clock (``database_now``): claims, send times
     and registrations are stamped on it."""
     stmt = select(Image.id).where(or_(
-        and_(Image.state == ImageState.QUEUED.value,
-             or_(and_(Image.enqueued_at.is_(None), Image.created_at < queued_before),
-                 Image.enqueued_at < queued_before)),
+        and_(Image.state == ImageState.QUEUED.value, waiting_since() < queued_before),
         and_(Image.state == ImageState.PROCESSING.value, Image.claimed_at < claimed_before),
     ))
     if batch_id is not None:
@@ -277,12 +325,10 @@ def stale_images(
 
 
 def queued_since(session: Session, since: datetime, *, batch_id: int | None = None) -> int:
-    """How many images have been queued only since ``since`` (sent then, or registered
-    then and not sent yet): those ``stale_images`` with ``queued_before=since`` leaves
-    alone."""
+    """How many images have been queued only since ``since`` (sent then, or queued then
+    and not sent yet): those ``stale_images`` with ``queued_before=since`` leaves alone."""
     stmt = select(func.count()).select_from(Image).where(
-        Image.state == ImageState.QUEUED.value,
-        func.coalesce(Image.enqueued_at, Image.created_at) >= since)
+        Image.state == ImageState.QUEUED.value, waiting_since() >= since)
     if batch_id is not None:
         stmt = stmt.where(Image.batch_id == batch_id)
     return int(session.scalar(stmt) or 0)
@@ -359,9 +405,10 @@ def outranked(session: Session, image_ids: Sequence[int], priority: Priority) ->
 
 
 def never_sent(session: Session, image_ids: Sequence[int]) -> list[int]:
-    """The still-queued images among ``image_ids`` whose message was never sent: rows are
-    committed before messages, so a broker lost mid-submit leaves them so. A resubmission
-    of the same files sends them (a second message is harmless, see ``outranked``)."""
+    """The still-queued images among ``image_ids`` owed a message (no send time): rows are
+    committed before messages, so a broker lost mid-submit leaves them so, and so does a
+    re-send that failed (``back_in_queue``). A resubmission of the same files sends them
+    (a second message is harmless, see ``outranked``), and so does the sweeper."""
     found: list[int] = []
     ids = list(dict.fromkeys(image_ids))
     for start in range(0, len(ids), _ID_BLOCK):
@@ -373,16 +420,17 @@ def never_sent(session: Session, image_ids: Sequence[int]) -> list[int]:
 
 def reopen(session: Session, image_ids: Sequence[int]) -> list[int]:
     """Put done images back in the queue to be scored by another model version (``mammo
-    rescore``); return those reopened. Their earlier predictions stay: predictions are one
-    per image per model version, and the newest is the one reports read."""
+    rescore``), owed the message the caller sends next (``back_in_queue``); return those
+    reopened. Their earlier predictions stay: predictions are one per image per model
+    version, and the newest is the one reports read."""
     reopened: list[int] = []
     ids = list(dict.fromkeys(image_ids))
+    queued = back_in_queue(session)
     for start in range(0, len(ids), _ID_BLOCK):
         reopened += session.execute(
             update(Image).where(Image.id.in_(ids[start:start + _ID_BLOCK]),
                                 Image.state == ImageState.DONE.value)
-            .values(state=ImageState.QUEUED.value, attempts=0, claim_token=None,
-                    claimed_at=None, enqueued_at=None, finished_at=None)
+            .values(attempts=0, finished_at=None, **queued)
             .returning(Image.id),
             execution_options={"synchronize_session": False}).scalars().all()
     return sorted(reopened)

@@ -13,6 +13,7 @@ from celery.worker.consumer.consumer import Consumer
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.enums import Priority
 from shared.queue import create_celery_app, enqueue_chunks
@@ -40,6 +41,9 @@ def test_a_sweep_that_left_queued_images_to_a_busy_broker_is_not_a_warning(
     app = create_celery_app(settings)
     _, ids = queued_batch(sessions, "night", 3)
     enqueue_chunks(app, ids, chunk_size=4, priority=Priority.ROUTINE)  # still in the queue
+    with sessions() as session:  # stamped sent, as a producer does after its send
+        lifecycle.mark_enqueued(session, ids)
+        session.commit()
     time.sleep(1.5)  # the images are now "queued too long"
     loop = SweepLoop(app, settings)
     with caplog.at_level(logging.INFO, logger="worker.sweeper"):
