@@ -128,7 +128,8 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
     enqueued_at: Mapped[datetime | None] = mapped_column(_tz())
     # When a process last put the image back in the queue to send its message itself (a
-    # claim handed back, a re-score, a retried failure); NULL: not since its registration.
+    # claim handed back, a re-score); NULL: not since its registration (a retried failure
+    # is registered anew: its created_at reset).
     # While ``enqueued_at`` is NULL the image is owed a message, and the sweeper leaves it
     # to that process for its usual wait, counted from here or from ``created_at``,
     # whichever is later (``lifecycle.waiting_since``).
