@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image
 from shared.enums import ErrorCode, ImageState, Priority
-from shared.timeutil import utcnow
 
 ACTIVE_STATES = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
 _ID_BLOCK = 500  # ids per IN list: well under every database's bound-parameter limit
@@ -104,13 +103,14 @@ def _held_by(token: str | None) -> list[ColumnElement[bool]]:
 def mark_done(session: Session, image_ids: Sequence[int], *,
               token: str | None = None) -> list[int]:
     """Mark images done; with ``token``, only those its claim still holds. Returns the ids
-    marked."""
+    marked. The finish is stamped on the database's clock, as claims are: `mammo status`
+    judges "being worked on" by both (``queries._in_progress``)."""
     if not image_ids:
         return []
     rows = session.execute(
         update(Image).where(Image.id.in_(list(image_ids)), *_held_by(token)).values(
             state=ImageState.DONE.value, error_code=None, error_message=None,
-            finished_at=utcnow(),
+            finished_at=database_now(session),
         ).returning(Image.id),
         execution_options={"synchronize_session": False},
     ).scalars().all()
@@ -119,11 +119,13 @@ def mark_done(session: Session, image_ids: Sequence[int], *,
 
 def mark_failed(session: Session, image_id: int, code: ErrorCode, message: str, *,
                 token: str | None = None) -> bool:
-    """Mark an image failed; with ``token``, only if its claim still holds it."""
+    """Mark an image failed; with ``token``, only if its claim still holds it. The failure's
+    time is the database's: a resubmitted file is retried when written since (judged by
+    registration on that clock)."""
     row = session.execute(
         update(Image).where(Image.id == image_id, *_held_by(token)).values(
             state=ImageState.FAILED.value, error_code=code.value,
-            error_message=message[:2000], finished_at=utcnow(),
+            error_message=message[:2000], finished_at=database_now(session),
         ).returning(Image.id),
         execution_options={"synchronize_session": False},
     ).first()
@@ -237,7 +239,10 @@ def _stamp_finished(session: Session, which: ColumnElement[bool]) -> list[int]:
     stamped = session.execute(
         update(Batch)
         .where(which, Batch.finished_at.is_(None), ~active)
-        .values(finished_at=utcnow())
+        # The database's clock, which a summary's due time is judged on (``notify.dispatch``):
+        # stamped on a worker's running ahead, the batch looked finished in the future and
+        # its summary was skipped as not yet due until a later sweep.
+        .values(finished_at=database_now(session))
         .returning(Batch.id),
         execution_options={"synchronize_session": False},
     ).scalars().all()

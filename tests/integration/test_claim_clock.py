@@ -17,6 +17,7 @@ from celery import Celery
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer import registration
 from shared import queries, recovery
 from shared.config import Settings
 from shared.db import clock, lifecycle
@@ -56,8 +57,10 @@ def _host_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> No
     def skewed() -> datetime:
         return datetime.now(UTC) + offset
 
-    for module in (lifecycle, recovery, queries, clock):
-        monkeypatch.setattr(module, "utcnow", skewed)
+    # raising=False: a module that no longer reads this host's clock at all (lifecycle)
+    # stays in the list, so that one that starts to again is skewed with the rest.
+    for module in (lifecycle, recovery, queries, clock, registration):
+        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
 
 
 def _server_now(sessions: sessionmaker[Session]) -> datetime:
