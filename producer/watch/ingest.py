@@ -3,9 +3,9 @@
 It reuses the producer's registration (rows committed first, identity makes duplicates a
 no-op) and ``enqueue_chunks``; only the bookkeeping of the watcher's batch is its own.
 
-The batch: one per watched folder per UTC day, named ``watch:<folder>:<YYYY-MM-DD>``, found
-again by name after a restart, so a day's drop-folder work reads as one batch in
-``mammo status`` and the reports.
+The batch: one per watched folder per UTC day (by the database's clock), named
+``watch:<folder>:<YYYY-MM-DD>``, found again by name after a restart, so a day's
+drop-folder work reads as one batch in ``mammo status`` and the reports.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from producer.watch.folder import WatchFolder
 from shared.batches import watch_batch_name
 from shared.config import Settings
 from shared.db import lifecycle
+from shared.db.clock import database_now
 from shared.db.schema import Batch, Image
 from shared.enums import Priority
 from shared.formatting import without_control
 from shared.queue import enqueue_chunks
-from shared.timeutil import utcnow
 
 
 @dataclass
@@ -53,7 +53,12 @@ class Ingestor:
         self._batch: tuple[str, int] | None = None
 
     def batch_id(self) -> int:
-        name = watch_batch_name(self.folder.root, utcnow().date())
+        with self.sessions() as session:
+            # The database's day: a day batch's summary is due once its day is over by that
+            # clock (``summary_due_at``). By a watcher's clock running behind, the first files
+            # of a new day joined the batch of the day before, summarised without them.
+            day = database_now(session).date()
+        name = watch_batch_name(self.folder.root, day)
         if self._batch is None or self._batch[0] != name:
             with self.sessions() as session:
                 found = session.execute(select(Batch.id).where(Batch.name == name)

@@ -11,6 +11,7 @@ set 40 minutes off a real PostgreSQL server's.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,13 +23,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producer import registration
 from producer.registration import create_batch, register_files
+from producer.watch import ingest
+from producer.watch.folder import WatchFolder
 from shared import exams
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.db.schema import DuplicateSubmission, ExamResult, Image, Study
+from shared.db.schema import Batch, DuplicateSubmission, ExamResult, Image, Study
 from shared.enums import ErrorCode, ImageState, Priority
+from shared.queue import create_celery_app
 from shared.synthetic import make_exam_set
 from shared.timeutil import as_utc
 from tests.helpers.bad_inputs import good_dicom
@@ -38,8 +42,13 @@ NEAR = timedelta(seconds=30)
 
 
 @pytest.fixture
-def sessions(postgres_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(Settings(database_url=postgres_url, _env_file=None))  # type: ignore[call-arg]
+def settings(postgres_url: str) -> Settings:
+    return Settings(database_url=postgres_url, broker_url=None, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(settings)
     ensure_schema(engine)
     yield make_session_factory(engine)
     engine.dispose()
@@ -153,3 +162,26 @@ def test_a_file_unchanged_since_its_failure_is_not_retried_on_a_host_ahead(
     again = register_files(sessions, _batch(sessions), [path])
     assert again.retried == {}
     assert [(image, state) for _, image, state in again.duplicates] == [(image_id, "failed")]
+
+
+def test_the_watchers_day_batch_is_the_databases_day(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past midnight by the server, a minute before it by the watcher's clock: the day
+    # batch summarised at the server's midnight must not take the new day's files.
+    server_now = _server_now(sessions)
+    midnight = datetime.combine(server_now.date(), datetime.min.time(), tzinfo=UTC)
+    behind = -(server_now - midnight) - timedelta(minutes=1)
+
+    def skewed() -> datetime:
+        return datetime.now(UTC) + behind
+
+    for module in (registration, ingest):
+        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
+    ingestor = ingest.Ingestor(settings, sessions, create_celery_app(settings.embedded()),
+                               WatchFolder.of(tmp_path, (), move=False),
+                               logging.getLogger("test"), mode="watch")
+    with sessions() as session:
+        batch = session.get(Batch, ingestor.batch_id())
+    assert batch is not None and batch.name is not None
+    assert batch.name.endswith(server_now.date().isoformat())
