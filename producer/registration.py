@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -433,7 +433,8 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
         # its queued age (``lifecycle.stale_images``). Stamped on a producer's clock 40
         # minutes behind the server, a fresh exam closed as incomplete at once and a row
         # committed but not yet sent was re-sent as lost.
-        now = database_now(session)
+        clocks = _Clocks.read(session)
+        now = clocks.now
         studies = _study_ids(session, (header for _, header, _, _ in read), now)
         read = _refuse_other_patients(session, read)
         owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
@@ -459,7 +460,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
             known = _known(session, existing)
         existing = [row for row in existing
                     if not _retry(session, batch_id, row, paths[row["source"]],
-                                  known[row["identity"]], result, ingestion.changed, now)
+                                  known[row["identity"]], result, ingestion.changed, clocks)
                     and not _registered_here(row, known[row["identity"]], batch_id)]
         for row in existing:
             result.duplicates.append((row["source"], known[row["identity"]].id,
@@ -527,7 +528,7 @@ def _same_source(stored: str, source: str) -> bool:
 
 
 def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, stored: Any,
-           result: Registration, seen_changed: frozenset[Path], now: datetime) -> bool:
+           result: Registration, seen_changed: frozenset[Path], clocks: _Clocks) -> bool:
     """Queue a failed image again, in this batch, under this file's path, when this
     submission read cleanly and the earlier failure was one a new attempt can fix."""
     if (row["state"] != ImageState.QUEUED.value or stored.state != ImageState.FAILED.value
@@ -535,12 +536,13 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
         return False
     if stored.error_code not in RETRIED_ALWAYS and not (
             stored.error_code in RETRIED_WHEN_THE_FILE_CHANGED
-            and (path in seen_changed or _changed_since(path, row["source"], stored, now))):
+            and (path in seen_changed
+                 or _changed_since(path, row["source"], stored, clocks.here_ahead_by))):
         return False
     # Guarded on the state: of two producers re-sending it at once, one retries it.
     taken = session.execute(
         update(Image).where(Image.id == stored.id, Image.state == ImageState.FAILED.value)
-        .values(**_queued_again(now), source=row["source"], batch_id=batch_id)
+        .values(**_queued_again(clocks.now), source=row["source"], batch_id=batch_id)
         .returning(Image.id).execution_options(synchronize_session=False)).scalar_one_or_none()
     if taken is None:
         return False
@@ -642,13 +644,13 @@ def _retire_refusal(session: Session, refused: Any, image_id: int, now: datetime
                     .execution_options(synchronize_session=False))
 
 
-def _changed_since(path: Path, source: str, stored: Any, now: datetime) -> bool:
+def _changed_since(path: Path, source: str, stored: Any, here_ahead_by: timedelta) -> bool:
     """Whether ``path`` is not the file that failed: another path, or written since.
 
-    The failure's time is the database's (``now``, read with this block) and the file's the
-    one this host's file system stamped: the failure is moved by the two clocks' difference,
-    or a file completed after a failure would read as written before it on a host behind
-    the server, and would not be retried."""
+    The failure's time is the database's and the file's the one this host's file system
+    stamped: the failure is moved by the two clocks' difference, or a file completed after
+    a failure would read as written before it on a host behind the server (not retried),
+    and one unchanged since as written after it on a host ahead (decoded again)."""
     failed_at = as_utc(stored.finished_at)
     if not _same_source(stored.source, source) or failed_at is None:
         return True
@@ -656,7 +658,21 @@ def _changed_since(path: Path, source: str, stored: Any, now: datetime) -> bool:
         written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     except OSError:
         return False  # gone again: the worker would only fail it as missing
-    return written > failed_at + (utcnow() - now)
+    return written > failed_at + here_ahead_by
+
+
+@dataclass(frozen=True)
+class _Clocks:
+    """A block's clocks: the database's time its rows are stamped with, and how far this
+    host's clock (which file times are on) runs ahead of it, read together."""
+
+    now: datetime
+    here_ahead_by: timedelta
+
+    @classmethod
+    def read(cls, session: Session) -> _Clocks:
+        now = database_now(session)
+        return cls(now, utcnow() - now)
 
 
 class _Owner(NamedTuple):
