@@ -59,6 +59,19 @@ def _umask_restored() -> Iterator[None]:
     os.umask(umask)
 
 
+@pytest.fixture(autouse=True)
+def _memory_queue_emptied() -> Iterator[None]:
+    """kombu's in-memory broker is one per process: messages a test sent and never consumed
+    (a watcher or submit test without a worker) were taken by the next test's embedded
+    worker as ids of its own database's images."""
+    yield
+    from kombu.transport import memory
+
+    for queue in memory.Channel.queues.values():
+        with queue.mutex:
+            queue.queue.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small, real Keras model (random weights: for plumbing tests only, never shipped)."""

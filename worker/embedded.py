@@ -79,8 +79,24 @@ def embedded_worker(app: Celery, runtime: WorkerRuntime) -> Iterator[EmbeddedHan
         thread.join(timeout=30)
         if thread.is_alive():
             log.warning("embedded worker did not stop within 30 s")
+        _drop_undelivered(app)
         runtime.close()  # first: its notification senders finish what they can
         _report_unsent_notifications(runtime, since=started)
+
+
+def _drop_undelivered(app: Celery) -> None:
+    """Empty the in-memory queue this run leaves: kombu keeps it for the whole process, so
+    a later embedded worker in it (another database, a test) would take these ids for its own
+    images. Nothing is lost: the images stay queued in the database, and the next run (or
+    `mammo recover`) sends them again."""
+    try:
+        dropped = app.control.purge()
+    except Exception as exc:  # the run's outcome stands
+        log.warning("could not empty the in-memory queue: %s", type(exc).__name__)
+        return
+    if dropped:
+        log.info("%d message(s) left in the in-memory queue dropped; their images stay "
+                 "queued in the database", dropped)
 
 
 def _report_unsent_notifications(runtime: WorkerRuntime, *, since: datetime) -> None:

@@ -94,3 +94,20 @@ def test_a_chunk_retries_a_database_outage_for_about_four_minutes(
     assert min(totals) >= 3 * 60 and max(totals) <= 5 * 60, totals
     # An embedded run's polling loop waits on the chunk at least as long as it may retry.
     assert max(totals) < worker.tasks.transient_budget_s() - 60, totals
+
+
+def test_an_embedded_worker_leaves_no_message_for_the_next_one_in_the_process(
+        settings: Settings) -> None:
+    # kombu's in-memory queue lives as long as the process: what one run left there (a
+    # chunk's retry still waiting when the run ended) was taken by the next embedded worker
+    # in the process, as ids of its own database's images.
+    import kombu.transport.memory
+
+    from worker.embedded import embedded_worker
+
+    app = create_celery_app(settings.embedded())
+    with embedded_worker(app, WorkerRuntime(settings)):
+        for _ in range(3):  # held by the worker until their time, then handed back at stop
+            app.send_task(TASK_PROCESS_CHUNK, args=[[1, 2]], countdown=3600)
+    left = {name: queue.qsize() for name, queue in kombu.transport.memory.Channel.queues.items()}
+    assert sum(left.values()) == 0, left
