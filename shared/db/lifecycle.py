@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image
 from shared.enums import ErrorCode, ImageState, Priority
+from shared.imaging.header_bounds import storable
 
 ACTIVE_STATES = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
 _ID_BLOCK = 500  # ids per IN list: well under every database's bound-parameter limit
@@ -125,7 +126,8 @@ def mark_failed(session: Session, image_id: int, code: ErrorCode, message: str, 
     row = session.execute(
         update(Image).where(Image.id == image_id, *_held_by(token)).values(
             state=ImageState.FAILED.value, error_code=code.value,
-            error_message=message[:2000], finished_at=database_now(session),
+            # A worker's message can quote a header value, and PostgreSQL stores no NUL.
+            error_message=storable(message)[:2000], finished_at=database_now(session),
         ).returning(Image.id),
         execution_options={"synchronize_session": False},
     ).first()

@@ -266,3 +266,20 @@ def test_an_adopted_refusal_is_read_from_its_file_and_queued_from_now(
     again = register_files(sessions, _batch(sessions), [path], ingestion=_keyed(sqlite_url))
     assert again.retried == {image_id: ErrorCode.NO_PSEUDONYM_KEY.value}
     _assert_queued_as_a_new_file(sessions, image_id, path)
+
+
+def test_a_workers_failure_message_quoting_a_nul_is_stored_escaped(
+        tmp_path: Path, each_backend_sessions: sessionmaker[Session]) -> None:
+    # The worker's failures (a decoder naming the PhotometricInterpretation it found) go
+    # through lifecycle.mark_failed, not registration: on PostgreSQL a raw NUL failed the
+    # write, and the image stayed processing until its attempts ran out.
+    sessions = each_backend_sessions
+    [image_id] = register_files(sessions, _batch(sessions),
+                                [good_dicom(tmp_path / "a.dcm", 1)]).new_ids
+    with sessions() as session:
+        assert lifecycle.mark_failed(session, image_id, ErrorCode.UNREADABLE,
+                                     "PhotometricInterpretation 'MONO\x00X' is not one we read")
+        session.commit()
+        stored = session.execute(select(Image.state, Image.error_message)
+                                 .where(Image.id == image_id)).one()
+    assert tuple(stored) == ("failed", "PhotometricInterpretation 'MONO\\x00X' is not one we read")
