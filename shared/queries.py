@@ -16,7 +16,7 @@ from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Pr
 from shared.enums import ImageState
 from shared.errors import ReportTargetNotFoundError
 from shared.formatting import csv_cell
-from shared.timeutil import as_utc, utcnow
+from shared.timeutil import as_utc
 
 RESULT_KEYS = (
     "image_id", "batch_id", "source", "state", "error_code", "error_message", "study_uid",
@@ -277,7 +277,9 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
     an estimate from its last burst of work would promise what is not happening. With
     ``lease_s`` (claims' lease), nor has one that nothing works on now (``_in_progress``):
     a run killed mid-batch left a pace of minutes ago, and an ETA from it while nobody
-    holds the work."""
+    holds the work.
+
+    ``now`` (a time on the database's clock) defaults to the database's current time."""
     batch = session.get(Batch, batch_id)
     if batch is None:
         return None
@@ -294,15 +296,15 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
     # While images remain: the pace of the last ``window_s`` up to now, what the ETA needs
     # (0 when stalled). Once none remain: its throughput over all its work, what a night's
     # report quotes, and what status shows from then on.
-    # Predictions are stamped on their worker's clock (``worker.pipeline``): the window
-    # ends on this host's, the worker's own where they share a host.
-    rate = (scoring_rate(session, batch.id, window_s=window_s, until=now or utcnow())
+    # Predictions, claims and finishes are stamped on the database's clock (``worker.
+    # pipeline``, ``lifecycle``): judged on it, or a `mammo status` on a host ahead of the
+    # server saw a batch being scored with pace 0 and no ETA, one behind no pace at all.
+    now = now or (database_now(session) if remaining else None)
+    rate = (scoring_rate(session, batch.id, window_s=window_s, until=now)
             if remaining else scoring_rate(session, batch.id))
     eta = remaining / rate * 60 if rate and remaining else (0.0 if not remaining else None)
-    # Claims and finishes are stamped on the database's clock (``lifecycle``): judged on it,
-    # or a `mammo status` on a host half a lease ahead dropped a worked-on batch's ETA.
-    if eta and lease_s is not None and not _in_progress(
-            session, batch.id, now or database_now(session), lease_s):
+    if eta and lease_s is not None and now is not None and not _in_progress(
+            session, batch.id, now, lease_s):
         eta = None
     return replace(status, images_per_minute=rate, eta_seconds=eta,
                    models=models_of_batch(session, batch.id))
@@ -484,13 +486,16 @@ def recent_batch_ids(session: Session, limit: int = 10) -> list[int]:
     return list(session.execute(select(Batch.id).order_by(Batch.id.desc()).limit(limit)).scalars())
 
 
-def workers_seen(session: Session, *, within_s: int = 600) -> list[dict[str, Any]]:
+def workers_seen(session: Session, *, within_s: int = 600,
+                 now: datetime | None = None) -> list[dict[str, Any]]:
     """Workers that wrote predictions lately (not those started since, nor idle; a killed
     one stays listed), with the model versions they used: after
     `mammo models activate` a running worker keeps its model until it restarts, and this is
-    where an operator sees which workers still run the old one."""
-    # Predictions are stamped on their worker's clock: this host's, where they share one.
-    since = utcnow() - timedelta(seconds=within_s)
+    where an operator sees which workers still run the old one.
+
+    Predictions are stamped on the database's clock (``worker.pipeline``): ``now`` is a time
+    on it, by default its current time."""
+    since = (now or database_now(session)) - timedelta(seconds=within_s)
     stmt = (select(Prediction.worker, ModelVersion.name, ModelVersion.version,
                    ModelVersion.sha256, func.count(), func.max(Prediction.created_at))
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
@@ -526,7 +531,7 @@ def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
     oldest = as_utc(session.execute(select(
         func.min(func.coalesce(Image.enqueued_at, Image.created_at))).where(
         Image.state == ImageState.QUEUED.value)).scalar())
-    workers = workers_seen(session)
+    workers = workers_seen(session, now=now)
     first_expiry = as_utc(expires)
     return {
         "stale_claims": int(stale),

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from models.heatmaps import encode_png
 from shared.db import lifecycle
+from shared.db.clock import database_now
 from shared.db.lifecycle import ClaimedImage
 from shared.db.schema import Prediction
 from shared.db.upsert import upsert
@@ -32,7 +33,6 @@ from shared.imaging.identity import current_location
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.scoring import label_of, suspicion
-from shared.timeutil import utcnow
 from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed
 from worker.runtime import WorkerRuntime
 
@@ -218,7 +218,7 @@ def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
             "decode_ms": item.decode_ms, "preprocess_ms": item.preprocess_ms,
             "infer_ms": per_image_ms, "forward_pass_id": pass_id,
             "forward_pass_size": len(prepared), "worker": runtime.worker_name,
-            "heatmap_path": None, "created_at": utcnow(),
+            "heatmap_path": None,  # created_at: stamped by _save, on the database's clock
             "heatmap_png": None if heatmap is None else encode_png(heatmap),
             # How the file was read, where it matters (rotated, inverted...): {} if plainly.
             "input_notes": item.notes,
@@ -240,7 +240,13 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             # The images first, fenced by this claim (their row locks also order a racing
             # writer behind this one); then the predictions of those it still held.
             kept = set(lifecycle.mark_done(session, done_ids, token=token))
-            rows = [r for r in outcome.rows if int(str(r["image_id"])) in kept]
+            # Stamped on the database's clock, read once for the group: `mammo status`'s
+            # pace and ETA and its workers seen judge prediction times on it, and a worker
+            # ahead of the server had its recent work counted as none (pace 0, no ETA,
+            # not listed), one behind as long past.
+            now = database_now(session) if kept else None
+            rows = [{**r, "created_at": now} for r in outcome.rows
+                    if int(str(r["image_id"])) in kept]
             upsert(session, Prediction, rows, conflict=("image_id", "model_version_id"),
                    update=_PREDICTION_UPDATE)
             # A re-score (`mammo rescore`) that finds the file gone keeps the image's earlier

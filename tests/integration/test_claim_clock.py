@@ -164,7 +164,7 @@ def test_a_host_running_behind_takes_over_expired_claims_and_renews_on_the_serve
 
 def _scored_here(sessions: sessionmaker[Session], batch_id: int, n: int) -> None:
     """``n`` images of the batch scored in the last minute by a worker on this host: their
-    predictions carry this host's clock (the worker's), their finishes the server's."""
+    predictions and finishes carry the server's clock, as the worker stamps them."""
     with sessions() as session:
         session.add(ModelVersion(id=1, name="m", version="1", sha256="0" * 64,
                                  preprocessing_version="1", classes=["a"],
@@ -180,7 +180,7 @@ def _scored_here(sessions: sessionmaker[Session], batch_id: int, n: int) -> None
                 label="normal", p_normal=0.9, p_benign=0.05, p_malignant=0.05, suspicion=1,
                 decode_ms=100.0, preprocess_ms=100.0, infer_ms=100.0,
                 forward_pass_id=f"fp-{i}", forward_pass_size=1,
-                created_at=queries.utcnow() - timedelta(seconds=50 - 5 * i)))
+                created_at=func.now() - timedelta(seconds=50 - 5 * i)))
         session.commit()
 
 
