@@ -51,7 +51,7 @@ from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.db.upsert import insert_missing
 from shared.enums import ImageState
 from shared.scoring import label_of, suspicion
-from shared.timeutil import as_utc, utcnow
+from shared.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,8 @@ def _load_images(session: Session, study_ids: list[int]) -> dict[int, list[ExamI
             flags = row
         if sid is None:
             continue
-        grouped[sid].append(ExamImage(iid, lat, view, state, as_utc(created) or utcnow(),
+        # created_at is NOT NULL, and on the database's clock, as the time-out judges it.
+        grouped[sid].append(ExamImage(iid, lat, view, state, as_utc(created),
                                       pid, label, p_mal, susp, p_n, p_b, mv, head,
                                       view_flags=flags))
     return grouped
