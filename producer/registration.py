@@ -433,7 +433,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
         # its queued age (``lifecycle.stale_images``). Stamped on a producer's clock 40
         # minutes behind the server, a fresh exam closed as incomplete at once and a row
         # committed but not yet sent was re-sent as lost.
-        clocks = _Clocks.read(session)
+        clocks = Clocks.read(session)
         now = clocks.now
         studies = _study_ids(session, (header for _, header, _, _ in read), now)
         read = _refuse_other_patients(session, read)
@@ -528,7 +528,7 @@ def _same_source(stored: str, source: str) -> bool:
 
 
 def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, stored: Any,
-           result: Registration, seen_changed: frozenset[Path], clocks: _Clocks) -> bool:
+           result: Registration, seen_changed: frozenset[Path], clocks: Clocks) -> bool:
     """Queue a failed image again, in this batch, under this file's path, when this
     submission read cleanly and the earlier failure was one a new attempt can fix."""
     if (row["state"] != ImageState.QUEUED.value or stored.state != ImageState.FAILED.value
@@ -537,7 +537,7 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
     if stored.error_code not in RETRIED_ALWAYS and not (
             stored.error_code in RETRIED_WHEN_THE_FILE_CHANGED
             and (path in seen_changed
-                 or _changed_since(path, row["source"], stored, clocks.here_ahead_by))):
+                 or _changed_since(path, row["source"], stored, clocks))):
         return False
     # Guarded on the state: of two producers re-sending it at once, one retries it.
     taken = session.execute(
@@ -644,35 +644,43 @@ def _retire_refusal(session: Session, refused: Any, image_id: int, now: datetime
                     .execution_options(synchronize_session=False))
 
 
-def _changed_since(path: Path, source: str, stored: Any, here_ahead_by: timedelta) -> bool:
-    """Whether ``path`` is not the file that failed: another path, or written since.
-
-    The failure's time is the database's and the file's the one this host's file system
-    stamped: the failure is moved by the two clocks' difference, or a file completed after
-    a failure would read as written before it on a host behind the server (not retried),
-    and one unchanged since as written after it on a host ahead (decoded again)."""
+def _changed_since(path: Path, source: str, stored: Any, clocks: Clocks) -> bool:
+    """Whether ``path`` is not the file that failed: another path, or written since (a
+    file gone again is not: the worker would only fail it as missing)."""
     failed_at = as_utc(stored.finished_at)
     if not _same_source(stored.source, source) or failed_at is None:
         return True
-    try:
-        written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-    except OSError:
-        return False  # gone again: the worker would only fail it as missing
-    return written > failed_at + here_ahead_by
+    return clocks.written_after(path, failed_at)
 
 
 @dataclass(frozen=True)
-class _Clocks:
-    """A block's clocks: the database's time its rows are stamped with, and how far this
-    host's clock (which file times are on) runs ahead of it, read together."""
+class Clocks:
+    """The database's time now, and how far this host's clock (which file times are on)
+    runs ahead of it, read together: a registration block's, or any judge of a file's
+    time against one the database stamped."""
 
     now: datetime
     here_ahead_by: timedelta
 
     @classmethod
-    def read(cls, session: Session) -> _Clocks:
+    def read(cls, session: Session) -> Clocks:
         now = database_now(session)
         return cls(now, utcnow() - now)
+
+    def written_after(self, path: Path, moment: datetime) -> bool:
+        """Whether the file at ``path`` was last written after ``moment``, a time on the
+        database's clock; False for a file that cannot be read (gone).
+
+        The file's time is the one this host's file system stamped: ``moment`` is moved by
+        the two clocks' difference, or a file written after it would read as written
+        before on a host behind the server (a failed file completed since not retried),
+        and one written before as written after on a host ahead (an unchanged failed file
+        decoded again, a report older than its batch's finish taken as current)."""
+        try:
+            written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except OSError:
+            return False
+        return written > moment + self.here_ahead_by
 
 
 class _Owner(NamedTuple):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from producer.cli.options import batch_name_option, format_option, paths_argumen
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.discovery import OwnFiles, iter_files
 from producer.embedded_run import RunOutcome, check_model, load_run
+from producer.registration import Clocks
 from producer.submission import SubmitOutcome
 from shared.config import Settings
 from shared.db.schema import Batch
@@ -87,19 +87,24 @@ def _report_earlier_batches(cli: CliContext, batch_id: int, settings: Settings) 
     when theirs are missing or predate the finish: an interrupted run's batch never wrote
     them, and a re-run's own batch (its copies) holds no result of its own to summarise."""
     with cli.sessions() as session:
+        clocks = Clocks.read(session)
         due = [b.id for b in finished_batches_copied_from(session, batch_id)
-               if not _summary_is_current(settings, b)]
+               if not _summary_is_current(settings, b, clocks)]
     for earlier in due:
         documents = _write_documents(cli, earlier, settings)
         _say_documents(f"batch {earlier} (these files' first run) is finished; its reports",
                        documents)
 
 
-def _summary_is_current(settings: Settings, batch: Batch) -> bool:
+def _summary_is_current(settings: Settings, batch: Batch, clocks: Clocks) -> bool:
+    """Whether the batch's summary was written after it finished. The finish is stamped on
+    the database's clock and the file's time on this host's: compared as they are, a
+    summary written minutes before the finish on a host as far ahead read as current, and
+    the finished batch kept a summary of its unfinished state."""
     summary = batch_report_path(settings, batch.id, "html")
     finished = as_utc(batch.finished_at)
     return (summary.is_file() and finished is not None
-            and datetime.fromtimestamp(summary.stat().st_mtime, tz=UTC) >= finished)
+            and clocks.written_after(summary, finished))
 
 
 def _say_documents(what: str, documents: BatchDocuments) -> None:
