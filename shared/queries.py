@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
@@ -526,10 +527,10 @@ def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
     unrenewed, expires = session.execute(select(func.count(), func.min(Image.claimed_at)).where(
         processing, Image.claimed_at < now - timedelta(seconds=lease_s / 2),
         Image.claimed_at >= now - timedelta(seconds=lease_s))).one()
-    # An image whose message was never sent (the broker failed mid-submit) has no
-    # enqueued_at: it has waited since it was registered.
-    oldest = as_utc(session.execute(select(
-        func.min(func.coalesce(Image.enqueued_at, Image.created_at))).where(
+    # The sweeper's own measure (``lifecycle.waiting_since``): an image owed a message (the
+    # broker failed mid-submit, a re-send failed) has waited since it was registered or
+    # last put back in the queue, not since a registration days before a re-score.
+    oldest = as_utc(session.execute(select(func.min(lifecycle.waiting_since())).where(
         Image.state == ImageState.QUEUED.value)).scalar())
     workers = workers_seen(session, now=now)
     first_expiry = as_utc(expires)

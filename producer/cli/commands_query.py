@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import click
 
@@ -41,8 +42,8 @@ RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality",
 @click.option("--health", is_flag=True,
               help="Show system health instead: broker and database reachable, queue depth, "
                    "workers answering now, stale claims, oldest queued image, images whose "
-                   "message was probably lost, workers that scored lately, notifications "
-                   "owed. "
+                   "message was probably lost or never sent, workers that scored lately, "
+                   "notifications owed. "
                    "Exits 7 when the database, 8 when the broker is unreachable.")
 @format_option
 @pass_cli
@@ -83,12 +84,24 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     for key, value in health_row.items():
         click.echo(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
     _explain_notifications(health_row)
+    _warn_unsent(health_row)
+
+
+def _warn_unsent(health_row: dict[str, object]) -> None:
+    after = health_row["lost_after_s"]
     if health_row["messages_lost"]:
-        click.secho(f"warning: {health_row['messages_lost']} image(s) queued for over "
-                    f"{health_row['lost_after_s']} s while the broker queue is empty: their "
-                    "messages were probably lost (Redis restarted without its data?); run "
-                    "`mammo recover` (a worker's sweeper also re-sends them, every "
-                    "MAMMO_SWEEP_INTERVAL_S)", err=True, fg="yellow")
+        click.secho(f"warning: {health_row['messages_lost']} image(s) queued for over {after} s "
+                    "while the broker queue is empty: their messages were probably lost "
+                    "(Redis restarted without its data?); run `mammo recover` (a worker's "
+                    "sweeper also re-sends them, every MAMMO_SWEEP_INTERVAL_S)",
+                    err=True, fg="yellow")
+    if health_row["messages_owed"]:
+        click.secho(f"warning: {health_row['messages_owed']} image(s) queued for over {after} s "
+                    "with no message sent (a send that failed: the broker away, or a "
+                    "producer stopped before its send): a worker's sweeper sends them at its "
+                    "next pass (every MAMMO_SWEEP_INTERVAL_S) whatever the broker queue "
+                    "holds; with no worker running, run `mammo recover`",
+                    err=True, fg="yellow")
 
 
 def _explain_notifications(health_row: dict[str, object]) -> None:
@@ -110,27 +123,35 @@ def _health(cli: CliContext) -> dict[str, object]:
             session, give_up_after=timedelta(seconds=settings.notify_give_up_after_s))
         info["notifications_undelivered"], info["notifications_pending"] = owed.failed, owed.pending
     # Without a broker (embedded) or with it down, none of these can be known.
-    broker, depth, live, lost, after = "embedded (no broker)", None, None, None, None
+    broker, depth, live = "embedded (no broker)", None, None
+    unsent = _Unsent(None, None, None)
     if not settings.is_embedded:
         depth = queue_depth(cli.celery)
         broker = "reachable" if depth is not None else BROKER_DOWN
     if depth is not None:
         answered = live_workers(cli.celery)
         live = None if answered is None else ", ".join(answered) or "none"
-        lost, after = _lost_messages(cli, depth)
+        unsent = _unsent_messages(cli, depth)
     return {"database": "reachable", "broker": broker, "queue_depth": depth,
-            "workers_live": live, **info, "messages_lost": lost, "lost_after_s": after}
+            "workers_live": live, **info, "messages_lost": unsent.lost,
+            "messages_owed": unsent.owed, "lost_after_s": unsent.after}
 
 
-def _lost_messages(cli: CliContext, depth: int) -> tuple[int, int]:
-    """Images queued longer than the sweeper's wait (shortened by a broker restart) while
-    the broker holds no message: the sweeper's own rule for a lost message."""
+class _Unsent(NamedTuple):
+    lost: int | None  # sent, and presumed lost: queued too long, the broker queue empty
+    owed: int | None  # never sent (a send that failed): queued too long, at any depth
+    after: int | None  # the sweeper's wait
+
+
+def _unsent_messages(cli: CliContext, depth: int) -> _Unsent:
+    """Images queued longer than the sweeper's wait (shortened by a broker restart) that
+    its next pass sends, by its own rules (``recovery.sweep``): those whose message was
+    sent only while the broker holds none (a long wait in a busy queue is a busy night),
+    and those owed one whatever the broker holds (none of theirs waits there)."""
     after = lost_message_age_s(cli.settings.requeue_after_s, broker_uptime_s(cli.celery))
-    if depth:
-        return 0, after
     with cli.sessions() as session:
         stuck = find_stuck(session, cli.settings, queued_older_than_s=after)
-    return len(stuck.stale_queued), after
+    return _Unsent(0 if depth else len(stuck.sent_before), len(stuck.owed), after)
 
 
 
