@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.enums import ErrorCode, Laterality, Priority, View
 from shared.queries import ResultFilter, list_results
 from shared.synthetic import make_exam_set, synth_mammogram, write_dicom, write_png
+from shared.timeutil import as_utc
 from tests.helpers.cli import run_cli
 from tests.helpers.dicom_edit import rewrite_dicom
 
@@ -515,11 +517,17 @@ def test_a_truncated_file_submitted_again_unchanged_stays_a_copy_of_its_failure(
         image_id = session.execute(select(Image.id)).scalar_one()
         lifecycle.mark_failed(session, image_id, ErrorCode.TRUNCATED, "cut short")
         session.commit()
+        failed_at = as_utc(session.execute(
+            select(Image.finished_at).where(Image.id == image_id)).scalar_one())
+    assert failed_at is not None
     os.utime(path, (1_000_000_000, 1_000_000_000))  # written long before it failed
     batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
     unchanged = register_files(sessions, batch, [path], ingestion=ingestion)
     assert unchanged.new_ids == [] and unchanged.duplicates == [(str(path), image_id, "failed")]
-    path.touch()  # the writer finished it after the failure
+    # The writer finished it a second after the failure. Set, not touched: a file time
+    # the file system stamps may lag the clock by a few ms, before a failure ms earlier.
+    completed = (failed_at + timedelta(seconds=1)).timestamp()
+    os.utime(path, (completed, completed))
     batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
     completed = register_files(sessions, batch, [path], ingestion=ingestion)
     assert completed.new_ids == [image_id] and completed.duplicates == []
