@@ -55,8 +55,9 @@ def seeded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path
 @pytest.mark.parametrize("hostile", ["x' OR '1'='1", "1; DROP TABLE images; --", "%' --"])
 def test_cli_filters_are_bound_parameters(seeded: CliRunner, hostile: str) -> None:
     found = seeded.invoke(cli, ["results", "--study", hostile, "--format", "json"])
-    assert found.exit_code == 0, found.output
-    assert json.loads(found.output) == []
+    # Matched as a literal UID, which no exam has: a study that matches nothing exits 2.
+    assert found.exit_code == 2, found.output
+    assert f"no exam with StudyInstanceUID {hostile};" in found.output
     everything = seeded.invoke(cli, ["results", "--format", "json"])
     assert len(json.loads(everything.output)) == 4  # the table survived
 
