@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.registration import create_batch
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image, Prediction
 from shared.db.upsert import insert_missing
 from shared.enums import Priority
@@ -56,6 +59,18 @@ def tally(url: str) -> Tally:
                  max_predictions_per_image=max(per_image, default=0),
                  predicted_images=len(per_image),
                  failures={str(k): str(v) for k, v in failures.items()})
+
+
+def schema_sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on ``settings``' database with the schema in place; the engine is disposed
+    when the generator is closed or runs out. A fixture's whole body is
+    ``yield from schema_sessions(settings)``: pytest resumes it after the test."""
+    engine = create_db_engine(settings)
+    ensure_schema(engine)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
 
 
 def queued_batch(sessions: sessionmaker[Session], name: str, n: int,

@@ -10,7 +10,7 @@ real PostgreSQL server, whose clock is the one all of them share.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from celery import Celery
@@ -21,11 +21,11 @@ from producer import registration
 from shared import queries, recovery
 from shared.config import Settings
 from shared.db import clock, lifecycle
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image, ModelVersion, Prediction
 from shared.queue import create_celery_app, queue_depth
 from shared.timeutil import as_utc
-from tests.helpers.db import queued_batch
+from tests.helpers.clock import host_clock_off_by, server_now
+from tests.helpers.db import queued_batch, schema_sessions
 
 SKEW = timedelta(minutes=10)
 
@@ -38,10 +38,7 @@ def settings(postgres_url: str, redis_url: str) -> Settings:
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 @pytest.fixture
@@ -54,20 +51,9 @@ def app(settings: Settings) -> Iterator[Celery]:
 def _host_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
     """This process's clock, as every module that judges claims reads it, is ``offset``
     away from the database server's."""
-    def skewed() -> datetime:
-        return datetime.now(UTC) + offset
-
-    # raising=False: a module that no longer reads this host's clock at all (lifecycle)
-    # stays in the list, so that one that starts to again is skewed with the rest.
-    for module in (lifecycle, recovery, queries, clock, registration):
-        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
-
-
-def _server_now(sessions: sessionmaker[Session]) -> datetime:
-    with sessions() as session:
-        stamp = as_utc(session.execute(select(func.now())).scalar_one())
-    assert stamp is not None
-    return stamp
+    # lifecycle no longer reads this host's clock at all: it stays in the list, so that
+    # it is skewed with the rest if it starts to again.
+    host_clock_off_by(monkeypatch, offset, (lifecycle, recovery, queries, clock, registration))
 
 
 def _claims(sessions: sessionmaker[Session],
@@ -94,7 +80,7 @@ def test_database_now_is_the_servers_time_whatever_this_hosts_clock_says(
     with sessions() as session:
         now = clock.database_now(session)
     assert now.tzinfo is not None and now.utcoffset() == timedelta(0)
-    assert abs(now - _server_now(sessions)) < timedelta(seconds=30)
+    assert abs(now - server_now(sessions)) < timedelta(seconds=30)
 
 
 def test_a_host_running_ahead_leaves_a_live_claim_to_its_worker(
@@ -124,10 +110,10 @@ def test_a_host_running_ahead_leaves_a_live_claim_to_its_worker(
     # future, where a dead worker's claim would outlive its lease by as much.
     with sessions() as session:
         assert len(lifecycle.claim(session, fresh, token="ahead-worker", lease_s=lease_s)) == 2
-    server_now = _server_now(sessions)
+    server_time = server_now(sessions)
     for _state, _token, _attempts, claimed_at in _claims(sessions, fresh).values():
         assert claimed_at is not None
-        assert abs(claimed_at - server_now) < timedelta(seconds=30)
+        assert abs(claimed_at - server_time) < timedelta(seconds=30)
 
 
 def test_a_host_running_behind_takes_over_expired_claims_and_renews_on_the_servers_clock(
@@ -151,8 +137,8 @@ def test_a_host_running_behind_takes_over_expired_claims_and_renews_on_the_serve
         assert lifecycle.renew(session, "behind-worker") == 2
     rows = _claims(sessions, taken)
     assert {row[:3] for row in rows.values()} == {("processing", "behind-worker", 2)}
-    server_now = _server_now(sessions)
-    assert all(row[3] is not None and abs(row[3] - server_now) < timedelta(seconds=30)
+    server_time = server_now(sessions)
+    assert all(row[3] is not None and abs(row[3] - server_time) < timedelta(seconds=30)
                for row in rows.values())
 
     # Its renewal keeps the claims live for a judge with the server's time.

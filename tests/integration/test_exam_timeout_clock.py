@@ -6,7 +6,7 @@ views already past it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,11 @@ from producer.registration import create_batch, register_files
 from shared import exams
 from shared.config import Settings
 from shared.db import clock
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import ExamResult, Image
 from shared.enums import ImageState, Priority
 from shared.synthetic import make_exam_set
+from tests.helpers.clock import host_clock_off_by
+from tests.helpers.db import schema_sessions
 
 TIMEOUT_S = 1800.0
 
@@ -29,10 +30,7 @@ TIMEOUT_S = 1800.0
 @pytest.fixture
 def sessions(postgres_url: str) -> Iterator[sessionmaker[Session]]:
     settings = Settings(database_url=postgres_url, _env_file=None)  # type: ignore[call-arg]
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 def _three_views_of_four_done(sessions: sessionmaker[Session], tmp_path: Path) -> list[int]:
@@ -58,15 +56,11 @@ def _refresh(sessions: sessionmaker[Session], ids: list[int]) -> int:
 def test_the_exam_time_out_runs_on_the_database_clock(
         sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         offset_min: int) -> None:
-    def skewed() -> datetime:
-        return datetime.now(UTC) + timedelta(minutes=offset_min)
-
     # One host's clock, the producer's that registered the views included: their times
     # are stamped on the database's clock, the one the time-out is counted on. raising=False:
     # a module that no longer reads this host's clock (exams) stays in the list, so that
     # one that starts to again is skewed with the rest.
-    for module in (exams, clock, registration):
-        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
+    host_clock_off_by(monkeypatch, timedelta(minutes=offset_min), (exams, clock, registration))
     ids = _three_views_of_four_done(sessions, tmp_path)
     # Registered a moment ago by the server's clock: the fourth view still has 30 minutes,
     # whatever this host's clock says.

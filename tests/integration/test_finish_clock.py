@@ -13,7 +13,7 @@ notification code reads) is set 20 minutes off a real PostgreSQL server's.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -22,13 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from shared.db import clock, lifecycle
 from shared.db.clock import database_now
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, Image
 from shared.enums import ErrorCode
 from shared.notify import Notifier, dispatch, records
 from shared.notify.message import Notice
 from shared.timeutil import as_utc
-from tests.helpers.db import queued_batch
+from tests.helpers.clock import host_clock_off_by
+from tests.helpers.db import queued_batch, schema_sessions
 
 SKEW = timedelta(minutes=20)
 NEAR = timedelta(seconds=30)
@@ -42,10 +42,7 @@ def settings(postgres_url: str) -> Settings:
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 class _Receiver:
@@ -59,11 +56,7 @@ class _Receiver:
 
 
 def _worker_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
-    def skewed() -> datetime:
-        return datetime.now(UTC) + offset
-
-    for module in (lifecycle, records, dispatch, clock):
-        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
+    host_clock_off_by(monkeypatch, offset, (lifecycle, records, dispatch, clock))
 
 
 @pytest.mark.parametrize("offset", [SKEW, -SKEW], ids=["ahead", "behind"])

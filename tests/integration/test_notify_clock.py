@@ -12,7 +12,7 @@ against a real PostgreSQL server, whose clock is the one all of them share.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, update
@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import clock
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, Notification
 from shared.notify import Notifier, dispatch, records
 from shared.notify.message import Event, Notice
 from shared.timeutil import as_utc
-from tests.helpers.db import queued_batch
+from tests.helpers.clock import host_clock_off_by, server_now
+from tests.helpers.db import queued_batch, schema_sessions
 
 SKEW = timedelta(minutes=20)
 assert SKEW > records.STALE_AFTER  # off by more than a whole claim
@@ -40,10 +40,7 @@ def settings(postgres_url: str) -> Settings:
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 class _Receiver:
@@ -66,18 +63,7 @@ def _notifier(settings: Settings, sessions: sessionmaker[Session],
 def _host_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
     """This process's clock, as every module that claims or judges notifications reads
     it, is ``offset`` away from the database server's."""
-    def skewed() -> datetime:
-        return datetime.now(UTC) + offset
-
-    for module in (records, dispatch, clock):
-        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
-
-
-def _server_now(sessions: sessionmaker[Session]) -> datetime:
-    with sessions() as session:
-        stamp = as_utc(session.execute(select(func.now())).scalar_one())
-    assert stamp is not None
-    return stamp
+    host_clock_off_by(monkeypatch, offset, (records, dispatch, clock))
 
 
 def _finished_batch(sessions: sessionmaker[Session], name: str) -> int:
@@ -137,7 +123,7 @@ def test_a_notifier_running_ahead_leaves_a_live_senders_claim_and_a_fresh_failur
     # Its own delivery is stamped on the server's clock: not 20 minutes into the future.
     sent_at = rows[own][2]
     assert rows[own][:2] == ("sent", 1) and sent_at is not None
-    assert abs(sent_at - _server_now(sessions)) < timedelta(seconds=30)
+    assert abs(sent_at - server_now(sessions)) < timedelta(seconds=30)
 
 
 def test_a_notifier_running_behind_takes_over_a_dead_senders_claim_and_sends_what_is_due(
@@ -158,10 +144,10 @@ def test_a_notifier_running_behind_takes_over_a_dead_senders_claim_and_sends_wha
     report = notifier.follow_up()  # the sweeper: the abandoned row, and the unclaimed batch
     assert receiver.sent == [f"batch:{redelivered}", f"batch:{owed}", f"batch:{swept}"]
     assert (report.owed_batches, report.retried, report.delivered) == (1, 1, 1)
-    server_now = _server_now(sessions)
+    server_time = server_now(sessions)
     for status, attempts, sent_at in _rows(sessions).values():
         assert (status, attempts) == ("sent", 1) and sent_at is not None
-        assert abs(sent_at - server_now) < timedelta(seconds=30)  # not 20 minutes ago
+        assert abs(sent_at - server_time) < timedelta(seconds=30)  # not 20 minutes ago
 
 
 @pytest.mark.parametrize("offset", [SKEW, -SKEW], ids=["ahead", "behind"])

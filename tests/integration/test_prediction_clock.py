@@ -12,7 +12,7 @@ server's, on either side.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -25,11 +25,12 @@ from shared import queries, recovery
 from shared.config import Settings
 from shared.db import clock, lifecycle
 from shared.db.clock import database_now
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Prediction
 from shared.enums import Priority
 from shared.synthetic import make_exam_set
 from shared.timeutil import as_utc
+from tests.helpers.clock import host_clock_off_by
+from tests.helpers.db import schema_sessions
 from worker import pipeline
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
@@ -45,22 +46,14 @@ def pg_settings(settings: Settings, postgres_url: str) -> Settings:
 
 @pytest.fixture
 def sessions(pg_settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(pg_settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(pg_settings)
 
 
 def _clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
     """This process's clock, as every module that stamps or judges predictions reads it,
     is ``offset`` away from the database server's."""
-    def skewed() -> datetime:
-        return datetime.now(UTC) + offset
-
-    # raising=False: a module that no longer reads this host's clock at all stays in the
-    # list, so that one that starts to again is skewed with the rest.
-    for module in (pipeline, lifecycle, queries, recovery, clock, registration):
-        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
+    host_clock_off_by(monkeypatch, offset,
+                      (pipeline, lifecycle, queries, recovery, clock, registration))
 
 
 def _queued(sessions: sessionmaker[Session], folder: Path) -> tuple[int, list[int]]:

@@ -29,13 +29,14 @@ from shared import exams
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.clock import database_now
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, DuplicateSubmission, ExamResult, Image, Study
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.queue import create_celery_app
 from shared.synthetic import make_exam_set
 from shared.timeutil import as_utc
 from tests.helpers.bad_inputs import good_dicom
+from tests.helpers.clock import host_clock_off_by, server_now
+from tests.helpers.db import schema_sessions
 
 SKEW = timedelta(minutes=40)
 NEAR = timedelta(seconds=30)
@@ -48,26 +49,15 @@ def settings(postgres_url: str) -> Settings:
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 def _producer_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
-    def skewed() -> datetime:
-        return datetime.now(UTC) + offset
-
-    monkeypatch.setattr(registration, "utcnow", skewed)
+    host_clock_off_by(monkeypatch, offset, (registration,), raising=True)
 
 
 def _batch(sessions: sessionmaker[Session]) -> int:
     return create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
-
-
-def _server_now(sessions: sessionmaker[Session]) -> datetime:
-    with sessions() as session:
-        return database_now(session)
 
 
 def _stale(sessions: sessionmaker[Session]) -> list[int]:
@@ -89,7 +79,7 @@ def test_registration_stamps_every_row_on_the_servers_clock(
     again = register_files(sessions, _batch(sessions), files[:1])  # sent twice
     assert len(first.new_ids) == 3 and len(first.rejected_ids) == 1
     assert len(again.duplicates) == 1
-    server_now = _server_now(sessions)
+    server_time = server_now(sessions)
     with sessions() as session:
         stamps = [
             *session.execute(select(Image.created_at)).scalars(),
@@ -101,7 +91,7 @@ def test_registration_stamps_every_row_on_the_servers_clock(
     assert len(stamps) == 3 + 1 + 1 + 1 + 1
     for stamp in stamps:
         moment = as_utc(stamp)
-        assert moment is not None and abs(moment - server_now) < NEAR
+        assert moment is not None and abs(moment - server_time) < NEAR
 
     # Committed, not yet sent: no sweep takes the fresh rows for lost messages.
     assert _stale(sessions) == []
@@ -145,7 +135,7 @@ def test_a_file_completed_after_its_failure_is_retried_on_a_host_behind(
     with sessions() as session:
         created = as_utc(session.execute(select(Image.created_at)
                                          .where(Image.id == image_id)).scalar_one())
-    assert created is not None and abs(created - _server_now(sessions)) < NEAR
+    assert created is not None and abs(created - server_now(sessions)) < NEAR
     assert _stale(sessions) == []
 
 
@@ -169,19 +159,15 @@ def test_the_watchers_day_batch_is_the_databases_day(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Past midnight by the server, a minute before it by the watcher's clock: the day
     # batch summarised at the server's midnight must not take the new day's files.
-    server_now = _server_now(sessions)
-    midnight = datetime.combine(server_now.date(), datetime.min.time(), tzinfo=UTC)
-    behind = -(server_now - midnight) - timedelta(minutes=1)
+    server_time = server_now(sessions)
+    midnight = datetime.combine(server_time.date(), datetime.min.time(), tzinfo=UTC)
+    behind = -(server_time - midnight) - timedelta(minutes=1)
 
-    def skewed() -> datetime:
-        return datetime.now(UTC) + behind
-
-    for module in (registration, ingest):
-        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
+    host_clock_off_by(monkeypatch, behind, (registration, ingest))
     ingestor = ingest.Ingestor(settings, sessions, create_celery_app(settings.embedded()),
                                WatchFolder.of(tmp_path, (), move=False),
                                logging.getLogger("test"), mode="watch")
     with sessions() as session:
         batch = session.get(Batch, ingestor.batch_id())
     assert batch is not None and batch.name is not None
-    assert batch.name.endswith(server_now.date().isoformat())
+    assert batch.name.endswith(server_time.date().isoformat())

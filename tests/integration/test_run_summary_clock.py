@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ from shared.db.schema import Batch, DuplicateSubmission
 from shared.enums import Priority
 from shared.reports.batch_summary import batch_report_path
 from shared.timeutil import as_utc
+from tests.helpers.clock import host_clock_off_by
 from tests.helpers.db import queued_batch
 
 SKEW = timedelta(minutes=20)
@@ -81,11 +82,7 @@ def test_a_rerun_rewrites_a_summary_from_before_the_finish_and_keeps_one_from_af
         cli: CliContext, monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
     first, rerun, finished = _rerun_of_a_finished_batch(cli)
 
-    def skewed() -> datetime:
-        return datetime.now(UTC) + offset
-
-    for module in (registration, commands_run):
-        monkeypatch.setattr(module, "utcnow", skewed, raising=False)
+    host_clock_off_by(monkeypatch, offset, (registration, commands_run))
     summary = batch_report_path(cli.settings, first, "html")
     summary.parent.mkdir(parents=True)
     summary.write_text("<html>the batch while it was still being scored</html>")

@@ -16,11 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import clock, lifecycle
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.recovery import find_stuck
 from shared.timeutil import as_utc
-from tests.helpers.db import queued_batch
+from tests.helpers.db import queued_batch, schema_sessions
 
 # The database's clock an hour behind the test's: whatever is stamped on it is told apart.
 DB_NOW = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
@@ -28,10 +27,7 @@ DB_NOW = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 def _database_clock_at(monkeypatch: pytest.MonkeyPatch, when: datetime) -> None:

@@ -21,7 +21,6 @@ from producer.cli.exit_codes import ExitCode
 from producer.registration import create_batch, register_files
 from shared.config import Settings
 from shared.db import lifecycle
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import Priority
 from shared.queue import QUEUE_NAME, create_celery_app, queue_depth
@@ -29,7 +28,7 @@ from shared.recovery import find_stuck, sweep
 from shared.synthetic import make_exam_set
 from shared.timeutil import utcnow
 from tests.helpers.cli import invoke_cli
-from tests.helpers.db import queued_batch
+from tests.helpers.db import queued_batch, schema_sessions
 from worker import pipeline
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
@@ -37,10 +36,7 @@ from worker.runtime import WorkerRuntime
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ import models.activation
 from models.activation import activate, model_for
 from models.registry import MODELS_ROOT, resolve_model, sealed, shipped_models
 from shared.config import Settings
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.errors import ModelNotFoundError
+from tests.helpers.db import schema_sessions
 
 SHIPPED = MODELS_ROOT / "default" / "1.7.0"
 
@@ -33,10 +33,7 @@ def settings(sqlite_url: str) -> Settings:
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 def _activate_then_remove(sessions: sessionmaker[Session], source: Path, host: Path) -> Path:

@@ -23,7 +23,6 @@ import shared.recovery
 import worker.tasks
 from shared.config import Settings
 from shared.db import lifecycle
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import ImageState, Priority
 from shared.errors import BrokerUnavailableError, DatabaseUnavailableError
@@ -36,7 +35,7 @@ from shared.queue import (
 )
 from shared.recovery import requeue, sweep
 from shared.timeutil import utcnow
-from tests.helpers.db import queued_batch
+from tests.helpers.db import queued_batch, schema_sessions
 from worker.pipeline import ChunkResult
 from worker.runtime import WorkerRuntime
 
@@ -45,10 +44,7 @@ NIGHT = 5  # routine messages waiting in the broker: a busy night, not a lost me
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 @pytest.fixture
