@@ -39,15 +39,21 @@ log = logging.getLogger(__name__)
 
 
 def lost_message_age_s(requeue_after_s: int, broker_uptime: float | None) -> int:
-    """How long a queued image waits before the sweeper presumes its message lost.
+    """How long a queued image whose message was sent waits before the sweeper presumes
+    that message lost.
 
     Ordinarily ``requeue_after_s``: an image may wait that long in a busy queue. But an
-    image queued before the broker last started had its message in a broker that stopped;
-    with the queue empty (which ``sweep`` still requires) it is lost, so it is re-sent at
-    the next sweep rather than ``requeue_after_s`` later (11 min 40 s measured before).
-    Send times are stamped on the database's clock and judged on it (``find_stuck``); an
-    image stamped within a moment of the restart may fall on either side: at worst it
-    waits the ordinary time, or gets a harmless second message.
+    image sent before the broker last started had its message in a broker that stopped;
+    with the queue empty (which ``sweep`` still requires of those) it is lost, so it is
+    re-sent at the next sweep rather than ``requeue_after_s`` later (11 min 40 s measured
+    before). Send times are stamped on the database's clock and judged on it
+    (``find_stuck``); an image stamped within a moment of the restart may fall on either
+    side: at worst it waits the ordinary time, or gets a harmless second message.
+
+    Not for images owed a message (``owed_older_than_s`` of ``sweep``): none of theirs was
+    in the broker, so its restart says nothing of them, and the full wait is what leaves
+    them to a sender still at work (a long `mammo submit` registering, a re-score between
+    its reopen and its send); they are sent at any broker depth.
     """
     if broker_uptime is None:
         return requeue_after_s
@@ -81,25 +87,28 @@ class SweepReport:
 
 
 def find_stuck(
-    session: Session, settings: Settings, *, queued_older_than_s: int, batch_id: int | None = None,
+    session: Session, settings: Settings, *, queued_older_than_s: int,
+    owed_older_than_s: int | None = None, batch_id: int | None = None,
 ) -> SweepReport:
+    """What ``sweep`` re-sends: queued images whose message was sent over
+    ``queued_older_than_s`` ago, those owed one (never sent) queued over
+    ``owed_older_than_s`` ago (by default the same wait) or whose sender gave up, and
+    expired claims."""
     now = database_now(session)  # what the claims and send times were stamped on
-    ids = lifecycle.stale_images(
+    owed_wait = queued_older_than_s if owed_older_than_s is None else owed_older_than_s
+    found = lifecycle.find_stale(
         session, queued_before=now - timedelta(seconds=queued_older_than_s),
+        owed_before=now - timedelta(seconds=owed_wait),
         claimed_before=now - timedelta(seconds=settings.claim_lease_s), batch_id=batch_id)
-    if not ids:
-        return SweepReport()
-    processing = set(session.execute(select(Image.id).where(and_(
-        Image.id.in_(ids), Image.state == ImageState.PROCESSING.value))).scalars())
-    queued = [i for i in ids if i not in processing]
-    return SweepReport(stale_queued=queued, expired_claims=[i for i in ids if i in processing],
-                       owed=lifecycle.never_sent(session, queued))
+    return SweepReport(stale_queued=[i.id for i in found if not i.claimed],
+                       expired_claims=[i.id for i in found if i.claimed],
+                       owed=[i.id for i in found if i.owed])
 
 
 def sweep(
     sessions: sessionmaker[Session], app: Celery, settings: Settings, *,
-    queued_older_than_s: int, batch_id: int | None = None, force: bool = False,
-    dry_run: bool = False,
+    queued_older_than_s: int, owed_older_than_s: int | None = None,
+    batch_id: int | None = None, force: bool = False, dry_run: bool = False,
 ) -> SweepReport:
     """Re-queue stuck images and say what was done.
 
@@ -108,11 +117,13 @@ def sweep(
     waiting, a long wait is a busy night, not a lost message. Expired claims are always
     re-sent, and queued again first: the next sweep finds them waiting for that message,
     not expired again. Images owed a message (its send failed: ``requeue``) are always
-    sent: none waits for them in the broker, however full it is.
+    sent: none waits for them in the broker, however full it is. Their wait is
+    ``owed_older_than_s`` (by default ``queued_older_than_s``): a wait cut short by a broker
+    restart (``lost_message_age_s``) is no measure of theirs.
     """
     with sessions() as session:
         report = find_stuck(session, settings, queued_older_than_s=queued_older_than_s,
-                            batch_id=batch_id)
+                            owed_older_than_s=owed_older_than_s, batch_id=batch_id)
     if not dry_run:  # the claims a live worker renewed meanwhile are its own again
         report.expired_claims = _release_expired(sessions, settings, report.expired_claims)
     targets = report.expired_claims + report.owed

@@ -39,7 +39,8 @@ class SweepLoop:
             after = lost_message_age_s(self.settings.requeue_after_s,
                                        broker_uptime_s(self.app))
             report = sweep(self.follow_up.notifier.sessions, self.app, self.settings,
-                           queued_older_than_s=after)
+                           queued_older_than_s=after,
+                           owed_older_than_s=self.settings.requeue_after_s)
             if report.requeued or report.note:
                 restarted = (f" (the broker started {after} s ago: images "
                              "queued before that lost their message)"

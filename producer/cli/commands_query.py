@@ -84,10 +84,12 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     for key, value in health_row.items():
         click.echo(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
     _explain_notifications(health_row)
-    _warn_unsent(health_row)
+    _warn_unsent(health_row, owed_after=cli.settings.requeue_after_s)
 
 
-def _warn_unsent(health_row: dict[str, object]) -> None:
+def _warn_unsent(health_row: dict[str, object], *, owed_after: int) -> None:
+    """``owed_after``: the sweeper's full wait, which a broker restart does not cut short
+    for images owed a message (``lost_message_age_s``)."""
     after = health_row["lost_after_s"]
     if health_row["messages_lost"]:
         click.secho(f"warning: {health_row['messages_lost']} image(s) queued for over {after} s "
@@ -96,11 +98,11 @@ def _warn_unsent(health_row: dict[str, object]) -> None:
                     "sweeper also re-sends them, every MAMMO_SWEEP_INTERVAL_S)",
                     err=True, fg="yellow")
     if health_row["messages_owed"]:
-        click.secho(f"warning: {health_row['messages_owed']} image(s) queued for over {after} s "
-                    "with no message sent (a send that failed: the broker away, or a "
-                    "producer stopped before its send): a worker's sweeper sends them at its "
-                    "next pass (every MAMMO_SWEEP_INTERVAL_S) whatever the broker queue "
-                    "holds; with no worker running, run `mammo recover`",
+        click.secho(f"warning: {health_row['messages_owed']} image(s) queued for over "
+                    f"{owed_after} s with no message sent (a send that failed: the broker "
+                    "away, or a producer stopped before its send): a worker's sweeper sends "
+                    "them at its next pass (every MAMMO_SWEEP_INTERVAL_S) whatever the broker "
+                    "queue holds; with no worker running, run `mammo recover`",
                     err=True, fg="yellow")
 
 
@@ -144,13 +146,15 @@ class _Unsent(NamedTuple):
 
 
 def _unsent_messages(cli: CliContext, depth: int) -> _Unsent:
-    """Images queued longer than the sweeper's wait (shortened by a broker restart) that
-    its next pass sends, by its own rules (``recovery.sweep``): those whose message was
-    sent only while the broker holds none (a long wait in a busy queue is a busy night),
-    and those owed one whatever the broker holds (none of theirs waits there)."""
+    """Images the sweeper's next pass sends, by its own rules (``recovery.sweep``): those
+    whose message was sent, queued longer than its wait (shortened by a broker restart),
+    only while the broker holds none (a long wait in a busy queue is a busy night), and
+    those owed one, queued longer than the full wait (or given up by their sender),
+    whatever the broker holds (none of theirs waits there)."""
     after = lost_message_age_s(cli.settings.requeue_after_s, broker_uptime_s(cli.celery))
     with cli.sessions() as session:
-        stuck = find_stuck(session, cli.settings, queued_older_than_s=after)
+        stuck = find_stuck(session, cli.settings, queued_older_than_s=after,
+                           owed_older_than_s=cli.settings.requeue_after_s)
     return _Unsent(0 if depth else len(stuck.sent_before), len(stuck.owed), after)
 
 

@@ -6,10 +6,10 @@ can never both own an image: the database decides who wins.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -21,6 +21,18 @@ from shared.imaging.header_bounds import storable
 
 ACTIVE_STATES = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
 _ID_BLOCK = 500  # ids per IN list: well under every database's bound-parameter limit
+# The claim token of a queued image whose sender gave up on its message (``owe_message``):
+# the sweeper's to send, at its next pass. A worker's token is its task's id, never this.
+LEFT_TO_SWEEPER = "left-to-sweeper"
+
+
+def _blocks(image_ids: Iterable[int]) -> Iterator[list[int]]:
+    """``image_ids`` once each, in id order, ``_ID_BLOCK`` at a time: one IN list each.
+    PostgreSQL takes at most 65,535 bound parameters a statement, and a night's queue (or
+    a submit of a whole archive) holds more images than that."""
+    ids = sorted(set(image_ids))
+    for start in range(0, len(ids), _ID_BLOCK):
+        yield ids[start:start + _ID_BLOCK]
 
 
 @dataclass(frozen=True)
@@ -192,11 +204,10 @@ def release_expired(session: Session, image_ids: Sequence[int], *,
     saves write nothing (``_held_by``).
     """
     released: list[int] = []
-    ids = sorted(set(image_ids))
     queued = back_in_queue(session)
-    for start in range(0, len(ids), _ID_BLOCK):
+    for block in _blocks(image_ids):
         released += session.execute(
-            update(Image).where(Image.id.in_(ids[start:start + _ID_BLOCK]),
+            update(Image).where(Image.id.in_(block),
                                 Image.state == ImageState.PROCESSING.value,
                                 Image.claimed_at < claimed_before)
             .values(**queued)
@@ -269,17 +280,16 @@ def owe_message(session: Session, image_ids: Sequence[int]) -> list[int]:
     """Record that no process is about to send the still-queued images among ``image_ids``
     their message (a send that failed, a chunk that gave up its retries); return their ids.
 
-    They are owed a message, counted from their registration: the next sweep sends it,
-    whatever the broker holds, once that is as old as its wait (a re-sent or re-scored
-    image's nearly always is), rather than leave them to a sender that has given up.
+    They are left to the sweeper (``LEFT_TO_SWEEPER``): its next pass sends them, whatever
+    the broker holds and however recently they were queued, rather than leave them to a
+    sender that has given up. Their queuing time stays: `mammo status` counts their wait
+    from it (``waiting_since``), not from a registration days before a re-score.
     """
     owed: list[int] = []
-    ids = sorted(set(image_ids))
-    for start in range(0, len(ids), _ID_BLOCK):
+    for block in _blocks(image_ids):
         owed += session.execute(
-            update(Image).where(Image.id.in_(ids[start:start + _ID_BLOCK]),
-                                Image.state == ImageState.QUEUED.value)
-            .values(enqueued_at=None, requeued_at=None).returning(Image.id),
+            update(Image).where(Image.id.in_(block), Image.state == ImageState.QUEUED.value)
+            .values(enqueued_at=None, claim_token=LEFT_TO_SWEEPER).returning(Image.id),
             execution_options={"synchronize_session": False}).scalars().all()
     return sorted(owed)
 
@@ -292,50 +302,82 @@ def mark_enqueued(session: Session, image_ids: Sequence[int], when: datetime | N
     if not image_ids:
         return
     owed = [Image.enqueued_at.is_(None)] if owed_only else []
-    session.execute(
-        update(Image).where(Image.id.in_(list(image_ids)), *owed)
-        .values(enqueued_at=when or database_now(session)),
-        execution_options={"synchronize_session": False},
-    )
+    sent = when or database_now(session)
+    for block in _blocks(image_ids):
+        session.execute(update(Image).where(Image.id.in_(block), *owed).values(enqueued_at=sent),
+                        execution_options={"synchronize_session": False})
 
 
 def waiting_since() -> ColumnElement[datetime]:
     """Since when a queued image has waited: its message's send time, or, while it is owed
     one (no send time), since it was last put back in the queue (``back_in_queue``) or
     registered, whichever came later (a retried failure is registered anew: its
-    ``created_at`` is reset, and a ``requeued_at`` of an earlier hand-back stays)."""
+    ``created_at`` is reset, and a ``requeued_at`` of an earlier hand-back stays). A send
+    that failed (``owe_message``) keeps that time: the image has waited since, not since
+    a registration days before a re-score."""
     queued = case((Image.requeued_at > Image.created_at, Image.requeued_at),
                   else_=Image.created_at)  # a NULL requeued_at compares as unknown
     return func.coalesce(Image.enqueued_at, queued)
+
+
+def _left_to_sweeper() -> ColumnElement[bool]:
+    """Owed a message its sender gave up on (``owe_message``); never NULL, so its negation
+    holds for every other row."""
+    return and_(Image.enqueued_at.is_(None),
+                func.coalesce(Image.claim_token, "") == LEFT_TO_SWEEPER)
+
+
+class StaleImage(NamedTuple):
+    id: int
+    claimed: bool  # processing under a claim whose lease passed; otherwise queued
+    owed: bool  # queued with no message sent since it was queued (``never_sent``)
+
+
+def find_stale(
+    session: Session, *, queued_before: datetime, claimed_before: datetime,
+    owed_before: datetime | None = None, batch_id: int | None = None,
+) -> list[StaleImage]:
+    """Images whose wake-up message may be lost, in id order: queued long ago, or claimed by
+    a dead worker; each with its state, from this one query (a night's queue can hold more
+    ids than PostgreSQL takes in one IN list: ``_blocks``).
+
+    A queued image whose message was sent counts from the send, against ``queued_before``.
+    One owed a message counts from when it was queued (``waiting_since``), against
+    ``owed_before`` (by default ``queued_before``): a producer between its commit and its
+    send (a watcher's block, a long submit, a re-score, a chunk's retry) has not lost
+    anything yet, and a worker's sweep in that gap re-sent the images with a warning that
+    they were lost. One whose sender gave up (``owe_message``) is stale at once.
+
+    Every cutoff is a time on the database's clock (``database_now``): claims, send times
+    and registrations are stamped on it."""
+    queued = Image.state == ImageState.QUEUED.value
+    processing = Image.state == ImageState.PROCESSING.value
+    owed = and_(queued, Image.enqueued_at.is_(None))
+    stmt = select(Image.id, processing, owed).where(or_(
+        and_(queued, Image.enqueued_at < queued_before),
+        and_(owed, or_(_left_to_sweeper(), waiting_since() < (owed_before or queued_before))),
+        and_(processing, Image.claimed_at < claimed_before),
+    ))
+    if batch_id is not None:
+        stmt = stmt.where(Image.batch_id == batch_id)
+    return [StaleImage(image_id, bool(claimed), bool(never))
+            for image_id, claimed, never in session.execute(stmt.order_by(Image.id))]
 
 
 def stale_images(
     session: Session, *, queued_before: datetime, claimed_before: datetime,
     batch_id: int | None = None,
 ) -> list[int]:
-    """Images whose wake-up message may be lost: queued long ago, or claimed by a dead worker.
-
-    A row owed a message counts from when it was queued (``waiting_since``): a producer
-    between its commit and its send (a watcher's block, a long submit, a re-score, a
-    chunk's retry) has not lost anything yet, and a worker's sweep in that gap re-sent the
-    images with a warning that they were lost.
-
-    Both cutoffs are times on the database's clock (``database_now``): claims, send times
-    and registrations are stamped on it."""
-    stmt = select(Image.id).where(or_(
-        and_(Image.state == ImageState.QUEUED.value, waiting_since() < queued_before),
-        and_(Image.state == ImageState.PROCESSING.value, Image.claimed_at < claimed_before),
-    ))
-    if batch_id is not None:
-        stmt = stmt.where(Image.batch_id == batch_id)
-    return list(session.execute(stmt.order_by(Image.id)).scalars())
+    """The ids of ``find_stale``."""
+    return [image.id for image in find_stale(session, queued_before=queued_before,
+                                             claimed_before=claimed_before, batch_id=batch_id)]
 
 
 def queued_since(session: Session, since: datetime, *, batch_id: int | None = None) -> int:
     """How many images have been queued only since ``since`` (sent then, or queued then
     and not sent yet): those ``stale_images`` with ``queued_before=since`` leaves alone."""
     stmt = select(func.count()).select_from(Image).where(
-        Image.state == ImageState.QUEUED.value, waiting_since() >= since)
+        Image.state == ImageState.QUEUED.value, waiting_since() >= since, ~_left_to_sweeper())
     if batch_id is not None:
         stmt = stmt.where(Image.batch_id == batch_id)
     return int(session.scalar(stmt) or 0)
@@ -372,8 +414,7 @@ def priorities_of(session: Session, image_ids: Sequence[int]) -> dict[int, Prior
     recover``) keeps it so. An id without a row is routine.
     """
     found: dict[int, Priority] = {}
-    for start in range(0, len(image_ids), _ID_BLOCK):
-        block = list(image_ids[start:start + _ID_BLOCK])
+    for block in _blocks(image_ids):
         own = (select(Image.id, Batch.priority).join(Batch, Batch.id == Image.batch_id)
                .where(Image.id.in_(block)))
         copies = (select(DuplicateSubmission.image_id, Batch.priority)
@@ -400,12 +441,10 @@ def outranked(session: Session, image_ids: Sequence[int], priority: Priority) ->
     expired claim), so whichever message comes first processes it and the other finds
     nothing to claim."""
     found: list[int] = []
-    ids = list(dict.fromkeys(image_ids))
-    for start in range(0, len(ids), _ID_BLOCK):
+    for block in _blocks(image_ids):
         rows = session.execute(
             select(Image.id, Batch.priority).join(Batch, Batch.id == Image.batch_id)
-            .where(Image.id.in_(ids[start:start + _ID_BLOCK]),
-                   Image.state == ImageState.QUEUED.value))
+            .where(Image.id.in_(block), Image.state == ImageState.QUEUED.value))
         found += [image_id for image_id, value in rows
                   if priority.broker_priority < _priority(value).broker_priority]
     return sorted(found)
@@ -417,10 +456,9 @@ def never_sent(session: Session, image_ids: Sequence[int]) -> list[int]:
     re-send that failed (``back_in_queue``). A resubmission of the same files sends them
     (a second message is harmless, see ``outranked``), and so does the sweeper."""
     found: list[int] = []
-    ids = list(dict.fromkeys(image_ids))
-    for start in range(0, len(ids), _ID_BLOCK):
+    for block in _blocks(image_ids):
         found += session.execute(select(Image.id).where(
-            Image.id.in_(ids[start:start + _ID_BLOCK]), Image.state == ImageState.QUEUED.value,
+            Image.id.in_(block), Image.state == ImageState.QUEUED.value,
             Image.enqueued_at.is_(None))).scalars().all()
     return sorted(found)
 
@@ -431,12 +469,10 @@ def reopen(session: Session, image_ids: Sequence[int]) -> list[int]:
     reopened. Their earlier predictions stay: predictions are one per image per model
     version, and the newest is the one reports read."""
     reopened: list[int] = []
-    ids = list(dict.fromkeys(image_ids))
     queued = back_in_queue(session)
-    for start in range(0, len(ids), _ID_BLOCK):
+    for block in _blocks(image_ids):
         reopened += session.execute(
-            update(Image).where(Image.id.in_(ids[start:start + _ID_BLOCK]),
-                                Image.state == ImageState.DONE.value)
+            update(Image).where(Image.id.in_(block), Image.state == ImageState.DONE.value)
             .values(attempts=0, finished_at=None, **queued)
             .returning(Image.id),
             execution_options={"synchronize_session": False}).scalars().all()
