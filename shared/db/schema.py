@@ -132,7 +132,9 @@ class Image(Base):
     # is registered anew: its created_at reset).
     # While ``enqueued_at`` is NULL the image is owed a message, and the sweeper leaves it
     # to that process for its usual wait, counted from here or from ``created_at``,
-    # whichever is later (``lifecycle.waiting_since``).
+    # whichever is later (``lifecycle.waiting_since``); unless that process gave up on
+    # the send and left the image to the sweeper (``lifecycle.owe_message``, marked in the
+    # queued row's otherwise unused ``claim_token``), which sends it at its next pass.
     requeued_at: Mapped[datetime | None] = mapped_column(_tz())
     claimed_at: Mapped[datetime | None] = mapped_column(_tz())
     finished_at: Mapped[datetime | None] = mapped_column(_tz())
