@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +30,7 @@ from producer.manifest import (
     metadata_source,
 )
 from shared.config import Settings
-from shared.db.clock import database_now
+from shared.db.clock import Clocks
 from shared.db.schema import Batch, DuplicateSubmission, Image, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
@@ -41,7 +41,7 @@ from shared.imaging.readers import Pseudonymize, read_header
 from shared.imaging.readers.base import sha256_identity
 from shared.imaging.types import ImageHeader
 from shared.pseudonym import Pseudonymizer
-from shared.timeutil import as_utc, utcnow
+from shared.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -651,36 +651,6 @@ def _changed_since(path: Path, source: str, stored: Any, clocks: Clocks) -> bool
     if not _same_source(stored.source, source) or failed_at is None:
         return True
     return clocks.written_after(path, failed_at)
-
-
-@dataclass(frozen=True)
-class Clocks:
-    """The database's time now, and how far this host's clock (which file times are on)
-    runs ahead of it, read together: a registration block's, or any judge of a file's
-    time against one the database stamped."""
-
-    now: datetime
-    here_ahead_by: timedelta
-
-    @classmethod
-    def read(cls, session: Session) -> Clocks:
-        now = database_now(session)
-        return cls(now, utcnow() - now)
-
-    def written_after(self, path: Path, moment: datetime) -> bool:
-        """Whether the file at ``path`` was last written after ``moment``, a time on the
-        database's clock; False for a file that cannot be read (gone).
-
-        The file's time is the one this host's file system stamped: ``moment`` is moved by
-        the two clocks' difference, or a file written after it would read as written
-        before on a host behind the server (a failed file completed since not retried),
-        and one written before as written after on a host ahead (an unchanged failed file
-        decoded again, a report older than its batch's finish taken as current)."""
-        try:
-            written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-        except OSError:
-            return False
-        return written > moment + self.here_ahead_by
 
 
 class _Owner(NamedTuple):

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 
 from models.bilateral import BilateralHead
 from shared.db.clock import database_now
-from shared.db.lifecycle import ACTIVE_STATES
+from shared.db.lifecycle import ACTIVE_STATES, in_blocks
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.db.upsert import insert_missing
 from shared.enums import ImageState
@@ -71,7 +71,7 @@ FINDING_ALONE = 5
 _BLOCK = 400  # studies per query: stays under SQLite's bound-parameter limit
 
 __all__ = [
-    "FINDING_ALONE", "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary", "in_blocks",
+    "FINDING_ALONE", "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary",
     "lowered_by_other_breast", "owe_exam_refresh", "read_against_other_breast",
     "refresh_due_exams", "refresh_exam_results", "studies_awaiting_result",
     "studies_of_images", "summarise", "view_flags_text",
@@ -361,12 +361,6 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     )
 
 
-def in_blocks(ids: Iterable[int]) -> Iterable[list[int]]:
-    ordered = sorted(set(ids))
-    for start in range(0, len(ordered), _BLOCK):
-        yield ordered[start:start + _BLOCK]
-
-
 def _load_images(session: Session, study_ids: list[int]) -> dict[int, list[ExamImage]]:
     in_studies = select(Image.id).where(Image.study_id.in_(study_ids))
     latest = (select(Prediction.image_id, func.max(Prediction.id).label("pid"))
@@ -427,7 +421,7 @@ def refresh_exam_results(session: Session, study_ids: Iterable[int], *, timeout_
     # judge them on its clock.
     now = now or database_now(session)
     changes: list[ExamChange] = []
-    for block in in_blocks(study_ids):
+    for block in in_blocks(study_ids, _BLOCK):
         # Read before the images: a save committed after this read stays owed, whatever
         # this refresh then sees of it.
         owed = {sid: (inputs, done) for sid, inputs, done in session.execute(
@@ -456,7 +450,7 @@ def owe_exam_refresh(session: Session, image_ids: Iterable[int]) -> None:
     """Record that the exams of these images owe a refresh, in the caller's transaction:
     the one that saves what changed them, so that neither a refresh skipped afterwards (a
     busy database) nor a worker killed before it leaves an exam result missing a view."""
-    for block in in_blocks(studies_of_images(session, image_ids)):
+    for block in in_blocks(studies_of_images(session, image_ids), _BLOCK):
         # Row locks taken in id order: two savers of the same exams never wait in a circle.
         session.execute(select(Study.id).where(Study.id.in_(block)).order_by(Study.id)
                         .with_for_update())
@@ -478,7 +472,7 @@ def _settle(session: Session, study_id: int, inputs_seq: int, result_seq: int) -
 
 def studies_of_images(session: Session, image_ids: Iterable[int]) -> set[int]:
     found: set[int] = set()
-    for block in in_blocks(image_ids):
+    for block in in_blocks(image_ids, _BLOCK):
         found.update(s for s in session.execute(
             select(Image.study_id).where(Image.id.in_(block), Image.study_id.is_not(None))
             .distinct()).scalars() if s is not None)

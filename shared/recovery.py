@@ -27,13 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import lifecycle
-from shared.db.clock import database_now
+from shared.db.clock import Clocks, database_now
 from shared.db.schema import Image
 from shared.enums import ImageState
-from shared.exams import in_blocks, refresh_due_exams
+from shared.exams import refresh_due_exams
 from shared.notify import FollowUpReport, Notifier
 from shared.queue import enqueue_by_priority, queue_depth
-from shared.timeutil import as_utc, utcnow
+from shared.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -216,17 +216,16 @@ def held_claims(session: Session, settings: Settings, image_ids: Sequence[int]) 
     Only live claims count: one whose lease has passed is taken over at once, and its
     lease's end is no time to wait for. Leases are judged on the database's clock; their
     end is told on this host's, which is the one the reader has in front of them."""
-    now = database_now(session)
-    here_ahead_by = utcnow() - now
+    clocks = Clocks.read(session)
     lease = timedelta(seconds=settings.claim_lease_s)
-    live = Image.claimed_at >= now - lease
+    live = Image.claimed_at >= clocks.now - lease
     count, stamps = 0, []
-    for block in in_blocks(image_ids):
+    for block in lifecycle.in_blocks(image_ids):
         found, newest = session.execute(select(func.count(), func.max(Image.claimed_at))
                                         .where(_processing_among(block), live)).one()
         count += int(found)
         stamps += [stamp] if (stamp := as_utc(newest)) else []
-    return HeldClaims(count, max(stamps) + lease + here_ahead_by if stamps else None)
+    return HeldClaims(count, max(stamps) + lease + clocks.here_ahead_by if stamps else None)
 
 
 def take_over_expired(sessions: sessionmaker[Session], app: Celery, settings: Settings,

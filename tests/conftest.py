@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.registry import ModelSpec
@@ -70,6 +71,17 @@ def _memory_queue_emptied() -> Iterator[None]:
     for queue in memory.Channel.queues.values():
         with queue.mutex:
             queue.queue.clear()
+
+
+@pytest.fixture
+def broker(settings: Settings, redis_url: str) -> Iterator[tuple[Settings, Celery]]:
+    """The test's settings on its leased Redis database, and a Celery app sending there."""
+    from shared.queue import create_celery_app
+
+    wired = settings.model_copy(update={"broker_url": redis_url})
+    app = create_celery_app(wired)
+    yield wired, app
+    app.close()
 
 
 @pytest.fixture(scope="session")

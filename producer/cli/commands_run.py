@@ -16,9 +16,9 @@ from producer.cli.options import batch_name_option, format_option, paths_argumen
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
 from producer.discovery import OwnFiles, iter_files
 from producer.embedded_run import RunOutcome, check_model, load_run
-from producer.registration import Clocks
 from producer.submission import SubmitOutcome
 from shared.config import Settings
+from shared.db.clock import Clocks
 from shared.db.schema import Batch
 from shared.enums import ImageState
 from shared.errors import ConfigurationError

@@ -9,7 +9,9 @@ thing they all share, so claims and send times take their time from it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -28,3 +30,33 @@ def database_now(session: Session) -> datetime:
         return utcnow()
     stamp: datetime = session.execute(select(func.clock_timestamp())).scalar_one()
     return stamp.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """The database's time now, and how far this host's clock (which file times are on)
+    runs ahead of it, read together: a registration block's, or any judge of a file's
+    time against one the database stamped."""
+
+    now: datetime
+    here_ahead_by: timedelta
+
+    @classmethod
+    def read(cls, session: Session) -> Clocks:
+        now = database_now(session)
+        return cls(now, utcnow() - now)
+
+    def written_after(self, path: Path, moment: datetime) -> bool:
+        """Whether the file at ``path`` was last written after ``moment``, a time on the
+        database's clock; False for a file that cannot be read (gone).
+
+        The file's time is the one this host's file system stamped: ``moment`` is moved by
+        the two clocks' difference, or a file written after it would read as written
+        before on a host behind the server (a failed file completed since not retried),
+        and one written before as written after on a host ahead (an unchanged failed file
+        decoded again, a report older than its batch's finish taken as current)."""
+        try:
+            written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except OSError:
+            return False
+        return written > moment + self.here_ahead_by

@@ -26,13 +26,13 @@ _ID_BLOCK = 500  # ids per IN list: well under every database's bound-parameter 
 LEFT_TO_SWEEPER = "left-to-sweeper"
 
 
-def _blocks(image_ids: Iterable[int]) -> Iterator[list[int]]:
-    """``image_ids`` once each, in id order, ``_ID_BLOCK`` at a time: one IN list each.
-    PostgreSQL takes at most 65,535 bound parameters a statement, and a night's queue (or
-    a submit of a whole archive) holds more images than that."""
-    ids = sorted(set(image_ids))
-    for start in range(0, len(ids), _ID_BLOCK):
-        yield ids[start:start + _ID_BLOCK]
+def in_blocks(ids: Iterable[int], size: int = _ID_BLOCK) -> Iterator[list[int]]:
+    """``ids`` once each, in id order, ``size`` at a time: one IN list each. PostgreSQL
+    takes at most 65,535 bound parameters a statement, and a night's queue (or a submit of
+    a whole archive) holds more images than that."""
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), size):
+        yield ordered[start:start + size]
 
 
 @dataclass(frozen=True)
@@ -113,17 +113,18 @@ def _held_by(token: str | None) -> list[ColumnElement[bool]]:
     return [Image.claim_token == token, Image.state == ImageState.PROCESSING.value]
 
 
-def mark_done(session: Session, image_ids: Sequence[int], *,
-              token: str | None = None) -> list[int]:
+def mark_done(session: Session, image_ids: Sequence[int], *, token: str | None = None,
+              now: datetime | None = None) -> list[int]:
     """Mark images done; with ``token``, only those its claim still holds. Returns the ids
     marked. The finish is stamped on the database's clock, as claims are: `mammo status`
-    judges "being worked on" by both (``queries._in_progress``)."""
+    judges "being worked on" by both (``queries._in_progress``); ``now``, when the caller
+    already read it (``database_now``) for the same save."""
     if not image_ids:
         return []
     rows = session.execute(
         update(Image).where(Image.id.in_(list(image_ids)), *_held_by(token)).values(
             state=ImageState.DONE.value, error_code=None, error_message=None,
-            finished_at=database_now(session),
+            finished_at=now or database_now(session),
         ).returning(Image.id),
         execution_options={"synchronize_session": False},
     ).scalars().all()
@@ -131,7 +132,7 @@ def mark_done(session: Session, image_ids: Sequence[int], *,
 
 
 def mark_failed(session: Session, image_id: int, code: ErrorCode, message: str, *,
-                token: str | None = None) -> bool:
+                token: str | None = None, now: datetime | None = None) -> bool:
     """Mark an image failed; with ``token``, only if its claim still holds it. The failure's
     time is the database's: a resubmitted file is retried when written since (judged by
     registration on that clock)."""
@@ -139,7 +140,7 @@ def mark_failed(session: Session, image_id: int, code: ErrorCode, message: str, 
         update(Image).where(Image.id == image_id, *_held_by(token)).values(
             state=ImageState.FAILED.value, error_code=code.value,
             # A worker's message can quote a header value, and PostgreSQL stores no NUL.
-            error_message=storable(message)[:2000], finished_at=database_now(session),
+            error_message=storable(message)[:2000], finished_at=now or database_now(session),
         ).returning(Image.id),
         execution_options={"synchronize_session": False},
     ).first()
@@ -205,7 +206,7 @@ def release_expired(session: Session, image_ids: Sequence[int], *,
     """
     released: list[int] = []
     queued = back_in_queue(session)
-    for block in _blocks(image_ids):
+    for block in in_blocks(image_ids):
         released += session.execute(
             update(Image).where(Image.id.in_(block),
                                 Image.state == ImageState.PROCESSING.value,
@@ -286,7 +287,7 @@ def owe_message(session: Session, image_ids: Sequence[int]) -> list[int]:
     from it (``waiting_since``), not from a registration days before a re-score.
     """
     owed: list[int] = []
-    for block in _blocks(image_ids):
+    for block in in_blocks(image_ids):
         owed += session.execute(
             update(Image).where(Image.id.in_(block), Image.state == ImageState.QUEUED.value)
             .values(enqueued_at=None, claim_token=LEFT_TO_SWEEPER).returning(Image.id),
@@ -303,7 +304,7 @@ def mark_enqueued(session: Session, image_ids: Sequence[int], when: datetime | N
         return
     owed = [Image.enqueued_at.is_(None)] if owed_only else []
     sent = when or database_now(session)
-    for block in _blocks(image_ids):
+    for block in in_blocks(image_ids):
         session.execute(update(Image).where(Image.id.in_(block), *owed).values(enqueued_at=sent),
                         execution_options={"synchronize_session": False})
 
@@ -339,7 +340,7 @@ def find_stale(
 ) -> list[StaleImage]:
     """Images whose wake-up message may be lost, in id order: queued long ago, or claimed by
     a dead worker; each with its state, from this one query (a night's queue can hold more
-    ids than PostgreSQL takes in one IN list: ``_blocks``).
+    ids than PostgreSQL takes in one IN list: ``in_blocks``).
 
     A queued image whose message was sent counts from the send, against ``queued_before``.
     One owed a message counts from when it was queued (``waiting_since``), against
@@ -414,7 +415,7 @@ def priorities_of(session: Session, image_ids: Sequence[int]) -> dict[int, Prior
     recover``) keeps it so. An id without a row is routine.
     """
     found: dict[int, Priority] = {}
-    for block in _blocks(image_ids):
+    for block in in_blocks(image_ids):
         own = (select(Image.id, Batch.priority).join(Batch, Batch.id == Image.batch_id)
                .where(Image.id.in_(block)))
         copies = (select(DuplicateSubmission.image_id, Batch.priority)
@@ -441,7 +442,7 @@ def outranked(session: Session, image_ids: Sequence[int], priority: Priority) ->
     expired claim), so whichever message comes first processes it and the other finds
     nothing to claim."""
     found: list[int] = []
-    for block in _blocks(image_ids):
+    for block in in_blocks(image_ids):
         rows = session.execute(
             select(Image.id, Batch.priority).join(Batch, Batch.id == Image.batch_id)
             .where(Image.id.in_(block), Image.state == ImageState.QUEUED.value))
@@ -456,7 +457,7 @@ def never_sent(session: Session, image_ids: Sequence[int]) -> list[int]:
     re-send that failed (``back_in_queue``). A resubmission of the same files sends them
     (a second message is harmless, see ``outranked``), and so does the sweeper."""
     found: list[int] = []
-    for block in _blocks(image_ids):
+    for block in in_blocks(image_ids):
         found += session.execute(select(Image.id).where(
             Image.id.in_(block), Image.state == ImageState.QUEUED.value,
             Image.enqueued_at.is_(None))).scalars().all()
@@ -470,7 +471,7 @@ def reopen(session: Session, image_ids: Sequence[int]) -> list[int]:
     version, and the newest is the one reports read."""
     reopened: list[int] = []
     queued = back_in_queue(session)
-    for block in _blocks(image_ids):
+    for block in in_blocks(image_ids):
         reopened += session.execute(
             update(Image).where(Image.id.in_(block), Image.state == ImageState.DONE.value)
             .values(attempts=0, finished_at=None, **queued)

@@ -26,12 +26,11 @@ from sqlalchemy import ColumnElement, Exists, and_, case, func, or_, select, upd
 from sqlalchemy.orm import Session
 
 from shared.batches import summary_due_at
-from shared.db.clock import database_now
+from shared.db.clock import Clocks, database_now
 from shared.db.schema import Batch, ExamResult, Notification
 from shared.db.upsert import insert_missing
 from shared.exams import read_first_suspicion_sql
 from shared.notify.message import Event, Notice
-from shared.timeutil import utcnow
 
 # obsolete: the event no longer calls for this notification (the exam was re-scored below
 # the alert threshold before a re-send); never sent again.
@@ -177,7 +176,7 @@ def unsent_since(session: Session, since_here: datetime) -> int:
     stamped on the database's: it is moved by the two clocks' difference now, so that a
     database whose clock is off this host's neither hides this run's rows nor counts older
     ones."""
-    since = since_here + (database_now(session) - utcnow())
+    since = since_here - Clocks.read(session).here_ahead_by
     return int(session.execute(
         select(func.count()).select_from(Notification).where(
             Notification.claimed_at >= since,

@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from shared.db.lifecycle import ACTIVE_STATES
+from shared.db.lifecycle import ACTIVE_STATES, in_blocks
 from shared.db.schema import ExamResult, Image, Study
-from shared.exams import in_blocks, read_first_suspicion, read_first_suspicion_sql
+from shared.exams import read_first_suspicion, read_first_suspicion_sql
 from shared.timeutil import as_utc
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")

@@ -21,13 +21,12 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer import registration
 from producer.registration import create_batch, register_files
 from producer.watch import ingest
 from producer.watch.folder import WatchFolder
 from shared import exams
 from shared.config import Settings
-from shared.db import lifecycle
+from shared.db import clock, lifecycle
 from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, ExamResult, Image, Study
 from shared.enums import ErrorCode, ImageState, Priority
@@ -53,7 +52,7 @@ def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
 
 
 def _producer_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
-    host_clock_off_by(monkeypatch, offset, (registration,), raising=True)
+    host_clock_off_by(monkeypatch, offset, (clock,), raising=True)
 
 
 def _batch(sessions: sessionmaker[Session]) -> int:
@@ -163,7 +162,7 @@ def test_the_watchers_day_batch_is_the_databases_day(
     midnight = datetime.combine(server_time.date(), datetime.min.time(), tzinfo=UTC)
     behind = -(server_time - midnight) - timedelta(minutes=1)
 
-    host_clock_off_by(monkeypatch, behind, (registration, ingest))
+    host_clock_off_by(monkeypatch, behind, (clock, ingest))
     ingestor = ingest.Ingestor(settings, sessions, create_celery_app(settings.embedded()),
                                WatchFolder.of(tmp_path, (), move=False),
                                logging.getLogger("test"), mode="watch")

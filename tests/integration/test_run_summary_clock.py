@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from producer import registration
 from producer.cli import commands_run
 from producer.cli.context import CliContext
 from producer.registration import create_batch
 from shared.config import Settings
-from shared.db import lifecycle
+from shared.db import clock, lifecycle
 from shared.db.schema import Batch, DuplicateSubmission
 from shared.enums import Priority
 from shared.reports.batch_summary import batch_report_path
@@ -82,7 +81,7 @@ def test_a_rerun_rewrites_a_summary_from_before_the_finish_and_keeps_one_from_af
         cli: CliContext, monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
     first, rerun, finished = _rerun_of_a_finished_batch(cli)
 
-    host_clock_off_by(monkeypatch, offset, (registration, commands_run))
+    host_clock_off_by(monkeypatch, offset, (clock, commands_run))
     summary = batch_report_path(cli.settings, first, "html")
     summary.parent.mkdir(parents=True)
     summary.write_text("<html>the batch while it was still being scored</html>")

@@ -23,7 +23,7 @@ from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.schema import Image
 from shared.enums import Priority
-from shared.queue import QUEUE_NAME, create_celery_app, queue_depth
+from shared.queue import QUEUE_NAME, queue_depth
 from shared.recovery import find_stuck, sweep
 from shared.synthetic import make_exam_set
 from shared.timeutil import utcnow
@@ -37,14 +37,6 @@ from worker.runtime import WorkerRuntime
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
     yield from schema_sessions(settings)
-
-
-@pytest.fixture
-def broker(settings: Settings, redis_url: str) -> Iterator[tuple[Settings, Celery]]:
-    wired = settings.model_copy(update={"broker_url": redis_url})
-    app = create_celery_app(wired)
-    yield wired, app
-    app.close()
 
 
 def _expire_claims(sessions: sessionmaker[Session], ids: list[int]) -> None:

@@ -46,14 +46,6 @@ RESTARTED_S_AGO = 30.0  # Redis came back without its data half a minute ago
 
 
 @pytest.fixture
-def broker(settings: Settings, redis_url: str) -> Iterator[tuple[Settings, Celery]]:
-    wired = settings.model_copy(update={"broker_url": redis_url})
-    app = create_celery_app(wired)
-    yield wired, app
-    app.close()
-
-
-@pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
     yield from schema_sessions(settings)
 

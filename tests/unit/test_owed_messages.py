@@ -47,14 +47,6 @@ def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
     yield from schema_sessions(settings)
 
 
-@pytest.fixture
-def broker(settings: Settings, redis_url: str) -> Iterator[tuple[Settings, Celery]]:
-    wired = settings.model_copy(update={"broker_url": redis_url})
-    app = create_celery_app(wired)
-    yield wired, app
-    app.close()
-
-
 def _registered_an_hour_ago(sessions: sessionmaker[Session], ids: list[int]) -> None:
     """Registered and sent an hour ago: older than any sweep's wait."""
     then = utcnow() - timedelta(hours=1)

@@ -25,24 +25,20 @@ from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.clock import database_now
-from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import Priority
 from shared.queries import system_health
-from shared.queue import create_celery_app, enqueue_chunks, queue_depth
+from shared.queue import enqueue_chunks, queue_depth
 from shared.recovery import sweep
 from tests.helpers.cli import run_cli
-from tests.helpers.db import queued_batch
+from tests.helpers.db import queued_batch, schema_sessions
 
 NIGHT = 5  # routine messages waiting in the broker: a busy night
 
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(settings)
-    ensure_schema(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from schema_sessions(settings)
 
 
 def _registered_long_ago(sessions: sessionmaker[Session], ids: list[int],
@@ -66,14 +62,6 @@ def test_the_oldest_queued_image_of_a_rescore_waits_from_its_reopening(
         session.commit()
         age = system_health(session, lease_s=120)["oldest_queued_age_s"]
     assert age is not None and 0 <= age < 60
-
-
-@pytest.fixture
-def broker(settings: Settings, redis_url: str) -> Iterator[tuple[Settings, Celery]]:
-    wired = settings.model_copy(update={"broker_url": redis_url})
-    app = create_celery_app(wired)
-    yield wired, app
-    app.close()
 
 
 def test_status_names_images_owed_a_message_on_a_busy_night_and_what_the_sweeper_does(
