@@ -239,12 +239,12 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
         with runtime.sessions() as session:
             # The images first, fenced by this claim (their row locks also order a racing
             # writer behind this one); then the predictions of those it still held.
-            kept = set(lifecycle.mark_done(session, done_ids, token=token))
-            # Stamped on the database's clock, read once for the group: `mammo status`'s
-            # pace and ETA and its workers seen judge prediction times on it, and a worker
-            # ahead of the server had its recent work counted as none (pace 0, no ETA,
-            # not listed), one behind as long past.
-            now = database_now(session) if kept else None
+            # Finishes and predictions are stamped on the database's clock, read once for
+            # the save: `mammo status`'s pace and ETA and its workers seen judge them on it,
+            # and a worker ahead of the server had its recent work counted as none (pace 0,
+            # no ETA, not listed), one behind as long past.
+            now = database_now(session)
+            kept = set(lifecycle.mark_done(session, done_ids, token=token, now=now))
             rows = [{**r, "created_at": now} for r in outcome.rows
                     if int(str(r["image_id"])) in kept]
             upsert(session, Prediction, rows, conflict=("image_id", "model_version_id"),
@@ -253,10 +253,11 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             # result rather than failing an image that was read and scored.
             gone = _scored_before(session, [i for i, code, _ in outcome.failures
                                             if code is ErrorCode.MISSING_FILE])
-            kept_earlier = lifecycle.mark_done(session, gone, token=token)
+            kept_earlier = lifecycle.mark_done(session, gone, token=token, now=now)
             failed = [image_id for image_id, code, message in outcome.failures
                       if image_id not in gone
-                      and lifecycle.mark_failed(session, image_id, code, message, token=token)]
+                      and lifecycle.mark_failed(session, image_id, code, message, token=token,
+                                                now=now)]
             touched = sorted(kept) + kept_earlier + failed
             # Committed with the results: the refresh below may be skipped (a busy
             # database) or never run (this worker killed), and the follow-up then redoes it.
