@@ -16,6 +16,12 @@ from shared.errors import PathNotFoundError
 
 # Sidecars we write and files scanners and OSes leave behind; never images.
 IGNORED_SUFFIXES = (".part", ".tmp", ".reason.txt", ".txt", ".csv", ".json", ".md", ".db")
+# What a patient CD or a PACS export carries beside its images (DICOM PS3.10 media: the
+# DICOMDIR index, a bundled viewer, its web pages and settings). Walked as images, each one
+# failed, so every imported CD ended with exit code 3 and real failures were hidden.
+MEDIA_SUFFIXES = (".exe", ".dll", ".inf", ".ini", ".htm", ".html", ".xml", ".xsl", ".css",
+                  ".js", ".ico", ".pdf", ".log", ".bat", ".cmd")
+MEDIA_NAMES = frozenset({"dicomdir", "version", "readme"})
 # What SQLite keeps beside its file while it is open (WAL mode) or mid-transaction.
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
@@ -24,8 +30,9 @@ OnSkip = Callable[[Path, str], None]
 
 
 def is_candidate(path: Path) -> bool:
-    name = path.name
-    return not name.startswith(".") and not name.lower().endswith(IGNORED_SUFFIXES)
+    name = path.name.lower()
+    return not (name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+                or name.endswith(MEDIA_SUFFIXES) or name in MEDIA_NAMES)
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,27 @@ def test_mammo_run_says_which_files_it_skipped_and_never_reads_a_linked_outside_
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM images WHERE source LIKE '%passwd%'"
                             ).fetchone() == (0,)
+
+
+def test_a_patient_cd_reads_its_images_and_passes_over_the_index_and_viewer(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # PS3.10 media as a CD or a PACS export writes it: each non-image file had failed, so
+    # every imported CD exited 3 and a real failure among its images could not be told apart.
+    cd = tmp_path / "cd"
+    make_exam_set(cd / "DICOM", n_exams=1, seed=7)
+    for name in ("DICOMDIR", "AUTORUN.INF", "INDEX.HTM", "VERSION", "README",
+                 "VIEWER/viewer.exe", "VIEWER/dcmtk.dll", "VIEWER/settings.xml",
+                 "VIEWER/viewer.ini", "VIEWER/help/index.html", "VIEWER/help/style.css"):
+        (cd / name).parent.mkdir(parents=True, exist_ok=True)
+        (cd / name).write_bytes(b"MZ\x90\x00 not an image")
+    names, skipped = _found(cd)
+    assert sorted(names) == sorted(p.name for p in (cd / "DICOM").rglob("*.dcm"))
+    assert len(names) == 4 and skipped == {}
+    code, out = invoke_cli(["run", str(cd), "--format", "json"], monkeypatch, tmp_path,
+                           model=str(tiny_model_dir), chunk_size="4")
+    assert code == ExitCode.OK, out
+    engine = create_engine(f"sqlite:///{tmp_path / 'mammo.db'}")
+    with engine.connect() as conn:
+        states = conn.execute(select(Image.state)).scalars().all()
+    engine.dispose()
+    assert [str(s) for s in states].count("done") == 4 and len(states) == 4, states
