@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 import sys
@@ -583,11 +584,51 @@ def test_truncated_pgm(tmp_path: Path, ascii_: bool) -> None:
 
 
 def test_plain_pgm_reads_comments_and_clips_values_above_maxval(tmp_path: Path) -> None:
+    # A stray value above maxval (one in 200) is clipped; many are refused (next test).
     path = tmp_path / "x.pgm"
-    path.write_bytes(b"P2\n3 2\n100\n0 1 # a comment\n 2\n150 99 100")
+    rest = " ".join(["99"] * 196).encode()
+    path.write_bytes(b"P2\n20 10\n100\n0 1 # a comment\n 2\n150 " + rest)
     decoded = decode(path, max_pixels=BIG)
-    np.testing.assert_array_equal(decoded.pixels, [[0, 1, 2], [100, 99, 100]])
+    assert decoded.pixels.shape == (10, 20)
+    np.testing.assert_array_equal(decoded.pixels[0, :5], [0, 1, 2, 100, 99])
     assert decoded.pixels.dtype == np.uint8 and decoded.max_value == 100
+
+
+@pytest.mark.parametrize("stored, ascii_, cause", [
+    # 16-bit values written least significant byte first
+    ("little_endian", False, "its 16-bit values fit once their two bytes are swapped: the file "
+                             "was written least significant byte first"),
+    # garbage in the 4 high bits a 12-bit maxval leaves unused
+    ("high_bits", False, "its header's maxval is wrong or its pixel data is damaged"),
+    ("high_bits", True, "its header's maxval is wrong or its pixel data is damaged"),
+])
+def test_pgm_whose_values_mostly_exceed_its_maxval_names_that(
+        tmp_path: Path, pixels: np.ndarray, stored: str, ascii_: bool, cause: str) -> None:
+    # Scaled by maxval 4095 these were clipped to white, and the image refused as "random
+    # noise" (neighbouring pixels almost unrelated): true, but no help finding the cause.
+    path = tmp_path / "x.pgm"
+    if stored == "little_endian":
+        path.write_bytes(b"P5\n96 128\n4095\n" + pixels.astype("<u2").tobytes())
+    else:
+        noise = np.random.default_rng(5).integers(1, 16, pixels.shape) << 12
+        path.write_bytes(_pgm(pixels | noise, 4095, ascii_))
+    refused = _refused(path, UnreadableImageError, ErrorCode.UNREADABLE,
+                       "x.pgm is a PGM whose pixel values exceed the maximum its header "
+                       "declares (maxval 4095) on ", cause)
+    assert "random noise" not in refused.message
+
+
+def test_pgm_with_a_label_above_its_maxval_is_still_read(tmp_path: Path,
+                                                         pixels: np.ndarray) -> None:
+    # A burned-in label brighter than maxval (3 % of the image) is clipped to white, as a
+    # few hot pixels are: not a sign that the values or the header are wrong.
+    labelled = pixels.copy()
+    labelled[:20, :20] = 60000
+    path = tmp_path / "x.pgm"
+    path.write_bytes(_pgm(labelled, 4095))
+    decoded = decode(path, max_pixels=BIG)
+    assert decoded.max_value == 4095
+    np.testing.assert_array_equal(decoded.pixels, labelled)
 
 
 def test_plain_pgm_with_a_stray_character_is_unreadable(tmp_path: Path) -> None:
@@ -626,6 +667,17 @@ def test_text_file_is_unsupported(tmp_path: Path) -> None:
     path.write_text("not an image\n")
     _refused(path, UnsupportedFormatError, ErrorCode.NOT_DICOM_OR_IMAGE,
              "not a DICOM, PNG, JPEG, TIFF or PGM file")
+
+
+@pytest.mark.parametrize("name", ["image.dcm.gz", "image.png.gz"])
+def test_gzip_compressed_file_is_named_as_such(tmp_path: Path, pixels: np.ndarray,
+                                              name: str) -> None:
+    path = tmp_path / name
+    with gzip.open(path, "wb") as packed:
+        packed.write(cv2.imencode(".png", pixels)[1].tobytes())
+    refused = _refused(path, UnsupportedFormatError, ErrorCode.NOT_DICOM_OR_IMAGE,
+                       f"{name} is gzip-compressed", "decompress it first")
+    assert "match none" not in refused.message
 
 
 def test_empty_missing_and_folder(tmp_path: Path) -> None:

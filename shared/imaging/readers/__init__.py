@@ -18,6 +18,8 @@ from shared.imaging.types import DecodedImage, ImageHeader
 
 # DICOM first: a DICOM file's preamble may itself look like a TIFF header (dual-format files).
 READERS: tuple[ImageReader, ...] = (DICOM, PNG, JPEG, TIFF, PGM)
+# A .dcm.gz or .png.gz (a PACS or mail export): named, rather than called a format we do not know.
+_GZIP_MAGIC = b"\x1f\x8b"
 
 __all__ = ["READERS", "ImageReader", "Pseudonymize", "decode", "read_header", "reader_for"]
 
@@ -37,6 +39,11 @@ def reader_for(path: Path) -> ImageReader:
     for reader in READERS:
         if reader.sniff(head):
             return reader
+    if head.startswith(_GZIP_MAGIC):
+        raise UnsupportedFormatError(
+            f"{path.name} is gzip-compressed (its first bytes are gzip's signature, 1F 8B), "
+            "not an image itself: decompress it first (gunzip) and submit the file inside."
+        )
     raise UnsupportedFormatError(
         f"{path.name} is not a DICOM, PNG, JPEG, TIFF or PGM file (its first bytes match none "
         "of them)."

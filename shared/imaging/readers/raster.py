@@ -2,7 +2,10 @@
 
 One class does the decoding; each format adds only what OpenCV cannot tell us: where the
 image size is in the header (to refuse huge images before decoding) and how to notice a
-truncated file (OpenCV decodes a truncated JPEG into a silently grey-filled image).
+truncated file (OpenCV decodes a truncated JPEG into a silently grey-filled image). One
+layout OpenCV misreads is decoded here: a TIFF whose samples of more than 8 bits are stored
+plane by plane (PlanarConfiguration 2), which OpenCV reads as if interleaved; only its
+uncompressed strips are read, anything else is refused.
 
 The value range of 8- and 16-bit unsigned pixels is the dtype's (255, 65535): a 12-bit
 image in a 16-bit PNG therefore looks dark, exactly as it would in any viewer. PGM declares
@@ -63,13 +66,31 @@ _ORIENTATIONS: dict[int, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
     2: (lambda a: a[:, ::-1], "mirrored left-right"),
     3: (lambda a: a[::-1, ::-1], "rotated 180 degrees"),
     4: (lambda a: a[::-1], "mirrored top-bottom"),
-    5: (lambda a: a.T, "transposed"),
+    5: (lambda a: a.swapaxes(0, 1), "transposed"),
     6: (lambda a: np.rot90(a, -1), "rotated 90 degrees clockwise"),
-    7: (lambda a: a[::-1, ::-1].T, "transversed"),
+    7: (lambda a: a[::-1, ::-1].swapaxes(0, 1), "transversed"),
     8: (lambda a: np.rot90(a, 1), "rotated 90 degrees anticlockwise"),
 }
-# ImageWidth, ImageLength, PhotometricInterpretation, Orientation.
-_TIFF_TAGS_READ = frozenset({256, 257, 262, 274})
+# The TIFF tags read from each image file directory: ImageWidth (256), ImageLength,
+# BitsPerSample, Compression, PhotometricInterpretation (262), FillOrder, StripOffsets (273),
+# Orientation, SamplesPerPixel (277), RowsPerStrip, StripByteCounts (279),
+# PlanarConfiguration (284), Predictor (317), TileWidth (322), SampleFormat (339).
+_TIFF_TAGS_READ = frozenset({256, 257, 258, 259, 262, 266, 273, 274, 277, 278, 279, 284, 317,
+                             322, 339})
+# The integer field types those tags are written with: SHORT, LONG, LONG8 (BigTIFF).
+_TIFF_INTEGER_FORMATS = {3: "H", 4: "I", 16: "Q"}
+# Samples of planes stored separately that are decoded here (OpenCV reads such pages as if
+# their samples were interleaved unless they hold 8 bits a sample): (BitsPerSample,
+# SampleFormat) -> numpy type code. The types OpenCV gives the same page stored interleaved.
+_PLANAR_TYPES = {(16, 1): "u2", (16, 2): "i2", (32, 1): "u4", (32, 2): "i4", (32, 3): "f4",
+                 (64, 3): "f8"}
+# A PGM value above the header's maxval is invalid; the range clips it to white. Hot pixels
+# and a burned-in label (a few % of the image) are kept so. Above this share the values
+# fit the header once their bytes are swapped (written least significant byte first) ...
+_PGM_SWAPPED_SHARE = 0.01
+# ... and above this one, whatever the cause (a wrong maxval, garbage in the unused high
+# bits), too much of the picture would be white: the file is refused, naming why.
+_PGM_ABOVE_MAXVAL_SHARE = 0.10
 
 
 class RasterReader:
@@ -107,6 +128,9 @@ class RasterReader:
         # A header the cheap size check could not parse is caught once decoded.
         check_pixel_count(path, pixels.shape[0], pixels.shape[1], max_pixels)
         pixels = _upright(pixels, self.orientation(data), notes)
+        applied = self.applied_orientation(data)
+        if applied is not None and applied != 1:
+            notes["orientation"] = _orientation_note(self.format_name.upper(), applied)
         low, high, from_pixels = self.value_range(data, pixels)
         if from_pixels:
             notes["range"] = f"value range taken from the pixels: {low:g} to {high:g}"
@@ -152,6 +176,10 @@ class RasterReader:
 
     def orientation(self, data: bytes) -> int | None:
         """The EXIF Orientation (274) the decoder left unapplied, if the file has one."""
+        return None
+
+    def applied_orientation(self, data: bytes) -> int | None:
+        """The Orientation (274) the decoder applied itself (OpenCV: TIFF's), to be noted."""
         return None
 
     def inverted(self, data: bytes, pixels: np.ndarray) -> bool:
@@ -293,8 +321,12 @@ class PgmReader(RasterReader):
             )
 
     def decode_pixels(self, data: bytes, path: Path) -> np.ndarray | None:
-        return _plain_pgm_pixels(data, path) if data[:2] == b"P2" else super().decode_pixels(
-            data, path)
+        if data[:2] == b"P2":
+            return _plain_pgm_pixels(data, path)
+        pixels = super().decode_pixels(data, path)  # P5 values come back as stored
+        if pixels is not None:
+            _check_within_maxval(pixels, _pgm_header(data, path)[2], path)
+        return pixels
 
     def value_range(self, data: bytes, pixels: np.ndarray) -> tuple[float, float, bool]:
         # P5 samples come back from OpenCV unscaled, P2 ones from _plain_pgm_pixels: the
@@ -322,8 +354,18 @@ class TiffReader(RasterReader):
         return [(page.rows, page.columns) for page in _tiff_pages(data)]
 
     def decode_pixels(self, data: bytes, path: Path) -> np.ndarray | None:
-        main = _main_page(_tiff_pages(data))
+        pages = _tiff_pages(data)
+        main = _main_page(pages)
+        if pages and pages[main].separate_wide_samples:
+            return _separate_planes(data, pages[main], path)
         return super().decode_pixels(data, path) if main == 0 else _read_page(path, main)
+
+    def applied_orientation(self, data: bytes) -> int | None:
+        # OpenCV turns every TIFF page as its Orientation says, at any depth (and so does
+        # _separate_planes); a value outside 1-8 it ignores.
+        pages = _tiff_pages(data)
+        orientation = pages[_main_page(pages)].orientation if pages else None
+        return orientation if orientation in _ORIENTATIONS else None
 
     def inverted(self, data: bytes, pixels: np.ndarray) -> bool:
         # PhotometricInterpretation 0 (MinIsWhite): OpenCV inverts it only on its 8-bit path
@@ -359,19 +401,127 @@ class TiffReader(RasterReader):
 
 @dataclasses.dataclass(frozen=True)
 class _TiffPage:
-    rows: int
-    columns: int
-    photometric: int | None  # PhotometricInterpretation (262); 0 = MinIsWhite
+    """One image file directory: the tags read (``_TIFF_TAGS_READ``), each all its values."""
+
+    tags: dict[int, np.ndarray]
+
+    def value(self, tag: int, default: int) -> int:
+        """The tag's (first) value, ``default`` (TIFF's) when it is absent."""
+        return int(self.tags[tag][0]) if tag in self.tags else default
+
+    def values(self, tag: int, default: int) -> tuple[int, ...]:
+        """One value a sample (BitsPerSample, SampleFormat), even when written once for all."""
+        found = tuple(int(v) for v in self.tags[tag][:self.samples]) if tag in self.tags \
+            else (default,)
+        return found if len(found) == self.samples else found[:1] * self.samples
+
+    @property
+    def rows(self) -> int:
+        return self.value(257, 0)
+
+    @property
+    def columns(self) -> int:
+        return self.value(256, 0)
+
+    @property
+    def photometric(self) -> int | None:  # PhotometricInterpretation; 0 = MinIsWhite
+        return int(self.tags[262][0]) if 262 in self.tags else None
+
+    @property
+    def orientation(self) -> int:
+        return self.value(274, 1)
+
+    @property
+    def samples(self) -> int:  # SamplesPerPixel
+        return self.value(277, 1)
+
+    @property
+    def separate_wide_samples(self) -> bool:
+        """Several samples a pixel, each stored in its own plane (PlanarConfiguration 2), at
+        more than 8 bits: OpenCV reads these planes as if interleaved (libtiff's RGBA
+        reader, its 8-bit path, gets them right)."""
+        return self.samples > 1 and self.value(284, 1) == 2 and max(self.values(258, 1)) > 8
 
 
 def _tiff_pages(data: bytes) -> list[_TiffPage]:
-    """Each page's size and photometric, from its image file directory."""
+    """Each page's tags, from its image file directory, up to the first without a size."""
     pages: list[_TiffPage] = []
     for tags in _tiff_directories(data, _MAX_TIFF_PAGES):
         if 256 not in tags or 257 not in tags:  # ImageWidth, ImageLength
             break
-        pages.append(_TiffPage(tags[257], tags[256], tags.get(262)))
+        pages.append(_TiffPage(tags))
     return pages
+
+
+def _separate_planes(data: bytes, page: _TiffPage, path: Path) -> np.ndarray:
+    """The pixels of a page whose samples (more than 8 bits each) are stored plane by plane,
+    in OpenCV's layout: rows x columns x samples, colour as BGR(A), turned as the page's
+    Orientation says. Only uncompressed strips are read; anything else is refused, never
+    handed to OpenCV, which would return the planes scrambled."""
+    rows, columns, samples = page.rows, page.columns, page.samples
+    bits = page.values(258, 1)  # BitsPerSample
+    formats = page.values(339, 1)  # SampleFormat: 1 unsigned, 2 signed, 3 float
+    code = _PLANAR_TYPES.get((bits[0], formats[0]))
+    unsupported = _planar_layout_unsupported(page, bits, formats)
+    if unsupported or code is None:
+        depth = "/".join(str(b) for b in dict.fromkeys(bits))
+        why = unsupported or f"in a sample format it does not take (SampleFormat {formats[0]})"
+        raise UnreadableImageError(
+            f"{path.name} stores its colour planes separately (TIFF PlanarConfiguration 2) at "
+            f"{depth} bits per sample, {why}, which this reader cannot decode reliably; export "
+            "it as single-channel grey or as interleaved RGB.")
+    stored = np.dtype(("<" if data[:2] == b"II" else ">") + code)
+    strip_rows = min(page.value(278, 2**32 - 1), rows)  # RowsPerStrip; absent: one strip
+    no_table = np.zeros(0, dtype=np.uint64)
+    offsets, byte_counts = page.tags.get(273, no_table), page.tags.get(279, no_table)
+    per_plane = -(-rows // strip_rows) if strip_rows else 0
+    if not per_plane or len(offsets) != per_plane * samples or len(byte_counts) != len(offsets):
+        raise UnreadableImageError(
+            f"{path.name} is a damaged TIFF: its strip table ({len(offsets)} offset(s), "
+            f"{len(byte_counts)} size(s), {strip_rows} row(s) a strip) does not fit a "
+            f"{columns} x {rows} image of {samples} planes.")
+    # Colour as OpenCV gives it, blue first: RGB's planes 0 and 2 trade places.
+    channels = [2, 1, 0, *range(3, samples)] if page.photometric == 2 and samples >= 3 \
+        else list(range(samples))
+    pixels = np.empty((rows, columns, samples), dtype=stored.newbyteorder("="))
+    for strip, (offset, byte_count) in enumerate(zip(offsets.tolist(), byte_counts.tolist(),
+                                                     strict=True)):
+        plane, first = divmod(strip, per_plane)
+        first *= strip_rows
+        count = min(strip_rows, rows - first) * columns
+        size = count * stored.itemsize
+        if byte_count < size:
+            raise UnreadableImageError(
+                f"{path.name} is a damaged TIFF: strip {strip + 1} holds {byte_count:,} "
+                f"bytes where its rows need {size:,}.")
+        if offset + size > len(data):
+            raise TruncatedImageError(
+                f"{path.name} is a truncated TIFF: its image data runs to byte "
+                f"{offset + size:,}, and the file ends at {len(data):,}.")
+        pixels[first:first + count // columns, :, channels[plane]] = np.frombuffer(
+            data, dtype=stored, count=count, offset=offset).reshape(-1, columns)
+    turn = _ORIENTATIONS.get(page.orientation, _ORIENTATIONS[1])[0]
+    return np.ascontiguousarray(turn(pixels))
+
+
+def _planar_layout_unsupported(page: _TiffPage, bits: tuple[int, ...],
+                               formats: tuple[int, ...]) -> str | None:
+    """Why _separate_planes cannot read ``page`` (words to follow "at 16 bits per sample,"),
+    or None when it is stored as it reads: uncompressed strips of one sample type."""
+    compression, predictor = page.value(259, 1), page.value(317, 1)
+    reasons = (
+        (len(set(zip(bits, formats, strict=True))) != 1,
+         "with samples of different sizes or types"),
+        (page.photometric not in (0, 1, 2),  # MinIsWhite, MinIsBlack, RGB
+         f"in a colour space other than grey or RGB (PhotometricInterpretation "
+         f"{page.photometric})"),
+        (page.samples > 4, f"with {page.samples} samples a pixel"),
+        (322 in page.tags, "in tiles"),  # TileWidth
+        (compression != 1, f"compressed (TIFF Compression {compression})"),
+        (predictor != 1, f"with a predictor (TIFF Predictor {predictor})"),
+        (page.value(266, 1) != 1, "with its bits in reversed order (TIFF FillOrder 2)"),
+    )
+    return next((why for unsupported, why in reasons if unsupported), None)
 
 
 def _main_page(pages: list[_TiffPage]) -> int:
@@ -390,17 +540,20 @@ def _read_page(path: Path, index: int) -> np.ndarray | None:
     return page[0] if ok and page else None
 
 
-def _tiff_directories(data: bytes, limit: int) -> list[dict[int, int]]:
+def _tiff_directories(data: bytes, limit: int) -> list[dict[int, np.ndarray]]:
     """The integer tags (SHORT, LONG or LONG8) of each image file directory of a TIFF
-    structure, classic or BigTIFF: a TIFF file, or the EXIF block of a JPEG or PNG.
+    structure, classic or BigTIFF: a TIFF file, or the EXIF block of a JPEG or PNG. Each tag
+    read (``_TIFF_TAGS_READ``) has all its values, whether held in the entry or where it
+    points, as a view on ``data`` (a strip table of any length costs nothing until used);
+    one whose values lie past the bytes we have is left out.
 
     Stops quietly where the bytes end or stop making sense: OpenCV then judges the file.
     """
     order = "<" if data[:2] == b"II" else ">"
     big = data[2:4] in (b"+\x00", b"\x00+")
     count_format, entry_size, offset_format = ("Q", 20, "Q") if big else ("H", 12, "I")
-    value_at = 12 if big else 8
-    directories: list[dict[int, int]] = []
+    value_at, inline = (12, 8) if big else (8, 4)
+    directories: list[dict[int, np.ndarray]] = []
     seen: set[int] = set()
     try:
         offset = struct.unpack_from(order + offset_format, data, 8 if big else 4)[0]
@@ -408,15 +561,21 @@ def _tiff_directories(data: bytes, limit: int) -> list[dict[int, int]]:
             seen.add(offset)
             count = struct.unpack_from(order + count_format, data, offset)[0]
             start = offset + struct.calcsize(count_format)
-            tags: dict[int, int] = {}
+            tags: dict[int, np.ndarray] = {}
             for entry in range(min(count, 4096)):
                 at = start + entry * entry_size
                 tag, kind = struct.unpack_from(order + "HH", data, at)
-                if tag in _TIFF_TAGS_READ:
-                    value_format = {3: "H", 4: "I", 16: "Q"}.get(kind)
-                    if value_format:
-                        tags[tag] = struct.unpack_from(order + value_format, data,
-                                                       at + value_at)[0]
+                value_format = _TIFF_INTEGER_FORMATS.get(kind)
+                if tag not in _TIFF_TAGS_READ or value_format is None:
+                    continue
+                values = struct.unpack_from(order + offset_format, data, at + 4)[0]
+                size = values * struct.calcsize(value_format)
+                where = at + value_at
+                if size > inline:
+                    where = struct.unpack_from(order + offset_format, data, where)[0]
+                if values > 0 and where + size <= len(data):
+                    tags[tag] = np.frombuffer(data, dtype=order + value_format, count=values,
+                                              offset=where)
             directories.append(tags)
             offset = struct.unpack_from(order + offset_format, data,
                                         start + count * entry_size)[0]
@@ -440,7 +599,7 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
 def _exif_orientation(exif: bytes) -> int | None:
     """Orientation (274) from the first directory of an EXIF block; None if absent or odd."""
     directories = _tiff_directories(exif, 1) if exif[:2] in (b"II", b"MM") else []
-    value = directories[0].get(274) if directories else None
+    value = int(directories[0][274][0]) if directories and 274 in directories[0] else None
     return value if value in _ORIENTATIONS else None
 
 
@@ -449,9 +608,12 @@ def _upright(pixels: np.ndarray, orientation: int | None, notes: dict[str, str]
     """``pixels`` turned as the EXIF Orientation says viewers show them (1: as stored)."""
     if orientation is None or orientation == 1:
         return pixels
-    turn, words = _ORIENTATIONS[orientation]
-    notes["orientation"] = f"EXIF Orientation {orientation} applied: {words}"
-    return np.ascontiguousarray(turn(pixels))
+    notes["orientation"] = _orientation_note("EXIF", orientation)
+    return np.ascontiguousarray(_ORIENTATIONS[orientation][0](pixels))
+
+
+def _orientation_note(kind: str, orientation: int) -> str:
+    return f"{kind} Orientation {orientation} applied: {_ORIENTATIONS[orientation][1]}"
 
 
 def _non_finite_as_background(pixels: np.ndarray, darkest: float, path: Path,
@@ -516,8 +678,33 @@ def _plain_pgm_pixels(data: bytes, path: Path) -> np.ndarray:
             f"{values.size:,} found."
         )
     pixels = values[:rows * columns]
+    _check_within_maxval(pixels, maxval, path)
     np.minimum(pixels, maxval, out=pixels)  # above maxval is maxval, as OpenCV and netpbm read it
     return pixels.astype(np.uint8 if maxval < 256 else np.uint16).reshape(rows, columns)
+
+
+def _check_within_maxval(pixels: np.ndarray, maxval: int, path: Path) -> None:
+    """Refuse a PGM whose values are not what its header says. Scaled by its maxval, values
+    above it were clipped to white, and the image was refused later as random noise, for a
+    cause nobody could find."""
+    above = int(np.count_nonzero(pixels > maxval))
+    if above <= _PGM_SWAPPED_SHARE * pixels.size:
+        return
+    swapped = pixels.dtype == np.uint16 and np.count_nonzero(
+        pixels.byteswap() > maxval) <= _PGM_SWAPPED_SHARE * pixels.size
+    if not swapped and above <= _PGM_ABOVE_MAXVAL_SHARE * pixels.size:
+        return  # a label or a patch of hot pixels: clipped
+    if swapped:
+        cause = ("its 16-bit values fit once their two bytes are swapped: the file was "
+                 "written least significant byte first, and PGM stores 16-bit values most "
+                 "significant byte first. Export it again as a standard PGM, or as a 16-bit PNG")
+    else:
+        cause = ("its header's maxval is wrong or its pixel data is damaged. Export it again "
+                 "from its source, with a maxval at least as high as its brightest value")
+    raise UnreadableImageError(
+        f"{path.name} is a PGM whose pixel values exceed the maximum its header declares "
+        f"(maxval {maxval}) on {above / pixels.size:.0%} of its pixels, up to "
+        f"{int(pixels.max())}: {cause}.")
 
 
 def to_grayscale(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
