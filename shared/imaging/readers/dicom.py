@@ -9,7 +9,9 @@ MONOCHROME2 under an INVERSE Presentation LUT: ``dicom_meta.inverted``).
 Patient-identifying elements are never read into an ``ImageHeader`` and never appear in a
 message: PatientID is read only to be turned into a keyed pseudonym at once (and a file that
 carries one is refused when no key is configured). pydicom's own error texts are safe to
-repeat because we never ask it to convert patient elements.
+repeat because we never ask it to convert patient elements; they are repeated short and
+printable (``_summary``): a byte string from the file a library quotes (int() of LUT Data,
+say) is never dumped into a person's message, and the error in full goes to the log.
 
 Decoding plugins are chosen per transfer syntax and passed explicitly (pydicom would try GDCM
 first everywhere): GDCM (BSD) for the JPEG family, pyjpegls (MIT) for JPEG-LS, pylibjpeg with
@@ -21,6 +23,8 @@ no plugin accepts, goes to GDCM's own reader (``gdcm_direct``).
 from __future__ import annotations
 
 import logging
+import re
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +36,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
@@ -63,6 +68,7 @@ from shared.pseudonym import KEY_HINT
 # date or a name from a patient's header in our logs, about nothing we act on. The warnings
 # themselves are silenced while reading (_quiet_pydicom); pydicom's errors still log.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -100,6 +106,23 @@ _WIDEST_PIXEL_BYTES = 8
 # This project's top-level packages: an attribute missing from their classes and objects is
 # a fault of this code (see _software_fault).
 _OWN_PACKAGES = frozenset({"shared", "worker", "producer", "models"})
+# A library's error text is repeated in a person's message at most this long, and in the log
+# at most _LOG_LIMIT (the stack where it was raised follows it there).
+_SUMMARY_LIMIT = 120
+_LOG_LIMIT = 2000
+# A bytes literal a library quoted ("invalid literal for int() with base 10: b'\x00\x10..."),
+# or a string literal holding escaped bytes: data from the file, cut short or not (CPython
+# cuts such a quote at 200 characters, closing quote and all).
+_QUOTED_BYTES = re.compile(
+    r"""\bb(['"])(?:\\.|(?!\1).)*(?:\1|$)"""
+    r"""|(['"])(?:(?!\2)[^\\]|\\[^x])*\\x[0-9a-fA-F]{2}(?:\\.|(?!\2).)*(?:\2|$)""")
+# How much of an error text is looked at (the rest is never shown).
+_SCANNED = 4 * _LOG_LIMIT
+# pydicom's preamble to what each decoding plugin said, shortened.
+_ALL_PLUGINS = ("Unable to decode as exceptions were raised by all available plugins:",
+                "every plugin failed:")
+# Start-of-frame markers of JPEG (SOF0-SOF15 less DHT, JPG and DAC) and JPEG-LS (SOF55).
+_SOF_MARKERS = frozenset({*range(0xC0, 0xD0), 0xF7}) - {0xC4, 0xC8, 0xCC}
 
 
 @dataclass(frozen=True)
@@ -259,6 +282,7 @@ def _read(path: Path, cap: _InflateCap, **options: Any) -> Dataset:
     except Exception as exc:  # pydicom raises many types for a damaged file; all mean this
         if _software_fault(exc):
             raise
+        _log_refusal(path, exc)
         raise UnreadableImageError(
             f"{path.name} is not a readable DICOM file ({type(exc).__name__}: "
             f"{_summary(exc)})."
@@ -283,6 +307,7 @@ def _guarded(path: Path, step: Callable[_P, _T], *args: _P.args, **kwargs: _P.kw
     except Exception as exc:
         if _software_fault(exc):
             raise
+        _log_refusal(path, exc)
         raise UnreadableImageError(
             f"{path.name} could not be interpreted: {_summary(exc)}."
         ) from exc
@@ -343,13 +368,64 @@ def _stored_values(ds: Dataset, syntax: UID, plugin: str, path: Path) -> np.ndar
         ds.pixel_array_options(decoding_plugin=plugin)
         return ds.pixel_array
     except (RuntimeError, ValueError, NotImplementedError) as exc:
+        _log_refusal(path, exc)
         text = _summary(exc)
-        if syntax.is_compressed and "support" in text:
+        declared = _codestream_size(ds) if syntax.is_compressed else None
+        header = int(ds.Columns), int(ds.Rows)
+        if declared is not None and declared != header:
+            # The decoder's own words ("'NoneType' object has no attribute 'encode'") say
+            # nothing to a person: this does.
+            raise UnreadableImageError(
+                f"{path.name}: the (7FE0,0010) Pixel Data could not be decoded: its "
+                f"compressed data declares {declared[0]} x {declared[1]} pixels, where "
+                f"(0028,0011) Columns and (0028,0010) Rows say {header[0]} x {header[1]}. "
+                f"The file is damaged: export the image again (decoder: "
+                f"{_summary(exc, limit=80)}).") from exc
+        if syntax.is_compressed and "support" in str(exc):
             # An installed plugin exists but cannot do this variant.
             raise UnsupportedCompressionError(
                 f"{checks.no_decoder_message(syntax, path)} (installed: {text})") from exc
         raise UnreadableImageError(
             f"{path.name}: the (7FE0,0010) Pixel Data could not be decoded: {text}.") from exc
+
+
+def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
+    """(columns, rows) the first frame's JPEG, JPEG-LS or JPEG 2000 codestream declares; None
+    where it cannot be found (other compression, damaged fragments, a JPEG height left to a
+    DNL marker)."""
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    except Exception:  # damaged encapsulation: the decoder's own error says what it can
+        return None
+    if frame.startswith(b"\xff\xd8"):  # JPEG or JPEG-LS: SOI, then segments to the frame's
+        return _jpeg_frame_size(frame)
+    siz = frame.find(b"\xff\x4f\xff\x51")  # JPEG 2000 (JP2 boxes or not): SOC, then SIZ
+    if siz < 0 or len(frame) < siz + 24:
+        return None
+    # SIZ: Lsiz, Rsiz (2 bytes each), then Xsiz, Ysiz, XOsiz, YOsiz (4 bytes each).
+    x, y, x0, y0 = (int.from_bytes(frame[at:at + 4], "big") for at in range(siz + 8, siz + 24, 4))
+    return (x - x0, y - y0) if x > x0 and y > y0 else None
+
+
+def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
+    """(columns, rows) of a JPEG or JPEG-LS frame header (SOFn), walking the segments
+    before it; None where none comes before the scan or its height is left to a DNL."""
+    at = 2
+    while at + 9 <= len(frame) and frame[at] == 0xFF:
+        marker = frame[at + 1]
+        if marker in _SOF_MARKERS:  # length (2), precision (1), Y (2), X (2)
+            rows = int.from_bytes(frame[at + 5:at + 7], "big")
+            columns = int.from_bytes(frame[at + 7:at + 9], "big")
+            return (columns, rows) if rows and columns else None
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            at += 2
+        elif marker in (0xDA, 0xD9):  # scan data, or the end: no frame header seen
+            return None
+        else:
+            at += 2 + int.from_bytes(frame[at + 2:at + 4], "big")
+    return None
 
 
 def _display_pixels(ds: Dataset, syntax: UID, plugin: str, path: Path, invert: bool,
@@ -446,10 +522,25 @@ def _optional_int(ds: Dataset, keyword: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def _summary(exc: BaseException, limit: int = 300) -> str:
-    # pydicom lists one line per plugin tried; keep them all, on one line.
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return (text or type(exc).__name__)[:limit].rstrip(".")
+def _summary(exc: BaseException, limit: int = _SUMMARY_LIMIT) -> str:
+    """A library's error text for a sentence: on one line (pydicom lists one line per plugin
+    tried), a quoted byte string as "<binary data>", nothing unprintable, at most ``limit``
+    characters (cut ones end "[...]"), no final full stop."""
+    text = " ".join(line.strip() for line in str(exc)[:_SCANNED].splitlines() if line.strip())
+    text = _QUOTED_BYTES.sub("<binary data>", text.replace(*_ALL_PLUGINS))
+    text = "".join(char if char.isprintable() else "?" for char in text).rstrip(".")
+    text = text or type(exc).__name__
+    if len(text) > limit:
+        text = text[:limit - 6].rstrip() + " [...]"
+    return text
+
+
+def _log_refusal(path: Path, exc: BaseException) -> None:
+    """The library error a file is refused for, in full but printable, with the stack where
+    it was raised (code, not values) for whoever debugs the reader."""
+    stack = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+    log.info("%s refused: %s: %s\n%s", path.name, type(exc).__name__,
+             _summary(exc, limit=_LOG_LIMIT), stack.rstrip())
 
 
 DICOM = DicomReader()

@@ -3,26 +3,33 @@
 Mirrors ``apply_voi_lut(prefer_lut=True)``: a VOI LUT Sequence item if any, else a window
 centre/width with its VOI LUT Function. What pydicom would stumble on is settled here, not
 left to fail as a Python error: a window written with a decimal comma ("2048,0") is read as
-the number it means, a VOI LUT whose LUT Data is shorter than its descriptor says or a window
-that is no number is passed over for the next one (or the full range), and an unknown
-function is taken as LINEAR, the standard's default. Each is said in the description, which
-the producer stores (``images.voi``). A window that parses but is unusable (width below 1)
-is refused by ``refuse_unusable``, naming the element and its value.
+the number it means, LUT Data that reached us as bytes of VR UN (a LUT of 65,536 entries is
+too long for US in explicit VR: pydicom itself writes it so) is read as OW would be, a VOI
+LUT that cannot be applied as written (LUT Data shorter than its descriptor says, values its
+entries cannot hold) or a window that is no number is passed over for the next one (or the
+full range), and an unknown function is taken as LINEAR, the standard's default. Each is
+said in the description, which the producer stores (``images.voi``). A window that parses
+but is unusable (width below 1) is refused by ``refuse_unusable``, naming the element and
+its value.
+
+The LUT chosen is read into a table here and applied here (``apply``), as pydicom's
+``apply_voi`` applies one: what was checked is what is applied.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels.processing import apply_voi, apply_windowing
+from pydicom.pixels.processing import apply_windowing
 
 from shared.errors import UnreadableImageError
-from shared.imaging.readers.dicom_meta import decimal, quoted, text, values
+from shared.imaging.readers.dicom_meta import decimal, text, values
+from shared.imaging.readers.dicom_meta import quoted as _meta_quoted
 
 # (0028,1056) VOI LUT Function's defined terms (PS3.3 C.11.2.1.3).
 _FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
@@ -51,6 +58,21 @@ class VoiChoice:
     function: str = "LINEAR"
     label: str = ""  # the LUT Explanation or Window Center & Width Explanation
     notes: tuple[str, ...] = ()  # what was read leniently or passed over, and why
+    # The LUT item's, as read by ``_read_lut``: its first input value mapped, its bits per
+    # entry, and its entries (uint8 or uint16, one per entry its descriptor declares).
+    first: int = 0
+    bits: int = 0
+    table: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class _Lut:
+    """A VOI LUT item read: see ``VoiChoice``'s fields of the same names."""
+
+    first: int
+    bits: int
+    table: np.ndarray
+    note: str | None  # how its LUT Data was read, where that was lenient
 
 
 def choose(ds: Dataset) -> VoiChoice:
@@ -59,12 +81,16 @@ def choose(ds: Dataset) -> VoiChoice:
     centres, widths = values(ds.get("WindowCenter")), values(ds.get("WindowWidth"))
     windows = min(len(centres), len(widths))
     notes: list[str] = []
+    little_endian = _little_endian(ds)
     for index, item in enumerate(luts):
-        problem = _lut_problem(item)
-        if problem is None:
+        lut = _read_lut(item, little_endian)
+        if isinstance(lut, _Lut):
             label = text(item, "LUTExplanation") or ""
-            return VoiChoice("lut", index, len(luts), windows, label=label, notes=tuple(notes))
-        notes.append(f"VOI LUT {index + 1} not used: {problem}")
+            if lut.note:
+                notes.append(f"VOI LUT {index + 1}: {lut.note}")
+            return VoiChoice("lut", index, len(luts), windows, label=label, notes=tuple(notes),
+                             first=lut.first, bits=lut.bits, table=lut.table)
+        notes.append(f"VOI LUT {index + 1} not used: {lut}")
     base = VoiChoice("none", luts=len(luts), windows=windows)
     for index in range(windows):
         window = _window(ds, index, centres[index], widths[index], base, notes)
@@ -81,15 +107,15 @@ def _window(ds: Dataset, index: int, centre_text: str, width_text: str, base: Vo
                              ("(0028,1051) Window Width", width_text)):
         number, comma = decimal(written)
         if number is None or not math.isfinite(number):
-            notes.append(f"window {index + 1} not used: {element} {quoted(written)} is not a "
+            notes.append(f"window {index + 1} not used: {element} {_quoted(written)} is not a "
                          "number")
             return None
         if comma:
-            notes.append(f"{element} {quoted(written)} read as {number:g} (decimal comma)")
+            notes.append(f"{element} {_quoted(written)} read as {number:g} (decimal comma)")
         read.append(number)
     function = (text(ds, "VOILUTFunction") or "LINEAR").upper()
     if function not in _FUNCTIONS:
-        notes.append(f"(0028,1056) VOI LUT Function {quoted(function)} is no defined term: "
+        notes.append(f"(0028,1056) VOI LUT Function {_quoted(function)} is no defined term: "
                      "LINEAR applied, the standard's default")
         function = "LINEAR"
     explanations = values(ds.get("WindowCenterWidthExplanation"))
@@ -99,26 +125,92 @@ def _window(ds: Dataset, index: int, centre_text: str, width_text: str, base: Vo
                    notes=tuple(notes))
 
 
-def _lut_problem(item: Dataset) -> str | None:
-    """Why pydicom could not apply this VOI LUT item as written; None when it can."""
+def _little_endian(ds: Dataset) -> bool:
+    """Whether the dataset's elements were read little-endian (what OW and UN bytes are in);
+    little-endian where nothing says, as all but the retired Explicit VR Big Endian are."""
+    little = ds.original_encoding[1]
+    if little is None:
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        little = syntax.is_little_endian if syntax and syntax.is_transfer_syntax else True
+    return bool(little)
+
+
+def _read_lut(item: Dataset, little_endian: bool) -> _Lut | str:
+    """This VOI LUT item's table, or why it cannot be applied as written.
+
+    LUT Data comes as numbers (VR US) or as bytes: OW, or UN where it was too long for US
+    when written (pydicom leaves a UN value as read when it cannot be US). Bytes are 16-bit
+    words in the dataset's byte order, as pydicom reads OW; with 8 bits per entry and one
+    byte per entry (PS3.3 C.11.2.1.1: "8 bits allocated"), they are bytes.
+    """
+    descriptor = _descriptor(item)
+    if isinstance(descriptor, str):
+        return descriptor
+    entries, first, bits = descriptor
+    data = item.LUTData
+    if isinstance(data, bytes):
+        table, found = _lut_bytes(data, entries, bits, little_endian)
+    else:
+        written = [data] if isinstance(data, int) else list(data)
+        if not all(isinstance(number, int) for number in written):
+            return "(0028,3006) LUT Data is not a list of numbers"
+        table, found = np.array(written[:entries], dtype=np.int64), len(written)
+    if found < entries or table is None:
+        return (f"(0028,3006) LUT Data holds {found:,} entries, {entries:,} declared by "
+                "(0028,3002) LUT Descriptor")
+    top = 255 if bits == 8 else 65535
+    low, high = int(table.min()), int(table.max())
+    if low < 0 or high > top:
+        return (f"(0028,3006) LUT Data holds values from {low:,} to {high:,}; {bits} bits "
+                f"per entry hold 0 to {top:,}")
+    note = None
+    if item["LUTData"].VR == "UN":
+        width = "8-bit entries" if table.itemsize == 1 else "16-bit words"
+        note = f"(0028,3006) LUT Data of VR UN read as {width}"
+    return _Lut(first, bits, table.astype(np.uint8 if bits == 8 else np.uint16), note)
+
+
+def _descriptor(item: Dataset) -> tuple[int, int, int] | str:
+    """(entries, first input value mapped, bits per entry) of the item's LUT Descriptor, or
+    why it has none that can be applied (LUT Data missing included)."""
     descriptor, data = item.get("LUTDescriptor"), item.get("LUTData")
     if descriptor is None or data is None:
         missing = "(0028,3002) LUT Descriptor" if descriptor is None else "(0028,3006) LUT Data"
         return f"it has no {missing}"
     numbers = values(descriptor)
     if len(numbers) != 3 or not all(n.lstrip("-").isdigit() for n in numbers):
-        written = quoted("\\".join(numbers))
+        written = _quoted("\\".join(numbers))
         return f"(0028,3002) LUT Descriptor {written} is not 3 numbers"
-    entries, bits = int(numbers[0]) or 1 << 16, int(numbers[2])
+    entries, first, bits = int(numbers[0]) or 1 << 16, int(numbers[1]), int(numbers[2])
+    if not 0 < entries <= 1 << 16:
+        return (f"(0028,3002) LUT Descriptor declares {entries:,} entries; 1 to 65,536 are "
+                "possible")
     if bits not in _LUT_BITS:
         return (f"(0028,3002) LUT Descriptor declares {bits} bits per entry; 8 or 10 to 16 "
                 "are defined")
-    # OW data is unpacked as 16-bit words whatever the bits (as pydicom does).
-    found = len(data) // 2 if isinstance(data, bytes) else len(values(data))
+    return entries, first, bits
+
+
+def _lut_bytes(data: bytes, entries: int, bits: int, little_endian: bool
+               ) -> tuple[np.ndarray | None, int]:
+    """(the table, None when too short; the entries found) from LUT Data bytes."""
+    if bits == 8 and entries <= len(data) < 2 * entries:
+        # One byte per entry, packed two to a word: swapped within each word big-endian.
+        packed = np.frombuffer(data[:len(data) // 2 * 2], dtype=np.uint8)
+        if not little_endian:
+            packed = packed.reshape(-1, 2)[:, ::-1].ravel()
+        return packed[:entries], len(packed)
+    found = len(data) if bits == 8 and len(data) < entries else len(data) // 2
     if found < entries:
-        return (f"(0028,3006) LUT Data holds {found:,} entries, {entries:,} declared by "
-                "(0028,3002) LUT Descriptor")
-    return None
+        return None, found
+    return np.frombuffer(data, dtype="<u2" if little_endian else ">u2", count=entries), found
+
+
+def _quoted(value: object) -> str:
+    """A header value quoted for a note or a message, control characters (a value of
+    binary garbage) written "?": notes and messages are read by people."""
+    written = "".join(char if char.isprintable() else "?" for char in str(value).strip())
+    return _meta_quoted(written)
 
 
 def refuse_unusable(choice: VoiChoice, path: Path) -> None:
@@ -153,9 +245,13 @@ def describe(choice: VoiChoice) -> str | None:
 
 def apply(pixels: np.ndarray, ds: Dataset, choice: VoiChoice) -> np.ndarray:
     """``choice`` applied to Modality LUT output values, as pydicom applies it."""
-    if choice.kind == "lut":
-        return apply_voi(pixels, ds, index=choice.index)
-    if choice.kind == "none":
+    if choice.kind == "lut" and choice.table is not None:
+        # As pydicom's apply_voi: values below the first mapped take the first entry, values
+        # past the last the last.
+        index = np.asarray(pixels, dtype=np.int64) - choice.first
+        np.clip(index, 0, len(choice.table) - 1, out=index)
+        return choice.table[index]
+    if choice.kind != "window":
         return pixels
     # pydicom reads the window from the dataset: give it the values as read here.
     ds.WindowCenter, ds.WindowWidth = choice.centre, choice.width
@@ -178,13 +274,13 @@ def read_rescale(ds: Dataset, path: Path) -> tuple[str, ...]:
         written = values(ds.get(keyword))
         number, comma = decimal(written[0]) if len(written) == 1 else (None, False)
         if number is None or not math.isfinite(number):
-            found = quoted("\\".join(written)) if written else "empty"
+            found = _quoted("\\".join(written)) if written else "empty"
             raise UnreadableImageError(
                 f"{path.name} has an unusable rescale: {element} is {found}, not one number, "
                 "so the stored values cannot be converted to display values. Export the "
                 "image again.")
         if comma:
-            notes.append(f"{element} {quoted(written[0])} read as {number:g} (decimal comma)")
+            notes.append(f"{element} {_quoted(written[0])} read as {number:g} (decimal comma)")
         setattr(ds, keyword, number)
     return tuple(notes)
 
@@ -195,8 +291,7 @@ def output_range(ds: Dataset, choice: VoiChoice) -> tuple[float, float]:
     Mirrors pydicom's own choice for windowing, so a full-width window maps onto the range.
     """
     if choice.kind == "lut":
-        bits = int(ds.VOILUTSequence[choice.index].LUTDescriptor[2])
-        return 0.0, float(2**bits - 1)
+        return 0.0, float(2**choice.bits - 1)
     modality_lut = ds.get("ModalityLUTSequence")
     if modality_lut:
         return 0.0, float(2 ** int(modality_lut[0].LUTDescriptor[2]) - 1)
