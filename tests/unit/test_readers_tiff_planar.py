@@ -19,7 +19,7 @@ import pytest
 from shared.enums import ErrorCode
 from shared.errors import TruncatedImageError, UnreadableImageError
 from shared.imaging.readers import decode
-from shared.imaging.readers.raster import TIFF
+from shared.imaging.readers.tiff import TIFF
 from shared.synthetic import synth_mammogram
 
 BIG = 10**8

@@ -13,7 +13,9 @@ from shared.errors import UnreadableImageError, UnsupportedFormatError
 from shared.imaging.header_bounds import bounded
 from shared.imaging.readers.base import HEAD_SIZE, ImageReader, Pseudonymize, open_error, read_head
 from shared.imaging.readers.dicom import DICOM
-from shared.imaging.readers.raster import JPEG, PGM, PNG, TIFF
+from shared.imaging.readers.pgm import PGM
+from shared.imaging.readers.raster import JPEG, PNG
+from shared.imaging.readers.tiff import TIFF
 from shared.imaging.types import DecodedImage, ImageHeader
 
 # DICOM first: a DICOM file's preamble may itself look like a TIFF header (dual-format files).
