@@ -37,6 +37,7 @@ from shared.enums import ErrorCode
 from shared.errors import InputError
 from shared.formatting import without_control
 from shared.imaging.model_input import ModelInputSource, load_model_input
+from shared.imaging.readers.messages import described
 from worker.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,10 @@ def run_job(job: DecodeJob) -> DecodeResult:
         return DecodeFailure(job.image_id, exc.code, exc.message)
     except Exception as exc:  # a worker never dies of an input
         log.exception("unexpected error preparing image %s", job.image_id)
+        # The library's text on one short printable line (it may quote the file's bytes);
+        # in full, with the stack, in the log above.
         return DecodeFailure(job.image_id, ErrorCode.INTERNAL,
-                             f"Unexpected error while reading the image: "
-                             f"{type(exc).__name__}: {exc}")
+                             f"Unexpected error while reading the image: {described(exc)}")
 
 
 def _prepare(job: DecodeJob) -> Decoded:

@@ -32,6 +32,7 @@ from shared.exams import owe_exam_refresh, refresh_exam_results, studies_of_imag
 from shared.imaging.identity import current_location
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.preprocess import PREPROCESSING_VERSION
+from shared.imaging.readers.messages import described
 from shared.scoring import label_of, suspicion
 from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed
 from worker.runtime import WorkerRuntime
@@ -199,8 +200,7 @@ def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
             return
         log.exception("inference failed for image %s", prepared[0].image.id)
         outcome.failures.append((prepared[0].image.id, ErrorCode.INTERNAL,
-                                 f"The model could not score this image: "
-                                 f"{type(exc).__name__}: {exc}"))
+                                 f"The model could not score this image: {described(exc)}"))
         return
     result.forward_passes += 1
     pass_id = str(uuid.uuid4())

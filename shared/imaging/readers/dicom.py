@@ -10,8 +10,13 @@ Patient-identifying elements are never read into an ``ImageHeader`` and never ap
 message: PatientID is read only to be turned into a keyed pseudonym at once (and a file that
 carries one is refused when no key is configured). pydicom's own error texts are safe to
 repeat because we never ask it to convert patient elements; they are repeated short and
-printable (``_summary``): a byte string from the file a library quotes (int() of LUT Data,
-say) is never dumped into a person's message, and the error in full goes to the log.
+printable (``messages.summary``): a byte string from the file a library quotes (int() of LUT
+Data, say) is never dumped into a person's message, and the error in full goes to the log.
+
+Before any plugin decodes a compressed frame, what its codestream declares (``dicom_codestream``:
+a few bytes of its first fragment) is held to the header: a decoder allocates for the size the
+codestream declares, so a frame declaring more than (0028,0010) Rows x (0028,0011) Columns is
+refused before it can take the worker's memory (``_check_frame_header``).
 
 Decoding plugins are chosen per transfer syntax and passed explicitly (pydicom would try GDCM
 first everywhere): GDCM (BSD) for the JPEG family, pyjpegls (MIT) for JPEG-LS, pylibjpeg with
@@ -23,7 +28,6 @@ no plugin accepts, goes to GDCM's own reader (``gdcm_direct``).
 from __future__ import annotations
 
 import logging
-import re
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -49,6 +53,7 @@ from shared.errors import (
     UnsupportedCompressionError,
 )
 from shared.imaging.readers import dicom_checks as checks
+from shared.imaging.readers import dicom_codestream as codestream
 from shared.imaging.readers import dicom_deflate as deflate
 from shared.imaging.readers import dicom_meta as meta
 from shared.imaging.readers import dicom_voi as voi
@@ -59,6 +64,8 @@ from shared.imaging.readers.base import (
     open_error,
     sha256_identity,
 )
+from shared.imaging.readers.messages import LOG_LIMIT
+from shared.imaging.readers.messages import summary as _summary
 from shared.imaging.readers.raster import to_grayscale
 from shared.imaging.types import DecodedImage, ImageHeader
 from shared.pseudonym import KEY_HINT
@@ -106,23 +113,12 @@ _WIDEST_PIXEL_BYTES = 8
 # This project's top-level packages: an attribute missing from their classes and objects is
 # a fault of this code (see _software_fault).
 _OWN_PACKAGES = frozenset({"shared", "worker", "producer", "models"})
-# A library's error text is repeated in a person's message at most this long, and in the log
-# at most _LOG_LIMIT (the stack where it was raised follows it there).
-_SUMMARY_LIMIT = 120
-_LOG_LIMIT = 2000
-# A bytes literal a library quoted ("invalid literal for int() with base 10: b'\x00\x10..."),
-# or a string literal holding escaped bytes: data from the file, cut short or not (CPython
-# cuts such a quote at 200 characters, closing quote and all).
-_QUOTED_BYTES = re.compile(
-    r"""\bb(['"])(?:\\.|(?!\1).)*(?:\1|$)"""
-    r"""|(['"])(?:(?!\2)[^\\]|\\[^x])*\\x[0-9a-fA-F]{2}(?:\\.|(?!\2).)*(?:\2|$)""")
-# How much of an error text is looked at (the rest is never shown).
-_SCANNED = 4 * _LOG_LIMIT
-# pydicom's preamble to what each decoding plugin said, shortened.
-_ALL_PLUGINS = ("Unable to decode as exceptions were raised by all available plugins:",
-                "every plugin failed:")
-# Start-of-frame markers of JPEG (SOF0-SOF15 less DHT, JPG and DAC) and JPEG-LS (SOF55).
-_SOF_MARKERS = frozenset({*range(0xC0, 0xD0), 0xF7}) - {0xC4, 0xC8, 0xCC}
+# How much of a frame's first fragment is looked at for its codestream's header first (a
+# JPEG's tables and application segments come before its frame header): the rest of it, then
+# the whole frame, only where the header runs on past this.
+_HEADER_BYTES = 1 << 16
+# An item of encapsulated pixel data opens with the Item tag (FFFE,E000), little-endian.
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
 
 
 @dataclass(frozen=True)
@@ -203,6 +199,8 @@ class DicomReader:
         plugin = _plugin_for(syntax, path)
         ds = _read(path, _guarded(path, self._full_cap, header, rows, columns))
         _guarded(path, checks.pixel_length, ds, syntax, path)
+        if syntax.is_compressed:
+            _guarded(path, _check_frame_header, ds, path, max_pixels)
         spacing = meta.spacing_reading(ds)
         checks.plausible_spacing(spacing, path)
         invert = meta.inverted(ds)
@@ -370,17 +368,6 @@ def _stored_values(ds: Dataset, syntax: UID, plugin: str, path: Path) -> np.ndar
     except (RuntimeError, ValueError, NotImplementedError) as exc:
         _log_refusal(path, exc)
         text = _summary(exc)
-        declared = _codestream_size(ds) if syntax.is_compressed else None
-        header = int(ds.Columns), int(ds.Rows)
-        if declared is not None and declared != header:
-            # The decoder's own words ("'NoneType' object has no attribute 'encode'") say
-            # nothing to a person: this does.
-            raise UnreadableImageError(
-                f"{path.name}: the (7FE0,0010) Pixel Data could not be decoded: its "
-                f"compressed data declares {declared[0]} x {declared[1]} pixels, where "
-                f"(0028,0011) Columns and (0028,0010) Rows say {header[0]} x {header[1]}. "
-                f"The file is damaged: export the image again (decoder: "
-                f"{_summary(exc, limit=80)}).") from exc
         if syntax.is_compressed and "support" in str(exc):
             # An installed plugin exists but cannot do this variant.
             raise UnsupportedCompressionError(
@@ -389,43 +376,75 @@ def _stored_values(ds: Dataset, syntax: UID, plugin: str, path: Path) -> np.ndar
             f"{path.name}: the (7FE0,0010) Pixel Data could not be decoded: {text}.") from exc
 
 
-def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
-    """(columns, rows) the first frame's JPEG, JPEG-LS or JPEG 2000 codestream declares; None
-    where it cannot be found (other compression, damaged fragments, a JPEG height left to a
-    DNL marker)."""
-    try:
-        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
-    except Exception:  # damaged encapsulation: the decoder's own error says what it can
-        return None
-    if frame.startswith(b"\xff\xd8"):  # JPEG or JPEG-LS: SOI, then segments to the frame's
-        return _jpeg_frame_size(frame)
-    siz = frame.find(b"\xff\x4f\xff\x51")  # JPEG 2000 (JP2 boxes or not): SOC, then SIZ
-    if siz < 0 or len(frame) < siz + 24:
-        return None
-    # SIZ: Lsiz, Rsiz (2 bytes each), then Xsiz, Ysiz, XOsiz, YOsiz (4 bytes each).
-    x, y, x0, y0 = (int.from_bytes(frame[at:at + 4], "big") for at in range(siz + 8, siz + 24, 4))
-    return (x - x0, y - y0) if x > x0 and y > y0 else None
+def _check_frame_header(ds: Dataset, path: Path, max_pixels: int) -> None:
+    """Refuse a compressed frame whose codestream declares another image than the header
+    (more pixels than the limit: ``too_large``; another size or number of components:
+    ``unreadable``), before a decoder allocates for it.
+
+    Triage lets one frame through (``checks.triage``): its codestream's header is read from
+    its first fragment, or from all its fragments where the header runs on past the first.
+    """
+    declared = _frame_header(ds)
+    if declared is None:
+        return  # RLE, or no codestream the decoder will accept: it says why itself
+    columns, rows = int(ds.Columns), int(ds.Rows)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    stated = f"where (0028,0011) Columns and (0028,0010) Rows say {columns} x {rows}"
+    size = (f"{declared.columns} x {declared.rows} pixels" if declared.rows
+            else f"{declared.columns} pixels a row")  # a height left to a DNL marker
+    opening = (f"{path.name}: the (7FE0,0010) Pixel Data was not decoded: its compressed "
+               f"data ({declared.kind}) declares")
+    pixels = declared.columns * declared.rows
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{opening} {size} ({pixels:,}), past the limit of {max_pixels:,} pixels "
+            f"(setting MAMMO_MAX_IMAGE_PIXELS), {stated}. The file is damaged or built to "
+            "exhaust memory: export the image again.")
+    # 0: not declared, where a JPEG leaves its height to a DNL marker (decoders refuse it).
+    if any(found and found != expected
+           for found, expected in ((declared.columns, columns), (declared.rows, rows))):
+        raise UnreadableImageError(
+            f"{opening} {size}, {stated}. The file is damaged: export the image again.")
+    if declared.components != samples:
+        raise UnreadableImageError(
+            f"{opening} {declared.components} component(s) a pixel, where (0028,0002) "
+            f"Samples per Pixel says {samples}. The file is damaged: export the image again.")
 
 
-def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
-    """(columns, rows) of a JPEG or JPEG-LS frame header (SOFn), walking the segments
-    before it; None where none comes before the scan or its height is left to a DNL."""
-    at = 2
-    while at + 9 <= len(frame) and frame[at] == 0xFF:
-        marker = frame[at + 1]
-        if marker in _SOF_MARKERS:  # length (2), precision (1), Y (2), X (2)
-            rows = int.from_bytes(frame[at + 5:at + 7], "big")
-            columns = int.from_bytes(frame[at + 7:at + 9], "big")
-            return (columns, rows) if rows and columns else None
-        if marker == 0xFF:  # fill byte
-            at += 1
-        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
-            at += 2
-        elif marker in (0xDA, 0xD9):  # scan data, or the end: no frame header seen
+def _frame_header(ds: Dataset) -> codestream.FrameHeader | None:
+    """What the first frame's codestream declares (``dicom_codestream.frame_header``), read
+    from the start of its first fragment, or from more of the frame where its header runs
+    on; None where none can be read (damaged fragments: the decoder's error says why)."""
+    first = _first_fragment(ds.PixelData)
+    if first is None:
+        return None  # damaged encapsulation: the decoder says so
+    for data in (lambda: bytes(first[:_HEADER_BYTES]), lambda: bytes(first),
+                 lambda: get_frame(ds.PixelData, 0, number_of_frames=1)):
+        try:
+            return codestream.frame_header(data())
+        except codestream.Incomplete:
+            continue
+        except ValueError:  # a damaged item among the fragments after the first
             return None
-        else:
-            at += 2 + int.from_bytes(frame[at + 2:at + 4], "big")
     return None
+
+
+def _first_fragment(pixel_data: bytes) -> memoryview | None:
+    """The first fragment of encapsulated pixel data, not copied: its items are the Basic
+    Offset Table, then the fragments, each an Item tag and a 4-byte length (little-endian)."""
+    view, at, start = memoryview(pixel_data), 0, 0
+    for _ in range(2):
+        if view[at:at + 4] != _ITEM_TAG or len(view) < at + 8:
+            return None
+        start = at + 8
+        at = start + int.from_bytes(view[at + 4:at + 8], "little")
+    return view[start:at]
+
+
+def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
+    """(columns, rows) the first frame's codestream declares; None where none is read."""
+    declared = _frame_header(ds)
+    return None if declared is None else (declared.columns, declared.rows)
 
 
 def _display_pixels(ds: Dataset, syntax: UID, plugin: str, path: Path, invert: bool,
@@ -522,25 +541,12 @@ def _optional_int(ds: Dataset, keyword: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def _summary(exc: BaseException, limit: int = _SUMMARY_LIMIT) -> str:
-    """A library's error text for a sentence: on one line (pydicom lists one line per plugin
-    tried), a quoted byte string as "<binary data>", nothing unprintable, at most ``limit``
-    characters (cut ones end "[...]"), no final full stop."""
-    text = " ".join(line.strip() for line in str(exc)[:_SCANNED].splitlines() if line.strip())
-    text = _QUOTED_BYTES.sub("<binary data>", text.replace(*_ALL_PLUGINS))
-    text = "".join(char if char.isprintable() else "?" for char in text).rstrip(".")
-    text = text or type(exc).__name__
-    if len(text) > limit:
-        text = text[:limit - 6].rstrip() + " [...]"
-    return text
-
-
 def _log_refusal(path: Path, exc: BaseException) -> None:
     """The library error a file is refused for, in full but printable, with the stack where
     it was raised (code, not values) for whoever debugs the reader."""
     stack = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
     log.info("%s refused: %s: %s\n%s", path.name, type(exc).__name__,
-             _summary(exc, limit=_LOG_LIMIT), stack.rstrip())
+             _summary(exc, limit=LOG_LIMIT), stack.rstrip())
 
 
 DICOM = DicomReader()

@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from shared.enums import Laterality, View
+from shared.imaging.readers.messages import printable
 
 # View for Mammography (DICOM CID 4014), by SNOMED-RT (SRT/SNM3) and SNOMED CT code.
 _VIEW_CODES = {
@@ -275,8 +276,9 @@ def decimal(value: object) -> tuple[float | None, bool]:
 
 
 def quoted(value: object) -> str:
-    """A header value for a note or message, quoted and cut short."""
-    written = str(value).strip()
+    """A header value for a note or message, quoted and cut short, control characters (a
+    value of binary garbage) written "?": notes and messages are read by people."""
+    written = printable(str(value).strip())
     return f"'{written}'" if len(written) <= _QUOTE_LIMIT else f"'{written[:_QUOTE_LIMIT]}...'"
 
 

@@ -28,8 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_windowing
 
 from shared.errors import UnreadableImageError
-from shared.imaging.readers.dicom_meta import decimal, text, values
-from shared.imaging.readers.dicom_meta import quoted as _meta_quoted
+from shared.imaging.readers.dicom_meta import decimal, quoted, text, values
 
 # (0028,1056) VOI LUT Function's defined terms (PS3.3 C.11.2.1.3).
 _FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
@@ -107,15 +106,15 @@ def _window(ds: Dataset, index: int, centre_text: str, width_text: str, base: Vo
                              ("(0028,1051) Window Width", width_text)):
         number, comma = decimal(written)
         if number is None or not math.isfinite(number):
-            notes.append(f"window {index + 1} not used: {element} {_quoted(written)} is not a "
+            notes.append(f"window {index + 1} not used: {element} {quoted(written)} is not a "
                          "number")
             return None
         if comma:
-            notes.append(f"{element} {_quoted(written)} read as {number:g} (decimal comma)")
+            notes.append(f"{element} {quoted(written)} read as {number:g} (decimal comma)")
         read.append(number)
     function = (text(ds, "VOILUTFunction") or "LINEAR").upper()
     if function not in _FUNCTIONS:
-        notes.append(f"(0028,1056) VOI LUT Function {_quoted(function)} is no defined term: "
+        notes.append(f"(0028,1056) VOI LUT Function {quoted(function)} is no defined term: "
                      "LINEAR applied, the standard's default")
         function = "LINEAR"
     explanations = values(ds.get("WindowCenterWidthExplanation"))
@@ -179,7 +178,7 @@ def _descriptor(item: Dataset) -> tuple[int, int, int] | str:
         return f"it has no {missing}"
     numbers = values(descriptor)
     if len(numbers) != 3 or not all(n.lstrip("-").isdigit() for n in numbers):
-        written = _quoted("\\".join(numbers))
+        written = quoted("\\".join(numbers))
         return f"(0028,3002) LUT Descriptor {written} is not 3 numbers"
     entries, first, bits = int(numbers[0]) or 1 << 16, int(numbers[1]), int(numbers[2])
     if not 0 < entries <= 1 << 16:
@@ -204,13 +203,6 @@ def _lut_bytes(data: bytes, entries: int, bits: int, little_endian: bool
     if found < entries:
         return None, found
     return np.frombuffer(data, dtype="<u2" if little_endian else ">u2", count=entries), found
-
-
-def _quoted(value: object) -> str:
-    """A header value quoted for a note or a message, control characters (a value of
-    binary garbage) written "?": notes and messages are read by people."""
-    written = "".join(char if char.isprintable() else "?" for char in str(value).strip())
-    return _meta_quoted(written)
 
 
 def refuse_unusable(choice: VoiChoice, path: Path) -> None:
@@ -274,13 +266,13 @@ def read_rescale(ds: Dataset, path: Path) -> tuple[str, ...]:
         written = values(ds.get(keyword))
         number, comma = decimal(written[0]) if len(written) == 1 else (None, False)
         if number is None or not math.isfinite(number):
-            found = _quoted("\\".join(written)) if written else "empty"
+            found = quoted("\\".join(written)) if written else "empty"
             raise UnreadableImageError(
                 f"{path.name} has an unusable rescale: {element} is {found}, not one number, "
                 "so the stored values cannot be converted to display values. Export the "
                 "image again.")
         if comma:
-            notes.append(f"{element} {_quoted(written[0])} read as {number:g} (decimal comma)")
+            notes.append(f"{element} {quoted(written[0])} read as {number:g} (decimal comma)")
         setattr(ds, keyword, number)
     return tuple(notes)
 
