@@ -24,6 +24,7 @@ from shared.enums import Priority
 from shared.errors import BrokerUnavailableError
 from shared.notify import Notifier
 from shared.queue import enqueue_chunks
+from shared.recovery import leave_to_sweeper
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,25 @@ def submit(
             outcome.requeued = sorted(set(lifecycle.outranked(session, known, priority))
                                       | set(lifecycle.never_sent(session, known)))
     to_send = outcome.waiting_on
-    # Row first, message second: if sending fails the rows stay queued for `mammo recover`.
+    # Row first, message second: if sending fails the rows stay queued, owed a message.
     try:
         outcome.messages = enqueue_chunks(app, to_send, chunk_size=settings.chunk_size,
                                           priority=priority)
-    except BrokerUnavailableError as exc:
+    except BaseException as exc:
+        # This submit sends nothing more (the broker away mid-send, an interrupt): leave
+        # every image it was sending to the next sweep, which sends those still queued
+        # whatever the broker holds and `mammo status` counts as owed. Left as registered,
+        # they looked to every sweep like images whose sender was still at work: they
+        # waited MAMMO_REQUEUE_AFTER_S, an urgent batch's too. Which chunks went out is not
+        # known here; an image sent twice is claimed once, so the second message is a no-op.
+        leave_to_sweeper(sessions, to_send)
+        if not isinstance(exc, BrokerUnavailableError):
+            raise
         raise BrokerUnavailableError(
             f"{exc} Batch {batch_id} is registered: its {len(to_send)} image(s) wait in the "
-            "database, and a worker's sweeper sends them once the broker is back; so do "
-            f"`mammo recover --batch {batch_id}` and submitting the same files again.") from exc
+            "database, and a worker's sweeper sends them at its next pass once the broker is "
+            f"back; so do `mammo recover --batch {batch_id}` and submitting the same files "
+            "again.") from exc
     with sessions() as session:
         lifecycle.mark_enqueued(session, to_send)
         finished = lifecycle.finish_batches(session, [batch_id])

@@ -153,6 +153,13 @@ class ExamChange:
     version: int
     status: str
     superseded: int | None  # the version it replaced
+    reason: str = ""  # the result's (``summarise``): "timeout" when a view never came
+
+    @property
+    def timed_out(self) -> bool:
+        """Written because a missing view's wait ran out, not because a save changed the
+        exam (a refresh owed after a save, or the save's own)."""
+        return self.reason == "timeout"
 
 
 def view_flags_text(view_flags: str | None) -> str:
@@ -406,7 +413,8 @@ def _store(session: Session, study_id: int, summary: ExamSummary,
         session.execute(update(ExamResult).where(ExamResult.id == current.id)
                         .values(superseded_at=now),
                         execution_options={"synchronize_session": False})
-    return ExamChange(study_id, version, summary.status, current.version if current else None)
+    return ExamChange(study_id, version, summary.status, current.version if current else None,
+                      summary.reason)
 
 
 def refresh_exam_results(session: Session, study_ids: Iterable[int], *, timeout_s: float,

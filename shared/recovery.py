@@ -8,8 +8,10 @@ sent a copy of it). Re-sending is safe because claims and upserts make a second 
 no-op.
 
 The follow-up does the same for what happens after the images: exams whose missing views
-timed out get their (incomplete) result, and notifications owed or failed are delivered
-(``Notifier.follow_up``), so that neither waits for someone to open a report.
+timed out get their (incomplete) result, exams whose refresh after a save was skipped (a
+database restarting) or cut off (a worker killed) get theirs, and notifications owed or
+failed are delivered (``Notifier.follow_up``), so that none waits for someone to open a
+report.
 """
 
 from __future__ import annotations
@@ -257,13 +259,23 @@ def _release_expired(sessions: sessionmaker[Session], settings: Settings,
 
 @dataclass(frozen=True)
 class FollowUp:
-    exams: int  # exam results written because their missing views timed out
+    exams: int  # exam results written: those below, and refreshes a save left owed
     notifications: FollowUpReport
     batches: int = 0  # finished batches nobody had stamped (a process died in between)
+    timed_out: int = 0  # of ``exams``, incomplete exams whose missing views' wait ran out
+
+    @property
+    def refreshed(self) -> int:
+        """Of ``exams``, results owed after a save (its refresh skipped, e.g. while the
+        database restarted, or cut off by a worker's death): not timed out, most of them
+        complete four-view exams."""
+        return self.exams - self.timed_out
 
     def summary(self) -> str:
+        owed = (f"{self.refreshed} exam result(s) refreshed (owed after a save whose refresh "
+                "was skipped or cut off); " if self.refreshed else "")
         stamped = f"{self.batches} finished batch(es) stamped late; " if self.batches else ""
-        return (f"{self.exams} timed-out exam(s) given their result; {stamped}"
+        return (f"{owed}{self.timed_out} timed-out exam(s) given their result; {stamped}"
                 f"{self.notifications.summary()}")
 
     def __bool__(self) -> bool:
@@ -279,7 +291,8 @@ def follow_up(sessions: sessionmaker[Session], settings: Settings,
     with sessions() as session:
         stamped = lifecycle.finish_open_batches(session)
         session.commit()
-    return FollowUp(len(changes), notifier.follow_up(), len(stamped))
+    return FollowUp(len(changes), notifier.follow_up(), len(stamped),
+                    timed_out=sum(change.timed_out for change in changes))
 
 
 class BackgroundFollowUp:
