@@ -87,6 +87,11 @@ def link_problem(link: Path, root: Path, *, folder: str = "the folder given") ->
     except OSError as exc:  # ELOOP: links pointing at each other
         return f"symbolic link that cannot be followed ({exc.strerror or type(exc).__name__})"
     if not is_inside(link, root):
+        real, real_root = Path(os.path.realpath(link)), Path(os.path.realpath(root))
+        if real == real_root:  # `up -> ..` in a sub-folder: a loop, not an escape
+            return f"symbolic link to {folder} itself, a loop (never followed)"
+        if real_root.is_relative_to(real):
+            return f"symbolic link to a folder above {folder}, a loop (never followed)"
         return f"symbolic link to a target outside {folder} (never followed)"
     return None
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.watch.folder import FAILED, PROCESSED, SIDECAR_SUFFIX, WatchFolder
-from producer.watch.identity import RegisteredFiles
+from producer.watch.identity import Held, RegisteredFiles, unreadable_reason
 from producer.watch.scanner import KnownImage
 from shared.db.schema import Image
 from shared.enums import ImageState
@@ -46,11 +46,20 @@ class AfterProcessing:
         """Do the configured action for a file whose image reached a terminal state."""
         if self.mode == LEAVE or not os.path.lexists(path):
             return None
-        if self.registered.holds(path, image) is False:
+        held = self.registered.holds(path, image)
+        if held is Held.OTHER:
             # Another file now has this name: it is registered on its own, never moved or
             # deleted as this image's.
             self.log.info("left %s in place: it is no longer the file of image %d",
                           self.folder.relative(path), image.image_id)
+            return None
+        if held is Held.UNREADABLE:
+            # Which file it is cannot be told: moved or deleted, it might be another image's,
+            # never registered.
+            self._warn_once(path, "left %s in place: it cannot be read (%s), so whether it "
+                            "is still the file of image %d cannot be told; tried again at the "
+                            "next scan", self.folder.relative(path),
+                            unreadable_reason(path) or "unknown reason", image.image_id)
             return None
         try:
             if self.mode == DELETE:
@@ -86,12 +95,14 @@ class AfterProcessing:
 
     def _refused(self, path: Path, image: KnownImage, exc: OSError) -> None:
         """The file stays where it is (the next scan tries again); said once per file."""
-        if path in self._warned:
-            return
-        self._warned.add(path)
-        self.log.warning("could not %s %s (image %d, %s): %s; it stays in place and is tried "
-                         "again at the next scan", self.mode, self.folder.relative(path),
-                         image.image_id, image.state, exc.strerror or type(exc).__name__)
+        self._warn_once(path, "could not %s %s (image %d, %s): %s; it stays in place and is "
+                        "tried again at the next scan", self.mode, self.folder.relative(path),
+                        image.image_id, image.state, exc.strerror or type(exc).__name__)
+
+    def _warn_once(self, path: Path, message: str, *args: object) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            self.log.warning(message, *args)
 
     def _record(self, image_id: int, target: Path) -> None:
         where = os.path.realpath(target)  # never raises, even on a link loop

@@ -18,8 +18,11 @@ PROCESSED, FAILED = "processed", "failed"
 class WatchFolder:
     """The drop folder. ``root`` is absolute as given; links are judged by its real path.
 
-    With the move action, ``processed/`` and ``failed/`` inside it belong to the watcher and
-    are never scanned. ``own_files`` and ``own_folders`` are this installation's own files
+    ``processed/`` and ``failed/`` at its top belong to the watcher and are never scanned,
+    whatever the action: the move action files images there, and a folder switched to
+    ``leave`` or ``delete`` afterwards still holds them (read again, each was queued anew
+    from there, a failure under its ``failed/`` path, a success as a copy at every start).
+    ``own_files`` and ``own_folders`` are this installation's own files
     that lie inside it (the SQLite database with its companions, the report folder), as
     paths below the root: never images, whatever their names.
     """
@@ -31,14 +34,17 @@ class WatchFolder:
     own_folders: frozenset[tuple[str, ...]] = frozenset()
 
     @classmethod
-    def of(cls, root: Path, ignore: tuple[str, ...], *, move: bool,
+    def of(cls, root: Path, ignore: tuple[str, ...], *, move: bool = False,
            own: OwnFiles | None = None) -> WatchFolder:
+        """``move``: whether the action is move; accepted from callers that say it, but the
+        output folders are passed over whatever the action is (see the class)."""
+        del move
         own = own or OwnFiles()
         absolute = Path(os.path.abspath(root))
         # Own paths are real paths; compared below the root's real path once here, so that
         # judging an event or a walked entry costs no system call.
         real_root = Path(os.path.realpath(absolute))
-        return cls(absolute, ignore, (PROCESSED, FAILED) if move else (),
+        return cls(absolute, ignore, (PROCESSED, FAILED),
                    _parts_below(real_root, own.files), _parts_below(real_root, own.folders))
 
     def relative_path(self, path: Path) -> Path:

@@ -14,6 +14,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,11 +23,26 @@ from producer.watch.actions import AfterProcessing
 from producer.watch.folder import WatchFolder
 from producer.watch.pending import Clock, Pending, PendingFiles
 from producer.watch.scanner import KnownImage, lookup_ids
-from shared.enums import ImageState
+from shared.enums import ErrorCode, ImageState
 from shared.exams import refresh_exam_results
 from shared.notify import Notifier
 
 _TERMINAL = {s.value for s in ImageState.terminal()}
+_AGAIN = {
+    Pending.CHANGED: "and this file changed since it was queued",
+    Pending.COPY: "with its own file gone, and this copy is here",
+    Pending.BACK: "though its file is here (away when the worker looked: a share unmounted "
+                  "for a while?)",
+}
+
+
+def _why_kept(image: KnownImage) -> str:
+    """Why a file failed for its state is left where it is a while."""
+    if image.error_code == ErrorCode.MISSING_FILE.value:
+        # Handed back once already (``PendingFiles``), or a file that cannot be read.
+        return ("though a file is here (a worker that sees another folder at this path, "
+                "the share gone again, or a file it cannot read?)")
+    return "and its writer may not have finished"
 
 
 class FollowUp:
@@ -46,10 +62,13 @@ class FollowUp:
         self.log = log
         self.exam_timeout_s = exam_timeout_s
         self.settle_s = settle_s
-        self.files = PendingFiles(settle_s=settle_s, clock=clock)
+        self.files = PendingFiles(settle_s=settle_s, clock=clock, holds=actions.registered.holds)
         self.register_again = register_again
         self._waiting: dict[int, set[Path]] = defaultdict(set)
         self._kept: set[Path] = set()  # left in place after a failure: said once
+        # Handed back to registration, for which failure: said once (a scan and a poll of the
+        # same tick both find it before it is registered again).
+        self._handed: dict[Path, tuple[int, datetime | None]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -57,6 +76,7 @@ class FollowUp:
     def track(self, image_id: int, path: Path) -> None:
         self._waiting[image_id].add(path)
         self.files.follow(path)
+        self._handed.pop(path, None)
 
     def finish(self, path: Path, image: KnownImage) -> None:
         """A file whose image is already terminal (found by a scan, or just rejected)."""
@@ -86,6 +106,7 @@ class FollowUp:
 
     def _act(self, path: Path, image: KnownImage) -> None:
         self.actions.apply(path, image)
+        self._handed.pop(path, None)
         if not os.path.lexists(path):  # filed away: nothing left to judge (left: kept known)
             self.files.forget(path)
 
@@ -99,16 +120,16 @@ class FollowUp:
             self.track(image.image_id, path)  # looked at again at the next poll
             if path not in self._kept:
                 self._kept.add(path)
-                self.log.info("kept %s in place: image %d failed (%s), and its writer may not "
-                              "have finished; filed if it stays unchanged for %.0f s",
-                              self.folder.relative(path), image.image_id, image.error_code,
-                              self.settle_s)
+                self.log.info("kept %s in place: image %d failed (%s), %s; filed if it stays "
+                              "unchanged for %.0f s", self.folder.relative(path),
+                              image.image_id, image.error_code, _why_kept(image), self.settle_s)
             return False
         self._kept.discard(path)  # a new failure of it is said again
-        self.log.info("looking at %s again: image %d failed (%s) %s",
-                      self.folder.relative(path), image.image_id, image.error_code,
-                      "and this file changed since it was queued" if why is Pending.CHANGED
-                      else "with its own file gone, and this copy is here")
+        if self._handed.get(path) != (image.image_id, image.finished_at):
+            self._handed[path] = (image.image_id, image.finished_at)
+            self.log.info("looking at %s again: image %d failed (%s) %s",
+                          self.folder.relative(path), image.image_id, image.error_code,
+                          _AGAIN[why])
         # Registration decides: it retries the image under this file, and the watcher
         # follows whatever image the file then belongs to.
         if self.register_again is not None:

@@ -6,6 +6,9 @@ never register it, and move or delete it as "done". A file whose inode has not c
 a minute before its registration is the one registered (cheap: one ``stat``); otherwise its
 identity is read again, the way registration read it (the SOP Instance UID of a DICOM, the
 sha256 of other bytes), once per version of the file.
+
+A file that cannot be read (``chmod 000``, a stale share handle) cannot be told apart: it is
+neither the image's file nor another one until it can be read again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 
 from producer.watch.scanner import KnownImage
@@ -23,31 +27,62 @@ from shared.imaging.identity import file_has_identity
 _MARGIN = timedelta(seconds=60)
 
 
+class Held(Enum):
+    """What the file at an image's path is, to that image."""
+
+    SAME = "same"  # the file registered
+    OTHER = "other"  # another file (or a pipe, a socket) bears the name now
+    GONE = "gone"  # nothing there
+    UNREADABLE = "unreadable"  # a file that cannot be read: which one it is cannot be told
+
+
 class RegisteredFiles:
     """Remembers which file versions were checked, so each is read at most once."""
 
     def __init__(self) -> None:
         self._checked: dict[Path, tuple[tuple[int, int, int, int], str, bool]] = {}
 
-    def holds(self, path: Path, image: KnownImage) -> bool | None:
-        """Whether ``path`` holds ``image``'s file; None when there is no file there."""
+    def holds(self, path: Path, image: KnownImage) -> Held:
+        """Whether ``path`` holds ``image``'s file."""
         try:
             st = os.stat(path)
-        except OSError:
-            return None
+        except FileNotFoundError:
+            return Held.GONE
+        except OSError:  # EACCES on its folder, ESTALE, EIO: there may well be a file
+            return Held.UNREADABLE
         if not stat.S_ISREG(st.st_mode):
-            return False  # a pipe or socket now bears the name; opening it would block
+            return Held.OTHER  # a pipe or socket now bears the name; opening it would block
         registered = image.registered_at
         changed = datetime.fromtimestamp(st.st_ctime, tz=UTC)
         if registered is not None and changed < registered - _MARGIN:
-            return True
+            return Held.SAME
+        return self._read(path, image, st)
+
+    def _read(self, path: Path, image: KnownImage, st: os.stat_result) -> Held:
+        """The identity of this version of the file, read once."""
         version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         cached = self._checked.get(path)
         if cached is not None and cached[:2] == (version, image.identity):
-            return cached[2]
+            return Held.SAME if cached[2] else Held.OTHER
+        if unreadable_reason(path) is not None:
+            # Not remembered: made readable again (a chmod changes ctime, a remount the
+            # inode, but neither need), it is read then.
+            return Held.UNREADABLE
         same = file_has_identity(path, image.identity)
         self._checked[path] = (version, image.identity, same)
-        return same
+        return Held.SAME if same else Held.OTHER
 
 
-__all__ = ["RegisteredFiles"]
+def unreadable_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be opened for reading (the system's words), or None if it can.
+    Only for regular files: opening a named pipe would block."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except FileNotFoundError:
+        return None  # gone: not a reading problem
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+__all__ = ["Held", "RegisteredFiles", "unreadable_reason"]

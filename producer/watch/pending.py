@@ -12,7 +12,14 @@ such a file at once loses images:
 - a file renamed after it was queued (a temporary name the ignore patterns do not know)
   fails ``missing_file``, and the complete file under its new name, a copy of that image,
   would inherit the failure. A copy still here while the image's own file is gone is
-  registered again under its own name instead.
+  registered again under its own name instead;
+- a share unmounted for a moment while images wait in the queue fails each of them
+  ``missing_file``, and the share comes back with every file intact. A ``missing_file``
+  failure whose own file is here again, still holding that image, is contradicted by it:
+  the file is registered again (registration retries its image). Once per version of the
+  file: failing ``missing_file`` again with the file unchanged here (a worker that sees
+  another folder at that path, or the share gone again), it is filed as any failure for the
+  file's state.
 
 "Written to" is judged by the file as the watcher saw it (size, mtime, inode when it was
 queued), never by its mtime against the failure time: the mtime comes from the file
@@ -32,8 +39,9 @@ from enum import Enum
 from pathlib import Path
 
 from producer.registration import RETRIED_WHEN_THE_FILE_CHANGED
+from producer.watch.identity import Held
 from producer.watch.scanner import KnownImage
-from shared.enums import ImageState
+from shared.enums import ErrorCode, ImageState
 
 Clock = Callable[[], float]
 
@@ -42,6 +50,7 @@ class Pending(Enum):
     WAIT = "wait"  # its writer may still be at it: decide again later
     CHANGED = "changed"  # written to since it was queued: register it again
     COPY = "copy"  # a copy of an image whose own file vanished: register it again
+    BACK = "back"  # failed missing_file, and its own file is here again: register it again
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,19 @@ class PendingFiles:
     has stayed that way.
 
     ``settle_s``: how long a file failed for its state must stay unchanged after the
-    watcher sees the failure; ``clock``: monotonic seconds.
+    watcher sees the failure; ``clock``: monotonic seconds; ``holds``: whether the file at a
+    path is an image's own (``RegisteredFiles.holds``; None: any file at its path is).
     """
 
-    def __init__(self, *, settle_s: float, clock: Clock = time.monotonic) -> None:
+    def __init__(self, *, settle_s: float, clock: Clock = time.monotonic,
+                 holds: Callable[[Path, KnownImage], Held] | None = None) -> None:
         self.settle_s = settle_s
         self.clock = clock
+        self.holds = holds
         self._seen: dict[Path, _Seen] = {}
+        # Files handed back because they contradicted a missing_file failure: the version
+        # handed back, and that failure.
+        self._back: dict[Path, tuple[Version, datetime | None]] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -92,6 +107,7 @@ class PendingFiles:
 
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
+        self._back.pop(path, None)
 
     def pending(self, path: Path, image: KnownImage) -> Pending | None:
         """Why the file at ``path``, waiting on ``image``, must not be filed yet (None: it
@@ -107,6 +123,25 @@ class PendingFiles:
         if not image.came_from(path):
             self.forget(path)
             return None if os.path.lexists(image.source) else Pending.COPY
+        if image.error_code == ErrorCode.MISSING_FILE.value:
+            return self._back_again(path, image, version)
+        return self._settling(path, image, version)
+
+    def _back_again(self, path: Path, image: KnownImage, version: Version) -> Pending | None:
+        """A missing_file failure while its own file is here: handed back once per version
+        of the file (the same failure seen again before the retry is the same hand-back)."""
+        held = self.holds(path, image) if self.holds is not None else Held.SAME
+        if held in (Held.OTHER, Held.GONE):
+            self.forget(path)  # the failure stands: its file is gone, whatever is here now
+            return None
+        handed = self._back.get(path)
+        if held is Held.SAME and (handed is None or handed[0] != version
+                                  or handed[1] == image.finished_at):
+            self._back[path] = (version, image.finished_at)
+            self._seen.pop(path, None)  # registered again: followed from there
+            return Pending.BACK
+        # Failed missing_file again with this very file here, or one that cannot be read:
+        # filed as any failure for the file's state, once unchanged for the grace period.
         return self._settling(path, image, version)
 
     def _settling(self, path: Path, image: KnownImage, version: Version) -> Pending | None:

@@ -28,11 +28,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import OwnFiles, link_problem
-from producer.watch.actions import MOVE, AfterProcessing
+from producer.watch.actions import LEAVE, MOVE, AfterProcessing
 from producer.watch.events import Change, InboxHandler
 from producer.watch.folder import WatchFolder
 from producer.watch.followup import FollowUp
-from producer.watch.identity import RegisteredFiles
+from producer.watch.identity import Held, RegisteredFiles, unreadable_reason
 from producer.watch.ingest import Ingested, Ingestor
 from producer.watch.observer import FolderState, FolderWatch
 from producer.watch.pending import Version
@@ -76,7 +76,7 @@ class Watcher:
         # images, and moving the database away would lose every result.
         self.own = OwnFiles.of(settings)
         self.folder = WatchFolder.of(options.root, settings.watch_ignore_patterns,
-                                     move=settings.watch_after == MOVE, own=self.own)
+                                     own=self.own)
         self.inbox = InboxHandler()
         self.tracker = StabilityTracker(quiet_s=settings.watch_quiet_period_s,
                                         grace_s=settings.watch_incomplete_grace_s,
@@ -171,7 +171,10 @@ class Watcher:
             if known is None:
                 self.consider(path, finished=False)
                 continue
-            replaced = self.registered.holds(path, known) is False
+            held = self.registered.holds(path, known)
+            if held is Held.UNREADABLE:
+                self._unreadable(path, known)
+            replaced = held is Held.OTHER
             if replaced:
                 # The name was reused for another file (a scanner's counter, a resend): the
                 # new file is registered on its own; the known image keeps its own result.
@@ -272,10 +275,28 @@ class Watcher:
                         "leaves it and its -wal, -shm and -journal files alone, but whoever "
                         "clears the folder may not; keep it elsewhere (MAMMO_DATABASE_URL)",
                         database)
+        if self.settings.watch_after != MOVE:
+            # Passed over whatever the action (``WatchFolder``): never a silent surprise.
+            kept = [name for name in self.folder.reserved
+                    if os.path.isdir(self.folder.root / name)]
+            if kept:
+                log.info("passing over %s inside the watched folder: the watcher's own "
+                         "(--after move files images there), never read as dropped files",
+                         " and ".join(f"{name}/" for name in kept))
         if os.path.realpath(self.settings.report_dir) == os.path.realpath(self.folder.root):
             log.warning("reports are written into the watched folder itself (MAMMO_REPORT_DIR"
                         "=%s), where they would be read as dropped files: give them a folder "
                         "of their own, for example a sub-folder of it", self.settings.report_dir)
+
+    def _unreadable(self, path: Path, known: KnownImage) -> None:
+        """A known file that cannot be read (``chmod 000``) is not taken for another one: it
+        stays the image's until it can be read and told apart. Said once; where its image
+        is finished and the action moves or deletes files, the action says it instead."""
+        if known.state in _TERMINAL and self.settings.watch_after != LEAVE:
+            return
+        self._warn_once(path, "cannot read %s (%s): whether it still holds image %d cannot "
+                        "be told until it can be read; it is looked at again at each scan",
+                        unreadable_reason(path) or "unknown reason", known.image_id)
 
     def _warn_once(self, path: Path, message: str, *args: object) -> None:
         if path not in self._reported:

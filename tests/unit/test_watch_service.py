@@ -615,3 +615,129 @@ def test_a_copy_moved_away_does_not_become_the_images_archived_path(
     with sessions() as session:
         assert session.execute(select(Image.archived_path)).scalar_one() == str(
             root / "processed/a.dcm")
+
+
+def _tick(watcher: Watcher) -> None:
+    """One pass of the watch loop with every step due (the folder checked first)."""
+    watcher.tick(dict.fromkeys(("scan", "follow", "exams", "sweep"), 0.0), threading.Event())
+
+
+def _states(sessions: sessionmaker[Session]) -> list[tuple[str, str | None]]:
+    with sessions() as session:
+        return [tuple(r) for r in session.execute(
+            select(Image.state, Image.error_code).order_by(Image.id))]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_images_failed_missing_file_while_the_share_was_away_are_scored_once_it_is_back(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path, restart: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The share went away for a moment while four images waited in the queue: the worker
+    # failed each missing_file, the share came back with every file intact, and the watcher
+    # kept them a while, then filed them in failed/, never scored (a restart did not help).
+    from worker.pipeline import process_chunk
+    from worker.runtime import WorkerRuntime
+
+    root = tmp_path / "in"
+    for n in range(1, 5):
+        _dicom(root / f"g{n}.dcm", n)
+    watcher = _watcher(settings, sessions, root, watch_after="move",
+                       watch_incomplete_grace_s=60.0)
+    clock = watcher.followup.files.clock = _Clock()
+    runtime = WorkerRuntime(watcher.settings)
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    try:
+        _tick(watcher)
+        assert _states(sessions) == [("queued", None)] * 4
+        root.rename(tmp_path / "unmounted")  # the share goes away
+        process_chunk([1, 2, 3, 4], token="during-the-gap", runtime=runtime)
+        assert _states(sessions) == [("failed", "missing_file")] * 4
+        _tick(watcher)  # the watcher sees the folder gone, and waits
+        (tmp_path / "unmounted").rename(root)  # back, every file intact
+        if restart:
+            watcher.watch.stop()
+            watcher = _watcher(settings, sessions, root, watch_after="move",
+                               watch_incomplete_grace_s=60.0)
+            clock = watcher.followup.files.clock = _Clock()
+        _tick(watcher)  # rescanned: each file contradicts its image's failure
+        assert _states(sessions) == [("queued", None)] * 4
+        clock.now += 61  # past the grace period: nothing is filed as failed
+        _tick(watcher)
+        process_chunk([1, 2, 3, 4], token="after-the-gap", runtime=runtime)
+        _tick(watcher)
+    finally:
+        watcher.watch.stop()
+    assert _states(sessions) == [("done", None)] * 4
+    assert sorted(os.listdir(root / "processed")) == [f"g{n}.dcm" for n in range(1, 5)]
+    assert not (root / "failed").exists()
+    with sessions() as session:  # the same four images, each queued again once
+        batch = session.execute(select(Batch)).scalar_one()
+        archived = session.execute(select(Image.archived_path).order_by(Image.id)).scalars()
+        assert list(archived) == [str(root / f"processed/g{n}.dcm") for n in range(1, 5)]
+    assert batch.duplicates == 0
+    for n in range(1, 5):
+        assert caplog.messages.count(
+            f"looking at g{n}.dcm again: image {n} failed (missing_file) though its file is "
+            "here (away when the worker looked: a share unmounted for a while?)") == 1
+        assert caplog.messages.count(
+            f"queued g{n}.dcm (image {n}) again: it had failed (missing_file)") == 1
+
+
+def test_a_file_the_worker_still_cannot_find_after_one_retry_is_filed_not_queued_forever(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A worker that sees another folder at this path (the share mounted elsewhere on its
+    # machine) fails the image missing_file however often it is queued: one retry, then
+    # the failure stands, filed once its file stays unchanged for the grace period.
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    watcher = _watcher(settings, sessions, root, watch_after="move",
+                       watch_incomplete_grace_s=60.0)
+    clock = watcher.followup.files.clock = _Clock()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    _step(watcher)
+    for attempt in range(2):
+        with sessions() as session:  # as the worker writes it
+            lifecycle.mark_failed(session, 1, ErrorCode.MISSING_FILE,
+                                  f"a.dcm no longer exists at {root}.")
+            session.commit()
+        clock.now += 1
+        watcher.followup.poll()
+        _step(watcher)
+        assert _states(sessions) == [("queued", None) if attempt == 0
+                                     else ("failed", "missing_file")]
+    assert (root / "a.dcm").is_file()
+    assert ("kept a.dcm in place: image 1 failed (missing_file), though a file is here (a "
+            "worker that sees another folder at this path, the share gone again, or a file it "
+            "cannot read?); filed if it stays unchanged for 60 s") in caplog.messages
+    clock.now += 61
+    watcher.followup.poll()
+    assert not (root / "a.dcm").exists()
+    assert "reason: missing_file" in (root / "failed/a.dcm.reason.txt").read_text()
+    assert sum(m.startswith("queued a.dcm (image 1) again") for m in caplog.messages) == 1
+
+
+def test_a_missing_file_failure_stands_when_another_file_took_its_name(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The worker found another file at the path ("replaced by another file after it was
+    # queued"): that file is a new image, never the failed one's retry.
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    watcher = _watcher(settings, sessions, root, watch_after="move",
+                       watch_incomplete_grace_s=60.0)
+    _step(watcher)
+    _dicom(root / "a.dcm", 2)
+    with sessions() as session:
+        lifecycle.mark_failed(session, 1, ErrorCode.MISSING_FILE,
+                              "a.dcm was replaced by another file after it was queued.")
+        session.commit()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    watcher.followup.poll()
+    _step(watcher)
+    with sessions() as session:
+        rows = session.execute(select(Image.id, Image.sop_instance_uid, Image.state,
+                                      Image.error_code).order_by(Image.id)).all()
+    assert [tuple(r) for r in rows] == [(1, "1.2.9.1", "failed", "missing_file"),
+                                        (2, "1.2.9.2", "queued", None)]
+    assert not any("again" in m for m in caplog.messages)
