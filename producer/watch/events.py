@@ -3,8 +3,14 @@
 The observer thread only records *what happened to which path*; every decision (ignore,
 symlink boundary, stability, registration) is made by the loop, in one thread.
 
-- ``closed`` (IN_CLOSE_WRITE) and a rename *into* the folder say the writer has finished;
-- ``created``/``modified`` only say that writing is under way (the quiet period decides);
+- ``closed`` (IN_CLOSE_WRITE) and a rename *into* the folder say the writer has finished
+  (a claim the tracker still checks: a preallocated file is closed between chunks);
+- ``modified`` says that writing is under way: the file waits for its close;
+- ``created`` only says that the file is there (the quiet period decides). It cannot say
+  more: watchdog reports the files of a folder moved in, or of a new folder it started to
+  watch after they were written, as creates whose close will never come (taken as
+  "writing", a study a router moved in waited the whole grace period); a writer's own create
+  is followed by its writes' ``modified`` events, and an empty file never parses;
 - a folder created or moved in may already hold files that raised no event: scan it.
 """
 
@@ -30,6 +36,7 @@ from watchdog.events import (
 
 
 class Change(Enum):
+    SEEN = "seen"  # there, nothing said about its writer: the quiet period decides
     WRITING = "writing"
     FINISHED = "finished"
     DELETED = "deleted"
@@ -70,7 +77,7 @@ class InboxHandler(FileSystemEventHandler):
         if isinstance(event, DirCreatedEvent):
             self._put(_path(event.src_path), Change.NEW_FOLDER)
         elif isinstance(event, FileCreatedEvent):
-            self._put(_path(event.src_path), Change.WRITING)
+            self._put(_path(event.src_path), Change.SEEN)
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileModifiedEvent):

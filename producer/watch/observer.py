@@ -4,16 +4,22 @@ A share that is unmounted and remounted leaves inotify watching a dead inode (or
 the observer thread may even stop. Each tick the loop asks ``check``: it notices a missing
 folder (says so once, then waits for it), a folder that came back or changed identity, and
 an observer that died, and answers ``RESTARTED`` so the loop rescans for what it missed.
+
+A folder given through a symbolic link (``/data/incoming -> /mnt/share/incoming``) is
+watched at its real path: watchdog never follows the link it is given (inotify watched the
+link itself, and no file dropped there raised an event until the next full scan). Its
+events are handed on under the path given, as the scans name the same files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from enum import Enum
 from pathlib import Path
 
-from watchdog.events import FileSystemEventHandler
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -32,6 +38,28 @@ def make_observer(*, poll: bool, interval_s: float) -> BaseObserver:
     # Full events: a file renamed in from outside the folder (the usual "write elsewhere,
     # then mv" of PACS routers) arrives as a move, not as a bare create.
     return InotifyObserver(timeout=interval_s, generate_full_events=True)
+
+
+class UnderGivenPath(FileSystemEventHandler):
+    """Hands ``handler`` the events of the folder watched at ``real``, with their paths
+    under ``given`` instead (the path the folder was named by)."""
+
+    def __init__(self, handler: FileSystemEventHandler, real: str, given: str) -> None:
+        self.handler = handler
+        self.real = real
+        self.given = given
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        self.handler.dispatch(dataclasses.replace(
+            event, src_path=self._given(event.src_path), dest_path=self._given(event.dest_path)))
+
+    def _given(self, raw: str | bytes) -> str | bytes:
+        path = os.fsdecode(raw)
+        if path == self.real:
+            return self.given
+        if path.startswith(self.real.rstrip(os.sep) + os.sep):
+            return os.path.join(self.given, path[len(self.real.rstrip(os.sep)) + 1:])
+        return raw  # "" (no source or destination), or outside the folder
 
 
 class FolderWatch:
@@ -85,8 +113,13 @@ class FolderWatch:
         return FolderState.MISSING
 
     def _start(self) -> None:
+        # The link is resolved at each start: a link pointed elsewhere changes the folder's
+        # identity, and check() restarts the watch on its new target.
+        real = os.path.realpath(self.root)
+        handler = (self.handler if real == str(self.root)
+                   else UnderGivenPath(self.handler, real, str(self.root)))
         observer = make_observer(poll=self.poll, interval_s=self.interval_s)
-        observer.schedule(self.handler, str(self.root), recursive=True)
+        observer.schedule(handler, real, recursive=True)
         try:
             observer.start()
         except OSError as exc:
@@ -97,7 +130,7 @@ class FolderWatch:
                              "fs.inotify.max_user_watches, or use --poll.", self.root, exc)
             self.poll = True
             observer = make_observer(poll=True, interval_s=self.interval_s)
-            observer.schedule(self.handler, str(self.root), recursive=True)
+            observer.schedule(handler, real, recursive=True)
             observer.start()
         self._observer = observer
 

@@ -5,10 +5,16 @@ Events are lost (nothing fires for files that were there before; inotify drops e
 its queue overflows), so a scan is the safety net. It never reads file contents: files whose
 ``source`` the database already holds are reported as known, with their state, and only the
 others go through the stability check and registration.
+
+A folder that cannot be listed for a reason the next scan will not fix by itself (a path
+longer than the system allows, permission denied) is named once in the log: the files in it
+are never found until someone acts.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,9 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from producer.discovery import source_text
 from producer.watch.folder import WatchFolder
 from shared.db.schema import Image
+from shared.formatting import without_control
 from shared.timeutil import as_utc
 
 BLOCK = 500
+log = logging.getLogger("mammo.watch")
+_SHOWN = 240  # characters of a too-long path named in the log, its middle left out
+_said: set[Path] = set()  # folders named as unlistable (until they can be listed again)
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,13 @@ def walk(folder: WatchFolder, start: Path | None = None) -> Iterator[Path]:
         current = stack.pop()
         try:
             entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError:
-            continue  # vanished mid-scan, unreadable, I/O error: the next scan tries again
+        except OSError as exc:
+            # Vanished mid-scan, an I/O error: the next scan tries again. A path too long
+            # or a refusal stays so until someone acts: said once.
+            _say_unlistable(folder, current, exc)
+            continue
+        if _said:
+            _said.discard(current)
         for entry in entries:
             path = Path(entry.path)
             if folder.ignored(path):
@@ -63,6 +78,24 @@ def walk(folder: WatchFolder, start: Path | None = None) -> Iterator[Path]:
                 stack.append(path)
             elif kind == "file":
                 yield path  # a linked file: the watcher decides whether it stays inside
+
+
+def _say_unlistable(folder: WatchFolder, path: Path, exc: OSError) -> None:
+    if path in _said:
+        return
+    text = (folder.relative(path) if path != folder.root
+            else without_control(source_text(path), one_line=True))
+    if exc.errno == errno.ENAMETOOLONG:
+        if len(text) > _SHOWN:
+            text = f"{text[:_SHOWN // 2]}...{text[-_SHOWN // 2:]}"
+        why = (f"its path is longer than the system allows ({len(os.fsencode(path))} bytes): "
+               "no file in it can be opened; shorten the folder names")
+    elif isinstance(exc, PermissionError):
+        why = "permission denied; retried at each scan"
+    else:
+        return
+    _said.add(path)
+    log.warning("cannot look inside folder %s: %s", text, why)
 
 
 def _kind(entry: os.DirEntry[str]) -> str | None:

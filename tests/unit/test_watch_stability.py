@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from producer.watch.completeness import is_complete
-from producer.watch.stability import StabilityTracker
+from producer.watch.stability import StabilityTracker, has_hole
 from shared.enums import Laterality, View
 from shared.synthetic import synth_mammogram, write_dicom, write_png
 
@@ -85,21 +86,90 @@ def test_a_preallocated_file_open_for_writing_waits_for_its_close(
                                close_events=close_events)
     tracker.note(path, writing=True)  # create and modify events
     clock.now += 10
-    if not close_events:  # polling sees no closes: the quiet period decides, as before
-        assert tracker.poll().ready == [path]
-        return
+    # Polling sees no closes, and the quiet period has passed: the unwritten tail (a hole)
+    # holds it back all the same.
     assert tracker.poll().ready == []
     with path.open("r+b") as handle:
         handle.seek(len(data) // 2)
         handle.write(data[len(data) // 2:])
-    tracker.note(path, closed=True)
+    tracker.note(path, closed=close_events)  # polling sees the change, no close
+    if not close_events:
+        assert tracker.poll().ready == []  # just written: the quiet period starts again
+        clock.now += 2.1
     assert tracker.poll().ready == [path]
+    if not close_events:
+        return
     # A writer that never closes it is not waited on past the grace period.
     tracker.note(path, writing=True)
     clock.now += 29
     assert tracker.poll().ready == []
     clock.now += 2
     assert tracker.poll().ready == [path]
+
+
+def _preallocated(path: Path, data: bytes, written: int) -> None:
+    """A copy tool's start: the final size set, ``written`` bytes filled in, then closed."""
+    with path.open("wb") as handle:
+        handle.truncate(len(data))
+        handle.write(data[:written])
+
+
+def test_a_close_on_a_preallocated_file_with_its_tail_unwritten_is_not_trusted(
+        tmp_path: Path) -> None:
+    # A chunked uploader closes after each chunk; a Samba handle or a touch-up script opens
+    # the file for writing and closes it while the copy tool still holds it: close-write
+    # events, on a file that parses as complete, its tail a hole.
+    data = _dicom(tmp_path / "src.dcm")
+    path = tmp_path / "copy.dcm"
+    _preallocated(path, data, len(data) // 4)
+    assert is_complete(path) and has_hole(path, len(data))
+    clock = Clock()
+    tracker = StabilityTracker(quiet_s=2.0, grace_s=30.0, clock=clock, wall_clock=lambda: 0.0,
+                               close_events=True)
+    tracker.note(path, closed=True)
+    assert tracker.poll().ready == []
+    clock.now += 10  # the uploader pauses: quiet for five quiet periods, closed, still a hole
+    tracker.note(path, closed=True)  # another handle closed
+    assert tracker.poll().ready == []
+    with path.open("r+b") as handle:  # the rest, in the next chunk
+        handle.seek(len(data) // 4)
+        handle.write(data[len(data) // 4:])
+    assert not has_hole(path, len(data))
+    tracker.note(path, closed=True)
+    assert tracker.poll().ready == [path] and len(tracker) == 0
+
+
+def test_a_preallocated_file_abandoned_with_a_hole_waits_for_the_grace_period(
+        tmp_path: Path) -> None:
+    data = _dicom(tmp_path / "src.dcm")
+    path = tmp_path / "copy.dcm"
+    _preallocated(path, data, len(data) // 2)
+    clock = Clock()
+    tracker = _tracker(clock, quiet=2.0, grace=30.0)
+    tracker.note(path, closed=True)
+    for _ in range(14):
+        clock.now += 2.0
+        assert tracker.poll().ready == []
+    clock.now += 2.5
+    assert tracker.poll().ready == [path]  # queued anyway: the worker reads what is there
+
+
+def test_a_file_system_without_hole_support_counts_as_no_hole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _dicom(tmp_path / "src.dcm")
+    path = tmp_path / "copy.dcm"
+    _preallocated(path, data, len(data) // 2)
+
+    def refuse(fd: int, pos: int, how: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "lseek", refuse)
+    assert not has_hole(path, len(data))
+    tracker = _tracker(Clock())
+    tracker.note(path, closed=True)
+    assert tracker.poll().ready == [path]  # as before: the close and the parse decide
+    monkeypatch.delattr(os, "SEEK_HOLE")
+    assert not has_hole(path, len(data))
 
 
 def test_without_events_the_quiet_period_decides(tmp_path: Path) -> None:
@@ -145,6 +215,45 @@ def test_a_file_deleted_before_it_was_queued_is_reported_and_dropped(tmp_path: P
     path.unlink()
     verdicts = tracker.poll()
     assert verdicts.vanished == [path] and verdicts.ready == [] and len(tracker) == 0
+
+
+def test_a_file_deleted_after_a_delete_event_is_reported_too(tmp_path: Path) -> None:
+    # With inotify the delete event reaches the tracker first: it is still reported.
+    path = tmp_path / "gone.dcm"
+    path.write_bytes(b"x")
+    clock = Clock()
+    tracker = _tracker(clock)
+    tracker.note(path)
+    assert tracker.poll().ready == []
+    path.unlink()
+    tracker.forget(path)
+    assert len(tracker) == 0
+    verdicts = tracker.poll()
+    assert verdicts.vanished == [path] and verdicts.ready == []
+    assert tracker.poll().vanished == []  # once
+
+
+def test_a_file_renamed_before_it_was_queued_is_not_reported_deleted(tmp_path: Path) -> None:
+    old, new = tmp_path / "IMG001.dcm", tmp_path / "1.2.3.4.dcm"
+    old.write_bytes(_dicom(tmp_path / "src.dcm"))
+    clock = Clock()
+    tracker = _tracker(clock)
+    tracker.note(old, writing=True)
+    assert tracker.poll().ready == []
+    os.rename(old, new)
+    tracker.forget(old)  # the move event: its source, then its destination
+    tracker.note(new, closed=True)
+    verdicts = tracker.poll()
+    assert verdicts.vanished == [] and verdicts.ready == [new]
+    # Deleted and written again under the same name before the poll: nothing vanished.
+    old.write_bytes(b"x" * 10)
+    tracker.note(old)
+    assert tracker.poll().ready == []
+    tracker.forget(old)
+    old.unlink()
+    old.write_bytes(b"y" * 10)
+    tracker.note(old)
+    assert tracker.poll().vanished == []
 
 
 def test_a_60_mb_dicom_written_slowly_is_ready_only_at_its_last_byte(tmp_path: Path) -> None:
