@@ -29,6 +29,7 @@ from shared.db.schema import Batch, Image
 from shared.enums import Priority
 from shared.formatting import without_control
 from shared.queue import enqueue_chunks
+from shared.recovery import leave_to_sweeper
 
 
 @dataclass
@@ -110,10 +111,31 @@ class Ingestor:
             self.log.info("queued %s (image %d): %s", self.folder.relative(path), image_id, why)
 
     def send(self, image_ids: list[int]) -> int:
+        """Send the messages of ``image_ids`` (registered, committed) and stamp them sent.
+
+        A send that fails or is cut off (the broker away, Redis killed mid-block) leaves
+        every image it was sending to the next sweep (``leave_to_sweeper``, as `mammo
+        submit` and ``recovery.requeue`` do), then raises: the watch loop waits out the
+        outage and its next scan sends them again itself. Left registered and unstamped,
+        they looked to every sweep like images whose sender was still at work: none sent
+        them before MAMMO_REQUEUE_AFTER_S (600 s), whether or not this watcher lived to
+        try again, and `mammo status --health` counted them neither owed nor lost. Which
+        chunks went out is not known here; an image sent twice is claimed once, so a
+        second message is a no-op, and the marker counts only until a send is stamped
+        (``mark_enqueued``), the watcher's or the sweeper's.
+        """
         if not image_ids:
             return 0
-        sent = enqueue_chunks(self.app, image_ids, chunk_size=self.settings.chunk_size,
-                              priority=Priority.ROUTINE)
+        try:
+            sent = enqueue_chunks(self.app, image_ids, chunk_size=self.settings.chunk_size,
+                                  priority=Priority.ROUTINE)
+        except BaseException as exc:
+            leave_to_sweeper(self.sessions, image_ids)
+            self.log.warning("%d image(s) registered but not sent (%s): left to a worker's "
+                             "sweeper, which sends them at its next pass once the broker is "
+                             "back; this watcher sends them again at its next scan too",
+                             len(image_ids), type(exc).__name__)
+            raise
         with self.sessions() as session:
             lifecycle.mark_enqueued(session, image_ids)
             session.commit()
