@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 
 import click
 from celery import Celery
 
 from models.activation import model_for
-from models.registry import verify_model
+from models.registry import ModelSpec, verify_model
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
+from producer.cli.interrupts import sigterm_as_ctrl_c
 from shared.config import LOG_LEVELS
+from shared.errors import BrokerUnavailableError
 from shared.extras import WORKER, require
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import QUEUE_NAME
+from shared.reachability import wait_until_reachable
+from shared.urls import redact_url
 
 
 def visible_gpus() -> int:
@@ -47,6 +52,44 @@ def checked_queues(app: Celery, given: str) -> str:
     raise click.exceptions.Exit(ExitCode.USAGE)
 
 
+def _servers_checked(cli: CliContext) -> ModelSpec:
+    """Reach the broker, then the database (migrating it), and find the model there."""
+    require_broker(cli, "worker")
+    with cli.sessions() as session:  # migrates before children start racing for it
+        return model_for(cli.settings, session)  # fail in one line now, not in every child
+
+
+def _awaited(cli: CliContext) -> Callable[[Exception], str | None]:
+    """Which server an unreachable-server error is about (password masked); None for a
+    SQLite file, which has no server to wait for."""
+    def awaited(exc: Exception) -> str | None:
+        if isinstance(exc, BrokerUnavailableError):
+            return f"the message broker at {redact_url(cli.celery.conf.broker_url)}"
+        if cli.settings.database_url.startswith("sqlite"):
+            return None
+        return f"the database at {redact_url(cli.settings.database_url)}"
+    return awaited
+
+
+def model_once_servers_answer(cli: CliContext, max_wait_s: float | None) -> ModelSpec:
+    """The model to run, once the broker and the database answer.
+
+    A worker is a service: started before Redis or PostgreSQL are up (a boot, a power
+    cut), it waits for them, saying so, as it already outlives their outages once running,
+    rather than exit and stay gone where no service manager restarts it. A setting that no
+    wait can fix ends it at once, with its message and exit code. Ctrl-C or SIGTERM while
+    it waits stops it with exit 0: nothing was started, nothing taken from the queue.
+    """
+    try:
+        with sigterm_as_ctrl_c():
+            return wait_until_reachable(lambda: _servers_checked(cli), awaited=_awaited(cli),
+                                        who="the worker", max_wait_s=max_wait_s)
+    except KeyboardInterrupt:
+        click.echo("mammo worker: stopped before it started; nothing was taken from the "
+                   "queue", err=True)
+        raise click.exceptions.Exit(ExitCode.OK) from None
+
+
 @click.command("worker")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=None,
               help="Worker processes, each with its own copy of the model "
@@ -59,13 +102,26 @@ def checked_queues(app: Celery, given: str) -> str:
 @click.option("--max-tasks-per-child", type=int, default=0,
               help="Recycle a child after this many chunks (0: never).")
 @click.option("--hostname", "-n", default=None, help="Worker node name (Celery -n).")
+@click.option("--wait-for-servers", "wait_for_servers_s", type=click.IntRange(min=0),
+              default=None, metavar="SECONDS",
+              help="At start, how long to wait for a broker or database that cannot be "
+                   "reached (connection refused or timed out, PostgreSQL starting up, Redis "
+                   "loading its data): the worker tries again after 1 s, doubling to 30 s, "
+                   "logs each try, and starts once both answer; after SECONDS it exits 8 "
+                   "(broker) or 7 (database). [default: wait for ever; 0: exit at once]")
 @pass_cli
 def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglevel: str | None,
-                   max_tasks_per_child: int, hostname: str | None) -> None:
+                   max_tasks_per_child: int, hostname: str | None,
+                   wait_for_servers_s: int | None) -> None:
     """Start a worker that consumes chunks from the broker until stopped (SIGTERM: warm).
 
     Run as many as you like, on as many machines: they coordinate through the database.
     The model is loaded once per process, after the fork.
+
+    Started before Redis or PostgreSQL are up (a boot, a power cut), it waits for them
+    (see --wait-for-servers). A setting no wait can fix (a wrong password, an unknown
+    database or role, a bad URL, a certificate that does not verify) ends it at once with
+    its message: exit 4, 7 or 8.
 
     \b
     Example:
@@ -75,9 +131,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     """
     require(WORKER, needed_for="`mammo worker`")
     queues = checked_queues(cli.celery, queues)
-    require_broker(cli, "worker")
-    with cli.sessions() as session:  # migrates before children start racing for it
-        spec = model_for(cli.settings, session)  # fail in one line now, not in every child
+    spec = model_once_servers_answer(cli, wait_for_servers_s)
     verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
     # Children must not inherit live connections: a child closing its copy at exit would
     # terminate the parent's session on the server.
