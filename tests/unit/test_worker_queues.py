@@ -38,8 +38,10 @@ def test_an_unknown_queue_is_refused_in_one_line_naming_the_configured_ones(
 
 def test_a_configured_queue_passes_the_check(monkeypatch: pytest.MonkeyPatch,
                                              tmp_path: Path) -> None:
-    code, out = invoke_cli(["worker", "-Q", f" {QUEUE_NAME} "], monkeypatch, tmp_path,
-                           broker_url=UNREACHABLE,
+    # --wait-for-servers 0: an unreachable broker ends the start at once instead of being
+    # waited for, which is what lets this test see the next check.
+    code, out = invoke_cli(["worker", "-Q", f" {QUEUE_NAME} ", "--wait-for-servers", "0"],
+                           monkeypatch, tmp_path, broker_url=UNREACHABLE,
                            database_url=f"sqlite:///{tmp_path / 'w.db'}")
     assert code == ExitCode.BROKER_UNAVAILABLE, out  # on to the next check: the broker
     assert "-Q/--queues" not in out
