@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +31,7 @@ from producer.manifest import (
 )
 from shared.config import Settings
 from shared.db.clock import Clocks
-from shared.db.schema import Batch, DuplicateSubmission, Image, Study
+from shared.db.schema import Batch, DuplicateSubmission, Image, Prediction, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.errors import BadFileNameError, InputError, first_line
@@ -75,6 +75,8 @@ class Registration:
     rejected_ids: list[int] = field(default_factory=list)
     retried: dict[int, str] = field(default_factory=dict)  # image id -> its earlier error
     duplicates: list[tuple[str, int, str]] = field(default_factory=list)  # source, id, state
+    # Failed images of an earlier version of a file, removed (``_retire_superseded``).
+    superseded: list[int] = field(default_factory=list)
 
     def absorb(self, other: Registration) -> None:
         """Add what ``other``, a block of the same batch, registered."""
@@ -82,6 +84,7 @@ class Registration:
         self.rejected_ids += other.rejected_ids
         self.retried.update(other.retried)
         self.duplicates += other.duplicates
+        self.superseded += other.superseded
 
     @property
     def unfinished_duplicate_ids(self) -> list[int]:
@@ -468,6 +471,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
         session.add_all(DuplicateSubmission(batch_id=batch_id, image_id=known[r["identity"]].id,
                                             source=r["source"], created_at=now)
                         for r in existing)
+        _retire_superseded(session, batch_id, rows, given, result)
         session.commit()
 
 
@@ -642,6 +646,116 @@ def _retire_refusal(session: Session, refused: Any, image_id: int, now: datetime
     session.execute(delete(Image).where(Image.id == refused.id,
                                         Image.state == ImageState.FAILED.value)
                     .execution_options(synchronize_session=False))
+
+
+_CONTENT = "sha256:"  # the identity of a file known by its bytes (``sha256_identity``)
+
+
+def _failed_for_its_state() -> ColumnElement[bool]:
+    """An image failed for its file's state (``RETRIED_WHEN_THE_FILE_CHANGED``) and known
+    by its content: a DICOM UID names the image whatever the bytes (``_retry`` queues that
+    same image again)."""
+    return and_(Image.state == ImageState.FAILED.value,
+                Image.error_code.in_([code.value for code in RETRIED_WHEN_THE_FILE_CHANGED]),
+                Image.identity.startswith(_CONTENT))
+
+
+def _superseded(batch_id: int) -> ColumnElement[bool]:
+    """An image of ``batch_id`` failed for its state that a new version of its file may
+    replace: still where it was registered (a file filed to failed/ is final), and nothing
+    else holds it: no copy of it recorded, no result."""
+    return and_(Image.batch_id == batch_id, _failed_for_its_state(),
+                Image.archived_path.is_(None),
+                ~exists().where(DuplicateSubmission.image_id == Image.id),
+                ~exists().where(Prediction.image_id == Image.id))
+
+
+def _retire_superseded(session: Session, batch_id: int, rows: list[dict[str, Any]],
+                       given: dict[str, str], result: Registration) -> None:
+    """Remove what an earlier version of a file left in this batch when the file, known by
+    its bytes, is registered again with other bytes: its failed image (``_superseded``), or
+    its record as a copy of a failed image (an empty file is a copy of every empty file).
+
+    A file without a DICOM UID is identified by its bytes, so each version of a file
+    registered while its writer was still at it (a stall past the grace period, an empty
+    file filled later) became an image of its own: the half file's failed ``truncated`` or
+    ``unreadable`` for ever beside the complete file's result, in the batch's counts, its
+    failure list and `mammo status`. One file is one image: what the version the file no
+    longer holds left goes, and the batch counts the file once. Another batch's failure
+    stays (a name reused another day is another image), as does a failure that the new
+    version contradicts in what both say (pixel size, format, laterality, view, exam).
+
+    The delete repeats the conditions, so of two producers registering the file at once one
+    removes the image, and an image queued again, filed away or copied meanwhile is kept.
+    """
+    current = {row["source"]: row for row in rows if row["identity"].startswith(_CONTENT)}
+    if not current:
+        return
+    # A row recorded before sources were normalised holds the path as it was given.
+    former = {old: new for old, new in given.items() if new in current}
+    copies = _drop_superseded_copies(session, batch_id, current, former)
+    found = session.execute(
+        select(Image.id, Image.identity, Image.source, Image.error_code, Image.format,
+               Image.rows, Image.columns, Image.laterality, Image.view, Image.study_id)
+        .where(Image.source.in_([*current, *former]), _superseded(batch_id))
+        .order_by(Image.id)).all()
+    registered_now = {*result.new_ids, *result.rejected_ids}
+    retired: list[int] = []
+    for old in found:
+        row = current[former.get(old.source, old.source)]
+        if (old.identity == row["identity"] or old.id in registered_now
+                or _another_image(row, old)):
+            continue
+        try:
+            with session.begin_nested():  # a copy of it recorded by a racing producer
+                gone = session.execute(
+                    delete(Image).where(Image.id == old.id, _superseded(batch_id))
+                    .returning(Image.id).execution_options(synchronize_session=False)
+                ).scalar_one_or_none()
+        except IntegrityError:
+            continue
+        if gone is not None:
+            retired.append(gone)
+            log.info("image %d (%s, failed %s) removed: its file now holds a new version, "
+                     "registered in its place", gone,
+                     without_control(old.source, one_line=True), old.error_code)
+    if retired or copies:  # the file was counted at each version; once it is
+        session.execute(update(Batch).where(Batch.id == batch_id)
+                        .values(submitted=Batch.submitted - len(retired) - copies,
+                                duplicates=Batch.duplicates - copies)
+                        .execution_options(synchronize_session=False))
+        result.superseded += retired
+
+
+def _drop_superseded_copies(session: Session, batch_id: int, current: dict[str, Any],
+                            former: dict[str, str]) -> int:
+    """Delete this batch's records of these files as copies of images failed for their
+    state (``_failed_for_its_state``) whose bytes they no longer hold; how many."""
+    stale = session.execute(
+        select(DuplicateSubmission.id, DuplicateSubmission.source, Image.identity)
+        .join(Image, Image.id == DuplicateSubmission.image_id)
+        .where(DuplicateSubmission.batch_id == batch_id,
+               DuplicateSubmission.source.in_([*current, *former]), _failed_for_its_state())
+    ).all()
+    ids = [copy.id for copy in stale
+           if copy.identity != current[former.get(copy.source, copy.source)]["identity"]]
+    if not ids:
+        return 0
+    return len(session.execute(
+        delete(DuplicateSubmission).where(DuplicateSubmission.id.in_(ids))
+        .returning(DuplicateSubmission.id).execution_options(synchronize_session=False)
+    ).all())
+
+
+def _another_image(row: dict[str, Any], stored: Any) -> bool:
+    """Whether a new version of a file names another image than ``stored`` did: a value
+    both know differs (a failure recorded unread knows none)."""
+    def known(value: Any) -> Any:
+        return None if value == "unknown" else value
+
+    names = ("format", "rows", "columns", "laterality", "view", "study_id")
+    return any(known(row.get(name)) is not None and known(getattr(stored, name)) is not None
+               and row.get(name) != getattr(stored, name) for name in names)
 
 
 def _changed_since(path: Path, source: str, stored: Any, clocks: Clocks) -> bool:
