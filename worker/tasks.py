@@ -18,11 +18,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db import lifecycle
 from shared.db.schema import Image
-from shared.errors import TransientError
+from shared.errors import DatabaseUnavailableError, TransientError
 from shared.queue import TASK_PROCESS_CHUNK
 from shared.recovery import leave_to_sweeper, requeue
+from shared.save_failures import clear_failure, database_reason, record_failure
 from worker.devices import pin_child_to_gpu
-from worker.pipeline import process_chunk
+from worker.pipeline import Stall, StallWatch, process_chunk
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,15 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
     )
     def process_chunk_task(self: Task, image_ids: list[int]) -> dict[str, int]:
         token = str(self.request.id)
+        watch = StallWatch()
         try:
-            result = process_chunk(image_ids, token=token, runtime=runtime)
+            with watch:
+                result = process_chunk(image_ids, token=token, runtime=runtime)
         except SoftTimeLimitExceeded:
-            _requeue_one_by_one(app, runtime, image_ids, token)
+            _requeue_one_by_one(app, runtime, image_ids, token, stall=watch.stall())
             return {"timed_out": len(image_ids)}
         except TransientError as exc:
+            _save_failed(app, runtime, exc)
             try:
                 # Retries spent, Celery raises ``exc`` itself: the task fails with its reason.
                 raise self.retry(exc=exc, countdown=transient_backoff_s(self.request.retries)
@@ -92,6 +96,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
                 # handed back, or never claimed, wait for no message in the broker.
                 leave_to_sweeper(runtime.sessions, image_ids)
                 raise
+        _saved(app, runtime, result.claimed)
         if result.claimed < len(image_ids):
             _warn_unknown_ids(runtime, image_ids, token)
         return result.as_dict()
@@ -104,6 +109,31 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
         worker_process_init.connect(pin_child_to_gpu(gpus), weak=False)
         worker_process_init.connect(runtime.warm_up, weak=False)
         worker_process_shutdown.connect(runtime.close, weak=False)
+
+
+# The worker names (``WorkerRuntime.worker_name``) that recorded a failed save in the broker
+# from this process: a successful chunk deletes the record only then, not at every chunk.
+_saves_failed: set[str] = set()
+
+
+def _save_failed(app: Celery, runtime: WorkerRuntime, exc: TransientError) -> None:
+    """Tell `mammo status` (through the broker) that this worker's writes fail, and why: it
+    hands its images back and retries, the database answers reads, and the reason (a full
+    disk) was only in this log. The record outlives the wait until this worker's next
+    failure (a retry's backoff, then the chunk computed again up to its save)."""
+    if not isinstance(exc, DatabaseUnavailableError):
+        return
+    _saves_failed.add(runtime.worker_name)
+    record_failure(app, runtime.worker_name, database_reason(exc),
+                   ttl_s=runtime.settings.task_time_limit_s + 2 * _BACKOFF_MAX_S)
+
+
+def _saved(app: Celery, runtime: WorkerRuntime, claimed: int) -> None:
+    """A chunk ended without error: if it ``claimed`` images, it saved them, and this
+    worker's failures, if it recorded any, are over."""
+    if claimed and runtime.worker_name in _saves_failed:
+        _saves_failed.discard(runtime.worker_name)
+        clear_failure(app, runtime.worker_name)
 
 
 def _retry_sent(runtime: WorkerRuntime, image_ids: list[int]) -> None:
@@ -121,16 +151,30 @@ def _retry_sent(runtime: WorkerRuntime, image_ids: list[int]) -> None:
 
 
 def _requeue_one_by_one(app: Celery, runtime: WorkerRuntime, image_ids: list[int],
-                        token: str) -> None:
+                        token: str, *, stall: Stall | None = None) -> None:
     """A chunk ran out of time: hand its unfinished images back, each as its own task.
 
     The attempt counter is kept, so an image that times out on its own is quarantined after
-    ``max_attempts`` instead of looping. They are owed their messages until ``requeue``
-    sends them: one that fails leaves them to the next sweep, whatever the broker holds.
+    ``max_attempts`` instead of looping; unless ``stall`` (the chunk's ``StallWatch``) shows
+    the process frozen for so much of the limit that the chunk did not compute for most of
+    it (a paused VM, a swap storm): then the attempt is refunded, or a few such stalls
+    quarantined healthy images as ``poison``. They are owed their messages until
+    ``requeue`` sends them: one that fails leaves them to the next sweep, whatever the
+    broker holds.
     """
+    soft_limit_s = float(app.conf.task_soft_time_limit or runtime.settings.task_time_limit_s)
+    refund = stall is not None and not stall.spent_the_limit(soft_limit_s)
     with runtime.sessions() as session:
-        mine = lifecycle.release(session, image_ids, token, refund=False)
-    log.warning("chunk %s hit its soft time limit; re-queued %d images singly", token, len(mine))
+        mine = lifecycle.release(session, image_ids, token, refund=refund)
+    if refund and stall is not None:
+        log.warning("chunk %s hit its soft time limit (%.0f s) having computed for %.0f s: "
+                    "this worker process was frozen for %.0f s meanwhile (a paused VM, "
+                    "swapping, SIGSTOP), which is not its images' doing; re-queued %d "
+                    "images singly, their attempts refunded", token, soft_limit_s,
+                    stall.computed_s, stall.frozen_s, len(mine))
+    else:
+        log.warning("chunk %s hit its soft time limit; re-queued %d images singly", token,
+                    len(mine))
     # Each at its batch's priority: an urgent chunk that timed out stays urgent.
     requeue(runtime.sessions, app, runtime.settings, mine, chunk_size=1)
 

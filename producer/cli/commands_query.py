@@ -26,6 +26,7 @@ from shared.queries import (
 )
 from shared.queue import broker_uptime_s, live_workers, queue_depth
 from shared.recovery import find_stuck, lost_message_age_s
+from shared.save_failures import failing_summary, save_failures
 
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
 BROKER_DOWN = "UNREACHABLE"
@@ -43,8 +44,9 @@ RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality",
               help="Show system health instead: broker and database reachable, queue depth, "
                    "workers answering now, stale claims, oldest queued image, images whose "
                    "message was probably lost or never sent, workers that scored lately, "
-                   "notifications owed. "
-                   "Exits 7 when the database, 8 when the broker is unreachable.")
+                   "notifications owed, workers whose saves the database refuses. "
+                   "Exits 7 when the database is unreachable or workers' saves fail, 8 when "
+                   "the broker is unreachable.")
 @format_option
 @pass_cli
 def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
@@ -60,8 +62,11 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     if health:
         health_row = _health(cli)
         render([health_row], fmt, keys=tuple(health_row), title="Health")
+        _warn_saves_failing(health_row)
         if health_row["broker"] == BROKER_DOWN:  # a cron job or probe reads the exit code
             raise SystemExit(int(ExitCode.BROKER_UNAVAILABLE))
+        if health_row["saves_failing"]:  # the database refuses writes: README's exit 7
+            raise SystemExit(int(ExitCode.DATABASE_UNAVAILABLE))
         return
     with cli.sessions() as session:
         if batch is not None:
@@ -85,6 +90,17 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         click.echo(f"{key.replace('_', ' ')}: {'-' if value is None else value}")
     _explain_notifications(health_row)
     _warn_unsent(health_row, owed_after=cli.settings.requeue_after_s)
+    _warn_saves_failing(health_row)
+
+
+def _warn_saves_failing(health_row: dict[str, object]) -> None:
+    """The database answers this status's reads while it refuses the workers' writes (a
+    full disk): they retry, and nothing progresses. Their record in the broker says so."""
+    if health_row["saves_failing"]:
+        click.secho(f"warning: {health_row['save_failure']}. The workers hand the images "
+                    "back (attempts refunded) and retry: nothing is lost, but nothing is "
+                    "saved until the database accepts writes again (its disk full? read "
+                    "only?); the workers' logs have the whole error", err=True, fg="yellow")
 
 
 def _warn_unsent(health_row: dict[str, object], *, owed_after: int) -> None:
@@ -130,13 +146,20 @@ def _health(cli: CliContext) -> dict[str, object]:
     if not settings.is_embedded:
         depth = queue_depth(cli.celery)
         broker = "reachable" if depth is not None else BROKER_DOWN
+    failing: int | None = None
+    failure: str | None = None
     if depth is not None:
         answered = live_workers(cli.celery)
         live = None if answered is None else ", ".join(answered) or "none"
         unsent = _unsent_messages(cli, depth)
+        # Recorded by the workers in the broker: the database may refuse their writes
+        # while it answers these reads (``shared.save_failures``).
+        if (recorded := save_failures(cli.celery)) is not None:
+            failing, failure = len(recorded[0]), failing_summary(*recorded)
     return {"database": "reachable", "broker": broker, "queue_depth": depth,
             "workers_live": live, **info, "messages_lost": unsent.lost,
-            "messages_owed": unsent.owed, "lost_after_s": unsent.after}
+            "messages_owed": unsent.owed, "lost_after_s": unsent.after,
+            "saves_failing": failing, "save_failure": failure}
 
 
 class _Unsent(NamedTuple):
