@@ -23,8 +23,9 @@ from shared.queue import TASK_PROCESS_CHUNK
 from shared.recovery import leave_to_sweeper, requeue
 from shared.save_failures import clear_failure, database_reason, record_failure
 from worker.devices import pin_child_to_gpu
-from worker.pipeline import Stall, StallWatch, process_chunk
+from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
+from worker.stall import Stall, StallWatch
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from shared.db import lifecycle
 from shared.db.schema import Image
 from shared.queue import TASK_PROCESS_CHUNK, create_celery_app
 from tests.helpers.db import queued_batch, schema_sessions
-from worker.pipeline import STALL_MIN_GAP_S, STALL_TICK_S, Stall, StallWatch
 from worker.runtime import WorkerRuntime
+from worker.stall import STALL_MIN_GAP_S, STALL_TICK_S, Stall, StallWatch
 
 REPO = Path(__file__).resolve().parents[2]
 SOFT_LIMIT_S = 27.0  # MAMMO_TASK_TIME_LIMIT_S=30, as in the probe
@@ -178,7 +178,7 @@ def test_the_task_hands_its_watchs_measure_to_the_time_out(
 
 _CHILD = textwrap.dedent("""
     import re, sys, time
-    from worker.pipeline import StallWatch
+    from worker.stall import StallWatch
 
     class Seen(StallWatch):
         longest = 0.0
