@@ -1,15 +1,19 @@
 """Labelled images for training and evaluation, from the three layouts PRODUCT.md accepts.
 
 * a MIAS-style folder: ``Info.txt`` plus ``mdbNNN.pgm`` or ``mdbNNN.png`` (see ``models.mias``);
-* a CSV manifest: ``path,label`` with optional ``patient_id,laterality,view``;
+* a CSV manifest: ``path,label`` with optional ``patient_id,laterality,view`` (and the other
+  columns of ``mammo submit --manifest``, which train and evaluate do not use);
 * a folder per class: ``normal/``, ``benign/``, ``malignant/``.
+
+A data set that is not what it says is refused (``DatasetError``), never read in part: a
+misspelt column, a file in a class folder that is no image this reads, an image beside the
+class folders.
 
 Only the MIAS layout carries lesion circles; the others train with weak (image-level) labels.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import os
@@ -18,12 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.enums import CLASSES, Label, Laterality
-from shared.errors import DatasetError, InputError
+from producer.manifest import _check_columns, _read_rows
+from shared.enums import CLASSES, Label, Laterality, View
+from shared.errors import DatasetError, InputError, ManifestError
 from shared.filehash import file_sha256
-from shared.imaging.readers import read_header
+from shared.imaging.readers import READERS, read_header
+from shared.imaging.readers.base import HEAD_SIZE
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".dcm", ".dicom", ".jpg", ".jpeg", ".tif", ".tiff")
+# What folders of images carry beside them that is no image: notes and spreadsheets, an
+# OS's thumbnail cache and folder settings, a DICOM media index (DICOMDIR, DICOM by content
+# but no image). Passed over; any other file in a class folder is refused.
+NOT_IMAGE_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".md", ".rtf", ".pdf", ".doc", ".docx",
+                      ".xls", ".xlsx", ".xml", ".htm", ".html", ".ini", ".log", ".db")
+NOT_IMAGE_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini", "readme", "version"})
 
 
 @dataclass(frozen=True)
@@ -73,14 +85,14 @@ LAYOUTS = {"mias": "a MIAS folder", "csv": "a CSV manifest", "class_folders": "a
 
 def layout_of(path: Path) -> str:
     """Which of ``LAYOUTS`` ``path`` is, or ``DatasetError`` naming the accepted ones."""
-    from models.mias import INFO_FILE
+    from models.mias import info_file
 
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path} does not exist.")
     if path.is_file() and path.suffix.lower() == ".csv":
         return "csv"
-    if (path / INFO_FILE).is_file():
+    if path.is_dir() and info_file(path) is not None:  # Info.txt in any case
         return "mias"
     if path.is_dir() and class_folders(path):
         return "class_folders"
@@ -165,6 +177,51 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
+def some(names: Sequence[str], shown: int = 5) -> str:
+    """'a, b, c' or 'a, b, c, d, e and 7 more' for messages."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def files_below(folder: Path) -> list[Path]:
+    """Every file below ``folder``, subfolders included, in path order. Linked folders are
+    followed (once each: a link back up does not loop); hidden files and folders
+    (``.DS_Store``, a Mac's AppleDouble ``._x.png``, ``.git/``) are not data."""
+    found: list[Path] = []
+    walked: set[str] = set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:
+            folders[:] = []
+            continue
+        walked.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found.extend(Path(root, name) for name in names
+                     if not name.startswith(".") and Path(root, name).is_file())
+    return sorted(found)
+
+
+def _is_image(path: Path) -> bool:
+    """An image by its suffix, or by its first bytes whatever its name, as the readers
+    know one (a PACS export names its DICOMs IM0001, or by their UID, 1.2.840...)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.name.lower() in NOT_IMAGE_NAMES:  # a DICOMDIR is DICOM, but no image
+        return False
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(HEAD_SIZE)
+    except OSError:
+        return False
+    return any(reader.sniff(head) for reader in READERS)
+
+
+def _is_no_image(path: Path) -> bool:
+    """A file that folders of images carry and that is no image (notes, a thumbnail cache)."""
+    name = path.name.lower()
+    return name in NOT_IMAGE_NAMES or name.endswith(NOT_IMAGE_SUFFIXES)
+
+
 def _identified_from_headers(images: Sequence[LabelledImage]) -> list[LabelledImage]:
     """Where a layout named no patient, laterality or view, a DICOM's header does."""
     out = []
@@ -191,16 +248,8 @@ def load_manifest(path: Path) -> list[LabelledImage]:
     """The images a CSV manifest lists. An image's id is its file's stem, as for the other
     layouts; where two listed files share a stem, their paths (as the manifest gives them,
     without the suffix) tell them apart."""
-    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
-    # (as `mammo submit --manifest` reads it).
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = {c.strip().lower() for c in reader.fieldnames or ()}
-        if not {"path", "label"} <= columns:
-            raise DatasetError(f"{path.name} needs the columns path,label "
-                               f"(found: {', '.join(sorted(columns)) or 'none'}).")
-        rows = [(line, _manifest_row(raw, f"{path.name} line {line}", path.parent))
-                for line, raw in enumerate(reader, start=2)]
+    rows = [(line, _manifest_row(row, f"{path.name} line {line}", path.parent))
+            for line, row in _manifest_rows(path)]
     stems: dict[str, int] = {}
     for _, (_, image_path, _) in rows:
         stems[image_path.stem] = stems.get(image_path.stem, 0) + 1
@@ -223,11 +272,37 @@ def load_manifest(path: Path) -> list[LabelledImage]:
     return images
 
 
-def _manifest_row(raw: dict[str | None, str | None], where: str,
+def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line, {column: value}) of each row of the manifest, read as ``mammo submit
+    --manifest`` reads one: UTF-8 (a spreadsheet's byte-order mark is not part of the first
+    column's name), blank rows and rows of empty values skipped, a quote left open, a value
+    too many, a column that is none of the manifest's (a misspelt ``lateralty`` would turn
+    its values off without a word) or one named twice refused."""
+    try:
+        columns, rows = _read_rows(path)
+        if not {"path", "label"} <= set(columns):
+            raise DatasetError(f"{path.name} needs the columns path,label (found: "
+                               f"{', '.join(columns) or 'none'}){_delimiter_hint(columns)}")
+        _check_columns(path, columns, rows)
+    except ManifestError as exc:  # what is wrong is the same whichever command reads it
+        raise DatasetError(str(exc)) from exc
+    return [(line, {name: value.strip() for name, value in zip(columns, values, strict=False)
+                    if name}) for line, values in rows]
+
+
+def _delimiter_hint(columns: Sequence[str]) -> str:
+    """How to fix a manifest whose values are separated by something other than commas."""
+    for mark, said in ((";", "';'"), ("\t", "tabs")):
+        if any(mark in column for column in columns):
+            return (f"; its values are separated by {said}: save it as CSV with commas (in "
+                    "Excel, 'CSV UTF-8 (comma delimited)').")
+    return "."
+
+
+def _manifest_row(row: dict[str, str], where: str,
                   folder: Path) -> tuple[str, Path, dict[str, Any]]:
     """(the path cell, the image's path, its other fields) of one manifest row."""
-    row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
-    cell = row["path"]
+    cell = row.get("path", "")
     if not cell:
         raise DatasetError(f"{where}: the path is empty.")
     image_path = Path(cell)
@@ -240,8 +315,21 @@ def _manifest_row(raw: dict[str | None, str | None], where: str,
             raise DatasetError(f"{where}: laterality {row['laterality']!r} is not L, R, B "
                                "(or left, right, both), or empty.")
     return cell, image_path, {
-        "label": parse_label(row["label"], where), "patient_id": row.get("patient_id") or "",
-        "laterality": laterality, "view": row.get("view") or None}
+        "label": parse_label(row.get("label", ""), where),
+        "patient_id": row.get("patient_id") or "", "laterality": laterality,
+        "view": _manifest_view(row.get("view", ""), where)}
+
+
+def _manifest_view(text: str, where: str) -> str | None:
+    """The view as a DICOM View Position names it (``mlo`` is MLO: left and right images
+    pair by view, so ``mlo`` beside ``MLO`` would part a pair); None when empty."""
+    if not text:
+        return None
+    view = View.parse(text)
+    if view is None or (view is View.OTHER and text.upper() != View.OTHER):
+        raise DatasetError(f"{where}: view {text!r} is not one of {', '.join(View)} "
+                           "(any case), or empty.")
+    return view.value
 
 
 def class_folders(path: Path) -> list[tuple[Label, Path]]:
@@ -254,18 +342,28 @@ def class_folders(path: Path) -> list[tuple[Label, Path]]:
 
 def load_class_folders(path: Path) -> list[LabelledImage]:
     """Every image under each class folder, subfolders included; an image's id is its
-    class and its path inside the class folder, without the suffix (``benign/a/mdb001``)."""
+    class and its path inside the class folder, without the suffix (``benign/a/mdb001``;
+    an image known by its content, named without an image suffix, keeps its whole name:
+    ``benign/IM0001``, ``benign/1.2.840.5``).
+    Hidden files, notes and the like (``NOT_IMAGE_SUFFIXES``) are passed over; any other
+    file is refused, as is an image beside the class folders: the data set is read whole,
+    never in part."""
     images = []
     others: list[Path] = []
+    refused: list[Path] = []
     folders = class_folders(path)
     _require_only_class_folders(path)
     for label, folder in folders:
-        for image_path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if image_path.suffix.lower() not in IMAGE_SUFFIXES:
+        for image_path in files_below(folder):
+            if not _is_image(image_path):
                 others.append(image_path)
+                if not _is_no_image(image_path):
+                    refused.append(image_path)
                 continue
-            inside = image_path.relative_to(folder).with_suffix("").as_posix()
-            image_id = f"{label.value}/{inside}"
+            inside = image_path.relative_to(folder)
+            if image_path.suffix.lower() in IMAGE_SUFFIXES:
+                inside = inside.with_suffix("")
+            image_id = f"{label.value}/{inside.as_posix()}"
             images.append(LabelledImage(id=image_id, path=image_path, label=label,
                                         patient_id=image_id))
     if not images:
@@ -275,6 +373,13 @@ def load_class_folders(path: Path) -> list[LabelledImage]:
         raise DatasetError(
             f"{path}: the class folders {named} hold no images ({', '.join(IMAGE_SUFFIXES)}); "
             f"found {found}.")
+    if refused:
+        raise DatasetError(
+            f"{path}: {len(refused)} file(s) in the class folders are not images this reads "
+            f"({some([p.relative_to(path).as_posix() for p in refused])}): an image is "
+            f"{', '.join(IMAGE_SUFFIXES)}, or a DICOM, PNG, JPEG, TIFF or PGM file whatever "
+            "its name. Convert them to one of these, or move them out of the class folders; "
+            "a data set is read whole, never in part.")
     _require_unique_ids(images, path)
     _require_one_class_per_image(images, path)
     return images
@@ -282,14 +387,20 @@ def load_class_folders(path: Path) -> list[LabelledImage]:
 
 def _require_only_class_folders(path: Path) -> None:
     """Refuse a folder beside the class folders (a misspelt ``malignat/``): its images would
-    be left out without a word, leaving their class short or empty. Hidden folders
-    (``.git``...) are not data."""
+    be left out without a word, leaving their class short or empty; and an image beside
+    them, which no folder gives a class. Hidden folders (``.git``...) are not data."""
     names = [c.value for c in CLASSES]
     for child in sorted(path.iterdir()):
         if child.is_dir() and not child.name.startswith(".") and child.name.lower() not in names:
             raise DatasetError(
                 f"{child}/ is not a class folder: a folder per class holds only "
                 f"{', '.join(f'{n}/' for n in names)} (any case); rename or move it.")
+    if beside := [child.name for child in sorted(path.iterdir())
+                  if child.is_file() and not child.name.startswith(".") and _is_image(child)]:
+        raise DatasetError(
+            f"{len(beside)} image(s) in {path} lie beside the class folders, in none of them "
+            f"({some(beside)}), so their labels are unknown: move each into "
+            f"{', '.join(f'{n}/' for n in names)}, or out of {path}.")
 
 
 def _require_one_class_per_image(images: Sequence[LabelledImage], source: Path) -> None:

@@ -1,5 +1,9 @@
 """The MIAS layout: ``Info.txt`` (the database's truth table) plus ``mdbNNN`` images.
 
+``Info.txt`` is found in any case (``info.txt``, ``INFO.TXT``: as a Windows share, a FAT
+stick or a zip may write it). The images lie beside it or, where none does, in its
+subfolders (Kaggle's copy keeps them in ``all-mias/``).
+
 Facts taken from the database's own notes, not invented here:
 * one row per abnormality; an image's label is malignant if any row is M, else benign if any
   row is B, else normal;
@@ -16,7 +20,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.datasets import IMAGE_SUFFIXES, LabelledImage, Roi
+from models.datasets import IMAGE_SUFFIXES, LabelledImage, Roi, files_below, some
 from shared.enums import Label, Laterality
 from shared.errors import DatasetError, InputError
 from shared.imaging.readers import read_header
@@ -78,24 +82,60 @@ def laterality_of(image_id: str) -> Laterality:
     return Laterality.LEFT if _number(image_id) % 2 == 0 else Laterality.RIGHT
 
 
+def info_file(folder: Path) -> Path | None:
+    """``folder``'s Info.txt, its name in any case; None when it has none. Two whose names
+    differ only in case (a case-sensitive file system can hold both) are refused: which
+    one is the truth is unknown."""
+    found = sorted(path for path in folder.iterdir()
+                   if path.name.lower() == INFO_FILE.lower() and path.is_file())
+    if len(found) > 1:
+        raise DatasetError(f"{folder} holds {' and '.join(p.name for p in found)}: two truth "
+                           "tables, and which one is right is unknown. Keep one of them.")
+    return found[0] if found else None
+
+
+def _info(folder: Path) -> Path:
+    if (info := info_file(folder)) is None:
+        raise DatasetError(f"{folder} has no {INFO_FILE} (the MIAS truth table).")
+    return info
+
+
 def truth_rows(folder: Path) -> dict[str, list[Finding]]:
     """Info.txt's findings by image reference (lower case), in the file's order."""
-    raw = (folder / INFO_FILE).read_bytes()
+    info = _info(folder)
+    raw = info.read_bytes()
     if (encoding := _wide_encoding(raw)) is not None:
         # Read as latin-1, every character would be followed by a NUL and no row would match.
-        raise DatasetError(f"{folder / INFO_FILE} is saved as {encoding}, not as plain text: "
+        raise DatasetError(f"{info} is saved as {encoding}, not as plain text: "
                            "save it as UTF-8 or ASCII text (in most editors: Save As, "
                            "Encoding UTF-8) and run the command again.")
     # latin-1 reads any byte; a byte-order mark an editor saved is not part of the first row.
     text = raw.removeprefix(codecs.BOM_UTF8).decode("latin-1")
     rows: dict[str, list[Finding]] = {}
+    # The first row saying an image is normal, and the first giving it an abnormality.
+    said: dict[tuple[str, bool], tuple[int, str]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
-        parsed = parse_row(line, f"{folder / INFO_FILE} line {number}")
+        parsed = parse_row(line, f"{info} line {number}")
         if parsed is not None:
             rows.setdefault(parsed[0], []).append(parsed[1])
+            said.setdefault((parsed[0], parsed[1][0] == "NORM"), (number, line.strip()))
     if not rows:
-        raise DatasetError(f"{folder / INFO_FILE} has no truth-table rows (mdbNNN ...).")
+        raise DatasetError(f"{info} has no truth-table rows (mdbNNN ...).")
+    _require_no_contradiction(info, rows, said)
     return rows
+
+
+def _require_no_contradiction(info: Path, rows: dict[str, list[Finding]],
+                              said: dict[tuple[str, bool], tuple[int, str]]) -> None:
+    """Refuse an image that one row calls normal and another abnormal: its label is
+    unknown (taking the abnormal one would guess)."""
+    for ref in rows:
+        if (ref, True) in said and (ref, False) in said:
+            (a, first), (b, then) = sorted((said[ref, True], said[ref, False]))
+            raise DatasetError(
+                f"{info} lines {a} and {b} contradict each other about {ref} ({first!r}, "
+                f"{then!r}): one says it is normal (NORM), the other that it has an "
+                "abnormality, so its label is unknown. Keep the row that is right.")
 
 
 def _wide_encoding(raw: bytes) -> str | None:
@@ -109,12 +149,16 @@ def _wide_encoding(raw: bytes) -> str | None:
 
 
 def _image_files(folder: Path) -> dict[str, list[Path]]:
-    """The image files directly in ``folder`` by lower-case name (MDB004.PNG is mdb004.png;
-    a case-sensitive file system can hold both)."""
+    """The image files beside Info.txt by lower-case name (MDB004.PNG is mdb004.png; a
+    case-sensitive file system can hold both); where there are none, those in its
+    subfolders (Kaggle's ``all-mias/``), where one name may be found in two of them."""
+    beside = [path for path in sorted(folder.iterdir())
+              if path.is_file() and not path.name.startswith(".")]
+    if not any(path.suffix.lower() in IMAGE_SUFFIXES for path in beside):
+        beside = files_below(folder)
     files: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if (path.is_file() and not path.name.startswith(".")
-                and path.suffix.lower() in IMAGE_SUFFIXES):
+    for path in beside:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
             files.setdefault(path.name.lower(), []).append(path)
     return files
 
@@ -126,11 +170,15 @@ def load_mias(folder: Path) -> list[LabelledImage]:
     a split holds part of it): ``rows_without_image`` names those."""
     rows = truth_rows(folder)
     files = _image_files(folder)
+
+    def named(paths: Sequence[Path]) -> list[str]:  # as found: beside Info.txt or below
+        return [path.relative_to(folder).as_posix() for path in paths]
+
     # Another image format would otherwise be reported as lacking a truth row.
-    if foreign := sorted(p.name for paths in files.values() for p in paths
-                         if p.suffix.lower() not in _SUFFIXES):
+    if foreign := sorted(named([p for paths in files.values() for p in paths
+                                if p.suffix.lower() not in _SUFFIXES])):
         raise DatasetError(
-            f"{len(foreign)} image file(s) in {folder} ({_some(foreign)}) are not in a format "
+            f"{len(foreign)} image file(s) in {folder} ({some(foreign)}) are not in a format "
             f"a MIAS folder holds: its images are mdbNNN{' or mdbNNN'.join(_SUFFIXES)} "
             "files. Convert them to PNG (keeping the mdbNNN name), or move them out of the "
             "folder.")
@@ -140,25 +188,33 @@ def load_mias(folder: Path) -> list[LabelledImage]:
         if not found:
             continue
         if len(found) > 1:
-            raise DatasetError(f"{' and '.join(p.name for p in found)} in {folder} are each "
+            raise DatasetError(f"{' and '.join(named(found))} in {folder} are each "
                                f"image {ref}: keep one of them.")
-        path = found[0]
-        severities = {s for _, s, _ in findings if s}
-        label = (Label.MALIGNANT if "M" in severities else
-                 Label.BENIGN if "B" in severities else Label.NORMAL)
-        height = _height(path) if any(c for _, _, c in findings) else MIAS_HEIGHT
-        rois = tuple(
-            Roi(x=float(c[0]), y=float(height - c[1]), radius=float(c[2]),
-                severity=Label.MALIGNANT if s == "M" else Label.BENIGN)
-            for _, s, c in findings if c is not None and s)
-        images.append(LabelledImage(id=ref, path=path, label=label, patient_id=patient_of(ref),
-                                    laterality=laterality_of(ref), view="MLO", rois=rois))
-    if unlisted := sorted(p.name for paths in files.values() for p in paths):
+        images.append(_labelled(ref, found[0], findings))
+    if unlisted := sorted(named([p for paths in files.values() for p in paths])):
         raise DatasetError(
-            f"{folder / INFO_FILE} has no truth row for {len(unlisted)} image file(s) in the "
-            f"folder ({_some(unlisted)}), so their labels are unknown: add a row for each (a "
+            f"{_info(folder)} has no truth row for {len(unlisted)} image file(s) in the "
+            f"folder ({some(unlisted)}), so their labels are unknown: add a row for each (a "
             "MIAS image is mdbNNN.pgm or mdbNNN.png), or move them out of the folder.")
+    if not images:
+        raise DatasetError(
+            f"{_info(folder)} lists {len(rows)} image(s), but neither {folder} nor its "
+            "subfolders hold any of their files (mdbNNN.pgm or mdbNNN.png).")
     return images
+
+
+def _labelled(ref: str, path: Path, findings: Sequence[Finding]) -> LabelledImage:
+    """Image ``ref`` at ``path`` with the label and circles of its Info.txt rows."""
+    severities = {s for _, s, _ in findings if s}
+    label = (Label.MALIGNANT if "M" in severities else
+             Label.BENIGN if "B" in severities else Label.NORMAL)
+    height = _height(path) if any(c for _, _, c in findings) else MIAS_HEIGHT
+    rois = tuple(
+        Roi(x=float(c[0]), y=float(height - c[1]), radius=float(c[2]),
+            severity=Label.MALIGNANT if s == "M" else Label.BENIGN)
+        for _, s, c in findings if c is not None and s)
+    return LabelledImage(id=ref, path=path, label=label, patient_id=patient_of(ref),
+                         laterality=laterality_of(ref), view="MLO", rois=rois)
 
 
 def rows_without_image(folder: Path, images: Sequence[LabelledImage]) -> str | None:
@@ -168,15 +224,20 @@ def rows_without_image(folder: Path, images: Sequence[LabelledImage]) -> str | N
     missing = [ref for ref in truth_rows(folder) if ref not in loaded]
     if not missing:
         return None
-    return (f"{folder / INFO_FILE} lists {len(missing)} image(s) that are not in the folder "
-            f"({_some(missing)}): they are left out of this data. If they belong in it, put "
-            f"their files (mdbNNN.pgm or mdbNNN.png) in {folder}.")
-
-
-def _some(names: Sequence[str], shown: int = 5) -> str:
-    """'a, b, c' or 'a, b, c, d, e and 7 more' for messages."""
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
+    homes = {image.path.parent for image in images}  # a subfolder where the images lie
+    home = homes.pop() if len(homes) == 1 else folder
+    said = (f"{_info(folder)} lists {len(missing)} image(s) that are not in the folder "
+            f"({some(missing)}): they are left out of this data. If they belong in it, put "
+            f"their files (mdbNNN.pgm or mdbNNN.png) in {home}.")
+    if home != folder:
+        return said
+    # Images beside Info.txt: its subfolders are not read, so name what lies there.
+    wanted = {f"{ref}{suffix}" for ref in missing for suffix in _SUFFIXES}
+    if below := [path.relative_to(folder).as_posix() for path in files_below(folder)
+                 if path.parent != folder and path.name.lower() in wanted]:
+        said += (f" {len(below)} such file(s) lie in its subfolders ({some(below)}), which "
+                 "are read only when no image lies beside Info.txt.")
+    return said
 
 
 def _height(path: Path) -> int:
