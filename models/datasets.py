@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.manifest import _check_columns, _read_rows
 from shared.enums import CLASSES, Label, Laterality, View
 from shared.errors import DatasetError, InputError, ManifestError
 from shared.filehash import file_sha256
 from shared.imaging.readers import READERS, read_header
 from shared.imaging.readers.base import HEAD_SIZE
+from shared.manifest_csv import check_columns, read_rows
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".dcm", ".dicom", ".jpg", ".jpeg", ".tif", ".tiff")
 # What folders of images carry beside them that is no image: notes and spreadsheets, an
@@ -279,11 +279,11 @@ def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     too many, a column that is none of the manifest's (a misspelt ``lateralty`` would turn
     its values off without a word) or one named twice refused."""
     try:
-        columns, rows = _read_rows(path)
+        columns, rows = read_rows(path)
         if not {"path", "label"} <= set(columns):
             raise DatasetError(f"{path.name} needs the columns path,label (found: "
                                f"{', '.join(columns) or 'none'}){_delimiter_hint(columns)}")
-        _check_columns(path, columns, rows)
+        check_columns(path, columns, rows)
     except ManifestError as exc:  # what is wrong is the same whichever command reads it
         raise DatasetError(str(exc)) from exc
     return [(line, {name: value.strip() for name, value in zip(columns, values, strict=False)
