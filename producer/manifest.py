@@ -261,9 +261,28 @@ def _parse(row: dict[str, str], column: str, parser: Callable[[str], _T | None],
         return None
     value = parser(text)
     if value is None:
-        raise ManifestError(f"{where}: '{text}' is not a valid {column} (accepted: "
-                            f"{accepted}).")
+        raise ManifestError(f"{where}: {_quoted_in_part(text)} is not a valid {column} "
+                            f"(accepted: {accepted}).{_shifted_hint(text)}")
     return value
+
+
+# How much of a refused value a message quotes. A row that lacks a value puts its patient
+# ID, accession number or path in the columns after the gap, and the message is printed
+# and logged: a value longer than this is quoted by its start and its length.
+_QUOTED_CHARACTERS = 3
+
+
+def _quoted_in_part(text: str) -> str:
+    if len(text) <= _QUOTED_CHARACTERS:
+        return f"'{text}'"
+    return f"'{text[:_QUOTED_CHARACTERS]}...' ({len(text)} characters, shown in part)"
+
+
+def _shifted_hint(text: str) -> str:
+    if len(text) <= _QUOTED_CHARACTERS:
+        return ""
+    return (" If the row lacks a value, the values after it are in the wrong columns: "
+            "leave an empty value (two commas in a row) for each column it leaves blank.")
 
 
 def _view(text: str) -> View | None:

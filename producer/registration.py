@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -796,12 +797,29 @@ def _uid_clash(row: dict[str, Any], owner: _Owner, stored: Any) -> list[str]:
     found = [what for what, names in _INTRINSIC.items()
              if any(differ(row.get(name), getattr(stored, name)) for name in names)]
     if differ(row["study_id"], stored.study_id):
-        found.append(f"exam (image {stored.id}'s {stored.study_uid}; this file's "
-                     f"{owner.study_uid})")
+        found.append(f"exam (image {stored.id}'s {_exam_named(stored.study_uid)}; this "
+                     f"file's {_exam_named(owner.study_uid)})")
     if differ(owner.patient, stored.patient_pseudonym):
         found.append(f"patient (image {stored.id}'s {stored.patient_pseudonym}; this file's "
                      f"{owner.patient})")
     return found
+
+
+_DICOM_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_KEYED_BY = {"accession": "its accession number", "date": "its patient and study date",
+             "manifest": "its manifest study_id"}
+
+
+def _exam_named(key: str | None) -> str:
+    """An exam as a message may name it: its StudyInstanceUID, or for an exam keyed by a
+    header value (``study_key``) which kind of key, never the value (an AccessionNumber,
+    a StudyDate), which is logged and stored with the failure."""
+    if key and _DICOM_UID.fullmatch(key):
+        return key
+    kind = (key or "").partition(":")[0]
+    if kind in _KEYED_BY:
+        return f"an exam without a StudyInstanceUID, keyed by {_KEYED_BY[kind]}"
+    return "an exam whose StudyInstanceUID is not a DICOM UID (not shown)"
 
 
 def _clash_error(row: dict[str, Any], stored: Any, differences: list[str]) -> InputError:

@@ -7,10 +7,14 @@ fleet of ``mammo worker`` processes execute the same task code.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from celery import Celery
+from celery.app.events import Events
+from celery.events.dispatcher import EventDispatcher
 from celery.exceptions import CPendingDeprecationWarning
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -24,8 +28,41 @@ TASK_PROCESS_CHUNK = "mammo.process_chunk"
 QUEUE_NAME = "mammo"
 
 
+# What a task-failed or task-retried event says of the exception instead of its text.
+EXCEPTION_LEFT_OUT = "message and traceback left out of events: see the worker's log"
+_EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*")
+
+
+class PrivateEventDispatcher(EventDispatcher):
+    """Celery's event dispatcher, which sends a failed or retried task's exception as its
+    type alone, with no message and no traceback.
+
+    Events are published to the broker for monitors (Flower, ``celery events``) to read: an
+    exception's text may quote what a chunk was working on (a source path built from a
+    patient's name, a value a database refused), which belongs in the worker's log, kept on
+    its host, and not in a broadcast any broker client can subscribe to.
+    """
+
+    def send(self, type: str, *args: Any, **fields: Any) -> Any:
+        if "exception" in fields:
+            found = _EXCEPTION_NAME.match(str(fields["exception"]))
+            fields["exception"] = (f"{found.group(0) if found else 'Exception'}: "
+                                   f"{EXCEPTION_LEFT_OUT}")
+        if "traceback" in fields:
+            fields["traceback"] = EXCEPTION_LEFT_OUT
+        return super().send(type, *args, **fields)
+
+
+class PrivateEvents(Events):
+    """``app.events`` with ``PrivateEventDispatcher``: what the worker sends its task events
+    with."""
+
+    dispatcher_cls = PrivateEventDispatcher
+
+
 def create_celery_app(settings: Settings) -> Celery:
-    app = Celery("mammo", broker=settings.effective_broker_url, set_as_current=False)
+    app = Celery("mammo", broker=settings.effective_broker_url, set_as_current=False,
+                 events=PrivateEvents)
     hard = settings.task_time_limit_s
     app.conf.update(
         task_serializer="json",
@@ -53,6 +90,8 @@ def create_celery_app(settings: Settings) -> Celery:
         # kills every recycled child in a loop (see PITFALLS.md), and so did a fixed 120 s
         # on a loaded host whose loads took 161-168 s.
         worker_proc_alive_timeout=settings.worker_start_timeout_s,
+        # Task events feed Flower (docker-compose's monitoring profile, which also turns them
+        # on at run time): kept, with a failure's exception as its type alone (above).
         worker_send_task_events=True,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import (
     ArgumentError,
     DatabaseError,
@@ -66,6 +68,19 @@ _SQLITE_BUSY_CODES = (5, 6)  # "database is locked" (another connection), "table
 # How long a connection waits for another one's lock (SQLite's busy handler), and so how
 # long the switch to WAL is retried where that handler does not apply.
 SQLITE_BUSY_TIMEOUT_S = 60
+# SQLSTATE class 22, data exception: its first line quotes the value refused.
+_DATA_EXCEPTION = "22"
+_QUOTED = re.compile(r'"[^"]*"')
+# What a server that refuses writes for good answers (SQLSTATE), and what to do about it.
+_REFUSING_WRITES = {
+    "42501": ("This database role lacks a privilege the command needs: have the database's "
+              "owner grant it (e.g. GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
+              "SCHEMA public TO the role, and USAGE on its sequences), or set "
+              "MAMMO_DATABASE_URL to a role that has it"),
+    "25006": ("The server or database is read-only (a standby, or "
+              "default_transaction_read_only on): set MAMMO_DATABASE_URL to the writable "
+              "primary"),
+}
 _SUPPORTED_URLS = f"Supported: sqlite:///FILE and {POSTGRES_DRIVER}://user@host/db"
 
 
@@ -73,11 +88,14 @@ def create_db_engine(settings: Settings) -> Engine:
     url = settings.database_url
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+                                   hide_parameters=True)
             _configure_sqlite(engine, wal=settings.sqlite_wal)
-            return engine
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-        _pin_session_time_zone(engine)
+        else:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                                   hide_parameters=True)
+            _pin_session_time_zone(engine)
+        event.listen(engine, "handle_error", _values_left_out)
         return engine
     except NoSuchModuleError:
         # No such dialect at all (postgress://): no install would bring one.
@@ -94,6 +112,44 @@ def create_db_engine(settings: Settings) -> Engine:
     except ArgumentError as exc:
         raise ConfigurationError(
             f"MAMMO_DATABASE_URL {redact_url(url)} is not usable: {_first_line(exc)}") from None
+
+
+def _values_left_out(context: ExceptionContext) -> None:
+    """Leave the values of rows out of a database error's text, wherever it goes next: a
+    log, a traceback, a Celery task-failed event, a one-line error.
+
+    ``hide_parameters`` keeps the statement's parameters out (an accession number, a study
+    date, a pseudonym, a source path); this keeps out the server's own quotes of them:
+    PostgreSQL's DETAIL (``Failing row contains (...)``, ``Key (accession_number)=(...)
+    already exists``) and CONTEXT (``unnamed portal parameter $3 = '...'``), and the value a
+    data exception quotes in its first line (``invalid input syntax for type date:
+    "..."``). What remains is the error, the constraint or table it names, and the server's
+    HINT. The exception keeps its type, ``orig``, ``sqlstate`` and ``diag`` (the full
+    detail, for code that asks for it): only its text changes.
+    """
+    orig = context.original_exception
+    shown = _shown_server_error(orig)
+    if shown is None or str(orig) == shown:
+        return
+    orig.args = (shown,)
+    wrapped = context.sqlalchemy_exception
+    if isinstance(wrapped, DBAPIError) and wrapped.orig is orig:
+        # Its text was built from the driver's before this hook ran.
+        wrapped.args = (f"({type(orig).__module__}.{type(orig).__name__}) {shown}",)
+
+
+def _shown_server_error(exc: BaseException) -> str | None:
+    """What of a server's error may be shown: its primary message (a data exception's
+    quoted values masked) and its HINT; None for an error without a server's diagnostics
+    (a connection that failed, SQLite's, whose messages name columns, not values)."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if not primary:
+        return None
+    if str(getattr(exc, "sqlstate", None) or "").startswith(_DATA_EXCEPTION):
+        primary = _QUOTED.sub('"..."', primary)
+    hint = getattr(diag, "message_hint", None)
+    return f"{primary}\nHINT:  {hint}" if hint else primary
 
 
 def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
@@ -256,14 +312,20 @@ def check_connection_options(engine: Engine) -> None:
 def failed_command_as_error(url: str, exc: DatabaseError) -> UserFacingError | None:
     """The error for a database that was reached and then refused the work (a read-only
     SQLite file, a full disk, a server gone mid-command) or turned out corrupted: one line,
-    password hidden. None for anything else (an IntegrityError, say): a bug."""
-    unusable = corruption_as_error(make_url(url), exc)
-    if unusable is not None or not isinstance(exc, OperationalError):
-        return unusable
+    password hidden. None for anything else (an IntegrityError, say): a bug.
+
+    A PostgreSQL server that refuses writes is a setting too: a role without a privilege
+    on a table (a GRANT missed after migrating as another role) and a read-only server or
+    database (a standby, ``default_transaction_read_only``). The line names the table
+    or statement, never the values the command was writing."""
     parsed = make_url(url)
+    unusable = corruption_as_error(parsed, exc)
+    refused = _REFUSING_WRITES.get(str(getattr(exc.orig, "sqlstate", None)))
+    if unusable is not None or (refused is None and not isinstance(exc, OperationalError)):
+        return unusable
     shown = redact_url(parsed.render_as_string(hide_password=True))
-    remedy = _remedy(parsed, exc, "Check MAMMO_DATABASE_URL, that the server is running and "
-                     "that this user may write to it.")
+    remedy = refused or _remedy(parsed, exc, "Check MAMMO_DATABASE_URL, that the server is "
+                                "running and that this user may write to it.")
     return DatabaseUnavailableError(
         f"The database at {shown} refused the operation: {_first_line(exc.orig)}. "
         f"{remedy.removesuffix('.')}; work already stored is kept.")
