@@ -27,7 +27,7 @@ from shared.errors import DatasetError, InputError, ManifestError
 from shared.filehash import file_sha256
 from shared.imaging.readers import READERS, read_header
 from shared.imaging.readers.base import HEAD_SIZE
-from shared.manifest_csv import check_columns, read_rows
+from shared.manifest_csv import check_columns, delimiter_hint, header_found, read_rows
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".dcm", ".dicom", ".jpg", ".jpeg", ".tif", ".tiff")
 # What folders of images carry beside them that is no image: notes and spreadsheets, an
@@ -281,22 +281,13 @@ def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     try:
         columns, rows = read_rows(path)
         if not {"path", "label"} <= set(columns):
-            raise DatasetError(f"{path.name} needs the columns path,label (found: "
-                               f"{', '.join(columns) or 'none'}){_delimiter_hint(columns)}")
+            raise DatasetError(f"{path.name} needs the columns path,label "
+                               f"({header_found(columns)}){delimiter_hint(columns)}")
         check_columns(path, columns, rows)
     except ManifestError as exc:  # what is wrong is the same whichever command reads it
         raise DatasetError(str(exc)) from exc
     return [(line, {name: value.strip() for name, value in zip(columns, values, strict=False)
                     if name}) for line, values in rows]
-
-
-def _delimiter_hint(columns: Sequence[str]) -> str:
-    """How to fix a manifest whose values are separated by something other than commas."""
-    for mark, said in ((";", "';'"), ("\t", "tabs")):
-        if any(mark in column for column in columns):
-            return (f"; its values are separated by {said}: save it as CSV with commas (in "
-                    "Excel, 'CSV UTF-8 (comma delimited)').")
-    return "."
 
 
 def _manifest_row(row: dict[str, str], where: str,

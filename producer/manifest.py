@@ -44,7 +44,13 @@ from shared.errors import ManifestError
 from shared.imaging.header_bounds import fitted_key, storable, study_date
 from shared.imaging.readers import Pseudonymize
 from shared.imaging.types import ImageHeader
-from shared.manifest_csv import COLUMNS, check_columns, read_rows
+from shared.manifest_csv import (
+    COLUMNS,
+    check_columns,
+    delimiter_hint,
+    header_found,
+    read_rows,
+)
 from shared.pseudonym import KEY_HINT
 
 # The columns that put an image in an exam, which is where its patient's pseudonym is kept.
@@ -97,10 +103,8 @@ class Manifest:
         fields, rows = read_rows(path)
         if rows and "path" not in fields:
             raise ManifestError(
-                f"The manifest {path} has no 'path' column (columns found: "
-                f"{', '.join(fields) or 'none'}; expected {', '.join(COLUMNS)})"
-                + ("; its values are separated by ';': save it as CSV with commas (in Excel, "
-                   "'CSV UTF-8 (comma delimited)')." if any(";" in f for f in fields) else "."))
+                f"The manifest {path} has no 'path' column ({header_found(fields)}; expected "
+                f"{', '.join(COLUMNS)}){delimiter_hint(fields)}")
         check_columns(path, fields, rows)
         seen: dict[Path, _Row] = {}
         for line, values in rows:

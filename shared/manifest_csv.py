@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import difflib
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import ManifestError
@@ -15,6 +17,7 @@ from shared.errors import ManifestError
 # Every column a manifest may have; the data sets of train/evaluate read a subset of them.
 COLUMNS = ("path", "patient_id", "laterality", "view", "study_id", "accession", "study_date",
            "label", "pixel_spacing_mm")
+_SEPARATORS = re.compile(r"[;\t]")
 
 
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -64,9 +67,33 @@ def _check_one_line(path: Path, start: int, end: int, values: list[str],
             "holding a comma must be in double quotes.")
 
 
+def header_found(fields: Sequence[str]) -> str:
+    """The header row as a message may show it: its names, or, when it names no manifest
+    column at all, that it is missing. A manifest without a header row has a patient's
+    values in its first row, and messages are printed and logged."""
+    names = [part.strip() for field in fields for part in _SEPARATORS.split(field)]
+    if any(name in COLUMNS for name in names):
+        return f"columns found: {', '.join(fields)}"
+    return ("its first row names none of the manifest's columns, so it has no header row: "
+            "add one")
+
+
+def delimiter_hint(fields: Sequence[str]) -> str:
+    """How to fix a manifest whose values are separated by something other than commas."""
+    for mark, said in ((";", "';'"), ("\t", "tabs")):
+        if any(mark in field for field in fields):
+            return (f"; its values are separated by {said}: save it as CSV with commas (in "
+                    "Excel, 'CSV UTF-8 (comma delimited)').")
+    return "."
+
+
 def check_columns(path: Path, fields: list[str], rows: list[tuple[int, list[str]]]) -> None:
-    """Refuse a column that is not a manifest column (its values would be dropped without
-    a word), or one named twice (only one would be read)."""
+    """Refuse a header row that names no manifest column (no header row at all), a column
+    that is not a manifest column (its values would be dropped without a word), or one
+    named twice (only one would be read)."""
+    if fields and not any(name in COLUMNS for name in fields):
+        raise ManifestError(f"{path}: {header_found(fields)} (expected "
+                            f"{', '.join(COLUMNS)}){delimiter_hint(fields)}")
     for index, name in enumerate(fields):
         if not name:
             # A nameless column left empty is what spreadsheets export after a stray cell.

@@ -11,13 +11,14 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.datasets import load_dataset
 from producer.manifest import Manifest
 from producer.registration import create_batch, ingestion_for, register_files
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image
 from shared.enums import Laterality, Priority, View
-from shared.errors import ManifestError
+from shared.errors import DatasetError, ManifestError
 from shared.pseudonym import Pseudonymizer
 from shared.synthetic import synth_mammogram, write_dicom
 from tests.helpers.dicom_edit import rewrite_dicom
@@ -108,3 +109,30 @@ def test_a_short_refused_value_is_quoted_whole(tmp_path: Path) -> None:
     message = _refusal(tmp_path, "path,laterality\nx.png,X\n")
     assert "line 2: 'X' is not a valid laterality (accepted: L, R or B" in message
     assert "wrong columns" not in message
+
+
+@pytest.mark.parametrize("first_row", ["x.png,PHI-ID-778899,L", "x.png;PHI-ID-778899;L",
+                                       "x.png,Zzyzx Quintessa,malignant"])
+def test_a_manifest_without_a_header_row_is_refused_without_its_first_rows_values(
+        tmp_path: Path, first_row: str) -> None:
+    # The first data row was quoted as "columns found: x.png, phi-id-778899, l", by
+    # `mammo submit --manifest` and by `mammo train`/`evaluate` alike.
+    manifest = tmp_path / "m.csv"
+    second = "y.png,PHI-ID-112233,R".replace(",", ";" if ";" in first_row else ",")
+    manifest.write_text(f"{first_row}\n{second}\n", encoding="utf-8")
+    with pytest.raises(ManifestError) as refused:
+        Manifest.load(manifest, pseudonymize=None)
+    message = str(refused.value)
+    assert "no header row" in message and "expected path, patient_id" in message, message
+    assert "phi-id" not in message.lower() and "zzyzx" not in message.lower(), message
+    with pytest.raises(DatasetError) as refused_too:
+        load_dataset(manifest)
+    assert "no header row" in str(refused_too.value), refused_too.value
+    assert "phi-id" not in str(refused_too.value).lower(), refused_too.value
+
+
+def test_a_semicolon_header_is_still_named_with_its_hint(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path;patient_id\nx.png;PHI-ID-778899\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"columns found: path;patient_id.*separated by ';'"):
+        Manifest.load(manifest, pseudonymize=None)
