@@ -75,7 +75,11 @@ def _with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
                             inner_study: bool = False) -> Select[*tuple[Any, ...]]:
     """Join each image to its latest prediction (and that prediction's model).
 
-    "Latest" is an anti-join (no newer prediction of the same image), which both databases
+    Latest: the highest id, as every query of an image's current prediction takes it (the
+    exam results, reports and notifications: a grouped ``max(Prediction.id)``). A version
+    scoring an image again stores a new row (``shared.rescoring.store_predictions``), so
+    the newest scoring is the highest id, also after a rollback to an earlier version.
+    It is an anti-join (no newer prediction of the same image), which both databases
     run well without statistics, as on a fresh install. Measured on 110,000 images
     (tests/benchmarks/results_query.py): a grouped "max id per image" subquery let SQLite
     drive the join from the label index instead (175 s for ``--label malignant

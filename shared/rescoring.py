@@ -1,21 +1,40 @@
-"""Which stored images a model version has not scored yet: what `mammo rescore` re-queues.
+"""Which stored images a model version has not scored last: what `mammo rescore` re-queues;
+and how a scoring is stored so that the newest one is the image's current prediction.
 
 After a new model is activated, the images already done keep the old version's
 predictions. A centre that wants tonight's worklist, or a study under review, read by the
 new model re-queues those images; the worker adds the new version's prediction beside the
 old one (one per image per model version), and the exam results are recomputed from it.
+
+An image's current prediction, the one results, the worklist, exam results and reports
+read, is its newest row: the highest id (``shared.queries._with_latest_prediction`` and
+the grouped ``max(Prediction.id)`` of the exam, report and notification queries). A
+version scoring an image it scored before (a rollback: 0.0.1, then 0.0.2, then 0.0.1
+again) must make its prediction the newest: ``store_predictions`` replaces that row with
+a new one rather than updating it in place, where it kept its old id and the withdrawn
+version's stayed current; the exam result's signature (over prediction ids) then changes
+too, so its refresh recomputes it.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, delete, exists, select
+from sqlalchemy.orm import Session, aliased
 
+from models.registry import ModelSpec
 from shared.db.schema import Image, ModelVersion, Prediction, Study
+from shared.db.upsert import upsert
 from shared.enums import ImageState
+
+# What a prediction row is keyed by: one per image per model version.
+PREDICTION_KEY = ("image_id", "model_version_id")
+_ID_BLOCK = 900  # ids per IN list: under SQLite's bound-parameter limit
 
 
 @dataclass(frozen=True)
@@ -31,14 +50,54 @@ class RescoreFilter:
                                            self.until))
 
 
-def not_scored_by(session: Session, model_sha256: str, flt: RescoreFilter) -> list[int]:
-    """Done images in ``flt`` with no prediction from the model whose weights hash to
-    ``model_sha256`` (under any name or directory it was registered with)."""
-    scored = exists().where(and_(
-        Prediction.image_id == Image.id,
-        Prediction.model_version_id.in_(
-            select(ModelVersion.id).where(ModelVersion.sha256 == model_sha256))))
-    stmt = select(Image.id).where(Image.state == ImageState.DONE.value, ~scored)
+def not_scored_by(session: Session, model: ModelSpec | str, flt: RescoreFilter) -> list[int]:
+    """Done images in ``flt`` whose current prediction is not the model version ``model``'s.
+
+    A model version is a registered row: name, version and weights (sha256), one metadata
+    seal (``models.activation``), so a version that shares its weights with the one that
+    scored the images (the same model.keras with a bilateral head) still re-scores them,
+    and rolling back to a version that scored them before, since overtaken, re-scores them
+    too.
+
+    ``model`` as a bare sha256 is the rule of callers from before versions were told apart
+    and the current prediction was kept newest (``store_predictions``): images no version
+    with those weights ever scored. Kept for them only; it misses both cases above."""
+    if isinstance(model, str):
+        scored = exists().where(and_(
+            Prediction.image_id == Image.id,
+            Prediction.model_version_id.in_(
+                select(ModelVersion.id).where(ModelVersion.sha256 == model))))
+        return _done_in(session, flt, ~scored)
+    return _done_in(session, flt, ~_current_is(model))
+
+
+def not_current_among(session: Session, model: ModelSpec, image_ids: Sequence[int]) -> list[int]:
+    """Those of ``image_ids`` that are done and whose current prediction is not the model
+    version ``model``'s (``not_scored_by``'s rule): after a re-score, the images it could
+    not score again, which keep their earlier result."""
+    unique = sorted(set(image_ids))
+    found: list[int] = []
+    for start in range(0, len(unique), _ID_BLOCK):
+        found += session.execute(select(Image.id).where(
+            Image.id.in_(unique[start:start + _ID_BLOCK]),
+            Image.state == ImageState.DONE.value, ~_current_is(model))).scalars()
+    return sorted(found)
+
+
+def _current_is(model: ModelSpec) -> ColumnElement[bool]:
+    """The image's current prediction (its newest) is by ``model``'s version: its name,
+    version and weights (one seal each: ``models.activation``)."""
+    mine = select(ModelVersion.id).where(ModelVersion.name == model.name,
+                                         ModelVersion.version == model.version,
+                                         ModelVersion.sha256 == model.sha256)
+    newer = aliased(Prediction)
+    return exists().where(and_(
+        Prediction.image_id == Image.id, Prediction.model_version_id.in_(mine),
+        ~exists().where(newer.image_id == Prediction.image_id, newer.id > Prediction.id)))
+
+
+def _done_in(session: Session, flt: RescoreFilter, condition: ColumnElement[bool]) -> list[int]:
+    stmt = select(Image.id).where(Image.state == ImageState.DONE.value, condition)
     if flt.batch_id is not None:
         stmt = stmt.where(Image.batch_id == flt.batch_id)
     if flt.study_uid is not None:
@@ -51,4 +110,26 @@ def not_scored_by(session: Session, model_sha256: str, flt: RescoreFilter) -> li
     return sorted(session.execute(stmt).scalars())
 
 
-__all__ = ["RescoreFilter", "not_scored_by"]
+def store_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Write ``rows`` (whole prediction rows) as their images' current predictions.
+
+    An image's earlier prediction by the same model version is deleted and the new one
+    inserted, with a new, highest id: updated in place it kept its old id, and a newer
+    prediction of another version stayed current. The insert still overwrites on a
+    conflict (a key written meanwhile: never the newest-id rule's concern, as each save
+    holds its images' claims). Caller commits, in the transaction that marks them done."""
+    if not rows:
+        return
+    by_version: dict[Any, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_version[row["model_version_id"]].append(row["image_id"])
+    for version_id, image_ids in by_version.items():
+        session.execute(delete(Prediction).where(Prediction.model_version_id == version_id,
+                                                 Prediction.image_id.in_(image_ids)),
+                        execution_options={"synchronize_session": False})
+    upsert(session, Prediction, rows, conflict=PREDICTION_KEY,
+           update=[key for key in rows[0] if key not in (*PREDICTION_KEY, "id")])
+
+
+__all__ = ["PREDICTION_KEY", "RescoreFilter", "not_current_among", "not_scored_by",
+           "store_predictions"]

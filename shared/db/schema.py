@@ -172,6 +172,11 @@ class ModelVersion(Base):
     # The model's bilateral head (metadata "bilateral.head"; models.bilateral), or NULL: exam
     # results read each breast against the other with it, wherever the results are refreshed.
     bilateral: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The model's metadata seal (models.registry.metadata_seal: its head, bilateral head,
+    # input size...): one name, version and sha256 is one seal, so that exam results read
+    # with another head never carry this identity (models.activation refuses it). NULL:
+    # registered before seals were kept; the next registration or activation records it.
+    metadata_seal: Mapped[str | None] = mapped_column(String(80), nullable=True)
     # Set by `mammo models activate`: workers left at MAMMO_MODEL=default run this one.
     active: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
