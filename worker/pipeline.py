@@ -54,10 +54,13 @@ class ChunkResult:
     done: int = 0
     failed: int = 0
     forward_passes: int = 0
+    # Re-scored images that could not be scored again: they stay done, with their earlier
+    # result (``_save``); neither ``done`` (no new prediction) nor ``failed``.
+    kept: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"claimed": self.claimed, "done": self.done, "failed": self.failed,
-                "forward_passes": self.forward_passes}
+                "forward_passes": self.forward_passes, "kept": self.kept}
 
 
 @dataclass
@@ -76,6 +79,14 @@ class _Outcome:
 
 
 def process_chunk(image_ids: Sequence[int], *, token: str, runtime: WorkerRuntime) -> ChunkResult:
+    # The model first, before any image is claimed: a process that cannot load it (raising
+    # ``ModelUnavailableError``) failed every chunk after its claims, each charging its
+    # images an attempt, until healthy images were quarantined as poison.
+    try:
+        runtime.require_model()
+    except OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"database unavailable while registering the model: {exc.orig}") from exc
     with _claims_kept(runtime, token):
         return _process_chunk(image_ids, token, runtime)
 
@@ -249,13 +260,17 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
                     if int(str(r["image_id"])) in kept]
             upsert(session, Prediction, rows, conflict=("image_id", "model_version_id"),
                    update=_PREDICTION_UPDATE)
-            # A re-score (`mammo rescore`) that finds the file gone keeps the image's earlier
-            # result rather than failing an image that was read and scored.
-            gone = _scored_before(session, [i for i, code, _ in outcome.failures
-                                            if code is ErrorCode.MISSING_FILE])
-            kept_earlier = lifecycle.mark_done(session, gone, token=token, now=now)
+            # An image that already has a prediction is being re-scored (`mammo rescore`;
+            # nothing else re-opens a done image). One that cannot be scored again, for
+            # whatever reason (its file gone, replaced, truncated, unreadable now; the new
+            # model failing on it), keeps its earlier result: it was read and scored, and
+            # turning it failed took its result off the results and the worklist and left
+            # its exam incomplete. The reason is logged (``_say_kept``) and the re-score
+            # counts it (exit 3).
+            earlier = set(_scored_before(session, [i for i, _, _ in outcome.failures]))
+            kept_earlier = lifecycle.mark_done(session, sorted(earlier), token=token, now=now)
             failed = [image_id for image_id, code, message in outcome.failures
-                      if image_id not in gone
+                      if image_id not in earlier
                       and lifecycle.mark_failed(session, image_id, code, message, token=token,
                                                 now=now)]
             touched = sorted(kept) + kept_earlier + failed
@@ -263,9 +278,7 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             # database) or never run (this worker killed), and the follow-up then redoes it.
             owe_exam_refresh(session, touched)
             session.commit()
-        if kept_earlier:
-            log.warning("%d image(s) could not be scored again: the file is no longer at its "
-                        "path; their earlier prediction stands", len(kept_earlier))
+        _say_kept(outcome, kept_earlier)
         with runtime.sessions() as session:  # after that commit: see finish_batches
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
@@ -278,10 +291,27 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
                     len(attempted) - len(touched))
     result.done += len(rows)
     result.failed += len(failed)
+    result.kept += len(kept_earlier)
     changed = _refresh_exams(runtime, touched)
     # After the commits: notifications never hold or undo results (and never raise).
     runtime.notifier.exams_changed(changed)
     runtime.notifier.batches_finished(finished)
+
+
+def _say_kept(outcome: _Outcome, kept: list[int]) -> None:
+    """One warning per reason for the re-scored images that keep their earlier result:
+    which images, and why they could not be scored again."""
+    by_code: dict[ErrorCode, list[tuple[int, str]]] = {}
+    for image_id, code, message in outcome.failures:
+        if image_id in kept:
+            by_code.setdefault(code, []).append((image_id, message))
+    for code, images in by_code.items():
+        ids = ", ".join(str(image_id) for image_id, _ in images[:10])
+        more = f" and {len(images) - 10} more" if len(images) > 10 else ""
+        first = "" if len(images) == 1 else "the first: "
+        log.warning("%d image(s) could not be scored again and keep their earlier result "
+                    "(image id(s) %s%s): %s; %s%s", len(images), ids, more, code.value, first,
+                    images[0][1])
 
 
 def _scored_before(session: Session, image_ids: list[int]) -> list[int]:

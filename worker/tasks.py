@@ -8,23 +8,32 @@ below the visibility timeout; input failures are recorded by the pipeline and ne
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import random
+import signal
+from typing import Any, NoReturn
 
 from celery import Celery, Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db import lifecycle
 from shared.db.schema import Image
-from shared.errors import DatabaseUnavailableError, TransientError
+from shared.errors import DatabaseUnavailableError, TransientError, UserFacingError
 from shared.queue import TASK_PROCESS_CHUNK
 from shared.recovery import leave_to_sweeper, requeue
 from shared.save_failures import clear_failure, database_reason, record_failure
 from worker.devices import pin_child_to_gpu
 from worker.pipeline import process_chunk
-from worker.runtime import WorkerRuntime
+from worker.runtime import ModelUnavailableError, WorkerRuntime
 from worker.stall import Stall, StallWatch
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,9 @@ log = logging.getLogger(__name__)
 # later, and an embedded run stops and says why.
 TRANSIENT_RETRIES = 8
 _BACKOFF_FIRST_S, _BACKOFF_MAX_S, _BACKOFF_JITTER = 2, 60, 0.2
+# `mammo worker`'s exit status when its processes cannot load the model: "no usable model"
+# (producer.cli.exit_codes.ExitCode.NO_MODEL; the worker side does not import the CLI).
+EXIT_NO_MODEL = 5
 
 
 def transient_backoff_s(retries: int) -> float:
@@ -67,6 +79,7 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
     model as soon as it starts."""
     if TASK_PROCESS_CHUNK in app.tasks:
         return
+    stop = _model_stop(app, runtime, warm_up=warm_up)
 
     # shared=False: Celery would otherwise hand this closure (and its runtime) to every app
     # created later in the process, e.g. a second `run_embedded` on another database.
@@ -83,6 +96,8 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
         except SoftTimeLimitExceeded:
             _requeue_one_by_one(app, runtime, image_ids, token, stall=watch.stall())
             return {"timed_out": len(image_ids)}
+        except ModelUnavailableError as exc:
+            _model_unavailable(stop, exc)
         except TransientError as exc:
             _save_failed(app, runtime, exc)
             try:
@@ -102,14 +117,130 @@ def register_tasks(app: Celery, runtime: WorkerRuntime, *, warm_up: bool = False
             _warn_unknown_ids(runtime, image_ids, token)
         return result.as_dict()
 
-    if warm_up:
-        log.info("mammo worker: %s", runtime.describe())
-        if (mismatch := runtime.model_mismatch()) is not None:
+    if stop is not None:
+        stop.connect(gpus)
+
+
+def _model_stop(app: Celery, runtime: WorkerRuntime, *, warm_up: bool) -> ModelStop | None:
+    """Only a `mammo worker` (``warm_up``) stops itself when its processes cannot load the
+    model; an embedded run's chunk fails instead, and the run stops saying why."""
+    return ModelStop(app, runtime) if warm_up else None
+
+
+def _model_unavailable(stop: ModelStop | None, exc: ModelUnavailableError) -> NoReturn:
+    """A chunk met a process that cannot load the model; nothing was claimed."""
+    if stop is None:
+        raise exc  # an embedded run: the chunk fails, its images stay queued
+    stop.hand_back(exc)
+
+
+class ModelStop:
+    """Stops a `mammo worker` whose processes cannot load its model, with exit 5.
+
+    A pool process that cannot load the model (``ModelUnavailableError``) scores nothing;
+    left alone it stayed "live" in `mammo status` and took messages it could only hand back.
+    It logs why, writes the reason into a page of memory shared across the fork, and sends
+    the worker's parent SIGTERM: Celery's warm shutdown, in which the other processes
+    finish their chunks and unacknowledged messages go back to the broker. At the end of
+    that shutdown (``worker_shutdown``) the parent logs the reason and exits 5 (no usable
+    model), so a service manager or an operator sees a model problem, not a clean stop.
+    The chunks such a process is handed meanwhile are rejected unclaimed (``Reject``,
+    requeued): no image is charged an attempt.
+
+    The parent pins the model's verified bytes before the pool forks
+    (``WorkerRuntime.pin_model``), so a change to the model's files on disk never gets
+    here: this is for a process that cannot load even those (no room for its private
+    copy, TensorFlow refusing the model).
+    """
+
+    def __init__(self, app: Celery, runtime: WorkerRuntime) -> None:
+        self._app = app
+        self._runtime = runtime
+        self._parent = os.getpid()
+        # Anonymous and MAP_SHARED: the pool processes forked later write into this page.
+        self._page = mmap.mmap(-1, mmap.PAGESIZE)
+        self._told: int | None = None  # the process that logged why it cannot score
+
+
+    def connect(self, gpus: int) -> None:
+        """Say which database and model the worker uses, and wire its start and stop: pin
+        the model in the parent before the pool forks; in each pool process, take a GPU (of
+        ``gpus``) and load everything."""
+        log.info("mammo worker: %s", self._runtime.describe())
+        if (mismatch := self._runtime.model_mismatch()) is not None:
             log.warning("mammo worker: %s", mismatch)
+        worker_init.connect(self.pin_model, weak=False)
         # Runs in each prefork child after the fork: the only safe place to load TensorFlow.
         worker_process_init.connect(pin_child_to_gpu(gpus), weak=False)
-        worker_process_init.connect(runtime.warm_up, weak=False)
-        worker_process_shutdown.connect(runtime.close, weak=False)
+        worker_process_init.connect(self.warm_up_child, weak=False)
+        worker_process_shutdown.connect(self._runtime.close, weak=False)
+        worker_shutdown.connect(self.exit_if_requested, weak=False)
+
+    def pin_model(self, sender: Any = None, **_: Any) -> None:
+        """``worker_init``, in the parent before the pool forks: pin the model, or stop the
+        worker at once (exit 5): it was changed or removed since the worker checked it."""
+        if getattr(sender, "app", None) is not self._app:
+            return  # another app's worker in this process (tests)
+        try:
+            self._runtime.pin_model()
+        except UserFacingError as exc:  # ModelNotFoundError, ModelIntegrityError
+            # Before Celery's try: SystemExit passes it (and its signal dispatch, which
+            # catches Exception only) and ends `mammo worker` with this status.
+            log.error("mammo worker: no usable model: %s", exc)
+            raise SystemExit(EXIT_NO_MODEL) from exc
+
+    def warm_up_child(self, **_: Any) -> None:
+        """``worker_process_init``: load everything now; stop the worker if the model
+        cannot be loaded."""
+        try:
+            self._runtime.warm_up()
+        except ModelUnavailableError as exc:
+            self.request(str(exc))
+
+    def request(self, reason: str) -> None:
+        """In a pool process: stop the worker (once), saying why."""
+        if self._told != os.getpid():  # once per process, not for every chunk it hands back
+            self._told = os.getpid()
+            log.error("%s. This worker stops (exit 5: no usable model); the chunks sent to "
+                      "it go back to the queue unclaimed, no image charged an attempt", reason)
+        if self._page[0] != 0:
+            return  # asked already, by this process or another
+        data = reason.encode("utf-8", "replace")[:mmap.PAGESIZE - 2]
+        self._page[1:1 + len(data)] = data
+        self._page[0] = 1
+        # The parent's SIGTERM is Celery's warm shutdown. Never when the parent is gone (a
+        # pool process reparented to init) or when this is the parent itself.
+        if os.getpid() != self._parent and os.getppid() == self._parent:
+            os.kill(self._parent, signal.SIGTERM)
+
+    def hand_back(self, exc: ModelUnavailableError) -> NoReturn:
+        """A chunk reached a process that cannot load the model: stop the worker, and give
+        the message back to the broker for another worker (acks_late held it unacknowledged
+        until now). Nothing was claimed: its images are still queued, no attempt charged."""
+        self.request(str(exc))
+        raise Reject(str(exc), requeue=True) from exc
+
+    def requested(self) -> str | None:
+        """Why a pool process asked the worker to stop, or None."""
+        if self._page[0] == 0:
+            return None
+        return bytes(self._page[1:]).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def exit_if_requested(self, sender: Any = None, **_: Any) -> None:
+        """``worker_shutdown``, in the parent: exit 5 when a pool process asked for it.
+
+        Raised after Celery's shutdown has stopped the pool and the consumer; SystemExit
+        passes Celery's signal dispatch (it catches Exception only) and ends the
+        `mammo worker` process with this status."""
+        if os.getpid() != self._parent or getattr(sender, "app", None) is not self._app:
+            return
+        reason = self.requested()
+        if reason is None:
+            return
+        log.error("mammo worker: stopped with exit 5 (no usable model): %s. Fix or restore "
+                  "the model, then start the worker again; the images sent to it stay "
+                  "queued for any worker", reason)
+        raise SystemExit(EXIT_NO_MODEL)
 
 
 # The worker names (``WorkerRuntime.worker_name``) that recorded a failed save in the broker

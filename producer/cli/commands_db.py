@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
+from sqlalchemy import and_, exists, func, select
 
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
@@ -16,6 +17,8 @@ from producer.cli.progress import completion_bar, quiet_embedded_logs
 from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.engine import upgrade
+from shared.db.schema import Image, ModelVersion, Prediction
+from shared.enums import ImageState
 from shared.notify import Notifier
 from shared.queries import require_batch, require_study
 from shared.queue import broker_uptime_s
@@ -170,8 +173,9 @@ def _say_left_alone(count: int, older_than: int, verb: str) -> None:
 
 
 def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
-                  claimed: list[int] | None = None) -> bool:
-    """Process ``ids`` (and wait for ``claimed``) here; True when some of them failed."""
+                  claimed: list[int] | None = None, rescored_by: str | None = None) -> bool:
+    """Process ``ids`` (and wait for ``claimed``) here; True when some of them failed, or,
+    for a re-score (``rescored_by``: the model's sha256), could not be scored again."""
     from producer.embedded_run import count_failed, process_ids_embedded
 
     everything = [*ids, *(claimed or [])]
@@ -180,14 +184,37 @@ def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
         here = process_ids_embedded(cli.settings, cli.sessions, ids, claimed=claimed or [],
                                     progress=progress)
     failed = count_failed(cli.sessions, everything)
+    # Done still, without this model's prediction: the worker kept their earlier result
+    # (file gone, replaced, truncated...); they are neither among ``here`` nor elsewhere's.
+    kept = _not_rescored(cli, everything, rescored_by) if rescored_by else 0
     # A live `mammo run` (or worker) beside this one may have finished some of them.
-    elsewhere = len(set(everything)) - here
+    elsewhere = max(len(set(everything)) - here - kept, 0)
     click.echo(f"processed {here} {what} image(s) with the embedded worker"
+               + (f"; {kept} could not be scored again and "
+                  f"{'keeps its' if kept == 1 else 'keep their'} earlier result (the file "
+                  "gone, replaced or damaged since it was scored...: the warnings above say "
+                  "which and why)" if kept else "")
                + (f"; {elsewhere} more finished by another process meanwhile" if elsewhere
                   else "")
                + (f"; {failed} failed: `mammo results --state failed` says why" if failed
                   else ""))
-    return failed > 0
+    return failed > 0 or kept > 0
+
+
+def _not_rescored(cli: CliContext, ids: list[int], sha256: str) -> int:
+    """How many of ``ids`` are done without a prediction from the model ``sha256``."""
+    scored = exists().where(and_(
+        Prediction.image_id == Image.id,
+        Prediction.model_version_id.in_(
+            select(ModelVersion.id).where(ModelVersion.sha256 == sha256))))
+    unique = sorted(set(ids))
+    total = 0
+    with cli.sessions() as session:
+        for start in range(0, len(unique), 900):  # under SQLite's bound-parameter limit
+            total += session.execute(select(func.count()).select_from(Image).where(
+                Image.id.in_(unique[start:start + 900]), Image.state == ImageState.DONE.value,
+                ~scored)).scalar_one()
+    return total
 
 
 @click.command("rescore")
@@ -203,8 +230,10 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     Re-queues the done images in the filter that this model has not scored (submitting the
     same files again only finds them known). Their earlier predictions are kept, one per
     image per model version; reports and the worklist read the newest, and exam results are
-    recomputed. Workers score them with their own model: restart running workers after an
-    activation first. Without a broker they are scored here.
+    recomputed. An image that cannot be scored again (its file gone, replaced or damaged
+    since) stays done with its earlier result, and the worker logs why. Workers score them
+    with their own model: restart running workers after an activation first. Without a
+    broker they are scored here, and the command exits 3 when some could not be.
 
     \b
     Example:
@@ -236,7 +265,8 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
         ids = lifecycle.reopen(session, ids)
         session.commit()
     if cli.settings.is_embedded:
-        _run_embedded(cli, ids, "re-scored")
+        if _run_embedded(cli, ids, "re-scored", rescored_by=spec.sha256):
+            raise SystemExit(int(ExitCode.IMAGES_FAILED))
     else:
         sent = requeue(cli.sessions, cli.celery, cli.settings, ids)
         click.echo(f"re-queued {len(ids)} image(s) in {sent} message(s) for the workers")
