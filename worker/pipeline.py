@@ -25,7 +25,6 @@ from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.lifecycle import ClaimedImage
 from shared.db.schema import Prediction
-from shared.db.upsert import upsert
 from shared.enums import ErrorCode
 from shared.errors import DatabaseUnavailableError
 from shared.exams import owe_exam_refresh, refresh_exam_results, studies_of_images
@@ -33,6 +32,7 @@ from shared.imaging.identity import current_location
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.imaging.readers.messages import described
+from shared.rescoring import store_predictions
 from shared.scoring import label_of, suspicion
 from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed
 from worker.runtime import WorkerRuntime
@@ -40,12 +40,6 @@ from worker.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 REFUND_PATIENCE_S = 60  # how long a refund waits for the database after a failed save
-
-_PREDICTION_UPDATE = (
-    "preprocessing_version", "label", "p_normal", "p_benign", "p_malignant", "suspicion",
-    "decode_ms", "preprocess_ms", "infer_ms", "forward_pass_id", "forward_pass_size",
-    "worker", "heatmap_path", "heatmap_png", "input_notes", "created_at",
-)
 
 
 @dataclass
@@ -258,8 +252,9 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             kept = set(lifecycle.mark_done(session, done_ids, token=token, now=now))
             rows = [{**r, "created_at": now} for r in outcome.rows
                     if int(str(r["image_id"])) in kept]
-            upsert(session, Prediction, rows, conflict=("image_id", "model_version_id"),
-                   update=_PREDICTION_UPDATE)
+            # The newest scoring of an image is its current prediction: a version scoring
+            # it again (a rollback) stores a new row, not its old one updated in place.
+            store_predictions(session, rows)
             # An image that already has a prediction is being re-scored (`mammo rescore`;
             # nothing else re-opens a done image). One that cannot be scored again, for
             # whatever reason (its file gone, replaced, truncated, unreadable now; the new

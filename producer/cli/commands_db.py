@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy import and_, exists, func, select
 
 from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
@@ -17,8 +16,6 @@ from producer.cli.progress import completion_bar, quiet_embedded_logs
 from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.engine import upgrade
-from shared.db.schema import Image, ModelVersion, Prediction
-from shared.enums import ImageState
 from shared.notify import Notifier
 from shared.queries import require_batch, require_study
 from shared.queue import broker_uptime_s
@@ -31,6 +28,7 @@ from shared.recovery import (
     requeue,
     sweep,
 )
+from shared.rescoring import RescoreFilter, not_current_among, not_scored_by
 
 if TYPE_CHECKING:
     from models.registry import ModelSpec
@@ -173,9 +171,9 @@ def _say_left_alone(count: int, older_than: int, verb: str) -> None:
 
 
 def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
-                  claimed: list[int] | None = None, rescored_by: str | None = None) -> bool:
+                  claimed: list[int] | None = None, rescored_by: ModelSpec | None = None) -> bool:
     """Process ``ids`` (and wait for ``claimed``) here; True when some of them failed, or,
-    for a re-score (``rescored_by``: the model's sha256), could not be scored again."""
+    for a re-score (``rescored_by``: the model version), could not be scored again."""
     from producer.embedded_run import count_failed, process_ids_embedded
 
     everything = [*ids, *(claimed or [])]
@@ -186,7 +184,10 @@ def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
     failed = count_failed(cli.sessions, everything)
     # Done still, without this model's prediction: the worker kept their earlier result
     # (file gone, replaced, truncated...); they are neither among ``here`` nor elsewhere's.
-    kept = _not_rescored(cli, everything, rescored_by) if rescored_by else 0
+    kept = 0
+    if rescored_by is not None:
+        with cli.sessions() as session:
+            kept = len(not_current_among(session, rescored_by, everything))
     # A live `mammo run` (or worker) beside this one may have finished some of them.
     elsewhere = max(len(set(everything)) - here - kept, 0)
     click.echo(f"processed {here} {what} image(s) with the embedded worker"
@@ -199,22 +200,6 @@ def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
                + (f"; {failed} failed: `mammo results --state failed` says why" if failed
                   else ""))
     return failed > 0 or kept > 0
-
-
-def _not_rescored(cli: CliContext, ids: list[int], sha256: str) -> int:
-    """How many of ``ids`` are done without a prediction from the model ``sha256``."""
-    scored = exists().where(and_(
-        Prediction.image_id == Image.id,
-        Prediction.model_version_id.in_(
-            select(ModelVersion.id).where(ModelVersion.sha256 == sha256))))
-    unique = sorted(set(ids))
-    total = 0
-    with cli.sessions() as session:
-        for start in range(0, len(unique), 900):  # under SQLite's bound-parameter limit
-            total += session.execute(select(func.count()).select_from(Image).where(
-                Image.id.in_(unique[start:start + 900]), Image.state == ImageState.DONE.value,
-                ~scored)).scalar_one()
-    return total
 
 
 @click.command("rescore")
@@ -241,7 +226,6 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     """
     from models.activation import describe
     from producer.embedded_run import check_model
-    from shared.rescoring import RescoreFilter, not_scored_by
 
     flt = RescoreFilter(batch_id, study_uid, *utc_range(since, until))
     if not flt.narrowed:
@@ -252,7 +236,7 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
             require_batch(session, batch_id)
         if study_uid:
             require_study(session, study_uid)
-        ids = not_scored_by(session, spec.sha256, flt)
+        ids = not_scored_by(session, spec, flt)
         model = describe(session, spec)  # with its sha256 where another shares its name
     click.echo(f"{len(ids)} done image(s) not scored by {model}"
                f"{' (dry run)' if dry_run else ''}")
@@ -265,7 +249,7 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
         ids = lifecycle.reopen(session, ids)
         session.commit()
     if cli.settings.is_embedded:
-        if _run_embedded(cli, ids, "re-scored", rescored_by=spec.sha256):
+        if _run_embedded(cli, ids, "re-scored", rescored_by=spec):
             raise SystemExit(int(ExitCode.IMAGES_FAILED))
     else:
         sent = requeue(cli.sessions, cli.celery, cli.settings, ids)

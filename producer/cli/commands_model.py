@@ -374,8 +374,10 @@ def models_list(cli: CliContext, fmt: str) -> None:
     for path, row in rows.items():
         row["active"] = bool(active and active.path == path)
         row["in_use"] = path == current
+    # JSON gives each row's keys in the order of the CSV columns, shipped or registered.
+    ordered = [{key: row[key] for key in MODEL_LIST_KEYS} for row in rows.values()]
     # Machine formats carry the whole sha256 (scripts compare it); a table needs only a prefix.
-    shown = [{**r, "sha256": r["sha256"][:12]} if fmt == "table" else r for r in rows.values()]
+    shown = [{**r, "sha256": r["sha256"][:12]} if fmt == "table" else r for r in ordered]
     render(shown, fmt, keys=MODEL_LIST_KEYS, columns=MODEL_LIST_COLUMNS, title="Models")
 
 

@@ -210,13 +210,14 @@ def _done_image(settings: Settings) -> int:
 ])
 def test_a_chunk_of_ids_this_database_lacks_is_a_warned_no_op(
         unknown: list[int], warned: str | None, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, tiny_model_spec: ModelSpec) -> None:
     # The producer queued them in another database: claiming nothing looked like a duplicate.
+    # A real model: the worker loads it before it claims anything.
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'other.db'}",  # type: ignore[call-arg]
                         _env_file=None)
     done = _done_image(settings)
     app = Celery("t", broker="memory://localhost/")
-    register_tasks(app, WorkerRuntime(settings, model_spec=_spec(tmp_path / "model")))
+    register_tasks(app, WorkerRuntime(settings, model_spec=tiny_model_spec))
     with caplog.at_level(logging.WARNING, logger="worker.tasks"):
         # Not .get(): a task an earlier test left on Celery's stack makes get() refuse to
         # block ("Never call result.get() within a task!") in the whole suite.

@@ -174,19 +174,19 @@ def test_a_refused_save_refunds_the_attempts_so_retries_never_make_poison(
     # one table): each retry's claim counted an attempt, and healthy images became poison.
     ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=8))
     runtime = WorkerRuntime(settings)
-    real_upsert = pipeline.upsert
+    real_store = pipeline.store_predictions
 
     def refusing(*args: object, **kwargs: object) -> None:
         raise OperationalError("INSERT INTO predictions", {}, Exception("disk full"))
 
-    monkeypatch.setattr(pipeline, "upsert", refusing)
+    monkeypatch.setattr(pipeline, "store_predictions", refusing)
     for _ in range(settings.max_attempts + 2):  # more retries than attempts allowed
         with pytest.raises(DatabaseUnavailableError, match="disk full"):
             process_chunk(ids, token="task-1", runtime=runtime)
         with sessions() as s:
             states = s.execute(select(Image.state, Image.attempts)).all()
         assert sorted(states) == [("queued", 0)] * 4
-    monkeypatch.setattr(pipeline, "upsert", real_upsert)
+    monkeypatch.setattr(pipeline, "store_predictions", real_store)
     result = process_chunk(ids, token="task-1", runtime=runtime)
     assert (result.done, result.failed, result.forward_passes) == (4, 0, 1)
 
@@ -252,7 +252,7 @@ def test_a_save_cut_by_an_outage_still_refunds_once_the_database_is_back(
     settings = settings.model_copy(update={"max_attempts": 1})
     ids = _register(sessions, make_exam_set(tmp_path / "in", n_exams=1, seed=11))
     runtime = WorkerRuntime(settings)
-    real_upsert, real_release = pipeline.upsert, lifecycle.release
+    real_store, real_release = pipeline.store_predictions, lifecycle.release
     refusals = {"release": 2}
 
     def refusing(*args: object, **kwargs: object) -> None:
@@ -264,13 +264,13 @@ def test_a_save_cut_by_an_outage_still_refunds_once_the_database_is_back(
             raise OperationalError("UPDATE images", {}, Exception("connection refused"))
         return real_release(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "upsert", refusing)
+    monkeypatch.setattr(pipeline, "store_predictions", refusing)
     monkeypatch.setattr(lifecycle, "release", flapping)
     with pytest.raises(DatabaseUnavailableError, match="connection reset"):
         process_chunk(ids, token="task-1", runtime=runtime)
     assert refusals["release"] == 0
     with sessions() as s:
         assert sorted(s.execute(select(Image.state, Image.attempts)).all()) == [("queued", 0)] * 4
-    monkeypatch.setattr(pipeline, "upsert", real_upsert)
+    monkeypatch.setattr(pipeline, "store_predictions", real_store)
     result = process_chunk(ids, token="task-1", runtime=runtime)
     assert (result.done, result.failed) == (4, 0)  # not poison at MAMMO_MAX_ATTEMPTS=1

@@ -149,7 +149,8 @@ def test_rescore_reads_a_moved_file_and_keeps_the_result_of_one_that_is_gone(
         moved.unlink()
     third = build_tiny_model(tmp_path_factory.mktemp("third"), seed=9, version="0.0.3")
     code, out = mammo(["rescore", "--batch", "1"], third)
-    assert code == ExitCode.OK, out
+    assert code == ExitCode.IMAGES_FAILED, out
+    assert "4 could not be scored again and keep their earlier result" in out, out
     with engine.connect() as conn:
         states = conn.execute(select(Image.state).distinct()).scalars().all()
     engine.dispose()
