@@ -32,7 +32,10 @@ def _upgrade_in_child(url: str, wal: bool, start: Any, results: Any) -> None:
 
 
 def _upgrade_together(url: str, wal: bool = True) -> list[tuple[str, str | None, str | None]]:
-    ctx = multiprocessing.get_context("fork")  # the engine is built after the fork
+    # Spawned, not forked: each child starts from a fresh interpreter and builds its own
+    # engine, whatever earlier tests left in this process (a forked child inherited state
+    # that hung every child after tests/integration/test_save_failures.py had run).
+    ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Barrier(PROCESSES), ctx.Queue()
     children = [ctx.Process(target=_upgrade_in_child, args=(url, wal, start, results))
                 for _ in range(PROCESSES)]
