@@ -14,25 +14,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import SecretStr
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer import submission
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db import lifecycle
-from shared.db.schema import Image
 from shared.enums import Priority
 from shared.errors import BrokerUnavailableError
 from shared.queue import QUEUE_NAME, create_celery_app, queue_depth
 from shared.synthetic import make_exam_set
 from tests.helpers.cli import run_cli
+from tests.helpers.send_faults import broker_gone_after, send_states
 from worker.sweeper import SweepLoop
 
 CHUNK = 4
@@ -53,27 +51,6 @@ def wired(each_backend_sessions: sessionmaker[Session], settings: Settings,
     app.close()
 
 
-def _broker_gone_after(app: Celery, monkeypatch: pytest.MonkeyPatch, chunks: int,
-                       error: BaseException) -> None:
-    """The first ``chunks`` messages go out; the next send meets ``error``."""
-    real = app.send_task
-    sent: list[object] = []
-
-    def send(*args: Any, **kwargs: Any) -> object:
-        if len(sent) >= chunks:
-            raise error
-        sent.append(real(*args, **kwargs))
-        return sent[-1]
-
-    monkeypatch.setattr(app, "send_task", send)
-
-
-def _rows(sessions: sessionmaker[Session]) -> dict[int, tuple[str, object, str | None]]:
-    with sessions() as session:
-        return {i: (state, sent, token) for i, state, sent, token in session.execute(
-            select(Image.id, Image.state, Image.enqueued_at, Image.claim_token))}
-
-
 def _drain(app: Celery) -> list[tuple[list[int], int]]:
     """Every chunk in the broker with its priority, in the order a worker receives them."""
     chunks = []
@@ -89,7 +66,7 @@ def test_a_submit_cut_off_after_its_first_chunk_leaves_every_image_to_the_next_s
         monkeypatch: pytest.MonkeyPatch) -> None:
     settings, app, sessions = wired
     make_exam_set(tmp_path / "in", n_exams=3, seed=41)  # 12 images: 3 chunks
-    _broker_gone_after(app, monkeypatch, 1, KombuOperationalError(
+    broker_gone_after(app, monkeypatch, 1, KombuOperationalError(
         "Error 111 connecting to 127.0.0.1:6379. Connection refused."))
 
     with pytest.raises(BrokerUnavailableError) as caught:
@@ -97,7 +74,7 @@ def test_a_submit_cut_off_after_its_first_chunk_leaves_every_image_to_the_next_s
                           priority=Priority.URGENT)
     monkeypatch.undo()  # the broker is back
 
-    rows = _rows(sessions)
+    rows = send_states(sessions)
     ids = sorted(rows)
     assert len(ids) == 12 and queue_depth(app) == 1  # the first chunk's message went out
     # None looks sent, none is left to a sender: every one is owed, the first chunk's too
@@ -117,7 +94,7 @@ def test_a_submit_cut_off_after_its_first_chunk_leaves_every_image_to_the_next_s
     loop.follow_up.join(timeout=30)
     loop.follow_up.notifier.sessions.kw["bind"].dispose()
 
-    assert None not in {sent for _, sent, _ in _rows(sessions).values()}  # stamped sent
+    assert None not in {sent for _, sent, _ in send_states(sessions).values()}  # stamped sent
     chunks = _drain(app)
     first, *swept = chunks
     assert sorted(i for chunk, _ in swept for i in chunk) == ids  # all 12, at any depth
@@ -138,9 +115,9 @@ def test_a_submit_interrupted_while_sending_leaves_its_images_to_the_next_sweep(
     """Ctrl-C during a long send: nothing of this submit sends the rest."""
     settings, app, sessions = wired
     make_exam_set(tmp_path / "in", n_exams=2, seed=42)
-    _broker_gone_after(app, monkeypatch, 1, KeyboardInterrupt())
+    broker_gone_after(app, monkeypatch, 1, KeyboardInterrupt())
 
     with pytest.raises(KeyboardInterrupt):
         submission.submit(settings, sessions, app, [tmp_path / "in"])
 
-    assert set(_rows(sessions).values()) == {("queued", None, lifecycle.LEFT_TO_SWEEPER)}
+    assert set(send_states(sessions).values()) == {("queued", None, lifecycle.LEFT_TO_SWEEPER)}

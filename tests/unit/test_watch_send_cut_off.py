@@ -21,20 +21,18 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import SecretStr
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.cli.exit_codes import ExitCode
 from producer.watch.service import Watcher, WatchOptions
 from shared.config import Settings
 from shared.db import lifecycle
-from shared.db.schema import Image
 from shared.queue import QUEUE_NAME, create_celery_app, queue_depth
 from shared.synthetic import make_exam_set
 from tests.helpers.cli import run_cli
 from tests.helpers.processes import wait_for
+from tests.helpers.send_faults import broker_gone_after, send_states
 from worker.sweeper import SweepLoop
 
 CHUNK = 4
@@ -54,27 +52,6 @@ def wired(each_backend_sessions: sessionmaker[Session], settings: Settings,
     app = create_celery_app(ready)
     yield ready, app, each_backend_sessions
     app.close()
-
-
-def _broker_gone_after(app: Celery, patch: pytest.MonkeyPatch, chunks: int) -> None:
-    """The first ``chunks`` messages go out; every later send finds Redis gone."""
-    real = app.send_task
-    sent: list[object] = []
-
-    def send(*args: Any, **kwargs: Any) -> object:
-        if len(sent) >= chunks:
-            raise KombuOperationalError(
-                "Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        sent.append(real(*args, **kwargs))
-        return sent[-1]
-
-    patch.setattr(app, "send_task", send)
-
-
-def _rows(sessions: sessionmaker[Session]) -> dict[int, tuple[str, object, str | None]]:
-    with sessions() as session:
-        return {i: (state, sent, token) for i, state, sent, token in session.execute(
-            select(Image.id, Image.state, Image.enqueued_at, Image.claim_token))}
 
 
 def _drain(app: Celery) -> list[list[int]]:
@@ -116,7 +93,7 @@ def _watch_while_the_broker_is_gone(settings: Settings, app: Celery,
     caplog.set_level(logging.INFO, logger="mammo.watch")
     thread = threading.Thread(target=watcher.run, args=(stop,))
     with pytest.MonkeyPatch.context() as patch:
-        _broker_gone_after(app, patch, 1)
+        broker_gone_after(app, patch, 1)
         thread.start()
         try:
             wait_for(lambda: sum(OUTAGE in m for m in caplog.messages) >= 2, timeout=60,
@@ -126,7 +103,7 @@ def _watch_while_the_broker_is_gone(settings: Settings, app: Celery,
             stop.set()
             thread.join(timeout=30)
     assert not thread.is_alive()
-    return sorted(_rows(sessions))
+    return sorted(send_states(sessions))
 
 
 def test_a_watcher_block_whose_send_is_cut_off_is_left_to_the_next_sweep(
@@ -142,7 +119,7 @@ def test_a_watcher_block_whose_send_is_cut_off_is_left_to_the_next_sweep(
     assert len(ids) == 12 and queue_depth(app) == 1  # the first chunk's message went out
     # None looks sent, none is left to a sender: every one is owed, the first chunk's too
     # (which chunk went out is not known to the watcher; a second message is a no-op).
-    assert set(_rows(sessions).values()) == {("queued", None, lifecycle.LEFT_TO_SWEEPER)}
+    assert set(send_states(sessions).values()) == {("queued", None, lifecycle.LEFT_TO_SWEEPER)}
     assert any("12 image(s) registered but not sent (BrokerUnavailableError): left to a "
                "worker's sweeper" in m for m in caplog.messages), caplog.messages
 
@@ -151,7 +128,7 @@ def test_a_watcher_block_whose_send_is_cut_off_is_left_to_the_next_sweep(
 
     _sweep(app, settings)
 
-    assert None not in {sent for _, sent, _ in _rows(sessions).values()}  # stamped sent
+    assert None not in {sent for _, sent, _ in send_states(sessions).values()}  # stamped sent
     first, *swept = _drain(app)
     assert first == ids[:CHUNK]  # the one that went out before the cut: sent twice
     assert sorted(i for chunk in swept for i in chunk) == ids  # all 12, at any depth
@@ -172,11 +149,11 @@ def test_the_watchers_own_resend_settles_what_it_left_to_the_sweeper(
     root = tmp_path / "in"
     make_exam_set(root, n_exams=2, seed=62)  # 8 images: one block, 2 chunks
     ids = _watch_while_the_broker_is_gone(settings, app, sessions, root, caplog)
-    assert set(_rows(sessions).values()) == {("queued", None, lifecycle.LEFT_TO_SWEEPER)}
+    assert set(send_states(sessions).values()) == {("queued", None, lifecycle.LEFT_TO_SWEEPER)}
 
     Watcher(settings, sessions, app, WatchOptions(root)).scan()  # its next scan
 
-    assert None not in {sent for _, sent, _ in _rows(sessions).values()}
+    assert None not in {sent for _, sent, _ in send_states(sessions).values()}
     health = _health(settings, monkeypatch, tmp_path)
     assert (health["messages_owed"], health["messages_lost"]) == (0, 0)
     _sweep(app, settings)
