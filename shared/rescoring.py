@@ -50,24 +50,14 @@ class RescoreFilter:
                                            self.until))
 
 
-def not_scored_by(session: Session, model: ModelSpec | str, flt: RescoreFilter) -> list[int]:
+def not_scored_by(session: Session, model: ModelSpec, flt: RescoreFilter) -> list[int]:
     """Done images in ``flt`` whose current prediction is not the model version ``model``'s.
 
     A model version is a registered row: name, version and weights (sha256), one metadata
     seal (``models.activation``), so a version that shares its weights with the one that
     scored the images (the same model.keras with a bilateral head) still re-scores them,
     and rolling back to a version that scored them before, since overtaken, re-scores them
-    too.
-
-    ``model`` as a bare sha256 is the rule of callers from before versions were told apart
-    and the current prediction was kept newest (``store_predictions``): images no version
-    with those weights ever scored. Kept for them only; it misses both cases above."""
-    if isinstance(model, str):
-        scored = exists().where(and_(
-            Prediction.image_id == Image.id,
-            Prediction.model_version_id.in_(
-                select(ModelVersion.id).where(ModelVersion.sha256 == model))))
-        return _done_in(session, flt, ~scored)
+    too."""
     return _done_in(session, flt, ~_current_is(model))
 
 
