@@ -34,11 +34,9 @@ class WatchFolder:
     own_folders: frozenset[tuple[str, ...]] = frozenset()
 
     @classmethod
-    def of(cls, root: Path, ignore: tuple[str, ...], *, move: bool = False,
+    def of(cls, root: Path, ignore: tuple[str, ...], *,
            own: OwnFiles | None = None) -> WatchFolder:
-        """``move``: whether the action is move; accepted from callers that say it, but the
-        output folders are passed over whatever the action is (see the class)."""
-        del move
+        """The output folders are passed over whatever the action is (see the class)."""
         own = own or OwnFiles()
         absolute = Path(os.path.abspath(root))
         # Own paths are real paths; compared below the root's real path once here, so that

@@ -164,7 +164,7 @@ def test_the_watchers_day_batch_is_the_databases_day(
 
     host_clock_off_by(monkeypatch, behind, (clock, ingest))
     ingestor = ingest.Ingestor(settings, sessions, create_celery_app(settings.embedded()),
-                               WatchFolder.of(tmp_path, (), move=False),
+                               WatchFolder.of(tmp_path, ()),
                                logging.getLogger("test"), mode="watch")
     with sessions() as session:
         batch = session.get(Batch, ingestor.batch_id())

@@ -238,7 +238,7 @@ def test_the_watcher_alerts_for_an_exam_it_scores_after_the_timeout(
         settings = _with_notifications(settings, mail.port, hook.url, exam_timeout_s=3600)
         sessions = _incomplete_exam(settings, tmp_path, seed=7)
         assert _by_subject(mail) == {"batch": 1}  # no exam result yet: views may still come
-        folder = WatchFolder.of(tmp_path / "in", (), move=False)
+        folder = WatchFolder.of(tmp_path / "in", ())
         log = logging.getLogger("test.watch")
         actions = AfterProcessing(folder, "leave", log, RegisteredFiles())
         followup = FollowUp(sessions, folder, actions, log,

@@ -37,7 +37,7 @@ def sessions(settings: Settings) -> sessionmaker[Session]:
 
 def _ingestor(settings: Settings, sessions: sessionmaker[Session], root: Path) -> Ingestor:
     return Ingestor(settings, sessions, create_celery_app(settings.embedded()),
-                    WatchFolder.of(root, (), move=False), logging.getLogger("test"),
+                    WatchFolder.of(root, ()), logging.getLogger("test"),
                     mode="watch")
 
 

@@ -86,11 +86,10 @@ def test_processed_and_failed_stay_the_watchers_own_when_the_action_changes(
 
 
 def test_the_output_folders_are_passed_over_whatever_the_action(tmp_path: Path) -> None:
-    for move in (True, False):
-        folder = WatchFolder.of(tmp_path, (), move=move)
-        assert folder.ignored(tmp_path / "failed/x.dcm")
-        assert folder.ignored(tmp_path / "processed/sub/y.dcm")
-        assert not folder.ignored(tmp_path / "sub/failed/z.dcm")  # only at the top
+    folder = WatchFolder.of(tmp_path, ())
+    assert folder.ignored(tmp_path / "failed/x.dcm")
+    assert folder.ignored(tmp_path / "processed/sub/y.dcm")
+    assert not folder.ignored(tmp_path / "sub/failed/z.dcm")  # only at the top
 
 
 def _scan_unprivileged(database_url: str, root: str, after: str) -> None:

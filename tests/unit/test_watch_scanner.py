@@ -38,7 +38,7 @@ def test_a_folder_beyond_path_max_is_named_once(tmp_path: Path,
     root.mkdir()
     (root / "near.dcm").write_bytes(b"x")
     deep = _deeper_than_path_max(root)
-    folder = WatchFolder.of(root, (), move=False)
+    folder = WatchFolder.of(root, ())
     with caplog.at_level(logging.WARNING, logger="mammo.watch"):
         assert [p.name for p in walk(folder)] == ["near.dcm"]
         assert [p.name for p in walk(folder)] == ["near.dcm"]  # the next scan: said once
@@ -70,7 +70,7 @@ def test_a_folder_that_cannot_be_listed_is_named_once(
         return real_scandir(path)
 
     monkeypatch.setattr(scanner.os, "scandir", scandir)
-    folder = WatchFolder.of(root, (), move=False)
+    folder = WatchFolder.of(root, ())
     with caplog.at_level(logging.WARNING, logger="mammo.watch"):
         assert [p.name for p in walk(folder)] == ["b.dcm"]
         assert [p.name for p in walk(folder)] == ["b.dcm"]
@@ -87,7 +87,7 @@ def test_a_folder_vanishing_mid_scan_is_not_reported(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "in"
     root.mkdir()
-    folder = WatchFolder.of(root, (), move=False)
+    folder = WatchFolder.of(root, ())
     with caplog.at_level(logging.WARNING, logger="mammo.watch"):
         assert list(walk(folder, root / "gone")) == []
     assert caplog.records == []

@@ -68,7 +68,7 @@ def _done(sessions: sessionmaker[Session], *image_ids: int) -> None:
 
 def test_ignore_rules_and_the_symlink_boundary(tmp_path: Path) -> None:
     root = tmp_path / "in"
-    folder = WatchFolder.of(root, ("*.part", "~*"), move=True)
+    folder = WatchFolder.of(root, ("*.part", "~*"))
     for name in ("a.dcm", "b.dcm.part", "~lock", ".hidden", "x.reason.txt", "sub/c.dcm",
                  "processed/old.dcm", ".tmp/d.dcm"):
         assert folder.ignored(root / name) == (name not in ("a.dcm", "sub/c.dcm")), name
@@ -452,7 +452,7 @@ def test_named_pipes_are_ignored_never_opened(
 def test_common_upload_temporary_names_are_ignored_by_default(tmp_path: Path) -> None:
     # WinSCP writes X.filepart, closes it, renames it: the temp name was queued, then the
     # real file was a "duplicate" of an image whose file had vanished.
-    folder = WatchFolder.of(tmp_path, Settings().watch_ignore_patterns, move=False)
+    folder = WatchFolder.of(tmp_path, Settings().watch_ignore_patterns)
     for name in ("w.dcm.filepart", "w.dcm~", "w.dcm.part", "w.dcm.crdownload", "w.dcm.tmp",
                  "~w.dcm"):
         assert folder.ignored(tmp_path / name), name
@@ -461,7 +461,7 @@ def test_common_upload_temporary_names_are_ignored_by_default(tmp_path: Path) ->
 
 def test_temporary_name_patterns_ignore_letter_case(tmp_path: Path) -> None:
     # Windows upload tools write the suffix in capitals: these were queued as images.
-    folder = WatchFolder.of(tmp_path, Settings().watch_ignore_patterns, move=False)
+    folder = WatchFolder.of(tmp_path, Settings().watch_ignore_patterns)
     for name in ("IM1.DCM.TMP", "a.dcm.PART", "a.dcm.FILEPART", "b.dcm.Crdownload"):
         assert folder.ignored(tmp_path / name), name
     assert not folder.ignored(tmp_path / "IM1.DCM")
