@@ -139,6 +139,14 @@ class Settings(BaseSettings):
         600, ge=1, description="A queued image older than this, with the broker queue empty, "
         "is presumed to have lost its message and is re-queued by the sweeper.",
     )
+    broker_socket_timeout_s: float = Field(
+        30.0, ge=5, le=3600,
+        description="Seconds any one broker command may wait for Redis's reply before the "
+        "connection is dropped as dead and retried. Without it a broker that stops answering "
+        "without closing the connection (a paused or failed-over Redis, a NAT or firewall "
+        "dropping an idle flow) holds a submit, a watcher's send or a worker's sweep for "
+        "ever. Keep it above a second (a worker's BRPOP waits one).",
+    )
     log_level: str = Field("INFO", description="Logging level for all processes.")
     patient_id_key: SecretStr | None = Field(
         None, description="HMAC key for pseudonymising PatientID. No default, by design.",

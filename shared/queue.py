@@ -31,6 +31,9 @@ QUEUE_NAME = "mammo"
 # What a task-failed or task-retried event says of the exception instead of its text.
 EXCEPTION_LEFT_OUT = "message and traceback left out of events: see the worker's log"
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*")
+# Seconds a quick question to the broker (is it up, how deep is the queue) waits for an
+# answer: a status or a submit's first check says "unreachable" instead of hanging.
+_PROBE_TIMEOUT_S = 3.0
 
 
 class PrivateEventDispatcher(EventDispatcher):
@@ -80,6 +83,12 @@ def create_celery_app(settings: Settings) -> Celery:
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
             "sep": ":",
+            # redis-py waits for a reply for ever by default: a Redis that stops answering
+            # without closing the socket (paused, failed over behind a virtual IP, an idle
+            # flow dropped by a firewall) would hold every send and sweep with it.
+            "socket_timeout": settings.broker_socket_timeout_s,
+            "socket_connect_timeout": settings.broker_socket_timeout_s,
+            "socket_keepalive": True,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=3,
@@ -158,15 +167,19 @@ def enqueue_by_priority(
     return sent
 
 
-def broker_connection(app: Celery) -> Connection:
-    """A (not yet connected) connection to the broker, or a ``ConfigurationError``.
+def broker_connection(app: Celery, timeout_s: float | None = None) -> Connection:
+    """A (not yet connected) connection to the broker, or a ``ConfigurationError``; with
+    ``timeout_s``, one whose every command (the connection's own PING included) fails after
+    that long without a reply, for a quick question that must not wait on a dead broker.
 
     kombu parses the URL here and turns its query into connection arguments, so a query
     key it also takes from the URL itself (``?password=`` is the common one) fails with a
     KeyError, which no retry and no running broker can fix.
     """
+    quick = None if timeout_s is None else {"socket_timeout": timeout_s,
+                                            "socket_connect_timeout": timeout_s}
     try:
-        return app.connection_for_write()
+        return app.connection_for_write(transport_options=quick)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigurationError(
             f"MAMMO_BROKER_URL {redact_url(app.conf.broker_url)} cannot be used ("
@@ -181,8 +194,8 @@ def broker_unreachable_message(app: Celery, exc: BaseException) -> str:
             "use `mammo run` (no servers).")
 
 
-def check_broker(app: Celery, timeout_s: float = 3.0) -> None:
-    connection = broker_connection(app)
+def check_broker(app: Celery, timeout_s: float = _PROBE_TIMEOUT_S) -> None:
+    connection = broker_connection(app, timeout_s)
     try:
         with connection as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout_s)
@@ -195,7 +208,7 @@ def broker_uptime_s(app: Celery) -> float | None:
     (not Redis, or unreachable). Messages sent before then are gone unless Redis kept them
     in an append-only file."""
     try:
-        with app.connection_for_write() as conn, conn.channel() as channel:
+        with broker_connection(app, _PROBE_TIMEOUT_S) as conn, conn.channel() as channel:
             client = getattr(channel, "client", None)
             if client is None:
                 return None
@@ -218,7 +231,7 @@ def live_workers(app: Celery, timeout_s: float = 1.0) -> list[str] | None:
 def queue_depth(app: Celery) -> int | None:
     """Messages waiting in the broker, or None when the transport cannot tell."""
     try:
-        with app.connection_for_write() as conn, conn.channel() as channel:
+        with broker_connection(app, _PROBE_TIMEOUT_S) as conn, conn.channel() as channel:
             try:
                 _name, count, _consumers = channel.queue_declare(QUEUE_NAME, passive=True)
             except conn.channel_errors:
