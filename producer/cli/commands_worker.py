@@ -160,7 +160,29 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
         argv.append(f"--max-tasks-per-child={max_tasks_per_child}")
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app.worker_main(argv)
+    code = _celery_worker(app, argv)
+    if code:
+        click.echo(f"mammo worker: stopped with exit {code}; the log above says why (Celery "
+                   "logs an \"Unrecoverable error\" with its cause)", err=True)
+        raise SystemExit(code)
+
+
+def _celery_worker(app: Celery, argv: list[str]) -> int:
+    """Run Celery's ``worker`` command on ``app``; its exit status.
+
+    ``app.worker_main`` (and ``app.start``) drop the status that click hands back, so a
+    worker stopped by an "Unrecoverable error" (a broker user refused a command it needs, a
+    bootstep that failed) exited 0, and a service manager restarting on failure left it
+    down.
+    """
+    from celery.bin.celery import celery
+
+    celery.params[0].default = app  # what app.start does: the -A option's default
+    try:
+        code = celery.main(args=argv, standalone_mode=False)
+    finally:
+        celery.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 COMMANDS = (worker_command,)

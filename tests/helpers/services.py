@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,13 @@ class PrivateRedis:
     """
 
     def __init__(self, workdir: Path, *, tls: TlsFiles | None = None,
-                 user: tuple[str, str] | None = None) -> None:
+                 user: tuple[str, str] | None = None, denied: Sequence[str] = ()) -> None:
+        """``denied``: commands that ``user`` may not run."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
         self.binary, self.workdir, self.port = binary, workdir, free_port()
-        self.tls, self.user = tls, user
+        self.tls, self.user, self.denied = tls, user, denied
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +75,8 @@ class PrivateRedis:
         if self.user:
             name, password = self.user
             options += ["--user", "default", "off",
-                        "--user", name, "on", f">{password}", "~*", "&*", "+@all"]
+                        "--user", name, "on", f">{password}", "~*", "&*", "+@all",
+                        *(f"-{command}" for command in self.denied)]
         return options
 
     def start(self) -> None:
