@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from models.registry import name_version
 from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Prediction, Study
@@ -120,11 +121,12 @@ def results_query(flt: ResultFilter) -> Select[*tuple[Any, ...]]:
 
 
 def _model_version_is(wanted: str) -> ColumnElement[bool]:
-    """``VERSION``, or ``NAME:VERSION`` as result rows print ``model_version``."""
-    name, colon, version = wanted.partition(":")
-    if not colon:
+    """``VERSION``, or ``NAME:VERSION`` as result rows print ``model_version`` (or
+    NAME/VERSION), read as the ``models`` commands read a model's name (``name_version``)."""
+    named = name_version(wanted)
+    if named is None:
         return ModelVersion.version == wanted
-    return and_(ModelVersion.name == name, ModelVersion.version == version)
+    return and_(ModelVersion.name == named[0], ModelVersion.version == named[1])
 
 
 def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
@@ -466,15 +468,40 @@ def require_patient(session: Session, patient_pseudonym: str) -> None:
             "`mammo worklist` print it (p-..., never the raw PatientID)")
 
 
+_MODELS_NAMED = 20  # a database with more registered versions names the first ones
+
+
+def require_model_version(session: Session, wanted: str) -> None:
+    """The error for a model version no registered model has (see ``require_study``): a
+    typo ("defualt:1.8.0", "1.8") must not read as "this model scored nothing". Every
+    model that ever scored an image here is registered, so none other has results."""
+    if session.scalar(select(ModelVersion.id).where(_model_version_is(wanted))
+                      .limit(1)) is not None:
+        return
+    # In the order `mammo models list` lists them: registration's.
+    known = list(dict.fromkeys(f"{name}:{version}" for name, version in session.execute(
+        select(ModelVersion.name, ModelVersion.version).order_by(ModelVersion.id))))
+    if not known:
+        raise ReportTargetNotFoundError(
+            f"no model version {wanted!r}: no model has scored an image in this database yet")
+    named = ", ".join(known[:_MODELS_NAMED])
+    more = f" and {len(known) - _MODELS_NAMED} more" if len(known) > _MODELS_NAMED else ""
+    raise ReportTargetNotFoundError(
+        f"no model version {wanted!r} in this database; those that exist: {named}{more}. "
+        "Give VERSION or NAME:VERSION as results print it")
+
+
 def require_targets(session: Session, flt: ResultFilter) -> None:
-    """The not-found error for the batch, study or patient ``flt`` names and the database
-    does not hold (an empty listing would read as "nothing there yet")."""
+    """The not-found error for the batch, study, patient or model version ``flt`` names
+    and the database does not hold (an empty listing would read as "nothing there yet")."""
     if flt.batch_id is not None:
         require_batch(session, flt.batch_id)
     if flt.study_uid:
         require_study(session, flt.study_uid)
     if flt.patient_pseudonym:
         require_patient(session, flt.patient_pseudonym)
+    if flt.model_version:
+        require_model_version(session, flt.model_version)
 
 
 def finished_batches_copied_from(session: Session, batch_id: int) -> list[Batch]:
