@@ -8,13 +8,12 @@ from typing import Any
 
 import click
 
-from producer.cli.commands_submit import manifest_option, say_skipped
+from producer.cli.commands_submit import manifest_option, nothing_to_do, say_skipped
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.interrupts import sigterm_as_ctrl_c
 from producer.cli.options import batch_name_option, format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
-from producer.discovery import OwnFiles, iter_files
 from producer.embedded_run import RunOutcome, check_model, load_run
 from producer.submission import SubmitOutcome
 from shared.config import Settings
@@ -145,15 +144,7 @@ def run_command(cli: CliContext, paths: tuple[Path, ...], name: str | None,
     Example:
         mammo run /data/screening/2026-11-24/ --name night-24
     """
-    skipped: list[tuple[Path, str]] = []
-    found = iter_files(paths, own=OwnFiles.of(cli.settings),
-                       on_skip=lambda path, why: skipped.append((path, why)))
-    if next(found, None) is None:
-        # A night with no exams is not an error; an empty batch and a model load are waste.
-        STDERR.print("nothing to do: no image files under "
-                      f"{', '.join(str(p) for p in paths)} (hidden files and folders, and "
-                      "temporary names, are skipped)")
-        say_skipped(skipped)
+    if nothing_to_do(cli.settings, paths) is not None:
         if fmt != "table":  # a script still reads a well-formed, empty listing
             render([], fmt, keys=RESULT_KEYS)
         raise SystemExit(ExitCode.OK)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -12,9 +13,10 @@ from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import batch_name_option, paths_argument
 from producer.cli.progress import STDERR, file_counter
-from producer.discovery import source_text
+from producer.discovery import OwnFiles, iter_files, source_text
 from producer.manifest import COLUMNS
 from producer.submission import submit
+from shared.config import Settings
 from shared.enums import ImageState, Priority
 from shared.errors import ConfigurationError
 from shared.formatting import without_control
@@ -44,6 +46,30 @@ def say_skipped(skipped: list[tuple[Path, str]]) -> None:
                  "the command line.", style="yellow", markup=False, highlight=False)
 
 
+@dataclass(frozen=True)
+class NothingToDo:
+    """PATHS hold no image file to read: only hidden, temporary or skipped ones, or none."""
+
+    skipped: list[tuple[Path, str]]
+
+
+def nothing_to_do(settings: Settings, paths: tuple[Path, ...]) -> NothingToDo | None:
+    """Says so and returns what was skipped when ``paths`` hold no file to register, before
+    any batch is made: a night with no exams is not an error, and an empty batch (listed by
+    `mammo status` for ever), a model load or a broker message would be waste. None when
+    they hold one: a file refused at intake is registered, failed, with its reason."""
+    skipped: list[tuple[Path, str]] = []
+    found = iter_files(paths, own=OwnFiles.of(settings),
+                       on_skip=lambda path, why: skipped.append((path, why)))
+    if next(found, None) is not None:
+        return None
+    STDERR.print("nothing to do: no image files under "
+                 f"{', '.join(str(p) for p in paths)} (hidden files and folders, and "
+                 "temporary names, are skipped)")
+    say_skipped(skipped)
+    return NothingToDo(skipped)
+
+
 def require_broker(cli: CliContext, command: str) -> None:
     if cli.settings.is_embedded:
         raise ConfigurationError(
@@ -68,7 +94,8 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
     Reads headers only. Files already known (same SOPInstanceUID, or same bytes) are
     reported as duplicates and create no new work. Files that cannot be read are recorded
     as failed with their reason: the command then exits 3 (after queueing the others), as
-    it does for copies of images that failed before, like `mammo run`.
+    it does for copies of images that failed before, like `mammo run`. PATHS with no file
+    to read make no batch: the command says "nothing to do" and exits 0, like `mammo run`.
 
     \b
     Example:
@@ -76,20 +103,22 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
         MAMMO_DATABASE_URL=postgresql+psycopg://mammo@db/mammo \\
         mammo submit /data/screening/2026-11-24/ --name night-24
     """
-    require_broker(cli, "submit")
+    require_broker(cli, "submit")  # a setup that cannot submit is told on an empty night too
     started = time.perf_counter()
+    if (empty := nothing_to_do(cli.settings, paths)) is not None:
+        if as_json:  # a script still reads the one object: no batch, nothing queued
+            click.echo(json.dumps(_summary(time.perf_counter() - started,
+                                           skipped=len(empty.skipped))))
+        raise SystemExit(ExitCode.OK)  # as `mammo run`'s
     with file_counter("queueing") as on_file:
         outcome = submit(cli.settings, cli.sessions, cli.celery, paths, name=name,
                          priority=Priority(priority), on_file=on_file, manifest=manifest)
     seconds = time.perf_counter() - started
     failed_copies = sum(state == ImageState.FAILED.value for *_, state in outcome.duplicates)
-    summary: dict[str, int | float] = {
-        "batch_id": outcome.batch_id, "files": outcome.files, "queued": len(outcome.queued),
-        "duplicates": len(outcome.duplicates), "duplicates_failed": failed_copies,
-        "rejected": len(outcome.rejected), "skipped": len(outcome.skipped),
-        "messages": outcome.messages, "seconds": round(seconds, 3),
-        "files_per_s": round(outcome.files / max(seconds, 1e-6), 1),
-    }
+    summary = _summary(seconds, batch_id=outcome.batch_id, files=outcome.files,
+                       queued=len(outcome.queued), duplicates=len(outcome.duplicates),
+                       duplicates_failed=failed_copies, rejected=len(outcome.rejected),
+                       skipped=len(outcome.skipped), messages=outcome.messages)
     failed = bool(outcome.rejected or failed_copies)
     if as_json:
         click.echo(json.dumps(summary))
@@ -105,6 +134,16 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
     say_skipped(outcome.skipped)
     # A script that checks only the exit code must learn that files failed, as from `run`.
     raise SystemExit(ExitCode.IMAGES_FAILED if failed else ExitCode.OK)
+
+
+def _summary(seconds: float, *, batch_id: int | None = None, files: int = 0, queued: int = 0,
+             duplicates: int = 0, duplicates_failed: int = 0, rejected: int = 0,
+             skipped: int = 0, messages: int = 0) -> dict[str, int | float | None]:
+    """`mammo submit --json`'s object; ``batch_id`` None: nothing to do, no batch made."""
+    return {"batch_id": batch_id, "files": files, "queued": queued, "duplicates": duplicates,
+            "duplicates_failed": duplicates_failed, "rejected": rejected, "skipped": skipped,
+            "messages": messages, "seconds": round(seconds, 3),
+            "files_per_s": round(files / max(seconds, 1e-6), 1)}
 
 
 COMMANDS = (submit_command,)
