@@ -236,6 +236,10 @@ def _breast(images: Sequence[ExamImage]) -> dict[str, Any] | None:
     return {
         "label": worst.label, "suspicion": worst.suspicion,
         "p_malignant": max(i.p_malignant or 0.0 for i in scored),
+        # The probability of any finding (1 - P(normal)): the worklist gives it beside
+        # P(malignant), as every report gives probabilities, not verdicts.
+        "p_abnormal": max((1.0 - i.p_normal for i in scored if i.p_normal is not None),
+                          default=None),
         "views": sorted({i.screening_key for i in scored if i.screening_key}),
         "image_ids": sorted(i.image_id for i in scored),
         "bilateral": any(i.read_with_other_breast for i in images),

@@ -290,6 +290,7 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
     changed = _refresh_exams(runtime, touched)
     # After the commits: notifications never hold or undo results (and never raise).
     runtime.notifier.exams_changed(changed)
+    runtime.notifier.images_scored(sorted(kept))  # those of no exam: alerted on their own
     runtime.notifier.batches_finished(finished)
 
 

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
     from shared.reports.targets import ReportRequest
 
-WORKLIST_COLUMNS = ("rank", "study_uid", "patient_pseudonym", "study_date", "suspicion",
-                    "left", "right", "label", "p_malignant", "status", "flags", "report_path")
+# A row read alone (no exam) has no study_uid: its image_id and source name it.
+WORKLIST_COLUMNS = ("rank", "study_uid", "image_id", "source", "patient_pseudonym",
+                    "study_date", "suspicion", "left", "right", "label", "p_malignant",
+                    "models", "status", "flags", "report_path")
 _KINDS = ("exam", "batch", "worklist", "stats")
 _ALL_FORMATS = ("pdf", "html", "csv", "json")
 
@@ -41,7 +43,8 @@ _ALL_FORMATS = ("pdf", "html", "csv", "json")
 def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | None,
                      until: datetime | None, limit: int | None, write_reports: bool,
                      fmt: str) -> None:
-    """The read-first list: exams by suspicion, highest first.
+    """The read-first list: exams by suspicion, highest first, with each image scored
+    outside any exam (no study ID) as a row of its own, flagged as read alone.
 
     Exams whose missing views timed out get their (incomplete) result first, even when no
     watcher or worker is running. report_path is the exam's PDF, when it has been written
@@ -81,6 +84,8 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         notes = [_more_exams_note(len(rows), total, limit), unlisted.note()]
         if write_reports:
             for row in rows:
+                if row["study_uid"] is None:  # an image read alone: no exam, no exam PDF
+                    continue
                 path = exam_pdf_path(settings.report_dir, row["study_uid"])
                 write_exam_report(session, row["study_uid"], path, "pdf", settings)
             # Listed again: the rows' report paths and flags ("the exam PDF predates this

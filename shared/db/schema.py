@@ -272,9 +272,11 @@ class Notification(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))  # email | webhook
     event: Mapped[str] = mapped_column(String(32))  # batch_complete | exam_alert
-    subject_key: Mapped[str] = mapped_column(String(64))  # "batch:12", "study:7"
+    subject_key: Mapped[str] = mapped_column(String(64))  # "batch:12", "study:7", "image:9"
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"))
+    # The image of an alert for an image scored outside any exam (subject "image:9").
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,7 +1,9 @@
 """The words and numbers of each notification, read from the database.
 
 Exam alerts name the exam by study UID, accession number and patient pseudonym, and give the
-scores: nothing else from the DICOM header ever reaches a message.
+scores: nothing else from the DICOM header ever reaches a message. An image scored outside
+any exam (``shared.read_alone``) is alerted as an exam of its own, named by its image id,
+batch and file name.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.db.schema import ExamResult, Image, Prediction, Study
+from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
 from shared.exams import read_first_suspicion
 from shared.notify.message import Attachment, Event, Notice
 from shared.queries import batch_status
+from shared.read_alone import READ_ALONE_FLAG, model_label, scored_alone
 from shared.reports.batch_data import synthetic_images
 from shared.reports.exports import DISCLAIMER
 from shared.reports.layout import synthetic_note
@@ -165,3 +168,51 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
                   f"Suspicion {rank}/10 exam to read first "
                   f"(accession {study.accession_number or '-'})",
                   text, payload, study_id=study_id)
+
+
+def image_alert_notice(session: Session, image_id: int, threshold: int) -> Notice | None:
+    """An alert for an image scored outside any exam, on its current prediction; None when
+    it is below ``threshold`` (or no longer an image alone, done)."""
+    found = session.execute(scored_alone(Image, Prediction, ModelVersion.name,
+                                         ModelVersion.version)
+                            .where(Image.id == image_id)).first()
+    if found is None or found[1].suspicion < threshold:
+        return None
+    image, prediction, name, version = found
+    synthetic = image.manufacturer == SYNTHETIC_MANUFACTURER
+    # The file's name, as the batch summary names its files: not its folders.
+    file = Path(image.source).name
+    side = {"L": "left", "R": "right"}.get(image.laterality or "", "laterality unknown")
+    text = "\n".join([
+        *([SYNTHETIC_NOTE, ""] if synthetic else []),
+        f"An image was scored at suspicion {prediction.suspicion} of 10 (alert threshold "
+        f"{threshold}). Please prioritise its reading.",
+        "",
+        f"Image: {image.id} of batch {image.batch_id}, file {file} ({side}, view "
+        f"{image.view or '-'}); `mammo results --batch {image.batch_id}` gives its path",
+        f"Predicted class {prediction.label}; P(malignant) {prediction.p_malignant:.3f}, "
+        f"P(abnormal) {1.0 - prediction.p_normal:.3f}; model {model_label(name, version)}",
+        f"Flag: {READ_ALONE_FLAG}",
+        "",
+        DISCLAIMER,
+    ])
+    payload: dict[str, Any] = {
+        "study_uid": None, "accession_number": None, "patient_pseudonym": None,
+        "image_id": image.id, "batch_id": image.batch_id, "file": file,
+        "laterality": image.laterality, "view": image.view,
+        "suspicion": prediction.suspicion, "exam_suspicion": None, "threshold": threshold,
+        "label": prediction.label, "p_malignant": prediction.p_malignant,
+        "p_abnormal": 1.0 - prediction.p_normal, "exam_status": None,
+        "per_breast": {image.laterality: {"label": prediction.label,
+                                          "suspicion": prediction.suspicion,
+                                          "p_malignant": prediction.p_malignant,
+                                          "views": [image.view] if image.view else []}}
+        if image.laterality in ("L", "R") else {},
+        "flags": [READ_ALONE_FLAG], "model_version": model_label(name, version),
+        "synthetic": synthetic, "disclaimer": DISCLAIMER,
+    }
+    return Notice(Event.EXAM_ALERT, f"image:{image_id}",
+                  f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
+                  f"Suspicion {prediction.suspicion}/10 image to read first "
+                  f"(image {image.id}, read alone: no exam)",
+                  text, payload, batch_id=None, image_id=image_id)

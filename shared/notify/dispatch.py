@@ -29,7 +29,7 @@ from shared.db.clock import database_now
 from shared.db.schema import Batch
 from shared.errors import NotificationError, NotificationRejectedError, first_line
 from shared.notify import records
-from shared.notify.content import batch_notice, exam_alert_notice
+from shared.notify.content import batch_notice, exam_alert_notice, image_alert_notice
 from shared.notify.handoff import HandOff, Job
 from shared.notify.mail import EmailChannel
 from shared.notify.message import Event, Notice
@@ -93,7 +93,8 @@ def channels_for(settings: Settings) -> list[Channel]:
 @dataclass
 class FollowUpReport:
     owed_batches: int = 0  # finished batches no notification recorded, now sent
-    owed_alerts: int = 0  # exams at or above the threshold no alert recorded, now sent
+    owed_alerts: int = 0  # exams (images read alone) at or above the threshold no alert
+    # recorded, now sent
     retried: int = 0  # failed (or abandoned) deliveries taken back
     delivered: int = 0  # ... of which now delivered
     obsolete: int = 0  # ... of which no longer called for
@@ -133,6 +134,25 @@ class Notifier:
             self._guarded(f"study {study_id}", partial(exam_alert_notice, study_id=study_id,
                                                        threshold=threshold))
 
+    def images_scored(self, image_ids: Iterable[int]) -> None:
+        """Alert the images of these scored outside any exam (no study) at or above the
+        threshold: no exam result holds them, so ``exams_changed`` never sees them. One
+        query finds them among the ids; the others (an exam's views) are the exams'."""
+        if not self.channels:
+            return
+        try:
+            with self.sessions() as session:
+                alone = records.alone_at_or_above(session, image_ids,
+                                                  self.settings.alert_suspicion)
+        except Exception as exc:  # a notification never fails the batch
+            log.warning("alerts for images read alone skipped after an error: %s: %s",
+                        type(exc).__name__, _first_line(exc))
+            return
+        threshold = self.settings.alert_suspicion
+        for image_id in alone:
+            self._guarded(f"image {image_id}", partial(image_alert_notice, image_id=image_id,
+                                                       threshold=threshold))
+
     def follow_up(self) -> FollowUpReport:
         """What the sweeper calls: deliver what is owed within MAMMO_NOTIFY_GIVE_UP_AFTER_S.
 
@@ -153,11 +173,16 @@ class Notifier:
                 owed = [records.owed(session, c.name, since=since, now=now,
                                      alert_threshold=self.settings.alert_suspicion)
                         for c in self.channels]
+                images = sorted({i for c in self.channels for i in records.owed_images(
+                    session, c.name, since=since,
+                    alert_threshold=self.settings.alert_suspicion)})
             batches = sorted({b for found, _ in owed for b in found})
             studies = sorted({s for _, found in owed for s in found})
-            report.owed_batches, report.owed_alerts = len(batches), len(studies)
+            report.owed_batches = len(batches)
+            report.owed_alerts = len(studies) + len(images)
             self.batches_finished(batches)
             self.exams_changed(studies)
+            self.images_scored(images)
             if self.settings.notify_resend_after_s > 0:
                 self._retry_failed(since, report)
         except Exception as exc:  # the sweeper goes on; the next sweep tries again
@@ -197,6 +222,8 @@ class Notifier:
             return self._batch(session, row.batch_id)
         if row.event is Event.EXAM_ALERT and row.study_id is not None:
             return exam_alert_notice(session, row.study_id, self.settings.alert_suspicion)
+        if row.event is Event.EXAM_ALERT and row.image_id is not None:
+            return image_alert_notice(session, row.image_id, self.settings.alert_suspicion)
         return None
 
     def _batch(self, session: Session, batch_id: int) -> Notice | None:

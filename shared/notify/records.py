@@ -18,7 +18,7 @@ re-sends and took dead senders' rows over late.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,10 +27,12 @@ from sqlalchemy.orm import Session
 
 from shared.batches import summary_due_at
 from shared.db.clock import Clocks, database_now
-from shared.db.schema import Batch, ExamResult, Notification
+from shared.db.lifecycle import in_blocks
+from shared.db.schema import Batch, ExamResult, Image, Notification, Prediction
 from shared.db.upsert import insert_missing
 from shared.exams import read_first_suspicion_sql
 from shared.notify.message import Event, Notice
+from shared.read_alone import scored_alone
 
 # obsolete: the event no longer calls for this notification (the exam was re-scored below
 # the alert threshold before a re-send); never sent again.
@@ -45,7 +47,8 @@ def claim(session: Session, channel: str, notice: Notice) -> int | None:
     now = database_now(session)
     ids = insert_missing(session, Notification, [{
         "channel": channel, "event": notice.event.value, "subject_key": notice.subject_key,
-        "batch_id": notice.batch_id, "study_id": notice.study_id, "status": PENDING,
+        "batch_id": notice.batch_id, "study_id": notice.study_id,
+        "image_id": notice.image_id, "status": PENDING,
         "attempts": 0, "claimed_at": now,
     }], conflict=("channel", "event", "subject_key"), returning=Notification.id)
     if ids:
@@ -105,6 +108,7 @@ class Retake:
     event: Event
     batch_id: int | None
     study_id: int | None
+    image_id: int | None = None  # an alert of an image read alone (no exam)
 
 
 def take_failed(session: Session, channels: Sequence[str], *, retry_after: timedelta,
@@ -125,10 +129,10 @@ def take_failed(session: Session, channels: Sequence[str], *, retry_after: timed
                         Notification.claimed_at < now - STALE_AFTER)))
         .values(status=PENDING, claimed_at=now)
         .returning(Notification.id, Notification.channel, Notification.event,
-                   Notification.batch_id, Notification.study_id),
+                   Notification.batch_id, Notification.study_id, Notification.image_id),
         execution_options={"synchronize_session": False},
     ).all()
-    return [Retake(int(i), str(c), Event(e), b, s) for i, c, e, b, s in rows]
+    return [Retake(int(i), str(c), Event(e), b, s, m) for i, c, e, b, s, m in rows]
 
 
 def mark_obsolete(session: Session, notification_id: int, reason: str) -> None:
@@ -165,6 +169,30 @@ def owed(session: Session, channel: str, *, since: datetime, now: datetime,
             ~recorded(Event.EXAM_ALERT, Notification.study_id == ExamResult.study_id))
         .order_by(ExamResult.study_id)).scalars().all()
     return batches, list(studies)
+
+
+def alone_at_or_above(session: Session, image_ids: Iterable[int], threshold: int) -> list[int]:
+    """Those of ``image_ids`` scored outside any exam at or above ``threshold``."""
+    found: list[int] = []
+    for block in in_blocks(image_ids):
+        found += session.execute(scored_alone(Image.id).where(
+            Image.id.in_(block), Prediction.suspicion >= threshold)).scalars()
+    return sorted(found)
+
+
+def owed_images(session: Session, channel: str, *, since: datetime,
+                alert_threshold: int) -> list[int]:
+    """The images scored outside any exam at or above the alert threshold after ``since``
+    (their current prediction's time, on the database's clock) with no alert row on
+    ``channel``: what ``owed`` is for exams."""
+    recorded = (select(Notification.id)
+                .where(Notification.channel == channel,
+                       Notification.event == Event.EXAM_ALERT.value,
+                       Notification.image_id == Image.id).exists())
+    return list(session.execute(
+        scored_alone(Image.id).where(Prediction.created_at >= since,
+                                     Prediction.suspicion >= alert_threshold, ~recorded)
+        .order_by(Image.id)).scalars().all())
 
 
 def unsent_since(session: Session, since_here: datetime) -> int:

@@ -26,7 +26,12 @@ from shared.queries import (
     model_labels,
     require_batch,
 )
-from shared.reports.worklist import WorklistFilter, count_worklist, worklist_rows
+from shared.reports.worklist import (
+    WorklistFilter,
+    count_read_alone,
+    count_worklist,
+    worklist_rows,
+)
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
 
@@ -68,11 +73,12 @@ class BatchSummary:
     stage_times: list[StageTimes]
     failures: list[dict[str, Any]]  # every failed image of its own, in image id order
     failure_reasons: list[FailureReason]  # most images first
-    worklist: list[dict[str, Any]]  # the first exams of the read-first list
+    worklist: list[dict[str, Any]]  # the first rows (exams, images read alone) of it
     exams: int  # every exam of the batch with a result (the worklist may show fewer)
     duplicates: int  # files that were copies of images already known: not counted above
     synthetic_images: int  # from the synthetic generator (mammo demo): not patients
     results: list[dict[str, Any]] = field(repr=False)
+    read_alone: int = 0  # scored images of no exam: each a row of the worklist too
 
     @property
     def total(self) -> int:
@@ -157,6 +163,8 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
     by_class = Counter(r["label"] for r in done)
     scores = Counter(int(r["suspicion"]) for r in done if r["suspicion"] is not None)
     failures = _failures(own)
+    whole = WorklistFilter(batch_id=batch_id)
+    read_alone = count_read_alone(session, whole)
     return BatchSummary(
         batch_id=batch.id, name=batch.name, created_at=as_utc(batch.created_at),
         finished_at=as_utc(batch.finished_at),
@@ -170,7 +178,8 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
         failure_reasons=_failure_reasons(failures),
         worklist=worklist_rows(session, WorklistFilter(batch_id=batch_id, limit=worklist_limit),
                                report_dir=report_dir),
-        exams=count_worklist(session, WorklistFilter(batch_id=batch_id)),
+        exams=count_worklist(session, whole) - read_alone,
+        read_alone=read_alone,
         duplicates=len(results) - len(own),
         synthetic_images=synthetic_images(session, batch_id),
         results=results,

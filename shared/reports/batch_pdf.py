@@ -38,28 +38,38 @@ from shared.reports.pdf_parts import (
 )
 
 # Each column is wide enough for its longest word that must not break ("rank", "suspicion",
-# "incomplete", "image_id", the longest error code) at the tables' 7.5 pt, plus a cell's
-# padding (reportlab's 6 pt a side); free text (flags, paths, messages) takes the rest.
+# "incomplete", "P(malignant)", "default:1.8.0", "image_id", the longest error code) at the
+# tables' 7.5 pt, plus a cell's padding (reportlab's 6 pt a side); free text (flags, paths,
+# messages) takes the rest.
 FAILURE_WIDTHS = (17 * mm, 38 * mm, 43 * mm, 82 * mm)
 FAILURE_REASON_WIDTHS = (43 * mm, 16 * mm, 121 * mm)
-# The read-first table without its study_uid column: each exam's UID has a line of its own.
-EXAM_COLUMNS = tuple(c for c in WORKLIST_COLUMNS if c != "study_uid")
-EXAM_WIDTHS = (11 * mm, 17 * mm, 24 * mm, 24 * mm, 20 * mm, 46 * mm, 38 * mm)
+# The read-first table without its study_uid and report columns: each row's UID (or
+# image and file) and report path have a line of their own.
+_OWN_LINE = ("study_uid", "report")
+EXAM_COLUMNS = tuple(c for c in WORKLIST_COLUMNS if c not in _OWN_LINE)
+EXAM_WIDTHS = (11 * mm, 17.5 * mm, 22 * mm, 22 * mm, 22 * mm, 22 * mm, 20 * mm, 43.5 * mm)
+
+
+def _own_line(row: dict[str, Any], identity: str, report: str) -> str:
+    name = f"study_uid: {identity}" if row["study_uid"] is not None else identity
+    return name if report == "-" else f"{name} - report: {report}"
 
 
 def worklist_table(summary: BatchSummary) -> Flowable:
-    """The read-first exams, each on two lines: its scores, then its study UID across the
-    page. In a column of its own a UID broke inside a number ("...8.4" over "98.777"): it
-    read as another UID and was copied wrong; a 64-character UID fits the page's width."""
+    """The read-first exams (and images read alone), each on two lines: its scores, then its
+    study UID across the page. In a column of its own a UID broke inside a number ("...8.4"
+    over "98.777"): it read as another UID and was copied wrong; a 64-character UID fits
+    the page's width."""
     if not summary.worklist:
         return para(no_worklist_text(summary))
-    uid_at = WORKLIST_COLUMNS.index("study_uid")
+    own_at = [WORKLIST_COLUMNS.index(c) for c in _OWN_LINE]
     rows: list[list[Any]] = []
     style: list[tuple[Any, ...]] = []
     for row in summary.worklist:
-        cells = worklist_table_row(row)
-        uid = cells.pop(uid_at)
-        rows += [cells, [f"study_uid: {uid}"] + [""] * (len(cells) - 1)]
+        every = worklist_table_row(row)
+        cells = [c for at, c in enumerate(every) if at not in own_at]
+        line = _own_line(row, *(every[at] for at in own_at))
+        rows += [cells, [line] + [""] * (len(cells) - 1)]
         at = len(rows)  # the UID's line (the header is line 0)
         style += [("SPAN", (0, at), (-1, at)), ("NOSPLIT", (0, at - 1), (-1, at))]
     return table(EXAM_COLUMNS, rows, widths=EXAM_WIDTHS, style=style)

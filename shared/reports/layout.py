@@ -11,8 +11,11 @@ from shared.timeutil import utc_text
 FAILURE_COLUMNS = ("image_id", "file", "error_code", "error_message")
 FAILURE_REASON_COLUMNS = ("error_code", "images", "example message")
 NO_STAGE_TIMES = "No image was scored, so there are no stage times."
-WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "left", "right", "status", "flags",
-                    "report")
+# "study_uid" is the exam's UID, or the image's id and file where it was read alone (no
+# exam); left and right give each breast's score with its probabilities, P(malignant) the
+# row's (PRODUCT.md: probabilities, not verdicts), model the model(s) behind them.
+WORKLIST_COLUMNS = ("rank", "study_uid", "suspicion", "P(malignant)", "left", "right",
+                    "model", "status", "flags", "report")
 
 
 def cell_text(value: Any) -> str:
@@ -55,6 +58,8 @@ def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
         ("images scored / minute (as mammo status: all its work once finished, "
          "its last 5 minutes before)", summary.images_per_minute),
         ("exams with a result", summary.exams),
+        *([("images read alone (no exam: listed to read first on their own score)",
+            summary.read_alone)] if summary.read_alone else []),
         ("failed images", len(summary.failures)),
     ]
     if summary.duplicates:
@@ -90,9 +95,10 @@ def failures_note(summary: BatchSummary) -> str | None:
 
 
 def worklist_heading(summary: BatchSummary) -> str:
-    shown = len(summary.worklist)
-    more = f" (the first {shown} of {summary.exams})" if shown < summary.exams else ""
-    return f"Read first: exams by suspicion{more}"
+    shown, listed = len(summary.worklist), summary.exams + summary.read_alone
+    more = f" (the first {shown} of {listed})" if shown < listed else ""
+    alone = " and images read alone (no exam)" if summary.read_alone else ""
+    return f"Read first: exams{alone} by suspicion{more}"
 
 
 def no_worklist_text(summary: BatchSummary) -> str:
@@ -107,13 +113,22 @@ def stage_rows(summary: BatchSummary) -> list[tuple[str, float, float]]:
 
 
 def _breast(row: dict[str, Any], side: str) -> str:
+    """A breast's score and the probabilities behind it (no class verdict)."""
     breast = row["per_breast"].get(side)
     if not breast:
         return "-"
-    return f"{breast.get('suspicion')} ({breast.get('label')})"
+    return (f"{breast.get('suspicion')}; P(malignant) {cell_text(breast.get('p_malignant'))}"
+            f"; P(abnormal) {cell_text(breast.get('p_abnormal'))}")
+
+
+def row_identity(row: dict[str, Any]) -> str:
+    """What names the row: its exam's study UID, or the image read alone and its file."""
+    if row["study_uid"] is not None:
+        return str(row["study_uid"])
+    return f"image {row.get('image_id')}, read alone (no exam): {row.get('source')}"
 
 
 def worklist_table_row(row: dict[str, Any]) -> list[Any]:
-    return [row["rank"], row["study_uid"], row["suspicion"], _breast(row, "L"),
-            _breast(row, "R"), row["status"], "; ".join(row["flags"]) or "-",
-            row["report_path"] or "-"]
+    return [row["rank"], row_identity(row), row["suspicion"], row.get("p_malignant"),
+            _breast(row, "L"), _breast(row, "R"), ", ".join(row.get("models") or []) or "-",
+            row["status"], "; ".join(row["flags"]) or "-", row["report_path"] or "-"]

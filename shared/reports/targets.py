@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.errors import ReportTargetNotFoundError
 from shared.exams import refresh_due_exams
-from shared.queries import models_of_exams, require_batch
+from shared.queries import require_batch
 from shared.reports.batch_summary import BATCH_FORMATS, batch_report_path, write_batch_report
 from shared.reports.exam_reports import EXAM_FORMATS, write_exam_report
 from shared.reports.exports import DISCLAIMER, write_csv, write_json
@@ -98,7 +98,7 @@ def _worklist(session: Session, req: ReportRequest, path: Path, settings: Settin
     if req.fmt == "json":
         # A file, not the array `mammo worklist --format json` prints: an object, like the
         # exam and batch JSON reports, so it carries the statement and its models.
-        models = models_of_exams(session, [r["study_uid"] for r in rows])
+        models = sorted({model for r in rows for model in r["models"]})
         return write_json({"disclaimer": DISCLAIMER, "models": models, "worklist": rows}, path)
     # CSV files carry data rows only (as the batch CSV export); `mammo report` prints the
     # statement when it writes them.

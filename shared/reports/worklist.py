@@ -11,6 +11,11 @@ must not skip one listed among them. The exam's validated score stays beside it
 Exam results are normally written by the worker (after each chunk) or the watcher. An exam
 whose missing views timed out while neither ran would never get one, so the worklist first
 refreshes every study still awaiting a result: the timeout is applied here too.
+
+An image scored outside any exam (no study: ``shared.read_alone``) is a row of its own,
+ranked among the exams by its own score: ``study_uid`` null, ``image_id`` and ``source``
+naming it, and a flag saying it was read alone. Every row names the model(s) behind its
+scores (``models``) and gives the probabilities, not only the scores.
 """
 
 from __future__ import annotations
@@ -26,16 +31,22 @@ from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.lifecycle import ACTIVE_STATES, in_blocks
-from shared.db.schema import ExamResult, Image, Study
+from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
+from shared.enums import ImageState
 from shared.exams import read_first_suspicion, read_first_suspicion_sql
+from shared.queries import _with_latest_prediction, model_labels
+from shared.read_alone import READ_ALONE_FLAG, READ_ALONE_STATUS, model_label, scored_alone
 from shared.timeutil import as_utc
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
 # A worklist row for a table or CSV (flat_worklist_row): one column per breast.
 # Every field of the JSON row but the per-breast details, so a CSV names the patient too.
-FLAT_WORKLIST_KEYS = ("rank", "study_uid", "patient_pseudonym", "study_date", "suspicion",
-                      "exam_suspicion", "left", "right", "label", "p_malignant", "status",
+FLAT_WORKLIST_KEYS = ("rank", "study_uid", "image_id", "source", "patient_pseudonym",
+                      "study_date", "suspicion", "exam_suspicion", "left", "right",
+                      "left_p_malignant", "left_p_abnormal", "right_p_malignant",
+                      "right_p_abnormal", "label", "p_malignant", "models", "status",
                       "accession_number", "flags", "report_path")
+_SIDES = (("L", "left"), ("R", "right"))
 
 
 @dataclass(frozen=True)
@@ -72,10 +83,14 @@ class UnlistedExams:
     first_due: datetime | None = None  # when the first waiting exam is listed (UTC)
     last_due: datetime | None = None  # ... and the last
     timeout_s: float = 0.0
+    alone: int = 0  # images outside any exam still queued or processing
 
     def note(self) -> str | None:
         """The lines a listing ends with, so that the exams left out are not silently lost."""
         lines = []
+        if self.alone:
+            lines.append(f"{self.alone} image(s) outside any exam not listed yet: still "
+                         "queued or processing; `mammo status` shows the queue")
         if self.exams:
             since = (f" (the oldest since {self.oldest:%Y-%m-%d %H:%M} UTC)" if self.oldest
                      else "")
@@ -123,17 +138,46 @@ def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
     return stmt.limit(flt.limit) if flt.limit else stmt
 
 
+def _in_scope(stmt: Select[Any], flt: WorklistFilter) -> Select[Any]:
+    """``stmt`` over images, narrowed to the images the filter matches."""
+    if flt.batch_id is not None:
+        stmt = stmt.where(Image.batch_id == flt.batch_id)
+    if flt.since is not None:
+        stmt = stmt.where(Image.created_at >= flt.since)
+    if flt.until is not None:
+        stmt = stmt.where(Image.created_at < flt.until)
+    return stmt
+
+
+def _alone_query(flt: WorklistFilter) -> Select[Any]:
+    """The images scored outside any exam, in the exams' order: their own scores."""
+    stmt = _in_scope(scored_alone(Image, Prediction, ModelVersion.name, ModelVersion.version,
+                                  ModelVersion.sha256), flt)
+    stmt = stmt.order_by(Prediction.suspicion.desc(), Prediction.p_malignant.desc(), Image.id)
+    return stmt.limit(flt.limit) if flt.limit else stmt
+
+
+def _count(session: Session, query: Select[Any] | Select[ExamResult, Study]) -> int:
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+
+def count_read_alone(session: Session, flt: WorklistFilter) -> int:
+    """How many images scored outside any exam the list holds without ``flt.limit``."""
+    return _count(session, _alone_query(replace(flt, limit=None)))
+
+
 def count_worklist(session: Session, flt: WorklistFilter) -> int:
-    """How many exams the list holds without ``flt.limit``."""
-    unlimited = _worklist_query(replace(flt, limit=None))
-    return int(session.scalar(select(func.count()).select_from(unlimited.subquery())) or 0)
+    """How many rows (exams, and images read alone) the list holds without ``flt.limit``."""
+    return (_count(session, _worklist_query(replace(flt, limit=None)))
+            + count_read_alone(session, flt))
 
 
 def unlisted_exams(session: Session, flt: WorklistFilter, *,
                    timeout_s: float) -> UnlistedExams:
     """The exams in ``flt``'s scope without a result: with a view still active, or
-    (none active) waiting ``timeout_s`` after their last image for a missing view. Two
-    queries. Call it after ``refresh_due_exams``, which lists the exams whose wait is over."""
+    (none active) waiting ``timeout_s`` after their last image for a missing view; and
+    the images outside any exam still active. Three queries. Call it after
+    ``refresh_due_exams``, which lists the exams whose wait is over."""
     has_result = (select(ExamResult.id).where(ExamResult.study_id == Image.study_id,
                                               ExamResult.superseded_at.is_(None)).exists())
     unlisted = [Image.study_id.is_not(None), ~has_result]
@@ -148,10 +192,13 @@ def unlisted_exams(session: Session, flt: WorklistFilter, *,
             .group_by(Image.study_id).having(active == 0).subquery())
     waiting, first, last = session.execute(
         select(func.count(), func.min(idle.c.last), func.max(idle.c.last))).one()
+    alone = session.scalar(_in_scope(select(func.count()).select_from(Image), flt).where(
+        Image.study_id.is_(None), Image.state.in_(ACTIVE_STATES)))
     due = timedelta(seconds=timeout_s)
     first, last = as_utc(first), as_utc(last)
     return UnlistedExams(int(exams or 0), as_utc(oldest), int(waiting or 0),
-                         first and first + due, last and last + due, timeout_s)
+                         first and first + due, last and last + due, timeout_s,
+                         int(alone or 0))
 
 
 @dataclass
@@ -208,45 +255,108 @@ def _row_flags(result: ExamResult, images: _ImagesToFlag, stale_pdf: bool) -> li
     return flags
 
 
+def _exam_models(session: Session, study_ids: list[int]) -> dict[int, set[tuple[str, str]]]:
+    """Each study's models: those of its done images' current predictions, which its
+    current result was computed from."""
+    found: dict[int, set[tuple[str, str]]] = {}
+    for block in in_blocks(study_ids):
+        stmt = (_with_latest_prediction(
+                    select(Image.study_id, ModelVersion.name, ModelVersion.version,
+                           ModelVersion.sha256).select_from(Image), inner_study=True)
+                .where(Image.study_id.in_(block), Image.state == ImageState.DONE.value,
+                       ModelVersion.id.is_not(None))
+                .distinct())
+        for study_id, name, version, sha256 in session.execute(stmt):
+            found.setdefault(study_id, set()).add((model_label(name, version), sha256))
+    return found
+
+
+def _exam_row(result: ExamResult, study: Study, flags: list[str],
+              report_path: str | None) -> dict[str, Any]:
+    return {
+        # Ranked by it, so printed as it (_worklist_query orders by its SQL twin).
+        "study_uid": study.study_uid, "image_id": None, "source": None,
+        "suspicion": read_first_suspicion(result), "exam_suspicion": result.suspicion,
+        "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),
+                              "p_malignant": b.get("p_malignant"),
+                              # Kept with exam results since the worklist gives it; older
+                              # results have none (null).
+                              "p_abnormal": b.get("p_abnormal"),
+                              "bilateral": bool(b.get("bilateral")),
+                              "own_suspicion": b.get("own_suspicion")}
+                       for side, b in sorted(result.per_breast.items())
+                       if isinstance(b, dict)},
+        "flags": flags, "report_path": report_path,
+        "label": result.label, "p_malignant": result.p_malignant, "status": result.status,
+        "accession_number": study.accession_number, "study_date": study.study_date,
+        "patient_pseudonym": study.patient_pseudonym,
+    }
+
+
+def _alone_row(image: Image, prediction: Prediction) -> dict[str, Any]:
+    """An image read alone, as an exam row: its own score stands for the exam's."""
+    breast = {"suspicion": prediction.suspicion, "label": prediction.label,
+              "p_malignant": prediction.p_malignant, "p_abnormal": 1.0 - prediction.p_normal,
+              "bilateral": False, "own_suspicion": prediction.suspicion}
+    return {
+        "study_uid": None, "image_id": image.id, "source": image.source,
+        "suspicion": prediction.suspicion, "exam_suspicion": None,
+        "per_breast": {image.laterality: breast} if image.laterality in ("L", "R") else {},
+        "flags": [READ_ALONE_FLAG, *filter(None, [burned_in_flag(
+            [image.id] if image.burned_in_annotation else [])])],
+        "report_path": None, "label": prediction.label,
+        "p_malignant": prediction.p_malignant, "status": READ_ALONE_STATUS,
+        "accession_number": None, "study_date": None, "patient_pseudonym": None,
+    }
+
+
+def _read_first_order(row: dict[str, Any]) -> tuple[bool, int, bool, float, bool]:
+    """The exams' SQL order (suspicion, then P(malignant), highest first, unknown last)
+    over both kinds of row; at a tie an exam comes before an image read alone."""
+    suspicion, p_malignant = row["suspicion"], row["p_malignant"]
+    return (suspicion is None, -(suspicion or 0), p_malignant is None, -(p_malignant or 0.0),
+            row["study_uid"] is None)
+
+
 def worklist_rows(session: Session, flt: WorklistFilter, *,
                   report_dir: Path) -> list[dict[str, Any]]:
-    """One row per exam; ``report_path`` is set when the exam's PDF exists.
+    """One row per exam, and per image scored outside any exam; ``report_path`` is set
+    when the exam's PDF exists.
 
     Flags are added to the stored ones for what the result does not hold: images of the
     exam still in flight, a PDF older than the result, and images with burned-in text.
+    ``models`` names the model(s) behind each row's scores.
     """
     listed = [(result, study) for result, study in session.execute(_worklist_query(flt))]
+    alone = list(session.execute(_alone_query(flt)))
     to_flag = _images_to_flag(session, [study.id for _, study in listed])
+    exam_models = _exam_models(session, [study.id for _, study in listed])
+    alone_models = {image.id: {(model_label(name, version), sha256)}
+                    for image, _, name, version, sha256 in alone}
+    # Named over the whole list: two models sharing a NAME:VERSION show their sha256s.
+    labels = model_labels(pair for pairs in (*exam_models.values(), *alone_models.values())
+                          for pair in pairs)
     rows = []
-    for rank, (result, study) in enumerate(listed, start=1):
+    for result, study in listed:
         pdf = exam_pdf_path(report_dir, study.study_uid)
         has_pdf = pdf.is_file()
         flags = _row_flags(result, to_flag.get(study.id, _ImagesToFlag()),
                            has_pdf and pdf_is_older(pdf, result))
-        rows.append({
-            # Ranked by it, so printed as it (_worklist_query orders by its SQL twin).
-            "rank": rank, "study_uid": study.study_uid,
-            "suspicion": read_first_suspicion(result), "exam_suspicion": result.suspicion,
-            "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),
-                                  "p_malignant": b.get("p_malignant"),
-                                  "bilateral": bool(b.get("bilateral")),
-                                  "own_suspicion": b.get("own_suspicion")}
-                           for side, b in sorted(result.per_breast.items())
-                           if isinstance(b, dict)},
-            "flags": flags,
-            "report_path": str(pdf.resolve()) if has_pdf else None,
-            "label": result.label, "p_malignant": result.p_malignant, "status": result.status,
-            "accession_number": study.accession_number, "study_date": study.study_date,
-            "patient_pseudonym": study.patient_pseudonym,
-        })
-    return rows
+        row = _exam_row(result, study, flags, str(pdf.resolve()) if has_pdf else None)
+        rows.append((row, exam_models.get(study.id, set())))
+    rows += [(_alone_row(image, prediction), alone_models[image.id])
+             for image, prediction, *_ in alone]
+    rows.sort(key=lambda found: _read_first_order(found[0]))  # stable: each kind's order
+    return [{"rank": rank, **row, "models": sorted(labels[pair] for pair in pairs)}
+            for rank, (row, pairs) in enumerate(rows[:flt.limit or None], start=1)]
 
 
 def flat_worklist_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A worklist row for a table or CSV: one column per breast, flags joined."""
-    def breast(side: str) -> int | None:
-        found = row["per_breast"].get(side)
-        return found.get("suspicion") if found else None
-
-    flat = {**row, "left": breast("L"), "right": breast("R"), "flags": "; ".join(row["flags"])}
+    """A worklist row for a table or CSV: columns per breast, flags and models joined."""
+    flat = {**row, "flags": "; ".join(row["flags"]), "models": "; ".join(row["models"])}
+    for side, name in _SIDES:
+        breast = row["per_breast"].get(side) or {}
+        flat[name] = breast.get("suspicion")
+        flat[f"{name}_p_malignant"] = breast.get("p_malignant")
+        flat[f"{name}_p_abnormal"] = breast.get("p_abnormal")
     return {key: flat[key] for key in FLAT_WORKLIST_KEYS}

@@ -196,3 +196,47 @@ def test_worker_sweeper_alerts_on_exam_timeout_and_redelivers_once_the_hook_is_b
     assert alert["exam_status"] == "incomplete"
     assert all(attempts >= 2 for *_, attempts in _statuses(postgres_url))
     assert "follow-up: " in worker.log() and "failed delivery(ies) retried" in worker.log()
+
+
+def test_an_image_of_no_exam_is_alerted_once_and_read_first_on_postgresql(
+    tmp_path: Path, tiny_model_dir: Path, postgres_url: str,
+) -> None:
+    # A PNG sent without a manifest study_id belongs to no exam: no exam result holds it,
+    # and it reached neither the worklist, the batch summary nor an alert.
+    import json
+
+    import numpy as np
+
+    from shared.enums import Laterality
+    from shared.synthetic import synth_mammogram, write_png
+
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "alone.png",
+              synth_mammogram(np.random.default_rng(7), laterality=Laterality.LEFT))
+    with webhook_server(WEBHOOK_SECRET) as hook:
+        env = mammo_env(database_url=postgres_url, model=str(tiny_model_dir),
+                        webhook_url=hook.url, webhook_secret=WEBHOOK_SECRET,
+                        alert_suspicion="1", report_dir=str(tmp_path / "reports"))
+        done = run_mammo(["run", str(tmp_path / "in")], env, tmp_path)
+        assert done.returncode == 0, done.stderr
+        # Run again, and the sweeper's follow-up: the alert is not sent twice.
+        assert run_mammo(["run", str(tmp_path / "in")], env, tmp_path).returncode == 0
+        assert run_mammo(["recover"], env, tmp_path).returncode == 0
+        worklist = run_mammo(["worklist", "--format", "json"], env, tmp_path)
+        csv_out = run_mammo(["worklist", "--format", "csv"], env, tmp_path)
+    alerts = [p for p in hook.accepted if p["event"] == "exam_alert"]
+    assert len(alerts) == 1 and hook.refused == 0, hook.accepted
+    assert alerts[0]["study_uid"] is None and alerts[0]["file"] == "alone.png"
+    assert "read alone" in alerts[0]["flags"][0]
+    assert ("webhook", "exam_alert", "sent", 1) in _statuses(postgres_url)
+
+    [row] = json.loads(worklist.stdout)
+    assert row["study_uid"] is None and row["image_id"] == alerts[0]["image_id"]
+    assert row["source"].endswith("alone.png") and row["models"]
+    assert row["suspicion"] == alerts[0]["suspicion"]
+    assert row["p_malignant"] == alerts[0]["p_malignant"] and row["status"] == "image alone"
+    header, line = csv_out.stdout.splitlines()[:2]
+    assert "image_id" in header.split(",") and "models" in header.split(",")
+    assert "alone.png" in line
+    summary = (tmp_path / "reports" / "batch-1-summary.html").read_text()
+    assert f"image {row['image_id']}, read alone (no exam)" in summary
