@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,7 +69,6 @@ _RESULT_COLUMNS = (
     ModelVersion.sha256.label("model_sha256"),
 )
 _PREDICTED = ("label", "p_normal", "p_benign", "p_malignant", "suspicion", "input_notes")
-_UID_BLOCK = 500  # UIDs per IN list: well under every database's bound-parameter limit
 
 
 def _with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
@@ -142,23 +141,6 @@ def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
         if room is None or room > 0:
             rows.extend(duplicate_rows(session, flt.batch_id, limit=room))
     return rows
-
-
-def models_of_exams(session: Session, study_uids: Sequence[str]) -> list[str]:
-    """Every model (NAME:VERSION, as result rows print it, with its sha256's first digits
-    where two share one) behind the current results of these exams: the latest prediction
-    of each of their done images, in name order."""
-    found: set[tuple[str, str]] = set()
-    for start in range(0, len(study_uids), _UID_BLOCK):
-        stmt = (_with_latest_prediction(
-                    select(ModelVersion.name, ModelVersion.version, ModelVersion.sha256)
-                    .select_from(Image), inner_study=True)
-                .where(Study.study_uid.in_(study_uids[start:start + _UID_BLOCK]),
-                       Image.state == ImageState.DONE.value, ModelVersion.id.is_not(None))
-                .distinct())
-        found.update((f"{name}:{version}", sha256)
-                     for name, version, sha256 in session.execute(stmt))
-    return sorted(model_labels(found).values())
 
 
 def duplicate_rows(session: Session, batch_id: int, *,
