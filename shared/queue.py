@@ -7,6 +7,7 @@ fleet of ``mammo worker`` processes execute the same task code.
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -118,13 +119,27 @@ def create_celery_app(settings: Settings) -> Celery:
     return app
 
 
+_CONNECTION_LOSS_NOTICE = re.compile(r"\s*In Celery 5\.1 we introduced an optional breaking change")
+
+
+class _WithoutConnectionLossNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _CONNECTION_LOSS_NOTICE.search(record.getMessage())
+
+
 def _quiet_connection_loss_notice() -> None:
     """Celery warns, in 6 lines, at every broker drop that the setting above will default
     to True in Celery 6, even when it is set explicitly: every Redis restart filled the
-    worker log with it. Only that notice is silenced; the drop itself is still logged."""
-    warnings.filterwarnings(
-        "ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
-        category=CPendingDeprecationWarning)
+    worker log with it. Only that notice is silenced; the drop itself is still logged.
+
+    A warnings filter alone is not enough in a worker: Celery's logging setup puts an
+    "always" filter for its pending-deprecation warnings in front of it and routes warnings
+    to the ``py.warnings`` logger, so the notice is also dropped there."""
+    warnings.filterwarnings("ignore", message=_CONNECTION_LOSS_NOTICE.pattern,
+                            category=CPendingDeprecationWarning)
+    captured = logging.getLogger("py.warnings")
+    if not any(isinstance(f, _WithoutConnectionLossNotice) for f in captured.filters):
+        captured.addFilter(_WithoutConnectionLossNotice())
 
 
 def chunked(ids: Sequence[int], size: int) -> Iterator[list[int]]:
