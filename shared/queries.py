@@ -71,7 +71,7 @@ _RESULT_COLUMNS = (
 _PREDICTED = ("label", "p_normal", "p_benign", "p_malignant", "suspicion", "input_notes")
 
 
-def _with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
+def with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
                             inner_study: bool = False) -> Select[*tuple[Any, ...]]:
     """Join each image to its latest prediction (and that prediction's model).
 
@@ -97,7 +97,7 @@ def _with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
 
 
 def results_query(flt: ResultFilter) -> Select[*tuple[Any, ...]]:
-    stmt = _with_latest_prediction(select(*_RESULT_COLUMNS).select_from(Image),
+    stmt = with_latest_prediction(select(*_RESULT_COLUMNS).select_from(Image),
                                    inner_study=bool(flt.study_uid or flt.patient_pseudonym))
     # A row shows a prediction only for a done image (_result_row): one queued to be scored
     # again, or failed since, must not match by the prediction it no longer shows.
@@ -150,7 +150,7 @@ def duplicate_rows(session: Session, batch_id: int, *,
     Each row is the original image's (state, error, result: the results contract holds
     for it) under the copy's own source, with ``duplicate_of`` naming the original."""
     stmt = (
-        _with_latest_prediction(
+        with_latest_prediction(
             select(DuplicateSubmission.source.label("duplicate_source"), *_RESULT_COLUMNS)
             .select_from(DuplicateSubmission)
             .join(Image, Image.id == DuplicateSubmission.image_id))
@@ -319,7 +319,7 @@ def models_of_batch(session: Session, batch_id: int) -> dict[str, int]:
     Models are told apart by their file (sha256), as the model registry does: a model
     retrained under the shipped one's NAME:VERSION (`mammo train`'s defaults) is another
     model, named with its sha256's first 12 digits wherever two share a NAME:VERSION."""
-    # A grouped max over the batch's own images, not _with_latest_prediction's anti-join:
+    # A grouped max over the batch's own images, not with_latest_prediction's anti-join:
     # bounded by the batch (ix_images_batch_state), where PostgreSQL without statistics ran
     # the anti-join as batch x all predictions (8.5 s per batch on 50,000 images).
     latest = (select(func.max(Prediction.id)).join(Image, Image.id == Prediction.image_id)

@@ -15,7 +15,7 @@ from sqlalchemy import Select, select
 
 from shared.db.schema import Image, Prediction
 from shared.enums import ImageState
-from shared.queries import _with_latest_prediction
+from shared.queries import with_latest_prediction
 
 # The flag of every such row and alert: what a reader must know before trusting its score.
 READ_ALONE_FLAG = ("read alone: this image belongs to no exam (no study ID), so its other "
@@ -29,7 +29,7 @@ def scored_alone(*columns: Any) -> Select[Any]:
     """``columns`` of each done image without a study, joined to its current (latest)
     prediction and that prediction's model: the images the worklist lists and the alerts
     fire for on their own."""
-    return (_with_latest_prediction(select(*columns).select_from(Image))
+    return (with_latest_prediction(select(*columns).select_from(Image))
             .where(Image.study_id.is_(None), Image.state == ImageState.DONE.value,
                    Prediction.id.is_not(None)))
 

@@ -7,7 +7,7 @@ new model re-queues those images; the worker adds the new version's prediction b
 old one (one per image per model version), and the exam results are recomputed from it.
 
 An image's current prediction, the one results, the worklist, exam results and reports
-read, is its newest row: the highest id (``shared.queries._with_latest_prediction`` and
+read, is its newest row: the highest id (``shared.queries.with_latest_prediction`` and
 the grouped ``max(Prediction.id)`` of the exam, report and notification queries). A
 version scoring an image it scored before (a rollback: 0.0.1, then 0.0.2, then 0.0.1
 again) must make its prediction the newest: ``store_predictions`` replaces that row with

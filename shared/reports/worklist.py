@@ -34,7 +34,7 @@ from shared.db.lifecycle import ACTIVE_STATES, in_blocks
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
 from shared.exams import read_first_suspicion, read_first_suspicion_sql
-from shared.queries import _with_latest_prediction, model_labels
+from shared.queries import model_labels, with_latest_prediction
 from shared.read_alone import READ_ALONE_FLAG, READ_ALONE_STATUS, model_label, scored_alone
 from shared.timeutil import as_utc
 
@@ -260,7 +260,7 @@ def _exam_models(session: Session, study_ids: list[int]) -> dict[int, set[tuple[
     current result was computed from."""
     found: dict[int, set[tuple[str, str]]] = {}
     for block in in_blocks(study_ids):
-        stmt = (_with_latest_prediction(
+        stmt = (with_latest_prediction(
                     select(Image.study_id, ModelVersion.name, ModelVersion.version,
                            ModelVersion.sha256).select_from(Image), inner_study=True)
                 .where(Image.study_id.in_(block), Image.state == ImageState.DONE.value,
