@@ -19,10 +19,12 @@ from celery.events.dispatcher import EventDispatcher
 from celery.exceptions import CPendingDeprecationWarning
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from shared.config import Settings
 from shared.enums import Priority
 from shared.errors import BrokerUnavailableError, ConfigurationError
+from shared.reachability import _chain as exception_chain
 from shared.urls import redact_url
 
 TASK_PROCESS_CHUNK = "mammo.process_chunk"
@@ -202,11 +204,69 @@ def broker_connection(app: Celery, timeout_s: float | None = None) -> Connection
             "(redis://:PASSWORD@host:6379/0), not in its query string.") from None
 
 
+# Redis answers, and refuses every write: it has reached its maxmemory under a policy that
+# cannot evict what it would need to (OOM), or it is a replica (READONLY). Kombu files both
+# under channel errors with any other ResponseError, and says only "Cannot reach"; neither
+# is fixed by checking the URL, and both pass by themselves (memory freed, a failover done).
+WRITE_REFUSALS: tuple[type[Exception], ...] = (OutOfMemoryError, ReadOnlyError)
+# maxmemory-policy values under which a full Redis refuses writes to the queue's keys, none
+# of which expires: ``noeviction``, and ``volatile-*``, which evict only keys with a TTL.
+_CANNOT_EVICT_QUEUES = re.compile(r"noeviction|volatile-")
+
+
+def write_refusal_in(exc: BaseException) -> Exception | None:
+    """Redis's refusal of a write (``WRITE_REFUSALS``) in ``exc`` or its chain (kombu raises
+    its own OperationalError from it), or None."""
+    return next((link for link in exception_chain(exc) if isinstance(link, WRITE_REFUSALS)),
+                None)
+
+
 def broker_unreachable_message(app: Celery, exc: BaseException) -> str:
-    reason = str(exc).strip().rstrip(".") or type(exc).__name__
-    return (f"Cannot reach the message broker at {redact_url(app.conf.broker_url)}: {reason}. "
+    url = redact_url(app.conf.broker_url)
+    refusal = write_refusal_in(exc)
+    reason = str(refusal or exc).strip().rstrip(".") or type(exc).__name__
+    if isinstance(refusal, OutOfMemoryError):
+        return (f"The message broker at {url} refuses writes: Redis has reached its "
+                f"maxmemory ({reason}). Free memory in Redis or raise its maxmemory "
+                "(redis-cli CONFIG SET maxmemory ...); images already registered stay queued "
+                "in the database and are sent once it accepts writes.")
+    if isinstance(refusal, ReadOnlyError):
+        return (f"The message broker at {url} is a read-only replica ({reason}): point "
+                "MAMMO_BROKER_URL at the primary (after a failover, the new one).")
+    return (f"Cannot reach the message broker at {url}: {reason}. "
             "Check MAMMO_BROKER_URL and that Redis is running, or unset MAMMO_BROKER_URL to "
             "use `mammo run` (no servers).")
+
+
+def write_refusal_of(memory: Mapping[str, Any], replication: Mapping[str, Any]) -> str | None:
+    """Why a Redis whose ``INFO memory`` and ``INFO replication`` are these refuses writes,
+    in a few words, or None when it takes them.
+
+    Redis refuses a write when its used memory, less what it does not count for eviction
+    (replication and AOF buffers), exceeds maxmemory and the policy finds nothing to evict.
+    """
+    if replication.get("role") == "slave":
+        return "read-only replica"
+    limit = int(memory.get("maxmemory") or 0)
+    used = int(memory.get("used_memory") or 0) - int(memory.get("mem_not_counted_for_evict") or 0)
+    policy = str(memory.get("maxmemory_policy", ""))
+    if limit > 0 and used > limit and _CANNOT_EVICT_QUEUES.match(policy):
+        return f"maxmemory reached ({policy})"
+    return None
+
+
+def broker_write_refusal(app: Celery) -> str | None:
+    """Why the Redis broker refuses writes now ("maxmemory reached (noeviction)", "read-only
+    replica"), from two read-only INFO questions answered within the probe's deadline; None
+    when it takes them, or when that cannot be told (not Redis, or unreachable)."""
+    try:
+        with broker_connection(app, _PROBE_TIMEOUT_S) as conn, conn.channel() as channel:
+            client = getattr(channel, "client", None)
+            if client is None:
+                return None
+            return write_refusal_of(client.info("memory"), client.info("replication"))
+    except Exception:  # unreachable: the callers' own checks say so
+        return None
 
 
 def check_broker(app: Celery, timeout_s: float = _PROBE_TIMEOUT_S) -> None:
@@ -249,8 +309,18 @@ def queue_depth(app: Celery) -> int | None:
         with broker_connection(app, _PROBE_TIMEOUT_S) as conn, conn.channel() as channel:
             try:
                 _name, count, _consumers = channel.queue_declare(QUEUE_NAME, passive=True)
-            except conn.channel_errors:
+            except conn.channel_errors as exc:
+                if write_refusal_in(exc) is not None:
+                    return _depth_counted_singly(channel)
                 return 0  # Redis drops an empty list: no queue means nothing waiting
             return int(count)
     except Exception:  # broker down: status still reports what the database knows
         return None
+
+
+def _depth_counted_singly(channel: Any) -> int:
+    """The queue's length, one LLEN per priority list: a Redis that refuses writes (OOM)
+    refuses the MULTI block kombu counts them in, and its refusal read as "no queue" made a
+    full broker holding a backlog report a depth of 0."""
+    return sum(int(channel.client.llen(channel._q_for_pri(QUEUE_NAME, step)))
+               for step in channel.priority_steps)

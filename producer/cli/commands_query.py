@@ -24,12 +24,15 @@ from shared.queries import (
     require_targets,
     system_health,
 )
-from shared.queue import broker_uptime_s, live_workers, queue_depth
+from shared.queue import broker_uptime_s, broker_write_refusal, live_workers, queue_depth
 from shared.recovery import find_stuck, lost_message_age_s
 from shared.save_failures import failing_summary, save_failures
 
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
 BROKER_DOWN = "UNREACHABLE"
+# Redis answers and refuses every write (maxmemory reached, a read-only replica): nothing can
+# be sent, acked or claimed from it, as when it is down, so a probe gets the same exit 8.
+BROKER_REFUSING = "refusing writes"
 # model_version: after an activation, old and new scores sit side by side in one listing.
 RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality", "view", "label",
                   "suspicion", "p_normal", "p_benign", "p_malignant", "model_version",
@@ -46,7 +49,8 @@ RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality",
                    "message was probably lost or never sent, workers that scored lately, "
                    "notifications owed, workers whose saves the database refuses. "
                    "Exits 7 when the database is unreachable or workers' saves fail, 8 when "
-                   "the broker is unreachable.")
+                   "the broker is unreachable or refuses writes (Redis at its maxmemory, a "
+                   "read-only replica).")
 @format_option
 @pass_cli
 def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
@@ -63,7 +67,8 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         health_row = _health(cli)
         render([health_row], fmt, keys=tuple(health_row), title="Health")
         _warn_saves_failing(health_row)
-        if health_row["broker"] == BROKER_DOWN:  # a cron job or probe reads the exit code
+        broker = str(health_row["broker"])
+        if broker == BROKER_DOWN or broker.startswith(BROKER_REFUSING):  # a probe reads it
             raise SystemExit(int(ExitCode.BROKER_UNAVAILABLE))
         if health_row["saves_failing"]:  # the database refuses writes: README's exit 7
             raise SystemExit(int(ExitCode.DATABASE_UNAVAILABLE))
@@ -146,6 +151,8 @@ def _health(cli: CliContext) -> dict[str, object]:
     if not settings.is_embedded:
         depth = queue_depth(cli.celery)
         broker = "reachable" if depth is not None else BROKER_DOWN
+        if depth is not None and (refusal := broker_write_refusal(cli.celery)):
+            broker = f"{BROKER_REFUSING}: {refusal}"
     failing: int | None = None
     failure: str | None = None
     if depth is not None:

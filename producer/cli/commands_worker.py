@@ -144,6 +144,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     from worker.runtime import WorkerRuntime
     from worker.sweeper import install_sweeper
     from worker.tasks import register_tasks
+    from worker.write_refusals import install_write_refusal_retry
 
     app = cli.celery
     # A producer gives up on the broker after a few tries (exit 8, nothing queued); a
@@ -152,6 +153,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     app.conf.broker_connection_max_retries = None
     register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True, gpus=gpus)
     install_sweeper(app, cli.settings)
+    install_write_refusal_retry(app)  # a full Redis or a replica: reconnect, never exit
     app.set_default()  # pool processes resolve tasks through the default app
     argv = ["worker", f"--concurrency={processes}", "--pool=prefork", f"--queues={queues}",
             f"--loglevel={loglevel or cli.settings.log_level}", "--without-mingle",
