@@ -23,7 +23,12 @@ def test_the_worker_passes_the_configured_log_level_to_celery(
     tmp_path: Path, tiny_model_dir: Path,
 ) -> None:
     started: list[list[str]] = []
-    monkeypatch.setattr(Celery, "worker_main", lambda _app, argv: started.append(argv))
+
+    def celery_worker(_app: Celery, argv: list[str]) -> int:
+        started.append(argv)
+        return 0
+
+    monkeypatch.setattr("producer.cli.commands_worker._celery_worker", celery_worker)
     # No broker, no task registration, no sweeper: only the command line given to Celery.
     monkeypatch.setattr("producer.cli.commands_worker.require_broker", lambda *_: None)
     monkeypatch.setattr("worker.tasks.register_tasks", lambda *_a, **_k: None)
