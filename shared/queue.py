@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from celery import Celery
 from celery.app.events import Events
@@ -26,6 +26,8 @@ from shared.enums import Priority
 from shared.errors import BrokerUnavailableError, ConfigurationError
 from shared.reachability import _chain as exception_chain
 from shared.urls import redact_url
+
+T = TypeVar("T")
 
 TASK_PROCESS_CHUNK = "mammo.process_chunk"
 QUEUE_NAME = "mammo"
@@ -259,14 +261,8 @@ def broker_write_refusal(app: Celery) -> str | None:
     """Why the Redis broker refuses writes now ("maxmemory reached (noeviction)", "read-only
     replica"), from two read-only INFO questions answered within the probe's deadline; None
     when it takes them, or when that cannot be told (not Redis, or unreachable)."""
-    try:
-        with broker_connection(app, _PROBE_TIMEOUT_S) as conn, conn.channel() as channel:
-            client = getattr(channel, "client", None)
-            if client is None:
-                return None
-            return write_refusal_of(client.info("memory"), client.info("replication"))
-    except Exception:  # unreachable: the callers' own checks say so
-        return None
+    return _ask_redis(app, lambda client: write_refusal_of(client.info("memory"),
+                                                           client.info("replication")))
 
 
 def check_broker(app: Celery, timeout_s: float = _PROBE_TIMEOUT_S) -> None:
@@ -282,13 +278,18 @@ def broker_uptime_s(app: Celery) -> float | None:
     """Seconds since the Redis broker last started, or None when the transport cannot tell
     (not Redis, or unreachable). Messages sent before then are gone unless Redis kept them
     in an append-only file."""
+    return _ask_redis(app, lambda client: float(client.info("server")["uptime_in_seconds"]))
+
+
+def _ask_redis(app: Celery, question: Callable[[Any], T]) -> T | None:
+    """``question`` put to the Redis broker's client within the probe's deadline; None when
+    the transport is not Redis or the broker cannot answer (the callers fall back: a sweep to
+    its plain waiting time, a status to its own reachability check)."""
     try:
         with broker_connection(app, _PROBE_TIMEOUT_S) as conn, conn.channel() as channel:
             client = getattr(channel, "client", None)
-            if client is None:
-                return None
-            return float(client.info("server")["uptime_in_seconds"])
-    except Exception:  # a sweep falls back to its plain waiting time
+            return None if client is None else question(client)
+    except Exception:
         return None
 
 
