@@ -11,19 +11,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from models.heatmaps import encode_png
 from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.lifecycle import ClaimedImage
+from shared.db.refusals import unavailable_reason
 from shared.db.schema import Prediction
 from shared.enums import ErrorCode
 from shared.errors import DatabaseUnavailableError
@@ -76,13 +77,39 @@ def process_chunk(image_ids: Sequence[int], *, token: str, runtime: WorkerRuntim
     # The model first, before any image is claimed: a process that cannot load it (raising
     # ``ModelUnavailableError``) failed every chunk after its claims, each charging its
     # images an attempt, until healthy images were quarantined as poison.
-    try:
+    with _unavailable_while("registering the model"):
         runtime.require_model()
-    except OperationalError as exc:
-        raise DatabaseUnavailableError(
-            f"database unavailable while registering the model: {exc.orig}") from exc
     with _claims_kept(runtime, token):
         return _process_chunk(image_ids, token, runtime)
+
+
+@contextmanager
+def _unavailable_while(doing: str) -> Iterator[None]:
+    """Raise a database that is away, or that refuses writes (read-only, a privilege
+    missing: ``shared.db.refusals``), as ``DatabaseUnavailableError``: the chunk task hands
+    its images back and retries, records the failure for `mammo status --health`, and
+    leaves them to the sweeper when its retries are spent. A refusal raised anything but
+    an ``OperationalError``: the task failed as unexpected, and its message was dropped."""
+    try:
+        yield
+    except DBAPIError as exc:
+        unavailable = _as_unavailable(exc, doing)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
+
+
+def _as_unavailable(exc: DBAPIError, doing: str) -> DatabaseUnavailableError | None:
+    reason = unavailable_reason(exc)
+    if reason is None:
+        return None
+    return DatabaseUnavailableError(f"database unavailable while {doing}: {reason}")
+
+
+def _database_away(exc: DBAPIError) -> bool:
+    """Whether ``exc`` is the database away or refusing writes: best-effort work (a
+    heartbeat, a refund, an exam refresh) lets it pass."""
+    return unavailable_reason(exc) is not None
 
 
 @contextmanager
@@ -98,8 +125,12 @@ def _claims_kept(runtime: WorkerRuntime, token: str) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(runtime.settings.claim_heartbeat_s):
-            with suppress(OperationalError), runtime.sessions() as session:
-                lifecycle.renew(session, token)
+            try:
+                with runtime.sessions() as session:
+                    lifecycle.renew(session, token)
+            except DBAPIError as exc:
+                if not _database_away(exc):
+                    raise
 
     heart = threading.Thread(target=beat, name=f"claims-{token[:8]}", daemon=True)
     heart.start()
@@ -128,7 +159,7 @@ def _process_chunk(image_ids: Sequence[int], token: str, runtime: WorkerRuntime)
     # attempt, and its neighbours finish first. The claims are kept meanwhile (not handed
     # back to the queue): if this worker dies too, the images still waiting lie under a
     # lease that expires and the sweeper re-sends them, not queued with no message at all.
-    with runtime.sessions() as session:
+    with _unavailable_while("claiming"), runtime.sessions() as session:
         lifecycle.refund(session, [c.id for c in claimed], token)
     for image_id in [c.id for c in claimed]:
         _run_alone(image_id, token, runtime, result)
@@ -154,12 +185,9 @@ def _run_alone(image_id: int, token: str, runtime: WorkerRuntime, result: ChunkR
 
 
 def _claim(runtime: WorkerRuntime, image_ids: Sequence[int], token: str) -> list[ClaimedImage]:
-    try:
-        with runtime.sessions() as session:
-            return lifecycle.claim(session, image_ids, token=token,
-                                   lease_s=runtime.settings.claim_lease_s)
-    except OperationalError as exc:
-        raise DatabaseUnavailableError(f"database unavailable while claiming: {exc.orig}") from exc
+    with _unavailable_while("claiming"), runtime.sessions() as session:
+        return lifecycle.claim(session, image_ids, token=token,
+                               lease_s=runtime.settings.claim_lease_s)
 
 
 def _crash_message(image: ClaimedImage) -> str:
@@ -277,9 +305,12 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
         with runtime.sessions() as session:  # after that commit: see finish_batches
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
-    except OperationalError as exc:
+    except DBAPIError as exc:
+        unavailable = _as_unavailable(exc, "saving")
+        if unavailable is None:
+            raise
         _refund(runtime, attempted, token)
-        raise DatabaseUnavailableError(f"database unavailable while saving: {exc.orig}") from exc
+        raise unavailable from exc
     if len(touched) < len(attempted):
         log.warning("%d image(s) of this chunk were taken over by another worker while this "
                     "one was held up (its claim had expired): results discarded here",
@@ -331,7 +362,9 @@ def _refund(runtime: WorkerRuntime, image_ids: list[int], token: str) -> None:
         try:
             with runtime.sessions() as session:
                 released = lifecycle.release(session, image_ids, token, refund=True)
-        except OperationalError:
+        except DBAPIError as exc:
+            if not _database_away(exc):
+                raise
             if time.monotonic() + delay > deadline:
                 log.warning("saving failed, and the database stayed away for %d s: the "
                             "attempt stays counted for %d image(s)", REFUND_PATIENCE_S,
@@ -369,7 +402,9 @@ def _refresh_exams(runtime: WorkerRuntime, image_ids: list[int]) -> set[int]:
             return {change.study_id for change in changes}
     except IntegrityError:
         log.info("exam results for images %s were refreshed concurrently", image_ids[:3])
-    except OperationalError as exc:
+    except DBAPIError as exc:
+        if not _database_away(exc):
+            raise
         log.warning("exam results not refreshed now (%s); they stay owed, and the next "
                     "follow-up recomputes them (a worker's sweeper, every "
                     "MAMMO_SWEEP_INTERVAL_S; the watcher; `mammo recover`; a report command)",

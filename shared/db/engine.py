@@ -42,6 +42,7 @@ from shared.db.migration_connection import (
     migration_connection,
     retried_while_blocked,
 )
+from shared.db.refusals import discard_read_only_connection, server_remedy
 from shared.db.unusable import (
     corruption_as_error,
     is_corruption,
@@ -71,16 +72,6 @@ SQLITE_BUSY_TIMEOUT_S = 60
 # SQLSTATE class 22, data exception: its first line quotes the value refused.
 _DATA_EXCEPTION = "22"
 _QUOTED = re.compile(r'"[^"]*"')
-# What a server that refuses writes for good answers (SQLSTATE), and what to do about it.
-_REFUSING_WRITES = {
-    "42501": ("This database role lacks a privilege the command needs: have the database's "
-              "owner grant it (e.g. GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
-              "SCHEMA public TO the role, and USAGE on its sequences), or set "
-              "MAMMO_DATABASE_URL to a role that has it"),
-    "25006": ("The server or database is read-only (a standby, or "
-              "default_transaction_read_only on): set MAMMO_DATABASE_URL to the writable "
-              "primary"),
-}
 _SUPPORTED_URLS = f"Supported: sqlite:///FILE and {POSTGRES_DRIVER}://user@host/db"
 
 
@@ -96,6 +87,7 @@ def create_db_engine(settings: Settings) -> Engine:
                                    hide_parameters=True)
             _pin_session_time_zone(engine)
         event.listen(engine, "handle_error", _values_left_out)
+        event.listen(engine, "handle_error", discard_read_only_connection)
         return engine
     except NoSuchModuleError:
         # No such dialect at all (postgress://): no install would bring one.
@@ -227,8 +219,8 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
             raise unusable from exc
         if not isinstance(exc, OperationalError):
             raise
-        remedy = _remedy(engine.url, exc,
-                         "Check MAMMO_DATABASE_URL and that the server is running.")
+        remedy = server_remedy(exc) or _remedy(
+            engine.url, exc, "Check MAMMO_DATABASE_URL and that the server is running.")
         raise DatabaseUnavailableError(
             f"Cannot reach the database at {_shown(engine)}: {_first_line(exc.orig)}. "
             f"{remedy}") from exc
@@ -320,12 +312,14 @@ def failed_command_as_error(url: str, exc: DatabaseError) -> UserFacingError | N
     or statement, never the values the command was writing."""
     parsed = make_url(url)
     unusable = corruption_as_error(parsed, exc)
-    refused = _REFUSING_WRITES.get(str(getattr(exc.orig, "sqlstate", None)))
-    if unusable is not None or (refused is None and not isinstance(exc, OperationalError)):
+    # What the server's SQLSTATE says to do (shared.db.refusals): a refused write, or a
+    # statement it cancelled (statement_timeout), which is no fault of the URL or the server.
+    known = server_remedy(exc)
+    if unusable is not None or (known is None and not isinstance(exc, OperationalError)):
         return unusable
     shown = redact_url(parsed.render_as_string(hide_password=True))
-    remedy = refused or _remedy(parsed, exc, "Check MAMMO_DATABASE_URL, that the server is "
-                                "running and that this user may write to it.")
+    remedy = known or _remedy(parsed, exc, "Check MAMMO_DATABASE_URL, that the server is "
+                              "running and that this user may write to it.")
     return DatabaseUnavailableError(
         f"The database at {shown} refused the operation: {_first_line(exc.orig)}. "
         f"{remedy.removesuffix('.')}; work already stored is kept.")
