@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
 import click
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
@@ -139,7 +143,7 @@ def _explain_notifications(health_row: dict[str, object]) -> None:
 
 def _health(cli: CliContext) -> dict[str, object]:
     settings = cli.settings
-    with cli.sessions() as session:  # reaching the database is itself the first check
+    with _health_session(cli) as session:  # reaching the database is the first check
         info = system_health(session, lease_s=settings.claim_lease_s)
         # A batch e-mail or alert that never left is otherwise seen only in a worker's log.
         owed = notify_records.undelivered(
@@ -169,6 +173,23 @@ def _health(cli: CliContext) -> dict[str, object]:
             "saves_failing": failing, "save_failure": failure}
 
 
+# How long the health check's reads wait for a lock another session holds on PostgreSQL.
+HEALTH_LOCK_WAIT_S = 10
+
+
+@contextmanager
+def _health_session(cli: CliContext) -> Iterator[Session]:
+    """A session whose reads wait at most ``HEALTH_LOCK_WAIT_S`` for a table's lock (on
+    PostgreSQL): behind a ``LOCK TABLE images`` held 200 s, `mammo status --health` waited
+    200 s, printing nothing, and a probe that called it hung with it. Past the wait the
+    server cancels the read (SQLSTATE 55P03): exit 7, naming the lock."""
+    with cli.sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            # SET LOCAL: the transaction's alone; it cannot outlive the session in the pool.
+            session.execute(text(f"SET LOCAL lock_timeout = {HEALTH_LOCK_WAIT_S * 1000}"))
+        yield session
+
+
 class _Unsent(NamedTuple):
     lost: int | None  # sent, and presumed lost: queued too long, the broker queue empty
     owed: int | None  # never sent (a send that failed): queued too long, at any depth
@@ -182,7 +203,7 @@ def _unsent_messages(cli: CliContext, depth: int) -> _Unsent:
     those owed one, queued longer than the full wait (or given up by their sender),
     whatever the broker holds (none of theirs waits there)."""
     after = lost_message_age_s(cli.settings.requeue_after_s, broker_uptime_s(cli.celery))
-    with cli.sessions() as session:
+    with _health_session(cli) as session:
         stuck = find_stuck(session, cli.settings, queued_older_than_s=after,
                            owed_older_than_s=cli.settings.requeue_after_s)
     return _Unsent(0 if depth else len(stuck.sent_before), len(stuck.owed), after)

@@ -23,6 +23,7 @@ from shared.errors import first_line
 READ_ONLY = "25006"  # read_only_sql_transaction
 INSUFFICIENT_PRIVILEGE = "42501"
 QUERY_CANCELED = "57014"  # query_canceled: statement_timeout, or pg_cancel_backend()
+LOCK_NOT_AVAILABLE = "55P03"  # lock_not_available: lock_timeout
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ _STOPPED = {
         "The server cancelled the statement after the statement_timeout set for this role "
         "or database (or an administrator cancelled it): raise or unset that timeout (ALTER "
         "ROLE ... RESET statement_timeout, or ALTER DATABASE ...) and run the command again"),
+    LOCK_NOT_AVAILABLE: Refusal(
+        "a table's lock held by another session",
+        "Another session holds a lock on a table this command reads (a LOCK TABLE, a "
+        "migration, a long ALTER TABLE): find it in pg_locks and pg_stat_activity, end it "
+        "or let it finish, and run the command again"),
 }
 
 

@@ -12,6 +12,7 @@ after it was turned off, until the worker was restarted.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +22,13 @@ import pytest
 from sqlalchemy import create_engine, make_url, select, text
 from sqlalchemy.exc import InternalError
 
+from producer.cli import commands_query
+from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
 from shared.db.engine import create_db_engine
 from shared.db.schema import Image
 from shared.synthetic import make_exam_set
+from tests.helpers.cli import run_cli
 from tests.helpers.db import tally
 from tests.helpers.processes import WorkerProcess, mammo_env, run_mammo, wait_for
 
@@ -117,3 +121,21 @@ def test_a_read_only_database_drops_nothing_and_the_worker_heals_without_a_resta
     log = worker.log()
     assert "raised unexpected" not in log, log
     assert "refuses writes" in log, log
+
+
+def test_health_behind_a_table_lock_gives_up_with_exit_7_naming_the_lock(
+        postgres_url: str, redis_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # It waited for the whole lock (200 s in the probe), printing nothing.
+    monkeypatch.setattr(commands_query, "HEALTH_LOCK_WAIT_S", 1)
+    urls = {"database_url": postgres_url, "broker_url": redis_url}
+    assert run_cli(["status", "--health"], monkeypatch, tmp_path, **urls).exit_code == 0
+    with psycopg.connect(postgres_url.replace("+psycopg", "")) as locker:
+        locker.execute("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = run_cli(["status", "--health"], monkeypatch, tmp_path, **urls)
+        waited = time.monotonic() - started
+    assert result.exit_code == ExitCode.DATABASE_UNAVAILABLE, result.output
+    assert waited < 15, waited
+    assert "canceling statement due to lock timeout" in result.stderr, result.stderr
+    assert "Another session holds a lock on a table this command reads" in result.stderr
