@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.registry import ModelSpec
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from tests.helpers.services import PrivateRedis
 
 # Tests record what they injected and measured; the README reliability section is
 # rendered from it (tests/benchmarks/reliability_report.py).
@@ -168,3 +169,13 @@ def postgres_url() -> Iterator[str]:
     yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own (no persistence), for faults the shared one must
+    not suffer: paused, filled, made a replica, killed."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()  # SIGKILL ends a stopped (SIGSTOP) server too

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ from tests.helpers.processes import WorkerProcess, mammo_env, run_mammo, wait_fo
 from tests.helpers.services import PrivateRedis
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    private = PrivateRedis(tmp_path)
-    private.start()
-    yield private
-    private.kill()
 
 
 def _client(server: PrivateRedis) -> redis.Redis:
@@ -63,15 +54,15 @@ def _done(database: Path, n: int) -> bool:
 
 
 def test_a_worker_outlives_a_full_redis_and_works_on_once_it_is_freed(
-        server: PrivateRedis, tmp_path: Path, tiny_model_dir: Path) -> None:
+        private_redis: PrivateRedis, tmp_path: Path, tiny_model_dir: Path) -> None:
     database = tmp_path / "mammo.db"
-    env = mammo_env(broker_url=server.url, database_url=f"sqlite:///{database}",
+    env = mammo_env(broker_url=private_redis.url, database_url=f"sqlite:///{database}",
                     model=str(tiny_model_dir), patient_id_key="k" * 32, chunk_size="4",
                     sweep_interval_s="2", requeue_after_s="5")
     make_exam_set(tmp_path / "a", n_exams=2, seed=71)
     make_exam_set(tmp_path / "b", n_exams=3, seed=72)
     assert run_mammo(["submit", str(tmp_path / "a")], env, tmp_path).returncode == 0
-    _fill(server)  # the batch waits in a Redis that refuses every write
+    _fill(private_redis)  # the batch waits in a Redis that refuses every write
     worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
     try:
         started = time.monotonic()
@@ -80,7 +71,7 @@ def test_a_worker_outlives_a_full_redis_and_works_on_once_it_is_freed(
         # It exited ~10 s after its start, at its first connect; it waits now, and checks.
         wait_for(lambda: time.monotonic() - started > 15, timeout=30, what="15 s")
         assert worker.proc.poll() is None, worker.log()[-3000:]
-        _free(server)
+        _free(private_redis)
         wait_for(lambda: _done(database, 8), timeout=40, what="batch a done",
                  on_timeout=worker.log)
 
@@ -88,14 +79,14 @@ def test_a_worker_outlives_a_full_redis_and_works_on_once_it_is_freed(
         assert run_mammo(["submit", str(tmp_path / "b")], env, tmp_path).returncode == 0
         wait_for(lambda: any(s == "done" for s, _, _ in _states(database)[8:]), timeout=30,
                  what="batch b started")
-        _fill(server)
+        _fill(private_redis)
         time.sleep(5)
         assert worker.proc.poll() is None, worker.log()[-3000:]
-        _free(server)
+        _free(private_redis)
         wait_for(lambda: _done(database, 20), timeout=40, what="batch b done",
                  on_timeout=worker.log)
     finally:
-        _free(server)
+        _free(private_redis)
         worker.stop()
     log = worker.log()
     assert "Unrecoverable error" not in log
@@ -104,13 +95,13 @@ def test_a_worker_outlives_a_full_redis_and_works_on_once_it_is_freed(
 
 
 def test_submit_and_status_say_a_full_redis_or_a_replica_refuses_writes_and_what_to_do(
-        server: PrivateRedis, tmp_path: Path) -> None:
+        private_redis: PrivateRedis, tmp_path: Path) -> None:
     make_exam_set(tmp_path / "in", n_exams=1, seed=73)
     make_exam_set(tmp_path / "sent", n_exams=2, seed=74)
-    env = mammo_env(broker_url=server.url, database_url=f"sqlite:///{tmp_path / 'm.db'}",
+    env = mammo_env(broker_url=private_redis.url, database_url=f"sqlite:///{tmp_path / 'm.db'}",
                     patient_id_key="k" * 32, chunk_size="4")
     assert run_mammo(["submit", str(tmp_path / "sent")], env, tmp_path).returncode == 0
-    _fill(server)  # two messages wait in it
+    _fill(private_redis)  # two messages wait in it
     submitted = run_mammo(["submit", str(tmp_path / "in")], env, tmp_path, timeout=90)
     assert submitted.returncode == ExitCode.BROKER_UNAVAILABLE, submitted.stderr
     assert "refuses writes: Redis has reached its maxmemory" in submitted.stderr
@@ -122,11 +113,11 @@ def test_submit_and_status_say_a_full_redis_or_a_replica_refuses_writes_and_what
     assert reported["broker"] == "refusing writes: maxmemory reached (noeviction)"
     assert reported["queue_depth"] == 2  # its refused count read as "no queue": 0
 
-    _free(server)  # ...and a replica: what a worker or producer meets after a failover
+    _free(private_redis)  # ...and a replica: what a worker or producer meets after a failover
     primary = PrivateRedis(tmp_path)
     primary.start()
     try:
-        _client(server).execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
+        _client(private_redis).execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
         submitted = run_mammo(["submit", str(tmp_path / "in")], env, tmp_path, timeout=90)
         assert submitted.returncode == ExitCode.BROKER_UNAVAILABLE, submitted.stderr
         assert "is a read-only replica" in submitted.stderr
@@ -136,7 +127,7 @@ def test_submit_and_status_say_a_full_redis_or_a_replica_refuses_writes_and_what
         assert health.returncode == ExitCode.BROKER_UNAVAILABLE, health.stderr
         assert json.loads(health.stdout)[0]["broker"] == "refusing writes: read-only replica"
 
-        _client(server).execute_command("REPLICAOF", "NO", "ONE")
+        _client(private_redis).execute_command("REPLICAOF", "NO", "ONE")
         health = run_mammo(["status", "--health", "--format", "json"], env, tmp_path,
                            timeout=60)
         assert health.returncode == 0, health.stderr

@@ -15,7 +15,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,28 +35,18 @@ from tests.helpers.services import PrivateRedis
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGCONT)  # a stopped process ignores SIGKILL until resumed
-    server.kill()
-
-
 def _pause(server: PrivateRedis) -> None:
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)  # listening, accepting, never answering
 
 
 def test_submit_and_status_against_a_broker_that_never_answers_fail_fast_and_say_why(
-        redis: PrivateRedis, tmp_path: Path) -> None:
+        private_redis: PrivateRedis, tmp_path: Path) -> None:
     make_exam_set(tmp_path / "in", n_exams=1, seed=61)
     database = tmp_path / "mammo.db"
-    env = mammo_env(broker_url=redis.url, database_url=f"sqlite:///{database}",
+    env = mammo_env(broker_url=private_redis.url, database_url=f"sqlite:///{database}",
                     patient_id_key="k" * 32)
-    _pause(redis)
+    _pause(private_redis)
 
     started = time.monotonic()
     submitted = run_mammo(["submit", str(tmp_path / "in")], env, tmp_path, timeout=90)
@@ -75,20 +64,20 @@ def test_submit_and_status_against_a_broker_that_never_answers_fail_fast_and_say
 
 
 def test_a_send_cut_off_by_a_silent_broker_ends_and_leaves_its_images_to_the_sweeper(
-        redis: PrivateRedis, tmp_path: Path, settings: Settings,
+        private_redis: PrivateRedis, tmp_path: Path, settings: Settings,
         each_backend_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
     """The broker answers the submit's check, then falls silent before the first send."""
     sessions = each_backend_sessions
     url = sessions.kw["bind"].url.render_as_string(hide_password=False)
     settings = settings.model_copy(update={
-        "broker_url": redis.url, "database_url": url, "patient_id_key": SecretStr("k" * 32),
+        "broker_url": private_redis.url, "database_url": url, "patient_id_key": SecretStr("k" * 32),
         "broker_socket_timeout_s": 5.0})
     app = create_celery_app(settings)
     make_exam_set(tmp_path / "in", n_exams=2, seed=62)
     real_send = app.send_task
 
     def send_to_a_paused_broker(*args: object, **kwargs: object) -> object:
-        _pause(redis)
+        _pause(private_redis)
         return real_send(*args, **kwargs)
 
     monkeypatch.setattr(app, "send_task", send_to_a_paused_broker)
