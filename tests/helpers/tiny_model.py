@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from models.registry import MODEL_FILE, write_model_dir
@@ -33,3 +34,17 @@ def build_tiny_model(directory: Path, *, seed: int = 7, version: str = "0.0.1") 
                            "bilateral": {"scores": ["abnormal", "malignant"],
                                          "head": TINY_BILATERAL, "images_paired": 0}})
     return directory
+
+
+def change_model_files(change: str, live: Path, model_ref: Path, other_version: Path) -> None:
+    """What happens to a running worker's model files: ``replaced`` (re-copied with
+    ``other_version``'s), ``deleted`` (cleaned up after a newer version was activated), or
+    ``symlink_moved`` (``model_ref``, a symlink, now points at ``other_version``)."""
+    if change == "replaced":
+        for name in (MODEL_FILE, "metadata.json"):
+            shutil.copy(other_version / name, live / name)
+    elif change == "deleted":
+        shutil.rmtree(live)
+    else:
+        model_ref.unlink()
+        model_ref.symlink_to(other_version, target_is_directory=True)

@@ -29,7 +29,7 @@ from shared.queue import QUEUE_NAME
 from shared.synthetic import make_exam_set
 from tests.helpers.db import tally
 from tests.helpers.processes import WorkerProcess, child_pids, mammo_env, run_mammo, wait_for
-from tests.helpers.tiny_model import TINY_INPUT, build_tiny_model
+from tests.helpers.tiny_model import TINY_INPUT, build_tiny_model, change_model_files
 
 pytestmark = pytest.mark.integration
 
@@ -84,14 +84,7 @@ def test_a_worker_keeps_scoring_with_its_verified_model_after_its_files_change(
     try:
         worker.wait_for_log("started (decoders and model loaded)", timeout=180)
         [first] = child_pids(worker.proc.pid)
-        if change == "replaced":  # re-copied with another version
-            for name in (MODEL_FILE, "metadata.json"):
-                shutil.copy(other_version / name, live / name)
-        elif change == "deleted":  # cleaned up after activating a newer version
-            shutil.rmtree(live)
-        else:  # `current` now points at the newer version
-            model_ref.unlink()
-            model_ref.symlink_to(other_version, target_is_directory=True)
+        change_model_files(change, live, model_ref, other_version)
         os.kill(first, signal.SIGKILL)  # the OOM killer; Celery forks a replacement
         wait_for(lambda: any(p != first for p in child_pids(worker.proc.pid)), timeout=60,
                  what="a replacement pool child", on_timeout=worker.log)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,18 @@ def _url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
             else str(request.getfixturevalue("postgres_url")))
 
 
+def _mammo(url: str, monkeypatch: pytest.MonkeyPatch,
+           tmp_path: Path) -> Callable[..., str]:
+    """`mammo ARGS` on ``url``, asserted to succeed; its output."""
+    def mammo(*args: str) -> str:
+        code, out = invoke_cli(list(args), monkeypatch, tmp_path, database_url=url,
+                               patient_id_key=KEY, report_dir=str(tmp_path / "reports"))
+        assert code == ExitCode.OK, out
+        return out
+
+    return mammo
+
+
 def _state(url: str) -> tuple[dict[int, tuple[str, float]], list[tuple[int, float | None,
                                                                         dict[str, Any]]]]:
     """{image: (version, p_malignant) of its newest prediction by id}, and the exam
@@ -61,12 +74,7 @@ def test_rolling_back_a_model_brings_its_results_back(
     url = _url(backend, request, tmp_path)
     make_exam_set(tmp_path / "in", n_exams=1, seed=31)
 
-    def mammo(*args: str) -> str:
-        code, out = invoke_cli(list(args), monkeypatch, tmp_path, database_url=url,
-                               patient_id_key=KEY, report_dir=str(tmp_path / "reports"))
-        assert code == ExitCode.OK, out
-        return out
-
+    mammo = _mammo(url, monkeypatch, tmp_path)
     mammo("models", "activate", str(tiny_model_dir))
     mammo("run", str(tmp_path / "in"))
     first, exams = _state(url)
@@ -107,12 +115,7 @@ def test_a_version_sharing_the_weights_reads_the_exams_with_its_own_head(
     (headed / "metadata.json").write_text(json.dumps(sealed(meta)))
     assert resolve_model(str(headed)).sha256 == resolve_model(str(tiny_model_dir)).sha256
 
-    def mammo(*args: str) -> str:
-        code, out = invoke_cli(list(args), monkeypatch, tmp_path, database_url=url,
-                               patient_id_key=KEY, report_dir=str(tmp_path / "reports"))
-        assert code == ExitCode.OK, out
-        return out
-
+    mammo = _mammo(url, monkeypatch, tmp_path)
     mammo("models", "activate", str(tiny_model_dir))
     mammo("run", str(tmp_path / "in"))
     mammo("models", "activate", str(headed))

@@ -30,7 +30,7 @@ from shared.db.schema import Image, ModelVersion, Prediction
 from shared.enums import Priority
 from shared.errors import ModelIntegrityError
 from shared.synthetic import make_exam_set
-from tests.helpers.tiny_model import build_tiny_model
+from tests.helpers.tiny_model import build_tiny_model, change_model_files
 from worker import tasks
 from worker.pipeline import process_chunk
 from worker.runtime import ModelUnavailableError, WorkerRuntime
@@ -94,14 +94,7 @@ def test_a_pinned_model_scores_with_its_verified_bytes_whatever_happens_to_its_f
     # The symlink is resolved: what was verified is what is registered and logged.
     assert runtime.model_spec.directory == live.resolve()
 
-    if change == "replaced":  # re-copied with another version
-        for name in (MODEL_FILE, "metadata.json"):
-            shutil.copy(other_version / name, live / name)
-    elif change == "deleted":  # cleaned up after activating a newer version
-        shutil.rmtree(live)
-    else:  # `current` now points at the newer version
-        model_ref.unlink()
-        model_ref.symlink_to(other_version, target_is_directory=True)
+    change_model_files(change, live, model_ref, other_version)
 
     result = process_chunk(ids, token="after-the-change", runtime=runtime)
 
