@@ -24,7 +24,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from shared.config import Settings
 from shared.enums import Priority
 from shared.errors import BrokerUnavailableError, ConfigurationError
-from shared.reachability import _chain as exception_chain
+from shared.reachability import exception_chain
 from shared.urls import redact_url
 
 T = TypeVar("T")

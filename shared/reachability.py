@@ -75,7 +75,7 @@ _NO_SOCKET = re.compile(r'on socket ".*" failed: No such file or directory', re.
 _SERVER_SAYS = re.compile(r"FATAL:\s+(.+)")
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and the exceptions it was raised from or while handling."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -90,7 +90,7 @@ def unreachable_reason(exc: BaseException) -> str | None:
     is starting up"), when ``exc`` or an exception in its chain says the server is not up or
     not reachable for now; None when it says anything else, a setting to fix included."""
     found: str | None = None
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         if isinstance(link, MammoError):
             continue  # our own wording of it: judge the driver's error it came from
         reason = _reason_of(link)
