@@ -18,7 +18,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-STDERR = Console(stderr=True)
+# Soft wrap: rich would otherwise fold every message at 80 columns when stderr is a cron log
+# or a journal, splitting file paths mid-name so that they can be neither grepped nor pasted.
+STDERR = Console(stderr=True, soft_wrap=True)
 
 
 def quiet_embedded_logs() -> None:

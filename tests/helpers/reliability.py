@@ -11,6 +11,7 @@ no figure in it is typed by hand.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -91,6 +92,15 @@ def record_path() -> Path:
 
 
 def merge_records(path: Path, passed: dict[str, list[dict[str, Any]]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers each finish their own session and merge here: one at a time,
+    # or the last to write drops the others' entries.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge(path, passed)
+
+
+def _merge(path: Path, passed: dict[str, list[dict[str, Any]]]) -> None:
     data = load_records(path)
     stamp = {"at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -98,7 +108,6 @@ def merge_records(path: Path, passed: dict[str, list[dict[str, Any]]]) -> None:
              "load_average": round(os.getloadavg()[0], 1)}
     for test, entries in passed.items():
         data["tests"][test] = {**stamp, "entries": entries}
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)

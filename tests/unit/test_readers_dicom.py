@@ -506,7 +506,7 @@ def test_constant_image_is_empty(tmp_path: Path) -> None:
     (b"", ErrorCode.UNREADABLE),
     (os.urandom(5000), ErrorCode.NOT_DICOM_OR_IMAGE),
     (b"patient list\nname,id\n" * 20, ErrorCode.NOT_DICOM_OR_IMAGE),
-])
+], ids=["empty", "random-bytes", "text"])  # fixed ids: xdist workers must collect alike
 def test_bad_files_named_dcm(tmp_path: Path, content: bytes, code: ErrorCode) -> None:
     path = tmp_path / "bad.dcm"
     path.write_bytes(content.replace(b"DICM", b"XXXX"))
