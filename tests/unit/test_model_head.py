@@ -74,7 +74,9 @@ def test_flip_tta_model_saves_and_loads_in_safe_mode(tmp_path: Path) -> None:
     # TTA = the mean of the trunk's map and the mirrored image's map mirrored back.
     mirrored = np.asarray(Flip((2,))(trunk(x[:, :, ::-1])))
     expected = (np.asarray(trunk(x)) + mirrored) / 2
-    tta_map = keras.Model(model.input, model.get_layer("average").output)
+    # By type: Keras numbers auto-named layers per process ("average_1" after another test's).
+    (tta,) = [layer for layer in model.layers if isinstance(layer, keras.layers.Average)]
+    tta_map = keras.Model(model.input, tta.output)
     np.testing.assert_allclose(np.asarray(tta_map(x)), expected, atol=1e-5)
     assert not np.allclose(np.asarray(plain(x)["heatmap"]), np.asarray(out["heatmap"]))
     model.save(tmp_path / "m.keras")
