@@ -37,6 +37,6 @@ def write_batch_documents(session: Session, batch_id: int, settings: Settings, *
     exams = write_batch_exam_pdfs(session, batch_id, settings, progress=progress)
     summary = collect_batch_summary(session, batch_id, report_dir=settings.report_dir)
     html = write_summary(summary, batch_report_path(settings, batch_id, "html"), "html")
-    exports = [write_summary(summary, settings.report_dir / f"batch-{batch_id}.{fmt}", fmt)
+    exports = [write_summary(summary, batch_report_path(settings, batch_id, fmt), fmt)
                for fmt in EXPORT_FORMATS]
     return BatchDocuments(html, exports, exams)

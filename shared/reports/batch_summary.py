@@ -66,8 +66,9 @@ _WRITERS: dict[str, Callable[[BatchSummary, Path], Path]] = {
 
 
 def batch_report_path(settings: Settings, batch_id: int, fmt: str) -> Path:
-    """The default file name: beside the batch's CSV/JSON exports."""
-    suffix = "-summary" if fmt in ("pdf", "html") else "-summary-export"
+    """The default file name, one for `mammo run` and `mammo report batch`: regenerating an
+    export refreshes the file scripts read instead of leaving it stale beside a new one."""
+    suffix = "-summary" if fmt in ("pdf", "html") else ""
     return settings.report_dir / f"batch-{batch_id}{suffix}.{fmt}"
 
 

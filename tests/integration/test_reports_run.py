@@ -91,6 +91,25 @@ def test_run_writes_summary_html_and_an_exam_pdf_per_exam(run_dir: Path) -> None
         render_first_page(pdf, run_dir / f"page-{pdf.stem[-6:]}")
 
 
+def test_report_batch_exports_refresh_the_files_the_run_wrote(run_dir: Path,
+                                                               tiny_model_dir: Path) -> None:
+    """`mammo report batch N --format csv|json` writes the run's batch-N.csv/.json again,
+    not a second file beside a stale one."""
+    reports = run_dir / "reports"
+    names = sorted(p.name for p in reports.iterdir())
+    for fmt in ("csv", "json"):
+        export = reports / f"batch-1.{fmt}"
+        before = export.read_text(encoding="utf-8")
+        export.unlink()
+        done = run_mammo(["report", "batch", "1", "--format", fmt],
+                         _env(run_dir, tiny_model_dir), run_dir)
+        assert done.returncode == 0, done.stderr
+        assert export.is_file(), done.stderr
+        if fmt == "csv":
+            assert export.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in reports.iterdir()) == names
+
+
 def test_exam_pdf_holds_the_key_fields_and_the_disclaimer(run_dir: Path,
                                                           tiny_model_dir: Path) -> None:
     env = _env(run_dir, tiny_model_dir)
