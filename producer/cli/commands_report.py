@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 
     from shared.reports.targets import ReportRequest
 
-# A row read alone (no exam) has no study_uid: its image_id and source name it.
+# A row read alone (no exam) has no study_uid: its image_id and source name it. The exam's
+# validated score stands beside the ranking one (a breast's own views may rank it higher).
 WORKLIST_COLUMNS = ("rank", "study_uid", "image_id", "source", "patient_pseudonym",
-                    "study_date", "suspicion", "left", "right", "label", "p_malignant",
-                    "models", "status", "flags", "report_path")
+                    "study_date", "suspicion", "exam_suspicion", "left", "right", "label",
+                    "p_malignant", "models", "status", "flags", "report_path")
 _KINDS = ("exam", "batch", "worklist", "stats")
 _ALL_FORMATS = ("pdf", "html", "csv", "json")
 

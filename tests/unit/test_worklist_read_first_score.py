@@ -82,6 +82,7 @@ def test_the_worklist_json_and_csv_print_the_score_they_rank_by(
     header = [c.strip() for c in next(ln for ln in table if "study_uid" in ln).split("┃")]
     first = [c.strip() for c in next(ln for ln in table if BOTH in ln).split("│")]
     assert first[header.index("suspicion")] == "10"
+    assert first[header.index("exam_suspicion")] == str(both["exam_suspicion"])
 
 
 def test_the_batch_summary_s_read_first_table_shows_the_ranking_score(
