@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Row, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from models.registry import name_version
@@ -96,6 +96,22 @@ def with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
             .where(~exists().where(newer.image_id == Image.id, newer.id > Prediction.id)))
 
 
+def _results_scope(stmt: Select[Any], flt: ResultFilter) -> Select[Any]:
+    """``stmt`` over images narrowed by ``flt``'s image and study filters (its prediction
+    filters need ``with_latest_prediction``'s join)."""
+    if flt.study_uid or flt.patient_pseudonym:
+        stmt = stmt.join(Study, Study.id == Image.study_id)
+    conditions = [
+        (flt.batch_id is not None, lambda: Image.batch_id == flt.batch_id),
+        (bool(flt.study_uid), lambda: Study.study_uid == flt.study_uid),
+        (bool(flt.patient_pseudonym), lambda: Study.patient_pseudonym == flt.patient_pseudonym),
+        (bool(flt.state), lambda: Image.state == flt.state),
+        (flt.since is not None, lambda: Image.created_at >= flt.since),
+        (flt.until is not None, lambda: Image.created_at < flt.until),
+    ]
+    return stmt.where(*(make() for wanted, make in conditions if wanted))
+
+
 def results_query(flt: ResultFilter) -> Select[*tuple[Any, ...]]:
     stmt = with_latest_prediction(select(*_RESULT_COLUMNS).select_from(Image),
                                    inner_study=bool(flt.study_uid or flt.patient_pseudonym))
@@ -128,8 +144,23 @@ def _model_version_is(wanted: str) -> ColumnElement[bool]:
     return and_(ModelVersion.name == named[0], ModelVersion.version == named[1])
 
 
+# Rows fetched from the database at a time by the streamed listings: a server-side cursor
+# on PostgreSQL (``yield_per`` implies ``stream_results``), SQLite's own stepping cursor.
+FETCH_BLOCK = 2000
+
+
 def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
-    rows = [_result_row(found._mapping) for found in session.execute(results_query(flt))]
+    return list(iter_results(session, flt))
+
+
+def iter_results(session: Session, flt: ResultFilter) -> Iterator[dict[str, Any]]:
+    """``list_results``' rows as the database hands them over, ``FETCH_BLOCK`` at a time:
+    memory stays flat however many rows (a year's `mammo results --format csv` held 1 GB).
+    Iterate it while ``session`` is open."""
+    count = 0
+    for found in session.execute(results_query(flt).execution_options(yield_per=FETCH_BLOCK)):
+        yield _result_row(found)
+        count += 1
     narrowed = (flt.study_uid, flt.patient_pseudonym, flt.state, flt.label, flt.min_suspicion,
                 flt.model_version)
     # Duplicates follow the batch's image rows. An offset counts image rows only, so a page
@@ -137,14 +168,18 @@ def list_results(session: Session, flt: ResultFilter) -> list[dict[str, Any]]:
     # `mammo results --batch N` shows what CSV and JSON show, up to its size).
     if (flt.include_duplicates and flt.batch_id is not None and not any(narrowed)
             and not flt.offset):
-        room = None if flt.limit is None else flt.limit - len(rows)
+        room = None if flt.limit is None else flt.limit - count
         if room is None or room > 0:
-            rows.extend(duplicate_rows(session, flt.batch_id, limit=room))
-    return rows
+            yield from iter_duplicate_rows(session, flt.batch_id, limit=room)
 
 
 def duplicate_rows(session: Session, batch_id: int, *,
                    limit: int | None = None) -> list[dict[str, Any]]:
+    return list(iter_duplicate_rows(session, batch_id, limit=limit))
+
+
+def iter_duplicate_rows(session: Session, batch_id: int, *,
+                        limit: int | None = None) -> Iterator[dict[str, Any]]:
     """The files ``batch_id`` sent that were already known: no new image, no new prediction.
 
     Each row is the original image's (state, error, result: the results contract holds
@@ -159,36 +194,68 @@ def duplicate_rows(session: Session, batch_id: int, *,
     )
     if limit is not None:
         stmt = stmt.limit(limit)
-    rows = []
-    for found in session.execute(stmt):
-        row = _result_row(found._mapping, copy_source=found.duplicate_source)
+    for found in session.execute(stmt.execution_options(yield_per=FETCH_BLOCK)):
+        row = _result_row(found, copy_source=found.duplicate_source)
         row["batch_id"] = batch_id
-        rows.append(row)
-    return rows
+        yield row
 
 
-def _result_row(found: RowMapping, *, copy_source: str | None = None) -> dict[str, Any]:
+_DONE = ImageState.DONE.value
+
+
+def _result_row(found: Row[Any], *, copy_source: str | None = None) -> dict[str, Any]:
     """One ``RESULT_KEYS`` row; prediction fields only for a done image. ``copy_source``: the
     row of a file sent again, under that path, ``duplicate_of`` the image found."""
-    done = found["state"] == ImageState.DONE.value and found["label"] is not None
-    row = {key: found[key] for key in RESULT_KEYS
-           if key not in _PREDICTED and key not in ("model_version", "duplicate_of")}
-    row["duplicate_of"] = None
+    done = found.state == _DONE and found.label is not None
+    source, error_message, duplicate_of = found.source, found.error_message, None
     if copy_source is not None:
-        row.update(source=copy_source, duplicate_of=found["image_id"])
+        source, duplicate_of = copy_source, found.image_id
         # The image's reason names the image's file (most messages start with its name,
         # not all): under another path, the row says whose reason it is.
-        if row["error_message"] and copy_source != found["source"]:
-            row["error_message"] = (f"Already submitted as image {found['image_id']} "
-                                    f"({found['source']}): {row['error_message']}")
-    row.update({key: found[key] if done else None for key in _PREDICTED})
-    if row["input_notes"] is not None:
-        row["input_notes"] = InputNotes(row["input_notes"])
-    row["model_version"] = (f"{found['model_name']}:{found['model_version']}"
-                            if done and found["model_name"] else None)
-    # The model's file, as the registry tells models apart: two can share a NAME:VERSION.
-    row["model_sha256"] = found["model_sha256"] if row["model_version"] else None
-    return {key: row[key] for key in RESULT_KEYS}
+        if error_message and copy_source != found.source:
+            error_message = (f"Already submitted as image {found.image_id} "
+                             f"({found.source}): {error_message}")
+    notes = found.input_notes if done else None
+    model_version = (f"{found.model_name}:{found.model_version}"
+                     if done and found.model_name else None)
+    # In RESULT_KEYS' order. The model's file (model_sha256), as the registry tells models
+    # apart: two can share a NAME:VERSION.
+    return {
+        "image_id": found.image_id, "batch_id": found.batch_id, "source": source,
+        "state": found.state, "error_code": found.error_code, "error_message": error_message,
+        "study_uid": found.study_uid, "sop_instance_uid": found.sop_instance_uid,
+        "laterality": found.laterality, "view": found.view, "view_flags": found.view_flags,
+        "label": found.label if done else None,
+        "p_normal": found.p_normal if done else None,
+        "p_benign": found.p_benign if done else None,
+        "p_malignant": found.p_malignant if done else None,
+        "suspicion": found.suspicion if done else None,
+        "model_version": model_version, "duplicate_of": duplicate_of,
+        "model_sha256": found.model_sha256 if model_version else None,
+        "burned_in_annotation": found.burned_in_annotation,
+        "input_notes": None if notes is None else InputNotes(notes),
+    }
+
+
+def superseded_only(session: Session, flt: ResultFilter) -> bool:
+    """Whether ``flt.model_version`` scored images ``flt`` selects (by its other filters)
+    but none of those predictions is an image's latest any more (a ``mammo rescore`` or
+    another model scored them since): `--model-version` matches the latest prediction
+    only, so the listing is empty, which would otherwise read as "this version scored
+    nothing here". Call it when the listing came back empty."""
+    if not flt.model_version:
+        return False
+    scope = replace(flt, label=None, min_suspicion=None, offset=0, limit=1)
+    if session.execute(results_query(scope)).first() is not None:
+        return False  # it is the latest of some: a page past them, or another filter
+    any_prediction = aliased(Prediction)
+    scored_by_it = (select(any_prediction.id)
+                    .join(ModelVersion, ModelVersion.id == any_prediction.model_version_id)
+                    .where(any_prediction.image_id == Image.id,
+                           _model_version_is(flt.model_version)))
+    stmt = (_results_scope(select(Image.id).select_from(Image), scope)
+            .where(Image.state == _DONE, scored_by_it.exists()).limit(1))
+    return session.execute(stmt).first() is not None
 
 
 # The keys of ``BatchStatus.as_row``: `mammo status --format csv` prints them as its header

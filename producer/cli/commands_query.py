@@ -22,10 +22,11 @@ from shared.queries import (
     RESULT_KEYS,
     ResultFilter,
     batch_status,
-    list_results,
+    iter_results,
     recent_batch_ids,
     require_batch,
     require_targets,
+    superseded_only,
     system_health,
 )
 from shared.queue import broker_uptime_s, broker_write_refusal, live_workers, queue_depth
@@ -219,8 +220,10 @@ def _unsent_messages(cli: CliContext, depth: int) -> _Unsent:
 @click.option("--label", type=click.Choice([c.value for c in Label]))
 @click.option("--min-score", type=click.IntRange(1, 10), help="Minimum suspicion (1-10).")
 @click.option("--model-version",
-              help="Only predictions of this model version: VERSION, or NAME:VERSION as "
-                   "results print it.")
+              help="Only images whose latest prediction is of this model version: "
+                   "VERSION, or NAME:VERSION as results print it (an image scored again "
+                   "since, by `mammo rescore` or another model, is not listed under its "
+                   "earlier version).")
 @date_range_options
 @click.option("--limit", type=click.IntRange(1), default=None,
               help=f"Page size [default: all rows; the table shows at most {TABLE_PAGE}].")
@@ -255,12 +258,37 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
                        include_duplicates=batch_id is not None and limit is None)
     with cli.sessions() as session:
         require_targets(session, flt)
-        rows = list_results(session, flt)
-    more = page is not None and len(rows) > page
-    render(rows[:page] if more else rows, fmt, keys=RESULT_KEYS, columns=RESULT_COLUMNS,
-           title="Results")
-    if more and page is not None:
-        click.echo(_more_rows_note(rows[page], page, offset, limit), err=True)
+        # CSV and JSON are written as the rows are read, a block at a time: a year of
+        # results (500,000 rows) must not sit in memory (a 1-2 GB container was killed).
+        rows = _Page(iter_results(session, flt), page)
+        shown = render(rows, fmt, keys=RESULT_KEYS, columns=RESULT_COLUMNS, title="Results")
+        superseded = not shown and model_version and superseded_only(session, flt)
+    if rows.first_left_out is not None and page is not None:
+        click.echo(_more_rows_note(rows.first_left_out, page, offset, limit), err=True)
+    if superseded:
+        click.echo(f"note: every prediction of model version {model_version} among the "
+                   "images selected was replaced by a later scoring (`mammo rescore`, "
+                   "another model); --model-version matches each image's latest "
+                   "prediction only", err=True)
+
+
+class _Page:
+    """The first ``page`` rows of ``rows`` (all with None), as they come; the one after
+    them, read to know that more follow, is kept in ``first_left_out``."""
+
+    def __init__(self, rows: Iterator[dict[str, object]], page: int | None) -> None:
+        self._rows, self._page = rows, page
+        self.first_left_out: dict[str, object] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, object]]:
+        for count, row in enumerate(self._rows):
+            if self._page is not None and count >= self._page:
+                self.first_left_out = row
+                close = getattr(self._rows, "close", None)
+                if close is not None:  # its cursor, now rather than when collected
+                    close()
+                return
+            yield row
 
 
 def _more_rows_note(first_left_out: dict[str, object], page: int, offset: int,

@@ -67,8 +67,8 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         count_worklist,
         exam_pdf_path,
         flat_worklist_row,
+        iter_worklist,
         unlisted_exams,
-        worklist_rows,
     )
 
     settings = cli.settings
@@ -79,23 +79,23 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         if batch_id is not None:
             require_batch(session, batch_id)
         refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
-        rows = worklist_rows(session, flt, report_dir=settings.report_dir)
-        total = count_worklist(session, flt) if page and len(rows) == page else len(rows)
-        unlisted = unlisted_exams(session, flt, timeout_s=settings.exam_timeout_s)
-        notes = [_more_exams_note(len(rows), total, limit), unlisted.note()]
         if write_reports:
-            for row in rows:
-                if row["study_uid"] is None:  # an image read alone: no exam, no exam PDF
-                    continue
-                path = exam_pdf_path(settings.report_dir, row["study_uid"])
-                write_exam_report(session, row["study_uid"], path, "pdf", settings)
-            # Listed again: the rows' report paths and flags ("the exam PDF predates this
-            # result") must describe the PDFs just written, not the ones they replaced.
-            rows = worklist_rows(session, flt, report_dir=settings.report_dir)
-    shown = rows if fmt == "json" else [flat_worklist_row(r) for r in rows]
-    render(shown, fmt, keys=FLAT_WORKLIST_KEYS, columns=WORKLIST_COLUMNS,
-           title="Read first (decision support: suspicion 1-10, not a diagnosis)")
-    for note in filter(None, notes):
+            # First, so that the rows' report paths and flags ("the exam PDF predates this
+            # result") describe the PDFs just written, not the ones they replaced.
+            listed = [row["study_uid"] for row in iter_worklist(
+                session, flt, report_dir=settings.report_dir) if row["study_uid"] is not None]
+            for study_uid in listed:  # an image read alone (no study_uid): no exam PDF
+                path = exam_pdf_path(settings.report_dir, study_uid)
+                write_exam_report(session, study_uid, path, "pdf", settings)
+        # CSV and JSON are written as the rows are read, a block at a time: memory stays
+        # flat however many exams.
+        rows = iter_worklist(session, flt, report_dir=settings.report_dir)
+        shown = render(rows if fmt == "json" else map(flat_worklist_row, rows), fmt,
+                       keys=FLAT_WORKLIST_KEYS, columns=WORKLIST_COLUMNS,
+                       title="Read first (decision support: suspicion 1-10, not a diagnosis)")
+        total = count_worklist(session, flt) if page and shown == page else shown
+        unlisted = unlisted_exams(session, flt, timeout_s=settings.exam_timeout_s)
+    for note in filter(None, [_more_exams_note(shown, total, limit), unlisted.note()]):
         # Under the table; on stderr for csv/json, whose stdout stays the rows alone.
         click.echo(note, err=fmt != "table")
 

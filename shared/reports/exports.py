@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.formatting import json_text, write_csv_rows
+from shared.formatting import json_text, write_csv_rows, write_json_rows
 from shared.queries import RESULT_KEYS
 from shared.reports.output import report_file
 
@@ -21,7 +22,33 @@ def write_json(data: Any, path: Path) -> Path:
     return path
 
 
-def write_csv(rows: Sequence[Mapping[str, Any]], path: Path,
+def write_json_listing(path: Path, head: Callable[[], dict[str, Any]], key: str,
+                       rows: Iterable[Mapping[str, Any]]) -> Path:
+    """``write_json`` of ``{**head(), key: list(rows)}``, the same bytes, with ``rows``
+    written as they come (a generator over a streamed query: memory stays flat), to a
+    spool file beside ``path`` first; ``head`` is called once they are all written, so it
+    may say what they held (the models a worklist names)."""
+    with report_file(path) as temporary:
+        spool = temporary.with_name(f"{temporary.name}.rows")
+        try:
+            with spool.open("w", encoding="utf-8") as fh:
+                write_json_rows(fh, rows, depth=1)
+            # The object with a null in the rows' place, the last key; the rows go there.
+            text = json_text({**head(), key: None})
+            tail = "null\n}"
+            if not text.endswith(tail):  # a key in head() that comes after ``key``
+                raise ValueError(f"{key!r} must be the object's last key")
+            with temporary.open("w", encoding="utf-8") as out, \
+                    spool.open(encoding="utf-8") as fh:
+                out.write(text[:-len(tail)])
+                shutil.copyfileobj(fh, out)
+                out.write("\n}\n")
+        finally:
+            spool.unlink(missing_ok=True)
+    return path
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], path: Path,
               columns: Sequence[str] = RESULT_KEYS) -> Path:
     with report_file(path) as temporary, temporary.open("w", newline="",
                                                         encoding="utf-8") as fh:

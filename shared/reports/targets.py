@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,14 +16,14 @@ from shared.exams import refresh_due_exams
 from shared.queries import require_batch
 from shared.reports.batch_summary import BATCH_FORMATS, batch_report_path, write_batch_report
 from shared.reports.exam_reports import EXAM_FORMATS, write_exam_report
-from shared.reports.exports import DISCLAIMER, write_csv, write_json
+from shared.reports.exports import DISCLAIMER, write_csv, write_json, write_json_listing
 from shared.reports.stats import StatsFilter, collect_stats, stats_rows
 from shared.reports.worklist import (
     FLAT_WORKLIST_KEYS,
     WorklistFilter,
     exam_pdf_path,
     flat_worklist_row,
-    worklist_rows,
+    iter_worklist,
 )
 
 FORMATS_BY_KIND: dict[str, tuple[str, ...]] = {
@@ -93,16 +93,25 @@ def _batch(session: Session, req: ReportRequest, path: Path, settings: Settings)
 def _worklist(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
     batch_id = req.existing_batch_id(session)
     refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
-    rows = worklist_rows(session, WorklistFilter(batch_id, req.since, req.until),
+    rows = iter_worklist(session, WorklistFilter(batch_id, req.since, req.until),
                          report_dir=settings.report_dir)
     if req.fmt == "json":
         # A file, not the array `mammo worklist --format json` prints: an object, like the
-        # exam and batch JSON reports, so it carries the statement and its models.
-        models = sorted({model for r in rows for model in r["models"]})
-        return write_json({"disclaimer": DISCLAIMER, "models": models, "worklist": rows}, path)
+        # exam and batch JSON reports, so it carries the statement and its models. Written
+        # as the rows come; the models they name are known once they are all written.
+        models: set[str] = set()
+
+        def noted(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+            for row in rows:
+                models.update(row["models"])
+                yield row
+
+        return write_json_listing(
+            path, lambda: {"disclaimer": DISCLAIMER, "models": sorted(models)}, "worklist",
+            noted(rows))
     # CSV files carry data rows only (as the batch CSV export); `mammo report` prints the
     # statement when it writes them.
-    return write_csv([flat_worklist_row(r) for r in rows], path, columns=FLAT_WORKLIST_KEYS)
+    return write_csv(map(flat_worklist_row, rows), path, columns=FLAT_WORKLIST_KEYS)
 
 
 def stats_json(stats: dict[str, Any]) -> dict[str, Any]:

@@ -21,20 +21,23 @@ scores (``models``) and gives the probabilities, not only the scores.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import chain, islice
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, case, func, or_, select
+from sqlalchemy import Row, Select, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.lifecycle import ACTIVE_STATES, in_blocks
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
 from shared.exams import read_first_suspicion, read_first_suspicion_sql
-from shared.queries import model_labels, with_latest_prediction
+from shared.queries import FETCH_BLOCK, model_labels, with_latest_prediction
 from shared.read_alone import READ_ALONE_FLAG, READ_ALONE_STATUS, model_label, scored_alone
 from shared.timeutil import as_utc
 
@@ -126,8 +129,19 @@ def _studies_in_scope(flt: WorklistFilter) -> Select[int | None] | None:
     return studies if narrowed else None
 
 
-def _worklist_query(flt: WorklistFilter) -> Select[ExamResult, Study]:
-    stmt = (select(ExamResult, Study).join(Study, Study.id == ExamResult.study_id)
+# What a worklist row needs of an exam's current result and its study: columns, not the
+# ORM entities (whose views/missing_views JSON would be decoded for nothing, per row).
+_EXAM_COLUMNS = (
+    ExamResult.suspicion, ExamResult.per_breast, ExamResult.flags, ExamResult.label,
+    ExamResult.p_malignant, ExamResult.status, ExamResult.version, ExamResult.created_at,
+    Study.id.label("study_id"), Study.study_uid, Study.accession_number, Study.study_date,
+    Study.patient_pseudonym,
+)
+
+
+def _worklist_query(flt: WorklistFilter) -> Select[*tuple[Any, ...]]:
+    stmt = (select(*_EXAM_COLUMNS).select_from(ExamResult)
+            .join(Study, Study.id == ExamResult.study_id)
             .where(ExamResult.superseded_at.is_(None)))
     studies = _studies_in_scope(flt)
     if studies is not None:
@@ -157,7 +171,7 @@ def _alone_query(flt: WorklistFilter) -> Select[Any]:
     return stmt.limit(flt.limit) if flt.limit else stmt
 
 
-def _count(session: Session, query: Select[Any] | Select[ExamResult, Study]) -> int:
+def _count(session: Session, query: Select[Any]) -> int:
     return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
 
 
@@ -235,13 +249,13 @@ def burned_in_flag(image_ids: list[int]) -> str | None:
             "images before sharing them) and may mislead the model")
 
 
-def pdf_is_older(pdf: Path, result: ExamResult) -> bool:
+def pdf_is_older(pdf: Path, result: ExamResult | Row[Any]) -> bool:
     written = datetime.fromtimestamp(pdf.stat().st_mtime, tz=UTC)
     computed = as_utc(result.created_at)
     return computed is not None and written < computed
 
 
-def _row_flags(result: ExamResult, images: _ImagesToFlag, stale_pdf: bool) -> list[str]:
+def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool) -> list[str]:
     flags = list(result.flags)
     if images.active:
         flags.append(f"{images.active} image(s) still being processed: this result may change")
@@ -271,12 +285,15 @@ def _exam_models(session: Session, study_ids: list[int]) -> dict[int, set[tuple[
     return found
 
 
-def _exam_row(result: ExamResult, study: Study, flags: list[str],
-              report_path: str | None) -> dict[str, Any]:
+def _exam_row(result: Row[Any], flags: list[str], report_path: str | None) -> dict[str, Any]:
+    """``result``: a row of ``_EXAM_COLUMNS``, the current result and its study's columns."""
+    study = result
     return {
         # Ranked by it, so printed as it (_worklist_query orders by its SQL twin).
         "study_uid": study.study_uid, "image_id": None, "source": None,
-        "suspicion": read_first_suspicion(result), "exam_suspicion": result.suspicion,
+        # The attributes read_first_suspicion reads (suspicion, per_breast) are the row's.
+        "suspicion": read_first_suspicion(cast(ExamResult, result)),
+        "exam_suspicion": result.suspicion,
         "per_breast": {side: {"suspicion": b.get("suspicion"), "label": b.get("label"),
                               "p_malignant": b.get("p_malignant"),
                               # Kept with exam results since the worklist gives it; older
@@ -320,35 +337,73 @@ def _read_first_order(row: dict[str, Any]) -> tuple[bool, int, bool, float, bool
 
 def worklist_rows(session: Session, flt: WorklistFilter, *,
                   report_dir: Path) -> list[dict[str, Any]]:
+    """``iter_worklist``'s rows, as a list."""
+    return list(iter_worklist(session, flt, report_dir=report_dir))
+
+
+_Found = tuple[dict[str, Any], set[tuple[str, str]]]  # a row, and its models' (label, sha256)
+
+
+def iter_worklist(session: Session, flt: WorklistFilter, *,
+                  report_dir: Path) -> Iterator[dict[str, Any]]:
     """One row per exam, and per image scored outside any exam; ``report_path`` is set
     when the exam's PDF exists.
 
     Flags are added to the stored ones for what the result does not hold: images of the
     exam still in flight, a PDF older than the result, and images with burned-in text.
     ``models`` names the model(s) behind each row's scores.
+
+    Yielded as the database hands the rows over, ``FETCH_BLOCK`` exams at a time (each
+    block's flags and models read in a query or two), the exams and the images read alone
+    merged in their common order: memory stays flat however long the list. Iterate it
+    while ``session`` is open.
     """
-    listed = [(result, study) for result, study in session.execute(_worklist_query(flt))]
-    alone = list(session.execute(_alone_query(flt)))
-    to_flag = _images_to_flag(session, [study.id for _, study in listed])
-    exam_models = _exam_models(session, [study.id for _, study in listed])
-    alone_models = {image.id: {(model_label(name, version), sha256)}
-                    for image, _, name, version, sha256 in alone}
-    # Named over the whole list: two models sharing a NAME:VERSION show their sha256s.
-    labels = model_labels(pair for pairs in (*exam_models.values(), *alone_models.values())
-                          for pair in pairs)
-    rows = []
-    for result, study in listed:
-        pdf = exam_pdf_path(report_dir, study.study_uid)
-        has_pdf = pdf.is_file()
-        flags = _row_flags(result, to_flag.get(study.id, _ImagesToFlag()),
-                           has_pdf and pdf_is_older(pdf, result))
-        row = _exam_row(result, study, flags, str(pdf.resolve()) if has_pdf else None)
-        rows.append((row, exam_models.get(study.id, set())))
-    rows += [(_alone_row(image, prediction), alone_models[image.id])
-             for image, prediction, *_ in alone]
-    rows.sort(key=lambda found: _read_first_order(found[0]))  # stable: each kind's order
-    return [{"rank": rank, **row, "models": sorted(labels[pair] for pair in pairs)}
-            for rank, (row, pairs) in enumerate(rows[:flt.limit or None], start=1)]
+    # Named over the whole list: two models sharing a NAME:VERSION show their sha256s. Only
+    # then does it take a first pass over the list, to know which of them it holds.
+    labels: dict[tuple[str, str], str] | None = None
+    if _shared_model_names(session):
+        every = chain(_found(session, flt, report_dir), _alone_found(session, flt))
+        labels = model_labels(pair for _, pairs in every for pair in pairs)
+    merged = heapq.merge(_found(session, flt, report_dir), _alone_found(session, flt),
+                         key=lambda found: _read_first_order(found[0]))
+    for rank, (row, pairs) in enumerate(islice(merged, flt.limit or None), start=1):
+        models = sorted(pair[0] if labels is None else labels[pair] for pair in pairs)
+        yield {"rank": rank, **row, "models": models}
+
+
+def _found(session: Session, flt: WorklistFilter, report_dir: Path) -> Iterator[_Found]:
+    """The exams' rows in the list's order (exams only: ``_alone_found`` has the others)."""
+    result = session.execute(_worklist_query(flt).execution_options(yield_per=FETCH_BLOCK))
+    for block in result.partitions():
+        study_ids = [found.study_id for found in block]
+        to_flag = _images_to_flag(session, study_ids)
+        exam_models = _exam_models(session, study_ids)
+        for found in block:
+            pdf = exam_pdf_path(report_dir, found.study_uid)
+            has_pdf = pdf.is_file()
+            flags = _row_flags(found, to_flag.get(found.study_id, _ImagesToFlag()),
+                               has_pdf and pdf_is_older(pdf, found))
+            row = _exam_row(found, flags, str(pdf.resolve()) if has_pdf else None)
+            yield row, exam_models.get(found.study_id, set())
+
+
+def _alone_found(session: Session, flt: WorklistFilter) -> Iterator[_Found]:
+    for image, prediction, name, version, sha256 in session.execute(
+            _alone_query(flt).execution_options(yield_per=FETCH_BLOCK)):
+        yield _alone_row(image, prediction), {(model_label(name, version), sha256)}
+
+
+def _shared_model_names(session: Session) -> bool:
+    """Whether two registered models (two files) share a NAME:VERSION."""
+    shared = (select(ModelVersion.name, ModelVersion.version)
+              .group_by(ModelVersion.name, ModelVersion.version)
+              .having(func.count(func.distinct(ModelVersion.sha256)) > 1).limit(1))
+    return session.execute(shared).first() is not None
+
+
+def worklist_models(rows: Iterable[dict[str, Any]]) -> set[str]:
+    """Every model named by ``rows``."""
+    return {model for row in rows for model in row["models"]}
 
 
 def flat_worklist_row(row: dict[str, Any]) -> dict[str, Any]:
