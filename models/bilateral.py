@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.ablation import Folds
-from models.datasets import LabelledImage
+if TYPE_CHECKING:
+    # Types only: models.datasets loads the image readers (pydicom, OpenCV), which the
+    # exam queries behind `mammo status` and `mammo worklist` never use.
+    from models.ablation import Folds
+    from models.datasets import LabelledImage
 
 # (who, laterality "L"/"R" or None, view or None): "who" is a patient in training data, a
 # study read by one model version in the pipeline.

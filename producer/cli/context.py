@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import click
-from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.queue import create_celery_app
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 
 @dataclass
@@ -34,6 +36,10 @@ class CliContext:
 
     @cached_property
     def celery(self) -> Celery:
+        # Imported here: celery, kombu and redis cost every command that never queues
+        # (`mammo results`, `worklist`, `stats`) a quarter of a second.
+        from shared.queue import create_celery_app
+
         return create_celery_app(self.settings)
 
 

@@ -105,7 +105,11 @@ def test_invalid_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 def _every_command(group: click.Group, prefix: tuple[str, ...] = ()) -> list[list[str]]:
     """Every command and group under ``group``, as the words that name it."""
     found: list[list[str]] = []
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    # list_commands/get_command, not .commands: `mammo` loads its commands on demand.
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         found.append([*prefix, name])
         if isinstance(command, click.Group):
             found += _every_command(command, (*prefix, name))
