@@ -85,11 +85,11 @@ def _csv_field(value: Any) -> str:
 def _csv_text(value: Any) -> str:
     """``_csv_field(csv_cell(value))``, with the common cells (numbers, None, plain ASCII
     text) decided without a regex: ``str`` of an int, float or bool needs no quotes."""
+    if value is None:
+        return ""
     kind = type(value)
     if kind in _NUMBERS:
         return str(value)
-    if value is None:
-        return ""
     if kind is str and value.isascii() and value.isprintable() and ";" not in value:
         # No control character, line break, tab or ";": a formula start is only possible
         # at the cell's start, and only a quote or comma asks for the quotes.
@@ -109,11 +109,11 @@ def write_csv_rows(fh: IO[str], rows: Iterable[Mapping[str, Any]],
     (Python 3.11 has no per-cell quoting), and quoting every cell would change every line;
     Python's ``csv`` module reads the result back as the same values."""
     _write_csv_line(fh, columns, lineterminator)
-    count = 0
+    count, text, write = 0, _csv_text, fh.write
     for row in rows:
+        get = row.get
         # A line of one empty cell is quoted, as csv.writer does: a blank line is no row.
-        fh.write((",".join([_csv_text(row.get(k)) for k in columns]) or '""')
-                 + lineterminator)
+        write((",".join([text(get(k)) for k in columns]) or '""') + lineterminator)
         count += 1
     return count
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from models.registry import name_version
@@ -68,7 +68,6 @@ _RESULT_COLUMNS = (
     ModelVersion.name.label("model_name"), ModelVersion.version.label("model_version"),
     ModelVersion.sha256.label("model_sha256"),
 )
-_PREDICTED = ("label", "p_normal", "p_benign", "p_malignant", "suspicion", "input_notes")
 
 
 def with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
@@ -195,7 +194,7 @@ def iter_duplicate_rows(session: Session, batch_id: int, *,
     if limit is not None:
         stmt = stmt.limit(limit)
     for found in session.execute(stmt.execution_options(yield_per=FETCH_BLOCK)):
-        row = _result_row(found, copy_source=found.duplicate_source)
+        row = _result_row(tuple(found)[1:], copy_source=found.duplicate_source)
         row["batch_id"] = batch_id
         yield row
 
@@ -203,36 +202,38 @@ def iter_duplicate_rows(session: Session, batch_id: int, *,
 _DONE = ImageState.DONE.value
 
 
-def _result_row(found: Row[Any], *, copy_source: str | None = None) -> dict[str, Any]:
-    """One ``RESULT_KEYS`` row; prediction fields only for a done image. ``copy_source``: the
-    row of a file sent again, under that path, ``duplicate_of`` the image found."""
-    done = found.state == _DONE and found.label is not None
-    source, error_message, duplicate_of = found.source, found.error_message, None
+def _result_row(found: Sequence[Any], *,
+                copy_source: str | None = None) -> dict[str, Any]:
+    """One ``RESULT_KEYS`` row of a row of ``_RESULT_COLUMNS``; prediction fields only for a
+    done image. ``copy_source``: the row of a file sent again, under that path,
+    ``duplicate_of`` the image found. Unpacked by position: a year's export builds 500,000
+    of them, and a Row's attribute lookups were most of the time."""
+    (image_id, batch_id, image_source, state, error_code, error_message, study_uid,
+     sop_instance_uid, laterality, view, view_flags, burned_in_annotation, label, p_normal,
+     p_benign, p_malignant, suspicion, notes, model_name, model_version,
+     model_sha256) = found
+    source, duplicate_of = image_source, None
     if copy_source is not None:
-        source, duplicate_of = copy_source, found.image_id
+        source, duplicate_of = copy_source, image_id
         # The image's reason names the image's file (most messages start with its name,
         # not all): under another path, the row says whose reason it is.
-        if error_message and copy_source != found.source:
-            error_message = (f"Already submitted as image {found.image_id} "
-                             f"({found.source}): {error_message}")
-    notes = found.input_notes if done else None
-    model_version = (f"{found.model_name}:{found.model_version}"
-                     if done and found.model_name else None)
+        if error_message and copy_source != image_source:
+            error_message = (f"Already submitted as image {image_id} ({image_source}): "
+                             f"{error_message}")
+    if not (state == _DONE and label is not None):
+        label = p_normal = p_benign = p_malignant = suspicion = notes = model_name = None
+    shown_model = f"{model_name}:{model_version}" if model_name else None
     # In RESULT_KEYS' order. The model's file (model_sha256), as the registry tells models
     # apart: two can share a NAME:VERSION.
     return {
-        "image_id": found.image_id, "batch_id": found.batch_id, "source": source,
-        "state": found.state, "error_code": found.error_code, "error_message": error_message,
-        "study_uid": found.study_uid, "sop_instance_uid": found.sop_instance_uid,
-        "laterality": found.laterality, "view": found.view, "view_flags": found.view_flags,
-        "label": found.label if done else None,
-        "p_normal": found.p_normal if done else None,
-        "p_benign": found.p_benign if done else None,
-        "p_malignant": found.p_malignant if done else None,
-        "suspicion": found.suspicion if done else None,
-        "model_version": model_version, "duplicate_of": duplicate_of,
-        "model_sha256": found.model_sha256 if model_version else None,
-        "burned_in_annotation": found.burned_in_annotation,
+        "image_id": image_id, "batch_id": batch_id, "source": source, "state": state,
+        "error_code": error_code, "error_message": error_message, "study_uid": study_uid,
+        "sop_instance_uid": sop_instance_uid, "laterality": laterality, "view": view,
+        "view_flags": view_flags, "label": label, "p_normal": p_normal,
+        "p_benign": p_benign, "p_malignant": p_malignant, "suspicion": suspicion,
+        "model_version": shown_model, "duplicate_of": duplicate_of,
+        "model_sha256": model_sha256 if shown_model else None,
+        "burned_in_annotation": burned_in_annotation,
         "input_notes": None if notes is None else InputNotes(notes),
     }
 
