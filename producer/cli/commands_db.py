@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from producer.cli.commands_submit import require_broker
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import date_range_options, utc_range
@@ -99,6 +98,10 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
     if cli.settings.is_embedded:
         failed = _recover_embedded(cli, older_than, batch_id, dry_run)
     else:
+        # commands_submit loads the image readers (pydicom, OpenCV); `mammo db` and this
+        # sweep need only its broker check.
+        from producer.cli.commands_submit import require_broker
+
         require_broker(cli, "recover")
         if older_than is None:
             older_than = lost_message_age_s(RECOVER_AFTER_S, broker_uptime_s(cli.celery))
@@ -243,6 +246,8 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     if dry_run or not ids:
         return
     if not cli.settings.is_embedded:
+        from producer.cli.commands_submit import require_broker  # as in recover_command
+
         require_broker(cli, "rescore")
         _warn_of_other_models(cli, spec)
     with cli.sessions() as session:

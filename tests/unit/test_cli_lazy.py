@@ -25,7 +25,8 @@ MODULES = sorted(path.stem for path in (REPO / "producer" / "cli").glob("command
 # Libraries that take from a tenth of a second (OpenCV) to seconds (TensorFlow) to import.
 NEVER_AT_STARTUP = ("tensorflow", "keras", "pydicom", "matplotlib", "reportlab", "cv2", "PIL",
                     "numpy", "celery", "kombu", "alembic")
-# What `mammo status`, `results`, `worklist` and `stats` must not load either.
+# What `mammo status`, `results`, `worklist`, `stats`, `db`, `recover` and `rescore` (cron,
+# health checks, entrypoints) must not load either.
 NOT_FOR_QUERIES = ("tensorflow", "keras", "pydicom", "matplotlib", "reportlab")
 
 
@@ -80,9 +81,10 @@ def test_startup_version_and_help_load_no_heavy_library() -> None:
     assert _loaded_after(code, NEVER_AT_STARTUP) == []
 
 
-def test_query_commands_load_no_imaging_model_or_report_library() -> None:
+def test_query_and_upkeep_commands_load_no_imaging_model_or_report_library() -> None:
     code = ("from producer.cli.main import load_command\n"
-            "for name in ('status', 'results', 'worklist', 'stats'):\n"
+            "for name in ('status', 'results', 'worklist', 'stats', 'db', 'recover', "
+            "'rescore'):\n"
             "    load_command(name)")
     assert _loaded_after(code, NOT_FOR_QUERIES) == []
 
