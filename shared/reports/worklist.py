@@ -30,7 +30,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, case, func, or_, select
+from sqlalchemy import Row, Select, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.lifecycle import ACTIVE_STATES, in_blocks
@@ -223,14 +223,20 @@ class _ImagesToFlag:
     burned_in: list[int] = field(default_factory=list)  # ids, BurnedInAnnotation YES
 
 
+# Built once, run for each block of study ids (``study_ids``): a streamed worklist runs them
+# per block, and statements built per block were garbage the size of the list.
+_IMAGES_TO_FLAG = (
+    select(Image.study_id, Image.id, Image.state, Image.burned_in_annotation)
+    .where(Image.study_id.in_(bindparam("study_ids", expanding=True)),
+           or_(Image.state.in_(ACTIVE_STATES), Image.burned_in_annotation.is_(True)))
+    .order_by(Image.id))
+
+
 def _images_to_flag(session: Session, study_ids: list[int]) -> dict[int, _ImagesToFlag]:
     found: dict[int, _ImagesToFlag] = {}
     for block in in_blocks(study_ids):
         for study_id, image_id, state, burned_in in session.execute(
-                select(Image.study_id, Image.id, Image.state, Image.burned_in_annotation)
-                .where(Image.study_id.in_(block),
-                       or_(Image.state.in_(ACTIVE_STATES), Image.burned_in_annotation.is_(True)))
-                .order_by(Image.id)):
+                _IMAGES_TO_FLAG, {"study_ids": block}):
             if study_id is None:
                 continue
             images = found.setdefault(study_id, _ImagesToFlag())
@@ -269,18 +275,21 @@ def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool) -> list
     return flags
 
 
+_EXAM_MODELS = (
+    with_latest_prediction(select(Image.study_id, ModelVersion.name, ModelVersion.version,
+                                  ModelVersion.sha256).select_from(Image), inner_study=True)
+    .where(Image.study_id.in_(bindparam("study_ids", expanding=True)),
+           Image.state == ImageState.DONE.value, ModelVersion.id.is_not(None))
+    .distinct())
+
+
 def _exam_models(session: Session, study_ids: list[int]) -> dict[int, set[tuple[str, str]]]:
     """Each study's models: those of its done images' current predictions, which its
     current result was computed from."""
     found: dict[int, set[tuple[str, str]]] = {}
     for block in in_blocks(study_ids):
-        stmt = (with_latest_prediction(
-                    select(Image.study_id, ModelVersion.name, ModelVersion.version,
-                           ModelVersion.sha256).select_from(Image), inner_study=True)
-                .where(Image.study_id.in_(block), Image.state == ImageState.DONE.value,
-                       ModelVersion.id.is_not(None))
-                .distinct())
-        for study_id, name, version, sha256 in session.execute(stmt):
+        for study_id, name, version, sha256 in session.execute(
+                _EXAM_MODELS, {"study_ids": block}):
             found.setdefault(study_id, set()).add((model_label(name, version), sha256))
     return found
 
