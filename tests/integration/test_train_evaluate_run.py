@@ -1,6 +1,7 @@
 """Train -> evaluate -> activate -> run, through the real CLI, on a tiny synthetic set.
 
-A real (tiny) training run: 2 folds, 2 epochs, 128 px input, seconds. Not a quality test:
+A real (tiny) training run: 2 folds, 2 epochs, 128 px input, narrow trunks (widths are not
+what is tested here; the shipped ones cost CPU in every training), seconds. Not a quality test:
 it proves the model `mammo train` writes is the one `mammo evaluate` scores and, once
 activated, the one `mammo run` uses (with a heatmap stored per prediction).
 """
@@ -39,7 +40,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "--epochs", "2", "--finetune-epochs", "1", "--finetune-locations", "1",
                       "--average-from", "1", "--negatives-ratio", "3", "--hard-negatives", "4",
                       "--input-size", "128", "--patch", "32", "--stage-convs", "2",
-                      "--bootstrap", "20"], env, root)
+                      "--widths", "8,16,16,16,16", "--bootstrap", "20"], env, root)
     assert done.returncode == 0, done.stderr
     assert "fold 2/2" in done.stderr and "epoch 1/2" in done.stderr  # progress is printed
     assert "whole-image epoch 1/1" in done.stderr
@@ -228,12 +229,13 @@ def test_models_merge_pools_two_recipes_trunks_fold_by_fold(trained: Path,
     data = trained.parents[2] / "mias"
     env = mammo_env(database_url=f"sqlite:///{tmp_path / 'm.db'}")
     # Another recipe on the same folds: one trunk per fold, contrastively pretrained (the
-    # fixture's recipe is not: pretraining is its costliest step), no fine-tuning.
+    # fixture's recipe is not: pretraining is its costliest step), no fine-tuning, trunks
+    # of other widths (merge rebuilds each trunk from its own config).
     other = run_mammo(["train", str(data), "--output", str(tmp_path / "other"), "--name",
                        "tiny", "--version", "0.2.0", "--folds", "2", "--local-contrast", "24",
                        "--epochs", "1", "--finetune-epochs", "0", "--pretrain-epochs", "1",
-                       "--input-size", "128", "--patch", "32", "--bootstrap", "20"],
-                      env, tmp_path)
+                       "--input-size", "128", "--patch", "32", "--widths", "8,8,8,8,8",
+                       "--bootstrap", "20"], env, tmp_path)
     assert other.returncode == 0, other.stderr
     assert "contrastive epoch 1/1" in other.stderr
     other_dir = Path(other.stdout.strip().splitlines()[-1])
@@ -252,6 +254,7 @@ def test_models_merge_pools_two_recipes_trunks_fold_by_fold(trained: Path,
     assert [s["version"] for s in meta["merged_from"]] == ["0.1.0", "0.2.0"]
     # The recipes differ here, so no single value claims to be the merged recipe.
     assert "pretrain_epochs" not in meta["training"] and "epochs" not in meta["training"]
+    assert "widths" not in meta["training"]
     assert meta["training"]["local_contrast_sigma"] == 24.0
     own = resolve_model(str(trained)).metadata["training"]["best_epochs"]
     theirs = resolve_model(str(other_dir)).metadata["training"]["best_epochs"]
