@@ -139,6 +139,14 @@ class MammoGroup(click.Group):
             if missing is None:
                 raise
             self._fail(ctx, missing)
+        except BrokenPipeError:
+            if not _stdout_reader_gone():
+                raise
+            # `mammo results | head`: the reader stopped early by choice; the listing is not
+            # a failed job (click would exit 1, this CLI's "a bug"). Later writes and the
+            # interpreter's last flush go nowhere instead of failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(ExitCode.OK)
         except KeyboardInterrupt:
             click.secho("interrupted: queued work is kept in the database; run the same "
                         "command again, or `mammo recover`, to finish it.", err=True, fg="yellow")
@@ -148,6 +156,19 @@ class MammoGroup(click.Group):
     def _fail(ctx: click.Context, exc: UserFacingError) -> None:
         click.secho(f"error: {exc}", err=True, fg="red")
         ctx.exit(exit_code_for(exc))
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has closed it (poll says POLLERR),
+    so that a broken pipe to a server is never mistaken for `| head`."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 @click.group(cls=MammoGroup, context_settings={"help_option_names": ["-h", "--help"]})
