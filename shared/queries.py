@@ -95,11 +95,9 @@ def with_latest_prediction(stmt: Select[*tuple[Any, ...]], *,
             .where(~exists().where(newer.image_id == Image.id, newer.id > Prediction.id)))
 
 
-def _results_scope(stmt: Select[Any], flt: ResultFilter) -> Select[Any]:
-    """``stmt`` over images narrowed by ``flt``'s image and study filters (its prediction
-    filters need ``with_latest_prediction``'s join)."""
-    if flt.study_uid or flt.patient_pseudonym:
-        stmt = stmt.join(Study, Study.id == Image.study_id)
+def _scope_conditions(flt: ResultFilter) -> list[ColumnElement[bool]]:
+    """``flt``'s image and study filters (``Study`` must be joined for the study ones);
+    its prediction filters need ``with_latest_prediction``'s join."""
     conditions = [
         (flt.batch_id is not None, lambda: Image.batch_id == flt.batch_id),
         (bool(flt.study_uid), lambda: Study.study_uid == flt.study_uid),
@@ -108,7 +106,7 @@ def _results_scope(stmt: Select[Any], flt: ResultFilter) -> Select[Any]:
         (flt.since is not None, lambda: Image.created_at >= flt.since),
         (flt.until is not None, lambda: Image.created_at < flt.until),
     ]
-    return stmt.where(*(make() for wanted, make in conditions if wanted))
+    return [make() for wanted, make in conditions if wanted]
 
 
 def results_query(flt: ResultFilter) -> Select[*tuple[Any, ...]]:
@@ -119,17 +117,12 @@ def results_query(flt: ResultFilter) -> Select[*tuple[Any, ...]]:
     by_prediction = bool(flt.label or flt.model_version) or flt.min_suspicion is not None
     conditions = [
         (by_prediction, lambda: Image.state == ImageState.DONE.value),
-        (flt.batch_id is not None, lambda: Image.batch_id == flt.batch_id),
-        (bool(flt.study_uid), lambda: Study.study_uid == flt.study_uid),
-        (bool(flt.patient_pseudonym), lambda: Study.patient_pseudonym == flt.patient_pseudonym),
-        (bool(flt.state), lambda: Image.state == flt.state),
         (bool(flt.label), lambda: Prediction.label == flt.label),
         (flt.min_suspicion is not None, lambda: Prediction.suspicion >= flt.min_suspicion),
         (bool(flt.model_version), lambda: _model_version_is(flt.model_version or "")),
-        (flt.since is not None, lambda: Image.created_at >= flt.since),
-        (flt.until is not None, lambda: Image.created_at < flt.until),
     ]
-    stmt = stmt.where(*(make() for wanted, make in conditions if wanted))
+    stmt = stmt.where(*_scope_conditions(flt),
+                      *(make() for wanted, make in conditions if wanted))
     stmt = stmt.order_by(Image.id).offset(flt.offset)
     return stmt.limit(flt.limit) if flt.limit else stmt
 
@@ -170,11 +163,6 @@ def iter_results(session: Session, flt: ResultFilter) -> Iterator[dict[str, Any]
         room = None if flt.limit is None else flt.limit - count
         if room is None or room > 0:
             yield from iter_duplicate_rows(session, flt.batch_id, limit=room)
-
-
-def duplicate_rows(session: Session, batch_id: int, *,
-                   limit: int | None = None) -> list[dict[str, Any]]:
-    return list(iter_duplicate_rows(session, batch_id, limit=limit))
 
 
 def iter_duplicate_rows(session: Session, batch_id: int, *,
@@ -254,8 +242,11 @@ def superseded_only(session: Session, flt: ResultFilter) -> bool:
                     .join(ModelVersion, ModelVersion.id == any_prediction.model_version_id)
                     .where(any_prediction.image_id == Image.id,
                            _model_version_is(flt.model_version)))
-    stmt = (_results_scope(select(Image.id).select_from(Image), scope)
-            .where(Image.state == _DONE, scored_by_it.exists()).limit(1))
+    stmt = select(Image.id).select_from(Image)
+    if flt.study_uid or flt.patient_pseudonym:
+        stmt = stmt.join(Study, Study.id == Image.study_id)
+    stmt = stmt.where(*_scope_conditions(scope), Image.state == _DONE,
+                      scored_by_it.exists()).limit(1)
     return session.execute(stmt).first() is not None
 
 

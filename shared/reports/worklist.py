@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
@@ -408,11 +408,6 @@ def _shared_model_names(session: Session) -> bool:
               .group_by(ModelVersion.name, ModelVersion.version)
               .having(func.count(func.distinct(ModelVersion.sha256)) > 1).limit(1))
     return session.execute(shared).first() is not None
-
-
-def worklist_models(rows: Iterable[dict[str, Any]]) -> set[str]:
-    """Every model named by ``rows``."""
-    return {model for row in rows for model in row["models"]}
 
 
 def flat_worklist_row(row: dict[str, Any]) -> dict[str, Any]:
