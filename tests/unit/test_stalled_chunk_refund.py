@@ -192,8 +192,13 @@ _CHILD = textwrap.dedent("""
         re.match(r"(a+)+$", "a" * n + "b")
         return time.perf_counter() - started
 
-    if sys.argv[1] == "gil":  # one call of about 3 s (each a more doubles it)
-        n = 20 + max(0, math.ceil(math.log2(3.0 / max(spin(20), 1e-4))))
+    if sys.argv[1] == "gil":  # one call of about 4 s (each a more doubles it)
+        # Calibrated on a call long enough to time, and on its fastest of three: a
+        # calibration slowed by a busy machine would otherwise pick too short a call.
+        n = 16
+        while spin(n) < 0.05:
+            n += 1
+        n += max(0, math.ceil(math.log2(4.0 / min(spin(n) for _ in range(3)))))
     with Seen(min_gap_s=1.0) as watch:
         print("ready", flush=True)
         if sys.argv[1] == "stopped":
