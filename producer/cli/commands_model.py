@@ -251,8 +251,9 @@ def _bilateral_scores(value: str, option: str = "--bilateral") -> tuple[str, ...
 @_data_argument
 @click.option("--model", "model_ref", default=None,
               help="Model directory or shipped name (default: the model workers would run).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True,
+              help="csv: one row per image (id, truth, label, p_*); the figures go to stderr.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--single-image", is_flag=True,
               help="Score every image alone, even where the model reads a breast against "
@@ -269,6 +270,7 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
     \b
     Example:
         mammo evaluate ../shared/data/mini-mias --format json > eval.json
+        mammo evaluate labelled/ --format csv > predictions.csv
     """
     from models.evaluation import evaluate
 
@@ -293,6 +295,11 @@ def _print_evaluation(result: dict[str, Any], fmt: str, warnings: list[str],
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
         return
+    if fmt == "csv":
+        # stdout stays one table a spreadsheet opens; the figures, a line for the person.
+        render(result["predictions"], "csv", keys=EVALUATE_COLUMNS)
+        _say(f"{title}: " + ", ".join(f"{k} {_figure(result[k])}" for k in SUMMARY_KEYS))
+        return
     render(result["predictions"], "table", keys=EVALUATE_COLUMNS, title="Predictions")
     render([{**{k: result[k] for k in SUMMARY_KEYS},
              "warning": "; ".join(warnings) or None}], "table", keys=(*SUMMARY_KEYS, "warning"),
@@ -302,6 +309,10 @@ def _print_evaluation(result: dict[str, Any], fmt: str, warnings: list[str],
             for t, row in zip(("normal", "benign", "malignant"), result["confusion_matrix"],
                               strict=True)], "table", keys=CONFUSION_KEYS,
            title="Confusion matrix")
+
+
+def _figure(value: Any) -> str:  # an AUC is None where DATA lacks one of its classes
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _spec(cli: CliContext, ref: str | None, named_by: str) -> Any:

@@ -3,6 +3,8 @@ names the unread ones on a last stderr line and exits 3 (some images failed), as
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -23,7 +25,7 @@ def _with_unreadable(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("fmt", ["json", "table"])
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
 def test_unread_images_exit_3_after_the_figures_of_the_others(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path,
         fmt: str) -> None:
@@ -36,11 +38,19 @@ def test_unread_images_exit_3_after_the_figures_of_the_others(
     assert "benign1.png" in last and "malignant1.png" in last
     # The other warnings count the images the figures are of.
     assert "4 of 4 images have no patient identity" in done.stderr
+    read = {"normal/normal0", "normal/normal1", "benign/benign0", "malignant/malignant0"}
     if fmt == "json":
         result = json.loads(done.stdout)
         assert set(result) == CONTRACT and result["n"] == 4
-        assert {p["id"] for p in result["predictions"]} == {
-            "normal/normal0", "normal/normal1", "benign/benign0", "malignant/malignant0"}
+        assert {p["id"] for p in result["predictions"]} == read
+    elif fmt == "csv":  # stdout is the predictions alone; the figures are on stderr
+        rows = list(csv.DictReader(io.StringIO(done.stdout)))
+        assert {r["id"] for r in rows} == read
+        assert list(rows[0]) == ["id", "truth", "label", "p_normal", "p_benign", "p_malignant"]
+        assert all(sum(float(r[f"p_{c}"]) for c in ("normal", "benign", "malignant"))
+                   == pytest.approx(1.0, abs=1e-3) for r in rows)
+        assert {r["truth"] for r in rows} == {"normal", "benign", "malignant"}
+        assert ": n 4, accuracy " in done.stderr and "auc_abnormal " in done.stderr
     else:
         assert "Confusion matrix" in done.stdout
 
