@@ -264,7 +264,7 @@ def results_command(cli: CliContext, batch_id: int | None, study_uid: str | None
         shown = render(rows, fmt, keys=RESULT_KEYS, columns=RESULT_COLUMNS, title="Results")
         superseded = not shown and model_version and superseded_only(session, flt)
     if rows.first_left_out is not None and page is not None:
-        click.echo(_more_rows_note(rows.first_left_out, page, offset, limit), err=True)
+        click.echo(_more_rows_note(rows.first_left_out, page, offset, limit, fmt), err=True)
     if superseded:
         click.echo(f"note: every prediction of model version {model_version} among the "
                    "images selected was replaced by a later scoring (`mammo rescore`, "
@@ -292,14 +292,17 @@ class _Page:
 
 
 def _more_rows_note(first_left_out: dict[str, object], page: int, offset: int,
-                    limit: int | None) -> str:
+                    limit: int | None, fmt: str) -> str:
     if first_left_out["duplicate_of"] is not None:
         # Every image row is shown: the rest are the batch's repeated files, which an
         # --offset page does not list.
         return ("more rows follow (files this batch sent again, already known): use "
                 "--format csv|json")
+    # CSV and JSON list every row unless --limit pages them: only the table's note offers
+    # them as the way to have all.
     return (f"more rows follow: add --offset {offset + page}"
-            f"{'' if limit else f' --limit {page}'}, or use --format csv|json")
+            f"{'' if limit else f' --limit {page}'}"
+            f"{', or use --format csv|json' if fmt == 'table' else ''}")
 
 
 COMMANDS = (status_command, results_command)

@@ -124,7 +124,17 @@ def test_the_results_table_lists_the_batch_s_repeated_files_like_csv_and_json(
     assert "more rows follow (files this batch sent again" in out and "--offset" not in out
     monkeypatch.setattr("producer.cli.commands_query.TABLE_PAGE", 5)
     code, out = _mammo(["results", "--batch", "1"], monkeypatch, tmp_path, seeded)
-    assert sources[0] not in out and "add --offset 5 --limit 5" in out
+    assert sources[0] not in out and "add --offset 5 --limit 5, or use --format csv|json" in out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_a_csv_or_json_page_points_to_the_next_page_only(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: str) -> None:
+    """Already CSV or JSON: the note must not send the reader to the format they use."""
+    code, out = _mammo(["results", "--limit", "3", "--offset", "2", "--format", fmt],
+                       monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert "more rows follow: add --offset 5\n" in out and "--format" not in out
 
 
 def test_a_copy_s_row_says_whose_failure_it_carries(seeded: str,
