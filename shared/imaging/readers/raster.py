@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -48,6 +49,16 @@ _JPEG_DATA_LOST = ("Corrupt JPEG data", "Premature end of JPEG file")
 # the pixels (JPEG chroma subsampling blurs colour at edges, not more).
 _GREY_SPREAD = 0.06
 _COLOURED_SHARE = 0.01
+# How the last channel of a grey+alpha or RGBA array holds opacity: "straight" (PNG's alpha,
+# TIFF's unassociated alpha), "premultiplied" (the colour already composited onto black: TIFF's
+# associated alpha, and what OpenCV makes of any 8-bit TIFF alpha), or "none" (a TIFF extra
+# sample of unspecified meaning, which the TIFF standard says is not part of the picture).
+Alpha = Literal["straight", "premultiplied", "none"]
+# Partly transparent pixels on more than this share of the visible ones are refused: the
+# anti-aliased rim of a cut-out background is a thin band (well under 1 %), while a picture
+# shown through partial opacity has no stated grey value, only one that depends on what it
+# is shown over, and the breast itself would be scored on that guess.
+_PARTLY_TRANSPARENT_SHARE = 0.10
 # EXIF Orientation: how to turn the stored pixels so they look as viewers show them.
 ORIENTATIONS: dict[int, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
     1: (lambda a: a, "none"),
@@ -62,9 +73,10 @@ ORIENTATIONS: dict[int, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
 # The TIFF tags read from each image file directory: ImageWidth (256), ImageLength,
 # BitsPerSample, Compression, PhotometricInterpretation (262), FillOrder, StripOffsets (273),
 # Orientation, SamplesPerPixel (277), RowsPerStrip, StripByteCounts (279),
-# PlanarConfiguration (284), Predictor (317), TileWidth (322), SampleFormat (339).
+# PlanarConfiguration (284), Predictor (317), TileWidth (322), ExtraSamples (338),
+# SampleFormat (339).
 _TIFF_TAGS_READ = frozenset({256, 257, 258, 259, 262, 266, 273, 274, 277, 278, 279, 284, 317,
-                             322, 339})
+                             322, 338, 339})
 # The integer field types those tags are written with: SHORT, LONG, LONG8 (BigTIFF).
 _TIFF_INTEGER_FORMATS = {3: "H", 4: "I", 16: "Q"}
 
@@ -100,7 +112,9 @@ class RasterReader:
         image = self.decode_pixels(data, path)
         if image is None:
             raise self._undecodable(path)
-        pixels, notes = to_grayscale(image, path)
+        invert = self.inverted(data, image)
+        pixels, notes = to_grayscale(image, path, alpha=self.alpha(data, image),
+                                     white_is_zero=invert)
         # A header the cheap size check could not parse is caught once decoded.
         check_pixel_count(path, pixels.shape[0], pixels.shape[1], max_pixels)
         pixels = _upright(pixels, self.orientation(data), notes)
@@ -110,7 +124,6 @@ class RasterReader:
         low, high, from_pixels = self.value_range(data, pixels)
         if from_pixels:
             notes["range"] = f"value range taken from the pixels: {low:g} to {high:g}"
-        invert = self.inverted(data, pixels)
         if invert:
             notes["photometric"] = "stored white-is-zero (MinIsWhite): inverted"
         # The darkest value as displayed: the top of the range when the picture is inverted.
@@ -162,6 +175,11 @@ class RasterReader:
         """True when high values of the decoded pixels are dark (white-is-zero)."""
         return False
 
+    def alpha(self, data: bytes, image: np.ndarray) -> Alpha:
+        """How the last channel of a decoded 2- or 4-channel array holds opacity (see
+        ``Alpha``); the default suits PNG, whose alpha is always straight."""
+        return "straight"
+
     def check_decoded(self, data: bytes, path: Path, image: DecodedImage) -> DecodedImage:
         """Last look at the whole file once decoded; may refuse it or add notes."""
         return image
@@ -200,16 +218,34 @@ class PngReader(RasterReader):
 
     def orientation(self, data: bytes) -> int | None:
         # The eXIf chunk (PNG 1.5) holds a bare TIFF structure; OpenCV ignores it.
-        pos = 8
-        while pos + 8 <= len(data):
-            length = struct.unpack_from(">I", data, pos)[0]
-            kind = data[pos + 4:pos + 8]
+        for kind, body in _png_chunks(data):
             if kind == b"eXIf":
-                return _exif_orientation(data[pos + 8:pos + 8 + length])
-            if kind == b"IEND":
-                break
-            pos += 12 + length
+                return _exif_orientation(body)
         return None
+
+    def decode_pixels(self, data: bytes, path: Path) -> np.ndarray | None:
+        """OpenCV's array, with a grey PNG's transparency as a second channel: OpenCV
+        returns grey+alpha (colour type 4) as BGRA, which would read as grey stored as
+        colour, and drops the transparent grey value a tRNS chunk names for plain grey
+        (colour type 0), which would leave a background made transparent scored as
+        stored (white, say)."""
+        decoded = super().decode_pixels(data, path)
+        if decoded is None or len(data) < 26:
+            return decoded
+        depth, colour_type = data[24], data[25]
+        if colour_type == 4 and decoded.ndim == 3 and decoded.shape[2] == 4:
+            return np.dstack((decoded[:, :, 0], decoded[:, :, 3]))
+        if colour_type == 0 and decoded.ndim == 2:
+            key = next((body for kind, body in _png_chunks(data) if kind == b"tRNS"), None)
+            if key is not None and len(key) >= 2:
+                # OpenCV widens 1-, 2- and 4-bit grey to 8 bits by scaling: so is the key.
+                value = struct.unpack(">H", key[:2])[0]
+                if depth < 8:
+                    value = value * 255 // ((1 << depth) - 1)
+                opaque = np.iinfo(decoded.dtype).max
+                return np.dstack((decoded, np.where(decoded == value, 0, opaque)
+                                  .astype(decoded.dtype)))
+        return decoded
 
 
 class JpegReader(RasterReader):
@@ -315,6 +351,18 @@ def tiff_directories(data: bytes, limit: int) -> list[dict[int, np.ndarray]]:
     return directories
 
 
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, body) of each PNG chunk before IEND, as far as the bytes go."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = struct.unpack_from(">I", data, pos)[0]
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IEND":
+            return
+        yield kind, data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+
+
 def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
     """(marker, body) of each marker segment from SOI up to the first start-of-scan."""
     pos = 2
@@ -365,29 +413,110 @@ def _non_finite_as_background(pixels: np.ndarray, darkest: float, path: Path,
     return np.where(finite, pixels, pixels.dtype.type(darkest))
 
 
-def to_grayscale(image: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, str]]:
+def to_grayscale(image: np.ndarray, path: Path, *, alpha: Alpha = "straight",
+                 white_is_zero: bool = False) -> tuple[np.ndarray, dict[str, str]]:
     """One grey channel. Grey saved as RGB(A) is accepted; a true colour image is refused.
 
     Scanners and exporters often save grey as three equal channels; lossy JPEG then makes
     them differ by a few levels, so "grey" allows a small spread between channels.
+
+    The last channel of a 2- or 4-channel array is opacity (see ``Alpha``). Fully opaque
+    throughout, it says nothing and is dropped. Otherwise the picture is composited onto
+    its darkest value, as a viewer on black shows it: a mammogram's background is black,
+    whatever colour the exporter left under transparent pixels (white, often). Only the
+    visible pixels are judged for colour. Nothing visible, or partly transparent pixels on
+    more than a tenth of the visible ones, is refused.
     """
     if image.ndim == 2:
         return image, {}
     channels = image.shape[2]
     if channels == 1:
         return image[:, :, 0], {}
-    if channels == 2:  # grey + alpha
-        return np.ascontiguousarray(image[:, :, 0]), {"alpha": "alpha channel ignored"}
-    colour = image[:, :, :3]
-    spread = colour.max(axis=2).astype(np.float32) - colour.min(axis=2)
-    top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
-    coloured = float((spread > _GREY_SPREAD * top).mean())
-    if coloured > _COLOURED_SHARE:
+    opacity = None
+    if channels in (2, 4):
+        if alpha != "none":
+            opacity = _opacity(image[:, :, channels - 1])
+        image = image[:, :, :channels - 1]
+    visible = opacity > 0 if opacity is not None else None
+    if visible is not None and not visible.any():
         raise UnexpectedChannelsError(
-            f"{path.name} is a colour image ({channels} channels, {coloured:.0%} of pixels "
-            "clearly coloured); a mammogram is grayscale."
-        )
-    return _merge_grey_channels(colour), {"colour": "grey stored as colour channels, merged"}
+            f"{path.name} is fully transparent: its alpha channel hides every pixel, so "
+            "there is no picture to classify. Export it again without transparency.")
+    if image.shape[2] == 1:
+        grey, notes = np.ascontiguousarray(image[:, :, 0]), {}
+    else:
+        colour = image[:, :, :3]
+        spread = colour.max(axis=2).astype(np.float32) - colour.min(axis=2)
+        top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) \
+            else 1.0
+        clearly = spread > _GREY_SPREAD * top
+        coloured = float((clearly[visible] if visible is not None else clearly).mean())
+        if coloured > _COLOURED_SHARE:
+            raise UnexpectedChannelsError(
+                f"{path.name} is a colour image ({channels} channels, {coloured:.0%} of "
+                "pixels clearly coloured); a mammogram is grayscale."
+            )
+        grey = _merge_grey_channels(colour)
+        notes = {"colour": "grey stored as colour channels, merged"}
+    if opacity is None or visible is None:
+        return grey, notes
+    return _composited(grey, opacity, visible, alpha == "premultiplied", white_is_zero,
+                       path, notes)
+
+
+def _opacity(channel: np.ndarray) -> np.ndarray | None:
+    """Opacity 0-1 per pixel from an alpha channel (integers: 0 to the type's maximum;
+    floats: 0-1, not-a-number transparent), or None when every pixel is fully opaque."""
+    if np.issubdtype(channel.dtype, np.integer):
+        full = np.iinfo(channel.dtype).max
+        if bool((channel == full).all()):
+            return None
+        return np.clip(channel.astype(np.float64) / full, 0.0, 1.0)
+    opacity = np.clip(np.nan_to_num(channel.astype(np.float64), nan=0.0), 0.0, 1.0)
+    return None if bool((opacity == 1.0).all()) else opacity
+
+
+def _composited(grey: np.ndarray, opacity: np.ndarray, visible: np.ndarray,
+                premultiplied: bool, white_is_zero: bool, path: Path,
+                notes: dict[str, str]) -> tuple[np.ndarray, dict[str, str]]:
+    """``grey`` as shown over its darkest value through ``opacity``, with a note saying
+    how many pixels were transparent; refused when partial opacity covers the picture."""
+    partly = visible & (opacity < 1.0)
+    shown, transparent = int(visible.sum()), int(visible.size - visible.sum())
+    share = int(partly.sum()) / shown
+    if share > _PARTLY_TRANSPARENT_SHARE:
+        raise UnexpectedChannelsError(
+            f"{path.name} is partly transparent over {share:.0%} of its visible pixels (its "
+            "alpha channel): their grey level depends on what the image is shown over, so "
+            "the breast would be scored on a guess. Export it again without transparency "
+            "(flattened onto black).")
+    darkest = _darkest(grey, visible, white_is_zero)
+    # Premultiplied colour already lies over black (0): only the backdrop changes.
+    over = grey.astype(np.float64) * (1.0 if premultiplied else opacity) \
+        + darkest * (1.0 - opacity)
+    if np.issubdtype(grey.dtype, np.integer):
+        info = np.iinfo(grey.dtype)
+        over = np.clip(np.rint(over), info.min, info.max)
+    notes = {**notes, "alpha": (
+        f"transparency: {transparent:,} of {grey.size:,} pixels ({transparent / grey.size:.0%}) "
+        f"fully transparent, {int(partly.sum()):,} partly: composited onto black, a "
+        "mammogram's background, not onto the colour stored under them")}
+    return over.astype(grey.dtype), notes
+
+
+def _darkest(grey: np.ndarray, visible: np.ndarray, white_is_zero: bool) -> float:
+    """The stored value that displays darkest, by the range ``RasterReader.value_range``
+    gives: the type's for 8- and 16-bit unsigned pixels and floats in 0-1, else the
+    visible pixels' own."""
+    if grey.dtype in (np.uint8, np.uint16):
+        low, high = 0.0, float(np.iinfo(grey.dtype).max)
+    else:
+        seen = grey[visible]
+        seen = seen[np.isfinite(seen)] if seen.dtype.kind == "f" else seen
+        low, high = (float(seen.min()), float(seen.max())) if seen.size else (0.0, 1.0)
+        if grey.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+            low, high = 0.0, 1.0
+    return high if white_is_zero else low
 
 
 def _merge_grey_channels(colour: np.ndarray) -> np.ndarray:
@@ -405,5 +534,5 @@ def _merge_grey_channels(colour: np.ndarray) -> np.ndarray:
 PNG = PngReader()
 JPEG = JpegReader()
 
-__all__ = ["IMREAD_FLAGS", "JPEG", "ORIENTATIONS", "PNG", "RasterReader", "tiff_directories",
-           "to_grayscale"]
+__all__ = ["IMREAD_FLAGS", "JPEG", "ORIENTATIONS", "PNG", "Alpha", "RasterReader",
+           "tiff_directories", "to_grayscale"]

@@ -19,6 +19,7 @@ from shared.errors import NotAMammogramError, TruncatedImageError, UnreadableIma
 from shared.imaging.readers.raster import (
     IMREAD_FLAGS,
     ORIENTATIONS,
+    Alpha,
     RasterReader,
     tiff_directories,
 )
@@ -76,6 +77,16 @@ class TiffReader(RasterReader):
         pages = _tiff_pages(data)
         page = pages[_main_page(pages)] if pages else None
         return page is not None and page.photometric == 0 and pixels.dtype != np.uint8
+
+    def alpha(self, data: bytes, image: np.ndarray) -> Alpha:
+        # ExtraSamples (338): 1 associated (premultiplied) alpha, 2 unassociated; 0 or none
+        # is a sample of unspecified meaning, not opacity. OpenCV reads 8-bit pages through
+        # libtiff's RGBA reader, which premultiplies unassociated alpha itself.
+        pages = _tiff_pages(data)
+        extra = pages[_main_page(pages)].value(338, 0) if pages else 0
+        if extra not in (1, 2):
+            return "none"
+        return "premultiplied" if extra == 1 or image.dtype == np.uint8 else "straight"
 
     def check_decoded(self, data: bytes, path: Path, image: DecodedImage) -> DecodedImage:
         pages = cv2.imcount(str(path))
