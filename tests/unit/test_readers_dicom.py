@@ -652,8 +652,9 @@ def test_view_named_in_patient_orientation_is_read_as_a_last_resort(
     ("LM", "R", View.LM, ()), ("RLMO", "R", View.LMO, ()),
     ("CCID", "L", View.CC, ("implant_displaced",)),
     ("LMLOID", "L", View.MLO, ("implant_displaced",)),
-    # A letter that contradicts the image laterality: the View Code Sequence decides.
-    ("RCC", "L", View.XCCL, ()),
+    # A letter that contradicts the image laterality: the view is still read, and the
+    # laterality conflict noted (tests/unit/test_view_position_laterality.py).
+    ("RCC", "L", View.CC, ()),
     ("SPOT", "L", View.XCCL, ()),
 ])
 def test_a_view_position_naming_no_known_view_defers_to_the_view_code_sequence(

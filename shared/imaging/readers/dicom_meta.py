@@ -33,14 +33,16 @@ _VIEW_CODES = {
 # CID 4014's "tissue specimen from breast" (SNOMED CT, SNOMED-RT): an excised specimen
 # radiographed to check its margins, not a breast; matched by meaning too ("specimen").
 _SPECIMEN_CODES = frozenset({"127457009", "G-8310"})
-# The same views by Code Meaning, for files that use another coding scheme.
+# The same views by Code Meaning, for files that use another coding scheme, and by a View
+# Position that spells the view out; compared squeezed (see ``_squeezed``), so case, hyphens
+# and spaces do not matter ("Mediolateral Oblique", "MEDIO-LATERAL OBLIQUE").
 _VIEW_MEANINGS = {
-    "cranio-caudal": View.CC, "medio-lateral oblique": View.MLO, "medio-lateral": View.ML,
-    "latero-medial": View.LM, "latero-medial oblique": View.LMO,
-    "cranio-caudal exaggerated laterally": View.XCCL,
-    "cranio-caudal exaggerated medially": View.XCCM,
-    "caudo-cranial (from below)": View.FB,
-    "superolateral to inferomedial oblique": View.SIO,
+    "craniocaudal": View.CC, "mediolateraloblique": View.MLO, "mediolateral": View.ML,
+    "lateromedial": View.LM, "lateromedialoblique": View.LMO,
+    "craniocaudalexaggeratedlaterally": View.XCCL,
+    "craniocaudalexaggeratedmedially": View.XCCM,
+    "caudocranialfrombelow": View.FB,
+    "superolateraltoinferomedialoblique": View.SIO,
 }
 # View Modifier (CID 4015) meanings that change what the image shows, as stored flags.
 _MODIFIER_FLAGS = {
@@ -54,13 +56,15 @@ _MODIFIER_FLAGS = {
 _MAGNIFICATION_FACTOR = 1.3
 # A comma that may be a thousands separator ("2,048") rather than a decimal comma.
 _GROUPED_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2},\d{3}")
+# What a View Position may separate its words with ("R MLO", "R-MLO", "MEDIO-LATERAL").
+_SEPARATORS = re.compile(r"[\s\-_()]+")
 # Header values are quoted in notes at most this long (the notes go to a 200-character column).
 _QUOTE_LIMIT = 20
 
 __all__ = [
     "SpacingReading", "burned_in_annotation", "chest_wall_side", "decimal", "implant_present",
     "inverted", "laterality", "quoted", "score_notes", "spacing_reading", "specimen_view",
-    "text", "values", "view", "view_flags",
+    "text", "values", "view", "view_conflict", "view_flags",
 ]
 
 
@@ -76,21 +80,28 @@ def _stripped(value: object) -> str | None:
 def laterality(ds: Dataset) -> Laterality | None:
     """(0020,0062) Image Laterality, else the series' (0020,0060) Laterality, else the
     (0020,9072) Frame Laterality of the functional groups, where enhanced and breast
-    projection X-ray objects keep it instead of the top-level attributes."""
-    return Laterality.parse(
+    projection X-ray objects keep it instead of the top-level attributes; else the breast's
+    letter written before the view in (0018,5101) View Position ("RMLO")."""
+    side = Laterality.parse(
         text(ds, "ImageLaterality") or text(ds, "Laterality")
         or _stripped(_in_groups(ds, "FrameAnatomySequence", "FrameLaterality")))
+    return side if side is not None else _view_position(ds).side
 
 
 def _stated_lateralities(ds: Dataset) -> list[tuple[str, Laterality]]:
-    """(element, laterality) for each laterality element that names one, in the order
-    ``laterality`` prefers them."""
+    """(element, laterality) for each element that names one, in the order ``laterality``
+    prefers them."""
     written = (("(0020,0062) Image Laterality", text(ds, "ImageLaterality")),
                ("(0020,0060) Laterality", text(ds, "Laterality")),
                ("(0020,9072) Frame Laterality",
                 _stripped(_in_groups(ds, "FrameAnatomySequence", "FrameLaterality"))))
-    return [(element, side) for element, value in written
-            if (side := Laterality.parse(value)) is not None]
+    stated = [(element, side) for element, value in written
+              if (side := Laterality.parse(value)) is not None]
+    position = _view_position(ds)
+    if position.side is not None:
+        stated.append((f"(0018,5101) View Position {quoted(text(ds, 'ViewPosition'))}",
+                       position.side))
+    return stated
 
 
 def laterality_conflict(ds: Dataset) -> str | None:
@@ -105,13 +116,27 @@ def laterality_conflict(ds: Dataset) -> str | None:
             f"{used}")
 
 
+def view_conflict(ds: Dataset) -> str | None:
+    """A note when (0018,5101) View Position and the first (0054,0220) View Code Sequence
+    item name two different known views: the View Position is used (see ``view``)."""
+    position = _view_position(ds).view
+    coded = _coded_view(ds)
+    if position is None or coded in (None, View.OTHER) or coded == position:
+        return None
+    value = text(ds, "ViewPosition") or ""
+    written = "" if _squeezed(value).upper() == position else f" {quoted(value)}"
+    return (f"(0018,5101) View Position{written} says {position}, but (0054,0220) View "
+            f"Code Sequence says {coded}: check the view; read as {position}")
+
+
 def implant_present(ds: Dataset) -> bool | None:
     """(0028,1300) Breast Implant Present: YES, NO, or None when absent or another value."""
     return _yes_no(ds, "BreastImplantPresent")
 
 
 def score_notes(ds: Dataset) -> dict[str, str]:
-    """Notes on what the header says that puts the score itself in doubt, by kind."""
+    """Notes on what the header says that puts the score itself, or the breast and view
+    the exam files it under, in doubt, by kind."""
     notes: dict[str, str] = {}
     if implant_present(ds):
         notes["implant"] = (
@@ -120,6 +145,9 @@ def score_notes(ds: Dataset) -> dict[str, str]:
     conflict = laterality_conflict(ds)
     if conflict is not None:
         notes["laterality_conflict"] = conflict
+    views = view_conflict(ds)
+    if views is not None:
+        notes["view_conflict"] = views
     return notes
 
 
@@ -127,38 +155,64 @@ def view(ds: Dataset) -> View | None:
     """(0018,5101) View Position when it names a known view, else the first (0054,0220) View
     Code Sequence item, else OTHER for a View Position that names none, else a view name
     misfiled as the only value of (0020,0020) Patient Orientation."""
-    position, _implant_displaced = _view_position(ds)
+    position = _view_position(ds).view
     if position is not None:
         return position
-    item = _first(ds, "ViewCodeSequence")
-    if item is not None:
-        code = str(item.get("CodeValue", "")).strip()
-        meaning = str(item.get("CodeMeaning", "")).strip().lower()
-        return _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning) or View.OTHER
+    coded = _coded_view(ds)
+    if coded is not None:
+        return coded
     if text(ds, "ViewPosition"):
         return View.OTHER
     return _view_in_orientation(ds)
 
 
-def _view_position(ds: Dataset) -> tuple[View | None, bool]:
-    """(view, implant displaced) from (0018,5101) View Position, read as ACR MQCM labels are
-    written: a view, optionally prefixed by the breast's letter ("RMLO", "LCC") and suffixed
-    by ID for implant displaced ("CCID"). A letter that contradicts the image laterality
-    makes the value unusable; an image without laterality takes the letter as it stands.
-    (None, False) when the value names no known view."""
-    value = (text(ds, "ViewPosition") or "").upper().replace(" ", "")
-    side = laterality(ds)
-    readings = [value]  # a plain view first, so "LM" stays latero-medial
-    if value[:1] in ("L", "R") and side in (None, Laterality.parse(value[0])):
-        readings.append(value[1:])
-    for name in readings:
+def _coded_view(ds: Dataset) -> View | None:
+    """The view the first View Code Sequence item names by code or meaning; OTHER for one
+    naming none; None without the sequence."""
+    item = _first(ds, "ViewCodeSequence")
+    if item is None:
+        return None
+    code = str(item.get("CodeValue", "")).strip()
+    meaning = _squeezed(str(item.get("CodeMeaning", "")))
+    return _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning) or View.OTHER
+
+
+def _squeezed(value: str) -> str:
+    """A view's name or meaning lower-cased without spaces, hyphens, underscores and
+    brackets, the forms vendors write it in compared as one."""
+    return _SEPARATORS.sub("", value).lower()
+
+
+@dataclass(frozen=True)
+class _Position:
+    view: View | None = None  # a known view, or None
+    implant_displaced: bool = False
+    side: Laterality | None = None  # the breast's letter written before the view
+
+
+def _view_position(ds: Dataset) -> _Position:
+    """(0018,5101) View Position, read as ACR MQCM labels are written: a view, optionally
+    prefixed by the breast's letter ("RMLO", "LCC") and suffixed by ID for implant
+    displaced ("CCID"), or the view spelt out ("MEDIOLATERAL OBLIQUE"). The value read
+    whole comes first, so "LM" stays latero-medial; the letter is the breast's only when
+    the rest names a known view. Whether the letter agrees with the laterality elements is
+    ``laterality_conflict``'s business, not this reading's. No view when the value names
+    none."""
+    value = _squeezed(text(ds, "ViewPosition") or "").upper()
+    readings: list[tuple[str, Laterality | None]] = [(value, None)]
+    if value[:1] in ("L", "R"):
+        readings.append((value[1:], Laterality.parse(value[0])))
+    for name, side in readings:
         for implant_displaced in (False, True):
             if implant_displaced and not name.endswith("ID"):
                 continue
-            parsed = View.parse(name.removesuffix("ID") if implant_displaced else name)
-            if parsed not in (None, View.OTHER):
-                return parsed, implant_displaced
-    return None, False
+            shown = name.removesuffix("ID") if implant_displaced else name
+            parsed = View.parse(shown)
+            if parsed in (None, View.OTHER):
+                parsed = _VIEW_MEANINGS.get(shown.lower())
+            if parsed is not None and parsed is not View.OTHER:
+                return _Position(parsed, implant_displaced, side)
+    return _Position()
 
 
 def specimen_view(ds: Dataset) -> str | None:
@@ -192,7 +246,7 @@ def view_flags(ds: Dataset) -> tuple[str, ...]:
     stereotactic Image Type.
     """
     flags: set[str] = set()
-    if _view_position(ds)[1]:
+    if _view_position(ds).implant_displaced:
         flags.add("implant_displaced")
     item = _first(ds, "ViewCodeSequence")
     for modifier in (item.get("ViewModifierCodeSequence") or []) if item is not None else []:
