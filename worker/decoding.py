@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 ROUTINE_NOTES = frozenset({"transfer_syntax", "decoder", "voi"})
 # Notes that question the score itself (a breast lying against its stated laterality, two
 # lateralities in one header, an implant): kept first, so the per-image bound never drops them.
-SCORE_NOTES = ("laterality", "laterality_conflict", "implant", "low_resolution")
+# A view read wrongly pairs a breast with the other breast's wrong view (bilateral head).
+SCORE_NOTES = ("laterality", "laterality_conflict", "view_conflict", "implant",
+               "low_resolution")
 # Bounds on what a prediction row stores (the notes quote header values, cut short).
 NOTE_LIMIT = 200
 KEY_LIMIT = 32

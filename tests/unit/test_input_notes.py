@@ -54,10 +54,11 @@ def test_notes_that_question_the_score_come_first_and_are_never_cut() -> None:
     # More reader notes than a prediction keeps, then the ones a reader must not miss.
     many = {f"reading_{n}": f"lenient reading {n}" for n in range(NOTES_PER_IMAGE + 3)}
     notes = input_notes({**many, "implant": "BreastImplantPresent is YES",
-                         "laterality": "header says L, but the breast lies as in an R image"})
+                         "laterality": "header says L, but the breast lies as in an R image",
+                         "view_conflict": "View Position says CC, but the code says MLO"})
 
     assert len(notes) == NOTES_PER_IMAGE
-    assert list(notes)[:3] == ["implant", "laterality", "reading_0"]
+    assert list(notes)[:4] == ["implant", "laterality", "view_conflict", "reading_0"]
 
 
 def _turned_jpeg(path: Path) -> Path:
