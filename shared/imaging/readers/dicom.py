@@ -4,7 +4,11 @@ Pixels come out after the Modality LUT (rescale) and the VOI LUT or window, i.e.
 radiologist would see them, shifted so the darkest possible output is 0: ``max_value`` is
 the width of the VOI output range, not of the stored bits. MONOCHROME1 (high values dark) is
 NOT inverted here; ``DecodedImage.invert`` is set and preprocessing inverts it (as for
-MONOCHROME2 under an INVERSE Presentation LUT: ``dicom_meta.inverted``).
+MONOCHROME2 under an INVERSE Presentation LUT: ``dicom_meta.inverted``). Which bits of each
+decoded word are the value is read from Bits Stored and High Bit (``dicom_bits``), not left
+to pydicom, which keeps the lowest Bits Stored bits whatever High Bit says. An image the
+header itself blanks (a window outside its values, padding over every pixel) is refused
+naming the window or padding, where preprocessing could only call it blank.
 
 Patient-identifying elements are never read into an ``ImageHeader`` and never appear in a
 message: PatientID is read only to be turned into a keyed pseudonym at once (and a file that
@@ -46,12 +50,15 @@ from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 
 from shared.errors import (
+    EmptyImageError,
     ImageTooLargeError,
     InputError,
     PseudonymKeyMissingError,
     UnreadableImageError,
     UnsupportedCompressionError,
 )
+from shared.imaging.preprocess import MIN_CONTRAST
+from shared.imaging.readers import dicom_bits as bits
 from shared.imaging.readers import dicom_checks as checks
 from shared.imaging.readers import dicom_codestream as codestream
 from shared.imaging.readers import dicom_deflate as deflate
@@ -363,7 +370,10 @@ def _stored_values(ds: Dataset, syntax: UID, plugin: str, path: Path) -> np.ndar
                 "python-gdcm decodes it)")
         return gdcm_direct.decode_stored_values(path, int(ds.Rows), int(ds.Columns))
     try:
-        ds.pixel_array_options(decoding_plugin=plugin)
+        # The words as written: which of their bits are the value is settled by
+        # dicom_bits.stored_values, which reads High Bit (pydicom keeps the lowest Bits
+        # Stored bits whatever it says).
+        ds.pixel_array_options(decoding_plugin=plugin, correct_unused_bits=False)
         return ds.pixel_array
     except (RuntimeError, ValueError, NotImplementedError) as exc:
         _log_refusal(path, exc)
@@ -449,11 +459,19 @@ def _codestream_size(ds: Dataset) -> tuple[int, int] | None:
 
 def _display_pixels(ds: Dataset, syntax: UID, plugin: str, path: Path, invert: bool,
                     choice: voi.VoiChoice, notes: dict[str, str]) -> tuple[np.ndarray, float]:
-    """Display values (see ``_to_display``), padding set to the darkest one."""
-    stored = _grey(_stored_values(ds, syntax, plugin, path), ds, path, notes)
-    pixels, max_value = _displayed(stored, ds, path, choice)
-    padding = _padding(ds, stored)
+    """Display values (see ``_to_display``), padding set to the darkest one.
+
+    An image the header blanks (a window outside its values, a padding range over every
+    pixel) is refused here, naming what blanked it: preprocessing could only call it blank.
+    """
+    words = _stored_values(ds, syntax, plugin, path)
+    stored = _grey(bits.stored_values(words, ds, path, notes), ds, path, notes)
+    padding_range = _padding_range(ds)
+    pixels, max_value = _displayed(stored, ds, path, choice, padding_range)
+    padding = _padding(stored, padding_range)
     if padding is not None:
+        if padding.all():
+            raise EmptyImageError(_all_padding_message(ds, path))
         # Padding is no part of the image, whatever value it was written with (stored 0 in
         # a MONOCHROME1 image displays white): as background, the breast mask and the
         # contrast stretch never see it. The darkest value is the top one when inverted.
@@ -473,21 +491,60 @@ def _grey(stored: np.ndarray, ds: Dataset, path: Path, notes: dict[str, str]) ->
     return grey
 
 
-def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
-    """Where the stored values are (0028,0120) Pixel Padding Value, or between it and
+def _padding_range(ds: Dataset) -> tuple[int, int] | None:
+    """The stored values that are padding: (0028,0120) Pixel Padding Value, or it to
     (0028,0121) Pixel Padding Range Limit inclusive; None when there is no padding."""
     value = _optional_int(ds, "PixelPaddingValue")
     if value is None:
         return None
     limit = _optional_int(ds, "PixelPaddingRangeLimit")
     low, high = sorted((value, value if limit is None else limit))
+    return low, high
+
+
+def _padding(stored: np.ndarray, padding_range: tuple[int, int] | None) -> np.ndarray | None:
+    """Where the stored values are padding; None when none is (or there is no padding)."""
+    if padding_range is None:
+        return None
+    low, high = padding_range
     mask = (stored >= low) & (stored <= high)
     return mask if mask.any() else None
 
 
-def _displayed(stored: np.ndarray, ds: Dataset, path: Path,
-               choice: voi.VoiChoice) -> tuple[np.ndarray, float]:
-    """(display values, their range's width)."""
+def _all_padding_message(ds: Dataset, path: Path) -> str:
+    value = _optional_int(ds, "PixelPaddingValue")
+    limit = _optional_int(ds, "PixelPaddingRangeLimit")
+    declared = (f"is its (0028,0120) Pixel Padding Value {value}" if limit is None else
+                f"lies in its padding range, (0028,0120) Pixel Padding Value {value} to "
+                f"(0028,0121) Pixel Padding Range Limit {limit}")
+    return (f"{path.name} is blanked by its header, not blank: every pixel's stored value "
+            f"{declared}, and padding is no part of the image, so nothing of it is left to "
+            "score. Export the image again with the padding the modality uses.")
+
+
+def _blanked_message(path: Path, choice: voi.VoiChoice, values: tuple[float, float]) -> str:
+    """Why a header's Modality LUT and VOI transform leave an image of varied stored values
+    (running from ``values``, after the Modality LUT) one display value."""
+    if choice.kind == "window":
+        what = (f"its window, (0028,1050) Window Center {choice.centre:g} and (0028,1051) "
+                f"Window Width {choice.width:g} ({choice.function}),")
+        fix = "a window over the image's values"
+    elif choice.kind == "lut":
+        what = f"its VOI LUT ((0028,3010) VOI LUT Sequence item {choice.index + 1})"
+        fix = "a VOI LUT over the image's values"
+    else:
+        what = "its Modality LUT (rescale)"
+        fix = "a valid rescale"
+    return (f"{path.name} is blanked by its header, not blank: its pixel values run from "
+            f"{values[0]:,g} to {values[1]:,g}, but {what} maps every one of them to (almost) "
+            f"the same display value, so nothing of the image is left to score. Export the "
+            f"image again with {fix}.")
+
+
+def _displayed(stored: np.ndarray, ds: Dataset, path: Path, choice: voi.VoiChoice,
+               padding_range: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+    """(display values, their range's width); refused where the stored values vary but the
+    values outside ``padding_range`` all display (almost) alike (``_blanked_message``)."""
     if stored.ndim != 2:
         raise UnreadableImageError(
             f"{path.name}: decoded pixel data has shape {stored.shape}, not one 2-D image.")
@@ -498,13 +555,34 @@ def _displayed(stored: np.ndarray, ds: Dataset, path: Path,
     if np.issubdtype(stored.dtype, np.integer) and stored.dtype.itemsize <= 2:
         # Every stored value maps the same way: transform each distinct value once (at most
         # 65,536) and look the pixels up, instead of float64 arithmetic on 14 M pixels.
-        first = int(stored.min())
-        domain = np.arange(first, int(stored.max()) + 1, dtype=np.int64)
+        first, last = int(stored.min()), int(stored.max())
+        domain = np.arange(first, last + 1, dtype=np.int64)
         table = _to_display(domain, ds, choice, low, high)
+        _refuse_blanked(table, domain, ds, path, choice, padding_range, high - low)
         unsigned_from_zero = first == 0 and stored.dtype.kind == "u"
         index = stored if unsigned_from_zero else stored.astype(np.int32) - first
         return table[index], float(high - low)
     return _to_display(stored, ds, choice, low, high), float(high - low)
+
+
+def _refuse_blanked(table: np.ndarray, domain: np.ndarray, ds: Dataset, path: Path,
+                    choice: voi.VoiChoice, padding_range: tuple[int, int] | None,
+                    width: float) -> None:
+    """Refuse an image whose varied stored values (``domain``, outside the padding) all map
+    to display values within preprocessing's blank threshold of one another: the header's
+    transform blanked it, and preprocessing could only call it blank. A look at the table
+    (at most 65,536 entries), never at the pixels."""
+    if len(domain) < 2:
+        return  # one stored value: blank as stored, for preprocessing to say
+    shown = table
+    if padding_range is not None:
+        shown = table[(domain < padding_range[0]) | (domain > padding_range[1])]
+        if len(shown) == 0:
+            return  # every value is padding: _display_pixels names it
+    if float(shown.max()) - float(shown.min()) < MIN_CONTRAST * width:
+        values = apply_modality_lut(domain[[0, -1]], ds)
+        raise EmptyImageError(_blanked_message(
+            path, choice, (float(np.min(values)), float(np.max(values)))))
 
 
 def _to_display(stored: np.ndarray, ds: Dataset, choice: voi.VoiChoice, low: float,
