@@ -60,21 +60,24 @@ def _latest(flt: StatsFilter) -> Select[Any]:
             .group_by(Prediction.image_id))
 
 
-def _predictions(session: Session, flt: StatsFilter) -> dict[str, Any]:
+def _predictions(session: Session, flt: StatsFilter) -> tuple[dict[str, Any], Counter[int]]:
     """Class counts, mean confidence and per-day counts from ONE pass over the latest
-    prediction of every done image in scope (grouped by class and day)."""
+    prediction of every done image in scope (grouped by class, day and model version),
+    with how many of them each model version made."""
     latest = _latest(flt)
     p = Prediction.__table__.c
     day = utc_day(p.created_at)  # UTC days, as --since/--until are UTC
     groups = session.execute(
-        select(p.label, day, func.count(), func.sum(_confidence(p)))
-        .where(p.id.in_(latest)).group_by(p.label, day)).all()
+        select(p.label, day, p.model_version_id, func.count(), func.sum(_confidence(p)))
+        .where(p.id.in_(latest)).group_by(p.label, day, p.model_version_id)).all()
     classes: Counter[str] = Counter()
     per_day: Counter[str] = Counter()
+    by_model: Counter[int] = Counter()
     confidence = 0.0
-    for label, when, n, total in groups:
+    for label, when, model_version_id, n, total in groups:
         classes[str(label)] += int(n)
         per_day[str(when)] += int(n)
+        by_model[int(model_version_id)] += int(n)
         confidence += float(total or 0.0)
     n_all = sum(classes.values())
     return {
@@ -82,7 +85,7 @@ def _predictions(session: Session, flt: StatsFilter) -> dict[str, Any]:
         "class_distribution": {c.value: classes.get(c.value, 0) for c in Label},
         "average_confidence": round(confidence / n_all, 4) if n_all else None,
         "per_day": dict(sorted(per_day.items())),
-    }
+    }, by_model
 
 
 def _failures(session: Session, flt: StatsFilter, total: int) -> dict[str, Any]:
@@ -94,11 +97,12 @@ def _failures(session: Session, flt: StatsFilter, total: int) -> dict[str, Any]:
             for code, n in rows}
 
 
-def _model_metrics(session: Session, settings: Settings, flt: StatsFilter,
-                   counted: int) -> dict[str, Any] | None:
+def _model_metrics(session: Session, settings: Settings,
+                   by_model: Counter[int]) -> dict[str, Any] | None:
     """The model in use and its validation figures, with what makes those figures a poor
     guide to the counted predictions: a model that will not load (``problem``, the check
-    `mammo models list` makes), or none of the ``counted`` predictions made by it."""
+    `mammo models list` makes), or none of the counted predictions (``by_model``: how
+    many each model version made) made by it."""
     problem: str | None
     try:
         spec = model_for(settings, session)
@@ -115,11 +119,10 @@ def _model_metrics(session: Session, settings: Settings, flt: StatsFilter,
                                           integrity_problem(spec))
         metadata = spec.metadata
     validation = metadata.get("validation") or {}
-    by_it = session.execute(
-        select(func.count()).select_from(Prediction)
-        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-        .where(Prediction.id.in_(_latest(flt)), ModelVersion.sha256 == sha256)
-    ).scalar_one()
+    # By its weights: the same model registered under two rows (an older database) counts.
+    ids = session.scalars(select(ModelVersion.id).where(ModelVersion.sha256 == sha256))
+    by_it = sum(by_model[i] for i in ids)
+    counted = sum(by_model.values())
     return {
         "name": name, "version": version, "sha256": sha256, "problem": problem,
         "counted_predictions_by_it": int(by_it),
@@ -140,7 +143,7 @@ def collect_stats(session: Session, settings: Settings, flt: StatsFilter) -> dic
         current.append(ExamResult.study_id.in_(select(Image.study_id).where(*_scope(flt))))
     exams = session.execute(select(func.count()).select_from(ExamResult)
                             .where(*current)).scalar_one()
-    predictions = _predictions(session, flt)
+    predictions, by_model = _predictions(session, flt)
     return {
         "totals": {"images": total, **{s.value: int(states.get(s.value, 0)) for s in ImageState},
                    "exam_results": exams},
@@ -148,7 +151,7 @@ def collect_stats(session: Session, settings: Settings, flt: StatsFilter) -> dic
         "failures_by_reason": _failures(session, flt, total),
         "failure_rate": round(states.get(ImageState.FAILED.value, 0) / total, 4)
         if total else None,
-        "active_model": _model_metrics(session, settings, flt, predictions["predictions"]),
+        "active_model": _model_metrics(session, settings, by_model),
     }
 
 
