@@ -38,6 +38,7 @@ from shared.enums import ErrorCode, ImageState, Priority
 from shared.errors import BadFileNameError, InputError, first_line
 from shared.formatting import without_control
 from shared.imaging.header_bounds import bounded, storable
+from shared.imaging.pixel_fingerprint import pixel_fingerprint, pixels_differ
 from shared.imaging.readers import Pseudonymize, read_header
 from shared.imaging.readers.base import sha256_identity
 from shared.imaging.types import ImageHeader
@@ -155,8 +156,10 @@ def ingestion_for(settings: Settings, manifest: Path | None = None) -> Ingestion
 
 
 def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputError | None,
-         study_id: int | None, label: str | None = None, *, now: datetime) -> dict[str, Any]:
-    """``now``: the database's time (``_register_block``), which the row is stamped with."""
+         study_id: int | None, label: str | None = None, *, now: datetime,
+         fingerprint: str | None = None) -> dict[str, Any]:
+    """``now``: the database's time (``_register_block``), which the row is stamped with;
+    ``fingerprint``: the file's pixel fingerprint (``_fingerprints``)."""
     row: dict[str, Any] = {
         "batch_id": batch_id, "source": source_text(path), "study_id": study_id, "attempts": 0,
         "created_at": now,
@@ -174,7 +177,7 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
             spacing_column_mm=header.pixel_spacing_mm[1] if header.pixel_spacing_mm else None,
             view_flags=",".join(header.view_flags) or None,
             burned_in_annotation=header.burned_in_annotation, voi=header.voi,
-            reference_label=label,
+            reference_label=label, pixel_fingerprint=fingerprint,
         )
     else:
         assert error is not None
@@ -427,6 +430,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
     normal = [_normalised(path) for path in block]
     read = [(path, *(_read(path, ingestion) if failure is None else (None, failure, None)))
             for path in normal]
+    prints = _fingerprints(read)
     # Sources as given, where they differ: how rows registered before sources were
     # normalised name these files.
     given = {source_text(path): source_text(seen)
@@ -444,7 +448,8 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
         owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
                   for _, header, _, _ in read]
         rows = [_row(path, batch_id, header, error,
-                     studies.get(owner.study_uid or "") if header else None, label, now=now)
+                     studies.get(owner.study_uid or "") if header else None, label, now=now,
+                     fingerprint=prints.get(path))
                 for owner, (path, header, error, label) in zip(owners, read, strict=True)]
         paths = {row["source"]: path for row, (path, *_) in zip(rows, read, strict=True)}
         owner_of = {row["source"]: owner for row, owner in zip(rows, owners, strict=True)}
@@ -476,6 +481,14 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
         session.commit()
 
 
+def _fingerprints(read: list[_Read]) -> dict[Path, str | None]:
+    """{path: pixel fingerprint} of the files a SOP Instance UID names (the identity that
+    can clash, ``_uid_clash``), read before any transaction opens, as headers are: a length
+    and a few small chunks of the pixel data, never the file whole."""
+    return {path: pixel_fingerprint(path) for path, header, _, _ in read
+            if header is not None and header.identity.startswith("sop:")}
+
+
 def _insert_new(session: Session, rows: list[dict[str, Any]],
                 result: Registration) -> list[dict[str, Any]]:
     """Insert the rows whose identity is new; return the others (already known)."""
@@ -499,7 +512,8 @@ def _known(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {found.identity: found for found in session.execute(
         select(Image.identity, Image.id, Image.batch_id, Image.state, Image.error_code,
                Image.source, Image.finished_at, Image.rows, Image.columns, Image.laterality,
-               Image.view, Image.study_id, Study.study_uid, Study.patient_pseudonym)
+               Image.view, Image.study_id, Image.pixel_fingerprint, Study.study_uid,
+               Study.patient_pseudonym)
         .outerjoin(Study, Image.study_id == Study.id)
         .where(Image.identity.in_({r["identity"] for r in rows})))}
 
@@ -545,9 +559,11 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
                  or _changed_since(path, row["source"], stored, clocks))):
         return False
     # Guarded on the state: of two producers re-sending it at once, one retries it.
+    # The image is read from this file now: its pixels are the ones a copy must match.
     taken = session.execute(
         update(Image).where(Image.id == stored.id, Image.state == ImageState.FAILED.value)
-        .values(**_queued_again(clocks.now), source=row["source"], batch_id=batch_id)
+        .values(**_queued_again(clocks.now), source=row["source"], batch_id=batch_id,
+                pixel_fingerprint=row.get("pixel_fingerprint"))
         .returning(Image.id).execution_options(synchronize_session=False)).scalar_one_or_none()
     if taken is None:
         return False
@@ -781,12 +797,20 @@ _INTRINSIC = {"pixel size": ("rows", "columns"), "laterality": ("laterality",),
               "view": ("view",)}
 
 
+_PIXELS = "pixel data"
+
+
 def _uid_clash(row: dict[str, Any], owner: _Owner, stored: Any) -> list[str]:
     """What tells the file apart from the image its SOP Instance UID already names: a
     sender reused the UID (DICOM forbids it). Empty for a copy of that image.
 
     Another exam or another patient is another image however alike the two look: taken
     for a copy, the file would show that exam's result, and its own exam would miss a view.
+    Where the header agrees in all of these, other pixel data (``pixels_differ``: both
+    fingerprints taken, in one transfer syntax) is another exposure of that view, a re-take
+    say: taken for a copy, it was never scored and showed the first image's result. A copy
+    re-encoded by a PACS (another syntax), one with a header edited on the way (its pixel
+    bytes unchanged) and an image registered before fingerprints were kept stay copies.
     """
     if not row["identity"].startswith("sop:"):
         return []  # a content hash cannot clash
@@ -802,7 +826,18 @@ def _uid_clash(row: dict[str, Any], owner: _Owner, stored: Any) -> list[str]:
     if differ(owner.patient, stored.patient_pseudonym):
         found.append(f"patient (image {stored.id}'s {stored.patient_pseudonym}; this file's "
                      f"{owner.patient})")
+    if not found and not _failed_for_its_file(stored) and pixels_differ(
+            row.get("pixel_fingerprint"), stored.pixel_fingerprint):
+        found.append(_PIXELS)
     return found
+
+
+def _failed_for_its_file(stored: Any) -> bool:
+    """An image failed for its file's state (cut short, unreadable, gone): its pixels as
+    sampled at registration may be a half-written file's, and the complete file sent
+    again is that image, retried (``_retry``), not another one."""
+    return bool(stored.state == ImageState.FAILED.value
+                and stored.error_code in RETRIED_WHEN_THE_FILE_CHANGED)
 
 
 _DICOM_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -829,12 +864,15 @@ def _clash_error(row: dict[str, Any], stored: Any, differences: list[str]) -> In
 
     theirs = described(stored.rows, stored.columns, stored.laterality, stored.view)
     ours = described(row["rows"], row["columns"], row["laterality"], row["view"])
+    pixels = (" Their headers agree in size, laterality, view, exam and patient, but their "
+              "pixels are not the same: another exposure of that view (a re-take, say), not "
+              "a copy of the image." if _PIXELS in differences else "")
     return InputError(
         f"Its SOP Instance UID {row['sop_instance_uid']} already names image {stored.id} "
         f"({theirs}), a different image from this one ({ours}): they differ in "
-        f"{', '.join(differences)}. A UID must name one image only, so the sending system "
-        "reused it. Neither image takes the other's result: have the modality or PACS "
-        "resend this one with a new UID.",
+        f"{', '.join(differences)}.{pixels} A UID must name one image only, so the sending "
+        "system reused it. Neither image takes the other's result: have the modality or "
+        "PACS resend this one with a new UID.",
         code=ErrorCode.UID_CONFLICT)
 
 

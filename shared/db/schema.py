@@ -118,6 +118,11 @@ class Image(Base):
     voi: Mapped[str | None] = mapped_column(String(200))  # which VOI LUT/window was applied
     # A label given with the file (manifest), for evaluation; never an input to the model.
     reference_label: Mapped[str | None] = mapped_column(String(16))
+    # The pixel data's transfer syntax, length and a hash of chunks sampled from it
+    # (``shared.imaging.pixel_fingerprint``): a file sent again under this image's SOP
+    # Instance UID with other pixels is another image (a UID reused), not a copy. NULL for
+    # non-DICOM files, pixels that could not be sampled, and images registered before it.
+    pixel_fingerprint: Mapped[str | None] = mapped_column(String(128))
 
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
