@@ -11,7 +11,11 @@ prediction row stays as the model gave it; the exam result says ``bilateral`` pe
 Then the result per breast and for the exam is the maximum over the views: a lesion is
 usually seen in one view of one breast, so averaging would dilute exactly the finding a
 reader needs. (Nothing better has been measured for the maximum: the real data sets
-available hold single views, not four-view exams.)
+available hold single views, not four-view exams.) Its label is likewise the gravest of its
+views' labels (malignant, then benign, then normal), whichever view the suspicion comes
+from: the suspicion counts P(benign) at half weight, so the most suspicious view can be
+labelled normal beside a view labelled benign, and a "normal" breast or exam must never
+stand on a view the model holds more likely abnormal than not.
 
 The bilateral head lowers a breast's score when the other breast scores high: it was fitted
 on data whose findings are nearly always one-sided, so a cancer in each breast lowers both.
@@ -49,7 +53,7 @@ from shared.db.clock import database_now
 from shared.db.lifecycle import ACTIVE_STATES, in_blocks
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.db.upsert import insert_missing
-from shared.enums import ImageState
+from shared.enums import ImageState, Label
 from shared.scoring import label_of, suspicion
 from shared.timeutil import as_utc
 
@@ -74,7 +78,7 @@ __all__ = [
     "FINDING_ALONE", "STANDARD_VIEWS", "ExamChange", "ExamImage", "ExamSummary",
     "lowered_by_other_breast", "owe_exam_refresh", "read_against_other_breast",
     "refresh_due_exams", "refresh_exam_results", "studies_awaiting_result",
-    "studies_of_images", "summarise", "view_flags_text",
+    "studies_of_images", "summarise", "view_flags_text", "view_label",
 ]
 
 
@@ -162,6 +166,13 @@ class ExamChange:
         return self.reason == "timeout"
 
 
+def view_label(laterality: str | None, view: str | None) -> str:
+    """A view as reports name it: "L-CC", "?-CC" where the laterality is unknown."""
+    if laterality and view:
+        return f"{laterality}-{view}"
+    return f"{laterality or '?'}-{view or '?'}"
+
+
 def view_flags_text(view_flags: str | None) -> str:
     """Stored view flags as a reader reads them: "magnification, spot compression"."""
     return (view_flags or "").replace(",", ", ").replace("_", " ")
@@ -228,13 +239,26 @@ def _worst(images: Sequence[ExamImage]) -> ExamImage | None:
     return max(scored, key=lambda i: (i.suspicion or 0, i.p_malignant or 0.0, -i.image_id))
 
 
+# Labels from the least to the gravest: a breast's and an exam's label is its views' gravest.
+_GRAVITY = (Label.NORMAL.value, Label.BENIGN.value, Label.MALIGNANT.value)
+
+
+def _gravest_label(images: Sequence[ExamImage]) -> str | None:
+    """The gravest label of the scored ``images`` (None when none is scored): not the label
+    of the most suspicious view, which can read normal beside a view labelled benign."""
+    labels = [i.label for i in images if i.scored and i.label is not None]
+    return max(labels, key=lambda label: (_GRAVITY.index(label) if label in _GRAVITY
+                                          else len(_GRAVITY)), default=None)
+
+
 def _breast(images: Sequence[ExamImage]) -> dict[str, Any] | None:
     worst = _worst(images)
     if worst is None:
         return None
     scored = [i for i in images if i.scored]
     return {
-        "label": worst.label, "suspicion": worst.suspicion,
+        # The gravest of its views' labels; the suspicion and probabilities their maxima.
+        "label": _gravest_label(scored), "suspicion": worst.suspicion,
         "p_malignant": max(i.p_malignant or 0.0 for i in scored),
         # The probability of any finding (1 - P(normal)): the worklist gives it beside
         # P(malignant), as every report gives probabilities, not verdicts.
@@ -364,7 +388,7 @@ def summarise(images: Sequence[ExamImage], *, timeout_s: float,
     flags += _lowered_flags(per_breast)
     worst = _worst(images)
     return ExamSummary(
-        status=status, reason=reason, label=worst.label if worst else None,
+        status=status, reason=reason, label=_gravest_label(images),
         p_malignant=max((i.p_malignant or 0.0 for i in images if i.scored), default=None),
         suspicion=worst.suspicion if worst else None, per_breast=per_breast,
         views=sorted(done_views), missing_views=missing, flags=flags, n_images=len(images),

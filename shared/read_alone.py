@@ -5,6 +5,8 @@ mini-MIAS file read in place) is scored, but no exam result ever holds it: the w
 the batch summary's read-first list and the alerts, which read exam results, never saw it,
 and a suspicion-8 image reached no reader. They list and alert it on its own score, as an
 exam of its own, by this one query, so they never disagree about which images those are.
+One that failed (``failed_alone``) is listed too, unscored, as an exam whose every view
+failed is: otherwise it vanished from the worklist without a trace.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ def scored_alone(*columns: Any) -> Select[Any]:
     return (with_latest_prediction(select(*columns).select_from(Image))
             .where(Image.study_id.is_(None), Image.state == ImageState.DONE.value,
                    Prediction.id.is_not(None)))
+
+
+def failed_alone(*columns: Any) -> Select[Any]:
+    """``columns`` of each failed image without a study: the worklist lists it, unscored,
+    as it lists an exam whose every view failed (no alert: there is no score)."""
+    return (select(*columns).select_from(Image)
+            .where(Image.study_id.is_(None), Image.state == ImageState.FAILED.value))
+
+
+def failed_alone_flag(error_code: str | None, error_message: str | None) -> str:
+    """The flag of a failed image of no exam: why it has no score."""
+    message = (error_message or "").rstrip(". ")
+    reason = ": ".join(filter(None, [error_code, message])) or "no reason recorded"
+    return f"failed, not scored: {reason}; this image belongs to no exam (no study ID)"
 
 
 def model_label(name: str, version: str) -> str:

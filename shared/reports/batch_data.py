@@ -78,7 +78,7 @@ class BatchSummary:
     duplicates: int  # files that were copies of images already known: not counted above
     synthetic_images: int  # from the synthetic generator (mammo demo): not patients
     results: list[dict[str, Any]] = field(repr=False)
-    read_alone: int = 0  # scored images of no exam: each a row of the worklist too
+    read_alone: int = 0  # images of no exam (scored, or failed): each a worklist row too
 
     @property
     def total(self) -> int:

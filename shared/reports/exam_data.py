@@ -15,8 +15,9 @@ from models.registry import METADATA_FILE
 from shared.db.lifecycle import ACTIVE_STATES
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.errors import ReportTargetNotFoundError
-from shared.exams import STANDARD_VIEWS, lowered_by_other_breast, view_flags_text
+from shared.exams import STANDARD_VIEWS, lowered_by_other_breast, view_flags_text, view_label
 from shared.queries import model_labels
+from shared.reports.worklist import input_note_flags
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
 
@@ -60,9 +61,7 @@ class ViewResult:
 
     @property
     def view_key(self) -> str:
-        if self.laterality and self.view:
-            return f"{self.laterality}-{self.view}"
-        return f"{self.laterality or '?'}-{self.view or '?'}"
+        return view_label(self.laterality, self.view)
 
     @property
     def title(self) -> str:
@@ -140,9 +139,9 @@ class ExamReport:
     @property
     def input_note_flags(self) -> list[str]:
         """A flag per view whose file was not read plainly: what a reader sees may differ
-        from the stored file (an inversion, a rotation, a range taken from the pixels)."""
-        return [f"{v.view_key} (image {v.image_id}) read with notes: "
-                f"{'; '.join(v.input_notes.values())}" for v in self.views if v.input_notes]
+        from the stored file (an inversion, a rotation, a range taken from the pixels).
+        The worklist's rows carry the same flags, from the same function."""
+        return input_note_flags(self.views)
 
     @property
     def awaited_views(self) -> list[str]:

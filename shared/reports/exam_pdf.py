@@ -109,7 +109,9 @@ def _exam_result(report: ExamReport) -> list[Flowable]:
     return [
         para(f"Status: {result.status} (version {result.version}, computed "
              f"{utc_text(result.created_at, seconds=False)})"),
-        table(("", "suspicion (1-10)", "most suspicious view's label", "max P(malignant)",
+        # A breast's and the exam's label is its views' gravest (shared.exams), which need
+        # not be the label of the view its suspicion comes from.
+        table(("", "suspicion (1-10)", "gravest view label", "max P(malignant)",
                "views scored"), rows),
         *notes,
     ]

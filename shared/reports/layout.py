@@ -58,8 +58,8 @@ def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
         ("images scored / minute (as mammo status: all its work once finished, "
          "its last 5 minutes before)", summary.images_per_minute),
         ("exams with a result", summary.exams),
-        *([("images read alone (no exam: listed to read first on their own score)",
-            summary.read_alone)] if summary.read_alone else []),
+        *([("images read alone (no exam: listed to read first on their own score, or "
+            "as failed)", summary.read_alone)] if summary.read_alone else []),
         ("failed images", len(summary.failures)),
     ]
     if summary.duplicates:
@@ -125,7 +125,8 @@ def row_identity(row: dict[str, Any]) -> str:
     """What names the row: its exam's study UID, or the image read alone and its file."""
     if row["study_uid"] is not None:
         return str(row["study_uid"])
-    return f"image {row.get('image_id')}, read alone (no exam): {row.get('source')}"
+    read = "read alone" if row["suspicion"] is not None else "not scored"  # it failed
+    return f"image {row.get('image_id')}, {read} (no exam): {row.get('source')}"
 
 
 def worklist_table_row(row: dict[str, Any]) -> list[Any]:

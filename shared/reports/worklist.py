@@ -14,8 +14,14 @@ refreshes every study still awaiting a result: the timeout is applied here too.
 
 An image scored outside any exam (no study: ``shared.read_alone``) is a row of its own,
 ranked among the exams by its own score: ``study_uid`` null, ``image_id`` and ``source``
-naming it, and a flag saying it was read alone. Every row names the model(s) behind its
-scores (``models``) and gives the probabilities, not only the scores.
+naming it, and a flag saying it was read alone. One that failed is a row too, without a
+score, where an exam whose every view failed is listed (last), flagged with its reason:
+it must not vanish from the list because it belongs to no exam. Every row names the
+model(s) behind its scores (``models``) and gives the probabilities, not only the scores.
+
+A row carries what the system doubted in reading its images (a laterality the header and
+the pixels disagree on, an implant, a modality taken on trust: the predictions'
+``input_notes``), as the exam PDF does, from the same function (``input_note_flags``).
 """
 
 from __future__ import annotations
@@ -23,12 +29,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Row, Select, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
@@ -36,9 +42,21 @@ from sqlalchemy.orm import Session, aliased
 from shared.db.lifecycle import ACTIVE_STATES, in_blocks
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
-from shared.exams import read_first_suspicion, read_first_suspicion_sql
+from shared.exams import (
+    STANDARD_VIEWS,
+    read_first_suspicion,
+    read_first_suspicion_sql,
+    view_label,
+)
 from shared.queries import FETCH_BLOCK, model_labels, with_latest_prediction
-from shared.read_alone import READ_ALONE_FLAG, READ_ALONE_STATUS, model_label, scored_alone
+from shared.read_alone import (
+    READ_ALONE_FLAG,
+    READ_ALONE_STATUS,
+    failed_alone,
+    failed_alone_flag,
+    model_label,
+    scored_alone,
+)
 from shared.timeutil import as_utc
 
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
@@ -171,13 +189,22 @@ def _alone_query(flt: WorklistFilter) -> Select[Any]:
     return stmt.limit(flt.limit) if flt.limit else stmt
 
 
+def _failed_alone_query(flt: WorklistFilter) -> Select[Any]:
+    """The images outside any exam that failed, in image order: listed after every score,
+    where the exams whose every view failed are."""
+    stmt = _in_scope(failed_alone(Image), flt).order_by(Image.id)
+    return stmt.limit(flt.limit) if flt.limit else stmt
+
+
 def _count(session: Session, query: Select[Any]) -> int:
     return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
 
 
 def count_read_alone(session: Session, flt: WorklistFilter) -> int:
-    """How many images scored outside any exam the list holds without ``flt.limit``."""
-    return _count(session, _alone_query(replace(flt, limit=None)))
+    """How many images outside any exam (scored, or failed) the list holds without
+    ``flt.limit``: each is a row of its own."""
+    whole = replace(flt, limit=None)
+    return _count(session, _alone_query(whole)) + _count(session, _failed_alone_query(whole))
 
 
 def count_worklist(session: Session, flt: WorklistFilter) -> int:
@@ -255,14 +282,59 @@ def burned_in_flag(image_ids: list[int]) -> str | None:
             "images before sharing them) and may mislead the model")
 
 
+class NotedView(Protocol):
+    """A scored view and how its file was read (``shared.reports.exam_data.ViewResult``)."""
+
+    @property
+    def image_id(self) -> int: ...
+
+    @property
+    def view_key(self) -> str: ...
+
+    @property
+    def input_notes(self) -> Mapping[str, str] | None: ...
+
+
+@dataclass(frozen=True)
+class _ReadView:
+    """A done image's view and its current prediction's input notes."""
+
+    image_id: int
+    laterality: str | None
+    view: str | None
+    input_notes: Mapping[str, str] | None
+
+    @property
+    def view_key(self) -> str:
+        return view_label(self.laterality, self.view)
+
+
+def _view_order(view: NotedView) -> tuple[int, int]:
+    key = view.view_key
+    return (STANDARD_VIEWS.index(key) if key in STANDARD_VIEWS else len(STANDARD_VIEWS),
+            view.image_id)
+
+
+def input_note_flags(views: Iterable[NotedView]) -> list[str]:
+    """A flag per view whose file was not read plainly (its prediction's ``input_notes``):
+    what a reader sees may differ from the stored file (an inversion, a rotation, a range
+    taken from the pixels), or the system doubts what the header says (a laterality the
+    pixels contradict, a modality taken on trust). In the standard view order, then by
+    image: the exam PDF's flags and the worklist row's, from this one function."""
+    return [f"{v.view_key} (image {v.image_id}) read with notes: "
+            f"{'; '.join(v.input_notes.values())}"
+            for v in sorted(views, key=_view_order) if v.input_notes]
+
+
 def pdf_is_older(pdf: Path, result: ExamResult | Row[Any]) -> bool:
     written = datetime.fromtimestamp(pdf.stat().st_mtime, tz=UTC)
     computed = as_utc(result.created_at)
     return computed is not None and written < computed
 
 
-def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool) -> list[str]:
-    flags = list(result.flags)
+def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool,
+               notes: list[str]) -> list[str]:
+    flags = [*result.flags, *notes]  # the stored ones, then how views were read (as the PDF)
     if images.active:
         flags.append(f"{images.active} image(s) still being processed: this result may change")
     flags += filter(None, [burned_in_flag(images.burned_in)])
@@ -275,22 +347,34 @@ def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool) -> list
     return flags
 
 
-_EXAM_MODELS = (
-    with_latest_prediction(select(Image.study_id, ModelVersion.name, ModelVersion.version,
-                                  ModelVersion.sha256).select_from(Image), inner_study=True)
+_EXAM_VIEWS = (
+    with_latest_prediction(select(Image.study_id, Image.id, Image.laterality, Image.view,
+                                  Prediction.input_notes, ModelVersion.name,
+                                  ModelVersion.version, ModelVersion.sha256)
+                           .select_from(Image), inner_study=True)
     .where(Image.study_id.in_(bindparam("study_ids", expanding=True)),
-           Image.state == ImageState.DONE.value, ModelVersion.id.is_not(None))
-    .distinct())
+           Image.state == ImageState.DONE.value, Prediction.id.is_not(None)))
 
 
-def _exam_models(session: Session, study_ids: list[int]) -> dict[int, set[tuple[str, str]]]:
-    """Each study's models: those of its done images' current predictions, which its
-    current result was computed from."""
-    found: dict[int, set[tuple[str, str]]] = {}
+@dataclass
+class _ExamViews:
+    """What the current predictions of an exam's done images (which its current result
+    was computed from) add to its row."""
+
+    models: set[tuple[str, str]] = field(default_factory=set)  # (NAME:VERSION, sha256)
+    noted: list[_ReadView] = field(default_factory=list)  # the views read with notes
+
+
+def _exam_views(session: Session, study_ids: list[int]) -> dict[int, _ExamViews]:
+    found: dict[int, _ExamViews] = {}
     for block in in_blocks(study_ids):
-        for study_id, name, version, sha256 in session.execute(
-                _EXAM_MODELS, {"study_ids": block}):
-            found.setdefault(study_id, set()).add((model_label(name, version), sha256))
+        for study_id, image_id, laterality, view, notes, name, version, sha256 in \
+                session.execute(_EXAM_VIEWS, {"study_ids": block}):
+            views = found.setdefault(study_id, _ExamViews())
+            if name is not None:
+                views.models.add((model_label(name, version), sha256))
+            if notes:
+                views.noted.append(_ReadView(image_id, laterality, view, notes))
     return found
 
 
@@ -329,10 +413,27 @@ def _alone_row(image: Image, prediction: Prediction) -> dict[str, Any]:
         "suspicion": prediction.suspicion, "exam_suspicion": None,
         "per_breast": {image.laterality: breast} if image.laterality in ("L", "R") else {},
         "flags": [READ_ALONE_FLAG, *filter(None, [burned_in_flag(
-            [image.id] if image.burned_in_annotation else [])])],
+            [image.id] if image.burned_in_annotation else [])]),
+                  *input_note_flags([_ReadView(image.id, image.laterality, image.view,
+                                               prediction.input_notes)])],
         "report_path": None, "label": prediction.label,
         "p_malignant": prediction.p_malignant, "status": READ_ALONE_STATUS,
         "accession_number": None, "study_date": None, "patient_pseudonym": None,
+    }
+
+
+def _failed_alone_row(image: Image) -> dict[str, Any]:
+    """An image outside any exam that failed: listed as an exam whose every view failed is,
+    without a score, flagged with its reason."""
+    return {
+        "study_uid": None, "image_id": image.id, "source": image.source,
+        "suspicion": None, "exam_suspicion": None, "per_breast": {},
+        "flags": [failed_alone_flag(image.error_code, image.error_message),
+                  *filter(None, [burned_in_flag(
+                      [image.id] if image.burned_in_annotation else [])])],
+        "report_path": None, "label": None, "p_malignant": None,
+        "status": READ_ALONE_STATUS, "accession_number": None, "study_date": None,
+        "patient_pseudonym": None,
     }
 
 
@@ -355,11 +456,12 @@ _Found = tuple[dict[str, Any], set[tuple[str, str]]]  # a row, and its models' (
 
 def iter_worklist(session: Session, flt: WorklistFilter, *,
                   report_dir: Path) -> Iterator[dict[str, Any]]:
-    """One row per exam, and per image scored outside any exam; ``report_path`` is set
-    when the exam's PDF exists.
+    """One row per exam, and per image outside any exam (scored, or failed: listed last, as
+    an exam whose every view failed is); ``report_path`` is set when the exam's PDF exists.
 
-    Flags are added to the stored ones for what the result does not hold: images of the
-    exam still in flight, a PDF older than the result, and images with burned-in text.
+    Flags are added to the stored ones for what the result does not hold: how its views
+    were read (input notes, as the exam PDF flags them), images of the exam still in
+    flight, a PDF older than the result, and images with burned-in text.
     ``models`` names the model(s) behind each row's scores.
 
     Yielded as the database hands the rows over, ``FETCH_BLOCK`` exams at a time (each
@@ -373,7 +475,10 @@ def iter_worklist(session: Session, flt: WorklistFilter, *,
     if _shared_model_names(session):
         every = chain(_found(session, flt, report_dir), _alone_found(session, flt))
         labels = model_labels(pair for _, pairs in every for pair in pairs)
+    # At equal keys merge keeps the streams' order: a failed image alone comes after the
+    # exams whose every view failed.
     merged = heapq.merge(_found(session, flt, report_dir), _alone_found(session, flt),
+                         _failed_alone_found(session, flt),
                          key=lambda found: _read_first_order(found[0]))
     for rank, (row, pairs) in enumerate(islice(merged, flt.limit or None), start=1):
         models = sorted(pair[0] if labels is None else labels[pair] for pair in pairs)
@@ -386,20 +491,28 @@ def _found(session: Session, flt: WorklistFilter, report_dir: Path) -> Iterator[
     for block in result.partitions():
         study_ids = [found.study_id for found in block]
         to_flag = _images_to_flag(session, study_ids)
-        exam_models = _exam_models(session, study_ids)
+        exam_views = _exam_views(session, study_ids)
         for found in block:
             pdf = exam_pdf_path(report_dir, found.study_uid)
             has_pdf = pdf.is_file()
+            views = exam_views.get(found.study_id, _ExamViews())
             flags = _row_flags(found, to_flag.get(found.study_id, _ImagesToFlag()),
-                               has_pdf and pdf_is_older(pdf, found))
+                               has_pdf and pdf_is_older(pdf, found),
+                               input_note_flags(views.noted))
             row = _exam_row(found, flags, str(pdf.resolve()) if has_pdf else None)
-            yield row, exam_models.get(found.study_id, set())
+            yield row, views.models
 
 
 def _alone_found(session: Session, flt: WorklistFilter) -> Iterator[_Found]:
     for image, prediction, name, version, sha256 in session.execute(
             _alone_query(flt).execution_options(yield_per=FETCH_BLOCK)):
         yield _alone_row(image, prediction), {(model_label(name, version), sha256)}
+
+
+def _failed_alone_found(session: Session, flt: WorklistFilter) -> Iterator[_Found]:
+    for image in session.scalars(
+            _failed_alone_query(flt).execution_options(yield_per=FETCH_BLOCK)):
+        yield _failed_alone_row(image), set()
 
 
 def _shared_model_names(session: Session) -> bool:

@@ -63,13 +63,23 @@ def test_a_night_of_failures_is_counted_by_reason_not_listed_in_full(tmp_path: P
     # One line per reason, with its count and one example...
     assert "<td>no_pseudonym_key</td><td>300</td>" in html
     assert "<td>unreadable</td><td>2</td><td>file 300: not a DICOM file</td>" in html
-    # ...and the first failed images, not all of them: the rest are one command away.
-    assert html.count(_NO_KEY_MESSAGE) == REPORT_ROWS + 1
+    # ...and the first failed images, not all of them: the rest are one command away. (Of
+    # no exam, each is also a read-first row, flagged with its reason: the first 50 too.)
+    assert html.count(_NO_KEY_MESSAGE) == REPORT_ROWS + 1 + REPORT_ROWS
     assert (f"The first {REPORT_ROWS} of 302 failed images; "
             "`mammo results --batch 1 --state failed` lists all.") in html
     assert "<h2>Failures (302)</h2>" in html
     pdf = write_summary(summary, tmp_path / "night.pdf", "pdf").read_bytes()
-    assert pdf.count(b"/Type /Page\n") <= 4, "the PDF lists every failed image again"
+    # The failed images are listed in the Failures and read-first tables, the first 50 in
+    # each: the PDF is as long for 300 of them as for 60.
+    fewer = _engine(f"sqlite:///{tmp_path / 'fewer.db'}")
+    _failed_night(fewer, 58, 2)
+    with Session(fewer) as session:
+        shorter = write_summary(collect_batch_summary(session, 1, report_dir=tmp_path),
+                                tmp_path / "fewer.pdf", "pdf").read_bytes()
+    fewer.dispose()
+    pages = pdf.count(b"/Type /Page\n")
+    assert pages == shorter.count(b"/Type /Page\n") <= 10, "the PDF lists every failed image"
     # The exports are data: every failed image stays in them.
     exported = json.loads(write_summary(summary, tmp_path / "night.json", "json").read_text())
     assert len(exported["failures"]) == len(exported["results"]) == 302
@@ -85,7 +95,8 @@ def test_a_short_list_of_failures_is_shown_whole(failed: int, tmp_path: Path) ->
         summary = collect_batch_summary(session, 1, report_dir=tmp_path)
     engine.dispose()
     html = write_summary(summary, tmp_path / "night.html", "html").read_text(encoding="utf-8")
-    assert html.count(_NO_KEY_MESSAGE) == (failed + 1 if failed else 0)
+    # The failures table, the reason's example, and each image's read-first row.
+    assert html.count(_NO_KEY_MESSAGE) == (2 * failed + 1 if failed else 0)
     assert "lists all" not in html
     assert ("<p>None.</p>" in html) == (not failed)
 

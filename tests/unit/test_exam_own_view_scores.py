@@ -79,8 +79,9 @@ def test_a_cancer_in_each_breast_shows_both_scores_and_ranks_by_its_own_views(
     # The exam PDF's result table shows both scores of each lowered breast, and says why.
     shown = " ".join(_pdf_text(f) for f in _exam_result(report))
     assert f"{right.suspicion} (10 alone)" in shown
-    # A label, not "the most probable class": normal only at P(normal) >= 0.5.
-    assert "most suspicious view's label" in shown and "class" not in shown
+    # A label, not "the most probable class": normal only at P(normal) >= 0.5; a breast's
+    # and the exam's the gravest of its views' (shared.exams).
+    assert "gravest view label" in shown and "class" not in shown
     assert ("The right breast's own views score 10 (max P(malignant) "
             f"{right.own_p_malignant:.3f}); read against the other breast, "
             f"{right.suspicion}") in shown and "Read both breasts." in shown
