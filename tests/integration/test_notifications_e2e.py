@@ -198,6 +198,10 @@ def test_worker_sweeper_alerts_on_exam_timeout_and_redelivers_once_the_hook_is_b
     assert "follow-up: " in worker.log() and "failed delivery(ies) retried" in worker.log()
 
 
+# Five `mammo` processes one after another, each importing TensorFlow: 25 s on a quiet
+# host, 127 to 195 s beside three busy processes (as under `-n 3` on 2 cores), up to 65 %
+# of the suite's 300 s. A hung step still ends at run_mammo's own limit.
+@pytest.mark.timeout(600)
 def test_an_image_of_no_exam_is_alerted_once_and_read_first_on_postgresql(
     tmp_path: Path, tiny_model_dir: Path, postgres_url: str,
 ) -> None:
