@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 WORKLIST_COLUMNS = ("rank", "study_uid", "image_id", "source", "patient_pseudonym",
                     "study_date", "suspicion", "exam_suspicion", "left", "right", "label",
                     "p_malignant", "models", "status", "flags", "report_path")
-_KINDS = ("exam", "batch", "worklist", "stats")
+_KINDS = ("exam", "image", "batch", "worklist", "stats")
 _ALL_FORMATS = ("pdf", "html", "csv", "json")
 
 
@@ -37,8 +37,9 @@ _ALL_FORMATS = ("pdf", "html", "csv", "json")
               help=f"At most this many exams [default: all; the table shows at most "
                    f"{TABLE_PAGE}].")
 @click.option("--write-reports", is_flag=True,
-              help="Also write each listed exam's PDF where report_path points (the "
-                   "exams shown: a table's page, --limit's, or all as csv|json).")
+              help="Also write each listed exam's PDF where report_path points, and each "
+                   "listed image outside any exam's image PDF (the rows shown: a table's "
+                   "page, --limit's, or all as csv|json).")
 @format_option
 @pass_cli
 def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | None,
@@ -49,7 +50,8 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
 
     Exams whose missing views timed out get their (incomplete) result first, even when no
     watcher or worker is running. report_path is the exam's PDF, when it has been written
-    (by `mammo run`, `--write-reports` or `mammo report exam`). The list ends by saying how
+    (by `mammo run`, `--write-reports` or `mammo report exam`); for an image outside any
+    exam, the image's PDF (`--write-reports` or `mammo report image`). The list ends by saying how
     many exams it leaves out because a view is still queued or processing, or because they
     wait for missing views until the exam timeout (on stderr for csv/json, whose rows stay
     data).
@@ -60,13 +62,14 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         mammo worklist --since 2026-11-24 --format json > read-first.json
     """
     from shared.exams import refresh_due_exams
-    from shared.reports.exam_reports import write_exam_report
+    from shared.reports.exam_reports import write_exam_report, write_image_report
     from shared.reports.worklist import (
         FLAT_WORKLIST_KEYS,
         WorklistFilter,
         count_worklist,
         exam_pdf_path,
         flat_worklist_row,
+        image_pdf_path,
         iter_worklist,
         unlisted_exams,
     )
@@ -82,9 +85,14 @@ def worklist_command(cli: CliContext, batch_id: int | None, since: datetime | No
         if write_reports:
             # First, so that the rows' report paths and flags ("the exam PDF predates this
             # result") describe the PDFs just written, not the ones they replaced.
-            listed = [row["study_uid"] for row in iter_worklist(
-                session, flt, report_dir=settings.report_dir) if row["study_uid"] is not None]
-            for study_uid in listed:  # an image read alone (no study_uid): no exam PDF
+            listed = [(row["study_uid"], row["image_id"]) for row in iter_worklist(
+                session, flt, report_dir=settings.report_dir)]
+            for study_uid, image_id in listed:
+                if study_uid is None:  # an image outside any exam: the image's own PDF
+                    write_image_report(session, image_id,
+                                       image_pdf_path(settings.report_dir, image_id), "pdf",
+                                       settings)
+                    continue
                 path = exam_pdf_path(settings.report_dir, study_uid)
                 write_exam_report(session, study_uid, path, "pdf", settings)
         # CSV and JSON are written as the rows are read, a block at a time: memory stays
@@ -146,23 +154,33 @@ def stats_command(cli: CliContext, batch_id: int | None, since: datetime | None,
 @click.argument("kind", type=click.Choice(_KINDS))
 @click.argument("target", required=False)
 @click.option("--format", "fmt", type=click.Choice(_ALL_FORMATS), default=None,
-              help="exam: pdf|json; batch: pdf|html|csv|json; worklist, stats: csv|json "
-                   "[default: the first of these].")
+              help="exam, image: pdf|json; batch: pdf|html|csv|json; worklist, stats: "
+                   "csv|json [default: the first of these].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="File to write [default: under MAMMO_REPORT_DIR].")
 @date_range_options
 @pass_cli
 def report_command(cli: CliContext, kind: str, target: str | None, fmt: str | None,
                    output: Path | None, since: datetime | None, until: datetime | None) -> None:
-    """Write a report to a file: one exam, one batch, the worklist, or the statistics.
+    """Write a report to a file: one exam, one image, one batch, the worklist, or the
+    statistics.
 
-    TARGET is the exam's StudyInstanceUID (exam), the batch number (batch), or an optional
-    batch number that narrows the worklist or statistics. --since/--until narrow the
-    worklist and statistics by submission time (an exam or batch report is always whole).
+    TARGET is the exam's StudyInstanceUID (exam), the image's id (image: image_id in
+    `mammo results` and `mammo worklist`), the batch number (batch), or an optional batch
+    number that narrows the worklist or statistics. --since/--until narrow the worklist and
+    statistics by submission time (an exam, image or batch report is always whole).
+
+    An image report shows one image as the exam PDF shows a view: the image with its
+    heatmap, probabilities, suspicion, label, model and flags; for an image outside any
+    exam (a PNG without a manifest study_id, a mini-MIAS file) it is the only report with
+    its heatmap. For an image of an exam it names the exam, whose report reads the image
+    against the other breast. Written by default to MAMMO_REPORT_DIR/exams/image-ID.pdf.
 
     \b
     Example:
         mammo report exam 1.2.826.0.1.3680043.8.498.123 --format pdf -o exam.pdf
+        mammo report image 17
+        mammo report image 17 --format json -o image-17.json
         mammo report batch 3 --format html -o night-24.html
         mammo report worklist 3 --format csv -o read-first.csv
         mammo report stats --format json -o stats.json

@@ -49,8 +49,8 @@ COMMANDS: dict[str, Entry] = {
     "models": Entry("commands_model", "List, inspect and activate model versions."),
     "recover": Entry("commands_db", "Re-queue images whose wake-up message was lost (Redis "
                                     "restarted, worker killed)."),
-    "report": Entry("commands_report", "Write a report to a file: one exam, one batch, the "
-                                       "worklist, or the statistics."),
+    "report": Entry("commands_report", "Write a report to a file: one exam, one image, one "
+                                       "batch, the worklist, or the statistics."),
     "rescore": Entry("commands_db", "Score done images again with the model now in use (after "
                                     "`mammo models activate`)."),
     "results": Entry("commands_query", "Stored results, one row per image (the latest "

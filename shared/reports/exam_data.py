@@ -1,4 +1,5 @@
-"""Everything one exam's report shows, read from the database by StudyInstanceUID."""
+"""Everything one exam's report shows, read from the database by StudyInstanceUID; and the
+same report for one image (``mammo report image``), read by its image id."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.errors import ReportTargetNotFoundError
 from shared.exams import STANDARD_VIEWS, lowered_by_other_breast, view_flags_text, view_label
 from shared.queries import model_labels
+from shared.read_alone import READ_ALONE_FLAG, failed_alone_flag
 from shared.reports.worklist import input_note_flags
 from shared.synthetic import SYNTHETIC_MANUFACTURER
 from shared.timeutil import as_utc
@@ -102,7 +104,11 @@ class BreastResult:
 
 @dataclass(frozen=True)
 class ExamReport:
-    study_uid: str
+    """An exam's report; or, with ``image_id``, one image's: ``views`` holds that image
+    alone, ``result`` is None (the exam result is the exam report's), and ``study_uid`` is
+    the exam it belongs to, None for an image read alone (no study ID)."""
+
+    study_uid: str | None
     patient_pseudonym: str | None
     accession_number: str | None
     study_date: str | None
@@ -111,6 +117,27 @@ class ExamReport:
     # Without a result and nothing in flight: when the exam stops waiting for its missing
     # views (MAMMO_EXAM_TIMEOUT_S after its last image) and is scored, incomplete.
     due_at: datetime | None = None
+    image_id: int | None = None  # the report of this one image (``load_image_report``)
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_id is not None
+
+    @property
+    def read_alone(self) -> bool:
+        """An image report of an image that belongs to no exam."""
+        return self.is_image and self.study_uid is None
+
+    @property
+    def read_alone_flags(self) -> list[str]:
+        """For an image read alone, the worklist row's flag: read alone, or failed and why
+        (``shared.read_alone``); none otherwise."""
+        if not self.read_alone:
+            return []
+        return [READ_ALONE_FLAG if v.state == "done" else
+                failed_alone_flag(v.error_code, v.error_message) if v.state == "failed" else
+                f"{v.view_key} (image {v.image_id}) is {v.state}; it belongs to no exam"
+                for v in self.views]
 
     def breast(self, side: str) -> BreastResult | None:
         """The exam result's breast ``side`` ("L", "R"); None without a result or a scored
@@ -145,7 +172,10 @@ class ExamReport:
 
     @property
     def awaited_views(self) -> list[str]:
-        """The standard views no image of the exam stands for (a spot view is not one)."""
+        """The standard views no image of the exam stands for (a spot view is not one);
+        none for an image report, which awaits nothing."""
+        if self.is_image:
+            return []
         arrived = {v.view_key for v in self.views if not v.view_flags}
         return [view for view in STANDARD_VIEWS if view not in arrived]
 
@@ -199,6 +229,22 @@ def _view(image: Image, pred: Prediction | None, model: ModelInfo | None) -> Vie
         input_notes=pred.input_notes)
 
 
+def _load_views(session: Session, *where: Any) -> list[ViewResult]:
+    """The images ``where`` selects, each with its latest prediction and that one's model,
+    scored views first in the standard order."""
+    latest = (select(Prediction.image_id, func.max(Prediction.id).label("pid"))
+              .join(Image, Image.id == Prediction.image_id)
+              .where(*where).group_by(Prediction.image_id).subquery())
+    stmt = (select(Image, Prediction, ModelVersion).where(*where)
+            .outerjoin(latest, latest.c.image_id == Image.id)
+            .outerjoin(Prediction, Prediction.id == latest.c.pid)
+            .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id))
+    cache: dict[int, ModelInfo] = {}
+    views = [_view(image, pred, _model(mv, cache) if mv is not None else None)
+             for image, pred, mv in session.execute(stmt).all()]
+    return sorted(views, key=_view_order)
+
+
 def load_exam_report(session: Session, study_uid: str, *,
                      timeout_s: float | None = None) -> ExamReport:
     """``timeout_s``: MAMMO_EXAM_TIMEOUT_S, to say until when an exam without a result
@@ -208,21 +254,31 @@ def load_exam_report(session: Session, study_uid: str, *,
         raise ReportTargetNotFoundError(f"no exam with StudyInstanceUID {study_uid}")
     result = session.scalars(select(ExamResult).where(
         ExamResult.study_id == study.id, ExamResult.superseded_at.is_(None))).first()
-    latest = (select(Prediction.image_id, func.max(Prediction.id).label("pid"))
-              .join(Image, Image.id == Prediction.image_id)
-              .where(Image.study_id == study.id).group_by(Prediction.image_id).subquery())
-    stmt = (select(Image, Prediction, ModelVersion).where(Image.study_id == study.id)
-            .outerjoin(latest, latest.c.image_id == Image.id)
-            .outerjoin(Prediction, Prediction.id == latest.c.pid)
-            .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id))
-    cache: dict[int, ModelInfo] = {}
-    rows = session.execute(stmt).all()
-    views = [_view(image, pred, _model(mv, cache) if mv is not None else None)
-             for image, pred, mv in rows]
+    views = _load_views(session, Image.study_id == study.id)
     report = ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
-                        study.study_date, result, sorted(views, key=_view_order))
+                        study.study_date, result, views)
     arrivals = [v.submitted_at for v in views if v.submitted_at]
     if (result is None and timeout_s is not None and arrivals and report.awaited_views
             and not any(v.state in ACTIVE_STATES for v in views)):
         return replace(report, due_at=max(arrivals) + timedelta(seconds=timeout_s))
     return report
+
+
+_MAX_ID = 2**31 - 1  # past PostgreSQL's INTEGER: no image, and a driver error to bind
+
+
+def load_image_report(session: Session, image_id: int) -> ExamReport:
+    """The report of one image, whether it belongs to an exam or was read alone: its view
+    as the exam report shows it, with the exam's identification when it has one, and no
+    exam result (the exam report reads the image against the exam's other views)."""
+    image = session.get(Image, image_id) if 0 < image_id <= _MAX_ID else None
+    if image is None:
+        raise ReportTargetNotFoundError(
+            f"no image with id {image_id}; `mammo results` and `mammo worklist` list each "
+            "image_id")
+    study = session.get(Study, image.study_id) if image.study_id is not None else None
+    views = _load_views(session, Image.id == image.id)
+    if study is None:
+        return ExamReport(None, None, None, None, None, views, image_id=image.id)
+    return ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
+                      study.study_date, None, views, image_id=image.id)

@@ -1,4 +1,5 @@
-"""Per-exam reports: one exam to a chosen file, or every exam of a batch to the report dir."""
+"""Per-exam reports: one exam to a chosen file, or every exam of a batch to the report dir;
+and one image's report (``mammo report image``), by the same loader and writers."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from sqlalchemy.orm import Session
 from shared.config import Settings
 from shared.db.schema import DuplicateSubmission, ExamResult, Image, Study
 from shared.extras import REPORTS, installed
-from shared.reports.exam_data import ExamReport, load_exam_report
+from shared.reports.exam_data import ExamReport, ViewResult, load_exam_report, load_image_report
 from shared.reports.exports import DISCLAIMER, write_json
-from shared.reports.worklist import exam_pdf_path, pdf_is_older
+from shared.reports.worklist import burned_in_flag, exam_pdf_path, pdf_is_older
 from shared.timeutil import as_utc
 
 EXAM_FORMATS = ("pdf", "json")
+IMAGE_FORMATS = EXAM_FORMATS
 _RESULT_FIELDS = ("version", "status", "reason", "label", "p_malignant", "suspicion",
                   "per_breast", "views", "missing_views", "flags", "n_images", "n_failed",
                   "created_at")
@@ -34,22 +36,56 @@ def exam_json(report: ExamReport) -> dict[str, Any]:
         # SQLite hands created_at back naive; it is UTC, like every stored time.
         "exam": ({k: getattr(result, k) for k in _RESULT_FIELDS}
                  | {"created_at": as_utc(result.created_at)}) if result else None,
-        # File paths stay out, as in every export: scanners put patient names in them.
-        "views": [{k: v for k, v in asdict(view).items()
-                   if k not in ("heatmap_png", "source", "archived_path")}
-                  | {"view_key": view.view_key, "heatmap": view.heatmap_png is not None}
-                  for view in report.views],
+        "views": [_view_json(view) for view in report.views],
         "models": [asdict(m) for m in report.models],
         # No result yet, nothing in flight: when the exam stops waiting for missing views.
         "awaits_missing_views_until": report.due_at,
     }
 
 
+def _view_json(view: ViewResult) -> dict[str, Any]:
+    # File paths stay out, as in every export: scanners put patient names in them.
+    return ({k: v for k, v in asdict(view).items()
+             if k not in ("heatmap_png", "source", "archived_path")}
+            | {"view_key": view.view_key, "heatmap": view.heatmap_png is not None})
+
+
+def image_json(report: ExamReport) -> dict[str, Any]:
+    """An image report's content (``load_image_report``), as ``exam_json`` gives an exam's:
+    the view, its models, the exam it is part of (null: read alone) and its flags."""
+    view = report.views[0]
+    return {
+        "disclaimer": DISCLAIMER, "image_id": report.image_id,
+        "read_alone": report.read_alone, "study_uid": report.study_uid,
+        "patient_pseudonym": report.patient_pseudonym,
+        "accession_number": report.accession_number, "study_date": report.study_date,
+        # The exam report reads this view against the other breast; this one does not.
+        "exam_report": None if report.read_alone else f"mammo report exam {report.study_uid}",
+        "view": _view_json(view),
+        "models": [asdict(m) for m in report.models],
+        # As the PDF lists them: read alone or why it failed, burned-in text, input notes.
+        "flags": [*report.read_alone_flags,
+                  *filter(None, [burned_in_flag([view.image_id]
+                                                if view.burned_in_annotation else [])]),
+                  *report.input_note_flags],
+    }
+
+
 def write_exam_report(session: Session, study_uid: str, path: Path, fmt: str,
                       settings: Settings) -> Path:
     report = load_exam_report(session, study_uid, timeout_s=settings.exam_timeout_s)
+    return _write(report, path, fmt, settings)
+
+
+def write_image_report(session: Session, image_id: int, path: Path, fmt: str,
+                       settings: Settings) -> Path:
+    """One image's report, whether it belongs to an exam or was read alone."""
+    return _write(load_image_report(session, image_id), path, fmt, settings)
+
+
+def _write(report: ExamReport, path: Path, fmt: str, settings: Settings) -> Path:
     if fmt == "json":
-        return write_json(exam_json(report), path)
+        return write_json(image_json(report) if report.is_image else exam_json(report), path)
     if fmt != "pdf":
         raise ValueError(f"unknown exam report format {fmt!r}; expected one of {EXAM_FORMATS}")
     with installed(REPORTS, needed_for="A PDF report"):

@@ -15,7 +15,12 @@ from shared.errors import ReportTargetNotFoundError
 from shared.exams import refresh_due_exams
 from shared.queries import require_batch
 from shared.reports.batch_summary import BATCH_FORMATS, batch_report_path, write_batch_report
-from shared.reports.exam_reports import EXAM_FORMATS, write_exam_report
+from shared.reports.exam_reports import (
+    EXAM_FORMATS,
+    IMAGE_FORMATS,
+    write_exam_report,
+    write_image_report,
+)
 from shared.reports.exports import DISCLAIMER, write_csv, write_json, write_json_listing
 from shared.reports.stats import StatsFilter, collect_stats, stats_rows
 from shared.reports.worklist import (
@@ -23,14 +28,16 @@ from shared.reports.worklist import (
     WorklistFilter,
     exam_pdf_path,
     flat_worklist_row,
+    image_pdf_path,
     iter_worklist,
 )
 
 FORMATS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "exam": EXAM_FORMATS, "batch": BATCH_FORMATS, "worklist": ("csv", "json"),
-    "stats": ("csv", "json"),
+    "exam": EXAM_FORMATS, "image": IMAGE_FORMATS, "batch": BATCH_FORMATS,
+    "worklist": ("csv", "json"), "stats": ("csv", "json"),
 }
-RANGED_KINDS = ("worklist", "stats")  # what --since/--until narrow; an exam or batch is whole
+# What --since/--until narrow; an exam, image or batch is whole.
+RANGED_KINDS = ("worklist", "stats")
 
 
 def report_name(kind: str) -> str:
@@ -46,7 +53,7 @@ def formats_of(kind: str) -> str:
 class ReportRequest:
     kind: str  # a key of FORMATS_BY_KIND
     fmt: str
-    target: str | None = None  # exam: StudyInstanceUID; batch: id; worklist/stats: batch id
+    target: str | None = None  # exam: StudyInstanceUID; image, batch: id; worklist/stats: batch id
     since: datetime | None = None  # RANGED_KINDS only
     until: datetime | None = None
 
@@ -67,10 +74,25 @@ class ReportRequest:
             raise ReportTargetNotFoundError(
                 f"a batch is named by its number, not {self.target!r}") from None
 
+    def image_id(self) -> int:
+        """The image named by its number (``image_id``, as results and the worklist give it)."""
+        if self.target is None:
+            raise ReportTargetNotFoundError(
+                "`mammo report image` needs the image's id (image_id in `mammo results` and "
+                "`mammo worklist`)")
+        try:
+            return int(self.target)
+        except ValueError:
+            raise ReportTargetNotFoundError(
+                f"an image is named by its number (image_id), not {self.target!r}") from None
+
     def default_path(self, settings: Settings) -> Path:
         if self.kind == "exam" and self.target:
             pdf = exam_pdf_path(settings.report_dir, self.target)
             return pdf.with_suffix(f".{self.fmt}")
+        if self.kind == "image" and self.target:
+            return image_pdf_path(settings.report_dir, self.image_id()).with_suffix(
+                f".{self.fmt}")
         if self.kind == "batch" and self.target:
             return batch_report_path(settings, self.batch_id() or 0, self.fmt)
         scope = f"-batch-{self.target}" if self.target else ""
@@ -81,6 +103,10 @@ def _exam(session: Session, req: ReportRequest, path: Path, settings: Settings) 
     if not req.target:
         raise ReportTargetNotFoundError("`mammo report exam` needs the exam's StudyInstanceUID")
     return write_exam_report(session, req.target, path, req.fmt, settings)
+
+
+def _image(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
+    return write_image_report(session, req.image_id(), path, req.fmt, settings)
 
 
 def _batch(session: Session, req: ReportRequest, path: Path, settings: Settings) -> Path:
@@ -129,7 +155,7 @@ def _stats(session: Session, req: ReportRequest, path: Path, settings: Settings)
 
 
 _WRITERS: dict[str, Callable[[Session, ReportRequest, Path, Settings], Path]] = {
-    "exam": _exam, "batch": _batch, "worklist": _worklist, "stats": _stats,
+    "exam": _exam, "image": _image, "batch": _batch, "worklist": _worklist, "stats": _stats,
 }
 
 

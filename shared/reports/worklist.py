@@ -91,6 +91,13 @@ def exam_pdf_path(report_dir: Path, study_uid: str) -> Path:
     return report_dir / "exams" / f"exam-{safe}.pdf"
 
 
+def image_pdf_path(report_dir: Path, image_id: int) -> Path:
+    """Where one image's PDF (``mammo report image``) is written by default: beside the exam
+    PDFs, named by the image id, never by its file name (scanners put patient names in
+    paths)."""
+    return report_dir / "exams" / f"image-{image_id}.pdf"
+
+
 @dataclass(frozen=True)
 class UnlistedExams:
     """Exams the worklist cannot list yet, having no result (``shared.exams.summarise``):
@@ -326,7 +333,7 @@ def input_note_flags(views: Iterable[NotedView]) -> list[str]:
             for v in sorted(views, key=_view_order) if v.input_notes]
 
 
-def pdf_is_older(pdf: Path, result: ExamResult | Row[Any]) -> bool:
+def pdf_is_older(pdf: Path, result: ExamResult | Prediction | Row[Any]) -> bool:
     written = datetime.fromtimestamp(pdf.stat().st_mtime, tz=UTC)
     computed = as_utc(result.created_at)
     return computed is not None and written < computed
@@ -403,8 +410,19 @@ def _exam_row(result: Row[Any], flags: list[str], report_path: str | None) -> di
     }
 
 
-def _alone_row(image: Image, prediction: Prediction) -> dict[str, Any]:
-    """An image read alone, as an exam row: its own score stands for the exam's."""
+def _image_pdf(report_dir: Path, image_id: int) -> Path | None:
+    """The image's PDF (``mammo report image``), when it has been written."""
+    pdf = image_pdf_path(report_dir, image_id)
+    return pdf if pdf.is_file() else None
+
+
+def _alone_row(image: Image, prediction: Prediction, report_dir: Path) -> dict[str, Any]:
+    """An image read alone, as an exam row: its own score stands for the exam's; its
+    report is the image's PDF, as an exam's is the exam PDF."""
+    pdf = _image_pdf(report_dir, image.id)
+    stale = [] if pdf is None or not pdf_is_older(pdf, prediction) else [
+        "the image PDF predates this result: write it again with mammo report image "
+        f"{image.id}, or every listed row's with mammo worklist --write-reports"]
     breast = {"suspicion": prediction.suspicion, "label": prediction.label,
               "p_malignant": prediction.p_malignant, "p_abnormal": 1.0 - prediction.p_normal,
               "bilateral": False, "own_suspicion": prediction.suspicion}
@@ -415,23 +433,25 @@ def _alone_row(image: Image, prediction: Prediction) -> dict[str, Any]:
         "flags": [READ_ALONE_FLAG, *filter(None, [burned_in_flag(
             [image.id] if image.burned_in_annotation else [])]),
                   *input_note_flags([_ReadView(image.id, image.laterality, image.view,
-                                               prediction.input_notes)])],
-        "report_path": None, "label": prediction.label,
+                                               prediction.input_notes)]), *stale],
+        "report_path": str(pdf.resolve()) if pdf else None, "label": prediction.label,
         "p_malignant": prediction.p_malignant, "status": READ_ALONE_STATUS,
         "accession_number": None, "study_date": None, "patient_pseudonym": None,
     }
 
 
-def _failed_alone_row(image: Image) -> dict[str, Any]:
+def _failed_alone_row(image: Image, report_dir: Path) -> dict[str, Any]:
     """An image outside any exam that failed: listed as an exam whose every view failed is,
     without a score, flagged with its reason."""
+    pdf = _image_pdf(report_dir, image.id)
     return {
         "study_uid": None, "image_id": image.id, "source": image.source,
         "suspicion": None, "exam_suspicion": None, "per_breast": {},
         "flags": [failed_alone_flag(image.error_code, image.error_message),
                   *filter(None, [burned_in_flag(
                       [image.id] if image.burned_in_annotation else [])])],
-        "report_path": None, "label": None, "p_malignant": None,
+        "report_path": str(pdf.resolve()) if pdf else None, "label": None,
+        "p_malignant": None,
         "status": READ_ALONE_STATUS, "accession_number": None, "study_date": None,
         "patient_pseudonym": None,
     }
@@ -457,7 +477,8 @@ _Found = tuple[dict[str, Any], set[tuple[str, str]]]  # a row, and its models' (
 def iter_worklist(session: Session, flt: WorklistFilter, *,
                   report_dir: Path) -> Iterator[dict[str, Any]]:
     """One row per exam, and per image outside any exam (scored, or failed: listed last, as
-    an exam whose every view failed is); ``report_path`` is set when the exam's PDF exists.
+    an exam whose every view failed is); ``report_path`` is set when the exam's PDF exists,
+or for an image outside any exam, the image's PDF (``mammo report image``).
 
     Flags are added to the stored ones for what the result does not hold: how its views
     were read (input notes, as the exam PDF flags them), images of the exam still in
@@ -473,12 +494,12 @@ def iter_worklist(session: Session, flt: WorklistFilter, *,
     # then does it take a first pass over the list, to know which of them it holds.
     labels: dict[tuple[str, str], str] | None = None
     if _shared_model_names(session):
-        every = chain(_found(session, flt, report_dir), _alone_found(session, flt))
+        every = chain(_found(session, flt, report_dir), _alone_found(session, flt, report_dir))
         labels = model_labels(pair for _, pairs in every for pair in pairs)
     # At equal keys merge keeps the streams' order: a failed image alone comes after the
     # exams whose every view failed.
-    merged = heapq.merge(_found(session, flt, report_dir), _alone_found(session, flt),
-                         _failed_alone_found(session, flt),
+    merged = heapq.merge(_found(session, flt, report_dir), _alone_found(session, flt, report_dir),
+                         _failed_alone_found(session, flt, report_dir),
                          key=lambda found: _read_first_order(found[0]))
     for rank, (row, pairs) in enumerate(islice(merged, flt.limit or None), start=1):
         models = sorted(pair[0] if labels is None else labels[pair] for pair in pairs)
@@ -503,16 +524,17 @@ def _found(session: Session, flt: WorklistFilter, report_dir: Path) -> Iterator[
             yield row, views.models
 
 
-def _alone_found(session: Session, flt: WorklistFilter) -> Iterator[_Found]:
+def _alone_found(session: Session, flt: WorklistFilter, report_dir: Path) -> Iterator[_Found]:
     for image, prediction, name, version, sha256 in session.execute(
             _alone_query(flt).execution_options(yield_per=FETCH_BLOCK)):
-        yield _alone_row(image, prediction), {(model_label(name, version), sha256)}
+        yield _alone_row(image, prediction, report_dir), {(model_label(name, version), sha256)}
 
 
-def _failed_alone_found(session: Session, flt: WorklistFilter) -> Iterator[_Found]:
+def _failed_alone_found(session: Session, flt: WorklistFilter,
+                        report_dir: Path) -> Iterator[_Found]:
     for image in session.scalars(
             _failed_alone_query(flt).execution_options(yield_per=FETCH_BLOCK)):
-        yield _failed_alone_row(image), set()
+        yield _failed_alone_row(image, report_dir), set()
 
 
 def _shared_model_names(session: Session) -> bool:
