@@ -40,7 +40,10 @@ from shared.timeutil import utc_text
 
 _CELL = PAGE_WIDTH / 2 - 4 * mm
 _THUMB = 46 * mm  # four views (a standard exam) fit on one page
-_IMAGE_THUMB = 65 * mm  # one image's report: the view alone, larger, on the first page
+# One image's report: the view alone, larger, and kept on the first page (a mini-MIAS view,
+# twice as tall as wide, went to page 2 at this width alone).
+_IMAGE_THUMB = 65 * mm
+_IMAGE_THUMB_HEIGHT = 80 * mm
 _HEATMAP_NOTE = (
     "Each view is shown as the model saw it (chest wall on the left, cropped to the breast, "
     "contrast-stretched), with the model's per-location P(abnormal) overlaid inside the "
@@ -162,7 +165,7 @@ def _flags(report: ExamReport) -> list[Flowable]:
 
 
 def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int,
-               width: float = _THUMB) -> list[Flowable]:
+               width: float = _THUMB, height: float | None = None) -> list[Flowable]:
     cell: list[Flowable] = [para(f"{view.title}  (image {view.image_id})", VIEW_TITLE)]
     if view.synthetic:
         cell.append(para(SYNTHETIC_LABEL, WARNING))
@@ -179,7 +182,10 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int,
     if thumb is None:
         cell.append(para("image not available; no heatmap stored"))
     else:
-        cell.append(scaled_image(thumb.jpeg, width))
+        picture = scaled_image(thumb.jpeg, width)
+        if height is not None and picture.drawHeight > height:
+            picture = scaled_image(thumb.jpeg, width * height / picture.drawHeight)
+        cell.append(picture)
         if thumb.image_missing is not None:
             cell.append(para(f"image not available ({thumb.image_missing}): heatmap only",
                              SMALL))
@@ -199,8 +205,8 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int,
 
 def _views(report: ExamReport, max_pixels: int) -> Table:
     if report.is_image:  # one view, a column of its own
-        cells = [[_view_cell(v, report, max_pixels=max_pixels, width=_IMAGE_THUMB)]
-                 for v in report.views]
+        cells = [[_view_cell(v, report, max_pixels=max_pixels, width=_IMAGE_THUMB,
+                             height=_IMAGE_THUMB_HEIGHT)] for v in report.views]
         grid = Table(cells or [[para("No image.")]], colWidths=[PAGE_WIDTH], hAlign="LEFT")
         grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
         return grid
