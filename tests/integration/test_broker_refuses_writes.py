@@ -11,6 +11,7 @@ said "reachable" and exited 0.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -75,12 +76,22 @@ def test_a_worker_outlives_a_full_redis_and_works_on_once_it_is_freed(
         wait_for(lambda: _done(database, 8), timeout=40, what="batch a done",
                  on_timeout=worker.log)
 
-        # Full again while a batch is worked on: its ack, or the next message's, is refused.
-        assert run_mammo(["submit", str(tmp_path / "b")], env, tmp_path).returncode == 0
-        wait_for(lambda: any(s == "done" for s, _, _ in _states(database)[8:]), timeout=30,
-                 what="batch b started")
-        _fill(private_redis)
-        time.sleep(5)
+        # Full again with a batch waiting for the worker: its fetch, ack or the next message's
+        # is refused. The worker is held (SIGSTOP) from before batch b is sent until Redis is
+        # full: a tiny model scored all of b before a `submit` process had even exited, so
+        # "wait until b starts, then fill" filled an idle Redis.
+        worker.kill(signal.SIGSTOP)
+        try:
+            assert run_mammo(["submit", str(tmp_path / "b")], env, tmp_path).returncode == 0
+            _fill(private_redis)
+            assert {s for s, _, _ in _states(database)[8:]} == {"queued"}
+        finally:
+            worker.kill(signal.SIGCONT)
+        refused = worker.log().count("the message broker refuses writes")
+        wait_for(lambda: worker.log().count("the message broker refuses writes") > refused,
+                 timeout=30, what="the worker meets the full Redis again",
+                 on_timeout=worker.log)
+        time.sleep(3)
         assert worker.proc.poll() is None, worker.log()[-3000:]
         _free(private_redis)
         wait_for(lambda: _done(database, 20), timeout=40, what="batch b done",
