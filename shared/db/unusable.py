@@ -59,8 +59,10 @@ def require_ours(conn: Connection, revisions: frozenset[str], script: ScriptDire
     if unknown and clashing:
         raise DatabaseUnusableError(
             f"The database {shown} is at schema revision {_joined(unknown)}, newer than "
-            f"this release knows (latest {_joined(script.get_heads())}); run the release "
-            f"that wrote it, or restore a backup.")
+            f"this release knows (latest {_joined(script.get_heads())}): a newer release "
+            f"migrated it. Install that release on this host too (every process on one "
+            f"database runs one release); to go back to this one instead, restore the "
+            f"backup taken before the upgrade (README, \"Upgrading\").")
     if unknown:
         raise _not_ours(shown, f"it is at schema revision {_joined(unknown)}, unknown to "
                                "the pipeline, and has none of the pipeline's tables")

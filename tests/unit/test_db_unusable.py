@@ -60,7 +60,9 @@ def test_a_schema_from_a_newer_release_names_both_revisions(
     code, out = invoke_cli(command, monkeypatch, tmp_path, database_url=url)
     assert code == ExitCode.DATABASE_UNAVAILABLE, out
     assert (f"is at schema revision 0099, newer than this release knows (latest "
-            f"{'+'.join(heads)}); run the release that wrote it, or restore a backup.") in out
+            f"{'+'.join(heads)}): a newer release migrated it. Install that release on "
+            "this host too") in out
+    assert "restore the backup taken before the upgrade" in out
     assert "report this message" not in out
 
 
