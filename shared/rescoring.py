@@ -14,6 +14,12 @@ again) must make its prediction the newest: ``store_predictions`` replaces that 
 a new one rather than updating it in place, where it kept its old id and the withdrawn
 version's stayed current; the exam result's signature (over prediction ids) then changes
 too, so its refresh recomputes it.
+
+A release whose readers read some files differently (``READER_VERSION``) leaves the images
+an earlier release read with their earlier predictions, the current model's among them:
+``reread=True`` also re-queues the done images whose current prediction another reader
+version made (NULL: before it was recorded). The new prediction, by the same model version,
+replaces that one (one per image per model version).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from models.registry import ModelSpec
 from shared.db.schema import Image, ModelVersion, Prediction, Study
 from shared.db.upsert import upsert
 from shared.enums import ImageState
+from shared.imaging.reader_version import READER_VERSION
 
 # What a prediction row is keyed by: one per image per model version.
 PREDICTION_KEY = ("image_id", "model_version_id")
@@ -50,40 +57,49 @@ class RescoreFilter:
                                            self.until))
 
 
-def not_scored_by(session: Session, model: ModelSpec, flt: RescoreFilter) -> list[int]:
-    """Done images in ``flt`` whose current prediction is not the model version ``model``'s.
+def not_scored_by(session: Session, model: ModelSpec, flt: RescoreFilter, *,
+                  reread: bool = False) -> list[int]:
+    """Done images in ``flt`` whose current prediction is not the model version ``model``'s;
+    with ``reread``, also those whose current prediction another reader version made (an
+    earlier release's readers, NULL included), whichever model made it.
 
     A model version is a registered row: name, version and weights (sha256), one metadata
     seal (``models.activation``), so a version that shares its weights with the one that
     scored the images (the same model.keras with a bilateral head) still re-scores them,
     and rolling back to a version that scored them before, since overtaken, re-scores them
     too."""
-    return _done_in(session, flt, ~_current_is(model))
+    return _done_in(session, flt, ~_current_is(model, reread=reread))
 
 
-def not_current_among(session: Session, model: ModelSpec, image_ids: Sequence[int]) -> list[int]:
+def not_current_among(session: Session, model: ModelSpec, image_ids: Sequence[int], *,
+                      reread: bool = False) -> list[int]:
     """Those of ``image_ids`` that are done and whose current prediction is not the model
-    version ``model``'s (``not_scored_by``'s rule): after a re-score, the images it could
-    not score again, which keep their earlier result."""
+    version ``model``'s (with ``reread``: or not read by this release's readers;
+    ``not_scored_by``'s rule): after a re-score, the images it could not score again, which
+    keep their earlier result."""
     unique = sorted(set(image_ids))
     found: list[int] = []
     for start in range(0, len(unique), _ID_BLOCK):
         found += session.execute(select(Image.id).where(
             Image.id.in_(unique[start:start + _ID_BLOCK]),
-            Image.state == ImageState.DONE.value, ~_current_is(model))).scalars()
+            Image.state == ImageState.DONE.value,
+            ~_current_is(model, reread=reread))).scalars()
     return sorted(found)
 
 
-def _current_is(model: ModelSpec) -> ColumnElement[bool]:
+def _current_is(model: ModelSpec, *, reread: bool = False) -> ColumnElement[bool]:
     """The image's current prediction (its newest) is by ``model``'s version: its name,
-    version and weights (one seal each: ``models.activation``)."""
+    version and weights (one seal each: ``models.activation``); with ``reread``, and was
+    read by this release's readers (``READER_VERSION``; not NULL)."""
     mine = select(ModelVersion.id).where(ModelVersion.name == model.name,
                                          ModelVersion.version == model.version,
                                          ModelVersion.sha256 == model.sha256)
     newer = aliased(Prediction)
-    return exists().where(and_(
-        Prediction.image_id == Image.id, Prediction.model_version_id.in_(mine),
-        ~exists().where(newer.image_id == Prediction.image_id, newer.id > Prediction.id)))
+    current = [Prediction.image_id == Image.id, Prediction.model_version_id.in_(mine),
+               ~exists().where(newer.image_id == Prediction.image_id, newer.id > Prediction.id)]
+    if reread:
+        current.append(Prediction.reader_version == READER_VERSION)  # NULL: not equal
+    return exists().where(and_(*current))
 
 
 def _done_in(session: Session, flt: RescoreFilter, condition: ColumnElement[bool]) -> list[int]:

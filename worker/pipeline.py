@@ -32,6 +32,7 @@ from shared.exams import owe_exam_refresh, refresh_exam_results, studies_of_imag
 from shared.imaging.identity import current_location
 from shared.imaging.model_input import ModelInputSource
 from shared.imaging.preprocess import PREPROCESSING_VERSION
+from shared.imaging.reader_version import READER_VERSION
 from shared.imaging.readers.messages import described
 from shared.rescoring import store_predictions
 from shared.scoring import label_of, suspicion
@@ -244,7 +245,7 @@ def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
         p_normal, p_benign, p_malignant = (float(p) for p in probs)
         outcome.rows.append({
             "image_id": item.image.id, "model_version_id": model_version_id,
-            "preprocessing_version": PREPROCESSING_VERSION,
+            "preprocessing_version": PREPROCESSING_VERSION, "reader_version": READER_VERSION,
             "label": label_of(p_normal, p_benign, p_malignant).value,
             "p_normal": p_normal, "p_benign": p_benign, "p_malignant": p_malignant,
             "suspicion": suspicion(p_benign, p_malignant),

@@ -15,6 +15,7 @@ from producer.cli.progress import completion_bar, quiet_embedded_logs
 from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.engine import upgrade
+from shared.imaging.reader_version import READER_VERSION
 from shared.notify import Notifier
 from shared.queries import require_batch, require_study
 from shared.queue import broker_uptime_s
@@ -174,9 +175,11 @@ def _say_left_alone(count: int, older_than: int, verb: str) -> None:
 
 
 def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
-                  claimed: list[int] | None = None, rescored_by: ModelSpec | None = None) -> bool:
+                  claimed: list[int] | None = None, rescored_by: ModelSpec | None = None,
+                  reread: bool = False) -> bool:
     """Process ``ids`` (and wait for ``claimed``) here; True when some of them failed, or,
-    for a re-score (``rescored_by``: the model version), could not be scored again."""
+    for a re-score (``rescored_by``: the model version; ``reread``: read again by this
+    release's readers), could not be scored again."""
     from producer.embedded_run import count_failed, process_ids_embedded
 
     everything = [*ids, *(claimed or [])]
@@ -190,7 +193,7 @@ def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
     kept = 0
     if rescored_by is not None:
         with cli.sessions() as session:
-            kept = len(not_current_among(session, rescored_by, everything))
+            kept = len(not_current_among(session, rescored_by, everything, reread=reread))
     # A live `mammo run` (or worker) beside this one may have finished some of them.
     elsewhere = max(len(set(everything)) - here - kept, 0)
     click.echo(f"processed {here} {what} image(s) with the embedded worker"
@@ -209,10 +212,15 @@ def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
 @click.option("--batch", "batch_id", type=int, help="Only this batch's images.")
 @click.option("--study", "study_uid", help="Only this StudyInstanceUID's images.")
 @date_range_options
+@click.option("--reread", is_flag=True,
+              help="Also re-score the images an earlier release's readers read (its "
+                   "decoding, windowing or view reading since fixed), even those this model "
+                   "scored: after an upgrade.")
 @click.option("--dry-run", is_flag=True, help="Count what would be re-scored; change nothing.")
 @pass_cli
 def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None,
-                    since: datetime | None, until: datetime | None, dry_run: bool) -> None:
+                    since: datetime | None, until: datetime | None, reread: bool,
+                    dry_run: bool) -> None:
     """Score done images again with the model now in use (after `mammo models activate`).
 
     Re-queues the done images in the filter that this model has not scored (submitting the
@@ -223,9 +231,16 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     with their own model: restart running workers after an activation first. Without a
     broker they are scored here, and the command exits 3 when some could not be.
 
+    After an upgrade whose readers read some files differently, --reread also re-queues the
+    done images whose result an earlier release's readers made (each prediction records its
+    reader version), the current model's included; the new prediction replaces the model's
+    earlier one. Upgrade every worker first: one still on the earlier release reads them as
+    before.
+
     \b
-    Example:
+    Examples:
         mammo models activate default:1.7.0 && mammo rescore --batch 42
+        mammo rescore --reread --since 2026-01-01 --dry-run
     """
     from models.activation import describe
     from producer.embedded_run import check_model
@@ -239,9 +254,11 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
             require_batch(session, batch_id)
         if study_uid:
             require_study(session, study_uid)
-        ids = not_scored_by(session, spec, flt)
+        ids = not_scored_by(session, spec, flt, reread=reread)
         model = describe(session, spec)  # with its sha256 where another shares its name
-    click.echo(f"{len(ids)} done image(s) not scored by {model}"
+    readers = (f" with this release's readers (reader version {READER_VERSION})" if reread
+               else "")
+    click.echo(f"{len(ids)} done image(s) not scored by {model}{readers}"
                f"{' (dry run)' if dry_run else ''}")
     if dry_run or not ids:
         return
@@ -254,7 +271,7 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
         ids = lifecycle.reopen(session, ids)
         session.commit()
     if cli.settings.is_embedded:
-        if _run_embedded(cli, ids, "re-scored", rescored_by=spec):
+        if _run_embedded(cli, ids, "re-scored", rescored_by=spec, reread=reread):
             raise SystemExit(int(ExitCode.IMAGES_FAILED))
     else:
         sent = requeue(cli.sessions, cli.celery, cli.settings, ids)

@@ -219,6 +219,9 @@ class Prediction(Base):
     # range taken from the pixels, NaN pixels...): {kind: sentence}, worker.decoding's
     # input_notes; {} for a plain reading, NULL when scored before they were kept.
     input_notes: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # The readers' version the file was read with (shared.imaging.reader_version), NULL when
+    # scored by a release before it was kept: `mammo rescore --reread` finds the others.
+    reader_version: Mapped[str | None] = mapped_column(String(20), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
 
