@@ -16,13 +16,14 @@ import pydicom
 import pytest
 
 from shared.enums import ErrorCode, Laterality, View
-from shared.errors import EmptyImageError, InputError, UnreadableImageError
+from shared.errors import EmptyImageError, UnreadableImageError
 from shared.imaging.preprocess import preprocess
 from shared.imaging.readers import decode
 from shared.imaging.readers import dicom_bits as bits
 from shared.imaging.readers.dicom import _plugin_for
 from shared.synthetic import synth_mammogram, write_dicom
 from tests.conftest import SHARED_DATA
+from tests.unit.test_readers_dicom import _refused
 from worker.decoding import input_notes
 
 BIG = 10**8
@@ -61,15 +62,6 @@ def _same_image(path: Path, reference: Path) -> None:
     decoded, expected = decode(path, max_pixels=BIG), decode(reference, max_pixels=BIG)
     np.testing.assert_array_equal(decoded.pixels, expected.pixels)
     assert decoded.max_value == expected.max_value
-
-
-def _refused(path: Path, error: type[InputError], code: ErrorCode, *phrases: str) -> str:
-    with pytest.raises(error) as caught:
-        decode(path, max_pixels=BIG)
-    assert caught.value.code is code
-    for phrase in phrases:
-        assert phrase in caught.value.message, caught.value.message
-    return caught.value.message
 
 
 # --- High Bit ------------------------------------------------------------------------------

@@ -117,16 +117,20 @@ def test_a_views_input_notes_are_the_worklist_rows_flags_as_in_the_exam_pdf(
     assert escape(pdf_flag) in render_summary_html(summary)
 
 
+def _batch_and_two_models(session: Session) -> None:
+    session.add_all([Batch(id=1, name="b"), *(ModelVersion(
+        id=i, name="m", version=str(i), sha256=str(i) * 64, preprocessing_version="1",
+        classes=["a"], input_size=[1, 1], path="/m") for i in (1, 2))])
+    session.flush()
+
+
 def test_only_the_current_predictions_notes_are_flagged(
         each_backend_sessions: sessionmaker[Session], tmp_path: Path) -> None:
     """A rescore that reads the file plainly clears the flag: the result is over it."""
     from shared.db.schema import Prediction
 
     with each_backend_sessions() as session:
-        session.add_all([Batch(id=1, name="b"), *(ModelVersion(
-            id=i, name="m", version=str(i), sha256=str(i) * 64, preprocessing_version="1",
-            classes=["a"], input_size=[1, 1], path="/m") for i in (1, 2))])
-        session.flush()
+        _batch_and_two_models(session)
         _exam(session, 1, {"L": NINE, "R": LOW})
         first = session.scalars(select(Prediction).order_by(Prediction.id)).all()
         first[0].input_notes = {"laterality": "header says L, but the breast lies as in an "
@@ -268,10 +272,7 @@ def test_a_failed_image_of_no_exam_is_listed_with_its_reason(
 def test_a_failed_image_of_no_exam_takes_the_place_of_an_exam_whose_every_view_failed(
         each_backend_sessions: sessionmaker[Session], tmp_path: Path) -> None:
     with each_backend_sessions() as session:
-        session.add_all([Batch(id=1, name="b"), *(ModelVersion(
-            id=i, name="m", version=str(i), sha256=str(i) * 64, preprocessing_version="1",
-            classes=["a"], input_size=[1, 1], path="/m") for i in (1, 2))])
-        session.flush()
+        _batch_and_two_models(session)
         _exam(session, 1, {"L": LOW, "R": LOW})
         session.add(Study(id=2, study_uid="1.2.9.2"))  # every view failed
         session.flush()
