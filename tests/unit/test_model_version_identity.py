@@ -9,11 +9,12 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.activation import activate, active_version, model_for, register
@@ -220,11 +221,34 @@ def _sessions(url: str) -> tuple[Settings, Engine, sessionmaker[Session]]:
     return settings, engine, make_session_factory(engine)
 
 
-def _wait_until_blocked(engine: Engine, racer: threading.Thread) -> None:
+@contextmanager
+def _writes_of_other_threads(engine: Engine) -> Iterator[threading.Event]:
+    """An event set once a thread other than this one sends a write on ``engine``."""
+    holder = threading.get_ident()
+    wrote = threading.Event()
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if threading.get_ident() != holder and not statement.lstrip().upper().startswith(
+                "SELECT"):
+            wrote.set()
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield wrote
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+
+def _wait_until_blocked(engine: Engine, racer: threading.Thread,
+                        wrote: threading.Event | None = None) -> None:
     """Until ``racer`` waits for a lock: on PostgreSQL as the server says; SQLite cannot
-    tell, so a while (the racer's first write waits for the holder's lock)."""
+    tell, so until the racer sends its first write (``wrote``), which waits for the
+    holder's lock, and a moment for it to enter that wait. (A fixed 1.5 s was sometimes
+    spent before the racer, on a loaded machine, had reached its write at all.)"""
     if engine.dialect.name != "postgresql":
-        time.sleep(1.5)
+        assert wrote is not None, "SQLite: pass the racer's writes (_writes_of_other_threads)"
+        assert wrote.wait(60), "the second activation never wrote"
+        time.sleep(0.5)
         assert racer.is_alive()
         return
     for _ in range(120):
@@ -257,11 +281,11 @@ def test_two_activations_at_once_leave_the_later_one_active_alone(
         except Exception as exc:  # reported by the assertion below
             errors.append(exc)
 
-    with sessions() as session:
+    with sessions() as session, _writes_of_other_threads(engine) as wrote:
         activate(session, a)  # its row inserted and marked active, not committed yet
         racer = threading.Thread(target=activate_b)
         racer.start()
-        _wait_until_blocked(engine, racer)
+        _wait_until_blocked(engine, racer, wrote)
         session.commit()
     racer.join(60)
     assert not errors and not racer.is_alive()
