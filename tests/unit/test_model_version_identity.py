@@ -228,8 +228,9 @@ def _writes_of_other_threads(engine: Engine) -> Iterator[threading.Event]:
     wrote = threading.Event()
 
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if threading.get_ident() != holder and not statement.lstrip().upper().startswith(
-                "SELECT"):
+        # Not a connection's PRAGMAs or reads: the statement that takes the write lock.
+        if threading.get_ident() != holder and statement.lstrip().upper().startswith(
+                ("INSERT", "UPDATE", "DELETE", "BEGIN")):
             wrote.set()
 
     event.listen(engine, "before_cursor_execute", seen)
