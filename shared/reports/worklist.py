@@ -426,34 +426,35 @@ def _alone_row(image: Image, prediction: Prediction, report_dir: Path) -> dict[s
     breast = {"suspicion": prediction.suspicion, "label": prediction.label,
               "p_malignant": prediction.p_malignant, "p_abnormal": 1.0 - prediction.p_normal,
               "bilateral": False, "own_suspicion": prediction.suspicion}
-    return {
-        "study_uid": None, "image_id": image.id, "source": image.source,
-        "suspicion": prediction.suspicion, "exam_suspicion": None,
-        "per_breast": {image.laterality: breast} if image.laterality in ("L", "R") else {},
-        "flags": [READ_ALONE_FLAG, *filter(None, [burned_in_flag(
-            [image.id] if image.burned_in_annotation else [])]),
-                  *input_note_flags([_ReadView(image.id, image.laterality, image.view,
-                                               prediction.input_notes)]), *stale],
-        "report_path": str(pdf.resolve()) if pdf else None, "label": prediction.label,
-        "p_malignant": prediction.p_malignant, "status": READ_ALONE_STATUS,
-        "accession_number": None, "study_date": None, "patient_pseudonym": None,
-    }
+    notes = input_note_flags([_ReadView(image.id, image.laterality, image.view,
+                                        prediction.input_notes)])
+    return _image_row(
+        image, pdf, READ_ALONE_FLAG, [*notes, *stale], suspicion=prediction.suspicion,
+        per_breast={image.laterality: breast} if image.laterality in ("L", "R") else {},
+        label=prediction.label, p_malignant=prediction.p_malignant)
 
 
 def _failed_alone_row(image: Image, report_dir: Path) -> dict[str, Any]:
     """An image outside any exam that failed: listed as an exam whose every view failed is,
     without a score, flagged with its reason."""
-    pdf = _image_pdf(report_dir, image.id)
+    return _image_row(image, _image_pdf(report_dir, image.id),
+                      failed_alone_flag(image.error_code, image.error_message), [],
+                      suspicion=None, per_breast={}, label=None, p_malignant=None)
+
+
+def _image_row(image: Image, pdf: Path | None, first_flag: str, later_flags: list[str], *,
+               suspicion: int | None, per_breast: dict[str, Any], label: str | None,
+               p_malignant: float | None) -> dict[str, Any]:
+    """A row of one image outside any exam, keyed as an exam row; its flags: ``first_flag``
+    (read alone, or failed), burned-in text, then ``later_flags``."""
+    burned_in = burned_in_flag([image.id] if image.burned_in_annotation else [])
     return {
         "study_uid": None, "image_id": image.id, "source": image.source,
-        "suspicion": None, "exam_suspicion": None, "per_breast": {},
-        "flags": [failed_alone_flag(image.error_code, image.error_message),
-                  *filter(None, [burned_in_flag(
-                      [image.id] if image.burned_in_annotation else [])])],
-        "report_path": str(pdf.resolve()) if pdf else None, "label": None,
-        "p_malignant": None,
-        "status": READ_ALONE_STATUS, "accession_number": None, "study_date": None,
-        "patient_pseudonym": None,
+        "suspicion": suspicion, "exam_suspicion": None, "per_breast": per_breast,
+        "flags": [first_flag, *filter(None, [burned_in]), *later_flags],
+        "report_path": str(pdf.resolve()) if pdf else None, "label": label,
+        "p_malignant": p_malignant, "status": READ_ALONE_STATUS,
+        "accession_number": None, "study_date": None, "patient_pseudonym": None,
     }
 
 
