@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -54,6 +55,27 @@ def _done(database: Path, n: int) -> bool:
     return len(rows) == n and all(state == "done" for state, _, _ in rows)
 
 
+def _stop_between_writes(worker: WorkerProcess, database: Path) -> None:
+    """SIGSTOP the worker at a moment it holds no write lock on the SQLite database.
+
+    Its sweeper writes every few seconds; stopped inside that transaction it would hold the
+    lock until SIGCONT, and `mammo submit` would fail "the database is busy" (CI, 711a09b).
+    """
+    for _ in range(50):
+        worker.kill(signal.SIGSTOP)
+        probe = sqlite3.connect(database, timeout=0.5)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return
+        except sqlite3.OperationalError:
+            worker.kill(signal.SIGCONT)
+            time.sleep(0.2)
+        finally:
+            probe.close()
+    raise AssertionError("the worker held the database's write lock at each of 50 tries")
+
+
 def test_a_worker_outlives_a_full_redis_and_works_on_once_it_is_freed(
         private_redis: PrivateRedis, tmp_path: Path, tiny_model_dir: Path) -> None:
     database = tmp_path / "mammo.db"
@@ -80,7 +102,7 @@ def test_a_worker_outlives_a_full_redis_and_works_on_once_it_is_freed(
         # is refused. The worker is held (SIGSTOP) from before batch b is sent until Redis is
         # full: a tiny model scored all of b before a `submit` process had even exited, so
         # "wait until b starts, then fill" filled an idle Redis.
-        worker.kill(signal.SIGSTOP)
+        _stop_between_writes(worker, database)
         try:
             assert run_mammo(["submit", str(tmp_path / "b")], env, tmp_path).returncode == 0
             _fill(private_redis)
