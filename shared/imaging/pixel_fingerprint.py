@@ -28,7 +28,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import struct
 import warnings
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import BinaryIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.tag import BaseTag
 from pydicom.uid import (
+    RE_VALID_UID,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -62,7 +62,6 @@ _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _SEQUENCE_END = 0xFFFEE0DD
 _ITEM_HEADER = struct.Struct("<HHL")  # encapsulated pixel data is always little endian
-_DICOM_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # The syntax of a dataset without a TransferSyntaxUID (a raw dataset), as it was read:
 # (implicit VR, little endian), pydicom's guess from its first bytes.
 _ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
@@ -210,7 +209,7 @@ def _syntax_name(syntax: str | None, implicit: bool, little: bool) -> str:
     encoding it was read in."""
     if syntax:
         text = str(syntax)
-        if len(text) <= 64 and _DICOM_UID.fullmatch(text):
+        if len(text) <= 64 and RE_VALID_UID.fullmatch(text):  # the standard's form: kept as is
             return text
         return "other-" + hashlib.blake2b(text.encode(errors="replace"),
                                           digest_size=8).hexdigest()
