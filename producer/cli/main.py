@@ -174,7 +174,9 @@ def _stdout_reader_gone() -> bool:
 @click.group(cls=MammoGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
               help="Override MAMMO_LOG_LEVEL for this command.")
-@click.version_option(package_name="mammo-pipeline", prog_name="mammo")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _, shown: _print_version(ctx) if shown else None,
+              help="Show the release, its readers' version and its database schema, and exit.")
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None) -> None:
     """Mammogram batch classification: queue, classify, store and report.
@@ -200,6 +202,22 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     # Migration chatter and TensorFlow's C++ banner are noise on a terminal.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = CliContext(settings)
+
+
+def _print_version(ctx: click.Context) -> None:
+    """What tells two installs apart when a centre upgrades host by host: the package
+    version stays the same across builds of one release, while the reader version (what
+    `mammo rescore --reread` compares) and the schema heads (what `mammo db upgrade`
+    migrates to, and which databases this install can open) say what it reads and
+    writes. No database is opened."""
+    from importlib.metadata import version
+
+    from shared.db.engine import head_revisions
+    from shared.imaging.reader_version import READER_VERSION
+
+    click.echo(f"mammo, version {version('mammo-pipeline')} (readers {READER_VERSION}, "
+               f"database schema {'+'.join(sorted(head_revisions()))})")
+    ctx.exit(0)
 
 
 def main() -> None:

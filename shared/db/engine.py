@@ -344,8 +344,12 @@ def current_revisions(engine: Engine) -> frozenset[str]:
         return frozenset(MigrationContext.configure(conn).get_current_heads())
 
 
-def head_revisions(engine: Engine) -> frozenset[str]:
+def head_revisions(engine: Engine | None = None) -> frozenset[str]:
+    """The schema revisions this release migrates a database to (``engine``: none needed,
+    the scripts say)."""
     # Several heads are allowed: independent features add migrations on parallel branches.
+    if engine is None:
+        return frozenset(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
     return frozenset(_scripts(engine).get_heads())
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.metadata
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli.main import COMMANDS, cli, load_command
+from shared.db.engine import head_revisions
+from shared.imaging.reader_version import READER_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = sorted(path.stem for path in (REPO / "producer" / "cli").glob("commands_*.py"))
@@ -73,12 +77,29 @@ def _loaded_after(code: str, heavy: tuple[str, ...]) -> list[str]:
     return ast.literal_eval(done.stdout.strip().splitlines()[-1])
 
 
-def test_startup_version_and_help_load_no_heavy_library() -> None:
-    code = ("from producer.cli.main import main\n"
-            "for args in (['--version'], ['--help']):\n"
-            "    sys.argv = ['mammo', *args]\n"
-            "    try:\n        main()\n    except SystemExit:\n        pass")
-    assert _loaded_after(code, NEVER_AT_STARTUP) == []
+def _run_main(*args: str) -> str:
+    return ("from producer.cli.main import main\n"
+            f"sys.argv = ['mammo', *{list(args)!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass")
+
+
+def test_startup_and_help_load_no_heavy_library() -> None:
+    assert _loaded_after(_run_main("--help"), NEVER_AT_STARTUP) == []
+
+
+def test_version_reads_the_schema_heads_from_the_scripts_alone() -> None:
+    """Alembic, to read this release's schema heads, but nothing else heavy; no database."""
+    heavy = tuple(name for name in NEVER_AT_STARTUP if name != "alembic")
+    assert _loaded_after(_run_main("--version"), heavy) == []
+    runner = CliRunner()
+    with runner.isolated_filesystem() as here:
+        shown = runner.invoke(cli, ["--version"], prog_name="mammo")
+        assert os.listdir(here) == []  # no default SQLite database made
+    assert shown.exit_code == 0, shown.output
+    release, _, rest = shown.output.strip().partition(" (")
+    assert release == f"mammo, version {importlib.metadata.version('mammo-pipeline')}"
+    assert rest == (f"readers {READER_VERSION}, database schema "
+                    f"{'+'.join(sorted(head_revisions()))})")
 
 
 def test_query_and_upkeep_commands_load_no_imaging_model_or_report_library() -> None:
