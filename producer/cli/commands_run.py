@@ -76,7 +76,8 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
 
 
 def _write_documents(cli: CliContext, batch_id: int, settings: Settings) -> BatchDocuments:
-    """The batch's reports, with a bar over its exam PDFs: a night's take minutes."""
+    """The batch's reports, with a bar over its exam (and image) PDFs: a night's take
+    minutes."""
     with cli.sessions() as session, completion_bar("writing exam PDFs") as progress:
         return write_batch_documents(session, batch_id, settings, progress=progress)
 
@@ -110,8 +111,16 @@ def _say_documents(what: str, documents: BatchDocuments) -> None:
     exam_pdfs = documents.exams
     STDERR.print(f"{what}: {documents.summary} (open in a browser), "
                  f"{', '.join(str(p) for p in documents.exports)}"
-                 + (f"; {len(exam_pdfs)} exam PDF(s) in {exam_pdfs[0].parent}" if exam_pdfs
+                 + (f"; {_pdf_count(exam_pdfs)} in {exam_pdfs[0].parent}" if exam_pdfs
                     else ""))
+
+
+def _pdf_count(pdfs: list[Path]) -> str:
+    """"4 exam PDF(s)", "2 exam PDF(s) and 3 image PDF(s)": an image read alone has its
+    own (``image_pdf_path``)."""
+    images = sum(1 for pdf in pdfs if pdf.name.startswith("image-"))
+    return " and ".join(f"{n} {kind} PDF(s)" for n, kind in
+                        ((len(pdfs) - images, "exam"), (images, "image")) if n)
 
 
 def _file_counts(sub: SubmitOutcome) -> str:

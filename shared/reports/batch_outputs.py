@@ -21,17 +21,18 @@ EXPORT_FORMATS = ("json", "csv")
 class BatchDocuments:
     summary: Path  # the HTML summary, to open in a browser
     exports: list[Path]  # batch-N.json and batch-N.csv
-    exams: list[Path]  # one PDF per exam
+    exams: list[Path]  # one PDF per exam, and per image read alone (image-N.pdf)
 
 
 def write_batch_documents(session: Session, batch_id: int, settings: Settings, *,
                           progress: Callable[[int, int], None] | None = None,
                           ) -> BatchDocuments:
-    """The batch's HTML summary, its JSON and CSV exports, and one PDF per exam, under
-    ``settings.report_dir``; all three batch files from one summary, so they agree.
+    """The batch's HTML summary, its JSON and CSV exports, and one PDF per exam (and per
+    image read alone) under ``settings.report_dir``; all three batch files from one
+    summary, so they agree.
 
-    Exam PDFs come first so that the summary's worklist can point at them; ``progress``
-    follows them (written, exams), the long part.
+    The PDFs come first so that the summary's worklist can point at them; ``progress``
+    follows them (written, PDFs), the long part.
     """
     refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
     exams = write_batch_exam_pdfs(session, batch_id, settings, progress=progress)

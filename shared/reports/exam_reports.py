@@ -12,11 +12,18 @@ from sqlalchemy import and_, select, union
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from shared.db.schema import DuplicateSubmission, ExamResult, Image, Study
+from shared.db.schema import DuplicateSubmission, ExamResult, Image, Prediction, Study
 from shared.extras import REPORTS, installed
+from shared.read_alone import failed_alone, scored_alone
 from shared.reports.exam_data import ExamReport, ViewResult, load_exam_report, load_image_report
 from shared.reports.exports import DISCLAIMER, write_json
-from shared.reports.worklist import burned_in_flag, exam_pdf_path, pdf_is_older
+from shared.reports.worklist import (
+    burned_in_flag,
+    exam_pdf_path,
+    image_pdf_path,
+    pdf_is_older,
+    written_before,
+)
 from shared.timeutil import as_utc
 
 EXAM_FORMATS = ("pdf", "json")
@@ -96,33 +103,47 @@ def _write(report: ExamReport, path: Path, fmt: str, settings: Settings) -> Path
 
 def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings, *,
                           progress: Callable[[int, int], None] | None = None) -> list[Path]:
-    """A PDF per exam of the batch, at the path the worklist points to; returns every path.
-    ``progress(written, exams)`` is called before the first and after each exam: a night's
-    PDFs take minutes, one after another.
+    """A PDF per exam of the batch, and per image of it read alone (scored or failed
+    outside any exam), at the path the worklist points to; returns every path.
+    ``progress(written, reports)`` is called before the first and after each report: a
+    night's PDFs take minutes, one after another.
 
-    The batch's exams include those of the files it sent again (copies): a run resumed
-    after an interruption is all copies, and its exams are still the ones it was given. A
-    PDF already written since the exam's current result is kept: a re-run completes the
+    The batch's exams and images include those of the files it sent again (copies): a run
+    resumed after an interruption is all copies, and its exams are still the ones it was
+    given. A PDF already written since the current result is kept: a re-run completes the
     PDFs an interrupted one left unwritten without decoding every image again.
     """
-    own = select(Image.study_id).where(Image.batch_id == batch_id)
-    copied = (select(Image.study_id).join(DuplicateSubmission,
-                                          DuplicateSubmission.image_id == Image.id)
-              .where(DuplicateSubmission.batch_id == batch_id))
+    # A union rather than an OR: each side reads its own index.
+    in_batch = Image.id.in_(union(
+        select(Image.id).where(Image.batch_id == batch_id),
+        select(DuplicateSubmission.image_id).where(DuplicateSubmission.batch_id == batch_id)))
     current = and_(ExamResult.study_id == Study.id, ExamResult.superseded_at.is_(None))
     exams = session.execute(
         select(Study.study_uid, ExamResult).outerjoin(ExamResult, current)
-        .where(Study.id.in_(union(own, copied))).order_by(Study.id)).all()
+        .where(Study.id.in_(select(Image.study_id).where(in_batch))).order_by(Study.id)).all()
+    # An image read alone is listed by the worklist as an exam of its own, with its own PDF.
+    alone = [(image_id, created_at) for image_id, created_at in session.execute(
+        scored_alone(Image.id, Prediction.created_at).where(in_batch).order_by(Image.id))]
+    alone += [(image_id, finished_at) for image_id, finished_at in session.execute(
+        failed_alone(Image.id, Image.finished_at).where(in_batch).order_by(Image.id))]
+    total = len(exams) + len(alone)
     paths: list[Path] = []
     for uid, result in exams:
         if progress:
-            progress(len(paths), len(exams))
+            progress(len(paths), total)
         path = exam_pdf_path(settings.report_dir, uid)
         if not _is_current(path, result):
             write_exam_report(session, uid, path, "pdf", settings)
         paths.append(path)
+    for image_id, result_at in alone:
+        if progress:
+            progress(len(paths), total)
+        path = image_pdf_path(settings.report_dir, image_id)
+        if not (path.is_file() and not written_before(path, result_at)):
+            write_image_report(session, image_id, path, "pdf", settings)
+        paths.append(path)
     if progress:
-        progress(len(paths), len(exams))
+        progress(len(paths), total)
     return paths
 
 

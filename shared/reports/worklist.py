@@ -334,9 +334,13 @@ def input_note_flags(views: Iterable[NotedView]) -> list[str]:
 
 
 def pdf_is_older(pdf: Path, result: ExamResult | Prediction | Row[Any]) -> bool:
-    written = datetime.fromtimestamp(pdf.stat().st_mtime, tz=UTC)
-    computed = as_utc(result.created_at)
-    return computed is not None and written < computed
+    return written_before(pdf, result.created_at)
+
+
+def written_before(pdf: Path, when: datetime | None) -> bool:
+    """Whether the file was last written before ``when`` (a result's time; None: never)."""
+    computed = as_utc(when)
+    return computed is not None and datetime.fromtimestamp(pdf.stat().st_mtime, tz=UTC) < computed
 
 
 def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool,

@@ -79,8 +79,9 @@ def _written(out: str) -> Path:
 def test_an_image_read_alone_gets_a_pdf_with_its_heatmap_scores_model_and_statement(
         run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     image_id = run.id_of("Roe^Ann right.png")
-    # `mammo run` writes exam PDFs only: nothing showed this image's heatmap before.
-    assert not list((run.folder / "reports" / "exams").glob(f"image-{image_id}.*"))
+    # `mammo run` wrote it (only exam PDFs before: nothing showed this image's heatmap).
+    assert [p.name for p in (run.folder / "reports" / "exams").glob(f"image-{image_id}.*")] \
+        == [f"image-{image_id}.pdf"]
     code, out = run.mammo(["report", "image", str(image_id)], monkeypatch)
     assert code == ExitCode.OK, out
     pdf = _written(out)
@@ -179,3 +180,36 @@ def test_the_worklist_points_an_image_alone_row_at_its_pdf_and_writes_them(
     assert paths == {i: str((reports / f"image-{i}.pdf").resolve()) for i in alone}
     assert all(Path(p).is_file() for p in paths.values())
     assert all(r["report_path"] for r in rows if r["study_uid"])  # exams as before
+
+
+def test_mammo_run_writes_the_pdf_of_each_image_it_read_alone_and_keeps_current_ones(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A MIAS-style night (images of no exam) left 0 PDFs: the worklist's rows for them had
+    # no report_path until someone ran `mammo worklist --write-reports`.
+    night = tmp_path / "night"
+    night.mkdir()
+    rng = np.random.default_rng(7)
+    write_png(night / "a.png", synth_mammogram(rng))
+    write_png(night / "b.png", synth_mammogram(rng, laterality=Laterality.RIGHT, lesion=True))
+    (night / "cut.png").write_bytes((night / "a.png").read_bytes()[:300])
+    env = {"database_url": f"sqlite:///{tmp_path / 'm.db'}", "model": str(tiny_model_dir),
+           "report_dir": str(tmp_path / "reports")}
+    code, out = invoke_cli(["run", str(night), "--format", "json"], monkeypatch, tmp_path,
+                           **env)
+    assert code == ExitCode.IMAGES_FAILED, out
+    states = {int(r["image_id"]): r["state"]
+              for r in json.loads(out[out.index("["):out.rindex("]") + 1])}
+    ids = sorted(states)
+    pdfs = [tmp_path / "reports" / "exams" / f"image-{i}.pdf" for i in ids]
+    assert all(pdf.is_file() for pdf in pdfs)
+    assert "3 image PDF(s) in " in " ".join(out.split()) and "exam PDF(s)" not in out
+    failed = [pdf for i, pdf in zip(ids, pdfs, strict=True) if states[i] == "failed"]
+    assert len(failed) == 1 and "failed, not scored" in _text(failed[0])
+    code, listed = invoke_cli(["worklist", "--format", "json"], monkeypatch, tmp_path, **env)
+    rows = json.loads(listed[listed.index("["):listed.rindex("]") + 1])
+    assert {r["image_id"]: r["report_path"] for r in rows} == {
+        i: str(pdf.resolve()) for i, pdf in zip(ids, pdfs, strict=True)}
+    # Run again: every file a copy, every PDF current, none written again.
+    written = [pdf.stat().st_mtime_ns for pdf in pdfs]
+    code, out = invoke_cli(["run", str(night)], monkeypatch, tmp_path, **env)
+    assert [pdf.stat().st_mtime_ns for pdf in pdfs] == written
