@@ -19,7 +19,11 @@ A release whose readers read some files differently (``READER_VERSION``) leaves 
 an earlier release read with their earlier predictions, the current model's among them:
 ``reread=True`` also re-queues the done images whose current prediction another reader
 version made (NULL: before it was recorded). The new prediction, by the same model version,
-replaces that one (one per image per model version).
+replaces that one (one per image per model version). An image that this release's readers
+refuse for what its file holds (``withdraws_earlier_result``) turns failed with their reason,
+as a first reading would leave it: its earlier result was a reading this release would not
+make, and the results, worklist, exam results and reports show a done image's prediction
+only. That prediction stays in the table, as history.
 """
 
 from __future__ import annotations
@@ -30,18 +34,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, select
+from sqlalchemy import ColumnElement, and_, delete, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from models.registry import ModelSpec
 from shared.db.schema import Image, ModelVersion, Prediction, Study
 from shared.db.upsert import upsert
-from shared.enums import ImageState
+from shared.enums import ErrorCode, ImageState
 from shared.imaging.reader_version import READER_VERSION
+from shared.timeutil import as_utc
 
 # What a prediction row is keyed by: one per image per model version.
 PREDICTION_KEY = ("image_id", "model_version_id")
 _ID_BLOCK = 900  # ids per IN list: under SQLite's bound-parameter limit
+
+# A reader's refusals of a file for what it holds (its header, its pixels): this release
+# gives the file no score. Not a file gone or replaced (missing_file), nor this host's
+# doing, which a re-send or a fix here mends (a decoder not installed, a lower size limit,
+# no pseudonym key, a worker crash, the model failing: registration's RETRIED_ALWAYS and
+# the like): those say nothing against an earlier reading.
+REFUSED_FOR_ITS_CONTENT = frozenset({
+    ErrorCode.UNREADABLE, ErrorCode.TRUNCATED, ErrorCode.NOT_DICOM_OR_IMAGE,
+    ErrorCode.NOT_MAMMOGRAPHY, ErrorCode.FOR_PROCESSING, ErrorCode.EMPTY_IMAGE,
+    ErrorCode.UNEXPECTED_CHANNELS, ErrorCode.MISSING_PIXEL_DATA,
+})
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,39 @@ def _done_in(session: Session, flt: RescoreFilter, condition: ColumnElement[bool
     return sorted(session.execute(stmt).scalars())
 
 
+def current_readers(session: Session, image_ids: Sequence[int]) -> dict[int, str | None]:
+    """{image id: the reader version of its current result (NULL: an earlier release's)}
+    for those of ``image_ids`` that have one: their newest prediction, made since the image
+    was registered. A failed image registered anew (its file sent again, a retry) has none:
+    a prediction from before, one withdrawn (``withdraws_earlier_result``), is history, and
+    must not come back as its result when the retry fails for another reason."""
+    unique = sorted(set(image_ids))
+    found: dict[int, str | None] = {}
+    for start in range(0, len(unique), _ID_BLOCK):
+        newest = (select(func.max(Prediction.id))
+                  .where(Prediction.image_id.in_(unique[start:start + _ID_BLOCK]))
+                  .group_by(Prediction.image_id))
+        rows = session.execute(
+            select(Prediction.image_id, Prediction.reader_version, Prediction.created_at,
+                   Image.created_at).join(Image, Image.id == Prediction.image_id)
+            .where(Prediction.id.in_(newest))).all()
+        # Compared here, as UTC: SQLite stores the two in different text forms.
+        found.update((image_id, readers) for image_id, readers, scored, registered in rows
+                     if as_utc(scored) >= as_utc(registered))
+    return found
+
+
+def withdraws_earlier_result(code: ErrorCode, reader_version: str | None) -> bool:
+    """Whether a scored image that fails to be scored again for ``code`` loses its earlier
+    result, whose current prediction ``reader_version`` read: this release's readers refuse
+    the file for what it holds (``REFUSED_FOR_ITS_CONTENT``), and that result was another
+    reader version's reading (an earlier release's, NULL included), a score this release
+    would not give (a DICOM whose Bits Stored understates its values, read as a banded
+    image). Otherwise (the file gone or replaced, this host's fault, a transient one; or a
+    file this release's own readers read and scored, damaged since) it keeps it."""
+    return code in REFUSED_FOR_ITS_CONTENT and reader_version != READER_VERSION
+
+
 def store_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Write ``rows`` (whole prediction rows) as their images' current predictions.
 
@@ -123,19 +172,34 @@ def store_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     inserted, with a new, highest id: updated in place it kept its old id, and a newer
     prediction of another version stayed current. The insert still overwrites on a
     conflict (a key written meanwhile: never the newest-id rule's concern, as each save
-    holds its images' claims). Caller commits, in the transaction that marks them done."""
+    holds its images' claims). Caller commits, in the transaction that marks them done.
+
+    A new id is one no row had: an exam result's signature is over its views' prediction
+    ids, and one that came back unchanged left the exam result computed from the deleted
+    predictions. SQLite gives a new row the highest id + 1, so the rows deleted at the top
+    (a re-read replacing the newest predictions) had their ids given again; there the ids
+    are given from the highest before the delete. PostgreSQL's sequence never gives one
+    twice. The caller has written already (``mark_done``), so SQLite's write lock is held
+    and no other writer takes those ids meanwhile."""
     if not rows:
         return
     by_version: dict[Any, list[Any]] = defaultdict(list)
     for row in rows:
         by_version[row["model_version_id"]].append(row["image_id"])
+    reuses_ids = session.get_bind().dialect.name == "sqlite"
+    top = session.execute(select(func.max(Prediction.id))).scalar() if reuses_ids else None
+    deleted: list[int] = []
     for version_id, image_ids in by_version.items():
-        session.execute(delete(Prediction).where(Prediction.model_version_id == version_id,
-                                                 Prediction.image_id.in_(image_ids)),
-                        execution_options={"synchronize_session": False})
+        deleted += session.execute(
+            delete(Prediction).where(Prediction.model_version_id == version_id,
+                                     Prediction.image_id.in_(image_ids))
+            .returning(Prediction.id),
+            execution_options={"synchronize_session": False}).scalars()
+    if deleted and top is not None:
+        rows = [{**row, "id": top + n} for n, row in enumerate(rows, start=1)]
     upsert(session, Prediction, rows, conflict=PREDICTION_KEY,
            update=[key for key in rows[0] if key not in (*PREDICTION_KEY, "id")])
 
 
-__all__ = ["PREDICTION_KEY", "RescoreFilter", "not_current_among", "not_scored_by",
-           "store_predictions"]
+__all__ = ["PREDICTION_KEY", "REFUSED_FOR_ITS_CONTENT", "RescoreFilter", "current_readers",
+           "not_current_among", "not_scored_by", "store_predictions", "withdraws_earlier_result"]

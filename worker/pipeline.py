@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,6 @@ from shared.db import lifecycle
 from shared.db.clock import database_now
 from shared.db.lifecycle import ClaimedImage
 from shared.db.refusals import unavailable_reason
-from shared.db.schema import Prediction
 from shared.enums import ErrorCode
 from shared.errors import DatabaseUnavailableError
 from shared.exams import owe_exam_refresh, refresh_exam_results, studies_of_images
@@ -34,7 +33,7 @@ from shared.imaging.model_input import ModelInputSource
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.imaging.reader_version import READER_VERSION
 from shared.imaging.readers.messages import described
-from shared.rescoring import store_predictions
+from shared.rescoring import current_readers, store_predictions, withdraws_earlier_result
 from shared.scoring import label_of, suspicion
 from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed
 from worker.runtime import WorkerRuntime
@@ -53,10 +52,14 @@ class ChunkResult:
     # Re-scored images that could not be scored again: they stay done, with their earlier
     # result (``_save``); neither ``done`` (no new prediction) nor ``failed``.
     kept: int = 0
+    # Of ``failed``: scored images whose earlier result, an earlier release's reading, is
+    # withdrawn, as this release's readers refuse their file (``_save``).
+    withdrawn: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"claimed": self.claimed, "done": self.done, "failed": self.failed,
-                "forward_passes": self.forward_passes, "kept": self.kept}
+                "forward_passes": self.forward_passes, "kept": self.kept,
+                "withdrawn": self.withdrawn}
 
 
 @dataclass
@@ -285,24 +288,33 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             # it again (a rollback) stores a new row, not its old one updated in place.
             store_predictions(session, rows)
             # An image that already has a prediction is being re-scored (`mammo rescore`;
-            # nothing else re-opens a done image). One that cannot be scored again, for
-            # whatever reason (its file gone, replaced, truncated, unreadable now; the new
-            # model failing on it), keeps its earlier result: it was read and scored, and
-            # turning it failed took its result off the results and the worklist and left
-            # its exam incomplete. The reason is logged (``_say_kept``) and the re-score
-            # counts it (exit 3).
-            earlier = set(_scored_before(session, [i for i, _, _ in outcome.failures]))
-            kept_earlier = lifecycle.mark_done(session, sorted(earlier), token=token, now=now)
+            # nothing else re-opens a done image). One that cannot be scored again (its
+            # file gone, replaced, damaged since; the new model failing on it; this host's
+            # fault) keeps its earlier result: it was read and scored, and turning it
+            # failed took its result off the results and the worklist and left its exam
+            # incomplete. The reason is logged (``_say_kept``) and the re-score counts it
+            # (exit 3). Unless this release's readers refuse the file and that result was
+            # an earlier release's reading (``withdraws_earlier_result``): a score this
+            # release would not give; it fails as a first reading would, and its earlier
+            # prediction stays as history, no longer shown (a failed image has no result).
+            earlier = current_readers(session, [i for i, _, _ in outcome.failures])
+            withdrawn = {image_id for image_id, code, _ in outcome.failures
+                         if image_id in earlier
+                         and withdraws_earlier_result(code, earlier[image_id])}
+            kept_earlier = lifecycle.mark_done(session, sorted(set(earlier) - withdrawn),
+                                               token=token, now=now)
             failed = [image_id for image_id, code, message in outcome.failures
-                      if image_id not in earlier
+                      if (image_id not in earlier or image_id in withdrawn)
                       and lifecycle.mark_failed(session, image_id, code, message, token=token,
                                                 now=now)]
+            withdrawn_now = [image_id for image_id in failed if image_id in withdrawn]
             touched = sorted(kept) + kept_earlier + failed
             # Committed with the results: the refresh below may be skipped (a busy
             # database) or never run (this worker killed), and the follow-up then redoes it.
             owe_exam_refresh(session, touched)
             session.commit()
         _say_kept(outcome, kept_earlier)
+        _say_withdrawn(outcome, withdrawn_now)
         with runtime.sessions() as session:  # after that commit: see finish_batches
             finished = lifecycle.finish_batches(session, lifecycle.batch_ids_of(session, touched))
             session.commit()
@@ -319,6 +331,7 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
     result.done += len(rows)
     result.failed += len(failed)
     result.kept += len(kept_earlier)
+    result.withdrawn += len(withdrawn_now)
     changed = _refresh_exams(runtime, touched)
     # After the commits: notifications never hold or undo results (and never raise).
     runtime.notifier.exams_changed(changed)
@@ -329,25 +342,27 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
 def _say_kept(outcome: _Outcome, kept: list[int]) -> None:
     """One warning per reason for the re-scored images that keep their earlier result:
     which images, and why they could not be scored again."""
+    _say_by_reason(outcome, kept, "could not be scored again and keep their earlier result")
+
+
+def _say_withdrawn(outcome: _Outcome, withdrawn: list[int]) -> None:
+    """One warning per reason for the re-scored images now failed, their earlier result
+    (an earlier release's reading) withdrawn."""
+    _say_by_reason(outcome, withdrawn, "read by an earlier release are refused by this "
+                   "release's readers: now failed, their earlier result withdrawn")
+
+
+def _say_by_reason(outcome: _Outcome, image_ids: list[int], what: str) -> None:
     by_code: dict[ErrorCode, list[tuple[int, str]]] = {}
     for image_id, code, message in outcome.failures:
-        if image_id in kept:
+        if image_id in image_ids:
             by_code.setdefault(code, []).append((image_id, message))
     for code, images in by_code.items():
         ids = ", ".join(str(image_id) for image_id, _ in images[:10])
         more = f" and {len(images) - 10} more" if len(images) > 10 else ""
         first = "" if len(images) == 1 else "the first: "
-        log.warning("%d image(s) could not be scored again and keep their earlier result "
-                    "(image id(s) %s%s): %s; %s%s", len(images), ids, more, code.value, first,
-                    images[0][1])
-
-
-def _scored_before(session: Session, image_ids: list[int]) -> list[int]:
-    """Those of ``image_ids`` that already have a prediction (of any model version)."""
-    if not image_ids:
-        return []
-    return sorted(set(session.execute(select(Prediction.image_id).where(
-        Prediction.image_id.in_(image_ids))).scalars()))
+        log.warning("%d image(s) %s (image id(s) %s%s): %s; %s%s", len(images), what, ids,
+                    more, code.value, first, images[0][1])
 
 
 def _refund(runtime: WorkerRuntime, image_ids: list[int], token: str) -> None:

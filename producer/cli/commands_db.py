@@ -179,7 +179,9 @@ def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
                   reread: bool = False) -> bool:
     """Process ``ids`` (and wait for ``claimed``) here; True when some of them failed, or,
     for a re-score (``rescored_by``: the model version; ``reread``: read again by this
-    release's readers), could not be scored again."""
+    release's readers), could not be scored again. A re-scored image fails only where this
+    release's readers refuse the file an earlier release read (``withdraws_earlier_result``):
+    its earlier result is withdrawn."""
     from producer.embedded_run import count_failed, process_ids_embedded
 
     everything = [*ids, *(claimed or [])]
@@ -203,9 +205,19 @@ def _run_embedded(cli: CliContext, ids: list[int], what: str, *,
                   "which and why)" if kept else "")
                + (f"; {elsewhere} more finished by another process meanwhile" if elsewhere
                   else "")
-               + (f"; {failed} failed: `mammo results --state failed` says why" if failed
-                  else ""))
+               + (_failed_note(failed, rescored=rescored_by is not None) if failed else ""))
     return failed > 0 or kept > 0
+
+
+def _failed_note(failed: int, *, rescored: bool) -> str:
+    if not rescored:
+        return f"; {failed} failed: `mammo results --state failed` says why"
+    # The only way a re-scored (done) image ends failed (worker.pipeline._save).
+    return (f"; {failed} now failed: this release's readers refuse "
+            f"{'its file' if failed == 1 else 'their files'}, which an earlier release read "
+            f"and scored; {'that result is' if failed == 1 else 'those results are'} "
+            "withdrawn (kept in the database as history; exam results recomputed): "
+            "`mammo results --state failed` says why")
 
 
 @click.command("rescore")
@@ -229,13 +241,18 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
     recomputed. An image that cannot be scored again (its file gone, replaced or damaged
     since) stays done with its earlier result, and the worker logs why. Workers score them
     with their own model: restart running workers after an activation first. Without a
-    broker they are scored here, and the command exits 3 when some could not be.
+    broker they are scored here, and the command exits 3 when some could not be, or
+    failed.
 
     After an upgrade whose readers read some files differently, --reread also re-queues the
     done images whose result an earlier release's readers made (each prediction records its
     reader version), the current model's included; the new prediction replaces the model's
-    earlier one. Upgrade every worker first: one still on the earlier release reads them as
-    before.
+    earlier one. One whose file this release's readers refuse (e.g. a DICOM whose Bits
+    Stored understates its values, which an earlier release read as a banded image) turns
+    failed with their reason, as a first reading would: its earlier result is withdrawn
+    (kept in the database, shown nowhere) and its exam result recomputed. A database or
+    broker outage meanwhile withdraws nothing. Upgrade every worker first: one still on the
+    earlier release reads them as before.
 
     \b
     Examples:
@@ -275,7 +292,10 @@ def rescore_command(cli: CliContext, batch_id: int | None, study_uid: str | None
             raise SystemExit(int(ExitCode.IMAGES_FAILED))
     else:
         sent = requeue(cli.sessions, cli.celery, cli.settings, ids)
-        click.echo(f"re-queued {len(ids)} image(s) in {sent} message(s) for the workers")
+        click.echo(f"re-queued {len(ids)} image(s) in {sent} message(s) for the workers"
+                   + ("; any whose file this release's readers refuse end failed, their "
+                      "earlier result withdrawn: `mammo results --state failed` lists them"
+                      if reread else ""))
 
 
 def _warn_of_other_models(cli: CliContext, spec: ModelSpec) -> None:
