@@ -22,6 +22,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.util import asbool
 
 from shared.errors import ConfigurationError
 from shared.urls import redact_endpoint, redact_url
@@ -53,6 +54,22 @@ _POSTGRES_SCHEME = re.compile(r"^(?:postgres|postgresql)(?=://)", re.IGNORECASE)
 POSTGRES_DRIVER = "postgresql+psycopg"
 # Settings whose value is a URL that may carry a password (userinfo or ?password=).
 _URL_FIELDS = frozenset({"database_url", "broker_url"})
+
+
+def sqlite_in_memory(database_url: str) -> bool:
+    """Whether a SQLite URL opens a database private to each connection: ``sqlite://``,
+    ``sqlite:///`` and ``:memory:``, or a URI (``?uri=true``) naming ``file::memory:``, an
+    empty path (SQLite's private temporary database), ``mode=memory`` or ``vfs=memdb``."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return True
+    if not asbool(url.query.get("uri", False)) or not database.startswith("file:"):
+        return False  # without uri=true, the whole name is a file's (the query is dropped)
+    return (database in ("file:", "file::memory:") or url.query.get("mode") == "memory"
+            or url.query.get("vfs") == "memdb")
 
 
 def short_patient_id_key(key: bytes) -> str | None:
@@ -300,6 +317,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MAMMO_DATABASE_URL {redact_url(value)!r} is not a database URL; expected "
                 f"e.g. sqlite:///mammo.db or {POSTGRES_DRIVER}://user@host/db") from None
+        if sqlite_in_memory(value):
+            # Every connection opens its own empty one: the health check passed, the workers'
+            # threads found no tables, and the run said its images stayed queued in it.
+            raise ValueError(
+                f"MAMMO_DATABASE_URL {redact_url(value)!r} is an in-memory SQLite database, "
+                "which the run's processes and threads cannot share (each would open its own, "
+                "empty); give a file path (sqlite:///path/to/mammo.db) or leave "
+                "MAMMO_DATABASE_URL unset for ./mammo.db")
         # Rewritten as text, not through make_url: the rest (password, query) stays as given.
         return _POSTGRES_SCHEME.sub(POSTGRES_DRIVER, value, count=1)
 

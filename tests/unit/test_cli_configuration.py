@@ -29,6 +29,40 @@ def test_an_unusable_database_url_is_a_configuration_error(
     assert len(out.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("url", [
+    "sqlite:///", "sqlite://", "sqlite:///:memory:", "sqlite+pysqlite:///:memory:",
+    "sqlite:///file::memory:?uri=true", "sqlite:///file::memory:?cache=shared&uri=true",
+    "sqlite:///file:shared?mode=memory&cache=shared&uri=true", "sqlite:///file:?uri=true",
+    "sqlite:///file:/m.db?vfs=memdb&uri=true",
+])
+@pytest.mark.parametrize("command", [["status", "--health"], ["run", "x.png"]])
+def test_an_in_memory_sqlite_database_is_a_configuration_error(
+        url: str, command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Each process, thread and connection opened its own empty database: the health check
+    # said reachable, and `mammo run` sat at "classifying 0/1" for minutes, then exited 7
+    # with "no such table: model_versions" and "they stay queued in the database".
+    (tmp_path / "x.png").write_bytes(b"")
+    code, out = invoke_cli(command, monkeypatch, tmp_path, database_url=url)
+    assert code == ExitCode.CONFIG, out
+    assert "MAMMO_DATABASE_URL in the environment" in out
+    assert "is an in-memory SQLite database, which the run's processes and threads cannot " \
+           "share" in out
+    assert "give a file path (sqlite:///path/to/mammo.db) or leave MAMMO_DATABASE_URL unset " \
+           "for ./mammo.db" in out
+    assert len(out.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.db")) and not list(tmp_path.glob("file*"))
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:///mammo.db", "sqlite:////abs/m.db", "sqlite:///file:m.db?uri=true",
+    "sqlite:///file:///abs/m.db?mode=ro&uri=true",
+    # Without uri=true SQLite reads no URI: a file of that name in the working directory.
+    "sqlite:///file::memory:", "sqlite:///m.db?mode=memory",
+])
+def test_a_sqlite_file_is_not_taken_for_an_in_memory_database(url: str) -> None:
+    assert Settings(database_url=url, _env_file=None).database_url == url  # type: ignore[call-arg]
+
+
 @pytest.mark.parametrize("scheme", ["postgres", "postgresql", "POSTGRES"])
 def test_a_plain_postgres_url_uses_the_installed_driver(
         scheme: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -114,8 +114,9 @@ def test_a_manifest_value_with_a_nul_registers_escaped(
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,laterality,view,study_id,accession\n"
                         "a.png,L,CC,EX1,\nb.png,R,CC,EX\x002,AC\x00C\n")
-    ingestion = ingestion_for(Settings(database_url="sqlite://", _env_file=None),  # type: ignore[call-arg]
-                              manifest)
+    # The settings' database is never opened (the sessions are the fixture's).
+    unused = Settings(database_url=f"sqlite:///{tmp_path / 'unused.db'}", _env_file=None)  # type: ignore[call-arg]
+    ingestion = ingestion_for(unused, manifest)
     reg = register_files(sessions, _batch(sessions), [tmp_path / "a.png", tmp_path / "b.png"],
                          ingestion=ingestion)
     assert len(reg.new_ids) == 2
