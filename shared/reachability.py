@@ -46,6 +46,8 @@ _NETWORK_ERRNOS = {
 }
 _NAME_RESOLUTION_FAILING = "name resolution failing for now"
 
+# Why PostgreSQL refused a connection when every slot (max_connections) is taken.
+NO_FREE_SLOT = "PostgreSQL has no free connection slot"
 # PostgreSQL's answers while it starts, stops, recovers, or is full: it will take this
 # connection later. Any other answer from the server (FATAL: password authentication failed,
 # database "x" does not exist, no pg_hba.conf entry...) is a setting to fix.
@@ -56,8 +58,10 @@ _SERVER_NOT_READY = (
                                                          "connections yet"),
     ("the database system is in recovery mode", "PostgreSQL is recovering"),
     ("the database system is shutting down", "PostgreSQL is restarting"),
-    ("sorry, too many clients already", "PostgreSQL has no free connection slot"),
-    ("remaining connection slots are reserved", "PostgreSQL has no free connection slot"),
+    ("sorry, too many clients already", NO_FREE_SLOT),
+    # "... for non-replication superuser connections" up to PostgreSQL 15, "... for roles
+    # with the SUPERUSER attribute" (or "with privileges of ...") from 16.
+    ("remaining connection slots are reserved", NO_FREE_SLOT),
 )
 # libpq's words (it does not pass the errno on) for a server it could not reach.
 _CLIENT_TEXTS = (

@@ -223,7 +223,7 @@ def unavailable_as_error(engine: Engine) -> Iterator[None]:
             engine.url, exc, "Check MAMMO_DATABASE_URL and that the server is running.")
         raise DatabaseUnavailableError(
             f"Cannot reach the database at {_shown(engine)}: {_first_line(exc.orig)}. "
-            f"{remedy}") from exc
+            f"{remedy.removesuffix('.')}.") from exc
 
 
 def sqlite_file(url: URL) -> Path | None:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared.errors import first_line
+from shared.reachability import NO_FREE_SLOT, unreachable_reason
 
 READ_ONLY = "25006"  # read_only_sql_transaction
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -72,12 +73,24 @@ def write_refusal(exc: BaseException) -> Refusal | None:
     return REFUSING_WRITES.get(sqlstate(exc) or "")
 
 
+# A connection refused for want of a slot: no fault of the URL, and the server is running.
+# Told by the server's words (``shared.reachability``), not by SQLSTATE 53300, which a role's
+# or a database's CONNECTION LIMIT also gives (raising max_connections would not help).
+NO_FREE_SLOT_REMEDY = (f"{NO_FREE_SLOT} (max_connections reached): close idle sessions, "
+                       "raise max_connections, or put a pooler (PgBouncer) in front")
+
+
 def server_remedy(exc: BaseException) -> str | None:
     """What to do about an error whose SQLSTATE says it (a refused write, a statement the
-    server cancelled); None for any other."""
+    server cancelled), or a connection refused for want of a free slot; None for any
+    other."""
     code = sqlstate(exc) or ""
     known = REFUSING_WRITES.get(code) or _STOPPED.get(code)
-    return known.remedy if known else None
+    if known:
+        return known.remedy
+    if unreachable_reason(exc) == NO_FREE_SLOT:
+        return NO_FREE_SLOT_REMEDY
+    return None
 
 
 def unavailable_reason(exc: DBAPIError) -> str | None:
