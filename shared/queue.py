@@ -11,6 +11,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery import Celery
@@ -263,6 +264,59 @@ def broker_write_refusal(app: Celery) -> str | None:
     when it takes them, or when that cannot be told (not Redis, or unreachable)."""
     return _ask_redis(app, lambda client: write_refusal_of(client.info("memory"),
                                                            client.info("replication")))
+
+
+# maxmemory-policy values under which a Redis at its maxmemory evicts any key to make room:
+# the queue's lists, and kombu's unacked hash and index with them. None of those has a TTL
+# (kombu sets one only on a queue declared with x-expires, which ours is not), so a
+# ``volatile-*`` policy never picks them: it refuses the write instead (above).
+_EVICTS_ANY_KEY = re.compile(r"allkeys-")
+
+
+@dataclass(frozen=True)
+class BrokerEviction:
+    """What a Redis broker's INFO says of evicting keys."""
+
+    policy: str  # its maxmemory-policy
+    evicted_keys: int  # keys evicted since it started (or CONFIG RESETSTAT), any database
+
+    @property
+    def evicts_queues(self) -> bool:
+        """Whether Redis, once at its maxmemory, may evict the queue's keys: its messages
+        vanish, with no error to anyone, and an image waits for the sweeper's full wait."""
+        return bool(_EVICTS_ANY_KEY.match(self.policy))
+
+    def warning(self) -> str | None:
+        """What to tell an operator: an evicting policy, or keys evicted before under
+        another one (the counter outlives a CONFIG SET); None when neither. Under a
+        ``volatile-*`` policy, evicted keys are keys with a TTL, never the queue's."""
+        evicted = (f"; it has evicted {self.evicted_keys} key(s) since it started (INFO "
+                   "stats evicted_keys): `mammo recover --older-than 0` re-sends the "
+                   "messages of images still queued") if self.evicted_keys else ""
+        if self.evicts_queues:
+            return (f"Redis evicts keys (maxmemory-policy {self.policy}): queued messages "
+                    f"can vanish; set maxmemory-policy noeviction{evicted}")
+        if self.evicted_keys and not self.policy.startswith("volatile-"):
+            return (f"Redis has evicted {self.evicted_keys} key(s) since it started (INFO "
+                    f"stats evicted_keys), under an earlier maxmemory-policy (now "
+                    f"{self.policy}): queued messages may have vanished; `mammo recover "
+                    "--older-than 0` re-sends the messages of images still queued (CONFIG "
+                    "RESETSTAT zeroes the count)")
+        return None
+
+
+def eviction_of(memory: Mapping[str, Any], stats: Mapping[str, Any]) -> BrokerEviction:
+    """The eviction state of a Redis whose ``INFO memory`` and ``INFO stats`` are these."""
+    return BrokerEviction(str(memory.get("maxmemory_policy", "")),
+                          int(stats.get("evicted_keys") or 0))
+
+
+def broker_eviction(app: Celery) -> BrokerEviction | None:
+    """The Redis broker's maxmemory-policy and evicted keys, from two read-only INFO
+    questions answered within the probe's deadline; None when that cannot be told (not
+    Redis, or unreachable)."""
+    return _ask_redis(app, lambda client: eviction_of(client.info("memory"),
+                                                      client.info("stats")))
 
 
 def check_broker(app: Celery, timeout_s: float = _PROBE_TIMEOUT_S) -> None:

@@ -29,7 +29,13 @@ from shared.queries import (
     superseded_only,
     system_health,
 )
-from shared.queue import broker_uptime_s, broker_write_refusal, live_workers, queue_depth
+from shared.queue import (
+    broker_eviction,
+    broker_uptime_s,
+    broker_write_refusal,
+    live_workers,
+    queue_depth,
+)
 from shared.recovery import find_stuck, lost_message_age_s
 from shared.save_failures import failing_summary, save_failures
 
@@ -38,6 +44,9 @@ BROKER_DOWN = "UNREACHABLE"
 # Redis answers and refuses every write (maxmemory reached, a read-only replica): nothing can
 # be sent, acked or claimed from it, as when it is down, so a probe gets the same exit 8.
 BROKER_REFUSING = "refusing writes"
+# Redis evicts any key at its maxmemory (an allkeys-* policy): queued messages can vanish
+# with no error to anyone, so a probe hears of it as it hears of a broker that is down.
+BROKER_EVICTING = "evicting keys"
 # model_version: after an activation, old and new scores sit side by side in one listing.
 RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality", "view", "label",
                   "suspicion", "p_normal", "p_benign", "p_malignant", "model_version",
@@ -54,8 +63,9 @@ RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality",
                    "message was probably lost or never sent, workers that scored lately, "
                    "notifications owed, workers whose saves the database refuses. "
                    "Exits 7 when the database is unreachable or workers' saves fail, 8 when "
-                   "the broker is unreachable or refuses writes (Redis at its maxmemory, a "
-                   "read-only replica).")
+                   "the broker is unreachable, refuses writes (Redis at its maxmemory, a "
+                   "read-only replica) or may evict queued messages (an allkeys-* "
+                   "maxmemory-policy).")
 @format_option
 @pass_cli
 def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
@@ -72,8 +82,9 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         health_row = _health(cli)
         render([health_row], fmt, keys=tuple(health_row), title="Health")
         _warn_saves_failing(health_row)
-        broker = str(health_row["broker"])
-        if broker == BROKER_DOWN or broker.startswith(BROKER_REFUSING):  # a probe reads it
+        _warn_evicting(health_row)
+        broker = str(health_row["broker"])  # a probe reads the exit code
+        if broker == BROKER_DOWN or broker.startswith((BROKER_REFUSING, BROKER_EVICTING)):
             raise SystemExit(int(ExitCode.BROKER_UNAVAILABLE))
         if health_row["saves_failing"]:  # the database refuses writes: README's exit 7
             raise SystemExit(int(ExitCode.DATABASE_UNAVAILABLE))
@@ -101,6 +112,13 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     _explain_notifications(health_row)
     _warn_unsent(health_row, owed_after=cli.settings.requeue_after_s)
     _warn_saves_failing(health_row)
+    _warn_evicting(health_row)
+
+
+def _warn_evicting(health_row: dict[str, object]) -> None:
+    """Redis may evict the queue's keys, or has evicted keys under an earlier policy."""
+    if health_row["broker_eviction"]:
+        click.secho(f"warning: {health_row['broker_eviction']}", err=True, fg="yellow")
 
 
 def _warn_saves_failing(health_row: dict[str, object]) -> None:
@@ -152,12 +170,19 @@ def _health(cli: CliContext) -> dict[str, object]:
         info["notifications_undelivered"], info["notifications_pending"] = owed.failed, owed.pending
     # Without a broker (embedded) or with it down, none of these can be known.
     broker, depth, live = "embedded (no broker)", None, None
+    evicted: int | None = None  # keys Redis evicted since it started (INFO stats)
+    evicting: str | None = None  # what to do about its eviction, when it may evict ours
     unsent = _Unsent(None, None, None)
     if not settings.is_embedded:
         depth = queue_depth(cli.celery)
         broker = "reachable" if depth is not None else BROKER_DOWN
         if depth is not None and (refusal := broker_write_refusal(cli.celery)):
             broker = f"{BROKER_REFUSING}: {refusal}"
+        eviction = broker_eviction(cli.celery) if depth is not None else None
+        if eviction is not None:
+            evicted, evicting = eviction.evicted_keys, eviction.warning()
+            if eviction.evicts_queues and broker == "reachable":
+                broker = f"{BROKER_EVICTING} (maxmemory-policy {eviction.policy})"
     failing: int | None = None
     failure: str | None = None
     if depth is not None:
@@ -168,7 +193,8 @@ def _health(cli: CliContext) -> dict[str, object]:
         # while it answers these reads (``shared.save_failures``).
         if (recorded := save_failures(cli.celery)) is not None:
             failing, failure = len(recorded[0]), failing_summary(*recorded)
-    return {"database": "reachable", "broker": broker, "queue_depth": depth,
+    return {"database": "reachable", "broker": broker, "broker_evicted_keys": evicted,
+            "broker_eviction": evicting, "queue_depth": depth,
             "workers_live": live, **info, "messages_lost": unsent.lost,
             "messages_owed": unsent.owed, "lost_after_s": unsent.after,
             "saves_failing": failing, "save_failure": failure}

@@ -17,10 +17,11 @@ from producer.discovery import OwnFiles, iter_files, source_text
 from producer.manifest import COLUMNS
 from producer.submission import submit
 from shared.config import Settings
+from shared.db.lock_wait import LockWaitNotices
 from shared.enums import ImageState, Priority
 from shared.errors import ConfigurationError
 from shared.formatting import without_control
-from shared.queue import check_broker
+from shared.queue import broker_eviction, check_broker
 
 manifest_option = click.option(
     "--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -70,12 +71,34 @@ def nothing_to_do(settings: Settings, paths: tuple[Path, ...]) -> NothingToDo | 
     return NothingToDo(skipped)
 
 
-def require_broker(cli: CliContext, command: str) -> None:
+def lock_wait_notices(cli: CliContext) -> LockWaitNotices:
+    """Warnings on stderr while a statement of the command waits for another session's
+    lock (an administrator's LOCK TABLE, a migration): the command keeps waiting, saying
+    on what (``shared.db.lock_wait``)."""
+    return LockWaitNotices(cli.engine, lambda line: STDERR.print(
+        f"warning: {line}", style="yellow", markup=False, highlight=False))
+
+
+def require_broker(cli: CliContext, command: str, *, warn_eviction: bool = True) -> None:
+    """Reach the broker, or end the command; then warn once if Redis may evict the queue
+    (``warn_eviction=False``: the caller, which may call this again, warns itself)."""
     if cli.settings.is_embedded:
         raise ConfigurationError(
             f"`mammo {command}` needs a broker: set MAMMO_BROKER_URL (e.g. "
             "redis://localhost:6379/0). Without servers, use `mammo run PATH` instead.")
     check_broker(cli.celery)
+    if warn_eviction:
+        warn_if_broker_evicts(cli)
+
+
+def warn_if_broker_evicts(cli: CliContext, *, prefix: str = "warning: ") -> None:
+    """One line on stderr when Redis's maxmemory-policy may evict the queue's keys (an
+    allkeys-* policy): messages sent to it can vanish at its maxmemory, with no error to
+    anyone. A warning, not a refusal: the policy is a setting of the broker's, and some
+    sites cannot change it at once."""
+    eviction = broker_eviction(cli.celery)
+    if eviction is not None and eviction.evicts_queues:
+        click.secho(f"{prefix}{eviction.warning()}", err=True, fg="yellow")
 
 
 @click.command("submit")
@@ -110,7 +133,7 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
             click.echo(json.dumps(_summary(time.perf_counter() - started,
                                            skipped=len(empty.skipped))))
         raise SystemExit(ExitCode.OK)  # as `mammo run`'s
-    with file_counter("queueing") as on_file:
+    with lock_wait_notices(cli), file_counter("queueing") as on_file:
         outcome = submit(cli.settings, cli.sessions, cli.celery, paths, name=name,
                          priority=Priority(priority), on_file=on_file, manifest=manifest)
     seconds = time.perf_counter() - started

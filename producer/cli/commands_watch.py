@@ -9,7 +9,6 @@ import click
 from producer.cli.context import CliContext, pass_cli
 from producer.watch import WatchOptions, run_watch
 from shared.errors import PathNotFoundError
-from shared.queue import check_broker
 
 
 @click.command("watch")
@@ -55,7 +54,9 @@ def watch_command(cli: CliContext, directory: Path, poll: bool, after: str | Non
             run_watch(settings.embedded(), cli.sessions, app,
                       WatchOptions(directory, poll=poll, mode="embedded"), worker_alive=alive)
         return
-    check_broker(cli.celery)
+    from producer.cli.commands_submit import require_broker  # as in recover_command
+
+    require_broker(cli, "watch")  # and warns if Redis may evict the queue
     run_watch(settings, cli.sessions, cli.celery, WatchOptions(directory, poll=poll))
 
 

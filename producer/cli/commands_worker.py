@@ -11,7 +11,7 @@ from celery import Celery
 
 from models.activation import model_for
 from models.registry import ModelSpec, verify_model
-from producer.cli.commands_submit import require_broker
+from producer.cli.commands_submit import require_broker, warn_if_broker_evicts
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.interrupts import sigterm_as_ctrl_c
@@ -54,7 +54,7 @@ def checked_queues(app: Celery, given: str) -> str:
 
 def _servers_checked(cli: CliContext) -> ModelSpec:
     """Reach the broker, then the database (migrating it), and find the model there."""
-    require_broker(cli, "worker")
+    require_broker(cli, "worker", warn_eviction=False)  # warned once, after the wait
     with cli.sessions() as session:  # migrates before children start racing for it
         return model_for(cli.settings, session)  # fail in one line now, not in every child
 
@@ -132,6 +132,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     require(WORKER, needed_for="`mammo worker`")
     queues = checked_queues(cli.celery, queues)
     spec = model_once_servers_answer(cli, wait_for_servers_s)
+    warn_if_broker_evicts(cli, prefix="mammo worker: warning: ")
     verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
     # Children must not inherit live connections: a child closing its copy at exit would
     # terminate the parent's session on the server.
