@@ -72,6 +72,12 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
                    fmt: str) -> None:
     """Counts per state, throughput and ETA per batch; then the system's health.
 
+    The table shows both; --format csv|json lists the batches alone (their rows stay one
+    kind of record), and --health gives the health row alone (queue depth, workers seen,
+    database and broker), exiting 7 or 8 when either is not usable: the check for a
+    monitoring job. Plain `mammo status` shows the health without judging it: exit 0
+    while the database answers, whatever the broker says.
+
     \b
     Example:
         mammo status 42
