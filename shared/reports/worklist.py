@@ -404,7 +404,8 @@ def _exam_row(result: Row[Any], flags: list[str], report_path: str | None) -> di
                               # results have none (null).
                               "p_abnormal": b.get("p_abnormal"),
                               "bilateral": bool(b.get("bilateral")),
-                              "own_suspicion": b.get("own_suspicion")}
+                              "own_suspicion": b.get("own_suspicion"),
+                              "own_p_malignant": b.get("own_p_malignant")}
                        for side, b in sorted(result.per_breast.items())
                        if isinstance(b, dict)},
         "flags": flags, "report_path": report_path,
@@ -429,7 +430,8 @@ def _alone_row(image: Image, prediction: Prediction, report_dir: Path) -> dict[s
         f"{image.id}, or every listed row's with mammo worklist --write-reports"]
     breast = {"suspicion": prediction.suspicion, "label": prediction.label,
               "p_malignant": prediction.p_malignant, "p_abnormal": 1.0 - prediction.p_normal,
-              "bilateral": False, "own_suspicion": prediction.suspicion}
+              "bilateral": False, "own_suspicion": prediction.suspicion,
+              "own_p_malignant": prediction.p_malignant}
     notes = input_note_flags([_ReadView(image.id, image.laterality, image.view,
                                         prediction.input_notes)])
     return _image_row(

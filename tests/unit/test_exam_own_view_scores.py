@@ -74,6 +74,11 @@ def test_a_cancer_in_each_breast_shows_both_scores_and_ranks_by_its_own_views(
     assert (right.own_suspicion, right.suspicion) == (10, both["per_breast"]["R"]["suspicion"])
     assert right.own_p_malignant is not None and right.p_malignant is not None
     assert right.own_p_malignant > right.p_malignant
+    # The worklist's JSON row carries both of the breast's own-view values, as the exam
+    # report does (README: per_breast.<side>.own_suspicion, own_p_malignant).
+    assert both["per_breast"]["R"]["own_suspicion"] == right.own_suspicion
+    assert both["per_breast"]["R"]["own_p_malignant"] == right.own_p_malignant
+    assert one_sided["per_breast"]["L"]["own_p_malignant"] == MALIGNANT[2]
     assert report.breast("X") is None
 
     # The exam PDF's result table shows both scores of each lowered breast, and says why.

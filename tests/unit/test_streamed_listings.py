@@ -38,7 +38,9 @@ from tests.helpers.seed_results import seed_results
 # sha256 (first 16 digits) of each listing's exit code and stdout (or file), and of its
 # stderr, as the code before streaming printed them (results-mv100-replaced's stderr: the
 # note added since; the worklist digests: retaken when rows gained the exam PDF's
-# "... read with notes: ..." flags of their views' input notes, the only bytes changed).
+# "... read with notes: ..." flags of their views' input notes, the only bytes changed; the
+# worklist JSON digests: retaken when per_breast.<side> gained own_p_malignant, the only key
+# added, nothing else changed).
 EXPECTED: dict[bool, dict[str, tuple[str, str]]] = {
     False: {
         "results.csv": ("ac685d2c34112325", "e3b0c44298fc1c14"),
@@ -56,14 +58,14 @@ EXPECTED: dict[bool, dict[str, tuple[str, str]]] = {
         "results-page.json": ("6073f30df128d514", "b23fe647137dca42"),
         "results-past.json": ("0ea6b7a1680fcbec", "e3b0c44298fc1c14"),
         "worklist.csv": ("c0af5a7ef32727c8", "e3b0c44298fc1c14"),
-        "worklist.json": ("8b9e264b306b7f7e", "e3b0c44298fc1c14"),
+        "worklist.json": ("cae5da4ee747488f", "e3b0c44298fc1c14"),
         "worklist.table": ("e1764648af406f0e", "e3b0c44298fc1c14"),
         "worklist-limit.csv": ("e33da38b4144609b", "e86157d44584c14d"),
-        "worklist-batch2.json": ("5d4db5b9f5f8069f", "e3b0c44298fc1c14"),
+        "worklist-batch2.json": ("997ce70962f0ef46", "e3b0c44298fc1c14"),
         "worklist-since.csv": ("973f4bbd6d8671dd", "e3b0c44298fc1c14"),
         "report-worklist.csv": ("39e28d8eccc2c606", "61080fd6238d5591"),
-        "report-worklist.json": ("cf37213a586b235b", "61080fd6238d5591"),
-        "report-worklist-batch1.json": ("4f96e03eae864ffc", "61080fd6238d5591"),
+        "report-worklist.json": ("c559cc9fd24b080a", "61080fd6238d5591"),
+        "report-worklist-batch1.json": ("5d76609aed3385d1", "61080fd6238d5591"),
     },
     True: {
         "results.csv": ("52be21f20b2d93fd", "e3b0c44298fc1c14"),
@@ -81,14 +83,14 @@ EXPECTED: dict[bool, dict[str, tuple[str, str]]] = {
         "results-page.json": ("6073f30df128d514", "b23fe647137dca42"),
         "results-past.json": ("0ea6b7a1680fcbec", "e3b0c44298fc1c14"),
         "worklist.csv": ("1ac43f7e3cf86d7f", "e3b0c44298fc1c14"),
-        "worklist.json": ("deddc59e0d9ce071", "e3b0c44298fc1c14"),
+        "worklist.json": ("5d4795412353ffaa", "e3b0c44298fc1c14"),
         "worklist.table": ("c120a1d18f85b95d", "e3b0c44298fc1c14"),
         "worklist-limit.csv": ("93a1b7b376e2e573", "e86157d44584c14d"),
-        "worklist-batch2.json": ("3ab29fd2b69cb412", "e3b0c44298fc1c14"),
+        "worklist-batch2.json": ("ee1f87c5aa425299", "e3b0c44298fc1c14"),
         "worklist-since.csv": ("ca217efef7afe7fd", "e3b0c44298fc1c14"),
         "report-worklist.csv": ("e351f5973e43bcaf", "61080fd6238d5591"),
-        "report-worklist.json": ("679788a08a471936", "61080fd6238d5591"),
-        "report-worklist-batch1.json": ("4f96e03eae864ffc", "61080fd6238d5591"),
+        "report-worklist.json": ("142a944469b54f40", "61080fd6238d5591"),
+        "report-worklist-batch1.json": ("5d76609aed3385d1", "61080fd6238d5591"),
     },
 }
 

@@ -92,6 +92,10 @@ def test_an_image_of_no_exam_is_a_worklist_row_ranked_with_the_exams(
     assert alone["per_breast"]["L"]["suspicion"] == 9
     assert alone["per_breast"]["L"]["p_malignant"] == NINE[2]
     assert abs(alone["per_breast"]["L"]["p_abnormal"] - 0.9) < 1e-9
+    # Its own-view values are the image's, keyed as an exam row's are.
+    assert alone["per_breast"]["L"]["own_suspicion"] == 9
+    assert alone["per_breast"]["L"]["own_p_malignant"] == NINE[2]
+    assert set(alone["per_breast"]["L"]) == set(rows[1]["per_breast"]["L"])
     assert rows[2]["per_breast"] == {}  # laterality unknown
     # Each row names the model behind its scores: the exam m:1, the images m:2.
     assert [r["models"] for r in rows] == [["m:2"], ["m:1"], ["m:2"]]
