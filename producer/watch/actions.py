@@ -5,6 +5,14 @@ the drop folder is the "not yet done" marker. If the watcher dies between the da
 saying ``done`` and the move, the next scan finds the file still there, sees the terminal
 state, and moves it then. The sidecar is written before the move, so a failed file is
 never found in failed/ without its reason.
+
+Where the file goes (``images.archived_path``) is committed before the rename, never after:
+a watcher killed between a rename and its record lost the file for good (out of the drop
+folder, so never looked at again, and at no path the database knew: reports drew no view).
+Killed between the record and the rename, the file is still at its source, where readers
+look while nothing is at the recorded path (``current_location``), and the next scan moves
+it and records where again. A rename that fails puts the record back as it was; a record
+that fails leaves the file in place, tried again at the next scan.
 """
 
 from __future__ import annotations
@@ -12,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -81,16 +90,32 @@ class AfterProcessing:
         target_dir = self.folder.root / (FAILED if failed else PROCESSED)
         target = _free_name(target_dir / self.folder.relative_path(path), image.image_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if failed:
-            _write_sidecar(target, image)
+        record: _Record | None = None
+        if image.came_from(path):  # a copy's new place is not where the image's file is
+            try:
+                record = self._record(image.image_id, target)
+            except SQLAlchemyError as exc:
+                # Moved unrecorded, the file would be where no report looks for it.
+                self._warn_once(path, "left %s in place: where image %d goes could not be "
+                                "recorded (%s); tried again at the next scan",
+                                self.folder.relative(path), image.image_id,
+                                type(exc).__name__)
+                return None
         try:
+            if failed:
+                _write_sidecar(target, image)
             os.replace(path, target)
-        except FileNotFoundError:
-            return None  # moved or deleted by someone else meanwhile
+        except OSError as exc:
+            if record is not None:
+                self._undo(record)
+            if failed:  # a reason without its file would stay in failed/ for ever
+                with contextlib.suppress(OSError):
+                    target.with_name(target.name + SIDECAR_SUFFIX).unlink()
+            if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+                return None  # moved or deleted by someone else meanwhile
+            raise
         self.log.info("moved %s to %s (image %d, %s)", self.folder.relative(path),
                       self.folder.relative(target), image.image_id, image.state)
-        if image.came_from(path):  # a copy's new place is not where the image's file is
-            self._record(image.image_id, target)
         return target
 
     def _refused(self, path: Path, image: KnownImage, exc: OSError) -> None:
@@ -104,18 +129,44 @@ class AfterProcessing:
             self._warned.add(path)
             self.log.warning(message, *args)
 
-    def _record(self, image_id: int, target: Path) -> None:
+    def _record(self, image_id: int, target: Path) -> _Record | None:
+        """Commit ``target`` as the image's ``archived_path`` before the file is renamed
+        there; return what to put back if the rename fails (None: nothing recorded)."""
         where = os.path.realpath(target)  # never raises, even on a link loop
         if self.sessions is None or not _is_text(where):
-            return  # a name that is not UTF-8: a database text column cannot hold it
+            return None  # a name that is not UTF-8: a database text column cannot hold it
+        with self.sessions() as session:
+            before = session.execute(select(Image.archived_path)
+                                     .where(Image.id == image_id)).scalar_one_or_none()
+            session.execute(update(Image).where(Image.id == image_id)
+                            .values(archived_path=where))
+            session.commit()
+        return _Record(image_id, where, before)
+
+    def _undo(self, record: _Record) -> None:
+        """The rename failed: the image's ``archived_path`` goes back to what it was, unless
+        something else changed it meanwhile. If even that fails, no harm is done to readers:
+        nothing is at the recorded path, so they look at the source, where the file is."""
+        if self.sessions is None:
+            return
         try:
             with self.sessions() as session:
-                session.execute(update(Image).where(Image.id == image_id)
-                                .values(archived_path=where))
+                session.execute(update(Image).where(Image.id == record.image_id,
+                                                    Image.archived_path == record.where)
+                                .values(archived_path=record.before))
                 session.commit()
-        except SQLAlchemyError as exc:  # the file is safe; only the report's lookup suffers
-            self.log.warning("moved image %d, but could not record where: %s", image_id,
-                             type(exc).__name__)
+        except SQLAlchemyError as exc:
+            self.log.warning("could not take back where image %d was to be moved: %s",
+                             record.image_id, type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """An ``archived_path`` committed ahead of its rename, and the value it replaced."""
+
+    image_id: int
+    where: str
+    before: str | None
 
 
 def _is_text(name: str) -> bool:
