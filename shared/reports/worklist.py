@@ -553,8 +553,11 @@ def _shared_model_names(session: Session) -> bool:
 
 
 def flat_worklist_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A worklist row for a table or CSV: columns per breast, flags and models joined."""
-    flat = {**row, "flags": "; ".join(row["flags"]), "models": "; ".join(row["models"])}
+    """A worklist row for a table or CSV: columns per breast, flags and models joined. None
+    (not "") where there are none, a failed image's models: the table shows "-" there, as in
+    every other empty cell; the CSV cell is empty either way."""
+    flat = {**row, "flags": "; ".join(row["flags"]) or None,
+            "models": "; ".join(row["models"]) or None}
     for side, name in _SIDES:
         breast = row["per_breast"].get(side) or {}
         flat[name] = breast.get("suspicion")

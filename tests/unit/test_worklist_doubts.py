@@ -30,6 +30,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.cli.exit_codes import ExitCode
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Batch, ExamResult, Image, ModelVersion, Study
 from shared.exams import ExamImage, refresh_exam_results, summarise
 from shared.reports.batch_data import collect_batch_summary
@@ -37,7 +39,12 @@ from shared.reports.batch_html import render_summary_html
 from shared.reports.exam_data import load_exam_report
 from shared.reports.exam_pdf import _exam_result
 from shared.reports.layout import worklist_heading
-from shared.reports.worklist import WorklistFilter, count_worklist, worklist_rows
+from shared.reports.worklist import (
+    WorklistFilter,
+    count_worklist,
+    flat_worklist_row,
+    worklist_rows,
+)
 from shared.synthetic import make_exam_set, synth_mammogram
 from shared.timeutil import utcnow
 from tests.conftest import SHARED_DATA
@@ -267,6 +274,45 @@ def test_a_failed_image_of_no_exam_is_listed_with_its_reason(
     assert flat[broken.name]["suspicion"] == "" and flat[broken.name]["flags"] == flag
     code, out = invoke_cli(["worklist"], monkeypatch, tmp_path, database_url=url)
     assert code == ExitCode.OK and "broken" in out, out
+
+
+def _table_cells(out: str) -> list[dict[str, str]]:
+    """Each row's first line of a printed table, as {column: cell}."""
+    header = next(line for line in out.splitlines() if line.startswith("┃"))
+    columns = [c.strip() for c in header.strip("┃").split("┃")]
+    return [dict(zip(columns, (c.strip() for c in line.strip("│").split("│")), strict=True))
+            for line in out.splitlines() if line.startswith("│ ") and line[2].isdigit()]
+
+
+def test_an_empty_models_or_flags_cell_of_the_worklist_table_is_a_dash(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A failed image read alone has no model behind it (JSON []): the table printed an
+    # empty models cell where every other empty cell is "-".
+    url = f"sqlite:///{tmp_path / 'mammo.db'}"
+    engine = create_db_engine(Settings(database_url=url, _env_file=None))  # type: ignore[call-arg]
+    ensure_schema(engine)
+    with make_session_factory(engine)() as session:
+        _batch_and_two_models(session)
+        _exam(session, 1, {"L": LOW, "R": LOW})
+        session.add(Image(identity="sha256:b", batch_id=1, study_id=None, source="/in/b.png",
+                          format="png", state="failed", error_code="truncated",
+                          error_message="b.png is cut short."))
+        refresh_exam_results(session, [1], timeout_s=0)
+        session.commit()
+    engine.dispose()
+    rows = _worklist(monkeypatch, tmp_path, url)
+    assert [r["models"] for r in rows] == [["m:1"], []]
+    code, out = invoke_cli(["worklist"], monkeypatch, tmp_path, database_url=url,
+                           report_dir=str(tmp_path / "reports"))
+    assert code == ExitCode.OK, out
+    exam, failed = _table_cells(out)
+    assert (exam["study_uid"], exam["models"]) == ("1.2.9.1", "m:1")
+    assert failed["source"] == "/in/b.png" and failed["models"] == "-"
+    assert "" not in exam.values() and "" not in failed.values()
+    # The CSV cell stays empty, as before; a row without flags is "-" in the table too.
+    assert [r["models"] for r in _worklist_csv(monkeypatch, tmp_path, url)] == ["m:1", ""]
+    unflagged = flat_worklist_row({**rows[0], "flags": []})
+    assert unflagged["flags"] is None and flat_worklist_row(rows[1])["models"] is None
 
 
 def test_a_failed_image_of_no_exam_takes_the_place_of_an_exam_whose_every_view_failed(
