@@ -80,6 +80,19 @@ def _folder_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+# Where a new model directory goes unless told: models/ is the shipped tree, and a model
+# written there becomes the default model (a deliberate step, never a default's side effect).
+NEW_MODEL_ROOT = Path("trained-models")
+
+
+def _new_model_root(func: F) -> F:
+    """--output of a command that derives a new model directory from existing ones."""
+    return click.option(
+        "--output", type=click.Path(path_type=Path), default=NEW_MODEL_ROOT,
+        show_default=True, help="Root the new <name>/<version>/ directory goes under "
+        "(models/ would make it the default model: a deliberate step).")(func)
+
+
 def _offline_weights(ctx: click.Context, param: click.Parameter, value: str) -> str:
     # A value no configuration can make work offline: a bad argument (exit 2), not exit 4.
     if value != "none":
@@ -91,7 +104,7 @@ def _offline_weights(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 @click.command("train")
 @_data_argument
-@click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
+@click.option("--output", type=click.Path(path_type=Path), default=NEW_MODEL_ROOT,
               show_default=True, help="The model is written to OUTPUT/NAME/VERSION/.")
 @click.option("--name", default="default", show_default=True, callback=_folder_name)
 @click.option("--version", "version", default="1.8.0", show_default=True, callback=_folder_name,
@@ -616,8 +629,7 @@ def models_record_splits(cli: CliContext, ref: str, runs: tuple[str, ...], fmt: 
 @_data_argument
 @click.option("--version", required=True, callback=_folder_name,
               help="Version of the new model directory.")
-@click.option("--output", type=click.Path(path_type=Path), default=Path("models"),
-              show_default=True, help="Root the new <name>/<version>/ directory goes under.")
+@_new_model_root
 @click.option("--scores", "score_list", default="abnormal", show_default=True,
               help="Scores read against the other breast (as `mammo train --bilateral`).")
 @pass_cli
@@ -649,9 +661,7 @@ def models_bilateral(cli: CliContext, ref: str, data: Path, version: str, output
 @_data_argument
 @click.option("--version", required=True, callback=_folder_name,
               help="Version of the new model directory.")
-@click.option("--output", type=click.Path(path_type=Path), default=Path("trained-models"),
-              show_default=True, help="Root the new <name>/<version>/ directory goes under "
-              "(models/ would make it the default model: a deliberate step).")
+@_new_model_root
 @pass_cli
 def models_merge(cli: CliContext, refs: tuple[str, ...], data: Path, version: str,
                  output: Path) -> None:

@@ -290,3 +290,34 @@ def test_a_model_folder_is_only_ever_under_the_output(tmp_path: Path) -> None:
         new_model_dir(tmp_path / "out", "a/b", "1.0.0")
     assert new_model_dir(tmp_path / "out", "default", "1.8.1-rc.2+cpu") == (
         tmp_path / "out" / "default" / "1.8.1-rc.2+cpu")
+
+
+@pytest.mark.parametrize(("command", "module", "function"), [
+    (["models", "bilateral", "default"], "models.bilateral_version", "derive"),
+    (["models", "merge", "default", "default"], "models.merge", "merge"),
+])
+def test_a_derived_model_goes_under_trained_models_unless_told(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str], module: str,
+        function: str) -> None:
+    # `mammo models bilateral` defaulted to --output models: from the repository root it
+    # wrote into the shipped model tree, where `merge` says that is a deliberate step.
+    import importlib
+
+    given: list[Path] = []
+
+    def derive(_spec: Any, _data: Path, output: Path, *_rest: Any) -> Path:
+        given.append(output)
+        return output / "x"
+
+    monkeypatch.setattr(importlib.import_module(module), function, derive)
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    runner = CliRunner()
+    result = runner.invoke(cli, [*command, str(data), "--version", "9.9.9"],
+                           env=_env(tmp_path, "default"))
+    assert result.exit_code == 0, result.output
+    assert given == [Path("trained-models")]
+    shown = " ".join(runner.invoke(cli, [*command[:2], "--help"]).output.split())
+    assert ("--output PATH Root the new <name>/<version>/ directory goes under (models/ would "
+            "make it the default model: a deliberate step). [default: trained-models]") in shown
