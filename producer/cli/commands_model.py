@@ -494,12 +494,16 @@ def models_compare(cli: CliContext, ref: str, rerun: str, record: bool, fmt: str
     """Compare REF with a same-seed re-run of its training command (RERUN).
 
     Validation figures and ablation rows side by side; the re-run reproduces REF when both
-    validation AUCs stay inside REF's own bootstrap 95% interval half-width.
+    validation AUCs stay inside REF's own bootstrap 95% interval half-width. --record writes
+    into REF's folder: give it a model of your own, not the shipped default.
 
     \b
-    Example:
+    Examples:
         mammo train ../shared/data/mini-mias --output /tmp/rerun --version 1.8.0
-        mammo models compare default /tmp/rerun/default/1.8.0 --record
+        mammo models compare default /tmp/rerun/default/1.8.0
+        mammo train ../shared/data/mini-mias --name mine --version 0.2.0
+        mammo train ../shared/data/mini-mias --name mine --version 0.2.0 --output /tmp/rerun
+        mammo models compare trained-models/mine/0.2.0 /tmp/rerun/mine/0.2.0 --record
     """
     from models.model_card import record_in_metadata
     from models.reproducibility import compare_runs
@@ -548,11 +552,13 @@ def models_repeat_cv(cli: CliContext, ref: str, data: Path, seed_list: str, reco
     One split's figures on a few hundred images can flatter a model by several hundredths
     of AUC. Each seed re-runs the recipe exactly as `mammo train --seed SEED` would (own
     folds, own trunk seeds), and prints the held-out figures of the CNN and the feature
-    baseline per split, with their mean and spread. The shipped model is not changed.
+    baseline per split, with their mean and spread. REF's weights are not changed; --record
+    writes into its folder: give it a model of your own, not the shipped default.
 
     \b
-    Example:
-        mammo models repeat-cv default ../shared/data/mini-mias --record
+    Examples:
+        mammo models repeat-cv default ../shared/data/mini-mias --seeds 20261325
+        mammo models repeat-cv trained-models/mine/0.2.0 ../shared/data/mini-mias --record
     """
     from models.model_card import record_in_metadata
     from models.repeated_splits import FIGURES, SPLIT_ROW_KEYS, check_seeds, merge, repeat
@@ -596,11 +602,13 @@ def models_record_splits(cli: CliContext, ref: str, runs: tuple[str, ...], fmt: 
     trained (for example for `mammo models merge`): each run's held-out figures become one
     more patient split in REF's metadata.json and MODEL_CARD.md (a seed already in the
     record gets its row replaced). A run with another recipe, other training data or REF's
-    own seed is refused.
+    own seed is refused. It writes into REF's folder: give it a model of your own, not the
+    shipped default.
 
     \b
     Example:
-        mammo models record-splits default trained-models/default/1.8.0
+        mammo train ../shared/data/mini-mias --name mine --version 0.2.0-seed7 --seed 7
+        mammo models record-splits trained-models/mine/0.2.0 trained-models/mine/0.2.0-seed7
     """
     import datetime as dt
 

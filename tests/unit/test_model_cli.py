@@ -321,3 +321,50 @@ def test_a_derived_model_goes_under_trained_models_unless_told(
     shown = " ".join(runner.invoke(cli, [*command[:2], "--help"]).output.split())
     assert ("--output PATH Root the new <name>/<version>/ directory goes under (models/ would "
             "make it the default model: a deliberate step). [default: trained-models]") in shown
+
+
+def _help_examples(command: list[str]) -> list[list[str]]:
+    """The `mammo ...` lines of ``command``'s help, as words."""
+    import shlex
+
+    output = CliRunner().invoke(cli, [*command, "--help"]).output
+    return [shlex.split(line) for line in map(str.strip, output.splitlines())
+            if line.startswith("mammo ")]
+
+
+def _options_exist(example: list[str]) -> None:
+    import click
+
+    group: click.Command = cli
+    words = example[1:]
+    while isinstance(group, click.Group):
+        found = group.get_command(click.Context(group), words[0])
+        assert found is not None, example
+        group, words = found, words[1:]
+    known = {opt for param in group.params for opt in param.opts}
+    unknown = [w for w in words if w.startswith("--") and w not in known]
+    assert not unknown, (example, unknown)
+
+
+@pytest.mark.parametrize("command", [
+    ["models", "compare"], ["models", "repeat-cv"], ["models", "record-splits"]])
+def test_no_help_example_rewrites_the_shipped_models_record(command: list[str]) -> None:
+    # Copied as printed, `mammo models compare default ... --record`, `repeat-cv default
+    # ... --record` and `record-splits default ...` rewrote the shipped default model's
+    # metadata.json and MODEL_CARD.md.
+    from models.registry import resolve_model
+
+    examples = _help_examples(command)
+    own = [e for e in examples if e[1:3] == command]
+    writing = [e for e in own if command[1] == "record-splits" or "--record" in e]
+    assert writing, examples
+    shipped = resolve_model("default").directory.parent.parent
+    for example in writing:
+        ref = example[3]
+        assert ref != "default" and ":" not in ref, example
+        assert not Path(ref).resolve().is_relative_to(shipped.resolve()), example
+        assert Path(ref).parts[0] == "trained-models", example
+    if command[1] != "record-splits":  # a read-only example against the shipped model stays
+        assert any(e[3] == "default" and "--record" not in e for e in own), examples
+    for example in examples:
+        _options_exist(example)
