@@ -8,7 +8,12 @@ from typing import Any
 
 import click
 
-from producer.cli.commands_submit import manifest_option, nothing_to_do, say_skipped
+from producer.cli.commands_submit import (
+    lock_wait_notices,
+    manifest_option,
+    nothing_to_do,
+    say_skipped,
+)
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.interrupts import sigterm_as_ctrl_c
@@ -55,7 +60,8 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
     # Loaded before the counters open: they would stand at "0 files", "0/?" for its minutes.
     with STDERR.status("loading the model"):
         loaded = load_run(cli.settings, cli.sessions, manifest=manifest)
-    with file_counter("reading headers") as on_file, completion_bar("classifying") as progress:
+    with (lock_wait_notices(cli), file_counter("reading headers") as on_file,
+          completion_bar("classifying") as progress):
         result = loaded.run(paths, name=name, on_file=on_file, progress=progress)
     sub = result.submission
     with cli.sessions() as session:
