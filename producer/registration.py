@@ -31,7 +31,7 @@ from producer.manifest import (
     metadata_source,
 )
 from shared.config import Settings
-from shared.db.clock import Clocks
+from shared.db.clock import Clocks, database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image, Prediction, Study
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
@@ -72,7 +72,8 @@ RETRIED_ALWAYS = frozenset({
 
 @dataclass
 class Registration:
-    batch_id: int
+    # None only while no block has committed to a batch still to create (``NewBatch``).
+    batch_id: int | None
     new_ids: list[int] = field(default_factory=list)  # retried failed images included
     rejected_ids: list[int] = field(default_factory=list)
     retried: dict[int, str] = field(default_factory=dict)  # image id -> its earlier error
@@ -82,6 +83,7 @@ class Registration:
 
     def absorb(self, other: Registration) -> None:
         """Add what ``other``, a block of the same batch, registered."""
+        self.batch_id = other.batch_id if self.batch_id is None else self.batch_id
         self.new_ids += other.new_ids
         self.rejected_ids += other.rejected_ids
         self.retried.update(other.retried)
@@ -110,28 +112,35 @@ def content_identity(path: Path) -> str:
         return f"path:{path}"
 
 
+@dataclass(frozen=True)
+class NewBatch:
+    """A batch that ``register_files`` creates in the transaction of the first block it
+    commits, so that a batch is never committed without files (``create_batch``)."""
+
+    name: str | None
+    priority: Priority
+    mode: str
+    # A watcher's day batch: joined if one of its name was made meanwhile (another watcher
+    # on the folder registered first), as the watcher's own look-up by name would.
+    join_named: bool = False
+
+    def row(self, *, finished_at: datetime | None = None) -> Batch:
+        return Batch(name=self.name, priority=self.priority.value, mode=self.mode,
+                     finished_at=finished_at)
+
+
 def create_batch(sessions: sessionmaker[Session], *, name: str | None, priority: Priority,
-                 mode: str) -> int:
+                 mode: str, finished: bool = False) -> int:
+    """Commit a batch with no file yet; ``finished``: stamped finished now (the database's
+    clock), for a batch that will get none (a submit whose files were gone). An open batch
+    made here and left without files (its maker killed before registering any: the
+    sweeper's ``lifecycle.discard_empty_batches``) is what ``NewBatch`` avoids."""
     with sessions() as session:
-        batch = Batch(name=name, priority=priority.value, mode=mode)
+        batch = NewBatch(name, priority, mode).row(
+            finished_at=database_now(session) if finished else None)
         session.add(batch)
         session.commit()
         return batch.id
-
-
-def discard_if_empty(sessions: sessionmaker[Session], batch_id: int) -> bool:
-    """Delete batch ``batch_id`` when no file was registered to it (a start that failed
-    before its first block: a full disk, a database gone), so that no empty batch stays
-    listed as open for ever. A batch with any image or copy row is kept."""
-    with sessions() as session:
-        used = session.scalar(select(Image.id).where(Image.batch_id == batch_id).limit(1))
-        used = used or session.scalar(select(DuplicateSubmission.id).where(
-            DuplicateSubmission.batch_id == batch_id).limit(1))
-        if used is not None:
-            return False
-        session.execute(delete(Batch).where(Batch.id == batch_id))
-        session.commit()
-        return True
 
 
 @dataclass(frozen=True)
@@ -261,10 +270,17 @@ def _legacy_manifest_studies(session: Session,
 
 
 def register_files(
-    sessions: sessionmaker[Session], batch_id: int, files: Iterable[Path], *,
+    sessions: sessionmaker[Session], batch: int | NewBatch, files: Iterable[Path], *,
     on_file: Callable[[Path], None] | None = None, ingestion: Ingestion | None = None,
 ) -> Registration:
     """Insert one row per new file (queued, or failed when its header is unreadable).
+
+    ``batch``: the id of the batch the files join, or a ``NewBatch``, created in the
+    transaction of the first block: its id is the result's ``batch_id``, None when no file
+    was registered (none given, or the first block failed). Committed before its first
+    block, a batch whose maker was killed (SIGKILL, OOM) while it walked the folder or read
+    the first block's headers (a slow share, a table lock) stayed empty and "in progress"
+    for ever.
 
     A file already known (same identity) gets no new row: a ``duplicate_submissions`` row
     records that this batch sent it again, and which image it repeats. The file this batch
@@ -278,7 +294,8 @@ def register_files(
     reason, and the others of its block register (``_register_isolating``).
     """
     ingestion = ingestion or Ingestion()
-    result = Registration(batch_id)
+    result = Registration(batch if isinstance(batch, int) else None)
+    new = batch if isinstance(batch, NewBatch) else None
     block: list[Path] = []
     try:
         for path in files:
@@ -286,10 +303,10 @@ def register_files(
             if on_file:
                 on_file(path)
             if len(block) >= BLOCK:
-                _register_isolating(sessions, batch_id, block, result, ingestion)
+                _register_isolating(sessions, new, block, result, ingestion)
                 block = []
         if block:
-            _register_isolating(sessions, batch_id, block, result, ingestion)
+            _register_isolating(sessions, new, block, result, ingestion)
     finally:
         # Also when a later block failed: the blocks committed before it are the batch's.
         _count_submitted(sessions, result)
@@ -300,7 +317,7 @@ def register_files(
 
 def _count_submitted(sessions: sessionmaker[Session], result: Registration) -> None:
     count = len(result.new_ids) + len(result.rejected_ids) + len(result.duplicates)
-    if not count:
+    if not count or result.batch_id is None:
         return
     with sessions() as session:
         session.execute(update(Batch).where(Batch.id == result.batch_id).values(
@@ -310,19 +327,21 @@ def _count_submitted(sessions: sessionmaker[Session], result: Registration) -> N
         session.commit()
 
 
-def _register_isolating(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],
-                        result: Registration, ingestion: Ingestion) -> None:
+def _register_isolating(sessions: sessionmaker[Session], new: NewBatch | None,
+                        block: Sequence[Path], result: Registration,
+                        ingestion: Ingestion) -> None:
     """Register ``block`` in one transaction; where the database refuses a value of it
     (``_REFUSED_VALUE``), its files one by one, the file refused recorded failed with the
     database's reason. One file's value failed the whole block: with a NUL in a header
     (since escaped), `mammo submit` ended in a traceback and `mammo watch` stopped, at the
     same file again at each restart, its good files never registered.
 
-    ``result`` takes a block's ids only once it is committed: a refused block's rolled back.
+    ``result`` takes a block's ids only once it is committed: a refused block's rolled back
+    (with the batch it was to create: ``new``, used while ``result`` has no batch yet).
     """
-    part = Registration(batch_id)
+    part = Registration(result.batch_id)
     try:
-        _register_block(sessions, batch_id, block, part, ingestion)
+        _register_block(sessions, new, block, part, ingestion)
     except _REFUSED_VALUE as exc:
         reason = f"{type(exc).__name__}: {first_line(exc.orig or exc)}"
         if len(block) > 1:
@@ -330,12 +349,12 @@ def _register_isolating(sessions: sessionmaker[Session], batch_id: int, block: S
                         "registering them one by one", len(block),
                         without_control(reason, one_line=True))
             for path in block:
-                _register_isolating(sessions, batch_id, [path], result, ingestion)
+                _register_isolating(sessions, new, [path], result, ingestion)
             return
         # A failure records the file's path and content hash, none of its header's values;
         # should the database refuse that too, the error is the caller's.
-        part = Registration(batch_id)
-        _register_block(sessions, batch_id, block, part, ingestion,
+        part = Registration(result.batch_id)
+        _register_block(sessions, new, block, part, ingestion,
                         failure=_refused_by_database(block[0], reason))
     result.absorb(part)
 
@@ -422,10 +441,12 @@ def _refuse_other_patients(session: Session, read: list[_Read]) -> list[_Read]:
     return checked
 
 
-def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Sequence[Path],
-                    result: Registration, ingestion: Ingestion, *,
+def _register_block(sessions: sessionmaker[Session], new: NewBatch | None,
+                    block: Sequence[Path], result: Registration, ingestion: Ingestion, *,
                     failure: InputError | None = None) -> None:
-    """``failure``: the error every file of the block is recorded failed with, unread."""
+    """``failure``: the error every file of the block is recorded failed with, unread.
+    The block joins ``result.batch_id``; while that is None, the batch ``new``, inserted in
+    the block's own transaction (committed with its rows, or not at all)."""
     # Headers first, outside any transaction; then one round-trip per kind of row.
     normal = [_normalised(path) for path in block]
     read = [(path, *(_read(path, ingestion) if failure is None else (None, failure, None)))
@@ -443,6 +464,7 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
         # committed but not yet sent was re-sent as lost.
         clocks = Clocks.read(session)
         now = clocks.now
+        batch_id = _batch_for_block(session, result.batch_id, new)
         studies = _study_ids(session, (header for _, header, _, _ in read), now)
         read = _refuse_other_patients(session, read)
         owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
@@ -479,6 +501,23 @@ def _register_block(sessions: sessionmaker[Session], batch_id: int, block: Seque
                         for r in existing)
         _retire_superseded(session, batch_id, rows, given, result)
         session.commit()
+    result.batch_id = batch_id
+
+
+def _batch_for_block(session: Session, batch_id: int | None, new: NewBatch | None) -> int:
+    """``batch_id``, or the id of ``new`` inserted (not committed) in ``session``."""
+    if batch_id is not None:
+        return batch_id
+    assert new is not None, "a registration needs a batch id or a NewBatch"
+    if new.join_named:
+        found = session.scalar(select(Batch.id).where(Batch.name == new.name)
+                               .order_by(Batch.id).limit(1))
+        if found is not None:
+            return int(found)
+    batch = new.row()
+    session.add(batch)
+    session.flush()
+    return batch.id
 
 
 def _fingerprints(read: list[_Read]) -> dict[Path, str | None]:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from celery import Celery
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import OwnFiles, check_paths, iter_files
-from producer.registration import (
-    create_batch,
-    discard_if_empty,
-    ingestion_for,
-    register_files,
-)
+from producer.registration import NewBatch, create_batch, ingestion_for, register_files
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.enums import Priority
@@ -25,8 +18,6 @@ from shared.errors import BrokerUnavailableError
 from shared.notify import Notifier
 from shared.queue import enqueue_chunks
 from shared.recovery import leave_to_sweeper
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,15 +55,20 @@ def submit(
     """
     check_paths(paths)
     ingestion = ingestion_for(settings, manifest)  # a bad manifest fails before any batch
-    batch_id = create_batch(sessions, name=name, priority=priority, mode=mode)
     skipped: list[tuple[Path, str]] = []
     files = iter_files(paths, own=OwnFiles.of(settings),
                        on_skip=lambda path, why: skipped.append((path, why)))
-    try:
-        reg = register_files(sessions, batch_id, files, on_file=on_file, ingestion=ingestion)
-    except BaseException:
-        _discard_quietly(sessions, batch_id)
-        raise
+    # The batch is committed with its first block of files, never before: made first, a
+    # submit killed (SIGKILL, OOM, a lost host) while it walked the folders or read the
+    # first headers (a slow share, minutes behind a table lock) left an empty batch that
+    # `mammo status` listed as in progress for ever; an error then discarded it, a kill
+    # could not. A registration that fails before its first block leaves no batch either.
+    reg = register_files(sessions, NewBatch(name, priority, mode), files, on_file=on_file,
+                         ingestion=ingestion)
+    # No file registered (those found were gone by now): a batch with nothing in it,
+    # finished as it is made, so that the command still names one.
+    batch_id = reg.batch_id if reg.batch_id is not None else create_batch(
+        sessions, name=name, priority=priority, mode=mode, finished=True)
     outcome = SubmitOutcome(batch_id, reg.new_ids, reg.rejected_ids, reg.duplicates,
                             skipped=skipped)
     if requeue_unfinished_duplicates:
@@ -111,14 +107,7 @@ def submit(
         session.commit()
     # Stamped here only when nothing was left to process (every file refused at intake, or
     # copies of images already finished): a copy's original still queued keeps it open.
-    Notifier(settings, sessions).batches_finished(finished)
+    # An empty batch, made finished, is announced here too.
+    Notifier(settings, sessions).batches_finished(
+        finished if reg.batch_id is not None else [batch_id])
     return outcome
-
-
-def _discard_quietly(sessions: sessionmaker[Session], batch_id: int) -> None:
-    # The registration's own error is what the person must read; the database that just
-    # failed may refuse this clean-up too, which then only leaves the empty batch behind.
-    try:
-        discard_if_empty(sessions, batch_id)
-    except (SQLAlchemyError, OSError) as exc:
-        log.debug("empty batch %s not removed: %s", batch_id, exc)

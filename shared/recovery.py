@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import ColumnElement, and_, func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
@@ -32,6 +32,7 @@ from shared.db import lifecycle
 from shared.db.clock import Clocks, database_now
 from shared.db.schema import Image
 from shared.enums import ImageState
+from shared.errors import first_line
 from shared.exams import refresh_due_exams
 from shared.notify import FollowUpReport, Notifier
 from shared.queue import enqueue_by_priority, queue_depth
@@ -263,6 +264,8 @@ class FollowUp:
     notifications: FollowUpReport
     batches: int = 0  # finished batches nobody had stamped (a process died in between)
     timed_out: int = 0  # of ``exams``, incomplete exams whose missing views' wait ran out
+    # Open batches that never got a file, deleted (``lifecycle.discard_empty_batches``).
+    discarded: tuple[int, ...] = ()
 
     @property
     def refreshed(self) -> int:
@@ -275,11 +278,14 @@ class FollowUp:
         owed = (f"{self.refreshed} exam result(s) refreshed (owed after a save whose refresh "
                 "was skipped or cut off); " if self.refreshed else "")
         stamped = f"{self.batches} finished batch(es) stamped late; " if self.batches else ""
+        discarded = (f"{len(self.discarded)} empty batch(es) deleted (made over "
+                     f"{lifecycle.EMPTY_BATCH_GRACE_S // 3600} h ago, never given a file: "
+                     f"{', '.join(map(str, self.discarded))}); " if self.discarded else "")
         return (f"{owed}{self.timed_out} timed-out exam(s) given their result; {stamped}"
-                f"{self.notifications.summary()}")
+                f"{discarded}{self.notifications.summary()}")
 
     def __bool__(self) -> bool:
-        return bool(self.exams or self.notifications or self.batches)
+        return bool(self.exams or self.notifications or self.batches or self.discarded)
 
 
 def follow_up(sessions: sessionmaker[Session], settings: Settings,
@@ -292,7 +298,23 @@ def follow_up(sessions: sessionmaker[Session], settings: Settings,
         stamped = lifecycle.finish_open_batches(session)
         session.commit()
     return FollowUp(len(changes), notifier.follow_up(), len(stamped),
-                    timed_out=sum(change.timed_out for change in changes))
+                    timed_out=sum(change.timed_out for change in changes),
+                    discarded=tuple(_discard_empty_batches(sessions)))
+
+
+def _discard_empty_batches(sessions: sessionmaker[Session]) -> list[int]:
+    """Open batches never stamped by ``finish_open_batches`` (nothing in them to finish),
+    deleted after a day: an earlier release's submit killed before its first file left its
+    batch open for ever. A file registered into one at that very moment (its first block
+    a day late) makes the database refuse the delete: it is kept, and the pass goes on."""
+    try:
+        with sessions() as session:
+            discarded = lifecycle.discard_empty_batches(session)
+            session.commit()
+    except IntegrityError as exc:
+        log.warning("empty batches not deleted: %s", first_line(exc.orig))
+        return []
+    return discarded
 
 
 class BackgroundFollowUp:

@@ -19,7 +19,7 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.registration import create_batch, ingestion_for, register_files
+from producer.registration import NewBatch, create_batch, ingestion_for, register_files
 from producer.watch.folder import WatchFolder
 from shared.batches import watch_batch_name
 from shared.config import Settings
@@ -54,6 +54,19 @@ class Ingestor:
         self._batch: tuple[str, int] | None = None
 
     def batch_id(self) -> int:
+        """Today's batch, made (empty) if there is none yet: for a caller that needs its id
+        before any file (``ingest`` makes it with its first files, ``day_batch``)."""
+        batch = self.day_batch()
+        if isinstance(batch, int):
+            return batch
+        self._batch = (str(batch.name), create_batch(
+            self.sessions, name=batch.name, priority=batch.priority, mode=batch.mode))
+        return self._batch[1]
+
+    def day_batch(self) -> int | NewBatch:
+        """Today's batch: its id, or the one to make with the first files registered to it
+        (``register_files``), so that a watcher killed before registering any leaves no
+        empty batch "in progress"."""
         with self.sessions() as session:
             # The database's day: a day batch's summary is due once its day is over by that
             # clock (``summary_due_at``). By a watcher's clock running behind, the first files
@@ -64,9 +77,9 @@ class Ingestor:
             with self.sessions() as session:
                 found = session.execute(select(Batch.id).where(Batch.name == name)
                                         .order_by(Batch.id).limit(1)).scalar_one_or_none()
-            batch_id = found or create_batch(self.sessions, name=name,
-                                             priority=Priority.ROUTINE, mode=self.mode)
-            self._batch = (name, batch_id)
+            if found is None:
+                return NewBatch(name, Priority.ROUTINE, self.mode, join_named=True)
+            self._batch = (name, found)
         return self._batch[1]
 
     def ingest(self, paths: Sequence[Path], *, changed: Set[Path] = frozenset()) -> Ingested:
@@ -76,11 +89,16 @@ class Ingestor:
         out = Ingested()
         if not paths:
             return out
-        batch_id = self.batch_id()
+        batch = self.day_batch()
         # register_files adds this call's files to the batch's counts (an atomic increment:
         # a second watcher on the folder may be adding its own at the same moment).
         ingestion = replace(self.ingestion, changed=frozenset(changed & set(paths)))
-        reg = register_files(self.sessions, batch_id, paths, ingestion=ingestion)
+        reg = register_files(self.sessions, batch, paths, ingestion=ingestion)
+        if reg.batch_id is None:  # nothing registered: no batch was made
+            return out
+        if isinstance(batch, NewBatch):
+            self._batch = (str(batch.name), reg.batch_id)
+        batch_id = reg.batch_id
         self._reopen(batch_id)
         sources = self._sources(reg.new_ids + reg.rejected_ids)
         out.queued = {i: sources[i][0] for i in reg.new_ids}

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.clock import database_now
-from shared.db.schema import Batch, DuplicateSubmission, Image
+from shared.db.schema import Batch, DuplicateSubmission, Image, Notification
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.imaging.header_bounds import storable
 
@@ -241,6 +241,31 @@ def finish_open_batches(session: Session) -> list[int]:
     has_images = or_(exists().where(Image.batch_id == Batch.id),
                      exists().where(DuplicateSubmission.batch_id == Batch.id))
     return _stamp_finished(session, has_images)
+
+
+# How old an open batch with no file must be before the sweeper deletes it. This release
+# commits a batch with its first block of files (``producer.registration.NewBatch``), so
+# none of its own stays empty; an earlier release's `mammo submit` or `mammo watch` made
+# the batch first, and one killed before its first block left it empty and open for ever.
+# A day is far longer than such a process takes to walk a folder and read 500 headers,
+# even on a slow share or behind a table lock: its first block, still to come in a rolling
+# upgrade, would find its batch gone.
+EMPTY_BATCH_GRACE_S = 24 * 3600
+
+
+def discard_empty_batches(session: Session, *,
+                          grace_s: float = EMPTY_BATCH_GRACE_S) -> list[int]:
+    """Delete the open batches made more than ``grace_s`` ago (the database's clock) that
+    hold no file, no copy and no notification; return their ids. `mammo status ID` then
+    says there is no such batch, as for a submit whose registration failed at its start."""
+    cutoff = database_now(session) - timedelta(seconds=grace_s)
+    empty = ~or_(exists().where(Image.batch_id == Batch.id),
+                 exists().where(DuplicateSubmission.batch_id == Batch.id),
+                 exists().where(Notification.batch_id == Batch.id))
+    return sorted(session.execute(
+        delete(Batch).where(Batch.finished_at.is_(None), Batch.created_at < cutoff, empty)
+        .returning(Batch.id),
+        execution_options={"synchronize_session": False}).scalars())
 
 
 def _stamp_finished(session: Session, which: ColumnElement[bool]) -> list[int]:
