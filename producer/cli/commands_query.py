@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import date_range_options, format_option, utc_range
+from shared.db.lock_wait import NOTICE_AFTER_S
 from shared.enums import ImageState, Label
 from shared.formatting import render
 from shared.notify import records as notify_records
@@ -206,8 +207,9 @@ def _health(cli: CliContext) -> dict[str, object]:
             "saves_failing": failing, "save_failure": failure}
 
 
-# How long the health check's reads wait for a lock another session holds on PostgreSQL.
-HEALTH_LOCK_WAIT_S = 10
+# How long the health check's reads wait for a lock another session holds on PostgreSQL:
+# as long as submit and run wait before they say what they wait on.
+HEALTH_LOCK_WAIT_S = int(NOTICE_AFTER_S)
 
 
 @contextmanager

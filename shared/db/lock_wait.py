@@ -36,7 +36,7 @@ from shared.db.engine import SQLITE_BUSY_TIMEOUT_S, sqlite_file
 from shared.errors import first_line
 from shared.formatting import without_control
 
-NOTICE_AFTER_S = 10.0  # as `mammo status --health`'s HEALTH_LOCK_WAIT_S
+NOTICE_AFTER_S = 10.0  # also how long `mammo status --health` waits (HEALTH_LOCK_WAIT_S)
 NOTICE_EVERY_S = 300.0
 _POLL_S = 1.0
 _HOLDERS_NAMED = 3
