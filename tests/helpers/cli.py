@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,13 @@ def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     result = CliRunner().invoke(cli, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result
+
+
+Mammo = Callable[..., tuple[int, str]]
+
+
+def mammo_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> Mammo:
+    """``mammo(*args)``: ``invoke_cli`` with these settings, in ``tmp_path``."""
+    def mammo(*args: str) -> tuple[int, str]:
+        return invoke_cli(list(args), monkeypatch, tmp_path, **env)
+    return mammo

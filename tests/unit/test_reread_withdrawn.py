@@ -17,7 +17,6 @@ came back unchanged and the exam kept the result computed from the earlier readi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,11 @@ from shared.imaging.reader_version import READER_VERSION
 from shared.imaging.readers import decode
 from shared.rescoring import REFUSED_FOR_ITS_CONTENT, withdraws_earlier_result
 from shared.synthetic import make_exam_set
-from tests.helpers.cli import invoke_cli
+from tests.helpers.cli import Mammo, invoke_cli, mammo_on
 from worker.pipeline import process_chunk
 from worker.runtime import WorkerRuntime
 
 KEY = "reread-withdrawn-key-0123456789ab"
-Mammo = Callable[..., tuple[int, str]]
 
 
 def _understated(path: Path) -> str:
@@ -84,12 +82,8 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_dir: Path, url: 
          ) -> Mammo:
     """One exam run by this release through the embedded worker; ``mammo`` on it."""
     make_exam_set(tmp_path / "in", n_exams=1, seed=71)
-
-    def mammo(*args: str) -> tuple[int, str]:
-        return invoke_cli(list(args), monkeypatch, tmp_path, database_url=url,
-                          model=str(model_dir), patient_id_key=KEY,
-                          report_dir=str(tmp_path / "reports"))
-
+    mammo = mammo_on(monkeypatch, tmp_path, database_url=url, model=str(model_dir),
+                     patient_id_key=KEY, report_dir=str(tmp_path / "reports"))
     code, out = mammo("run", str(tmp_path / "in"))
     assert code == ExitCode.OK, out
     return mammo

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from shared.db.engine import alembic_config, create_db_engine, head_revisions, u
 from shared.db.schema import Image, Prediction
 from shared.imaging.reader_version import READER_VERSION
 from shared.synthetic import make_exam_set
-from tests.helpers.cli import invoke_cli
+from tests.helpers.cli import Mammo, mammo_on
 from tests.helpers.old_schema import migrated_to
 
 KEY = "rescore-reread-key-0123456789abcd"
@@ -54,17 +53,13 @@ def _as_an_earlier_release_left(url: str, image_ids: list[int]) -> None:
 
 
 def _scored_then_aged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_dir: Path,
-                      ) -> tuple[str, Callable[..., tuple[int, str]]]:
+                      ) -> tuple[str, Mammo]:
     """Four images run through the embedded worker; images 1 and 2 then as the earlier
     release left them."""
     url = f"sqlite:///{tmp_path / 'r.db'}"
     make_exam_set(tmp_path / "in", n_exams=1, seed=71)
-
-    def mammo(*args: str) -> tuple[int, str]:
-        return invoke_cli(list(args), monkeypatch, tmp_path, database_url=url,
-                          model=str(model_dir), patient_id_key=KEY,
-                          report_dir=str(tmp_path / "reports"))
-
+    mammo = mammo_on(monkeypatch, tmp_path, database_url=url, model=str(model_dir),
+                     patient_id_key=KEY, report_dir=str(tmp_path / "reports"))
     code, out = mammo("run", str(tmp_path / "in"))
     assert code == ExitCode.OK, out
     fresh = _predictions(url)
