@@ -87,14 +87,14 @@ def test_startup_and_help_load_no_heavy_library() -> None:
     assert _loaded_after(_run_main("--help"), NEVER_AT_STARTUP) == []
 
 
-def test_version_reads_the_schema_heads_from_the_scripts_alone() -> None:
+def test_version_reads_the_schema_heads_from_the_scripts_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Alembic, to read this release's schema heads, but nothing else heavy; no database."""
     heavy = tuple(name for name in NEVER_AT_STARTUP if name != "alembic")
     assert _loaded_after(_run_main("--version"), heavy) == []
-    runner = CliRunner()
-    with runner.isolated_filesystem() as here:
-        shown = runner.invoke(cli, ["--version"], prog_name="mammo")
-        assert os.listdir(here) == []  # no default SQLite database made
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(cli, ["--version"], prog_name="mammo")
+    assert os.listdir(tmp_path) == []  # no default SQLite database made
     assert shown.exit_code == 0, shown.output
     release, _, rest = shown.output.strip().partition(" (")
     assert release == f"mammo, version {importlib.metadata.version('mammo-pipeline')}"

@@ -30,7 +30,7 @@ def test_the_worker_passes_the_configured_log_level_to_celery(
 
     monkeypatch.setattr("producer.cli.commands_worker._celery_worker", celery_worker)
     # No broker, no task registration, no sweeper: only the command line given to Celery.
-    monkeypatch.setattr("producer.cli.commands_worker.require_broker", lambda *_: None)
+    monkeypatch.setattr("producer.cli.commands_worker.require_broker", lambda *_a, **_k: None)
     monkeypatch.setattr("worker.tasks.register_tasks", lambda *_a, **_k: None)
     monkeypatch.setattr("worker.sweeper.install_sweeper", lambda *_a, **_k: None)
     env = {"broker_url": "redis://127.0.0.1:1/0", "model": str(tiny_model_dir),
