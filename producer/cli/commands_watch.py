@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
 from producer.cli.context import CliContext, pass_cli
 from producer.watch import WatchOptions, run_watch
+from shared.db.lock_wait import LockWaitNotices
 from shared.errors import PathNotFoundError
+
+log = logging.getLogger("mammo.watch")
 
 
 @click.command("watch")
@@ -47,17 +51,21 @@ def watch_command(cli: CliContext, directory: Path, poll: bool, after: str | Non
     settings = cli.settings.model_copy(update=updates)
     if not directory.is_dir():
         raise PathNotFoundError(f"Folder to watch does not exist: {directory}")
+    # Behind another session's lock (an administrator's LOCK TABLE, a migration) the
+    # watcher waits, as submit does: its log says on what, and who holds it up.
+    notices = LockWaitNotices(cli.engine, lambda line: log.warning("%s", line))
     if settings.is_embedded:
         from producer.embedded_run import embedded_worker_service
 
-        with embedded_worker_service(settings, cli.sessions) as (app, alive):
+        with notices, embedded_worker_service(settings, cli.sessions) as (app, alive):
             run_watch(settings.embedded(), cli.sessions, app,
                       WatchOptions(directory, poll=poll, mode="embedded"), worker_alive=alive)
         return
     from producer.cli.commands_submit import require_broker  # as in recover_command
 
     require_broker(cli, "watch")  # and warns if Redis may evict the queue
-    run_watch(settings, cli.sessions, cli.celery, WatchOptions(directory, poll=poll))
+    with notices:
+        run_watch(settings, cli.sessions, cli.celery, WatchOptions(directory, poll=poll))
 
 
 COMMANDS = (watch_command,)

@@ -33,7 +33,7 @@ from shared.db import lock_wait
 from shared.db.engine import create_db_engine, ensure_schema
 from shared.synthetic import make_exam_set
 from tests.helpers.cli import run_cli
-from tests.helpers.processes import MAMMO, mammo_env, wait_for
+from tests.helpers.processes import MAMMO, WatchProcess, mammo_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +170,29 @@ def test_submit_behind_a_locked_sqlite_file_says_so(
     assert f"warning: waited 1 s for the SQLite file {Path(path).resolve()}: another " \
         "process most likely holds it locked" in err, err
     assert "still waiting, for up to 60 s in all, then this command gives up (exit 7)" in err
+
+
+def test_a_watcher_behind_a_table_lock_logs_what_holds_it_and_goes_on(
+        postgres_url: str, redis_url: str, tmp_path: Path) -> None:
+    # The watcher waited in silence as submit did: its log now names the lock and holder.
+    _migrated(postgres_url)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    env = mammo_env(database_url=postgres_url, broker_url=redis_url, patient_id_key=KEY)
+    watcher = WatchProcess(env, tmp_path, incoming)
+    try:
+        watcher.wait_for_log("watching", timeout=120)
+        with _table_locked(postgres_url) as locker:
+            info = locker.execute("SELECT pg_backend_pid()").fetchone()
+            assert info is not None
+            make_exam_set(incoming, n_exams=1, seed=5)
+            wait_for(lambda: _waiting_on_a_lock(postgres_url), timeout=120,
+                     what="the watcher's INSERT waits on the lock", on_timeout=watcher.log)
+            watcher.wait_for_log(f"held by another session: pid {info[0]} (user postgres, "
+                                 "application admin-psql, ", timeout=60)
+        wait_for(lambda: _count(postgres_url, "images") == 4, timeout=120,
+                 what="the four files registered once the lock is gone",
+                 on_timeout=watcher.log)
+    finally:
+        assert watcher.stop() == 0, watcher.log()[-3000:]
+    assert "LOCK TABLE" not in watcher.log()  # never the holder's query
