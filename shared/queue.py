@@ -266,11 +266,11 @@ def broker_write_refusal(app: Celery) -> str | None:
                                                            client.info("replication")))
 
 
-# maxmemory-policy values under which a Redis at its maxmemory evicts any key to make room:
-# the queue's lists, and kombu's unacked hash and index with them. None of those has a TTL
-# (kombu sets one only on a queue declared with x-expires, which ours is not), so a
+# The maxmemory-policy values under which a Redis at its maxmemory evicts any key to make
+# room: the queue's lists, and kombu's unacked hash and index with them. None of those has
+# a TTL (kombu sets one only on a queue declared with x-expires, which ours is not), so a
 # ``volatile-*`` policy never picks them: it refuses the write instead (above).
-_EVICTS_ANY_KEY = re.compile(r"allkeys-")
+_EVICTS_ANY_KEY = "allkeys-"
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ class BrokerEviction:
     def evicts_queues(self) -> bool:
         """Whether Redis, once at its maxmemory, may evict the queue's keys: its messages
         vanish, with no error to anyone, and an image waits for the sweeper's full wait."""
-        return bool(_EVICTS_ANY_KEY.match(self.policy))
+        return self.policy.startswith(_EVICTS_ANY_KEY)
 
     def warning(self) -> str | None:
         """What to tell an operator: an evicting policy, or keys evicted before under
