@@ -36,7 +36,7 @@ from shared.errors import first_line
 from shared.exams import refresh_due_exams
 from shared.notify import FollowUpReport, Notifier
 from shared.queue import enqueue_by_priority, queue_depth
-from shared.timeutil import as_utc
+from shared.timeutil import as_utc, utc_text
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,10 @@ class HeldClaims:
     lease_ends: datetime | None
 
     def describe(self) -> str:
+        # In UTC, as every time the product shows: a host's local zone would put the same
+        # moment at another hour on each machine an operator reads it from.
         until = ("" if self.lease_ends is None else
-                 f" until their lease ends at {self.lease_ends.astimezone():%H:%M:%S}")
+                 f" until their lease ends at {utc_text(self.lease_ends)}")
         return (f"{self.count} image(s) claimed by another process (a run or worker still "
                 f"busy with them, or one stopped mid-chunk){until}")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.queue import QUEUE_NAME, broker_uptime_s, create_celery_app, live_workers
-from shared.recovery import lost_message_age_s
+from shared.recovery import HeldClaims, lost_message_age_s
 from shared.timeutil import utcnow
 from tests.helpers.cli import invoke_cli, run_cli
 from tests.helpers.db import queued_batch
@@ -116,3 +116,16 @@ def test_status_without_a_broker_asks_no_worker(
     health = json.loads(result.stdout)[0]
     assert (health["broker"], health["workers_live"], health["messages_lost"]) == (
         "embedded (no broker)", None, None)
+
+
+def test_a_lease_end_is_told_in_utc_whatever_the_host_zone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was told in the host's local zone, unlabelled, where every other time is UTC.
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        held = HeldClaims(2, datetime(2026, 12, 6, 23, 30, 5, tzinfo=UTC))
+        assert held.describe().endswith("until their lease ends at 2026-12-06 23:30:05 UTC")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
