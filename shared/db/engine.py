@@ -84,7 +84,7 @@ def create_db_engine(settings: Settings) -> Engine:
             _configure_sqlite(engine, wal=settings.sqlite_wal)
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                                   hide_parameters=True)
+                                   hide_parameters=True, connect_args=_server_connect_args(url))
             _pin_session_time_zone(engine)
         event.listen(engine, "handle_error", _values_left_out)
         event.listen(engine, "handle_error", discard_read_only_connection)
@@ -104,6 +104,18 @@ def create_db_engine(settings: Settings) -> Engine:
     except ArgumentError as exc:
         raise ConfigurationError(
             f"MAMMO_DATABASE_URL {redact_url(url)} is not usable: {_first_line(exc)}") from None
+
+
+def _server_connect_args(url: str) -> dict[str, Any]:
+    """A PostgreSQL connection talks UTF-8, whatever the server's or the environment's
+    default (``PGCLIENTENCODING``, the database's own encoding): names and accession
+    numbers come in every script, and psycopg encodes them, and decodes what comes back,
+    in the connection's client encoding. One in SQL_ASCII returned text as bytes, which
+    broke SQLAlchemy's first query; one in LATIN1 raised UnicodeEncodeError on the first
+    Japanese name. Set here, it beats a ``?client_encoding=`` in the URL too."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return {}
+    return {"client_encoding": "UTF8"}
 
 
 def _values_left_out(context: ExceptionContext) -> None:
@@ -292,13 +304,37 @@ def check_connection_options(engine: Engine) -> None:
 
     psycopg rejects an unknown ``?option=`` only when connecting, as a ProgrammingError: no
     retry can fix that, unlike an unreachable server (OperationalError, left to the caller).
+    A PostgreSQL database whose encoding is not UTF8 is refused here too (``_require_utf8``).
     """
     try:
-        engine.connect().close()
+        with engine.connect() as conn:
+            _require_utf8(engine, conn)
     except (ProgrammingError, InterfaceError) as exc:
         raise ConfigurationError(
             f"The database driver refused MAMMO_DATABASE_URL {_shown(engine)}: "
             f"{_first_line(exc.orig)}. Fix the URL's options.") from None
+
+
+def _require_utf8(engine: Engine, conn: Connection) -> None:
+    """Refuse a PostgreSQL database whose encoding is not UTF8, before anything is stored.
+
+    Patient text comes in any script (DICOM's ISO 2022 IR 87, GB18030, ISO_IR 192): a
+    LATIN1 database stored none of it, failing the first Japanese name with a traceback
+    half-way through a submit, and a SQL_ASCII one stores bytes unchecked, whatever their
+    encoding. A database's encoding is fixed when it is created: no setting of ours can
+    change it, so the remedy is a new database.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    encoding = str(conn.exec_driver_sql("SHOW server_encoding").scalar())
+    if encoding.upper().replace("-", "") == "UTF8":
+        return
+    raise ConfigurationError(
+        f"The PostgreSQL database at {_shown(engine)} uses encoding {encoding}; mammo "
+        "stores patient names and accession numbers in any script and needs a UTF8 database: "
+        "create one with `createdb -E UTF8 -T template0 NAME` (a database's encoding cannot "
+        "be changed; pg_dump/pg_restore moves existing data into it) and point "
+        "MAMMO_DATABASE_URL at it.")
 
 
 def failed_command_as_error(url: str, exc: DatabaseError) -> UserFacingError | None:
