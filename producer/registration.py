@@ -222,8 +222,11 @@ def study_key(header: ImageHeader) -> str | None:
     if header.study_instance_uid:
         return header.study_instance_uid
     patient = header.patient_pseudonym or ""
-    if header.accession_number:
-        return exam_key("accession", f"{patient}:{header.accession_number}")
+    # An accession number that was not valid text is keyed by its bytes (``accession_key``):
+    # two read alike through replacement characters stay two exams.
+    accession = header.accession_key or header.accession_number
+    if accession:
+        return exam_key("accession", f"{patient}:{accession}")
     if patient and header.study_date:
         return exam_key("date", f"{patient}:{header.study_date}")
     return None

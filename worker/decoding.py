@@ -51,8 +51,10 @@ ROUTINE_NOTES = frozenset({"transfer_syntax", "decoder", "voi"})
 # Notes that question the score itself (a breast lying against its stated laterality, two
 # lateralities in one header, an implant): kept first, so the per-image bound never drops them.
 # A view read wrongly pairs a breast with the other breast's wrong view (bilateral head).
+# A patient ID or accession number that was not valid text puts the exam's grouping itself
+# in doubt (dicom_text.identity_notes).
 SCORE_NOTES = ("laterality", "laterality_conflict", "view_conflict", "implant",
-               "low_resolution")
+               "low_resolution", "identity_charset")
 # Bounds on what a prediction row stores (the notes quote header values, cut short).
 NOTE_LIMIT = 200
 KEY_LIMIT = 32

@@ -26,6 +26,10 @@ class ImageHeader:
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     accession_number: str | None = None
+    # What the exam is keyed by instead of ``accession_number`` when that was not valid
+    # text in the file's character set (shown with U+FFFD): its bytes, losslessly
+    # (``dicom_text.identity``). None when the accession number itself is the key.
+    accession_key: str | None = None
     study_date: str | None = None
     laterality: Laterality | None = None
     view: View | None = None

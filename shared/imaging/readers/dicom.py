@@ -63,8 +63,8 @@ from shared.imaging.readers import dicom_checks as checks
 from shared.imaging.readers import dicom_codestream as codestream
 from shared.imaging.readers import dicom_deflate as deflate
 from shared.imaging.readers import dicom_meta as meta
+from shared.imaging.readers import dicom_text, gdcm_direct
 from shared.imaging.readers import dicom_voi as voi
-from shared.imaging.readers import gdcm_direct
 from shared.imaging.readers.base import (
     Pseudonymize,
     check_pixel_count,
@@ -170,13 +170,16 @@ class DicomReader:
         ds = _read(path, self.header_cap, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         sop = _text(ds, "SOPInstanceUID")
         spacing = meta.spacing_reading(ds)
+        accession = dicom_text.identity(ds, "AccessionNumber")
         return ImageHeader(
             format=self.format_name,
             identity=f"sop:{sop}" if sop else sha256_identity(path),
             sop_instance_uid=sop,
             study_instance_uid=_text(ds, "StudyInstanceUID"),
             series_instance_uid=_text(ds, "SeriesInstanceUID"),
-            accession_number=_text(ds, "AccessionNumber"),
+            accession_number=accession.shown if accession else None,
+            # The exam's key where the number was not valid text (see dicom_text.identity).
+            accession_key=accession.key if accession and not accession.clean else None,
             study_date=_text(ds, "StudyDate"),
             laterality=meta.laterality(ds),
             view=meta.view(ds),
@@ -249,7 +252,10 @@ def _quiet_pydicom() -> Iterator[None]:
     Real files break VR rules all the time (an 18-character accession number); the warnings
     say nothing we act on, may quote element values (patient data included) into logs, and
     would abort the read where tests turn warnings into errors. Not thread-safe on 3.11
-    (``catch_warnings`` is process-global); workers are processes.
+    (``catch_warnings`` is process-global); workers are processes. Among them is the one
+    for bytes not valid in the declared character set: what it would say, the U+FFFD it
+    leaves in the text says (``dicom_text``), and patient IDs and accession numbers read
+    with one are keyed by their bytes and noted.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
@@ -600,7 +606,10 @@ def _to_display(stored: np.ndarray, ds: Dataset, choice: voi.VoiChoice, low: flo
 
 
 def _pseudonym(ds: Dataset, path: Path, pseudonymize: Pseudonymize | None) -> str | None:
-    patient_id = _text(ds, "PatientID")
+    """The keyed pseudonym of (0010,0020) Patient ID: of its text, or of its bytes where it
+    was not valid text in the file's character set (``dicom_text.identity``), so that two
+    patients whose IDs read alike through replacement characters stay two."""
+    patient_id = dicom_text.identity(ds, "PatientID")
     if patient_id is None:
         return None
     if pseudonymize is None:
@@ -608,7 +617,7 @@ def _pseudonym(ds: Dataset, path: Path, pseudonymize: Pseudonymize | None) -> st
             f"{path.name} carries a (0010,0020) Patient ID and no key is configured to "
             f"pseudonymise it; patient IDs are never stored in clear. To accept it, "
             f"{KEY_HINT}.")
-    return pseudonymize(patient_id)
+    return pseudonymize(patient_id.key)
 
 
 _text = meta.text

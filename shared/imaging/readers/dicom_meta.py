@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from shared.enums import Laterality, View
+from shared.imaging.readers import dicom_text
 from shared.imaging.readers.messages import printable
 
 # View for Mammography (DICOM CID 4014), by SNOMED-RT (SRT/SNM3) and SNOMED CT code.
@@ -68,13 +69,10 @@ __all__ = [
 ]
 
 
-def text(ds: Dataset, keyword: str) -> str | None:
-    return _stripped(ds.get(keyword))
-
-
-def _stripped(value: object) -> str | None:
-    stripped = str(value).strip() if value is not None else ""
-    return stripped or None
+# An element's value as text: a multi-value joined by backslashes, UTF-8 read as such where
+# no character set is declared (``dicom_text``).
+text = dicom_text.text
+_stripped = dicom_text.joined
 
 
 def laterality(ds: Dataset) -> Laterality | None:
@@ -136,7 +134,7 @@ def implant_present(ds: Dataset) -> bool | None:
 
 def score_notes(ds: Dataset) -> dict[str, str]:
     """Notes on what the header says that puts the score itself, or the breast and view
-    the exam files it under, in doubt, by kind."""
+    the exam files it under, or the exam itself, in doubt, by kind."""
     notes: dict[str, str] = {}
     if implant_present(ds):
         notes["implant"] = (
@@ -148,6 +146,8 @@ def score_notes(ds: Dataset) -> dict[str, str]:
     views = view_conflict(ds)
     if views is not None:
         notes["view_conflict"] = views
+    # A patient ID or accession number keyed by its bytes: is the exam one patient's?
+    notes.update(dicom_text.identity_notes(ds))
     return notes
 
 
