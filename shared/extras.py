@@ -26,7 +26,8 @@ class Extra:
     alternative: str = ""  # another extra that also brings them, for the message
 
 
-REPORTS = Extra("reports", ("reportlab", "matplotlib"))
+# python-bidi ("bidi") and arabic-reshaper: right-to-left text in the PDFs (pdf_text).
+REPORTS = Extra("reports", ("reportlab", "matplotlib", "bidi", "arabic_reshaper"))
 WORKER = Extra("worker", ("tensorflow", "keras"), alternative="gpu")
 
 

@@ -9,6 +9,7 @@ exam (whose report reads it against the other breast) or none (read alone).
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,14 @@ _HEATMAP_NOTE = (
 
 
 def _date(value: str | None) -> str | None:
+    """A StudyDate (YYYYMMDD) as YYYY-MM-DD; one that is no date (20230230) as given, said
+    to be none: it is the header's value (the CSV and JSON reports hold it as it is), and
+    written as a date it would pass for one."""
     if value and len(value) == 8 and value.isdigit():
-        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+        try:
+            return date(int(value[:4]), int(value[4:6]), int(value[6:])).isoformat()
+        except ValueError:
+            return f"{value} (not a valid date)"
     return value
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -13,39 +12,12 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
-from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.pdfmetrics import registerFontFamily
-from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, Paragraph, SimpleDocTemplate, Table, TableStyle
 
 from shared.reports.exports import DISCLAIMER
-from shared.reports.layout import cell_text
 from shared.reports.output import report_file
-
-
-def _unicode_fonts() -> tuple[str, str]:
-    """(regular, bold) font names covering Latin, Greek and Cyrillic text.
-
-    The PDF base fonts (Helvetica) only hold Windows-1252, so names, study IDs and file
-    names in other scripts printed as black boxes. DejaVu Sans ships with matplotlib (the
-    charts' library, installed with reportlab), so nothing is downloaded; it is embedded as
-    a subset. Without it the base fonts are used. (No bundled font covers CJK.)
-    """
-    try:
-        import matplotlib
-
-        folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-        pdfmetrics.registerFont(TTFont("DejaVuSans", str(folder / "DejaVuSans.ttf")))
-        pdfmetrics.registerFont(TTFont("DejaVuSans-Bold", str(folder / "DejaVuSans-Bold.ttf")))
-    except (ImportError, OSError, TTFError):
-        return "Helvetica", "Helvetica-Bold"
-    registerFontFamily("DejaVuSans", normal="DejaVuSans", bold="DejaVuSans-Bold",
-                       italic="DejaVuSans", boldItalic="DejaVuSans-Bold")
-    return "DejaVuSans", "DejaVuSans-Bold"
-
-
-FONT, BOLD_FONT = _unicode_fonts()
+from shared.reports.pdf_text import BOLD_FONT, FONT, markup
 
 
 def _style(base: ParagraphStyle, name: str, **changes: Any) -> ParagraphStyle:
@@ -67,11 +39,13 @@ PAGE_WIDTH = A4[0] - 30 * mm
 
 
 def para(text: Any, style: ParagraphStyle = BODY) -> Paragraph:
-    return Paragraph(escape(cell_text(text)), style)
+    """The one way text gets into a report PDF (``pdf_text.markup``): any script readable,
+    control characters shown as ``\\xNN``."""
+    return Paragraph(markup(text, style.fontName), style)
 
 
 def disclaimer() -> Paragraph:
-    return Paragraph(escape(DISCLAIMER), WARNING)
+    return para(DISCLAIMER, WARNING)
 
 
 def table(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], *,

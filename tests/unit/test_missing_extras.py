@@ -21,8 +21,8 @@ from shared.synthetic import make_exam_set
 from tests.helpers.cli import invoke_cli
 from tests.helpers.seed_results import seed_results
 
-# Project modules that import reportlab or matplotlib when they are loaded.
-REPORT_MODULES = ("batch_pdf", "exam_pdf", "pdf_parts", "charts", "batch_html")
+# Project modules that import reportlab, matplotlib or python-bidi when they are loaded.
+REPORT_MODULES = ("batch_pdf", "exam_pdf", "pdf_parts", "pdf_text", "charts", "batch_html")
 
 
 def _uninstall(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
@@ -57,6 +57,8 @@ def _one_line_refusal(code: int, out: str, extra: str, package: str) -> None:
     (["report", "batch", "1", "--format", "pdf"], "reportlab"),
     (["report", "batch", "1", "--format", "html"], "matplotlib"),
     (["report", "exam", "1.2.3.1", "--format", "pdf"], "reportlab"),
+    # An install from before the PDFs drew right-to-left text (python-bidi, the reports').
+    (["report", "batch", "1", "--format", "pdf"], "bidi"),
 ])
 def test_a_report_without_the_reports_extra_names_it(
         args: list[str], package: str, database_url: str, tmp_path: Path,
