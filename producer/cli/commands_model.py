@@ -365,8 +365,9 @@ def models_list(cli: CliContext, fmt: str) -> None:
     """Shipped models and the versions registered in the database; marks the active one.
 
     ``in_use``: what a process started now with this configuration would load (MAMMO_MODEL,
-    else the activation). Workers already running keep the model they started with:
-    `mammo status` lists the model versions each worker scored with lately.
+    else the activation); never a broken one, which such a process refuses. Workers already
+    running keep the model they started with: `mammo status` lists the model versions each
+    worker scored with lately.
 
     \b
     Example:
@@ -397,7 +398,9 @@ def models_list(cli: CliContext, fmt: str) -> None:
         row["source"] = "shipped+registered" if row.get("source") == "shipped" else "registered"
     for path, row in rows.items():
         row["active"] = bool(active and active.path == path)
-        row["in_use"] = path == current
+        # A broken model is in use by no process started now: each refuses it at load (a
+        # tampered model.keras passed model_for, which hashes nothing, and read in_use).
+        row["in_use"] = path == current and row["problem"] is None
     # JSON gives each row's keys in the order of the CSV columns, shipped or registered.
     ordered = [{key: row[key] for key in MODEL_LIST_KEYS} for row in rows.values()]
     # Machine formats carry the whole sha256 (scripts compare it); a table needs only a prefix.

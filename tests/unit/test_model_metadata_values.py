@@ -80,3 +80,20 @@ def test_models_list_shows_a_corrupted_activated_model_as_broken(
     assert broken["problem"].startswith("broken:") and "input_size" in broken["problem"]
     assert rows[str(gone.resolve())]["problem"] == "broken: directory missing"
     assert all(r["problem"] is None for r in rows.values() if r["source"] == "shipped")
+
+
+def test_models_list_never_shows_a_tampered_active_model_in_use(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Its model.keras swapped for other bytes: every process refuses it at load, yet the
+    # listing said in_use True beside "broken: ... sha256".
+    copy = _copy(tiny_model_dir, tmp_path / "copy")
+    env = {"MAMMO_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}"}
+    runner = CliRunner()
+    assert runner.invoke(cli, ["models", "activate", str(copy)], env=env).exit_code == 0
+    with (copy / "model.keras").open("ab") as model_file:
+        model_file.write(b"tampered")
+    listed = runner.invoke(cli, ["models", "list", "--format", "json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    row = {r["path"]: r for r in json.loads(listed.output)}[str(copy.resolve())]
+    assert row["active"] and row["problem"].startswith("broken:")
+    assert not row["in_use"]
