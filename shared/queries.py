@@ -588,8 +588,10 @@ def workers_seen(session: Session, *, within_s: int = 600,
 
 
 
-def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
-    """What an operator checks first in the morning: is anything stuck, is anyone working."""
+def system_health(session: Session, *, lease_s: int,
+                  active_model: str | None = None) -> dict[str, Any]:
+    """What an operator checks first in the morning: is anything stuck, is anyone working,
+    and on which model. ``active_model``: NAME:VERSION of the activated model, if any."""
     now = database_now(session)  # claims are stamped and judged on it (``lifecycle.claim``)
     processing = Image.state == ImageState.PROCESSING.value
     stale = session.execute(select(func.count()).where(
@@ -615,4 +617,10 @@ def system_health(session: Session, *, lease_s: int) -> dict[str, Any]:
         "workers_scored_10min": ", ".join(
             f"{w['worker']} ({w['predictions']}, {' + '.join(w['models'])})" for w in workers)
         or "none",
+        "model_active": active_model,
+        # A worker keeps the model it started with: after `mammo models activate` these still
+        # score with another until they restart (or were started with MAMMO_MODEL set).
+        "workers_on_other_models": ", ".join(
+            str(w["worker"]) for w in workers if active_model not in w["models"])
+        if active_model else None,
     }

@@ -120,6 +120,16 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     _warn_unsent(health_row, owed_after=cli.settings.requeue_after_s)
     _warn_saves_failing(health_row)
     _warn_evicting(health_row)
+    _warn_other_models(health_row)
+
+
+def _warn_other_models(health_row: dict[str, object]) -> None:
+    """Workers that scored lately with another model than the activated one."""
+    if health_row["workers_on_other_models"]:
+        click.secho(f"warning: {health_row['workers_on_other_models']} scored in the last 10 "
+                    f"minutes with another model than the active {health_row['model_active']}: "
+                    "a worker keeps the model it started with; restart it to switch (one "
+                    "started with MAMMO_MODEL set keeps that model)", err=True, fg="yellow")
 
 
 def _warn_evicting(health_row: dict[str, object]) -> None:
@@ -168,9 +178,13 @@ def _explain_notifications(health_row: dict[str, object]) -> None:
 
 
 def _health(cli: CliContext) -> dict[str, object]:
+    from models.activation import active_version
+
     settings = cli.settings
     with _health_session(cli) as session:  # reaching the database is the first check
-        info = system_health(session, lease_s=settings.claim_lease_s)
+        active = active_version(session)
+        info = system_health(session, lease_s=settings.claim_lease_s,
+                             active_model=f"{active.name}:{active.version}" if active else None)
         # A batch e-mail or alert that never left is otherwise seen only in a worker's log.
         owed = notify_records.undelivered(
             session, give_up_after=timedelta(seconds=settings.notify_give_up_after_s))

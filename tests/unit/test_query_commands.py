@@ -733,3 +733,27 @@ def test_status_counts_a_batch_of_copies_as_its_report_does_and_says_so(
     code, out = _mammo(["status", "3"], monkeypatch, tmp_path, seeded)
     assert "copies: files a batch sent again that were already known" in out
     assert "not in its total" in out
+
+
+def test_status_names_the_active_model_and_the_workers_still_on_another(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        tiny_model_dir: Path) -> None:
+    """After `mammo models activate`, status said nothing of the active model, and a worker
+    still scoring with the old one showed only as a model name in a list."""
+    engine = _engine(seeded)
+    with engine.begin() as conn:
+        conn.execute(update(Prediction).values(created_at=datetime.now(UTC), worker="celery@a"))
+    engine.dispose()
+    code, out = _mammo(["models", "activate", str(tiny_model_dir)], monkeypatch, tmp_path,
+                       seeded)
+    assert code == ExitCode.OK, out
+    code, out = _mammo(["status", "--health", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    health = json.loads(out[out.index("["):])[0]
+    assert health["model_active"] == "tiny-test-model:0.0.1"
+    assert health["workers_on_other_models"] == "celery@a"
+    code, out = _mammo(["status"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert "model active: tiny-test-model:0.0.1" in out
+    assert ("warning: celery@a scored in the last 10 minutes with another model than the "
+            "active tiny-test-model:0.0.1") in " ".join(out.split())
