@@ -84,12 +84,17 @@ def prepare(images: Sequence[LabelledImage], input_size: tuple[int, int], *, max
         kept.append(image)
         arrays.append(tensor[:, :, 0].astype(np.float16))
         circles.append(circles_in_input(image, decoded, input_size))
-        if progress and (n % 50 == 0 or n == len(images)):
-            progress(f"preprocessed {n}/{len(images)} images")
+        if progress and n % 50 == 0 and n < len(images):
+            progress(f"preprocessing: {n} of {len(images)} images read"
+                     + (f", {len(skipped)} of them unreadable" if skipped else ""))
     for image_id, message in skipped:  # before any refusal that points at them
         log.warning("skipped %s: %s", image_id, message)
     if not kept:
         first = f" (the first, {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise DatasetError(f"None of the {len(images)} images could be read{first}; every "
                            "reason is in the warnings above.")
+    if progress:  # the count of what was preprocessed, never of what was only attempted
+        progress(f"preprocessed {len(kept)}/{len(images)} images" + (
+            f"; {len(skipped)} could not be read and {'is' if len(skipped) == 1 else 'are'} "
+            "left out (the warnings above say why)" if skipped else ""))
     return PreparedSet(kept, np.stack(arrays), circles, skipped)

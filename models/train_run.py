@@ -435,13 +435,25 @@ def write_model(data_path: Path, output: Path, data: PreparedSet,
         f"{format_metric(validation['auc_abnormal'])}, malignant "
         f"{format_metric(validation['auc_malignant'])}, "
         f"ECE {validation['ece']:.3f}; " + (f"heatmap peak in circle {rate:.2f} of {scored}"
-                                            if scored else "no annotated circles"))
+                                            if scored else "no annotated circles")
+        + skipped_note(data.skipped))
     if bilateral is not None:
         paired = bilateral[0]["validation"]
         say(f"read with the other breast ({', '.join(bilateral[0]['scores'])}): AUC abnormal "
             f"{format_metric(paired['auc_abnormal'])}, malignant "
             f"{format_metric(paired['auc_malignant'])}, ECE {paired['ece']:.3f}")
     return directory
+
+
+def skipped_note(skipped: Sequence[Sequence[str]]) -> str:
+    """What the summary line adds where files could not be read: they are in neither the
+    training nor the figures, and the card and metadata name them."""
+    if not skipped:
+        return ""
+    n = len(skipped)
+    return (f"; {n} unreadable file{'' if n == 1 else 's'} skipped, in neither the training "
+            "nor these figures (MODEL_CARD.md and metadata.json training_data.skipped name "
+            f"{'it' if n == 1 else 'them'})")
 
 
 def _write_validation_predictions(directory: Path, data: PreparedSet, probs: np.ndarray) -> None:
