@@ -187,8 +187,9 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
 
     DATA is a MIAS folder (Info.txt + mdbNNN images), a CSV manifest
     (path,label[,patient_id,laterality,view]) or a folder per class
-    (normal/, benign/, malignant/). Validation is by patient: both breasts of a patient
-    always fall in the same fold.
+    (normal/, benign/, malignant/). Validation is by patient where the data name patients:
+    both breasts of a patient always fall in the same fold (images without a patient
+    identity are split one by one, and the model card says so).
 
     \b
     Example:
