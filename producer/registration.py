@@ -201,10 +201,11 @@ def _refusal_identity(code: ErrorCode, path: Path) -> str:
     """The identity a file refused unread (no header) is recorded under: its content's."""
     identity = content_identity(path)
     if code in _NOT_FOR_ITS_CONTENT:
-        # Refused for want of configuration, for its name or for another file's UID, not
-        # for its own bytes: once the key is set, the file renamed or the UID conflict
-        # cleared, the same file must register as new, not as a duplicate of this failure
-        # (and never as the image whose UID it collided with).
+        # Refused for want of configuration, for its name, for another file's UID or for
+        # metadata its image was not registered with, not for its own bytes: once the key
+        # is set, the file renamed or the conflict cleared (its manifest row corrected),
+        # the same file must register as new (or as a copy of that image), not as a
+        # duplicate of this failure (and never as the image whose UID it collided with).
         return f"{code.value}:{identity}"
     return identity
 
@@ -553,9 +554,9 @@ def _known(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     return {found.identity: found for found in session.execute(
         select(Image.identity, Image.id, Image.batch_id, Image.state, Image.error_code,
-               Image.source, Image.finished_at, Image.rows, Image.columns, Image.laterality,
-               Image.view, Image.study_id, Image.pixel_fingerprint, Study.study_uid,
-               Study.patient_pseudonym)
+               Image.source, Image.finished_at, Image.format, Image.rows, Image.columns,
+               Image.laterality, Image.view, Image.study_id, Image.pixel_fingerprint,
+               Study.study_uid, Study.patient_pseudonym)
         .outerjoin(Study, Image.study_id == Study.id)
         .where(Image.identity.in_({r["identity"] for r in rows})))}
 
@@ -842,9 +843,15 @@ _INTRINSIC = {"pixel size": ("rows", "columns"), "laterality": ("laterality",),
 _PIXELS = "pixel data"
 
 
+def _differ(ours: Any, theirs: Any) -> bool:
+    """Both known, and not the same: a value left out says nothing against the other."""
+    return ours is not None and theirs is not None and ours != theirs
+
+
 def _uid_clash(row: dict[str, Any], owner: _Owner, stored: Any) -> list[str]:
     """What tells the file apart from the image its SOP Instance UID already names: a
-    sender reused the UID (DICOM forbids it). Empty for a copy of that image.
+    sender reused the UID (DICOM forbids it). Empty for a copy of that image. A file known
+    by its bytes: ``_content_clash``.
 
     Another exam or another patient is another image however alike the two look: taken
     for a copy, the file would show that exam's result, and its own exam would miss a view.
@@ -854,24 +861,52 @@ def _uid_clash(row: dict[str, Any], owner: _Owner, stored: Any) -> list[str]:
     re-encoded by a PACS (another syntax), one with a header edited on the way (its pixel
     bytes unchanged) and an image registered before fingerprints were kept stay copies.
     """
+    if row["identity"].startswith(_CONTENT):
+        return _content_clash(row, owner, stored)
     if not row["identity"].startswith("sop:"):
-        return []  # a content hash cannot clash
-
-    def differ(ours: Any, theirs: Any) -> bool:
-        return ours is not None and theirs is not None and ours != theirs
-
+        return []  # a file that could not be read: it says nothing of itself
     found = [what for what, names in _INTRINSIC.items()
-             if any(differ(row.get(name), getattr(stored, name)) for name in names)]
-    if differ(row["study_id"], stored.study_id):
+             if any(_differ(row.get(name), getattr(stored, name)) for name in names)]
+    if _differ(row["study_id"], stored.study_id):
         found.append(f"exam (image {stored.id}'s {_exam_named(stored.study_uid)}; this "
                      f"file's {_exam_named(owner.study_uid)})")
-    if differ(owner.patient, stored.patient_pseudonym):
-        found.append(f"patient (image {stored.id}'s {stored.patient_pseudonym}; this file's "
-                     f"{owner.patient})")
+    found += _other_patient(owner, stored)
     if not found and not _failed_for_its_file(stored) and pixels_differ(
             row.get("pixel_fingerprint"), stored.pixel_fingerprint):
         found.append(_PIXELS)
     return found
+
+
+def _other_patient(owner: _Owner, stored: Any) -> list[str]:
+    if not _differ(owner.patient, stored.patient_pseudonym):
+        return []
+    return [f"patient (image {stored.id}'s {stored.patient_pseudonym}; this file's "
+            f"{owner.patient})"]
+
+
+def _content_clash(row: dict[str, Any], owner: _Owner, stored: Any) -> list[str]:
+    """What a file known by its bytes (no SOP Instance UID: a PNG, JPEG, TIFF or PGM) is given
+    now that the image those bytes already are was not. Empty for a copy of that image.
+
+    Such a file's laterality, view and exam come from a manifest row or its name, not from
+    the file, so the same bytes may come again with other ones. Taken for a copy, the file
+    showed that image's result under its metadata, and the exam this submission names
+    never held the image: a malignant view left out of its exam's score and worklist row.
+    A laterality, view or patient counts where both say one, as for a DICOM (a value left
+    out says nothing against the image's); an exam wherever this submission names one the
+    image is not in, an image read alone included, as it would never join it. An image
+    refused unread (format ``unknown``) was given none: nothing contradicts it.
+    """
+    if stored.format == "unknown":
+        return []
+    found = [name for name in ("laterality", "view")
+             if _differ(row.get(name), getattr(stored, name))]
+    if row["study_id"] is not None and row["study_id"] != stored.study_id:
+        theirs = (_exam_named(stored.study_uid) if stored.study_id is not None
+                  else "none: it was read alone")
+        found.append(f"exam (image {stored.id}'s {theirs}; this file's "
+                     f"{_exam_named(owner.study_uid)})")
+    return found + _other_patient(owner, stored)
 
 
 def _failed_for_its_file(stored: Any) -> bool:
@@ -906,6 +941,8 @@ def _clash_error(row: dict[str, Any], stored: Any, differences: list[str]) -> In
 
     theirs = described(stored.rows, stored.columns, stored.laterality, stored.view)
     ours = described(row["rows"], row["columns"], row["laterality"], row["view"])
+    if row["identity"].startswith(_CONTENT):
+        return _content_clash_error(stored, theirs, ours, differences)
     pixels = (" Their headers agree in size, laterality, view, exam and patient, but their "
               "pixels are not the same: another exposure of that view (a re-take, say), not "
               "a copy of the image." if _PIXELS in differences else "")
@@ -915,6 +952,22 @@ def _clash_error(row: dict[str, Any], stored: Any, differences: list[str]) -> In
         f"{', '.join(differences)}.{pixels} A UID must name one image only, so the sending "
         "system reused it. Neither image takes the other's result: have the modality or "
         "PACS resend this one with a new UID.",
+        code=ErrorCode.UID_CONFLICT)
+
+
+def _content_clash_error(stored: Any, theirs: str, ours: str,
+                         differences: list[str]) -> InputError:
+    image = f"image {stored.id}"
+    return InputError(
+        f"Its bytes are already {image} ({theirs}), registered with other metadata than "
+        f"this submission gives the file ({ours}): they differ in {', '.join(differences)}. "
+        "A file without a DICOM UID is known by its bytes, and one file is one image, with "
+        f"one laterality, view and exam: it is neither taken for a copy of {image} (whose "
+        f"result was read with {image}'s metadata) nor scored again. If this submission's "
+        f"values are the wrong ones, correct its manifest row to {image}'s (`mammo report "
+        f"image {stored.id}` shows them) and submit the file again: it is then a copy of "
+        f"{image}. If {image}'s are the wrong ones, no command changes a registered image's "
+        "metadata: its result, and its exam's if it has one, stand as read with them.",
         code=ErrorCode.UID_CONFLICT)
 
 

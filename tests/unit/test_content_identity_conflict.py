@@ -1,0 +1,222 @@
+"""A file known by its bytes (no DICOM UID) sent again with other metadata.
+
+A PNG, JPEG, TIFF or PGM takes its laterality, view and exam from a manifest row or its
+name, not from the file. mdb023.png read alone (right, by the mini-MIAS name), then sent in
+a folder whose manifest made it a left view of exam PX1, was taken for a copy of the first
+image: no warning, and exam PX1 never held the malignant view, so its score and worklist
+row left it out. As a DICOM whose SOP Instance UID comes back with another laterality,
+view, exam or patient, it is refused as a ``uid_conflict`` saying what differs; the same
+bytes with the same metadata (or fewer) stay a plain copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from producer.registration import Ingestion, create_batch, ingestion_for, register_files
+from shared.config import Settings
+from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
+from shared.db.schema import DuplicateSubmission, Image, Study
+from shared.enums import ErrorCode, Priority
+from shared.synthetic import synth_mammogram, write_png
+from tests.helpers.cli import invoke_cli
+
+KEY = "0123456789abcdef-test-key"
+CONFLICT = ErrorCode.UID_CONFLICT.value
+
+
+@pytest.fixture
+def sessions(sqlite_url: str) -> sessionmaker[Session]:
+    engine = create_db_engine(_settings(sqlite_url))
+    ensure_schema(engine)
+    return make_session_factory(engine)
+
+
+def _settings(url: str) -> Settings:
+    return Settings(database_url=url, broker_url=None, _env_file=None,  # type: ignore[call-arg]
+                    patient_id_key=SecretStr(KEY))
+
+
+def _png(path: Path, seed: int = 7) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_png(path, synth_mammogram(np.random.default_rng(seed), size=(96, 80)) << 4)
+
+
+def _ingestion(url: str, tmp_path: Path, rows: dict[str, str] | None,
+               name: str = "m.csv") -> Ingestion:
+    """``rows``: {path relative to tmp_path: "patient_id,laterality,view,study_id"}; None:
+    no manifest (the file name convention alone)."""
+    if rows is None:
+        return ingestion_for(_settings(url))
+    manifest = tmp_path / name
+    manifest.write_text("path,patient_id,laterality,view,study_id\n"
+                        + "".join(f"{path},{values}\n" for path, values in rows.items()))
+    return ingestion_for(_settings(url), manifest)
+
+
+def _register(sessions: sessionmaker[Session], files: list[Path], ingestion: Ingestion) -> int:
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    register_files(sessions, batch, files, ingestion=ingestion)
+    return batch
+
+
+def _images(sessions: sessionmaker[Session]) -> list[Image]:
+    with sessions() as session:
+        return list(session.execute(select(Image).order_by(Image.id)).scalars())
+
+
+def _copies(sessions: sessionmaker[Session], batch: int) -> list[tuple[str, int]]:
+    with sessions() as session:
+        return [(Path(c.source).name, c.image_id) for c in session.execute(
+            select(DuplicateSubmission).where(DuplicateSubmission.batch_id == batch)).scalars()]
+
+
+# (first metadata, then, what the message says differs). None: no manifest row, so the
+# mini-MIAS name alone (mdb023: right, MLO, read alone).
+CONFLICTS = {
+    "convention, then another laterality in an exam": (
+        None, ",L,MLO,PX1",
+        "they differ in laterality, exam (image {id}'s none: it was read alone; this "
+        "file's an exam without a StudyInstanceUID, keyed by its manifest study_id)"),
+    "read alone, then the same laterality in an exam": (
+        ",R,MLO,", ",R,MLO,PX1", "they differ in exam (image {id}'s none: it was read alone"),
+    "another exam": (",R,MLO,EX1", ",R,MLO,EX2", "they differ in exam (image {id}'s an exam"),
+    "another view": (",R,CC,EX1", ",R,MLO,EX1", "they differ in view."),
+    "another patient": ("PAT-A,R,MLO,EX1", "PAT-B,R,MLO,EX1", "they differ in exam (image"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFLICTS))
+def test_a_file_known_by_its_bytes_sent_with_other_metadata_is_a_conflict(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session], case: str) -> None:
+    first_row, then_row, differ = CONFLICTS[case]
+    alone = _png(tmp_path / "mdb023.png")
+    again = tmp_path / "P1" / "mdb023.png"  # a byte-identical copy
+    again.parent.mkdir()
+    shutil.copyfile(alone, again)
+    first = _ingestion(sqlite_url, tmp_path,
+                       None if first_row is None else {"mdb023.png": first_row}, "first.csv")
+    _register(sessions, [alone], first)
+    [original] = _images(sessions)
+    then = _ingestion(sqlite_url, tmp_path, {"P1/mdb023.png": then_row}, "then.csv")
+    batch = _register(sessions, [again], then)
+
+    kept, clash = _images(sessions)
+    assert (kept.id, kept.laterality, kept.view, kept.study_id, kept.state) == (
+        original.id, original.laterality, original.view, original.study_id, "queued")
+    assert (clash.state, clash.error_code, clash.study_id, clash.batch_id) == (
+        "failed", CONFLICT, None, batch)
+    assert clash.source == str(again) and _copies(sessions, batch) == []
+    message = clash.error_message or ""
+    assert message.startswith(f"Its bytes are already image {original.id} (80 x 96 px, ")
+    assert differ.format(id=original.id) in message
+    assert f"correct its manifest row to image {original.id}'s" in message
+    assert "PAT-" not in message  # pseudonyms only
+    if case == "another patient":
+        assert "patient (image" in message
+
+    # Sent again unchanged: a copy of its refusal; with image 1's values: a copy of image 1.
+    batch = _register(sessions, [again], then)
+    assert _copies(sessions, batch) == [("mdb023.png", clash.id)]
+    corrected = _ingestion(sqlite_url, tmp_path, None if first_row is None
+                           else {"P1/mdb023.png": first_row}, "corrected.csv")
+    batch = _register(sessions, [again], corrected)
+    assert _copies(sessions, batch) == [("mdb023.png", original.id)]
+    assert len(_images(sessions)) == 2
+
+
+def test_two_copies_in_one_batch_with_other_metadata_are_a_conflict(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    left = _png(tmp_path / "in" / "a.png")
+    right = tmp_path / "in" / "b.png"
+    shutil.copyfile(left, right)
+    _register(sessions, [left, right], _ingestion(
+        sqlite_url, tmp_path, {"in/a.png": ",L,CC,EX1", "in/b.png": ",R,CC,EX1"}))
+    image, clash = _images(sessions)
+    assert (Path(image.source).name, image.laterality, image.state) == ("a.png", "L", "queued")
+    assert (Path(clash.source).name, clash.error_code) == ("b.png", CONFLICT)
+    assert "they differ in laterality." in (clash.error_message or "")
+
+
+# (first metadata, then): the same bytes sent again saying nothing against the image.
+COPIES = {
+    "the same manifest row": (",L,MLO,PX1", ",L,MLO,PX1"),
+    "a row leaving values out": (",L,MLO,PX1", ",,,"),
+    "in an exam, then by its name alone": (",R,MLO,PX1", None),
+    "the same patient's exam": ("PAT-A,R,MLO,EX1", "PAT-A,R,MLO,EX1"),
+}
+
+
+@pytest.mark.parametrize("case", list(COPIES))
+def test_a_file_known_by_its_bytes_sent_again_with_the_same_or_fewer_values_is_a_copy(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session], case: str) -> None:
+    first_row, then_row = COPIES[case]
+    path = _png(tmp_path / "mdb023.png")
+    _register(sessions, [path], _ingestion(sqlite_url, tmp_path, {"mdb023.png": first_row},
+                                           "first.csv"))
+    then = _ingestion(sqlite_url, tmp_path, None if then_row is None
+                      else {"mdb023.png": then_row}, "then.csv")
+    batch = _register(sessions, [path], then)  # another batch: the path is no excuse
+    [image] = _images(sessions)
+    assert image.state == "queued" and image.error_code is None
+    assert _copies(sessions, batch) == [("mdb023.png", image.id)]
+
+
+def test_a_file_refused_unread_then_given_metadata_stays_a_copy_of_its_failure(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session]) -> None:
+    # Refused before any metadata was read: there is nothing its new row contradicts.
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a PNG at all")
+    _register(sessions, [broken], _ingestion(sqlite_url, tmp_path, None))
+    [failed] = _images(sessions)
+    assert failed.error_code == ErrorCode.NOT_DICOM_OR_IMAGE.value
+    batch = _register(sessions, [broken], _ingestion(sqlite_url, tmp_path,
+                                                     {"broken.png": ",L,CC,EX1"}))
+    assert len(_images(sessions)) == 1
+    assert _copies(sessions, batch) == [("broken.png", failed.id)]
+
+
+def test_mammo_run_refuses_a_copy_given_another_laterality_and_exam(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe, through `mammo run`: mdb023 read alone (right, by its name), then a
+    byte-identical copy in a folder whose manifest says left, exam PX1."""
+    alone = _png(tmp_path / "mias" / "mdb023.png", seed=11)
+    folder = tmp_path / "P1"
+    folder.mkdir()
+    shutil.copyfile(alone, folder / "mdb023.png")
+    _png(folder / "mdb024.png", seed=12)
+    (folder / "manifest.csv").write_text("path,laterality,view,study_id\n"
+                                         "mdb023.png,L,MLO,PX1\nmdb024.png,R,MLO,PX1\n")
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {"database_url": url, "model": str(tiny_model_dir),
+           "report_dir": str(tmp_path / "reports")}
+
+    code, out = invoke_cli(["run", str(alone)], monkeypatch, tmp_path, **env)
+    assert code == 0, out
+    manifest = str(folder / "manifest.csv")
+    code, out = invoke_cli(["run", str(folder), "--manifest", manifest, "--format", "json"],
+                           monkeypatch, tmp_path, **env)
+    assert code == 3, out  # a file refused at intake
+    assert "0 already submitted, 1 rejected at intake" in " ".join(out.split())
+    sessions = make_session_factory(create_db_engine(_settings(url)))
+    first, mdb024, clash = _images(sessions)
+    with sessions() as session:
+        exam = session.execute(select(Study)).scalar_one()
+    assert (first.laterality, first.study_id, first.state) == ("R", None, "done")
+    assert (mdb024.study_id, mdb024.state) == (exam.id, "done")
+    assert (Path(clash.source).parent.name, clash.error_code) == ("P1", CONFLICT)
+    assert "they differ in laterality, exam" in (clash.error_message or "")
+    assert _copies(sessions, clash.batch_id) == []
+
+    # The same folder and manifest again: each file a plain copy of its own row.
+    code, out = invoke_cli(["run", str(folder), "--manifest", manifest, "--format", "json"],
+                           monkeypatch, tmp_path, **env)
+    assert "0 new, 2 already submitted, 0 rejected at intake" in " ".join(out.split()), out
+    assert len(_images(sessions)) == 3
