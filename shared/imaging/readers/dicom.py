@@ -203,6 +203,8 @@ class DicomReader:
         # the file was read.
         notes = {**_guarded(path, meta.score_notes, header),
                  **_guarded(path, checks.triage, header, path)}
+        if lenient := _guarded(path, meta.laterality_reading, header):
+            notes["laterality_value"] = lenient
         check_pixel_count(path, rows, columns, max_pixels)
         syntax = checks.transfer_syntax(header, path)
         checks.video(syntax, path)

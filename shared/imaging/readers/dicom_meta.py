@@ -64,8 +64,8 @@ _QUOTE_LIMIT = 20
 
 __all__ = [
     "SpacingReading", "burned_in_annotation", "chest_wall_side", "decimal", "implant_present",
-    "inverted", "laterality", "quoted", "score_notes", "spacing_reading", "specimen_view",
-    "text", "values", "view", "view_conflict", "view_flags",
+    "inverted", "laterality", "laterality_reading", "quoted", "score_notes", "spacing_reading",
+    "specimen_view", "text", "values", "view", "view_conflict", "view_flags",
 ]
 
 
@@ -86,14 +86,32 @@ def laterality(ds: Dataset) -> Laterality | None:
     return side if side is not None else _view_position(ds).side
 
 
+def laterality_reading(ds: Dataset) -> str | None:
+    """A note when the laterality used (``laterality``) was read from a value that is not
+    a defined term of its element (L, R, B): written in lower case (``l``) or spelt out
+    (``LEFT``), as some senders do. Read leniently, as a decimal comma is, and said so."""
+    for element, value in _written_lateralities(ds):
+        if value:  # the first element written is the one ``laterality`` reads
+            side = Laterality.parse(value)
+            if side is None or value == side.value:
+                return None
+            return f"{element} {quoted(value)} read as {side}"
+    return None
+
+
+def _written_lateralities(ds: Dataset) -> tuple[tuple[str, str | None], ...]:
+    """(element, its value as text) for each laterality element, in the order
+    ``laterality`` prefers them."""
+    return (("(0020,0062) Image Laterality", text(ds, "ImageLaterality")),
+            ("(0020,0060) Laterality", text(ds, "Laterality")),
+            ("(0020,9072) Frame Laterality",
+             _stripped(_in_groups(ds, "FrameAnatomySequence", "FrameLaterality"))))
+
+
 def _stated_lateralities(ds: Dataset) -> list[tuple[str, Laterality]]:
     """(element, laterality) for each element that names one, in the order ``laterality``
     prefers them."""
-    written = (("(0020,0062) Image Laterality", text(ds, "ImageLaterality")),
-               ("(0020,0060) Laterality", text(ds, "Laterality")),
-               ("(0020,9072) Frame Laterality",
-                _stripped(_in_groups(ds, "FrameAnatomySequence", "FrameLaterality"))))
-    stated = [(element, side) for element, value in written
+    stated = [(element, side) for element, value in _written_lateralities(ds)
               if (side := Laterality.parse(value)) is not None]
     position = _view_position(ds)
     if position.side is not None:
