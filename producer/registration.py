@@ -603,10 +603,17 @@ def _retry(session: Session, batch_id: int, row: dict[str, Any], path: Path, sto
         return False
     # Guarded on the state: of two producers re-sending it at once, one retries it.
     # The image is read from this file now: its pixels are the ones a copy must match.
+    values = {**_queued_again(clocks.now), "source": row["source"], "batch_id": batch_id,
+              "pixel_fingerprint": row.get("pixel_fingerprint")}
+    if stored.format == "unknown":
+        # Refused unread (a fault of this software, a lower size limit): it holds no header,
+        # and takes the one read now, as an adopted refusal does (``_adopt_refused``). Left
+        # out, a PNG retried this way was scored with no laterality, view or exam: read
+        # alone, its manifest row dropped without a word.
+        values = {**row, **values}
     taken = session.execute(
         update(Image).where(Image.id == stored.id, Image.state == ImageState.FAILED.value)
-        .values(**_queued_again(clocks.now), source=row["source"], batch_id=batch_id,
-                pixel_fingerprint=row.get("pixel_fingerprint"))
+        .values(**values)
         .returning(Image.id).execution_options(synchronize_session=False)).scalar_one_or_none()
     if taken is None:
         return False

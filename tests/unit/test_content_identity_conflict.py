@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from producer import registration
 from producer.registration import Ingestion, create_batch, ingestion_for, register_files
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
@@ -181,6 +182,32 @@ def test_a_file_refused_unread_then_given_metadata_stays_a_copy_of_its_failure(
                                                      {"broken.png": ",L,CC,EX1"}))
     assert len(_images(sessions)) == 1
     assert _copies(sessions, batch) == [("broken.png", failed.id)]
+
+
+def test_a_file_refused_unread_and_retried_takes_its_manifest_row(
+        tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused unread for a fault of this software (retried whenever sent again), then sent
+    with its manifest row: the retried image was queued with no laterality, view or exam,
+    scored read alone, its row dropped without a word."""
+    path = _png(tmp_path / "x.png")
+    ingestion = _ingestion(sqlite_url, tmp_path, {"x.png": ",L,CC,EX1"})
+
+    def fault(*_: object, **__: object) -> None:
+        raise RuntimeError("a reader's fault")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(registration, "read_header", fault)
+        _register(sessions, [path], ingestion)
+    [refused] = _images(sessions)
+    assert (refused.error_code, refused.format) == (ErrorCode.INTERNAL.value, "unknown")
+    batch = _register(sessions, [path], ingestion)
+    [image] = _images(sessions)
+    with sessions() as session:
+        exam = session.execute(select(Study)).scalar_one()
+    assert (image.id, image.state, image.batch_id) == (refused.id, "queued", batch)
+    assert (image.format, image.rows, image.columns) == ("png", 96, 80)
+    assert (image.laterality, image.view, image.study_id) == ("L", "CC", exam.id)
 
 
 def test_mammo_run_refuses_a_copy_given_another_laterality_and_exam(
