@@ -25,7 +25,7 @@ from models.datasets import LabelledImage, load_dataset
 from models.model_card import write_model_card
 from models.registry import METADATA_FILE, ModelSpec, new_model_dir, sealed
 from models.repeated_splits import recipe
-from models.splits import patient_folds
+from models.splits import patient_folds, require_recorded_folds
 from models.train_run import bilateral_validation, data_hash, validation_report
 from shared.enums import CLASSES
 from shared.errors import ConfigurationError, DatasetError
@@ -71,6 +71,7 @@ def derive(spec: ModelSpec, data_path: Path, output: Path, version: str,
     labels = np.array([i.class_index for i in images], dtype=np.int64)
     patients = np.array([i.patient_id for i in images])
     folds = patient_folds(labels, patients, n_folds=config.folds, seed=config.seed)
+    require_recorded_folds(spec.metadata, images, folds)
     found = bilateral_validation(images, probs, folds, config.bilateral)
     if found is None:
         raise DatasetError(f"{data_path} pairs no patient's two breasts (same view): there "

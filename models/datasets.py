@@ -57,6 +57,10 @@ class LabelledImage:
     laterality: Laterality | None = None
     view: str | None = None
     rois: tuple[Roi, ...] = field(default=())
+    # The id of the image (the first by id) whose identical copy, byte for byte, this is;
+    # None for an image that is the only one of its content. A copy is in the patient group
+    # of its original (``load_dataset``).
+    copy_of: str | None = None
 
     @property
     def class_index(self) -> int:
@@ -67,8 +71,27 @@ def data_hash(images: Sequence[LabelledImage]) -> str:
     """sha256 over (id, label, file sha256) of every image: names the exact training data."""
     digest = hashlib.sha256()
     for image in sorted(images, key=lambda i: i.id):
-        digest.update(f"{image.id}\t{image.label.value}\t{file_sha256(image.path)}\n".encode())
+        digest.update(f"{image.id}\t{image.label.value}\t{content_sha256(image.path)}\n"
+                      .encode())
     return digest.hexdigest()
+
+
+# {path: ((size, modification time), sha256)}: a file is hashed once per process (finding
+# copies, the data hash, the digests kept with the validation predictions), again only
+# when it changed.
+_HASHED: dict[str, tuple[tuple[int, int], str]] = {}
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of the file's bytes, remembered for the process while the file is unchanged."""
+    stat = Path(path).stat()
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    known = _HASHED.get(str(path))
+    if known is not None and known[0] == stamp:
+        return known[1]
+    digest = file_sha256(Path(path))
+    _HASHED[str(path)] = (stamp, digest)
+    return digest
 
 
 def parse_label(value: str, where: str) -> Label:
@@ -112,14 +135,31 @@ def load_dataset(path: Path) -> list[LabelledImage]:
     images = loader[layout](path)
     if not images:
         raise DatasetError(f"{path} holds no labelled images.")
+    copies = _identical_content(images)
+    if layout == "class_folders":
+        _require_one_class_per_image(copies, path)
     if layout != "mias":  # Info.txt's pairs name the patients
         images = _identified_from_headers(images)
-    return sorted(images, key=lambda i: i.id)
+    return sorted(_copies_grouped(images, copies), key=lambda i: i.id)
 
 
 def without_patient(images: Sequence[LabelledImage]) -> int:
-    """How many images have no known patient: each is then its own group in the splits."""
-    return sum(1 for image in images if image.patient_id == image.id)
+    """How many images have no known patient: each is then its own group in the splits
+    (with its copies, if any)."""
+    return sum(1 for image in images if image.patient_id in (image.id, image.copy_of))
+
+
+def copies_warning(images: Sequence[LabelledImage]) -> str | None:
+    """The warning that some of ``images`` are copies of others (identical content), with
+    how they were split; None when there are none."""
+    copies = [image for image in images if image.copy_of is not None]
+    if not copies:
+        return None
+    return (f"{len(copies)} of {len(images)} images are copies of other images in the data "
+            f"(identical content: {some([f'{c.id} = {c.copy_of}' for c in copies], 3)}): "
+            "each copy is kept in its original's patient group, so no image is on both sides "
+            "of a split, but the figures count every copy as an image. Remove the copies for "
+            "figures that count each image once.")
 
 
 # How each layout names patients, and how to name them where it does not: the advice
@@ -161,8 +201,12 @@ def left_out_warning(images: Sequence[LabelledImage], path: Path) -> str | None:
 
 
 # Grouping DICOMs by patient needs only equality, not the PatientID: a hash salted afresh
-# in each process groups them and can never be linked to a patient (nor across runs).
+# in each process groups them and can never be linked to a patient. The splits must not
+# depend on that salt (a model's folds are drawn again in other processes: merge, bilateral
+# heads), so each group is then named after its first image (``DICOM_PATIENT``), which is
+# the same in every process and says nothing of the PatientID.
 _SALT = os.urandom(16)
+DICOM_PATIENT = "dicom-patient:"
 
 
 def _grouping_key(patient_id: str) -> str:
@@ -223,8 +267,10 @@ def _is_no_image(path: Path) -> bool:
 
 
 def _identified_from_headers(images: Sequence[LabelledImage]) -> list[LabelledImage]:
-    """Where a layout named no patient, laterality or view, a DICOM's header does."""
+    """Where a layout named no patient, laterality or view, a DICOM's header does; the
+    patients a header names are grouped as ``DICOM_PATIENT`` and their first image's id."""
     out = []
+    keys: dict[str, str] = {}  # in-process grouping key -> the first id of its images
     for image in images:
         if (image.patient_id != image.id and image.laterality and image.view) or not _is_dicom(
                 image.path):
@@ -235,24 +281,24 @@ def _identified_from_headers(images: Sequence[LabelledImage]) -> list[LabelledIm
         except (InputError, OSError):
             out.append(image)  # unreadable: prepare() says why, with the other skips
             continue
+        key = header.patient_pseudonym if image.patient_id == image.id else None
+        if key:
+            keys[key] = min(keys.get(key, image.id), image.id)
         out.append(dataclasses.replace(
-            image,
-            patient_id=(header.patient_pseudonym if image.patient_id == image.id
-                        and header.patient_pseudonym else image.patient_id),
+            image, patient_id=key or image.patient_id,
             laterality=image.laterality or header.laterality,
             view=image.view or (header.view.value if header.view else None)))
-    return out
+    return [dataclasses.replace(image, patient_id=DICOM_PATIENT + keys[image.patient_id])
+            if image.patient_id in keys else image for image in out]
 
 
 def load_manifest(path: Path) -> list[LabelledImage]:
     """The images a CSV manifest lists. An image's id is its file's stem, as for the other
-    layouts; where two listed files share a stem, their paths (as the manifest gives them,
-    without the suffix) tell them apart."""
+    layouts; where two listed files share a stem, their paths tell them apart
+    (``_manifest_ids``)."""
     rows = [(line, _manifest_row(row, f"{path.name} line {line}", path.parent))
             for line, row in _manifest_rows(path)]
-    stems: dict[str, int] = {}
-    for _, (_, image_path, _) in rows:
-        stems[image_path.stem] = stems.get(image_path.stem, 0) + 1
+    ids = _manifest_ids([image_path for _, (_, image_path, _) in rows], path.parent)
     images: list[LabelledImage] = []
     seen: dict[Path, int] = {}
     for line, (cell, image_path, fields) in rows:
@@ -264,12 +310,40 @@ def load_manifest(path: Path) -> list[LabelledImage]:
             raise DatasetError(f"{path.name} line {line}: {cell} not found ({image_path} is "
                                "not a file; relative paths are read from the manifest's "
                                "folder).")
-        image_id = (image_path.stem if stems[image_path.stem] == 1
-                    else Path(cell).with_suffix("").as_posix())
+        image_id = ids[len(images)]
         images.append(LabelledImage(id=image_id, path=image_path,
                                     patient_id=fields.pop("patient_id") or image_id, **fields))
     _require_unique_ids(images, path)
     return images
+
+
+def _manifest_ids(paths: Sequence[Path], folder: Path) -> list[str]:
+    """The id of each of ``paths`` (files a manifest in ``folder`` lists): its stem, unless
+    another listed file has that stem; then, where all the files of that stem lie in the
+    manifest's folder, the path inside it (``a/IM0001``), else the fewest last folders that
+    tell them apart (``P1/IM0001``); without the suffix. Never the whole path as written:
+    ids travel with the model (its validation predictions, its card), and the folders
+    above the data are nobody's business (a folder name at a site is often a patient's)."""
+    full = [Path(os.path.abspath(p)).with_suffix("") for p in paths]
+    base = Path(os.path.abspath(folder))
+    by_stem: dict[str, list[int]] = {}
+    for n, image_path in enumerate(full):
+        by_stem.setdefault(image_path.name, []).append(n)
+    ids = [image_path.name for image_path in full]
+    for same in by_stem.values():
+        if len(same) < 2:
+            continue
+        if all(full[n].is_relative_to(base) for n in same):
+            for n in same:
+                ids[n] = full[n].relative_to(base).as_posix()
+            continue
+        parts = [full[n].parts[1:] for n in same]  # without the root (/, C:\\)
+        last = 2
+        while last < max(map(len, parts)) and len({p[-last:] for p in parts}) < len(parts):
+            last += 1
+        for n, inside in zip(same, parts, strict=True):
+            ids[n] = "/".join(inside[-last:])
+    return ids
 
 
 def _manifest_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
@@ -372,7 +446,6 @@ def load_class_folders(path: Path) -> list[LabelledImage]:
             "its name. Convert them to one of these, or move them out of the class folders; "
             "a data set is read whole, never in part.")
     _require_unique_ids(images, path)
-    _require_one_class_per_image(images, path)
     return images
 
 
@@ -394,24 +467,72 @@ def _require_only_class_folders(path: Path) -> None:
             f"{', '.join(f'{n}/' for n in names)}, or out of {path}.")
 
 
-def _require_one_class_per_image(images: Sequence[LabelledImage], source: Path) -> None:
-    """Refuse one image (identical bytes) filed under two classes: it would count twice,
-    with opposite truths. Only files of equal size are hashed."""
+def _identical_content(images: Sequence[LabelledImage]) -> list[list[LabelledImage]]:
+    """The sets of two or more images with identical content (the same bytes), each in id
+    order, in the order of their first ids. Only files of equal size are hashed."""
     by_size: dict[int, list[LabelledImage]] = {}
     for image in images:
         by_size.setdefault(image.path.stat().st_size, []).append(image)
+    found: list[list[LabelledImage]] = []
     for same_size in by_size.values():
-        if len({image.label for image in same_size}) < 2:
+        if len(same_size) < 2:
             continue
-        first: dict[str, LabelledImage] = {}
+        by_content: dict[str, list[LabelledImage]] = {}
         for image in same_size:
-            other = first.setdefault(file_sha256(image.path), image)
+            by_content.setdefault(content_sha256(image.path), []).append(image)
+        found.extend(sorted(same, key=lambda i: i.id) for same in by_content.values()
+                     if len(same) > 1)
+    return sorted(found, key=lambda same: same[0].id)
+
+
+def _require_one_class_per_image(copies: Sequence[Sequence[LabelledImage]],
+                                 source: Path) -> None:
+    """Refuse one image (identical bytes, ``_identical_content``'s ``copies``) filed under
+    two classes: it would count twice, with opposite truths."""
+    for same in copies:
+        other = same[0]
+        for image in same[1:]:
             if other.label != image.label:
                 raise DatasetError(
                     f"{other.path.relative_to(source)} and {image.path.relative_to(source)} "
                     f"are the same image (identical content) under two classes, "
                     f"{other.label.value} and {image.label.value}: keep it in the one class "
                     f"it belongs to.")
+
+
+def _copies_grouped(images: Sequence[LabelledImage],
+                    copies: Sequence[Sequence[LabelledImage]]) -> list[LabelledImage]:
+    """``images`` with each set of ``copies`` (identical content) in one patient group, so
+    that no copy falls on the other side of a split from its original: the patients of
+    copies are one group, named by its least known patient, else by its first image's id
+    (copies of no known patient). Each copy but the first by id records ``copy_of``."""
+    if not copies:
+        return list(images)
+    by_id = {image.id: image for image in images}
+    parent: dict[str, str] = {}
+
+    def root(patient: str) -> str:
+        while parent.get(patient, patient) != patient:
+            patient = parent[patient]
+        return patient
+
+    copy_of: dict[str, str] = {}
+    for same in copies:
+        first = by_id[same[0].id]
+        for image in same[1:]:
+            copy_of[image.id] = first.id
+            a, b = root(first.patient_id), root(by_id[image.id].patient_id)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    members: dict[str, list[LabelledImage]] = {}
+    for image in images:
+        members.setdefault(root(image.patient_id), []).append(image)
+    names: dict[str, str] = {}
+    for group, found in members.items():
+        known = [i.patient_id for i in found if i.patient_id != i.id]
+        names[group] = min(known) if known else min(i.id for i in found)
+    return [dataclasses.replace(image, patient_id=names[root(image.patient_id)],
+                                copy_of=copy_of.get(image.id)) for image in images]
 
 
 def _require_unique_ids(images: Sequence[LabelledImage], source: Path) -> None:

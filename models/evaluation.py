@@ -18,12 +18,15 @@ from models import metrics
 from models.bilateral import apply_partners, bilateral_head, pair_keys, partners
 from models.datasets import (
     LabelledImage,
+    content_sha256,
+    copies_warning,
     data_hash,
     layout_of,
     left_out_warning,
     load_dataset,
     unknown_patients_warning,
 )
+from models.prepared import pixel_digest
 from models.registry import ModelSpec
 from shared.enums import CLASSES
 from shared.errors import DatasetError, InputError
@@ -53,6 +56,7 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
                             preprocessing_version=PREPROCESSING_VERSION)
     classifier.load()
     kept: list[LabelledImage] = []
+    digests: list[str] = []
     truth: list[int] = []
     rows: list[np.ndarray] = []
     batch: list[np.ndarray] = []
@@ -70,6 +74,7 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
             _skipped(image, exc.message, progress, unread)
             continue
         kept.append(image)
+        digests.append(pixel_digest(decoded.pixels))
         truth.append(image.class_index)
         if len(batch) == batch_size:
             flush()
@@ -80,7 +85,8 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
         raise DatasetError(f"None of the images in {data_path} could be read.")
     # On the images scored: the figures are theirs.
     _note(warnings, unknown_patients_warning, kept, layout_of(data_path))
-    _note(warnings, training_overlap, spec, kept)
+    _note(warnings, copies_warning, kept)
+    _note(warnings, training_overlap, spec, kept, digests)
     probs = np.asarray(rows, dtype=np.float64)
     if bilateral:
         probs = _read_pairs(spec, kept, probs, progress)
@@ -137,12 +143,20 @@ def _read_pairs(spec: ModelSpec, images: list[LabelledImage], probs: np.ndarray,
 VALIDATION_PREDICTIONS = "validation_predictions.json"
 
 
-def training_overlap(spec: ModelSpec, images: Sequence[LabelledImage]) -> str | None:
+def training_overlap(spec: ModelSpec, images: Sequence[LabelledImage],
+                     pixels: Sequence[str] | None = None) -> str | None:
     """Why figures on ``images`` are not held-out figures of ``spec``, or None.
 
-    The same data (``training_data.sha256``, hashed as a training run hashes it) is certain;
-    otherwise an image with the id and label of one the model's held-out predictions were
-    made for (its training images, ``validation_predictions.json``) is a likely overlap."""
+    The same data (``training_data.sha256``, hashed as a training run hashes it) is certain.
+    Otherwise the model's held-out predictions (its training images,
+    ``validation_predictions.json``) name its training images: by their content where a
+    training run recorded it (the file's sha256, and the digest of its pixels, which
+    ``pixels``, each image's ``pixel_digest``, is compared with: the same image saved in
+    another format), whatever the image is called here; by name in models that recorded
+    none, an image with the id and label of a training image, or with its file name (an id's
+    last part, any case) and label where that name is a training image's alone (the same
+    images laid out otherwise: ``mdb001`` in a MIAS folder is ``benign/mdb001`` in a class
+    folder)."""
     recorded = (spec.metadata.get("training_data") or {}).get("sha256")
     if recorded and data_hash(images) == recorded:
         return (f"these {len(images)} images are the data {spec.name} {spec.version} was "
@@ -150,12 +164,34 @@ def training_overlap(spec: ModelSpec, images: Sequence[LabelledImage]) -> str | 
                 "own training data, not how it does on new images")
     try:
         rows = json.loads((spec.directory / VALIDATION_PREDICTIONS).read_text(encoding="utf-8"))
-        trained = {(str(r["id"]), str(r["truth"])) for r in rows}
-    except (OSError, ValueError, TypeError, KeyError):
+        trained = [(str(r["id"]), str(r["truth"]), r.get("sha256"), r.get("pixels"))
+                   for r in rows]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    shared = sum((image.id, image.label.value) in trained for image in images)
+    where = f"{spec.name} {spec.version}'s training images ({VALIDATION_PREDICTIONS})"
+    if any(digest for _, _, digest, _ in trained):
+        contents = {d for _, _, file_digest, pixel in trained for d in (file_digest, pixel) if d}
+        own = pixels if pixels is not None else [None] * len(images)
+        shared = sum(digest in contents or content_sha256(image.path) in contents
+                     for image, digest in zip(images, own, strict=True))
+        if not shared:
+            return None
+        return (f"{shared} of {len(images)} images have the content of one of {where}: "
+                "figures on them are not held-out figures")
+    names = {(image_id, label) for image_id, label, _, _ in trained}
+    counted: dict[str, int] = {}
+    for image_id, _, _, _ in trained:
+        counted[_file_name(image_id)] = counted.get(_file_name(image_id), 0) + 1
+    names |= {(_file_name(image_id), label) for image_id, label, _, _ in trained
+              if counted[_file_name(image_id)] == 1}
+    shared = sum((image.id, image.label.value) in names
+                 or (_file_name(image.id), image.label.value) in names for image in images)
     if not shared:
         return None
-    return (f"{shared} of {len(images)} images have the id and label of one of "
-            f"{spec.name} {spec.version}'s training images ({VALIDATION_PREDICTIONS}): "
-            "figures on them are not held-out figures")
+    return (f"{shared} of {len(images)} images have the id or file name and label of one of "
+            f"{where}: figures on them are not held-out figures")
+
+
+def _file_name(image_id: str) -> str:
+    """An image id's last part, in one case: ``mdb001`` of ``benign/MDB001``."""
+    return image_id.rsplit("/", 1)[-1].casefold()

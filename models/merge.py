@@ -22,7 +22,7 @@ from models.datasets import load_dataset
 from models.prepared import prepare
 from models.registry import ModelSpec, new_model_dir
 from models.repeated_splits import recipe
-from models.splits import patient_folds
+from models.splits import patient_folds, require_recorded_folds
 from models.train_run import (
     CrossValidation,
     TrainConfig,
@@ -110,6 +110,8 @@ def merge(specs: Sequence[ModelSpec], data_path: Path, output: Path, version: st
                    progress=say)
     require_training_data(data, specs[0].metadata, data_path)
     folds = patient_folds(data.labels, data.patients, n_folds=first.folds, seed=first.seed)
+    for spec in specs:  # each trunk scores only the fold it never saw
+        require_recorded_folds(spec.metadata, data.images, folds)
     members = sum(c.members for c in configs)
     config = dataclasses.replace(first, version=version, members=members, command=command)
     loaded = [keras.models.load_model(s.model_path, compile=False, safe_mode=True)

@@ -6,9 +6,10 @@ labels follow whatever geometry the shared preprocessing applies.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +32,8 @@ class PreparedSet:
     skipped: list[tuple[str, str]]
 
     _tissue: list[tuple[np.ndarray, np.ndarray]] | None = None
+    # ``pixel_digest`` of each image's decoded pixels (empty where not taken).
+    digests: list[str] = field(default_factory=list)
 
     def tissue(self, index: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """(rows, cols) of the pixels brighter than ``threshold`` in image ``index``, cached."""
@@ -55,14 +58,16 @@ class PreparedSet:
         if pixels.shape != self.pixels.shape:
             raise ValueError(f"pixels {pixels.shape} do not match the set's {self.pixels.shape}")
         tissue = [self.tissue(i, threshold) for i in range(len(self.images))]
-        seen = PreparedSet(self.images, pixels, self.circles, self.skipped)
+        seen = PreparedSet(self.images, pixels, self.circles, self.skipped,
+                           digests=self.digests)
         seen._tissue = tissue
         return seen
 
     def subset(self, index: Sequence[int] | np.ndarray) -> PreparedSet:
         idx = [int(i) for i in index]
         part = PreparedSet([self.images[i] for i in idx], self.pixels[idx],
-                           [self.circles[i] for i in idx], [])
+                           [self.circles[i] for i in idx], [],
+                           digests=[self.digests[i] for i in idx] if self.digests else [])
         if self._tissue is not None:  # judged on the original pixels (``with_pixels``)
             part._tissue = [self._tissue[i] for i in idx]
         return part
@@ -74,6 +79,7 @@ def prepare(images: Sequence[LabelledImage], input_size: tuple[int, int], *, max
     arrays: list[np.ndarray] = []
     circles: list[list[InputCircle]] = []
     skipped: list[tuple[str, str]] = []
+    digests: list[str] = []
     for n, image in enumerate(images, start=1):
         try:
             decoded = decode(image.path, max_pixels=max_pixels)
@@ -83,6 +89,7 @@ def prepare(images: Sequence[LabelledImage], input_size: tuple[int, int], *, max
             continue
         kept.append(image)
         arrays.append(tensor[:, :, 0].astype(np.float16))
+        digests.append(pixel_digest(decoded.pixels))
         circles.append(circles_in_input(image, decoded, input_size))
         if progress and n % 50 == 0 and n < len(images):
             progress(f"preprocessing: {n} of {len(images)} images read"
@@ -97,4 +104,30 @@ def prepare(images: Sequence[LabelledImage], input_size: tuple[int, int], *, max
         progress(f"preprocessed {len(kept)}/{len(images)} images" + (
             f"; {len(skipped)} could not be read and {'is' if len(skipped) == 1 else 'are'} "
             "left out (the warnings above say why)" if skipped else ""))
-    return PreparedSet(kept, np.stack(arrays), circles, skipped)
+    return PreparedSet(kept, np.stack(arrays), circles, skipped, digests=digests)
+
+
+# Bumped when what is hashed changes: digests of two versions are not compared.
+PIXEL_DIGEST_VERSION = "px1"
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """``px1:<sha256>`` of decoded pixels as stored (``DecodedImage.pixels``): their shape
+    and values, whatever file format held them, so an image saved again in another format
+    without loss (a PGM as a PNG, 8 bits in a 16-bit file) has the digest of the original.
+    Integer values are hashed in the narrowest of 8 or 16 unsigned bits that holds them,
+    little endian."""
+    values = np.asarray(pixels)
+    if values.dtype.kind in "iub" and values.size:
+        low, high = int(values.min()), int(values.max())
+        if low >= 0 and high <= 0xFF:
+            values = values.astype(np.uint8)
+        elif low >= 0 and high <= 0xFFFF:
+            values = values.astype("<u2")
+        else:
+            values = values.astype("<i8")
+    else:
+        values = values.astype("<f8")
+    digest = hashlib.sha256(f"{values.shape}|{values.dtype.str}|".encode())
+    digest.update(np.ascontiguousarray(values).data)
+    return f"{PIXEL_DIGEST_VERSION}:{digest.hexdigest()}"

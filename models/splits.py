@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from models.datasets import DICOM_PATIENT, LabelledImage
 from shared.enums import CLASSES
 from shared.errors import DatasetError
 
@@ -134,3 +138,39 @@ def class_counts(labels: np.ndarray, patients: np.ndarray) -> str:
         parts.append(f"{label.value} {int(mask.sum())} images from "
                      f"{len(set(patients[mask].tolist()))} patients")
     return ", ".join(parts)
+
+
+def folds_digest(images: Sequence[LabelledImage],
+                 folds: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """sha256 of the ids each fold holds out: the folds a model was validated on, recorded
+    (``training_data.folds_sha256``) so that what draws them again (``mammo models merge``, a
+    bilateral head) can tell that it drew the same."""
+    digest = hashlib.sha256()
+    for _, held_out in folds:
+        digest.update(("\t".join(sorted(images[int(i)].id for i in held_out)) + "\n").encode())
+    return digest.hexdigest()
+
+
+def require_recorded_folds(meta: Mapping[str, Any], images: Sequence[LabelledImage],
+                           folds: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Raise ``DatasetError`` unless ``folds``, drawn again, are the folds the model of
+    ``meta`` was validated on: else its trunks would be scored on images they trained on.
+    A model that recorded none (trained before they were recorded) drew the same folds
+    unless its patients came from DICOM headers (grouped then by a key drawn afresh in each
+    process) or its data held copies of an image (not grouped then)."""
+    name = f"{meta.get('name', 'the model')} {meta.get('version', '')}".strip()
+    recorded = (meta.get("training_data") or {}).get("folds_sha256")
+    if recorded is not None:
+        if recorded == folds_digest(images, folds):
+            return
+        why = "its recorded folds are not the ones drawn now"
+    elif any(image.patient_id.startswith(DICOM_PATIENT) or image.copy_of for image in images):
+        why = ("it records no folds (an earlier version trained it), and this data's "
+               "patients come from DICOM headers or it holds copies of an image, which that "
+               "version split otherwise")
+    else:
+        return
+    raise DatasetError(
+        f"{name} cannot be scored on the folds drawn again from this data: {why}, so its "
+        "trunks would be scored on images they trained on. Train it again with this version "
+        "(same --seed) and use that model.")

@@ -32,6 +32,8 @@ from models.bilateral import fit_bilateral, held_out_bilateral, pair_keys, partn
 from models.calibration import fit_head
 from models.datasets import (
     LabelledImage,
+    content_sha256,
+    copies_warning,
     data_hash,
     layout_of,
     left_out_warning,
@@ -48,6 +50,7 @@ from models.pretraining import PretrainOptions, pretrained_trunk
 from models.registry import MODEL_FILE, new_model_dir, write_model_dir
 from models.splits import (
     EARLY_STOPPING_FRACTION,
+    folds_digest,
     inner_validation,
     patient_folds,
     require_every_class,
@@ -325,7 +328,7 @@ def train(data_path: Path, output: Path, config: TrainConfig, say: Progress) -> 
     say(f"{len(images)} labelled images from {data_path}; "
         f"preprocessing version {PREPROCESSING_VERSION}, input {config.input_size}")
     for warning in (unknown_patients_warning(images, layout_of(data_path)),
-                    left_out_warning(images, data_path)):
+                    copies_warning(images), left_out_warning(images, data_path)):
         if warning is not None:
             say(f"warning: {warning}")
     data = prepare(images, config.input_size, max_pixels=config.max_pixels, progress=say)
@@ -413,6 +416,7 @@ def write_model(data_path: Path, output: Path, data: PreparedSet,
             "layout": layout_of(data_path),
             "images_with_circles": sum(1 for c in data.circles if c),
             "held_out_per_fold": [len(held_out) for _, held_out in folds],
+            "folds_sha256": folds_digest(data.images, folds),
             "images_without_patient": without_patient(data.images)},
         "training": {**{k: v for k, v in asdict(config).items() if k not in drop},
                      "input_size": list(config.input_size),
@@ -457,9 +461,14 @@ def skipped_note(skipped: Sequence[Sequence[str]]) -> str:
 
 
 def _write_validation_predictions(directory: Path, data: PreparedSet, probs: np.ndarray) -> None:
+    # With each image's content digests (its file's sha256, its pixels'), by which
+    # ``mammo evaluate`` knows a training image whatever its name or format.
+    pixels: Sequence[str | None] = data.digests or [None] * len(data.images)
     rows = [{"id": image.id, "truth": image.label.value,
-             **{f"p_{c.value}": round(float(p), 4) for c, p in zip(CLASSES, row, strict=True)}}
-            for image, row in zip(data.images, probs, strict=True)]
+             **{f"p_{c.value}": round(float(p), 4) for c, p in zip(CLASSES, row, strict=True)},
+             "sha256": content_sha256(image.path),
+             **({"pixels": digest} if digest else {})}
+            for image, row, digest in zip(data.images, probs, pixels, strict=True)]
     (directory / "validation_predictions.json").write_text(json.dumps(rows, indent=1) + "\n",
                                                            encoding="utf-8")
 

@@ -24,7 +24,8 @@ mdb004 F CALC M 300 900 20
 
 
 def _image(path: Path, rows: int = 300) -> None:
-    pixels = synth_mammogram(np.random.default_rng(0), (rows, 240))
+    # Seeded by the path: identical files would be one image's copies (one patient group).
+    pixels = synth_mammogram(np.random.default_rng(list(str(path).encode())), (rows, 240))
     write_png(path, pixels)
 
 
