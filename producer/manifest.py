@@ -79,6 +79,9 @@ class FileMetadata:
     label: Label | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
     study_date: str | None = None  # YYYYMMDD
+    # Guessed from the file's name (``filename_convention``), not stated by a manifest row:
+    # a manifest row giving the same bytes other values later corrects them (registration).
+    inferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ def filename_convention(file: Path) -> FileMetadata | None:
     number = int(match.group(1))
     return FileMetadata(
         laterality=Laterality.LEFT if number % 2 == 0 else Laterality.RIGHT, view=View.MLO,
-        pixel_spacing_mm=(_MINI_MIAS_SPACING_MM, _MINI_MIAS_SPACING_MM))
+        pixel_spacing_mm=(_MINI_MIAS_SPACING_MM, _MINI_MIAS_SPACING_MM), inferred=True)
 
 
 def metadata_source(manifest: Manifest | None) -> Callable[[Path], FileMetadata | None]:

@@ -36,6 +36,7 @@ from shared.db.schema import Batch, DuplicateSubmission, Image, Prediction, Stud
 from shared.db.upsert import insert_missing, upsert_returning_ids
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.errors import BadFileNameError, InputError, first_line
+from shared.exams import owe_exam_refresh
 from shared.formatting import without_control
 from shared.imaging.header_bounds import bounded, storable
 from shared.imaging.pixel_fingerprint import pixel_fingerprint, pixels_differ
@@ -68,6 +69,13 @@ RETRIED_ALWAYS = frozenset({
     ErrorCode.POISON, ErrorCode.INTERNAL, ErrorCode.TOO_LARGE,
     ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
 })
+# Where an image's laterality, view and exam came from (``images.metadata_origin``). Stated:
+# a DICOM header, a manifest row (NULL, an image registered before it was kept, counts as
+# stated). Inferred: the file-name convention, or nothing at all (read alone). A file known
+# by its bytes sent again with a manifest row corrects inferred values (``_correct_inferred``);
+# stated ones it contradicts make it a ``uid_conflict``.
+FROM_HEADER, FROM_MANIFEST, FROM_NAME, FROM_NOTHING = "header", "manifest", "filename", "none"
+INFERRED_ORIGINS = (FROM_NAME, FROM_NOTHING)
 
 
 @dataclass
@@ -77,6 +85,9 @@ class Registration:
     new_ids: list[int] = field(default_factory=list)  # retried failed images included
     rejected_ids: list[int] = field(default_factory=list)
     retried: dict[int, str] = field(default_factory=dict)  # image id -> its earlier error
+    # Images whose inferred metadata this batch's manifest rows corrected, queued to be
+    # scored again (also in ``new_ids``): image id -> what changed (``_correct_inferred``).
+    reregistered: dict[int, str] = field(default_factory=dict)
     duplicates: list[tuple[str, int, str]] = field(default_factory=list)  # source, id, state
     # Failed images of an earlier version of a file, removed (``_retire_superseded``).
     superseded: list[int] = field(default_factory=list)
@@ -87,6 +98,7 @@ class Registration:
         self.new_ids += other.new_ids
         self.rejected_ids += other.rejected_ids
         self.retried.update(other.retried)
+        self.reregistered.update(other.reregistered)
         self.duplicates += other.duplicates
         self.superseded += other.superseded
 
@@ -164,11 +176,20 @@ def ingestion_for(settings: Settings, manifest: Path | None = None) -> Ingestion
     return Ingestion(pseudonymize=pseudonymize, metadata=metadata_source(rows), manifest=rows)
 
 
+class _Given(NamedTuple):
+    """What a submission gives a file besides its header: a reference label (manifest), and
+    where its laterality, view and exam came from (``FROM_HEADER``...)."""
+
+    label: str | None = None
+    origin: str | None = None
+
+
 def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputError | None,
-         study_id: int | None, label: str | None = None, *, now: datetime,
+         study_id: int | None, given: _Given | None = None, *, now: datetime,
          fingerprint: str | None = None) -> dict[str, Any]:
     """``now``: the database's time (``_register_block``), which the row is stamped with;
     ``fingerprint``: the file's pixel fingerprint (``_fingerprints``)."""
+    given = given or _Given()
     row: dict[str, Any] = {
         "batch_id": batch_id, "source": source_text(path), "study_id": study_id, "attempts": 0,
         "created_at": now,
@@ -186,7 +207,8 @@ def _row(path: Path, batch_id: int, header: ImageHeader | None, error: InputErro
             spacing_column_mm=header.pixel_spacing_mm[1] if header.pixel_spacing_mm else None,
             view_flags=",".join(header.view_flags) or None,
             burned_in_annotation=header.burned_in_annotation, voi=header.voi,
-            reference_label=label, pixel_fingerprint=fingerprint,
+            reference_label=given.label, pixel_fingerprint=fingerprint,
+            metadata_origin=given.origin,
         )
     else:
         assert error is not None
@@ -344,8 +366,10 @@ def _register_isolating(sessions: sessionmaker[Session], new: NewBatch | None,
     (with the batch it was to create: ``new``, used while ``result`` has no batch yet).
     """
     part = Registration(result.batch_id)
+    # This call's images so far: a later file of the same call corrects none of them.
+    registered = frozenset(result.new_ids + result.rejected_ids)
     try:
-        _register_block(sessions, new, block, part, ingestion)
+        _register_block(sessions, new, block, part, ingestion, registered=registered)
     except _REFUSED_VALUE as exc:
         reason = f"{type(exc).__name__}: {first_line(exc.orig or exc)}"
         if len(block) > 1:
@@ -358,7 +382,7 @@ def _register_isolating(sessions: sessionmaker[Session], new: NewBatch | None,
         # A failure records the file's path and content hash, none of its header's values;
         # should the database refuse that too, the error is the caller's.
         part = Registration(result.batch_id)
-        _register_block(sessions, new, block, part, ingestion,
+        _register_block(sessions, new, block, part, ingestion, registered=registered,
                         failure=_refused_by_database(block[0], reason))
     result.absorb(part)
 
@@ -375,8 +399,9 @@ def _refused_by_database(path: Path, reason: str) -> InputError:
 
 
 def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputError | None,
-                                                     str | None]:
-    """(header with manifest/convention metadata applied, or the error; reference label)."""
+                                                     _Given | None]:
+    """(header with manifest/convention metadata applied, or the error; its label and
+    metadata's origin)."""
     if source_text(path) != str(path):
         # Name the part that is not UTF-8: a good file name in a badly named folder too.
         bad = next(part for part in reversed(path.parts) if source_text(Path(part)) != part)
@@ -399,10 +424,20 @@ def _read(path: Path, ingestion: Ingestion) -> tuple[ImageHeader | None, InputEr
             f"({type(exc).__name__}: {first_line(exc)}); the traceback is in the log. Submit "
             "the file again once the software is fixed.", code=ErrorCode.INTERNAL), None
     label = metadata.label.value if metadata and metadata.label else None
-    return bounded(apply_metadata(header, metadata)), None, label
+    given = _Given(label, _origin(header, metadata))
+    return bounded(apply_metadata(header, metadata)), None, given
 
 
-_Read = tuple[Path, ImageHeader | None, InputError | None, str | None]
+def _origin(header: ImageHeader, metadata: FileMetadata | None) -> str:
+    """Where the file's laterality, view and exam come from (``images.metadata_origin``)."""
+    if header.format == "dicom":
+        return FROM_HEADER  # a manifest row only fills what the header leaves out: stated too
+    if metadata is None:
+        return FROM_NOTHING
+    return FROM_NAME if metadata.inferred else FROM_MANIFEST
+
+
+_Read = tuple[Path, ImageHeader | None, InputError | None, _Given | None]
 
 
 def _refuse_other_patients(session: Session, read: list[_Read]) -> list[_Read]:
@@ -423,17 +458,17 @@ def _refuse_other_patients(session: Session, read: list[_Read]) -> list[_Read]:
             select(Study.study_uid, Study.patient_pseudonym).where(Study.study_uid.in_(keys)))
     } if keys else {}
     checked: list[_Read] = []
-    for path, header, error, label in read:
+    for path, header, error, given in read:
         key = study_key(header) if header else None
         ours = header.patient_pseudonym if header else None
         if key is None or ours is None or header is None or header.identity in stored:
-            checked.append((path, header, error, label))
+            checked.append((path, header, error, given))
             continue
         theirs = patient_of.get(key)
         if theirs is None:  # a new exam, or one whose files named no patient so far
             patient_of[key] = theirs = ours
         if theirs == ours:
-            checked.append((path, header, error, label))
+            checked.append((path, header, error, given))
             continue
         checked.append((path, None, InputError(
             f"Its StudyInstanceUID {key} already names an exam of patient {theirs}, and this "
@@ -447,10 +482,12 @@ def _refuse_other_patients(session: Session, read: list[_Read]) -> list[_Read]:
 
 def _register_block(sessions: sessionmaker[Session], new: NewBatch | None,
                     block: Sequence[Path], result: Registration, ingestion: Ingestion, *,
-                    failure: InputError | None = None) -> None:
+                    failure: InputError | None = None,
+                    registered: frozenset[int] = frozenset()) -> None:
     """``failure``: the error every file of the block is recorded failed with, unread.
     The block joins ``result.batch_id``; while that is None, the batch ``new``, inserted in
-    the block's own transaction (committed with its rows, or not at all)."""
+    the block's own transaction (committed with its rows, or not at all). ``registered``:
+    the images the call registered in its earlier blocks."""
     # Headers first, outside any transaction; then one round-trip per kind of row.
     normal = [_normalised(path) for path in block]
     read = [(path, *(_read(path, ingestion) if failure is None else (None, failure, None)))
@@ -474,14 +511,19 @@ def _register_block(sessions: sessionmaker[Session], new: NewBatch | None,
         owners = [_Owner(study_key(header), header.patient_pseudonym) if header else _Owner()
                   for _, header, _, _ in read]
         rows = [_row(path, batch_id, header, error,
-                     studies.get(owner.study_uid or "") if header else None, label, now=now,
+                     studies.get(owner.study_uid or "") if header else None, told, now=now,
                      fingerprint=prints.get(path))
-                for owner, (path, header, error, label) in zip(owners, read, strict=True)]
+                for owner, (path, header, error, told) in zip(owners, read, strict=True)]
         paths = {row["source"]: path for row, (path, *_) in zip(rows, read, strict=True)}
         owner_of = {row["source"]: owner for row, owner in zip(rows, owners, strict=True)}
         rows = _adopt_refused(session, rows, paths, result, given, now)
         existing = _insert_new(session, rows, result)
         known = _known(session, existing)
+        corrected, tried = _correct_inferred(session, batch_id, existing, known, owner_of,
+                                             result, registered, now)
+        if tried:  # what is left is judged against the images as they now are
+            existing = [row for row in existing if row["source"] not in corrected]
+            known = _known(session, existing)
         clashes = {row["source"]: found for row in existing
                    if (found := _uid_clash(row, owner_of[row["source"]],
                                            known[row["identity"]]))}
@@ -556,7 +598,7 @@ def _known(session: Session, rows: list[dict[str, Any]]) -> dict[str, Any]:
         select(Image.identity, Image.id, Image.batch_id, Image.state, Image.error_code,
                Image.source, Image.finished_at, Image.format, Image.rows, Image.columns,
                Image.laterality, Image.view, Image.study_id, Image.pixel_fingerprint,
-               Study.study_uid, Study.patient_pseudonym)
+               Image.metadata_origin, Study.study_uid, Study.patient_pseudonym)
         .outerjoin(Study, Image.study_id == Study.id)
         .where(Image.identity.in_({r["identity"] for r in rows})))}
 
@@ -834,6 +876,96 @@ def _changed_since(path: Path, source: str, stored: Any, clocks: Clocks) -> bool
     return clocks.written_after(path, failed_at)
 
 
+def _correct_inferred(session: Session, batch_id: int, existing: list[dict[str, Any]],
+                      known: dict[str, Any], owner_of: dict[str, _Owner], result: Registration,
+                      registered: frozenset[int], now: datetime) -> tuple[set[str], bool]:
+    """Re-register with this submission's manifest row each image whose laterality, view or
+    exam were only inferred (``INFERRED_ORIGINS``: its file name, or nothing: read alone)
+    and that the row gives other ones (``_states_other``: where the image had none too):
+    it takes the row's values, as a first registration with the row would, joins this
+    batch under this file's path and is queued to be scored again. Returns the sources so
+    corrected, and whether any was tried (a refused try leaves ``known`` stale).
+
+    A site runs `mammo run folder/` on PNGs with no manifest, then runs the folder again
+    with the manifest that forms its exams: each file's bytes are already an image, read
+    alone. Taken for a copy, the exam never held it (a malignant view left out of its score
+    and worklist row); refused as a ``uid_conflict``, it could never join its exam, since
+    nothing else changes a registered image's metadata. A guess yields to a statement.
+    Stated values (a DICOM header, an earlier manifest row) never do: that stays a conflict.
+
+    As a re-score does, the image is queued again (``_queued_again``: registered anew, its
+    ``created_at`` now): its earlier predictions stay in the table as history (one per
+    model version; the same version scoring it again replaces its own, as a re-read does),
+    and one that cannot be read again fails rather than keep a score read under the
+    values it no longer has. An image a worker holds is taken from it: its claim is
+    cleared, so the worker's save, fenced by its claim (``lifecycle.mark_done``), discards
+    the result read under the earlier values, as for a lease taken over. The update is
+    guarded on the values being still inferred: of two producers correcting it at once, the
+    second finds the first's row and is judged against it (a copy, or a conflict). An image
+    this same call registered (the same bytes given twice, one with a row) is not
+    corrected: that stays a conflict. Its exam owes a refresh (``owe_exam_refresh``) in this
+    transaction, so its stored result no longer stands complete without the image.
+    """
+    this_call = registered | set(result.new_ids) | set(result.rejected_ids)
+    corrected: dict[str, int] = {}
+    tried = False
+    for row in existing:
+        stored = known[row["identity"]]
+        owner = owner_of[row["source"]]
+        if (row.get("metadata_origin") != FROM_MANIFEST or row["source"] in corrected
+                or stored.metadata_origin not in INFERRED_ORIGINS or stored.id in this_call
+                or not _states_other(row, stored)):
+            continue
+        tried = True
+        taken = session.execute(
+            update(Image).where(Image.id == stored.id, Image.identity == row["identity"],
+                                Image.metadata_origin.in_(INFERRED_ORIGINS))
+            .values(**{**row, **_queued_again(now)})
+            .returning(Image.id).execution_options(synchronize_session=False)
+        ).scalar_one_or_none()
+        if taken is None:
+            continue  # corrected meanwhile (another producer): judged against its values
+        what = _corrections(row, owner, stored)
+        log.info("image %d (%s; %s): its metadata was %s; re-registered with the manifest "
+                 "row of %s (%s) and queued to be scored again%s; its earlier predictions "
+                 "are kept as history", stored.id, stored.state,
+                 without_control(stored.source, one_line=True), _inferred_how(stored),
+                 without_control(row["source"], one_line=True), what,
+                 " (taken from the worker holding it, whose result is discarded)"
+                 if stored.state == ImageState.PROCESSING.value else "")
+        result.new_ids.append(stored.id)
+        result.reregistered[stored.id] = what
+        corrected[row["source"]] = stored.id
+    if corrected:
+        owe_exam_refresh(session, list(corrected.values()))
+    return set(corrected), tried
+
+
+def _states_other(row: dict[str, Any], stored: Any) -> bool:
+    """Whether the row states a laterality, view or exam other than the image's: one the
+    image was given none of counts too (its values were not stated, so nothing is
+    filled in: the row corrects them all), a value the row leaves out does not."""
+    return any(row.get(name) is not None and row[name] != getattr(stored, name)
+               for name in ("laterality", "view", "study_id"))
+
+
+def _inferred_how(stored: Any) -> str:
+    if stored.metadata_origin == FROM_NAME:
+        return "inferred from its file name (the mini-MIAS convention)"
+    return "not given (no manifest row: it was read alone)"
+
+
+def _corrections(row: dict[str, Any], owner: _Owner, stored: Any) -> str:
+    """What a manifest row changed of an image's inferred metadata, in a few words."""
+    changes = [f"{name} {getattr(stored, name) or 'unknown'} -> {row.get(name) or 'unknown'}"
+               for name in ("laterality", "view") if row.get(name) != getattr(stored, name)]
+    if row["study_id"] != stored.study_id:
+        was = ("read alone" if stored.study_id is None
+               else f"was {_exam_named(stored.study_uid)}")
+        changes.append(f"exam: {_exam_named(owner.study_uid)} ({was})")
+    return ", ".join(changes)
+
+
 class _Owner(NamedTuple):
     """The exam (its study key) and the patient (pseudonym) a file's header names."""
 
@@ -949,7 +1081,7 @@ def _clash_error(row: dict[str, Any], stored: Any, differences: list[str]) -> In
     theirs = described(stored.rows, stored.columns, stored.laterality, stored.view)
     ours = described(row["rows"], row["columns"], row["laterality"], row["view"])
     if row["identity"].startswith(_CONTENT):
-        return _content_clash_error(stored, theirs, ours, differences)
+        return _content_clash_error(row, stored, theirs, ours, differences)
     pixels = (" Their headers agree in size, laterality, view, exam and patient, but their "
               "pixels are not the same: another exposure of that view (a re-take, say), not "
               "a copy of the image." if _PIXELS in differences else "")
@@ -962,9 +1094,25 @@ def _clash_error(row: dict[str, Any], stored: Any, differences: list[str]) -> In
         code=ErrorCode.UID_CONFLICT)
 
 
-def _content_clash_error(stored: Any, theirs: str, ours: str,
+def _content_clash_error(row: dict[str, Any], stored: Any, theirs: str, ours: str,
                          differences: list[str]) -> InputError:
     image = f"image {stored.id}"
+    if stored.metadata_origin in INFERRED_ORIGINS:
+        # Not corrected: this file has no manifest row, or the image is this submission's
+        # own (the same bytes twice in it).
+        how = ("were only inferred from its file name" if stored.metadata_origin == FROM_NAME
+               else "were never given (it was read alone)")
+        remedy = (f"If {image}'s are the wrong ones: they {how}, so a manifest row corrects "
+                  "them. Submit this file again with its row (--manifest)"
+                  + (" in a submission of its own" if row.get("metadata_origin") == FROM_MANIFEST
+                     else "")
+                  + f": {image} is re-registered with the row's values and scored again, its "
+                  "earlier result kept as history.")
+    else:
+        remedy = (f"If {image}'s are the wrong ones, they cannot be changed: they were stated "
+                  "(a DICOM header or a manifest row, or registered before this release told "
+                  "stated values from inferred ones), and its result, and its exam's if it "
+                  "has one, stand as read with them.")
     return InputError(
         f"Its bytes are already {image} ({theirs}), registered with other metadata than "
         f"this submission gives the file ({ours}): they differ in {', '.join(differences)}. "
@@ -973,8 +1121,7 @@ def _content_clash_error(stored: Any, theirs: str, ours: str,
         f"result was read with {image}'s metadata) nor scored again. If this submission's "
         f"values are the wrong ones, correct its manifest row to {image}'s (`mammo report "
         f"image {stored.id}` shows them) and submit the file again: it is then a copy of "
-        f"{image}. If {image}'s are the wrong ones, no command changes a registered image's "
-        "metadata: its result, and its exam's if it has one, stand as read with them.",
+        f"{image}. {remedy}",
         code=ErrorCode.UID_CONFLICT)
 
 

@@ -27,6 +27,9 @@ class SubmitOutcome:
     rejected: list[int] = field(default_factory=list)
     duplicates: list[tuple[str, int, str]] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
+    # Of ``queued``: images read before with inferred metadata (their file name, or none)
+    # that this submission's manifest rows corrected, to be scored again: id -> what changed.
+    reregistered: dict[int, str] = field(default_factory=dict)
     messages: int = 0
     # Found in a folder but not read: (path, why), e.g. a link out of the folder.
     skipped: list[tuple[Path, str]] = field(default_factory=list)
@@ -70,7 +73,7 @@ def submit(
     batch_id = reg.batch_id if reg.batch_id is not None else create_batch(
         sessions, name=name, priority=priority, mode=mode, finished=True)
     outcome = SubmitOutcome(batch_id, reg.new_ids, reg.rejected_ids, reg.duplicates,
-                            skipped=skipped)
+                            reregistered=reg.reregistered, skipped=skipped)
     if requeue_unfinished_duplicates:
         outcome.requeued = reg.unfinished_duplicate_ids
     else:

@@ -134,9 +134,21 @@ def _file_counts(sub: SubmitOutcome) -> str:
     are among the copies, so they are a part of that count, not added to it."""
     resumed = (f" ({len(sub.requeued)} of them unfinished, finished in this run)"
                if sub.requeued else "")
-    return (f"{sub.files} file(s): {len(sub.queued)} new, {len(sub.duplicates)} already "
-            f"submitted{resumed}, {len(sub.rejected)} rejected at intake"
+    return (f"{sub.files} file(s): {len(sub.queued) - len(sub.reregistered)} new, "
+            f"{reregistered_text(sub)}{len(sub.duplicates)} already submitted{resumed}, "
+            f"{len(sub.rejected)} rejected at intake"
             + (f", {len(sub.skipped)} skipped (not read)" if sub.skipped else ""))
+
+
+def reregistered_text(sub: SubmitOutcome) -> str:
+    """"2 re-registered with their manifest rows and scored again, ": files whose images
+    were read before with inferred metadata (their name, or none), which their manifest
+    rows corrected (``registration._correct_inferred``); empty when none."""
+    count = len(sub.reregistered)
+    if not count:
+        return ""
+    rows = "its manifest row" if count == 1 else "their manifest rows"
+    return f"{count} re-registered with {rows} and scored again, "
 
 
 @click.command("run")

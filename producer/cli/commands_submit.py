@@ -141,7 +141,8 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
     summary = _summary(seconds, batch_id=outcome.batch_id, files=outcome.files,
                        queued=len(outcome.queued), duplicates=len(outcome.duplicates),
                        duplicates_failed=failed_copies, rejected=len(outcome.rejected),
-                       skipped=len(outcome.skipped), messages=outcome.messages)
+                       skipped=len(outcome.skipped), messages=outcome.messages,
+                       reregistered=len(outcome.reregistered))
     failed = bool(outcome.rejected or failed_copies)
     if as_json:
         click.echo(json.dumps(summary))
@@ -149,9 +150,13 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
         click.echo(outcome.batch_id)
         earlier = f" ({failed_copies} of them failed before)" if failed_copies else ""
         reasons = "; `mammo results --state failed` lists the reasons" if failed else ""
+        again = len(outcome.reregistered)
+        corrected = (f" ({again} of them re-registered with "
+                     f"{'its manifest row' if again == 1 else 'their manifest rows'}, to be "
+                     "scored again)" if again else "")
         STDERR.print(
             f"batch {outcome.batch_id}: {summary['queued']} queued in {outcome.messages} "
-            f"tasks, {summary['duplicates']} duplicates skipped{earlier}, "
+            f"tasks{corrected}, {summary['duplicates']} duplicates skipped{earlier}, "
             f"{summary['rejected']} rejected at intake, {summary['skipped']} skipped. Follow "
             f"it with `mammo status {outcome.batch_id}`{reasons}.")
     say_skipped(outcome.skipped)
@@ -161,9 +166,13 @@ def submit_command(cli: CliContext, paths: tuple[Path, ...], name: str | None, p
 
 def _summary(seconds: float, *, batch_id: int | None = None, files: int = 0, queued: int = 0,
              duplicates: int = 0, duplicates_failed: int = 0, rejected: int = 0,
-             skipped: int = 0, messages: int = 0) -> dict[str, int | float | None]:
-    """`mammo submit --json`'s object; ``batch_id`` None: nothing to do, no batch made."""
-    return {"batch_id": batch_id, "files": files, "queued": queued, "duplicates": duplicates,
+             skipped: int = 0, messages: int = 0,
+             reregistered: int = 0) -> dict[str, int | float | None]:
+    """`mammo submit --json`'s object; ``batch_id`` None: nothing to do, no batch made.
+    ``reregistered``: of ``queued``, images read before with inferred metadata that this
+    submission's manifest rows corrected (``registration._correct_inferred``)."""
+    return {"batch_id": batch_id, "files": files, "queued": queued,
+            "reregistered": reregistered, "duplicates": duplicates,
             "duplicates_failed": duplicates_failed, "rejected": rejected, "skipped": skipped,
             "messages": messages, "seconds": round(seconds, 3),
             "files_per_s": round(files / max(seconds, 1e-6), 1)}

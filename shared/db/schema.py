@@ -123,6 +123,13 @@ class Image(Base):
     # Instance UID with other pixels is another image (a UID reused), not a copy. NULL for
     # non-DICOM files, pixels that could not be sampled, and images registered before it.
     pixel_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    # Where its laterality, view and exam came from (``producer.registration``): stated
+    # ('header': a DICOM's; 'manifest': a manifest row) or only inferred ('filename': the
+    # file-name convention; 'none': nothing, read alone). A file known by its bytes sent
+    # again with a manifest row corrects inferred values, never stated ones. NULL: a
+    # refusal recorded unread, or registered before it was kept (taken as stated; migration
+    # 0016 marks the rows it can tell were inferred).
+    metadata_origin: Mapped[str | None] = mapped_column(String(16))
 
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -4,9 +4,11 @@ A PNG, JPEG, TIFF or PGM takes its laterality, view and exam from a manifest row
 name, not from the file. mdb023.png read alone (right, by the mini-MIAS name), then sent in
 a folder whose manifest made it a left view of exam PX1, was taken for a copy of the first
 image: no warning, and exam PX1 never held the malignant view, so its score and worklist
-row left it out. As a DICOM whose SOP Instance UID comes back with another laterality,
-view, exam or patient, it is refused as a ``uid_conflict`` saying what differs; the same
-bytes with the same metadata (or fewer) stay a plain copy.
+row left it out. Where the image's values were stated (a manifest row), the file is, as a
+DICOM whose SOP Instance UID comes back with another laterality, view, exam or patient,
+refused as a ``uid_conflict`` saying what differs; the same bytes with the same metadata
+(or fewer) stay a plain copy. Where they were only inferred (its name, or none), the
+manifest row corrects them: tests/unit/test_inferred_metadata_correction.py.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from shared.db.engine import create_db_engine, ensure_schema, make_session_facto
 from shared.db.schema import DuplicateSubmission, Image, Study
 from shared.enums import ErrorCode, Priority
 from shared.synthetic import synth_mammogram, write_png
-from tests.helpers.cli import invoke_cli
 
 KEY = "0123456789abcdef-test-key"
 CONFLICT = ErrorCode.UID_CONFLICT.value
@@ -82,8 +83,8 @@ def _copies(sessions: sessionmaker[Session], batch: int) -> list[tuple[str, int]
 # (first metadata, then, what the message says differs). None: no manifest row, so the
 # mini-MIAS name alone (mdb023: right, MLO, read alone).
 CONFLICTS = {
-    "convention, then another laterality in an exam": (
-        None, ",L,MLO,PX1",
+    "a row with no exam, then another laterality in an exam": (
+        ",R,MLO,", ",L,MLO,PX1",
         "they differ in laterality, exam (image {id}'s none: it was read alone; this "
         "file's an exam without a StudyInstanceUID, keyed by its manifest study_id)"),
     "read alone, then the same laterality in an exam": (
@@ -119,6 +120,8 @@ def test_a_file_known_by_its_bytes_sent_with_other_metadata_is_a_conflict(
     assert message.startswith(f"Its bytes are already image {original.id} (80 x 96 px, ")
     assert differ.format(id=original.id) in message
     assert f"correct its manifest row to image {original.id}'s" in message
+    # A manifest row's values are stated: none corrects them.
+    assert f"If image {original.id}'s are the wrong ones, they cannot be changed" in message
     assert "PAT-" not in message  # pseudonyms only
     if case == "another patient":
         assert "patient (image" in message
@@ -208,42 +211,3 @@ def test_a_file_refused_unread_and_retried_takes_its_manifest_row(
     assert (image.id, image.state, image.batch_id) == (refused.id, "queued", batch)
     assert (image.format, image.rows, image.columns) == ("png", 96, 80)
     assert (image.laterality, image.view, image.study_id) == ("L", "CC", exam.id)
-
-
-def test_mammo_run_refuses_a_copy_given_another_laterality_and_exam(
-        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The probe, through `mammo run`: mdb023 read alone (right, by its name), then a
-    byte-identical copy in a folder whose manifest says left, exam PX1."""
-    alone = _png(tmp_path / "mias" / "mdb023.png", seed=11)
-    folder = tmp_path / "P1"
-    folder.mkdir()
-    shutil.copyfile(alone, folder / "mdb023.png")
-    _png(folder / "mdb024.png", seed=12)
-    (folder / "manifest.csv").write_text("path,laterality,view,study_id\n"
-                                         "mdb023.png,L,MLO,PX1\nmdb024.png,R,MLO,PX1\n")
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    env = {"database_url": url, "model": str(tiny_model_dir),
-           "report_dir": str(tmp_path / "reports")}
-
-    code, out = invoke_cli(["run", str(alone)], monkeypatch, tmp_path, **env)
-    assert code == 0, out
-    manifest = str(folder / "manifest.csv")
-    code, out = invoke_cli(["run", str(folder), "--manifest", manifest, "--format", "json"],
-                           monkeypatch, tmp_path, **env)
-    assert code == 3, out  # a file refused at intake
-    assert "0 already submitted, 1 rejected at intake" in " ".join(out.split())
-    sessions = make_session_factory(create_db_engine(_settings(url)))
-    first, mdb024, clash = _images(sessions)
-    with sessions() as session:
-        exam = session.execute(select(Study)).scalar_one()
-    assert (first.laterality, first.study_id, first.state) == ("R", None, "done")
-    assert (mdb024.study_id, mdb024.state) == (exam.id, "done")
-    assert (Path(clash.source).parent.name, clash.error_code) == ("P1", CONFLICT)
-    assert "they differ in laterality, exam" in (clash.error_message or "")
-    assert _copies(sessions, clash.batch_id) == []
-
-    # The same folder and manifest again: each file a plain copy of its own row.
-    code, out = invoke_cli(["run", str(folder), "--manifest", manifest, "--format", "json"],
-                           monkeypatch, tmp_path, **env)
-    assert "0 new, 2 already submitted, 0 rejected at intake" in " ".join(out.split()), out
-    assert len(_images(sessions)) == 3
