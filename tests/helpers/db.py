@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.registration import create_batch
+from producer.registration import Ingestion, create_batch, register_files
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
 from shared.db.schema import Image, Prediction
@@ -85,3 +86,17 @@ def queued_batch(sessions: sessionmaker[Session], name: str, n: int,
         ids = insert_missing(session, Image, rows, conflict=("identity",), returning=Image.id)
         session.commit()
     return batch_id, sorted(ids)
+
+
+def registered_batch(sessions: sessionmaker[Session], files: list[Path],
+                     ingestion: Ingestion) -> int:
+    """A batch of ``files`` registered as a producer registers them; its id."""
+    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
+    register_files(sessions, batch, files, ingestion=ingestion)
+    return batch
+
+
+def stored_images(sessions: sessionmaker[Session]) -> list[Image]:
+    """Every stored image, in id order."""
+    with sessions() as session:
+        return list(session.execute(select(Image).order_by(Image.id)).scalars())

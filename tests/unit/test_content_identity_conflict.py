@@ -23,12 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer import registration
-from producer.registration import Ingestion, create_batch, ingestion_for, register_files
+from producer.registration import Ingestion, ingestion_for
 from shared.config import Settings
 from shared.db.engine import create_db_engine, ensure_schema, make_session_factory
-from shared.db.schema import DuplicateSubmission, Image, Study
-from shared.enums import ErrorCode, Priority
+from shared.db.schema import DuplicateSubmission, Study
+from shared.enums import ErrorCode
 from shared.synthetic import synth_mammogram, write_png
+from tests.helpers.db import registered_batch, stored_images
 
 KEY = "0123456789abcdef-test-key"
 CONFLICT = ErrorCode.UID_CONFLICT.value
@@ -63,17 +64,6 @@ def _ingestion(url: str, tmp_path: Path, rows: dict[str, str] | None,
     return ingestion_for(_settings(url), manifest)
 
 
-def _register(sessions: sessionmaker[Session], files: list[Path], ingestion: Ingestion) -> int:
-    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
-    register_files(sessions, batch, files, ingestion=ingestion)
-    return batch
-
-
-def _images(sessions: sessionmaker[Session]) -> list[Image]:
-    with sessions() as session:
-        return list(session.execute(select(Image).order_by(Image.id)).scalars())
-
-
 def _copies(sessions: sessionmaker[Session], batch: int) -> list[tuple[str, int]]:
     with sessions() as session:
         return [(Path(c.source).name, c.image_id) for c in session.execute(
@@ -105,12 +95,12 @@ def test_a_file_known_by_its_bytes_sent_with_other_metadata_is_a_conflict(
     shutil.copyfile(alone, again)
     first = _ingestion(sqlite_url, tmp_path,
                        None if first_row is None else {"mdb023.png": first_row}, "first.csv")
-    _register(sessions, [alone], first)
-    [original] = _images(sessions)
+    registered_batch(sessions, [alone], first)
+    [original] = stored_images(sessions)
     then = _ingestion(sqlite_url, tmp_path, {"P1/mdb023.png": then_row}, "then.csv")
-    batch = _register(sessions, [again], then)
+    batch = registered_batch(sessions, [again], then)
 
-    kept, clash = _images(sessions)
+    kept, clash = stored_images(sessions)
     assert (kept.id, kept.laterality, kept.view, kept.study_id, kept.state) == (
         original.id, original.laterality, original.view, original.study_id, "queued")
     assert (clash.state, clash.error_code, clash.study_id, clash.batch_id) == (
@@ -127,13 +117,13 @@ def test_a_file_known_by_its_bytes_sent_with_other_metadata_is_a_conflict(
         assert "patient (image" in message
 
     # Sent again unchanged: a copy of its refusal; with image 1's values: a copy of image 1.
-    batch = _register(sessions, [again], then)
+    batch = registered_batch(sessions, [again], then)
     assert _copies(sessions, batch) == [("mdb023.png", clash.id)]
     corrected = _ingestion(sqlite_url, tmp_path, None if first_row is None
                            else {"P1/mdb023.png": first_row}, "corrected.csv")
-    batch = _register(sessions, [again], corrected)
+    batch = registered_batch(sessions, [again], corrected)
     assert _copies(sessions, batch) == [("mdb023.png", original.id)]
-    assert len(_images(sessions)) == 2
+    assert len(stored_images(sessions)) == 2
 
 
 def test_two_copies_in_one_batch_with_other_metadata_are_a_conflict(
@@ -141,9 +131,9 @@ def test_two_copies_in_one_batch_with_other_metadata_are_a_conflict(
     left = _png(tmp_path / "in" / "a.png")
     right = tmp_path / "in" / "b.png"
     shutil.copyfile(left, right)
-    _register(sessions, [left, right], _ingestion(
+    registered_batch(sessions, [left, right], _ingestion(
         sqlite_url, tmp_path, {"in/a.png": ",L,CC,EX1", "in/b.png": ",R,CC,EX1"}))
-    image, clash = _images(sessions)
+    image, clash = stored_images(sessions)
     assert (Path(image.source).name, image.laterality, image.state) == ("a.png", "L", "queued")
     assert (Path(clash.source).name, clash.error_code) == ("b.png", CONFLICT)
     assert "they differ in laterality." in (clash.error_message or "")
@@ -163,12 +153,12 @@ def test_a_file_known_by_its_bytes_sent_again_with_the_same_or_fewer_values_is_a
         tmp_path: Path, sqlite_url: str, sessions: sessionmaker[Session], case: str) -> None:
     first_row, then_row = COPIES[case]
     path = _png(tmp_path / "mdb023.png")
-    _register(sessions, [path], _ingestion(sqlite_url, tmp_path, {"mdb023.png": first_row},
+    registered_batch(sessions, [path], _ingestion(sqlite_url, tmp_path, {"mdb023.png": first_row},
                                            "first.csv"))
     then = _ingestion(sqlite_url, tmp_path, None if then_row is None
                       else {"mdb023.png": then_row}, "then.csv")
-    batch = _register(sessions, [path], then)  # another batch: the path is no excuse
-    [image] = _images(sessions)
+    batch = registered_batch(sessions, [path], then)  # another batch: the path is no excuse
+    [image] = stored_images(sessions)
     assert image.state == "queued" and image.error_code is None
     assert _copies(sessions, batch) == [("mdb023.png", image.id)]
 
@@ -178,12 +168,12 @@ def test_a_file_refused_unread_then_given_metadata_stays_a_copy_of_its_failure(
     # Refused before any metadata was read: there is nothing its new row contradicts.
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a PNG at all")
-    _register(sessions, [broken], _ingestion(sqlite_url, tmp_path, None))
-    [failed] = _images(sessions)
+    registered_batch(sessions, [broken], _ingestion(sqlite_url, tmp_path, None))
+    [failed] = stored_images(sessions)
     assert failed.error_code == ErrorCode.NOT_DICOM_OR_IMAGE.value
-    batch = _register(sessions, [broken], _ingestion(sqlite_url, tmp_path,
+    batch = registered_batch(sessions, [broken], _ingestion(sqlite_url, tmp_path,
                                                      {"broken.png": ",L,CC,EX1"}))
-    assert len(_images(sessions)) == 1
+    assert len(stored_images(sessions)) == 1
     assert _copies(sessions, batch) == [("broken.png", failed.id)]
 
 
@@ -201,11 +191,11 @@ def test_a_file_refused_unread_and_retried_takes_its_manifest_row(
 
     with monkeypatch.context() as patched:
         patched.setattr(registration, "read_header", fault)
-        _register(sessions, [path], ingestion)
-    [refused] = _images(sessions)
+        registered_batch(sessions, [path], ingestion)
+    [refused] = stored_images(sessions)
     assert (refused.error_code, refused.format) == (ErrorCode.INTERNAL.value, "unknown")
-    batch = _register(sessions, [path], ingestion)
-    [image] = _images(sessions)
+    batch = registered_batch(sessions, [path], ingestion)
+    [image] = stored_images(sessions)
     with sessions() as session:
         exam = session.execute(select(Study)).scalar_one()
     assert (image.id, image.state, image.batch_id) == (refused.id, "queued", batch)

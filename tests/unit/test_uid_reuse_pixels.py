@@ -28,14 +28,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from producer.cli.exit_codes import ExitCode
-from producer.registration import Ingestion, create_batch, ingestion_for, register_files
+from producer.registration import Ingestion, ingestion_for
 from shared.config import Settings
 from shared.db.schema import DuplicateSubmission, Image
-from shared.enums import ErrorCode, Laterality, Priority, View
+from shared.enums import ErrorCode, Laterality, View
 from shared.imaging import pixel_fingerprint as fingerprints
 from shared.imaging.pixel_fingerprint import comparable, pixel_fingerprint, pixels_differ
 from shared.synthetic import synth_mammogram, write_dicom, write_png
 from tests.helpers.cli import run_cli
+from tests.helpers.db import registered_batch, stored_images
 
 KEY = "0123456789abcdef-test-key"
 PATIENT = "PAT-UID-REUSE-314"
@@ -210,17 +211,6 @@ def _ingestion(sqlite_url: str) -> Ingestion:
                                   _env_file=None, patient_id_key=SecretStr(KEY)))
 
 
-def _register(sessions: sessionmaker[Session], files: list[Path], ingestion: Ingestion) -> int:
-    batch = create_batch(sessions, name="t", priority=Priority.ROUTINE, mode="test")
-    register_files(sessions, batch, files, ingestion=ingestion)
-    return batch
-
-
-def _images(sessions: sessionmaker[Session]) -> list[Image]:
-    with sessions() as session:
-        return list(session.execute(select(Image).order_by(Image.id)).scalars())
-
-
 def _copies(sessions: sessionmaker[Session]) -> list[tuple[str, int]]:
     with sessions() as session:
         return sorted((Path(copy.source).name, copy.image_id) for copy in session.execute(
@@ -235,11 +225,11 @@ def test_a_retake_under_a_reused_uid_is_a_clash_not_a_copy(
     first = _view(tmp_path / "a" / "first.dcm", _pixels())
     retake = _retake(tmp_path / "b" / "retake.dcm")
     if same_batch:
-        batch = _register(sessions, [first, retake], ingestion)
+        batch = registered_batch(sessions, [first, retake], ingestion)
     else:
-        _register(sessions, [first], ingestion)
-        batch = _register(sessions, [retake], ingestion)
-    original, clash = _images(sessions)
+        registered_batch(sessions, [first], ingestion)
+        batch = registered_batch(sessions, [retake], ingestion)
+    original, clash = stored_images(sessions)
     assert (original.state, original.source) == ("queued", str(first))
     assert original.pixel_fingerprint == pixel_fingerprint(first) is not None
     assert (clash.state, clash.error_code, clash.batch_id, clash.source) == (
@@ -261,9 +251,9 @@ def test_copies_stay_copies_however_they_travelled(
     shutil.copy(first, copy)
     routed = _routed(first, tmp_path / "b" / "routed.dcm")
     recompressed = _recompressed(first, tmp_path / "b" / "recompressed.dcm")
-    _register(sessions, [first], ingestion)
-    _register(sessions, [copy, routed, recompressed], ingestion)
-    [image] = _images(sessions)
+    registered_batch(sessions, [first], ingestion)
+    registered_batch(sessions, [copy, routed, recompressed], ingestion)
+    [image] = stored_images(sessions)
     assert image.state == "queued"
     assert _copies(sessions) == [("copy.dcm", image.id), ("recompressed.dcm", image.id),
                                  ("routed.dcm", image.id)]
@@ -274,12 +264,12 @@ def test_an_image_registered_before_fingerprints_compares_by_its_header(
     # Rows from before the migration hold no fingerprint: nothing says the pixels differ,
     # and the file is taken for a copy, as it was.
     sessions, ingestion = each_backend_sessions, _ingestion(sqlite_url)
-    _register(sessions, [_view(tmp_path / "a" / "first.dcm", _pixels())], ingestion)
+    registered_batch(sessions, [_view(tmp_path / "a" / "first.dcm", _pixels())], ingestion)
     with sessions() as session:
         session.execute(update(Image).values(pixel_fingerprint=None))
         session.commit()
-    _register(sessions, [_retake(tmp_path / "b" / "retake.dcm")], ingestion)
-    [image] = _images(sessions)
+    registered_batch(sessions, [_retake(tmp_path / "b" / "retake.dcm")], ingestion)
+    [image] = stored_images(sessions)
     assert _copies(sessions) == [("retake.dcm", image.id)]
 
 
@@ -290,8 +280,8 @@ def test_a_file_failed_half_written_is_retried_whole_then_told_from_a_retake(
     sessions, ingestion = each_backend_sessions, _ingestion(sqlite_url)
     whole = _view(tmp_path / "whole" / "view.dcm", _pixels())
     path = _cut(whole, tmp_path / "drop" / "view.dcm", 0.5)
-    _register(sessions, [path], ingestion)
-    [half] = _images(sessions)
+    registered_batch(sessions, [path], ingestion)
+    [half] = stored_images(sessions)
     assert (half.state, half.pixel_fingerprint) == ("queued", None)
     failed_at = {"state": "failed", "error_code": ErrorCode.TRUNCATED.value,
                  "error_message": "cut short"}
@@ -299,13 +289,13 @@ def test_a_file_failed_half_written_is_retried_whole_then_told_from_a_retake(
         session.execute(update(Image).values(**failed_at, finished_at=half.created_at))
         session.commit()
     shutil.copy(whole, path)  # written since the failure
-    _register(sessions, [path], ingestion)
-    [retried] = _images(sessions)
+    registered_batch(sessions, [path], ingestion)
+    [retried] = stored_images(sessions)
     assert (retried.id, retried.state) == (half.id, "queued")
     assert retried.pixel_fingerprint == pixel_fingerprint(whole) is not None
     # Its pixels are now known: a re-take under its UID is told from it.
-    _register(sessions, [_retake(tmp_path / "b" / "retake.dcm")], ingestion)
-    assert [i.error_code for i in _images(sessions)] == [None, ErrorCode.UID_CONFLICT.value]
+    registered_batch(sessions, [_retake(tmp_path / "b" / "retake.dcm")], ingestion)
+    assert [i.error_code for i in stored_images(sessions)] == [None, ErrorCode.UID_CONFLICT.value]
     # A failure for the file's state is retried whatever its fingerprint says: the
     # fingerprint may be a half-written file's.
     other = _view(tmp_path / "c" / "view.dcm", _pixels(seed=2))
@@ -313,8 +303,8 @@ def test_a_file_failed_half_written_is_retried_whole_then_told_from_a_retake(
         session.execute(update(Image).where(Image.id == half.id).values(
             **failed_at, finished_at=half.created_at))
         session.commit()
-    _register(sessions, [other], ingestion)
-    assert _images(sessions)[0].state == "queued"
+    registered_batch(sessions, [other], ingestion)
+    assert stored_images(sessions)[0].state == "queued"
 
 
 # --- through `mammo run` ------------------------------------------------------------------
