@@ -202,7 +202,8 @@ def _crash_message(image: ClaimedImage) -> str:
 
 def _job(image: ClaimedImage, runtime: WorkerRuntime) -> DecodeJob:
     return DecodeJob(image.id, ModelInputSource(
-        current_location(image.source, image.archived_path), image.laterality,
+        current_location(image.source, image.archived_path, image_id=image.id,
+                         identity=image.identity), image.laterality,
         image.spacing_mm, runtime.classifier.input_size, runtime.settings.max_image_pixels,
         image.identity))
 

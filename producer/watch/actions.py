@@ -27,11 +27,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from producer.watch.folder import FAILED, PROCESSED, SIDECAR_SUFFIX, WatchFolder
+from producer.watch.folder import SIDECAR_SUFFIX, WatchFolder
 from producer.watch.identity import Held, RegisteredFiles, unreadable_reason
 from producer.watch.scanner import KnownImage
 from shared.db.schema import Image
 from shared.enums import ImageState
+from shared.imaging.identity import FAILED, PROCESSED, archive_names
 
 LEAVE, MOVE, DELETE = "leave", "move", "delete"
 
@@ -178,13 +179,10 @@ def _is_text(name: str) -> bool:
 
 
 def _free_name(target: Path, image_id: int) -> Path:
-    """Never overwrite an earlier file of the same name in processed/ or failed/."""
-    candidate, n = target, 1
-    while os.path.lexists(candidate):
-        again = f".{n}" if n > 1 else ""
-        candidate = target.with_name(f"{target.stem}.image-{image_id}{again}{target.suffix}")
-        n += 1
-    return candidate
+    """Never overwrite an earlier file of the same name in processed/ or failed/. The names
+    are ``archive_names``'s, which readers also follow to a file an earlier release moved
+    without recording where (``filed_unrecorded``)."""
+    return next(name for name in archive_names(target, image_id) if not os.path.lexists(name))
 
 
 def _write_sidecar(target: Path, image: KnownImage) -> None:

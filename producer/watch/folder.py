@@ -9,9 +9,9 @@ from pathlib import Path
 
 from producer.discovery import OwnFiles, is_candidate, is_inside, source_text
 from shared.formatting import without_control
+from shared.imaging.identity import FAILED, PROCESSED
 
 SIDECAR_SUFFIX = ".reason.txt"
-PROCESSED, FAILED = "processed", "failed"
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,8 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int,
         unscored = [para("not scored: no probabilities and no heatmap", SMALL)
                     ] if view.state == "failed" else []
         return [*cell, para(f"{view.state}: {reason}"), *unscored]
-    source = ModelInputSource(current_location(view.source, view.archived_path),
+    source = ModelInputSource(current_location(view.source, view.archived_path,
+                                               image_id=view.image_id, identity=view.identity),
                               view.laterality, view.spacing_mm, view.model.input_size,
                               max_pixels)
     thumb = thumbnail(source, view.heatmap_png, view.model.patch, view.identity,
