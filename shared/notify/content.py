@@ -18,6 +18,7 @@ from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
 from shared.exams import read_first_suspicion
 from shared.notify.message import Attachment, Event, Notice
+from shared.notify.records import summarised
 from shared.queries import batch_status
 from shared.read_alone import READ_ALONE_FLAG, model_label, scored_alone
 from shared.reports.batch_data import synthetic_images
@@ -56,8 +57,8 @@ def _lines(title: str, counts: dict[str, int]) -> list[str]:
 def batch_notice(session: Session, batch_id: int, *, html: str | None,
                  report_path: Path | None) -> Notice | None:
     status = batch_status(session, batch_id)
-    if status is None or status.total == 0:
-        return None  # e.g. every file was already known: nothing new to tell
+    if status is None or not session.scalar(select(summarised(batch_id))):
+        return None  # e.g. every file was already known: nothing new to tell (nor owed)
     by_class = _class_counts(session, batch_id)
     reasons = _failure_reasons(session, batch_id)
     failed = sum(reasons.values())

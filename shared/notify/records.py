@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Exists, and_, case, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.batches import summary_due_at
 from shared.db.clock import Clocks, database_now
@@ -143,13 +143,23 @@ def mark_obsolete(session: Session, notification_id: int, reason: str) -> None:
     )
 
 
+def summarised(batch_id: ColumnElement[int] | InstrumentedAttribute[int] | int) -> Exists:
+    """Whether a batch gets a summary at all: it has images of its own. One whose every
+    file was already known (each a copy of an earlier image, ``duplicate_submissions``)
+    has nothing new to tell: ``content.batch_notice`` makes no notice of it, so no row is
+    ever recorded, and ``owed`` must not count it either (it did: "N batch summary(ies)
+    ... were owed; ... 0 delivered" at every sweep, for as long as the give-up window)."""
+    return select(Image.id).where(Image.batch_id == batch_id).exists()
+
+
 def owed(session: Session, channel: str, *, since: datetime, now: datetime,
          alert_threshold: int) -> tuple[list[int], list[int]]:
     """(batches, studies) whose summary fell due / that were scored at or above the alert
     threshold after ``since``, with no notification row on ``channel``: events nobody
     claimed. A drop-folder day batch falls due at the end of its day, up to a day after it
-    last finished (``shared.batches``). ``since`` and ``now`` are times on the database's
-    clock (``database_now``), read once by the caller for all its channels."""
+    last finished (``shared.batches``); a batch of copies alone is never due
+    (``summarised``). ``since`` and ``now`` are times on the database's clock
+    (``database_now``), read once by the caller for all its channels."""
     def recorded(event: Event, subject: ColumnElement[bool]) -> Exists:
         return (select(Notification.id)
                 .where(Notification.channel == channel, Notification.event == event.value,
@@ -157,7 +167,7 @@ def owed(session: Session, channel: str, *, since: datetime, now: datetime,
 
     finished = session.execute(
         select(Batch.id, Batch.name, Batch.finished_at).where(
-            Batch.finished_at >= since - timedelta(days=1),
+            Batch.finished_at >= since - timedelta(days=1), summarised(Batch.id),
             ~recorded(Event.BATCH_COMPLETE, Notification.batch_id == Batch.id))
         .order_by(Batch.id)).all()
     batches = [batch_id for batch_id, name, at in finished
