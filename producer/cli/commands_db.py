@@ -38,25 +38,42 @@ if TYPE_CHECKING:
 RECOVER_AFTER_S = 1800
 
 
-@click.group("db")
-def db_group() -> None:
-    """Database maintenance.
+# How to go back from an upgrade, said by `mammo db --help` and `mammo db upgrade --help`
+# (README: "Upgrading to a new release").
+_BACK_UP_FIRST = """Back up the database before a new release runs any command on it (its first
+    command migrates the database):
+
+    \b
+        PostgreSQL: pg_dump -Fc mammo > mammo-before-upgrade.dump
+        SQLite:     sqlite3 mammo.db ".backup mammo-before-upgrade.db"
+
+    There is no downgrade command: to go back, restore that backup and install the earlier
+    release (the results stored since the upgrade go with it; submit those files again)."""
+
+
+@click.group("db", help=f"""Database maintenance.
+
+    {_BACK_UP_FIRST}
 
     \b
     Example:
         mammo db upgrade
-    """
+    """)
+def db_group() -> None:
+    pass
 
 
-@db_group.command("upgrade")
-@pass_cli
-def db_upgrade(cli: CliContext) -> None:
-    """Apply pending schema migrations (also done automatically on first use).
+@db_group.command("upgrade", help=f"""Apply pending schema migrations (also done
+    automatically on first use).
+
+    {_BACK_UP_FIRST}
 
     \b
     Example:
         MAMMO_DATABASE_URL=postgresql+psycopg://mammo@db/mammo mammo db upgrade
-    """
+    """)
+@pass_cli
+def db_upgrade(cli: CliContext) -> None:
     before, after = upgrade(cli.engine)
     if before == after:
         click.echo(f"database already at revision {after}")
