@@ -564,23 +564,29 @@ def workers_seen(session: Session, *, within_s: int = 600,
     """Workers that wrote predictions lately (not those started since, nor idle; a killed
     one stays listed), with the model versions they used: after
     `mammo models activate` a running worker keeps its model until it restarts, and this is
-    where an operator sees which workers still run the old one.
+    where an operator sees which workers still run the old one. ``earlier_release``: how
+    many of its predictions name no reader version, as only a release before
+    ``predictions.reader_version`` writes them (every worker since sets it): a worker left
+    running through the upgrade, still scoring by that release's rules.
 
     Predictions are stamped on the database's clock (``worker.pipeline``): ``now`` is a time
     on it, by default its current time."""
     since = (now or database_now(session)) - timedelta(seconds=within_s)
     stmt = (select(Prediction.worker, ModelVersion.name, ModelVersion.version,
-                   ModelVersion.sha256, func.count(), func.max(Prediction.created_at))
+                   ModelVersion.sha256, func.count(), func.max(Prediction.created_at),
+                   func.count(Prediction.reader_version))
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Prediction.created_at >= since)
             .group_by(Prediction.worker, ModelVersion.name, ModelVersion.version,
                       ModelVersion.sha256)
             .order_by(Prediction.worker, ModelVersion.name, ModelVersion.version))
     seen: dict[str | None, dict[str, Any]] = {}
-    for worker, name, version, sha256, n, last in session.execute(stmt):
+    for worker, name, version, sha256, n, last, n_read in session.execute(stmt):
         row = seen.setdefault(worker, {"worker": worker, "predictions": 0, "models": [],
-                                       "sha256": set(), "last_seen": None})
+                                       "sha256": set(), "last_seen": None,
+                                       "earlier_release": 0})
         row["predictions"] += n
+        row["earlier_release"] += n - n_read
         row["models"].append(f"{name}:{version}")
         row["sha256"].add(sha256)
         row["last_seen"] = max(filter(None, (row["last_seen"], as_utc(last))), default=None)
@@ -623,4 +629,8 @@ def system_health(session: Session, *, lease_s: int,
         "workers_on_other_models": ", ".join(
             str(w["worker"]) for w in workers if active_model not in w["models"])
         if active_model else None,
+        # Only a release before predictions.reader_version writes it NULL: a worker left
+        # running through `mammo db upgrade` (processes already running go on).
+        "workers_of_earlier_releases": ", ".join(
+            str(w["worker"]) for w in workers if w["earlier_release"]),
     }

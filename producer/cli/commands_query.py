@@ -90,6 +90,7 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         render([health_row], fmt, keys=tuple(health_row), title="Health")
         _warn_saves_failing(health_row)
         _warn_evicting(health_row)
+        _warn_workers(health_row)
         broker = str(health_row["broker"])  # a probe reads the exit code
         if broker == BROKER_DOWN or broker.startswith((BROKER_REFUSING, BROKER_EVICTING)):
             raise SystemExit(int(ExitCode.BROKER_UNAVAILABLE))
@@ -120,16 +121,24 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     _warn_unsent(health_row, owed_after=cli.settings.requeue_after_s)
     _warn_saves_failing(health_row)
     _warn_evicting(health_row)
-    _warn_other_models(health_row)
+    _warn_workers(health_row)
 
 
-def _warn_other_models(health_row: dict[str, object]) -> None:
-    """Workers that scored lately with another model than the activated one."""
+def _warn_workers(health_row: dict[str, object]) -> None:
+    """Workers that scored lately with another model than the activated one, or as a
+    release before this database's schema (``workers_seen``)."""
     if health_row["workers_on_other_models"]:
         click.secho(f"warning: {health_row['workers_on_other_models']} scored in the last 10 "
                     f"minutes with another model than the active {health_row['model_active']}: "
                     "a worker keeps the model it started with; restart it to switch (one "
                     "started with MAMMO_MODEL set keeps that model)", err=True, fg="yellow")
+    if health_row["workers_of_earlier_releases"]:
+        click.secho(f"warning: {health_row['workers_of_earlier_releases']} scored in the last "
+                    "10 minutes as an earlier release (no reader version): an earlier "
+                    "release's worker is still running against this database and must be "
+                    "stopped and upgraded, as its results follow the earlier release's rules "
+                    "(labels, readers); then `mammo rescore --reread --since DATE` scores "
+                    "them again", err=True, fg="yellow")
 
 
 def _warn_evicting(health_row: dict[str, object]) -> None:

@@ -28,11 +28,12 @@ from shared.db.schema import (
     Prediction,
     Study,
 )
+from shared.imaging.reader_version import READER_VERSION
 from shared.queries import BATCH_STATUS_KEYS, ResultFilter, batch_status, list_results
 from shared.reports.batch_data import collect_batch_summary
 from shared.reports.batch_outputs import write_batch_documents
 from shared.reports.exports import DISCLAIMER
-from tests.helpers.cli import invoke_cli
+from tests.helpers.cli import invoke_cli, run_cli
 from tests.helpers.seed_results import seed_results
 
 
@@ -622,7 +623,8 @@ def test_status_names_the_models_each_worker_scored_with(
     """After an activation, running workers keep their old model: status must show it."""
     engine = _engine(seeded)
     with engine.begin() as conn:
-        conn.execute(update(Prediction).values(created_at=datetime.now(UTC), worker="celery@a"))
+        conn.execute(update(Prediction).values(created_at=datetime.now(UTC), worker="celery@a",
+                                               reader_version=READER_VERSION))
         conn.execute(update(Prediction).where(Prediction.model_version_id == 2)
                      .where(Prediction.image_id > 8).values(worker="celery@b"))
     engine.dispose()
@@ -742,18 +744,63 @@ def test_status_names_the_active_model_and_the_workers_still_on_another(
     still scoring with the old one showed only as a model name in a list."""
     engine = _engine(seeded)
     with engine.begin() as conn:
-        conn.execute(update(Prediction).values(created_at=datetime.now(UTC), worker="celery@a"))
+        conn.execute(update(Prediction).values(created_at=datetime.now(UTC), worker="celery@a",
+                                               reader_version=READER_VERSION))
     engine.dispose()
     code, out = _mammo(["models", "activate", str(tiny_model_dir)], monkeypatch, tmp_path,
                        seeded)
     assert code == ExitCode.OK, out
-    code, out = _mammo(["status", "--health", "--format", "json"], monkeypatch, tmp_path, seeded)
-    assert code == ExitCode.OK, out
-    health = json.loads(out[out.index("["):])[0]
+    result = run_cli(["status", "--health", "--format", "json"], monkeypatch, tmp_path,
+                     database_url=seeded, report_dir=str(tmp_path / "reports"))
+    assert result.exit_code == ExitCode.OK, result.output
+    health = json.loads(result.stdout)[0]
     assert health["model_active"] == "tiny-test-model:0.0.1"
     assert health["workers_on_other_models"] == "celery@a"
+    assert "warning: celery@a scored in the last 10 minutes with another model" in " ".join(
+        result.stderr.split())
     code, out = _mammo(["status"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.OK, out
     assert "model active: tiny-test-model:0.0.1" in out
     assert ("warning: celery@a scored in the last 10 minutes with another model than the "
             "active tiny-test-model:0.0.1") in " ".join(out.split())
+
+
+def test_status_names_the_workers_of_an_earlier_release_still_scoring(
+        seeded: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An earlier release's worker left running after `mammo db upgrade` scores on the
+    migrated database (no reader version, the earlier label rule): status said nothing."""
+    engine = _engine(seeded)
+    with engine.begin() as conn:  # celery@new: this release; celery@old: no reader version
+        conn.execute(update(Prediction).values(created_at=datetime.now(UTC),
+                                               worker="celery@new",
+                                               reader_version=READER_VERSION))
+        conn.execute(update(Prediction).where(Prediction.image_id <= 4)
+                     .values(worker="celery@old", reader_version=None))
+        # An earlier release's prediction of last month: scored before the upgrade.
+        conn.execute(update(Prediction).where(Prediction.image_id.in_((5, 6)))
+                     .values(worker="celery@gone", reader_version=None,
+                             created_at=datetime.now(UTC) - timedelta(days=30)))
+    engine.dispose()
+    result = run_cli(["status", "--health", "--format", "json"], monkeypatch, tmp_path,
+                     database_url=seeded, report_dir=str(tmp_path / "reports"))
+    assert result.exit_code == ExitCode.OK, result.output
+    assert json.loads(result.stdout)[0]["workers_of_earlier_releases"] == "celery@old"
+    warning = " ".join(result.stderr.split())
+    assert ("warning: celery@old scored in the last 10 minutes as an earlier release (no "
+            "reader version): an earlier release's worker is still running against this "
+            "database and must be stopped and upgraded") in warning, warning
+    code, out = _mammo(["status"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    assert "workers of earlier releases: celery@old\n" in out
+    assert "warning: celery@old scored in the last 10 minutes as an earlier release" in " ".join(
+        out.split())
+
+    engine = _engine(seeded)
+    with engine.begin() as conn:  # upgraded: every worker names its readers
+        conn.execute(update(Prediction).where(Prediction.image_id <= 4)
+                     .values(reader_version=READER_VERSION))
+    engine.dispose()
+    result = run_cli(["status", "--health", "--format", "json"], monkeypatch, tmp_path,
+                     database_url=seeded, report_dir=str(tmp_path / "reports"))
+    assert json.loads(result.stdout)[0]["workers_of_earlier_releases"] == ""
+    assert "earlier release" not in result.stderr
