@@ -15,6 +15,11 @@ Safety:
 - Each decoder process dies with its parent, the forkserver, and the forkserver with the
   process that started it (Linux ``PR_SET_PDEATHSIG``), so a SIGKILLed worker leaves no
   orphan decoders.
+- The forkserver imports exactly this process's code: multiprocessing starts it as
+  ``python -c ...``, which puts the working directory first on its path, so an old checkout
+  of this repository or a folder named ``worker/`` there was imported (and run) in place
+  of the installed code. It is started with ``PYTHONSAFEPATH`` (no working directory) and
+  this process's ``sys.path`` (see ``_code_of_this_process``).
 
 ``decode_processes = 0`` decodes in the calling thread (the plain serial loop).
 """
@@ -24,6 +29,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
+import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -144,7 +152,7 @@ class ChunkDecoder:
         """Start the decoder processes now (e.g. while the model loads), not on first use."""
         if self.processes:
             pool = self._ensure_pool()
-            with _may_have_children():
+            with _may_have_children(), _code_of_this_process():
                 for _ in range(self.processes):
                     pool.submit(_noop)  # each submit starts one more process, up to the limit
 
@@ -154,7 +162,7 @@ class ChunkDecoder:
         pool = self._ensure_pool()
         futures: list[Future[DecodeResult]] = []
         try:
-            with _may_have_children():
+            with _may_have_children(), _code_of_this_process():
                 futures.extend(pool.submit(run_job, job) for job in jobs)
             return [future.result() for future in futures]
         except BrokenProcessPool as exc:
@@ -198,6 +206,63 @@ def _may_have_children() -> Iterator[None]:
     finally:
         config.pop("daemon", None)
         config.update(saved)
+
+
+_ENVIRON_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _code_of_this_process() -> Iterator[None]:
+    """Make a forkserver started meanwhile import the code this process runs, never the
+    working directory's.
+
+    multiprocessing starts the forkserver (on the first decoder process, and again after it
+    died) as ``python -c ...``: the working directory comes first on its path, and Python
+    3.11 ignores the ``sys_path`` it is handed, so a ``worker/`` package there was imported
+    for the preloaded modules. ``PYTHONSAFEPATH`` (Python >= 3.11) leaves the working
+    directory out; ``PYTHONPATH`` puts this process's path first (a checkout on
+    ``PYTHONPATH`` or the test run's directory, not only installed packages): the
+    forkserver finds each module where this process found it. Each decoder
+    then takes this process's ``sys.path`` too (multiprocessing's start-up). The environment
+    is changed only while decoder processes start, as the forkserver is started in there.
+    (An interpreter run with ``-E`` hands that flag on, and the forkserver then reads
+    neither variable: ``-I`` or ``-P`` keeps the working directory out without them.)
+    """
+    wanted = {"PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(_import_path())}
+    with _ENVIRON_LOCK:
+        saved = {key: os.environ.get(key) for key in wanted}
+        os.environ.update(wanted)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _import_path() -> list[str]:
+    """This process's ``sys.path``, absolute, less the working directory (``''``, or
+    ``python -m`` run there) unless this very code was imported from it."""
+    try:
+        here = os.getcwd()
+    except OSError:  # removed since: its relative entries name nothing
+        here = ""
+    ours = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # holds worker/
+    entries: dict[str, None] = {}
+    for entry in sys.path:
+        if not isinstance(entry, str) or os.pathsep in entry:
+            continue  # a PYTHONPATH cannot say it
+        if not os.path.isabs(entry) and not here:
+            continue
+        path = os.path.normpath(os.path.join(here, entry))
+        if not os.path.exists(path):
+            continue  # e.g. an editable install's finder mark: the forkserver adds its own
+        if here and os.path.realpath(path) == os.path.realpath(here) != ours:
+            continue
+        entries[path] = None
+    return list(entries)
 
 
 def _cancel(futures: list[Future[DecodeResult]]) -> None:
