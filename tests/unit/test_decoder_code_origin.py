@@ -19,6 +19,7 @@ from pathlib import Path
 
 from shared.synthetic import make_exam_set
 from tests.helpers.processes import mammo_env
+from tests.helpers.reliability import Evidence
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,7 @@ def test_decoders_import_this_code_not_a_worker_package_in_the_working_directory
 
 
 def test_mammo_run_from_a_folder_holding_worker_runs_none_of_it(
-    tmp_path: Path, tiny_model_dir: Path,
+    tmp_path: Path, tiny_model_dir: Path, reliability: Evidence,
 ) -> None:
     marker = tmp_path / "imported-from-the-working-directory"
     cwd = _planted(tmp_path / "deploy", marker)
@@ -116,3 +117,5 @@ def test_mammo_run_from_a_folder_holding_worker_runs_none_of_it(
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [(Path(r["source"]).name, r["state"]) for r in rows] == [(image.name, "done")]
+    reliability.check("decoder processes import the code of the process that starts them, "
+                      "never a worker/ package in the working directory")
