@@ -44,10 +44,10 @@ from shared.db.schema import (
 )
 from shared.enums import ErrorCode, Priority
 from tests.helpers.cli import invoke_cli
+from tests.helpers.db import stored_images
 from tests.helpers.old_schema import migrated_to
 from tests.unit.test_content_identity_conflict import (
     _copies,
-    _images,
     _ingestion,
     _png,
     _settings,
@@ -101,7 +101,7 @@ def test_a_manifest_row_corrects_an_image_whose_metadata_was_inferred(
         origin: str, before: tuple[str | None, str | None]) -> None:
     alone = _png(tmp_path / name)
     _register(sessions, [alone], _ingestion(sqlite_url, tmp_path, None))
-    [original] = _images(sessions)
+    [original] = stored_images(sessions)
     assert (original.laterality, original.view, original.study_id) == (*before, None)
     assert original.metadata_origin == origin
     earlier = _scored(sessions, original.id)
@@ -112,7 +112,7 @@ def test_a_manifest_row_corrects_an_image_whose_metadata_was_inferred(
     batch, reg = _register(sessions, [again], _ingestion(
         sqlite_url, tmp_path, {f"P1/{name}": "PAT-A,L,MLO,PX1"}))
 
-    [image] = _images(sessions)
+    [image] = stored_images(sessions)
     with sessions() as session:
         exam = session.execute(select(Study)).scalar_one()
         predictions = list(session.execute(select(Prediction.id)).scalars())
@@ -146,7 +146,7 @@ def test_a_row_giving_values_an_image_read_alone_had_none_of_corrects_it(
     _register(sessions, [path], _ingestion(sqlite_url, tmp_path, None))
     _, reg = _register(sessions, [path], _ingestion(sqlite_url, tmp_path,
                                                     {"scan.png": ",L,CC,"}))
-    [image] = _images(sessions)
+    [image] = stored_images(sessions)
     assert reg.reregistered == {image.id: "laterality unknown -> L, view unknown -> CC"}
     assert (image.laterality, image.view, image.study_id, image.state) == (
         "L", "CC", None, "queued")
@@ -164,11 +164,11 @@ def test_a_row_contradicting_an_earlier_row_is_still_a_conflict(
     _register(sessions, [alone], _ingestion(sqlite_url, tmp_path, None))
     _register(sessions, [alone], _ingestion(sqlite_url, tmp_path,
                                             {"mdb023.png": ",L,MLO,PX1"}, "first.csv"))
-    [image] = _images(sessions)
+    [image] = stored_images(sessions)
     assert (image.laterality, image.metadata_origin) == ("L", "manifest")
     batch, reg = _register(sessions, [alone], _ingestion(
         sqlite_url, tmp_path, {"mdb023.png": ",R,MLO,PX1"}, "second.csv"))
-    kept, clash = _images(sessions)
+    kept, clash = stored_images(sessions)
     assert (kept.id, kept.laterality) == (image.id, "L") and reg.reregistered == {}
     assert (clash.error_code, clash.batch_id) == (CONFLICT, batch)
     message = clash.error_message or ""
@@ -185,14 +185,14 @@ def test_two_names_inferring_other_values_are_a_conflict_a_row_then_corrects(
     shutil.copyfile(first, renamed)
     _register(sessions, [first], _ingestion(sqlite_url, tmp_path, None))
     _register(sessions, [renamed], _ingestion(sqlite_url, tmp_path, None))
-    image, clash = _images(sessions)
+    image, clash = stored_images(sessions)
     assert (image.laterality, clash.error_code) == ("R", CONFLICT)
     assert (f"If image {image.id}'s are the wrong ones: they were only inferred from its file "
             "name, so a manifest row corrects them") in (clash.error_message or "")
     _, reg = _register(sessions, [renamed], _ingestion(sqlite_url, tmp_path,
                                                        {"mdb024.png": ",L,MLO,"}))
     assert list(reg.reregistered) == [image.id]
-    assert _images(sessions)[0].laterality == "L"
+    assert stored_images(sessions)[0].laterality == "L"
 
 
 def test_a_copy_in_the_same_submission_corrects_nothing(
@@ -205,14 +205,14 @@ def test_a_copy_in_the_same_submission_corrects_nothing(
     shutil.copyfile(left, right)
     ingestion = _ingestion(sqlite_url, tmp_path, {"in/b.png": ",L,CC,EX1"})
     _, reg = _register(sessions, [left, right], ingestion)
-    image, clash = _images(sessions)
+    image, clash = stored_images(sessions)
     assert reg.reregistered == {} and (image.laterality, image.study_id) == (None, None)
     assert clash.error_code == CONFLICT
     assert "Submit this file again with its row (--manifest) in a submission of its own" in (
         clash.error_message or "")
     _, reg = _register(sessions, [right], ingestion)
     assert list(reg.reregistered) == [image.id]
-    assert Path(_images(sessions)[0].source).name == "b.png"
+    assert Path(stored_images(sessions)[0].source).name == "b.png"
 
 
 @pytest.mark.parametrize("rows, copied", [
@@ -230,7 +230,7 @@ def test_two_copies_with_rows_correct_the_image_once(
     shutil.copyfile(alone, b)
     batch, reg = _register(sessions, [a, b], _ingestion(
         sqlite_url, tmp_path, {"P1/a.png": rows[0], "P1/b.png": rows[1]}))
-    images = _images(sessions)
+    images = stored_images(sessions)
     assert list(reg.reregistered) == [images[0].id]
     assert (Path(images[0].source).name, images[0].laterality) == ("a.png", "L")
     if copied:
@@ -246,7 +246,7 @@ def test_an_image_a_worker_holds_is_taken_from_it_and_its_result_discarded(
     with its new values, for a new claim."""
     alone = _png(tmp_path / "mdb023.png")
     _register(sessions, [alone], _ingestion(sqlite_url, tmp_path, None))
-    [image] = _images(sessions)
+    [image] = stored_images(sessions)
     with sessions() as session:
         [claimed] = lifecycle.claim(session, [image.id], token="worker-1", lease_s=600)
     assert claimed.laterality == "R"
@@ -280,7 +280,7 @@ def test_mammo_run_forms_the_exam_its_manifest_gives_images_read_alone_before(
     code, out = invoke_cli(["run", str(folder)], monkeypatch, tmp_path, **env)
     assert code == 0, out
     sessions = make_session_factory(create_db_engine(_settings(url)))
-    first = {Path(i.source).name: i for i in _images(sessions)}
+    first = {Path(i.source).name: i for i in stored_images(sessions)}
     assert {n: (i.laterality, i.study_id, i.state) for n, i in first.items()} == {
         "mdb023.png": ("R", None, "done"), "lcc.png": (None, None, "done"),
         "rcc.png": (None, None, "done"), "rmlo.png": (None, None, "done")}
@@ -293,7 +293,7 @@ def test_mammo_run_forms_the_exam_its_manifest_gives_images_read_alone_before(
     assert code == 0, out
     assert ("4 file(s): 0 new, 4 re-registered with their manifest rows and scored again, 0 "
             "already submitted, 0 rejected at intake") in " ".join(out.split()), out
-    images = {Path(i.source).name: i for i in _images(sessions)}
+    images = {Path(i.source).name: i for i in stored_images(sessions)}
     with sessions() as session:
         exam = session.execute(select(Study)).scalar_one()
         result = session.execute(select(ExamResult).where(
@@ -320,7 +320,7 @@ def test_mammo_run_forms_the_exam_its_manifest_gives_images_read_alone_before(
     code, out = invoke_cli(["run", str(folder / "rcc.png"), "--manifest",
                             str(folder / "other.csv")], monkeypatch, tmp_path, **env)
     assert code == 3 and "0 already submitted, 1 rejected at intake" in " ".join(out.split())
-    assert _images(sessions)[-1].error_code == CONFLICT
+    assert stored_images(sessions)[-1].error_code == CONFLICT
 
 
 # The heads before images.metadata_origin.
@@ -387,7 +387,7 @@ def test_an_image_left_stated_by_the_upgrade_is_not_corrected(
         session.commit()
     _, reg = _register(sessions, [alone], _ingestion(sqlite_url, tmp_path,
                                                      {"mdb023.png": ",L,MLO,PX1"}))
-    image, clash = _images(sessions)
+    image, clash = stored_images(sessions)
     assert reg.reregistered == {} and image.laterality == "R"
     assert clash.error_code == CONFLICT
     with sessions() as session:
@@ -415,7 +415,7 @@ def test_mammo_submit_re_registers_and_sends_what_its_manifest_corrects(
     assert code == 0, out
     assert (summary["queued"], summary["reregistered"], summary["duplicates"]) == (2, 2, 1)
     sessions = make_session_factory(create_db_engine(_settings(url)))
-    images = {Path(i.source).name: i for i in _images(sessions)}
+    images = {Path(i.source).name: i for i in stored_images(sessions)}
     assert {n: (i.laterality, i.state, i.enqueued_at is not None) for n, i in images.items()
             if n != "c.png"} == {"a.png": ("L", "queued", True), "b.png": ("R", "queued", True)}
 
