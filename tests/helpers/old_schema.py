@@ -22,3 +22,14 @@ def migrated_to(url: str, revisions: Iterable[str], *sql: str) -> None:
         for statement in sql:
             conn.execute(text(statement))
     engine.dispose()
+
+
+def downgraded_to(url: str, revision: str) -> None:
+    """Downgrade ``url`` by plain Alembic to ``revision`` (e.g. ``0016-1``: one step below
+    0016 on its branch), as a database before that migration was."""
+    engine = create_engine(url)
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+    engine.dispose()

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +26,6 @@ from producer.registration import Registration, create_batch, register_files
 from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.engine import (
-    alembic_config,
     create_db_engine,
     ensure_schema,
     make_session_factory,
@@ -45,7 +43,7 @@ from shared.db.schema import (
 from shared.enums import ErrorCode, Priority
 from tests.helpers.cli import invoke_cli
 from tests.helpers.db import stored_images
-from tests.helpers.old_schema import migrated_to
+from tests.helpers.old_schema import downgraded_to, migrated_to
 from tests.unit.test_content_identity_conflict import (
     _copies,
     _ingestion,
@@ -365,11 +363,8 @@ def test_the_upgrade_marks_inferred_only_what_stored_values_show(
     engine.dispose()
     assert marked == {i: origin for i, *_, origin in IMAGES}
 
+    downgraded_to(url, "0016-1")
     plain = create_engine(url)
-    cfg = alembic_config(plain)
-    with plain.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0016-1")
     with plain.connect() as conn:
         columns = {c["name"] for c in inspect(conn).get_columns("images")}
         assert conn.execute(text("SELECT count(*) FROM images")).scalar() == len(IMAGES)

@@ -7,15 +7,15 @@ from __future__ import annotations
 import math
 
 import pytest
-from alembic import command
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from shared.db.engine import alembic_config, create_db_engine, ensure_schema, upgrade
+from shared.db.engine import create_db_engine, ensure_schema, upgrade
 from shared.db.schema import Batch, ExamResult, Image, ModelVersion, Prediction, Study
 from shared.exams import refresh_due_exams, refresh_exam_results, studies_awaiting_result
 from shared.scoring import label_of
+from tests.helpers.old_schema import downgraded_to
 
 VIEWS = (("L", "CC"), ("R", "CC"), ("L", "MLO"), ("R", "MLO"))
 CLEAR = (0.9, 0.05, 0.05)
@@ -75,11 +75,9 @@ def _seed(engine: Engine, backend: str) -> None:
 
 def _back_to_0015(url: str) -> None:
     """The schema an earlier release left: 0017 (this migration) not applied."""
+    downgraded_to(url, "0015")
     plain = create_engine(url)
-    cfg = alembic_config(plain)
-    with plain.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0015")
+    with plain.connect() as conn:
         assert {"0010", "0015"} <= set(conn.execute(
             text("SELECT version_num FROM alembic_version")).scalars())
     plain.dispose()

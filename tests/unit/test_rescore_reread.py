@@ -14,18 +14,17 @@ import logging
 from pathlib import Path
 
 import pytest
-from alembic import command
 from sqlalchemy import create_engine, inspect, select, text, update
 
 from models.registry import resolve_model
 from producer.cli.exit_codes import ExitCode
 from shared.config import Settings
-from shared.db.engine import alembic_config, create_db_engine, head_revisions, upgrade
+from shared.db.engine import create_db_engine, head_revisions, upgrade
 from shared.db.schema import Image, Prediction
 from shared.imaging.reader_version import READER_VERSION
 from shared.synthetic import make_exam_set
 from tests.helpers.cli import Mammo, mammo_on
-from tests.helpers.old_schema import migrated_to
+from tests.helpers.old_schema import downgraded_to, migrated_to
 
 KEY = "rescore-reread-key-0123456789abcd"
 
@@ -187,11 +186,8 @@ def test_an_earlier_schema_upgrades_with_its_predictions_unread_and_downgrades(
             (1, None)]
     engine.dispose()
 
+    downgraded_to(url, "0015-1")
     plain = create_engine(url)
-    cfg = alembic_config(plain)
-    with plain.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0015-1")
     with plain.connect() as conn:
         columns = {c["name"] for c in inspect(conn).get_columns("predictions")}
         left = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
