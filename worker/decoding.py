@@ -20,6 +20,11 @@ Safety:
   of this repository or a folder named ``worker/`` there was imported (and run) in place
   of the installed code. It is started with ``PYTHONSAFEPATH`` (no working directory) and
   this process's ``sys.path`` (see ``_code_of_this_process``).
+- Each decoder runs one BLAS/OpenMP thread (the pool is the parallelism): where the host
+  limits threads (``ulimit -u``, a container's pids limit, systemd TasksMax) OpenBLAS could
+  not start its second thread and spun for ever at 100 % CPU in a matrix product.
+- The OOM killer takes a decoder before the worker or ``mammo run`` that holds the model
+  (``oom_score_adj`` 1000): a decoder's death is the crash the pool is built to survive.
 
 ``decode_processes = 0`` decodes in the calling thread (the plain serial loop).
 """
@@ -184,7 +189,7 @@ class ChunkDecoder:
             # child would leave it, and the decoders it forked, running for ever.
             context.set_forkserver_preload(["worker.decoder_guard", __name__])
             self._pool = ProcessPoolExecutor(self.processes, mp_context=context,
-                                             initializer=die_with_parent)
+                                             initializer=_decoder_started)
         return self._pool
 
 
@@ -208,7 +213,19 @@ def _may_have_children() -> Iterator[None]:
         config.update(saved)
 
 
+def _decoder_started() -> None:
+    """Each decoder process, at its start: dies with its parent, and is the first the OOM
+    killer takes (raising one's own score needs no privilege)."""
+    die_with_parent()
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w",
+                                            encoding="ascii") as adj:
+        adj.write("1000")
+
+
 _ENVIRON_LOCK = threading.Lock()
+# Read by OpenBLAS/OpenMP/MKL when numpy loads, in the forkserver: one thread per decoder.
+_ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                      "MKL_NUM_THREADS")}
 
 
 @contextlib.contextmanager
@@ -224,11 +241,13 @@ def _code_of_this_process() -> Iterator[None]:
     ``PYTHONPATH`` or the test run's directory, not only installed packages): the
     forkserver finds each module where this process found it. Each decoder
     then takes this process's ``sys.path`` too (multiprocessing's start-up). The environment
-    is changed only while decoder processes start, as the forkserver is started in there.
+    is changed only while decoder processes start, as the forkserver is started in there;
+    it also gets ``_ONE_THREAD``.
     (An interpreter run with ``-E`` hands that flag on, and the forkserver then reads
     neither variable: ``-I`` or ``-P`` keeps the working directory out without them.)
     """
-    wanted = {"PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(_import_path())}
+    wanted = {"PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(_import_path()),
+              **_ONE_THREAD}
     with _ENVIRON_LOCK:
         saved = {key: os.environ.get(key) for key in wanted}
         os.environ.update(wanted)
