@@ -375,7 +375,9 @@ def _why_resent(known: KnownImage, *, first: bool) -> str:
 
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM and SIGINT set the returned event instead of killing the process mid-step."""
+    """SIGTERM, SIGINT and SIGHUP set the returned event instead of killing the process
+    mid-step. SIGHUP (the terminal it was started from closed) killed it at once, with no
+    line in its log; one started under ``nohup`` ignores SIGHUP, and still does."""
     stop = threading.Event()
 
     def _handler(signum: int, _frame: FrameType | None) -> None:
@@ -383,7 +385,10 @@ def stop_on_signals() -> Iterator[threading.Event]:
                  signal.Signals(signum).name)
         stop.set()
 
-    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopping = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        stopping.append(signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _handler) for sig in stopping}
     try:
         yield stop
     finally:
