@@ -47,9 +47,10 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.enums import ErrorCode
-from shared.errors import InputError
+from shared.errors import InputError, TransientError
 from shared.formatting import without_control
 from shared.imaging.model_input import ModelInputSource, load_model_input
+from shared.imaging.readers.base import host_fault, host_fault_reason
 from shared.imaging.readers.messages import described
 from worker.parent_death import die_with_parent
 
@@ -113,15 +114,39 @@ class DecodeFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class HostShort:
+    """Decoding this image met the host running short (``readers.base.host_fault``: no
+    memory, too many open files): no fault of the file. ``decode_all`` raises it as
+    ``DecoderCrashed``, so the image is retried (and charged) like one that killed its
+    decoder, ``poison`` only after MAMMO_MAX_ATTEMPTS, and never failed ``unreadable``."""
+
+    image_id: int
+    reason: str
+
+
 DecodeResult = Decoded | DecodeFailure
 
 
 class DecoderCrashed(RuntimeError):
-    """A decoder process died while this group's images were being decoded."""
+    """A decoder process died, or the host ran short (``host_reason``), while this group's
+    images were being decoded."""
+
+    def __init__(self, message: str, *, host_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.host_reason = host_reason
 
 
-def run_job(job: DecodeJob) -> DecodeResult:
-    """Decode + preprocess one image; an unusable input becomes a failure with its reason."""
+class DecodersUnavailable(TransientError):
+    """Decoder processes could not be started (an OSError: too many open files, no more
+    processes): no image's fault. The chunk hands its claims back with their attempts
+    refunded and retries (``worker.pipeline``); an OSError left to escape charged every
+    image of the chunk an attempt per run, until healthy images ended ``poison``."""
+
+
+def run_job(job: DecodeJob) -> DecodeResult | HostShort:
+    """Decode + preprocess one image; an unusable input becomes a failure with its reason,
+    the host running short a ``HostShort``."""
     try:
         return _prepare(job)
     except SoftTimeLimitExceeded:
@@ -129,6 +154,9 @@ def run_job(job: DecodeJob) -> DecodeResult:
     except InputError as exc:
         return DecodeFailure(job.image_id, exc.code, exc.message)
     except Exception as exc:  # a worker never dies of an input
+        if host_fault(exc):
+            log.warning("image %s: %s", job.image_id, host_fault_reason(exc))
+            return HostShort(job.image_id, host_fault_reason(exc))
         log.exception("unexpected error preparing image %s", job.image_id)
         # The library's text on one short printable line (it may quote the file's bytes);
         # in full, with the stack, in the log above.
@@ -154,22 +182,33 @@ class ChunkDecoder:
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
-        """Start the decoder processes now (e.g. while the model loads), not on first use."""
+        """Start the decoder processes now (e.g. while the model loads), not on first use.
+        One that cannot start is logged with the limit to raise; the first chunk tries again
+        (and hands its images back if it cannot either)."""
         if self.processes:
-            pool = self._ensure_pool()
-            with _may_have_children(), _code_of_this_process():
-                for _ in range(self.processes):
-                    pool.submit(_noop)  # each submit starts one more process, up to the limit
+            try:
+                pool = self._ensure_pool()
+                with _may_have_children(), _code_of_this_process():
+                    for _ in range(self.processes):
+                        pool.submit(_noop)  # each submit starts one more process, up to the limit
+            except OSError as exc:
+                self.close()
+                log.error("%s", _not_started(exc))
 
     def decode_all(self, jobs: Sequence[DecodeJob]) -> list[DecodeResult]:
         if not self.processes:
-            return [run_job(job) for job in jobs]
-        pool = self._ensure_pool()
-        futures: list[Future[DecodeResult]] = []
+            return _checked([run_job(job) for job in jobs])
+        futures: list[Future[DecodeResult | HostShort]] = []
         try:
+            pool = self._ensure_pool()
             with _may_have_children(), _code_of_this_process():
                 futures.extend(pool.submit(run_job, job) for job in jobs)
-            return [future.result() for future in futures]
+        except OSError as exc:  # EMFILE, EAGAIN... starting a decoder (or its forkserver)
+            _cancel(futures)
+            self.close()
+            raise DecodersUnavailable(_not_started(exc)) from exc
+        try:
+            return _checked([future.result() for future in futures])
         except BrokenProcessPool as exc:
             self.close()
             raise DecoderCrashed(f"a decoder process died: {exc}") from exc
@@ -284,7 +323,20 @@ def _import_path() -> list[str]:
     return list(entries)
 
 
-def _cancel(futures: list[Future[DecodeResult]]) -> None:
+def _not_started(exc: OSError) -> str:
+    return f"decoder processes could not be started: {host_fault_reason(exc)}"
+
+
+def _checked(results: list[DecodeResult | HostShort]) -> list[DecodeResult]:
+    """The group's results; ``DecoderCrashed`` if one image met the host running short."""
+    short = next((r for r in results if isinstance(r, HostShort)), None)
+    if short is not None:
+        raise DecoderCrashed(f"image {short.image_id}: {short.reason}",
+                             host_reason=short.reason)
+    return [r for r in results if not isinstance(r, HostShort)]
+
+
+def _cancel(futures: list[Future[DecodeResult | HostShort]]) -> None:
     """Drop what has not started (a soft time limit, a crash): nothing waits on it now."""
     for future in futures:
         future.cancel()

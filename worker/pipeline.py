@@ -35,7 +35,7 @@ from shared.imaging.reader_version import READER_VERSION
 from shared.imaging.readers.messages import described
 from shared.rescoring import current_readers, store_predictions, withdraws_earlier_result
 from shared.scoring import label_of, suspicion
-from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed
+from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed, DecodersUnavailable
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -151,12 +151,18 @@ def _process_chunk(image_ids: Sequence[int], token: str, runtime: WorkerRuntime)
     result.claimed = len(claimed)
     if not claimed:
         return result
+    ids = [c.id for c in claimed]
     if not any(c.attempts > 1 for c in claimed):
         try:
             _save(runtime, _run_group(claimed, runtime, result), result, token)
             return result
         except DecoderCrashed as exc:
             log.warning("%s; running chunk %s image by image", exc, token)
+        except DecodersUnavailable as exc:
+            # No image's fault: every claim handed back, its attempt refunded; the task
+            # retries (a TransientError), as after a database outage.
+            _refund(runtime, ids, token, why=str(exc))
+            raise
     # A redelivered chunk (or one whose decoder process died) may hold the image that kills
     # its worker. Take back the attempt its claims counted, then claim and run one image at
     # a time: only the image actually being worked on when a crash strikes is charged an
@@ -164,18 +170,25 @@ def _process_chunk(image_ids: Sequence[int], token: str, runtime: WorkerRuntime)
     # back to the queue): if this worker dies too, the images still waiting lie under a
     # lease that expires and the sweeper re-sends them, not queued with no message at all.
     with _unavailable_while("claiming"), runtime.sessions() as session:
-        lifecycle.refund(session, [c.id for c in claimed], token)
-    for image_id in [c.id for c in claimed]:
-        _run_alone(image_id, token, runtime, result)
+        lifecycle.refund(session, ids, token)
+    for n, image_id in enumerate(ids):
+        try:
+            _run_alone(image_id, token, runtime, result)
+        except DecodersUnavailable as exc:
+            # This image's claim counted an attempt; those still waiting were refunded above.
+            _refund(runtime, [image_id], token, why=str(exc), refunded=ids[n + 1:])
+            raise
     return result
 
 
 def _run_alone(image_id: int, token: str, runtime: WorkerRuntime, result: ChunkResult) -> None:
     """Claim and run one image (held already by ``token``, its attempt refunded, or
     queued); a decoder crash charges it, until it is quarantined."""
+    host_reason: str | None = None  # the host ran short on its last try (DecoderCrashed)
     while single := _claim(runtime, [image_id], token):  # empty: someone else took it
         if single[0].attempts > runtime.settings.max_attempts:
-            outcome = _Outcome(failures=[(image_id, ErrorCode.POISON, _crash_message(single[0]))])
+            outcome = _Outcome(failures=[(image_id, ErrorCode.POISON,
+                                          _crash_message(single[0], host_reason))])
         else:
             try:
                 outcome = _run_group(single, runtime, result)
@@ -183,6 +196,7 @@ def _run_alone(image_id: int, token: str, runtime: WorkerRuntime, result: ChunkR
                 # The attempt stays counted, and the claim is kept: the next claim under
                 # this token charges the image again, until it is quarantined.
                 log.warning("image %s: %s", image_id, exc)
+                host_reason = exc.host_reason
                 continue
         _save(runtime, outcome, result, token)
         return
@@ -194,7 +208,12 @@ def _claim(runtime: WorkerRuntime, image_ids: Sequence[int], token: str) -> list
                                lease_s=runtime.settings.claim_lease_s)
 
 
-def _crash_message(image: ClaimedImage) -> str:
+def _crash_message(image: ClaimedImage, host_reason: str | None = None) -> str:
+    if host_reason:
+        return (f"Processing this image was started {image.attempts - 1} times and never "
+                f"finished: this host ran short ({host_reason}), no fault of the file. It "
+                "is quarantined; raise that limit, then resubmit it (a quarantined image "
+                "is tried again when its file is submitted again).")
     return (f"Processing this image was started {image.attempts - 1} times and never finished: "
             "the worker most likely crashed on it (out of memory or a decoder fault). It is "
             "quarantined; check the file, then resubmit it.")
@@ -366,33 +385,36 @@ def _say_by_reason(outcome: _Outcome, image_ids: list[int], what: str) -> None:
                     more, code.value, first, images[0][1])
 
 
-def _refund(runtime: WorkerRuntime, image_ids: list[int], token: str) -> None:
+def _refund(runtime: WorkerRuntime, image_ids: list[int], token: str, *,
+            why: str = "saving failed", refunded: Sequence[int] = ()) -> None:
     """Hand the claims back with their attempts refunded, retrying while the database is
     away for up to ``REFUND_PATIENCE_S``: a save cut by an outage would otherwise leave
     each image charged an attempt per retry, and healthy images quarantined as poison
     after a flapping connection (probe: 8 of 8 at MAMMO_MAX_ATTEMPTS=1 after a 6 s cut).
     A longer outage leaves one attempt counted; the worker waits here meanwhile, having
-    nothing it could save anyway."""
+    nothing it could save anyway. ``refunded``: claims held whose attempt was taken back
+    already (``lifecycle.refund``), handed back as they are. Also when decoder processes
+    cannot start (``DecodersUnavailable``: ``why`` names the limit to raise)."""
     deadline = time.monotonic() + REFUND_PATIENCE_S
     delay = 0.5
     while True:
         try:
             with runtime.sessions() as session:
                 released = lifecycle.release(session, image_ids, token, refund=True)
+                released += lifecycle.release(session, refunded, token, refund=False)
         except DBAPIError as exc:
             if not _database_away(exc):
                 raise
             if time.monotonic() + delay > deadline:
-                log.warning("saving failed, and the database stayed away for %d s: the "
-                            "attempt stays counted for %d image(s)", REFUND_PATIENCE_S,
+                log.warning("%s, and the database stayed away for %d s: the attempt stays "
+                            "counted for %d image(s)", why, REFUND_PATIENCE_S,
                             len(image_ids))
                 return
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
             continue
         if released:
-            log.warning("saving failed; %d image(s) handed back, attempts refunded",
-                        len(released))
+            log.warning("%s; %d image(s) handed back, attempts refunded", why, len(released))
         return
 
 

@@ -7,16 +7,21 @@ what are its pixels (``decode``, in the worker)?
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from shared.errors import ImageTooLargeError, MissingFileError, UnreadableImageError
 from shared.filehash import file_sha256
+from shared.imaging.readers.messages import described
 from shared.imaging.types import DecodedImage, ImageHeader
 
 # 128-byte DICOM preamble + "DICM": enough to recognise every format we read.
 HEAD_SIZE = 132
+
+# An OSError with one of these says the host ran short (memory, open files), not the file.
+_HOST_ERRNOS = frozenset({errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 # PatientID -> keyed pseudonym (``shared.pseudonym.Pseudonymizer``); None: no key configured.
 Pseudonymize = Callable[[str], str]
@@ -46,8 +51,38 @@ class ImageReader(Protocol):
         ...
 
 
+def host_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is this host running short, not the file: a MemoryError (numpy's
+    "Unable to allocate" under ``ulimit -v``, a cgroup or strict overcommit), or an OSError
+    ENOMEM, EMFILE or ENFILE (``ulimit -n``, the system's file table). Readers let it
+    through: ``unreadable`` blamed a healthy file, and is not retried when the same file
+    is submitted again. The worker retries the image (``worker.decoding``)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _HOST_ERRNOS
+
+
+def host_fault_reason(exc: BaseException) -> str:
+    """What ran short, and which limit to raise, for a log line or a failure message (an
+    OSError that is none of those: its own text)."""
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return ("too many open files: raise the open-file limit, ulimit -n / systemd "
+                    f"LimitNOFILE ({described(exc)})")
+        if exc.errno == errno.EAGAIN:
+            return ("no more processes: raise the process limit, ulimit -u / systemd "
+                    f"TasksMax ({described(exc)})")
+        if exc.errno != errno.ENOMEM:
+            return described(exc)
+    return ("out of memory: raise the worker's memory limit (ulimit -v, systemd MemoryMax, "
+            f"a container's limit) or lower MAMMO_DECODE_PROCESSES ({described(exc)})")
+
+
 def open_error(path: Path, exc: OSError) -> MissingFileError | UnreadableImageError:
-    """Turn an OS error on ``path`` into the InputError the pipeline records."""
+    """Turn an OS error on ``path`` into the InputError the pipeline records; a host fault
+    (``host_fault``: too many open files, no memory) is raised as it is."""
+    if host_fault(exc):
+        raise exc
     if isinstance(exc, FileNotFoundError):
         return MissingFileError(f"{path.name} no longer exists at {path.parent}.")
     if isinstance(exc, IsADirectoryError):

@@ -68,6 +68,7 @@ from shared.imaging.readers import dicom_voi as voi
 from shared.imaging.readers.base import (
     Pseudonymize,
     check_pixel_count,
+    host_fault,
     open_error,
     sha256_identity,
 )
@@ -309,9 +310,10 @@ def _read(path: Path, cap: _InflateCap, **options: Any) -> Dataset:
 def _guarded(path: Path, step: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Run ``step``; a pydicom or numpy error on this file becomes an UnreadableImageError.
 
-    A fault of this software propagates as raised: ``unreadable`` would blame the file, and
-    is not retried when the same file is submitted again. The worker records it as
-    ``internal_error`` (logged with its traceback), which is retried.
+    A fault of this software or of the host (``_software_fault``) propagates as raised:
+    ``unreadable`` would blame the file, and is not retried when the same file is submitted
+    again. The worker records a software fault as ``internal_error`` (logged with its
+    traceback), which is retried; a host fault it retries itself (``worker.decoding``).
     """
     try:
         return step(*args, **kwargs)
@@ -335,6 +337,9 @@ def _software_fault(exc: Exception) -> bool:
 
     - NameError (UnboundLocalError too), ImportError (ModuleNotFoundError too), SyntaxError:
       code that does not run as written (a source file mid-edit, a broken install);
+    - the host running short (``base.host_fault``): a MemoryError (numpy's "Unable to
+      allocate" under a memory limit), an OSError ENOMEM, EMFILE or ENFILE. Blamed on the
+      file, a healthy image failed ``unreadable`` and stayed failed when sent again;
     - an AttributeError whose ``obj`` is a module, or a class or object of this project: a
       helper or field that does not exist. One on a pydicom Dataset (a missing element), on
       None or on a value read from the file stays the file's.
@@ -342,7 +347,7 @@ def _software_fault(exc: Exception) -> bool:
     Where it was raised does not tell them apart: our own ``int()`` of a header value fails
     in our frame on a damaged file, and a helper missing from a module fails in ours too.
     """
-    if isinstance(exc, NameError | ImportError | SyntaxError):
+    if isinstance(exc, NameError | ImportError | SyntaxError) or host_fault(exc):
         return True
     if not isinstance(exc, AttributeError):
         return False

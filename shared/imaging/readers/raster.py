@@ -145,6 +145,7 @@ class RasterReader:
             decoded: np.ndarray | None = cv2.imdecode(
                 np.frombuffer(self.prepare(data), dtype=np.uint8), IMREAD_FLAGS)
         except cv2.error as exc:  # e.g. OpenCV's own pixel cap, a header lying about size
+            no_memory(exc)
             raise self._undecodable(path) from exc
         return decoded
 
@@ -534,5 +535,14 @@ def _merge_grey_channels(colour: np.ndarray) -> np.ndarray:
 PNG = PngReader()
 JPEG = JpegReader()
 
+
+def no_memory(exc: cv2.error) -> None:
+    """Raise OpenCV's "Insufficient memory" (StsNoMem) as the MemoryError it is: this host
+    ran short (``base.host_fault``), the file is not damaged."""
+    if exc.code == cv2.Error.StsNoMem:
+        raise MemoryError(f"OpenCV: {exc.err}") from exc
+
+
 __all__ = ["IMREAD_FLAGS", "JPEG", "ORIENTATIONS", "PNG", "Alpha", "RasterReader",
-           "tiff_directories", "to_grayscale"]
+           "no_memory", "tiff_directories", "to_grayscale"]
+

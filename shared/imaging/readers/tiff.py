@@ -21,6 +21,7 @@ from shared.imaging.readers.raster import (
     ORIENTATIONS,
     Alpha,
     RasterReader,
+    no_memory,
     tiff_directories,
 )
 from shared.imaging.types import DecodedImage
@@ -248,7 +249,8 @@ def _main_page(pages: list[_TiffPage]) -> int:
 def _read_page(path: Path, index: int) -> np.ndarray | None:
     try:
         ok, page = cv2.imreadmulti(str(path), start=index, count=1, flags=IMREAD_FLAGS)
-    except cv2.error:
+    except cv2.error as exc:
+        no_memory(exc)
         return None
     return page[0] if ok and page else None
 
