@@ -36,6 +36,7 @@ from shared.queries import (
 from shared.reports.batch_outputs import BatchDocuments, write_batch_documents
 from shared.reports.batch_summary import batch_report_path
 from shared.reports.exports import DISCLAIMER
+from shared.reports.output import check_report_folder
 from shared.timeutil import as_utc
 
 SUMMARY_COLUMNS = ("image_id", "file", "state", "duplicate_of", "laterality", "view", "label",
@@ -57,6 +58,9 @@ class RunListing:
 def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, fmt: str,
                     report_dir: Path | None, manifest: Path | None = None) -> RunListing:
     quiet_embedded_logs()
+    settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
+    # Before any work: a folder it cannot write ended the run only after every image.
+    check_report_folder(settings.report_dir)
     # Loaded before the counters open: they would stand at "0 files", "0/?" for its minutes.
     with STDERR.status("loading the model"):
         loaded = load_run(cli.settings, cli.sessions, manifest=manifest)
@@ -74,7 +78,6 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
     STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {rate_text(result.images_per_s)} "
                  f"images/s after a model load of {result.model_load_seconds:.1f} s")
     say_skipped(sub.skipped)
-    settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
     _say_documents("reports", _write_documents(cli, sub.batch_id, settings))
     _report_earlier_batches(cli, sub.batch_id, settings)
     STDERR.print(DISCLAIMER, style="italic")

@@ -34,3 +34,14 @@ def report_file(path: Path) -> Iterator[Path]:
     finally:
         with suppress(OSError):
             temporary.unlink(missing_ok=True)
+
+
+def check_report_folder(folder: Path) -> None:
+    """Write and remove a small file in ``folder`` (made if missing), as ``report_file``
+    writes a report: a run checks this before its work, so a place it cannot write ends it
+    at once (exit 4) instead of after a night's images were classified."""
+    probe = folder / f".mammo-write-check.{os.getpid()}"
+    with report_file(probe) as temporary:
+        temporary.write_bytes(b"")
+    with suppress(OSError):
+        probe.unlink()

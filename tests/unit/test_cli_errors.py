@@ -137,8 +137,9 @@ def test_a_read_only_database_is_one_line_and_exit_7(monkeypatch: pytest.MonkeyP
     assert "Traceback" not in out
 
 
-def test_a_report_folder_that_is_a_file_is_one_line_and_keeps_the_results(
+def test_a_report_folder_that_is_a_file_is_one_line_before_any_work(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # It was found only once every image had been classified (a night's batch, then exit 4).
     blocker = tmp_path / "reports"
     blocker.write_text("not a folder")
     make_exam_set(tmp_path / "exams", n_exams=1, seed=2)
@@ -147,9 +148,13 @@ def test_a_report_folder_that_is_a_file_is_one_line_and_keeps_the_results(
                             monkeypatch, tmp_path, **env)
     assert code == ExitCode.CONFIG
     assert f"{blocker} is a file, not a folder" in out and "Traceback" not in out
-    code, out = invoke_cli(["results", "--state", "done", "--format", "json"], monkeypatch,
-                            tmp_path, **env)
-    assert code == ExitCode.OK and len(json.loads(out)) == 4  # every image was stored
+    assert "loading the model" not in out
+    code, out = invoke_cli(["results", "--format", "json"], monkeypatch, tmp_path, **env)
+    assert code == ExitCode.OK and json.loads(out) == []  # nothing registered: run it again
+    assert list(blocker.parent.glob(".mammo-write-check*")) == []
+    code, out = invoke_cli(["run", str(tmp_path / "exams"), "--report-dir",
+                            str(tmp_path / "written")], monkeypatch, tmp_path, **env)
+    assert code == ExitCode.OK, out
     code, out = invoke_cli(["report", "batch", "1", "--format", "csv", "-o",
                              str(blocker / "batch.csv")], monkeypatch, tmp_path, **env)
     assert code == ExitCode.CONFIG and "is a file, not a folder" in out
