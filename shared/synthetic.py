@@ -166,8 +166,10 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
 
 def make_exam_set(
     directory: Path, n_exams: int, seed: int, fmt: Literal["dicom", "png"] = "dicom",
+    size: tuple[int, int] = (512, 416),
 ) -> list[Path]:
-    """Write ``n_exams`` four-view exams (L/R x CC/MLO); the same seed gives the same files.
+    """Write ``n_exams`` four-view exams (L/R x CC/MLO) of ``size`` pixels (rows, columns);
+    the same seed gives the same files.
 
     Exams 1, 4, 7, ... (every third, from the second) have a lesion in one breast, seen in
     both its views; their image comments say so. PNGs are scaled from 12 to 16 bits so
@@ -188,7 +190,7 @@ def make_exam_set(
             if exam % 3 == 1 else None
         for laterality, view in EXAM_VIEWS:
             lesion = laterality is sick
-            pixels = synth_mammogram(rng, laterality=laterality, lesion=lesion)
+            pixels = synth_mammogram(rng, size, laterality=laterality, lesion=lesion)
             stem = directory / f"exam{exam:04d}_{laterality.value}{view.value}"
             if fmt == "png":
                 paths.append(write_png(stem.with_suffix(".png"), pixels << 4))

@@ -54,7 +54,9 @@ def _attempts(url: str) -> dict[int, int]:
 @pytest.mark.timeout(600)
 def test_a_worker_stopped_past_its_soft_limit_is_not_charged_an_attempt(
         tmp_path: Path, redis_url: str, postgres_url: str, tiny_model_dir: Path) -> None:
-    files = make_exam_set(tmp_path / "in", n_exams=16, seed=31)
+    # Large enough that the chunk is seen claimed: 64 images of the default size were
+    # claimed and done within 0.4 s, between two polls, on a quiet machine (CI of 1cc68a2).
+    files = make_exam_set(tmp_path / "in", n_exams=16, seed=31, size=(2048, 1664))
     env = mammo_env(broker_url=redis_url, database_url=postgres_url, model=str(tiny_model_dir),
                     task_time_limit_s="30", chunk_size=str(len(files)), sweep_interval_s="0")
     worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "1")
