@@ -207,6 +207,10 @@ class ChunkDecoder:
             _cancel(futures)
             self.close()
             raise DecodersUnavailable(_not_started(exc)) from exc
+        except BrokenProcessPool as exc:  # a decoder died while the jobs were handed over
+            _cancel(futures)
+            self.close()
+            raise DecoderCrashed(f"a decoder process died: {exc}") from exc
         try:
             return _checked([future.result() for future in futures])
         except BrokenProcessPool as exc:
