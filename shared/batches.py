@@ -23,6 +23,12 @@ def watch_batch_name(root: Path, day: date) -> str:
     return name if len(name) <= _NAME_LIMIT else f"{WATCH_PREFIX}...{name[-(_NAME_LIMIT - 9):]}"
 
 
+def is_watch_batch_of(root: Path, name: str | None) -> bool:
+    """Is ``name`` a day batch of the drop folder ``root`` (any day's)?"""
+    day = watch_batch_day(name)
+    return day is not None and watch_batch_name(root, day) == name
+
+
 def watch_batch_day(name: str | None) -> date | None:
     """The day of a drop-folder batch, None for any other batch."""
     if not name or not name.startswith(WATCH_PREFIX):

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import source_text
 from producer.watch.folder import WatchFolder
-from shared.db.schema import Image
+from shared.db.lifecycle import LEFT_TO_SWEEPER
+from shared.db.schema import Batch, Image
 from shared.formatting import without_control
 from shared.timeutil import as_utc
 
@@ -48,6 +49,8 @@ class KnownImage:
     registered_at: datetime | None = None
     source: str = ""  # the path it was registered from, as the database stores it
     finished_at: datetime | None = None
+    batch_name: str | None = None  # of the batch that registered it
+    owed: bool = False  # its sender gave up sending it (``lifecycle.owe_message``)
 
     def came_from(self, path: Path) -> bool:
         """Is ``path`` the file this image was registered from (not a copy under another
@@ -141,13 +144,16 @@ def _rows(session: Session, where: ColumnElement[bool]) -> Iterator[tuple[str, K
     # image), the newest row is the one a path lookup keeps.
     stmt = (select(Image.source, Image.id, Image.state, Image.enqueued_at, Image.study_id,
                    Image.error_code, Image.error_message, Image.identity, Image.created_at,
-                   Image.finished_at)
+                   Image.finished_at, Image.claim_token, Batch.name.label("batch_name"))
+            .outerjoin(Batch, Batch.id == Image.batch_id)
             .where(where).order_by(Image.id))
     for row in session.execute(stmt):
         yield row.source, KnownImage(row.id, row.state, row.enqueued_at, row.study_id,
                                      row.error_code, row.error_message, row.identity,
                                      as_utc(row.created_at), row.source,
-                                     as_utc(row.finished_at))
+                                     as_utc(row.finished_at), row.batch_name,
+                                     row.enqueued_at is None
+                                     and row.claim_token == LEFT_TO_SWEEPER)
 
 
 def _lookup(sessions: sessionmaker[Session],

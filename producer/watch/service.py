@@ -38,6 +38,7 @@ from producer.watch.observer import FolderState, FolderWatch
 from producer.watch.pending import Version
 from producer.watch.scanner import KnownImage, known_images, walk
 from producer.watch.stability import StabilityTracker
+from shared.batches import is_watch_batch_of
 from shared.config import Settings
 from shared.enums import ImageState
 from shared.errors import TransientError, UserFacingError, first_line
@@ -188,15 +189,28 @@ class Watcher:
                     self.followup.finish(path, known)
             else:
                 self.followup.track(known.image_id, path)
-                # An embedded queue starts empty, so everything active needs a message; with
-                # Redis only rows committed but never sent (a crash in between) do.
-                if known.enqueued_at is None or (first and self.options.mode == "embedded"):
+                if self._owes_message(known, first=first):
                     resend[known.image_id] = (path, _why_resent(known, first=first))
         self._scans += 1
         if resend:
             self.ingestor.resend(resend)
             log.info("re-sent %d image(s) registered earlier whose message was never sent "
                      "or was lost with an earlier run", len(resend))
+
+    def _owes_message(self, known: KnownImage, *, first: bool) -> bool:
+        """Must this watcher send an active image it found registered?
+
+        An embedded queue starts empty, so everything active needs a message. With Redis,
+        rows committed but never sent do when this folder's watcher registered them (an
+        earlier run killed in between), or their sender gave up (``owed``). Another
+        sender's rows are left to it: a `mammo submit` of this folder registers every file
+        before it sends any, and a watcher starting meanwhile sent them all a second time,
+        each logged as left unsent by an earlier run. Should that sender die before
+        sending, the sweeper sends them after MAMMO_REQUEUE_AFTER_S, as for any folder."""
+        if first and self.options.mode == "embedded":
+            return True
+        return known.enqueued_at is None and (
+            known.owed or is_watch_batch_of(self.folder.root, known.batch_name))
 
     def take_events(self) -> None:
         for seen in self.inbox.drain():
@@ -368,7 +382,7 @@ def _why_resent(known: KnownImage, *, first: bool) -> str:
     """Why an active image found by a scan is sent again, for its ``queued`` line."""
     if known.enqueued_at is not None:  # embedded: the queue it was in ended with its process
         return "sent again: left queued by an earlier run"
-    if first:
+    if first and not known.owed:
         return "registered by an earlier run that stopped before sending it"
     return "registered earlier, but its message could not be sent then"
 

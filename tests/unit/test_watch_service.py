@@ -155,6 +155,33 @@ def test_rows_committed_but_never_sent_are_sent_by_the_next_start(
         "an earlier run"]
 
 
+def test_a_submits_rows_not_yet_sent_are_left_to_it_until_it_gives_up(
+        settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    _dicom(root / "a.dcm", 1)
+    _step(_watcher(settings, sessions, root))
+    with sessions() as session:  # as `mammo submit` of this folder leaves its rows while it
+        batch = Batch(name="nightly", priority="routine", mode="distributed")  # registers the rest
+        session.add(batch)
+        session.flush()
+        session.execute(update(Image).values(enqueued_at=None, batch_id=batch.id))
+        session.commit()
+    caplog.set_level(logging.INFO, logger="mammo.watch")
+    _step(_watcher(settings, sessions, root))
+    with sessions() as session:
+        assert session.execute(select(Image.enqueued_at)).scalar_one() is None
+    assert not [m for m in caplog.messages if "queued" in m]
+    with sessions() as session:  # the submit's send failed: nobody else will send it now
+        assert lifecycle.owe_message(session, [1]) == [1]
+        session.commit()
+    _step(_watcher(settings, sessions, root))
+    with sessions() as session:
+        assert session.execute(select(Image.enqueued_at)).scalar_one() is not None
+    assert "queued a.dcm (image 1): registered earlier, but its message could not be sent " \
+           "then" in caplog.messages
+
+
 def test_an_embedded_restart_names_each_file_it_queues_again(
         settings: Settings, sessions: sessionmaker[Session], tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
