@@ -162,6 +162,12 @@ class WorkerRuntime:
             self._classifier = classifier
         return self._classifier
 
+    @property
+    def model_load_seconds(self) -> float:
+        """How long this process's model took to load; 0 if it was not (``classifier``
+        loads it)."""
+        return self._classifier.load_seconds if self._classifier is not None else 0.0
+
     @contextmanager
     def _loadable(self) -> Iterator[ModelSpec]:
         """The spec to load: the model's own, or with pinned bytes, a private copy of them

@@ -19,7 +19,7 @@ from producer.cli.exit_codes import ExitCode
 from producer.cli.interrupts import sigterm_as_ctrl_c
 from producer.cli.options import batch_name_option, format_option, paths_argument
 from producer.cli.progress import STDERR, completion_bar, file_counter, quiet_embedded_logs
-from producer.embedded_run import RunOutcome, check_model, load_run
+from producer.embedded_run import RunOutcome, check_model, prepare_run
 from producer.submission import SubmitOutcome
 from shared.config import Settings
 from shared.db.clock import Clocks
@@ -61,12 +61,14 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
     settings = cli.settings.model_copy(update={"report_dir": report_dir or cli.settings.report_dir})
     # Before any work: a folder it cannot write ended the run only after every image.
     check_report_folder(settings.report_dir)
-    # Loaded before the counters open: they would stand at "0 files", "0/?" for its minutes.
-    with STDERR.status("loading the model"):
-        loaded = load_run(cli.settings, cli.sessions, manifest=manifest)
-    with (lock_wait_notices(cli), file_counter("reading headers") as on_file,
-          completion_bar("classifying") as progress):
-        result = loaded.run(paths, name=name, on_file=on_file, progress=progress)
+    prepared = prepare_run(cli.settings, cli.sessions, manifest=manifest)
+    with lock_wait_notices(cli):
+        with file_counter("reading headers") as on_file:
+            registered = prepared.register(paths, name=name, on_file=on_file)
+        with STDERR.status("loading the model"):
+            prepared.load_model(registered)
+        with completion_bar("classifying") as progress:
+            result = prepared.process(registered, progress=progress)
     sub = result.submission
     with cli.sessions() as session:
         # Copies of images already submitted are listed too, with their original's result:
@@ -75,13 +77,19 @@ def _run_and_report(cli: CliContext, paths: tuple[Path, ...], name: str | None, 
                                                   include_duplicates=True))
     shown = rows if fmt != "table" else [{**r, "file": Path(r["source"]).name} for r in rows]
     render(shown, fmt, keys=RESULT_KEYS, columns=SUMMARY_COLUMNS, title=f"Batch {sub.batch_id}")
-    STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {rate_text(result.images_per_s)} "
-                 f"images/s after a model load of {result.model_load_seconds:.1f} s")
+    STDERR.print(f"batch {sub.batch_id}: {_file_counts(sub)}; {_pace(result)}")
     say_skipped(sub.skipped)
     _say_documents("reports", _write_documents(cli, sub.batch_id, settings))
     _report_earlier_batches(cli, sub.batch_id, settings)
     STDERR.print(DISCLAIMER, style="italic")
     return RunListing(result, rows)
+
+
+def _pace(result: RunOutcome) -> str:
+    if not result.submission.waiting_on:
+        return "nothing to classify (the model was not loaded)"
+    return (f"{rate_text(result.images_per_s)} images/s after a model load of "
+            f"{result.model_load_seconds:.1f} s")
 
 
 def _write_documents(cli: CliContext, batch_id: int, settings: Settings) -> BatchDocuments:
