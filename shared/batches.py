@@ -1,4 +1,8 @@
-"""Batches a drop folder fills: one per watched folder and UTC day, named after both.
+"""Batches a drop folder fills: one per watched folder and site day, named after both.
+
+The day is the site's calendar day (MAMMO_SITE_TIMEZONE, UTC by default), from midnight to
+midnight on the site's clocks: cut at UTC midnight, a Sydney site's "day" batch ran from
+11:00 to 11:00 and split a morning's exam over two batches.
 
 A submitted batch is summarised as soon as it finishes. A drop folder's day batch
 "finishes" every time the queue drains, at the first file of the morning as much as at the
@@ -8,10 +12,10 @@ and day, covering all of it.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 
-from shared.timeutil import as_utc
+from shared.timeutil import as_utc, site_day_bounds
 
 WATCH_PREFIX = "watch:"
 _NAME_LIMIT = 200  # Batch.name's column width
@@ -39,13 +43,16 @@ def watch_batch_day(name: str | None) -> date | None:
         return None
 
 
-def summary_due_at(name: str | None, finished_at: datetime | None) -> datetime | None:
+def summary_due_at(name: str | None, finished_at: datetime | None,
+                   zone: tzinfo = UTC) -> datetime | None:
     """When a batch's summary is due: when it finished or, for a drop folder's day batch,
-    once it has finished and its day is over. None while it has not finished."""
+    once it has finished and its day is over at the site (``zone``, the watcher's
+    MAMMO_SITE_TIMEZONE: the next midnight there, as a UTC time). None while it has not
+    finished."""
     finished = as_utc(finished_at)
     if finished is None:
         return None
     day = watch_batch_day(name)
     if day is None:
         return finished
-    return max(finished, datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC))
+    return max(finished, site_day_bounds(day, zone)[1])

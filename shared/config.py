@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -165,6 +166,13 @@ class Settings(BaseSettings):
         "ever. Keep it above a second (a worker's BRPOP waits one).",
     )
     log_level: str = Field("INFO", description="Logging level for all processes.")
+    site_timezone: str = Field(
+        "UTC",
+        description="The site's IANA time zone (e.g. Australia/Sydney): where its days begin "
+        "and end. A drop folder's day batch runs from midnight to midnight there, and "
+        "--since/--until values without an offset are read on its clock. Times are still "
+        "stored and shown in UTC. Set the same value for watchers and workers.",
+    )
     patient_id_key: SecretStr | None = Field(
         None, description="HMAC key for pseudonymising PatientID. No default, by design.",
     )
@@ -307,6 +315,21 @@ class Settings(BaseSettings):
             raise ValueError(f"MAMMO_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         return level
 
+    @field_validator("site_timezone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        # Checked at load, not at the watcher's first file or a report's first --since.
+        # Blank (docker-compose's `${VAR:-}`) is unset: UTC.
+        name = value.strip() or "UTC"
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"MAMMO_SITE_TIMEZONE: {name!r} is not a time zone this system knows: use an "
+                "IANA name such as Europe/London, Australia/Sydney or UTC (if even those "
+                "fail, install the system's tzdata package)") from None
+        return name
+
     @field_validator("database_url")
     @classmethod
     def _parsable_database_url(cls, value: str) -> str:
@@ -406,6 +429,11 @@ class Settings(BaseSettings):
         # minutes, not after the chunk's whole time limit. Shorter than the visibility
         # timeout, so a redelivered message can reclaim the rows.
         return 4 * self.claim_heartbeat_s
+
+    @property
+    def site_zone(self) -> ZoneInfo:
+        """MAMMO_SITE_TIMEZONE as a zone (cached by zoneinfo: cheap to ask again)."""
+        return ZoneInfo(self.site_timezone)
 
     @property
     def watch_ignore_patterns(self) -> tuple[str, ...]:

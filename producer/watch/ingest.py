@@ -3,9 +3,10 @@
 It reuses the producer's registration (rows committed first, identity makes duplicates a
 no-op) and ``enqueue_chunks``; only the bookkeeping of the watcher's batch is its own.
 
-The batch: one per watched folder per UTC day (by the database's clock), named
-``watch:<folder>:<YYYY-MM-DD>``, found again by name after a restart, so a day's
-drop-folder work reads as one batch in ``mammo status`` and the reports.
+The batch: one per watched folder per site day (the database's clock, read on the site's
+calendar, MAMMO_SITE_TIMEZONE), named ``watch:<folder>:<YYYY-MM-DD>``, found again by name
+after a restart, so a day's drop-folder work reads as one batch in ``mammo status`` and the
+reports.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shared.enums import Priority
 from shared.formatting import without_control
 from shared.queue import enqueue_chunks
 from shared.recovery import leave_to_sweeper
+from shared.timeutil import site_day
 
 
 @dataclass
@@ -71,7 +73,9 @@ class Ingestor:
             # The database's day: a day batch's summary is due once its day is over by that
             # clock (``summary_due_at``). By a watcher's clock running behind, the first files
             # of a new day joined the batch of the day before, summarised without them.
-            day = database_now(session).date()
+            # The site's day, not UTC's: cut at UTC midnight, a Sydney site's morning exam
+            # (views at 10:58 and 11:00) was split over two batches.
+            day = site_day(database_now(session), self.settings.site_zone)
         name = watch_batch_name(self.folder.root, day)
         if self._batch is None or self._batch[0] != name:
             with self.sessions() as session:

@@ -171,7 +171,8 @@ class Notifier:
                 now = database_now(session)
                 since = now - timedelta(seconds=self.settings.notify_give_up_after_s)
                 owed = [records.owed(session, c.name, since=since, now=now,
-                                     alert_threshold=self.settings.alert_suspicion)
+                                     alert_threshold=self.settings.alert_suspicion,
+                                     zone=self.settings.site_zone)
                         for c in self.channels]
                 images = sorted({i for c in self.channels for i in records.owed_images(
                     session, c.name, since=since,
@@ -228,7 +229,8 @@ class Notifier:
 
     def _batch(self, session: Session, batch_id: int) -> Notice | None:
         batch = session.get(Batch, batch_id)
-        due = summary_due_at(batch.name, batch.finished_at) if batch else None
+        due = (summary_due_at(batch.name, batch.finished_at, self.settings.site_zone)
+               if batch else None)
         if due is None or due > database_now(session):  # the clock ``owed`` judges it on
             return None  # e.g. today's drop-folder batch: summarised once the day is over
         html, report_path = self._summary_page(session, batch_id)

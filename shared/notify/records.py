@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from sqlalchemy import ColumnElement, Exists, and_, case, func, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -40,6 +40,8 @@ PENDING, SENT, FAILED, OBSOLETE = "pending", "sent", "failed", "obsolete"
 # Far longer than one delivery can take (timeouts x attempts + backoff) after its wait in a
 # worker's hand-off queue (dispatch.MAX_QUEUE_WAIT), so a live sender is never overtaken.
 STALE_AFTER = timedelta(minutes=15)
+# A site day's length when its clocks go back: the most a day batch's summary waits.
+_LONGEST_DAY = timedelta(hours=25)
 
 
 def claim(session: Session, channel: str, notice: Notice) -> int | None:
@@ -153,11 +155,13 @@ def summarised(batch_id: ColumnElement[int] | InstrumentedAttribute[int] | int) 
 
 
 def owed(session: Session, channel: str, *, since: datetime, now: datetime,
-         alert_threshold: int) -> tuple[list[int], list[int]]:
+         alert_threshold: int, zone: tzinfo = UTC) -> tuple[list[int], list[int]]:
     """(batches, studies) whose summary fell due / that were scored at or above the alert
     threshold after ``since``, with no notification row on ``channel``: events nobody
-    claimed. A drop-folder day batch falls due at the end of its day, up to a day after it
-    last finished (``shared.batches``); a batch of copies alone is never due
+    claimed. A drop-folder day batch falls due at the end of its day at the site (``zone``,
+    MAMMO_SITE_TIMEZONE), up to 25 hours after it last finished (``shared.batches``): a
+    batch finished that long before ``since`` may fall due after it. A batch of copies
+    alone is never due
     (``summarised``). ``since`` and ``now`` are times on the database's clock
     (``database_now``), read once by the caller for all its channels."""
     def recorded(event: Event, subject: ColumnElement[bool]) -> Exists:
@@ -167,11 +171,12 @@ def owed(session: Session, channel: str, *, since: datetime, now: datetime,
 
     finished = session.execute(
         select(Batch.id, Batch.name, Batch.finished_at).where(
-            Batch.finished_at >= since - timedelta(days=1), summarised(Batch.id),
+            Batch.finished_at >= since - _LONGEST_DAY, summarised(Batch.id),
             ~recorded(Event.BATCH_COMPLETE, Notification.batch_id == Batch.id))
         .order_by(Batch.id)).all()
     batches = [batch_id for batch_id, name, at in finished
-               if (due := summary_due_at(name, at)) is not None and since <= due <= now]
+               if (due := summary_due_at(name, at, zone)) is not None
+               and since <= due <= now]
     studies = session.execute(
         select(ExamResult.study_id).where(
             ExamResult.superseded_at.is_(None), ExamResult.created_at >= since,

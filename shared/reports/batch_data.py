@@ -9,13 +9,14 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.batches import watch_batch_day
 from shared.db.schema import Image, Prediction
 from shared.db.utc_day import utc_day
 from shared.enums import ImageState, Label
@@ -33,7 +34,7 @@ from shared.reports.worklist import (
     worklist_rows,
 )
 from shared.synthetic import SYNTHETIC_MANUFACTURER
-from shared.timeutil import as_utc
+from shared.timeutil import as_utc, site_day_text
 
 # Rows of a long list that a batch summary (PDF, HTML, the batch e-mail's attachment) shows:
 # the first exams to read, the first failed images. The CSV/JSON exports hold every row.
@@ -79,6 +80,8 @@ class BatchSummary:
     synthetic_images: int  # from the synthetic generator (mammo demo): not patients
     results: list[dict[str, Any]] = field(repr=False)
     read_alone: int = 0  # images of no exam (scored, or failed): each a worklist row too
+    # A drop folder's day batch: its site day and the UTC period that is (site_day_text).
+    period: str | None = None
 
     @property
     def total(self) -> int:
@@ -152,8 +155,11 @@ def synthetic_images(session: Session, batch_id: int) -> int:
 
 
 def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
-                          worklist_limit: int = REPORT_ROWS) -> BatchSummary:
+                          worklist_limit: int = REPORT_ROWS,
+                          zone: tzinfo = UTC) -> BatchSummary:
+    """``zone``: MAMMO_SITE_TIMEZONE, which a drop folder's day batch was cut on."""
     batch = require_batch(session, batch_id)
+    day = watch_batch_day(batch.name)
     results = list_results(session, ResultFilter(batch_id=batch_id, include_duplicates=True))
     # Counts and failures are the batch's own images; copies are listed (with their
     # original's result) but not counted twice.
@@ -183,4 +189,5 @@ def collect_batch_summary(session: Session, batch_id: int, *, report_dir: Path,
         duplicates=len(results) - len(own),
         synthetic_images=synthetic_images(session, batch_id),
         results=results,
+        period=site_day_text(day, zone) if day else None,
     )

@@ -36,7 +36,8 @@ def write_batch_documents(session: Session, batch_id: int, settings: Settings, *
     """
     refresh_due_exams(session, timeout_s=settings.exam_timeout_s)
     exams = write_batch_exam_pdfs(session, batch_id, settings, progress=progress)
-    summary = collect_batch_summary(session, batch_id, report_dir=settings.report_dir)
+    summary = collect_batch_summary(session, batch_id, report_dir=settings.report_dir,
+                                    zone=settings.site_zone)
     html = write_summary(summary, batch_report_path(settings, batch_id, "html"), "html")
     exports = [write_summary(summary, batch_report_path(settings, batch_id, fmt), fmt)
                for fmt in EXPORT_FORMATS]

@@ -25,7 +25,8 @@ __all__ = ["BATCH_FORMATS", "batch_report_path", "render_batch_html", "write_bat
 
 
 def _summary(session: Session, batch_id: int, settings: Settings) -> BatchSummary:
-    return collect_batch_summary(session, batch_id, report_dir=settings.report_dir)
+    return collect_batch_summary(session, batch_id, report_dir=settings.report_dir,
+                                 zone=settings.site_zone)
 
 
 def render_batch_html(session: Session, batch_id: int, *, settings: Settings) -> str:

@@ -47,6 +47,8 @@ def batch_title(summary: BatchSummary) -> str:
 
 def overview_rows(summary: BatchSummary) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
+        # A day batch's UTC times read against the site's day, where it was cut.
+        *([("day covered", summary.period)] if summary.period else []),
         ("images", summary.total),
         # Every report names the model behind its probabilities (PRODUCT.md).
         ("model", ", ".join(summary.models)
