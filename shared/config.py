@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         600, ge=1, description="A queued image older than this, with the broker queue empty, "
         "is presumed to have lost its message and is re-queued by the sweeper.",
     )
+    urgent_requeue_after_s: int = Field(
+        120, ge=1, description="MAMMO_REQUEUE_AFTER_S for an urgent image (never longer than "
+        "it): a queued urgent image whose message was sent this long ago, with no urgent "
+        "message waiting in the broker, is presumed to have lost its message and is re-queued "
+        "by the sweeper, whatever routine work waits. Workers take an urgent message before "
+        "any routine one, within one chunk per worker process.",
+    )
     broker_socket_timeout_s: float = Field(
         30.0, ge=5, le=3600,
         description="Seconds any one broker command may wait for Redis's reply before the "

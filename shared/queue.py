@@ -360,22 +360,46 @@ def live_workers(app: Celery, timeout_s: float = 1.0) -> list[str] | None:
 
 def queue_depth(app: Celery) -> int | None:
     """Messages waiting in the broker, or None when the transport cannot tell."""
+    depths = queue_depths(app)
+    return None if depths is None else sum(depths.values())
+
+
+def queue_depths(app: Celery) -> dict[int, int] | None:
+    """Messages waiting in the broker at each priority step (``Priority.broker_priority``:
+    0 is urgent, 5 routine; a worker takes the lowest step holding any first), or None when
+    the broker cannot be asked.
+
+    The sweeper judges a queued image by the messages at its own step or a more urgent one
+    (``recovery.waiting_ahead``): a routine backlog says nothing of an urgent message.
+    A transport without a list per step (the embedded in-memory queue) has its whole depth
+    put at the most urgent step: none of its messages is known to come after any image.
+    """
     try:
         with broker_connection(app, _PROBE_TIMEOUT_S) as conn, conn.channel() as channel:
-            try:
-                _name, count, _consumers = channel.queue_declare(QUEUE_NAME, passive=True)
-            except conn.channel_errors as exc:
-                if write_refusal_in(exc) is not None:
-                    return _depth_counted_singly(channel)
-                return 0  # Redis drops an empty list: no queue means nothing waiting
-            return int(count)
+            if getattr(channel, "client", None) is None or not hasattr(channel, "_q_for_pri"):
+                return {Priority.URGENT.broker_priority: _declared_depth(conn, channel)}
+            return _depths_counted_singly(channel)
     except Exception:  # broker down: status still reports what the database knows
         return None
 
 
-def _depth_counted_singly(channel: Any) -> int:
-    """The queue's length, one LLEN per priority list: a Redis that refuses writes (OOM)
-    refuses the MULTI block kombu counts them in, and its refusal read as "no queue" made a
-    full broker holding a backlog report a depth of 0."""
-    return sum(int(channel.client.llen(channel._q_for_pri(QUEUE_NAME, step)))
-               for step in channel.priority_steps)
+def _declared_depth(conn: Connection, channel: Any) -> int:
+    try:
+        _name, count, _consumers = channel.queue_declare(QUEUE_NAME, passive=True)
+    except conn.channel_errors:
+        return 0  # no queue means nothing waiting
+    return int(count)
+
+
+def _depths_counted_singly(channel: Any) -> dict[int, int]:
+    """The length of each priority list of the Redis queue (``mammo``, ``mammo:1`` ...
+    ``mammo:9``, kombu's names), in a pipeline without MULTI: a Redis that refuses writes
+    (OOM) refuses the MULTI block kombu counts them in, and its refusal read as "no queue"
+    made a full broker holding a backlog report a depth of 0. LLEN alone is a read, which
+    it answers. A list Redis dropped (empty) counts 0."""
+    steps = list(channel.priority_steps)
+    with channel.client.pipeline(transaction=False) as pipe:
+        for step in steps:
+            pipe.llen(channel._q_for_pri(QUEUE_NAME, step))
+        lengths = pipe.execute()
+    return {step: int(length) for step, length in zip(steps, lengths, strict=True)}

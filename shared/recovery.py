@@ -4,8 +4,10 @@ Redis is not trusted to keep messages (restart without persistence, eviction, a 
 SIGKILLed before its message comes back). The database is: an image ``queued`` for too
 long, owed a message no one sent (a send that failed), or ``processing`` under an expired
 lease, gets a new message, at the priority of its batch (raised by an urgent batch that
-sent a copy of it). Re-sending is safe because claims and upserts make a second delivery a
-no-op.
+sent a copy of it). A queued image whose message was sent is judged by the messages still
+waiting at its own priority or a more urgent one (``waiting_ahead``), after a wait of its
+priority's (``lost_after``). Re-sending is safe because claims and upserts make a second
+delivery a no-op.
 
 The follow-up does the same for what happens after the images: exams whose missing views
 timed out get their (incomplete) result, exams whose refresh after a save was skipped (a
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,11 +33,11 @@ from shared.config import Settings
 from shared.db import lifecycle
 from shared.db.clock import Clocks, database_now
 from shared.db.schema import Image
-from shared.enums import ImageState
+from shared.enums import ImageState, Priority
 from shared.errors import first_line
 from shared.exams import refresh_due_exams
 from shared.notify import FollowUpReport, Notifier
-from shared.queue import enqueue_by_priority, queue_depth
+from shared.queue import enqueue_by_priority, queue_depths
 from shared.timeutil import as_utc, utc_text
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,42 @@ def lost_message_age_s(requeue_after_s: int, broker_uptime: float | None) -> int
     return min(requeue_after_s, int(broker_uptime))
 
 
+@dataclass(frozen=True)
+class LostAfter:
+    """How long a queued image whose message was sent waits, by its priority, before the
+    sweeper may presume that message lost (``sweep`` also wants none waiting ahead of it)."""
+
+    routine_s: int
+    urgent_s: int
+
+
+def lost_after(settings: Settings, broker_uptime: float | None) -> LostAfter:
+    """The sweeper's waits: ``MAMMO_REQUEUE_AFTER_S``, and ``MAMMO_URGENT_REQUEUE_AFTER_S``
+    for an urgent image, both cut short by a broker restart (``lost_message_age_s``); the
+    urgent one is never the longer.
+
+    Why an urgent image waits less: a worker takes an urgent message before any routine one
+    (kombu's BRPOP asks the most urgent list first), so it waits at most for one chunk per
+    worker process (4.2 s at most measured under a load of 8-12). One still queued two
+    minutes after its send, with no urgent message left in the broker, lost its message: a
+    worker killed after receiving it leaves it in kombu's unacked hash until the visibility
+    timeout (45 min), and Redis may have restarted or evicted it. The routine wait is sized
+    for a busy night's queue, which an urgent image never waits behind. A wrong guess (a
+    worker whose pool is still loading the model holds it) costs a second message, which
+    the claims make a no-op."""
+    routine = lost_message_age_s(settings.requeue_after_s, broker_uptime)
+    return LostAfter(routine, min(settings.urgent_requeue_after_s, routine))
+
+
+def waiting_ahead(depths: Mapping[int, int], priority: Priority) -> int:
+    """Of the messages waiting in the broker at each priority step (``queue_depths``), those
+    a worker takes before, or with, a message of ``priority``: at its step or a more urgent
+    (lower) one. While one does, a long wait is a busy queue; while none does, a message of
+    that priority still in the broker would have been taken, so a queued image sent one
+    over its wait ago (``lost_after``) lost it. Routine messages never delay an urgent one."""
+    return sum(count for step, count in depths.items() if step <= priority.broker_priority)
+
+
 @dataclass
 class SweepReport:
     stale_queued: list[int] = field(default_factory=list)  # the owed ones included
@@ -70,6 +108,13 @@ class SweepReport:
     # Of ``stale_queued``, those with no message sent since they were queued (a send that
     # failed, a producer stopped before its send): re-sent whatever the broker holds.
     owed: list[int] = field(default_factory=list)
+    # The priority of each of ``sent_before`` (``lifecycle.priorities_of``).
+    priorities: dict[int, Priority] = field(default_factory=dict)
+    # Of ``sent_before``, those sent over ``force_older_than_s`` ago: re-sent whatever the
+    # broker holds.
+    overdue: list[int] = field(default_factory=list)
+    # Of ``sent_before``, those a sweep left alone: messages wait ahead of them.
+    left_alone: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
     messages: int = 0
     note: str = ""
@@ -81,6 +126,18 @@ class SweepReport:
         owed = set(self.owed)
         return [i for i in self.stale_queued if i not in owed]
 
+    def presumed_lost(self, depths: Mapping[int, int] | None) -> list[int]:
+        """Of ``sent_before``, those whose message is presumed lost: none waits in the
+        broker at its priority or a more urgent one (``waiting_ahead`` of ``depths``; None:
+        the broker could not be asked, which presumes none lost), or sent over the wait
+        that needs no look at the broker (``overdue``)."""
+        overdue = set(self.overdue)
+        return [i for i in self.sent_before if i in overdue or (
+            depths is not None and waiting_ahead(depths, self.priority_of(i)) == 0)]
+
+    def priority_of(self, image_id: int) -> Priority:
+        return self.priorities.get(image_id, Priority.ROUTINE)
+
     def summary(self) -> str:
         owed = f" ({len(self.owed)} with no message sent)" if self.owed else ""
         text = (f"re-queued {len(self.requeued)} image(s) in {self.messages} message(s): "
@@ -91,33 +148,64 @@ class SweepReport:
 
 def find_stuck(
     session: Session, settings: Settings, *, queued_older_than_s: int,
-    owed_older_than_s: int | None = None, batch_id: int | None = None,
+    urgent_older_than_s: int | None = None, owed_older_than_s: int | None = None,
+    force_older_than_s: int | None = None, batch_id: int | None = None,
 ) -> SweepReport:
-    """What ``sweep`` re-sends: queued images whose message was sent over
-    ``queued_older_than_s`` ago, those owed one (never sent) queued over
-    ``owed_older_than_s`` ago (by default the same wait) or whose sender gave up, and
-    expired claims."""
+    """What ``sweep`` may re-send: queued images whose message was sent over
+    ``queued_older_than_s`` ago (``urgent_older_than_s`` for an urgent one, by default the
+    same wait), each with its priority, those among them sent over ``force_older_than_s``
+    ago (``overdue``), those owed a message (never sent) queued over ``owed_older_than_s``
+    ago (by default ``queued_older_than_s``) or whose sender gave up, and expired claims."""
     now = database_now(session)  # what the claims and send times were stamped on
+    waits = {Priority.ROUTINE: queued_older_than_s,
+             Priority.URGENT: queued_older_than_s if urgent_older_than_s is None
+             else urgent_older_than_s}
     owed_wait = queued_older_than_s if owed_older_than_s is None else owed_older_than_s
     found = lifecycle.find_stale(
-        session, queued_before=now - timedelta(seconds=queued_older_than_s),
+        session, queued_before=now - timedelta(seconds=min(
+            *waits.values(), queued_older_than_s if force_older_than_s is None
+            else force_older_than_s)),
         owed_before=now - timedelta(seconds=owed_wait),
         claimed_before=now - timedelta(seconds=settings.claim_lease_s), batch_id=batch_id)
-    return SweepReport(stale_queued=[i.id for i in found if not i.claimed],
-                       expired_claims=[i.id for i in found if i.claimed],
-                       owed=[i.id for i in found if i.owed])
+    sent = [i.id for i in found if not i.claimed and not i.owed]
+    priorities = lifecycle.priorities_of(session, sent)
+    overdue = (set() if force_older_than_s is None else
+               _sent_before(session, sent, now - timedelta(seconds=force_older_than_s)))
+    waited = set(overdue)  # sent over their own priority's wait ago, or overdue
+    for priority, wait in waits.items():
+        waited |= _sent_before(session, [i for i in sent if priorities[i] is priority],
+                               now - timedelta(seconds=wait))
+    return SweepReport(
+        stale_queued=[i.id for i in found if not i.claimed and (i.owed or i.id in waited)],
+        expired_claims=[i.id for i in found if i.claimed],
+        owed=[i.id for i in found if i.owed],
+        priorities={i: priorities[i] for i in sorted(waited)}, overdue=sorted(overdue))
+
+
+def _sent_before(session: Session, image_ids: Iterable[int], cutoff: datetime) -> set[int]:
+    """The images among ``image_ids`` whose message was last sent before ``cutoff``."""
+    found: set[int] = set()
+    for block in lifecycle.in_blocks(image_ids):
+        found.update(session.scalars(select(Image.id).where(Image.id.in_(block),
+                                                            Image.enqueued_at < cutoff)))
+    return found
 
 
 def sweep(
     sessions: sessionmaker[Session], app: Celery, settings: Settings, *,
-    queued_older_than_s: int, owed_older_than_s: int | None = None,
+    queued_older_than_s: int, urgent_older_than_s: int | None = None,
+    owed_older_than_s: int | None = None, force_older_than_s: int | None = None,
     batch_id: int | None = None, force: bool = False, dry_run: bool = False,
 ) -> SweepReport:
     """Re-queue stuck images and say what was done.
 
-    Without ``force`` (the automatic sweeper in workers), long-queued images whose message
-    was sent are re-sent only when the broker queue is empty: while messages are still
-    waiting, a long wait is a busy night, not a lost message. Expired claims are always
+    Without ``force`` (the automatic sweeper in workers), a queued image whose message was
+    sent over its wait ago (``queued_older_than_s``; ``urgent_older_than_s`` for an urgent
+    one: ``lost_after``) is re-sent only when no message waits in the broker at its
+    priority or a more urgent one (``waiting_ahead``): while one does, a long wait is a
+    busy night, not a lost message; routine messages say nothing of an urgent one, which
+    is taken before them. Those sent over ``force_older_than_s`` ago are re-sent whatever
+    the broker holds, and with ``force`` all are. Expired claims are always
     re-sent, and queued again first: the next sweep finds them waiting for that message,
     not expired again. Images owed a message (its send failed: ``requeue``) are always
     sent: none waits for them in the broker, however full it is. Their wait is
@@ -126,22 +214,34 @@ def sweep(
     """
     with sessions() as session:
         report = find_stuck(session, settings, queued_older_than_s=queued_older_than_s,
-                            owed_older_than_s=owed_older_than_s, batch_id=batch_id)
+                            urgent_older_than_s=urgent_older_than_s,
+                            owed_older_than_s=owed_older_than_s,
+                            force_older_than_s=force_older_than_s, batch_id=batch_id)
     if not dry_run:  # the claims a live worker renewed meanwhile are its own again
         report.expired_claims = _release_expired(sessions, settings, report.expired_claims)
     targets = report.expired_claims + report.owed
     if sent_before := report.sent_before:
-        depth = None if force else queue_depth(app)
-        if force or depth == 0:
-            targets += sent_before
-        else:
-            report.note = (f"broker still holds {depth} message(s); {len(sent_before)} "
-                           "queued image(s) whose message was sent left alone")
+        depths = None if force else queue_depths(app)
+        lost = sent_before if force else report.presumed_lost(depths)
+        targets += lost
+        report.left_alone = sorted(set(sent_before) - set(lost))
+        if report.left_alone:
+            report.note = _left_alone_note(report, depths)
     if dry_run or not targets:
         return report
     report.requeued = sorted(targets)
     report.messages = requeue(sessions, app, settings, report.requeued)
     return report
+
+
+def _left_alone_note(report: SweepReport, depths: Mapping[int, int] | None) -> str:
+    left = f"{len(report.left_alone)} queued image(s) whose message was sent left alone"
+    if depths is None:
+        return f"the broker's queue could not be read; {left}"
+    least_urgent = max(map(report.priority_of, report.left_alone),
+                       key=lambda priority: priority.broker_priority)
+    return (f"broker still holds {waiting_ahead(depths, least_urgent)} message(s) at their "
+            f"priority or a more urgent one; {left}")
 
 
 def requeue(sessions: sessionmaker[Session], app: Celery, settings: Settings,
@@ -205,6 +305,15 @@ class HeldClaims:
 
 def _processing_among(block: list[int]) -> ColumnElement[bool]:
     return and_(Image.id.in_(block), Image.state == ImageState.PROCESSING.value)
+
+
+def queued_count(session: Session, batch_id: int | None = None) -> int:
+    """How many images are queued (of ``batch_id`` only, when given)."""
+    stmt = select(func.count()).select_from(Image).where(
+        Image.state == ImageState.QUEUED.value)
+    if batch_id is not None:
+        stmt = stmt.where(Image.batch_id == batch_id)
+    return int(session.scalar(stmt) or 0)
 
 
 def claimed_images(session: Session, batch_id: int | None = None) -> list[int]:

@@ -17,7 +17,7 @@ from shared.config import Settings
 from shared.db.engine import create_db_engine, make_session_factory
 from shared.notify import Notifier
 from shared.queue import broker_uptime_s
-from shared.recovery import BackgroundFollowUp, lost_message_age_s, sweep
+from shared.recovery import BackgroundFollowUp, lost_after, sweep
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ class SweepLoop:
                 sessions = make_session_factory(create_db_engine(self.settings))
                 self.follow_up = BackgroundFollowUp(
                     self.settings, Notifier(self.settings, sessions), log)
-            after = lost_message_age_s(self.settings.requeue_after_s,
-                                       broker_uptime_s(self.app))
+            waits = lost_after(self.settings, broker_uptime_s(self.app))
+            after = waits.routine_s
             report = sweep(self.follow_up.notifier.sessions, self.app, self.settings,
-                           queued_older_than_s=after,
+                           queued_older_than_s=after, urgent_older_than_s=waits.urgent_s,
                            owed_older_than_s=self.settings.requeue_after_s)
             if report.requeued or report.note:
                 restarted = (f" (the broker started {after} s ago: images "

@@ -20,11 +20,14 @@ from shared.notify import Notifier
 from shared.queries import require_batch, require_study
 from shared.queue import broker_uptime_s
 from shared.recovery import (
+    SweepReport,
     claimed_images,
     find_stuck,
     follow_up,
     held_claims,
+    lost_after,
     lost_message_age_s,
+    queued_count,
     requeue,
     sweep,
 )
@@ -33,8 +36,9 @@ from shared.rescoring import RescoreFilter, not_current_among, not_scored_by
 if TYPE_CHECKING:
     from models.registry import ModelSpec
 
-# A queued image this old is presumed to have lost its message (a busy night's queue is
-# shorter: MAMMO_REQUEUE_AFTER_S, the workers' own wait, is 600 s).
+# A queued image sent this long ago is presumed to have lost its message whatever the
+# broker holds (a busy night's queue is shorter: MAMMO_REQUEUE_AFTER_S, the workers' own
+# wait, is 600 s); a younger one is judged by the sweeper's rule (``sweep``).
 RECOVER_AFTER_S = 1800
 
 
@@ -83,11 +87,15 @@ def db_upgrade(cli: CliContext) -> None:
 
 @click.command("recover")
 @click.option("--older-than", type=click.IntRange(0), default=None,
-              help="Seconds a queued image may wait before its message is presumed lost "
-              "[default: 1800, or the time since the Redis broker last started if shorter: "
-              "a message sent before a restart is gone unless Redis kept it; without a "
-              "broker, 0]. Use 0 to re-send every queued image: a second message for an "
-              "image is harmless.")
+              help="Seconds a queued image may wait before its message is presumed lost, "
+              "whatever the broker holds [default: the workers' sweeper's rule, as `mammo "
+              "status` counts messages lost: sent over MAMMO_REQUEUE_AFTER_S ago "
+              "(MAMMO_URGENT_REQUEUE_AFTER_S if urgent) with no message waiting in the broker "
+              "at its priority or a more urgent one, or over 1800 s ago whatever it holds; "
+              "each wait cut to the time since the Redis broker last started if shorter: a "
+              "message sent before a restart is gone unless Redis kept it; without a broker, "
+              "0]. Use 0 to re-send every queued image: a second message for an image is "
+              "harmless.")
 @click.option("--batch", "batch_id", type=int, help="Only this batch.")
 @click.option("--dry-run", is_flag=True, help="Report what would be re-queued; change nothing.")
 @pass_cli
@@ -95,7 +103,8 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
                     dry_run: bool) -> None:
     """Re-queue images whose wake-up message was lost (Redis restarted, worker killed).
 
-    The database is the truth: images still queued after --older-than seconds, or claimed
+    The database is the truth: images still queued after --older-than seconds (by default,
+    those the workers' sweeper presumes lost, urgent ones after a shorter wait), or claimed
     by a worker whose lease ran out, get a new message. Re-queuing is safe: claims and
     upserts make a second delivery a no-op. Without a broker, every queued image (an
     interrupted `mammo run` left it so) is processed here with the embedded worker, and
@@ -122,16 +131,13 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
 
         require_broker(cli, "recover")
         if older_than is None:
-            older_than = lost_message_age_s(RECOVER_AFTER_S, broker_uptime_s(cli.celery))
-        young = _queued_younger(cli, older_than, batch_id)  # before the sweep stamps its own
-        report = sweep(cli.sessions, cli.celery, cli.settings, queued_older_than_s=older_than,
-                       batch_id=batch_id, force=True, dry_run=dry_run)
-        if dry_run:
-            click.echo(f"dry run: would re-queue {len(report.stale_queued)} queued and "
-                       f"{len(report.expired_claims)} stale-claimed image(s)")
+            _recover_as_the_sweeper(cli, batch_id, dry_run)
         else:
-            click.echo(report.summary())
-        _say_left_alone(young, older_than, "re-sends")
+            young = _queued_younger(cli, older_than, batch_id)  # before the sweep stamps
+            _say_swept(sweep(cli.sessions, cli.celery, cli.settings,
+                             queued_older_than_s=older_than, batch_id=batch_id, force=True,
+                             dry_run=dry_run), dry_run)
+            _say_left_alone(young, older_than, "re-sends")
         with cli.sessions() as session:
             held = held_claims(session, cli.settings, claimed_images(session, batch_id))
         if held.count:
@@ -142,6 +148,40 @@ def recover_command(cli: CliContext, older_than: int | None, batch_id: int | Non
         click.echo(followed.summary())
     if failed:
         raise SystemExit(int(ExitCode.IMAGES_FAILED))
+
+
+def _recover_as_the_sweeper(cli: CliContext, batch_id: int | None, dry_run: bool) -> None:
+    """Re-send by the workers' sweeper's rule (``sweep``), which `mammo status` counts as
+    messages lost and owed, and also every image sent over ``RECOVER_AFTER_S`` ago whatever
+    the broker holds; each wait cut to the broker's uptime (``lost_after``).
+
+    The sweeper's waits, not a longer one of its own: an urgent image whose message a
+    killed worker held waited behind a night's routine backlog, and a `mammo recover` run
+    because status named it lost left it alone as younger than 1800 s."""
+    uptime = broker_uptime_s(cli.celery)
+    waits = lost_after(cli.settings, uptime)
+    forced = lost_message_age_s(RECOVER_AFTER_S, uptime)
+    with cli.sessions() as session:  # before the sweep stamps its own
+        queued = queued_count(session, batch_id)
+    report = sweep(cli.sessions, cli.celery, cli.settings,
+                   queued_older_than_s=waits.routine_s, urgent_older_than_s=waits.urgent_s,
+                   owed_older_than_s=cli.settings.requeue_after_s, force_older_than_s=forced,
+                   batch_id=batch_id, dry_run=dry_run)
+    _say_swept(report, dry_run)
+    left = max(0, queued - len(report.stale_queued)) + len(report.left_alone)
+    if left:
+        click.echo(f"{left} queued image(s) were left alone: waiting under {waits.routine_s} "
+                   f"s ({waits.urgent_s} s if urgent), or under {forced} s behind messages "
+                   "still in the broker at their priority or a more urgent one; `mammo "
+                   "recover --older-than 0` re-sends them")
+
+
+def _say_swept(report: SweepReport, dry_run: bool) -> None:
+    if dry_run:
+        click.echo(f"dry run: would re-queue {len(report.stale_queued) - len(report.left_alone)} "
+                   f"queued and {len(report.expired_claims)} stale-claimed image(s)")
+    else:
+        click.echo(report.summary())
 
 
 def _recover_embedded(cli: CliContext, older_than: int | None, batch_id: int | None,

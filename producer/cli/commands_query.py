@@ -35,9 +35,9 @@ from shared.queue import (
     broker_uptime_s,
     broker_write_refusal,
     live_workers,
-    queue_depth,
+    queue_depths,
 )
-from shared.recovery import find_stuck, lost_message_age_s
+from shared.recovery import find_stuck, lost_after
 from shared.save_failures import failing_summary, save_failures
 
 TABLE_PAGE = 1000  # rows a terminal table shows without --limit
@@ -160,13 +160,14 @@ def _warn_saves_failing(health_row: dict[str, object]) -> None:
 def _warn_unsent(health_row: dict[str, object], *, owed_after: int) -> None:
     """``owed_after``: the sweeper's full wait, which a broker restart does not cut short
     for images owed a message (``lost_message_age_s``)."""
-    after = health_row["lost_after_s"]
+    after, urgent = health_row["lost_after_s"], health_row["urgent_lost_after_s"]
     if health_row["messages_lost"]:
         click.secho(f"warning: {health_row['messages_lost']} image(s) queued for over {after} s "
-                    "while the broker queue is empty: their messages were probably lost "
-                    "(Redis restarted without its data?); run `mammo recover` (a worker's "
-                    "sweeper also re-sends them, every MAMMO_SWEEP_INTERVAL_S)",
-                    err=True, fg="yellow")
+                    f"({urgent} s if urgent) while no message waits in the broker at their "
+                    "priority or a more urgent one: their messages were probably lost (Redis "
+                    "restarted without its data? a worker killed holding them?); run `mammo "
+                    "recover` (a worker's sweeper also re-sends them, every "
+                    "MAMMO_SWEEP_INTERVAL_S)", err=True, fg="yellow")
     if health_row["messages_owed"]:
         click.secho(f"warning: {health_row['messages_owed']} image(s) queued for over "
                     f"{owed_after} s with no message sent (a send that failed: the broker "
@@ -199,12 +200,13 @@ def _health(cli: CliContext) -> dict[str, object]:
             session, give_up_after=timedelta(seconds=settings.notify_give_up_after_s))
         info["notifications_undelivered"], info["notifications_pending"] = owed.failed, owed.pending
     # Without a broker (embedded) or with it down, none of these can be known.
-    broker, depth, live = "embedded (no broker)", None, None
+    broker, depth, depths, live = "embedded (no broker)", None, None, None
     evicted: int | None = None  # keys Redis evicted since it started (INFO stats)
     evicting: str | None = None  # what to do about its eviction, when it may evict ours
-    unsent = _Unsent(None, None, None)
+    unsent = _Unsent(None, None, None, None)
     if not settings.is_embedded:
-        depth = queue_depth(cli.celery)
+        depths = queue_depths(cli.celery)
+        depth = None if depths is None else sum(depths.values())
         broker = "reachable" if depth is not None else BROKER_DOWN
         if depth is not None and (refusal := broker_write_refusal(cli.celery)):
             broker = f"{BROKER_REFUSING}: {refusal}"
@@ -215,10 +217,10 @@ def _health(cli: CliContext) -> dict[str, object]:
                 broker = f"{BROKER_EVICTING} (maxmemory-policy {eviction.policy})"
     failing: int | None = None
     failure: str | None = None
-    if depth is not None:
+    if depths is not None:
         answered = live_workers(cli.celery)
         live = None if answered is None else ", ".join(answered) or "none"
-        unsent = _unsent_messages(cli, depth)
+        unsent = _unsent_messages(cli, depths)
         # Recorded by the workers in the broker: the database may refuse their writes
         # while it answers these reads (``shared.save_failures``).
         if (recorded := save_failures(cli.celery)) is not None:
@@ -227,6 +229,7 @@ def _health(cli: CliContext) -> dict[str, object]:
             "broker_eviction": evicting, "queue_depth": depth,
             "workers_live": live, **info, "messages_lost": unsent.lost,
             "messages_owed": unsent.owed, "lost_after_s": unsent.after,
+            "urgent_lost_after_s": unsent.urgent_after,
             "saves_failing": failing, "save_failure": failure}
 
 
@@ -249,22 +252,26 @@ def _health_session(cli: CliContext) -> Iterator[Session]:
 
 
 class _Unsent(NamedTuple):
-    lost: int | None  # sent, and presumed lost: queued too long, the broker queue empty
+    lost: int | None  # sent, and presumed lost: queued too long, none waiting ahead of it
     owed: int | None  # never sent (a send that failed): queued too long, at any depth
     after: int | None  # the sweeper's wait
+    urgent_after: int | None  # the sweeper's wait for an urgent image
 
 
-def _unsent_messages(cli: CliContext, depth: int) -> _Unsent:
+def _unsent_messages(cli: CliContext, depths: dict[int, int]) -> _Unsent:
     """Images the sweeper's next pass sends, by its own rules (``recovery.sweep``): those
-    whose message was sent, queued longer than its wait (shortened by a broker restart),
-    only while the broker holds none (a long wait in a busy queue is a busy night), and
+    whose message was sent, queued longer than its wait (``lost_after``: shorter for an
+    urgent image, and after a broker restart), only while no message waits in the broker
+    at their priority or a more urgent one (a long wait behind those is a busy night), and
     those owed one, queued longer than the full wait (or given up by their sender),
     whatever the broker holds (none of theirs waits there)."""
-    after = lost_message_age_s(cli.settings.requeue_after_s, broker_uptime_s(cli.celery))
+    waits = lost_after(cli.settings, broker_uptime_s(cli.celery))
     with _health_session(cli) as session:
-        stuck = find_stuck(session, cli.settings, queued_older_than_s=after,
+        stuck = find_stuck(session, cli.settings, queued_older_than_s=waits.routine_s,
+                           urgent_older_than_s=waits.urgent_s,
                            owed_older_than_s=cli.settings.requeue_after_s)
-    return _Unsent(0 if depth else len(stuck.sent_before), len(stuck.owed), after)
+    return _Unsent(len(stuck.presumed_lost(depths)), len(stuck.owed), waits.routine_s,
+                   waits.urgent_s)
 
 
 

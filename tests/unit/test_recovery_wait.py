@@ -101,8 +101,9 @@ def test_status_names_the_workers_that_answer_and_flags_messages_lost_from_an_em
             0, 3, settings.requeue_after_s)
         result = run_cli(["status"], monkeypatch, tmp_path,
                          database_url=settings.database_url, broker_url=redis_url)
-        assert ("warning: 3 image(s) queued for over 600 s while the broker queue is empty: "
-                "their messages were probably lost") in result.stderr
+        assert ("warning: 3 image(s) queued for over 600 s (120 s if urgent) while no message "
+                "waits in the broker at their priority or a more urgent one: their messages "
+                "were probably lost") in result.stderr
         assert "run `mammo recover`" in result.stderr
     finally:
         worker.stop(in_sighandler=False)

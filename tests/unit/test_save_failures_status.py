@@ -54,10 +54,10 @@ def test_the_summary_counts_the_workers_from_the_first_failure_with_the_latest_r
 def _broker_answers(monkeypatch: pytest.MonkeyPatch,
                     failures: list[SaveFailure] | None) -> None:
     """A broker that answers (an empty queue, no worker) and holds ``failures``."""
-    monkeypatch.setattr(commands_query, "queue_depth", lambda app: 0)
+    monkeypatch.setattr(commands_query, "queue_depths", lambda app: {})
     monkeypatch.setattr(commands_query, "live_workers", lambda app: [])
     monkeypatch.setattr(commands_query, "_unsent_messages",
-                        lambda cli, depth: commands_query._Unsent(0, 0, 600))
+                        lambda cli, depths: commands_query._Unsent(0, 0, 600, 120))
     monkeypatch.setattr(commands_query, "save_failures",
                         lambda app: None if failures is None else (failures, NOW))
 
