@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
 from shared.exams import read_first_suspicion
-from shared.notify.message import Attachment, Event, Notice
+from shared.notify.message import Attachment, Event, Notice, delivery_key
 from shared.notify.records import summarised
 from shared.queries import batch_status
 from shared.read_alone import READ_ALONE_FLAG, model_label, scored_alone
@@ -100,7 +100,10 @@ def batch_notice(session: Session, batch_id: int, *, html: str | None,
     return Notice(Event.BATCH_COMPLETE, f"batch:{batch_id}",
                   f"[mammo] {SYNTHETIC_NOTE + ': ' if all_synthetic else ''}"
                   f"Batch {batch_id}{name} complete: {failed} failed of {status.total}",
-                  text, payload, attachments, batch_id=batch_id)
+                  text, payload, attachments, batch_id=batch_id,
+                  # Its name and creation time: a restored database's next batch reuses
+                  # the id (the id too: SQLite stamps creation to the second).
+                  delivery_key=delivery_key("batch", batch_id, status.name, status.created_at))
 
 
 def _breast_lines(per_breast: dict[str, Any]) -> list[str]:
@@ -168,7 +171,10 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
                   f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
                   f"Suspicion {rank}/10 exam to read first "
                   f"(accession {study.accession_number or '-'})",
-                  text, payload, study_id=study_id)
+                  text, payload, study_id=study_id,
+                  # The exam's key, and when this database registered it: a key made of an
+                  # accession number without a patient (``study_key``) is one site's only.
+                  delivery_key=delivery_key("study", study.study_uid, study.created_at))
 
 
 def image_alert_notice(session: Session, image_id: int, threshold: int) -> Notice | None:
@@ -216,4 +222,7 @@ def image_alert_notice(session: Session, image_id: int, threshold: int) -> Notic
                   f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
                   f"Suspicion {prediction.suspicion}/10 image to read first "
                   f"(image {image.id}, read alone: no exam)",
-                  text, payload, batch_id=None, image_id=image_id)
+                  text, payload, batch_id=None, image_id=image_id,
+                  # Its SOPInstanceUID or content hash; not its created_at, which a file
+                  # re-queued after it changed moves.
+                  delivery_key=delivery_key("image", image.identity))

@@ -75,7 +75,7 @@ class WebhookChannel:
 
     def send(self, notice: Notice) -> None:
         sent_at = int(time.time())
-        body = encode_body(notice, f"{notice.event.value}:{notice.subject_key}", sent_at)
+        body = encode_body(notice, notice.delivery_id, sent_at)
         request = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Content-Type": "application/json", "User-Agent": "mammo-pipeline",
             SIGNATURE_HEADER: sign(self.secret, body), TIMESTAMP_HEADER: str(sent_at),

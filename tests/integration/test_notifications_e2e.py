@@ -7,6 +7,7 @@ webhook body, report or log line; the pseudonym and accession number are what id
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +245,57 @@ def test_an_image_of_no_exam_is_alerted_once_and_read_first_on_postgresql(
     assert "alone.png" in line
     summary = (tmp_path / "reports" / "batch-1-summary.html").read_text()
     assert f"image {row['image_id']}, read alone (no exam)" in summary
+
+
+def _subject_keys(url: str) -> set[str]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        keys = set(conn.execute(select(Notification.subject_key)).scalars())
+    engine.dispose()
+    return keys
+
+
+# Three `mammo` processes one after another, each importing TensorFlow (see above).
+@pytest.mark.timeout(600)
+def test_two_sites_exams_of_the_same_database_id_reach_a_de_duplicating_receiver(
+    tmp_path: Path, tiny_model_dir: Path, postgres_url: str,
+) -> None:
+    """Two databases (a site on SQLite, one on PostgreSQL; or one restored from a backup)
+    post to one receiver, each its study 1 and batch 1: other patients. Delivery ids were
+    "exam_alert:study:1", so a receiver refusing ids it had seen (as the README asks)
+    dropped the second site's alert. A failed alert re-sent by `mammo recover` keeps its id:
+    the receiver can still tell a retry from a new alert."""
+    make_exam_set(tmp_path / "site-a", n_exams=1, seed=51)
+    make_exam_set(tmp_path / "site-b", n_exams=1, seed=52)
+    sqlite_url = f"sqlite:///{tmp_path / 'site-a.db'}"
+    with webhook_server(WEBHOOK_SECRET) as hook:
+        def site(url: str, secret: str) -> dict[str, str]:
+            return mammo_env(database_url=url, model=str(tiny_model_dir), webhook_url=hook.url,
+                             webhook_secret=secret, alert_suspicion="1", notify_retries="0",
+                             notify_resend_after_s="1", report_dir=str(tmp_path / "reports"))
+
+        done = run_mammo(["run", str(tmp_path / "site-a")], site(sqlite_url, WEBHOOK_SECRET),
+                         tmp_path)
+        assert done.returncode == 0, done.stderr
+        # Site B's secret is not the receiver's yet: it reads both bodies and answers 401.
+        run_mammo(["run", str(tmp_path / "site-b")], site(postgres_url, "not-the-receivers"),
+                  tmp_path)
+        refused = [json.loads(body) for body in hook.bodies[2:]]
+        assert len(refused) == 2 and hook.refused == 2
+        time.sleep(1.5)  # MAMMO_NOTIFY_RESEND_AFTER_S after the failure
+        recovered = run_mammo(["recover"], site(postgres_url, WEBHOOK_SECRET), tmp_path)
+        assert recovered.returncode == 0, recovered.stderr
+
+    assert _subject_keys(sqlite_url) == _subject_keys(postgres_url) == {"batch:1", "study:1"}
+    assert _statuses(postgres_url) == [("webhook", "batch_complete", "sent", 2),
+                                       ("webhook", "exam_alert", "sent", 2)]
+    site_b = hook.accepted[2:]
+    assert len(site_b) == 2
+    # A retry is the same delivery; another site's exam and batch are not.
+    assert sorted(p["delivery"] for p in site_b) == sorted(p["delivery"] for p in refused)
+    first_seen = {p["delivery"]: p for p in hook.accepted}  # what a receiver keeps
+    alerts = [p for p in first_seen.values() if p["event"] == "exam_alert"]
+    assert len(first_seen) == 4 and len({p["study_uid"] for p in alerts}) == 2, [
+        p["delivery"] for p in hook.accepted]
+    for alert in alerts:
+        assert alert["study_uid"] not in alert["delivery"]  # receivers log ids

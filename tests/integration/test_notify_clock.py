@@ -22,7 +22,7 @@ from shared.config import Settings
 from shared.db import clock
 from shared.db.schema import Batch, Notification
 from shared.notify import Notifier, dispatch, records
-from shared.notify.message import Event, Notice
+from shared.notify.message import Event, Notice, delivery_key
 from shared.timeutil import as_utc
 from tests.helpers.clock import host_clock_off_by, server_now
 from tests.helpers.db import queued_batch, schema_sessions
@@ -81,7 +81,7 @@ def _claimed_by_another(sessions: sessionmaker[Session], batch_id: int, *, secon
     """The batch's notification row, claimed (or failed, after 4 attempts) ``seconds_ago``
     by the server's clock by a process with the server's time."""
     notice = Notice(Event.BATCH_COMPLETE, f"batch:{batch_id}", "subject", "text", {},
-                    batch_id=batch_id)
+                    batch_id=batch_id, delivery_key=delivery_key("batch", batch_id))
     with sessions() as session:
         notification_id = records.claim(session, CHANNEL, notice)
         assert notification_id is not None

@@ -17,7 +17,7 @@ import pytest
 from shared.config import Settings, load_settings
 from shared.errors import ConfigurationError, NotificationError
 from shared.notify.mail import EmailChannel
-from shared.notify.message import Attachment, Event, Notice
+from shared.notify.message import Attachment, Event, Notice, delivery_key
 from shared.notify.retry import RetryPolicy, deliver_with_retry
 from shared.notify.webhook import WebhookChannel, encode_body, sign, verify_signature
 from tests.helpers.notify_servers import HOST, free_port, smtp_server, webhook_server
@@ -31,7 +31,7 @@ def _notice() -> Notice:
                   "Batch 1 is complete.\nDecision support only, not a diagnosis.",
                   {"batch_id": 1, "failed": 0},
                   (Attachment("batch-1.html", "<html><body>summary</body></html>"),),
-                  batch_id=1)
+                  batch_id=1, delivery_key=delivery_key("batch", 1, "night", None))
 
 
 def _mail_settings(port: int, **extra: object) -> Settings:
@@ -95,7 +95,7 @@ def test_webhook_body_is_signed_and_the_receiver_verifies_it() -> None:
         WebhookChannel(settings).send(_notice())
     [payload] = inbox.accepted
     assert payload["event"] == "batch_complete" and payload["batch_id"] == 1
-    assert payload["delivery"] == "batch_complete:batch:1"
+    assert payload["delivery"] == f"batch_complete:{_notice().delivery_key}"
     assert inbox.refused == 0
 
 
