@@ -36,7 +36,7 @@ from shared.imaging.readers.messages import described
 from shared.rescoring import current_readers, store_predictions, withdraws_earlier_result
 from shared.scoring import label_of, suspicion
 from worker.decoding import DecodeFailure, DecodeJob, DecoderCrashed, DecodersUnavailable
-from worker.runtime import WorkerRuntime
+from worker.runtime import ModelUnavailableError, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +262,12 @@ def _infer(prepared: list[_Prepared], runtime: WorkerRuntime, outcome: _Outcome,
     result.forward_passes += 1
     pass_id = str(uuid.uuid4())
     per_image_ms = forward.seconds * 1000 / len(prepared)
-    model_version_id = runtime.model_version_id
     heatmaps = forward.heatmaps if forward.heatmaps is not None else [None] * len(prepared)
     for item, probs, heatmap in zip(prepared, forward.probabilities, heatmaps, strict=True):
         p_normal, p_benign, p_malignant = (float(p) for p in probs)
         outcome.rows.append({
-            "image_id": item.image.id, "model_version_id": model_version_id,
+            # model_version_id: set by _save, checked in its transaction (model_row_id).
+            "image_id": item.image.id,
             "preprocessing_version": PREPROCESSING_VERSION, "reader_version": READER_VERSION,
             "label": label_of(p_normal, p_benign, p_malignant).value,
             "p_normal": p_normal, "p_benign": p_benign, "p_malignant": p_malignant,
@@ -302,8 +302,12 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             # no ETA, not listed), one behind as long past.
             now = database_now(session)
             kept = set(lifecycle.mark_done(session, done_ids, token=token, now=now))
-            rows = [{**r, "created_at": now} for r in outcome.rows
-                    if int(str(r["image_id"])) in kept]
+            # The model's row as this transaction sees it, not as the process registered
+            # it at start: a database restored under the worker lacks it or gave its id
+            # to another model (``model_row_id``).
+            model_id = runtime.model_row_id(session) if kept else None
+            rows = [{**r, "created_at": now, "model_version_id": model_id}
+                    for r in outcome.rows if int(str(r["image_id"])) in kept]
             # The newest scoring of an image is its current prediction: a version scoring
             # it again (a rollback) stores a new row, not its old one updated in place.
             store_predictions(session, rows)
@@ -344,6 +348,10 @@ def _save(runtime: WorkerRuntime, outcome: _Outcome, result: ChunkResult, token:
             raise
         _refund(runtime, attempted, token)
         raise unavailable from exc
+    except ModelUnavailableError as exc:
+        # The database refuses to register the model again: no image's fault.
+        _refund(runtime, attempted, token, why=str(exc))
+        raise
     if len(touched) < len(attempted):
         log.warning("%d image(s) of this chunk were taken over by another worker while this "
                     "one was held up (its claim had expired): results discarded here",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine, make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,6 +32,7 @@ from models.activation import model_for, register
 from models.registry import MODEL_FILE, ModelSpec
 from shared.config import Settings
 from shared.db.engine import create_db_engine, make_session_factory
+from shared.db.schema import ModelVersion
 from shared.errors import ModelIntegrityError, ModelNotFoundError
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.imaging.readers.messages import described
@@ -229,12 +230,51 @@ class WorkerRuntime:
 
     @property
     def model_version_id(self) -> int:
+        """The model's row id as registered when this process started; predictions are
+        saved under ``model_row_id``, which checks it is still this model's."""
         if self._model_version_id is None:
             with self.sessions() as session:
                 # The model's own spec: the classifier's may name its private copy.
                 self._model_version_id = register(session, self.model_spec)
                 session.commit()
         return self._model_version_id
+
+    def model_row_id(self, session: Session) -> int:
+        """This process's model's row id, checked in ``session``'s transaction (one
+        indexed SELECT on name, version, sha256), for the predictions saved in it.
+
+        The id registered at start was trusted for the process's life: a database restored
+        from a backup (or the row deleted) under a running worker then failed every save
+        on the foreign key, each try charging the images an attempt until healthy ones
+        were quarantined as ``poison``; or, the id since given to another model (activated
+        after the restore), stored this model's scores as that model's. A row gone or
+        renumbered is registered again (``register``, as at start), in this transaction.
+        Raises ``ModelUnavailableError`` when the database now refuses this model (another
+        model holds its name and version): the caller hands its images back."""
+        spec = self.model_spec
+        found = session.scalar(select(ModelVersion.id).where(
+            ModelVersion.name == spec.name, ModelVersion.version == spec.version,
+            ModelVersion.sha256 == spec.sha256))
+        cached = self._model_version_id
+        if found is not None and found == cached:
+            return found
+        changed = (f"id {cached} is gone or another model's" if found is None
+                   else f"it is id {found} now, not {cached}")
+        try:
+            row_id = register(session, spec)
+        except ModelNotFoundError as exc:  # identity_clash, _check_seal: the rows refuse it
+            self._model_failure = ModelUnavailableError(
+                f"worker process {os.getpid()}: model {spec.name} {spec.version}'s row in "
+                f"the database changed under it ({changed}; database restored from a "
+                f"backup?), and registering it again is refused: {exc}")
+            raise self._model_failure from exc
+        if cached is not None:
+            log.warning("model %s %s (sha256 %s...): its row in the database changed under "
+                        "this worker (%s; database restored from a backup?); registered "
+                        "again, its predictions are saved under id %d", spec.name,
+                        spec.version, spec.sha256[:12], changed, row_id)
+        self._model_version_id = row_id
+        return row_id
 
     def describe(self) -> str:
         """The database (password masked) and model this worker uses: a worker on the wrong
