@@ -23,7 +23,11 @@ from producer.watch.scanner import KnownImage
 from shared.imaging.identity import file_has_identity
 
 # Registration stats the file before stamping the row, so an untouched file's inode change
-# time precedes it; the margin covers coarse file-system timestamps.
+# time precedes it; the margin covers coarse file-system timestamps. The row's time is the
+# database's, moved onto this host's clock (``KnownImage.registered_here``): compared as
+# stamped, a server more than the margin ahead made a file written over the name since its
+# registration pass for the one registered (never looked at again), and one behind had
+# every untouched file read again.
 _MARGIN = timedelta(seconds=60)
 
 
@@ -52,7 +56,7 @@ class RegisteredFiles:
             return Held.UNREADABLE
         if not stat.S_ISREG(st.st_mode):
             return Held.OTHER  # a pipe or socket now bears the name; opening it would block
-        registered = image.registered_at
+        registered = image.registered_here
         changed = datetime.fromtimestamp(st.st_ctime, tz=UTC)
         if registered is not None and changed < registered - _MARGIN:
             return Held.SAME

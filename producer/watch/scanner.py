@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producer.discovery import source_text
 from producer.watch.folder import WatchFolder
+from shared.db.clock import Clocks
 from shared.db.lifecycle import LEFT_TO_SWEEPER
 from shared.db.schema import Batch, Image
 from shared.formatting import without_control
@@ -46,7 +47,9 @@ class KnownImage:
     error_code: str | None
     error_message: str | None
     identity: str = ""  # as registered: "sop:<UID>", "sha256:<hex>", ...
-    registered_at: datetime | None = None
+    # When it was registered, on this host's clock, the one file times are on: the database
+    # stamped it on its own, which a server may keep hours apart (``_rows`` moves it).
+    registered_here: datetime | None = None
     source: str = ""  # the path it was registered from, as the database stores it
     finished_at: datetime | None = None
     batch_name: str | None = None  # of the batch that registered it
@@ -142,6 +145,7 @@ def lookup_ids(session: Session, image_ids: Iterable[int]) -> dict[int, KnownIma
 def _rows(session: Session, where: ColumnElement[bool]) -> Iterator[tuple[str, KnownImage]]:
     # In id order: where a path was registered more than once (a name reused for another
     # image), the newest row is the one a path lookup keeps.
+    clocks = Clocks.read(session)  # once per block of rows
     stmt = (select(Image.source, Image.id, Image.state, Image.enqueued_at, Image.study_id,
                    Image.error_code, Image.error_message, Image.identity, Image.created_at,
                    Image.finished_at, Image.claim_token, Batch.name.label("batch_name"))
@@ -150,10 +154,15 @@ def _rows(session: Session, where: ColumnElement[bool]) -> Iterator[tuple[str, K
     for row in session.execute(stmt):
         yield row.source, KnownImage(row.id, row.state, row.enqueued_at, row.study_id,
                                      row.error_code, row.error_message, row.identity,
-                                     as_utc(row.created_at), row.source,
+                                     _here(clocks, row.created_at), row.source,
                                      as_utc(row.finished_at), row.batch_name,
                                      row.enqueued_at is None
                                      and row.claim_token == LEFT_TO_SWEEPER)
+
+
+def _here(clocks: Clocks, stamped: datetime | None) -> datetime | None:
+    moment = as_utc(stamped)
+    return None if moment is None else clocks.here(moment)
 
 
 def _lookup(sessions: sessionmaker[Session],

@@ -46,6 +46,11 @@ class Clocks:
         now = database_now(session)
         return cls(now, utcnow() - now)
 
+    def here(self, moment: datetime) -> datetime:
+        """``moment``, a time on the database's clock, as this host's clock (the one its file
+        system stamps file times on) read it."""
+        return moment + self.here_ahead_by
+
     def written_after(self, path: Path, moment: datetime) -> bool:
         """Whether the file at ``path`` was last written after ``moment``, a time on the
         database's clock; False for a file that cannot be read (gone).
@@ -59,4 +64,4 @@ class Clocks:
             written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         except OSError:
             return False
-        return written > moment + self.here_ahead_by
+        return written > self.here(moment)

@@ -12,6 +12,7 @@ from sqlalchemy import and_, select, union
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from shared.db.clock import Clocks
 from shared.db.schema import DuplicateSubmission, ExamResult, Image, Prediction, Study
 from shared.extras import REPORTS, installed
 from shared.read_alone import failed_alone, scored_alone
@@ -127,19 +128,20 @@ def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings, *
     alone += [(image_id, finished_at) for image_id, finished_at in session.execute(
         failed_alone(Image.id, Image.finished_at).where(in_batch).order_by(Image.id))]
     total = len(exams) + len(alone)
+    clocks = Clocks.read(session)  # PDF times against results' (``written_before``)
     paths: list[Path] = []
     for uid, result in exams:
         if progress:
             progress(len(paths), total)
         path = exam_pdf_path(settings.report_dir, uid)
-        if not _is_current(path, result):
+        if not _is_current(path, result, clocks):
             write_exam_report(session, uid, path, "pdf", settings)
         paths.append(path)
     for image_id, result_at in alone:
         if progress:
             progress(len(paths), total)
         path = image_pdf_path(settings.report_dir, image_id)
-        if not (path.is_file() and not written_before(path, result_at)):
+        if not (path.is_file() and not written_before(path, result_at, clocks)):
             write_image_report(session, image_id, path, "pdf", settings)
         paths.append(path)
     if progress:
@@ -147,7 +149,7 @@ def write_batch_exam_pdfs(session: Session, batch_id: int, settings: Settings, *
     return paths
 
 
-def _is_current(pdf: Path, result: ExamResult | None) -> bool:
+def _is_current(pdf: Path, result: ExamResult | None, clocks: Clocks) -> bool:
     """Written since the exam's current result (an exam with none is always written): the
     worklist's own test, so the PDFs kept are exactly those it does not flag as stale."""
-    return result is not None and pdf.is_file() and not pdf_is_older(pdf, result)
+    return result is not None and pdf.is_file() and not pdf_is_older(pdf, result, clocks)

@@ -31,7 +31,7 @@ import heapq
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -39,6 +39,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Row, Select, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from shared.db.clock import Clocks
 from shared.db.lifecycle import ACTIVE_STATES, in_blocks
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState
@@ -333,14 +334,19 @@ def input_note_flags(views: Iterable[NotedView]) -> list[str]:
             for v in sorted(views, key=_view_order) if v.input_notes]
 
 
-def pdf_is_older(pdf: Path, result: ExamResult | Prediction | Row[Any]) -> bool:
-    return written_before(pdf, result.created_at)
+def pdf_is_older(pdf: Path, result: ExamResult | Prediction | Row[Any], clocks: Clocks) -> bool:
+    return written_before(pdf, result.created_at, clocks)
 
 
-def written_before(pdf: Path, when: datetime | None) -> bool:
-    """Whether the file was last written before ``when`` (a result's time; None: never)."""
+def written_before(pdf: Path, when: datetime | None, clocks: Clocks) -> bool:
+    """Whether the file was last written before ``when`` (a result's time, on the database's
+    clock; None: never), judged across the two clocks (``Clocks.written_after``): compared
+    as stamped, on a host ahead of the server a PDF written before an exam's later result
+    (its missing views timed out) read as current, neither flagged nor written again, and
+    on a host behind every PDF read as older than its result, flagged and rewritten at each
+    run. ``clocks``: read once per listing, not per row."""
     computed = as_utc(when)
-    return computed is not None and datetime.fromtimestamp(pdf.stat().st_mtime, tz=UTC) < computed
+    return computed is not None and not clocks.written_after(pdf, computed)
 
 
 def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool,
@@ -421,11 +427,12 @@ def _image_pdf(report_dir: Path, image_id: int) -> Path | None:
     return pdf if pdf.is_file() else None
 
 
-def _alone_row(image: Image, prediction: Prediction, report_dir: Path) -> dict[str, Any]:
+def _alone_row(image: Image, prediction: Prediction, report_dir: Path,
+               clocks: Clocks) -> dict[str, Any]:
     """An image read alone, as an exam row: its own score stands for the exam's; its
     report is the image's PDF, as an exam's is the exam PDF."""
     pdf = _image_pdf(report_dir, image.id)
-    stale = [] if pdf is None or not pdf_is_older(pdf, prediction) else [
+    stale = [] if pdf is None or not pdf_is_older(pdf, prediction, clocks) else [
         "the image PDF predates this result: write it again with mammo report image "
         f"{image.id}, or every listed row's with mammo worklist --write-reports"]
     breast = {"suspicion": prediction.suspicion, "label": prediction.label,
@@ -500,12 +507,15 @@ or for an image outside any exam, the image's PDF (``mammo report image``).
     # Named over the whole list: two models sharing a NAME:VERSION show their sha256s. Only
     # then does it take a first pass over the list, to know which of them it holds.
     labels: dict[tuple[str, str], str] | None = None
+    clocks = Clocks.read(session)  # PDF times against results' (``written_before``)
     if _shared_model_names(session):
-        every = chain(_found(session, flt, report_dir), _alone_found(session, flt, report_dir))
+        every = chain(_found(session, flt, report_dir, clocks),
+                      _alone_found(session, flt, report_dir, clocks))
         labels = model_labels(pair for _, pairs in every for pair in pairs)
     # At equal keys merge keeps the streams' order: a failed image alone comes after the
     # exams whose every view failed.
-    merged = heapq.merge(_found(session, flt, report_dir), _alone_found(session, flt, report_dir),
+    merged = heapq.merge(_found(session, flt, report_dir, clocks),
+                         _alone_found(session, flt, report_dir, clocks),
                          _failed_alone_found(session, flt, report_dir),
                          key=lambda found: _read_first_order(found[0]))
     for rank, (row, pairs) in enumerate(islice(merged, flt.limit or None), start=1):
@@ -513,7 +523,8 @@ or for an image outside any exam, the image's PDF (``mammo report image``).
         yield {"rank": rank, **row, "models": models}
 
 
-def _found(session: Session, flt: WorklistFilter, report_dir: Path) -> Iterator[_Found]:
+def _found(session: Session, flt: WorklistFilter, report_dir: Path,
+           clocks: Clocks) -> Iterator[_Found]:
     """The exams' rows in the list's order (exams only: ``_alone_found`` has the others)."""
     result = session.execute(_worklist_query(flt).execution_options(yield_per=FETCH_BLOCK))
     for block in result.partitions():
@@ -525,16 +536,18 @@ def _found(session: Session, flt: WorklistFilter, report_dir: Path) -> Iterator[
             has_pdf = pdf.is_file()
             views = exam_views.get(found.study_id, _ExamViews())
             flags = _row_flags(found, to_flag.get(found.study_id, _ImagesToFlag()),
-                               has_pdf and pdf_is_older(pdf, found),
+                               has_pdf and pdf_is_older(pdf, found, clocks),
                                input_note_flags(views.noted))
             row = _exam_row(found, flags, str(pdf.resolve()) if has_pdf else None)
             yield row, views.models
 
 
-def _alone_found(session: Session, flt: WorklistFilter, report_dir: Path) -> Iterator[_Found]:
+def _alone_found(session: Session, flt: WorklistFilter, report_dir: Path,
+                 clocks: Clocks) -> Iterator[_Found]:
     for image, prediction, name, version, sha256 in session.execute(
             _alone_query(flt).execution_options(yield_per=FETCH_BLOCK)):
-        yield _alone_row(image, prediction, report_dir), {(model_label(name, version), sha256)}
+        yield (_alone_row(image, prediction, report_dir, clocks),
+               {(model_label(name, version), sha256)})
 
 
 def _failed_alone_found(session: Session, flt: WorklistFilter,

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db import clock
 from shared.timeutil import as_utc
 
 
@@ -38,3 +39,21 @@ def server_now(sessions: sessionmaker[Session]) -> datetime:
         stamp = as_utc(session.execute(select(func.now())).scalar_one())
     assert stamp is not None
     return stamp
+
+
+def database_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta,
+                          modules: Iterable[ModuleType]) -> None:
+    """Set the database's clock ``offset`` away from this host's, as each of ``modules``
+    reads it (``database_now``, imported by name): what they stamp rows with, and what
+    ``Clocks.read`` finds (``shared.db.clock`` among them).
+
+    For what a test cannot skew with this host's clock: the times this host's file system
+    stamps by itself (an inode's change time cannot be set), which stay on the real one.
+    """
+    real = clock.database_now
+
+    def skewed(session: Session) -> datetime:
+        return real(session) + offset
+
+    for module in modules:
+        monkeypatch.setattr(module, "database_now", skewed, raising=True)
