@@ -41,6 +41,7 @@ from models.registry import (
     name_version,
     resolve_model,
     shipped_models,
+    verify_model,
 )
 from shared.config import Settings
 from shared.db.schema import ModelVersion
@@ -302,6 +303,31 @@ def model_for(settings: Settings, session: Session) -> ModelSpec:
                 fix=f" Until then,{ACTIVATE_ANOTHER}.")
     return _own_identity(session, resolve_ref(settings.model, lambda: nullcontext(session)),
                          named_by="MAMMO_MODEL")
+
+
+def model_problem(settings: Settings, session: Session) -> str | None:
+    """Why a worker started now with ``settings`` would refuse its model (and exit 5), as
+    one line naming the path and the remedy, or None: the model ``model_for`` picks (the
+    activation, else MAMMO_MODEL), its files checked as a worker checks them before it
+    loads them (``verify_model``: hashing, no TensorFlow; what only Keras would refuse is
+    not seen). For `mammo status --health`, which a monitoring check reads."""
+    from shared.imaging.preprocess import PREPROCESSING_VERSION
+
+    try:
+        spec = model_for(settings, session)
+    except (ModelNotFoundError, ModelIntegrityError) as exc:
+        return _one_line(exc)  # its directory gone or holding another model: names the fix
+    try:
+        verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
+    except (ModelNotFoundError, ModelIntegrityError) as exc:
+        # Its own message says to re-copy the file; an activated one can also be replaced.
+        activated = follows_activation(settings) and active_version(session) is not None
+        return _one_line(exc) + (f" Until then,{ACTIVATE_ANOTHER}." if activated else "")
+    return None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def resolve_ref(ref: str, sessions: Callable[[], AbstractContextManager[Session]], *,

@@ -62,11 +62,13 @@ RESULT_COLUMNS = ("image_id", "batch_id", "state", "duplicate_of", "laterality",
               help="Show system health instead: broker and database reachable, queue depth, "
                    "workers answering now, stale claims, oldest queued image, images whose "
                    "message was probably lost or never sent, workers that scored lately, "
-                   "notifications owed, workers whose saves the database refuses. "
+                   "notifications owed, workers whose saves the database refuses, whether "
+                   "a worker started now could load its model. "
                    "Exits 7 when the database is unreachable or workers' saves fail, 8 when "
                    "the broker is unreachable, refuses writes (Redis at its maxmemory, a "
                    "read-only replica) or may evict queued messages (an allkeys-* "
-                   "maxmemory-policy).")
+                   "maxmemory-policy), 5 when the model workers would load is missing or "
+                   "not the one its metadata or the activation names.")
 @format_option
 @pass_cli
 def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
@@ -75,9 +77,10 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
 
     The table shows both; --format csv|json lists the batches alone (their rows stay one
     kind of record), and --health gives the health row alone (queue depth, workers seen,
-    database and broker), exiting 7 or 8 when either is not usable: the check for a
-    monitoring job. Plain `mammo status` shows the health without judging it: exit 0
-    while the database answers, whatever the broker says.
+    database and broker, the model), exiting 7 or 8 when either is not usable, 5 when no
+    worker could start for want of its model: the check for a monitoring job. Plain
+    `mammo status` shows the health without judging it: exit 0 while the database answers,
+    whatever the broker or the model says.
 
     \b
     Example:
@@ -91,11 +94,14 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
         _warn_saves_failing(health_row)
         _warn_evicting(health_row)
         _warn_workers(health_row)
+        _warn_model(health_row)
         broker = str(health_row["broker"])  # a probe reads the exit code
         if broker == BROKER_DOWN or broker.startswith((BROKER_REFUSING, BROKER_EVICTING)):
             raise SystemExit(int(ExitCode.BROKER_UNAVAILABLE))
         if health_row["saves_failing"]:  # the database refuses writes: README's exit 7
             raise SystemExit(int(ExitCode.DATABASE_UNAVAILABLE))
+        if not health_row["model_usable"]:  # what `mammo worker` exits with: README's exit 5
+            raise SystemExit(int(ExitCode.NO_MODEL))
         return
     with cli.sessions() as session:
         if batch is not None:
@@ -122,6 +128,16 @@ def status_command(cli: CliContext, batch: int | None, last: int, health: bool,
     _warn_saves_failing(health_row)
     _warn_evicting(health_row)
     _warn_workers(health_row)
+    _warn_model(health_row)
+
+
+def _warn_model(health_row: dict[str, object]) -> None:
+    """No worker started now can load its model (each exits 5), while those running keep
+    scoring with the bytes they loaded at start (``WorkerRuntime.pin_model``)."""
+    if not health_row["model_usable"]:
+        click.secho("warning: a worker started now would refuse its model and exit 5 "
+                    "(workers already running keep the model they started with): "
+                    f"{health_row['model_problem']}", err=True, fg="yellow")
 
 
 def _warn_workers(health_row: dict[str, object]) -> None:
@@ -188,13 +204,15 @@ def _explain_notifications(health_row: dict[str, object]) -> None:
 
 
 def _health(cli: CliContext) -> dict[str, object]:
-    from models.activation import active_version
+    from models.activation import active_version, model_problem
 
     settings = cli.settings
     with _health_session(cli) as session:  # reaching the database is the first check
         active = active_version(session)
         info = system_health(session, lease_s=settings.claim_lease_s,
                              active_model=f"{active.name}:{active.version}" if active else None)
+        # The activated model's directory gone or re-copied: every worker exits 5 at start.
+        info = _with_model_check(info, model_problem(settings, session))
         # A batch e-mail or alert that never left is otherwise seen only in a worker's log.
         owed = notify_records.undelivered(
             session, give_up_after=timedelta(seconds=settings.notify_give_up_after_s))
@@ -231,6 +249,14 @@ def _health(cli: CliContext) -> dict[str, object]:
             "messages_owed": unsent.owed, "lost_after_s": unsent.after,
             "urgent_lost_after_s": unsent.urgent_after,
             "saves_failing": failing, "save_failure": failure}
+
+
+def _with_model_check(info: dict[str, object], problem: str | None) -> dict[str, object]:
+    """``info`` with ``model_usable`` and ``model_problem`` right after ``model_active``."""
+    items = list(info.items())
+    at = list(info).index("model_active") + 1
+    checked = [("model_usable", problem is None), ("model_problem", problem)]
+    return dict(items[:at] + checked + items[at:])
 
 
 # How long the health check's reads wait for a lock another session holds on PostgreSQL:
