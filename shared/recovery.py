@@ -454,8 +454,21 @@ class BackgroundFollowUp:
         except Exception as exc:  # the loop that kicked it goes on; the next pass retries
             self.log.warning("follow-up: %s: %s", type(exc).__name__, exc)
             return
-        if followed:
+        if not followed:
+            return
+        if self._routine(followed):
+            # A drop folder's day summary is the follow-up's to send once its day is over:
+            # the design, not a recovery (a warning at every midnight read as a failure).
+            self.log.info("follow-up: %s", followed.notifications.summary())
+        else:
             self.log.warning("follow-up: %s", followed.summary())
+
+    @staticmethod
+    def _routine(followed: FollowUp) -> bool:
+        """Only day summaries that fell due and went: no exam result, batch or delivery
+        that its own process should have seen to and did not."""
+        return not (followed.exams or followed.batches or followed.discarded
+                    or followed.notifications.missed)
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:

@@ -15,17 +15,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
 from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.batches import summary_due_at
 from shared.config import Settings
 from shared.db.clock import database_now
+from shared.db.lifecycle import in_blocks
 from shared.db.schema import Batch
 from shared.errors import NotificationError, NotificationRejectedError, first_line
 from shared.notify import records
@@ -35,6 +37,7 @@ from shared.notify.mail import EmailChannel
 from shared.notify.message import Event, Notice
 from shared.notify.retry import RetryPolicy, deliver_with_retry
 from shared.notify.webhook import WebhookChannel
+from shared.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +94,81 @@ def channels_for(settings: Settings) -> list[Channel]:
 
 
 @dataclass
+class Sends:
+    """The deliveries this process made of one event, one per channel whose row it claimed:
+    a row another process claimed first (two sweepers at once) is that one's to send and to
+    count. A worker's hand-offs finish later, in their thread, and are counted by neither."""
+
+    delivered: int = 0
+    failed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.delivered or self.failed)
+
+
+@dataclass
 class FollowUpReport:
-    owed_batches: int = 0  # finished batches no notification recorded, now sent
+    """What one follow-up sent.
+
+    A drop folder's day summary is the follow-up's to send, by design: nothing sends it
+    before its day is over (``shared.batches.summary_due_at``). Sent, it is routine. Anything
+    else here is worth an operator's eye (``missed``): an event whose process stopped before
+    sending it, a delivery that failed, a failed one tried again."""
+
+    owed_batches: int = 0  # batch summaries due with no notification recorded, sent now
+    # ... of which drop-folder day batches that finished before their day was over
+    day_summaries: list[int] = field(default_factory=list)
     owed_alerts: int = 0  # exams (images read alone) at or above the threshold no alert
-    # recorded, now sent
+    # recorded, sent now
+    sent: int = 0  # deliveries of the owed events above that went (one per channel)
+    failed: int = 0  # ... that failed, re-sent after MAMMO_NOTIFY_RESEND_AFTER_S
     retried: int = 0  # failed (or abandoned) deliveries taken back
     delivered: int = 0  # ... of which now delivered
     obsolete: int = 0  # ... of which no longer called for
 
+    @property
+    def missed(self) -> bool:
+        """Anything but day summaries that fell due and went."""
+        return bool(self.owed_batches - len(self.day_summaries) or self.owed_alerts
+                    or self.failed or self.retried)
+
+    def count(self, sends: Sends) -> None:
+        self.sent += sends.delivered
+        self.failed += sends.failed
+
     def summary(self) -> str:
-        return (f"notifications: {self.owed_batches} batch summary(ies) and {self.owed_alerts} "
-                f"alert(s) were owed; {self.retried} failed delivery(ies) retried, "
+        if self.day_summaries and not self.missed:
+            return f"notifications: {_day_summaries(self.day_summaries)} sent"
+        days = (f" ({len(self.day_summaries)} of them day summaries, due once their day was "
+                "over)" if self.day_summaries else "")
+        return (f"notifications: {self.owed_batches} batch summary(ies){days} and "
+                f"{self.owed_alerts} alert(s) were owed ({self.sent} delivery(ies) sent, "
+                f"{self.failed} failed); {self.retried} failed delivery(ies) retried, "
                 f"{self.delivered} delivered, {self.obsolete} no longer called for")
 
     def __bool__(self) -> bool:
         return bool(self.owed_batches or self.owed_alerts or self.retried)
+
+
+def _day_summaries(batch_ids: Sequence[int]) -> str:
+    if len(batch_ids) == 1:
+        return f"day summary of batch {batch_ids[0]}"
+    return f"day summaries of batches {', '.join(map(str, batch_ids))}"
+
+
+def _due_at_day_end(session: Session, batch_ids: Sequence[int], zone: tzinfo) -> set[int]:
+    """Of these batches, the drop-folder day batches that finished before their day was
+    over: their summary fell due when the day ended, and it was nobody's to send until
+    then but the follow-up's. Any other owed summary is one the process that finished its
+    batch should have sent (it stopped first)."""
+    deferred: set[int] = set()
+    for block in in_blocks(batch_ids):
+        for batch_id, name, finished_at in session.execute(
+                select(Batch.id, Batch.name, Batch.finished_at).where(Batch.id.in_(block))):
+            due, finished = summary_due_at(name, finished_at, zone), as_utc(finished_at)
+            if due is not None and finished is not None and due > finished:
+                deferred.add(batch_id)
+    return deferred
 
 
 class Notifier:
@@ -126,13 +189,11 @@ class Notifier:
 
     def batches_finished(self, batch_ids: Iterable[int]) -> None:
         for batch_id in sorted(set(batch_ids)) if self.channels else ():
-            self._guarded(f"batch {batch_id}", partial(self._batch, batch_id=batch_id))
+            self._summarise(batch_id)
 
     def exams_changed(self, study_ids: Iterable[int]) -> None:
-        threshold = self.settings.alert_suspicion
         for study_id in sorted(set(study_ids)) if self.channels else ():
-            self._guarded(f"study {study_id}", partial(exam_alert_notice, study_id=study_id,
-                                                       threshold=threshold))
+            self._alert_exam(study_id)
 
     def images_scored(self, image_ids: Iterable[int]) -> None:
         """Alert the images of these scored outside any exam (no study) at or above the
@@ -148,19 +209,30 @@ class Notifier:
             log.warning("alerts for images read alone skipped after an error: %s: %s",
                         type(exc).__name__, _first_line(exc))
             return
-        threshold = self.settings.alert_suspicion
         for image_id in alone:
-            self._guarded(f"image {image_id}", partial(image_alert_notice, image_id=image_id,
-                                                       threshold=threshold))
+            self._alert_image(image_id)
+
+    def _summarise(self, batch_id: int) -> Sends:
+        return self._guarded(f"batch {batch_id}", partial(self._batch, batch_id=batch_id))
+
+    def _alert_exam(self, study_id: int) -> Sends:
+        return self._guarded(f"study {study_id}", partial(
+            exam_alert_notice, study_id=study_id, threshold=self.settings.alert_suspicion))
+
+    def _alert_image(self, image_id: int) -> Sends:
+        """An image scored outside any exam (``records.alone_at_or_above``)."""
+        return self._guarded(f"image {image_id}", partial(
+            image_alert_notice, image_id=image_id, threshold=self.settings.alert_suspicion))
 
     def follow_up(self) -> FollowUpReport:
         """What the sweeper calls: deliver what is owed within MAMMO_NOTIFY_GIVE_UP_AFTER_S.
 
-        Events no row records (a process died between committing a result and claiming its
-        notification; an exam result written on timeout by a report command) are sent now,
-        and failed deliveries older than MAMMO_NOTIFY_RESEND_AFTER_S are tried again. A
-        failed alert of a malignant-looking exam must not stay failed because the mail
-        server was down for a minute. Never raises.
+        Events no row records (a drop folder's day batch whose day is over; a process died
+        between committing a result and claiming its notification; an exam result written
+        on timeout by a report command) are sent now, and failed deliveries older than
+        MAMMO_NOTIFY_RESEND_AFTER_S are tried again. A failed alert of a malignant-looking
+        exam must not stay failed because the mail server was down for a minute. The report
+        counts what this process sent (``Sends``). Never raises.
         """
         report = FollowUpReport()
         if not self.channels:
@@ -177,13 +249,19 @@ class Notifier:
                 images = sorted({i for c in self.channels for i in records.owed_images(
                     session, c.name, since=since,
                     alert_threshold=self.settings.alert_suspicion)})
-            batches = sorted({b for found, _ in owed for b in found})
+                batches = sorted({b for found, _ in owed for b in found})
+                day_ends = _due_at_day_end(session, batches, self.settings.site_zone)
+            for batch_id in batches:
+                if sends := self._summarise(batch_id):
+                    report.owed_batches += 1
+                    report.count(sends)
+                    if batch_id in day_ends:
+                        report.day_summaries.append(batch_id)
             studies = sorted({s for _, found in owed for s in found})
-            report.owed_batches = len(batches)
-            report.owed_alerts = len(studies) + len(images)
-            self.batches_finished(batches)
-            self.exams_changed(studies)
-            self.images_scored(images)
+            for sends in [*map(self._alert_exam, studies), *map(self._alert_image, images)]:
+                if sends:
+                    report.owed_alerts += 1
+                    report.count(sends)
             if self.settings.notify_resend_after_s > 0:
                 self._retry_failed(since, report)
         except Exception as exc:  # the sweeper goes on; the next sweep tries again
@@ -255,39 +333,48 @@ class Notifier:
                         _first_line(exc))
             return None, None
 
-    def _guarded(self, what: str, build: Callable[[Session], Notice | None]) -> None:
+    def _guarded(self, what: str, build: Callable[[Session], Notice | None]) -> Sends:
+        sends = Sends()
         try:
             with self.sessions() as session:
                 notice = build(session)
         except Exception as exc:  # a notification never fails the batch
             log.warning("notifications for %s skipped after an error: %s: %s", what,
                         type(exc).__name__, _first_line(exc))
-            return
+            return sends
         if notice is None:
-            return
+            return sends
         for channel in self.channels:
             try:  # one channel's error never keeps the others from sending
-                self._send_once(channel, notice)
+                sent = self._send_once(channel, notice)
             except Exception as exc:
                 log.warning("%s notification for %s skipped after an error: %s: %s",
                             channel.name, what, type(exc).__name__, _first_line(exc))
+                continue
+            if sent is not None:
+                sends.delivered += sent
+                sends.failed += not sent
+        return sends
 
-    def _send_once(self, channel: Channel, notice: Notice) -> None:
+    def _send_once(self, channel: Channel, notice: Notice) -> bool | None:
+        """Claim and send: whether it was delivered, None when it is not this call's to
+        tell (another process's row, or handed off to this worker's sending thread)."""
         with self.sessions() as session:
             notification_id = records.claim(session, channel.name, notice)
             session.commit()
         if notification_id is None:
-            return  # another process (or an earlier run) owns this one
+            return None  # another process (or an earlier run) owns this one
         self._own([notification_id])
         if self._handoff is None:
-            self._deliver(channel, notice, notification_id)
-            return
+            return self._deliver(channel, notice, notification_id)
         job = Job(notification_id, partial(self._deliver_handed_off, channel, notice,
                                            notification_id, queued_at=time.monotonic()))
-        if not self._handoff.submit(channel.name, job):
-            self._release([notification_id], f"not sent: {QUEUE_CAPACITY} {channel.name} "
-                          "deliveries already waited in this worker (the receiver is slow or "
-                          f"down); {_RESENT}")
+        if self._handoff.submit(channel.name, job):
+            return None
+        self._release([notification_id], f"not sent: {QUEUE_CAPACITY} {channel.name} "
+                      "deliveries already waited in this worker (the receiver is slow or "
+                      f"down); {_RESENT}")
+        return False
 
     def _deliver_handed_off(self, channel: Channel, notice: Notice, notification_id: int, *,
                             queued_at: float) -> bool:
