@@ -19,6 +19,7 @@ from shared.config import LOG_LEVELS
 from shared.errors import BrokerUnavailableError
 from shared.extras import WORKER, require
 from shared.imaging.preprocess import PREPROCESSING_VERSION
+from shared.logs import celery_logs_in_utc
 from shared.queue import QUEUE_NAME
 from shared.reachability import wait_until_reachable
 from shared.urls import redact_url
@@ -152,6 +153,7 @@ def worker_command(cli: CliContext, concurrency: int | None, queues: str, loglev
     # worker must outlive a Redis restart or failover, however long: after 3 tries Celery
     # stops the worker with exit 0, and a site would be left without workers.
     app.conf.broker_connection_max_retries = None
+    celery_logs_in_utc(app)  # Celery's own handlers (a pool process's death) as ours
     register_tasks(app, WorkerRuntime(cli.settings, model_spec=spec), warm_up=True, gpus=gpus)
     install_sweeper(app, cli.settings)
     install_write_refusal_retry(app)  # a full Redis or a replica: reconnect, never exit

@@ -14,6 +14,7 @@ from producer.cli.exit_codes import ExitCode, exit_code_for
 from shared.config import LOG_LEVELS, load_settings
 from shared.errors import UserFacingError
 from shared.extras import missing_extra_error
+from shared.logs import configure_logging
 
 if TYPE_CHECKING:
     from sqlalchemy.exc import DatabaseError
@@ -195,10 +196,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     keep_files_private()
     overrides: dict[str, object] = {"log_level": log_level} if log_level else {}
     settings = load_settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)  # UTC times, labelled: as every other time shown
     # Migration chatter and TensorFlow's C++ banner are noise on a terminal.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = CliContext(settings)
