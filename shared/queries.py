@@ -559,6 +559,13 @@ def recent_batch_ids(session: Session, limit: int = 10) -> list[int]:
     return list(session.execute(select(Batch.id).order_by(Batch.id.desc()).limit(limit)).scalars())
 
 
+# How far past ``now`` a prediction's stamp may be and still count as seen lately: the
+# caller's ``now`` may be read a moment before predictions committed since. A stamp further
+# ahead is from a clock that has since stepped back (SQLite stamps on its host's clock),
+# and would list a worker dead for minutes as scoring until the clock caught up.
+SEEN_AHEAD_TOLERANCE = timedelta(minutes=1)
+
+
 def workers_seen(session: Session, *, within_s: int = 600,
                  now: datetime | None = None) -> list[dict[str, Any]]:
     """Workers that wrote predictions lately (not those started since, nor idle; a killed
@@ -570,13 +577,16 @@ def workers_seen(session: Session, *, within_s: int = 600,
     running through the upgrade, still scoring by that release's rules.
 
     Predictions are stamped on the database's clock (``worker.pipeline``): ``now`` is a time
-    on it, by default its current time."""
-    since = (now or database_now(session)) - timedelta(seconds=within_s)
+    on it, by default its current time. One stamped further ahead of it than
+    ``SEEN_AHEAD_TOLERANCE`` is not "lately": a clock stepped back since."""
+    now = now or database_now(session)
+    since = now - timedelta(seconds=within_s)
     stmt = (select(Prediction.worker, ModelVersion.name, ModelVersion.version,
                    ModelVersion.sha256, func.count(), func.max(Prediction.created_at),
                    func.count(Prediction.reader_version))
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-            .where(Prediction.created_at >= since)
+            .where(Prediction.created_at >= since,
+                   Prediction.created_at <= now + SEEN_AHEAD_TOLERANCE)
             .group_by(Prediction.worker, ModelVersion.name, ModelVersion.version,
                       ModelVersion.sha256)
             .order_by(Prediction.worker, ModelVersion.name, ModelVersion.version))
