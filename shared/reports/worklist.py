@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import chain, islice
@@ -49,7 +49,7 @@ from shared.exams import (
     read_first_suspicion_sql,
     view_label,
 )
-from shared.queries import FETCH_BLOCK, model_labels, with_latest_prediction
+from shared.queries import FETCH_BLOCK, model_labels
 from shared.read_alone import (
     READ_ALONE_FLAG,
     READ_ALONE_STATUS,
@@ -364,13 +364,23 @@ def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool,
     return flags
 
 
+# Every prediction of the blocks' done images, the latest (highest id, as
+# ``shared.queries.with_latest_prediction`` takes it) picked in Python (``_latest_views``).
+# Not that function's anti-join: before PostgreSQL's first ANALYZE of a database filled
+# since (autovacuum lags behind a busy night), it ran it as a nested loop over every newer
+# prediction of every image: 0.86 s of the 0.89 s of queries of a 900-exam worklist (4,000
+# images, tests/benchmarks/worklist_cli.py), growing with the square of the predictions.
+# An image holds one prediction per model version that scored it: the older ones read here
+# are few.
 _EXAM_VIEWS = (
-    with_latest_prediction(select(Image.study_id, Image.id, Image.laterality, Image.view,
-                                  Prediction.input_notes, ModelVersion.name,
-                                  ModelVersion.version, ModelVersion.sha256)
-                           .select_from(Image), inner_study=True)
+    select(Image.study_id, Image.id, Image.laterality, Image.view, Prediction.id,
+           Prediction.input_notes, ModelVersion.name, ModelVersion.version,
+           ModelVersion.sha256)
+    .select_from(Image)
+    .join(Prediction, Prediction.image_id == Image.id)
+    .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
     .where(Image.study_id.in_(bindparam("study_ids", expanding=True)),
-           Image.state == ImageState.DONE.value, Prediction.id.is_not(None)))
+           Image.state == ImageState.DONE.value))
 
 
 @dataclass
@@ -386,13 +396,25 @@ def _exam_views(session: Session, study_ids: list[int]) -> dict[int, _ExamViews]
     found: dict[int, _ExamViews] = {}
     for block in in_blocks(study_ids):
         for study_id, image_id, laterality, view, notes, name, version, sha256 in \
-                session.execute(_EXAM_VIEWS, {"study_ids": block}):
+                _latest_views(session.execute(_EXAM_VIEWS, {"study_ids": block})):
             views = found.setdefault(study_id, _ExamViews())
             if name is not None:
                 views.models.add((model_label(name, version), sha256))
             if notes:
                 views.noted.append(_ReadView(image_id, laterality, view, notes))
     return found
+
+
+def _latest_views(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """``_EXAM_VIEWS``'s rows, one per image: its latest prediction's (highest id), without
+    that id."""
+    latest: dict[int, Sequence[Any]] = {}
+    for row in rows:
+        image_id, prediction_id = row[1], row[4]
+        kept = latest.get(image_id)
+        if kept is None or prediction_id > kept[4]:
+            latest[image_id] = row
+    return [(*row[:4], *row[5:]) for row in latest.values()]
 
 
 def _exam_row(result: Row[Any], flags: list[str], report_path: str | None) -> dict[str, Any]:

@@ -11,13 +11,21 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, insert, select
+from sqlalchemy import Engine, create_engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from producer.cli.main import cli
 from shared.config import Settings
 from shared.db.engine import ensure_schema, make_session_factory
-from shared.db.schema import Batch, DuplicateSubmission, ExamResult, Image, Prediction, Study
+from shared.db.schema import (
+    Batch,
+    DuplicateSubmission,
+    ExamResult,
+    Image,
+    ModelVersion,
+    Prediction,
+    Study,
+)
 from shared.exams import refresh_due_exams
 from shared.queries import ResultFilter, list_results
 from shared.reports.batch_data import collect_batch_summary
@@ -183,6 +191,45 @@ def test_worklist_flags_images_in_flight_and_a_pdf_older_than_the_result(
                if r["study_uid"] == study.study_uid)
     assert not any(f.startswith("the exam PDF predates") for f in row["flags"])
 
+
+
+def test_worklist_names_each_views_latest_prediction_only(
+        refreshed: tuple[Session, Seeded], tmp_path: Any) -> None:
+    """Every row's models and input-note flags come from its done views' latest predictions
+    (highest id), not an older scoring's, also when a later model version scored the views
+    again: a block of exams at a time, the latest picked per image."""
+    session, data = refreshed
+    session.add(ModelVersion(id=3, name="default", version="1.2.0", sha256="3" * 64,
+                             preprocessing_version="2", classes=["normal", "benign", "malignant"],
+                             input_size=[512, 512], path="/models/default/1.2.0"))
+    session.flush()
+    done = [im for im in data.images if im["state"] == "done"]
+    # Every third exam scored again by 1.2.0 (a newer id); the older scoring had doubts.
+    again = [im for im in done if im["study_id"] % 3 == 0]
+    session.execute(update(Prediction).where(Prediction.image_id.in_(
+        [im["id"] for im in again])).values(input_notes={"laterality": "older doubt"}))
+    session.execute(insert(Prediction), [
+        {**data.predictions[im["id"]], "id": 10_000 + im["id"], "model_version_id": 3,
+         "input_notes": {"range": "newer note"} if im["view"] == "CC" else {}}
+        for im in again])
+    session.commit()
+    latest = {im["id"]: 3 if im in again else data.predictions[im["id"]]["model_version_id"]
+              for im in done}
+    names = {1: "default:1.0.0", 2: "default:1.1.0", 3: "default:1.2.0"}
+    expected = {}
+    for im in done:
+        expected.setdefault(f"1.2.3.{im['study_id']}", set()).add(names[latest[im["id"]]])
+    rows = worklist_rows(session, WorklistFilter(), report_dir=tmp_path)
+    assert rows and all(r["models"] == sorted(expected[r["study_uid"]]) for r in rows)
+    rescored = [r for r in rows if int(r["study_uid"].rsplit(".", 1)[1]) % 3 == 0]
+    assert rescored and all(r["models"] == ["default:1.2.0"] for r in rescored)
+    flags = [f for r in rows for f in r["flags"]]
+    assert not any("older doubt" in f for f in flags)
+    noted = [f for r in rescored for f in r["flags"] if "read with notes" in f]
+    cc_views = sum(im["view"] == "CC" for im in again
+                   if f"1.2.3.{im['study_id']}" in {r["study_uid"] for r in rescored})
+    assert len(noted) == cc_views and all(f.endswith("read with notes: newer note")
+                                          for f in noted)
 
 def test_batch_summary_says_how_many_exams_it_lists_and_counts_copies(
         refreshed: tuple[Session, Seeded], tmp_path: Any) -> None:

@@ -72,6 +72,15 @@ def test_table_cells_are_text_not_markup() -> None:
     assert "[bold]x.png" in buffer.getvalue() and "[red]bad.png" in buffer.getvalue()
 
 
+def test_table_cells_keep_emoji_codes_as_typed() -> None:
+    # Rich turns ":cd:" in markup text into an emoji: a file name or accession number
+    # holding one must show as stored (the cells are Text, never parsed as markup).
+    buffer = io.StringIO()
+    render([{"file": "scan:cd:1.dcm"}], "table", keys=("file",),
+           console=Console(file=buffer, width=80))
+    assert "scan:cd:1.dcm" in buffer.getvalue(), buffer.getvalue()
+
+
 @pytest.mark.parametrize("fmt", ["table", "csv"])
 def test_listings_show_terminal_control_characters_instead_of_sending_them(fmt: str) -> None:
     name = "x\x1b]0;PWNED\x07\x1b[31mRED\x9b2J\r.dcm"
