@@ -31,6 +31,7 @@ from shared.errors import DatabaseUnavailableError, TransientError, UserFacingEr
 from shared.queue import TASK_PROCESS_CHUNK
 from shared.recovery import leave_to_sweeper, requeue
 from shared.save_failures import clear_failure, database_reason, record_failure
+from worker import scratch
 from worker.devices import pin_child_to_gpu
 from worker.pipeline import process_chunk
 from worker.runtime import ModelUnavailableError, WorkerRuntime
@@ -171,9 +172,14 @@ class ModelStop:
             log.warning("mammo worker: %s", mismatch)
         worker_init.connect(self.pin_model, weak=False)
         # Runs in each prefork child after the fork: the only safe place to load TensorFlow.
+        # First: its private temporary directory, before TensorFlow or a forkserver make
+        # files that a pool process's os._exit would leave in TMPDIR (worker.scratch).
+        worker_process_init.connect(scratch.enter, weak=False)
         worker_process_init.connect(pin_child_to_gpu(gpus), weak=False)
         worker_process_init.connect(self.warm_up_child, weak=False)
         worker_process_shutdown.connect(self._runtime.close, weak=False)
+        worker_process_shutdown.connect(scratch.leave, weak=False)  # its decoders stopped
+        worker_shutdown.connect(scratch.sweep, weak=False)  # before exit 5 is raised
         worker_shutdown.connect(self.exit_if_requested, weak=False)
 
     def pin_model(self, sender: Any = None, **_: Any) -> None:
