@@ -13,6 +13,9 @@ Killed between the record and the rename, the file is still at its source, where
 look while nothing is at the recorded path (``current_location``), and the next scan moves
 it and records where again. A rename that fails puts the record back as it was; a record
 that fails leaves the file in place, tried again at the next scan.
+
+A sub-folder that moving or deleting emptied is removed once it stays empty
+(``EmptiedFolders``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +46,11 @@ LEAVE, MOVE, DELETE = "leave", "move", "delete"
 class AfterProcessing:
     def __init__(self, folder: WatchFolder, mode: str, log: logging.Logger,
                  registered: RegisteredFiles,
-                 sessions: sessionmaker[Session] | None = None) -> None:
+                 sessions: sessionmaker[Session] | None = None, *,
+                 quiet_s: float = 5.0) -> None:
         """``sessions``: where a moved file's new path is recorded (``archived_path``), so
-        that reports still find the image; None records nothing."""
+        that reports still find the image; None records nothing. ``quiet_s``: how long a
+        folder emptied here must stay empty and unchanged before it is removed."""
         if mode not in (LEAVE, MOVE, DELETE):
             raise ValueError(f"unknown after-processing action {mode!r}")
         self.folder = folder
@@ -50,6 +58,7 @@ class AfterProcessing:
         self.log = log
         self.registered = registered
         self.sessions = sessions
+        self.emptied = EmptiedFolders(folder, log, quiet_s=quiet_s, why=f"--after {mode}")
         self._warned: set[Path] = set()  # files that could not be moved or deleted
 
     def apply(self, path: Path, image: KnownImage) -> Path | None:
@@ -74,11 +83,19 @@ class AfterProcessing:
         try:
             if self.mode == DELETE:
                 self._delete(path, image)
+                self.emptied.left(path)
                 return None
-            return self._move(path, image)
+            target = self._move(path, image)
         except OSError as exc:  # a read-only share, a name too long once numbered...
             self._refused(path, image, exc)
             return None
+        if target is not None:
+            self.emptied.left(path)
+        return target
+
+    def tidy(self) -> int:
+        """Remove the sub-folders emptied here that stayed so (``EmptiedFolders``)."""
+        return self.emptied.tidy()
 
     def _delete(self, path: Path, image: KnownImage) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -159,6 +176,83 @@ class AfterProcessing:
         except SQLAlchemyError as exc:
             self.log.warning("could not take back where image %d was to be moved: %s",
                              record.image_id, type(exc).__name__)
+
+
+class EmptiedFolders:
+    """Sub-folders of the drop folder whose files the watcher moved or deleted, removed once
+    they have stayed empty.
+
+    A router writes each exam into a folder of its own. Its files moved or deleted, the folder
+    stayed, empty, watched (one inotify watch each) and listed at every scan, for ever (397
+    of 400 in a soak). Such a folder is now removed once it has stayed empty and unchanged (same
+    inode and mtime) for ``quiet_s`` on this process's monotonic clock, not the file system's
+    (a share's clock may be hours off): a router's folder made a moment ago and still to be
+    written into is younger than that. ``os.rmdir`` removes only an empty folder, so one that
+    got a file meanwhile stays. The parent, emptied in turn, waits its own quiet period. Only
+    folders a scan enters (never the root, the output folders, the report folder, hidden
+    ones); one that must stay (a sender's fixed folder it does not create itself) keeps a
+    hidden file such as ``.keep``, never read as an image. ``--after leave`` empties nothing.
+    """
+
+    def __init__(self, folder: WatchFolder, log: logging.Logger, *, quiet_s: float,
+                 why: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.folder = folder
+        self.log = log
+        self.quiet_s = quiet_s
+        self.why = why
+        self.clock = clock
+        # Folder -> (when it was first seen empty, its (inode, mtime) then), None: not yet.
+        self._waiting: dict[Path, tuple[float, tuple[int, int]] | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def left(self, path: Path) -> None:
+        """``path`` was moved or deleted: its folder is looked at by the next ``tidy``."""
+        parent = path.parent
+        if parent != self.folder.root and not self.folder.ignored(parent):
+            self._waiting.setdefault(parent, None)
+
+    def tidy(self) -> int:
+        """Remove the folders that stayed empty and unchanged for the quiet period; return
+        how many were removed. Never raises: a folder that cannot be removed stays."""
+        now = self.clock()
+        removed = 0
+        for folder, since in list(self._waiting.items()):
+            state = _empty_folder(folder)
+            if state is None:  # gone, or not empty: its next file moved away names it again
+                del self._waiting[folder]
+            elif since is None or since[1] != state:
+                self._waiting[folder] = (now, state)
+            elif now - since[0] >= self.quiet_s:
+                del self._waiting[folder]
+                if self._remove(folder):
+                    removed += 1
+                    self.left(folder)  # its parent may be empty now
+        return removed
+
+    def _remove(self, folder: Path) -> bool:
+        try:
+            os.rmdir(folder)
+        except OSError:  # a file came meanwhile, a mount point, no right to: it stays
+            return False
+        self.log.info("removed empty folder %s (emptied by %s)",
+                      self.folder.relative(folder), self.why)
+        return True
+
+
+def _empty_folder(path: Path) -> tuple[int, int] | None:
+    """A real folder with nothing in it: its (inode, mtime); None otherwise."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        with os.scandir(path) as entries:
+            if next(entries, None) is not None:
+                return None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ class WatchFolder:
     """The drop folder. ``root`` is absolute as given; links are judged by its real path.
 
     ``processed/`` and ``failed/`` at its top belong to the watcher and are never scanned,
-    whatever the action: the move action files images there, and a folder switched to
-    ``leave`` or ``delete`` afterwards still holds them (read again, each was queued anew
-    from there, a failure under its ``failed/`` path, a success as a copy at every start).
+    watched or polled, whatever the action: the move action files images there, and a folder
+    switched to ``leave`` or ``delete`` afterwards still holds them (read again, each was
+    queued anew from there, a failure under its ``failed/`` path, a success as a copy at every
+    start). The folders a scan does not enter (``ignored``) are not watched either.
     ``own_files`` and ``own_folders`` are this installation's own files
     that lie inside it (the SQLite database with its companions, the report folder), as
     paths below the root: never images, whatever their names.
@@ -60,14 +61,15 @@ class WatchFolder:
 
     def ignored(self, path: Path) -> bool:
         """Temporary names, dotfiles, our sidecars, output folders and own files: not (yet)
-        images."""
+        images. Also asked of folders: the scans and the watch do not enter one it names
+        (hidden, output and report folders, names matching an ignore pattern)."""
         try:
             parts = Path(path).relative_to(self.root).parts
         except ValueError:
             return True
         if not parts or any(p.startswith(".") for p in parts):
             return True
-        if parts[0] in self.reserved and len(parts) > 1:
+        if parts[0] in self.reserved:  # the output folders themselves: never listed
             return True
         if parts in self.own_files or any(parts[:len(f)] == f for f in self.own_folders):
             return True

@@ -84,7 +84,9 @@ class FollowUp:
             self._act(path, image)
 
     def poll(self) -> int:
-        """Act on every tracked image that reached done/failed; return how many did."""
+        """Act on every tracked image that reached done/failed; return how many did. The
+        folders emptied by earlier polls and scans are removed once they stayed so."""
+        self.actions.tidy()
         if not self._waiting:
             return 0
         with self.sessions() as session:

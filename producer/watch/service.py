@@ -87,14 +87,15 @@ class Watcher:
         self.registered = RegisteredFiles()
         self.followup = FollowUp(sessions, self.folder,
                                  AfterProcessing(self.folder, settings.watch_after, log,
-                                                 self.registered, sessions), log,
+                                                 self.registered, sessions,
+                                                 quiet_s=settings.watch_quiet_period_s), log,
                                  exam_timeout_s=settings.exam_timeout_s, notifier=notifier,
                                  settle_s=settings.watch_incomplete_grace_s,
                                  register_again=self._register_again)
         # Embedded mode has no `mammo worker` whose sweeper would follow up.
         self.notifications = BackgroundFollowUp(settings, notifier, log)
         self.watch = FolderWatch(self.folder.root, self.inbox, log, poll=options.poll,
-                                 interval_s=settings.watch_poll_interval_s)
+                                 interval_s=settings.watch_poll_interval_s, folder=self.folder)
         self._reported: set[Path] = set()  # permission denied / link escapes: said once
         self._duplicates: dict[Path, Version] = {}  # each copy as it was found
         # Files handed back by the follow-up as changed since their image failed.
@@ -139,6 +140,8 @@ class Watcher:
         state = self.watch.check()
         if state is FolderState.MISSING:
             return max(1.0, min(5.0, s.watch_poll_interval_s))
+        # Fallen back to polling (out of inotify watches): no close will come to end a write.
+        self.tracker.close_events = not self.watch.poll
         now = time.monotonic()
         if state is FolderState.RESTARTED or now >= due["scan"]:
             self.scan()
