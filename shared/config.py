@@ -216,6 +216,13 @@ class Settings(BaseSettings):
         "is in the database), move it to processed/ or failed/ (with a .reason.txt), or "
         "delete it.",
     )
+    watch_remove_emptied: bool = Field(
+        False,
+        description="Drop folder, with move or delete: remove a sub-folder the watcher "
+        "emptied once it stayed empty for the quiet period (a sender that makes a folder "
+        "per exam or series). Off by default: a sender writing into a fixed folder it does "
+        "not create would find it gone.",
+    )
     exam_timeout_s: float = Field(
         1800.0, gt=0.0,
         description="An exam without all 4 standard views gets an exam result flagged "

@@ -62,6 +62,13 @@ class RegisteredFiles:
             return Held.SAME
         return self._read(path, image, st)
 
+    def __len__(self) -> int:
+        return len(self._checked)
+
+    def forget(self, path: Path) -> None:
+        """Drop what was checked of ``path`` (its file moved or deleted by the watcher)."""
+        self._checked.pop(path, None)
+
     def _read(self, path: Path, image: KnownImage, st: os.stat_result) -> Held:
         """The identity of this version of the file, read once."""
         version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

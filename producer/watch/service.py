@@ -88,7 +88,9 @@ class Watcher:
         self.followup = FollowUp(sessions, self.folder,
                                  AfterProcessing(self.folder, settings.watch_after, log,
                                                  self.registered, sessions,
-                                                 quiet_s=settings.watch_quiet_period_s), log,
+                                                 quiet_s=settings.watch_quiet_period_s,
+                                                 remove_emptied=settings.watch_remove_emptied),
+                                 log,
                                  exam_timeout_s=settings.exam_timeout_s, notifier=notifier,
                                  settle_s=settings.watch_incomplete_grace_s,
                                  register_again=self._register_again)

@@ -51,7 +51,8 @@ def test_watches_and_exam_folders_stay_bounded_as_exams_come_and_go(
     env = mammo_env(database_url=f"sqlite:///{tmp_path / 'watch.db'}",
                     model=str(tiny_model_dir), watch_quiet_period_s="0.5",
                     watch_poll_interval_s="0.5", watch_reconcile_interval_s="300",
-                    watch_incomplete_grace_s="300", log_level="INFO", patient_id_key=KEY)
+                    watch_incomplete_grace_s="300", log_level="INFO", patient_id_key=KEY,
+                    watch_remove_emptied="true")
     watcher = WatchProcess(env, tmp_path, incoming, "--after", "move")
     pid = watcher.proc.pid
     peak = 0
