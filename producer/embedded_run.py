@@ -29,6 +29,7 @@ from shared.db.engine import failed_command_as_error
 from shared.db.schema import Image
 from shared.enums import ImageState, Priority
 from shared.errors import DatabaseUnavailableError, UserFacingError, first_line
+from shared.extras import WORKER, require
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import create_celery_app, enqueue_chunks
 from shared.recovery import held_claims, take_over_expired
@@ -144,6 +145,8 @@ def prepare_run(settings: Settings, sessions: sessionmaker[Session], *,
         # Read once here only to refuse a bad one now, not after the files' headers.
         ingestion_for(settings, manifest)
     runtime = _runtime(settings, sessions)  # no model: fails here, before anything is queued
+    # Nor without TensorFlow, which the model's load (after the files are read) imports.
+    require(WORKER, needed_for="Classifying images")
     return PreparedRun(settings, sessions, runtime, manifest, create_celery_app(settings))
 
 
