@@ -252,8 +252,9 @@ def superseded_only(session: Session, flt: ResultFilter) -> bool:
 
 # The keys of ``BatchStatus.as_row``: `mammo status --format csv` prints them as its header
 # even when there is no batch yet.
-BATCH_STATUS_KEYS = ("batch_id", "name", "total", "copies", *(s.value for s in ImageState),
-                     "images_per_minute", "eta_s", "created_at", "finished_at", "models")
+BATCH_STATUS_KEYS = ("batch_id", "name", "priority", "total", "copies",
+                     *(s.value for s in ImageState), "images_per_minute", "eta_s",
+                     "created_at", "finished_at", "models")
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,9 @@ class BatchStatus:
     # Its done images by the model (NAME:VERSION) behind their current result. More than
     # one when workers ran with different models: their scores are not comparable.
     models: dict[str, int] = field(default_factory=dict)
+    # "urgent" or "routine": an urgent exam's batch was told from the night's only by its
+    # name, if it had one.
+    priority: str = "routine"
 
     @property
     def total(self) -> int:
@@ -291,7 +295,8 @@ class BatchStatus:
         states = {s.value: self.counts.get(s.value, 0) + self.copies.get(s.value, 0)
                   for s in ImageState}
         return {
-            "batch_id": self.batch_id, "name": self.name, "total": self.total,
+            "batch_id": self.batch_id, "name": self.name, "priority": self.priority,
+            "total": self.total,
             "copies": sum(self.copies.values()), **states,
             "images_per_minute": None if self.images_per_minute is None
             else round(self.images_per_minute, 1),
@@ -339,7 +344,8 @@ def batch_status(session: Session, batch_id: int, *, window_s: int = 300,
         .join(Image, Image.id == DuplicateSubmission.image_id)
         .where(DuplicateSubmission.batch_id == batch_id).group_by(Image.state)).all())
     status = BatchStatus(batch.id, batch.name, as_utc(batch.created_at),
-                         as_utc(batch.finished_at), counts, None, None, copies)
+                         as_utc(batch.finished_at), counts, None, None, copies,
+                         priority=batch.priority)
     remaining = status.remaining
     # While images remain: the pace of the last ``window_s`` up to now, what the ETA needs
     # (0 when stalled). Once none remain: its throughput over all its work, what a night's

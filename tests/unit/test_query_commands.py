@@ -358,6 +358,24 @@ def _status_of_batch_1(url: str, monkeypatch: pytest.MonkeyPatch,
     return dict(row)
 
 
+def test_status_says_which_batches_are_urgent(seeded: str, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    # An urgent exam's batch was told from the night's routine one only by its name.
+    engine = _engine(seeded)
+    with engine.begin() as conn:
+        conn.execute(update(Batch).where(Batch.id == 2).values(priority="urgent"))
+    engine.dispose()
+    code, out = _mammo(["status", "--format", "json"], monkeypatch, tmp_path, seeded)
+    assert code == ExitCode.OK, out
+    listing = out[out.index("\n[") + 1:]  # after the seed's mixed-model warnings (stderr)
+    assert {row["batch_id"]: row["priority"] for row in json.loads(listing)} == {
+        1: "routine", 2: "urgent"}
+    code, out = _mammo(["status", "--format", "csv"], monkeypatch, tmp_path, seeded)
+    table = out[out.index("batch_id,"):]
+    assert {r["batch_id"]: r["priority"] for r in _csv_rows(table)} == {
+        "1": "routine", "2": "urgent"}
+
+
 def test_a_stalled_batch_has_no_pace_and_no_eta(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'pace.db'}"
