@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -167,28 +167,21 @@ def find_stuck(
             else force_older_than_s)),
         owed_before=now - timedelta(seconds=owed_wait),
         claimed_before=now - timedelta(seconds=settings.claim_lease_s), batch_id=batch_id)
-    sent = [i.id for i in found if not i.claimed and not i.owed]
-    priorities = lifecycle.priorities_of(session, sent)
+    sent = [i for i in found if not i.claimed and not i.owed]
+    priorities = lifecycle.priorities_of(session, [i.id for i in sent])
+
+    def sent_over(image: lifecycle.StaleImage, seconds: int) -> bool:
+        return image.sent_at is not None and image.sent_at < now - timedelta(seconds=seconds)
+
     overdue = (set() if force_older_than_s is None else
-               _sent_before(session, sent, now - timedelta(seconds=force_older_than_s)))
-    waited = set(overdue)  # sent over their own priority's wait ago, or overdue
-    for priority, wait in waits.items():
-        waited |= _sent_before(session, [i for i in sent if priorities[i] is priority],
-                               now - timedelta(seconds=wait))
+               {i.id for i in sent if sent_over(i, force_older_than_s)})
+    # Sent over their own priority's wait ago, or overdue.
+    waited = overdue | {i.id for i in sent if sent_over(i, waits[priorities[i.id]])}
     return SweepReport(
         stale_queued=[i.id for i in found if not i.claimed and (i.owed or i.id in waited)],
         expired_claims=[i.id for i in found if i.claimed],
         owed=[i.id for i in found if i.owed],
         priorities={i: priorities[i] for i in sorted(waited)}, overdue=sorted(overdue))
-
-
-def _sent_before(session: Session, image_ids: Iterable[int], cutoff: datetime) -> set[int]:
-    """The images among ``image_ids`` whose message was last sent before ``cutoff``."""
-    found: set[int] = set()
-    for block in lifecycle.in_blocks(image_ids):
-        found.update(session.scalars(select(Image.id).where(Image.id.in_(block),
-                                                            Image.enqueued_at < cutoff)))
-    return found
 
 
 def sweep(

@@ -18,6 +18,7 @@ from shared.db.clock import database_now
 from shared.db.schema import Batch, DuplicateSubmission, Image, Notification
 from shared.enums import ErrorCode, ImageState, Priority
 from shared.imaging.header_bounds import storable
+from shared.timeutil import as_utc
 
 ACTIVE_STATES = (ImageState.QUEUED.value, ImageState.PROCESSING.value)
 _ID_BLOCK = 500  # ids per IN list: well under every database's bound-parameter limit
@@ -357,6 +358,7 @@ class StaleImage(NamedTuple):
     id: int
     claimed: bool  # processing under a claim whose lease passed; otherwise queued
     owed: bool  # queued with no message sent since it was queued (``never_sent``)
+    sent_at: datetime | None = None  # its message's send time (``enqueued_at``), if any
 
 
 def find_stale(
@@ -379,15 +381,15 @@ def find_stale(
     queued = Image.state == ImageState.QUEUED.value
     processing = Image.state == ImageState.PROCESSING.value
     owed = and_(queued, Image.enqueued_at.is_(None))
-    stmt = select(Image.id, processing, owed).where(or_(
+    stmt = select(Image.id, processing, owed, Image.enqueued_at).where(or_(
         and_(queued, Image.enqueued_at < queued_before),
         and_(owed, or_(_left_to_sweeper(), waiting_since() < (owed_before or queued_before))),
         and_(processing, Image.claimed_at < claimed_before),
     ))
     if batch_id is not None:
         stmt = stmt.where(Image.batch_id == batch_id)
-    return [StaleImage(image_id, bool(claimed), bool(never))
-            for image_id, claimed, never in session.execute(stmt.order_by(Image.id))]
+    return [StaleImage(image_id, bool(claimed), bool(never), as_utc(sent))
+            for image_id, claimed, never, sent in session.execute(stmt.order_by(Image.id))]
 
 
 def stale_images(
