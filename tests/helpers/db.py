@@ -42,6 +42,17 @@ class Tally:
         return self.predictions - self.predicted_images
 
 
+def image_outcomes(url: str) -> list[tuple[str, str | None, int]]:
+    """(state, error code, attempts) of every image, sorted."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(Image.state, Image.error_code, Image.attempts)).all()
+    finally:
+        engine.dispose()
+    return sorted((str(s), e, int(a)) for s, e, a in rows)
+
+
 def tally(url: str) -> Tally:
     engine = create_engine(url)
     try:

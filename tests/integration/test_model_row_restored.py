@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from models.activation import activate
 from models.registry import resolve_model
-from shared.db.schema import Image, ModelVersion, Prediction
+from shared.db.schema import ModelVersion, Prediction
 from shared.synthetic import make_exam_set
-from tests.helpers.db import tally
+from tests.helpers.db import image_outcomes, tally
 from tests.helpers.processes import WorkerProcess, mammo_env, run_mammo, wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,16 +36,6 @@ FAST = {"sweep_interval_s": "2", "requeue_after_s": "600", "claim_heartbeat_s": 
 
 def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
-
-
-def _images(url: str) -> list[tuple[str, str | None, int]]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(select(Image.state, Image.error_code, Image.attempts)).all()
-    finally:
-        engine.dispose()
-    return sorted((str(s), e, int(a)) for s, e, a in rows)
 
 
 def _scored_by(url: str) -> list[tuple[str, str, str]]:
@@ -91,7 +81,7 @@ def test_a_worker_scores_under_its_own_model_row_after_the_database_is_restored(
                  what="the first pass", on_timeout=worker.log)
         subprocess.run(["pg_restore", "--clean", "--if-exists", "--single-transaction",
                         "-d", _libpq(postgres_url), str(backup)], check=True)
-        assert _images(postgres_url) == [("queued", None, 0)] * 4
+        assert image_outcomes(postgres_url) == [("queued", None, 0)] * 4
         if restored == "id_reused":
             assert _activate_default(postgres_url) == 1  # the id the worker had cached
         resend = run_mammo(["recover", "--older-than", "0"], env, tmp_path)
@@ -103,7 +93,7 @@ def test_a_worker_scores_under_its_own_model_row_after_the_database_is_restored(
         worker.stop()
     log = worker.log()
     tiny = resolve_model(str(tiny_model_dir))
-    assert _images(postgres_url) == [("done", None, 1)] * 4, log
+    assert image_outcomes(postgres_url) == [("done", None, 1)] * 4, log
     assert _scored_by(postgres_url) == [(tiny.name, tiny.version, tiny.sha256)] * 4, log
     assert "raised unexpected" not in log
     assert log.count("its row in the database changed under this worker (id 1 is gone or "

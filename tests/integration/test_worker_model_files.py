@@ -23,11 +23,11 @@ import redis
 from sqlalchemy import create_engine, select
 
 from models.registry import MODEL_FILE, resolve_model, write_model_dir
-from shared.db.schema import Image, ModelVersion, Prediction
+from shared.db.schema import ModelVersion, Prediction
 from shared.imaging.preprocess import PREPROCESSING_VERSION
 from shared.queue import QUEUE_NAME
 from shared.synthetic import make_exam_set
-from tests.helpers.db import tally
+from tests.helpers.db import image_outcomes, tally
 from tests.helpers.processes import WorkerProcess, child_pids, mammo_env, run_mammo, wait_for
 from tests.helpers.tiny_model import TINY_INPUT, build_tiny_model, change_model_files
 
@@ -40,16 +40,6 @@ FAST = {"sweep_interval_s": "2", "requeue_after_s": "5", "claim_heartbeat_s": "2
 @pytest.fixture(scope="module")
 def other_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("other"), seed=8, version="0.0.2")
-
-
-def _images(url: str) -> list[tuple[str, str | None, int]]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(select(Image.state, Image.error_code, Image.attempts)).all()
-    finally:
-        engine.dispose()
-    return sorted((str(s), e, int(a)) for s, e, a in rows)
 
 
 def _scored_by(url: str) -> list[str]:
@@ -96,7 +86,7 @@ def test_a_worker_keeps_scoring_with_its_verified_model_after_its_files_change(
         worker.stop()
     log = worker.log()
     # Scored once each, by the model the worker verified at start; nothing charged twice.
-    assert _images(postgres_url) == [("done", None, 1)] * 4, log
+    assert image_outcomes(postgres_url) == [("done", None, 1)] * 4, log
     assert _scored_by(postgres_url) == [resolve_model(str(tiny_model_dir)).sha256] * 4
     assert "raised unexpected" not in log
     assert f"pinned: the {(tiny_model_dir / MODEL_FILE).stat().st_size:,} bytes of " \
@@ -139,7 +129,7 @@ def test_a_worker_whose_processes_cannot_load_its_model_claims_nothing_and_exits
     assert "mammo worker: stopped with exit 5 (no usable model)" in log
     # No image claimed or charged: queued, their messages back in the broker for a worker
     # with a usable model.
-    assert _images(postgres_url) == [("queued", None, 0)] * 4, log
+    assert image_outcomes(postgres_url) == [("queued", None, 0)] * 4, log
     client = redis.Redis.from_url(redis_url)
     assert sum(client.llen(k) for k in client.keys(f"{QUEUE_NAME}*")) == 2
     client.close()
