@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 # A row read alone (no exam) has no study_uid: its image_id and source name it. The exam's
 # validated score stands beside the ranking one (a breast's own views may rank it higher).
-WORKLIST_COLUMNS = ("rank", "study_uid", "image_id", "source", "patient_pseudonym",
+WORKLIST_COLUMNS = ("rank", "priority", "study_uid", "image_id", "source", "patient_pseudonym",
                     "study_date", "suspicion", "exam_suspicion", "left", "right", "label",
                     "p_malignant", "models", "status", "flags", "report_path")
 _KINDS = ("exam", "image", "batch", "worklist", "stats")

@@ -454,6 +454,25 @@ def priorities_of(session: Session, image_ids: Sequence[int]) -> dict[int, Prior
     return {image_id: found.get(image_id, Priority.ROUTINE) for image_id in image_ids}
 
 
+def urgent_studies(session: Session, study_ids: Sequence[int]) -> set[int]:
+    """The studies among ``study_ids`` with an urgent image (``priorities_of``'s rule: its
+    batch, or a batch that sent a copy of it, was submitted urgent). An exam sent urgent
+    keeps saying so in the worklist and its alert after it is scored: once read first by
+    its score, a reader still needs to know someone asked for it to be read at once."""
+    urgent = Priority.URGENT.value
+    found: set[int] = set()
+    for block in in_blocks(study_ids):
+        own = (select(Image.study_id).join(Batch, Batch.id == Image.batch_id)
+               .where(Image.study_id.in_(block), Batch.priority == urgent))
+        copies = (select(Image.study_id)
+                  .join(DuplicateSubmission, DuplicateSubmission.image_id == Image.id)
+                  .join(Batch, Batch.id == DuplicateSubmission.batch_id)
+                  .where(Image.study_id.in_(block), Batch.priority == urgent))
+        found.update(study_id for study_id in session.execute(own.union(copies)).scalars()
+                     if study_id is not None)
+    return found
+
+
 def by_priority(session: Session, image_ids: Iterable[int]) -> dict[Priority, list[int]]:
     """``image_ids`` grouped by ``priorities_of``, each group in id order."""
     groups: dict[Priority, list[int]] = {}

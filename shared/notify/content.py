@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.db.lifecycle import priorities_of, urgent_studies
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
-from shared.enums import ImageState
+from shared.enums import ImageState, Priority
 from shared.exams import read_first_suspicion
 from shared.notify.message import Attachment, Event, Notice, delivery_key
 from shared.notify.records import summarised
@@ -28,6 +29,16 @@ from shared.synthetic import SYNTHETIC_MANUFACTURER
 
 # Said in the subject and first in the text of an alert for a `mammo demo` exam.
 SYNTHETIC_NOTE = "SYNTHETIC TEST DATA - not a patient"
+# Said in the subject of an alert whose exam (or image) was submitted urgent, and why in its
+# text: the worklist's ``priority``, so a reader scanning the inbox sees the request too.
+URGENT_NOTE = "URGENT"
+URGENT_LINE = ("Priority: urgent (submitted with --priority urgent: someone asked for it to "
+               "be read at once)")
+
+
+def _subject(synthetic: bool, priority: Priority, what: str) -> str:
+    return "".join(["[mammo] ", SYNTHETIC_NOTE + ": " if synthetic else "",
+                    URGENT_NOTE + ": " if priority is Priority.URGENT else "", what])
 
 
 def _class_counts(session: Session, batch_id: int) -> dict[str, int]:
@@ -141,8 +152,10 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
     per_breast = {side: {k: b.get(k) for k in ("label", "suspicion", "p_malignant", "views")}
                   for side, b in (exam.per_breast or {}).items() if isinstance(b, dict)}
     synthetic = _synthetic(session, study_id)
+    priority = Priority.URGENT if urgent_studies(session, [study_id]) else Priority.ROUTINE
     text = "\n".join([
         *([SYNTHETIC_NOTE, ""] if synthetic else []),
+        *([URGENT_LINE, ""] if priority is Priority.URGENT else []),
         # The worklist's score (it ranks and prints the exam by it), then the exam's own.
         f"An exam was scored at suspicion {rank} of 10"
         + (f" by a breast's own views ({exam.suspicion} with the other breast's, which "
@@ -165,12 +178,11 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
         "exam_suspicion": exam.suspicion, "threshold": threshold, "label": exam.label,
         "p_malignant": exam.p_malignant,
         "exam_status": exam.status, "per_breast": per_breast, "flags": list(exam.flags or []),
-        "synthetic": synthetic, "disclaimer": DISCLAIMER,
+        "priority": priority.value, "synthetic": synthetic, "disclaimer": DISCLAIMER,
     }
     return Notice(Event.EXAM_ALERT, f"study:{study_id}",
-                  f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
-                  f"Suspicion {rank}/10 exam to read first "
-                  f"(accession {study.accession_number or '-'})",
+                  _subject(synthetic, priority, f"Suspicion {rank}/10 exam to read first "
+                           f"(accession {study.accession_number or '-'})"),
                   text, payload, study_id=study_id,
                   # The exam's key, and when this database registered it: a key made of an
                   # accession number without a patient (``study_key``) is one site's only.
@@ -187,11 +199,13 @@ def image_alert_notice(session: Session, image_id: int, threshold: int) -> Notic
         return None
     image, prediction, name, version = found
     synthetic = image.manufacturer == SYNTHETIC_MANUFACTURER
+    priority = priorities_of(session, [image.id])[image.id]
     # The file's name, as the batch summary names its files: not its folders.
     file = Path(image.source).name
     side = {"L": "left", "R": "right"}.get(image.laterality or "", "laterality unknown")
     text = "\n".join([
         *([SYNTHETIC_NOTE, ""] if synthetic else []),
+        *([URGENT_LINE, ""] if priority is Priority.URGENT else []),
         f"An image was scored at suspicion {prediction.suspicion} of 10 (alert threshold "
         f"{threshold}). Please prioritise its reading.",
         "",
@@ -216,12 +230,12 @@ def image_alert_notice(session: Session, image_id: int, threshold: int) -> Notic
                                           "views": [image.view] if image.view else []}}
         if image.laterality in ("L", "R") else {},
         "flags": [READ_ALONE_FLAG], "model_version": model_label(name, version),
-        "synthetic": synthetic, "disclaimer": DISCLAIMER,
+        "priority": priority.value, "synthetic": synthetic, "disclaimer": DISCLAIMER,
     }
     return Notice(Event.EXAM_ALERT, f"image:{image_id}",
-                  f"[mammo] {SYNTHETIC_NOTE + ': ' if synthetic else ''}"
-                  f"Suspicion {prediction.suspicion}/10 image to read first "
-                  f"(image {image.id}, read alone: no exam)",
+                  _subject(synthetic, priority,
+                           f"Suspicion {prediction.suspicion}/10 image to read first "
+                           f"(image {image.id}, read alone: no exam)"),
                   text, payload, batch_id=None, image_id=image_id,
                   # Its SOPInstanceUID or content hash; not its created_at, which a file
                   # re-queued after it changed moves.

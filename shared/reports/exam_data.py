@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.registry import METADATA_FILE
-from shared.db.lifecycle import ACTIVE_STATES
+from shared.db.lifecycle import ACTIVE_STATES, priorities_of, urgent_studies
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
+from shared.enums import Priority
 from shared.errors import ReportTargetNotFoundError
 from shared.exams import STANDARD_VIEWS, lowered_by_other_breast, view_flags_text, view_label
 from shared.queries import model_labels
@@ -118,6 +119,9 @@ class ExamReport:
     # views (MAMMO_EXAM_TIMEOUT_S after its last image) and is scored, incomplete.
     due_at: datetime | None = None
     image_id: int | None = None  # the report of this one image (``load_image_report``)
+    # "urgent" when an image was submitted urgent (``shared.db.lifecycle.urgent_studies``),
+    # as the worklist row and the alert say.
+    priority: str = Priority.ROUTINE.value
 
     @property
     def is_image(self) -> bool:
@@ -255,8 +259,10 @@ def load_exam_report(session: Session, study_uid: str, *,
     result = session.scalars(select(ExamResult).where(
         ExamResult.study_id == study.id, ExamResult.superseded_at.is_(None))).first()
     views = _load_views(session, Image.study_id == study.id)
+    urgent = urgent_studies(session, [study.id])
     report = ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
-                        study.study_date, result, views)
+                        study.study_date, result, views,
+                        priority=(Priority.URGENT if urgent else Priority.ROUTINE).value)
     arrivals = [v.submitted_at for v in views if v.submitted_at]
     if (result is None and timeout_s is not None and arrivals and report.awaited_views
             and not any(v.state in ACTIVE_STATES for v in views)):
@@ -278,7 +284,9 @@ def load_image_report(session: Session, image_id: int) -> ExamReport:
             "image_id")
     study = session.get(Study, image.study_id) if image.study_id is not None else None
     views = _load_views(session, Image.id == image.id)
+    priority = priorities_of(session, [image.id])[image.id].value
     if study is None:
-        return ExamReport(None, None, None, None, None, views, image_id=image.id)
+        return ExamReport(None, None, None, None, None, views, image_id=image.id,
+                          priority=priority)
     return ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
-                      study.study_date, None, views, image_id=image.id)
+                      study.study_date, None, views, image_id=image.id, priority=priority)

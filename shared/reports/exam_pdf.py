@@ -78,6 +78,7 @@ def _synthetic_warning(report: ExamReport) -> list[Flowable]:
 
 def _identification(report: ExamReport) -> Table:
     image: list[tuple[str, Any]] = [("image id", report.image_id)] if report.is_image else []
+    image.append(("priority", report.priority))
     if report.read_alone:
         return table(None, [*image, ("exam", "none: this image belongs to no exam (no study "
                                              "ID)")], widths=(45 * mm, PAGE_WIDTH - 45 * mm))

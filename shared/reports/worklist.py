@@ -19,6 +19,11 @@ score, where an exam whose every view failed is listed (last), flagged with its 
 it must not vanish from the list because it belongs to no exam. Every row names the
 model(s) behind its scores (``models``) and gives the probabilities, not only the scores.
 
+A row's ``priority`` is ``urgent`` when any of its images came in an urgent batch (or a copy
+of it did: ``shared.db.lifecycle.urgent_studies``): the list stays ranked by suspicion, the
+order the contract gives, and the request to read at once is shown beside it, not lost once
+the exam is scored.
+
 A row carries what the system doubted in reading its images (a laterality the header and
 the pixels disagree on, an implant, a modality taken on trust: the predictions'
 ``input_notes``), as the exam PDF does, from the same function (``input_note_flags``).
@@ -40,9 +45,9 @@ from sqlalchemy import Row, Select, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared.db.clock import Clocks
-from shared.db.lifecycle import ACTIVE_STATES, in_blocks
+from shared.db.lifecycle import ACTIVE_STATES, in_blocks, priorities_of, urgent_studies
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
-from shared.enums import ImageState
+from shared.enums import ImageState, Priority
 from shared.exams import (
     STANDARD_VIEWS,
     read_first_suspicion,
@@ -63,8 +68,9 @@ from shared.timeutil import as_utc
 WORKLIST_KEYS = ("study_uid", "suspicion", "per_breast", "flags", "report_path")
 # A worklist row for a table or CSV (flat_worklist_row): one column per breast.
 # Every field of the JSON row but the per-breast details, so a CSV names the patient too.
-FLAT_WORKLIST_KEYS = ("rank", "study_uid", "image_id", "source", "patient_pseudonym",
-                      "study_date", "suspicion", "exam_suspicion", "left", "right",
+FLAT_WORKLIST_KEYS = ("rank", "priority", "study_uid", "image_id", "source",
+                      "patient_pseudonym", "study_date", "suspicion", "exam_suspicion",
+                      "left", "right",
                       "left_p_malignant", "left_p_abnormal", "right_p_malignant",
                       "right_p_abnormal", "label", "p_malignant", "models", "status",
                       "accession_number", "flags", "report_path")
@@ -417,10 +423,12 @@ def _latest_views(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
     return [(*row[:4], *row[5:]) for row in latest.values()]
 
 
-def _exam_row(result: Row[Any], flags: list[str], report_path: str | None) -> dict[str, Any]:
+def _exam_row(result: Row[Any], flags: list[str], report_path: str | None,
+              priority: Priority) -> dict[str, Any]:
     """``result``: a row of ``_EXAM_COLUMNS``, the current result and its study's columns."""
     study = result
     return {
+        "priority": priority.value,
         # Ranked by it, so printed as it (_worklist_query orders by its SQL twin).
         "study_uid": study.study_uid, "image_id": None, "source": None,
         # The attributes read_first_suspicion reads (suspicion, per_breast) are the row's.
@@ -450,7 +458,7 @@ def _image_pdf(report_dir: Path, image_id: int) -> Path | None:
 
 
 def _alone_row(image: Image, prediction: Prediction, report_dir: Path,
-               clocks: Clocks) -> dict[str, Any]:
+               clocks: Clocks, priority: Priority) -> dict[str, Any]:
     """An image read alone, as an exam row: its own score stands for the exam's; its
     report is the image's PDF, as an exam's is the exam PDF."""
     pdf = _image_pdf(report_dir, image.id)
@@ -464,26 +472,28 @@ def _alone_row(image: Image, prediction: Prediction, report_dir: Path,
     notes = input_note_flags([_ReadView(image.id, image.laterality, image.view,
                                         prediction.input_notes)])
     return _image_row(
-        image, pdf, READ_ALONE_FLAG, [*notes, *stale], suspicion=prediction.suspicion,
+        image, pdf, READ_ALONE_FLAG, [*notes, *stale], priority, suspicion=prediction.suspicion,
         per_breast={image.laterality: breast} if image.laterality in ("L", "R") else {},
         label=prediction.label, p_malignant=prediction.p_malignant)
 
 
-def _failed_alone_row(image: Image, report_dir: Path) -> dict[str, Any]:
+def _failed_alone_row(image: Image, report_dir: Path, priority: Priority) -> dict[str, Any]:
     """An image outside any exam that failed: listed as an exam whose every view failed is,
     without a score, flagged with its reason."""
     return _image_row(image, _image_pdf(report_dir, image.id),
-                      failed_alone_flag(image.error_code, image.error_message), [],
+                      failed_alone_flag(image.error_code, image.error_message), [], priority,
                       suspicion=None, per_breast={}, label=None, p_malignant=None)
 
 
-def _image_row(image: Image, pdf: Path | None, first_flag: str, later_flags: list[str], *,
+def _image_row(image: Image, pdf: Path | None, first_flag: str, later_flags: list[str],
+               priority: Priority, *,
                suspicion: int | None, per_breast: dict[str, Any], label: str | None,
                p_malignant: float | None) -> dict[str, Any]:
     """A row of one image outside any exam, keyed as an exam row; its flags: ``first_flag``
     (read alone, or failed), burned-in text, then ``later_flags``."""
     burned_in = burned_in_flag([image.id] if image.burned_in_annotation else [])
     return {
+        "priority": priority.value,
         "study_uid": None, "image_id": image.id, "source": image.source,
         "suspicion": suspicion, "exam_suspicion": None, "per_breast": per_breast,
         "flags": [first_flag, *filter(None, [burned_in]), *later_flags],
@@ -553,6 +563,7 @@ def _found(session: Session, flt: WorklistFilter, report_dir: Path,
         study_ids = [found.study_id for found in block]
         to_flag = _images_to_flag(session, study_ids)
         exam_views = _exam_views(session, study_ids)
+        urgent = urgent_studies(session, study_ids)
         for found in block:
             pdf = exam_pdf_path(report_dir, found.study_uid)
             has_pdf = pdf.is_file()
@@ -560,23 +571,28 @@ def _found(session: Session, flt: WorklistFilter, report_dir: Path,
             flags = _row_flags(found, to_flag.get(found.study_id, _ImagesToFlag()),
                                has_pdf and pdf_is_older(pdf, found, clocks),
                                input_note_flags(views.noted))
-            row = _exam_row(found, flags, str(pdf.resolve()) if has_pdf else None)
+            row = _exam_row(found, flags, str(pdf.resolve()) if has_pdf else None,
+                            Priority.URGENT if found.study_id in urgent else Priority.ROUTINE)
             yield row, views.models
 
 
 def _alone_found(session: Session, flt: WorklistFilter, report_dir: Path,
                  clocks: Clocks) -> Iterator[_Found]:
-    for image, prediction, name, version, sha256 in session.execute(
-            _alone_query(flt).execution_options(yield_per=FETCH_BLOCK)):
-        yield (_alone_row(image, prediction, report_dir, clocks),
-               {(model_label(name, version), sha256)})
+    result = session.execute(_alone_query(flt).execution_options(yield_per=FETCH_BLOCK))
+    for block in result.partitions():
+        priorities = priorities_of(session, [found[0].id for found in block])
+        for image, prediction, name, version, sha256 in block:
+            yield (_alone_row(image, prediction, report_dir, clocks, priorities[image.id]),
+                   {(model_label(name, version), sha256)})
 
 
 def _failed_alone_found(session: Session, flt: WorklistFilter,
                         report_dir: Path) -> Iterator[_Found]:
-    for image in session.scalars(
-            _failed_alone_query(flt).execution_options(yield_per=FETCH_BLOCK)):
-        yield _failed_alone_row(image, report_dir), set()
+    result = session.scalars(_failed_alone_query(flt).execution_options(yield_per=FETCH_BLOCK))
+    for block in result.partitions():
+        priorities = priorities_of(session, [image.id for image in block])
+        for image in block:
+            yield _failed_alone_row(image, report_dir, priorities[image.id]), set()
 
 
 def _shared_model_names(session: Session) -> bool:

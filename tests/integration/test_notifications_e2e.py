@@ -153,7 +153,9 @@ def test_worker_processes_over_redis_notify_exactly_once(
     worker = WorkerProcess(env, tmp_path, tmp_path / "worker.log", "--concurrency", "2",
                            "--loglevel", "DEBUG")
     try:
-        submitted = run_mammo(["submit", str(tmp_path / "in"), "--json"], env, tmp_path)
+        # Sent urgent: once scored, the alert and the worklist still say so.
+        submitted = run_mammo(["submit", str(tmp_path / "in"), "--json", "--priority",
+                               "urgent"], env, tmp_path)
         assert submitted.returncode == 0, submitted.stderr
         wait_for(lambda: len(_statuses(postgres_url)) == 4
                  and all(s == "sent" for _, _, s, _ in _statuses(postgres_url)),
@@ -164,6 +166,13 @@ def test_worker_processes_over_redis_notify_exactly_once(
     _check_deliveries(mail, hook, _pseudonym(postgres_url), {
         "worker log": worker.log(), "submit output": submitted.stdout + submitted.stderr,
     })
+    alert_mail = next(m for m in mail.messages if "Suspicion" in m["Subject"])
+    assert alert_mail["Subject"].startswith("[mammo] SYNTHETIC TEST DATA - not a patient: "
+                                            "URGENT: Suspicion ")
+    assert next(p for p in hook.accepted if p["event"] == "exam_alert")["priority"] == "urgent"
+    listed = run_mammo(["worklist", "--format", "json"], env, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert [row["priority"] for row in json.loads(listed.stdout)] == ["urgent"]
 
 
 def test_worker_sweeper_alerts_on_exam_timeout_and_redelivers_once_the_hook_is_back(

@@ -40,7 +40,8 @@ from tests.helpers.seed_results import seed_results
 # note added since; the worklist digests: retaken when rows gained the exam PDF's
 # "... read with notes: ..." flags of their views' input notes, the only bytes changed; the
 # worklist JSON digests: retaken when per_breast.<side> gained own_p_malignant, the only key
-# added, nothing else changed).
+# added, nothing else changed; every worklist digest: retaken when rows gained ``priority``,
+# the only key and column added: with it removed the CSV and JSON are the bytes before).
 EXPECTED: dict[bool, dict[str, tuple[str, str]]] = {
     False: {
         "results.csv": ("ac685d2c34112325", "e3b0c44298fc1c14"),
@@ -57,15 +58,15 @@ EXPECTED: dict[bool, dict[str, tuple[str, str]]] = {
         "results-page.csv": ("ffbac4177c902513", "b23fe647137dca42"),
         "results-page.json": ("6073f30df128d514", "b23fe647137dca42"),
         "results-past.json": ("0ea6b7a1680fcbec", "e3b0c44298fc1c14"),
-        "worklist.csv": ("c0af5a7ef32727c8", "e3b0c44298fc1c14"),
-        "worklist.json": ("cae5da4ee747488f", "e3b0c44298fc1c14"),
-        "worklist.table": ("e1764648af406f0e", "e3b0c44298fc1c14"),
-        "worklist-limit.csv": ("e33da38b4144609b", "e86157d44584c14d"),
-        "worklist-batch2.json": ("997ce70962f0ef46", "e3b0c44298fc1c14"),
-        "worklist-since.csv": ("973f4bbd6d8671dd", "e3b0c44298fc1c14"),
-        "report-worklist.csv": ("39e28d8eccc2c606", "61080fd6238d5591"),
-        "report-worklist.json": ("c559cc9fd24b080a", "61080fd6238d5591"),
-        "report-worklist-batch1.json": ("5d76609aed3385d1", "61080fd6238d5591"),
+        "worklist.csv": ("0822060ad98ba21e", "e3b0c44298fc1c14"),
+        "worklist.json": ("fcb7beca985b1317", "e3b0c44298fc1c14"),
+        "worklist.table": ("9654c2f60b07f7a6", "e3b0c44298fc1c14"),
+        "worklist-limit.csv": ("bf525cef6d685f34", "e86157d44584c14d"),
+        "worklist-batch2.json": ("99eb20928c63ab54", "e3b0c44298fc1c14"),
+        "worklist-since.csv": ("7a390c042091c2ab", "e3b0c44298fc1c14"),
+        "report-worklist.csv": ("6535fc0b6434d8b5", "61080fd6238d5591"),
+        "report-worklist.json": ("ff8365e94bff9718", "61080fd6238d5591"),
+        "report-worklist-batch1.json": ("db6d1102f6987f55", "61080fd6238d5591"),
     },
     True: {
         "results.csv": ("52be21f20b2d93fd", "e3b0c44298fc1c14"),
@@ -82,15 +83,15 @@ EXPECTED: dict[bool, dict[str, tuple[str, str]]] = {
         "results-page.csv": ("ffbac4177c902513", "b23fe647137dca42"),
         "results-page.json": ("6073f30df128d514", "b23fe647137dca42"),
         "results-past.json": ("0ea6b7a1680fcbec", "e3b0c44298fc1c14"),
-        "worklist.csv": ("1ac43f7e3cf86d7f", "e3b0c44298fc1c14"),
-        "worklist.json": ("5d4795412353ffaa", "e3b0c44298fc1c14"),
-        "worklist.table": ("c120a1d18f85b95d", "e3b0c44298fc1c14"),
-        "worklist-limit.csv": ("93a1b7b376e2e573", "e86157d44584c14d"),
-        "worklist-batch2.json": ("ee1f87c5aa425299", "e3b0c44298fc1c14"),
-        "worklist-since.csv": ("ca217efef7afe7fd", "e3b0c44298fc1c14"),
-        "report-worklist.csv": ("e351f5973e43bcaf", "61080fd6238d5591"),
-        "report-worklist.json": ("142a944469b54f40", "61080fd6238d5591"),
-        "report-worklist-batch1.json": ("5d76609aed3385d1", "61080fd6238d5591"),
+        "worklist.csv": ("9202b1e39a254194", "e3b0c44298fc1c14"),
+        "worklist.json": ("d26697b2fdea84d7", "e3b0c44298fc1c14"),
+        "worklist.table": ("6f2bb64b5f3bde73", "e3b0c44298fc1c14"),
+        "worklist-limit.csv": ("9998fc04a3c2d21e", "e86157d44584c14d"),
+        "worklist-batch2.json": ("5ca174dc3094e151", "e3b0c44298fc1c14"),
+        "worklist-since.csv": ("0d64c2667a529421", "e3b0c44298fc1c14"),
+        "report-worklist.csv": ("0bad3a991bc8564c", "61080fd6238d5591"),
+        "report-worklist.json": ("c7185a90b50f80b7", "61080fd6238d5591"),
+        "report-worklist-batch1.json": ("db6d1102f6987f55", "61080fd6238d5591"),
     },
 }
 
