@@ -203,6 +203,9 @@ def canonical_orientation(image: np.ndarray, decoded: DecodedImage,
                           laterality: Laterality | None) -> np.ndarray:
     """Mirror ``image`` so the chest wall is on the LEFT.
 
+    Only left and right: an image stored upside down was turned by its reader
+    (``DecodedImage``), so the PREPROCESSING_VERSION sealed into the models stays valid.
+
     Evidence, most direct first: the header (``stated_chest_wall_side``), then the image
     itself. Flipping happens before any resampling, so a mirrored input gives bit-identical
     output. The header is followed even where the image disagrees (``orientation_notes``

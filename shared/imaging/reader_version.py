@@ -9,10 +9,13 @@ models) cannot tell them apart. NULL: scored by a release before it was recorded
 
 "2": DICOM High Bit and understated Bits Stored (0c9bb90), PNG/TIFF alpha (d65f4a8),
 laterality from View Position's letter and spelt-out view names (c462fab).
+"3": a DICOM whose (0020,0020) Patient Orientation puts the head at the bottom (second
+value with H and no F: "A\\HR", "P\\H") is turned the right way up, with an
+``orientation`` note; a second value naming H and F, or no direction, is noted, not turned.
 """
 
 from __future__ import annotations
 
-READER_VERSION = "2"
+READER_VERSION = "3"
 
 __all__ = ["READER_VERSION"]

@@ -49,6 +49,11 @@ class ImageHeader:
 class DecodedImage:
     """Pixels as stored (2-D, native dtype) plus what preprocessing needs to interpret them.
 
+    "As stored", but the right way up: a reader turns pixels its header says are shown
+    otherwise (an EXIF Orientation, a DICOM Patient Orientation with the head at the
+    bottom) and says so in ``notes["orientation"]``. Which side the chest wall ends up on
+    is preprocessing's business (``canonical_orientation``).
+
     ``max_value`` is the largest value the stored encoding can hold (e.g. 4095 for 12 bits
     stored), ``min_value`` the smallest (0 but for encodings that declare no range, such as
     a float TIFF, whose range is then the data's own). ``invert`` is true for MONOCHROME1,

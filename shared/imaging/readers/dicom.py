@@ -229,6 +229,7 @@ class DicomReader:
             notes["rescale"] = "; ".join(rescale)
         if plugin:
             notes["decoder"] = plugin
+        pixels = _upright(pixels, meta.column_reading(ds), notes)
         return DecodedImage(
             pixels=pixels, format=self.format_name, max_value=max_value,
             invert=invert, notes=notes,
@@ -490,6 +491,17 @@ def _display_pixels(ds: Dataset, syntax: UID, plugin: str, path: Path, invert: b
         # contrast stretch never see it. The darkest value is the top one when inverted.
         pixels[padding] = np.float32(max_value if invert else 0.0)
     return pixels, max_value
+
+
+def _upright(pixels: np.ndarray, column: meta.ColumnReading, notes: dict[str, str]
+             ) -> np.ndarray:
+    """``pixels`` the right way up (head at the top) where Patient Orientation says they
+    were stored upside down, as the raster readers apply an EXIF Orientation: here, once,
+    so the score, the report's picture and its heatmap all see the breast as it is hung.
+    Only top and bottom are swapped; left and right stay for ``chest_wall_side``."""
+    if column.note is not None:
+        notes["orientation"] = column.note
+    return np.ascontiguousarray(pixels[::-1]) if column.upside_down else pixels
 
 
 def _grey(stored: np.ndarray, ds: Dataset, path: Path, notes: dict[str, str]) -> np.ndarray:

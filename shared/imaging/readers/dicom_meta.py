@@ -61,10 +61,14 @@ _GROUPED_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2},\d{3}")
 _SEPARATORS = re.compile(r"[\s\-_()]+")
 # Header values are quoted in notes at most this long (the notes go to a 200-character column).
 _QUOTE_LIMIT = 20
+# The letters (0020,0020) Patient Orientation's values are made of (PS3.3 C.7.6.1.1.1):
+# anterior, posterior, right, left, head, feet.
+_DIRECTIONS = frozenset("APRLHF")
 
 __all__ = [
-    "SpacingReading", "burned_in_annotation", "chest_wall_side", "decimal", "implant_present",
-    "inverted", "laterality", "laterality_reading", "quoted", "score_notes", "spacing_reading",
+    "ColumnReading", "SpacingReading", "burned_in_annotation", "chest_wall_side",
+    "column_reading", "decimal", "implant_present", "inverted", "laterality",
+    "laterality_reading", "quoted", "score_notes", "spacing_reading",
     "specimen_view", "text", "values", "view", "view_conflict", "view_flags",
 ]
 
@@ -370,6 +374,43 @@ def chest_wall_side(ds: Dataset) -> Literal["left", "right"] | None:
     if "P" in row_direction and "A" not in row_direction:
         return "right"
     return None
+
+
+@dataclass(frozen=True)
+class ColumnReading:
+    """What (0020,0020) Patient Orientation's second value says about which way up the
+    stored pixels are, and a note for a person where it was turned or could not be read."""
+
+    upside_down: bool = False
+    note: str | None = None
+
+
+def column_reading(ds: Dataset) -> ColumnReading:
+    """Whether the stored pixels are upside down, from (0020,0020) Patient Orientation.
+
+    Its second value is the direction of increasing row (down the image). A mammogram is
+    hung with the head up: F (feet) for an MLO, L or R for a CC; a value towards the head
+    (H, without F: "HR", "H") means the breast was stored upside down, and the model, which
+    learnt on upright films, would score it so. A value naming both H and F, or a letter
+    that is no direction, is not read: the pixels are left as stored, with a note. Absent,
+    single-valued (CBIS-DDSM's "CC") or without H, it says nothing and nothing is noted.
+    """
+    value = ds.get("PatientOrientation")
+    if not value or isinstance(value, str | bytes):
+        return ColumnReading()
+    written = values(value)
+    down = written[1].upper() if len(written) > 1 else ""
+    if "H" not in down and set(down) <= _DIRECTIONS:
+        return ColumnReading()
+    shown = "(0020,0020) Patient Orientation " + quoted("\\".join(written))
+    if not set(down) <= _DIRECTIONS:
+        return ColumnReading(note=f"{shown}: its second value is not made of A, P, R, L, "
+                                  "H and F; shown as stored, not turned")
+    if "F" in down:
+        return ColumnReading(note=f"{shown}: its second value names both head (H) and feet "
+                                  "(F); shown as stored, not turned")
+    return ColumnReading(True, f"stored upside down ({shown}): turned the right way up for "
+                               "scoring and display")
 
 
 def inverted(ds: Dataset) -> bool:
