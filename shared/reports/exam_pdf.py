@@ -10,12 +10,14 @@ exam (whose report reads it against the other breast) or none (read alone).
 from __future__ import annotations
 
 from datetime import date
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 from reportlab.lib.units import mm
 from reportlab.platypus import Flowable, KeepTogether, Spacer, Table, TableStyle
 
+from shared.enums import Laterality, View
 from shared.imaging.identity import current_location
 from shared.imaging.model_input import ModelInputSource
 from shared.reports.exam_data import ExamReport, ViewResult
@@ -34,7 +36,7 @@ from shared.reports.pdf_parts import (
     scaled_image,
     table,
 )
-from shared.reports.view_images import thumbnail
+from shared.reports.view_images import Hanging, thumbnail
 from shared.reports.worklist import burned_in_flag
 from shared.synthetic import SYNTHETIC_LABEL
 from shared.timeutil import utc_text
@@ -46,10 +48,16 @@ _THUMB = 46 * mm  # four views (a standard exam) fit on one page
 _IMAGE_THUMB = 65 * mm
 _IMAGE_THUMB_HEIGHT = 80 * mm
 _HEATMAP_NOTE = (
-    "Each view is shown as the model saw it (chest wall on the left, cropped to the breast, "
-    "contrast-stretched), with the model's per-location P(abnormal) overlaid inside the "
-    "breast: blue is low, red is high. A coloured area is where the model looked, not a "
-    "finding.")
+    "Each view is hung as for reading: a right breast with its chest wall on the right edge, "
+    "a left breast with its chest wall on the left. The model reads every view chest wall "
+    "left, so a right view is mirrored back for display, its overlay with it. The picture is "
+    "the image the model scored (cropped to the breast, contrast-stretched), with the model's "
+    "per-location P(abnormal) overlaid inside the breast: blue is low, red is high. A "
+    "coloured area is where the model looked, not a finding. A view of unknown laterality "
+    "says under it which way it is shown.")
+# The exam grid only: an image report has one view, no columns.
+_GRID_NOTE = ("Right breast in the left column, left breast in the right: chest walls back to "
+              "back, each row one view (CC, then MLO).")
 
 
 def _date(value: str | None) -> str | None:
@@ -172,6 +180,13 @@ def _flags(report: ExamReport) -> list[Flowable]:
     return [para(f"- {f}") for f in flags] or [para("None.")]
 
 
+def _unknown_side(hung: Hanging) -> str:
+    """The caption of a view of unknown laterality: hung by its file's chest wall, a side
+    nothing stated, so that no one reads it as a known right or left breast."""
+    return (f"laterality unknown: shown with the chest wall on the {hung.chest_wall}, "
+            f"{hung.found_by}; not a known side")
+
+
 def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int,
                width: float = _THUMB, height: float | None = None) -> list[Flowable]:
     cell: list[Flowable] = [para(f"{view.title}  (image {view.image_id})", VIEW_TITLE)]
@@ -195,6 +210,8 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int,
         if height is not None and picture.drawHeight > height:
             picture = scaled_image(thumb.jpeg, width * height / picture.drawHeight)
         cell.append(picture)
+        if thumb.hanging.found_by is not None:
+            cell.append(para(_unknown_side(thumb.hanging), SMALL))
         if thumb.image_missing is not None:
             cell.append(para(f"image not available ({thumb.image_missing}): heatmap only",
                              SMALL))
@@ -212,6 +229,31 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int,
     return cell
 
 
+_ROW_ORDER = {View.CC.value: 0, View.MLO.value: 1}
+
+
+def _hung_rows(views: list[ViewResult]) -> list[list[ViewResult | None]]:
+    """The exam's views as a reader hangs them: one row per view (CC, MLO, then any other
+    view, a spot view apart from its plain one), the right breast in the left column and the
+    left breast in the right, so the chest walls meet in the middle; a missing view leaves
+    its place empty. Views of unknown laterality follow, two a row, in the given order."""
+    pairs: dict[tuple[str | None, str | None], tuple[list[ViewResult], list[ViewResult]]] = {}
+    unsided: list[ViewResult] = []
+    for view in views:
+        side = Laterality.parse(view.laterality)
+        if side not in (Laterality.RIGHT, Laterality.LEFT):
+            unsided.append(view)
+            continue
+        right, left = pairs.setdefault((view.view, view.view_flags), ([], []))
+        (right if side is Laterality.RIGHT else left).append(view)
+    ranked = sorted(pairs, key=lambda key: _ROW_ORDER.get(key[0] or "", 2) if not key[1] else 2)
+    rows: list[list[ViewResult | None]] = [
+        list(row) for key in ranked for row in zip_longest(*pairs[key])]
+    rows += [[*unsided[i:i + 2], *[None] * (2 - len(unsided[i:i + 2]))]
+             for i in range(0, len(unsided), 2)]
+    return rows
+
+
 def _views(report: ExamReport, max_pixels: int) -> Table:
     if report.is_image:  # one view, a column of its own
         cells = [[_view_cell(v, report, max_pixels=max_pixels, width=_IMAGE_THUMB,
@@ -219,8 +261,8 @@ def _views(report: ExamReport, max_pixels: int) -> Table:
         grid = Table(cells or [[para("No image.")]], colWidths=[PAGE_WIDTH], hAlign="LEFT")
         grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
         return grid
-    cells = [_view_cell(v, report, max_pixels=max_pixels) for v in report.views]
-    rows = [cells[i:i + 2] + [[]] * (2 - len(cells[i:i + 2])) for i in range(0, len(cells), 2)]
+    rows = [[[] if v is None else _view_cell(v, report, max_pixels=max_pixels) for v in row]
+            for row in _hung_rows(report.views)]
     grid = Table(rows or [[para("No images.")]], colWidths=[_CELL + 4 * mm] * 2 if rows else None,
                  hAlign="LEFT")
     grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
@@ -251,7 +293,8 @@ def write_exam_pdf(report: ExamReport, path: Path, *, max_pixels: int) -> Path:
         _identification(report),
         para("Exam" if report.is_image else "Exam result", HEADING), *_exam_result(report),
         para("Flags", HEADING), *_flags(report),
-        para("View" if report.is_image else "Views", HEADING), para(_HEATMAP_NOTE, SMALL),
+        para("View" if report.is_image else "Views", HEADING),
+        para(_HEATMAP_NOTE if report.is_image else f"{_HEATMAP_NOTE} {_GRID_NOTE}", SMALL),
         Spacer(1, 2 * mm),
         _views(report, max_pixels),
         KeepTogether([para("Model", HEADING), _models(report)]),

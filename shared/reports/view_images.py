@@ -1,4 +1,5 @@
-"""Per-view thumbnails for the exam report: the frame the model saw, with its heatmap on top.
+"""Per-view thumbnails for the exam report: the frame the model saw, with its heatmap on top,
+hung as a reader hangs it.
 
 The heatmap is stored in the model's input frame, so the image under it must be that frame
 too: the source file is decoded again and run through the same ``preprocess`` the worker
@@ -6,6 +7,10 @@ used (same spacing fallback, same laterality). When the source can no longer be 
 the file now at its path is not the image that was scored (scanners reuse file names; a
 watched folder keeps the original path), the heatmap is drawn alone and the caption says
 why the image is not shown.
+
+The model sees every view with its chest wall on the left; a reader hangs a right breast
+with its chest wall on the right (``hanging``). The finished picture, image and heatmap
+blended, is mirrored as a whole, so the two cannot part; the model's input is untouched.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ import numpy as np
 
 from models.architecture import STRIDE
 from models.heatmaps import decode_png
+from shared.enums import Laterality
 from shared.errors import InputError
 from shared.imaging.identity import file_has_identity
 from shared.imaging.model_input import ModelInputSource, load_model_input
+from shared.imaging.preprocess import ChestWallSide, stated_chest_wall_side, to_unit_range
+from shared.imaging.readers import decode
+from shared.imaging.segmentation import breast_mask, chest_wall_side, working_copy
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +47,28 @@ UNREADABLE = "source file unreadable"
 REPLACED = "the file at its path is no longer the image that was scored"
 GONE = "the file is no longer at its path (moved or deleted)"
 
+# What placed the chest wall of a view of unknown laterality (``Hanging.found_by``).
+FOUND_BY_HEADER = "where its Patient Orientation puts it"
+FOUND_BY_GUESS = "where the automatic chest-wall guess found it in the file"
+# No file to look at (heatmap only): drawn as the model saw it.
+AS_THE_MODEL_SAW_IT = "as the model saw it (the file cannot be read to tell its side)"
+
+
+@dataclass(frozen=True)
+class Hanging:
+    """Where the picture shows the chest wall, and, for a view of unknown laterality, what
+    put it there (None: the view's own laterality)."""
+
+    chest_wall: ChestWallSide
+    found_by: str | None = None
+
 
 @dataclass(frozen=True)
 class Thumbnail:
     jpeg: bytes
     image_missing: str | None  # why the image is not drawn (None: it is)
     heatmap_available: bool
+    hanging: Hanging
 
     @property
     def image_available(self) -> bool:
@@ -82,21 +107,25 @@ def model_frame(source: ModelInputSource, identity: str | None = None, *,
     return Frame(np.asarray(frame[:, :, 0], dtype=np.float32))
 
 
-def heatmap_in_frame(blob: bytes, input_size: tuple[int, int], patch: int | None) -> np.ndarray:
+def heatmap_in_frame(blob: bytes, input_size: tuple[int, int], patch: int | None,
+                     stride: int | None = None) -> np.ndarray:
     """The stored map resampled onto the input frame.
 
-    Patch models score the window whose top-left input pixel is (STRIDE*i, STRIDE*j), so a
-    location covers STRIDE pixels around the window's centre; other models' maps (Grad-CAM)
-    span the whole frame evenly.
+    Patch models score the window whose top-left input pixel is (stride*i, stride*j), so a
+    location covers ``stride`` pixels around the window's centre; other models' maps
+    (Grad-CAM) span the whole frame evenly. ``stride``: the model metadata's
+    ``heatmap_stride``; None (a model that does not state it) is the shipped architecture's.
     """
     heatmap = decode_png(blob)
     height, width = input_size
     if patch is None:
         return np.asarray(cv2.resize(heatmap, (width, height), interpolation=cv2.INTER_LINEAR))
-    cells = cv2.resize(heatmap, (heatmap.shape[1] * STRIDE, heatmap.shape[0] * STRIDE),
+    # A model of another stride looked elsewhere: at STRIDE its map lands off the lesion.
+    step = stride if stride is not None and stride > 0 else STRIDE
+    cells = cv2.resize(heatmap, (heatmap.shape[1] * step, heatmap.shape[0] * step),
                        interpolation=cv2.INTER_LINEAR)
     placed = np.zeros((height, width), dtype=np.float32)
-    offset = max(0, (patch - STRIDE) // 2)
+    offset = max(0, (patch - step) // 2)
     rows, cols = min(height - offset, cells.shape[0]), min(width - offset, cells.shape[1])
     placed[offset:offset + rows, offset:offset + cols] = cells[:rows, :cols]
     return placed
@@ -136,12 +165,44 @@ def _to_side(plane: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | No
     return np.asarray(cv2.resize(plane, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
 
 
+def _stored_chest_wall(source: ModelInputSource) -> Hanging:
+    """Where the file itself has the chest wall, for a view of no known laterality: the side
+    ``preprocess`` (``canonical_orientation``) found before mirroring it to the left, by the
+    same evidence: the header's Patient Orientation, else the breast's shape."""
+    try:
+        decoded = decode(Path(source.path), max_pixels=source.max_pixels)
+        stated = stated_chest_wall_side(decoded, None)
+        if stated is not None:
+            return Hanging(stated, FOUND_BY_HEADER)
+        image = to_unit_range(decoded)
+    except (InputError, OSError):
+        return Hanging("left", AS_THE_MODEL_SAW_IT)
+    return Hanging(chest_wall_side(breast_mask(working_copy(image))), FOUND_BY_GUESS)
+
+
+def hanging(source: ModelInputSource, *, image_shown: bool) -> Hanging:
+    """How the view is hung: a right breast with its chest wall on the right, a left one on
+    the left (as a reader hangs them: chest walls back to back). A view of unknown laterality
+    keeps the side its file has (``_stored_chest_wall``) and says what found it, so no one
+    takes it for a known side; with no file to look at, the model's own (left)."""
+    laterality = Laterality.parse(source.laterality)
+    if laterality is Laterality.RIGHT:
+        return Hanging("right")
+    if laterality is Laterality.LEFT:
+        return Hanging("left")
+    return _stored_chest_wall(source) if image_shown else Hanging("left", AS_THE_MODEL_SAW_IT)
+
+
 def thumbnail(source: ModelInputSource, heatmap_png: bytes | None, patch: int | None,
-              identity: str | None = None, *, image_id: int | None = None) -> Thumbnail | None:
-    """JPEG bytes of the view with its heatmap, or None when there is nothing to draw."""
+              identity: str | None = None, *, image_id: int | None = None,
+              stride: int | None = None) -> Thumbnail | None:
+    """JPEG bytes of the view with its heatmap, hung as a reader hangs it (``hanging``), or
+    None when there is nothing to draw. ``patch``, ``stride``: the model metadata's
+    (``heatmap_in_frame``)."""
     rebuilt = model_frame(source, identity, image_id=image_id)
     frame = rebuilt.pixels
-    heat = heatmap_in_frame(heatmap_png, source.input_size, patch) if heatmap_png else None
+    heat = (heatmap_in_frame(heatmap_png, source.input_size, patch, stride) if heatmap_png
+            else None)
     if frame is None and heat is None:
         return None
     shown = [None if plane is None else _crop_to_content(plane, frame) for plane in (frame, heat)]
@@ -151,7 +212,10 @@ def thumbnail(source: ModelInputSource, heatmap_png: bytes | None, patch: int | 
     # Shrunk first, blended after: the colouring costs a thumbnail's pixels, not the input
     # frame's (a 0.06 s per view saved on every exam PDF of a night).
     small = overlay(_to_side(shown[0], size), _to_side(shown[1], size))
+    hung = hanging(source, image_shown=frame is not None)
+    if hung.chest_wall == "right":
+        small = np.ascontiguousarray(small[:, ::-1])  # the blend as a whole: heat stays put
     ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), _JPEG_PARAMS)
     if not ok:
         raise ValueError("OpenCV could not encode the thumbnail")
-    return Thumbnail(bytes(buffer), rebuilt.missing, heat is not None)
+    return Thumbnail(bytes(buffer), rebuilt.missing, heat is not None, hung)
