@@ -33,6 +33,9 @@ class ModelInfo:
     preprocessing_version: str
     input_size: tuple[int, int]
     patch: int | None  # patch models place their heatmap by window; None: whole frame
+    # Input pixels per heatmap location (metadata "heatmap_stride"); None: not stated, the
+    # shipped architecture's is assumed (models.architecture.STRIDE).
+    stride: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,21 +187,25 @@ class ExamReport:
         return [view for view in STANDARD_VIEWS if view not in arrived]
 
 
-def _patch(path: str) -> int | None:
-    """The model's patch size from its metadata; None when the directory is gone."""
+def _heatmap_geometry(path: str) -> tuple[int | None, int | None]:
+    """The model's patch size and heatmap stride from its metadata; None for what it does
+    not state, or both when the directory is gone."""
     try:
         meta = json.loads((Path(path) / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    patch = meta.get("patch")
-    return int(patch) if isinstance(patch, int | float) else None
+        return None, None
+    if not isinstance(meta, dict):
+        return None, None
+    patch, stride = meta.get("patch"), meta.get("heatmap_stride")
+    return (int(patch) if isinstance(patch, int | float) else None,
+            int(stride) if isinstance(stride, int | float) else None)
 
 
 def _model(row: ModelVersion, cache: dict[int, ModelInfo]) -> ModelInfo:
     if row.id not in cache:
         height, width = row.input_size[:2]
         cache[row.id] = ModelInfo(row.name, row.version, row.sha256, row.preprocessing_version,
-                                  (int(height), int(width)), _patch(row.path))
+                                  (int(height), int(width)), *_heatmap_geometry(row.path))
     return cache[row.id]
 
 

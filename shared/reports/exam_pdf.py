@@ -202,7 +202,7 @@ def _view_cell(view: ViewResult, report: ExamReport, *, max_pixels: int,
                               view.laterality, view.spacing_mm, view.model.input_size,
                               max_pixels)
     thumb = thumbnail(source, view.heatmap_png, view.model.patch, view.identity,
-                      image_id=view.image_id)
+                      image_id=view.image_id, stride=view.model.stride)
     if thumb is None:
         cell.append(para("image not available; no heatmap stored"))
     else:

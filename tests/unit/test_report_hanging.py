@@ -288,3 +288,13 @@ def test_a_missing_view_leaves_its_place_and_views_of_no_side_come_last() -> Non
     spot, unknown = _view(4, "R", "CC", "spot_compression"), _view(5, None, None)
     rows = _hung_rows([l_cc, l_mlo, unknown, r_mlo, spot])
     assert rows == [[None, l_cc], [r_mlo, l_mlo], [spot, None], [unknown, None]]
+
+
+def test_a_model_of_another_stride_is_overlaid_where_it_looked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its metadata's heatmap_stride (8), not the shipped architecture's (16): at 16 the hot
+    # spot was drawn twice as far from the frame's corner as the marker it fired on.
+    night = _run_night(tmp_path, stride=8, views=("RCC",))
+    pdf = night.report(monkeypatch, "image", str(night.ids["RCC"]))
+    words = _words(pdf)
+    _assert_hung_right_with_marker(_seen(_picture(pdf, words, _title(words, "R-CC"))))
