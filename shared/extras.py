@@ -28,7 +28,8 @@ class Extra:
 
 # python-bidi ("bidi") and arabic-reshaper: right-to-left text in the PDFs (pdf_text).
 REPORTS = Extra("reports", ("reportlab", "matplotlib", "bidi", "arabic_reshaper"))
-WORKER = Extra("worker", ("tensorflow", "keras"), alternative="gpu")
+# scikit-learn: `mammo train`/`evaluate`'s splits, metrics and baseline (both extras bring it).
+WORKER = Extra("worker", ("tensorflow", "keras", "sklearn"), alternative="gpu")
 
 
 def missing_extra_message(extra: Extra, module: str, needed_for: str) -> str:

@@ -18,6 +18,7 @@ from producer.cli.context import CliContext, pass_cli
 from producer.cli.exit_codes import ExitCode
 from producer.cli.options import format_option
 from shared.errors import ModelComparisonError, UserFacingError
+from shared.extras import WORKER, require
 from shared.formatting import render
 
 EVALUATE_COLUMNS = ("id", "truth", "label", "p_normal", "p_benign", "p_malignant")
@@ -196,6 +197,7 @@ def train_command(cli: CliContext, data: Path, output: Path, name: str, version:
         mammo train ../shared/data/mini-mias --output trained-models --version 1.8.0-local
         mammo models activate trained-models/default/1.8.0-local
     """
+    require(WORKER, needed_for="`mammo train`")  # before the data set is read, not after
     from models.train_run import TrainConfig, train
 
     size = _size(input_size)
@@ -286,6 +288,7 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
         mammo evaluate ../shared/data/mini-mias --format json > eval.json
         mammo evaluate labelled/ --format csv > predictions.csv
     """
+    require(WORKER, needed_for="`mammo evaluate`")
     from models.evaluation import evaluate
 
     spec = _spec(cli, model_ref, "--model")

@@ -26,6 +26,7 @@ from shared.db.clock import Clocks
 from shared.db.schema import Batch
 from shared.enums import ImageState
 from shared.errors import ConfigurationError
+from shared.extras import WORKER, require
 from shared.formatting import render
 from shared.queries import (
     RESULT_KEYS,
@@ -219,6 +220,7 @@ def demo_command(cli: CliContext, directory: Path, exams: int, seed: int, fmt: s
     """
     from shared.synthetic import SYNTHETIC_LABEL, make_exam_set, write_truncated_copy
 
+    require(WORKER, needed_for="`mammo demo`")  # before the demo files and the database
     check_model(cli.settings, cli.sessions)  # before writing anything
     try:
         files = make_exam_set(directory, n_exams=exams, seed=seed)

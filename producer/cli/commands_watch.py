@@ -11,6 +11,7 @@ from producer.cli.context import CliContext, pass_cli
 from producer.watch import WatchOptions, run_watch
 from shared.db.lock_wait import LockWaitNotices
 from shared.errors import PathNotFoundError
+from shared.extras import WORKER, require
 
 log = logging.getLogger("mammo.watch")
 
@@ -56,6 +57,11 @@ def watch_command(cli: CliContext, directory: Path, poll: bool, after: str | Non
     notices = LockWaitNotices(cli.engine, lambda line: log.warning("%s", line))
     if settings.is_embedded:
         from producer.embedded_run import embedded_worker_service
+
+        # Its in-process worker classifies the files: without TensorFlow every chunk failed
+        # and the images stayed queued for ever behind a watcher that looked healthy.
+        require(WORKER, needed_for="`mammo watch` without MAMMO_BROKER_URL (its in-process "
+                                   "worker classifies the files)")
 
         with notices, embedded_worker_service(settings, cli.sessions) as (app, alive):
             run_watch(settings.embedded(), cli.sessions, app,

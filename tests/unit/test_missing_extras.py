@@ -131,3 +131,33 @@ def test_training_without_the_worker_extra_names_it(
     code, out = invoke_cli(args, monkeypatch, tmp_path,
                            database_url=f"sqlite:///{tmp_path / 't.db'}")
     _one_line_refusal(code, out, "worker", "keras")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_train_and_evaluate_without_scikit_learn_name_the_worker_extra(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # scikit-learn (splits, metrics, the baseline) comes with the worker extra: without it
+    # `mammo train` read the whole data set, then ended with a traceback and exit 1.
+    _uninstall(monkeypatch, "sklearn")
+    for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+        monkeypatch.delitem(sys.modules, name)
+    (tmp_path / "data" / "normal").mkdir(parents=True)
+    code, out = invoke_cli([command, str(tmp_path / "data")], monkeypatch, tmp_path,
+                           database_url=f"sqlite:///{tmp_path / 't.db'}")
+    _one_line_refusal(code, out, "worker", "sklearn")
+
+
+def test_watch_and_demo_without_the_worker_extra_name_it_before_anything_is_written(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a broker the watcher's in-process worker classifies the files: it started,
+    # queued each file, logged a traceback per chunk and the images stayed queued for ever.
+    _uninstall(monkeypatch, "tensorflow")
+    (tmp_path / "drop").mkdir()
+    env = {"database_url": f"sqlite:///{tmp_path / 'w.db'}", "model": str(tiny_model_dir)}
+    code, out = invoke_cli(["watch", str(tmp_path / "drop")], monkeypatch, tmp_path, **env)
+    _one_line_refusal(code, out, "worker", "tensorflow")
+    assert "`mammo watch` without MAMMO_BROKER_URL" in out
+    code, out = invoke_cli(["demo", "--dir", str(tmp_path / "demo")], monkeypatch, tmp_path,
+                           **env)
+    _one_line_refusal(code, out, "worker", "tensorflow")
+    assert not (tmp_path / "demo").exists()
