@@ -44,7 +44,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, case, func, select, text, union, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -518,14 +518,23 @@ def studies_of_images(session: Session, image_ids: Iterable[int]) -> set[int]:
 def studies_awaiting_result(session: Session, *, limit: int = 500) -> list[int]:
     """Studies that have images but no exam result yet (candidates for the timeout), and
     studies owed a refresh that no refresh has done yet (``owe_exam_refresh``)."""
-    has_result = select(ExamResult.id).where(ExamResult.study_id == Image.study_id).exists()
-    no_result = select(Image.study_id.label("study_id")).where(Image.study_id.is_not(None),
-                                                               ~has_result)
-    owed = select(Study.id.label("study_id")).where(
-        Study.exam_inputs_seq > Study.exam_result_seq)
-    either = union(no_result, owed).subquery()
-    stmt = select(either.c.study_id).order_by(either.c.study_id).limit(limit)
-    return [s for s in session.execute(stmt).scalars() if s is not None]
+    # Driven from studies in id order, the first ``limit`` taken as found: every sweep of
+    # every worker and every report runs it. The union it replaces read every image (an
+    # anti-join of all images against all exam results, then a sort): 0.25-0.6 s at a
+    # year's 300,000 images, 0.75 s before PostgreSQL's first ANALYZE; this reads the
+    # studies and their results' study ids (0.16 s unanalysed), and a study's images only
+    # for a study without a result: one index probe (LIMIT 1, which PostgreSQL does not
+    # turn into a hash of every image as it may an EXISTS). Both tests stay: a study's
+    # images can await the timeout with nothing owed (no worker saved any of them yet, or
+    # registration refused them all), so exam_inputs_seq alone does not tell it.
+    has_result = select(ExamResult.id).where(ExamResult.study_id == Study.id).exists()
+    an_image = (select(Image.study_id).where(Image.study_id == Study.id).limit(1)
+                .scalar_subquery())
+    stmt = (select(Study.id)
+            .where(or_(Study.exam_inputs_seq > Study.exam_result_seq,
+                       and_(~has_result, an_image.is_not(None))))
+            .order_by(Study.id).limit(limit))
+    return list(session.execute(stmt).scalars())
 
 
 def refresh_due_exams(session: Session, *, timeout_s: float) -> list[ExamChange]:

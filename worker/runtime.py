@@ -31,7 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.activation import model_for, register
 from models.registry import MODEL_FILE, ModelSpec
 from shared.config import Settings
-from shared.db.engine import create_db_engine, make_session_factory
+from shared.db.engine import (
+    analyze_if_never_analyzed,
+    create_db_engine,
+    make_session_factory,
+)
 from shared.db.schema import ModelVersion
 from shared.errors import ModelIntegrityError, ModelNotFoundError
 from shared.imaging.preprocess import PREPROCESSING_VERSION
@@ -124,7 +128,14 @@ class WorkerRuntime:
 
         The directory is resolved (symlinks followed) first, so what is read, registered
         and logged is the version directory itself, not a link that may move.
+
+        Also the worker's database start-up: a PostgreSQL database never analysed (restored
+        or migrated, autovacuum not there yet) is analysed first, once per worker start
+        (not per pool process), before the sweeps and reports plan their queries blind.
         """
+        self.sessions  # noqa: B018 - builds this process's engine
+        if self._engine is not None:
+            analyze_if_never_analyzed(self._engine)
         spec = self.model_spec
         directory = spec.directory.resolve()
         path = directory / MODEL_FILE

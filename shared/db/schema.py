@@ -201,6 +201,9 @@ class Prediction(Base):
     __table_args__ = (
         UniqueConstraint("image_id", "model_version_id", name="uq_predictions_image_model"),
         Index("ix_predictions_label_suspicion", "label", "suspicion"),
+        # An image's first or latest prediction from the index alone (migration 0018):
+        # with image_id only, PostgreSQL without statistics walked the primary key instead.
+        Index("ix_predictions_image_id_id", "image_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -230,7 +233,9 @@ class Prediction(Base):
     # scored by a release before it was kept: `mammo rescore --reread` finds the others.
     reader_version: Mapped[str | None] = mapped_column(String(20), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now())
+    # Indexed: `mammo status` lists the workers that wrote predictions lately (0018).
+    created_at: Mapped[datetime] = mapped_column(_tz(), server_default=func.now(),
+                                                 index=True)
 
     image: Mapped[Image] = relationship(back_populates="predictions")
     model_version: Mapped[ModelVersion] = relationship()

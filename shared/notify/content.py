@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shared.db.lifecycle import priorities_of, urgent_studies
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
@@ -42,11 +42,18 @@ def _subject(synthetic: bool, priority: Priority, what: str) -> str:
 
 
 def _class_counts(session: Session, batch_id: int) -> dict[str, int]:
-    latest = (select(Prediction.image_id, func.max(Prediction.id).label("pid"))
-              .group_by(Prediction.image_id).subquery())
+    # Each of the batch's done images' latest prediction, found per image (a correlated
+    # max(id) on ix_predictions_image_id_id) from the batch's images (ix_images_batch_state):
+    # bounded by the batch. The grouped "max id per image" over every prediction ever stored
+    # that it replaces took 1.1-1.7 s per notice at a year's history, whatever the batch's
+    # size, and a plain IN (grouped max of the batch) is planned as a scan of all
+    # predictions before PostgreSQL's first ANALYZE.
+    newest = aliased(Prediction)
+    latest = (select(func.max(newest.id)).where(newest.image_id == Image.id)
+              .scalar_subquery())
     stmt = (select(Prediction.label, func.count())
-            .join(latest, latest.c.pid == Prediction.id)
-            .join(Image, Image.id == Prediction.image_id)
+            .select_from(Image)
+            .join(Prediction, Prediction.id == latest)
             .where(Image.batch_id == batch_id, Image.state == ImageState.DONE.value)
             .group_by(Prediction.label))
     return {str(label): int(n) for label, n in session.execute(stmt)}

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import chain, islice
@@ -370,23 +370,29 @@ def _row_flags(result: Row[Any], images: _ImagesToFlag, stale_pdf: bool,
     return flags
 
 
-# Every prediction of the blocks' done images, the latest (highest id, as
-# ``shared.queries.with_latest_prediction`` takes it) picked in Python (``_latest_views``).
-# Not that function's anti-join: before PostgreSQL's first ANALYZE of a database filled
-# since (autovacuum lags behind a busy night), it ran it as a nested loop over every newer
-# prediction of every image: 0.86 s of the 0.89 s of queries of a 900-exam worklist (4,000
-# images, tests/benchmarks/worklist_cli.py), growing with the square of the predictions.
-# An image holds one prediction per model version that scored it: the older ones read here
-# are few.
+# The blocks' done images, each with its latest prediction (highest id, as
+# ``shared.queries.with_latest_prediction`` takes it), found per image by a correlated
+# max(id) on ix_predictions_image_id_id and then read by primary key. Its plan holds before
+# PostgreSQL's first ANALYZE (a restored or migrated database, autovacuum behind a busy
+# night): not with_latest_prediction's anti-join (a nested loop over every newer prediction
+# of every image), nor a join to every prediction of the images (a scan of the whole
+# predictions table per block of 500 exams: 765 ms against 32 ms analysed, at a year's
+# 323,000 predictions). The study range repeats what the list says: without statistics
+# PostgreSQL takes 500 ids for a fifth of the images and scans them all, while a range is
+# a default 0.5%, so ix_images_study_id is used. The state is compared here, in Python:
+# in SQL it let the planner pick ix_images_state_enqueued, which lists nearly every image
+# as done.
+_LATEST = aliased(Prediction)
 _EXAM_VIEWS = (
-    select(Image.study_id, Image.id, Image.laterality, Image.view, Prediction.id,
+    select(Image.study_id, Image.id, Image.laterality, Image.view, Image.state,
            Prediction.input_notes, ModelVersion.name, ModelVersion.version,
            ModelVersion.sha256)
     .select_from(Image)
-    .join(Prediction, Prediction.image_id == Image.id)
+    .join(Prediction, Prediction.id == select(func.max(_LATEST.id))
+          .where(_LATEST.image_id == Image.id).scalar_subquery())
     .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
     .where(Image.study_id.in_(bindparam("study_ids", expanding=True)),
-           Image.state == ImageState.DONE.value))
+           Image.study_id.between(bindparam("first_id"), bindparam("last_id"))))
 
 
 @dataclass
@@ -401,26 +407,17 @@ class _ExamViews:
 def _exam_views(session: Session, study_ids: list[int]) -> dict[int, _ExamViews]:
     found: dict[int, _ExamViews] = {}
     for block in in_blocks(study_ids):
-        for study_id, image_id, laterality, view, notes, name, version, sha256 in \
-                _latest_views(session.execute(_EXAM_VIEWS, {"study_ids": block})):
+        rows = session.execute(_EXAM_VIEWS, {"study_ids": block, "first_id": min(block),
+                                             "last_id": max(block)})
+        for study_id, image_id, laterality, view, state, notes, name, version, sha256 in rows:
+            if state != ImageState.DONE.value or study_id is None:
+                continue
             views = found.setdefault(study_id, _ExamViews())
             if name is not None:
                 views.models.add((model_label(name, version), sha256))
             if notes:
                 views.noted.append(_ReadView(image_id, laterality, view, notes))
     return found
-
-
-def _latest_views(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    """``_EXAM_VIEWS``'s rows, one per image: its latest prediction's (highest id), without
-    that id."""
-    latest: dict[int, Sequence[Any]] = {}
-    for row in rows:
-        image_id, prediction_id = row[1], row[4]
-        kept = latest.get(image_id)
-        if kept is None or prediction_id > kept[4]:
-            latest[image_id] = row
-    return [(*row[:4], *row[5:]) for row in latest.values()]
 
 
 def _exam_row(result: Row[Any], flags: list[str], report_path: str | None,
