@@ -462,12 +462,17 @@ def urgent_studies(session: Session, study_ids: Sequence[int]) -> set[int]:
     urgent = Priority.URGENT.value
     found: set[int] = set()
     for block in in_blocks(study_ids):
+        # The range repeats the ids for PostgreSQL without statistics (a restored database),
+        # which planned 500 ids as a scan of every image (shared.reports.worklist's
+        # _EXAM_VIEWS says why); a range is planned on ix_images_study_id.
+        studies = and_(Image.study_id.in_(block),
+                       Image.study_id.between(min(block), max(block)))
         own = (select(Image.study_id).join(Batch, Batch.id == Image.batch_id)
-               .where(Image.study_id.in_(block), Batch.priority == urgent))
+               .where(studies, Batch.priority == urgent))
         copies = (select(Image.study_id)
                   .join(DuplicateSubmission, DuplicateSubmission.image_id == Image.id)
                   .join(Batch, Batch.id == DuplicateSubmission.batch_id)
-                  .where(Image.study_id.in_(block), Batch.priority == urgent))
+                  .where(studies, Batch.priority == urgent))
         found.update(study_id for study_id in session.execute(own.union(copies)).scalars()
                      if study_id is not None)
     return found
