@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from models.registry import name_version
@@ -18,6 +18,7 @@ from shared.db.schema import Batch, DuplicateSubmission, Image, ModelVersion, Pr
 from shared.enums import ImageState
 from shared.errors import ReportTargetNotFoundError
 from shared.formatting import csv_cell
+from shared.imaging.reader_version import READER_VERSION
 from shared.timeutil import as_utc
 
 RESULT_KEYS = (
@@ -598,9 +599,11 @@ def workers_seen(session: Session, *, within_s: int = 600,
     one stays listed), with the model versions they used: after
     `mammo models activate` a running worker keeps its model until it restarts, and this is
     where an operator sees which workers still run the old one. ``earlier_release``: how
-    many of its predictions name no reader version, as only a release before
-    ``predictions.reader_version`` writes them (every worker since sets it): a worker left
-    running through the upgrade, still scoring by that release's rules.
+    many of its predictions were read by another release's readers than this one's
+    (``READER_VERSION``; none named: a release before ``predictions.reader_version``): a
+    worker left running through the upgrade, still scoring by that release's rules. Before,
+    only the unnamed counted, and a worker of the release just before (readers 2, which
+    scored upside-down DICOMs as stored) went unreported under readers 3.
 
     Predictions are stamped on the database's clock (``worker.pipeline``): ``now`` is a time
     on it, by default its current time. One stamped further ahead of it than
@@ -609,7 +612,7 @@ def workers_seen(session: Session, *, within_s: int = 600,
     since = now - timedelta(seconds=within_s)
     stmt = (select(Prediction.worker, ModelVersion.name, ModelVersion.version,
                    ModelVersion.sha256, func.count(), func.max(Prediction.created_at),
-                   func.count(Prediction.reader_version))
+                   func.count(case((Prediction.reader_version == READER_VERSION, 1))))
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Prediction.created_at >= since,
                    Prediction.created_at <= now + SEEN_AHEAD_TOLERANCE)
@@ -617,12 +620,12 @@ def workers_seen(session: Session, *, within_s: int = 600,
                       ModelVersion.sha256)
             .order_by(Prediction.worker, ModelVersion.name, ModelVersion.version))
     seen: dict[str | None, dict[str, Any]] = {}
-    for worker, name, version, sha256, n, last, n_read in session.execute(stmt):
+    for worker, name, version, sha256, n, last, n_current in session.execute(stmt):
         row = seen.setdefault(worker, {"worker": worker, "predictions": 0, "models": [],
                                        "sha256": set(), "last_seen": None,
                                        "earlier_release": 0})
         row["predictions"] += n
-        row["earlier_release"] += n - n_read
+        row["earlier_release"] += n - n_current
         row["models"].append(f"{name}:{version}")
         row["sha256"].add(sha256)
         row["last_seen"] = max(filter(None, (row["last_seen"], as_utc(last))), default=None)
@@ -665,8 +668,8 @@ def system_health(session: Session, *, lease_s: int,
         "workers_on_other_models": ", ".join(
             str(w["worker"]) for w in workers if active_model not in w["models"])
         if active_model else None,
-        # Only a release before predictions.reader_version writes it NULL: a worker left
-        # running through `mammo db upgrade` (processes already running go on).
+        # A worker whose predictions name another reader version than this release's (or
+        # none): left running through `mammo db upgrade` (processes already running go on).
         "workers_of_earlier_releases": ", ".join(
             str(w["worker"]) for w in workers if w["earlier_release"]),
     }

@@ -17,6 +17,7 @@ from producer.cli.options import date_range_options, format_option, utc_range
 from shared.db.lock_wait import NOTICE_AFTER_S
 from shared.enums import ImageState, Label
 from shared.formatting import render
+from shared.imaging.reader_version import READER_VERSION
 from shared.notify import records as notify_records
 from shared.queries import (
     BATCH_STATUS_KEYS,
@@ -150,8 +151,9 @@ def _warn_workers(health_row: dict[str, object]) -> None:
                     "started with MAMMO_MODEL set keeps that model)", err=True, fg="yellow")
     if health_row["workers_of_earlier_releases"]:
         click.secho(f"warning: {health_row['workers_of_earlier_releases']} scored in the last "
-                    "10 minutes as an earlier release (no reader version): an earlier "
-                    "release's worker is still running against this database and must be "
+                    "10 minutes as another release (a reader version other than this "
+                    f"release's {READER_VERSION}, or none): that release's worker is still "
+                    "running against this database and must be "
                     "stopped and upgraded, as its results follow the earlier release's rules "
                     "(labels, readers); then `mammo rescore --reread --since DATE` scores "
                     "them again", err=True, fg="yellow")

@@ -794,6 +794,10 @@ def test_status_names_the_workers_of_an_earlier_release_still_scoring(
                                                reader_version=READER_VERSION))
         conn.execute(update(Prediction).where(Prediction.image_id <= 4)
                      .values(worker="celery@old", reader_version=None))
+        # The release just before this one: it names its readers, an earlier version (it
+        # read upside-down DICOMs as stored); status said nothing of it either.
+        conn.execute(update(Prediction).where(Prediction.image_id.in_((7, 8)))
+                     .values(worker="celery@prev", reader_version="2"))
         # An earlier release's prediction of last month: scored before the upgrade.
         conn.execute(update(Prediction).where(Prediction.image_id.in_((5, 6)))
                      .values(worker="celery@gone", reader_version=None,
@@ -802,23 +806,25 @@ def test_status_names_the_workers_of_an_earlier_release_still_scoring(
     result = run_cli(["status", "--health", "--format", "json"], monkeypatch, tmp_path,
                      database_url=seeded, report_dir=str(tmp_path / "reports"))
     assert result.exit_code == ExitCode.OK, result.output
-    assert json.loads(result.stdout)[0]["workers_of_earlier_releases"] == "celery@old"
+    assert json.loads(result.stdout)[0]["workers_of_earlier_releases"] == (
+        "celery@old, celery@prev")
     warning = " ".join(result.stderr.split())
-    assert ("warning: celery@old scored in the last 10 minutes as an earlier release (no "
-            "reader version): an earlier release's worker is still running against this "
-            "database and must be stopped and upgraded") in warning, warning
+    assert ("warning: celery@old, celery@prev scored in the last 10 minutes as another "
+            f"release (a reader version other than this release's {READER_VERSION}, or "
+            "none): that release's worker is still running against this database and must "
+            "be stopped and upgraded") in warning, warning
     code, out = _mammo(["status"], monkeypatch, tmp_path, seeded)
     assert code == ExitCode.OK, out
-    assert "workers of earlier releases: celery@old\n" in out
-    assert "warning: celery@old scored in the last 10 minutes as an earlier release" in " ".join(
-        out.split())
+    assert "workers of earlier releases: celery@old, celery@prev\n" in out
+    assert "warning: celery@old, celery@prev scored in the last 10 minutes as another " \
+        "release" in " ".join(out.split())
 
     engine = _engine(seeded)
     with engine.begin() as conn:  # upgraded: every worker names its readers
-        conn.execute(update(Prediction).where(Prediction.image_id <= 4)
+        conn.execute(update(Prediction).where(Prediction.image_id <= 8)
                      .values(reader_version=READER_VERSION))
     engine.dispose()
     result = run_cli(["status", "--health", "--format", "json"], monkeypatch, tmp_path,
                      database_url=seeded, report_dir=str(tmp_path / "reports"))
     assert json.loads(result.stdout)[0]["workers_of_earlier_releases"] == ""
-    assert "earlier release" not in result.stderr
+    assert "another release" not in result.stderr
