@@ -354,7 +354,7 @@ def _failures(directory: Path, limit: int = 5) -> list[str]:
 def _bilateral(meta: dict[str, Any]) -> str:
     record = meta.get("bilateral")
     if not record:
-        return ""
+        return _bilateral_dropped(meta.get("bilateral_dropped") or {})
     scores = record["scores"]
     return (f"Bilateral reading: where the patient's other breast (same view) is scored "
             f"too, {' and '.join(f'P({s})' for s in scores)} "
@@ -362,7 +362,17 @@ def _bilateral(meta: dict[str, Any]) -> str:
             "(logistic regression on the two breasts' logits, fitted on held-out "
             "predictions; `models/bilateral.py`): what one breast shares with the other "
             "(density, exposure) stops counting as evidence. Exam results and "
-            "`mammo evaluate` use it; a breast without its partner keeps its own score. ")
+            "`mammo evaluate` use it; a breast without its partner keeps its own score. "
+            + _bilateral_dropped(record.get("dropped") or {}))
+
+
+def _bilateral_dropped(dropped: dict[str, Any]) -> str:
+    """Why the training run shipped no paired reading of some scores (``mammo train`` drops
+    a score whose own-breast weight is not clearly positive or whose held-out AUC falls when
+    read in pairs: ``models.bilateral.choose_scores``)."""
+    return "".join(
+        f"P({score}) is read from each image alone: its bilateral head was fitted but not "
+        f"shipped, as {why['reason']}. " for score, why in dropped.items())
 
 
 def _validation_table(meta: dict[str, Any]) -> list[str]:
