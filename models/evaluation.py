@@ -8,7 +8,7 @@ production would output.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from models.datasets import (
     load_dataset,
     unknown_patients_warning,
 )
-from models.prepared import pixel_digest
+from models.prepared import PIXEL_DIGEST_VERSIONS, pixel_digests
 from models.registry import ModelSpec
 from shared.enums import CLASSES
 from shared.errors import DatasetError, InputError
@@ -55,8 +55,11 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
     classifier = Classifier(spec, batch_size=batch_size,
                             preprocessing_version=PREPROCESSING_VERSION)
     classifier.load()
+    # Pixels are digested in the versions the model's training images were recorded in
+    # (none: nothing to compare them with, nothing hashed).
+    versions = _pixel_versions(spec)
     kept: list[LabelledImage] = []
-    digests: list[str] = []
+    digests: list[set[str]] = []
     truth: list[int] = []
     rows: list[np.ndarray] = []
     batch: list[np.ndarray] = []
@@ -74,7 +77,7 @@ def evaluate(spec: ModelSpec, data_path: Path, *, max_pixels: int, batch_size: i
             _skipped(image, exc.message, progress, unread)
             continue
         kept.append(image)
-        digests.append(pixel_digest(decoded.pixels))
+        digests.append(pixel_digests(decoded.pixels, versions) if versions else set())
         truth.append(image.class_index)
         if len(batch) == batch_size:
             flush()
@@ -141,39 +144,57 @@ def _read_pairs(spec: ModelSpec, images: list[LabelledImage], probs: np.ndarray,
 
 
 VALIDATION_PREDICTIONS = "validation_predictions.json"
+# A training image as ``validation_predictions.json`` records it: id, truth, the file's
+# sha256 and its pixels' ``pixel_digest`` (None where not recorded).
+TrainingImage = tuple[str, str, str | None, str | None]
+
+
+def _training_images(spec: ModelSpec) -> list[TrainingImage] | None:
+    """The training images ``spec`` recorded, or None where it recorded none readable."""
+    try:
+        rows = json.loads((spec.directory / VALIDATION_PREDICTIONS).read_text(encoding="utf-8"))
+        return [(str(r["id"]), str(r["truth"]), r.get("sha256"), r.get("pixels"))
+                for r in rows]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _pixel_versions(spec: ModelSpec) -> set[str]:
+    """The ``pixel_digest`` versions of ``spec``'s recorded training images that
+    ``pixel_digests`` can give."""
+    recorded = {str(pixel).split(":", 1)[0] for *_, pixel in _training_images(spec) or []
+                if pixel}
+    return recorded & set(PIXEL_DIGEST_VERSIONS)
 
 
 def training_overlap(spec: ModelSpec, images: Sequence[LabelledImage],
-                     pixels: Sequence[str] | None = None) -> str | None:
+                     pixels: Sequence[Collection[str]] | None = None) -> str | None:
     """Why figures on ``images`` are not held-out figures of ``spec``, or None.
 
     The same data (``training_data.sha256``, hashed as a training run hashes it) is certain.
     Otherwise the model's held-out predictions (its training images,
     ``validation_predictions.json``) name its training images: by their content where a
     training run recorded it (the file's sha256, and the digest of its pixels, which
-    ``pixels``, each image's ``pixel_digest``, is compared with: the same image saved in
-    another format), whatever the image is called here; by name in models that recorded
-    none, an image with the id and label of a training image, or with its file name (an id's
-    last part, any case) and label where that name is a training image's alone (the same
-    images laid out otherwise: ``mdb001`` in a MIAS folder is ``benign/mdb001`` in a class
-    folder)."""
+    ``pixels``, each image's ``pixel_digests`` in the versions recorded, is compared with:
+    the same image saved in another format), whatever the image is called here; by name in
+    models that recorded none, an image with the id and label of a training image, or with
+    its file name (an id's last part, any case) and label where that name is a training
+    image's alone (the same images laid out otherwise: ``mdb001`` in a MIAS folder is
+    ``benign/mdb001`` in a class folder)."""
     recorded = (spec.metadata.get("training_data") or {}).get("sha256")
     if recorded and data_hash(images) == recorded:
         return (f"these {len(images)} images are the data {spec.name} {spec.version} was "
                 "trained on (its training_data sha256): the figures describe how it fits its "
                 "own training data, not how it does on new images")
-    try:
-        rows = json.loads((spec.directory / VALIDATION_PREDICTIONS).read_text(encoding="utf-8"))
-        trained = [(str(r["id"]), str(r["truth"]), r.get("sha256"), r.get("pixels"))
-                   for r in rows]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    trained = _training_images(spec)
+    if trained is None:
         return None
     where = f"{spec.name} {spec.version}'s training images ({VALIDATION_PREDICTIONS})"
     if any(digest for _, _, digest, _ in trained):
         contents = {d for _, _, file_digest, pixel in trained for d in (file_digest, pixel) if d}
-        own = pixels if pixels is not None else [None] * len(images)
-        shared = sum(digest in contents or content_sha256(image.path) in contents
-                     for image, digest in zip(images, own, strict=True))
+        own: Sequence[Collection[str]] = pixels if pixels is not None else [()] * len(images)
+        shared = sum(not contents.isdisjoint(digests) or content_sha256(image.path) in contents
+                     for image, digests in zip(images, own, strict=True))
         if not shared:
             return None
         return (f"{shared} of {len(images)} images have the content of one of {where}: "

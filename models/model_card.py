@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.metrics import format_metric
 from models.registry import METADATA_FILE
-from shared.scoring import LABEL_RULE
+from shared.enums import CLASSES
+from shared.scoring import LABEL_RULE, label_indices
 
 CITATION = ('Suckling J et al (1994) "The Mammographic Image Analysis Society Digital '
             'Mammogram Database", Excerpta Medica, International Congress Series 1069, '
@@ -338,17 +341,43 @@ def _ablation(meta: dict[str, Any]) -> list[str]:
 
 
 def _failures(directory: Path, limit: int = 5) -> list[str]:
+    """The worst held-out errors by the product's label rule: malignant images not labelled
+    malignant, normal images not labelled normal (each image alone, as the card's confusion
+    matrix counts them); a line saying "none" where a kind has none. Before, the lowest
+    scores were listed whether or not they were errors (a normal image at P(normal) 0.71,
+    labelled normal, as a "false alarm")."""
     path = directory / "validation_predictions.json"
     if not path.is_file():
         return []
     rows = json.loads(path.read_text(encoding="utf-8"))
-    missed = sorted((r for r in rows if r["truth"] == "malignant"), key=lambda r: r["p_malignant"])
-    alarms = sorted((r for r in rows if r["truth"] == "normal"), key=lambda r: r["p_normal"])
+    labels = label_indices(np.array([[r[f"p_{c.value}"] for c in CLASSES] for r in rows],
+                                    dtype=np.float64).reshape(-1, len(CLASSES)))
+    called = [CLASSES[int(k)].value for k in labels]
+    missed = sorted((r for r, label in zip(rows, called, strict=True)
+                     if r["truth"] == "malignant" and label != "malignant"),
+                    key=lambda r: r["p_malignant"])
+    alarms = sorted((r for r, label in zip(rows, called, strict=True)
+                     if r["truth"] == "normal" and label != "normal"),
+                    key=lambda r: r["p_normal"])
     lines = [f"- missed malignant: {r['id']} (P(malignant) {r['p_malignant']:.2f}, "
              f"P(normal) {r['p_normal']:.2f})" for r in missed[:limit]]
+    lines += _unlisted(missed, limit, "missed malignant", "every malignant image was "
+                       "labelled malignant")
     lines += [f"- false alarm on a normal image: {r['id']} (P(normal) {r['p_normal']:.2f})"
               for r in alarms[:limit]]
+    lines += _unlisted(alarms, limit, "false alarm on a normal image", "every normal image "
+                       "was labelled normal")
     return lines
+
+
+def _unlisted(errors: list[dict[str, Any]], limit: int, kind: str, none: str) -> list[str]:
+    """The line after the ``limit`` errors of a kind listed: how many more, or that there
+    are none."""
+    if not errors:
+        return [f"- {kind}: none ({none})"]
+    if len(errors) > limit:
+        return [f"- {kind}: {len(errors) - limit} more ({len(errors)} in all)"]
+    return []
 
 
 def _bilateral(meta: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,26 +108,61 @@ def prepare(images: Sequence[LabelledImage], input_size: tuple[int, int], *, max
 
 
 # Bumped when what is hashed changes: digests of two versions are not compared.
-PIXEL_DIGEST_VERSION = "px1"
+# px1 hashed float arrays as float64 and integer arrays as integers, so the DICOM reader's
+# float32 output of a 16-bit image and the same values in a 16-bit PNG digested apart and
+# `mammo evaluate` missed a model's training images saved in the other container. px2 hashes
+# integral values as integers whatever the array's type.
+PIXEL_DIGEST_VERSION = "px2"
+# The versions ``pixel_digests`` can give: a model's recorded digests in others match nothing.
+PIXEL_DIGEST_VERSIONS = (PIXEL_DIGEST_VERSION, "px1")
+# Past this a float64 no longer holds every integer: such values are hashed as floats.
+_EXACT_INTEGERS = 2.0 ** 53
 
 
 def pixel_digest(pixels: np.ndarray) -> str:
-    """``px1:<sha256>`` of decoded pixels as stored (``DecodedImage.pixels``): their shape
+    """``px2:<sha256>`` of decoded pixels as stored (``DecodedImage.pixels``): their shape
     and values, whatever file format held them, so an image saved again in another format
-    without loss (a PGM as a PNG, 8 bits in a 16-bit file) has the digest of the original.
-    Integer values are hashed in the narrowest of 8 or 16 unsigned bits that holds them,
-    little endian."""
+    without loss (a PGM as a PNG, 8 bits in a 16-bit file, a DICOM's pixels as a 16-bit PNG)
+    has the digest of the original. Integral values, in an integer or a float array, are
+    hashed in the narrowest of 8 or 16 unsigned bits that holds them (64-bit signed past
+    those), others as float64, little endian."""
+    return f"{PIXEL_DIGEST_VERSION}:{_sha256(_integral(np.asarray(pixels)))}"
+
+
+def pixel_digests(pixels: np.ndarray, versions: Collection[str]) -> set[str]:
+    """Every digest in ``versions`` that an image with these pixels may have been recorded
+    under: a model trained before px2 recorded px1, which hashed a DICOM's (float) pixels as
+    float64 and a PNG's as integers, so both px1 forms of the values are given."""
     values = np.asarray(pixels)
+    integral = _integral(values)
+    found: set[str] = set()
+    if PIXEL_DIGEST_VERSION in versions:
+        found.add(f"{PIXEL_DIGEST_VERSION}:{_sha256(integral)}")
+    if "px1" in versions:
+        found.add(f"px1:{_sha256(integral)}")
+        if integral.dtype.kind in "iub":  # the same values decoded into a float array
+            found.add(f"px1:{_sha256(values.astype('<f8'))}")
+    return found
+
+
+def _integral(values: np.ndarray) -> np.ndarray:
+    """``values`` in the type its digest hashes (``pixel_digest``)."""
+    if values.dtype.kind == "f" and values.size:
+        finite = bool(np.isfinite(values).all())
+        if finite and float(np.abs(values).max()) <= _EXACT_INTEGERS and bool(
+                (values == np.floor(values)).all()):
+            values = values.astype(np.int64)
     if values.dtype.kind in "iub" and values.size:
         low, high = int(values.min()), int(values.max())
         if low >= 0 and high <= 0xFF:
-            values = values.astype(np.uint8)
-        elif low >= 0 and high <= 0xFFFF:
-            values = values.astype("<u2")
-        else:
-            values = values.astype("<i8")
-    else:
-        values = values.astype("<f8")
+            return values.astype(np.uint8)
+        if low >= 0 and high <= 0xFFFF:
+            return values.astype("<u2")
+        return values.astype("<i8")
+    return values.astype("<f8")
+
+
+def _sha256(values: np.ndarray) -> str:
     digest = hashlib.sha256(f"{values.shape}|{values.dtype.str}|".encode())
     digest.update(np.ascontiguousarray(values).data)
-    return f"{PIXEL_DIGEST_VERSION}:{digest.hexdigest()}"
+    return digest.hexdigest()

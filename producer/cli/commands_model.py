@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from producer.cli.context import CliContext, pass_cli
-from producer.cli.exit_codes import ExitCode
+from producer.cli.exit_codes import ExitCode, exit_code_for
 from producer.cli.options import format_option
 from shared.errors import ModelComparisonError, UserFacingError
 from shared.extras import WORKER, require
@@ -281,11 +281,14 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
 
     Where the model has a bilateral head and DATA pairs a patient's two breasts (same
     view), each breast is read against the other, as exam results are. Exits 3 when some
-    images could not be read: the figures are printed, of the others only.
+    images could not be read: the figures are printed, of the others only. Where DATA is
+    (or holds) the model's training images, a warning says so, on stderr, in the table, and
+    in the JSON's `warnings` (a list after PRODUCT.md's keys): such figures are not held-out
+    figures (the shipped models were trained on ../shared/data/mini-mias).
 
     \b
     Example:
-        mammo evaluate ../shared/data/mini-mias --format json > eval.json
+        mammo evaluate held-out/ --format json > eval.json
         mammo evaluate labelled/ --format csv > predictions.csv
     """
     require(WORKER, needed_for="`mammo evaluate`")
@@ -307,10 +310,13 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
 
 def _print_evaluation(result: dict[str, Any], fmt: str, warnings: list[str],
                       title: str) -> None:
-    for warning in warnings:  # stderr: the JSON keys are fixed (PRODUCT.md)
+    for warning in warnings:
         _say(f"warning: {warning}")
     if fmt == "json":
-        click.echo(json.dumps(result, indent=2))
+        # In the file too: a JSON of a model's own training data otherwise reads as a
+        # validation result once stderr is gone. After PRODUCT.md's keys, which stay as they
+        # are, in order (other tools read them).
+        click.echo(json.dumps({**result, "warnings": warnings}, indent=2))
         return
     if fmt == "csv":
         # stdout stays one table a spreadsheet opens; the figures, a line for the person.
@@ -434,6 +440,10 @@ def _registered_problem(row: Any) -> str | None:
 def models_show(cli: CliContext, ref: str | None) -> None:
     """Metadata and validation figures of one model (default: the one in use).
 
+    A model that workers, `evaluate` and `activate` would refuse (weights or metadata
+    changed, another preprocessing version) is still shown, its problem first on stderr and
+    in `integrity`, and exits 5 as they do.
+
     \b
     Example:
         mammo models show default
@@ -443,15 +453,23 @@ def models_show(cli: CliContext, ref: str | None) -> None:
 
     spec = _spec(cli, ref, "REF")
     meta = dict(spec.metadata)
+    problem: UserFacingError | None = None
     try:
         verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
         meta["integrity"] = ("ok: sha256, metadata seal and preprocessing version match"
                              if is_sealed(spec) else
                              f"ok: sha256 and preprocessing version match; warning: {UNSEALED}")
     except UserFacingError as exc:  # shown, not raised: `show` is how one inspects a bad model
+        problem = exc
         meta["integrity"] = str(exc)
     meta["directory"] = str(spec.directory)
+    if problem is not None:
+        # First, where a person looks: at the end of a few hundred lines of JSON it went
+        # unseen, and exit 0 told scripts the model was fine.
+        click.secho(f"error: {problem}", err=True, fg="red")
     click.echo(json.dumps(meta, indent=2))
+    if problem is not None:
+        raise SystemExit(exit_code_for(problem))
 
 
 @models_group.command("activate")

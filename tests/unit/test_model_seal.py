@@ -61,8 +61,8 @@ def test_a_tampered_metadata_is_refused_with_exit_5(tmp_path: Path, tiny_model_d
     with pytest.raises(ModelIntegrityError, match="does not match its seal"):
         verify_model(spec, preprocessing_version=PREPROCESSING_VERSION)
     shown = CliRunner().invoke(cli, ["models", "show", str(copy)], env=_env(tmp_path, "default"))
-    assert shown.exit_code == 0
-    assert "does not match its seal" in json.loads(shown.output)["integrity"]
+    assert shown.exit_code == 5  # shown, and refused as activate refuses it
+    assert "does not match its seal" in json.loads(shown.stdout)["integrity"]
     refused = CliRunner().invoke(cli, ["models", "activate", str(copy)],
                                  env=_env(tmp_path, "default"))
     assert refused.exit_code == 5 and "does not match its seal" in refused.output
