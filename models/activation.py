@@ -39,7 +39,6 @@ from models.registry import (
     locate,
     metadata_seal,
     name_version,
-    require_usable,
     resolve_model,
     shipped_models,
     verify_model,
@@ -96,10 +95,7 @@ def activate(session: Session, spec: ModelSpec) -> int:
     and leaves it inactive (two at once left both active on PostgreSQL, each update blind
     to the other's new row). The row of an identity registered before (from another
     directory, a copy) is pointed at this directory: activation names exactly the
-    directory it was given. A model that could not rank or that reads a breast by the
-    other breast alone (``require_usable``) is refused before anything is written: every
-    worker would otherwise load it at its next start."""
-    require_usable(spec)
+    directory it was given."""
     _one_activation_at_a_time(session)
     row_id = register(session, spec)
     session.execute(update(ModelVersion).where(ModelVersion.id == row_id)

@@ -92,22 +92,6 @@ def bilateral_head(metadata: Mapping[str, Any]) -> BilateralHead | None:
     return None if not record else BilateralHead.from_config(record["head"])
 
 
-def head_problem(head: BilateralHead) -> str | None:
-    """Why ``head`` must not read any breast, or None.
-
-    A paired score whose own weight is 0 or negative scores a breast by its partner alone
-    (or counts its own evidence against it): a probe's head (own 0, partner 0.89) put a
-    malignant breast below its healthy partner. ``mammo train`` no longer ships one;
-    loading and activation refuse one written before."""
-    bad = [f"P({s}) weight {f.own:.3f} on the breast's own score, {f.partner:.3f} on the "
-           "other breast's" for s in head.scores if (f := getattr(head, s)).own <= 0.0]
-    if not bad:
-        return None
-    return (f"its bilateral head reads {' and '.join(bad)}: a breast would be scored by the "
-            "other breast alone (or its own evidence would count against it), so a malignant "
-            "breast could score below its healthy partner")
-
-
 def _logit(q: np.ndarray) -> np.ndarray:
     q = np.clip(np.asarray(q, np.float64), _EPS, 1.0 - _EPS)
     return np.asarray(np.log(q / (1.0 - q)))
@@ -167,10 +151,8 @@ def _fit(q: np.ndarray, q_partner: np.ndarray, positive: np.ndarray) -> PairedSc
     x = np.column_stack([_logit(q), _logit(q_partner)])
     model = LogisticRegression(C=1.0, max_iter=1000).fit(x, positive)
     own, partner = (float(v) for v in model.coef_[0])
-    # As fitted: clipping own to 0 while keeping the partner weight made a head that reads
-    # a breast by its partner alone. ``choose_scores`` ships a score only when own is
-    # clearly positive.
-    return PairedScore(own, partner, float(model.intercept_[0]))
+    # A breast's own evidence never lowers its probability (as in the single-image head).
+    return PairedScore(max(own, 0.0), partner, float(model.intercept_[0]))
 
 
 def apply_partners(probs: np.ndarray, partner: np.ndarray, head: BilateralHead) -> np.ndarray:
@@ -205,67 +187,3 @@ def _within(partner: np.ndarray, rows: np.ndarray) -> np.ndarray:
     kept = inside & (partner >= 0)
     kept[kept] &= inside[partner[kept]]
     return np.where(kept, partner, -1)
-
-
-# The weight on a breast's own logit below which a paired score is not shipped. Each image
-# alone has weight 1 on it; the shipped models' heads fitted 1.03-1.41. Under 0.5 the other
-# breast weighs more than half as much as the breast itself does alone: not clearly a
-# reading of this breast.
-MIN_OWN_WEIGHT = 0.5
-
-
-def _score_auc(score: str, labels: np.ndarray, probs: np.ndarray) -> float | None:
-    from models import metrics
-
-    if score == "abnormal":
-        return metrics.auc(labels > 0, 1.0 - probs[:, 0])
-    return metrics.auc(labels == 2, probs[:, 2])
-
-
-def drop_reason(fitted: PairedScore, alone: float | None, paired: float | None) -> str | None:
-    """Why a paired score fitted as ``fitted``, whose held-out AUC is ``paired`` against
-    ``alone`` for each image alone, must not be shipped; None to ship it."""
-    reasons = []
-    if fitted.own < MIN_OWN_WEIGHT:
-        reasons.append(f"its fitted weight on the breast's own score is {fitted.own:.3f} "
-                       f"(partner {fitted.partner:.3f}), not clearly positive (under "
-                       f"{MIN_OWN_WEIGHT}; each image alone weighs it 1): it would read the "
-                       "breast by the other breast")
-    if alone is None or paired is None:
-        reasons.append("its held-out AUC cannot be measured (one class only)")
-    elif paired < alone:
-        reasons.append(f"read in pairs its held-out AUC is {paired:.3f}, below {alone:.3f} "
-                       "for each image alone")
-    return "; ".join(reasons) or None
-
-
-@dataclass(frozen=True)
-class ChosenScores:
-    """What a training run ships of the paired ``scores`` it was asked for."""
-
-    head: BilateralHead  # fitted on all held-out probabilities; dropped scores are None
-    held_out: np.ndarray  # each fold read with the kept scores of a head fitted elsewhere
-    dropped: dict[str, dict[str, Any]]  # score -> fitted weights, AUCs, and the reason
-
-
-def choose_scores(probs: np.ndarray, labels: np.ndarray, partner: np.ndarray, folds: Folds,
-                  scores: Sequence[str]) -> ChosenScores:
-    """Fit each paired score, and keep only those whose own weight is clearly positive and
-    whose held-out AUC read in pairs is not below each image's alone (``drop_reason``);
-    a dropped score is read from each image alone."""
-    head = fit_bilateral(probs, labels, partner, scores)
-    dropped: dict[str, dict[str, Any]] = {}
-    for score in head.scores:
-        fitted: PairedScore = getattr(head, score)
-        alone = _score_auc(score, labels, probs)
-        paired = _score_auc(score, labels,
-                            held_out_bilateral(probs, labels, partner, folds, (score,)))
-        reason = drop_reason(fitted, alone, paired)
-        if reason is not None:
-            dropped[score] = {**fitted.__dict__, "auc_alone": alone, "auc_paired": paired,
-                              "reason": reason}
-    kept = tuple(s for s in head.scores if s not in dropped)
-    shipped = BilateralHead(*(getattr(head, s) if s in kept else None for s in SCORES))
-    held_out = (held_out_bilateral(probs, labels, partner, folds, kept) if kept
-                else np.array(probs, dtype=np.float64, copy=True))
-    return ChosenScores(shipped, held_out, dropped)

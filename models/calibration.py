@@ -11,9 +11,7 @@ scores into three class probabilities, in the model and here alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -52,20 +50,6 @@ class RankingHead:
     def describe(self) -> dict[str, object]:
         return {"abnormal_score": self.scores[0], "malignant_score": self.scores[1],
                 **self.layer_config()}
-
-
-def constant_outputs(head: Mapping[str, Any]) -> bool:
-    """Whether a head (``RankingHead.describe()`` / ``layer_config()``, as metadata.json
-    ``head`` records it) gives every image the same probabilities: both read-outs all 0.
-
-    ``fit_platt`` sets a slope to 0 where the held-out evidence ranks the wrong way or holds
-    one class only; with both at 0 nothing of the image reaches the probabilities, every
-    image gets the same suspicion and the worklist cannot rank. A head of another form
-    (not two weight lists) is not judged here."""
-    weights = [head.get("abnormal"), head.get("malignant")]
-    if not all(isinstance(w, list) and w for w in weights):
-        return False
-    return all(float(v) == 0.0 for w in weights for v in w)  # type: ignore[union-attr]
 
 
 def readout(name: str) -> np.ndarray:

@@ -383,7 +383,7 @@ def _unlisted(errors: list[dict[str, Any]], limit: int, kind: str, none: str) ->
 def _bilateral(meta: dict[str, Any]) -> str:
     record = meta.get("bilateral")
     if not record:
-        return _bilateral_dropped(meta.get("bilateral_dropped") or {})
+        return ""
     scores = record["scores"]
     return (f"Bilateral reading: where the patient's other breast (same view) is scored "
             f"too, {' and '.join(f'P({s})' for s in scores)} "
@@ -391,17 +391,7 @@ def _bilateral(meta: dict[str, Any]) -> str:
             "(logistic regression on the two breasts' logits, fitted on held-out "
             "predictions; `models/bilateral.py`): what one breast shares with the other "
             "(density, exposure) stops counting as evidence. Exam results and "
-            "`mammo evaluate` use it; a breast without its partner keeps its own score. "
-            + _bilateral_dropped(record.get("dropped") or {}))
-
-
-def _bilateral_dropped(dropped: dict[str, Any]) -> str:
-    """Why the training run shipped no paired reading of some scores (``mammo train`` drops
-    a score whose own-breast weight is not clearly positive or whose held-out AUC falls when
-    read in pairs: ``models.bilateral.choose_scores``)."""
-    return "".join(
-        f"P({score}) is read from each image alone: its bilateral head was fitted but not "
-        f"shipped, as {why['reason']}. " for score, why in dropped.items())
+            "`mammo evaluate` use it; a breast without its partner keeps its own score. ")
 
 
 def _validation_table(meta: dict[str, Any]) -> list[str]:

@@ -264,41 +264,12 @@ def verify_model(spec: ModelSpec, *, preprocessing_version: str) -> None:
             f"{spec.directory / METADATA_FILE} does not match its seal ({whose}): a "
             "setting that changes the model's outputs (input size, head, bilateral head, "
             "name, version...) was changed or corrupted. Re-copy or retrain it.")
-    require_usable(spec)
     check_model_file(spec)
     if spec.preprocessing_version != preprocessing_version:
         raise ModelIntegrityError(
             f"Model {spec.name} {spec.version} was trained with preprocessing version "
             f"{spec.preprocessing_version}, but this code preprocesses with version "
             f"{preprocessing_version}. Retrain the model, or install the matching release.")
-
-
-def usability_problem(meta: dict[str, Any]) -> str | None:
-    """Why a model whose files are intact must still not score, or None: a head that gives
-    every image the same probabilities, or a bilateral head that reads a breast by the
-    other breast alone. Both were written by `mammo train` before it refused them."""
-    from models.bilateral import bilateral_head, head_problem
-    from models.calibration import constant_outputs
-
-    head = meta.get("head")
-    if isinstance(head, dict) and constant_outputs(head):
-        return ("its head's calibration weights are all 0 (the held-out evidence did not rank "
-                "abnormal images above normal ones), so its scores would be identical for "
-                "every image and the worklist could not rank exams. Retrain it with more data "
-                "or other settings.")
-    paired = bilateral_head(meta)
-    if paired is not None and (problem := head_problem(paired)) is not None:
-        return (f"{problem}. Retrain it (`mammo train` now ships no such head), or use a "
-                "version without a bilateral head.")
-    return None
-
-
-def require_usable(spec: ModelSpec) -> None:
-    """Refuse (``ModelNotFoundError``: exit 5, as other unusable models) a model that
-    ``usability_problem`` rejects, for scoring and activation alike."""
-    if (problem := usability_problem(spec.metadata)) is not None:
-        raise ModelNotFoundError(f"{spec.name} {spec.version} ({spec.directory}) cannot be "
-                                 f"used: {problem}")
 
 
 def integrity_problem(spec: ModelSpec) -> str | None:

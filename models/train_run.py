@@ -28,8 +28,8 @@ from models import metrics, plots
 from models.ablation import compare, held_out_predictions, shipped_head
 from models.architecture import MIRROR_TTA, TTA_FLIPS, WIDTHS
 from models.baseline import cross_validated_probabilities, feature_matrix
-from models.bilateral import choose_scores, pair_keys, partners
-from models.calibration import RankingHead, constant_outputs, fit_head
+from models.bilateral import fit_bilateral, held_out_bilateral, pair_keys, partners
+from models.calibration import fit_head
 from models.datasets import (
     LabelledImage,
     content_sha256,
@@ -295,94 +295,15 @@ def bilateral_validation(images: list[LabelledImage], probs: np.ndarray,
                          ) -> tuple[dict[str, Any], np.ndarray] | None:
     """The head reading ``scores`` against the other breast, fitted on all held-out
     probabilities (shipped), and each fold's bilateral probabilities from a head fitted on
-    the other folds (validated); None without scores, patient pairs, or a score worth
-    shipping (``bilateral_choice``). The record names the scores dropped (``dropped``)."""
-    found = bilateral_choice(images, probs, folds, scores)
-    if found is None or found[0] is None:
-        return None
-    return found[0], found[1]
-
-
-def bilateral_choice(images: list[LabelledImage], probs: np.ndarray,
-                     folds: list[tuple[np.ndarray, np.ndarray]], scores: tuple[str, ...],
-                     ) -> tuple[dict[str, Any] | None, np.ndarray, dict[str, Any]] | None:
-    """(the metadata's ``bilateral`` record, or None where every score was dropped; the
-    held-out probabilities the shipped model gives; each dropped score with its fitted
-    weights, AUCs and reason), or None without scores or patient pairs.
-
-    A score is shipped only when its fitted weight on the breast's own score is clearly
-    positive and reading in pairs does not lower its held-out AUC (``models.bilateral.
-    choose_scores``): a head with own weight 0 once read every breast by its partner."""
+    the other folds (validated); None without scores or patient pairs."""
     partner = partners(pair_keys(images))
     if not scores or not (partner >= 0).any():
         return None
     labels = np.array([i.class_index for i in images], dtype=np.int64)
-    chosen = choose_scores(probs, labels, partner, folds, scores)
-    if not chosen.head.scores:
-        return None, chosen.held_out, chosen.dropped
-    record: dict[str, Any] = {"scores": list(chosen.head.scores),
-                              "head": chosen.head.to_config(),
-                              "images_paired": int((partner >= 0).sum())}
-    if chosen.dropped:
-        record["dropped"] = chosen.dropped
-    return record, chosen.held_out, chosen.dropped
-
-
-def dropped_note(score: str, why: Mapping[str, Any]) -> str:
-    """The progress line of a paired score not shipped."""
-    return (f"warning: no bilateral head for P({score}), each image's own reading kept: "
-            f"{why['reason']}")
-
-
-def require_varying(head: RankingHead, validation: Mapping[str, Any], n_images: int,
-                    n_patients: int) -> None:
-    """Raise ``DatasetError`` when ``head`` gives every image the same probabilities (both
-    calibration slopes 0): such a model ranks nothing, and written it could be activated
-    and fill the worklist with one suspicion. Refused before anything is written: its
-    figures are in the message, and no folder that looks like a model is left behind."""
-    if not constant_outputs(head.layer_config()):
-        return
-    p_normal = float(1.0 / (1.0 + np.exp(head.abnormal.bias)))  # 1 - sigmoid(bias)
-    raise DatasetError(
-        "training gave a model whose scores would be identical for every image: on the "
-        "held-out evidence neither score ranked abnormal images above the others (held-out "
-        f"AUC abnormal {format_metric(validation['auc_abnormal'])}, malignant "
-        f"{format_metric(validation['auc_malignant'])}), so both calibration slopes were "
-        f"fitted to 0 and every image would get P(normal) {p_normal:.3f} and one suspicion "
-        "score; the worklist could not rank exams. Nothing was written. Train again with "
-        f"more data (this set: {n_images} images of {n_patients} patients) or other settings "
-        "(more --epochs, another --seed).")
-
-
-def checked_head(evidence: np.ndarray, labels: np.ndarray, validation: Mapping[str, Any],
-                 patients: np.ndarray, say: Progress) -> RankingHead:
-    """The image head fitted on all held-out evidence, refused when it cannot vary
-    (``require_varying``); a score it gives every image alike is warned of."""
-    head = fit_head(evidence, labels)
-    require_varying(head, validation, len(labels), len(set(patients.tolist())))
-    for score, platt in (("abnormal", head.abnormal), ("malignant", head.malignant)):
-        if not platt.weights.any():
-            say(f"warning: P({score}) is the same for every image: its calibration slope was "
-                "fitted to 0 (the held-out evidence did not rank those images higher)")
-    return head
-
-
-def shipped_bilateral(data: PreparedSet, probs: np.ndarray,
-                      folds: list[tuple[np.ndarray, np.ndarray]], config: TrainConfig,
-                      say: Progress) -> tuple[tuple[dict[str, Any], np.ndarray] | None,
-                                              dict[str, Any]]:
-    """(the bilateral record with its validation and the held-out probabilities read in
-    pairs, or None where no head is shipped; the paired scores dropped, each said)."""
-    found = bilateral_choice(data.images, probs, folds, config.bilateral)
-    if found is None:
-        return None, {}
-    record, paired, dropped = found
-    for score, why in dropped.items():
-        say(dropped_note(score, why))
-    if record is None:
-        return None, dropped
-    record["validation"] = validation_report(data.labels, paired, data.patients, config)
-    return (record, paired), dropped
+    head = fit_bilateral(probs, labels, partner, scores)
+    held_out = held_out_bilateral(probs, labels, partner, folds, scores)
+    return {"scores": list(head.scores), "head": head.to_config(),
+            "images_paired": int((partner >= 0).sum())}, held_out
 
 
 def validation_report(truth: np.ndarray, probs: np.ndarray, patients: np.ndarray,
@@ -437,14 +358,17 @@ def write_model(data_path: Path, output: Path, data: PreparedSet,
     and MODEL_CARD.md."""
     labels, patients = data.labels, data.patients
     validation = validation_report(labels, cv.probabilities, patients, config)
-    head = checked_head(cv.evidence, labels, validation, patients, say)
-    bilateral, dropped = shipped_bilateral(data, cv.probabilities, folds, config, say)
+    bilateral = bilateral_validation(data.images, cv.probabilities, folds, config.bilateral)
+    if bilateral is not None:
+        bilateral[0]["validation"] = validation_report(labels, bilateral[1], patients,
+                                                       config)
     say("baseline: intensity and texture features + logistic regression, same folds")
     baseline_probs = cross_validated_probabilities(feature_matrix(data.pixels), labels, folds)
     baseline = validation_report(labels, baseline_probs, patients, config)
     rate, scored = localisation_rate(cv.heatmaps, data.circles, config.patch)
     ratios = [peak_distance_ratio(h, c, config.patch)
               for h, c in zip(cv.heatmaps, data.circles, strict=True) if c]
+    head = fit_head(cv.evidence, labels)
     alternative = alternative_flips(config.tta_flips)
     say(f"ablation: other heads, and test-time flips {flip_names(alternative)}, on the same "
         "held-out evidence")
@@ -502,9 +426,6 @@ def write_model(data_path: Path, output: Path, data: PreparedSet,
                      if not _has_gpu() else "GPU"},
         "validation": validation, "baseline": baseline, "ablation": ablation,
         "bilateral": None if bilateral is None else bilateral[0],
-        # Every requested paired score dropped: why, for the card (partly dropped: the
-        # record's own "dropped").
-        **({"bilateral_dropped": dropped} if dropped and bilateral is None else {}),
         "localisation": {"peak_inside_circle": rate if scored else None, "images": scored},
         "plots": figures, **(extra or {}),
     }
