@@ -282,9 +282,9 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
     Where the model has a bilateral head and DATA pairs a patient's two breasts (same
     view), each breast is read against the other, as exam results are. Exits 3 when some
     images could not be read: the figures are printed, of the others only. Where DATA is
-    (or holds) the model's training images, a warning says so, on stderr, in the table, and
-    in the JSON's `warnings` (a list after PRODUCT.md's keys): such figures are not held-out
-    figures (the shipped models were trained on ../shared/data/mini-mias).
+    (or holds) the model's training images, a warning says so on stderr (the JSON holds
+    exactly PRODUCT.md's keys): such figures are not held-out figures (the shipped models
+    were trained on ../shared/data/mini-mias).
 
     \b
     Example:
@@ -310,13 +310,10 @@ def evaluate_command(cli: CliContext, data: Path, model_ref: str | None, fmt: st
 
 def _print_evaluation(result: dict[str, Any], fmt: str, warnings: list[str],
                       title: str) -> None:
-    for warning in warnings:
+    for warning in warnings:  # stderr: the JSON has exactly PRODUCT.md's keys (issue #4)
         _say(f"warning: {warning}")
     if fmt == "json":
-        # In the file too: a JSON of a model's own training data otherwise reads as a
-        # validation result once stderr is gone. After PRODUCT.md's keys, which stay as they
-        # are, in order (other tools read them).
-        click.echo(json.dumps({**result, "warnings": warnings}, indent=2))
+        click.echo(json.dumps(result, indent=2))
         return
     if fmt == "csv":
         # stdout stays one table a spreadsheet opens; the figures, a line for the person.

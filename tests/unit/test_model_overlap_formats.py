@@ -101,7 +101,7 @@ def test_training_images_in_the_other_container_are_named(tmp_path: Path,
     said = ("6 of 6 images have the content of one of tiny-test-model 0.0.1's training "
             "images (validation_predictions.json)")
     assert f"warning: {said}" in stderr
-    assert any(said in w for w in result["warnings"])  # type: ignore[attr-defined]
+    assert result["n"] == 6  # the JSON keeps exactly PRODUCT.md's keys: the warning is stderr's
 
 
 def _px1_as_float(pixels: np.ndarray) -> str:
