@@ -86,13 +86,17 @@ class WorkerRuntime:
         self._closed = False
         self._decoder = None  # an inherited decoder pool is the parent's: start our own
 
-    @property
-    def sessions(self) -> sessionmaker[Session]:
+    def _database(self) -> tuple[Engine, sessionmaker[Session]]:
+        """This process's engine and sessions, made on first use."""
         self._own_process()
-        if self._sessions is None:
+        if self._engine is None or self._sessions is None:
             self._engine = create_db_engine(self.settings)
             self._sessions = make_session_factory(self._engine)
-        return self._sessions
+        return self._engine, self._sessions
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self._database()[1]
 
     @property
     def notifier(self) -> Notifier:
@@ -133,9 +137,7 @@ class WorkerRuntime:
         or migrated, autovacuum not there yet) is analysed first, once per worker start
         (not per pool process), before the sweeps and reports plan their queries blind.
         """
-        self.sessions  # noqa: B018 - builds this process's engine
-        if self._engine is not None:
-            analyze_if_never_analyzed(self._engine)
+        analyze_if_never_analyzed(self._database()[0])
         spec = self.model_spec
         directory = spec.directory.resolve()
         path = directory / MODEL_FILE

@@ -478,6 +478,11 @@ def urgent_studies(session: Session, study_ids: Sequence[int]) -> set[int]:
     return found
 
 
+def study_priority(session: Session, study_id: int) -> Priority:
+    """One exam's priority by ``urgent_studies``'s rule (its PDF, its alert)."""
+    return Priority.URGENT if urgent_studies(session, [study_id]) else Priority.ROUTINE
+
+
 def by_priority(session: Session, image_ids: Iterable[int]) -> dict[Priority, list[int]]:
     """``image_ids`` grouped by ``priorities_of``, each group in id order."""
     groups: dict[Priority, list[int]] = {}

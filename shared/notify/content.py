@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from shared.db.lifecycle import priorities_of, urgent_studies
+from shared.db.lifecycle import priorities_of, study_priority
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import ImageState, Priority
 from shared.exams import read_first_suspicion
@@ -159,7 +159,7 @@ def exam_alert_notice(session: Session, study_id: int, threshold: int) -> Notice
     per_breast = {side: {k: b.get(k) for k in ("label", "suspicion", "p_malignant", "views")}
                   for side, b in (exam.per_breast or {}).items() if isinstance(b, dict)}
     synthetic = _synthetic(session, study_id)
-    priority = Priority.URGENT if urgent_studies(session, [study_id]) else Priority.ROUTINE
+    priority = study_priority(session, study_id)
     text = "\n".join([
         *([SYNTHETIC_NOTE, ""] if synthetic else []),
         *([URGENT_LINE, ""] if priority is Priority.URGENT else []),

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.registry import METADATA_FILE
-from shared.db.lifecycle import ACTIVE_STATES, priorities_of, urgent_studies
+from shared.db.lifecycle import ACTIVE_STATES, priorities_of, study_priority
 from shared.db.schema import ExamResult, Image, ModelVersion, Prediction, Study
 from shared.enums import Priority
 from shared.errors import ReportTargetNotFoundError
@@ -266,10 +266,9 @@ def load_exam_report(session: Session, study_uid: str, *,
     result = session.scalars(select(ExamResult).where(
         ExamResult.study_id == study.id, ExamResult.superseded_at.is_(None))).first()
     views = _load_views(session, Image.study_id == study.id)
-    urgent = urgent_studies(session, [study.id])
     report = ExamReport(study.study_uid, study.patient_pseudonym, study.accession_number,
                         study.study_date, result, views,
-                        priority=(Priority.URGENT if urgent else Priority.ROUTINE).value)
+                        priority=study_priority(session, study.id).value)
     arrivals = [v.submitted_at for v in views if v.submitted_at]
     if (result is None and timeout_s is not None and arrivals and report.awaited_views
             and not any(v.state in ACTIVE_STATES for v in views)):
