@@ -16,7 +16,7 @@ import numpy as np
 from shared.enums import Laterality
 from shared.errors import InputError, MissingFileError
 from shared.imaging.identity import file_has_identity
-from shared.imaging.preprocess import preprocess_with_notes
+from shared.imaging.preprocess import ChestWallSide, preprocess_with_notes
 from shared.imaging.readers import decode
 
 __all__ = ["ModelInput", "ModelInputSource", "load_model_input"]
@@ -45,6 +45,10 @@ class ModelInput:
     # What preprocessing noticed (a breast lying against its stated laterality), then the
     # reader's notes on how it read the file (DecodedImage.notes).
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Where the stored file has the chest wall, and whether its header said so
+    # (``Prepared``): the report hangs a view of unknown laterality that way.
+    chest_wall: ChestWallSide = "left"
+    chest_wall_stated: bool = False
 
 
 def load_model_input(source: ModelInputSource) -> ModelInput:
@@ -74,4 +78,5 @@ def load_model_input(source: ModelInputSource) -> ModelInput:
             "folder does this itself).")
     return ModelInput(prepared.tensor, (decoded_at - started) * 1000,
                       (time.perf_counter() - decoded_at) * 1000,
-                      {**prepared.notes, **decoded.notes})
+                      {**prepared.notes, **decoded.notes}, prepared.chest_wall,
+                      prepared.chest_wall_stated)

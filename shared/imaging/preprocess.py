@@ -69,7 +69,8 @@ __all__ = [
     "Prepared", "canonical_orientation", "crop_box", "fit_inside", "grey_levels",
     "orientation_notes", "pad_top_left", "preprocess", "preprocess_with_notes",
     "refuse_few_grey_levels", "refuse_noise", "resample_to_spacing", "resize_with_padding",
-    "resolution_notes", "stated_chest_wall_side", "stretch_range", "to_unit_range", "validate",
+    "resolution_notes", "stated_chest_wall_side", "stored_chest_wall", "stretch_range",
+    "to_unit_range", "validate",
 ]
 
 
@@ -211,11 +212,23 @@ def canonical_orientation(image: np.ndarray, decoded: DecodedImage,
     output. The header is followed even where the image disagrees (``orientation_notes``
     says so): the image's own evidence is not sure enough to overrule it.
     """
-    side = stated_chest_wall_side(decoded, laterality)
-    if side is None:
-        work = working_copy(image)
-        side = chest_wall_side(breast_mask(work))
+    return _chest_wall_left(image, stored_chest_wall(image, decoded, laterality)[0])
+
+
+def _chest_wall_left(image: np.ndarray, side: ChestWallSide) -> np.ndarray:
     return np.ascontiguousarray(image[:, ::-1]) if side == "right" else image
+
+
+def stored_chest_wall(image: np.ndarray, decoded: DecodedImage,
+                      laterality: Laterality | None) -> tuple[ChestWallSide, bool]:
+    """The side ``image`` (as stored) has its chest wall on, and whether the header said
+    so (``stated_chest_wall_side``) rather than the breast's shape: the evidence of
+    ``canonical_orientation``, kept for the report, which hangs a view of unknown
+    laterality the way its file has it."""
+    side = stated_chest_wall_side(decoded, laterality)
+    if side is not None:
+        return side, True
+    return chest_wall_side(breast_mask(working_copy(image))), False
 
 
 def _share_away_from_left(mask: np.ndarray) -> float:
@@ -323,6 +336,10 @@ class Prepared:
 
     tensor: np.ndarray
     notes: dict[str, str] = field(default_factory=dict)
+    # Where the stored image had its chest wall before it was turned to the left, and
+    # whether its header said so (``stored_chest_wall``).
+    chest_wall: ChestWallSide = "left"
+    chest_wall_stated: bool = False
 
 
 def preprocess(decoded: DecodedImage, input_size: tuple[int, int], *,
@@ -344,7 +361,8 @@ def preprocess_with_notes(decoded: DecodedImage, input_size: tuple[int, int], *,
     breast, background set to 0.
     """
     image = validate(to_unit_range(decoded))
-    image = canonical_orientation(image, decoded, laterality)
+    side, stated = stored_chest_wall(image, decoded, laterality)
+    image = _chest_wall_left(image, side)  # ``canonical_orientation``, its evidence kept
     levels = grey_levels(image)
     image = resample_to_spacing(image, decoded.pixel_spacing_mm)
     work = working_copy(image)
@@ -362,4 +380,4 @@ def preprocess_with_notes(decoded: DecodedImage, input_size: tuple[int, int], *,
     stretched = np.clip((fitted - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
     out = pad_top_left((stretched * breast).astype(np.float32), input_size)
     return Prepared(out[:, :, np.newaxis], {**orientation_notes(decoded, laterality, mask),
-                                            **resolution_notes(decoded)})
+                                            **resolution_notes(decoded)}, side, stated)
